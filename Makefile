@@ -1,0 +1,40 @@
+# The two commands a newcomer needs (README):
+#   make run    install what is missing, build, start the whole stack on :7080 (Ctrl-C stops it)
+#   make test   install what is missing, build, run every test against real servers
+# CI runs `make test SANITIZE=ON BUILD_DIR=build-asan` (AddressSanitizer + UBSan).
+
+BUILD_DIR ?= build
+SANITIZE ?= OFF
+BUILD_TYPE ?= RelWithDebInfo
+
+.PHONY: all bootstrap build run test unit integration bench clean
+
+all: build
+
+bootstrap:
+	@scripts/bootstrap
+
+build: bootstrap
+	@cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
+		-DCHATWEB_SANITIZE=$(SANITIZE) > $(BUILD_DIR).cmake.log 2>&1 || \
+		{ cat $(BUILD_DIR).cmake.log; exit 1; }
+	@cmake --build $(BUILD_DIR)
+
+run: build
+	@BUILD_DIR=$(BUILD_DIR) node deploy/local/run.mjs
+
+# C unit tests get a private MariaDB (TEST_MYSQL_DSN) and Redis (REDIS_URL) from with-servers;
+# the integration tests start their own servers.
+unit: build
+	scripts/with-servers --redis --mariadb -- ctest --test-dir $(BUILD_DIR) --output-on-failure
+
+integration: build
+	BUILD_DIR=$(BUILD_DIR) node --test --test-concurrency=1 tests/integration/*.test.mjs
+
+test: unit integration
+
+bench: build
+	BUILD_DIR=$(BUILD_DIR) bench/run-all
+
+clean:
+	rm -rf $(BUILD_DIR) $(BUILD_DIR).cmake.log

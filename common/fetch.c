@@ -1,0 +1,328 @@
+#include "svc/fetch.h"
+
+#include <curl/curl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+
+#include "svc/buf.h"
+#include "svc/log.h"
+#include "svc/loop.h"
+
+#define FETCH_DEFAULT_CONNECT_MS 10000
+#define FETCH_DEFAULT_MAX_RESPONSE (8u << 20)
+
+struct svc_fetch_multi {
+    struct svc_loop *loop;
+    CURLM *multi;
+    struct svc_timer *timer;
+    long active;
+    struct svc_fetch *all; /* every transfer not yet freed, for destroy */
+    int in_action; /* inside curl_multi_socket_action: transfers must not be freed */
+};
+
+struct svc_fetch {
+    struct svc_fetch_multi *m;
+    struct svc_fetch *prev, *next;
+    CURL *easy;
+    struct curl_slist *headers;
+    char *body;
+    struct svc_buf resp;
+    struct svc_fetch_cb cb;
+    void *ud;
+    int stream;
+    int cancelled;
+    int data_err;
+    long status;
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+static void fetch_free(struct svc_fetch *f)
+{
+    curl_multi_remove_handle(f->m->multi, f->easy);
+    curl_easy_cleanup(f->easy);
+    curl_slist_free_all(f->headers);
+    free(f->body);
+    svc_buf_deinit(&f->resp);
+    if (f->prev != NULL)
+        f->prev->next = f->next;
+    else
+        f->m->all = f->next;
+    if (f->next != NULL)
+        f->next->prev = f->prev;
+    f->m->active--;
+    free(f);
+}
+
+static void check_done(struct svc_fetch_multi *m)
+{
+    CURLMsg *msg;
+    int left;
+
+    while ((msg = curl_multi_info_read(m->multi, &left)) != NULL) {
+        struct svc_fetch *f;
+        int err = SVC_OK;
+
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&f);
+        curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &f->status);
+        if (!f->cancelled && f->cb.on_done != NULL) {
+            CURLcode cc = msg->data.result;
+            const char *why = f->errbuf[0] ? f->errbuf : curl_easy_strerror(cc);
+            if (f->data_err != 0)
+                err = f->data_err;
+            else if (cc == CURLE_OPERATION_TIMEDOUT)
+                err = SVC_ETIMEDOUT;
+            else if (cc == CURLE_WRITE_ERROR && f->resp.len >= f->resp.max)
+                err = SVC_ETOOLARGE;
+            else if (cc != CURLE_OK)
+                err = SVC_EUNAVAIL;
+            f->cb.on_done(f, err, f->status, f->stream ? NULL : (f->resp.data ? f->resp.data : ""),
+                          f->stream ? 0 : f->resp.len, err == SVC_OK ? NULL : why, f->ud);
+        }
+        fetch_free(f);
+    }
+}
+
+static void socket_action(struct svc_fetch_multi *m, curl_socket_t fd, int ev)
+{
+    int running;
+
+    m->in_action++;
+    curl_multi_socket_action(m->multi, fd, ev, &running);
+    m->in_action--;
+    check_done(m);
+}
+
+static void on_sock_io(struct svc_io *io, int fd, uint32_t events, void *data)
+{
+    struct svc_fetch_multi *m = data;
+    int ev = 0;
+
+    (void)io;
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP))
+        ev |= CURL_CSELECT_IN;
+    if (events & EPOLLOUT)
+        ev |= CURL_CSELECT_OUT;
+    if (events & EPOLLERR)
+        ev |= CURL_CSELECT_ERR;
+    socket_action(m, fd, ev);
+}
+
+static void on_timer(struct svc_timer *t, void *data)
+{
+    (void)t;
+    socket_action(data, CURL_SOCKET_TIMEOUT, 0);
+}
+
+static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    struct svc_fetch_multi *m = userp;
+    struct svc_io *io = socketp;
+    uint32_t events = 0;
+
+    (void)e;
+    if (what == CURL_POLL_REMOVE) {
+        svc_io_del(&io);
+        curl_multi_assign(m->multi, s, NULL);
+        return 0;
+    }
+    if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
+        events |= EPOLLIN;
+    if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
+        events |= EPOLLOUT;
+    if (io == NULL) {
+        io = svc_io_add(m->loop, s, events, on_sock_io, m);
+        if (io == NULL) {
+            SVC_LOG_ERR(NULL, "fetch", "cannot watch an upstream socket");
+            return -1;
+        }
+        curl_multi_assign(m->multi, s, io);
+    } else if (svc_io_modify(io, events) != SVC_OK) {
+        return -1;
+    }
+    return 0;
+}
+
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    struct svc_fetch_multi *m = userp;
+
+    (void)multi;
+    if (timeout_ms < 0) {
+        svc_timer_stop(m->timer);
+        return 0;
+    }
+    return svc_timer_start(m->timer, (uint64_t)timeout_ms) == SVC_OK ? 0 : -1;
+}
+
+struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop)
+{
+    struct svc_fetch_multi *m = calloc(1, sizeof(*m));
+
+    if (m == NULL)
+        return NULL;
+    m->loop = loop;
+    m->multi = curl_multi_init();
+    m->timer = svc_timer_create(loop, on_timer, m);
+    if (m->multi == NULL || m->timer == NULL) {
+        svc_fetch_multi_destroy(&m);
+        return NULL;
+    }
+    curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+    curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
+    curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
+    /* Many streams to one upstream host must not queue behind each other. */
+    curl_multi_setopt(m->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
+    curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, 1024L);
+    return m;
+}
+
+void svc_fetch_multi_destroy(struct svc_fetch_multi **mp)
+{
+    struct svc_fetch_multi *m = mp != NULL ? *mp : NULL;
+
+    if (m == NULL)
+        return;
+    while (m->all != NULL) {
+        struct svc_fetch *f = m->all;
+        if (!f->cancelled && f->cb.on_cancel != NULL)
+            f->cb.on_cancel(f->ud);
+        fetch_free(f);
+    }
+    if (m->multi != NULL)
+        curl_multi_cleanup(m->multi);
+    svc_timer_destroy(&m->timer);
+    free(m);
+    *mp = NULL;
+}
+
+long svc_fetch_multi_active(const struct svc_fetch_multi *m)
+{
+    return m->active;
+}
+
+static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userp)
+{
+    struct svc_fetch *f = userp;
+    size_t len = size * nmemb;
+
+    if (f->cancelled)
+        return 0; /* makes curl fail the transfer; check_done then frees it quietly */
+    if (f->stream) {
+        int rc;
+        if (f->status == 0)
+            curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &f->status);
+        rc = f->cb.on_data != NULL ? f->cb.on_data(f, f->status, ptr, len, f->ud) : 0;
+        if (rc != 0) {
+            f->data_err = rc;
+            return 0;
+        }
+        return f->cancelled ? 0 : len;
+    }
+    if (svc_buf_append(&f->resp, ptr, len) != SVC_OK) {
+        f->resp.len = f->resp.max; /* remembered as "too large" */
+        return 0;
+    }
+    return len;
+}
+
+struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fetch_req *req,
+                                  const struct svc_fetch_cb *cb, void *ud)
+{
+    struct svc_fetch *f = calloc(1, sizeof(*f));
+    CURL *e;
+
+    if (f == NULL)
+        return NULL;
+    f->m = m;
+    f->cb = *cb;
+    f->ud = ud;
+    f->stream = req->stream;
+    svc_buf_init(&f->resp, req->max_response ? req->max_response : FETCH_DEFAULT_MAX_RESPONSE);
+    e = f->easy = curl_easy_init();
+    if (e == NULL)
+        goto fail;
+    for (const char *const *h = req->headers; h != NULL && *h != NULL; h++) {
+        struct curl_slist *n = curl_slist_append(f->headers, *h);
+        if (n == NULL)
+            goto fail;
+        f->headers = n;
+    }
+    /* Without this curl sends "Expect: 100-continue" on larger bodies and waits a round trip. */
+    f->headers = curl_slist_append(f->headers, "Expect:");
+    if (f->headers == NULL)
+        goto fail;
+    curl_easy_setopt(e, CURLOPT_URL, req->url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, f);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, f->headers);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, f);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, f->errbuf);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                     req->connect_timeout_ms > 0 ? req->connect_timeout_ms
+                                                 : (long)FETCH_DEFAULT_CONNECT_MS);
+    if (req->timeout_ms > 0)
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms);
+    if (req->idle_timeout_ms > 0) {
+        /* "less than 1 byte per second for N seconds" is curl's idle detector. */
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (req->idle_timeout_ms + 999) / 1000);
+    }
+    if (req->proxy != NULL && req->proxy[0] != '\0')
+        curl_easy_setopt(e, CURLOPT_PROXY, req->proxy);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (req->body != NULL) {
+        f->body = malloc(req->body_len ? req->body_len : 1);
+        if (f->body == NULL)
+            goto fail;
+        memcpy(f->body, req->body, req->body_len);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, f->body);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+    }
+    if (req->method != NULL && strcmp(req->method, req->body != NULL ? "POST" : "GET") != 0)
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
+    if (curl_multi_add_handle(m->multi, e) != CURLM_OK)
+        goto fail;
+    m->active++;
+    f->next = m->all;
+    if (m->all != NULL)
+        m->all->prev = f;
+    m->all = f;
+    return f;
+fail:
+    if (f->easy != NULL)
+        curl_easy_cleanup(f->easy);
+    curl_slist_free_all(f->headers);
+    free(f->body);
+    svc_buf_deinit(&f->resp);
+    free(f);
+    return NULL;
+}
+
+void svc_fetch_cancel(struct svc_fetch **fp)
+{
+    struct svc_fetch *f = fp != NULL ? *fp : NULL;
+
+    if (f == NULL)
+        return;
+    *fp = NULL;
+    f->cancelled = 1;
+    if (f->cb.on_cancel != NULL)
+        f->cb.on_cancel(f->ud);
+    /* Inside curl's own callbacks the handle cannot be removed; on_write returns 0 instead and
+     * check_done frees it when curl reports the transfer finished. */
+    if (f->m->in_action == 0)
+        fetch_free(f);
+    else
+        svc_fetch_pause(f, 0);
+}
+
+void svc_fetch_pause(struct svc_fetch *f, int paused)
+{
+    curl_easy_pause(f->easy, paused ? CURLPAUSE_RECV : CURLPAUSE_CONT);
+}

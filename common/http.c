@@ -1,0 +1,756 @@
+/*
+ * The HTTP server on libmicrohttpd. See svc/http.h for the model; the MHD call sequence is:
+ *   first access-handler call   -> create the request (headers are complete)
+ *   calls with upload data      -> append to the body (bounded)
+ *   final call (no upload data) -> run the route handler; queue its reply, or suspend
+ *   resume + another final call -> queue the reply the handler produced later
+ *   completed notification      -> abort callback if unfinished, handler cleanup, free
+ */
+#include "svc/http.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <fcntl.h>
+
+#include "svc/buf.h"
+#include "svc/cfg.h"
+#include "svc/log.h"
+#include "svc/loop.h"
+#include "svc/util.h"
+
+#define REQ_ID_MAX 64
+#define STREAM_BLOCK 16384
+
+struct daemon_slot {
+    struct svc_http_server *srv;
+    struct MHD_Daemon *d;
+    struct svc_loop *loop; /* NULL in POOL mode */
+    struct svc_io *io;     /* MHD's epoll fd inside our loop */
+    struct svc_timer *timer;
+};
+
+struct svc_http_server {
+    struct svc_http_opts opts;
+    const struct svc_route *routes;
+    size_t nroutes;
+    int listen_fd;
+    int port;
+    struct daemon_slot *slots;
+    unsigned nslots;
+    atomic_long inflight;
+    atomic_int quiesced;
+};
+
+struct resp_header {
+    char *name, *value;
+    struct resp_header *next;
+};
+
+struct svc_req {
+    struct daemon_slot *slot;
+    struct MHD_Connection *conn;
+    const struct svc_route *route;
+    const char *method;
+    const char *url;
+    char id[REQ_ID_MAX + 1];
+    char ip[INET6_ADDRSTRLEN];
+    struct svc_buf body;
+    int body_too_big;
+    struct resp_header *headers;
+
+    struct MHD_Response *pending; /* reply produced but not yet queued */
+    unsigned pending_status;
+
+    unsigned in_handler : 1, handled : 1, suspended : 1, replied : 1, aborted : 1, finished : 1,
+        streaming : 1, stream_ended : 1;
+
+    struct svc_buf out; /* stream bytes not yet taken by MHD */
+    size_t out_off;
+    struct svc_io *watch; /* EPOLLRDHUP on the client socket while async */
+
+    svc_req_abort_fn abort_fn;
+    void *abort_data;
+    void (*cleanup_fn)(void *);
+    void *cleanup_data;
+};
+
+/* ---- small accessors ---- */
+
+const char *svc_req_method(const struct svc_req *req) { return req->method; }
+const char *svc_req_path(const struct svc_req *req) { return req->url; }
+const char *svc_req_id(const struct svc_req *req) { return req->id; }
+const char *svc_req_client_ip(const struct svc_req *req) { return req->ip; }
+struct svc_loop *svc_req_loop(const struct svc_req *req) { return req->slot->loop; }
+int svc_req_is_done(const struct svc_req *req) { return req->aborted || req->finished; }
+
+const char *svc_req_header(const struct svc_req *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+const char *svc_req_query(const struct svc_req *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+const char *svc_req_body(const struct svc_req *req, size_t *len)
+{
+    if (len != NULL)
+        *len = req->body.len;
+    return req->body.data != NULL ? req->body.data : "";
+}
+
+void svc_req_on_abort(struct svc_req *req, svc_req_abort_fn fn, void *data)
+{
+    req->abort_fn = fn;
+    req->abort_data = data;
+}
+
+void svc_req_set_cleanup(struct svc_req *req, void (*fn)(void *), void *data)
+{
+    req->cleanup_fn = fn;
+    req->cleanup_data = data;
+}
+
+int svc_req_add_header(struct svc_req *req, const char *name, const char *value)
+{
+    struct resp_header *h = calloc(1, sizeof(*h));
+
+    if (h == NULL)
+        return SVC_ENOMEM;
+    h->name = strdup(name);
+    h->value = strdup(value);
+    if (h->name == NULL || h->value == NULL) {
+        free(h->name);
+        free(h->value);
+        free(h);
+        return SVC_ENOMEM;
+    }
+    h->next = req->headers;
+    req->headers = h;
+    return SVC_OK;
+}
+
+/* ---- request ids and peers ---- */
+
+static int id_is_sane(const char *s)
+{
+    size_t n = 0;
+
+    for (; s[n] != '\0'; n++) {
+        char c = s[n];
+        if (n >= REQ_ID_MAX || !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                                 (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
+            return 0;
+    }
+    return n > 0;
+}
+
+static void req_fill_identity(struct svc_req *req)
+{
+    const char *rid = svc_req_header(req, "X-Request-Id");
+    const char *real_ip = svc_req_header(req, "X-Real-IP");
+    const union MHD_ConnectionInfo *ci;
+
+    if (rid != NULL && id_is_sane(rid))
+        snprintf(req->id, sizeof(req->id), "%s", rid);
+    else
+        svc_random_hex(req->id, 16);
+
+    req->ip[0] = '\0';
+    if (real_ip != NULL && strlen(real_ip) < sizeof(req->ip)) {
+        snprintf(req->ip, sizeof(req->ip), "%s", real_ip);
+        return;
+    }
+    ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci != NULL && ci->client_addr != NULL) {
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, req->ip,
+                      sizeof(req->ip));
+        else if (sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, req->ip,
+                      sizeof(req->ip));
+    }
+}
+
+/* ---- replies ---- */
+
+static void add_headers(struct svc_req *req, struct MHD_Response *resp, const char *ctype)
+{
+    if (ctype != NULL)
+        MHD_add_response_header(resp, "Content-Type", ctype);
+    MHD_add_response_header(resp, "X-Request-Id", req->id);
+    for (struct resp_header *h = req->headers; h != NULL; h = h->next)
+        MHD_add_response_header(resp, h->name, h->value);
+}
+
+static void watch_stop(struct svc_req *req)
+{
+    svc_io_del(&req->watch);
+}
+
+/* Resumes a suspended connection so MHD calls us again (to queue a reply, feed the stream or
+ * notice an abort). Only ever called on the request's loop. */
+static void req_resume(struct svc_req *req)
+{
+    if (req->suspended) {
+        req->suspended = 0;
+        MHD_resume_connection(req->conn);
+        /* In external-epoll mode MHD does not wake itself up for a resume: run it on the next
+         * loop iteration. */
+        if (req->slot->timer != NULL && svc_timer_start(req->slot->timer, 0) != SVC_OK)
+            SVC_LOG_ERR(req->id, "http", "cannot schedule the daemon after a resume");
+    }
+}
+
+static int req_set_pending(struct svc_req *req, unsigned status, struct MHD_Response *resp)
+{
+    req->pending = resp;
+    req->pending_status = status;
+    req->replied = 1;
+    if (!req->in_handler)
+        req_resume(req);
+    return SVC_OK;
+}
+
+int svc_req_reply(struct svc_req *req, int status, const char *content_type, const void *body,
+                  size_t len)
+{
+    struct MHD_Response *resp;
+
+    if (req->replied || req->aborted)
+        return SVC_ECANCELED;
+    resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (resp == NULL)
+        return SVC_ENOMEM;
+    add_headers(req, resp, content_type);
+    return req_set_pending(req, (unsigned)status, resp);
+}
+
+int svc_req_error(struct svc_req *req, int status, const char *message)
+{
+    enum svc_http_style style = req->route != NULL ? req->route->style
+                                                   : req->slot->srv->opts.default_style;
+    json_t *j = NULL;
+    char *text;
+    int rc;
+
+    switch (style) {
+    case SVC_HTTP_STYLE_ENVELOPE:
+        j = json_pack("{s:s, s:s, s:n}", "status", "Fail", "message", message, "data");
+        break;
+    case SVC_HTTP_STYLE_OPENAI:
+        j = json_pack("{s:{s:s, s:s, s:n, s:n}}", "error", "message", message, "type",
+                      status == 401   ? "invalid_request_error"
+                      : status == 429 ? "rate_limit_exceeded"
+                      : status >= 500 ? "server_error"
+                                      : "invalid_request_error",
+                      "param", "code");
+        break;
+    case SVC_HTTP_STYLE_TEXT:
+        return svc_req_reply(req, status, "text/plain; charset=utf-8", message, strlen(message));
+    }
+    if (j == NULL)
+        return SVC_ENOMEM;
+    text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (text == NULL)
+        return SVC_ENOMEM;
+    rc = svc_req_reply(req, status, "application/json; charset=utf-8", text, strlen(text));
+    free(text);
+    return rc;
+}
+
+/* ---- streaming ---- */
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct svc_req *req = cls;
+    size_t avail = req->out.len - req->out_off;
+
+    (void)pos;
+    if (req->aborted)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    if (avail > 0) {
+        size_t n = avail < max ? avail : max;
+        memcpy(buf, req->out.data + req->out_off, n);
+        req->out_off += n;
+        if (req->out_off == req->out.len) {
+            svc_buf_reset(&req->out);
+            req->out_off = 0;
+        }
+        return (ssize_t)n;
+    }
+    if (req->stream_ended) {
+        req->finished = 1;
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    }
+    /* Nothing to send yet: park the connection until the producer writes (no busy loop). */
+    MHD_suspend_connection(req->conn);
+    req->suspended = 1;
+    return 0;
+}
+
+int svc_req_stream_start(struct svc_req *req, int status, const char *content_type)
+{
+    struct MHD_Response *resp;
+
+    if (req->replied || req->aborted)
+        return SVC_ECANCELED;
+    if (req->slot->loop == NULL)
+        return SVC_EINVAL;
+    resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_reader, req,
+                                             NULL);
+    if (resp == NULL)
+        return SVC_ENOMEM;
+    add_headers(req, resp, content_type);
+    MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    req->streaming = 1;
+    return req_set_pending(req, (unsigned)status, resp);
+}
+
+int svc_req_stream_write(struct svc_req *req, const void *data, size_t len)
+{
+    int rc;
+
+    if (req->aborted || req->stream_ended || !req->streaming)
+        return SVC_ECANCELED;
+    if (req->out_off > 0 && req->out_off == req->out.len) {
+        svc_buf_reset(&req->out);
+        req->out_off = 0;
+    }
+    rc = svc_buf_append(&req->out, data, len);
+    if (rc != SVC_OK)
+        return rc;
+    if (req->pending == NULL)
+        req_resume(req);
+    return SVC_OK;
+}
+
+int svc_req_stream_end(struct svc_req *req)
+{
+    if (req->aborted || req->stream_ended || !req->streaming)
+        return SVC_ECANCELED;
+    req->stream_ended = 1;
+    if (req->pending == NULL)
+        req_resume(req);
+    return SVC_OK;
+}
+
+size_t svc_req_stream_pending(const struct svc_req *req)
+{
+    return req->out.len - req->out_off;
+}
+
+/* ---- client-gone detection while a request is async ---- */
+
+static void req_abort(struct svc_req *req)
+{
+    if (req->aborted || req->finished)
+        return;
+    req->aborted = 1;
+    if (req->abort_fn != NULL)
+        req->abort_fn(req, req->abort_data);
+}
+
+static void on_client_hangup(struct svc_io *io, int fd, uint32_t events, void *data)
+{
+    struct svc_req *req = data;
+
+    (void)io;
+    (void)fd;
+    (void)events;
+    watch_stop(req);
+    SVC_LOG_DEBUG(req->id, "http", "client closed the connection while the reply was pending");
+    req_abort(req);
+    req_resume(req); /* let MHD see the closed socket and finish the request */
+}
+
+static void watch_start(struct svc_req *req)
+{
+    const union MHD_ConnectionInfo *ci;
+
+    if (req->watch != NULL || req->slot->loop == NULL)
+        return;
+    ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci == NULL)
+        return;
+    req->watch = svc_io_add(req->slot->loop, ci->connect_fd, EPOLLRDHUP, on_client_hangup, req);
+}
+
+/* ---- MHD callbacks ---- */
+
+static const struct svc_route *route_find(const struct svc_http_server *srv, const char *method,
+                                          const char *url, int *path_matched)
+{
+    *path_matched = 0;
+    for (size_t i = 0; i < srv->nroutes; i++) {
+        const struct svc_route *r = &srv->routes[i];
+        size_t n = strlen(r->path);
+        int match = n > 0 && r->path[n - 1] == '*' ? strncmp(url, r->path, n - 1) == 0
+                                                   : strcmp(url, r->path) == 0;
+        if (!match)
+            continue;
+        *path_matched = 1;
+        if (r->method == NULL || strcmp(r->method, method) == 0)
+            return r;
+    }
+    return NULL;
+}
+
+static enum MHD_Result queue_pending(struct svc_req *req)
+{
+    struct MHD_Response *resp = req->pending;
+    enum MHD_Result r;
+
+    req->pending = NULL;
+    r = MHD_queue_response(req->conn, req->pending_status, resp);
+    MHD_destroy_response(resp);
+    if (!req->streaming)
+        req->finished = 1;
+    return r;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_size, void **con_cls)
+{
+    struct daemon_slot *slot = cls;
+    struct svc_http_server *srv = slot->srv;
+    struct svc_req *req = *con_cls;
+    int path_matched, rc;
+
+    (void)version;
+    if (req == NULL) {
+        const char *cl;
+        int64_t clen;
+
+        req = calloc(1, sizeof(*req));
+        if (req == NULL)
+            return MHD_NO;
+        req->slot = slot;
+        req->conn = conn;
+        req->method = method;
+        req->url = url;
+        svc_buf_init(&req->body, srv->opts.max_body);
+        svc_buf_init(&req->out, SVC_HTTP_STREAM_MAX_PENDING);
+        req_fill_identity(req);
+        cl = svc_req_header(req, "Content-Length");
+        if (cl != NULL && (svc_cfg_parse_int(cl, 0, INT64_MAX, &clen) != SVC_OK ||
+                           (uint64_t)clen > srv->opts.max_body))
+            req->body_too_big = 1;
+        *con_cls = req;
+        atomic_fetch_add(&srv->inflight, 1);
+        return MHD_YES;
+    }
+    if (*upload_size > 0) {
+        if (!req->body_too_big && svc_buf_append(&req->body, upload_data, *upload_size) != SVC_OK)
+            req->body_too_big = 1;
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (req->pending != NULL)
+        return queue_pending(req);
+    if (req->handled) /* resumed to notice an abort, with nothing to send */
+        return req->aborted ? MHD_NO : MHD_YES;
+
+    req->handled = 1;
+    req->route = route_find(srv, method, url, &path_matched);
+    if (req->body_too_big) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "request body larger than %zu bytes", srv->opts.max_body);
+        svc_req_error(req, 413, msg);
+    } else if (req->route == NULL) {
+        svc_req_error(req, path_matched ? 405 : 404,
+                      path_matched ? "method not allowed" : "404 page not found");
+    } else {
+        req->in_handler = 1;
+        rc = req->route->fn(req, req->route->ctx);
+        req->in_handler = 0;
+        if (req->pending == NULL && !req->replied) {
+            if (rc == SVC_HTTP_ASYNC && slot->loop != NULL) {
+                MHD_suspend_connection(conn);
+                req->suspended = 1;
+                watch_start(req);
+                return MHD_YES;
+            }
+            SVC_LOG_ERR(req->id, "http", "handler for %s %s gave no reply", method, url);
+            svc_req_error(req, 500, "internal error");
+        }
+    }
+    if (req->streaming)
+        watch_start(req);
+    return queue_pending(req);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct daemon_slot *slot = cls;
+    struct svc_req *req = *con_cls;
+
+    (void)conn;
+    if (req == NULL)
+        return;
+    *con_cls = NULL;
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        req_abort(req);
+    else
+        req->finished = 1;
+    watch_stop(req);
+    if (req->cleanup_fn != NULL)
+        req->cleanup_fn(req->cleanup_data);
+    if (req->pending != NULL)
+        MHD_destroy_response(req->pending);
+    while (req->headers != NULL) {
+        struct resp_header *h = req->headers;
+        req->headers = h->next;
+        free(h->name);
+        free(h->value);
+        free(h);
+    }
+    svc_buf_deinit(&req->body);
+    svc_buf_deinit(&req->out);
+    free(req);
+    atomic_fetch_sub(&slot->srv->inflight, 1);
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512];
+
+    (void)cls;
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    msg[strcspn(msg, "\n")] = '\0';
+    SVC_LOG_DEBUG(NULL, "http", "libmicrohttpd: %s", msg);
+}
+
+/* ---- driving an MHD daemon from our loop (LOOPS mode) ---- */
+
+static void slot_run(struct daemon_slot *slot)
+{
+    MHD_UNSIGNED_LONG_LONG ms;
+
+    MHD_run(slot->d);
+    if (MHD_get_timeout(slot->d, &ms) == MHD_YES) {
+        if (svc_timer_start(slot->timer, ms) != SVC_OK)
+            SVC_LOG_ERR(NULL, "http", "cannot arm the connection timer");
+    } else {
+        svc_timer_stop(slot->timer);
+    }
+}
+
+static void on_slot_io(struct svc_io *io, int fd, uint32_t events, void *data)
+{
+    (void)io;
+    (void)fd;
+    (void)events;
+    slot_run(data);
+}
+
+static void on_slot_timer(struct svc_timer *t, void *data)
+{
+    (void)t;
+    slot_run(data);
+}
+
+/* ---- listening socket ---- */
+
+static int listen_on(const char *addr, int *fd_out, int *port_out, char *err, size_t errlen)
+{
+    char host[256], portstr[8];
+    struct addrinfo hints = {0}, *res = NULL;
+    int port, fd = -1, one = 1, rc;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+
+    if (svc_cfg_parse_addr(addr, host, sizeof(host), &port) != SVC_OK) {
+        snprintf(err, errlen, "not host:port: \"%s\"", addr);
+        return SVC_EINVAL;
+    }
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    rc = getaddrinfo(host, portstr, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot resolve \"%s\": %s", host, gai_strerror(rc));
+        return SVC_EINVAL;
+    }
+    fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        freeaddrinfo(res);
+        return SVC_EIO;
+    }
+    /* SO_REUSEADDR only skips TIME_WAIT; it never lets two live listeners share a port. */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 4096) != 0) {
+        int e = errno;
+        snprintf(err, errlen, "%s %s", addr,
+                 e == EADDRINUSE ? "is already in use" : strerror(e));
+        close(fd);
+        freeaddrinfo(res);
+        return e == EADDRINUSE ? SVC_EEXIST : SVC_EIO;
+    }
+    freeaddrinfo(res);
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
+        port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                              : ((struct sockaddr_in *)&ss)->sin_port);
+    *fd_out = fd;
+    *port_out = port;
+    return SVC_OK;
+}
+
+/* ---- server lifecycle ---- */
+
+static struct MHD_Daemon *start_daemon(struct daemon_slot *slot, unsigned flags, unsigned threads)
+{
+    struct svc_http_server *srv = slot->srv;
+    const struct svc_http_opts *o = &srv->opts;
+    struct MHD_OptionItem ops[] = {
+        {MHD_OPTION_LISTEN_SOCKET, srv->listen_fd, NULL},
+        {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, slot},
+        {MHD_OPTION_CONNECTION_TIMEOUT, o->idle_timeout, NULL},
+        {MHD_OPTION_CONNECTION_LIMIT, o->max_connections, NULL},
+        {MHD_OPTION_CONNECTION_MEMORY_LIMIT, o->max_header, NULL},
+        {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, NULL},
+        {threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, threads, NULL},
+        {MHD_OPTION_END, 0, NULL},
+    };
+
+    return MHD_start_daemon(flags | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_request, slot,
+                            MHD_OPTION_ARRAY, ops, MHD_OPTION_END);
+}
+
+int svc_http_server_create(struct svc_http_server **out, const struct svc_http_opts *opts,
+                           const struct svc_route *routes, size_t nroutes, char *err,
+                           size_t errlen)
+{
+    struct svc_http_server *srv = calloc(1, sizeof(*srv));
+    int rc;
+
+    *out = NULL;
+    if (srv == NULL)
+        return SVC_ENOMEM;
+    srv->opts = *opts;
+    if (srv->opts.max_header == 0)
+        srv->opts.max_header = 64 * 1024;
+    if (srv->opts.idle_timeout == 0)
+        srv->opts.idle_timeout = 60;
+    if (srv->opts.max_connections == 0)
+        srv->opts.max_connections = 20000;
+    srv->routes = routes;
+    srv->nroutes = nroutes;
+    srv->listen_fd = -1;
+    rc = listen_on(opts->addr, &srv->listen_fd, &srv->port, err, errlen);
+    if (rc != SVC_OK)
+        goto fail;
+
+    srv->nslots = opts->mode == SVC_HTTP_LOOPS ? opts->nloops : 1;
+    srv->slots = calloc(srv->nslots, sizeof(*srv->slots));
+    if (srv->slots == NULL) {
+        rc = SVC_ENOMEM;
+        goto fail;
+    }
+    for (unsigned i = 0; i < srv->nslots; i++) {
+        struct daemon_slot *slot = &srv->slots[i];
+        slot->srv = srv;
+        if (opts->mode == SVC_HTTP_POOL) {
+            slot->d = start_daemon(slot, MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ITC,
+                                   opts->threads ? opts->threads : 2);
+        } else {
+            const union MHD_DaemonInfo *di;
+            slot->loop = opts->loops[i];
+            slot->d = start_daemon(slot, MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME, 1);
+            di = slot->d ? MHD_get_daemon_info(slot->d, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
+            if (di != NULL) {
+                slot->timer = svc_timer_create(slot->loop, on_slot_timer, slot);
+                slot->io = svc_io_add(slot->loop, di->epoll_fd, EPOLLIN, on_slot_io, slot);
+            }
+            if (di == NULL || slot->timer == NULL || slot->io == NULL) {
+                if (slot->d != NULL)
+                    MHD_stop_daemon(slot->d);
+                slot->d = NULL;
+            }
+        }
+        if (slot->d == NULL) {
+            snprintf(err, errlen, "cannot start the HTTP daemon on %s", opts->addr);
+            rc = SVC_EIO;
+            goto fail;
+        }
+    }
+    *out = srv;
+    return SVC_OK;
+fail:
+    svc_http_server_destroy(&srv);
+    return rc;
+}
+
+int svc_http_server_port(const struct svc_http_server *srv)
+{
+    return srv->port;
+}
+
+long svc_http_server_inflight(const struct svc_http_server *srv)
+{
+    return atomic_load(&srv->inflight);
+}
+
+static void quiesce_slot(struct svc_loop *loop, void *data)
+{
+    struct daemon_slot *slot = data;
+
+    (void)loop;
+    MHD_quiesce_daemon(slot->d);
+}
+
+void svc_http_server_quiesce(struct svc_http_server *srv)
+{
+    if (atomic_exchange(&srv->quiesced, 1))
+        return;
+    for (unsigned i = 0; i < srv->nslots; i++) {
+        struct daemon_slot *slot = &srv->slots[i];
+        if (slot->d == NULL)
+            continue;
+        /* In LOOPS mode the daemon belongs to its loop thread. */
+        if (slot->loop == NULL || svc_loop_post(slot->loop, quiesce_slot, slot) != SVC_OK)
+            MHD_quiesce_daemon(slot->d);
+    }
+}
+
+void svc_http_server_destroy(struct svc_http_server **srvp)
+{
+    struct svc_http_server *srv = srvp != NULL ? *srvp : NULL;
+
+    if (srv == NULL)
+        return;
+    for (unsigned i = 0; srv->slots != NULL && i < srv->nslots; i++) {
+        struct daemon_slot *slot = &srv->slots[i];
+        if (slot->d != NULL) {
+            /* Quiesce first: the listening socket is shared and closed once, below. */
+            MHD_quiesce_daemon(slot->d);
+            MHD_stop_daemon(slot->d);
+        }
+        svc_io_del(&slot->io);
+        svc_timer_destroy(&slot->timer);
+    }
+    free(srv->slots);
+    if (srv->listen_fd >= 0)
+        close(srv->listen_fd);
+    free(srv);
+    *srvp = NULL;
+}

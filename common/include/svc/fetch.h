@@ -1,0 +1,68 @@
+#ifndef SVC_FETCH_H
+#define SVC_FETCH_H
+
+#include <stddef.h>
+
+#include "svc/err.h"
+
+/*
+ * Outbound HTTP on an event loop: libcurl's multi-socket API driven by svc_loop, so thousands of
+ * upstream streams and RPC calls share one thread with no busy polling. Connections are kept
+ * alive and reused per loop. libcurl stays hidden behind this header.
+ *
+ * Every callback runs on the loop thread. on_done runs exactly once per started fetch unless the
+ * fetch was cancelled; the fetch is freed right after on_done returns.
+ */
+
+struct svc_loop;
+struct svc_fetch_multi;
+struct svc_fetch;
+
+struct svc_fetch_req {
+    const char *method;           /* "GET", "POST", ... */
+    const char *url;
+    const char *const *headers;   /* "Name: value" lines, NULL-terminated; may be NULL */
+    const void *body;             /* copied */
+    size_t body_len;
+    long connect_timeout_ms;      /* 0 = 10 s */
+    long timeout_ms;              /* whole transfer; 0 = no limit (streams) */
+    long idle_timeout_ms;         /* abort when no byte arrives for this long; 0 = no limit */
+    const char *proxy;            /* e.g. socks5h://host:port; NULL = none */
+    size_t max_response;          /* buffered mode: larger bodies fail with SVC_ETOOLARGE */
+    int stream;                   /* 1: deliver bytes to on_data as they arrive */
+};
+
+struct svc_fetch_cb {
+    /* Stream mode: a piece of the body. status is the HTTP status. Return 0 to go on, or
+     * a negative error to abort the transfer (on_done then gets that error). */
+    int (*on_data)(struct svc_fetch *f, long status, const char *data, size_t len, void *ud);
+    /* The end. err is SVC_OK when a complete HTTP response arrived (whatever its status);
+     * body/len hold the buffered body in buffered mode (NULL in stream mode); errmsg says what
+     * failed when err != SVC_OK. All pointers are valid only during the call. */
+    void (*on_done)(struct svc_fetch *f, int err, long status, const char *body, size_t len,
+                    const char *errmsg, void *ud);
+    /* Optional: runs inside svc_fetch_cancel() instead of on_done, to release ud only. */
+    void (*on_cancel)(void *ud);
+};
+
+/* One per loop. Returns NULL on failure. */
+struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop);
+
+/* Cancels what is still running (no callbacks) and frees. Accepts NULL; sets *m to NULL. */
+void svc_fetch_multi_destroy(struct svc_fetch_multi **m);
+
+/* Transfers in flight. */
+long svc_fetch_multi_active(const struct svc_fetch_multi *m);
+
+/* Starts a transfer. Returns NULL on failure (no callback will run). */
+struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fetch_req *req,
+                                  const struct svc_fetch_cb *cb, void *ud);
+
+/* Stops a transfer at once and closes its connection; no callback runs afterwards. Safe inside
+ * this fetch's own callbacks. Accepts NULL; sets *f to NULL. */
+void svc_fetch_cancel(struct svc_fetch **f);
+
+/* Pauses (1) or resumes (0) receiving, for backpressure from a slow client. */
+void svc_fetch_pause(struct svc_fetch *f, int paused);
+
+#endif

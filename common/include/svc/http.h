@@ -1,0 +1,142 @@
+#ifndef SVC_HTTP_H
+#define SVC_HTTP_H
+
+#include <stddef.h>
+
+#include "svc/err.h"
+
+/*
+ * The HTTP server, on libmicrohttpd (MHD stays hidden behind this header).
+ *
+ * Two modes:
+ *  - SVC_HTTP_LOOPS, for the streaming services (chat, proxy): one MHD daemon per event loop,
+ *    driven by that loop (MHD's external epoll mode), all sharing one listening socket. Handlers run
+ *    on the loop thread, must never block, and may answer later (SVC_HTTP_ASYNC): the connection is
+ *    suspended meanwhile and costs no thread. While a request is suspended its socket is watched
+ *    for EPOLLRDHUP so a client that goes away is seen at once (MHD itself does not look at
+ *    suspended connections), and the handler's abort callback runs.
+ *  - SVC_HTTP_POOL, for request/response services (auth, billing): MHD's own thread pool; handlers
+ *    may block (SQL, password hashing) and must answer before returning.
+ *
+ * Limits: request body (413), header block (431, MHD's memory limit), idle connection timeout,
+ * connection count. Every request gets an id (X-Request-Id from the ingress when it is sane,
+ * otherwise a fresh one), echoed in the response.
+ */
+
+struct svc_loop;
+struct svc_http_server;
+struct svc_req;
+
+enum svc_http_mode { SVC_HTTP_POOL, SVC_HTTP_LOOPS };
+
+/* How a route reports errors that the server itself produces (404, 405, 413, bad JSON ...). */
+enum svc_http_style {
+    SVC_HTTP_STYLE_TEXT,     /* text/plain */
+    SVC_HTTP_STYLE_ENVELOPE, /* {"status":"Fail","message":...,"data":null} (the /api clients) */
+    SVC_HTTP_STYLE_OPENAI,   /* {"error":{"message","type","param","code"}} (the /v1 clients) */
+};
+
+/* What a handler returns. */
+enum svc_http_result {
+    SVC_HTTP_DONE = 0,  /* a reply was given with svc_req_reply* / svc_req_stream_start */
+    SVC_HTTP_ASYNC = 1, /* the handler answers later, on the request's loop (LOOPS mode only) */
+};
+
+typedef int (*svc_http_handler_fn)(struct svc_req *req, void *ctx);
+typedef void (*svc_req_abort_fn)(struct svc_req *req, void *data);
+
+struct svc_route {
+    const char *method; /* "POST", "GET", ...; NULL = any */
+    const char *path;   /* exact path, or a prefix when it ends with '*' */
+    svc_http_handler_fn fn;
+    void *ctx;
+    enum svc_http_style style;
+};
+
+struct svc_http_opts {
+    const char *service;       /* for logs */
+    const char *addr;          /* host:port; port 0 picks a free port */
+    enum svc_http_mode mode;
+    unsigned threads;          /* POOL: worker threads */
+    struct svc_loop **loops;   /* LOOPS: the loops, one daemon each */
+    unsigned nloops;
+    size_t max_body;           /* bytes */
+    size_t max_header;         /* bytes of request line + headers */
+    unsigned idle_timeout;     /* seconds */
+    unsigned max_connections;
+    enum svc_http_style default_style; /* for paths that match no route */
+};
+
+/*
+ * Binds opts->addr (never with SO_REUSEPORT: a taken port is an error, SVC_EEXIST, with the
+ * reason in err) and starts serving the routes. routes must stay valid while the server runs.
+ * Caller owns *out; destroy with svc_http_server_destroy. In LOOPS mode call it before the loops
+ * start running, from the thread that will run... any thread: the daemons are only touched by
+ * their loops afterwards.
+ */
+int svc_http_server_create(struct svc_http_server **out, const struct svc_http_opts *opts,
+                           const struct svc_route *routes, size_t nroutes, char *err,
+                           size_t errlen) SVC_MUST_CHECK;
+
+/* The bound port (useful with port 0). */
+int svc_http_server_port(const struct svc_http_server *srv);
+
+/* Stops accepting new connections; requests in flight continue. Thread-safe, idempotent. */
+void svc_http_server_quiesce(struct svc_http_server *srv);
+
+/* Requests currently in flight (all threads). */
+long svc_http_server_inflight(const struct svc_http_server *srv);
+
+/* Stops the server. In LOOPS mode the loops must no longer be running. Accepts NULL. */
+void svc_http_server_destroy(struct svc_http_server **srv);
+
+/* ---- the request; every pointer returned is borrowed, valid until the request completes ---- */
+
+const char *svc_req_method(const struct svc_req *req);
+const char *svc_req_path(const struct svc_req *req);
+const char *svc_req_id(const struct svc_req *req);
+/* Client IP: X-Real-IP set by the ingress when present, else the socket peer. */
+const char *svc_req_client_ip(const struct svc_req *req);
+const char *svc_req_header(const struct svc_req *req, const char *name); /* NULL when absent */
+const char *svc_req_query(const struct svc_req *req, const char *name);  /* NULL when absent */
+const char *svc_req_body(const struct svc_req *req, size_t *len);        /* NUL-terminated */
+struct svc_loop *svc_req_loop(const struct svc_req *req);                /* NULL in POOL mode */
+
+/* Adds a response header; call before the reply. Copies both strings. */
+int svc_req_add_header(struct svc_req *req, const char *name, const char *value) SVC_MUST_CHECK;
+
+/* Answers with a complete body (copied). In LOOPS mode may be called after SVC_HTTP_ASYNC, on the
+ * request's loop. Calling it twice, or after the client left, is harmless (SVC_ECANCELED). */
+int svc_req_reply(struct svc_req *req, int status, const char *content_type, const void *body,
+                  size_t len);
+
+/* Answers with an error in the route's style. */
+int svc_req_error(struct svc_req *req, int status, const char *message);
+
+/*
+ * Streaming (LOOPS mode): starts a chunked response; then svc_req_stream_write() queues bytes
+ * (copied) and svc_req_stream_end() finishes it. Writes are flushed as soon as the socket takes
+ * them. svc_req_stream_pending() tells how many bytes wait for a slow client, so producers can
+ * apply backpressure; writes beyond SVC_HTTP_STREAM_MAX_PENDING fail with SVC_ETOOLARGE.
+ */
+#define SVC_HTTP_STREAM_MAX_PENDING (4u << 20)
+int svc_req_stream_start(struct svc_req *req, int status, const char *content_type);
+int svc_req_stream_write(struct svc_req *req, const void *data, size_t len);
+int svc_req_stream_end(struct svc_req *req);
+size_t svc_req_stream_pending(const struct svc_req *req);
+
+/*
+ * Registers fn(req, data) to run once, on the request's loop, when the client goes away before
+ * the reply is complete (LOOPS mode). After it runs, replies are ignored and the request is
+ * freed when the handler's cleanup (svc_req_set_cleanup) has run.
+ */
+void svc_req_on_abort(struct svc_req *req, svc_req_abort_fn fn, void *data);
+
+/* Registers fn(data) to run exactly once when the request is finished, whatever the outcome.
+ * This is where the handler frees its per-request state. */
+void svc_req_set_cleanup(struct svc_req *req, void (*fn)(void *data), void *data);
+
+/* 1 once the client went away or the reply was completed. */
+int svc_req_is_done(const struct svc_req *req);
+
+#endif

@@ -1,0 +1,77 @@
+#ifndef SVC_REDIS_H
+#define SVC_REDIS_H
+
+#include <stddef.h>
+
+#include "svc/err.h"
+
+/*
+ * Redis, on hiredis 0.14 (hidden behind this header).
+ *
+ * Commands are always argv arrays (binary safe, never format strings built from user input).
+ * Transport problems (cannot connect, connection lost, no reply in time) are SVC_EUNAVAIL or
+ * SVC_ETIMEDOUT; a Redis error reply is SVC_EIO with the reply's text available.
+ *
+ * URL: redis://[[user]:password@]host[:port][/db]   (default port 6379, db 0)
+ */
+
+struct svc_loop;
+struct svc_redis;        /* blocking client, a pool of connections shared by worker threads */
+struct svc_redis_async;  /* non-blocking client bound to one event loop */
+struct svc_redis_reply;  /* a reply; borrowed in callbacks, owned after svc_redis_cmd */
+
+enum svc_redis_type {
+    SVC_REDIS_STRING = 1,
+    SVC_REDIS_ARRAY = 2,
+    SVC_REDIS_INTEGER = 3,
+    SVC_REDIS_NIL = 4,
+    SVC_REDIS_STATUS = 5,
+    SVC_REDIS_ERROR = 6,
+};
+
+int svc_redis_reply_type(const struct svc_redis_reply *r);
+const char *svc_redis_reply_str(const struct svc_redis_reply *r, size_t *len); /* STRING/STATUS/ERROR */
+long long svc_redis_reply_int(const struct svc_redis_reply *r);
+size_t svc_redis_reply_count(const struct svc_redis_reply *r);                 /* ARRAY */
+const struct svc_redis_reply *svc_redis_reply_elem(const struct svc_redis_reply *r, size_t i);
+void svc_redis_reply_free(struct svc_redis_reply **r);
+
+/* Parses a redis:// URL; SVC_EINVAL with a reason in err. */
+int svc_redis_url_check(const char *url, char *err, size_t errlen) SVC_MUST_CHECK;
+
+/* ---- blocking ---- */
+
+/* Creates the client; connects lazily. timeout_ms bounds connect and every command. */
+int svc_redis_create(struct svc_redis **out, const char *url, long timeout_ms) SVC_MUST_CHECK;
+void svc_redis_destroy(struct svc_redis **r);
+
+/* Runs one command. On SVC_OK *reply is set (it may be an ERROR reply: check the type; see
+ * svc_redis_cmd_ok for the common case). Thread-safe. */
+int svc_redis_cmd(struct svc_redis *r, struct svc_redis_reply **reply, int argc,
+                  const char *const *argv, const size_t *argvlen) SVC_MUST_CHECK;
+
+/* ---- non-blocking, on a loop ---- */
+
+/*
+ * Callback of an async command. err is SVC_OK with a reply (which may be an ERROR reply), or
+ * SVC_EUNAVAIL / SVC_ETIMEDOUT with reply NULL. The reply is borrowed for the call only.
+ */
+typedef void (*svc_redis_cb)(int err, const struct svc_redis_reply *reply, void *data);
+
+/* Creates a client on loop that connects at once and reconnects with backoff whenever the
+ * connection is lost. Commands stuck longer than timeout_ms fail with SVC_ETIMEDOUT. */
+struct svc_redis_async *svc_redis_async_create(struct svc_loop *loop, const char *url,
+                                               long timeout_ms);
+void svc_redis_async_destroy(struct svc_redis_async **r);
+
+/* 1 while connected. */
+int svc_redis_async_connected(const struct svc_redis_async *r);
+
+/*
+ * Sends a command. cb runs exactly once on the loop (cb may be NULL for fire-and-forget).
+ * Returns SVC_EUNAVAIL without calling cb when not connected.
+ */
+int svc_redis_async_cmd(struct svc_redis_async *r, svc_redis_cb cb, void *data, int argc,
+                        const char *const *argv, const size_t *argvlen) SVC_MUST_CHECK;
+
+#endif

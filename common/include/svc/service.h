@@ -1,0 +1,69 @@
+#ifndef SVC_SERVICE_H
+#define SVC_SERVICE_H
+
+#include <stddef.h>
+
+#include "svc/cfg.h"
+
+/*
+ * Process lifecycle shared by every service binary:
+ *   svc_service_setup()   config from the environment (exit 78 with a one-line error naming the
+ *                          variable), logging, signal mask, libcurl global init, admin listener
+ *   svc_service_set_ready(1) when the service can take traffic (/readyz answers 200)
+ *   svc_service_wait()    blocks the main thread until SIGTERM or SIGINT
+ *   svc_service_drain()   not ready, stop accepting, wait for requests in flight (bounded)
+ *
+ * SIGTERM and SIGINT are blocked in every thread and taken with sigwait() by the main thread, so
+ * no code runs in signal context at all. SIGPIPE is ignored.
+ */
+
+struct svc_http_server;
+
+/* Exit codes from sysexits.h. */
+#define SVC_EX_OK 0
+#define SVC_EX_SOFTWARE 70
+#define SVC_EX_UNAVAILABLE 69
+#define SVC_EX_CONFIG 78
+
+/*
+ * Loads opts, sets up logging and signals and starts the admin listener on ADMIN_ADDR. On any
+ * failure prints one line "<service>: <VARIABLE>: <reason>" to stderr and exits SVC_EX_CONFIG.
+ * argv handles --describe-config (prints the option table and exits 0). Call first in main.
+ */
+void svc_service_setup(const char *service, int argc, char **argv, struct svc_option *opts,
+                       size_t nopts);
+
+/* Finds a parsed option by name (for the common ones). Never NULL for a declared option. */
+const struct svc_option *svc_service_option(const char *name);
+
+/* Readiness as seen by /readyz. Thread-safe. */
+void svc_service_set_ready(int ready);
+
+/* An extra readiness check run by /readyz (for example "Redis answers"); 0 = ready. */
+void svc_service_set_ready_check(int (*fn)(void *), void *data);
+
+/* The number of worker threads or loops to run: WORKERS, or the number of cores. */
+unsigned svc_service_workers(void);
+
+/* Blocks until SIGTERM or SIGINT. Returns the signal number. */
+int svc_service_wait(void);
+
+/* Marks the service not ready, quiesces srv and waits up to DRAIN_TIMEOUT seconds for its
+ * requests in flight to finish. Returns the number still in flight at the end. */
+long svc_service_drain(struct svc_http_server *srv);
+
+/*
+ * For request/response services (auth, billing): serves routes on HTTP_ADDR with a worker pool
+ * (2 threads per worker), marks the service ready, waits for SIGTERM/SIGINT, drains and stops.
+ * Exits SVC_EX_CONFIG when HTTP_ADDR cannot be bound. Returns when the server is stopped.
+ */
+struct svc_route;
+void svc_service_serve_pool(const struct svc_route *routes, size_t nroutes, int default_style);
+
+/* Stops the admin listener and frees what setup allocated. */
+void svc_service_teardown(void);
+
+/* Prints "<service>: <message>" on stderr and exits with code. For start-up failures only. */
+void svc_service_die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+
+#endif

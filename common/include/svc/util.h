@@ -1,0 +1,32 @@
+#ifndef SVC_UTIL_H
+#define SVC_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "svc/err.h"
+
+/* Small helpers with no better home. All are thread-safe. */
+
+/* Writes 2*nbytes random hex characters plus a NUL into out (getrandom). */
+void svc_random_hex(char *out, size_t nbytes);
+
+/* Writes a random UUIDv4 (36 characters plus NUL) into out[37]. */
+void svc_uuid4(char out[37]);
+
+/* Compares two byte strings in time that depends only on their lengths. 1 when equal. */
+int svc_secure_equal(const void *a, size_t alen, const void *b, size_t blen);
+
+/*
+ * Decodes standard base64 (RFC 4648, with padding) into out[outlen]. Returns the decoded length,
+ * or SVC_EINVAL on bad input / SVC_ETOOLARGE when out is too small. out is NUL-terminated.
+ */
+long svc_base64_decode(const char *in, size_t inlen, char *out, size_t outlen);
+
+/* 1 when s[0..len) is valid UTF-8 (no overlongs, no surrogates, max U+10FFFF). */
+int svc_utf8_valid(const char *s, size_t len);
+
+/* Milliseconds since the Unix epoch (CLOCK_REALTIME). */
+int64_t svc_wallclock_ms(void);
+
+#endif

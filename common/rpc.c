@@ -1,0 +1,352 @@
+#include "svc/rpc.h"
+
+#include <curl/curl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rpc.pb-c.h"
+#include "svc/buf.h"
+#include "svc/cfg.h"
+#include "svc/fetch.h"
+#include "svc/http.h"
+#include "svc/log.h"
+
+#define RPC_MAX_RESPONSE (4u << 20)
+#define RPC_CTYPE "application/x-protobuf"
+
+/* ---- server ---- */
+
+struct call_alloc {
+    struct call_alloc *next;
+    /* the memory follows */
+};
+
+struct svc_rpc_call {
+    struct svc_req *req;
+    struct call_alloc *allocs;
+    char error[256];
+};
+
+void *svc_rpc_alloc(struct svc_rpc_call *call, size_t size)
+{
+    struct call_alloc *a = calloc(1, sizeof(*a) + size);
+
+    if (a == NULL)
+        return NULL;
+    a->next = call->allocs;
+    call->allocs = a;
+    return a + 1;
+}
+
+char *svc_rpc_strdup(struct svc_rpc_call *call, const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *p = svc_rpc_alloc(call, n);
+
+    if (p != NULL)
+        memcpy(p, s, n);
+    return p;
+}
+
+const char *svc_rpc_request_id(const struct svc_rpc_call *call)
+{
+    return svc_req_id(call->req);
+}
+
+const char *svc_rpc_client_ip(const struct svc_rpc_call *call)
+{
+    return svc_req_client_ip(call->req);
+}
+
+void svc_rpc_set_error(struct svc_rpc_call *call, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(call->error, sizeof(call->error), fmt, ap);
+    va_end(ap);
+}
+
+static void reply_message(struct svc_req *req, int status, const ProtobufCMessage *msg)
+{
+    size_t n = protobuf_c_message_get_packed_size(msg);
+    uint8_t *buf = malloc(n ? n : 1);
+
+    if (buf == NULL) {
+        svc_req_reply(req, 500, "text/plain", "out of memory", 13);
+        return;
+    }
+    protobuf_c_message_pack(msg, buf);
+    svc_req_reply(req, status, RPC_CTYPE, buf, n);
+    free(buf);
+}
+
+static void reply_error(struct svc_req *req, int code, const char *message)
+{
+    Chatweb__Rpc__RpcError e = CHATWEB__RPC__RPC_ERROR__INIT;
+
+    e.code = code;
+    e.message = (char *)message;
+    reply_message(req, svc_err_http_status(code), &e.base);
+}
+
+int svc_rpc_dispatch(struct svc_req *req, void *ctx)
+{
+    const struct svc_rpc_registry *reg = ctx;
+    const struct svc_rpc_method *m = NULL;
+    struct svc_rpc_call call = {.req = req};
+    ProtobufCMessage *in = NULL, *out = NULL;
+    const char *body;
+    size_t len;
+    int rc;
+
+    for (size_t i = 0; i < reg->n; i++)
+        if (strcmp(reg->methods[i].path, svc_req_path(req)) == 0)
+            m = &reg->methods[i];
+    if (m == NULL) {
+        reply_error(req, SVC_ENOTFOUND, "no such method");
+        return SVC_HTTP_DONE;
+    }
+    body = svc_req_body(req, &len);
+    in = protobuf_c_message_unpack(m->in_desc, NULL, len, (const uint8_t *)body);
+    if (in == NULL) {
+        reply_error(req, SVC_EINVAL, "malformed request message");
+        return SVC_HTTP_DONE;
+    }
+    out = calloc(1, m->out_desc->sizeof_message);
+    if (out == NULL) {
+        rc = SVC_ENOMEM;
+    } else {
+        protobuf_c_message_init(m->out_desc, out);
+        rc = m->fn(&call, in, out, m->ctx);
+    }
+    if (rc == SVC_OK) {
+        reply_message(req, 200, out);
+    } else {
+        if (rc > 0 || rc < SVC_EINTERNAL)
+            rc = SVC_EINTERNAL;
+        SVC_LOG_INFO(svc_req_id(req), svc_req_path(req), "rpc failed: %s%s%s", svc_strerror(rc),
+                     call.error[0] ? ": " : "", call.error);
+        reply_error(req, rc, call.error[0] ? call.error : svc_strerror(rc));
+    }
+    /* out's fields point into call.allocs (or are static defaults): free only the shell. */
+    free(out);
+    protobuf_c_message_free_unpacked(in, NULL);
+    while (call.allocs != NULL) {
+        struct call_alloc *a = call.allocs;
+        call.allocs = a->next;
+        free(a);
+    }
+    return SVC_HTTP_DONE;
+}
+
+/* ---- client ---- */
+
+struct svc_rpc_client {
+    char *base_url;
+    long timeout_ms;
+};
+
+struct svc_rpc_client *svc_rpc_client_create(const char *base_url, long timeout_ms)
+{
+    struct svc_rpc_client *c = calloc(1, sizeof(*c));
+    size_t n;
+
+    if (c == NULL)
+        return NULL;
+    c->base_url = strdup(base_url);
+    if (c->base_url == NULL) {
+        free(c);
+        return NULL;
+    }
+    n = strlen(c->base_url);
+    while (n > 0 && c->base_url[n - 1] == '/')
+        c->base_url[--n] = '\0';
+    c->timeout_ms = timeout_ms > 0 ? timeout_ms : 5000;
+    return c;
+}
+
+void svc_rpc_client_destroy(struct svc_rpc_client **cp)
+{
+    if (cp == NULL || *cp == NULL)
+        return;
+    free((*cp)->base_url);
+    free(*cp);
+    *cp = NULL;
+}
+
+/* Turns a finished HTTP exchange into the call's result. */
+static int decode_reply(long status, const uint8_t *body, size_t len,
+                        const ProtobufCMessageDescriptor *out_desc, ProtobufCMessage **out,
+                        char *err, size_t errlen)
+{
+    Chatweb__Rpc__RpcError *e;
+    int code;
+
+    if (status == 200) {
+        *out = protobuf_c_message_unpack(out_desc, NULL, len, body);
+        if (*out == NULL) {
+            snprintf(err, errlen, "malformed response message");
+            return SVC_EIO;
+        }
+        return SVC_OK;
+    }
+    e = chatweb__rpc__rpc_error__unpack(NULL, len, body);
+    if (e == NULL) {
+        snprintf(err, errlen, "HTTP %ld without an RPC error", status);
+        return status == 404 ? SVC_ENOTFOUND : SVC_EUNAVAIL;
+    }
+    code = e->code < 0 && e->code >= SVC_EINTERNAL ? e->code : SVC_EINTERNAL;
+    snprintf(err, errlen, "%s", e->message);
+    chatweb__rpc__rpc_error__free_unpacked(e, NULL);
+    return code;
+}
+
+static uint8_t *pack(const ProtobufCMessage *in, size_t *len)
+{
+    uint8_t *buf;
+
+    *len = protobuf_c_message_get_packed_size(in);
+    buf = malloc(*len ? *len : 1);
+    if (buf != NULL)
+        protobuf_c_message_pack(in, buf);
+    return buf;
+}
+
+/* One keep-alive easy handle per thread for blocking calls. */
+static __thread CURL *tl_easy;
+
+static size_t sync_write(char *ptr, size_t size, size_t nmemb, void *userp)
+{
+    return svc_buf_append(userp, ptr, size * nmemb) == SVC_OK ? size * nmemb : 0;
+}
+
+int svc_rpc_call(struct svc_rpc_client *c, const char *method, const ProtobufCMessage *in,
+                 const ProtobufCMessageDescriptor *out_desc, ProtobufCMessage **out,
+                 const char *request_id, char *err, size_t errlen)
+{
+    char url[512], hid[128], hdl[64];
+    struct curl_slist *hdrs = NULL, *tmp;
+    struct svc_buf resp;
+    uint8_t *body = NULL;
+    size_t len;
+    long status = 0;
+    CURLcode cc;
+    int rc;
+
+    *out = NULL;
+    svc_buf_init(&resp, RPC_MAX_RESPONSE);
+    if (tl_easy == NULL && (tl_easy = curl_easy_init()) == NULL) {
+        snprintf(err, errlen, "curl_easy_init failed");
+        return SVC_ENOMEM;
+    }
+    body = pack(in, &len);
+    snprintf(url, sizeof(url), "%s%s", c->base_url, method);
+    snprintf(hid, sizeof(hid), "X-Request-Id: %s", request_id ? request_id : "");
+    snprintf(hdl, sizeof(hdl), "X-Deadline-Ms: %ld", c->timeout_ms);
+    const char *lines[] = {"Content-Type: " RPC_CTYPE, "Expect:", hid, hdl};
+    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+        tmp = curl_slist_append(hdrs, lines[i]);
+        if (tmp == NULL) {
+            rc = SVC_ENOMEM;
+            goto out;
+        }
+        hdrs = tmp;
+    }
+    if (body == NULL) {
+        rc = SVC_ENOMEM;
+        goto out;
+    }
+    curl_easy_reset(tl_easy);
+    curl_easy_setopt(tl_easy, CURLOPT_URL, url);
+    curl_easy_setopt(tl_easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(tl_easy, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(tl_easy, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(tl_easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+    curl_easy_setopt(tl_easy, CURLOPT_TIMEOUT_MS, c->timeout_ms);
+    curl_easy_setopt(tl_easy, CURLOPT_CONNECTTIMEOUT_MS, c->timeout_ms);
+    curl_easy_setopt(tl_easy, CURLOPT_WRITEFUNCTION, sync_write);
+    curl_easy_setopt(tl_easy, CURLOPT_WRITEDATA, &resp);
+    cc = curl_easy_perform(tl_easy);
+    if (cc != CURLE_OK) {
+        snprintf(err, errlen, "%s%s: %s", c->base_url, method, curl_easy_strerror(cc));
+        rc = cc == CURLE_OPERATION_TIMEDOUT ? SVC_ETIMEDOUT : SVC_EUNAVAIL;
+        goto out;
+    }
+    curl_easy_getinfo(tl_easy, CURLINFO_RESPONSE_CODE, &status);
+    rc = decode_reply(status, (const uint8_t *)(resp.data ? resp.data : ""), resp.len, out_desc,
+                      out, err, errlen);
+out:
+    curl_slist_free_all(hdrs);
+    free(body);
+    svc_buf_deinit(&resp);
+    return rc;
+}
+
+struct async_call {
+    const ProtobufCMessageDescriptor *out_desc;
+    svc_rpc_done_fn done;
+    void *data;
+};
+
+static void async_done(struct svc_fetch *f, int err, long status, const char *body, size_t len,
+                       const char *errmsg, void *ud)
+{
+    struct async_call *ac = ud;
+    ProtobufCMessage *out = NULL;
+    char msg[256];
+    int rc = err;
+
+    (void)f;
+    if (err == SVC_OK)
+        rc = decode_reply(status, (const uint8_t *)body, len, ac->out_desc, &out, msg,
+                          sizeof(msg));
+    else
+        snprintf(msg, sizeof(msg), "%s", errmsg ? errmsg : svc_strerror(err));
+    ac->done(rc, out, rc == SVC_OK ? NULL : msg, ac->data);
+    free(ac);
+}
+
+struct svc_fetch *svc_rpc_call_async(struct svc_rpc_client *c, struct svc_fetch_multi *m,
+                                     const char *method, const ProtobufCMessage *in,
+                                     const ProtobufCMessageDescriptor *out_desc,
+                                     const char *request_id, svc_rpc_done_fn done, void *data)
+{
+    static const struct svc_fetch_cb cb = {.on_done = async_done, .on_cancel = free};
+    char url[512], hid[128], hdl[64];
+    struct svc_fetch_req fr = {0};
+    struct async_call *ac = calloc(1, sizeof(*ac));
+    struct svc_fetch *f = NULL;
+    uint8_t *body = NULL;
+    size_t len;
+
+    if (ac == NULL)
+        return NULL;
+    body = pack(in, &len);
+    if (body == NULL) {
+        free(ac);
+        return NULL;
+    }
+    ac->out_desc = out_desc;
+    ac->done = done;
+    ac->data = data;
+    snprintf(url, sizeof(url), "%s%s", c->base_url, method);
+    snprintf(hid, sizeof(hid), "X-Request-Id: %s", request_id ? request_id : "");
+    snprintf(hdl, sizeof(hdl), "X-Deadline-Ms: %ld", c->timeout_ms);
+    const char *headers[] = {"Content-Type: " RPC_CTYPE, hid, hdl, NULL};
+    fr.method = "POST";
+    fr.url = url;
+    fr.headers = headers;
+    fr.body = body;
+    fr.body_len = len;
+    fr.connect_timeout_ms = c->timeout_ms;
+    fr.timeout_ms = c->timeout_ms;
+    fr.max_response = RPC_MAX_RESPONSE;
+    f = svc_fetch_start(m, &fr, &cb, ac);
+    free(body);
+    if (f == NULL)
+        free(ac);
+    return f;
+}

@@ -1,0 +1,224 @@
+#include "svc/service.h"
+
+#include <curl/curl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "svc/buf.h"
+#include "svc/http.h"
+#include "svc/log.h"
+#include "svc/loop.h"
+#include "svc/metrics.h"
+
+#define ADMIN_BODY_MAX (1u << 20)
+
+static const char *service_name = "svc";
+static struct svc_option *options;
+static size_t noptions;
+static atomic_int ready;
+static int (*ready_check)(void *);
+static void *ready_check_data;
+static struct svc_http_server *admin;
+
+void svc_service_die(int code, const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "%s: ", service_name);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(code);
+}
+
+const struct svc_option *svc_service_option(const char *name)
+{
+    for (size_t i = 0; i < noptions; i++)
+        if (strcmp(options[i].name, name) == 0)
+            return &options[i];
+    svc_service_die(SVC_EX_SOFTWARE, "option %s is not declared", name);
+}
+
+void svc_service_set_ready(int r)
+{
+    atomic_store(&ready, r);
+}
+
+void svc_service_set_ready_check(int (*fn)(void *), void *data)
+{
+    ready_check = fn;
+    ready_check_data = data;
+}
+
+unsigned svc_service_workers(void)
+{
+    long n = svc_service_option("WORKERS")->i;
+
+    if (n <= 0)
+        n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1;
+}
+
+/* ---- admin listener ---- */
+
+static int admin_healthz(struct svc_req *req, void *ctx)
+{
+    (void)ctx;
+    svc_req_reply(req, 200, "text/plain", "ok\n", 3);
+    return SVC_HTTP_DONE;
+}
+
+static int admin_readyz(struct svc_req *req, void *ctx)
+{
+    int ok = atomic_load(&ready) && (ready_check == NULL || ready_check(ready_check_data) == 0);
+
+    (void)ctx;
+    if (ok)
+        svc_req_reply(req, 200, "text/plain", "ready\n", 6);
+    else
+        svc_req_reply(req, 503, "text/plain", "not ready\n", 10);
+    return SVC_HTTP_DONE;
+}
+
+static int admin_metrics(struct svc_req *req, void *ctx)
+{
+    struct svc_buf b;
+
+    (void)ctx;
+    svc_buf_init(&b, ADMIN_BODY_MAX);
+    if (svc_metrics_render(&b) != SVC_OK)
+        svc_req_error(req, 500, "metrics too large");
+    else
+        svc_req_reply(req, 200, "text/plain; version=0.0.4", b.data ? b.data : "", b.len);
+    svc_buf_deinit(&b);
+    return SVC_HTTP_DONE;
+}
+
+static const struct svc_route admin_routes[] = {
+    {"GET", "/healthz", admin_healthz, NULL, SVC_HTTP_STYLE_TEXT},
+    {"GET", "/readyz", admin_readyz, NULL, SVC_HTTP_STYLE_TEXT},
+    {"GET", "/metrics", admin_metrics, NULL, SVC_HTTP_STYLE_TEXT},
+};
+
+/* ---- setup / teardown ---- */
+
+void svc_service_setup(const char *service, int argc, char **argv, struct svc_option *opts,
+                       size_t nopts)
+{
+    char err[512];
+    sigset_t set;
+    int level;
+    struct svc_http_opts ao = {0};
+
+    service_name = service;
+    options = opts;
+    noptions = nopts;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--describe-config") == 0) {
+            svc_cfg_describe_all(opts, nopts);
+            exit(SVC_EX_OK);
+        }
+        svc_service_die(SVC_EX_CONFIG, "unknown argument \"%s\" (configuration is read from "
+                                       "the environment; try --describe-config)", argv[i]);
+    }
+    if (svc_cfg_load_env(opts, nopts, err, sizeof(err)) != SVC_OK)
+        svc_service_die(SVC_EX_CONFIG, "%s", err);
+    level = svc_log_level_parse(svc_service_option("LOG_LEVEL")->s);
+    if (level < 0)
+        svc_service_die(SVC_EX_CONFIG, "LOG_LEVEL: not one of error|warn|notice|info|debug: "
+                                       "\"%s\"", svc_service_option("LOG_LEVEL")->s);
+    svc_log_setup(service, level);
+
+    /* Blocked here, before any thread exists, so every thread inherits the mask. */
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        svc_service_die(SVC_EX_SOFTWARE, "curl_global_init failed");
+
+    ao.service = service;
+    ao.addr = svc_service_option("ADMIN_ADDR")->s;
+    ao.mode = SVC_HTTP_POOL;
+    ao.threads = 1;
+    ao.max_body = 4096;
+    ao.idle_timeout = 30;
+    ao.max_connections = 256;
+    ao.default_style = SVC_HTTP_STYLE_TEXT;
+    if (svc_http_server_create(&admin, &ao, admin_routes,
+                               sizeof(admin_routes) / sizeof(admin_routes[0]), err,
+                               sizeof(err)) != SVC_OK)
+        svc_service_die(SVC_EX_CONFIG, "ADMIN_ADDR: %s", err);
+    svc_cfg_log_all(opts, nopts);
+}
+
+int svc_service_wait(void)
+{
+    sigset_t set;
+    int sig = 0;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    while (sigwait(&set, &sig) != 0)
+        ;
+    return sig;
+}
+
+long svc_service_drain(struct svc_http_server *srv)
+{
+    uint64_t deadline = svc_clock_ms() + (uint64_t)svc_service_option("DRAIN_TIMEOUT")->i * 1000;
+    long left;
+
+    svc_service_set_ready(0);
+    if (srv == NULL)
+        return 0;
+    svc_http_server_quiesce(srv);
+    while ((left = svc_http_server_inflight(srv)) > 0 && svc_clock_ms() < deadline)
+        usleep(20 * 1000);
+    return left;
+}
+
+void svc_service_teardown(void)
+{
+    svc_http_server_destroy(&admin);
+    curl_global_cleanup();
+}
+
+void svc_service_serve_pool(const struct svc_route *routes, size_t nroutes, int default_style)
+{
+    struct svc_http_server *srv = NULL;
+    struct svc_http_opts ho = {0};
+    char err[512];
+    long left;
+
+    ho.service = service_name;
+    ho.addr = svc_service_option("HTTP_ADDR")->s;
+    ho.mode = SVC_HTTP_POOL;
+    ho.threads = svc_service_workers() * 2;
+    ho.max_body = (size_t)svc_service_option("HTTP_MAX_BODY")->i;
+    ho.idle_timeout = (unsigned)svc_service_option("HTTP_IDLE_TIMEOUT")->i;
+    ho.max_connections = (unsigned)svc_service_option("HTTP_MAX_CONNECTIONS")->i;
+    ho.default_style = (enum svc_http_style)default_style;
+    if (svc_http_server_create(&srv, &ho, routes, nroutes, err, sizeof(err)) != SVC_OK)
+        svc_service_die(SVC_EX_CONFIG, "HTTP_ADDR: %s", err);
+    SVC_LOG_NOTICE(NULL, "startup", "serving on port %d", svc_http_server_port(srv));
+    svc_service_set_ready(1);
+
+    svc_service_wait();
+    SVC_LOG_NOTICE(NULL, "shutdown", "draining");
+    left = svc_service_drain(srv);
+    if (left > 0)
+        SVC_LOG_WARN(NULL, "shutdown", "%ld request(s) still in flight at the drain deadline",
+                     left);
+    svc_http_server_destroy(&srv);
+}

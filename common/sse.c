@@ -1,0 +1,85 @@
+#include "svc/sse.h"
+
+#include <string.h>
+
+void svc_sse_init(struct svc_sse *s, size_t max_event)
+{
+    svc_buf_init(&s->line, max_event);
+    svc_buf_init(&s->data, max_event);
+    s->has_data = 0;
+    s->last_was_cr = 0;
+}
+
+void svc_sse_deinit(struct svc_sse *s)
+{
+    svc_buf_deinit(&s->line);
+    svc_buf_deinit(&s->data);
+}
+
+/* Handles one complete line (without its terminator). */
+static int sse_line(struct svc_sse *s, svc_sse_event_fn fn, void *ud)
+{
+    const char *l = s->line.data != NULL ? s->line.data : "";
+    size_t n = s->line.len;
+    int rc = 0;
+
+    if (n == 0) { /* blank line: dispatch */
+        if (s->has_data)
+            rc = fn(s->data.data != NULL ? s->data.data : "", s->data.len, ud);
+        svc_buf_reset(&s->data);
+        s->has_data = 0;
+        return rc;
+    }
+    if (n >= 5 && memcmp(l, "data:", 5) == 0) {
+        const char *v = l + 5;
+        size_t vn = n - 5;
+        if (vn > 0 && v[0] == ' ') {
+            v++;
+            vn--;
+        }
+        if (s->has_data && (rc = svc_buf_append(&s->data, "\n", 1)) != 0)
+            return rc;
+        if ((rc = svc_buf_append(&s->data, v, vn)) != 0)
+            return rc;
+        s->has_data = 1;
+    }
+    /* comments and other fields are ignored */
+    return 0;
+}
+
+int svc_sse_feed(struct svc_sse *s, const char *bytes, size_t len, svc_sse_event_fn fn, void *ud)
+{
+    size_t i = 0;
+
+    while (i < len) {
+        char c = bytes[i];
+        int rc;
+
+        if (c == '\n' && s->last_was_cr) { /* the LF of a CRLF */
+            s->last_was_cr = 0;
+            i++;
+            continue;
+        }
+        s->last_was_cr = 0;
+        if (c == '\r' || c == '\n') {
+            s->last_was_cr = c == '\r';
+            rc = sse_line(s, fn, ud);
+            svc_buf_reset(&s->line);
+            if (rc != 0)
+                return rc;
+            i++;
+            continue;
+        }
+        {
+            /* copy the run of ordinary bytes at once */
+            size_t j = i;
+            while (j < len && bytes[j] != '\r' && bytes[j] != '\n')
+                j++;
+            rc = svc_buf_append(&s->line, bytes + i, j - i);
+            if (rc != 0)
+                return rc;
+            i = j;
+        }
+    }
+    return 0;
+}

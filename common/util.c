@@ -1,0 +1,159 @@
+#include "svc/util.h"
+
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+static void fill_random(void *buf, size_t n)
+{
+    size_t got = 0;
+
+    while (got < n) {
+        ssize_t r = getrandom((char *)buf + got, n - got, 0);
+        if (r > 0)
+            got += (size_t)r;
+    }
+}
+
+void svc_random_hex(char *out, size_t nbytes)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char raw[64];
+
+    if (nbytes > sizeof(raw))
+        nbytes = sizeof(raw);
+    fill_random(raw, nbytes);
+    for (size_t i = 0; i < nbytes; i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[2 * nbytes] = '\0';
+}
+
+void svc_uuid4(char out[37])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char r[16];
+    size_t o = 0;
+
+    fill_random(r, sizeof(r));
+    r[6] = (unsigned char)((r[6] & 0x0f) | 0x40);
+    r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[o++] = '-';
+        out[o++] = hex[r[i] >> 4];
+        out[o++] = hex[r[i] & 15];
+    }
+    out[o] = '\0';
+}
+
+int svc_secure_equal(const void *a, size_t alen, const void *b, size_t blen)
+{
+    const unsigned char *pa = a, *pb = b;
+    unsigned char diff = alen != blen;
+    size_t n = alen < blen ? alen : blen;
+
+    for (size_t i = 0; i < n; i++)
+        diff |= pa[i] ^ pb[i];
+    return diff == 0;
+}
+
+static int b64_value(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+long svc_base64_decode(const char *in, size_t inlen, char *out, size_t outlen)
+{
+    size_t o = 0;
+    unsigned acc = 0;
+    int bits = 0, pad = 0;
+
+    if (inlen % 4 != 0)
+        return SVC_EINVAL;
+    for (size_t i = 0; i < inlen; i++) {
+        int v;
+        if (in[i] == '=') {
+            if (i < inlen - 2)
+                return SVC_EINVAL;
+            pad++;
+            continue;
+        }
+        if (pad > 0)
+            return SVC_EINVAL;
+        v = b64_value((unsigned char)in[i]);
+        if (v < 0)
+            return SVC_EINVAL;
+        acc = (acc << 6) | (unsigned)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (o + 1 >= outlen)
+                return SVC_ETOOLARGE;
+            out[o++] = (char)((acc >> bits) & 0xff);
+        }
+    }
+    if (outlen == 0)
+        return SVC_ETOOLARGE;
+    out[o] = '\0';
+    return (long)o;
+}
+
+int svc_utf8_valid(const char *str, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+
+    while (i < len) {
+        unsigned c = s[i];
+        size_t n;
+        unsigned cp;
+
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xe0) == 0xc0) {
+            n = 1;
+            cp = c & 0x1f;
+        } else if ((c & 0xf0) == 0xe0) {
+            n = 2;
+            cp = c & 0x0f;
+        } else if ((c & 0xf8) == 0xf0) {
+            n = 3;
+            cp = c & 0x07;
+        } else {
+            return 0;
+        }
+        if (i + n >= len) /* truncated sequence */
+            return 0;
+        for (size_t k = 1; k <= n; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
+            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += n + 1;
+    }
+    return 1;
+}
+
+int64_t svc_wallclock_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}

@@ -1,0 +1,83 @@
+#ifndef CHAT_CHAT_H
+#define CHAT_CHAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "svc/cfg.h"
+#include "svc/metrics.h"
+
+/*
+ * The chat service: the ChatGPT Web API (/api/config, /api/chat-process) on one event loop per
+ * core. Each loop owns a worker: its libcurl multi (auth RPC and upstream streams) and its async
+ * Redis connection (conversation context). Nothing here is shared between loops except the
+ * read-only configuration and the atomic metrics.
+ */
+
+struct svc_loop;
+struct svc_fetch_multi;
+struct svc_redis_async;
+struct svc_rpc_client;
+
+#define CHAT_OPTIONS(ACTION)                                                                   \
+    SVC_COMMON_OPTIONS(ACTION)                                                                 \
+    ACTION(AUTH_URL, SVC_OPT_URL, "", 0, 0, "base URL of the auth service (required)")        \
+    ACTION(REDIS_URL, SVC_OPT_STR, "redis://127.0.0.1:6379/0", 0, 0,                          \
+           "Redis for conversation context")                                                   \
+    ACTION(OPENAI_KEY, SVC_OPT_SECRET, "", 0, 0, "upstream API key (no header when empty)")   \
+    ACTION(OPENAI_BASE_URL, SVC_OPT_URL, "https://api.openai.com/v1", 0, 0,                   \
+           "OpenAI-compatible upstream base URL")                                              \
+    ACTION(OPENAI_MODEL, SVC_OPT_STR, "gpt-3.5-turbo", 0, 0, "default model")                 \
+    ACTION(OPENAI_MAX_TOKENS, SVC_OPT_INT, "4096", 16, 10000000,                               \
+           "context budget: prompt + history + reply")                                         \
+    ACTION(OPENAI_TEMPERATURE, SVC_OPT_INT, "80", 0, 200, "temperature x 100")                \
+    ACTION(OPENAI_PRESENCE_PENALTY, SVC_OPT_INT, "100", -200, 200, "presence penalty x 100")  \
+    ACTION(OPENAI_FREQUENCY_PENALTY, SVC_OPT_INT, "0", -200, 200, "frequency penalty x 100")  \
+    ACTION(CHAT_SESSION_TTL, SVC_OPT_INT, "30", 1, 525600, "conversation context TTL, minutes") \
+    ACTION(CHAT_MIN_RESPONSE_TOKENS, SVC_OPT_INT, "600", 1, 1000000,                           \
+           "tokens always left for the reply")                                                 \
+    ACTION(CHAT_MAX_HISTORY, SVC_OPT_INT, "64", 0, 1000, "most earlier messages sent upstream") \
+    ACTION(CHAT_UPSTREAM_IDLE_TIMEOUT, SVC_OPT_INT, "120", 1, 3600,                            \
+           "seconds without an upstream byte before a reply is abandoned")                     \
+    ACTION(SOCKS_PROXY, SVC_OPT_SECRET, "", 0, 0, "proxy URL for upstream calls")             \
+    ACTION(OPS_LINK, SVC_OPT_STR, "/admin", 0, 0, "self-service link shown to users")
+
+struct chat_setting {
+    CHAT_OPTIONS(SVC_OPTION_DECLARE)
+};
+
+#define CHAT_METRICS(ACTION)                                                                   \
+    ACTION(chat_requests_total, SVC_METRIC_COUNTER, "chat-process requests")                  \
+    ACTION(chat_streams_open, SVC_METRIC_GAUGE, "replies streaming now")                      \
+    ACTION(chat_replies_completed_total, SVC_METRIC_COUNTER, "replies streamed to the end")   \
+    ACTION(chat_client_aborts_total, SVC_METRIC_COUNTER, "clients that left mid-request")     \
+    ACTION(chat_upstream_errors_total, SVC_METRIC_COUNTER, "upstream failures")               \
+    ACTION(chat_auth_errors_total, SVC_METRIC_COUNTER, "auth service unreachable")            \
+    ACTION(chat_context_errors_total, SVC_METRIC_COUNTER, "Redis context failures")           \
+    ACTION(chat_prompt_tokens_total, SVC_METRIC_COUNTER, "prompt tokens reported upstream")   \
+    ACTION(chat_completion_tokens_total, SVC_METRIC_COUNTER, "completion tokens reported upstream")
+
+struct chat_stats {
+    CHAT_METRICS(SVC_METRIC_DECLARE)
+};
+
+extern struct chat_setting chat_setting;
+extern struct chat_stats chat_stats;
+
+/* Per-loop state; svc_loop_data(loop) points at it. */
+struct chat_worker {
+    struct svc_loop *loop;
+    struct svc_fetch_multi *multi;
+    struct svc_redis_async *redis;
+    struct svc_rpc_client *auth;
+};
+
+struct svc_req;
+
+/* POST /api/chat-process (turn.c). Runs on the request's loop; always async. */
+int chat_process(struct svc_req *req, void *ctx);
+
+/* POST /api/config (main.c). */
+int chat_config(struct svc_req *req, void *ctx);
+
+#endif

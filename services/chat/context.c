@@ -1,0 +1,87 @@
+#include "context.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CTX_MAX_STORED (1u << 20) /* a stored message larger than this is not ours */
+
+int chat_id_valid(const char *id)
+{
+    size_t n = 0;
+
+    for (; id[n] != '\0'; n++) {
+        char c = id[n];
+        if (n >= CHAT_ID_MAX || !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                                  (c >= '0' && c <= '9') || c == '-' || c == '_'))
+            return 0;
+    }
+    return n > 0;
+}
+
+int chat_ctx_key(char *key, size_t keylen, const char *username, const char *id)
+{
+    size_t o = 0;
+    int n;
+
+    n = snprintf(key, keylen, "cw:ctx:{");
+    if (n < 0 || (size_t)n >= keylen)
+        return SVC_ETOOLARGE;
+    o = (size_t)n;
+    for (const char *p = username; *p != '\0'; p++) {
+        if (o + 4 >= keylen)
+            return SVC_ETOOLARGE;
+        if (*p == '{' || *p == '}' || *p == '%')
+            o += (size_t)snprintf(key + o, keylen - o, "%%%02X", (unsigned char)*p);
+        else
+            key[o++] = *p;
+    }
+    n = snprintf(key + o, keylen - o, "}:%s", id);
+    if (n < 0 || (size_t)n >= keylen - o)
+        return SVC_ETOOLARGE;
+    return SVC_OK;
+}
+
+char *chat_ctx_encode(const char *role, const char *content, size_t content_len,
+                      const char *parent)
+{
+    json_t *j = json_pack("{s:s, s:s%, s:s}", "role", role, "content", content, content_len,
+                          "parent", parent);
+    char *out;
+
+    if (j == NULL)
+        return NULL;
+    out = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    return out;
+}
+
+int chat_ctx_decode(const char *text, size_t len, json_t **msg, char parent[CHAT_ID_MAX + 1])
+{
+    json_t *j;
+    const char *role = NULL, *content = NULL, *par = NULL;
+    size_t clen = 0;
+
+    *msg = NULL;
+    if (len > CTX_MAX_STORED)
+        return SVC_EINVAL;
+    j = json_loadb(text, len, JSON_REJECT_DUPLICATES, NULL);
+    if (j == NULL)
+        return SVC_EINVAL;
+    if (json_unpack(j, "{s:s, s:s%, s:s}", "role", &role, "content", &content, &clen, "parent",
+                    &par) != 0 ||
+        (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0) ||
+        (par[0] != '\0' && !chat_id_valid(par))) {
+        json_decref(j);
+        return SVC_EINVAL;
+    }
+    *msg = json_pack("{s:s, s:s%}", "role", role, "content", content, clen);
+    snprintf(parent, CHAT_ID_MAX + 1, "%s", par);
+    json_decref(j);
+    return *msg != NULL ? SVC_OK : SVC_ENOMEM;
+}
+
+long chat_tokens_estimate(size_t bytes)
+{
+    return (long)((bytes + 2) / 3) + 4;
+}

@@ -1,0 +1,48 @@
+#ifndef CHAT_CONTEXT_H
+#define CHAT_CONTEXT_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "svc/err.h"
+
+/*
+ * Conversation context in Redis (pure helpers; the async walk lives in turn.c).
+ *
+ * Each message is one key, scoped to its owner so nobody can chain onto another user's
+ * conversation (the seed's S9):
+ *     cw:ctx:{<username>}:<message id>  ->  {"role":"user|assistant","content":"...","parent":"<id>"}
+ * with a TTL of CHAT_SESSION_TTL minutes, refreshed whenever a later turn reads it. The braces are
+ * a Redis Cluster hash tag: one user's messages live in one slot. '{', '}' and '%' in a username
+ * are percent-encoded so they cannot break the tag.
+ */
+
+#define CHAT_ID_MAX 64
+#define CHAT_KEY_MAX 512
+
+/* 1 when id is a usable message id: 1..64 of [A-Za-z0-9_-]. */
+int chat_id_valid(const char *id);
+
+/* Builds the key of message id for username. SVC_ETOOLARGE when it does not fit. */
+int chat_ctx_key(char *key, size_t keylen, const char *username, const char *id) SVC_MUST_CHECK;
+
+/* Encodes a message for storage. Caller frees the result with free(). NULL on failure. */
+char *chat_ctx_encode(const char *role, const char *content, size_t content_len,
+                      const char *parent);
+
+/*
+ * Decodes a stored message into *msg (a new {"role","content"} object, caller owns it:
+ * json_decref) and parent (the previous message id, "" at the start of the chain).
+ * SVC_EINVAL when the stored value is not one of ours.
+ */
+int chat_ctx_decode(const char *text, size_t len, json_t **msg, char parent[CHAT_ID_MAX + 1])
+    SVC_MUST_CHECK;
+
+/*
+ * A conservative token estimate used for the context budget until the exact tokenizer lands:
+ * one token per 3 bytes of UTF-8, rounded up, plus 4 per message for the chat format. It errs
+ * on the high side (English averages 4+ bytes per token), so a budget is never overrun.
+ */
+long chat_tokens_estimate(size_t bytes);
+
+#endif

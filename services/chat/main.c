@@ -1,0 +1,169 @@
+/*
+ * chatweb-chat: the ChatGPT Web API. One event loop per core (WORKERS), each with its own MHD
+ * daemon on the shared listening socket, libcurl multi and Redis connection; see chat.h.
+ *
+ * Routes on HTTP_ADDR:
+ *   POST /api/chat-process   streamed reply (turn.c)
+ *   POST /api/config         the frontend's settings panel
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat.h"
+#include "svc/fetch.h"
+#include "svc/http.h"
+#include "svc/log.h"
+#include "svc/loop.h"
+#include "svc/redis.h"
+#include "svc/rpc.h"
+#include "svc/service.h"
+
+struct chat_setting chat_setting = {CHAT_OPTIONS(SVC_OPTION_INIT)};
+struct chat_stats chat_stats = {CHAT_METRICS(SVC_METRIC_INIT)};
+
+#define REDIS_TIMEOUT_MS 2000
+#define AUTH_TIMEOUT_MS 3000
+
+static struct chat_worker *workers;
+static unsigned nworkers;
+static char config_reply[1024];
+
+/* /api/config never shows a secret (the seed's S5): only whether a proxy is in use. */
+static void build_config_reply(void)
+{
+    snprintf(config_reply, sizeof(config_reply),
+             "{\"status\":\"Success\",\"message\":\"\",\"data\":{\"apiModel\":\"ChatGPTAPI\","
+             "\"reverseProxy\":\"-\",\"timeoutMs\":%lld,\"socksProxy\":\"%s\","
+             "\"httpsProxy\":\"-\",\"usage\":\"-\"}}",
+             (long long)chat_setting.CHAT_UPSTREAM_IDLE_TIMEOUT.i * 1000,
+             chat_setting.SOCKS_PROXY.s[0] != '\0' ? "(configured)" : "-");
+}
+
+int chat_config(struct svc_req *req, void *ctx)
+{
+    (void)ctx;
+    svc_req_reply(req, 200, "application/json; charset=utf-8", config_reply,
+                  strlen(config_reply));
+    return SVC_HTTP_DONE;
+}
+
+static const struct svc_route routes[] = {
+    {"POST", "/api/chat-process", chat_process, NULL, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/config", chat_config, NULL, SVC_HTTP_STYLE_ENVELOPE},
+};
+
+static void *worker_main(void *arg)
+{
+    struct chat_worker *w = arg;
+
+    svc_loop_run(w->loop);
+    return NULL;
+}
+
+/* Ready when every loop has its Redis connection. Runs on the admin thread. */
+static int redis_ready(void *data)
+{
+    (void)data;
+    for (unsigned i = 0; i < nworkers; i++)
+        if (!svc_redis_async_connected(workers[i].redis))
+            return -1;
+    return 0;
+}
+
+static void stop_loop(struct svc_loop *loop, void *data)
+{
+    (void)data;
+    svc_loop_stop(loop);
+}
+
+int main(int argc, char **argv)
+{
+    struct svc_http_server *srv = NULL;
+    struct svc_http_opts ho = {0};
+    struct svc_loop **loops;
+    pthread_t *threads;
+    char err[512];
+    long left;
+
+    svc_service_setup("chat", argc, argv, (struct svc_option *)&chat_setting,
+                      SVC_OPTION_COUNT(chat_setting));
+    svc_metrics_register((struct svc_metric *)&chat_stats, SVC_METRIC_COUNT(chat_stats));
+    if (chat_setting.AUTH_URL.s[0] == '\0')
+        svc_service_die(SVC_EX_CONFIG, "AUTH_URL: required (the auth service's base URL)");
+    if (svc_redis_url_check(chat_setting.REDIS_URL.s, err, sizeof(err)) != SVC_OK)
+        svc_service_die(SVC_EX_CONFIG, "REDIS_URL: %s", err);
+    if (chat_setting.CHAT_MIN_RESPONSE_TOKENS.i >= chat_setting.OPENAI_MAX_TOKENS.i)
+        svc_service_die(SVC_EX_CONFIG, "CHAT_MIN_RESPONSE_TOKENS: must be below "
+                                       "OPENAI_MAX_TOKENS (%lld)",
+                        (long long)chat_setting.OPENAI_MAX_TOKENS.i);
+    build_config_reply();
+
+    nworkers = svc_service_workers();
+    workers = calloc(nworkers, sizeof(*workers));
+    loops = calloc(nworkers, sizeof(*loops));
+    threads = calloc(nworkers, sizeof(*threads));
+    if (workers == NULL || loops == NULL || threads == NULL)
+        svc_service_die(SVC_EX_SOFTWARE, "out of memory");
+    for (unsigned i = 0; i < nworkers; i++) {
+        struct chat_worker *w = &workers[i];
+        w->loop = loops[i] = svc_loop_create();
+        if (w->loop == NULL)
+            svc_service_die(SVC_EX_SOFTWARE, "cannot create event loop %u", i);
+        svc_loop_set_data(w->loop, w);
+        w->multi = svc_fetch_multi_create(w->loop);
+        w->redis = svc_redis_async_create(w->loop, chat_setting.REDIS_URL.s, REDIS_TIMEOUT_MS);
+        w->auth = svc_rpc_client_create(chat_setting.AUTH_URL.s, AUTH_TIMEOUT_MS);
+        if (w->multi == NULL || w->redis == NULL || w->auth == NULL)
+            svc_service_die(SVC_EX_SOFTWARE, "cannot set up worker %u", i);
+    }
+
+    ho.service = "chat";
+    ho.addr = chat_setting.HTTP_ADDR.s;
+    ho.mode = SVC_HTTP_LOOPS;
+    ho.loops = loops;
+    ho.nloops = nworkers;
+    ho.max_body = (size_t)chat_setting.HTTP_MAX_BODY.i;
+    ho.idle_timeout = (unsigned)chat_setting.HTTP_IDLE_TIMEOUT.i;
+    ho.max_connections = (unsigned)chat_setting.HTTP_MAX_CONNECTIONS.i;
+    ho.default_style = SVC_HTTP_STYLE_ENVELOPE;
+    if (svc_http_server_create(&srv, &ho, routes, sizeof(routes) / sizeof(routes[0]), err,
+                               sizeof(err)) != SVC_OK)
+        svc_service_die(SVC_EX_CONFIG, "HTTP_ADDR: %s", err);
+
+    for (unsigned i = 0; i < nworkers; i++)
+        if (pthread_create(&threads[i], NULL, worker_main, &workers[i]) != 0)
+            svc_service_die(SVC_EX_SOFTWARE, "cannot start loop thread %u", i);
+    SVC_LOG_NOTICE(NULL, "startup", "serving on port %d with %u event loop(s)",
+                   svc_http_server_port(srv), nworkers);
+    svc_service_set_ready_check(redis_ready, NULL);
+    svc_service_set_ready(1);
+
+    svc_service_wait();
+    SVC_LOG_NOTICE(NULL, "shutdown", "draining");
+    left = svc_service_drain(srv);
+    if (left > 0)
+        SVC_LOG_WARN(NULL, "shutdown", "%ld request(s) still in flight at the drain deadline",
+                     left);
+    for (unsigned i = 0; i < nworkers; i++) {
+        if (svc_loop_post(workers[i].loop, stop_loop, NULL) != SVC_OK)
+            svc_loop_stop(workers[i].loop);
+        pthread_join(threads[i], NULL);
+    }
+    /* The daemons go first: stopping them completes their requests, whose cleanups still use
+     * the workers' clients. */
+    svc_http_server_destroy(&srv);
+    for (unsigned i = 0; i < nworkers; i++) {
+        struct chat_worker *w = &workers[i];
+        svc_fetch_multi_destroy(&w->multi);
+        svc_redis_async_destroy(&w->redis);
+        svc_rpc_client_destroy(&w->auth);
+        svc_loop_destroy(&w->loop);
+    }
+    free(workers);
+    free(loops);
+    free(threads);
+    svc_service_teardown();
+    return SVC_EX_OK;
+}

@@ -1,0 +1,808 @@
+/*
+ * One chat turn: POST /api/chat-process, from request to the last streamed byte.
+ *
+ *   parse + validate ─> Authenticate RPC ─> walk the context chain in Redis ─> upstream stream
+ *        ─> one cumulative JSON object per upstream chunk to the client
+ *        ─> store the user message and the reply in Redis ─> send the final object, end.
+ *
+ * Everything runs on the request's event loop; nothing blocks. The final object (the one with
+ * finish_reason) is held back until the context is stored, so the frontend's automatic
+ * "continue" request always finds its parent (the seed's C1). A client that leaves cancels the
+ * upstream call at once (the seed's C4) and what was generated is still stored.
+ *
+ * Lifetime: a turn is reference-counted. The request holds one reference until its cleanup runs;
+ * every Redis command in flight holds one. Fetches (RPC, upstream) are cancelled in the cleanup,
+ * so their callbacks never see a dead turn.
+ */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.pb-c.h"
+#include "chat.h"
+#include "context.h"
+#include "svc/buf.h"
+#include "svc/fetch.h"
+#include "svc/http.h"
+#include "svc/log.h"
+#include "svc/loop.h"
+#include "svc/redis.h"
+#include "svc/rpc.h"
+#include "svc/sse.h"
+#include "svc/util.h"
+
+#define PROMPT_MAX (256u << 10)   /* bytes of one prompt */
+#define SYSTEM_MAX (32u << 10)    /* bytes of the system message */
+#define REPLY_MAX (4u << 20)      /* bytes of one reply kept in memory */
+#define SSE_EVENT_MAX (1u << 20)  /* bytes of one upstream event */
+#define UPSTREAM_ERR_MAX (64u << 10)
+
+#define CT_JSON "application/json; charset=utf-8"
+
+struct chat_turn {
+    int refs;
+    struct chat_worker *w;
+    struct svc_req *req; /* NULL once the request is over */
+    char rid[72];
+
+    /* the request */
+    char *prompt;
+    size_t prompt_len;
+    char *system_message;
+    char parent_id[CHAT_ID_MAX + 1];
+    double temperature, top_p;
+    int has_temperature, has_top_p;
+
+    /* who */
+    char username[128];
+    char model[128];
+
+    /* context, newest first while walking */
+    json_t *history;
+    char walk_id[CHAT_ID_MAX + 1];
+    long budget_used;
+
+    /* the reply */
+    char user_msg_id[37];
+    char reply_id[37];
+    struct svc_fetch *auth_call;
+    struct svc_fetch *upstream;
+    struct svc_sse sse;
+    struct svc_buf text;
+    struct svc_buf errbody;
+    struct svc_buf held; /* the final object, sent once the context is stored */
+    int streaming;       /* the response to the client has started */
+    int objects_sent;
+    int saw_done;
+    int saw_finish;
+    char upstream_error[512];
+    long prompt_tokens, completion_tokens;
+    int saves_pending;
+};
+
+/* ---- lifetime ---- */
+
+static void turn_unref(struct chat_turn *t)
+{
+    if (--t->refs > 0)
+        return;
+    svc_sse_deinit(&t->sse);
+    svc_buf_deinit(&t->text);
+    svc_buf_deinit(&t->errbody);
+    svc_buf_deinit(&t->held);
+    json_decref(t->history);
+    free(t->prompt);
+    free(t->system_message);
+    free(t);
+}
+
+/* ---- replies before streaming ---- */
+
+static void reply_envelope(struct chat_turn *t, int http_status, const char *status,
+                           const char *message)
+{
+    json_t *j = json_pack("{s:s, s:s, s:n}", "status", status, "message", message, "data");
+    char *s = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
+
+    if (t->req != NULL) {
+        if (s != NULL)
+            svc_req_reply(t->req, http_status, CT_JSON, s, strlen(s));
+        else
+            svc_req_error(t->req, 500, "out of memory");
+    }
+    free(s);
+    json_decref(j);
+}
+
+static void reply_fail(struct chat_turn *t, const char *message)
+{
+    reply_envelope(t, 200, "Fail", message);
+}
+
+/* ---- storing the context ---- */
+
+static void on_saved(int err, const struct svc_redis_reply *reply, void *data);
+
+/* Queues SET key value EX ttl; returns 1 when a command was sent (a reference is held). */
+static int save_message(struct chat_turn *t, const char *id, const char *role, const char *content,
+                        size_t content_len, const char *parent, int track)
+{
+    char key[CHAT_KEY_MAX], ttl[24];
+    char *value;
+    int rc;
+
+    if (chat_ctx_key(key, sizeof(key), t->username, id) != SVC_OK)
+        return 0;
+    value = chat_ctx_encode(role, content, content_len, parent);
+    if (value == NULL)
+        return 0;
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)chat_setting.CHAT_SESSION_TTL.i * 60);
+    const char *argv[] = {"SET", key, value, "EX", ttl};
+    size_t lens[] = {3, strlen(key), strlen(value), 2, strlen(ttl)};
+    rc = svc_redis_async_cmd(t->w->redis, track ? on_saved : NULL, track ? t : NULL, 5, argv,
+                             lens);
+    free(value);
+    if (rc != SVC_OK) {
+        svc_metric_add(&chat_stats.chat_context_errors_total, 1);
+        SVC_LOG_WARN(t->rid, "context", "cannot store message %s: %s", id, svc_strerror(rc));
+        return 0;
+    }
+    if (track)
+        t->refs++;
+    return 1;
+}
+
+/* Stores the user message (if any) and the reply. track = 0: fire and forget (client gone). */
+static int save_turn(struct chat_turn *t, int track)
+{
+    int sent = 0;
+
+    if (t->prompt_len > 0)
+        sent += save_message(t, t->user_msg_id, "user", t->prompt, t->prompt_len, t->parent_id,
+                             track);
+    if (t->text.len > 0)
+        sent += save_message(t, t->reply_id, "assistant", t->text.data, t->text.len,
+                             t->prompt_len > 0 ? t->user_msg_id : t->parent_id, track);
+    return sent;
+}
+
+static void finish_stream(struct chat_turn *t)
+{
+    if (t->req == NULL)
+        return;
+    if (t->held.len > 0 && svc_req_stream_write(t->req, t->held.data, t->held.len) != SVC_OK)
+        SVC_LOG_WARN(t->rid, "stream", "cannot send the final object");
+    svc_req_stream_end(t->req);
+    svc_metric_add(&chat_stats.chat_replies_completed_total, 1);
+}
+
+static void on_saved(int err, const struct svc_redis_reply *reply, void *data)
+{
+    struct chat_turn *t = data;
+
+    if (err != SVC_OK || svc_redis_reply_type(reply) == SVC_REDIS_ERROR) {
+        svc_metric_add(&chat_stats.chat_context_errors_total, 1);
+        SVC_LOG_WARN(t->rid, "context", "storing the turn failed: %s",
+                     err != SVC_OK ? svc_strerror(err) : svc_redis_reply_str(reply, NULL));
+    }
+    if (--t->saves_pending == 0)
+        finish_stream(t);
+    turn_unref(t);
+}
+
+/* ---- streaming objects to the client ---- */
+
+/* Builds one cumulative object; appends it (with its leading newline) to out. */
+static int build_object(struct chat_turn *t, const char *delta, size_t delta_len,
+                        json_t *detail, struct svc_buf *out)
+{
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s%, s:s%, s:O}", "role", "assistant", "id",
+                          t->reply_id, "parentMessageId",
+                          t->prompt_len > 0 ? t->user_msg_id : t->parent_id, "text",
+                          t->text.data != NULL ? t->text.data : "", t->text.len, "delta",
+                          delta != NULL ? delta : "", delta_len, "detail",
+                          detail != NULL ? detail : json_null());
+    char *s;
+    int rc;
+
+    if (o == NULL)
+        return SVC_ENOMEM;
+    s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (s == NULL)
+        return SVC_ENOMEM;
+    rc = t->objects_sent > 0 || out == &t->held ? svc_buf_append(out, "\n", 1) : SVC_OK;
+    if (rc == SVC_OK)
+        rc = svc_buf_append_str(out, s);
+    free(s);
+    return rc;
+}
+
+static int write_object(struct chat_turn *t, const char *delta, size_t delta_len, json_t *detail)
+{
+    struct svc_buf line;
+    int rc;
+
+    svc_buf_init(&line, REPLY_MAX * 2);
+    rc = build_object(t, delta, delta_len, detail, &line);
+    if (rc == SVC_OK)
+        rc = svc_req_stream_write(t->req, line.data, line.len);
+    if (rc == SVC_OK)
+        t->objects_sent++;
+    svc_buf_deinit(&line);
+    return rc;
+}
+
+static int start_streaming(struct chat_turn *t)
+{
+    int rc;
+
+    if (t->streaming)
+        return SVC_OK;
+    rc = svc_req_stream_start(t->req, 200, "application/octet-stream");
+    if (rc == SVC_OK) {
+        t->streaming = 1;
+        svc_metric_add(&chat_stats.chat_streams_open, 1);
+    }
+    return rc;
+}
+
+/* One upstream SSE event. */
+static int on_event(const char *data, size_t len, void *ud)
+{
+    struct chat_turn *t = ud;
+    json_t *chunk, *choices, *choice, *delta, *usage, *err;
+    const char *content = NULL, *finish = NULL;
+    size_t content_len = 0;
+    int rc = 0;
+
+    if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
+        t->saw_done = 1;
+        return 0;
+    }
+    chunk = json_loadb(data, len, 0, NULL);
+    if (chunk == NULL || !json_is_object(chunk)) {
+        snprintf(t->upstream_error, sizeof(t->upstream_error), "malformed upstream event");
+        json_decref(chunk);
+        return SVC_EIO;
+    }
+    err = json_object_get(chunk, "error");
+    if (err != NULL) {
+        const char *m = json_string_value(json_object_get(err, "message"));
+        snprintf(t->upstream_error, sizeof(t->upstream_error), "[OpenAI] %s",
+                 m != NULL ? m : "error inside the stream");
+        json_decref(chunk);
+        return SVC_EIO;
+    }
+    usage = json_object_get(chunk, "usage");
+    if (json_is_object(usage)) {
+        t->prompt_tokens = (long)json_integer_value(json_object_get(usage, "prompt_tokens"));
+        t->completion_tokens =
+            (long)json_integer_value(json_object_get(usage, "completion_tokens"));
+    }
+    choices = json_object_get(chunk, "choices");
+    choice = json_array_get(choices, 0);
+    if (choice == NULL) { /* the usage-only chunk, or keep-alive noise */
+        json_decref(chunk);
+        return 0;
+    }
+    delta = json_object_get(choice, "delta");
+    content = json_string_value(json_object_get(delta, "content"));
+    content_len = content != NULL ? json_string_length(json_object_get(delta, "content")) : 0;
+    finish = json_string_value(json_object_get(choice, "finish_reason"));
+    if (content_len > 0 && svc_buf_append(&t->text, content, content_len) != SVC_OK) {
+        snprintf(t->upstream_error, sizeof(t->upstream_error), "reply longer than %u bytes",
+                 REPLY_MAX);
+        json_decref(chunk);
+        return SVC_ETOOLARGE;
+    }
+    if (finish != NULL) {
+        /* Held back until the context is stored (see the top of this file). */
+        t->saw_finish = 1;
+        svc_buf_reset(&t->held);
+        rc = build_object(t, content, content_len, chunk, &t->held);
+    } else {
+        rc = write_object(t, content, content_len, chunk);
+    }
+    json_decref(chunk);
+    return rc;
+}
+
+static int on_upstream_data(struct svc_fetch *f, long status, const char *data, size_t len,
+                            void *ud)
+{
+    struct chat_turn *t = ud;
+    int rc;
+
+    (void)f;
+    if (status != 200) { /* an error body: keep it for the message */
+        if (svc_buf_append(&t->errbody, data, len) != SVC_OK)
+            return SVC_ETOOLARGE;
+        return 0;
+    }
+    if (!t->streaming && (rc = start_streaming(t)) != SVC_OK)
+        return rc;
+    return svc_sse_feed(&t->sse, data, len, on_event, t);
+}
+
+/* The frontend shows these for upstream HTTP errors (chatgpt-web contract §1.3). */
+static const char *upstream_status_text(long status)
+{
+    switch (status) {
+    case 401: return "[OpenAI] 提供错误的API密钥 | Incorrect API key provided";
+    case 403: return "[OpenAI] 服务器拒绝访问，请稍后再试 | Server refused to access, please try again later";
+    case 429: return "[OpenAI] 请求过于频繁，请稍后再试 | Too many requests, please try again later";
+    case 502: return "[OpenAI] 错误的网关 | Bad Gateway";
+    case 503: return "[OpenAI] 服务器繁忙，请稍后再试 | Server is busy, please try again later";
+    case 504: return "[OpenAI] 网关超时 | Gateway Time-out";
+    case 500: return "[OpenAI] 服务器繁忙，请稍后再试 | Internal Server Error";
+    }
+    return NULL;
+}
+
+static void on_upstream_done(struct svc_fetch *f, int err, long status, const char *body,
+                             size_t len, const char *errmsg, void *ud)
+{
+    struct chat_turn *t = ud;
+    char msg[768];
+
+    (void)f;
+    (void)body;
+    (void)len;
+    t->upstream = NULL;
+    if (t->prompt_tokens > 0 || t->completion_tokens > 0) {
+        svc_metric_add(&chat_stats.chat_prompt_tokens_total, t->prompt_tokens);
+        svc_metric_add(&chat_stats.chat_completion_tokens_total, t->completion_tokens);
+    }
+    if (!t->streaming) {
+        /* Nothing reached the client yet: answer with one Fail envelope. */
+        const char *known = upstream_status_text(status);
+        svc_metric_add(&chat_stats.chat_upstream_errors_total, 1);
+        if (err != SVC_OK && status == 0) {
+            snprintf(msg, sizeof(msg), "[OpenAI] 无法连接上游服务 | Cannot reach the upstream: %s",
+                     errmsg != NULL ? errmsg : svc_strerror(err));
+        } else if (known != NULL) {
+            snprintf(msg, sizeof(msg), "%s", known);
+        } else {
+            json_t *j = json_loadb(t->errbody.data ? t->errbody.data : "", t->errbody.len, 0,
+                                   NULL);
+            const char *m = json_string_value(json_object_get(json_object_get(j, "error"),
+                                                              "message"));
+            snprintf(msg, sizeof(msg), "[OpenAI] HTTP %ld: %s", status,
+                     m != NULL ? m : "the upstream refused the request");
+            json_decref(j);
+        }
+        SVC_LOG_WARN(t->rid, "upstream", "failed before the first chunk: status=%ld %s", status,
+                     errmsg != NULL ? errmsg : "");
+        reply_fail(t, msg);
+        return;
+    }
+    if (t->upstream_error[0] == '\0' && (err != SVC_OK || (!t->saw_done && !t->saw_finish)))
+        snprintf(t->upstream_error, sizeof(t->upstream_error), "[OpenAI] %s",
+                 err == SVC_ETIMEDOUT ? "上游超时 | upstream timed out"
+                                      : "上游连接中断 | the upstream stream broke off");
+    if (t->upstream_error[0] != '\0') {
+        /* A mid-stream failure is reported as a last normal-shaped object whose text carries
+         * the error, which this frontend shows (contract §1.5); the held finish object, if
+         * any, is dropped. */
+        svc_metric_add(&chat_stats.chat_upstream_errors_total, 1);
+        SVC_LOG_WARN(t->rid, "upstream", "stream failed: %s", t->upstream_error);
+        svc_buf_reset(&t->held);
+        if (svc_buf_appendf(&t->held, "%s", t->objects_sent > 0 ? "\n" : "") == SVC_OK) {
+            struct svc_buf shown;
+            svc_buf_init(&shown, REPLY_MAX + sizeof(t->upstream_error) + 8);
+            if (svc_buf_append(&shown, t->text.data ? t->text.data : "", t->text.len) ==
+                    SVC_OK &&
+                svc_buf_appendf(&shown, "%s[%s]", t->text.len > 0 ? "\n" : "",
+                                t->upstream_error) == SVC_OK) {
+                json_t *o = json_pack("{s:s, s:s, s:s, s:s%, s:n}", "role", "assistant", "id",
+                                      t->reply_id, "parentMessageId",
+                                      t->prompt_len > 0 ? t->user_msg_id : t->parent_id, "text",
+                                      shown.data, shown.len, "detail");
+                char *s = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+                if (s != NULL && svc_buf_append_str(&t->held, s) != SVC_OK)
+                    svc_buf_reset(&t->held);
+                free(s);
+                json_decref(o);
+            }
+            svc_buf_deinit(&shown);
+        }
+    }
+    t->saves_pending = save_turn(t, 1);
+    if (t->saves_pending == 0)
+        finish_stream(t);
+}
+
+static int start_upstream(struct chat_turn *t)
+{
+    char url[1024], auth[1100], hid[128];
+    json_t *body, *messages, *msg;
+    const char *headers[6];
+    struct svc_fetch_req fr = {0};
+    static const struct svc_fetch_cb cb = {.on_data = on_upstream_data,
+                                           .on_done = on_upstream_done};
+    long budget = (long)chat_setting.OPENAI_MAX_TOKENS.i;
+    long max_tokens = budget - t->budget_used;
+    size_t nh = 0, i;
+    char *text;
+    const char *base = chat_setting.OPENAI_BASE_URL.s;
+    size_t blen = strlen(base);
+
+    messages = json_array();
+    if (messages == NULL)
+        return SVC_ENOMEM;
+    if (t->system_message != NULL && t->system_message[0] != '\0')
+        json_array_append_new(messages, json_pack("{s:s, s:s}", "role", "system", "content",
+                                                  t->system_message));
+    /* history was collected newest first */
+    for (i = json_array_size(t->history); i > 0; i--)
+        json_array_append(messages, json_array_get(t->history, i - 1));
+    if (t->prompt_len > 0) {
+        msg = json_pack("{s:s, s:s%}", "role", "user", "content", t->prompt, t->prompt_len);
+        json_array_append_new(messages, msg);
+    }
+    body = json_pack("{s:s, s:o, s:I, s:f, s:f, s:f, s:b, s:{s:b}}", "model", t->model,
+                     "messages", messages, "max_tokens", (json_int_t)max_tokens, "temperature",
+                     t->has_temperature ? t->temperature
+                                        : (double)chat_setting.OPENAI_TEMPERATURE.i / 100.0,
+                     "presence_penalty", (double)chat_setting.OPENAI_PRESENCE_PENALTY.i / 100.0,
+                     "frequency_penalty",
+                     (double)chat_setting.OPENAI_FREQUENCY_PENALTY.i / 100.0, "stream", 1,
+                     "stream_options", "include_usage", 1);
+    if (body == NULL)
+        return SVC_ENOMEM;
+    if (t->has_top_p)
+        json_object_set_new(body, "top_p", json_real(t->top_p));
+    text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(6));
+    json_decref(body);
+    if (text == NULL)
+        return SVC_ENOMEM;
+
+    while (blen > 0 && base[blen - 1] == '/')
+        blen--;
+    snprintf(url, sizeof(url), "%.*s/chat/completions", (int)blen, base);
+    headers[nh++] = "Content-Type: application/json";
+    headers[nh++] = "Accept: text/event-stream";
+    snprintf(hid, sizeof(hid), "X-Request-Id: %s", t->rid);
+    headers[nh++] = hid;
+    if (chat_setting.OPENAI_KEY.s[0] != '\0') {
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", chat_setting.OPENAI_KEY.s);
+        headers[nh++] = auth;
+    }
+    headers[nh] = NULL;
+    fr.method = "POST";
+    fr.url = url;
+    fr.headers = headers;
+    fr.body = text;
+    fr.body_len = strlen(text);
+    fr.idle_timeout_ms = chat_setting.CHAT_UPSTREAM_IDLE_TIMEOUT.i * 1000;
+    fr.proxy = chat_setting.SOCKS_PROXY.s;
+    fr.stream = 1;
+    t->upstream = svc_fetch_start(t->w->multi, &fr, &cb, t);
+    free(text);
+    memset(auth, 0, sizeof(auth));
+    SVC_LOG_INFO(t->rid, "upstream", "user=\"%s\" model=%s history=%zu max_tokens=%ld",
+                 t->username, t->model, json_array_size(t->history), max_tokens);
+    return t->upstream != NULL ? SVC_OK : SVC_ENOMEM;
+}
+
+static void begin_upstream(struct chat_turn *t)
+{
+    if (start_upstream(t) != SVC_OK)
+        reply_fail(t, "内部错误 | internal error");
+}
+
+/* ---- the context walk ---- */
+
+static void walk_next(struct chat_turn *t);
+
+static void on_history(int err, const struct svc_redis_reply *reply, void *data)
+{
+    struct chat_turn *t = data;
+    json_t *msg = NULL;
+    char parent[CHAT_ID_MAX + 1];
+    const char *v;
+    size_t vlen;
+
+    if (t->req == NULL)
+        goto out;
+    if (err != SVC_OK || svc_redis_reply_type(reply) == SVC_REDIS_ERROR) {
+        svc_metric_add(&chat_stats.chat_context_errors_total, 1);
+        reply_envelope(t, 503, "Fail", "会话存储不可用，请稍后再试 | Conversation store unavailable, "
+                                       "please try again later");
+        goto out;
+    }
+    if (svc_redis_reply_type(reply) != SVC_REDIS_STRING) { /* expired or unknown: chain ends */
+        begin_upstream(t);
+        goto out;
+    }
+    v = svc_redis_reply_str(reply, &vlen);
+    if (chat_ctx_decode(v, vlen, &msg, parent) != SVC_OK) {
+        SVC_LOG_WARN(t->rid, "context", "ignoring a malformed stored message %s", t->walk_id);
+        begin_upstream(t);
+        goto out;
+    }
+    {
+        long cost = chat_tokens_estimate(json_string_length(json_object_get(msg, "content")));
+        long limit = (long)(chat_setting.OPENAI_MAX_TOKENS.i -
+                            chat_setting.CHAT_MIN_RESPONSE_TOKENS.i);
+        if (t->budget_used + cost >= limit) { /* older messages would not fit: stop here */
+            json_decref(msg);
+            begin_upstream(t);
+            goto out;
+        }
+        t->budget_used += cost;
+    }
+    json_array_append_new(t->history, msg);
+    snprintf(t->walk_id, sizeof(t->walk_id), "%s", parent);
+    walk_next(t);
+out:
+    turn_unref(t);
+}
+
+static void walk_next(struct chat_turn *t)
+{
+    char key[CHAT_KEY_MAX], ttl[24];
+    int rc;
+
+    if (t->walk_id[0] == '\0' ||
+        json_array_size(t->history) >= (size_t)chat_setting.CHAT_MAX_HISTORY.i ||
+        chat_ctx_key(key, sizeof(key), t->username, t->walk_id) != SVC_OK) {
+        begin_upstream(t);
+        return;
+    }
+    const char *argv[] = {"GET", key};
+    size_t lens[] = {3, strlen(key)};
+    rc = svc_redis_async_cmd(t->w->redis, on_history, t, 2, argv, lens);
+    if (rc != SVC_OK) {
+        svc_metric_add(&chat_stats.chat_context_errors_total, 1);
+        reply_envelope(t, 503, "Fail", "会话存储不可用，请稍后再试 | Conversation store unavailable, "
+                                       "please try again later");
+        return;
+    }
+    t->refs++;
+    /* A conversation in use stays alive: each message read gets a fresh TTL. */
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)chat_setting.CHAT_SESSION_TTL.i * 60);
+    const char *exargv[] = {"EXPIRE", key, ttl};
+    size_t exlens[] = {6, strlen(key), strlen(ttl)};
+    if (svc_redis_async_cmd(t->w->redis, NULL, NULL, 3, exargv, exlens) != SVC_OK)
+        SVC_LOG_DEBUG(t->rid, "context", "cannot refresh a TTL");
+}
+
+/* ---- authentication ---- */
+
+static void on_authenticated(int err, ProtobufCMessage *out_msg, const char *errmsg, void *data)
+{
+    struct chat_turn *t = data;
+    Chatweb__Auth__AuthenticateResponse *out = (void *)out_msg;
+
+    t->auth_call = NULL;
+    if (err != SVC_OK) {
+        svc_metric_add(&chat_stats.chat_auth_errors_total, 1);
+        SVC_LOG_ERR(t->rid, "auth", "Authenticate failed: %s", errmsg ? errmsg : "");
+        reply_envelope(t, 503, "Fail", "认证服务不可用，请稍后再试 | Authentication service "
+                                       "unavailable, please try again later");
+        return;
+    }
+    switch (out->result) {
+    case CHATWEB__AUTH__AUTH_RESULT__AUTH_OK:
+        break;
+    case CHATWEB__AUTH__AUTH_RESULT__AUTH_UNKNOWN_USER:
+    case CHATWEB__AUTH__AUTH_RESULT__AUTH_WRONG_PASSWORD:
+    case CHATWEB__AUTH__AUTH_RESULT__AUTH_BLOCKED:
+        if (out->scheme != NULL && strcmp(out->scheme, "basic") == 0) {
+            reply_fail(t, "账号未授权,请输入/login登录其他账户");
+            goto out;
+        }
+        /* a bearer token the frontend must drop */
+        __attribute__((fallthrough));
+    default:
+        reply_envelope(t, 200, "Unauthorized", "Error: 无访问权限 | No access rights");
+        goto out;
+    }
+    snprintf(t->username, sizeof(t->username), "%s",
+             out->identity != NULL ? out->identity->username : "");
+    snprintf(t->model, sizeof(t->model), "%s",
+             out->identity != NULL && out->identity->model != NULL &&
+                     out->identity->model[0] != '\0'
+                 ? out->identity->model
+                 : chat_setting.OPENAI_MODEL.s);
+    snprintf(t->walk_id, sizeof(t->walk_id), "%s", t->parent_id);
+    walk_next(t);
+out:
+    protobuf_c_message_free_unpacked(out_msg, NULL);
+}
+
+/* ---- request parsing ---- */
+
+static int parse_turn(struct chat_turn *t, const char *body, size_t len, char *err, size_t errlen)
+{
+    json_t *j, *prompt, *options, *parent, *sys, *temp, *topp;
+    json_error_t je;
+    int rc = SVC_EINVAL;
+
+    j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    if (j == NULL) {
+        snprintf(err, errlen, "invalid JSON: %s", je.text);
+        return SVC_EINVAL;
+    }
+    if (!json_is_object(j)) {
+        snprintf(err, errlen, "the body must be a JSON object");
+        goto out;
+    }
+    prompt = json_object_get(j, "prompt");
+    options = json_object_get(j, "options");
+    sys = json_object_get(j, "systemMessage");
+    temp = json_object_get(j, "temperature");
+    topp = json_object_get(j, "top_p");
+    if (prompt != NULL && !json_is_string(prompt)) {
+        snprintf(err, errlen, "prompt must be a string");
+        goto out;
+    }
+    if (prompt != NULL && json_string_length(prompt) > PROMPT_MAX) {
+        snprintf(err, errlen, "prompt is longer than %u bytes", PROMPT_MAX);
+        goto out;
+    }
+    if (options != NULL && !json_is_object(options) && !json_is_null(options)) {
+        snprintf(err, errlen, "options must be an object");
+        goto out;
+    }
+    parent = json_object_get(options, "parentMessageId");
+    if (parent != NULL && !json_is_string(parent) && !json_is_null(parent)) {
+        snprintf(err, errlen, "options.parentMessageId must be a string");
+        goto out;
+    }
+    if (sys != NULL && !json_is_null(sys) &&
+        (!json_is_string(sys) || json_string_length(sys) > SYSTEM_MAX)) {
+        snprintf(err, errlen, "systemMessage must be a string of at most %u bytes", SYSTEM_MAX);
+        goto out;
+    }
+    if (temp != NULL && !json_is_null(temp) &&
+        (!json_is_number(temp) || json_number_value(temp) < 0 || json_number_value(temp) > 2)) {
+        snprintf(err, errlen, "temperature must be a number from 0 to 2");
+        goto out;
+    }
+    if (topp != NULL && !json_is_null(topp) &&
+        (!json_is_number(topp) || json_number_value(topp) < 0 || json_number_value(topp) > 1)) {
+        snprintf(err, errlen, "top_p must be a number from 0 to 1");
+        goto out;
+    }
+    t->prompt_len = prompt != NULL ? json_string_length(prompt) : 0;
+    t->prompt = malloc(t->prompt_len + 1);
+    if (t->prompt == NULL) {
+        rc = SVC_ENOMEM;
+        goto out;
+    }
+    memcpy(t->prompt, prompt != NULL ? json_string_value(prompt) : "", t->prompt_len);
+    t->prompt[t->prompt_len] = '\0';
+    if (json_is_string(sys) && (t->system_message = strdup(json_string_value(sys))) == NULL) {
+        rc = SVC_ENOMEM;
+        goto out;
+    }
+    if (json_is_string(parent)) {
+        /* An id we never minted cannot have context: degrade to "no history", not an error. */
+        if (chat_id_valid(json_string_value(parent)))
+            snprintf(t->parent_id, sizeof(t->parent_id), "%s", json_string_value(parent));
+    }
+    if (t->prompt_len == 0 && t->parent_id[0] == '\0') {
+        snprintf(err, errlen, "prompt is empty");
+        goto out;
+    }
+    if (json_is_number(temp)) {
+        t->has_temperature = 1;
+        t->temperature = json_number_value(temp);
+    }
+    if (json_is_number(topp)) {
+        t->has_top_p = 1;
+        t->top_p = json_number_value(topp);
+    }
+    rc = SVC_OK;
+out:
+    json_decref(j);
+    return rc;
+}
+
+/* ---- request lifecycle hooks ---- */
+
+static void on_client_gone(struct svc_req *req, void *data)
+{
+    struct chat_turn *t = data;
+
+    (void)req;
+    svc_metric_add(&chat_stats.chat_client_aborts_total, 1);
+    if (t->upstream != NULL) {
+        svc_fetch_cancel(&t->upstream); /* closes the upstream connection now */
+        SVC_LOG_INFO(t->rid, "stream", "client left; upstream cancelled after %zu bytes",
+                     t->text.len);
+        save_turn(t, 0); /* what the client saw stays the context of its next turn */
+    }
+}
+
+static void on_request_done(void *data)
+{
+    struct chat_turn *t = data;
+
+    svc_fetch_cancel(&t->auth_call);
+    svc_fetch_cancel(&t->upstream);
+    if (t->streaming)
+        svc_metric_add(&chat_stats.chat_streams_open, -1);
+    t->req = NULL;
+    turn_unref(t);
+}
+
+int chat_process(struct svc_req *req, void *ctx)
+{
+    struct chat_turn *t;
+    const char *authz = svc_req_header(req, "Authorization");
+    const char *body;
+    size_t len;
+    char err[256];
+    int rc;
+
+    (void)ctx;
+    svc_metric_add(&chat_stats.chat_requests_total, 1);
+    t = calloc(1, sizeof(*t));
+    if (t == NULL) {
+        svc_req_error(req, 500, "out of memory");
+        return SVC_HTTP_DONE;
+    }
+    t->refs = 1;
+    t->req = req;
+    t->w = svc_loop_data(svc_req_loop(req));
+    t->history = json_array();
+    snprintf(t->rid, sizeof(t->rid), "%s", svc_req_id(req));
+    svc_sse_init(&t->sse, SSE_EVENT_MAX);
+    svc_buf_init(&t->text, REPLY_MAX);
+    svc_buf_init(&t->errbody, UPSTREAM_ERR_MAX);
+    svc_buf_init(&t->held, REPLY_MAX * 2);
+    svc_uuid4(t->user_msg_id);
+    svc_uuid4(t->reply_id);
+    svc_req_set_cleanup(req, on_request_done, t);
+    svc_req_on_abort(req, on_client_gone, t);
+    if (t->history == NULL) {
+        svc_req_error(req, 500, "out of memory");
+        return SVC_HTTP_DONE;
+    }
+
+    body = svc_req_body(req, &len);
+    rc = parse_turn(t, body, len, err, sizeof(err));
+    if (rc != SVC_OK) {
+        reply_envelope(t, rc == SVC_EINVAL ? 400 : 500, "Fail", err);
+        return SVC_HTTP_DONE;
+    }
+    t->budget_used = 2 + (t->prompt_len > 0 ? chat_tokens_estimate(t->prompt_len) : 0) +
+                     (t->system_message != NULL ? chat_tokens_estimate(strlen(t->system_message))
+                                                : 0);
+    if (t->budget_used >= chat_setting.OPENAI_MAX_TOKENS.i -
+                              chat_setting.CHAT_MIN_RESPONSE_TOKENS.i) {
+        snprintf(err, sizeof(err),
+                 "this model's maximum context length is %lld tokens. you requested %ld tokens "
+                 "in the messages",
+                 (long long)chat_setting.OPENAI_MAX_TOKENS.i, t->budget_used);
+        reply_fail(t, err);
+        return SVC_HTTP_DONE;
+    }
+
+    if (authz == NULL || authz[0] == '\0') {
+        /* The seed's browser-native login: the XHR gets a Basic challenge. */
+        if (svc_req_add_header(req, "WWW-Authenticate", "Basic realm=\"Restricted\"") != SVC_OK)
+            SVC_LOG_ERR(t->rid, "auth", "cannot add the challenge header");
+        svc_req_reply(req, 401, NULL, "", 0);
+        return SVC_HTTP_DONE;
+    }
+    {
+        Chatweb__Auth__AuthenticateRequest in = CHATWEB__AUTH__AUTHENTICATE_REQUEST__INIT;
+        in.authorization = (char *)authz;
+        in.client_ip = (char *)svc_req_client_ip(req);
+        t->auth_call = svc_rpc_call_async(t->w->auth, t->w->multi, "/rpc/Auth/Authenticate",
+                                          &in.base,
+                                          &chatweb__auth__authenticate_response__descriptor,
+                                          t->rid, on_authenticated, t);
+    }
+    if (t->auth_call == NULL) {
+        reply_envelope(t, 503, "Fail", "认证服务不可用 | Authentication service unavailable");
+        return SVC_HTTP_DONE;
+    }
+    return SVC_HTTP_ASYNC;
+}
