@@ -32,6 +32,8 @@ struct svc_fetch {
     void *ud;
     int stream;
     int cancelled;
+    struct svc_timer *idle;  /* no byte for idle_ms: the transfer is abandoned */
+    uint64_t idle_ms;
     int data_err;
     long status;
     char errbuf[CURL_ERROR_SIZE];
@@ -39,6 +41,7 @@ struct svc_fetch {
 
 static void fetch_free(struct svc_fetch *f)
 {
+    svc_timer_destroy(&f->idle);
     curl_multi_remove_handle(f->m->multi, f->easy);
     curl_easy_cleanup(f->easy);
     curl_slist_free_all(f->headers);
@@ -211,6 +214,8 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userp)
 
     if (f->cancelled)
         return 0; /* makes curl fail the transfer; check_done then frees it quietly */
+    if (f->idle != NULL && svc_timer_start(f->idle, f->idle_ms) != SVC_OK)
+        return 0;
     if (f->stream) {
         int rc;
         if (f->status == 0)
@@ -227,6 +232,20 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userp)
         return 0;
     }
     return len;
+}
+
+/* curl's own low-speed check only runs when curl is woken; a loop timer is exact. */
+static void on_idle(struct svc_timer *t, void *data)
+{
+    struct svc_fetch *f = data;
+    char msg[96];
+
+    (void)t;
+    curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &f->status);
+    snprintf(msg, sizeof(msg), "no data for %llu ms", (unsigned long long)f->idle_ms);
+    if (f->cb.on_done != NULL)
+        f->cb.on_done(f, SVC_ETIMEDOUT, f->status, f->stream ? NULL : "", 0, msg, f->ud);
+    fetch_free(f);
 }
 
 struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fetch_req *req,
@@ -268,9 +287,10 @@ struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fe
     if (req->timeout_ms > 0)
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms);
     if (req->idle_timeout_ms > 0) {
-        /* "less than 1 byte per second for N seconds" is curl's idle detector. */
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (req->idle_timeout_ms + 999) / 1000);
+        f->idle_ms = (uint64_t)req->idle_timeout_ms;
+        f->idle = svc_timer_create(m->loop, on_idle, f);
+        if (f->idle == NULL || svc_timer_start(f->idle, f->idle_ms) != SVC_OK)
+            goto fail;
     }
     if (req->proxy != NULL && req->proxy[0] != '\0')
         curl_easy_setopt(e, CURLOPT_PROXY, req->proxy);
@@ -295,6 +315,7 @@ struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fe
     m->all = f;
     return f;
 fail:
+    svc_timer_destroy(&f->idle);
     if (f->easy != NULL)
         curl_easy_cleanup(f->easy);
     curl_slist_free_all(f->headers);

@@ -113,9 +113,7 @@ void svc_service_setup(const char *service, int argc, char **argv, struct svc_op
                        size_t nopts)
 {
     char err[512];
-    sigset_t set;
     int level;
-    struct svc_http_opts ao = {0};
 
     service_name = service;
     options = opts;
@@ -135,6 +133,13 @@ void svc_service_setup(const char *service, int argc, char **argv, struct svc_op
         svc_service_die(SVC_EX_CONFIG, "LOG_LEVEL: not one of error|warn|notice|info|debug: "
                                        "\"%s\"", svc_service_option("LOG_LEVEL")->s);
     svc_log_setup(service, level);
+}
+
+void svc_service_start(void)
+{
+    char err[512];
+    sigset_t set;
+    struct svc_http_opts ao = {0};
 
     /* Blocked here, before any thread exists, so every thread inherits the mask. */
     sigemptyset(&set);
@@ -146,7 +151,7 @@ void svc_service_setup(const char *service, int argc, char **argv, struct svc_op
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         svc_service_die(SVC_EX_SOFTWARE, "curl_global_init failed");
 
-    ao.service = service;
+    ao.service = service_name;
     ao.addr = svc_service_option("ADMIN_ADDR")->s;
     ao.mode = SVC_HTTP_POOL;
     ao.threads = 1;
@@ -158,7 +163,7 @@ void svc_service_setup(const char *service, int argc, char **argv, struct svc_op
                                sizeof(admin_routes) / sizeof(admin_routes[0]), err,
                                sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "ADMIN_ADDR: %s", err);
-    svc_cfg_log_all(opts, nopts);
+    svc_cfg_log_all(options, noptions);
 }
 
 int svc_service_wait(void)

@@ -153,6 +153,7 @@ int main(int argc, char **argv)
     if (auth_static_users_create(&static_users, setting.BASIC_AUTH_USER.s,
                                  setting.BASIC_AUTH_PASSWORD.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "%s", err);
+    svc_service_start();
     SVC_LOG_INFO(NULL, "startup", "%zu static user(s)", auth_static_users_count(static_users));
 
     svc_service_serve_pool(routes, sizeof(routes) / sizeof(routes[0]), SVC_HTTP_STYLE_ENVELOPE);

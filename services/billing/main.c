@@ -14,6 +14,7 @@ int main(int argc, char **argv)
 {
     svc_service_setup("billing", argc, argv, (struct svc_option *)&setting,
                       SVC_OPTION_COUNT(setting));
+    svc_service_start();
     svc_service_serve_pool(NULL, 0, SVC_HTTP_STYLE_TEXT);
     svc_service_teardown();
     return SVC_EX_OK;

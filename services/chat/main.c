@@ -89,7 +89,6 @@ int main(int argc, char **argv)
 
     svc_service_setup("chat", argc, argv, (struct svc_option *)&chat_setting,
                       SVC_OPTION_COUNT(chat_setting));
-    svc_metrics_register((struct svc_metric *)&chat_stats, SVC_METRIC_COUNT(chat_stats));
     if (chat_setting.AUTH_URL.s[0] == '\0')
         svc_service_die(SVC_EX_CONFIG, "AUTH_URL: required (the auth service's base URL)");
     if (svc_redis_url_check(chat_setting.REDIS_URL.s, err, sizeof(err)) != SVC_OK)
@@ -98,6 +97,8 @@ int main(int argc, char **argv)
         svc_service_die(SVC_EX_CONFIG, "CHAT_MIN_RESPONSE_TOKENS: must be below "
                                        "OPENAI_MAX_TOKENS (%lld)",
                         (long long)chat_setting.OPENAI_MAX_TOKENS.i);
+    svc_service_start();
+    svc_metrics_register((struct svc_metric *)&chat_stats, SVC_METRIC_COUNT(chat_stats));
     build_config_reply();
 
     nworkers = svc_service_workers();

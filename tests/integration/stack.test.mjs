@@ -557,6 +557,6 @@ describe('tests/integration/lib/harness.mjs', () => {
 
 describe('defaults', () => {
     it('binaries are looked up in $BUILD_DIR/bin', () => {
-        assert.equal(defaultBinDir(), path.join(ROOT, process.env.BUILD_DIR || 'build', 'bin'));
+        assert.equal(defaultBinDir(), path.resolve(ROOT, process.env.BUILD_DIR || 'build', 'bin'));
     });
 });

@@ -26,12 +26,17 @@ struct svc_http_server;
 #define SVC_EX_CONFIG 78
 
 /*
- * Loads opts, sets up logging and signals and starts the admin listener on ADMIN_ADDR. On any
- * failure prints one line "<service>: <VARIABLE>: <reason>" to stderr and exits SVC_EX_CONFIG.
- * argv handles --describe-config (prints the option table and exits 0). Call first in main.
+ * Loads opts and sets up logging. On a bad value prints one line "<service>: <VARIABLE>:
+ * <reason>" to stderr and exits SVC_EX_CONFIG. argv handles --describe-config (prints the option
+ * table and exits 0). Call first in main; check service-specific rules next (svc_service_die),
+ * then call svc_service_start().
  */
 void svc_service_setup(const char *service, int argc, char **argv, struct svc_option *opts,
                        size_t nopts);
+
+/* Logs the effective configuration (secrets masked), sets up signals and libcurl and starts the
+ * admin listener on ADMIN_ADDR (exits SVC_EX_CONFIG when it cannot bind). */
+void svc_service_start(void);
 
 /* Finds a parsed option by name (for the common ones). Never NULL for a declared option. */
 const struct svc_option *svc_service_option(const char *name);

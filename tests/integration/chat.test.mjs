@@ -1,0 +1,355 @@
+// The first request path end to end, against real servers: nginx (the ingress) -> chat ->
+// auth (protobuf RPC) -> the fake OpenAI upstream, with conversation context in a real Redis.
+// Framing follows ../shared/specs/chatgpt-web-contract.md §1.3.
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { describe, it } from 'node:test';
+import {
+    basicAuth, getJSON, postJSON, request, streamBody, withStack,
+} from './lib/harness.mjs';
+
+const USERS = { BASIC_AUTH_USER: 'alice,bob', BASIC_AUTH_PASSWORD: 'pw-alice,pw-bob' };
+const ALICE = basicAuth('alice', 'pw-alice');
+const BOB = basicAuth('bob', 'pw-bob');
+
+/** Splits a chat-process body into its JSON objects, checking the framing on the way. */
+function objects(text) {
+    assert.ok(!text.startsWith('\n'), 'the first object has no leading newline');
+    assert.ok(!text.endsWith('\n'), 'no trailing newline');
+    return text.split('\n').map((line) => JSON.parse(line));
+}
+
+async function chat(base, auth, body, opts = {}) {
+    const headers = { 'content-type': 'application/json' };
+    if (auth) headers.authorization = auth;
+    return streamBody(`${base}/api/chat-process`, { method: 'POST', headers, body: JSON.stringify(body), timeoutMs: 30000, ...opts });
+}
+
+async function fakeRequests(stack, since = 0) {
+    return (await getJSON(`${stack.fakeUpstream.url}/_fake/requests?since=${since}`)).requests;
+}
+
+async function lastFakeSeq(stack) {
+    const r = await fakeRequests(stack);
+    return r.length ? r[r.length - 1].seq : 0;
+}
+
+const direct = (h) => `http://${h.httpAddr}`;
+
+describe('chat through the ingress', () => {
+    const stack = withStack({
+        replicas: { chat: 2 },
+        env: { ...USERS, CHAT_UPSTREAM_IDLE_TIMEOUT: '2', LOG_LEVEL: 'info' },
+    });
+
+    it('POST /api/session and /api/config answer the frontend contract', async () => {
+        const s = await postJSON(`${stack.url}/api/session`, {});
+        assert.equal(s.status, 200);
+        assert.deepEqual(s.json(), { status: 'Success', message: '', data: { auth: false, model: 'ChatGPTAPI' } });
+        const c = await postJSON(`${stack.url}/api/config`, {});
+        assert.equal(c.status, 200);
+        const cj = c.json();
+        assert.equal(cj.status, 'Success');
+        assert.equal(cj.data.apiModel, 'ChatGPTAPI');
+        assert.equal(cj.data.socksProxy, '-');
+    });
+
+    it('streams cumulative objects with a stable server-minted id', async () => {
+        const r = await chat(stack.url, ALICE, { prompt: 'hello there [[fake tokens=12]]', options: {} });
+        assert.equal(r.status, 200);
+        assert.match(r.headers['content-type'], /application\/octet-stream/);
+        const objs = objects(r.text);
+        assert.ok(objs.length >= 2, `at least two objects, got ${objs.length}`);
+        const ids = new Set(objs.map((o) => o.id));
+        assert.equal(ids.size, 1, 'one id per reply');
+        const [id] = ids;
+        assert.match(id, /^[0-9a-f-]{36}$/, 'minted by us, not the upstream chatcmpl id');
+        let prev = '';
+        for (const o of objs) {
+            assert.equal(o.role, 'assistant');
+            assert.ok(o.text.startsWith(prev), 'text is cumulative');
+            prev = o.text;
+            assert.ok(o.parentMessageId, 'parentMessageId is set');
+        }
+        const last = objs[objs.length - 1];
+        assert.equal(last.detail.choices[0].finish_reason, 'stop');
+        assert.match(last.text, /^Echo\(1 msgs\): hello there/);
+        assert.ok(r.chunks.length >= 2, 'flushed in several chunks');
+    });
+
+    it('sends the previous turn upstream on a follow-up, through another replica', async () => {
+        const [c1, c2] = stack.services.chat;
+        const first = objects((await chat(direct(c1), ALICE, { prompt: 'my name is Ada', options: {} })).text);
+        const reply = first[first.length - 1];
+        const seq = await lastFakeSeq(stack);
+        const second = await chat(direct(c2), ALICE, {
+            prompt: 'what is my name?', options: { parentMessageId: reply.id }, systemMessage: 'You are terse.',
+        });
+        assert.equal(second.status, 200);
+        const reqs = await fakeRequests(stack, seq);
+        assert.equal(reqs.length, 1);
+        const msgs = reqs[0].body.messages;
+        assert.deepEqual(msgs.map((m) => m.role), ['system', 'user', 'assistant', 'user']);
+        assert.equal(msgs[0].content, 'You are terse.');
+        assert.equal(msgs[1].content, 'my name is Ada');
+        assert.equal(msgs[2].content, reply.text);
+        assert.equal(msgs[3].content, 'what is my name?');
+        assert.equal(reqs[0].body.stream, true);
+        assert.deepEqual(reqs[0].body.stream_options, { include_usage: true });
+        assert.equal(reqs[0].headers.authorization, 'Bearer sk-fake-upstream-not-a-real-key');
+    });
+
+    it('a long-reply continuation (empty prompt) finds its parent at once', async () => {
+        const first = objects((await chat(stack.url, ALICE, { prompt: 'write a lot [[fake tokens=30]]' })).text);
+        const cut = first[first.length - 1];
+        const seq = await lastFakeSeq(stack);
+        const cont = await chat(stack.url, ALICE, { prompt: '', options: { parentMessageId: cut.id } });
+        assert.equal(cont.status, 200);
+        const msgs = (await fakeRequests(stack, seq))[0].body.messages;
+        assert.deepEqual(msgs.map((m) => m.role), ['user', 'assistant']);
+        assert.equal(msgs[1].content, cut.text);
+    });
+
+    it("never chains onto another user's conversation", async () => {
+        const a = objects((await chat(stack.url, ALICE, { prompt: 'secret plans' })).text);
+        const seq = await lastFakeSeq(stack);
+        const b = await chat(stack.url, BOB, { prompt: 'continue', options: { parentMessageId: a[a.length - 1].id } });
+        assert.equal(b.status, 200);
+        const msgs = (await fakeRequests(stack, seq))[0].body.messages;
+        assert.deepEqual(msgs, [{ role: 'user', content: 'continue' }]);
+    });
+
+    it('an unknown or malformed parent id degrades to no history', async () => {
+        for (const parentMessageId of ['00000000-0000-4000-8000-000000000000', '../../etc/passwd', 'x'.repeat(500)]) {
+            const seq = await lastFakeSeq(stack);
+            const r = await chat(stack.url, ALICE, { prompt: 'fresh start', options: { parentMessageId } });
+            assert.equal(r.status, 200);
+            assert.equal((await fakeRequests(stack, seq))[0].body.messages.length, 1);
+        }
+    });
+
+    it('asks for Basic credentials when none are sent (the seed challenge)', async () => {
+        const r = await chat(stack.url, null, { prompt: 'hi' });
+        assert.equal(r.status, 401);
+        assert.equal(r.headers['www-authenticate'], 'Basic realm="Restricted"');
+    });
+
+    it('refuses wrong and empty credentials with the seed message (S1)', async () => {
+        const creds = [
+            basicAuth('alice', 'wrong'), basicAuth('alice', ''), basicAuth('', ''), basicAuth('', 'pw-alice'),
+            basicAuth('nobody', 'pw-alice'),
+        ];
+        for (const auth of creds) {
+            const r = await chat(stack.url, auth, { prompt: 'hi' });
+            assert.equal(r.status, 200);
+            assert.deepEqual(JSON.parse(r.text), { status: 'Fail', message: '账号未授权,请输入/login登录其他账户', data: null }, auth);
+        }
+        const garbled = await chat(stack.url, 'Basic !!!notbase64', { prompt: 'hi' });
+        assert.equal(JSON.parse(garbled.text).status, 'Unauthorized');
+        const bearer = await chat(stack.url, 'Bearer sk-unknown', { prompt: 'hi' });
+        assert.deepEqual(JSON.parse(bearer.text), { status: 'Unauthorized', message: 'Error: 无访问权限 | No access rights', data: null });
+    });
+
+    it('rejects malformed bodies with a Fail envelope', async () => {
+        const bad = [
+            ['{"prompt":', /invalid JSON/],
+            [Buffer.from('{"prompt":"\xff"}', 'latin1'), /invalid JSON/],
+            ['[1,2]', /JSON object/],
+            ['{"prompt":42}', /prompt must be a string/],
+            ['{"prompt":"hi","options":"x"}', /options must be an object/],
+            ['{"prompt":"hi","temperature":9}', /temperature/],
+            ['{"prompt":"hi","top_p":-1}', /top_p/],
+            ['{"prompt":"","options":{}}', /prompt is empty/],
+            ['{"prompt":"a","prompt":"b"}', /invalid JSON/],
+        ];
+        for (const [body, why] of bad) {
+            const r = await request(`${stack.url}/api/chat-process`, {
+                method: 'POST', headers: { authorization: ALICE, 'content-type': 'application/json' }, body,
+            });
+            assert.equal(r.status, 400, String(body));
+            const j = r.json();
+            assert.equal(j.status, 'Fail');
+            assert.match(j.message, why);
+        }
+    });
+
+    it('answers 413 to a body over the limit, and 405/404 on wrong routes', async () => {
+        const huge = JSON.stringify({ prompt: 'x'.repeat(2 << 20) });
+        const r = await request(`${stack.url}/api/chat-process`, {
+            method: 'POST', headers: { authorization: ALICE, 'content-type': 'application/json' }, body: huge,
+        });
+        assert.equal(r.status, 413);
+        assert.equal(r.json().status, 'Fail');
+        const g = await request(`${stack.url}/api/chat-process`);
+        assert.equal(g.status, 405);
+        const n = await request(`${stack.url}/api/nothing-here`, { method: 'POST', body: '{}' });
+        assert.equal(n.status, 404);
+        const rpc = await request(`${stack.url}/rpc/Auth/Authenticate`, { method: 'POST', body: '' });
+        assert.equal(rpc.status, 404, '/rpc/ is never routed by the ingress');
+    });
+
+    it('reports upstream HTTP errors as a Fail envelope the frontend shows', async () => {
+        const cases = [
+            [429, /Too many requests/],
+            [500, /Internal Server Error/],
+            [401, /Incorrect API key/],
+            [503, /busy/],
+        ];
+        for (const [code, why] of cases) {
+            const r = await chat(stack.url, ALICE, { prompt: `hi [[fake error=${code}]]` });
+            assert.equal(r.status, 200);
+            const j = JSON.parse(r.text);
+            assert.equal(j.status, 'Fail');
+            assert.match(j.message, why);
+        }
+    });
+
+    it('a stream cut mid-way ends with a final object whose text carries the error', async () => {
+        const r = await chat(stack.url, ALICE, { prompt: 'go [[fake tokens=20 cut=5]]' });
+        assert.equal(r.status, 200);
+        const objs = objects(r.text);
+        const last = objs[objs.length - 1];
+        assert.match(last.text, /\n\[\[OpenAI\] .*broke off/);
+        assert.equal(objs[objs.length - 2].text.length > 0, true);
+    });
+
+    it('a stalled upstream is abandoned after CHAT_UPSTREAM_IDLE_TIMEOUT', async () => {
+        const t0 = Date.now();
+        const r = await chat(stack.url, ALICE, { prompt: 'go [[fake tokens=20 stall=3]]' });
+        const took = Date.now() - t0;
+        const objs = objects(r.text);
+        assert.match(objs[objs.length - 1].text, /\[\[OpenAI\] /);
+        assert.ok(took >= 1500 && took < 15000, `gave up after ${took} ms`);
+    });
+
+    it('cancels the upstream at once when the client leaves (within 100 ms)', async () => {
+        const seqBefore = await lastFakeSeq(stack);
+        const evBefore = (await getJSON(`${stack.fakeUpstream.url}/_fake/events`)).events;
+        const evSince = evBefore.length ? evBefore[evBefore.length - 1].seq : 0;
+        let abortedAt = 0;
+        await new Promise((resolve) => {
+            const req = http.request(`${stack.url}/api/chat-process`, {
+                method: 'POST', agent: false, headers: { authorization: ALICE, 'content-type': 'application/json' },
+            }, (res) => {
+                let n = 0;
+                res.on('data', () => {
+                    if (++n === 2) {
+                        abortedAt = Date.now();
+                        req.destroy();
+                        resolve();
+                    }
+                });
+                res.on('error', () => {});
+            });
+            req.on('error', () => {});
+            req.end(JSON.stringify({ prompt: 'slowly [[fake tps=2 tokens=100]]' }));
+        });
+        let closed;
+        for (let i = 0; i < 50 && !closed; i++) {
+            const ev = (await getJSON(`${stack.fakeUpstream.url}/_fake/events?since=${evSince}`)).events;
+            closed = ev.find((e) => e.type === 'client_closed' && e.request_seq > seqBefore);
+            if (!closed) await new Promise((r) => setTimeout(r, 20));
+        }
+        assert.ok(closed, 'the upstream saw its client close');
+        const lag = closed.t_ms - abortedAt;
+        assert.ok(lag < 100, `upstream closed ${lag.toFixed(1)} ms after the browser left`);
+    });
+
+    it('serves 1,000 concurrent streaming chats on one chat replica', { timeout: 180000 }, async () => {
+        const target = direct(stack.services.chat[0]);
+        const N = 1000;
+        const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
+        const one = (i) => new Promise((resolve, reject) => {
+            const req = http.request(`${target}/api/chat-process`, {
+                method: 'POST', agent, headers: { authorization: i % 2 ? ALICE : BOB, 'content-type': 'application/json' },
+            }, (res) => {
+                let text = '';
+                res.setEncoding('utf8');
+                res.on('data', (c) => { text += c; });
+                res.on('end', () => resolve({ status: res.statusCode, text }));
+                res.on('error', reject);
+            });
+            req.setTimeout(120000, () => req.destroy(new Error('timeout')));
+            req.on('error', reject);
+            req.end(JSON.stringify({ prompt: `stream ${i} [[fake tps=20 tokens=10]]` }));
+        });
+        const results = await Promise.allSettled(Array.from({ length: N }, (_, i) => one(i)));
+        agent.destroy();
+        const failures = [];
+        results.forEach((r, i) => {
+            if (r.status !== 'fulfilled') return failures.push(`${i}: ${r.reason}`);
+            if (r.value.status !== 200) return failures.push(`${i}: HTTP ${r.value.status} ${r.value.text.slice(0, 100)}`);
+            const objs = r.value.text.split('\n').map((l) => JSON.parse(l));
+            const last = objs[objs.length - 1];
+            if (!last.text.startsWith(`Echo(1 msgs): stream ${i}`) || last.detail.choices[0].finish_reason !== 'stop')
+                failures.push(`${i}: wrong reply ${last.text.slice(0, 60)}`);
+        });
+        assert.deepEqual(failures.slice(0, 10), [], `${failures.length} of ${N} failed`);
+    });
+
+    it('exports metrics and health on the admin listener', async () => {
+        const c = stack.services.chat[0];
+        const m = await request(`http://${c.adminAddr}/metrics`);
+        assert.equal(m.status, 200);
+        assert.match(m.body, /^chat_requests_total \d+$/m);
+        assert.match(m.body, /^chat_client_aborts_total [1-9]\d*$/m);
+        assert.equal((await request(`http://${c.adminAddr}/healthz`)).status, 200);
+        assert.equal((await request(`http://${c.adminAddr}/readyz`)).status, 200);
+    });
+});
+
+describe('chat when a dependency or a replica fails', () => {
+    // chat[0] is killed, chat[1] survives and is used afterwards, chat[2] is drained.
+    const stack = withStack({ replicas: { chat: 3 }, env: { ...USERS } });
+
+    it('a replica killed mid-stream fails only its own requests', async () => {
+        const [victim, survivor] = stack.services.chat;
+        const pending = chat(direct(victim), ALICE, { prompt: 'long [[fake tps=5 tokens=100]]' }).catch((e) => ({ error: e }));
+        await new Promise((r) => setTimeout(r, 500));
+        victim.kill();
+        const broken = await pending;
+        const text = broken.text || '';
+        assert.ok(broken.error || !text.includes('"finish_reason":"stop"'), 'the cut stream does not look complete');
+        const ok = await chat(direct(survivor), ALICE, { prompt: 'still here?' });
+        assert.equal(ok.status, 200);
+        assert.match(objects(ok.text).pop().text, /still here/);
+    });
+
+    it('SIGTERM drains: a stream in flight completes, then the process exits 0', async () => {
+        const c = stack.services.chat[2];
+        const pending = chat(direct(c), ALICE, { prompt: 'drain me [[fake tps=10 tokens=15]]' });
+        await new Promise((r) => setTimeout(r, 300));
+        process.kill(c.pid, 'SIGTERM');
+        await new Promise((r) => setTimeout(r, 100));
+        const ready = await request(`http://${c.adminAddr}/readyz`).catch((e) => ({ status: e.code }));
+        assert.notEqual(ready.status, 200, 'not ready while draining');
+        const r = await pending;
+        assert.equal(r.status, 200);
+        assert.equal(objects(r.text).pop().detail.choices[0].finish_reason, 'stop');
+        const info = await c.exited;
+        assert.equal(info.code, 0, JSON.stringify(info));
+    });
+
+    it('Redis down: context reads fail with a clear envelope and readiness drops', async () => {
+        const c = stack.services.chat[1];
+        await stack.redis.stop();
+        const r = await chat(direct(c), ALICE, { prompt: 'hi', options: { parentMessageId: '00000000-0000-4000-8000-000000000000' } });
+        assert.equal(r.status, 503);
+        const j = JSON.parse(r.text);
+        assert.equal(j.status, 'Fail');
+        assert.match(j.message, /Conversation store unavailable/);
+        const ready = await request(`http://${c.adminAddr}/readyz`).catch(() => ({ status: 0 }));
+        assert.equal(ready.status, 503);
+        // A new conversation needs no stored context: it still streams (only storing it fails).
+        const fresh = await chat(direct(c), ALICE, { prompt: 'no context needed' });
+        assert.equal(fresh.status, 200);
+        assert.match(objects(fresh.text).pop().text, /no context needed/);
+    });
+
+    it('auth down: a clear envelope, not a hang', async () => {
+        for (const a of stack.services.auth) a.kill();
+        const r = await chat(direct(stack.services.chat[1]), ALICE, { prompt: 'hi' });
+        assert.equal(r.status, 503);
+        assert.match(JSON.parse(r.text).message, /Authentication service unavailable/);
+    });
+});
