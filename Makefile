@@ -26,12 +26,20 @@ run: build
 # C unit tests get a private MariaDB (TEST_MYSQL_DSN) and Redis (REDIS_URL) from with-servers;
 # the integration tests start their own servers.
 unit: build
+	scripts/checksrc
 	scripts/with-servers --redis --mariadb -- ctest --test-dir $(BUILD_DIR) --output-on-failure
 
-integration: build
+NPM_STAMP := $(if $(wildcard tests/package.json),tests/node_modules/.installed)
+
+integration: build $(NPM_STAMP)
 	BUILD_DIR=$(BUILD_DIR) node --test --test-concurrency=1 tests/integration/*.test.mjs
 
 test: unit integration
+
+# npm packages the integration tests use (tests/package.json, locked by package-lock.json).
+tests/node_modules/.installed: tests/package.json tests/package-lock.json
+	cd tests && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 bench: build
 	BUILD_DIR=$(BUILD_DIR) bench/run-all

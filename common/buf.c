@@ -1,6 +1,7 @@
 #include "svc/buf.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,8 +45,10 @@ static int buf_reserve(struct svc_buf *b, size_t extra)
     cap = b->cap < BUF_MIN_ALLOC ? BUF_MIN_ALLOC : b->cap;
     while (cap < need)
         cap *= 2;
-    if (cap > b->max + 1)
+    if (b->max < SIZE_MAX && cap > b->max + 1) /* max + 1 would wrap at SIZE_MAX */
         cap = b->max + 1;
+    if (cap < need) /* the doubling overflowed */
+        cap = need;
     p = realloc(b->data, cap);
     if (p == NULL)
         return SVC_ENOMEM;

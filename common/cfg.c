@@ -26,7 +26,8 @@ int svc_cfg_parse_int(const char *text, int64_t min, int64_t max, int64_t *out)
     char *end;
     long long v;
 
-    if (text == NULL || text[0] == '\0')
+    /* strtoll would also skip leading blanks; Go's ParseInt (the seed) does not */
+    if (text == NULL || !((text[0] >= '0' && text[0] <= '9') || text[0] == '-' || text[0] == '+'))
         return SVC_EINVAL;
     errno = 0;
     v = strtoll(text, &end, 10);

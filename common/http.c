@@ -81,6 +81,9 @@ struct svc_req {
 
     svc_req_abort_fn abort_fn;
     void *abort_data;
+    svc_req_abort_fn drain_fn;
+    void *drain_data;
+    size_t drain_low;
     void (*cleanup_fn)(void *);
     void *cleanup_data;
 };
@@ -115,6 +118,13 @@ void svc_req_on_abort(struct svc_req *req, svc_req_abort_fn fn, void *data)
 {
     req->abort_fn = fn;
     req->abort_data = data;
+}
+
+void svc_req_on_drain(struct svc_req *req, svc_req_abort_fn fn, void *data, size_t low_watermark)
+{
+    req->drain_fn = fn;
+    req->drain_data = data;
+    req->drain_low = low_watermark;
 }
 
 void svc_req_set_cleanup(struct svc_req *req, void (*fn)(void *), void *data)
@@ -291,6 +301,10 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
             svc_buf_reset(&req->out);
             req->out_off = 0;
         }
+        /* The producer may append from here (a resumed upstream delivers at once): buf is
+         * already filled, so that is safe. */
+        if (req->drain_fn != NULL && avail > req->drain_low && avail - n <= req->drain_low)
+            req->drain_fn(req, req->drain_data);
         return (ssize_t)n;
     }
     if (req->stream_ended) {
@@ -393,10 +407,12 @@ static void watch_start(struct svc_req *req)
 
 /* ---- MHD callbacks ---- */
 
+/* The route for method + url, or NULL. *path_route is the first route whose path matched (its
+ * error style answers a 405). */
 static const struct svc_route *route_find(const struct svc_http_server *srv, const char *method,
-                                          const char *url, int *path_matched)
+                                          const char *url, const struct svc_route **path_route)
 {
-    *path_matched = 0;
+    *path_route = NULL;
     for (size_t i = 0; i < srv->nroutes; i++) {
         const struct svc_route *r = &srv->routes[i];
         size_t n = strlen(r->path);
@@ -404,7 +420,8 @@ static const struct svc_route *route_find(const struct svc_http_server *srv, con
                                                    : strcmp(url, r->path) == 0;
         if (!match)
             continue;
-        *path_matched = 1;
+        if (*path_route == NULL)
+            *path_route = r;
         if (r->method == NULL || strcmp(r->method, method) == 0)
             return r;
     }
@@ -431,7 +448,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     struct daemon_slot *slot = cls;
     struct svc_http_server *srv = slot->srv;
     struct svc_req *req = *con_cls;
-    int path_matched, rc;
+    const struct svc_route *path_route;
+    int rc;
 
     (void)version;
     if (req == NULL) {
@@ -468,14 +486,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return req->aborted ? MHD_NO : MHD_YES;
 
     req->handled = 1;
-    req->route = route_find(srv, method, url, &path_matched);
+    req->route = route_find(srv, method, url, &path_route);
     if (req->body_too_big) {
         char msg[96];
         snprintf(msg, sizeof(msg), "request body larger than %zu bytes", srv->opts.max_body);
         svc_req_error(req, 413, msg);
     } else if (req->route == NULL) {
-        svc_req_error(req, path_matched ? 405 : 404,
-                      path_matched ? "method not allowed" : "404 page not found");
+        req->route = path_route; /* for its error style only; never run */
+        svc_req_error(req, path_route != NULL ? 405 : 404,
+                      path_route != NULL ? "method not allowed" : "404 page not found");
+        req->route = NULL;
     } else {
         req->in_handler = 1;
         rc = req->route->fn(req, req->route->ctx);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #define LOG_LINE_MAX 4096 /* longer messages are cut, never split over two lines */
+#define RID_MAX 64
 
 int svc__log_level = SVC_LOG_LVL_INFO;
 static char log_service[32] = "svc";
@@ -58,6 +59,14 @@ static void append_quoted(char *dst, size_t *len, size_t cap, const char *src)
     *len = n;
 }
 
+/* len + what snprintf reports, never past the buffer (snprintf reports what it wanted). */
+static size_t clamp_add(size_t len, int n, size_t cap)
+{
+    if (n < 0)
+        return len;
+    return len + (size_t)n >= cap ? cap - 1 : len + (size_t)n;
+}
+
 void svc_log_write(int level, const char *rid, const char *action, const char *fmt, ...)
 {
     char msg[LOG_LINE_MAX / 2];
@@ -76,10 +85,21 @@ void svc_log_write(int level, const char *rid, const char *action, const char *f
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
     len = strftime(line, sizeof(line), "ts=%Y-%m-%dT%H:%M:%S", &tm);
-    len += (size_t)snprintf(line + len, sizeof(line) - len, ".%03dZ svc=%s lvl=%s",
-                            (int)(tv.tv_usec / 1000), log_service, level_names[level]);
-    if (rid != NULL && rid[0] != '\0')
-        len += (size_t)snprintf(line + len, sizeof(line) - len, " rid=%s", rid);
+    len = clamp_add(len, snprintf(line + len, sizeof(line) - len, ".%03dZ svc=%s lvl=%s",
+                                  (int)(tv.tv_usec / 1000), log_service, level_names[level]),
+                    sizeof(line));
+    if (rid != NULL && rid[0] != '\0' && len < sizeof(line) - 8) {
+        /* Request ids are tokens (the HTTP layer only accepts [A-Za-z0-9._-]); anything else
+         * is masked and long ones are cut, so a rid can never break or overrun the line. */
+        memcpy(line + len, " rid=", 5);
+        len += 5;
+        for (size_t k = 0; rid[k] != '\0' && k < RID_MAX; k++) {
+            char c = rid[k];
+            int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                     c == '-' || c == '_' || c == '.';
+            line[len++] = ok ? c : '?';
+        }
+    }
     if (action != NULL && len < sizeof(line) - 8) {
         memcpy(line + len, " action=", 8);
         len += 8;

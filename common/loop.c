@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -40,7 +41,7 @@ struct svc_loop {
     int epfd;
     int wakefd;          /* eventfd: svc_loop_post and svc_loop_stop write it */
     uint64_t now;
-    volatile int stop;
+    atomic_int stop; /* written by svc_loop_stop from any thread */
 
     struct svc_timer **heap; /* min-heap on due */
     size_t nheap, capheap;
@@ -146,7 +147,7 @@ static void wake(struct svc_loop *loop)
 
 void svc_loop_stop(struct svc_loop *loop)
 {
-    loop->stop = 1;
+    atomic_store(&loop->stop, 1);
     wake(loop);
 }
 
@@ -376,7 +377,7 @@ int svc_loop_run(struct svc_loop *loop)
 {
     struct epoll_event events[LOOP_MAX_EVENTS];
 
-    while (!loop->stop) {
+    while (!atomic_load(&loop->stop)) {
         int n;
 
         loop->now = svc_clock_ms();
@@ -394,6 +395,6 @@ int svc_loop_run(struct svc_loop *loop)
         run_timers(loop);
         free_dead(loop);
     }
-    loop->stop = 0;
+    atomic_store(&loop->stop, 0);
     return 0;
 }

@@ -8,6 +8,7 @@ void svc_sse_init(struct svc_sse *s, size_t max_event)
     svc_buf_init(&s->data, max_event);
     s->has_data = 0;
     s->last_was_cr = 0;
+    s->bom_checked = 0;
 }
 
 void svc_sse_deinit(struct svc_sse *s)
@@ -30,9 +31,10 @@ static int sse_line(struct svc_sse *s, svc_sse_event_fn fn, void *ud)
         s->has_data = 0;
         return rc;
     }
-    if (n >= 5 && memcmp(l, "data:", 5) == 0) {
-        const char *v = l + 5;
-        size_t vn = n - 5;
+    /* "data" alone is the field with an empty value (a line without a colon names a field) */
+    if ((n == 4 && memcmp(l, "data", 4) == 0) || (n >= 5 && memcmp(l, "data:", 5) == 0)) {
+        const char *v = l + (n == 4 ? 4 : 5);
+        size_t vn = n == 4 ? 0 : n - 5;
         if (vn > 0 && v[0] == ' ') {
             v++;
             vn--;
@@ -51,6 +53,25 @@ int svc_sse_feed(struct svc_sse *s, const char *bytes, size_t len, svc_sse_event
 {
     size_t i = 0;
 
+    /* A UTF-8 byte-order mark at the very start of the stream is skipped. Bytes that may be its
+     * beginning wait in s->line until it is decided; on a mismatch they are ordinary content. */
+    while (!s->bom_checked && i < len) {
+        static const unsigned char bom[3] = {0xEF, 0xBB, 0xBF};
+        size_t have = s->line.len;
+        int rc;
+
+        if ((unsigned char)bytes[i] != bom[have]) {
+            s->bom_checked = 1;
+            break;
+        }
+        if ((rc = svc_buf_append(&s->line, bytes + i, 1)) != 0)
+            return rc;
+        i++;
+        if (have + 1 == 3) {
+            svc_buf_reset(&s->line);
+            s->bom_checked = 1;
+        }
+    }
     while (i < len) {
         char c = bytes[i];
         int rc;

@@ -20,12 +20,14 @@ void svc_random_hex(char *out, size_t nbytes)
     static const char hex[] = "0123456789abcdef";
     unsigned char raw[64];
 
-    if (nbytes > sizeof(raw))
-        nbytes = sizeof(raw);
-    fill_random(raw, nbytes);
-    for (size_t i = 0; i < nbytes; i++) {
-        out[2 * i] = hex[raw[i] >> 4];
-        out[2 * i + 1] = hex[raw[i] & 15];
+    for (size_t done = 0; done < nbytes;) {
+        size_t n = nbytes - done < sizeof(raw) ? nbytes - done : sizeof(raw);
+        fill_random(raw, n);
+        for (size_t i = 0; i < n; i++) {
+            out[2 * (done + i)] = hex[raw[i] >> 4];
+            out[2 * (done + i) + 1] = hex[raw[i] & 15];
+        }
+        done += n;
     }
     out[2 * nbytes] = '\0';
 }

@@ -65,7 +65,7 @@ int chat_ctx_decode(const char *text, size_t len, json_t **msg, char parent[CHAT
     *msg = NULL;
     if (len > CTX_MAX_STORED)
         return SVC_EINVAL;
-    j = json_loadb(text, len, JSON_REJECT_DUPLICATES, NULL);
+    j = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, NULL);
     if (j == NULL)
         return SVC_EINVAL;
     if (json_unpack(j, "{s:s, s:s%, s:s}", "role", &role, "content", &content, &clen, "parent",
@@ -83,5 +83,5 @@ int chat_ctx_decode(const char *text, size_t len, json_t **msg, char parent[CHAT
 
 long chat_tokens_estimate(size_t bytes)
 {
-    return (long)((bytes + 2) / 3) + 4;
+    return (long)(bytes / 3 + (bytes % 3 != 0)) + 4; /* no wrap near SIZE_MAX */
 }

@@ -126,6 +126,13 @@ int svc_req_stream_end(struct svc_req *req);
 size_t svc_req_stream_pending(const struct svc_req *req);
 
 /*
+ * Backpressure: registers fn(req, data) to run on the request's loop whenever the bytes waiting
+ * for the client fall to low_watermark or below after having been above it. A producer that
+ * paused itself because svc_req_stream_pending() grew resumes from fn.
+ */
+void svc_req_on_drain(struct svc_req *req, svc_req_abort_fn fn, void *data, size_t low_watermark);
+
+/*
  * Registers fn(req, data) to run once, on the request's loop, when the client goes away before
  * the reply is complete (LOOPS mode). After it runs, replies are ignored and the request is
  * freed when the handler's cleanup (svc_req_set_cleanup) has run.

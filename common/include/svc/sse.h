@@ -18,6 +18,7 @@ struct svc_sse {
     struct svc_buf data; /* data of the event being read */
     int has_data;
     int last_was_cr;
+    int bom_checked; /* a UTF-8 byte-order mark at the very start is skipped */
 };
 
 /* Called once per complete event with its data (NUL-terminated). Return 0 to go on; anything
