@@ -1,6 +1,7 @@
 #include "svc/rpc.h"
 
 #include <curl/curl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -215,8 +216,32 @@ static uint8_t *pack(const ProtobufCMessage *in, size_t *len)
     return buf;
 }
 
-/* One keep-alive easy handle per thread for blocking calls. */
+/* One keep-alive easy handle per thread for blocking calls, freed when the thread exits. */
 static __thread CURL *tl_easy;
+static pthread_key_t tl_easy_key;
+static pthread_once_t tl_easy_once = PTHREAD_ONCE_INIT;
+
+static void tl_easy_free(void *easy)
+{
+    curl_easy_cleanup(easy);
+}
+
+static void tl_easy_key_create(void)
+{
+    if (pthread_key_create(&tl_easy_key, tl_easy_free) != 0)
+        SVC_LOG_ERR(NULL, "rpc", "pthread_key_create failed: thread-exit cleanup is off");
+}
+
+static CURL *thread_easy(void)
+{
+    if (tl_easy == NULL) {
+        pthread_once(&tl_easy_once, tl_easy_key_create);
+        tl_easy = curl_easy_init();
+        if (tl_easy != NULL)
+            pthread_setspecific(tl_easy_key, tl_easy);
+    }
+    return tl_easy;
+}
 
 static size_t sync_write(char *ptr, size_t size, size_t nmemb, void *userp)
 {
@@ -238,7 +263,7 @@ int svc_rpc_call(struct svc_rpc_client *c, const char *method, const ProtobufCMe
 
     *out = NULL;
     svc_buf_init(&resp, RPC_MAX_RESPONSE);
-    if (tl_easy == NULL && (tl_easy = curl_easy_init()) == NULL) {
+    if (thread_easy() == NULL) {
         snprintf(err, errlen, "curl_easy_init failed");
         return SVC_ENOMEM;
     }

@@ -669,12 +669,15 @@ function nginxPath(component, p) {
     return p;
 }
 
-function upstreamServers(component, service, addrs) {
+// passive: the ingress takes a failing replica out for a few seconds (another replica answers);
+// the internal RPC balancer never does, like a Kubernetes Service: a replica refusing while it
+// starts must not make every caller fail for the next seconds.
+function upstreamServers(component, service, addrs, passive = true) {
     if (!addrs || addrs.length === 0)
         return `        # no ${service} address given: requests routed here get 502\n        server 127.0.0.1:9 down;`;
     return addrs.map((a) => {
         if (!/^[\w.\-[\]:]+:\d+$/.test(a)) throw new StackError(component, `bad ${service} upstream address ${JSON.stringify(a)}`);
-        return `        server ${a} max_fails=1 fail_timeout=5s;`;
+        return `        server ${a} ${passive ? 'max_fails=1 fail_timeout=5s' : 'max_fails=0'};`;
     }).join('\n');
 }
 
@@ -796,7 +799,7 @@ export async function startRpcBalancer({ dir, logDir, backends, tee = false, rea
         let serverBlocks = '';
         for (const [svc, addrs] of Object.entries(backends)) {
             ports[svc] = await freePort('127.0.0.1');
-            upstreamBlocks += `    upstream rpc_${svc} {\n${upstreamServers(label, svc, addrs)}\n        keepalive 64;\n    }\n`;
+            upstreamBlocks += `    upstream rpc_${svc} {\n${upstreamServers(label, svc, addrs, false)}\n        keepalive 64;\n    }\n`;
             serverBlocks += `    server {\n        listen 127.0.0.1:${ports[svc]};\n` +
                 `        location = /_stack/ready { access_log off; default_type text/plain; return 200 "${readyToken}"; }\n` +
                 `        location / { proxy_pass http://rpc_${svc}; }\n    }\n`;

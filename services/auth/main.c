@@ -2,163 +2,249 @@
  * chatweb-auth: owns identities and answers "who is this?" for the other services.
  *
  * Routes on HTTP_ADDR (worker-thread pool; handlers may block):
- *   POST /rpc/Auth/Authenticate   protobuf, internal only (the ingress never routes /rpc/)
- *   POST /api/session             the ChatGPT Web frontend's first call
+ *   POST /rpc/Auth/{Authenticate,ChangeCredentials,SetModel}   protobuf, internal only
+ *   POST /api/session /api/verify /api/login /api/logout, GET|POST /api/me   the browser
+ *   POST /accounts (Opskey), ANY /admin/accounts (Basic admin:OPS_KEY)          operators
+ * See docs/accounts.md and docs/ops-api.md.
  */
+#include <pthread.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-#include "auth.pb-c.h"
-#include "static_users.h"
+#include "auth.h"
+#include "svc/db.h"
 #include "svc/http.h"
 #include "svc/log.h"
 #include "svc/metrics.h"
+#include "svc/redis.h"
 #include "svc/rpc.h"
 #include "svc/service.h"
 #include "svc/util.h"
 
-#define AUTH_OPTIONS(ACTION)                                                                   \
-    SVC_COMMON_OPTIONS(ACTION)                                                                 \
-    ACTION(BASIC_AUTH_USER, SVC_OPT_STR, "", 0, 0, "static users, comma-separated")           \
-    ACTION(BASIC_AUTH_PASSWORD, SVC_OPT_SECRET, "", 0, 0, "their passwords, by position")
+#define AUTH_OPTIONS(ACTION)                                                                       \
+    SVC_COMMON_OPTIONS(ACTION)                                                                     \
+    ACTION(BASIC_AUTH_USER, SVC_OPT_STR, "", 0, 0, "static users, comma-separated")                \
+    ACTION(BASIC_AUTH_PASSWORD, SVC_OPT_SECRET, "", 0, 0, "their passwords, by position")          \
+    ACTION(OPS_KEY, SVC_OPT_SECRET, "", 0, 0,                                                      \
+           "ops API key (Opskey header, Basic admin:<key>); unset = ops API disabled")             \
+    ACTION(OPS_LINK, SVC_OPT_STR, "/admin", 0, 0, "self-service link shown to users")              \
+    ACTION(DB, SVC_OPT_SECRET, "", 0, 0, "SQL DSN (mysql://...); unset = SQLite in DATA_DIR")      \
+    ACTION(DATA_DIR, SVC_OPT_STR, "./data", 0, 0, "directory of the SQLite file")                  \
+    ACTION(REDIS_URL, SVC_OPT_SECRET, "", 0, 0,                                                    \
+           "redis://... for sessions, throttles and cache invalidation")                           \
+    ACTION(BILLING_URL, SVC_OPT_STR, "", 0, 0, "billing service base URL (http://host:port)")      \
+    ACTION(AUTH_URL, SVC_OPT_STR, "", 0, 0, "unused by auth itself (set for every service)")       \
+    ACTION(AUTH_SESSION_AUTH, SVC_OPT_STR, "auto", 0, 0,                                           \
+           "/api/session data.auth: auto (true when OPS_KEY is set) | true | false")               \
+    ACTION(AUTH_SESSION_TTL, SVC_OPT_INT, "604800", 60, 31536000,                                  \
+           "login session lifetime in seconds")                                                    \
+    ACTION(AUTH_COOKIE_SECURE, SVC_OPT_BOOL, "false", 0, 0,                                        \
+           "mark the session cookie Secure (behind HTTPS)")                                        \
+    ACTION(AUTH_CACHE_SIZE, SVC_OPT_INT, "8192", 16, 1048576, "verification cache slots")          \
+    ACTION(AUTH_CACHE_TTL, SVC_OPT_INT, "300", 1, 86400,                                           \
+           "seconds before a cached verification is redone in full")                               \
+    ACTION(AUTH_CACHE_RECHECK_MS, SVC_OPT_INT, "250", 0, 1000,                                     \
+           "ms after which a cached entry re-reads the user's version (change propagation)")       \
+    ACTION(AUTH_THROTTLE_WINDOW, SVC_OPT_INT, "300", 1, 86400,                                     \
+           "seconds over which failed logins are counted")                                         \
+    ACTION(AUTH_THROTTLE_USER, SVC_OPT_INT, "10", 1, 1000000,                                      \
+           "failed logins per username per window before refusing")                                \
+    ACTION(AUTH_THROTTLE_IP, SVC_OPT_INT, "50", 1, 1000000,                                        \
+           "failed logins per client IP per window before refusing")                               \
+    ACTION(AUTH_PWHASH_OPS, SVC_OPT_INT, "2", 1, 20, "argon2id iterations (opslimit)")             \
+    ACTION(AUTH_PWHASH_MEM_KIB, SVC_OPT_INT, "19456", 8, 4194304,                                  \
+           "argon2id memory in KiB (memlimit)")                                                    \
+    ACTION(AUTH_PASSWORD_MIN, SVC_OPT_INT, "6", 1, 128,                                            \
+           "shortest password accepted by the ops API and ChangeCredentials")
 
 static struct {
     AUTH_OPTIONS(SVC_OPTION_DECLARE)
 } setting = {AUTH_OPTIONS(SVC_OPTION_INIT)};
 
-#define AUTH_METRICS(ACTION)                                                                   \
-    ACTION(auth_requests_total, SVC_METRIC_COUNTER, "Authenticate calls")                     \
-    ACTION(auth_ok_total, SVC_METRIC_COUNTER, "Authenticate calls that identified a user")    \
-    ACTION(auth_denied_total, SVC_METRIC_COUNTER, "Authenticate calls refused")
+static struct auth_ctx ctx = {.static_lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* ---- static users' billing accounts: billing may start after us, so retry in background ---- */
+
+#define STATIC_MAX 256
 
 static struct {
-    AUTH_METRICS(SVC_METRIC_DECLARE)
-} stats = {AUTH_METRICS(SVC_METRIC_INIT)};
+    pthread_t thread;
+    int running;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int stop;
+    int64_t ids[STATIC_MAX];
+    char names[STATIC_MAX][AUTH_NAME_MAX + 1];
+    size_t n;
+} statics = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
 
-static struct auth_static_users *static_users;
-
-#define CREDENTIALS_MAX 1024
-
-/*
- * Basic credentials: "Basic base64(user:pass)", split at the first ':' (as browsers send them).
- * Returns 0 and fills user/pass, or -1 when the header is not usable Basic.
- */
-static int parse_basic(const char *header, char *decoded, size_t len, char **user, char **pass)
+/* Sleeps ms unless asked to stop; 1 when asked to stop. */
+static int statics_wait(long ms)
 {
-    const char *b64;
-    char *colon;
+    struct timespec ts;
+    int stop;
 
-    if (strncasecmp(header, "Basic ", 6) != 0)
-        return -1;
-    b64 = header + 6;
-    while (*b64 == ' ')
-        b64++;
-    if (svc_base64_decode(b64, strlen(b64), decoded, len) < 0)
-        return -1;
-    colon = strchr(decoded, ':');
-    if (colon == NULL)
-        return -1;
-    *colon = '\0';
-    *user = decoded;
-    *pass = colon + 1;
-    return 0;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += (ms % 1000) * 1000000L;
+    ts.tv_sec += ms / 1000 + ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_mutex_lock(&statics.lock);
+    if (!statics.stop)
+        pthread_cond_timedwait(&statics.cond, &statics.lock, &ts);
+    stop = statics.stop;
+    pthread_mutex_unlock(&statics.lock);
+    return stop;
 }
 
-static int rpc_authenticate(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                            ProtobufCMessage *out_msg, void *ctx)
+static void *static_accounts_main(void *arg)
 {
-    const Chatweb__Auth__AuthenticateRequest *in = (const void *)in_msg;
-    Chatweb__Auth__AuthenticateResponse *out = (void *)out_msg;
-    Chatweb__Auth__Identity *id;
-    char decoded[CREDENTIALS_MAX];
-    char *user, *pass;
-    long uid;
+    size_t done = 0;
+    long delay_ms = 1000;
 
-    (void)ctx;
-    svc_metric_add(&stats.auth_requests_total, 1);
-    if (in->authorization == NULL || in->authorization[0] == '\0') {
-        out->result = CHATWEB__AUTH__AUTH_RESULT__AUTH_MISSING;
-        goto denied;
+    (void)arg;
+    /* The first try waits: auth starts before billing, and a refused connect through a
+     * balancer (nginx max_fails) can mark billing down for every caller for a while. */
+    if (statics_wait(3000))
+        goto out;
+    for (;;) {
+        while (done < statics.n &&
+               auth_billing_ensure_static(&ctx, statics.ids[done], statics.names[done]) == SVC_OK)
+            done++;
+        if (done == statics.n) {
+            SVC_LOG_INFO(NULL, "startup", "billing accounts of %zu static user(s) are in place",
+                         statics.n);
+            break;
+        }
+        if (statics_wait(delay_ms))
+            break;
+        if (delay_ms < 30000)
+            delay_ms *= 2;
     }
-    if (strncasecmp(in->authorization, "Bearer ", 7) == 0) {
-        /* Login sessions and API keys arrive with the accounts issue; none exist yet. */
-        out->scheme = "bearer";
-        out->result = CHATWEB__AUTH__AUTH_RESULT__AUTH_UNKNOWN_USER;
-        goto denied;
-    }
-    if (parse_basic(in->authorization, decoded, sizeof(decoded), &user, &pass) != 0) {
-        out->result = CHATWEB__AUTH__AUTH_RESULT__AUTH_MALFORMED;
-        goto denied;
-    }
-    out->scheme = "basic";
-    uid = auth_static_users_check(static_users, user, pass);
-    if (uid <= 0) {
-        out->result = uid == 0 ? CHATWEB__AUTH__AUTH_RESULT__AUTH_UNKNOWN_USER
-                               : CHATWEB__AUTH__AUTH_RESULT__AUTH_WRONG_PASSWORD;
-        SVC_LOG_INFO(svc_rpc_request_id(call), "authenticate", "refused user=\"%s\" ip=%s: %s",
-                     user, svc_rpc_client_ip(call), uid == 0 ? "unknown" : "wrong password");
-        goto denied;
-    }
-    id = svc_rpc_alloc(call, sizeof(*id));
-    if (id == NULL)
-        return SVC_ENOMEM;
-    chatweb__auth__identity__init(id);
-    id->user_id = uid;
-    id->username = svc_rpc_strdup(call, auth_static_users_name(static_users, uid));
-    id->is_static = 1;
-    id->model = "";
-    if (id->username == NULL)
-        return SVC_ENOMEM;
-    out->identity = id;
-    out->result = CHATWEB__AUTH__AUTH_RESULT__AUTH_OK;
-    svc_metric_add(&stats.auth_ok_total, 1);
-    memset(decoded, 0, sizeof(decoded));
-    return SVC_OK;
-denied:
-    memset(decoded, 0, sizeof(decoded));
-    svc_metric_add(&stats.auth_denied_total, 1);
-    return SVC_OK;
+out:
+    svc_db_thread_end();
+    return NULL;
 }
 
-static const struct svc_rpc_method rpc_methods[] = {
-    {"/rpc/Auth/Authenticate", &chatweb__auth__authenticate_request__descriptor,
-     &chatweb__auth__authenticate_response__descriptor, rpc_authenticate, NULL},
-};
-static struct svc_rpc_registry rpc_registry = {rpc_methods,
-                                               sizeof(rpc_methods) / sizeof(rpc_methods[0])};
-
-static int api_session(struct svc_req *req, void *ctx)
+static int ready_check(void *data)
 {
-    static const char body[] =
-        "{\"status\":\"Success\",\"message\":\"\",\"data\":{\"auth\":false,\"model\":\"ChatGPTAPI\"}}";
-
-    (void)ctx;
-    svc_req_reply(req, 200, "application/json; charset=utf-8", body, sizeof(body) - 1);
-    return SVC_HTTP_DONE;
+    (void)data;
+    return svc_db_ping(ctx.db);
 }
 
 static const struct svc_route routes[] = {
-    {"POST", "/rpc/*", svc_rpc_dispatch, &rpc_registry, SVC_HTTP_STYLE_TEXT},
-    {"POST", "/api/session", api_session, NULL, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/rpc/*", svc_rpc_dispatch, &auth_rpc_registry, SVC_HTTP_STYLE_TEXT},
+    {"POST", "/api/session", auth_api_session, &ctx, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/verify", auth_api_verify, &ctx, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/login", auth_api_login, &ctx, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/logout", auth_api_logout, &ctx, SVC_HTTP_STYLE_ENVELOPE},
+    {NULL, "/api/me", auth_api_me, &ctx, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/accounts", auth_ops_accounts, &ctx, SVC_HTTP_STYLE_ENVELOPE},
+    {NULL, "/admin/accounts", auth_ops_admin_accounts, &ctx, SVC_HTTP_STYLE_ENVELOPE},
+    /* the ingress also routes these with a trailing slash */
+    {"POST", "/api/session/", auth_api_session, &ctx, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/verify/", auth_api_verify, &ctx, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/login/", auth_api_login, &ctx, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/logout/", auth_api_logout, &ctx, SVC_HTTP_STYLE_ENVELOPE},
+    {NULL, "/api/me/", auth_api_me, &ctx, SVC_HTTP_STYLE_ENVELOPE},
 };
 
 int main(int argc, char **argv)
 {
-    char err[512];
+    char err[512], desc[256];
+    const char *sa;
+    size_t i;
 
-    svc_service_setup("auth", argc, argv, (struct svc_option *)&setting,
-                      SVC_OPTION_COUNT(setting));
-    svc_metrics_register((struct svc_metric *)&stats, SVC_METRIC_COUNT(stats));
-    if (auth_static_users_create(&static_users, setting.BASIC_AUTH_USER.s,
-                                 setting.BASIC_AUTH_PASSWORD.s, err, sizeof(err)) != SVC_OK)
+    svc_service_setup("auth", argc, argv, (struct svc_option *)&setting, SVC_OPTION_COUNT(setting));
+    if (sodium_init() < 0)
+        svc_service_die(SVC_EX_SOFTWARE, "libsodium: initialisation failed");
+
+    sa = setting.AUTH_SESSION_AUTH.s;
+    if (strcmp(sa, "auto") == 0)
+        ctx.cfg.session_auth = -1;
+    else if (svc_cfg_parse_bool(sa) >= 0)
+        ctx.cfg.session_auth = svc_cfg_parse_bool(sa);
+    else
+        svc_service_die(SVC_EX_CONFIG, "AUTH_SESSION_AUTH: must be auto, true or false, got \"%s\"",
+                        sa);
+    ctx.cfg.ops_key = setting.OPS_KEY.s;
+    ctx.cfg.ops_link = setting.OPS_LINK.s;
+    ctx.cfg.session_ttl_s = setting.AUTH_SESSION_TTL.i;
+    ctx.cfg.cookie_secure = (int)setting.AUTH_COOKIE_SECURE.i;
+    ctx.cfg.cache_slots = (size_t)setting.AUTH_CACHE_SIZE.i;
+    ctx.cfg.cache_ttl_ms = setting.AUTH_CACHE_TTL.i * 1000;
+    ctx.cfg.cache_recheck_ms = setting.AUTH_CACHE_RECHECK_MS.i;
+    ctx.cfg.throttle_window_s = setting.AUTH_THROTTLE_WINDOW.i;
+    ctx.cfg.throttle_user_max = setting.AUTH_THROTTLE_USER.i;
+    ctx.cfg.throttle_ip_max = setting.AUTH_THROTTLE_IP.i;
+    ctx.cfg.pw_ops = (unsigned long long)setting.AUTH_PWHASH_OPS.i;
+    ctx.cfg.pw_mem = (size_t)setting.AUTH_PWHASH_MEM_KIB.i * 1024;
+    ctx.cfg.pw_min = (size_t)setting.AUTH_PASSWORD_MIN.i;
+    if (setting.OPS_KEY.is_set && strlen(ctx.cfg.ops_key) < 8)
+        svc_service_die(SVC_EX_CONFIG, "OPS_KEY: must be at least 8 characters");
+    if (setting.REDIS_URL.s[0] != '\0' &&
+        svc_redis_url_check(setting.REDIS_URL.s, err, sizeof(err)) != SVC_OK)
+        svc_service_die(SVC_EX_CONFIG, "REDIS_URL: %s", err);
+
+    if (auth_static_users_validate(setting.BASIC_AUTH_USER.s, setting.BASIC_AUTH_PASSWORD.s, err,
+                                   sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "%s", err);
+    if (svc_db_open_opts(&ctx.db, setting.DB.s, setting.DATA_DIR.s, NULL, err, sizeof(err)) !=
+        SVC_OK)
+        svc_service_die(SVC_EX_UNAVAILABLE, "DB: %s", err);
+    if (auth_store_migrate(ctx.db) != SVC_OK)
+        svc_service_die(SVC_EX_UNAVAILABLE, "DB: the auth migrations failed (see the log)");
+    if (setting.REDIS_URL.s[0] != '\0' &&
+        svc_redis_create(&ctx.redis, setting.REDIS_URL.s, 1000) != SVC_OK)
+        svc_service_die(SVC_EX_CONFIG, "REDIS_URL: cannot create the client");
+    if (setting.BILLING_URL.s[0] != '\0') {
+        ctx.billing = svc_rpc_client_create(setting.BILLING_URL.s, 3000);
+        if (ctx.billing == NULL)
+            svc_service_die(SVC_EX_CONFIG, "BILLING_URL: cannot create the client");
+    }
+    if (auth_cache_create(&ctx.cache, ctx.cfg.cache_slots) != SVC_OK)
+        svc_service_die(SVC_EX_SOFTWARE, "out of memory for the verification cache");
+    if (auth_pw_setup(&ctx) != SVC_OK)
+        svc_service_die(SVC_EX_CONFIG, "AUTH_PWHASH_MEM_KIB: cannot allocate that much");
+    if (auth_static_users_sync(&ctx, setting.BASIC_AUTH_USER.s, setting.BASIC_AUTH_PASSWORD.s,
+                               statics.ids, STATIC_MAX, &statics.n, err, sizeof(err)) != SVC_OK)
+        svc_service_die(SVC_EX_CONFIG, "%s", err);
+    for (i = 0; i < statics.n; i++) {
+        struct auth_user u;
+        if (auth_user_by_id(&ctx, statics.ids[i], &u) == SVC_OK)
+            snprintf(statics.names[i], sizeof(statics.names[i]), "%s", u.username);
+        sodium_memzero(&u, sizeof(u));
+    }
+    auth_rpc_ctx = &ctx;
+
     svc_service_start();
-    SVC_LOG_INFO(NULL, "startup", "%zu static user(s)", auth_static_users_count(static_users));
+    svc_service_set_ready_check(ready_check, NULL);
+    svc_db_describe(ctx.db, desc, sizeof(desc));
+    SVC_LOG_INFO(NULL, "startup", "db %s; %zu static user(s); redis %s; billing %s; ops API %s",
+                 desc, statics.n, ctx.redis ? "on" : "off (no REDIS_URL)",
+                 ctx.billing ? setting.BILLING_URL.s : "off (no BILLING_URL)",
+                 ctx.cfg.ops_key[0] ? "on" : "off (no OPS_KEY)");
+    if (statics.n > 0 && ctx.billing != NULL &&
+        pthread_create(&statics.thread, NULL, static_accounts_main, NULL) == 0)
+        statics.running = 1;
 
     svc_service_serve_pool(routes, sizeof(routes) / sizeof(routes[0]), SVC_HTTP_STYLE_ENVELOPE);
 
-    auth_static_users_destroy(&static_users);
+    if (statics.running) {
+        pthread_mutex_lock(&statics.lock);
+        statics.stop = 1;
+        pthread_cond_signal(&statics.cond);
+        pthread_mutex_unlock(&statics.lock);
+        pthread_join(statics.thread, NULL);
+    }
+    auth_cache_destroy(&ctx.cache);
+    svc_rpc_client_destroy(&ctx.billing);
+    svc_redis_destroy(&ctx.redis);
+    svc_db_destroy(&ctx.db);
+    svc_db_thread_end();
+    svc_db_teardown();
     svc_service_teardown();
     return SVC_EX_OK;
 }

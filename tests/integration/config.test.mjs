@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { defaultBinDir, freePort } from './lib/harness.mjs';
+import { defaultBinDir, freePort, tempDir } from './lib/harness.mjs';
 
 const bin = (name) => path.join(defaultBinDir(), `chatweb-${name}`);
 
@@ -14,7 +14,9 @@ async function baseEnv() {
         HTTP_ADDR: `127.0.0.1:${await freePort()}`,
         ADMIN_ADDR: `127.0.0.1:${await freePort()}`,
         AUTH_URL: 'http://127.0.0.1:9',
+        BILLING_URL: 'http://127.0.0.1:9',
         REDIS_URL: 'redis://127.0.0.1:9/0',
+        DATA_DIR: tempDir('chatweb-config-'),
     };
 }
 

@@ -1,0 +1,704 @@
+/*
+ * "Who is this?": HTTP Basic, "Bearer user:password" (the ChatGPT Web token), login sessions
+ * and API keys, with a verification cache and failed-login throttling.
+ *
+ * The verification cache (docs/accounts.md, "Verification cache"):
+ *   - a fixed array of slots in this process, indexed by a keyed BLAKE2b digest of the
+ *     credentials (the key is random per process; credentials themselves are never kept);
+ *   - a slot holds the identity and the user's *version* when it was verified. Every change that
+ *     matters (password, rename, block, delete, model, API keys) bumps the version in SQL and
+ *     publishes it in Redis (chatweb:auth:uver:{<id>}, "set if greater");
+ *   - a hit younger than AUTH_CACHE_RECHECK_MS is answered from memory; an older one re-reads
+ *     the version from Redis (one GET; SQL when Redis is unavailable) and is dropped when it
+ *     differs, so a change reaches every replica within that interval;
+ *   - entries older than AUTH_CACHE_TTL are verified again in full.
+ */
+#include <pthread.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "auth.h"
+#include "svc/log.h"
+#include "svc/redis.h"
+#include "svc/util.h"
+
+#define CACHE_LOCKS 64
+
+struct cache_slot {
+    unsigned char digest[crypto_generichash_BYTES];
+    int used;
+    int scheme;
+    struct auth_identity id;
+    int64_t version;
+    int64_t key_row; /* API key row id, for last_used_at */
+    int64_t created_ms;
+    int64_t checked_ms;
+    int64_t used_write_ms;
+};
+
+struct auth_cache {
+    size_t n;
+    struct cache_slot *slots;
+    pthread_mutex_t locks[CACHE_LOCKS];
+    unsigned char key[crypto_generichash_KEYBYTES];
+};
+
+int auth_cache_create(struct auth_cache **out, size_t slots)
+{
+    struct auth_cache *c;
+    size_t i;
+
+    *out = NULL;
+    if (slots == 0)
+        return SVC_EINVAL;
+    c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return SVC_ENOMEM;
+    c->slots = calloc(slots, sizeof(*c->slots));
+    if (c->slots == NULL) {
+        free(c);
+        return SVC_ENOMEM;
+    }
+    c->n = slots;
+    for (i = 0; i < CACHE_LOCKS; i++)
+        pthread_mutex_init(&c->locks[i], NULL);
+    crypto_generichash_keygen(c->key);
+    *out = c;
+    return SVC_OK;
+}
+
+void auth_cache_destroy(struct auth_cache **cp)
+{
+    struct auth_cache *c = cp != NULL ? *cp : NULL;
+    size_t i;
+
+    if (c == NULL)
+        return;
+    for (i = 0; i < CACHE_LOCKS; i++)
+        pthread_mutex_destroy(&c->locks[i]);
+    sodium_memzero(c->key, sizeof(c->key));
+    free(c->slots);
+    free(c);
+    *cp = NULL;
+}
+
+static size_t slot_index(const struct auth_cache *c, const unsigned char *d)
+{
+    uint64_t v;
+
+    memcpy(&v, d, sizeof(v));
+    return (size_t)(v % c->n);
+}
+
+/* Copies a live slot for digest d into *out. 1 on a hit. */
+static int cache_get(struct auth_cache *c, const unsigned char *d, struct cache_slot *out,
+                     int64_t now, int64_t ttl_ms)
+{
+    size_t i = slot_index(c, d);
+    pthread_mutex_t *l = &c->locks[i % CACHE_LOCKS];
+    int hit = 0;
+
+    pthread_mutex_lock(l);
+    if (c->slots[i].used && sodium_memcmp(c->slots[i].digest, d, sizeof(c->slots[i].digest)) == 0) {
+        if (now - c->slots[i].created_ms < ttl_ms) {
+            *out = c->slots[i];
+            hit = 1;
+        } else {
+            c->slots[i].used = 0;
+        }
+    }
+    pthread_mutex_unlock(l);
+    return hit;
+}
+
+static void cache_put(struct auth_cache *c, const struct cache_slot *s)
+{
+    size_t i = slot_index(c, s->digest);
+    pthread_mutex_t *l = &c->locks[i % CACHE_LOCKS];
+
+    pthread_mutex_lock(l);
+    c->slots[i] = *s;
+    c->slots[i].used = 1;
+    pthread_mutex_unlock(l);
+}
+
+/* Marks a slot confirmed (checked) or drops it (drop = 1). */
+static void cache_touch(struct auth_cache *c, const unsigned char *d, int64_t now, int drop,
+                        int64_t used_write_ms)
+{
+    size_t i = slot_index(c, d);
+    pthread_mutex_t *l = &c->locks[i % CACHE_LOCKS];
+
+    pthread_mutex_lock(l);
+    if (c->slots[i].used && sodium_memcmp(c->slots[i].digest, d, sizeof(c->slots[i].digest)) == 0) {
+        if (drop) {
+            c->slots[i].used = 0;
+        } else {
+            c->slots[i].checked_ms = now;
+            if (used_write_ms)
+                c->slots[i].used_write_ms = used_write_ms;
+        }
+    }
+    pthread_mutex_unlock(l);
+}
+
+/* ---- Redis helpers ---- */
+
+static void version_key(int64_t id, char *out, size_t len)
+{
+    snprintf(out, len, AUTH_REDIS_PREFIX "uver:{%lld}", (long long)id);
+}
+
+/* Publishes "version of id is now >= v"; keys expire after a day (a missing key reads SQL). */
+static const char publish_lua[] =
+    "local c = tonumber(redis.call('GET', KEYS[1]) or '0') "
+    "if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1], 'EX', 86400) end "
+    "return 0";
+
+void auth_version_publish(struct auth_ctx *a, int64_t id, int64_t version)
+{
+    char key[96], v[32];
+    const char *argv[] = {"EVAL", publish_lua, "1", key, v};
+    struct svc_redis_reply *rep = NULL;
+
+    if (a->redis == NULL)
+        return;
+    version_key(id, key, sizeof(key));
+    snprintf(v, sizeof(v), "%lld", (long long)version);
+    if (svc_redis_cmd(a->redis, &rep, 5, argv, NULL) != SVC_OK ||
+        svc_redis_reply_type(rep) == SVC_REDIS_ERROR)
+        SVC_LOG_WARN(NULL, "cache",
+                     "cannot publish the version of user %lld (replicas notice "
+                     "within the recheck interval through SQL)",
+                     (long long)id);
+    svc_redis_reply_free(&rep);
+}
+
+/*
+ * The current version of user id: Redis first, SQL when Redis has no value or fails.
+ * SVC_ENOTFOUND when the user is gone.
+ */
+static int current_version(struct auth_ctx *a, int64_t id, int64_t *version)
+{
+    char key[96];
+    const char *argv[] = {"GET", key};
+    struct svc_redis_reply *rep = NULL;
+    int rc;
+
+    if (a->redis != NULL) {
+        version_key(id, key, sizeof(key));
+        if (svc_redis_cmd(a->redis, &rep, 2, argv, NULL) == SVC_OK &&
+            svc_redis_reply_type(rep) == SVC_REDIS_STRING) {
+            const char *s = svc_redis_reply_str(rep, NULL);
+            *version = strtoll(s, NULL, 10);
+            svc_redis_reply_free(&rep);
+            return SVC_OK;
+        }
+        svc_redis_reply_free(&rep);
+    }
+    rc = auth_user_version(a, id, version);
+    if (rc == SVC_OK)
+        auth_version_publish(a, id, *version);
+    return rc;
+}
+
+/* INCR with a window TTL on the first hit. */
+static const char incr_lua[] = "local n = redis.call('INCR', KEYS[1]) "
+                               "if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end "
+                               "return n";
+
+static void throttle_keys(const char *name, const char *ip, char *uk, size_t ulen, char *ik,
+                          size_t ilen)
+{
+    snprintf(uk, ulen, AUTH_REDIS_PREFIX "fail:u:{%s}", name);
+    snprintf(ik, ilen, AUTH_REDIS_PREFIX "fail:ip:{%s}", ip != NULL && ip[0] ? ip : "-");
+}
+
+static long long redis_get_int(struct auth_ctx *a, const char *key)
+{
+    const char *argv[] = {"GET", key};
+    struct svc_redis_reply *rep = NULL;
+    long long v = 0;
+
+    if (svc_redis_cmd(a->redis, &rep, 2, argv, NULL) == SVC_OK &&
+        svc_redis_reply_type(rep) == SVC_REDIS_STRING)
+        v = strtoll(svc_redis_reply_str(rep, NULL), NULL, 10);
+    svc_redis_reply_free(&rep);
+    return v;
+}
+
+static int throttled(struct auth_ctx *a, const char *name, const char *ip)
+{
+    char uk[160], ik[128];
+
+    if (a->redis == NULL)
+        return 0;
+    throttle_keys(name, ip, uk, sizeof(uk), ik, sizeof(ik));
+    return redis_get_int(a, uk) >= a->cfg.throttle_user_max ||
+           redis_get_int(a, ik) >= a->cfg.throttle_ip_max;
+}
+
+static void throttle_fail(struct auth_ctx *a, const char *name, const char *ip)
+{
+    char uk[160], ik[128], win[32];
+    const char *argv[] = {"EVAL", incr_lua, "1", uk, win};
+    struct svc_redis_reply *rep = NULL;
+
+    if (a->redis == NULL)
+        return;
+    throttle_keys(name, ip, uk, sizeof(uk), ik, sizeof(ik));
+    snprintf(win, sizeof(win), "%lld", (long long)a->cfg.throttle_window_s);
+    if (svc_redis_cmd(a->redis, &rep, 5, argv, NULL) != SVC_OK)
+        SVC_LOG_WARN(NULL, "throttle", "cannot count a failed login");
+    svc_redis_reply_free(&rep);
+    argv[3] = ik;
+    if (svc_redis_cmd(a->redis, &rep, 5, argv, NULL) != SVC_OK)
+        SVC_LOG_WARN(NULL, "throttle", "cannot count a failed login");
+    svc_redis_reply_free(&rep);
+}
+
+static void throttle_reset_user(struct auth_ctx *a, const char *name)
+{
+    char uk[160], ik[128];
+    const char *argv[] = {"DEL", uk};
+    struct svc_redis_reply *rep = NULL;
+
+    if (a->redis == NULL)
+        return;
+    throttle_keys(name, NULL, uk, sizeof(uk), ik, sizeof(ik));
+    if (svc_redis_cmd(a->redis, &rep, 2, argv, NULL) != SVC_OK)
+        SVC_LOG_DEBUG(NULL, "throttle", "cannot reset a counter");
+    svc_redis_reply_free(&rep);
+}
+
+/* ---- identities ---- */
+
+static void identity_from_user(const struct auth_user *u, struct auth_identity *id)
+{
+    memset(id, 0, sizeof(*id));
+    id->user_id = u->id;
+    snprintf(id->username, sizeof(id->username), "%s", u->username);
+    id->is_static = u->is_static;
+    id->blocked = u->blocked;
+    snprintf(id->model, sizeof(id->model), "%s", u->model);
+}
+
+int auth_check_password(struct auth_ctx *a, const char *name, const char *password,
+                        const char *client_ip, const char *rid, enum auth_result *result,
+                        struct auth_user *u)
+{
+    int rc;
+
+    if (name == NULL || name[0] == '\0' || password == NULL || password[0] == '\0') {
+        *result = name == NULL || name[0] == '\0' ? AUTH_R_UNKNOWN : AUTH_R_WRONG_PASSWORD;
+        return SVC_OK;
+    }
+    if (!auth_username_valid(name) || strlen(password) > AUTH_PASSWORD_MAX) {
+        *result = AUTH_R_UNKNOWN;
+        return SVC_OK;
+    }
+    if (throttled(a, name, client_ip)) {
+        *result = AUTH_R_THROTTLED;
+        SVC_LOG_NOTICE(rid, "login", "throttled user=%s ip=%s", name, client_ip ? client_ip : "-");
+        return SVC_OK;
+    }
+    rc = auth_user_by_name(a, name, u);
+    if (rc == SVC_ENOTFOUND) {
+        auth_pw_dummy_verify(password);
+        throttle_fail(a, name, client_ip);
+        *result = AUTH_R_UNKNOWN;
+        SVC_LOG_INFO(rid, "login", "refused user=%s ip=%s: unknown user", name,
+                     client_ip ? client_ip : "-");
+        return SVC_OK;
+    }
+    if (rc != SVC_OK)
+        return SVC_EUNAVAIL;
+    if (!auth_pw_verify(u->pw_hash, password)) {
+        throttle_fail(a, name, client_ip);
+        *result = AUTH_R_WRONG_PASSWORD;
+        SVC_LOG_INFO(rid, "login", "refused user=%s ip=%s: wrong password", name,
+                     client_ip ? client_ip : "-");
+        return SVC_OK;
+    }
+    throttle_reset_user(a, name);
+    *result = u->blocked ? AUTH_R_BLOCKED : AUTH_R_OK;
+    return SVC_OK;
+}
+
+/* ---- sessions ---- */
+
+static void session_key(const char *token, char *out, size_t len)
+{
+    unsigned char h[crypto_hash_sha256_BYTES];
+    char hex[65];
+
+    crypto_hash_sha256(h, (const unsigned char *)token, strlen(token));
+    sodium_bin2hex(hex, sizeof(hex), h, sizeof(h));
+    snprintf(out, len, AUTH_REDIS_PREFIX "sess:{%s}", hex);
+}
+
+static int session_token_valid(const char *t)
+{
+    size_t i;
+
+    if (strncmp(t, "cws_", 4) != 0 || strlen(t) != AUTH_SESSION_TOKEN_LEN)
+        return 0;
+    for (i = 4; i < AUTH_SESSION_TOKEN_LEN; i++)
+        if (!((t[i] >= '0' && t[i] <= '9') || (t[i] >= 'a' && t[i] <= 'f')))
+            return 0;
+    return 1;
+}
+
+int auth_session_create(struct auth_ctx *a, const struct auth_user *u, char *token_out)
+{
+    char hex[65], key[128], val[64], ttl[32];
+    const char *argv[] = {"SET", key, val, "EX", ttl};
+    struct svc_redis_reply *rep = NULL;
+    int rc = SVC_OK;
+
+    if (a->redis == NULL)
+        return SVC_EUNAVAIL;
+    svc_random_hex(hex, 32);
+    snprintf(token_out, AUTH_SESSION_TOKEN_LEN + 1, "cws_%s", hex);
+    sodium_memzero(hex, sizeof(hex));
+    session_key(token_out, key, sizeof(key));
+    snprintf(val, sizeof(val), "%lld:%lld", (long long)u->id, (long long)u->pw_epoch);
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)a->cfg.session_ttl_s);
+    if (svc_redis_cmd(a->redis, &rep, 5, argv, NULL) != SVC_OK ||
+        svc_redis_reply_type(rep) != SVC_REDIS_STATUS)
+        rc = SVC_EUNAVAIL;
+    svc_redis_reply_free(&rep);
+    if (rc != SVC_OK)
+        sodium_memzero(token_out, AUTH_SESSION_TOKEN_LEN + 1);
+    return rc;
+}
+
+int auth_cookie_token(const char *cookie, char *out, size_t outlen)
+{
+    const char *p = cookie;
+    size_t nl = strlen(AUTH_COOKIE_NAME);
+
+    while (p != NULL && *p) {
+        while (*p == ' ' || *p == ';')
+            p++;
+        if (strncmp(p, AUTH_COOKIE_NAME, nl) == 0 && p[nl] == '=') {
+            const char *v = p + nl + 1;
+            size_t len = strcspn(v, ";");
+            while (len > 0 && v[len - 1] == ' ')
+                len--;
+            if (len == 0 || len >= outlen)
+                return SVC_ENOTFOUND;
+            memcpy(out, v, len);
+            out[len] = '\0';
+            return SVC_OK;
+        }
+        p = strchr(p, ';');
+    }
+    return SVC_ENOTFOUND;
+}
+
+/* The session token of a request: "Bearer cws_..." first, then the cookie. */
+static int request_session_token(const char *authorization, const char *cookie, char *out,
+                                 size_t outlen)
+{
+    if (authorization != NULL && strncasecmp(authorization, "Bearer ", 7) == 0) {
+        const char *t = authorization + 7;
+        while (*t == ' ')
+            t++;
+        if (session_token_valid(t) && strlen(t) < outlen) {
+            snprintf(out, outlen, "%s", t);
+            return SVC_OK;
+        }
+    }
+    if (cookie != NULL && auth_cookie_token(cookie, out, outlen) == SVC_OK &&
+        session_token_valid(out))
+        return SVC_OK;
+    return SVC_ENOTFOUND;
+}
+
+void auth_session_delete(struct auth_ctx *a, const char *authorization, const char *cookie)
+{
+    char token[AUTH_SESSION_TOKEN_LEN + 8], key[128];
+    const char *argv[] = {"DEL", key};
+    struct svc_redis_reply *rep = NULL;
+
+    if (a->redis == NULL ||
+        request_session_token(authorization, cookie, token, sizeof(token)) != SVC_OK)
+        return;
+    session_key(token, key, sizeof(key));
+    sodium_memzero(token, sizeof(token));
+    if (svc_redis_cmd(a->redis, &rep, 2, argv, NULL) != SVC_OK)
+        SVC_LOG_WARN(NULL, "logout", "cannot delete a session");
+    svc_redis_reply_free(&rep);
+}
+
+/* 1 when the session key still exists, 0 when not, -1 on a Redis failure. */
+static int session_exists(struct auth_ctx *a, const char *token)
+{
+    char key[128];
+    const char *argv[] = {"EXISTS", key};
+    struct svc_redis_reply *rep = NULL;
+    int r = -1;
+
+    if (a->redis == NULL)
+        return -1;
+    session_key(token, key, sizeof(key));
+    if (svc_redis_cmd(a->redis, &rep, 2, argv, NULL) == SVC_OK &&
+        svc_redis_reply_type(rep) == SVC_REDIS_INTEGER)
+        r = svc_redis_reply_int(rep) > 0;
+    svc_redis_reply_free(&rep);
+    return r;
+}
+
+static int session_verify(struct auth_ctx *a, const char *token, enum auth_result *result,
+                          struct auth_user *u)
+{
+    char key[128];
+    const char *argv[] = {"GET", key};
+    struct svc_redis_reply *rep = NULL;
+    long long uid = 0, epoch = 0;
+    char *end;
+    int rc;
+
+    if (a->redis == NULL)
+        return SVC_EUNAVAIL;
+    session_key(token, key, sizeof(key));
+    if (svc_redis_cmd(a->redis, &rep, 2, argv, NULL) != SVC_OK) {
+        svc_redis_reply_free(&rep);
+        return SVC_EUNAVAIL;
+    }
+    if (svc_redis_reply_type(rep) == SVC_REDIS_STRING) {
+        const char *s = svc_redis_reply_str(rep, NULL);
+        uid = strtoll(s, &end, 10);
+        if (*end == ':')
+            epoch = strtoll(end + 1, NULL, 10);
+    }
+    svc_redis_reply_free(&rep);
+    if (uid <= 0) {
+        *result = AUTH_R_REVOKED; /* expired or logged out */
+        return SVC_OK;
+    }
+    rc = auth_user_by_id(a, uid, u);
+    if (rc == SVC_ENOTFOUND || (rc == SVC_OK && u->pw_epoch != epoch)) {
+        *result = AUTH_R_REVOKED; /* user deleted, renamed or password changed */
+        return SVC_OK;
+    }
+    if (rc != SVC_OK)
+        return SVC_EUNAVAIL;
+    *result = u->blocked ? AUTH_R_BLOCKED : AUTH_R_OK;
+    return SVC_OK;
+}
+
+/* ---- Authorization parsing ---- */
+
+int auth_parse_basic(const char *header, char *decoded, size_t len, char **user, char **pass)
+{
+    const char *b64;
+    char *colon;
+    long n;
+
+    if (strncasecmp(header, "Basic ", 6) != 0)
+        return SVC_EINVAL;
+    b64 = header + 6;
+    while (*b64 == ' ')
+        b64++;
+    n = svc_base64_decode(b64, strlen(b64), decoded, len);
+    if (n < 0 || memchr(decoded, '\0', (size_t)n) != NULL)
+        return SVC_EINVAL;
+    colon = strchr(decoded, ':');
+    if (colon == NULL)
+        return SVC_EINVAL;
+    *colon = '\0';
+    *user = decoded;
+    *pass = colon + 1;
+    return SVC_OK;
+}
+
+/* ---- the whole check ---- */
+
+int auth_authenticate(struct auth_ctx *a, const char *authorization, const char *cookie,
+                      const char *client_ip, const char *rid, enum auth_result *result,
+                      enum auth_scheme *scheme, struct auth_identity *id)
+{
+    char decoded[AUTH_CREDENTIALS_MAX + 1];
+    char token[AUTH_SESSION_TOKEN_LEN + 8];
+    const char *cred = NULL, *bearer = NULL;
+    char *user = NULL, *pass = NULL;
+    struct cache_slot slot;
+    struct auth_user u;
+    struct auth_key k;
+    crypto_generichash_state st;
+    unsigned char digest[crypto_generichash_BYTES];
+    unsigned char tag;
+    int64_t now = svc_wallclock_ms(), version;
+    int rc = SVC_OK;
+
+    *result = AUTH_R_MISSING;
+    *scheme = AUTH_SCHEME_NONE;
+    memset(&k, 0, sizeof(k));
+    decoded[0] = token[0] = '\0';
+
+    /* 1. Which credentials, which scheme. */
+    if (authorization != NULL && authorization[0] != '\0') {
+        if (strncasecmp(authorization, "Basic ", 6) == 0) {
+            *scheme = AUTH_SCHEME_BASIC;
+            if (auth_parse_basic(authorization, decoded, sizeof(decoded), &user, &pass) != SVC_OK) {
+                *result = AUTH_R_MALFORMED;
+                goto out;
+            }
+            cred = authorization;
+        } else if (strncasecmp(authorization, "Bearer ", 7) == 0) {
+            bearer = authorization + 7;
+            while (*bearer == ' ')
+                bearer++;
+            *scheme = AUTH_SCHEME_BEARER;
+            if (bearer[0] == '\0' || strlen(bearer) > AUTH_CREDENTIALS_MAX) {
+                *result = AUTH_R_MALFORMED;
+                goto out;
+            }
+            cred = bearer;
+            if (strncmp(bearer, "sk-", 3) == 0) {
+                *scheme = AUTH_SCHEME_APIKEY;
+            } else if (strncmp(bearer, "cws_", 4) == 0) {
+                *scheme = AUTH_SCHEME_SESSION;
+                if (!session_token_valid(bearer)) {
+                    *result = AUTH_R_UNKNOWN;
+                    goto out;
+                }
+                snprintf(token, sizeof(token), "%s", bearer);
+            } else if (strchr(bearer, ':') != NULL) {
+                char *colon;
+                snprintf(decoded, sizeof(decoded), "%s", bearer);
+                colon = strchr(decoded, ':');
+                *colon = '\0';
+                user = decoded;
+                pass = colon + 1;
+            } else {
+                *result = AUTH_R_UNKNOWN;
+                goto out;
+            }
+        } else {
+            *result = AUTH_R_MALFORMED;
+            goto out;
+        }
+    } else if (cookie != NULL && auth_cookie_token(cookie, token, sizeof(token)) == SVC_OK) {
+        *scheme = AUTH_SCHEME_SESSION;
+        if (!session_token_valid(token)) {
+            *result = AUTH_R_UNKNOWN;
+            goto out;
+        }
+        cred = token;
+    } else {
+        goto out; /* AUTH_R_MISSING */
+    }
+    /* Empty user names or passwords never authenticate (the seed's S1): an empty name is an
+     * unknown user, an empty password a wrong one (so chat answers with the seed's text). */
+    if (user != NULL && (user[0] == '\0' || pass[0] == '\0')) {
+        *result = user[0] == '\0' ? AUTH_R_UNKNOWN : AUTH_R_WRONG_PASSWORD;
+        goto out;
+    }
+
+    /* 2. The cache. */
+    tag = (unsigned char)*scheme;
+    crypto_generichash_init(&st, a->cache->key, sizeof(a->cache->key), sizeof(digest));
+    crypto_generichash_update(&st, &tag, 1);
+    crypto_generichash_update(&st, (const unsigned char *)cred, strlen(cred));
+    crypto_generichash_final(&st, digest, sizeof(digest));
+    if (cache_get(a->cache, digest, &slot, now, a->cfg.cache_ttl_ms)) {
+        int fresh = now - slot.checked_ms < a->cfg.cache_recheck_ms;
+        int64_t used_write = 0;
+        if (!fresh) {
+            rc = current_version(a, slot.id.user_id, &version);
+            if (rc == SVC_OK && version == slot.version && *scheme == AUTH_SCHEME_SESSION &&
+                session_exists(a, token) == 0)
+                rc = SVC_ENOTFOUND;
+            if (rc == SVC_OK && version == slot.version) {
+                fresh = 1;
+                if (slot.key_row > 0 && now - slot.used_write_ms > 60000 &&
+                    auth_key_mark_used(a, slot.key_row) == SVC_OK)
+                    used_write = now;
+            }
+            cache_touch(a->cache, digest, now, !fresh, used_write);
+        }
+        if (fresh) {
+            *id = slot.id;
+            *result = slot.id.blocked ? AUTH_R_BLOCKED : AUTH_R_OK;
+            rc = SVC_OK;
+            goto out;
+        }
+    }
+
+    /* 3. Full verification. */
+    rc = SVC_OK;
+    switch (*scheme) {
+    case AUTH_SCHEME_BASIC:
+    case AUTH_SCHEME_BEARER:
+        rc = auth_check_password(a, user, pass, client_ip, rid, result, &u);
+        break;
+    case AUTH_SCHEME_SESSION:
+        rc = session_verify(a, token, result, &u);
+        break;
+    case AUTH_SCHEME_APIKEY:
+        rc = auth_key_by_secret(a, bearer, &k);
+        if (rc == SVC_ENOTFOUND) {
+            *result = AUTH_R_UNKNOWN;
+            rc = SVC_OK;
+            break;
+        }
+        if (rc != SVC_OK)
+            break;
+        if (k.revoked_at != 0) {
+            *result = AUTH_R_REVOKED;
+            break;
+        }
+        rc = auth_user_by_id(a, k.user_id, &u);
+        if (rc == SVC_ENOTFOUND) {
+            *result = AUTH_R_REVOKED;
+            rc = SVC_OK;
+            break;
+        }
+        if (rc == SVC_OK) {
+            *result = u.blocked ? AUTH_R_BLOCKED : AUTH_R_OK;
+            if (auth_key_mark_used(a, k.id) != SVC_OK)
+                SVC_LOG_WARN(rid, "authenticate", "cannot record the use of key %s", k.prefix);
+        }
+        break;
+    default:
+        *result = AUTH_R_MALFORMED;
+        break;
+    }
+    if (rc != SVC_OK) {
+        rc = SVC_EUNAVAIL;
+        goto out;
+    }
+    if (*result != AUTH_R_OK && *result != AUTH_R_BLOCKED)
+        goto out;
+    identity_from_user(&u, id);
+    /* A static user's unlimited billing account is made at start-up in the background; the
+     * first verification in this process makes sure of it before chat reserves. */
+    if (u.is_static && a->billing != NULL &&
+        auth_billing_ensure_static(a, u.id, u.username) != SVC_OK)
+        SVC_LOG_WARN(rid, "billing", "cannot create the account of static user %s yet", u.username);
+    if (*scheme == AUTH_SCHEME_APIKEY) {
+        snprintf(id->key_id, sizeof(id->key_id), "%s", k.prefix);
+        snprintf(id->models, sizeof(id->models), "%s", k.models);
+        id->rpm = k.rpm;
+        id->tpm = k.tpm;
+    }
+    memset(&slot, 0, sizeof(slot));
+    memcpy(slot.digest, digest, sizeof(digest));
+    slot.scheme = *scheme;
+    slot.id = *id;
+    slot.version = u.version;
+    slot.key_row = k.id;
+    slot.created_ms = slot.checked_ms = slot.used_write_ms = now;
+    cache_put(a->cache, &slot);
+    auth_version_publish(a, u.id, u.version);
+out:
+    sodium_memzero(decoded, sizeof(decoded));
+    sodium_memzero(token, sizeof(token));
+    return rc;
+}

@@ -1,0 +1,844 @@
+/*
+ * The operator API: POST /accounts (header Opskey) and /admin/accounts (Basic admin:<OPS_KEY>),
+ * with the seed's request shape {action, i_username, i_password, count} and replies
+ * ({"message":"success"} or the seed's error text, plus "status" and, where there is data,
+ * "data"). Balance work goes to billing by RPC. Every write leaves an audit row.
+ * docs/ops-api.md documents every action.
+ */
+#include <jansson.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "auth.h"
+#include "billing.pb-c.h"
+#include "svc/db.h"
+#include "svc/http.h"
+#include "svc/log.h"
+#include "svc/rpc.h"
+#include "svc/util.h"
+
+#define COUNT_MAX 1000000000000LL /* |count| bound: 10^12 tokens */
+#define LIST_MAX 1000             /* rows per list page */
+#define MSG_NOT_FOUND "record not found"
+#define MSG_EXISTS "账户名存在"
+#define MSG_SUCCESS "success"
+
+struct op {
+    struct auth_ctx *a;
+    struct svc_req *req;
+    json_t *in;
+    const char *actor; /* "opskey" or "admin" */
+    const char *rid;
+    const char *ip;
+    const char *action;
+    const char *username;
+    struct auth_user u; /* loaded by need_user */
+};
+
+/* ---- replies ---- */
+
+static int ok(struct op *o, json_t *data)
+{
+    return auth_reply(o->req, 200, "Success", MSG_SUCCESS, data, 0);
+}
+
+static int fail(struct op *o, int http, const char *msg)
+{
+    return auth_reply(o->req, http, "Fail", msg, NULL, 0);
+}
+
+static void audit(struct op *o, const char *result, const char *detail)
+{
+    auth_audit(o->a, o->actor, o->ip, o->rid, o->action, o->username, result, detail);
+}
+
+/* A write that failed: audit and reply. */
+static int wfail(struct op *o, int http, const char *msg)
+{
+    audit(o, msg, "");
+    return fail(o, http, msg);
+}
+
+/* ---- input ---- */
+
+/* An integer field: absent -> def; not an integer or out of [min, max] -> SVC_EINVAL. */
+static int int_field(struct op *o, const char *k, int64_t def, int64_t min, int64_t max, int64_t *v)
+{
+    json_t *j = json_object_get(o->in, k);
+
+    if (j == NULL || json_is_null(j)) {
+        *v = def;
+        return SVC_OK;
+    }
+    if (!json_is_integer(j))
+        return SVC_EINVAL;
+    *v = json_integer_value(j);
+    return *v >= min && *v <= max ? SVC_OK : SVC_EINVAL;
+}
+
+static const char *str_field(struct op *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o->in, k));
+    return s != NULL ? s : "";
+}
+
+/* models: an array of strings or a comma-separated string -> "a,b" in out. */
+static int models_field(struct op *o, char *out, size_t outlen)
+{
+    json_t *j = json_object_get(o->in, "models");
+    size_t i, len = 0;
+
+    out[0] = '\0';
+    if (j == NULL || json_is_null(j))
+        return SVC_OK;
+    if (json_is_string(j)) {
+        if (json_string_length(j) >= outlen)
+            return SVC_EINVAL;
+        snprintf(out, outlen, "%s", json_string_value(j));
+    } else if (json_is_array(j)) {
+        for (i = 0; i < json_array_size(j); i++) {
+            const char *m = json_string_value(json_array_get(j, i));
+            int n;
+            if (m == NULL || m[0] == '\0' || strchr(m, ',') != NULL)
+                return SVC_EINVAL;
+            n = snprintf(out + len, outlen - len, "%s%s", len ? "," : "", m);
+            if (n < 0 || (size_t)n >= outlen - len)
+                return SVC_EINVAL;
+            len += (size_t)n;
+        }
+    } else {
+        return SVC_EINVAL;
+    }
+    for (i = 0; out[i]; i++)
+        if ((unsigned char)out[i] < 0x21 || out[i] == '"')
+            return SVC_EINVAL;
+    return SVC_OK;
+}
+
+/* Loads o->u for i_username; replies (seed text) and returns -1 when there is no such user. */
+static int need_user(struct op *o, int *done)
+{
+    int rc;
+
+    *done = 0;
+    if (o->username[0] == '\0' || !auth_username_valid(o->username)) {
+        /* The seed matched the first user on an empty name (S1): never here. */
+        *done = fail(o, 200, MSG_NOT_FOUND);
+        return -1;
+    }
+    rc = auth_user_by_name(o->a, o->username, &o->u);
+    if (rc == SVC_ENOTFOUND) {
+        *done = fail(o, 200, MSG_NOT_FOUND);
+        return -1;
+    }
+    if (rc != SVC_OK) {
+        *done = fail(o, 503, "database unavailable");
+        return -1;
+    }
+    return 0;
+}
+
+static int password_ok(struct op *o, const char *pw)
+{
+    size_t n = strlen(pw);
+    return n >= o->a->cfg.pw_min && n <= AUTH_PASSWORD_MAX;
+}
+
+/* ---- billing ---- */
+
+static int billing_call(struct op *o, const char *method, const ProtobufCMessage *in,
+                        const ProtobufCMessageDescriptor *desc, ProtobufCMessage **out, char *err,
+                        size_t errlen)
+{
+    int rc;
+
+    *out = NULL;
+    if (o->a->billing == NULL) {
+        snprintf(err, errlen, "billing service not configured (BILLING_URL)");
+        return SVC_EUNAVAIL;
+    }
+    rc = svc_rpc_call(o->a->billing, method, in, desc, out, o->rid, err, errlen);
+    if (rc != SVC_OK)
+        SVC_LOG_WARN(o->rid, "billing", "%s: %s (%s)", method, svc_strerror(rc), err);
+    return rc;
+}
+
+int auth_billing_ensure_static(struct auth_ctx *a, int64_t id, const char *name)
+{
+    Chatweb__Billing__CreateAccountRequest in = CHATWEB__BILLING__CREATE_ACCOUNT_REQUEST__INIT;
+    ProtobufCMessage *out = NULL;
+    char err[256];
+    size_t i;
+    int rc, known = 0;
+
+    if (a->billing == NULL)
+        return SVC_EUNAVAIL;
+    pthread_mutex_lock(&a->static_lock);
+    for (i = 0; i < a->n_static_ready && !known; i++)
+        known = a->static_ready[i] == id;
+    pthread_mutex_unlock(&a->static_lock);
+    if (known)
+        return SVC_OK;
+    in.user_id = id;
+    in.username = (char *)name;
+    in.unlimited = 1;
+    in.actor = "auth:static";
+    rc = svc_rpc_call(a->billing, "/rpc/Billing/CreateAccount", &in.base,
+                      &chatweb__billing__create_account_response__descriptor, &out, NULL, err,
+                      sizeof(err));
+    if (out != NULL)
+        protobuf_c_message_free_unpacked(out, NULL);
+    if (rc != SVC_OK)
+        return rc;
+    pthread_mutex_lock(&a->static_lock);
+    for (i = 0; i < a->n_static_ready && a->static_ready[i] != id; i++)
+        ;
+    if (i == a->n_static_ready && a->n_static_ready < AUTH_STATIC_MAX)
+        a->static_ready[a->n_static_ready++] = id;
+    pthread_mutex_unlock(&a->static_lock);
+    return SVC_OK;
+}
+
+static json_t *account_json(const Chatweb__Billing__Account *ac)
+{
+    if (ac == NULL)
+        return json_null();
+    return json_pack("{s:I,s:I,s:I,s:I,s:b}", "granted", (json_int_t)ac->granted, "used",
+                     (json_int_t)ac->used, "held", (json_int_t)ac->held, "balance",
+                     (json_int_t)ac->balance, "unlimited", ac->unlimited);
+}
+
+/* GetAccount; *acc NULL when billing has none or cannot be reached (*reachable 0). */
+static Chatweb__Billing__GetAccountResponse *get_account(struct op *o, int64_t uid)
+{
+    Chatweb__Billing__GetAccountRequest in = CHATWEB__BILLING__GET_ACCOUNT_REQUEST__INIT;
+    ProtobufCMessage *out = NULL;
+    char err[256];
+
+    in.user_id = uid;
+    if (billing_call(o, "/rpc/Billing/GetAccount", &in.base,
+                     &chatweb__billing__get_account_response__descriptor, &out, err,
+                     sizeof(err)) != SVC_OK)
+        return NULL;
+    return (Chatweb__Billing__GetAccountResponse *)out;
+}
+
+/* ---- actions ---- */
+
+static int act_register(struct op *o)
+{
+    Chatweb__Billing__CreateAccountRequest in = CHATWEB__BILLING__CREATE_ACCOUNT_REQUEST__INIT;
+    ProtobufCMessage *out = NULL;
+    const char *pw = str_field(o, "i_password");
+    char hash[AUTH_HASH_MAX + 1], err[256], msg[320], detail[64];
+    int64_t count, id = 0;
+    int rc;
+
+    if (!auth_username_valid(o->username))
+        return wfail(o, 200, "账户不合法 | invalid username (1-64 of A-Z a-z 0-9 _ . @ -)");
+    if (!password_ok(o, pw)) {
+        snprintf(msg, sizeof(msg), "密码不合法 | invalid password (%zu-%d bytes)", o->a->cfg.pw_min,
+                 AUTH_PASSWORD_MAX);
+        return wfail(o, 200, msg);
+    }
+    if (int_field(o, "count", 0, -COUNT_MAX, COUNT_MAX, &count) != SVC_OK)
+        return wfail(o, 200, "count must be an integer in [-10^12, 10^12]");
+    if (o->a->billing == NULL)
+        return wfail(o, 503, "billing service not configured (BILLING_URL)");
+    if ((rc = auth_pw_hash(o->a, pw, hash)) != SVC_OK)
+        return wfail(o, 500, "internal error");
+    rc = auth_user_create(o->a, o->username, hash, 0, &id);
+    sodium_memzero(hash, sizeof(hash));
+    if (rc == SVC_EEXIST)
+        return wfail(o, 200, MSG_EXISTS);
+    if (rc != SVC_OK)
+        return wfail(o, 503, "database unavailable");
+    in.user_id = id;
+    in.username = (char *)o->username;
+    in.initial_units = count > 0 ? count : 0;
+    in.unlimited = count < 0; /* the seed: a negative count means unlimited */
+    in.actor = (char *)o->actor;
+    in.request_id = (char *)o->rid;
+    rc = billing_call(o, "/rpc/Billing/CreateAccount", &in.base,
+                      &chatweb__billing__create_account_response__descriptor, &out, err,
+                      sizeof(err));
+    if (out != NULL)
+        protobuf_c_message_free_unpacked(out, NULL);
+    if (rc != SVC_OK) {
+        if (auth_user_delete(o->a, id) != SVC_OK)
+            SVC_LOG_ERR(o->rid, "ops", "register: cannot undo user %s", o->username);
+        snprintf(msg, sizeof(msg), "billing: %s", err);
+        return wfail(o, 503, msg);
+    }
+    snprintf(detail, sizeof(detail), "count=%lld", (long long)count);
+    audit(o, MSG_SUCCESS, detail);
+    return ok(o, json_pack("{s:I,s:s}", "id", (json_int_t)id, "username", o->username));
+}
+
+static int act_recharge(struct op *o)
+{
+    ProtobufCMessage *out = NULL;
+    const Chatweb__Billing__Account *ac = NULL;
+    const char *idem = svc_req_header(o->req, "Idempotency-Key");
+    char err[256], msg[320], detail[64];
+    int64_t count;
+    int done, rc;
+
+    if (need_user(o, &done) != 0)
+        return done;
+    if (int_field(o, "count", 0, -COUNT_MAX, COUNT_MAX, &count) != SVC_OK || count == 0)
+        return wfail(o, 200, "count must be a non-zero integer in [-10^12, 10^12]");
+    if (count > 0) {
+        Chatweb__Billing__RechargeRequest in = CHATWEB__BILLING__RECHARGE_REQUEST__INIT;
+        in.user_id = o->u.id;
+        in.units = count;
+        in.idempotency_key = (char *)(idem ? idem : "");
+        in.actor = (char *)o->actor;
+        in.note = "ops recharge";
+        in.request_id = (char *)o->rid;
+        rc = billing_call(o, "/rpc/Billing/Recharge", &in.base,
+                          &chatweb__billing__recharge_response__descriptor, &out, err, sizeof(err));
+        if (rc == SVC_OK)
+            ac = ((Chatweb__Billing__RechargeResponse *)out)->account;
+    } else {
+        Chatweb__Billing__AdjustRequest in = CHATWEB__BILLING__ADJUST_REQUEST__INIT;
+        in.user_id = o->u.id;
+        in.units = count;
+        in.idempotency_key = (char *)(idem ? idem : "");
+        in.actor = (char *)o->actor;
+        in.note = "ops recharge (negative)";
+        in.request_id = (char *)o->rid;
+        rc = billing_call(o, "/rpc/Billing/Adjust", &in.base,
+                          &chatweb__billing__adjust_response__descriptor, &out, err, sizeof(err));
+        if (rc == SVC_OK)
+            ac = ((Chatweb__Billing__AdjustResponse *)out)->account;
+    }
+    if (rc != SVC_OK) {
+        if (rc == SVC_ENOTFOUND)
+            snprintf(msg, sizeof(msg), "%s", MSG_NOT_FOUND);
+        else
+            snprintf(msg, sizeof(msg), "billing: %s", err);
+        return wfail(o, rc == SVC_EUNAVAIL || rc == SVC_ETIMEDOUT ? 503 : 200, msg);
+    }
+    snprintf(detail, sizeof(detail), "count=%lld", (long long)count);
+    audit(o, MSG_SUCCESS, detail);
+    rc = ok(o, account_json(ac));
+    protobuf_c_message_free_unpacked(out, NULL);
+    return rc;
+}
+
+/*
+ * A user's data with its billing numbers: `balance` is what can still be spent (billing's
+ * balance, the same number /api/me shows), `granted` every credit ever, `usage` every charge
+ * ever; -1 for unlimited accounts, null when billing does not answer.
+ */
+static json_t *user_json(struct op *o, const struct auth_user *u)
+{
+    Chatweb__Billing__GetAccountResponse *g = get_account(o, u->id);
+    const Chatweb__Billing__Account *ac = g != NULL ? g->account : NULL;
+    int unlimited = u->is_static || (ac != NULL && ac->unlimited);
+    json_t *j;
+
+    j = json_pack("{s:I,s:s,s:o,s:o,s:o,s:b,s:b,s:b,s:s,s:I}", "id", (json_int_t)u->id, "username",
+                  u->username, "balance",
+                  unlimited ? json_integer(-1)
+                  : ac      ? json_integer(ac->balance)
+                            : json_null(),
+                  "granted",
+                  unlimited ? json_integer(-1)
+                  : ac      ? json_integer(ac->granted)
+                            : json_null(),
+                  "usage", ac ? json_integer(ac->used) : json_null(), "unlimited", unlimited,
+                  "blocked", u->blocked, "static", u->is_static, "model", u->model, "created_at",
+                  (json_int_t)u->created_at);
+    if (g != NULL)
+        protobuf_c_message_free_unpacked(&g->base, NULL);
+    return j;
+}
+
+static int act_check(struct op *o)
+{
+    int done;
+
+    if (need_user(o, &done) != 0)
+        return done;
+    return ok(o, user_json(o, &o->u));
+}
+
+static int set_blocked(struct op *o, int blocked)
+{
+    int done, rc;
+
+    if (need_user(o, &done) != 0)
+        return done;
+    rc = auth_user_set_blocked(o->a, o->u.id, blocked);
+    if (rc == SVC_ENOTFOUND)
+        return wfail(o, 200, MSG_NOT_FOUND);
+    if (rc != SVC_OK)
+        return wfail(o, 503, "database unavailable");
+    audit(o, MSG_SUCCESS, blocked ? "blocked=1" : "blocked=0");
+    return ok(o, NULL);
+}
+
+static int act_grant(struct op *o)
+{
+    int64_t count;
+
+    if (int_field(o, "count", 0, -COUNT_MAX, COUNT_MAX, &count) != SVC_OK)
+        return wfail(o, 200, "count must be an integer");
+    return set_blocked(o, count > 0); /* the seed: grant 1 blocks, grant 0 unblocks */
+}
+
+static int act_block(struct op *o)
+{
+    return set_blocked(o, 1);
+}
+static int act_unblock(struct op *o)
+{
+    return set_blocked(o, 0);
+}
+
+static int act_delete(struct op *o)
+{
+    Chatweb__Billing__DeleteAccountRequest in = CHATWEB__BILLING__DELETE_ACCOUNT_REQUEST__INIT;
+    ProtobufCMessage *out = NULL;
+    char err[256], msg[320];
+    int done, rc;
+
+    if (need_user(o, &done) != 0)
+        return done;
+    if (o->u.is_static)
+        return wfail(o, 200, "static users are managed by BASIC_AUTH_USER");
+    in.user_id = o->u.id;
+    in.actor = (char *)o->actor;
+    in.request_id = (char *)o->rid;
+    rc = billing_call(o, "/rpc/Billing/DeleteAccount", &in.base,
+                      &chatweb__billing__delete_account_response__descriptor, &out, err,
+                      sizeof(err));
+    if (out != NULL)
+        protobuf_c_message_free_unpacked(out, NULL);
+    if (rc != SVC_OK && rc != SVC_ENOTFOUND) {
+        snprintf(msg, sizeof(msg), "billing: %s", err);
+        return wfail(o, 503, msg);
+    }
+    rc = auth_user_delete(o->a, o->u.id);
+    if (rc == SVC_ENOTFOUND)
+        return wfail(o, 200, MSG_NOT_FOUND);
+    if (rc != SVC_OK)
+        return wfail(o, 503, "database unavailable");
+    audit(o, MSG_SUCCESS, "");
+    return ok(o, NULL);
+}
+
+static int act_set_password(struct op *o)
+{
+    const char *pw = str_field(o, "i_password");
+    char hash[AUTH_HASH_MAX + 1], msg[128];
+    int done, rc;
+
+    if (need_user(o, &done) != 0)
+        return done;
+    if (o->u.is_static)
+        return wfail(o, 200, "static users are managed by BASIC_AUTH_USER");
+    if (!password_ok(o, pw)) {
+        snprintf(msg, sizeof(msg), "密码不合法 | invalid password (%zu-%d bytes)", o->a->cfg.pw_min,
+                 AUTH_PASSWORD_MAX);
+        return wfail(o, 200, msg);
+    }
+    if (auth_pw_hash(o->a, pw, hash) != SVC_OK)
+        return wfail(o, 500, "internal error");
+    rc = auth_user_set_credentials(o->a, o->u.id, NULL, hash);
+    sodium_memzero(hash, sizeof(hash));
+    if (rc != SVC_OK)
+        return wfail(o, rc == SVC_ENOTFOUND ? 200 : 503,
+                     rc == SVC_ENOTFOUND ? MSG_NOT_FOUND : "database unavailable");
+    audit(o, MSG_SUCCESS, "");
+    return ok(o, NULL);
+}
+
+static int limits(struct op *o, char *models, size_t mlen, int64_t *rpm, int64_t *tpm)
+{
+    if (models_field(o, models, mlen) != SVC_OK)
+        return wfail(o, 200,
+                     "models must be an array of model names (or a comma-separated "
+                     "string)");
+    if (int_field(o, "rpm", 0, 0, 1000000, rpm) != SVC_OK)
+        return wfail(o, 200, "rpm must be an integer in [0, 1000000]");
+    if (int_field(o, "tpm", 0, 0, COUNT_MAX, tpm) != SVC_OK)
+        return wfail(o, 200, "tpm must be an integer in [0, 10^12]");
+    return 0;
+}
+
+static int act_create_key(struct op *o)
+{
+    const char *name = str_field(o, "name");
+    char models[AUTH_MODELS_MAX + 1], key[AUTH_KEY_LEN + 1], detail[64];
+    struct auth_key k;
+    int64_t rpm, tpm;
+    int done, rc;
+
+    if (need_user(o, &done) != 0)
+        return done;
+    if (strlen(name) > AUTH_KEY_NAME_MAX)
+        return wfail(o, 200, "name is longer than 64 bytes");
+    if ((done = limits(o, models, sizeof(models), &rpm, &tpm)) != 0)
+        return done;
+    rc = auth_key_create(o->a, o->u.id, name, models, rpm, tpm, key, &k);
+    if (rc != SVC_OK)
+        return wfail(o, 503, "database unavailable");
+    snprintf(detail, sizeof(detail), "prefix=%s", k.prefix);
+    audit(o, MSG_SUCCESS, detail);
+    rc = ok(o, json_pack("{s:s,s:s,s:s,s:I}", "key", key, "prefix", k.prefix, "name", k.name,
+                         "created_at", (json_int_t)k.created_at));
+    sodium_memzero(key, sizeof(key));
+    return rc;
+}
+
+static int act_revoke_key(struct op *o)
+{
+    const char *prefix = str_field(o, "prefix");
+    char detail[64];
+    int done, rc;
+
+    if (need_user(o, &done) != 0)
+        return done;
+    rc = auth_key_revoke(o->a, o->u.id, prefix);
+    if (rc == SVC_ENOTFOUND)
+        return wfail(o, 200, MSG_NOT_FOUND);
+    if (rc != SVC_OK)
+        return wfail(o, 503, "database unavailable");
+    snprintf(detail, sizeof(detail), "prefix=%.16s", prefix);
+    audit(o, MSG_SUCCESS, detail);
+    return ok(o, NULL);
+}
+
+static int act_set_limits(struct op *o)
+{
+    const char *prefix = str_field(o, "prefix");
+    char models[AUTH_MODELS_MAX + 1], detail[128];
+    int64_t rpm, tpm;
+    int done, rc;
+
+    if (need_user(o, &done) != 0)
+        return done;
+    if ((done = limits(o, models, sizeof(models), &rpm, &tpm)) != 0)
+        return done;
+    rc = auth_key_set_limits(o->a, o->u.id, prefix, models, rpm, tpm);
+    if (rc == SVC_ENOTFOUND)
+        return wfail(o, 200, MSG_NOT_FOUND);
+    if (rc != SVC_OK)
+        return wfail(o, 503, "database unavailable");
+    snprintf(detail, sizeof(detail), "prefix=%.16s rpm=%lld tpm=%lld", prefix, (long long)rpm,
+             (long long)tpm);
+    audit(o, MSG_SUCCESS, detail);
+    return ok(o, NULL);
+}
+
+static int act_list_keys(struct op *o)
+{
+    struct svc_db_conn *conn = NULL;
+    struct svc_db_rows *rows = NULL;
+    json_t *arr;
+    size_t r;
+    int done, rc;
+
+    if (need_user(o, &done) != 0)
+        return done;
+    {
+        struct svc_db_param p[] = {SVC_DB_I64(o->u.id)};
+        if ((rc = svc_db_conn_get(o->a->db, &conn, -1)) == SVC_OK)
+            rc = svc_db_query(conn,
+                              "SELECT prefix, name, created_at, last_used_at, revoked_at, "
+                              "models, rpm, tpm FROM auth_api_keys WHERE user_id = ? ORDER BY id",
+                              p, 1, &rows);
+        svc_db_conn_put(o->a->db, &conn);
+    }
+    if (rc != SVC_OK)
+        return fail(o, 503, "database unavailable");
+    arr = json_array();
+    for (r = 0; r < svc_db_rows_count(rows); r++) {
+        const char *m = svc_db_rows_text(rows, r, 5);
+        json_t *models = json_array();
+        const char *p = m ? m : "";
+        while (*p) {
+            size_t n = strcspn(p, ",");
+            if (n > 0)
+                json_array_append_new(models, json_stringn(p, n));
+            p += n;
+            if (*p == ',')
+                p++;
+        }
+        json_array_append_new(
+            arr, json_pack("{s:s,s:s,s:I,s:I,s:b,s:I,s:o,s:I,s:I}", "prefix",
+                           svc_db_rows_text(rows, r, 0), "name", svc_db_rows_text(rows, r, 1),
+                           "created_at", (json_int_t)svc_db_rows_i64(rows, r, 2), "last_used_at",
+                           (json_int_t)svc_db_rows_i64(rows, r, 3), "revoked",
+                           svc_db_rows_i64(rows, r, 4) != 0, "revoked_at",
+                           (json_int_t)svc_db_rows_i64(rows, r, 4), "models", models, "rpm",
+                           (json_int_t)svc_db_rows_i64(rows, r, 6), "tpm",
+                           (json_int_t)svc_db_rows_i64(rows, r, 7)));
+    }
+    svc_db_rows_destroy(&rows);
+    return ok(o, arr);
+}
+
+/* LIKE pattern "%search%" with %, _ and ! escaped by '!' (a backslash is an escape character
+ * inside MariaDB string literals, so it cannot portably be the LIKE escape). */
+static void like_pattern(const char *s, char *out, size_t outlen)
+{
+    size_t j = 0;
+
+    out[j++] = '%';
+    for (; *s && j + 3 < outlen; s++) {
+        if (*s == '%' || *s == '_' || *s == '!')
+            out[j++] = '!';
+        out[j++] = *s;
+    }
+    out[j++] = '%';
+    out[j] = '\0';
+}
+
+static int act_list(struct op *o)
+{
+    struct svc_db_conn *conn = NULL;
+    struct svc_db_rows *rows = NULL, *cnt = NULL;
+    const char *search = str_field(o, "search");
+    char pat[2 * AUTH_NAME_MAX + 8];
+    int64_t page, per_page;
+    json_t *arr, *reply;
+    char *body;
+    size_t r;
+    int rc;
+
+    if (search[0] == '\0')
+        search = str_field(o, "i_username"); /* the admin page's username filter */
+    if (strlen(search) > AUTH_NAME_MAX)
+        return fail(o, 200, "search is longer than 64 bytes");
+    if (int_field(o, "page", 1, 1, 1000000, &page) != SVC_OK)
+        return fail(o, 200, "page must be an integer >= 1");
+    if (int_field(o, "per_page", LIST_MAX, 1, LIST_MAX, &per_page) != SVC_OK)
+        return fail(o, 200, "per_page must be an integer in [1, 1000]");
+    like_pattern(search, pat, sizeof(pat));
+    {
+        struct svc_db_param p[] = {SVC_DB_TEXT(pat), SVC_DB_I64(per_page),
+                                   SVC_DB_I64((page - 1) * per_page)};
+        if ((rc = svc_db_conn_get(o->a->db, &conn, -1)) == SVC_OK)
+            rc = svc_db_query(conn,
+                              "SELECT id, username, pw_hash, is_static, blocked, model, version, "
+                              "pw_epoch, created_at, updated_at FROM auth_users WHERE username "
+                              "LIKE ? ESCAPE '!' ORDER BY id LIMIT ? OFFSET ?",
+                              p, 3, &rows);
+        if (rc == SVC_OK)
+            rc = svc_db_query(conn,
+                              "SELECT COUNT(*) FROM auth_users WHERE username LIKE ? ESCAPE '!'", p,
+                              1, &cnt);
+        if (rc != SVC_OK)
+            SVC_LOG_ERR(o->rid, "ops", "list: %s", svc_db_last_error(conn));
+        svc_db_conn_put(o->a->db, &conn);
+    }
+    if (rc != SVC_OK) {
+        svc_db_rows_destroy(&rows);
+        return auth_reply(o->req, 503, "Fail", "database unavailable", NULL, 1);
+    }
+    arr = json_array();
+    for (r = 0; r < svc_db_rows_count(rows); r++) {
+        struct auth_user u;
+        json_t *uj, *item;
+        /* same columns as store.c's USER_COLS */
+        memset(&u, 0, sizeof(u));
+        u.id = svc_db_rows_i64(rows, r, 0);
+        snprintf(u.username, sizeof(u.username), "%s", svc_db_rows_text(rows, r, 1));
+        u.is_static = svc_db_rows_i64(rows, r, 3) != 0;
+        u.blocked = svc_db_rows_i64(rows, r, 4) != 0;
+        snprintf(u.model, sizeof(u.model), "%s",
+                 svc_db_rows_text(rows, r, 5) ? svc_db_rows_text(rows, r, 5) : "");
+        u.created_at = svc_db_rows_i64(rows, r, 8);
+        uj = user_json(o, &u);
+        /* The seed's Go field names (never a password), then ours. Balance keeps the seed's
+         * meaning here (total granted: the admin page's "total tokens" column); Remaining is
+         * what can still be spent. */
+        item = json_pack("{s:I,s:s,s:O,s:O,s:s,s:i,s:O,s:b,s:I}", "ID", (json_int_t)u.id,
+                         "Username", u.username, "Balance", json_object_get(uj, "granted"), "Usage",
+                         json_object_get(uj, "usage"), "Model", u.model, "Isblock", u.blocked,
+                         "Remaining", json_object_get(uj, "balance"), "Static", u.is_static,
+                         "CreatedAt", (json_int_t)u.created_at);
+        json_decref(uj);
+        json_array_append_new(arr, item);
+    }
+    reply = json_pack("{s:o,s:s,s:s,s:I,s:I,s:I}", "data", arr, "message", MSG_SUCCESS, "status",
+                      "Success", "total", (json_int_t)svc_db_rows_i64(cnt, 0, 0), "page",
+                      (json_int_t)page, "per_page", (json_int_t)per_page);
+    svc_db_rows_destroy(&rows);
+    svc_db_rows_destroy(&cnt);
+    body = reply ? json_dumps(reply, JSON_COMPACT) : NULL;
+    json_decref(reply);
+    if (body == NULL)
+        return fail(o, 500, "internal error");
+    svc_req_reply(o->req, 200, "application/json; charset=utf-8", body, strlen(body));
+    free(body);
+    return SVC_HTTP_DONE;
+}
+
+static json_t *ledger_json(const Chatweb__Billing__LedgerEntry *e)
+{
+    return json_pack("{s:I,s:s,s:I,s:I,s:I,s:s,s:s,s:I,s:I,s:s}", "id", (json_int_t)e->id, "kind",
+                     e->kind ? e->kind : "", "units", (json_int_t)e->units, "tokens_in",
+                     (json_int_t)e->tokens_in, "tokens_out", (json_int_t)e->tokens_out, "model",
+                     e->model ? e->model : "", "request_id", e->request_id ? e->request_id : "",
+                     "balance_after", (json_int_t)e->balance_after, "created_at_ms",
+                     (json_int_t)e->created_at_ms, "note", e->note ? e->note : "");
+}
+
+static int act_usage(struct op *o)
+{
+    Chatweb__Billing__UsageRequest in = CHATWEB__BILLING__USAGE_REQUEST__INIT;
+    Chatweb__Billing__UsageResponse *u = NULL;
+    ProtobufCMessage *out = NULL;
+    int64_t limit, before, days;
+    char err[256], msg[320];
+    json_t *entries, *daily;
+    size_t i;
+    int done, rc;
+
+    if (need_user(o, &done) != 0)
+        return done;
+    if (int_field(o, "limit", 50, 1, 500, &limit) != SVC_OK ||
+        int_field(o, "before_id", 0, 0, INT64_MAX, &before) != SVC_OK ||
+        int_field(o, "days", 0, 0, 366, &days) != SVC_OK)
+        return fail(o, 200, "limit must be 1..500, before_id >= 0, days 0..366");
+    in.user_id = o->u.id;
+    in.limit = (int32_t)limit;
+    in.before_id = before;
+    in.days = (int32_t)days;
+    rc = billing_call(o, "/rpc/Billing/Usage", &in.base,
+                      &chatweb__billing__usage_response__descriptor, &out, err, sizeof(err));
+    if (rc != SVC_OK) {
+        snprintf(msg, sizeof(msg), "billing: %s", err);
+        return fail(o, rc == SVC_EUNAVAIL || rc == SVC_ETIMEDOUT ? 503 : 200, msg);
+    }
+    u = (Chatweb__Billing__UsageResponse *)out;
+    entries = json_array();
+    daily = json_array();
+    for (i = 0; i < u->n_entries; i++)
+        json_array_append_new(entries, ledger_json(u->entries[i]));
+    for (i = 0; i < u->n_daily; i++) {
+        const Chatweb__Billing__DailyUsage *d = u->daily[i];
+        json_array_append_new(daily,
+                              json_pack("{s:s,s:I,s:I,s:I,s:I}", "day", d->day ? d->day : "",
+                                        "requests", (json_int_t)d->requests, "tokens_in",
+                                        (json_int_t)d->tokens_in, "tokens_out",
+                                        (json_int_t)d->tokens_out, "units", (json_int_t)d->units));
+    }
+    rc = ok(o, json_pack("{s:o,s:I,s:o}", "entries", entries, "next_before_id",
+                         (json_int_t)u->next_before_id, "daily", daily));
+    protobuf_c_message_free_unpacked(out, NULL);
+    return rc;
+}
+
+static const struct {
+    const char *name;
+    int (*fn)(struct op *o);
+} actions[] = {
+    {"register", act_register},
+    {"recharge", act_recharge},
+    {"check", act_check},
+    {"grant", act_grant},
+    {"list", act_list},
+    {"delete", act_delete},
+    {"set_password", act_set_password},
+    {"block", act_block},
+    {"unblock", act_unblock},
+    {"create_key", act_create_key},
+    {"revoke_key", act_revoke_key},
+    {"list_keys", act_list_keys},
+    {"set_limits", act_set_limits},
+    {"usage", act_usage},
+};
+
+static int dispatch(struct auth_ctx *a, struct svc_req *req, const char *actor)
+{
+    struct op o;
+    size_t i, len = 0;
+    const char *body = svc_req_body(req, &len);
+    json_error_t e;
+    int rc;
+
+    memset(&o, 0, sizeof(o));
+    o.a = a;
+    o.req = req;
+    o.actor = actor;
+    o.rid = svc_req_id(req);
+    o.ip = svc_req_client_ip(req);
+    o.in = len > 0 ? json_loadb(body, len, 0, &e) : json_object();
+    if (o.in == NULL || !json_is_object(o.in)) {
+        rc = auth_reply(req, 400, "Fail", o.in == NULL ? e.text : "the body must be a JSON object",
+                        NULL, 1);
+        json_decref(o.in);
+        return rc;
+    }
+    o.action = str_field(&o, "action");
+    o.username = str_field(&o, "i_username");
+    if (strlen(o.username) > AUTH_NAME_MAX)
+        o.username = "";
+    for (i = 0; i < sizeof(actions) / sizeof(actions[0]); i++)
+        if (strcmp(o.action, actions[i].name) == 0)
+            break;
+    if (i == sizeof(actions) / sizeof(actions[0])) {
+        rc = fail(&o, 200, "unknown action");
+    } else {
+        rc = actions[i].fn(&o);
+    }
+    json_decref(o.in);
+    sodium_memzero(&o.u, sizeof(o.u));
+    return rc;
+}
+
+#define OPS_DISABLED "ops API disabled: OPS_KEY is not set"
+
+int auth_ops_accounts(struct svc_req *req, void *ctx)
+{
+    struct auth_ctx *a = ctx;
+    const char *k = svc_req_header(req, "Opskey");
+    const char *want = a->cfg.ops_key;
+
+    if (want[0] == '\0')
+        return auth_reply(req, 403, "Fail", OPS_DISABLED, NULL, 1);
+    if (k == NULL || !svc_secure_equal(k, strlen(k), want, strlen(want))) {
+        SVC_LOG_NOTICE(svc_req_id(req), "ops", "refused: %s Opskey from %s",
+                       k == NULL ? "no" : "wrong", svc_req_client_ip(req));
+        return auth_reply(req, 401, "Fail", "Header Opskey error", NULL, 1);
+    }
+    return dispatch(a, req, "opskey");
+}
+
+int auth_ops_admin_accounts(struct svc_req *req, void *ctx)
+{
+    struct auth_ctx *a = ctx;
+    const char *h = svc_req_header(req, "Authorization");
+    char decoded[AUTH_CREDENTIALS_MAX + 1];
+    char *user = NULL, *pass = NULL;
+    const char *want = a->cfg.ops_key;
+    int good = 0;
+
+    if (want[0] == '\0')
+        return auth_reply(req, 403, "Fail", OPS_DISABLED, NULL, 1);
+    if (h != NULL && auth_parse_basic(h, decoded, sizeof(decoded), &user, &pass) == SVC_OK) {
+        /* both compares always run: the time does not tell which part was wrong */
+        int u_ok = svc_secure_equal(user, strlen(user), "admin", 5);
+        int p_ok = svc_secure_equal(pass, strlen(pass), want, strlen(want));
+        good = u_ok & p_ok;
+    }
+    sodium_memzero(decoded, sizeof(decoded));
+    if (!good) {
+        SVC_LOG_NOTICE(svc_req_id(req), "ops", "refused admin credentials from %s",
+                       svc_req_client_ip(req));
+        if (svc_req_add_header(req, "WWW-Authenticate", "Basic realm=\"Authorization Required\"") !=
+            SVC_OK)
+            return auth_reply(req, 500, "Fail", "internal error", NULL, 1);
+        return auth_reply(req, 401, "Fail", "Unauthorized", NULL, 1);
+    }
+    return dispatch(a, req, "admin");
+}

@@ -1,0 +1,198 @@
+/* Per-model price ratios in exact integer milli-units (see price.h). */
+#include "price.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct price_entry {
+    char model[BILLING_PRICE_MODEL_MAX];
+    struct billing_ratio r;
+};
+
+struct billing_prices {
+    size_t n;
+    int has_default;
+    struct billing_ratio def;
+    struct price_entry e[];
+};
+
+/* "2.5" -> 2500: digits, optionally '.' and 1..3 digits; range [0, BILLING_PRICE_MILLI_MAX]. */
+static int parse_milli(const char *s, size_t len, int64_t *out)
+{
+    int64_t whole = 0, frac = 0;
+    size_t i = 0, nd = 0, nf = 0;
+
+    for (; i < len && s[i] >= '0' && s[i] <= '9'; i++, nd++) {
+        if (whole > BILLING_PRICE_MILLI_MAX)
+            return SVC_EINVAL;
+        whole = whole * 10 + (s[i] - '0');
+    }
+    if (i < len && s[i] == '.') {
+        for (i++; i < len && s[i] >= '0' && s[i] <= '9'; i++, nf++) {
+            if (nf >= 3)
+                return SVC_EINVAL;
+            frac = frac * 10 + (s[i] - '0');
+        }
+        if (nf == 0)
+            return SVC_EINVAL;
+    }
+    if (i != len || nd == 0)
+        return SVC_EINVAL;
+    for (; nf < 3; nf++)
+        frac *= 10;
+    if (whole > BILLING_PRICE_MILLI_MAX / 1000)
+        return SVC_EINVAL;
+    *out = whole * 1000 + frac;
+    return *out <= BILLING_PRICE_MILLI_MAX ? SVC_OK : SVC_EINVAL;
+}
+
+static int parse_entry(const char *s, size_t len, struct price_entry *e, char *err, size_t errlen)
+{
+    const char *eq = memchr(s, '=', len), *colon;
+    size_t mlen;
+
+    if (eq == NULL)
+        goto bad;
+    mlen = (size_t)(eq - s);
+    if (mlen == 0 || mlen >= sizeof(e->model))
+        goto bad;
+    colon = memchr(eq + 1, ':', len - mlen - 1);
+    if (colon == NULL)
+        goto bad;
+    memcpy(e->model, s, mlen);
+    e->model[mlen] = '\0';
+    if (parse_milli(eq + 1, (size_t)(colon - eq - 1), &e->r.in_milli) != SVC_OK ||
+        parse_milli(colon + 1, (size_t)(s + len - colon - 1), &e->r.out_milli) != SVC_OK)
+        goto bad;
+    return SVC_OK;
+bad:
+    snprintf(err, errlen,
+             "BILLING_PRICES: bad entry \"%.*s\" (want model=IN:OUT, units per token with at most "
+             "3 decimals, each at most %d)",
+             (int)(len > 200 ? 200 : len), s, BILLING_PRICE_MILLI_MAX / 1000);
+    return SVC_EINVAL;
+}
+
+int billing_prices_create(struct billing_prices **out, const char *spec, char *err, size_t errlen)
+{
+    struct billing_prices *p = NULL;
+    size_t cap = 0;
+    const char *s, *end;
+    int rc = SVC_OK;
+
+    *out = NULL;
+    if (spec == NULL)
+        spec = "";
+    for (s = spec; *s; s++)
+        cap += *s == ',';
+    cap++;
+    if (cap > BILLING_PRICE_ENTRIES_MAX) {
+        snprintf(err, errlen, "BILLING_PRICES: more than %d entries", BILLING_PRICE_ENTRIES_MAX);
+        return SVC_EINVAL;
+    }
+    p = calloc(1, sizeof(*p) + cap * sizeof(p->e[0]));
+    if (p == NULL)
+        return SVC_ENOMEM;
+    p->def.in_milli = p->def.out_milli = 1000;
+    for (s = spec; *s; s = *end ? end + 1 : end) {
+        struct price_entry e;
+        size_t len;
+
+        end = strchr(s, ',');
+        if (end == NULL)
+            end = s + strlen(s);
+        while (s < end && *s == ' ')
+            s++;
+        len = (size_t)(end - s);
+        while (len > 0 && s[len - 1] == ' ')
+            len--;
+        if (len == 0)
+            continue;
+        if ((rc = parse_entry(s, len, &e, err, errlen)) != SVC_OK)
+            goto out;
+        if (strcmp(e.model, "*") == 0) {
+            if (p->has_default)
+                goto dup;
+            p->has_default = 1;
+            p->def = e.r;
+            continue;
+        }
+        for (size_t i = 0; i < p->n; i++)
+            if (strcmp(p->e[i].model, e.model) == 0)
+                goto dup;
+        p->e[p->n++] = e;
+        continue;
+    dup:
+        snprintf(err, errlen, "BILLING_PRICES: model \"%s\" appears twice", e.model);
+        rc = SVC_EINVAL;
+        goto out;
+    }
+out:
+    if (rc != SVC_OK) {
+        free(p);
+        return rc;
+    }
+    *out = p;
+    return SVC_OK;
+}
+
+void billing_prices_destroy(struct billing_prices **p)
+{
+    if (p == NULL || *p == NULL)
+        return;
+    free(*p);
+    *p = NULL;
+}
+
+size_t billing_prices_count(const struct billing_prices *p)
+{
+    return p ? p->n + (size_t)p->has_default : 0;
+}
+
+struct billing_ratio billing_prices_lookup(const struct billing_prices *p, const char *model)
+{
+    struct billing_ratio one = {1000, 1000};
+    const struct price_entry *best = NULL;
+    size_t bestlen = 0;
+
+    if (p == NULL)
+        return one;
+    if (model != NULL && model[0] != '\0') {
+        for (size_t i = 0; i < p->n; i++) {
+            size_t len = strlen(p->e[i].model);
+            if (strcmp(p->e[i].model, model) == 0)
+                return p->e[i].r;
+            if (len > bestlen && strncmp(p->e[i].model, model, len) == 0 && model[len] == '-') {
+                best = &p->e[i];
+                bestlen = len;
+            }
+        }
+        if (best != NULL)
+            return best->r;
+    }
+    return p->def;
+}
+
+int64_t billing_units_for(int64_t tokens, int64_t milli)
+{
+    if (tokens < 0 || tokens > BILLING_TOKENS_MAX || milli < 0 || milli > BILLING_PRICE_MILLI_MAX)
+        return -1;
+    /* <= 1e9 * 1e6 = 1e15: no overflow. */
+    return (tokens * milli + 999) / 1000;
+}
+
+int64_t billing_tokens_within(int64_t units, int64_t milli)
+{
+    int64_t n;
+
+    if (units <= 0)
+        return 0;
+    if (milli <= 0)
+        return BILLING_TOKENS_MAX;
+    if (units > BILLING_TOKENS_MAX * 1000)
+        return BILLING_TOKENS_MAX;
+    /* ceil(n*m/1000) <= u  <=>  n*m <= 1000*u  <=>  n <= floor(1000*u / m) */
+    n = units * 1000 / milli;
+    return n > BILLING_TOKENS_MAX ? BILLING_TOKENS_MAX : n;
+}

@@ -1,0 +1,381 @@
+/* Outbox relay and hold-expiry sweeper (see relay.h and docs/billing.md). */
+#include "relay.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "billing.pb-c.h"
+#include "store.h"
+#include "svc/db.h"
+#include "svc/log.h"
+#include "svc/metrics.h"
+#include "svc/redis.h"
+#include "svc/util.h"
+
+#define RELAY_BATCH_MAX 1000
+#define RELAY_BACKOFF_MAX_MS 2000
+#define REDIS_TIMEOUT_MS 2000
+
+struct billing_relay {
+    struct svc_db *db;
+    struct billing_store *store;
+    struct billing_relay_opts o;
+    struct billing_relay_stats st;
+    struct svc_redis *redis;
+    char owner[64];
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int stop;
+    int kicked;
+    int relay_started, sweep_started;
+    pthread_t relay_th, sweep_th;
+};
+
+/* Waits up to ms or until stop/kick. Returns 1 when stopping. */
+static int nap(struct billing_relay *r, int64_t ms)
+{
+    struct timespec ts;
+    int stop;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L)
+        ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    pthread_mutex_lock(&r->mu);
+    while (!r->stop && !r->kicked)
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) != 0)
+            break;
+    r->kicked = 0;
+    stop = r->stop;
+    pthread_mutex_unlock(&r->mu);
+    return stop;
+}
+
+void billing_relay_kick(struct billing_relay *r)
+{
+    if (r == NULL)
+        return;
+    pthread_mutex_lock(&r->mu);
+    r->kicked = 1;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* ---- sweeper ---- */
+
+static void *sweep_main(void *arg)
+{
+    struct billing_relay *r = arg;
+
+    while (!nap(r, r->o.sweep_ms)) {
+        int n = 0, rc;
+
+        do {
+            rc = billing_expire_due(r->store, 100, &n);
+            if (rc != SVC_OK)
+                SVC_LOG_WARN(NULL, "expire", "sweep failed: %s", svc_strerror(rc));
+            else if (n > 0)
+                svc_metric_add(r->st.expired, n);
+        } while (rc == SVC_OK && n == 100);
+        if (n > 0)
+            billing_relay_kick(r);
+        if (r->o.hold_retention_ms > 0 &&
+            billing_purge_closed(r->store, svc_wallclock_ms() - r->o.hold_retention_ms, 1000, &n) ==
+                SVC_OK &&
+            n > 0)
+            SVC_LOG_INFO(NULL, "purge", "deleted %d closed hold(s) past retention", n);
+    }
+    svc_db_thread_end();
+    return NULL;
+}
+
+/* ---- relay ---- */
+
+/* Takes or renews the lease. Returns 1 when this replica holds it. */
+static int lease(struct billing_relay *r, struct svc_db_conn *c)
+{
+    int64_t now = svc_wallclock_ms();
+    struct svc_db_param p[] = {SVC_DB_TEXT(r->owner), SVC_DB_I64(now + r->o.lease_ms),
+                               SVC_DB_TEXT(r->owner), SVC_DB_I64(now)};
+    uint64_t n = 0;
+
+    if (svc_db_exec(c,
+                    "UPDATE billing_relay_lease SET owner = ?, until_ms = ? WHERE name = 'relay' "
+                    "AND (owner = ? OR until_ms < ?)",
+                    p, 4, &n, NULL) != SVC_OK)
+        return 0;
+    return n == 1;
+}
+
+static void lease_drop(struct billing_relay *r, struct svc_db_conn *c)
+{
+    struct svc_db_param p[] = {SVC_DB_TEXT(r->owner)};
+
+    if (svc_db_exec(c,
+                    "UPDATE billing_relay_lease SET until_ms = 0 WHERE name = 'relay' "
+                    "AND owner = ?",
+                    p, 1, NULL, NULL) != SVC_OK)
+        SVC_LOG_INFO(NULL, "relay", "could not hand the lease back: %s", svc_db_last_error(c));
+}
+
+static char *event_json(const Chatweb__Billing__BillingEvent *e)
+{
+    json_t *o =
+        json_pack("{s:s, s:i, s:s, s:I, s:I, s:s, s:I, s:I, s:I, s:s, s:s, s:I, s:I, "
+                  "s:s, s:s, s:I}",
+                  "event_id", e->event_id, "schema_version", (int)e->schema_version, "type",
+                  e->type, "ledger_id", (json_int_t)e->ledger_id, "user_id", (json_int_t)e->user_id,
+                  "username", e->username, "units", (json_int_t)e->units, "tokens_in",
+                  (json_int_t)e->tokens_in, "tokens_out", (json_int_t)e->tokens_out, "model",
+                  e->model, "request_id", e->request_id, "balance_after",
+                  (json_int_t)e->balance_after, "occurred_at_ms", (json_int_t)e->occurred_at_ms,
+                  "source", e->source, "note", e->note, "user_seq", (json_int_t)e->user_seq);
+    char *s;
+
+    if (o == NULL)
+        return NULL;
+    s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return s;
+}
+
+static const char *cell(struct svc_db_rows *rows, size_t i, size_t c)
+{
+    const char *s = svc_db_rows_text(rows, i, c);
+    return s ? s : "";
+}
+
+/* XADDs row i. Returns 0 when Redis took it. */
+static int send_row(struct billing_relay *r, struct svc_db_rows *rows, size_t i)
+{
+    Chatweb__Billing__BillingEvent e = CHATWEB__BILLING__BILLING_EVENT__INIT;
+    struct svc_redis_reply *reply = NULL;
+    char id[32], maxlen[32];
+    uint8_t *pb = NULL;
+    char *json = NULL;
+    size_t pblen;
+    int rc = SVC_ENOMEM;
+
+    snprintf(id, sizeof(id), "bl-%lld", (long long)svc_db_rows_i64(rows, i, 1));
+    snprintf(maxlen, sizeof(maxlen), "%lld", (long long)r->o.maxlen);
+    e.event_id = id;
+    e.schema_version = 1;
+    e.type = (char *)cell(rows, i, 4);
+    e.ledger_id = svc_db_rows_i64(rows, i, 1);
+    e.user_id = svc_db_rows_i64(rows, i, 2);
+    e.username = (char *)cell(rows, i, 3);
+    e.units = svc_db_rows_i64(rows, i, 5);
+    e.tokens_in = svc_db_rows_i64(rows, i, 6);
+    e.tokens_out = svc_db_rows_i64(rows, i, 7);
+    e.model = (char *)cell(rows, i, 8);
+    e.request_id = (char *)cell(rows, i, 9);
+    e.balance_after = svc_db_rows_i64(rows, i, 10);
+    e.occurred_at_ms = svc_db_rows_i64(rows, i, 11);
+    e.source = (char *)cell(rows, i, 12);
+    e.note = (char *)cell(rows, i, 13);
+    e.user_seq = (uint64_t)svc_db_rows_i64(rows, i, 14);
+    pblen = chatweb__billing__billing_event__get_packed_size(&e);
+    pb = malloc(pblen ? pblen : 1);
+    json = event_json(&e);
+    if (pb != NULL && json != NULL) {
+        const char *argv[] = {"XADD", r->o.stream, "MAXLEN", "~", maxlen, "*",  "id",
+                              id,     "type",      e.type,   "v", "1",    "pb", (const char *)pb,
+                              "json", json};
+        size_t argvlen[16];
+
+        chatweb__billing__billing_event__pack(&e, pb);
+        for (size_t k = 0; k < 16; k++)
+            argvlen[k] = k == 13 ? pblen : strlen(argv[k]); /* pb is binary */
+        rc = svc_redis_cmd(r->redis, &reply, 16, argv, argvlen);
+        if (rc == SVC_OK && svc_redis_reply_type(reply) != SVC_REDIS_STRING) {
+            const char *msg = svc_redis_reply_str(reply, NULL);
+            SVC_LOG_WARN(NULL, "relay", "XADD refused: %s", msg ? msg : "(no text)");
+            rc = SVC_EIO;
+        }
+    }
+    svc_redis_reply_free(&reply);
+    free(pb);
+    free(json);
+    return rc;
+}
+
+/* One pass: relays up to batch rows. Returns rows sent, or a negative error. */
+static int relay_pass(struct billing_relay *r, struct svc_db_conn *c)
+{
+    struct svc_db_rows *rows = NULL;
+    struct svc_db_param p[] = {SVC_DB_I64(r->o.batch)};
+    int sent = 0, rc;
+
+    rc = svc_db_query(c,
+                      "SELECT o.id, l.id, l.user_id, COALESCE(a.username, ''), l.kind, l.units, "
+                      "l.tokens_in, l.tokens_out, l.model, l.request_id, l.balance_after, "
+                      "l.created_at_ms, l.source, l.note, l.user_seq FROM billing_outbox o "
+                      "JOIN billing_ledger l ON l.id = o.ledger_id "
+                      "LEFT JOIN billing_accounts a ON a.user_id = l.user_id "
+                      "ORDER BY o.id LIMIT ?",
+                      p, 1, &rows);
+    if (rc != SVC_OK)
+        return rc;
+    for (size_t i = 0; i < svc_db_rows_count(rows); i++) {
+        struct svc_db_param d[] = {SVC_DB_I64(svc_db_rows_i64(rows, i, 0))};
+
+        /* Stop at the first failure: a later event of the same user must not overtake it. */
+        if ((rc = send_row(r, rows, i)) != SVC_OK)
+            break;
+        if ((rc = svc_db_exec(c, "DELETE FROM billing_outbox WHERE id = ?", d, 1, NULL, NULL)) !=
+            SVC_OK)
+            break; /* sent but not deleted: sent again later (at-least-once) */
+        sent++;
+    }
+    svc_db_rows_destroy(&rows);
+    if (sent > 0)
+        svc_metric_add(r->st.relayed, sent);
+    return rc == SVC_OK ? sent : rc;
+}
+
+static void pending_gauge(struct billing_relay *r, struct svc_db_conn *c)
+{
+    struct svc_db_rows *rows = NULL;
+
+    if (svc_db_query(c, "SELECT COUNT(*) FROM billing_outbox", NULL, 0, &rows) == SVC_OK)
+        svc_metric_set(r->st.outbox_pending, svc_db_rows_i64(rows, 0, 0));
+    svc_db_rows_destroy(&rows);
+}
+
+static void *relay_main(void *arg)
+{
+    struct billing_relay *r = arg;
+    int64_t backoff = 0, last_gauge = 0;
+    int leader = 0;
+
+    for (;;) {
+        struct svc_db_conn *c = NULL;
+        int64_t wait = r->o.poll_ms;
+        int n = 0;
+
+        if (svc_db_conn_get(r->db, &c, 1000) == SVC_OK) {
+            int now_leader = lease(r, c);
+            if (now_leader != leader)
+                SVC_LOG_NOTICE(NULL, "relay", "%s the relay lease as %s",
+                               now_leader ? "took" : "lost", r->owner);
+            leader = now_leader;
+            svc_metric_set(r->st.leader, leader);
+            if (leader) {
+                n = relay_pass(r, c);
+                if (n < 0) {
+                    svc_metric_add(r->st.relay_errors, 1);
+                    backoff = backoff ? backoff * 2 : 100;
+                    if (backoff > RELAY_BACKOFF_MAX_MS)
+                        backoff = RELAY_BACKOFF_MAX_MS;
+                    if (backoff == 100 || backoff == RELAY_BACKOFF_MAX_MS)
+                        SVC_LOG_WARN(NULL, "relay", "events wait in the outbox: %s",
+                                     svc_strerror(n));
+                    wait = backoff;
+                } else {
+                    backoff = 0;
+                    if (n >= r->o.batch)
+                        wait = 0; /* more to send */
+                }
+                if (svc_wallclock_ms() - last_gauge > 1000) {
+                    pending_gauge(r, c);
+                    last_gauge = svc_wallclock_ms();
+                }
+            }
+            svc_db_conn_put(r->db, &c);
+        }
+        if (wait > 0 ? nap(r, wait) : r->stop)
+            break;
+    }
+    if (leader) {
+        struct svc_db_conn *c = NULL;
+        if (svc_db_conn_get(r->db, &c, 1000) == SVC_OK) {
+            lease_drop(r, c);
+            svc_db_conn_put(r->db, &c);
+        }
+    }
+    svc_db_thread_end();
+    return NULL;
+}
+
+int billing_relay_create(struct billing_relay **out, struct svc_db *db, struct billing_store *store,
+                         const struct billing_relay_opts *opts,
+                         const struct billing_relay_stats *stats)
+{
+    struct billing_relay *r = NULL;
+    char host[256] = "";
+    int rc;
+
+    *out = NULL;
+    r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return SVC_ENOMEM;
+    r->db = db;
+    r->store = store;
+    r->o = *opts;
+    r->st = *stats;
+    if (r->o.batch <= 0 || r->o.batch > RELAY_BATCH_MAX)
+        r->o.batch = 100;
+    gethostname(host, sizeof(host) - 1);
+    {
+        char rnd[9];
+        svc_random_hex(rnd, 4);
+        snprintf(r->owner, sizeof(r->owner), "%.40s-%d-%s", host, (int)getpid(), rnd);
+    }
+    pthread_mutex_init(&r->mu, NULL);
+    {
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&r->cv, &ca);
+        pthread_condattr_destroy(&ca);
+    }
+    if (r->o.redis_url && r->o.redis_url[0]) {
+        if ((rc = svc_redis_create(&r->redis, r->o.redis_url, REDIS_TIMEOUT_MS)) != SVC_OK)
+            goto fail;
+        if (pthread_create(&r->relay_th, NULL, relay_main, r) != 0) {
+            rc = SVC_EINTERNAL;
+            goto fail;
+        }
+        r->relay_started = 1;
+    } else {
+        SVC_LOG_WARN(NULL, "relay", "REDIS_URL unset: billing events stay in the outbox");
+    }
+    if (pthread_create(&r->sweep_th, NULL, sweep_main, r) != 0) {
+        rc = SVC_EINTERNAL;
+        goto fail;
+    }
+    r->sweep_started = 1;
+    *out = r;
+    return SVC_OK;
+fail:
+    billing_relay_destroy(&r);
+    return rc;
+}
+
+void billing_relay_destroy(struct billing_relay **rp)
+{
+    struct billing_relay *r;
+
+    if (rp == NULL || *rp == NULL)
+        return;
+    r = *rp;
+    pthread_mutex_lock(&r->mu);
+    r->stop = 1;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    if (r->relay_started)
+        pthread_join(r->relay_th, NULL);
+    if (r->sweep_started)
+        pthread_join(r->sweep_th, NULL);
+    svc_redis_destroy(&r->redis);
+    pthread_cond_destroy(&r->cv);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+    *rp = NULL;
+}

@@ -1,0 +1,59 @@
+#ifndef BILLING_RELAY_H
+#define BILLING_RELAY_H
+
+/*
+ * Background work of a billing replica, one thread each:
+ *
+ *   relay    moves billing_outbox rows to the Redis Stream (XADD MAXLEN ~), oldest first, and
+ *            deletes each row once Redis acknowledged its entry. Only the holder of the SQL lease
+ *            row billing_relay_lease('relay') relays, so events of one user leave in user_seq
+ *            order even with many replicas; a dead holder's lease runs out after lease_ms and
+ *            another replica takes over. Delivery is at-least-once: a holder that dies between
+ *            XADD and DELETE makes its successor send that entry again (same id).
+ *   sweeper  expires open holds whose time has passed (billing_expire_due), on every replica;
+ *            each hold is expired once (state guard in the transaction); and deletes closed
+ *            holds older than hold_retention_ms (billing_purge_closed).
+ *
+ * Thread-safety: create/destroy from the main thread only.
+ */
+
+#include <stdint.h>
+
+#include "svc/err.h"
+
+struct svc_db;
+struct billing_store;
+struct billing_relay;
+
+struct billing_relay_opts {
+    const char *redis_url;     /* "" = no relay (events wait in the outbox) */
+    const char *stream;        /* BILLING_EVENTS_STREAM */
+    int64_t maxlen;            /* BILLING_EVENTS_MAXLEN (approximate trim) */
+    int64_t poll_ms;           /* idle wait between outbox polls */
+    int64_t lease_ms;          /* relay lease length */
+    int64_t sweep_ms;          /* hold-expiry sweep interval */
+    int64_t batch;             /* outbox rows per poll */
+    int64_t hold_retention_ms; /* closed holds older than this are purged by the sweeper */
+};
+
+/* Metrics the threads update (owned by the caller, must outlive the relay). */
+struct billing_relay_stats {
+    struct svc_metric *relayed, *relay_errors, *expired, *outbox_pending, *leader;
+};
+
+/*
+ * Starts both threads. db, store and stats are borrowed. On success *out owns the threads: stop
+ * them with billing_relay_destroy (which joins them). Returns 0, SVC_ENOMEM, SVC_EINVAL (bad
+ * Redis URL) or SVC_EINTERNAL (thread creation).
+ */
+int billing_relay_create(struct billing_relay **out, struct svc_db *db, struct billing_store *store,
+                         const struct billing_relay_opts *opts,
+                         const struct billing_relay_stats *stats) SVC_MUST_CHECK;
+
+/* Wakes the relay at once (after a commit that wrote outbox rows). Thread-safe; r may be NULL. */
+void billing_relay_kick(struct billing_relay *r);
+
+/* Stops and joins the threads, frees everything; sets *r to NULL. Accepts NULL. */
+void billing_relay_destroy(struct billing_relay **r);
+
+#endif

@@ -1,0 +1,1103 @@
+/* Billing money rules on SQL: see store.h and docs/billing.md. */
+#include "store.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "svc/db.h"
+#include "svc/log.h"
+#include "svc/util.h"
+
+#define MS_PER_DAY 86400000LL
+
+struct billing_store {
+    struct svc_db *db;
+    const struct billing_prices *prices;
+    struct billing_store_opts opts;
+    int mysql;
+};
+
+static _Thread_local char why_buf[256];
+
+const char *billing_store_why(void)
+{
+    return why_buf;
+}
+
+static int why(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int why(int rc, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(why_buf, sizeof(why_buf), fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+/* ---- schema ---- */
+
+static const struct svc_db_migration migrations[] = {
+    {"billing", 1,
+     "CREATE TABLE billing_accounts (user_id INTEGER PRIMARY KEY, username TEXT NOT NULL DEFAULT "
+     "'',"
+     " granted INTEGER NOT NULL DEFAULT 0, used INTEGER NOT NULL DEFAULT 0,"
+     " held INTEGER NOT NULL DEFAULT 0, unlimited INTEGER NOT NULL DEFAULT 0,"
+     " deleted INTEGER NOT NULL DEFAULT 0, seq INTEGER NOT NULL DEFAULT 0,"
+     " updated_at_ms INTEGER NOT NULL DEFAULT 0)",
+     "CREATE TABLE IF NOT EXISTS billing_accounts (user_id BIGINT NOT NULL PRIMARY KEY,"
+     " username VARCHAR(255) NOT NULL DEFAULT '', granted BIGINT NOT NULL DEFAULT 0,"
+     " used BIGINT NOT NULL DEFAULT 0, held BIGINT NOT NULL DEFAULT 0,"
+     " unlimited TINYINT NOT NULL DEFAULT 0, deleted TINYINT NOT NULL DEFAULT 0,"
+     " seq BIGINT NOT NULL DEFAULT 0, updated_at_ms BIGINT NOT NULL DEFAULT 0) ENGINE=InnoDB"},
+    {"billing", 2,
+     "CREATE TABLE billing_holds (request_id TEXT PRIMARY KEY, user_id INTEGER NOT NULL,"
+     " units INTEGER NOT NULL, model TEXT NOT NULL DEFAULT '', prompt_tokens INTEGER NOT NULL,"
+     " completion_limit INTEGER NOT NULL, source TEXT NOT NULL DEFAULT '',"
+     " state INTEGER NOT NULL DEFAULT 0, charged INTEGER NOT NULL DEFAULT 0,"
+     " tokens_in INTEGER NOT NULL DEFAULT 0, tokens_out INTEGER NOT NULL DEFAULT 0,"
+     " created_at_ms INTEGER NOT NULL, expires_at_ms INTEGER NOT NULL,"
+     " closed_at_ms INTEGER NOT NULL DEFAULT 0);\n"
+     "CREATE INDEX billing_holds_due ON billing_holds (state, expires_at_ms);\n"
+     "CREATE INDEX billing_holds_user ON billing_holds (user_id, state);\n",
+     "CREATE TABLE IF NOT EXISTS billing_holds (request_id VARCHAR(128) COLLATE utf8mb4_bin NOT "
+     "NULL"
+     " PRIMARY KEY, user_id BIGINT NOT NULL, units BIGINT NOT NULL,"
+     " model VARCHAR(128) NOT NULL DEFAULT '', prompt_tokens BIGINT NOT NULL,"
+     " completion_limit BIGINT NOT NULL, source VARCHAR(16) NOT NULL DEFAULT '',"
+     " state TINYINT NOT NULL DEFAULT 0, charged BIGINT NOT NULL DEFAULT 0,"
+     " tokens_in BIGINT NOT NULL DEFAULT 0, tokens_out BIGINT NOT NULL DEFAULT 0,"
+     " created_at_ms BIGINT NOT NULL, expires_at_ms BIGINT NOT NULL,"
+     " closed_at_ms BIGINT NOT NULL DEFAULT 0, KEY billing_holds_due (state, expires_at_ms),"
+     " KEY billing_holds_user (user_id, state)) ENGINE=InnoDB"},
+    {"billing", 3,
+     "CREATE TABLE billing_ledger (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER NOT NULL,"
+     " kind TEXT NOT NULL, units INTEGER NOT NULL, tokens_in INTEGER NOT NULL DEFAULT 0,"
+     " tokens_out INTEGER NOT NULL DEFAULT 0, model TEXT NOT NULL DEFAULT '',"
+     " request_id TEXT NOT NULL DEFAULT '', balance_after INTEGER NOT NULL,"
+     " created_at_ms INTEGER NOT NULL, day INTEGER NOT NULL, note TEXT NOT NULL DEFAULT '',"
+     " source TEXT NOT NULL DEFAULT '', user_seq INTEGER NOT NULL, idem_key TEXT UNIQUE);\n"
+     "CREATE INDEX billing_ledger_user ON billing_ledger (user_id, id);\n"
+     "CREATE INDEX billing_ledger_day ON billing_ledger (user_id, day);\n",
+     "CREATE TABLE IF NOT EXISTS billing_ledger (id BIGINT AUTO_INCREMENT PRIMARY KEY,"
+     " user_id BIGINT NOT NULL, kind VARCHAR(16) NOT NULL, units BIGINT NOT NULL,"
+     " tokens_in BIGINT NOT NULL DEFAULT 0, tokens_out BIGINT NOT NULL DEFAULT 0,"
+     " model VARCHAR(128) NOT NULL DEFAULT '', request_id VARCHAR(128) NOT NULL DEFAULT '',"
+     " balance_after BIGINT NOT NULL, created_at_ms BIGINT NOT NULL, day INT NOT NULL,"
+     " note VARCHAR(255) NOT NULL DEFAULT '', source VARCHAR(16) NOT NULL DEFAULT '',"
+     " user_seq BIGINT NOT NULL, idem_key VARCHAR(160) COLLATE utf8mb4_bin NULL,"
+     " UNIQUE KEY billing_ledger_idem (idem_key), KEY billing_ledger_user (user_id, id),"
+     " KEY billing_ledger_day (user_id, day)) ENGINE=InnoDB"},
+    {"billing", 4,
+     "CREATE TABLE billing_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+     " ledger_id INTEGER NOT NULL, user_id INTEGER NOT NULL, created_at_ms INTEGER NOT NULL)",
+     "CREATE TABLE IF NOT EXISTS billing_outbox (id BIGINT AUTO_INCREMENT PRIMARY KEY,"
+     " ledger_id BIGINT NOT NULL, user_id BIGINT NOT NULL, created_at_ms BIGINT NOT NULL)"
+     " ENGINE=InnoDB"},
+    {"billing", 5,
+     "CREATE TABLE billing_relay_lease (name TEXT PRIMARY KEY, owner TEXT NOT NULL DEFAULT '',"
+     " until_ms INTEGER NOT NULL DEFAULT 0);\n"
+     "INSERT INTO billing_relay_lease (name, owner, until_ms) VALUES ('relay', '', 0);\n",
+     "CREATE TABLE IF NOT EXISTS billing_relay_lease (name VARCHAR(32) NOT NULL PRIMARY KEY,"
+     " owner VARCHAR(64) NOT NULL DEFAULT '', until_ms BIGINT NOT NULL DEFAULT 0) ENGINE=InnoDB"},
+    {"billing", 6, NULL,
+     "INSERT IGNORE INTO billing_relay_lease (name, owner, until_ms) VALUES ('relay', '', 0)"},
+    {"billing", 7, "CREATE INDEX billing_holds_closed ON billing_holds (closed_at_ms)",
+     "CREATE INDEX IF NOT EXISTS billing_holds_closed ON billing_holds (closed_at_ms)"},
+};
+
+int billing_store_migrate(struct svc_db *db)
+{
+    return svc_db_migrate(db, migrations, sizeof(migrations) / sizeof(migrations[0]));
+}
+
+int billing_store_create(struct billing_store **out, struct svc_db *db,
+                         const struct billing_prices *prices, const struct billing_store_opts *opts)
+{
+    struct billing_store *s = calloc(1, sizeof(*s));
+
+    *out = NULL;
+    if (s == NULL)
+        return SVC_ENOMEM;
+    s->db = db;
+    s->prices = prices;
+    s->opts = *opts;
+    s->mysql = svc_db_dialect(db) == SVC_DB_MYSQL;
+    *out = s;
+    return SVC_OK;
+}
+
+void billing_store_destroy(struct billing_store **s)
+{
+    if (s == NULL || *s == NULL)
+        return;
+    free(*s);
+    *s = NULL;
+}
+
+/* ---- helpers ---- */
+
+static const char *nz(const char *s)
+{
+    return s ? s : "";
+}
+
+static int check_text(const char *what, const char *s, size_t max, int required)
+{
+    size_t n = s ? strlen(s) : 0;
+
+    if (required && n == 0)
+        return why(SVC_EINVAL, "%s is required", what);
+    if (n > max)
+        return why(SVC_EINVAL, "%s is longer than %zu bytes", what, max);
+    if (!svc_utf8_valid(nz(s), n))
+        return why(SVC_EINVAL, "%s is not valid UTF-8", what);
+    return SVC_OK;
+}
+
+static int check_tokens(const char *what, int64_t v)
+{
+    if (v < 0 || v > BILLING_TOKENS_MAX)
+        return why(SVC_EINVAL, "%s out of range 0..%lld: %lld", what, BILLING_TOKENS_MAX,
+                   (long long)v);
+    return SVC_OK;
+}
+
+static int check_user(int64_t uid)
+{
+    return uid > 0 ? SVC_OK : why(SVC_EINVAL, "user_id must be > 0");
+}
+
+/* Runs fn in a transaction on a pooled connection. */
+static int with_tx(struct billing_store *s, svc_db_tx_fn fn, void *arg)
+{
+    struct svc_db_conn *c = NULL;
+    int rc;
+
+    if ((rc = svc_db_conn_get(s->db, &c, -1)) != SVC_OK)
+        return rc;
+    rc = svc_db_tx_run(c, fn, arg);
+    if (rc != SVC_OK && rc != SVC_ENOTFOUND && rc != SVC_EEXIST && rc != SVC_EINVAL &&
+        rc != SVC_ECONFLICT && rc != SVC_ETOOLARGE)
+        SVC_LOG_WARN(NULL, "billing-sql", "%s: %s", svc_strerror(rc), svc_db_last_error(c));
+    svc_db_conn_put(s->db, &c);
+    return rc;
+}
+
+struct acct_row {
+    struct billing_account a;
+    int64_t seq;
+    int deleted;
+    int found;
+};
+
+static const char SQL_ACCT[] =
+    "SELECT user_id, username, granted, used, held, unlimited, "
+    "updated_at_ms, seq, deleted FROM billing_accounts WHERE user_id = ?";
+static const char SQL_ACCT_LOCK[] = "SELECT user_id, username, granted, used, held, unlimited, "
+                                    "updated_at_ms, seq, deleted FROM billing_accounts "
+                                    "WHERE user_id = ? FOR UPDATE";
+
+/* Reads an account (locking it on MariaDB when lock). found = 0 when absent. */
+static int acct_read(struct svc_db_conn *c, int64_t uid, int lock, struct acct_row *r)
+{
+    struct svc_db_rows *rows = NULL;
+    struct svc_db_param p[] = {SVC_DB_I64(uid)};
+    int mysql = svc_db_conn_dialect(c) == SVC_DB_MYSQL;
+    int rc;
+
+    memset(r, 0, sizeof(*r));
+    rc = svc_db_query(c, lock && mysql ? SQL_ACCT_LOCK : SQL_ACCT, p, 1, &rows);
+    if (rc != SVC_OK)
+        return rc;
+    if (svc_db_rows_count(rows) == 1) {
+        r->found = 1;
+        r->a.user_id = svc_db_rows_i64(rows, 0, 0);
+        snprintf(r->a.username, sizeof(r->a.username), "%s", nz(svc_db_rows_text(rows, 0, 1)));
+        r->a.granted = svc_db_rows_i64(rows, 0, 2);
+        r->a.used = svc_db_rows_i64(rows, 0, 3);
+        r->a.held = svc_db_rows_i64(rows, 0, 4);
+        r->a.unlimited = svc_db_rows_i64(rows, 0, 5) != 0;
+        r->a.updated_at_ms = svc_db_rows_i64(rows, 0, 6);
+        r->seq = svc_db_rows_i64(rows, 0, 7);
+        r->deleted = svc_db_rows_i64(rows, 0, 8) != 0;
+        r->a.balance = r->a.granted - r->a.used - r->a.held;
+    }
+    svc_db_rows_destroy(&rows);
+    return SVC_OK;
+}
+
+/* granted += dg, used += du, held += dh, seq += dseq (the row is locked by the caller). */
+static int acct_delta(struct svc_db_conn *c, struct acct_row *r, int64_t dg, int64_t du, int64_t dh,
+                      int64_t dseq, int64_t now)
+{
+    struct svc_db_param p[] = {SVC_DB_I64(dg),   SVC_DB_I64(du),  SVC_DB_I64(dh),
+                               SVC_DB_I64(dseq), SVC_DB_I64(now), SVC_DB_I64(r->a.user_id)};
+    uint64_t n = 0;
+    int rc = svc_db_exec(c,
+                         "UPDATE billing_accounts SET granted = granted + ?, used = used + ?, "
+                         "held = held + ?, seq = seq + ?, updated_at_ms = ? WHERE user_id = ?",
+                         p, 6, &n, NULL);
+    if (rc != SVC_OK)
+        return rc;
+    if (n != 1)
+        return SVC_ECONFLICT;
+    r->a.granted += dg;
+    r->a.used += du;
+    r->a.held += dh;
+    r->seq += dseq;
+    r->a.updated_at_ms = now;
+    r->a.balance = r->a.granted - r->a.used - r->a.held;
+    return SVC_OK;
+}
+
+struct ledger_row {
+    const char *kind;
+    int64_t units, tokens_in, tokens_out;
+    const char *model, *request_id, *source, *idem_key;
+    char note[BILLING_NOTE_MAX + 1];
+};
+
+/*
+ * Appends a ledger row and its outbox row for account r, whose balance and seq the caller has
+ * already updated (r holds the values after the change). balance_after is granted - used: the
+ * running sum of the ledger's units, holds in flight excluded. *id (may be NULL) gets the id.
+ */
+static int ledger_append(struct svc_db_conn *c, const struct acct_row *r,
+                         const struct ledger_row *l, int64_t now, int64_t *id)
+{
+    struct svc_db_param p[] = {SVC_DB_I64(r->a.user_id),
+                               SVC_DB_TEXT(l->kind),
+                               SVC_DB_I64(l->units),
+                               SVC_DB_I64(l->tokens_in),
+                               SVC_DB_I64(l->tokens_out),
+                               SVC_DB_TEXT(nz(l->model)),
+                               SVC_DB_TEXT(nz(l->request_id)),
+                               SVC_DB_I64(r->a.granted - r->a.used),
+                               SVC_DB_I64(now),
+                               SVC_DB_I64(now / MS_PER_DAY),
+                               SVC_DB_TEXT(l->note),
+                               SVC_DB_TEXT(nz(l->source)),
+                               SVC_DB_I64(r->seq),
+                               l->idem_key && l->idem_key[0] ? SVC_DB_TEXT(l->idem_key)
+                                                             : SVC_DB_NULL};
+    int64_t lid = 0;
+    int rc;
+
+    rc = svc_db_exec(c,
+                     "INSERT INTO billing_ledger (user_id, kind, units, tokens_in, tokens_out, "
+                     "model, request_id, balance_after, created_at_ms, day, note, source, "
+                     "user_seq, idem_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     p, 14, NULL, &lid);
+    if (rc != SVC_OK)
+        return rc;
+    {
+        struct svc_db_param q[] = {SVC_DB_I64(lid), SVC_DB_I64(r->a.user_id), SVC_DB_I64(now)};
+        rc = svc_db_exec(c,
+                         "INSERT INTO billing_outbox (ledger_id, user_id, created_at_ms) "
+                         "VALUES (?, ?, ?)",
+                         q, 3, NULL, NULL);
+    }
+    if (rc == SVC_OK && id != NULL)
+        *id = lid;
+    return rc;
+}
+
+static void ledger_note(struct ledger_row *l, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void ledger_note(struct ledger_row *l, const char *fmt, ...)
+{
+    va_list ap;
+    size_t n;
+
+    va_start(ap, fmt);
+    vsnprintf(l->note, sizeof(l->note), fmt, ap);
+    va_end(ap);
+    /* never cut a UTF-8 sequence in half */
+    n = strlen(l->note);
+    while (n > 0 && !svc_utf8_valid(l->note, n))
+        l->note[--n] = '\0';
+}
+
+struct hold_row {
+    int found;
+    int64_t user_id, units, prompt_tokens, completion_limit, state, charged, expires_at_ms;
+    char model[BILLING_PRICE_MODEL_MAX + 1];
+    char source[BILLING_SOURCE_MAX + 1];
+};
+
+static int hold_read(struct svc_db_conn *c, const char *rid, int lock, struct hold_row *h)
+{
+    static const char sql[] = "SELECT user_id, units, prompt_tokens, completion_limit, state, "
+                              "charged, expires_at_ms, model, source FROM billing_holds "
+                              "WHERE request_id = ?";
+    static const char sql_lock[] = "SELECT user_id, units, prompt_tokens, completion_limit, "
+                                   "state, charged, expires_at_ms, model, source "
+                                   "FROM billing_holds WHERE request_id = ? FOR UPDATE";
+    struct svc_db_rows *rows = NULL;
+    struct svc_db_param p[] = {SVC_DB_TEXT(rid)};
+    int mysql = svc_db_conn_dialect(c) == SVC_DB_MYSQL;
+    int rc;
+
+    memset(h, 0, sizeof(*h));
+    if ((rc = svc_db_query(c, lock && mysql ? sql_lock : sql, p, 1, &rows)) != SVC_OK)
+        return rc;
+    if (svc_db_rows_count(rows) == 1) {
+        h->found = 1;
+        h->user_id = svc_db_rows_i64(rows, 0, 0);
+        h->units = svc_db_rows_i64(rows, 0, 1);
+        h->prompt_tokens = svc_db_rows_i64(rows, 0, 2);
+        h->completion_limit = svc_db_rows_i64(rows, 0, 3);
+        h->state = svc_db_rows_i64(rows, 0, 4);
+        h->charged = svc_db_rows_i64(rows, 0, 5);
+        h->expires_at_ms = svc_db_rows_i64(rows, 0, 6);
+        snprintf(h->model, sizeof(h->model), "%s", nz(svc_db_rows_text(rows, 0, 7)));
+        snprintf(h->source, sizeof(h->source), "%s", nz(svc_db_rows_text(rows, 0, 8)));
+    }
+    svc_db_rows_destroy(&rows);
+    return SVC_OK;
+}
+
+static int hold_close(struct svc_db_conn *c, const char *rid, int64_t from_state, int64_t to_state,
+                      int64_t charged, int64_t tin, int64_t tout, int64_t now)
+{
+    struct svc_db_param p[] = {SVC_DB_I64(to_state),  SVC_DB_I64(charged), SVC_DB_I64(tin),
+                               SVC_DB_I64(tout),      SVC_DB_I64(now),     SVC_DB_TEXT(rid),
+                               SVC_DB_I64(from_state)};
+    uint64_t n = 0;
+    int rc = svc_db_exec(c,
+                         "UPDATE billing_holds SET state = ?, charged = ?, tokens_in = ?, "
+                         "tokens_out = ?, closed_at_ms = ? WHERE request_id = ? AND state = ?",
+                         p, 7, &n, NULL);
+    if (rc == SVC_OK && n != 1)
+        rc = SVC_ECONFLICT; /* someone else closed it: replay the transaction */
+    return rc;
+}
+
+static int64_t min64(int64_t a, int64_t b)
+{
+    return a < b ? a : b;
+}
+
+static int64_t max64(int64_t a, int64_t b)
+{
+    return a > b ? a : b;
+}
+
+/* ---- reserve ---- */
+
+struct reserve_ctx {
+    struct billing_store *s;
+    const struct billing_reserve_in *in;
+    struct billing_reserve_out *out;
+};
+
+static int reserve_tx(struct svc_db_conn *c, void *arg)
+{
+    struct reserve_ctx *x = arg;
+    const struct billing_reserve_in *in = x->in;
+    struct billing_reserve_out *out = x->out;
+    struct billing_ratio r = billing_prices_lookup(x->s->prices, in->model);
+    int64_t now = svc_wallclock_ms();
+    int64_t units_in = billing_units_for(in->prompt_tokens, r.in_milli);
+    int64_t worst = units_in + billing_units_for(in->max_completion_tokens, r.out_milli);
+    int64_t hold = worst, limit = in->max_completion_tokens;
+    struct acct_row a;
+    uint64_t n = 0;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    {
+        /* The fast path: one conditional update holds the worst case if it fits. */
+        struct svc_db_param p[] = {SVC_DB_I64(worst), SVC_DB_I64(now), SVC_DB_I64(in->user_id),
+                                   SVC_DB_I64(worst)};
+        rc = svc_db_exec(c,
+                         "UPDATE billing_accounts SET held = held + ?, updated_at_ms = ? "
+                         "WHERE user_id = ? AND deleted = 0 AND unlimited = 0 "
+                         "AND granted - used - held >= ?",
+                         p, 4, &n, NULL);
+        if (rc != SVC_OK)
+            return rc;
+    }
+    if ((rc = acct_read(c, in->user_id, 1, &a)) != SVC_OK)
+        return rc;
+    if (n == 0) {
+        struct hold_row h;
+
+        /* A replay of a request id must find its hold, not a refusal. */
+        if ((rc = hold_read(c, in->request_id, 0, &h)) != SVC_OK)
+            return rc;
+        if (h.found)
+            return SVC_EEXIST;
+        if (!a.found || a.deleted) {
+            if (!in->create_unlimited) {
+                out->result = BILLING_RESERVE_NO_ACCOUNT;
+                return SVC_OK;
+            }
+            struct svc_db_param p[] = {SVC_DB_I64(in->user_id), SVC_DB_TEXT(nz(in->username)),
+                                       SVC_DB_I64(now)};
+            rc =
+                svc_db_exec(c,
+                            a.found ? "UPDATE billing_accounts SET deleted = 0, unlimited = 1, "
+                                      "username = ?, updated_at_ms = ? WHERE user_id = ?"
+                                    : "INSERT INTO billing_accounts (user_id, username, "
+                                      "unlimited, updated_at_ms) VALUES (?, ?, 1, ?)",
+                            a.found ? (struct svc_db_param[]){p[1], p[2], p[0]} : p, 3, NULL, NULL);
+            if (rc == SVC_EEXIST)
+                return SVC_ECONFLICT; /* created concurrently: replay */
+            if (rc != SVC_OK)
+                return rc;
+            SVC_LOG_NOTICE(NULL, "reserve", "created unlimited account user_id=%lld",
+                           (long long)in->user_id);
+            a.found = 1, a.deleted = 0, a.a.unlimited = 1;
+        }
+        if (a.a.unlimited) {
+            hold = 0;
+            out->unlimited = 1;
+        } else {
+            int64_t min_reply = in->min_completion_tokens > 0 ? in->min_completion_tokens
+                                                              : x->s->opts.min_reply_tokens;
+            int64_t minimum;
+
+            min_reply = min64(min_reply, in->max_completion_tokens);
+            minimum = units_in + billing_units_for(min_reply, r.out_milli);
+            if (a.a.balance >= worst) {
+                hold = worst; /* changed since the fast path looked */
+            } else if (in->completion_limit_fixed || a.a.balance < minimum) {
+                out->result = BILLING_RESERVE_INSUFFICIENT;
+                out->balance = max64(a.a.balance, 0);
+                return SVC_OK;
+            } else {
+                limit = min64(billing_tokens_within(a.a.balance - units_in, r.out_milli),
+                              in->max_completion_tokens);
+                hold = units_in + billing_units_for(limit, r.out_milli);
+            }
+            struct svc_db_param p[] = {SVC_DB_I64(hold), SVC_DB_I64(now), SVC_DB_I64(in->user_id),
+                                       SVC_DB_I64(hold)};
+            rc = svc_db_exec(c,
+                             "UPDATE billing_accounts SET held = held + ?, updated_at_ms = ? "
+                             "WHERE user_id = ? AND deleted = 0 AND unlimited = 0 "
+                             "AND granted - used - held >= ?",
+                             p, 4, &n, NULL);
+            if (rc != SVC_OK)
+                return rc;
+            if (n != 1)
+                return SVC_ECONFLICT;
+            a.a.balance -= hold;
+        }
+    }
+    {
+        struct svc_db_param p[] = {SVC_DB_TEXT(in->request_id),
+                                   SVC_DB_I64(in->user_id),
+                                   SVC_DB_I64(hold),
+                                   SVC_DB_TEXT(nz(in->model)),
+                                   SVC_DB_I64(in->prompt_tokens),
+                                   SVC_DB_I64(limit),
+                                   SVC_DB_TEXT(nz(in->source)),
+                                   SVC_DB_I64(now),
+                                   SVC_DB_I64(now + x->s->opts.hold_ttl_ms)};
+        rc = svc_db_exec(c,
+                         "INSERT INTO billing_holds (request_id, user_id, units, model, "
+                         "prompt_tokens, completion_limit, source, state, charged, "
+                         "created_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
+                         p, 9, NULL, NULL);
+        if (rc != SVC_OK)
+            return rc; /* SVC_EEXIST: a replay; the caller reads the existing hold */
+    }
+    out->result = BILLING_RESERVE_OK;
+    out->held_units = hold;
+    out->completion_limit = limit;
+    out->balance = a.a.balance;
+    out->unlimited = a.a.unlimited;
+    out->expires_at_ms = now + x->s->opts.hold_ttl_ms;
+    return SVC_OK;
+}
+
+int billing_reserve(struct billing_store *s, const struct billing_reserve_in *in,
+                    struct billing_reserve_out *out)
+{
+    struct reserve_ctx x = {s, in, out};
+    struct svc_db_conn *c = NULL;
+    struct hold_row h;
+    struct acct_row a;
+    int rc;
+
+    why_buf[0] = '\0';
+    if ((rc = check_text("request_id", in->request_id, BILLING_ID_MAX, 1)) != SVC_OK ||
+        (rc = check_user(in->user_id)) != SVC_OK ||
+        (rc = check_text("model", in->model, BILLING_PRICE_MODEL_MAX, 0)) != SVC_OK ||
+        (rc = check_text("source", in->source, BILLING_SOURCE_MAX, 0)) != SVC_OK ||
+        (rc = check_text("username", in->username, BILLING_NAME_MAX - 1, 0)) != SVC_OK ||
+        (rc = check_tokens("prompt_tokens", in->prompt_tokens)) != SVC_OK ||
+        (rc = check_tokens("max_completion_tokens", in->max_completion_tokens)) != SVC_OK ||
+        (rc = check_tokens("min_completion_tokens", in->min_completion_tokens)) != SVC_OK)
+        return rc;
+    rc = with_tx(s, reserve_tx, &x);
+    if (rc != SVC_EEXIST)
+        return rc;
+    /* A replay of a request id: answer with the hold it already has. */
+    if ((rc = svc_db_conn_get(s->db, &c, -1)) != SVC_OK)
+        return rc;
+    if ((rc = hold_read(c, in->request_id, 0, &h)) == SVC_OK && h.found && h.user_id == in->user_id)
+        rc = acct_read(c, h.user_id, 0, &a);
+    svc_db_conn_put(s->db, &c);
+    if (rc != SVC_OK)
+        return rc;
+    if (!h.found)
+        return why(SVC_ECONFLICT, "request_id collided and vanished; retry");
+    if (h.user_id != in->user_id)
+        return why(SVC_ECONFLICT, "request_id is in use by another user");
+    memset(out, 0, sizeof(*out));
+    out->result = BILLING_RESERVE_OK;
+    out->duplicate = 1;
+    out->held_units = h.units;
+    out->completion_limit = h.completion_limit;
+    out->expires_at_ms = h.expires_at_ms;
+    out->balance = a.a.balance;
+    out->unlimited = a.a.unlimited;
+    return SVC_OK;
+}
+
+/* ---- settle ---- */
+
+struct settle_ctx {
+    struct billing_store *s;
+    const struct billing_settle_in *in;
+    struct billing_settle_out *out;
+};
+
+static int settle_tx(struct svc_db_conn *c, void *arg)
+{
+    struct settle_ctx *x = arg;
+    const struct billing_settle_in *in = x->in;
+    struct billing_settle_out *out = x->out;
+    int64_t now = svc_wallclock_ms();
+    struct ledger_row l = {0};
+    struct billing_ratio r;
+    struct hold_row h;
+    struct acct_row a;
+    int64_t cost, charge;
+    const char *model;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    if ((rc = hold_read(c, in->request_id, 1, &h)) != SVC_OK)
+        return rc;
+    if (!h.found)
+        return why(SVC_ENOTFOUND, "no hold for this request_id");
+    if ((rc = acct_read(c, h.user_id, 1, &a)) != SVC_OK)
+        return rc;
+    if (!a.found)
+        return why(SVC_ENOTFOUND, "the account of this hold is gone");
+    if (h.state == BILLING_HOLD_SETTLED || h.state == BILLING_HOLD_SETTLED_LATE) {
+        out->already_settled = 1;
+        out->charged = h.charged;
+        out->balance = a.a.balance;
+        return SVC_OK;
+    }
+    if (h.state == BILLING_HOLD_RELEASED || h.state == BILLING_HOLD_RELEASED_LATE)
+        return why(SVC_ECONFLICT, "the hold was released; nothing to settle");
+    model = in->model && in->model[0] ? in->model : h.model;
+    r = billing_prices_lookup(x->s->prices, model);
+    cost = billing_units_for(in->prompt_tokens, r.in_milli) +
+           billing_units_for(in->completion_tokens, r.out_milli);
+    l.tokens_in = in->prompt_tokens;
+    l.tokens_out = in->completion_tokens;
+    l.model = model;
+    l.request_id = in->request_id;
+    l.source = h.source;
+    if (h.state == BILLING_HOLD_OPEN) {
+        charge = a.a.unlimited ? cost : min64(cost, h.units + max64(a.a.balance, 0));
+        if ((rc = acct_delta(c, &a, 0, charge, -h.units, 1, now)) != SVC_OK ||
+            (rc = hold_close(c, in->request_id, BILLING_HOLD_OPEN, BILLING_HOLD_SETTLED, charge,
+                             in->prompt_tokens, in->completion_tokens, now)) != SVC_OK)
+            return rc;
+        l.kind = "charge";
+        l.units = -charge;
+        if (charge < cost)
+            ledger_note(&l, "%scapped: %lld units over hold and balance not charged",
+                        in->estimated ? "estimated usage; " : "", (long long)(cost - charge));
+        else if (in->estimated)
+            ledger_note(&l, "estimated usage");
+        out->refunded = max64(h.units - charge, 0);
+    } else { /* BILLING_HOLD_EXPIRED: correct the expiry charge to the real usage */
+        charge = a.a.unlimited ? cost : min64(cost, h.charged);
+        if ((rc = acct_delta(c, &a, 0, charge - h.charged, 0, 1, now)) != SVC_OK ||
+            (rc = hold_close(c, in->request_id, BILLING_HOLD_EXPIRED, BILLING_HOLD_SETTLED_LATE,
+                             charge, in->prompt_tokens, in->completion_tokens, now)) != SVC_OK)
+            return rc;
+        l.kind = charge > h.charged ? "charge" : "refund";
+        l.units = h.charged - charge;
+        ledger_note(&l, "settled after expiry: expiry charged %lld, real usage %lld%s",
+                    (long long)h.charged, (long long)charge, in->estimated ? " (estimated)" : "");
+        out->refunded = max64(h.charged - charge, 0);
+    }
+    if ((rc = ledger_append(c, &a, &l, now, NULL)) != SVC_OK)
+        return rc;
+    out->charged = charge;
+    out->balance = a.a.balance;
+    return SVC_OK;
+}
+
+int billing_settle(struct billing_store *s, const struct billing_settle_in *in,
+                   struct billing_settle_out *out)
+{
+    struct settle_ctx x = {s, in, out};
+    int rc;
+
+    why_buf[0] = '\0';
+    if ((rc = check_text("request_id", in->request_id, BILLING_ID_MAX, 1)) != SVC_OK ||
+        (rc = check_text("model", in->model, BILLING_PRICE_MODEL_MAX, 0)) != SVC_OK ||
+        (rc = check_tokens("prompt_tokens", in->prompt_tokens)) != SVC_OK ||
+        (rc = check_tokens("completion_tokens", in->completion_tokens)) != SVC_OK)
+        return rc;
+    return with_tx(s, settle_tx, &x);
+}
+
+/* ---- release ---- */
+
+struct release_ctx {
+    const char *request_id, *reason;
+    struct billing_release_out *out;
+};
+
+static int release_tx(struct svc_db_conn *c, void *arg)
+{
+    struct release_ctx *x = arg;
+    struct billing_release_out *out = x->out;
+    int64_t now = svc_wallclock_ms();
+    struct ledger_row l = {0};
+    struct hold_row h;
+    struct acct_row a;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    if ((rc = hold_read(c, x->request_id, 1, &h)) != SVC_OK)
+        return rc;
+    if (!h.found)
+        return why(SVC_ENOTFOUND, "no hold for this request_id");
+    if ((rc = acct_read(c, h.user_id, 1, &a)) != SVC_OK)
+        return rc;
+    if (h.state != BILLING_HOLD_OPEN && h.state != BILLING_HOLD_EXPIRED) {
+        out->already_closed = 1;
+        out->balance = a.a.balance;
+        return SVC_OK;
+    }
+    if (!a.found)
+        return why(SVC_ENOTFOUND, "the account of this hold is gone");
+    if (h.state == BILLING_HOLD_OPEN) {
+        if ((rc = acct_delta(c, &a, 0, 0, -h.units, 0, now)) != SVC_OK ||
+            (rc = hold_close(c, x->request_id, BILLING_HOLD_OPEN, BILLING_HOLD_RELEASED, 0, 0, 0,
+                             now)) != SVC_OK)
+            return rc;
+        out->refunded = h.units;
+    } else {
+        if ((rc = acct_delta(c, &a, 0, -h.charged, 0, 1, now)) != SVC_OK ||
+            (rc = hold_close(c, x->request_id, BILLING_HOLD_EXPIRED, BILLING_HOLD_RELEASED_LATE, 0,
+                             0, 0, now)) != SVC_OK)
+            return rc;
+        l.kind = "refund";
+        l.units = h.charged;
+        l.model = h.model;
+        l.request_id = x->request_id;
+        l.source = h.source;
+        ledger_note(&l, "released after expiry: %s", nz(x->reason));
+        if ((rc = ledger_append(c, &a, &l, now, NULL)) != SVC_OK)
+            return rc;
+        out->refunded = h.charged;
+    }
+    out->balance = a.a.balance;
+    return SVC_OK;
+}
+
+int billing_release(struct billing_store *s, const char *request_id, const char *reason,
+                    struct billing_release_out *out)
+{
+    struct release_ctx x = {request_id, reason, out};
+    int rc;
+
+    why_buf[0] = '\0';
+    if ((rc = check_text("request_id", request_id, BILLING_ID_MAX, 1)) != SVC_OK ||
+        (rc = check_text("reason", reason, 1024, 0)) != SVC_OK)
+        return rc;
+    return with_tx(s, release_tx, &x);
+}
+
+/* ---- expiry ---- */
+
+struct expire_ctx {
+    const char *request_id;
+    int expired;
+};
+
+static int expire_tx(struct svc_db_conn *c, void *arg)
+{
+    struct expire_ctx *x = arg;
+    int64_t now = svc_wallclock_ms();
+    struct ledger_row l = {0};
+    struct hold_row h;
+    struct acct_row a;
+    int rc;
+
+    x->expired = 0;
+    if ((rc = hold_read(c, x->request_id, 1, &h)) != SVC_OK)
+        return rc;
+    if (!h.found || h.state != BILLING_HOLD_OPEN || h.expires_at_ms > now)
+        return SVC_OK; /* settled meanwhile, or another replica expired it */
+    if ((rc = acct_read(c, h.user_id, 1, &a)) != SVC_OK)
+        return rc;
+    if (!a.found)
+        return hold_close(c, x->request_id, BILLING_HOLD_OPEN, BILLING_HOLD_RELEASED, 0, 0, 0, now);
+    if ((rc = acct_delta(c, &a, 0, h.units, -h.units, 1, now)) != SVC_OK ||
+        (rc = hold_close(c, x->request_id, BILLING_HOLD_OPEN, BILLING_HOLD_EXPIRED, h.units,
+                         h.prompt_tokens, h.completion_limit, now)) != SVC_OK)
+        return rc;
+    l.kind = "expiry";
+    l.units = -h.units;
+    l.tokens_in = h.prompt_tokens;
+    l.tokens_out = h.completion_limit;
+    l.model = h.model;
+    l.request_id = x->request_id;
+    l.source = h.source;
+    ledger_note(&l, "hold expired unsettled: the held worst case is charged; a late Settle "
+                    "corrects it");
+    if ((rc = ledger_append(c, &a, &l, now, NULL)) != SVC_OK)
+        return rc;
+    x->expired = 1;
+    return SVC_OK;
+}
+
+int billing_expire_due(struct billing_store *s, int max, int *expired)
+{
+    struct svc_db_conn *c = NULL;
+    struct svc_db_rows *rows = NULL;
+    struct svc_db_param p[] = {SVC_DB_I64(svc_wallclock_ms()), SVC_DB_I64(max)};
+    int rc;
+
+    *expired = 0;
+    if ((rc = svc_db_conn_get(s->db, &c, -1)) != SVC_OK)
+        return rc;
+    rc = svc_db_query(c,
+                      "SELECT request_id FROM billing_holds WHERE state = 0 AND "
+                      "expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?",
+                      p, 2, &rows);
+    for (size_t i = 0; rc == SVC_OK && i < svc_db_rows_count(rows); i++) {
+        struct expire_ctx x = {svc_db_rows_text(rows, i, 0), 0};
+        rc = svc_db_tx_run(c, expire_tx, &x);
+        if (rc == SVC_OK && x.expired) {
+            (*expired)++;
+            SVC_LOG_NOTICE(x.request_id, "expire", "hold expired unsettled: charged in full");
+        }
+    }
+    svc_db_rows_destroy(&rows);
+    svc_db_conn_put(s->db, &c);
+    return rc;
+}
+
+int billing_purge_closed(struct billing_store *s, int64_t before_ms, int max, int *purged)
+{
+    struct svc_db_conn *c = NULL;
+    struct svc_db_param p[] = {SVC_DB_I64(before_ms), SVC_DB_I64(max)};
+    uint64_t n = 0;
+    int rc;
+
+    *purged = 0;
+    if ((rc = svc_db_conn_get(s->db, &c, -1)) != SVC_OK)
+        return rc;
+    /* Open holds have closed_at_ms = 0 but are never older than the TTL: keep state <> 0. */
+    rc = svc_db_exec(c,
+                     s->mysql ? "DELETE FROM billing_holds WHERE closed_at_ms > 0 AND "
+                                "closed_at_ms < ? AND state <> 0 LIMIT ?"
+                              : "DELETE FROM billing_holds WHERE request_id IN (SELECT request_id "
+                                "FROM billing_holds WHERE closed_at_ms > 0 AND closed_at_ms < ? "
+                                "AND state <> 0 LIMIT ?)",
+                     p, 2, &n, NULL);
+    svc_db_conn_put(s->db, &c);
+    if (rc == SVC_OK)
+        *purged = (int)n;
+    return rc;
+}
+
+/* ---- recharge / adjust ---- */
+
+struct credit_ctx {
+    const struct billing_credit_in *in;
+    struct billing_credit_out *out;
+    const char *kind;
+    char idem[BILLING_ID_MAX + 16];
+};
+
+static int credit_tx(struct svc_db_conn *c, void *arg)
+{
+    struct credit_ctx *x = arg;
+    const struct billing_credit_in *in = x->in;
+    int64_t now = svc_wallclock_ms();
+    struct ledger_row l = {0};
+    struct acct_row a;
+    int rc;
+
+    if ((rc = acct_read(c, in->user_id, 1, &a)) != SVC_OK)
+        return rc;
+    if (!a.found || a.deleted)
+        return why(SVC_ENOTFOUND, "no account for user_id %lld", (long long)in->user_id);
+    if (a.a.granted > BILLING_GRANTED_MAX - in->units)
+        return why(SVC_ETOOLARGE, "the account's credit would overflow");
+    if (strcmp(x->kind, "adjustment") == 0 && in->units < 0 && !in->force &&
+        a.a.balance + in->units < 0)
+        return why(SVC_ECONFLICT,
+                   "adjustment would take the balance below zero "
+                   "(balance %lld, adjustment %lld); use force",
+                   (long long)a.a.balance, (long long)in->units);
+    if ((rc = acct_delta(c, &a, in->units, 0, 0, 1, now)) != SVC_OK)
+        return rc;
+    l.kind = x->kind;
+    l.units = in->units;
+    l.idem_key = x->idem[0] ? x->idem : NULL;
+    ledger_note(&l, "%s%s%s", nz(in->actor),
+                in->actor && in->actor[0] && in->note && in->note[0] ? ": " : "", nz(in->note));
+    if ((rc = ledger_append(c, &a, &l, now, &x->out->ledger_id)) != SVC_OK)
+        return rc; /* SVC_EEXIST: the key was used before */
+    x->out->account = a.a;
+    return SVC_OK;
+}
+
+static int credit(struct billing_store *s, const struct billing_credit_in *in,
+                  struct billing_credit_out *out, const char *kind)
+{
+    struct credit_ctx x = {in, out, kind, {0}};
+    struct svc_db_conn *c = NULL;
+    struct svc_db_rows *rows = NULL;
+    struct acct_row a;
+    int rc;
+
+    why_buf[0] = '\0';
+    memset(out, 0, sizeof(*out));
+    if ((rc = check_user(in->user_id)) != SVC_OK ||
+        (rc = check_text("idempotency_key", in->idempotency_key, BILLING_ID_MAX, 0)) != SVC_OK ||
+        (rc = check_text("actor", in->actor, 128, 0)) != SVC_OK ||
+        (rc = check_text("note", in->note, 1024, 0)) != SVC_OK)
+        return rc;
+    if (in->idempotency_key && in->idempotency_key[0])
+        snprintf(x.idem, sizeof(x.idem), "%s:%s", kind, in->idempotency_key);
+    rc = with_tx(s, credit_tx, &x);
+    if (rc != SVC_EEXIST)
+        return rc;
+    /* The idempotency key was used before: report that credit, credit nothing now. */
+    if ((rc = svc_db_conn_get(s->db, &c, -1)) != SVC_OK)
+        return rc;
+    {
+        struct svc_db_param p[] = {SVC_DB_TEXT(x.idem)};
+        rc = svc_db_query(c, "SELECT id, user_id FROM billing_ledger WHERE idem_key = ?", p, 1,
+                          &rows);
+    }
+    if (rc == SVC_OK && svc_db_rows_count(rows) == 1) {
+        out->ledger_id = svc_db_rows_i64(rows, 0, 0);
+        if (svc_db_rows_i64(rows, 0, 1) != in->user_id)
+            rc = why(SVC_ECONFLICT, "idempotency_key was used for another user");
+        else if ((rc = acct_read(c, in->user_id, 0, &a)) == SVC_OK)
+            out->account = a.a;
+        out->duplicate = 1;
+    } else if (rc == SVC_OK) {
+        rc = why(SVC_ECONFLICT, "idempotency_key collided; retry");
+    }
+    svc_db_rows_destroy(&rows);
+    svc_db_conn_put(s->db, &c);
+    return rc;
+}
+
+int billing_recharge(struct billing_store *s, const struct billing_credit_in *in,
+                     struct billing_credit_out *out)
+{
+    if (in->units <= 0 || in->units > BILLING_UNITS_OP_MAX)
+        return why(SVC_EINVAL, "units must be 1..%lld", BILLING_UNITS_OP_MAX);
+    return credit(s, in, out, "recharge");
+}
+
+int billing_adjust(struct billing_store *s, const struct billing_credit_in *in,
+                   struct billing_credit_out *out)
+{
+    if (in->units == 0 || in->units > BILLING_UNITS_OP_MAX || in->units < -BILLING_UNITS_OP_MAX)
+        return why(SVC_EINVAL, "units must be non-zero and within +-%lld", BILLING_UNITS_OP_MAX);
+    return credit(s, in, out, "adjustment");
+}
+
+/* ---- accounts ---- */
+
+struct create_ctx {
+    int64_t user_id, initial;
+    const char *username, *actor;
+    int unlimited;
+    struct billing_account *acct;
+    int *existed;
+};
+
+static int create_tx(struct svc_db_conn *c, void *arg)
+{
+    struct create_ctx *x = arg;
+    int64_t now = svc_wallclock_ms();
+    struct ledger_row l = {0};
+    struct acct_row a;
+    int rc;
+
+    *x->existed = 0;
+    if ((rc = acct_read(c, x->user_id, 1, &a)) != SVC_OK)
+        return rc;
+    if (a.found && !a.deleted) {
+        *x->existed = 1;
+        *x->acct = a.a;
+        return SVC_OK;
+    }
+    {
+        struct svc_db_param p[] = {SVC_DB_TEXT(nz(x->username)), SVC_DB_BOOL(x->unlimited),
+                                   SVC_DB_I64(now), SVC_DB_I64(x->user_id)};
+        rc = svc_db_exec(c,
+                         a.found ? "UPDATE billing_accounts SET username = ?, unlimited = ?, "
+                                   "deleted = 0, updated_at_ms = ? WHERE user_id = ?"
+                                 : "INSERT INTO billing_accounts (username, unlimited, "
+                                   "updated_at_ms, user_id) VALUES (?, ?, ?, ?)",
+                         p, 4, NULL, NULL);
+        if (rc == SVC_EEXIST)
+            return SVC_ECONFLICT; /* created concurrently: replay and find it */
+        if (rc != SVC_OK)
+            return rc;
+    }
+    if ((rc = acct_read(c, x->user_id, 1, &a)) != SVC_OK)
+        return rc;
+    if (x->initial > 0) {
+        if ((rc = acct_delta(c, &a, x->initial, 0, 0, 1, now)) != SVC_OK)
+            return rc;
+        l.kind = "recharge";
+        l.units = x->initial;
+        ledger_note(&l, "initial credit%s%s", x->actor && x->actor[0] ? " by " : "", nz(x->actor));
+        if ((rc = ledger_append(c, &a, &l, now, NULL)) != SVC_OK)
+            return rc;
+    }
+    *x->acct = a.a;
+    return SVC_OK;
+}
+
+int billing_account_create(struct billing_store *s, int64_t user_id, const char *username,
+                           int64_t initial_units, int unlimited, const char *actor,
+                           struct billing_account *acct, int *existed)
+{
+    struct create_ctx x = {user_id, initial_units, username, actor, unlimited, acct, existed};
+    int rc;
+
+    why_buf[0] = '\0';
+    memset(acct, 0, sizeof(*acct));
+    if ((rc = check_user(user_id)) != SVC_OK ||
+        (rc = check_text("username", username, BILLING_NAME_MAX - 1, 0)) != SVC_OK ||
+        (rc = check_text("actor", actor, 128, 0)) != SVC_OK)
+        return rc;
+    if (initial_units < 0 || initial_units > BILLING_UNITS_OP_MAX)
+        return why(SVC_EINVAL, "initial_units must be 0..%lld", BILLING_UNITS_OP_MAX);
+    return with_tx(s, create_tx, &x);
+}
+
+int billing_account_get(struct billing_store *s, int64_t user_id, struct billing_account *acct)
+{
+    struct svc_db_conn *c = NULL;
+    struct acct_row a;
+    int rc;
+
+    why_buf[0] = '\0';
+    memset(acct, 0, sizeof(*acct));
+    if ((rc = check_user(user_id)) != SVC_OK)
+        return rc;
+    if ((rc = svc_db_conn_get(s->db, &c, -1)) != SVC_OK)
+        return rc;
+    rc = acct_read(c, user_id, 0, &a);
+    svc_db_conn_put(s->db, &c);
+    if (rc != SVC_OK)
+        return rc;
+    if (!a.found || a.deleted)
+        return why(SVC_ENOTFOUND, "no account for user_id %lld", (long long)user_id);
+    *acct = a.a;
+    return SVC_OK;
+}
+
+struct delete_ctx {
+    int64_t user_id;
+    int *deleted;
+};
+
+static int delete_tx(struct svc_db_conn *c, void *arg)
+{
+    struct delete_ctx *x = arg;
+    int64_t now = svc_wallclock_ms();
+    struct svc_db_param p[] = {SVC_DB_I64(now), SVC_DB_I64(x->user_id)};
+    uint64_t n = 0;
+    int rc;
+
+    rc = svc_db_exec(c,
+                     "UPDATE billing_accounts SET deleted = 1, held = 0, updated_at_ms = ? "
+                     "WHERE user_id = ? AND deleted = 0",
+                     p, 2, &n, NULL);
+    if (rc != SVC_OK)
+        return rc;
+    *x->deleted = n == 1;
+    if (n == 1)
+        rc = svc_db_exec(c,
+                         "UPDATE billing_holds SET state = 2, closed_at_ms = ? "
+                         "WHERE user_id = ? AND state = 0",
+                         p, 2, NULL, NULL);
+    return rc;
+}
+
+int billing_account_delete(struct billing_store *s, int64_t user_id, int *deleted)
+{
+    struct delete_ctx x = {user_id, deleted};
+    int rc;
+
+    why_buf[0] = '\0';
+    *deleted = 0;
+    if ((rc = check_user(user_id)) != SVC_OK)
+        return rc;
+    return with_tx(s, delete_tx, &x);
+}
+
+/* ---- usage ---- */
+
+int billing_usage_ledger(struct billing_store *s, int64_t user_id, int64_t before_id, int limit,
+                         struct svc_db_rows **rows)
+{
+    struct svc_db_conn *c = NULL;
+    struct svc_db_param p[] = {
+        SVC_DB_I64(user_id), SVC_DB_I64(before_id > 0 ? before_id : INT64_MAX), SVC_DB_I64(limit)};
+    int rc;
+
+    *rows = NULL;
+    if ((rc = svc_db_conn_get(s->db, &c, -1)) != SVC_OK)
+        return rc;
+    rc = svc_db_query(c,
+                      "SELECT id, user_id, kind, units, tokens_in, tokens_out, model, request_id, "
+                      "balance_after, created_at_ms, note FROM billing_ledger "
+                      "WHERE user_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                      p, 3, rows);
+    svc_db_conn_put(s->db, &c);
+    return rc;
+}
+
+int billing_usage_daily(struct billing_store *s, int64_t user_id, int days,
+                        struct svc_db_rows **rows)
+{
+    struct svc_db_conn *c = NULL;
+    int64_t today = svc_wallclock_ms() / MS_PER_DAY;
+    struct svc_db_param p[] = {SVC_DB_I64(user_id), SVC_DB_I64(today - days + 1)};
+    int rc;
+
+    *rows = NULL;
+    if ((rc = svc_db_conn_get(s->db, &c, -1)) != SVC_OK)
+        return rc;
+    rc = svc_db_query(c,
+                      "SELECT day, SUM(CASE WHEN kind = 'refund' THEN 0 ELSE 1 END), "
+                      "SUM(CASE WHEN kind = 'refund' THEN 0 ELSE tokens_in END), "
+                      "SUM(CASE WHEN kind = 'refund' THEN 0 ELSE tokens_out END), "
+                      "0 - SUM(units) FROM billing_ledger WHERE user_id = ? AND day >= ? AND "
+                      "kind IN ('charge', 'expiry', 'refund') GROUP BY day ORDER BY day DESC",
+                      p, 2, rows);
+    svc_db_conn_put(s->db, &c);
+    return rc;
+}

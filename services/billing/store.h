@@ -1,0 +1,204 @@
+#ifndef BILLING_STORE_H
+#define BILLING_STORE_H
+
+/*
+ * The billing money rules on SQL (docs/billing.md has the full contract). Every function runs
+ * one short transaction through svc_db_tx_run (conflicts and lost connections are retried) and
+ * is thread-safe: the store only holds the pool and immutable configuration.
+ *
+ * Tables (component "billing"): billing_accounts (one row per user: granted, used, held, seq),
+ * billing_holds (one row per Reserve, keyed by request_id), billing_ledger (one row per change of
+ * granted - used, never updated or deleted), billing_outbox (one row per ledger row, deleted by
+ * the relay once the event is in the Redis Stream), billing_relay_lease (who relays).
+ *
+ * Spendable balance = granted - used - held. A ledger row's units are the signed change of
+ * granted - used (the money actually moved); holds live in billing_holds and show as `held`.
+ *
+ * Return codes: 0, SVC_EINVAL (bad argument, reason in billing_store_why()), SVC_ENOTFOUND
+ * (no such account / hold), SVC_ECONFLICT (a rule refused it: reason in billing_store_why()),
+ * SVC_ETOOLARGE (a sum would overflow), SVC_EUNAVAIL / SVC_ETIMEDOUT (SQL unreachable or pool
+ * exhausted), SVC_EIO (other SQL failure, logged).
+ */
+
+#include <stdint.h>
+
+#include "price.h"
+#include "svc/err.h"
+
+struct svc_db;
+struct svc_db_rows;
+struct billing_store;
+
+#define BILLING_ID_MAX 128                      /* bytes of a request id or idempotency key */
+#define BILLING_NAME_MAX 256                    /* bytes of a username */
+#define BILLING_NOTE_MAX 255                    /* bytes of a ledger note (longer notes are cut) */
+#define BILLING_SOURCE_MAX 16                   /* bytes of a source ("chat", "proxy") */
+#define BILLING_UNITS_OP_MAX 1000000000000000LL /* 1e15: one recharge / adjustment */
+#define BILLING_GRANTED_MAX 4000000000000000000LL /* 4e18: an account's lifetime credit */
+
+/* Hold states in billing_holds.state. */
+enum billing_hold_state {
+    BILLING_HOLD_OPEN = 0,
+    BILLING_HOLD_SETTLED = 1,
+    BILLING_HOLD_RELEASED = 2,
+    BILLING_HOLD_EXPIRED = 3,      /* charged in full by the sweeper; a late Settle corrects */
+    BILLING_HOLD_SETTLED_LATE = 4, /* settled after expiry */
+    BILLING_HOLD_RELEASED_LATE = 5 /* released after expiry: the expiry charge was refunded */
+};
+
+struct billing_store_opts {
+    int64_t hold_ttl_ms;       /* an open hold is expired this long after Reserve */
+    int64_t min_reply_tokens;  /* default smallest reply a capped Reserve still accepts */
+    int64_t hold_retention_ms; /* closed holds are deleted this long after closing (sweeper) */
+};
+
+struct billing_account {
+    int64_t user_id;
+    char username[BILLING_NAME_MAX];
+    int64_t granted, used, held, balance; /* balance = granted - used - held */
+    int unlimited;
+    int64_t updated_at_ms;
+};
+
+/* Creates the billing tables (idempotent; safe with several replicas starting at once). */
+int billing_store_migrate(struct svc_db *db) SVC_MUST_CHECK;
+
+/* db and prices are borrowed and must outlive the store. *out: free with billing_store_destroy. */
+int billing_store_create(struct billing_store **out, struct svc_db *db,
+                         const struct billing_prices *prices,
+                         const struct billing_store_opts *opts) SVC_MUST_CHECK;
+void billing_store_destroy(struct billing_store **s);
+
+/* The reason of this thread's last SVC_EINVAL / SVC_ECONFLICT ("" otherwise). Thread-local. */
+const char *billing_store_why(void);
+
+/* ---- reserve / settle / release ---- */
+
+enum billing_reserve_result {
+    BILLING_RESERVE_OK = 1,
+    BILLING_RESERVE_INSUFFICIENT = 2,
+    BILLING_RESERVE_NO_ACCOUNT = 3,
+};
+
+struct billing_reserve_in {
+    const char *request_id;                       /* 1..BILLING_ID_MAX bytes */
+    int64_t user_id;                              /* > 0 */
+    const char *model;                            /* may be NULL or "" */
+    int64_t prompt_tokens, max_completion_tokens; /* 0..BILLING_TOKENS_MAX */
+    int64_t min_completion_tokens;                /* 0 = the store's min_reply_tokens */
+    int completion_limit_fixed;
+    const char *source;
+    int create_unlimited;
+    const char *username;
+};
+
+struct billing_reserve_out {
+    int result; /* enum billing_reserve_result */
+    int64_t held_units, completion_limit, balance, expires_at_ms;
+    int duplicate, unlimited;
+};
+
+/*
+ * Holds prompt + max completion (priced) with one conditional UPDATE; when that does not fit
+ * and the caller allows it, caps the hold to the balance and lowers completion_limit, down to
+ * prompt + the minimum reply; below that answers INSUFFICIENT and changes nothing.
+ * Idempotent by request_id (a replay returns the existing hold with duplicate = 1; the same id
+ * for another user is SVC_ECONFLICT).
+ */
+int billing_reserve(struct billing_store *s, const struct billing_reserve_in *in,
+                    struct billing_reserve_out *out) SVC_MUST_CHECK;
+
+struct billing_settle_in {
+    const char *request_id;
+    int64_t prompt_tokens, completion_tokens;
+    const char *model; /* "" or NULL = the model given to Reserve */
+    int estimated;
+};
+
+struct billing_settle_out {
+    int64_t charged, refunded, balance;
+    int already_settled;
+};
+
+/*
+ * Charges the real usage (at most hold + spendable balance, so never below zero; unlimited
+ * accounts are charged in full) and frees the hold: one ledger row "charge". A second call
+ * charges nothing (already_settled). After expiry: corrects the expiry charge to the real usage
+ * (one row "refund", or "charge" for unlimited accounts). A released hold: SVC_ECONFLICT.
+ * Unknown request id: SVC_ENOTFOUND.
+ */
+int billing_settle(struct billing_store *s, const struct billing_settle_in *in,
+                   struct billing_settle_out *out) SVC_MUST_CHECK;
+
+struct billing_release_out {
+    int64_t refunded, balance;
+    int already_closed;
+};
+
+/* Frees an open hold untouched (no ledger row: granted - used does not change). After expiry,
+ * refunds the expiry charge (one row "refund"). Closed holds: already_closed. */
+int billing_release(struct billing_store *s, const char *request_id, const char *reason,
+                    struct billing_release_out *out) SVC_MUST_CHECK;
+
+/* Expires (charges in full, one row "expiry") up to max open holds whose time has passed.
+ * *expired receives how many. Safe with several replicas sweeping at once. */
+int billing_expire_due(struct billing_store *s, int max, int *expired) SVC_MUST_CHECK;
+
+/*
+ * Deletes up to max holds closed before before_ms (their request ids can then no longer be
+ * replayed: a Settle of such an id is SVC_ENOTFOUND). *purged receives how many.
+ */
+int billing_purge_closed(struct billing_store *s, int64_t before_ms, int max,
+                         int *purged) SVC_MUST_CHECK;
+
+/* ---- operator money ---- */
+
+struct billing_credit_in {
+    int64_t user_id;
+    int64_t units; /* recharge: 1..1e15; adjust: non-zero, |units| <= 1e15 */
+    int force;     /* adjust only: may go below zero */
+    const char *idempotency_key, *actor, *note;
+};
+
+struct billing_credit_out {
+    struct billing_account account;
+    int duplicate;
+    int64_t ledger_id;
+};
+
+int billing_recharge(struct billing_store *s, const struct billing_credit_in *in,
+                     struct billing_credit_out *out) SVC_MUST_CHECK;
+int billing_adjust(struct billing_store *s, const struct billing_credit_in *in,
+                   struct billing_credit_out *out) SVC_MUST_CHECK;
+
+/* ---- accounts ---- */
+
+/* Idempotent by user_id: an existing account is returned with *existed = 1 and not credited. A
+ * deleted account is revived with its history. initial_units > 0 is one "recharge" row. */
+int billing_account_create(struct billing_store *s, int64_t user_id, const char *username,
+                           int64_t initial_units, int unlimited, const char *actor,
+                           struct billing_account *acct, int *existed) SVC_MUST_CHECK;
+int billing_account_get(struct billing_store *s, int64_t user_id,
+                        struct billing_account *acct) SVC_MUST_CHECK;
+/* Marks the account deleted and releases its open holds; ledger rows stay. */
+int billing_account_delete(struct billing_store *s, int64_t user_id, int *deleted) SVC_MUST_CHECK;
+
+/* ---- usage ---- */
+
+/*
+ * Ledger rows of a user, newest first, id < before_id (0 = newest), at most limit. Columns:
+ * 0 id, 1 user_id, 2 kind, 3 units, 4 tokens_in, 5 tokens_out, 6 model, 7 request_id,
+ * 8 balance_after, 9 created_at_ms, 10 note. *rows: free with svc_db_rows_destroy.
+ */
+int billing_usage_ledger(struct billing_store *s, int64_t user_id, int64_t before_id, int limit,
+                         struct svc_db_rows **rows) SVC_MUST_CHECK;
+
+/*
+ * Per-day totals (UTC) for the last `days` days, newest first. Columns: 0 day (days since the
+ * epoch), 1 requests (charge + expiry rows), 2 tokens_in, 3 tokens_out, 4 units charged net
+ * (charges + expiries - refunds).
+ */
+int billing_usage_daily(struct billing_store *s, int64_t user_id, int days,
+                        struct svc_db_rows **rows) SVC_MUST_CHECK;
+
+#endif

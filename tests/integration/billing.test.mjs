@@ -1,0 +1,427 @@
+// The billing service against real servers: two chatweb-billing replicas sharing one SQL database
+// (SQLite file, then MariaDB) and one Redis, driven over the protobuf RPC (proto/billing.proto).
+// Covers issue 4's "done when": the race (exact successes, no overdraft, ledger == balance), the
+// crash between Reserve and Settle (expiry), the Redis outage (outbox -> stream, in order), the
+// idempotency of Settle and Recharge, and the unhappy paths (malformed protobuf, unknown user,
+// bad units, SQL down -> clean RPC errors and /readyz 503).
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import { defaultBinDir, startMariadb, startRedis, startService, tempDir } from './lib/harness.mjs';
+import { httpGet } from '../../deploy/local/stack.mjs';
+import { billingClient, postRaw, readStream } from './lib/billing-rpc.mjs';
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(what, fn, timeoutMs = 15000, everyMs = 50) {
+    const t0 = Date.now();
+    let last;
+    for (;;) {
+        try {
+            last = await fn();
+            if (last) return last;
+        } catch (err) {
+            last = err;
+        }
+        if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}: ${last?.message ?? last}`);
+        await sleep(everyMs);
+    }
+}
+
+/** Every ledger row of a user, oldest first, through the Usage RPC (pages of 500). */
+async function ledger(b, userId) {
+    const rows = [];
+    let before = 0;
+    for (;;) {
+        const u = await b.ok('Usage', { user_id: userId, limit: 500, before_id: before });
+        rows.push(...u.entries);
+        if (!u.next_before_id) break;
+        before = u.next_before_id;
+    }
+    return rows.reverse();
+}
+
+/** Asserts the money invariants of one user with no open holds. Returns the ledger. */
+async function assertConsistent(b, userId, { forced = false } = {}) {
+    const acct = (await b.ok('GetAccount', { user_id: userId })).account;
+    const rows = await ledger(b, userId);
+    const sum = rows.reduce((s, r) => s + r.units, 0);
+    assert.equal(acct.held, 0, 'no hold left open');
+    assert.equal(sum, acct.granted - acct.used, 'sum(ledger) == granted - used');
+    assert.equal(sum, acct.balance, 'sum(ledger) == balance');
+    let running = 0;
+    for (const r of rows) {
+        running += r.units;
+        assert.equal(r.balance_after, running, `balance_after of ledger row ${r.id}`);
+        if (!forced) assert.ok(r.balance_after >= 0, `ledger row ${r.id} balance_after ${r.balance_after} >= 0`);
+    }
+    return rows;
+}
+
+/** Waits until the stream holds one event (after de-dup by id) per ledger row of the user, in user_seq order. */
+async function assertEvents(redisUrl, stream, userId, rows) {
+    const ids = new Set(rows.map((r) => `bl-${r.id}`));
+    const events = await waitFor(`events of user ${userId}`, async () => {
+        const all = (await readStream(redisUrl, stream)).filter((e) => e.json.user_id === userId);
+        const seen = new Set(all.map((e) => e.id));
+        return [...ids].every((id) => seen.has(id)) ? all : null;
+    }, 15000, 100);
+    const seen = new Set();
+    const firsts = [];
+    for (const e of events) {
+        assert.equal(e.v, '1');
+        assert.equal(e.pb.event_id, e.id);
+        assert.equal(e.json.event_id, e.id);
+        assert.equal(e.type, e.pb.type);
+        assert.equal(Number(e.pb.units), e.json.units);
+        if (!seen.has(e.id)) { seen.add(e.id); firsts.push(e); }
+    }
+    assert.equal(firsts.length, rows.length, 'one event per ledger row after de-dup');
+    firsts.forEach((e, i) => assert.equal(e.json.user_seq, i + 1, 'events in user_seq order, no gaps'));
+    const byLedger = new Map(rows.map((r) => [r.id, r]));
+    for (const e of firsts) {
+        const r = byLedger.get(e.json.ledger_id);
+        assert.ok(r, `event ${e.id} has its ledger row`);
+        assert.equal(e.json.units, r.units);
+        assert.equal(e.json.type, r.kind);
+        assert.equal(e.json.balance_after, r.balance_after);
+    }
+    return { events, firsts };
+}
+
+for (const backend of ['sqlite', 'mariadb']) {
+    describe(`billing on ${backend}`, () => {
+        const STREAM = `test:${backend}:billing:events`;
+        const env = {
+            LOG_LEVEL: 'notice', WORKERS: '2',
+            BILLING_HOLD_TTL_MS: '1500', BILLING_SWEEP_INTERVAL_MS: '100', BILLING_RELAY_LEASE_MS: '1000',
+            BILLING_RELAY_POLL_MS: '20', BILLING_MIN_REPLY_TOKENS: '10', BILLING_EVENTS_STREAM: STREAM,
+            BILLING_PRICES: 'priced=2.5:10,cheap=0.001:0.001',
+        };
+        let dir, redis, mariadb;
+        const replicas = [];
+        const clients = [];
+        let uid = backend === 'sqlite' ? 1000 : 2000;
+        const nextUser = () => ++uid;
+
+        const startReplica = async (i) => {
+            replicas[i] = await startService('billing', { env, dir, replica: i + 1, readyTimeoutMs: 20000 });
+            clients[i] = billingClient(replicas[i].url);
+        };
+
+        before(async () => {
+            dir = tempDir(`chatweb-billing-${backend}-`);
+            redis = await startRedis({ dir: path.join(dir, 'redis'), persist: true });
+            env.REDIS_URL = redis.url;
+            if (backend === 'mariadb') {
+                mariadb = await startMariadb({ dir: path.join(dir, 'mariadb'), fast: true });
+                env.DB = mariadb.dsn;
+            }
+            await startReplica(0);
+            await startReplica(1);
+        }, { timeout: 120000 });
+
+        after(async () => {
+            for (const c of clients) c?.close();
+            for (const r of replicas) await r?.stop().catch(() => {});
+            await mariadb?.stop().catch(() => {});
+            await redis?.stop().catch(() => {});
+            if (process.env.KEEP_TEST_DIRS !== '1') (await import('node:fs')).rmSync(dir, { recursive: true, force: true });
+            else process.stderr.write(`# kept ${dir}\n`);
+        }, { timeout: 60000 });
+
+        it('race: 200 concurrent reserve/settle cycles on two replicas, exactly N succeed', async () => {
+            const N = 120;
+            const user = nextUser();
+            const [a, b] = clients;
+            await a.ok('CreateAccount', { user_id: user, username: `race${user}`, initial_units: 100 * N });
+            let minSeen = Infinity;
+            let polling = true;
+            const poller = (async () => {
+                while (polling) {
+                    const acct = (await b.ok('GetAccount', { user_id: user })).account;
+                    minSeen = Math.min(minSeen, acct.balance);
+                    await sleep(2);
+                }
+            })();
+            const t0 = Date.now();
+            const results = await Promise.all(Array.from({ length: 200 }, async (_, i) => {
+                const rid = `race-${backend}-${user}-${i}`;
+                const r = await (i % 2 ? a : b).ok('Reserve', {
+                    request_id: rid, user_id: user, model: 'm', prompt_tokens: 40, max_completion_tokens: 60, source: 'chat',
+                });
+                if (r.result !== 'RESERVE_OK') {
+                    assert.equal(r.result, 'RESERVE_INSUFFICIENT');
+                    return 0;
+                }
+                assert.equal(r.completion_limit, 60);
+                assert.equal(r.held_units, 100);
+                assert.ok(r.balance >= 0);
+                const s = await (i % 2 ? b : a).ok('Settle', { request_id: rid, prompt_tokens: 40, completion_tokens: 60 });
+                assert.equal(s.charged_units, 100);
+                assert.equal(s.already_settled, false);
+                return 1;
+            }));
+            const ms = Date.now() - t0;
+            polling = false;
+            await poller;
+            const ok = results.reduce((x, y) => x + y, 0);
+            assert.equal(ok, N, 'exactly N cycles succeeded');
+            assert.ok(minSeen >= 0, `balance never below zero (min seen ${minSeen})`);
+            const rows = await assertConsistent(a, user);
+            const acct = (await a.ok('GetAccount', { user_id: user })).account;
+            assert.equal(acct.balance, 0);
+            assert.equal(acct.used, 100 * N);
+            assert.equal(rows.length, N + 1, 'one recharge row + N charge rows');
+            await assertEvents(env.REDIS_URL, STREAM, user, rows);
+            process.stderr.write(`# ${backend}: race 200 cycles, ${N} ok, ${ms} ms\n`);
+        });
+
+        it('Settle twice charges once; Recharge replayed with its key credits once; Reserve replay returns its hold', async () => {
+            const user = nextUser();
+            const [a, b] = clients;
+            await a.ok('CreateAccount', { user_id: user, username: 'idem', initial_units: 1000 });
+            const again = await b.ok('CreateAccount', { user_id: user, username: 'idem', initial_units: 1000 });
+            assert.equal(again.existed, true);
+            assert.equal(again.account.granted, 1000, 'CreateAccount is idempotent: no second credit');
+            const r1 = await a.ok('Reserve', { request_id: `idem-${user}`, user_id: user, prompt_tokens: 10, max_completion_tokens: 100 });
+            const r2 = await b.ok('Reserve', { request_id: `idem-${user}`, user_id: user, prompt_tokens: 10, max_completion_tokens: 100 });
+            assert.equal(r2.duplicate, true);
+            assert.equal(r2.held_units, r1.held_units);
+            assert.equal((await a.ok('GetAccount', { user_id: user })).account.held, 110, 'one hold only');
+            const [s1, s2] = await Promise.all([
+                a.ok('Settle', { request_id: `idem-${user}`, prompt_tokens: 10, completion_tokens: 20 }),
+                b.ok('Settle', { request_id: `idem-${user}`, prompt_tokens: 10, completion_tokens: 20 }),
+            ]);
+            assert.deepEqual([s1.already_settled, s2.already_settled].sort(), [false, true]);
+            assert.equal(s1.charged_units, 30);
+            assert.equal(s2.charged_units, 30);
+            const s3 = await a.ok('Settle', { request_id: `idem-${user}`, prompt_tokens: 99, completion_tokens: 99 });
+            assert.equal(s3.already_settled, true);
+            assert.equal(s3.charged_units, 30);
+            const rc = await Promise.all([a, b, a, b].map((c) => c.ok('Recharge', {
+                user_id: user, units: 500, idempotency_key: `pay-evt-${user}`, actor: 'webhook',
+            })));
+            assert.equal(rc.filter((x) => !x.duplicate).length, 1, 'one credit for four deliveries');
+            assert.equal(new Set(rc.map((x) => x.ledger_id)).size, 1, 'every delivery names the same ledger row');
+            const acct = (await a.ok('GetAccount', { user_id: user })).account;
+            assert.equal(acct.balance, 1000 - 30 + 500);
+            // a released hold: nothing charged; settle after release is refused cleanly
+            await a.ok('Reserve', { request_id: `rel-${user}`, user_id: user, prompt_tokens: 10, max_completion_tokens: 100 });
+            const rel = await b.ok('Release', { request_id: `rel-${user}`, reason: 'upstream 502' });
+            assert.equal(rel.refunded_units, 110);
+            assert.equal((await a.ok('Release', { request_id: `rel-${user}` })).already_closed, true);
+            const late = await a.call('Settle', { request_id: `rel-${user}`, prompt_tokens: 1, completion_tokens: 1 });
+            assert.equal(late.status, 409);
+            // the adjust rules
+            const neg = await a.call('Adjust', { user_id: user, units: -10000 });
+            assert.equal(neg.status, 409);
+            assert.equal(neg.error.code, -10);
+            const forced = await a.ok('Adjust', { user_id: user, units: -10000, force: true, actor: 'ops', note: 'chargeback' });
+            assert.equal(forced.account.balance, 1470 - 10000);
+            await a.ok('Adjust', { user_id: user, units: 10000, idempotency_key: 'undo', actor: 'ops' });
+            assert.equal((await b.ok('Adjust', { user_id: user, units: 10000, idempotency_key: 'undo' })).duplicate, true);
+            const rows = await assertConsistent(a, user, { forced: true });
+            assert.deepEqual(rows.map((r) => r.kind), ['recharge', 'charge', 'recharge', 'adjustment', 'adjustment']);
+            await assertEvents(env.REDIS_URL, STREAM, user, rows);
+        });
+
+        it('caps a hold to a small balance, refuses below prompt + minimum reply, prices exactly', async () => {
+            const user = nextUser();
+            const [a] = clients;
+            await a.ok('CreateAccount', { user_id: user, initial_units: 100 });
+            const r = await a.ok('Reserve', { request_id: `cap-${user}`, user_id: user, prompt_tokens: 30, max_completion_tokens: 1000 });
+            assert.equal(r.result, 'RESERVE_OK');
+            assert.equal(r.completion_limit, 70);
+            assert.equal(r.held_units, 100);
+            assert.equal(r.balance, 0);
+            await a.ok('Settle', { request_id: `cap-${user}`, prompt_tokens: 30, completion_tokens: 70 });
+            await a.ok('Recharge', { user_id: user, units: 35 });
+            const fixed = await a.ok('Reserve', { request_id: `fix-${user}`, user_id: user, prompt_tokens: 10, max_completion_tokens: 100, completion_limit_fixed: true });
+            assert.equal(fixed.result, 'RESERVE_INSUFFICIENT', 'a fixed max_tokens is refused, never lowered');
+            const low = await a.ok('Reserve', { request_id: `low-${user}`, user_id: user, prompt_tokens: 30, max_completion_tokens: 100 });
+            assert.equal(low.result, 'RESERVE_INSUFFICIENT', '35 < 30 + 10 (minimum reply)');
+            const ok = await a.ok('Reserve', { request_id: `ok-${user}`, user_id: user, prompt_tokens: 25, max_completion_tokens: 100 });
+            assert.equal(ok.completion_limit, 10);
+            // priced=2.5:10: prompt 3 -> ceil(7.5) = 8, completion 1 -> 10
+            await a.ok('Recharge', { user_id: user, units: 1000 });
+            const p = await a.ok('Reserve', { request_id: `price-${user}`, user_id: user, model: 'priced', prompt_tokens: 3, max_completion_tokens: 50 });
+            assert.equal(p.held_units, 8 + 500);
+            const ps = await a.ok('Settle', { request_id: `price-${user}`, prompt_tokens: 3, completion_tokens: 1 });
+            assert.equal(ps.charged_units, 18);
+            const c = await a.ok('Reserve', { request_id: `cheap-${user}`, user_id: user, model: 'cheap', prompt_tokens: 1, max_completion_tokens: 1 });
+            assert.equal(c.held_units, 2, 'a non-zero usage never rounds to 0');
+            await a.ok('Release', { request_id: `cheap-${user}` });
+            await a.ok('Release', { request_id: `ok-${user}` });
+            // unlimited (static) users: never refused, usage recorded
+            const st = nextUser();
+            const u = await a.ok('Reserve', { request_id: `st-${st}`, user_id: st, username: 'static', create_unlimited: true, prompt_tokens: 10, max_completion_tokens: 5000 });
+            assert.equal(u.result, 'RESERVE_OK');
+            assert.equal(u.unlimited, true);
+            assert.equal(u.completion_limit, 5000);
+            const us = await a.ok('Settle', { request_id: `st-${st}`, prompt_tokens: 10, completion_tokens: 4000 });
+            assert.equal(us.charged_units, 4010);
+            const urows = await ledger(a, st);
+            assert.deepEqual(urows.map((x) => [x.kind, x.units, x.tokens_out]), [['charge', -4010, 4000]]);
+            const daily = await a.ok('Usage', { user_id: user, days: 2 });
+            assert.equal(daily.daily.length, 1);
+            assert.equal(daily.daily[0].requests, 2);
+            assert.equal(daily.daily[0].units, 100 + 18);
+            await assertConsistent(a, user);
+        });
+
+        it('rejects malformed protobuf, unknown users and methods, bad and overflowing units cleanly', async () => {
+            const [a] = clients;
+            const bad = await postRaw(a.baseUrl, 'Reserve', Buffer.from([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]));
+            assert.equal(bad.status, 400);
+            const nom = await postRaw(a.baseUrl, 'NoSuchMethod', Buffer.alloc(0));
+            assert.equal(nom.status, 404);
+            const unknown = 987654;
+            assert.equal((await a.ok('Reserve', { request_id: 'nobody', user_id: unknown, prompt_tokens: 1, max_completion_tokens: 1 })).result, 'RESERVE_NO_ACCOUNT');
+            for (const [m, req] of [
+                ['GetAccount', { user_id: unknown }],
+                ['Recharge', { user_id: unknown, units: 5 }],
+                ['Settle', { request_id: 'never-reserved', prompt_tokens: 1, completion_tokens: 1 }],
+                ['Release', { request_id: 'never-reserved' }],
+                ['Usage', { user_id: unknown }],
+            ]) {
+                const r = await a.call(m, req);
+                assert.equal(r.status, 404, `${m} of an unknown user/hold`);
+                assert.equal(r.error.code, -6);
+            }
+            const user = nextUser();
+            await a.ok('CreateAccount', { user_id: user, initial_units: 10 });
+            for (const [m, req] of [
+                ['Recharge', { user_id: user, units: -5 }],
+                ['Recharge', { user_id: user, units: 0 }],
+                ['Recharge', { user_id: user, units: '4611686018427387904' }],
+                ['Adjust', { user_id: user, units: '-9223372036854775808', force: true }],
+                ['Adjust', { user_id: user, units: 0 }],
+                ['CreateAccount', { user_id: user + 1, initial_units: -1 }],
+                ['CreateAccount', { user_id: 0 }],
+                ['Reserve', { request_id: 'neg', user_id: user, prompt_tokens: -1, max_completion_tokens: 1 }],
+                ['Reserve', { request_id: 'big', user_id: user, prompt_tokens: '9223372036854775807', max_completion_tokens: 1 }],
+                ['Reserve', { request_id: '', user_id: user, prompt_tokens: 1, max_completion_tokens: 1 }],
+                ['Reserve', { request_id: 'x'.repeat(129), user_id: user, prompt_tokens: 1, max_completion_tokens: 1 }],
+                ['Settle', { request_id: 'neg', prompt_tokens: 1, completion_tokens: -7 }],
+                ['Usage', { user_id: user, limit: 501 }],
+                ['Usage', { user_id: user, days: 367 }],
+            ]) {
+                const r = await a.call(m, req);
+                assert.equal(r.status, 400, `${m} ${JSON.stringify(req)} -> ${r.status} ${JSON.stringify(r.error)}`);
+                assert.equal(r.error.code, -1);
+                assert.ok(r.error.message.length > 0);
+            }
+            const acct = (await a.ok('GetAccount', { user_id: user })).account;
+            assert.equal(acct.balance, 10, 'nothing changed');
+            // delete keeps the ledger, releases holds, and the account is gone for RPCs
+            await a.ok('Reserve', { request_id: `del-${user}`, user_id: user, prompt_tokens: 1, max_completion_tokens: 5 });
+            assert.equal((await a.ok('DeleteAccount', { user_id: user, actor: 'ops' })).deleted, true);
+            assert.equal((await a.ok('DeleteAccount', { user_id: user })).deleted, false);
+            assert.equal((await a.call('GetAccount', { user_id: user })).status, 404);
+            assert.equal((await a.ok('Release', { request_id: `del-${user}` })).already_closed, true);
+        });
+
+        it('crash: a replica SIGKILLed between Reserve and Settle; the hold expires with a ledger row and events', async () => {
+            const user = nextUser();
+            const [a, b] = clients;
+            await b.ok('CreateAccount', { user_id: user, initial_units: 1000 });
+            const r = await a.ok('Reserve', { request_id: `crash-${user}`, user_id: user, prompt_tokens: 50, max_completion_tokens: 250 });
+            assert.equal(r.held_units, 300);
+            const r2 = await a.ok('Reserve', { request_id: `crash2-${user}`, user_id: user, prompt_tokens: 50, max_completion_tokens: 50 });
+            await replicas[0].kill();
+            clients[0].close();
+            const acct = await waitFor('the sweeper of the surviving replica', async () => {
+                const x = (await b.ok('GetAccount', { user_id: user })).account;
+                return x.held === 0 ? x : null;
+            }, 10000, 100);
+            assert.equal(acct.balance, 1000 - 300 - r2.held_units, 'expiry charges the held worst case');
+            let rows = await assertConsistent(b, user);
+            assert.deepEqual(rows.map((x) => x.kind), ['recharge', 'expiry', 'expiry']);
+            // the caller comes back late with the real usage: the expiry charge is corrected once
+            const late = await b.ok('Settle', { request_id: `crash-${user}`, prompt_tokens: 50, completion_tokens: 10 });
+            assert.equal(late.charged_units, 60);
+            assert.equal(late.refunded_units, 240);
+            assert.equal((await b.ok('Settle', { request_id: `crash-${user}`, prompt_tokens: 50, completion_tokens: 10 })).already_settled, true);
+            const lateRel = await b.ok('Release', { request_id: `crash2-${user}`, reason: 'upstream failed' });
+            assert.equal(lateRel.refunded_units, r2.held_units);
+            rows = await assertConsistent(b, user);
+            assert.deepEqual(rows.map((x) => x.kind), ['recharge', 'expiry', 'expiry', 'refund', 'refund']);
+            assert.equal((await b.ok('GetAccount', { user_id: user })).account.balance, 1000 - 60);
+            await assertEvents(env.REDIS_URL, STREAM, user, rows);
+            await startReplica(0);
+        });
+
+        it('Redis outage: events wait in the outbox and all arrive in order after Redis returns', async () => {
+            const user = nextUser();
+            const [a, b] = clients;
+            await a.ok('CreateAccount', { user_id: user, initial_units: 10000 });
+            await assertEvents(env.REDIS_URL, STREAM, user, await ledger(a, user));
+            const port = redis.port;
+            await redis.stop();
+            for (let i = 0; i < 20; i++) {
+                const c = i % 2 ? a : b;
+                await c.ok('Reserve', { request_id: `out-${user}-${i}`, user_id: user, prompt_tokens: 5, max_completion_tokens: 20 });
+                await c.ok('Settle', { request_id: `out-${user}-${i}`, prompt_tokens: 5, completion_tokens: i });
+            }
+            await a.ok('Recharge', { user_id: user, units: 7, idempotency_key: `outage-${user}` });
+            const rows = await assertConsistent(a, user);
+            assert.equal(rows.length, 22);
+            const pending = await waitFor('billing_outbox_pending on the relaying replica', async () => {
+                for (const r of replicas) {
+                    const m = /^billing_outbox_pending (\d+)/m.exec((await httpGet(`${r.adminUrl}/metrics`)).body);
+                    if (m && Number(m[1]) >= 21) return Number(m[1]);
+                }
+                return null;
+            }, 5000, 100);
+            assert.ok(pending >= 21, 'the events wait in the outbox');
+            await sleep(300);
+            redis = await startRedis({ dir: path.join(dir, 'redis'), port, persist: true });
+            const { firsts } = await assertEvents(env.REDIS_URL, STREAM, user, rows);
+            assert.deepEqual(firsts.map((e) => e.json.ledger_id), rows.map((r) => r.id));
+        });
+
+        if (backend === 'sqlite') {
+            it('tools/billing_consumer reads every event once, acknowledges, and resumes', async () => {
+                const out = path.join(dir, 'events.jsonl');
+                const run = () => new Promise((resolve, reject) => {
+                    execFile(path.join(defaultBinDir(), 'chatweb-billing-consumer'),
+                        ['--group', 'test', '--consumer', 'c1', '--out', out, '--idle-exit', '1000'],
+                        { env: { ...process.env, REDIS_URL: env.REDIS_URL, BILLING_EVENTS_STREAM: STREAM }, timeout: 20000 },
+                        (err, stdout, stderr) => (err ? reject(new Error(`${err.message}: ${stderr}`)) : resolve(stderr)));
+                });
+                await run();
+                const lines = fs.readFileSync(out, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+                const unique = new Set(lines.map((e) => e.event_id));
+                assert.equal(unique.size, lines.length, 'no duplicates in the output');
+                const streamIds = new Set((await readStream(env.REDIS_URL, STREAM)).map((e) => e.id));
+                assert.deepEqual([...unique].sort(), [...streamIds].sort(), 'every event of the stream');
+                const user = nextUser();
+                await clients[1].ok('CreateAccount', { user_id: user, initial_units: 5 });
+                await waitFor('the new event', async () => (await readStream(env.REDIS_URL, STREAM)).some((e) => e.json.user_id === user));
+                await run();
+                const after = fs.readFileSync(out, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+                assert.equal(after.length, lines.length + 1, 'a second run reads only what is new (the rest was acknowledged)');
+                assert.equal(after[after.length - 1].user_id, user);
+            });
+        }
+
+        if (backend === 'mariadb') {
+            it('SQL down: clean RPC errors (503 UNAVAIL) and /readyz 503', async () => {
+                const [a] = clients;
+                await mariadb.stop();
+                const r = await a.call('GetAccount', { user_id: 1 });
+                assert.equal(r.status, 503);
+                assert.equal(r.error.code, -4);
+                const rs = await a.call('Reserve', { request_id: 'sqldown', user_id: 1, prompt_tokens: 1, max_completion_tokens: 1 });
+                assert.equal(rs.status, 503);
+                const ready = await httpGet(`${replicas[0].adminUrl}/readyz`, 5000);
+                assert.equal(ready.status, 503);
+                const health = await httpGet(`${replicas[0].adminUrl}/healthz`, 5000);
+                assert.equal(health.status, 200, 'alive, only not ready');
+            });
+        }
+    });
+}

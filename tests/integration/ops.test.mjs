@@ -1,0 +1,246 @@
+// The ops API (POST /accounts with Opskey, /admin/accounts with Basic admin:<OPS_KEY>) through
+// the ingress, with the real billing service behind it, on SQLite and MariaDB: the seed's
+// actions with the seed's request and reply shapes (S2, S4, C17, C18), the new actions, input
+// validation and the audit log. See docs/ops-api.md.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { describe, it } from 'node:test';
+import { basicAuth, withStack } from './lib/harness.mjs';
+import { authenticate } from './lib/auth-rpc.mjs';
+import { ENV, OPS_KEY, authUrl, ops, postJSON, request, within } from './lib/auth-helpers.mjs';
+
+/** The rows of auth_audit, oldest first, as objects (SQLite through node:sqlite is not
+ * available on Node 20, so both back ends are read with their command-line clients). */
+function auditRows(stack) {
+    const sql = 'SELECT actor, client_ip, request_id, action, target, result, detail FROM auth_audit ORDER BY id';
+    const r = stack.mariadb
+        ? spawnSync('mariadb', ['--no-defaults', `--socket=${stack.mariadb.socket}`, `-u${stack.mariadb.user}`,
+            `-p${stack.mariadb.password}`, stack.mariadb.database, '--batch', '--skip-column-names', '-e', sql], { encoding: 'utf8' })
+        : spawnSync('sqlite3', ['-separator', '\t', `${stack.dir}/chatweb.db`, sql], { encoding: 'utf8' });
+    if (r.error && r.error.code === 'ENOENT') return null;
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout.split('\n').filter(Boolean).map((l) => {
+        const [actor, ip, rid, action, target, result, detail] = l.split('\t');
+        return { actor, ip, rid, action, target, result, detail };
+    });
+}
+
+for (const backend of ['sqlite', 'mariadb']) {
+    describe(`ops API on ${backend}`, () => {
+        const stack = withStack({ mysql: backend === 'mariadb', fastMysql: true, env: ENV });
+
+        it('refuses a missing or wrong Opskey with 401 and the Fail envelope (S2, S4)', async () => {
+            for (const key of [null, '', 'admin', `${OPS_KEY}x`, OPS_KEY.slice(0, -1)]) {
+                const r = await ops(stack, { action: 'list' }, key);
+                assert.equal(r.status, 401, `key ${JSON.stringify(key)}`);
+                assert.deepEqual(r.json(), { data: null, message: 'Header Opskey error', status: 'Fail' });
+            }
+            // Header names are case-insensitive, as with Go's canonicalisation.
+            const r = await postJSON(`${stack.url}/accounts`, { action: 'list' }, { headers: { OPSKEY: OPS_KEY } });
+            assert.equal(r.status, 200);
+        });
+
+        it('/admin/accounts takes Basic admin:<OPS_KEY> only', async () => {
+            for (const auth of [undefined, basicAuth('admin', 'admin'), basicAuth('root', OPS_KEY), basicAuth('admin', ''),
+                basicAuth('', OPS_KEY), `Bearer ${OPS_KEY}`]) {
+                const headers = auth ? { authorization: auth } : {};
+                const r = await postJSON(`${stack.url}/admin/accounts`, { action: 'list' }, { headers });
+                assert.equal(r.status, 401);
+                assert.equal(r.headers['www-authenticate'], 'Basic realm="Authorization Required"');
+            }
+            const ok = await postJSON(`${stack.url}/admin/accounts`, { action: 'list' },
+                { headers: { authorization: basicAuth('admin', OPS_KEY) } });
+            assert.equal(ok.status, 200);
+            assert.equal(ok.json().message, 'success');
+        });
+
+        it('register / check / recharge / grant / list with the seed\'s shapes', async () => {
+            let r = await ops(stack, { action: 'register', i_username: 'oscar', i_password: 'oscar-pw-1', count: 1000 });
+            assert.equal(r.status, 200);
+            let j = r.json();
+            assert.equal(j.message, 'success');
+            assert.equal(j.status, 'Success');
+            assert.equal(j.data.username, 'oscar');
+
+            r = await ops(stack, { action: 'register', i_username: 'oscar', i_password: 'other-pw-1', count: 5 });
+            assert.equal(r.status, 200);
+            assert.deepEqual(r.json(), { message: '账户名存在', status: 'Fail' });
+
+            r = await ops(stack, { action: 'check', i_username: 'oscar' });
+            j = r.json();
+            assert.equal(j.message, 'success');
+            assert.equal(j.status, 'Success');
+            assert.deepEqual(Object.keys(j.data).sort(),
+                ['balance', 'blocked', 'created_at', 'granted', 'id', 'model', 'static', 'unlimited', 'usage', 'username']);
+            assert.equal(j.data.username, 'oscar');
+            assert.equal(j.data.balance, 1000);
+            assert.equal(j.data.usage, 0);
+            assert.equal(j.data.blocked, false);
+            assert.equal(j.data.model, '');
+            assert.ok(j.data.created_at > 1700000000);
+
+            for (const action of ['check', 'recharge', 'grant', 'delete', 'set_password', 'block', 'usage', 'list_keys']) {
+                for (const name of ['nobody', '']) {
+                    r = await ops(stack, { action, i_username: name, i_password: 'whatever-pw', count: 5 });
+                    assert.equal(r.status, 200, `${action} ${name}`);
+                    assert.deepEqual(r.json(), { message: 'record not found', status: 'Fail' }, `${action} "${name}" (S1: never user #1)`);
+                }
+            }
+
+            r = await ops(stack, { action: 'recharge', i_username: 'oscar', count: 500 });
+            j = r.json();
+            assert.equal(j.message, 'success', r.body);
+            assert.equal(j.status, 'Success');
+            assert.equal(j.data.granted, 1500);
+            r = await ops(stack, { action: 'check', i_username: 'oscar' });
+            assert.equal(r.json().data.balance, 1500);
+            assert.equal(r.json().data.granted, 1500);
+
+            const me = basicAuth('oscar', 'oscar-pw-1');
+            assert.equal((await authenticate(authUrl(stack), me)).result, 'AUTH_OK');
+            r = await ops(stack, { action: 'grant', i_username: 'oscar', count: 1 });
+            assert.deepEqual(r.json(), { message: 'success', status: 'Success' });
+            await within(1000, async () => (await authenticate(authUrl(stack), me)).result === 'AUTH_BLOCKED');
+            assert.equal((await ops(stack, { action: 'check', i_username: 'oscar' })).json().data.blocked, true);
+            r = await ops(stack, { action: 'grant', i_username: 'oscar', count: 0 });
+            assert.deepEqual(r.json(), { message: 'success', status: 'Success' });
+            await within(1000, async () => (await authenticate(authUrl(stack), me)).result === 'AUTH_OK');
+
+            r = await ops(stack, { action: 'list' });
+            j = r.json();
+            assert.equal(j.message, 'success');
+            assert.equal(j.status, 'Success');
+            assert.ok(Array.isArray(j.data));
+            const row = j.data.find((u) => u.Username === 'oscar');
+            for (const k of ['ID', 'Username', 'Balance', 'Usage', 'Model', 'Isblock']) assert.ok(k in row, k);
+            assert.ok(!('Password' in row), 'list never returns passwords (S3)');
+            assert.equal(row.Balance, 1500);
+            assert.equal(row.Isblock, 0);
+            const alice = j.data.find((u) => u.Username === 'alice');
+            assert.equal(alice.Balance, -1, 'static users are unlimited, as in the seed');
+        });
+
+        it('register with a negative count makes an unlimited account; recharge with a negative count debits', async () => {
+            let r = await ops(stack, { action: 'register', i_username: 'ursula', i_password: 'ursula-pw-1', count: -1 });
+            assert.equal(r.json().message, 'success');
+            r = await ops(stack, { action: 'check', i_username: 'ursula' });
+            assert.equal(r.json().data.unlimited, true);
+            assert.equal(r.json().data.balance, -1);
+            await ops(stack, { action: 'register', i_username: 'victor', i_password: 'victor-pw-1', count: 100 });
+            r = await ops(stack, { action: 'recharge', i_username: 'victor', count: -40 });
+            assert.equal(r.json().message, 'success', r.body);
+            assert.equal((await ops(stack, { action: 'check', i_username: 'victor' })).json().data.balance, 60);
+        });
+
+        it('validates input', async () => {
+            const bad = [
+                [{ action: 'register', i_username: 'bad name', i_password: 'password1', count: 1 }, /invalid username/],
+                [{ action: 'register', i_username: 'x'.repeat(65), i_password: 'password1', count: 1 }, /./],
+                [{ action: 'register', i_username: 'shorty', i_password: '123', count: 1 }, /invalid password/],
+                [{ action: 'register', i_username: 'shorty', i_password: '', count: 1 }, /invalid password/],
+                [{ action: 'register', i_username: 'shorty', i_password: 'password1', count: 'ten' }, /count/],
+                [{ action: 'register', i_username: 'shorty', i_password: 'password1', count: 1e13 }, /count/],
+                [{ action: 'recharge', i_username: 'oscar', count: 0 }, /count/],
+                [{ action: 'recharge', i_username: 'oscar', count: 1.5 }, /count/],
+                [{ action: 'create_key', i_username: 'oscar', rpm: -1 }, /rpm/],
+                [{ action: 'create_key', i_username: 'oscar', models: [1, 2] }, /models/],
+                [{ action: 'list', page: 0 }, /page/],
+                [{ action: 'list', per_page: 5000 }, /per_page/],
+                [{ action: 'nonsense' }, /unknown action/],
+            ];
+            for (const [body, re] of bad) {
+                const r = await ops(stack, body);
+                assert.equal(r.status, 200, JSON.stringify(body));
+                assert.equal(r.json().status, 'Fail', JSON.stringify(body));
+                assert.match(r.json().message, re, JSON.stringify(body));
+            }
+            assert.equal((await ops(stack, { action: 'check', i_username: 'shorty' })).json().message, 'record not found');
+            const r = await request(`${stack.url}/accounts`, { method: 'POST', headers: { Opskey: OPS_KEY }, body: '{"action":' });
+            assert.equal(r.status, 400);
+            assert.equal(r.json().status, 'Fail');
+        });
+
+        it('API keys: create (shown once), list, set_limits, revoke', async () => {
+            await ops(stack, { action: 'register', i_username: 'kate', i_password: 'kate-pw-123', count: 100 });
+            let r = await ops(stack, { action: 'create_key', i_username: 'kate', name: 'ci', models: ['gpt-4o-mini'], rpm: 60, tpm: 100000 });
+            let j = r.json();
+            assert.equal(j.status, 'Success');
+            assert.equal(j.message, 'success');
+            const { key, prefix } = j.data;
+            assert.match(key, /^sk-[0-9a-f]{48}$/);
+            assert.equal(prefix, key.slice(0, 11));
+            assert.equal(j.data.name, 'ci');
+
+            let a = await authenticate(authUrl(stack), `Bearer ${key}`);
+            assert.equal(a.result, 'AUTH_OK');
+            assert.equal(a.scheme, 'apikey');
+            assert.equal(a.identity.username, 'kate');
+            assert.equal(a.identity.keyId, prefix);
+            assert.deepEqual(a.identity.allowedModels, ['gpt-4o-mini']);
+            assert.equal(a.identity.rpmLimit, 60);
+            assert.equal(a.identity.tpmLimit, 100000);
+
+            r = await ops(stack, { action: 'list_keys', i_username: 'kate' });
+            j = r.json();
+            assert.equal(j.data.length, 1);
+            assert.equal(j.data[0].prefix, prefix);
+            assert.equal(j.data[0].revoked, false);
+            assert.ok(j.data[0].last_used_at > 0, 'last use is recorded');
+            assert.ok(!r.body.includes(key), 'the key is shown only once');
+
+            r = await ops(stack, { action: 'set_limits', i_username: 'kate', prefix, models: 'gpt-4o,gpt-4o-mini', rpm: 5, tpm: 0 });
+            assert.equal(r.json().message, 'success');
+            await within(1000, async () => (await authenticate(authUrl(stack), `Bearer ${key}`)).identity.rpmLimit === 5);
+            a = await authenticate(authUrl(stack), `Bearer ${key}`);
+            assert.deepEqual(a.identity.allowedModels, ['gpt-4o', 'gpt-4o-mini']);
+
+            r = await ops(stack, { action: 'revoke_key', i_username: 'kate', prefix });
+            assert.equal(r.json().message, 'success');
+            await within(1000, async () => (await authenticate(authUrl(stack), `Bearer ${key}`)).result === 'AUTH_REVOKED');
+            r = await ops(stack, { action: 'revoke_key', i_username: 'kate', prefix });
+            assert.equal(r.json().message, 'record not found');
+            r = await ops(stack, { action: 'revoke_key', i_username: 'oscar', prefix: 'sk-00000000' });
+            assert.equal(r.json().message, 'record not found');
+        });
+
+        it('list is paginated and searchable; usage comes from billing; delete removes the user', async () => {
+            for (const n of ['pat1', 'pat2', 'pat3']) await ops(stack, { action: 'register', i_username: n, i_password: 'pattern-pw', count: 10 });
+            let r = await ops(stack, { action: 'list', search: 'pat', page: 1, per_page: 2 });
+            let j = r.json();
+            assert.equal(j.total, 3);
+            assert.deepEqual(j.data.map((u) => u.Username), ['pat1', 'pat2']);
+            r = await ops(stack, { action: 'list', search: 'pat', page: 2, per_page: 2 });
+            assert.deepEqual(r.json().data.map((u) => u.Username), ['pat3']);
+            r = await ops(stack, { action: 'list', search: '%' });
+            assert.equal(r.json().total, 0, 'LIKE wildcards are escaped');
+
+            r = await ops(stack, { action: 'usage', i_username: 'pat1', days: 7 });
+            j = r.json();
+            assert.equal(j.status, 'Success', r.body);
+            assert.ok(Array.isArray(j.data.entries));
+            assert.ok(j.data.entries.some((e) => e.kind === 'recharge' && e.units === 10), r.body);
+
+            r = await ops(stack, { action: 'delete', i_username: 'pat3' });
+            assert.deepEqual(r.json(), { message: 'success', status: 'Success' });
+            assert.equal((await ops(stack, { action: 'check', i_username: 'pat3' })).json().message, 'record not found');
+            assert.equal((await authenticate(authUrl(stack), basicAuth('pat3', 'pattern-pw'))).result, 'AUTH_UNKNOWN_USER');
+            r = await ops(stack, { action: 'delete', i_username: 'alice' });
+            assert.equal(r.json().status, 'Fail', 'static users are managed by the environment');
+        });
+
+        it('records every ops write in the audit log (who, what, when, from where)', async (t) => {
+            const rows = auditRows(stack);
+            if (rows === null) return t.skip('sqlite3 command-line client not installed');
+            const reg = rows.find((r) => r.action === 'register' && r.target === 'oscar' && r.result === 'success');
+            assert.ok(reg, 'register audited');
+            assert.equal(reg.actor, 'opskey');
+            assert.equal(reg.ip, '127.0.0.1');
+            assert.ok(reg.rid.length > 0);
+            assert.ok(rows.some((r) => r.action === 'register' && r.target === 'oscar' && r.result === '账户名存在'), 'failed writes too');
+            for (const a of ['recharge', 'grant', 'create_key', 'set_limits', 'revoke_key', 'delete'])
+                assert.ok(rows.some((r) => r.action === a), `${a} audited`);
+            assert.ok(!rows.some((r) => r.action === 'list' || r.action === 'check'), 'reads are not audited');
+            assert.ok(!JSON.stringify(rows).includes('oscar-pw-1'));
+        });
+    });
+}
