@@ -22,6 +22,7 @@ struct svc_rpc_client;
 #define CHAT_OPTIONS(ACTION)                                                                   \
     SVC_COMMON_OPTIONS(ACTION)                                                                 \
     ACTION(AUTH_URL, SVC_OPT_URL, "", 0, 0, "base URL of the auth service (required)")        \
+    ACTION(BILLING_URL, SVC_OPT_URL, "", 0, 0, "base URL of the billing service (required)")  \
     ACTION(REDIS_URL, SVC_OPT_STR, "redis://127.0.0.1:6379/0", 0, 0,                          \
            "Redis for conversation context")                                                   \
     ACTION(OPENAI_KEY, SVC_OPT_SECRET, "", 0, 0, "upstream API key (no header when empty)")   \
@@ -40,7 +41,9 @@ struct svc_rpc_client;
     ACTION(CHAT_UPSTREAM_IDLE_TIMEOUT, SVC_OPT_INT, "120", 1, 3600,                            \
            "seconds without an upstream byte before a reply is abandoned")                     \
     ACTION(SOCKS_PROXY, SVC_OPT_SECRET, "", 0, 0, "proxy URL for upstream calls")             \
-    ACTION(OPS_LINK, SVC_OPT_STR, "/admin", 0, 0, "self-service link shown to users")
+    ACTION(OPS_LINK, SVC_OPT_STR, "/admin", 0, 0, "self-service link shown to users")         \
+    ACTION(CHAT_MODELS, SVC_OPT_STR, "", 0, 0,                                                 \
+           "models /model may choose, comma-separated (default: OPENAI_MODEL only)")
 
 struct chat_setting {
     CHAT_OPTIONS(SVC_OPTION_DECLARE)
@@ -70,6 +73,7 @@ struct chat_worker {
     struct svc_fetch_multi *multi;
     struct svc_redis_async *redis;
     struct svc_rpc_client *auth;
+    struct svc_rpc_client *billing;
 };
 
 struct svc_req;

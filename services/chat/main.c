@@ -25,6 +25,7 @@ struct chat_stats chat_stats = {CHAT_METRICS(SVC_METRIC_INIT)};
 
 #define REDIS_TIMEOUT_MS 2000
 #define AUTH_TIMEOUT_MS 3000
+#define BILLING_TIMEOUT_MS 3000
 
 static struct chat_worker *workers;
 static unsigned nworkers;
@@ -91,6 +92,8 @@ int main(int argc, char **argv)
                       SVC_OPTION_COUNT(chat_setting));
     if (chat_setting.AUTH_URL.s[0] == '\0')
         svc_service_die(SVC_EX_CONFIG, "AUTH_URL: required (the auth service's base URL)");
+    if (chat_setting.BILLING_URL.s[0] == '\0')
+        svc_service_die(SVC_EX_CONFIG, "BILLING_URL: required (the billing service's base URL)");
     if (svc_redis_url_check(chat_setting.REDIS_URL.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "REDIS_URL: %s", err);
     if (chat_setting.CHAT_MIN_RESPONSE_TOKENS.i >= chat_setting.OPENAI_MAX_TOKENS.i)
@@ -116,7 +119,8 @@ int main(int argc, char **argv)
         w->multi = svc_fetch_multi_create(w->loop);
         w->redis = svc_redis_async_create(w->loop, chat_setting.REDIS_URL.s, REDIS_TIMEOUT_MS);
         w->auth = svc_rpc_client_create(chat_setting.AUTH_URL.s, AUTH_TIMEOUT_MS);
-        if (w->multi == NULL || w->redis == NULL || w->auth == NULL)
+        w->billing = svc_rpc_client_create(chat_setting.BILLING_URL.s, BILLING_TIMEOUT_MS);
+        if (w->multi == NULL || w->redis == NULL || w->auth == NULL || w->billing == NULL)
             svc_service_die(SVC_EX_SOFTWARE, "cannot set up worker %u", i);
     }
 
@@ -160,6 +164,7 @@ int main(int argc, char **argv)
         svc_fetch_multi_destroy(&w->multi);
         svc_redis_async_destroy(&w->redis);
         svc_rpc_client_destroy(&w->auth);
+        svc_rpc_client_destroy(&w->billing);
         svc_loop_destroy(&w->loop);
     }
     free(workers);

@@ -20,8 +20,7 @@
 #include <string.h>
 
 #include "auth.pb-c.h"
-#include "chat.h"
-#include "context.h"
+#include "turn.h"
 #include "svc/buf.h"
 #include "svc/fetch.h"
 #include "svc/http.h"
@@ -39,54 +38,19 @@
 #define UPSTREAM_ERR_MAX (64u << 10)
 
 #define CT_JSON "application/json; charset=utf-8"
+/* Backpressure: past HIGH bytes waiting for a slow client the upstream is paused, below LOW it
+ * resumes. Each object repeats the whole reply so far, so this bounds memory per stream. */
+#define CLIENT_HIGH_WATERMARK (256u << 10)
+#define CLIENT_LOW_WATERMARK (64u << 10)
 
-struct chat_turn {
-    int refs;
-    struct chat_worker *w;
-    struct svc_req *req; /* NULL once the request is over */
-    char rid[72];
-
-    /* the request */
-    char *prompt;
-    size_t prompt_len;
-    char *system_message;
-    char parent_id[CHAT_ID_MAX + 1];
-    double temperature, top_p;
-    int has_temperature, has_top_p;
-
-    /* who */
-    char username[128];
-    char model[128];
-
-    /* context, newest first while walking */
-    json_t *history;
-    char walk_id[CHAT_ID_MAX + 1];
-    long budget_used;
-
-    /* the reply */
-    char user_msg_id[37];
-    char reply_id[37];
-    struct svc_fetch *auth_call;
-    struct svc_fetch *upstream;
-    struct svc_sse sse;
-    struct svc_buf text;
-    struct svc_buf errbody;
-    struct svc_buf held; /* the final object, sent once the context is stored */
-    int streaming;       /* the response to the client has started */
-    int objects_sent;
-    int saw_done;
-    int saw_finish;
-    char upstream_error[512];
-    long prompt_tokens, completion_tokens;
-    int saves_pending;
-};
 
 /* ---- lifetime ---- */
 
-static void turn_unref(struct chat_turn *t)
+void chat_turn_unref(struct chat_turn *t)
 {
     if (--t->refs > 0)
         return;
+    svc_timer_destroy(&t->retry);
     svc_sse_deinit(&t->sse);
     svc_buf_deinit(&t->text);
     svc_buf_deinit(&t->errbody);
@@ -99,8 +63,8 @@ static void turn_unref(struct chat_turn *t)
 
 /* ---- replies before streaming ---- */
 
-static void reply_envelope(struct chat_turn *t, int http_status, const char *status,
-                           const char *message)
+void chat_turn_reply(struct chat_turn *t, int http_status, const char *status,
+                     const char *message)
 {
     json_t *j = json_pack("{s:s, s:s, s:n}", "status", status, "message", message, "data");
     char *s = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
@@ -115,9 +79,9 @@ static void reply_envelope(struct chat_turn *t, int http_status, const char *sta
     json_decref(j);
 }
 
-static void reply_fail(struct chat_turn *t, const char *message)
+void chat_turn_fail(struct chat_turn *t, const char *message)
 {
-    reply_envelope(t, 200, "Fail", message);
+    chat_turn_reply(t, 200, "Fail", message);
 }
 
 /* ---- storing the context ---- */
@@ -188,7 +152,7 @@ static void on_saved(int err, const struct svc_redis_reply *reply, void *data)
     }
     if (--t->saves_pending == 0)
         finish_stream(t);
-    turn_unref(t);
+    chat_turn_unref(t);
 }
 
 /* ---- streaming objects to the client ---- */
@@ -234,6 +198,18 @@ static int write_object(struct chat_turn *t, const char *delta, size_t delta_len
     return rc;
 }
 
+/* A slow client: stop reading the upstream until the bytes waiting for the client drain. */
+static void on_client_drained(struct svc_req *req, void *data)
+{
+    struct chat_turn *t = data;
+
+    (void)req;
+    if (t->upstream_paused && t->upstream != NULL) {
+        t->upstream_paused = 0;
+        svc_fetch_pause(t->upstream, 0);
+    }
+}
+
 static int start_streaming(struct chat_turn *t)
 {
     int rc;
@@ -244,6 +220,7 @@ static int start_streaming(struct chat_turn *t)
     if (rc == SVC_OK) {
         t->streaming = 1;
         svc_metric_add(&chat_stats.chat_streams_open, 1);
+        svc_req_on_drain(t->req, on_client_drained, t, CLIENT_LOW_WATERMARK);
     }
     return rc;
 }
@@ -323,7 +300,12 @@ static int on_upstream_data(struct svc_fetch *f, long status, const char *data, 
     }
     if (!t->streaming && (rc = start_streaming(t)) != SVC_OK)
         return rc;
-    return svc_sse_feed(&t->sse, data, len, on_event, t);
+    rc = svc_sse_feed(&t->sse, data, len, on_event, t);
+    if (rc == 0 && !t->upstream_paused && svc_req_stream_pending(t->req) > CLIENT_HIGH_WATERMARK) {
+        t->upstream_paused = 1;
+        svc_fetch_pause(f, 1);
+    }
+    return rc;
 }
 
 /* The frontend shows these for upstream HTTP errors (chatgpt-web contract §1.3). */
@@ -375,7 +357,8 @@ static void on_upstream_done(struct svc_fetch *f, int err, long status, const ch
         }
         SVC_LOG_WARN(t->rid, "upstream", "failed before the first chunk: status=%ld %s", status,
                      errmsg != NULL ? errmsg : "");
-        reply_fail(t, msg);
+        chat_charge_finish(t, 0);
+        chat_turn_fail(t, msg);
         return;
     }
     if (t->upstream_error[0] == '\0' && (err != SVC_OK || (!t->saw_done && !t->saw_finish)))
@@ -409,6 +392,7 @@ static void on_upstream_done(struct svc_fetch *f, int err, long status, const ch
             svc_buf_deinit(&shown);
         }
     }
+    chat_charge_finish(t, 1);
     t->saves_pending = save_turn(t, 1);
     if (t->saves_pending == 0)
         finish_stream(t);
@@ -422,8 +406,7 @@ static int start_upstream(struct chat_turn *t)
     struct svc_fetch_req fr = {0};
     static const struct svc_fetch_cb cb = {.on_data = on_upstream_data,
                                            .on_done = on_upstream_done};
-    long budget = (long)chat_setting.OPENAI_MAX_TOKENS.i;
-    long max_tokens = budget - t->budget_used;
+    long max_tokens = t->completion_limit;
     size_t nh = 0, i;
     char *text;
     const char *base = chat_setting.OPENAI_BASE_URL.s;
@@ -442,14 +425,20 @@ static int start_upstream(struct chat_turn *t)
         msg = json_pack("{s:s, s:s%}", "role", "user", "content", t->prompt, t->prompt_len);
         json_array_append_new(messages, msg);
     }
-    body = json_pack("{s:s, s:o, s:I, s:f, s:f, s:f, s:b, s:{s:b}}", "model", t->model,
+    /* The frontend's own temperature wins, then the user's /model setting, then the env. */
+    body = json_pack("{s:s, s:o, s:I, s:f, s:f, s:f, s:b, s:{s:b}}", "model", t->params.model,
                      "messages", messages, "max_tokens", (json_int_t)max_tokens, "temperature",
-                     t->has_temperature ? t->temperature
-                                        : (double)chat_setting.OPENAI_TEMPERATURE.i / 100.0,
-                     "presence_penalty", (double)chat_setting.OPENAI_PRESENCE_PENALTY.i / 100.0,
+                     t->has_temperature          ? t->temperature
+                     : t->params.has_temperature ? t->params.temperature
+                                                 : (double)chat_setting.OPENAI_TEMPERATURE.i / 100.0,
+                     "presence_penalty",
+                     t->params.has_presence ? t->params.presence
+                                            : (double)chat_setting.OPENAI_PRESENCE_PENALTY.i / 100.0,
                      "frequency_penalty",
-                     (double)chat_setting.OPENAI_FREQUENCY_PENALTY.i / 100.0, "stream", 1,
-                     "stream_options", "include_usage", 1);
+                     t->params.has_frequency
+                         ? t->params.frequency
+                         : (double)chat_setting.OPENAI_FREQUENCY_PENALTY.i / 100.0,
+                     "stream", 1, "stream_options", "include_usage", 1);
     if (body == NULL)
         return SVC_ENOMEM;
     if (t->has_top_p)
@@ -483,14 +472,22 @@ static int start_upstream(struct chat_turn *t)
     free(text);
     memset(auth, 0, sizeof(auth));
     SVC_LOG_INFO(t->rid, "upstream", "user=\"%s\" model=%s history=%zu max_tokens=%ld",
-                 t->username, t->model, json_array_size(t->history), max_tokens);
+                 t->username, t->params.model, json_array_size(t->history), max_tokens);
     return t->upstream != NULL ? SVC_OK : SVC_ENOMEM;
 }
 
+void chat_turn_upstream(struct chat_turn *t)
+{
+    if (start_upstream(t) != SVC_OK) {
+        chat_charge_finish(t, 0);
+        chat_turn_fail(t, "内部错误 | internal error");
+    }
+}
+
+/* The context is collected: hold the worst case, then go upstream. */
 static void begin_upstream(struct chat_turn *t)
 {
-    if (start_upstream(t) != SVC_OK)
-        reply_fail(t, "内部错误 | internal error");
+    chat_charge_reserve(t);
 }
 
 /* ---- the context walk ---- */
@@ -509,7 +506,7 @@ static void on_history(int err, const struct svc_redis_reply *reply, void *data)
         goto out;
     if (err != SVC_OK || svc_redis_reply_type(reply) == SVC_REDIS_ERROR) {
         svc_metric_add(&chat_stats.chat_context_errors_total, 1);
-        reply_envelope(t, 503, "Fail", "会话存储不可用，请稍后再试 | Conversation store unavailable, "
+        chat_turn_reply(t, 503, "Fail", "会话存储不可用，请稍后再试 | Conversation store unavailable, "
                                        "please try again later");
         goto out;
     }
@@ -525,8 +522,7 @@ static void on_history(int err, const struct svc_redis_reply *reply, void *data)
     }
     {
         long cost = chat_tokens_estimate(json_string_length(json_object_get(msg, "content")));
-        long limit = (long)(chat_setting.OPENAI_MAX_TOKENS.i -
-                            chat_setting.CHAT_MIN_RESPONSE_TOKENS.i);
+        long limit = t->budget - (long)chat_setting.CHAT_MIN_RESPONSE_TOKENS.i;
         if (t->budget_used + cost >= limit) { /* older messages would not fit: stop here */
             json_decref(msg);
             begin_upstream(t);
@@ -538,7 +534,7 @@ static void on_history(int err, const struct svc_redis_reply *reply, void *data)
     snprintf(t->walk_id, sizeof(t->walk_id), "%s", parent);
     walk_next(t);
 out:
-    turn_unref(t);
+    chat_turn_unref(t);
 }
 
 static void walk_next(struct chat_turn *t)
@@ -557,7 +553,7 @@ static void walk_next(struct chat_turn *t)
     rc = svc_redis_async_cmd(t->w->redis, on_history, t, 2, argv, lens);
     if (rc != SVC_OK) {
         svc_metric_add(&chat_stats.chat_context_errors_total, 1);
-        reply_envelope(t, 503, "Fail", "会话存储不可用，请稍后再试 | Conversation store unavailable, "
+        chat_turn_reply(t, 503, "Fail", "会话存储不可用，请稍后再试 | Conversation store unavailable, "
                                        "please try again later");
         return;
     }
@@ -576,14 +572,29 @@ static void on_authenticated(int err, ProtobufCMessage *out_msg, const char *err
 {
     struct chat_turn *t = data;
     Chatweb__Auth__AuthenticateResponse *out = (void *)out_msg;
+    const Chatweb__Auth__Identity *id;
+    long budget, limit;
+    char msg[256];
 
     t->auth_call = NULL;
     if (err != SVC_OK) {
         svc_metric_add(&chat_stats.chat_auth_errors_total, 1);
         SVC_LOG_ERR(t->rid, "auth", "Authenticate failed: %s", errmsg ? errmsg : "");
-        reply_envelope(t, 503, "Fail", "认证服务不可用，请稍后再试 | Authentication service "
-                                       "unavailable, please try again later");
+        chat_turn_reply(t, 503, "Fail", "认证服务不可用，请稍后再试 | Authentication service "
+                                        "unavailable, please try again later");
         return;
+    }
+    id = out->identity;
+    if (id != NULL) {
+        t->user_id = id->user_id;
+        t->is_static = id->is_static;
+        snprintf(t->username, sizeof(t->username), "%s", id->username ? id->username : "");
+        snprintf(t->model_setting, sizeof(t->model_setting), "%s", id->model ? id->model : "");
+        chat_model_parse(id->model, chat_setting.OPENAI_MODEL.s, &t->params);
+    }
+    if (t->cmd != CHAT_CMD_NONE) {
+        chat_command_run(t, out->result);
+        goto out;
     }
     switch (out->result) {
     case CHATWEB__AUTH__AUTH_RESULT__AUTH_OK:
@@ -591,23 +602,32 @@ static void on_authenticated(int err, ProtobufCMessage *out_msg, const char *err
     case CHATWEB__AUTH__AUTH_RESULT__AUTH_UNKNOWN_USER:
     case CHATWEB__AUTH__AUTH_RESULT__AUTH_WRONG_PASSWORD:
     case CHATWEB__AUTH__AUTH_RESULT__AUTH_BLOCKED:
+    case CHATWEB__AUTH__AUTH_RESULT__AUTH_THROTTLED:
         if (out->scheme != NULL && strcmp(out->scheme, "basic") == 0) {
-            reply_fail(t, "账号未授权,请输入/login登录其他账户");
+            chat_turn_fail(t, out->result == CHATWEB__AUTH__AUTH_RESULT__AUTH_THROTTLED
+                                  ? "登录失败次数过多，请稍后再试 | Too many failed logins, "
+                                    "please try again later"
+                                  : "账号未授权,请输入/login登录其他账户");
             goto out;
         }
         /* a bearer token the frontend must drop */
         __attribute__((fallthrough));
     default:
-        reply_envelope(t, 200, "Unauthorized", "Error: 无访问权限 | No access rights");
+        chat_turn_reply(t, 200, "Unauthorized", "Error: 无访问权限 | No access rights");
         goto out;
     }
-    snprintf(t->username, sizeof(t->username), "%s",
-             out->identity != NULL ? out->identity->username : "");
-    snprintf(t->model, sizeof(t->model), "%s",
-             out->identity != NULL && out->identity->model != NULL &&
-                     out->identity->model[0] != '\0'
-                 ? out->identity->model
-                 : chat_setting.OPENAI_MODEL.s);
+    /* The seed's budget rule (§6.3): the user's max_tokens override, else OPENAI_MAX_TOKENS. */
+    budget = t->params.max_tokens > 0 ? t->params.max_tokens : (long)chat_setting.OPENAI_MAX_TOKENS.i;
+    limit = budget - (long)chat_setting.CHAT_MIN_RESPONSE_TOKENS.i;
+    if (t->budget_used >= limit) {
+        snprintf(msg, sizeof(msg),
+                 "this model's maximum context length is %ld tokens. you requested %ld tokens in "
+                 "the messages",
+                 budget, t->budget_used);
+        chat_turn_fail(t, msg);
+        goto out;
+    }
+    t->budget = budget;
     snprintf(t->walk_id, sizeof(t->walk_id), "%s", t->parent_id);
     walk_next(t);
 out:
@@ -716,6 +736,7 @@ static void on_client_gone(struct svc_req *req, void *data)
         SVC_LOG_INFO(t->rid, "stream", "client left; upstream cancelled after %zu bytes",
                      t->text.len);
         save_turn(t, 0); /* what the client saw stays the context of its next turn */
+        chat_charge_finish(t, 1); /* what was generated so far is billed */
     }
 }
 
@@ -728,13 +749,14 @@ static void on_request_done(void *data)
     if (t->streaming)
         svc_metric_add(&chat_stats.chat_streams_open, -1);
     t->req = NULL;
-    turn_unref(t);
+    chat_turn_unref(t);
 }
 
 int chat_process(struct svc_req *req, void *ctx)
 {
     struct chat_turn *t;
     const char *authz = svc_req_header(req, "Authorization");
+    const char *cookie;
     const char *body;
     size_t len;
     char err[256];
@@ -768,23 +790,26 @@ int chat_process(struct svc_req *req, void *ctx)
     body = svc_req_body(req, &len);
     rc = parse_turn(t, body, len, err, sizeof(err));
     if (rc != SVC_OK) {
-        reply_envelope(t, rc == SVC_EINVAL ? 400 : 500, "Fail", err);
+        chat_turn_reply(t, rc == SVC_EINVAL ? 400 : 500, "Fail", err);
         return SVC_HTTP_DONE;
     }
     t->budget_used = 2 + (t->prompt_len > 0 ? chat_tokens_estimate(t->prompt_len) : 0) +
                      (t->system_message != NULL ? chat_tokens_estimate(strlen(t->system_message))
                                                 : 0);
-    if (t->budget_used >= chat_setting.OPENAI_MAX_TOKENS.i -
-                              chat_setting.CHAT_MIN_RESPONSE_TOKENS.i) {
-        snprintf(err, sizeof(err),
-                 "this model's maximum context length is %lld tokens. you requested %ld tokens "
-                 "in the messages",
-                 (long long)chat_setting.OPENAI_MAX_TOKENS.i, t->budget_used);
-        reply_fail(t, err);
-        return SVC_HTTP_DONE;
+    {
+        const char *lang = svc_req_header(req, "Accept-Language");
+        t->lang_en = lang != NULL && strncasecmp(lang, "en", 2) == 0;
     }
+    t->cmd = chat_command_parse(t->prompt, &t->cmd_arg);
+    if (chat_command_early(t))
+        return SVC_HTTP_DONE;
 
-    if (authz == NULL || authz[0] == '\0') {
+    cookie = svc_req_header(req, "Cookie");
+    if ((authz == NULL || authz[0] == '\0') && (cookie == NULL || strstr(cookie, "cw_session=") == NULL)) {
+        if (t->cmd != CHAT_CMD_NONE) { /* the seed: commands without credentials */
+            chat_turn_fail(t, t->lang_en ? "Not logged in" : "未登录");
+            return SVC_HTTP_DONE;
+        }
         /* The seed's browser-native login: the XHR gets a Basic challenge. */
         if (svc_req_add_header(req, "WWW-Authenticate", "Basic realm=\"Restricted\"") != SVC_OK)
             SVC_LOG_ERR(t->rid, "auth", "cannot add the challenge header");
@@ -793,7 +818,8 @@ int chat_process(struct svc_req *req, void *ctx)
     }
     {
         Chatweb__Auth__AuthenticateRequest in = CHATWEB__AUTH__AUTHENTICATE_REQUEST__INIT;
-        in.authorization = (char *)authz;
+        in.authorization = (char *)(authz != NULL ? authz : "");
+        in.cookie = (char *)(cookie != NULL ? cookie : "");
         in.client_ip = (char *)svc_req_client_ip(req);
         t->auth_call = svc_rpc_call_async(t->w->auth, t->w->multi, "/rpc/Auth/Authenticate",
                                           &in.base,
@@ -801,7 +827,7 @@ int chat_process(struct svc_req *req, void *ctx)
                                           t->rid, on_authenticated, t);
     }
     if (t->auth_call == NULL) {
-        reply_envelope(t, 503, "Fail", "认证服务不可用 | Authentication service unavailable");
+        chat_turn_reply(t, 503, "Fail", "认证服务不可用 | Authentication service unavailable");
         return SVC_HTTP_DONE;
     }
     return SVC_HTTP_ASYNC;

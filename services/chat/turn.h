@@ -1,0 +1,113 @@
+#ifndef CHAT_TURN_H
+#define CHAT_TURN_H
+
+/*
+ * One chat turn (internal to the chat service): shared by turn.c (the request, context and
+ * upstream stream), commands.c (the seed's chat commands) and charge.c (reserve / settle).
+ * Everything runs on the request's event loop.
+ */
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "chat.h"
+#include "context.h"
+#include "model.h"
+#include "svc/buf.h"
+#include "svc/sse.h"
+
+struct svc_req;
+struct svc_fetch;
+struct svc_timer;
+
+enum chat_command { CHAT_CMD_NONE, CHAT_CMD_HELP, CHAT_CMD_LOGIN, CHAT_CMD_ME, CHAT_CMD_USER,
+                    CHAT_CMD_MODEL };
+
+struct chat_turn {
+    int refs;
+    struct chat_worker *w;
+    struct svc_req *req; /* NULL once the request is over */
+    char rid[72];
+
+    /* the request */
+    char *prompt;
+    size_t prompt_len;
+    char *system_message;
+    char parent_id[CHAT_ID_MAX + 1];
+    double temperature, top_p;
+    int has_temperature, has_top_p;
+
+    /* who */
+    long long user_id;
+    int is_static;
+    char username[128];
+    char model_setting[128];         /* the user's raw /model setting */
+    struct chat_model_params params; /* the model and its parameters for this turn */
+    enum chat_command cmd;           /* a seed chat command instead of a chat */
+    const char *cmd_arg;             /* the text after the command (points into prompt) */
+    int lang_en;                     /* Accept-Language asks for English messages */
+
+    /* billing */
+    struct svc_fetch *billing_call;  /* Reserve, or a command's RPC; cancelled with the request */
+    int reserved;                    /* a hold exists: it must be settled or released */
+    long completion_limit;
+    int settle_attempts;
+    int finish_settle;               /* 1: Settle, 0: Release */
+    int settle_estimated;
+    long settle_prompt, settle_completion;
+    struct svc_timer *retry;
+
+    /* context, newest first while walking */
+    json_t *history;
+    char walk_id[CHAT_ID_MAX + 1];
+    long budget_used; /* estimated prompt tokens: system + history + prompt */
+    long budget;      /* the context budget of this turn */
+
+    /* the reply */
+    char user_msg_id[37];
+    char reply_id[37];
+    struct svc_fetch *auth_call;
+    struct svc_fetch *upstream;
+    struct svc_sse sse;
+    struct svc_buf text;
+    struct svc_buf errbody;
+    struct svc_buf held; /* the final object, sent once the context is stored */
+    int streaming;       /* the response to the client has started */
+    int upstream_paused; /* backpressure from a slow client */
+    int objects_sent;
+    int saw_done;
+    int saw_finish;
+    char upstream_error[512];
+    long prompt_tokens, completion_tokens;
+    int saves_pending;
+};
+
+/* Drops a reference; the last one frees the turn. */
+void chat_turn_unref(struct chat_turn *t);
+
+/* Answers with one {status, message, data:null} envelope (ignored once the client left). */
+void chat_turn_reply(struct chat_turn *t, int http_status, const char *status, const char *message);
+
+/* 200 {"status":"Fail", message}: what the frontend shows as the reply. */
+void chat_turn_fail(struct chat_turn *t, const char *message);
+
+/* The command a prompt is (seed §4.4.1), and where its argument starts. */
+enum chat_command chat_command_parse(const char *prompt, const char **arg);
+
+/* Commands that need no identity (/help, /login). Answers and returns 1, or returns 0. */
+int chat_command_early(struct chat_turn *t);
+
+/* Runs a command once Authenticate answered (result is an AuthResult value). */
+void chat_command_run(struct chat_turn *t, int auth_result);
+
+/* Holds the turn's worst case; then calls chat_turn_upstream() or answers the refusal. */
+void chat_charge_reserve(struct chat_turn *t);
+
+/* After the upstream: charge the real usage (settle) or give the hold back (release). Holds a
+ * reference until billing answered; retried with backoff; safe after the client left. */
+void chat_charge_finish(struct chat_turn *t, int produced);
+
+/* Starts the upstream request (turn.c). */
+void chat_turn_upstream(struct chat_turn *t);
+
+#endif
