@@ -145,6 +145,20 @@ static void cache_touch(struct auth_cache *c, const unsigned char *d, int64_t no
     pthread_mutex_unlock(l);
 }
 
+/* Drops this replica's slots of user id verified at a version older than version, so a change
+ * made here (password, block, model...) takes effect here at once; other replicas notice it
+ * through the published version within the recheck interval. O(slots); changes are rare. */
+static void cache_drop_user(struct auth_cache *c, int64_t id, int64_t version)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        pthread_mutex_t *l = &c->locks[i % CACHE_LOCKS];
+        pthread_mutex_lock(l);
+        if (c->slots[i].used && c->slots[i].id.user_id == id && c->slots[i].version < version)
+            c->slots[i].used = 0;
+        pthread_mutex_unlock(l);
+    }
+}
+
 /* ---- Redis helpers ---- */
 
 static void version_key(int64_t id, char *out, size_t len)
@@ -164,6 +178,8 @@ void auth_version_publish(struct auth_ctx *a, int64_t id, int64_t version)
     const char *argv[] = {"EVAL", publish_lua, "1", key, v};
     struct svc_redis_reply *rep = NULL;
 
+    if (a->cache != NULL)
+        cache_drop_user(a->cache, id, version);
     if (a->redis == NULL)
         return;
     version_key(id, key, sizeof(key));

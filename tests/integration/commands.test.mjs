@@ -1,0 +1,129 @@
+// The seed's chat commands inside /api/chat-process (seed-behaviour §4.4.1), answered as the seed
+// answers them (HTTP 200, status "Fail", the text as message), without the seed's defects:
+// blocked users get only /help (C17), /user needs the current password and only touches the
+// caller's own account (S1), /model takes only allowed models (S8).
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { basicAuth, getJSON, postJSON, request, withStack } from './lib/harness.mjs';
+
+const OPS_KEY = 'ops-key-for-command-tests';
+const HELP = '#### 帮助命令\n- /help 获取帮助信息\n- /me 获取用户信息、Token余额\n- /model 设置使用模型: ' +
+    'model_name,temperature,presence,frequency,max_tokens\n- /user 新账户:新密码 更改账户、密码\n' +
+    '- /login 登录、重新登录\n\n[自助中心](https://shop.example/top-up)\n';
+
+function say(stack, prompt, headers = {}) {
+    return request(`${stack.url}/api/chat-process`, {
+        method: 'POST', headers: { 'content-type': 'application/json', ...headers },
+        body: JSON.stringify({ prompt, options: {} }),
+    });
+}
+
+function failText(r) {
+    assert.equal(r.status, 200, r.body);
+    const j = JSON.parse(r.body);
+    assert.equal(j.status, 'Fail', r.body);
+    assert.equal(j.data, null);
+    return j.message;
+}
+
+async function ops(stack, body) {
+    const r = await postJSON(`${stack.url}/accounts`, body, { headers: { opskey: OPS_KEY } });
+    assert.equal(r.status, 200, r.body);
+    return r.json();
+}
+
+describe('chat commands', () => {
+    const stack = withStack({
+        env: {
+            OPS_KEY, OPS_LINK: 'https://shop.example/top-up', CHAT_MODELS: 'gpt-3.5-turbo,gpt-4o',
+            BASIC_AUTH_USER: 'root', BASIC_AUTH_PASSWORD: 'root-password',
+        },
+    });
+    const root = { authorization: basicAuth('root', 'root-password') };
+
+    it('/help needs no login and keeps the seed text; English on request', async () => {
+        assert.equal(failText(await say(stack, '/help')), HELP);
+        const en = failText(await say(stack, '/help', { 'accept-language': 'en-GB,en;q=0.9' }));
+        assert.match(en, /^#### Commands\n/);
+        assert.match(en, /\[Self-service centre\]\(https:\/\/shop\.example\/top-up\)/);
+    });
+
+    it('/login toggles the dologin cookie and the Basic challenge', async () => {
+        const first = await say(stack, '/login');
+        assert.equal(first.status, 401);
+        assert.equal(first.headers['www-authenticate'], 'Basic realm="Restricted"');
+        assert.match(String(first.headers['set-cookie']), /dologin=yes; Path=\//);
+        const second = await say(stack, '/login', { cookie: 'dologin=yes' });
+        assert.equal(failText(second), '登录成功');
+        assert.match(String(second.headers['set-cookie']), /Max-Age=0/);
+    });
+
+    it('/me without credentials, with wrong ones, and for a static user', async () => {
+        assert.equal(failText(await say(stack, '/me')), '未登录');
+        assert.equal(failText(await say(stack, '/me', { authorization: basicAuth('root', 'nope') })), '用户信息错误');
+        assert.equal(failText(await say(stack, '/me', root)), '账户: root\nToken余额: 无限制\n已用Token: 0');
+    });
+
+    it('/me shows a registered user their balance and usage', async () => {
+        assert.equal((await ops(stack, { action: 'register', i_username: 'gina', i_password: 'gina-pass', count: 1234 })).message, 'success');
+        const gina = { authorization: basicAuth('gina', 'gina-pass') };
+        assert.equal(failText(await say(stack, '/me', gina)), '账户: gina\nToken余额: 1234\n已用Token: 0');
+        const en = failText(await say(stack, '/me', { ...gina, 'accept-language': 'en' }));
+        assert.equal(en, 'Account: gina\nToken balance: 1234\nTokens used: 0');
+    });
+
+    it('/model accepts only allowed models and the next chat uses the setting', async () => {
+        await ops(stack, { action: 'register', i_username: 'hank', i_password: 'hank-pass', count: 100000 });
+        const hank = { authorization: basicAuth('hank', 'hank-pass') };
+        assert.match(failText(await say(stack, '/model o1-preview', hank)), /^更新失败:不支持的模型/);
+        assert.match(failText(await say(stack, '/models', hank)), /^更新失败:/, 'the seed stored "s"; we refuse it');
+        assert.match(failText(await say(stack, '/model gpt-4o,500', hank)), /temperature/);
+        assert.equal(failText(await say(stack, '/model gpt-4o,50,0,0,1500', hank)), '更新成功');
+        assert.equal(failText(await say(stack, '/me', hank)), '账户: hank\nToken余额: 100000\n已用Token: 0\n模型配置: gpt-4o,50,0,0,1500');
+        const seq = ((await getJSON(`${stack.fakeUpstream.url}/_fake/requests`)).requests.pop() || { seq: 0 }).seq;
+        const r = await say(stack, 'which model?', hank);
+        assert.equal(r.status, 200);
+        const up = (await getJSON(`${stack.fakeUpstream.url}/_fake/requests?since=${seq}`)).requests[0].body;
+        assert.equal(up.model, 'gpt-4o');
+        assert.equal(up.temperature, 0.5);
+        assert.ok(up.max_tokens < 1500, `max_tokens ${up.max_tokens} within the user's budget`);
+        assert.equal(failText(await say(stack, '/model -', hank)), '更新成功');
+        assert.doesNotMatch(failText(await say(stack, '/me', hank)), /模型配置/, 'setting cleared');
+    });
+
+    it('/user checks the format, renames the caller only, and refuses taken names', async () => {
+        await ops(stack, { action: 'register', i_username: 'ivan', i_password: 'ivan-pass', count: 10 });
+        await ops(stack, { action: 'register', i_username: 'judy', i_password: 'judy-pass', count: 10 });
+        const ivan = { authorization: basicAuth('ivan', 'ivan-pass') };
+        assert.equal(failText(await say(stack, '/user x:y', ivan)),
+            '账户密码格式不正确\n\n账户格式:大小写字母和数字4-12位,必须字母开头\n密码格式:大小写字母和数字6-12位');
+        assert.equal(failText(await say(stack, '/user judy:newpass1', ivan)), '更新失败:账户名存在');
+        assert.equal(failText(await say(stack, '/user ivan2:newpass1', ivan)), '更新成功,请输入/login重新登录');
+        assert.equal(failText(await say(stack, '/me', ivan)), '用户信息错误', 'the old credentials are gone');
+        assert.match(failText(await say(stack, '/me', { authorization: basicAuth('ivan2', 'newpass1') })), /^账户: ivan2\n/);
+        assert.match(failText(await say(stack, '/me', { authorization: basicAuth('judy', 'judy-pass') })), /^账户: judy\n/, 'judy untouched');
+        assert.equal(failText(await say(stack, '/user anyone:whatever1')), '未登录');
+        assert.equal(failText(await say(stack, '/user ghost1:whatever1', { authorization: basicAuth('ghost', 'x') })),
+            '当前用户信息错误,请输入/login登录其他账户');
+        assert.match(failText(await say(stack, '/user rooty:newpass1', root)), /^更新失败:/, 'static accounts come from the environment');
+    });
+
+    it('a blocked user can do nothing but /help', async () => {
+        await ops(stack, { action: 'register', i_username: 'kate', i_password: 'kate-pass', count: 1000 });
+        assert.equal((await ops(stack, { action: 'grant', i_username: 'kate', count: 1 })).message, 'success');
+        const kate = { authorization: basicAuth('kate', 'kate-pass') };
+        await new Promise((r) => setTimeout(r, 300));
+        assert.equal(failText(await say(stack, 'hello', kate)), '账号未授权,请输入/login登录其他账户');
+        assert.equal(failText(await say(stack, '/me', kate)), '用户信息错误');
+        assert.match(failText(await say(stack, '/model gpt-4o', kate)), /^当前用户信息错误/);
+        assert.match(failText(await say(stack, '/user kate2:newpass1', kate)), /^当前用户信息错误/);
+        assert.equal(failText(await say(stack, '/help', kate)), HELP);
+    });
+
+    it('other slash prompts are ordinary chat', async () => {
+        const r = await say(stack, '/translate this', root);
+        assert.equal(r.status, 200);
+        assert.match(r.headers['content-type'], /octet-stream/);
+        assert.match(r.body.split('\n').pop(), /\/translate this/);
+    });
+});
