@@ -805,7 +805,7 @@ int chat_process(struct svc_req *req, void *ctx)
         return SVC_HTTP_DONE;
 
     cookie = svc_req_header(req, "Cookie");
-    if ((authz == NULL || authz[0] == '\0') && (cookie == NULL || strstr(cookie, "cw_session=") == NULL)) {
+    if ((authz == NULL || authz[0] == '\0') && (cookie == NULL || strstr(cookie, "chatweb_session=") == NULL)) {
         if (t->cmd != CHAT_CMD_NONE) { /* the seed: commands without credentials */
             chat_turn_fail(t, t->lang_en ? "Not logged in" : "未登录");
             return SVC_HTTP_DONE;
