@@ -159,6 +159,19 @@ static void cache_drop_user(struct auth_cache *c, int64_t id, int64_t version)
     }
 }
 
+/* The cache key of a credential: a keyed BLAKE2b of the scheme and the credential text. */
+static void cred_digest(const struct auth_cache *c, int scheme, const char *cred,
+                        unsigned char digest[crypto_generichash_BYTES])
+{
+    crypto_generichash_state st;
+    unsigned char tag = (unsigned char)scheme;
+
+    crypto_generichash_init(&st, c->key, sizeof(c->key), crypto_generichash_BYTES);
+    crypto_generichash_update(&st, &tag, 1);
+    crypto_generichash_update(&st, (const unsigned char *)cred, strlen(cred));
+    crypto_generichash_final(&st, digest, crypto_generichash_BYTES);
+}
+
 /* ---- Redis helpers ---- */
 
 static void version_key(int64_t id, char *out, size_t len)
@@ -438,12 +451,20 @@ static int request_session_token(const char *authorization, const char *cookie, 
 void auth_session_delete(struct auth_ctx *a, const char *authorization, const char *cookie)
 {
     char token[AUTH_SESSION_TOKEN_LEN + 8], key[128];
+    unsigned char digest[crypto_generichash_BYTES];
     const char *argv[] = {"DEL", key};
     struct svc_redis_reply *rep = NULL;
 
-    if (a->redis == NULL ||
-        request_session_token(authorization, cookie, token, sizeof(token)) != SVC_OK)
+    if (request_session_token(authorization, cookie, token, sizeof(token)) != SVC_OK)
         return;
+    /* This replica forgets the session at once; others within the recheck interval, when
+     * they find the Redis key gone. */
+    cred_digest(a->cache, AUTH_SCHEME_SESSION, token, digest);
+    cache_touch(a->cache, digest, 0, 1, 0);
+    if (a->redis == NULL) {
+        sodium_memzero(token, sizeof(token));
+        return;
+    }
     session_key(token, key, sizeof(key));
     sodium_memzero(token, sizeof(token));
     if (svc_redis_cmd(a->redis, &rep, 2, argv, NULL) != SVC_OK)
@@ -546,9 +567,7 @@ int auth_authenticate(struct auth_ctx *a, const char *authorization, const char 
     struct cache_slot slot;
     struct auth_user u;
     struct auth_key k;
-    crypto_generichash_state st;
     unsigned char digest[crypto_generichash_BYTES];
-    unsigned char tag;
     int64_t now = svc_wallclock_ms(), version;
     int rc = SVC_OK;
 
@@ -618,11 +637,7 @@ int auth_authenticate(struct auth_ctx *a, const char *authorization, const char 
     }
 
     /* 2. The cache. */
-    tag = (unsigned char)*scheme;
-    crypto_generichash_init(&st, a->cache->key, sizeof(a->cache->key), sizeof(digest));
-    crypto_generichash_update(&st, &tag, 1);
-    crypto_generichash_update(&st, (const unsigned char *)cred, strlen(cred));
-    crypto_generichash_final(&st, digest, sizeof(digest));
+    cred_digest(a->cache, *scheme, cred, digest);
     if (cache_get(a->cache, digest, &slot, now, a->cfg.cache_ttl_ms)) {
         int fresh = now - slot.checked_ms < a->cfg.cache_recheck_ms;
         int64_t used_write = 0;

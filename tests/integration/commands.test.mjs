@@ -120,6 +120,23 @@ describe('chat commands', () => {
         assert.equal(failText(await say(stack, '/help', kate)), HELP);
     });
 
+    it('a login-session cookie from /api/login authenticates chat, /me and logout ends it', async () => {
+        await ops(stack, { action: 'register', i_username: 'lena', i_password: 'lena-pass', count: 5000 });
+        const login = await postJSON(`${stack.url}/api/login`, { username: 'lena', password: 'lena-pass' });
+        assert.equal(login.status, 200, login.body);
+        const cookie = String(login.headers['set-cookie']).split(';')[0];
+        assert.match(cookie, /^chatweb_session=cws_/);
+        assert.match(String(login.headers['set-cookie']), /HttpOnly/);
+        assert.match(failText(await say(stack, '/me', { cookie })), /^账户: lena\n/);
+        const chat = await say(stack, 'hello by cookie', { cookie });
+        assert.equal(chat.status, 200);
+        assert.match(chat.body.split('\n').pop(), /hello by cookie/);
+        const out = await postJSON(`${stack.url}/api/logout`, {}, { headers: { cookie } });
+        assert.equal(out.status, 200);
+        const after = await say(stack, 'hello again', { cookie });
+        assert.equal(JSON.parse(after.body).status, 'Unauthorized');
+    });
+
     it('other slash prompts are ordinary chat', async () => {
         const r = await say(stack, '/translate this', root);
         assert.equal(r.status, 200);
