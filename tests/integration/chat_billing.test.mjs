@@ -38,9 +38,11 @@ function lastObject(text) {
     return JSON.parse(lines[lines.length - 1]);
 }
 
-describe('web chat is billed', () => {
+for (const backend of ['sqlite', 'mariadb']) describe(`web chat is billed (${backend})`, () => {
     const stack = withStack({
         replicas: { billing: 2 },
+        mysql: backend === 'mariadb',
+        fastMysql: true,
         env: {
             OPS_KEY, OPENAI_MAX_TOKENS: String(BUDGET), CHAT_MIN_RESPONSE_TOKENS: String(MIN_REPLY),
             BASIC_AUTH_USER: 'root', BASIC_AUTH_PASSWORD: 'root-password-1',

@@ -89,3 +89,20 @@ describe('HTTP limits on every service', () => {
         assert.match(bad.headers['x-request-id'], /^[0-9a-f]{32}$/, 'an unusable id is replaced');
     });
 });
+
+describe('/api/config never shows a proxy secret (the seed\'s S5)', () => {
+    const stack = withStack({
+        services: ['auth', 'billing', 'chat'],
+        env: { SOCKS_PROXY: 'socks5h://proxyuser:proxy-secret-pw@127.0.0.1:9' },
+    });
+
+    it('says only that a proxy is configured, and the logs do not hold it either', async () => {
+        const r = await postJSON(`${stack.url}/api/config`, {});
+        assert.equal(r.status, 200);
+        assert.equal(r.json().data.socksProxy, '(configured)');
+        assert.ok(!r.body.includes('proxy-secret-pw') && !r.body.includes('proxyuser'));
+        const fs = await import('node:fs');
+        for (const f of fs.readdirSync(stack.logDir))
+            assert.ok(!fs.readFileSync(`${stack.logDir}/${f}`, 'utf8').includes('proxy-secret-pw'), f);
+    });
+});
