@@ -221,6 +221,8 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userp)
         if (f->status == 0)
             curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &f->status);
         rc = f->cb.on_data != NULL ? f->cb.on_data(f, f->status, ptr, len, f->ud) : 0;
+        if (rc == SVC_FETCH_PAUSE)
+            return CURL_WRITEFUNC_PAUSE;
         if (rc != 0) {
             f->data_err = rc;
             return 0;

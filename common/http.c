@@ -342,8 +342,11 @@ int svc_req_stream_write(struct svc_req *req, const void *data, size_t len)
 
     if (req->aborted || req->stream_ended || !req->streaming)
         return SVC_ECANCELED;
-    if (req->out_off > 0 && req->out_off == req->out.len) {
-        svc_buf_reset(&req->out);
+    /* Drop what the client already took once it is half the buffer (or in the way), so the
+     * limit applies to bytes still waiting, at an amortised O(1) copy per byte. */
+    if (req->out_off > 0 &&
+        (req->out_off * 2 >= req->out.len || req->out.len + len > req->out.max)) {
+        svc_buf_consume(&req->out, req->out_off);
         req->out_off = 0;
     }
     rc = svc_buf_append(&req->out, data, len);

@@ -42,6 +42,11 @@
  * resumes. Each object repeats the whole reply so far, so this bounds memory per stream. */
 #define CLIENT_HIGH_WATERMARK (256u << 10)
 #define CLIENT_LOW_WATERMARK (64u << 10)
+/* Raw upstream bytes waiting for a slow client: past HIGH the upstream is paused, at LOW it
+ * resumes; INPUT_MAX only bounds one upstream read on top of HIGH. */
+#define UPSTREAM_HIGH_WATERMARK (64u << 10)
+#define UPSTREAM_LOW_WATERMARK (16u << 10)
+#define INPUT_MAX (1u << 20)
 
 
 /* ---- lifetime ---- */
@@ -55,6 +60,7 @@ void chat_turn_unref(struct chat_turn *t)
     svc_buf_deinit(&t->text);
     svc_buf_deinit(&t->errbody);
     svc_buf_deinit(&t->held);
+    svc_buf_deinit(&t->inbuf);
     json_decref(t->history);
     free(t->prompt);
     free(t->system_message);
@@ -199,15 +205,28 @@ static int write_object(struct chat_turn *t, const char *delta, size_t delta_len
 }
 
 /* A slow client: stop reading the upstream until the bytes waiting for the client drain. */
+static void finish_upstream(struct chat_turn *t);
+static int pump(struct chat_turn *t);
+static size_t input_waiting(const struct chat_turn *t);
+
 static void on_client_drained(struct svc_req *req, void *data)
 {
     struct chat_turn *t = data;
 
     (void)req;
-    if (t->upstream_paused && t->upstream != NULL) {
+    if (pump(t) != 0) {
+        /* a malformed event found late: stop the upstream and report it */
+        svc_fetch_cancel(&t->upstream);
+        t->up_err = SVC_EIO;
+        finish_upstream(t);
+        return;
+    }
+    if (t->upstream_paused && t->upstream != NULL && input_waiting(t) <= UPSTREAM_LOW_WATERMARK) {
         t->upstream_paused = 0;
         svc_fetch_pause(t->upstream, 0);
     }
+    if (t->up_done && input_waiting(t) == 0)
+        finish_upstream(t);
 }
 
 static int start_streaming(struct chat_turn *t)
@@ -286,13 +305,46 @@ static int on_event(const char *data, size_t len, void *ud)
     return rc;
 }
 
+/*
+ * Turns buffered upstream bytes into client objects one SSE line at a time, and only while the
+ * client keeps up: each object repeats the whole reply so far, so one upstream read can expand
+ * into megabytes. What the client cannot take yet stays here as raw upstream bytes (bounded; the
+ * upstream is paused when they pile up).
+ */
+static int pump(struct chat_turn *t)
+{
+    while (t->in_off < t->inbuf.len) {
+        const char *p = t->inbuf.data + t->in_off;
+        size_t avail = t->inbuf.len - t->in_off;
+        const char *nl;
+        size_t n;
+        int rc;
+
+        if (t->req == NULL || svc_req_stream_pending(t->req) > CLIENT_HIGH_WATERMARK)
+            return 0;
+        nl = memchr(p, '\n', avail);
+        n = nl != NULL ? (size_t)(nl - p) + 1 : avail;
+        t->in_off += n;
+        rc = svc_sse_feed(&t->sse, p, n, on_event, t);
+        if (rc != 0)
+            return rc;
+    }
+    svc_buf_reset(&t->inbuf);
+    t->in_off = 0;
+    return 0;
+}
+
+static size_t input_waiting(const struct chat_turn *t)
+{
+    return t->inbuf.len - t->in_off;
+}
+
 static int on_upstream_data(struct svc_fetch *f, long status, const char *data, size_t len,
                             void *ud)
 {
     struct chat_turn *t = ud;
     int rc;
 
-    (void)f;
     if (status != 200) { /* an error body: keep it for the message */
         if (svc_buf_append(&t->errbody, data, len) != SVC_OK)
             return SVC_ETOOLARGE;
@@ -300,12 +352,21 @@ static int on_upstream_data(struct svc_fetch *f, long status, const char *data, 
     }
     if (!t->streaming && (rc = start_streaming(t)) != SVC_OK)
         return rc;
-    rc = svc_sse_feed(&t->sse, data, len, on_event, t);
-    if (rc == 0 && !t->upstream_paused && svc_req_stream_pending(t->req) > CLIENT_HIGH_WATERMARK) {
+    if (input_waiting(t) > UPSTREAM_HIGH_WATERMARK) {
+        /* the client is behind: curl keeps these bytes and we stop reading */
         t->upstream_paused = 1;
-        svc_fetch_pause(f, 1);
+        return SVC_FETCH_PAUSE;
     }
-    return rc;
+    if (t->in_off > 0 && t->in_off == t->inbuf.len) {
+        svc_buf_reset(&t->inbuf);
+        t->in_off = 0;
+    }
+    if (svc_buf_append(&t->inbuf, data, len) != SVC_OK) {
+        snprintf(t->upstream_error, sizeof(t->upstream_error), "client too slow");
+        return SVC_ETOOLARGE;
+    }
+    (void)f;
+    return pump(t);
 }
 
 /* The frontend shows these for upstream HTTP errors (chatgpt-web contract §1.3). */
@@ -322,6 +383,8 @@ static const char *upstream_status_text(long status)
     }
     return NULL;
 }
+
+static void finish_upstream(struct chat_turn *t);
 
 static void on_upstream_done(struct svc_fetch *f, int err, long status, const char *body,
                              size_t len, const char *errmsg, void *ud)
@@ -361,6 +424,24 @@ static void on_upstream_done(struct svc_fetch *f, int err, long status, const ch
         chat_turn_fail(t, msg);
         return;
     }
+    t->up_err = err;
+    if (err != SVC_OK)
+        SVC_LOG_INFO(t->rid, "upstream", "transfer ended: %s (HTTP %ld): %s", svc_strerror(err),
+                     status, errmsg != NULL ? errmsg : "");
+    if (input_waiting(t) > 0 && err == SVC_OK) {
+        t->up_done = 1; /* the rest is sent as the client drains (on_client_drained) */
+        return;
+    }
+    finish_upstream(t);
+}
+
+/* The upstream is over and its bytes are all turned into objects: report a failure as the last
+ * object, charge, store the context, then send the held final object. */
+static void finish_upstream(struct chat_turn *t)
+{
+    int err = t->up_err;
+
+    t->up_done = 0;
     if (t->upstream_error[0] == '\0' && (err != SVC_OK || (!t->saw_done && !t->saw_finish)))
         snprintf(t->upstream_error, sizeof(t->upstream_error), "[OpenAI] %s",
                  err == SVC_ETIMEDOUT ? "上游超时 | upstream timed out"
@@ -778,6 +859,7 @@ int chat_process(struct svc_req *req, void *ctx)
     svc_buf_init(&t->text, REPLY_MAX);
     svc_buf_init(&t->errbody, UPSTREAM_ERR_MAX);
     svc_buf_init(&t->held, REPLY_MAX * 2);
+    svc_buf_init(&t->inbuf, INPUT_MAX);
     svc_uuid4(t->user_msg_id);
     svc_uuid4(t->reply_id);
     svc_req_set_cleanup(req, on_request_done, t);

@@ -74,6 +74,10 @@ struct chat_turn {
     struct svc_buf held; /* the final object, sent once the context is stored */
     int streaming;       /* the response to the client has started */
     int upstream_paused; /* backpressure from a slow client */
+    struct svc_buf inbuf; /* upstream bytes not yet turned into objects (pump) */
+    size_t in_off;
+    int up_done;         /* the upstream ended; objects still wait for the client */
+    int up_err;
     int objects_sent;
     int saw_done;
     int saw_finish;

@@ -2,6 +2,7 @@
 // auth (protobuf RPC) -> the fake OpenAI upstream, with conversation context in a real Redis.
 // Framing follows ../shared/specs/chatgpt-web-contract.md §1.3.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import http from 'node:http';
 import { describe, it } from 'node:test';
 import {
@@ -285,6 +286,36 @@ describe('chat through the ingress', () => {
                 failures.push(`${i}: wrong reply ${last.text.slice(0, 60)}`);
         });
         assert.deepEqual(failures.slice(0, 10), [], `${failures.length} of ${N} failed`);
+    });
+
+    it('a slow client gets backpressure: the upstream waits, memory stays bounded, nothing is lost', { timeout: 60000 }, async () => {
+        const c = stack.services.chat[0];
+        const rss = () => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${c.pid}/status`, 'utf8'))[1]);
+        const before = rss();
+        let peak = before;
+        const text = await new Promise((resolve, reject) => {
+            const req = http.request(`${direct(c)}/api/chat-process`, {
+                method: 'POST', agent: false, headers: { authorization: ALICE, 'content-type': 'application/json' },
+            }, (res) => {
+                let body = '';
+                res.setEncoding('utf8');
+                res.pause(); // a client that stops reading: about 30 MB of cumulative objects wait
+                const sampler = setInterval(() => { peak = Math.max(peak, rss()); }, 50);
+                setTimeout(() => {
+                    res.on('data', (d) => { body += d; });
+                    res.on('end', () => { clearInterval(sampler); resolve(body); });
+                    res.resume();
+                }, 2000);
+            });
+            req.on('error', reject);
+            req.end(JSON.stringify({ prompt: 'long [[fake tokens=3000]]' }));
+        });
+        const objs = objects(text);
+        const last = objs[objs.length - 1];
+        assert.equal(last.detail.choices[0].finish_reason, 'stop');
+        assert.equal(last.text.split(' ').length, 3000, 'every token arrived');
+        const grewKb = peak - before;
+        assert.ok(grewKb < 20 * 1024, `chat RSS grew by ${grewKb} KB while the client did not read`);
     });
 
     it('exports metrics and health on the admin listener', async () => {

@@ -32,9 +32,13 @@ struct svc_fetch_req {
     int stream;                   /* 1: deliver bytes to on_data as they arrive */
 };
 
+#define SVC_FETCH_PAUSE 1
+
 struct svc_fetch_cb {
-    /* Stream mode: a piece of the body. status is the HTTP status. Return 0 to go on, or
-     * a negative error to abort the transfer (on_done then gets that error). */
+    /* Stream mode: a piece of the body. status is the HTTP status. Return 0 to go on (the
+     * bytes are consumed), SVC_FETCH_PAUSE to leave them unconsumed and pause receiving (they
+     * are delivered again after svc_fetch_pause(f, 0)), or a negative error to abort the
+     * transfer (on_done then gets that error). */
     int (*on_data)(struct svc_fetch *f, long status, const char *data, size_t len, void *ud);
     /* The end. err is SVC_OK when a complete HTTP response arrived (whatever its status);
      * body/len hold the buffered body in buffered mode (NULL in stream mode); errmsg says what
@@ -62,7 +66,9 @@ struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fe
  * this fetch's own callbacks. Accepts NULL; sets *f to NULL. */
 void svc_fetch_cancel(struct svc_fetch **f);
 
-/* Pauses (1) or resumes (0) receiving, for backpressure from a slow client. */
+/* Pauses (1) or resumes (0) receiving, for backpressure from a slow client. Call it outside this
+ * fetch's callbacks (inside on_data, return SVC_FETCH_PAUSE instead). Resuming may deliver the
+ * held bytes to on_data before it returns. */
 void svc_fetch_pause(struct svc_fetch *f, int paused);
 
 #endif
