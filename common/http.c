@@ -650,13 +650,14 @@ static struct MHD_Daemon *start_daemon(struct daemon_slot *slot, unsigned flags,
         {MHD_OPTION_CONNECTION_TIMEOUT, o->idle_timeout, NULL},
         {MHD_OPTION_CONNECTION_LIMIT, o->max_connections, NULL},
         {MHD_OPTION_CONNECTION_MEMORY_LIMIT, o->max_header, NULL},
-        {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, NULL},
         {threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, threads, NULL},
         {MHD_OPTION_END, 0, NULL},
     };
 
+    /* The logger must be the very first option, or MHD logs a complaint with its own logger. */
     return MHD_start_daemon(flags | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_request, slot,
-                            MHD_OPTION_ARRAY, ops, MHD_OPTION_END);
+                            MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, MHD_OPTION_ARRAY, ops,
+                            MHD_OPTION_END);
 }
 
 int svc_http_server_create(struct svc_http_server **out, const struct svc_http_opts *opts,

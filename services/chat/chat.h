@@ -43,7 +43,9 @@ struct svc_rpc_client;
     ACTION(SOCKS_PROXY, SVC_OPT_SECRET, "", 0, 0, "proxy URL for upstream calls")             \
     ACTION(OPS_LINK, SVC_OPT_STR, "/admin", 0, 0, "self-service link shown to users")         \
     ACTION(CHAT_MODELS, SVC_OPT_STR, "", 0, 0,                                                 \
-           "models /model may choose, comma-separated (default: OPENAI_MODEL only)")
+           "models /model may choose, comma-separated (default: OPENAI_MODEL only)")          \
+    ACTION(CHAT_RATE_LIMIT, SVC_OPT_INT, "0", 0, 1000000,                                     \
+           "chat requests per minute per user, all replicas together; 0 = no limit")
 
 struct chat_setting {
     CHAT_OPTIONS(SVC_OPTION_DECLARE)
@@ -57,6 +59,7 @@ struct chat_setting {
     ACTION(chat_upstream_errors_total, SVC_METRIC_COUNTER, "upstream failures")               \
     ACTION(chat_auth_errors_total, SVC_METRIC_COUNTER, "auth service unreachable")            \
     ACTION(chat_context_errors_total, SVC_METRIC_COUNTER, "Redis context failures")           \
+    ACTION(chat_rate_limited_total, SVC_METRIC_COUNTER, "requests refused by a rate limit")   \
     ACTION(chat_prompt_tokens_total, SVC_METRIC_COUNTER, "prompt tokens reported upstream")   \
     ACTION(chat_completion_tokens_total, SVC_METRIC_COUNTER, "completion tokens reported upstream")
 

@@ -26,6 +26,7 @@
 #include "svc/http.h"
 #include "svc/log.h"
 #include "svc/loop.h"
+#include "svc/ratelimit.h"
 #include "svc/redis.h"
 #include "svc/rpc.h"
 #include "svc/sse.h"
@@ -649,6 +650,49 @@ static void walk_next(struct chat_turn *t)
 
 /* ---- authentication ---- */
 
+/* ---- rate limits ---- */
+
+static void on_rate_checked(int err, int allowed, long long count, void *data)
+{
+    struct chat_turn *t = data;
+
+    (void)count;
+    if (t->req == NULL)
+        goto out;
+    if (err != SVC_OK) /* a limiter that cannot count must not stop the chat */
+        SVC_LOG_WARN(t->rid, "ratelimit", "cannot count this request: %s", svc_strerror(err));
+    if (err == SVC_OK && !allowed) {
+        svc_metric_add(&chat_stats.chat_rate_limited_total, 1);
+        if (svc_req_add_header(t->req, "Retry-After", "60") != SVC_OK)
+            SVC_LOG_ERR(t->rid, "ratelimit", "cannot add Retry-After");
+        chat_turn_reply(t, 429, "Fail", "Too many requests, please try again later");
+        goto out;
+    }
+    walk_next(t);
+out:
+    chat_turn_unref(t);
+}
+
+/* A key's own RPM when it has one, else CHAT_RATE_LIMIT per user; then the context walk. */
+static void rate_limit_then_walk(struct chat_turn *t, const Chatweb__Auth__Identity *id)
+{
+    char scope[160];
+    long long limit = 0;
+
+    if (id != NULL && id->rpm_limit > 0 && id->key_id != NULL && id->key_id[0] != '\0') {
+        limit = id->rpm_limit;
+        snprintf(scope, sizeof(scope), "key:%s", id->key_id);
+    } else if (chat_setting.CHAT_RATE_LIMIT.i > 0) {
+        limit = chat_setting.CHAT_RATE_LIMIT.i;
+        snprintf(scope, sizeof(scope), "chat:%lld", t->user_id);
+    }
+    if (limit == 0 || svc_ratelimit_hit(t->w->redis, scope, limit, 60, on_rate_checked, t) != SVC_OK) {
+        walk_next(t);
+        return;
+    }
+    t->refs++;
+}
+
 static void on_authenticated(int err, ProtobufCMessage *out_msg, const char *errmsg, void *data)
 {
     struct chat_turn *t = data;
@@ -709,8 +753,21 @@ static void on_authenticated(int err, ProtobufCMessage *out_msg, const char *err
         goto out;
     }
     t->budget = budget;
+    /* An API key may be limited to some models (accounts.md). */
+    if (id != NULL && id->n_allowed_models > 0) {
+        size_t i;
+        for (i = 0; i < id->n_allowed_models; i++)
+            if (strcmp(id->allowed_models[i], t->params.model) == 0)
+                break;
+        if (i == id->n_allowed_models) {
+            snprintf(msg, sizeof(msg), "此密钥不能使用模型 %.64s | this key may not use model %.64s",
+                     t->params.model, t->params.model);
+            chat_turn_fail(t, msg);
+            goto out;
+        }
+    }
     snprintf(t->walk_id, sizeof(t->walk_id), "%s", t->parent_id);
-    walk_next(t);
+    rate_limit_then_walk(t, id);
 out:
     protobuf_c_message_free_unpacked(out_msg, NULL);
 }

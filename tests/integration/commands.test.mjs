@@ -137,6 +137,30 @@ describe('chat commands', () => {
         assert.equal(JSON.parse(after.body).status, 'Unauthorized');
     });
 
+    it("an API key chats within its own model list and requests-per-minute limit", async () => {
+        await ops(stack, { action: 'register', i_username: 'mona', i_password: 'mona-pass', count: 100000 });
+        const k = await ops(stack, { action: 'create_key', i_username: 'mona', name: 'ci', models: ['gpt-3.5-turbo'], rpm: 3 });
+        const key = { authorization: `Bearer ${k.data.key}` };
+        // the limit is per calendar minute: do not start the burst at a minute's edge
+        const sec = new Date().getUTCSeconds();
+        if (sec > 55) await new Promise((r) => setTimeout(r, (61 - sec) * 1000));
+        for (let i = 0; i < 3; i++) {
+            const r = await say(stack, `key chat ${i}`, key);
+            assert.equal(r.status, 200, r.body);
+            assert.match(r.body.split('\n').pop(), /key chat/);
+        }
+        const limited = await say(stack, 'one too many', key);
+        assert.equal(limited.status, 429);
+        assert.equal(limited.headers['retry-after'], '60');
+        assert.deepEqual(JSON.parse(limited.body), { status: 'Fail', message: 'Too many requests, please try again later', data: null });
+        // the user's password is another scope, not limited by the key
+        const byPassword = await say(stack, 'still fine', { authorization: basicAuth('mona', 'mona-pass') });
+        assert.equal(byPassword.status, 200);
+        const k2 = await ops(stack, { action: 'create_key', i_username: 'mona', name: 'gpt4', models: 'gpt-4o' });
+        assert.match(failText(await say(stack, 'which model', { authorization: `Bearer ${k2.data.key}` })),
+            /this key may not use model gpt-3\.5-turbo/);
+    });
+
     it('other slash prompts are ordinary chat', async () => {
         const r = await say(stack, '/translate this', root);
         assert.equal(r.status, 200);
