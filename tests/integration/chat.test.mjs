@@ -314,8 +314,11 @@ describe('chat through the ingress', () => {
         const last = objs[objs.length - 1];
         assert.equal(last.detail.choices[0].finish_reason, 'stop');
         assert.equal(last.text.split(' ').length, 3000, 'every token arrived');
+        // Under AddressSanitizer (CI) freed memory sits in ASan's quarantine, so RSS says nothing
+        // about our buffers there; the plain build checks the bound.
         const grewKb = peak - before;
-        assert.ok(grewKb < 20 * 1024, `chat RSS grew by ${grewKb} KB while the client did not read`);
+        if (!process.env.ASAN_OPTIONS)
+            assert.ok(grewKb < 20 * 1024, `chat RSS grew by ${grewKb} KB while the client did not read`);
     });
 
     it('exports metrics and health on the admin listener', async () => {
