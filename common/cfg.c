@@ -126,14 +126,33 @@ int svc_cfg_load_env(struct svc_option *opts, size_t n, char *err, size_t errlen
     return SVC_OK;
 }
 
+/* Copies a value for the log with the credentials of a URL (between the scheme's slashes and
+ * the '@') replaced by stars, so a password inside REDIS_URL or a proxy URL never reaches a
+ * log. */
+static void mask_url_credentials(const char *v, char *out, size_t outlen)
+{
+    const char *scheme = strstr(v, "://");
+    const char *at = scheme != NULL ? strchr(scheme + 3, '@') : NULL;
+    const char *slash = scheme != NULL ? strchr(scheme + 3, '/') : NULL;
+
+    if (at == NULL || (slash != NULL && slash < at)) {
+        snprintf(out, outlen, "%s", v);
+        return;
+    }
+    snprintf(out, outlen, "%.*s***%s", (int)(scheme + 3 - v), v, at);
+}
+
 void svc_cfg_log_all(const struct svc_option *opts, size_t n)
 {
+    char shown[512];
+
     for (size_t k = 0; k < n; k++) {
         const struct svc_option *o = &opts[k];
-        const char *shown = o->s;
 
         if (o->type == SVC_OPT_SECRET)
-            shown = o->s[0] != '\0' ? "(set)" : "(unset)";
+            snprintf(shown, sizeof(shown), "%s", o->s[0] != '\0' ? "(set)" : "(unset)");
+        else
+            mask_url_credentials(o->s, shown, sizeof(shown));
         SVC_LOG_INFO(NULL, "config", "%s=%s%s", o->name, shown, o->is_set ? "" : " (default)");
     }
 }

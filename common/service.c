@@ -204,7 +204,6 @@ void svc_service_serve_pool(const struct svc_route *routes, size_t nroutes, int 
     struct svc_http_server *srv = NULL;
     struct svc_http_opts ho = {0};
     char err[512];
-    long left;
 
     ho.service = service_name;
     ho.addr = svc_service_option("HTTP_ADDR")->s;
@@ -217,13 +216,20 @@ void svc_service_serve_pool(const struct svc_route *routes, size_t nroutes, int 
     if (svc_http_server_create(&srv, &ho, routes, nroutes, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "HTTP_ADDR: %s", err);
     SVC_LOG_NOTICE(NULL, "startup", "serving on port %d", svc_http_server_port(srv));
-    svc_service_set_ready(1);
+    svc_service_serve(srv);
+    svc_http_server_destroy(&srv);
+}
 
-    svc_service_wait();
-    SVC_LOG_NOTICE(NULL, "shutdown", "draining");
+void svc_service_serve(struct svc_http_server *srv)
+{
+    long left;
+    int sig;
+
+    svc_service_set_ready(1);
+    sig = svc_service_wait();
+    SVC_LOG_NOTICE(NULL, "shutdown", "signal %d: draining", sig);
     left = svc_service_drain(srv);
     if (left > 0)
         SVC_LOG_WARN(NULL, "shutdown", "%ld request(s) still in flight at the drain deadline",
                      left);
-    svc_http_server_destroy(&srv);
 }

@@ -31,8 +31,7 @@
     ACTION(OPS_KEY, SVC_OPT_SECRET, "", 0, 0,                                                      \
            "ops API key (Opskey header, Basic admin:<key>); unset = ops API disabled")             \
     ACTION(OPS_LINK, SVC_OPT_STR, "/admin", 0, 0, "self-service link shown to users")              \
-    ACTION(DB, SVC_OPT_SECRET, "", 0, 0, "SQL DSN (mysql://...); unset = SQLite in DATA_DIR")      \
-    ACTION(DATA_DIR, SVC_OPT_STR, "./data", 0, 0, "directory of the SQLite file")                  \
+    SVC_DB_OPTIONS(ACTION)                                                                         \
     ACTION(REDIS_URL, SVC_OPT_SECRET, "", 0, 0,                                                    \
            "redis://... for sessions, throttles and cache invalidation")                           \
     ACTION(BILLING_URL, SVC_OPT_STR, "", 0, 0, "billing service base URL (http://host:port)")      \

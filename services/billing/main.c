@@ -25,8 +25,7 @@
 
 #define BILLING_OPTIONS(ACTION)                                                                    \
     SVC_COMMON_OPTIONS(ACTION)                                                                     \
-    ACTION(DB, SVC_OPT_SECRET, "", 0, 0, "SQL DSN (mysql://...); empty = SQLite in DATA_DIR")      \
-    ACTION(DATA_DIR, SVC_OPT_STR, "./data", 0, 0, "directory of the SQLite file")                  \
+    SVC_DB_OPTIONS(ACTION)                                                                         \
     ACTION(REDIS_URL, SVC_OPT_STR, "redis://127.0.0.1:6379/0", 0, 0,                               \
            "Redis of the billing event stream (unreachable: events wait in the outbox)")           \
     ACTION(BILLING_PRICES, SVC_OPT_STR, "", 0, 0,                                                  \

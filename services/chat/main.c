@@ -86,7 +86,6 @@ int main(int argc, char **argv)
     struct svc_loop **loops;
     pthread_t *threads;
     char err[512];
-    long left;
 
     svc_service_setup("chat", argc, argv, (struct svc_option *)&chat_setting,
                       SVC_OPTION_COUNT(chat_setting));
@@ -143,14 +142,7 @@ int main(int argc, char **argv)
     SVC_LOG_NOTICE(NULL, "startup", "serving on port %d with %u event loop(s)",
                    svc_http_server_port(srv), nworkers);
     svc_service_set_ready_check(redis_ready, NULL);
-    svc_service_set_ready(1);
-
-    svc_service_wait();
-    SVC_LOG_NOTICE(NULL, "shutdown", "draining");
-    left = svc_service_drain(srv);
-    if (left > 0)
-        SVC_LOG_WARN(NULL, "shutdown", "%ld request(s) still in flight at the drain deadline",
-                     left);
+    svc_service_serve(srv);
     for (unsigned i = 0; i < nworkers; i++) {
         if (svc_loop_post(workers[i].loop, stop_loop, NULL) != SVC_OK)
             svc_loop_stop(workers[i].loop);

@@ -13,6 +13,8 @@
 #include "svc/err.h"
 #include "test.h"
 
+#include <unistd.h>
+
 /* ---- svc_cfg_parse_bool ------------------------------------------------------------------- */
 
 static void test_bool_go_rules(void)
@@ -381,8 +383,42 @@ static void test_common_options_defaults_valid(void)
     T_EQ_STR(s.HTTP_ADDR.s, "0.0.0.0:8080");
 }
 
+/* svc_cfg_log_all never prints a secret: SECRET options show "(set)", URL credentials stars. */
+static void test_log_masks_secrets(void)
+{
+    struct svc_option opts[] = {
+        {"TCFG_URL", SVC_OPT_STR, "redis://user:hunter2@db:6379/1", 0, 0, "", 0, 0, NULL},
+        {"TCFG_KEY", SVC_OPT_SECRET, "sk-hunter2", 0, 0, "", 0, 0, NULL},
+        {"TCFG_PLAIN", SVC_OPT_STR, "http://host/path@x", 0, 0, "", 0, 0, NULL},
+    };
+    char err[128], out[4096];
+    int p[2], saved;
+    ssize_t n;
+
+    unsetenv("TCFG_URL");
+    unsetenv("TCFG_KEY");
+    unsetenv("TCFG_PLAIN");
+    T_EQ_INT(svc_cfg_load_env(opts, 3, err, sizeof(err)), SVC_OK);
+    T_ASSERT(pipe(p) == 0);
+    saved = dup(STDERR_FILENO);
+    T_ASSERT(dup2(p[1], STDERR_FILENO) >= 0);
+    svc_cfg_log_all(opts, 3);
+    T_ASSERT(dup2(saved, STDERR_FILENO) >= 0);
+    close(p[1]);
+    n = read(p[0], out, sizeof(out) - 1);
+    close(p[0]);
+    close(saved);
+    T_ASSERT(n > 0);
+    out[n] = '\0';
+    T_ASSERT(strstr(out, "hunter2") == NULL);
+    T_ASSERT(strstr(out, "TCFG_URL=redis://***@db:6379/1") != NULL);
+    T_ASSERT(strstr(out, "TCFG_KEY=(set)") != NULL);
+    T_ASSERT(strstr(out, "TCFG_PLAIN=http://host/path@x") != NULL); /* '@' after the path */
+}
+
 int main(void)
 {
+    T_RUN(test_log_masks_secrets);
     T_RUN(test_bool_go_rules);
     T_RUN(test_bool_rejects);
     T_RUN(test_int_ok);

@@ -54,6 +54,12 @@ struct svc_option {
     ACTION(HTTP_MAX_CONNECTIONS, SVC_OPT_INT, "20000", 16, 1000000, "client connections per service") \
     ACTION(DRAIN_TIMEOUT, SVC_OPT_INT, "25", 0, 3600, "seconds to finish in-flight requests on SIGTERM")
 
+/* The SQL options of the services that own SQL data (auth, billing). */
+#define SVC_DB_OPTIONS(ACTION)                                                                \
+    ACTION(DB, SVC_OPT_SECRET, "", 0, 0,                                                      \
+           "SQL: mysql://user:pass@host:port/db or user:pass@tcp(host:port)/db; unset = SQLite") \
+    ACTION(DATA_DIR, SVC_OPT_STR, "./data", 0, 0, "directory of the SQLite file")
+
 /*
  * Loads every option from the environment. On a bad value writes one line into err
  * ("CHAT_SESSION_TTL: not an integer: \"30m\"") and returns SVC_EINVAL. Not thread-safe: call
@@ -62,7 +68,8 @@ struct svc_option {
  */
 int svc_cfg_load_env(struct svc_option *opts, size_t n, char *err, size_t errlen) SVC_MUST_CHECK;
 
-/* Logs the effective configuration, one option per line, secrets masked. */
+/* Logs the effective configuration, one option per line: secrets as "(set)", credentials inside
+ * URLs masked. */
 void svc_cfg_log_all(const struct svc_option *opts, size_t n);
 
 /* Prints the option table (name, type, default, description) to stdout for --describe-config. */

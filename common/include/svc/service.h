@@ -58,6 +58,13 @@ int svc_service_wait(void);
 long svc_service_drain(struct svc_http_server *srv);
 
 /*
+ * Serves until SIGTERM/SIGINT: marks the service ready, waits for the signal, then drains srv
+ * (not ready, stop accepting, wait up to DRAIN_TIMEOUT for requests in flight) and logs what was
+ * left. The caller destroys srv afterwards.
+ */
+void svc_service_serve(struct svc_http_server *srv);
+
+/*
  * For request/response services (auth, billing): serves routes on HTTP_ADDR with a worker pool
  * (2 threads per worker), marks the service ready, waits for SIGTERM/SIGINT, drains and stops.
  * Exits SVC_EX_CONFIG when HTTP_ADDR cannot be bound. Returns when the server is stopped.
