@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -431,6 +432,24 @@ static const struct svc_route *route_find(const struct svc_http_server *srv, con
     return NULL;
 }
 
+/* 1 when a browser sent this request from another site (see svc_route.same_origin). Requests
+ * without Origin (curl, SDKs, same-site GETs) are not cross-site. */
+static int cross_origin(const struct svc_req *req)
+{
+    const char *origin = svc_req_header(req, "Origin");
+    const char *host = svc_req_header(req, "Host");
+    const char *p;
+
+    if (origin == NULL)
+        return 0;
+    if (host == NULL)
+        return 1;
+    p = strstr(origin, "://");
+    if (p == NULL)
+        return 1; /* "null" (sandboxed frames, file://) or garbage */
+    return strcasecmp(p + 3, host) != 0;
+}
+
 static enum MHD_Result queue_pending(struct svc_req *req)
 {
     struct MHD_Response *resp = req->pending;
@@ -499,6 +518,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         svc_req_error(req, path_route != NULL ? 405 : 404,
                       path_route != NULL ? "method not allowed" : "404 page not found");
         req->route = NULL;
+    } else if (req->route->same_origin && cross_origin(req)) {
+        SVC_LOG_NOTICE(req->id, "http", "cross-site %s %s refused (Origin %s)", method, url,
+                       svc_req_header(req, "Origin"));
+        svc_req_error(req, 403, "cross-site request refused");
     } else {
         req->in_handler = 1;
         rc = req->route->fn(req, req->route->ctx);

@@ -137,16 +137,16 @@ static const struct svc_route routes[] = {
     {"POST", "/rpc/*", svc_rpc_dispatch, &auth_rpc_registry, SVC_HTTP_STYLE_TEXT},
     {"POST", "/api/session", auth_api_session, &ctx, SVC_HTTP_STYLE_ENVELOPE},
     {"POST", "/api/verify", auth_api_verify, &ctx, SVC_HTTP_STYLE_ENVELOPE},
-    {"POST", "/api/login", auth_api_login, &ctx, SVC_HTTP_STYLE_ENVELOPE},
-    {"POST", "/api/logout", auth_api_logout, &ctx, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/login", auth_api_login, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
+    {"POST", "/api/logout", auth_api_logout, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
     {NULL, "/api/me", auth_api_me, &ctx, SVC_HTTP_STYLE_ENVELOPE},
     {"POST", "/accounts", auth_ops_accounts, &ctx, SVC_HTTP_STYLE_ENVELOPE},
-    {NULL, "/admin/accounts", auth_ops_admin_accounts, &ctx, SVC_HTTP_STYLE_ENVELOPE},
+    {NULL, "/admin/accounts", auth_ops_admin_accounts, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
     /* the ingress also routes these with a trailing slash */
     {"POST", "/api/session/", auth_api_session, &ctx, SVC_HTTP_STYLE_ENVELOPE},
     {"POST", "/api/verify/", auth_api_verify, &ctx, SVC_HTTP_STYLE_ENVELOPE},
-    {"POST", "/api/login/", auth_api_login, &ctx, SVC_HTTP_STYLE_ENVELOPE},
-    {"POST", "/api/logout/", auth_api_logout, &ctx, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/login/", auth_api_login, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
+    {"POST", "/api/logout/", auth_api_logout, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
     {NULL, "/api/me/", auth_api_me, &ctx, SVC_HTTP_STYLE_ENVELOPE},
 };
 

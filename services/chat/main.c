@@ -51,7 +51,7 @@ int chat_config(struct svc_req *req, void *ctx)
 }
 
 static const struct svc_route routes[] = {
-    {"POST", "/api/chat-process", chat_process, NULL, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/chat-process", chat_process, NULL, SVC_HTTP_STYLE_ENVELOPE, 1},
     {"POST", "/api/config", chat_config, NULL, SVC_HTTP_STYLE_ENVELOPE},
 };
 

@@ -161,6 +161,25 @@ describe('chat commands', () => {
             /this key may not use model gpt-3\.5-turbo/);
     });
 
+    it("a cross-site form cannot spend a user's cached credentials (the seed's S7)", async () => {
+        const evil = await say(stack, 'spend my tokens', { ...root, origin: 'https://evil.example', 'content-type': 'text/plain' });
+        assert.equal(evil.status, 403);
+        assert.deepEqual(JSON.parse(evil.body), { status: 'Fail', message: 'cross-site request refused', data: null });
+        const nullOrigin = await say(stack, 'spend my tokens', { ...root, origin: 'null' });
+        assert.equal(nullOrigin.status, 403);
+        const host = new URL(stack.url).host;
+        const same = await say(stack, 'same site is fine', { ...root, origin: `http://${host}` });
+        assert.equal(same.status, 200);
+        const login = await postJSON(`${stack.url}/api/login`, { username: 'root', password: 'root-password' },
+            { headers: { origin: 'https://evil.example' } });
+        assert.equal(login.status, 403);
+        const admin = await request(`${stack.url}/admin/accounts`, {
+            method: 'POST', headers: { authorization: basicAuth('admin', OPS_KEY), origin: 'https://evil.example' },
+            body: JSON.stringify({ action: 'list' }),
+        });
+        assert.equal(admin.status, 403);
+    });
+
     it('other slash prompts are ordinary chat', async () => {
         const r = await say(stack, '/translate this', root);
         assert.equal(r.status, 200);

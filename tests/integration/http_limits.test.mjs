@@ -106,3 +106,20 @@ describe('/api/config never shows a proxy secret (the seed\'s S5)', () => {
             assert.ok(!fs.readFileSync(`${stack.logDir}/${f}`, 'utf8').includes('proxy-secret-pw'), f);
     });
 });
+
+describe('/v1 is no open relay (the seed\'s S6)', () => {
+    const stack = withStack({ services: ['auth', 'billing', 'chat', 'proxy'] });
+
+    it('nothing under /v1 reaches the upstream without the proxy service', async () => {
+        const { getJSON } = await import('./lib/harness.mjs');
+        const before = (await getJSON(`${stack.fakeUpstream.url}/_fake/requests`)).requests.length;
+        const r = await request(`${stack.url}/v1/chat/completions`, {
+            method: 'POST', headers: { authorization: 'Bearer sk-anything', 'content-type': 'application/json' },
+            body: JSON.stringify({ model: 'gpt-3.5-turbo', messages: [{ role: 'user', content: 'relay me' }] }),
+        });
+        assert.equal(r.status, 404);
+        assert.ok(r.json().error && r.json().error.message, 'an OpenAI error object');
+        const after = (await getJSON(`${stack.fakeUpstream.url}/_fake/requests`)).requests.length;
+        assert.equal(after, before, 'the upstream saw nothing');
+    });
+});

@@ -51,6 +51,10 @@ struct svc_route {
     svc_http_handler_fn fn;
     void *ctx;
     enum svc_http_style style;
+    /* 1: refuse (403) a browser request sent from another site: an Origin header whose host
+     * differs from Host. For routes a browser authenticates with cached Basic credentials or a
+     * cookie, where a cross-site form could otherwise act for the user (the seed's S7). */
+    int same_origin;
 };
 
 struct svc_http_opts {
