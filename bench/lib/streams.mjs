@@ -1,0 +1,455 @@
+// bench/lib/streams.mjs: the concurrent-streams benchmark (design brief §3.5 and §4). Run it
+// through bench/streams, which sets the descriptor limit first. See bench/README.md.
+//
+// What it does, in one run on this machine:
+//   1. starts redis, the fake upstream (paced: --tps tokens/s, --tokens per reply), auth and ONE
+//      chat replica (WORKERS=--workers), all through deploy/local/stack.mjs;
+//   2. chat run: a warm-up of 20 fast streams, then chatweb-loadgen --hold opens N streams at once
+//      (POST /api/chat-process, Basic auth) and holds them until they end. Meanwhile chat's VmRSS
+//      and chat_streams_open are sampled; VmHWM (reset through /proc/<pid>/clear_refs before the
+//      hold) gives the exact peak, utime+stime the CPU;
+//   3. stops chat and auth, starts nginx (worker_processes --nginx-workers, proxy_buffering off)
+//      in front of the SAME fake upstream and does the same with OpenAI-shaped requests to
+//      /v1/chat/completions with stream:true. nginx's figures are those of its workers;
+//   4. prints figure | chatweb chat | nginx reference | target, and the fake upstream's own cost.
+
+import { spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+
+import {
+    defaultBinDir, freePort, spawnServer, startFakeUpstream, startRedis, startService, stopAll,
+} from '../../deploy/local/stack.mjs';
+import {
+    CPU_RESOLUTION_S, allProcCpu, childPids, get, otherProcCpu, groupCpuSeconds, groupStatus, kib, loadAverage, machineBusySeconds,
+    loadgenPath, metric, nofileLimits, procStatus, runLoadgen, sampler, sleep, table,
+} from './measure.mjs';
+
+const HELP = `usage: bench/streams [options]
+
+  --streams N         streams held at once (default 1000; the target is 10000)
+  --tps R             fake upstream pace, tokens per second (default 2)
+  --tokens K          tokens per reply (default 20: a stream lasts (K-1)/R s, 9.5 s)
+  --workers W         chat event loops, WORKERS (default 2)
+  --nginx-workers W   nginx worker_processes of the reference (default 2)
+  --rate R            loadgen: open at most R connections per second (default: all at once)
+  --loadgen-threads T loadgen event-loop threads (default 1)
+  --no-nginx          skip the nginx reference
+  --no-chat           skip chat (only the nginx reference)
+  --json FILE         also write every figure as JSON to FILE
+  --keep              keep the scratch directory (logs, nginx.conf)
+  -h, --help
+
+Environment: BUILD_DIR (default build).`;
+
+const { values: opt } = parseArgs({
+    options: {
+        streams: { type: 'string', default: '1000' },
+        tps: { type: 'string', default: '2' },
+        tokens: { type: 'string', default: '20' },
+        workers: { type: 'string', default: '2' },
+        'nginx-workers': { type: 'string', default: '2' },
+        rate: { type: 'string', default: '0' },
+        'loadgen-threads': { type: 'string', default: '1' },
+        'no-nginx': { type: 'boolean', default: false },
+        'no-chat': { type: 'boolean', default: false },
+        json: { type: 'string' },
+        keep: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+    },
+});
+if (opt.help) {
+    console.log(HELP);
+    process.exit(0);
+}
+
+function intOpt(name, min, max) {
+    const v = Number(opt[name]);
+    if (!Number.isInteger(v) || v < min || v > max) {
+        console.error(`bench/streams: --${name} must be an integer ${min}..${max}, got ${opt[name]}`);
+        process.exit(64);
+    }
+    return v;
+}
+
+const N = intOpt('streams', 1, 100000);
+const TOKENS = intOpt('tokens', 2, 100000);
+const WORKERS = intOpt('workers', 1, 64);
+const NGINX_WORKERS = intOpt('nginx-workers', 1, 16);
+const LG_THREADS = intOpt('loadgen-threads', 1, 16);
+const TPS = Number(opt.tps);
+const RATE = Number(opt.rate);
+if (!(TPS > 0 && TPS <= 1000) || !(RATE >= 0)) {
+    console.error('bench/streams: --tps must be in (0, 1000] and --rate >= 0');
+    process.exit(64);
+}
+const STREAM_S = (TOKENS - 1) / TPS;
+const WARMUP = 20;
+const TIMEOUT_S = Math.ceil(STREAM_S * 2 + 60 + N / 500);
+const SAMPLE_MS = 200;
+
+const log = (s) => process.stderr.write(`[streams] ${s}\n`);
+
+function resetPeak(pid) {
+    // Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0).
+    try {
+        fs.writeFileSync(`/proc/${pid}/clear_refs`, '5');
+        return true;
+    } catch {
+        return false;
+    }
+}
+
+/**
+ * One measured run against a server made of `pids()` (re-read at each sample).
+ * Returns every figure; sizes in KiB, CPU in seconds.
+ */
+async function measure({ label, pids, auxPids = [], fakePid, fakeStatsUrl, gauge, warmArgs, holdArgs }) {
+    log(`${label}: warm-up (${WARMUP} fast streams)`);
+    const warm = await runLoadgen(warmArgs);
+    if (warm.report.completed !== WARMUP) {
+        throw new Error(`${label}: the warm-up failed: ${JSON.stringify(warm.report.failed)} ` +
+            `${JSON.stringify(warm.report.errors)} statuses ${JSON.stringify(warm.report.statuses)}`);
+    }
+    await sleep(1000);
+    const idle = groupStatus(pids());
+    const fakeIdle = procStatus(fakePid);
+    let hwmExact = true;
+    for (const p of [...pids(), fakePid]) hwmExact = resetPeak(p) && hwmExact;
+    const cpu0 = groupCpuSeconds(pids());
+    const fakeCpu0 = groupCpuSeconds([fakePid]);
+    const aux0 = groupCpuSeconds(auxPids);
+    const busy0 = machineBusySeconds();
+    const self0 = process.cpuUsage();
+    const procs0 = allProcCpu();
+    const load0 = loadAverage();
+
+    const s = { rssMax: 0, gaugeMax: 0, fakeOpenMax: 0, rssAtGaugeMax: 0, samples: 0 };
+    const smp = sampler(async () => {
+        const st = groupStatus(pids());
+        const g = gauge ? await gauge() : NaN;
+        let fo = NaN;
+        try {
+            fo = JSON.parse(await get(fakeStatsUrl, 1000)).open_streams;
+        } catch { /* busy: skip this sample */ }
+        s.samples++;
+        if (st.rssKiB > s.rssMax) s.rssMax = st.rssKiB;
+        if (g > s.gaugeMax) { s.gaugeMax = g; s.rssAtGaugeMax = st.rssKiB; }
+        if (fo > s.fakeOpenMax) s.fakeOpenMax = fo;
+    }, SAMPLE_MS);
+
+    log(`${label}: holding ${N} streams (each about ${STREAM_S.toFixed(1)} s)`);
+    const t0 = Date.now();
+    let lastShown = 0;
+    const run = await runLoadgen(holdArgs, {
+        onProgress: (p) => {
+            if (p.t - lastShown >= 5) {
+                lastShown = p.t;
+                log(`${label}: t=${p.t}s streaming=${p.streaming} completed=${p.completed} failed=${p.failed}`);
+            }
+        },
+    });
+    const wall = (Date.now() - t0) / 1000;
+    await smp.stop();
+    const cpu1 = groupCpuSeconds(pids());
+    const fakeCpu1 = groupCpuSeconds([fakePid]);
+    const aux1 = groupCpuSeconds(auxPids);
+    const busy1 = machineBusySeconds();
+    const selfCpu = process.cpuUsage(self0);
+    const benchSeconds = (selfCpu.user + selfCpu.system) / 1e6;
+    const busy = busy1.tasks - busy0.tasks;
+    const others = otherProcCpu(procs0, allProcCpu(), [...pids(), ...auxPids, fakePid, process.pid]);
+    const irq = busy1.irq - busy0.irq;
+    const peak = groupStatus(pids());
+    const fakePeak = procStatus(fakePid);
+    await sleep(1000);
+    const after = groupStatus(pids());
+    const r = run.report;
+    const peakKiB = Math.max(peak.hwmKiB, s.rssMax);
+    return {
+        label, n: N, wallSeconds: wall, report: r, loadgenExit: run.code, hwmExact,
+        idleKiB: idle.rssKiB, peakKiB, afterKiB: after.rssKiB, sampledPeakKiB: s.rssMax,
+        // divided by the streams that were really open at once (N unless some failed)
+        perStreamKiB: (peakKiB - idle.rssKiB) / Math.max(1, r.peak_streaming),
+        cpuSeconds: cpu1.precise - cpu0.precise, cpuPerStreamMs: ((cpu1.precise - cpu0.precise) * 1000) / N,
+        cpuTickSeconds: cpu1.ticks - cpu0.ticks,
+        gaugeMax: s.gaugeMax, rssAtGaugeMaxKiB: s.rssAtGaugeMax, fakeOpenMax: s.fakeOpenMax, samples: s.samples,
+        machine: {
+            loadAverageBefore: load0, busySeconds: busy + irq, capacitySeconds: wall * os.cpus().length,
+            serverSeconds: cpu1.ticks - cpu0.ticks, fakeSeconds: fakeCpu1.ticks - fakeCpu0.ticks,
+            auxSeconds: aux1.ticks - aux0.ticks, loadgenSeconds: r.cpu_s || 0, benchSeconds, irqSeconds: irq,
+            // interrupt ticks are also charged to the process they interrupted: count them once
+            otherSeconds: busy + irq - (cpu1.ticks - cpu0.ticks) - (fakeCpu1.ticks - fakeCpu0.ticks) -
+                (aux1.ticks - aux0.ticks) - (r.cpu_s || 0) - benchSeconds,
+            others,
+        },
+        fake: {
+            idleKiB: fakeIdle.rssKiB, peakKiB: Math.max(fakePeak.hwmKiB, fakePeak.rssKiB),
+            perStreamKiB: (Math.max(fakePeak.hwmKiB, fakePeak.rssKiB) - fakeIdle.rssKiB) / Math.max(1, r.peak_streaming),
+            cpuSeconds: fakeCpu1.precise - fakeCpu0.precise,
+            cpuPerStreamMs: ((fakeCpu1.precise - fakeCpu0.precise) * 1000) / N,
+        },
+    };
+}
+
+function nginxConf({ dir, port, upstream, workers, nofile, token }) {
+    return `# bench/streams: the nginx reference, a plain streaming reverse proxy.
+${process.getuid && process.getuid() === 0 ? 'user root;' : ''}
+worker_processes ${workers};
+worker_rlimit_nofile ${nofile};
+daemon off;
+pid "${dir}/nginx.pid";
+error_log "${dir}/error.log" warn;
+events {
+    worker_connections ${Math.max(1024, nofile - 64)};
+}
+http {
+    access_log "${dir}/access.log";
+    client_body_temp_path "${dir}/tmp/body";
+    proxy_temp_path "${dir}/tmp/proxy";
+    fastcgi_temp_path "${dir}/tmp/fastcgi";
+    uwsgi_temp_path "${dir}/tmp/uwsgi";
+    scgi_temp_path "${dir}/tmp/scgi";
+    keepalive_timeout 65s;
+    upstream fake {
+        server ${upstream};
+        keepalive 64;
+    }
+    server {
+        # reuseport: the kernel spreads connections evenly over the workers
+        listen 127.0.0.1:${port} reuseport;
+        location = /_ready { access_log off; return 200 "${token}"; }
+        location /v1/ {
+            proxy_pass http://fake;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 1h;
+        }
+    }
+}
+`;
+}
+
+async function startNginxReference(dir, upstreamAddr, nofile) {
+    const ndir = path.join(dir, 'nginx-ref');
+    fs.mkdirSync(path.join(ndir, 'tmp'), { recursive: true });
+    fs.chmodSync(ndir, 0o755);
+    const port = await freePort();
+    const token = crypto.randomBytes(8).toString('hex');
+    const confPath = path.join(ndir, 'nginx.conf');
+    fs.writeFileSync(confPath, nginxConf({ dir: ndir, port, upstream: upstreamAddr, workers: NGINX_WORKERS, nofile, token }));
+    const h = spawnServer({
+        label: 'nginx-ref', cmd: 'nginx', args: ['-p', `${ndir}/`, '-e', path.join(ndir, 'error.log'), '-c', confPath],
+        logFile: path.join(ndir, 'error.log'), graceMs: 5000,
+    });
+    const url = `http://127.0.0.1:${port}`;
+    for (let i = 0; ; i++) {
+        if (h.exitInfo) throw new Error(`nginx-ref exited: ${fs.readFileSync(path.join(ndir, 'error.log'), 'utf8').slice(-2000)}`);
+        try {
+            if ((await get(`${url}/_ready`, 500)) === token) break;
+        } catch { /* not yet */ }
+        if (i > 100) throw new Error('nginx-ref: not ready after 10 s');
+        await sleep(100);
+    }
+    let workers = [];
+    for (let i = 0; i < 50 && workers.length < NGINX_WORKERS; i++) {
+        workers = childPids(h.pid);
+        await sleep(50);
+    }
+    return { h, url, workers, confPath };
+}
+
+/** The option names printed by chatweb-chat --describe-config. */
+function chatOptions() {
+    const r = spawnSync(path.join(defaultBinDir(), 'chatweb-chat'), ['--describe-config'], { encoding: 'utf8' });
+    return `${r.stdout || ''}${r.stderr || ''}`;
+}
+
+function ms(v) {
+    return `${v.toFixed(1)} ms`;
+}
+
+function fmtLat(r, key) {
+    const l = r.report.latency_ms[key];
+    return l.count ? `${ms(l.p50)} / ${ms(l.p99)} / ${ms(l.max)}` : '-';
+}
+
+function failures(r) {
+    const f = r.report.failed;
+    if (!f.total) return '0';
+    return `${f.total} (${Object.entries(f).filter(([k, v]) => k !== 'total' && v).map(([k, v]) => `${k} ${v}`).join(', ')})`;
+}
+
+function ratio(a, b) {
+    return b > 0 ? ` (${(a / b).toFixed(1)}x nginx)` : '';
+}
+
+async function main() {
+    loadgenPath(); // fails early, with the path, when the build lacks chatweb-loadgen
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chatweb-bench-streams-'));
+    const limits = nofileLimits();
+    const needChat = 2 * N + 200;
+    log(`scratch directory ${dir}`);
+    console.log(`bench/streams: ${N} concurrent streams, fake upstream at ${TPS} tokens/s x ${TOKENS} tokens ` +
+        `(${STREAM_S.toFixed(1)} s per stream); chat WORKERS=${WORKERS}; nginx worker_processes ${NGINX_WORKERS}`);
+    console.log(`machine: ${os.cpus().length} CPU(s), ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, ` +
+        `RLIMIT_NOFILE ${limits.soft}/${limits.hard}, load average ${loadAverage()}`);
+    if (!opt['no-chat'] && limits.soft < needChat) {
+        console.log(`WARNING: chat needs about ${needChat} descriptors for ${N} streams (a client and an upstream socket ` +
+            `each), but RLIMIT_NOFILE is ${limits.soft} (hard ${limits.hard}). Expect failures above about ` +
+            `${Math.floor((limits.soft - 200) / 2)} streams; they measure this machine's limit, not chat.`);
+    }
+
+    const results = { config: { n: N, tps: TPS, tokens: TOKENS, workers: WORKERS, nginxWorkers: NGINX_WORKERS, nofile: limits } };
+    const redis = await startRedis({ dir: path.join(dir, 'redis') });
+    const fake = await startFakeUpstream({
+        dir, env: { FAKE_TOKENS_PER_SEC: String(TPS), FAKE_REPLY_TOKENS: String(TOKENS) },
+    });
+    const fakeStats = `${fake.url}/_fake/stats`;
+    log(`redis ${redis.url}, fake upstream ${fake.url} (pid ${fake.pid})`);
+
+    const common = ['--timeout', String(TIMEOUT_S), '--threads', String(LG_THREADS), ...(RATE > 0 ? ['--rate', String(RATE)] : [])];
+
+    // ---- chat ----
+    if (!opt['no-chat']) {
+        const user = 'bench';
+        const pass = crypto.randomBytes(12).toString('hex');
+        const auth = await startService('auth', {
+            dir, env: { REDIS_URL: redis.url, BASIC_AUTH_USER: user, BASIC_AUTH_PASSWORD: pass, LOG_LEVEL: 'warn' },
+        });
+        // Billing is started only when this chat build has a BILLING_URL option (reserve/settle).
+        let billing = null;
+        const chatEnv = {
+            REDIS_URL: redis.url, AUTH_URL: auth.url, OPENAI_BASE_URL: fake.baseUrl, OPENAI_KEY: 'sk-bench',
+            WORKERS: String(WORKERS),
+        };
+        if (chatOptions().includes('BILLING_URL')) {
+            billing = await startService('billing', { dir, env: { REDIS_URL: redis.url, AUTH_URL: auth.url, LOG_LEVEL: 'warn' } });
+            chatEnv.BILLING_URL = billing.url;
+            log(`billing ${billing.url}`);
+        }
+        const chat = await startService('chat', { dir, env: chatEnv });
+        log(`auth ${auth.url}, chat ${chat.url} (pid ${chat.pid}, admin ${chat.adminUrl})`);
+        const coldKiB = procStatus(chat.pid).rssKiB;
+        const chatUrl = `${chat.url}/api/chat-process`;
+        const chatBody = (prompt) => JSON.stringify({ prompt, options: {} });
+        results.chat = await measure({
+            label: 'chat',
+            pids: () => [chat.pid],
+            auxPids: [auth.pid, redis.pid, ...(billing ? [billing.pid] : [])],
+            fakePid: fake.pid,
+            fakeStatsUrl: fakeStats,
+            gauge: () => metric(`${chat.adminUrl}/metrics`, 'chat_streams_open'),
+            warmArgs: ['-c', String(WARMUP), '--hold', '--basic', `${user}:${pass}`, '-d', chatBody('bench warm-up [[fake tps=0]]'),
+                '--expect', '"finish_reason":"stop"', chatUrl],
+            holdArgs: ['-c', String(N), '--hold', '--basic', `${user}:${pass}`, '-d', chatBody('bench stream'),
+                '--expect', '"finish_reason":"stop"', ...common, chatUrl],
+        });
+        results.chat.coldKiB = coldKiB;
+        results.chat.threads = procStatus(chat.pid).threads;
+        results.chat.logBytes = fs.statSync(chat.logFile).size;
+        await chat.stop();
+        if (billing) await billing.stop();
+        await auth.stop();
+    }
+
+    // ---- nginx ----
+    if (!opt['no-nginx']) {
+        const ng = await startNginxReference(dir, fake.addr, limits.soft === Infinity ? 65536 : limits.soft);
+        log(`nginx reference ${ng.url} (master ${ng.h.pid}, workers ${ng.workers.join(' ')})`);
+        const oaBody = (content) => JSON.stringify({
+            model: 'gpt-3.5-turbo', messages: [{ role: 'user', content }], stream: true,
+            stream_options: { include_usage: true },
+        });
+        const nurl = `${ng.url}/v1/chat/completions`;
+        results.nginx = await measure({
+            label: 'nginx',
+            pids: () => ng.workers,
+            fakePid: fake.pid,
+            fakeStatsUrl: fakeStats,
+            gauge: null,
+            warmArgs: ['-c', String(WARMUP), '--hold', '-H', 'Authorization: Bearer sk-bench', '-d', oaBody('bench warm-up [[fake tps=0]]'),
+                '--expect', 'data: [DONE]', nurl],
+            holdArgs: ['-c', String(N), '--hold', '-H', 'Authorization: Bearer sk-bench', '-d', oaBody('bench stream'),
+                '--expect', 'data: [DONE]', ...common, nurl],
+        });
+        results.nginx.workers = ng.workers.length;
+        await ng.h.stop();
+    }
+    await stopAll();
+
+    // ---- report ----
+    const c = results.chat;
+    const x = results.nginx;
+    const both = (f, g = f) => [c ? f(c) : 'skipped', x ? g(x) : 'skipped'];
+    const vsNginx = (v) => (c && x ? ratio(v(c), v(x)) : '');
+    const rows = [
+        ['figure', 'chatweb chat', `nginx reference (${NGINX_WORKERS} workers)`, 'target'],
+        ['streams completed correctly', ...both((r) => `${r.report.completed} / ${N}`), `${N} / ${N}`],
+        ['failures', ...both(failures), '0'],
+        ['peak streams open at once (loadgen)', ...both((r) => `${r.report.peak_streaming}`), `${N}`],
+        ['peak upstream streams open (fake)', ...both((r) => `${r.fakeOpenMax}`), `${N}`],
+        ['peak chat_streams_open', ...both((r) => `${r.gaugeMax}`, () => '-'), `${N}`],
+        ['RSS idle (after warm-up)', ...both((r) => kib(r.idleKiB)), '<= 64 MiB'],
+        ['RSS peak (VmHWM)', ...both((r) => kib(r.peakKiB)), '-'],
+        ['RSS per open stream', ...both((r) => `${kib(r.perStreamKiB)}${vsNginx((q) => q.perStreamKiB)}`, (r) => kib(r.perStreamKiB)),
+            '<= 16 KiB'],
+        ['RSS 1 s after the streams ended', ...both((r) => kib(r.afterKiB)), '-'],
+        ['CPU per stream (user+sys)', ...both((r) => `${r.cpuPerStreamMs.toFixed(3)} ms${vsNginx((q) => q.cpuPerStreamMs)}`,
+            (r) => `${r.cpuPerStreamMs.toFixed(3)} ms`), '-'],
+        ['CPU during the hold', ...both((r) => `${r.cpuSeconds.toFixed(3)} s`), '-'],
+        ['TTFB p50 / p99 / max', ...both((r) => fmtLat(r, 'ttfb')), '-'],
+        ['stream time p50 / p99 / max', ...both((r) => fmtLat(r, 'total')), `~${(STREAM_S * 1000).toFixed(0)} ms`],
+        ['connect p50 / p99 / max', ...both((r) => fmtLat(r, 'connect')), '-'],
+    ];
+    const runs = [c, x].filter(Boolean);
+    console.log('');
+    console.log(table(rows));
+    console.log('');
+    if (c) console.log(`chat: RSS ${kib(c.coldKiB)} right after start, ${c.threads} threads; idle is measured 1 s after a warm-up of ${WARMUP} streams.`);
+    console.log(`fake upstream (context; the same process serves both runs, RSS ${kib(runs[0].fake.idleKiB)} idle): ` +
+        runs.map((r) => `${r.label} run ${kib(r.fake.perStreamKiB)} and ${r.fake.cpuPerStreamMs.toFixed(3)} ms CPU per stream`).join('; ') + '.');
+    console.log(`CPU is the time on CPU of the live threads (/proc/<pid>/task/*/schedstat); the tick count of ` +
+        `/proc/<pid>/stat (${(CPU_RESOLUTION_S * 1000).toFixed(0)} ms ticks, exited threads included) reads: ` +
+        `${runs.map((r) => `${r.label} ${r.cpuTickSeconds.toFixed(2)} s`).join(', ')}. ` +
+        `RSS per open stream = (VmHWM during the hold - idle RSS) / streams open at once (loadgen peak: ` +
+        `${runs.map((r) => `${r.label} ${r.report.peak_streaming}`).join(', ')}); CPU per stream = CPU during the hold / ${N} requests.` +
+        `${runs.every((r) => r.hwmExact) ? '' : ' (VmHWM could not be reset through clear_refs: the peak may include earlier activity.)'}`);
+    for (const r of runs) {
+        const m = r.machine;
+        const cpus = os.cpus().length;
+        console.log(`machine during the ${r.label} hold (${r.wallSeconds.toFixed(1)} s, load average ${m.loadAverageBefore} before): ` +
+            `${((100 * m.busySeconds) / m.capacitySeconds).toFixed(0)}% of ${cpus} CPUs busy = ${m.serverSeconds.toFixed(2)} s ${r.label}` +
+            ` + ${m.fakeSeconds.toFixed(2)} s fake + ${m.auxSeconds.toFixed(2)} s ${r.label === 'chat' ? 'auth/redis' : 'nginx master/redis'}` +
+            ` + ${m.loadgenSeconds.toFixed(2)} s loadgen + ${m.benchSeconds.toFixed(2)} s this script` +
+            ` + ${Math.max(0, m.otherSeconds).toFixed(2)} s other work` +
+            ` (seen: ${m.others.top.map((o) => `${o.comm} ${o.seconds.toFixed(2)} s`).join(', ') || 'none'}` +
+            `${m.otherSeconds - m.others.seconds > 0.5 ? `; ${(m.otherSeconds - m.others.seconds).toFixed(2)} s unattributed: processes that exited, kernel` : ''})` +
+            `${m.others.userSeconds > 0.05 * m.capacitySeconds ? '  <-- NOISY: other programs were busy on the machine' : ''}`);
+    }
+    const errs = runs.flatMap((r) => Object.entries(r.report.errors || {}).map(([k, v]) => `${r.label} first ${k} failure: ${v}`));
+    for (const e of errs) console.log(e);
+
+    if (c) {
+        const verdict = [
+            ['all streams completed', c.report.completed === N],
+            ['RSS idle <= 64 MiB', c.idleKiB <= 64 * 1024],
+            ['RSS per open stream <= 16 KiB', c.perStreamKiB <= 16],
+        ];
+        console.log(`chat vs targets: ${verdict.map(([k, ok]) => `${k}: ${ok ? 'yes' : 'NO'}`).join('; ')}`);
+    }
+    if (opt.json) fs.writeFileSync(opt.json, JSON.stringify(results, null, 2) + '\n');
+    if (!opt.keep) fs.rmSync(dir, { recursive: true, force: true });
+    else log(`kept ${dir}`);
+}
+
+main().catch(async (err) => {
+    console.error(`bench/streams: ${err.stack || err.message}`);
+    await stopAll();
+    process.exit(1);
+});
