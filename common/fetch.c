@@ -297,6 +297,10 @@ struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fe
     if (req->proxy != NULL && req->proxy[0] != '\0')
         curl_easy_setopt(e, CURLOPT_PROXY, req->proxy);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    /* A streamed body arrives in small events; curl's 16 KiB default receive buffer would be
+     * resident for every open stream. */
+    if (req->stream)
+        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     if (req->body != NULL) {
         f->body = malloc(req->body_len ? req->body_len : 1);

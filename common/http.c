@@ -31,7 +31,9 @@
 #include "svc/util.h"
 
 #define REQ_ID_MAX 64
-#define STREAM_BLOCK 16384
+/* MHD's per-stream send block. Small on purpose: it is resident for every open stream, and a
+ * stream's objects are written as they come, not in bulk (docs/benchmarks.md). */
+#define STREAM_BLOCK 4096
 
 struct daemon_slot {
     struct svc_http_server *srv;
@@ -695,7 +697,7 @@ int svc_http_server_create(struct svc_http_server **out, const struct svc_http_o
         return SVC_ENOMEM;
     srv->opts = *opts;
     if (srv->opts.max_header == 0)
-        srv->opts.max_header = 64 * 1024;
+        srv->opts.max_header = 16 * 1024; /* also MHD's per-connection pool: resident per stream */
     if (srv->opts.idle_timeout == 0)
         srv->opts.idle_timeout = 60;
     if (srv->opts.max_connections == 0)

@@ -210,6 +210,7 @@ void svc_service_serve_pool(const struct svc_route *routes, size_t nroutes, int 
     ho.mode = SVC_HTTP_POOL;
     ho.threads = svc_service_workers() * 2;
     ho.max_body = (size_t)svc_service_option("HTTP_MAX_BODY")->i;
+    ho.max_header = (size_t)svc_service_option("HTTP_MAX_HEADER")->i;
     ho.idle_timeout = (unsigned)svc_service_option("HTTP_IDLE_TIMEOUT")->i;
     ho.max_connections = (unsigned)svc_service_option("HTTP_MAX_CONNECTIONS")->i;
     ho.default_style = (enum svc_http_style)default_style;

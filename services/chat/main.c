@@ -129,6 +129,7 @@ int main(int argc, char **argv)
     ho.loops = loops;
     ho.nloops = nworkers;
     ho.max_body = (size_t)chat_setting.HTTP_MAX_BODY.i;
+    ho.max_header = (size_t)chat_setting.HTTP_MAX_HEADER.i;
     ho.idle_timeout = (unsigned)chat_setting.HTTP_IDLE_TIMEOUT.i;
     ho.max_connections = (unsigned)chat_setting.HTTP_MAX_CONNECTIONS.i;
     ho.default_style = SVC_HTTP_STYLE_ENVELOPE;

@@ -50,6 +50,7 @@ struct svc_option {
     ACTION(LOG_LEVEL, SVC_OPT_STR, "info", 0, 0, "error|warn|notice|info|debug")              \
     ACTION(WORKERS, SVC_OPT_INT, "0", 0, 64, "worker threads or event loops; 0 = one per core") \
     ACTION(HTTP_MAX_BODY, SVC_OPT_INT, "1048576", 1024, 67108864, "largest request body in bytes") \
+    ACTION(HTTP_MAX_HEADER, SVC_OPT_INT, "16384", 4096, 1048576, "largest request line + headers in bytes (431 beyond); also memory held per connection") \
     ACTION(HTTP_IDLE_TIMEOUT, SVC_OPT_INT, "60", 1, 3600, "seconds before an idle client connection is closed") \
     ACTION(HTTP_MAX_CONNECTIONS, SVC_OPT_INT, "20000", 16, 1000000, "client connections per service") \
     ACTION(DRAIN_TIMEOUT, SVC_OPT_INT, "25", 0, 3600, "seconds to finish in-flight requests on SIGTERM")
