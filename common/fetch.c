@@ -160,7 +160,7 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
     return svc_timer_start(m->timer, (uint64_t)timeout_ms) == SVC_OK ? 0 : -1;
 }
 
-struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop)
+struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop, long max_host_connections)
 {
     struct svc_fetch_multi *m = calloc(1, sizeof(*m));
 
@@ -177,8 +177,7 @@ struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop)
     curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
     curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
-    /* Many streams to one upstream host must not queue behind each other. */
-    curl_multi_setopt(m->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
+    curl_multi_setopt(m->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host_connections);
     curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, 1024L);
     return m;
 }

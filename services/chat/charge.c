@@ -80,7 +80,7 @@ void chat_charge_reserve(struct chat_turn *t)
     /* A small balance still buys a reply this long (the seed's reserved reply size). */
     in.min_completion_tokens = chat_setting.CHAT_MIN_RESPONSE_TOKENS.i;
     in.username = t->username;
-    t->billing_call = svc_rpc_call_async(t->w->billing, t->w->multi, "/rpc/Billing/Reserve",
+    t->billing_call = svc_rpc_call_async(t->w->billing, t->w->rpc, "/rpc/Billing/Reserve",
                                          &in.base, &chatweb__billing__reserve_response__descriptor,
                                          t->rid, on_reserved, t);
     if (t->billing_call == NULL) {
@@ -137,14 +137,14 @@ static void send_finish(struct chat_turn *t)
         in.completion_tokens = t->settle_completion;
         in.model = t->params.model;
         in.estimated = t->settle_estimated;
-        f = svc_rpc_call_async(t->w->billing, t->w->multi, "/rpc/Billing/Settle", &in.base,
+        f = svc_rpc_call_async(t->w->billing, t->w->rpc, "/rpc/Billing/Settle", &in.base,
                                &chatweb__billing__settle_response__descriptor, t->rid, on_finished,
                                t);
     } else {
         Chatweb__Billing__ReleaseRequest in = CHATWEB__BILLING__RELEASE_REQUEST__INIT;
         in.request_id = t->reply_id;
         in.reason = "no output";
-        f = svc_rpc_call_async(t->w->billing, t->w->multi, "/rpc/Billing/Release", &in.base,
+        f = svc_rpc_call_async(t->w->billing, t->w->rpc, "/rpc/Billing/Release", &in.base,
                                &chatweb__billing__release_response__descriptor, t->rid,
                                on_finished, t);
     }

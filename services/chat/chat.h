@@ -73,7 +73,8 @@ extern struct chat_stats chat_stats;
 /* Per-loop state; svc_loop_data(loop) points at it. */
 struct chat_worker {
     struct svc_loop *loop;
-    struct svc_fetch_multi *multi;
+    struct svc_fetch_multi *multi; /* upstream streams: one connection each, no cap */
+    struct svc_fetch_multi *rpc;   /* auth and billing calls: a few keep-alive connections */
     struct svc_redis_async *redis;
     struct svc_rpc_client *auth;
     struct svc_rpc_client *billing;

@@ -132,7 +132,7 @@ static void run_me(struct chat_turn *t)
     Chatweb__Billing__GetAccountRequest in = CHATWEB__BILLING__GET_ACCOUNT_REQUEST__INIT;
 
     in.user_id = t->user_id;
-    t->billing_call = svc_rpc_call_async(t->w->billing, t->w->multi, "/rpc/Billing/GetAccount",
+    t->billing_call = svc_rpc_call_async(t->w->billing, t->w->rpc, "/rpc/Billing/GetAccount",
                                          &in.base, &chatweb__billing__get_account_response__descriptor,
                                          t->rid, on_account, t);
     if (t->billing_call == NULL) {
@@ -248,7 +248,7 @@ static void run_user(struct chat_turn *t)
     in.new_username = name;
     in.new_password = pass;
     in.client_ip = (char *)svc_req_client_ip(t->req);
-    t->billing_call = svc_rpc_call_async(t->w->auth, t->w->multi, "/rpc/Auth/ChangeCredentials",
+    t->billing_call = svc_rpc_call_async(t->w->auth, t->w->rpc, "/rpc/Auth/ChangeCredentials",
                                          &in.base,
                                          &chatweb__auth__change_credentials_response__descriptor,
                                          t->rid, on_changed, t);
@@ -302,7 +302,7 @@ static void run_model(struct chat_turn *t)
     }
     in.user_id = t->user_id;
     in.model = strcmp(value, "-") == 0 ? "" : value;
-    t->billing_call = svc_rpc_call_async(t->w->auth, t->w->multi, "/rpc/Auth/SetModel", &in.base,
+    t->billing_call = svc_rpc_call_async(t->w->auth, t->w->rpc, "/rpc/Auth/SetModel", &in.base,
                                          &chatweb__auth__set_model_response__descriptor, t->rid,
                                          on_model_set, t);
     if (t->billing_call == NULL) {

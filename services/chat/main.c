@@ -26,6 +26,9 @@ struct chat_stats chat_stats = {CHAT_METRICS(SVC_METRIC_INIT)};
 #define REDIS_TIMEOUT_MS 2000
 #define AUTH_TIMEOUT_MS 3000
 #define BILLING_TIMEOUT_MS 3000
+/* Per loop and peer service; a burst of RPCs queues on these instead of opening a connection
+ * (and a descriptor) per request. */
+#define RPC_CONNECTIONS_PER_PEER 32
 
 static struct chat_worker *workers;
 static unsigned nworkers;
@@ -115,11 +118,12 @@ int main(int argc, char **argv)
         if (w->loop == NULL)
             svc_service_die(SVC_EX_SOFTWARE, "cannot create event loop %u", i);
         svc_loop_set_data(w->loop, w);
-        w->multi = svc_fetch_multi_create(w->loop);
+        w->multi = svc_fetch_multi_create(w->loop, 0);
+        w->rpc = svc_fetch_multi_create(w->loop, RPC_CONNECTIONS_PER_PEER);
         w->redis = svc_redis_async_create(w->loop, chat_setting.REDIS_URL.s, REDIS_TIMEOUT_MS);
         w->auth = svc_rpc_client_create(chat_setting.AUTH_URL.s, AUTH_TIMEOUT_MS);
         w->billing = svc_rpc_client_create(chat_setting.BILLING_URL.s, BILLING_TIMEOUT_MS);
-        if (w->multi == NULL || w->redis == NULL || w->auth == NULL || w->billing == NULL)
+        if (w->multi == NULL || w->rpc == NULL || w->redis == NULL || w->auth == NULL || w->billing == NULL)
             svc_service_die(SVC_EX_SOFTWARE, "cannot set up worker %u", i);
     }
 
@@ -155,6 +159,7 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < nworkers; i++) {
         struct chat_worker *w = &workers[i];
         svc_fetch_multi_destroy(&w->multi);
+        svc_fetch_multi_destroy(&w->rpc);
         svc_redis_async_destroy(&w->redis);
         svc_rpc_client_destroy(&w->auth);
         svc_rpc_client_destroy(&w->billing);

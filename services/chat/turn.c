@@ -960,7 +960,7 @@ int chat_process(struct svc_req *req, void *ctx)
         in.authorization = (char *)(authz != NULL ? authz : "");
         in.cookie = (char *)(cookie != NULL ? cookie : "");
         in.client_ip = (char *)svc_req_client_ip(req);
-        t->auth_call = svc_rpc_call_async(t->w->auth, t->w->multi, "/rpc/Auth/Authenticate",
+        t->auth_call = svc_rpc_call_async(t->w->auth, t->w->rpc, "/rpc/Auth/Authenticate",
                                           &in.base,
                                           &chatweb__auth__authenticate_response__descriptor,
                                           t->rid, on_authenticated, t);

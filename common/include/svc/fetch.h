@@ -49,8 +49,13 @@ struct svc_fetch_cb {
     void (*on_cancel)(void *ud);
 };
 
-/* One per loop. Returns NULL on failure. */
-struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop);
+/*
+ * A set of transfers on loop. max_host_connections caps the connections to any one host (0 = no
+ * cap; transfers beyond it wait in curl's queue): RPC traffic to a peer service wants a cap, so a
+ * burst reuses a few keep-alive connections instead of opening one per request. Returns NULL on
+ * failure.
+ */
+struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop, long max_host_connections);
 
 /* Cancels what is still running (no callbacks) and frees. Accepts NULL; sets *m to NULL. */
 void svc_fetch_multi_destroy(struct svc_fetch_multi **m);
