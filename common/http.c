@@ -252,38 +252,48 @@ int svc_req_reply(struct svc_req *req, int status, const char *content_type, con
     return req_set_pending(req, (unsigned)status, resp);
 }
 
+int svc_req_reply_json(struct svc_req *req, int status, json_t *body)
+{
+    char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+    int rc;
+
+    json_decref(body);
+    if (text == NULL)
+        return svc_req_reply(req, 500, "text/plain", "out of memory", 13);
+    rc = svc_req_reply(req, status, "application/json; charset=utf-8", text, strlen(text));
+    free(text);
+    return rc;
+}
+
+int svc_req_reply_envelope(struct svc_req *req, int http_status, const char *status,
+                           const char *message, json_t *data)
+{
+    return svc_req_reply_json(req, http_status,
+                              json_pack("{s:s, s:s, s:o}", "status", status, "message", message,
+                                        "data", data != NULL ? data : json_null()));
+}
+
 int svc_req_error(struct svc_req *req, int status, const char *message)
 {
     enum svc_http_style style = req->route != NULL ? req->route->style
                                                    : req->slot->srv->opts.default_style;
-    json_t *j = NULL;
-    char *text;
-    int rc;
 
     switch (style) {
     case SVC_HTTP_STYLE_ENVELOPE:
-        j = json_pack("{s:s, s:s, s:n}", "status", "Fail", "message", message, "data");
-        break;
+        return svc_req_reply_envelope(req, status, "Fail", message, NULL);
     case SVC_HTTP_STYLE_OPENAI:
-        j = json_pack("{s:{s:s, s:s, s:n, s:n}}", "error", "message", message, "type",
+        return svc_req_reply_json(
+            req, status,
+            json_pack("{s:{s:s, s:s, s:n, s:n}}", "error", "message", message, "type",
                       status == 401   ? "invalid_request_error"
                       : status == 429 ? "rate_limit_exceeded"
                       : status >= 500 ? "server_error"
                                       : "invalid_request_error",
-                      "param", "code");
-        break;
+                      "param", "code"));
     case SVC_HTTP_STYLE_TEXT:
-        return svc_req_reply(req, status, "text/plain; charset=utf-8", message, strlen(message));
+        break;
     }
-    if (j == NULL)
-        return SVC_ENOMEM;
-    text = json_dumps(j, JSON_COMPACT);
-    json_decref(j);
-    if (text == NULL)
-        return SVC_ENOMEM;
-    rc = svc_req_reply(req, status, "application/json; charset=utf-8", text, strlen(text));
-    free(text);
-    return rc;
+    return svc_req_reply(req, status, "text/plain; charset=utf-8", message, strlen(message));
 }
 
 /* ---- streaming ---- */

@@ -20,27 +20,21 @@
 int auth_reply(struct svc_req *req, int http, const char *status, const char *message,
                struct json_t *data, int data_null)
 {
-    json_t *o = json_object();
-    char *body = NULL;
+    json_t *o;
 
-    if (o == NULL)
-        goto fail;
-    if (data != NULL)
-        json_object_set_new(o, "data", data);
-    else if (data_null)
-        json_object_set_new(o, "data", json_null());
-    json_object_set_new(o, "message", json_string(message ? message : ""));
-    if (status != NULL)
+    if (status != NULL && (data != NULL || data_null)) {
+        svc_req_reply_envelope(req, http, status, message ? message : "", data);
+        return SVC_HTTP_DONE;
+    }
+    /* the seed's bare shapes: {"message":...} or {"data":...,"message":...} */
+    o = json_pack("{s:s}", "message", message ? message : "");
+    if (o != NULL && (data != NULL || data_null))
+        json_object_set_new(o, "data", data != NULL ? data : json_null());
+    else
+        json_decref(data);
+    if (o != NULL && status != NULL)
         json_object_set_new(o, "status", json_string(status));
-    body = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (body == NULL)
-        goto fail;
-    svc_req_reply(req, http, "application/json; charset=utf-8", body, strlen(body));
-    free(body);
-    return SVC_HTTP_DONE;
-fail:
-    svc_req_error(req, 500, "out of memory");
+    svc_req_reply_json(req, http, o);
     return SVC_HTTP_DONE;
 }
 

@@ -73,17 +73,8 @@ void chat_turn_unref(struct chat_turn *t)
 void chat_turn_reply(struct chat_turn *t, int http_status, const char *status,
                      const char *message)
 {
-    json_t *j = json_pack("{s:s, s:s, s:n}", "status", status, "message", message, "data");
-    char *s = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
-
-    if (t->req != NULL) {
-        if (s != NULL)
-            svc_req_reply(t->req, http_status, CT_JSON, s, strlen(s));
-        else
-            svc_req_error(t->req, 500, "out of memory");
-    }
-    free(s);
-    json_decref(j);
+    if (t->req != NULL)
+        svc_req_reply_envelope(t->req, http_status, status, message, NULL);
 }
 
 void chat_turn_fail(struct chat_turn *t, const char *message)
