@@ -10,7 +10,7 @@
 //   DB                                         mysql://user:pass@host:port/db instead of SQLite
 //   OPENAI_KEY / OPENAI_BASE_URL               the real upstream; with neither, a FAKE one is started
 //   REPLICAS                                   e.g. "chat=2,proxy=2" (default one of each)
-//   WEB_ROOT                                   static files for / and /admin/ (default deploy/local/www)
+//   WEB_ROOT (or the seed's FRONTEND_PATH)     static files for / and /admin/ (default deploy/local/www)
 //   BUILD_DIR (build)                          where bin/chatweb-* are
 //   everything else (OPENAI_MODEL, OPS_KEY, BASIC_AUTH_USER, ...) is passed to the services as is.
 // Options: --mysql  start a MariaDB under DATA_DIR/mariadb for the services (instead of SQLite)
@@ -75,7 +75,7 @@ async function main() {
     const port = parsePort(env('SERVER_PORT') ? 'SERVER_PORT' : 'PORT', env('SERVER_PORT') || env('PORT') || '7080');
     const dataDir = path.resolve(stack.ROOT, env('DATA_DIR') || 'var');
     const replicas = parseReplicas(env('REPLICAS'));
-    const staticRoot = path.resolve(env('WEB_ROOT') || stack.DEFAULT_STATIC_ROOT);
+    const staticRoot = path.resolve(env('WEB_ROOT') || env('FRONTEND_PATH') || stack.DEFAULT_STATIC_ROOT);
     const wantMysql = args.includes('--mysql');
     if (wantMysql && env('DB')) fail('--mysql and DB are both given: pick one');
 
