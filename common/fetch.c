@@ -293,6 +293,10 @@ struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fe
         if (f->idle == NULL || svc_timer_start(f->idle, f->idle_ms) != SVC_OK)
             goto fail;
     }
+    if (req->fresh_connection) {
+        curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+        curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    }
     if (req->proxy != NULL && req->proxy[0] != '\0')
         curl_easy_setopt(e, CURLOPT_PROXY, req->proxy);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);

@@ -48,6 +48,9 @@
 #define UPSTREAM_HIGH_WATERMARK (64u << 10)
 #define UPSTREAM_LOW_WATERMARK (16u << 10)
 #define INPUT_MAX (1u << 20)
+/* Upstream transfers open on one loop beyond which new ones take a fresh connection: below it
+ * keep-alive saves a TLS handshake per request, above it the walk costs more than it saves. */
+#define UPSTREAM_REUSE_LIMIT 1024
 
 
 /* ---- lifetime ---- */
@@ -541,6 +544,9 @@ static int start_upstream(struct chat_turn *t)
     fr.idle_timeout_ms = chat_setting.CHAT_UPSTREAM_IDLE_TIMEOUT.i * 1000;
     fr.proxy = chat_setting.SOCKS_PROXY.s;
     fr.stream = 1;
+    /* With many streams open, nearly every connection to the upstream is busy, and libcurl's
+     * search for an idle one walks them all for each new request (docs/benchmarks.md): skip it. */
+    fr.fresh_connection = svc_fetch_multi_active(t->w->multi) >= UPSTREAM_REUSE_LIMIT;
     t->upstream = svc_fetch_start(t->w->multi, &fr, &cb, t);
     free(text);
     memset(auth, 0, sizeof(auth));

@@ -30,6 +30,8 @@ struct svc_fetch_req {
     const char *proxy;            /* e.g. socks5h://host:port; NULL = none */
     size_t max_response;          /* buffered mode: larger bodies fail with SVC_ETOOLARGE */
     int stream;                   /* 1: deliver bytes to on_data as they arrive */
+    int fresh_connection;         /* 1: do not look for an idle connection to reuse, and close
+                                   * this one afterwards (see svc_fetch_multi_active) */
 };
 
 #define SVC_FETCH_PAUSE 1
