@@ -1,9 +1,10 @@
 /*
  * One chat turn: POST /api/chat-process, from request to the last streamed byte.
  *
- *   parse + validate ─> Authenticate RPC ─> walk the context chain in Redis ─> upstream stream
- *        ─> one cumulative JSON object per upstream chunk to the client
- *        ─> store the user message and the reply in Redis ─> send the final object, end.
+ *   parse + validate ─> (a seed command: commands.c) ─> Authenticate RPC ─> rate limit
+ *        ─> walk the context chain in Redis ─> Reserve (charge.c) ─> upstream stream
+ *        ─> one cumulative JSON object per upstream chunk to the client, as fast as it reads
+ *        ─> Settle ─> store the user message and the reply in Redis ─> the final object, end.
  *
  * Everything runs on the request's event loop; nothing blocks. The final object (the one with
  * finish_reason) is held back until the context is stored, so the frontend's automatic
@@ -379,8 +380,6 @@ static const char *upstream_status_text(long status)
     return NULL;
 }
 
-static void finish_upstream(struct chat_turn *t);
-
 static void on_upstream_done(struct svc_fetch *f, int err, long status, const char *body,
                              size_t len, const char *errmsg, void *ud)
 {
@@ -564,7 +563,7 @@ void chat_turn_upstream(struct chat_turn *t)
 }
 
 /* The context is collected: hold the worst case, then go upstream. */
-static void begin_upstream(struct chat_turn *t)
+static void context_collected(struct chat_turn *t)
 {
     chat_charge_reserve(t);
 }
@@ -590,13 +589,13 @@ static void on_history(int err, const struct svc_redis_reply *reply, void *data)
         goto out;
     }
     if (svc_redis_reply_type(reply) != SVC_REDIS_STRING) { /* expired or unknown: chain ends */
-        begin_upstream(t);
+        context_collected(t);
         goto out;
     }
     v = svc_redis_reply_str(reply, &vlen);
     if (chat_ctx_decode(v, vlen, &msg, parent) != SVC_OK) {
         SVC_LOG_WARN(t->rid, "context", "ignoring a malformed stored message %s", t->walk_id);
-        begin_upstream(t);
+        context_collected(t);
         goto out;
     }
     {
@@ -604,7 +603,7 @@ static void on_history(int err, const struct svc_redis_reply *reply, void *data)
         long limit = t->budget - (long)chat_setting.CHAT_MIN_RESPONSE_TOKENS.i;
         if (t->budget_used + cost >= limit) { /* older messages would not fit: stop here */
             json_decref(msg);
-            begin_upstream(t);
+            context_collected(t);
             goto out;
         }
         t->budget_used += cost;
@@ -624,7 +623,7 @@ static void walk_next(struct chat_turn *t)
     if (t->walk_id[0] == '\0' ||
         json_array_size(t->history) >= (size_t)chat_setting.CHAT_MAX_HISTORY.i ||
         chat_ctx_key(key, sizeof(key), t->username, t->walk_id) != SVC_OK) {
-        begin_upstream(t);
+        context_collected(t);
         return;
     }
     const char *argv[] = {"GET", key};
