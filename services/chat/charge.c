@@ -17,8 +17,8 @@
 #include "svc/rpc.h"
 #include "turn.h"
 
-#define FINISH_ATTEMPTS 4
-#define FINISH_BACKOFF_MS 100 /* x4 each attempt: 100, 400, 1600 ms */
+#define FINISH_BACKOFF_MS 100        /* x4 each attempt: 100, 400, 1600 ms ... */
+#define FINISH_BACKOFF_MAX_MS 30000  /* ... up to one try every 30 s */
 
 /* ---- reserve ---- */
 
@@ -90,84 +90,161 @@ void chat_charge_reserve(struct chat_turn *t)
     t->refs++; /* held until billing answers, even if the client leaves */
 }
 
-/* ---- settle / release, with retries ---- */
+/* ---- settle / release, with retries ----
+ *
+ * A Settle (or Release) outlives its request: it is copied into a chat_settle owned by the loop's
+ * worker and retried with backoff while billing cannot be reached, for up to
+ * CHAT_SETTLE_RETRY_FOR seconds (billing corrects an expired hold when the Settle arrives late,
+ * docs/billing.md). Only a replica that dies, or gives up, leaves the hold to expiry.
+ */
 
-static void send_finish(struct chat_turn *t);
+struct chat_settle {
+    struct chat_worker *w;
+    struct chat_settle *prev, *next; /* the worker's list, for shutdown */
+    struct svc_timer *timer;
+    struct svc_fetch *call;
+    char rid[72];
+    char request_id[40];
+    char model[128];
+    long long user_id;
+    int settle; /* 1: Settle, 0: Release */
+    int estimated;
+    int attempts;
+    long prompt, completion;
+    uint64_t started_ms;
+};
 
-static void on_finished(int err, ProtobufCMessage *out_msg, const char *errmsg, void *data)
+static void settle_free(struct chat_settle *cs)
 {
-    struct chat_turn *t = data;
+    if (cs->prev != NULL)
+        cs->prev->next = cs->next;
+    else
+        cs->w->settles = cs->next;
+    if (cs->next != NULL)
+        cs->next->prev = cs->prev;
+    svc_fetch_cancel(&cs->call);
+    svc_timer_destroy(&cs->timer);
+    free(cs);
+    svc_metric_add(&chat_stats.chat_settles_pending, -1);
+}
 
+static void settle_send(struct chat_settle *cs);
+
+static void on_settled(int err, ProtobufCMessage *out_msg, const char *errmsg, void *data)
+{
+    struct chat_settle *cs = data;
+    uint64_t waited = svc_clock_ms() - cs->started_ms;
+
+    cs->call = NULL;
     if (out_msg != NULL)
         protobuf_c_message_free_unpacked(out_msg, NULL);
     if (err == SVC_OK) {
-        chat_turn_unref(t);
+        if (cs->attempts > 1)
+            SVC_LOG_NOTICE(cs->rid, "billing", "%s went through at attempt %d",
+                           cs->settle ? "Settle" : "Release", cs->attempts);
+        settle_free(cs);
         return;
     }
     /* Transport trouble is retried; a definite answer from billing is not. */
-    if ((err == SVC_EUNAVAIL || err == SVC_ETIMEDOUT) && t->settle_attempts < FINISH_ATTEMPTS) {
+    if ((err == SVC_EUNAVAIL || err == SVC_ETIMEDOUT) &&
+        waited < (uint64_t)chat_setting.CHAT_SETTLE_RETRY_FOR.i * 1000) {
         uint64_t wait = FINISH_BACKOFF_MS;
-        for (int i = 1; i < t->settle_attempts; i++)
+        for (int i = 1; i < cs->attempts && wait < FINISH_BACKOFF_MAX_MS; i++)
             wait *= 4;
-        if (t->retry != NULL && svc_timer_start(t->retry, wait) == SVC_OK)
-            return; /* the reference stays with the pending retry */
+        if (wait > FINISH_BACKOFF_MAX_MS)
+            wait = FINISH_BACKOFF_MAX_MS;
+        if (cs->attempts == 1)
+            SVC_LOG_WARN(cs->rid, "billing", "%s failed (%s); retrying for up to %lld s",
+                         cs->settle ? "Settle" : "Release", errmsg ? errmsg : svc_strerror(err),
+                         (long long)chat_setting.CHAT_SETTLE_RETRY_FOR.i);
+        if (svc_timer_start(cs->timer, wait) == SVC_OK)
+            return;
     }
-    SVC_LOG_ERR(t->rid, "billing", "%s for user %lld failed after %d attempt(s): %s; the hold "
+    SVC_LOG_ERR(cs->rid, "billing", "%s for user %lld failed after %d attempt(s): %s; the hold "
                 "is left to billing's expiry",
-                t->finish_settle ? "Settle" : "Release", t->user_id, t->settle_attempts,
+                cs->settle ? "Settle" : "Release", cs->user_id, cs->attempts,
                 errmsg ? errmsg : svc_strerror(err));
-    chat_turn_unref(t);
+    settle_free(cs);
 }
 
-static void on_retry(struct svc_timer *timer, void *data)
+static void on_settle_retry(struct svc_timer *timer, void *data)
 {
     (void)timer;
-    send_finish(data);
+    settle_send(data);
 }
 
-static void send_finish(struct chat_turn *t)
+static void settle_send(struct chat_settle *cs)
 {
-    struct svc_fetch *f;
-
-    t->settle_attempts++;
-    if (t->finish_settle) {
+    cs->attempts++;
+    if (cs->settle) {
         Chatweb__Billing__SettleRequest in = CHATWEB__BILLING__SETTLE_REQUEST__INIT;
-        in.request_id = t->reply_id;
-        in.prompt_tokens = t->settle_prompt;
-        in.completion_tokens = t->settle_completion;
-        in.model = t->params.model;
-        in.estimated = t->settle_estimated;
-        f = svc_rpc_call_async(t->w->billing, t->w->rpc, "/rpc/Billing/Settle", &in.base,
-                               &chatweb__billing__settle_response__descriptor, t->rid, on_finished,
-                               t);
+        in.request_id = cs->request_id;
+        in.prompt_tokens = cs->prompt;
+        in.completion_tokens = cs->completion;
+        in.model = cs->model;
+        in.estimated = cs->estimated;
+        cs->call = svc_rpc_call_async(cs->w->billing, cs->w->rpc, "/rpc/Billing/Settle", &in.base,
+                                      &chatweb__billing__settle_response__descriptor, cs->rid,
+                                      on_settled, cs);
     } else {
         Chatweb__Billing__ReleaseRequest in = CHATWEB__BILLING__RELEASE_REQUEST__INIT;
-        in.request_id = t->reply_id;
+        in.request_id = cs->request_id;
         in.reason = "no output";
-        f = svc_rpc_call_async(t->w->billing, t->w->rpc, "/rpc/Billing/Release", &in.base,
-                               &chatweb__billing__release_response__descriptor, t->rid,
-                               on_finished, t);
+        cs->call = svc_rpc_call_async(cs->w->billing, cs->w->rpc, "/rpc/Billing/Release",
+                                      &in.base, &chatweb__billing__release_response__descriptor,
+                                      cs->rid, on_settled, cs);
     }
-    if (f == NULL)
-        on_finished(SVC_ENOMEM, NULL, "cannot start the call", t);
+    if (cs->call == NULL)
+        on_settled(SVC_EUNAVAIL, NULL, "cannot start the call", cs);
 }
 
 void chat_charge_finish(struct chat_turn *t, int produced)
 {
+    struct chat_settle *cs;
+
     if (!t->reserved)
         return;
     t->reserved = 0;
-    t->finish_settle = produced;
+    cs = calloc(1, sizeof(*cs));
+    if (cs == NULL || (cs->timer = svc_timer_create(t->w->loop, on_settle_retry, cs)) == NULL) {
+        SVC_LOG_ERR(t->rid, "billing", "out of memory: the hold is left to billing's expiry");
+        free(cs);
+        return;
+    }
+    cs->w = t->w;
+    cs->settle = produced;
+    cs->user_id = t->user_id;
+    cs->started_ms = svc_clock_ms();
+    snprintf(cs->rid, sizeof(cs->rid), "%s", t->rid);
+    snprintf(cs->request_id, sizeof(cs->request_id), "%s", t->reply_id);
+    snprintf(cs->model, sizeof(cs->model), "%s", t->params.model);
     if (produced) {
         /* The upstream's usage when it sent one; otherwise (client left, stream broke) a local
          * estimate of what was generated, marked as such. */
-        t->settle_estimated = t->completion_tokens == 0 && t->prompt_tokens == 0;
-        t->settle_prompt = t->prompt_tokens > 0 ? t->prompt_tokens : t->budget_used;
-        t->settle_completion = t->settle_estimated ? (long)((t->text.len + 2) / 3)
-                                                   : t->completion_tokens;
+        cs->estimated = t->completion_tokens == 0 && t->prompt_tokens == 0;
+        cs->prompt = t->prompt_tokens > 0 ? t->prompt_tokens : t->budget_used;
+        cs->completion = cs->estimated ? (long)((t->text.len + 2) / 3) : t->completion_tokens;
     }
-    t->refs++; /* held until billing has answered (or we gave up) */
-    if (t->retry == NULL)
-        t->retry = svc_timer_create(t->w->loop, on_retry, t);
-    send_finish(t);
+    svc_metric_add(&chat_stats.chat_settles_pending, 1);
+    cs->next = t->w->settles;
+    if (cs->next != NULL)
+        cs->next->prev = cs;
+    t->w->settles = cs;
+    settle_send(cs);
+}
+
+void chat_charge_abandon_all(struct chat_worker *w)
+{
+    int n = 0;
+
+    while (w->settles != NULL) {
+        SVC_LOG_ERR(w->settles->rid, "billing",
+                    "shutting down with a %s for user %lld unsent; the hold is left to "
+                    "billing's expiry",
+                    w->settles->settle ? "Settle" : "Release", w->settles->user_id);
+        settle_free(w->settles);
+        n++;
+    }
+    if (n > 0)
+        SVC_LOG_WARN(NULL, "shutdown", "%d settle(s) abandoned", n);
 }

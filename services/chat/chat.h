@@ -18,6 +18,7 @@ struct svc_loop;
 struct svc_fetch_multi;
 struct svc_redis_async;
 struct svc_rpc_client;
+struct chat_settle;
 
 #define CHAT_OPTIONS(ACTION)                                                                   \
     SVC_COMMON_OPTIONS(ACTION)                                                                 \
@@ -45,7 +46,9 @@ struct svc_rpc_client;
     ACTION(CHAT_MODELS, SVC_OPT_STR, "", 0, 0,                                                 \
            "models /model may choose, comma-separated (default: OPENAI_MODEL only)")          \
     ACTION(CHAT_RATE_LIMIT, SVC_OPT_INT, "0", 0, 1000000,                                     \
-           "chat requests per minute per user, all replicas together; 0 = no limit")
+           "chat requests per minute per user, all replicas together; 0 = no limit")          \
+    ACTION(CHAT_SETTLE_RETRY_FOR, SVC_OPT_INT, "600", 0, 86400,                                \
+           "seconds a Settle is retried while billing cannot be reached")
 
 struct chat_setting {
     CHAT_OPTIONS(SVC_OPTION_DECLARE)
@@ -60,6 +63,7 @@ struct chat_setting {
     ACTION(chat_auth_errors_total, SVC_METRIC_COUNTER, "auth service unreachable")            \
     ACTION(chat_context_errors_total, SVC_METRIC_COUNTER, "Redis context failures")           \
     ACTION(chat_rate_limited_total, SVC_METRIC_COUNTER, "requests refused by a rate limit")   \
+    ACTION(chat_settles_pending, SVC_METRIC_GAUGE, "Settle/Release calls waiting for billing") \
     ACTION(chat_prompt_tokens_total, SVC_METRIC_COUNTER, "prompt tokens reported upstream")   \
     ACTION(chat_completion_tokens_total, SVC_METRIC_COUNTER, "completion tokens reported upstream")
 
@@ -78,6 +82,7 @@ struct chat_worker {
     struct svc_redis_async *redis;
     struct svc_rpc_client *auth;
     struct svc_rpc_client *billing;
+    struct chat_settle *settles; /* Settle/Release calls waiting for billing (charge.c) */
 };
 
 struct svc_req;

@@ -7,11 +7,14 @@
  *   POST /api/config         the frontend's settings panel
  */
 #include <pthread.h>
+#include <stdatomic.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "chat.h"
+#include "turn.h"
 #include "svc/fetch.h"
 #include "svc/http.h"
 #include "svc/log.h"
@@ -29,6 +32,7 @@ struct chat_stats chat_stats = {CHAT_METRICS(SVC_METRIC_INIT)};
 /* Per loop and peer service; a burst of RPCs queues on these instead of opening a connection
  * (and a descriptor) per request. */
 #define RPC_CONNECTIONS_PER_PEER 32
+#define SETTLE_GRACE_MS 5000
 
 static struct chat_worker *workers;
 static unsigned nworkers;
@@ -148,6 +152,11 @@ int main(int argc, char **argv)
                    svc_http_server_port(srv), nworkers);
     svc_service_set_ready_check(redis_ready, NULL);
     svc_service_serve(srv);
+    /* Requests are drained; give the settles they left a moment to reach billing. */
+    for (int i = 0; i < SETTLE_GRACE_MS / 20 &&
+                    atomic_load(&chat_stats.chat_settles_pending.value) > 0;
+         i++)
+        usleep(20 * 1000);
     for (unsigned i = 0; i < nworkers; i++) {
         if (svc_loop_post(workers[i].loop, stop_loop, NULL) != SVC_OK)
             svc_loop_stop(workers[i].loop);
@@ -158,6 +167,7 @@ int main(int argc, char **argv)
     svc_http_server_destroy(&srv);
     for (unsigned i = 0; i < nworkers; i++) {
         struct chat_worker *w = &workers[i];
+        chat_charge_abandon_all(w);
         svc_fetch_multi_destroy(&w->multi);
         svc_fetch_multi_destroy(&w->rpc);
         svc_redis_async_destroy(&w->redis);

@@ -60,7 +60,6 @@ void chat_turn_unref(struct chat_turn *t)
 {
     if (--t->refs > 0)
         return;
-    svc_timer_destroy(&t->retry);
     svc_sse_deinit(&t->sse);
     svc_buf_deinit(&t->text);
     svc_buf_deinit(&t->errbody);

@@ -51,11 +51,6 @@ struct chat_turn {
     struct svc_fetch *billing_call;  /* Reserve, or a command's RPC; cancelled with the request */
     int reserved;                    /* a hold exists: it must be settled or released */
     long completion_limit;
-    int settle_attempts;
-    int finish_settle;               /* 1: Settle, 0: Release */
-    int settle_estimated;
-    long settle_prompt, settle_completion;
-    struct svc_timer *retry;
 
     /* context, newest first while walking */
     json_t *history;
@@ -107,9 +102,13 @@ void chat_command_run(struct chat_turn *t, int auth_result);
 /* Holds the turn's worst case; then calls chat_turn_upstream() or answers the refusal. */
 void chat_charge_reserve(struct chat_turn *t);
 
-/* After the upstream: charge the real usage (settle) or give the hold back (release). Holds a
- * reference until billing answered; retried with backoff; safe after the client left. */
+/* After the upstream: charge the real usage (settle) or give the hold back (release). The call
+ * is copied out of the turn, so it outlives the request, and is retried with backoff for up to
+ * CHAT_SETTLE_RETRY_FOR seconds. */
 void chat_charge_finish(struct chat_turn *t, int produced);
+
+/* At shutdown: logs and drops the settles still waiting for billing (their holds expire). */
+void chat_charge_abandon_all(struct chat_worker *w);
 
 /* Starts the upstream request (turn.c). */
 void chat_turn_upstream(struct chat_turn *t);

@@ -3,7 +3,7 @@
 // lives in billing, and the fake upstream reports a deterministic usage block.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { basicAuth, getJSON, postJSON, streamBody, withStack } from './lib/harness.mjs';
+import { basicAuth, getJSON, postJSON, startService, streamBody, withStack } from './lib/harness.mjs';
 
 const OPS_KEY = 'ops-key-for-tests-0123456789';
 const BUDGET = 1000;        // OPENAI_MAX_TOKENS: every chat turn holds at most this much
@@ -103,6 +103,34 @@ for (const backend of ['sqlite', 'mariadb']) describe(`web chat is billed (${bac
         await new Promise((res) => setTimeout(res, 200));
         const after = await check(stack, 'root');
         assert.ok(after.usage > before.usage, 'usage recorded');
+    });
+
+    it('a Settle that cannot reach billing is retried until it gets through, and charges exactly', { timeout: 60000 }, async () => {
+        if (backend !== 'sqlite') return; // the retry is chat's; one back end is enough
+        await register(stack, 'gary', 'gary-password', 100000);
+        const before = await check(stack, 'gary');
+        const prompt = 'pay later [[fake tps=5 tokens=10]]';
+        const pending = chat(stack, basicAuth('gary', 'gary-password'), prompt);
+        await new Promise((res) => setTimeout(res, 700)); // reserved, streaming
+        const billing = stack.services.billing;
+        for (const b of billing) await b.stop();
+        const r = await pending;
+        assert.equal(r.status, 200);
+        assert.match(lastObject(r.text).text, /pay later/);
+        await new Promise((res) => setTimeout(res, 500)); // the first Settle fails
+        const back = await startService('billing', {
+            env: { REDIS_URL: stack.redisUrl, ...(stack.db ? { DB: stack.db } : {}), AUTH_URL: stack.authUrl, BILLING_URL: stack.billingUrl },
+            dir: stack.dir, logDir: stack.logDir, label: 'billing-restarted', httpAddr: billing[0].httpAddr,
+        });
+        stack.handles.push(back);
+        const expected = 3 + 4 + prompt.split(' ').length + 10;
+        let after;
+        for (let i = 0; i < 100; i++) {
+            after = await check(stack, 'gary');
+            if (after.usage !== before.usage) break;
+            await new Promise((res) => setTimeout(res, 200));
+        }
+        assert.equal(after.usage - before.usage, expected, 'the real usage, not the whole hold');
     });
 
     it('race: a balance for exactly N turns serves exactly N of 200 concurrent chats', { timeout: 120000 }, async () => {
