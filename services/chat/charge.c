@@ -31,11 +31,16 @@ static void on_reserved(int err, ProtobufCMessage *out_msg, const char *errmsg, 
     t->billing_call = NULL;
     if (err == SVC_OK && out->result == CHATWEB__BILLING__RESERVE_RESULT__RESERVE_OK)
         t->reserved = 1;
+    /* No answer: billing may have made the hold all the same. A Release (idempotent; "no such
+     * hold" is fine) gives it back instead of leaving it to expire charged in full. */
+    if (err == SVC_ETIMEDOUT || err == SVC_EUNAVAIL)
+        t->reserved = 1;
     if (t->req == NULL || svc_req_is_done(t->req)) { /* the client left while we waited */
         chat_charge_finish(t, 0);
         goto out;
     }
     if (err != SVC_OK) {
+        chat_charge_finish(t, 0);
         SVC_LOG_ERR(t->rid, "billing", "Reserve failed: %s", errmsg ? errmsg : "");
         chat_turn_reply(t, 503, "Fail", "计费服务不可用，请稍后再试 | Billing service unavailable, "
                                         "please try again later");
@@ -138,6 +143,8 @@ static void on_settled(int err, ProtobufCMessage *out_msg, const char *errmsg, v
     cs->call = NULL;
     if (out_msg != NULL)
         protobuf_c_message_free_unpacked(out_msg, NULL);
+    if (err == SVC_ENOTFOUND && !cs->settle)
+        err = SVC_OK; /* a Release after a Reserve that never took effect: nothing to give back */
     if (err == SVC_OK) {
         if (cs->attempts > 1)
             SVC_LOG_NOTICE(cs->rid, "billing", "%s went through at attempt %d",

@@ -118,6 +118,10 @@ for (const backend of ['sqlite', 'mariadb']) describe(`web chat is billed (${bac
         assert.equal(r.status, 200);
         assert.match(lastObject(r.text).text, /pay later/);
         await new Promise((res) => setTimeout(res, 500)); // the first Settle fails
+        // with billing down nothing is sent upstream: a clear 503, and the unknown hold is released later
+        const refused = await chat(stack, basicAuth('gary', 'gary-password'), 'while billing is down');
+        assert.equal(refused.status, 503);
+        assert.match(JSON.parse(refused.text).message, /Billing service unavailable/);
         const back = await startService('billing', {
             env: { REDIS_URL: stack.redisUrl, ...(stack.db ? { DB: stack.db } : {}), AUTH_URL: stack.authUrl, BILLING_URL: stack.billingUrl },
             dir: stack.dir, logDir: stack.logDir, label: 'billing-restarted', httpAddr: billing[0].httpAddr,
