@@ -48,7 +48,9 @@ struct chat_settle;
     ACTION(CHAT_RATE_LIMIT, SVC_OPT_INT, "0", 0, 1000000,                                     \
            "chat requests per minute per user, all replicas together; 0 = no limit")          \
     ACTION(CHAT_SETTLE_RETRY_FOR, SVC_OPT_INT, "600", 0, 86400,                                \
-           "seconds a Settle is retried while billing cannot be reached")
+           "seconds a Settle is retried while billing cannot be reached")                     \
+    ACTION(CHAT_AUTH_CACHE_MS, SVC_OPT_INT, "100", 0, 1000,                                    \
+           "ms a successful Authenticate answer is reused for the same credentials; 0 = off")
 
 struct chat_setting {
     CHAT_OPTIONS(SVC_OPTION_DECLARE)
@@ -61,6 +63,7 @@ struct chat_setting {
     ACTION(chat_client_aborts_total, SVC_METRIC_COUNTER, "clients that left mid-request")     \
     ACTION(chat_upstream_errors_total, SVC_METRIC_COUNTER, "upstream failures")               \
     ACTION(chat_auth_errors_total, SVC_METRIC_COUNTER, "auth service unreachable")            \
+    ACTION(chat_auth_memo_hits_total, SVC_METRIC_COUNTER, "requests authenticated from memory") \
     ACTION(chat_context_errors_total, SVC_METRIC_COUNTER, "Redis context failures")           \
     ACTION(chat_rate_limited_total, SVC_METRIC_COUNTER, "requests refused by a rate limit")   \
     ACTION(chat_settles_pending, SVC_METRIC_GAUGE, "Settle/Release calls waiting for billing") \

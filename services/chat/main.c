@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "authmemo.h"
 #include "chat.h"
 #include "turn.h"
 #include "svc/fetch.h"
@@ -33,6 +34,7 @@ struct chat_stats chat_stats = {CHAT_METRICS(SVC_METRIC_INIT)};
  * (and a descriptor) per request. */
 #define RPC_CONNECTIONS_PER_PEER 32
 #define SETTLE_GRACE_MS 5000
+#define AUTH_MEMO_SLOTS 4096
 
 static struct chat_worker *workers;
 static unsigned nworkers;
@@ -108,6 +110,8 @@ int main(int argc, char **argv)
                         (long long)chat_setting.OPENAI_MAX_TOKENS.i);
     svc_service_start();
     svc_metrics_register((struct svc_metric *)&chat_stats, SVC_METRIC_COUNT(chat_stats));
+    if (chat_authmemo_setup(AUTH_MEMO_SLOTS, (long)chat_setting.CHAT_AUTH_CACHE_MS.i) != SVC_OK)
+        svc_service_die(SVC_EX_SOFTWARE, "cannot set up the authentication memory");
     build_config_reply();
 
     nworkers = svc_service_workers();
@@ -175,6 +179,7 @@ int main(int argc, char **argv)
         svc_rpc_client_destroy(&w->billing);
         svc_loop_destroy(&w->loop);
     }
+    chat_authmemo_teardown();
     free(workers);
     free(loops);
     free(threads);

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "auth.pb-c.h"
+#include "authmemo.h"
 #include "turn.h"
 #include "svc/buf.h"
 #include "svc/fetch.h"
@@ -688,23 +689,13 @@ static void rate_limit_then_walk(struct chat_turn *t, const Chatweb__Auth__Ident
     t->refs++;
 }
 
-static void on_authenticated(int err, ProtobufCMessage *out_msg, const char *errmsg, void *data)
+/* Who the client is (from auth, or remembered): commands, refusals, or on with the chat. */
+static void on_identity(struct chat_turn *t, int result, const char *scheme,
+                        const Chatweb__Auth__Identity *id)
 {
-    struct chat_turn *t = data;
-    Chatweb__Auth__AuthenticateResponse *out = (void *)out_msg;
-    const Chatweb__Auth__Identity *id;
     long budget, limit;
     char msg[256];
 
-    t->auth_call = NULL;
-    if (err != SVC_OK) {
-        svc_metric_add(&chat_stats.chat_auth_errors_total, 1);
-        SVC_LOG_ERR(t->rid, "auth", "Authenticate failed: %s", errmsg ? errmsg : "");
-        chat_turn_reply(t, 503, "Fail", "认证服务不可用，请稍后再试 | Authentication service "
-                                        "unavailable, please try again later");
-        return;
-    }
-    id = out->identity;
     if (id != NULL) {
         t->user_id = id->user_id;
         t->is_static = id->is_static;
@@ -713,28 +704,28 @@ static void on_authenticated(int err, ProtobufCMessage *out_msg, const char *err
         chat_model_parse(id->model, chat_setting.OPENAI_MODEL.s, &t->params);
     }
     if (t->cmd != CHAT_CMD_NONE) {
-        chat_command_run(t, out->result);
-        goto out;
+        chat_command_run(t, result);
+        return;
     }
-    switch (out->result) {
+    switch (result) {
     case CHATWEB__AUTH__AUTH_RESULT__AUTH_OK:
         break;
     case CHATWEB__AUTH__AUTH_RESULT__AUTH_UNKNOWN_USER:
     case CHATWEB__AUTH__AUTH_RESULT__AUTH_WRONG_PASSWORD:
     case CHATWEB__AUTH__AUTH_RESULT__AUTH_BLOCKED:
     case CHATWEB__AUTH__AUTH_RESULT__AUTH_THROTTLED:
-        if (out->scheme != NULL && strcmp(out->scheme, "basic") == 0) {
-            chat_turn_fail(t, out->result == CHATWEB__AUTH__AUTH_RESULT__AUTH_THROTTLED
+        if (scheme != NULL && strcmp(scheme, "basic") == 0) {
+            chat_turn_fail(t, result == CHATWEB__AUTH__AUTH_RESULT__AUTH_THROTTLED
                                   ? "登录失败次数过多，请稍后再试 | Too many failed logins, "
                                     "please try again later"
                                   : "账号未授权,请输入/login登录其他账户");
-            goto out;
+            return;
         }
         /* a bearer token the frontend must drop */
         __attribute__((fallthrough));
     default:
         chat_turn_reply(t, 200, "Unauthorized", "Error: 无访问权限 | No access rights");
-        goto out;
+        return;
     }
     /* The seed's budget rule (§6.3): the user's max_tokens override, else OPENAI_MAX_TOKENS. */
     budget = t->params.max_tokens > 0 ? t->params.max_tokens : (long)chat_setting.OPENAI_MAX_TOKENS.i;
@@ -745,7 +736,7 @@ static void on_authenticated(int err, ProtobufCMessage *out_msg, const char *err
                  "the messages",
                  budget, t->budget_used);
         chat_turn_fail(t, msg);
-        goto out;
+        return;
     }
     t->budget = budget;
     /* An API key may be limited to some models (accounts.md). */
@@ -758,13 +749,58 @@ static void on_authenticated(int err, ProtobufCMessage *out_msg, const char *err
             snprintf(msg, sizeof(msg), "此密钥不能使用模型 %.64s | this key may not use model %.64s",
                      t->params.model, t->params.model);
             chat_turn_fail(t, msg);
-            goto out;
+            return;
         }
     }
     snprintf(t->walk_id, sizeof(t->walk_id), "%s", t->parent_id);
     rate_limit_then_walk(t, id);
-out:
+}
+
+static void on_authenticated(int err, ProtobufCMessage *out_msg, const char *errmsg, void *data)
+{
+    struct chat_turn *t = data;
+    Chatweb__Auth__AuthenticateResponse *out = (void *)out_msg;
+
+    t->auth_call = NULL;
+    if (err != SVC_OK) {
+        svc_metric_add(&chat_stats.chat_auth_errors_total, 1);
+        SVC_LOG_ERR(t->rid, "auth", "Authenticate failed: %s", errmsg ? errmsg : "");
+        chat_turn_reply(t, 503, "Fail", "认证服务不可用，请稍后再试 | Authentication service "
+                                        "unavailable, please try again later");
+        return;
+    }
+    if (out->result == CHATWEB__AUTH__AUTH_RESULT__AUTH_OK && t->req != NULL)
+        chat_authmemo_put(svc_req_header(t->req, "Authorization"), out->identity);
+    on_identity(t, out->result, out->scheme, out->identity);
     protobuf_c_message_free_unpacked(out_msg, NULL);
+}
+
+/* Answers from the memory of recent Authenticate results; 1 when it did. */
+static int authenticate_from_memo(struct chat_turn *t, const char *authz)
+{
+    struct chat_authmemo_identity m;
+    Chatweb__Auth__Identity id = CHATWEB__AUTH__IDENTITY__INIT;
+    char *models[16];
+    char *save = NULL;
+    size_t n = 0;
+
+    if (!chat_authmemo_get(authz, &m))
+        return 0;
+    svc_metric_add(&chat_stats.chat_auth_memo_hits_total, 1);
+    id.user_id = m.user_id;
+    id.username = m.username;
+    id.is_static = m.is_static;
+    id.model = m.model;
+    id.key_id = m.key_id;
+    id.rpm_limit = m.rpm_limit;
+    for (char *p = strtok_r(m.allowed_models, ",", &save); p != NULL && n < 16;
+         p = strtok_r(NULL, ",", &save))
+        models[n++] = p;
+    id.n_allowed_models = n;
+    id.allowed_models = models;
+    on_identity(t, CHATWEB__AUTH__AUTH_RESULT__AUTH_OK,
+                strncasecmp(authz, "Basic ", 6) == 0 ? "basic" : "bearer", &id);
+    return 1;
 }
 
 /* ---- request parsing ---- */
@@ -950,6 +986,8 @@ int chat_process(struct svc_req *req, void *ctx)
         svc_req_reply(req, 401, NULL, "", 0);
         return SVC_HTTP_DONE;
     }
+    if (authz != NULL && authenticate_from_memo(t, authz))
+        return SVC_HTTP_ASYNC; /* a reply given meanwhile is sent; otherwise we answer later */
     {
         Chatweb__Auth__AuthenticateRequest in = CHATWEB__AUTH__AUTHENTICATE_REQUEST__INIT;
         in.authorization = (char *)(authz != NULL ? authz : "");
