@@ -11,8 +11,8 @@
  * Internal RPC: protobuf-c messages over HTTP/1.1 (design brief §3.2).
  *   POST /rpc/<Service>/<Method>   Content-Type: application/x-protobuf
  *   X-Request-Id: <id>             carried across every hop, for logs
- *   X-Deadline-Ms: <ms left>       how long the caller waits (the call's timeout); logged by the
- *                                  ingress and available to handlers, not enforced by this layer
+ *   X-Deadline-Ms: <ms left>       how long the caller waits (its timeout); informational for
+ *                                  the callee, not enforced by this layer
  * 200 carries the response message; any other status carries chatweb.rpc.RpcError.
  * Messages (the .proto files in proto/) are compiled by protoc-c at build time.
  */
