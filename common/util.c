@@ -1,5 +1,7 @@
 #include "svc/util.h"
 
+#include <pthread.h>
+#include <sodium.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
@@ -50,15 +52,35 @@ void svc_uuid4(char out[37])
     out[o] = '\0';
 }
 
+/* The key of svc_secure_equal's digests: random per process, made once. */
+static unsigned char eq_key[crypto_generichash_KEYBYTES];
+static pthread_once_t eq_once = PTHREAD_ONCE_INIT;
+
+static void eq_key_init(void)
+{
+    fill_random(eq_key, sizeof(eq_key));
+}
+
 int svc_secure_equal(const void *a, size_t alen, const void *b, size_t blen)
 {
-    const unsigned char *pa = a, *pb = b;
-    unsigned char diff = alen != blen;
-    size_t n = alen < blen ? alen : blen;
+    static const unsigned char empty[1];
+    unsigned char da[crypto_generichash_BYTES], db[crypto_generichash_BYTES];
+    int eq;
 
-    for (size_t i = 0; i < n; i++)
-        diff |= pa[i] ^ pb[i];
-    return diff == 0;
+    /*
+     * A byte loop would run for min(alen, blen) bytes, so the time of a guess of growing length
+     * stops growing at the secret's length. Digests of a fixed size, keyed with a secret the
+     * caller never sees, cost one hash of each input in full and one compare of 32 bytes: the
+     * time depends on each input's own length only, and the compare on nothing. Two different
+     * inputs give equal digests with probability 2^-256.
+     */
+    pthread_once(&eq_once, eq_key_init);
+    crypto_generichash(da, sizeof(da), alen ? a : empty, alen, eq_key, sizeof(eq_key));
+    crypto_generichash(db, sizeof(db), blen ? b : empty, blen, eq_key, sizeof(eq_key));
+    eq = sodium_memcmp(da, db, sizeof(da)) == 0;
+    sodium_memzero(da, sizeof(da));
+    sodium_memzero(db, sizeof(db));
+    return eq;
 }
 
 static int b64_value(unsigned char c)

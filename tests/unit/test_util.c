@@ -4,7 +4,12 @@
  * end), UUIDv4 format and version bits, secure_equal and random_hex.
  */
 
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* RTLD_NEXT */
+#endif
 #include <ctype.h>
+#include <dlfcn.h>
+#include <sodium.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -322,6 +327,63 @@ static void test_secure_equal(void)
     }
 }
 
+/*
+ * svc_secure_equal must not reveal the length of the secret it compares with: a byte loop over
+ * min(alen, blen) runs as long as the shorter input, so an attacker who varies the length of
+ * his guess sees the time stop growing at the secret's length. The fix compares fixed-size keyed
+ * BLAKE2b digests of both inputs (libsodium crypto_generichash), so the work is one hash of each
+ * input in full and one 32-byte compare, whatever the lengths. This test watches the calls: it
+ * interposes crypto_generichash (an executable's definition wins over libsodium's) and forwards
+ * to the real one.
+ */
+static struct {
+    int calls;
+    unsigned long long inlen[4];
+    size_t outlen[4], keylen[4];
+    unsigned char key[4][crypto_generichash_KEYBYTES];
+} gh;
+
+int crypto_generichash(unsigned char *out, size_t outlen, const unsigned char *in,
+                       unsigned long long inlen, const unsigned char *key, size_t keylen)
+{
+    int (*real)(unsigned char *, size_t, const unsigned char *, unsigned long long,
+                const unsigned char *, size_t);
+    int i = gh.calls++;
+
+    if (i < 4) {
+        gh.inlen[i] = inlen;
+        gh.outlen[i] = outlen;
+        gh.keylen[i] = keylen;
+        if (key != NULL && keylen <= sizeof(gh.key[i]))
+            memcpy(gh.key[i], key, keylen);
+    }
+    *(void **)&real = dlsym(RTLD_NEXT, "crypto_generichash");
+    T_ASSERT(real != NULL);
+    return real(out, outlen, in, inlen, key, keylen);
+}
+
+static void test_secure_equal_digests(void)
+{
+    static const char secret[] = "a-24-character-ops-key!!";
+    char guess[300];
+
+    memset(guess, 'a', sizeof(guess));
+    for (size_t len = 1; len < sizeof(guess); len += 37) {
+        memset(&gh, 0, sizeof(gh));
+        T_EQ_INT(svc_secure_equal(guess, len, secret, strlen(secret)), 0);
+        /* one keyed digest of each input, in full, of the same fixed size, with the same key */
+        T_EQ_INT(gh.calls, 2);
+        T_EQ_INT(gh.inlen[0], len);
+        T_EQ_INT(gh.inlen[1], strlen(secret));
+        T_EQ_INT(gh.outlen[0], crypto_generichash_BYTES);
+        T_EQ_INT(gh.outlen[1], crypto_generichash_BYTES);
+        T_ASSERT(gh.keylen[0] >= crypto_generichash_KEYBYTES_MIN);
+        T_EQ_INT(gh.keylen[1], gh.keylen[0]);
+        T_ASSERT(memcmp(gh.key[0], gh.key[1], gh.keylen[0]) == 0);
+    }
+    T_EQ_INT(svc_secure_equal(secret, strlen(secret), secret, strlen(secret)), 1);
+}
+
 /* ---- random_hex ----------------------------------------------------------------------------- */
 
 static void check_hex(const char *s, size_t n)
@@ -390,6 +452,7 @@ int main(void)
     T_RUN(test_uuid4_format);
     T_RUN(test_uuid4_unique);
     T_RUN(test_secure_equal);
+    T_RUN(test_secure_equal_digests);
     T_RUN(test_random_hex);
     T_RUN(test_bug_random_hex_clamped);
     T_RUN(test_wallclock);

@@ -14,7 +14,12 @@ void svc_random_hex(char *out, size_t nbytes);
 /* Writes a random UUIDv4 (36 characters plus NUL) into out[37]. */
 void svc_uuid4(char out[37]);
 
-/* Compares two byte strings in time that depends only on their lengths. 1 when equal. */
+/*
+ * 1 when the two byte strings are equal, else 0. Compares keyed BLAKE2b digests of both (the key
+ * is random per process), so the time depends on each input's own length only: never on where
+ * they differ, nor on how the lengths compare (a secret's length does not leak). NULL is allowed
+ * with a length of 0. Thread-safe.
+ */
 int svc_secure_equal(const void *a, size_t alen, const void *b, size_t blen);
 
 /*
