@@ -202,13 +202,19 @@ int auth_billing_ensure_static(struct auth_ctx *a, int64_t id, const char *name)
     return SVC_OK;
 }
 
-static json_t *account_json(const Chatweb__Billing__Account *ac)
+/* The account after a recharge, with the numbers `check` shows: balance and granted are -1 for
+ * an unlimited account (static users included), whose billing balance means nothing. */
+static json_t *account_json(const Chatweb__Billing__Account *ac, int is_static)
 {
+    int unlimited;
+
     if (ac == NULL)
         return json_null();
-    return json_pack("{s:I,s:I,s:I,s:I,s:b}", "granted", (json_int_t)ac->granted, "used",
-                     (json_int_t)ac->used, "held", (json_int_t)ac->held, "balance",
-                     (json_int_t)ac->balance, "unlimited", ac->unlimited);
+    unlimited = ac->unlimited || is_static;
+    return json_pack("{s:I,s:I,s:I,s:I,s:b}", "granted",
+                     (json_int_t)(unlimited ? -1 : ac->granted), "used", (json_int_t)ac->used,
+                     "held", (json_int_t)ac->held, "balance",
+                     (json_int_t)(unlimited ? -1 : ac->balance), "unlimited", unlimited);
 }
 
 /* GetAccount; *acc NULL when billing has none or cannot be reached (*reachable 0). */
@@ -325,7 +331,7 @@ static int act_recharge(struct op *o)
     }
     snprintf(detail, sizeof(detail), "count=%lld", (long long)count);
     audit(o, MSG_SUCCESS, detail);
-    rc = ok(o, account_json(ac));
+    rc = ok(o, account_json(ac, o->u.is_static));
     protobuf_c_message_free_unpacked(out, NULL);
     return rc;
 }
@@ -385,8 +391,12 @@ static int set_blocked(struct op *o, int blocked)
 
 static int act_grant(struct op *o)
 {
+    json_t *c = json_object_get(o->in, "count");
     int64_t count;
 
+    /* A missing count is not the seed's "grant 0" (unblock): say so instead of unblocking. */
+    if (c == NULL || json_is_null(c))
+        return wfail(o, 200, "count is required (1 blocks, 0 unblocks)");
     if (int_field(o, "count", 0, -COUNT_MAX, COUNT_MAX, &count) != SVC_OK)
         return wfail(o, 200, "count must be an integer");
     return set_blocked(o, count > 0); /* the seed: grant 1 blocks, grant 0 unblocks */
@@ -472,6 +482,31 @@ static int limits(struct op *o, char *models, size_t mlen, int64_t *rpm, int64_t
     return 0;
 }
 
+/*
+ * An API key name is shown in lists and on the admin page: at most AUTH_KEY_NAME_MAX bytes of
+ * valid UTF-8 with no markup (< >), no control characters (C0, DEL, C1), no line or paragraph
+ * separators and no bidirectional overrides (which make a name display as something else).
+ */
+static int key_name_ok(const char *name)
+{
+    const unsigned char *p = (const unsigned char *)name;
+    size_t n = strlen(name), i;
+
+    if (n > AUTH_KEY_NAME_MAX || !svc_utf8_valid(name, n))
+        return 0;
+    for (i = 0; i < n; i++) {
+        if (p[i] < 0x20 || p[i] == 0x7f || p[i] == '<' || p[i] == '>')
+            return 0;
+        if (p[i] == 0xc2 && i + 1 < n && p[i + 1] >= 0x80 && p[i + 1] <= 0x9f)
+            return 0; /* U+0080..U+009F */
+        if (p[i] == 0xe2 && i + 2 < n && p[i + 1] == 0x80 && p[i + 2] >= 0xa8 && p[i + 2] <= 0xae)
+            return 0; /* U+2028..U+202E */
+        if (p[i] == 0xe2 && i + 2 < n && p[i + 1] == 0x81 && p[i + 2] >= 0xa6 && p[i + 2] <= 0xa9)
+            return 0; /* U+2066..U+2069 */
+    }
+    return 1;
+}
+
 static int act_create_key(struct op *o)
 {
     const char *name = str_field(o, "name");
@@ -482,8 +517,10 @@ static int act_create_key(struct op *o)
 
     if (need_user(o, &done) != 0)
         return done;
-    if (strlen(name) > AUTH_KEY_NAME_MAX)
-        return wfail(o, 200, "name is longer than 64 bytes");
+    if (!key_name_ok(name))
+        return wfail(o, 200,
+                     "name must be at most 64 bytes of printable UTF-8 without < > or control "
+                     "characters");
     if ((done = limits(o, models, sizeof(models), &rpm, &tpm)) != 0)
         return done;
     rc = auth_key_create(o->a, o->u.id, name, models, rpm, tpm, key, &k);
@@ -772,7 +809,9 @@ static int dispatch(struct auth_ctx *a, struct svc_req *req, const char *actor)
     o.actor = actor;
     o.rid = svc_req_id(req);
     o.ip = svc_req_client_ip(req);
-    o.in = len > 0 ? json_loadb(body, len, 0, &e) : json_object();
+    /* Duplicate keys are refused (as chat does): with "last wins" an operator reading the body
+     * sees count 1 where the service credits the 1000 written after it. */
+    o.in = len > 0 ? json_loadb(body, len, JSON_REJECT_DUPLICATES, &e) : json_object();
     if (o.in == NULL || !json_is_object(o.in)) {
         rc = auth_reply(req, 400, "Fail", o.in == NULL ? e.text : "the body must be a JSON object",
                         NULL, 1);

@@ -48,7 +48,7 @@ static json_t *body_object(struct svc_req *req)
 
     if (len == 0)
         return json_object();
-    j = json_loadb(b, len, 0, &e);
+    j = json_loadb(b, len, JSON_REJECT_DUPLICATES, &e);
     if (j == NULL || !json_is_object(j)) {
         json_decref(j);
         auth_reply(req, 400, "Fail", j == NULL ? e.text : "the body must be a JSON object", NULL,

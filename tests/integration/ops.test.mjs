@@ -228,6 +228,49 @@ for (const backend of ['sqlite', 'mariadb']) {
             assert.equal(r.json().status, 'Fail', 'static users are managed by the environment');
         });
 
+        it('refuses duplicate JSON keys, grant without count, and API key names with markup or control characters', async () => {
+            await ops(stack, { action: 'register', i_username: 'gina', i_password: 'gina-pw-123', count: 10 });
+            // Duplicate keys: "last wins" would credit 1000 where a reader of the body sees 1.
+            const dup = await request(`${stack.url}/accounts`, {
+                method: 'POST', headers: { Opskey: OPS_KEY },
+                body: '{"action":"recharge","i_username":"gina","count":1,"count":1000}',
+            });
+            assert.equal(dup.status, 400, dup.body);
+            assert.equal(dup.json().status, 'Fail');
+            assert.match(dup.json().message, /duplicate/i);
+            assert.equal((await ops(stack, { action: 'check', i_username: 'gina' })).json().data.balance, 10, 'nothing credited');
+
+            // grant without count must not unblock (the seed's grant 0 unblocks; a missing count is not 0).
+            assert.equal((await ops(stack, { action: 'block', i_username: 'gina' })).json().message, 'success');
+            const g = await ops(stack, { action: 'grant', i_username: 'gina' });
+            assert.equal(g.json().status, 'Fail', g.body);
+            assert.match(g.json().message, /count/);
+            assert.equal((await ops(stack, { action: 'check', i_username: 'gina' })).json().data.blocked, true, 'still blocked');
+
+            for (const name of ['a\u0001b', 'tab\there', 'new\nline', '<script>alert(1)</script>', 'x>y', 'del\u007f',
+                'c1\u0085', 'rtl\u202eexe', 'x'.repeat(65)]) {
+                const r = await ops(stack, { action: 'create_key', i_username: 'gina', name });
+                assert.equal(r.json().status, 'Fail', `name ${JSON.stringify(name)}: ${r.body}`);
+                assert.match(r.json().message, /\bname\b/, JSON.stringify(name));
+            }
+            const keys = await ops(stack, { action: 'list_keys', i_username: 'gina' });
+            assert.deepEqual(keys.json().data, [], 'no key was stored');
+            const okName = await ops(stack, { action: 'create_key', i_username: 'gina', name: 'laptop ü (home) & co' });
+            assert.equal(okName.json().status, 'Success', okName.body);
+            assert.equal(okName.json().data.name, 'laptop ü (home) & co');
+        });
+
+        it('an unlimited account\'s recharge reply shows the same balance as check', async () => {
+            await ops(stack, { action: 'register', i_username: 'uma', i_password: 'uma-pw-1234', count: -1 });
+            const r = await ops(stack, { action: 'recharge', i_username: 'uma', count: 5 });
+            assert.equal(r.json().status, 'Success', r.body);
+            const c = (await ops(stack, { action: 'check', i_username: 'uma' })).json().data;
+            assert.equal(c.balance, -1);
+            assert.equal(r.json().data.balance, c.balance, 'recharge and check agree');
+            assert.equal(r.json().data.granted, c.granted, 'recharge and check agree');
+            assert.equal(r.json().data.unlimited, true);
+        });
+
         it('records every ops write in the audit log (who, what, when, from where)', async (t) => {
             const rows = auditRows(stack);
             if (rows === null) return t.skip('sqlite3 command-line client not installed');
