@@ -829,6 +829,29 @@ struct credit_ctx {
     char idem[BILLING_ID_MAX + 16];
 };
 
+static int64_t abs64(int64_t v)
+{
+    return v < 0 ? -v : v;
+}
+
+/*
+ * SVC_ETOOLARGE when crediting units (signed, |units| <= BILLING_UNITS_OP_MAX) would take granted,
+ * granted - used or the spendable balance of account r outside +-BILLING_SAFE_MAX. Every stored
+ * value is within that range and |units| is far below 2^62, so the sums cannot overflow.
+ */
+static int credit_in_range(const struct acct_row *r, int64_t units)
+{
+    if (abs64(r->a.granted + units) > BILLING_SAFE_MAX ||
+        abs64(r->a.granted - r->a.used + units) > BILLING_SAFE_MAX ||
+        abs64(r->a.balance + units) > BILLING_SAFE_MAX)
+        return why(SVC_ETOOLARGE,
+                   "the balance would leave +-%lld (2^53 - 1, the largest integer JSON clients "
+                   "read exactly): balance %lld, granted %lld, change %lld",
+                   BILLING_SAFE_MAX, (long long)r->a.balance, (long long)r->a.granted,
+                   (long long)units);
+    return SVC_OK;
+}
+
 static int credit_tx(struct svc_db_conn *c, void *arg)
 {
     struct credit_ctx *x = arg;
@@ -842,8 +865,8 @@ static int credit_tx(struct svc_db_conn *c, void *arg)
         return rc;
     if (!a.found || a.deleted)
         return why(SVC_ENOTFOUND, "no account for user_id %lld", (long long)in->user_id);
-    if (a.a.granted > BILLING_GRANTED_MAX - in->units)
-        return why(SVC_ETOOLARGE, "the account's credit would overflow");
+    if ((rc = credit_in_range(&a, in->units)) != SVC_OK)
+        return rc;
     if (strcmp(x->kind, "adjustment") == 0 && in->units < 0 && !in->force &&
         a.a.balance + in->units < 0)
         return why(SVC_ECONFLICT,
@@ -966,7 +989,9 @@ static int create_tx(struct svc_db_conn *c, void *arg)
     if ((rc = acct_read(c, x->user_id, 1, &a)) != SVC_OK)
         return rc;
     if (x->initial > 0) {
-        if ((rc = acct_delta(c, &a, x->initial, 0, 0, 1, now)) != SVC_OK)
+        /* a revived account keeps its history, so its initial credit is bounded too */
+        if ((rc = credit_in_range(&a, x->initial)) != SVC_OK ||
+            (rc = acct_delta(c, &a, x->initial, 0, 0, 1, now)) != SVC_OK)
             return rc;
         l.kind = "recharge";
         l.units = x->initial;

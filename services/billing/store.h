@@ -34,7 +34,10 @@ struct billing_store;
 #define BILLING_NOTE_MAX 255                    /* bytes of a ledger note (longer notes are cut) */
 #define BILLING_SOURCE_MAX 16                   /* bytes of a source ("chat", "proxy") */
 #define BILLING_UNITS_OP_MAX 1000000000000000LL /* 1e15: one recharge / adjustment */
-#define BILLING_GRANTED_MAX 4000000000000000000LL /* 4e18: an account's lifetime credit */
+/* 2^53 - 1: the largest integer a JSON (JavaScript) client reads exactly. No recharge, adjustment
+ * or initial credit may take an account's granted, granted - used or balance outside
+ * [-BILLING_SAFE_MAX, BILLING_SAFE_MAX] (SVC_ETOOLARGE). */
+#define BILLING_SAFE_MAX 9007199254740991LL
 
 /* Hold states in billing_holds.state. */
 enum billing_hold_state {

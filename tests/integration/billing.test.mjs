@@ -324,6 +324,31 @@ for (const backend of ['sqlite', 'mariadb']) {
             assert.equal((await a.ok('Release', { request_id: `del-${user}` })).already_closed, true);
         });
 
+        it('keeps every balance exact in JavaScript: no value leaves +-(2^53 - 1)', async () => {
+            const [a] = clients;
+            const user = nextUser();
+            const SAFE = Number.MAX_SAFE_INTEGER; // 2^53 - 1 = 9007199254740991
+            await a.ok('CreateAccount', { user_id: user, initial_units: 1e15 });
+            for (let i = 0; i < 8; i++) await a.ok('Recharge', { user_id: user, units: 1e15 });
+            const over = await a.call('Recharge', { user_id: user, units: 1e15 });
+            assert.equal(over.status, 413, JSON.stringify(over.error));
+            assert.equal(over.error.code, -5);
+            assert.match(over.error.message, /9007199254740991|2\^53/);
+            let acct = (await a.ok('GetAccount', { user_id: user })).account;
+            assert.equal(acct.balance, 9e15, 'nothing credited');
+            const rest = SAFE - 9e15;
+            acct = (await a.ok('Recharge', { user_id: user, units: rest })).account;
+            assert.equal(acct.balance, SAFE, 'up to 2^53 - 1 exactly');
+            assert.equal((await a.call('Adjust', { user_id: user, units: 1 })).status, 413);
+            // and downwards: a forced adjustment cannot push a balance below -(2^53 - 1)
+            const neg = nextUser();
+            await a.ok('CreateAccount', { user_id: neg, initial_units: 0 });
+            for (let i = 0; i < 9; i++) await a.ok('Adjust', { user_id: neg, units: -1e15, force: true });
+            const under = await a.call('Adjust', { user_id: neg, units: -1e15, force: true });
+            assert.equal(under.status, 413, JSON.stringify(under.error));
+            assert.equal((await a.ok('GetAccount', { user_id: neg })).account.balance, -9e15);
+        });
+
         it('crash: a replica SIGKILLed between Reserve and Settle; the hold expires with a ledger row and events', async () => {
             const user = nextUser();
             const [a, b] = clients;

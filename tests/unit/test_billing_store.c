@@ -186,6 +186,39 @@ static void credit_rules(struct svc_db *db, struct billing_store *s)
     check_consistent(db, s, uid);
 }
 
+/* Every account value stays within +-(2^53 - 1), so JavaScript clients read it exactly. */
+static void safe_range_rules(struct svc_db *db, struct billing_store *s)
+{
+    int64_t uid = new_user(s, BILLING_UNITS_OP_MAX), neg = new_user(s, 0);
+    struct billing_credit_in ci = {.user_id = uid, .units = BILLING_UNITS_OP_MAX};
+    struct billing_credit_out co;
+    struct billing_account a;
+
+    for (int i = 0; i < 8; i++)
+        T_EQ_INT(billing_recharge(s, &ci, &co), SVC_OK);
+    T_EQ_INT(co.account.balance, 9 * BILLING_UNITS_OP_MAX);
+    T_EQ_INT(billing_recharge(s, &ci, &co), SVC_ETOOLARGE);
+    T_ASSERT(strstr(billing_store_why(), "9007199254740991") != NULL);
+    T_EQ_INT(billing_account_get(s, uid, &a), SVC_OK);
+    T_EQ_INT(a.balance, 9 * BILLING_UNITS_OP_MAX); /* nothing credited */
+    ci.units = BILLING_SAFE_MAX - 9 * BILLING_UNITS_OP_MAX;
+    T_EQ_INT(billing_recharge(s, &ci, &co), SVC_OK);
+    T_EQ_INT(co.account.balance, BILLING_SAFE_MAX);
+    ci.units = 1;
+    T_EQ_INT(billing_adjust(s, &ci, &co), SVC_ETOOLARGE);
+    check_consistent(db, s, uid);
+
+    ci.user_id = neg;
+    ci.units = -BILLING_UNITS_OP_MAX;
+    ci.force = 1;
+    for (int i = 0; i < 9; i++)
+        T_EQ_INT(billing_adjust(s, &ci, &co), SVC_OK);
+    T_EQ_INT(billing_adjust(s, &ci, &co), SVC_ETOOLARGE);
+    T_EQ_INT(billing_account_get(s, neg, &a), SVC_OK);
+    T_EQ_INT(a.balance, -9 * BILLING_UNITS_OP_MAX);
+    check_consistent(db, s, neg);
+}
+
 static void purge_rules(struct billing_store *s)
 {
     int64_t uid = new_user(s, 100);
@@ -226,6 +259,7 @@ static void suite(const char *dsn, const char *dir)
     reserve_rules(db, s);
     expiry_rules(db, s);
     credit_rules(db, s);
+    safe_range_rules(db, s);
     purge_rules(s);
     billing_store_destroy(&s);
     billing_prices_destroy(&prices);
