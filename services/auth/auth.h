@@ -163,6 +163,26 @@ int auth_key_set_limits(struct auth_ctx *a, int64_t user_id, const char *prefix,
                         int64_t rpm, int64_t tpm) SVC_MUST_CHECK;
 int auth_key_mark_used(struct auth_ctx *a, int64_t key_id) SVC_MUST_CHECK;
 
+/*
+ * Ops idempotency keys (auth_idempotency): a key is bound to the first request it came with
+ * (action + a digest of what that request asks for) and, once done, to the reply it got.
+ * auth_idem_begin binds key to (action, hash) when it is new (AUTH_IDEM_NEW), or reports what
+ * it is bound to: another request (AUTH_IDEM_MISMATCH), this request with its reply copied into
+ * reply[replylen] (AUTH_IDEM_DONE), or this request not finished (AUTH_IDEM_PENDING: in flight
+ * elsewhere, or it failed; the caller goes on, and billing's own key makes that safe).
+ * auth_idem_finish stores the reply. 0 or a DB error.
+ */
+enum auth_idem_state {
+    AUTH_IDEM_NEW = 0,
+    AUTH_IDEM_PENDING,
+    AUTH_IDEM_DONE,
+    AUTH_IDEM_MISMATCH,
+};
+#define AUTH_IDEM_KEY_MAX 128 /* bytes of an Idempotency-Key (billing's own limit) */
+int auth_idem_begin(struct auth_ctx *a, const char *key, const char *action, const char *hash,
+                    char *reply, size_t replylen, enum auth_idem_state *state) SVC_MUST_CHECK;
+int auth_idem_finish(struct auth_ctx *a, const char *key, const char *reply) SVC_MUST_CHECK;
+
 /* One audit row. detail must never hold a secret. Failures are logged, not returned. */
 void auth_audit(struct auth_ctx *a, const char *actor, const char *ip, const char *rid,
                 const char *action, const char *target, const char *result, const char *detail);

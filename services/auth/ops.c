@@ -284,19 +284,90 @@ static int act_register(struct op *o)
     return ok(o, json_pack("{s:I,s:s}", "id", (json_int_t)id, "username", o->username));
 }
 
+/* 1 when an Idempotency-Key is 1..AUTH_IDEM_KEY_MAX bytes of visible ASCII. */
+static int idem_key_ok(const char *k)
+{
+    size_t n = strlen(k), i;
+
+    if (n == 0 || n > AUTH_IDEM_KEY_MAX)
+        return 0;
+    for (i = 0; i < n; i++)
+        if ((unsigned char)k[i] < 0x21 || (unsigned char)k[i] > 0x7e)
+            return 0;
+    return 1;
+}
+
+/* The digest a recharge's Idempotency-Key is bound to: what it asks for (the user by id, so a
+ * rename in between does not make a replay "different", and the signed count). */
+static void recharge_hash(int64_t uid, int64_t count, char out[2 * crypto_hash_sha256_BYTES + 1])
+{
+    unsigned char h[crypto_hash_sha256_BYTES];
+    char text[96];
+    int n = snprintf(text, sizeof(text), "v1\nrecharge\n%lld\n%lld", (long long)uid,
+                     (long long)count);
+
+    crypto_hash_sha256(h, (const unsigned char *)text, (unsigned long long)n);
+    sodium_bin2hex(out, 2 * crypto_hash_sha256_BYTES + 1, h, sizeof(h));
+}
+
+#define MSG_IDEM_CONFLICT "Idempotency-Key was already used with a different request"
+#define IDEM_REPLY_MAX 1024 /* bytes of a stored recharge reply (an account: ~100) */
+
+/* Answers a replay: the stored (or given) data with "replay": true, and a header saying so. */
+static int replay_reply(struct op *o, json_t *data, const char *detail)
+{
+    audit(o, "replay", detail);
+    if (data == NULL || json_object_set_new(data, "replay", json_true()) != 0 ||
+        svc_req_add_header(o->req, "Idempotent-Replayed", "true") != SVC_OK) {
+        json_decref(data);
+        return fail(o, 500, "internal error");
+    }
+    return ok(o, data);
+}
+
+/*
+ * recharge: count > 0 is billing Recharge, count < 0 billing Adjust. With an Idempotency-Key the
+ * key is first bound to this request in auth_idempotency (so it cannot be reused for another
+ * count, user or sign, whose billing keys would live apart), then passed on to billing, whose
+ * own key (stored with a digest of the request, in the ledger row's transaction) makes the
+ * credit happen once even when two replicas race. An exact replay answers the first reply with
+ * "replay": true; another request with the key is 409. The audit row says what happened.
+ */
 static int act_recharge(struct op *o)
 {
     ProtobufCMessage *out = NULL;
     const Chatweb__Billing__Account *ac = NULL;
     const char *idem = svc_req_header(o->req, "Idempotency-Key");
-    char err[256], msg[320], detail[64];
+    char err[256], msg[320], detail[256], hash[2 * crypto_hash_sha256_BYTES + 1];
+    char stored[IDEM_REPLY_MAX];
+    enum auth_idem_state st = AUTH_IDEM_NEW;
     int64_t count;
-    int done, rc;
+    int done, rc, duplicate = 0;
+    json_t *data;
 
+    if (idem != NULL && !idem_key_ok(idem))
+        return wfail(o, 200, "Idempotency-Key must be 1-128 printable ASCII characters");
     if (need_user(o, &done) != 0)
         return done;
     if (int_field(o, "count", 0, -COUNT_MAX, COUNT_MAX, &count) != SVC_OK || count == 0)
         return wfail(o, 200, "count must be a non-zero integer in [-10^12, 10^12]");
+    if (idem != NULL) {
+        recharge_hash(o->u.id, count, hash);
+        rc = auth_idem_begin(o->a, idem, "recharge", hash, stored, sizeof(stored), &st);
+        if (rc != SVC_OK)
+            return wfail(o, 503, "database unavailable");
+        if (st == AUTH_IDEM_MISMATCH) {
+            snprintf(detail, sizeof(detail), "asked count=%lld key=%.64s (refused)",
+                     (long long)count, idem);
+            audit(o, MSG_IDEM_CONFLICT, detail);
+            return fail(o, 409, MSG_IDEM_CONFLICT);
+        }
+        if (st == AUTH_IDEM_DONE) {
+            snprintf(detail, sizeof(detail), "count=%lld key=%.64s: nothing credited now",
+                     (long long)count, idem);
+            return replay_reply(o, json_loads(stored, 0, NULL), detail);
+        }
+    }
     if (count > 0) {
         Chatweb__Billing__RechargeRequest in = CHATWEB__BILLING__RECHARGE_REQUEST__INIT;
         in.user_id = o->u.id;
@@ -307,8 +378,10 @@ static int act_recharge(struct op *o)
         in.request_id = (char *)o->rid;
         rc = billing_call(o, "/rpc/Billing/Recharge", &in.base,
                           &chatweb__billing__recharge_response__descriptor, &out, err, sizeof(err));
-        if (rc == SVC_OK)
+        if (rc == SVC_OK) {
             ac = ((Chatweb__Billing__RechargeResponse *)out)->account;
+            duplicate = ((Chatweb__Billing__RechargeResponse *)out)->duplicate;
+        }
     } else {
         Chatweb__Billing__AdjustRequest in = CHATWEB__BILLING__ADJUST_REQUEST__INIT;
         in.user_id = o->u.id;
@@ -319,21 +392,57 @@ static int act_recharge(struct op *o)
         in.request_id = (char *)o->rid;
         rc = billing_call(o, "/rpc/Billing/Adjust", &in.base,
                           &chatweb__billing__adjust_response__descriptor, &out, err, sizeof(err));
-        if (rc == SVC_OK)
+        if (rc == SVC_OK) {
             ac = ((Chatweb__Billing__AdjustResponse *)out)->account;
+            duplicate = ((Chatweb__Billing__AdjustResponse *)out)->duplicate;
+        }
     }
     if (rc != SVC_OK) {
+        /* billing refuses a key it saw with another request (e.g. used by a direct caller) */
+        if (rc == SVC_ECONFLICT && idem != NULL && strstr(err, "idempotency_key") != NULL) {
+            snprintf(detail, sizeof(detail), "asked count=%lld key=%.64s (refused by billing)",
+                     (long long)count, idem);
+            audit(o, MSG_IDEM_CONFLICT, detail);
+            return fail(o, 409, MSG_IDEM_CONFLICT);
+        }
         if (rc == SVC_ENOTFOUND)
             snprintf(msg, sizeof(msg), "%s", MSG_NOT_FOUND);
         else
             snprintf(msg, sizeof(msg), "billing: %s", err);
-        return wfail(o, rc == SVC_EUNAVAIL || rc == SVC_ETIMEDOUT ? 503 : 200, msg);
+        snprintf(detail, sizeof(detail), "asked count=%lld%s%.64s (failed)", (long long)count,
+                 idem ? " key=" : "", idem ? idem : "");
+        audit(o, msg, detail);
+        return fail(o, rc == SVC_EUNAVAIL || rc == SVC_ETIMEDOUT ? 503 : 200, msg);
     }
-    snprintf(detail, sizeof(detail), "count=%lld", (long long)count);
-    audit(o, MSG_SUCCESS, detail);
-    rc = ok(o, account_json(ac, o->u.is_static));
+    data = account_json(ac, o->u.is_static);
     protobuf_c_message_free_unpacked(out, NULL);
-    return rc;
+    if (duplicate) {
+        /* billing had credited this request already (the first reply was lost, or two
+         * deliveries raced): nothing was credited now; the account as it is now is the answer */
+        snprintf(detail, sizeof(detail), "count=%lld key=%.64s: nothing credited now",
+                 (long long)count, idem ? idem : "");
+        if (idem != NULL) {
+            char *text = json_dumps(data, JSON_COMPACT);
+            if (text == NULL || auth_idem_finish(o->a, idem, text) != SVC_OK)
+                SVC_LOG_WARN(o->rid, "ops", "recharge: cannot store the reply of key %.64s", idem);
+            free(text);
+        }
+        return replay_reply(o, data, detail);
+    }
+    snprintf(detail, sizeof(detail), "count=%lld%s%.64s", (long long)count, idem ? " key=" : "",
+             idem ? idem : "");
+    audit(o, MSG_SUCCESS, detail);
+    if (idem != NULL) {
+        char *text = json_dumps(data, JSON_COMPACT);
+        /* a lost reply only costs the exactness of a later replay's numbers: billing still
+         * credits once, and the key stays bound to this request */
+        if (text == NULL || auth_idem_finish(o->a, idem, text) != SVC_OK)
+            SVC_LOG_WARN(o->rid, "ops", "recharge: cannot store the reply of key %.64s", idem);
+        free(text);
+        if (data != NULL)
+            json_object_set_new(data, "replay", json_false());
+    }
+    return ok(o, data);
 }
 
 /*

@@ -54,6 +54,14 @@ static const struct svc_db_migration auth_migrations[] = {
      "  request_id VARCHAR(128) NOT NULL, action VARCHAR(32) NOT NULL,\n"
      "  target VARCHAR(128) NOT NULL, result VARCHAR(64) NOT NULL,\n"
      "  detail VARCHAR(1024) NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"},
+    /* ops Idempotency-Key -> the request it was first used with, and the reply it got */
+    {"auth", 4,
+     "CREATE TABLE auth_idempotency (idem_key TEXT PRIMARY KEY, action TEXT NOT NULL,\n"
+     "  body_hash TEXT NOT NULL, reply TEXT, created_at_ms INTEGER NOT NULL)",
+     "CREATE TABLE IF NOT EXISTS auth_idempotency (\n"
+     "  idem_key VARCHAR(128) COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,\n"
+     "  action VARCHAR(32) NOT NULL, body_hash CHAR(64) NOT NULL, reply TEXT NULL,\n"
+     "  created_at_ms BIGINT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"},
 };
 
 int auth_store_migrate(struct svc_db *db)
@@ -678,4 +686,65 @@ void auth_audit(struct auth_ctx *a, const char *actor, const char *ip, const cha
     svc_db_conn_put(a->db, &conn);
     SVC_LOG_INFO(rid, "audit", "actor=%s ip=%s action=%s target=%s result=%s", actor, ip, action, t,
                  result);
+}
+
+/* ---- ops idempotency keys ---- */
+
+int auth_idem_begin(struct auth_ctx *a, const char *key, const char *action, const char *hash,
+                    char *reply, size_t replylen, enum auth_idem_state *state)
+{
+    struct svc_db_conn *conn = NULL;
+    struct svc_db_rows *rows = NULL;
+    int rc;
+
+    *state = AUTH_IDEM_NEW;
+    reply[0] = '\0';
+    if ((rc = svc_db_conn_get(a->db, &conn, -1)) != SVC_OK)
+        return rc;
+    {
+        struct svc_db_param p[] = {SVC_DB_TEXT(key), SVC_DB_TEXT(action), SVC_DB_TEXT(hash),
+                                   SVC_DB_I64(svc_wallclock_ms())};
+        rc = svc_db_exec(conn,
+                         "INSERT INTO auth_idempotency (idem_key, action, body_hash, reply, "
+                         "created_at_ms) VALUES (?, ?, ?, NULL, ?)",
+                         p, 4, NULL, NULL);
+    }
+    if (rc == SVC_EEXIST) {
+        struct svc_db_param p[] = {SVC_DB_TEXT(key)};
+        rc = svc_db_query(conn,
+                          "SELECT action, body_hash, reply FROM auth_idempotency "
+                          "WHERE idem_key = ?",
+                          p, 1, &rows);
+        if (rc == SVC_OK && svc_db_rows_count(rows) == 1) {
+            const char *act = svc_db_rows_text(rows, 0, 0), *h = svc_db_rows_text(rows, 0, 1);
+            const char *r = svc_db_rows_text(rows, 0, 2);
+            if (act == NULL || h == NULL || strcmp(act, action) != 0 || strcmp(h, hash) != 0)
+                *state = AUTH_IDEM_MISMATCH;
+            else if (r != NULL && r[0] != '\0' && strlen(r) < replylen) {
+                *state = AUTH_IDEM_DONE;
+                snprintf(reply, replylen, "%s", r);
+            } else {
+                *state = AUTH_IDEM_PENDING;
+            }
+        } else if (rc == SVC_OK) {
+            rc = SVC_ECONFLICT; /* inserted and gone again: cannot happen, rows are kept */
+        }
+        svc_db_rows_destroy(&rows);
+    }
+    svc_db_conn_put(a->db, &conn);
+    return rc;
+}
+
+int auth_idem_finish(struct auth_ctx *a, const char *key, const char *reply)
+{
+    struct svc_db_conn *conn = NULL;
+    struct svc_db_param p[] = {SVC_DB_TEXT(reply), SVC_DB_TEXT(key)};
+    int rc;
+
+    if ((rc = svc_db_conn_get(a->db, &conn, -1)) != SVC_OK)
+        return rc;
+    rc = svc_db_exec(conn, "UPDATE auth_idempotency SET reply = ? WHERE idem_key = ?", p, 2, NULL,
+                     NULL);
+    svc_db_conn_put(a->db, &conn);
+    return rc;
 }

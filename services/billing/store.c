@@ -1,6 +1,7 @@
 /* Billing money rules on SQL: see store.h and docs/billing.md. */
 #include "store.h"
 
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,6 +107,9 @@ static const struct svc_db_migration migrations[] = {
      "INSERT IGNORE INTO billing_relay_lease (name, owner, until_ms) VALUES ('relay', '', 0)"},
     {"billing", 7, "CREATE INDEX billing_holds_closed ON billing_holds (closed_at_ms)",
      "CREATE INDEX IF NOT EXISTS billing_holds_closed ON billing_holds (closed_at_ms)"},
+    /* The request an idempotency key was first used with (see credit()): NULL on older rows. */
+    {"billing", 8, "ALTER TABLE billing_ledger ADD COLUMN idem_hash TEXT",
+     "ALTER TABLE billing_ledger ADD COLUMN IF NOT EXISTS idem_hash CHAR(64) NULL"},
 };
 
 int billing_store_migrate(struct svc_db *db)
@@ -257,6 +261,7 @@ struct ledger_row {
     const char *kind;
     int64_t units, tokens_in, tokens_out;
     const char *model, *request_id, *source, *idem_key;
+    const char *idem_hash; /* with idem_key: the digest of the request it was used with */
     char note[BILLING_NOTE_MAX + 1];
 };
 
@@ -282,15 +287,18 @@ static int ledger_append(struct svc_db_conn *c, const struct acct_row *r,
                                SVC_DB_TEXT(nz(l->source)),
                                SVC_DB_I64(r->seq),
                                l->idem_key && l->idem_key[0] ? SVC_DB_TEXT(l->idem_key)
-                                                             : SVC_DB_NULL};
+                                                             : SVC_DB_NULL,
+                               l->idem_hash && l->idem_hash[0] ? SVC_DB_TEXT(l->idem_hash)
+                                                               : SVC_DB_NULL};
     int64_t lid = 0;
     int rc;
 
     rc = svc_db_exec(c,
                      "INSERT INTO billing_ledger (user_id, kind, units, tokens_in, tokens_out, "
                      "model, request_id, balance_after, created_at_ms, day, note, source, "
-                     "user_seq, idem_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     p, 14, NULL, &lid);
+                     "user_seq, idem_key, idem_hash) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     p, 15, NULL, &lid);
     if (rc != SVC_OK)
         return rc;
     {
@@ -827,7 +835,25 @@ struct credit_ctx {
     struct billing_credit_out *out;
     const char *kind;
     char idem[BILLING_ID_MAX + 16];
+    char idem_hash[2 * crypto_hash_sha256_BYTES + 1];
 };
+
+/*
+ * The digest stored with an idempotency key: SHA-256 (hex) of what the request asks for (kind,
+ * user, units, force). The actor and the note only describe it, so a webhook delivered again
+ * with another note is still the same request.
+ */
+static void credit_hash(const char *kind, const struct billing_credit_in *in,
+                        char out[2 * crypto_hash_sha256_BYTES + 1])
+{
+    unsigned char h[crypto_hash_sha256_BYTES];
+    char text[160];
+    int n = snprintf(text, sizeof(text), "v1\n%s\n%lld\n%lld\n%d", kind, (long long)in->user_id,
+                     (long long)in->units, in->force ? 1 : 0);
+
+    crypto_hash_sha256(h, (const unsigned char *)text, (unsigned long long)n);
+    sodium_bin2hex(out, 2 * crypto_hash_sha256_BYTES + 1, h, sizeof(h));
+}
 
 static int64_t abs64(int64_t v)
 {
@@ -865,6 +891,20 @@ static int credit_tx(struct svc_db_conn *c, void *arg)
         return rc;
     if (!a.found || a.deleted)
         return why(SVC_ENOTFOUND, "no account for user_id %lld", (long long)in->user_id);
+    if (x->idem[0]) {
+        /* A key seen before is answered by credit() before any rule runs: an exact replay must
+         * not be refused because the balance changed since, another request must hear that. */
+        struct svc_db_rows *rows = NULL;
+        struct svc_db_param p[] = {SVC_DB_TEXT(x->idem)};
+        size_t n;
+        if ((rc = svc_db_query(c, "SELECT id FROM billing_ledger WHERE idem_key = ?", p, 1,
+                               &rows)) != SVC_OK)
+            return rc;
+        n = svc_db_rows_count(rows);
+        svc_db_rows_destroy(&rows);
+        if (n > 0)
+            return SVC_EEXIST;
+    }
     if ((rc = credit_in_range(&a, in->units)) != SVC_OK)
         return rc;
     if (strcmp(x->kind, "adjustment") == 0 && in->units < 0 && !in->force &&
@@ -878,6 +918,7 @@ static int credit_tx(struct svc_db_conn *c, void *arg)
     l.kind = x->kind;
     l.units = in->units;
     l.idem_key = x->idem[0] ? x->idem : NULL;
+    l.idem_hash = x->idem[0] ? x->idem_hash : NULL;
     ledger_note(&l, "%s%s%s", nz(in->actor),
                 in->actor && in->actor[0] && in->note && in->note[0] ? ": " : "", nz(in->note));
     if ((rc = ledger_append(c, &a, &l, now, &x->out->ledger_id)) != SVC_OK)
@@ -889,7 +930,7 @@ static int credit_tx(struct svc_db_conn *c, void *arg)
 static int credit(struct billing_store *s, const struct billing_credit_in *in,
                   struct billing_credit_out *out, const char *kind)
 {
-    struct credit_ctx x = {in, out, kind, {0}};
+    struct credit_ctx x = {in, out, kind, {0}, {0}};
     struct svc_db_conn *c = NULL;
     struct svc_db_rows *rows = NULL;
     struct acct_row a;
@@ -902,26 +943,35 @@ static int credit(struct billing_store *s, const struct billing_credit_in *in,
         (rc = check_text("actor", in->actor, 128, 0)) != SVC_OK ||
         (rc = check_text("note", in->note, 1024, 0)) != SVC_OK)
         return rc;
-    if (in->idempotency_key && in->idempotency_key[0])
+    if (in->idempotency_key && in->idempotency_key[0]) {
         snprintf(x.idem, sizeof(x.idem), "%s:%s", kind, in->idempotency_key);
+        credit_hash(kind, in, x.idem_hash);
+    }
     rc = with_tx(s, credit_tx, &x);
     if (rc != SVC_EEXIST)
         return rc;
-    /* The idempotency key was used before: report that credit, credit nothing now. */
+    /* The idempotency key was used before: the same request is answered with that credit and
+     * credits nothing now; another request is refused, never answered as if it were done. */
     if ((rc = svc_db_conn_get(s->db, &c, -1)) != SVC_OK)
         return rc;
     {
         struct svc_db_param p[] = {SVC_DB_TEXT(x.idem)};
-        rc = svc_db_query(c, "SELECT id, user_id FROM billing_ledger WHERE idem_key = ?", p, 1,
-                          &rows);
+        rc = svc_db_query(c, "SELECT id, user_id, idem_hash FROM billing_ledger WHERE idem_key = ?",
+                          p, 1, &rows);
     }
     if (rc == SVC_OK && svc_db_rows_count(rows) == 1) {
-        out->ledger_id = svc_db_rows_i64(rows, 0, 0);
-        if (svc_db_rows_i64(rows, 0, 1) != in->user_id)
-            rc = why(SVC_ECONFLICT, "idempotency_key was used for another user");
-        else if ((rc = acct_read(c, in->user_id, 0, &a)) == SVC_OK)
+        const char *h = svc_db_rows_text(rows, 0, 2);
+        if (svc_db_rows_i64(rows, 0, 1) != in->user_id) {
+            rc = why(SVC_ECONFLICT, "idempotency_key was used for another user (a different "
+                                    "request)");
+        } else if (h != NULL && h[0] != '\0' && strcmp(h, x.idem_hash) != 0) {
+            /* rows written before the digest was stored (NULL) match any request of that user */
+            rc = why(SVC_ECONFLICT, "idempotency_key was used with a different request");
+        } else if ((rc = acct_read(c, in->user_id, 0, &a)) == SVC_OK) {
+            out->ledger_id = svc_db_rows_i64(rows, 0, 0);
             out->account = a.a;
-        out->duplicate = 1;
+            out->duplicate = 1;
+        }
     } else if (rc == SVC_OK) {
         rc = why(SVC_ECONFLICT, "idempotency_key collided; retry");
     }

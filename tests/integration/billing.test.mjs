@@ -324,6 +324,29 @@ for (const backend of ['sqlite', 'mariadb']) {
             assert.equal((await a.ok('Release', { request_id: `del-${user}` })).already_closed, true);
         });
 
+        it('an idempotency key reused with a different request is refused (409), never answered as done', async () => {
+            const [a, b] = clients;
+            const user = nextUser();
+            await a.ok('CreateAccount', { user_id: user, initial_units: 10 });
+            const key = `pay-diff-${user}`;
+            const first = await a.ok('Recharge', { user_id: user, units: 100, idempotency_key: key, actor: 'webhook' });
+            assert.equal(first.duplicate, false);
+            const replay = await b.ok('Recharge', { user_id: user, units: 100, idempotency_key: key, actor: 'webhook' });
+            assert.equal(replay.duplicate, true);
+            assert.equal(replay.ledger_id, first.ledger_id);
+            for (const c of [a, b]) {
+                const r = await c.call('Recharge', { user_id: user, units: 999, idempotency_key: key, actor: 'webhook' });
+                assert.equal(r.status, 409, JSON.stringify(r.error));
+                assert.equal(r.error.code, -10);
+                assert.match(r.error.message, /different request/);
+            }
+            await a.ok('Adjust', { user_id: user, units: -5, idempotency_key: key });
+            const adj = await a.call('Adjust', { user_id: user, units: -6, idempotency_key: key });
+            assert.equal(adj.status, 409);
+            assert.match(adj.error.message, /different request/);
+            assert.equal((await a.ok('GetAccount', { user_id: user })).account.balance, 10 + 100 - 5);
+        });
+
         it('keeps every balance exact in JavaScript: no value leaves +-(2^53 - 1)', async () => {
             const [a] = clients;
             const user = nextUser();

@@ -271,6 +271,52 @@ for (const backend of ['sqlite', 'mariadb']) {
             assert.equal(r.json().data.unlimited, true);
         });
 
+        it('Idempotency-Key: an exact replay answers the original result and says so; another request with the key is 409', async (t) => {
+            await ops(stack, { action: 'register', i_username: 'rita', i_password: 'rita-pw-123', count: 10 });
+            await ops(stack, { action: 'register', i_username: 'sam', i_password: 'sam-pw-1234', count: 10 });
+            const key = `pay-${backend}-8812`;
+            const rc = (body) => postJSON(`${stack.url}/accounts`, body, { headers: { Opskey: OPS_KEY, 'Idempotency-Key': key } });
+            const first = await rc({ action: 'recharge', i_username: 'rita', count: 100 });
+            assert.equal(first.status, 200);
+            assert.equal(first.json().status, 'Success', first.body);
+            assert.equal(first.json().data.balance, 110);
+            assert.equal(first.json().data.replay, false);
+            assert.equal(first.headers['idempotent-replayed'], undefined);
+            // someone recharges in between: the replay still answers the original result
+            await ops(stack, { action: 'recharge', i_username: 'rita', count: 1 });
+            const again = await rc({ i_username: 'rita', count: 100, action: 'recharge' });
+            assert.equal(again.status, 200);
+            assert.equal(again.json().status, 'Success', again.body);
+            assert.equal(again.json().data.replay, true);
+            assert.equal(again.json().data.balance, 110, 'the original result');
+            assert.equal(again.headers['idempotent-replayed'], 'true');
+            for (const body of [{ action: 'recharge', i_username: 'rita', count: 999 },
+                { action: 'recharge', i_username: 'rita', count: -50 },
+                { action: 'recharge', i_username: 'sam', count: 100 }]) {
+                const r = await rc(body);
+                assert.equal(r.status, 409, `${JSON.stringify(body)}: ${r.body}`);
+                assert.equal(r.json().status, 'Fail');
+                assert.match(r.json().message, /Idempotency-Key .*different request/);
+            }
+            assert.equal((await ops(stack, { action: 'check', i_username: 'rita' })).json().data.balance, 111, 'credited once');
+            assert.equal((await ops(stack, { action: 'check', i_username: 'sam' })).json().data.balance, 10);
+            const bad = await postJSON(`${stack.url}/accounts`, { action: 'recharge', i_username: 'rita', count: 1 },
+                { headers: { Opskey: OPS_KEY, 'Idempotency-Key': 'x'.repeat(129) } });
+            assert.equal(bad.json().status, 'Fail');
+            assert.match(bad.json().message, /Idempotency-Key/);
+
+            const rows = auditRows(stack);
+            if (rows === null) return t.skip('sqlite3 command-line client not installed');
+            const mine = rows.filter((r) => r.action === 'recharge' && (r.target === 'rita' || r.target === 'sam') && r.detail.includes(key));
+            assert.equal(mine.filter((r) => r.result === 'success').length, 1, JSON.stringify(mine));
+            assert.ok(mine.some((r) => r.result === 'replay' && /count=100/.test(r.detail)), JSON.stringify(mine));
+            const refused = mine.filter((r) => /different request/.test(r.result));
+            assert.equal(refused.length, 3, JSON.stringify(mine));
+            for (const r of mine.filter((x) => x.result === 'success' || x.result === 'replay'))
+                assert.ok(!/count=(999|-50)/.test(r.detail), `nothing refused is recorded as done: ${JSON.stringify(r)}`);
+            assert.ok(refused.every((r) => /^asked /.test(r.detail)), JSON.stringify(refused));
+        });
+
         it('records every ops write in the audit log (who, what, when, from where)', async (t) => {
             const rows = auditRows(stack);
             if (rows === null) return t.skip('sqlite3 command-line client not installed');

@@ -162,6 +162,7 @@ static void credit_rules(struct svc_db *db, struct billing_store *s)
     int64_t uid = new_user(s, 10);
     struct billing_credit_in ci = {.user_id = uid, .units = 5, .idempotency_key = "evt-1"};
     struct billing_credit_out co;
+    struct billing_account a;
     int64_t first;
 
     T_EQ_INT(billing_recharge(s, &ci, &co), SVC_OK);
@@ -171,10 +172,23 @@ static void credit_rules(struct svc_db *db, struct billing_store *s)
     T_EQ_INT(co.duplicate, 1);
     T_EQ_INT(co.ledger_id, first);
     T_EQ_INT(co.account.balance, 15);
+    /* the same key with another request is refused, never answered as if it were done */
+    ci.units = 6;
+    T_EQ_INT(billing_recharge(s, &ci, &co), SVC_ECONFLICT);
+    T_ASSERT(strstr(billing_store_why(), "different request") != NULL);
+    T_EQ_INT(billing_account_get(s, uid, &a), SVC_OK);
+    T_EQ_INT(a.balance, 15);
     ci.units = -16;
     T_EQ_INT(billing_adjust(s, &ci, &co), SVC_ECONFLICT); /* the adjust key space is separate */
     ci.force = 1;
     T_EQ_INT(billing_adjust(s, &ci, &co), SVC_OK);
+    T_EQ_INT(co.account.balance, -1);
+    ci.force = 0; /* force is part of the request: a replay without it is another request */
+    T_EQ_INT(billing_adjust(s, &ci, &co), SVC_ECONFLICT);
+    T_ASSERT(strstr(billing_store_why(), "different request") != NULL);
+    ci.force = 1;
+    T_EQ_INT(billing_adjust(s, &ci, &co), SVC_OK);
+    T_EQ_INT(co.duplicate, 1);
     T_EQ_INT(co.account.balance, -1);
     ci.units = BILLING_UNITS_OP_MAX + 1;
     T_EQ_INT(billing_recharge(s, &ci, &co), SVC_EINVAL);
