@@ -38,6 +38,7 @@ struct auth_cache;
 #define AUTH_SESSION_TOKEN_LEN 68 /* "cws_" + 64 hex */
 #define AUTH_CREDENTIALS_MAX 1024 /* bytes of a decoded Authorization value */
 #define AUTH_REDIS_PREFIX "chatweb:auth:"
+#define AUTH_OPS_KEY_MIN 24 /* shortest OPS_KEY accepted at start-up */
 
 /* ---- configuration (parsed once in main.c) ---- */
 
@@ -52,6 +53,8 @@ struct auth_cfg {
     int64_t throttle_window_s; /* failed-login counting window */
     int64_t throttle_user_max; /* failures per username per window */
     int64_t throttle_ip_max;   /* failures per client IP per window */
+    int64_t ops_throttle_max;  /* wrong operator secrets per client IP per window (0 = off) */
+    int64_t ops_throttle_window_s;
     unsigned long long pw_ops; /* argon2id opslimit */
     size_t pw_mem;             /* argon2id memlimit in bytes */
     size_t pw_min;             /* shortest password accepted from ops / ChangeCredentials */
@@ -241,6 +244,17 @@ int auth_authenticate(struct auth_ctx *a, const char *authorization, const char 
 int auth_check_password(struct auth_ctx *a, const char *name, const char *password,
                         const char *client_ip, const char *rid, enum auth_result *result,
                         struct auth_user *u) SVC_MUST_CHECK;
+
+/*
+ * Attempt throttles in Redis (authn.c has the rules): takes one attempt of the counter `key`
+ * before a credential is checked. 0 with *retry_after_ms 0: go on (the attempt is counted);
+ * 0 with *retry_after_ms > 0: refuse without checking, retry after that long. SVC_EUNAVAIL when
+ * Redis is not configured or does not answer (the caller decides; it logs). Atomic across
+ * replicas. auth_throttle_refund gives one attempt back (best effort).
+ */
+int auth_throttle_take(struct auth_ctx *a, const char *key, int64_t free_n, int64_t base_ms,
+                       int64_t max_ms, int64_t window_ms, int64_t *retry_after_ms) SVC_MUST_CHECK;
+void auth_throttle_refund(struct auth_ctx *a, const char *key);
 
 /* Tells every replica that user id changed (version from SQL). Best effort. */
 void auth_version_publish(struct auth_ctx *a, int64_t id, int64_t version);

@@ -234,6 +234,89 @@ static int current_version(struct auth_ctx *a, int64_t id, int64_t *version)
     return rc;
 }
 
+/* ---- attempt throttles (failed logins, operator secrets) ---- */
+
+/*
+ * One attempt counter in a Redis hash {n, next}, taken atomically *before* the credential is
+ * checked, so concurrent attempts can never get more checks than the budget (a read-then-count
+ * let 13 of 60 concurrent tries through a limit of 10). ARGV: free attempts, base delay (ms),
+ * max delay (ms), window (ms). With base 0 the budget is a fixed window: after `free` attempts
+ * everything waits until the key expires (window from the first attempt). With base > 0 the
+ * attempts after `free` are spaced by growing delays (base, 2 base, 4 base, ... up to max), and
+ * the key is forgotten window + delay after the last attempt. Returns 0 (go on; the attempt is
+ * counted) or the ms to wait. Time comes from Redis (TIME), so replicas' clocks do not matter.
+ */
+static const char take_lua[] =
+    "local t = redis.call('TIME') "
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
+    "local free, base = tonumber(ARGV[1]), tonumber(ARGV[2]) "
+    "local maxd, win = tonumber(ARGV[3]), tonumber(ARGV[4]) "
+    "local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0') "
+    "local nxt = tonumber(redis.call('HGET', KEYS[1], 'next') or '0') "
+    "if n >= free then "
+    "  if base == 0 then "
+    "    local ttl = redis.call('PTTL', KEYS[1]) "
+    "    if ttl < 1 then redis.call('PEXPIRE', KEYS[1], win) ttl = win end "
+    "    return ttl "
+    "  end "
+    "  if now < nxt then return nxt - now end "
+    "end "
+    "n = n + 1 "
+    "local d = 0 "
+    "if base > 0 and n >= free then "
+    "  d = base * math.pow(2, math.min(n - free, 40)) "
+    "  if d > maxd then d = maxd end "
+    "  nxt = now + d "
+    "end "
+    "redis.call('HSET', KEYS[1], 'n', n, 'next', nxt) "
+    "if base == 0 then "
+    "  if redis.call('PTTL', KEYS[1]) < 1 then redis.call('PEXPIRE', KEYS[1], win) end "
+    "else "
+    "  redis.call('PEXPIRE', KEYS[1], win + d) "
+    "end "
+    "return 0";
+
+/* Gives one counted attempt back (a correct operator key must not use up the budget). */
+static const char refund_lua[] = "local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0') "
+                                 "if n > 0 then redis.call('HINCRBY', KEYS[1], 'n', -1) end "
+                                 "return 0";
+
+int auth_throttle_take(struct auth_ctx *a, const char *key, int64_t free_n, int64_t base_ms,
+                       int64_t max_ms, int64_t window_ms, int64_t *retry_after_ms)
+{
+    char f[24], b[24], m[24], w[24];
+    const char *argv[] = {"EVAL", take_lua, "1", key, f, b, m, w};
+    struct svc_redis_reply *rep = NULL;
+    int rc = SVC_OK;
+
+    *retry_after_ms = 0;
+    if (a->redis == NULL)
+        return SVC_EUNAVAIL;
+    snprintf(f, sizeof(f), "%lld", (long long)free_n);
+    snprintf(b, sizeof(b), "%lld", (long long)base_ms);
+    snprintf(m, sizeof(m), "%lld", (long long)max_ms);
+    snprintf(w, sizeof(w), "%lld", (long long)window_ms);
+    if (svc_redis_cmd(a->redis, &rep, 8, argv, NULL) != SVC_OK ||
+        svc_redis_reply_type(rep) != SVC_REDIS_INTEGER)
+        rc = SVC_EUNAVAIL;
+    else
+        *retry_after_ms = svc_redis_reply_int(rep);
+    svc_redis_reply_free(&rep);
+    return rc;
+}
+
+void auth_throttle_refund(struct auth_ctx *a, const char *key)
+{
+    const char *argv[] = {"EVAL", refund_lua, "1", key};
+    struct svc_redis_reply *rep = NULL;
+
+    if (a->redis == NULL)
+        return;
+    if (svc_redis_cmd(a->redis, &rep, 4, argv, NULL) != SVC_OK)
+        SVC_LOG_WARN(NULL, "throttle", "cannot give an attempt back");
+    svc_redis_reply_free(&rep);
+}
+
 /* INCR with a window TTL on the first hit. */
 static const char incr_lua[] = "local n = redis.call('INCR', KEYS[1]) "
                                "if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end "

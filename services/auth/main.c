@@ -53,6 +53,10 @@
            "failed logins per username per window before refusing")                                \
     ACTION(AUTH_THROTTLE_IP, SVC_OPT_INT, "50", 1, 1000000,                                        \
            "failed logins per client IP per window before refusing")                               \
+    ACTION(AUTH_OPS_THROTTLE, SVC_OPT_INT, "20", 0, 1000000,                                    \
+           "wrong Opskey / admin credentials per client IP per window before 429 (0 = off)")      \
+    ACTION(AUTH_OPS_THROTTLE_WINDOW, SVC_OPT_INT, "600", 1, 86400,                                 \
+           "seconds a client IP waits once it used up AUTH_OPS_THROTTLE")                         \
     ACTION(AUTH_PWHASH_OPS, SVC_OPT_INT, "2", 1, 20, "argon2id iterations (opslimit)")             \
     ACTION(AUTH_PWHASH_MEM_KIB, SVC_OPT_INT, "19456", 8, 4194304,                                  \
            "argon2id memory in KiB (memlimit)")                                                    \
@@ -178,11 +182,16 @@ int main(int argc, char **argv)
     ctx.cfg.throttle_window_s = setting.AUTH_THROTTLE_WINDOW.i;
     ctx.cfg.throttle_user_max = setting.AUTH_THROTTLE_USER.i;
     ctx.cfg.throttle_ip_max = setting.AUTH_THROTTLE_IP.i;
+    ctx.cfg.ops_throttle_max = setting.AUTH_OPS_THROTTLE.i;
+    ctx.cfg.ops_throttle_window_s = setting.AUTH_OPS_THROTTLE_WINDOW.i;
     ctx.cfg.pw_ops = (unsigned long long)setting.AUTH_PWHASH_OPS.i;
     ctx.cfg.pw_mem = (size_t)setting.AUTH_PWHASH_MEM_KIB.i * 1024;
     ctx.cfg.pw_min = (size_t)setting.AUTH_PASSWORD_MIN.i;
-    if (setting.OPS_KEY.is_set && strlen(ctx.cfg.ops_key) < 8)
-        svc_service_die(SVC_EX_CONFIG, "OPS_KEY: must be at least 8 characters");
+    /* The key guards every balance and is guessed over the network: 24 characters of a
+     * random string are out of reach even at the throttle's pace. */
+    if (setting.OPS_KEY.is_set && strlen(ctx.cfg.ops_key) < AUTH_OPS_KEY_MIN)
+        svc_service_die(SVC_EX_CONFIG, "OPS_KEY: must be at least %d characters, got %zu",
+                        AUTH_OPS_KEY_MIN, strlen(ctx.cfg.ops_key));
     if (setting.REDIS_URL.s[0] != '\0' &&
         svc_redis_url_check(setting.REDIS_URL.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "REDIS_URL: %s", err);

@@ -946,19 +946,74 @@ static int dispatch(struct auth_ctx *a, struct svc_req *req, const char *actor)
 
 #define OPS_DISABLED "ops API disabled: OPS_KEY is not set"
 
+/*
+ * Wrong operator secrets are counted per client IP in Redis (shared by the replicas): after
+ * AUTH_OPS_THROTTLE of them within AUTH_OPS_THROTTLE_WINDOW, every request from that address is
+ * answered 429 + Retry-After *before* its secret is compared — also the right one, or a 200 among
+ * the 429s would still tell a guesser he found it. A correct secret gives its attempt back, so
+ * an operator's own traffic never uses up the budget. Without Redis nothing is throttled.
+ */
+static void ops_throttle_key(const char *ip, char *out, size_t len)
+{
+    snprintf(out, len, AUTH_REDIS_PREFIX "opsfail:{%s}", ip != NULL && ip[0] ? ip : "-");
+}
+
+/* 1 when the request was answered 429 (throttled); 0 to go on and compare the secret. */
+static int ops_throttled(struct auth_ctx *a, struct svc_req *req, int *reply)
+{
+    char key[128], ra[24], msg[160];
+    int64_t wait_ms = 0;
+
+    if (a->cfg.ops_throttle_max <= 0)
+        return 0;
+    ops_throttle_key(svc_req_client_ip(req), key, sizeof(key));
+    if (auth_throttle_take(a, key, a->cfg.ops_throttle_max, 0, 0,
+                           a->cfg.ops_throttle_window_s * 1000, &wait_ms) != SVC_OK) {
+        SVC_LOG_WARN(svc_req_id(req), "ops", "cannot reach Redis: operator secrets unthrottled");
+        return 0;
+    }
+    if (wait_ms <= 0)
+        return 0;
+    snprintf(ra, sizeof(ra), "%lld", (long long)(wait_ms + 999) / 1000);
+    snprintf(msg, sizeof(msg),
+             "too many wrong operator credentials from this address, retry after %s s", ra);
+    SVC_LOG_WARN(svc_req_id(req), "ops", "throttled %s %s from %s", svc_req_method(req),
+                 svc_req_path(req), svc_req_client_ip(req));
+    if (svc_req_add_header(req, "Retry-After", ra) != SVC_OK)
+        *reply = auth_reply(req, 500, "Fail", "internal error", NULL, 1);
+    else
+        *reply = auth_reply(req, 429, "Fail", msg, NULL, 1);
+    return 1;
+}
+
+/* A correct secret: its attempt does not count. */
+static void ops_throttle_refund(struct auth_ctx *a, struct svc_req *req)
+{
+    char key[128];
+
+    if (a->cfg.ops_throttle_max <= 0 || a->redis == NULL)
+        return;
+    ops_throttle_key(svc_req_client_ip(req), key, sizeof(key));
+    auth_throttle_refund(a, key);
+}
+
 int auth_ops_accounts(struct svc_req *req, void *ctx)
 {
     struct auth_ctx *a = ctx;
     const char *k = svc_req_header(req, "Opskey");
     const char *want = a->cfg.ops_key;
+    int reply;
 
     if (want[0] == '\0')
         return auth_reply(req, 403, "Fail", OPS_DISABLED, NULL, 1);
+    if (ops_throttled(a, req, &reply))
+        return reply;
     if (k == NULL || !svc_secure_equal(k, strlen(k), want, strlen(want))) {
-        SVC_LOG_NOTICE(svc_req_id(req), "ops", "refused: %s Opskey from %s",
-                       k == NULL ? "no" : "wrong", svc_req_client_ip(req));
+        SVC_LOG_WARN(svc_req_id(req), "ops", "refused: %s Opskey from %s",
+                     k == NULL ? "no" : "wrong", svc_req_client_ip(req));
         return auth_reply(req, 401, "Fail", "Header Opskey error", NULL, 1);
     }
+    ops_throttle_refund(a, req);
     return dispatch(a, req, "opskey");
 }
 
@@ -969,10 +1024,14 @@ int auth_ops_admin_accounts(struct svc_req *req, void *ctx)
     char decoded[AUTH_CREDENTIALS_MAX + 1];
     char *user = NULL, *pass = NULL;
     const char *want = a->cfg.ops_key;
-    int good = 0;
+    int good = 0, reply;
 
     if (want[0] == '\0')
         return auth_reply(req, 403, "Fail", OPS_DISABLED, NULL, 1);
+    /* A browser's first request carries no credentials (it waits for the 401 to ask): that
+     * is not a guess, so it is neither throttled nor counted. */
+    if (h != NULL && ops_throttled(a, req, &reply))
+        return reply;
     if (h != NULL && auth_parse_basic(h, decoded, sizeof(decoded), &user, &pass) == SVC_OK) {
         /* both compares always run: the time does not tell which part was wrong */
         int u_ok = svc_secure_equal(user, strlen(user), "admin", 5);
@@ -981,12 +1040,14 @@ int auth_ops_admin_accounts(struct svc_req *req, void *ctx)
     }
     sodium_memzero(decoded, sizeof(decoded));
     if (!good) {
-        SVC_LOG_NOTICE(svc_req_id(req), "ops", "refused admin credentials from %s",
-                       svc_req_client_ip(req));
+        if (h != NULL)
+            SVC_LOG_WARN(svc_req_id(req), "ops", "refused admin credentials from %s",
+                         svc_req_client_ip(req));
         if (svc_req_add_header(req, "WWW-Authenticate", "Basic realm=\"Authorization Required\"") !=
             SVC_OK)
             return auth_reply(req, 500, "Fail", "internal error", NULL, 1);
         return auth_reply(req, 401, "Fail", "Unauthorized", NULL, 1);
     }
+    ops_throttle_refund(a, req);
     return dispatch(a, req, "admin");
 }

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { postJSON, request } from './harness.mjs';
 
-export const OPS_KEY = 'test-ops-key-0123456789';
+export const OPS_KEY = 'test-ops-key-0123456789-abcdef';
 export const STATIC = { BASIC_AUTH_USER: 'alice,bob', BASIC_AUTH_PASSWORD: 'alice-static-pw,bob-static-pw' };
 export const UNAUTHORIZED = { status: 'Unauthorized', message: 'Error: 无访问权限 | No access rights', data: null };
 
