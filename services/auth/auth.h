@@ -50,9 +50,11 @@ struct auth_cfg {
     int64_t cache_ttl_ms;      /* a cached verification is redone after this */
     int64_t cache_recheck_ms;  /* a cached entry re-reads the user's version after this */
     size_t cache_slots;        /* verification cache size */
-    int64_t throttle_window_s; /* failed-login counting window */
-    int64_t throttle_user_max; /* failures per username per window */
-    int64_t throttle_ip_max;   /* failures per client IP per window */
+    int64_t throttle_window_s;    /* failed-login memory (docs/accounts.md) */
+    int64_t throttle_user_max;    /* attempts per (account, client IP) before delays */
+    int64_t throttle_ip_max;      /* distinct failed accounts per client IP per window */
+    int64_t throttle_delay_ms;    /* first delay; doubles with each further attempt */
+    int64_t throttle_max_delay_ms; /* the longest delay */
     int64_t ops_throttle_max;  /* wrong operator secrets per client IP per window (0 = off) */
     int64_t ops_throttle_window_s;
     unsigned long long pw_ops; /* argon2id opslimit */
@@ -223,6 +225,7 @@ struct auth_identity {
     char models[AUTH_MODELS_MAX + 1];
     int64_t rpm;
     int64_t tpm;
+    int64_t retry_after_ms; /* AUTH_R_THROTTLED only: how long the client must wait */
 };
 
 /* Creates/destroys the verification cache (slots entries). */
@@ -231,7 +234,7 @@ void auth_cache_destroy(struct auth_cache **c);
 
 /*
  * Authenticates an Authorization header value and/or a Cookie header (either may be NULL).
- * On AUTH_R_OK and AUTH_R_BLOCKED, *id is filled in. *scheme tells which scheme was seen.
+ * On AUTH_R_OK and AUTH_R_BLOCKED, *id is filled in; on AUTH_R_THROTTLED, id->retry_after_ms. *scheme tells which scheme was seen.
  * client_ip (may be NULL) is used for throttling. Never returns a DB/Redis error as a result:
  * those give SVC_EUNAVAIL as the function value (the result is then undefined).
  */
@@ -240,10 +243,10 @@ int auth_authenticate(struct auth_ctx *a, const char *authorization, const char 
                       enum auth_scheme *scheme, struct auth_identity *id) SVC_MUST_CHECK;
 
 /* Checks username + password with throttling (login, verify, ChangeCredentials). Fills *u on
- * AUTH_R_OK / AUTH_R_BLOCKED. */
+ * AUTH_R_OK / AUTH_R_BLOCKED, *retry_after_ms (> 0) on AUTH_R_THROTTLED. */
 int auth_check_password(struct auth_ctx *a, const char *name, const char *password,
                         const char *client_ip, const char *rid, enum auth_result *result,
-                        struct auth_user *u) SVC_MUST_CHECK;
+                        struct auth_user *u, int64_t *retry_after_ms) SVC_MUST_CHECK;
 
 /*
  * Attempt throttles in Redis (authn.c has the rules): takes one attempt of the counter `key`

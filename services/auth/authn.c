@@ -317,70 +317,105 @@ void auth_throttle_refund(struct auth_ctx *a, const char *key)
     svc_redis_reply_free(&rep);
 }
 
-/* INCR with a window TTL on the first hit. */
-static const char incr_lua[] = "local n = redis.call('INCR', KEYS[1]) "
-                               "if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end "
-                               "return n";
-
-static void throttle_keys(const char *name, const char *ip, char *uk, size_t ulen, char *ik,
-                          size_t ilen)
+/*
+ * Failed-login throttling (docs/accounts.md). Two rules, both in Redis so every replica shares
+ * them, both checked before any hashing:
+ *
+ *   - per (account, client IP): AUTH_THROTTLE_USER attempts, then each further attempt from that
+ *     address waits a growing delay (AUTH_THROTTLE_DELAY_MS, doubling, at most
+ *     AUTH_THROTTLE_MAX_DELAY s). The attempt is taken atomically before the check, so
+ *     concurrent tries cannot overshoot; a success forgets the counter. A stranger elsewhere
+ *     therefore never delays the owner, and login sessions and cached verifications are not
+ *     throttled at all;
+ *   - per client IP: once failures for AUTH_THROTTLE_IP *distinct* accounts were seen from an
+ *     address within AUTH_THROTTLE_WINDOW, attempts from it on any further account wait for the
+ *     window to end. Counting accounts instead of failures keeps a NAT'd office whose users
+ *     mistype working, and still stops one address spraying a password over many accounts.
+ *
+ * Without Redis nothing is throttled.
+ */
+static void ua_key(const char *name, const char *ip, char *out, size_t len)
 {
-    snprintf(uk, ulen, AUTH_REDIS_PREFIX "fail:u:{%s}", name);
-    snprintf(ik, ilen, AUTH_REDIS_PREFIX "fail:ip:{%s}", ip != NULL && ip[0] ? ip : "-");
+    snprintf(out, len, AUTH_REDIS_PREFIX "fail:ua:{%s}:%s", name, ip != NULL && ip[0] ? ip : "-");
 }
 
-static long long redis_get_int(struct auth_ctx *a, const char *key)
+static void ip_key(const char *ip, char *out, size_t len)
 {
-    const char *argv[] = {"GET", key};
+    snprintf(out, len, AUTH_REDIS_PREFIX "fail:ip:{%s}", ip != NULL && ip[0] ? ip : "-");
+}
+
+/* ms to wait when the address has failed on too many other accounts, else 0. */
+static const char ip_check_lua[] =
+    "if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[1]) and "
+    "   redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0 then "
+    "  local t = redis.call('PTTL', KEYS[1]) "
+    "  if t < 1 then t = 1000 end "
+    "  return t "
+    "end "
+    "return 0";
+
+/* Records a failed account for an address; the set lives a window from its first failure. */
+static const char ip_fail_lua[] = "redis.call('SADD', KEYS[1], ARGV[1]) "
+                                  "if redis.call('PTTL', KEYS[1]) < 0 then "
+                                  "  redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
+                                  "end "
+                                  "return 0";
+
+/* 0 (go on) or the ms the caller must wait. Redis trouble is logged and lets the check run. */
+static int64_t login_throttle(struct auth_ctx *a, const char *name, const char *ip,
+                              const char *rid)
+{
+    char key[192], max[24];
+    const char *argv[] = {"EVAL", ip_check_lua, "1", key, max, name};
     struct svc_redis_reply *rep = NULL;
-    long long v = 0;
-
-    if (svc_redis_cmd(a->redis, &rep, 2, argv, NULL) == SVC_OK &&
-        svc_redis_reply_type(rep) == SVC_REDIS_STRING)
-        v = strtoll(svc_redis_reply_str(rep, NULL), NULL, 10);
-    svc_redis_reply_free(&rep);
-    return v;
-}
-
-static int throttled(struct auth_ctx *a, const char *name, const char *ip)
-{
-    char uk[160], ik[128];
+    int64_t wait = 0;
 
     if (a->redis == NULL)
         return 0;
-    throttle_keys(name, ip, uk, sizeof(uk), ik, sizeof(ik));
-    return redis_get_int(a, uk) >= a->cfg.throttle_user_max ||
-           redis_get_int(a, ik) >= a->cfg.throttle_ip_max;
+    ip_key(ip, key, sizeof(key));
+    snprintf(max, sizeof(max), "%lld", (long long)a->cfg.throttle_ip_max);
+    if (svc_redis_cmd(a->redis, &rep, 6, argv, NULL) == SVC_OK &&
+        svc_redis_reply_type(rep) == SVC_REDIS_INTEGER)
+        wait = svc_redis_reply_int(rep);
+    else
+        SVC_LOG_WARN(rid, "throttle", "cannot read the address's failures (not throttled)");
+    svc_redis_reply_free(&rep);
+    if (wait > 0)
+        return wait;
+    ua_key(name, ip, key, sizeof(key));
+    if (auth_throttle_take(a, key, a->cfg.throttle_user_max, a->cfg.throttle_delay_ms,
+                           a->cfg.throttle_max_delay_ms, a->cfg.throttle_window_s * 1000,
+                           &wait) != SVC_OK) {
+        SVC_LOG_WARN(rid, "throttle", "cannot count a login attempt (not throttled)");
+        return 0;
+    }
+    return wait;
 }
 
-static void throttle_fail(struct auth_ctx *a, const char *name, const char *ip)
+static void login_failed(struct auth_ctx *a, const char *name, const char *ip)
 {
-    char uk[160], ik[128], win[32];
-    const char *argv[] = {"EVAL", incr_lua, "1", uk, win};
+    char key[192], win[24];
+    const char *argv[] = {"EVAL", ip_fail_lua, "1", key, name, win};
     struct svc_redis_reply *rep = NULL;
 
     if (a->redis == NULL)
         return;
-    throttle_keys(name, ip, uk, sizeof(uk), ik, sizeof(ik));
-    snprintf(win, sizeof(win), "%lld", (long long)a->cfg.throttle_window_s);
-    if (svc_redis_cmd(a->redis, &rep, 5, argv, NULL) != SVC_OK)
-        SVC_LOG_WARN(NULL, "throttle", "cannot count a failed login");
-    svc_redis_reply_free(&rep);
-    argv[3] = ik;
-    if (svc_redis_cmd(a->redis, &rep, 5, argv, NULL) != SVC_OK)
-        SVC_LOG_WARN(NULL, "throttle", "cannot count a failed login");
+    ip_key(ip, key, sizeof(key));
+    snprintf(win, sizeof(win), "%lld", (long long)a->cfg.throttle_window_s * 1000);
+    if (svc_redis_cmd(a->redis, &rep, 6, argv, NULL) != SVC_OK)
+        SVC_LOG_WARN(NULL, "throttle", "cannot record a failed login");
     svc_redis_reply_free(&rep);
 }
 
-static void throttle_reset_user(struct auth_ctx *a, const char *name)
+static void login_succeeded(struct auth_ctx *a, const char *name, const char *ip)
 {
-    char uk[160], ik[128];
-    const char *argv[] = {"DEL", uk};
+    char key[192];
+    const char *argv[] = {"DEL", key};
     struct svc_redis_reply *rep = NULL;
 
     if (a->redis == NULL)
         return;
-    throttle_keys(name, NULL, uk, sizeof(uk), ik, sizeof(ik));
+    ua_key(name, ip, key, sizeof(key));
     if (svc_redis_cmd(a->redis, &rep, 2, argv, NULL) != SVC_OK)
         SVC_LOG_DEBUG(NULL, "throttle", "cannot reset a counter");
     svc_redis_reply_free(&rep);
@@ -400,10 +435,12 @@ static void identity_from_user(const struct auth_user *u, struct auth_identity *
 
 int auth_check_password(struct auth_ctx *a, const char *name, const char *password,
                         const char *client_ip, const char *rid, enum auth_result *result,
-                        struct auth_user *u)
+                        struct auth_user *u, int64_t *retry_after_ms)
 {
+    int64_t wait;
     int rc;
 
+    *retry_after_ms = 0;
     if (name == NULL || name[0] == '\0' || password == NULL || password[0] == '\0') {
         *result = name == NULL || name[0] == '\0' ? AUTH_R_UNKNOWN : AUTH_R_WRONG_PASSWORD;
         return SVC_OK;
@@ -412,15 +449,17 @@ int auth_check_password(struct auth_ctx *a, const char *name, const char *passwo
         *result = AUTH_R_UNKNOWN;
         return SVC_OK;
     }
-    if (throttled(a, name, client_ip)) {
+    if ((wait = login_throttle(a, name, client_ip, rid)) > 0) {
         *result = AUTH_R_THROTTLED;
-        SVC_LOG_NOTICE(rid, "login", "throttled user=%s ip=%s", name, client_ip ? client_ip : "-");
+        *retry_after_ms = wait;
+        SVC_LOG_NOTICE(rid, "login", "throttled user=%s ip=%s for %lld ms", name,
+                       client_ip ? client_ip : "-", (long long)wait);
         return SVC_OK;
     }
     rc = auth_user_by_name(a, name, u);
     if (rc == SVC_ENOTFOUND) {
         auth_pw_dummy_verify(password);
-        throttle_fail(a, name, client_ip);
+        login_failed(a, name, client_ip);
         *result = AUTH_R_UNKNOWN;
         SVC_LOG_INFO(rid, "login", "refused user=%s ip=%s: unknown user", name,
                      client_ip ? client_ip : "-");
@@ -429,13 +468,13 @@ int auth_check_password(struct auth_ctx *a, const char *name, const char *passwo
     if (rc != SVC_OK)
         return SVC_EUNAVAIL;
     if (!auth_pw_verify(u->pw_hash, password)) {
-        throttle_fail(a, name, client_ip);
+        login_failed(a, name, client_ip);
         *result = AUTH_R_WRONG_PASSWORD;
         SVC_LOG_INFO(rid, "login", "refused user=%s ip=%s: wrong password", name,
                      client_ip ? client_ip : "-");
         return SVC_OK;
     }
-    throttle_reset_user(a, name);
+    login_succeeded(a, name, client_ip);
     *result = u->blocked ? AUTH_R_BLOCKED : AUTH_R_OK;
     return SVC_OK;
 }
@@ -656,6 +695,7 @@ int auth_authenticate(struct auth_ctx *a, const char *authorization, const char 
 
     *result = AUTH_R_MISSING;
     *scheme = AUTH_SCHEME_NONE;
+    id->retry_after_ms = 0;
     memset(&k, 0, sizeof(k));
     decoded[0] = token[0] = '\0';
 
@@ -750,7 +790,8 @@ int auth_authenticate(struct auth_ctx *a, const char *authorization, const char 
     switch (*scheme) {
     case AUTH_SCHEME_BASIC:
     case AUTH_SCHEME_BEARER:
-        rc = auth_check_password(a, user, pass, client_ip, rid, result, &u);
+        rc = auth_check_password(a, user, pass, client_ip, rid, result, &u,
+                                 &id->retry_after_ms);
         break;
     case AUTH_SCHEME_SESSION:
         rc = session_verify(a, token, result, &u);

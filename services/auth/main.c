@@ -48,11 +48,15 @@
     ACTION(AUTH_CACHE_RECHECK_MS, SVC_OPT_INT, "250", 0, 1000,                                     \
            "ms after which a cached entry re-reads the user's version (change propagation)")       \
     ACTION(AUTH_THROTTLE_WINDOW, SVC_OPT_INT, "300", 1, 86400,                                     \
-           "seconds over which failed logins are counted")                                         \
+           "seconds failed logins are remembered (per account+IP: after the last attempt)")        \
     ACTION(AUTH_THROTTLE_USER, SVC_OPT_INT, "10", 1, 1000000,                                      \
-           "failed logins per username per window before refusing")                                \
-    ACTION(AUTH_THROTTLE_IP, SVC_OPT_INT, "50", 1, 1000000,                                        \
-           "failed logins per client IP per window before refusing")                               \
+           "login attempts per account and client IP before growing delays")                       \
+    ACTION(AUTH_THROTTLE_IP, SVC_OPT_INT, "100", 1, 1000000,                                       \
+           "distinct accounts with failed logins per client IP per window before refusing")        \
+    ACTION(AUTH_THROTTLE_DELAY_MS, SVC_OPT_INT, "1000", 1, 3600000,                                \
+           "first delay after AUTH_THROTTLE_USER attempts; doubles with each further one")         \
+    ACTION(AUTH_THROTTLE_MAX_DELAY, SVC_OPT_INT, "300", 1, 86400,                                  \
+           "longest delay between login attempts of one account and client IP, seconds")          \
     ACTION(AUTH_OPS_THROTTLE, SVC_OPT_INT, "20", 0, 1000000,                                    \
            "wrong Opskey / admin credentials per client IP per window before 429 (0 = off)")      \
     ACTION(AUTH_OPS_THROTTLE_WINDOW, SVC_OPT_INT, "600", 1, 86400,                                 \
@@ -182,6 +186,8 @@ int main(int argc, char **argv)
     ctx.cfg.throttle_window_s = setting.AUTH_THROTTLE_WINDOW.i;
     ctx.cfg.throttle_user_max = setting.AUTH_THROTTLE_USER.i;
     ctx.cfg.throttle_ip_max = setting.AUTH_THROTTLE_IP.i;
+    ctx.cfg.throttle_delay_ms = setting.AUTH_THROTTLE_DELAY_MS.i;
+    ctx.cfg.throttle_max_delay_ms = setting.AUTH_THROTTLE_MAX_DELAY.i * 1000;
     ctx.cfg.ops_throttle_max = setting.AUTH_OPS_THROTTLE.i;
     ctx.cfg.ops_throttle_window_s = setting.AUTH_OPS_THROTTLE_WINDOW.i;
     ctx.cfg.pw_ops = (unsigned long long)setting.AUTH_PWHASH_OPS.i;

@@ -38,6 +38,24 @@ int auth_reply(struct svc_req *req, int http, const char *status, const char *me
     return SVC_HTTP_DONE;
 }
 
+/*
+ * A throttled attempt: 429 with Retry-After and "retry after N s" in the envelope. Never the
+ * "wrong password" answer (the credentials may be right) nor the Unauthorized envelope (which
+ * makes the ChatGPT Web frontend drop a token that is fine).
+ */
+static int throttled_reply(struct svc_req *req, int64_t retry_after_ms)
+{
+    char ra[24], msg[192];
+    long long secs = retry_after_ms > 0 ? (retry_after_ms + 999) / 1000 : 1;
+
+    snprintf(ra, sizeof(ra), "%lld", secs);
+    snprintf(msg, sizeof(msg), "尝试次数过多,请 %lld 秒后再试 | Too many attempts, retry after %lld s",
+             secs, secs);
+    if (svc_req_add_header(req, "Retry-After", ra) != SVC_OK)
+        return auth_reply(req, 500, "Fail", "internal error", NULL, 1);
+    return auth_reply(req, 429, "Fail", msg, NULL, 1);
+}
+
 /* Parses the request body as a JSON object; replies 400 and returns NULL when it is not one. */
 static json_t *body_object(struct svc_req *req)
 {
@@ -108,6 +126,8 @@ int auth_api_verify(struct svc_req *req, void *ctx)
     sodium_memzero(authz, sizeof(authz));
     if (rc != SVC_OK)
         return auth_reply(req, 503, "Fail", "认证服务不可用 | Authentication unavailable", NULL, 1);
+    if (res == AUTH_R_THROTTLED)
+        return throttled_reply(req, id.retry_after_ms);
     if (res != AUTH_R_OK)
         return auth_reply(req, 200, "Fail", "密钥无效 | Secret key is invalid", NULL, 1);
     return auth_reply(req, 200, "Success", "Verify successfully", NULL, 1);
@@ -122,12 +142,13 @@ int auth_api_login(struct svc_req *req, void *ctx)
     char token[AUTH_SESSION_TOKEN_LEN + 1], cookie[256];
     enum auth_result res;
     struct auth_user u;
+    int64_t wait_ms = 0;
     int rc;
 
     if (in == NULL)
         return SVC_HTTP_DONE;
     rc = auth_check_password(a, jstr(in, "username"), jstr(in, "password"), svc_req_client_ip(req),
-                             svc_req_id(req), &res, &u);
+                             svc_req_id(req), &res, &u, &wait_ms);
     json_decref(in);
     if (rc != SVC_OK)
         return auth_reply(req, 503, "Fail", "认证服务不可用 | Authentication unavailable", NULL, 1);
@@ -137,9 +158,7 @@ int auth_api_login(struct svc_req *req, void *ctx)
     case AUTH_R_BLOCKED:
         return auth_reply(req, 200, "Fail", "账号已被禁用 | Account blocked", NULL, 1);
     case AUTH_R_THROTTLED:
-        return auth_reply(req, 429, "Fail",
-                          "登录失败次数过多,请稍后再试 | Too many failed logins, try again later",
-                          NULL, 1);
+        return throttled_reply(req, wait_ms);
     default:
         return auth_reply(req, 200, "Fail", "用户名或密码错误 | Wrong username or password", NULL,
                           1);
@@ -223,6 +242,8 @@ int auth_api_me(struct svc_req *req, void *ctx)
     if (auth_authenticate(a, svc_req_header(req, "Authorization"), svc_req_header(req, "Cookie"),
                           svc_req_client_ip(req), svc_req_id(req), &res, &scheme, &id) != SVC_OK)
         return auth_reply(req, 503, "Fail", "认证服务不可用 | Authentication unavailable", NULL, 1);
+    if (res == AUTH_R_THROTTLED)
+        return throttled_reply(req, id.retry_after_ms);
     if (res != AUTH_R_OK && res != AUTH_R_BLOCKED)
         return auth_reply(req, 200, "Unauthorized", UNAUTHORIZED_MSG, NULL, 1);
     data = json_pack("{s:s,s:s,s:b,s:b}", "name", id.username, "model", id.model, "static",
@@ -299,6 +320,8 @@ static int rpc_authenticate(struct svc_rpc_call *call, const ProtobufCMessage *i
     }
     out->result = (Chatweb__Auth__AuthResult)res;
     out->scheme = (char *)scheme_name(scheme);
+    if (res == AUTH_R_THROTTLED)
+        out->retry_after_ms = id.retry_after_ms;
     if (res != AUTH_R_OK && res != AUTH_R_BLOCKED)
         return SVC_OK;
     pid = svc_rpc_alloc(call, sizeof(*pid));
@@ -327,25 +350,37 @@ static int rpc_change_credentials(struct svc_rpc_call *call, const ProtobufCMess
     Chatweb__Auth__ChangeCredentialsResponse *out = (void *)out_msg;
     struct auth_ctx *a = auth_rpc_ctx;
     const char *rid = svc_rpc_request_id(call);
-    char hash[AUTH_HASH_MAX + 1];
+    char hash[AUTH_HASH_MAX + 1], *msg;
     enum auth_result res;
     struct auth_user u;
+    int64_t wait_ms = 0;
     const char *nn = in->new_username ? in->new_username : "";
     const char *np = in->new_password ? in->new_password : "";
     size_t npl = strlen(np);
     int rc;
 
     (void)ctx;
-    rc = auth_check_password(a, in->username, in->current_password, in->client_ip, rid, &res, &u);
+    rc = auth_check_password(a, in->username, in->current_password, in->client_ip, rid, &res, &u,
+                             &wait_ms);
     if (rc != SVC_OK) {
         svc_rpc_set_error(call, "authentication backend unavailable");
         return rc;
     }
+    if (res == AUTH_R_THROTTLED) {
+        long long secs = wait_ms > 0 ? (wait_ms + 999) / 1000 : 1;
+        out->result = CHATWEB__AUTH__CHANGE_RESULT__CHANGE_DENIED;
+        msg = svc_rpc_alloc(call, 160);
+        if (msg == NULL)
+            return SVC_ENOMEM;
+        snprintf(msg, 160, "尝试次数过多,请 %lld 秒后再试 | too many attempts, retry after %lld s",
+                 secs, secs);
+        out->message = msg;
+        return SVC_OK;
+    }
     if (res != AUTH_R_OK) {
         out->result = CHATWEB__AUTH__CHANGE_RESULT__CHANGE_DENIED;
-        out->message = res == AUTH_R_BLOCKED     ? "账号已被禁用 | account blocked"
-                       : res == AUTH_R_THROTTLED ? "登录失败次数过多 | too many failed attempts"
-                                                 : "当前用户信息错误 | current credentials wrong";
+        out->message = res == AUTH_R_BLOCKED ? "账号已被禁用 | account blocked"
+                                             : "当前用户信息错误 | current credentials wrong";
         return SVC_OK;
     }
     if (u.is_static) {

@@ -7,7 +7,8 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { describe, it } from 'node:test';
 import { basicAuth, defaultBinDir, freePort, tempDir, withStack } from './lib/harness.mjs';
-import { ENV, OPS_KEY, authUrl, logsText, postJSON } from './lib/auth-helpers.mjs';
+import { authenticate, rpc } from './lib/auth-rpc.mjs';
+import { ENV, OPS_KEY, authUrl, logsText, ops, postJSON, request } from './lib/auth-helpers.mjs';
 
 describe('OPS_KEY', () => {
     it('must have at least 24 characters: a shorter one stops auth with one line naming it (exit 78)', async () => {
@@ -75,5 +76,81 @@ describe('operator secrets are throttled per source address', () => {
         assert.match(logs, /lvl=warn[^\n]*refused admin credentials[^\n]*10\.66\.0\.3/);
         assert.ok(!logs.includes(OPS_KEY));
         assert.ok(!/lvl=notice[^\n]*(wrong Opskey|refused admin)/.test(logs), 'not at notice');
+    });
+});
+
+describe('password guessing is throttled per account and source, never locking the owner out', () => {
+    // AUTH_THROTTLE_IP is lowered so the distinct-accounts rule is reachable in a test.
+    const stack = withStack({ replicas: { auth: 2 }, env: { ...ENV, AUTH_THROTTLE_IP: '20' } });
+    const fromIp = (ip, extra = {}) => ({ headers: { 'X-Real-IP': ip, ...extra } });
+    let token;
+
+    it('60 concurrent wrong logins on two replicas get exactly AUTH_THROTTLE_USER (10) checks', async () => {
+        const r = await ops(stack, { action: 'register', i_username: 'nina', i_password: 'nina-pw-123', count: 1000 });
+        assert.equal(r.json().message, 'success', r.body);
+        // the owner logs in before the attack: her session must keep working
+        const login = await postJSON(`${authUrl(stack, 0)}/api/login`, { username: 'nina', password: 'nina-pw-123' }, fromIp('10.88.0.2'));
+        token = login.json().data.token;
+        assert.match(token, /^cws_/);
+        const rs = await Promise.all(Array.from({ length: 60 }, (_, i) =>
+            authenticate(authUrl(stack, i % 2), `Bearer nina:wrong-${i}`, { clientIp: '10.88.0.1' })));
+        const results = rs.map((x) => x.result);
+        assert.equal(results.filter((x) => x === 'AUTH_WRONG_PASSWORD').length, 10, results.join(','));
+        assert.equal(results.filter((x) => x === 'AUTH_THROTTLED').length, 50);
+        assert.ok(rs.filter((x) => x.result === 'AUTH_THROTTLED').every((x) => x.retryAfterMs > 0));
+    });
+
+    it('a throttled source hears "retry after N s" (429 + Retry-After), never that its valid credentials are wrong', async () => {
+        const ip = fromIp('10.88.0.1');
+        const me = await request(`${authUrl(stack, 1)}/api/me`, { headers: { ...ip.headers, authorization: 'Bearer nina:nina-pw-123' } });
+        assert.equal(me.status, 429, me.body);
+        assert.notEqual(me.json().status, 'Unauthorized', 'the frontend would drop its token');
+        assert.match(me.json().message, /retry after \d+ s/);
+        assert.match(me.headers['retry-after'], /^[1-9][0-9]*$/);
+        const login = await postJSON(`${authUrl(stack, 0)}/api/login`, { username: 'nina', password: 'nina-pw-123' }, ip);
+        assert.equal(login.status, 429);
+        assert.match(login.json().message, /retry after \d+ s/);
+        assert.match(login.headers['retry-after'], /^[1-9][0-9]*$/);
+        const v = await postJSON(`${authUrl(stack, 1)}/api/verify`, { token: 'nina:nina-pw-123' }, ip);
+        assert.equal(v.status, 429);
+        assert.doesNotMatch(v.json().message, /invalid/i);
+        const cc = await rpc(authUrl(stack), 'Auth', 'ChangeCredentials', {
+            username: 'nina', currentPassword: 'nina-pw-123', newUsername: 'nina', newPassword: 'nina-pw-456', clientIp: '10.88.0.1',
+        });
+        assert.equal(cc.message.result, 'CHANGE_DENIED');
+        assert.match(cc.message.message, /retry after \d+ s/);
+    });
+
+    it('the owner keeps working: her session everywhere, her password from another source', async () => {
+        for (const i of [0, 1]) {
+            const me = await request(`${authUrl(stack, i)}/api/me`, { headers: { 'X-Real-IP': '10.88.0.1', authorization: `Bearer ${token}` } });
+            assert.equal(me.json().status, 'Success', me.body);
+            assert.equal(me.json().data.name, 'nina');
+        }
+        assert.equal((await authenticate(authUrl(stack, 1), 'Bearer nina:nina-pw-123', { clientIp: '10.88.0.3' })).result, 'AUTH_OK');
+        const login = await postJSON(`${authUrl(stack, 1)}/api/login`, { username: 'nina', password: 'nina-pw-123' }, fromIp('10.88.0.4'));
+        assert.equal(login.json().status, 'Success', login.body);
+    });
+
+    it('a NAT\'d office is not locked by its users\' typos; one address spraying many accounts is', async () => {
+        for (let i = 0; i < 15; i++) {
+            const name = `office${i}`;
+            assert.equal((await ops(stack, { action: 'register', i_username: name, i_password: `${name}-pw`, count: 10 })).json().message, 'success');
+        }
+        // 15 people behind one address, each mistyping twice: 30 failures, all of them get in
+        for (let i = 0; i < 15; i++) {
+            for (const pw of ['typo-1', 'typo-2']) {
+                assert.equal((await authenticate(authUrl(stack, i % 2), basicAuth(`office${i}`, pw), { clientIp: '10.88.1.1' })).result, 'AUTH_WRONG_PASSWORD');
+            }
+            assert.equal((await authenticate(authUrl(stack, i % 2), basicAuth(`office${i}`, `office${i}-pw`), { clientIp: '10.88.1.1' })).result, 'AUTH_OK');
+        }
+        // one address trying 20 different accounts is held back on the next new one
+        for (let i = 0; i < 20; i++) {
+            assert.equal((await authenticate(authUrl(stack), basicAuth(`spray${i}`, 'password1'), { clientIp: '10.88.2.1' })).result, 'AUTH_UNKNOWN_USER');
+        }
+        const next = await authenticate(authUrl(stack), basicAuth('office3', 'guess'), { clientIp: '10.88.2.1' });
+        assert.equal(next.result, 'AUTH_THROTTLED');
+        assert.ok(next.retryAfterMs > 0);
+        assert.equal((await authenticate(authUrl(stack), basicAuth('office3', 'office3-pw'), { clientIp: '10.88.2.2' })).result, 'AUTH_OK');
     });
 });

@@ -68,14 +68,24 @@ for (const backend of ['sqlite', 'mariadb']) {
             assert.equal(s.identity.isStatic, true);
         });
 
-        it('throttles failed logins per username', async () => {
+        it('throttles failed logins per account and source: a stranger\'s failures do not lock the owner out', async () => {
             await register('dave', 'dave-pw-123');
             const u = authUrl(stack);
-            for (let i = 0; i < 10; i++) await authenticate(u, basicAuth('dave', `bad-${i}`), { clientIp: `10.0.0.${i}` });
+            // a stranger on one address: 10 checks, then "retry after" (never "wrong password")
+            const seen = [];
+            for (let i = 0; i < 12; i++) seen.push(await authenticate(u, basicAuth('dave', `bad-${i}`), { clientIp: '10.0.0.99' }));
+            assert.deepEqual(seen.slice(0, 10).map((r) => r.result), Array(10).fill('AUTH_WRONG_PASSWORD'));
+            assert.deepEqual(seen.slice(10).map((r) => r.result), ['AUTH_THROTTLED', 'AUTH_THROTTLED']);
+            assert.ok(seen[10].retryAfterMs > 0, 'a throttled answer says how long to wait');
+            const there = await authenticate(u, basicAuth('dave', 'dave-pw-123'), { clientIp: '10.0.0.99' });
+            assert.equal(there.result, 'AUTH_THROTTLED', 'the attacked source waits, even with the right password');
+            // many strangers on many addresses
+            for (let i = 0; i < 30; i++) await authenticate(u, basicAuth('dave', `bad-${i}`), { clientIp: `10.0.2.${i}` });
+            // the owner elsewhere is not blocked (this assertion encoded the bug before: AUTH_THROTTLED)
             const r = await authenticate(u, basicAuth('dave', 'dave-pw-123'), { clientIp: '10.0.1.1' });
-            assert.equal(r.result, 'AUTH_THROTTLED');
+            assert.equal(r.result, 'AUTH_OK');
             const login = await postJSON(`${stack.url}/api/login`, { username: 'dave', password: 'dave-pw-123' });
-            assert.equal(login.json().status, 'Fail');
+            assert.equal(login.json().status, 'Success', login.body);
         });
 
         it('browser login: /api/login, /api/me (Bearer and cookie), /api/logout', async () => {
