@@ -134,6 +134,29 @@ long svc_base64_decode(const char *in, size_t inlen, char *out, size_t outlen)
     return (long)o;
 }
 
+size_t svc_utf8_trim_end(char *s)
+{
+    size_t len = strlen(s), i = len, need;
+    unsigned char lead;
+
+    /* Back over at most 3 continuation bytes to the lead byte of the last character. */
+    while (i > 0 && len - i < 3 && ((unsigned char)s[i - 1] & 0xc0) == 0x80)
+        i--;
+    if (i == 0)
+        return len;
+    lead = (unsigned char)s[i - 1];
+    need = (lead & 0xe0) == 0xc0 ? 2 : (lead & 0xf0) == 0xe0 ? 3 : (lead & 0xf8) == 0xf0 ? 4 : 0;
+    if (need == 0 || len - (i - 1) >= need)
+        return len; /* ASCII, complete, or not UTF-8 this function could mend */
+    s[i - 1] = '\0';
+    return i - 1;
+}
+
+void svc_wipe(void *p, size_t n)
+{
+    sodium_memzero(p, n);
+}
+
 int svc_utf8_valid(const char *str, size_t len)
 {
     const unsigned char *s = (const unsigned char *)str;

@@ -158,6 +158,52 @@ static int u8(const char *s)
     return svc_utf8_valid(s, strlen(s));
 }
 
+/* A string cut by snprintf mid-character is mended to its last whole character. */
+static void test_utf8_trim_end(void)
+{
+    static const struct {
+        const char *in;
+        const char *out;
+    } cases[] = {
+        {"", ""},
+        {"abc", "abc"},
+        {"ab\xe4\xbd\xa0", "ab\xe4\xbd\xa0"},         /* complete 3-byte */
+        {"ab\xe4\xbd", "ab"},                         /* 2 of 3 */
+        {"ab\xe4", "ab"},                              /* 1 of 3 */
+        {"\xf0\x9f\x98\x80", "\xf0\x9f\x98\x80"},     /* complete 4-byte */
+        {"x\xf0\x9f\x98", "x"},                       /* 3 of 4 */
+        {"x\xc3", "x"},                                /* 1 of 2 */
+        {"x\xc3\xa9", "x\xc3\xa9"},                    /* complete 2-byte */
+        {"\xe4\xbd", ""},                              /* nothing left */
+        {"a\x80\x80\x80\x80", "a\x80\x80\x80\x80"},   /* not UTF-8: left alone */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char buf[32];
+        snprintf(buf, sizeof(buf), "%s", cases[i].in);
+        T_EQ_INT(svc_utf8_trim_end(buf), strlen(cases[i].out));
+        T_EQ_STR(buf, cases[i].out);
+        T_ASSERT(svc_utf8_valid(buf, strlen(buf)) || i == 10);
+    }
+    /* what the chat service does: snprintf cuts a long message in the middle of a character */
+    {
+        static const char full[] = "[x] \xe4\xbd\xa0\xe5\xa5\xbd";
+        char small[7];
+        memcpy(small, full, sizeof(small) - 1); /* what snprintf leaves: 6 bytes and a NUL */
+        small[sizeof(small) - 1] = '\0';
+        T_ASSERT(!svc_utf8_valid(small, strlen(small)));
+        svc_utf8_trim_end(small);
+        T_EQ_STR(small, "[x] ");
+    }
+}
+
+static void test_wipe(void)
+{
+    char secret[16] = "sk-secret-value";
+    svc_wipe(secret, sizeof(secret));
+    for (size_t i = 0; i < sizeof(secret); i++)
+        T_EQ_INT(secret[i], 0);
+}
+
 static void test_utf8_valid(void)
 {
     static const char *good[] = {
@@ -456,5 +502,7 @@ int main(void)
     T_RUN(test_random_hex);
     T_RUN(test_bug_random_hex_clamped);
     T_RUN(test_wallclock);
+    T_RUN(test_utf8_trim_end);
+    T_RUN(test_wipe);
     return 0;
 }

@@ -31,6 +31,16 @@ long svc_base64_decode(const char *in, size_t inlen, char *out, size_t outlen);
 /* 1 when s[0..len) is valid UTF-8 (no overlongs, no surrogates, max U+10FFFF). */
 int svc_utf8_valid(const char *s, size_t len);
 
+/*
+ * Cuts s (a NUL-terminated string that was valid UTF-8 before a byte-wise truncation, such as
+ * snprintf's) back to its last complete character, in place: a text cut in the middle of a
+ * character would otherwise be refused by every JSON encoder. Returns the new length.
+ */
+size_t svc_utf8_trim_end(char *s);
+
+/* Zeroes n bytes of p in a way the compiler may not drop (secrets leaving scope). */
+void svc_wipe(void *p, size_t n);
+
 /* Milliseconds since the Unix epoch (CLOCK_REALTIME). */
 int64_t svc_wallclock_ms(void);
 
