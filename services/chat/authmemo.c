@@ -104,6 +104,7 @@ void chat_authmemo_put(const char *authorization, const Chatweb__Auth__Identity 
     s.id.user_id = id->user_id;
     s.id.is_static = id->is_static;
     s.id.rpm_limit = id->rpm_limit;
+    s.id.tpm_limit = id->tpm_limit;
     snprintf(s.id.username, sizeof(s.id.username), "%s", id->username ? id->username : "");
     snprintf(s.id.model, sizeof(s.id.model), "%s", id->model ? id->model : "");
     snprintf(s.id.key_id, sizeof(s.id.key_id), "%s", id->key_id ? id->key_id : "");

@@ -27,6 +27,7 @@ struct chat_authmemo_identity {
     char key_id[64];
     char allowed_models[512]; /* comma-separated, "" = any */
     int rpm_limit;
+    long long tpm_limit;
 };
 
 /* Sets the memory up; ttl_ms 0 turns it off. Call once before the loops start. */

@@ -1,7 +1,7 @@
 /*
- * Billing for a chat turn: Reserve before the upstream call, Settle to the upstream's usage (or a
- * local estimate when the client left before usage arrived) or Release when the upstream produced
- * nothing. The billing service makes each call idempotent by request id (the reply id), so the
+ * Billing for a chat turn: Reserve the exact prompt plus the reply limit before the upstream call,
+ * Settle to the upstream's usage (or, when none arrived, the exact count of the prompt and of the
+ * reply text received: chat_turn_account) or Release when the upstream produced nothing. The billing service makes each call idempotent by request id (the reply id), so the
  * retries below can never charge twice; a settle that still cannot get through leaves the hold to
  * billing's expiry rule (docs/billing.md).
  */
@@ -52,12 +52,14 @@ static void on_reserved(int err, ProtobufCMessage *out_msg, const char *errmsg, 
         chat_turn_upstream(t);
         break;
     case CHATWEB__BILLING__RESERVE_RESULT__RESERVE_INSUFFICIENT:
+        chat_turn_account(t, 0); /* refused: the admitted tokens are given back */
         /* The seed's "tokens used up" message, with the self-service link. */
         snprintf(text, sizeof(text), "Token数已用尽,请到[自助中心](%s)补充,您的账号: %s",
                  chat_setting.OPS_LINK.s, t->username);
         chat_turn_fail(t, text);
         break;
     default:
+        chat_turn_account(t, 0);
         SVC_LOG_WARN(t->rid, "billing", "no billing account for user %lld", t->user_id);
         chat_turn_fail(t, "账号未开通计费,请联系管理员 | This account has no balance yet; ask the "
                           "operator");
@@ -89,6 +91,7 @@ void chat_charge_reserve(struct chat_turn *t)
                                          &in.base, &chatweb__billing__reserve_response__descriptor,
                                          t->rid, on_reserved, t);
     if (t->billing_call == NULL) {
+        chat_turn_account(t, 0);
         chat_turn_reply(t, 503, "Fail", "计费服务不可用 | Billing service unavailable");
         return;
     }
@@ -209,6 +212,7 @@ void chat_charge_finish(struct chat_turn *t, int produced)
 {
     struct chat_settle *cs;
 
+    chat_turn_account(t, produced);
     if (!t->reserved)
         return;
     t->reserved = 0;
@@ -226,11 +230,11 @@ void chat_charge_finish(struct chat_turn *t, int produced)
     snprintf(cs->request_id, sizeof(cs->request_id), "%s", t->reply_id);
     snprintf(cs->model, sizeof(cs->model), "%s", t->params.model);
     if (produced) {
-        /* The upstream's usage when it sent one; otherwise (client left, stream broke) a local
-         * estimate of what was generated, marked as such. */
-        cs->estimated = t->completion_tokens == 0 && t->prompt_tokens == 0;
-        cs->prompt = t->prompt_tokens > 0 ? t->prompt_tokens : t->budget_used;
-        cs->completion = cs->estimated ? (long)((t->text.len + 2) / 3) : t->completion_tokens;
+        /* The upstream's usage when it sent one; otherwise (client left, stream broke) our exact
+         * count of the prompt and of the text received, marked as ours. */
+        cs->estimated = t->counted;
+        cs->prompt = (long)t->final_prompt;
+        cs->completion = (long)t->final_completion;
     }
     svc_metric_add(&chat_stats.chat_settles_pending, 1);
     cs->next = t->w->settles;

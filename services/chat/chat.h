@@ -18,7 +18,9 @@ struct svc_loop;
 struct svc_fetch_multi;
 struct svc_redis_async;
 struct svc_rpc_client;
+struct svc_modelmap;
 struct chat_settle;
+struct chat_turn;
 
 #define CHAT_OPTIONS(ACTION)                                                                   \
     SVC_COMMON_OPTIONS(ACTION)                                                                 \
@@ -50,7 +52,13 @@ struct chat_settle;
     ACTION(CHAT_SETTLE_RETRY_FOR, SVC_OPT_INT, "600", 0, 86400,                                \
            "seconds a Settle is retried while billing cannot be reached")                     \
     ACTION(CHAT_AUTH_CACHE_MS, SVC_OPT_INT, "100", 0, 1000,                                    \
-           "ms a successful Authenticate answer is reused for the same credentials; 0 = off")
+           "ms a successful Authenticate answer is reused for the same credentials; 0 = off")   \
+    ACTION(CHAT_TPM_LIMIT, SVC_OPT_INT, "0", 0, 1000000000000LL,                              \
+           "tokens per minute per user, all replicas together; 0 = no limit")                 \
+    ACTION(CHAT_ABORT_DRAIN_MS, SVC_OPT_INT, "100", 0, 1000,                                   \
+           "ms a reply whose client left still reads what the upstream already sent")         \
+    ACTION(MODEL_WINDOWS, SVC_OPT_STR, "", 0, 0,                                               \
+           "model context windows: prefix=window[:encoding],... ('*' = unknown models)")
 
 struct chat_setting {
     CHAT_OPTIONS(SVC_OPTION_DECLARE)
@@ -68,7 +76,9 @@ struct chat_setting {
     ACTION(chat_rate_limited_total, SVC_METRIC_COUNTER, "requests refused by a rate limit")   \
     ACTION(chat_settles_pending, SVC_METRIC_GAUGE, "Settle/Release calls waiting for billing") \
     ACTION(chat_prompt_tokens_total, SVC_METRIC_COUNTER, "prompt tokens reported upstream")   \
-    ACTION(chat_completion_tokens_total, SVC_METRIC_COUNTER, "completion tokens reported upstream")
+    ACTION(chat_completion_tokens_total, SVC_METRIC_COUNTER, "completion tokens reported upstream") \
+    ACTION(chat_counted_charges_total, SVC_METRIC_COUNTER,                                     \
+           "replies charged by our own token count (no usage from the upstream)")
 
 struct chat_stats {
     CHAT_METRICS(SVC_METRIC_DECLARE)
@@ -86,6 +96,8 @@ struct chat_worker {
     struct svc_rpc_client *auth;
     struct svc_rpc_client *billing;
     struct chat_settle *settles; /* Settle/Release calls waiting for billing (charge.c) */
+    const struct svc_modelmap *models; /* shared by all loops, read-only */
+    struct chat_turn *draining;        /* turns reading an upstream after their client left */
 };
 
 struct svc_req;

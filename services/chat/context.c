@@ -80,8 +80,3 @@ int chat_ctx_decode(const char *text, size_t len, json_t **msg, char parent[CHAT
     json_decref(j);
     return *msg != NULL ? SVC_OK : SVC_ENOMEM;
 }
-
-long chat_tokens_estimate(size_t bytes)
-{
-    return (long)(bytes / 3 + (bytes % 3 != 0)) + 4; /* no wrap near SIZE_MAX */
-}

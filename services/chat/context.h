@@ -38,11 +38,4 @@ char *chat_ctx_encode(const char *role, const char *content, size_t content_len,
 int chat_ctx_decode(const char *text, size_t len, json_t **msg, char parent[CHAT_ID_MAX + 1])
     SVC_MUST_CHECK;
 
-/*
- * A conservative token estimate used for the context budget until the exact tokenizer lands:
- * one token per 3 bytes of UTF-8, rounded up, plus 4 per message for the chat format. It errs
- * on the high side (English averages 4+ bytes per token), so a budget is never overrun.
- */
-long chat_tokens_estimate(size_t bytes);
-
 #endif

@@ -20,9 +20,11 @@
 #include "svc/http.h"
 #include "svc/log.h"
 #include "svc/loop.h"
+#include "svc/modelmap.h"
 #include "svc/redis.h"
 #include "svc/rpc.h"
 #include "svc/service.h"
+#include "svc/tokenizer.h"
 
 struct chat_setting chat_setting = {CHAT_OPTIONS(SVC_OPTION_INIT)};
 struct chat_stats chat_stats = {CHAT_METRICS(SVC_METRIC_INIT)};
@@ -37,6 +39,7 @@ struct chat_stats chat_stats = {CHAT_METRICS(SVC_METRIC_INIT)};
 #define AUTH_MEMO_SLOTS 4096
 
 static struct chat_worker *workers;
+static struct svc_modelmap *models;
 static unsigned nworkers;
 static char config_reply[1024];
 
@@ -82,6 +85,17 @@ static int redis_ready(void *data)
     return 0;
 }
 
+/* Builds both tokenizers off the start-up path: the first chat would otherwise wait for them. */
+static void *warm_tokenizers(void *arg)
+{
+    (void)arg;
+    for (int e = 0; e < SVC_TOK_ENCODINGS; e++)
+        if (svc_tokenizer_get((enum svc_tok_encoding_e)e) == NULL)
+            SVC_LOG_ERR(NULL, "startup", "cannot load the %s tokenizer",
+                        svc_tokenizer_encoding_name((enum svc_tok_encoding_e)e));
+    return NULL;
+}
+
 static void stop_loop(struct svc_loop *loop, void *data)
 {
     (void)data;
@@ -108,6 +122,14 @@ int main(int argc, char **argv)
         svc_service_die(SVC_EX_CONFIG, "CHAT_MIN_RESPONSE_TOKENS: must be below "
                                        "OPENAI_MAX_TOKENS (%lld)",
                         (long long)chat_setting.OPENAI_MAX_TOKENS.i);
+    /* The upstream URL and key are formatted into fixed request buffers (turn.c): refuse what
+     * would not fit instead of cutting it. */
+    if (strlen(chat_setting.OPENAI_BASE_URL.s) > 900)
+        svc_service_die(SVC_EX_CONFIG, "OPENAI_BASE_URL: longer than 900 characters");
+    if (strlen(chat_setting.OPENAI_KEY.s) > 1000)
+        svc_service_die(SVC_EX_CONFIG, "OPENAI_KEY: longer than 1000 characters");
+    if (svc_modelmap_create(&models, chat_setting.MODEL_WINDOWS.s, err, sizeof(err)) != SVC_OK)
+        svc_service_die(SVC_EX_CONFIG, "MODEL_WINDOWS: %s", err);
     svc_service_start();
     svc_metrics_register((struct svc_metric *)&chat_stats, SVC_METRIC_COUNT(chat_stats));
     if (chat_authmemo_setup(AUTH_MEMO_SLOTS, (long)chat_setting.CHAT_AUTH_CACHE_MS.i) != SVC_OK)
@@ -126,6 +148,7 @@ int main(int argc, char **argv)
         if (w->loop == NULL)
             svc_service_die(SVC_EX_SOFTWARE, "cannot create event loop %u", i);
         svc_loop_set_data(w->loop, w);
+        w->models = models;
         w->multi = svc_fetch_multi_create(w->loop, 0);
         w->rpc = svc_fetch_multi_create(w->loop, RPC_CONNECTIONS_PER_PEER);
         w->redis = svc_redis_async_create(w->loop, chat_setting.REDIS_URL.s, REDIS_TIMEOUT_MS);
@@ -149,6 +172,11 @@ int main(int argc, char **argv)
                                sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "HTTP_ADDR: %s", err);
 
+    {
+        pthread_t warm;
+        if (pthread_create(&warm, NULL, warm_tokenizers, NULL) != 0 || pthread_detach(warm) != 0)
+            SVC_LOG_WARN(NULL, "startup", "tokenizers load on first use");
+    }
     for (unsigned i = 0; i < nworkers; i++)
         if (pthread_create(&threads[i], NULL, worker_main, &workers[i]) != 0)
             svc_service_die(SVC_EX_SOFTWARE, "cannot start loop thread %u", i);
@@ -171,6 +199,7 @@ int main(int argc, char **argv)
     svc_http_server_destroy(&srv);
     for (unsigned i = 0; i < nworkers; i++) {
         struct chat_worker *w = &workers[i];
+        chat_turn_abandon_drains(w);
         chat_charge_abandon_all(w);
         svc_fetch_multi_destroy(&w->multi);
         svc_fetch_multi_destroy(&w->rpc);
@@ -180,6 +209,7 @@ int main(int argc, char **argv)
         svc_loop_destroy(&w->loop);
     }
     chat_authmemo_teardown();
+    svc_modelmap_destroy(&models);
     free(workers);
     free(loops);
     free(threads);

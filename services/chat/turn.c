@@ -28,10 +28,12 @@
 #include "svc/http.h"
 #include "svc/log.h"
 #include "svc/loop.h"
+#include "svc/modelmap.h"
 #include "svc/ratelimit.h"
 #include "svc/redis.h"
 #include "svc/rpc.h"
 #include "svc/sse.h"
+#include "svc/tokenizer.h"
 #include "svc/util.h"
 
 #define PROMPT_MAX (256u << 10)   /* bytes of one prompt */
@@ -53,6 +55,12 @@
 /* Upstream transfers open on one loop beyond which new ones take a fresh connection: below it
  * keep-alive saves a TLS handshake per request, above it the walk costs more than it saves. */
 #define UPSTREAM_REUSE_LIMIT 1024
+/* After the client left, the upstream is read for as long as bytes keep coming without a gap
+ * this long (and CHAT_ABORT_DRAIN_MS at most): what it had already sent is then counted, and a
+ * finished reply is charged by its own usage, while a reply still being generated is cancelled
+ * within a few ms. */
+#define DRAIN_GAP_MS 5
+#define TPM_WINDOW_S 60
 
 
 /* ---- lifetime ---- */
@@ -264,6 +272,7 @@ static int on_event(const char *data, size_t len, void *ud)
         const char *m = json_string_value(json_object_get(err, "message"));
         snprintf(t->upstream_error, sizeof(t->upstream_error), "[OpenAI] %s",
                  m != NULL ? m : "error inside the stream");
+        svc_utf8_trim_end(t->upstream_error); /* a long message is cut; JSON needs whole chars */
         json_decref(chunk);
         return SVC_EIO;
     }
@@ -289,9 +298,14 @@ static int on_event(const char *data, size_t len, void *ud)
         json_decref(chunk);
         return SVC_ETOOLARGE;
     }
+    if (finish != NULL)
+        t->saw_finish = 1;
+    if (t->client_gone) { /* only counted: nobody is left to send it to */
+        json_decref(chunk);
+        return 0;
+    }
     if (finish != NULL) {
         /* Held back until the context is stored (see the top of this file). */
-        t->saw_finish = 1;
         svc_buf_reset(&t->held);
         rc = build_object(t, content, content_len, chunk, &t->held);
     } else {
@@ -316,7 +330,8 @@ static int pump(struct chat_turn *t)
         size_t n;
         int rc;
 
-        if (t->req == NULL || svc_req_stream_pending(t->req) > CLIENT_HIGH_WATERMARK)
+        if (!t->client_gone &&
+            (t->req == NULL || svc_req_stream_pending(t->req) > CLIENT_HIGH_WATERMARK))
             return 0;
         nl = memchr(p, '\n', avail);
         n = nl != NULL ? (size_t)(nl - p) + 1 : avail;
@@ -335,17 +350,137 @@ static size_t input_waiting(const struct chat_turn *t)
     return t->inbuf.len - t->in_off;
 }
 
+/* ---- after the client left ----
+ *
+ * A client that leaves ends the reply, but not its accounting: what the upstream already sent
+ * (in our input buffer, held by a paused transfer, or in flight in the socket) is read and
+ * counted, so a reply that was complete upstream is charged by its own usage chunk, and one cut
+ * short is charged the exact count of the text received. Nothing more is sent anywhere.
+ */
+
+/* The client is gone and the upstream over: count what is left, store, charge. Once. */
+static void gone_finish(struct chat_turn *t)
+{
+    int produced;
+
+    if (t->ended)
+        return;
+    t->ended = 1;
+    (void)pump(t); /* client_gone: every buffered byte is turned into text, nothing is sent */
+    /* An upstream that refused (an HTTP error) produced nothing; one that answered, or that was
+     * cancelled while it thought, was sent the prompt. */
+    produced = !(t->up_status != 0 && t->up_status != 200);
+    if (produced)
+        save_turn(t, 0); /* what was generated stays the context of the next turn */
+    chat_charge_finish(t, produced);
+}
+
+static void drain_unlink(struct chat_turn *t)
+{
+    if (t->drain_prev != NULL)
+        t->drain_prev->drain_next = t->drain_next;
+    else if (t->w->draining == t)
+        t->w->draining = t->drain_next;
+    if (t->drain_next != NULL)
+        t->drain_next->drain_prev = t->drain_prev;
+    t->drain_prev = t->drain_next = NULL;
+}
+
+/* Ends a drain (upstream done, quiet for DRAIN_GAP_MS, or out of time): cancel, account. */
+static void drain_end(struct chat_turn *t)
+{
+    svc_fetch_cancel(&t->upstream);
+    svc_timer_destroy(&t->drain_timer);
+    gone_finish(t);
+    if (t->draining) {
+        t->draining = 0;
+        drain_unlink(t);
+        chat_turn_unref(t);
+    }
+}
+
+static void on_drain_timer(struct svc_timer *timer, void *data)
+{
+    (void)timer;
+    drain_end(data);
+}
+
+/* Bytes that arrived while draining: counted at once. 0, or an error that ends the transfer. */
+static int drain_data(struct chat_turn *t, const char *data, size_t len)
+{
+    uint64_t spent = svc_clock_ms() - t->drain_started_ms;
+    uint64_t cap = (uint64_t)chat_setting.CHAT_ABORT_DRAIN_MS.i;
+
+    if (svc_buf_append(&t->inbuf, data, len) != SVC_OK || pump(t) != 0)
+        return SVC_EIO; /* too much or malformed: what was counted so far is charged */
+    if (t->drain_timer != NULL && spent < cap &&
+        svc_timer_start(t->drain_timer, cap - spent < DRAIN_GAP_MS ? cap - spent : DRAIN_GAP_MS) ==
+            SVC_OK)
+        return 0;
+    return spent >= cap ? SVC_ETIMEDOUT : SVC_EIO;
+}
+
+static void on_client_gone(struct svc_req *req, void *data)
+{
+    struct chat_turn *t = data;
+
+    (void)req;
+    svc_metric_add(&chat_stats.chat_client_aborts_total, 1);
+    t->client_gone = 1;
+    if (t->upstream == NULL) {
+        /* The upstream finished and its last bytes were waiting for this client, or it never
+         * started (nothing to do: the Reserve's answer releases the hold). */
+        if (t->up_done) {
+            t->up_done = 0;
+            gone_finish(t);
+        }
+        return;
+    }
+    SVC_LOG_INFO(t->rid, "stream", "client left after %zu bytes of reply", t->text.len);
+    if (chat_setting.CHAT_ABORT_DRAIN_MS.i > 0 &&
+        (t->drain_timer = svc_timer_create(t->w->loop, on_drain_timer, t)) != NULL &&
+        svc_timer_start(t->drain_timer, DRAIN_GAP_MS) == SVC_OK) {
+        t->draining = 1;
+        t->refs++; /* the drain outlives the request */
+        t->drain_started_ms = svc_clock_ms();
+        t->drain_next = t->w->draining;
+        if (t->drain_next != NULL)
+            t->drain_next->drain_prev = t;
+        t->w->draining = t;
+        /* Bytes a paused transfer holds are delivered (and counted) by resuming it. */
+        if (t->upstream_paused) {
+            t->upstream_paused = 0;
+            svc_fetch_pause(t->upstream, 0);
+        }
+        if (t->draining && pump(t) != 0)
+            drain_end(t);
+        return;
+    }
+    svc_timer_destroy(&t->drain_timer);
+    gone_finish(t); /* no drain: charged by what was received, then cancelled */
+    svc_fetch_cancel(&t->upstream);
+}
+
+void chat_turn_abandon_drains(struct chat_worker *w)
+{
+    while (w->draining != NULL)
+        drain_end(w->draining);
+}
+
 static int on_upstream_data(struct svc_fetch *f, long status, const char *data, size_t len,
                             void *ud)
 {
     struct chat_turn *t = ud;
     int rc;
 
+    t->up_status = status;
     if (status != 200) { /* an error body: keep it for the message */
         if (svc_buf_append(&t->errbody, data, len) != SVC_OK)
             return SVC_ETOOLARGE;
         return 0;
     }
+    if (t->client_gone) /* draining: take the bytes, count them, send nothing */
+        return drain_data(t, data, len);
     if (!t->streaming && (rc = start_streaming(t)) != SVC_OK)
         return rc;
     if (input_waiting(t) > UPSTREAM_HIGH_WATERMARK) {
@@ -390,9 +525,17 @@ static void on_upstream_done(struct svc_fetch *f, int err, long status, const ch
     (void)body;
     (void)len;
     t->upstream = NULL;
+    if (status != 0)
+        t->up_status = status;
     if (t->prompt_tokens > 0 || t->completion_tokens > 0) {
         svc_metric_add(&chat_stats.chat_prompt_tokens_total, t->prompt_tokens);
         svc_metric_add(&chat_stats.chat_completion_tokens_total, t->completion_tokens);
+    }
+    if (t->client_gone) { /* the drain after the client left is over */
+        if (err != SVC_OK)
+            SVC_LOG_DEBUG(t->rid, "upstream", "drain ended: %s", errmsg != NULL ? errmsg : "");
+        drain_end(t);
+        return;
     }
     if (!t->streaming) {
         /* Nothing reached the client yet: answer with one Fail envelope. */
@@ -410,6 +553,7 @@ static void on_upstream_done(struct svc_fetch *f, int err, long status, const ch
                                                               "message"));
             snprintf(msg, sizeof(msg), "[OpenAI] HTTP %ld: %s", status,
                      m != NULL ? m : "the upstream refused the request");
+            svc_utf8_trim_end(msg);
             json_decref(j);
         }
         SVC_LOG_WARN(t->rid, "upstream", "failed before the first chunk: status=%ld %s", status,
@@ -467,6 +611,7 @@ static void finish_upstream(struct chat_turn *t)
             svc_buf_deinit(&shown);
         }
     }
+    t->ended = 1;
     chat_charge_finish(t, 1);
     t->saves_pending = save_turn(t, 1);
     if (t->saves_pending == 0)
@@ -500,24 +645,33 @@ static int start_upstream(struct chat_turn *t)
         msg = json_pack("{s:s, s:s%}", "role", "user", "content", t->prompt, t->prompt_len);
         json_array_append_new(messages, msg);
     }
-    /* The frontend's own temperature wins, then the user's /model setting, then the env. */
-    body = json_pack("{s:s, s:o, s:I, s:f, s:f, s:f, s:b, s:{s:b}}", "model", t->params.model,
-                     "messages", messages, "max_tokens", (json_int_t)max_tokens, "temperature",
-                     t->has_temperature          ? t->temperature
-                     : t->params.has_temperature ? t->params.temperature
-                                                 : (double)chat_setting.OPENAI_TEMPERATURE.i / 100.0,
-                     "presence_penalty",
-                     t->params.has_presence ? t->params.presence
-                                            : (double)chat_setting.OPENAI_PRESENCE_PENALTY.i / 100.0,
-                     "frequency_penalty",
-                     t->params.has_frequency
-                         ? t->params.frequency
-                         : (double)chat_setting.OPENAI_FREQUENCY_PENALTY.i / 100.0,
-                     "stream", 1, "stream_options", "include_usage", 1);
+    if (t->mi.reasoning) {
+        /* o-series and gpt-5 reject max_tokens and every sampling option: they get the reply
+         * limit as max_completion_tokens and nothing else. */
+        body = json_pack("{s:s, s:o, s:I, s:b, s:{s:b}}", "model", t->params.model, "messages",
+                         messages, "max_completion_tokens", (json_int_t)max_tokens, "stream", 1,
+                         "stream_options", "include_usage", 1);
+    } else {
+        /* The frontend's own temperature wins, then the user's /model setting, then the env.
+         * Zeros are real values and are sent as such. */
+        body = json_pack(
+            "{s:s, s:o, s:I, s:f, s:f, s:f, s:b, s:{s:b}}", "model", t->params.model, "messages",
+            messages, "max_tokens", (json_int_t)max_tokens, "temperature",
+            t->has_temperature          ? t->temperature
+            : t->params.has_temperature ? t->params.temperature
+                                        : (double)chat_setting.OPENAI_TEMPERATURE.i / 100.0,
+            "presence_penalty",
+            t->params.has_presence ? t->params.presence
+                                   : (double)chat_setting.OPENAI_PRESENCE_PENALTY.i / 100.0,
+            "frequency_penalty",
+            t->params.has_frequency ? t->params.frequency
+                                    : (double)chat_setting.OPENAI_FREQUENCY_PENALTY.i / 100.0,
+            "stream", 1, "stream_options", "include_usage", 1);
+        if (body != NULL && t->has_top_p)
+            json_object_set_new(body, "top_p", json_real(t->top_p));
+    }
     if (body == NULL)
         return SVC_ENOMEM;
-    if (t->has_top_p)
-        json_object_set_new(body, "top_p", json_real(t->top_p));
     text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(6));
     json_decref(body);
     if (text == NULL)
@@ -548,7 +702,7 @@ static int start_upstream(struct chat_turn *t)
     fr.fresh_connection = svc_fetch_multi_active(t->w->multi) >= UPSTREAM_REUSE_LIMIT;
     t->upstream = svc_fetch_start(t->w->multi, &fr, &cb, t);
     free(text);
-    memset(auth, 0, sizeof(auth));
+    svc_wipe(auth, sizeof(auth));
     SVC_LOG_INFO(t->rid, "upstream", "user=\"%s\" model=%s history=%zu max_tokens=%ld",
                  t->username, t->params.model, json_array_size(t->history), max_tokens);
     return t->upstream != NULL ? SVC_OK : SVC_ENOMEM;
@@ -562,10 +716,104 @@ void chat_turn_upstream(struct chat_turn *t)
     }
 }
 
-/* The context is collected: hold the worst case, then go upstream. */
+/* ---- tokens per minute ---- */
+
+static void on_tpm_admitted(int err, int allowed, int refused, long long used, int retry_after_s,
+                            void *data)
+{
+    struct chat_turn *t = data;
+    char msg[256], ra[16];
+
+    if (t->req == NULL || svc_req_is_done(t->req))
+        goto out;
+    if (err != SVC_OK) { /* a limiter that cannot count must not stop the chat */
+        SVC_LOG_WARN(t->rid, "ratelimit", "cannot count tokens: %s", svc_strerror(err));
+        t->tpm_scopes = 0;
+    } else if (!allowed) {
+        long long limit = t->tpm_limits[refused >= 0 && refused < 2 ? refused : 0];
+        svc_metric_add(&chat_stats.chat_rate_limited_total, 1);
+        snprintf(ra, sizeof(ra), "%d", retry_after_s);
+        if (svc_req_add_header(t->req, "Retry-After", ra) != SVC_OK)
+            SVC_LOG_ERR(t->rid, "ratelimit", "cannot add Retry-After");
+        if (t->budget_used > limit)
+            snprintf(msg, sizeof(msg),
+                     "Too many tokens: this request has %ld prompt tokens, more than the limit of "
+                     "%lld tokens per minute",
+                     t->budget_used, limit);
+        else
+            snprintf(msg, sizeof(msg),
+                     "Too many tokens per minute (limit %lld, used %lld, requested %ld), please "
+                     "try again in %d s",
+                     limit, used, t->budget_used, retry_after_s);
+        t->tpm_scopes = 0;
+        chat_turn_reply(t, 429, "Fail", msg);
+        goto out;
+    } else {
+        t->tpm_admitted = t->budget_used;
+    }
+    chat_charge_reserve(t);
+out:
+    chat_turn_unref(t);
+}
+
+/* The context is collected: admit its tokens (per key and per user), hold the worst case, then
+ * go upstream. */
 static void context_collected(struct chat_turn *t)
 {
+    struct svc_ratelimit_scope sc[2];
+
+    for (int i = 0; i < t->tpm_scopes; i++) {
+        sc[i].name = t->tpm_names[i];
+        sc[i].limit = t->tpm_limits[i];
+    }
+    if (t->tpm_scopes > 0 &&
+        svc_ratelimit_tokens_admit(t->w->redis, t->tpm_tag, sc, t->tpm_scopes, t->budget_used,
+                                   TPM_WINDOW_S, on_tpm_admitted, t) == SVC_OK) {
+        t->refs++;
+        return;
+    }
+    t->tpm_scopes = 0; /* not counted (Redis unreachable): nothing to correct later */
     chat_charge_reserve(t);
+}
+
+/* What the turn consumed, and the token counters corrected to it (turn.h). */
+void chat_turn_account(struct chat_turn *t, int produced)
+{
+    struct svc_ratelimit_scope sc[2];
+
+    if (t->accounted)
+        return;
+    t->accounted = 1;
+    if (!produced) {
+        t->final_prompt = t->final_completion = 0;
+    } else if (t->prompt_tokens > 0 || t->completion_tokens > 0) {
+        t->final_prompt = t->prompt_tokens;
+        t->final_completion = t->completion_tokens;
+    } else {
+        /* No usage from the upstream (the client left, the stream broke, an upstream without
+         * include_usage): the prompt as counted for the budget, and the reply as received. */
+        const struct svc_tokenizer *tk = svc_tokenizer_get(t->mi.encoding);
+        long long n = tk != NULL && t->text.len > 0
+                          ? svc_tokenizer_count(tk, t->text.data, t->text.len)
+                          : 0;
+        if (n < 0) { /* out of memory: never below what was certainly received */
+            SVC_LOG_ERR(t->rid, "billing", "cannot count the reply; charging by bytes");
+            n = (long long)t->text.len;
+        }
+        t->counted = 1;
+        t->final_prompt = t->budget_used;
+        t->final_completion = n;
+        svc_metric_add(&chat_stats.chat_counted_charges_total, 1);
+    }
+    for (int i = 0; i < t->tpm_scopes; i++) {
+        sc[i].name = t->tpm_names[i];
+        sc[i].limit = t->tpm_limits[i];
+    }
+    if (t->tpm_scopes > 0 &&
+        svc_ratelimit_tokens_add(t->w->redis, t->tpm_tag, sc, t->tpm_scopes,
+                                 t->final_prompt + t->final_completion - t->tpm_admitted,
+                                 TPM_WINDOW_S) != SVC_OK)
+        SVC_LOG_WARN(t->rid, "ratelimit", "cannot correct the token counters");
 }
 
 /* ---- the context walk ---- */
@@ -599,9 +847,12 @@ static void on_history(int err, const struct svc_redis_reply *reply, void *data)
         goto out;
     }
     {
-        long cost = chat_tokens_estimate(json_string_length(json_object_get(msg, "content")));
+        json_t *content = json_object_get(msg, "content");
+        long cost = (long)svc_modelmap_message_tokens(
+            &t->mi, json_string_value(json_object_get(msg, "role")), json_string_value(content),
+            json_string_length(content), NULL);
         long limit = t->budget - (long)chat_setting.CHAT_MIN_RESPONSE_TOKENS.i;
-        if (t->budget_used + cost >= limit) { /* older messages would not fit: stop here */
+        if (cost < 0 || t->budget_used + cost > limit) { /* older messages would not fit */
             json_decref(msg);
             context_collected(t);
             goto out;
@@ -689,6 +940,44 @@ static void rate_limit_then_walk(struct chat_turn *t, const Chatweb__Auth__Ident
     t->refs++;
 }
 
+/* The exact prompt of this turn in chat format, before any history: the reply priming, the
+ * system message and the user's message. >= 0, or -1 when out of memory. */
+static long count_prompt(struct chat_turn *t)
+{
+    long long n = svc_modelmap_reply_priming(&t->mi), m;
+
+    if (t->system_message != NULL && t->system_message[0] != '\0') {
+        m = svc_modelmap_message_tokens(&t->mi, "system", t->system_message,
+                                        strlen(t->system_message), NULL);
+        if (m < 0)
+            return -1;
+        n += m;
+    }
+    if (t->prompt_len > 0) {
+        m = svc_modelmap_message_tokens(&t->mi, "user", t->prompt, t->prompt_len, NULL);
+        if (m < 0)
+            return -1;
+        n += m;
+    }
+    return (long)n;
+}
+
+/* The token-per-minute scopes of this turn: the API key's own limit, and CHAT_TPM_LIMIT for the
+ * user; both under the user's hash tag, so one atomic script checks them together. */
+static void tpm_scopes_setup(struct chat_turn *t, const Chatweb__Auth__Identity *id)
+{
+    t->tpm_scopes = 0;
+    snprintf(t->tpm_tag, sizeof(t->tpm_tag), "u%lld", t->user_id);
+    if (id != NULL && id->tpm_limit > 0 && id->key_id != NULL && id->key_id[0] != '\0') {
+        snprintf(t->tpm_names[t->tpm_scopes], sizeof(t->tpm_names[0]), "key:%s", id->key_id);
+        t->tpm_limits[t->tpm_scopes++] = id->tpm_limit;
+    }
+    if (chat_setting.CHAT_TPM_LIMIT.i > 0) {
+        snprintf(t->tpm_names[t->tpm_scopes], sizeof(t->tpm_names[0]), "user");
+        t->tpm_limits[t->tpm_scopes++] = chat_setting.CHAT_TPM_LIMIT.i;
+    }
+}
+
 /* Who the client is (from auth, or remembered): commands, refusals, or on with the chat. */
 static void on_identity(struct chat_turn *t, int result, const char *scheme,
                         const Chatweb__Auth__Identity *id)
@@ -727,14 +1016,26 @@ static void on_identity(struct chat_turn *t, int result, const char *scheme,
         chat_turn_reply(t, 200, "Unauthorized", "Error: 无访问权限 | No access rights");
         return;
     }
-    /* The seed's budget rule (§6.3): the user's max_tokens override, else OPENAI_MAX_TOKENS. */
+    /* The seed's budget rule (§6.3): the user's max_tokens override, else OPENAI_MAX_TOKENS;
+     * never more than the model's own context window. */
+    svc_modelmap_lookup(t->w->models, t->params.model, &t->mi);
     budget = t->params.max_tokens > 0 ? t->params.max_tokens : (long)chat_setting.OPENAI_MAX_TOKENS.i;
+    if (budget > t->mi.context_window)
+        budget = (long)t->mi.context_window;
     limit = budget - (long)chat_setting.CHAT_MIN_RESPONSE_TOKENS.i;
-    if (t->budget_used >= limit) {
+    t->budget_used = count_prompt(t);
+    if (t->budget_used < 0) {
+        chat_turn_reply(t, 500, "Fail", "内部错误 | internal error");
+        return;
+    }
+    if (t->budget_used > limit) {
+        long over = t->budget_used - limit;
         snprintf(msg, sizeof(msg),
-                 "this model's maximum context length is %ld tokens. you requested %ld tokens in "
-                 "the messages",
-                 budget, t->budget_used);
+                 "消息过长：%ld tokens，超出 %ld tokens（上下文 %ld，回复保留 %lld） | The message is "
+                 "too long: %ld tokens, %ld more than fit (context %ld tokens, %lld kept for the "
+                 "reply)",
+                 t->budget_used, over, budget, (long long)chat_setting.CHAT_MIN_RESPONSE_TOKENS.i,
+                 t->budget_used, over, budget, (long long)chat_setting.CHAT_MIN_RESPONSE_TOKENS.i);
         chat_turn_fail(t, msg);
         return;
     }
@@ -752,6 +1053,7 @@ static void on_identity(struct chat_turn *t, int result, const char *scheme,
             return;
         }
     }
+    tpm_scopes_setup(t, id);
     snprintf(t->walk_id, sizeof(t->walk_id), "%s", t->parent_id);
     rate_limit_then_walk(t, id);
 }
@@ -793,6 +1095,7 @@ static int authenticate_from_memo(struct chat_turn *t, const char *authz)
     id.model = m.model;
     id.key_id = m.key_id;
     id.rpm_limit = m.rpm_limit;
+    id.tpm_limit = m.tpm_limit;
     for (char *p = strtok_r(m.allowed_models, ",", &save); p != NULL && n < 16;
          p = strtok_r(NULL, ",", &save))
         models[n++] = p;
@@ -894,27 +1197,13 @@ out:
 
 /* ---- request lifecycle hooks ---- */
 
-static void on_client_gone(struct svc_req *req, void *data)
-{
-    struct chat_turn *t = data;
-
-    (void)req;
-    svc_metric_add(&chat_stats.chat_client_aborts_total, 1);
-    if (t->upstream != NULL) {
-        svc_fetch_cancel(&t->upstream); /* closes the upstream connection now */
-        SVC_LOG_INFO(t->rid, "stream", "client left; upstream cancelled after %zu bytes",
-                     t->text.len);
-        save_turn(t, 0); /* what the client saw stays the context of its next turn */
-        chat_charge_finish(t, 1); /* what was generated so far is billed */
-    }
-}
-
 static void on_request_done(void *data)
 {
     struct chat_turn *t = data;
 
     svc_fetch_cancel(&t->auth_call);
-    svc_fetch_cancel(&t->upstream);
+    if (!t->draining)
+        svc_fetch_cancel(&t->upstream);
     if (t->streaming)
         svc_metric_add(&chat_stats.chat_streams_open, -1);
     t->req = NULL;
@@ -963,9 +1252,6 @@ int chat_process(struct svc_req *req, void *ctx)
         chat_turn_reply(t, rc == SVC_EINVAL ? 400 : 500, "Fail", err);
         return SVC_HTTP_DONE;
     }
-    t->budget_used = 2 + (t->prompt_len > 0 ? chat_tokens_estimate(t->prompt_len) : 0) +
-                     (t->system_message != NULL ? chat_tokens_estimate(strlen(t->system_message))
-                                                : 0);
     {
         const char *lang = svc_req_header(req, "Accept-Language");
         t->lang_en = lang != NULL && strncasecmp(lang, "en", 2) == 0;

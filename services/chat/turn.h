@@ -14,6 +14,7 @@
 #include "context.h"
 #include "model.h"
 #include "svc/buf.h"
+#include "svc/modelmap.h"
 #include "svc/sse.h"
 
 struct svc_req;
@@ -43,6 +44,7 @@ struct chat_turn {
     char username[128];
     char model_setting[128];         /* the user's raw /model setting */
     struct chat_model_params params; /* the model and its parameters for this turn */
+    struct svc_model_info mi;        /* its encoding, window and request shape */
     enum chat_command cmd;           /* a seed chat command instead of a chat */
     const char *cmd_arg;             /* the text after the command (points into prompt) */
     int lang_en;                     /* Accept-Language asks for English messages */
@@ -55,8 +57,20 @@ struct chat_turn {
     /* context, newest first while walking */
     json_t *history;
     char walk_id[CHAT_ID_MAX + 1];
-    long budget_used; /* estimated prompt tokens: system + history + prompt */
-    long budget;      /* the context budget of this turn */
+    long budget_used; /* exact prompt tokens in chat format: system + history + prompt */
+    long budget;      /* the context budget of this turn: min(window, max tokens) */
+
+    /* tokens per minute (Redis, all replicas): the scopes this turn was admitted under */
+    int tpm_scopes;
+    char tpm_tag[32];
+    char tpm_names[2][96];
+    long long tpm_limits[2];
+    long long tpm_admitted; /* tokens counted at admission, corrected once at the end */
+
+    /* what the turn consumed, decided once (chat_turn_account) */
+    int accounted;
+    int counted;       /* 1: our own exact count, the upstream sent no usage */
+    long long final_prompt, final_completion;
 
     /* the reply */
     char user_msg_id[37];
@@ -77,8 +91,18 @@ struct chat_turn {
     int saw_done;
     int saw_finish;
     char upstream_error[512];
-    long prompt_tokens, completion_tokens;
+    long up_status;    /* HTTP status of the upstream answer, 0 before it */
+    long prompt_tokens, completion_tokens; /* the upstream's usage, 0 until it arrives */
     int saves_pending;
+    int ended;         /* charged and stored: nothing is left to do when the client leaves */
+
+    /* the client left: what the upstream already sent is still read (and counted, never sent)
+     * for up to CHAT_ABORT_DRAIN_MS, then the upstream is cancelled */
+    int client_gone;
+    int draining;
+    struct svc_timer *drain_timer;
+    uint64_t drain_started_ms;
+    struct chat_turn *drain_prev, *drain_next; /* the worker's draining turns, for shutdown */
 };
 
 /* Drops a reference; the last one frees the turn. */
@@ -99,6 +123,13 @@ int chat_command_early(struct chat_turn *t);
 /* Runs a command once Authenticate answered (result is an AuthResult value). */
 void chat_command_run(struct chat_turn *t, int auth_result);
 
+/*
+ * Decides once what the turn consumed (produced = 0: nothing): the upstream's usage when it sent
+ * one, else the exact count of the prompt and of the reply text received; and corrects the
+ * tokens-per-minute counters to it. Later calls do nothing.
+ */
+void chat_turn_account(struct chat_turn *t, int produced);
+
 /* Holds the turn's worst case; then calls chat_turn_upstream() or answers the refusal. */
 void chat_charge_reserve(struct chat_turn *t);
 
@@ -112,5 +143,8 @@ void chat_charge_abandon_all(struct chat_worker *w);
 
 /* Starts the upstream request (turn.c). */
 void chat_turn_upstream(struct chat_turn *t);
+
+/* At shutdown: ends the turns still reading an upstream whose client left (charged as counted). */
+void chat_turn_abandon_drains(struct chat_worker *w);
 
 #endif
