@@ -298,6 +298,7 @@ static void run_model(struct chat_turn *t)
         value[--n] = '\0';
     if (chat_model_validate(value, chat_setting.CHAT_MODELS.s[0] ? chat_setting.CHAT_MODELS.s
                                                                   : chat_setting.OPENAI_MODEL.s,
+                            (long)chat_setting.CHAT_MIN_RESPONSE_TOKENS.i + 1,
                             (long)chat_setting.OPENAI_MAX_TOKENS.i, why, sizeof(why)) != SVC_OK) {
         snprintf(text, sizeof(text), "%s%s", msg(t, "更新失败:", "Update failed: "), why);
         chat_turn_fail(t, text);
@@ -323,6 +324,14 @@ void chat_command_run(struct chat_turn *t, int auth_result)
                               ? msg(t, "用户信息错误", "Unknown user")
                               : msg(t, "当前用户信息错误,请输入/login登录其他账户",
                                     "Unknown user. Type /login to use another account"));
+        return;
+    }
+    /* An API key is for calling the service, not for managing the account it belongs to: a
+     * leaked key must not be able to rename the account or change its model settings. */
+    if (t->via_key && (t->cmd == CHAT_CMD_USER || t->cmd == CHAT_CMD_MODEL)) {
+        chat_turn_fail(t, msg(t, "API 密钥不能修改账户设置，请用账户密码登录",
+                              "An API key cannot change account settings; sign in with the "
+                              "account's password"));
         return;
     }
     switch (t->cmd) {

@@ -19,25 +19,11 @@ int chat_id_valid(const char *id)
     return n > 0;
 }
 
-int chat_ctx_key(char *key, size_t keylen, const char *username, const char *id)
+int chat_ctx_key(char *key, size_t keylen, long long user_id, const char *id)
 {
-    size_t o = 0;
-    int n;
+    int n = snprintf(key, keylen, "cw:ctx:{u%lld}:%s", user_id, id);
 
-    n = snprintf(key, keylen, "cw:ctx:{");
     if (n < 0 || (size_t)n >= keylen)
-        return SVC_ETOOLARGE;
-    o = (size_t)n;
-    for (const char *p = username; *p != '\0'; p++) {
-        if (o + 4 >= keylen)
-            return SVC_ETOOLARGE;
-        if (*p == '{' || *p == '}' || *p == '%')
-            o += (size_t)snprintf(key + o, keylen - o, "%%%02X", (unsigned char)*p);
-        else
-            key[o++] = *p;
-    }
-    n = snprintf(key + o, keylen - o, "}:%s", id);
-    if (n < 0 || (size_t)n >= keylen - o)
         return SVC_ETOOLARGE;
     return SVC_OK;
 }

@@ -9,12 +9,13 @@
 /*
  * Conversation context in Redis (pure helpers; the async walk lives in turn.c).
  *
- * Each message is one key, scoped to its owner so nobody can chain onto another user's
- * conversation (the seed's S9):
- *     cw:ctx:{<username>}:<message id>  ->  {"role":"user|assistant","content":"...","parent":"<id>"}
- * with a TTL of CHAT_SESSION_TTL minutes, refreshed whenever a later turn reads it. The braces are
- * a Redis Cluster hash tag: one user's messages live in one slot. '{', '}' and '%' in a username
- * are percent-encoded so they cannot break the tag.
+ * Each message is one key, scoped to its owner's account so nobody can chain onto another
+ * user's conversation (the seed's S9):
+ *     cw:ctx:{u<account id>}:<message id>  ->  {"role":"user|assistant","content":"...","parent":"<id>"}
+ * with a TTL of CHAT_SESSION_TTL minutes, refreshed whenever a later turn reads it. The account id
+ * is the immutable SQL id, never the username: a renamed account keeps its history and a new
+ * account that takes the old name gets none of it (ids are never reused). The braces are a Redis
+ * Cluster hash tag: one user's messages live in one slot.
  */
 
 #define CHAT_ID_MAX 64
@@ -23,8 +24,8 @@
 /* 1 when id is a usable message id: 1..64 of [A-Za-z0-9_-]. */
 int chat_id_valid(const char *id);
 
-/* Builds the key of message id for username. SVC_ETOOLARGE when it does not fit. */
-int chat_ctx_key(char *key, size_t keylen, const char *username, const char *id) SVC_MUST_CHECK;
+/* Builds the key of message id for the account user_id. SVC_ETOOLARGE when it does not fit. */
+int chat_ctx_key(char *key, size_t keylen, long long user_id, const char *id) SVC_MUST_CHECK;
 
 /* Encodes a message for storage. Caller frees the result with free(). NULL on failure. */
 char *chat_ctx_encode(const char *role, const char *content, size_t content_len,

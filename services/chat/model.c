@@ -87,11 +87,11 @@ int chat_model_allowed(const char *name, const char *allowlist)
     return 0;
 }
 
-int chat_model_validate(const char *value, const char *allowlist, long max_budget, char *why,
-                        size_t whylen)
+int chat_model_validate(const char *value, const char *allowlist, long min_budget,
+                        long max_budget, char *why, size_t whylen)
 {
     static const char *names[] = {"temperature", "presence", "frequency", "max_tokens"};
-    static const int64_t lo[] = {0, -200, -200, 1};
+    const int64_t lo[] = {0, -200, -200, min_budget > 1 ? min_budget : 1};
     char buf[512];
     char *f[MODEL_FIELDS_MAX];
     int n;

@@ -26,11 +26,12 @@ void chat_model_parse(const char *setting, const char *default_model, struct cha
 /*
  * Validates a value given to the /model command before it is stored (the seed stored anything,
  * S8): the name must be on the allow-list (comma-separated), each number an integer in range
- * (temperature 0..200, penalties -200..200, max_tokens 1..max_budget). "" and "-" clear the
- * setting and are valid. On error writes a user-facing reason into why.
+ * (temperature 0..200, penalties -200..200, max_tokens min_budget..max_budget: a budget at or
+ * below the reserved reply size would refuse every prompt). "" and "-" clear the setting and are
+ * valid. On error writes a user-facing reason into why.
  */
-int chat_model_validate(const char *value, const char *allowlist, long max_budget, char *why,
-                        size_t whylen) SVC_MUST_CHECK;
+int chat_model_validate(const char *value, const char *allowlist, long min_budget,
+                        long max_budget, char *why, size_t whylen) SVC_MUST_CHECK;
 
 /* 1 when name is in the comma-separated list. */
 int chat_model_allowed(const char *name, const char *allowlist);

@@ -106,7 +106,7 @@ static int save_message(struct chat_turn *t, const char *id, const char *role, c
     char *value;
     int rc;
 
-    if (chat_ctx_key(key, sizeof(key), t->username, id) != SVC_OK)
+    if (chat_ctx_key(key, sizeof(key), t->user_id, id) != SVC_OK)
         return 0;
     value = chat_ctx_encode(role, content, content_len, parent);
     if (value == NULL)
@@ -873,7 +873,7 @@ static void walk_next(struct chat_turn *t)
 
     if (t->walk_id[0] == '\0' ||
         json_array_size(t->history) >= (size_t)chat_setting.CHAT_MAX_HISTORY.i ||
-        chat_ctx_key(key, sizeof(key), t->username, t->walk_id) != SVC_OK) {
+        chat_ctx_key(key, sizeof(key), t->user_id, t->walk_id) != SVC_OK) {
         context_collected(t);
         return;
     }
@@ -988,6 +988,7 @@ static void on_identity(struct chat_turn *t, int result, const char *scheme,
     if (id != NULL) {
         t->user_id = id->user_id;
         t->is_static = id->is_static;
+        t->via_key = id->key_id != NULL && id->key_id[0] != '\0';
         snprintf(t->username, sizeof(t->username), "%s", id->username ? id->username : "");
         snprintf(t->model_setting, sizeof(t->model_setting), "%s", id->model ? id->model : "");
         chat_model_parse(id->model, chat_setting.OPENAI_MODEL.s, &t->params);

@@ -41,6 +41,7 @@ struct chat_turn {
     /* who */
     long long user_id;
     int is_static;
+    int via_key;                     /* authenticated with an API key (not the account itself) */
     char username[128];
     char model_setting[128];         /* the user's raw /model setting */
     struct chat_model_params params; /* the model and its parameters for this turn */

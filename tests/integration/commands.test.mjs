@@ -78,6 +78,8 @@ describe('chat commands', () => {
         assert.match(failText(await say(stack, '/model o1-preview', hank)), /^更新失败:不支持的模型/);
         assert.match(failText(await say(stack, '/models', hank)), /^更新失败:/, 'the seed stored "s"; we refuse it');
         assert.match(failText(await say(stack, '/model gpt-4o,500', hank)), /temperature/);
+        // a budget at or below the reply reserve (CHAT_MIN_RESPONSE_TOKENS, 600) would refuse every prompt
+        assert.match(failText(await say(stack, '/model gpt-4o,50,0,0,600', hank)), /max_tokens .*601\.\./);
         assert.equal(failText(await say(stack, '/model gpt-4o,50,0,0,1500', hank)), '更新成功');
         assert.equal(failText(await say(stack, '/me', hank)), '账户: hank\nToken余额: 100000\n已用Token: 0\n模型配置: gpt-4o,50,0,0,1500');
         const seq = ((await getJSON(`${stack.fakeUpstream.url}/_fake/requests`)).requests.pop() || { seq: 0 }).seq;
@@ -157,6 +159,11 @@ describe('chat commands', () => {
         const byPassword = await say(stack, 'still fine', { authorization: basicAuth('mona', 'mona-pass') });
         assert.equal(byPassword.status, 200);
         const k2 = await ops(stack, { action: 'create_key', i_username: 'mona', name: 'gpt4', models: 'gpt-4o' });
+        // a key calls the service; it cannot manage the account it belongs to
+        for (const cmd of ['/model gpt-4o', '/user mona2:monapass2'])
+            assert.match(failText(await say(stack, cmd, { authorization: `Bearer ${k2.data.key}` })),
+                /API 密钥不能修改账户设置/, cmd);
+        assert.match(failText(await say(stack, '/me', { authorization: `Bearer ${k2.data.key}` })), /^账户: mona\n/);
         assert.match(failText(await say(stack, 'which model', { authorization: `Bearer ${k2.data.key}` })),
             /this key may not use model gpt-3\.5-turbo/);
     });
@@ -178,6 +185,31 @@ describe('chat commands', () => {
             body: JSON.stringify({ action: 'list' }),
         });
         assert.equal(admin.status, 403);
+    });
+
+    it('history belongs to the account, not the name: a rename keeps it, a new holder of the name gets none', async () => {
+        await ops(stack, { action: 'register', i_username: 'oleg', i_password: 'oleg-pass', count: 100000 });
+        const oleg = { authorization: basicAuth('oleg', 'oleg-pass') };
+        const chatTurn = async (prompt, headers, parent) => {
+            const r = await request(`${stack.url}/api/chat-process`, {
+                method: 'POST', headers: { 'content-type': 'application/json', ...headers },
+                body: JSON.stringify({ prompt, options: parent ? { parentMessageId: parent } : {} }),
+            });
+            assert.equal(r.status, 200, r.body);
+            return JSON.parse(r.body.split('\n').pop());
+        };
+        const first = await chatTurn('my private secret is 4711', oleg);
+        assert.ok(first.id, JSON.stringify(first));
+        assert.equal(failText(await say(stack, '/user olga:olgapass1', oleg)), '更新成功,请输入/login重新登录');
+        await ops(stack, { action: 'register', i_username: 'oleg', i_password: 'other-pass', count: 100000 });
+        const newOleg = { authorization: basicAuth('oleg', 'other-pass') };
+        const seq = (await getJSON(`${stack.fakeUpstream.url}/_fake/requests`)).requests.pop().seq;
+        const stranger = await chatTurn('continue please', newOleg, first.id);
+        assert.match(stranger.text, /^Echo\(1 msgs\)/, 'the new oleg gets no history');
+        const up = (await getJSON(`${stack.fakeUpstream.url}/_fake/requests?since=${seq}`)).requests[0];
+        assert.ok(!JSON.stringify(up.body).includes('4711'), 'the old private prompt never reaches the upstream');
+        const owner = await chatTurn('what was my secret', { authorization: basicAuth('olga', 'olgapass1') }, first.id);
+        assert.match(owner.text, /^Echo\(3 msgs\)/, 'the renamed account keeps its own history');
     });
 
     it('other slash prompts are ordinary chat', async () => {

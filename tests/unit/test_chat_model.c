@@ -66,19 +66,23 @@ static void test_validate(void)
     char why[256];
     const char *allow = "gpt-3.5-turbo,gpt-4o";
 
-    T_EQ_INT(chat_model_validate("", allow, 4096, why, sizeof(why)), SVC_OK);
-    T_EQ_INT(chat_model_validate("-", allow, 4096, why, sizeof(why)), SVC_OK);
-    T_EQ_INT(chat_model_validate("gpt-4o", allow, 4096, why, sizeof(why)), SVC_OK);
-    T_EQ_INT(chat_model_validate("gpt-4o,80,100,0,4096", allow, 4096, why, sizeof(why)), SVC_OK);
-    T_EQ_INT(chat_model_validate("o1-preview", allow, 4096, why, sizeof(why)), SVC_EINVAL);
+    T_EQ_INT(chat_model_validate("", allow, 1, 4096, why, sizeof(why)), SVC_OK);
+    T_EQ_INT(chat_model_validate("-", allow, 1, 4096, why, sizeof(why)), SVC_OK);
+    T_EQ_INT(chat_model_validate("gpt-4o", allow, 1, 4096, why, sizeof(why)), SVC_OK);
+    T_EQ_INT(chat_model_validate("gpt-4o,80,100,0,4096", allow, 1, 4096, why, sizeof(why)), SVC_OK);
+    T_EQ_INT(chat_model_validate("o1-preview", allow, 1, 4096, why, sizeof(why)), SVC_EINVAL);
     T_ASSERT(strstr(why, "o1-preview") != NULL);
-    T_EQ_INT(chat_model_validate("gpt-4o,201", allow, 4096, why, sizeof(why)), SVC_EINVAL);
+    T_EQ_INT(chat_model_validate("gpt-4o,201", allow, 1, 4096, why, sizeof(why)), SVC_EINVAL);
     T_ASSERT(strstr(why, "temperature") != NULL);
-    T_EQ_INT(chat_model_validate("gpt-4o,80,-201", allow, 4096, why, sizeof(why)), SVC_EINVAL);
-    T_EQ_INT(chat_model_validate("gpt-4o,80,0,0,4097", allow, 4096, why, sizeof(why)), SVC_EINVAL);
-    T_EQ_INT(chat_model_validate("gpt-4o,80,0,0,0", allow, 4096, why, sizeof(why)), SVC_EINVAL);
-    T_EQ_INT(chat_model_validate("gpt-4o,x", allow, 4096, why, sizeof(why)), SVC_EINVAL);
-    T_EQ_INT(chat_model_validate("gpt-4o,1,2,3,4,5", allow, 4096, why, sizeof(why)), SVC_EINVAL);
+    T_EQ_INT(chat_model_validate("gpt-4o,80,-201", allow, 1, 4096, why, sizeof(why)), SVC_EINVAL);
+    T_EQ_INT(chat_model_validate("gpt-4o,80,0,0,4097", allow, 1, 4096, why, sizeof(why)), SVC_EINVAL);
+    T_EQ_INT(chat_model_validate("gpt-4o,80,0,0,0", allow, 1, 4096, why, sizeof(why)), SVC_EINVAL);
+    T_EQ_INT(chat_model_validate("gpt-4o,x", allow, 1, 4096, why, sizeof(why)), SVC_EINVAL);
+    T_EQ_INT(chat_model_validate("gpt-4o,1,2,3,4,5", allow, 1, 4096, why, sizeof(why)), SVC_EINVAL);
+    /* a budget at or below the reserved reply would refuse every prompt */
+    T_EQ_INT(chat_model_validate("gpt-4o,80,0,0,600", allow, 601, 4096, why, sizeof(why)), SVC_EINVAL);
+    T_ASSERT(strstr(why, "601..4096") != NULL);
+    T_EQ_INT(chat_model_validate("gpt-4o,80,0,0,601", allow, 601, 4096, why, sizeof(why)), SVC_OK);
 }
 
 int main(void)
