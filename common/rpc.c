@@ -313,8 +313,18 @@ out:
 struct async_call {
     const ProtobufCMessageDescriptor *out_desc;
     svc_rpc_done_fn done;
+    void (*release)(void *data);
     void *data;
 };
+
+static void async_cancelled(void *ud)
+{
+    struct async_call *ac = ud;
+
+    if (ac->release != NULL)
+        ac->release(ac->data);
+    free(ac);
+}
 
 static void async_done(struct svc_fetch *f, int err, long status, const char *body, size_t len,
                        const char *errmsg, void *ud)
@@ -339,7 +349,16 @@ struct svc_fetch *svc_rpc_call_async(struct svc_rpc_client *c, struct svc_fetch_
                                      const ProtobufCMessageDescriptor *out_desc,
                                      const char *request_id, svc_rpc_done_fn done, void *data)
 {
-    static const struct svc_fetch_cb cb = {.on_done = async_done, .on_cancel = free};
+    return svc_rpc_call_async_release(c, m, method, in, out_desc, request_id, done, NULL, data);
+}
+
+struct svc_fetch *svc_rpc_call_async_release(struct svc_rpc_client *c, struct svc_fetch_multi *m,
+                                             const char *method, const ProtobufCMessage *in,
+                                             const ProtobufCMessageDescriptor *out_desc,
+                                             const char *request_id, svc_rpc_done_fn done,
+                                             void (*release)(void *data), void *data)
+{
+    static const struct svc_fetch_cb cb = {.on_done = async_done, .on_cancel = async_cancelled};
     char url[512], hid[128], hdl[64];
     struct svc_fetch_req fr = {0};
     struct async_call *ac = calloc(1, sizeof(*ac));
@@ -356,6 +375,7 @@ struct svc_fetch *svc_rpc_call_async(struct svc_rpc_client *c, struct svc_fetch_
     }
     ac->out_desc = out_desc;
     ac->done = done;
+    ac->release = release;
     ac->data = data;
     snprintf(url, sizeof(url), "%s%s", c->base_url, method);
     snprintf(hid, sizeof(hid), "X-Request-Id: %s", request_id ? request_id : "");

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "authmemo.h"
+#include "auth/client.h"
 #include "svc/redis.h"
 
 static double now_us(void)
@@ -39,7 +39,7 @@ int main(int argc, char **argv)
     const char *url = getenv("REDIS_URL");
     const char *authz = "Basic YmVuY2g6YmVuY2gtcGFzc3dvcmQ=";
     Chatweb__Auth__Identity id = CHATWEB__AUTH__IDENTITY__INIT;
-    struct chat_authmemo_identity out;
+    struct auth_client_identity out;
     struct svc_redis *r = NULL;
     double *t = calloc(n ? n : 1, sizeof(*t)), ref = 0;
 
@@ -63,16 +63,16 @@ int main(int argc, char **argv)
     printf("redis_get          n=%-7zu p50=%8.2f us  p90=%8.2f us  p99=%8.2f us\n", n, ref,
            pct(t, n, 0.9), pct(t, n, 0.99));
 
-    if (chat_authmemo_setup(4096, 3600 * 1000) != SVC_OK)
+    if (auth_client_setup(4096, 3600 * 1000) != SVC_OK)
         return 1;
     id.user_id = 1;
     id.username = "bench";
     id.model = "";
     id.key_id = "";
-    chat_authmemo_put(authz, &id);
+    auth_client_memo_put(authz, &id);
     for (size_t i = 0; i < n; i++) {
         double t0 = now_us();
-        if (!chat_authmemo_get(authz, &out)) {
+        if (!auth_client_memo_get(authz, &out)) {
             fprintf(stderr, "memo miss\n");
             return 1;
         }
@@ -82,7 +82,7 @@ int main(int argc, char **argv)
     printf("chat_auth_memo_hit n=%-7zu p50=%8.2f us  p90=%8.2f us  p99=%8.2f us   (%.3fx redis_get "
            "p50; target <= 50 us)\n",
            n, pct(t, n, 0.5), pct(t, n, 0.9), pct(t, n, 0.99), pct(t, n, 0.5) / ref);
-    chat_authmemo_teardown();
+    auth_client_teardown();
     svc_redis_destroy(&r);
     free(t);
     return 0;

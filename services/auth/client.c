@@ -1,4 +1,4 @@
-#include "authmemo.h"
+#include "client.h"
 
 #include <pthread.h>
 #include <sodium.h>
@@ -7,14 +7,16 @@
 #include <string.h>
 #include <strings.h>
 
+#include "svc/fetch.h"
 #include "svc/loop.h"
+#include "svc/rpc.h"
 
 #define MEMO_LOCKS 32
 
 struct memo_slot {
     unsigned char digest[crypto_generichash_BYTES];
     uint64_t expires_ms; /* 0 = empty */
-    struct chat_authmemo_identity id;
+    struct auth_client_identity id;
 };
 
 static struct {
@@ -25,7 +27,7 @@ static struct {
     pthread_mutex_t locks[MEMO_LOCKS];
 } memo;
 
-int chat_authmemo_setup(size_t slots, long ttl_ms)
+int auth_client_setup(size_t slots, long ttl_ms)
 {
     memo.ttl_ms = ttl_ms;
     if (ttl_ms <= 0 || slots == 0)
@@ -42,7 +44,7 @@ int chat_authmemo_setup(size_t slots, long ttl_ms)
     return SVC_OK;
 }
 
-void chat_authmemo_teardown(void)
+void auth_client_teardown(void)
 {
     if (memo.slots == NULL)
         return;
@@ -54,7 +56,7 @@ void chat_authmemo_teardown(void)
     memo.n = 0;
 }
 
-int chat_authmemo_eligible(const char *a)
+int auth_client_memo_eligible(const char *a)
 {
     if (memo.slots == NULL || a == NULL)
         return 0;
@@ -74,13 +76,13 @@ static size_t slot_of(const char *authorization, unsigned char d[crypto_generich
     return (size_t)(v % memo.n);
 }
 
-int chat_authmemo_get(const char *authorization, struct chat_authmemo_identity *out)
+int auth_client_memo_get(const char *authorization, struct auth_client_identity *out)
 {
     unsigned char d[crypto_generichash_BYTES];
     size_t i;
     int hit = 0;
 
-    if (!chat_authmemo_eligible(authorization))
+    if (!auth_client_memo_eligible(authorization))
         return 0;
     i = slot_of(authorization, d);
     pthread_mutex_lock(&memo.locks[i % MEMO_LOCKS]);
@@ -93,13 +95,13 @@ int chat_authmemo_get(const char *authorization, struct chat_authmemo_identity *
     return hit;
 }
 
-void chat_authmemo_put(const char *authorization, const Chatweb__Auth__Identity *id)
+void auth_client_memo_put(const char *authorization, const Chatweb__Auth__Identity *id)
 {
     unsigned char d[crypto_generichash_BYTES];
     struct memo_slot s = {0};
     size_t i, off = 0;
 
-    if (!chat_authmemo_eligible(authorization) || id == NULL)
+    if (!auth_client_memo_eligible(authorization) || id == NULL)
         return;
     s.id.user_id = id->user_id;
     s.id.is_static = id->is_static;
@@ -123,7 +125,7 @@ void chat_authmemo_put(const char *authorization, const Chatweb__Auth__Identity 
     pthread_mutex_unlock(&memo.locks[i % MEMO_LOCKS]);
 }
 
-void chat_authmemo_drop_user(long long user_id)
+void auth_client_forget_user(long long user_id)
 {
     for (size_t i = 0; i < memo.n; i++) {
         pthread_mutex_lock(&memo.locks[i % MEMO_LOCKS]);
@@ -131,4 +133,105 @@ void chat_authmemo_drop_user(long long user_id)
             memo.slots[i].expires_ms = 0;
         pthread_mutex_unlock(&memo.locks[i % MEMO_LOCKS]);
     }
+}
+
+/* ---- authenticate ---- */
+
+struct auth_call {
+    auth_client_fn cb;
+    void *ctx;
+    char *authorization; /* to remember a successful answer by */
+};
+
+static void auth_call_free(void *data)
+{
+    struct auth_call *ac = data;
+
+    if (ac->authorization != NULL) {
+        sodium_memzero(ac->authorization, strlen(ac->authorization));
+        free(ac->authorization);
+    }
+    free(ac);
+}
+
+static void on_authenticated(int err, ProtobufCMessage *out_msg, const char *errmsg, void *data)
+{
+    struct auth_call *ac = data;
+    Chatweb__Auth__AuthenticateResponse *out = (void *)out_msg;
+
+    if (err != SVC_OK) {
+        ac->cb(ac->ctx, err, 0, NULL, NULL, errmsg);
+    } else {
+        if (out->result == CHATWEB__AUTH__AUTH_RESULT__AUTH_OK && ac->authorization != NULL)
+            auth_client_memo_put(ac->authorization, out->identity);
+        ac->cb(ac->ctx, SVC_OK, out->result, out->scheme, out->identity, NULL);
+    }
+    if (out_msg != NULL)
+        protobuf_c_message_free_unpacked(out_msg, NULL);
+    auth_call_free(ac);
+}
+
+/* Answers from the memory; 1 when it did. */
+static int answer_from_memo(const char *authz, auth_client_fn cb, void *ctx)
+{
+    struct auth_client_identity m;
+    Chatweb__Auth__Identity id = CHATWEB__AUTH__IDENTITY__INIT;
+    char *models[16];
+    char *save = NULL;
+    size_t n = 0;
+
+    if (authz == NULL || !auth_client_memo_get(authz, &m))
+        return 0;
+    id.user_id = m.user_id;
+    id.username = m.username;
+    id.is_static = m.is_static;
+    id.model = m.model;
+    id.key_id = m.key_id;
+    id.rpm_limit = m.rpm_limit;
+    id.tpm_limit = m.tpm_limit;
+    for (char *p = strtok_r(m.allowed_models, ",", &save); p != NULL && n < 16;
+         p = strtok_r(NULL, ",", &save))
+        models[n++] = p;
+    id.n_allowed_models = n;
+    id.allowed_models = models;
+    cb(ctx, SVC_OK, CHATWEB__AUTH__AUTH_RESULT__AUTH_OK,
+       strncasecmp(authz, "Basic ", 6) == 0 ? "basic" : "bearer", &id, NULL);
+    return 1;
+}
+
+int auth_client_authenticate(struct svc_rpc_client *rpc, struct svc_fetch_multi *multi,
+                             const char *authorization, const char *cookie,
+                             const char *client_ip, const char *rid, auth_client_fn cb,
+                             void *ctx, struct svc_fetch **call, int *remembered)
+{
+    Chatweb__Auth__AuthenticateRequest in = CHATWEB__AUTH__AUTHENTICATE_REQUEST__INIT;
+    struct auth_call *ac;
+
+    *call = NULL;
+    *remembered = 0;
+    if (answer_from_memo(authorization, cb, ctx)) {
+        *remembered = 1;
+        return SVC_OK;
+    }
+    ac = calloc(1, sizeof(*ac));
+    if (ac == NULL)
+        return SVC_EUNAVAIL;
+    ac->cb = cb;
+    ac->ctx = ctx;
+    if (auth_client_memo_eligible(authorization) &&
+        (ac->authorization = strdup(authorization)) == NULL) {
+        free(ac);
+        return SVC_EUNAVAIL;
+    }
+    in.authorization = (char *)(authorization != NULL ? authorization : "");
+    in.cookie = (char *)(cookie != NULL ? cookie : "");
+    in.client_ip = (char *)(client_ip != NULL ? client_ip : "");
+    *call = svc_rpc_call_async_release(rpc, multi, "/rpc/Auth/Authenticate", &in.base,
+                                       &chatweb__auth__authenticate_response__descriptor, rid,
+                                       on_authenticated, auth_call_free, ac);
+    if (*call == NULL) {
+        auth_call_free(ac);
+        return SVC_EUNAVAIL;
+    }
+    return SVC_OK;
 }

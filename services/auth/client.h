@@ -1,17 +1,22 @@
-#ifndef CHAT_AUTHMEMO_H
-#define CHAT_AUTHMEMO_H
+#ifndef AUTH_CLIENT_H
+#define AUTH_CLIENT_H
 
 #include <stddef.h>
 
 #include "auth.pb-c.h"
 #include "svc/err.h"
 
+struct svc_fetch;
+struct svc_fetch_multi;
+struct svc_rpc_client;
+
 /*
- * A short memory of successful Authenticate answers, so a client sending the same credentials
- * many times a second pays the auth RPC (one loopback round trip) once per CHAT_AUTH_CACHE_MS
- * instead of on every request.
+ * The auth service's client library, for its callers (chat, proxy): "who is this?" for a
+ * request's credentials (the Authenticate RPC), with a short memory of successful answers, so a
+ * client sending the same credentials many times a second pays the RPC (one loopback round trip)
+ * once per ttl (CHAT_AUTH_CACHE_MS in chat) instead of on every request.
  *
- * Kept per chat process, shared by its loops (striped locks). Keyed by a keyed BLAKE2b digest of
+ * The memory is kept per process, shared by its loops (striped locks). Keyed by a keyed BLAKE2b digest of
  * the Authorization header (the key is random per process; credentials are never stored). Only
  * AUTH_OK answers for Basic credentials, "Bearer user:pass" and API keys are kept; login-session
  * tokens and cookies always ask auth, so a logout takes effect at once. A change this process
@@ -19,7 +24,7 @@
  * password, key revocation) is seen within CHAT_AUTH_CACHE_MS plus auth's own recheck interval.
  */
 
-struct chat_authmemo_identity {
+struct auth_client_identity {
     long long user_id;
     char username[128];
     int is_static;
@@ -31,19 +36,40 @@ struct chat_authmemo_identity {
 };
 
 /* Sets the memory up; ttl_ms 0 turns it off. Call once before the loops start. */
-int chat_authmemo_setup(size_t slots, long ttl_ms) SVC_MUST_CHECK;
-void chat_authmemo_teardown(void);
+int auth_client_setup(size_t slots, long ttl_ms) SVC_MUST_CHECK;
+void auth_client_teardown(void);
 
 /* 1 when authorization may be remembered at all (see above). */
-int chat_authmemo_eligible(const char *authorization);
+int auth_client_memo_eligible(const char *authorization);
 
 /* 1 and *out filled when a fresh answer for authorization is remembered. Thread-safe. */
-int chat_authmemo_get(const char *authorization, struct chat_authmemo_identity *out);
+int auth_client_memo_get(const char *authorization, struct auth_client_identity *out);
 
 /* Remembers an AUTH_OK identity for authorization. Thread-safe. */
-void chat_authmemo_put(const char *authorization, const Chatweb__Auth__Identity *id);
+void auth_client_memo_put(const char *authorization, const Chatweb__Auth__Identity *id);
 
 /* Forgets every answer for user_id (this process changed the account). Thread-safe. */
-void chat_authmemo_drop_user(long long user_id);
+void auth_client_forget_user(long long user_id);
+
+/*
+ * The answer to auth_client_authenticate. err != SVC_OK: auth could not be asked or did not
+ * answer (errmsg says why; result is 0, id NULL). Otherwise result is an AuthResult, scheme the
+ * credential kind auth recognised ("basic", "bearer", "apikey", "session"; may be NULL) and id
+ * the identity when there is one (AUTH_OK, AUTH_BLOCKED). Everything is borrowed for the call.
+ */
+typedef void (*auth_client_fn)(void *ctx, int err, int result, const char *scheme,
+                               const Chatweb__Auth__Identity *id, const char *errmsg);
+
+/*
+ * Authenticates a request's Authorization and Cookie headers (either may be NULL). Answers from
+ * the memory when it can: cb has then run before this returns, *call is NULL and *remembered is
+ * 1. Otherwise asks auth on rpc/multi (borrowed) and *call is the pending call (cancel with
+ * svc_fetch_cancel: cb then never runs); a successful answer is remembered. SVC_EUNAVAIL when
+ * the call could not be started (cb never runs). Runs on the caller's loop.
+ */
+int auth_client_authenticate(struct svc_rpc_client *rpc, struct svc_fetch_multi *multi,
+                             const char *authorization, const char *cookie,
+                             const char *client_ip, const char *rid, auth_client_fn cb,
+                             void *ctx, struct svc_fetch **call, int *remembered) SVC_MUST_CHECK;
 
 #endif

@@ -19,7 +19,7 @@ struct svc_fetch_multi;
 struct svc_redis_async;
 struct svc_rpc_client;
 struct svc_modelmap;
-struct chat_settle;
+struct billing_client;
 struct chat_turn;
 
 #define CHAT_OPTIONS(ACTION)                                                                   \
@@ -95,7 +95,7 @@ struct chat_worker {
     struct svc_redis_async *redis;
     struct svc_rpc_client *auth;
     struct svc_rpc_client *billing;
-    struct chat_settle *settles; /* Settle/Release calls waiting for billing (charge.c) */
+    struct billing_client *bill;  /* Reserve, and Settle/Release retried until billing answers */
     const struct svc_modelmap *models; /* shared by all loops, read-only */
     struct chat_turn *draining;        /* turns reading an upstream after their client left */
 };

@@ -24,7 +24,7 @@
 #include "svc/log.h"
 #include "svc/rpc.h"
 #include "svc/util.h"
-#include "authmemo.h"
+#include "auth/client.h"
 #include "turn.h"
 
 #define HELP_ZH                                                                                    \
@@ -209,7 +209,7 @@ static void on_changed(int err, ProtobufCMessage *out_msg, const char *errmsg, v
     }
     switch (out->result) {
     case CHATWEB__AUTH__CHANGE_RESULT__CHANGE_OK:
-        chat_authmemo_drop_user(t->user_id); /* the old credentials must stop working here now */
+        auth_client_forget_user(t->user_id); /* the old credentials must stop working here now */
         chat_turn_fail(t, msg(t, "更新成功,请输入/login重新登录",
                               "Updated. Type /login to log in again"));
         break;
@@ -275,7 +275,7 @@ static void on_model_set(int err, ProtobufCMessage *out_msg, const char *errmsg,
         SVC_LOG_WARN(t->rid, "command", "SetModel failed: %s", errmsg ? errmsg : "refused");
         chat_turn_fail(t, msg(t, "更新失败:服务不可用", "Update failed: service unavailable"));
     } else {
-        chat_authmemo_drop_user(t->user_id); /* the next request sees the new model */
+        auth_client_forget_user(t->user_id); /* the next request sees the new model */
         chat_turn_fail(t, msg(t, "更新成功", "Updated"));
     }
     if (out_msg != NULL)

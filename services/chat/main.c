@@ -13,7 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "authmemo.h"
+#include "auth/client.h"
+#include "billing/client.h"
 #include "chat.h"
 #include "turn.h"
 #include "svc/fetch.h"
@@ -132,7 +133,7 @@ int main(int argc, char **argv)
         svc_service_die(SVC_EX_CONFIG, "MODEL_WINDOWS: %s", err);
     svc_service_start();
     svc_metrics_register((struct svc_metric *)&chat_stats, SVC_METRIC_COUNT(chat_stats));
-    if (chat_authmemo_setup(AUTH_MEMO_SLOTS, (long)chat_setting.CHAT_AUTH_CACHE_MS.i) != SVC_OK)
+    if (auth_client_setup(AUTH_MEMO_SLOTS, (long)chat_setting.CHAT_AUTH_CACHE_MS.i) != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "cannot set up the authentication memory");
     build_config_reply();
 
@@ -154,7 +155,12 @@ int main(int argc, char **argv)
         w->redis = svc_redis_async_create(w->loop, chat_setting.REDIS_URL.s, REDIS_TIMEOUT_MS);
         w->auth = svc_rpc_client_create(chat_setting.AUTH_URL.s, AUTH_TIMEOUT_MS);
         w->billing = svc_rpc_client_create(chat_setting.BILLING_URL.s, BILLING_TIMEOUT_MS);
-        if (w->multi == NULL || w->rpc == NULL || w->redis == NULL || w->auth == NULL || w->billing == NULL)
+        if (w->billing != NULL)
+            w->bill = billing_client_create(w->loop, w->billing, w->rpc,
+                                            (long)chat_setting.CHAT_SETTLE_RETRY_FOR.i,
+                                            &chat_stats.chat_settles_pending);
+        if (w->multi == NULL || w->rpc == NULL || w->redis == NULL || w->auth == NULL ||
+            w->billing == NULL || w->bill == NULL)
             svc_service_die(SVC_EX_SOFTWARE, "cannot set up worker %u", i);
     }
 
@@ -200,7 +206,7 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < nworkers; i++) {
         struct chat_worker *w = &workers[i];
         chat_turn_abandon_drains(w);
-        chat_charge_abandon_all(w);
+        billing_client_destroy(&w->bill);
         svc_fetch_multi_destroy(&w->multi);
         svc_fetch_multi_destroy(&w->rpc);
         svc_redis_async_destroy(&w->redis);
@@ -208,7 +214,7 @@ int main(int argc, char **argv)
         svc_rpc_client_destroy(&w->billing);
         svc_loop_destroy(&w->loop);
     }
-    chat_authmemo_teardown();
+    auth_client_teardown();
     svc_modelmap_destroy(&models);
     free(workers);
     free(loops);

@@ -21,7 +21,7 @@
 #include <string.h>
 
 #include "auth.pb-c.h"
-#include "authmemo.h"
+#include "auth/client.h"
 #include "turn.h"
 #include "svc/buf.h"
 #include "svc/fetch.h"
@@ -1059,10 +1059,10 @@ static void on_identity(struct chat_turn *t, int result, const char *scheme,
     rate_limit_then_walk(t, id);
 }
 
-static void on_authenticated(int err, ProtobufCMessage *out_msg, const char *errmsg, void *data)
+static void on_authenticated(void *ctx, int err, int result, const char *scheme,
+                             const Chatweb__Auth__Identity *id, const char *errmsg)
 {
-    struct chat_turn *t = data;
-    Chatweb__Auth__AuthenticateResponse *out = (void *)out_msg;
+    struct chat_turn *t = ctx;
 
     t->auth_call = NULL;
     if (err != SVC_OK) {
@@ -1072,39 +1072,7 @@ static void on_authenticated(int err, ProtobufCMessage *out_msg, const char *err
                                         "unavailable, please try again later");
         return;
     }
-    if (out->result == CHATWEB__AUTH__AUTH_RESULT__AUTH_OK && t->req != NULL)
-        chat_authmemo_put(svc_req_header(t->req, "Authorization"), out->identity);
-    on_identity(t, out->result, out->scheme, out->identity);
-    protobuf_c_message_free_unpacked(out_msg, NULL);
-}
-
-/* Answers from the memory of recent Authenticate results; 1 when it did. */
-static int authenticate_from_memo(struct chat_turn *t, const char *authz)
-{
-    struct chat_authmemo_identity m;
-    Chatweb__Auth__Identity id = CHATWEB__AUTH__IDENTITY__INIT;
-    char *models[16];
-    char *save = NULL;
-    size_t n = 0;
-
-    if (!chat_authmemo_get(authz, &m))
-        return 0;
-    svc_metric_add(&chat_stats.chat_auth_memo_hits_total, 1);
-    id.user_id = m.user_id;
-    id.username = m.username;
-    id.is_static = m.is_static;
-    id.model = m.model;
-    id.key_id = m.key_id;
-    id.rpm_limit = m.rpm_limit;
-    id.tpm_limit = m.tpm_limit;
-    for (char *p = strtok_r(m.allowed_models, ",", &save); p != NULL && n < 16;
-         p = strtok_r(NULL, ",", &save))
-        models[n++] = p;
-    id.n_allowed_models = n;
-    id.allowed_models = models;
-    on_identity(t, CHATWEB__AUTH__AUTH_RESULT__AUTH_OK,
-                strncasecmp(authz, "Basic ", 6) == 0 ? "basic" : "bearer", &id);
-    return 1;
+    on_identity(t, result, scheme, id);
 }
 
 /* ---- request parsing ---- */
@@ -1273,21 +1241,18 @@ int chat_process(struct svc_req *req, void *ctx)
         svc_req_reply(req, 401, NULL, "", 0);
         return SVC_HTTP_DONE;
     }
-    if (authz != NULL && authenticate_from_memo(t, authz))
-        return SVC_HTTP_ASYNC; /* a reply given meanwhile is sent; otherwise we answer later */
     {
-        Chatweb__Auth__AuthenticateRequest in = CHATWEB__AUTH__AUTHENTICATE_REQUEST__INIT;
-        in.authorization = (char *)(authz != NULL ? authz : "");
-        in.cookie = (char *)(cookie != NULL ? cookie : "");
-        in.client_ip = (char *)svc_req_client_ip(req);
-        t->auth_call = svc_rpc_call_async(t->w->auth, t->w->rpc, "/rpc/Auth/Authenticate",
-                                          &in.base,
-                                          &chatweb__auth__authenticate_response__descriptor,
-                                          t->rid, on_authenticated, t);
-    }
-    if (t->auth_call == NULL) {
-        chat_turn_reply(t, 503, "Fail", "认证服务不可用 | Authentication service unavailable");
-        return SVC_HTTP_DONE;
+        int remembered = 0;
+        if (auth_client_authenticate(t->w->auth, t->w->rpc, authz, cookie, svc_req_client_ip(req),
+                                     t->rid, on_authenticated, t, &t->auth_call,
+                                     &remembered) != SVC_OK) {
+            chat_turn_reply(t, 503, "Fail", "认证服务不可用 | Authentication service unavailable");
+            return SVC_HTTP_DONE;
+        }
+        if (remembered) {
+            svc_metric_add(&chat_stats.chat_auth_memo_hits_total, 1);
+            return SVC_HTTP_ASYNC; /* a reply given meanwhile is sent; otherwise we answer later */
+        }
     }
     return SVC_HTTP_ASYNC;
 }

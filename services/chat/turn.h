@@ -139,8 +139,6 @@ void chat_charge_reserve(struct chat_turn *t);
  * CHAT_SETTLE_RETRY_FOR seconds. */
 void chat_charge_finish(struct chat_turn *t, int produced);
 
-/* At shutdown: logs and drops the settles still waiting for billing (their holds expire). */
-void chat_charge_abandon_all(struct chat_worker *w);
 
 /* Starts the upstream request (turn.c). */
 void chat_turn_upstream(struct chat_turn *t);

@@ -92,4 +92,12 @@ struct svc_fetch *svc_rpc_call_async(struct svc_rpc_client *c, struct svc_fetch_
                                      const ProtobufCMessageDescriptor *out_desc,
                                      const char *request_id, svc_rpc_done_fn done, void *data);
 
+/* As svc_rpc_call_async, for data that belongs to the call: release (may be NULL) runs with data
+ * when the call is cancelled, since done then never runs. */
+struct svc_fetch *svc_rpc_call_async_release(struct svc_rpc_client *c, struct svc_fetch_multi *m,
+                                             const char *method, const ProtobufCMessage *in,
+                                             const ProtobufCMessageDescriptor *out_desc,
+                                             const char *request_id, svc_rpc_done_fn done,
+                                             void (*release)(void *data), void *data);
+
 #endif
