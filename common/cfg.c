@@ -98,6 +98,10 @@ static int parse_one(struct svc_option *o, const char *v, char *err, size_t errl
             snprintf(err, errlen, "%s: not an http:// or https:// URL: \"%s\"", o->name, v);
             return SVC_EINVAL;
         }
+        if (strlen(v) > SVC_CFG_URL_MAX) {
+            snprintf(err, errlen, "%s: longer than %d characters", o->name, SVC_CFG_URL_MAX);
+            return SVC_EINVAL;
+        }
         break;
     case SVC_OPT_STR:
     case SVC_OPT_SECRET:

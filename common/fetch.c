@@ -242,6 +242,12 @@ static void on_idle(struct svc_timer *t, void *data)
     char msg[96];
 
     (void)t;
+    /* Cancelled inside curl's callbacks, the fetch waits for curl to report the end, and its
+     * user data may be gone already: no callback may run. */
+    if (f->cancelled) {
+        fetch_free(f);
+        return;
+    }
     curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &f->status);
     snprintf(msg, sizeof(msg), "no data for %llu ms", (unsigned long long)f->idle_ms);
     if (f->cb.on_done != NULL)
@@ -272,9 +278,14 @@ struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fe
         f->headers = n;
     }
     /* Without this curl sends "Expect: 100-continue" on larger bodies and waits a round trip. */
-    f->headers = curl_slist_append(f->headers, "Expect:");
-    if (f->headers == NULL)
-        goto fail;
+    {
+        /* curl_slist_append returns NULL on failure and leaves the list alone: keep our pointer
+         * to it, or the list would leak. */
+        struct curl_slist *n = curl_slist_append(f->headers, "Expect:");
+        if (n == NULL)
+            goto fail;
+        f->headers = n;
+    }
     curl_easy_setopt(e, CURLOPT_URL, req->url);
     curl_easy_setopt(e, CURLOPT_PRIVATE, f);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -346,10 +357,12 @@ void svc_fetch_cancel(struct svc_fetch **fp)
         f->cb.on_cancel(f->ud);
     /* Inside curl's own callbacks the handle cannot be removed; on_write returns 0 instead and
      * check_done frees it when curl reports the transfer finished. */
-    if (f->m->in_action == 0)
+    if (f->m->in_action == 0) {
         fetch_free(f);
-    else
+    } else {
+        svc_timer_stop(f->idle); /* its on_done must not run for a cancelled fetch */
         svc_fetch_pause(f, 0);
+    }
 }
 
 void svc_fetch_pause(struct svc_fetch *f, int paused)

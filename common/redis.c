@@ -69,6 +69,7 @@ struct redis_url {
     char user[128];
     char password[256];
     int db;
+    char dbtxt[12]; /* db as text, for SELECT (built once: no shared buffer between threads) */
 };
 
 static int url_parse(const char *url, struct redis_url *u, char *err, size_t errlen)
@@ -126,6 +127,7 @@ static int url_parse(const char *url, struct redis_url *u, char *err, size_t err
         return SVC_EINVAL;
     }
     u->db = (int)db;
+    snprintf(u->dbtxt, sizeof(u->dbtxt), "%d", u->db);
     return SVC_OK;
 }
 
@@ -140,7 +142,6 @@ int svc_redis_url_check(const char *url, char *err, size_t errlen)
 static int hello_cmds(const struct redis_url *u, const char *argv[2][3], size_t lens[2][3],
                       int argc[2])
 {
-    static char dbtxt[8];
     int n = 0;
 
     if (u->password[0] != '\0') {
@@ -156,11 +157,10 @@ static int hello_cmds(const struct redis_url *u, const char *argv[2][3], size_t 
         argc[n++] = k;
     }
     if (u->db != 0) {
-        snprintf(dbtxt, sizeof(dbtxt), "%d", u->db);
         argv[n][0] = "SELECT";
         lens[n][0] = 6;
-        argv[n][1] = dbtxt;
-        lens[n][1] = strlen(dbtxt);
+        argv[n][1] = u->dbtxt;
+        lens[n][1] = strlen(u->dbtxt);
         argc[n++] = 2;
     }
     return n;

@@ -299,6 +299,14 @@ static void test_env_bad_values(void)
     expect_bad("TCFG_ADDR", "[::1]", "host:port");
     expect_bad("TCFG_URL", "ftp://x", "URL");
     expect_bad("TCFG_URL", "api.example.com", "URL");
+    {
+        /* longer than the request buffers it is formatted into: refused, never cut */
+        char url[SVC_CFG_URL_MAX + 2];
+        memset(url, 'a', sizeof(url) - 1);
+        memcpy(url, "https://", 8);
+        url[sizeof(url) - 1] = '\0';
+        expect_bad("TCFG_URL", url, "longer than");
+    }
 }
 
 static void test_env_err_truncated_safely(void)

@@ -6,6 +6,10 @@
 
 #include "svc/err.h"
 
+/* The longest URL option accepted: URLs are formatted into request buffers with a path appended
+ * (an RPC method, /chat/completions), so a longer one is refused at start instead of cut. */
+#define SVC_CFG_URL_MAX 400
+
 /*
  * Configuration from the environment only (pelikan's option tables).
  *
@@ -24,7 +28,7 @@ enum svc_opt_type {
     SVC_OPT_STR,    /* any text */
     SVC_OPT_SECRET, /* any text, never printed (shown as "(set)" or "(unset)") */
     SVC_OPT_ADDR,   /* host:port with a port in 0..65535 */
-    SVC_OPT_URL,    /* http:// or https:// URL */
+    SVC_OPT_URL,    /* http:// or https:// URL of at most SVC_CFG_URL_MAX bytes */
 };
 
 struct svc_option {
