@@ -7,7 +7,7 @@ BUILD_DIR ?= build
 SANITIZE ?= OFF
 BUILD_TYPE ?= RelWithDebInfo
 
-.PHONY: all bootstrap build run test unit integration bench clean
+.PHONY: all bootstrap build run test unit integration bench clean fuzz-smoke
 
 all: build
 
@@ -40,6 +40,19 @@ test: unit integration
 tests/node_modules/.installed: tests/package.json tests/package-lock.json
 	cd tests && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# Every libFuzzer target (tests/fuzz/corpus/<name> -> fuzz_<name>) built with clang and run for
+# FUZZ_SECONDS each; fails on any finding (tests/fuzz/README.md).
+FUZZ_BUILD_DIR ?= build-fuzz
+FUZZ_SECONDS ?= 20
+FUZZ_TARGETS := $(patsubst tests/fuzz/corpus/%,fuzz_%,$(wildcard tests/fuzz/corpus/*))
+
+fuzz-smoke: bootstrap
+	@cmake -S . -B $(FUZZ_BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+		-DCMAKE_C_COMPILER=clang -DCHATWEB_FUZZ=ON > $(FUZZ_BUILD_DIR).cmake.log 2>&1 || \
+		{ cat $(FUZZ_BUILD_DIR).cmake.log; exit 1; }
+	@cmake --build $(FUZZ_BUILD_DIR) --target $(FUZZ_TARGETS)
+	tests/fuzz/smoke $(FUZZ_BUILD_DIR) $(FUZZ_SECONDS)
 
 bench: build
 	BUILD_DIR=$(BUILD_DIR) bench/run-all
