@@ -457,7 +457,8 @@ static json_t *user_json(struct op *o, const struct auth_user *u)
     int unlimited = u->is_static || (ac != NULL && ac->unlimited);
     json_t *j;
 
-    j = json_pack("{s:I,s:s,s:o,s:o,s:o,s:b,s:b,s:b,s:s,s:I}", "id", (json_int_t)u->id, "username",
+    j = json_pack("{s:I,s:s,s:o,s:o,s:o,s:o,s:b,s:b,s:b,s:s,s:I}", "id", (json_int_t)u->id,
+                  "username",
                   u->username, "balance",
                   unlimited ? json_integer(-1)
                   : ac      ? json_integer(ac->balance)
@@ -466,7 +467,8 @@ static json_t *user_json(struct op *o, const struct auth_user *u)
                   unlimited ? json_integer(-1)
                   : ac      ? json_integer(ac->granted)
                             : json_null(),
-                  "usage", ac ? json_integer(ac->used) : json_null(), "unlimited", unlimited,
+                  "usage", ac ? json_integer(ac->used) : json_null(), "held",
+                  ac ? json_integer(ac->held) : json_null(), "unlimited", unlimited,
                   "blocked", u->blocked, "static", u->is_static, "model", u->model, "created_at",
                   (json_int_t)u->created_at);
     if (g != NULL)

@@ -1,76 +1,69 @@
 /*
- * Billing for a chat turn: Reserve the exact prompt plus the reply limit before the upstream call,
- * Settle to the upstream's usage (or, when none arrived, the exact count of the prompt and of the
- * reply text received: chat_turn_account) or Release when the upstream produced nothing, through
- * the billing client library (services/billing/client.h), which retries the end of a hold until
- * billing answers. The reply id is the hold's request id, so no retry can charge twice.
+ * Admission of a chat turn through its meter (services/meter): the exact prompt against the
+ * tokens-per-minute scopes, then a Reserve of the prompt plus the reply limit; and the messages
+ * chat shows when it is refused. The meter owns the hold from here on and ends it exactly once
+ * (Settle to the upstream's usage or our exact count, or Release).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "billing/client.h"
-#include "svc/fetch.h"
+#include "billing.pb-c.h"
+#include "meter/meter.h"
 #include "svc/http.h"
 #include "svc/log.h"
-#include "svc/loop.h"
-#include "svc/rpc.h"
 #include "turn.h"
 
-/* ---- reserve ---- */
-
-static void on_reserved(int err, ProtobufCMessage *out_msg, const char *errmsg, void *data)
+static void on_admitted(void *ud, const struct meter_admission *a)
 {
-    struct chat_turn *t = data;
-    Chatweb__Billing__ReserveResponse *out = (void *)out_msg;
-    char text[512];
+    struct chat_turn *t = ud;
+    char text[512], ra[16];
 
-    t->billing_call = NULL;
-    /* No answer counts as held: a Release gives back a hold made without our knowing. */
-    t->reserved = billing_client_reserve_held(err, out);
-    if (t->req == NULL || svc_req_is_done(t->req)) { /* the client left while we waited */
-        chat_charge_finish(t, 0);
-        goto out;
-    }
-    if (err != SVC_OK) {
-        chat_charge_finish(t, 0);
-        SVC_LOG_ERR(t->rid, "billing", "Reserve failed: %s", errmsg ? errmsg : "");
-        chat_turn_reply(t, 503, "Fail", "计费服务不可用，请稍后再试 | Billing service unavailable, "
-                                        "please try again later");
-        goto out;
-    }
-    switch (out->result) {
-    case CHATWEB__BILLING__RESERVE_RESULT__RESERVE_OK:
-        t->completion_limit = out->completion_limit;
+    switch (a->result) {
+    case METER_ADMITTED:
+        t->completion_limit = (long)a->completion_limit;
         chat_turn_upstream(t);
         break;
-    case CHATWEB__BILLING__RESERVE_RESULT__RESERVE_INSUFFICIENT:
-        chat_turn_account(t, 0); /* refused: the admitted tokens are given back */
+    case METER_TPM_REFUSED:
+        svc_metric_add(&chat_stats.chat_rate_limited_total, 1);
+        snprintf(ra, sizeof(ra), "%d", a->retry_after_s);
+        if (svc_req_add_header(t->req, "Retry-After", ra) != SVC_OK)
+            SVC_LOG_ERR(t->rid, "ratelimit", "cannot add Retry-After");
+        if (t->budget_used > a->tpm_limit)
+            snprintf(text, sizeof(text),
+                     "Too many tokens: this request has %ld prompt tokens, more than the limit "
+                     "of %lld tokens per minute",
+                     t->budget_used, a->tpm_limit);
+        else
+            snprintf(text, sizeof(text),
+                     "Too many tokens per minute (limit %lld, used %lld, requested %ld), please "
+                     "try again in %d s",
+                     a->tpm_limit, a->tpm_used, t->budget_used, a->retry_after_s);
+        chat_turn_reply(t, 429, "Fail", text);
+        break;
+    case METER_INSUFFICIENT:
         /* The seed's "tokens used up" message, with the self-service link. */
         snprintf(text, sizeof(text), "Token数已用尽,请到[自助中心](%s)补充,您的账号: %s",
                  chat_setting.OPS_LINK.s, t->username);
         chat_turn_fail(t, text);
         break;
-    default:
-        chat_turn_account(t, 0);
-        SVC_LOG_WARN(t->rid, "billing", "no billing account for user %lld", t->user_id);
+    case METER_NO_ACCOUNT:
         chat_turn_fail(t, "账号未开通计费,请联系管理员 | This account has no balance yet; ask the "
                           "operator");
         break;
+    case METER_UNAVAILABLE:
+    default:
+        chat_turn_reply(t, 503, "Fail", "计费服务不可用，请稍后再试 | Billing service unavailable, "
+                                        "please try again later");
+        break;
     }
-out:
-    if (out_msg != NULL)
-        protobuf_c_message_free_unpacked(out_msg, NULL);
-    chat_turn_unref(t);
 }
 
 void chat_charge_reserve(struct chat_turn *t)
 {
     Chatweb__Billing__ReserveRequest in = CHATWEB__BILLING__RESERVE_REQUEST__INIT;
 
-    in.request_id = t->reply_id;
     in.user_id = t->user_id;
-    in.model = t->params.model;
     in.prompt_tokens = t->budget_used;
     in.max_completion_tokens = t->budget - t->budget_used;
     in.completion_limit_fixed = 0;
@@ -80,30 +73,6 @@ void chat_charge_reserve(struct chat_turn *t)
     /* A small balance still buys a reply this long (the seed's reserved reply size). */
     in.min_completion_tokens = chat_setting.CHAT_MIN_RESPONSE_TOKENS.i;
     in.username = t->username;
-    t->billing_call = billing_client_reserve(t->w->bill, &in, t->rid, on_reserved, t);
-    if (t->billing_call == NULL) {
-        chat_turn_account(t, 0);
-        chat_turn_reply(t, 503, "Fail", "计费服务不可用 | Billing service unavailable");
-        return;
-    }
-    t->refs++; /* held until billing answers, even if the client leaves */
-}
-
-/* ---- settle / release ----
- *
- * The hold ends here, once: chat_turn_account decided what was consumed, and the billing client
- * owns the call from now on (retried while billing cannot be reached, services/billing/client.h).
- */
-
-void chat_charge_finish(struct chat_turn *t, int produced)
-{
-    chat_turn_account(t, produced);
-    if (!t->reserved)
-        return;
-    t->reserved = 0;
-    if (produced)
-        billing_client_settle(t->w->bill, t->rid, t->reply_id, t->params.model, t->final_prompt,
-                              t->final_completion, t->counted);
-    else
-        billing_client_release(t->w->bill, t->rid, t->reply_id, "no output");
+    if (meter_admit(t->meter, &in, on_admitted) != SVC_OK)
+        chat_turn_reply(t, 500, "Fail", "内部错误 | internal error");
 }

@@ -20,7 +20,7 @@ struct svc_redis_async;
 struct svc_rpc_client;
 struct svc_modelmap;
 struct billing_client;
-struct chat_turn;
+struct meter_loop;
 
 #define CHAT_OPTIONS(ACTION)                                                                   \
     SVC_COMMON_OPTIONS(ACTION)                                                                 \
@@ -96,8 +96,8 @@ struct chat_worker {
     struct svc_rpc_client *auth;
     struct svc_rpc_client *billing;
     struct billing_client *bill;  /* Reserve, and Settle/Release retried until billing answers */
+    struct meter_loop *meters;    /* the metered pipeline on this loop (services/meter) */
     const struct svc_modelmap *models; /* shared by all loops, read-only */
-    struct chat_turn *draining;        /* turns reading an upstream after their client left */
 };
 
 struct svc_req;

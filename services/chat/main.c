@@ -15,6 +15,7 @@
 
 #include "auth/client.h"
 #include "billing/client.h"
+#include "meter/meter.h"
 #include "chat.h"
 #include "turn.h"
 #include "svc/fetch.h"
@@ -157,8 +158,11 @@ int main(int argc, char **argv)
             w->bill = billing_client_create(w->loop, w->billing, w->rpc,
                                             (long)chat_setting.CHAT_SETTLE_RETRY_FOR.i,
                                             &chat_stats.chat_settles_pending);
+        if (w->bill != NULL)
+            w->meters = meter_loop_create(w->loop, w->multi, w->redis, w->bill,
+                                          (long)chat_setting.CHAT_ABORT_DRAIN_MS.i);
         if (w->multi == NULL || w->rpc == NULL || w->redis == NULL || w->auth == NULL ||
-            w->billing == NULL || w->bill == NULL)
+            w->billing == NULL || w->bill == NULL || w->meters == NULL)
             svc_service_die(SVC_EX_SOFTWARE, "cannot set up worker %u", i);
     }
 
@@ -203,7 +207,7 @@ int main(int argc, char **argv)
     svc_http_server_destroy(&srv);
     for (unsigned i = 0; i < nworkers; i++) {
         struct chat_worker *w = &workers[i];
-        chat_turn_abandon_drains(w);
+        meter_loop_destroy(&w->meters); /* drains still reading end, charged as counted */
         billing_client_destroy(&w->bill);
         svc_fetch_multi_destroy(&w->multi);
         svc_fetch_multi_destroy(&w->rpc);

@@ -1,19 +1,23 @@
 /*
  * One chat turn: POST /api/chat-process, from request to the last streamed byte.
  *
- *   parse + validate ─> (a seed command: commands.c) ─> Authenticate RPC ─> rate limit
- *        ─> walk the context chain in Redis ─> Reserve (charge.c) ─> upstream stream
+ *   parse + validate ─> (a seed command: commands.c) ─> Authenticate (auth's client library)
+ *        ─> rate limit ─> walk the context chain in Redis, counting it exactly
+ *        ─> the meter (services/meter): tokens per minute, Reserve (charge.c), upstream stream
  *        ─> one cumulative JSON object per upstream chunk to the client, as fast as it reads
- *        ─> Settle ─> store the user message and the reply in Redis ─> the final object, end.
+ *        ─> the meter settles ─> store the user message and the reply ─> the final object, end.
  *
- * Everything runs on the request's event loop; nothing blocks. The final object (the one with
- * finish_reason) is held back until the context is stored, so the frontend's automatic
- * "continue" request always finds its parent (the seed's C1). A client that leaves cancels the
- * upstream call at once (the seed's C4) and what was generated is still stored.
+ * Chat keeps only what is chat: the ChatGPT Web framing, the context and the commands; the hold,
+ * the upstream transfer, backpressure and the charge belong to the meter, which ends the hold
+ * exactly once however the turn ends. Everything runs on the request's event loop; nothing
+ * blocks. The final object (the one with finish_reason) is held back until the context is
+ * stored, so the frontend's automatic "continue" request always finds its parent (the seed's
+ * C1). A client that leaves cancels the upstream call (the seed's C4) once the meter has read
+ * what it already sent, and what the client was sent is still stored.
  *
  * Lifetime: a turn is reference-counted. The request holds one reference until its cleanup runs;
- * every Redis command in flight holds one. Fetches (RPC, upstream) are cancelled in the cleanup,
- * so their callbacks never see a dead turn.
+ * every Redis command in flight holds one. RPCs are cancelled and the meter detached in the
+ * cleanup, so their callbacks never see a dead turn.
  */
 #include <jansson.h>
 #include <stdio.h>
@@ -22,6 +26,7 @@
 
 #include "auth.pb-c.h"
 #include "auth/client.h"
+#include "meter/meter.h"
 #include "turn.h"
 #include "svc/buf.h"
 #include "svc/fetch.h"
@@ -31,37 +36,14 @@
 #include "svc/modelmap.h"
 #include "svc/ratelimit.h"
 #include "svc/redis.h"
-#include "svc/rpc.h"
-#include "svc/sse.h"
-#include "svc/tokenizer.h"
 #include "svc/util.h"
 
 #define PROMPT_MAX (256u << 10)   /* bytes of one prompt */
 #define SYSTEM_MAX (32u << 10)    /* bytes of the system message */
 #define REPLY_MAX (4u << 20)      /* bytes of one reply kept in memory */
-#define SSE_EVENT_MAX (1u << 20)  /* bytes of one upstream event */
-#define UPSTREAM_ERR_MAX (64u << 10)
-
-#define CT_JSON "application/json; charset=utf-8"
-/* Backpressure: past HIGH bytes waiting for a slow client the upstream is paused, below LOW it
- * resumes. Each object repeats the whole reply so far, so this bounds memory per stream. */
-#define CLIENT_HIGH_WATERMARK (256u << 10)
-#define CLIENT_LOW_WATERMARK (64u << 10)
-/* Raw upstream bytes waiting for a slow client: past HIGH the upstream is paused, at LOW it
- * resumes; INPUT_MAX only bounds one upstream read on top of HIGH. */
-#define UPSTREAM_HIGH_WATERMARK (64u << 10)
-#define UPSTREAM_LOW_WATERMARK (16u << 10)
-#define INPUT_MAX (1u << 20)
 /* Upstream transfers open on one loop beyond which new ones take a fresh connection: below it
  * keep-alive saves a TLS handshake per request, above it the walk costs more than it saves. */
 #define UPSTREAM_REUSE_LIMIT 1024
-/* After the client left, the upstream is read for as long as bytes keep coming without a gap
- * this long (and CHAT_ABORT_DRAIN_MS at most): what it had already sent is then counted, and a
- * finished reply is charged by its own usage, while a reply still being generated is cancelled
- * within a few ms. */
-#define DRAIN_GAP_MS 5
-#define TPM_WINDOW_S 60
-
 
 /* ---- lifetime ---- */
 
@@ -69,11 +51,7 @@ void chat_turn_unref(struct chat_turn *t)
 {
     if (--t->refs > 0)
         return;
-    svc_sse_deinit(&t->sse);
-    svc_buf_deinit(&t->text);
-    svc_buf_deinit(&t->errbody);
     svc_buf_deinit(&t->held);
-    svc_buf_deinit(&t->inbuf);
     json_decref(t->history);
     free(t->prompt);
     free(t->system_message);
@@ -130,13 +108,15 @@ static int save_message(struct chat_turn *t, const char *id, const char *role, c
 /* Stores the user message (if any) and the reply. track = 0: fire and forget (client gone). */
 static int save_turn(struct chat_turn *t, int track)
 {
+    size_t text_len = 0;
+    const char *text = t->meter != NULL ? meter_text(t->meter, &text_len) : "";
     int sent = 0;
 
     if (t->prompt_len > 0)
         sent += save_message(t, t->user_msg_id, "user", t->prompt, t->prompt_len, t->parent_id,
                              track);
-    if (t->text.len > 0)
-        sent += save_message(t, t->reply_id, "assistant", t->text.data, t->text.len,
+    if (text_len > 0)
+        sent += save_message(t, t->reply_id, "assistant", text, text_len,
                              t->prompt_len > 0 ? t->user_msg_id : t->parent_id, track);
     return sent;
 }
@@ -171,11 +151,12 @@ static void on_saved(int err, const struct svc_redis_reply *reply, void *data)
 static int build_object(struct chat_turn *t, const char *delta, size_t delta_len,
                         json_t *detail, struct svc_buf *out)
 {
+    size_t text_len;
+    const char *text = meter_text(t->meter, &text_len);
     json_t *o = json_pack("{s:s, s:s, s:s, s:s%, s:s%, s:O}", "role", "assistant", "id",
                           t->reply_id, "parentMessageId",
-                          t->prompt_len > 0 ? t->user_msg_id : t->parent_id, "text",
-                          t->text.data != NULL ? t->text.data : "", t->text.len, "delta",
-                          delta != NULL ? delta : "", delta_len, "detail",
+                          t->prompt_len > 0 ? t->user_msg_id : t->parent_id, "text", text,
+                          text_len, "delta", delta != NULL ? delta : "", delta_len, "detail",
                           detail != NULL ? detail : json_null());
     char *s;
     int rc;
@@ -208,33 +189,21 @@ static int write_object(struct chat_turn *t, const char *delta, size_t delta_len
     return rc;
 }
 
-/* A slow client: stop reading the upstream until the bytes waiting for the client drain. */
-static void finish_upstream(struct chat_turn *t);
-static int pump(struct chat_turn *t);
-static size_t input_waiting(const struct chat_turn *t);
-
+/* The client took some of what was waiting: the meter produces more. */
 static void on_client_drained(struct svc_req *req, void *data)
 {
     struct chat_turn *t = data;
 
     (void)req;
-    if (pump(t) != 0) {
-        /* a malformed event found late: stop the upstream and report it */
-        svc_fetch_cancel(&t->upstream);
-        t->up_err = SVC_EIO;
-        finish_upstream(t);
-        return;
-    }
-    if (t->upstream_paused && t->upstream != NULL && input_waiting(t) <= UPSTREAM_LOW_WATERMARK) {
-        t->upstream_paused = 0;
-        svc_fetch_pause(t->upstream, 0);
-    }
-    if (t->up_done && input_waiting(t) == 0)
-        finish_upstream(t);
+    if (t->meter != NULL)
+        meter_resume(t->meter);
 }
 
-static int start_streaming(struct chat_turn *t)
+/* ---- the metered stream's hooks (services/meter) ---- */
+
+static int on_meter_head(void *ud)
 {
+    struct chat_turn *t = ud;
     int rc;
 
     if (t->streaming)
@@ -243,261 +212,31 @@ static int start_streaming(struct chat_turn *t)
     if (rc == SVC_OK) {
         t->streaming = 1;
         svc_metric_add(&chat_stats.chat_streams_open, 1);
-        svc_req_on_drain(t->req, on_client_drained, t, CLIENT_LOW_WATERMARK);
+        svc_req_on_drain(t->req, on_client_drained, t, METER_CLIENT_LOW);
     }
     return rc;
 }
 
-/* One upstream SSE event. */
-static int on_event(const char *data, size_t len, void *ud)
+static size_t on_meter_pending(void *ud)
 {
     struct chat_turn *t = ud;
-    json_t *chunk, *choices, *choice, *delta, *usage, *err;
-    const char *content = NULL, *finish = NULL;
-    size_t content_len = 0;
-    int rc = 0;
 
-    if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
-        t->saw_done = 1;
-        return 0;
-    }
-    chunk = json_loadb(data, len, 0, NULL);
-    if (chunk == NULL || !json_is_object(chunk)) {
-        snprintf(t->upstream_error, sizeof(t->upstream_error), "malformed upstream event");
-        json_decref(chunk);
-        return SVC_EIO;
-    }
-    err = json_object_get(chunk, "error");
-    if (err != NULL) {
-        const char *m = json_string_value(json_object_get(err, "message"));
-        snprintf(t->upstream_error, sizeof(t->upstream_error), "[OpenAI] %s",
-                 m != NULL ? m : "error inside the stream");
-        svc_utf8_trim_end(t->upstream_error); /* a long message is cut; JSON needs whole chars */
-        json_decref(chunk);
-        return SVC_EIO;
-    }
-    usage = json_object_get(chunk, "usage");
-    if (json_is_object(usage)) {
-        t->prompt_tokens = (long)json_integer_value(json_object_get(usage, "prompt_tokens"));
-        t->completion_tokens =
-            (long)json_integer_value(json_object_get(usage, "completion_tokens"));
-    }
-    choices = json_object_get(chunk, "choices");
-    choice = json_array_get(choices, 0);
-    if (choice == NULL) { /* the usage-only chunk, or keep-alive noise */
-        json_decref(chunk);
-        return 0;
-    }
-    delta = json_object_get(choice, "delta");
-    content = json_string_value(json_object_get(delta, "content"));
-    content_len = content != NULL ? json_string_length(json_object_get(delta, "content")) : 0;
-    finish = json_string_value(json_object_get(choice, "finish_reason"));
-    if (content_len > 0 && svc_buf_append(&t->text, content, content_len) != SVC_OK) {
-        snprintf(t->upstream_error, sizeof(t->upstream_error), "reply longer than %u bytes",
-                 REPLY_MAX);
-        json_decref(chunk);
-        return SVC_ETOOLARGE;
-    }
-    if (finish != NULL)
-        t->saw_finish = 1;
-    if (t->client_gone) { /* only counted: nobody is left to send it to */
-        json_decref(chunk);
-        return 0;
-    }
-    if (finish != NULL) {
-        /* Held back until the context is stored (see the top of this file). */
+    return t->req != NULL ? svc_req_stream_pending(t->req) : 0;
+}
+
+/* One upstream event: one cumulative object, the one with finish_reason held back until the
+ * context is stored (see the top of this file). */
+static int on_meter_event(void *ud, const struct meter_event *ev)
+{
+    struct chat_turn *t = ud;
+
+    if (ev->done || json_array_get(json_object_get(ev->json, "choices"), 0) == NULL)
+        return 0; /* [DONE], the usage-only chunk, or keep-alive noise */
+    if (ev->finish != NULL) {
         svc_buf_reset(&t->held);
-        rc = build_object(t, content, content_len, chunk, &t->held);
-    } else {
-        rc = write_object(t, content, content_len, chunk);
+        return build_object(t, ev->content, ev->content_len, ev->json, &t->held);
     }
-    json_decref(chunk);
-    return rc;
-}
-
-/*
- * Turns buffered upstream bytes into client objects one SSE line at a time, and only while the
- * client keeps up: each object repeats the whole reply so far, so one upstream read can expand
- * into megabytes. What the client cannot take yet stays here as raw upstream bytes (bounded; the
- * upstream is paused when they pile up).
- */
-static int pump(struct chat_turn *t)
-{
-    while (t->in_off < t->inbuf.len) {
-        const char *p = t->inbuf.data + t->in_off;
-        size_t avail = t->inbuf.len - t->in_off;
-        const char *nl;
-        size_t n;
-        int rc;
-
-        if (!t->client_gone &&
-            (t->req == NULL || svc_req_stream_pending(t->req) > CLIENT_HIGH_WATERMARK))
-            return 0;
-        nl = memchr(p, '\n', avail);
-        n = nl != NULL ? (size_t)(nl - p) + 1 : avail;
-        t->in_off += n;
-        rc = svc_sse_feed(&t->sse, p, n, on_event, t);
-        if (rc != 0)
-            return rc;
-    }
-    svc_buf_reset(&t->inbuf);
-    t->in_off = 0;
-    return 0;
-}
-
-static size_t input_waiting(const struct chat_turn *t)
-{
-    return t->inbuf.len - t->in_off;
-}
-
-/* ---- after the client left ----
- *
- * A client that leaves ends the reply, but not its accounting: what the upstream already sent
- * (in our input buffer, held by a paused transfer, or in flight in the socket) is read and
- * counted, so a reply that was complete upstream is charged by its own usage chunk, and one cut
- * short is charged the exact count of the text received. Nothing more is sent anywhere.
- */
-
-/* The client is gone and the upstream over: count what is left, store, charge. Once. */
-static void gone_finish(struct chat_turn *t)
-{
-    int produced;
-
-    if (t->ended)
-        return;
-    t->ended = 1;
-    (void)pump(t); /* client_gone: every buffered byte is turned into text, nothing is sent */
-    /* An upstream that refused (an HTTP error) produced nothing; one that answered, or that was
-     * cancelled while it thought, was sent the prompt. */
-    produced = !(t->up_status != 0 && t->up_status != 200);
-    if (produced)
-        save_turn(t, 0); /* what was generated stays the context of the next turn */
-    chat_charge_finish(t, produced);
-}
-
-static void drain_unlink(struct chat_turn *t)
-{
-    if (t->drain_prev != NULL)
-        t->drain_prev->drain_next = t->drain_next;
-    else if (t->w->draining == t)
-        t->w->draining = t->drain_next;
-    if (t->drain_next != NULL)
-        t->drain_next->drain_prev = t->drain_prev;
-    t->drain_prev = t->drain_next = NULL;
-}
-
-/* Ends a drain (upstream done, quiet for DRAIN_GAP_MS, or out of time): cancel, account. */
-static void drain_end(struct chat_turn *t)
-{
-    svc_fetch_cancel(&t->upstream);
-    svc_timer_destroy(&t->drain_timer);
-    gone_finish(t);
-    if (t->draining) {
-        t->draining = 0;
-        drain_unlink(t);
-        chat_turn_unref(t);
-    }
-}
-
-static void on_drain_timer(struct svc_timer *timer, void *data)
-{
-    (void)timer;
-    drain_end(data);
-}
-
-/* Bytes that arrived while draining: counted at once. 0, or an error that ends the transfer. */
-static int drain_data(struct chat_turn *t, const char *data, size_t len)
-{
-    uint64_t spent = svc_clock_ms() - t->drain_started_ms;
-    uint64_t cap = (uint64_t)chat_setting.CHAT_ABORT_DRAIN_MS.i;
-
-    if (svc_buf_append(&t->inbuf, data, len) != SVC_OK || pump(t) != 0)
-        return SVC_EIO; /* too much or malformed: what was counted so far is charged */
-    if (t->drain_timer != NULL && spent < cap &&
-        svc_timer_start(t->drain_timer, cap - spent < DRAIN_GAP_MS ? cap - spent : DRAIN_GAP_MS) ==
-            SVC_OK)
-        return 0;
-    return spent >= cap ? SVC_ETIMEDOUT : SVC_EIO;
-}
-
-static void on_client_gone(struct svc_req *req, void *data)
-{
-    struct chat_turn *t = data;
-
-    (void)req;
-    svc_metric_add(&chat_stats.chat_client_aborts_total, 1);
-    t->client_gone = 1;
-    if (t->upstream == NULL) {
-        /* The upstream finished and its last bytes were waiting for this client, or it never
-         * started (nothing to do: the Reserve's answer releases the hold). */
-        if (t->up_done) {
-            t->up_done = 0;
-            gone_finish(t);
-        }
-        return;
-    }
-    SVC_LOG_INFO(t->rid, "stream", "client left after %zu bytes of reply", t->text.len);
-    if (chat_setting.CHAT_ABORT_DRAIN_MS.i > 0 &&
-        (t->drain_timer = svc_timer_create(t->w->loop, on_drain_timer, t)) != NULL &&
-        svc_timer_start(t->drain_timer, DRAIN_GAP_MS) == SVC_OK) {
-        t->draining = 1;
-        t->refs++; /* the drain outlives the request */
-        t->drain_started_ms = svc_clock_ms();
-        t->drain_next = t->w->draining;
-        if (t->drain_next != NULL)
-            t->drain_next->drain_prev = t;
-        t->w->draining = t;
-        /* Bytes a paused transfer holds are delivered (and counted) by resuming it. */
-        if (t->upstream_paused) {
-            t->upstream_paused = 0;
-            svc_fetch_pause(t->upstream, 0);
-        }
-        if (t->draining && pump(t) != 0)
-            drain_end(t);
-        return;
-    }
-    svc_timer_destroy(&t->drain_timer);
-    gone_finish(t); /* no drain: charged by what was received, then cancelled */
-    svc_fetch_cancel(&t->upstream);
-}
-
-void chat_turn_abandon_drains(struct chat_worker *w)
-{
-    while (w->draining != NULL)
-        drain_end(w->draining);
-}
-
-static int on_upstream_data(struct svc_fetch *f, long status, const char *data, size_t len,
-                            void *ud)
-{
-    struct chat_turn *t = ud;
-    int rc;
-
-    t->up_status = status;
-    if (status != 200) { /* an error body: keep it for the message */
-        if (svc_buf_append(&t->errbody, data, len) != SVC_OK)
-            return SVC_ETOOLARGE;
-        return 0;
-    }
-    if (t->client_gone) /* draining: take the bytes, count them, send nothing */
-        return drain_data(t, data, len);
-    if (!t->streaming && (rc = start_streaming(t)) != SVC_OK)
-        return rc;
-    if (input_waiting(t) > UPSTREAM_HIGH_WATERMARK) {
-        /* the client is behind: curl keeps these bytes and we stop reading */
-        t->upstream_paused = 1;
-        return SVC_FETCH_PAUSE;
-    }
-    if (t->in_off > 0 && t->in_off == t->inbuf.len) {
-        svc_buf_reset(&t->inbuf);
-        t->in_off = 0;
-    }
-    if (svc_buf_append(&t->inbuf, data, len) != SVC_OK) {
-        snprintf(t->upstream_error, sizeof(t->upstream_error), "client too slow");
-        return SVC_ETOOLARGE;
-    }
-    (void)f;
-    return pump(t);
+    return write_object(t, ev->content, ev->content_len, ev->json);
 }
 
 /* The frontend shows these for upstream HTTP errors (chatgpt-web contract §1.3). */
@@ -515,108 +254,100 @@ static const char *upstream_status_text(long status)
     return NULL;
 }
 
-static void on_upstream_done(struct svc_fetch *f, int err, long status, const char *body,
-                             size_t len, const char *errmsg, void *ud)
+/* Nothing reached the client yet: one Fail envelope saying what the upstream did. */
+static void fail_before_stream(struct chat_turn *t, const struct meter_end *end)
 {
-    struct chat_turn *t = ud;
+    const char *known = upstream_status_text(end->status);
     char msg[768];
 
-    (void)f;
-    (void)body;
-    (void)len;
-    t->upstream = NULL;
-    if (status != 0)
-        t->up_status = status;
-    if (t->prompt_tokens > 0 || t->completion_tokens > 0) {
-        svc_metric_add(&chat_stats.chat_prompt_tokens_total, t->prompt_tokens);
-        svc_metric_add(&chat_stats.chat_completion_tokens_total, t->completion_tokens);
+    svc_metric_add(&chat_stats.chat_upstream_errors_total, 1);
+    if (end->stream_error != NULL) {
+        snprintf(msg, sizeof(msg), "%s", end->stream_error);
+    } else if (end->err != SVC_OK && end->status == 0) {
+        snprintf(msg, sizeof(msg), "[OpenAI] 无法连接上游服务 | Cannot reach the upstream: %s",
+                 end->errmsg != NULL ? end->errmsg : svc_strerror(end->err));
+    } else if (known != NULL) {
+        snprintf(msg, sizeof(msg), "%s", known);
+    } else {
+        json_t *j = json_loadb(end->body != NULL ? end->body : "", end->body_len, 0, NULL);
+        const char *m = json_string_value(json_object_get(json_object_get(j, "error"),
+                                                          "message"));
+        snprintf(msg, sizeof(msg), "[OpenAI] HTTP %ld: %s", end->status,
+                 m != NULL ? m : "the upstream refused the request");
+        json_decref(j);
     }
-    if (t->client_gone) { /* the drain after the client left is over */
-        if (err != SVC_OK)
-            SVC_LOG_DEBUG(t->rid, "upstream", "drain ended: %s", errmsg != NULL ? errmsg : "");
-        drain_end(t);
-        return;
-    }
-    if (!t->streaming) {
-        /* Nothing reached the client yet: answer with one Fail envelope. */
-        const char *known = upstream_status_text(status);
-        svc_metric_add(&chat_stats.chat_upstream_errors_total, 1);
-        if (err != SVC_OK && status == 0) {
-            snprintf(msg, sizeof(msg), "[OpenAI] 无法连接上游服务 | Cannot reach the upstream: %s",
-                     errmsg != NULL ? errmsg : svc_strerror(err));
-        } else if (known != NULL) {
-            snprintf(msg, sizeof(msg), "%s", known);
-        } else {
-            json_t *j = json_loadb(t->errbody.data ? t->errbody.data : "", t->errbody.len, 0,
-                                   NULL);
-            const char *m = json_string_value(json_object_get(json_object_get(j, "error"),
-                                                              "message"));
-            snprintf(msg, sizeof(msg), "[OpenAI] HTTP %ld: %s", status,
-                     m != NULL ? m : "the upstream refused the request");
-            svc_utf8_trim_end(msg);
-            json_decref(j);
-        }
-        SVC_LOG_WARN(t->rid, "upstream", "failed before the first chunk: status=%ld %s", status,
-                     errmsg != NULL ? errmsg : "");
-        chat_charge_finish(t, 0);
-        chat_turn_fail(t, msg);
-        return;
-    }
-    t->up_err = err;
-    if (err != SVC_OK)
-        SVC_LOG_INFO(t->rid, "upstream", "transfer ended: %s (HTTP %ld): %s", svc_strerror(err),
-                     status, errmsg != NULL ? errmsg : "");
-    if (input_waiting(t) > 0 && err == SVC_OK) {
-        t->up_done = 1; /* the rest is sent as the client drains (on_client_drained) */
-        return;
-    }
-    finish_upstream(t);
+    svc_utf8_trim_end(msg);
+    SVC_LOG_WARN(t->rid, "upstream", "failed before the first chunk: status=%ld %s",
+                 end->status, end->errmsg != NULL ? end->errmsg : "");
+    chat_turn_fail(t, msg);
 }
 
-/* The upstream is over and its bytes are all turned into objects: report a failure as the last
- * object, charge, store the context, then send the held final object. */
-static void finish_upstream(struct chat_turn *t)
+/* A mid-stream failure is reported as a last normal-shaped object whose text carries the error,
+ * which this frontend shows (contract §1.5); the held finish object, if any, is dropped. */
+static void fail_in_stream(struct chat_turn *t, const char *error)
 {
-    int err = t->up_err;
+    size_t text_len;
+    const char *text = meter_text(t->meter, &text_len);
+    struct svc_buf shown;
 
-    t->up_done = 0;
-    if (t->upstream_error[0] == '\0' && (err != SVC_OK || (!t->saw_done && !t->saw_finish)))
-        snprintf(t->upstream_error, sizeof(t->upstream_error), "[OpenAI] %s",
-                 err == SVC_ETIMEDOUT ? "上游超时 | upstream timed out"
-                                      : "上游连接中断 | the upstream stream broke off");
-    if (t->upstream_error[0] != '\0') {
-        /* A mid-stream failure is reported as a last normal-shaped object whose text carries
-         * the error, which this frontend shows (contract §1.5); the held finish object, if
-         * any, is dropped. */
-        svc_metric_add(&chat_stats.chat_upstream_errors_total, 1);
-        SVC_LOG_WARN(t->rid, "upstream", "stream failed: %s", t->upstream_error);
-        svc_buf_reset(&t->held);
-        if (svc_buf_appendf(&t->held, "%s", t->objects_sent > 0 ? "\n" : "") == SVC_OK) {
-            struct svc_buf shown;
-            svc_buf_init(&shown, REPLY_MAX + sizeof(t->upstream_error) + 8);
-            if (svc_buf_append(&shown, t->text.data ? t->text.data : "", t->text.len) ==
-                    SVC_OK &&
-                svc_buf_appendf(&shown, "%s[%s]", t->text.len > 0 ? "\n" : "",
-                                t->upstream_error) == SVC_OK) {
-                json_t *o = json_pack("{s:s, s:s, s:s, s:s%, s:n}", "role", "assistant", "id",
-                                      t->reply_id, "parentMessageId",
-                                      t->prompt_len > 0 ? t->user_msg_id : t->parent_id, "text",
-                                      shown.data, shown.len, "detail");
-                char *s = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
-                if (s != NULL && svc_buf_append_str(&t->held, s) != SVC_OK)
-                    svc_buf_reset(&t->held);
-                free(s);
-                json_decref(o);
-            }
-            svc_buf_deinit(&shown);
-        }
+    svc_metric_add(&chat_stats.chat_upstream_errors_total, 1);
+    SVC_LOG_WARN(t->rid, "upstream", "stream failed: %s", error);
+    svc_buf_reset(&t->held);
+    if (svc_buf_appendf(&t->held, "%s", t->objects_sent > 0 ? "\n" : "") != SVC_OK)
+        return;
+    svc_buf_init(&shown, REPLY_MAX + 1024);
+    if (svc_buf_append(&shown, text, text_len) == SVC_OK &&
+        svc_buf_appendf(&shown, "%s[%s]", text_len > 0 ? "\n" : "", error) == SVC_OK) {
+        json_t *o = json_pack("{s:s, s:s, s:s, s:s%, s:n}", "role", "assistant", "id",
+                              t->reply_id, "parentMessageId",
+                              t->prompt_len > 0 ? t->user_msg_id : t->parent_id, "text",
+                              shown.data, shown.len, "detail");
+        char *s = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+        if (s != NULL && svc_buf_append_str(&t->held, s) != SVC_OK)
+            svc_buf_reset(&t->held);
+        free(s);
+        json_decref(o);
     }
+    svc_buf_deinit(&shown);
+}
+
+/* The upstream is over, its events are all objects, and the meter has ended the hold: report a
+ * failure, store the context, then send the held final object. */
+static void on_meter_end(void *ud, const struct meter_end *end)
+{
+    struct chat_turn *t = ud;
+
     t->ended = 1;
-    chat_charge_finish(t, 1);
+    if (end->counted)
+        svc_metric_add(&chat_stats.chat_counted_charges_total, 1);
+    else if (end->prompt_tokens > 0 || end->completion_tokens > 0) {
+        svc_metric_add(&chat_stats.chat_prompt_tokens_total, end->prompt_tokens);
+        svc_metric_add(&chat_stats.chat_completion_tokens_total, end->completion_tokens);
+    }
+    if (!end->started) {
+        fail_before_stream(t, end);
+        return;
+    }
+    if (end->err != SVC_OK)
+        SVC_LOG_INFO(t->rid, "upstream", "transfer ended: %s (HTTP %ld): %s",
+                     svc_strerror(end->err), end->status, end->errmsg != NULL ? end->errmsg : "");
+    if (end->stream_error != NULL)
+        fail_in_stream(t, end->stream_error);
+    else if (end->err != SVC_OK || !end->complete)
+        fail_in_stream(t, end->err == SVC_ETIMEDOUT ? "[OpenAI] 上游超时 | upstream timed out"
+                                                    : "[OpenAI] 上游连接中断 | the upstream "
+                                                      "stream broke off");
     t->saves_pending = save_turn(t, 1);
     if (t->saves_pending == 0)
         finish_stream(t);
 }
+
+static const struct meter_hooks chat_meter_hooks = {
+    .on_head = on_meter_head,
+    .on_event = on_meter_event,
+    .client_pending = on_meter_pending,
+    .on_end = on_meter_end,
+};
 
 static int start_upstream(struct chat_turn *t)
 {
@@ -624,8 +355,7 @@ static int start_upstream(struct chat_turn *t)
     json_t *body, *messages, *msg;
     const char *headers[6];
     struct svc_fetch_req fr = {0};
-    static const struct svc_fetch_cb cb = {.on_data = on_upstream_data,
-                                           .on_done = on_upstream_done};
+    int rc;
     long max_tokens = t->completion_limit;
     size_t nh = 0, i;
     char *text;
@@ -696,124 +426,41 @@ static int start_upstream(struct chat_turn *t)
     fr.body_len = strlen(text);
     fr.idle_timeout_ms = chat_setting.CHAT_UPSTREAM_IDLE_TIMEOUT.i * 1000;
     fr.proxy = chat_setting.SOCKS_PROXY.s;
-    fr.stream = 1;
     /* With many streams open, nearly every connection to the upstream is busy, and libcurl's
      * search for an idle one walks them all for each new request (docs/benchmarks.md): skip it. */
     fr.fresh_connection = svc_fetch_multi_active(t->w->multi) >= UPSTREAM_REUSE_LIMIT;
-    t->upstream = svc_fetch_start(t->w->multi, &fr, &cb, t);
+    rc = meter_start(t->meter, &fr);
     free(text);
     svc_wipe(auth, sizeof(auth));
     SVC_LOG_INFO(t->rid, "upstream", "user=\"%s\" model=%s history=%zu max_tokens=%ld",
                  t->username, t->params.model, json_array_size(t->history), max_tokens);
-    return t->upstream != NULL ? SVC_OK : SVC_ENOMEM;
+    return rc;
 }
 
 void chat_turn_upstream(struct chat_turn *t)
 {
-    if (start_upstream(t) != SVC_OK) {
-        chat_charge_finish(t, 0);
+    if (start_upstream(t) != SVC_OK) /* the meter released the hold */
         chat_turn_fail(t, "内部错误 | internal error");
-    }
 }
 
-/* ---- tokens per minute ---- */
-
-static void on_tpm_admitted(int err, int allowed, int refused, long long used, int retry_after_s,
-                            void *data)
-{
-    struct chat_turn *t = data;
-    char msg[256], ra[16];
-
-    if (t->req == NULL || svc_req_is_done(t->req))
-        goto out;
-    if (err != SVC_OK) { /* a limiter that cannot count must not stop the chat */
-        SVC_LOG_WARN(t->rid, "ratelimit", "cannot count tokens: %s", svc_strerror(err));
-        t->tpm_scopes = 0;
-    } else if (!allowed) {
-        long long limit = t->tpm_limits[refused >= 0 && refused < 2 ? refused : 0];
-        svc_metric_add(&chat_stats.chat_rate_limited_total, 1);
-        snprintf(ra, sizeof(ra), "%d", retry_after_s);
-        if (svc_req_add_header(t->req, "Retry-After", ra) != SVC_OK)
-            SVC_LOG_ERR(t->rid, "ratelimit", "cannot add Retry-After");
-        if (t->budget_used > limit)
-            snprintf(msg, sizeof(msg),
-                     "Too many tokens: this request has %ld prompt tokens, more than the limit of "
-                     "%lld tokens per minute",
-                     t->budget_used, limit);
-        else
-            snprintf(msg, sizeof(msg),
-                     "Too many tokens per minute (limit %lld, used %lld, requested %ld), please "
-                     "try again in %d s",
-                     limit, used, t->budget_used, retry_after_s);
-        t->tpm_scopes = 0;
-        chat_turn_reply(t, 429, "Fail", msg);
-        goto out;
-    } else {
-        t->tpm_admitted = t->budget_used;
-    }
-    chat_charge_reserve(t);
-out:
-    chat_turn_unref(t);
-}
-
-/* The context is collected: admit its tokens (per key and per user), hold the worst case, then
- * go upstream. */
+/* The context is collected: admit the turn through a meter (its tokens per key and user, then
+ * the Reserve), then go upstream (charge.c). */
 static void context_collected(struct chat_turn *t)
 {
     struct svc_ratelimit_scope sc[2];
 
+    t->meter = meter_create(t->w->meters, &chat_meter_hooks, t, t->rid, t->reply_id,
+                            t->params.model, &t->mi);
+    if (t->meter == NULL) {
+        chat_turn_reply(t, 500, "Fail", "out of memory");
+        return;
+    }
     for (int i = 0; i < t->tpm_scopes; i++) {
         sc[i].name = t->tpm_names[i];
         sc[i].limit = t->tpm_limits[i];
     }
-    if (t->tpm_scopes > 0 &&
-        svc_ratelimit_tokens_admit(t->w->redis, t->tpm_tag, sc, t->tpm_scopes, t->budget_used,
-                                   TPM_WINDOW_S, on_tpm_admitted, t) == SVC_OK) {
-        t->refs++;
-        return;
-    }
-    t->tpm_scopes = 0; /* not counted (Redis unreachable): nothing to correct later */
+    meter_set_tpm(t->meter, t->tpm_tag, sc, t->tpm_scopes);
     chat_charge_reserve(t);
-}
-
-/* What the turn consumed, and the token counters corrected to it (turn.h). */
-void chat_turn_account(struct chat_turn *t, int produced)
-{
-    struct svc_ratelimit_scope sc[2];
-
-    if (t->accounted)
-        return;
-    t->accounted = 1;
-    if (!produced) {
-        t->final_prompt = t->final_completion = 0;
-    } else if (t->prompt_tokens > 0 || t->completion_tokens > 0) {
-        t->final_prompt = t->prompt_tokens;
-        t->final_completion = t->completion_tokens;
-    } else {
-        /* No usage from the upstream (the client left, the stream broke, an upstream without
-         * include_usage): the prompt as counted for the budget, and the reply as received. */
-        const struct svc_tokenizer *tk = svc_tokenizer_get(t->mi.encoding);
-        long long n = tk != NULL && t->text.len > 0
-                          ? svc_tokenizer_count(tk, t->text.data, t->text.len)
-                          : 0;
-        if (n < 0) { /* out of memory: never below what was certainly received */
-            SVC_LOG_ERR(t->rid, "billing", "cannot count the reply; charging by bytes");
-            n = (long long)t->text.len;
-        }
-        t->counted = 1;
-        t->final_prompt = t->budget_used;
-        t->final_completion = n;
-        svc_metric_add(&chat_stats.chat_counted_charges_total, 1);
-    }
-    for (int i = 0; i < t->tpm_scopes; i++) {
-        sc[i].name = t->tpm_names[i];
-        sc[i].limit = t->tpm_limits[i];
-    }
-    if (t->tpm_scopes > 0 &&
-        svc_ratelimit_tokens_add(t->w->redis, t->tpm_tag, sc, t->tpm_scopes,
-                                 t->final_prompt + t->final_completion - t->tpm_admitted,
-                                 TPM_WINDOW_S) != SVC_OK)
-        SVC_LOG_WARN(t->rid, "ratelimit", "cannot correct the token counters");
 }
 
 /* ---- the context walk ---- */
@@ -1166,13 +813,29 @@ out:
 
 /* ---- request lifecycle hooks ---- */
 
+/* The client left before the end: what it was sent stays the context of its next turn; the
+ * meter, detached in the cleanup right after, still reads, counts and charges what the
+ * upstream already sent (meter.h). */
+static void on_client_gone(struct svc_req *req, void *data)
+{
+    struct chat_turn *t = data;
+    size_t n = 0;
+
+    (void)req;
+    svc_metric_add(&chat_stats.chat_client_aborts_total, 1);
+    if (t->meter != NULL && t->streaming && !t->ended) {
+        (void)meter_text(t->meter, &n);
+        SVC_LOG_INFO(t->rid, "stream", "client left after %zu bytes of reply", n);
+        save_turn(t, 0);
+    }
+}
+
 static void on_request_done(void *data)
 {
     struct chat_turn *t = data;
 
     svc_fetch_cancel(&t->auth_call);
-    if (!t->draining)
-        svc_fetch_cancel(&t->upstream);
+    meter_detach(&t->meter); /* no meter hook runs after this */
     if (t->streaming)
         svc_metric_add(&chat_stats.chat_streams_open, -1);
     t->req = NULL;
@@ -1201,11 +864,7 @@ int chat_process(struct svc_req *req, void *ctx)
     t->w = svc_loop_data(svc_req_loop(req));
     t->history = json_array();
     snprintf(t->rid, sizeof(t->rid), "%s", svc_req_id(req));
-    svc_sse_init(&t->sse, SSE_EVENT_MAX);
-    svc_buf_init(&t->text, REPLY_MAX);
-    svc_buf_init(&t->errbody, UPSTREAM_ERR_MAX);
     svc_buf_init(&t->held, REPLY_MAX * 2);
-    svc_buf_init(&t->inbuf, INPUT_MAX);
     svc_uuid4(t->user_msg_id);
     svc_uuid4(t->reply_id);
     svc_req_set_cleanup(req, on_request_done, t);

@@ -2,8 +2,9 @@
 #define CHAT_TURN_H
 
 /*
- * One chat turn (internal to the chat service): shared by turn.c (the request, context and
- * upstream stream), commands.c (the seed's chat commands) and charge.c (reserve / settle).
+ * One chat turn (internal to the chat service): shared by turn.c (the request, context and the
+ * ChatGPT Web framing of the metered stream), commands.c (the seed's chat commands) and charge.c
+ * (admission and its refusals).
  * Everything runs on the request's event loop.
  */
 
@@ -15,11 +16,10 @@
 #include "model.h"
 #include "svc/buf.h"
 #include "svc/modelmap.h"
-#include "svc/sse.h"
 
 struct svc_req;
 struct svc_fetch;
-struct svc_timer;
+struct meter;
 
 enum chat_command { CHAT_CMD_NONE, CHAT_CMD_HELP, CHAT_CMD_LOGIN, CHAT_CMD_ME, CHAT_CMD_USER,
                     CHAT_CMD_MODEL };
@@ -50,9 +50,9 @@ struct chat_turn {
     const char *cmd_arg;             /* the text after the command (points into prompt) */
     int lang_en;                     /* Accept-Language asks for English messages */
 
-    /* billing */
-    struct svc_fetch *billing_call;  /* Reserve, or a command's RPC; cancelled with the request */
-    int reserved;                    /* a hold exists: it must be settled or released */
+    /* the metered upstream request (services/meter): admission, stream, the end of the hold */
+    struct meter *meter;
+    struct svc_fetch *billing_call;  /* a command's RPC; cancelled with the request */
     long completion_limit;
 
     /* context, newest first while walking */
@@ -61,49 +61,22 @@ struct chat_turn {
     long budget_used; /* exact prompt tokens in chat format: system + history + prompt */
     long budget;      /* the context budget of this turn: min(window, max tokens) */
 
-    /* tokens per minute (Redis, all replicas): the scopes this turn was admitted under */
+    /* tokens per minute (Redis, all replicas): the key's tpm and CHAT_TPM_LIMIT */
     int tpm_scopes;
     char tpm_tag[32];
     char tpm_names[2][96];
     long long tpm_limits[2];
-    long long tpm_admitted; /* tokens counted at admission, corrected once at the end */
-
-    /* what the turn consumed, decided once (chat_turn_account) */
-    int accounted;
-    int counted;       /* 1: our own exact count, the upstream sent no usage */
-    long long final_prompt, final_completion;
 
     /* the reply */
     char user_msg_id[37];
     char reply_id[37];
     struct svc_fetch *auth_call;
-    struct svc_fetch *upstream;
-    struct svc_sse sse;
-    struct svc_buf text;
-    struct svc_buf errbody;
-    struct svc_buf held; /* the final object, sent once the context is stored */
-    int streaming;       /* the response to the client has started */
-    int upstream_paused; /* backpressure from a slow client */
-    struct svc_buf inbuf; /* upstream bytes not yet turned into objects (pump) */
-    size_t in_off;
-    int up_done;         /* the upstream ended; objects still wait for the client */
-    int up_err;
+    struct svc_buf held;  /* the final object, sent once the context is stored */
+    int streaming;        /* the response to the client has started */
     int objects_sent;
-    int saw_done;
-    int saw_finish;
-    char upstream_error[512];
-    long up_status;    /* HTTP status of the upstream answer, 0 before it */
-    long prompt_tokens, completion_tokens; /* the upstream's usage, 0 until it arrives */
     int saves_pending;
-    int ended;         /* charged and stored: nothing is left to do when the client leaves */
-
-    /* the client left: what the upstream already sent is still read (and counted, never sent)
-     * for up to CHAT_ABORT_DRAIN_MS, then the upstream is cancelled */
-    int client_gone;
-    int draining;
-    struct svc_timer *drain_timer;
-    uint64_t drain_started_ms;
-    struct chat_turn *drain_prev, *drain_next; /* the worker's draining turns, for shutdown */
+    int ended;            /* the upstream is over and the turn stored: nothing is left to do
+                           * when the client leaves */
 };
 
 /* Drops a reference; the last one frees the turn. */
@@ -124,26 +97,12 @@ int chat_command_early(struct chat_turn *t);
 /* Runs a command once Authenticate answered (result is an AuthResult value). */
 void chat_command_run(struct chat_turn *t, int auth_result);
 
-/*
- * Decides once what the turn consumed (produced = 0: nothing): the upstream's usage when it sent
- * one, else the exact count of the prompt and of the reply text received; and corrects the
- * tokens-per-minute counters to it. Later calls do nothing.
- */
-void chat_turn_account(struct chat_turn *t, int produced);
-
-/* Holds the turn's worst case; then calls chat_turn_upstream() or answers the refusal. */
+/* Admits the turn through its meter (tokens per minute, then the Reserve); then calls
+ * chat_turn_upstream() or answers the refusal (charge.c). */
 void chat_charge_reserve(struct chat_turn *t);
-
-/* After the upstream: charge the real usage (settle) or give the hold back (release). The call
- * is copied out of the turn, so it outlives the request, and is retried with backoff for up to
- * CHAT_SETTLE_RETRY_FOR seconds. */
-void chat_charge_finish(struct chat_turn *t, int produced);
-
 
 /* Starts the upstream request (turn.c). */
 void chat_turn_upstream(struct chat_turn *t);
 
-/* At shutdown: ends the turns still reading an upstream whose client left (charged as counted). */
-void chat_turn_abandon_drains(struct chat_worker *w);
 
 #endif

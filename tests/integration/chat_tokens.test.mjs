@@ -273,7 +273,9 @@ describe('tokens per minute across two chat replicas', () => {
 
 describe('a client that leaves (gpt-4o, budget 20000)', () => {
     const stack = withStack({
-        env: { OPS_KEY, OPENAI_MODEL: 'gpt-4o', OPENAI_MAX_TOKENS: '20000', CHAT_MIN_RESPONSE_TOKENS: '100' },
+        // A long drain (its gap is 1/20 of it: 50 ms) so a loaded, sanitized build reads all
+        // of what the upstream sent; the default 100 ms does the same on an ordinary machine.
+        env: { OPS_KEY, OPENAI_MODEL: 'gpt-4o', OPENAI_MAX_TOKENS: '20000', CHAT_MIN_RESPONSE_TOKENS: '100', CHAT_ABORT_DRAIN_MS: '1000' },
     });
 
     it("charges the upstream's usage when it arrived before the client left (client stopped reading)", async () => {

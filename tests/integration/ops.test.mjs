@@ -71,7 +71,7 @@ for (const backend of ['sqlite', 'mariadb']) {
             assert.equal(j.message, 'success');
             assert.equal(j.status, 'Success');
             assert.deepEqual(Object.keys(j.data).sort(),
-                ['balance', 'blocked', 'created_at', 'granted', 'id', 'model', 'static', 'unlimited', 'usage', 'username']);
+                ['balance', 'blocked', 'created_at', 'granted', 'held', 'id', 'model', 'static', 'unlimited', 'usage', 'username']);
             assert.equal(j.data.username, 'oscar');
             assert.equal(j.data.balance, 1000);
             assert.equal(j.data.usage, 0);

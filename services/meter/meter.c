@@ -1,0 +1,697 @@
+/*
+ * The metered pipeline (meter.h): admission, the upstream stream with backpressure, usage, and
+ * the one end of the hold.
+ *
+ * A meter is freed by itself, once the caller detached and nothing it started is still in
+ * flight (a token admission, a Reserve, the upstream transfer); every path out of it goes
+ * through meter_end_hold(), which decides the charge once.
+ */
+#include "meter.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "billing/client.h"
+#include "svc/buf.h"
+#include "svc/fetch.h"
+#include "svc/log.h"
+#include "svc/loop.h"
+#include "svc/rpc.h"
+#include "svc/sse.h"
+#include "svc/tokenizer.h"
+#include "svc/util.h"
+
+#define REPLY_MAX (4u << 20)     /* bytes of reply text kept */
+#define SSE_EVENT_MAX (1u << 20) /* bytes of one upstream event */
+#define ERRBODY_MAX (64u << 10)  /* bytes of a non-200 answer kept for the message */
+/* Raw upstream bytes not yet turned into events: past HIGH the upstream is paused, at LOW it
+ * resumes; INPUT_MAX only bounds one upstream read on top of HIGH. */
+#define INPUT_HIGH (64u << 10)
+#define INPUT_LOW (16u << 10)
+#define INPUT_MAX (1u << 20)
+/* A detached meter reads the upstream while bytes keep coming without a gap this long (or
+ * drain_ms / 20 when that is longer, so a slow machine given a long drain is not cut short). */
+#define DRAIN_GAP_MS 5
+#define TPM_WINDOW_S 60
+
+struct meter_loop {
+    struct svc_loop *loop;
+    struct svc_fetch_multi *upstream;
+    struct svc_redis_async *redis;
+    struct billing_client *bill;
+    long drain_ms;
+    struct meter *draining; /* detached meters still reading their upstream */
+};
+
+struct meter {
+    struct meter_loop *ml;
+    const struct meter_hooks *h;
+    void *ud; /* NULL once detached: no hook runs after that */
+    char rid[72];
+    char request_id[64];
+    char model[128];
+    struct svc_model_info mi;
+
+    /* admission */
+    meter_admit_fn admit_cb;
+    int admitting;           /* a token admission is in flight */
+    struct svc_fetch *reserve;
+    int held;                /* a hold may exist: it must be settled or released */
+    int tpm_n;
+    char tpm_tag[32];
+    char tpm_names[SVC_RATELIMIT_SCOPES_MAX][96];
+    long long tpm_limits[SVC_RATELIMIT_SCOPES_MAX];
+    long long tpm_admitted;
+    long long prompt_counted;
+    Chatweb__Billing__ReserveRequest reserve_in;
+    char reserve_username[128];
+    char reserve_source[16];
+
+    /* the upstream */
+    struct svc_fetch *up;
+    long status;
+    struct svc_sse sse;
+    struct svc_buf text;
+    struct svc_buf errbody;
+    struct svc_buf in;       /* raw bytes not yet turned into events */
+    size_t in_off;
+    int paused;
+    int up_done;             /* the transfer ended; events may still wait for the client */
+    int up_err;
+    char errmsg[512];        /* an error in the stream (meter_end.stream_error) */
+    char transport[256];     /* what failed in the transfer (meter_end.errmsg) */
+    int started, complete;
+    long long usage_prompt, usage_completion;
+
+    /* the end */
+    int ended;               /* the hold was ended (or there was none) */
+    struct meter_end end;
+    int detached;
+    struct svc_timer *drain_timer;
+    uint64_t drain_started_ms;
+    struct meter *drain_prev, *drain_next;
+};
+
+static void maybe_free(struct meter *m);
+
+/* ---- per loop ---- */
+
+struct meter_loop *meter_loop_create(struct svc_loop *loop, struct svc_fetch_multi *upstream,
+                                     struct svc_redis_async *redis, struct billing_client *bill,
+                                     long drain_ms)
+{
+    struct meter_loop *ml = calloc(1, sizeof(*ml));
+
+    if (ml == NULL)
+        return NULL;
+    ml->loop = loop;
+    ml->upstream = upstream;
+    ml->redis = redis;
+    ml->bill = bill;
+    ml->drain_ms = drain_ms;
+    return ml;
+}
+
+static void drain_end(struct meter *m);
+
+void meter_loop_destroy(struct meter_loop **mlp)
+{
+    struct meter_loop *ml = mlp != NULL ? *mlp : NULL;
+
+    if (ml == NULL)
+        return;
+    while (ml->draining != NULL)
+        drain_end(ml->draining);
+    free(ml);
+    *mlp = NULL;
+}
+
+/* ---- per request ---- */
+
+struct meter *meter_create(struct meter_loop *ml, const struct meter_hooks *hooks, void *ud,
+                           const char *rid, const char *request_id, const char *model,
+                           const struct svc_model_info *mi)
+{
+    struct meter *m = calloc(1, sizeof(*m));
+
+    if (m == NULL)
+        return NULL;
+    m->ml = ml;
+    m->h = hooks;
+    m->ud = ud;
+    snprintf(m->rid, sizeof(m->rid), "%s", rid != NULL ? rid : "");
+    snprintf(m->request_id, sizeof(m->request_id), "%s", request_id);
+    snprintf(m->model, sizeof(m->model), "%s", model != NULL ? model : "");
+    m->mi = *mi;
+    svc_sse_init(&m->sse, SSE_EVENT_MAX);
+    svc_buf_init(&m->text, REPLY_MAX);
+    svc_buf_init(&m->errbody, ERRBODY_MAX);
+    svc_buf_init(&m->in, INPUT_MAX);
+    m->ended = 1; /* nothing to end until a hold may exist */
+    return m;
+}
+
+void meter_set_tpm(struct meter *m, const char *tag, const struct svc_ratelimit_scope *scopes,
+                   int nscopes)
+{
+    m->tpm_n = 0;
+    snprintf(m->tpm_tag, sizeof(m->tpm_tag), "%s", tag);
+    for (int i = 0; i < nscopes && i < SVC_RATELIMIT_SCOPES_MAX; i++) {
+        if (scopes[i].limit <= 0)
+            continue;
+        snprintf(m->tpm_names[m->tpm_n], sizeof(m->tpm_names[0]), "%s", scopes[i].name);
+        m->tpm_limits[m->tpm_n++] = scopes[i].limit;
+    }
+}
+
+const char *meter_text(const struct meter *m, size_t *len)
+{
+    *len = m->text.len;
+    return m->text.data != NULL ? m->text.data : "";
+}
+
+static void tpm_scopes(const struct meter *m, struct svc_ratelimit_scope *sc)
+{
+    for (int i = 0; i < m->tpm_n; i++) {
+        sc[i].name = m->tpm_names[i];
+        sc[i].limit = m->tpm_limits[i];
+    }
+}
+
+/*
+ * Ends the hold, once: the upstream's usage when it sent one, else the exact count of the prompt
+ * and of the text received (produced = 0: nothing was produced, a Release). The token counters
+ * are corrected to the same figure.
+ */
+static void end_hold(struct meter *m, int produced)
+{
+    struct svc_ratelimit_scope sc[SVC_RATELIMIT_SCOPES_MAX];
+    long long prompt = 0, completion = 0;
+    int counted = 0;
+
+    if (m->ended)
+        return;
+    m->ended = 1;
+    if (produced && (m->usage_prompt > 0 || m->usage_completion > 0)) {
+        prompt = m->usage_prompt;
+        completion = m->usage_completion;
+    } else if (produced) {
+        const struct svc_tokenizer *tk = svc_tokenizer_get(m->mi.encoding);
+        completion = tk != NULL && m->text.len > 0
+                         ? svc_tokenizer_count(tk, m->text.data, m->text.len)
+                         : 0;
+        if (completion < 0) { /* out of memory: never below what was certainly received */
+            SVC_LOG_ERR(m->rid, "billing", "cannot count the reply; charging by bytes");
+            completion = (long long)m->text.len;
+        }
+        prompt = m->prompt_counted;
+        counted = 1;
+    }
+    m->end.prompt_tokens = prompt;
+    m->end.completion_tokens = completion;
+    m->end.counted = counted;
+    if (m->tpm_n > 0) {
+        tpm_scopes(m, sc);
+        if (svc_ratelimit_tokens_add(m->ml->redis, m->tpm_tag, sc, m->tpm_n,
+                                     prompt + completion - m->tpm_admitted, TPM_WINDOW_S) != SVC_OK)
+            SVC_LOG_WARN(m->rid, "ratelimit", "cannot correct the token counters");
+    }
+    if (!m->held)
+        return;
+    m->held = 0;
+    if (produced)
+        billing_client_settle(m->ml->bill, m->rid, m->request_id, m->model, prompt, completion,
+                              counted);
+    else
+        billing_client_release(m->ml->bill, m->rid, m->request_id, "no output");
+}
+
+/* ---- admission ---- */
+
+static void admit_answer(struct meter *m, const struct meter_admission *a)
+{
+    if (m->ud != NULL && m->admit_cb != NULL)
+        m->admit_cb(m->ud, a);
+}
+
+static void on_reserved(int err, ProtobufCMessage *out_msg, const char *errmsg, void *data)
+{
+    struct meter *m = data;
+    const Chatweb__Billing__ReserveResponse *out = (const void *)out_msg;
+    struct meter_admission a = {0};
+
+    m->reserve = NULL;
+    /* No answer counts as held: the Release gives back a hold made without our knowing. */
+    m->held = billing_client_reserve_held(err, out);
+    if (err != SVC_OK) {
+        SVC_LOG_ERR(m->rid, "billing", "Reserve failed: %s", errmsg ? errmsg : "");
+        a.result = METER_UNAVAILABLE;
+        a.errmsg = errmsg;
+    } else if (out->result == CHATWEB__BILLING__RESERVE_RESULT__RESERVE_OK) {
+        a.result = METER_ADMITTED;
+        a.completion_limit = out->completion_limit;
+    } else if (out->result == CHATWEB__BILLING__RESERVE_RESULT__RESERVE_INSUFFICIENT) {
+        a.result = METER_INSUFFICIENT;
+    } else {
+        SVC_LOG_WARN(m->rid, "billing", "no billing account for user %lld",
+                     (long long)m->reserve_in.user_id);
+        a.result = METER_NO_ACCOUNT;
+    }
+    if (a.result != METER_ADMITTED || m->ud == NULL)
+        end_hold(m, 0); /* refused, or the client left while billing answered */
+    else
+        admit_answer(m, &a);
+    if (a.result != METER_ADMITTED)
+        admit_answer(m, &a);
+    if (out_msg != NULL)
+        protobuf_c_message_free_unpacked(out_msg, NULL);
+    maybe_free(m);
+}
+
+static void reserve(struct meter *m)
+{
+    struct meter_admission a = {0};
+
+    m->ended = 0; /* from here on the hold (or its absence) is ended exactly once */
+    m->reserve_in.request_id = m->request_id;
+    m->reserve = billing_client_reserve(m->ml->bill, &m->reserve_in, m->rid, on_reserved, m);
+    if (m->reserve == NULL) {
+        end_hold(m, 0);
+        a.result = METER_UNAVAILABLE;
+        a.errmsg = "cannot start the Reserve call";
+        admit_answer(m, &a);
+    }
+}
+
+static void on_tpm_admitted(int err, int allowed, int refused, long long used, int retry_after_s,
+                            void *data)
+{
+    struct meter *m = data;
+    struct meter_admission a = {0};
+
+    m->admitting = 0;
+    if (m->ud == NULL) { /* the client left: whatever was admitted is given back */
+        if (err == SVC_OK && allowed) {
+            m->tpm_admitted = m->prompt_counted;
+            m->ended = 0;
+            end_hold(m, 0);
+        }
+        maybe_free(m);
+        return;
+    }
+    if (err != SVC_OK) { /* a limiter that cannot count must not stop the request */
+        SVC_LOG_WARN(m->rid, "ratelimit", "cannot count tokens: %s", svc_strerror(err));
+        m->tpm_n = 0;
+    } else if (!allowed) {
+        a.result = METER_TPM_REFUSED;
+        a.retry_after_s = retry_after_s;
+        a.tpm_scope = refused;
+        a.tpm_limit = m->tpm_limits[refused >= 0 && refused < m->tpm_n ? refused : 0];
+        a.tpm_used = used;
+        m->tpm_n = 0; /* nothing was counted */
+        admit_answer(m, &a);
+        return;
+    } else {
+        m->tpm_admitted = m->prompt_counted;
+    }
+    reserve(m);
+}
+
+int meter_admit(struct meter *m, Chatweb__Billing__ReserveRequest *in, meter_admit_fn cb)
+{
+    struct svc_ratelimit_scope sc[SVC_RATELIMIT_SCOPES_MAX];
+
+    if (m->admit_cb != NULL)
+        return SVC_EINVAL;
+    m->admit_cb = cb;
+    m->reserve_in = *in;
+    /* The strings of in are the caller's; keep what billing needs until it is asked. */
+    snprintf(m->reserve_username, sizeof(m->reserve_username), "%s",
+             in->username != NULL ? in->username : "");
+    snprintf(m->reserve_source, sizeof(m->reserve_source), "%s",
+             in->source != NULL ? in->source : "");
+    m->reserve_in.username = m->reserve_username;
+    m->reserve_in.source = m->reserve_source;
+    m->reserve_in.model = m->model;
+    m->prompt_counted = in->prompt_tokens;
+    if (m->tpm_n > 0) {
+        tpm_scopes(m, sc);
+        if (svc_ratelimit_tokens_admit(m->ml->redis, m->tpm_tag, sc, m->tpm_n, m->prompt_counted,
+                                       TPM_WINDOW_S, on_tpm_admitted, m) == SVC_OK) {
+            m->admitting = 1;
+            return SVC_OK;
+        }
+        m->tpm_n = 0; /* not counted (Redis unreachable): nothing to correct later */
+    }
+    reserve(m);
+    return SVC_OK;
+}
+
+/* ---- the upstream ---- */
+
+/* The text an event adds to the reply: chat completions, legacy completions, the Responses API. */
+static const char *event_content(json_t *j, size_t *len)
+{
+    json_t *choice = json_array_get(json_object_get(j, "choices"), 0);
+    json_t *c = NULL;
+    const char *type = json_string_value(json_object_get(j, "type"));
+
+    if (choice != NULL) {
+        c = json_object_get(json_object_get(choice, "delta"), "content");
+        if (!json_is_string(c))
+            c = json_object_get(choice, "text");
+    } else if (type != NULL && strcmp(type, "response.output_text.delta") == 0) {
+        c = json_object_get(j, "delta");
+    }
+    if (!json_is_string(c)) {
+        *len = 0;
+        return NULL;
+    }
+    *len = json_string_length(c);
+    return json_string_value(c);
+}
+
+/* The usage an event reports, if any: chat/completions usage, or the Responses API's. */
+static void event_usage(struct meter *m, json_t *j)
+{
+    json_t *u = json_object_get(j, "usage");
+    json_t *resp = json_object_get(j, "response");
+
+    if (json_is_object(u)) {
+        m->usage_prompt = (long long)json_integer_value(json_object_get(u, "prompt_tokens"));
+        m->usage_completion =
+            (long long)json_integer_value(json_object_get(u, "completion_tokens"));
+    } else if (json_is_object(resp) && json_is_object(json_object_get(resp, "usage"))) {
+        u = json_object_get(resp, "usage");
+        m->usage_prompt = (long long)json_integer_value(json_object_get(u, "input_tokens"));
+        m->usage_completion = (long long)json_integer_value(json_object_get(u, "output_tokens"));
+    }
+}
+
+static int on_sse_event(const char *data, size_t len, void *ud)
+{
+    struct meter *m = ud;
+    struct meter_event ev = {.data = data, .len = len};
+    json_t *err;
+    int rc = 0;
+
+    if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
+        m->complete = 1;
+        ev.done = 1;
+        return m->ud != NULL ? m->h->on_event(m->ud, &ev) : 0;
+    }
+    ev.json = json_loadb(data, len, 0, NULL);
+    if (ev.json == NULL || !json_is_object(ev.json)) {
+        snprintf(m->errmsg, sizeof(m->errmsg), "malformed upstream event");
+        json_decref(ev.json);
+        return SVC_EIO;
+    }
+    err = json_object_get(ev.json, "error");
+    if (err != NULL) {
+        const char *msg = json_string_value(json_object_get(err, "message"));
+        snprintf(m->errmsg, sizeof(m->errmsg), "[OpenAI] %s",
+                 msg != NULL ? msg : "error inside the stream");
+        svc_utf8_trim_end(m->errmsg); /* a long message is cut; JSON needs whole characters */
+        json_decref(ev.json);
+        return SVC_EIO;
+    }
+    event_usage(m, ev.json);
+    ev.content = event_content(ev.json, &ev.content_len);
+    {
+        json_t *choices = json_object_get(ev.json, "choices");
+        json_t *choice = json_array_get(choices, 0);
+        ev.finish = json_string_value(json_object_get(choice, "finish_reason"));
+        ev.usage_only = choice == NULL && json_is_object(json_object_get(ev.json, "usage"));
+    }
+    if (ev.content_len > 0 && svc_buf_append(&m->text, ev.content, ev.content_len) != SVC_OK) {
+        snprintf(m->errmsg, sizeof(m->errmsg), "reply longer than %u bytes", REPLY_MAX);
+        json_decref(ev.json);
+        return SVC_ETOOLARGE;
+    }
+    if (ev.finish != NULL)
+        m->complete = 1;
+    if (m->ud != NULL)
+        rc = m->h->on_event(m->ud, &ev);
+    json_decref(ev.json);
+    return rc;
+}
+
+static size_t input_waiting(const struct meter *m)
+{
+    return m->in.len - m->in_off;
+}
+
+/*
+ * Turns buffered upstream bytes into events one SSE line at a time, and only while the client
+ * keeps up (a detached meter only counts: it takes everything). What the client cannot take yet
+ * stays here as raw bytes, bounded: the upstream is paused when they pile up.
+ */
+static int pump(struct meter *m)
+{
+    while (m->in_off < m->in.len) {
+        const char *p = m->in.data + m->in_off;
+        size_t avail = m->in.len - m->in_off;
+        const char *nl;
+        size_t n;
+        int rc;
+
+        if (m->ud != NULL && m->h->client_pending(m->ud) > METER_CLIENT_HIGH)
+            return 0;
+        nl = memchr(p, '\n', avail);
+        n = nl != NULL ? (size_t)(nl - p) + 1 : avail;
+        m->in_off += n;
+        rc = svc_sse_feed(&m->sse, p, n, on_sse_event, m);
+        if (rc != 0)
+            return rc;
+    }
+    svc_buf_reset(&m->in);
+    m->in_off = 0;
+    return 0;
+}
+
+/* The upstream is over and its bytes are all events: end the hold, then tell the caller. */
+static void finish(struct meter *m)
+{
+    int produced;
+
+    m->up_done = 0;
+    /* Attached, a request produced something once its answer started. Detached, an upstream
+     * that refused (an HTTP error) produced nothing; one that answered, or that was cancelled
+     * while it thought, was sent the prompt. */
+    if (m->detached)
+        produced = !(m->status != 0 && m->status != 200);
+    else
+        produced = m->started;
+    end_hold(m, produced);
+    m->end.err = m->up_err;
+    m->end.status = m->status;
+    m->end.errmsg = m->transport[0] != '\0' ? m->transport : NULL;
+    m->end.stream_error = m->errmsg[0] != '\0' ? m->errmsg : NULL;
+    m->end.body = m->status != 200 ? m->errbody.data : NULL;
+    m->end.body_len = m->status != 200 ? m->errbody.len : 0;
+    m->end.complete = m->complete;
+    m->end.started = m->started;
+    if (m->ud != NULL)
+        m->h->on_end(m->ud, &m->end);
+}
+
+/* ---- after the caller detached ---- */
+
+static void drain_unlink(struct meter *m)
+{
+    if (m->drain_prev != NULL)
+        m->drain_prev->drain_next = m->drain_next;
+    else if (m->ml->draining == m)
+        m->ml->draining = m->drain_next;
+    if (m->drain_next != NULL)
+        m->drain_next->drain_prev = m->drain_prev;
+    m->drain_prev = m->drain_next = NULL;
+}
+
+/* Ends a drain (upstream done, quiet for DRAIN_GAP_MS, or out of time): cancel, count, end. */
+static void drain_end(struct meter *m)
+{
+    svc_fetch_cancel(&m->up);
+    svc_timer_destroy(&m->drain_timer);
+    drain_unlink(m);
+    (void)pump(m);
+    finish(m);
+    maybe_free(m);
+}
+
+static void on_drain_timer(struct svc_timer *timer, void *data)
+{
+    (void)timer;
+    drain_end(data);
+}
+
+static uint64_t drain_gap(const struct meter_loop *ml)
+{
+    uint64_t g = (uint64_t)ml->drain_ms / 20;
+
+    return g > DRAIN_GAP_MS ? g : DRAIN_GAP_MS;
+}
+
+/* Bytes that arrived while draining: counted at once. 0, or an error that ends the transfer. */
+static int drain_data(struct meter *m, const char *data, size_t len)
+{
+    uint64_t spent = svc_clock_ms() - m->drain_started_ms;
+    uint64_t cap = (uint64_t)m->ml->drain_ms;
+    uint64_t gap = drain_gap(m->ml);
+
+    if (svc_buf_append(&m->in, data, len) != SVC_OK || pump(m) != 0)
+        return SVC_EIO; /* too much or malformed: what was counted so far is charged */
+    if (m->drain_timer != NULL && spent < cap &&
+        svc_timer_start(m->drain_timer, cap - spent < gap ? cap - spent : gap) == SVC_OK)
+        return 0;
+    return spent >= cap ? SVC_ETIMEDOUT : SVC_EIO;
+}
+
+/* ---- upstream callbacks ---- */
+
+static int on_up_data(struct svc_fetch *f, long status, const char *data, size_t len, void *ud)
+{
+    struct meter *m = ud;
+    int rc;
+
+    (void)f;
+    m->status = status;
+    if (status != 200) /* an error body: keep it for the message */
+        return svc_buf_append(&m->errbody, data, len) == SVC_OK ? 0 : SVC_ETOOLARGE;
+    if (m->detached)
+        return drain_data(m, data, len);
+    if (!m->started) {
+        m->started = 1;
+        if ((rc = m->h->on_head(m->ud)) != SVC_OK)
+            return rc;
+    }
+    if (input_waiting(m) > INPUT_HIGH) {
+        /* the client is behind: curl keeps these bytes and we stop reading */
+        m->paused = 1;
+        return SVC_FETCH_PAUSE;
+    }
+    if (m->in_off > 0 && m->in_off == m->in.len) {
+        svc_buf_reset(&m->in);
+        m->in_off = 0;
+    }
+    if (svc_buf_append(&m->in, data, len) != SVC_OK) {
+        snprintf(m->errmsg, sizeof(m->errmsg), "client too slow");
+        return SVC_ETOOLARGE;
+    }
+    return pump(m);
+}
+
+static void on_up_done(struct svc_fetch *f, int err, long status, const char *body, size_t len,
+                       const char *errmsg, void *ud)
+{
+    struct meter *m = ud;
+
+    (void)f;
+    (void)body;
+    (void)len;
+    m->up = NULL;
+    if (status != 0)
+        m->status = status;
+    m->up_err = err;
+    if (err != SVC_OK && errmsg != NULL) {
+        snprintf(m->transport, sizeof(m->transport), "%s", errmsg);
+        svc_utf8_trim_end(m->transport);
+    }
+    if (m->detached) {
+        drain_end(m);
+        return;
+    }
+    if (err == SVC_OK && input_waiting(m) > 0) {
+        m->up_done = 1; /* the rest is turned into events as the client drains */
+        return;
+    }
+    finish(m);
+}
+
+int meter_start(struct meter *m, const struct svc_fetch_req *fr)
+{
+    static const struct svc_fetch_cb cb = {.on_data = on_up_data, .on_done = on_up_done};
+    struct svc_fetch_req req = *fr;
+
+    req.stream = 1;
+    m->up = svc_fetch_start(m->ml->upstream, &req, &cb, m);
+    if (m->up == NULL) {
+        end_hold(m, 0);
+        return SVC_ENOMEM;
+    }
+    return SVC_OK;
+}
+
+void meter_resume(struct meter *m)
+{
+    int rc = pump(m);
+
+    if (rc != 0) {
+        /* a malformed event found late: stop the upstream and report it */
+        svc_fetch_cancel(&m->up);
+        m->up_err = rc;
+        finish(m);
+        return;
+    }
+    if (m->paused && m->up != NULL && input_waiting(m) <= INPUT_LOW) {
+        m->paused = 0;
+        svc_fetch_pause(m->up, 0);
+    }
+    if (m->up_done && input_waiting(m) == 0)
+        finish(m);
+}
+
+/* ---- the end ---- */
+
+static void maybe_free(struct meter *m)
+{
+    if (!m->detached || m->admitting || m->reserve != NULL || m->up != NULL ||
+        m->drain_timer != NULL)
+        return;
+    end_hold(m, 0); /* admitted, but detached before the upstream started: a Release */
+    svc_sse_deinit(&m->sse);
+    svc_buf_deinit(&m->text);
+    svc_buf_deinit(&m->errbody);
+    svc_buf_deinit(&m->in);
+    free(m);
+}
+
+void meter_detach(struct meter **mp)
+{
+    struct meter *m = mp != NULL ? *mp : NULL;
+
+    if (m == NULL)
+        return;
+    *mp = NULL;
+    m->ud = NULL;
+    m->detached = 1;
+    if (m->up != NULL) {
+        /* Take what the upstream already sent before closing it (meter.h). */
+        if (m->ml->drain_ms > 0 &&
+            (m->drain_timer = svc_timer_create(m->ml->loop, on_drain_timer, m)) != NULL &&
+            svc_timer_start(m->drain_timer, drain_gap(m->ml)) == SVC_OK) {
+            m->drain_started_ms = svc_clock_ms();
+            m->drain_next = m->ml->draining;
+            if (m->drain_next != NULL)
+                m->drain_next->drain_prev = m;
+            m->ml->draining = m;
+            if (m->paused) { /* a paused transfer's held bytes are delivered by resuming */
+                m->paused = 0;
+                svc_fetch_pause(m->up, 0);
+            }
+            if (m->drain_timer != NULL && pump(m) != 0)
+                drain_end(m);
+            return;
+        }
+        svc_timer_destroy(&m->drain_timer);
+        svc_fetch_cancel(&m->up);
+        (void)pump(m);
+        finish(m);
+    } else if (m->up_done) {
+        (void)pump(m); /* the upstream finished; its last events were waiting for the client */
+        finish(m);
+    }
+    maybe_free(m);
+}
