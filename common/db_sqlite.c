@@ -6,12 +6,14 @@
 
 #include "db_int.h"
 
+#include <fcntl.h>
 #include <inttypes.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 struct sqlite_conn {
     struct svc_db_conn base; /* first: the pool sees only this */
@@ -119,6 +121,13 @@ static int conn_create(struct svc_db *db, struct svc_db_conn **out, char *err, s
         return SVC_ENOMEM;
     }
     c->base.db = db;
+    /* Created 0600 before SQLite sees it (SQLite would use 0644 less the umask): the file holds
+     * password and key hashes. SQLite gives its -wal and -shm files the main file's mode. */
+    if (!db->dsn.memory) {
+        int fd = open(db->dsn.path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd >= 0)
+            close(fd);
+    }
     rc = sqlite3_open_v2(db->dsn.path, &c->h, flags, NULL);
     if (rc != SQLITE_OK) {
         snprintf(err, errlen, "cannot open sqlite database %.300s: %s", db->dsn.path,

@@ -68,6 +68,7 @@ struct svc_req {
     const char *url;
     char id[REQ_ID_MAX + 1];
     char ip[INET6_ADDRSTRLEN];
+    char peer[INET6_ADDRSTRLEN]; /* the socket's peer, whatever X-Real-IP says */
     struct svc_buf body;
     int body_too_big;
     struct resp_header *headers;
@@ -97,6 +98,7 @@ const char *svc_req_method(const struct svc_req *req) { return req->method; }
 const char *svc_req_path(const struct svc_req *req) { return req->url; }
 const char *svc_req_id(const struct svc_req *req) { return req->id; }
 const char *svc_req_client_ip(const struct svc_req *req) { return req->ip; }
+const char *svc_req_peer_ip(const struct svc_req *req) { return req->peer; }
 struct svc_loop *svc_req_loop(const struct svc_req *req) { return req->slot->loop; }
 int svc_req_is_done(const struct svc_req *req) { return req->aborted || req->finished; }
 
@@ -181,21 +183,21 @@ static void req_fill_identity(struct svc_req *req)
     else
         svc_random_hex(req->id, 16);
 
-    req->ip[0] = '\0';
-    if (real_ip != NULL && strlen(real_ip) < sizeof(req->ip)) {
-        snprintf(req->ip, sizeof(req->ip), "%s", real_ip);
-        return;
-    }
+    snprintf(req->peer, sizeof(req->peer), "?");
     ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     if (ci != NULL && ci->client_addr != NULL) {
         const struct sockaddr *sa = ci->client_addr;
         if (sa->sa_family == AF_INET)
-            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, req->ip,
-                      sizeof(req->ip));
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, req->peer,
+                      sizeof(req->peer));
         else if (sa->sa_family == AF_INET6)
-            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, req->ip,
-                      sizeof(req->ip));
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, req->peer,
+                      sizeof(req->peer));
     }
+    if (real_ip != NULL && strlen(real_ip) < sizeof(req->ip))
+        snprintf(req->ip, sizeof(req->ip), "%s", real_ip);
+    else
+        snprintf(req->ip, sizeof(req->ip), "%s", req->peer[0] != '?' ? req->peer : "");
 }
 
 /* ---- replies ---- */

@@ -2,10 +2,12 @@
 
 #include <curl/curl.h>
 #include <pthread.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "rpc.pb-c.h"
 #include "svc/buf.h"
@@ -16,6 +18,83 @@
 
 #define RPC_MAX_RESPONSE (4u << 20)
 #define RPC_CTYPE "application/x-protobuf"
+#define RPC_SIG_CONTEXT "chatweb-rpc-1\n"
+#define RPC_HDR_TS "X-Rpc-Timestamp"
+#define RPC_HDR_SIG "X-Rpc-Signature"
+#define RPC_SECRET_MAX 1024
+
+/* ---- authentication ---- */
+
+/* Set once at start-up (svc_rpc_set_secret) and only read afterwards, by every thread. */
+static unsigned char rpc_secret[RPC_SECRET_MAX];
+static size_t rpc_secret_len;
+
+int svc_rpc_set_secret(const char *secret)
+{
+    size_t n = secret != NULL ? strlen(secret) : 0;
+
+    if (n == 0) {
+        sodium_memzero(rpc_secret, sizeof(rpc_secret));
+        rpc_secret_len = 0;
+        return SVC_OK;
+    }
+    if (n < SVC_RPC_SECRET_MIN || n > RPC_SECRET_MAX)
+        return SVC_EINVAL;
+    if (sodium_init() < 0)
+        return SVC_EINTERNAL;
+    memcpy(rpc_secret, secret, n);
+    rpc_secret_len = n;
+    return SVC_OK;
+}
+
+int svc_rpc_auth_enabled(void)
+{
+    return rpc_secret_len > 0;
+}
+
+int svc_rpc_sign(const char *method, const char *path, const void *body, size_t len,
+                 long long timestamp, char *out)
+{
+    unsigned char digest[crypto_hash_sha256_BYTES], mac[crypto_auth_hmacsha256_BYTES];
+    char digest_hex[2 * crypto_hash_sha256_BYTES + 1], ts[24];
+    crypto_auth_hmacsha256_state st;
+
+    if (rpc_secret_len == 0)
+        return SVC_EINVAL;
+    /* The body enters as its hash, so the MAC input is small and its fields unambiguous: none of
+     * them can hold a newline (method and path are checked by MHD, the rest is hex or digits). */
+    crypto_hash_sha256(digest, body != NULL ? body : (const void *)"", len);
+    sodium_bin2hex(digest_hex, sizeof(digest_hex), digest, sizeof(digest));
+    snprintf(ts, sizeof(ts), "%lld", timestamp);
+    crypto_auth_hmacsha256_init(&st, rpc_secret, rpc_secret_len);
+    crypto_auth_hmacsha256_update(&st, (const unsigned char *)RPC_SIG_CONTEXT,
+                                  sizeof(RPC_SIG_CONTEXT) - 1);
+    crypto_auth_hmacsha256_update(&st, (const unsigned char *)method, strlen(method));
+    crypto_auth_hmacsha256_update(&st, (const unsigned char *)"\n", 1);
+    crypto_auth_hmacsha256_update(&st, (const unsigned char *)path, strlen(path));
+    crypto_auth_hmacsha256_update(&st, (const unsigned char *)"\n", 1);
+    crypto_auth_hmacsha256_update(&st, (const unsigned char *)digest_hex, strlen(digest_hex));
+    crypto_auth_hmacsha256_update(&st, (const unsigned char *)"\n", 1);
+    crypto_auth_hmacsha256_update(&st, (const unsigned char *)ts, strlen(ts));
+    crypto_auth_hmacsha256_final(&st, mac);
+    sodium_bin2hex(out, SVC_RPC_SIG_HEX + 1, mac, sizeof(mac));
+    sodium_memzero(&st, sizeof(st));
+    return SVC_OK;
+}
+
+/* The two signature header lines of a call to path with body, for the client side. */
+static int sign_headers(const char *path, const void *body, size_t len, char *ts_line,
+                        size_t ts_len, char *sig_line, size_t sig_len)
+{
+    char sig[SVC_RPC_SIG_HEX + 1];
+    long long now = (long long)time(NULL);
+
+    if (svc_rpc_sign("POST", path, body, len, now, sig) != SVC_OK)
+        return SVC_EINVAL;
+    snprintf(ts_line, ts_len, RPC_HDR_TS ": %lld", now);
+    snprintf(sig_line, sig_len, RPC_HDR_SIG ": %s", sig);
+    return SVC_OK;
+}
 
 /* ---- server ---- */
 
@@ -84,13 +163,58 @@ static void reply_message(struct svc_req *req, int status, const ProtobufCMessag
     free(buf);
 }
 
-static void reply_error(struct svc_req *req, int code, const char *message)
+static void reply_error_status(struct svc_req *req, int status, int code, const char *message)
 {
     Chatweb__Rpc__RpcError e = CHATWEB__RPC__RPC_ERROR__INIT;
 
     e.code = code;
     e.message = (char *)message;
-    reply_message(req, svc_err_http_status(code), &e.base);
+    reply_message(req, status, &e.base);
+}
+
+static void reply_error(struct svc_req *req, int code, const char *message)
+{
+    reply_error_status(req, svc_err_http_status(code), code, message);
+}
+
+/*
+ * Checks the caller's signature (see svc/rpc.h). Returns 0 when the call may proceed, otherwise
+ * the HTTP status it was refused with (the reply is sent here). The refusal names no reason the
+ * caller could use to refine a forgery; the log line does, with the socket peer (not X-Real-IP,
+ * which the caller chooses).
+ */
+static int check_signature(struct svc_req *req)
+{
+    const char *ts = svc_req_header(req, RPC_HDR_TS), *sig = svc_req_header(req, RPC_HDR_SIG);
+    const char *body, *why = NULL;
+    char want[SVC_RPC_SIG_HEX + 1];
+    long long now = (long long)time(NULL);
+    int64_t t;
+    size_t len;
+    int status = 403;
+
+    if (!svc_rpc_auth_enabled())
+        return 0;
+    if (ts == NULL || sig == NULL) {
+        why = "no signature";
+        status = 401;
+    } else if (svc_cfg_parse_int(ts, 0, INT64_MAX / 2, &t) != SVC_OK) {
+        why = "malformed timestamp";
+    } else if (t < now - SVC_RPC_MAX_SKEW_S || t > now + SVC_RPC_MAX_SKEW_S) {
+        why = "timestamp outside the allowed window";
+    } else {
+        body = svc_req_body(req, &len);
+        if (svc_rpc_sign(svc_req_method(req), svc_req_path(req), body, len, t, want) != SVC_OK ||
+            strlen(sig) != SVC_RPC_SIG_HEX || sodium_memcmp(want, sig, SVC_RPC_SIG_HEX) != 0)
+            why = "wrong signature";
+    }
+    if (why == NULL)
+        return 0;
+    SVC_LOG_WARN(svc_req_id(req), svc_req_path(req), "rpc refused from peer %s: %s",
+                 svc_req_peer_ip(req), why);
+    reply_error_status(req, status, SVC_EDENIED,
+                       status == 401 ? "authentication required" : "authentication failed");
+    return status;
 }
 
 int svc_rpc_dispatch(struct svc_req *req, void *ctx)
@@ -103,6 +227,9 @@ int svc_rpc_dispatch(struct svc_req *req, void *ctx)
     size_t len;
     int rc;
 
+    /* Before anything else: an unauthenticated caller learns not even which methods exist. */
+    if (check_signature(req) != 0)
+        return SVC_HTTP_DONE;
     for (size_t i = 0; i < reg->n; i++)
         if (strcmp(reg->methods[i].path, svc_req_path(req)) == 0)
             m = &reg->methods[i];
@@ -147,6 +274,7 @@ int svc_rpc_dispatch(struct svc_req *req, void *ctx)
 
 struct svc_rpc_client {
     char *base_url;
+    const char *path_prefix; /* the path part of base_url ("" for "http://host:port") */
     long timeout_ms;
 };
 
@@ -166,7 +294,27 @@ struct svc_rpc_client *svc_rpc_client_create(const char *base_url, long timeout_
     while (n > 0 && c->base_url[n - 1] == '/')
         c->base_url[--n] = '\0';
     c->timeout_ms = timeout_ms > 0 ? timeout_ms : 5000;
+    /* The server checks the signature over the path it sees, which includes any prefix. */
+    {
+        const char *p = strstr(c->base_url, "://");
+        p = p != NULL ? strchr(p + 3, '/') : NULL;
+        c->path_prefix = p != NULL ? p : "";
+    }
     return c;
+}
+
+/* Fills the signature header lines of a call (empty lines when authentication is off). */
+static int call_sign(const struct svc_rpc_client *c, const char *method, const void *body,
+                     size_t len, char *ts_line, size_t ts_len, char *sig_line, size_t sig_len)
+{
+    char path[512];
+
+    ts_line[0] = sig_line[0] = '\0';
+    if (!svc_rpc_auth_enabled())
+        return SVC_OK;
+    if ((size_t)snprintf(path, sizeof(path), "%s%s", c->path_prefix, method) >= sizeof(path))
+        return SVC_ETOOLARGE;
+    return sign_headers(path, body, len, ts_line, ts_len, sig_line, sig_len);
 }
 
 void svc_rpc_client_destroy(struct svc_rpc_client **cp)
@@ -252,7 +400,7 @@ int svc_rpc_call(struct svc_rpc_client *c, const char *method, const ProtobufCMe
                  const ProtobufCMessageDescriptor *out_desc, ProtobufCMessage **out,
                  const char *request_id, char *err, size_t errlen)
 {
-    char url[512], hid[128], hdl[64];
+    char url[512], hid[128], hdl[64], hts[64], hsig[96];
     struct curl_slist *hdrs = NULL, *tmp;
     struct svc_buf resp;
     uint8_t *body = NULL;
@@ -268,21 +416,28 @@ int svc_rpc_call(struct svc_rpc_client *c, const char *method, const ProtobufCMe
         return SVC_ENOMEM;
     }
     body = pack(in, &len);
+    if (body == NULL) {
+        rc = SVC_ENOMEM;
+        goto out;
+    }
+    rc = call_sign(c, method, body, len, hts, sizeof(hts), hsig, sizeof(hsig));
+    if (rc != SVC_OK) {
+        snprintf(err, errlen, "cannot sign the call to %s%s", c->base_url, method);
+        goto out;
+    }
     snprintf(url, sizeof(url), "%s%s", c->base_url, method);
     snprintf(hid, sizeof(hid), "X-Request-Id: %s", request_id ? request_id : "");
     snprintf(hdl, sizeof(hdl), "X-Deadline-Ms: %ld", c->timeout_ms);
-    const char *lines[] = {"Content-Type: " RPC_CTYPE, "Expect:", hid, hdl};
+    const char *lines[] = {"Content-Type: " RPC_CTYPE, "Expect:", hid, hdl, hts, hsig};
     for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+        if (lines[i][0] == '\0')
+            continue;
         tmp = curl_slist_append(hdrs, lines[i]);
         if (tmp == NULL) {
             rc = SVC_ENOMEM;
             goto out;
         }
         hdrs = tmp;
-    }
-    if (body == NULL) {
-        rc = SVC_ENOMEM;
-        goto out;
     }
     curl_easy_reset(tl_easy);
     curl_easy_setopt(tl_easy, CURLOPT_URL, url);
@@ -359,7 +514,7 @@ struct svc_fetch *svc_rpc_call_async_release(struct svc_rpc_client *c, struct sv
                                              void (*release)(void *data), void *data)
 {
     static const struct svc_fetch_cb cb = {.on_done = async_done, .on_cancel = async_cancelled};
-    char url[512], hid[128], hdl[64];
+    char url[512], hid[128], hdl[64], hts[64], hsig[96];
     struct svc_fetch_req fr = {0};
     struct async_call *ac = calloc(1, sizeof(*ac));
     struct svc_fetch *f = NULL;
@@ -369,7 +524,9 @@ struct svc_fetch *svc_rpc_call_async_release(struct svc_rpc_client *c, struct sv
     if (ac == NULL)
         return NULL;
     body = pack(in, &len);
-    if (body == NULL) {
+    if (body == NULL || call_sign(c, method, body, len, hts, sizeof(hts), hsig, sizeof(hsig)) !=
+                            SVC_OK) {
+        free(body);
         free(ac);
         return NULL;
     }
@@ -380,7 +537,8 @@ struct svc_fetch *svc_rpc_call_async_release(struct svc_rpc_client *c, struct sv
     snprintf(url, sizeof(url), "%s%s", c->base_url, method);
     snprintf(hid, sizeof(hid), "X-Request-Id: %s", request_id ? request_id : "");
     snprintf(hdl, sizeof(hdl), "X-Deadline-Ms: %ld", c->timeout_ms);
-    const char *headers[] = {"Content-Type: " RPC_CTYPE, hid, hdl, NULL};
+    /* hts and hsig are empty when authentication is off: the list ends there. */
+    const char *headers[] = {"Content-Type: " RPC_CTYPE, hid, hdl, hts[0] ? hts : NULL, hsig, NULL};
     fr.method = "POST";
     fr.url = url;
     fr.headers = headers;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "svc/buf.h"
@@ -15,6 +16,7 @@
 #include "svc/log.h"
 #include "svc/loop.h"
 #include "svc/metrics.h"
+#include "svc/rpc.h"
 
 #define ADMIN_BODY_MAX (1u << 20)
 
@@ -109,6 +111,37 @@ static const struct svc_route admin_routes[] = {
 
 /* ---- setup / teardown ---- */
 
+/*
+ * Internal RPC is authenticated unless the operator says otherwise in so many words: a service
+ * started without RPC_SECRET would accept a Recharge from any process that reaches its port, so
+ * a forgotten secret stops the start instead of running open (docs/decisions.md).
+ */
+void svc_service_setup_rpc_auth(void)
+{
+    static int done;
+    const struct svc_option *secret = svc_service_option("RPC_SECRET");
+    const struct svc_option *insecure = svc_service_option("RPC_INSECURE");
+
+    if (done)
+        return;
+    done = 1;
+    if (secret->s[0] != '\0') {
+        if (strlen(secret->s) < SVC_RPC_SECRET_MIN)
+            svc_service_die(SVC_EX_CONFIG, "RPC_SECRET: shorter than %d characters (use e.g. "
+                            "openssl rand -hex 32)", SVC_RPC_SECRET_MIN);
+        if (svc_rpc_set_secret(secret->s) != SVC_OK)
+            svc_service_die(SVC_EX_CONFIG, "RPC_SECRET: not usable (at most 1024 characters)");
+        return;
+    }
+    if (!insecure->i)
+        svc_service_die(SVC_EX_CONFIG, "RPC_SECRET: not set; internal RPC must be authenticated: "
+                        "give every service the same RPC_SECRET (at least %d characters, e.g. "
+                        "openssl rand -hex 32), or set RPC_INSECURE=true on a trusted network",
+                        SVC_RPC_SECRET_MIN);
+    SVC_LOG_WARN(NULL, "startup", "RPC_INSECURE=true: internal RPC is not authenticated; any "
+                 "process that reaches HTTP_ADDR can call every method");
+}
+
 void svc_service_setup(const char *service, int argc, char **argv, struct svc_option *opts,
                        size_t nopts)
 {
@@ -118,6 +151,9 @@ void svc_service_setup(const char *service, int argc, char **argv, struct svc_op
     service_name = service;
     options = opts;
     noptions = nopts;
+    /* Whatever a service creates (the SQLite database and its WAL, DATA_DIR itself) holds password
+     * and key hashes or balances: readable by the service's own user only. */
+    umask(077);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--describe-config") == 0) {
             svc_cfg_describe_all(opts, nopts);
@@ -148,6 +184,8 @@ void svc_service_start(void)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* Here, after the service's own checks, so a bad value of theirs is still the one named. */
+    svc_service_setup_rpc_auth();
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         svc_service_die(SVC_EX_SOFTWARE, "curl_global_init failed");
 

@@ -195,6 +195,54 @@ function requireCommand(component, cmd, hint = 'run scripts/bootstrap') {
 
 const SETPRIV = which('setpriv');
 
+// ---------------------------------------------------------------------------------------------
+// Private files and secrets
+
+/**
+ * Run fn() with the process umask 077, so what it spawns creates files for its own user only
+ * (Redis dumps, MariaDB files, nginx logs, the services' SQLite database). spawn() forks at once,
+ * so the child keeps 077 after the umask here is restored.
+ */
+function withPrivateUmask(fn) {
+    const old = process.umask(0o077);
+    try {
+        return fn();
+    } finally {
+        process.umask(old);
+    }
+}
+
+/** mkdir -p whose new directories are 0700; dir itself is made 0700 even when it existed. */
+export function mkdirPrivate(dir) {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    fs.chmodSync(dir, 0o700);
+    return dir;
+}
+
+/** Write a file readable by its owner only (also when it existed with a wider mode). */
+export function writePrivate(file, data) {
+    fs.writeFileSync(file, data, { mode: 0o600 });
+    fs.chmodSync(file, 0o600);
+}
+
+let processRpcSecret = null;
+
+/**
+ * The RPC_SECRET every service started by this process gets unless its env names one (or sets
+ * RPC_INSECURE): random, made once per process, so the replicas of a stack, and a replica a test
+ * starts later, can call each other, and the test clients (tests/integration/lib) sign with it.
+ */
+export function defaultRpcSecret() {
+    if (!processRpcSecret) processRpcSecret = crypto.randomBytes(32).toString('hex');
+    return processRpcSecret;
+}
+
+/** The environment with RPC_SECRET filled in from defaultRpcSecret() unless it is configured. */
+function withRpcSecret(env) {
+    if (nonEmpty(env.RPC_SECRET) || nonEmpty(env.RPC_INSECURE)) return env;
+    return { ...env, RPC_SECRET: defaultRpcSecret() };
+}
+
 /** GET a URL; resolves {status, body}, rejects on connection errors or after timeoutMs. */
 export function httpGet(url, timeoutMs = 2000) {
     return new Promise((resolve, reject) => {
@@ -402,16 +450,19 @@ export function spawnServer({ label, cmd, args = [], env = process.env, cwd = RO
     stdout = 'log', graceMs = 10000 }) {
     installProcessHooks();
     const exe = requireCommand(label, cmd);
-    fs.mkdirSync(path.dirname(logFile), { recursive: true });
-    const fd = fs.openSync(logFile, 'a');
+    fs.mkdirSync(path.dirname(logFile), { recursive: true, mode: 0o700 });
+    // Logs carry user names, client addresses and request paths: the owner's only, also when an
+    // older run left the file with a wider mode.
+    const fd = fs.openSync(logFile, 'a', 0o600);
+    fs.fchmodSync(fd, 0o600);
     const logStart = fs.fstatSync(fd).size;   // logs are appended across runs: errors come from here on
     const argv = SETPRIV ? ['--pdeathsig', 'TERM', '--', exe, ...args] : args;
     let child;
     try {
-        child = spawn(SETPRIV || exe, argv, {
+        child = withPrivateUmask(() => spawn(SETPRIV || exe, argv, {
             env, cwd, detached: true,
             stdio: ['ignore', stdout === 'pipe' || tee ? 'pipe' : fd, tee ? 'pipe' : fd],
-        });
+        }));
     } finally {
         if (!tee) fs.closeSync(fd);
     }
@@ -539,28 +590,49 @@ export function running() {
 // Redis
 
 /**
- * Start redis-server in the foreground on 127.0.0.1.
- * opts: dir (data dir, required), port (default: a free port), logFile (default dir/redis.log),
- *       persist (append-only file; default false = no persistence), tee, readyTimeoutMs.
- * Returns {kind:'redis', label, pid, host, port, url: 'redis://127.0.0.1:PORT/0', dir, logFile,
- *          exited, stop(), kill()}.
+ * Start redis-server in the foreground on 127.0.0.1, with a password (requirepass): a local
+ * process that can reach the port cannot read or forge sessions without it.
+ * opts: dir (data dir, required; made 0700), port (default: a free port), logFile (default
+ *       dir/redis.log), persist (append-only file; default false = no persistence), password
+ *       (default: the one in dir/redis.conf from an earlier start, else random; '' runs without
+ *       one), tee, readyTimeoutMs.
+ * The password is given in dir/redis.conf (0600), never on the command line, which every local
+ * user can read in /proc.
+ * Returns {kind:'redis', label, pid, host, port, password, url: 'redis://default:PASSWORD@127.0.0.1:PORT/0',
+ *          dir, logFile, exited, stop(), kill()}.
  */
-export async function startRedis({ dir, port, host = '127.0.0.1', logFile, persist = false, tee = false,
+export async function startRedis({ dir, port, host = '127.0.0.1', logFile, persist = false, password, tee = false,
     readyTimeoutMs = 10000, label = 'redis' } = {}) {
     if (!dir) throw new StackError(label, 'startRedis needs a dir');
     requireCommand(label, 'redis-server');
-    fs.mkdirSync(dir, { recursive: true });
+    dir = path.resolve(dir);
+    mkdirPrivate(dir);
     logFile = logFile || path.join(dir, 'redis.log');
+    const confPath = path.join(dir, 'redis.conf');
+    if (password === undefined || password === null) {
+        // A Redis started again on the same dir (a restart, a persisted stack) keeps its password,
+        // so the clients that have its URL still get in.
+        let old = null;
+        try {
+            old = /^requirepass (\S+)$/m.exec(fs.readFileSync(confPath, 'utf8'));
+        } catch { /* first start */ }
+        password = old ? old[1] : crypto.randomBytes(24).toString('hex');
+    }
+    if (/[\s"'\\]/.test(password)) throw new StackError(label, 'the password must not hold blanks, quotes or backslashes');
+    writePrivate(confPath, password ? `requirepass ${password}\n` : '# no password\n');
+    // "default:" (Redis's own user) rather than ":" so that redis-cli -u accepts the URL too.
+    const auth = password ? `default:${encodeURIComponent(password)}@` : '';
     return retryOnPortClash(!port, async () => {
         const p = port || await freePort(host);
         if (port) await assertPortFree(label, host, p);
-        const args = ['--port', String(p), '--bind', host, '--daemonize', 'no', '--dir', dir,
+        const args = [confPath, '--port', String(p), '--bind', host, '--daemonize', 'no', '--dir', dir,
             '--logfile', logFile, '--loglevel', 'notice', '--protected-mode', 'yes'];
         if (persist) args.push('--appendonly', 'yes', '--appendfsync', 'everysec');
         else args.push('--save', '', '--appendonly', 'no');
+        const url = `redis://${auth}${host}:${p}/0`;
         const h = spawnServer({ label, cmd: 'redis-server', args, logFile, tee, graceMs: 10000 });
-        await waitReady(h, `PING on ${host}:${p}`, () => pingRedis(`redis://${host}:${p}/0`, 1000), readyTimeoutMs);
-        return Object.assign(h, { kind: 'redis', host, port: p, url: `redis://${host}:${p}/0`, dir });
+        await waitReady(h, `PING on ${host}:${p}`, () => pingRedis(url, 1000), readyTimeoutMs);
+        return Object.assign(h, { kind: 'redis', host, port: p, password, url, dir });
     });
 }
 
@@ -591,7 +663,7 @@ export async function startMariadb({ dir, port, host = '127.0.0.1', database = '
     if (!/^\w+$/.test(database) || !/^\w+$/.test(user)) throw new StackError(label, 'database and user must be [A-Za-z0-9_]+');
     requireCommand(label, 'mariadbd');
     dir = path.resolve(dir);
-    fs.mkdirSync(dir, { recursive: true });
+    mkdirPrivate(dir);
     const dataDir = path.join(dir, 'data');
     logFile = logFile || path.join(dir, 'mariadb.log');
     const asRoot = process.getuid && process.getuid() === 0;
@@ -602,8 +674,8 @@ export async function startMariadb({ dir, port, host = '127.0.0.1', database = '
             '--skip-test-db'];
         if (asRoot) args.splice(1, 0, '--user=root');
         const r = await new Promise((resolve) => {
-            const out = fs.openSync(installLog, 'w');
-            const c = spawn(installDb, args, { stdio: ['ignore', out, out] });
+            const out = fs.openSync(installLog, 'w', 0o600);
+            const c = withPrivateUmask(() => spawn(installDb, args, { stdio: ['ignore', out, out] }));
             fs.closeSync(out);
             c.on('error', (err) => resolve({ code: 127, err }));
             c.on('exit', (code) => resolve({ code }));
@@ -731,12 +803,13 @@ export function renderNginxConf({ dir, logDir, listenHost = '127.0.0.1', listenP
 }
 
 async function launchNginx({ label, dir, logDir, confText, errorLog, host, port, readyToken, tee, readyTimeoutMs }) {
-    fs.mkdirSync(path.join(dir, 'tmp'), { recursive: true });
-    fs.mkdirSync(logDir, { recursive: true });
-    fs.chmodSync(dir, 0o755);
-    fs.chmodSync(path.join(dir, 'tmp'), 0o755);
+    // Private like the rest of DATA_DIR: the workers run as this user (or as root when we are
+    // root, see commonNginxVars), so they need no wider mode (toolchain notes §3).
+    mkdirPrivate(dir);
+    mkdirPrivate(path.join(dir, 'tmp'));
+    fs.mkdirSync(logDir, { recursive: true, mode: 0o700 });
     const confPath = path.join(dir, 'nginx.conf');
-    fs.writeFileSync(confPath, confText);
+    writePrivate(confPath, confText);
     const h = spawnServer({
         label, cmd: 'nginx', args: ['-p', dir + '/', '-e', errorLog, '-c', confPath],
         logFile: errorLog, tee, graceMs: 5000,
@@ -856,11 +929,11 @@ export async function startService(name, { env = {}, dir, logDir, replica, label
     dir = path.resolve(dir);
     const bin = binary(label, binDir, `chatweb-${name}`);
     const logFile = path.join(path.resolve(logDir || path.join(dir, 'logs')), `${label}.log`);
-    fs.mkdirSync(dir, { recursive: true });
+    mkdirPrivate(dir);
     return retryOnPortClash(!httpAddr || !adminAddr, async () => {
         const h1 = httpAddr || `${host}:${await freePort(host)}`;
         const a1 = adminAddr || `${host}:${await freePort(host)}`;
-        const fullEnv = { ...baseEnv(inheritEnv), DATA_DIR: dir, LOG_LEVEL: 'info', ...env, HTTP_ADDR: h1, ADMIN_ADDR: a1 };
+        const fullEnv = withRpcSecret({ ...baseEnv(inheritEnv), DATA_DIR: dir, LOG_LEVEL: 'info', ...env, HTTP_ADDR: h1, ADMIN_ADDR: a1 });
         const h = spawnServer({ label, cmd: bin, env: fullEnv, logFile, tee, graceMs });
         const adminUrl = `http://${connectHost(splitAddr(a1).host)}:${splitAddr(a1).port}`;
         await waitReady(h, `GET ${adminUrl}/readyz`, async () => {
@@ -869,7 +942,7 @@ export async function startService(name, { env = {}, dir, logDir, replica, label
             return true;
         }, readyTimeoutMs);
         return Object.assign(h, {
-            kind: 'service', name, replica, httpAddr: h1, adminAddr: a1, adminUrl,
+            kind: 'service', name, replica, httpAddr: h1, adminAddr: a1, adminUrl, rpcSecret: fullEnv.RPC_SECRET || null,
             url: `http://${connectHost(splitAddr(h1).host)}:${splitAddr(h1).port}`,
         });
     });
@@ -927,10 +1000,10 @@ export async function startFakeUpstream({ env = {}, dir, logDir, listen = '127.0
  */
 export function lockDataDir(dir) {
     const lockPath = path.join(dir, 'stack.pid');
-    fs.mkdirSync(dir, { recursive: true });
+    mkdirPrivate(dir);
     for (let i = 0; i < 2; i++) {
         try {
-            fs.writeFileSync(lockPath, `${process.pid}\n`, { flag: 'wx' });
+            fs.writeFileSync(lockPath, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
             const release = () => {
                 exitCleanups.delete(release);
                 try {
@@ -979,7 +1052,7 @@ function nonEmpty(v) {
  *   staticRoot     web root served by nginx at / and /admin/ (default deploy/local/www)
  *   persist        Redis with an append-only file (default false); fastMysql relaxes fsync
  *   binDir, inheritEnv, tee, logLevel, log (progress callback), lock (default true)
- * Returns {dir, logDir, url, host, port, redisUrl, db, mariadb, redis, fakeUpstream, authUrl,
+ * Returns {dir, logDir, url, host, port, redisUrl, db, mariadb, redis, fakeUpstream, authUrl, rpcSecret,
  *          billingUrl, services: {name: [handles]}, nginx, rpc, handles, stop()}.
  * On failure everything it started is stopped again before the error is thrown.
  */
@@ -993,7 +1066,10 @@ export async function startStack(opts = {}) {
     if (!dir) throw new StackError('stack', 'startStack needs a dir (DATA_DIR)');
     const root = path.resolve(dir);
     const logDir = path.join(root, 'logs');
-    fs.mkdirSync(logDir, { recursive: true });
+    // DATA_DIR holds the database (password and key hashes), the Redis dump and the logs: 0700,
+    // also when an older run left it 0755.
+    mkdirPrivate(root);
+    mkdirPrivate(logDir);
     const handles = [];
     const started = (h) => { handles.push(h); return h; };
     const release = lock ? lockDataDir(root) : () => {};
@@ -1013,7 +1089,8 @@ export async function startStack(opts = {}) {
             if (!Number.isInteger(n) || n < 0 || n > 64) throw new StackError('stack', `replicas.${s} must be an integer 0..64, got ${n}`);
             return services.includes(s) ? n : 0;
         };
-        const svcEnv = { ...baseEnv(inheritEnv), ...env, DATA_DIR: root };
+        const svcEnv = withRpcSecret({ ...baseEnv(inheritEnv), ...env, DATA_DIR: root });
+        result.rpcSecret = svcEnv.RPC_SECRET || null;
         if (logLevel) svcEnv.LOG_LEVEL = logLevel;
         const wantFake = fakeUpstream !== undefined ? fakeUpstream
             : !nonEmpty(svcEnv.OPENAI_KEY) && !nonEmpty(svcEnv.OPENAI_BASE_URL);

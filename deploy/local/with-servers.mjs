@@ -7,9 +7,11 @@
 //   scripts/with-servers [--redis] [--mariadb] [--keep-dir] -- CMD ARGS...
 //
 // Exports to CMD:
-//   --redis    REDIS_URL=redis://127.0.0.1:PORT/0 (and TEST_REDIS_URL, the same)
+//   --redis    REDIS_URL=redis://default:PASSWORD@127.0.0.1:PORT/0 (and TEST_REDIS_URL, the same); the
+//              password is random, like every Redis deploy/local starts
 //   --mariadb  TEST_MYSQL_DSN=mysql://chatweb:PASSWORD@127.0.0.1:PORT/chatweb; the user may also
-//              create databases named chatweb_* (scratch databases for tests)
+//              create databases named chatweb_* (scratch databases for tests); and
+//              TEST_REQUIRE_MYSQL=1, so a test that would skip its MariaDB half fails instead
 //   WITH_SERVERS_DIR=the temporary directory with the servers' data and logs (removed afterwards
 //              unless --keep-dir)
 import fs from 'node:fs';
@@ -40,8 +42,7 @@ async function main() {
     const wantMaria = opts.includes('--mariadb') || opts.includes('--mysql');
     const keep = opts.includes('--keep-dir');
 
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chatweb-servers-'));
-    fs.chmodSync(dir, 0o755);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chatweb-servers-'));   // 0700
     const cleanDir = () => {
         if (keep) process.stderr.write(`with-servers: kept ${dir}\n`);
         else fs.rmSync(dir, { recursive: true, force: true });
@@ -69,6 +70,8 @@ async function main() {
         if (wantMaria) {
             const m = await stack.startMariadb({ dir: path.join(dir, 'mariadb'), fast: true });
             env.TEST_MYSQL_DSN = m.dsn;
+            // MariaDB was asked for: a unit test that would skip its MariaDB half fails instead.
+            env.TEST_REQUIRE_MYSQL = '1';
         }
     } catch (err) {
         process.stderr.write(`with-servers: ${err instanceof stack.StackError ? err.message : err.stack}\n`);

@@ -205,6 +205,7 @@ int main(int argc, char **argv)
     if (auth_static_users_validate(setting.BASIC_AUTH_USER.s, setting.BASIC_AUTH_PASSWORD.s, err,
                                    sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "%s", err);
+    svc_service_setup_rpc_auth(); /* a configuration error, before the migrations run */
     if (svc_db_open_opts(&ctx.db, setting.DB.s, setting.DATA_DIR.s, NULL, err, sizeof(err)) !=
         SVC_OK)
         svc_service_die(SVC_EX_UNAVAILABLE, "DB: %s", err);

@@ -17,6 +17,7 @@ async function baseEnv() {
         BILLING_URL: 'http://127.0.0.1:9',
         REDIS_URL: 'redis://127.0.0.1:9/0',
         DATA_DIR: tempDir('chatweb-config-'),
+        RPC_SECRET: 'config-test-secret-config-test-secret',
     };
 }
 
@@ -41,6 +42,9 @@ describe('bad configuration stops a service with one line naming the variable', 
         ['auth', 'BASIC_AUTH_USER', 'a,b'],
         ['billing', 'DRAIN_TIMEOUT', 'soon'],
         ['proxy', 'HTTP_IDLE_TIMEOUT', '0'],
+        ['auth', 'RPC_SECRET', 'shorter-than-32-characters'],
+        ['chat', 'RPC_SECRET', 'x'.repeat(31)],
+        ['billing', 'RPC_INSECURE', 'maybe'],
     ];
     for (const [svc, name, value] of cases) {
         it(`${svc}: ${name}=${value}`, async () => {
@@ -54,6 +58,25 @@ describe('bad configuration stops a service with one line naming the variable', 
             assert.ok(!lines[0].includes('only-one-secret'), 'no secret in the message');
         });
     }
+
+    for (const svc of ['auth', 'billing', 'chat', 'proxy']) {
+        it(`${svc}: no RPC_SECRET and no RPC_INSECURE=true refuses to start`, async () => {
+            const env = await baseEnv();
+            delete env.RPC_SECRET;
+            const r = run(svc, env);
+            assert.equal(r.status, 78, `exit code (stderr: ${r.stderr})`);
+            assert.match(r.stderr.trim(), new RegExp(`^${svc}: RPC_SECRET: not set; .*RPC_INSECURE=true`));
+            assert.equal(r.stderr.trim().split('\n').length, 1);
+        });
+    }
+
+    it('RPC_INSECURE=true runs without RPC_SECRET, and says so at warning', async () => {
+        const env = { ...(await baseEnv()), RPC_INSECURE: 'true' };
+        delete env.RPC_SECRET;
+        const r = spawnSync(bin('proxy'), [], { env, encoding: 'utf8', timeout: 3000, killSignal: 'SIGTERM' });
+        assert.notEqual(r.status, 78, r.stderr);
+        assert.match(r.stderr, /lvl=warn .*RPC_INSECURE=true: internal RPC is not authenticated/);
+    });
 
     it('a port already in use is reported, never shared', async () => {
         const env = await baseEnv();

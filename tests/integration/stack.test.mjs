@@ -113,7 +113,7 @@ describe('servers on free ports', () => {
         assert.equal(new Set(ports).size, 3, `distinct ports: ${ports}`);
 
         assert.equal(await stackLib.pingRedis(redis.url), true);
-        assert.match(redis.url, /^redis:\/\/127\.0\.0\.1:\d+\/0$/);
+        assert.match(redis.url, /^redis:\/\/default:[0-9a-f]{48}@127\.0\.0\.1:\d+\/0$/);
 
         assert.match(maria.dsn, /^mysql:\/\/chatweb:[0-9a-f]+@127\.0\.0\.1:\d+\/chatweb$/);
         const q = mysqlQuery(maria, 'SELECT @@character_set_server, DATABASE()');
@@ -467,12 +467,26 @@ describe('scripts/with-servers', () => {
 
     it('exports REDIS_URL and TEST_MYSQL_DSN, returns the command status, leaves nothing', { timeout: 60000 }, async () => {
         const r = spawnSync(script, ['--redis', '--mariadb', '--', 'sh', '-c',
-            'redis-cli -u "$REDIS_URL" ping && echo "dsn=$TEST_MYSQL_DSN" && echo "dir=$WITH_SERVERS_DIR"; exit 3'], { encoding: 'utf8' });
+            'redis-cli -u "$REDIS_URL" ping && echo "dsn=$TEST_MYSQL_DSN" && echo "dir=$WITH_SERVERS_DIR" && ' +
+            'echo "require=$TEST_REQUIRE_MYSQL" && p=${REDIS_URL##*:} && redis-cli -h 127.0.0.1 -p "${p%%/*}" ping; exit 3'],
+        { encoding: 'utf8' });
         assert.equal(r.status, 3, r.stderr);
         assert.match(r.stdout, /^PONG$/m);
+        assert.match(r.stdout, /^NOAUTH/m, 'the Redis has a password: nothing without it');
+        assert.match(r.stdout, /^require=1$/m, 'MariaDB was asked for: unit tests may not skip it');
         assert.match(r.stdout, /^dsn=mysql:\/\/chatweb:[0-9a-f]+@127\.0\.0\.1:\d+\/chatweb$/m);
         const dir = /^dir=(.*)$/m.exec(r.stdout)[1];
         assert.ok(!fs.existsSync(dir), 'temporary directory removed');
+    });
+
+    it('a unit test with a MariaDB half is skipped (77) without a DSN, and fails when MariaDB was asked for', { timeout: 120000 }, () => {
+        const bin = path.join(defaultBinDir(), 'test_db');
+        const env = { PATH: process.env.PATH, HOME: process.env.HOME };
+        const skipped = spawnSync(bin, [], { env, encoding: 'utf8', timeout: 100000 });
+        assert.equal(skipped.status, 77, skipped.stderr.slice(-500));
+        const required = spawnSync(bin, [], { env: { ...env, TEST_REQUIRE_MYSQL: '1' }, encoding: 'utf8', timeout: 100000 });
+        assert.equal(required.status, 1, required.stderr.slice(-500));
+        assert.match(required.stderr, /TEST_MYSQL_DSN unset but TEST_REQUIRE_MYSQL=1/);
     });
 
     it('a command that cannot be started gives 127', () => {

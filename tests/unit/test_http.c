@@ -12,11 +12,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "rpc.pb-c.h"
 #include "svc/buf.h"
 #include "svc/err.h"
 #include "svc/http.h"
+#include "svc/rpc.h"
 #include "test.h"
 
 #define MAX_BODY 1024
@@ -551,6 +554,171 @@ static void test_bad_addr(void)
     T_ASSERT(strstr(err, "no-port-here") != NULL);
 }
 
+/* ---- internal RPC authentication (svc/rpc.h) ------------------------------------------------- */
+
+#define RPC_SECRET_A "0123456789abcdef0123456789abcdef-secret-a"
+
+static int rpc_calls;
+
+/* Echoes the request's message text back; counts the calls that got through. */
+static int rpc_echo(struct svc_rpc_call *call, const ProtobufCMessage *in, ProtobufCMessage *out,
+                    void *ctx)
+{
+    const Chatweb__Rpc__RpcError *q = (const Chatweb__Rpc__RpcError *)in;
+    Chatweb__Rpc__RpcError *a = (Chatweb__Rpc__RpcError *)out;
+
+    (void)ctx;
+    __atomic_add_fetch(&rpc_calls, 1, __ATOMIC_SEQ_CST);
+    a->code = q->code;
+    a->message = svc_rpc_strdup(call, q->message);
+    return a->message != NULL ? SVC_OK : SVC_ENOMEM;
+}
+
+static const struct svc_rpc_method rpc_methods[] = {
+    {"/rpc/Test/Echo", &chatweb__rpc__rpc_error__descriptor, &chatweb__rpc__rpc_error__descriptor,
+     rpc_echo, NULL},
+};
+static struct svc_rpc_registry rpc_registry = {rpc_methods, 1};
+static const struct svc_route rpc_routes[] = {
+    {"POST", "/rpc/*", svc_rpc_dispatch, &rpc_registry, SVC_HTTP_STYLE_TEXT},
+};
+
+/* A raw POST of body with up to two extra header lines; returns the status. */
+static long rpc_raw(int port, const char *path, const void *body, size_t len, const char *h1,
+                    const char *h2, int *code)
+{
+    CURL *c = curl_easy_init();
+    struct curl_slist *h = NULL;
+    struct resp r;
+    char url[256];
+    Chatweb__Rpc__RpcError *e;
+
+    memset(&r, 0, sizeof(r));
+    svc_buf_init(&r.body, 1 << 16);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+    h = curl_slist_append(h, "Content-Type: application/x-protobuf");
+    if (h1 != NULL)
+        h = curl_slist_append(h, h1);
+    if (h2 != NULL)
+        h = curl_slist_append(h, h2);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    T_EQ_INT(curl_easy_perform(c), CURLE_OK);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+    e = chatweb__rpc__rpc_error__unpack(NULL, r.body.len, (const uint8_t *)body_of(&r));
+    *code = e != NULL ? e->code : 0;
+    if (e != NULL)
+        chatweb__rpc__rpc_error__free_unpacked(e, NULL);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    resp_done(&r);
+    return r.status;
+}
+
+static void test_rpc_signatures(void)
+{
+    struct svc_http_opts o = {0};
+    struct svc_http_server *srv = NULL;
+    struct svc_rpc_client *cl;
+    Chatweb__Rpc__RpcError q = CHATWEB__RPC__RPC_ERROR__INIT;
+    ProtobufCMessage *out = NULL;
+    char err[256] = "", base[64], sig[SVC_RPC_SIG_HEX + 1], sig2[SVC_RPC_SIG_HEX + 1];
+    char hts[64], hsig[128];
+    uint8_t body[64];
+    size_t len;
+    long long now = (long long)time(NULL);
+    int port, code;
+
+    o.service = "test";
+    o.addr = "127.0.0.1:0";
+    o.mode = SVC_HTTP_POOL;
+    o.threads = 2;
+    o.max_body = MAX_BODY;
+    T_EQ_INT(svc_http_server_create(&srv, &o, rpc_routes, 1, err, sizeof(err)), SVC_OK);
+    port = svc_http_server_port(srv);
+    snprintf(base, sizeof(base), "http://127.0.0.1:%d", port);
+    q.code = -7;
+    q.message = "ping";
+    len = chatweb__rpc__rpc_error__pack(&q, body);
+
+    /* no secret: nothing is signed or checked (RPC_INSECURE) */
+    T_EQ_INT(svc_rpc_auth_enabled(), 0);
+    T_EQ_INT(svc_rpc_sign("POST", "/rpc/Test/Echo", body, len, now, sig), SVC_EINVAL);
+    T_EQ_INT(rpc_raw(port, "/rpc/Test/Echo", body, len, NULL, NULL, &code), 200);
+
+    /* a secret shorter than 32 characters is refused */
+    T_EQ_INT(svc_rpc_set_secret("short-secret"), SVC_EINVAL);
+    T_EQ_INT(svc_rpc_auth_enabled(), 0);
+    T_EQ_INT(svc_rpc_set_secret(RPC_SECRET_A), SVC_OK);
+    T_EQ_INT(svc_rpc_auth_enabled(), 1);
+
+    /* the signature is deterministic, and changes with each input */
+    T_EQ_INT(svc_rpc_sign("POST", "/rpc/Test/Echo", body, len, now, sig), SVC_OK);
+    T_EQ_INT(strlen(sig), SVC_RPC_SIG_HEX);
+    T_EQ_INT(svc_rpc_sign("POST", "/rpc/Test/Echo", body, len, now, sig2), SVC_OK);
+    T_EQ_STR(sig, sig2);
+    T_EQ_INT(svc_rpc_sign("POST", "/rpc/Test/Echo", body, len - 1, now, sig2), SVC_OK);
+    T_ASSERT(strcmp(sig, sig2) != 0);
+    T_EQ_INT(svc_rpc_sign("POST", "/rpc/Test/Other", body, len, now, sig2), SVC_OK);
+    T_ASSERT(strcmp(sig, sig2) != 0);
+    T_EQ_INT(svc_rpc_sign("POST", "/rpc/Test/Echo", body, len, now + 1, sig2), SVC_OK);
+    T_ASSERT(strcmp(sig, sig2) != 0);
+
+    /* the blocking client signs, the server checks: the call goes through */
+    rpc_calls = 0;
+    cl = svc_rpc_client_create(base, 3000);
+    T_ASSERT(cl != NULL);
+    T_EQ_INT(svc_rpc_call(cl, "/rpc/Test/Echo", &q.base, &chatweb__rpc__rpc_error__descriptor,
+                          &out, "rid-1", err, sizeof(err)),
+             SVC_OK);
+    T_EQ_STR(((Chatweb__Rpc__RpcError *)out)->message, "ping");
+    protobuf_c_message_free_unpacked(out, NULL);
+    T_EQ_INT(rpc_calls, 1);
+
+    /* unsigned: 401; wrong, stale, future, for another body or path: 403; never decoded */
+    T_EQ_INT(rpc_raw(port, "/rpc/Test/Echo", body, len, NULL, NULL, &code), 401);
+    T_EQ_INT(code, SVC_EDENIED);
+    T_EQ_INT(rpc_raw(port, "/rpc/Test/Nope", body, len, NULL, NULL, &code), 401);
+    snprintf(hts, sizeof(hts), "X-Rpc-Timestamp: %lld", now);
+    snprintf(hsig, sizeof(hsig), "X-Rpc-Signature: %s", sig);
+    T_EQ_INT(rpc_raw(port, "/rpc/Test/Echo", body, len, hts, hsig, &code), 200);
+    T_EQ_INT(rpc_raw(port, "/rpc/Test/Echo", body, len, hts, NULL, &code), 401);
+    T_EQ_INT(rpc_raw(port, "/rpc/Test/Echo", body, len - 1, hts, hsig, &code), 403);
+    T_EQ_INT(code, SVC_EDENIED);
+    hsig[strlen(hsig) - 1] ^= 1;
+    T_EQ_INT(rpc_raw(port, "/rpc/Test/Echo", body, len, hts, hsig, &code), 403);
+    T_EQ_INT(svc_rpc_sign("POST", "/rpc/Test/Echo", body, len, now - 120, sig2), SVC_OK);
+    snprintf(hts, sizeof(hts), "X-Rpc-Timestamp: %lld", now - 120);
+    snprintf(hsig, sizeof(hsig), "X-Rpc-Signature: %s", sig2);
+    T_EQ_INT(rpc_raw(port, "/rpc/Test/Echo", body, len, hts, hsig, &code), 403);
+    T_EQ_INT(svc_rpc_sign("POST", "/rpc/Test/Echo", body, len, now + 120, sig2), SVC_OK);
+    snprintf(hts, sizeof(hts), "X-Rpc-Timestamp: %lld", now + 120);
+    snprintf(hsig, sizeof(hsig), "X-Rpc-Signature: %s", sig2);
+    T_EQ_INT(rpc_raw(port, "/rpc/Test/Echo", body, len, hts, hsig, &code), 403);
+    T_EQ_INT(rpc_raw(port, "/rpc/Test/Echo", body, len, "X-Rpc-Timestamp: soon", hsig, &code),
+             403);
+    T_EQ_INT(rpc_calls, 2); /* only the two signed calls reached the handler */
+
+    /* a signature made with another secret is refused */
+    T_EQ_INT(svc_rpc_set_secret("another-secret-another-secret-another-secret"), SVC_OK);
+    T_EQ_INT(svc_rpc_sign("POST", "/rpc/Test/Echo", body, len, now, sig2), SVC_OK);
+    T_EQ_INT(svc_rpc_set_secret(RPC_SECRET_A), SVC_OK);
+    snprintf(hts, sizeof(hts), "X-Rpc-Timestamp: %lld", now);
+    snprintf(hsig, sizeof(hsig), "X-Rpc-Signature: %s", sig2);
+    T_EQ_INT(rpc_raw(port, "/rpc/Test/Echo", body, len, hts, hsig, &code), 403);
+    T_EQ_INT(rpc_calls, 2);
+    T_EQ_INT(svc_rpc_set_secret(NULL), SVC_OK);
+    T_EQ_INT(svc_rpc_auth_enabled(), 0);
+    svc_rpc_client_destroy(&cl);
+    svc_http_server_destroy(&srv);
+}
+
 static void test_quiesce(void)
 {
     struct svc_http_server *srv = start(SVC_HTTP_STYLE_TEXT, "127.0.0.1:0");
@@ -605,6 +773,7 @@ int main(void)
     T_RUN(test_port_taken);
     T_RUN(test_bad_addr);
     T_RUN(test_quiesce);
+    T_RUN(test_rpc_signatures);
 
     svc_http_server_destroy(&srv_text);
     svc_http_server_destroy(&srv_env);

@@ -49,8 +49,10 @@ struct svc_option {
 
 /* Options every service has; include them in the service's own table. */
 #define SVC_COMMON_OPTIONS(ACTION)                                                            \
-    ACTION(HTTP_ADDR, SVC_OPT_ADDR, "0.0.0.0:8080", 0, 0, "data-plane listener host:port")    \
-    ACTION(ADMIN_ADDR, SVC_OPT_ADDR, "0.0.0.0:9090", 0, 0, "admin listener (/healthz /readyz /metrics)") \
+    ACTION(HTTP_ADDR, SVC_OPT_ADDR, "127.0.0.1:8080", 0, 0, "data-plane listener host:port (0.0.0.0:8080 to serve other hosts)") \
+    ACTION(ADMIN_ADDR, SVC_OPT_ADDR, "127.0.0.1:9090", 0, 0, "admin listener (/healthz /readyz /metrics)") \
+    ACTION(RPC_SECRET, SVC_OPT_SECRET, NULL, 0, 0, "shared secret signing internal RPC (HMAC-SHA256), the same on every service; at least 32 characters, e.g. openssl rand -hex 32") \
+    ACTION(RPC_INSECURE, SVC_OPT_BOOL, "false", 0, 0, "true: run without RPC_SECRET, internal RPC unauthenticated (trusted networks only)") \
     ACTION(LOG_LEVEL, SVC_OPT_STR, "info", 0, 0, "error|warn|notice|info|debug")              \
     ACTION(WORKERS, SVC_OPT_INT, "0", 0, 64, "worker threads or event loops; 0 = one per core") \
     ACTION(HTTP_MAX_BODY, SVC_OPT_INT, "1048576", 1024, 67108864, "largest request body in bytes") \

@@ -101,6 +101,8 @@ const char *svc_req_path(const struct svc_req *req);
 const char *svc_req_id(const struct svc_req *req);
 /* Client IP: X-Real-IP set by the ingress when present, else the socket peer. */
 const char *svc_req_client_ip(const struct svc_req *req);
+/* The socket peer's address ("?" when unknown), never taken from a header: for security logs. */
+const char *svc_req_peer_ip(const struct svc_req *req);
 const char *svc_req_header(const struct svc_req *req, const char *name); /* NULL when absent */
 const char *svc_req_query(const struct svc_req *req, const char *name);  /* NULL when absent */
 const char *svc_req_body(const struct svc_req *req, size_t *len);        /* NUL-terminated */

@@ -13,13 +13,47 @@
  *   X-Request-Id: <id>             carried across every hop, for logs
  *   X-Deadline-Ms: <ms left>       how long the caller waits (its timeout); informational for
  *                                  the callee, not enforced by this layer
+ *   X-Rpc-Timestamp: <unix s>      when the call was signed
+ *   X-Rpc-Signature: <64 hex>      HMAC-SHA256 under the shared RPC_SECRET (svc_rpc_sign)
  * 200 carries the response message; any other status carries chatweb.rpc.RpcError.
  * Messages (the .proto files in proto/) are compiled by protoc-c at build time.
+ *
+ * Authentication (docs/decisions.md, docs/security.md): once svc_rpc_set_secret() was given a
+ * secret, every call this process makes is signed and every call it serves must carry a valid
+ * signature made within SVC_RPC_MAX_SKEW_S seconds of its clock, checked before the body is
+ * decoded: no signature headers is 401, a wrong or stale one is 403 (RpcError SVC_EDENIED), both
+ * logged at warning with the peer address. Without a secret nothing is signed or checked; the
+ * services only run that way with RPC_INSECURE=true (common/service.c).
  */
 
 struct svc_req;
 struct svc_fetch_multi;
 struct svc_fetch;
+
+/* ---- authentication ---- */
+
+#define SVC_RPC_SECRET_MIN 32 /* characters */
+#define SVC_RPC_MAX_SKEW_S 60 /* a signature older or newer than this is refused */
+#define SVC_RPC_SIG_HEX 64
+
+/*
+ * Sets the shared secret used to sign and check calls (copied; at least SVC_RPC_SECRET_MIN
+ * characters, else SVC_EINVAL); NULL or "" turns authentication off. Not thread-safe: call once
+ * at start-up, before any call is made or served.
+ */
+int svc_rpc_set_secret(const char *secret) SVC_MUST_CHECK;
+
+/* 1 when calls are signed and checked (a secret is set). */
+int svc_rpc_auth_enabled(void);
+
+/*
+ * The signature of one call: lowercase hex of HMAC-SHA256(secret, "chatweb-rpc-1\n" method "\n"
+ * path "\n" hex(SHA-256(body)) "\n" timestamp) into out[SVC_RPC_SIG_HEX + 1]. path is the
+ * request path as the server sees it ("/rpc/Billing/Recharge"). SVC_EINVAL without a secret.
+ * Thread-safe once the secret is set.
+ */
+int svc_rpc_sign(const char *method, const char *path, const void *body, size_t len,
+                 long long timestamp, char *out) SVC_MUST_CHECK;
 
 /* ---- server ---- */
 

@@ -34,9 +34,18 @@ struct svc_http_server;
 void svc_service_setup(const char *service, int argc, char **argv, struct svc_option *opts,
                        size_t nopts);
 
-/* Logs the effective configuration (secrets masked), sets up signals and libcurl and starts the
- * admin listener on ADMIN_ADDR (exits SVC_EX_CONFIG when it cannot bind). */
+/* Logs the effective configuration (secrets masked), checks RPC_SECRET (svc_service_setup_rpc_auth),
+ * sets up signals and libcurl and starts the admin listener on ADMIN_ADDR (exits SVC_EX_CONFIG when
+ * it cannot bind). */
 void svc_service_start(void);
+
+/*
+ * Gives RPC_SECRET to the RPC layer (svc_rpc_set_secret), or, when it is unset, exits
+ * SVC_EX_CONFIG unless RPC_INSECURE=true (then logs a warning). Exits SVC_EX_CONFIG for a secret
+ * shorter than SVC_RPC_SECRET_MIN. Runs once; svc_service_start() calls it, a service that does
+ * slow work before that (a migration) calls it first, after its own checks.
+ */
+void svc_service_setup_rpc_auth(void);
 
 /* Finds a parsed option by name (for the common ones). Never NULL for a declared option. */
 const struct svc_option *svc_service_option(const char *name);

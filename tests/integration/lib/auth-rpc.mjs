@@ -4,6 +4,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { ROOT } from '../../../deploy/local/stack.mjs';
+import { rpcAuthHeaders } from './rpc-sign.mjs';
 
 const require = createRequire(import.meta.url);
 const protobuf = require('protobufjs');
@@ -20,16 +21,21 @@ export function type(name) {
 /**
  * Calls baseUrl + /rpc/<svc>/<method> with `req` (a plain object) encoded as <pkg>.<method>Request.
  * Resolves {status, message (decoded <method>Response as a plain object with enums as names and
- * defaults filled in), error (decoded RpcError when status != 200)}.
+ * defaults filled in), error (decoded RpcError when status != 200)}. The call is signed with this
+ * process's stack secret (secret: another one, or null for an unsigned call).
  */
-export function rpc(baseUrl, svc, method, req, { pkg = `chatweb.${svc.toLowerCase()}`, timeoutMs = 5000 } = {}) {
+export function rpc(baseUrl, svc, method, req, { pkg = `chatweb.${svc.toLowerCase()}`, timeoutMs = 5000, secret } = {}) {
     const reqType = type(`${pkg}.${method}Request`);
     const respType = type(`${pkg}.${method}Response`);
     const body = Buffer.from(reqType.encode(reqType.fromObject(req)).finish());
+    const url = new URL(`${baseUrl}/rpc/${svc}/${method}`);
     return new Promise((resolve, reject) => {
-        const r = http.request(`${baseUrl}/rpc/${svc}/${method}`, {
+        const r = http.request(url, {
             method: 'POST', agent: false,
-            headers: { 'content-type': 'application/x-protobuf', 'content-length': body.length },
+            headers: {
+                'content-type': 'application/x-protobuf', 'content-length': body.length,
+                ...rpcAuthHeaders(url.pathname, body, { secret }),
+            },
         }, (res) => {
             const chunks = [];
             res.on('data', (c) => chunks.push(c));

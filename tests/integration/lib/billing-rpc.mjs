@@ -9,6 +9,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { ROOT } from '../../../deploy/local/stack.mjs';
+import { rpcAuthHeaders } from './rpc-sign.mjs';
 
 const require = createRequire(import.meta.url);
 const protobuf = require('protobufjs');
@@ -31,12 +32,20 @@ export function decode(type, buf) {
     return type.toObject(type.decode(buf), TO_OBJECT);
 }
 
-/** POST raw bytes to /rpc/Billing/<method>; resolves {status, body: Buffer}. */
-export function postRaw(baseUrl, method, body, { agent, timeoutMs = 15000 } = {}) {
+/**
+ * POST raw bytes to /rpc/Billing/<method>, signed with this process's stack secret (secret: another
+ * one, or null for an unsigned call; timestamp: unix seconds to sign with); resolves
+ * {status, body: Buffer}.
+ */
+export function postRaw(baseUrl, method, body, { agent, timeoutMs = 15000, secret, timestamp } = {}) {
+    const url = new URL(`${baseUrl}/rpc/Billing/${method}`);
     return new Promise((resolve, reject) => {
-        const req = http.request(`${baseUrl}/rpc/Billing/${method}`, {
+        const req = http.request(url, {
             method: 'POST', agent: agent || false,
-            headers: { 'content-type': 'application/x-protobuf', 'content-length': body.length },
+            headers: {
+                'content-type': 'application/x-protobuf', 'content-length': body.length,
+                ...rpcAuthHeaders(url.pathname, body, { secret, timestamp }),
+            },
         }, (res) => {
             const chunks = [];
             res.on('data', (c) => chunks.push(c));
@@ -49,8 +58,11 @@ export function postRaw(baseUrl, method, body, { agent, timeoutMs = 15000 } = {}
     });
 }
 
-/** A client for one base URL with a keep-alive agent. call() resolves {status, msg} or {status, error}. */
-export function billingClient(baseUrl, { maxSockets = 64 } = {}) {
+/**
+ * A client for one base URL with a keep-alive agent. call() resolves {status, msg} or {status, error}.
+ * secret: as for postRaw.
+ */
+export function billingClient(baseUrl, { maxSockets = 64, secret } = {}) {
     const agent = new http.Agent({ keepAlive: true, maxSockets });
     return {
         baseUrl,
@@ -58,7 +70,7 @@ export function billingClient(baseUrl, { maxSockets = 64 } = {}) {
         async call(method, req) {
             const T = types[`${method}Request`];
             const body = Buffer.from(T.encode(T.fromObject(req)).finish());
-            const r = await postRaw(baseUrl, method, body, { agent });
+            const r = await postRaw(baseUrl, method, body, { agent, secret });
             if (r.status === 200) return { status: 200, msg: decode(types[`${method}Response`], r.body) };
             let error;
             try { error = decode(types.RpcError, r.body); } catch { error = { code: 0, message: r.body.toString() }; }
@@ -111,14 +123,22 @@ export function redisCall(url, args, timeoutMs = 5000) {
         const sock = net.connect({ host: u.hostname, port: Number(u.port || 6379) });
         let buf = Buffer.alloc(0);
         const timer = setTimeout(() => sock.destroy(new Error('redis timeout')), timeoutMs);
-        sock.on('connect', () => {
-            let out = `*${args.length}\r\n`;
-            for (const a of args) out += `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`;
-            sock.write(out);
-        });
+        // The stack's Redis has a password (in the URL): AUTH first, and its +OK is skipped.
+        const auth = u.password ? (u.username ? ['AUTH', decodeURIComponent(u.username), decodeURIComponent(u.password)]
+            : ['AUTH', decodeURIComponent(u.password)]) : null;
+        const encode = (cmd) => {
+            let out = `*${cmd.length}\r\n`;
+            for (const a of cmd) out += `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`;
+            return out;
+        };
+        sock.on('connect', () => sock.write((auth ? encode(auth) : '') + encode(args)));
         sock.on('data', (d) => {
             buf = Buffer.concat([buf, d]);
-            const r = parseResp(buf, 0);
+            let r = parseResp(buf, 0);
+            if (r && auth) {
+                if (r.v instanceof Error) { clearTimeout(timer); sock.destroy(); resolve(r.v); return; }
+                r = parseResp(buf, r.i);
+            }
             if (r) { clearTimeout(timer); sock.destroy(); resolve(r.v); }
         });
         sock.on('error', (e) => { clearTimeout(timer); reject(e); });

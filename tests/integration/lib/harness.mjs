@@ -19,17 +19,15 @@ import * as stackLib from '../../../deploy/local/stack.mjs';
 
 export * from './http.mjs';
 export {
-    ROOT, SERVICES, StackError, defaultBinDir, freePort, pidAlive, running, startFakeUpstream, startMariadb,
+    ROOT, SERVICES, StackError, defaultBinDir, defaultRpcSecret, freePort, pidAlive, running, startFakeUpstream, startMariadb,
     startNginx, startRedis, startService, startStack, stopAll, tailFile,
 } from '../../../deploy/local/stack.mjs';
 
 const START_TIMEOUT_MS = 120000;
 
-/** A new temporary directory (mode 0755, so nginx workers can use it). */
+/** A new temporary directory, 0700 like every DATA_DIR (nginx's workers run as its owner). */
 export function tempDir(prefix = 'chatweb-test-') {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-    fs.chmodSync(dir, 0o755);
-    return dir;
+    return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
 }
 
 function dropDir(dir, label) {
