@@ -153,6 +153,37 @@ describe('security: internal ports and data at rest', () => {
     });
 });
 
+describe('security: the ingress (deploy/local/nginx.conf.tmpl)', () => {
+    const stack = withStack({ services: ['auth', 'billing', 'chat'] });
+
+    it('/admin redirects to a path, never to the Host the client sent', async () => {
+        const r = await request(`${stack.url}/admin`, { headers: { host: 'evil.example' } });
+        assert.equal(r.status, 301);
+        assert.equal(r.headers.location, '/admin/');
+    });
+
+    it('static pages and API answers carry nosniff, X-Frame-Options DENY and a CSP', async () => {
+        for (const p of ['/', '/admin/', '/api/config', '/no-such-file']) {
+            const r = await request(`${stack.url}${p}`, p === '/api/config' ? { method: 'POST', json: {} } : {});
+            assert.equal(r.headers['x-content-type-options'], 'nosniff', p);
+            assert.equal(r.headers['x-frame-options'], 'DENY', p);
+            assert.match(r.headers['content-security-policy'] || '', /default-src 'self'.*frame-ancestors 'none'/, p);
+            assert.ok(r.headers['x-request-id'], `${p}: the request id is still there`);
+        }
+    });
+
+    it('credentials in a query string never reach the access log', async () => {
+        const secret = 'sk-query-secret-0123456789';
+        await request(`${stack.url}/api/config?key=${secret}`, { method: 'POST', json: {} });
+        await request(`${stack.url}/accounts?Opskey=${secret}&x=1`);
+        await new Promise((r) => setTimeout(r, 300));
+        const log = fs.readFileSync(stack.nginx.accessLog, 'utf8');
+        assert.match(log, /path="\/api\/config"/);
+        assert.match(log, /path="\/accounts"/);
+        assert.ok(!log.includes(secret), 'no query string in the access log');
+    });
+});
+
 describe('security: listen addresses', () => {
     for (const svc of ['auth', 'billing', 'chat', 'proxy']) {
         it(`${svc} listens on loopback unless HTTP_ADDR / ADMIN_ADDR say otherwise`, () => {
