@@ -429,7 +429,7 @@ static int start_upstream(struct chat_turn *t)
     /* With many streams open, nearly every connection to the upstream is busy, and libcurl's
      * search for an idle one walks them all for each new request (docs/benchmarks.md): skip it. */
     fr.fresh_connection = svc_fetch_multi_active(t->w->multi) >= UPSTREAM_REUSE_LIMIT;
-    rc = meter_start(t->meter, &fr);
+    rc = meter_start(t->meter, &fr, 1);
     free(text);
     svc_wipe(auth, sizeof(auth));
     SVC_LOG_INFO(t->rid, "upstream", "user=\"%s\" model=%s history=%zu max_tokens=%ld",

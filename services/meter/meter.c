@@ -26,6 +26,7 @@
 #define REPLY_MAX (4u << 20)     /* bytes of reply text kept */
 #define SSE_EVENT_MAX (1u << 20) /* bytes of one upstream event */
 #define ERRBODY_MAX (64u << 10)  /* bytes of a non-200 answer kept for the message */
+#define BODY_MAX (32u << 20)     /* bytes of a JSON (not streamed) answer */
 /* Raw upstream bytes not yet turned into events: past HIGH the upstream is paused, at LOW it
  * resumes; INPUT_MAX only bounds one upstream read on top of HIGH. */
 #define INPUT_HIGH (64u << 10)
@@ -71,6 +72,8 @@ struct meter {
 
     /* the upstream */
     struct svc_fetch *up;
+    int is_sse;              /* 1: an SSE stream; 0: a JSON answer kept in body */
+    struct svc_buf body;
     long status;
     struct svc_sse sse;
     struct svc_buf text;
@@ -149,6 +152,7 @@ struct meter *meter_create(struct meter_loop *ml, const struct meter_hooks *hook
     svc_buf_init(&m->text, REPLY_MAX);
     svc_buf_init(&m->errbody, ERRBODY_MAX);
     svc_buf_init(&m->in, INPUT_MAX);
+    svc_buf_init(&m->body, BODY_MAX);
     m->ended = 1; /* nothing to end until a hold may exist */
     return m;
 }
@@ -379,7 +383,10 @@ static void event_usage(struct meter *m, json_t *j)
     json_t *u = json_object_get(j, "usage");
     json_t *resp = json_object_get(j, "response");
 
-    if (json_is_object(u)) {
+    if (json_is_object(u) && json_object_get(u, "input_tokens") != NULL) { /* Responses API */
+        m->usage_prompt = (long long)json_integer_value(json_object_get(u, "input_tokens"));
+        m->usage_completion = (long long)json_integer_value(json_object_get(u, "output_tokens"));
+    } else if (json_is_object(u)) {
         m->usage_prompt = (long long)json_integer_value(json_object_get(u, "prompt_tokens"));
         m->usage_completion =
             (long long)json_integer_value(json_object_get(u, "completion_tokens"));
@@ -560,6 +567,19 @@ static int on_up_data(struct svc_fetch *f, long status, const char *data, size_t
     m->status = status;
     if (status != 200) /* an error body: keep it for the message */
         return svc_buf_append(&m->errbody, data, len) == SVC_OK ? 0 : SVC_ETOOLARGE;
+    if (!m->is_sse) { /* a JSON answer: kept whole, read at the end */
+        if (!m->started && !m->detached) {
+            m->started = 1;
+            if ((rc = m->h->on_head(m->ud)) != SVC_OK)
+                return rc;
+        }
+        m->started = 1;
+        if (svc_buf_append(&m->body, data, len) != SVC_OK) {
+            snprintf(m->errmsg, sizeof(m->errmsg), "answer longer than %u bytes", BODY_MAX);
+            return SVC_ETOOLARGE;
+        }
+        return 0;
+    }
     if (m->detached)
         return drain_data(m, data, len);
     if (!m->started) {
@@ -583,6 +603,27 @@ static int on_up_data(struct svc_fetch *f, long status, const char *data, size_t
     return pump(m);
 }
 
+/* A complete JSON answer: its usage, and its text for a count when it has no usage. */
+static void json_answer(struct meter *m)
+{
+    json_t *j = json_loadb(m->body.data != NULL ? m->body.data : "", m->body.len, 0, NULL);
+    json_t *choice = json_array_get(json_object_get(j, "choices"), 0);
+    json_t *c = json_object_get(json_object_get(choice, "message"), "content");
+
+    m->complete = 1;
+    if (j == NULL)
+        return;
+    event_usage(m, j);
+    if (!json_is_string(c))
+        c = json_object_get(choice, "text");
+    if (!json_is_string(c))
+        c = json_object_get(j, "output_text");
+    if (json_is_string(c) &&
+        svc_buf_append(&m->text, json_string_value(c), json_string_length(c)) != SVC_OK)
+        SVC_LOG_WARN(m->rid, "upstream", "answer text too long to keep");
+    json_decref(j);
+}
+
 static void on_up_done(struct svc_fetch *f, int err, long status, const char *body, size_t len,
                        const char *errmsg, void *ud)
 {
@@ -599,10 +640,15 @@ static void on_up_done(struct svc_fetch *f, int err, long status, const char *bo
         snprintf(m->transport, sizeof(m->transport), "%s", errmsg);
         svc_utf8_trim_end(m->transport);
     }
+    if (!m->is_sse && m->status == 200 && err == SVC_OK)
+        json_answer(m);
     if (m->detached) {
         drain_end(m);
         return;
     }
+    if (!m->is_sse && m->status == 200 && err == SVC_OK && m->h->on_body != NULL &&
+        m->h->on_body(m->ud, m->body.data != NULL ? m->body.data : "", m->body.len) != SVC_OK)
+        m->up_err = SVC_EIO;
     if (err == SVC_OK && input_waiting(m) > 0) {
         m->up_done = 1; /* the rest is turned into events as the client drains */
         return;
@@ -610,11 +656,12 @@ static void on_up_done(struct svc_fetch *f, int err, long status, const char *bo
     finish(m);
 }
 
-int meter_start(struct meter *m, const struct svc_fetch_req *fr)
+int meter_start(struct meter *m, const struct svc_fetch_req *fr, int sse)
 {
     static const struct svc_fetch_cb cb = {.on_data = on_up_data, .on_done = on_up_done};
     struct svc_fetch_req req = *fr;
 
+    m->is_sse = sse;
     req.stream = 1;
     m->up = svc_fetch_start(m->ml->upstream, &req, &cb, m);
     if (m->up == NULL) {
@@ -655,6 +702,7 @@ static void maybe_free(struct meter *m)
     svc_buf_deinit(&m->text);
     svc_buf_deinit(&m->errbody);
     svc_buf_deinit(&m->in);
+    svc_buf_deinit(&m->body);
     free(m);
 }
 

@@ -75,6 +75,9 @@ struct meter_hooks {
     /* Bytes still waiting for the client. Above METER_CLIENT_HIGH no more events are produced
      * (the upstream is paused once its own input piles up); call meter_resume when it drains. */
     size_t (*client_pending)(void *ud);
+    /* Not streamed (meter_start with sse = 0): the whole 200 body, once, before on_end. 0, or
+     * an error. May be NULL for callers that only stream. */
+    int (*on_body)(void *ud, const char *body, size_t len);
     /* The upstream is over, every event was delivered, and the hold has been ended. */
     void (*on_end)(void *ud, const struct meter_end *end);
 };
@@ -136,9 +139,10 @@ typedef void (*meter_admit_fn)(void *ud, const struct meter_admission *a);
 int meter_admit(struct meter *m, Chatweb__Billing__ReserveRequest *in, meter_admit_fn cb)
     SVC_MUST_CHECK;
 
-/* Starts the upstream request (stream mode; the meter sets the callbacks). SVC_ENOMEM when it
- * cannot start: the hold is released and on_end is not called. */
-int meter_start(struct meter *m, const struct svc_fetch_req *fr) SVC_MUST_CHECK;
+/* Starts the upstream request (the meter sets the callbacks). sse = 1: the answer is an SSE
+ * stream turned into events; 0: a JSON answer, buffered (bounded) and given to on_body, its usage
+ * read from it. SVC_ENOMEM when it cannot start: the hold is released and on_end is not called. */
+int meter_start(struct meter *m, const struct svc_fetch_req *fr, int sse) SVC_MUST_CHECK;
 
 /* The client drained below METER_CLIENT_LOW: produce more events. */
 void meter_resume(struct meter *m);

@@ -1,0 +1,92 @@
+#ifndef PROXY_PROXY_H
+#define PROXY_PROXY_H
+
+#include "svc/cfg.h"
+#include "svc/metrics.h"
+
+/*
+ * The proxy service: the OpenAI-compatible API under /v1 for internal services and SDKs, with a
+ * chatweb API key, metered, rate-limited and billed like the chat (docs/proxy.md). One event loop
+ * per core; each loop owns a worker: its libcurl multis (upstream, RPC), its async Redis (rate
+ * counters) and its meter loop (services/meter), shared with nothing else.
+ */
+
+struct svc_loop;
+struct svc_fetch_multi;
+struct svc_redis_async;
+struct svc_rpc_client;
+struct svc_modelmap;
+struct billing_client;
+struct meter_loop;
+
+#define PROXY_OPTIONS(ACTION)                                                                  \
+    SVC_COMMON_OPTIONS(ACTION)                                                                 \
+    ACTION(OPENAI_PROXY, SVC_OPT_BOOL, "false", 0, 0,                                          \
+           "true: serve /v1 (off: every /v1 path answers 404)")                               \
+    ACTION(AUTH_URL, SVC_OPT_URL, "", 0, 0, "base URL of the auth service (required)")        \
+    ACTION(BILLING_URL, SVC_OPT_URL, "", 0, 0, "base URL of the billing service (required)")  \
+    ACTION(REDIS_URL, SVC_OPT_STR, "redis://127.0.0.1:6379/0", 0, 0, "Redis for rate counters") \
+    ACTION(OPENAI_KEY, SVC_OPT_SECRET, "", 0, 0, "upstream API key (no header when empty)")   \
+    ACTION(OPENAI_BASE_URL, SVC_OPT_URL, "https://api.openai.com/v1", 0, 0,                   \
+           "OpenAI-compatible upstream base URL")                                              \
+    ACTION(SOCKS_PROXY, SVC_OPT_SECRET, "", 0, 0, "proxy URL for upstream calls")             \
+    ACTION(MODEL_WINDOWS, SVC_OPT_STR, "", 0, 0,                                               \
+           "model context windows: prefix=window[:encoding],... ('*' = unknown models)")      \
+    ACTION(PROXY_RPM_LIMIT, SVC_OPT_INT, "0", 0, 1000000,                                      \
+           "requests per minute per user when the key has no rpm; 0 = no limit")             \
+    ACTION(PROXY_TPM_LIMIT, SVC_OPT_INT, "0", 0, 1000000000000LL,                              \
+           "tokens per minute per user (the key's tpm applies as well); 0 = no limit")        \
+    ACTION(PROXY_RATELIMIT_FAIL_OPEN, SVC_OPT_BOOL, "false", 0, 0,                             \
+           "true: serve when Redis cannot count (default: refuse with 503)")                  \
+    ACTION(PROXY_PASSTHROUGH, SVC_OPT_STR, "", 0, 0,                                           \
+           "other /v1 paths relayed unmetered for authenticated keys, comma-separated")       \
+    ACTION(PROXY_UPSTREAM_IDLE_TIMEOUT, SVC_OPT_INT, "120", 1, 3600,                           \
+           "seconds without an upstream byte before a request is abandoned")                  \
+    ACTION(PROXY_ABORT_DRAIN_MS, SVC_OPT_INT, "100", 0, 1000,                                  \
+           "ms a request whose client left still reads what the upstream already sent")       \
+    ACTION(PROXY_SETTLE_RETRY_FOR, SVC_OPT_INT, "600", 0, 86400,                               \
+           "seconds a Settle is retried while billing cannot be reached")                     \
+    ACTION(PROXY_AUTH_CACHE_MS, SVC_OPT_INT, "100", 0, 1000,                                   \
+           "ms a successful Authenticate answer is reused for the same key; 0 = off")
+
+struct proxy_setting {
+    PROXY_OPTIONS(SVC_OPTION_DECLARE)
+};
+
+#define PROXY_METRICS(ACTION)                                                                  \
+    ACTION(proxy_requests_total, SVC_METRIC_COUNTER, "/v1 requests")                          \
+    ACTION(proxy_streams_open, SVC_METRIC_GAUGE, "answers streaming now")                     \
+    ACTION(proxy_auth_errors_total, SVC_METRIC_COUNTER, "requests refused for their key")     \
+    ACTION(proxy_rate_limited_total, SVC_METRIC_COUNTER, "requests refused by a rate limit")  \
+    ACTION(proxy_upstream_errors_total, SVC_METRIC_COUNTER, "upstream failures")              \
+    ACTION(proxy_client_aborts_total, SVC_METRIC_COUNTER, "clients that left mid-request")    \
+    ACTION(proxy_prompt_tokens_total, SVC_METRIC_COUNTER, "prompt tokens charged")            \
+    ACTION(proxy_completion_tokens_total, SVC_METRIC_COUNTER, "completion tokens charged")    \
+    ACTION(proxy_settles_pending, SVC_METRIC_GAUGE, "Settle/Release calls waiting for billing")
+
+struct proxy_stats {
+    PROXY_METRICS(SVC_METRIC_DECLARE)
+};
+
+extern struct proxy_setting proxy_setting;
+extern struct proxy_stats proxy_stats;
+
+/* Per-loop state; svc_loop_data(loop) points at it. */
+struct proxy_worker {
+    struct svc_loop *loop;
+    struct svc_fetch_multi *upstream; /* upstream calls */
+    struct svc_fetch_multi *rpc;      /* auth and billing calls: a few keep-alive connections */
+    struct svc_redis_async *redis;
+    struct svc_rpc_client *auth;
+    struct svc_rpc_client *billing;
+    struct billing_client *bill;
+    struct meter_loop *meters;
+    const struct svc_modelmap *models;
+};
+
+struct svc_req;
+
+/* Every /v1 path (v1.c). Runs on the request's loop; always async once authenticated. */
+int proxy_v1(struct svc_req *req, void *ctx);
+
+#endif

@@ -1,0 +1,840 @@
+/*
+ * /v1: the metered OpenAI-compatible API (docs/proxy.md).
+ *
+ *   parse + validate ─> Authenticate the chatweb API key (auth's client library)
+ *        ─> model allowed? ─> requests per minute ─> count the prompt exactly
+ *        ─> the meter (services/meter): tokens per minute, Reserve, the upstream call
+ *        ─> the answer passed through unchanged (SSE events or JSON) ─> the meter settles.
+ *
+ * Request bodies are forwarded byte for byte unless something must change: a streamed request
+ * gets stream_options.include_usage (and the usage chunk it did not ask for is not shown to it),
+ * and a request without a reply limit gets the limit its hold covers. GET /v1/models is the
+ * upstream's list filtered to the key's models; paths in PROXY_PASSTHROUGH are relayed unmetered.
+ * Everything runs on the request's loop; nothing blocks.
+ */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "auth.pb-c.h"
+#include "auth/client.h"
+#include "billing.pb-c.h"
+#include "meter/meter.h"
+#include "proxy.h"
+#include "svc/fetch.h"
+#include "svc/http.h"
+#include "svc/log.h"
+#include "svc/loop.h"
+#include "svc/modelmap.h"
+#include "svc/ratelimit.h"
+#include "svc/util.h"
+
+#define MODELS_MAX 16
+#define RELAY_MAX (16u << 20) /* bytes of an unmetered answer */
+#define RPM_WINDOW_S 60
+
+enum v1_kind { V1_CHAT, V1_COMPLETIONS, V1_EMBEDDINGS, V1_RESPONSES, V1_MODELS, V1_RELAY };
+
+struct v1_call {
+    struct proxy_worker *w;
+    struct svc_req *req; /* NULL once the request is over */
+    char rid[72];
+    char hold_id[48];
+    enum v1_kind kind;
+    char path[256];      /* after /v1 */
+    char method[8];
+
+    /* the request */
+    json_t *body;
+    int stream, hide_usage, has_limit;
+    char model[128];
+    struct svc_model_info mi;
+    long long prompt_tokens, max_completion;
+
+    /* who */
+    struct svc_fetch *auth_call;
+    long long user_id;
+    char username[128];
+    char key_id[64];
+    int is_static;
+    char *allowed[MODELS_MAX];
+    size_t nallowed;
+    char allowed_buf[1024];
+    long long rpm, tpm;
+
+    /* the answer */
+    struct meter *meter;
+    struct svc_fetch *relay;
+    int streaming;
+};
+
+/* ---- replies ---- */
+
+/* OpenAI's error object: {"error":{"message","type","param","code"}}. */
+static void v1_error(struct v1_call *c, int status, const char *type, const char *code,
+                     const char *message)
+{
+    if (c->req == NULL)
+        return;
+    svc_req_reply_json(c->req, status,
+                       json_pack("{s:{s:s, s:s, s:n, s:s?}}", "error", "message", message, "type",
+                                 type, "param", "code", code));
+}
+
+static void add_header(struct v1_call *c, const char *name, const char *value)
+{
+    if (c->req != NULL && svc_req_add_header(c->req, name, value) != SVC_OK)
+        SVC_LOG_WARN(c->rid, "reply", "cannot add %s", name);
+}
+
+static void call_free(struct v1_call *c)
+{
+    json_decref(c->body);
+    free(c);
+}
+
+static void on_request_done(void *data)
+{
+    struct v1_call *c = data;
+
+    svc_fetch_cancel(&c->auth_call);
+    svc_fetch_cancel(&c->relay);
+    meter_detach(&c->meter); /* no meter hook runs after this; it ends the hold */
+    if (c->streaming)
+        svc_metric_add(&proxy_stats.proxy_streams_open, -1);
+    c->req = NULL;
+    call_free(c);
+}
+
+static void on_client_gone(struct svc_req *req, void *data)
+{
+    (void)req;
+    (void)data;
+    svc_metric_add(&proxy_stats.proxy_client_aborts_total, 1);
+}
+
+/* The upstream URL of path (after /v1). */
+static void upstream_url(char *url, size_t len, const char *path)
+{
+    const char *base = proxy_setting.OPENAI_BASE_URL.s;
+    size_t blen = strlen(base);
+
+    while (blen > 0 && base[blen - 1] == '/')
+        blen--;
+    snprintf(url, len, "%.*s%s", (int)blen, base, path);
+}
+
+/* ---- the metered answer: meter hooks ---- */
+
+static int on_head(void *ud)
+{
+    struct v1_call *c = ud;
+    int rc;
+
+    if (!c->stream)
+        return SVC_OK; /* the JSON answer goes out whole, in on_body */
+    rc = svc_req_stream_start(c->req, 200, "text/event-stream; charset=utf-8");
+    if (rc == SVC_OK) {
+        c->streaming = 1;
+        svc_metric_add(&proxy_stats.proxy_streams_open, 1);
+    }
+    return rc;
+}
+
+static size_t on_pending(void *ud)
+{
+    struct v1_call *c = ud;
+
+    return c->req != NULL ? svc_req_stream_pending(c->req) : 0;
+}
+
+/* One SSE event, passed through as it came (data only), unless it is the usage chunk the client
+ * did not ask for. */
+static int on_event(void *ud, const struct meter_event *ev)
+{
+    struct v1_call *c = ud;
+    int rc;
+
+    if (ev->usage_only && c->hide_usage)
+        return 0;
+    rc = svc_req_stream_write(c->req, "data: ", 6);
+    if (rc == SVC_OK)
+        rc = svc_req_stream_write(c->req, ev->data, ev->len);
+    if (rc == SVC_OK)
+        rc = svc_req_stream_write(c->req, "\n\n", 2);
+    return rc;
+}
+
+static int on_body(void *ud, const char *body, size_t len)
+{
+    struct v1_call *c = ud;
+
+    return svc_req_reply(c->req, 200, "application/json", body, len);
+}
+
+static void on_end(void *ud, const struct meter_end *end)
+{
+    struct v1_call *c = ud;
+    char msg[512];
+
+    if (end->counted) {
+        SVC_LOG_INFO(c->rid, "billing", "no usage from the upstream: charged our count");
+    }
+    svc_metric_add(&proxy_stats.proxy_prompt_tokens_total, end->prompt_tokens);
+    svc_metric_add(&proxy_stats.proxy_completion_tokens_total, end->completion_tokens);
+    if (end->started) {
+        if (c->streaming) {
+            if (end->err != SVC_OK || end->stream_error != NULL)
+                svc_metric_add(&proxy_stats.proxy_upstream_errors_total, 1);
+            svc_req_stream_end(c->req);
+        } else if (end->err != SVC_OK || end->stream_error != NULL) {
+            svc_metric_add(&proxy_stats.proxy_upstream_errors_total, 1);
+            v1_error(c, 502, "server_error", "upstream_error",
+                     end->stream_error != NULL ? end->stream_error : "the upstream answer broke off");
+        }
+        return;
+    }
+    svc_metric_add(&proxy_stats.proxy_upstream_errors_total, 1);
+    if (end->status != 0 && end->status != 200) {
+        /* The upstream's own error, passed through as it answered. */
+        svc_req_reply(c->req, (int)end->status, "application/json",
+                      end->body != NULL ? end->body : "", end->body_len);
+        return;
+    }
+    snprintf(msg, sizeof(msg), "the upstream could not be reached: %s",
+             end->errmsg != NULL ? end->errmsg : svc_strerror(end->err));
+    svc_utf8_trim_end(msg);
+    if (end->err == SVC_ETIMEDOUT)
+        v1_error(c, 504, "server_error", "upstream_timeout", msg);
+    else
+        v1_error(c, 502, "server_error", "upstream_error", msg);
+}
+
+static const struct meter_hooks v1_hooks = {
+    .on_head = on_head,
+    .on_event = on_event,
+    .client_pending = on_pending,
+    .on_body = on_body,
+    .on_end = on_end,
+};
+
+/* ---- going upstream ---- */
+
+static void start_upstream(struct v1_call *c, long long completion_limit)
+{
+    char url[1024], auth[1100], hid[128];
+    const char *headers[6];
+    struct svc_fetch_req fr = {0};
+    size_t nh = 0, blen;
+    const char *raw = svc_req_body(c->req, &blen);
+    char *text = NULL;
+    int changed = 0, rc;
+
+    /* Change the body only where we must (see the top of this file). */
+    if (c->stream && (c->kind == V1_CHAT || c->kind == V1_COMPLETIONS)) {
+        json_t *so = json_object_get(c->body, "stream_options");
+        if (!json_is_true(json_object_get(so, "include_usage"))) {
+            if (!json_is_object(so)) {
+                so = json_object();
+                json_object_set_new(c->body, "stream_options", so);
+            }
+            json_object_set_new(so, "include_usage", json_true());
+            c->hide_usage = 1;
+            changed = 1;
+        }
+    }
+    if (!c->has_limit && c->kind != V1_EMBEDDINGS && completion_limit > 0) {
+        json_object_set_new(c->body,
+                            c->kind == V1_RESPONSES ? "max_output_tokens"
+                            : c->kind == V1_CHAT && c->mi.reasoning ? "max_completion_tokens"
+                                                                    : "max_tokens",
+                            json_integer(completion_limit));
+        changed = 1;
+    }
+    if (changed && (text = json_dumps(c->body, JSON_COMPACT)) == NULL) {
+        v1_error(c, 500, "server_error", NULL, "out of memory");
+        return;
+    }
+    upstream_url(url, sizeof(url), c->path);
+    headers[nh++] = "Content-Type: application/json";
+    headers[nh++] = c->stream ? "Accept: text/event-stream" : "Accept: application/json";
+    snprintf(hid, sizeof(hid), "X-Request-Id: %s", c->rid);
+    headers[nh++] = hid;
+    if (proxy_setting.OPENAI_KEY.s[0] != '\0') {
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", proxy_setting.OPENAI_KEY.s);
+        headers[nh++] = auth;
+    }
+    headers[nh] = NULL;
+    fr.method = "POST";
+    fr.url = url;
+    fr.headers = headers;
+    fr.body = text != NULL ? text : raw;
+    fr.body_len = text != NULL ? strlen(text) : blen;
+    fr.idle_timeout_ms = proxy_setting.PROXY_UPSTREAM_IDLE_TIMEOUT.i * 1000;
+    fr.proxy = proxy_setting.SOCKS_PROXY.s;
+    rc = meter_start(c->meter, &fr, c->stream);
+    free(text);
+    svc_wipe(auth, sizeof(auth));
+    if (rc != SVC_OK)
+        v1_error(c, 500, "server_error", NULL, "cannot start the upstream call");
+}
+
+static void on_admitted(void *ud, const struct meter_admission *a)
+{
+    struct v1_call *c = ud;
+    char ra[16], msg[256];
+
+    switch (a->result) {
+    case METER_ADMITTED:
+        start_upstream(c, a->completion_limit);
+        return;
+    case METER_TPM_REFUSED:
+        svc_metric_add(&proxy_stats.proxy_rate_limited_total, 1);
+        snprintf(ra, sizeof(ra), "%d", a->retry_after_s);
+        add_header(c, "Retry-After", ra);
+        snprintf(msg, sizeof(msg), "%lld", a->tpm_limit);
+        add_header(c, "x-ratelimit-limit-tokens", msg);
+        snprintf(msg, sizeof(msg), "%lld",
+                 a->tpm_limit > a->tpm_used ? a->tpm_limit - a->tpm_used : 0);
+        add_header(c, "x-ratelimit-remaining-tokens", msg);
+        snprintf(msg, sizeof(msg), "%ds", a->retry_after_s);
+        add_header(c, "x-ratelimit-reset-tokens", msg);
+        snprintf(msg, sizeof(msg),
+                 "Rate limit reached for tokens per minute (TPM): Limit %lld, Used %lld, "
+                 "Requested %lld. Please try again in %ds.",
+                 a->tpm_limit, a->tpm_used, c->prompt_tokens, a->retry_after_s);
+        v1_error(c, 429, "tokens", "rate_limit_exceeded", msg);
+        return;
+    case METER_INSUFFICIENT:
+    case METER_NO_ACCOUNT:
+        v1_error(c, 429, "insufficient_quota", "insufficient_quota",
+                 "You exceeded your current quota: the account's token balance is used up.");
+        return;
+    case METER_UNAVAILABLE:
+    default:
+        v1_error(c, 503, "server_error", "billing_unavailable",
+                 "The billing service is unavailable, please try again later.");
+        return;
+    }
+}
+
+/* Requests per minute answered: refuse with OpenAI's headers, or admit the tokens. */
+static void admit(struct v1_call *c)
+{
+    Chatweb__Billing__ReserveRequest in = CHATWEB__BILLING__RESERVE_REQUEST__INIT;
+    struct svc_ratelimit_scope sc[2];
+    char key_scope[96];
+    int n = 0;
+
+    c->meter = meter_create(c->w->meters, &v1_hooks, c, c->rid, c->hold_id, c->model, &c->mi);
+    if (c->meter == NULL) {
+        v1_error(c, 500, "server_error", NULL, "out of memory");
+        return;
+    }
+    if (c->tpm > 0 && c->key_id[0] != '\0') {
+        snprintf(key_scope, sizeof(key_scope), "key:%s", c->key_id);
+        sc[n].name = key_scope;
+        sc[n++].limit = c->tpm;
+    }
+    if (proxy_setting.PROXY_TPM_LIMIT.i > 0) {
+        sc[n].name = "user";
+        sc[n++].limit = proxy_setting.PROXY_TPM_LIMIT.i;
+    }
+    {
+        char tag[32];
+        snprintf(tag, sizeof(tag), "u%lld", c->user_id);
+        meter_set_tpm(c->meter, tag, sc, n);
+    }
+    in.user_id = c->user_id;
+    in.prompt_tokens = c->prompt_tokens;
+    in.max_completion_tokens = c->max_completion;
+    /* A client's own limit is all or nothing; ours may be lowered to what the balance covers. */
+    in.completion_limit_fixed = c->has_limit || c->kind == V1_EMBEDDINGS;
+    in.min_completion_tokens = c->has_limit || c->kind == V1_EMBEDDINGS ? c->max_completion : 1;
+    in.source = "proxy";
+    in.create_unlimited = c->is_static;
+    in.username = c->username;
+    if (meter_admit(c->meter, &in, on_admitted) != SVC_OK)
+        v1_error(c, 500, "server_error", NULL, "internal error");
+}
+
+static void on_rpm(int err, int allowed, long long count, void *data)
+{
+    struct v1_call *c = data;
+    long long limit = c->rpm > 0 ? c->rpm : proxy_setting.PROXY_RPM_LIMIT.i;
+    int reset = RPM_WINDOW_S - (int)(svc_wallclock_ms() / 1000 % RPM_WINDOW_S);
+    char v[32];
+
+    if (c->req == NULL || svc_req_is_done(c->req))
+        return;
+    if (err != SVC_OK && !proxy_setting.PROXY_RATELIMIT_FAIL_OPEN.i) {
+        SVC_LOG_WARN(c->rid, "ratelimit", "cannot count this request: %s", svc_strerror(err));
+        v1_error(c, 503, "server_error", "rate_limiter_unavailable",
+                 "The rate limiter is unavailable, please try again later.");
+        return;
+    }
+    if (err == SVC_OK) {
+        snprintf(v, sizeof(v), "%lld", limit);
+        add_header(c, "x-ratelimit-limit-requests", v);
+        snprintf(v, sizeof(v), "%lld", count < limit ? limit - count : 0);
+        add_header(c, "x-ratelimit-remaining-requests", v);
+        snprintf(v, sizeof(v), "%ds", reset);
+        add_header(c, "x-ratelimit-reset-requests", v);
+    }
+    if (err == SVC_OK && !allowed) {
+        char msg[256];
+        svc_metric_add(&proxy_stats.proxy_rate_limited_total, 1);
+        snprintf(v, sizeof(v), "%d", reset);
+        add_header(c, "Retry-After", v);
+        snprintf(msg, sizeof(msg),
+                 "Rate limit reached for requests per minute (RPM): Limit %lld, Used %lld, "
+                 "Requested 1. Please try again in %ds.",
+                 limit, count - 1, reset);
+        v1_error(c, 429, "requests", "rate_limit_exceeded", msg);
+        return;
+    }
+    admit(c);
+}
+
+/* ---- counting the prompt ---- */
+
+/* Text of an OpenAI "content": a string, or an array of parts whose text parts count. */
+static long long content_tokens(const struct svc_model_info *mi, json_t *content, int *bad)
+{
+    const struct svc_tokenizer *tk = svc_tokenizer_get(mi->encoding);
+    long long n = 0;
+    size_t i;
+    json_t *part;
+
+    if (tk == NULL) {
+        *bad = 1;
+        return 0;
+    }
+    if (json_is_string(content))
+        return svc_tokenizer_count(tk, json_string_value(content), json_string_length(content));
+    if (json_is_null(content) || content == NULL)
+        return 0;
+    if (!json_is_array(content)) {
+        *bad = 1;
+        return 0;
+    }
+    json_array_foreach(content, i, part) {
+        json_t *t = json_object_get(part, "text");
+        if (json_is_string(t))
+            n += svc_tokenizer_count(tk, json_string_value(t), json_string_length(t));
+    }
+    return n;
+}
+
+/* Strings, or token arrays (their length), or arrays of either: a prompt or an input. */
+static long long input_tokens(const struct svc_model_info *mi, json_t *v, int depth, int *bad)
+{
+    size_t i;
+    json_t *e;
+    long long n = 0;
+
+    if (json_is_string(v))
+        return content_tokens(mi, v, bad);
+    if (json_is_integer(v) && depth > 0)
+        return 1;
+    if (!json_is_array(v) || depth > 1) {
+        *bad = 1;
+        return 0;
+    }
+    json_array_foreach(v, i, e) n += input_tokens(mi, e, depth + 1, bad);
+    return n;
+}
+
+/* The chat format's count of messages (modelmap.h), with content parts and names. */
+static long long messages_tokens(const struct svc_model_info *mi, json_t *messages, int *bad)
+{
+    long long n = svc_modelmap_reply_priming(mi);
+    size_t i;
+    json_t *m;
+
+    if (!json_is_array(messages) || json_array_size(messages) == 0) {
+        *bad = 1;
+        return 0;
+    }
+    json_array_foreach(messages, i, m) {
+        const char *role = json_string_value(json_object_get(m, "role"));
+        const char *name = json_string_value(json_object_get(m, "name"));
+        json_t *content = json_object_get(m, "content");
+        if (!json_is_object(m) || role == NULL) {
+            *bad = 1;
+            return 0;
+        }
+        n += svc_modelmap_message_tokens(mi, role, "", 0, name);
+        n += content_tokens(mi, content, bad);
+    }
+    return n;
+}
+
+/* The exact prompt and the largest reply of the request; 0, or a message for a 400. */
+static const char *count_request(struct v1_call *c)
+{
+    json_t *b = c->body;
+    json_t *limit = NULL;
+    int bad = 0;
+
+    switch (c->kind) {
+    case V1_CHAT:
+        c->prompt_tokens = messages_tokens(&c->mi, json_object_get(b, "messages"), &bad);
+        if (bad)
+            return "'messages' must be a non-empty array of messages with a role";
+        limit = json_object_get(b, "max_completion_tokens");
+        if (limit == NULL)
+            limit = json_object_get(b, "max_tokens");
+        break;
+    case V1_COMPLETIONS:
+        c->prompt_tokens = input_tokens(&c->mi, json_object_get(b, "prompt"), 0, &bad);
+        if (bad)
+            return "'prompt' must be a string, an array of strings or of token arrays";
+        limit = json_object_get(b, "max_tokens");
+        break;
+    case V1_EMBEDDINGS:
+        c->prompt_tokens = input_tokens(&c->mi, json_object_get(b, "input"), 0, &bad);
+        if (bad)
+            return "'input' must be a string, an array of strings or of token arrays";
+        c->max_completion = 0;
+        return NULL;
+    case V1_RESPONSES: {
+        json_t *input = json_object_get(b, "input");
+        json_t *instr = json_object_get(b, "instructions");
+        c->prompt_tokens = json_is_array(input) ? messages_tokens(&c->mi, input, &bad)
+                                                : content_tokens(&c->mi, input, &bad);
+        c->prompt_tokens += content_tokens(&c->mi, instr, &bad);
+        if (bad)
+            return "'input' must be a string or an array of messages";
+        limit = json_object_get(b, "max_output_tokens");
+        break;
+    }
+    default:
+        return "unsupported endpoint";
+    }
+    if (limit != NULL && !json_is_null(limit)) {
+        if (!json_is_integer(limit) || json_integer_value(limit) < 1)
+            return "the reply limit (max_tokens) must be an integer of at least 1";
+        c->has_limit = 1;
+        c->max_completion = json_integer_value(limit);
+    } else {
+        /* No limit asked: the hold covers what the model's window leaves, at least one token. */
+        c->max_completion = c->mi.context_window - c->prompt_tokens;
+        if (c->max_completion < 1)
+            c->max_completion = 1;
+    }
+    return NULL;
+}
+
+/* ---- who is calling ---- */
+
+static int model_allowed(const struct v1_call *c, const char *model)
+{
+    if (c->nallowed == 0)
+        return 1;
+    for (size_t i = 0; i < c->nallowed; i++)
+        if (strcmp(c->allowed[i], model) == 0)
+            return 1;
+    return 0;
+}
+
+static void relay_start(struct v1_call *c);
+
+static void on_authenticated(void *ctx, int err, int result, const char *scheme,
+                             const Chatweb__Auth__Identity *id, const char *errmsg)
+{
+    struct v1_call *c = ctx;
+    const char *why;
+    char msg[320];
+    size_t off = 0;
+
+    (void)scheme;
+    c->auth_call = NULL;
+    if (err != SVC_OK) {
+        SVC_LOG_ERR(c->rid, "auth", "Authenticate failed: %s", errmsg ? errmsg : "");
+        v1_error(c, 503, "server_error", "auth_unavailable",
+                 "The authentication service is unavailable, please try again later.");
+        return;
+    }
+    /* Only a chatweb API key opens /v1 (not a password, not a browser session). */
+    if (result != CHATWEB__AUTH__AUTH_RESULT__AUTH_OK || id == NULL || id->key_id == NULL ||
+        id->key_id[0] == '\0') {
+        svc_metric_add(&proxy_stats.proxy_auth_errors_total, 1);
+        v1_error(c, 401, "invalid_request_error", "invalid_api_key",
+                 result == CHATWEB__AUTH__AUTH_RESULT__AUTH_THROTTLED
+                     ? "Too many failed attempts, please try again later."
+                     : "Incorrect API key provided. Ask your operator for a chatweb API key.");
+        return;
+    }
+    c->user_id = id->user_id;
+    c->is_static = id->is_static;
+    c->rpm = id->rpm_limit;
+    c->tpm = id->tpm_limit;
+    snprintf(c->username, sizeof(c->username), "%s", id->username ? id->username : "");
+    snprintf(c->key_id, sizeof(c->key_id), "%s", id->key_id);
+    for (size_t i = 0; i < id->n_allowed_models && c->nallowed < MODELS_MAX; i++) {
+        size_t len = strlen(id->allowed_models[i]);
+        if (off + len + 1 > sizeof(c->allowed_buf))
+            break;
+        memcpy(c->allowed_buf + off, id->allowed_models[i], len + 1);
+        c->allowed[c->nallowed++] = c->allowed_buf + off;
+        off += len + 1;
+    }
+    if (c->kind == V1_MODELS || c->kind == V1_RELAY) {
+        relay_start(c);
+        return;
+    }
+    if (!model_allowed(c, c->model)) {
+        snprintf(msg, sizeof(msg), "This API key may not use the model '%.128s'.", c->model);
+        v1_error(c, 403, "invalid_request_error", "model_not_allowed", msg);
+        return;
+    }
+    svc_modelmap_lookup(c->w->models, c->model, &c->mi);
+    why = count_request(c);
+    if (why != NULL) {
+        v1_error(c, 400, "invalid_request_error", NULL, why);
+        return;
+    }
+    if (c->prompt_tokens < 0) {
+        v1_error(c, 500, "server_error", NULL, "cannot count the prompt");
+        return;
+    }
+    {
+        long long limit = c->rpm > 0 ? c->rpm : proxy_setting.PROXY_RPM_LIMIT.i;
+        char scope[96];
+        if (c->rpm > 0)
+            snprintf(scope, sizeof(scope), "key:%s", c->key_id);
+        else
+            snprintf(scope, sizeof(scope), "proxy:%lld", c->user_id);
+        if (limit > 0 &&
+            svc_ratelimit_hit(c->w->redis, scope, limit, RPM_WINDOW_S, on_rpm, c) == SVC_OK)
+            return;
+        if (limit > 0 && !proxy_setting.PROXY_RATELIMIT_FAIL_OPEN.i) {
+            v1_error(c, 503, "server_error", "rate_limiter_unavailable",
+                     "The rate limiter is unavailable, please try again later.");
+            return;
+        }
+    }
+    admit(c);
+}
+
+/* ---- unmetered: the model list and PROXY_PASSTHROUGH ---- */
+
+/* GET /v1/models: the upstream's list, only the key's models when it has a list. */
+static void reply_models(struct v1_call *c, const char *body, size_t len)
+{
+    json_t *j = json_loadb(body, len, 0, NULL);
+    json_t *data = json_object_get(j, "data"), *kept;
+    size_t i;
+    json_t *m;
+
+    if (!json_is_array(data)) {
+        json_decref(j);
+        v1_error(c, 502, "server_error", "upstream_error", "the upstream's model list is malformed");
+        return;
+    }
+    kept = json_array();
+    json_array_foreach(data, i, m) {
+        const char *id = json_string_value(json_object_get(m, "id"));
+        if (id != NULL && model_allowed(c, id))
+            json_array_append(kept, m);
+    }
+    json_object_set_new(j, "data", kept);
+    svc_req_reply_json(c->req, 200, j);
+}
+
+static void on_relay_done(struct svc_fetch *f, int err, long status, const char *body, size_t len,
+                          const char *errmsg, void *ud)
+{
+    struct v1_call *c = ud;
+    char msg[320];
+
+    (void)f;
+    c->relay = NULL;
+    if (err != SVC_OK) {
+        snprintf(msg, sizeof(msg), "the upstream could not be reached: %s",
+                 errmsg != NULL ? errmsg : svc_strerror(err));
+        svc_utf8_trim_end(msg);
+        v1_error(c, err == SVC_ETIMEDOUT ? 504 : 502, "server_error",
+                 err == SVC_ETIMEDOUT ? "upstream_timeout" : "upstream_error", msg);
+        return;
+    }
+    if (c->kind == V1_MODELS && status == 200 && c->nallowed > 0) {
+        reply_models(c, body, len);
+        return;
+    }
+    svc_req_reply(c->req, (int)status, "application/json", body, len);
+}
+
+static void relay_start(struct v1_call *c)
+{
+    static const struct svc_fetch_cb cb = {.on_done = on_relay_done};
+    char url[1024], auth[1100], hid[128];
+    const char *headers[5];
+    struct svc_fetch_req fr = {0};
+    size_t nh = 0, blen = 0;
+    const char *body = svc_req_body(c->req, &blen);
+
+    upstream_url(url, sizeof(url), c->path);
+    headers[nh++] = "Content-Type: application/json";
+    snprintf(hid, sizeof(hid), "X-Request-Id: %s", c->rid);
+    headers[nh++] = hid;
+    if (proxy_setting.OPENAI_KEY.s[0] != '\0') {
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", proxy_setting.OPENAI_KEY.s);
+        headers[nh++] = auth;
+    }
+    headers[nh] = NULL;
+    fr.method = c->method;
+    fr.url = url;
+    fr.headers = headers;
+    fr.body = blen > 0 ? body : NULL;
+    fr.body_len = blen;
+    fr.timeout_ms = proxy_setting.PROXY_UPSTREAM_IDLE_TIMEOUT.i * 1000;
+    fr.max_response = RELAY_MAX;
+    fr.proxy = proxy_setting.SOCKS_PROXY.s;
+    c->relay = svc_fetch_start(c->w->upstream, &fr, &cb, c);
+    svc_wipe(auth, sizeof(auth));
+    if (c->relay == NULL)
+        v1_error(c, 500, "server_error", NULL, "cannot start the upstream call");
+}
+
+/* ---- the request ---- */
+
+static int listed(const char *path, const char *list)
+{
+    size_t n = strlen(path);
+    const char *p = list;
+
+    while (p != NULL && *p != '\0') {
+        const char *end = strchr(p, ',');
+        size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
+        while (len > 0 && *p == ' ') {
+            p++;
+            len--;
+        }
+        if (len == n && strncmp(p, path, n) == 0)
+            return 1;
+        p = end != NULL ? end + 1 : NULL;
+    }
+    return 0;
+}
+
+/* What the path is; -1 for a path we do not serve. */
+static int classify(struct v1_call *c, const char *method)
+{
+    static const struct {
+        const char *path;
+        enum v1_kind kind;
+    } metered[] = {{"/chat/completions", V1_CHAT},
+                   {"/completions", V1_COMPLETIONS},
+                   {"/embeddings", V1_EMBEDDINGS},
+                   {"/responses", V1_RESPONSES}};
+
+    for (size_t i = 0; i < sizeof(metered) / sizeof(metered[0]); i++)
+        if (strcmp(c->path, metered[i].path) == 0)
+            return strcmp(method, "POST") == 0 ? (int)metered[i].kind : -2;
+    if (strcmp(c->path, "/models") == 0 || strncmp(c->path, "/models/", 8) == 0)
+        return strcmp(method, "GET") == 0 ? V1_MODELS : -2;
+    if (listed(c->path, proxy_setting.PROXY_PASSTHROUGH.s))
+        return V1_RELAY;
+    return -1;
+}
+
+/* The Authorization value to verify: "Bearer <key>", or Azure-style "api-key: <key>". */
+static const char *credentials(struct svc_req *req, char *buf, size_t len)
+{
+    const char *a = svc_req_header(req, "Authorization");
+    const char *k = svc_req_header(req, "api-key");
+
+    if (a != NULL && a[0] != '\0')
+        return a;
+    if (k != NULL && k[0] != '\0' && (size_t)snprintf(buf, len, "Bearer %s", k) < len)
+        return buf;
+    return NULL;
+}
+
+int proxy_v1(struct svc_req *req, void *ctx)
+{
+    struct v1_call *c;
+    const char *path = svc_req_path(req), *authz, *body;
+    const char *method = svc_req_method(req);
+    char keybuf[512], msg[320];
+    size_t len;
+    int kind, remembered = 0;
+
+    (void)ctx;
+    svc_metric_add(&proxy_stats.proxy_requests_total, 1);
+    c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        svc_req_error(req, 500, "out of memory");
+        return SVC_HTTP_DONE;
+    }
+    c->req = req;
+    c->w = svc_loop_data(svc_req_loop(req));
+    snprintf(c->rid, sizeof(c->rid), "%s", svc_req_id(req));
+    snprintf(c->path, sizeof(c->path), "%s", path + 3); /* after "/v1" */
+    snprintf(c->method, sizeof(c->method), "%s", method);
+    {
+        char uuid[37];
+        svc_uuid4(uuid);
+        snprintf(c->hold_id, sizeof(c->hold_id), "px-%s", uuid);
+    }
+    svc_req_set_cleanup(req, on_request_done, c);
+    svc_req_on_abort(req, on_client_gone, c);
+
+    kind = classify(c, method);
+    if (kind == -1) {
+        snprintf(msg, sizeof(msg), "Invalid URL (%s %.200s)", method, path);
+        v1_error(c, 404, "invalid_request_error", NULL, msg);
+        return SVC_HTTP_DONE;
+    }
+    if (kind == -2) {
+        snprintf(msg, sizeof(msg), "Invalid method for URL (%s %.200s)", method, path);
+        v1_error(c, 405, "invalid_request_error", NULL, msg);
+        return SVC_HTTP_DONE;
+    }
+    c->kind = (enum v1_kind)kind;
+    if (c->kind != V1_MODELS && c->kind != V1_RELAY) {
+        json_error_t je;
+        json_t *model, *stream;
+        body = svc_req_body(req, &len);
+        c->body = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+        if (c->body == NULL || !json_is_object(c->body)) {
+            snprintf(msg, sizeof(msg), "We could not parse the JSON body of your request: %s",
+                     c->body == NULL ? je.text : "not an object");
+            v1_error(c, 400, "invalid_request_error", NULL, msg);
+            return SVC_HTTP_DONE;
+        }
+        model = json_object_get(c->body, "model");
+        if (!json_is_string(model) || json_string_length(model) == 0 ||
+            json_string_length(model) >= sizeof(c->model)) {
+            v1_error(c, 400, "invalid_request_error", NULL, "you must provide a model parameter");
+            return SVC_HTTP_DONE;
+        }
+        snprintf(c->model, sizeof(c->model), "%s", json_string_value(model));
+        stream = json_object_get(c->body, "stream");
+        if (stream != NULL && !json_is_boolean(stream) && !json_is_null(stream)) {
+            v1_error(c, 400, "invalid_request_error", NULL, "'stream' must be a boolean");
+            return SVC_HTTP_DONE;
+        }
+        c->stream = json_is_true(stream) && c->kind != V1_EMBEDDINGS;
+    }
+    authz = credentials(req, keybuf, sizeof(keybuf));
+    if (authz == NULL) {
+        svc_metric_add(&proxy_stats.proxy_auth_errors_total, 1);
+        v1_error(c, 401, "invalid_request_error", "invalid_api_key",
+                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.");
+        return SVC_HTTP_DONE;
+    }
+    if (auth_client_authenticate(c->w->auth, c->w->rpc, authz, NULL, svc_req_client_ip(req),
+                                 c->rid, on_authenticated, c, &c->auth_call,
+                                 &remembered) != SVC_OK) {
+        v1_error(c, 503, "server_error", "auth_unavailable",
+                 "The authentication service is unavailable, please try again later.");
+        return SVC_HTTP_DONE;
+    }
+    svc_wipe(keybuf, sizeof(keybuf));
+    return SVC_HTTP_ASYNC;
+}
