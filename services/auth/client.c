@@ -160,11 +160,12 @@ static void on_authenticated(int err, ProtobufCMessage *out_msg, const char *err
     Chatweb__Auth__AuthenticateResponse *out = (void *)out_msg;
 
     if (err != SVC_OK) {
-        ac->cb(ac->ctx, err, 0, NULL, NULL, errmsg);
+        ac->cb(ac->ctx, err, 0, NULL, NULL, 0, errmsg);
     } else {
         if (out->result == CHATWEB__AUTH__AUTH_RESULT__AUTH_OK && ac->authorization != NULL)
             auth_client_memo_put(ac->authorization, out->identity);
-        ac->cb(ac->ctx, SVC_OK, out->result, out->scheme, out->identity, NULL);
+        ac->cb(ac->ctx, SVC_OK, out->result, out->scheme, out->identity,
+               (long long)out->retry_after_ms, NULL);
     }
     if (out_msg != NULL)
         protobuf_c_message_free_unpacked(out_msg, NULL);
@@ -195,7 +196,7 @@ static int answer_from_memo(const char *authz, auth_client_fn cb, void *ctx)
     id.n_allowed_models = n;
     id.allowed_models = models;
     cb(ctx, SVC_OK, CHATWEB__AUTH__AUTH_RESULT__AUTH_OK,
-       strncasecmp(authz, "Basic ", 6) == 0 ? "basic" : "bearer", &id, NULL);
+       strncasecmp(authz, "Basic ", 6) == 0 ? "basic" : "bearer", &id, 0, NULL);
     return 1;
 }
 

@@ -54,11 +54,13 @@ void auth_client_forget_user(long long user_id);
 /*
  * The answer to auth_client_authenticate. err != SVC_OK: auth could not be asked or did not
  * answer (errmsg says why; result is 0, id NULL). Otherwise result is an AuthResult, scheme the
- * credential kind auth recognised ("basic", "bearer", "apikey", "session"; may be NULL) and id
- * the identity when there is one (AUTH_OK, AUTH_BLOCKED). Everything is borrowed for the call.
+ * credential kind auth recognised ("basic", "bearer", "apikey", "session"; may be NULL), id
+ * the identity when there is one (AUTH_OK, AUTH_BLOCKED) and retry_after_ms how long a throttled
+ * client must wait (AUTH_THROTTLED). Everything is borrowed for the call.
  */
 typedef void (*auth_client_fn)(void *ctx, int err, int result, const char *scheme,
-                               const Chatweb__Auth__Identity *id, const char *errmsg);
+                               const Chatweb__Auth__Identity *id, long long retry_after_ms,
+                               const char *errmsg);
 
 /*
  * Authenticates a request's Authorization and Cookie headers (either may be NULL). Answers from

@@ -650,12 +650,8 @@ static void on_identity(struct chat_turn *t, int result, const char *scheme,
     case CHATWEB__AUTH__AUTH_RESULT__AUTH_UNKNOWN_USER:
     case CHATWEB__AUTH__AUTH_RESULT__AUTH_WRONG_PASSWORD:
     case CHATWEB__AUTH__AUTH_RESULT__AUTH_BLOCKED:
-    case CHATWEB__AUTH__AUTH_RESULT__AUTH_THROTTLED:
         if (scheme != NULL && strcmp(scheme, "basic") == 0) {
-            chat_turn_fail(t, result == CHATWEB__AUTH__AUTH_RESULT__AUTH_THROTTLED
-                                  ? "登录失败次数过多，请稍后再试 | Too many failed logins, "
-                                    "please try again later"
-                                  : "账号未授权,请输入/login登录其他账户");
+            chat_turn_fail(t, "账号未授权,请输入/login登录其他账户");
             return;
         }
         /* a bearer token the frontend must drop */
@@ -707,7 +703,8 @@ static void on_identity(struct chat_turn *t, int result, const char *scheme,
 }
 
 static void on_authenticated(void *ctx, int err, int result, const char *scheme,
-                             const Chatweb__Auth__Identity *id, const char *errmsg)
+                             const Chatweb__Auth__Identity *id, long long retry_after_ms,
+                             const char *errmsg)
 {
     struct chat_turn *t = ctx;
 
@@ -717,6 +714,19 @@ static void on_authenticated(void *ctx, int err, int result, const char *scheme,
         SVC_LOG_ERR(t->rid, "auth", "Authenticate failed: %s", errmsg ? errmsg : "");
         chat_turn_reply(t, 503, "Fail", "认证服务不可用，请稍后再试 | Authentication service "
                                         "unavailable, please try again later");
+        return;
+    }
+    if (result == CHATWEB__AUTH__AUTH_RESULT__AUTH_THROTTLED && t->cmd == CHAT_CMD_NONE) {
+        /* Throttled is not "wrong": never the Unauthorized envelope, which makes the frontend
+         * drop a token that may well be right. */
+        char ra[24], msg[200];
+        snprintf(ra, sizeof(ra), "%lld", (retry_after_ms + 999) / 1000);
+        if (t->req != NULL && svc_req_add_header(t->req, "Retry-After", ra) != SVC_OK)
+            SVC_LOG_ERR(t->rid, "auth", "cannot add Retry-After");
+        snprintf(msg, sizeof(msg), "登录失败次数过多，请 %s 秒后再试 | Too many failed logins, retry "
+                                   "after %s s",
+                 ra, ra);
+        chat_turn_reply(t, 429, "Fail", msg);
         return;
     }
     on_identity(t, result, scheme, id);

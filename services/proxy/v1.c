@@ -543,7 +543,8 @@ static int model_allowed(const struct v1_call *c, const char *model)
 static void relay_start(struct v1_call *c);
 
 static void on_authenticated(void *ctx, int err, int result, const char *scheme,
-                             const Chatweb__Auth__Identity *id, const char *errmsg)
+                             const Chatweb__Auth__Identity *id, long long retry_after_ms,
+                             const char *errmsg)
 {
     struct v1_call *c = ctx;
     const char *why;
@@ -552,6 +553,15 @@ static void on_authenticated(void *ctx, int err, int result, const char *scheme,
 
     (void)scheme;
     c->auth_call = NULL;
+    if (err == SVC_OK && result == CHATWEB__AUTH__AUTH_RESULT__AUTH_THROTTLED) {
+        char ra[24];
+        snprintf(ra, sizeof(ra), "%lld", (retry_after_ms + 999) / 1000);
+        add_header(c, "Retry-After", ra);
+        snprintf(msg, sizeof(msg), "Too many failed attempts with this key: retry after %s s.",
+                 ra);
+        v1_error(c, 429, "requests", "rate_limit_exceeded", msg);
+        return;
+    }
     if (err != SVC_OK) {
         SVC_LOG_ERR(c->rid, "auth", "Authenticate failed: %s", errmsg ? errmsg : "");
         v1_error(c, 503, "server_error", "auth_unavailable",

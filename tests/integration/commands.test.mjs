@@ -212,6 +212,20 @@ describe('chat commands', () => {
         assert.match(owner.text, /^Echo\(3 msgs\)/, 'the renamed account keeps its own history');
     });
 
+    it('a throttled login is told to wait (429 + Retry-After), never that its token is wrong', async () => {
+        await ops(stack, { action: 'register', i_username: 'tess', i_password: 'tess-pass', count: 1000 });
+        let r;
+        for (let i = 0; i < 25; i++) {
+            r = await say(stack, 'hello', { authorization: 'Bearer tess:wrong-password' });
+            if (r.status === 429) break;
+        }
+        assert.equal(r.status, 429, r.body);
+        const j = JSON.parse(r.body);
+        assert.equal(j.status, 'Fail');
+        assert.match(j.message, /retry after \d+ s/);
+        assert.ok(Number(r.headers['retry-after']) >= 1, `Retry-After ${r.headers['retry-after']}`);
+    });
+
     it('other slash prompts are ordinary chat', async () => {
         const r = await say(stack, '/translate this', root);
         assert.equal(r.status, 200);
