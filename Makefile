@@ -7,7 +7,7 @@ BUILD_DIR ?= build
 SANITIZE ?= OFF
 BUILD_TYPE ?= RelWithDebInfo
 
-.PHONY: all bootstrap build run test unit integration bench clean fuzz-smoke
+.PHONY: all bootstrap build run test unit integration bench clean fuzz-smoke soak tsan
 
 all: build
 
@@ -53,6 +53,23 @@ fuzz-smoke: bootstrap
 		{ cat $(FUZZ_BUILD_DIR).cmake.log; exit 1; }
 	@cmake --build $(FUZZ_BUILD_DIR) --target $(FUZZ_TARGETS)
 	tests/fuzz/smoke $(FUZZ_BUILD_DIR) $(FUZZ_SECONDS)
+
+# The soak (tests/soak/run.mjs): SOAK_SECONDS of mixed chat and ops traffic against a whole stack,
+# RSS and descriptors of every service sampled and bounded. SOAK_NO_BUILD=1 uses BUILD_DIR as it is
+# (CI soaks its ASan and TSan builds that way). SOAK_SANITIZER=asan|tsan names such a build.
+SOAK_SECONDS ?= 1800
+
+soak: $(if $(SOAK_NO_BUILD),,build) $(NPM_STAMP)
+	BUILD_DIR=$(BUILD_DIR) SOAK_SECONDS=$(SOAK_SECONDS) node tests/soak/run.mjs
+
+# A ThreadSanitizer build of the service binaries (CHATWEB_TSAN; cannot be combined with ASan).
+TSAN_BUILD_DIR ?= build-tsan
+
+tsan: bootstrap
+	@cmake -S . -B $(TSAN_BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCHATWEB_TSAN=ON \
+		> $(TSAN_BUILD_DIR).cmake.log 2>&1 || { cat $(TSAN_BUILD_DIR).cmake.log; exit 1; }
+	@cmake --build $(TSAN_BUILD_DIR) --target chatweb-auth chatweb-billing chatweb-chat \
+		chatweb-proxy chatweb-fake-upstream
 
 bench: build
 	BUILD_DIR=$(BUILD_DIR) bench/run-all
