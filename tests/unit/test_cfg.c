@@ -388,7 +388,7 @@ static void test_common_options_defaults_valid(void)
              SVC_OK);
     T_EQ_INT(s.HTTP_MAX_BODY.i, 1048576);
     T_EQ_INT(s.WORKERS.i, 0);
-    T_EQ_STR(s.HTTP_ADDR.s, "0.0.0.0:8080");
+    T_EQ_STR(s.HTTP_ADDR.s, "127.0.0.1:8080"); /* loopback unless configured */
 }
 
 /* svc_cfg_log_all never prints a secret: SECRET options show "(set)", URL credentials stars. */
