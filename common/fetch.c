@@ -310,6 +310,8 @@ struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fe
     }
     if (req->proxy != NULL && req->proxy[0] != '\0')
         curl_easy_setopt(e, CURLOPT_PROXY, req->proxy);
+    if (req->ca_file != NULL && req->ca_file[0] != '\0')
+        curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
     /* A streamed body arrives in small events; curl's 16 KiB default receive buffer would be
      * resident for every open stream. */

@@ -16,12 +16,12 @@ struct svc_rpc_client;
  * client sending the same credentials many times a second pays the RPC (one loopback round trip)
  * once per ttl (CHAT_AUTH_CACHE_MS in chat) instead of on every request.
  *
- * The memory is kept per process, shared by its loops (striped locks). Keyed by a keyed BLAKE2b digest of
- * the Authorization header (the key is random per process; credentials are never stored). Only
- * AUTH_OK answers for Basic credentials, "Bearer user:pass" and API keys are kept; login-session
- * tokens and cookies always ask auth, so a logout takes effect at once. A change this process
- * makes (/user, /model) drops the user's entries at once; a change made elsewhere (block,
- * password, key revocation) is seen within CHAT_AUTH_CACHE_MS plus auth's own recheck interval.
+ * The memory is kept per process, shared by its loops (striped locks). Keyed by a keyed BLAKE2b
+ * digest of the Authorization header (the key is random per process; credentials are never
+ * stored). Only AUTH_OK answers for Basic credentials, "Bearer user:pass" and API keys are kept;
+ * login-session tokens and cookies always ask auth, so a logout takes effect at once. A change
+ * this process makes (/user, /model) drops the user's entries at once; a change made elsewhere
+ * (block, password, key revocation) is seen within the ttl plus auth's own recheck interval.
  */
 
 struct auth_client_identity {

@@ -44,6 +44,8 @@ struct meter_loop;
     ACTION(CHAT_UPSTREAM_IDLE_TIMEOUT, SVC_OPT_INT, "120", 1, 3600,                            \
            "seconds without an upstream byte before a reply is abandoned")                     \
     ACTION(SOCKS_PROXY, SVC_OPT_SECRET, "", 0, 0, "proxy URL for upstream calls")             \
+    ACTION(OPENAI_CA_FILE, SVC_OPT_STR, "", 0, 0,                                              \
+           "PEM file of the CAs to trust for the upstream (a private CA); empty = the system's") \
     ACTION(OPS_LINK, SVC_OPT_STR, "/admin", 0, 0, "self-service link shown to users")         \
     ACTION(CHAT_MODELS, SVC_OPT_STR, "", 0, 0,                                                 \
            "models /model may choose, comma-separated (default: OPENAI_MODEL only)")          \

@@ -11,7 +11,8 @@
  *
  * Each message is one key, scoped to its owner's account so nobody can chain onto another
  * user's conversation (the seed's S9):
- *     cw:ctx:{u<account id>}:<message id>  ->  {"role":"user|assistant","content":"...","parent":"<id>"}
+ *     cw:ctx:{u<account id>}:<message id>
+ *         ->  {"role":"user|assistant","content":"...","parent":"<id>"}
  * with a TTL of CHAT_SESSION_TTL minutes, refreshed whenever a later turn reads it. The account id
  * is the immutable SQL id, never the username: a renamed account keeps its history and a new
  * account that takes the old name gets none of it (ids are never reused). The braces are a Redis

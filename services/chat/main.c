@@ -128,6 +128,10 @@ int main(int argc, char **argv)
      * what would not fit instead of cutting it. */
     if (strlen(chat_setting.OPENAI_KEY.s) > 1000)
         svc_service_die(SVC_EX_CONFIG, "OPENAI_KEY: longer than 1000 characters");
+    if (chat_setting.OPENAI_CA_FILE.s[0] != '\0' &&
+        access(chat_setting.OPENAI_CA_FILE.s, R_OK) != 0)
+        svc_service_die(SVC_EX_CONFIG, "OPENAI_CA_FILE: cannot read \"%s\"",
+                        chat_setting.OPENAI_CA_FILE.s);
     if (svc_modelmap_create(&models, chat_setting.MODEL_WINDOWS.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "MODEL_WINDOWS: %s", err);
     svc_service_start();

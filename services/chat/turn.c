@@ -426,6 +426,7 @@ static int start_upstream(struct chat_turn *t)
     fr.body_len = strlen(text);
     fr.idle_timeout_ms = chat_setting.CHAT_UPSTREAM_IDLE_TIMEOUT.i * 1000;
     fr.proxy = chat_setting.SOCKS_PROXY.s;
+    fr.ca_file = chat_setting.OPENAI_CA_FILE.s;
     /* With many streams open, nearly every connection to the upstream is busy, and libcurl's
      * search for an idle one walks them all for each new request (docs/benchmarks.md): skip it. */
     fr.fresh_connection = svc_fetch_multi_active(t->w->multi) >= UPSTREAM_REUSE_LIMIT;
@@ -663,7 +664,8 @@ static void on_identity(struct chat_turn *t, int result, const char *scheme,
     /* The seed's budget rule (§6.3): the user's max_tokens override, else OPENAI_MAX_TOKENS;
      * never more than the model's own context window. */
     svc_modelmap_lookup(t->w->models, t->params.model, &t->mi);
-    budget = t->params.max_tokens > 0 ? t->params.max_tokens : (long)chat_setting.OPENAI_MAX_TOKENS.i;
+    budget = t->params.max_tokens > 0 ? t->params.max_tokens
+                                      : (long)chat_setting.OPENAI_MAX_TOKENS.i;
     if (budget > t->mi.context_window)
         budget = (long)t->mi.context_window;
     limit = budget - (long)chat_setting.CHAT_MIN_RESPONSE_TOKENS.i;

@@ -36,6 +36,12 @@
  * drain_ms / 20 when that is longer, so a slow machine given a long drain is not cut short). */
 #define DRAIN_GAP_MS 5
 #define TPM_WINDOW_S 60
+/* An upstream that fails before its first byte (cannot connect, 429, 5xx) is asked again, the
+ * same request, up to RETRIES_MAX more times, after 100 ms then 200 ms: nothing reached the
+ * client yet, so a retry is invisible to it, and the hold covers every attempt. */
+#define RETRIES_MAX 2
+#define RETRY_BACKOFF_MS 100
+#define HEADERS_MAX 16
 
 struct meter_loop {
     struct svc_loop *loop;
@@ -69,6 +75,13 @@ struct meter {
     Chatweb__Billing__ReserveRequest reserve_in;
     char reserve_username[128];
     char reserve_source[16];
+
+    /* the upstream request, kept for a retry before the first byte */
+    struct svc_fetch_req req;
+    char *req_url, *req_body, *req_proxy, *req_ca;
+    char *req_headers[HEADERS_MAX + 1];
+    int attempts;
+    struct svc_timer *retry_timer;
 
     /* the upstream */
     struct svc_fetch *up;
@@ -624,6 +637,45 @@ static void json_answer(struct meter *m)
     json_decref(j);
 }
 
+/* Nothing reached the client and the upstream failed in a way another attempt may not. */
+static int retryable(const struct meter *m, int err)
+{
+    if (m->detached || m->started || m->attempts > RETRIES_MAX)
+        return 0;
+    if (err == SVC_EUNAVAIL && m->status == 0) /* could not connect, or the connection broke */
+        return 1;
+    return err == SVC_OK && (m->status == 429 || m->status == 500 || m->status == 502 ||
+                             m->status == 503 || m->status == 504);
+}
+
+static int send_upstream(struct meter *m);
+
+static void on_retry_timer(struct svc_timer *timer, void *data)
+{
+    struct meter *m = data;
+
+    (void)timer;
+    svc_timer_destroy(&m->retry_timer);
+    if (send_upstream(m) != SVC_OK) {
+        m->up_err = SVC_ENOMEM;
+        finish(m);
+    }
+}
+
+static int retry_schedule(struct meter *m)
+{
+    uint64_t wait = (uint64_t)RETRY_BACKOFF_MS << (m->attempts - 1);
+
+    m->retry_timer = svc_timer_create(m->ml->loop, on_retry_timer, m);
+    if (m->retry_timer == NULL || svc_timer_start(m->retry_timer, wait) != SVC_OK) {
+        svc_timer_destroy(&m->retry_timer);
+        return SVC_ENOMEM;
+    }
+    SVC_LOG_INFO(m->rid, "upstream", "attempt %d failed (HTTP %ld); retrying in %llu ms",
+                 m->attempts, m->status, (unsigned long long)wait);
+    return SVC_OK;
+}
+
 static void on_up_done(struct svc_fetch *f, int err, long status, const char *body, size_t len,
                        const char *errmsg, void *ud)
 {
@@ -640,6 +692,8 @@ static void on_up_done(struct svc_fetch *f, int err, long status, const char *bo
         snprintf(m->transport, sizeof(m->transport), "%s", errmsg);
         svc_utf8_trim_end(m->transport);
     }
+    if (retryable(m, err) && retry_schedule(m) == SVC_OK)
+        return;
     if (!m->is_sse && m->status == 200 && err == SVC_OK)
         json_answer(m);
     if (m->detached) {
@@ -656,15 +710,49 @@ static void on_up_done(struct svc_fetch *f, int err, long status, const char *bo
     finish(m);
 }
 
-int meter_start(struct meter *m, const struct svc_fetch_req *fr, int sse)
+static int send_upstream(struct meter *m)
 {
     static const struct svc_fetch_cb cb = {.on_data = on_up_data, .on_done = on_up_done};
-    struct svc_fetch_req req = *fr;
+
+    m->attempts++;
+    svc_buf_reset(&m->errbody); /* what an earlier attempt answered */
+    m->status = 0;
+    m->up_err = SVC_OK;
+    m->transport[0] = '\0';
+    m->up = svc_fetch_start(m->ml->upstream, &m->req, &cb, m);
+    return m->up != NULL ? SVC_OK : SVC_ENOMEM;
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s != NULL ? strdup(s) : NULL;
+}
+
+int meter_start(struct meter *m, const struct svc_fetch_req *fr, int sse)
+{
+    int n = 0, ok = 1;
 
     m->is_sse = sse;
-    req.stream = 1;
-    m->up = svc_fetch_start(m->ml->upstream, &req, &cb, m);
-    if (m->up == NULL) {
+    /* A copy of the request, so a retry can send it again after the caller's buffers are gone. */
+    m->req = *fr;
+    m->req.stream = 1;
+    m->req_url = dup_or_null(fr->url);
+    m->req_proxy = dup_or_null(fr->proxy);
+    m->req_ca = dup_or_null(fr->ca_file);
+    if (fr->body != NULL && (m->req_body = malloc(fr->body_len ? fr->body_len : 1)) != NULL)
+        memcpy(m->req_body, fr->body, fr->body_len);
+    ok = m->req_url != NULL && (fr->body == NULL || m->req_body != NULL) &&
+         (fr->proxy == NULL || m->req_proxy != NULL) && (fr->ca_file == NULL || m->req_ca != NULL);
+    for (const char *const *h = fr->headers; ok && h != NULL && *h != NULL; h++) {
+        if (n == HEADERS_MAX || (m->req_headers[n++] = strdup(*h)) == NULL)
+            ok = 0;
+    }
+    m->req.url = m->req_url;
+    m->req.body = m->req_body;
+    m->req.proxy = m->req_proxy;
+    m->req.ca_file = m->req_ca;
+    m->req.headers = (const char *const *)m->req_headers;
+    if (!ok || send_upstream(m) != SVC_OK) {
         end_hold(m, 0);
         return SVC_ENOMEM;
     }
@@ -695,7 +783,7 @@ void meter_resume(struct meter *m)
 static void maybe_free(struct meter *m)
 {
     if (!m->detached || m->admitting || m->reserve != NULL || m->up != NULL ||
-        m->drain_timer != NULL)
+        m->drain_timer != NULL || m->retry_timer != NULL)
         return;
     end_hold(m, 0); /* admitted, but detached before the upstream started: a Release */
     svc_sse_deinit(&m->sse);
@@ -703,6 +791,14 @@ static void maybe_free(struct meter *m)
     svc_buf_deinit(&m->errbody);
     svc_buf_deinit(&m->in);
     svc_buf_deinit(&m->body);
+    free(m->req_url);
+    free(m->req_body);
+    free(m->req_proxy);
+    free(m->req_ca);
+    for (int i = 0; i < HEADERS_MAX && m->req_headers[i] != NULL; i++) {
+        svc_wipe(m->req_headers[i], strlen(m->req_headers[i])); /* may hold the upstream key */
+        free(m->req_headers[i]);
+    }
     free(m);
 }
 
@@ -715,7 +811,11 @@ void meter_detach(struct meter **mp)
     *mp = NULL;
     m->ud = NULL;
     m->detached = 1;
-    if (m->up != NULL) {
+    if (m->retry_timer != NULL) { /* between two attempts: nothing was produced */
+        svc_timer_destroy(&m->retry_timer);
+        end_hold(m, 0);
+        finish(m);
+    } else if (m->up != NULL) {
         /* Take what the upstream already sent before closing it (meter.h). */
         if (m->ml->drain_ms > 0 &&
             (m->drain_timer = svc_timer_create(m->ml->loop, on_drain_timer, m)) != NULL &&

@@ -101,6 +101,10 @@ int main(int argc, char **argv)
         svc_service_die(SVC_EX_CONFIG, "REDIS_URL: %s", err);
     if (strlen(proxy_setting.OPENAI_KEY.s) > 1000)
         svc_service_die(SVC_EX_CONFIG, "OPENAI_KEY: longer than 1000 characters");
+    if (proxy_setting.OPENAI_CA_FILE.s[0] != '\0' &&
+        access(proxy_setting.OPENAI_CA_FILE.s, R_OK) != 0)
+        svc_service_die(SVC_EX_CONFIG, "OPENAI_CA_FILE: cannot read \"%s\"",
+                        proxy_setting.OPENAI_CA_FILE.s);
     if (svc_modelmap_create(&models, proxy_setting.MODEL_WINDOWS.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "MODEL_WINDOWS: %s", err);
     svc_service_start();

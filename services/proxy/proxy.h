@@ -30,6 +30,8 @@ struct meter_loop;
     ACTION(OPENAI_BASE_URL, SVC_OPT_URL, "https://api.openai.com/v1", 0, 0,                   \
            "OpenAI-compatible upstream base URL")                                              \
     ACTION(SOCKS_PROXY, SVC_OPT_SECRET, "", 0, 0, "proxy URL for upstream calls")             \
+    ACTION(OPENAI_CA_FILE, SVC_OPT_STR, "", 0, 0,                                              \
+           "PEM file of the CAs to trust for the upstream (a private CA); empty = the system's") \
     ACTION(MODEL_WINDOWS, SVC_OPT_STR, "", 0, 0,                                               \
            "model context windows: prefix=window[:encoding],... ('*' = unknown models)")      \
     ACTION(PROXY_RPM_LIMIT, SVC_OPT_INT, "0", 0, 1000000,                                      \

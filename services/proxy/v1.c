@@ -192,7 +192,8 @@ static void on_end(void *ud, const struct meter_end *end)
         } else if (end->err != SVC_OK || end->stream_error != NULL) {
             svc_metric_add(&proxy_stats.proxy_upstream_errors_total, 1);
             v1_error(c, 502, "server_error", "upstream_error",
-                     end->stream_error != NULL ? end->stream_error : "the upstream answer broke off");
+                     end->stream_error != NULL ? end->stream_error
+                                               : "the upstream answer broke off");
         }
         return;
     }
@@ -274,6 +275,7 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
     fr.body_len = text != NULL ? strlen(text) : blen;
     fr.idle_timeout_ms = proxy_setting.PROXY_UPSTREAM_IDLE_TIMEOUT.i * 1000;
     fr.proxy = proxy_setting.SOCKS_PROXY.s;
+    fr.ca_file = proxy_setting.OPENAI_CA_FILE.s;
     rc = meter_start(c->meter, &fr, c->stream);
     free(text);
     svc_wipe(auth, sizeof(auth));
@@ -642,7 +644,8 @@ static void reply_models(struct v1_call *c, const char *body, size_t len)
 
     if (!json_is_array(data)) {
         json_decref(j);
-        v1_error(c, 502, "server_error", "upstream_error", "the upstream's model list is malformed");
+        v1_error(c, 502, "server_error", "upstream_error",
+                 "the upstream's model list is malformed");
         return;
     }
     kept = json_array();
@@ -704,6 +707,7 @@ static void relay_start(struct v1_call *c)
     fr.timeout_ms = proxy_setting.PROXY_UPSTREAM_IDLE_TIMEOUT.i * 1000;
     fr.max_response = RELAY_MAX;
     fr.proxy = proxy_setting.SOCKS_PROXY.s;
+    fr.ca_file = proxy_setting.OPENAI_CA_FILE.s;
     c->relay = svc_fetch_start(c->w->upstream, &fr, &cb, c);
     svc_wipe(auth, sizeof(auth));
     if (c->relay == NULL)

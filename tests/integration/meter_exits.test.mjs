@@ -64,12 +64,19 @@ describe('every exit of a metered chat ends its hold once', () => {
         assert.equal(await charged(stack, 'exa', before), 3 + 4 + prompt.split(' ').length + 7);
     });
 
-    it('the upstream refuses before the first byte: Release, nothing charged', async () => {
+    it('the upstream refuses before the first byte: retried twice, then Release, nothing charged', async () => {
         const { auth, before } = await user(stack, 'exb');
-        const r = await chat(stack, auth, 'refuse [[fake error=500]]');
+        const seq = (await getJSON(`${stack.fakeUpstream.url}/_fake/requests`)).requests.pop()?.seq || 0;
+        const r = await chat(stack, auth, 'refuse [[fake error=503]]');
         assert.match(JSON.parse(r.body).message, /\[OpenAI\]/);
+        const sent = (await getJSON(`${stack.fakeUpstream.url}/_fake/requests?since=${seq}`)).requests;
+        assert.equal(sent.length, 3, 'the first attempt and two retries');
         await sleep(200);
         assert.equal(await charged(stack, 'exb', before, { moved: false }), 0);
+        // a client error is not retried
+        const seq2 = sent[sent.length - 1].seq;
+        await chat(stack, auth, 'bad [[fake error=400]]');
+        assert.equal((await getJSON(`${stack.fakeUpstream.url}/_fake/requests?since=${seq2}`)).requests.length, 1);
     });
 
     it('the upstream cuts the stream: the prompt and the text received, counted', async () => {

@@ -32,6 +32,8 @@ struct svc_fetch_req {
     int stream;                   /* 1: deliver bytes to on_data as they arrive */
     int fresh_connection;         /* 1: do not look for an idle connection to reuse, and close
                                    * this one afterwards (see svc_fetch_multi_active) */
+    const char *ca_file;          /* PEM bundle of CAs to trust instead of the system's (an
+                                   * upstream with a private CA); NULL or "" = the system's */
 };
 
 #define SVC_FETCH_PAUSE 1
