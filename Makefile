@@ -7,7 +7,7 @@ BUILD_DIR ?= build
 SANITIZE ?= OFF
 BUILD_TYPE ?= RelWithDebInfo
 
-.PHONY: all bootstrap build run test unit integration bench clean fuzz-smoke soak tsan
+.PHONY: all bootstrap build run test unit integration bench clean fuzz-smoke soak tsan faults
 
 all: build
 
@@ -61,6 +61,12 @@ SOAK_SECONDS ?= 1800
 
 soak: $(if $(SOAK_NO_BUILD),,build) $(NPM_STAMP)
 	BUILD_DIR=$(BUILD_DIR) SOAK_SECONDS=$(SOAK_SECONDS) node tests/soak/run.mjs
+
+# Dependency faults under load (tests/faults/run.mjs): Redis and MariaDB stopped and restarted, the
+# upstream refusing, stalling, cutting and answering garbage; prints what users saw, the recovery
+# times and whether money and events are consistent. FAULT_SECONDS (8) per fault.
+faults: build $(NPM_STAMP)
+	BUILD_DIR=$(BUILD_DIR) node tests/faults/run.mjs
 
 # A ThreadSanitizer build of the service binaries (CHATWEB_TSAN; cannot be combined with ASan).
 TSAN_BUILD_DIR ?= build-tsan
