@@ -1,0 +1,94 @@
+#!/usr/bin/env node
+// bench/proxy: what the /v1 proxy adds, beside nginx proxy_pass and a direct call to the same fake
+// upstream, in the same run (issue 8's targets; docs/benchmarks.md).
+//
+//   BUILD_DIR=build node bench/proxy/run.mjs [--requests N] [--backend sqlite|mariadb]
+//
+// One stack (auth, billing, chat, proxy with OPENAI_PROXY=true, Redis, SQLite or MariaDB, the fake
+// upstream), a user with a large balance and an API key without limits; a second nginx
+// (the ingress template) whose /v1/ goes straight to the fake. chatweb-loadgen drives:
+//   - added latency at 1 connection (p50 of the whole request, minus the direct call's):
+//       relay    GET /v1/models     (authenticated, unmetered)
+//       metered  POST /v1/chat/completions, JSON, 5 tokens (auth, limits, Reserve, Settle)
+//   - throughput at 64 connections: metered JSON and SSE, relay, beside nginx.
+// Targets (design brief §4): relay p50 <= 0.1 ms added, metered <= 0.3 ms; throughput >= 0.7x
+// nginx as a relay, >= 0.3x metered. A figure that misses its target is reported, not an error.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { startNginx, startStack } from '../../deploy/local/stack.mjs';
+import { loadAverage, runLoadgen, table } from '../lib/measure.mjs';
+
+const { values } = parseArgs({
+    options: {
+        requests: { type: 'string', default: '3000' },
+        backend: { type: 'string', default: 'sqlite' },
+        keep: { type: 'boolean', default: false },
+    },
+});
+const N = Number(values.requests);
+const OPS_KEY = 'ops-key-for-the-proxy-benchmark-0123';
+const CHAT = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi [[fake tokens=5]]' }] });
+const CHAT_SSE = JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'hi [[fake tokens=5]]' }] });
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chatweb-proxy-bench-'));
+fs.chmodSync(dir, 0o755);
+let stack;
+let ref;
+try {
+    stack = await startStack({
+        dir, mysql: values.backend === 'mariadb', fastMysql: true,
+        env: { OPS_KEY, OPENAI_PROXY: 'true', LOG_LEVEL: 'warn' },
+    });
+    const ops = async (body) => {
+        const r = await fetch(`${stack.url}/accounts`, { method: 'POST', headers: { opskey: OPS_KEY }, body: JSON.stringify(body) });
+        const j = await r.json();
+        if (j.status !== 'Success') throw new Error(`ops ${body.action}: ${JSON.stringify(j)}`);
+        return j;
+    };
+    await ops({ action: 'register', i_username: 'bench', i_password: 'bench-password', count: 1e12 });
+    const key = (await ops({ action: 'create_key', i_username: 'bench', name: 'bench' })).data.key;
+    const fakeAddr = new URL(stack.fakeUpstream.url).host;
+    ref = await startNginx({ dir: path.join(dir, 'nginx-ref'), upstreams: { proxy: [fakeAddr] }, label: 'nginx-ref' });
+    const proxyUrl = stack.services.proxy[0].url;
+    const bases = { direct: stack.fakeUpstream.url, nginx: `http://127.0.0.1:${ref.port}`, proxy: proxyUrl };
+    const auth = ['-H', `Authorization: Bearer ${key}`];
+
+    const run = async (target, what, c, n) => {
+        const args = what === 'relay'
+            ? ['-X', 'GET', ...auth, '-c', String(c), '-n', String(n), '-t', c > 1 ? '2' : '1', `${bases[target]}/v1/models`]
+            : ['-X', 'POST', ...auth, '-d', what === 'sse' ? CHAT_SSE : CHAT, '-c', String(c), '-n', String(n),
+                '-t', c > 1 ? '2' : '1', '--expect', what === 'sse' ? '[DONE]' : 'chat.completion', `${bases[target]}/v1/chat/completions`];
+        await runLoadgen([...args.slice(0, -1), '-n', String(Math.min(200, n)), args[args.length - 1]]); // warm-up
+        const r = await runLoadgen(args);
+        if (r.report.completed !== n) throw new Error(`${target} ${what}: ${JSON.stringify(r.report.failed)} ${JSON.stringify(r.report.errors)}`);
+        return r.report;
+    };
+    const rows = [['figure', 'direct', 'nginx', 'chatweb proxy', 'proxy - direct', 'target']];
+    const ms = (v) => `${v.toFixed(3)} ms`;
+    for (const what of ['relay', 'json']) {
+        const d = await run('direct', what, 1, N);
+        const g = await run('nginx', what, 1, N);
+        const p = await run('proxy', what, 1, N);
+        const added = p.latency_ms.total.p50 - d.latency_ms.total.p50;
+        rows.push([`p50 at 1 connection, ${what === 'relay' ? 'relay (GET /v1/models)' : 'metered chat JSON'}`,
+            ms(d.latency_ms.total.p50), ms(g.latency_ms.total.p50), ms(p.latency_ms.total.p50), ms(added),
+            what === 'relay' ? '<= 0.1 ms added' : '<= 0.3 ms added']);
+    }
+    for (const what of ['relay', 'json', 'sse']) {
+        const g = await run('nginx', what, 64, N * 2);
+        const p = await run('proxy', what, 64, N * 2);
+        rows.push([`req/s at 64 connections, ${what === 'relay' ? 'relay' : `metered chat ${what.toUpperCase()}`}`,
+            '-', g.rps.toFixed(0), p.rps.toFixed(0), `${(p.rps / g.rps).toFixed(2)}x nginx`,
+            what === 'relay' ? '>= 0.7x nginx' : '>= 0.3x nginx']);
+    }
+    const check = (await ops({ action: 'check', i_username: 'bench' })).data;
+    console.log(`bench/proxy (${values.backend}, ${N} requests per latency run; load average ${loadAverage()})`);
+    console.log(table(rows));
+    console.log(`the benchmark's account afterwards: usage ${check.usage}, held ${check.held} (every metered call settled)`);
+} finally {
+    if (ref) await ref.stop();
+    if (stack) await stack.stop();
+    if (!values.keep) fs.rmSync(dir, { recursive: true, force: true });
+}
