@@ -167,6 +167,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     m = data[0] % (NMETHODS + 1) < NMETHODS ? &methods[data[0] % (NMETHODS + 1)] : NULL;
     path = m != NULL ? m->path : "/rpc/Billing/NoSuchMethod";
     fz_http_do("POST", path, "Content-Type: application/x-protobuf\r\n", data + 1, size - 1, &r);
+    if (r.reset) {
+        if (size - 1 <= MAX_BODY)
+            fz_fail("connection closed without a reply", "POST", path, &r);
+        fz_resp_deinit(&r);
+        return 0;
+    }
+    if (size - 1 > MAX_BODY) {
+        if (r.status != 413)
+            fz_fail("a body over the limit is not 413", "POST", path, &r);
+        fz_resp_deinit(&r);
+        return 0;
+    }
     if (m == NULL) {
         e = rpc_error(&r, path);
         if (r.status != 404 || e->code != SVC_ENOTFOUND)

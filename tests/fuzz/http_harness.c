@@ -22,7 +22,6 @@
 static struct svc_http_server *srv;
 static int port;
 static int fd = -1;
-static size_t max_body_seen;
 static int last_timeout; /* the last read_reply failed by timing out */
 
 void fz_http_start(const struct svc_route *routes, size_t nroutes, enum svc_http_style style,
@@ -47,7 +46,6 @@ void fz_http_start(const struct svc_route *routes, size_t nroutes, enum svc_http
         abort();
     }
     port = svc_http_server_port(srv);
-    max_body_seen = max_body;
 }
 
 int fz_http_port(void)
@@ -311,9 +309,10 @@ void fz_http_do(const char *method, const char *path, const char *headers, const
         abort();
     }
     /* A kept connection the server closed meanwhile fails on first use: retry once on a new
-     * one. A request that fails on a fresh connection is a finding, except one whose body is
-     * over the limit: the server may answer 413 and close without reading it, and the client
-     * then sees a reset instead of the reply (TCP drops what it had not read). */
+     * one. On a fresh connection, no reply in time is a finding (abort); a connection closed or
+     * reset without a reply is reported to the target (resp->reset), which knows whether that
+     * may happen (a body over the limit: the server may answer 413 and close without reading
+     * it, and TCP then drops the reply the client had not read yet). */
     for (int attempt = 0; attempt < 2; attempt++) {
         int fresh = fd < 0;
         what = NULL;
@@ -329,12 +328,13 @@ void fz_http_do(const char *method, const char *path, const char *headers, const
         svc_buf_reset(&resp->body);
         if (!fresh && !last_timeout)
             continue;
-        if (!last_timeout && len > max_body_seen) {
-            resp->status = 0;
-            break;
+        if (last_timeout) {
+            svc_buf_deinit(&req);
+            fz_fail(what != NULL ? what : "no reply in time", method, path, resp);
         }
-        svc_buf_deinit(&req);
-        fz_fail(what != NULL ? what : "connection failed while sending", method, path, resp);
+        resp->status = 0;
+        resp->reset = 1;
+        break;
     }
     svc_buf_deinit(&req);
     if (!keep)

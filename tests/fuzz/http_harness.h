@@ -26,6 +26,7 @@ struct fz_resp {
     long status;
     char content_type[128];
     int www_authenticate; /* the reply carried WWW-Authenticate */
+    int reset;            /* no reply: the server closed or reset a fresh connection (status 0) */
     struct svc_buf body;  /* NUL-terminated */
 };
 
@@ -43,7 +44,7 @@ int fz_http_port(void);
 /*
  * Sends "method path" with headers (complete lines, each ending in CRLF; may be "") and body,
  * adding Host and Content-Length. Fills *r (fz_resp_deinit frees it). Aborts on a timeout or a
- * reply that is not HTTP.
+ * reply that is not HTTP; a connection closed without a reply is r->reset with status 0.
  */
 void fz_http_do(const char *method, const char *path, const char *headers, const void *body,
                 size_t len, struct fz_resp *r);
