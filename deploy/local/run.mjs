@@ -79,7 +79,7 @@ async function main() {
     const wantMysql = args.includes('--mysql');
     if (wantMysql && env('DB')) fail('--mysql and DB are both given: pick one');
 
-    fs.mkdirSync(dataDir, { recursive: true });
+    stack.mkdirPrivate(dataDir);
     let current = null;
     let stopping = false;
     const stopAndExit = async (code) => {
@@ -133,7 +133,8 @@ async function main() {
         authUrl: s.authUrl, billingUrl: s.billingUrl,
         processes: s.handles.map((h) => ({ name: h.label, pid: h.pid, log: h.logFile })),
     };
-    fs.writeFileSync(path.join(dataDir, 'stack.json'), `${JSON.stringify(info, null, 2)}\n`);
+    // It holds the Redis URL with its password: the owner's only, like the rest of DATA_DIR.
+    stack.writePrivate(path.join(dataDir, 'stack.json'), `${JSON.stringify(info, null, 2)}\n`);
 
     const shown = host === '0.0.0.0' ? `http://127.0.0.1:${s.port}/  (listening on all interfaces, port ${s.port})`
         : `http://${host.includes(':') ? `[${host}]` : host}:${s.port}/`;
@@ -142,7 +143,7 @@ async function main() {
     out.push(`chatweb is up in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${shown}`);
     out.push(`  logs:      ${s.logDir}/  (one file per server)`);
     out.push(`  database:  ${info.db}`);
-    out.push(`  redis:     ${s.redis ? s.redisUrl : `${s.redisUrl.replace(/\/\/[^@/]*@/, '//***@')} (external)`}`);
+    out.push(`  redis:     ${s.redisUrl.replace(/\/\/[^@/]*@/, '//***@')}${s.redis ? ' (password in stack.json)' : ' (external)'}`);
     out.push(`  addresses: ${path.join(dataDir, 'stack.json')}`);
     out.push('Press Ctrl-C to stop.', '');
     process.stdout.write(out.join('\n'));

@@ -1111,7 +1111,7 @@ export async function startStack(opts = {}) {
         } else {
             result.redis = started(await startRedis({ dir: path.join(root, 'redis'), logFile: path.join(logDir, 'redis.log'), persist, tee }));
             result.redisUrl = result.redis.url;
-            log(`redis: ${result.redis.url} (pid ${result.redis.pid})`);
+            log(`redis: ${result.redis.url.replace(/\/\/[^@/]*@/, '//***@')} (pid ${result.redis.pid})`);
         }
         svcEnv.REDIS_URL = result.redisUrl;
 

@@ -38,6 +38,13 @@ describe('make run (deploy/local/run.mjs)', () => {
         assert.match(stdout, /REPLIES ARE FAKE/, 'the fake upstream is announced loudly');
         assert.match(stdout, new RegExp(`chatweb is up .*http://127\\.0\\.0\\.1:${port}/`), stdout);
         const info = JSON.parse(fs.readFileSync(path.join(dataDir, 'stack.json'), 'utf8'));
+        // DATA_DIR and stack.json (the Redis URL with its password) are the owner's only, and the
+        // password is not printed
+        assert.equal(fs.statSync(dataDir).mode & 0o777, 0o700, 'DATA_DIR is 0700');
+        assert.equal(fs.statSync(path.join(dataDir, 'stack.json')).mode & 0o777, 0o600, 'stack.json is 0600');
+        const redisPassword = new URL(info.redisUrl).password;
+        assert.ok(redisPassword.length >= 32, 'the stack\'s Redis has a password');
+        assert.ok(!stdout.includes(redisPassword), 'the Redis password is not printed');
 
         const url = `http://127.0.0.1:${port}/api/chat-process`;
         const headers = { authorization: basicAuth('alice', 'wonderland'), 'content-type': 'application/json' };
