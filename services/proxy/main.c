@@ -93,6 +93,10 @@ int main(int argc, char **argv)
         svc_service_teardown();
         return SVC_EX_OK;
     }
+    if (strcmp(proxy_setting.PROXY_CLIENT_KEYS.s, "off") != 0 &&
+        strcmp(proxy_setting.PROXY_CLIENT_KEYS.s, "relay") != 0)
+        svc_service_die(SVC_EX_CONFIG, "PROXY_CLIENT_KEYS: must be off or relay, got \"%s\"",
+                        proxy_setting.PROXY_CLIENT_KEYS.s);
     if (proxy_setting.AUTH_URL.s[0] == '\0')
         svc_service_die(SVC_EX_CONFIG, "AUTH_URL: required (the auth service's base URL)");
     if (proxy_setting.BILLING_URL.s[0] == '\0')

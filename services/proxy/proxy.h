@@ -40,6 +40,8 @@ struct meter_loop;
            "tokens per minute per user (the key's tpm applies as well); 0 = no limit")        \
     ACTION(PROXY_RATELIMIT_FAIL_OPEN, SVC_OPT_BOOL, "false", 0, 0,                             \
            "true: serve when Redis cannot count (default: refuse with 503)")                  \
+    ACTION(PROXY_CLIENT_KEYS, SVC_OPT_STR, "off", 0, 0,                                        \
+           "relay: a Bearer that is not a chatweb key goes upstream as is, unmetered (off)")  \
     ACTION(PROXY_PASSTHROUGH, SVC_OPT_STR, "", 0, 0,                                           \
            "other /v1 paths relayed unmetered for authenticated keys, comma-separated")       \
     ACTION(PROXY_UPSTREAM_IDLE_TIMEOUT, SVC_OPT_INT, "120", 1, 3600,                           \

@@ -223,6 +223,8 @@ static const struct meter_hooks v1_hooks = {
 
 /* ---- going upstream ---- */
 
+/* Sends the request upstream through the meter. completion_limit < 0: a client's own upstream
+ * key (PROXY_CLIENT_KEYS=relay): its Authorization goes upstream, the body is not touched. */
 static void start_upstream(struct v1_call *c, long long completion_limit)
 {
     char url[1024], auth[1100], hid[128];
@@ -234,7 +236,7 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
     int changed = 0, rc;
 
     /* Change the body only where we must (see the top of this file). */
-    if (c->stream && (c->kind == V1_CHAT || c->kind == V1_COMPLETIONS)) {
+    if (completion_limit >= 0 && c->stream && (c->kind == V1_CHAT || c->kind == V1_COMPLETIONS)) {
         json_t *so = json_object_get(c->body, "stream_options");
         if (!json_is_true(json_object_get(so, "include_usage"))) {
             if (!json_is_object(so)) {
@@ -263,7 +265,10 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
     headers[nh++] = c->stream ? "Accept: text/event-stream" : "Accept: application/json";
     snprintf(hid, sizeof(hid), "X-Request-Id: %s", c->rid);
     headers[nh++] = hid;
-    if (proxy_setting.OPENAI_KEY.s[0] != '\0') {
+    if (completion_limit < 0) {
+        snprintf(auth, sizeof(auth), "Authorization: %s", svc_req_header(c->req, "Authorization"));
+        headers[nh++] = auth;
+    } else if (proxy_setting.OPENAI_KEY.s[0] != '\0') {
         snprintf(auth, sizeof(auth), "Authorization: Bearer %s", proxy_setting.OPENAI_KEY.s);
         headers[nh++] = auth;
     }
@@ -570,6 +575,21 @@ static void on_authenticated(void *ctx, int err, int result, const char *scheme,
                  "The authentication service is unavailable, please try again later.");
         return;
     }
+    /* PROXY_CLIENT_KEYS=relay: a Bearer auth does not know is the client's own upstream key, sent
+     * on as is and not metered (the seed's behaviour, for operators who want it). */
+    if (err == SVC_OK && result == CHATWEB__AUTH__AUTH_RESULT__AUTH_UNKNOWN_USER &&
+        strcmp(proxy_setting.PROXY_CLIENT_KEYS.s, "relay") == 0 && c->kind != V1_MODELS &&
+        c->kind != V1_RELAY && svc_req_header(c->req, "Authorization") != NULL &&
+        strncasecmp(svc_req_header(c->req, "Authorization"), "Bearer ", 7) == 0) {
+        svc_modelmap_lookup(c->w->models, c->model, &c->mi);
+        c->meter = meter_create(c->w->meters, &v1_hooks, c, c->rid, c->hold_id, c->model, &c->mi);
+        if (c->meter == NULL) {
+            v1_error(c, 500, "server_error", NULL, "out of memory");
+            return;
+        }
+        start_upstream(c, -1); /* never admitted: no hold, no token counters */
+        return;
+    }
     /* Only a chatweb API key opens /v1 (not a password, not a browser session). */
     if (result != CHATWEB__AUTH__AUTH_RESULT__AUTH_OK || id == NULL || id->key_id == NULL ||
         id->key_id[0] == '\0') {
@@ -593,6 +613,14 @@ static void on_authenticated(void *ctx, int err, int result, const char *scheme,
         memcpy(c->allowed_buf + off, id->allowed_models[i], len + 1);
         c->allowed[c->nallowed++] = c->allowed_buf + off;
         off += len + 1;
+    }
+    if (c->kind == V1_MODELS && strncmp(c->path, "/models/", 8) == 0 &&
+        !model_allowed(c, c->path + 8)) {
+        snprintf(msg, sizeof(msg),
+                 "The model '%.128s' does not exist or you do not have access to it.",
+                 c->path + 8);
+        v1_error(c, 404, "invalid_request_error", "model_not_found", msg);
+        return;
     }
     if (c->kind == V1_MODELS || c->kind == V1_RELAY) {
         relay_start(c);
@@ -674,7 +702,8 @@ static void on_relay_done(struct svc_fetch *f, int err, long status, const char 
                  err == SVC_ETIMEDOUT ? "upstream_timeout" : "upstream_error", msg);
         return;
     }
-    if (c->kind == V1_MODELS && status == 200 && c->nallowed > 0) {
+    if (c->kind == V1_MODELS && status == 200 && c->nallowed > 0 &&
+        strcmp(c->path, "/models") == 0) {
         reply_models(c, body, len);
         return;
     }
@@ -751,8 +780,9 @@ static int classify(struct v1_call *c, const char *method)
             return strcmp(method, "POST") == 0 ? (int)metered[i].kind : -2;
     if (strcmp(c->path, "/models") == 0 || strncmp(c->path, "/models/", 8) == 0)
         return strcmp(method, "GET") == 0 ? V1_MODELS : -2;
-    if (listed(c->path, proxy_setting.PROXY_PASSTHROUGH.s))
-        return V1_RELAY;
+    if (listed(c->path, proxy_setting.PROXY_PASSTHROUGH.s) ||
+        listed(svc_req_path(c->req), proxy_setting.PROXY_PASSTHROUGH.s))
+        return V1_RELAY; /* entries may be written "/files" or "/v1/files" */
     return -1;
 }
 
