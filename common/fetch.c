@@ -220,8 +220,11 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userp)
         if (f->status == 0)
             curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &f->status);
         rc = f->cb.on_data != NULL ? f->cb.on_data(f, f->status, ptr, len, f->ud) : 0;
-        if (rc == SVC_FETCH_PAUSE)
+        if (rc == SVC_FETCH_PAUSE) {
+            /* Paused by us (a slow client): silence from the upstream is not its fault. */
+            svc_timer_stop(f->idle);
             return CURL_WRITEFUNC_PAUSE;
+        }
         if (rc != 0) {
             f->data_err = rc;
             return 0;
@@ -369,5 +372,11 @@ void svc_fetch_cancel(struct svc_fetch **fp)
 
 void svc_fetch_pause(struct svc_fetch *f, int paused)
 {
+    /* The idle timeout measures the upstream's silence, not ours: it stops while we hold the
+     * transfer and starts afresh when we take bytes again. */
+    if (paused)
+        svc_timer_stop(f->idle);
+    else if (f->idle != NULL && !f->cancelled && svc_timer_start(f->idle, f->idle_ms) != SVC_OK)
+        svc_timer_stop(f->idle);
     curl_easy_pause(f->easy, paused ? CURLPAUSE_RECV : CURLPAUSE_CONT);
 }

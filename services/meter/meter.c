@@ -605,8 +605,11 @@ static int on_up_data(struct svc_fetch *f, long status, const char *data, size_t
         m->paused = 1;
         return SVC_FETCH_PAUSE;
     }
-    if (m->in_off > 0 && m->in_off == m->in.len) {
-        svc_buf_reset(&m->in);
+    if (m->in_off > 0) {
+        /* Drop what was already turned into events: a slow client leaves pump() stopped midway
+         * again and again, and the consumed bytes would otherwise pile up to INPUT_MAX and fail
+         * the stream as "client too slow" (at most INPUT_HIGH is moved). */
+        svc_buf_consume(&m->in, m->in_off);
         m->in_off = 0;
     }
     if (svc_buf_append(&m->in, data, len) != SVC_OK) {
