@@ -152,7 +152,11 @@ int main(int argc, char **argv)
     report("authn_recheck_all", t, n, ref);
 
     if (auth_url != NULL && auth_url[0] != '\0') {
-        struct svc_rpc_client *c = svc_rpc_client_create(auth_url, 3000);
+        struct svc_rpc_client *c;
+        /* auth only answers signed RPC: the stack's RPC_SECRET (bench/auth/run.mjs). */
+        if (getenv("RPC_SECRET") != NULL && svc_rpc_set_secret(getenv("RPC_SECRET")) != 0)
+            return 1;
+        c = svc_rpc_client_create(auth_url, 3000);
         const char *authz = getenv("AUTH_BENCH_AUTHORIZATION");
         Chatweb__Auth__AuthenticateRequest in = CHATWEB__AUTH__AUTHENTICATE_REQUEST__INIT;
 

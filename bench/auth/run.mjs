@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { defaultBinDir, startRedis, startService, stopAll } from '../../deploy/local/stack.mjs';
+import { defaultBinDir, defaultRpcSecret, startRedis, startService, stopAll } from '../../deploy/local/stack.mjs';
 
 const n = process.argv[2] || '20000';
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chatweb-auth-bench-'));
@@ -18,7 +18,7 @@ try {
     const authz = `Basic ${Buffer.from('bench:bench-password').toString('base64')}`;
     const r = spawnSync(path.join(defaultBinDir(), 'chatweb-auth-bench'), [n], {
         stdio: 'inherit',
-        env: { ...process.env, REDIS_URL: redis.url, AUTH_URL: auth.url, AUTH_BENCH_AUTHORIZATION: authz },
+        env: { ...process.env, REDIS_URL: redis.url, AUTH_URL: auth.url, AUTH_BENCH_AUTHORIZATION: authz, RPC_SECRET: defaultRpcSecret() },
     });
     process.exitCode = r.status === null ? 1 : r.status;
 } finally {

@@ -184,6 +184,10 @@ static int measure(const char *name, const char *dialect, enum kind kind, struct
     one.lat = malloc(sizeof(double) * SAMPLES_MAX);
     if (one.lat == NULL)
         goto nomem;
+    /* Billing only answers signed RPC: the stack's RPC_SECRET (bench/billing/run.mjs). */
+    if (kind == RPC && getenv("RPC_SECRET") != NULL &&
+        svc_rpc_set_secret(getenv("RPC_SECRET")) != 0)
+        goto nomem;
     if (kind == RPC && (one.rpc = svc_rpc_client_create(rpc_url, 10000)) == NULL)
         goto nomem;
     run(&one);

@@ -13,7 +13,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { defaultBinDir, startMariadb, startRedis, startService } from '../../deploy/local/stack.mjs';
+import { defaultBinDir, defaultRpcSecret, startMariadb, startRedis, startService } from '../../deploy/local/stack.mjs';
 
 const args = process.argv.slice(2);
 const opt = (name, def) => { const i = args.indexOf(name); return i >= 0 ? args[i + 1] : def; };
@@ -43,7 +43,7 @@ for (const backend of ['sqlite', 'mariadb']) {
         handles.push(svc);
         const out = execFileSync(path.join(defaultBinDir(), 'chatweb-billing-bench'),
             ['--db', dsn, '--data-dir', dir, '--rpc', svc.url, '--seconds', seconds, '--threads', threads],
-            { encoding: 'utf8', env: { ...process.env, LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'inherit'] });
+            { encoding: 'utf8', env: { ...process.env, LOG_LEVEL: 'warn', RPC_SECRET: defaultRpcSecret() }, stdio: ['ignore', 'pipe', 'inherit'] });
         process.stdout.write(out);
     } finally {
         for (const h of handles.reverse()) await h.stop().catch(() => {});
