@@ -1088,7 +1088,6 @@ static void db_free(struct svc_db *db, int sync_init)
     if (sync_init) {
         pthread_mutex_destroy(&db->mu);
         pthread_cond_destroy(&db->cv);
-        pthread_mutex_destroy(&db->writer);
     }
     /* scrub the password before the memory goes back to the allocator */
     memset(&db->dsn, 0, sizeof(db->dsn));
@@ -1154,13 +1153,6 @@ int svc_db_open_opts(struct svc_db **out, const char *dsn, const char *data_dir,
     }
     if (pthread_cond_init(&db->cv, &ca) != 0) {
         pthread_mutex_destroy(&db->mu);
-        pthread_condattr_destroy(&ca);
-        rc = SVC_ENOMEM;
-        goto out;
-    }
-    if (pthread_mutex_init(&db->writer, NULL) != 0) {
-        pthread_mutex_destroy(&db->mu);
-        pthread_cond_destroy(&db->cv);
         pthread_condattr_destroy(&ca);
         rc = SVC_ENOMEM;
         goto out;

@@ -120,9 +120,6 @@ struct svc_db {
 
     pthread_mutex_t mu;
     pthread_cond_t cv; /* signalled when a connection is put back or a slot frees up */
-    /* SQLite: held from BEGIN to COMMIT/ROLLBACK, so this process's writers queue here instead
-     * of in SQLite's busy handler, which sleeps 1 ms and more on every collision. */
-    pthread_mutex_t writer;
     struct svc_db_conn *idle[SVC_DB_POOL_MAX];
     unsigned nidle;
     unsigned nopen; /* connections that exist (idle + borrowed + being opened) */

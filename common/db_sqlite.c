@@ -18,17 +18,7 @@
 struct sqlite_conn {
     struct svc_db_conn base; /* first: the pool sees only this */
     sqlite3 *h;
-    int writer_held; /* this connection holds db->writer (an open transaction) */
 };
-
-/* Lets the next writer of this process in (see struct svc_db's writer). */
-static void writer_release(struct sqlite_conn *c)
-{
-    if (c->writer_held) {
-        c->writer_held = 0;
-        pthread_mutex_unlock(&c->base.db->writer);
-    }
-}
 
 static struct sqlite_conn *sq(struct svc_db_conn *c)
 {
@@ -179,7 +169,6 @@ static void conn_destroy(struct svc_db_conn *conn)
         return;
     svc__db_stmt_cache_clear(conn);
     sqlite3_close_v2(c->h);
-    writer_release(c);
     free(c);
 }
 
@@ -347,42 +336,14 @@ static int begin(struct svc_db_conn *conn)
     /* IMMEDIATE takes the write lock now (waiting up to busy_timeout): a DEFERRED transaction
      * that reads first and writes later can fail with SQLITE_BUSY at the upgrade, without the
      * busy handler being able to help. */
-    int rc;
-
-    /* Wait for this process's other writer no longer than SQLite would (busy_timeout): a
-     * caller that holds another connection's transaction in the same thread gets the same
-     * SVC_ECONFLICT it would get from SQLite, not a deadlock. */
-    {
-        struct timespec until;
-        unsigned ms = conn->db->opts.busy_timeout_ms;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += ms / 1000;
-        until.tv_nsec += (long)(ms % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-        if (pthread_mutex_timedlock(&conn->db->writer, &until) != 0) {
-            svc__db_set_err(conn, "sqlite: another transaction of this process holds the write "
-                                  "lock");
-            return SVC_ECONFLICT;
-        }
-    }
-    sq(conn)->writer_held = 1;
-    rc = simple(conn, "BEGIN IMMEDIATE");
-    if (rc != SVC_OK)
-        writer_release(sq(conn));
-    return rc;
+    return simple(conn, "BEGIN IMMEDIATE");
 }
 
 static int rollback(struct svc_db_conn *conn)
 {
-    int rc = SVC_OK;
-
-    if (!sqlite3_get_autocommit(sq(conn)->h)) /* else sqlite already rolled back (FULL, ...) */
-        rc = simple(conn, "ROLLBACK");
-    writer_release(sq(conn));
-    return rc;
+    if (sqlite3_get_autocommit(sq(conn)->h))
+        return SVC_OK; /* sqlite already rolled back (after SQLITE_FULL, IOERR, BUSY, ...) */
+    return simple(conn, "ROLLBACK");
 }
 
 static int commit(struct svc_db_conn *conn)
@@ -391,7 +352,6 @@ static int commit(struct svc_db_conn *conn)
 
     if (sqlite3_get_autocommit(sq(conn)->h)) {
         svc__db_set_err(conn, "sqlite rolled the transaction back after an earlier error");
-        writer_release(sq(conn));
         return SVC_ECONFLICT;
     }
     if ((rc = simple(conn, "COMMIT")) != SVC_OK) {
@@ -400,7 +360,6 @@ static int commit(struct svc_db_conn *conn)
         (void)rollback(conn);
         memcpy(conn->err, saved, sizeof(saved));
     }
-    writer_release(sq(conn));
     return rc;
 }
 
