@@ -14,6 +14,8 @@ export const STREAM = 'chatweb:billing:events';
 export const ENV = {
     OPS_KEY, LOG_LEVEL: 'notice', AUTH_PWHASH_OPS: '1', AUTH_PWHASH_MEM_KIB: '8192',
     BASIC_AUTH_USER: 'static', BASIC_AUTH_PASSWORD: 'static-password',
+    // the metered /v1 proxy, without per-key limits (the traffic is the same few keys all along)
+    OPENAI_PROXY: 'true', PROXY_RPM_LIMIT: '0', PROXY_TPM_LIMIT: '0',
 };
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
@@ -67,7 +69,7 @@ export function outcome(r) {
     return '200';
 }
 
-/** Registers n users with `units` each; returns [{name, pw, auth}]. */
+/** Registers n users with `units` each and an API key for /v1; returns [{name, pw, auth, key}]. */
 export async function makeUsers(stack, prefix, n, units) {
     const users = [];
     for (let i = 0; i < n; i++) {
@@ -75,7 +77,10 @@ export async function makeUsers(stack, prefix, n, units) {
         const pw = `${name}-password`;
         const r = await ops(stack, { action: 'register', i_username: name, i_password: pw, count: units });
         if (!r.body.includes('"Success"')) throw new Error(`register ${name}: ${r.status} ${r.body}`);
-        users.push({ name, pw, auth: basic(name, pw) });
+        const k = await ops(stack, { action: 'create_key', i_username: name, name: 'soak' });
+        const key = k.status === 200 ? JSON.parse(k.body).data?.key : undefined;
+        if (!key) throw new Error(`create_key ${name}: ${k.status} ${k.body}`);
+        users.push({ name, pw, auth: basic(name, pw), key });
     }
     return users;
 }
@@ -84,7 +89,8 @@ export async function makeUsers(stack, prefix, n, units) {
  * Mixed traffic until stop() is called: `concurrency` workers, each looping over a weighted mix
  * of chat turns (streamed replies from the fake upstream, some continuing the previous turn),
  * ops calls (check, recharge with an idempotency key, usage, list), /api/me, /api/session,
- * /api/config, logins and /v1/models. Counts outcomes per kind: counts[kind][outcome].
+ * /api/config, logins and the metered /v1 proxy (chat completions, streamed or not, with the
+ * user's API key; /v1/models). Counts outcomes per kind: counts[kind][outcome].
  */
 export function traffic(stack, users, { concurrency = 6, chatShare = 0.6, recharge = 7 } = {}) {
     const counts = {};
@@ -126,11 +132,18 @@ export function traffic(stack, users, { concurrency = 6, chatShare = 0.6, rechar
         else if (y < 0.7) note('me', await call(`${stack.url}/api/me`, { method: 'GET', headers: { authorization: u.auth } }));
         else if (y < 0.8) note('session', await call(`${stack.url}/api/session`, { body: '{}' }));
         else if (y < 0.88) note('config', await call(`${stack.url}/api/config`, { body: '{}' }));
-        else if (y < 0.95) {
+        else if (y < 0.9) {
             note('login', await call(`${stack.url}/api/login`, {
                 headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username: u.name, password: u.pw }),
             }));
-        } else note('v1', await call(`${stack.url}/v1/models`, { method: 'GET' }));
+        } else if (y < 0.97) {
+            const stream = seq % 2 === 0;
+            const r = await call(`${stack.url}/v1/chat/completions`, {
+                headers: { authorization: `Bearer ${u.key}`, 'content-type': 'application/json' },
+                body: JSON.stringify({ model: 'gpt-3.5-turbo', stream, messages: [{ role: 'user', content: `soak ${seq} [[fake tokens=8]]` }] }),
+            });
+            note('v1 chat', r);
+        } else note('v1 models', await call(`${stack.url}/v1/models`, { method: 'GET', headers: { authorization: `Bearer ${u.key}` } }));
     }
     const workers = Array.from({ length: concurrency }, async (_, w) => {
         while (running) await one(w);
