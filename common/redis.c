@@ -2,6 +2,8 @@
 
 #include <hiredis.h>
 #include <async.h>
+#include <arpa/inet.h>
+#include <netdb.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -301,6 +303,7 @@ struct svc_redis_async {
     long outstanding;
     uint64_t last_progress; /* loop ms of the last reply, or of the first command sent */
     int destroying;
+    char addr[INET6_ADDRSTRLEN]; /* the host's numeric address, resolved once (resolve_once) */
 };
 
 static void ev_update(struct svc_redis_async *r, uint32_t add, uint32_t del)
@@ -396,7 +399,10 @@ static void do_connect(struct svc_redis_async *r)
     const char *argv[2][3];
     size_t lens[2][3];
     int argc[2], n;
-    redisAsyncContext *ac = redisAsyncConnect(r->url.host, r->url.port);
+    /* hiredis resolves a name synchronously in redisAsyncConnect, which would stall the whole
+     * loop at every reconnect: connect to the address resolved when the client was made. */
+    redisAsyncContext *ac = redisAsyncConnect(r->addr[0] != '\0' ? r->addr : r->url.host,
+                                              r->url.port);
 
     if (ac == NULL || ac->err) {
         SVC_LOG_WARN(NULL, "redis", "connect %s:%d: %s", r->url.host, r->url.port,
@@ -452,6 +458,39 @@ static void on_watchdog(struct svc_timer *t, void *data)
         SVC_LOG_ERR(NULL, "redis", "cannot re-arm the watchdog");
 }
 
+/*
+ * Resolves the host once, when the client is made (at start-up, before the loop serves
+ * anything), preferring IPv4 as hiredis tries only the first address. The price: a Redis whose
+ * address changes needs a restart of the service (a Kubernetes Service keeps its address). When
+ * the name cannot be resolved now, the client falls back to hiredis's own lookup at each connect
+ * (logged).
+ */
+static void resolve_once(struct svc_redis_async *r)
+{
+    struct addrinfo hints = {0}, *res = NULL, *ai, *pick = NULL;
+    int rc;
+
+    hints.ai_socktype = SOCK_STREAM;
+    rc = getaddrinfo(r->url.host, NULL, &hints, &res);
+    if (rc != 0) {
+        SVC_LOG_WARN(NULL, "redis", "cannot resolve %s now (%s): it will be looked up at each "
+                     "connect", r->url.host, gai_strerror(rc));
+        return;
+    }
+    for (ai = res; ai != NULL && pick == NULL; ai = ai->ai_next)
+        if (ai->ai_family == AF_INET)
+            pick = ai;
+    if (pick == NULL)
+        pick = res;
+    if (pick->ai_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)pick->ai_addr)->sin_addr, r->addr,
+                  sizeof(r->addr));
+    else if (pick->ai_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)(void *)pick->ai_addr)->sin6_addr, r->addr,
+                  sizeof(r->addr));
+    freeaddrinfo(res);
+}
+
 struct svc_redis_async *svc_redis_async_create(struct svc_loop *loop, const char *url,
                                                long timeout_ms)
 {
@@ -467,6 +506,7 @@ struct svc_redis_async *svc_redis_async_create(struct svc_loop *loop, const char
     r->loop = loop;
     r->timeout_ms = timeout_ms > 0 ? timeout_ms : 1000;
     r->backoff = RECONNECT_MIN_MS;
+    resolve_once(r);
     r->reconnect = svc_timer_create(loop, on_reconnect, r);
     r->watchdog = svc_timer_create(loop, on_watchdog, r);
     if (r->reconnect == NULL || r->watchdog == NULL ||

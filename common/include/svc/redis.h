@@ -59,7 +59,8 @@ int svc_redis_cmd(struct svc_redis *r, struct svc_redis_reply **reply, int argc,
 typedef void (*svc_redis_cb)(int err, const struct svc_redis_reply *reply, void *data);
 
 /* Creates a client on loop that connects at once and reconnects with backoff whenever the
- * connection is lost. Commands stuck longer than timeout_ms fail with SVC_ETIMEDOUT. */
+ * connection is lost. Commands stuck longer than timeout_ms fail with SVC_ETIMEDOUT. The host is
+ * resolved here, once (so no reconnect blocks the loop on a name lookup): call it at start-up. */
 struct svc_redis_async *svc_redis_async_create(struct svc_loop *loop, const char *url,
                                                long timeout_ms);
 void svc_redis_async_destroy(struct svc_redis_async **r);
