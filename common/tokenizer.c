@@ -359,6 +359,24 @@ static struct svc_tokenizer *tok_build(enum svc_tok_encoding_e enc, int *permane
     return tk;
 }
 
+static void *warm_main(void *arg)
+{
+    (void)arg;
+    for (int e = 0; e < SVC_TOK_ENCODINGS; e++)
+        if (svc_tokenizer_get((enum svc_tok_encoding_e)e) == NULL)
+            SVC_LOG_ERR(NULL, "tokenizer", "cannot load %s",
+                        svc_tokenizer_encoding_name((enum svc_tok_encoding_e)e));
+    return NULL;
+}
+
+void svc_tokenizer_warm(void)
+{
+    pthread_t th;
+
+    if (pthread_create(&th, NULL, warm_main, NULL) != 0 || pthread_detach(th) != 0)
+        SVC_LOG_WARN(NULL, "tokenizer", "cannot warm up: encodings load on first use");
+}
+
 const struct svc_tokenizer *svc_tokenizer_get(enum svc_tok_encoding_e enc)
 {
     struct svc_tokenizer *tk;

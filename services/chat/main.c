@@ -90,17 +90,6 @@ static int redis_ready(void *data)
     return 0;
 }
 
-/* Builds both tokenizers off the start-up path: the first chat would otherwise wait for them. */
-static void *warm_tokenizers(void *arg)
-{
-    (void)arg;
-    for (int e = 0; e < SVC_TOK_ENCODINGS; e++)
-        if (svc_tokenizer_get((enum svc_tok_encoding_e)e) == NULL)
-            SVC_LOG_ERR(NULL, "startup", "cannot load the %s tokenizer",
-                        svc_tokenizer_encoding_name((enum svc_tok_encoding_e)e));
-    return NULL;
-}
-
 static void stop_loop(struct svc_loop *loop, void *data)
 {
     (void)data;
@@ -187,11 +176,7 @@ int main(int argc, char **argv)
                                sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "HTTP_ADDR: %s", err);
 
-    {
-        pthread_t warm;
-        if (pthread_create(&warm, NULL, warm_tokenizers, NULL) != 0 || pthread_detach(warm) != 0)
-            SVC_LOG_WARN(NULL, "startup", "tokenizers load on first use");
-    }
+    svc_tokenizer_warm(); /* the first request need not wait for them */
     for (unsigned i = 0; i < nworkers; i++)
         if (pthread_create(&threads[i], NULL, worker_main, &workers[i]) != 0)
             svc_service_die(SVC_EX_SOFTWARE, "cannot start loop thread %u", i);

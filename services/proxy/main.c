@@ -68,16 +68,6 @@ static void stop_loop(struct svc_loop *loop, void *data)
     svc_loop_stop(loop);
 }
 
-static void *warm_tokenizers(void *arg)
-{
-    (void)arg;
-    for (int e = 0; e < SVC_TOK_ENCODINGS; e++)
-        if (svc_tokenizer_get((enum svc_tok_encoding_e)e) == NULL)
-            SVC_LOG_ERR(NULL, "startup", "cannot load the %s tokenizer",
-                        svc_tokenizer_encoding_name((enum svc_tok_encoding_e)e));
-    return NULL;
-}
-
 int main(int argc, char **argv)
 {
     struct svc_http_server *srv = NULL;
@@ -162,11 +152,7 @@ int main(int argc, char **argv)
     if (svc_http_server_create(&srv, &ho, routes, sizeof(routes) / sizeof(routes[0]), err,
                                sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "HTTP_ADDR: %s", err);
-    {
-        pthread_t warm;
-        if (pthread_create(&warm, NULL, warm_tokenizers, NULL) != 0 || pthread_detach(warm) != 0)
-            SVC_LOG_WARN(NULL, "startup", "tokenizers load on first use");
-    }
+    svc_tokenizer_warm(); /* the first request need not wait for them */
     for (unsigned i = 0; i < nworkers; i++)
         if (pthread_create(&threads[i], NULL, worker_main, &workers[i]) != 0)
             svc_service_die(SVC_EX_SOFTWARE, "cannot start loop thread %u", i);

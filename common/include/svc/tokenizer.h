@@ -31,6 +31,10 @@ struct svc_tokenizer;
  * tries again. Thread-safe. */
 const struct svc_tokenizer *svc_tokenizer_get(enum svc_tok_encoding_e enc);
 
+/* Builds every encoding on a detached thread, so a service's first request does not wait for
+ * it (tens of ms). Failures are logged; svc_tokenizer_get() still tries again on use. */
+void svc_tokenizer_warm(void);
+
 /* "cl100k_base" / "o200k_base" -> *out. SVC_EINVAL for any other name. */
 int svc_tokenizer_encoding_from_name(const char *name, enum svc_tok_encoding_e *out) SVC_MUST_CHECK;
 
