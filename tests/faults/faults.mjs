@@ -1,13 +1,14 @@
 // Dependency faults under load (tests/faults/run.mjs, tests/integration/faults.test.mjs): a whole
-// stack with MariaDB carries mixed chat + ops traffic while, one after the other, Redis and
-// MariaDB are stopped and started again on the same port, and the upstream refuses connections,
-// stalls, cuts replies and answers garbage. For each fault: what users saw (outcomes per kind
-// of the requests sent while the fault lasted) and the time to recover (from the moment the dependency is back until
-// a chat turn, and an ops call, succeed again). At the end: money and events consistent
-// (tests/soak/lib.mjs consistency()) and every service still running.
+// stack with MariaDB carries mixed chat, /v1 and ops traffic while, one after the other, Redis
+// and MariaDB are stopped and started again on the same port, and the upstream refuses
+// connections, stalls, cuts replies and answers garbage. For each fault: what users saw
+// (outcomes per kind of the requests sent while the fault lasted) and the time to recover, from
+// the moment the dependency is back until a chat turn that continues a conversation (so it reads
+// Redis), an ops call, and every service's /readyz succeed again. At the end: money and events
+// consistent (tests/soak/lib.mjs consistency()) and every service still running.
 //
-// The upstream faults come from a small proxy in this process between chat and the fake
-// upstream (chat's OPENAI_BASE_URL), so a fault applies to every request at once: the fake
+// The upstream faults come from a small proxy in this process between the services and the fake
+// upstream (their OPENAI_BASE_URL), so a fault applies to every request at once: the fake
 // upstream's knobs (docs/fake-upstream.md) act per request only, and it has none for garbage.
 import fs from 'node:fs';
 import http from 'node:http';
@@ -121,16 +122,29 @@ export async function runFaults({
         const users = await makeUsers(stack, 'fault', 8, 5000000);
         const [probeUser] = await makeUsers(stack, 'probe', 1, 5000000);
         const load = traffic(stack, users, { concurrency });
+        // The probe continues one conversation, so a successful turn also read its history from
+        // Redis, and reached billing (Reserve, Settle) and the upstream.
+        let probeParent = null;
         const probeOk = async () => {
+            const body = { prompt: 'probe [[fake tokens=3]]', options: probeParent ? { parentMessageId: probeParent } : {} };
             const [c, o] = await Promise.all([
                 call(`${stack.url}/api/chat-process`, {
                     headers: { authorization: probeUser.auth, 'content-type': 'application/json' },
-                    body: JSON.stringify({ prompt: 'probe [[fake tokens=3]]' }), timeoutMs: 5000,
+                    body: JSON.stringify(body), timeoutMs: 5000,
                 }),
                 ops(stack, { action: 'check', i_username: probeUser.name }),
             ]);
-            return { chat: outcome(c) === '200', ops: o.status === 200 && o.body.includes('"Success"') };
+            const chatOk = outcome(c) === '200';
+            if (chatOk) probeParent = JSON.parse(c.body.trim().split('\n').pop()).id;
+            return { chat: chatOk, ops: o.status === 200 && o.body.includes('"Success"') };
         };
+        const allReady = async () => {
+            for (const h of Object.values(stack.services).flat()) {
+                if ((await call(`${h.adminUrl}/readyz`, { method: 'GET', timeoutMs: 2000 })).status !== 200) return false;
+            }
+            return true;
+        };
+        if (!(await probeOk()).chat) throw new Error('the probe chat does not work before any fault');
         await new Promise((r) => setTimeout(r, settleSeconds * 1000));
         for (const fault of faults) {
             const t0 = Date.now();
@@ -160,20 +174,22 @@ export async function runFaults({
             const back = Date.now();
             let chatAt = -1;
             let opsAt = -1;
+            let readyAt = -1;
             await until(recoverLimitMs, async () => {
                 const start = Date.now();
-                const p = await probeOk();
+                const [p, ready] = await Promise.all([probeOk(), readyAt < 0 ? allReady() : true]);
                 if (p.chat && chatAt < 0) chatAt = start - back;
                 if (p.ops && opsAt < 0) opsAt = start - back;
-                return chatAt >= 0 && opsAt >= 0;
+                if (ready && readyAt < 0) readyAt = start - back;
+                return chatAt >= 0 && opsAt >= 0 && readyAt >= 0;
             }, 100);
             const phase = {
                 fault, seconds: faultSeconds, saw: window(load.events, t0, back),
-                chatRecoveryMs: chatAt, opsRecoveryMs: opsAt,
+                chatRecoveryMs: chatAt, opsRecoveryMs: opsAt, readyRecoveryMs: readyAt,
             };
             report.phases.push(phase);
-            log(`  recovered: chat ${chatAt} ms, ops ${opsAt} ms after ${fault} was back`);
-            if (chatAt < 0 || opsAt < 0) problems.push(`${fault}: not recovered within ${recoverLimitMs} ms`);
+            log(`  recovered: chat ${chatAt} ms, ops ${opsAt} ms, every /readyz ${readyAt} ms after ${fault} was back`);
+            if (chatAt < 0 || opsAt < 0 || readyAt < 0) problems.push(`${fault}: not recovered within ${recoverLimitMs} ms`);
             await new Promise((r) => setTimeout(r, settleSeconds * 1000));
         }
         await load.stop();
@@ -203,9 +219,9 @@ export async function runFaults({
 export function formatReport(r) {
     const lines = [];
     const fmt = (o) => Object.entries(o || {}).map(([k, v]) => `${k} [${Object.entries(v).sort().map(([s, n]) => `${s}: ${n}`).join(', ')}]`).join('; ');
-    lines.push('fault              recovery (chat / ops)   what users saw while it lasted');
+    lines.push('fault              recovery ms (chat / ops / readyz)   what users saw while it lasted');
     for (const p of r.phases) {
-        lines.push(`${p.fault.padEnd(18)} ${String(p.chatRecoveryMs).padStart(6)} / ${String(p.opsRecoveryMs).padStart(6)} ms   ${fmt(p.saw)}`);
+        lines.push(`${p.fault.padEnd(18)} ${String(p.chatRecoveryMs).padStart(6)} / ${String(p.opsRecoveryMs).padStart(6)} / ${String(p.readyRecoveryMs).padStart(6)}     ${fmt(p.saw)}`);
     }
     if (r.totals) lines.push(`whole run: ${fmt(r.totals)}`);
     const c = r.consistency;

@@ -12,7 +12,7 @@ it('dependency faults under load: recovered from, nothing lost, money and events
     for (const line of formatReport(r).split('\n')) t.diagnostic(line);
     assert.equal(r.phases.length, 6);
     for (const p of r.phases) {
-        assert.ok(p.chatRecoveryMs >= 0 && p.opsRecoveryMs >= 0, `${p.fault} was not recovered from`);
+        assert.ok(p.chatRecoveryMs >= 0 && p.opsRecoveryMs >= 0 && p.readyRecoveryMs >= 0, `${p.fault} was not recovered from`);
         // (a fault of 2 s may see no new chat at all: the clients can all be waiting on requests
         // sent just before it, which a stall holds for CHAT_UPSTREAM_IDLE_TIMEOUT)
         const chat = p.saw.chat || {};

@@ -15,7 +15,7 @@
 //   SOAK_SAMPLE_SECONDS   5
 //   SOAK_CONCURRENCY      6      client workers
 //   SOAK_RSS_GROWTH_MB    16 (64 in a sanitizer build)  allowed RSS growth per service
-//   SOAK_FD_GROWTH        8      allowed growth of open descriptors per service
+//   SOAK_FD_GROWTH        4 x SOAK_CONCURRENCY   allowed growth of open descriptors per service
 //   SOAK_SANITIZER        ''     asan | tsan: the build under test (bounds and log checks)
 //   BUILD_DIR             build
 import fs from 'node:fs';
@@ -33,7 +33,10 @@ const SAMPLE = num('SOAK_SAMPLE_SECONDS', 5);
 const CONCURRENCY = num('SOAK_CONCURRENCY', 6);
 const SANITIZER = process.env.SOAK_SANITIZER || '';
 const RSS_GROWTH_KB = num('SOAK_RSS_GROWTH_MB', SANITIZER ? 64 : 16) * 1024;
-const FD_GROWTH = num('SOAK_FD_GROWTH', 8);
+// Connection pools (nginx to each service, a service to the upstream, to auth and to billing)
+// grow to the highest concurrency they have seen, which rises slowly as rare overlaps happen: up
+// to about one connection per client per pool, so 4 per client; a leak grows without bound.
+const FD_GROWTH = num('SOAK_FD_GROWTH', 4 * CONCURRENCY);
 const WINDOW = 6; // samples compared at each end: 30 s at the default pace
 
 // ASan keeps freed memory in a quarantine (256 MiB by default) and its allocator does not give
