@@ -151,8 +151,12 @@ async function rawRequest(host, port, method, path, headers, body) {
 
 describe('bad input and abuse through the ingress', () => {
     const stack = withStack({
-        env: { ...ENV, HTTP_MAX_BODY: String(MAX_BODY), HTTP_IDLE_TIMEOUT: '5' },
+        env: {
+            ...ENV, HTTP_MAX_BODY: String(MAX_BODY), HTTP_IDLE_TIMEOUT: '5',
+            OPENAI_PROXY: 'true', PROXY_RPM_LIMIT: '0', PROXY_TPM_LIMIT: '0',
+        },
     });
+    let apiKey = 'sk-none'; // dave's, once registered: /v1 bodies are then parsed, not refused at the door
     const problems = [];
     const post = (ep, body, extra = {}) => (sent++, request)(`${stack.url}${ep.path}`, {
         method: extra.method || 'POST',
@@ -176,6 +180,11 @@ describe('bad input and abuse through the ingress', () => {
     it('a user and its balance to watch', async () => {
         const r = await ops(stack, { action: 'register', i_username: 'carol', i_password: 'carol-secret', count: 1000 });
         assert.equal(r.json().status, 'Success', r.body);
+        // the /v1 key belongs to dave: /v1 requests that are valid after all are charged to him
+        assert.equal((await ops(stack, { action: 'register', i_username: 'dave', i_password: 'dave-secret', count: 100000 })).json().status, 'Success');
+        const k = await ops(stack, { action: 'create_key', i_username: 'dave', name: 'battery' });
+        apiKey = k.json().data.key;
+        assert.match(apiKey, /^sk-/);
     });
 
     it('malformed JSON: truncated, trailing garbage, bare values, empty, comments, single quotes', () => battery('malformed JSON', () => [
@@ -295,16 +304,30 @@ describe('bad input and abuse through the ingress', () => {
 
     it('/v1/*: every bad input gets an OpenAI error object', async () => {
         const bad = [];
+        const good = { model: 'gpt-3.5-turbo', messages: [{ role: 'user', content: 'hi' }], max_tokens: 5, temperature: 1, stream: false };
+        const bodies = [['POST', '{"model":'], ['POST', Buffer.from([0xff, 0x00])], ['POST', '['.repeat(50000)],
+            ['POST', '{"model":"a","model":"b","messages":[]}'], ['POST', '{"messages":[{"role":"user","content":"a\u0000b"}],"model":"x"}'],
+            ['GET', undefined], ['DELETE', undefined], ['BREW', undefined], ['POST', '{}'], ['POST', 'null'],
+            ['POST', JSON.stringify({ ...good, messages: [{ role: 'user', content: 'x'.repeat(MAX_BODY + 1) }] })]];
+        for (const f of Object.keys(good)) {
+            for (const v of WRONG) {
+                if (typeof v === typeof good[f] && !Array.isArray(v) && v !== null) continue;
+                bodies.push(['POST', JSON.stringify({ ...good, [f]: v })]);
+            }
+        }
+        for (const m of [{ role: 1, content: 'x' }, { role: 'user' }, { role: 'user', content: [{ type: 'image_url' }] }, 'x', null]) {
+            bodies.push(['POST', JSON.stringify({ ...good, messages: [m] })]);
+        }
         for (const path of V1) {
-            for (const [method, body] of [['POST', '{"model":'], ['POST', '{"model":1,"messages":"x"}'], ['POST', Buffer.from([0xff, 0x00])],
-                ['POST', '['.repeat(50000)], ['GET', undefined], ['DELETE', undefined], ['BREW', undefined],
-                ['POST', JSON.stringify({ model: 'gpt-4o', messages: [{ role: 'user', content: 'x'.repeat(MAX_BODY + 1) }] })]]) {
-                sent++;
-                const r = await request(`${stack.url}${path}`, {
-                    method, body, headers: { 'content-type': 'application/json', authorization: 'Bearer sk-wrong' },
-                });
-                const p = openaiProblem(r);
-                if (p) bad.push(`${method} ${path}: ${r.status} ${p}`);
+            for (const [method, body] of bodies) {
+                for (const authz of [`Bearer ${apiKey}`, 'Bearer sk-wrong']) {
+                    sent++;
+                    const r = await request(`${stack.url}${path}`, {
+                        method, body, headers: { 'content-type': 'application/json', authorization: authz },
+                    });
+                    const p = openaiProblem(r);
+                    if (p) bad.push(`${method} ${path} ${String(body).slice(0, 40)}: ${r.status} ${p}`);
+                }
             }
         }
         assert.deepEqual(bad, [], bad.join('\n'));
