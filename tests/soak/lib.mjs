@@ -16,6 +16,8 @@ export const ENV = {
     BASIC_AUTH_USER: 'static', BASIC_AUTH_PASSWORD: 'static-password',
     // the metered /v1 proxy, without per-key limits (the traffic is the same few keys all along)
     OPENAI_PROXY: 'true', PROXY_RPM_LIMIT: '0', PROXY_TPM_LIMIT: '0',
+    // every event stays in the stream, so consistency() can find each ledger row there
+    BILLING_EVENTS_MAXLEN: '1000000000',
 };
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
@@ -109,7 +111,10 @@ export function traffic(stack, users, { concurrency = 6, chatShare = 0.6, rechar
         const x = Math.random();
         if (x < chatShare) {
             const body = { prompt: `soak ${w} ${seq} [[fake tokens=${5 + (seq % 20)}]]`, options: {} };
-            if (parents.has(u.name) && seq % 3 === 0) body.options.parentMessageId = parents.get(u.name);
+            // a third of the turns continue the user's conversation, at most 4 turns deep (the
+            // history is sent again each turn: deeper, the balances would run out)
+            const conv = parents.get(u.name);
+            if (conv && seq % 3 === 0 && conv.depth < 4) body.options.parentMessageId = conv.id;
             const r = await call(`${stack.url}/api/chat-process`, {
                 headers: { authorization: u.auth, 'content-type': 'application/json' }, body: JSON.stringify(body),
             });
@@ -117,7 +122,8 @@ export function traffic(stack, users, { concurrency = 6, chatShare = 0.6, rechar
             if (r.status === 200) {
                 try {
                     const last = JSON.parse(r.body.trim().split('\n').pop());
-                    if (last.id) parents.set(u.name, last.id);
+                    const depth = body.options.parentMessageId ? parents.get(u.name).depth + 1 : 1;
+                    if (last.id) parents.set(u.name, { id: last.id, depth });
                 } catch { /* a Fail envelope or a cut reply: no parent */ }
             }
             return;
@@ -249,8 +255,9 @@ export function redis(url, cmds, timeoutMs = 5000) {
 
 export function sql(mariadb, query) {
     const r = spawnSync('mariadb', ['--no-defaults', `--socket=${mariadb.socket}`, `-u${mariadb.user}`,
-        `-p${mariadb.password}`, mariadb.database, '--batch', '--skip-column-names', '-e', query], { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`mariadb: ${r.stderr}`);
+        `-p${mariadb.password}`, mariadb.database, '--batch', '--skip-column-names', '-e', query],
+    { encoding: 'utf8', maxBuffer: 1 << 30 });
+    if (r.status !== 0) throw new Error(`mariadb: ${r.error ? r.error.message : r.stderr}`);
     return r.stdout.trim().split('\n').filter(Boolean).map((l) => l.split('\t'));
 }
 
@@ -276,15 +283,23 @@ export async function consistency(stack, mariadb) {
     if (openHolds > 0) problems.push(`${openHolds} hold(s) still open after traffic stopped`);
     const ledgerIds = new Set(sql(mariadb, 'SELECT id FROM billing_ledger').map(([id]) => `bl-${id}`));
     const outbox = Number(sql(mariadb, 'SELECT COUNT(*) FROM billing_outbox')[0][0]);
-    const [entries] = await redis(stack.redisUrl, [['XRANGE', STREAM, '-', '+']], 20000);
+    // The stream in pages (a long soak leaves hundreds of thousands of events), ids only.
     const streamIds = new Map();
-    for (const [, fields] of entries || []) {
-        for (let k = 0; k < fields.length; k += 2) {
-            if (fields[k].toString() === 'id') {
-                const id = fields[k + 1].toString();
-                streamIds.set(id, (streamIds.get(id) || 0) + 1);
+    let entries = 0;
+    for (let from = '-'; ;) {
+        const [page] = await redis(stack.redisUrl, [['XRANGE', STREAM, from, '+', 'COUNT', '1000']], 20000);
+        if (!page || page.length === 0) break;
+        for (const [eid, fields] of page) {
+            entries++;
+            for (let k = 0; k < fields.length; k += 2) {
+                if (fields[k].toString() === 'id') {
+                    const id = fields[k + 1].toString();
+                    streamIds.set(id, (streamIds.get(id) || 0) + 1);
+                }
             }
+            from = `(${eid.toString()}`;
         }
+        if (page.length < 1000) break;
     }
     const missing = [...ledgerIds].filter((id) => !streamIds.has(id));
     const extra = [...streamIds.keys()].filter((id) => !ledgerIds.has(id));
@@ -292,7 +307,7 @@ export async function consistency(stack, mariadb) {
     if (missing.length) problems.push(`${missing.length} ledger row(s) not in the stream (outbox still holds ${outbox}): ${missing.slice(0, 5).join(' ')}`);
     if (extra.length) problems.push(`${extra.length} stream event(s) without a ledger row: ${extra.slice(0, 5).join(' ')}`);
     return {
-        ok: problems.length === 0, users: accounts.length, ledgerRows: ledgerIds.size, streamEvents: entries ? entries.length : 0,
+        ok: problems.length === 0, users: accounts.length, ledgerRows: ledgerIds.size, streamEvents: entries,
         duplicates, outbox, openHolds, problems,
     };
 }

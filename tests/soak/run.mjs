@@ -63,7 +63,7 @@ async function main() {
     const failures = [];
     let stopped = false;
     try {
-        const users = await makeUsers(stack, 'soak', 12, 5000000);
+        const users = await makeUsers(stack, 'soak', 12, 1000000000);
         const procs = serviceProcs(stack);
         const series = new Map(procs.map((p) => [p.label, []]));
         const t0 = Date.now();
