@@ -40,7 +40,9 @@ const direct = (h) => `http://${h.httpAddr}`;
 describe('chat through the ingress', () => {
     const stack = withStack({
         replicas: { chat: 2 },
-        env: { ...USERS, CHAT_UPSTREAM_IDLE_TIMEOUT: '2', LOG_LEVEL: 'info' },
+        // 5 s: short enough for the stall test, long enough that the 1,000-stream burst on a
+        // loaded, sanitized build does not take the fake's first byte for a stall.
+        env: { ...USERS, CHAT_UPSTREAM_IDLE_TIMEOUT: '5', LOG_LEVEL: 'info' },
     });
 
     it('POST /api/session and /api/config answer the frontend contract', async () => {
@@ -220,7 +222,7 @@ describe('chat through the ingress', () => {
         const took = Date.now() - t0;
         const objs = objects(r.text);
         assert.match(objs[objs.length - 1].text, /\[\[OpenAI\] /);
-        assert.ok(took >= 1500 && took < 15000, `gave up after ${took} ms`);
+        assert.ok(took >= 4500 && took < 20000, `gave up after ${took} ms`);
     });
 
     it('cancels the upstream at once when the client leaves (within 100 ms)', async (t) => {
@@ -284,8 +286,10 @@ describe('chat through the ingress', () => {
             if (r.value.status !== 200) return failures.push(`${i}: HTTP ${r.value.status} ${r.value.text.slice(0, 100)}`);
             const objs = r.value.text.split('\n').map((l) => JSON.parse(l));
             const last = objs[objs.length - 1];
-            if (!last.text.startsWith(`Echo(1 msgs): stream ${i}`) || last.detail.choices[0].finish_reason !== 'stop')
-                failures.push(`${i}: wrong reply ${last.text.slice(0, 60)}`);
+            if (typeof last.text !== 'string') // a Fail envelope instead of a stream
+                return failures.push(`${i}: ${r.value.text.slice(0, 200)}`);
+            if (!last.text.startsWith(`Echo(1 msgs): stream ${i}`) || last.detail?.choices?.[0]?.finish_reason !== 'stop')
+                failures.push(`${i}: wrong reply ${last.text.slice(-200)}`);
         });
         t.diagnostic(`${N - failures.length} of ${N} streams correct in ${Date.now() - t0} ms`);
         assert.deepEqual(failures.slice(0, 10), [], `${failures.length} of ${N} failed`);
