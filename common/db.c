@@ -1088,6 +1088,8 @@ static void db_free(struct svc_db *db, int sync_init)
     if (sync_init) {
         pthread_mutex_destroy(&db->mu);
         pthread_cond_destroy(&db->cv);
+        pthread_mutex_destroy(&db->group_mu);
+        pthread_cond_destroy(&db->group_cv);
     }
     /* scrub the password before the memory goes back to the allocator */
     memset(&db->dsn, 0, sizeof(db->dsn));
@@ -1158,6 +1160,19 @@ int svc_db_open_opts(struct svc_db **out, const char *dsn, const char *data_dir,
         goto out;
     }
     pthread_condattr_destroy(&ca);
+    if (pthread_mutex_init(&db->group_mu, NULL) != 0) {
+        pthread_mutex_destroy(&db->mu);
+        pthread_cond_destroy(&db->cv);
+        rc = SVC_ENOMEM;
+        goto out;
+    }
+    if (pthread_cond_init(&db->group_cv, NULL) != 0) {
+        pthread_mutex_destroy(&db->mu);
+        pthread_cond_destroy(&db->cv);
+        pthread_mutex_destroy(&db->group_mu);
+        rc = SVC_ENOMEM;
+        goto out;
+    }
     sync_init = 1;
 
     /* One connection now, so a wrong host, password or path fails at start-up, not at the
