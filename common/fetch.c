@@ -380,3 +380,15 @@ void svc_fetch_pause(struct svc_fetch *f, int paused)
         svc_timer_stop(f->idle);
     curl_easy_pause(f->easy, paused ? CURLPAUSE_RECV : CURLPAUSE_CONT);
 }
+
+void svc_fetch_headers_each(struct svc_fetch *f, svc_fetch_header_fn fn, void *ud)
+{
+    struct curl_header *h = NULL;
+
+    if (f == NULL || f->easy == NULL)
+        return;
+    /* CURLH_HEADER: the response's own headers (not trailers, not a CONNECT's); request -1: the
+     * last response of the transfer (an interim 100 Continue's headers are not included). */
+    while ((h = curl_easy_nextheader(f->easy, CURLH_HEADER, -1, h)) != NULL)
+        fn(ud, h->name, h->value);
+}

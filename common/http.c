@@ -112,6 +112,69 @@ const char *svc_req_query(const struct svc_req *req, const char *name)
     return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
 }
 
+struct query_out {
+    char *buf;
+    size_t len, used;
+    int full;
+};
+
+static void query_put(struct query_out *q, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+
+    for (; *s != '\0'; s++) {
+        unsigned char ch = (unsigned char)*s;
+        int plain = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+                    (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.' || ch == '~';
+        size_t need = plain ? 1 : 3;
+        if (q->used + need >= q->len) {
+            q->full = 1;
+            return;
+        }
+        if (plain) {
+            q->buf[q->used++] = (char)ch;
+        } else {
+            q->buf[q->used++] = '%';
+            q->buf[q->used++] = hex[ch >> 4];
+            q->buf[q->used++] = hex[ch & 15];
+        }
+    }
+}
+
+static void query_sep(struct query_out *q, char sep)
+{
+    if (q->used + 1 >= q->len)
+        q->full = 1;
+    else
+        q->buf[q->used++] = sep;
+}
+
+static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value)
+{
+    struct query_out *q = cls;
+
+    (void)kind;
+    query_sep(q, q->used == 0 ? '?' : '&');
+    query_put(q, key);
+    if (value != NULL) {
+        query_sep(q, '=');
+        query_put(q, value);
+    }
+    return q->full ? MHD_NO : MHD_YES;
+}
+
+int svc_req_query_string(const struct svc_req *req, char *buf, size_t len)
+{
+    struct query_out q = {buf, len, 0, 0};
+
+    if (len == 0)
+        return SVC_ETOOLARGE;
+    MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, query_arg, &q);
+    buf[q.used] = '\0';
+    return q.full ? SVC_ETOOLARGE : SVC_OK;
+}
+
 const char *svc_req_body(const struct svc_req *req, size_t *len)
 {
     if (len != NULL)

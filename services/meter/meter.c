@@ -26,6 +26,7 @@
 #define REPLY_MAX (4u << 20)     /* bytes of reply text kept */
 #define SSE_EVENT_MAX (1u << 20) /* bytes of one upstream event */
 #define ERRBODY_MAX (64u << 10)  /* bytes of a non-200 answer kept for the message */
+#define UP_HEADERS_MAX (16u << 10)/* bytes of the upstream's response headers kept */
 #define BODY_MAX (32u << 20)     /* bytes of a JSON (not streamed) answer */
 /* Raw upstream bytes not yet turned into events: past HIGH the upstream is paused, at LOW it
  * resumes; INPUT_MAX only bounds one upstream read on top of HIGH. */
@@ -91,6 +92,8 @@ struct meter {
     struct svc_sse sse;
     struct svc_buf text;
     struct svc_buf errbody;
+    struct svc_buf up_headers; /* the answer's headers: "name\0value\0" pairs */
+    int headers_taken;         /* up_headers holds this attempt's */
     struct svc_buf in;       /* raw bytes not yet turned into events */
     size_t in_off;
     int paused;
@@ -164,6 +167,7 @@ struct meter *meter_create(struct meter_loop *ml, const struct meter_hooks *hook
     svc_sse_init(&m->sse, SSE_EVENT_MAX);
     svc_buf_init(&m->text, REPLY_MAX);
     svc_buf_init(&m->errbody, ERRBODY_MAX);
+    svc_buf_init(&m->up_headers, UP_HEADERS_MAX);
     svc_buf_init(&m->in, INPUT_MAX);
     svc_buf_init(&m->body, BODY_MAX);
     m->ended = 1; /* nothing to end until a hold may exist */
@@ -571,13 +575,44 @@ static int drain_data(struct meter *m, const char *data, size_t len)
 
 /* ---- upstream callbacks ---- */
 
+static void keep_header(void *ud, const char *name, const char *value)
+{
+    struct meter *m = ud;
+    size_t nlen = strlen(name) + 1, vlen = strlen(value) + 1, was = m->up_headers.len;
+
+    /* past UP_HEADERS_MAX the rest is dropped: a pair is kept whole or not at all */
+    if (svc_buf_append(&m->up_headers, name, nlen) != SVC_OK ||
+        svc_buf_append(&m->up_headers, value, vlen) != SVC_OK)
+        m->up_headers.len = was;
+}
+
+/* Keeps the answer's headers (once per attempt) for meter_upstream_headers. */
+static void take_headers(struct meter *m, struct svc_fetch *f)
+{
+    if (m->headers_taken)
+        return;
+    m->headers_taken = 1;
+    svc_fetch_headers_each(f, keep_header, m);
+}
+
+void meter_upstream_headers(const struct meter *m, svc_fetch_header_fn fn, void *ud)
+{
+    const char *p = m->up_headers.data, *end = p + m->up_headers.len;
+
+    while (p != NULL && p < end) {
+        const char *value = p + strlen(p) + 1;
+        fn(ud, p, value);
+        p = value + strlen(value) + 1;
+    }
+}
+
 static int on_up_data(struct svc_fetch *f, long status, const char *data, size_t len, void *ud)
 {
     struct meter *m = ud;
     int rc;
 
-    (void)f;
     m->status = status;
+    take_headers(m, f);
     if (status != 200) /* an error body: keep it for the message */
         return svc_buf_append(&m->errbody, data, len) == SVC_OK ? 0 : SVC_ETOOLARGE;
     if (!m->is_sse) { /* a JSON answer: kept whole, read at the end */
@@ -684,12 +719,13 @@ static void on_up_done(struct svc_fetch *f, int err, long status, const char *bo
 {
     struct meter *m = ud;
 
-    (void)f;
     (void)body;
     (void)len;
-    m->up = NULL;
-    if (status != 0)
+    if (status != 0) {
         m->status = status;
+        take_headers(m, f);
+    }
+    m->up = NULL;
     m->up_err = err;
     if (err != SVC_OK && errmsg != NULL) {
         snprintf(m->transport, sizeof(m->transport), "%s", errmsg);
@@ -719,6 +755,8 @@ static int send_upstream(struct meter *m)
 
     m->attempts++;
     svc_buf_reset(&m->errbody); /* what an earlier attempt answered */
+    svc_buf_reset(&m->up_headers);
+    m->headers_taken = 0;
     m->status = 0;
     m->up_err = SVC_OK;
     m->transport[0] = '\0';
@@ -792,6 +830,7 @@ static void maybe_free(struct meter *m)
     svc_sse_deinit(&m->sse);
     svc_buf_deinit(&m->text);
     svc_buf_deinit(&m->errbody);
+    svc_buf_deinit(&m->up_headers);
     svc_buf_deinit(&m->in);
     svc_buf_deinit(&m->body);
     free(m->req_url);

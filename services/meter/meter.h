@@ -6,6 +6,7 @@
 
 #include "billing.pb-c.h"
 #include "svc/err.h"
+#include "svc/fetch.h"
 #include "svc/modelmap.h"
 #include "svc/ratelimit.h"
 
@@ -81,6 +82,10 @@ struct meter_hooks {
     /* The upstream is over, every event was delivered, and the hold has been ended. */
     void (*on_end)(void *ud, const struct meter_end *end);
 };
+
+/* Calls fn for each header of the upstream's answer (the last attempt's), as received: from
+ * on_head on, in on_body and in on_end (none when no answer arrived). */
+void meter_upstream_headers(const struct meter *m, svc_fetch_header_fn fn, void *ud);
 
 #define METER_CLIENT_HIGH (256u << 10)
 #define METER_CLIENT_LOW (64u << 10)

@@ -19,6 +19,11 @@ struct svc_modelmap;
 struct billing_client;
 struct meter_loop;
 
+/* The query string passed upstream (re-encoded), and the whole upstream URL: base (at most
+ * SVC_CFG_URL_MAX) + path + query. Longer: 414. */
+#define PROXY_QUERY_MAX 2048
+#define PROXY_URL_MAX 3072
+
 #define PROXY_OPTIONS(ACTION)                                                                  \
     SVC_COMMON_OPTIONS(ACTION)                                                                 \
     ACTION(OPENAI_PROXY, SVC_OPT_BOOL, "false", 0, 0,                                          \

@@ -49,6 +49,7 @@ struct v1_call {
     /* the request */
     json_t *body;
     int stream, hide_usage, has_limit;
+    int own_ratelimit; /* our x-ratelimit-* headers are on the reply: the upstream's are not */
     char model[128];
     struct svc_model_info mi;
     long long prompt_tokens, max_completion;
@@ -85,8 +86,53 @@ static void v1_error(struct v1_call *c, int status, const char *type, const char
 
 static void add_header(struct v1_call *c, const char *name, const char *value)
 {
+    if (strncasecmp(name, "x-ratelimit-", 12) == 0)
+        c->own_ratelimit = 1;
     if (c->req != NULL && svc_req_add_header(c->req, name, value) != SVC_OK)
         SVC_LOG_WARN(c->rid, "reply", "cannot add %s", name);
+}
+
+/*
+ * Headers of the upstream's answer that are not passed on: hop-by-hop ones (RFC 9110 7.6.1),
+ * the framing we set ourselves, cookies and browser policies meant for the upstream's own origin,
+ * and the operator's organisation and project.
+ */
+static const char *const UPSTREAM_HEADERS_DROPPED[] = {
+    "connection",      "keep-alive",       "proxy-connection", "proxy-authenticate",
+    "te",              "trailer",          "transfer-encoding", "upgrade",
+    "content-length",  "content-type",     "content-encoding", "date",
+    "server",          "set-cookie",       "alt-svc",          "strict-transport-security",
+    "openai-organization", "openai-project", "x-request-id",
+};
+
+/* An upstream header, passed on to the client unless dropped (svc_fetch_header_fn). The
+ * upstream's X-Request-Id comes as X-Upstream-Request-Id beside ours. */
+static void pass_header(void *ud, const char *name, const char *value)
+{
+    struct v1_call *c = ud;
+
+    if (strcasecmp(name, "x-request-id") == 0) {
+        add_header(c, "X-Upstream-Request-Id", value);
+        return;
+    }
+    for (size_t i = 0; i < sizeof(UPSTREAM_HEADERS_DROPPED) / sizeof(UPSTREAM_HEADERS_DROPPED[0]);
+         i++)
+        if (strcasecmp(name, UPSTREAM_HEADERS_DROPPED[i]) == 0)
+            return;
+    if (strncasecmp(name, "access-control-", 15) == 0 ||
+        (c->own_ratelimit && strncasecmp(name, "x-ratelimit-", 12) == 0))
+        return;
+    if (c->req != NULL && svc_req_add_header(c->req, name, value) != SVC_OK)
+        SVC_LOG_WARN(c->rid, "reply", "cannot add %s", name);
+}
+
+/* The upstream's Content-Type, or JSON when it sent none (svc_fetch_header_fn). */
+static void find_content_type(void *ud, const char *name, const char *value)
+{
+    char *out = ud;
+
+    if (strcasecmp(name, "content-type") == 0 && out[0] == '\0')
+        snprintf(out, 128, "%s", value);
 }
 
 static void call_free(struct v1_call *c)
@@ -115,15 +161,23 @@ static void on_client_gone(struct svc_req *req, void *data)
     svc_metric_add(&proxy_stats.proxy_client_aborts_total, 1);
 }
 
-/* The upstream URL of path (after /v1). */
-static void upstream_url(char *url, size_t len, const char *path)
+/*
+ * The upstream URL of the call's path (after /v1) with the client's query string (Azure-style
+ * clients send ?api-version=, list endpoints ?limit=&after=). SVC_ETOOLARGE: it does not fit.
+ */
+static int upstream_url(const struct v1_call *c, char *url, size_t len)
 {
     const char *base = proxy_setting.OPENAI_BASE_URL.s;
+    char query[PROXY_QUERY_MAX];
     size_t blen = strlen(base);
+    int n;
 
     while (blen > 0 && base[blen - 1] == '/')
         blen--;
-    snprintf(url, len, "%.*s%s", (int)blen, base, path);
+    if (svc_req_query_string(c->req, query, sizeof(query)) != SVC_OK)
+        return SVC_ETOOLARGE;
+    n = snprintf(url, len, "%.*s%s%s", (int)blen, base, c->path, query);
+    return n < 0 || (size_t)n >= len ? SVC_ETOOLARGE : SVC_OK;
 }
 
 /* ---- the metered answer: meter hooks ---- */
@@ -135,6 +189,7 @@ static int on_head(void *ud)
 
     if (!c->stream)
         return SVC_OK; /* the JSON answer goes out whole, in on_body */
+    meter_upstream_headers(c->meter, pass_header, c);
     rc = svc_req_stream_start(c->req, 200, "text/event-stream; charset=utf-8");
     if (rc == SVC_OK) {
         c->streaming = 1;
@@ -171,6 +226,7 @@ static int on_body(void *ud, const char *body, size_t len)
 {
     struct v1_call *c = ud;
 
+    meter_upstream_headers(c->meter, pass_header, c);
     return svc_req_reply(c->req, 200, "application/json", body, len);
 }
 
@@ -200,7 +256,10 @@ static void on_end(void *ud, const struct meter_end *end)
     svc_metric_add(&proxy_stats.proxy_upstream_errors_total, 1);
     if (end->status != 0 && end->status != 200) {
         /* The upstream's own error, passed through as it answered. */
-        svc_req_reply(c->req, (int)end->status, "application/json",
+        char ctype[128] = "";
+        meter_upstream_headers(c->meter, find_content_type, ctype);
+        meter_upstream_headers(c->meter, pass_header, c);
+        svc_req_reply(c->req, (int)end->status, ctype[0] != '\0' ? ctype : "application/json",
                       end->body != NULL ? end->body : "", end->body_len);
         return;
     }
@@ -227,7 +286,7 @@ static const struct meter_hooks v1_hooks = {
  * key (PROXY_CLIENT_KEYS=relay): its Authorization goes upstream, the body is not touched. */
 static void start_upstream(struct v1_call *c, long long completion_limit)
 {
-    char url[1024], auth[1100], hid[128];
+    char url[PROXY_URL_MAX], auth[1100], hid[128];
     const char *headers[6];
     struct svc_fetch_req fr = {0};
     size_t nh = 0, blen;
@@ -260,7 +319,11 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
         v1_error(c, 500, "server_error", NULL, "out of memory");
         return;
     }
-    upstream_url(url, sizeof(url), c->path);
+    if (upstream_url(c, url, sizeof(url)) != SVC_OK) {
+        free(text);
+        v1_error(c, 414, "invalid_request_error", NULL, "the request's URL is too long");
+        return;
+    }
     headers[nh++] = "Content-Type: application/json";
     headers[nh++] = c->stream ? "Accept: text/event-stream" : "Accept: application/json";
     snprintf(hid, sizeof(hid), "X-Request-Id: %s", c->rid);
@@ -690,9 +753,8 @@ static void on_relay_done(struct svc_fetch *f, int err, long status, const char 
                           const char *errmsg, void *ud)
 {
     struct v1_call *c = ud;
-    char msg[320];
+    char msg[320], ctype[128] = "";
 
-    (void)f;
     c->relay = NULL;
     if (err != SVC_OK) {
         snprintf(msg, sizeof(msg), "the upstream could not be reached: %s",
@@ -707,19 +769,24 @@ static void on_relay_done(struct svc_fetch *f, int err, long status, const char 
         reply_models(c, body, len);
         return;
     }
-    svc_req_reply(c->req, (int)status, "application/json", body, len);
+    svc_fetch_headers_each(f, find_content_type, ctype);
+    svc_fetch_headers_each(f, pass_header, c);
+    svc_req_reply(c->req, (int)status, ctype[0] != '\0' ? ctype : "application/json", body, len);
 }
 
 static void relay_start(struct v1_call *c)
 {
     static const struct svc_fetch_cb cb = {.on_done = on_relay_done};
-    char url[1024], auth[1100], hid[128];
+    char url[PROXY_URL_MAX], auth[1100], hid[128];
     const char *headers[5];
     struct svc_fetch_req fr = {0};
     size_t nh = 0, blen = 0;
     const char *body = svc_req_body(c->req, &blen);
 
-    upstream_url(url, sizeof(url), c->path);
+    if (upstream_url(c, url, sizeof(url)) != SVC_OK) {
+        v1_error(c, 414, "invalid_request_error", NULL, "the request's URL is too long");
+        return;
+    }
     headers[nh++] = "Content-Type: application/json";
     snprintf(hid, sizeof(hid), "X-Request-Id: %s", c->rid);
     headers[nh++] = hid;

@@ -81,4 +81,10 @@ void svc_fetch_cancel(struct svc_fetch **f);
  * it measures the upstream's silence, and starts afresh on resume. */
 void svc_fetch_pause(struct svc_fetch *f, int paused);
 
+typedef void (*svc_fetch_header_fn)(void *ud, const char *name, const char *value);
+
+/* Calls fn for each header of the response, in the order received (names as sent). Valid inside
+ * this fetch's on_data and on_done, once the status is known. */
+void svc_fetch_headers_each(struct svc_fetch *f, svc_fetch_header_fn fn, void *ud);
+
 #endif

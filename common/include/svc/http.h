@@ -105,6 +105,11 @@ const char *svc_req_client_ip(const struct svc_req *req);
 const char *svc_req_peer_ip(const struct svc_req *req);
 const char *svc_req_header(const struct svc_req *req, const char *name); /* NULL when absent */
 const char *svc_req_query(const struct svc_req *req, const char *name);  /* NULL when absent */
+/* The query arguments again as a query string ("?a=1&b=x%20y", or "" without any), in their
+ * order, percent-encoding all but RFC 3986's unreserved characters (libmicrohttpd keeps only
+ * the decoded arguments, so the client's own encoding is not kept byte for byte). Returns
+ * SVC_OK or SVC_ETOOLARGE when it does not fit in len bytes with its NUL. */
+int svc_req_query_string(const struct svc_req *req, char *buf, size_t len) SVC_MUST_CHECK;
 const char *svc_req_body(const struct svc_req *req, size_t *len);        /* NUL-terminated */
 struct svc_loop *svc_req_loop(const struct svc_req *req);                /* NULL in POOL mode */
 
