@@ -7,12 +7,15 @@ BUILD_DIR ?= build
 SANITIZE ?= OFF
 BUILD_TYPE ?= RelWithDebInfo
 
-.PHONY: all bootstrap build run test unit integration bench clean fuzz-smoke soak tsan faults
+.PHONY: all bootstrap build run test unit integration k8s bench clean fuzz-smoke soak tsan faults
 
 all: build
 
+# The image's build stage sets BOOTSTRAP="scripts/bootstrap --build-only" (scripts/image-steps).
+BOOTSTRAP ?= scripts/bootstrap
+
 bootstrap:
-	@scripts/bootstrap
+	@$(BOOTSTRAP)
 
 build: bootstrap
 	@cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
@@ -34,7 +37,13 @@ NPM_STAMP := $(if $(wildcard tests/package.json),tests/node_modules/.installed)
 integration: build $(NPM_STAMP)
 	BUILD_DIR=$(BUILD_DIR) node --test --test-concurrency=1 tests/integration/*.test.mjs
 
-test: unit integration
+# Offline Kubernetes checks (tests/k8s, docs/deploy.md): the image recipe against
+# scripts/image-steps, helm lint and helm template of deploy/k8s/chatweb validated against the
+# Kubernetes 1.27 schemas, and the Ingress routes against deploy/local/nginx.conf.tmpl.
+k8s: build $(NPM_STAMP)
+	BUILD_DIR=$(BUILD_DIR) node --test --test-concurrency=1 tests/k8s/*.test.mjs
+
+test: unit integration k8s
 
 # npm packages the integration tests use (tests/package.json, locked by package-lock.json).
 tests/node_modules/.installed: tests/package.json tests/package-lock.json

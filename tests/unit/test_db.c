@@ -396,6 +396,14 @@ static void test_migrations(void)
     T_EQ_INT(svc_db_migrate(db, migs_v1, 2), SVC_OK); /* idempotent */
     T_EQ_INT(svc_db_migrate(db, migs_v2, 4), SVC_OK); /* adds a/2 and a/3 */
     T_EQ_INT(svc_db_migrate(db, migs_v2, 4), SVC_OK);
+    /* an older binary (knows tdb_a up to 1) refuses the newer database and applies nothing,
+     * not even its own new component listed before it */
+    static const struct svc_db_migration older[] = {
+        {"tdb_d", 1, "CREATE TABLE tdb_d_t (k INTEGER)", "CREATE TABLE tdb_d_t (k BIGINT)"},
+        {"tdb_a", 1, "SELECT 1", "SELECT 1"},
+    };
+    T_EQ_INT(svc_db_migrate(db, older, 2), SVC_ECONFLICT);
+    T_EQ_INT(svc_db_migrate(db, migs_v1, 2), SVC_ECONFLICT);
 
     c = conn_get(db);
     T_EQ_INT(

@@ -425,9 +425,13 @@ struct svc_db_migration {
  * them re-runnable (IF NOT EXISTS). Several processes may call this at once: on MariaDB they
  * serialise on GET_LOCK('chatweb_migrate', 30), on SQLite on BEGIN IMMEDIATE.
  *
+ * Before applying anything it refuses a database that already holds a version of a component
+ * above the last one in the array (a newer release migrated it): SVC_ECONFLICT, logged, nothing
+ * applied. A service therefore refuses to start on a schema newer than it knows.
+ *
  * Returns 0, SVC_EINVAL (bad array: empty component, version <= 0, versions out of order),
- * SVC_ETIMEDOUT (lock not obtained), or the error of the failing statement (already logged
- * with component, version and driver text). Thread-safe.
+ * SVC_ECONFLICT (the database is newer), SVC_ETIMEDOUT (lock not obtained), or the error of the
+ * failing statement (already logged with component, version and driver text). Thread-safe.
  */
 SVC_MUST_CHECK int svc_db_migrate(struct svc_db *db, const struct svc_db_migration *migrations,
                                   size_t n);
