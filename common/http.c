@@ -101,6 +101,7 @@ const char *svc_req_client_ip(const struct svc_req *req) { return req->ip; }
 const char *svc_req_peer_ip(const struct svc_req *req) { return req->peer; }
 struct svc_loop *svc_req_loop(const struct svc_req *req) { return req->slot->loop; }
 int svc_req_is_done(const struct svc_req *req) { return req->aborted || req->finished; }
+int svc_req_status(const struct svc_req *req) { return req->replied ? (int)req->pending_status : 0; }
 
 const char *svc_req_header(const struct svc_req *req, const char *name)
 {

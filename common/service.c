@@ -19,6 +19,8 @@
 #include "svc/rpc.h"
 
 #define ADMIN_BODY_MAX (1u << 20)
+/* /metrics: labelled families hold up to SVC_METRIC_SERIES_MAX series each */
+#define METRICS_BODY_MAX (16u << 20)
 
 static const char *service_name = "svc";
 static struct svc_option *options;
@@ -95,7 +97,7 @@ static int admin_metrics(struct svc_req *req, void *ctx)
     struct svc_buf b;
 
     (void)ctx;
-    svc_buf_init(&b, ADMIN_BODY_MAX);
+    svc_buf_init(&b, METRICS_BODY_MAX);
     if (svc_metrics_render(&b) != SVC_OK)
         svc_req_error(req, 500, "metrics too large");
     else

@@ -106,6 +106,7 @@ int main(int argc, char **argv)
         svc_service_die(SVC_EX_CONFIG, "MODEL_WINDOWS: %s", err);
     svc_service_start();
     svc_metrics_register((struct svc_metric *)&proxy_stats, SVC_METRIC_COUNT(proxy_stats));
+    proxy_metrics_setup();
     if (auth_client_setup(AUTH_MEMO_SLOTS, (long)proxy_setting.PROXY_AUTH_CACHE_MS.i) != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "cannot set up the authentication memory");
 

@@ -97,5 +97,7 @@ struct svc_req;
 
 /* Every /v1 path (v1.c). Runs on the request's loop; always async once authenticated. */
 int proxy_v1(struct svc_req *req, void *ctx);
+/* Creates the labelled metrics of /v1 (per model, key, upstream); once, at start-up. */
+void proxy_metrics_setup(void);
 
 #endif

@@ -69,7 +69,67 @@ struct v1_call {
     struct meter *meter;
     struct svc_fetch *relay;
     int streaming;
+    uint64_t t0_us, first_byte_us; /* arrival; the answer's first byte to the client (0: none) */
+    long long tokens_in, tokens_out;
 };
+
+/* ---- per model, key and upstream metrics (docs/proxy.md, "Metrics") ---- */
+
+static struct svc_metric_vec *m_requests, *m_tokens_in, *m_tokens_out, *m_ttft, *m_duration;
+static char upstream_label[SVC_METRIC_LABEL_VALUE_MAX]; /* OPENAI_BASE_URL's host[:port] */
+
+void proxy_metrics_setup(void)
+{
+    static const char *const by_request[] = {"model", "key", "upstream", "status"};
+    static const char *const by_key[] = {"model", "key", "upstream"};
+    static const char *const by_model[] = {"model", "upstream"};
+    const char *base = proxy_setting.OPENAI_BASE_URL.s, *host = strstr(base, "://");
+    size_t n;
+
+    host = host != NULL ? host + 3 : base;
+    n = strcspn(host, "/?#");
+    snprintf(upstream_label, sizeof(upstream_label), "%.*s", (int)n, host);
+    m_requests = svc_metric_vec_create("proxy_model_requests_total",
+                                       "/v1 requests by model, API key id, upstream and status",
+                                       SVC_METRIC_VEC_COUNTER, by_request, 4);
+    m_tokens_in = svc_metric_vec_create("proxy_model_prompt_tokens_total",
+                                        "prompt tokens billed, by model, API key id and upstream",
+                                        SVC_METRIC_VEC_COUNTER, by_key, 3);
+    m_tokens_out = svc_metric_vec_create(
+        "proxy_model_completion_tokens_total",
+        "completion tokens billed, by model, API key id and upstream", SVC_METRIC_VEC_COUNTER,
+        by_key, 3);
+    m_ttft = svc_metric_vec_create("proxy_time_to_first_token_seconds",
+                                   "arrival to the answer's first byte to the client (a stream's "
+                                   "first event), by model and upstream",
+                                   SVC_METRIC_VEC_HISTOGRAM, by_model, 2);
+    m_duration = svc_metric_vec_create("proxy_request_duration_seconds",
+                                       "arrival to the answer's last byte, by model and upstream",
+                                       SVC_METRIC_VEC_HISTOGRAM, by_model, 2);
+}
+
+/* At the end of a request: one of each, under the model asked for and the key's id ("" before
+ * authentication; "static" for a BASIC_AUTH or static user). */
+static void record_metrics(struct v1_call *c, int status)
+{
+    const char *key = c->is_static ? "static" : c->key_id;
+    char st[8];
+    uint64_t now = svc_clock_us();
+
+    snprintf(st, sizeof(st), "%d", status);
+    svc_metric_vec_add(m_requests, (const char *[]){c->model, key, upstream_label, st}, 1);
+    if (c->tokens_in > 0)
+        svc_metric_vec_add(m_tokens_in, (const char *[]){c->model, key, upstream_label},
+                           c->tokens_in);
+    if (c->tokens_out > 0)
+        svc_metric_vec_add(m_tokens_out, (const char *[]){c->model, key, upstream_label},
+                           c->tokens_out);
+    if (c->first_byte_us != 0)
+        svc_metric_vec_observe(m_ttft, (const char *[]){c->model, upstream_label},
+                               (double)(c->first_byte_us - c->t0_us) / 1e6);
+    svc_metric_vec_observe(m_duration, (const char *[]){c->model, upstream_label},
+                           (double)(now - c->t0_us) / 1e6);
+}
 
 /* ---- replies ---- */
 
@@ -145,6 +205,7 @@ static void on_request_done(void *data)
 {
     struct v1_call *c = data;
 
+    record_metrics(c, c->req != NULL ? svc_req_status(c->req) : 0);
     svc_fetch_cancel(&c->auth_call);
     svc_fetch_cancel(&c->relay);
     meter_detach(&c->meter); /* no meter hook runs after this; it ends the hold */
@@ -190,6 +251,7 @@ static int on_head(void *ud)
     if (!c->stream)
         return SVC_OK; /* the JSON answer goes out whole, in on_body */
     meter_upstream_headers(c->meter, pass_header, c);
+    c->first_byte_us = svc_clock_us();
     rc = svc_req_stream_start(c->req, 200, "text/event-stream; charset=utf-8");
     if (rc == SVC_OK) {
         c->streaming = 1;
@@ -227,6 +289,7 @@ static int on_body(void *ud, const char *body, size_t len)
     struct v1_call *c = ud;
 
     meter_upstream_headers(c->meter, pass_header, c);
+    c->first_byte_us = svc_clock_us();
     return svc_req_reply(c->req, 200, "application/json", body, len);
 }
 
@@ -240,6 +303,8 @@ static void on_end(void *ud, const struct meter_end *end)
     }
     svc_metric_add(&proxy_stats.proxy_prompt_tokens_total, end->prompt_tokens);
     svc_metric_add(&proxy_stats.proxy_completion_tokens_total, end->completion_tokens);
+    c->tokens_in = end->prompt_tokens;
+    c->tokens_out = end->completion_tokens;
     if (end->started) {
         if (c->streaming) {
             if (end->err != SVC_OK || end->stream_error != NULL)
@@ -883,6 +948,7 @@ int proxy_v1(struct svc_req *req, void *ctx)
         return SVC_HTTP_DONE;
     }
     c->req = req;
+    c->t0_us = svc_clock_us();
     c->w = svc_loop_data(svc_req_loop(req));
     snprintf(c->rid, sizeof(c->rid), "%s", svc_req_id(req));
     snprintf(c->path, sizeof(c->path), "%s", path + 3); /* after "/v1" */

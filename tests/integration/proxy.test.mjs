@@ -495,6 +495,39 @@ describe('the /v1 proxy through the ingress, with the openai SDK', () => {
         assert.deepEqual([after.balance, after.usage, after.held], [before.balance, before.usage, 0]);
     });
 
+    it('/metrics: requests, tokens, time to first token and duration per model, API key and upstream', async () => {
+        const u = await userWithKey(stack, 'pmetrics');
+        const client = sdk(stack.url, u.key);
+        await client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi [[fake tokens=7]]' }] });
+        const st = await client.chat.completions.create({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'hi [[fake tokens=9]]' }] });
+        for await (const chunk of st) assert.ok(chunk); // read to the end
+        await sdkError(OpenAI.RateLimitError, () => client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'x [[fake error=429]]' }] }));
+        const upstream = new URL(stack.fakeUpstream.url).host;
+        const lbl = (extra = '') => `{model="gpt-4o-mini",key="${u.prefix}",upstream="${upstream}"${extra}}`;
+        const value = (body, name) => {
+            const line = body.split('\n').find((l) => l.startsWith(`${name} `));
+            return line === undefined ? undefined : Number(line.slice(name.length + 1));
+        };
+        // the request's end is recorded as the client's connection finishes: wait for it
+        let body;
+        for (let i = 0; i < 50; i++) {
+            body = (await request(`${stack.services.proxy[0].adminUrl}/metrics`)).body;
+            if (value(body, `proxy_model_requests_total${lbl(',status="429"')}`) === 1) break;
+            await new Promise((r) => setTimeout(r, 100));
+        }
+        const mine = body.split('\n').filter((l) => l.includes('gpt-4o-mini')).join('\n');
+        assert.equal(value(body, `proxy_model_requests_total${lbl(',status="200"')}`), 2, mine);
+        assert.equal(value(body, `proxy_model_requests_total${lbl(',status="429"')}`), 1);
+        assert.ok(value(body, `proxy_model_prompt_tokens_total${lbl()}`) > 0);
+        assert.equal(value(body, `proxy_model_completion_tokens_total${lbl()}`), 16, 'the 7 + 9 tokens the fake produced');
+        const h = `{model="gpt-4o-mini",upstream="${upstream}"`;
+        assert.equal(value(body, `proxy_time_to_first_token_seconds_count${h}}`), 2, 'the two answers that started');
+        assert.equal(value(body, `proxy_request_duration_seconds_count${h}}`), 3);
+        assert.equal(value(body, `proxy_request_duration_seconds_bucket${h},le="+Inf"}`), 3);
+        assert.ok(value(body, `proxy_request_duration_seconds_sum${h}}`) > 0);
+        assert.match(body, /# TYPE proxy_time_to_first_token_seconds histogram/);
+    });
+
     it("upstream HTTP errors pass through with the upstream's status and body; the hold is released", async () => {
         const u = await userWithKey(stack, 'pupfail');
         const before = await check(stack, u.name);

@@ -170,4 +170,7 @@ void svc_req_set_cleanup(struct svc_req *req, void (*fn)(void *data), void *data
 /* 1 once the client went away or the reply was completed. */
 int svc_req_is_done(const struct svc_req *req);
 
+/* The status of the reply or stream produced (0 while none was). */
+int svc_req_status(const struct svc_req *req);
+
 #endif
