@@ -94,6 +94,7 @@ struct meter {
     struct svc_buf errbody;
     struct svc_buf up_headers; /* the answer's headers: "name\0value\0" pairs */
     int headers_taken;         /* up_headers holds this attempt's */
+    int attempt_told;          /* on_attempt ran for this attempt */
     struct svc_buf in;       /* raw bytes not yet turned into events */
     size_t in_off;
     int paused;
@@ -586,6 +587,18 @@ static void keep_header(void *ud, const char *name, const char *value)
         m->up_headers.len = was;
 }
 
+/* Tells the caller how this attempt went, once (for its circuit breaker). */
+static void tell_attempt(struct meter *m, int err)
+{
+    int ok = err == SVC_OK && m->status != 0 && m->status != 429 && m->status < 500;
+
+    if (m->attempt_told)
+        return;
+    m->attempt_told = 1;
+    if (m->ud != NULL && m->h->on_attempt != NULL)
+        m->h->on_attempt(m->ud, ok);
+}
+
 /* Keeps the answer's headers (once per attempt) for meter_upstream_headers. */
 static void take_headers(struct meter *m, struct svc_fetch *f)
 {
@@ -613,6 +626,7 @@ static int on_up_data(struct svc_fetch *f, long status, const char *data, size_t
 
     m->status = status;
     take_headers(m, f);
+    tell_attempt(m, SVC_OK);
     if (status != 200) /* an error body: keep it for the message */
         return svc_buf_append(&m->errbody, data, len) == SVC_OK ? 0 : SVC_ETOOLARGE;
     if (!m->is_sse) { /* a JSON answer: kept whole, read at the end */
@@ -688,13 +702,41 @@ static int retryable(const struct meter *m, int err)
 
 static int send_upstream(struct meter *m);
 
+/* The caller may send the retry to another upstream: a new URL and Authorization line. */
+static int retarget(struct meter *m)
+{
+    char url[4096], auth[1200] = "";
+    int i = 0;
+
+    if (m->ud == NULL || m->h->retarget == NULL ||
+        !m->h->retarget(m->ud, url, sizeof(url), auth, sizeof(auth)))
+        return SVC_OK;
+    free(m->req_url);
+    m->req.url = m->req_url = strdup(url);
+    while (m->req_headers[i] != NULL && strncasecmp(m->req_headers[i], "Authorization:", 14) != 0)
+        i++;
+    if (m->req_headers[i] != NULL) { /* the old key goes, wiped */
+        svc_wipe(m->req_headers[i], strlen(m->req_headers[i]));
+        free(m->req_headers[i]);
+        while (m->req_headers[i + 1] != NULL) {
+            m->req_headers[i] = m->req_headers[i + 1];
+            i++;
+        }
+        m->req_headers[i] = NULL;
+    }
+    if (auth[0] != '\0' && i < HEADERS_MAX && (m->req_headers[i] = strdup(auth)) == NULL)
+        return SVC_ENOMEM;
+    svc_wipe(auth, sizeof(auth));
+    return m->req_url != NULL ? SVC_OK : SVC_ENOMEM;
+}
+
 static void on_retry_timer(struct svc_timer *timer, void *data)
 {
     struct meter *m = data;
 
     (void)timer;
     svc_timer_destroy(&m->retry_timer);
-    if (send_upstream(m) != SVC_OK) {
+    if (retarget(m) != SVC_OK || send_upstream(m) != SVC_OK) {
         m->up_err = SVC_ENOMEM;
         finish(m);
     }
@@ -727,6 +769,7 @@ static void on_up_done(struct svc_fetch *f, int err, long status, const char *bo
     }
     m->up = NULL;
     m->up_err = err;
+    tell_attempt(m, err);
     if (err != SVC_OK && errmsg != NULL) {
         snprintf(m->transport, sizeof(m->transport), "%s", errmsg);
         svc_utf8_trim_end(m->transport);
@@ -757,6 +800,7 @@ static int send_upstream(struct meter *m)
     svc_buf_reset(&m->errbody); /* what an earlier attempt answered */
     svc_buf_reset(&m->up_headers);
     m->headers_taken = 0;
+    m->attempt_told = 0;
     m->status = 0;
     m->up_err = SVC_OK;
     m->transport[0] = '\0';

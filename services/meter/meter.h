@@ -81,6 +81,12 @@ struct meter_hooks {
     int (*on_body)(void *ud, const char *body, size_t len);
     /* The upstream is over, every event was delivered, and the hold has been ended. */
     void (*on_end)(void *ud, const struct meter_end *end);
+    /* Optional: each attempt at the upstream, once its status is known (ok: not 429 or 5xx) or
+     * once it failed without one (ok = 0): for the caller's circuit breaker. */
+    void (*on_attempt)(void *ud, int ok);
+    /* Optional: before a retry, may send it elsewhere: writes the URL into url and the whole
+     * Authorization header line into auth ("" for none) and returns 1; 0 keeps the target. */
+    int (*retarget)(void *ud, char *url, size_t url_len, char *auth, size_t auth_len);
 };
 
 /* Calls fn for each header of the upstream's answer (the last attempt's), as received: from

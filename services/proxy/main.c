@@ -102,6 +102,8 @@ int main(int argc, char **argv)
         access(proxy_setting.OPENAI_CA_FILE.s, R_OK) != 0)
         svc_service_die(SVC_EX_CONFIG, "OPENAI_CA_FILE: cannot read \"%s\"",
                         proxy_setting.OPENAI_CA_FILE.s);
+    if (proxy_upstreams_setup(err, sizeof(err)) != SVC_OK)
+        svc_service_die(SVC_EX_CONFIG, "UPSTREAMS: %s", err);
     if (svc_modelmap_create(&models, proxy_setting.MODEL_WINDOWS.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "MODEL_WINDOWS: %s", err);
     svc_service_start();

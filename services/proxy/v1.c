@@ -70,25 +70,22 @@ struct v1_call {
     struct svc_fetch *relay;
     int streaming;
     uint64_t t0_us, first_byte_us; /* arrival; the answer's first byte to the client (0: none) */
+    int upstream;                  /* index (upstreams.c) of the upstream asked last */
+    int client_key;                /* PROXY_CLIENT_KEYS=relay: the client's own key, "default" */
+    unsigned tried;                /* upstreams asked for this request, one bit each */
     long long tokens_in, tokens_out;
 };
 
 /* ---- per model, key and upstream metrics (docs/proxy.md, "Metrics") ---- */
 
 static struct svc_metric_vec *m_requests, *m_tokens_in, *m_tokens_out, *m_ttft, *m_duration;
-static char upstream_label[SVC_METRIC_LABEL_VALUE_MAX]; /* OPENAI_BASE_URL's host[:port] */
 
 void proxy_metrics_setup(void)
 {
     static const char *const by_request[] = {"model", "key", "upstream", "status"};
     static const char *const by_key[] = {"model", "key", "upstream"};
     static const char *const by_model[] = {"model", "upstream"};
-    const char *base = proxy_setting.OPENAI_BASE_URL.s, *host = strstr(base, "://");
-    size_t n;
 
-    host = host != NULL ? host + 3 : base;
-    n = strcspn(host, "/?#");
-    snprintf(upstream_label, sizeof(upstream_label), "%.*s", (int)n, host);
     m_requests = svc_metric_vec_create("proxy_model_requests_total",
                                        "/v1 requests by model, API key id, upstream and status",
                                        SVC_METRIC_VEC_COUNTER, by_request, 4);
@@ -113,6 +110,7 @@ void proxy_metrics_setup(void)
 static void record_metrics(struct v1_call *c, int status)
 {
     const char *key = c->is_static ? "static" : c->key_id;
+    const char *upstream_label = proxy_upstream_name(c->upstream);
     char st[8];
     uint64_t now = svc_clock_us();
 
@@ -223,21 +221,18 @@ static void on_client_gone(struct svc_req *req, void *data)
 }
 
 /*
- * The upstream URL of the call's path (after /v1) with the client's query string (Azure-style
- * clients send ?api-version=, list endpoints ?limit=&after=). SVC_ETOOLARGE: it does not fit.
+ * The URL of the call's path (after /v1) at its upstream, with the client's query string
+ * (Azure-style clients send ?api-version=, list endpoints ?limit=&after=). SVC_ETOOLARGE: it does
+ * not fit.
  */
 static int upstream_url(const struct v1_call *c, char *url, size_t len)
 {
-    const char *base = proxy_setting.OPENAI_BASE_URL.s;
     char query[PROXY_QUERY_MAX];
-    size_t blen = strlen(base);
     int n;
 
-    while (blen > 0 && base[blen - 1] == '/')
-        blen--;
     if (svc_req_query_string(c->req, query, sizeof(query)) != SVC_OK)
         return SVC_ETOOLARGE;
-    n = snprintf(url, len, "%.*s%s%s", (int)blen, base, c->path, query);
+    n = snprintf(url, len, "%s%s%s", proxy_upstream_base(c->upstream), c->path, query);
     return n < 0 || (size_t)n >= len ? SVC_ETOOLARGE : SVC_OK;
 }
 
@@ -337,12 +332,39 @@ static void on_end(void *ud, const struct meter_end *end)
         v1_error(c, 502, "server_error", "upstream_error", msg);
 }
 
+/* An attempt's outcome, for its upstream's circuit breaker. */
+static void on_attempt(void *ud, int ok)
+{
+    struct v1_call *c = ud;
+
+    proxy_upstream_report(c->upstream, ok);
+}
+
+/* A retry goes to another upstream serving the model when there is one. */
+static int retarget(void *ud, char *url, size_t url_len, char *auth, size_t auth_len)
+{
+    struct v1_call *c = ud;
+    int no_model, next = proxy_upstream_pick(c->model, c->tried, &no_model);
+
+    if (next < 0 || next == c->upstream || c->client_key)
+        return 0;
+    c->upstream = next;
+    c->tried |= 1u << next;
+    if (upstream_url(c, url, url_len) != SVC_OK)
+        return 0;
+    snprintf(auth, auth_len, "%s", proxy_upstream_auth(next));
+    SVC_LOG_INFO(c->rid, "upstream", "retrying at %s", proxy_upstream_name(next));
+    return 1;
+}
+
 static const struct meter_hooks v1_hooks = {
     .on_head = on_head,
     .on_event = on_event,
     .client_pending = on_pending,
     .on_body = on_body,
     .on_end = on_end,
+    .on_attempt = on_attempt,
+    .retarget = retarget,
 };
 
 /* ---- going upstream ---- */
@@ -351,13 +373,13 @@ static const struct meter_hooks v1_hooks = {
  * key (PROXY_CLIENT_KEYS=relay): its Authorization goes upstream, the body is not touched. */
 static void start_upstream(struct v1_call *c, long long completion_limit)
 {
-    char url[PROXY_URL_MAX], auth[1100], hid[128];
+    char url[PROXY_URL_MAX], auth[1100], hid[128], msg[256];
     const char *headers[6];
     struct svc_fetch_req fr = {0};
     size_t nh = 0, blen;
     const char *raw = svc_req_body(c->req, &blen);
     char *text = NULL;
-    int changed = 0, rc;
+    int changed = 0, rc, no_model;
 
     /* Change the body only where we must (see the top of this file). */
     if (completion_limit >= 0 && c->stream && (c->kind == V1_CHAT || c->kind == V1_COMPLETIONS)) {
@@ -380,6 +402,22 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
                             json_integer(completion_limit));
         changed = 1;
     }
+    if (completion_limit < 0) {
+        c->client_key = 1; /* the client's key is for the default upstream */
+    } else if ((c->upstream = proxy_upstream_pick(c->model, 0, &no_model)) < 0) {
+        c->upstream = 0;
+        if (no_model) {
+            snprintf(msg, sizeof(msg), "The model `%.128s` does not exist or you do not have "
+                     "access to it.", c->model);
+            v1_error(c, 404, "invalid_request_error", "model_not_found", msg);
+        } else {
+            add_header(c, "Retry-After", "1");
+            v1_error(c, 503, "server_error", "upstream_unavailable",
+                     "Every upstream serving this model is failing; please try again later.");
+        }
+        return;
+    }
+    c->tried = 1u << c->upstream;
     if (changed && (text = json_dumps(c->body, JSON_COMPACT)) == NULL) {
         v1_error(c, 500, "server_error", NULL, "out of memory");
         return;
@@ -396,8 +434,8 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
     if (completion_limit < 0) {
         snprintf(auth, sizeof(auth), "Authorization: %s", svc_req_header(c->req, "Authorization"));
         headers[nh++] = auth;
-    } else if (proxy_setting.OPENAI_KEY.s[0] != '\0') {
-        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", proxy_setting.OPENAI_KEY.s);
+    } else if (proxy_upstream_auth(c->upstream)[0] != '\0') {
+        snprintf(auth, sizeof(auth), "%s", proxy_upstream_auth(c->upstream));
         headers[nh++] = auth;
     }
     headers[nh] = NULL;
@@ -855,8 +893,8 @@ static void relay_start(struct v1_call *c)
     headers[nh++] = "Content-Type: application/json";
     snprintf(hid, sizeof(hid), "X-Request-Id: %s", c->rid);
     headers[nh++] = hid;
-    if (proxy_setting.OPENAI_KEY.s[0] != '\0') {
-        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", proxy_setting.OPENAI_KEY.s);
+    if (proxy_upstream_auth(0)[0] != '\0') { /* relayed paths go to the default upstream */
+        snprintf(auth, sizeof(auth), "%s", proxy_upstream_auth(0));
         headers[nh++] = auth;
     }
     headers[nh] = NULL;
