@@ -23,7 +23,7 @@ static long long value_of(const char *text, const char *line)
 
     for (const char *p = text; p != NULL && *p != '\0'; p = strchr(p, '\n'), p = p ? p + 1 : p)
         if (strncmp(p, line, n) == 0 && p[n] == ' ')
-            return atoll(p + n + 1);
+            return strtoll(p + n + 1, NULL, 10);
     return -1;
 }
 
