@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "fu_buf.h"
+#include "fu_front.h"
 #include "fu_config.h"
 #include "fu_http.h"
 #include "fu_job.h"
@@ -868,9 +869,13 @@ static void handle_fake(struct api_req *x)
     } else if (post && span_eq(p, n, "reset")) {
         fu_record_reset();
         rc = fu_buf_appends(&b, "{\"ok\":true}\n");
+    } else if (post && span_eq(p, n, "goaway")) {
+        bool refuse = r->query != NULL && span_eq(r->query, r->query_len, "refuse=1");
+        rc = fu_buf_appends(&b, fu_front_goaway(refuse) ? "{\"ok\":true}\n"
+                                                        : "{\"ok\":false,\"error\":\"no front\"}\n");
     } else {
         fu_buf_deinit(&b);
-        send_invalid(x, 404, "Unknown /_fake endpoint (GET requests, events, stats; POST reset).",
+        send_invalid(x, 404, "Unknown /_fake endpoint (GET requests, events, stats; POST reset, goaway).",
                      NULL, NULL);
         return;
     }
