@@ -102,6 +102,13 @@ int main(int argc, char **argv)
         access(proxy_setting.OPENAI_CA_FILE.s, R_OK) != 0)
         svc_service_die(SVC_EX_CONFIG, "OPENAI_CA_FILE: cannot read \"%s\"",
                         proxy_setting.OPENAI_CA_FILE.s);
+    {
+        svc_fetch_http_e http;
+        if (svc_fetch_http_parse(proxy_setting.OPENAI_HTTP2.s, &http) != SVC_OK)
+            svc_service_die(SVC_EX_CONFIG,
+                            "OPENAI_HTTP2: \"%s\" is not auto, prior-knowledge or off",
+                            proxy_setting.OPENAI_HTTP2.s);
+    }
     if (svc_modelmap_create(&models, proxy_setting.MODEL_WINDOWS.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "MODEL_WINDOWS: %s", err);
     svc_service_start();

@@ -281,6 +281,8 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
     fr.idle_timeout_ms = proxy_setting.PROXY_UPSTREAM_IDLE_TIMEOUT.i * 1000;
     fr.proxy = proxy_setting.SOCKS_PROXY.s;
     fr.ca_file = proxy_setting.OPENAI_CA_FILE.s;
+    if (svc_fetch_http_parse(proxy_setting.OPENAI_HTTP2.s, &fr.http) != SVC_OK)
+        fr.http = SVC_FETCH_HTTP_AUTO; /* checked at start-up */
     rc = meter_start(c->meter, &fr, c->stream);
     free(text);
     svc_wipe(auth, sizeof(auth));
@@ -737,6 +739,8 @@ static void relay_start(struct v1_call *c)
     fr.max_response = RELAY_MAX;
     fr.proxy = proxy_setting.SOCKS_PROXY.s;
     fr.ca_file = proxy_setting.OPENAI_CA_FILE.s;
+    if (svc_fetch_http_parse(proxy_setting.OPENAI_HTTP2.s, &fr.http) != SVC_OK)
+        fr.http = SVC_FETCH_HTTP_AUTO; /* checked at start-up */
     c->relay = svc_fetch_start(c->w->upstream, &fr, &cb, c);
     svc_wipe(auth, sizeof(auth));
     if (c->relay == NULL)
