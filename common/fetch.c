@@ -24,6 +24,7 @@ struct svc_fetch_multi {
     long active;
     struct svc_fetch *all; /* every transfer not yet freed, for destroy */
     int in_action; /* inside curl_multi_socket_action: transfers must not be freed */
+    int h2c_reuse_broken; /* see h2c_reuse_broken() */
 };
 
 struct svc_fetch {
@@ -172,6 +173,7 @@ struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop, long max_h
     if (m == NULL)
         return NULL;
     m->loop = loop;
+    m->h2c_reuse_broken = curl_version_info(CURLVERSION_NOW)->version_num < 0x075900;
     m->multi = curl_multi_init();
     m->share = curl_share_init();
     m->timer = svc_timer_create(loop, on_timer, m);
@@ -293,6 +295,15 @@ static int may_h2(const struct svc_fetch_req *req)
     return req->http == SVC_FETCH_HTTP_AUTO && strncasecmp(req->url, "https://", 8) == 0;
 }
 
+/* libcurl before 7.89.0 fails every transfer that reuses a cleartext prior-knowledge HTTP/2
+ * connection ("Error in the HTTP2 framing layer", curl issue 10634, fixed by PR 10643); Debian
+ * 12 ships 7.88.1. There, h2c gets one connection per transfer. */
+static int h2c_reuse_broken(const struct svc_fetch_multi *m, const struct svc_fetch_req *req)
+{
+    return m->h2c_reuse_broken && req->http == SVC_FETCH_HTTP_2_PRIOR &&
+           strncasecmp(req->url, "https://", 8) != 0;
+}
+
 struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fetch_req *req,
                                   const struct svc_fetch_cb *cb, void *ud)
 {
@@ -343,7 +354,11 @@ struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fe
             goto fail;
     }
     curl_easy_setopt(e, CURLOPT_SHARE, m->share);
-    if (may_h2(req)) {
+    if (h2c_reuse_broken(m, req)) {
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE);
+        curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+        curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    } else if (may_h2(req)) {
         /* While a connection to the host is being set up (any burst), wait to learn whether it
          * multiplexes instead of opening one more: without this a burst of 10,000 streams
          * opened 2,225 connections (docs/decisions.md). */

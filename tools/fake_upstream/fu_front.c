@@ -79,6 +79,8 @@ struct fstream {
     int eof;            /* the answer is complete */
     int broken;         /* the relay failed after HEADERS: reset when `out` is drained */
     int deferred;
+    int eof_sent;       /* the last DATA frame (END_STREAM) was handed to nghttp2 */
+    int refused;        /* reset by a refusing GOAWAY */
     struct fu_buf out;  /* decoded body not yet taken by nghttp2 */
     size_t out_off;
     struct fu_h1resp *resp;
@@ -345,6 +347,7 @@ static ssize_t data_read(nghttp2_session *ses, int32_t id, uint8_t *buf, size_t 
     }
     if (s->eof) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
+        s->eof_sent = 1;
         return 0;
     }
     if (s->broken)
@@ -631,9 +634,11 @@ static int on_stream_close(nghttp2_session *ses, int32_t id, uint32_t error_code
 {
     struct fstream *s = nghttp2_session_get_stream_user_data(ses, id);
 
-    (void)error_code;
     (void)ud;
     if (s != NULL) {
+        /* reset before its answer was complete, by the client (or by us, on a broken relay) */
+        if (error_code != NGHTTP2_NO_ERROR && !s->eof_sent && !s->refused)
+            atomic_fetch_add(&fu_stats.h2_streams_reset, 1);
         nghttp2_session_set_stream_user_data(ses, id, NULL);
         stream_kill(s); /* closing its relay tells the plain port the client went away */
     }
@@ -880,6 +885,7 @@ static void goaway_all(struct fu_front *f, int refuse)
                 if (s->id <= last)
                     continue;
                 stream_close_relay(s);
+                s->refused = 1;
                 nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id,
                                           NGHTTP2_REFUSED_STREAM);
                 atomic_fetch_add(&fu_stats.h2_refused_streams, 1);

@@ -322,7 +322,7 @@ int fu_record_render_stats(struct fu_buf *out)
         "\"front\":{\"connections\":%llu,\"open_connections\":%ld,\"h1_connections\":%llu,"
         "\"tls_handshakes\":%llu,\"tls_resumed\":%llu,\"tls_failed_handshakes\":%llu,"
         "\"h2_connections\":%llu,\"h2_streams\":%llu,\"h2_open_streams\":%ld,"
-        "\"h2_max_streams_per_connection\":%ld,\"h2_resets_received\":%llu,"
+        "\"h2_max_streams_per_connection\":%ld,\"h2_resets_received\":%llu,\"h2_streams_reset\":%llu,"
         "\"h2_refused_streams\":%llu,\"h2_goaways_sent\":%llu}}\n",
         (unsigned long long)atomic_load(&fu_stats.front_connections),
         atomic_load(&fu_stats.front_open_connections),
@@ -335,6 +335,7 @@ int fu_record_render_stats(struct fu_buf *out)
         atomic_load(&fu_stats.h2_open_streams),
         atomic_load(&fu_stats.h2_max_streams_per_connection),
         (unsigned long long)atomic_load(&fu_stats.h2_resets_received),
+        (unsigned long long)atomic_load(&fu_stats.h2_streams_reset),
         (unsigned long long)atomic_load(&fu_stats.h2_refused_streams),
         (unsigned long long)atomic_load(&fu_stats.h2_goaways_sent));
 }

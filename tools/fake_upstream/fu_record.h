@@ -38,7 +38,8 @@ struct fu_stats {
     atomic_ullong h2_streams;           /* HTTP/2 requests received */
     atomic_long h2_open_streams;
     atomic_long h2_max_streams_per_connection; /* most streams open at once on one connection */
-    atomic_ullong h2_resets_received;   /* RST_STREAM frames from clients */
+    atomic_ullong h2_resets_received;   /* RST_STREAM frames from clients (also on finished streams) */
+    atomic_ullong h2_streams_reset;     /* streams reset before their answer was complete */
     atomic_ullong h2_refused_streams;   /* reset with REFUSED_STREAM by a refusing GOAWAY */
     atomic_ullong h2_goaways_sent;
 };
