@@ -4,7 +4,9 @@
 
 void fu_h1resp_init(struct fu_h1resp *p, int no_body)
 {
+    /* everything but the two buffers, whose lengths are reset here */
     memset(p, 0, offsetof(struct fu_h1resp, head));
+    p->line_len = 0;
     p->state = FU_H1R_HEAD;
     /* remaining doubles as the "no body" flag until the head is parsed */
     p->remaining = no_body ? 1 : 0;
@@ -89,8 +91,8 @@ static int parse_head(struct fu_h1resp *p)
         while (ve > v && is_blank(ve[-1]))
             ve--;
         *ve = '\0';
-        for (char *c = v; c < ve; c++)
-            if (*c == '\0')
+        for (char *c = v; c < ve; c++) /* no NUL, CR or other controls but tab */
+            if (((unsigned char)*c < 0x20 && *c != '\t') || *c == 0x7f)
                 return fail(p);
         p->headers[p->n_headers].name = s;
         p->headers[p->n_headers].value = v;
