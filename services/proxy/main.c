@@ -102,6 +102,7 @@ int main(int argc, char **argv)
         access(proxy_setting.OPENAI_CA_FILE.s, R_OK) != 0)
         svc_service_die(SVC_EX_CONFIG, "OPENAI_CA_FILE: cannot read \"%s\"",
                         proxy_setting.OPENAI_CA_FILE.s);
+    meter_set_output_budget((size_t)proxy_setting.STREAM_OUTPUT_BUDGET_MB.i << 20);
     {
         svc_fetch_http_e http;
         if (svc_fetch_http_parse(proxy_setting.OPENAI_HTTP2.s, &http) != SVC_OK)

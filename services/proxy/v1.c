@@ -128,6 +128,17 @@ static void upstream_url(char *url, size_t len, const char *path)
 
 /* ---- the metered answer: meter hooks ---- */
 
+/* The client took what was waiting: the meter produces more (it stopped when the client fell
+ * behind, see meter.h). */
+static void on_client_drained(struct svc_req *req, void *data)
+{
+    struct v1_call *c = data;
+
+    (void)req;
+    if (c->meter != NULL)
+        meter_resume(c->meter);
+}
+
 static int on_head(void *ud)
 {
     struct v1_call *c = ud;
@@ -139,6 +150,7 @@ static int on_head(void *ud)
     if (rc == SVC_OK) {
         c->streaming = 1;
         svc_metric_add(&proxy_stats.proxy_streams_open, 1);
+        svc_req_on_drain(c->req, on_client_drained, c, METER_CLIENT_LOW);
     }
     return rc;
 }
