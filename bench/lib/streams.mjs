@@ -474,7 +474,7 @@ async function main() {
         const fr = (r) => r.front || {};
         rows.push(['upstream connections (fake front)', ...both((r) => `${fr(r).connections}`), UPSTREAM === 'tls' ? 'few (shared)' : '-']);
         rows.push(['upstream HTTP/2 connections / streams', ...both((r) => `${fr(r).h2_connections} / ${fr(r).h2_streams}`), '-']);
-        rows.push(['most streams on one connection', ...both((r) => `${fr(r).h2_max_streams_per_connection}`), '-']);
+        rows.push(['most streams on one connection', ...both((r) => `${fr(r).h2_max_streams_per_connection}`, () => '-'), '-']);
         rows.push(['TLS handshakes (resumed)', ...both((r) => `${fr(r).tls_handshakes} (${fr(r).tls_resumed})`), '-']);
     }
     const runs = [c, x].filter(Boolean);
