@@ -1,7 +1,8 @@
 // Shared upstream connections (issue 9 item 2, docs/decisions.md): chat speaks HTTP/2 to a TLS
 // upstream with a private CA (the fake upstream's TLS/HTTP/2 front, docs/fake-upstream.md) and
 // multiplexes concurrent streams over one connection; a cancelled stream resets only itself; a
-// GOAWAY that refuses the streams that had not started loses none of them; without the CA the
+// GOAWAY that refuses the streams that had not started loses none of them, nor does a connection
+// lost before their first byte (the meter's retry); without the CA the
 // upstream is refused; an upstream that offers only HTTP/1.1 is used with keep-alive; h2c with
 // prior knowledge (OPENAI_HTTP2=prior-knowledge) on a cleartext upstream.
 // The fake's /_fake/stats counts connections and streams: every figure below comes from it.
@@ -178,6 +179,20 @@ describe('chat to a TLS + HTTP/2 upstream', () => {
         // the new connections start at once; how many find a session ticket by then varies
         // (4 of 4 in the plain build, 2 of 4 under ASan): at least one must resume
         assert.ok(n.tls_resumed >= 1, `TLS sessions resumed: ${n.tls_resumed} of ${n.tls_handshakes}`);
+    });
+
+    it('a connection lost before the first byte loses no request: the meter sends them again', async (t) => {
+        const s0 = await stats(fakes.h2);
+        const waiting = Array.from({ length: 4 }, (_, i) => chat(chatUrl(), `d${i} [[fake ttft=800 tokens=5]]`));
+        await sleep(400);
+        const g = await postJSON(`${fakes.h2.url}/_fake/goaway?drop=1`, {});
+        assert.equal(g.json().ok, true);
+        (await Promise.all(waiting)).forEach((r, i) => assertComplete(r, 5, `waiting ${i}`));
+        const d = delta(s0, await stats(fakes.h2));
+        t.diagnostic(`connection dropped with 4 streams waiting: ${d.connections} new connection(s), ${d.h2_streams} streams in all`);
+        assert.ok(d.h2_connections_dropped >= 1, 'every open HTTP/2 connection was closed');
+        assert.equal(d.h2_streams, 8, 'each of the 4 was sent twice');
+        assert.ok(d.connections >= 1, 'on a new connection');
     });
 
     it('refuses the upstream without the private CA', async () => {

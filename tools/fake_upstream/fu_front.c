@@ -98,7 +98,7 @@ struct fu_front {
     pthread_t thread;
     int started;
     atomic_int stop;
-    atomic_int goaway_refuse; /* 1 if any pending GOAWAY request asked to refuse */
+    atomic_int goaway_mode; /* the strongest mode asked since the last wake-up */
     struct fconn *conns;
     struct fconn *dead_conns;
     struct fstream *dead_streams;
@@ -869,12 +869,19 @@ static void on_accept(struct fu_front *f)
 
 /* ---- GOAWAY ---- */
 
-static void goaway_all(struct fu_front *f, int refuse)
+static void goaway_all(struct fu_front *f, int mode)
 {
+    int refuse = mode == FU_GOAWAY_REFUSE;
+
     for (struct fconn *c = f->conns, *next; c != NULL; c = next) {
         next = c->next;
         if (c->mode != M_H2)
             continue;
+        if (mode == FU_GOAWAY_DROP) {
+            atomic_fetch_add(&fu_stats.h2_connections_dropped, 1);
+            conn_kill(c);
+            continue;
+        }
         int32_t last = nghttp2_session_get_last_proc_stream_id(c->h2);
         if (refuse) {
             last = 0;
@@ -897,15 +904,17 @@ static void goaway_all(struct fu_front *f, int refuse)
     }
 }
 
-bool fu_front_goaway(bool refuse)
+bool fu_front_goaway(enum fu_goaway_mode mode)
 {
     struct fu_front *f = the_front;
     uint64_t one = 1;
+    int cur;
 
     if (f == NULL)
         return false;
-    if (refuse)
-        atomic_store(&f->goaway_refuse, 1);
+    cur = atomic_load(&f->goaway_mode);
+    while ((int)mode > cur && !atomic_compare_exchange_weak(&f->goaway_mode, &cur, (int)mode))
+        ;
     return write(f->wake.fd, &one, sizeof(one)) == (ssize_t)sizeof(one);
 }
 
@@ -930,7 +939,7 @@ static void *front_main(void *arg)
             case FIO_WAKE: {
                 uint64_t v;
                 if (read(f->wake.fd, &v, sizeof(v)) == (ssize_t)sizeof(v))
-                    goaway_all(f, atomic_exchange(&f->goaway_refuse, 0));
+                    goaway_all(f, atomic_exchange(&f->goaway_mode, FU_GOAWAY_GRACEFUL));
                 break;
             }
             case FIO_CLIENT:

@@ -35,13 +35,17 @@ struct fu_front *fu_front_create(const struct fu_front_opts *o, char *bound, siz
 /* Stop the thread, close every connection, free. NULL-safe; sets *f to NULL. */
 void fu_front_destroy(struct fu_front **f);
 
-/*
- * Send GOAWAY on every open HTTP/2 connection (from any thread; the front's thread does it).
- * refuse = false: graceful, last-stream-id = the last stream received, so streams in flight
- * complete. refuse = true: the streams whose answer has not started (no HEADERS sent yet) are
- * reset with REFUSED_STREAM and left out of last-stream-id, as a server going away before it
- * processed them would do; clients may retry them. Returns false when no front runs.
- */
-bool fu_front_goaway(bool refuse);
+enum fu_goaway_mode {
+    FU_GOAWAY_GRACEFUL, /* last-stream-id = the last stream received: streams in flight complete */
+    FU_GOAWAY_REFUSE,   /* the streams whose answer has not started (no HEADERS sent yet) above
+                         * the last one that has are reset with REFUSED_STREAM and left out of
+                         * last-stream-id, as a server going away before it processed them */
+    FU_GOAWAY_DROP,     /* no GOAWAY at all: every HTTP/2 connection is closed at once (a lost
+                         * connection; streams in flight fail, whether started or not) */
+};
+
+/* Act on every open HTTP/2 connection of the front (from any thread; the front's thread does
+ * it). Returns false when no front runs. */
+bool fu_front_goaway(enum fu_goaway_mode mode);
 
 #endif /* FU_FRONT_H */

@@ -323,7 +323,7 @@ int fu_record_render_stats(struct fu_buf *out)
         "\"tls_handshakes\":%llu,\"tls_resumed\":%llu,\"tls_failed_handshakes\":%llu,"
         "\"h2_connections\":%llu,\"h2_streams\":%llu,\"h2_open_streams\":%ld,"
         "\"h2_max_streams_per_connection\":%ld,\"h2_resets_received\":%llu,\"h2_streams_reset\":%llu,"
-        "\"h2_refused_streams\":%llu,\"h2_goaways_sent\":%llu}}\n",
+        "\"h2_refused_streams\":%llu,\"h2_goaways_sent\":%llu,\"h2_connections_dropped\":%llu}}\n",
         (unsigned long long)atomic_load(&fu_stats.front_connections),
         atomic_load(&fu_stats.front_open_connections),
         (unsigned long long)atomic_load(&fu_stats.front_h1_connections),
@@ -337,7 +337,8 @@ int fu_record_render_stats(struct fu_buf *out)
         (unsigned long long)atomic_load(&fu_stats.h2_resets_received),
         (unsigned long long)atomic_load(&fu_stats.h2_streams_reset),
         (unsigned long long)atomic_load(&fu_stats.h2_refused_streams),
-        (unsigned long long)atomic_load(&fu_stats.h2_goaways_sent));
+        (unsigned long long)atomic_load(&fu_stats.h2_goaways_sent),
+        (unsigned long long)atomic_load(&fu_stats.h2_connections_dropped));
 }
 
 void fu_record_reset(void)

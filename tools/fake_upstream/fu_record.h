@@ -42,6 +42,7 @@ struct fu_stats {
     atomic_ullong h2_streams_reset;     /* streams reset before their answer was complete */
     atomic_ullong h2_refused_streams;   /* reset with REFUSED_STREAM by a refusing GOAWAY */
     atomic_ullong h2_goaways_sent;
+    atomic_ullong h2_connections_dropped; /* closed by POST /_fake/goaway?drop=1 */
 };
 extern struct fu_stats fu_stats;
 
