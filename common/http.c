@@ -364,6 +364,14 @@ int svc_req_error(struct svc_req *req, int status, const char *message)
 
 /* ---- streaming ---- */
 
+/* Bytes queued for slow clients by every streaming request of the process (svc_http_queued). */
+static atomic_size_t stream_queued;
+
+size_t svc_http_queued(void)
+{
+    return atomic_load_explicit(&stream_queued, memory_order_relaxed);
+}
+
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 {
     struct svc_req *req = cls;
@@ -376,6 +384,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         size_t n = avail < max ? avail : max;
         memcpy(buf, req->out.data + req->out_off, n);
         req->out_off += n;
+        atomic_fetch_sub_explicit(&stream_queued, n, memory_order_relaxed);
         if (req->out_off == req->out.len) {
             svc_buf_reset(&req->out);
             req->out_off = 0;
@@ -431,6 +440,7 @@ int svc_req_stream_write(struct svc_req *req, const void *data, size_t len)
     rc = svc_buf_append(&req->out, data, len);
     if (rc != SVC_OK)
         return rc;
+    atomic_fetch_add_explicit(&stream_queued, len, memory_order_relaxed);
     if (req->pending == NULL)
         req_resume(req);
     return SVC_OK;
@@ -647,6 +657,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         free(h);
     }
     svc_buf_deinit(&req->body);
+    /* what a client never took is no longer queued */
+    atomic_fetch_sub_explicit(&stream_queued, req->out.len - req->out_off, memory_order_relaxed);
     svc_buf_deinit(&req->out);
     free(req);
     atomic_fetch_sub(&slot->srv->inflight, 1);

@@ -16,6 +16,7 @@
 #include "billing/client.h"
 #include "svc/buf.h"
 #include "svc/fetch.h"
+#include "svc/http.h"
 #include "svc/log.h"
 #include "svc/loop.h"
 #include "svc/rpc.h"
@@ -43,6 +44,27 @@
 #define RETRIES_MAX 2
 #define RETRY_BACKOFF_MS 100
 #define HEADERS_MAX 16
+
+/* Bytes queued for clients across the process above which streams stop producing as soon as
+ * their client is behind at all (meter_set_output_budget; 0 = no budget). Set once at start. */
+static size_t output_budget;
+
+void meter_set_output_budget(size_t bytes)
+{
+    output_budget = bytes;
+}
+
+static int over_budget(void)
+{
+    return output_budget > 0 && svc_http_queued() > output_budget;
+}
+
+/* Whether no more events may be made for this client now: it is far behind, or the process is
+ * over its budget and this client has anything still waiting. */
+static int client_behind(size_t pending)
+{
+    return pending > METER_CLIENT_HIGH || (pending > 0 && over_budget());
+}
 
 struct meter_loop {
     struct svc_loop *loop;
@@ -482,7 +504,7 @@ static int pump(struct meter *m)
         size_t n;
         int rc;
 
-        if (m->ud != NULL && m->h->client_pending(m->ud) > METER_CLIENT_HIGH)
+        if (m->ud != NULL && client_behind(m->h->client_pending(m->ud)))
             return 0;
         nl = memchr(p, '\n', avail);
         n = nl != NULL ? (size_t)(nl - p) + 1 : avail;
@@ -649,8 +671,9 @@ static int on_up_data(struct svc_fetch *f, long status, const char *data, size_t
         if ((rc = m->h->on_head(m->ud)) != SVC_OK)
             return rc;
     }
-    if (input_waiting(m) > INPUT_HIGH) {
-        /* the client is behind: curl keeps these bytes and we stop reading */
+    if (input_waiting(m) > (over_budget() ? 0 : INPUT_HIGH)) {
+        /* the client is behind: curl keeps these bytes and we stop reading (at once when the
+         * process is over its output budget) */
         m->paused = 1;
         return SVC_FETCH_PAUSE;
     }

@@ -94,7 +94,18 @@ struct meter_hooks {
 void meter_upstream_headers(const struct meter *m, svc_fetch_header_fn fn, void *ud);
 
 #define METER_CLIENT_HIGH (256u << 10)
-#define METER_CLIENT_LOW (64u << 10)
+/* The drain mark callers give svc_req_on_drain() to call meter_resume(): 0, i.e. when the client
+ * took everything, because over the output budget a stream stops with any amount waiting. */
+#define METER_CLIENT_LOW 0u
+
+/*
+ * A budget for the bytes queued for clients by the whole process (svc_http_queued()): above it,
+ * a stream whose client has anything still waiting makes no more events, and its upstream is
+ * paused as soon as the next bytes arrive, so a crowd of clients that read nothing holds about
+ * one event and one upstream read each instead of METER_CLIENT_HIGH + 64 KiB. 0 = no budget.
+ * Call once at start, before any loop runs.
+ */
+void meter_set_output_budget(size_t bytes);
 
 /* ---- per loop ---- */
 

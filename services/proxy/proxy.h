@@ -48,6 +48,10 @@ struct meter_loop;
            "ms an open circuit keeps traffic off its upstream before one request probes it")  \
     ACTION(OPENAI_CA_FILE, SVC_OPT_STR, "", 0, 0,                                              \
            "PEM file of the CAs to trust for the upstream (a private CA); empty = the system's") \
+    ACTION(OPENAI_HTTP2, SVC_OPT_STR, "auto", 0, 0,                                            \
+           "auto: HTTP/2 by ALPN on https, HTTP/1.1 on http; prior-knowledge: h2c; off: 1.1") \
+    ACTION(STREAM_OUTPUT_BUDGET_MB, SVC_OPT_INT, "64", 0, 65536,                                \
+           "MiB queued for slow clients, all streams together, before their upstreams wait") \
     ACTION(MODEL_WINDOWS, SVC_OPT_STR, "", 0, 0,                                               \
            "model context windows: prefix=window[:encoding],... ('*' = unknown models)")      \
     ACTION(PROXY_RPM_LIMIT, SVC_OPT_INT, "0", 0, 1000000,                                      \

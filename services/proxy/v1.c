@@ -238,6 +238,17 @@ static int upstream_url(const struct v1_call *c, char *url, size_t len)
 
 /* ---- the metered answer: meter hooks ---- */
 
+/* The client took what was waiting: the meter produces more (it stopped when the client fell
+ * behind, see meter.h). */
+static void on_client_drained(struct svc_req *req, void *data)
+{
+    struct v1_call *c = data;
+
+    (void)req;
+    if (c->meter != NULL)
+        meter_resume(c->meter);
+}
+
 static int on_head(void *ud)
 {
     struct v1_call *c = ud;
@@ -251,6 +262,7 @@ static int on_head(void *ud)
     if (rc == SVC_OK) {
         c->streaming = 1;
         svc_metric_add(&proxy_stats.proxy_streams_open, 1);
+        svc_req_on_drain(c->req, on_client_drained, c, METER_CLIENT_LOW);
     }
     return rc;
 }
@@ -447,6 +459,8 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
     fr.idle_timeout_ms = proxy_setting.PROXY_UPSTREAM_IDLE_TIMEOUT.i * 1000;
     fr.proxy = proxy_setting.SOCKS_PROXY.s;
     fr.ca_file = proxy_setting.OPENAI_CA_FILE.s;
+    if (svc_fetch_http_parse(proxy_setting.OPENAI_HTTP2.s, &fr.http) != SVC_OK)
+        fr.http = SVC_FETCH_HTTP_AUTO; /* checked at start-up */
     rc = meter_start(c->meter, &fr, c->stream);
     free(text);
     svc_wipe(auth, sizeof(auth));
@@ -907,6 +921,8 @@ static void relay_start(struct v1_call *c)
     fr.max_response = RELAY_MAX;
     fr.proxy = proxy_setting.SOCKS_PROXY.s;
     fr.ca_file = proxy_setting.OPENAI_CA_FILE.s;
+    if (svc_fetch_http_parse(proxy_setting.OPENAI_HTTP2.s, &fr.http) != SVC_OK)
+        fr.http = SVC_FETCH_HTTP_AUTO; /* checked at start-up */
     c->relay = svc_fetch_start(c->w->upstream, &fr, &cb, c);
     svc_wipe(auth, sizeof(auth));
     if (c->relay == NULL)

@@ -6,6 +6,7 @@
 // Expected usages come from the fake upstream's deterministic rule (docs/fake-upstream.md);
 // counts of text the proxy received come from the `tiktoken` npm package.
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { after, describe, it } from 'node:test';
 import OpenAI from 'openai';
 import { get_encoding } from 'tiktoken';
@@ -561,6 +562,37 @@ describe('the /v1 proxy through the ingress, with the openai SDK', () => {
         assert.equal(e.headers.get('x-ratelimit-reset-requests'), '20s');
         assert.match(e.headers.get('x-upstream-request-id') ?? '', /^req_fake/, "the upstream's own request id, renamed");
         assertRequestId(e.headers, 'ours stays X-Request-Id');
+    });
+
+    it('a slow client of a stream: the proxy stops and resumes with it, nothing is lost', { timeout: 60000 }, async (t) => {
+        const u = await userWithKey(stack, 'pslowreader');
+        const tokens = 30000; // about 7 MB of SSE: far more than the socket buffers and 256 KiB
+        const body = JSON.stringify({ model: 'gpt-4o', stream: true, messages: [{ role: 'user', content: `long [[fake tokens=${tokens}]]` }] });
+        const p = stack.services.proxy[0];
+        const text = await new Promise((resolve, reject) => {
+            const req = http.request(`${p.url}/v1/chat/completions`, {
+                method: 'POST', agent: false,
+                headers: { authorization: `Bearer ${u.key}`, 'content-type': 'application/json' },
+            }, (res) => {
+                let got = '';
+                res.setEncoding('utf8');
+                res.pause(); // reads nothing for 2 s: the proxy must stop, then resume when it drains
+                const stall = setTimeout(() => { req.destroy(); reject(new Error(`stalled after ${got.length} bytes`)); }, 40000);
+                setTimeout(() => {
+                    res.on('data', (d) => { got += d; });
+                    res.on('end', () => { clearTimeout(stall); resolve(got); });
+                    res.resume();
+                }, 2000);
+            });
+            req.on('error', reject);
+            req.end(body);
+        });
+        const events = text.split('\n\n').filter((e) => e.startsWith('data: '));
+        const content = events.filter((e) => e !== 'data: [DONE]')
+            .map((e) => JSON.parse(e.slice(6))).filter((j) => j.choices?.[0]?.delta?.content).length;
+        t.diagnostic(`${text.length} bytes, ${content} content chunks after a 2 s pause`);
+        assert.equal(content, tokens, 'every token arrived');
+        assert.equal(events[events.length - 1], 'data: [DONE]');
     });
 
     it('abort mid-stream: the upstream sees the close within 100 ms; the prompt and the text received are billed', async (t) => {

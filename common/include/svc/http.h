@@ -149,6 +149,11 @@ int svc_req_stream_write(struct svc_req *req, const void *data, size_t len);
 int svc_req_stream_end(struct svc_req *req);
 size_t svc_req_stream_pending(const struct svc_req *req);
 
+/* Bytes queued by svc_req_stream_write() and not yet taken by their clients, summed over every
+ * streaming request of the process (all loops and servers). For a global memory budget over
+ * slow clients (services/meter). Thread-safe (a relaxed atomic: a snapshot, not a fence). */
+size_t svc_http_queued(void);
+
 /*
  * Backpressure: registers fn(req, data) to run on the request's loop whenever the bytes waiting
  * for the client fall to low_watermark or below after having been above it. A producer that
