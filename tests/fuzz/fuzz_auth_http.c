@@ -167,33 +167,6 @@ static int cookie_known_bug(int had_cookie)
 #endif
 }
 
-static void check_rpc(const struct target *t, const struct fz_resp *r)
-{
-    ProtobufCMessage *m;
-
-    if (r->status == 200) {
-        m = protobuf_c_message_unpack(t->rpc_out, NULL, r->body.len, (uint8_t *)r->body.data);
-        if (m == NULL)
-            fz_fail("200 without the method's response message", "POST", t->path, r);
-        protobuf_c_message_free_unpacked(m, NULL);
-        return;
-    }
-    if (strcmp(r->content_type, "application/x-protobuf") != 0) {
-        /* the HTTP layer's own answers (too large, wrong method) are text on this route */
-        if (r->status != 413 && r->status != 405 && r->status != 431)
-            fz_fail("RPC error that is not an RpcError", "POST", t->path, r);
-        return;
-    }
-    m = protobuf_c_message_unpack(&chatweb__rpc__rpc_error__descriptor, NULL, r->body.len,
-                                  (uint8_t *)r->body.data);
-    if (m == NULL)
-        fz_fail("undecodable RpcError", "POST", t->path, r);
-    if (((Chatweb__Rpc__RpcError *)m)->code >= 0 ||
-        svc_err_http_status(((Chatweb__Rpc__RpcError *)m)->code) != r->status)
-        fz_fail("RpcError code does not match the HTTP status", "POST", t->path, r);
-    protobuf_c_message_free_unpacked(m, NULL);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static int ready;
@@ -243,7 +216,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fz_fail("connection closed without a reply", method, t->path, &r);
     if (r.status != 0) {
         if (t->rpc_out != NULL) {
-            check_rpc(t, &r);
+            fz_check_rpc(t->path, t->rpc_out, &r);
         } else {
             if (r.status >= 500 && r.status != 503)
                 fz_fail("server error", method, t->path, &r);

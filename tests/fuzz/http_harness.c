@@ -4,6 +4,8 @@
 
 #include "http_harness.h"
 
+#include <protobuf-c/protobuf-c.h>
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
@@ -16,6 +18,9 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
+
+#include "rpc.pb-c.h"
+#include "svc/err.h"
 
 #define HDR_MAX 16384 /* bytes of a reply's header block */
 
@@ -406,4 +411,31 @@ int fz_is_envelope(const struct fz_resp *r)
         ok = 1;
     json_decref(j);
     return ok;
+}
+
+void fz_check_rpc(const char *path, const ProtobufCMessageDescriptor *out, const struct fz_resp *r)
+{
+    ProtobufCMessage *m;
+
+    if (r->status == 200) {
+        m = protobuf_c_message_unpack(out, NULL, r->body.len, (uint8_t *)r->body.data);
+        if (m == NULL)
+            fz_fail("200 without the method's response message", "POST", path, r);
+        protobuf_c_message_free_unpacked(m, NULL);
+        return;
+    }
+    if (strcmp(r->content_type, "application/x-protobuf") != 0) {
+        /* the HTTP layer's own answers (too large, wrong method) are text on this route */
+        if (r->status != 413 && r->status != 405 && r->status != 431)
+            fz_fail("RPC error that is not an RpcError", "POST", path, r);
+        return;
+    }
+    m = protobuf_c_message_unpack(&chatweb__rpc__rpc_error__descriptor, NULL, r->body.len,
+                                  (uint8_t *)r->body.data);
+    if (m == NULL)
+        fz_fail("undecodable RpcError", "POST", path, r);
+    if (((Chatweb__Rpc__RpcError *)m)->code >= 0 ||
+        svc_err_http_status(((Chatweb__Rpc__RpcError *)m)->code) != r->status)
+        fz_fail("RpcError code does not match the HTTP status", "POST", path, r);
+    protobuf_c_message_free_unpacked(m, NULL);
 }

@@ -69,4 +69,14 @@ void fz_fail(const char *what, const char *method, const char *path, const struc
  */
 int fz_is_envelope(const struct fz_resp *r);
 
+struct ProtobufCMessageDescriptor;
+
+/*
+ * Checks an RPC answer on path: a 200 carries the method's response message (out), any other
+ * status an RpcError whose code maps to that status, or the HTTP layer's own text answer (413,
+ * 405, 431). fz_fail()s otherwise.
+ */
+void fz_check_rpc(const char *path, const struct ProtobufCMessageDescriptor *out,
+                  const struct fz_resp *r);
+
 #endif
