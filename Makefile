@@ -7,18 +7,32 @@ BUILD_DIR ?= build
 SANITIZE ?= OFF
 BUILD_TYPE ?= RelWithDebInfo
 
-.PHONY: all bootstrap build run test unit integration bench clean fuzz-smoke soak tsan faults
+.PHONY: all bootstrap build web run test unit integration bench clean fuzz-smoke soak tsan faults
 
 all: build
 
 bootstrap:
 	@scripts/bootstrap
 
-build: bootstrap
+build: bootstrap web
 	@cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
 		-DCHATWEB_SANITIZE=$(SANITIZE) > $(BUILD_DIR).cmake.log 2>&1 || \
 		{ cat $(BUILD_DIR).cmake.log; exit 1; }
 	@cmake --build $(BUILD_DIR)
+
+# The web UI (web/, docs/web.md): npm ci from the lock file, then Vite builds web/dist, which
+# `make run` serves at / and /admin/. Rebuilt only when a source file changed.
+WEB_SOURCES := $(wildcard web/src/* web/index.html web/admin/index.html) web/vite.config.js
+
+web: web/dist/.built
+
+web/node_modules/.installed: web/package.json web/package-lock.json | bootstrap
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+web/dist/.built: web/node_modules/.installed $(WEB_SOURCES)
+	cd web && node_modules/.bin/vite build --logLevel warn
+	touch $@
 
 run: build
 	@BUILD_DIR=$(BUILD_DIR) node deploy/local/run.mjs
@@ -81,4 +95,4 @@ bench: build
 	BUILD_DIR=$(BUILD_DIR) bench/run-all
 
 clean:
-	rm -rf $(BUILD_DIR) $(BUILD_DIR).cmake.log
+	rm -rf $(BUILD_DIR) $(BUILD_DIR).cmake.log web/dist
