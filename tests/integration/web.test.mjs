@@ -12,6 +12,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import zlib from 'node:zlib';
 import { chromium } from 'playwright-core';
 import { ROOT, postJSON, withStack } from './lib/harness.mjs';
 
@@ -88,6 +89,26 @@ async function importChat(page, title, messages) {
 async function waitIdle(page) {
     await page.locator('#messages .msg.loading').waitFor({ state: 'detached', timeout: STEP_MS });
 }
+
+describe('web UI build (web/dist)', () => {
+    it('the chat page loads under 300 KB of compressed JavaScript, all from the origin', (t) => {
+        const html = fs.readFileSync(path.join(WEB_DIST, 'index.html'), 'utf8');
+        const scripts = [...html.matchAll(/<(?:script[^>]*\ssrc|link[^>]*rel="modulepreload"[^>]*\shref)="([^"]+)"/g)].map((m) => m[1]);
+        assert.ok(scripts.length >= 1, html);
+        let total = 0;
+        for (const src of scripts) {
+            assert.match(src, /^\/assets\//, 'served by us, no CDN');
+            total += zlib.gzipSync(fs.readFileSync(path.join(WEB_DIST, src))).length;
+        }
+        t.diagnostic(`chat page JavaScript: ${scripts.length} files, ${(total / 1024).toFixed(1)} KB gzipped`);
+        assert.ok(total < 300 * 1024, `${total} bytes`);
+        // Nothing in the build names another origin to load from.
+        for (const f of fs.readdirSync(path.join(WEB_DIST, 'assets')).filter((x) => /\.(js|css)$/.test(x))) {
+            const text = fs.readFileSync(path.join(WEB_DIST, 'assets', f), 'utf8');
+            assert.doesNotMatch(text, /(?:src|href)\s*=\s*["']https?:\/\/|@import\s+url\(["']?https?:|url\(["']?https?:\/\//, f);
+        }
+    });
+});
 
 describe('web UI in Chromium', () => {
     const stack = withStack({
