@@ -291,8 +291,8 @@ int auth_api_me(struct svc_req *req, void *ctx);
 
 /* ---- conversation history of the web UI (conv.c, docs/web.md) ---- */
 
-#define AUTH_CONV_ID_MAX 64            /* conversation ids: [A-Za-z0-9_-], the UI's */
-#define AUTH_CONV_TITLE_MAX 200        /* bytes */
+#define AUTH_CONV_ID_MAX 64             /* conversation ids: [A-Za-z0-9_-], the UI's */
+#define AUTH_CONV_TITLE_MAX 200         /* bytes */
 #define AUTH_CONV_BODY_MAX (512 * 1024) /* the messages of one conversation, as compact JSON */
 #define AUTH_CONV_MAX_PER_USER 1000
 
