@@ -194,6 +194,18 @@ describe('web UI in Chromium', () => {
         await sendMessage(page, 'and again');
         await waitIdle(page);
         assert.match(await lastReply(page).locator('.content').innerText(), /^Echo\(4 msgs\): and again/);
+        // The conversation is on the server (history for other devices), both turns of it.
+        const token = await page.evaluate(() => localStorage.getItem('chatweb.token'));
+        const auth = { headers: { Authorization: `Bearer ${token}` } };
+        let stored = null;
+        for (let i = 0; i < 100 && !(stored && stored.messages.length === 4); i++) {
+            const list = (await postJSON(`${stack.url}/api/conversations`, { action: 'list' }, auth)).json().data;
+            const item = list.find((c) => c.title.startsWith('Hello there streaming world'));
+            if (item) stored = (await postJSON(`${stack.url}/api/conversations`, { action: 'get', id: item.id }, auth)).json().data;
+            if (!(stored && stored.messages.length === 4)) await page.waitForTimeout(50);
+        }
+        assert.deepEqual(stored.messages.map((m) => m.role), ['user', 'assistant', 'user', 'assistant']);
+        assert.match(stored.messages[3].text, /^Echo\(4 msgs\): and again/);
         await ctx.close();
     });
 
@@ -231,6 +243,18 @@ describe('web UI in Chromium', () => {
         await page.keyboard.press('Escape');
         await waitIdle(page);
         assert.ok((await lastReply(page).locator('.content').innerText()).split(' ').length < 300);
+
+        // Deleting the conversation deletes it on the server too.
+        const token = await page.evaluate(() => localStorage.getItem('chatweb.token'));
+        const titles = async () => (await postJSON(`${stack.url}/api/conversations`, { action: 'list' },
+            { headers: { Authorization: `Bearer ${token}` } })).json().data.map((c) => c.title);
+        for (let i = 0; i < 100 && !(await titles()).some((x) => x.startsWith('regen me')); i++) await page.waitForTimeout(50);
+        assert.ok((await titles()).some((x) => x.startsWith('regen me')));
+        await page.locator('#chat-list .chat-item.active').getByRole('button', { name: /^Delete/ }).click();
+        await page.locator('dialog').getByRole('button', { name: 'Delete' }).click();
+        for (let i = 0; i < 100 && (await titles()).some((x) => x.startsWith('regen me')); i++) await page.waitForTimeout(50);
+        assert.ok(!(await titles()).some((x) => x.startsWith('regen me')), 'gone from the server');
+        assert.equal(await page.locator('#chat-list .chat-open', { hasText: 'regen me' }).count(), 0);
         await ctx.close();
     });
 
@@ -290,6 +314,16 @@ describe('web UI in Chromium', () => {
         const phone = await context({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
         const p = await phone.newPage();
         await signIn(p, stack.url, 'wendy', 'wendy-password');
+        // Another device: the conversation of the first test comes from the server's history.
+        await p.locator('#open-menu').click();
+        await p.locator('#chat-list .chat-open', { hasText: 'Hello there streaming world' }).click();
+        assert.equal(await p.locator('#messages .msg').count(), 4);
+        assert.match(await p.locator('#messages .msg.assistant').first().locator('.content').innerText(),
+            /^Echo\(\d+ msgs\): Hello there streaming world/);
+        await p.locator('#open-menu').click();
+        await p.waitForTimeout(300);   // the drawer slides in
+        await p.locator('#new-chat').click();
+        await p.waitForTimeout(300);   // and out
         // The sidebar is a drawer: hidden until the menu button opens it.
         assert.equal(await p.locator('#chat-list').isVisible(), true);   // in the DOM, off screen
         const box0 = await p.locator('#sidebar').boundingBox();

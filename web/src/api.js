@@ -115,3 +115,8 @@ export async function chatProcess(body, { signal, onSnapshot }) {
     if (!last) throw new ApiError(`HTTP ${res.status}: empty reply`, { http: res.status });
     return last;
 }
+
+/** The conversation history on the server (auth, POST /api/conversations; docs/web.md). */
+export function conversations(body) {
+    return post('/api/conversations', body);
+}

@@ -6,6 +6,7 @@ import * as api from './api.js';
 import { renderMarkdown, setCopyLabel } from './markdown.js';
 import { t, setLanguage, language } from './i18n.js';
 import * as store from './store.js';
+import * as sync from './sync.js';
 import { h, icon, applyTheme, copyText, download, confirmDialog } from './ui.js';
 
 const LOW_BALANCE = 2000;           // units; below this the balance shows a warning and the link
@@ -116,6 +117,30 @@ function startApp(me) {
     renderMessages();
     renderBalance();
     $('#composer-input').focus();
+    syncNow();
+}
+
+/** Merge the server's history into the browser's (sync.js) and redraw what changed. */
+async function syncNow() {
+    if (!state.me) return;
+    const busyChat = state.busy ? state.busy.chat : null;
+    const changed = await sync.pull(state.chats, busyChat ? busyChat.id : null);
+    if (!state.me) return;
+    if (!state.chats.chats.length) newChat(false);
+    if (!state.chats.chats.some((c) => c.id === state.chats.active)) state.chats.active = state.chats.chats[0].id;
+    save();
+    if (changed) {
+        renderSidebar();
+        if (!state.busy) renderMessages();
+    }
+}
+
+/** A conversation changed: newer than any copy elsewhere, saved here, sent to the server soon. */
+function touch(c, now = false) {
+    c.updated = Date.now();
+    save();
+    if (now) sync.push(c, save);
+    else sync.schedule(c, save);
 }
 
 function buildShell() {
@@ -235,9 +260,9 @@ function selectChat(id) {
 function startRename(c, item) {
     const input = h('input', { class: 'rename-input', value: chatTitle(c), 'aria-label': t('rename') });
     const done = (ok) => {
-        if (ok && input.value.trim()) {
+        if (ok && input.value.trim() && input.value.trim() !== c.title) {
             c.title = input.value.trim().slice(0, 200);
-            save();
+            touch(c);
         }
         renderSidebar();
     };
@@ -255,6 +280,7 @@ async function deleteChat(c) {
     if (!(await confirmDialog(t('confirmDelete'), t('delete'), t('close')))) return;
     if (state.busy && activeChat() === c) stopReply();
     state.chats.chats = state.chats.chats.filter((x) => x !== c);
+    sync.remove(c.id);
     if (!state.chats.chats.length) newChat(false);
     if (!state.chats.chats.some((x) => x.id === state.chats.active)) state.chats.active = state.chats.chats[0].id;
     save();
@@ -266,6 +292,7 @@ async function clearAll() {
     if (!(await confirmDialog(t('confirmClearAll'), t('delete'), t('close')))) return;
     stopReply();
     state.chats.chats = [];
+    sync.clear();
     newChat(false);
     save();
     renderSidebar();
@@ -358,7 +385,7 @@ async function onMessagesClick(e) {
     case 'delete':
         if (!(await confirmDialog(t('confirmDeleteMsg'), t('delete'), t('close')))) return;
         c.messages.splice(idx, 1);
-        save();
+        touch(c);
         renderMessages();
         break;
     case 'raw':
@@ -496,7 +523,7 @@ function stopReply() {
 
 async function run(c, m) {
     const controller = new AbortController();
-    state.busy = { controller, msg: m };
+    state.busy = { controller, msg: m, chat: c };
     updateComposer();
     const before = state.me && !state.me.unlimited && typeof state.me.balance === 'number' ? state.me.balance : null;
     let prefix = '';
@@ -550,9 +577,10 @@ async function run(c, m) {
     await refreshBalance();
     if (before !== null && state.me && typeof state.me.balance === 'number' && !state.me.unlimited && before > state.me.balance) {
         m.spent = before - state.me.balance;
-        save();
         if (activeChat() === c) renderMessages();
     }
+    // (Not for a conversation deleted while its reply streamed.)
+    if (state.me && state.chats.chats.includes(c)) touch(c, true);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -726,11 +754,12 @@ function importChats(data) {
     const ids = new Set(state.chats.chats.map((c) => c.id));
     for (const c of data.chats) {
         if (!store.validChat(c)) continue;
-        const copy = { id: ids.has(c.id) ? store.newId() : c.id, title: String(c.title).slice(0, 200), updated: Number(c.updated) || Date.now(),
+        const copy = { id: ids.has(c.id) || !sync.validId(c.id) ? store.newId() : c.id, title: String(c.title).slice(0, 200), updated: Number(c.updated) || Date.now(),
             messages: c.messages.map((m) => ({ role: m.role, text: m.text, time: Number(m.time) || 0, error: !!m.error,
                 serverId: typeof m.serverId === 'string' ? m.serverId : '', spent: Number(m.spent) || 0 })) };
         ids.add(copy.id);
         state.chats.chats.push(copy);
+        sync.schedule(copy, save);
         n++;
     }
     state.chats.chats.sort((a, b) => b.updated - a.updated);
@@ -768,5 +797,9 @@ document.addEventListener('keydown', (e) => {
 });
 
 window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => applyTheme(state.settings.theme));
+// Coming back to the tab picks up what another device changed meanwhile.
+document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible' && state.me && !state.busy) syncNow();
+});
 
 boot();
