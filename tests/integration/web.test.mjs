@@ -14,7 +14,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import zlib from 'node:zlib';
 import { chromium } from 'playwright-core';
-import { ROOT, postJSON, withStack } from './lib/harness.mjs';
+import { ROOT, getJSON, postJSON, withStack } from './lib/harness.mjs';
 
 const OPS_KEY = 'web-test-ops-key-0123456789abcdef';
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
@@ -116,6 +116,7 @@ describe('web UI in Chromium', () => {
         env: {
             OPS_KEY, AUTH_PWHASH_OPS: '1', AUTH_PWHASH_MEM_KIB: '8192',
             OPENAI_MAX_TOKENS: '1000', CHAT_MIN_RESPONSE_TOKENS: '100', LOG_LEVEL: 'info',
+            OPENAI_MODEL: 'gpt-4o-mini', CHAT_MODELS: 'gpt-4o-mini,gpt-4o',
         },
     });
     let browser;
@@ -359,6 +360,28 @@ describe('web UI in Chromium', () => {
         await ctx.close();
     });
 
+    it('the model picker offers CHAT_MODELS and the next reply uses the chosen one', { timeout: 60000 }, async () => {
+        await register(stack, 'mo', 'mo-password', 100000);
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await signIn(page, stack.url, 'mo', 'mo-password');
+        const picker = page.getByLabel('Model', { exact: true });
+        await picker.waitFor();
+        assert.deepEqual(await picker.locator('option').allInnerTexts(), ['gpt-4o-mini', 'gpt-4o']);
+        assert.equal(await picker.inputValue(), 'gpt-4o-mini');
+        await picker.selectOption('gpt-4o');
+        for (let i = 0; i < 100 && (await check(stack, 'mo')).model !== 'gpt-4o'; i++) await page.waitForTimeout(50);
+        assert.equal((await check(stack, 'mo')).model, 'gpt-4o');
+        await sendMessage(page, 'which model [[fake tokens=3]]');
+        await waitIdle(page);
+        const reqs = (await getJSON(`${stack.fakeUpstream.url}/_fake/requests`)).requests;
+        assert.equal(reqs[reqs.length - 1].body.model, 'gpt-4o');
+        await page.reload();
+        await picker.waitFor();
+        assert.equal(await picker.inputValue(), 'gpt-4o');
+        await ctx.close();
+    });
+
     it('signs in with an API key and signs out', { timeout: 60000 }, async () => {
         const k = await ops(stack, { action: 'create_key', i_username: 'pete', name: 'browser' });
         assert.equal(k.status, 'Success');
@@ -370,6 +393,8 @@ describe('web UI in Chromium', () => {
         await page.getByRole('button', { name: 'Sign in' }).click();
         await page.locator('#composer-input').waitFor({ timeout: STEP_MS });
         assert.match(await page.locator('.who').innerText(), /pete/);
+        await page.waitForTimeout(300);
+        assert.equal(await page.locator('#model-picker').isVisible(), false, 'an API key cannot change the model');
         await page.locator('#sign-out').click();
         await page.getByRole('button', { name: 'Sign in' }).waitFor();
         assert.equal(await page.evaluate(() => localStorage.getItem('chatweb.token')), null);

@@ -120,3 +120,21 @@ export async function chatProcess(body, { signal, onSnapshot }) {
 export function conversations(body) {
     return post('/api/conversations', body);
 }
+
+/** /api/config (chat): the models the /model command accepts and the default one. */
+export function config() {
+    return post('/api/config');
+}
+
+/**
+ * Sets the user's model with the /model chat command (auth keeps it). Resolves on success,
+ * rejects with the server's message. The command answers with an envelope even on success.
+ */
+export async function setModel(name) {
+    try {
+        await chatProcess({ prompt: `/model ${name}`, options: {} }, { onSnapshot: () => {} });
+    } catch (err) {
+        if (err.message === 'Updated' || err.message === '更新成功') return;
+        throw err;
+    }
+}

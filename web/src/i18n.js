@@ -31,7 +31,7 @@ const en = {
         ['Enter', 'send'], ['Shift+Enter', 'new line'], ['Esc', 'stop the reply / close a dialog'],
         ['Ctrl+Shift+O', 'new chat'], ['Ctrl+K', 'search conversations'], ['/', 'prompt library (in an empty message box)'],
     ],
-    model: 'Model', you_are: 'Signed in as {name}', blocked: 'Your account is blocked.',
+    model: 'Model', modelSet: 'Model: {m}', you_are: 'Signed in as {name}', blocked: 'Your account is blocked.',
     sessionExpired: 'Your session ended; please sign in again.', raw: 'Show as text', preview: 'Show formatted',
 };
 
@@ -66,7 +66,7 @@ const zh = {
         ['Enter', '发送'], ['Shift+Enter', '换行'], ['Esc', '停止回复 / 关闭对话框'],
         ['Ctrl+Shift+O', '新建对话'], ['Ctrl+K', '搜索对话'], ['/', '提示词库（输入框为空时）'],
     ],
-    model: '模型', you_are: '当前用户：{name}', blocked: '你的账号已被禁用。',
+    model: '模型', modelSet: '模型：{m}', you_are: '当前用户：{name}', blocked: '你的账号已被禁用。',
     sessionExpired: '登录已失效，请重新登录。', raw: '显示原文', preview: '显示格式',
 };
 

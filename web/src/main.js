@@ -118,6 +118,45 @@ function startApp(me) {
     renderBalance();
     $('#composer-input').focus();
     syncNow();
+    setupModelPicker();
+}
+
+/**
+ * The model picker: the models /api/config lists (what the /model command accepts), shown when
+ * there is a choice. An API key cannot change its account's settings, so key users see none.
+ */
+async function setupModelPicker() {
+    const sel = $('#model-picker');
+    let cfg;
+    try {
+        cfg = await api.config();
+    } catch {
+        return;
+    }
+    const models = Array.isArray(cfg.models) ? cfg.models : [];
+    if (!sel || models.length < 2 || api.token().startsWith('sk-')) return;
+    const current = (state.me.model || '').split(',')[0] || cfg.model;
+    sel.replaceChildren(...models.map((m) => h('option', { value: m, selected: m === current }, m)));
+    sel.hidden = false;
+    sel.onchange = async () => {
+        const want = sel.value;
+        sel.disabled = true;
+        try {
+            await api.setModel(want);
+            state.me = await api.me();
+        } catch (err) {
+            sel.value = (state.me.model || '').split(',')[0] || cfg.model;
+            alertBalanceLine(err.message);
+        } finally {
+            sel.disabled = false;
+        }
+    };
+}
+
+/** A short message under the balance (the sidebar's live region). */
+function alertBalanceLine(text) {
+    const el = $('#balance');
+    if (el) el.append(h('div', { class: 'balance-warn bad' }, text));
 }
 
 /** Merge the server's history into the browser's (sync.js) and redraw what changed. */
@@ -181,6 +220,7 @@ function buildShell() {
             h('button', { type: 'button', class: 'icon-btn only-phone', id: 'open-menu', 'aria-label': t('menu'), onclick: () => toggleMenu(true) }, icon('menu')),
             h('h2', { id: 'chat-title' }),
             h('div', { class: 'head-buttons' },
+                h('select', { id: 'model-picker', 'aria-label': t('model'), title: t('model'), hidden: true }),
                 h('button', { type: 'button', class: 'icon-btn', id: 'export-md', 'aria-label': t('exportMd'), title: t('exportMd'), onclick: exportMarkdown }, icon('download')))),
         messages, form);
     const overlay = h('div', { id: 'overlay', onclick: () => toggleMenu(false) });
