@@ -210,7 +210,7 @@ function buildShell() {
     const form = h('form', { id: 'composer', onsubmit: (e) => { e.preventDefault(); sendFromComposer(); } },
         h('div', { id: 'prompt-suggest', role: 'listbox', hidden: true, 'aria-label': t('prompts') }),
         input, stopBtn, sendBtn);
-    const messages = h('div', { id: 'messages', role: 'log', 'aria-live': 'off', tabindex: '0', 'aria-label': t('assistant') });
+    const messages = h('div', { id: 'messages', role: 'log', 'aria-live': 'off', tabindex: '0', 'aria-label': t('messages') });
     messages.addEventListener('scroll', () => {
         state.stick = messages.scrollTop + messages.clientHeight >= messages.scrollHeight - 60;
     });
