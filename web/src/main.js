@@ -251,6 +251,8 @@ function newChat(render = true) {
         return;
     }
     const c = { id: store.newId(), title: '', updated: Date.now(), messages: [] };
+    // At most one empty conversation: the new one.
+    state.chats.chats = state.chats.chats.filter((x) => x.messages.length);
     state.chats.chats.unshift(c);
     state.chats.active = c.id;
     save();
@@ -290,6 +292,8 @@ function selectChat(id) {
     if (state.chats.active !== id) {
         stopReply();
         state.chats.active = id;
+        // An empty conversation left behind is not worth a line in the list.
+        state.chats.chats = state.chats.chats.filter((x) => x.messages.length || x.id === id);
         save();
         renderSidebar();
         renderMessages();
