@@ -280,7 +280,7 @@ describe('web UI in Chromium', () => {
         await ctx.close();
     });
 
-    it('renders Markdown: highlighted code with a copy button, tables, KaTeX math (JSON import)', { timeout: 60000 }, async () => {
+    it('renders Markdown: highlighted code with a copy button, tables, KaTeX math (JSON import); exports Markdown and JSON', { timeout: 60000 }, async () => {
         const ctx = await context();
         const page = await ctx.newPage();
         await signIn(page, stack.url, 'pete', 'pete-password');
@@ -294,6 +294,17 @@ describe('web UI in Chromium', () => {
         assert.equal(await reply.locator('.katex-display').count(), 1);
         assert.equal(await page.locator('#messages script').count(), 0);
         await page.screenshot({ path: path.join(SHOTS, 'chat-light.png') });
+        // Export as Markdown (the header button) and as JSON (settings): downloads with the text.
+        const [md] = await Promise.all([page.waitForEvent('download'), page.locator('#export-md').click()]);
+        const mdText = fs.readFileSync(await md.path(), 'utf8');
+        assert.equal(md.suggestedFilename(), 'Imported_markdown.md');
+        assert.ok(mdText.startsWith('# Imported markdown\n') && mdText.includes('## Assistant') && mdText.includes('int main(void) {'), mdText);
+        await page.locator('#open-settings').click();
+        const [js] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Export JSON' }).click()]);
+        const exported = JSON.parse(fs.readFileSync(await js.path(), 'utf8'));
+        assert.equal(exported.format, 'chatweb-chats');
+        assert.ok(exported.chats.some((c) => c.title === 'Imported markdown' && c.messages[1].text === MARKDOWN));
+        await page.getByRole('button', { name: 'Close' }).click();
         // The copy button copies the code (the clipboard fallback works on plain http too).
         await ctx.grantPermissions(['clipboard-read', 'clipboard-write']);
         await reply.locator('.copy-code').click();
