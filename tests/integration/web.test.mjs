@@ -393,6 +393,33 @@ describe('web UI in Chromium', () => {
         await ctx.close();
     });
 
+    it('continues a reply cut by the length limit', { timeout: 60000 }, async () => {
+        await register(stack, 'lenny', 'lenny-password', 1000000);
+        const ctx = await context();
+        const page = await ctx.newPage();
+        const sent = [];
+        page.on('request', (req) => {
+            if (req.url().endsWith('/api/chat-process')) sent.push(JSON.parse(req.postData()));
+        });
+        await signIn(page, stack.url, 'lenny', 'lenny-password');
+        // 1500 planned tokens, at most 1000 in the context budget (OPENAI_MAX_TOKENS): the reply
+        // ends with finish_reason "length", and the page asks chat for the rest with an empty
+        // prompt whose parent is the cut reply. The fake reads directives only in a last user
+        // message, so the continuation is its default 20 tokens and ends with "stop".
+        await sendMessage(page, 'go long [[fake tokens=1500]]');
+        await waitIdle(page);
+        assert.equal(sent.length, 2, JSON.stringify(sent).slice(0, 300));
+        assert.equal(sent[0].prompt, 'go long [[fake tokens=1500]]');
+        assert.equal(sent[1].prompt, '');
+        assert.match(sent[1].options.parentMessageId, /^[0-9a-f-]{36}$/);
+        const text = await lastReply(page).locator('.content').innerText();
+        assert.ok(text.startsWith('Echo(2 msgs): go long'), text.slice(0, 40));
+        assert.match(text, /Echo\(\d msgs\):/g);
+        assert.equal(text.match(/Echo\(/g).length, 2, 'the continuation is appended to the same bubble');
+        assert.equal(await page.locator('#messages .msg').count(), 2);
+        await ctx.close();
+    });
+
     it('signs in with an API key and signs out', { timeout: 60000 }, async () => {
         const k = await ops(stack, { action: 'create_key', i_username: 'pete', name: 'browser' });
         assert.equal(k.status, 'Success');
