@@ -313,7 +313,7 @@ describe('web UI in Chromium', () => {
         await ctx.close();
     });
 
-    it('dark theme and a phone-sized window', { timeout: 60000 }, async () => {
+    it('dark theme; a phone-sized second device: history from the server, auto-scroll that stops when the reader scrolls up', { timeout: 60000 }, async () => {
         const dark = await context({ colorScheme: 'dark' });
         const page = await dark.newPage();
         await signIn(page, stack.url, 'wendy', 'wendy-password');
@@ -346,6 +346,24 @@ describe('web UI in Chromium', () => {
         const composer = await p.locator('#composer').boundingBox();
         assert.ok(composer.y + composer.height <= 844 && composer.width <= 390, 'the composer fits the screen');
         await p.screenshot({ path: path.join(SHOTS, 'phone.png') });
+
+        // Auto-scroll: a long reply is followed while the reader is at the bottom, and no longer
+        // once they scroll up.
+        await sendMessage(p, 'scroll test [[fake tps=80 tokens=600]]');
+        const box = p.locator('#messages');
+        await p.waitForFunction(() => {
+            const m = document.querySelector('#messages');
+            return document.querySelector('#messages .msg.loading') && m.scrollHeight > m.clientHeight + 300;
+        }, null, { timeout: STEP_MS });
+        await p.waitForTimeout(150);
+        const following = await box.evaluate((m) => m.scrollHeight - m.clientHeight - m.scrollTop);
+        assert.ok(following < 80, `at the bottom while streaming (${following} px left)`);
+        await box.evaluate((m) => { m.scrollTop = 0; });
+        await p.waitForTimeout(600);
+        assert.ok(await p.locator('#messages .msg.loading').count() === 1, 'still streaming');
+        assert.equal(await box.evaluate((m) => m.scrollTop), 0, 'stays where the reader scrolled');
+        await p.keyboard.press('Escape');
+        await waitIdle(p);
         await p.locator('#open-menu').click();
         await p.waitForTimeout(300);
         const box1 = await p.locator('#sidebar').boundingBox();
