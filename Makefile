@@ -7,21 +7,26 @@ BUILD_DIR ?= build
 SANITIZE ?= OFF
 BUILD_TYPE ?= RelWithDebInfo
 
-.PHONY: all bootstrap build web run test unit integration bench clean fuzz-smoke soak tsan faults
+.PHONY: all bootstrap build web run test unit integration k8s bench clean fuzz-smoke soak tsan faults
 
-all: build
+all: build web
+
+# The image's build stage sets BOOTSTRAP="scripts/bootstrap --build-only" (scripts/image-steps).
+BOOTSTRAP ?= scripts/bootstrap
 
 bootstrap:
-	@scripts/bootstrap
+	@$(BOOTSTRAP)
 
-build: bootstrap web
+build: bootstrap
 	@cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
 		-DCHATWEB_SANITIZE=$(SANITIZE) > $(BUILD_DIR).cmake.log 2>&1 || \
 		{ cat $(BUILD_DIR).cmake.log; exit 1; }
 	@cmake --build $(BUILD_DIR)
 
 # The web UI (web/, docs/web.md): npm ci from the lock file, then Vite builds web/dist, which
-# `make run` serves at / and /admin/. Rebuilt only when a source file changed.
+# `make run` serves at / and /admin/ (and scripts/image-steps copies into the image when it is
+# there). Rebuilt only when a source file changed. Not part of `build`: the image's build stage
+# runs `make build` with no node.
 WEB_SOURCES := $(wildcard web/src/* web/index.html web/admin/index.html) web/vite.config.js
 
 web: web/dist/.built
@@ -34,7 +39,7 @@ web/dist/.built: web/node_modules/.installed $(WEB_SOURCES)
 	cd web && node_modules/.bin/vite build --logLevel warn
 	touch $@
 
-run: build
+run: build web
 	@BUILD_DIR=$(BUILD_DIR) node deploy/local/run.mjs
 
 # C unit tests get a private MariaDB (TEST_MYSQL_DSN) and Redis (REDIS_URL) from with-servers;
@@ -45,10 +50,16 @@ unit: build
 
 NPM_STAMP := $(if $(wildcard tests/package.json),tests/node_modules/.installed)
 
-integration: build $(NPM_STAMP)
+integration: build web $(NPM_STAMP)
 	BUILD_DIR=$(BUILD_DIR) node --test --test-concurrency=1 tests/integration/*.test.mjs
 
-test: unit integration
+# Offline Kubernetes checks (tests/k8s, docs/deploy.md): the image recipe against
+# scripts/image-steps, helm lint and helm template of deploy/k8s/chatweb validated against the
+# Kubernetes 1.27 schemas, and the Ingress routes against deploy/local/nginx.conf.tmpl.
+k8s: build $(NPM_STAMP)
+	BUILD_DIR=$(BUILD_DIR) node --test --test-concurrency=1 tests/k8s/*.test.mjs
+
+test: unit integration k8s
 
 # npm packages the integration tests use (tests/package.json, locked by package-lock.json).
 tests/node_modules/.installed: tests/package.json tests/package-lock.json

@@ -1088,6 +1088,8 @@ static void db_free(struct svc_db *db, int sync_init)
     if (sync_init) {
         pthread_mutex_destroy(&db->mu);
         pthread_cond_destroy(&db->cv);
+        pthread_mutex_destroy(&db->group_mu);
+        pthread_cond_destroy(&db->group_cv);
     }
     /* scrub the password before the memory goes back to the allocator */
     memset(&db->dsn, 0, sizeof(db->dsn));
@@ -1158,6 +1160,19 @@ int svc_db_open_opts(struct svc_db **out, const char *dsn, const char *data_dir,
         goto out;
     }
     pthread_condattr_destroy(&ca);
+    if (pthread_mutex_init(&db->group_mu, NULL) != 0) {
+        pthread_mutex_destroy(&db->mu);
+        pthread_cond_destroy(&db->cv);
+        rc = SVC_ENOMEM;
+        goto out;
+    }
+    if (pthread_cond_init(&db->group_cv, NULL) != 0) {
+        pthread_mutex_destroy(&db->mu);
+        pthread_cond_destroy(&db->cv);
+        pthread_mutex_destroy(&db->group_mu);
+        rc = SVC_ENOMEM;
+        goto out;
+    }
     sync_init = 1;
 
     /* One connection now, so a wrong host, password or path fails at start-up, not at the
@@ -1694,11 +1709,15 @@ out:
     return rc;
 }
 
-/* Warns when the database holds a newer version of a component than this binary knows. */
-static void migrate_warn_newer(struct svc_db_conn *conn, const struct svc_db_migration *m, size_t n)
+/*
+ * Refuses a database that holds a newer version of a component than this binary knows: a newer
+ * release migrated it, and this binary's queries may no longer fit its tables (a rollback, or an
+ * old replica restarting during an upgrade). Checked before anything is applied.
+ */
+static int migrate_check_newer(struct svc_db_conn *conn, const struct svc_db_migration *m, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        int last = 1;
+        int last = 1, rc;
         for (size_t j = i + 1; j < n && last; j++)
             if (strcmp(m[j].component, m[i].component) == 0)
                 last = 0;
@@ -1706,15 +1725,25 @@ static void migrate_warn_newer(struct svc_db_conn *conn, const struct svc_db_mig
             continue;
         struct svc_db_param p[] = {SVC_DB_TEXT(m[i].component)};
         struct svc_db_rows *rows = NULL;
-        if (svc_db_query(conn, "SELECT MAX(version) FROM schema_migrations WHERE component = ?", p,
-                         1, &rows) == SVC_OK &&
-            svc_db_rows_i64(rows, 0, 0) > m[i].version)
-            SVC_LOG_WARN(NULL, "db migrate",
-                         "database has %s version %" PRId64 ", this binary knows up to %d "
-                         "(a newer release ran here)",
-                         m[i].component, svc_db_rows_i64(rows, 0, 0), m[i].version);
+        rc = svc_db_query(conn, "SELECT MAX(version) FROM schema_migrations WHERE component = ?", p,
+                          1, &rows);
+        if (rc != SVC_OK) {
+            SVC_LOG_ERR(NULL, "db migrate", "reading the %s version: %s", m[i].component,
+                        svc_db_last_error(conn));
+            return rc;
+        }
+        int64_t have = svc_db_rows_i64(rows, 0, 0);
         svc_db_rows_destroy(&rows);
+        if (have > m[i].version) {
+            SVC_LOG_ERR(NULL, "db migrate",
+                        "database has %s schema version %" PRId64 ", this binary knows up to %d: "
+                        "a newer release migrated it; refusing to run on it (deploy that release "
+                        "or restore the database)",
+                        m[i].component, have, m[i].version);
+            return SVC_ECONFLICT;
+        }
     }
+    return SVC_OK;
 }
 
 static const char create_sqlite[] = "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -1769,10 +1798,11 @@ int svc_db_migrate(struct svc_db *db, const struct svc_db_migration *m, size_t n
         SVC_LOG_ERR(NULL, "db migrate", "creating schema_migrations: %s", svc_db_last_error(conn));
         goto out;
     }
+    if ((rc = migrate_check_newer(conn, m, n)) != SVC_OK)
+        goto out;
     for (size_t i = 0; i < n; i++)
         if ((rc = migrate_one(conn, &m[i])) != SVC_OK)
             goto out;
-    migrate_warn_newer(conn, m, n);
     rc = SVC_OK;
 
 out:

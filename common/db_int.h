@@ -123,6 +123,13 @@ struct svc_db {
     struct svc_db_conn *idle[SVC_DB_POOL_MAX];
     unsigned nidle;
     unsigned nopen; /* connections that exist (idle + borrowed + being opened) */
+
+    /* Group commit (db_group.c): calls waiting for the leader, and whether one is running. */
+    pthread_mutex_t group_mu;
+    pthread_cond_t group_cv;
+    struct svc__db_group_item *group_head, *group_tail;
+    int group_leader;
+    uint64_t groups, group_txs; /* svc_db_group_stats */
 };
 
 /* Initialises the MariaDB library once per process. Returns 0 or SVC_EINTERNAL. */

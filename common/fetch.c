@@ -3,6 +3,7 @@
 #include <curl/curl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 
 #include "svc/buf.h"
@@ -11,14 +12,19 @@
 
 #define FETCH_DEFAULT_CONNECT_MS 10000
 #define FETCH_DEFAULT_MAX_RESPONSE (8u << 20)
+/* Streams per HTTP/2 connection we open at most (curl's default is 100); the server's
+ * SETTINGS_MAX_CONCURRENT_STREAMS lowers it, and past it curl opens another connection. */
+#define FETCH_H2_MAX_STREAMS 1000L
 
 struct svc_fetch_multi {
     struct svc_loop *loop;
     CURLM *multi;
+    CURLSH *share; /* TLS sessions and DNS, for every transfer of this multi (one thread) */
     struct svc_timer *timer;
     long active;
     struct svc_fetch *all; /* every transfer not yet freed, for destroy */
     int in_action; /* inside curl_multi_socket_action: transfers must not be freed */
+    int h2c_reuse_broken; /* see h2c_reuse_broken() */
 };
 
 struct svc_fetch {
@@ -167,9 +173,13 @@ struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop, long max_h
     if (m == NULL)
         return NULL;
     m->loop = loop;
+    m->h2c_reuse_broken = curl_version_info(CURLVERSION_NOW)->version_num < 0x075900;
     m->multi = curl_multi_init();
+    m->share = curl_share_init();
     m->timer = svc_timer_create(loop, on_timer, m);
-    if (m->multi == NULL || m->timer == NULL) {
+    if (m->multi == NULL || m->share == NULL || m->timer == NULL ||
+        curl_share_setopt(m->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK ||
+        curl_share_setopt(m->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) != CURLSHE_OK) {
         svc_fetch_multi_destroy(&m);
         return NULL;
     }
@@ -179,6 +189,10 @@ struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop, long max_h
     curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
     curl_multi_setopt(m->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host_connections);
     curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, 1024L);
+    /* HTTP/2: many transfers per connection (curl's default since 7.62, stated here because the
+     * upstream's shared connections rest on it), up to FETCH_H2_MAX_STREAMS each. */
+    curl_multi_setopt(m->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    curl_multi_setopt(m->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, FETCH_H2_MAX_STREAMS);
     return m;
 }
 
@@ -196,6 +210,8 @@ void svc_fetch_multi_destroy(struct svc_fetch_multi **mp)
     }
     if (m->multi != NULL)
         curl_multi_cleanup(m->multi);
+    if (m->share != NULL) /* after every easy handle that used it is gone */
+        curl_share_cleanup(m->share);
     svc_timer_destroy(&m->timer);
     free(m);
     *mp = NULL;
@@ -258,6 +274,36 @@ static void on_idle(struct svc_timer *t, void *data)
     fetch_free(f);
 }
 
+int svc_fetch_http_parse(const char *s, svc_fetch_http_e *out)
+{
+    if (strcmp(s, "auto") == 0)
+        *out = SVC_FETCH_HTTP_AUTO;
+    else if (strcmp(s, "off") == 0)
+        *out = SVC_FETCH_HTTP_1;
+    else if (strcmp(s, "prior-knowledge") == 0)
+        *out = SVC_FETCH_HTTP_2_PRIOR;
+    else
+        return SVC_EINVAL;
+    return SVC_OK;
+}
+
+/* Whether the transfer may end up on an HTTP/2 connection. */
+static int may_h2(const struct svc_fetch_req *req)
+{
+    if (req->http == SVC_FETCH_HTTP_2_PRIOR)
+        return 1;
+    return req->http == SVC_FETCH_HTTP_AUTO && strncasecmp(req->url, "https://", 8) == 0;
+}
+
+/* libcurl before 7.89.0 fails every transfer that reuses a cleartext prior-knowledge HTTP/2
+ * connection ("Error in the HTTP2 framing layer", curl issue 10634, fixed by PR 10643); Debian
+ * 12 ships 7.88.1. There, h2c gets one connection per transfer. */
+static int h2c_reuse_broken(const struct svc_fetch_multi *m, const struct svc_fetch_req *req)
+{
+    return m->h2c_reuse_broken && req->http == SVC_FETCH_HTTP_2_PRIOR &&
+           strncasecmp(req->url, "https://", 8) != 0;
+}
+
 struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fetch_req *req,
                                   const struct svc_fetch_cb *cb, void *ud)
 {
@@ -307,9 +353,25 @@ struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fe
         if (f->idle == NULL || svc_timer_start(f->idle, f->idle_ms) != SVC_OK)
             goto fail;
     }
-    if (req->fresh_connection) {
+    curl_easy_setopt(e, CURLOPT_SHARE, m->share);
+    if (h2c_reuse_broken(m, req)) {
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE);
         curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
         curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    } else if (may_h2(req)) {
+        /* While a connection to the host is being set up (any burst), wait to learn whether it
+         * multiplexes instead of opening one more: without this a burst of 10,000 streams
+         * opened 2,225 connections (docs/decisions.md). */
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, req->http == SVC_FETCH_HTTP_2_PRIOR
+                                                      ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE
+                                                      : (long)CURL_HTTP_VERSION_2TLS);
+    } else {
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+        if (req->fresh_connection) {
+            curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+            curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+        }
     }
     if (req->proxy != NULL && req->proxy[0] != '\0')
         curl_easy_setopt(e, CURLOPT_PROXY, req->proxy);
@@ -379,4 +441,16 @@ void svc_fetch_pause(struct svc_fetch *f, int paused)
     else if (f->idle != NULL && !f->cancelled && svc_timer_start(f->idle, f->idle_ms) != SVC_OK)
         svc_timer_stop(f->idle);
     curl_easy_pause(f->easy, paused ? CURLPAUSE_RECV : CURLPAUSE_CONT);
+}
+
+void svc_fetch_headers_each(struct svc_fetch *f, svc_fetch_header_fn fn, void *ud)
+{
+    struct curl_header *h = NULL;
+
+    if (f == NULL || f->easy == NULL)
+        return;
+    /* CURLH_HEADER: the response's own headers (not trailers, not a CONNECT's); request -1: the
+     * last response of the transfer (an interim 100 Continue's headers are not included). */
+    while ((h = curl_easy_nextheader(f->easy, CURLH_HEADER, -1, h)) != NULL)
+        fn(ud, h->name, h->value);
 }

@@ -101,6 +101,7 @@ const char *svc_req_client_ip(const struct svc_req *req) { return req->ip; }
 const char *svc_req_peer_ip(const struct svc_req *req) { return req->peer; }
 struct svc_loop *svc_req_loop(const struct svc_req *req) { return req->slot->loop; }
 int svc_req_is_done(const struct svc_req *req) { return req->aborted || req->finished; }
+int svc_req_status(const struct svc_req *req) { return req->replied ? (int)req->pending_status : 0; }
 
 const char *svc_req_header(const struct svc_req *req, const char *name)
 {
@@ -110,6 +111,69 @@ const char *svc_req_header(const struct svc_req *req, const char *name)
 const char *svc_req_query(const struct svc_req *req, const char *name)
 {
     return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+struct query_out {
+    char *buf;
+    size_t len, used;
+    int full;
+};
+
+static void query_put(struct query_out *q, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+
+    for (; *s != '\0'; s++) {
+        unsigned char ch = (unsigned char)*s;
+        int plain = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+                    (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.' || ch == '~';
+        size_t need = plain ? 1 : 3;
+        if (q->used + need >= q->len) {
+            q->full = 1;
+            return;
+        }
+        if (plain) {
+            q->buf[q->used++] = (char)ch;
+        } else {
+            q->buf[q->used++] = '%';
+            q->buf[q->used++] = hex[ch >> 4];
+            q->buf[q->used++] = hex[ch & 15];
+        }
+    }
+}
+
+static void query_sep(struct query_out *q, char sep)
+{
+    if (q->used + 1 >= q->len)
+        q->full = 1;
+    else
+        q->buf[q->used++] = sep;
+}
+
+static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value)
+{
+    struct query_out *q = cls;
+
+    (void)kind;
+    query_sep(q, q->used == 0 ? '?' : '&');
+    query_put(q, key);
+    if (value != NULL) {
+        query_sep(q, '=');
+        query_put(q, value);
+    }
+    return q->full ? MHD_NO : MHD_YES;
+}
+
+int svc_req_query_string(const struct svc_req *req, char *buf, size_t len)
+{
+    struct query_out q = {buf, len, 0, 0};
+
+    if (len == 0)
+        return SVC_ETOOLARGE;
+    MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, query_arg, &q);
+    buf[q.used] = '\0';
+    return q.full ? SVC_ETOOLARGE : SVC_OK;
 }
 
 const char *svc_req_body(const struct svc_req *req, size_t *len)
@@ -300,6 +364,14 @@ int svc_req_error(struct svc_req *req, int status, const char *message)
 
 /* ---- streaming ---- */
 
+/* Bytes queued for slow clients by every streaming request of the process (svc_http_queued). */
+static atomic_size_t stream_queued;
+
+size_t svc_http_queued(void)
+{
+    return atomic_load_explicit(&stream_queued, memory_order_relaxed);
+}
+
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 {
     struct svc_req *req = cls;
@@ -312,6 +384,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         size_t n = avail < max ? avail : max;
         memcpy(buf, req->out.data + req->out_off, n);
         req->out_off += n;
+        atomic_fetch_sub_explicit(&stream_queued, n, memory_order_relaxed);
         if (req->out_off == req->out.len) {
             svc_buf_reset(&req->out);
             req->out_off = 0;
@@ -367,6 +440,7 @@ int svc_req_stream_write(struct svc_req *req, const void *data, size_t len)
     rc = svc_buf_append(&req->out, data, len);
     if (rc != SVC_OK)
         return rc;
+    atomic_fetch_add_explicit(&stream_queued, len, memory_order_relaxed);
     if (req->pending == NULL)
         req_resume(req);
     return SVC_OK;
@@ -583,6 +657,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         free(h);
     }
     svc_buf_deinit(&req->body);
+    /* what a client never took is no longer queued */
+    atomic_fetch_sub_explicit(&stream_queued, req->out.len - req->out_off, memory_order_relaxed);
     svc_buf_deinit(&req->out);
     free(req);
     atomic_fetch_sub(&slot->srv->inflight, 1);

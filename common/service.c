@@ -19,10 +19,13 @@
 #include "svc/rpc.h"
 
 #define ADMIN_BODY_MAX (1u << 20)
+/* /metrics: labelled families hold up to SVC_METRIC_SERIES_MAX series each */
+#define METRICS_BODY_MAX (16u << 20)
 
 static const char *service_name = "svc";
 static struct svc_option *options;
 static size_t noptions;
+static int migrate_only; /* --migrate: apply the schema and exit (svc_service_migrate_only) */
 static atomic_int ready;
 static int (*ready_check)(void *);
 static void *ready_check_data;
@@ -94,7 +97,7 @@ static int admin_metrics(struct svc_req *req, void *ctx)
     struct svc_buf b;
 
     (void)ctx;
-    svc_buf_init(&b, ADMIN_BODY_MAX);
+    svc_buf_init(&b, METRICS_BODY_MAX);
     if (svc_metrics_render(&b) != SVC_OK)
         svc_req_error(req, 500, "metrics too large");
     else
@@ -159,8 +162,13 @@ void svc_service_setup(const char *service, int argc, char **argv, struct svc_op
             svc_cfg_describe_all(opts, nopts);
             exit(SVC_EX_OK);
         }
+        if (strcmp(argv[i], "--migrate") == 0) {
+            migrate_only = 1;
+            continue;
+        }
         svc_service_die(SVC_EX_CONFIG, "unknown argument \"%s\" (configuration is read from "
-                                       "the environment; try --describe-config)", argv[i]);
+                                       "the environment; try --describe-config or --migrate)",
+                        argv[i]);
     }
     if (svc_cfg_load_env(opts, nopts, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "%s", err);
@@ -171,11 +179,21 @@ void svc_service_setup(const char *service, int argc, char **argv, struct svc_op
     svc_log_setup(service, level);
 }
 
+int svc_service_migrate_only(void)
+{
+    return migrate_only;
+}
+
 void svc_service_start(void)
 {
     char err[512];
     sigset_t set;
     struct svc_http_opts ao = {0};
+
+    /* A service with a schema exits before this in --migrate mode; the others have none. */
+    if (migrate_only)
+        svc_service_die(SVC_EX_CONFIG, "--migrate: this service has no SQL schema (only auth and "
+                                       "billing have one)");
 
     /* Blocked here, before any thread exists, so every thread inherits the mask. */
     sigemptyset(&set);

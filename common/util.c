@@ -17,6 +17,22 @@ static void fill_random(void *buf, size_t n)
     }
 }
 
+uint32_t svc_random_u32(void)
+{
+    static _Thread_local uint64_t state;
+    uint64_t x;
+
+    while (state == 0)
+        fill_random(&state, sizeof(state));
+    /* xorshift64* (Vigna): fast and good enough to spread requests, not for secrets */
+    x = state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    state = x;
+    return (uint32_t)((x * 0x2545F4914F6CDD1DULL) >> 32);
+}
+
 void svc_random_hex(char *out, size_t nbytes)
 {
     static const char hex[] = "0123456789abcdef";

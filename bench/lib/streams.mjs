@@ -37,6 +37,14 @@ const HELP = `usage: bench/streams [options]
   --nginx-workers W   nginx worker_processes of the reference (default 2)
   --rate R            loadgen: open at most R connections per second (default: all at once)
   --loadgen-threads T loadgen event-loop threads (default 1)
+  --upstream U        how chat and nginx reach the fake upstream (default plain):
+                        plain   HTTP/1.1, cleartext (the fake's own port)
+                        tls     TLS with a private CA, the fake offering h2 (ALPN): chat
+                                multiplexes; nginx speaks HTTP/1.1 + TLS (keepalive, session reuse)
+                        tls-h1  TLS, the fake offering HTTP/1.1 only (chat's fallback)
+                        h2c     cleartext HTTP/2 with prior knowledge for chat
+                                (OPENAI_HTTP2=prior-knowledge); nginx HTTP/1.1 to the same port
+  --h2-max-streams S  the fake's SETTINGS_MAX_CONCURRENT_STREAMS (default 1000)
   --no-nginx          skip the nginx reference
   --no-chat           skip chat (only the nginx reference)
   --json FILE         also write every figure as JSON to FILE
@@ -54,6 +62,8 @@ const { values: opt } = parseArgs({
         'nginx-workers': { type: 'string', default: '2' },
         rate: { type: 'string', default: '0' },
         'loadgen-threads': { type: 'string', default: '1' },
+        upstream: { type: 'string', default: 'plain' },
+        'h2-max-streams': { type: 'string', default: '1000' },
         'no-nginx': { type: 'boolean', default: false },
         'no-chat': { type: 'boolean', default: false },
         json: { type: 'string' },
@@ -81,6 +91,12 @@ const WORKERS = intOpt('workers', 1, 64);
 const NGINX_WORKERS = intOpt('nginx-workers', 1, 16);
 const LG_THREADS = intOpt('loadgen-threads', 1, 16);
 const TPS = Number(opt.tps);
+const UPSTREAM = opt.upstream;
+const H2_MAX_STREAMS = intOpt('h2-max-streams', 1, 100000);
+if (!['plain', 'tls', 'tls-h1', 'h2c'].includes(UPSTREAM)) {
+    console.error(`bench/streams: --upstream must be plain, tls, tls-h1 or h2c, got ${UPSTREAM}`);
+    process.exit(64);
+}
 const RATE = Number(opt.rate);
 if (!(TPS > 0 && TPS <= 1000) || !(RATE >= 0)) {
     console.error('bench/streams: --tps must be in (0, 1000] and --rate >= 0');
@@ -195,7 +211,13 @@ async function measure({ label, pids, auxPids = [], fakePid, fakeStatsUrl, gauge
     };
 }
 
-function nginxConf({ dir, port, upstream, workers, nofile, token }) {
+function nginxConf({ dir, port, upstream, workers, nofile, token, tls }) {
+    const ssl = tls ? `
+            proxy_ssl_trusted_certificate "${tls.ca}";
+            proxy_ssl_verify on;
+            proxy_ssl_name localhost;
+            proxy_ssl_server_name on;
+            proxy_ssl_session_reuse on;` : '';
     return `# bench/streams: the nginx reference, a plain streaming reverse proxy.
 ${process.getuid && process.getuid() === 0 ? 'user root;' : ''}
 worker_processes ${workers};
@@ -223,7 +245,7 @@ http {
         listen 127.0.0.1:${port} reuseport;
         location = /_ready { access_log off; return 200 "${token}"; }
         location /v1/ {
-            proxy_pass http://fake;
+            proxy_pass ${tls ? 'https' : 'http'}://fake;${ssl}
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering off;
@@ -235,14 +257,14 @@ http {
 `;
 }
 
-async function startNginxReference(dir, upstreamAddr, nofile) {
+async function startNginxReference(dir, upstreamAddr, nofile, tls) {
     const ndir = path.join(dir, 'nginx-ref');
     fs.mkdirSync(path.join(ndir, 'tmp'), { recursive: true });
     fs.chmodSync(ndir, 0o755);
     const port = await freePort();
     const token = crypto.randomBytes(8).toString('hex');
     const confPath = path.join(ndir, 'nginx.conf');
-    fs.writeFileSync(confPath, nginxConf({ dir: ndir, port, upstream: upstreamAddr, workers: NGINX_WORKERS, nofile, token }));
+    fs.writeFileSync(confPath, nginxConf({ dir: ndir, port, upstream: upstreamAddr, workers: NGINX_WORKERS, nofile, token, tls }));
     const h = spawnServer({
         label: 'nginx-ref', cmd: 'nginx', args: ['-p', `${ndir}/`, '-e', path.join(ndir, 'error.log'), '-c', confPath],
         logFile: path.join(ndir, 'error.log'), graceMs: 5000,
@@ -262,6 +284,32 @@ async function startNginxReference(dir, upstreamAddr, nofile) {
         await sleep(50);
     }
     return { h, url, workers, confPath };
+}
+
+/** A private CA and a certificate for 127.0.0.1 / localhost signed by it (openssl CLI). */
+function makeCerts(dir) {
+    const run = (args) => {
+        const r = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8' });
+        if (r.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`);
+    };
+    const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+    run(['req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-subj', '/CN=bench CA', '-days', '2']);
+    run(['req', ...ec, '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=localhost']);
+    fs.writeFileSync(path.join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+    run(['x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial',
+        '-out', 'server.pem', '-days', '2', '-extfile', 'san.ext']);
+    return { ca: path.join(dir, 'ca.pem'), cert: path.join(dir, 'server.pem'), key: path.join(dir, 'server.key') };
+}
+
+/** The fake front's counters (connections, HTTP/2 streams), or null without a front. */
+async function frontStats(url) {
+    return JSON.parse(await get(url, 2000)).front;
+}
+
+function frontDelta(a, b) {
+    // h2_max_streams_per_connection is a high-water mark since the fake started (chat runs first)
+    return a && b ? Object.fromEntries(Object.keys(b).map((k) => [k, k === 'h2_max_streams_per_connection' ? b[k] : b[k] - a[k]]))
+        : null;
 }
 
 /** The option names printed by chatweb-chat --describe-config. */
@@ -295,7 +343,7 @@ async function main() {
     const limits = nofileLimits();
     const needChat = 2 * N + 200;
     log(`scratch directory ${dir}`);
-    console.log(`bench/streams: ${N} concurrent streams, fake upstream at ${TPS} tokens/s x ${TOKENS} tokens ` +
+    console.log(`bench/streams: ${N} concurrent streams, upstream ${UPSTREAM}, fake upstream at ${TPS} tokens/s x ${TOKENS} tokens ` +
         `(${STREAM_S.toFixed(1)} s per stream); chat WORKERS=${WORKERS}; nginx worker_processes ${NGINX_WORKERS}`);
     console.log(`machine: ${os.cpus().length} CPU(s), ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, ` +
         `RLIMIT_NOFILE ${limits.soft}/${limits.hard}, load average ${loadAverage()}`);
@@ -307,11 +355,20 @@ async function main() {
 
     const results = { config: { n: N, tps: TPS, tokens: TOKENS, workers: WORKERS, nginxWorkers: NGINX_WORKERS, nofile: limits } };
     const redis = await startRedis({ dir: path.join(dir, 'redis') });
-    const fake = await startFakeUpstream({
-        dir, env: { FAKE_TOKENS_PER_SEC: String(TPS), FAKE_REPLY_TOKENS: String(TOKENS) },
-    });
+    const fakeEnv = { FAKE_TOKENS_PER_SEC: String(TPS), FAKE_REPLY_TOKENS: String(TOKENS) };
+    const certs = UPSTREAM.startsWith('tls') ? makeCerts(dir) : null;
+    if (UPSTREAM !== 'plain') {
+        Object.assign(fakeEnv, { FAKE_FRONT_LISTEN: '127.0.0.1:0', FAKE_H2: UPSTREAM === 'tls-h1' ? '0' : '1',
+            FAKE_H2_MAX_STREAMS: String(H2_MAX_STREAMS) });
+        if (certs) Object.assign(fakeEnv, { FAKE_TLS_CERT: certs.cert, FAKE_TLS_KEY: certs.key });
+    }
+    const fake = await startFakeUpstream({ dir, env: fakeEnv });
     const fakeStats = `${fake.url}/_fake/stats`;
-    log(`redis ${redis.url}, fake upstream ${fake.url} (pid ${fake.pid})`);
+    // where chat and nginx send their requests: the plain port, or the TLS/h2c front
+    const upBase = UPSTREAM === 'plain' ? fake.url : fake.frontUrl;
+    const upAddr = new URL(upBase).host;
+    results.config.upstream = UPSTREAM;
+    log(`redis ${redis.url}, fake upstream ${fake.url} (pid ${fake.pid}), upstream for the runs ${upBase}`);
 
     const common = ['--timeout', String(TIMEOUT_S), '--threads', String(LG_THREADS), ...(RATE > 0 ? ['--rate', String(RATE)] : [])];
 
@@ -325,9 +382,11 @@ async function main() {
         // Billing is started only when this chat build has a BILLING_URL option (reserve/settle).
         let billing = null;
         const chatEnv = {
-            REDIS_URL: redis.url, AUTH_URL: auth.url, OPENAI_BASE_URL: fake.baseUrl, OPENAI_KEY: 'sk-bench',
+            REDIS_URL: redis.url, AUTH_URL: auth.url, OPENAI_BASE_URL: `${upBase}/v1`, OPENAI_KEY: 'sk-bench',
             WORKERS: String(WORKERS),
         };
+        if (certs) chatEnv.OPENAI_CA_FILE = certs.ca;
+        if (UPSTREAM === 'h2c') chatEnv.OPENAI_HTTP2 = 'prior-knowledge';
         if (chatOptions().includes('BILLING_URL')) {
             billing = await startService('billing', { dir, env: { REDIS_URL: redis.url, AUTH_URL: auth.url, LOG_LEVEL: 'warn' } });
             chatEnv.BILLING_URL = billing.url;
@@ -338,6 +397,7 @@ async function main() {
         const coldKiB = procStatus(chat.pid).rssKiB;
         const chatUrl = `${chat.url}/api/chat-process`;
         const chatBody = (prompt) => JSON.stringify({ prompt, options: {} });
+        const f0 = await frontStats(fakeStats);
         results.chat = await measure({
             label: 'chat',
             pids: () => [chat.pid],
@@ -350,6 +410,7 @@ async function main() {
             holdArgs: ['-c', String(N), '--hold', '--basic', `${user}:${pass}`, '-d', chatBody('bench stream'),
                 '--expect', '"finish_reason":"stop"', ...common, chatUrl],
         });
+        results.chat.front = frontDelta(f0, await frontStats(fakeStats));
         results.chat.coldKiB = coldKiB;
         results.chat.threads = procStatus(chat.pid).threads;
         results.chat.logBytes = fs.statSync(chat.logFile).size;
@@ -360,7 +421,8 @@ async function main() {
 
     // ---- nginx ----
     if (!opt['no-nginx']) {
-        const ng = await startNginxReference(dir, fake.addr, limits.soft === Infinity ? 65536 : limits.soft);
+        const ng = await startNginxReference(dir, upAddr, limits.soft === Infinity ? 65536 : limits.soft, certs);
+        const f0 = await frontStats(fakeStats);
         log(`nginx reference ${ng.url} (master ${ng.h.pid}, workers ${ng.workers.join(' ')})`);
         const oaBody = (content) => JSON.stringify({
             model: 'gpt-3.5-turbo', messages: [{ role: 'user', content }], stream: true,
@@ -378,6 +440,7 @@ async function main() {
             holdArgs: ['-c', String(N), '--hold', '-H', 'Authorization: Bearer sk-bench', '-d', oaBody('bench stream'),
                 '--expect', 'data: [DONE]', ...common, nurl],
         });
+        results.nginx.front = frontDelta(f0, await frontStats(fakeStats));
         results.nginx.workers = ng.workers.length;
         await ng.h.stop();
     }
@@ -407,6 +470,13 @@ async function main() {
         ['stream time p50 / p99 / max', ...both((r) => fmtLat(r, 'total')), `~${(STREAM_S * 1000).toFixed(0)} ms`],
         ['connect p50 / p99 / max', ...both((r) => fmtLat(r, 'connect')), '-'],
     ];
+    if (UPSTREAM !== 'plain') {
+        const fr = (r) => r.front || {};
+        rows.push(['upstream connections (fake front)', ...both((r) => `${fr(r).connections}`), UPSTREAM === 'tls' ? 'few (shared)' : '-']);
+        rows.push(['upstream HTTP/2 connections / streams', ...both((r) => `${fr(r).h2_connections} / ${fr(r).h2_streams}`), '-']);
+        rows.push(['most streams on one connection', ...both((r) => `${fr(r).h2_max_streams_per_connection}`, () => '-'), '-']);
+        rows.push(['TLS handshakes (resumed)', ...both((r) => `${fr(r).tls_handshakes} (${fr(r).tls_resumed})`), '-']);
+    }
     const runs = [c, x].filter(Boolean);
     console.log('');
     console.log(table(rows));

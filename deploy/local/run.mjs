@@ -67,7 +67,7 @@ function fakeBanner() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// First run (docs/decisions.md, decision 24): a stack nobody can sign in to is useless, and a
+// First run (docs/decisions.md, decision 34): a stack nobody can sign in to is useless, and a
 // fixed default key or password is a hole. So, when the operator configured neither OPS_KEY nor
 // BASIC_AUTH_USER, the first start makes random ones, keeps them in DATA_DIR/first-run.json (0600,
 // like the rest of DATA_DIR) and uses them again on every later start.

@@ -955,7 +955,8 @@ export async function startService(name, { env = {}, dir, logDir, replica, label
  * "fake-upstream listening on http://HOST:PORT" line.
  * opts: env (FAKE_TOKENS_PER_SEC, FAKE_TTFT_MS, FAKE_REPLY_TOKENS, FAKE_REQUEST_LOG, ...), dir
  *       (required; log dir/logs/fake-upstream.log unless logDir), listen ('127.0.0.1:0'), binDir, tee.
- * Returns {kind:'fake-upstream', label, pid, url, addr, baseUrl: url + '/v1', logFile, exited, stop(), kill()}.
+ * Returns {kind:'fake-upstream', label, pid, url, addr, baseUrl: url + '/v1', logFile, exited, stop(), kill()},
+ * plus frontUrl (https:// or http://) when FAKE_FRONT_LISTEN started its TLS/HTTP/2 front.
  */
 export async function startFakeUpstream({ env = {}, dir, logDir, listen = '127.0.0.1:0', binDir, tee = false,
     inheritEnv = false, readyTimeoutMs = 10000, label = 'fake-upstream' } = {}) {
@@ -969,13 +970,17 @@ export async function startFakeUpstream({ env = {}, dir, logDir, listen = '127.0
     const url = await keepAlive(new Promise((resolve) => {
         let buf = '';
         let found = null;
+        const wantFront = nonEmpty(env.FAKE_FRONT_LISTEN);
         h.child.stdout.on('data', (chunk) => {
             fs.appendFileSync(logFile, chunk);
             if (found) return;
             buf += chunk.toString('utf8');
-            const m = /listening on (https?:\/\/[^\s]+)/.exec(buf);
-            if (m) {
+            // the plain port's line comes first; the front's follows in the same write
+            const m = /^fake-upstream listening on (https?:\/\/[^\s]+)/m.exec(buf);
+            const f = /front listening on (https?:\/\/[^\s]+)/.exec(buf);
+            if (m && (!wantFront || f)) {
                 found = m[1].replace(/\/+$/, '');
+                if (f) h.frontUrl = f[1];
                 resolve(found);
             }
         });

@@ -207,12 +207,19 @@ int main(int argc, char **argv)
     if (auth_static_users_validate(setting.BASIC_AUTH_USER.s, setting.BASIC_AUTH_PASSWORD.s, err,
                                    sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "%s", err);
-    svc_service_setup_rpc_auth(); /* a configuration error, before the migrations run */
+    if (!svc_service_migrate_only())
+        svc_service_setup_rpc_auth(); /* a configuration error, before the migrations run */
     if (svc_db_open_opts(&ctx.db, setting.DB.s, setting.DATA_DIR.s, NULL, err, sizeof(err)) !=
         SVC_OK)
         svc_service_die(SVC_EX_UNAVAILABLE, "DB: %s", err);
     if (auth_store_migrate(ctx.db) != SVC_OK)
         svc_service_die(SVC_EX_UNAVAILABLE, "DB: the auth migrations failed (see the log)");
+    if (svc_service_migrate_only()) { /* the Helm migration Job: schema applied, done */
+        SVC_LOG_NOTICE(NULL, "migrate", "auth schema is current");
+        svc_db_destroy(&ctx.db);
+        svc_db_teardown();
+        return SVC_EX_OK;
+    }
     if (setting.REDIS_URL.s[0] != '\0' &&
         svc_redis_create(&ctx.redis, setting.REDIS_URL.s, 1000) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "REDIS_URL: cannot create the client");

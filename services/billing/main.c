@@ -451,6 +451,19 @@ int main(int argc, char **argv)
         svc_service_die(SVC_EX_CONFIG, "REDIS_URL: %s", err);
     if (setting.BILLING_EVENTS_STREAM.s[0] == '\0')
         svc_service_die(SVC_EX_CONFIG, "BILLING_EVENTS_STREAM: must not be empty");
+    if (svc_service_migrate_only()) { /* the Helm migration Job: apply the schema and exit */
+        if (svc_db_open_opts(&db, setting.DB.s, setting.DATA_DIR.s, NULL, err, sizeof(err)) !=
+            SVC_OK)
+            svc_service_die(SVC_EX_UNAVAILABLE, "DB: %s", err);
+        if ((rc = billing_store_migrate(db)) != SVC_OK)
+            svc_service_die(SVC_EX_UNAVAILABLE, "DB: billing migrations failed: %s",
+                            svc_strerror(rc));
+        SVC_LOG_NOTICE(NULL, "migrate", "billing schema is current");
+        svc_db_destroy(&db);
+        svc_db_teardown();
+        billing_prices_destroy(&prices);
+        return SVC_EX_OK;
+    }
     svc_service_start();
 
     dbo.pool_size = setting.BILLING_DB_POOL.i > 0 ? (unsigned)setting.BILLING_DB_POOL.i

@@ -174,19 +174,41 @@ static int check_user(int64_t uid)
     return uid > 0 ? SVC_OK : why(SVC_EINVAL, "user_id must be > 0");
 }
 
-/* Runs fn in a transaction on a pooled connection. */
-static int with_tx(struct billing_store *s, svc_db_tx_fn fn, void *arg)
+/* A transaction body run by svc_db_tx_group, perhaps on another thread: carries its reason
+ * (thread-local why_buf) and the SQL error text back to the caller's thread. */
+struct grouped_tx {
+    svc_db_tx_fn fn;
+    void *arg;
+    char why[sizeof(why_buf)];
+    char sql_error[256];
+};
+
+static int grouped_body(struct svc_db_conn *c, void *arg)
 {
-    struct svc_db_conn *c = NULL;
+    struct grouped_tx *g = arg;
     int rc;
 
-    if ((rc = svc_db_conn_get(s->db, &c, -1)) != SVC_OK)
-        return rc;
-    rc = svc_db_tx_run(c, fn, arg);
+    why_buf[0] = '\0';
+    rc = g->fn(c, g->arg);
+    memcpy(g->why, why_buf, sizeof(g->why));
+    snprintf(g->sql_error, sizeof(g->sql_error), "%s", rc != SVC_OK ? svc_db_last_error(c) : "");
+    return rc;
+}
+
+/*
+ * Runs fn in a transaction, grouped with the transactions other threads run at the same moment
+ * (one COMMIT for all of them: docs/billing.md, "Group commit").
+ */
+static int with_tx(struct billing_store *s, svc_db_tx_fn fn, void *arg)
+{
+    struct grouped_tx g = {.fn = fn, .arg = arg};
+    int rc;
+
+    rc = svc_db_tx_group(s->db, grouped_body, &g);
+    memcpy(why_buf, g.why, sizeof(why_buf));
     if (rc != SVC_OK && rc != SVC_ENOTFOUND && rc != SVC_EEXIST && rc != SVC_EINVAL &&
         rc != SVC_ECONFLICT && rc != SVC_ETOOLARGE)
-        SVC_LOG_WARN(NULL, "billing-sql", "%s: %s", svc_strerror(rc), svc_db_last_error(c));
-    svc_db_conn_put(s->db, &c);
+        SVC_LOG_WARN(NULL, "billing-sql", "%s: %s", svc_strerror(rc), g.sql_error);
     return rc;
 }
 

@@ -46,6 +46,10 @@ struct meter_loop;
     ACTION(SOCKS_PROXY, SVC_OPT_SECRET, "", 0, 0, "proxy URL for upstream calls")             \
     ACTION(OPENAI_CA_FILE, SVC_OPT_STR, "", 0, 0,                                              \
            "PEM file of the CAs to trust for the upstream (a private CA); empty = the system's") \
+    ACTION(OPENAI_HTTP2, SVC_OPT_STR, "auto", 0, 0,                                            \
+           "auto: HTTP/2 by ALPN on https, HTTP/1.1 on http; prior-knowledge: h2c; off: 1.1") \
+    ACTION(STREAM_OUTPUT_BUDGET_MB, SVC_OPT_INT, "64", 0, 65536,                                \
+           "MiB queued for slow clients, all streams together, before their upstreams wait") \
     ACTION(OPS_LINK, SVC_OPT_STR, "/admin", 0, 0, "self-service link shown to users")         \
     ACTION(CHAT_MODELS, SVC_OPT_STR, "", 0, 0,                                                 \
            "models /model may choose, comma-separated (default: OPENAI_MODEL only)")          \

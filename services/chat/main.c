@@ -146,6 +146,14 @@ int main(int argc, char **argv)
         access(chat_setting.OPENAI_CA_FILE.s, R_OK) != 0)
         svc_service_die(SVC_EX_CONFIG, "OPENAI_CA_FILE: cannot read \"%s\"",
                         chat_setting.OPENAI_CA_FILE.s);
+    meter_set_output_budget((size_t)chat_setting.STREAM_OUTPUT_BUDGET_MB.i << 20);
+    {
+        svc_fetch_http_e http;
+        if (svc_fetch_http_parse(chat_setting.OPENAI_HTTP2.s, &http) != SVC_OK)
+            svc_service_die(SVC_EX_CONFIG,
+                            "OPENAI_HTTP2: \"%s\" is not auto, prior-knowledge or off",
+                            chat_setting.OPENAI_HTTP2.s);
+    }
     if (svc_modelmap_create(&models, chat_setting.MODEL_WINDOWS.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "MODEL_WINDOWS: %s", err);
     svc_service_start();

@@ -16,6 +16,7 @@
 #include "billing/client.h"
 #include "svc/buf.h"
 #include "svc/fetch.h"
+#include "svc/http.h"
 #include "svc/log.h"
 #include "svc/loop.h"
 #include "svc/rpc.h"
@@ -26,6 +27,7 @@
 #define REPLY_MAX (4u << 20)     /* bytes of reply text kept */
 #define SSE_EVENT_MAX (1u << 20) /* bytes of one upstream event */
 #define ERRBODY_MAX (64u << 10)  /* bytes of a non-200 answer kept for the message */
+#define UP_HEADERS_MAX (16u << 10)/* bytes of the upstream's response headers kept */
 #define BODY_MAX (32u << 20)     /* bytes of a JSON (not streamed) answer */
 /* Raw upstream bytes not yet turned into events: past HIGH the upstream is paused, at LOW it
  * resumes; INPUT_MAX only bounds one upstream read on top of HIGH. */
@@ -42,6 +44,27 @@
 #define RETRIES_MAX 2
 #define RETRY_BACKOFF_MS 100
 #define HEADERS_MAX 16
+
+/* Bytes queued for clients across the process above which streams stop producing as soon as
+ * their client is behind at all (meter_set_output_budget; 0 = no budget). Set once at start. */
+static size_t output_budget;
+
+void meter_set_output_budget(size_t bytes)
+{
+    output_budget = bytes;
+}
+
+static int over_budget(void)
+{
+    return output_budget > 0 && svc_http_queued() > output_budget;
+}
+
+/* Whether no more events may be made for this client now: it is far behind, or the process is
+ * over its budget and this client has anything still waiting. */
+static int client_behind(size_t pending)
+{
+    return pending > METER_CLIENT_HIGH || (pending > 0 && over_budget());
+}
 
 struct meter_loop {
     struct svc_loop *loop;
@@ -91,6 +114,9 @@ struct meter {
     struct svc_sse sse;
     struct svc_buf text;
     struct svc_buf errbody;
+    struct svc_buf up_headers; /* the answer's headers: "name\0value\0" pairs */
+    int headers_taken;         /* up_headers holds this attempt's */
+    int attempt_told;          /* on_attempt ran for this attempt */
     struct svc_buf in;       /* raw bytes not yet turned into events */
     size_t in_off;
     int paused;
@@ -164,6 +190,7 @@ struct meter *meter_create(struct meter_loop *ml, const struct meter_hooks *hook
     svc_sse_init(&m->sse, SSE_EVENT_MAX);
     svc_buf_init(&m->text, REPLY_MAX);
     svc_buf_init(&m->errbody, ERRBODY_MAX);
+    svc_buf_init(&m->up_headers, UP_HEADERS_MAX);
     svc_buf_init(&m->in, INPUT_MAX);
     svc_buf_init(&m->body, BODY_MAX);
     m->ended = 1; /* nothing to end until a hold may exist */
@@ -477,7 +504,7 @@ static int pump(struct meter *m)
         size_t n;
         int rc;
 
-        if (m->ud != NULL && m->h->client_pending(m->ud) > METER_CLIENT_HIGH)
+        if (m->ud != NULL && client_behind(m->h->client_pending(m->ud)))
             return 0;
         nl = memchr(p, '\n', avail);
         n = nl != NULL ? (size_t)(nl - p) + 1 : avail;
@@ -571,13 +598,57 @@ static int drain_data(struct meter *m, const char *data, size_t len)
 
 /* ---- upstream callbacks ---- */
 
+static void keep_header(void *ud, const char *name, const char *value)
+{
+    struct meter *m = ud;
+    size_t nlen = strlen(name) + 1, vlen = strlen(value) + 1, was = m->up_headers.len;
+
+    /* past UP_HEADERS_MAX the rest is dropped: a pair is kept whole or not at all */
+    if (svc_buf_append(&m->up_headers, name, nlen) != SVC_OK ||
+        svc_buf_append(&m->up_headers, value, vlen) != SVC_OK)
+        m->up_headers.len = was;
+}
+
+/* Tells the caller how this attempt went, once (for its circuit breaker). */
+static void tell_attempt(struct meter *m, int err)
+{
+    int ok = err == SVC_OK && m->status != 0 && m->status != 429 && m->status < 500;
+
+    if (m->attempt_told)
+        return;
+    m->attempt_told = 1;
+    if (m->ud != NULL && m->h->on_attempt != NULL)
+        m->h->on_attempt(m->ud, ok);
+}
+
+/* Keeps the answer's headers (once per attempt) for meter_upstream_headers. */
+static void take_headers(struct meter *m, struct svc_fetch *f)
+{
+    if (m->headers_taken)
+        return;
+    m->headers_taken = 1;
+    svc_fetch_headers_each(f, keep_header, m);
+}
+
+void meter_upstream_headers(const struct meter *m, svc_fetch_header_fn fn, void *ud)
+{
+    const char *p = m->up_headers.data, *end = p + m->up_headers.len;
+
+    while (p != NULL && p < end) {
+        const char *value = p + strlen(p) + 1;
+        fn(ud, p, value);
+        p = value + strlen(value) + 1;
+    }
+}
+
 static int on_up_data(struct svc_fetch *f, long status, const char *data, size_t len, void *ud)
 {
     struct meter *m = ud;
     int rc;
 
-    (void)f;
     m->status = status;
+    take_headers(m, f);
+    tell_attempt(m, SVC_OK);
     if (status != 200) /* an error body: keep it for the message */
         return svc_buf_append(&m->errbody, data, len) == SVC_OK ? 0 : SVC_ETOOLARGE;
     if (!m->is_sse) { /* a JSON answer: kept whole, read at the end */
@@ -600,8 +671,9 @@ static int on_up_data(struct svc_fetch *f, long status, const char *data, size_t
         if ((rc = m->h->on_head(m->ud)) != SVC_OK)
             return rc;
     }
-    if (input_waiting(m) > INPUT_HIGH) {
-        /* the client is behind: curl keeps these bytes and we stop reading */
+    if (input_waiting(m) > (over_budget() ? 0 : INPUT_HIGH)) {
+        /* the client is behind: curl keeps these bytes and we stop reading (at once when the
+         * process is over its output budget) */
         m->paused = 1;
         return SVC_FETCH_PAUSE;
     }
@@ -653,13 +725,41 @@ static int retryable(const struct meter *m, int err)
 
 static int send_upstream(struct meter *m);
 
+/* The caller may send the retry to another upstream: a new URL and Authorization line. */
+static int retarget(struct meter *m)
+{
+    char url[4096], auth[1200] = "";
+    int i = 0;
+
+    if (m->ud == NULL || m->h->retarget == NULL ||
+        !m->h->retarget(m->ud, url, sizeof(url), auth, sizeof(auth)))
+        return SVC_OK;
+    free(m->req_url);
+    m->req.url = m->req_url = strdup(url);
+    while (m->req_headers[i] != NULL && strncasecmp(m->req_headers[i], "Authorization:", 14) != 0)
+        i++;
+    if (m->req_headers[i] != NULL) { /* the old key goes, wiped */
+        svc_wipe(m->req_headers[i], strlen(m->req_headers[i]));
+        free(m->req_headers[i]);
+        while (m->req_headers[i + 1] != NULL) {
+            m->req_headers[i] = m->req_headers[i + 1];
+            i++;
+        }
+        m->req_headers[i] = NULL;
+    }
+    if (auth[0] != '\0' && i < HEADERS_MAX && (m->req_headers[i] = strdup(auth)) == NULL)
+        return SVC_ENOMEM;
+    svc_wipe(auth, sizeof(auth));
+    return m->req_url != NULL ? SVC_OK : SVC_ENOMEM;
+}
+
 static void on_retry_timer(struct svc_timer *timer, void *data)
 {
     struct meter *m = data;
 
     (void)timer;
     svc_timer_destroy(&m->retry_timer);
-    if (send_upstream(m) != SVC_OK) {
+    if (retarget(m) != SVC_OK || send_upstream(m) != SVC_OK) {
         m->up_err = SVC_ENOMEM;
         finish(m);
     }
@@ -684,13 +784,15 @@ static void on_up_done(struct svc_fetch *f, int err, long status, const char *bo
 {
     struct meter *m = ud;
 
-    (void)f;
     (void)body;
     (void)len;
-    m->up = NULL;
-    if (status != 0)
+    if (status != 0) {
         m->status = status;
+        take_headers(m, f);
+    }
+    m->up = NULL;
     m->up_err = err;
+    tell_attempt(m, err);
     if (err != SVC_OK && errmsg != NULL) {
         snprintf(m->transport, sizeof(m->transport), "%s", errmsg);
         svc_utf8_trim_end(m->transport);
@@ -719,6 +821,9 @@ static int send_upstream(struct meter *m)
 
     m->attempts++;
     svc_buf_reset(&m->errbody); /* what an earlier attempt answered */
+    svc_buf_reset(&m->up_headers);
+    m->headers_taken = 0;
+    m->attempt_told = 0;
     m->status = 0;
     m->up_err = SVC_OK;
     m->transport[0] = '\0';
@@ -792,6 +897,7 @@ static void maybe_free(struct meter *m)
     svc_sse_deinit(&m->sse);
     svc_buf_deinit(&m->text);
     svc_buf_deinit(&m->errbody);
+    svc_buf_deinit(&m->up_headers);
     svc_buf_deinit(&m->in);
     svc_buf_deinit(&m->body);
     free(m->req_url);

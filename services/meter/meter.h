@@ -6,6 +6,7 @@
 
 #include "billing.pb-c.h"
 #include "svc/err.h"
+#include "svc/fetch.h"
 #include "svc/modelmap.h"
 #include "svc/ratelimit.h"
 
@@ -80,10 +81,31 @@ struct meter_hooks {
     int (*on_body)(void *ud, const char *body, size_t len);
     /* The upstream is over, every event was delivered, and the hold has been ended. */
     void (*on_end)(void *ud, const struct meter_end *end);
+    /* Optional: each attempt at the upstream, once its status is known (ok: not 429 or 5xx) or
+     * once it failed without one (ok = 0): for the caller's circuit breaker. */
+    void (*on_attempt)(void *ud, int ok);
+    /* Optional: before a retry, may send it elsewhere: writes the URL into url and the whole
+     * Authorization header line into auth ("" for none) and returns 1; 0 keeps the target. */
+    int (*retarget)(void *ud, char *url, size_t url_len, char *auth, size_t auth_len);
 };
 
+/* Calls fn for each header of the upstream's answer (the last attempt's), as received: from
+ * on_head on, in on_body and in on_end (none when no answer arrived). */
+void meter_upstream_headers(const struct meter *m, svc_fetch_header_fn fn, void *ud);
+
 #define METER_CLIENT_HIGH (256u << 10)
-#define METER_CLIENT_LOW (64u << 10)
+/* The drain mark callers give svc_req_on_drain() to call meter_resume(): 0, i.e. when the client
+ * took everything, because over the output budget a stream stops with any amount waiting. */
+#define METER_CLIENT_LOW 0u
+
+/*
+ * A budget for the bytes queued for clients by the whole process (svc_http_queued()): above it,
+ * a stream whose client has anything still waiting makes no more events, and its upstream is
+ * paused as soon as the next bytes arrive, so a crowd of clients that read nothing holds about
+ * one event and one upstream read each instead of METER_CLIENT_HIGH + 64 KiB. 0 = no budget.
+ * Call once at start, before any loop runs.
+ */
+void meter_set_output_budget(size_t bytes);
 
 /* ---- per loop ---- */
 

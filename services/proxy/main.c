@@ -102,10 +102,21 @@ int main(int argc, char **argv)
         access(proxy_setting.OPENAI_CA_FILE.s, R_OK) != 0)
         svc_service_die(SVC_EX_CONFIG, "OPENAI_CA_FILE: cannot read \"%s\"",
                         proxy_setting.OPENAI_CA_FILE.s);
+    if (proxy_upstreams_setup(err, sizeof(err)) != SVC_OK)
+        svc_service_die(SVC_EX_CONFIG, "UPSTREAMS: %s", err);
+    meter_set_output_budget((size_t)proxy_setting.STREAM_OUTPUT_BUDGET_MB.i << 20);
+    {
+        svc_fetch_http_e http;
+        if (svc_fetch_http_parse(proxy_setting.OPENAI_HTTP2.s, &http) != SVC_OK)
+            svc_service_die(SVC_EX_CONFIG,
+                            "OPENAI_HTTP2: \"%s\" is not auto, prior-knowledge or off",
+                            proxy_setting.OPENAI_HTTP2.s);
+    }
     if (svc_modelmap_create(&models, proxy_setting.MODEL_WINDOWS.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "MODEL_WINDOWS: %s", err);
     svc_service_start();
     svc_metrics_register((struct svc_metric *)&proxy_stats, SVC_METRIC_COUNT(proxy_stats));
+    proxy_metrics_setup();
     if (auth_client_setup(AUTH_MEMO_SLOTS, (long)proxy_setting.PROXY_AUTH_CACHE_MS.i) != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "cannot set up the authentication memory");
 

@@ -19,6 +19,16 @@ struct svc_modelmap;
 struct billing_client;
 struct meter_loop;
 
+/* The query string passed upstream (re-encoded), and the whole upstream URL: base (at most
+ * SVC_CFG_URL_MAX) + path + query. Longer: 414. */
+#define PROXY_QUERY_MAX 2048
+#define PROXY_URL_MAX 3072
+
+/* UPSTREAMS (upstreams.c): at most this many upstreams, "default" included. */
+#define PROXY_UPSTREAMS_MAX 16
+#define PROXY_UPSTREAM_NAME_MAX 32
+#define PROXY_UPSTREAM_MODELS_MAX 32
+
 #define PROXY_OPTIONS(ACTION)                                                                  \
     SVC_COMMON_OPTIONS(ACTION)                                                                 \
     ACTION(OPENAI_PROXY, SVC_OPT_BOOL, "false", 0, 0,                                          \
@@ -30,8 +40,18 @@ struct meter_loop;
     ACTION(OPENAI_BASE_URL, SVC_OPT_URL, "https://api.openai.com/v1", 0, 0,                   \
            "OpenAI-compatible upstream base URL")                                              \
     ACTION(SOCKS_PROXY, SVC_OPT_SECRET, "", 0, 0, "proxy URL for upstream calls")             \
+    ACTION(UPSTREAMS, SVC_OPT_SECRET, "", 0, 0,                                                \
+           "more upstreams: JSON [{name, base_url, key | key_env, weight, models}]")          \
+    ACTION(UPSTREAM_BREAKER_FAILURES, SVC_OPT_INT, "5", 0, 1000,                               \
+           "failed attempts in a row that open an upstream's circuit; 0 = no breaker")        \
+    ACTION(UPSTREAM_BREAKER_OPEN_MS, SVC_OPT_INT, "30000", 100, 3600000,                       \
+           "ms an open circuit keeps traffic off its upstream before one request probes it")  \
     ACTION(OPENAI_CA_FILE, SVC_OPT_STR, "", 0, 0,                                              \
            "PEM file of the CAs to trust for the upstream (a private CA); empty = the system's") \
+    ACTION(OPENAI_HTTP2, SVC_OPT_STR, "auto", 0, 0,                                            \
+           "auto: HTTP/2 by ALPN on https, HTTP/1.1 on http; prior-knowledge: h2c; off: 1.1") \
+    ACTION(STREAM_OUTPUT_BUDGET_MB, SVC_OPT_INT, "64", 0, 65536,                                \
+           "MiB queued for slow clients, all streams together, before their upstreams wait") \
     ACTION(MODEL_WINDOWS, SVC_OPT_STR, "", 0, 0,                                               \
            "model context windows: prefix=window[:encoding],... ('*' = unknown models)")      \
     ACTION(PROXY_RPM_LIMIT, SVC_OPT_INT, "0", 0, 1000000,                                      \
@@ -92,5 +112,24 @@ struct svc_req;
 
 /* Every /v1 path (v1.c). Runs on the request's loop; always async once authenticated. */
 int proxy_v1(struct svc_req *req, void *ctx);
+/* Builds the upstream list from OPENAI_BASE_URL, OPENAI_KEY and UPSTREAMS (at start-up). */
+int proxy_upstreams_setup(char *err, size_t errlen);
+size_t proxy_upstreams_count(void);
+const char *proxy_upstream_name(int i);
+const char *proxy_upstream_base(int i); /* no trailing slash */
+const char *proxy_upstream_auth(int i); /* "Authorization: Bearer ..." or "" */
+/*
+ * An upstream for a request of model (index), preferring those whose bit is not set in tried,
+ * drawn by weight among those that serve the model and whose circuit lets them (among all of
+ * them when every circuit is open); -1 when none serves it (*no_model = 1) or all that do have
+ * weight 0.
+ */
+int proxy_upstream_pick(const char *model, unsigned tried, int *no_model);
+/* The outcome of an attempt at upstream i, for its circuit breaker (ok: it answered, not 429
+ * or 5xx). */
+void proxy_upstream_report(int i, int ok);
+
+/* Creates the labelled metrics of /v1 (per model, key, upstream); once, at start-up. */
+void proxy_metrics_setup(void);
 
 #endif

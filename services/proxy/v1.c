@@ -49,6 +49,7 @@ struct v1_call {
     /* the request */
     json_t *body;
     int stream, hide_usage, has_limit;
+    int own_ratelimit; /* our x-ratelimit-* headers are on the reply: the upstream's are not */
     char model[128];
     struct svc_model_info mi;
     long long prompt_tokens, max_completion;
@@ -68,7 +69,65 @@ struct v1_call {
     struct meter *meter;
     struct svc_fetch *relay;
     int streaming;
+    uint64_t t0_us, first_byte_us; /* arrival; the answer's first byte to the client (0: none) */
+    int upstream;                  /* index (upstreams.c) of the upstream asked last */
+    int client_key;                /* PROXY_CLIENT_KEYS=relay: the client's own key, "default" */
+    unsigned tried;                /* upstreams asked for this request, one bit each */
+    long long tokens_in, tokens_out;
 };
+
+/* ---- per model, key and upstream metrics (docs/proxy.md, "Metrics") ---- */
+
+static struct svc_metric_vec *m_requests, *m_tokens_in, *m_tokens_out, *m_ttft, *m_duration;
+
+void proxy_metrics_setup(void)
+{
+    static const char *const by_request[] = {"model", "key", "upstream", "status"};
+    static const char *const by_key[] = {"model", "key", "upstream"};
+    static const char *const by_model[] = {"model", "upstream"};
+
+    m_requests = svc_metric_vec_create("proxy_model_requests_total",
+                                       "/v1 requests by model, API key id, upstream and status",
+                                       SVC_METRIC_VEC_COUNTER, by_request, 4);
+    m_tokens_in = svc_metric_vec_create("proxy_model_prompt_tokens_total",
+                                        "prompt tokens billed, by model, API key id and upstream",
+                                        SVC_METRIC_VEC_COUNTER, by_key, 3);
+    m_tokens_out = svc_metric_vec_create(
+        "proxy_model_completion_tokens_total",
+        "completion tokens billed, by model, API key id and upstream", SVC_METRIC_VEC_COUNTER,
+        by_key, 3);
+    m_ttft = svc_metric_vec_create("proxy_time_to_first_token_seconds",
+                                   "arrival to the answer's first byte to the client (a stream's "
+                                   "first event), by model and upstream",
+                                   SVC_METRIC_VEC_HISTOGRAM, by_model, 2);
+    m_duration = svc_metric_vec_create("proxy_request_duration_seconds",
+                                       "arrival to the answer's last byte, by model and upstream",
+                                       SVC_METRIC_VEC_HISTOGRAM, by_model, 2);
+}
+
+/* At the end of a request: one of each, under the model asked for and the key's id ("" before
+ * authentication; "static" for a BASIC_AUTH or static user). */
+static void record_metrics(struct v1_call *c, int status)
+{
+    const char *key = c->is_static ? "static" : c->key_id;
+    const char *upstream_label = proxy_upstream_name(c->upstream);
+    char st[8];
+    uint64_t now = svc_clock_us();
+
+    snprintf(st, sizeof(st), "%d", status);
+    svc_metric_vec_add(m_requests, (const char *[]){c->model, key, upstream_label, st}, 1);
+    if (c->tokens_in > 0)
+        svc_metric_vec_add(m_tokens_in, (const char *[]){c->model, key, upstream_label},
+                           c->tokens_in);
+    if (c->tokens_out > 0)
+        svc_metric_vec_add(m_tokens_out, (const char *[]){c->model, key, upstream_label},
+                           c->tokens_out);
+    if (c->first_byte_us != 0)
+        svc_metric_vec_observe(m_ttft, (const char *[]){c->model, upstream_label},
+                               (double)(c->first_byte_us - c->t0_us) / 1e6);
+    svc_metric_vec_observe(m_duration, (const char *[]){c->model, upstream_label},
+                           (double)(now - c->t0_us) / 1e6);
+}
 
 /* ---- replies ---- */
 
@@ -85,8 +144,53 @@ static void v1_error(struct v1_call *c, int status, const char *type, const char
 
 static void add_header(struct v1_call *c, const char *name, const char *value)
 {
+    if (strncasecmp(name, "x-ratelimit-", 12) == 0)
+        c->own_ratelimit = 1;
     if (c->req != NULL && svc_req_add_header(c->req, name, value) != SVC_OK)
         SVC_LOG_WARN(c->rid, "reply", "cannot add %s", name);
+}
+
+/*
+ * Headers of the upstream's answer that are not passed on: hop-by-hop ones (RFC 9110 7.6.1),
+ * the framing we set ourselves, cookies and browser policies meant for the upstream's own origin,
+ * and the operator's organisation and project.
+ */
+static const char *const UPSTREAM_HEADERS_DROPPED[] = {
+    "connection",      "keep-alive",       "proxy-connection", "proxy-authenticate",
+    "te",              "trailer",          "transfer-encoding", "upgrade",
+    "content-length",  "content-type",     "content-encoding", "date",
+    "server",          "set-cookie",       "alt-svc",          "strict-transport-security",
+    "openai-organization", "openai-project", "x-request-id",
+};
+
+/* An upstream header, passed on to the client unless dropped (svc_fetch_header_fn). The
+ * upstream's X-Request-Id comes as X-Upstream-Request-Id beside ours. */
+static void pass_header(void *ud, const char *name, const char *value)
+{
+    struct v1_call *c = ud;
+
+    if (strcasecmp(name, "x-request-id") == 0) {
+        add_header(c, "X-Upstream-Request-Id", value);
+        return;
+    }
+    for (size_t i = 0; i < sizeof(UPSTREAM_HEADERS_DROPPED) / sizeof(UPSTREAM_HEADERS_DROPPED[0]);
+         i++)
+        if (strcasecmp(name, UPSTREAM_HEADERS_DROPPED[i]) == 0)
+            return;
+    if (strncasecmp(name, "access-control-", 15) == 0 ||
+        (c->own_ratelimit && strncasecmp(name, "x-ratelimit-", 12) == 0))
+        return;
+    if (c->req != NULL && svc_req_add_header(c->req, name, value) != SVC_OK)
+        SVC_LOG_WARN(c->rid, "reply", "cannot add %s", name);
+}
+
+/* The upstream's Content-Type, or JSON when it sent none (svc_fetch_header_fn). */
+static void find_content_type(void *ud, const char *name, const char *value)
+{
+    char *out = ud;
+
+    if (strcasecmp(name, "content-type") == 0 && out[0] == '\0')
+        snprintf(out, 128, "%s", value);
 }
 
 static void call_free(struct v1_call *c)
@@ -99,6 +203,7 @@ static void on_request_done(void *data)
 {
     struct v1_call *c = data;
 
+    record_metrics(c, c->req != NULL ? svc_req_status(c->req) : 0);
     svc_fetch_cancel(&c->auth_call);
     svc_fetch_cancel(&c->relay);
     meter_detach(&c->meter); /* no meter hook runs after this; it ends the hold */
@@ -115,18 +220,34 @@ static void on_client_gone(struct svc_req *req, void *data)
     svc_metric_add(&proxy_stats.proxy_client_aborts_total, 1);
 }
 
-/* The upstream URL of path (after /v1). */
-static void upstream_url(char *url, size_t len, const char *path)
+/*
+ * The URL of the call's path (after /v1) at its upstream, with the client's query string
+ * (Azure-style clients send ?api-version=, list endpoints ?limit=&after=). SVC_ETOOLARGE: it does
+ * not fit.
+ */
+static int upstream_url(const struct v1_call *c, char *url, size_t len)
 {
-    const char *base = proxy_setting.OPENAI_BASE_URL.s;
-    size_t blen = strlen(base);
+    char query[PROXY_QUERY_MAX];
+    int n;
 
-    while (blen > 0 && base[blen - 1] == '/')
-        blen--;
-    snprintf(url, len, "%.*s%s", (int)blen, base, path);
+    if (svc_req_query_string(c->req, query, sizeof(query)) != SVC_OK)
+        return SVC_ETOOLARGE;
+    n = snprintf(url, len, "%s%s%s", proxy_upstream_base(c->upstream), c->path, query);
+    return n < 0 || (size_t)n >= len ? SVC_ETOOLARGE : SVC_OK;
 }
 
 /* ---- the metered answer: meter hooks ---- */
+
+/* The client took what was waiting: the meter produces more (it stopped when the client fell
+ * behind, see meter.h). */
+static void on_client_drained(struct svc_req *req, void *data)
+{
+    struct v1_call *c = data;
+
+    (void)req;
+    if (c->meter != NULL)
+        meter_resume(c->meter);
+}
 
 static int on_head(void *ud)
 {
@@ -135,10 +256,13 @@ static int on_head(void *ud)
 
     if (!c->stream)
         return SVC_OK; /* the JSON answer goes out whole, in on_body */
+    meter_upstream_headers(c->meter, pass_header, c);
+    c->first_byte_us = svc_clock_us();
     rc = svc_req_stream_start(c->req, 200, "text/event-stream; charset=utf-8");
     if (rc == SVC_OK) {
         c->streaming = 1;
         svc_metric_add(&proxy_stats.proxy_streams_open, 1);
+        svc_req_on_drain(c->req, on_client_drained, c, METER_CLIENT_LOW);
     }
     return rc;
 }
@@ -171,6 +295,8 @@ static int on_body(void *ud, const char *body, size_t len)
 {
     struct v1_call *c = ud;
 
+    meter_upstream_headers(c->meter, pass_header, c);
+    c->first_byte_us = svc_clock_us();
     return svc_req_reply(c->req, 200, "application/json", body, len);
 }
 
@@ -184,6 +310,8 @@ static void on_end(void *ud, const struct meter_end *end)
     }
     svc_metric_add(&proxy_stats.proxy_prompt_tokens_total, end->prompt_tokens);
     svc_metric_add(&proxy_stats.proxy_completion_tokens_total, end->completion_tokens);
+    c->tokens_in = end->prompt_tokens;
+    c->tokens_out = end->completion_tokens;
     if (end->started) {
         if (c->streaming) {
             if (end->err != SVC_OK || end->stream_error != NULL)
@@ -200,7 +328,10 @@ static void on_end(void *ud, const struct meter_end *end)
     svc_metric_add(&proxy_stats.proxy_upstream_errors_total, 1);
     if (end->status != 0 && end->status != 200) {
         /* The upstream's own error, passed through as it answered. */
-        svc_req_reply(c->req, (int)end->status, "application/json",
+        char ctype[128] = "";
+        meter_upstream_headers(c->meter, find_content_type, ctype);
+        meter_upstream_headers(c->meter, pass_header, c);
+        svc_req_reply(c->req, (int)end->status, ctype[0] != '\0' ? ctype : "application/json",
                       end->body != NULL ? end->body : "", end->body_len);
         return;
     }
@@ -213,12 +344,39 @@ static void on_end(void *ud, const struct meter_end *end)
         v1_error(c, 502, "server_error", "upstream_error", msg);
 }
 
+/* An attempt's outcome, for its upstream's circuit breaker. */
+static void on_attempt(void *ud, int ok)
+{
+    struct v1_call *c = ud;
+
+    proxy_upstream_report(c->upstream, ok);
+}
+
+/* A retry goes to another upstream serving the model when there is one. */
+static int retarget(void *ud, char *url, size_t url_len, char *auth, size_t auth_len)
+{
+    struct v1_call *c = ud;
+    int no_model, next = proxy_upstream_pick(c->model, c->tried, &no_model);
+
+    if (next < 0 || next == c->upstream || c->client_key)
+        return 0;
+    c->upstream = next;
+    c->tried |= 1u << next;
+    if (upstream_url(c, url, url_len) != SVC_OK)
+        return 0;
+    snprintf(auth, auth_len, "%s", proxy_upstream_auth(next));
+    SVC_LOG_INFO(c->rid, "upstream", "retrying at %s", proxy_upstream_name(next));
+    return 1;
+}
+
 static const struct meter_hooks v1_hooks = {
     .on_head = on_head,
     .on_event = on_event,
     .client_pending = on_pending,
     .on_body = on_body,
     .on_end = on_end,
+    .on_attempt = on_attempt,
+    .retarget = retarget,
 };
 
 /* ---- going upstream ---- */
@@ -227,13 +385,13 @@ static const struct meter_hooks v1_hooks = {
  * key (PROXY_CLIENT_KEYS=relay): its Authorization goes upstream, the body is not touched. */
 static void start_upstream(struct v1_call *c, long long completion_limit)
 {
-    char url[1024], auth[1100], hid[128];
+    char url[PROXY_URL_MAX], auth[1100], hid[128], msg[256];
     const char *headers[6];
     struct svc_fetch_req fr = {0};
     size_t nh = 0, blen;
     const char *raw = svc_req_body(c->req, &blen);
     char *text = NULL;
-    int changed = 0, rc;
+    int changed = 0, rc, no_model;
 
     /* Change the body only where we must (see the top of this file). */
     if (completion_limit >= 0 && c->stream && (c->kind == V1_CHAT || c->kind == V1_COMPLETIONS)) {
@@ -256,11 +414,31 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
                             json_integer(completion_limit));
         changed = 1;
     }
+    if (completion_limit < 0) {
+        c->client_key = 1; /* the client's key is for the default upstream */
+    } else if ((c->upstream = proxy_upstream_pick(c->model, 0, &no_model)) < 0) {
+        c->upstream = 0;
+        if (no_model) {
+            snprintf(msg, sizeof(msg), "The model `%.128s` does not exist or you do not have "
+                     "access to it.", c->model);
+            v1_error(c, 404, "invalid_request_error", "model_not_found", msg);
+        } else {
+            add_header(c, "Retry-After", "1");
+            v1_error(c, 503, "server_error", "upstream_unavailable",
+                     "Every upstream serving this model is failing; please try again later.");
+        }
+        return;
+    }
+    c->tried = 1u << c->upstream;
     if (changed && (text = json_dumps(c->body, JSON_COMPACT)) == NULL) {
         v1_error(c, 500, "server_error", NULL, "out of memory");
         return;
     }
-    upstream_url(url, sizeof(url), c->path);
+    if (upstream_url(c, url, sizeof(url)) != SVC_OK) {
+        free(text);
+        v1_error(c, 414, "invalid_request_error", NULL, "the request's URL is too long");
+        return;
+    }
     headers[nh++] = "Content-Type: application/json";
     headers[nh++] = c->stream ? "Accept: text/event-stream" : "Accept: application/json";
     snprintf(hid, sizeof(hid), "X-Request-Id: %s", c->rid);
@@ -268,8 +446,8 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
     if (completion_limit < 0) {
         snprintf(auth, sizeof(auth), "Authorization: %s", svc_req_header(c->req, "Authorization"));
         headers[nh++] = auth;
-    } else if (proxy_setting.OPENAI_KEY.s[0] != '\0') {
-        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", proxy_setting.OPENAI_KEY.s);
+    } else if (proxy_upstream_auth(c->upstream)[0] != '\0') {
+        snprintf(auth, sizeof(auth), "%s", proxy_upstream_auth(c->upstream));
         headers[nh++] = auth;
     }
     headers[nh] = NULL;
@@ -281,6 +459,8 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
     fr.idle_timeout_ms = proxy_setting.PROXY_UPSTREAM_IDLE_TIMEOUT.i * 1000;
     fr.proxy = proxy_setting.SOCKS_PROXY.s;
     fr.ca_file = proxy_setting.OPENAI_CA_FILE.s;
+    if (svc_fetch_http_parse(proxy_setting.OPENAI_HTTP2.s, &fr.http) != SVC_OK)
+        fr.http = SVC_FETCH_HTTP_AUTO; /* checked at start-up */
     rc = meter_start(c->meter, &fr, c->stream);
     free(text);
     svc_wipe(auth, sizeof(auth));
@@ -690,9 +870,8 @@ static void on_relay_done(struct svc_fetch *f, int err, long status, const char 
                           const char *errmsg, void *ud)
 {
     struct v1_call *c = ud;
-    char msg[320];
+    char msg[320], ctype[128] = "";
 
-    (void)f;
     c->relay = NULL;
     if (err != SVC_OK) {
         snprintf(msg, sizeof(msg), "the upstream could not be reached: %s",
@@ -707,24 +886,29 @@ static void on_relay_done(struct svc_fetch *f, int err, long status, const char 
         reply_models(c, body, len);
         return;
     }
-    svc_req_reply(c->req, (int)status, "application/json", body, len);
+    svc_fetch_headers_each(f, find_content_type, ctype);
+    svc_fetch_headers_each(f, pass_header, c);
+    svc_req_reply(c->req, (int)status, ctype[0] != '\0' ? ctype : "application/json", body, len);
 }
 
 static void relay_start(struct v1_call *c)
 {
     static const struct svc_fetch_cb cb = {.on_done = on_relay_done};
-    char url[1024], auth[1100], hid[128];
+    char url[PROXY_URL_MAX], auth[1100], hid[128];
     const char *headers[5];
     struct svc_fetch_req fr = {0};
     size_t nh = 0, blen = 0;
     const char *body = svc_req_body(c->req, &blen);
 
-    upstream_url(url, sizeof(url), c->path);
+    if (upstream_url(c, url, sizeof(url)) != SVC_OK) {
+        v1_error(c, 414, "invalid_request_error", NULL, "the request's URL is too long");
+        return;
+    }
     headers[nh++] = "Content-Type: application/json";
     snprintf(hid, sizeof(hid), "X-Request-Id: %s", c->rid);
     headers[nh++] = hid;
-    if (proxy_setting.OPENAI_KEY.s[0] != '\0') {
-        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", proxy_setting.OPENAI_KEY.s);
+    if (proxy_upstream_auth(0)[0] != '\0') { /* relayed paths go to the default upstream */
+        snprintf(auth, sizeof(auth), "%s", proxy_upstream_auth(0));
         headers[nh++] = auth;
     }
     headers[nh] = NULL;
@@ -737,6 +921,8 @@ static void relay_start(struct v1_call *c)
     fr.max_response = RELAY_MAX;
     fr.proxy = proxy_setting.SOCKS_PROXY.s;
     fr.ca_file = proxy_setting.OPENAI_CA_FILE.s;
+    if (svc_fetch_http_parse(proxy_setting.OPENAI_HTTP2.s, &fr.http) != SVC_OK)
+        fr.http = SVC_FETCH_HTTP_AUTO; /* checked at start-up */
     c->relay = svc_fetch_start(c->w->upstream, &fr, &cb, c);
     svc_wipe(auth, sizeof(auth));
     if (c->relay == NULL)
@@ -816,6 +1002,7 @@ int proxy_v1(struct svc_req *req, void *ctx)
         return SVC_HTTP_DONE;
     }
     c->req = req;
+    c->t0_us = svc_clock_us();
     c->w = svc_loop_data(svc_req_loop(req));
     snprintf(c->rid, sizeof(c->rid), "%s", svc_req_id(req));
     snprintf(c->path, sizeof(c->path), "%s", path + 3); /* after "/v1" */

@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import { describe, it } from 'node:test';
 import {
     basicAuth, getJSON, postJSON, request, streamBody, withStack,
@@ -36,13 +37,15 @@ async function lastFakeSeq(stack) {
 }
 
 const direct = (h) => `http://${h.httpAddr}`;
+const SLOW_BUDGET_MB = 8;
 
 describe('chat through the ingress', () => {
     const stack = withStack({
         replicas: { chat: 2 },
         // 5 s: short enough for the stall test, long enough that the 1,000-stream burst on a
         // loaded, sanitized build does not take the fake's first byte for a stall.
-        env: { ...USERS, CHAT_UPSTREAM_IDLE_TIMEOUT: '5', LOG_LEVEL: 'info' },
+        // STREAM_OUTPUT_BUDGET_MB: the 500 slow clients below are over it at once
+        env: { ...USERS, CHAT_UPSTREAM_IDLE_TIMEOUT: '5', LOG_LEVEL: 'info', STREAM_OUTPUT_BUDGET_MB: String(SLOW_BUDGET_MB) },
     });
 
     it('POST /api/session and /api/config answer the frontend contract', async () => {
@@ -326,6 +329,66 @@ describe('chat through the ingress', () => {
         const grewKb = peak - before;
         if (!process.env.ASAN_OPTIONS)
             assert.ok(grewKb < 20 * 1024, `chat RSS grew by ${grewKb} KB while the client did not read`);
+    });
+
+    it('500 slow clients that read nothing: the output budget bounds memory, their upstreams wait', { timeout: 120000 }, async (t) => {
+        const c = stack.services.chat[0];
+        const rss = () => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${c.pid}/status`, 'utf8'))[1]);
+        // chat's own gauge: the fake may have sent a whole reply into the socket buffers already
+        const streamsOpen = async () => Number(/^chat_streams_open (\d+)$/m.exec((await request(`http://${c.adminAddr}/metrics`)).body)[1]);
+        const [host, port] = [c.httpAddr.split(':')[0], Number(c.httpAddr.split(':')[1])];
+        const open0 = await streamsOpen();
+        const before = rss();
+        let peak = before;
+        const N = 500;
+        const socks = [];
+        // Raw sockets that send a request and never read: about 12 MB of cumulative objects wait
+        // behind each (2,000 tokens), far more than the kernel's socket buffers take.
+        for (let i = 0; i < N; i++) {
+            const body = JSON.stringify({ prompt: `crowd ${i} [[fake tokens=2000]]` });
+            const s = net.connect(port, host);
+            s.pause();
+            s.on('error', () => {});
+            s.write(`POST /api/chat-process HTTP/1.1\r\nHost: chat\r\nAuthorization: ${ALICE}\r\n` +
+                `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+            socks.push(s);
+        }
+        try {
+            let open = 0;
+            for (let i = 0; i < 200 && open < N; i++) {
+                open = (await streamsOpen()) - open0;
+                peak = Math.max(peak, rss());
+                await new Promise((r) => setTimeout(r, 50));
+            }
+            assert.equal(open, N, 'every stream started');
+            // the crowd is stuck: sample for 3 s while the kernel buffers are full
+            for (let i = 0; i < 60; i++) {
+                peak = Math.max(peak, rss());
+                await new Promise((r) => setTimeout(r, 50));
+            }
+            // the replica still serves others at once
+            const t0 = Date.now();
+            const r = await chat(direct(c), ALICE, { prompt: 'beside the crowd [[fake tokens=5]]' });
+            const objs = objects(r.text);
+            assert.equal(objs[objs.length - 1].detail.choices[0].finish_reason, 'stop');
+            const grewKb = peak - before;
+            t.diagnostic(`500 clients reading nothing: chat RSS grew by ${(grewKb / 1024).toFixed(1)} MiB ` +
+                `(budget ${SLOW_BUDGET_MB} MiB), another chat took ${Date.now() - t0} ms`);
+            // Without the budget each stream holds up to 256 KiB of objects + 64 KiB of upstream
+            // bytes (about 160 MiB here); with it about one object and one upstream read.
+            // RSS means nothing under ASan (quarantine): the plain build (CI step 1) checks it.
+            if (!process.env.ASAN_OPTIONS)
+                assert.ok(grewKb < 64 * 1024, `chat RSS grew by ${grewKb} KiB`);
+        } finally {
+            for (const s of socks) s.destroy();
+        }
+        // the clients left: every stream ends
+        let left = N;
+        for (let i = 0; i < 200 && left > 0; i++) {
+            left = (await streamsOpen()) - open0;
+            if (left > 0) await new Promise((r) => setTimeout(r, 50));
+        }
+        assert.equal(left, 0, 'the streams of the crowd ended');
     });
 
     it('exports metrics and health on the admin listener', async () => {

@@ -109,7 +109,8 @@ static void drop_tables(struct svc_db_conn *c)
     static const char *const tables[] = {"tdb_items",   "tdb_b_t",   "tdb_c_ok",   "tdb_conc1",
                                          "tdb_conc2",   "tdb_conc3", "tdb_params", "tdb_names",
                                          "tdb_pair",    "tdb_acct",  "tdb_auto",   "tdb_tx",
-                                         "tdb_counter", "tdb_lock",  "tdb_big"};
+                                         "tdb_counter", "tdb_lock",  "tdb_big",
+                                         "tdb_group",   "tdb_group_log"};
     char sql[128];
 
     for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) {
@@ -395,6 +396,14 @@ static void test_migrations(void)
     T_EQ_INT(svc_db_migrate(db, migs_v1, 2), SVC_OK); /* idempotent */
     T_EQ_INT(svc_db_migrate(db, migs_v2, 4), SVC_OK); /* adds a/2 and a/3 */
     T_EQ_INT(svc_db_migrate(db, migs_v2, 4), SVC_OK);
+    /* an older binary (knows tdb_a up to 1) refuses the newer database and applies nothing,
+     * not even its own new component listed before it */
+    static const struct svc_db_migration older[] = {
+        {"tdb_d", 1, "CREATE TABLE tdb_d_t (k INTEGER)", "CREATE TABLE tdb_d_t (k BIGINT)"},
+        {"tdb_a", 1, "SELECT 1", "SELECT 1"},
+    };
+    T_EQ_INT(svc_db_migrate(db, older, 2), SVC_ECONFLICT);
+    T_EQ_INT(svc_db_migrate(db, migs_v1, 2), SVC_ECONFLICT);
 
     c = conn_get(db);
     T_EQ_INT(
@@ -902,6 +911,113 @@ static void test_concurrent_increments(void)
     svc_db_destroy(&db);
 }
 
+/* ---- group commit ------------------------------------------------------------------------- */
+
+#define GROUP_THREADS 16
+#define GROUP_ITEMS 40
+
+struct group_item_arg {
+    int64_t id;
+    int want;     /* SVC_OK, SVC_ENOTFOUND (a refusal) or SVC_ECONFLICT on the first call only */
+    int calls;
+};
+
+/* One item: a row in tdb_group_log and n + 1, then the refusal it was told to make. */
+static int group_body(struct svc_db_conn *c, void *arg)
+{
+    struct group_item_arg *it = arg;
+    struct svc_db_param p[] = {SVC_DB_I64(it->id)};
+    int rc;
+
+    it->calls++;
+    if ((rc = svc_db_exec(c, "INSERT INTO tdb_group_log (id) VALUES (?)", p, 1, NULL, NULL)) !=
+            SVC_OK ||
+        (rc = svc_db_exec(c, "UPDATE tdb_group SET n = n + 1 WHERE id = 1", NULL, 0, NULL,
+                          NULL)) != SVC_OK)
+        return rc;
+    if (it->want == SVC_ECONFLICT)
+        return it->calls == 1 ? SVC_ECONFLICT : SVC_OK;
+    return it->want;
+}
+
+struct group_thread_arg {
+    struct svc_db *db;
+    int t;
+    int ok, refused, bad;
+};
+
+static void *group_thread(void *argp)
+{
+    struct group_thread_arg *a = argp;
+
+    for (int i = 0; i < GROUP_ITEMS; i++) {
+        struct group_item_arg it = {(int64_t)a->t * 1000 + i, SVC_OK, 0};
+        if (i % 5 == 4)
+            it.want = SVC_ENOTFOUND;
+        else if (i % 13 == 6)
+            it.want = SVC_ECONFLICT;
+        int rc = svc_db_tx_group(a->db, group_body, &it);
+        if (rc == SVC_OK && it.want != SVC_ENOTFOUND)
+            a->ok++;
+        else if (rc == SVC_ENOTFOUND && it.want == SVC_ENOTFOUND)
+            a->refused++;
+        else {
+            fprintf(stderr, "   item %lld: %s (wanted %s)\n", (long long)it.id, svc_strerror(rc),
+                    svc_strerror(it.want));
+            a->bad++;
+        }
+    }
+    svc_db_thread_end();
+    return NULL;
+}
+
+/*
+ * svc_db_tx_group: many threads at once; a refusal rolls back only its own item, a conflict
+ * runs the group again item by item, and every committed item is counted exactly once.
+ */
+static void test_group_commit(void)
+{
+    struct svc_db *db = db_open(NULL);
+    struct svc_db_conn *c = conn_get(db);
+    pthread_t th[GROUP_THREADS];
+    struct group_thread_arg args[GROUP_THREADS];
+    uint64_t groups = 0, txs = 0;
+    int ok = 0;
+
+    exec_ok(c, PICK("CREATE TABLE tdb_group (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
+                    "CREATE TABLE tdb_group (id BIGINT PRIMARY KEY, n BIGINT NOT NULL) "
+                    "ENGINE=InnoDB"));
+    exec_ok(c, PICK("CREATE TABLE tdb_group_log (id INTEGER PRIMARY KEY)",
+                    "CREATE TABLE tdb_group_log (id BIGINT PRIMARY KEY) ENGINE=InnoDB"));
+    exec_ok(c, "INSERT INTO tdb_group (id, n) VALUES (1, 0)");
+    svc_db_conn_put(db, &c);
+
+    for (int i = 0; i < GROUP_THREADS; i++) {
+        args[i] = (struct group_thread_arg){db, i, 0, 0, 0};
+        T_EQ_INT(pthread_create(&th[i], NULL, group_thread, &args[i]), 0);
+    }
+    for (int i = 0; i < GROUP_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        T_EQ_INT(args[i].bad, 0);
+        T_EQ_INT(args[i].refused, GROUP_ITEMS / 5);
+        ok += args[i].ok;
+    }
+    T_EQ_INT(ok, GROUP_THREADS * (GROUP_ITEMS - GROUP_ITEMS / 5));
+    /* 16 threads at once: some groups held more than one transaction */
+    svc_db_group_stats(db, &groups, &txs);
+    fprintf(stderr, "   %llu transactions in %llu groups\n", (unsigned long long)txs,
+            (unsigned long long)groups);
+    T_EQ_INT(txs, GROUP_THREADS * GROUP_ITEMS);
+    T_ASSERT(groups < txs);
+    c = conn_get(db);
+    T_EQ_INT(q_i64(c, "SELECT n FROM tdb_group WHERE id = 1", NULL, 0), ok);
+    T_EQ_INT(q_i64(c, "SELECT COUNT(*) FROM tdb_group_log", NULL, 0), ok);
+    /* no refused item left its row */
+    T_EQ_INT(q_i64(c, "SELECT COUNT(*) FROM tdb_group_log WHERE id % 1000 % 5 = 4", NULL, 0), 0);
+    svc_db_conn_put(db, &c);
+    svc_db_destroy(&db);
+}
+
 /* ---- pool --------------------------------------------------------------------------------- */
 
 struct put_later {
@@ -1227,6 +1343,7 @@ static void run_suite(const char *name)
     T_RUN(test_affected_rows);
     T_RUN(test_transactions);
     T_RUN(test_concurrent_increments);
+    T_RUN(test_group_commit);
     T_RUN(test_pool_exhaustion);
     T_RUN(test_result_limits);
     T_RUN(test_conflict);

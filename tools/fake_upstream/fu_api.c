@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "fu_buf.h"
+#include "fu_front.h"
 #include "fu_config.h"
 #include "fu_http.h"
 #include "fu_job.h"
@@ -868,9 +869,16 @@ static void handle_fake(struct api_req *x)
     } else if (post && span_eq(p, n, "reset")) {
         fu_record_reset();
         rc = fu_buf_appends(&b, "{\"ok\":true}\n");
+    } else if (post && span_eq(p, n, "goaway")) {
+        bool q = r->query != NULL;
+        enum fu_goaway_mode mode = q && span_eq(r->query, r->query_len, "refuse=1") ? FU_GOAWAY_REFUSE
+                                   : q && span_eq(r->query, r->query_len, "drop=1") ? FU_GOAWAY_DROP
+                                                                                    : FU_GOAWAY_GRACEFUL;
+        rc = fu_buf_appends(&b, fu_front_goaway(mode) ? "{\"ok\":true}\n"
+                                                      : "{\"ok\":false,\"error\":\"no front\"}\n");
     } else {
         fu_buf_deinit(&b);
-        send_invalid(x, 404, "Unknown /_fake endpoint (GET requests, events, stats; POST reset).",
+        send_invalid(x, 404, "Unknown /_fake endpoint (GET requests, events, stats; POST reset, goaway).",
                      NULL, NULL);
         return;
     }

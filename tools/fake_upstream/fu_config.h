@@ -29,7 +29,17 @@
     X(request_log, "FAKE_REQUEST_LOG", FU_OPT_STR, const char *, "", 0, 0,                         \
       "if set, append every recorded request as one JSON line to this file")                       \
     X(api_key, "FAKE_API_KEY", FU_OPT_STR, const char *, "", 0, 0,                                 \
-      "if set, /v1/* requires 'Authorization: Bearer <this>' and answers 401 otherwise")
+      "if set, /v1/* requires 'Authorization: Bearer <this>' and answers 401 otherwise")          \
+    X(front_listen, "FAKE_FRONT_LISTEN", FU_OPT_STR, const char *, "", 0, 0,                       \
+      "if set, HOST:PORT of a second port that speaks TLS (with FAKE_TLS_CERT) or h2c and HTTP/1.1") \
+    X(tls_cert, "FAKE_TLS_CERT", FU_OPT_STR, const char *, "", 0, 0,                               \
+      "PEM certificate chain of the front (makes it TLS, ALPN h2 and http/1.1)")                   \
+    X(tls_key, "FAKE_TLS_KEY", FU_OPT_STR, const char *, "", 0, 0,                                 \
+      "PEM private key of FAKE_TLS_CERT")                                                          \
+    X(h2, "FAKE_H2", FU_OPT_INT, double, "1", 0, 1,                                                \
+      "1: the front offers HTTP/2 (ALPN h2, h2c prior knowledge); 0: HTTP/1.1 only")               \
+    X(h2_max_streams, "FAKE_H2_MAX_STREAMS", FU_OPT_INT, double, "100", 1, 100000,                 \
+      "SETTINGS_MAX_CONCURRENT_STREAMS the front announces")
 
 enum fu_opt_kind { FU_OPT_STR, FU_OPT_INT, FU_OPT_REAL };
 

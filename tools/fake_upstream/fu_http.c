@@ -1125,10 +1125,8 @@ static int split_hostport(const char *s, char *host, size_t host_len, char *port
     return FU_OK;
 }
 
-struct fu_server *fu_server_create(const char *listen_addr, char *bound, size_t bound_len,
-                                   bool *addr_in_use)
+int fu_http_listen(const char *listen_addr, char *bound, size_t bound_len, bool *addr_in_use)
 {
-    struct fu_server *s = NULL;
     struct addrinfo *res = NULL;
     int fd = -1;
     char host[256], port[16];
@@ -1177,10 +1175,29 @@ struct fu_server *fu_server_create(const char *listen_addr, char *bound, size_t 
         getnameinfo((struct sockaddr *)&ss, sl, nhost, sizeof(nhost), nport, sizeof(nport),
                     NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
         fprintf(stderr, "fake-upstream: getsockname: %s\n", strerror(errno));
+        close(fd);
+        fd = -1;
         goto out;
     }
     snprintf(bound, bound_len, ss.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", nhost, nport);
+    if (res)
+        freeaddrinfo(res);
+    return fd;
 
+out:
+    if (res)
+        freeaddrinfo(res);
+    return -1;
+}
+
+struct fu_server *fu_server_create(const char *listen_addr, char *bound, size_t bound_len,
+                                   bool *addr_in_use)
+{
+    struct fu_server *s = NULL;
+    int fd = fu_http_listen(listen_addr, bound, bound_len, addr_in_use);
+
+    if (fd < 0)
+        goto out;
     s = calloc(1, sizeof(*s));
     if (s == NULL)
         goto out;
@@ -1196,8 +1213,6 @@ struct fu_server *fu_server_create(const char *listen_addr, char *bound, size_t 
 out:
     if (fd >= 0)
         close(fd);
-    if (res)
-        freeaddrinfo(res);
     return s;
 }
 

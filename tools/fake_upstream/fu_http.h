@@ -109,6 +109,14 @@ void fu_conn_start_job(struct fu_conn *c, struct fu_job *job);
 /* --- server --- */
 
 /*
+ * A non-blocking listening socket on `listen` ("HOST:PORT", "[V6]:PORT"; port 0 = any free
+ * port), as fu_server_create makes it (also used by the TLS/HTTP/2 front, fu_front.c). Writes the
+ * bound numeric "HOST:PORT" into `bound`. Returns the descriptor (caller closes it), or -1 after
+ * printing why to stderr (*addr_in_use tells whether the port was taken).
+ */
+int fu_http_listen(const char *listen, char *bound, size_t bound_len, bool *addr_in_use);
+
+/*
  * Bind and listen on `listen` ("HOST:PORT", "[V6]:PORT"; port 0 = any free port). Never sets
  * SO_REUSEPORT. On success writes the bound "HOST:PORT" (numeric) into `bound` and returns the
  * server; on failure prints the reason to stderr and returns NULL (*addr_in_use tells whether

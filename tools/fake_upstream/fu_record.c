@@ -306,15 +306,39 @@ int fu_record_render_stats(struct fu_buf *out)
     pthread_mutex_lock(&rec.lock);
     size_t held = rec.req_n, events = rec.ev_n;
     pthread_mutex_unlock(&rec.lock);
-    return fu_buf_appendf(
+    int rc = fu_buf_appendf(
         out,
         "{\"open_streams\":%ld,\"open_connections\":%ld,\"total_requests\":%llu,"
         "\"total_streams\":%llu,\"total_connections\":%llu,\"recorded_requests\":%zu,"
-        "\"recorded_events\":%zu}\n",
+        "\"recorded_events\":%zu,",
         atomic_load(&fu_stats.open_streams), atomic_load(&fu_stats.open_connections),
         (unsigned long long)atomic_load(&fu_stats.total_requests),
         (unsigned long long)atomic_load(&fu_stats.total_streams),
         (unsigned long long)atomic_load(&fu_stats.total_connections), held, events);
+    if (rc != 0)
+        return rc;
+    return fu_buf_appendf(
+        out,
+        "\"front\":{\"connections\":%llu,\"open_connections\":%ld,\"h1_connections\":%llu,"
+        "\"tls_handshakes\":%llu,\"tls_resumed\":%llu,\"tls_failed_handshakes\":%llu,"
+        "\"h2_connections\":%llu,\"h2_streams\":%llu,\"h2_open_streams\":%ld,"
+        "\"h2_max_streams_per_connection\":%ld,\"h2_resets_received\":%llu,\"h2_streams_reset\":%llu,"
+        "\"h2_refused_streams\":%llu,\"h2_goaways_sent\":%llu,\"h2_connections_dropped\":%llu}}\n",
+        (unsigned long long)atomic_load(&fu_stats.front_connections),
+        atomic_load(&fu_stats.front_open_connections),
+        (unsigned long long)atomic_load(&fu_stats.front_h1_connections),
+        (unsigned long long)atomic_load(&fu_stats.tls_handshakes),
+        (unsigned long long)atomic_load(&fu_stats.tls_resumed),
+        (unsigned long long)atomic_load(&fu_stats.tls_failed_handshakes),
+        (unsigned long long)atomic_load(&fu_stats.h2_connections),
+        (unsigned long long)atomic_load(&fu_stats.h2_streams),
+        atomic_load(&fu_stats.h2_open_streams),
+        atomic_load(&fu_stats.h2_max_streams_per_connection),
+        (unsigned long long)atomic_load(&fu_stats.h2_resets_received),
+        (unsigned long long)atomic_load(&fu_stats.h2_streams_reset),
+        (unsigned long long)atomic_load(&fu_stats.h2_refused_streams),
+        (unsigned long long)atomic_load(&fu_stats.h2_goaways_sent),
+        (unsigned long long)atomic_load(&fu_stats.h2_connections_dropped));
 }
 
 void fu_record_reset(void)

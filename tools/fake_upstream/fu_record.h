@@ -27,6 +27,22 @@ struct fu_stats {
     atomic_ullong total_requests; /* recorded API requests */
     atomic_ullong total_connections;
     atomic_ullong total_streams;
+    /* the TLS/HTTP/2 front (fu_front.c); its relays to the plain port count above as well */
+    atomic_ullong front_connections;    /* accepted by the front */
+    atomic_long front_open_connections;
+    atomic_ullong front_h1_connections; /* of those, speaking HTTP/1.1 (piped) */
+    atomic_ullong tls_handshakes;       /* completed */
+    atomic_ullong tls_resumed;          /* of those, resumed sessions */
+    atomic_ullong tls_failed_handshakes;
+    atomic_ullong h2_connections;
+    atomic_ullong h2_streams;           /* HTTP/2 requests received */
+    atomic_long h2_open_streams;
+    atomic_long h2_max_streams_per_connection; /* most streams open at once on one connection */
+    atomic_ullong h2_resets_received;   /* RST_STREAM frames from clients (also on finished streams) */
+    atomic_ullong h2_streams_reset;     /* streams reset before their answer was complete */
+    atomic_ullong h2_refused_streams;   /* reset with REFUSED_STREAM by a refusing GOAWAY */
+    atomic_ullong h2_goaways_sent;
+    atomic_ullong h2_connections_dropped; /* closed by POST /_fake/goaway?drop=1 */
 };
 extern struct fu_stats fu_stats;
 

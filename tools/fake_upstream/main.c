@@ -18,6 +18,7 @@
 
 #include "fu_api.h"
 #include "fu_config.h"
+#include "fu_front.h"
 #include "fu_http.h"
 #include "fu_record.h"
 
@@ -93,7 +94,8 @@ int main(int argc, char **argv)
     fu_api_setup((uint32_t)time(NULL) ^ ((uint32_t)getpid() << 16));
 
     int rc = 0;
-    char bound[300];
+    char bound[300], front_bound[300];
+    struct fu_front *front = NULL;
     bool in_use = false;
     struct fu_server *srv = fu_server_create(fu_cfg.listen, bound, sizeof(bound), &in_use);
     if (srv == NULL) {
@@ -109,7 +111,34 @@ int main(int argc, char **argv)
         rc = FU_EXIT_FAIL;
         goto out;
     }
-    printf("fake-upstream listening on http://%s\n", bound);
+    if (fu_cfg.front_listen[0] != '\0') {
+        const struct fu_front_opts fo = {
+            .listen = fu_cfg.front_listen,
+            .backend = bound,
+            .cert_file = fu_cfg.tls_cert,
+            .key_file = fu_cfg.tls_key,
+            .h2 = fu_cfg.h2 != 0,
+            .max_streams = (unsigned)fu_cfg.h2_max_streams,
+        };
+        if ((fu_cfg.tls_cert[0] != '\0') != (fu_cfg.tls_key[0] != '\0')) {
+            fprintf(stderr, "fake-upstream: FAKE_TLS_CERT and FAKE_TLS_KEY go together\n");
+            rc = FU_EXIT_CONFIG;
+            goto out;
+        }
+        front = fu_front_create(&fo, front_bound, sizeof(front_bound));
+        if (front == NULL) {
+            rc = FU_EXIT_CONFIG;
+            goto out;
+        }
+    }
+    /* One write: harnesses read the first "listening on" line as the plain port. */
+    if (front != NULL)
+        printf("fake-upstream listening on http://%s\nfake-upstream front listening on %s://%s "
+               "(%s)\n",
+               bound, fu_cfg.tls_cert[0] ? "https" : "http", front_bound,
+               fu_cfg.h2 == 0 ? "http/1.1" : fu_cfg.tls_cert[0] ? "h2,http/1.1" : "h2c,http/1.1");
+    else
+        printf("fake-upstream listening on http://%s\n", bound);
     fflush(stdout);
 
     int sig;
@@ -118,7 +147,8 @@ int main(int argc, char **argv)
     } while (sig < 0);
     fprintf(stderr, "fake-upstream: %s, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
 out:
-    fu_server_destroy(&srv);
+    fu_server_destroy(&srv); /* its workers may ask the front for a GOAWAY: stopped first */
+    fu_front_destroy(&front);
     fu_record_teardown();
     return rc;
 }

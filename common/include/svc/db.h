@@ -378,6 +378,28 @@ typedef int (*svc_db_tx_fn)(struct svc_db_conn *conn, void *arg);
  */
 SVC_MUST_CHECK int svc_db_tx_run(struct svc_db_conn *conn, svc_db_tx_fn fn, void *arg);
 
+/*
+ * Group commit: runs fn in a transaction shared with the calls other threads make at the same
+ * time, so that one COMMIT (one write of the log, one fsync) serves many small transactions.
+ * The calling thread blocks until its fn has been committed or has failed; one of the waiting
+ * threads runs the whole group on one pooled connection, each fn inside its own SAVEPOINT.
+ * Alone, a call is exactly svc_db_tx_run() on a pooled connection.
+ *
+ * What fn returns decides: 0 keeps its work; SVC_ENOTFOUND, SVC_EEXIST, SVC_EINVAL or
+ * SVC_ETOOLARGE roll back its own work only (ROLLBACK TO SAVEPOINT) and are returned to its
+ * caller. Any other error (a conflict, a lost connection, a rule answered as SVC_ECONFLICT), a
+ * failed BEGIN, or a COMMIT that failed in a way svc_db_tx_run() would replay, rolls the whole
+ * group back and runs each fn again alone through svc_db_tx_run(), with its retries. A COMMIT
+ * whose outcome is unknown (SVC_EUNAVAIL) is returned to every caller of the group, as
+ * svc_db_tx_run() returns it.
+ * fn runs on another thread than the caller's: thread-local state it sets (an error text) must
+ * be carried back through arg. It may run more than once, as with svc_db_tx_run().
+ */
+SVC_MUST_CHECK int svc_db_tx_group(struct svc_db *db, svc_db_tx_fn fn, void *arg);
+
+/* How many groups svc_db_tx_group has run, and how many transactions they held in all. */
+void svc_db_group_stats(struct svc_db *db, uint64_t *groups, uint64_t *txs);
+
 /* ---- migrations --------------------------------------------------------------------------- */
 
 /*
@@ -403,9 +425,13 @@ struct svc_db_migration {
  * them re-runnable (IF NOT EXISTS). Several processes may call this at once: on MariaDB they
  * serialise on GET_LOCK('chatweb_migrate', 30), on SQLite on BEGIN IMMEDIATE.
  *
+ * Before applying anything it refuses a database that already holds a version of a component
+ * above the last one in the array (a newer release migrated it): SVC_ECONFLICT, logged, nothing
+ * applied. A service therefore refuses to start on a schema newer than it knows.
+ *
  * Returns 0, SVC_EINVAL (bad array: empty component, version <= 0, versions out of order),
- * SVC_ETIMEDOUT (lock not obtained), or the error of the failing statement (already logged
- * with component, version and driver text). Thread-safe.
+ * SVC_ECONFLICT (the database is newer), SVC_ETIMEDOUT (lock not obtained), or the error of the
+ * failing statement (already logged with component, version and driver text). Thread-safe.
  */
 SVC_MUST_CHECK int svc_db_migrate(struct svc_db *db, const struct svc_db_migration *migrations,
                                   size_t n);

@@ -8,7 +8,10 @@
 /*
  * Outbound HTTP on an event loop: libcurl's multi-socket API driven by svc_loop, so thousands of
  * upstream streams and RPC calls share one thread with no busy polling. Connections are kept
- * alive and reused per loop. libcurl stays hidden behind this header.
+ * alive and reused per loop; over HTTP/2 (see svc_fetch_http_e) many transfers share one
+ * connection as streams, a new transfer waits for a connection being set up rather than opening
+ * its own (CURLOPT_PIPEWAIT), and TLS sessions and DNS answers are shared by every transfer of
+ * the multi. libcurl stays hidden behind this header.
  *
  * Every callback runs on the loop thread. on_done runs exactly once per started fetch unless the
  * fetch was cancelled; the fetch is freed right after on_done returns.
@@ -17,6 +20,16 @@
 struct svc_loop;
 struct svc_fetch_multi;
 struct svc_fetch;
+
+/* Which HTTP version to speak to the server (OPENAI_HTTP2 in chat and proxy). */
+typedef enum svc_fetch_http_e {
+    SVC_FETCH_HTTP_AUTO = 0, /* https: HTTP/2 when ALPN offers it, else HTTP/1.1; http: HTTP/1.1 */
+    SVC_FETCH_HTTP_1,        /* HTTP/1.1 only (keep-alive) */
+    SVC_FETCH_HTTP_2_PRIOR,  /* http: HTTP/2 with prior knowledge (h2c); https: ALPN h2 only */
+} svc_fetch_http_e;
+
+/* Parses "auto", "off" (HTTP/1.1) or "prior-knowledge" into *out. Returns 0 or SVC_EINVAL. */
+int svc_fetch_http_parse(const char *s, svc_fetch_http_e *out) __attribute__((warn_unused_result));
 
 struct svc_fetch_req {
     const char *method;           /* "GET", "POST", ... */
@@ -31,7 +44,10 @@ struct svc_fetch_req {
     size_t max_response;          /* buffered mode: larger bodies fail with SVC_ETOOLARGE */
     int stream;                   /* 1: deliver bytes to on_data as they arrive */
     int fresh_connection;         /* 1: do not look for an idle connection to reuse, and close
-                                   * this one afterwards (see svc_fetch_multi_active) */
+                                   * this one afterwards (see svc_fetch_multi_active); ignored
+                                   * when the transfer may use HTTP/2 (shared connections are the
+                                   * point there) */
+    svc_fetch_http_e http;        /* HTTP version policy; 0 = SVC_FETCH_HTTP_AUTO */
     const char *ca_file;          /* PEM bundle of CAs to trust instead of the system's (an
                                    * upstream with a private CA); NULL or "" = the system's */
 };
@@ -71,8 +87,9 @@ long svc_fetch_multi_active(const struct svc_fetch_multi *m);
 struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fetch_req *req,
                                   const struct svc_fetch_cb *cb, void *ud);
 
-/* Stops a transfer at once and closes its connection; no callback runs afterwards. Safe inside
- * this fetch's own callbacks. Accepts NULL; sets *f to NULL. */
+/* Stops a transfer at once; no callback runs afterwards. Over HTTP/1.1 its connection is closed;
+ * over HTTP/2 only its stream is reset (RST_STREAM) and the connection's other streams go on.
+ * Safe inside this fetch's own callbacks. Accepts NULL; sets *f to NULL. */
 void svc_fetch_cancel(struct svc_fetch **f);
 
 /* Pauses (1) or resumes (0) receiving, for backpressure from a slow client. Call it outside this
@@ -80,5 +97,11 @@ void svc_fetch_cancel(struct svc_fetch **f);
  * held bytes to on_data before it returns. While paused (either way) idle_timeout_ms does not run:
  * it measures the upstream's silence, and starts afresh on resume. */
 void svc_fetch_pause(struct svc_fetch *f, int paused);
+
+typedef void (*svc_fetch_header_fn)(void *ud, const char *name, const char *value);
+
+/* Calls fn for each header of the response, in the order received (names as sent). Valid inside
+ * this fetch's on_data and on_done, once the status is known. */
+void svc_fetch_headers_each(struct svc_fetch *f, svc_fetch_header_fn fn, void *ud);
 
 #endif

@@ -105,6 +105,11 @@ const char *svc_req_client_ip(const struct svc_req *req);
 const char *svc_req_peer_ip(const struct svc_req *req);
 const char *svc_req_header(const struct svc_req *req, const char *name); /* NULL when absent */
 const char *svc_req_query(const struct svc_req *req, const char *name);  /* NULL when absent */
+/* The query arguments again as a query string ("?a=1&b=x%20y", or "" without any), in their
+ * order, percent-encoding all but RFC 3986's unreserved characters (libmicrohttpd keeps only
+ * the decoded arguments, so the client's own encoding is not kept byte for byte). Returns
+ * SVC_OK or SVC_ETOOLARGE when it does not fit in len bytes with its NUL. */
+int svc_req_query_string(const struct svc_req *req, char *buf, size_t len) SVC_MUST_CHECK;
 const char *svc_req_body(const struct svc_req *req, size_t *len);        /* NUL-terminated */
 struct svc_loop *svc_req_loop(const struct svc_req *req);                /* NULL in POOL mode */
 
@@ -144,6 +149,11 @@ int svc_req_stream_write(struct svc_req *req, const void *data, size_t len);
 int svc_req_stream_end(struct svc_req *req);
 size_t svc_req_stream_pending(const struct svc_req *req);
 
+/* Bytes queued by svc_req_stream_write() and not yet taken by their clients, summed over every
+ * streaming request of the process (all loops and servers). For a global memory budget over
+ * slow clients (services/meter). Thread-safe (a relaxed atomic: a snapshot, not a fence). */
+size_t svc_http_queued(void);
+
 /*
  * Backpressure: registers fn(req, data) to run on the request's loop whenever the bytes waiting
  * for the client fall to low_watermark or below after having been above it. A producer that
@@ -164,5 +174,8 @@ void svc_req_set_cleanup(struct svc_req *req, void (*fn)(void *data), void *data
 
 /* 1 once the client went away or the reply was completed. */
 int svc_req_is_done(const struct svc_req *req);
+
+/* The status of the reply or stream produced (0 while none was). */
+int svc_req_status(const struct svc_req *req);
 
 #endif

@@ -49,6 +49,8 @@ uint64_t svc_loop_now(struct svc_loop *loop);
 
 /* Milliseconds of CLOCK_MONOTONIC, read now. */
 uint64_t svc_clock_ms(void);
+/* Microseconds of CLOCK_MONOTONIC, read now. */
+uint64_t svc_clock_us(void);
 
 /*
  * Watches fd for `events` (EPOLLIN, EPOLLOUT, EPOLLRDHUP; level-triggered). The loop never closes

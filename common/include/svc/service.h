@@ -28,11 +28,18 @@ struct svc_http_server;
 /*
  * Loads opts and sets up logging. On a bad value prints one line "<service>: <VARIABLE>:
  * <reason>" to stderr and exits SVC_EX_CONFIG. argv handles --describe-config (prints the option
- * table and exits 0). Call first in main; check service-specific rules next (svc_service_die),
- * then call svc_service_start().
+ * table and exits 0) and --migrate (see svc_service_migrate_only). Call first in main; check
+ * service-specific rules next (svc_service_die), then call svc_service_start().
  */
 void svc_service_setup(const char *service, int argc, char **argv, struct svc_option *opts,
                        size_t nopts);
+
+/*
+ * 1 when the service was started with --migrate: it applies its SQL schema (svc_db_migrate) and
+ * exits 0, or exits SVC_EX_UNAVAILABLE when that fails, without serving anything. Services with
+ * no schema need not look: svc_service_start() refuses --migrate for them (SVC_EX_CONFIG).
+ */
+int svc_service_migrate_only(void);
 
 /* Logs the effective configuration (secrets masked), checks RPC_SECRET (svc_service_setup_rpc_auth),
  * sets up signals and libcurl and starts the admin listener on ADMIN_ADDR (exits SVC_EX_CONFIG when

@@ -11,6 +11,10 @@
 /* Writes 2*nbytes random hex characters plus a NUL into out (getrandom). */
 void svc_random_hex(char *out, size_t nbytes);
 
+/* A pseudo-random number (a per-thread xorshift seeded by getrandom): for spreading load, never
+ * for secrets. */
+uint32_t svc_random_u32(void);
+
 /* Writes a random UUIDv4 (36 characters plus NUL) into out[37]. */
 void svc_uuid4(char out[37]);
 

@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+# chatweb image: every service binary (chatweb-auth, -billing, -chat, -proxy) and the web root,
+# on Debian 12 slim, run as the non-root user chatweb (10001) with a read-only root file system
+# (the Helm chart mounts an emptyDir on /tmp). One image; the chart picks the binary per Deployment.
+#
+#   docker build -t chatweb:dev .
+#
+# Every RUN below is one step of scripts/image-steps, in the order `scripts/image-steps --list`
+# prints; CI runs the same steps on the host (scripts/image-steps all), and
+# tests/k8s/image.test.mjs fails when this file and that script disagree. The web root is
+# web/dist when a built web UI is in the build context, else deploy/local/www (decided in the
+# stage step, since COPY cannot be conditional).
+
+FROM debian:12-slim AS build
+WORKDIR /src
+COPY . .
+RUN scripts/image-steps deps
+RUN scripts/image-steps build
+RUN scripts/image-steps stage /out
+RUN scripts/image-steps check /out
+
+FROM debian:12-slim
+COPY --from=build /src/scripts/image-steps /tmp/image-steps
+COPY --from=build /out/usr/share/chatweb/runtime-packages /tmp/runtime-packages
+RUN /tmp/image-steps runtime /tmp/runtime-packages && rm /tmp/image-steps /tmp/runtime-packages
+COPY --from=build /out/ /
+USER 10001:10001
+WORKDIR /tmp
+ENV HTTP_ADDR=0.0.0.0:8080 ADMIN_ADDR=0.0.0.0:9090 DATA_DIR=/tmp/data
+EXPOSE 8080 9090
+# No default binary: the chart (or `docker run IMAGE chatweb-chat`) names it.
+CMD ["chatweb-chat"]

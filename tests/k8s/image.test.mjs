@@ -1,0 +1,117 @@
+// The image recipe (issue 11, item 1): the Dockerfile runs exactly the steps of
+// scripts/image-steps, in its order, and those steps produce a tree whose binaries start and whose
+// web root the web server config serves. No container engine runs here, so this is as close to
+// "what CI tests is what the image ships" as the machine allows.
+import { describe, it, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { freePort } from '../../deploy/local/stack.mjs';
+import { ROOT, parseDockerfile } from './lib.mjs';
+
+const STEPS = path.join(ROOT, 'scripts/image-steps');
+
+function steps() {
+    const r = spawnSync(STEPS, ['--list'], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout.trim().split('\n');
+}
+
+describe('Dockerfile and scripts/image-steps', () => {
+    const df = parseDockerfile(fs.readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8'));
+
+    it('has a build stage and a runtime stage, both Debian 12 slim', () => {
+        assert.equal(df.stages.length, 2);
+        assert.equal(df.stages[0].from, 'debian:12-slim AS build');
+        assert.equal(df.stages[1].from, 'debian:12-slim');
+    });
+
+    it('the build stage runs every image step, in the order --list prints, and nothing else', () => {
+        const runs = df.stages[0].instructions.filter((i) => i.op === 'RUN').map((i) => i.args);
+        const called = runs.map((r) => {
+            const m = /^scripts\/image-steps (\S+)(?: \S+)?$/.exec(r);
+            assert.ok(m, `a RUN that is not one image step: ${r}`);
+            return m[1];
+        });
+        assert.deepEqual(called, steps());
+    });
+
+    it('the runtime stage installs the staged package list, copies the tree and runs as chatweb (10001)', () => {
+        const ins = df.stages[1].instructions;
+        const runs = ins.filter((i) => i.op === 'RUN').map((i) => i.args);
+        assert.deepEqual(runs, ['/tmp/image-steps runtime /tmp/runtime-packages && rm /tmp/image-steps /tmp/runtime-packages']);
+        assert.ok(ins.some((i) => i.op === 'COPY' && i.args === '--from=build /out/ /'));
+        const users = ins.filter((i) => i.op === 'USER').map((i) => i.args);
+        assert.deepEqual(users, ['10001:10001']);
+        // The user comes after the last RUN: nothing runs as root once the tree is in place.
+        const lastRun = ins.map((i) => i.op).lastIndexOf('RUN');
+        assert.ok(ins.findIndex((i) => i.op === 'USER') > lastRun);
+        assert.match(fs.readFileSync(STEPS, 'utf8'), /CHATWEB_UID=10001/);
+    });
+
+    it('CI runs the same steps on the host', () => {
+        const ci = fs.readFileSync(path.join(ROOT, '.ci/run'), 'utf8');
+        assert.match(ci, /^\s*IMAGE_BUILD_DIR=build scripts\/image-steps all \S+/m);
+    });
+
+    it('.dockerignore keeps build trees and node_modules out of the context', () => {
+        const ign = fs.readFileSync(path.join(ROOT, '.dockerignore'), 'utf8').split('\n');
+        for (const p of ['build', 'build-*', '**/node_modules', 'var', '.git']) assert.ok(ign.includes(p), p);
+    });
+});
+
+describe('the staged tree', () => {
+    const dest = fs.mkdtempSync(path.join(os.tmpdir(), 'chatweb-image-'));
+    after(() => fs.rmSync(dest, { recursive: true, force: true }));
+    const env = { ...process.env, IMAGE_BUILD_DIR: path.resolve(ROOT, process.env.BUILD_DIR || 'build') };
+
+    it('stage and check succeed on the build and list the runtime packages', () => {
+        for (const step of ['stage', 'check']) {
+            const r = spawnSync(STEPS, [step, dest], { encoding: 'utf8', env });
+            assert.equal(r.status, 0, `${step}: ${r.stderr}`);
+        }
+        for (const s of ['auth', 'billing', 'chat', 'proxy'])
+            assert.ok(fs.statSync(path.join(dest, `usr/local/bin/chatweb-${s}`)).mode & 0o111);
+        const pkgs = fs.readFileSync(path.join(dest, 'usr/share/chatweb/runtime-packages'), 'utf8').trim().split('\n');
+        for (const p of ['libhiredis0.14', 'libmicrohttpd12', 'libcurl4', 'libmariadb3', 'libsodium23'])
+            assert.ok(pkgs.includes(p), `${p} in ${pkgs.join(' ')}`);
+        assert.ok(!pkgs.includes('libc6'));
+        const web = fs.existsSync(path.join(ROOT, 'web/dist/index.html')) ? 'web/dist' : 'deploy/local/www';
+        assert.equal(fs.readFileSync(path.join(dest, 'usr/share/chatweb/www-source'), 'utf8').trim(), web);
+    });
+
+    it('the web server config serves the web root like the local ingress', async () => {
+        const port = await freePort();
+        const conf = fs.readFileSync(path.join(dest, 'etc/chatweb/web-nginx.conf'), 'utf8')
+            .replaceAll('/tmp/', `${dest}/`)
+            .replaceAll('/usr/share/chatweb/www', path.join(dest, 'usr/share/chatweb/www'))
+            .replace('listen 8080;', `listen 127.0.0.1:${port};`);
+        const user = process.getuid() === 0 ? 'user root;\n' : '';
+        fs.writeFileSync(path.join(dest, 'web.conf'), user + conf);
+        const ng = spawn('nginx', ['-e', 'stderr', '-p', dest, '-c', path.join(dest, 'web.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
+        let err = '';
+        ng.stderr.on('data', (d) => { err += d; });
+        try {
+            const base = `http://127.0.0.1:${port}`;
+            let up = false;
+            for (let i = 0; i < 100 && !up; i++) {
+                try { up = (await fetch(`${base}/healthz`)).status === 200; } catch { await new Promise((r) => setTimeout(r, 50)); }
+            }
+            assert.ok(up, `web nginx did not start: ${err}`);
+            const get = (p) => fetch(base + p, { redirect: 'manual' });
+            assert.equal((await get('/')).status, 200);
+            assert.equal((await get('/admin/')).status, 200);
+            const a = await get('/admin');
+            assert.equal(a.status, 301);
+            assert.equal(a.headers.get('location'), '/admin/');
+            assert.equal((await get('/rpc/Auth/Authenticate')).status, 404);
+            assert.equal((await get('/no-such-file')).status, 404);
+            assert.equal((await get('/')).headers.get('x-frame-options'), 'DENY');
+        } finally {
+            ng.kill('SIGTERM');
+            await new Promise((r) => ng.once('exit', r));
+        }
+    });
+});
