@@ -153,7 +153,7 @@ async function main() {
     const replicas = parseReplicas(env('REPLICAS'));
     const staticRoot = path.resolve(env('WEB_ROOT') || env('FRONTEND_PATH') || stack.WEB_DIST);
     if (!env('WEB_ROOT') && !env('FRONTEND_PATH') && !fs.existsSync(path.join(staticRoot, 'index.html')))
-        fail(`the web UI is not built (${staticRoot}/index.html is missing): run \`make build\` (or set WEB_ROOT)`);
+        fail(`the web UI is not built (${staticRoot}/index.html is missing): run \`make web\` (\`make run\` does) or set WEB_ROOT`);
     const wantMysql = args.includes('--mysql');
     if (wantMysql && env('DB')) fail('--mysql and DB are both given: pick one');
 

@@ -123,7 +123,7 @@ describe('web UI in Chromium', () => {
     const consoleErrors = [];
 
     before(async () => {
-        assert.ok(fs.existsSync(path.join(WEB_DIST, 'index.html')), `${WEB_DIST} is not built: run make build`);
+        assert.ok(fs.existsSync(path.join(WEB_DIST, 'index.html')), `${WEB_DIST} is not built: run make web (make test does)`);
         assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} not found: scripts/bootstrap installs Debian's chromium`);
         fs.mkdirSync(SHOTS, { recursive: true });
         browser = await chromium.launch({
