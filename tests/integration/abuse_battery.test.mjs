@@ -231,17 +231,16 @@ describe('bad input and abuse through the ingress', () => {
         assert.equal(r.status, 413, r.body);
     }));
 
-    // KNOWN BUG (deploy/local/nginx.conf.tmpl, not ours to fix here): nginx answers what it
-    // refuses itself (bodies over client_max_body_size 8m, header blocks over
-    // large_client_header_buffers) with its own HTML page, not the route's envelope; the
-    // services' own 413 / 431 in the envelope are never reached through the ingress.
-    it('a body over the ingress limit (8 MiB) is 413 in the envelope', { todo: 'nginx answers its own HTML 413 (deploy/local/nginx.conf.tmpl has no error_page for it)' }, async () => {
+    // What nginx refuses itself (bodies over client_max_body_size 8m, header lines over
+    // large_client_header_buffers) is answered by its error_page locations in the envelope
+    // (deploy/local/nginx.conf.tmpl), not with nginx's HTML page.
+    it('a body over the ingress limit (8 MiB) is 413 in the envelope', async () => {
         const r = await post(ENDPOINTS[6], 'x'.repeat(9 * 1024 * 1024));
         assert.equal(r.status, 413);
         assert.equal(envelopeProblem(r), '', r.body.slice(0, 200));
     });
 
-    it('a header block over the limit is 431 in the envelope', { todo: 'nginx answers 400 "Request Header Or Cookie Too Large" in HTML (deploy/local/nginx.conf.tmpl); the services answer libmicrohttpd\'s HTML 431 (common/http.c, issue 10)' }, async () => {
+    it('a header block over the limit is 431 in the envelope', async () => {
         for (const ep of ENDPOINTS) {
             const r = await post(ep, '{}', { headers: { 'x-big': 'a'.repeat(40 * 1024) } });
             assert.ok(r.status === 431 || r.status === 400 || r.status === 494, `${ep.path}: ${r.status}`);
@@ -258,7 +257,9 @@ describe('bad input and abuse through the ingress', () => {
         }
     });
 
-    it('a Cookie libmicrohttpd cannot parse gets the envelope', { todo: 'libmicrohttpd 0.9.75 answers Cookie: a=" with its HTML 431 before any route runs (common/http.c; tests/fuzz/known_bugs/auth_http)' }, async () => {
+    // libmicrohttpd 0.9.75 answers Cookie: a=" with its HTML 431 before any route runs
+    // (tests/fuzz/known_bugs/auth_http): the ingress passes on only a well-formed session cookie.
+    it('a Cookie libmicrohttpd cannot parse gets the envelope', async () => {
         for (const ep of ENDPOINTS) {
             const r = await post(ep, JSON.stringify(ep.fields), { headers: { cookie: 'a="' } });
             assert.equal(envelopeProblem(r), '', `${ep.path}: ${r.status} ${r.body.slice(0, 100)}`);

@@ -115,6 +115,10 @@ for (const backend of ['sqlite', 'mariadb']) {
             assert.equal(mj.data.model, '');
             const me2 = await request(`${stack.url}/api/me`, { headers: { cookie } });
             assert.equal(me2.json().data.name, 'erin');
+            // among the site's other cookies, a malformed one included: the ingress passes on the
+            // session cookie alone (deploy/local/nginx.conf.tmpl)
+            const me3 = await request(`${stack.url}/api/me`, { headers: { cookie: `theme=dark; a="; ${cookie}; x=1` } });
+            assert.equal(me3.json().data?.name, 'erin', me3.body);
 
             const out = await postJSON(`${stack.url}/api/logout`, {}, { headers: { cookie } });
             assert.equal(out.json().status, 'Success');

@@ -496,6 +496,19 @@ describe('the /v1 proxy through the ingress, with the openai SDK', () => {
         assert.deepEqual([after.balance, after.usage, after.held], [before.balance, before.usage, 0]);
     });
 
+    it('what the ingress refuses itself (a 9 MiB body, a 40 KiB header) is an OpenAI error object', async () => {
+        const u = await userWithKey(stack, 'pingress');
+        const big = await request(`${stack.url}/v1/chat/completions`, {
+            method: 'POST', headers: { authorization: `Bearer ${u.key}`, 'content-type': 'application/json' }, body: 'x'.repeat(9 * 1024 * 1024),
+        });
+        assert.equal(big.status, 413);
+        assertErrorObject(big.json().error, { type: 'invalid_request_error', code: 'request_too_large' });
+        const head = await request(`${stack.url}/v1/models`, { headers: { authorization: `Bearer ${u.key}`, 'x-big': 'a'.repeat(40 * 1024) } });
+        assert.equal(head.status, 431);
+        assertErrorObject(head.json().error, { type: 'invalid_request_error', code: 'request_header_too_large' });
+        assert.match(head.headers['content-type'], /application\/json/);
+    });
+
     it('/metrics: requests, tokens, time to first token and duration per model, API key and upstream', async () => {
         const u = await userWithKey(stack, 'pmetrics');
         const client = sdk(stack.url, u.key);
