@@ -7,9 +7,9 @@ BUILD_DIR ?= build
 SANITIZE ?= OFF
 BUILD_TYPE ?= RelWithDebInfo
 
-.PHONY: all bootstrap build run test unit integration k8s bench clean fuzz-smoke soak tsan faults attack-replay
+.PHONY: all bootstrap build web run test unit integration k8s bench clean fuzz-smoke soak tsan faults attack-replay
 
-all: build
+all: build web
 
 # The image's build stage sets BOOTSTRAP="scripts/bootstrap --build-only" (scripts/image-steps).
 BOOTSTRAP ?= scripts/bootstrap
@@ -23,7 +23,23 @@ build: bootstrap
 		{ cat $(BUILD_DIR).cmake.log; exit 1; }
 	@cmake --build $(BUILD_DIR)
 
-run: build
+# The web UI (web/, docs/web.md): npm ci from the lock file, then Vite builds web/dist, which
+# `make run` serves at / and /admin/ (and scripts/image-steps copies into the image when it is
+# there). Rebuilt only when a source file changed. Not part of `build`: the image's build stage
+# runs `make build` with no node.
+WEB_SOURCES := $(wildcard web/src/* web/index.html web/admin/index.html) web/vite.config.js
+
+web: web/dist/.built
+
+web/node_modules/.installed: web/package.json web/package-lock.json | bootstrap
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+web/dist/.built: web/node_modules/.installed $(WEB_SOURCES)
+	cd web && node_modules/.bin/vite build --logLevel warn
+	touch $@
+
+run: build web
 	@BUILD_DIR=$(BUILD_DIR) node deploy/local/run.mjs
 
 # C unit tests get a private MariaDB (TEST_MYSQL_DSN) and Redis (REDIS_URL) from with-servers;
@@ -34,7 +50,7 @@ unit: build
 
 NPM_STAMP := $(if $(wildcard tests/package.json),tests/node_modules/.installed)
 
-integration: build $(NPM_STAMP)
+integration: build web $(NPM_STAMP)
 	BUILD_DIR=$(BUILD_DIR) node --test --test-concurrency=1 tests/integration/*.test.mjs
 
 # Offline Kubernetes checks (tests/k8s, docs/deploy.md): the image recipe against
@@ -96,4 +112,4 @@ bench: build
 	BUILD_DIR=$(BUILD_DIR) bench/run-all
 
 clean:
-	rm -rf $(BUILD_DIR) $(BUILD_DIR).cmake.log
+	rm -rf $(BUILD_DIR) $(BUILD_DIR).cmake.log web/dist

@@ -32,8 +32,10 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const ROOT = path.resolve(HERE, '..', '..');
 /** The chatweb services, in start order. */
 export const SERVICES = ['auth', 'billing', 'chat', 'proxy'];
-/** The placeholder web root shipped with deploy/local (the API-only build has no web UI). */
+/** The placeholder web root shipped with deploy/local, for stacks that serve no web UI (tests). */
 export const DEFAULT_STATIC_ROOT = path.join(HERE, 'www');
+/** The built web UI (web/, `make build` runs its Vite build): what `make run` serves. */
+export const WEB_DIST = path.join(ROOT, 'web', 'dist');
 
 const NGINX_TEMPLATE = path.join(HERE, 'nginx.conf.tmpl');
 const NGINX_RPC_TEMPLATE = path.join(HERE, 'nginx-rpc.conf.tmpl');

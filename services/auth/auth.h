@@ -289,6 +289,21 @@ int auth_api_login(struct svc_req *req, void *ctx);
 int auth_api_logout(struct svc_req *req, void *ctx);
 int auth_api_me(struct svc_req *req, void *ctx);
 
+/* ---- conversation history of the web UI (conv.c, docs/web.md) ---- */
+
+#define AUTH_CONV_ID_MAX 64             /* conversation ids: [A-Za-z0-9_-], the UI's */
+#define AUTH_CONV_TITLE_MAX 200         /* bytes */
+#define AUTH_CONV_BODY_MAX (512 * 1024) /* the messages of one conversation, as compact JSON */
+#define AUTH_CONV_MAX_PER_USER 1000
+
+/*
+ * POST /api/conversations {"action": "list"|"get"|"put"|"delete"|"clear", "id", "title",
+ * "updated_ms", "messages"}: the signed-in user's conversations (any scheme Authenticate
+ * accepts). Envelope replies; the Unauthorized envelope without valid credentials, 503 when SQL
+ * is down. Thread-safe (borrows a pooled SQL connection).
+ */
+int auth_api_conversations(struct svc_req *req, void *ctx);
+
 /* The RPC registry (web.c). */
 struct svc_rpc_registry;
 extern struct svc_rpc_registry auth_rpc_registry;

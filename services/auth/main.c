@@ -148,6 +148,7 @@ static const struct svc_route routes[] = {
     {"POST", "/api/login", auth_api_login, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
     {"POST", "/api/logout", auth_api_logout, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
     {NULL, "/api/me", auth_api_me, &ctx, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/conversations", auth_api_conversations, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
     {"POST", "/accounts", auth_ops_accounts, &ctx, SVC_HTTP_STYLE_ENVELOPE},
     {NULL, "/admin/accounts", auth_ops_admin_accounts, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
     /* the ingress also routes these with a trailing slash */
@@ -156,6 +157,7 @@ static const struct svc_route routes[] = {
     {"POST", "/api/login/", auth_api_login, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
     {"POST", "/api/logout/", auth_api_logout, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
     {NULL, "/api/me/", auth_api_me, &ctx, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/conversations/", auth_api_conversations, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
 };
 
 int main(int argc, char **argv)

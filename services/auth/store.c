@@ -62,6 +62,15 @@ static const struct svc_db_migration auth_migrations[] = {
      "  idem_key VARCHAR(128) COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,\n"
      "  action VARCHAR(32) NOT NULL, body_hash CHAR(64) NOT NULL, reply TEXT NULL,\n"
      "  created_at_ms BIGINT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"},
+    /* the web UI's conversation history (conv.c) */
+    {"auth", 5,
+     "CREATE TABLE auth_conversations (user_id INTEGER NOT NULL, conv_id TEXT NOT NULL,\n"
+     "  title TEXT NOT NULL, updated_ms INTEGER NOT NULL, messages TEXT NOT NULL,\n"
+     "  PRIMARY KEY (user_id, conv_id))",
+     "CREATE TABLE IF NOT EXISTS auth_conversations (user_id BIGINT NOT NULL,\n"
+     "  conv_id VARCHAR(64) COLLATE utf8mb4_bin NOT NULL, title VARCHAR(255) NOT NULL,\n"
+     "  updated_ms BIGINT NOT NULL, messages MEDIUMTEXT NOT NULL,\n"
+     "  PRIMARY KEY (user_id, conv_id)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"},
 };
 
 int auth_store_migrate(struct svc_db *db)
@@ -337,6 +346,9 @@ int auth_user_delete(struct auth_ctx *a, int64_t id)
     if ((rc = svc_db_conn_get(a->db, &conn, -1)) != SVC_OK)
         return rc;
     rc = svc_db_exec(conn, "DELETE FROM auth_api_keys WHERE user_id = ?", p, 1, NULL, NULL);
+    if (rc == SVC_OK) /* the web UI's history goes with the user (conv.c) */
+        rc =
+            svc_db_exec(conn, "DELETE FROM auth_conversations WHERE user_id = ?", p, 1, NULL, NULL);
     if (rc == SVC_OK)
         rc = svc_db_exec(conn, "DELETE FROM auth_users WHERE id = ?", p, 1, &affected, NULL);
     if (rc != SVC_OK)

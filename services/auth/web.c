@@ -250,6 +250,12 @@ int auth_api_me(struct svc_req *req, void *ctx)
                      id.is_static, "blocked", id.blocked);
     if (data == NULL)
         return auth_reply(req, 500, "Fail", "internal error", NULL, 1);
+    /* The web UI links to it when the balance is low (docs/web.md). */
+    if (json_object_set_new(data, "ops_link",
+                            json_string(a->cfg.ops_link ? a->cfg.ops_link : "")) != 0) {
+        json_decref(data);
+        return auth_reply(req, 500, "Fail", "internal error", NULL, 1);
+    }
     add_account(a, id.user_id, svc_req_id(req), data, id.is_static);
     return auth_reply(req, 200, "Success", "", data, 0);
 }

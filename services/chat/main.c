@@ -6,6 +6,7 @@
  *   POST /api/chat-process   streamed reply (turn.c)
  *   POST /api/config         the frontend's settings panel
  */
+#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <unistd.h>
@@ -46,24 +47,45 @@ struct chat_stats chat_stats = {CHAT_METRICS(SVC_METRIC_INIT)};
 static struct chat_worker *workers;
 static struct svc_modelmap *models;
 static unsigned nworkers;
-static char config_reply[1024];
+static char *config_reply; /* built once at start, freed at exit */
 
-/* /api/config never shows a secret (the seed's S5): only whether a proxy is in use. */
+/* /api/config never shows a secret (the seed's S5): only whether a proxy is in use. `models`
+ * (what the /model command accepts: CHAT_MODELS, else OPENAI_MODEL) and `model` (the default)
+ * are for the web UI's model picker (docs/web.md). */
 static void build_config_reply(void)
 {
-    snprintf(config_reply, sizeof(config_reply),
-             "{\"status\":\"Success\",\"message\":\"\",\"data\":{\"apiModel\":\"ChatGPTAPI\","
-             "\"reverseProxy\":\"-\",\"timeoutMs\":%lld,\"socksProxy\":\"%s\","
-             "\"httpsProxy\":\"-\",\"usage\":\"-\"}}",
-             (long long)chat_setting.CHAT_UPSTREAM_IDLE_TIMEOUT.i * 1000,
-             chat_setting.SOCKS_PROXY.s[0] != '\0' ? "(configured)" : "-");
+    const char *list =
+        chat_setting.CHAT_MODELS.s[0] ? chat_setting.CHAT_MODELS.s : chat_setting.OPENAI_MODEL.s;
+    json_t *models = json_array(), *o = NULL;
+    const char *p = list;
+
+    while (models != NULL && p != NULL && *p != '\0') {
+        const char *comma = strchr(p, ',');
+        size_t len = comma != NULL ? (size_t)(comma - p) : strlen(p);
+        while (len > 0 && *p == ' ')
+            p++, len--;
+        while (len > 0 && p[len - 1] == ' ')
+            len--;
+        if (len > 0 && json_array_append_new(models, json_stringn(p, len)) != 0)
+            svc_service_die(SVC_EX_SOFTWARE, "out of memory");
+        p = comma != NULL ? comma + 1 : NULL;
+    }
+    if (models != NULL)
+        o = json_pack("{s:s,s:s,s:{s:s,s:s,s:I,s:s,s:s,s:s,s:o,s:s}}", "status", "Success",
+                      "message", "", "data", "apiModel", "ChatGPTAPI", "reverseProxy", "-",
+                      "timeoutMs", (json_int_t)chat_setting.CHAT_UPSTREAM_IDLE_TIMEOUT.i * 1000,
+                      "socksProxy", chat_setting.SOCKS_PROXY.s[0] != '\0' ? "(configured)" : "-",
+                      "httpsProxy", "-", "usage", "-", "models", models, "model",
+                      chat_setting.OPENAI_MODEL.s);
+    if (o == NULL || (config_reply = json_dumps(o, JSON_COMPACT)) == NULL)
+        svc_service_die(SVC_EX_SOFTWARE, "out of memory");
+    json_decref(o);
 }
 
 int chat_config(struct svc_req *req, void *ctx)
 {
     (void)ctx;
-    svc_req_reply(req, 200, "application/json; charset=utf-8", config_reply,
-                  strlen(config_reply));
+    svc_req_reply(req, 200, "application/json; charset=utf-8", config_reply, strlen(config_reply));
     return SVC_HTTP_DONE;
 }
 
@@ -217,6 +239,8 @@ int main(int argc, char **argv)
         svc_loop_destroy(&w->loop);
     }
     auth_client_teardown();
+    free(config_reply);
+    config_reply = NULL;
     svc_modelmap_destroy(&models);
     free(workers);
     free(loops);

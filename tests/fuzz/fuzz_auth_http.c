@@ -2,9 +2,9 @@
  * Fuzz target: every request field and JSON body the auth service reads, through its real
  * handlers (services/auth/web.c, ops.c, authn.c and store.c on SQLite, no Redis) served by the
  * real svc_http server in this process: /api/session, /api/verify, /api/login, /api/logout,
- * /api/me, /accounts, /admin/accounts, and auth's RPC methods (common/rpc.c decoding arbitrary
- * bytes as each method's request message, then auth's handler). Billing is the stand-in of
- * fake_services.c, so the ops actions run to their end.
+ * /api/me, /api/conversations, /accounts, /admin/accounts, and auth's RPC methods (common/rpc.c
+ * decoding arbitrary bytes as each method's request message, then auth's handler). Billing is the
+ * stand-in of fake_services.c, so the ops actions run to their end.
  *
  * Input: byte 0 picks the route, byte 1 the headers (see the F_* flags); the rest is split at
  * 0xff into the Authorization value, the Cookie value, one more header value (Opskey,
@@ -59,6 +59,7 @@ static const struct svc_route routes[] = {
     {NULL, "/api/me", auth_api_me, &a, SVC_HTTP_STYLE_ENVELOPE},
     {"POST", "/accounts", auth_ops_accounts, &a, SVC_HTTP_STYLE_ENVELOPE},
     {NULL, "/admin/accounts", auth_ops_admin_accounts, &a, SVC_HTTP_STYLE_ENVELOPE, 1},
+    {"POST", "/api/conversations", auth_api_conversations, &a, SVC_HTTP_STYLE_ENVELOPE, 1},
     FZ_FAKE_ROUTE,
 };
 
@@ -80,6 +81,8 @@ static const struct target targets[] = {
     {"/rpc/Auth/ChangeCredentials", &chatweb__auth__change_credentials_response__descriptor},
     {"/rpc/Auth/SetModel", &chatweb__auth__set_model_response__descriptor},
     {"/rpc/Auth/NoSuchMethod", &chatweb__auth__set_model_response__descriptor},
+    /* last, so the corpus's earlier byte-0 values keep naming the same routes */
+    {"/api/conversations", NULL},
 };
 #define NTARGETS (sizeof(targets) / sizeof(targets[0]))
 

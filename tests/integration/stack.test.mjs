@@ -509,7 +509,10 @@ describe('deploy/local/run.mjs (make run) with stand-in services', () => {
         const dataDir = scratch('chatweb-run-data-');
         const port = await freePort();
         const env = { PATH: process.env.PATH, HOME: process.env.HOME, BUILD_DIR: buildDir, DATA_DIR: dataDir,
-            SERVER_HOST: '127.0.0.1', SERVER_PORT: String(port), REPLICAS: 'chat=2' };
+            SERVER_HOST: '127.0.0.1', SERVER_PORT: String(port), REPLICAS: 'chat=2',
+            // A configured key: the first-run setup registers a user through the real auth
+            // service, which the stand-ins are not (run.test.mjs covers it).
+            OPS_KEY: 'stand-in-ops-key-0123456789abcdef' };
         const child = spawn(process.execPath, [path.join(ROOT, 'deploy/local/run.mjs')], { env, stdio: ['ignore', 'pipe', 'pipe'] });
         let out = '';
         child.stdout.on('data', (d) => { out += d; });

@@ -80,7 +80,7 @@ describe('Ingress routes == deploy/local/nginx.conf.tmpl routes', () => {
         const seeds = new Set(['/', '/index.html', '/assets/app.js', '/rpc', '/rpc/', '/rpc/Auth/Authenticate',
             '/rpc/Billing/Reserve', '/api/', '/api/config', '/api/chat-process', '/api/unknown',
             '/v1/', '/v1/models', '/v1/chat/completions', '/admin', '/admin/', '/admin/index.html']);
-        for (const w of ['session', 'verify', 'login', 'logout', 'me']) seeds.add(`/api/${w}`);
+        for (const w of ['session', 'verify', 'login', 'logout', 'me', 'conversations']) seeds.add(`/api/${w}`);
         for (const l of locs) if (l.modifier !== '~') seeds.add(l.path);
         for (const p of paths) seeds.add(p.path);
         const probes = new Set();

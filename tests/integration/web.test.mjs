@@ -1,0 +1,514 @@
+// The web UI (web/, docs/web.md) in a real browser: Debian's Chromium driven by playwright-core,
+// against a whole stack (nginx serving web/dist, the four services, the fake upstream). Covers
+// sign-in, streaming, reload, a phone-sized window, stop, regenerate, exact balance, running out
+// of balance, an HTML/script payload rendered inert, Markdown (code, tables, math) through the
+// JSON import, and the admin console creating, recharging and blocking a user. Writes the
+// screenshots the README shows (docs/screenshots/).
+//
+// Chromium missing is a failure, not a skip: scripts/bootstrap installs it (CHROMIUM_PATH
+// overrides /usr/bin/chromium).
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import zlib from 'node:zlib';
+import { chromium } from 'playwright-core';
+import { ROOT, getJSON, postJSON, withStack } from './lib/harness.mjs';
+
+const OPS_KEY = 'web-test-ops-key-0123456789abcdef';
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const WEB_DIST = path.join(ROOT, 'web', 'dist');
+const SHOTS = path.join(ROOT, 'docs', 'screenshots');
+const STEP_MS = 15000;      // any single wait in the browser
+
+async function ops(stack, body) {
+    const r = await postJSON(`${stack.url}/accounts`, body, { headers: { Opskey: OPS_KEY } });
+    return r.json();
+}
+
+async function register(stack, name, password, count) {
+    const j = await ops(stack, { action: 'register', i_username: name, i_password: password, count });
+    assert.equal(j.status, 'Success', JSON.stringify(j));
+}
+
+async function check(stack, name) {
+    const j = await ops(stack, { action: 'check', i_username: name });
+    assert.equal(j.status, 'Success', JSON.stringify(j));
+    return j.data;
+}
+
+/** Polls the account until nothing is held any more (settle runs right after the stream). */
+async function settled(stack, name) {
+    for (let i = 0; i < 200; i++) {
+        const d = await check(stack, name);
+        if (d.held === 0) return d;
+        await new Promise((r) => setTimeout(r, 25));
+    }
+    throw new Error(`${name}: a hold is still open`);
+}
+
+async function signIn(page, url, user, password) {
+    await page.goto(url);
+    await page.getByLabel('Username').fill(user);
+    await page.getByLabel('Password').fill(password);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.locator('#composer-input').waitFor({ timeout: STEP_MS });
+}
+
+async function sendMessage(page, text) {
+    await page.locator('#composer-input').fill(text);
+    await page.locator('#composer-input').press('Enter');
+}
+
+const lastReply = (page) => page.locator('#messages .msg.assistant').last();
+
+const MARKDOWN = [
+    'Here is **C** code:', '', '```c', '#include <stdio.h>', '', 'int main(void) {', '    printf("hello\\n");',
+    '    return 0;', '}', '```', '',
+    '| model | input | output |', '|---|---|---|', '| gpt-4o | 1.0 | 3.0 |', '| gpt-4o-mini | 0.2 | 0.6 |', '',
+    'Euler: $e^{i\\pi} + 1 = 0$', '', '$$\\int_0^1 x^2\\,dx = \\frac{1}{3}$$', '', '<script>window.__pwned=5</script>',
+].join('\n');
+
+/** Imports one conversation through Settings > Import JSON and opens it. */
+async function importChat(page, title, messages) {
+    const file = path.join(os.tmpdir(), `chatweb-import-${process.pid}-${Date.now()}.json`);
+    fs.writeFileSync(file, JSON.stringify({ format: 'chatweb-chats', version: 1, chats: [{
+        id: `imported-${Date.now()}`, title, updated: Date.now(), messages }] }));
+    try {
+        await page.locator('#open-settings').click();
+        await page.locator('#import-file').setInputFiles(file);
+        await page.getByText('Imported 1 conversations').waitFor();
+    } finally {
+        fs.rmSync(file, { force: true });
+    }
+    await page.getByRole('button', { name: 'Close' }).click();
+    await page.locator('#chat-list .chat-open', { hasText: title }).click();
+}
+
+async function waitIdle(page) {
+    await page.locator('#messages .msg.loading').waitFor({ state: 'detached', timeout: STEP_MS });
+}
+
+describe('web UI build (web/dist)', () => {
+    it('the chat page loads under 300 KB of compressed JavaScript, all from the origin', (t) => {
+        const html = fs.readFileSync(path.join(WEB_DIST, 'index.html'), 'utf8');
+        const scripts = [...html.matchAll(/<(?:script[^>]*\ssrc|link[^>]*rel="modulepreload"[^>]*\shref)="([^"]+)"/g)].map((m) => m[1]);
+        assert.ok(scripts.length >= 1, html);
+        let total = 0;
+        for (const src of scripts) {
+            assert.match(src, /^\/assets\//, 'served by us, no CDN');
+            total += zlib.gzipSync(fs.readFileSync(path.join(WEB_DIST, src))).length;
+        }
+        t.diagnostic(`chat page JavaScript: ${scripts.length} files, ${(total / 1024).toFixed(1)} KB gzipped`);
+        assert.ok(total < 300 * 1024, `${total} bytes`);
+        // Nothing in the build names another origin to load from.
+        for (const f of fs.readdirSync(path.join(WEB_DIST, 'assets')).filter((x) => /\.(js|css)$/.test(x))) {
+            const text = fs.readFileSync(path.join(WEB_DIST, 'assets', f), 'utf8');
+            assert.doesNotMatch(text, /(?:src|href)\s*=\s*["']https?:\/\/|@import\s+url\(["']?https?:|url\(["']?https?:\/\//, f);
+        }
+    });
+});
+
+describe('web UI in Chromium', () => {
+    const stack = withStack({
+        staticRoot: WEB_DIST,
+        env: {
+            OPS_KEY, AUTH_PWHASH_OPS: '1', AUTH_PWHASH_MEM_KIB: '8192',
+            OPENAI_MAX_TOKENS: '1000', CHAT_MIN_RESPONSE_TOKENS: '100', LOG_LEVEL: 'info',
+            OPENAI_MODEL: 'gpt-4o-mini', CHAT_MODELS: 'gpt-4o-mini,gpt-4o',
+        },
+    });
+    let browser;
+    const consoleErrors = [];
+
+    before(async () => {
+        assert.ok(fs.existsSync(path.join(WEB_DIST, 'index.html')), `${WEB_DIST} is not built: run make web (make test does)`);
+        assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} not found: scripts/bootstrap installs Debian's chromium`);
+        fs.mkdirSync(SHOTS, { recursive: true });
+        browser = await chromium.launch({
+            executablePath: CHROMIUM,
+            // Root in a container: Chromium's sandbox needs user namespaces we may not have.
+            args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'],
+        });
+        await register(stack, 'wendy', 'wendy-password', 100000);
+        await register(stack, 'pete', 'pete-password', 100000);
+        await register(stack, 'broke', 'broke-password', 0);
+    }, { timeout: 60000 });
+
+    after(async () => {
+        if (browser) await browser.close();
+    });
+
+    /** A fresh browser context (its own localStorage) that records page errors and off-origin requests. */
+    async function context(opts = {}) {
+        const ctx = await browser.newContext({ locale: 'en-US', viewport: { width: 1280, height: 800 }, ...opts });
+        ctx.setDefaultTimeout(STEP_MS);
+        ctx.on('request', (req) => {
+            const u = req.url();
+            if (!u.startsWith(stack.url) && !u.startsWith('data:') && !u.startsWith('blob:'))
+                consoleErrors.push(`request left the origin: ${u}`);
+        });
+        ctx.on('page', (p) => p.on('pageerror', (err) => consoleErrors.push(`page error: ${err.message}`)));
+        return ctx;
+    }
+
+    it('signs in, streams a reply with a cursor, bills it exactly and keeps it over a reload', { timeout: 60000 }, async () => {
+        const ctx = await context({ colorScheme: 'light' });
+        const page = await ctx.newPage();
+        await signIn(page, stack.url, 'wendy', 'wendy-password');
+        const before = await settled(stack, 'wendy');
+        await page.locator('#balance-value').waitFor();
+        assert.equal(Number(await page.locator('#balance-value').getAttribute('data-units')), before.balance);
+
+        await sendMessage(page, 'Hello there streaming world [[fake tps=25 tokens=40]]');
+        // While it streams: the bubble is busy, has some text but not all of it, the Stop button shows.
+        const streaming = page.locator('#messages .msg.assistant.loading .content.markdown');
+        await streaming.waitFor({ timeout: STEP_MS });
+        const partial = await streaming.innerText();
+        assert.ok(await page.locator('#stop').isVisible(), 'Stop is offered while the reply streams');
+        await waitIdle(page);
+        const full = await lastReply(page).locator('.content').innerText();
+        assert.match(full, /^Echo\(\d+ msgs\): Hello there streaming world/);
+        assert.ok(full.length > partial.length, `the reply grew while streaming (${partial.length} -> ${full.length})`);
+        assert.equal(full.split(' ').length, 40, 'all 40 tokens arrived');
+        assert.ok(await page.locator('#send').isVisible());
+
+        // The balance shown is billing's, and the reply shows exactly what it cost.
+        const after1 = await settled(stack, 'wendy');
+        assert.ok(after1.balance < before.balance);
+        await page.waitForFunction((v) => document.querySelector('#balance-value')?.dataset.units === String(v), after1.balance, { timeout: STEP_MS });
+        const spent = await lastReply(page).locator('.spent').innerText();
+        assert.equal(spent, `−${before.balance - after1.balance} tokens`);
+        assert.match(await page.locator('#chat-title').innerText(), /Hello there streaming world/);
+
+        // A reload finds the conversation in the sidebar and its messages.
+        await page.reload();
+        await page.locator('#composer-input').waitFor();
+        const item = page.locator('#chat-list .chat-open', { hasText: 'Hello there streaming world' });
+        await item.waitFor();
+        await item.click();
+        assert.equal(await page.locator('#messages .msg').count(), 2);
+        assert.equal(await lastReply(page).locator('.content').innerText(), full);
+
+        // A second turn sends the first as context (the fake counts the messages it got).
+        await sendMessage(page, 'and again');
+        await waitIdle(page);
+        assert.match(await lastReply(page).locator('.content').innerText(), /^Echo\(4 msgs\): and again/);
+        // The conversation is on the server (history for other devices), both turns of it.
+        const token = await page.evaluate(() => localStorage.getItem('chatweb.token'));
+        const auth = { headers: { Authorization: `Bearer ${token}` } };
+        let stored = null;
+        for (let i = 0; i < 100 && !(stored && stored.messages.length === 4); i++) {
+            const list = (await postJSON(`${stack.url}/api/conversations`, { action: 'list' }, auth)).json().data;
+            const item = list.find((c) => c.title.startsWith('Hello there streaming world'));
+            if (item) stored = (await postJSON(`${stack.url}/api/conversations`, { action: 'get', id: item.id }, auth)).json().data;
+            if (!(stored && stored.messages.length === 4)) await page.waitForTimeout(50);
+        }
+        assert.deepEqual(stored.messages.map((m) => m.role), ['user', 'assistant', 'user', 'assistant']);
+        assert.match(stored.messages[3].text, /^Echo\(4 msgs\): and again/);
+        await ctx.close();
+    });
+
+    it('stops a reply mid-stream and regenerates one', { timeout: 60000 }, async () => {
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await signIn(page, stack.url, 'wendy', 'wendy-password');
+        await page.locator('#new-chat').click();
+        await sendMessage(page, 'long one [[fake tps=10 tokens=400]]');
+        const streaming = page.locator('#messages .msg.assistant.loading .content.markdown');
+        await streaming.waitFor({ timeout: STEP_MS });
+        await page.locator('#stop').click();
+        await waitIdle(page);
+        const stopped = await lastReply(page).locator('.content').innerText();
+        const words = stopped.split(' ').length;
+        assert.ok(words >= 1 && words < 400, `stopped after ${words} tokens`);
+        await page.waitForTimeout(400);
+        assert.equal(await lastReply(page).locator('.content').innerText(), stopped, 'nothing arrives after Stop');
+        assert.ok(await page.locator('#send').isVisible());
+        await settled(stack, 'wendy');   // the partial reply was settled, the hold is gone
+
+        // Regenerate replaces the reply in place (same number of messages).
+        await page.locator('#new-chat').click();
+        await sendMessage(page, 'regen me [[fake tokens=5]]');
+        await waitIdle(page);
+        const first = await lastReply(page).locator('.content').innerText();
+        assert.match(first, /^Echo\(\d+ msgs\): regen me/);
+        await lastReply(page).getByRole('button', { name: 'Regenerate' }).click();
+        await waitIdle(page);
+        assert.equal(await page.locator('#messages .msg').count(), 2);
+        assert.match(await lastReply(page).locator('.content').innerText(), /^Echo\(\d+ msgs\): regen me/);
+        // Escape also stops.
+        await sendMessage(page, 'escape [[fake tps=10 tokens=300]]');
+        await page.locator('#messages .msg.assistant.loading .content.markdown').waitFor({ timeout: STEP_MS });
+        await page.keyboard.press('Escape');
+        await waitIdle(page);
+        assert.ok((await lastReply(page).locator('.content').innerText()).split(' ').length < 300);
+
+        // Deleting the conversation deletes it on the server too.
+        const token = await page.evaluate(() => localStorage.getItem('chatweb.token'));
+        const titles = async () => (await postJSON(`${stack.url}/api/conversations`, { action: 'list' },
+            { headers: { Authorization: `Bearer ${token}` } })).json().data.map((c) => c.title);
+        for (let i = 0; i < 100 && !(await titles()).some((x) => x.startsWith('regen me')); i++) await page.waitForTimeout(50);
+        assert.ok((await titles()).some((x) => x.startsWith('regen me')));
+        await page.locator('#chat-list .chat-item.active').getByRole('button', { name: /^Delete/ }).click();
+        await page.locator('dialog').getByRole('button', { name: 'Delete' }).click();
+        for (let i = 0; i < 100 && (await titles()).some((x) => x.startsWith('regen me')); i++) await page.waitForTimeout(50);
+        assert.ok(!(await titles()).some((x) => x.startsWith('regen me')), 'gone from the server');
+        assert.equal(await page.locator('#chat-list .chat-open', { hasText: 'regen me' }).count(), 0);
+        await ctx.close();
+    });
+
+    it('renders an HTML/script payload in a reply as inert text', { timeout: 60000 }, async () => {
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await signIn(page, stack.url, 'wendy', 'wendy-password');
+        await page.locator('#new-chat').click();
+        const payload = '<img src=x onerror=window.__pwned=1> <script>window.__pwned=2</script> '
+            + '<iframe src=javascript:window.__pwned=3></iframe> [click](javascript:window.__pwned=4) <b>bold</b>';
+        await sendMessage(page, payload);
+        await waitIdle(page);
+        const reply = lastReply(page).locator('.content');
+        const text = await reply.innerText();
+        assert.ok(text.includes('<img src=x onerror=window.__pwned=1>'), text);
+        assert.ok(text.includes('<script>window.__pwned=2</script>'), text);
+        assert.equal(await page.locator('#messages img, #messages script, #messages iframe, #messages b').count(), 0);
+        assert.equal(await page.locator('#messages a[href^="javascript"]').count(), 0);
+        await lastReply(page).getByRole('button', { name: 'Copy' }).click();
+        await page.waitForTimeout(200);
+        assert.equal(await page.evaluate(() => window.__pwned), undefined);
+        await ctx.close();
+    });
+
+    it('renders Markdown: highlighted code with a copy button, tables, KaTeX math (JSON import); exports Markdown and JSON', { timeout: 60000 }, async () => {
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await signIn(page, stack.url, 'pete', 'pete-password');
+        await importChat(page, 'Imported markdown', [{ role: 'user', text: 'Show me code, a table and some math.' },
+            { role: 'assistant', text: MARKDOWN }]);
+        const reply = lastReply(page);
+        assert.ok(await reply.locator('.code-block .hljs-keyword').count() >= 1, 'code is highlighted');
+        assert.equal(await reply.locator('.code-block .code-lang').innerText(), 'c');
+        assert.equal(await reply.locator('table td').count(), 6);
+        assert.ok(await reply.locator('.katex').count() >= 2, 'inline and display math rendered by KaTeX');
+        assert.equal(await reply.locator('.katex-display').count(), 1);
+        assert.equal(await page.locator('#messages script').count(), 0);
+        await page.screenshot({ path: path.join(SHOTS, 'chat-light.png') });
+        // Export as Markdown (the header button) and as JSON (settings): downloads with the text.
+        const [md] = await Promise.all([page.waitForEvent('download'), page.locator('#export-md').click()]);
+        const mdText = fs.readFileSync(await md.path(), 'utf8');
+        assert.equal(md.suggestedFilename(), 'Imported_markdown.md');
+        assert.ok(mdText.startsWith('# Imported markdown\n') && mdText.includes('## Assistant') && mdText.includes('int main(void) {'), mdText);
+        await page.locator('#open-settings').click();
+        const [js] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Export JSON' }).click()]);
+        const exported = JSON.parse(fs.readFileSync(await js.path(), 'utf8'));
+        assert.equal(exported.format, 'chatweb-chats');
+        assert.ok(exported.chats.some((c) => c.title === 'Imported markdown' && c.messages[1].text === MARKDOWN));
+        await page.getByRole('button', { name: 'Close' }).click();
+        // The copy button copies the code (the clipboard fallback works on plain http too).
+        await ctx.grantPermissions(['clipboard-read', 'clipboard-write']);
+        await reply.locator('.copy-code').click();
+        await reply.getByRole('button', { name: 'Copied' }).waitFor();
+        assert.equal(await page.evaluate(() => window.__pwned), undefined);
+        await ctx.close();
+    });
+
+    it('dark theme; a phone-sized second device: history from the server, auto-scroll that stops when the reader scrolls up', { timeout: 60000 }, async () => {
+        const dark = await context({ colorScheme: 'dark' });
+        const page = await dark.newPage();
+        await signIn(page, stack.url, 'wendy', 'wendy-password');
+        assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), 'dark');
+        await importChat(page, 'Imported markdown', [{ role: 'user', text: 'Show me code, a table and some math.' },
+            { role: 'assistant', text: MARKDOWN }]);
+        await page.screenshot({ path: path.join(SHOTS, 'chat-dark.png') });
+        await dark.close();
+
+        const phone = await context({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+        const p = await phone.newPage();
+        await signIn(p, stack.url, 'wendy', 'wendy-password');
+        // Another device: the conversation of the first test comes from the server's history.
+        await p.locator('#open-menu').click();
+        await p.locator('#chat-list .chat-open', { hasText: 'Hello there streaming world' }).click();
+        assert.equal(await p.locator('#messages .msg').count(), 4);
+        assert.match(await p.locator('#messages .msg.assistant').first().locator('.content').innerText(),
+            /^Echo\(\d+ msgs\): Hello there streaming world/);
+        await p.locator('#open-menu').click();
+        await p.waitForTimeout(300);   // the drawer slides in
+        await p.locator('#new-chat').click();
+        await p.waitForTimeout(300);   // and out
+        // The sidebar is a drawer: hidden until the menu button opens it.
+        assert.equal(await p.locator('#chat-list').isVisible(), true);   // in the DOM, off screen
+        const box0 = await p.locator('#sidebar').boundingBox();
+        assert.ok(box0.x + box0.width <= 0, `sidebar off screen (x=${box0.x})`);
+        await sendMessage(p, 'from my phone [[fake tokens=12]]');
+        await waitIdle(p);
+        assert.match(await lastReply(p).locator('.content').innerText(), /from my phone/);
+        const composer = await p.locator('#composer').boundingBox();
+        assert.ok(composer.y + composer.height <= 844 && composer.width <= 390, 'the composer fits the screen');
+        await p.screenshot({ path: path.join(SHOTS, 'phone.png') });
+
+        // Auto-scroll: a long reply is followed while the reader is at the bottom, and no longer
+        // once they scroll up.
+        await sendMessage(p, 'scroll test [[fake tps=80 tokens=600]]');
+        const box = p.locator('#messages');
+        await p.waitForFunction(() => {
+            const m = document.querySelector('#messages');
+            return document.querySelector('#messages .msg.loading') && m.scrollHeight > m.clientHeight + 300;
+        }, null, { timeout: STEP_MS });
+        await p.waitForTimeout(150);
+        const following = await box.evaluate((m) => m.scrollHeight - m.clientHeight - m.scrollTop);
+        assert.ok(following < 80, `at the bottom while streaming (${following} px left)`);
+        await box.evaluate((m) => { m.scrollTop = 0; });
+        await p.waitForTimeout(600);
+        assert.ok(await p.locator('#messages .msg.loading').count() === 1, 'still streaming');
+        assert.equal(await box.evaluate((m) => m.scrollTop), 0, 'stays where the reader scrolled');
+        await p.keyboard.press('Escape');
+        await waitIdle(p);
+        await p.locator('#open-menu').click();
+        await p.waitForTimeout(300);
+        const box1 = await p.locator('#sidebar').boundingBox();
+        assert.ok(box1.x >= 0, 'the drawer opened');
+        await p.locator('#chat-list .chat-open', { hasText: 'from my phone' }).waitFor();
+        await p.screenshot({ path: path.join(SHOTS, 'phone-menu.png') });
+        await phone.close();
+    });
+
+    it('a user without balance sees the message and the recharge link', { timeout: 60000 }, async () => {
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await signIn(page, stack.url, 'broke', 'broke-password');
+        await page.locator('#recharge-link').waitFor();
+        assert.equal(await page.locator('#recharge-link').getAttribute('href'), '/admin');
+        assert.match(await page.locator('#balance').innerText(), /used up/);
+        await sendMessage(page, 'hello');
+        await waitIdle(page);
+        const reply = lastReply(page);
+        assert.ok(await reply.evaluate((el) => el.classList.contains('error')));
+        assert.match(await reply.locator('.content').innerText(), /Token数已用尽/);
+        assert.equal(await reply.locator('.content a').getAttribute('href'), '/admin');
+        await ctx.close();
+    });
+
+    it('the model picker offers CHAT_MODELS and the next reply uses the chosen one', { timeout: 60000 }, async () => {
+        await register(stack, 'mo', 'mo-password', 100000);
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await signIn(page, stack.url, 'mo', 'mo-password');
+        const picker = page.getByLabel('Model', { exact: true });
+        await picker.waitFor();
+        assert.deepEqual(await picker.locator('option').allInnerTexts(), ['gpt-4o-mini', 'gpt-4o']);
+        assert.equal(await picker.inputValue(), 'gpt-4o-mini');
+        await picker.selectOption('gpt-4o');
+        for (let i = 0; i < 100 && (await check(stack, 'mo')).model !== 'gpt-4o'; i++) await page.waitForTimeout(50);
+        assert.equal((await check(stack, 'mo')).model, 'gpt-4o');
+        await sendMessage(page, 'which model [[fake tokens=3]]');
+        await waitIdle(page);
+        const reqs = (await getJSON(`${stack.fakeUpstream.url}/_fake/requests`)).requests;
+        assert.equal(reqs[reqs.length - 1].body.model, 'gpt-4o');
+        await page.reload();
+        await picker.waitFor();
+        assert.equal(await picker.inputValue(), 'gpt-4o');
+        await ctx.close();
+    });
+
+    it('continues a reply cut by the length limit', { timeout: 60000 }, async () => {
+        await register(stack, 'lenny', 'lenny-password', 1000000);
+        const ctx = await context();
+        const page = await ctx.newPage();
+        const sent = [];
+        page.on('request', (req) => {
+            if (req.url().endsWith('/api/chat-process')) sent.push(JSON.parse(req.postData()));
+        });
+        await signIn(page, stack.url, 'lenny', 'lenny-password');
+        // 1500 planned tokens, at most 1000 in the context budget (OPENAI_MAX_TOKENS): the reply
+        // ends with finish_reason "length", and the page asks chat for the rest with an empty
+        // prompt whose parent is the cut reply. The fake reads directives only in a last user
+        // message, so the continuation is its default 20 tokens and ends with "stop".
+        await sendMessage(page, 'go long [[fake tokens=1500]]');
+        await waitIdle(page);
+        assert.equal(sent.length, 2, JSON.stringify(sent).slice(0, 300));
+        assert.equal(sent[0].prompt, 'go long [[fake tokens=1500]]');
+        assert.equal(sent[1].prompt, '');
+        assert.match(sent[1].options.parentMessageId, /^[0-9a-f-]{36}$/);
+        const text = await lastReply(page).locator('.content').innerText();
+        assert.ok(text.startsWith('Echo(2 msgs): go long'), text.slice(0, 40));
+        assert.match(text, /Echo\(\d msgs\):/g);
+        assert.equal(text.match(/Echo\(/g).length, 2, 'the continuation is appended to the same bubble');
+        assert.equal(await page.locator('#messages .msg').count(), 2);
+        await ctx.close();
+    });
+
+    it('signs in with an API key and signs out', { timeout: 60000 }, async () => {
+        const k = await ops(stack, { action: 'create_key', i_username: 'pete', name: 'browser' });
+        assert.equal(k.status, 'Success');
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await page.goto(stack.url);
+        await page.getByRole('tab', { name: 'API key' }).click();
+        await page.getByLabel('API key').fill(k.data.key);
+        await page.getByRole('button', { name: 'Sign in' }).click();
+        await page.locator('#composer-input').waitFor({ timeout: STEP_MS });
+        assert.match(await page.locator('.who').innerText(), /pete/);
+        await page.waitForTimeout(300);
+        assert.equal(await page.locator('#model-picker').isVisible(), false, 'an API key cannot change the model');
+        await page.locator('#sign-out').click();
+        await page.getByRole('button', { name: 'Sign in' }).waitFor();
+        assert.equal(await page.evaluate(() => localStorage.getItem('chatweb.token')), null);
+        // A wrong password is refused with the server's message.
+        await page.getByLabel('Username').fill('pete');
+        await page.getByLabel('Password').fill('not-the-password');
+        await page.getByRole('button', { name: 'Sign in' }).click();
+        await page.getByText(/Sign-in failed/).waitFor();
+        await ctx.close();
+    });
+
+    it('admin console: creates a user, recharges and blocks them', { timeout: 60000 }, async () => {
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await page.goto(`${stack.url}/admin/`);
+        await page.getByLabel('Operator key').fill('wrong-key-wrong-key-wrong-key');
+        await page.getByRole('button', { name: 'Sign in' }).click();
+        await page.getByText('Header Opskey error').waitFor();
+        await page.getByLabel('Operator key').fill(OPS_KEY);
+        await page.getByRole('button', { name: 'Sign in' }).click();
+        await page.locator('#users tbody tr').first().waitFor({ timeout: STEP_MS });
+
+        await page.getByLabel('Username').fill('newbie');
+        await page.getByLabel('Password').fill('newbie-password');
+        await page.getByLabel(/Initial balance/).fill('5000');
+        await page.locator('#create-submit').click();
+        const row = page.locator('#users tr[data-user="newbie"]');
+        await row.waitFor({ timeout: STEP_MS });
+        assert.equal((await check(stack, 'newbie')).balance, 5000);
+
+        await row.getByRole('button', { name: 'Recharge' }).click();
+        await page.locator('#dlg-f0').fill('2500');
+        await page.locator('#dlg-ok').click();
+        await page.waitForFunction(() => document.querySelector('#users tr[data-user="newbie"] [data-col="remaining"]')?.textContent === '7,500', null, { timeout: STEP_MS });
+        assert.equal((await check(stack, 'newbie')).balance, 7500);
+
+        await row.getByRole('button', { name: 'Block' }).click();
+        await page.getByRole('button', { name: 'Block' }).last().click();   // the confirmation
+        await page.locator('#users tr[data-user="newbie"] [data-col="state"]', { hasText: 'blocked' }).waitFor({ timeout: STEP_MS });
+        assert.equal((await check(stack, 'newbie')).blocked, true);
+
+        // Search narrows the list; the ledger shows the recharge.
+        await page.getByLabel('Search users').fill('newb');
+        await page.waitForFunction(() => document.querySelectorAll('#users tbody tr').length === 1, null, { timeout: STEP_MS });
+        await page.screenshot({ path: path.join(SHOTS, 'admin.png') });
+        await page.locator('#users tr[data-user="newbie"]').getByRole('button', { name: 'Usage' }).click();
+        await page.locator('#ledger tbody tr').first().waitFor({ timeout: STEP_MS });
+        assert.ok((await page.locator('#ledger tbody').innerText()).includes('2500'));
+        await page.getByRole('button', { name: 'Close' }).click();
+
+        // The key is kept in memory only.
+        assert.equal(await page.evaluate(() => JSON.stringify(localStorage) + JSON.stringify(sessionStorage)), '{}{}');
+        await page.reload();
+        await page.getByLabel('Operator key').waitFor();
+        await ctx.close();
+    });
+
+    it('no request left the origin and no page threw', () => {
+        assert.deepEqual(consoleErrors, []);
+    });
+});
