@@ -93,8 +93,8 @@ soak: $(if $(SOAK_NO_BUILD),,build) $(NPM_STAMP)
 faults: build $(NPM_STAMP)
 	BUILD_DIR=$(BUILD_DIR) node tests/faults/run.mjs
 
-# The attacks of issue 10 against a running `make run` (docs/security.md): OPS_KEY=<its operator
-# key> make attack-replay [DATA_DIR=var]. Prints what each attack got; exit 1 if one got through.
+# The attacks of issue 10 against a running `make run` (docs/security.md): make attack-replay
+# [DATA_DIR=var] [OPS_KEY=<its operator key>, else DATA_DIR/first-run.json's]. Prints what each attack got; exit 1 if one got through.
 # Its last attack (guessing OPS_KEY) throttles this address's operator calls for 10 minutes.
 attack-replay: $(NPM_STAMP)
 	node tests/attack/replay.mjs $(if $(DATA_DIR),--data-dir $(DATA_DIR))

@@ -2,11 +2,11 @@
 // Replays the attacks of issue 10 against a running one-machine stack (`make run`), as a hostile
 // local user and as a stranger on the network would try them, and prints what each got.
 //
-//   OPS_KEY=... node tests/attack/replay.mjs [--data-dir var]     (make attack-replay)
+//   [OPS_KEY=...] node tests/attack/replay.mjs [--data-dir var]     (make attack-replay)
 //
 // It reads DATA_DIR/stack.json for the addresses (what a port scan finds; the file is the
-// owner's, so run this as the stack's user) and uses OPS_KEY only to set up victims and to read
-// balances and ledgers afterwards. Every attack is on the stack's real ports:
+// owner's, so run this as the stack's user) and uses the operator key (OPS_KEY, else the one in
+// DATA_DIR/first-run.json) only to set up victims and to read balances and ledgers afterwards. Every attack is on the stack's real ports:
 //   - a protobuf Recharge posted to billing's RPC port (unsigned, badly signed): no credit, no row;
 //   - an unsigned Authenticate to auth's RPC port;
 //   - Redis without its password: reading, forging a session;
@@ -27,9 +27,11 @@ import { types } from '../integration/lib/billing-rpc.mjs';
 
 const { values } = parseArgs({ options: { 'data-dir': { type: 'string', default: process.env.DATA_DIR || path.join(ROOT, 'var') } } });
 const dataDir = path.resolve(values['data-dir']);
-const OPS_KEY = process.env.OPS_KEY;
+// the operator key: OPS_KEY, else the one `make run` made on its first start
+const firstRun = path.join(dataDir, 'first-run.json');
+const OPS_KEY = process.env.OPS_KEY || (fs.existsSync(firstRun) ? JSON.parse(fs.readFileSync(firstRun, 'utf8')).ops_key : '');
 if (!OPS_KEY) {
-    process.stderr.write('replay: OPS_KEY must be the running stack\'s operator key (to set up victims and read ledgers)\n');
+    process.stderr.write(`replay: set OPS_KEY to the running stack's operator key (${firstRun} has none)\n`);
     process.exit(64);
 }
 const info = JSON.parse(fs.readFileSync(path.join(dataDir, 'stack.json'), 'utf8'));
