@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "meter/workers.h" /* struct meter_worker: a loop's worker */
 #include "svc/cfg.h"
 #include "svc/metrics.h"
 
@@ -94,17 +95,6 @@ extern struct chat_setting chat_setting;
 extern struct chat_stats chat_stats;
 
 /* Per-loop state; svc_loop_data(loop) points at it. */
-struct chat_worker {
-    struct svc_loop *loop;
-    struct svc_fetch_multi *multi; /* upstream streams: one connection each, no cap */
-    struct svc_fetch_multi *rpc;   /* auth and billing calls: a few keep-alive connections */
-    struct svc_redis_async *redis;
-    struct svc_rpc_client *auth;
-    struct svc_rpc_client *billing;
-    struct billing_client *bill;  /* Reserve, and Settle/Release retried until billing answers */
-    struct meter_loop *meters;    /* the metered pipeline on this loop (services/meter) */
-    const struct svc_modelmap *models; /* shared by all loops, read-only */
-};
 
 struct svc_req;
 

@@ -17,6 +17,7 @@
 #include "auth/client.h"
 #include "billing/client.h"
 #include "meter/meter.h"
+#include "meter/workers.h"
 #include "chat.h"
 #include "turn.h"
 #include "svc/fetch.h"
@@ -32,21 +33,10 @@
 struct chat_setting chat_setting = {CHAT_OPTIONS(SVC_OPTION_INIT)};
 struct chat_stats chat_stats = {CHAT_METRICS(SVC_METRIC_INIT)};
 
-#define REDIS_TIMEOUT_MS 2000
-#define AUTH_TIMEOUT_MS 3000
-/* A Reserve or Settle waits in this loop's queue (RPC_CONNECTIONS_PER_PEER connections) during
- * a burst, and the deadline counts that wait: failing a request that billing would have served a
- * moment later gains nothing. A billing that refuses connections still fails at once. */
-#define BILLING_TIMEOUT_MS 10000
-/* Per loop and peer service; a burst of RPCs queues on these instead of opening a connection
- * (and a descriptor) per request. */
-#define RPC_CONNECTIONS_PER_PEER 32
-#define SETTLE_GRACE_MS 5000
 #define AUTH_MEMO_SLOTS 4096
 
-static struct chat_worker *workers;
+static struct meter_workers *workers;
 static struct svc_modelmap *models;
-static unsigned nworkers;
 static char *config_reply; /* built once at start, freed at exit */
 
 /* /api/config never shows a secret (the seed's S5): only whether a proxy is in use. `models`
@@ -94,36 +84,18 @@ static const struct svc_route routes[] = {
     {"POST", "/api/config", chat_config, NULL, SVC_HTTP_STYLE_ENVELOPE},
 };
 
-static void *worker_main(void *arg)
-{
-    struct chat_worker *w = arg;
-
-    svc_loop_run(w->loop);
-    return NULL;
-}
-
 /* Ready when every loop has its Redis connection. Runs on the admin thread. */
 static int redis_ready(void *data)
 {
     (void)data;
-    for (unsigned i = 0; i < nworkers; i++)
-        if (!svc_redis_async_connected(workers[i].redis))
-            return -1;
-    return 0;
-}
-
-static void stop_loop(struct svc_loop *loop, void *data)
-{
-    (void)data;
-    svc_loop_stop(loop);
+    return meter_workers_redis_connected(workers) ? 0 : -1;
 }
 
 int main(int argc, char **argv)
 {
     struct svc_http_server *srv = NULL;
     struct svc_http_opts ho = {0};
-    struct svc_loop **loops;
-    pthread_t *threads;
+    struct meter_workers_opts wo = {0};
     char err[512];
 
     svc_service_setup("chat", argc, argv, (struct svc_option *)&chat_setting,
@@ -162,41 +134,22 @@ int main(int argc, char **argv)
         svc_service_die(SVC_EX_SOFTWARE, "cannot set up the authentication memory");
     build_config_reply();
 
-    nworkers = svc_service_workers();
-    workers = calloc(nworkers, sizeof(*workers));
-    loops = calloc(nworkers, sizeof(*loops));
-    threads = calloc(nworkers, sizeof(*threads));
-    if (workers == NULL || loops == NULL || threads == NULL)
-        svc_service_die(SVC_EX_SOFTWARE, "out of memory");
-    for (unsigned i = 0; i < nworkers; i++) {
-        struct chat_worker *w = &workers[i];
-        w->loop = loops[i] = svc_loop_create();
-        if (w->loop == NULL)
-            svc_service_die(SVC_EX_SOFTWARE, "cannot create event loop %u", i);
-        svc_loop_set_data(w->loop, w);
-        w->models = models;
-        w->multi = svc_fetch_multi_create(w->loop, 0);
-        w->rpc = svc_fetch_multi_create(w->loop, RPC_CONNECTIONS_PER_PEER);
-        w->redis = svc_redis_async_create(w->loop, chat_setting.REDIS_URL.s, REDIS_TIMEOUT_MS);
-        w->auth = svc_rpc_client_create(chat_setting.AUTH_URL.s, AUTH_TIMEOUT_MS);
-        w->billing = svc_rpc_client_create(chat_setting.BILLING_URL.s, BILLING_TIMEOUT_MS);
-        if (w->billing != NULL)
-            w->bill = billing_client_create(w->loop, w->billing, w->rpc,
-                                            (long)chat_setting.CHAT_SETTLE_RETRY_FOR.i,
-                                            &chat_stats.chat_settles_pending);
-        if (w->bill != NULL)
-            w->meters = meter_loop_create(w->loop, w->multi, w->redis, w->bill,
-                                          (long)chat_setting.CHAT_ABORT_DRAIN_MS.i);
-        if (w->multi == NULL || w->rpc == NULL || w->redis == NULL || w->auth == NULL ||
-            w->billing == NULL || w->bill == NULL || w->meters == NULL)
-            svc_service_die(SVC_EX_SOFTWARE, "cannot set up worker %u", i);
-    }
+    wo.n = svc_service_workers();
+    wo.redis_url = chat_setting.REDIS_URL.s;
+    wo.auth_url = chat_setting.AUTH_URL.s;
+    wo.billing_url = chat_setting.BILLING_URL.s;
+    wo.models = models;
+    wo.settle_retry_s = (long)chat_setting.CHAT_SETTLE_RETRY_FOR.i;
+    wo.abort_drain_ms = (long)chat_setting.CHAT_ABORT_DRAIN_MS.i;
+    wo.settles_pending = &chat_stats.chat_settles_pending;
+    if (meter_workers_create(&workers, &wo) != SVC_OK)
+        svc_service_die(SVC_EX_SOFTWARE, "cannot set up the event loops");
 
     ho.service = "chat";
     ho.addr = chat_setting.HTTP_ADDR.s;
     ho.mode = SVC_HTTP_LOOPS;
-    ho.loops = loops;
-    ho.nloops = nworkers;
+    ho.loops = meter_workers_loops(workers);
+    ho.nloops = meter_workers_count(workers);
     ho.max_body = (size_t)chat_setting.HTTP_MAX_BODY.i;
     ho.max_header = (size_t)chat_setting.HTTP_MAX_HEADER.i;
     ho.idle_timeout = (unsigned)chat_setting.HTTP_IDLE_TIMEOUT.i;
@@ -207,44 +160,21 @@ int main(int argc, char **argv)
         svc_service_die(SVC_EX_CONFIG, "HTTP_ADDR: %s", err);
 
     svc_tokenizer_warm(); /* the first request need not wait for them */
-    for (unsigned i = 0; i < nworkers; i++)
-        if (pthread_create(&threads[i], NULL, worker_main, &workers[i]) != 0)
-            svc_service_die(SVC_EX_SOFTWARE, "cannot start loop thread %u", i);
+    if (meter_workers_start(workers) != SVC_OK)
+        svc_service_die(SVC_EX_SOFTWARE, "cannot start the event loop threads");
     SVC_LOG_NOTICE(NULL, "startup", "serving on port %d with %u event loop(s)",
-                   svc_http_server_port(srv), nworkers);
+                   svc_http_server_port(srv), meter_workers_count(workers));
     svc_service_set_ready_check(redis_ready, NULL);
     svc_service_serve(srv);
-    /* Requests are drained; give the settles they left a moment to reach billing. */
-    for (int i = 0; i < SETTLE_GRACE_MS / 20 &&
-                    atomic_load(&chat_stats.chat_settles_pending.value) > 0;
-         i++)
-        usleep(20 * 1000);
-    for (unsigned i = 0; i < nworkers; i++) {
-        if (svc_loop_post(workers[i].loop, stop_loop, NULL) != SVC_OK)
-            svc_loop_stop(workers[i].loop);
-        pthread_join(threads[i], NULL);
-    }
+    meter_workers_stop(workers); /* the settles left get a moment to reach billing */
     /* The daemons go first: stopping them completes their requests, whose cleanups still use
      * the workers' clients. */
     svc_http_server_destroy(&srv);
-    for (unsigned i = 0; i < nworkers; i++) {
-        struct chat_worker *w = &workers[i];
-        meter_loop_destroy(&w->meters); /* drains still reading end, charged as counted */
-        billing_client_destroy(&w->bill);
-        svc_fetch_multi_destroy(&w->multi);
-        svc_fetch_multi_destroy(&w->rpc);
-        svc_redis_async_destroy(&w->redis);
-        svc_rpc_client_destroy(&w->auth);
-        svc_rpc_client_destroy(&w->billing);
-        svc_loop_destroy(&w->loop);
-    }
+    meter_workers_destroy(&workers);
     auth_client_teardown();
     free(config_reply);
     config_reply = NULL;
     svc_modelmap_destroy(&models);
-    free(workers);
-    free(loops);
-    free(threads);
     svc_service_teardown();
     return SVC_EX_OK;
 }

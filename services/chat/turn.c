@@ -431,7 +431,7 @@ static int start_upstream(struct chat_turn *t)
         fr.http = SVC_FETCH_HTTP_AUTO; /* checked at start-up */
     /* With many streams open, nearly every connection to the upstream is busy, and libcurl's
      * search for an idle one walks them all for each new request (docs/benchmarks.md): skip it. */
-    fr.fresh_connection = svc_fetch_multi_active(t->w->multi) >= UPSTREAM_REUSE_LIMIT;
+    fr.fresh_connection = svc_fetch_multi_active(t->w->upstream) >= UPSTREAM_REUSE_LIMIT;
     rc = meter_start(t->meter, &fr, 1);
     free(text);
     svc_wipe(auth, sizeof(auth));

@@ -26,7 +26,7 @@ enum chat_command { CHAT_CMD_NONE, CHAT_CMD_HELP, CHAT_CMD_LOGIN, CHAT_CMD_ME, C
 
 struct chat_turn {
     int refs;
-    struct chat_worker *w;
+    struct meter_worker *w;
     struct svc_req *req; /* NULL once the request is over */
     char rid[72];
 

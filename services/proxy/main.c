@@ -13,6 +13,7 @@
 #include "auth/client.h"
 #include "billing/client.h"
 #include "meter/meter.h"
+#include "meter/workers.h"
 #include "proxy.h"
 #include "svc/fetch.h"
 #include "svc/http.h"
@@ -27,45 +28,19 @@
 struct proxy_setting proxy_setting = {PROXY_OPTIONS(SVC_OPTION_INIT)};
 struct proxy_stats proxy_stats = {PROXY_METRICS(SVC_METRIC_INIT)};
 
-#define REDIS_TIMEOUT_MS 2000
-#define AUTH_TIMEOUT_MS 3000
-/* A Reserve or Settle waits in this loop's queue (RPC_CONNECTIONS_PER_PEER connections) during
- * a burst, and the deadline counts that wait: failing a request that billing would have served a
- * moment later gains nothing. A billing that refuses connections still fails at once. */
-#define BILLING_TIMEOUT_MS 10000
-#define RPC_CONNECTIONS_PER_PEER 32
-#define SETTLE_GRACE_MS 5000
 #define AUTH_MEMO_SLOTS 4096
 
-static struct proxy_worker *workers;
-static unsigned nworkers;
+static struct meter_workers *workers;
 
 static const struct svc_route routes[] = {
     {NULL, "/v1/*", proxy_v1, NULL, SVC_HTTP_STYLE_OPENAI, 1},
 };
 
-static void *worker_main(void *arg)
-{
-    struct proxy_worker *w = arg;
-
-    svc_loop_run(w->loop);
-    return NULL;
-}
-
 /* Ready when every loop has its Redis connection (the rate limits need it). */
 static int redis_ready(void *data)
 {
     (void)data;
-    for (unsigned i = 0; i < nworkers; i++)
-        if (!svc_redis_async_connected(workers[i].redis))
-            return -1;
-    return 0;
-}
-
-static void stop_loop(struct svc_loop *loop, void *data)
-{
-    (void)data;
-    svc_loop_stop(loop);
+    return meter_workers_redis_connected(workers) ? 0 : -1;
 }
 
 int main(int argc, char **argv)
@@ -73,8 +48,7 @@ int main(int argc, char **argv)
     struct svc_http_server *srv = NULL;
     struct svc_http_opts ho = {0};
     struct svc_modelmap *models = NULL;
-    struct svc_loop **loops;
-    pthread_t *threads;
+    struct meter_workers_opts wo = {0};
     char err[512];
 
     svc_service_setup("proxy", argc, argv, (struct svc_option *)&proxy_setting,
@@ -120,41 +94,22 @@ int main(int argc, char **argv)
     if (auth_client_setup(AUTH_MEMO_SLOTS, (long)proxy_setting.PROXY_AUTH_CACHE_MS.i) != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "cannot set up the authentication memory");
 
-    nworkers = svc_service_workers();
-    workers = calloc(nworkers, sizeof(*workers));
-    loops = calloc(nworkers, sizeof(*loops));
-    threads = calloc(nworkers, sizeof(*threads));
-    if (workers == NULL || loops == NULL || threads == NULL)
-        svc_service_die(SVC_EX_SOFTWARE, "out of memory");
-    for (unsigned i = 0; i < nworkers; i++) {
-        struct proxy_worker *w = &workers[i];
-        w->loop = loops[i] = svc_loop_create();
-        if (w->loop == NULL)
-            svc_service_die(SVC_EX_SOFTWARE, "cannot create event loop %u", i);
-        svc_loop_set_data(w->loop, w);
-        w->models = models;
-        w->upstream = svc_fetch_multi_create(w->loop, 0);
-        w->rpc = svc_fetch_multi_create(w->loop, RPC_CONNECTIONS_PER_PEER);
-        w->redis = svc_redis_async_create(w->loop, proxy_setting.REDIS_URL.s, REDIS_TIMEOUT_MS);
-        w->auth = svc_rpc_client_create(proxy_setting.AUTH_URL.s, AUTH_TIMEOUT_MS);
-        w->billing = svc_rpc_client_create(proxy_setting.BILLING_URL.s, BILLING_TIMEOUT_MS);
-        if (w->billing != NULL && w->rpc != NULL)
-            w->bill = billing_client_create(w->loop, w->billing, w->rpc,
-                                            (long)proxy_setting.PROXY_SETTLE_RETRY_FOR.i,
-                                            &proxy_stats.proxy_settles_pending);
-        if (w->bill != NULL && w->upstream != NULL && w->redis != NULL)
-            w->meters = meter_loop_create(w->loop, w->upstream, w->redis, w->bill,
-                                          (long)proxy_setting.PROXY_ABORT_DRAIN_MS.i);
-        if (w->upstream == NULL || w->rpc == NULL || w->redis == NULL || w->auth == NULL ||
-            w->billing == NULL || w->bill == NULL || w->meters == NULL)
-            svc_service_die(SVC_EX_SOFTWARE, "cannot set up worker %u", i);
-    }
+    wo.n = svc_service_workers();
+    wo.redis_url = proxy_setting.REDIS_URL.s;
+    wo.auth_url = proxy_setting.AUTH_URL.s;
+    wo.billing_url = proxy_setting.BILLING_URL.s;
+    wo.models = models;
+    wo.settle_retry_s = (long)proxy_setting.PROXY_SETTLE_RETRY_FOR.i;
+    wo.abort_drain_ms = (long)proxy_setting.PROXY_ABORT_DRAIN_MS.i;
+    wo.settles_pending = &proxy_stats.proxy_settles_pending;
+    if (meter_workers_create(&workers, &wo) != SVC_OK)
+        svc_service_die(SVC_EX_SOFTWARE, "cannot set up the event loops");
 
     ho.service = "proxy";
     ho.addr = proxy_setting.HTTP_ADDR.s;
     ho.mode = SVC_HTTP_LOOPS;
-    ho.loops = loops;
-    ho.nloops = nworkers;
+    ho.loops = meter_workers_loops(workers);
+    ho.nloops = meter_workers_count(workers);
     ho.max_body = (size_t)proxy_setting.HTTP_MAX_BODY.i;
     ho.max_header = (size_t)proxy_setting.HTTP_MAX_HEADER.i;
     ho.idle_timeout = (unsigned)proxy_setting.HTTP_IDLE_TIMEOUT.i;
@@ -164,40 +119,19 @@ int main(int argc, char **argv)
                                sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "HTTP_ADDR: %s", err);
     svc_tokenizer_warm(); /* the first request need not wait for them */
-    for (unsigned i = 0; i < nworkers; i++)
-        if (pthread_create(&threads[i], NULL, worker_main, &workers[i]) != 0)
-            svc_service_die(SVC_EX_SOFTWARE, "cannot start loop thread %u", i);
+    if (meter_workers_start(workers) != SVC_OK)
+        svc_service_die(SVC_EX_SOFTWARE, "cannot start the event loop threads");
     SVC_LOG_NOTICE(NULL, "startup", "serving /v1 on port %d with %u event loop(s)",
-                   svc_http_server_port(srv), nworkers);
+                   svc_http_server_port(srv), meter_workers_count(workers));
     svc_service_set_ready_check(redis_ready, NULL);
     svc_service_serve(srv);
-    /* Requests are drained; give the settles they left a moment to reach billing. */
-    for (int i = 0; i < SETTLE_GRACE_MS / 20 &&
-                    atomic_load(&proxy_stats.proxy_settles_pending.value) > 0;
-         i++)
-        usleep(20 * 1000);
-    for (unsigned i = 0; i < nworkers; i++) {
-        if (svc_loop_post(workers[i].loop, stop_loop, NULL) != SVC_OK)
-            svc_loop_stop(workers[i].loop);
-        pthread_join(threads[i], NULL);
-    }
+    meter_workers_stop(workers); /* the settles left get a moment to reach billing */
+    /* The daemons go first: stopping them completes their requests, whose cleanups still use
+     * the workers' clients. */
     svc_http_server_destroy(&srv);
-    for (unsigned i = 0; i < nworkers; i++) {
-        struct proxy_worker *w = &workers[i];
-        meter_loop_destroy(&w->meters);
-        billing_client_destroy(&w->bill);
-        svc_fetch_multi_destroy(&w->upstream);
-        svc_fetch_multi_destroy(&w->rpc);
-        svc_redis_async_destroy(&w->redis);
-        svc_rpc_client_destroy(&w->auth);
-        svc_rpc_client_destroy(&w->billing);
-        svc_loop_destroy(&w->loop);
-    }
+    meter_workers_destroy(&workers);
     auth_client_teardown();
     svc_modelmap_destroy(&models);
-    free(workers);
-    free(loops);
-    free(threads);
     svc_service_teardown();
     return SVC_EX_OK;
 }

@@ -1,6 +1,7 @@
 #ifndef PROXY_PROXY_H
 #define PROXY_PROXY_H
 
+#include "meter/workers.h" /* struct meter_worker: a loop's worker */
 #include "svc/cfg.h"
 #include "svc/metrics.h"
 
@@ -96,17 +97,6 @@ extern struct proxy_setting proxy_setting;
 extern struct proxy_stats proxy_stats;
 
 /* Per-loop state; svc_loop_data(loop) points at it. */
-struct proxy_worker {
-    struct svc_loop *loop;
-    struct svc_fetch_multi *upstream; /* upstream calls */
-    struct svc_fetch_multi *rpc;      /* auth and billing calls: a few keep-alive connections */
-    struct svc_redis_async *redis;
-    struct svc_rpc_client *auth;
-    struct svc_rpc_client *billing;
-    struct billing_client *bill;
-    struct meter_loop *meters;
-    const struct svc_modelmap *models;
-};
 
 struct svc_req;
 

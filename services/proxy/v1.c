@@ -38,7 +38,7 @@
 enum v1_kind { V1_CHAT, V1_COMPLETIONS, V1_EMBEDDINGS, V1_RESPONSES, V1_MODELS, V1_RELAY };
 
 struct v1_call {
-    struct proxy_worker *w;
+    struct meter_worker *w;
     struct svc_req *req; /* NULL once the request is over */
     char rid[72];
     char hold_id[48];

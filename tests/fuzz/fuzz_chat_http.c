@@ -81,7 +81,7 @@ static const char *const paths[] = {"/api/chat-process", "/api/chat-process", "/
                                     "/api/nothing-here"};
 #define NPATHS (sizeof(paths) / sizeof(paths[0]))
 
-static struct chat_worker worker;
+static struct meter_worker worker;
 static struct svc_modelmap *models;
 
 static void *run_loop(void *arg)
@@ -122,7 +122,7 @@ static void setup(void)
         chat_setting.OPENAI_BASE_URL.s = up;
     }
     worker.models = models;
-    worker.multi = svc_fetch_multi_create(worker.loop, 0);
+    worker.upstream = svc_fetch_multi_create(worker.loop, 0);
     worker.rpc = svc_fetch_multi_create(worker.loop, 8);
     worker.redis = svc_redis_async_create(worker.loop, "redis://127.0.0.1:1/0", 500);
     worker.auth = svc_rpc_client_create(base, 3000);
@@ -131,8 +131,8 @@ static void setup(void)
         worker.bill = billing_client_create(worker.loop, worker.billing, worker.rpc, 5,
                                             &chat_stats.chat_settles_pending);
     if (worker.bill != NULL)
-        worker.meters = meter_loop_create(worker.loop, worker.multi, worker.redis, worker.bill, 0);
-    if (worker.multi == NULL || worker.rpc == NULL || worker.redis == NULL || worker.auth == NULL ||
+        worker.meters = meter_loop_create(worker.loop, worker.upstream, worker.redis, worker.bill, 0);
+    if (worker.upstream == NULL || worker.rpc == NULL || worker.redis == NULL || worker.auth == NULL ||
         worker.billing == NULL || worker.bill == NULL || worker.meters == NULL ||
         pthread_create(&t, NULL, run_loop, worker.loop) != 0 || pthread_detach(t) != 0) {
         fprintf(stderr, "fuzz_chat_http: cannot set up the chat worker\n");

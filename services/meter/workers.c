@@ -1,0 +1,168 @@
+/*
+ * The event loops of a metered service and what each owns (workers.h): made, started, stopped
+ * and freed the same way for chat and the proxy.
+ */
+#include "meter/workers.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "billing/client.h"
+#include "meter/meter.h"
+#include "svc/fetch.h"
+#include "svc/loop.h"
+#include "svc/redis.h"
+#include "svc/rpc.h"
+
+#define REDIS_TIMEOUT_MS 2000
+#define AUTH_TIMEOUT_MS 3000
+/* A Reserve or Settle waits in this loop's queue (RPC_CONNECTIONS_PER_PEER connections) during
+ * a burst, and the deadline counts that wait: failing a request that billing would have served a
+ * moment later gains nothing. A billing that refuses connections still fails at once. */
+#define BILLING_TIMEOUT_MS 10000
+/* Per loop and peer service; a burst of RPCs queues on these instead of opening a connection
+ * (and a descriptor) per request. */
+#define RPC_CONNECTIONS_PER_PEER 32
+#define SETTLE_GRACE_MS 5000
+
+struct meter_workers {
+    unsigned n;
+    struct meter_worker *w;
+    struct svc_loop **loops;
+    pthread_t *threads;
+    unsigned started;
+    struct svc_metric *settles_pending;
+};
+
+static int worker_setup(struct meter_worker *w, const struct meter_workers_opts *o)
+{
+    if ((w->loop = svc_loop_create()) == NULL)
+        return SVC_ENOMEM;
+    svc_loop_set_data(w->loop, w);
+    w->models = o->models;
+    w->upstream = svc_fetch_multi_create(w->loop, 0);
+    w->rpc = svc_fetch_multi_create(w->loop, RPC_CONNECTIONS_PER_PEER);
+    w->redis = svc_redis_async_create(w->loop, o->redis_url, REDIS_TIMEOUT_MS);
+    w->auth = svc_rpc_client_create(o->auth_url, AUTH_TIMEOUT_MS);
+    w->billing = svc_rpc_client_create(o->billing_url, BILLING_TIMEOUT_MS);
+    if (w->billing != NULL && w->rpc != NULL)
+        w->bill = billing_client_create(w->loop, w->billing, w->rpc, o->settle_retry_s,
+                                        o->settles_pending);
+    if (w->bill != NULL && w->upstream != NULL && w->redis != NULL)
+        w->meters = meter_loop_create(w->loop, w->upstream, w->redis, w->bill, o->abort_drain_ms);
+    if (w->upstream == NULL || w->rpc == NULL || w->redis == NULL || w->auth == NULL ||
+        w->billing == NULL || w->bill == NULL || w->meters == NULL)
+        return SVC_ENOMEM;
+    return SVC_OK;
+}
+
+static void worker_free(struct meter_worker *w)
+{
+    meter_loop_destroy(&w->meters); /* drains still reading end, charged as counted */
+    billing_client_destroy(&w->bill);
+    svc_fetch_multi_destroy(&w->upstream);
+    svc_fetch_multi_destroy(&w->rpc);
+    svc_redis_async_destroy(&w->redis);
+    svc_rpc_client_destroy(&w->auth);
+    svc_rpc_client_destroy(&w->billing);
+    svc_loop_destroy(&w->loop);
+}
+
+int meter_workers_create(struct meter_workers **out, const struct meter_workers_opts *o)
+{
+    struct meter_workers *ws = calloc(1, sizeof(*ws));
+    int rc = SVC_ENOMEM;
+
+    *out = NULL;
+    if (ws == NULL || o->n == 0)
+        goto fail;
+    ws->n = o->n;
+    ws->settles_pending = o->settles_pending;
+    ws->w = calloc(o->n, sizeof(*ws->w));
+    ws->loops = calloc(o->n, sizeof(*ws->loops));
+    ws->threads = calloc(o->n, sizeof(*ws->threads));
+    if (ws->w == NULL || ws->loops == NULL || ws->threads == NULL)
+        goto fail;
+    for (unsigned i = 0; i < o->n; i++) {
+        if ((rc = worker_setup(&ws->w[i], o)) != SVC_OK)
+            goto fail;
+        ws->loops[i] = ws->w[i].loop;
+    }
+    *out = ws;
+    return SVC_OK;
+fail:
+    meter_workers_destroy(&ws);
+    return rc;
+}
+
+struct svc_loop **meter_workers_loops(struct meter_workers *ws)
+{
+    return ws->loops;
+}
+
+unsigned meter_workers_count(const struct meter_workers *ws)
+{
+    return ws->n;
+}
+
+static void *worker_main(void *arg)
+{
+    struct meter_worker *w = arg;
+
+    svc_loop_run(w->loop);
+    return NULL;
+}
+
+int meter_workers_start(struct meter_workers *ws)
+{
+    for (; ws->started < ws->n; ws->started++)
+        if (pthread_create(&ws->threads[ws->started], NULL, worker_main, &ws->w[ws->started]) != 0)
+            return SVC_ENOMEM;
+    return SVC_OK;
+}
+
+int meter_workers_redis_connected(const struct meter_workers *ws)
+{
+    for (unsigned i = 0; i < ws->n; i++)
+        if (!svc_redis_async_connected(ws->w[i].redis))
+            return 0;
+    return 1;
+}
+
+static void stop_loop(struct svc_loop *loop, void *data)
+{
+    (void)data;
+    svc_loop_stop(loop);
+}
+
+void meter_workers_stop(struct meter_workers *ws)
+{
+    for (int i = 0; i < SETTLE_GRACE_MS / 20 && ws->settles_pending != NULL &&
+                    atomic_load(&ws->settles_pending->value) > 0;
+         i++)
+        usleep(20 * 1000);
+    for (unsigned i = 0; i < ws->started; i++) {
+        if (svc_loop_post(ws->w[i].loop, stop_loop, NULL) != SVC_OK)
+            svc_loop_stop(ws->w[i].loop);
+        pthread_join(ws->threads[i], NULL);
+    }
+    ws->started = 0;
+}
+
+void meter_workers_destroy(struct meter_workers **wsp)
+{
+    struct meter_workers *ws = *wsp;
+
+    if (ws == NULL)
+        return;
+    meter_workers_stop(ws);
+    for (unsigned i = 0; ws->w != NULL && i < ws->n; i++)
+        worker_free(&ws->w[i]);
+    free(ws->w);
+    free(ws->loops);
+    free(ws->threads);
+    free(ws);
+    *wsp = NULL;
+}
