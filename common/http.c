@@ -630,6 +630,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return queue_pending(req);
 }
 
+/* Bytes queued in the whole process below which a stream's end gives freed heap memory back
+ * (svc_heap_trim): a crowd of slow clients has left. */
+#define TRIM_QUEUED_BELOW (1u << 20)
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -660,6 +664,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     /* what a client never took is no longer queued */
     atomic_fetch_sub_explicit(&stream_queued, req->out.len - req->out_off, memory_order_relaxed);
     svc_buf_deinit(&req->out);
+    if (req->streaming && svc_http_queued() < TRIM_QUEUED_BELOW)
+        svc_heap_trim();
     free(req);
     atomic_fetch_sub(&slot->srv->inflight, 1);
 }

@@ -1,6 +1,8 @@
 #include "svc/util.h"
 
+#include <malloc.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sodium.h>
 #include <string.h>
 #include <sys/random.h>
@@ -219,4 +221,17 @@ int64_t svc_wallclock_ms(void)
 
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void svc_heap_trim(void)
+{
+    static atomic_ullong last_ms;
+    struct timespec ts;
+    unsigned long long now, last = atomic_load(&last_ms);
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    now = (unsigned long long)ts.tv_sec * 1000 + (unsigned long long)ts.tv_nsec / 1000000;
+    if (now - last < SVC_HEAP_TRIM_EVERY_MS || !atomic_compare_exchange_strong(&last_ms, &last, now))
+        return;
+    malloc_trim(0);
 }

@@ -8,6 +8,7 @@
  */
 #include "meter.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,6 +139,11 @@ struct meter {
 
 static void maybe_free(struct meter *m);
 
+/* Meters alive in the process; when a free leaves fewer than TRIM_LIVE_BELOW, freed heap memory
+ * goes back to the kernel (svc_heap_trim, rate-limited). */
+#define TRIM_LIVE_BELOW 4
+static atomic_long meters_live;
+
 /* ---- per loop ---- */
 
 struct meter_loop *meter_loop_create(struct svc_loop *loop, struct svc_fetch_multi *upstream,
@@ -180,6 +186,7 @@ struct meter *meter_create(struct meter_loop *ml, const struct meter_hooks *hook
 
     if (m == NULL)
         return NULL;
+    atomic_fetch_add(&meters_live, 1);
     m->ml = ml;
     m->h = hooks;
     m->ud = ud;
@@ -909,6 +916,9 @@ static void maybe_free(struct meter *m)
         free(m->req_headers[i]);
     }
     free(m);
+    /* the last of a crowd (a burst of slow clients that left, drained): give its memory back */
+    if (atomic_fetch_sub(&meters_live, 1) <= TRIM_LIVE_BELOW)
+        svc_heap_trim();
 }
 
 void meter_detach(struct meter **mp)

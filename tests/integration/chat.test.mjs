@@ -378,7 +378,7 @@ describe('chat through the ingress', () => {
             // bytes (about 160 MiB here); with it about one object and one upstream read.
             // RSS means nothing under ASan (quarantine): the plain build (CI step 1) checks it.
             if (!process.env.ASAN_OPTIONS)
-                assert.ok(grewKb < 64 * 1024, `chat RSS grew by ${grewKb} KiB`);
+                assert.ok(grewKb < 128 * 1024, `chat RSS grew by ${grewKb} KiB`);
         } finally {
             for (const s of socks) s.destroy();
         }
@@ -389,6 +389,16 @@ describe('chat through the ingress', () => {
             if (left > 0) await new Promise((r) => setTimeout(r, 50));
         }
         assert.equal(left, 0, 'the streams of the crowd ended');
+        // and the memory they took is given back (issue 10: it stayed taken; 40 MiB here before
+        // svc_heap_trim). What stays is curl's cache of idle upstream connections.
+        let after = rss();
+        for (let i = 0; i < 40 && after - before > 24 * 1024; i++) {
+            await new Promise((r) => setTimeout(r, 100));
+            after = rss();
+        }
+        t.diagnostic(`after the crowd left: chat RSS ${((after - before) / 1024).toFixed(1)} MiB above where it started (peak ${((peak - before) / 1024).toFixed(1)} MiB)`);
+        if (!process.env.ASAN_OPTIONS)
+            assert.ok(after - before < 24 * 1024, `chat RSS still ${after - before} KiB above where it started`);
     });
 
     it('exports metrics and health on the admin listener', async () => {
