@@ -63,6 +63,9 @@ static int parse_hosts(const char *s, size_t n, int default_port, struct svc__re
         } else if (hp[0] == ':' || hp[0] == '[') {
             snprintf(err, errlen, "bad host \"%s\"", hp);
             return SVC_EINVAL;
+        } else if (len >= sizeof(a->host)) {
+            snprintf(err, errlen, "host name too long");
+            return SVC_EINVAL;
         } else {
             memcpy(a->host, hp, len + 1);
             a->port = default_port;
