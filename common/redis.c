@@ -432,8 +432,29 @@ static int transport_rc(const redisContext *c)
 /* Redirections, re-discoveries and retries after which a command gives up. */
 #define REDIS_ATTEMPTS_MAX 6
 
-int svc_redis_cmd(struct svc_redis *r, struct svc_redis_reply **reply, int argc,
-                  const char *const *argv, const size_t *argvlen)
+/* WAIT replicas on c after a write; the number that acknowledged it, 0 on any failure. */
+static int wait_replicas(struct svc_redis *r, redisContext *c, int replicas, long wait_ms)
+{
+    char n[16], ms[24];
+    const char *argv[] = {"WAIT", n, ms};
+    redisReply *rep;
+    int acked = 0;
+
+    /* below the command timeout, or the read would time out before WAIT answers */
+    if (wait_ms > r->timeout_ms / 2)
+        wait_ms = r->timeout_ms / 2;
+    snprintf(n, sizeof(n), "%d", replicas);
+    snprintf(ms, sizeof(ms), "%ld", wait_ms > 0 ? wait_ms : 1);
+    rep = redisCommandArgv(c, 3, argv, NULL);
+    if (rep != NULL && rep->type == REDIS_REPLY_INTEGER)
+        acked = (int)rep->integer;
+    freeReplyObject(rep);
+    return acked;
+}
+
+static int cmd_run(struct svc_redis *r, struct svc_redis_reply **reply, int argc,
+                   const char *const *argv, const size_t *argvlen, int replicas, long wait_ms,
+                   int *acked)
 {
     struct svc__redis_addr to;
     unsigned long seen = 0;
@@ -522,11 +543,27 @@ int svc_redis_cmd(struct svc_redis *r, struct svc_redis_reply **reply, int argc,
             mark_stale(r);
             continue;
         }
+        if (replicas > 0 && rep->type != REDIS_REPLY_ERROR)
+            *acked = wait_replicas(r, c, replicas, wait_ms);
         pool_put(r, c, &to);
         *reply = (struct svc_redis_reply *)rep;
         return SVC_OK;
     }
     return rc;
+}
+
+int svc_redis_cmd(struct svc_redis *r, struct svc_redis_reply **reply, int argc,
+                  const char *const *argv, const size_t *argvlen)
+{
+    return cmd_run(r, reply, argc, argv, argvlen, 0, 0, NULL);
+}
+
+int svc_redis_cmd_wait(struct svc_redis *r, struct svc_redis_reply **reply, int argc,
+                       const char *const *argv, const size_t *argvlen, int replicas, long wait_ms,
+                       int *acked)
+{
+    *acked = 0;
+    return cmd_run(r, reply, argc, argv, argvlen, replicas > 0 ? replicas : 0, wait_ms, acked);
 }
 
 /* ---- async client on a loop ---- */
