@@ -543,8 +543,14 @@ static int cmd_run(struct svc_redis *r, struct svc_redis_reply **reply, int argc
             mark_stale(r);
             continue;
         }
-        if (replicas > 0 && rep->type != REDIS_REPLY_ERROR)
+        if (replicas > 0 && rep->type != REDIS_REPLY_ERROR) {
             *acked = wait_replicas(r, c, replicas, wait_ms);
+            /* A master whose replica stopped confirming may have been replaced (a forced
+             * failover leaves it writable until the sentinels demote it, ~8 s): ask again
+             * before the next command instead of waiting for READONLY. */
+            if (*acked < replicas && r->url.kind == SVC__REDIS_SENTINEL)
+                mark_stale(r);
+        }
         pool_put(r, c, &to);
         *reply = (struct svc_redis_reply *)rep;
         return SVC_OK;

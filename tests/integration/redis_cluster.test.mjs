@@ -1,8 +1,10 @@
-// The whole stack on a real 3-master Redis Cluster (REDIS_URL=redis-cluster://..., docs/redis.md):
-// two chat and two proxy replicas, a key's requests-per-minute limit enforced across the cluster,
-// a conversation whose context (cw:ctx:{u..}) is read back on the other replica, and the billing
-// events stream: one event per balance change, none lost, while the stream's slot is migrated to
-// another master under traffic (the relay's XADDs get ASK, then MOVED).
+// The whole stack on a real Redis Cluster of 3 masters with a replica each
+// (REDIS_URL=redis-cluster://..., docs/redis.md): two chat and two proxy replicas, a key's
+// requests-per-minute limit enforced across the cluster, a conversation whose context
+// (cw:ctx:{u..}) is read back on the other replica, and the billing events stream: one event per
+// balance change, none lost, while the stream's slot is migrated to another master under traffic
+// (the relay's XADDs get ASK, then MOVED), and then while that master fails over to its replica
+// (CLUSTER FAILOVER: the old master answers MOVED, the slot map is read again).
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -28,6 +30,19 @@ function completion(base, key, content) {
     return request(`${base}/v1/chat/completions`, {
         method: 'POST', headers: { authorization: `Bearer ${key}` }, timeoutMs: 30000,
         json: { model: 'gpt-4o', messages: [{ role: 'user', content }] },
+    });
+}
+
+/** CLUSTER NODES of the first node that answers, as {id, port, master (bool), masterId, slots}. */
+async function clusterNodes(cluster) {
+    let out = null;
+    for (const n of cluster.nodes) {
+        out = await redisCli(n.port, cluster.password, 'CLUSTER', 'NODES').catch(() => null);
+        if (out) break;
+    }
+    return out.trim().split('\n').map((line) => {
+        const f = line.split(' ');
+        return { id: f[0], port: Number(f[1].split('@')[0].split(':')[1]), master: f[2].includes('master'), masterId: f[3], slots: f.slice(8) };
     });
 }
 
@@ -69,12 +84,12 @@ describe('the stack on a 3-master Redis Cluster', () => {
         fakeUpstreamEnv: { FAKE_API_KEY: OPERATOR_KEY },
         env: {
             OPS_KEY, OPENAI_KEY: OPERATOR_KEY, OPENAI_PROXY: 'true', OPENAI_MODEL: 'gpt-4o',
-            PROXY_TPM_LIMIT: '0', BILLING_RELAY_POLL_MS: '20',
+            PROXY_TPM_LIMIT: '0', BILLING_RELAY_POLL_MS: '20', BILLING_EVENTS_REPLICAS: '1',
         },
     };
     // before() hooks run in order: the cluster is up (and its URL in opts) when withStack starts.
     before(async () => {
-        cluster = await startRedisCluster({ dir: path.join(dir, 'cluster') });
+        cluster = await startRedisCluster({ dir: path.join(dir, 'cluster'), replicas: 1 });
         opts.redisUrl = cluster.url;
     }, { timeout: 60000 });
     const stack = withStack(opts);
@@ -135,8 +150,7 @@ describe('the stack on a 3-master Redis Cluster', () => {
         await sleep(500);
         // Move the stream's slot to another master, as redis-cli --cluster reshard does.
         const src = await ownerOf(cluster, STREAM);
-        const masters = cluster.nodes.filter((n) => n.port !== src.port);
-        const dst = masters[0];
+        const dst = (await clusterNodes(cluster)).find((n) => n.master && n.port !== src.port);
         const dstId = (await redisCli(dst.port, cluster.password, 'CLUSTER', 'MYID')).trim();
         assert.equal((await redisCli(dst.port, cluster.password, 'CLUSTER', 'SETSLOT', src.slot, 'IMPORTING', src.id)).trim(), 'OK');
         assert.equal((await redisCli(src.port, cluster.password, 'CLUSTER', 'SETSLOT', src.slot, 'MIGRATING', dstId)).trim(), 'OK');
@@ -145,7 +159,7 @@ describe('the stack on a 3-master Redis Cluster', () => {
             'AUTH2', 'default', cluster.password, 'KEYS', STREAM);
         assert.match(mig, /OK|NOKEY/);
         await sleep(300);
-        for (const n of cluster.nodes)
+        for (const n of (await clusterNodes(cluster)).filter((x) => x.master))
             assert.equal((await redisCli(n.port, cluster.password, 'CLUSTER', 'SETSLOT', src.slot, 'NODE', dstId)).trim(), 'OK');
         await sleep(700);
         stop = true;
@@ -171,5 +185,45 @@ describe('the stack on a 3-master Redis Cluster', () => {
         // and the relay's own Redis client kept going: it still writes to the new owner
         const probe = await redisCall(`redis://default:${cluster.password}@127.0.0.1:${dst.port}/0`, ['XLEN', STREAM]);
         assert.ok(Number(probe) >= events.length);
+    });
+
+    it('the master of the stream fails over to its replica under traffic: no failed request, no event lost', async () => {
+        await ops(stack, { action: 'register', i_username: 'cfo', i_password: 'cfo-password', count: 1000000 });
+        const { key } = (await ops(stack, { action: 'create_key', i_username: 'cfo', name: 'k', rpm: 1000000 })).data;
+        const bases = stack.services.proxy.map((s) => `http://${s.httpAddr}`);
+        let sent = 0;
+        let failed = 0;
+        let stop = false;
+        const traffic = (async () => {
+            while (!stop) {
+                const r = await completion(bases[sent % 2], key, 'fo [[fake tokens=2]]');
+                if (r.status === 200) sent++;
+                else failed++;
+            }
+        })();
+        await sleep(500);
+        const old = await ownerOf(cluster, STREAM);
+        const replica = (await clusterNodes(cluster)).find((n) => !n.master && n.masterId === old.id);
+        assert.ok(replica, 'the master has a replica');
+        const t0 = Date.now();
+        assert.equal((await redisCli(replica.port, cluster.password, 'CLUSTER', 'FAILOVER')).trim(), 'OK');
+        for (const end = Date.now() + 15000; Date.now() < end && (await ownerOf(cluster, STREAM)).port !== replica.port;)
+            await sleep(100);
+        const tookMs = Date.now() - t0;
+        assert.equal((await ownerOf(cluster, STREAM)).port, replica.port, 'the replica serves the stream now');
+        await sleep(1000);
+        stop = true;
+        await traffic;
+        assert.equal(failed, 0, `no request failed (${sent} served)`);
+        const now = await check(stack, 'cfo');
+        let events = [];
+        for (const t1 = Date.now(); Date.now() - t1 < 15000; await sleep(100)) {
+            events = await userEvents(cluster, 'cfo');
+            if (events.length && events.at(-1).json.balance_after === now.balance) break;
+        }
+        events.forEach((e, i) => assert.equal(e.json.user_seq, i + 1, 'events in user_seq order, no gaps'));
+        assert.equal(events.reduce((a, e) => a + e.json.units, 0), now.balance);
+        process.stderr.write(`# cluster: master ${old.port} failed over to ${replica.port} in ${tookMs} ms under ${sent} completions, ` +
+            `${events.length} events\n`);
     });
 });
