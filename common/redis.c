@@ -273,12 +273,26 @@ static int cluster_refresh(struct svc_redis *r, unsigned long seen)
 
         if (svc__redis_slots_parse(rep, cand[i].host, map) == 0) {
             struct svc__redis_slotmap *old;
+            redisContext *drop[REDIS_POOL_MAX];
+            int ndrop = 0;
             pthread_mutex_lock(&r->lock);
             old = r->map;
             r->map = map;
             r->stale = 0;
             r->refreshes++;
+            /* idle connections to nodes that are no masters any more would hold pool places */
+            for (int k = r->nidle - 1; k >= 0; k--) {
+                int keep = 0;
+                for (int n = 0; n < map->nnodes && !keep; n++)
+                    keep = addr_eq(&r->idle[k].addr, &map->nodes[n]);
+                if (!keep) {
+                    drop[ndrop++] = r->idle[k].c;
+                    r->idle[k] = r->idle[--r->nidle];
+                }
+            }
             pthread_mutex_unlock(&r->lock);
+            for (int k = 0; k < ndrop; k++)
+                redisFree(drop[k]);
             map = old;
             rc = SVC_OK;
         } else if (c != NULL) {
@@ -748,6 +762,28 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     }
 }
 
+/*
+ * Closes c's connection; conn_lost follows. A connected context is closed after its pending
+ * replies (the disconnect callback runs); one still connecting is freed at once, and hiredis
+ * runs no disconnect callback for it, so its loss is reported here.
+ */
+static void aconn_close(struct aconn *c)
+{
+    redisAsyncContext *ac = c->ac;
+
+    if (ac == NULL)
+        return;
+    if (ac->c.flags & REDIS_CONNECTED) {
+        redisAsyncDisconnect(ac);
+        return;
+    }
+    c->ac = NULL;
+    c->connected = 0;
+    c->outstanding = 0;
+    redisAsyncFree(ac); /* pending callbacks get NULL replies */
+    conn_lost(c);
+}
+
 /* Sentinel: asks the next sentinel (now, or after the backoff once all were asked). */
 static void sentinel_next(struct svc_redis_async *r, int advance)
 {
@@ -788,8 +824,9 @@ static void conn_lost(struct aconn *c)
             if (!c->answered)
                 sentinel_next(r, 1);
         } else if (r->conns[SENTINEL].ac == NULL) {
-            /* the master is gone or no longer one: ask the sentinels where it is now */
-            sentinel_next(r, 0);
+            /* The master is gone or no longer one: ask the next sentinel where it is now (after
+             * a backoff once every sentinel named a server that was not the master). */
+            sentinel_next(r, 1);
         }
         break;
     default:
@@ -980,7 +1017,7 @@ static void map_apply(struct svc_redis_async *r, struct svc__redis_slotmap *map)
         c->retired = 1;
         svc_timer_stop(c->reconnect);
         if (c->ac != NULL)
-            redisAsyncDisconnect(c->ac); /* after its pending replies */
+            aconn_close(c); /* after its pending replies */
         else
             c->in_use = c->retired = 0;
     }
@@ -1047,7 +1084,7 @@ static void on_watchdog(struct svc_timer *t, void *data)
             now - c->last_progress > (uint64_t)r->timeout_ms) {
             SVC_LOG_WARN(NULL, "redis", "no reply from %s:%d for %ld ms; reconnecting",
                          c->addr.host, c->addr.port, r->timeout_ms);
-            redisAsyncDisconnect(c->ac);
+            aconn_close(c);
         }
     }
     if (svc_timer_start(t, WATCHDOG_MS) != SVC_OK)
