@@ -472,7 +472,7 @@ static int cmd_run(struct svc_redis *r, struct svc_redis_reply **reply, int argc
 {
     struct svc__redis_addr to;
     unsigned long seen = 0;
-    int asking = 0, rc = SVC_EUNAVAIL;
+    int asking = 0, redirected = 0, rc = SVC_EUNAVAIL;
 
     *reply = NULL;
     for (int attempt = 0; attempt < REDIS_ATTEMPTS_MAX; attempt++) {
@@ -482,8 +482,11 @@ static int cmd_run(struct svc_redis *r, struct svc_redis_reply **reply, int argc
         unsigned slot;
         int redirect;
 
-        if (!asking && (rc = pick_node(r, argc, argv, argvlen, &to, &seen)) != SVC_OK)
+        /* after a redirection, `to` is where it pointed (a map just read from a node that has
+         * not yet heard of a failover could point back) */
+        if (!asking && !redirected && (rc = pick_node(r, argc, argv, argvlen, &to, &seen)) != SVC_OK)
             return rc;
+        redirected = 0;
         if ((c = pool_get(r, &to)) == NULL) {
             /* Nothing was sent: safe to ask for the topology again and retry. */
             rc = SVC_EUNAVAIL;
@@ -526,6 +529,9 @@ static int cmd_run(struct svc_redis *r, struct svc_redis_reply **reply, int argc
                 asking = 1;
                 continue;
             }
+            /* the rest of the map is probably out of date too */
+            if (cluster_refresh(r, seen) != SVC_OK)
+                SVC_LOG_WARN(NULL, "redis", "cannot refresh the slot map after MOVED");
             pthread_mutex_lock(&r->lock);
             if (r->map != NULL) {
                 int n = svc__redis_slotmap_node(r->map, moved.host, moved.port);
@@ -533,9 +539,8 @@ static int cmd_run(struct svc_redis *r, struct svc_redis_reply **reply, int argc
                     r->map->slot_node[slot] = (short)n;
             }
             pthread_mutex_unlock(&r->lock);
-            /* the rest of the map is probably out of date too */
-            if (cluster_refresh(r, seen) != SVC_OK)
-                SVC_LOG_WARN(NULL, "redis", "cannot refresh the slot map after MOVED");
+            to = moved;
+            redirected = 1;
             continue;
         }
         if (r->url.kind == SVC__REDIS_CLUSTER &&
@@ -569,7 +574,8 @@ static int cmd_run(struct svc_redis *r, struct svc_redis_reply **reply, int argc
         *reply = (struct svc_redis_reply *)rep;
         return SVC_OK;
     }
-    return rc;
+    /* redirected, refused or unreachable every time: never SVC_OK without a reply */
+    return rc != SVC_OK ? rc : SVC_EUNAVAIL;
 }
 
 int svc_redis_cmd(struct svc_redis *r, struct svc_redis_reply **reply, int argc,
