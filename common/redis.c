@@ -618,6 +618,7 @@ struct aconn {
 #define DATA 0     /* redis://, redis-sentinel://: the connection commands use */
 #define SENTINEL 1 /* redis-sentinel://: the connection that asks a sentinel */
 #define REFRESH_MS 500
+#define SENTINEL_WATCH_MS 1000 /* how often the sentinel is asked again while all is well */
 #define REDIRECTS_MAX 5
 
 struct pending_cmd {
@@ -640,6 +641,11 @@ struct svc_redis_async {
     /* sentinel */
     int sentinel_idx;
     int sentinel_tries;
+    int asking;               /* a question is in flight on conns[SENTINEL] */
+    int sentinel_pending;     /* conns[SENTINEL]'s (re)connect timer is armed */
+    int moving;               /* conns[DATA] closes because the sentinel named moving_to */
+    struct svc__redis_addr moving_to;
+    struct svc_timer *watch;  /* asks again every SENTINEL_WATCH_MS */
     /* cluster */
     struct svc__redis_slotmap *map;
     short node_conn[SVC__REDIS_NODES_MAX]; /* map node -> conns index */
@@ -800,6 +806,7 @@ static void sentinel_next(struct svc_redis_async *r, int advance)
         r->sentinel_tries++;
     }
     s->addr = r->url.seeds[r->sentinel_idx];
+    r->sentinel_pending = 1;
     if (r->sentinel_tries >= r->url.nseeds) {
         r->sentinel_tries = 0;
         schedule_reconnect(s);
@@ -827,12 +834,19 @@ static void conn_lost(struct aconn *c)
         break;
     case SVC__REDIS_SENTINEL:
         if (c == &r->conns[SENTINEL]) {
-            if (!c->answered)
-                sentinel_next(r, 1);
-        } else if (r->conns[SENTINEL].ac == NULL) {
-            /* The master is gone or no longer one: ask the next sentinel where it is now (after
-             * a backoff once every sentinel named a server that was not the master). */
+            /* the next sentinel (after a backoff once every one failed) */
+            r->asking = 0;
             sentinel_next(r, 1);
+        } else if (r->moving) {
+            /* closed for the master the sentinel named: go there at once */
+            r->moving = 0;
+            c->addr = r->moving_to;
+            if (aconn_connect(c) != SVC_OK)
+                schedule_reconnect(c);
+        } else {
+            /* The master is gone or no longer one: ask where it is now, after the backoff (a
+             * demoted master the sentinels still name must not make a reconnect spin). */
+            schedule_reconnect(c);
         }
         break;
     default:
@@ -870,6 +884,7 @@ static void on_role_reply(redisAsyncContext *ac, void *reply, void *privdata)
         return;
     }
     c->connected = 1;
+    c->backoff = RECONNECT_MIN_MS;
     c->r->sentinel_tries = 0;
     c->r->conns[SENTINEL].backoff = RECONNECT_MIN_MS;
     SVC_LOG_NOTICE(NULL, "redis", "connected to master %s at %s:%d", c->r->url.master,
@@ -877,14 +892,21 @@ static void on_role_reply(redisAsyncContext *ac, void *reply, void *privdata)
     update_connected(c->r);
 }
 
+/*
+ * Sentinel: the answer to get-master-addr-by-name. The connection stays open and is asked again
+ * every SENTINEL_WATCH_MS, so a master that is replaced while it still answers (a forced
+ * failover leaves it writable until the sentinels demote it) is left within about a second.
+ */
 static void on_sentinel_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct aconn *s = ac->data;
     struct svc_redis_async *r = s->r;
+    struct aconn *data = &r->conns[DATA];
     struct svc__redis_addr m;
 
     (void)privdata;
-    if (reply == NULL)
+    r->asking = 0;
+    if (reply == NULL || r->destroying)
         return;
     if (svc__redis_sentinel_addr(reply, &m) != 0) {
         SVC_LOG_WARN(NULL, "redis", "sentinel %s:%d does not know master %s", s->addr.host,
@@ -893,12 +915,49 @@ static void on_sentinel_reply(redisAsyncContext *ac, void *reply, void *privdata
         return;
     }
     s->answered = 1;
-    redisAsyncDisconnect(ac);
-    if (r->conns[DATA].ac == NULL) {
-        r->conns[DATA].addr = m;
-        if (aconn_connect(&r->conns[DATA]) != SVC_OK)
-            sentinel_next(r, 1);
+    r->sentinel_tries = 0;
+    if (data->ac == NULL) {
+        svc_timer_stop(data->reconnect);
+        data->addr = m;
+        if (aconn_connect(data) != SVC_OK)
+            schedule_reconnect(data);
+    } else if (!addr_eq(&data->addr, &m)) {
+        SVC_LOG_NOTICE(NULL, "redis", "sentinel %s:%d names %s:%d as master %s now (was %s:%d)",
+                       s->addr.host, s->addr.port, m.host, m.port, r->url.master,
+                       data->addr.host, data->addr.port);
+        data->connected = 0;
+        update_connected(r);
+        r->moving = 1;
+        r->moving_to = m;
+        aconn_close(data); /* -> conn_lost -> connects to m */
     }
+}
+
+/* Sentinel: asks where the master is (on the open sentinel connection, or a new one). */
+static void sentinel_ask(struct svc_redis_async *r)
+{
+    struct aconn *s = &r->conns[SENTINEL];
+    const char *ask[] = {"SENTINEL", "get-master-addr-by-name", r->url.master};
+
+    if (r->destroying)
+        return;
+    if (s->ac == NULL) {
+        if (!r->sentinel_pending)
+            sentinel_next(r, 0);
+        return;
+    }
+    if (!s->answered || r->asking)
+        return; /* connecting, or a question is in flight: its answer comes */
+    if (redisAsyncCommandArgv(s->ac, on_sentinel_reply, NULL, 3, ask, NULL) == REDIS_OK)
+        r->asking = 1;
+}
+
+static void on_watch(struct svc_timer *t, void *data)
+{
+    struct svc_redis_async *r = data;
+
+    sentinel_ask(r);
+    schedule(t, SENTINEL_WATCH_MS);
 }
 
 /* Opens c's connection and queues its hello (AUTH, SELECT; ROLE or the sentinel question). */
@@ -948,7 +1007,8 @@ static int aconn_connect(struct aconn *c)
         redisAsyncCommandArgv(ac, on_hello_reply, NULL, argc[i], argv[i], lens[i]);
     if (sentinel) {
         const char *ask[] = {"SENTINEL", "get-master-addr-by-name", r->url.master};
-        redisAsyncCommandArgv(ac, on_sentinel_reply, NULL, 3, ask, NULL);
+        if (redisAsyncCommandArgv(ac, on_sentinel_reply, NULL, 3, ask, NULL) == REDIS_OK)
+            r->asking = 1;
     } else if (r->url.kind == SVC__REDIS_SENTINEL) {
         const char *role[] = {"ROLE"};
         redisAsyncCommandArgv(ac, on_role_reply, NULL, 1, role, NULL);
@@ -963,8 +1023,14 @@ static void on_reconnect(struct svc_timer *t, void *data)
     struct aconn *c = data;
 
     (void)t;
+    if (is_sentinel_conn(c))
+        c->r->sentinel_pending = 0;
     if (c->ac != NULL || c->r->destroying)
         return;
+    if (c->r->url.kind == SVC__REDIS_SENTINEL && c == &c->r->conns[DATA]) {
+        sentinel_ask(c->r); /* its answer connects this one */
+        return;
+    }
     if (aconn_connect(c) != SVC_OK) {
         if (is_sentinel_conn(c))
             sentinel_next(c->r, 1);
@@ -1154,6 +1220,9 @@ static int setup_conns(struct svc_redis_async *r)
                 NULL)
                 return SVC_ENOMEM;
         }
+        if ((r->watch = svc_timer_create(r->loop, on_watch, r)) == NULL)
+            return SVC_ENOMEM;
+        schedule(r->watch, SENTINEL_WATCH_MS);
         sentinel_next(r, 0);
         return SVC_OK;
     default:
@@ -1210,6 +1279,7 @@ void svc_redis_async_destroy(struct svc_redis_async **rp)
     }
     svc_timer_destroy(&r->watchdog);
     svc_timer_destroy(&r->refresh);
+    svc_timer_destroy(&r->watch);
     free(r->map);
     free(r);
     *rp = NULL;
