@@ -544,6 +544,10 @@ struct failover_state {
     long long seq;        /* the blocking client's last value written */
     long long last_block; /* ... that Redis took */
     long long last_incr;  /* the async client's last INCR reply */
+    uint64_t t0;          /* when SENTINEL FAILOVER was sent */
+    uint64_t demoted_at;  /* ms after t0 */
+    long long old_incrs;  /* INCR calls the old master has served (only the async client sends INCR) */
+    uint64_t last_old_incr; /* ms after t0 when that number last grew */
 };
 
 static void on_async_incr(int err, const struct svc_redis_reply *reply, void *data)
@@ -578,8 +582,24 @@ static void failover_tick(void *arg)
     const char *role[] = {"ROLE"};
 
     if (!s->demoted && svc_redis_cmd(s->old_master, &rep, 1, role, NULL) == SVC_OK &&
-        strcmp(svc_redis_reply_str(svc_redis_reply_elem(rep, 0), NULL), "slave") == 0)
+        strcmp(svc_redis_reply_str(svc_redis_reply_elem(rep, 0), NULL), "slave") == 0) {
         s->demoted = 1;
+        s->demoted_at = svc_clock_ms() - s->t0;
+    }
+    /* when did the async client stop sending its INCRs to the old master? */
+    {
+        const char *info[] = {"INFO", "commandstats"};
+        if (svc_redis_cmd(s->old_master, &rep, 2, info, NULL) == SVC_OK &&
+            svc_redis_reply_type(rep) == SVC_REDIS_STRING) {
+            const char *p = strstr(svc_redis_reply_str(rep, NULL), "cmdstat_incr:calls=");
+            long long n = p != NULL ? strtoll(p + 19, NULL, 10) : 0;
+            if (n > s->old_incrs) {
+                s->old_incrs = n;
+                s->last_old_incr = svc_clock_ms() - s->t0;
+            }
+        }
+        svc_redis_reply_free(&rep);
+    }
     svc_redis_reply_free(&rep);
     snprintf(v, sizeof(v), "%lld", ++s->seq);
     if (svc_redis_cmd(s->r, &rep, 3, set, NULL) == SVC_OK &&
@@ -633,6 +653,7 @@ static void test_sentinel(const char *url)
 
     /* The sentinels promote the replica; the clients are never told: they must notice. */
     t0 = svc_clock_ms();
+    s.t0 = t0;
     for (int tries = 0;; tries++) {
         rep = CMD(sentinel, "SENTINEL", "FAILOVER", "mymaster");
         int ok = svc_redis_reply_type(rep) == SVC_REDIS_STATUS;
@@ -651,8 +672,13 @@ static void test_sentinel(const char *url)
             "blocking %lld, async %lld)\n",
             old_port, new_port, (unsigned long long)(svc_clock_ms() - t0), s.block_ok_after,
             s.async_ok_after, s.block_errors, s.async_errors);
+    fprintf(stderr, "async client: its last INCR on the old master %llu ms after SENTINEL "
+                    "FAILOVER; the old master was demoted after %llu ms\n",
+            (unsigned long long)s.last_old_incr, (unsigned long long)s.demoted_at);
     T_ASSERT(s.demoted);
     T_ASSERT(new_port != old_port);
+    /* it followed the sentinels' answer, not the demotion */
+    T_ASSERT(s.last_old_incr + 2000 < s.demoted_at);
     T_ASSERT(failover_done(&s));
     /* the last writes of both clients are on the new master */
     {
