@@ -586,6 +586,7 @@ static void failover_tick(void *arg)
         s->demoted = 1;
         s->demoted_at = svc_clock_ms() - s->t0;
     }
+    svc_redis_reply_free(&rep);
     /* when did the async client stop sending its INCRs to the old master? */
     {
         const char *info[] = {"INFO", "commandstats"};
@@ -600,7 +601,6 @@ static void failover_tick(void *arg)
         }
         svc_redis_reply_free(&rep);
     }
-    svc_redis_reply_free(&rep);
     snprintf(v, sizeof(v), "%lld", ++s->seq);
     if (svc_redis_cmd(s->r, &rep, 3, set, NULL) == SVC_OK &&
         svc_redis_reply_type(rep) == SVC_REDIS_STATUS) {
