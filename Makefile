@@ -42,11 +42,12 @@ web/dist/.built: web/node_modules/.installed $(WEB_SOURCES)
 run: build web
 	@BUILD_DIR=$(BUILD_DIR) node deploy/local/run.mjs
 
-# C unit tests get a private MariaDB (TEST_MYSQL_DSN) and Redis (REDIS_URL) from with-servers;
+# C unit tests get a private MariaDB (TEST_MYSQL_DSN), Redis (REDIS_URL), and a Redis Cluster and
+# Sentinel set (TEST_REDIS_CLUSTER_URL, TEST_REDIS_SENTINEL_URL: test_redis_ha) from with-servers;
 # the integration tests start their own servers.
 unit: build
 	scripts/checksrc
-	scripts/with-servers --redis --mariadb -- ctest --test-dir $(BUILD_DIR) --output-on-failure
+	scripts/with-servers --redis --redis-ha --mariadb -- ctest --test-dir $(BUILD_DIR) --output-on-failure
 
 NPM_STAMP := $(if $(wildcard tests/package.json),tests/node_modules/.installed)
 

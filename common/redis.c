@@ -10,10 +10,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <time.h>
 
 #include "svc/cfg.h"
 #include "svc/log.h"
 #include "svc/loop.h"
+
+#include "redis_topo.h"
 
 #define REDIS_POOL_MAX 64
 #define RECONNECT_MIN_MS 100
@@ -65,100 +68,44 @@ void svc_redis_reply_free(struct svc_redis_reply **r)
 
 /* ---- URL ---- */
 
-struct redis_url {
-    char host[256];
-    int port;
-    char user[128];
-    char password[256];
-    int db;
-    char dbtxt[12]; /* db as text, for SELECT (built once: no shared buffer between threads) */
-};
-
-static int url_parse(const char *url, struct redis_url *u, char *err, size_t errlen)
-{
-    const char *p, *at, *slash, *hostport;
-    char hp[256];
-    int64_t db = 0;
-    size_t n;
-
-    memset(u, 0, sizeof(*u));
-    u->port = 6379;
-    if (strncmp(url, "redis://", 8) != 0) {
-        snprintf(err, errlen, "must start with redis://");
-        return SVC_EINVAL;
-    }
-    p = url + 8;
-    slash = strchr(p, '/');
-    at = strrchr(p, '@');
-    if (at != NULL && (slash == NULL || at < slash)) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        if (colon == NULL) {
-            snprintf(err, errlen, "credentials must be [user]:password@");
-            return SVC_EINVAL;
-        }
-        if ((size_t)(colon - p) >= sizeof(u->user) ||
-            (size_t)(at - colon - 1) >= sizeof(u->password)) {
-            snprintf(err, errlen, "credentials too long");
-            return SVC_EINVAL;
-        }
-        memcpy(u->user, p, (size_t)(colon - p));
-        memcpy(u->password, colon + 1, (size_t)(at - colon - 1));
-        hostport = at + 1;
-    } else {
-        hostport = p;
-    }
-    n = slash != NULL ? (size_t)(slash - hostport) : strlen(hostport);
-    if (n == 0 || n >= sizeof(hp)) {
-        snprintf(err, errlen, "missing host");
-        return SVC_EINVAL;
-    }
-    memcpy(hp, hostport, n);
-    hp[n] = '\0';
-    if (strchr(hp, ':') != NULL) {
-        if (svc_cfg_parse_addr(hp, u->host, sizeof(u->host), &u->port) != SVC_OK ||
-            u->port == 0) {
-            snprintf(err, errlen, "bad host:port \"%s\"", hp);
-            return SVC_EINVAL;
-        }
-    } else {
-        snprintf(u->host, sizeof(u->host), "%s", hp);
-    }
-    if (slash != NULL && slash[1] != '\0' &&
-        svc_cfg_parse_int(slash + 1, 0, 15, &db) != SVC_OK) {
-        snprintf(err, errlen, "database must be 0..15");
-        return SVC_EINVAL;
-    }
-    u->db = (int)db;
-    snprintf(u->dbtxt, sizeof(u->dbtxt), "%d", u->db);
-    return SVC_OK;
-}
-
 int svc_redis_url_check(const char *url, char *err, size_t errlen)
 {
-    struct redis_url u;
+    struct svc__redis_url u;
 
-    return url_parse(url, &u, err, errlen);
+    return svc__redis_url_parse(url, &u, err, errlen);
 }
 
-/* The AUTH and SELECT commands a new connection needs, as argv. Returns how many (0..2). */
-static int hello_cmds(const struct redis_url *u, const char *argv[2][3], size_t lens[2][3],
-                      int argc[2])
+static int addr_eq(const struct svc__redis_addr *a, const struct svc__redis_addr *b)
 {
+    return a->port == b->port && strcmp(a->host, b->host) == 0;
+}
+
+enum hello_kind {
+    HELLO_DATA = 0,     /* AUTH and SELECT of the data nodes */
+    HELLO_SENTINEL = 1, /* AUTH of the sentinels */
+};
+
+/* The AUTH and SELECT commands a new connection needs, as argv. Returns how many (0..2). */
+static int hello_cmds(const struct svc__redis_url *u, int kind, const char *argv[2][3],
+                      size_t lens[2][3], int argc[2])
+{
+    const char *user = kind == HELLO_SENTINEL ? u->sentinel_user : u->user;
+    const char *password = kind == HELLO_SENTINEL ? u->sentinel_password : u->password;
     int n = 0;
 
-    if (u->password[0] != '\0') {
+    if (password[0] != '\0') {
         int k = 0;
         argv[n][k] = "AUTH";
         lens[n][k++] = 4;
-        if (u->user[0] != '\0') {
-            argv[n][k] = u->user;
-            lens[n][k++] = strlen(u->user);
+        if (user[0] != '\0') {
+            argv[n][k] = user;
+            lens[n][k++] = strlen(user);
         }
-        argv[n][k] = u->password;
-        lens[n][k++] = strlen(u->password);
+        argv[n][k] = password;
+        lens[n][k++] = strlen(password);
         argc[n++] = k;
     }
-    if (u->db != 0) {
+    if (kind == HELLO_DATA && u->db != 0) {
         argv[n][0] = "SELECT";
         lens[n][0] = 6;
         argv[n][1] = u->dbtxt;
@@ -168,15 +115,252 @@ static int hello_cmds(const struct redis_url *u, const char *argv[2][3], size_t 
     return n;
 }
 
-/* ---- blocking client: a pool of contexts ---- */
+static int is_error(const redisReply *rep, const char *prefix)
+{
+    size_t n = strlen(prefix);
+
+    return rep != NULL && rep->type == REDIS_REPLY_ERROR && rep->len >= n &&
+           memcmp(rep->str, prefix, n) == 0;
+}
+
+/* ---- blocking client: a pool of contexts per node ---- */
+
+struct pooled {
+    redisContext *c;
+    struct svc__redis_addr addr;
+};
 
 struct svc_redis {
-    struct redis_url url;
+    struct svc__redis_url url;
     long timeout_ms;
-    pthread_mutex_t lock;
-    redisContext *idle[REDIS_POOL_MAX];
+    pthread_mutex_t lock; /* idle, master, map and the counters */
+    struct pooled idle[REDIS_POOL_MAX];
     int nidle;
+    /* Sentinel and Cluster: one thread at a time asks the sentinels or refreshes the map; the
+     * others wait for it and use its answer (refreshes counts the answers). */
+    pthread_mutex_t topo_lock;
+    unsigned long refreshes;
+    int stale;                       /* a transport error or READONLY: ask again before use */
+    struct svc__redis_addr master;   /* sentinel: the verified master */
+    int have_master;
+    int sentinel_next;               /* sentinel: the one that answered last is asked first */
+    struct svc__redis_slotmap *map;  /* cluster: NULL until the first refresh */
 };
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+
+    nanosleep(&ts, NULL);
+}
+
+/* Connects to a and says hello. NULL when that fails (logged, without secrets). */
+static redisContext *bconnect(const struct svc_redis *r, const struct svc__redis_addr *a, int kind)
+{
+    struct timeval tv = {r->timeout_ms / 1000, (r->timeout_ms % 1000) * 1000};
+    const char *argv[2][3];
+    size_t lens[2][3];
+    int argc[2], n;
+    redisContext *c = redisConnectWithTimeout(a->host, a->port, tv);
+
+    if (c == NULL || c->err) {
+        if (c != NULL)
+            SVC_LOG_WARN(NULL, "redis", "connect %s:%d: %s", a->host, a->port, c->errstr);
+        redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+    n = hello_cmds(&r->url, kind, argv, lens, argc);
+    for (int i = 0; i < n; i++) {
+        redisReply *rep = redisCommandArgv(c, argc[i], argv[i], lens[i]);
+        int bad = rep == NULL || rep->type == REDIS_REPLY_ERROR;
+        if (rep != NULL && bad)
+            SVC_LOG_WARN(NULL, "redis", "%s on %s:%d refused: %s", argv[i][0], a->host, a->port,
+                         rep->str);
+        freeReplyObject(rep);
+        if (bad) {
+            redisFree(c);
+            return NULL;
+        }
+    }
+    return c;
+}
+
+static redisReply *bcommand(redisContext *c, int argc, const char **argv)
+{
+    return redisCommandArgv(c, argc, argv, NULL);
+}
+
+/*
+ * Sentinel: asks the sentinels in turn for the master and checks with ROLE that it is one.
+ * seen is the refresh count the caller saw before its failure: when another thread has answered
+ * since, its answer is used.
+ */
+static int sentinel_discover(struct svc_redis *r, unsigned long seen)
+{
+    int rc = SVC_EUNAVAIL, start;
+
+    pthread_mutex_lock(&r->topo_lock);
+    pthread_mutex_lock(&r->lock);
+    if (r->refreshes != seen && r->have_master && !r->stale)
+        rc = SVC_OK;
+    start = r->sentinel_next;
+    pthread_mutex_unlock(&r->lock);
+    for (int i = 0; rc != SVC_OK && i < r->url.nseeds; i++) {
+        int idx = (start + i) % r->url.nseeds;
+        const char *ask[] = {"SENTINEL", "get-master-addr-by-name", r->url.master};
+        const char *role[] = {"ROLE"};
+        struct svc__redis_addr m;
+        redisContext *c = bconnect(r, &r->url.seeds[idx], HELLO_SENTINEL);
+        redisReply *rep = c != NULL ? bcommand(c, 3, ask) : NULL;
+        int ok = svc__redis_sentinel_addr(rep, &m) == 0;
+
+        if (c != NULL && !ok)
+            SVC_LOG_WARN(NULL, "redis", "sentinel %s:%d does not know master %s",
+                         r->url.seeds[idx].host, r->url.seeds[idx].port, r->url.master);
+        freeReplyObject(rep);
+        redisFree(c);
+        if (!ok)
+            continue;
+        c = bconnect(r, &m, HELLO_DATA);
+        rep = c != NULL ? bcommand(c, 1, role) : NULL;
+        ok = svc__redis_role_is_master(rep);
+        freeReplyObject(rep);
+        redisFree(c);
+        if (!ok) {
+            SVC_LOG_WARN(NULL, "redis", "%s:%d, named master by sentinel %s:%d, is not one (yet)",
+                         m.host, m.port, r->url.seeds[idx].host, r->url.seeds[idx].port);
+            continue;
+        }
+        pthread_mutex_lock(&r->lock);
+        if (!r->have_master || !addr_eq(&m, &r->master))
+            SVC_LOG_NOTICE(NULL, "redis", "master %s is %s:%d (sentinel %s:%d)", r->url.master,
+                           m.host, m.port, r->url.seeds[idx].host, r->url.seeds[idx].port);
+        r->master = m;
+        r->have_master = 1;
+        r->stale = 0;
+        r->sentinel_next = idx;
+        r->refreshes++;
+        pthread_mutex_unlock(&r->lock);
+        rc = SVC_OK;
+    }
+    pthread_mutex_unlock(&r->topo_lock);
+    return rc;
+}
+
+/* Cluster: reads CLUSTER SLOTS from a known node (the map's, then the URL's seeds). */
+static int cluster_refresh(struct svc_redis *r, unsigned long seen)
+{
+    struct svc__redis_addr cand[SVC__REDIS_NODES_MAX + SVC__REDIS_SEEDS_MAX];
+    struct svc__redis_slotmap *map = NULL;
+    int ncand = 0, rc = SVC_EUNAVAIL;
+
+    pthread_mutex_lock(&r->topo_lock);
+    pthread_mutex_lock(&r->lock);
+    if (r->refreshes != seen && r->map != NULL && !r->stale)
+        rc = SVC_OK;
+    for (int i = 0; r->map != NULL && i < r->map->nnodes; i++)
+        cand[ncand++] = r->map->nodes[i];
+    pthread_mutex_unlock(&r->lock);
+    for (int i = 0; i < r->url.nseeds; i++)
+        cand[ncand++] = r->url.seeds[i];
+    if (rc != SVC_OK)
+        map = malloc(sizeof(*map));
+    for (int i = 0; map != NULL && rc != SVC_OK && i < ncand; i++) {
+        const char *slots[] = {"CLUSTER", "SLOTS"};
+        redisContext *c = bconnect(r, &cand[i], HELLO_DATA);
+        redisReply *rep = c != NULL ? bcommand(c, 2, slots) : NULL;
+
+        if (svc__redis_slots_parse(rep, cand[i].host, map) == 0) {
+            struct svc__redis_slotmap *old;
+            redisContext *drop[REDIS_POOL_MAX];
+            int ndrop = 0;
+            pthread_mutex_lock(&r->lock);
+            old = r->map;
+            r->map = map;
+            r->stale = 0;
+            r->refreshes++;
+            /* idle connections to nodes that are no masters any more would hold pool places */
+            for (int k = r->nidle - 1; k >= 0; k--) {
+                int keep = 0;
+                for (int n = 0; n < map->nnodes && !keep; n++)
+                    keep = addr_eq(&r->idle[k].addr, &map->nodes[n]);
+                if (!keep) {
+                    drop[ndrop++] = r->idle[k].c;
+                    r->idle[k] = r->idle[--r->nidle];
+                }
+            }
+            pthread_mutex_unlock(&r->lock);
+            for (int k = 0; k < ndrop; k++)
+                redisFree(drop[k]);
+            map = old;
+            rc = SVC_OK;
+        } else if (c != NULL) {
+            SVC_LOG_WARN(NULL, "redis", "CLUSTER SLOTS from %s:%d: %s", cand[i].host,
+                         cand[i].port, rep != NULL && rep->type == REDIS_REPLY_ERROR
+                                           ? rep->str
+                                           : "not a slot map");
+        }
+        freeReplyObject(rep);
+        redisFree(c);
+    }
+    free(map);
+    pthread_mutex_unlock(&r->topo_lock);
+    return rc;
+}
+
+static int topo_refresh(struct svc_redis *r, unsigned long seen)
+{
+    return r->url.kind == SVC__REDIS_SENTINEL ? sentinel_discover(r, seen)
+                                              : cluster_refresh(r, seen);
+}
+
+/* Where a command goes. *seen gets the refresh count the choice was made with. */
+static int pick_node(struct svc_redis *r, int argc, const char *const *argv,
+                     const size_t *argvlen, struct svc__redis_addr *to, unsigned long *seen)
+{
+    const char *key;
+    size_t keylen;
+    int slot = -1;
+
+    if (r->url.kind == SVC__REDIS_STANDALONE) {
+        *to = r->url.seeds[0];
+        *seen = 0;
+        return SVC_OK;
+    }
+    if (r->url.kind == SVC__REDIS_CLUSTER && svc__redis_cmd_key(argc, argv, argvlen, &key, &keylen))
+        slot = (int)svc__redis_key_slot(key, keylen);
+    for (int tries = 0; tries < 2; tries++) {
+        int ok = 0;
+        pthread_mutex_lock(&r->lock);
+        *seen = r->refreshes;
+        if (!r->stale && r->url.kind == SVC__REDIS_SENTINEL && r->have_master) {
+            *to = r->master;
+            ok = 1;
+        } else if (!r->stale && r->url.kind == SVC__REDIS_CLUSTER && r->map != NULL) {
+            int n = slot >= 0 ? r->map->slot_node[slot] : 0;
+            if (n >= 0) {
+                *to = r->map->nodes[n];
+                ok = 1;
+            }
+        }
+        pthread_mutex_unlock(&r->lock);
+        if (ok)
+            return SVC_OK;
+        if (topo_refresh(r, *seen) != SVC_OK)
+            return SVC_EUNAVAIL;
+    }
+    return SVC_EUNAVAIL;
+}
+
+static void mark_stale(struct svc_redis *r)
+{
+    if (r->url.kind == SVC__REDIS_STANDALONE)
+        return;
+    pthread_mutex_lock(&r->lock);
+    r->stale = 1;
+    pthread_mutex_unlock(&r->lock);
+}
 
 int svc_redis_create(struct svc_redis **out, const char *url, long timeout_ms)
 {
@@ -186,12 +370,13 @@ int svc_redis_create(struct svc_redis **out, const char *url, long timeout_ms)
     *out = NULL;
     if (r == NULL)
         return SVC_ENOMEM;
-    if (url_parse(url, &r->url, err, sizeof(err)) != SVC_OK) {
+    if (svc__redis_url_parse(url, &r->url, err, sizeof(err)) != SVC_OK) {
         free(r);
         return SVC_EINVAL;
     }
     r->timeout_ms = timeout_ms > 0 ? timeout_ms : 1000;
     pthread_mutex_init(&r->lock, NULL);
+    pthread_mutex_init(&r->topo_lock, NULL);
     *out = r;
     return SVC_OK;
 }
@@ -203,54 +388,46 @@ void svc_redis_destroy(struct svc_redis **rp)
     if (r == NULL)
         return;
     for (int i = 0; i < r->nidle; i++)
-        redisFree(r->idle[i]);
+        redisFree(r->idle[i].c);
     pthread_mutex_destroy(&r->lock);
+    pthread_mutex_destroy(&r->topo_lock);
+    free(r->map);
     free(r);
     *rp = NULL;
 }
 
-static redisContext *pool_get(struct svc_redis *r)
+/* An idle context to a, or a new one. Idle contexts to nodes that are no longer the master (or
+ * no longer in the slot map) are closed on the way. */
+static redisContext *pool_get(struct svc_redis *r, const struct svc__redis_addr *a)
 {
-    struct timeval tv = {r->timeout_ms / 1000, (r->timeout_ms % 1000) * 1000};
-    const char *argv[2][3];
-    size_t lens[2][3];
-    int argc[2], n;
-    redisContext *c = NULL;
+    redisContext *c = NULL, *drop[REDIS_POOL_MAX];
+    int ndrop = 0;
 
     pthread_mutex_lock(&r->lock);
-    if (r->nidle > 0)
-        c = r->idle[--r->nidle];
+    for (int i = r->nidle - 1; i >= 0; i--) {
+        int keep = 1;
+        if (r->url.kind == SVC__REDIS_SENTINEL && r->have_master)
+            keep = addr_eq(&r->idle[i].addr, &r->master);
+        if (keep && c == NULL && addr_eq(&r->idle[i].addr, a))
+            c = r->idle[i].c;
+        else if (keep)
+            continue;
+        else
+            drop[ndrop++] = r->idle[i].c;
+        r->idle[i] = r->idle[--r->nidle];
+    }
     pthread_mutex_unlock(&r->lock);
-    if (c != NULL)
-        return c;
-    c = redisConnectWithTimeout(r->url.host, r->url.port, tv);
-    if (c == NULL || c->err) {
-        if (c != NULL)
-            SVC_LOG_WARN(NULL, "redis", "connect %s:%d: %s", r->url.host, r->url.port, c->errstr);
-        redisFree(c);
-        return NULL;
-    }
-    redisSetTimeout(c, tv);
-    n = hello_cmds(&r->url, argv, lens, argc);
-    for (int i = 0; i < n; i++) {
-        redisReply *rep = redisCommandArgv(c, argc[i], argv[i], lens[i]);
-        int bad = rep == NULL || rep->type == REDIS_REPLY_ERROR;
-        if (rep != NULL && bad)
-            SVC_LOG_WARN(NULL, "redis", "%s refused: %s", argv[i][0], rep->str);
-        freeReplyObject(rep);
-        if (bad) {
-            redisFree(c);
-            return NULL;
-        }
-    }
-    return c;
+    for (int i = 0; i < ndrop; i++)
+        redisFree(drop[i]);
+    return c != NULL ? c : bconnect(r, a, HELLO_DATA);
 }
 
-static void pool_put(struct svc_redis *r, redisContext *c)
+static void pool_put(struct svc_redis *r, redisContext *c, const struct svc__redis_addr *a)
 {
     pthread_mutex_lock(&r->lock);
     if (c->err == 0 && r->nidle < REDIS_POOL_MAX) {
-        r->idle[r->nidle++] = c;
+        r->idle[r->nidle].c = c;
+        r->idle[r->nidle++].addr = *a;
         c = NULL;
     }
     pthread_mutex_unlock(&r->lock);
@@ -258,77 +435,251 @@ static void pool_put(struct svc_redis *r, redisContext *c)
         redisFree(c); /* broken contexts are discarded, never reused */
 }
 
+static int transport_rc(const redisContext *c)
+{
+    return c->err == REDIS_ERR_IO && c->errstr[0] != '\0' &&
+                   strstr(c->errstr, "temporarily unavailable") != NULL
+               ? SVC_ETIMEDOUT
+               : SVC_EUNAVAIL;
+}
+
+/* Redirections, re-discoveries and retries after which a command gives up. */
+#define REDIS_ATTEMPTS_MAX 6
+
+/* WAIT replicas on c after a write; the number that acknowledged it, 0 on any failure. */
+static int wait_replicas(struct svc_redis *r, redisContext *c, int replicas, long wait_ms)
+{
+    char n[16], ms[24];
+    const char *argv[] = {"WAIT", n, ms};
+    redisReply *rep;
+    int acked = 0;
+
+    /* below the command timeout, or the read would time out before WAIT answers */
+    if (wait_ms > r->timeout_ms / 2)
+        wait_ms = r->timeout_ms / 2;
+    snprintf(n, sizeof(n), "%d", replicas);
+    snprintf(ms, sizeof(ms), "%ld", wait_ms > 0 ? wait_ms : 1);
+    rep = redisCommandArgv(c, 3, argv, NULL);
+    if (rep != NULL && rep->type == REDIS_REPLY_INTEGER)
+        acked = (int)rep->integer;
+    freeReplyObject(rep);
+    return acked;
+}
+
+static int cmd_run(struct svc_redis *r, struct svc_redis_reply **reply, int argc,
+                   const char *const *argv, const size_t *argvlen, int replicas, long wait_ms,
+                   int *acked)
+{
+    struct svc__redis_addr to;
+    unsigned long seen = 0;
+    int asking = 0, redirected = 0, rc = SVC_EUNAVAIL;
+
+    *reply = NULL;
+    for (int attempt = 0; attempt < REDIS_ATTEMPTS_MAX; attempt++) {
+        redisContext *c;
+        redisReply *rep = NULL;
+        struct svc__redis_addr moved;
+        unsigned slot;
+        int redirect;
+
+        /* after a redirection, `to` is where it pointed (a map just read from a node that has
+         * not yet heard of a failover could point back) */
+        if (!asking && !redirected && (rc = pick_node(r, argc, argv, argvlen, &to, &seen)) != SVC_OK)
+            return rc;
+        redirected = 0;
+        if ((c = pool_get(r, &to)) == NULL) {
+            /* Nothing was sent: safe to ask for the topology again and retry. */
+            rc = SVC_EUNAVAIL;
+            if (r->url.kind == SVC__REDIS_STANDALONE)
+                return rc;
+            mark_stale(r);
+            asking = 0;
+            if (attempt > 0)
+                sleep_ms(50L * attempt);
+            continue;
+        }
+        if (asking) {
+            /* ASKING and the command in one write; the first reply is ASKING's +OK. */
+            void *ok = NULL;
+            if (redisAppendCommand(c, "ASKING") == REDIS_OK &&
+                redisAppendCommandArgv(c, argc, (const char **)argv, argvlen) == REDIS_OK &&
+                redisGetReply(c, &ok) == REDIS_OK && redisGetReply(c, (void **)&rep) != REDIS_OK)
+                rep = NULL;
+            freeReplyObject(ok);
+            asking = 0;
+        } else {
+            rep = redisCommandArgv(c, argc, (const char **)argv, argvlen);
+        }
+        if (rep == NULL) {
+            /* The command may have run: no retry here (at most once); the next command asks
+             * for the topology first. */
+            rc = transport_rc(c);
+            pool_put(r, c, &to);
+            mark_stale(r);
+            return rc;
+        }
+        if (r->url.kind == SVC__REDIS_CLUSTER && rep->type == REDIS_REPLY_ERROR &&
+            (redirect = svc__redis_redirect_parse(rep->str, rep->len, &slot, &moved)) != 0) {
+            if (moved.host[0] == '\0')
+                snprintf(moved.host, sizeof(moved.host), "%s", to.host);
+            freeReplyObject(rep);
+            pool_put(r, c, &to);
+            if (redirect == 2) {
+                to = moved; /* ASK: this command only, the map stays */
+                asking = 1;
+                continue;
+            }
+            /* the rest of the map is probably out of date too */
+            if (cluster_refresh(r, seen) != SVC_OK)
+                SVC_LOG_WARN(NULL, "redis", "cannot refresh the slot map after MOVED");
+            pthread_mutex_lock(&r->lock);
+            if (r->map != NULL) {
+                int n = svc__redis_slotmap_node(r->map, moved.host, moved.port);
+                if (n >= 0)
+                    r->map->slot_node[slot] = (short)n;
+            }
+            pthread_mutex_unlock(&r->lock);
+            to = moved;
+            redirected = 1;
+            continue;
+        }
+        if (r->url.kind == SVC__REDIS_CLUSTER &&
+            (is_error(rep, "TRYAGAIN") || is_error(rep, "CLUSTERDOWN")) &&
+            attempt + 1 < REDIS_ATTEMPTS_MAX) {
+            freeReplyObject(rep);
+            pool_put(r, c, &to);
+            mark_stale(r);
+            sleep_ms(100);
+            continue;
+        }
+        if (r->url.kind == SVC__REDIS_SENTINEL && is_error(rep, "READONLY") &&
+            attempt + 1 < REDIS_ATTEMPTS_MAX) {
+            /* a demoted master: the command did not run; find the new one */
+            SVC_LOG_WARN(NULL, "redis", "%s:%d is read-only now: asking the sentinels", to.host,
+                         to.port);
+            freeReplyObject(rep);
+            redisFree(c);
+            mark_stale(r);
+            continue;
+        }
+        if (replicas > 0 && rep->type != REDIS_REPLY_ERROR) {
+            *acked = wait_replicas(r, c, replicas, wait_ms);
+            /* A master whose replica stopped confirming may have been replaced (a forced
+             * failover leaves it writable until the sentinels demote it, ~8 s): ask again
+             * before the next command instead of waiting for READONLY. */
+            if (*acked < replicas && r->url.kind == SVC__REDIS_SENTINEL)
+                mark_stale(r);
+        }
+        pool_put(r, c, &to);
+        *reply = (struct svc_redis_reply *)rep;
+        return SVC_OK;
+    }
+    /* redirected, refused or unreachable every time: never SVC_OK without a reply */
+    return rc != SVC_OK ? rc : SVC_EUNAVAIL;
+}
+
 int svc_redis_cmd(struct svc_redis *r, struct svc_redis_reply **reply, int argc,
                   const char *const *argv, const size_t *argvlen)
 {
-    redisContext *c = pool_get(r);
-    redisReply *rep;
-    int rc;
+    return cmd_run(r, reply, argc, argv, argvlen, 0, 0, NULL);
+}
 
-    *reply = NULL;
-    if (c == NULL)
-        return SVC_EUNAVAIL;
-    rep = redisCommandArgv(c, argc, (const char **)argv, argvlen);
-    if (rep == NULL) {
-        rc = c->err == REDIS_ERR_IO && c->errstr[0] != '\0' &&
-                     strstr(c->errstr, "temporarily unavailable") != NULL
-                 ? SVC_ETIMEDOUT
-                 : SVC_EUNAVAIL;
-    } else {
-        *reply = (struct svc_redis_reply *)rep;
-        rc = SVC_OK;
-    }
-    pool_put(r, c);
-    return rc;
+int svc_redis_cmd_wait(struct svc_redis *r, struct svc_redis_reply **reply, int argc,
+                       const char *const *argv, const size_t *argvlen, int replicas, long wait_ms,
+                       int *acked)
+{
+    *acked = 0;
+    return cmd_run(r, reply, argc, argv, argvlen, replicas > 0 ? replicas : 0, wait_ms, acked);
 }
 
 /* ---- async client on a loop ---- */
 
+/*
+ * One connection of the async client: the server (redis://), the master or a sentinel being
+ * asked (redis-sentinel://), or one cluster node (redis-cluster://).
+ */
+struct aconn {
+    struct svc_redis_async *r;
+    redisAsyncContext *ac;
+    struct svc_io *io;
+    uint32_t events;
+    struct svc__redis_addr addr;
+    struct svc_timer *reconnect;
+    uint64_t backoff;
+    long outstanding;
+    uint64_t last_progress; /* loop ms of the last reply, or of the first command sent */
+    int in_use;
+    int connected; /* usable for commands (sentinel: after ROLE said master) */
+    int retired;   /* cluster: left the map; closes once its replies are in */
+    int answered;  /* sentinel conn: the master's address came back */
+};
+
+#define ASYNC_CONNS_MAX (SVC__REDIS_NODES_MAX + 2)
+#define DATA 0     /* redis://, redis-sentinel://: the connection commands use */
+#define SENTINEL 1 /* redis-sentinel://: the connection that asks a sentinel */
+#define REFRESH_MS 500
+#define SENTINEL_WATCH_MS 1000 /* how often the sentinel is asked again while all is well */
+#define REDIRECTS_MAX 5
+
 struct pending_cmd {
     svc_redis_cb cb;
     void *data;
+    char *buf; /* cluster: the command as sent, for a MOVED/ASK re-send */
+    size_t len;
+    int redirects;
 };
 
 struct svc_redis_async {
     struct svc_loop *loop;
-    struct redis_url url;
+    struct svc__redis_url url;
     long timeout_ms;
-    redisAsyncContext *ac;
     atomic_int connected; /* read by /readyz on the admin thread */
-    struct svc_io *io;
-    uint32_t events;
-    struct svc_timer *reconnect;
     struct svc_timer *watchdog;
-    uint64_t backoff;
-    long outstanding;
-    uint64_t last_progress; /* loop ms of the last reply, or of the first command sent */
     int destroying;
-    char addr[INET6_ADDRSTRLEN]; /* the host's numeric address, resolved once (resolve_once) */
+    struct aconn conns[ASYNC_CONNS_MAX];
+    char addr[INET6_ADDRSTRLEN]; /* redis://: the host's numeric address (resolve_once) */
+    /* sentinel */
+    int sentinel_idx;
+    int sentinel_tries;
+    int asking;               /* a question is in flight on conns[SENTINEL] */
+    int sentinel_pending;     /* conns[SENTINEL]'s (re)connect timer is armed */
+    int moving;               /* conns[DATA] closes because the sentinel named moving_to */
+    struct svc__redis_addr moving_to;
+    struct svc_timer *watch;  /* asks again every SENTINEL_WATCH_MS */
+    /* cluster */
+    struct svc__redis_slotmap *map;
+    short node_conn[SVC__REDIS_NODES_MAX]; /* map node -> conns index */
+    struct svc_timer *refresh;
+    int refreshing;
+    int dirty; /* the map may be out of date: refresh until every owner is connected */
 };
 
-static void ev_update(struct svc_redis_async *r, uint32_t add, uint32_t del)
-{
-    uint32_t ev = (r->events | add) & ~del;
+static void conn_lost(struct aconn *c);
+static int aconn_connect(struct aconn *c);
 
-    if (ev == r->events)
+static void ev_update(struct aconn *c, uint32_t add, uint32_t del)
+{
+    uint32_t ev = (c->events | add) & ~del;
+
+    if (ev == c->events)
         return;
-    r->events = ev;
-    if (r->io != NULL && svc_io_modify(r->io, ev) != SVC_OK)
+    c->events = ev;
+    if (c->io != NULL && svc_io_modify(c->io, ev) != SVC_OK)
         SVC_LOG_ERR(NULL, "redis", "cannot change socket events");
 }
 
 static void on_ac_io(struct svc_io *io, int fd, uint32_t events, void *data)
 {
-    struct svc_redis_async *r = data;
+    struct aconn *c = data;
 
     (void)io;
     (void)fd;
     /* One direction per wake-up: the context may be freed inside either call. Level-triggered
      * epoll brings the other direction back on the next iteration. */
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
-        redisAsyncHandleRead(r->ac);
+        redisAsyncHandleRead(c->ac);
     else if (events & EPOLLOUT)
-        redisAsyncHandleWrite(r->ac);
+        redisAsyncHandleWrite(c->ac);
 }
 
 static void ad_add_read(void *p) { ev_update(p, EPOLLIN, 0); }
@@ -338,121 +689,475 @@ static void ad_del_write(void *p) { ev_update(p, 0, EPOLLOUT); }
 
 static void ad_cleanup(void *p)
 {
-    struct svc_redis_async *r = p;
+    struct aconn *c = p;
 
-    svc_io_del(&r->io);
-    r->events = 0;
+    svc_io_del(&c->io);
+    c->events = 0;
 }
 
-static void schedule_reconnect(struct svc_redis_async *r)
+static int is_sentinel_conn(const struct aconn *c)
 {
-    if (r->destroying)
+    return c->r->url.kind == SVC__REDIS_SENTINEL && c == &c->r->conns[SENTINEL];
+}
+
+static void update_connected(struct svc_redis_async *r)
+{
+    int ok;
+
+    if (r->url.kind != SVC__REDIS_CLUSTER) {
+        ok = r->conns[DATA].connected;
+    } else {
+        ok = r->map != NULL;
+        for (int n = 0; ok && n < r->map->nnodes; n++)
+            ok = r->conns[r->node_conn[n]].connected;
+    }
+    r->connected = ok;
+}
+
+static void schedule(struct svc_timer *t, uint64_t ms)
+{
+    if (t != NULL && svc_timer_start(t, ms) != SVC_OK)
+        SVC_LOG_ERR(NULL, "redis", "cannot start a timer");
+}
+
+static void schedule_reconnect(struct aconn *c)
+{
+    if (c->r->destroying)
         return;
-    if (svc_timer_start(r->reconnect, r->backoff) != SVC_OK)
-        SVC_LOG_ERR(NULL, "redis", "cannot schedule a reconnect");
-    r->backoff = r->backoff * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : r->backoff * 2;
+    schedule(c->reconnect, c->backoff);
+    c->backoff = c->backoff * 2 > RECONNECT_MAX_MS ? RECONNECT_MAX_MS : c->backoff * 2;
+}
+
+static void request_refresh(struct svc_redis_async *r, uint64_t ms)
+{
+    r->dirty = 1;
+    if (!r->destroying)
+        schedule(r->refresh, ms);
 }
 
 static void on_connect(const redisAsyncContext *ac, int status)
 {
-    struct svc_redis_async *r = ac->data;
+    struct aconn *c = ac->data;
+    struct svc_redis_async *r = c->r;
 
     if (status != REDIS_OK) {
-        SVC_LOG_WARN(NULL, "redis", "connect %s:%d failed: %s", r->url.host, r->url.port,
+        SVC_LOG_WARN(NULL, "redis", "connect %s:%d failed: %s", c->addr.host, c->addr.port,
                      ac->errstr);
-        r->ac = NULL; /* hiredis frees the context after a failed connect */
-        schedule_reconnect(r);
+        c->ac = NULL; /* hiredis frees the context after a failed connect */
+        conn_lost(c);
         return;
     }
-    r->connected = 1;
-    r->backoff = RECONNECT_MIN_MS;
-    SVC_LOG_INFO(NULL, "redis", "connected to %s:%d", r->url.host, r->url.port);
+    if (is_sentinel_conn(c))
+        return;
+    c->backoff = RECONNECT_MIN_MS;
+    if (r->url.kind != SVC__REDIS_SENTINEL) {
+        c->connected = 1;
+        SVC_LOG_INFO(NULL, "redis", "connected to %s:%d", c->addr.host, c->addr.port);
+        update_connected(r);
+        if (r->url.kind == SVC__REDIS_CLUSTER && (r->map == NULL || r->dirty))
+            request_refresh(r, 0);
+    }
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
-    struct svc_redis_async *r = ac->data;
+    struct aconn *c = ac->data;
 
     (void)status;
-    r->connected = 0;
-    r->ac = NULL;
-    r->outstanding = 0;
-    if (!r->destroying) {
-        SVC_LOG_WARN(NULL, "redis", "connection to %s:%d lost", r->url.host, r->url.port);
-        schedule_reconnect(r);
+    c->connected = 0;
+    c->ac = NULL;
+    c->outstanding = 0;
+    if (!c->r->destroying) {
+        if (!c->retired && !is_sentinel_conn(c))
+            SVC_LOG_WARN(NULL, "redis", "connection to %s:%d lost", c->addr.host, c->addr.port);
+        conn_lost(c);
+    }
+}
+
+/*
+ * Closes c's connection; conn_lost follows. A connected context is closed after its pending
+ * replies (the disconnect callback runs); one still connecting is freed at once, and hiredis
+ * runs no disconnect callback for it, so its loss is reported here.
+ */
+static void aconn_close(struct aconn *c)
+{
+    redisAsyncContext *ac = c->ac;
+
+    if (ac == NULL)
+        return;
+    if (ac->c.flags & REDIS_CONNECTED) {
+        redisAsyncDisconnect(ac);
+        return;
+    }
+    c->ac = NULL;
+    c->connected = 0;
+    c->outstanding = 0;
+    redisAsyncFree(ac); /* pending callbacks get NULL replies */
+    conn_lost(c);
+}
+
+/* Sentinel: asks the next sentinel (now, or after the backoff once all were asked). */
+static void sentinel_next(struct svc_redis_async *r, int advance)
+{
+    struct aconn *s = &r->conns[SENTINEL];
+
+    if (advance) {
+        r->sentinel_idx = (r->sentinel_idx + 1) % r->url.nseeds;
+        r->sentinel_tries++;
+    }
+    s->addr = r->url.seeds[r->sentinel_idx];
+    r->sentinel_pending = 1;
+    if (r->sentinel_tries >= r->url.nseeds) {
+        r->sentinel_tries = 0;
+        schedule_reconnect(s);
+    } else {
+        schedule(s->reconnect, 0);
+    }
+}
+
+static void conn_lost(struct aconn *c)
+{
+    struct svc_redis_async *r = c->r;
+
+    update_connected(r);
+    if (r->destroying)
+        return;
+    if (c->retired) {
+        c->in_use = 0;
+        c->retired = 0;
+        svc_timer_stop(c->reconnect);
+        return;
+    }
+    switch (r->url.kind) {
+    case SVC__REDIS_STANDALONE:
+        schedule_reconnect(c);
+        break;
+    case SVC__REDIS_SENTINEL:
+        if (c == &r->conns[SENTINEL]) {
+            /* the next sentinel (after a backoff once every one failed) */
+            r->asking = 0;
+            sentinel_next(r, 1);
+        } else if (r->moving) {
+            /* closed for the master the sentinel named: go there at once */
+            r->moving = 0;
+            c->addr = r->moving_to;
+            if (aconn_connect(c) != SVC_OK)
+                schedule_reconnect(c);
+        } else {
+            /* The master is gone or no longer one: ask where it is now, after the backoff (a
+             * demoted master the sentinels still name must not make a reconnect spin). */
+            schedule_reconnect(c);
+        }
+        break;
+    default:
+        schedule_reconnect(c);
+        request_refresh(r, 100);
+        break;
     }
 }
 
 static void on_hello_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     redisReply *rep = reply;
+    struct aconn *c = ac->data;
 
     (void)privdata;
     if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
-        SVC_LOG_ERR(NULL, "redis", "AUTH/SELECT refused: %s", rep->str);
+        SVC_LOG_ERR(NULL, "redis", "AUTH/SELECT on %s:%d refused: %s", c->addr.host,
+                    c->addr.port, rep->str);
         redisAsyncDisconnect(ac);
     }
 }
 
-static void do_connect(struct svc_redis_async *r)
+/* Sentinel: the master's ROLE, before the client takes commands. */
+static void on_role_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
+    struct aconn *c = ac->data;
+
+    (void)privdata;
+    if (reply == NULL)
+        return;
+    if (!svc__redis_role_is_master(reply)) {
+        SVC_LOG_WARN(NULL, "redis", "%s:%d is not a master (yet): asking the sentinels again",
+                     c->addr.host, c->addr.port);
+        redisAsyncDisconnect(ac);
+        return;
+    }
+    c->connected = 1;
+    c->backoff = RECONNECT_MIN_MS;
+    c->r->sentinel_tries = 0;
+    c->r->conns[SENTINEL].backoff = RECONNECT_MIN_MS;
+    SVC_LOG_NOTICE(NULL, "redis", "connected to master %s at %s:%d", c->r->url.master,
+                   c->addr.host, c->addr.port);
+    update_connected(c->r);
+}
+
+/*
+ * Sentinel: the answer to get-master-addr-by-name. The connection stays open and is asked again
+ * every SENTINEL_WATCH_MS, so a master that is replaced while it still answers (a forced
+ * failover leaves it writable until the sentinels demote it) is left within about a second.
+ */
+static void on_sentinel_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct aconn *s = ac->data;
+    struct svc_redis_async *r = s->r;
+    struct aconn *data = &r->conns[DATA];
+    struct svc__redis_addr m;
+
+    (void)privdata;
+    r->asking = 0;
+    if (reply == NULL || r->destroying)
+        return;
+    if (svc__redis_sentinel_addr(reply, &m) != 0) {
+        SVC_LOG_WARN(NULL, "redis", "sentinel %s:%d does not know master %s", s->addr.host,
+                     s->addr.port, r->url.master);
+        redisAsyncDisconnect(ac); /* -> conn_lost: the next sentinel */
+        return;
+    }
+    s->answered = 1;
+    r->sentinel_tries = 0;
+    if (data->ac == NULL) {
+        svc_timer_stop(data->reconnect);
+        data->addr = m;
+        if (aconn_connect(data) != SVC_OK)
+            schedule_reconnect(data);
+    } else if (!addr_eq(&data->addr, &m)) {
+        SVC_LOG_NOTICE(NULL, "redis", "sentinel %s:%d names %s:%d as master %s now (was %s:%d)",
+                       s->addr.host, s->addr.port, m.host, m.port, r->url.master,
+                       data->addr.host, data->addr.port);
+        data->connected = 0;
+        update_connected(r);
+        r->moving = 1;
+        r->moving_to = m;
+        aconn_close(data); /* -> conn_lost -> connects to m */
+    }
+}
+
+/* Sentinel: asks where the master is (on the open sentinel connection, or a new one). */
+static void sentinel_ask(struct svc_redis_async *r)
+{
+    struct aconn *s = &r->conns[SENTINEL];
+    const char *ask[] = {"SENTINEL", "get-master-addr-by-name", r->url.master};
+
+    if (r->destroying)
+        return;
+    if (s->ac == NULL) {
+        if (!r->sentinel_pending)
+            sentinel_next(r, 0);
+        return;
+    }
+    if (!s->answered || r->asking)
+        return; /* connecting, or a question is in flight: its answer comes */
+    if (redisAsyncCommandArgv(s->ac, on_sentinel_reply, NULL, 3, ask, NULL) == REDIS_OK)
+        r->asking = 1;
+}
+
+static void on_watch(struct svc_timer *t, void *data)
+{
+    struct svc_redis_async *r = data;
+
+    sentinel_ask(r);
+    schedule(t, SENTINEL_WATCH_MS);
+}
+
+/* Opens c's connection and queues its hello (AUTH, SELECT; ROLE or the sentinel question). */
+static int aconn_connect(struct aconn *c)
+{
+    struct svc_redis_async *r = c->r;
     const char *argv[2][3];
     size_t lens[2][3];
-    int argc[2], n;
+    int argc[2], n, sentinel = is_sentinel_conn(c);
     /* hiredis resolves a name synchronously in redisAsyncConnect, which would stall the whole
-     * loop at every reconnect: connect to the address resolved when the client was made. */
-    redisAsyncContext *ac = redisAsyncConnect(r->addr[0] != '\0' ? r->addr : r->url.host,
-                                              r->url.port);
+     * loop at every reconnect: redis:// connects to the address resolved when the client was
+     * made; sentinels and cluster nodes announce addresses. */
+    const char *host =
+        r->url.kind == SVC__REDIS_STANDALONE && r->addr[0] != '\0' ? r->addr : c->addr.host;
+    redisAsyncContext *ac = redisAsyncConnect(host, c->addr.port);
 
+    c->answered = 0;
+    c->connected = 0;
     if (ac == NULL || ac->err) {
-        SVC_LOG_WARN(NULL, "redis", "connect %s:%d: %s", r->url.host, r->url.port,
+        SVC_LOG_WARN(NULL, "redis", "connect %s:%d: %s", c->addr.host, c->addr.port,
                      ac ? ac->errstr : "out of memory");
         if (ac != NULL)
             redisAsyncFree(ac);
-        schedule_reconnect(r);
-        return;
+        return SVC_EUNAVAIL;
     }
-    r->ac = ac;
-    ac->data = r;
-    ac->ev.data = r;
+    c->ac = ac;
+    ac->data = c;
+    ac->ev.data = c;
     ac->ev.addRead = ad_add_read;
     ac->ev.delRead = ad_del_read;
     ac->ev.addWrite = ad_add_write;
     ac->ev.delWrite = ad_del_write;
     ac->ev.cleanup = ad_cleanup;
-    r->events = 0;
-    r->io = svc_io_add(r->loop, ac->c.fd, 0, on_ac_io, r);
-    if (r->io == NULL) {
+    c->events = 0;
+    c->outstanding = 0;
+    c->io = svc_io_add(r->loop, ac->c.fd, 0, on_ac_io, c);
+    if (c->io == NULL) {
         redisAsyncFree(ac);
-        r->ac = NULL;
-        schedule_reconnect(r);
-        return;
+        c->ac = NULL;
+        return SVC_EUNAVAIL;
     }
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     /* Sent first, so they run before any command queued while connecting. */
-    n = hello_cmds(&r->url, argv, lens, argc);
+    n = hello_cmds(&r->url, sentinel ? HELLO_SENTINEL : HELLO_DATA, argv, lens, argc);
     for (int i = 0; i < n; i++)
         redisAsyncCommandArgv(ac, on_hello_reply, NULL, argc[i], argv[i], lens[i]);
+    if (sentinel) {
+        const char *ask[] = {"SENTINEL", "get-master-addr-by-name", r->url.master};
+        if (redisAsyncCommandArgv(ac, on_sentinel_reply, NULL, 3, ask, NULL) == REDIS_OK)
+            r->asking = 1;
+    } else if (r->url.kind == SVC__REDIS_SENTINEL) {
+        const char *role[] = {"ROLE"};
+        redisAsyncCommandArgv(ac, on_role_reply, NULL, 1, role, NULL);
+    }
     /* hiredis reports the connect through a write event. */
-    ev_update(r, EPOLLOUT, 0);
+    ev_update(c, EPOLLOUT, 0);
+    return SVC_OK;
 }
 
 static void on_reconnect(struct svc_timer *t, void *data)
 {
+    struct aconn *c = data;
+
     (void)t;
-    do_connect(data);
+    if (is_sentinel_conn(c))
+        c->r->sentinel_pending = 0;
+    if (c->ac != NULL || c->r->destroying)
+        return;
+    if (c->r->url.kind == SVC__REDIS_SENTINEL && c == &c->r->conns[DATA]) {
+        sentinel_ask(c->r); /* its answer connects this one */
+        return;
+    }
+    if (aconn_connect(c) != SVC_OK) {
+        if (is_sentinel_conn(c))
+            sentinel_next(c->r, 1);
+        else
+            conn_lost(c);
+    }
+}
+
+/* Takes a free slot of conns for addr (cluster), or finds the one already there. */
+static struct aconn *conn_for(struct svc_redis_async *r, const struct svc__redis_addr *a)
+{
+    struct aconn *free_slot = NULL;
+
+    for (int i = 0; i < ASYNC_CONNS_MAX; i++) {
+        struct aconn *c = &r->conns[i];
+        if (c->in_use && addr_eq(&c->addr, a)) {
+            c->retired = 0; /* back in the map: it will reconnect when it drops */
+            return c;
+        }
+        if (!c->in_use && free_slot == NULL)
+            free_slot = c;
+    }
+    if (free_slot == NULL)
+        return NULL;
+    if (free_slot->reconnect == NULL &&
+        (free_slot->reconnect = svc_timer_create(r->loop, on_reconnect, free_slot)) == NULL)
+        return NULL;
+    free_slot->in_use = 1;
+    free_slot->retired = 0;
+    free_slot->addr = *a;
+    free_slot->backoff = RECONNECT_MIN_MS;
+    if (aconn_connect(free_slot) != SVC_OK)
+        schedule_reconnect(free_slot);
+    return free_slot;
+}
+
+/* Cluster: takes a new slot map; connections to nodes that left it close when drained. */
+static void map_apply(struct svc_redis_async *r, struct svc__redis_slotmap *map)
+{
+    int used[ASYNC_CONNS_MAX] = {0};
+
+    for (int n = 0; n < map->nnodes; n++) {
+        struct aconn *c = conn_for(r, &map->nodes[n]);
+        if (c == NULL) {
+            SVC_LOG_ERR(NULL, "redis", "too many cluster nodes");
+            free(map);
+            return;
+        }
+        r->node_conn[n] = (short)(c - r->conns);
+        used[c - r->conns] = 1;
+    }
+    for (int i = 0; i < ASYNC_CONNS_MAX; i++) {
+        struct aconn *c = &r->conns[i];
+        if (!c->in_use || used[i] || c->retired)
+            continue;
+        c->retired = 1;
+        svc_timer_stop(c->reconnect);
+        if (c->ac != NULL)
+            aconn_close(c); /* after its pending replies */
+        else
+            c->in_use = c->retired = 0;
+    }
+    free(r->map);
+    r->map = map;
+    update_connected(r);
+}
+
+static void on_slots_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct aconn *c = ac->data;
+    struct svc_redis_async *r = c->r;
+    struct svc__redis_slotmap *map;
+
+    (void)privdata;
+    r->refreshing = 0;
+    if (reply == NULL || r->destroying)
+        return;
+    map = malloc(sizeof(*map));
+    if (map == NULL || svc__redis_slots_parse(reply, c->addr.host, map) != 0) {
+        SVC_LOG_WARN(NULL, "redis", "CLUSTER SLOTS from %s:%d: %s", c->addr.host, c->addr.port,
+                     ((redisReply *)reply)->type == REDIS_REPLY_ERROR ? ((redisReply *)reply)->str
+                                                                      : "not a slot map");
+        free(map);
+        return;
+    }
+    r->dirty = 0;
+    map_apply(r, map);
+}
+
+/* Cluster: asks a connected node for the slot map; again every REFRESH_MS while some slot's
+ * master is not connected. */
+static void on_refresh(struct svc_timer *t, void *data)
+{
+    struct svc_redis_async *r = data;
+    const char *slots[] = {"CLUSTER", "SLOTS"};
+
+    (void)t;
+    if (r->destroying)
+        return;
+    if (!r->refreshing && (r->dirty || !r->connected)) {
+        for (int i = 0; i < ASYNC_CONNS_MAX; i++) {
+            struct aconn *c = &r->conns[i];
+            if (c->in_use && !c->retired && c->connected && c->ac != NULL &&
+                redisAsyncCommandArgv(c->ac, on_slots_reply, NULL, 2, slots, NULL) == REDIS_OK) {
+                r->refreshing = 1;
+                break;
+            }
+        }
+    }
+    if (r->dirty || !r->connected)
+        schedule(r->refresh, REFRESH_MS);
 }
 
 /* A Redis that accepts commands but never answers must not hang requests forever. */
 static void on_watchdog(struct svc_timer *t, void *data)
 {
     struct svc_redis_async *r = data;
+    uint64_t now = svc_loop_now(r->loop);
 
-    if (r->ac != NULL && r->outstanding > 0 &&
-        svc_loop_now(r->loop) - r->last_progress > (uint64_t)r->timeout_ms) {
-        SVC_LOG_WARN(NULL, "redis", "no reply for %ld ms; reconnecting", r->timeout_ms);
-        redisAsyncDisconnect(r->ac);
+    for (int i = 0; i < ASYNC_CONNS_MAX; i++) {
+        struct aconn *c = &r->conns[i];
+        if (c->ac != NULL && c->outstanding > 0 &&
+            now - c->last_progress > (uint64_t)r->timeout_ms) {
+            SVC_LOG_WARN(NULL, "redis", "no reply from %s:%d for %ld ms; reconnecting",
+                         c->addr.host, c->addr.port, r->timeout_ms);
+            aconn_close(c);
+        }
     }
     if (svc_timer_start(t, WATCHDOG_MS) != SVC_OK)
         SVC_LOG_ERR(NULL, "redis", "cannot re-arm the watchdog");
@@ -468,13 +1173,14 @@ static void on_watchdog(struct svc_timer *t, void *data)
 static void resolve_once(struct svc_redis_async *r)
 {
     struct addrinfo hints = {0}, *res = NULL, *ai, *pick = NULL;
+    const char *host = r->url.seeds[0].host;
     int rc;
 
     hints.ai_socktype = SOCK_STREAM;
-    rc = getaddrinfo(r->url.host, NULL, &hints, &res);
+    rc = getaddrinfo(host, NULL, &hints, &res);
     if (rc != 0) {
         SVC_LOG_WARN(NULL, "redis", "cannot resolve %s now (%s): it will be looked up at each "
-                     "connect", r->url.host, gai_strerror(rc));
+                     "connect", host, gai_strerror(rc));
         return;
     }
     for (ai = res; ai != NULL && pick == NULL; ai = ai->ai_next)
@@ -491,6 +1197,47 @@ static void resolve_once(struct svc_redis_async *r)
     freeaddrinfo(res);
 }
 
+static int setup_conns(struct svc_redis_async *r)
+{
+    switch (r->url.kind) {
+    case SVC__REDIS_STANDALONE: {
+        struct aconn *c = &r->conns[DATA];
+        resolve_once(r);
+        c->in_use = 1;
+        c->addr = r->url.seeds[0];
+        c->backoff = RECONNECT_MIN_MS;
+        if ((c->reconnect = svc_timer_create(r->loop, on_reconnect, c)) == NULL)
+            return SVC_ENOMEM;
+        if (aconn_connect(c) != SVC_OK)
+            schedule_reconnect(c);
+        return SVC_OK;
+    }
+    case SVC__REDIS_SENTINEL:
+        for (int i = DATA; i <= SENTINEL; i++) {
+            r->conns[i].in_use = 1;
+            r->conns[i].backoff = RECONNECT_MIN_MS;
+            if ((r->conns[i].reconnect = svc_timer_create(r->loop, on_reconnect, &r->conns[i])) ==
+                NULL)
+                return SVC_ENOMEM;
+        }
+        if ((r->watch = svc_timer_create(r->loop, on_watch, r)) == NULL)
+            return SVC_ENOMEM;
+        schedule(r->watch, SENTINEL_WATCH_MS);
+        sentinel_next(r, 0);
+        return SVC_OK;
+    default:
+        /* every seed until the first slot map names the masters */
+        if ((r->refresh = svc_timer_create(r->loop, on_refresh, r)) == NULL)
+            return SVC_ENOMEM;
+        for (int i = 0; i < r->url.nseeds; i++)
+            if (conn_for(r, &r->url.seeds[i]) == NULL)
+                return SVC_ENOMEM;
+        r->dirty = 1;
+        schedule(r->refresh, REFRESH_MS);
+        return SVC_OK;
+    }
+}
+
 struct svc_redis_async *svc_redis_async_create(struct svc_loop *loop, const char *url,
                                                long timeout_ms)
 {
@@ -499,22 +1246,20 @@ struct svc_redis_async *svc_redis_async_create(struct svc_loop *loop, const char
 
     if (r == NULL)
         return NULL;
-    if (url_parse(url, &r->url, err, sizeof(err)) != SVC_OK) {
+    if (svc__redis_url_parse(url, &r->url, err, sizeof(err)) != SVC_OK) {
         free(r);
         return NULL;
     }
     r->loop = loop;
     r->timeout_ms = timeout_ms > 0 ? timeout_ms : 1000;
-    r->backoff = RECONNECT_MIN_MS;
-    resolve_once(r);
-    r->reconnect = svc_timer_create(loop, on_reconnect, r);
+    for (int i = 0; i < ASYNC_CONNS_MAX; i++)
+        r->conns[i].r = r;
     r->watchdog = svc_timer_create(loop, on_watchdog, r);
-    if (r->reconnect == NULL || r->watchdog == NULL ||
-        svc_timer_start(r->watchdog, WATCHDOG_MS) != SVC_OK) {
+    if (r->watchdog == NULL || svc_timer_start(r->watchdog, WATCHDOG_MS) != SVC_OK ||
+        setup_conns(r) != SVC_OK) {
         svc_redis_async_destroy(&r);
         return NULL;
     }
-    do_connect(r);
     return r;
 }
 
@@ -525,11 +1270,17 @@ void svc_redis_async_destroy(struct svc_redis_async **rp)
     if (r == NULL)
         return;
     r->destroying = 1;
-    if (r->ac != NULL)
-        redisAsyncFree(r->ac); /* runs pending callbacks with NULL replies */
-    svc_timer_destroy(&r->reconnect);
+    for (int i = 0; i < ASYNC_CONNS_MAX; i++) {
+        struct aconn *c = &r->conns[i];
+        if (c->ac != NULL)
+            redisAsyncFree(c->ac); /* runs pending callbacks with NULL replies */
+        svc_timer_destroy(&c->reconnect);
+        svc_io_del(&c->io);
+    }
     svc_timer_destroy(&r->watchdog);
-    svc_io_del(&r->io);
+    svc_timer_destroy(&r->refresh);
+    svc_timer_destroy(&r->watch);
+    free(r->map);
     free(r);
     *rp = NULL;
 }
@@ -539,41 +1290,125 @@ int svc_redis_async_connected(const struct svc_redis_async *r)
     return r->connected;
 }
 
+static int send_pending(struct aconn *c, struct pending_cmd *pc);
+
 static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    struct svc_redis_async *r = ac->data;
+    struct aconn *c = ac->data;
+    struct svc_redis_async *r = c->r;
     struct pending_cmd *pc = privdata;
+    redisReply *rep = reply;
+    struct svc__redis_addr to;
+    unsigned slot;
+    int redirect;
 
-    if (r->outstanding > 0)
-        r->outstanding--;
-    r->last_progress = svc_loop_now(r->loop);
+    if (c->outstanding > 0)
+        c->outstanding--;
+    c->last_progress = svc_loop_now(r->loop);
+    if (rep != NULL && pc->buf != NULL && rep->type == REDIS_REPLY_ERROR &&
+        pc->redirects < REDIRECTS_MAX && !r->destroying &&
+        (redirect = svc__redis_redirect_parse(rep->str, rep->len, &slot, &to)) != 0) {
+        struct aconn *t;
+        if (to.host[0] == '\0')
+            snprintf(to.host, sizeof(to.host), "%s", c->addr.host);
+        t = conn_for(r, &to);
+        pc->redirects++;
+        if (t != NULL && redirect == 1 && r->map != NULL) {
+            int n = svc__redis_slotmap_node(r->map, to.host, to.port);
+            if (n >= 0) {
+                r->map->slot_node[slot] = (short)n;
+                r->node_conn[n] = (short)(t - r->conns);
+            }
+            request_refresh(r, 0);
+        }
+        if (t != NULL && t->ac != NULL &&
+            (redirect == 1 || redisAsyncCommand(t->ac, NULL, NULL, "ASKING") == REDIS_OK) &&
+            send_pending(t, pc) == SVC_OK)
+            return; /* pc now belongs to the new send */
+        rep = NULL;
+    }
+    if (rep != NULL && r->url.kind == SVC__REDIS_SENTINEL && is_error(rep, "READONLY") &&
+        c->ac != NULL) {
+        SVC_LOG_WARN(NULL, "redis", "%s:%d is read-only now: asking the sentinels",
+                     c->addr.host, c->addr.port);
+        c->connected = 0;
+        update_connected(r);
+        redisAsyncDisconnect(c->ac);
+    }
     if (pc->cb != NULL) {
-        if (reply == NULL)
+        if (reply == NULL || rep == NULL)
             pc->cb(r->destroying ? SVC_ECANCELED : SVC_EUNAVAIL, NULL, pc->data);
         else
-            pc->cb(SVC_OK, reply, pc->data);
+            pc->cb(SVC_OK, (const struct svc_redis_reply *)rep, pc->data);
     }
+    redisFreeCommand(pc->buf);
     free(pc);
+}
+
+static int send_pending(struct aconn *c, struct pending_cmd *pc)
+{
+    if (redisAsyncFormattedCommand(c->ac, on_cmd_reply, pc, pc->buf, pc->len) != REDIS_OK)
+        return SVC_EUNAVAIL;
+    if (c->outstanding++ == 0)
+        c->last_progress = svc_loop_now(c->r->loop);
+    return SVC_OK;
+}
+
+/* The connection a command goes to, or NULL when it is not connected. */
+static struct aconn *route(struct svc_redis_async *r, int argc, const char *const *argv,
+                           const size_t *argvlen)
+{
+    const char *key;
+    size_t keylen;
+    struct aconn *c = NULL;
+
+    if (r->url.kind != SVC__REDIS_CLUSTER) {
+        c = &r->conns[DATA];
+    } else if (r->map != NULL) {
+        int n = 0;
+        if (svc__redis_cmd_key(argc, argv, argvlen, &key, &keylen))
+            n = r->map->slot_node[svc__redis_key_slot(key, keylen)];
+        if (n >= 0)
+            c = &r->conns[r->node_conn[n]];
+    }
+    return c != NULL && c->ac != NULL && c->connected ? c : NULL;
 }
 
 int svc_redis_async_cmd(struct svc_redis_async *r, svc_redis_cb cb, void *data, int argc,
                         const char *const *argv, const size_t *argvlen)
 {
+    struct aconn *c = route(r, argc, argv, argvlen);
     struct pending_cmd *pc;
+    int len;
 
-    if (r->ac == NULL || !r->connected)
+    if (c == NULL)
         return SVC_EUNAVAIL;
-    pc = malloc(sizeof(*pc));
+    pc = calloc(1, sizeof(*pc));
     if (pc == NULL)
         return SVC_ENOMEM;
     pc->cb = cb;
     pc->data = data;
-    if (redisAsyncCommandArgv(r->ac, on_cmd_reply, pc, argc, (const char **)argv, argvlen) !=
+    if (r->url.kind == SVC__REDIS_CLUSTER) {
+        /* kept until the reply, to send it again where MOVED or ASK points */
+        len = redisFormatCommandArgv(&pc->buf, argc, (const char **)argv, argvlen);
+        if (len < 0) {
+            free(pc);
+            return SVC_ENOMEM;
+        }
+        pc->len = (size_t)len;
+        if (send_pending(c, pc) != SVC_OK) {
+            redisFreeCommand(pc->buf);
+            free(pc);
+            return SVC_EUNAVAIL;
+        }
+        return SVC_OK;
+    }
+    if (redisAsyncCommandArgv(c->ac, on_cmd_reply, pc, argc, (const char **)argv, argvlen) !=
         REDIS_OK) {
         free(pc);
         return SVC_EUNAVAIL;
     }
-    if (r->outstanding++ == 0)
-        r->last_progress = svc_loop_now(r->loop);
+    if (c->outstanding++ == 0)
+        c->last_progress = svc_loop_now(r->loop);
     return SVC_OK;
 }

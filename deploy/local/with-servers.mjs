@@ -4,11 +4,15 @@
 // with the command's status. The servers are stopped also when the command fails, on Ctrl-C and
 // on SIGTERM.
 //
-//   scripts/with-servers [--redis] [--mariadb] [--keep-dir] -- CMD ARGS...
+//   scripts/with-servers [--redis] [--redis-ha] [--mariadb] [--keep-dir] -- CMD ARGS...
 //
 // Exports to CMD:
 //   --redis    REDIS_URL=redis://default:PASSWORD@127.0.0.1:PORT/0 (and TEST_REDIS_URL, the same); the
 //              password is random, like every Redis deploy/local starts
+//   --redis-ha TEST_REDIS_CLUSTER_URL=redis-cluster://default:PASSWORD@127.0.0.1:P1,P2,P3 (3 masters)
+//              and TEST_REDIS_SENTINEL_URL=redis-sentinel://default:PASSWORD@127.0.0.1:S1,S2,S3/mymaster
+//              (1 master, 1 replica, 3 sentinels; deploy/local/redis-topo.mjs), and
+//              TEST_REQUIRE_REDIS_HA=1, so tests/unit/test_redis_ha fails instead of skipping
 //   --mariadb  TEST_MYSQL_DSN=mysql://chatweb:PASSWORD@127.0.0.1:PORT/chatweb; the user may also
 //              create databases named chatweb_* (scratch databases for tests); and
 //              TEST_REQUIRE_MYSQL=1, so a test that would skip its MariaDB half fails instead
@@ -19,8 +23,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import * as stack from './stack.mjs';
+import { startRedisCluster, startRedisSentinelSet } from './redis-topo.mjs';
 
-const USAGE = 'usage: scripts/with-servers [--redis] [--mariadb] [--keep-dir] -- CMD ARGS...';
+const USAGE = 'usage: scripts/with-servers [--redis] [--redis-ha] [--mariadb] [--keep-dir] -- CMD ARGS...';
 
 function fail(msg, code = 2) {
     process.stderr.write(`with-servers: ${msg}\n`);
@@ -36,9 +41,10 @@ async function main() {
         process.stdout.write(`${USAGE}\n`);
         return 0;
     }
-    for (const o of opts) if (!['--redis', '--mariadb', '--mysql', '--keep-dir'].includes(o)) fail(`unknown option ${o}\n${USAGE}`);
+    for (const o of opts) if (!['--redis', '--redis-ha', '--mariadb', '--mysql', '--keep-dir'].includes(o)) fail(`unknown option ${o}\n${USAGE}`);
     if (cmd.length === 0) fail(`no command given\n${USAGE}`);
     const wantRedis = opts.includes('--redis');
+    const wantHa = opts.includes('--redis-ha');
     const wantMaria = opts.includes('--mariadb') || opts.includes('--mysql');
     const keep = opts.includes('--keep-dir');
 
@@ -66,6 +72,13 @@ async function main() {
             const r = await stack.startRedis({ dir: path.join(dir, 'redis') });
             env.REDIS_URL = r.url;
             env.TEST_REDIS_URL = r.url;
+        }
+        if (wantHa) {
+            const c = await startRedisCluster({ dir: path.join(dir, 'redis-cluster') });
+            const s = await startRedisSentinelSet({ dir: path.join(dir, 'redis-sentinel') });
+            env.TEST_REDIS_CLUSTER_URL = c.url;
+            env.TEST_REDIS_SENTINEL_URL = s.url;
+            env.TEST_REQUIRE_REDIS_HA = '1';
         }
         if (wantMaria) {
             const m = await stack.startMariadb({ dir: path.join(dir, 'mariadb'), fast: true });

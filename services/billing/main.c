@@ -38,6 +38,9 @@
            "Redis Stream that receives one entry per ledger row")                                  \
     ACTION(BILLING_EVENTS_MAXLEN, SVC_OPT_INT, "1000000", 100, 10000000000LL,                      \
            "approximate retention of the stream (XADD MAXLEN ~)")                                  \
+    ACTION(BILLING_EVENTS_REPLICAS, SVC_OPT_INT, "0", 0, 16,                                       \
+           "replicas that must confirm each event (WAIT) before its outbox row is dropped; set it "  \
+           "to 1+ on Sentinel or Cluster so a failover cannot lose an event (docs/redis.md)")      \
     ACTION(BILLING_RELAY_POLL_MS, SVC_OPT_INT, "100", 5, 60000,                                    \
            "outbox poll interval when idle (commits on this replica wake it at once)")             \
     ACTION(BILLING_RELAY_LEASE_MS, SVC_OPT_INT, "5000", 200, 600000,                               \
@@ -129,6 +132,7 @@ int main(int argc, char **argv)
     ro.redis_url = setting.REDIS_URL.s;
     ro.stream = setting.BILLING_EVENTS_STREAM.s;
     ro.maxlen = setting.BILLING_EVENTS_MAXLEN.i;
+    ro.min_replicas = (int)setting.BILLING_EVENTS_REPLICAS.i;
     ro.poll_ms = setting.BILLING_RELAY_POLL_MS.i;
     ro.lease_ms = setting.BILLING_RELAY_LEASE_MS.i;
     ro.sweep_ms = setting.BILLING_SWEEP_INTERVAL_MS.i;

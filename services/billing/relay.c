@@ -192,11 +192,23 @@ static int send_row(struct billing_relay *r, struct svc_db_rows *rows, size_t i)
         chatweb__billing__billing_event__pack(&e, pb);
         for (size_t k = 0; k < 16; k++)
             argvlen[k] = k == 13 ? pblen : strlen(argv[k]); /* pb is binary */
-        rc = svc_redis_cmd(r->redis, &reply, 16, argv, argvlen);
+        int acked = 0;
+
+        if (r->o.min_replicas > 0)
+            rc = svc_redis_cmd_wait(r->redis, &reply, 16, argv, argvlen, r->o.min_replicas,
+                                    REDIS_TIMEOUT_MS / 2, &acked);
+        else
+            rc = svc_redis_cmd(r->redis, &reply, 16, argv, argvlen);
         if (rc == SVC_OK && svc_redis_reply_type(reply) != SVC_REDIS_STRING) {
             const char *msg = svc_redis_reply_str(reply, NULL);
             SVC_LOG_WARN(NULL, "relay", "XADD refused: %s", msg ? msg : "(no text)");
             rc = SVC_EIO;
+        } else if (rc == SVC_OK && acked < r->o.min_replicas) {
+            /* Only the master has it: a failover now would lose it. The row stays in the
+             * outbox and is sent again (consumers de-duplicate by id). */
+            SVC_LOG_WARN(NULL, "relay", "event %s reached %d of %d replicas: sent again later",
+                         id, acked, r->o.min_replicas);
+            rc = SVC_EUNAVAIL;
         }
     }
     svc_redis_reply_free(&reply);

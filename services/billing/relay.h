@@ -29,6 +29,7 @@ struct billing_relay_opts {
     const char *redis_url;     /* "" = no relay (events wait in the outbox) */
     const char *stream;        /* BILLING_EVENTS_STREAM */
     int64_t maxlen;            /* BILLING_EVENTS_MAXLEN (approximate trim) */
+    int min_replicas;          /* BILLING_EVENTS_REPLICAS: WAIT for them after each XADD */
     int64_t poll_ms;           /* idle wait between outbox polls */
     int64_t lease_ms;          /* relay lease length */
     int64_t sweep_ms;          /* hold-expiry sweep interval */

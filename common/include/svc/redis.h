@@ -12,7 +12,12 @@
  * Transport problems (cannot connect, connection lost, no reply in time) are SVC_EUNAVAIL or
  * SVC_ETIMEDOUT; a Redis error reply is SVC_EIO with the reply's text available.
  *
- * URL: redis://[[user]:password@]host[:port][/db]   (default port 6379, db 0)
+ * URL (docs/redis.md):
+ *   redis://[[user]:password@]host[:port][/db]                       one server (port 6379, db 0)
+ *   redis-sentinel://[[user]:password@]host[:port],.../master[/db]    the master of a Sentinel set
+ *   redis-cluster://[[user]:password@]host[:port],...                 a Redis Cluster (seeds)
+ * Both clients find the master or a key's slot owner themselves and follow failovers and
+ * MOVED/ASK redirections; callers do not change (multi-key commands must share a hash tag).
  */
 
 struct svc_loop;
@@ -49,6 +54,19 @@ void svc_redis_destroy(struct svc_redis **r);
  * svc_redis_cmd_ok for the common case). Thread-safe. */
 int svc_redis_cmd(struct svc_redis *r, struct svc_redis_reply **reply, int argc,
                   const char *const *argv, const size_t *argvlen) SVC_MUST_CHECK;
+
+/*
+ * svc_redis_cmd, then WAIT on the same connection: *acked gets how many replicas confirmed the
+ * write within wait_ms (clamped below the client's timeout). For writes that must survive a
+ * failover (billing's relay, docs/redis.md): Redis replicates asynchronously, so a write that
+ * fewer replicas acknowledged may vanish when a replica is promoted (or was taken by a master that
+ * the sentinels already replaced); treat it as not done and repeat it (idempotently) later.
+ * *acked is 0 when WAIT itself failed; the return value and *reply are svc_redis_cmd's.
+ * Thread-safe.
+ */
+int svc_redis_cmd_wait(struct svc_redis *r, struct svc_redis_reply **reply, int argc,
+                       const char *const *argv, const size_t *argvlen, int replicas, long wait_ms,
+                       int *acked) SVC_MUST_CHECK;
 
 /* ---- non-blocking, on a loop ---- */
 
