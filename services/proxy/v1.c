@@ -34,6 +34,10 @@
 #define MODELS_MAX 16
 #define RELAY_MAX (16u << 20) /* bytes of an unmetered answer */
 #define RPM_WINDOW_S 60
+/* A request-limit check Redis could not answer is asked again this many times, this long apart,
+ * before the request is refused (503): a failover or a reconnect takes that long. */
+#define RPM_RETRIES 3
+#define RPM_RETRY_MS 100
 
 enum v1_kind { V1_CHAT, V1_COMPLETIONS, V1_EMBEDDINGS, V1_RESPONSES, V1_MODELS, V1_RELAY };
 
@@ -71,6 +75,9 @@ struct v1_call {
     int streaming;
     uint64_t t0_us, first_byte_us; /* arrival; the answer's first byte to the client (0: none) */
     int upstream;                  /* index (upstreams.c) of the upstream asked last */
+    int redis_pending;             /* rate-limit calls in flight: c is freed after the last */
+    int rpm_tries;                 /* request-limit checks that Redis could not answer */
+    struct svc_timer *rpm_retry;   /* the next check after such a failure */
     int client_key;                /* PROXY_CLIENT_KEYS=relay: the client's own key, "default" */
     unsigned tried;                /* upstreams asked for this request, one bit each */
     long long tokens_in, tokens_out;
@@ -207,10 +214,12 @@ static void on_request_done(void *data)
     svc_fetch_cancel(&c->auth_call);
     svc_fetch_cancel(&c->relay);
     meter_detach(&c->meter); /* no meter hook runs after this; it ends the hold */
+    svc_timer_destroy(&c->rpm_retry);
     if (c->streaming)
         svc_metric_add(&proxy_stats.proxy_streams_open, -1);
     c->req = NULL;
-    call_free(c);
+    if (c->redis_pending == 0) /* else the last rate-limit answer frees it */
+        call_free(c);
 }
 
 static void on_client_gone(struct svc_req *req, void *data)
@@ -547,6 +556,33 @@ static void admit(struct v1_call *c)
         v1_error(c, 500, "server_error", NULL, "internal error");
 }
 
+static void check_rpm(struct v1_call *c);
+
+static void on_rpm_retry(struct svc_timer *t, void *data)
+{
+    (void)t;
+    check_rpm(data);
+}
+
+/*
+ * Redis could not count the request: a failover or a reconnect takes a moment, so the check is
+ * asked again RPM_RETRIES times before the request is refused. 1 when a retry is scheduled. (A
+ * call that failed after Redis ran it counts this request twice in its minute: the safe side.)
+ */
+static int rpm_retry(struct v1_call *c, int err)
+{
+    if (c->rpm_tries >= RPM_RETRIES)
+        return 0;
+    c->rpm_tries++;
+    if (c->rpm_retry == NULL)
+        c->rpm_retry = svc_timer_create(c->w->loop, on_rpm_retry, c);
+    if (c->rpm_retry == NULL || svc_timer_start(c->rpm_retry, RPM_RETRY_MS) != SVC_OK)
+        return 0;
+    SVC_LOG_INFO(c->rid, "ratelimit", "cannot count this request (%s): asking again",
+                 svc_strerror(err));
+    return 1;
+}
+
 static void on_rpm(int err, int allowed, long long count, void *data)
 {
     struct v1_call *c = data;
@@ -554,7 +590,15 @@ static void on_rpm(int err, int allowed, long long count, void *data)
     int reset = RPM_WINDOW_S - (int)(svc_wallclock_ms() / 1000 % RPM_WINDOW_S);
     char v[32];
 
-    if (c->req == NULL || svc_req_is_done(c->req))
+    c->redis_pending--;
+    if (c->req == NULL) { /* the request ended while Redis answered */
+        if (c->redis_pending == 0)
+            call_free(c);
+        return;
+    }
+    if (svc_req_is_done(c->req))
+        return;
+    if (err != SVC_OK && !proxy_setting.PROXY_RATELIMIT_FAIL_OPEN.i && rpm_retry(c, err))
         return;
     if (err != SVC_OK && !proxy_setting.PROXY_RATELIMIT_FAIL_OPEN.i) {
         SVC_LOG_WARN(c->rid, "ratelimit", "cannot count this request: %s", svc_strerror(err));
@@ -580,6 +624,32 @@ static void on_rpm(int err, int allowed, long long count, void *data)
                  "Requested 1. Please try again in %ds.",
                  limit, count - 1, reset);
         v1_error(c, 429, "requests", "rate_limit_exceeded", msg);
+        return;
+    }
+    admit(c);
+}
+
+/* Requests per minute, in Redis (the key's rpm, else PROXY_RPM_LIMIT per user); then admit. */
+static void check_rpm(struct v1_call *c)
+{
+    long long limit = c->rpm > 0 ? c->rpm : proxy_setting.PROXY_RPM_LIMIT.i;
+    char scope[96];
+    int rc = SVC_OK;
+
+    if (c->rpm > 0)
+        snprintf(scope, sizeof(scope), "key:%s", c->key_id);
+    else
+        snprintf(scope, sizeof(scope), "proxy:%lld", c->user_id);
+    if (limit > 0 &&
+        (rc = svc_ratelimit_hit(c->w->redis, scope, limit, RPM_WINDOW_S, on_rpm, c)) == SVC_OK) {
+        c->redis_pending++;
+        return;
+    }
+    if (limit > 0 && !proxy_setting.PROXY_RATELIMIT_FAIL_OPEN.i && rpm_retry(c, rc))
+        return;
+    if (limit > 0 && !proxy_setting.PROXY_RATELIMIT_FAIL_OPEN.i) {
+        v1_error(c, 503, "server_error", "rate_limiter_unavailable",
+                 "The rate limiter is unavailable, please try again later.");
         return;
     }
     admit(c);
@@ -821,23 +891,7 @@ static void on_authenticated(void *ctx, int err, int result, const char *scheme,
         v1_error(c, 500, "server_error", NULL, "cannot count the prompt");
         return;
     }
-    {
-        long long limit = c->rpm > 0 ? c->rpm : proxy_setting.PROXY_RPM_LIMIT.i;
-        char scope[96];
-        if (c->rpm > 0)
-            snprintf(scope, sizeof(scope), "key:%s", c->key_id);
-        else
-            snprintf(scope, sizeof(scope), "proxy:%lld", c->user_id);
-        if (limit > 0 &&
-            svc_ratelimit_hit(c->w->redis, scope, limit, RPM_WINDOW_S, on_rpm, c) == SVC_OK)
-            return;
-        if (limit > 0 && !proxy_setting.PROXY_RATELIMIT_FAIL_OPEN.i) {
-            v1_error(c, 503, "server_error", "rate_limiter_unavailable",
-                     "The rate limiter is unavailable, please try again later.");
-            return;
-        }
-    }
-    admit(c);
+    check_rpm(c);
 }
 
 /* ---- unmetered: the model list and PROXY_PASSTHROUGH ---- */

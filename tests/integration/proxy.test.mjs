@@ -6,6 +6,7 @@
 // Expected usages come from the fake upstream's deterministic rule (docs/fake-upstream.md);
 // counts of text the proxy received come from the `tiktoken` npm package.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import http from 'node:http';
 import { after, describe, it } from 'node:test';
 import OpenAI from 'openai';
@@ -826,5 +827,28 @@ describe('settings: PROXY_PASSTHROUGH, PROXY_CLIENT_KEYS=relay, PROXY_RPM_LIMIT;
             () => client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'billing?' }] }));
         assert.equal(e.status, 503, JSON.stringify(e.error));
         assert.equal(typeof e.error?.message, 'string');
+    });
+});
+
+describe('Redis down: the request limit fails closed (503 rate_limiter_unavailable) after asking again', () => {
+    const stack = withStack({
+        fakeUpstream: true,
+        env: { OPS_KEY, OPENAI_KEY: OPERATOR_KEY, OPENAI_PROXY: 'true', PROXY_RPM_LIMIT: '100', LOG_LEVEL: 'info' },
+    });
+
+    it('while Redis is down a /v1 call is refused with the error object, never served unlimited', async () => {
+        const u = await userWithKey(stack, 'predis');
+        const client = sdk(stack.url, u.key);
+        const ok = await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] });
+        assert.ok(ok.choices.length > 0);
+        await stack.redis.stop();
+        const t0 = Date.now();
+        const e = await sdkError(OpenAI.InternalServerError,
+            () => client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi again' }] }));
+        assert.equal(e.status, 503, JSON.stringify(e.error));
+        assertErrorObject(e.error, { type: 'server_error', code: 'rate_limiter_unavailable' });
+        assert.ok(Date.now() - t0 >= 250, 'asked Redis again (3 x 100 ms) before refusing');
+        const log = fs.readFileSync(stack.services.proxy[0].logFile, 'utf8');
+        assert.match(log, /cannot count this request .*asking again/);
     });
 });
