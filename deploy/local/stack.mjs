@@ -558,7 +558,7 @@ async function waitReady(h, what, check, timeoutMs) {
     }
 }
 
-const IN_USE = /address already in use|EADDRINUSE|errno\s*[:=]?\s*98\b|\(98:/i;
+const IN_USE = /address already in use|is already in use|EADDRINUSE|errno\s*[:=]?\s*98\b|\(98:/i;
 
 /** Run start(attempt) again with fresh ports when it fails because a port was taken meanwhile. */
 async function retryOnPortClash(autoPorts, start) {
