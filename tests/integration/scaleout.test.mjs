@@ -1,7 +1,9 @@
-// Scale-out on one machine (issue 11 item 5): two replicas of every service behind the local
-// nginx ingress, one MariaDB, one Redis Sentinel set (1 master, 1 replica, 3 sentinels). Under
-// metered /v1 traffic from several users, one proxy and one auth replica are SIGKILLed, one billing
-// replica is drained (SIGTERM), and the Redis master fails over (SENTINEL FAILOVER). Then: every
+// Scale-out on one machine (issue 11 item 5): two replicas of every service (three of billing)
+// behind the local nginx ingress, one MariaDB, one Redis Sentinel set (1 master, 1 replica, 3
+// sentinels). Under metered /v1 traffic from several users, chat conversations that go on turn
+// after turn and operator traffic (recharges, checks), one replica of every service is SIGKILLed,
+// another billing replica is drained (SIGTERM), and the Redis master fails over (SENTINEL
+// FAILOVER). Then: every conversation went on with its whole history on the survivors, every
 // balance change has exactly one event after de-dup (none lost, although the old master kept
 // taking writes until the sentinels demoted it: BILLING_EVENTS_REPLICAS=1 makes the relay resend
 // what the replica did not confirm), no request is charged twice, no hold stays open, and the
@@ -41,7 +43,7 @@ describe('two replicas of every service, a replica killed, one drained, a Redis 
     let set = null;
     const dir = tempDir('chatweb-scaleout-');
     const opts = {
-        replicas: { auth: 2, billing: 2, chat: 2, proxy: 2 },
+        replicas: { auth: 2, billing: 3, chat: 2, proxy: 2 },
         mysql: true, fastMysql: true,
         fakeUpstream: true,
         fakeUpstreamEnv: { FAKE_API_KEY: OPERATOR_KEY },
@@ -88,13 +90,64 @@ describe('two replicas of every service, a replica killed, one drained, a Redis 
                 if (!ok) await sleep(20);
             }
         };
-        const workers = Array.from({ length: 6 }, (_, w) => worker(w));
+        // Chat: one conversation per worker, each turn continuing the last one (the fake answers
+        // "Echo(<messages it was sent>)"). The count grows until the context budget caps it; a
+        // lost history shows as a count that falls back to the first turn's.
+        const chats = { turns: 0, failed: 0, broken: [] };
+        const chatWorker = async (w) => {
+            const u = users[w % USERS];
+            const auth = `Basic ${Buffer.from(`${u.name}:${u.name}-password`).toString('base64')}`;
+            let parent = null;
+            let msgs = 0;
+            while (!stop) {
+                let r = null;
+                try {
+                    r = await request(`${stack.url}/api/chat-process`, {
+                        method: 'POST', headers: { authorization: auth }, timeoutMs: 15000,
+                        json: { prompt: `turn ${chats.turns} [[fake tokens=2]]`, options: parent ? { parentMessageId: parent } : {} },
+                    });
+                } catch { /* in flight on a killed replica: the same turn again */ }
+                const last = r?.status === 200 ? JSON.parse(r.body.trim().split('\n').pop()) : null;
+                const m = /^Echo\((\d+) msgs\)/.exec(last?.text ?? '');
+                if (!m) {
+                    chats.failed++;
+                    await sleep(50);
+                    continue;
+                }
+                const seen = Number(m[1]);
+                if (seen < Math.min(msgs, 10)) chats.broken.push({ t: Date.now(), what: `worker ${w}: ${seen} messages after ${msgs}` });
+                msgs = seen;
+                parent = last.id;
+                chats.turns++;
+            }
+        };
+        // Operators: a recharge with an idempotency key, sent twice, and a check, over and over.
+        const opsLog = { recharges: 0, failed: 0 };
+        const opsWorker = async () => {
+            for (let n = 0; !stop; n++) {
+                const key = `so-recharge-${n}`;
+                try {
+                    for (let again = 0; again < 2; again++) {
+                        const r = await postJSON(`${stack.url}/accounts`, { action: 'recharge', i_username: users[0].name, count: 1 },
+                            { headers: { opskey: OPS_KEY, 'idempotency-key': key }, timeoutMs: 15000 });
+                        if (r.status !== 200 || r.json().status !== 'Success') throw new Error(r.body);
+                    }
+                    opsLog.recharges++;
+                } catch {
+                    opsLog.failed++;
+                    opsLog.unsure = (opsLog.unsure || 0) + 1; // its key may or may not have credited
+                }
+                await sleep(30);
+            }
+        };
+        const workers = [...Array.from({ length: 6 }, (_, w) => worker(w)),
+            ...Array.from({ length: 2 }, (_, w) => chatWorker(w)), opsWorker()];
         const firstOkAfter = (t) => log.find((e) => e.t > t && e.ok)?.t;
 
         await sleep(1500);
         const tKill = Date.now();
-        await stack.services.proxy[0].stop('SIGKILL');
-        await stack.services.auth[0].stop('SIGKILL');
+        for (const name of ['proxy', 'auth', 'chat', 'billing'])
+            await stack.services[name][0].stop('SIGKILL');
         await sleep(1500);
         const tDrain = Date.now();
         await stack.services.billing[1].stop('SIGTERM');
@@ -123,6 +176,15 @@ describe('two replicas of every service, a replica killed, one drained, a Redis 
         const newMaster = await masterPort(set);
         assert.notEqual(newMaster, oldMaster, 'the master changed');
 
+        // Across the kills and the drain every conversation goes on with its whole history. At the
+        // Redis failover the context written to the old master in its last moments may not have
+        // reached the replica (asynchronous replication, docs/redis.md "Known limits"): such a
+        // conversation goes on without its history; counted and printed, not hidden.
+        assert.deepEqual(chats.broken.filter((b) => b.t < tFail).map((b) => b.what), [],
+            'every conversation went on with its history across the kills and the drain');
+        const lostAtFailover = chats.broken.filter((b) => b.t >= tFail).length;
+        assert.ok(chats.turns >= 10, `${chats.turns} chat turns`);
+        assert.ok(opsLog.recharges >= 5, `${opsLog.recharges} recharges`);
         const ok = log.filter((e) => e.ok).length;
         const failed = log.length - ok;
         const okAfterDemotion = log.filter((e) => e.ok && e.t > tDemoted).length;
@@ -163,6 +225,8 @@ describe('two replicas of every service, a replica killed, one drained, a Redis 
         process.stderr.write(`# scale-out: ${ok} requests served, ${failed} failed; first success after the kill ` +
             `${ms(firstOkAfter(tKill) - tKill)}, after the drain ${ms(firstOkAfter(tDrain) - tDrain)}, ` +
             `after SENTINEL FAILOVER ${ms(firstOkAfter(tFail) - tFail)}; old master demoted after ${tDemoted - tFail} ms, ` +
-            `${okAfterDemotion} served after it; ${events.length} stream entries, ${dupes} re-sent duplicates\n`);
+            `${okAfterDemotion} served after it; ${events.length} stream entries, ${dupes} re-sent duplicates; ` +
+            `${chats.turns} chat turns (${chats.failed} retried; ${lostAtFailover} went on without history after the failover), ` +
+            `${opsLog.recharges} recharges (${opsLog.failed} failed)\n`);
     });
 });
