@@ -3,7 +3,7 @@
  *
  * Routes on HTTP_ADDR (worker-thread pool; handlers block on SQL; rpc.c):
  *   POST /rpc/Billing/<Method>   protobuf (proto/billing.proto), internal only
- * Background threads (relay.h): outbox -> Redis Stream relay, hold-expiry sweeper.
+ * Background threads (relay.h): outbox -> Redis Stream relay, hold-expiry sweeper, price poll.
  * /readyz on ADMIN_ADDR answers 503 while SQL does not answer.
  */
 #include <stdio.h>
