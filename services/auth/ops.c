@@ -1179,14 +1179,15 @@ static void health_one(const char *name, const char *url, void *ud)
 static int act_health(struct op *o)
 {
     struct health_walk w = {o, json_array(), 0, 0};
+    const char *urls = o->a->cfg.health_urls ? o->a->cfg.health_urls : "";
     char err[256];
 
-    if (health_each(o->a->cfg.health_urls, err, sizeof(err), health_one, &w) != SVC_OK) {
+    if (health_each(urls, err, sizeof(err), health_one, &w) != SVC_OK) {
         json_decref(w.list);
         return fail(o, 200, err);
     }
     return ok(o, json_pack("{s:o,s:i,s:i,s:b}", "services", w.list, "ready", w.ready, "total",
-                           w.total, "configured", o->a->cfg.health_urls[0] != '\0'));
+                           w.total, "configured", urls[0] != '\0'));
 }
 
 static const struct {
