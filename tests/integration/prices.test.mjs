@@ -47,7 +47,7 @@ for (const backend of ['sqlite', 'mariadb']) describe(`model prices through the 
     }
 
     /** Waits until both replicas charge `want` for model; returns the ms it took. The bound is one
-     * poll period plus a second of slack for a loaded CI machine (measured: 0.75-0.92 s). */
+     * poll period plus a second of slack for a loaded CI machine (measured: 0.75-0.93 s). */
     async function bothCharge(model, want, limitMs = REFRESH_MS + 1000) {
         const t0 = Date.now();
         for (;;) {
