@@ -465,6 +465,55 @@ out:
     return rc;
 }
 
+struct get_sink {
+    char *body;
+    size_t cap, len;
+};
+
+static size_t get_write(char *ptr, size_t size, size_t nmemb, void *userp)
+{
+    struct get_sink *g = userp;
+    size_t n = size * nmemb;
+
+    if (g->cap > 0 && g->len + 1 < g->cap) {
+        size_t k = n < g->cap - 1 - g->len ? n : g->cap - 1 - g->len;
+        memcpy(g->body + g->len, ptr, k);
+        g->len += k;
+        g->body[g->len] = '\0';
+    }
+    return n;
+}
+
+int svc_rpc_get(const char *url, long timeout_ms, long *status, char *body, size_t bodylen,
+                char *err, size_t errlen)
+{
+    struct get_sink g = {body, bodylen, 0};
+    CURLcode cc;
+
+    *status = 0;
+    if (bodylen > 0)
+        body[0] = '\0';
+    if (thread_easy() == NULL) {
+        snprintf(err, errlen, "curl_easy_init failed");
+        return SVC_ENOMEM;
+    }
+    curl_easy_reset(tl_easy);
+    curl_easy_setopt(tl_easy, CURLOPT_URL, url);
+    curl_easy_setopt(tl_easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(tl_easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(tl_easy, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(tl_easy, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(tl_easy, CURLOPT_WRITEFUNCTION, get_write);
+    curl_easy_setopt(tl_easy, CURLOPT_WRITEDATA, &g);
+    cc = curl_easy_perform(tl_easy);
+    if (cc != CURLE_OK) {
+        snprintf(err, errlen, "%s", curl_easy_strerror(cc));
+        return cc == CURLE_OPERATION_TIMEDOUT ? SVC_ETIMEDOUT : SVC_EUNAVAIL;
+    }
+    curl_easy_getinfo(tl_easy, CURLINFO_RESPONSE_CODE, status);
+    return SVC_OK;
+}
+
 struct async_call {
     const ProtobufCMessageDescriptor *out_desc;
     svc_rpc_done_fn done;

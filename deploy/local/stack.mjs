@@ -1164,13 +1164,27 @@ export async function startStack(opts = {}) {
         result.authUrl = svcEnv.AUTH_URL;
         result.billingUrl = svcEnv.BILLING_URL;
 
+        // Admin addresses are fixed up front too: auth's ops action `health` reads every
+        // replica's /readyz from HEALTH_URLS (docs/ops-api.md), like the chart's Services.
+        const adminAddrs = {};
+        const healthUrls = [];
+        for (const s of SERVICES) {
+            adminAddrs[s] = [];
+            for (let i = 1; i <= count(s); i++) {
+                const a = `127.0.0.1:${await freePort('127.0.0.1')}`;
+                adminAddrs[s].push(a);
+                healthUrls.push(`${count(s) > 1 ? `${s}-${i}` : s}=http://${a}`);
+            }
+        }
         const startReplicas = async (name) => {
             const n = count(name);
             result.services[name] = [];
             for (let i = 1; i <= n; i++) {
+                const env1 = { ...svcEnv, ...(serviceEnv[name] || {}) };
+                if (name === 'auth' && env1.HEALTH_URLS === undefined) env1.HEALTH_URLS = healthUrls.join(',');
                 const h = started(await startService(name, {
-                    env: { ...svcEnv, ...(serviceEnv[name] || {}) }, dir: root, logDir, replica: n > 1 ? i : undefined,
-                    httpAddr: rpcAddrs[name] && rpcAddrs[name][i - 1], binDir, tee,
+                    env: env1, dir: root, logDir, replica: n > 1 ? i : undefined,
+                    httpAddr: rpcAddrs[name] && rpcAddrs[name][i - 1], adminAddr: adminAddrs[name][i - 1], binDir, tee,
                 }));
                 result.services[name].push(h);
                 log(`${h.label}: http ${h.httpAddr}, admin ${h.adminAddr} (pid ${h.pid})`);

@@ -61,6 +61,8 @@ struct auth_cfg {
     size_t pw_mem;             /* argon2id memlimit in bytes */
     size_t pw_min;             /* shortest password accepted from ops / ChangeCredentials */
     const char *ops_link;      /* OPS_LINK, for messages */
+    const char *health_urls;   /* HEALTH_URLS: name=url,... (ops `health`) */
+    int64_t health_timeout_ms; /* bound of each /readyz read */
 };
 
 #define AUTH_STATIC_MAX 256 /* static users whose billing account is known to exist */
@@ -282,6 +284,17 @@ int auth_parse_basic(const char *header, char *decoded, size_t len, char **user,
 
 struct svc_req;
 int auth_ops_accounts(struct svc_req *req, void *ctx);       /* POST /accounts */
+
+#define AUTH_HEALTH_MAX 64      /* entries of HEALTH_URLS */
+#define AUTH_HEALTH_NAME_MAX 64 /* bytes of an entry's name */
+#define AUTH_HEALTH_URL_MAX 256 /* bytes of an entry's URL */
+
+/*
+ * Checks HEALTH_URLS: "" or comma-separated name=URL entries, name 1..AUTH_HEALTH_NAME_MAX - 1
+ * bytes of A-Z a-z 0-9 . _ -, URL http:// or https:// and shorter than AUTH_HEALTH_URL_MAX, at
+ * most AUTH_HEALTH_MAX entries. SVC_EINVAL with a one-line reason in err.
+ */
+int auth_health_urls_check(const char *spec, char *err, size_t errlen) SVC_MUST_CHECK;
 int auth_ops_admin_accounts(struct svc_req *req, void *ctx); /* ANY /admin/accounts */
 int auth_api_session(struct svc_req *req, void *ctx);
 int auth_api_verify(struct svc_req *req, void *ctx);

@@ -36,6 +36,10 @@
            "redis://... for sessions, throttles and cache invalidation")                           \
     ACTION(BILLING_URL, SVC_OPT_STR, "", 0, 0, "billing service base URL (http://host:port)")      \
     ACTION(AUTH_URL, SVC_OPT_STR, "", 0, 0, "unused by auth itself (set for every service)")       \
+    ACTION(HEALTH_URLS, SVC_OPT_STR, "", 0, 0,                                                     \
+           "name=http://host:adminport,... whose /readyz the ops action `health` reports")         \
+    ACTION(HEALTH_TIMEOUT_MS, SVC_OPT_INT, "1000", 50, 30000,                                      \
+           "bound of each /readyz read of the ops action `health`")                                \
     ACTION(AUTH_SESSION_AUTH, SVC_OPT_STR, "auto", 0, 0,                                           \
            "/api/session data.auth: auto (true when OPS_KEY is set) | true | false")               \
     ACTION(AUTH_SESSION_TTL, SVC_OPT_INT, "604800", 60, 31536000,                                  \
@@ -180,6 +184,10 @@ int main(int argc, char **argv)
                         sa);
     ctx.cfg.ops_key = setting.OPS_KEY.s;
     ctx.cfg.ops_link = setting.OPS_LINK.s;
+    ctx.cfg.health_urls = setting.HEALTH_URLS.s;
+    ctx.cfg.health_timeout_ms = setting.HEALTH_TIMEOUT_MS.i;
+    if (auth_health_urls_check(setting.HEALTH_URLS.s, err, sizeof(err)) != SVC_OK)
+        svc_service_die(SVC_EX_CONFIG, "HEALTH_URLS: %s", err);
     ctx.cfg.session_ttl_s = setting.AUTH_SESSION_TTL.i;
     ctx.cfg.cookie_secure = (int)setting.AUTH_COOKIE_SECURE.i;
     ctx.cfg.cache_slots = (size_t)setting.AUTH_CACHE_SIZE.i;

@@ -886,6 +886,310 @@ static int act_usage(struct op *o)
     return rc;
 }
 
+/* ---- model prices (billing ListPrices / SetPrice / DeletePrice) ---- */
+
+#define RATIO_TEXT_MAX 32
+
+/* milli-units -> "2.5" (the text BILLING_PRICES and set_price take). */
+static void milli_text(int64_t milli, char *out, size_t outlen)
+{
+    int64_t whole = milli / 1000, frac = milli % 1000;
+    int digits = 3;
+
+    if (milli < 0 || frac == 0) {
+        snprintf(out, outlen, "%lld", (long long)(milli < 0 ? milli : whole));
+        return;
+    }
+    while (frac % 10 == 0)
+        frac /= 10, digits--;
+    snprintf(out, outlen, "%lld.%0*lld", (long long)whole, digits, (long long)frac);
+}
+
+/* A ratio field: a string ("2.5"), an integer or a JSON number, as text for billing, which
+ * applies BILLING_PRICES's rules to it. A number is written with 15 significant digits, so 0.15
+ * stays "0.15"; anything with more than 3 decimals is then refused by billing. */
+static int ratio_field(struct op *o, const char *k, char *out, size_t outlen)
+{
+    json_t *j = json_object_get(o->in, k);
+    int n;
+
+    if (json_is_string(j))
+        n = snprintf(out, outlen, "%s", json_string_value(j));
+    else if (json_is_integer(j))
+        n = snprintf(out, outlen, "%lld", (long long)json_integer_value(j));
+    else if (json_is_real(j))
+        n = snprintf(out, outlen, "%.15g", json_real_value(j));
+    else
+        return SVC_EINVAL;
+    return n > 0 && (size_t)n < outlen ? SVC_OK : SVC_EINVAL;
+}
+
+static json_t *price_json(const Chatweb__Billing__ModelPrice *p)
+{
+    char in[RATIO_TEXT_MAX], out[RATIO_TEXT_MAX];
+    json_t *j;
+
+    milli_text(p->input_milli, in, sizeof(in));
+    milli_text(p->output_milli, out, sizeof(out));
+    j = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s}", "model", p->model ? p->model : "", "input", in,
+                  "output", out, "input_milli", (json_int_t)p->input_milli, "output_milli",
+                  (json_int_t)p->output_milli, "source", p->source ? p->source : "");
+    if (j != NULL && p->source != NULL && strcmp(p->source, "sql") == 0) {
+        json_object_set_new(j, "updated_at_ms", json_integer(p->updated_at_ms));
+        json_object_set_new(j, "updated_by", json_string(p->updated_by ? p->updated_by : ""));
+        json_object_set_new(j, "overrides_env", json_boolean(p->overrides_env));
+    }
+    return j;
+}
+
+static int billing_fail(struct op *o, int rc, const char *err, int audited, const char *detail)
+{
+    char msg[320];
+
+    snprintf(msg, sizeof(msg), "billing: %s", err);
+    if (audited)
+        audit(o, msg, detail);
+    return fail(o, rc == SVC_EUNAVAIL || rc == SVC_ETIMEDOUT ? 503 : 200, msg);
+}
+
+static int act_list_prices(struct op *o)
+{
+    Chatweb__Billing__ListPricesRequest in = CHATWEB__BILLING__LIST_PRICES_REQUEST__INIT;
+    Chatweb__Billing__ListPricesResponse *r;
+    ProtobufCMessage *out = NULL;
+    char err[256];
+    json_t *arr;
+    int rc;
+
+    rc = billing_call(o, "/rpc/Billing/ListPrices", &in.base,
+                      &chatweb__billing__list_prices_response__descriptor, &out, err, sizeof(err));
+    if (rc != SVC_OK)
+        return billing_fail(o, rc, err, 0, "");
+    r = (Chatweb__Billing__ListPricesResponse *)out;
+    arr = json_array();
+    for (size_t i = 0; i < r->n_prices; i++)
+        json_array_append_new(arr, price_json(r->prices[i]));
+    rc = ok(o, json_pack("{s:o,s:I,s:I}", "prices", arr, "version", (json_int_t)r->version,
+                         "applied_version", (json_int_t)r->applied_version));
+    protobuf_c_message_free_unpacked(out, NULL);
+    return rc;
+}
+
+/* The model of a price action, also the audit row's target. */
+static const char *price_model(struct op *o)
+{
+    const char *m = str_field(o, "model");
+
+    o->username = strlen(m) < 128 ? m : "";
+    return m;
+}
+
+static int act_set_price(struct op *o)
+{
+    Chatweb__Billing__SetPriceRequest in = CHATWEB__BILLING__SET_PRICE_REQUEST__INIT;
+    Chatweb__Billing__SetPriceResponse *r;
+    ProtobufCMessage *out = NULL;
+    char input[RATIO_TEXT_MAX], output[RATIO_TEXT_MAX], err[256], detail[160];
+    const char *model = price_model(o);
+    json_t *data;
+    int rc;
+
+    if (model[0] == '\0')
+        return wfail(o, 200, "model is required");
+    if (ratio_field(o, "input", input, sizeof(input)) != SVC_OK ||
+        ratio_field(o, "output", output, sizeof(output)) != SVC_OK)
+        return wfail(o, 200, "input and output are required: units per token, e.g. \"2.5\"");
+    snprintf(detail, sizeof(detail), "input=%s output=%s", input, output);
+    in.model = (char *)model;
+    in.input = input;
+    in.output = output;
+    in.actor = (char *)o->actor;
+    in.request_id = (char *)o->rid;
+    rc = billing_call(o, "/rpc/Billing/SetPrice", &in.base,
+                      &chatweb__billing__set_price_response__descriptor, &out, err, sizeof(err));
+    if (rc != SVC_OK)
+        return billing_fail(o, rc, err, 1, detail);
+    r = (Chatweb__Billing__SetPriceResponse *)out;
+    data = r->price ? price_json(r->price) : json_object();
+    json_object_set_new(data, "created", json_boolean(r->created));
+    protobuf_c_message_free_unpacked(out, NULL);
+    audit(o, MSG_SUCCESS, detail);
+    return ok(o, data);
+}
+
+static int act_delete_price(struct op *o)
+{
+    Chatweb__Billing__DeletePriceRequest in = CHATWEB__BILLING__DELETE_PRICE_REQUEST__INIT;
+    ProtobufCMessage *out = NULL;
+    const char *model = price_model(o);
+    char err[256];
+    int rc, deleted;
+
+    if (model[0] == '\0')
+        return wfail(o, 200, "model is required");
+    in.model = (char *)model;
+    in.actor = (char *)o->actor;
+    in.request_id = (char *)o->rid;
+    rc = billing_call(o, "/rpc/Billing/DeletePrice", &in.base,
+                      &chatweb__billing__delete_price_response__descriptor, &out, err, sizeof(err));
+    if (rc != SVC_OK)
+        return billing_fail(o, rc, err, 1, "");
+    deleted = ((Chatweb__Billing__DeletePriceResponse *)out)->deleted;
+    protobuf_c_message_free_unpacked(out, NULL);
+    if (!deleted)
+        return wfail(o, 200, MSG_NOT_FOUND);
+    audit(o, MSG_SUCCESS, "");
+    return ok(o, NULL);
+}
+
+/* ---- the billing events stream (billing EventsInfo: XINFO STREAM / GROUPS) ---- */
+
+static int act_events(struct op *o)
+{
+    Chatweb__Billing__EventsInfoRequest in = CHATWEB__BILLING__EVENTS_INFO_REQUEST__INIT;
+    Chatweb__Billing__EventsInfoResponse *r;
+    ProtobufCMessage *out = NULL;
+    char err[256];
+    json_t *groups, *data;
+    int rc;
+
+    rc = billing_call(o, "/rpc/Billing/EventsInfo", &in.base,
+                      &chatweb__billing__events_info_response__descriptor, &out, err, sizeof(err));
+    if (rc != SVC_OK)
+        return billing_fail(o, rc, err, 0, "");
+    r = (Chatweb__Billing__EventsInfoResponse *)out;
+    groups = json_array();
+    for (size_t i = 0; i < r->n_groups; i++) {
+        const Chatweb__Billing__EventsGroup *g = r->groups[i];
+        json_array_append_new(
+            groups, json_pack("{s:s,s:I,s:I,s:o,s:s}", "name", g->name ? g->name : "",
+                              "consumers", (json_int_t)g->consumers, "pending",
+                              (json_int_t)g->pending, "lag",
+                              g->lag < 0 ? json_null() : json_integer(g->lag),
+                              "last_delivered_id", g->last_delivered_id ? g->last_delivered_id : ""));
+    }
+    data = json_pack("{s:s,s:b,s:I,s:s,s:s,s:o,s:I}", "stream", r->stream ? r->stream : "",
+                     "exists", r->exists, "length", (json_int_t)r->length, "first_id",
+                     r->first_id ? r->first_id : "", "last_id", r->last_id ? r->last_id : "",
+                     "groups", groups, "outbox_pending", (json_int_t)r->outbox_pending);
+    if (data != NULL)
+        json_object_set_new(data, "redis_error",
+                            r->redis_error && r->redis_error[0] ? json_string(r->redis_error)
+                                                                : json_null());
+    protobuf_c_message_free_unpacked(out, NULL);
+    return ok(o, data);
+}
+
+/* ---- service health (HEALTH_URLS: each admin port's /readyz) ---- */
+
+static int health_name_ok(const char *s, size_t n)
+{
+    if (n == 0 || n >= AUTH_HEALTH_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+              (s[i] >= '0' && s[i] <= '9') || s[i] == '.' || s[i] == '_' || s[i] == '-'))
+            return 0;
+    return 1;
+}
+
+/* Calls fn(name, url, ud) per entry of a checked spec (copies, NUL-terminated). */
+static int health_each(const char *spec, char *err, size_t errlen,
+                       void (*fn)(const char *name, const char *url, void *ud), void *ud)
+{
+    const char *s = spec, *end, *eq;
+    size_t count = 0;
+
+    for (; s != NULL && *s != '\0'; s = *end ? end + 1 : end) {
+        char name[AUTH_HEALTH_NAME_MAX], url[AUTH_HEALTH_URL_MAX];
+        size_t len, nlen, ulen;
+
+        end = strchr(s, ',');
+        if (end == NULL)
+            end = s + strlen(s);
+        while (s < end && *s == ' ')
+            s++;
+        len = (size_t)(end - s);
+        while (len > 0 && s[len - 1] == ' ')
+            len--;
+        if (len == 0)
+            continue;
+        eq = memchr(s, '=', len);
+        nlen = eq ? (size_t)(eq - s) : 0;
+        ulen = eq ? len - nlen - 1 : 0;
+        if (eq == NULL || !health_name_ok(s, nlen) || ulen >= AUTH_HEALTH_URL_MAX ||
+            !((ulen > 7 && strncmp(eq + 1, "http://", 7) == 0) ||
+              (ulen > 8 && strncmp(eq + 1, "https://", 8) == 0))) {
+            snprintf(err, errlen,
+                     "bad entry \"%.*s\" (want name=http://host:port, name of A-Z a-z 0-9 . _ -)",
+                     (int)(len > 120 ? 120 : len), s);
+            return SVC_EINVAL;
+        }
+        for (size_t i = 0; i < ulen; i++)
+            if ((unsigned char)eq[1 + i] <= 0x20 || (unsigned char)eq[1 + i] >= 0x7f) {
+                snprintf(err, errlen, "entry \"%.*s\": the URL has a space or control character",
+                         (int)(nlen > 60 ? 60 : nlen), s);
+                return SVC_EINVAL;
+            }
+        if (++count > AUTH_HEALTH_MAX) {
+            snprintf(err, errlen, "more than %d entries", AUTH_HEALTH_MAX);
+            return SVC_EINVAL;
+        }
+        memcpy(name, s, nlen);
+        name[nlen] = '\0';
+        memcpy(url, eq + 1, ulen);
+        url[ulen] = '\0';
+        if (fn != NULL)
+            fn(name, url, ud);
+    }
+    return SVC_OK;
+}
+
+int auth_health_urls_check(const char *spec, char *err, size_t errlen)
+{
+    return health_each(spec, err, errlen, NULL, NULL);
+}
+
+struct health_walk {
+    struct op *o;
+    json_t *list;
+    int ready, total;
+};
+
+static void health_one(const char *name, const char *url, void *ud)
+{
+    struct health_walk *w = ud;
+    char target[AUTH_HEALTH_URL_MAX + 16], body[256], err[256];
+    int64_t t0 = svc_wallclock_ms();
+    long status = 0;
+    int rc, ready;
+
+    snprintf(target, sizeof(target), "%s%sreadyz", url, url[strlen(url) - 1] == '/' ? "" : "/");
+    rc = svc_rpc_get(target, (long)w->o->a->cfg.health_timeout_ms, &status, body, sizeof(body),
+                     err, sizeof(err));
+    ready = rc == SVC_OK && status == 200;
+    w->total++;
+    w->ready += ready;
+    json_array_append_new(
+        w->list, json_pack("{s:s,s:s,s:b,s:i,s:I,s:o}", "name", name, "url", url, "ready", ready,
+                           "status", (int)status, "ms", (json_int_t)(svc_wallclock_ms() - t0),
+                           "error", rc == SVC_OK ? json_null() : json_string(err)));
+}
+
+static int act_health(struct op *o)
+{
+    struct health_walk w = {o, json_array(), 0, 0};
+    const char *urls = o->a->cfg.health_urls ? o->a->cfg.health_urls : "";
+    char err[256];
+
+    if (health_each(urls, err, sizeof(err), health_one, &w) != SVC_OK) {
+        json_decref(w.list);
+        return fail(o, 200, err);
+    }
+    return ok(o, json_pack("{s:o,s:i,s:i,s:b}", "services", w.list, "ready", w.ready, "total",
+                           w.total, "configured", urls[0] != '\0'));
+}
+
 static const struct {
     const char *name;
     int (*fn)(struct op *o);
@@ -904,6 +1208,11 @@ static const struct {
     {"list_keys", act_list_keys},
     {"set_limits", act_set_limits},
     {"usage", act_usage},
+    {"list_prices", act_list_prices},
+    {"set_price", act_set_price},
+    {"delete_price", act_delete_price},
+    {"events", act_events},
+    {"health", act_health},
 };
 
 static int dispatch(struct auth_ctx *a, struct svc_req *req, const char *actor)

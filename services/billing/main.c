@@ -3,7 +3,7 @@
  *
  * Routes on HTTP_ADDR (worker-thread pool; handlers block on SQL; rpc.c):
  *   POST /rpc/Billing/<Method>   protobuf (proto/billing.proto), internal only
- * Background threads (relay.h): outbox -> Redis Stream relay, hold-expiry sweeper.
+ * Background threads (relay.h): outbox -> Redis Stream relay, hold-expiry sweeper, price poll.
  * /readyz on ADMIN_ADDR answers 503 while SQL does not answer.
  */
 #include <stdio.h>
@@ -28,6 +28,8 @@
            "Redis of the billing event stream (unreachable: events wait in the outbox)")           \
     ACTION(BILLING_PRICES, SVC_OPT_STR, "", 0, 0,                                                  \
            "model=IN:OUT units per token (<= 3 decimals), comma-separated; default 1:1")           \
+    ACTION(BILLING_PRICES_REFRESH_MS, SVC_OPT_INT, "1000", 50, 60000,                              \
+           "how often each replica checks the SQL prices' version (ops set_price) and reloads")    \
     ACTION(BILLING_HOLD_TTL_MS, SVC_OPT_INT, "600000", 100, 86400000,                              \
            "an unsettled hold is expired (charged in full) this long after Reserve")               \
     ACTION(BILLING_MIN_REPLY_TOKENS, SVC_OPT_INT, "600", 0, 1000000000,                            \
@@ -138,7 +140,12 @@ int main(int argc, char **argv)
     ro.sweep_ms = setting.BILLING_SWEEP_INTERVAL_MS.i;
     ro.batch = 100;
     ro.hold_retention_ms = setting.BILLING_HOLD_RETENTION_MS.i;
+    ro.prices_refresh_ms = setting.BILLING_PRICES_REFRESH_MS.i;
     so.hold_retention_ms = ro.hold_retention_ms;
+    /* SQL prices apply from the first request (BILLING_PRICES alone while this fails: the poll
+     * thread retries) */
+    if ((rc = billing_store_prices_refresh(store)) != SVC_OK)
+        SVC_LOG_WARN(NULL, "prices", "cannot load SQL prices yet: %s", svc_strerror(rc));
     if ((rc = billing_relay_create(&relay, db, store, &ro, &rs)) != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "relay: %s", svc_strerror(rc));
     svc_db_describe(db, desc, sizeof(desc));

@@ -5,16 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct price_entry {
-    char model[BILLING_PRICE_MODEL_MAX];
-    struct billing_ratio r;
-};
-
 struct billing_prices {
     size_t n;
     int has_default;
     struct billing_ratio def;
-    struct price_entry e[];
+    struct billing_price_row e[];
 };
 
 /* "2.5" -> 2500: digits, optionally '.' and 1..3 digits; range [0, BILLING_PRICE_MILLI_MAX]. */
@@ -47,7 +42,8 @@ static int parse_milli(const char *s, size_t len, int64_t *out)
     return *out <= BILLING_PRICE_MILLI_MAX ? SVC_OK : SVC_EINVAL;
 }
 
-static int parse_entry(const char *s, size_t len, struct price_entry *e, char *err, size_t errlen)
+static int parse_entry(const char *s, size_t len, struct billing_price_row *e, char *err,
+                       size_t errlen)
 {
     const char *eq = memchr(s, '=', len), *colon;
     size_t mlen;
@@ -96,7 +92,7 @@ int billing_prices_create(struct billing_prices **out, const char *spec, char *e
         return SVC_ENOMEM;
     p->def.in_milli = p->def.out_milli = 1000;
     for (s = spec; *s; s = *end ? end + 1 : end) {
-        struct price_entry e;
+        struct billing_price_row e;
         size_t len;
 
         end = strchr(s, ',');
@@ -153,7 +149,7 @@ size_t billing_prices_count(const struct billing_prices *p)
 struct billing_ratio billing_prices_lookup(const struct billing_prices *p, const char *model)
 {
     struct billing_ratio one = {1000, 1000};
-    const struct price_entry *best = NULL;
+    const struct billing_price_row *best = NULL;
     size_t bestlen = 0;
 
     if (p == NULL)
@@ -195,4 +191,97 @@ int64_t billing_tokens_within(int64_t units, int64_t milli)
     /* ceil(n*m/1000) <= u  <=>  n*m <= 1000*u  <=>  n <= floor(1000*u / m) */
     n = units * 1000 / milli;
     return n > BILLING_TOKENS_MAX ? BILLING_TOKENS_MAX : n;
+}
+
+int billing_price_parse(const char *s, int64_t *milli)
+{
+    if (s == NULL)
+        return SVC_EINVAL;
+    return parse_milli(s, strlen(s), milli);
+}
+
+void billing_price_format(int64_t milli, char *out, size_t outlen)
+{
+    int64_t whole = milli / 1000, frac = milli % 1000;
+    int digits = 3;
+
+    if (frac == 0) {
+        snprintf(out, outlen, "%lld", (long long)whole);
+        return;
+    }
+    while (frac % 10 == 0)
+        frac /= 10, digits--;
+    snprintf(out, outlen, "%lld.%0*lld", (long long)whole, digits, (long long)frac);
+}
+
+int billing_price_model_ok(const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+
+    if (n == 1 && name[0] == '*')
+        return 1;
+    if (n == 0 || n >= BILLING_PRICE_MODEL_MAX || name[0] == '-' || name[0] == '.')
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              strchr("._-:/@+", c) != NULL))
+            return 0;
+    }
+    return 1;
+}
+
+size_t billing_prices_rows(const struct billing_prices *p, struct billing_price_row *rows,
+                           size_t max)
+{
+    size_t k = 0;
+
+    if (p == NULL)
+        return 0;
+    for (size_t i = 0; i < p->n; i++, k++)
+        if (k < max)
+            rows[k] = p->e[i];
+    if (p->has_default) {
+        if (k < max) {
+            snprintf(rows[k].model, sizeof(rows[k].model), "*");
+            rows[k].r = p->def;
+        }
+        k++;
+    }
+    return k;
+}
+
+int billing_prices_merge(struct billing_prices **out, const struct billing_prices *base,
+                         const struct billing_price_row *rows, size_t n)
+{
+    size_t cap = (base ? base->n : 0) + n + 1;
+    struct billing_prices *p = calloc(1, sizeof(*p) + cap * sizeof(p->e[0]));
+
+    *out = NULL;
+    if (p == NULL)
+        return SVC_ENOMEM;
+    p->def.in_milli = p->def.out_milli = 1000;
+    if (base != NULL) {
+        p->has_default = base->has_default;
+        p->def = base->def;
+        memcpy(p->e, base->e, base->n * sizeof(p->e[0]));
+        p->n = base->n;
+    }
+    for (size_t j = 0; j < n; j++) {
+        size_t i;
+
+        if (strcmp(rows[j].model, "*") == 0) {
+            p->has_default = 1;
+            p->def = rows[j].r;
+            continue;
+        }
+        for (i = 0; i < p->n; i++)
+            if (strcmp(p->e[i].model, rows[j].model) == 0)
+                break;
+        p->e[i] = rows[j];
+        if (i == p->n)
+            p->n++;
+    }
+    *out = p;
+    return SVC_OK;
 }

@@ -53,6 +53,43 @@ size_t billing_prices_count(const struct billing_prices *p);
 /* The ratio for model (NULL or "" gets the default). p may be NULL (everything 1:1). */
 struct billing_ratio billing_prices_lookup(const struct billing_prices *p, const char *model);
 
+/* One entry of a table: a model name (or "*", the default) and its ratio. */
+struct billing_price_row {
+    char model[BILLING_PRICE_MODEL_MAX];
+    struct billing_ratio r;
+};
+
+/*
+ * A ratio as BILLING_PRICES writes it ("2.5", "0.15", "10": digits, optionally '.' and 1..3
+ * digits, at most 1000) -> milli-units in *milli. SVC_EINVAL for anything else (also "", "-1",
+ * "1e3", "0.1234").
+ */
+int billing_price_parse(const char *s, int64_t *milli) SVC_MUST_CHECK;
+
+/* milli-units -> the shortest decimal text ("2500" -> "2.5", "150" -> "0.15"). out >= 24 bytes. */
+void billing_price_format(int64_t milli, char *out, size_t outlen);
+
+/*
+ * 1 when name may be priced by an operator: "*" (the default), or 1..BILLING_PRICE_MODEL_MAX-1
+ * bytes of A-Z a-z 0-9 . _ - : / @ +, not starting with '-' or '.'.
+ */
+int billing_price_model_ok(const char *name);
+
+/*
+ * The rows of p ("*" last when p has a default entry) into rows[0..max); returns how many it
+ * has (which may be more than max). p may be NULL (none).
+ */
+size_t billing_prices_rows(const struct billing_prices *p, struct billing_price_row *rows,
+                           size_t max);
+
+/*
+ * A new table: base's entries with each of rows[0..n) added, or replacing base's entry of the
+ * same name ("*" replaces base's default). base may be NULL; rows must have distinct names. On
+ * success *out owns the table (billing_prices_destroy); SVC_ENOMEM otherwise (*out NULL).
+ */
+int billing_prices_merge(struct billing_prices **out, const struct billing_prices *base,
+                         const struct billing_price_row *rows, size_t n) SVC_MUST_CHECK;
+
 /* ceil(tokens * milli / 1000). tokens in [0, BILLING_TOKENS_MAX], milli in [0, MILLI_MAX]:
  * the product stays below 2^63. Returns -1 for arguments out of range. */
 int64_t billing_units_for(int64_t tokens, int64_t milli);

@@ -32,8 +32,8 @@ struct billing_relay {
     pthread_cond_t cv;
     int stop;
     int kicked;
-    int relay_started, sweep_started;
-    pthread_t relay_th, sweep_th;
+    int relay_started, sweep_started, prices_started;
+    pthread_t relay_th, sweep_th, prices_th;
 };
 
 /* Waits up to ms or until stop/kick. Returns 1 when stopping. */
@@ -68,6 +68,42 @@ void billing_relay_kick(struct billing_relay *r)
 }
 
 /* ---- sweeper ---- */
+
+/* Waits up to ms or until stop, ignoring kicks (they are the relay's). Returns 1 when stopping. */
+static int nap_until_stop(struct billing_relay *r, int64_t ms)
+{
+    struct timespec ts;
+    int stop;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L)
+        ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    pthread_mutex_lock(&r->mu);
+    while (!r->stop)
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) != 0)
+            break;
+    stop = r->stop;
+    pthread_mutex_unlock(&r->mu);
+    return stop;
+}
+
+/* Polls the price table's version and reloads it when another replica changed it. */
+static void *prices_main(void *arg)
+{
+    struct billing_relay *r = arg;
+    int failing = 0;
+
+    while (!nap_until_stop(r, r->o.prices_refresh_ms)) {
+        int rc = billing_store_prices_refresh(r->store);
+        if (rc != SVC_OK && !failing)
+            SVC_LOG_WARN(NULL, "prices", "cannot reload prices: %s (the last loaded apply)",
+                         svc_strerror(rc));
+        failing = rc != SVC_OK;
+    }
+    return NULL;
+}
 
 static void *sweep_main(void *arg)
 {
@@ -363,6 +399,13 @@ int billing_relay_create(struct billing_relay **out, struct svc_db *db, struct b
         goto fail;
     }
     r->sweep_started = 1;
+    if (r->o.prices_refresh_ms <= 0)
+        r->o.prices_refresh_ms = 1000;
+    if (pthread_create(&r->prices_th, NULL, prices_main, r) != 0) {
+        rc = SVC_EINTERNAL;
+        goto fail;
+    }
+    r->prices_started = 1;
     *out = r;
     return SVC_OK;
 fail:
@@ -385,9 +428,129 @@ void billing_relay_destroy(struct billing_relay **rp)
         pthread_join(r->relay_th, NULL);
     if (r->sweep_started)
         pthread_join(r->sweep_th, NULL);
+    if (r->prices_started)
+        pthread_join(r->prices_th, NULL);
     svc_redis_destroy(&r->redis);
     pthread_cond_destroy(&r->cv);
     pthread_mutex_destroy(&r->mu);
     free(r);
     *rp = NULL;
+}
+
+/* ---- the stream as Redis sees it (ops API) ---- */
+
+/* The value after `key` in a flat key/value reply (XINFO's RESP2 shape); NULL when absent. */
+static const struct svc_redis_reply *kv_get(const struct svc_redis_reply *a, const char *key)
+{
+    size_t n = svc_redis_reply_count(a);
+
+    for (size_t i = 0; i + 1 < n; i += 2) {
+        const char *k = svc_redis_reply_str(svc_redis_reply_elem(a, i), NULL);
+        if (k != NULL && strcmp(k, key) == 0)
+            return svc_redis_reply_elem(a, i + 1);
+    }
+    return NULL;
+}
+
+static void kv_str(const struct svc_redis_reply *v, char *out, size_t outlen)
+{
+    const char *s = NULL;
+    size_t len = 0;
+
+    if (v != NULL && svc_redis_reply_type(v) == SVC_REDIS_ARRAY) /* first-entry: [id, fields] */
+        v = svc_redis_reply_elem(v, 0);
+    if (v != NULL && (svc_redis_reply_type(v) == SVC_REDIS_STRING ||
+                      svc_redis_reply_type(v) == SVC_REDIS_STATUS))
+        s = svc_redis_reply_str(v, &len);
+    snprintf(out, outlen, "%.*s", s ? (int)(len < outlen ? len : outlen - 1) : 0, s ? s : "");
+}
+
+static int64_t kv_int(const struct svc_redis_reply *v, int64_t absent)
+{
+    if (v == NULL || svc_redis_reply_type(v) != SVC_REDIS_INTEGER)
+        return absent;
+    return svc_redis_reply_int(v);
+}
+
+static void events_redis(struct billing_relay *r, struct billing_events_info *info)
+{
+    struct svc_redis_reply *rep = NULL;
+    const char *argv[3] = {"XINFO", "STREAM", r->o.stream};
+    size_t argvlen[3] = {5, 6, strlen(r->o.stream)};
+    int rc;
+
+    if (r->redis == NULL) {
+        snprintf(info->redis_error, sizeof(info->redis_error), "REDIS_URL is not set");
+        return;
+    }
+    rc = svc_redis_cmd(r->redis, &rep, 3, argv, argvlen);
+    if (rc != SVC_OK) {
+        snprintf(info->redis_error, sizeof(info->redis_error), "redis: %s", svc_strerror(rc));
+        return;
+    }
+    if (svc_redis_reply_type(rep) == SVC_REDIS_ERROR) {
+        const char *e = svc_redis_reply_str(rep, NULL);
+        if (e == NULL || strstr(e, "no such key") == NULL)
+            snprintf(info->redis_error, sizeof(info->redis_error), "redis: %.120s",
+                     e ? e : "error");
+        svc_redis_reply_free(&rep); /* no such key: nothing relayed yet */
+        return;
+    }
+    info->exists = 1;
+    info->length = kv_int(kv_get(rep, "length"), 0);
+    kv_str(kv_get(rep, "first-entry"), info->first_id, sizeof(info->first_id));
+    kv_str(kv_get(rep, "last-generated-id"), info->last_id, sizeof(info->last_id));
+    svc_redis_reply_free(&rep);
+
+    argv[1] = "GROUPS";
+    argvlen[1] = 6;
+    if ((rc = svc_redis_cmd(r->redis, &rep, 3, argv, argvlen)) != SVC_OK) {
+        snprintf(info->redis_error, sizeof(info->redis_error), "redis: %s", svc_strerror(rc));
+        return;
+    }
+    if (svc_redis_reply_type(rep) == SVC_REDIS_ARRAY) {
+        size_t n = svc_redis_reply_count(rep);
+        for (size_t i = 0; i < n; i++) {
+            const struct svc_redis_reply *g = svc_redis_reply_elem(rep, i);
+            if (info->n_groups == BILLING_EVENTS_GROUPS_MAX) {
+                info->more = 1;
+                break;
+            }
+            kv_str(kv_get(g, "name"), info->groups[info->n_groups].name,
+                   sizeof(info->groups[0].name));
+            info->groups[info->n_groups].consumers = kv_int(kv_get(g, "consumers"), 0);
+            info->groups[info->n_groups].pending = kv_int(kv_get(g, "pending"), 0);
+            /* lag: Redis 7+; nil when it cannot tell (entries deleted in between) */
+            info->groups[info->n_groups].lag = kv_int(kv_get(g, "lag"), -1);
+            kv_str(kv_get(g, "last-delivered-id"), info->groups[info->n_groups].last_delivered_id,
+                   sizeof(info->groups[0].last_delivered_id));
+            info->n_groups++;
+        }
+    }
+    svc_redis_reply_free(&rep);
+}
+
+int billing_relay_events_info(struct billing_relay *r, struct billing_events_info *info)
+{
+    struct svc_db_conn *c = NULL;
+    struct svc_db_rows *rows = NULL;
+    int rc;
+
+    memset(info, 0, sizeof(*info));
+    if (r == NULL)
+        return SVC_EUNAVAIL;
+    events_redis(r, info);
+    if ((rc = svc_db_conn_get(r->db, &c, -1)) != SVC_OK)
+        return rc;
+    rc = svc_db_query(c, "SELECT COUNT(*) FROM billing_outbox", NULL, 0, &rows);
+    if (rc == SVC_OK)
+        info->outbox_pending = svc_db_rows_i64(rows, 0, 0);
+    svc_db_rows_destroy(&rows);
+    svc_db_conn_put(r->db, &c);
+    return rc;
+}
+
+const char *billing_relay_stream(const struct billing_relay *r)
+{
+    return r != NULL && r->o.stream != NULL ? r->o.stream : "";
 }

@@ -16,6 +16,7 @@
 #include "svc/log.h"
 #include "svc/metrics.h"
 #include "svc/rpc.h"
+#include "svc/util.h"
 
 #define BILLING_RPC_METRICS(ACTION)                                                                \
     ACTION(billing_reserve_total, SVC_METRIC_COUNTER, "Reserve calls that held units")             \
@@ -357,6 +358,170 @@ nomem:
     return SVC_ENOMEM;
 }
 
+/* ---- prices ---- */
+
+static Chatweb__Billing__ModelPrice *price_msg(struct svc_rpc_call *call, const char *model,
+                                               struct billing_ratio r, const char *source)
+{
+    Chatweb__Billing__ModelPrice *m = svc_rpc_alloc(call, sizeof(*m));
+
+    if (m == NULL)
+        return NULL;
+    chatweb__billing__model_price__init(m);
+    m->model = svc_rpc_strdup(call, model);
+    m->source = (char *)source;
+    m->input_milli = r.in_milli;
+    m->output_milli = r.out_milli;
+    return m->model ? m : NULL;
+}
+
+static int rpc_list_prices(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                           ProtobufCMessage *out_msg, void *ctx)
+{
+    Chatweb__Billing__ListPricesResponse *out = (void *)out_msg;
+    struct billing_price_row env[BILLING_PRICE_ENTRIES_MAX + 1];
+    struct svc_db_rows *rows = NULL;
+    size_t n_env, n_sql, cap, i, j;
+    int has_default = 0, rc;
+
+    (void)in_msg;
+    (void)ctx;
+    if ((rc = billing_price_rows(store, &rows, &out->version)) != SVC_OK)
+        return fail(call, rc);
+    out->applied_version = billing_store_prices_version(store);
+    n_env =
+        billing_prices_rows(billing_store_env_prices(store), env, BILLING_PRICE_ENTRIES_MAX + 1);
+    n_sql = svc_db_rows_count(rows);
+    cap = n_env + n_sql + 1;
+    out->prices = svc_rpc_alloc(call, cap * sizeof(*out->prices));
+    if (out->prices == NULL)
+        goto nomem;
+    for (i = 0; i < n_sql; i++) {
+        const char *model = svc_db_rows_text(rows, i, 0);
+        const char *by = svc_db_rows_text(rows, i, 4);
+        struct billing_ratio r = {svc_db_rows_i64(rows, i, 1), svc_db_rows_i64(rows, i, 2)};
+        Chatweb__Billing__ModelPrice *m = price_msg(call, model ? model : "", r, "sql");
+
+        if (m == NULL || (m->updated_by = svc_rpc_strdup(call, by ? by : "")) == NULL)
+            goto nomem;
+        m->updated_at_ms = svc_db_rows_i64(rows, i, 3);
+        for (j = 0; j < n_env; j++)
+            if (strcmp(env[j].model, m->model) == 0)
+                m->overrides_env = 1;
+        has_default |= strcmp(m->model, "*") == 0;
+        out->prices[out->n_prices++] = m;
+    }
+    for (j = 0; j < n_env; j++) {
+        int hidden = 0;
+        for (i = 0; i < n_sql && !hidden; i++)
+            hidden = strcmp(env[j].model, out->prices[i]->model) == 0;
+        if (hidden)
+            continue;
+        has_default |= strcmp(env[j].model, "*") == 0;
+        if ((out->prices[out->n_prices++] = price_msg(call, env[j].model, env[j].r, "env")) == NULL)
+            goto nomem;
+    }
+    if (!has_default) {
+        struct billing_ratio one = {1000, 1000};
+        if ((out->prices[out->n_prices++] = price_msg(call, "*", one, "default")) == NULL)
+            goto nomem;
+    }
+    svc_db_rows_destroy(&rows);
+    return SVC_OK;
+nomem:
+    svc_db_rows_destroy(&rows);
+    return SVC_ENOMEM;
+}
+
+static int rpc_set_price(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                         ProtobufCMessage *out_msg, void *ctx)
+{
+    const Chatweb__Billing__SetPriceRequest *in = (const void *)in_msg;
+    Chatweb__Billing__SetPriceResponse *out = (void *)out_msg;
+    struct billing_ratio r;
+    int created = 0, rc;
+
+    (void)ctx;
+    if ((rc = billing_price_set(store, in->model, in->input, in->output, in->actor, &r,
+                                &created)) != SVC_OK)
+        return fail(call, rc);
+    out->created = created;
+    out->price = price_msg(call, in->model, r, "sql");
+    if (out->price != NULL) {
+        struct billing_price_row env[BILLING_PRICE_ENTRIES_MAX + 1];
+        size_t n = billing_prices_rows(billing_store_env_prices(store), env,
+                                       BILLING_PRICE_ENTRIES_MAX + 1);
+        for (size_t i = 0; i < n; i++)
+            if (strcmp(env[i].model, in->model) == 0)
+                out->price->overrides_env = 1;
+        out->price->updated_by = in->actor;
+        out->price->updated_at_ms = svc_wallclock_ms();
+    }
+    SVC_LOG_NOTICE(svc_rpc_request_id(call), "set-price",
+                   "model=\"%s\" in_milli=%lld out_milli=%lld actor=\"%s\"", in->model,
+                   (long long)r.in_milli, (long long)r.out_milli, in->actor);
+    return out->price ? SVC_OK : SVC_ENOMEM;
+}
+
+static int rpc_delete_price(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                            ProtobufCMessage *out_msg, void *ctx)
+{
+    const Chatweb__Billing__DeletePriceRequest *in = (const void *)in_msg;
+    Chatweb__Billing__DeletePriceResponse *out = (void *)out_msg;
+    int deleted = 0, rc;
+
+    (void)ctx;
+    if ((rc = billing_price_delete(store, in->model, in->actor, &deleted)) != SVC_OK)
+        return fail(call, rc);
+    out->deleted = deleted;
+    SVC_LOG_NOTICE(svc_rpc_request_id(call), "delete-price", "model=\"%s\" actor=\"%s\" %s",
+                   in->model, in->actor, deleted ? "deleted" : "had no SQL price");
+    return SVC_OK;
+}
+
+/* ---- the events stream ---- */
+
+static int rpc_events_info(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                           ProtobufCMessage *out_msg, void *ctx)
+{
+    Chatweb__Billing__EventsInfoResponse *out = (void *)out_msg;
+    struct billing_events_info *info = svc_rpc_alloc(call, sizeof(*info));
+    int rc;
+
+    (void)in_msg;
+    (void)ctx;
+    if (info == NULL)
+        return SVC_ENOMEM;
+    if ((rc = billing_relay_events_info(relay, info)) != SVC_OK) {
+        svc_rpc_set_error(call, "%s",
+                          relay == NULL ? "no events relay" : "billing database unavailable");
+        return rc;
+    }
+    out->stream = (char *)billing_relay_stream(relay);
+    out->exists = info->exists;
+    out->length = info->length;
+    out->first_id = info->first_id;
+    out->last_id = info->last_id;
+    out->outbox_pending = info->outbox_pending;
+    out->redis_error = info->redis_error;
+    out->groups = svc_rpc_alloc(call, (info->n_groups ? info->n_groups : 1) * sizeof(*out->groups));
+    if (out->groups == NULL)
+        return SVC_ENOMEM;
+    for (size_t i = 0; i < info->n_groups; i++) {
+        Chatweb__Billing__EventsGroup *g = svc_rpc_alloc(call, sizeof(*g));
+        if (g == NULL)
+            return SVC_ENOMEM;
+        chatweb__billing__events_group__init(g);
+        g->name = info->groups[i].name;
+        g->consumers = info->groups[i].consumers;
+        g->pending = info->groups[i].pending;
+        g->lag = info->groups[i].lag;
+        g->last_delivered_id = info->groups[i].last_delivered_id;
+        out->groups[out->n_groups++] = g;
+    }
+    return SVC_OK;
+}
+
 #define METHOD(name, lower, fn)                                                                    \
     {                                                                                              \
         "/rpc/Billing/" name, &chatweb__billing__##lower##_request__descriptor,                    \
@@ -373,6 +538,10 @@ static const struct svc_rpc_method rpc_methods[] = {
     METHOD("Recharge", recharge, rpc_recharge),
     METHOD("Adjust", adjust, rpc_adjust),
     METHOD("Usage", usage, rpc_usage),
+    METHOD("ListPrices", list_prices, rpc_list_prices),
+    METHOD("SetPrice", set_price, rpc_set_price),
+    METHOD("DeletePrice", delete_price, rpc_delete_price),
+    METHOD("EventsInfo", events_info, rpc_events_info),
 };
 struct svc_rpc_registry billing_rpc_registry = {rpc_methods,
                                                 sizeof(rpc_methods) / sizeof(rpc_methods[0])};

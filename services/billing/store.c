@@ -1,6 +1,7 @@
 /* Billing money rules on SQL: see store.h and docs/billing.md. */
 #include "store.h"
 
+#include <pthread.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -15,10 +16,27 @@
 
 struct billing_store {
     struct svc_db *db;
-    const struct billing_prices *prices;
+    const struct billing_prices *prices; /* BILLING_PRICES (borrowed) */
     struct billing_store_opts opts;
     int mysql;
+    /* BILLING_PRICES merged with billing_prices (SQL), swapped by billing_store_prices_refresh;
+     * NULL until the first load (then `prices` alone applies) */
+    pthread_rwlock_t prices_lock;
+    struct billing_prices *merged;
+    int64_t prices_version; /* of `merged`; -1 before the first load */
+    pthread_mutex_t refresh_lock; /* one reload at a time */
 };
+
+/* The ratio a model is priced with now (SQL over BILLING_PRICES). Thread-safe. */
+static struct billing_ratio price_of(struct billing_store *s, const char *model)
+{
+    struct billing_ratio r;
+
+    pthread_rwlock_rdlock(&s->prices_lock);
+    r = billing_prices_lookup(s->merged ? s->merged : s->prices, model);
+    pthread_rwlock_unlock(&s->prices_lock);
+    return r;
+}
 
 static _Thread_local char why_buf[256];
 
@@ -110,6 +128,22 @@ static const struct svc_db_migration migrations[] = {
     /* The request an idempotency key was first used with (see credit()): NULL on older rows. */
     {"billing", 8, "ALTER TABLE billing_ledger ADD COLUMN idem_hash TEXT",
      "ALTER TABLE billing_ledger ADD COLUMN IF NOT EXISTS idem_hash CHAR(64) NULL"},
+    /* Prices set through the ops API (override BILLING_PRICES), and the version every replica
+     * polls to know when to reload them (decision 38). */
+    {"billing", 9,
+     "CREATE TABLE billing_prices (model TEXT PRIMARY KEY, in_milli INTEGER NOT NULL,"
+     " out_milli INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL,"
+     " updated_by TEXT NOT NULL DEFAULT '')",
+     "CREATE TABLE IF NOT EXISTS billing_prices (model VARCHAR(128) COLLATE utf8mb4_bin NOT NULL"
+     " PRIMARY KEY, in_milli BIGINT NOT NULL, out_milli BIGINT NOT NULL,"
+     " updated_at_ms BIGINT NOT NULL, updated_by VARCHAR(64) NOT NULL DEFAULT '') ENGINE=InnoDB"},
+    {"billing", 10,
+     "CREATE TABLE billing_price_version (id INTEGER PRIMARY KEY, version INTEGER NOT NULL);\n"
+     "INSERT INTO billing_price_version (id, version) VALUES (1, 0);\n",
+     "CREATE TABLE IF NOT EXISTS billing_price_version (id INT NOT NULL PRIMARY KEY,"
+     " version BIGINT NOT NULL) ENGINE=InnoDB"},
+    {"billing", 11, NULL,
+     "INSERT IGNORE INTO billing_price_version (id, version) VALUES (1, 0)"},
 };
 
 int billing_store_migrate(struct svc_db *db)
@@ -128,6 +162,9 @@ int billing_store_create(struct billing_store **out, struct svc_db *db,
     s->db = db;
     s->prices = prices;
     s->opts = *opts;
+    s->prices_version = -1;
+    pthread_rwlock_init(&s->prices_lock, NULL);
+    pthread_mutex_init(&s->refresh_lock, NULL);
     s->mysql = svc_db_dialect(db) == SVC_DB_MYSQL;
     *out = s;
     return SVC_OK;
@@ -137,6 +174,9 @@ void billing_store_destroy(struct billing_store **s)
 {
     if (s == NULL || *s == NULL)
         return;
+    billing_prices_destroy(&(*s)->merged);
+    pthread_rwlock_destroy(&(*s)->prices_lock);
+    pthread_mutex_destroy(&(*s)->refresh_lock);
     free(*s);
     *s = NULL;
 }
@@ -429,7 +469,7 @@ static int reserve_tx(struct svc_db_conn *c, void *arg)
     struct reserve_ctx *x = arg;
     const struct billing_reserve_in *in = x->in;
     struct billing_reserve_out *out = x->out;
-    struct billing_ratio r = billing_prices_lookup(x->s->prices, in->model);
+    struct billing_ratio r = price_of(x->s, in->model);
     int64_t now = svc_wallclock_ms();
     int64_t units_in = billing_units_for(in->prompt_tokens, r.in_milli);
     int64_t worst = units_in + billing_units_for(in->max_completion_tokens, r.out_milli);
@@ -630,7 +670,7 @@ static int settle_tx(struct svc_db_conn *c, void *arg)
     if (h.state == BILLING_HOLD_RELEASED || h.state == BILLING_HOLD_RELEASED_LATE)
         return why(SVC_ECONFLICT, "the hold was released; nothing to settle");
     model = in->model && in->model[0] ? in->model : h.model;
-    r = billing_prices_lookup(x->s->prices, model);
+    r = price_of(x->s, model);
     cost = billing_units_for(in->prompt_tokens, r.in_milli) +
            billing_units_for(in->completion_tokens, r.out_milli);
     l.tokens_in = in->prompt_tokens;
@@ -1196,5 +1236,206 @@ int billing_usage_daily(struct billing_store *s, int64_t user_id, int days,
                       "kind IN ('charge', 'expiry', 'refund') GROUP BY day ORDER BY day DESC",
                       p, 2, rows);
     svc_db_conn_put(s->db, &c);
+    return rc;
+}
+
+/* ---- prices set by operators (decision 38) ---- */
+
+struct price_ctx {
+    const char *model, *actor;
+    struct billing_ratio r;
+    int del;
+    int *changed; /* set: 1 = created; delete: 1 = deleted */
+};
+
+static int price_tx(struct svc_db_conn *c, void *arg)
+{
+    struct price_ctx *x = arg;
+    int64_t now = svc_wallclock_ms();
+    struct svc_db_rows *rows = NULL;
+    uint64_t n = 0;
+    int rc;
+
+    *x->changed = 0;
+    if (x->del) {
+        struct svc_db_param p[] = {SVC_DB_TEXT(x->model)};
+        if ((rc = svc_db_exec(c, "DELETE FROM billing_prices WHERE model = ?", p, 1, &n, NULL)) !=
+            SVC_OK)
+            return rc;
+        if (n == 0)
+            return SVC_OK; /* nothing changed: the version stays */
+        *x->changed = 1;
+    } else {
+        struct svc_db_param p[] = {SVC_DB_I64(x->r.in_milli), SVC_DB_I64(x->r.out_milli),
+                                   SVC_DB_I64(now), SVC_DB_TEXT(x->actor), SVC_DB_TEXT(x->model)};
+        if ((rc = svc_db_exec(c,
+                              "UPDATE billing_prices SET in_milli = ?, out_milli = ?, "
+                              "updated_at_ms = ?, updated_by = ? WHERE model = ?",
+                              p, 5, &n, NULL)) != SVC_OK)
+            return rc;
+        if (n == 0) {
+            if ((rc = svc_db_query(c, "SELECT COUNT(*) FROM billing_prices", NULL, 0, &rows)) !=
+                SVC_OK)
+                return rc;
+            n = (uint64_t)svc_db_rows_i64(rows, 0, 0);
+            svc_db_rows_destroy(&rows);
+            if (n >= BILLING_PRICE_ENTRIES_MAX)
+                return why(SVC_ECONFLICT, "at most %d prices can be set", BILLING_PRICE_ENTRIES_MAX);
+            struct svc_db_param q[] = {SVC_DB_TEXT(x->model), SVC_DB_I64(x->r.in_milli),
+                                       SVC_DB_I64(x->r.out_milli), SVC_DB_I64(now),
+                                       SVC_DB_TEXT(x->actor)};
+            if ((rc = svc_db_exec(c,
+                                  "INSERT INTO billing_prices (model, in_milli, out_milli, "
+                                  "updated_at_ms, updated_by) VALUES (?, ?, ?, ?, ?)",
+                                  q, 5, NULL, NULL)) != SVC_OK)
+                return rc == SVC_EEXIST ? SVC_ECONFLICT : rc; /* set concurrently: retried */
+            *x->changed = 1;
+        }
+    }
+    return svc_db_exec(c, "UPDATE billing_price_version SET version = version + 1 WHERE id = 1",
+                       NULL, 0, NULL, NULL);
+}
+
+static int price_args(const char *model, const char *actor)
+{
+    if (!billing_price_model_ok(model))
+        return why(SVC_EINVAL,
+                   "model must be \"*\" or 1-%d bytes of A-Z a-z 0-9 . _ - : / @ +, not starting "
+                   "with - or .",
+                   BILLING_PRICE_MODEL_MAX - 1);
+    return check_text("actor", actor, 63, 0);
+}
+
+int billing_price_set(struct billing_store *s, const char *model, const char *input,
+                      const char *output, const char *actor, struct billing_ratio *r, int *created)
+{
+    struct price_ctx x = {model, nz(actor), {0, 0}, 0, created};
+    int rc;
+
+    why_buf[0] = '\0';
+    *created = 0;
+    if ((rc = price_args(model, x.actor)) != SVC_OK)
+        return rc;
+    if (billing_price_parse(input, &x.r.in_milli) != SVC_OK ||
+        billing_price_parse(output, &x.r.out_milli) != SVC_OK)
+        return why(SVC_EINVAL,
+                   "input and output must be units per token: digits with at most 3 decimals, "
+                   "0 to %d (as in BILLING_PRICES)",
+                   BILLING_PRICE_MILLI_MAX / 1000);
+    if ((rc = with_tx(s, price_tx, &x)) != SVC_OK)
+        return rc;
+    *r = x.r;
+    /* this replica prices with it at once; the others within their next poll */
+    if (billing_store_prices_refresh(s) != SVC_OK)
+        SVC_LOG_WARN(NULL, "prices", "reload after set failed; the poll retries");
+    return SVC_OK;
+}
+
+int billing_price_delete(struct billing_store *s, const char *model, const char *actor,
+                         int *deleted)
+{
+    struct price_ctx x = {model, nz(actor), {0, 0}, 1, deleted};
+    int rc;
+
+    why_buf[0] = '\0';
+    *deleted = 0;
+    if ((rc = price_args(model, x.actor)) != SVC_OK)
+        return rc;
+    if ((rc = with_tx(s, price_tx, &x)) != SVC_OK)
+        return rc;
+    if (billing_store_prices_refresh(s) != SVC_OK)
+        SVC_LOG_WARN(NULL, "prices", "reload after delete failed; the poll retries");
+    return SVC_OK;
+}
+
+int billing_price_rows(struct billing_store *s, struct svc_db_rows **rows, int64_t *version)
+{
+    struct svc_db_conn *c = NULL;
+    struct svc_db_rows *v = NULL;
+    int rc;
+
+    *rows = NULL;
+    *version = 0;
+    if ((rc = svc_db_conn_get(s->db, &c, -1)) != SVC_OK)
+        return rc;
+    rc = svc_db_query(c, "SELECT version FROM billing_price_version WHERE id = 1", NULL, 0, &v);
+    if (rc == SVC_OK) {
+        *version = svc_db_rows_i64(v, 0, 0);
+        rc = svc_db_query(c,
+                          "SELECT model, in_milli, out_milli, updated_at_ms, updated_by "
+                          "FROM billing_prices ORDER BY model",
+                          NULL, 0, rows);
+    }
+    svc_db_rows_destroy(&v);
+    svc_db_conn_put(s->db, &c);
+    return rc;
+}
+
+int64_t billing_store_prices_version(struct billing_store *s)
+{
+    int64_t v;
+
+    pthread_rwlock_rdlock(&s->prices_lock);
+    v = s->prices_version;
+    pthread_rwlock_unlock(&s->prices_lock);
+    return v;
+}
+
+const struct billing_prices *billing_store_env_prices(const struct billing_store *s)
+{
+    return s->prices;
+}
+
+int billing_store_prices_refresh(struct billing_store *s)
+{
+    struct svc_db_conn *c = NULL;
+    struct svc_db_rows *v = NULL, *rows = NULL;
+    struct billing_price_row *list = NULL;
+    struct billing_prices *next = NULL, *old = NULL;
+    int64_t version;
+    size_t n = 0;
+    int rc;
+
+    pthread_mutex_lock(&s->refresh_lock);
+    if ((rc = svc_db_conn_get(s->db, &c, -1)) != SVC_OK)
+        goto out;
+    /* The cheap check, every poll: one primary-key row. */
+    if ((rc = svc_db_query(c, "SELECT version FROM billing_price_version WHERE id = 1", NULL, 0,
+                           &v)) != SVC_OK)
+        goto out;
+    version = svc_db_rows_i64(v, 0, 0);
+    if (version == billing_store_prices_version(s))
+        goto out;
+    if ((rc = svc_db_query(c, "SELECT model, in_milli, out_milli FROM billing_prices", NULL, 0,
+                           &rows)) != SVC_OK)
+        goto out;
+    n = svc_db_rows_count(rows);
+    list = calloc(n ? n : 1, sizeof(*list));
+    if (list == NULL) {
+        rc = SVC_ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *m = svc_db_rows_text(rows, i, 0);
+        snprintf(list[i].model, sizeof(list[i].model), "%s", m ? m : "");
+        list[i].r.in_milli = svc_db_rows_i64(rows, i, 1);
+        list[i].r.out_milli = svc_db_rows_i64(rows, i, 2);
+    }
+    if ((rc = billing_prices_merge(&next, s->prices, list, n)) != SVC_OK)
+        goto out;
+    pthread_rwlock_wrlock(&s->prices_lock);
+    old = s->merged;
+    s->merged = next;
+    s->prices_version = version;
+    pthread_rwlock_unlock(&s->prices_lock);
+    billing_prices_destroy(&old);
+    SVC_LOG_NOTICE(NULL, "prices", "loaded %zu price%s from SQL (version %lld)", n,
+                   n == 1 ? "" : "s", (long long)version);
+out:
+    svc_db_conn_put(s->db, &c);
+    svc_db_rows_destroy(&v);
+    svc_db_rows_destroy(&rows);
+    free(list);
+    pthread_mutex_unlock(&s->refresh_lock);
     return rc;
 }

@@ -204,4 +204,42 @@ int billing_usage_ledger(struct billing_store *s, int64_t user_id, int64_t befor
 int billing_usage_daily(struct billing_store *s, int64_t user_id, int days,
                         struct svc_db_rows **rows) SVC_MUST_CHECK;
 
+/* ---- prices set by operators (docs/billing.md "Prices", decision 38) ---- */
+
+/*
+ * Creates or replaces the SQL price of model ("*" = the default) from decimal text as
+ * BILLING_PRICES writes it, and bumps billing_price_version in the same transaction; then
+ * reloads this replica's table (the others poll: billing_store_prices_refresh). *r receives the
+ * ratio, *created 1 when the model had no SQL price. SVC_EINVAL (model or ratio, reason in
+ * billing_store_why()), SVC_ECONFLICT (BILLING_PRICE_ENTRIES_MAX prices already), SQL errors.
+ */
+int billing_price_set(struct billing_store *s, const char *model, const char *input,
+                      const char *output, const char *actor, struct billing_ratio *r,
+                      int *created) SVC_MUST_CHECK;
+
+/* Removes the SQL price of model (*deleted 0 when it had none; the version is then unchanged). */
+int billing_price_delete(struct billing_store *s, const char *model, const char *actor,
+                         int *deleted) SVC_MUST_CHECK;
+
+/*
+ * The SQL prices, by model. Columns: 0 model, 1 in_milli, 2 out_milli, 3 updated_at_ms,
+ * 4 updated_by. *rows: free with svc_db_rows_destroy. *version: the table's version now.
+ */
+int billing_price_rows(struct billing_store *s, struct svc_db_rows **rows,
+                       int64_t *version) SVC_MUST_CHECK;
+
+/*
+ * Reads billing_price_version (one primary-key row) and, when it differs from the loaded one,
+ * reloads billing_prices and swaps in BILLING_PRICES merged with them (SQL wins per model name).
+ * Reserve and Settle price under a read lock that the swap holds only for a pointer exchange.
+ * Called once at start, by the poll thread (relay.h) and after each set/delete. Thread-safe.
+ */
+int billing_store_prices_refresh(struct billing_store *s) SVC_MUST_CHECK;
+
+/* The version the replica prices with (-1 before the first load). Thread-safe. */
+int64_t billing_store_prices_version(struct billing_store *s);
+
+/* BILLING_PRICES as configured (borrowed). */
+const struct billing_prices *billing_store_env_prices(const struct billing_store *s);
+
 #endif

@@ -470,6 +470,57 @@ static void context_collected(struct chat_turn *t)
 
 static void walk_next(struct chat_turn *t);
 
+static long message_cost(struct chat_turn *t, const char *role, const char *content, size_t len)
+{
+    return (long)svc_modelmap_message_tokens(&t->mi, role, content, len, NULL);
+}
+
+/*
+ * The newest earlier message does not fit whole: keep the longest tail of its content that does
+ * (cut at a UTF-8 character boundary, counted exactly). This is the case of a continuation: a
+ * reply cut for length used the whole budget, so without its tail the model would continue
+ * blind (docs/tokens.md). A binary search over the start offset; each candidate is counted, so
+ * what is sent always fits even where the count of a tail is not monotonic in its start.
+ * Returns the shortened message's cost (its content replaced), or -1 when no non-empty tail fits.
+ */
+static long fit_tail(struct chat_turn *t, json_t *msg, long room)
+{
+    const char *role = json_string_value(json_object_get(msg, "role"));
+    json_t *content = json_object_get(msg, "content");
+    const char *s = json_string_value(content);
+    size_t len = json_string_length(content), lo = 0, hi, best;
+    long best_cost = -1, c;
+
+    if (s == NULL || role == NULL || room <= 0)
+        return -1;
+    best = len;
+    hi = len;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2, m = mid;
+
+        while (m < hi && ((unsigned char)s[m] & 0xC0) == 0x80)
+            m++;
+        if (m == hi) { /* no character starts in [mid, hi) */
+            hi = mid;
+            continue;
+        }
+        if ((c = message_cost(t, role, s + m, len - m)) < 0)
+            return -1;
+        if (c <= room) {
+            best = m;
+            best_cost = c;
+            hi = mid; /* an earlier start may fit too */
+        } else {
+            lo = m + 1;
+        }
+    }
+    if (best >= len || best_cost < 0)
+        return -1;
+    if (json_object_set_new(msg, "content", json_stringn(s + best, len - best)) != 0)
+        return -1;
+    return best_cost;
+}
+
 static void on_history(int err, const struct svc_redis_reply *reply, void *data)
 {
     struct chat_turn *t = data;
@@ -502,6 +553,19 @@ static void on_history(int err, const struct svc_redis_reply *reply, void *data)
             &t->mi, json_string_value(json_object_get(msg, "role")), json_string_value(content),
             json_string_length(content), NULL);
         long limit = t->budget - (long)chat_setting.CHAT_MIN_RESPONSE_TOKENS.i;
+        if (cost >= 0 && t->budget_used + cost > limit && json_array_size(t->history) == 0 &&
+            strcmp(json_string_value(json_object_get(msg, "role")) ?: "", "assistant") == 0) {
+            /* the parent reply alone is too long (a continuation): its tail, then stop */
+            cost = fit_tail(t, msg, limit - t->budget_used);
+            if (cost >= 0) {
+                t->budget_used += cost;
+                json_array_append_new(t->history, msg);
+                SVC_LOG_INFO(t->rid, "context", "parent reply cut to its last %zu bytes to fit",
+                             json_string_length(json_object_get(msg, "content")));
+                context_collected(t);
+                goto out;
+            }
+        }
         if (cost < 0 || t->budget_used + cost > limit) { /* older messages would not fit */
             json_decref(msg);
             context_collected(t);

@@ -138,6 +138,10 @@ static const struct svc_rpc_method methods[] = {
     BILLING("Release", release, fake_billing),
     BILLING("Recharge", recharge, fake_billing),
     BILLING("Adjust", adjust, fake_billing),
+    BILLING("ListPrices", list_prices, fake_billing),
+    BILLING("SetPrice", set_price, fake_billing),
+    BILLING("DeletePrice", delete_price, fake_billing),
+    BILLING("EventsInfo", events_info, fake_billing),
     BILLING("Usage", usage, fake_billing),
 };
 

@@ -111,6 +111,8 @@ static void setup(void)
     svc_log_setup("fuzz_auth_http", SVC_LOG_LVL_ERR);
     pthread_mutex_init(&a.static_lock, NULL);
     a.cfg.ops_key = OPS_KEY;
+    a.cfg.health_urls = "closed=http://127.0.0.1:1"; /* the ops action health: refused at once */
+    a.cfg.health_timeout_ms = 100;
     a.cfg.session_auth = -1;
     a.cfg.session_ttl_s = 60;
     a.cfg.cache_slots = 64;

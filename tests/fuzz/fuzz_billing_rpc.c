@@ -49,6 +49,9 @@ static const struct target targets[] = {
     T("Settle", settle),                T("Release", release),
     T("Recharge", recharge),            T("Adjust", adjust),
     T("Usage", usage),                  T("NoSuchMethod", usage),
+    /* added later: after NoSuchMethod, so the older seeds keep their methods */
+    T("ListPrices", list_prices),       T("SetPrice", set_price),
+    T("DeletePrice", delete_price),     T("EventsInfo", events_info),
 };
 #undef T
 #define NTARGETS (sizeof(targets) / sizeof(targets[0]))

@@ -138,6 +138,39 @@ describe('exact token counts in chat (gpt-4o, budget 1000)', () => {
         }
     });
 
+    it('a continuation after a reply cut for length sends the tail of that reply, within the budget', async () => {
+        const auth = await register(stack, 'cora', 1000000);
+        let seq = await lastSeq(stack);
+        const first = 'write at length [[fake tokens=5000]]';
+        const r1 = await chat(stack.url, auth, first);
+        const o1 = objects(r1.body).pop();
+        assert.equal(o1.detail.choices[0].finish_reason, 'length');
+        const up1 = (await upstreamSince(stack, seq))[0];
+        const p1 = 3 + messageTokens(E, 'user', first);
+        assert.equal(up1.body.max_tokens, BUDGET - p1);
+        // The cut reply alone costs more than the room a continuation has (it filled the budget).
+        const limit = BUDGET - MIN_REPLY;
+        const p2 = 3;   // an empty prompt sends no user message: the reply priming only
+        assert.ok(p2 + messageTokens(E, 'assistant', o1.text) > limit, 'the whole reply cannot fit');
+
+        // The web page's continuation: an empty prompt whose parent is the cut reply.
+        seq = await lastSeq(stack);
+        const r2 = await chat(stack.url, auth, '', { options: { parentMessageId: o1.id } });
+        assert.equal(r2.status, 200);
+        const sent = (await upstreamSince(stack, seq))[0].body.messages;
+        assert.equal(sent.length, 1, JSON.stringify(sent).slice(0, 300));
+        assert.equal(sent[0].role, 'assistant');
+        assert.ok(sent[0].content.length > 0 && o1.text.endsWith(sent[0].content), 'a tail of the cut reply');
+        const used = p2 + messageTokens(E, 'assistant', sent[0].content);
+        assert.ok(used <= limit, `prompt ${used} within ${limit}`);
+        // Nearly all the room is used: a tail 8 characters longer would not fit.
+        const longer = o1.text.slice(o1.text.length - sent[0].content.length - 8);
+        assert.ok(p2 + messageTokens(E, 'assistant', longer) > limit, 'the tail is (nearly) the longest that fits');
+        assert.ok(used > limit - 8, `used ${used} of ${limit}`);
+        const up2 = (await upstreamSince(stack, seq))[0];
+        assert.equal(up2.body.max_tokens, BUDGET - used, 'the reply keeps its exact share of the budget');
+    });
+
     it('refuses a prompt too large on its own, saying by how many tokens', async () => {
         const auth = await register(stack, 'ulla', 1000000);
         const prompt = 'big' + ' b'.repeat(950);

@@ -2,7 +2,8 @@
 // against a whole stack (nginx serving web/dist, the four services, the fake upstream). Covers
 // sign-in, streaming, reload, a phone-sized window, stop, regenerate, exact balance, running out
 // of balance, an HTML/script payload rendered inert, Markdown (code, tables, math) through the
-// JSON import, and the admin console creating, recharging and blocking a user. Writes the
+// JSON import, and the admin console creating, recharging and blocking a user, setting and
+// deleting a model price, and showing the events stream and service health. Writes the
 // screenshots the README shows (docs/screenshots/).
 //
 // Chromium missing is a failure, not a skip: scripts/bootstrap installs it (CHROMIUM_PATH
@@ -500,6 +501,32 @@ describe('web UI in Chromium', () => {
         await page.locator('#ledger tbody tr').first().waitFor({ timeout: STEP_MS });
         assert.ok((await page.locator('#ledger tbody').innerText()).includes('2500'));
         await page.getByRole('button', { name: 'Close' }).click();
+
+        // Model prices: set one (stored in SQL by billing), see it listed, delete it.
+        await page.getByRole('textbox', { name: /^Model/ }).fill('gpt-4o-mini');
+        await page.getByRole('textbox', { name: /^Input/ }).fill('0.15');
+        await page.getByRole('textbox', { name: /^Output/ }).fill('0.6');
+        await page.locator('#price-submit').click();
+        const price = page.locator('#prices tr[data-model="gpt-4o-mini"]');
+        await price.waitFor({ timeout: STEP_MS });
+        assert.match(await price.innerText(), /0\.15\s+0\.6\s+sql/);
+        let listed = (await ops(stack, { action: 'list_prices' })).data.prices;
+        assert.deepEqual(listed.filter((p) => p.model === 'gpt-4o-mini').map((p) => [p.input_milli, p.output_milli, p.source]), [[150, 600, 'sql']]);
+        await price.getByRole('button', { name: 'Delete' }).click();
+        await page.getByRole('button', { name: 'Delete' }).last().click();   // the confirmation
+        await price.waitFor({ state: 'detached', timeout: STEP_MS });
+        listed = (await ops(stack, { action: 'list_prices' })).data.prices;
+        assert.ok(!listed.some((p) => p.model === 'gpt-4o-mini'));
+        // The events stream (the recharge above was relayed) and every service's health.
+        const events = (await ops(stack, { action: 'events' })).data;
+        await page.getByRole('button', { name: 'Refresh: Billing events stream' }).click();
+        await page.waitForFunction(() => /^[\d,]+$/.test(document.querySelector('#events-length')?.textContent || ''), null, { timeout: STEP_MS });
+        assert.ok(Number((await page.locator('#events-length').innerText()).replace(/,/g, '')) >= events.length);
+        const health = (await ops(stack, { action: 'health' })).data;
+        assert.ok(health.total >= 4 && health.ready === health.total, JSON.stringify(health));
+        await page.locator('#health-table tbody tr').nth(health.total - 1).waitFor({ timeout: STEP_MS });
+        assert.equal(await page.locator('#health-table tbody tr').count(), health.total);
+        assert.equal(await page.locator('#health-table .pill.ok').count(), health.total);
 
         // The key is kept in memory only.
         assert.equal(await page.evaluate(() => JSON.stringify(localStorage) + JSON.stringify(sessionStorage)), '{}{}');

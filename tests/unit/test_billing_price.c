@@ -93,11 +93,80 @@ static void arithmetic(void)
     T_EQ_INT(billing_tokens_within(INT64_MAX, 1), BILLING_TOKENS_MAX);
 }
 
+/* Ratios from the ops API (same rules as BILLING_PRICES) and SQL rows merged over the env table. */
+static void sql_prices(void)
+{
+    struct billing_prices *env = NULL, *m = NULL;
+    struct billing_price_row rows[3], out[8];
+    struct billing_ratio r;
+    char err[256], text[24];
+    int64_t v;
+    const char *bad[] = {"", "-1", "1e3", "0.1234", ".5", "5.", "1000.001", "1001", " 1", "0x1"};
+
+    T_EQ_INT(billing_price_parse("0.15", &v), SVC_OK);
+    T_EQ_INT(v, 150);
+    T_EQ_INT(billing_price_parse("1000", &v), SVC_OK);
+    T_EQ_INT(v, 1000000);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        T_EQ_INT(billing_price_parse(bad[i], &v), SVC_EINVAL);
+    T_EQ_INT(billing_price_parse(NULL, &v), SVC_EINVAL);
+    billing_price_format(2500, text, sizeof(text));
+    T_EQ_STR(text, "2.5");
+    billing_price_format(150, text, sizeof(text));
+    T_EQ_STR(text, "0.15");
+    billing_price_format(12125, text, sizeof(text));
+    T_EQ_STR(text, "12.125");
+    billing_price_format(7, text, sizeof(text));
+    T_EQ_STR(text, "0.007");
+    billing_price_format(3000, text, sizeof(text));
+    T_EQ_STR(text, "3");
+
+    T_ASSERT(billing_price_model_ok("*"));
+    T_ASSERT(billing_price_model_ok("gpt-4o-mini"));
+    T_ASSERT(billing_price_model_ok("org/model:v1@x+y"));
+    T_ASSERT(!billing_price_model_ok(""));
+    T_ASSERT(!billing_price_model_ok("-x"));
+    T_ASSERT(!billing_price_model_ok(".x"));
+    T_ASSERT(!billing_price_model_ok("a b"));
+    T_ASSERT(!billing_price_model_ok("a=b"));
+    T_ASSERT(!billing_price_model_ok("**"));
+
+    T_EQ_INT(billing_prices_create(&env, "gpt-4o=2.5:10,*=1:2", err, sizeof(err)), SVC_OK);
+    snprintf(rows[0].model, sizeof(rows[0].model), "gpt-4o");
+    rows[0].r = (struct billing_ratio){3000, 12000};
+    snprintf(rows[1].model, sizeof(rows[1].model), "gpt-4o-mini");
+    rows[1].r = (struct billing_ratio){150, 600};
+    snprintf(rows[2].model, sizeof(rows[2].model), "*");
+    rows[2].r = (struct billing_ratio){0, 3000};
+    T_EQ_INT(billing_prices_merge(&m, env, rows, 3), SVC_OK);
+    r = billing_prices_lookup(m, "gpt-4o-2024-08-06"); /* SQL replaced the env entry */
+    T_EQ_INT(r.in_milli, 3000);
+    r = billing_prices_lookup(m, "gpt-4o-mini-2024-07-18");
+    T_EQ_INT(r.out_milli, 600);
+    r = billing_prices_lookup(m, "other"); /* SQL "*" replaced the env default */
+    T_EQ_INT(r.out_milli, 3000);
+    T_EQ_INT(billing_prices_rows(m, out, 8), 3); /* gpt-4o, gpt-4o-mini, "*" */
+    T_EQ_STR(out[2].model, "*");
+    T_EQ_INT(billing_prices_rows(env, out, 1), 2); /* counts beyond max */
+    billing_prices_destroy(&m);
+    /* no SQL rows: the env table as it is; no env: SQL rows over 1:1 */
+    T_EQ_INT(billing_prices_merge(&m, env, NULL, 0), SVC_OK);
+    r = billing_prices_lookup(m, "gpt-4o-mini"); /* env gpt-4o by the prefix rule */
+    T_EQ_INT(r.in_milli, 2500);
+    billing_prices_destroy(&m);
+    T_EQ_INT(billing_prices_merge(&m, NULL, rows + 1, 1), SVC_OK);
+    r = billing_prices_lookup(m, "x");
+    T_EQ_INT(r.in_milli, 1000);
+    billing_prices_destroy(&m);
+    billing_prices_destroy(&env);
+}
+
 int main(void)
 {
     parse_ok();
     parse_bad();
     arithmetic();
+    sql_prices();
     printf("test_billing_price: ok\n");
     return 0;
 }

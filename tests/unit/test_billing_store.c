@@ -256,6 +256,67 @@ static void purge_rules(struct billing_store *s)
     T_EQ_INT(ro.refunded, 2);
 }
 
+/* Prices set by operators: stored, versioned, applied by the store at once, over BILLING_PRICES. */
+static void price_rules(struct billing_store *s)
+{
+    int64_t uid = new_user(s, 1000000), v0;
+    struct billing_reserve_in in = {
+        .user_id = uid, .model = "p-2024", .prompt_tokens = 100, .max_completion_tokens = 100};
+    struct billing_reserve_out out;
+    struct svc_db_rows *rows = NULL;
+    struct billing_ratio r;
+    int created = -1, deleted = -1, found = 0;
+    char rid[64];
+
+    T_EQ_INT(billing_price_delete(s, "p", "t", &deleted), SVC_OK); /* a MariaDB reused */
+    T_EQ_INT(billing_store_prices_refresh(s), SVC_OK);
+    v0 = billing_store_prices_version(s);
+    T_ASSERT(v0 >= 0);
+    T_EQ_INT(billing_price_set(s, "a b", "1", "1", "t", &r, &created), SVC_EINVAL);
+    T_EQ_INT(billing_price_set(s, "p", "1.2345", "1", "t", &r, &created), SVC_EINVAL);
+    T_EQ_INT(billing_price_set(s, "p", "1", "-1", "t", &r, &created), SVC_EINVAL);
+    T_EQ_INT(billing_price_set(s, "", "1", "1", "t", &r, &created), SVC_EINVAL);
+    T_EQ_INT(billing_store_prices_version(s), v0);
+
+    /* SQL p=5:7 over the env's p=2:3, applied at once, by prefix too */
+    T_EQ_INT(billing_price_set(s, "p", "5", "7", "t", &r, &created), SVC_OK);
+    T_EQ_INT(created, 1);
+    T_EQ_INT(r.in_milli, 5000);
+    T_EQ_INT(billing_store_prices_version(s), v0 + 1);
+    snprintf(rid, sizeof(rid), "price-a-%lld", (long long)uid);
+    in.request_id = rid;
+    T_EQ_INT(billing_reserve(s, &in, &out), SVC_OK);
+    T_EQ_INT(out.held_units, 500 + 700);
+
+    T_EQ_INT(billing_price_set(s, "p", "0.5", "0.25", "t", &r, &created), SVC_OK);
+    T_EQ_INT(created, 0);
+    T_EQ_INT(billing_store_prices_version(s), v0 + 2);
+    snprintf(rid, sizeof(rid), "price-b-%lld", (long long)uid);
+    T_EQ_INT(billing_reserve(s, &in, &out), SVC_OK);
+    T_EQ_INT(out.held_units, 50 + 25);
+    T_EQ_INT(billing_price_rows(s, &rows, &v0), SVC_OK);
+    for (size_t i = 0; i < svc_db_rows_count(rows); i++)
+        if (strcmp(svc_db_rows_text(rows, i, 0), "p") == 0) {
+            found = 1;
+            T_EQ_INT(svc_db_rows_i64(rows, i, 1), 500);
+            T_EQ_INT(svc_db_rows_i64(rows, i, 2), 250);
+            T_EQ_STR(svc_db_rows_text(rows, i, 4), "t");
+        }
+    svc_db_rows_destroy(&rows);
+    T_ASSERT(found);
+
+    /* deleted: the env price again; a second delete changes nothing */
+    T_EQ_INT(billing_price_delete(s, "p", "t", &deleted), SVC_OK);
+    T_EQ_INT(deleted, 1);
+    T_EQ_INT(billing_store_prices_version(s), v0 + 1);
+    snprintf(rid, sizeof(rid), "price-c-%lld", (long long)uid);
+    T_EQ_INT(billing_reserve(s, &in, &out), SVC_OK);
+    T_EQ_INT(out.held_units, 200 + 300);
+    T_EQ_INT(billing_price_delete(s, "p", "t", &deleted), SVC_OK);
+    T_EQ_INT(deleted, 0);
+    T_EQ_INT(billing_store_prices_version(s), v0 + 1);
+}
+
 static void suite(const char *dsn, const char *dir)
 {
     struct svc_db *db = NULL;
@@ -275,6 +336,7 @@ static void suite(const char *dsn, const char *dir)
     credit_rules(db, s);
     safe_range_rules(db, s);
     purge_rules(s);
+    price_rules(s);
     billing_store_destroy(&s);
     billing_prices_destroy(&prices);
     svc_db_destroy(&db);

@@ -30,7 +30,15 @@ const L = {
         revoked: 'revoked', never: 'never', ledger: 'Ledger', daily: 'Daily usage (last 30 days)', kind: 'Kind',
         units: 'Units', tokensIO: 'Tokens in/out', model: 'Model', balanceAfter: 'Balance after', when: 'When',
         note: 'Note', more: 'Older entries', noKeys: 'No keys.', noEntries: 'No ledger entries.', close: 'Close',
-        missing: 'Not in the ops API yet: service health, the billing events stream, model prices (see docs/web.md).',
+        missing: 'Not in the ops API yet: the audit log, the models a user may pick (see docs/web.md).',
+        prices: 'Model prices', priceModel: 'Model (* = default)', priceIn: 'Input (units per token)',
+        priceOut: 'Output (units per token)', setPrice: 'Set price', source: 'Source', updated: 'Updated',
+        priceNote: 'Prices set here override BILLING_PRICES and reach every billing replica within about a second.',
+        confirmPriceDelete: 'Remove the price of {m}? BILLING_PRICES or the default applies again.',
+        events: 'Billing events stream', refresh: 'Refresh', length: 'Length', lastId: 'Last id', outbox: 'Waiting in the outbox',
+        group: 'Consumer group', consumers: 'Consumers', pending: 'Pending', lag: 'Lag', noGroups: 'No consumer groups.',
+        noStream: 'No events relayed yet.', health: 'Service health', service: 'Service', ready: 'ready', notReady: 'not ready',
+        status: 'Status', ms: 'ms', error: 'Error', noHealth: 'HEALTH_URLS is not set on auth.',
     },
     'zh-CN': {
         title: 'chatweb 管理', opsKey: '运维密钥 (OPS_KEY)', signIn: '登录', signOut: '退出',
@@ -49,7 +57,15 @@ const L = {
         revoked: '已吊销', never: '从未', ledger: '账本', daily: '每日用量（最近 30 天）', kind: '类型',
         units: '数量', tokensIO: '输入/输出 tokens', model: '模型', balanceAfter: '之后余额', when: '时间',
         note: '备注', more: '更早的记录', noKeys: '没有密钥。', noEntries: '没有账本记录。', close: '关闭',
-        missing: '运维 API 尚未提供：服务健康状态、计费事件流、模型价格（见 docs/web.md）。',
+        missing: '运维 API 尚未提供：审计日志、用户可选的模型列表（见 docs/web.md）。',
+        prices: '模型价格', priceModel: '模型（* = 默认）', priceIn: '输入（每 token 单位）',
+        priceOut: '输出（每 token 单位）', setPrice: '设置价格', source: '来源', updated: '更新时间',
+        priceNote: '此处设置的价格覆盖 BILLING_PRICES，约一秒内在所有计费副本生效。',
+        confirmPriceDelete: '删除 {m} 的价格？将恢复 BILLING_PRICES 或默认价格。',
+        events: '计费事件流', refresh: '刷新', length: '长度', lastId: '最新 id', outbox: '发件箱中等待',
+        group: '消费组', consumers: '消费者', pending: '待确认', lag: '滞后', noGroups: '没有消费组。',
+        noStream: '尚未转发任何事件。', health: '服务健康', service: '服务', ready: '就绪', notReady: '未就绪',
+        status: '状态', ms: '毫秒', error: '错误', noHealth: 'auth 未设置 HEALTH_URLS。',
     },
 };
 
@@ -175,9 +191,15 @@ function showConsole() {
                     h('span', { id: 'page-info', 'aria-live': 'polite' }),
                     h('button', { type: 'button', id: 'next', onclick: () => { view.page++; loadUsers(); } }, t('next')))),
             create,
+            pricesSection(),
+            eventsSection(),
+            healthSection(),
             h('p', { class: 'note' }, t('missing'))),
         h('div', { id: 'toast', class: 'toast', role: 'status', hidden: true })));
     loadUsers();
+    loadPrices();
+    loadEvents();
+    loadHealth();
 }
 
 async function loadUsers() {
@@ -287,6 +309,133 @@ async function deleteUser(row) {
     } catch (ex) {
         toast(ex.message, true);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model prices, the billing events stream, service health (docs/ops-api.md)
+
+function sectionHead(id, title, reload) {
+    return h('div', { class: 'users-bar' }, h('h2', { id }, title),
+        h('button', { type: 'button', class: 'small-btn', 'aria-label': `${t('refresh')}: ${title}`, onclick: reload }, t('refresh')));
+}
+
+function pricesSection() {
+    const m = h('input', { id: 'price-model', autocomplete: 'off', required: true });
+    const i = h('input', { id: 'price-in', inputmode: 'decimal', autocomplete: 'off', required: true, value: '1' });
+    const o = h('input', { id: 'price-out', inputmode: 'decimal', autocomplete: 'off', required: true, value: '1' });
+    const form = h('form', { class: 'create-user', 'aria-label': t('setPrice') },
+        h('div', { class: 'grid3' },
+            h('div', {}, h('label', { for: 'price-model' }, t('priceModel')), m),
+            h('div', {}, h('label', { for: 'price-in' }, t('priceIn')), i),
+            h('div', {}, h('label', { for: 'price-out' }, t('priceOut')), o)),
+        h('button', { type: 'submit', class: 'primary', id: 'price-submit' }, t('setPrice')));
+    form.onsubmit = async (e) => {
+        e.preventDefault();
+        try {
+            // ratios as text: the exact decimal the operator typed, checked by billing
+            await ops({ action: 'set_price', model: m.value.trim(), input: i.value.trim(), output: o.value.trim() });
+            toast(`${t('done')}: ${m.value.trim()}`);
+            m.value = '';
+            loadPrices();
+        } catch (ex) {
+            toast(ex.message, true);
+        }
+    };
+    return h('section', { 'aria-labelledby': 'prices-title', id: 'prices-section' },
+        sectionHead('prices-title', t('prices'), loadPrices),
+        h('div', { class: 'table-wrap' }, h('table', { id: 'prices' })),
+        h('p', { class: 'note' }, t('priceNote')), form);
+}
+
+async function loadPrices() {
+    let r;
+    try {
+        r = await ops({ action: 'list_prices' });
+    } catch (ex) {
+        toast(ex.message, true);
+        return;
+    }
+    const head = h('tr', {}, ...['model', 'priceIn', 'priceOut', 'source', 'updated', 'actions'].map((k) => h('th', { scope: 'col' }, t(k))));
+    const rows = (r.data.prices || []).map((p) => h('tr', { 'data-model': p.model },
+        h('th', { scope: 'row' }, p.model),
+        h('td', { class: 'num' }, p.input),
+        h('td', { class: 'num' }, p.output),
+        h('td', {}, h('span', { class: `pill ${p.source === 'sql' ? 'ok' : ''}` }, p.source)),
+        h('td', {}, p.updated_at_ms ? `${fmtTime(p.updated_at_ms / 1000)} (${p.updated_by})` : ''),
+        h('td', { class: 'actions' }, p.source === 'sql'
+            ? h('button', { type: 'button', class: 'small-btn danger-text', 'data-act': 'delete-price', onclick: () => deletePrice(p.model) }, t('delete'))
+            : null)));
+    $('#prices').replaceChildren(h('thead', {}, head), h('tbody', {}, ...rows));
+}
+
+async function deletePrice(model) {
+    if (!(await confirmDialog(t('confirmPriceDelete', { m: model }), t('delete'), t('cancel')))) return;
+    try {
+        await ops({ action: 'delete_price', model });
+        toast(`${t('done')}: ${model}`);
+        loadPrices();
+    } catch (ex) {
+        toast(ex.message, true);
+    }
+}
+
+function eventsSection() {
+    return h('section', { 'aria-labelledby': 'events-title', id: 'events-section' },
+        sectionHead('events-title', t('events'), loadEvents), h('div', { id: 'events' }));
+}
+
+async function loadEvents() {
+    let r;
+    try {
+        r = await ops({ action: 'events' });
+    } catch (ex) {
+        toast(ex.message, true);
+        return;
+    }
+    const d = r.data;
+    const facts = h('dl', { class: 'facts' },
+        h('dt', {}, 'Stream'), h('dd', {}, h('code', {}, d.stream)),
+        h('dt', {}, t('length')), h('dd', { id: 'events-length' }, d.exists ? fmtNum(d.length) : t('noStream')),
+        h('dt', {}, t('lastId')), h('dd', {}, d.last_id || '–'),
+        h('dt', {}, t('outbox')), h('dd', { id: 'events-outbox' }, fmtNum(d.outbox_pending)));
+    const err = d.redis_error ? h('p', { class: 'login-error', role: 'alert' }, d.redis_error) : null;
+    const groups = d.groups.length
+        ? h('div', { class: 'table-wrap' }, h('table', { id: 'event-groups' },
+            h('thead', {}, h('tr', {}, ...['group', 'consumers', 'pending', 'lag', 'lastId'].map((k) => h('th', { scope: 'col' }, t(k))))),
+            h('tbody', {}, ...d.groups.map((g) => h('tr', { 'data-group': g.name },
+                h('th', { scope: 'row' }, g.name), h('td', { class: 'num' }, fmtNum(g.consumers)),
+                h('td', { class: 'num' }, fmtNum(g.pending)), h('td', { class: 'num' }, g.lag === null ? '?' : fmtNum(g.lag)),
+                h('td', {}, g.last_delivered_id))))))
+        : h('p', { class: 'note' }, t('noGroups'));
+    $('#events').replaceChildren(facts, err || '', groups);
+}
+
+function healthSection() {
+    return h('section', { 'aria-labelledby': 'health-title', id: 'health-section' },
+        sectionHead('health-title', t('health'), loadHealth), h('div', { id: 'health' }));
+}
+
+async function loadHealth() {
+    let r;
+    try {
+        r = await ops({ action: 'health' });
+    } catch (ex) {
+        toast(ex.message, true);
+        return;
+    }
+    const d = r.data;
+    if (!d.configured) {
+        $('#health').replaceChildren(h('p', { class: 'note' }, t('noHealth')));
+        return;
+    }
+    $('#health').replaceChildren(h('div', { class: 'table-wrap' }, h('table', { id: 'health-table' },
+        h('thead', {}, h('tr', {}, ...['service', 'state', 'status', 'ms', 'error'].map((k) => h('th', { scope: 'col' }, t(k))))),
+        h('tbody', {}, ...d.services.map((s) => h('tr', { 'data-service': s.name },
+            h('th', { scope: 'row', title: s.url }, s.name),
+            h('td', {}, h('span', { class: `pill ${s.ready ? 'ok' : 'bad'}` }, s.ready ? t('ready') : t('notReady'))),
+            h('td', { class: 'num' }, s.status ? String(s.status) : '–'),
+            h('td', { class: 'num' }, String(s.ms)),
+            h('td', {}, s.error || '')))))));
 }
 
 // ---------------------------------------------------------------------------------------------

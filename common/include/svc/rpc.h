@@ -114,6 +114,16 @@ int svc_rpc_call(struct svc_rpc_client *c, const char *method, const ProtobufCMe
                  const ProtobufCMessageDescriptor *out_desc, ProtobufCMessage **out,
                  const char *request_id, char *err, size_t errlen) SVC_MUST_CHECK;
 
+/*
+ * Blocking GET of an absolute http:// or https:// URL, for worker threads (auth's health action
+ * reading the admin ports' /readyz). *status receives the HTTP status; the body's first
+ * bodylen - 1 bytes are copied to body, NUL-terminated (the rest is read and dropped). Returns 0,
+ * or SVC_EUNAVAIL / SVC_ETIMEDOUT (connect and total bounded by timeout_ms) with the reason in
+ * err. Thread-safe (the thread's own curl handle, as svc_rpc_call).
+ */
+int svc_rpc_get(const char *url, long timeout_ms, long *status, char *body, size_t bodylen,
+                char *err, size_t errlen) SVC_MUST_CHECK;
+
 /* Result of an async call: out is owned by the callee (free it as above) and NULL on error. */
 typedef void (*svc_rpc_done_fn)(int err, ProtobufCMessage *out, const char *errmsg, void *data);
 

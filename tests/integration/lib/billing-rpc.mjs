@@ -21,7 +21,7 @@ export const types = {
     BillingEvent: root.lookupType('chatweb.billing.BillingEvent'),
 };
 const METHODS = ['CreateAccount', 'GetAccount', 'DeleteAccount', 'Reserve', 'Settle', 'Release', 'Recharge',
-    'Adjust', 'Usage'];
+    'Adjust', 'Usage', 'ListPrices', 'SetPrice', 'DeletePrice', 'EventsInfo'];
 for (const m of METHODS) {
     types[`${m}Request`] = root.lookupType(`chatweb.billing.${m}Request`);
     types[`${m}Response`] = root.lookupType(`chatweb.billing.${m}Response`);
