@@ -220,11 +220,14 @@ static void add_account(struct auth_ctx *a, int64_t uid, const char *rid, json_t
         json_object_set_new(data, "balance", json_integer(ac->unlimited ? -1 : ac->balance));
         json_object_set_new(data, "granted", json_integer(ac->unlimited ? -1 : ac->granted));
         json_object_set_new(data, "usage", json_integer(ac->used));
+        /* what replies still in flight (or just ended, not yet settled) hold back */
+        json_object_set_new(data, "held", json_integer(ac->held));
         json_object_set_new(data, "unlimited", json_boolean(ac->unlimited || is_static));
     } else {
         json_object_set_new(data, "balance", is_static ? json_integer(-1) : json_null());
         json_object_set_new(data, "granted", is_static ? json_integer(-1) : json_null());
         json_object_set_new(data, "usage", json_null());
+        json_object_set_new(data, "held", json_null());
         json_object_set_new(data, "unlimited", json_boolean(is_static));
     }
     if (out != NULL)

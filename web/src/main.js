@@ -619,6 +619,12 @@ async function run(c, m) {
     if (activeChat() === c) renderMessages();
     updateComposer();
     await refreshBalance();
+    // The reply's hold is settled just after its last byte: until billing has it, the balance
+    // still lacks the refund of what the reply did not use. Ask again a few times, briefly.
+    for (let i = 0; i < 20 && state.me && state.me.held > 0 && !state.busy; i++) {
+        await new Promise((r) => setTimeout(r, 250));
+        await refreshBalance();
+    }
     if (before !== null && state.me && typeof state.me.balance === 'number' && !state.me.unlimited && before > state.me.balance) {
         m.spent = before - state.me.balance;
         if (activeChat() === c) renderMessages();
