@@ -15,13 +15,19 @@
 /* Streams per HTTP/2 connection we open at most (curl's default is 100); the server's
  * SETTINGS_MAX_CONCURRENT_STREAMS lowers it, and past it curl opens another connection. */
 #define FETCH_H2_MAX_STREAMS 1000L
+/* Connection cache sizes (CURLMOPT_MAXCONNECTS), see svc_fetch_multi_create. */
+#define FETCH_CAPPED_CACHE 1024L
+#define FETCH_UNCAPPED_CACHE (1L << 20)
 
 /*
  * Transfers past a multi's per-host connection cap wait in our own FIFO per host, not in curl's
  * pending list: libcurl 7.88's curl_multi_remove_handle walks that whole list for every transfer
  * that ends, so a burst of 10,000 RPCs queued behind 32 connections cost O(queued) per answer
  * (12.7 % of chat's CPU in a 10,000-stream run, docs/benchmarks.md). Here a transfer is handed
- * to curl only when its host has a free connection, and an ending one lets the next in.
+ * to curl only when its host has a free connection, and an ending one lets the next in. As in
+ * curl's list, the wait does not count against timeout_ms (measured: a burst's billing
+ * Reserves waited up to 30 s there and went through; failing them at 10 s instead refused a
+ * third of a 10,000-stream burst): the timeout starts when curl gets the transfer.
  */
 struct host_q {
     struct host_q *next;
@@ -62,8 +68,6 @@ struct svc_fetch {
     struct host_q *hq;               /* NULL without a per-host cap */
     struct svc_fetch *qprev, *qnext; /* in hq's queue while queued */
     unsigned queued : 1, added : 1;  /* waiting in hq / handed to curl */
-    uint64_t queued_at;              /* ms, for the deadline that counts the wait */
-    long timeout_ms;
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -229,8 +233,6 @@ static void on_pump(struct svc_timer *t, void *data)
     for (struct host_q *hq = m->hosts; hq != NULL; hq = hq->next) {
         while (hq->head != NULL && hq->in_curl < m->max_host) {
             struct svc_fetch *f = hq->head;
-            long left = f->timeout_ms;
-            int err = SVC_OK;
 
             hq->head = f->qnext;
             if (hq->head != NULL)
@@ -239,25 +241,14 @@ static void on_pump(struct svc_timer *t, void *data)
                 hq->tail = NULL;
             f->queued = 0;
             f->qnext = NULL;
-            if (left > 0) {
-                left -= (long)(svc_clock_ms() - f->queued_at);
-                if (left <= 0)
-                    err = SVC_ETIMEDOUT;
-                else
-                    curl_easy_setopt(f->easy, CURLOPT_TIMEOUT_MS, left);
-            }
-            if (err == SVC_OK && curl_multi_add_handle(m->multi, f->easy) != CURLM_OK)
-                err = SVC_ENOMEM;
-            if (err == SVC_OK) {
+            if (curl_multi_add_handle(m->multi, f->easy) == CURLM_OK) {
                 f->added = 1;
                 hq->in_curl++;
                 continue;
             }
             if (f->cb.on_done != NULL)
-                f->cb.on_done(f, err, 0, f->stream ? NULL : "", 0,
-                              err == SVC_ETIMEDOUT ? "timed out waiting for a connection"
-                                                   : "cannot start the transfer",
-                              f->ud);
+                f->cb.on_done(f, SVC_ENOMEM, 0, f->stream ? NULL : "", 0,
+                              "cannot start the transfer", f->ud);
             fetch_free(f);
         }
     }
@@ -287,7 +278,16 @@ struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop, long max_h
     curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
     curl_multi_setopt(m->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host_connections);
-    curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, 1024L);
+    /* The connection cache counts busy connections too, and once it holds more than its size
+     * each connection given back runs Curl_conncache_extract_oldest, which walks every connection
+     * of the multi (9.4 % of chat's CPU at 10,000 streams with 1,024 here). A capped multi never
+     * holds more than FETCH_CAPPED_CACHE; an uncapped one (upstream streams) gets a size it
+     * never reaches: its idle connections are bounded anyway, since transfers started past
+     * 1,024 open use fresh_connection and are not cached. Not curl's default (4 per transfer in
+     * progress): it closes keep-alive RPC connections whenever the load dips, and a burst then
+     * reconnects. */
+    curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS,
+                      m->max_host > 0 ? FETCH_CAPPED_CACHE : FETCH_UNCAPPED_CACHE);
     /* HTTP/2: many transfers per connection (curl's default since 7.62, stated here because the
      * upstream's shared connections rest on it), up to FETCH_H2_MAX_STREAMS each. */
     curl_multi_setopt(m->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
@@ -498,12 +498,10 @@ struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fe
     }
     if (req->method != NULL && strcmp(req->method, req->body != NULL ? "POST" : "GET") != 0)
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
-    f->timeout_ms = req->timeout_ms;
     if (m->max_host > 0 && (f->hq = host_get(m, req->url)) == NULL)
         goto fail;
     if (f->hq != NULL && (f->hq->in_curl >= m->max_host || f->hq->head != NULL)) {
         f->queued = 1; /* on_pump hands it to curl when a connection is free */
-        f->queued_at = svc_clock_ms();
         f->qprev = f->hq->tail;
         if (f->hq->tail != NULL)
             f->hq->tail->qnext = f;
