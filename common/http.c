@@ -48,6 +48,9 @@
 #define SHARD_MAX_DAEMONS 512 /* per loop; past it connections go to the least loaded */
 /* Connections accepted per wake-up of a loop, so that one loop does not take a whole burst. */
 #define ACCEPT_BATCH 64
+/* Out of descriptors, a loop stops watching the listening socket this long: it stays readable,
+ * and retrying at once would spin (and log) until a descriptor frees. */
+#define ACCEPT_PAUSE_MS 100
 
 struct loop_shard;
 
@@ -65,7 +68,9 @@ struct daemon_slot {
 struct loop_shard {
     struct svc_http_server *srv;
     struct svc_loop *loop;
-    struct svc_io *accept_io; /* the shared listening socket, EPOLLEXCLUSIVE */
+    struct svc_io *accept_io;       /* the shared listening socket, EPOLLEXCLUSIVE */
+    struct svc_timer *accept_pause; /* out of descriptors: accepting resumes when it fires */
+    int stopped;                    /* quiesced: accepting never resumes */
     struct daemon_slot **slots;
     unsigned nslots, capslots;
 };
@@ -825,6 +830,21 @@ static struct daemon_slot *shard_pick(struct loop_shard *sh)
     return best;
 }
 
+static void on_accept(struct svc_io *io, int fd, uint32_t events, void *data);
+
+static void on_accept_pause(struct svc_timer *t, void *data)
+{
+    struct loop_shard *sh = data;
+
+    (void)t;
+    if (sh->stopped || sh->accept_io != NULL)
+        return;
+    sh->accept_io = svc_io_add(sh->loop, sh->srv->listen_fd, EPOLLIN | EPOLLEXCLUSIVE, on_accept,
+                               sh);
+    if (sh->accept_io == NULL && svc_timer_start(sh->accept_pause, ACCEPT_PAUSE_MS) != SVC_OK)
+        SVC_LOG_ERR(NULL, "http", "cannot watch the listening socket again");
+}
+
 static void on_accept(struct svc_io *io, int fd, uint32_t events, void *data)
 {
     struct loop_shard *sh = data;
@@ -839,9 +859,14 @@ static void on_accept(struct svc_io *io, int fd, uint32_t events, void *data)
         int cfd = accept4(fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
         if (cfd < 0) {
-            if (errno == EMFILE || errno == ENFILE)
-                SVC_LOG_WARN(NULL, "http", "cannot accept a connection: %s", strerror(errno));
-            return; /* EAGAIN (another loop took it), or retried on the next wake-up */
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                SVC_LOG_WARN(NULL, "http", "cannot accept a connection (%s): pausing for %d ms",
+                             strerror(errno), ACCEPT_PAUSE_MS);
+                svc_io_del(&sh->accept_io);
+                if (svc_timer_start(sh->accept_pause, ACCEPT_PAUSE_MS) != SVC_OK)
+                    SVC_LOG_ERR(NULL, "http", "cannot schedule accepting again");
+            }
+            return; /* EAGAIN: another loop took it */
         }
         if (atomic_load(&srv->conns) >= (long)srv->opts.max_connections ||
             (slot = shard_pick(sh)) == NULL) {
@@ -982,9 +1007,10 @@ int svc_http_server_create(struct svc_http_server **out, const struct svc_http_o
         struct loop_shard *sh = &srv->shards[i];
         sh->srv = srv;
         sh->loop = opts->loops[i];
+        sh->accept_pause = svc_timer_create(sh->loop, on_accept_pause, sh);
         /* Every loop accepts; EPOLLEXCLUSIVE wakes one of them per new connection. The first
          * daemon is started here so that a daemon that cannot start fails the start. */
-        if (shard_grow(sh) == NULL ||
+        if (sh->accept_pause == NULL || shard_grow(sh) == NULL ||
             (sh->accept_io = svc_io_add(sh->loop, srv->listen_fd, EPOLLIN | EPOLLEXCLUSIVE,
                                         on_accept, sh)) == NULL) {
             snprintf(err, errlen, "cannot start the HTTP daemon on %s", opts->addr);
@@ -1015,6 +1041,8 @@ static void quiesce_shard(struct svc_loop *loop, void *data)
     struct loop_shard *sh = data;
 
     (void)loop;
+    sh->stopped = 1;
+    svc_timer_stop(sh->accept_pause);
     svc_io_del(&sh->accept_io);
 }
 
@@ -1039,6 +1067,7 @@ void svc_http_server_destroy(struct svc_http_server **srvp)
     for (unsigned i = 0; srv->shards != NULL && i < srv->nshards; i++) {
         struct loop_shard *sh = &srv->shards[i];
         svc_io_del(&sh->accept_io);
+        svc_timer_destroy(&sh->accept_pause);
         for (unsigned j = 0; j < sh->nslots; j++)
             slot_free(&sh->slots[j]);
         free(sh->slots);

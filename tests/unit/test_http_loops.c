@@ -7,12 +7,21 @@
  *    SHARD_CONNS), then every stream is written and resumed ROUNDS times and ended; a tenth of
  *    them are cancelled by the client after their first piece. Every other stream must receive
  *    exactly its pieces in order, and the server must see every cancelled one end.
+ *  - out of descriptors: a connection that arrives while accept4 fails with EMFILE is served once
+ *    descriptors free up (the loop pauses accepting instead of spinning on a readable socket).
  *  - the per-host cap: QUEUED buffered calls through a multi capped at CAP connections per host
  *    all complete, the server never has more than CAP requests at once, calls cancelled while
  *    waiting never call back, and the wait for a connection does not count against timeout_ms.
  */
 
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -337,6 +346,48 @@ static void test_host_queue(int port)
     svc_fetch_multi_destroy(&m);
 }
 
+static void test_emfile_recovers(int port)
+{
+    struct sockaddr_in sa = {0};
+    struct timeval tv = {5, 0};
+    static int fill[1024];
+    struct rlimit saved, low;
+    struct timespec ts = {0, 30 * 1000 * 1000};
+    int nfill = 0, c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const char rq[] = "GET /slow/emfile HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    char buf[512];
+    ssize_t n;
+
+    T_ASSERT(c >= 0);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    T_EQ_INT(setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+    /* Take every free descriptor under a soft limit of 1,024: the server's accept4 then fails
+     * with EMFILE, until they are given back. */
+    T_EQ_INT(getrlimit(RLIMIT_NOFILE, &saved), 0);
+    low = saved;
+    if (low.rlim_cur > 1024)
+        low.rlim_cur = 1024;
+    T_EQ_INT(setrlimit(RLIMIT_NOFILE, &low), 0);
+    while (nfill < (int)(sizeof(fill) / sizeof(fill[0])) &&
+           (fill[nfill] = fcntl(c, F_DUPFD_CLOEXEC, 0)) >= 0)
+        nfill++;
+    T_EQ_INT(errno, EMFILE);
+    T_EQ_INT(connect(c, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    T_EQ_INT(send(c, rq, sizeof(rq) - 1, MSG_NOSIGNAL), (long)(sizeof(rq) - 1));
+    nanosleep(&ts, NULL); /* the server tries, fails and pauses */
+    while (nfill > 0)
+        close(fill[--nfill]);
+    T_EQ_INT(setrlimit(RLIMIT_NOFILE, &saved), 0);
+    n = recv(c, buf, sizeof(buf) - 1, MSG_WAITALL);
+    T_ASSERT(n > 12);
+    buf[n] = '\0';
+    T_ASSERT(strncmp(buf, "HTTP/1.1 200", 12) == 0);
+    T_ASSERT(strstr(buf, "/slow/emfile") != NULL);
+    close(c);
+}
+
 int main(void)
 {
     struct svc_http_server *srv = NULL;
@@ -362,6 +413,7 @@ int main(void)
 
     T_RUN_ARG(test_many_streams, svc_http_server_port(srv));
     T_RUN_ARG(test_host_queue, svc_http_server_port(srv));
+    T_RUN_ARG(test_emfile_recovers, svc_http_server_port(srv));
 
     T_EQ_INT(svc_loop_post(sloop, stop_loop, NULL), SVC_OK);
     T_EQ_INT(pthread_join(th, NULL), 0);
