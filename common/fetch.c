@@ -15,9 +15,32 @@
 /* Streams per HTTP/2 connection we open at most (curl's default is 100); the server's
  * SETTINGS_MAX_CONCURRENT_STREAMS lowers it, and past it curl opens another connection. */
 #define FETCH_H2_MAX_STREAMS 1000L
+/* Connection cache sizes (CURLMOPT_MAXCONNECTS), see svc_fetch_multi_create. */
+#define FETCH_CAPPED_CACHE 1024L
+#define FETCH_UNCAPPED_CACHE (1L << 20)
+
+/*
+ * Transfers past a multi's per-host connection cap wait in our own FIFO per host, not in curl's
+ * pending list: libcurl 7.88's curl_multi_remove_handle walks that whole list for every transfer
+ * that ends, so a burst of 10,000 RPCs queued behind 32 connections cost O(queued) per answer
+ * (12.7 % of chat's CPU in a 10,000-stream run, docs/benchmarks.md). Here a transfer is handed
+ * to curl only when its host has a free connection, and an ending one lets the next in. As in
+ * curl's list, the wait does not count against timeout_ms (measured: a burst's billing
+ * Reserves waited up to 30 s there and went through; failing them at 10 s instead refused a
+ * third of a 10,000-stream burst): the timeout starts when curl gets the transfer.
+ */
+struct host_q {
+    struct host_q *next;
+    long in_curl;                  /* transfers of this host inside curl */
+    struct svc_fetch *head, *tail; /* waiting, oldest first */
+    char origin[];                 /* scheme://host:port of the URL */
+};
 
 struct svc_fetch_multi {
     struct svc_loop *loop;
+    long max_host;          /* the per-host cap; 0 = none, and no queues */
+    struct host_q *hosts;   /* a handful: one per peer */
+    struct svc_timer *pump; /* hands waiting transfers to curl, outside any callback */
     CURLM *multi;
     CURLSH *share; /* TLS sessions and DNS, for every transfer of this multi (one thread) */
     struct svc_timer *timer;
@@ -42,13 +65,30 @@ struct svc_fetch {
     uint64_t idle_ms;
     int data_err;
     long status;
+    struct host_q *hq;               /* NULL without a per-host cap */
+    struct svc_fetch *qprev, *qnext; /* in hq's queue while queued */
+    unsigned queued : 1, added : 1;  /* waiting in hq / handed to curl */
     char errbuf[CURL_ERROR_SIZE];
 };
 
 static void fetch_free(struct svc_fetch *f)
 {
     svc_timer_destroy(&f->idle);
-    curl_multi_remove_handle(f->m->multi, f->easy);
+    if (f->queued) {
+        if (f->qprev != NULL)
+            f->qprev->qnext = f->qnext;
+        else
+            f->hq->head = f->qnext;
+        if (f->qnext != NULL)
+            f->qnext->qprev = f->qprev;
+        else
+            f->hq->tail = f->qprev;
+    } else if (f->added) {
+        curl_multi_remove_handle(f->m->multi, f->easy);
+        if (f->hq != NULL && --f->hq->in_curl < f->m->max_host && f->hq->head != NULL &&
+            svc_timer_start(f->m->pump, 0) != SVC_OK)
+            SVC_LOG_ERR(NULL, "fetch", "cannot schedule the transfers waiting for a connection");
+    }
     curl_easy_cleanup(f->easy);
     curl_slist_free_all(f->headers);
     free(f->body);
@@ -166,6 +206,54 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
     return svc_timer_start(m->timer, (uint64_t)timeout_ms) == SVC_OK ? 0 : -1;
 }
 
+/* The waiting queue of the URL's origin, made on first use. NULL when out of memory. */
+static struct host_q *host_get(struct svc_fetch_multi *m, const char *url)
+{
+    const char *p = strstr(url, "://");
+    size_t n = p != NULL ? (size_t)(p + 3 - url) + strcspn(p + 3, "/?#") : strlen(url);
+    struct host_q *hq;
+
+    for (hq = m->hosts; hq != NULL; hq = hq->next)
+        if (strncmp(hq->origin, url, n) == 0 && hq->origin[n] == '\0')
+            return hq;
+    hq = calloc(1, sizeof(*hq) + n + 1);
+    if (hq == NULL)
+        return NULL;
+    memcpy(hq->origin, url, n);
+    hq->next = m->hosts;
+    m->hosts = hq;
+    return hq;
+}
+
+static void on_pump(struct svc_timer *t, void *data)
+{
+    struct svc_fetch_multi *m = data;
+
+    (void)t;
+    for (struct host_q *hq = m->hosts; hq != NULL; hq = hq->next) {
+        while (hq->head != NULL && hq->in_curl < m->max_host) {
+            struct svc_fetch *f = hq->head;
+
+            hq->head = f->qnext;
+            if (hq->head != NULL)
+                hq->head->qprev = NULL;
+            else
+                hq->tail = NULL;
+            f->queued = 0;
+            f->qnext = NULL;
+            if (curl_multi_add_handle(m->multi, f->easy) == CURLM_OK) {
+                f->added = 1;
+                hq->in_curl++;
+                continue;
+            }
+            if (f->cb.on_done != NULL)
+                f->cb.on_done(f, SVC_ENOMEM, 0, f->stream ? NULL : "", 0,
+                              "cannot start the transfer", f->ud);
+            fetch_free(f);
+        }
+    }
+}
+
 struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop, long max_host_connections)
 {
     struct svc_fetch_multi *m = calloc(1, sizeof(*m));
@@ -177,7 +265,9 @@ struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop, long max_h
     m->multi = curl_multi_init();
     m->share = curl_share_init();
     m->timer = svc_timer_create(loop, on_timer, m);
-    if (m->multi == NULL || m->share == NULL || m->timer == NULL ||
+    m->pump = svc_timer_create(loop, on_pump, m);
+    m->max_host = max_host_connections > 0 ? max_host_connections : 0;
+    if (m->multi == NULL || m->share == NULL || m->timer == NULL || m->pump == NULL ||
         curl_share_setopt(m->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK ||
         curl_share_setopt(m->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) != CURLSHE_OK) {
         svc_fetch_multi_destroy(&m);
@@ -188,7 +278,16 @@ struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop, long max_h
     curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
     curl_multi_setopt(m->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host_connections);
-    curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, 1024L);
+    /* The connection cache counts busy connections too, and once it holds more than its size
+     * each connection given back runs Curl_conncache_extract_oldest, which walks every connection
+     * of the multi (9.4 % of chat's CPU at 10,000 streams with 1,024 here). A capped multi never
+     * holds more than FETCH_CAPPED_CACHE; an uncapped one (upstream streams) gets a size it
+     * never reaches: its idle connections are bounded anyway, since transfers started past
+     * 1,024 open use fresh_connection and are not cached. Not curl's default (4 per transfer in
+     * progress): it closes keep-alive RPC connections whenever the load dips, and a burst then
+     * reconnects. */
+    curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS,
+                      m->max_host > 0 ? FETCH_CAPPED_CACHE : FETCH_UNCAPPED_CACHE);
     /* HTTP/2: many transfers per connection (curl's default since 7.62, stated here because the
      * upstream's shared connections rest on it), up to FETCH_H2_MAX_STREAMS each. */
     curl_multi_setopt(m->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
@@ -213,6 +312,12 @@ void svc_fetch_multi_destroy(struct svc_fetch_multi **mp)
     if (m->share != NULL) /* after every easy handle that used it is gone */
         curl_share_cleanup(m->share);
     svc_timer_destroy(&m->timer);
+    svc_timer_destroy(&m->pump);
+    while (m->hosts != NULL) {
+        struct host_q *hq = m->hosts;
+        m->hosts = hq->next;
+        free(hq);
+    }
     free(m);
     *mp = NULL;
 }
@@ -393,8 +498,23 @@ struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fe
     }
     if (req->method != NULL && strcmp(req->method, req->body != NULL ? "POST" : "GET") != 0)
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
-    if (curl_multi_add_handle(m->multi, e) != CURLM_OK)
+    if (m->max_host > 0 && (f->hq = host_get(m, req->url)) == NULL)
         goto fail;
+    if (f->hq != NULL && (f->hq->in_curl >= m->max_host || f->hq->head != NULL)) {
+        f->queued = 1; /* on_pump hands it to curl when a connection is free */
+        f->qprev = f->hq->tail;
+        if (f->hq->tail != NULL)
+            f->hq->tail->qnext = f;
+        else
+            f->hq->head = f;
+        f->hq->tail = f;
+    } else {
+        if (curl_multi_add_handle(m->multi, e) != CURLM_OK)
+            goto fail;
+        f->added = 1;
+        if (f->hq != NULL)
+            f->hq->in_curl++;
+    }
     m->active++;
     f->next = m->all;
     if (m->all != NULL)
@@ -424,7 +544,7 @@ void svc_fetch_cancel(struct svc_fetch **fp)
         f->cb.on_cancel(f->ud);
     /* Inside curl's own callbacks the handle cannot be removed; on_write returns 0 instead and
      * check_done frees it when curl reports the transfer finished. */
-    if (f->m->in_action == 0) {
+    if (f->m->in_action == 0 || f->queued) { /* a queued one is not curl's yet */
         fetch_free(f);
     } else {
         svc_timer_stop(f->idle); /* its on_done must not run for a cancelled fetch */

@@ -35,12 +35,44 @@
  * stream's objects are written as they come, not in bulk (docs/benchmarks.md). */
 #define STREAM_BLOCK 4096
 
+/*
+ * LOOPS mode shards each loop's connections over several MHD daemons (docs/http.md "Shards").
+ * libmicrohttpd 0.9.75 walks every suspended connection of a daemon in each MHD_run that follows
+ * a resume (resume_suspended_connections), and a stream is suspended between its chunks: one
+ * daemon per loop made every chunk cost O(open streams). A new connection goes to the loop's
+ * daemon with the fewest; another daemon is started once all hold SHARD_CONNS, so a walk is at
+ * most about SHARD_CONNS long whatever the number open. Each daemon costs two descriptors (its
+ * epoll fd and its eventfd) and about 2 KiB.
+ */
+#define SHARD_CONNS 128
+#define SHARD_MAX_DAEMONS 512 /* per loop; past it connections go to the least loaded */
+/* Connections accepted per wake-up of a loop, so that one loop does not take a whole burst. */
+#define ACCEPT_BATCH 64
+/* Out of descriptors, a loop stops watching the listening socket this long: it stays readable,
+ * and retrying at once would spin (and log) until a descriptor frees. */
+#define ACCEPT_PAUSE_MS 100
+
+struct loop_shard;
+
 struct daemon_slot {
     struct svc_http_server *srv;
+    struct loop_shard *shard; /* NULL in POOL mode */
     struct MHD_Daemon *d;
     struct svc_loop *loop; /* NULL in POOL mode */
     struct svc_io *io;     /* MHD's epoll fd inside our loop */
     struct svc_timer *timer;
+    unsigned conns; /* LOOPS: connections this daemon holds (its loop's thread only) */
+};
+
+/* The daemons of one loop (LOOPS mode). Touched only by that loop's thread once it runs. */
+struct loop_shard {
+    struct svc_http_server *srv;
+    struct svc_loop *loop;
+    struct svc_io *accept_io;       /* the shared listening socket, EPOLLEXCLUSIVE */
+    struct svc_timer *accept_pause; /* out of descriptors: accepting resumes when it fires */
+    int stopped;                    /* quiesced: accepting never resumes */
+    struct daemon_slot **slots;
+    unsigned nslots, capslots;
 };
 
 struct svc_http_server {
@@ -49,8 +81,10 @@ struct svc_http_server {
     size_t nroutes;
     int listen_fd;
     int port;
-    struct daemon_slot *slots;
-    unsigned nslots;
+    struct daemon_slot *pool_slot; /* POOL mode: MHD accepts and runs its own threads */
+    struct loop_shard *shards;     /* LOOPS mode: one per loop */
+    unsigned nshards;
+    atomic_long conns; /* LOOPS: open client connections, every loop */
     atomic_long inflight;
     atomic_int quiesced;
 };
@@ -709,6 +743,146 @@ static void on_slot_timer(struct svc_timer *t, void *data)
     slot_run(data);
 }
 
+/* MHD_OPTION_NOTIFY_CONNECTION (LOOPS mode): counts the connections of each daemon. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    struct daemon_slot *slot = cls;
+
+    (void)conn;
+    (void)socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        slot->conns++;
+        atomic_fetch_add(&slot->srv->conns, 1);
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        slot->conns--;
+        atomic_fetch_sub(&slot->srv->conns, 1);
+    }
+}
+
+static struct MHD_Daemon *start_daemon(struct daemon_slot *slot, unsigned flags, unsigned threads);
+
+static void slot_free(struct daemon_slot **slotp)
+{
+    struct daemon_slot *slot = *slotp;
+
+    if (slot == NULL)
+        return;
+    if (slot->d != NULL) {
+        /* A daemon with the listening socket gives it back first: it is closed once, by us. */
+        if (slot->shard == NULL)
+            MHD_quiesce_daemon(slot->d);
+        MHD_stop_daemon(slot->d);
+    }
+    svc_io_del(&slot->io);
+    svc_timer_destroy(&slot->timer);
+    free(slot);
+    *slotp = NULL;
+}
+
+/* Starts one more daemon in a loop; NULL when it cannot (the caller uses the others). */
+static struct daemon_slot *shard_grow(struct loop_shard *sh)
+{
+    struct daemon_slot *slot;
+    const union MHD_DaemonInfo *di;
+
+    if (sh->nslots == sh->capslots) {
+        unsigned cap = sh->capslots ? sh->capslots * 2 : 8;
+        struct daemon_slot **v = realloc(sh->slots, cap * sizeof(*v));
+        if (v == NULL)
+            return NULL;
+        sh->slots = v;
+        sh->capslots = cap;
+    }
+    slot = calloc(1, sizeof(*slot));
+    if (slot == NULL)
+        return NULL;
+    slot->srv = sh->srv;
+    slot->shard = sh;
+    slot->loop = sh->loop;
+    slot->d =
+        start_daemon(slot, MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_NO_LISTEN_SOCKET, 1);
+    di = slot->d != NULL ? MHD_get_daemon_info(slot->d, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
+    if (di != NULL) {
+        slot->timer = svc_timer_create(slot->loop, on_slot_timer, slot);
+        slot->io = svc_io_add(slot->loop, di->epoll_fd, EPOLLIN, on_slot_io, slot);
+    }
+    if (di == NULL || slot->timer == NULL || slot->io == NULL) {
+        slot_free(&slot);
+        return NULL;
+    }
+    sh->slots[sh->nslots++] = slot;
+    return slot;
+}
+
+/* The daemon a new connection goes to: the least loaded, or a new one when all are full. The
+ * scan is over daemons (one per SHARD_CONNS connections), not connections. */
+static struct daemon_slot *shard_pick(struct loop_shard *sh)
+{
+    struct daemon_slot *best = NULL, *grown;
+
+    for (unsigned i = 0; i < sh->nslots; i++)
+        if (best == NULL || sh->slots[i]->conns < best->conns)
+            best = sh->slots[i];
+    if ((best == NULL || best->conns >= SHARD_CONNS) && sh->nslots < SHARD_MAX_DAEMONS &&
+        (grown = shard_grow(sh)) != NULL)
+        return grown;
+    return best;
+}
+
+static void on_accept(struct svc_io *io, int fd, uint32_t events, void *data);
+
+static void on_accept_pause(struct svc_timer *t, void *data)
+{
+    struct loop_shard *sh = data;
+
+    (void)t;
+    if (sh->stopped || sh->accept_io != NULL)
+        return;
+    sh->accept_io = svc_io_add(sh->loop, sh->srv->listen_fd, EPOLLIN | EPOLLEXCLUSIVE, on_accept,
+                               sh);
+    if (sh->accept_io == NULL && svc_timer_start(sh->accept_pause, ACCEPT_PAUSE_MS) != SVC_OK)
+        SVC_LOG_ERR(NULL, "http", "cannot watch the listening socket again");
+}
+
+static void on_accept(struct svc_io *io, int fd, uint32_t events, void *data)
+{
+    struct loop_shard *sh = data;
+    struct svc_http_server *srv = sh->srv;
+
+    (void)io;
+    (void)events;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        struct daemon_slot *slot;
+        int cfd = accept4(fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (cfd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                SVC_LOG_WARN(NULL, "http", "cannot accept a connection (%s): pausing for %d ms",
+                             strerror(errno), ACCEPT_PAUSE_MS);
+                svc_io_del(&sh->accept_io);
+                if (svc_timer_start(sh->accept_pause, ACCEPT_PAUSE_MS) != SVC_OK)
+                    SVC_LOG_ERR(NULL, "http", "cannot schedule accepting again");
+            }
+            return; /* EAGAIN: another loop took it */
+        }
+        if (atomic_load(&srv->conns) >= (long)srv->opts.max_connections ||
+            (slot = shard_pick(sh)) == NULL) {
+            SVC_LOG_WARN(NULL, "http", "connection refused: %ld open (HTTP_MAX_CONNECTIONS %u)",
+                         atomic_load(&srv->conns), srv->opts.max_connections);
+            close(cfd);
+            continue;
+        }
+        /* MHD closes the socket itself when it cannot take it. */
+        if (MHD_add_connection(slot->d, cfd, (struct sockaddr *)&ss, sl) != MHD_YES)
+            SVC_LOG_WARN(NULL, "http", "the HTTP daemon refused a connection: %s", strerror(errno));
+        else if (svc_timer_start(slot->timer, 0) != SVC_OK)
+            SVC_LOG_ERR(NULL, "http", "cannot schedule the daemon for a new connection");
+    }
+}
+
 /* ---- listening socket ---- */
 
 static int listen_on(const char *addr, int *fd_out, int *port_out, char *err, size_t errlen)
@@ -764,8 +938,10 @@ static struct MHD_Daemon *start_daemon(struct daemon_slot *slot, unsigned flags,
     struct svc_http_server *srv = slot->srv;
     const struct svc_http_opts *o = &srv->opts;
     struct MHD_OptionItem ops[] = {
-        {MHD_OPTION_LISTEN_SOCKET, srv->listen_fd, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, slot},
+        {slot->shard != NULL ? MHD_OPTION_NOTIFY_CONNECTION : MHD_OPTION_LISTEN_SOCKET,
+         slot->shard != NULL ? (intptr_t)on_connection : srv->listen_fd,
+         slot->shard != NULL ? slot : NULL},
         {MHD_OPTION_CONNECTION_TIMEOUT, o->idle_timeout, NULL},
         {MHD_OPTION_CONNECTION_LIMIT, o->max_connections, NULL},
         {MHD_OPTION_CONNECTION_MEMORY_LIMIT, o->max_header, NULL},
@@ -803,34 +979,40 @@ int svc_http_server_create(struct svc_http_server **out, const struct svc_http_o
     if (rc != SVC_OK)
         goto fail;
 
-    srv->nslots = opts->mode == SVC_HTTP_LOOPS ? opts->nloops : 1;
-    srv->slots = calloc(srv->nslots, sizeof(*srv->slots));
-    if (srv->slots == NULL) {
+    if (opts->mode == SVC_HTTP_POOL) {
+        srv->pool_slot = calloc(1, sizeof(*srv->pool_slot));
+        if (srv->pool_slot == NULL) {
+            rc = SVC_ENOMEM;
+            goto fail;
+        }
+        srv->pool_slot->srv = srv;
+        srv->pool_slot->d =
+            start_daemon(srv->pool_slot, MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ITC,
+                         opts->threads ? opts->threads : 2);
+        if (srv->pool_slot->d == NULL) {
+            snprintf(err, errlen, "cannot start the HTTP daemon on %s", opts->addr);
+            rc = SVC_EIO;
+            goto fail;
+        }
+        *out = srv;
+        return SVC_OK;
+    }
+    srv->shards = calloc(opts->nloops, sizeof(*srv->shards));
+    if (srv->shards == NULL) {
         rc = SVC_ENOMEM;
         goto fail;
     }
-    for (unsigned i = 0; i < srv->nslots; i++) {
-        struct daemon_slot *slot = &srv->slots[i];
-        slot->srv = srv;
-        if (opts->mode == SVC_HTTP_POOL) {
-            slot->d = start_daemon(slot, MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ITC,
-                                   opts->threads ? opts->threads : 2);
-        } else {
-            const union MHD_DaemonInfo *di;
-            slot->loop = opts->loops[i];
-            slot->d = start_daemon(slot, MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME, 1);
-            di = slot->d ? MHD_get_daemon_info(slot->d, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
-            if (di != NULL) {
-                slot->timer = svc_timer_create(slot->loop, on_slot_timer, slot);
-                slot->io = svc_io_add(slot->loop, di->epoll_fd, EPOLLIN, on_slot_io, slot);
-            }
-            if (di == NULL || slot->timer == NULL || slot->io == NULL) {
-                if (slot->d != NULL)
-                    MHD_stop_daemon(slot->d);
-                slot->d = NULL;
-            }
-        }
-        if (slot->d == NULL) {
+    srv->nshards = opts->nloops;
+    for (unsigned i = 0; i < srv->nshards; i++) {
+        struct loop_shard *sh = &srv->shards[i];
+        sh->srv = srv;
+        sh->loop = opts->loops[i];
+        sh->accept_pause = svc_timer_create(sh->loop, on_accept_pause, sh);
+        /* Every loop accepts; EPOLLEXCLUSIVE wakes one of them per new connection. The first
+         * daemon is started here so that a daemon that cannot start fails the start. */
+        if (sh->accept_pause == NULL || shard_grow(sh) == NULL ||
+            (sh->accept_io = svc_io_add(sh->loop, srv->listen_fd, EPOLLIN | EPOLLEXCLUSIVE,
+                                        on_accept, sh)) == NULL) {
             snprintf(err, errlen, "cannot start the HTTP daemon on %s", opts->addr);
             rc = SVC_EIO;
             goto fail;
@@ -853,26 +1035,26 @@ long svc_http_server_inflight(const struct svc_http_server *srv)
     return atomic_load(&srv->inflight);
 }
 
-static void quiesce_slot(struct svc_loop *loop, void *data)
+/* Stops accepting on one loop (on that loop's thread: the watcher is its). */
+static void quiesce_shard(struct svc_loop *loop, void *data)
 {
-    struct daemon_slot *slot = data;
+    struct loop_shard *sh = data;
 
     (void)loop;
-    MHD_quiesce_daemon(slot->d);
+    sh->stopped = 1;
+    svc_timer_stop(sh->accept_pause);
+    svc_io_del(&sh->accept_io);
 }
 
 void svc_http_server_quiesce(struct svc_http_server *srv)
 {
     if (atomic_exchange(&srv->quiesced, 1))
         return;
-    for (unsigned i = 0; i < srv->nslots; i++) {
-        struct daemon_slot *slot = &srv->slots[i];
-        if (slot->d == NULL)
-            continue;
-        /* In LOOPS mode the daemon belongs to its loop thread. */
-        if (slot->loop == NULL || svc_loop_post(slot->loop, quiesce_slot, slot) != SVC_OK)
-            MHD_quiesce_daemon(slot->d);
-    }
+    if (srv->pool_slot != NULL && srv->pool_slot->d != NULL)
+        MHD_quiesce_daemon(srv->pool_slot->d);
+    for (unsigned i = 0; i < srv->nshards; i++)
+        if (svc_loop_post(srv->shards[i].loop, quiesce_shard, &srv->shards[i]) != SVC_OK)
+            SVC_LOG_ERR(NULL, "http", "cannot stop accepting on loop %u", i);
 }
 
 void svc_http_server_destroy(struct svc_http_server **srvp)
@@ -881,17 +1063,16 @@ void svc_http_server_destroy(struct svc_http_server **srvp)
 
     if (srv == NULL)
         return;
-    for (unsigned i = 0; srv->slots != NULL && i < srv->nslots; i++) {
-        struct daemon_slot *slot = &srv->slots[i];
-        if (slot->d != NULL) {
-            /* Quiesce first: the listening socket is shared and closed once, below. */
-            MHD_quiesce_daemon(slot->d);
-            MHD_stop_daemon(slot->d);
-        }
-        svc_io_del(&slot->io);
-        svc_timer_destroy(&slot->timer);
+    slot_free(&srv->pool_slot);
+    for (unsigned i = 0; srv->shards != NULL && i < srv->nshards; i++) {
+        struct loop_shard *sh = &srv->shards[i];
+        svc_io_del(&sh->accept_io);
+        svc_timer_destroy(&sh->accept_pause);
+        for (unsigned j = 0; j < sh->nslots; j++)
+            slot_free(&sh->slots[j]);
+        free(sh->slots);
     }
-    free(srv->slots);
+    free(srv->shards);
     if (srv->listen_fd >= 0)
         close(srv->listen_fd);
     free(srv);

@@ -45,6 +45,11 @@ const HELP = `usage: bench/streams [options]
                         h2c     cleartext HTTP/2 with prior knowledge for chat
                                 (OPENAI_HTTP2=prior-knowledge); nginx HTTP/1.1 to the same port
   --h2-max-streams S  the fake's SETTINGS_MAX_CONCURRENT_STREAMS (default 1000)
+  --scale             the scaling check of issue 9: runs this benchmark twice, N = 1,000 (all at
+                      once) and N = 10,000 opened over one second (--rate 10000), each with nginx
+                      beside chat, then prints CPU per stream and TTFB at both sizes with the
+                      targets (10k/1k CPU ratio <= 1.5, TTFB p99 <= 1 s, CPU <= 1.5x nginx,
+                      descriptors per stream). --streams and --rate are ignored with it
   --no-nginx          skip the nginx reference
   --no-chat           skip chat (only the nginx reference)
   --json FILE         also write every figure as JSON to FILE
@@ -65,6 +70,7 @@ const { values: opt } = parseArgs({
         upstream: { type: 'string', default: 'plain' },
         'h2-max-streams': { type: 'string', default: '1000' },
         'no-nginx': { type: 'boolean', default: false },
+        scale: { type: 'boolean', default: false },
         'no-chat': { type: 'boolean', default: false },
         json: { type: 'string' },
         keep: { type: 'boolean', default: false },
@@ -109,6 +115,17 @@ const SAMPLE_MS = 200;
 
 const log = (s) => process.stderr.write(`[streams] ${s}\n`);
 
+/** Descriptors open in these processes now (sampled: the peak can be missed by up to 200 ms). */
+function openFds(pids) {
+    let n = 0;
+    for (const p of pids) {
+        try {
+            n += fs.readdirSync(`/proc/${p}/fd`).length;
+        } catch { /* gone */ }
+    }
+    return n;
+}
+
 function resetPeak(pid) {
     // Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0).
     try {
@@ -143,7 +160,8 @@ async function measure({ label, pids, auxPids = [], fakePid, fakeStatsUrl, gauge
     const procs0 = allProcCpu();
     const load0 = loadAverage();
 
-    const s = { rssMax: 0, gaugeMax: 0, fakeOpenMax: 0, rssAtGaugeMax: 0, samples: 0 };
+    const idleFds = openFds(pids());
+    const s = { rssMax: 0, gaugeMax: 0, fakeOpenMax: 0, rssAtGaugeMax: 0, samples: 0, fdMax: 0 };
     const smp = sampler(async () => {
         const st = groupStatus(pids());
         const g = gauge ? await gauge() : NaN;
@@ -152,6 +170,8 @@ async function measure({ label, pids, auxPids = [], fakePid, fakeStatsUrl, gauge
             fo = JSON.parse(await get(fakeStatsUrl, 1000)).open_streams;
         } catch { /* busy: skip this sample */ }
         s.samples++;
+        const fds = openFds(pids());
+        if (fds > s.fdMax) s.fdMax = fds;
         if (st.rssKiB > s.rssMax) s.rssMax = st.rssKiB;
         if (g > s.gaugeMax) { s.gaugeMax = g; s.rssAtGaugeMax = st.rssKiB; }
         if (fo > s.fakeOpenMax) s.fakeOpenMax = fo;
@@ -192,7 +212,8 @@ async function measure({ label, pids, auxPids = [], fakePid, fakeStatsUrl, gauge
         perStreamKiB: (peakKiB - idle.rssKiB) / Math.max(1, r.peak_streaming),
         cpuSeconds: cpu1.precise - cpu0.precise, cpuPerStreamMs: ((cpu1.precise - cpu0.precise) * 1000) / N,
         cpuTickSeconds: cpu1.ticks - cpu0.ticks,
-        gaugeMax: s.gaugeMax, rssAtGaugeMaxKiB: s.rssAtGaugeMax, fakeOpenMax: s.fakeOpenMax, samples: s.samples,
+        gaugeMax: s.gaugeMax, rssAtGaugeMaxKiB: s.rssAtGaugeMax, idleFds, fdMax: s.fdMax,
+        fdsPerStream: (s.fdMax - idleFds) / Math.max(1, r.peak_streaming), fakeOpenMax: s.fakeOpenMax, samples: s.samples,
         machine: {
             loadAverageBefore: load0, busySeconds: busy + irq, capacitySeconds: wall * os.cpus().length,
             serverSeconds: cpu1.ticks - cpu0.ticks, fakeSeconds: fakeCpu1.ticks - fakeCpu0.ticks,
@@ -469,6 +490,8 @@ async function main() {
         ['TTFB p50 / p99 / max', ...both((r) => fmtLat(r, 'ttfb')), '-'],
         ['stream time p50 / p99 / max', ...both((r) => fmtLat(r, 'total')), `~${(STREAM_S * 1000).toFixed(0)} ms`],
         ['connect p50 / p99 / max', ...both((r) => fmtLat(r, 'connect')), '-'],
+        ['descriptors: peak (per open stream)', ...both((r) => `${r.fdMax} (${r.fdsPerStream.toFixed(2)})`),
+            `10,000 streams under 20,000`],
     ];
     if (UPSTREAM !== 'plain') {
         const fr = (r) => r.front || {};
@@ -518,7 +541,51 @@ async function main() {
     else log(`kept ${dir}`);
 }
 
-main().catch(async (err) => {
+/** --scale: N = 1,000 at once, then N = 10,000 over one second, and the scaling figures. */
+async function scaleMain() {
+    const self = new URL(import.meta.url).pathname;
+    const pass = process.argv.slice(2).filter((a, i, all) => a !== '--scale' &&
+        !['--streams', '--rate', '--json'].includes(a) && !['--streams', '--rate', '--json'].includes(all[i - 1]));
+    const runs = {};
+    for (const [key, args] of [['k1', ['--streams', '1000']], ['k10', ['--streams', '10000', '--rate', '10000']]]) {
+        const json = path.join(os.tmpdir(), `chatweb-bench-streams-scale-${process.pid}-${key}.json`);
+        const r = spawnSync(process.execPath, [self, ...pass, ...args, '--json', json], { stdio: ['ignore', 'inherit', 'inherit'] });
+        if (r.status !== 0) throw new Error(`the ${args.join(' ')} run failed (exit ${r.status})`);
+        runs[key] = JSON.parse(fs.readFileSync(json, 'utf8'));
+        fs.rmSync(json, { force: true });
+    }
+    const { k1, k10 } = runs;
+    const who = ['chat', 'nginx'].filter((w) => k1[w] && k10[w]);
+    const cpu = (r) => r.cpuPerStreamMs;
+    const p99 = (r) => r.report.latency_ms.ttfb.p99;
+    const yes = (ok) => (ok ? 'met' : 'NOT met');
+    const rows = [['figure', ...who.map((w) => (w === 'chat' ? 'chatweb chat' : 'nginx reference')), 'target']];
+    rows.push(['completed, 1,000 / 10,000', ...who.map((w) => `${k1[w].report.completed} / ${k10[w].report.completed}`), '1000 / 10000']);
+    rows.push(['CPU per stream at 1,000', ...who.map((w) => `${cpu(k1[w]).toFixed(3)} ms`), '-']);
+    rows.push(['CPU per stream at 10,000', ...who.map((w) => `${cpu(k10[w]).toFixed(3)} ms`), '-']);
+    rows.push(['CPU per stream, 10,000 / 1,000', ...who.map((w) => `${(cpu(k10[w]) / cpu(k1[w])).toFixed(2)}`), '<= 1.5']);
+    rows.push(['TTFB p50 / p99 at 1,000 (all at once)', ...who.map((w) => fmtLat(k1[w], 'ttfb').split(' / ').slice(0, 2).join(' / ')), '-']);
+    rows.push(['TTFB p50 / p99 at 10,000 (over 1 s)', ...who.map((w) => fmtLat(k10[w], 'ttfb').split(' / ').slice(0, 2).join(' / ')), 'p99 <= 1000 ms']);
+    // streams that fit under 20,000 descriptors at the measured cost per stream (chat: one
+    // process; nginx: the sum over its workers, each of which has its own limit)
+    const fit = (r) => Math.floor((20000 - r.idleFds) / Math.max(0.01, r.fdsPerStream));
+    rows.push(['descriptors per open stream at 10,000', ...who.map((w) => `${k10[w].fdsPerStream.toFixed(2)} (peak ${k10[w].fdMax}; ` +
+        `${fit(k10[w])} fit in 20,000)`), '10,000 fit in 20,000']);
+    if (k10.chat && k10.nginx) rows.push(['chat CPU per stream / nginx, 1,000 and 10,000',
+        `${(cpu(k1.chat) / cpu(k1.nginx)).toFixed(2)}x and ${(cpu(k10.chat) / cpu(k10.nginx)).toFixed(2)}x`, '-', '<= 1.5x']);
+    console.log('');
+    console.log('scaling (issue 9): one replica, the same machine and fake upstream for every run');
+    console.log(table(rows));
+    if (k1.chat && k10.chat) {
+        const c1 = k1.chat, c10 = k10.chat;
+        console.log(`chat vs scaling targets: CPU ratio 10k/1k <= 1.5: ${yes(cpu(c10) / cpu(c1) <= 1.5)}; ` +
+            `TTFB p99 <= 1 s at 10,000 over 1 s: ${yes(p99(c10) <= 1000)}; all 10,000 completed: ${yes(c10.report.completed === 10000)}` +
+            `${k10.nginx ? `; CPU per stream <= 1.5x nginx at 10,000: ${yes(cpu(c10) <= 1.5 * cpu(k10.nginx))}` : ''}`);
+    }
+    if (opt.json) fs.writeFileSync(opt.json, JSON.stringify(runs, null, 2) + '\n');
+}
+
+(opt.scale ? scaleMain() : main()).catch(async (err) => {
     console.error(`bench/streams: ${err.stack || err.message}`);
     await stopAll();
     process.exit(1);

@@ -19,8 +19,9 @@
 #define REDIS_TIMEOUT_MS 2000
 #define AUTH_TIMEOUT_MS 3000
 /* A Reserve or Settle waits in this loop's queue (RPC_CONNECTIONS_PER_PEER connections) during
- * a burst, and the deadline counts that wait: failing a request that billing would have served a
- * moment later gains nothing. A billing that refuses connections still fails at once. */
+ * a burst; the deadline runs from when it has a connection (svc_fetch_multi_create), since
+ * failing a request that billing would have served a moment later gains nothing. A billing that
+ * refuses connections still fails at once. */
 #define BILLING_TIMEOUT_MS 10000
 /* Per loop and peer service; a burst of RPCs queues on these instead of opening a connection
  * (and a descriptor) per request. */

@@ -71,9 +71,12 @@ struct svc_fetch_cb {
 
 /*
  * A set of transfers on loop. max_host_connections caps the connections to any one host (0 = no
- * cap; transfers beyond it wait in curl's queue): RPC traffic to a peer service wants a cap, so a
- * burst reuses a few keep-alive connections instead of opening one per request. Returns NULL on
- * failure.
+ * cap): RPC traffic to a peer service wants a cap, so a burst reuses a few keep-alive connections
+ * instead of opening one per request. Transfers beyond the cap wait in a FIFO per host (scheme,
+ * host and port of the URL) of this module, not in libcurl's pending list (which curl walks
+ * whole for every transfer that ends); they are handed to curl as transfers of that host end.
+ * As in curl's list, timeout_ms starts when a transfer leaves the queue, not while it waits (an
+ * idle_timeout_ms runs all along). Returns NULL on failure.
  */
 struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop, long max_host_connections);
 

@@ -9,8 +9,10 @@
  * The HTTP server, on libmicrohttpd (MHD stays hidden behind this header).
  *
  * Two modes:
- *  - SVC_HTTP_LOOPS, for the streaming services (chat, proxy): one MHD daemon per event loop,
- *    driven by that loop (MHD's external epoll mode), all sharing one listening socket. Handlers run
+ *  - SVC_HTTP_LOOPS, for the streaming services (chat, proxy): every event loop accepts on one
+ *    shared listening socket and spreads its connections over MHD daemons of its own (at most
+ *    about 128 connections each, started as needed; MHD's external epoll mode), so the cost of a
+ *    request does not grow with the number of open connections. Handlers run
  *    on the loop thread, must never block, and may answer later (SVC_HTTP_ASYNC): the connection is
  *    suspended meanwhile and costs no thread. While a request is suspended its socket is watched
  *    for EPOLLRDHUP so a client that goes away is seen at once (MHD itself does not look at

@@ -1,0 +1,426 @@
+/*
+ * Unit tests of svc/http.h in LOOPS mode and of svc/fetch.h's per-host queue, with real sockets:
+ * a server loop in its own thread, the client (svc_fetch) on a loop in the main thread.
+ *
+ *  - many streams at once: STREAMS requests are all open and suspended together (more than one
+ *    daemon's worth: common/http.c shards a loop's connections over daemons of at most
+ *    SHARD_CONNS), then every stream is written and resumed ROUNDS times and ended; a tenth of
+ *    them are cancelled by the client after their first piece. Every other stream must receive
+ *    exactly its pieces in order, and the server must see every cancelled one end.
+ *  - out of descriptors: a connection that arrives while accept4 fails with EMFILE is served once
+ *    descriptors free up (the loop pauses accepting instead of spinning on a readable socket).
+ *  - the per-host cap: QUEUED buffered calls through a multi capped at CAP connections per host
+ *    all complete, the server never has more than CAP requests at once, calls cancelled while
+ *    waiting never call back, and the wait for a connection does not count against timeout_ms.
+ */
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "svc/err.h"
+#include "svc/fetch.h"
+#include "svc/http.h"
+#include "svc/loop.h"
+#include "test.h"
+
+#define T_RUN_ARG(fn, arg)                                                                         \
+    do {                                                                                           \
+        fprintf(stderr, "-- %s\n", #fn);                                                           \
+        fn(arg);                                                                                   \
+    } while (0)
+
+#define STREAMS 300 /* 600 descriptors: under a default soft limit of 1,024 */
+#define ROUNDS 3
+#define QUEUED 60
+#define CAP 3
+
+/* ---- the server (its loop thread only, except the atomics) ---- */
+
+struct sstream {
+    struct svc_req *req;
+    int aborted, keep; /* keep: never ended here, the client cancels it */
+};
+
+static struct svc_loop *sloop;
+static struct sstream sstreams[STREAMS];
+static int nsstreams, round_no;
+static struct svc_timer *round_timer;
+static atomic_int s_completed, s_aborted, s_inflight, s_inflight_max;
+
+static void on_s_abort(struct svc_req *req, void *data)
+{
+    struct sstream *s = data;
+
+    (void)req;
+    s->aborted = 1;
+    atomic_fetch_add(&s_aborted, 1);
+}
+
+static void on_s_cleanup(void *data)
+{
+    (void)data;
+    atomic_fetch_add(&s_completed, 1);
+}
+
+/* One round: a piece to every stream still there (each write resumes its connection). */
+static void on_round(struct svc_timer *t, void *data)
+{
+    (void)data;
+    for (int i = 0; i < nsstreams; i++) {
+        struct sstream *s = &sstreams[i];
+        char piece[32];
+        int n = snprintf(piece, sizeof(piece), "%d.%d\n", i, round_no);
+
+        if (s->req == NULL || s->aborted || svc_req_is_done(s->req))
+            continue;
+        if (s->keep && round_no > 0)
+            continue;
+        if (round_no < ROUNDS)
+            T_ASSERT(svc_req_stream_write(s->req, piece, (size_t)n) == SVC_OK ||
+                     svc_req_is_done(s->req));
+        else
+            (void)svc_req_stream_end(s->req);
+    }
+    if (round_no++ < ROUNDS)
+        T_EQ_INT(svc_timer_start(t, 30), SVC_OK);
+}
+
+/* GET /stream?i=<client's number>&keep=1 */
+static int h_stream(struct svc_req *req, void *ctx)
+{
+    const char *is = svc_req_query(req, "i");
+    long i = is != NULL ? strtol(is, NULL, 10) : -1;
+    struct sstream *s;
+
+    (void)ctx;
+    T_ASSERT(i >= 0 && i < STREAMS && sstreams[i].req == NULL);
+    s = &sstreams[i];
+    nsstreams++;
+    s->req = req;
+    s->keep = svc_req_query(req, "keep") != NULL;
+    svc_req_on_abort(req, on_s_abort, s);
+    svc_req_set_cleanup(req, on_s_cleanup, s);
+    T_EQ_INT(svc_req_stream_start(req, 200, "text/plain"), SVC_OK);
+    /* every stream is open, with nothing to send (suspended), before the first piece */
+    if (nsstreams == STREAMS) {
+        nsstreams = STREAMS;
+        T_EQ_INT(svc_timer_start(round_timer, 50), SVC_OK);
+    }
+    return SVC_HTTP_DONE;
+}
+
+static void on_slow_reply(struct svc_timer *t, void *data)
+{
+    struct svc_req *req = data;
+
+    svc_timer_destroy(&t);
+    atomic_fetch_sub(&s_inflight, 1);
+    T_EQ_INT(svc_req_reply(req, 200, "text/plain", svc_req_path(req), strlen(svc_req_path(req))),
+             SVC_OK);
+}
+
+/* Answers after 20 ms, counting how many are answered at once. */
+static int h_slow(struct svc_req *req, void *ctx)
+{
+    struct svc_timer *t = svc_timer_create(sloop, on_slow_reply, req);
+    int now = atomic_fetch_add(&s_inflight, 1) + 1, max = atomic_load(&s_inflight_max);
+
+    (void)ctx;
+    while (now > max && !atomic_compare_exchange_weak(&s_inflight_max, &max, now)) {
+    }
+    T_ASSERT(t != NULL);
+    T_EQ_INT(svc_timer_start(t, 20), SVC_OK);
+    return SVC_HTTP_ASYNC;
+}
+
+static const struct svc_route routes[] = {
+    {"GET", "/stream", h_stream, NULL, SVC_HTTP_STYLE_TEXT, 0},
+    {"GET", "/slow/*", h_slow, NULL, SVC_HTTP_STYLE_TEXT, 0},
+};
+
+static void *server_main(void *arg)
+{
+    svc_loop_run(arg);
+    return NULL;
+}
+
+static void stop_loop(struct svc_loop *loop, void *data)
+{
+    (void)data;
+    svc_loop_stop(loop);
+}
+
+/* ---- the client (main thread) ---- */
+
+struct cstream {
+    struct svc_fetch *f;
+    char body[256];
+    size_t len;
+    int done, err, cancel;
+    long status;
+};
+
+static struct cstream cstreams[STREAMS];
+static struct svc_loop *cloop;
+static int c_finished, c_target;
+
+static void c_finish(void)
+{
+    if (++c_finished == c_target)
+        svc_loop_stop(cloop);
+}
+
+static int on_c_data(struct svc_fetch *f, long status, const char *data, size_t len, void *ud)
+{
+    struct cstream *c = ud;
+
+    (void)status;
+    T_ASSERT(c->len + len < sizeof(c->body));
+    memcpy(c->body + c->len, data, len);
+    c->len += len;
+    if (c->cancel && !c->done) {
+        c->done = 1;
+        T_ASSERT(c->f == f);
+        svc_fetch_cancel(&c->f); /* inside its own callback: allowed */
+        c_finish();
+    }
+    return 0;
+}
+
+static void on_c_done(struct svc_fetch *f, int err, long status, const char *body, size_t len,
+                      const char *errmsg, void *ud)
+{
+    struct cstream *c = ud;
+
+    (void)f;
+    (void)errmsg;
+    if (body != NULL) { /* buffered calls */
+        T_ASSERT(c->len + len < sizeof(c->body));
+        memcpy(c->body + c->len, body, len);
+        c->len += len;
+    }
+    T_ASSERT(!c->done);
+    c->done = 1;
+    c->err = err;
+    c->status = status;
+    c->f = NULL;
+    c_finish();
+}
+
+static void on_c_cancel(void *ud)
+{
+    struct cstream *c = ud;
+
+    c->f = NULL;
+}
+
+static void on_c_deadline(struct svc_timer *t, void *data)
+{
+    (void)t;
+    (void)data;
+    T_FAIL("the client did not finish in time (%d of %d)", c_finished, c_target);
+}
+
+static void run_client(int target)
+{
+    struct svc_timer *deadline = svc_timer_create(cloop, on_c_deadline, NULL);
+
+    c_finished = 0;
+    c_target = target;
+    T_EQ_INT(svc_timer_start(deadline, 60000), SVC_OK);
+    svc_loop_run(cloop);
+    svc_timer_destroy(&deadline);
+}
+
+static void wait_for(atomic_int *v, int want)
+{
+    for (int i = 0; i < 1000 && atomic_load(v) < want; i++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    T_EQ_INT(atomic_load(v), want);
+}
+
+static void test_many_streams(int port)
+{
+    struct svc_fetch_multi *m = svc_fetch_multi_create(cloop, 0);
+    struct svc_fetch_cb cb = {on_c_data, on_c_done, on_c_cancel};
+    char url[96];
+    int cancelled = 0;
+
+    T_ASSERT(m != NULL);
+    for (int i = 0; i < STREAMS; i++) {
+        struct svc_fetch_req fr = {0};
+        cstreams[i].cancel = i % 10 == 0;
+        cancelled += cstreams[i].cancel;
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d/stream?i=%d%s", port, i,
+                 cstreams[i].cancel ? "&keep=1" : "");
+        fr.method = "GET";
+        fr.url = url;
+        fr.stream = 1;
+        fr.fresh_connection = 1; /* one connection per stream, as in production */
+        cstreams[i].f = svc_fetch_start(m, &fr, &cb, &cstreams[i]);
+        T_ASSERT(cstreams[i].f != NULL);
+    }
+    run_client(STREAMS);
+
+    for (int i = 0; i < STREAMS; i++) {
+        struct cstream *c = &cstreams[i];
+        char want[256];
+        size_t wl = 0;
+
+        T_ASSERT(c->done);
+        c->body[c->len] = '\0';
+        for (int nr = 0; nr < (c->cancel ? 1 : ROUNDS); nr++)
+            wl += (size_t)snprintf(want + wl, sizeof(want) - wl, "%d.%d\n", i, nr);
+        T_EQ_STR(c->body, want);
+        if (!c->cancel) {
+            T_EQ_INT(c->err, SVC_OK);
+            T_EQ_INT(c->status, 200);
+        }
+    }
+    svc_fetch_multi_destroy(&m);
+    wait_for(&s_completed, STREAMS);
+    wait_for(&s_aborted, cancelled);
+}
+
+static void test_host_queue(int port)
+{
+    struct svc_fetch_multi *m = svc_fetch_multi_create(cloop, CAP);
+    struct svc_fetch_cb cb = {NULL, on_c_done, on_c_cancel};
+    char url[96];
+    int live = 0;
+
+    T_ASSERT(m != NULL);
+    memset(cstreams, 0, sizeof(cstreams));
+    for (int i = 0; i < QUEUED; i++) {
+        struct svc_fetch_req fr = {0};
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d/slow/%d", port, i);
+        fr.method = "GET";
+        fr.url = url;
+        /* the last one waits longer than its timeout for a connection (57 calls of 20 ms are
+         * ahead of it on 3 connections): the timeout starts when curl gets it */
+        fr.timeout_ms = i == QUEUED - 1 ? 100 : 30000;
+        cstreams[i].f = svc_fetch_start(m, &fr, &cb, &cstreams[i]);
+        T_ASSERT(cstreams[i].f != NULL);
+    }
+    T_EQ_INT(svc_fetch_multi_active(m), QUEUED);
+    /* cancelled while waiting (and one already handed to curl): no callback, ever */
+    for (int i = 0; i < QUEUED; i += 7) {
+        cstreams[i].cancel = 1;
+        svc_fetch_cancel(&cstreams[i].f);
+        T_ASSERT(cstreams[i].f == NULL);
+    }
+    for (int i = 0; i < QUEUED; i++)
+        live += !cstreams[i].cancel;
+    run_client(live);
+    for (int i = 0; i < QUEUED; i++) {
+        struct cstream *c = &cstreams[i];
+        char want[32];
+
+        if (c->cancel) {
+            T_ASSERT(!c->done);
+            continue;
+        }
+        T_ASSERT(c->done);
+        T_EQ_INT(c->err, SVC_OK);
+        T_EQ_INT(c->status, 200);
+        snprintf(want, sizeof(want), "/slow/%d", i);
+        c->body[c->len] = '\0';
+        T_EQ_STR(c->body, want);
+    }
+    T_EQ_INT(svc_fetch_multi_active(m), 0);
+    T_ASSERT(atomic_load(&s_inflight_max) <= CAP);
+    T_ASSERT(atomic_load(&s_inflight_max) >= 1);
+    svc_fetch_multi_destroy(&m);
+}
+
+static void test_emfile_recovers(int port)
+{
+    struct sockaddr_in sa = {0};
+    struct timeval tv = {5, 0};
+    static int fill[1024];
+    struct rlimit saved, low;
+    struct timespec ts = {0, 30 * 1000 * 1000};
+    int nfill = 0, c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const char rq[] = "GET /slow/emfile HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    char buf[512];
+    ssize_t n;
+
+    T_ASSERT(c >= 0);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    T_EQ_INT(setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+    /* Take every free descriptor under a soft limit of 1,024: the server's accept4 then fails
+     * with EMFILE, until they are given back. */
+    T_EQ_INT(getrlimit(RLIMIT_NOFILE, &saved), 0);
+    low = saved;
+    if (low.rlim_cur > 1024)
+        low.rlim_cur = 1024;
+    T_EQ_INT(setrlimit(RLIMIT_NOFILE, &low), 0);
+    while (nfill < (int)(sizeof(fill) / sizeof(fill[0])) &&
+           (fill[nfill] = fcntl(c, F_DUPFD_CLOEXEC, 0)) >= 0)
+        nfill++;
+    T_EQ_INT(errno, EMFILE);
+    T_EQ_INT(connect(c, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    T_EQ_INT(send(c, rq, sizeof(rq) - 1, MSG_NOSIGNAL), (long)(sizeof(rq) - 1));
+    nanosleep(&ts, NULL); /* the server tries, fails and pauses */
+    while (nfill > 0)
+        close(fill[--nfill]);
+    T_EQ_INT(setrlimit(RLIMIT_NOFILE, &saved), 0);
+    n = recv(c, buf, sizeof(buf) - 1, MSG_WAITALL);
+    T_ASSERT(n > 12);
+    buf[n] = '\0';
+    T_ASSERT(strncmp(buf, "HTTP/1.1 200", 12) == 0);
+    T_ASSERT(strstr(buf, "/slow/emfile") != NULL);
+    close(c);
+}
+
+int main(void)
+{
+    struct svc_http_server *srv = NULL;
+    struct svc_http_opts o = {0};
+    pthread_t th;
+    char err[256];
+
+    sloop = svc_loop_create();
+    cloop = svc_loop_create();
+    T_ASSERT(sloop != NULL && cloop != NULL);
+    round_timer = svc_timer_create(sloop, on_round, NULL);
+    T_ASSERT(round_timer != NULL);
+    o.service = "test";
+    o.addr = "127.0.0.1:0";
+    o.mode = SVC_HTTP_LOOPS;
+    o.loops = &sloop;
+    o.nloops = 1;
+    o.max_body = 1024;
+    T_EQ_INT(svc_http_server_create(&srv, &o, routes, sizeof(routes) / sizeof(routes[0]), err,
+                                    sizeof(err)),
+             SVC_OK);
+    T_EQ_INT(pthread_create(&th, NULL, server_main, sloop), 0);
+
+    T_RUN_ARG(test_many_streams, svc_http_server_port(srv));
+    T_RUN_ARG(test_host_queue, svc_http_server_port(srv));
+    T_RUN_ARG(test_emfile_recovers, svc_http_server_port(srv));
+
+    T_EQ_INT(svc_loop_post(sloop, stop_loop, NULL), SVC_OK);
+    T_EQ_INT(pthread_join(th, NULL), 0);
+    svc_http_server_destroy(&srv);
+    T_ASSERT(srv == NULL);
+    svc_timer_destroy(&round_timer);
+    svc_loop_destroy(&sloop);
+    svc_loop_destroy(&cloop);
+    return 0;
+}
