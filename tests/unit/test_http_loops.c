@@ -34,12 +34,6 @@
 #include "svc/loop.h"
 #include "test.h"
 
-#define T_RUN_ARG(fn, arg)                                                                         \
-    do {                                                                                           \
-        fprintf(stderr, "-- %s\n", #fn);                                                           \
-        fn(arg);                                                                                   \
-    } while (0)
-
 #define STREAMS 300 /* 600 descriptors: under a default soft limit of 1,024 */
 #define ROUNDS 3
 #define QUEUED 60
