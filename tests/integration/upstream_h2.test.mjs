@@ -65,6 +65,22 @@ const libcurlAtLeast = (maj, min) => {
 };
 
 const stats = async (fake) => (await getJSON(`${fake.url}/_fake/stats`)).front;
+
+/** The seq of the last request the fake recorded (0 before any). */
+async function lastSeq(fake) {
+    const { requests } = await getJSON(`${fake.url}/_fake/requests`);
+    return requests.length > 0 ? requests[requests.length - 1].seq : 0;
+}
+
+/** Waits until the fake has recorded `n` requests after seq `since` (at most about 20 s). */
+async function untilRequests(fake, since, n) {
+    for (let i = 0; i < 1000; i++) {
+        if ((await getJSON(`${fake.url}/_fake/requests?since=${since}`)).requests.length >= n) return;
+        await sleep(20);
+    }
+    assert.fail(`the fake did not receive ${n} requests`);
+}
+
 const delta = (a, b) => Object.fromEntries(Object.keys(b).map((k) => [k, b[k] - a[k]]));
 
 describe('chat to a TLS + HTTP/2 upstream', () => {
@@ -156,11 +172,16 @@ describe('chat to a TLS + HTTP/2 upstream', () => {
 
     it('GOAWAY refusing the streams that had not started loses none of them', async (t) => {
         const s0 = await stats(fakes.h2);
-        // 4 streams answering at once, then 4 held 1.5 s before their first byte
+        const seq0 = await lastSeq(fakes.h2);
+        // 4 streams answering at once, then 4 held 1.5 s before their first byte. Each pause
+        // also waits until the fake has the requests (chat under ASan on a loaded machine can
+        // take longer), so the answering streams have the lower ids and all 8 are in flight.
         const started = Array.from({ length: 4 }, (_, i) => chat(chatUrl(), `a${i} [[fake tps=4 tokens=8]]`));
         await sleep(300);
+        await untilRequests(fakes.h2, seq0, 4);
         const waiting = Array.from({ length: 4 }, (_, i) => chat(chatUrl(), `w${i} [[fake ttft=1500 tokens=5]]`));
         await sleep(300);
+        await untilRequests(fakes.h2, seq0, 8);
         const s1 = await stats(fakes.h2);
         const g = await postJSON(`${fakes.h2.url}/_fake/goaway?refuse=1`, {});
         assert.equal(g.json().ok, true);

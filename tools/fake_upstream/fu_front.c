@@ -29,6 +29,7 @@
 #define FRONT_BUF_MAX (8u * 1024u * 1024u)   /* any one buffer */
 #define FRONT_REQ_MAX (FU_MAX_HEAD_BYTES + FU_MAX_BODY_BYTES + 1024u)
 #define FRONT_EVENTS 256
+#define FRONT_LINGER_NS (2ull * 1000000000ull) /* at most this long half-closed, reading */
 
 enum fio_kind { FIO_LISTEN, FIO_WAKE, FIO_CLIENT, FIO_PIPE, FIO_STREAM };
 
@@ -61,6 +62,8 @@ struct fconn {
     char sniff[24];
     size_t sniff_len;
     int closing;            /* M_H1: the relay ended; close once out is written */
+    int lingering;          /* write side shut after the last answer; input discarded */
+    uint64_t linger_until;  /* fu_now_ns() deadline of the lingering */
     struct fconn *grave;
 };
 
@@ -101,6 +104,7 @@ struct fu_front {
     atomic_int goaway_mode; /* the strongest mode asked since the last wake-up */
     struct fconn *conns;
     struct fconn *dead_conns;
+    long lingering; /* connections lingering: the loop then wakes up for their deadlines */
     struct fstream *dead_streams;
 };
 
@@ -214,6 +218,8 @@ static void conn_kill(struct fconn *c)
 
     if (c->io.dead)
         return;
+    if (c->lingering)
+        f->lingering--;
     while (c->streams != NULL)
         stream_kill(c->streams);
     if (c->pipe.fd >= 0)
@@ -275,11 +281,57 @@ static int conn_flush_out(struct fconn *c)
     return 0;
 }
 
+/* The connection is over on our side and everything is written: close the write side (TLS
+ * close_notify, then FIN) and read until the client closes too, at most FRONT_LINGER_NS.
+ * Closing at once is a race: the client may still be writing (a frame of its own after our
+ * last DATA, the next request on HTTP/1.1), and those bytes make our kernel answer with a
+ * reset. libcurl then fails its send ("Connection reset by peer", "Broken pipe") and with it the
+ * transfers on the connection whose last bytes it had not yet delivered: after a graceful
+ * GOAWAY, a stream that had started broke off (upstream_h2.test.mjs, ASan on a loaded machine).
+ * Servers linger for this reason; the plain port does the same (PH_LINGER in fu_http.c). */
+static void conn_linger(struct fconn *c)
+{
+    while (c->streams != NULL) /* none after a GOAWAY; a fatal protocol error may leave some */
+        stream_kill(c->streams);
+    if (c->ssl != NULL) {
+        /* sends close_notify; the client's is not awaited. A failure here must not leave an
+         * error in this thread's queue for the next connection's SSL_get_error. */
+        ERR_clear_error();
+        (void)SSL_shutdown(c->ssl);
+        ERR_clear_error();
+    }
+    if (shutdown(c->io.fd, SHUT_WR) != 0 || watch(c->f, &c->io, EPOLLIN | EPOLLRDHUP) != 0) {
+        conn_kill(c);
+        return;
+    }
+    c->lingering = 1;
+    c->linger_until = fu_now_ns() + FRONT_LINGER_NS;
+    c->f->lingering++;
+}
+
+/* Lingering: discards what the client sends (TLS records included, unread) until it closes. */
+static void conn_linger_read(struct fconn *c, uint32_t events)
+{
+    char buf[FRONT_READ_CHUNK];
+
+    for (;;) {
+        ssize_t r = recv(c->io.fd, buf, sizeof(buf), 0);
+        if (r < 0 && (errno == EAGAIN || errno == EINTR))
+            break;
+        if (r <= 0) {
+            conn_kill(c);
+            return;
+        }
+    }
+    if (events & (EPOLLERR | EPOLLHUP))
+        conn_kill(c);
+}
+
 /* Moves nghttp2's frames to the socket; closes the connection when it is over. Returns -1 when
- * the connection was closed. */
+ * the connection was closed or is lingering (it takes no more frames). */
 static int conn_pump(struct fconn *c)
 {
-    if (c->io.dead)
+    if (c->io.dead || c->lingering)
         return -1;
     if (c->mode == M_H2) {
         while (c->out.len < FRONT_OUT_HIGH) {
@@ -303,11 +355,11 @@ static int conn_pump(struct fconn *c)
     }
     if (c->mode == M_H2 && c->out.len == 0 && !nghttp2_session_want_read(c->h2) &&
         !nghttp2_session_want_write(c->h2)) {
-        conn_kill(c); /* after GOAWAY, or a fatal protocol error already sent */
+        conn_linger(c); /* after GOAWAY, or a fatal protocol error already sent */
         return -1;
     }
     if (c->mode == M_H1 && c->closing && c->out.len == 0) {
-        conn_kill(c);
+        conn_linger(c);
         return -1;
     }
     uint32_t ev = EPOLLIN | EPOLLRDHUP;
@@ -740,6 +792,10 @@ static void conn_on_client(struct fconn *c, uint32_t events)
 {
     char buf[FRONT_READ_CHUNK];
 
+    if (c->lingering) {
+        conn_linger_read(c, events);
+        return;
+    }
     if (c->mode == M_HANDSHAKE) {
         int r = SSL_accept(c->ssl);
         if (r != 1) {
@@ -875,7 +931,7 @@ static void goaway_all(struct fu_front *f, int mode)
 
     for (struct fconn *c = f->conns, *next; c != NULL; c = next) {
         next = c->next;
-        if (c->mode != M_H2)
+        if (c->mode != M_H2 || c->lingering) /* lingering: done, its GOAWAY already sent */
             continue;
         if (mode == FU_GOAWAY_DROP) {
             atomic_fetch_add(&fu_stats.h2_connections_dropped, 1);
@@ -920,13 +976,44 @@ bool fu_front_goaway(enum fu_goaway_mode mode)
 
 /* ---- thread ---- */
 
+/* The epoll_wait timeout: 1 s, or until the first lingering connection's deadline. */
+static int linger_timeout(const struct fu_front *f)
+{
+    uint64_t now, first = UINT64_MAX;
+
+    if (f->lingering == 0)
+        return 1000;
+    now = fu_now_ns();
+    for (const struct fconn *c = f->conns; c != NULL; c = c->next)
+        if (c->lingering && c->linger_until < first)
+            first = c->linger_until;
+    if (first <= now)
+        return 0;
+    return first - now >= 1000000000ull ? 1000 : (int)((first - now + 999999u) / 1000000u);
+}
+
+/* Closes the lingering connections whose client did not close in time. */
+static void linger_expire(struct fu_front *f)
+{
+    uint64_t now;
+
+    if (f->lingering == 0)
+        return;
+    now = fu_now_ns();
+    for (struct fconn *c = f->conns, *next; c != NULL; c = next) {
+        next = c->next;
+        if (c->lingering && c->linger_until <= now)
+            conn_kill(c);
+    }
+}
+
 static void *front_main(void *arg)
 {
     struct fu_front *f = arg;
     struct epoll_event evs[FRONT_EVENTS];
 
     while (!atomic_load(&f->stop)) {
-        int n = epoll_wait(f->epfd, evs, FRONT_EVENTS, 1000);
+        int n = epoll_wait(f->epfd, evs, FRONT_EVENTS, linger_timeout(f));
         for (int i = 0; i < n; i++) {
             struct fio *io = evs[i].data.ptr;
             uint32_t e = evs[i].events;
@@ -961,6 +1048,7 @@ static void *front_main(void *arg)
             }
             }
         }
+        linger_expire(f);
         bury(f);
     }
     return NULL;
