@@ -389,16 +389,18 @@ describe('chat through the ingress', () => {
             if (left > 0) await new Promise((r) => setTimeout(r, 50));
         }
         assert.equal(left, 0, 'the streams of the crowd ended');
-        // and the memory they took is given back (issue 10: it stayed taken; 40 MiB here before
-        // svc_heap_trim). What stays is curl's cache of idle upstream connections.
+        // and the memory they took is given back (issue 10): at least half of what the crowd
+        // grew the process by (with svc_heap_trim 65-80 % was given back in runs under load; 37 %
+        // before it). What stays is caches: curl's idle upstream connections, extra daemons.
+        const grown = peak - before;
         let after = rss();
-        for (let i = 0; i < 40 && after - before > 24 * 1024; i++) {
+        for (let i = 0; i < 40 && after - before > grown / 2; i++) {
             await new Promise((r) => setTimeout(r, 100));
             after = rss();
         }
-        t.diagnostic(`after the crowd left: chat RSS ${((after - before) / 1024).toFixed(1)} MiB above where it started (peak ${((peak - before) / 1024).toFixed(1)} MiB)`);
+        t.diagnostic(`after the crowd left: chat RSS ${((after - before) / 1024).toFixed(1)} MiB above where it started (peak ${(grown / 1024).toFixed(1)} MiB): ${Math.round(100 - 100 * (after - before) / grown)} % given back`);
         if (!process.env.ASAN_OPTIONS)
-            assert.ok(after - before < 24 * 1024, `chat RSS still ${after - before} KiB above where it started`);
+            assert.ok(after - before <= grown / 2, `chat RSS still ${after - before} KiB above where it started, of ${grown} KiB grown`);
     });
 
     it('exports metrics and health on the admin listener', async () => {
