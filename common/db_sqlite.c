@@ -15,6 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "svc/loop.h"
+
 struct sqlite_conn {
     struct svc_db_conn base; /* first: the pool sees only this */
     sqlite3 *h;
@@ -109,14 +111,6 @@ static int set_wal(sqlite3 *h, unsigned busy_ms, char *mode, size_t modelen, cha
     }
 }
 
-static int64_t mono_us(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 /*
  * Waits for another connection's write lock. SQLite's own busy_timeout handler sleeps 1, 2, 5,
  * 10 ... ms, while a write transaction here (billing's Reserve, Settle) holds the lock for tens
@@ -126,7 +120,7 @@ static int64_t mono_us(void)
 static int on_busy(void *data, int count)
 {
     struct sqlite_conn *c = data;
-    int64_t now = mono_us(), nap_us = 20;
+    int64_t now = (int64_t)svc_clock_us(), nap_us = 20;
     struct timespec nap;
 
     if (count == 0)

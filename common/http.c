@@ -401,6 +401,12 @@ int svc_req_error(struct svc_req *req, int status, const char *message)
 /* Bytes queued for slow clients by every streaming request of the process (svc_http_queued). */
 static atomic_size_t stream_queued;
 
+/* Once the queued bytes passed TRIM_QUEUED_BELOW (a crowd of slow clients), the first stream to
+ * end with less than that queued gives the freed heap memory back (svc_heap_trim); streams that
+ * come and go under it never do. */
+#define TRIM_QUEUED_BELOW (1u << 20)
+static atomic_int trim_due;
+
 size_t svc_http_queued(void)
 {
     return atomic_load_explicit(&stream_queued, memory_order_relaxed);
@@ -474,7 +480,10 @@ int svc_req_stream_write(struct svc_req *req, const void *data, size_t len)
     rc = svc_buf_append(&req->out, data, len);
     if (rc != SVC_OK)
         return rc;
-    atomic_fetch_add_explicit(&stream_queued, len, memory_order_relaxed);
+    if (atomic_fetch_add_explicit(&stream_queued, len, memory_order_relaxed) + len >=
+            TRIM_QUEUED_BELOW &&
+        !atomic_load_explicit(&trim_due, memory_order_relaxed))
+        atomic_store_explicit(&trim_due, 1, memory_order_relaxed);
     if (req->pending == NULL)
         req_resume(req);
     return SVC_OK;
@@ -664,10 +673,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return queue_pending(req);
 }
 
-/* Bytes queued in the whole process below which a stream's end gives freed heap memory back
- * (svc_heap_trim): a crowd of slow clients has left. */
-#define TRIM_QUEUED_BELOW (1u << 20)
-
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -698,8 +703,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     /* what a client never took is no longer queued */
     atomic_fetch_sub_explicit(&stream_queued, req->out.len - req->out_off, memory_order_relaxed);
     svc_buf_deinit(&req->out);
-    if (req->streaming && svc_http_queued() < TRIM_QUEUED_BELOW)
-        svc_heap_trim();
+    if (req->streaming && svc_http_queued() < TRIM_QUEUED_BELOW &&
+        atomic_load_explicit(&trim_due, memory_order_relaxed) && svc_heap_trim())
+        atomic_store_explicit(&trim_due, 0, memory_order_relaxed);
     free(req);
     atomic_fetch_sub(&slot->srv->inflight, 1);
 }

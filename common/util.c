@@ -8,6 +8,8 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "svc/loop.h"
+
 static void fill_random(void *buf, size_t n)
 {
     size_t got = 0;
@@ -223,15 +225,13 @@ int64_t svc_wallclock_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-void svc_heap_trim(void)
+int svc_heap_trim(void)
 {
     static atomic_ullong last_ms;
-    struct timespec ts;
-    unsigned long long now, last = atomic_load(&last_ms);
+    unsigned long long now = svc_clock_ms(), last = atomic_load(&last_ms);
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    now = (unsigned long long)ts.tv_sec * 1000 + (unsigned long long)ts.tv_nsec / 1000000;
     if (now - last < SVC_HEAP_TRIM_EVERY_MS || !atomic_compare_exchange_strong(&last_ms, &last, now))
-        return;
+        return 0;
     malloc_trim(0);
+    return 1;
 }

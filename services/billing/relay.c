@@ -36,8 +36,9 @@ struct billing_relay {
     pthread_t relay_th, sweep_th, prices_th;
 };
 
-/* Waits up to ms or until stop/kick. Returns 1 when stopping. */
-static int nap(struct billing_relay *r, int64_t ms)
+/* Waits up to ms or until stop, or a kick when kicks (which it then takes). Returns 1 when
+ * stopping. */
+static int nap(struct billing_relay *r, int64_t ms, int kicks)
 {
     struct timespec ts;
     int stop;
@@ -48,10 +49,11 @@ static int nap(struct billing_relay *r, int64_t ms)
     if (ts.tv_nsec >= 1000000000L)
         ts.tv_sec++, ts.tv_nsec -= 1000000000L;
     pthread_mutex_lock(&r->mu);
-    while (!r->stop && !r->kicked)
+    while (!r->stop && !(kicks && r->kicked))
         if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) != 0)
             break;
-    r->kicked = 0;
+    if (kicks)
+        r->kicked = 0;
     stop = r->stop;
     pthread_mutex_unlock(&r->mu);
     return stop;
@@ -69,33 +71,13 @@ void billing_relay_kick(struct billing_relay *r)
 
 /* ---- sweeper ---- */
 
-/* Waits up to ms or until stop, ignoring kicks (they are the relay's). Returns 1 when stopping. */
-static int nap_until_stop(struct billing_relay *r, int64_t ms)
-{
-    struct timespec ts;
-    int stop;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L)
-        ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-    pthread_mutex_lock(&r->mu);
-    while (!r->stop)
-        if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) != 0)
-            break;
-    stop = r->stop;
-    pthread_mutex_unlock(&r->mu);
-    return stop;
-}
-
 /* Polls the price table's version and reloads it when another replica changed it. */
 static void *prices_main(void *arg)
 {
     struct billing_relay *r = arg;
     int failing = 0;
 
-    while (!nap_until_stop(r, r->o.prices_refresh_ms)) {
+    while (!nap(r, r->o.prices_refresh_ms, 0)) {
         int rc = billing_store_prices_refresh(r->store);
         if (rc != SVC_OK && !failing)
             SVC_LOG_WARN(NULL, "prices", "cannot reload prices: %s (the last loaded apply)",
@@ -109,7 +91,7 @@ static void *sweep_main(void *arg)
 {
     struct billing_relay *r = arg;
 
-    while (!nap(r, r->o.sweep_ms)) {
+    while (!nap(r, r->o.sweep_ms, 1)) {
         int n = 0, rc;
 
         do {
@@ -337,7 +319,7 @@ static void *relay_main(void *arg)
             }
             svc_db_conn_put(r->db, &c);
         }
-        if (wait > 0 ? nap(r, wait) : r->stop)
+        if (wait > 0 ? nap(r, wait, 1) : r->stop)
             break;
     }
     if (leader) {

@@ -110,22 +110,11 @@ int main(int argc, char **argv)
         svc_service_die(SVC_EX_CONFIG, "CHAT_MIN_RESPONSE_TOKENS: must be below "
                                        "OPENAI_MAX_TOKENS (%lld)",
                         (long long)chat_setting.OPENAI_MAX_TOKENS.i);
-    /* The key is formatted into a fixed header buffer (turn.c; URLs are bounded by cfg): refuse
-     * what would not fit instead of cutting it. */
-    if (strlen(chat_setting.OPENAI_KEY.s) > 1000)
-        svc_service_die(SVC_EX_CONFIG, "OPENAI_KEY: longer than 1000 characters");
-    if (chat_setting.OPENAI_CA_FILE.s[0] != '\0' &&
-        access(chat_setting.OPENAI_CA_FILE.s, R_OK) != 0)
-        svc_service_die(SVC_EX_CONFIG, "OPENAI_CA_FILE: cannot read \"%s\"",
-                        chat_setting.OPENAI_CA_FILE.s);
+    if (meter_upstream_check(chat_setting.OPENAI_KEY.s, chat_setting.OPENAI_CA_FILE.s,
+                             chat_setting.OPENAI_HTTP2.s, &wo.upstream_http, err,
+                             sizeof(err)) != SVC_OK)
+        svc_service_die(SVC_EX_CONFIG, "%s", err);
     meter_set_output_budget((size_t)chat_setting.STREAM_OUTPUT_BUDGET_MB.i << 20);
-    {
-        svc_fetch_http_e http;
-        if (svc_fetch_http_parse(chat_setting.OPENAI_HTTP2.s, &http) != SVC_OK)
-            svc_service_die(SVC_EX_CONFIG,
-                            "OPENAI_HTTP2: \"%s\" is not auto, prior-knowledge or off",
-                            chat_setting.OPENAI_HTTP2.s);
-    }
     if (svc_modelmap_create(&models, chat_setting.MODEL_WINDOWS.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "MODEL_WINDOWS: %s", err);
     svc_service_start();

@@ -427,8 +427,7 @@ static int start_upstream(struct chat_turn *t)
     fr.idle_timeout_ms = chat_setting.CHAT_UPSTREAM_IDLE_TIMEOUT.i * 1000;
     fr.proxy = chat_setting.SOCKS_PROXY.s;
     fr.ca_file = chat_setting.OPENAI_CA_FILE.s;
-    if (svc_fetch_http_parse(chat_setting.OPENAI_HTTP2.s, &fr.http) != SVC_OK)
-        fr.http = SVC_FETCH_HTTP_AUTO; /* checked at start-up */
+    fr.http = t->w->upstream_http;
     /* With many streams open, nearly every connection to the upstream is busy, and libcurl's
      * search for an idle one walks them all for each new request (docs/benchmarks.md): skip it. */
     fr.fresh_connection = svc_fetch_multi_active(t->w->upstream) >= UPSTREAM_REUSE_LIMIT;

@@ -139,10 +139,13 @@ struct meter {
 
 static void maybe_free(struct meter *m);
 
-/* Meters alive in the process; when a free leaves fewer than TRIM_LIVE_BELOW, freed heap memory
- * goes back to the kernel (svc_heap_trim, rate-limited). */
+/* Meters alive in the process. Once they were METER_CROWD or more, the free that leaves fewer
+ * than TRIM_LIVE_BELOW gives the freed heap memory back (svc_heap_trim); a few meters that come
+ * and go never do. */
+#define METER_CROWD 64
 #define TRIM_LIVE_BELOW 4
 static atomic_long meters_live;
+static atomic_int meters_crowd;
 
 /* ---- per loop ---- */
 
@@ -186,7 +189,8 @@ struct meter *meter_create(struct meter_loop *ml, const struct meter_hooks *hook
 
     if (m == NULL)
         return NULL;
-    atomic_fetch_add(&meters_live, 1);
+    if (atomic_fetch_add(&meters_live, 1) + 1 >= METER_CROWD && !atomic_load(&meters_crowd))
+        atomic_store(&meters_crowd, 1);
     m->ml = ml;
     m->h = hooks;
     m->ud = ud;
@@ -917,8 +921,9 @@ static void maybe_free(struct meter *m)
     }
     free(m);
     /* the last of a crowd (a burst of slow clients that left, drained): give its memory back */
-    if (atomic_fetch_sub(&meters_live, 1) <= TRIM_LIVE_BELOW)
-        svc_heap_trim();
+    if (atomic_fetch_sub(&meters_live, 1) <= TRIM_LIVE_BELOW && atomic_load(&meters_crowd) &&
+        svc_heap_trim())
+        atomic_store(&meters_crowd, 0);
 }
 
 void meter_detach(struct meter **mp)

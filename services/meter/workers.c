@@ -6,7 +6,9 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "billing/client.h"
@@ -37,12 +39,31 @@ struct meter_workers {
     struct svc_metric *settles_pending;
 };
 
+int meter_upstream_check(const char *key, const char *ca_file, const char *http2,
+                         svc_fetch_http_e *http, char *err, size_t errlen)
+{
+    if (strlen(key) > 1000) {
+        snprintf(err, errlen, "OPENAI_KEY: longer than 1000 characters");
+        return SVC_EINVAL;
+    }
+    if (ca_file[0] != '\0' && access(ca_file, R_OK) != 0) {
+        snprintf(err, errlen, "OPENAI_CA_FILE: cannot read \"%s\"", ca_file);
+        return SVC_EINVAL;
+    }
+    if (svc_fetch_http_parse(http2, http) != SVC_OK) {
+        snprintf(err, errlen, "OPENAI_HTTP2: \"%s\" is not auto, prior-knowledge or off", http2);
+        return SVC_EINVAL;
+    }
+    return SVC_OK;
+}
+
 static int worker_setup(struct meter_worker *w, const struct meter_workers_opts *o)
 {
     if ((w->loop = svc_loop_create()) == NULL)
         return SVC_ENOMEM;
     svc_loop_set_data(w->loop, w);
     w->models = o->models;
+    w->upstream_http = o->upstream_http;
     w->upstream = svc_fetch_multi_create(w->loop, 0);
     w->rpc = svc_fetch_multi_create(w->loop, RPC_CONNECTIONS_PER_PEER);
     w->redis = svc_redis_async_create(w->loop, o->redis_url, REDIS_TIMEOUT_MS);

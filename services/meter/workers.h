@@ -16,6 +16,7 @@
  *     meter_workers_destroy(&ws);
  */
 
+#include "svc/fetch.h"
 #include "svc/metrics.h"
 
 struct svc_loop;
@@ -36,23 +37,34 @@ struct meter_worker {
     struct billing_client *bill;       /* Reserve; Settle/Release retried until billing answers */
     struct meter_loop *meters;         /* the metered pipeline on this loop */
     const struct svc_modelmap *models; /* shared by all loops, read-only */
+    svc_fetch_http_e upstream_http;    /* OPENAI_HTTP2, parsed once (meter_upstream_check) */
 };
 
 struct meter_workers_opts {
-    unsigned n;                         /* loops */
+    unsigned n; /* loops */
     const char *redis_url, *auth_url, *billing_url;
     const struct svc_modelmap *models;
     long settle_retry_s;                /* how long a Settle/Release is retried */
     long abort_drain_ms;                /* after a client left, reading what the upstream sent */
     struct svc_metric *settles_pending; /* gauge of Settles/Releases not yet answered */
+    svc_fetch_http_e upstream_http;     /* from meter_upstream_check */
 };
+
+/*
+ * The upstream settings chat and the proxy share, checked at start-up: OPENAI_KEY (at most 1000
+ * bytes: it is formatted into a fixed header buffer), OPENAI_CA_FILE (readable when set),
+ * OPENAI_HTTP2 (parsed into *http once, for every request). 0, or SVC_EINVAL with "NAME: why"
+ * in err.
+ */
+int meter_upstream_check(const char *key, const char *ca_file, const char *http2,
+                         svc_fetch_http_e *http, char *err, size_t errlen) SVC_MUST_CHECK;
 
 struct meter_workers;
 
 /* Creates the loops and every client on them; SVC_ENOMEM (or another error) when one cannot be
  * made: the service cannot run. */
-int meter_workers_create(struct meter_workers **out, const struct meter_workers_opts *o)
-    SVC_MUST_CHECK;
+int meter_workers_create(struct meter_workers **out,
+                         const struct meter_workers_opts *o) SVC_MUST_CHECK;
 
 /* The loops, for the HTTP server (LOOPS mode), and their number. */
 struct svc_loop **meter_workers_loops(struct meter_workers *ws);

@@ -70,22 +70,13 @@ int main(int argc, char **argv)
         svc_service_die(SVC_EX_CONFIG, "BILLING_URL: required (the billing service's base URL)");
     if (svc_redis_url_check(proxy_setting.REDIS_URL.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "REDIS_URL: %s", err);
-    if (strlen(proxy_setting.OPENAI_KEY.s) > 1000)
-        svc_service_die(SVC_EX_CONFIG, "OPENAI_KEY: longer than 1000 characters");
-    if (proxy_setting.OPENAI_CA_FILE.s[0] != '\0' &&
-        access(proxy_setting.OPENAI_CA_FILE.s, R_OK) != 0)
-        svc_service_die(SVC_EX_CONFIG, "OPENAI_CA_FILE: cannot read \"%s\"",
-                        proxy_setting.OPENAI_CA_FILE.s);
+    if (meter_upstream_check(proxy_setting.OPENAI_KEY.s, proxy_setting.OPENAI_CA_FILE.s,
+                             proxy_setting.OPENAI_HTTP2.s, &wo.upstream_http, err,
+                             sizeof(err)) != SVC_OK)
+        svc_service_die(SVC_EX_CONFIG, "%s", err);
     if (proxy_upstreams_setup(err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "UPSTREAMS: %s", err);
     meter_set_output_budget((size_t)proxy_setting.STREAM_OUTPUT_BUDGET_MB.i << 20);
-    {
-        svc_fetch_http_e http;
-        if (svc_fetch_http_parse(proxy_setting.OPENAI_HTTP2.s, &http) != SVC_OK)
-            svc_service_die(SVC_EX_CONFIG,
-                            "OPENAI_HTTP2: \"%s\" is not auto, prior-knowledge or off",
-                            proxy_setting.OPENAI_HTTP2.s);
-    }
     if (svc_modelmap_create(&models, proxy_setting.MODEL_WINDOWS.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "MODEL_WINDOWS: %s", err);
     svc_service_start();

@@ -54,6 +54,7 @@ struct v1_call {
     json_t *body;
     int stream, hide_usage, has_limit;
     int own_ratelimit; /* our x-ratelimit-* headers are on the reply: the upstream's are not */
+    char up_ctype[128]; /* the upstream answer's Content-Type (pass_header), "" when none */
     char model[128];
     struct svc_model_info mi;
     long long prompt_tokens, max_completion;
@@ -171,11 +172,14 @@ static const char *const UPSTREAM_HEADERS_DROPPED[] = {
 };
 
 /* An upstream header, passed on to the client unless dropped (svc_fetch_header_fn). The
- * upstream's X-Request-Id comes as X-Upstream-Request-Id beside ours. */
+ * upstream's X-Request-Id comes as X-Upstream-Request-Id beside ours; its Content-Type is kept in
+ * up_ctype for the reply. */
 static void pass_header(void *ud, const char *name, const char *value)
 {
     struct v1_call *c = ud;
 
+    if (strcasecmp(name, "content-type") == 0 && c->up_ctype[0] == '\0')
+        snprintf(c->up_ctype, sizeof(c->up_ctype), "%s", value);
     if (strcasecmp(name, "x-request-id") == 0) {
         add_header(c, "X-Upstream-Request-Id", value);
         return;
@@ -191,13 +195,10 @@ static void pass_header(void *ud, const char *name, const char *value)
         SVC_LOG_WARN(c->rid, "reply", "cannot add %s", name);
 }
 
-/* The upstream's Content-Type, or JSON when it sent none (svc_fetch_header_fn). */
-static void find_content_type(void *ud, const char *name, const char *value)
+/* The upstream answer's Content-Type, or JSON when it sent none (after pass_header ran). */
+static const char *reply_ctype(const struct v1_call *c)
 {
-    char *out = ud;
-
-    if (strcasecmp(name, "content-type") == 0 && out[0] == '\0')
-        snprintf(out, 128, "%s", value);
+    return c->up_ctype[0] != '\0' ? c->up_ctype : "application/json";
 }
 
 static void call_free(struct v1_call *c)
@@ -337,11 +338,9 @@ static void on_end(void *ud, const struct meter_end *end)
     svc_metric_add(&proxy_stats.proxy_upstream_errors_total, 1);
     if (end->status != 0 && end->status != 200) {
         /* The upstream's own error, passed through as it answered. */
-        char ctype[128] = "";
-        meter_upstream_headers(c->meter, find_content_type, ctype);
         meter_upstream_headers(c->meter, pass_header, c);
-        svc_req_reply(c->req, (int)end->status, ctype[0] != '\0' ? ctype : "application/json",
-                      end->body != NULL ? end->body : "", end->body_len);
+        svc_req_reply(c->req, (int)end->status, reply_ctype(c), end->body != NULL ? end->body : "",
+                      end->body_len);
         return;
     }
     snprintf(msg, sizeof(msg), "the upstream could not be reached: %s",
@@ -468,8 +467,7 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
     fr.idle_timeout_ms = proxy_setting.PROXY_UPSTREAM_IDLE_TIMEOUT.i * 1000;
     fr.proxy = proxy_setting.SOCKS_PROXY.s;
     fr.ca_file = proxy_setting.OPENAI_CA_FILE.s;
-    if (svc_fetch_http_parse(proxy_setting.OPENAI_HTTP2.s, &fr.http) != SVC_OK)
-        fr.http = SVC_FETCH_HTTP_AUTO; /* checked at start-up */
+    fr.http = c->w->upstream_http;
     rc = meter_start(c->meter, &fr, c->stream);
     free(text);
     svc_wipe(auth, sizeof(auth));
@@ -924,7 +922,7 @@ static void on_relay_done(struct svc_fetch *f, int err, long status, const char 
                           const char *errmsg, void *ud)
 {
     struct v1_call *c = ud;
-    char msg[320], ctype[128] = "";
+    char msg[320];
 
     c->relay = NULL;
     if (err != SVC_OK) {
@@ -940,9 +938,8 @@ static void on_relay_done(struct svc_fetch *f, int err, long status, const char 
         reply_models(c, body, len);
         return;
     }
-    svc_fetch_headers_each(f, find_content_type, ctype);
     svc_fetch_headers_each(f, pass_header, c);
-    svc_req_reply(c->req, (int)status, ctype[0] != '\0' ? ctype : "application/json", body, len);
+    svc_req_reply(c->req, (int)status, reply_ctype(c), body, len);
 }
 
 static void relay_start(struct v1_call *c)
@@ -975,8 +972,7 @@ static void relay_start(struct v1_call *c)
     fr.max_response = RELAY_MAX;
     fr.proxy = proxy_setting.SOCKS_PROXY.s;
     fr.ca_file = proxy_setting.OPENAI_CA_FILE.s;
-    if (svc_fetch_http_parse(proxy_setting.OPENAI_HTTP2.s, &fr.http) != SVC_OK)
-        fr.http = SVC_FETCH_HTTP_AUTO; /* checked at start-up */
+    fr.http = c->w->upstream_http;
     c->relay = svc_fetch_start(c->w->upstream, &fr, &cb, c);
     svc_wipe(auth, sizeof(auth));
     if (c->relay == NULL)

@@ -17,12 +17,12 @@ uint32_t svc_random_u32(void);
 
 /*
  * Gives the heap memory freed since to the kernel (malloc_trim), at most once per
- * SVC_HEAP_TRIM_EVERY_MS in the process. For the end of a burst: a crowd of slow clients' stream
+ * SVC_HEAP_TRIM_EVERY_MS in the process: 1 when it did, 0 when it was too soon. For the end of a burst: a crowd of slow clients' stream
  * queues and meters are freed in many small pieces on the loop threads' arenas, which glibc keeps
  * otherwise (40 MiB after 500 slow clients left, chat.test "500 slow clients").
  */
 #define SVC_HEAP_TRIM_EVERY_MS 200
-void svc_heap_trim(void);
+int svc_heap_trim(void);
 
 /* Writes a random UUIDv4 (36 characters plus NUL) into out[37]. */
 void svc_uuid4(char out[37]);
