@@ -504,10 +504,26 @@ static void test_cluster(const char *url)
         expect_status(r, (const char *[]){"SET", "{mig}x", "1", NULL}, "OK");
         rep = CMD(r, "DEL", "{mig}old", "{mig}new", "{mig}anew", "{mig}n", "{mig}x");
         svc_redis_reply_free(&rep);
-        for (int k = 0; k < 3; k++)
+        /* the way it came (IMPORTING first, so the owner's config epoch goes up and the
+         * cluster bus cannot hand the slot back to dst), the new owner first; then until every
+         * node agrees, so the clients meet no MOVED back and forth */
+        expect_status(nodes[src],
+                      (const char *[]){"CLUSTER", "SETSLOT", slottxt, "IMPORTING", ids[dst], NULL},
+                      "OK");
+        expect_status(nodes[dst],
+                      (const char *[]){"CLUSTER", "SETSLOT", slottxt, "MIGRATING", ids[src], NULL},
+                      "OK");
+        for (int i = 0; i < 3; i++) {
+            int k = (src + i) % 3;
             expect_status(nodes[k],
                           (const char *[]){"CLUSTER", "SETSLOT", slottxt, "NODE", ids[src], NULL},
                           "OK");
+        }
+        for (int i = 0; i < 50 && (slot_owner(nodes[0], &u, slot) != src ||
+                                   slot_owner(nodes[1], &u, slot) != src ||
+                                   slot_owner(nodes[2], &u, slot) != src);
+             i++)
+            sleep_ms(100);
         a = ACMD(loop, ra, "SET", "{mig}back", "1");
         T_EQ_STR(a.s, "OK");
         rep = CMD(r, "GET", "{mig}back");
