@@ -8,8 +8,6 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include "svc/loop.h"
-
 static void fill_random(void *buf, size_t n)
 {
     size_t got = 0;
@@ -228,8 +226,12 @@ int64_t svc_wallclock_ms(void)
 int svc_heap_trim(void)
 {
     static atomic_ullong last_ms;
-    unsigned long long now = svc_clock_ms(), last = atomic_load(&last_ms);
+    unsigned long long now, last = atomic_load(&last_ms);
+    struct timespec ts;
 
+    /* its own clock: util.c stands alone (the fuzz targets link it without loop.c) */
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    now = (unsigned long long)ts.tv_sec * 1000 + (unsigned long long)ts.tv_nsec / 1000000;
     if (now - last < SVC_HEAP_TRIM_EVERY_MS || !atomic_compare_exchange_strong(&last_ms, &last, now))
         return 0;
     malloc_trim(0);
