@@ -992,9 +992,13 @@ int svc_http_server_create(struct svc_http_server **out, const struct svc_http_o
             goto fail;
         }
         srv->pool_slot->srv = srv;
-        srv->pool_slot->d =
-            start_daemon(srv->pool_slot, MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ITC,
-                         opts->threads ? opts->threads : 2);
+        /* poll(), not epoll: MHD 0.9.75's MHD_quiesce_daemon() races its own epoll workers for
+         * the listening socket (both remove it from the epoll set; the loser aborts the process
+         * with "Failed to remove listen FD from epoll set"). With poll() quiescing goes through
+         * the ITC and there is no set to race for. These daemons serve few, long-lived
+         * connections (admin, auth, billing), where poll() costs nothing measurable. */
+        srv->pool_slot->d = start_daemon(srv->pool_slot, MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ITC,
+                                         opts->threads ? opts->threads : 2);
         if (srv->pool_slot->d == NULL) {
             snprintf(err, errlen, "cannot start the HTTP daemon on %s", opts->addr);
             rc = SVC_EIO;
