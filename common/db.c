@@ -31,11 +31,10 @@
 #define DB_TIMEOUT_MAX_MS (3600u * 1000u) /* no timeout option may exceed one hour */
 #define DB_PING_WAIT_MS 1000
 #define DB_OPEN_ERR_MAX 256
+#define DB_LOG_SQL_MAX 80 /* bytes of SQL text quoted in the log line of a failing statement */
 #define DB_MIGRATIONS_MAX 10000
 #define DB_MIGRATE_LOCK "chatweb_migrate"
 #define DB_MIGRATE_LOCK_WAIT_S 30
-
-static __thread char open_err[DB_OPEN_ERR_MAX];
 
 /* ================================================================================================
  * DSN parsing
@@ -1096,8 +1095,8 @@ static void db_free(struct svc_db *db, int sync_init)
     free(db);
 }
 
-int svc_db_open_opts(struct svc_db **out, const char *dsn, const char *data_dir,
-                     const struct svc_db_opts *opts, char *err, size_t errlen)
+int svc_db_create(struct svc_db **out, const char *dsn, const char *data_dir,
+                  const struct svc_db_opts *opts, char *err, size_t errlen)
 {
     struct svc_db *db = NULL;
     struct svc_db_conn *conn = NULL;
@@ -1107,7 +1106,7 @@ int svc_db_open_opts(struct svc_db **out, const char *dsn, const char *data_dir,
     int rc;
 
     if (out == NULL) {
-        snprintf(msg, sizeof(msg), "svc_db_open: out is NULL");
+        snprintf(msg, sizeof(msg), "svc_db_create: out is NULL");
         rc = SVC_EINVAL;
         goto out;
     }
@@ -1191,22 +1190,11 @@ out:
         db_free(db, sync_init);
         db = NULL;
     }
-    snprintf(open_err, sizeof(open_err), "%s", msg);
     if (err != NULL && errlen > 0)
         snprintf(err, errlen, "%s", msg);
     if (out != NULL)
         *out = db;
     return rc;
-}
-
-int svc_db_open(struct svc_db **out, const char *dsn, const char *data_dir)
-{
-    return svc_db_open_opts(out, dsn, data_dir, NULL, NULL, 0);
-}
-
-const char *svc_db_open_error(void)
-{
-    return open_err;
 }
 
 void svc_db_destroy(struct svc_db **dbp)
@@ -1348,7 +1336,7 @@ void svc_db_conn_put(struct svc_db *db, struct svc_db_conn **connp)
     pthread_mutex_unlock(&db->mu);
 }
 
-const char *svc_db_last_error(const struct svc_db_conn *conn)
+const char *svc__db_last_error(const struct svc_db_conn *conn)
 {
     return conn != NULL ? conn->err : "";
 }
@@ -1404,6 +1392,20 @@ static int check_args(struct svc_db_conn *conn, const char *sql, const struct sv
     return SVC_OK;
 }
 
+/*
+ * The one place a failing statement's driver text goes (svc/db.h, decision 44): debug for the
+ * outcomes callers handle (a unique key taken, a conflict that svc_db_tx_run replays), warning
+ * for the rest. The SQL is constant text with placeholders, never values. Returns rc.
+ */
+static int stmt_failed(struct svc_db_conn *conn, const char *sql, int rc)
+{
+    int lvl = rc == SVC_EEXIST || rc == SVC_ECONFLICT ? SVC_LOG_LVL_DEBUG : SVC_LOG_LVL_WARN;
+
+    SVC_LOG(lvl, NULL, "sql", "%s: %.*s: %s", svc_strerror(rc), DB_LOG_SQL_MAX,
+            sql != NULL ? sql : "(null)", conn->err);
+    return rc;
+}
+
 int svc_db_exec(struct svc_db_conn *conn, const char *sql, const struct svc_db_param *params,
                 size_t nparams, uint64_t *affected_rows, int64_t *last_insert_id)
 {
@@ -1419,10 +1421,10 @@ int svc_db_exec(struct svc_db_conn *conn, const char *sql, const struct svc_db_p
         return SVC_EINVAL;
     conn->err[0] = '\0';
     if ((rc = check_args(conn, sql, params, nparams, &len)) != SVC_OK)
-        return rc;
+        return stmt_failed(conn, sql, rc);
     rc = conn->db->vt->run(conn, sql, len, params, nparams, 0, &res);
     if (rc != SVC_OK)
-        return rc;
+        return stmt_failed(conn, sql, rc);
     if (affected_rows != NULL)
         *affected_rows = res.affected;
     if (last_insert_id != NULL)
@@ -1444,11 +1446,11 @@ int svc_db_query(struct svc_db_conn *conn, const char *sql, const struct svc_db_
         return SVC_EINVAL;
     conn->err[0] = '\0';
     if ((rc = check_args(conn, sql, params, nparams, &len)) != SVC_OK)
-        return rc;
+        return stmt_failed(conn, sql, rc);
     rc = conn->db->vt->run(conn, sql, len, params, nparams, SVC__DB_RUN_ROWS, &res);
     if (rc != SVC_OK) {
         svc_db_rows_destroy(&res.rows);
-        return rc;
+        return stmt_failed(conn, sql, rc);
     }
     *rows = res.rows;
     return SVC_OK;
@@ -1476,11 +1478,13 @@ int svc_db_begin(struct svc_db_conn *conn)
     conn->err[0] = '\0';
     if (conn->in_tx) {
         svc__db_set_err(conn, "a transaction is already open (they do not nest)");
-        return SVC_EINVAL;
+        return stmt_failed(conn, "BEGIN", SVC_EINVAL);
     }
     conn->tx_lost = 0;
     if ((rc = conn->db->vt->begin(conn)) == SVC_OK)
         conn->in_tx = 1;
+    else
+        stmt_failed(conn, "BEGIN", rc);
     return rc;
 }
 
@@ -1493,10 +1497,12 @@ int svc_db_commit(struct svc_db_conn *conn)
     conn->err[0] = '\0';
     if (!conn->in_tx) {
         svc__db_set_err(conn, "commit without a transaction");
-        return SVC_EINVAL;
+        return stmt_failed(conn, "COMMIT", SVC_EINVAL);
     }
     rc = conn->db->vt->commit(conn);
     conn->in_tx = 0;
+    if (rc != SVC_OK)
+        stmt_failed(conn, "COMMIT", rc);
     return rc;
 }
 
@@ -1541,7 +1547,7 @@ static void sleep_ms(unsigned ms)
         ;
 }
 
-int svc_db_tx_run(struct svc_db_conn *conn, svc_db_tx_fn fn, void *arg)
+int svc_db_tx_run(struct svc_db_conn *conn, svc_db_tx_cb fn, void *ctx)
 {
     int rc = SVC_EINVAL;
 
@@ -1560,7 +1566,7 @@ int svc_db_tx_run(struct svc_db_conn *conn, svc_db_tx_fn fn, void *arg)
                 continue;
             return rc;
         }
-        rc = fn(conn, arg);
+        rc = fn(ctx, conn);
         if (rc == SVC_OK) {
             if (!conn->in_tx) {
                 svc__db_set_err(conn, "transaction body ended the transaction itself");
@@ -1653,7 +1659,7 @@ static int run_script(struct svc_db_conn *conn, const struct svc_db_migration *m
                 }
                 if ((rc = exec_nocache(conn, start, len)) != SVC_OK) {
                     SVC_LOG_ERR(NULL, "db migrate", "%s/%d statement %d failed: %s", m->component,
-                                m->version, nstmt, svc_db_last_error(conn));
+                                m->version, nstmt, svc__db_last_error(conn));
                     return rc;
                 }
             }
@@ -1674,7 +1680,7 @@ static int migrate_one(struct svc_db_conn *conn, const struct svc_db_migration *
         return rc;
     if ((rc = svc_db_begin(conn)) != SVC_OK) {
         SVC_LOG_ERR(NULL, "db migrate", "%s/%d: begin: %s", m->component, m->version,
-                    svc_db_last_error(conn));
+                    svc__db_last_error(conn));
         return rc;
     }
     /* Again inside the transaction: another process may have applied it meanwhile (SQLite; on
@@ -1692,13 +1698,13 @@ static int migrate_one(struct svc_db_conn *conn, const struct svc_db_migration *
                          p, 3, NULL, NULL);
         if (rc != SVC_OK) {
             SVC_LOG_ERR(NULL, "db migrate", "%s/%d: recording it: %s", m->component, m->version,
-                        svc_db_last_error(conn));
+                        svc__db_last_error(conn));
             goto out;
         }
     }
     if ((rc = svc_db_commit(conn)) != SVC_OK) {
         SVC_LOG_ERR(NULL, "db migrate", "%s/%d: commit: %s", m->component, m->version,
-                    svc_db_last_error(conn));
+                    svc__db_last_error(conn));
         return rc;
     }
     SVC_LOG_NOTICE(NULL, "db migrate", "applied %s version %d", m->component, m->version);
@@ -1729,7 +1735,7 @@ static int migrate_check_newer(struct svc_db_conn *conn, const struct svc_db_mig
                           1, &rows);
         if (rc != SVC_OK) {
             SVC_LOG_ERR(NULL, "db migrate", "reading the %s version: %s", m[i].component,
-                        svc_db_last_error(conn));
+                        svc__db_last_error(conn));
             return rc;
         }
         int64_t have = svc_db_rows_i64(rows, 0, 0);
@@ -1780,7 +1786,7 @@ int svc_db_migrate(struct svc_db *db, const struct svc_db_migration *m, size_t n
         struct svc_db_param p[] = {SVC_DB_TEXT(DB_MIGRATE_LOCK), SVC_DB_I64(wait)};
         rc = svc_db_query(conn, "SELECT GET_LOCK(?, ?)", p, 2, &rows);
         if (rc != SVC_OK) {
-            SVC_LOG_ERR(NULL, "db migrate", "GET_LOCK: %s", svc_db_last_error(conn));
+            SVC_LOG_ERR(NULL, "db migrate", "GET_LOCK: %s", svc__db_last_error(conn));
             goto out;
         }
         if (svc_db_rows_i64(rows, 0, 0) != 1) {
@@ -1795,7 +1801,7 @@ int svc_db_migrate(struct svc_db *db, const struct svc_db_migration *m, size_t n
         rc = exec_nocache(conn, create_sqlite, sizeof(create_sqlite) - 1);
     }
     if (rc != SVC_OK) {
-        SVC_LOG_ERR(NULL, "db migrate", "creating schema_migrations: %s", svc_db_last_error(conn));
+        SVC_LOG_ERR(NULL, "db migrate", "creating schema_migrations: %s", svc__db_last_error(conn));
         goto out;
     }
     if ((rc = migrate_check_newer(conn, m, n)) != SVC_OK)
@@ -1813,7 +1819,7 @@ out:
             SVC_LOG_WARN(NULL, "db migrate",
                          "RELEASE_LOCK: %s (the lock goes with the "
                          "session)",
-                         svc_db_last_error(conn));
+                         svc__db_last_error(conn));
         svc_db_rows_destroy(&rows);
     }
     svc_db_conn_put(db, &conn);

@@ -24,7 +24,7 @@
 enum { GROUP_MAX = 64 };
 
 struct svc__db_group_item {
-    svc_db_tx_fn fn;
+    svc_db_tx_cb fn;
     void *arg;
     int rc;
     int done;
@@ -58,7 +58,7 @@ static int run_together(struct svc_db_conn *conn, struct svc__db_group_item **it
     for (size_t i = 0; i < n; i++) {
         if (svc_db_exec(conn, "SAVEPOINT svc_group", NULL, 0, NULL, NULL) != SVC_OK)
             goto again;
-        rc = items[i]->fn(conn, items[i]->arg);
+        rc = items[i]->fn(items[i]->arg, conn);
         if (!conn->in_tx)
             goto again; /* the body ended the transaction (or the connection died) */
         if (rc != SVC_OK && !is_domain_error(rc))
@@ -108,9 +108,9 @@ static void run_group(struct svc_db *db, struct svc__db_group_item **items, size
     svc_db_conn_put(db, &conn);
 }
 
-int svc_db_tx_group(struct svc_db *db, svc_db_tx_fn fn, void *arg)
+int svc_db_tx_group(struct svc_db *db, svc_db_tx_cb fn, void *ctx)
 {
-    struct svc__db_group_item me = {fn, arg, SVC_EINTERNAL, 0, NULL};
+    struct svc__db_group_item me = {fn, ctx, SVC_EINTERNAL, 0, NULL};
     struct svc__db_group_item *batch[GROUP_MAX];
 
     if (db == NULL || fn == NULL)

@@ -153,6 +153,16 @@ void svc__db_stmt_cache_forget(struct svc_db_conn *conn, void *stmt);
 /* Finalizes and forgets every cached statement. */
 void svc__db_stmt_cache_clear(struct svc_db_conn *conn);
 
+/*
+ * The driver's text for the last failure on this connection, e.g.
+ * "mysql 1062 (23000): Duplicate entry '?' for key 'users_email'" or
+ * "sqlite 2067: UNIQUE constraint failed: users.email". Values of parameters are never in it
+ * (MariaDB messages that quote a value have it replaced by '?'). "" when there was no error.
+ * Borrowed: valid until the next call on the connection. Internal: db.c logs it at each failing
+ * statement (svc/db.h); tests/unit/test_db.c checks what it holds.
+ */
+const char *svc__db_last_error(const struct svc_db_conn *conn);
+
 /* Sets conn->err with printf formatting. */
 void svc__db_set_err(struct svc_db_conn *conn, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -120,7 +120,7 @@ static int set_wal(sqlite3 *h, unsigned busy_ms, char *mode, size_t modelen, cha
 static int on_busy(void *data, int count)
 {
     struct sqlite_conn *c = data;
-    int64_t now = (int64_t)svc_clock_us(), nap_us = 20;
+    int64_t now = (int64_t)svc_loop_clock_us(), nap_us = 20;
     struct timespec nap;
 
     if (count == 0)

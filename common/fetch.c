@@ -57,7 +57,7 @@ struct svc_fetch {
     struct curl_slist *headers;
     char *body;
     struct svc_buf resp;
-    struct svc_fetch_cb cb;
+    struct svc_fetch_callbacks cb;
     void *ud;
     int stream;
     int cancelled;
@@ -127,8 +127,9 @@ static void check_done(struct svc_fetch_multi *m)
                 err = SVC_ETOOLARGE;
             else if (cc != CURLE_OK)
                 err = SVC_EUNAVAIL;
-            f->cb.on_done(f, err, f->status, f->stream ? NULL : (f->resp.data ? f->resp.data : ""),
-                          f->stream ? 0 : f->resp.len, err == SVC_OK ? NULL : why, f->ud);
+            f->cb.on_done(f->ud, err, f, f->status,
+                          f->stream ? NULL : (f->resp.data ? f->resp.data : ""),
+                          f->stream ? 0 : f->resp.len, err == SVC_OK ? NULL : why);
         }
         fetch_free(f);
     }
@@ -144,7 +145,7 @@ static void socket_action(struct svc_fetch_multi *m, curl_socket_t fd, int ev)
     check_done(m);
 }
 
-static void on_sock_io(struct svc_io *io, int fd, uint32_t events, void *data)
+static void on_sock_io(void *data, struct svc_io *io, int fd, uint32_t events)
 {
     struct svc_fetch_multi *m = data;
     int ev = 0;
@@ -159,7 +160,7 @@ static void on_sock_io(struct svc_io *io, int fd, uint32_t events, void *data)
     socket_action(m, fd, ev);
 }
 
-static void on_timer(struct svc_timer *t, void *data)
+static void on_timer(void *data, struct svc_timer *t)
 {
     (void)t;
     socket_action(data, CURL_SOCKET_TIMEOUT, 0);
@@ -182,8 +183,7 @@ static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socket
     if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
         events |= EPOLLOUT;
     if (io == NULL) {
-        io = svc_io_add(m->loop, s, events, on_sock_io, m);
-        if (io == NULL) {
+        if (svc_io_add(&io, m->loop, s, events, on_sock_io, m) != SVC_OK) {
             SVC_LOG_ERR(NULL, "fetch", "cannot watch an upstream socket");
             return -1;
         }
@@ -225,7 +225,7 @@ static struct host_q *host_get(struct svc_fetch_multi *m, const char *url)
     return hq;
 }
 
-static void on_pump(struct svc_timer *t, void *data)
+static void on_pump(void *data, struct svc_timer *t)
 {
     struct svc_fetch_multi *m = data;
 
@@ -247,31 +247,36 @@ static void on_pump(struct svc_timer *t, void *data)
                 continue;
             }
             if (f->cb.on_done != NULL)
-                f->cb.on_done(f, SVC_ENOMEM, 0, f->stream ? NULL : "", 0,
-                              "cannot start the transfer", f->ud);
+                f->cb.on_done(f->ud, SVC_ENOMEM, f, 0, f->stream ? NULL : "", 0,
+                              "cannot start the transfer");
             fetch_free(f);
         }
     }
 }
 
-struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop, long max_host_connections)
+int svc_fetch_multi_create(struct svc_fetch_multi **out, struct svc_loop *loop,
+                           long max_host_connections)
 {
     struct svc_fetch_multi *m = calloc(1, sizeof(*m));
 
+    *out = NULL;
     if (m == NULL)
-        return NULL;
+        return SVC_ENOMEM;
     m->loop = loop;
     m->h2c_reuse_broken = curl_version_info(CURLVERSION_NOW)->version_num < 0x075900;
     m->multi = curl_multi_init();
     m->share = curl_share_init();
-    m->timer = svc_timer_create(loop, on_timer, m);
-    m->pump = svc_timer_create(loop, on_pump, m);
     m->max_host = max_host_connections > 0 ? max_host_connections : 0;
-    if (m->multi == NULL || m->share == NULL || m->timer == NULL || m->pump == NULL ||
-        curl_share_setopt(m->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK ||
+    if (m->multi == NULL || m->share == NULL ||
+        svc_timer_create(&m->timer, loop, on_timer, m) != SVC_OK ||
+        svc_timer_create(&m->pump, loop, on_pump, m) != SVC_OK) {
+        svc_fetch_multi_destroy(&m);
+        return SVC_ENOMEM;
+    }
+    if (curl_share_setopt(m->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK ||
         curl_share_setopt(m->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) != CURLSHE_OK) {
         svc_fetch_multi_destroy(&m);
-        return NULL;
+        return SVC_EINTERNAL;
     }
     curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
     curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
@@ -292,7 +297,8 @@ struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop, long max_h
      * upstream's shared connections rest on it), up to FETCH_H2_MAX_STREAMS each. */
     curl_multi_setopt(m->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
     curl_multi_setopt(m->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, FETCH_H2_MAX_STREAMS);
-    return m;
+    *out = m;
+    return SVC_OK;
 }
 
 void svc_fetch_multi_destroy(struct svc_fetch_multi **mp)
@@ -340,7 +346,7 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userp)
         int rc;
         if (f->status == 0)
             curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &f->status);
-        rc = f->cb.on_data != NULL ? f->cb.on_data(f, f->status, ptr, len, f->ud) : 0;
+        rc = f->cb.on_data != NULL ? f->cb.on_data(f->ud, f, f->status, ptr, len) : 0;
         if (rc == SVC_FETCH_PAUSE) {
             /* Paused by us (a slow client): silence from the upstream is not its fault. */
             svc_timer_stop(f->idle);
@@ -360,7 +366,7 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userp)
 }
 
 /* curl's own low-speed check only runs when curl is woken; a loop timer is exact. */
-static void on_idle(struct svc_timer *t, void *data)
+static void on_idle(void *data, struct svc_timer *t)
 {
     struct svc_fetch *f = data;
     char msg[96];
@@ -375,7 +381,7 @@ static void on_idle(struct svc_timer *t, void *data)
     curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &f->status);
     snprintf(msg, sizeof(msg), "no data for %llu ms", (unsigned long long)f->idle_ms);
     if (f->cb.on_done != NULL)
-        f->cb.on_done(f, SVC_ETIMEDOUT, f->status, f->stream ? NULL : "", 0, msg, f->ud);
+        f->cb.on_done(f->ud, SVC_ETIMEDOUT, f, f->status, f->stream ? NULL : "", 0, msg);
     fetch_free(f);
 }
 
@@ -409,17 +415,21 @@ static int h2c_reuse_broken(const struct svc_fetch_multi *m, const struct svc_fe
            strncasecmp(req->url, "https://", 8) != 0;
 }
 
-struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fetch_req *req,
-                                  const struct svc_fetch_cb *cb, void *ud)
+int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
+                    const struct svc_fetch_req *req, const struct svc_fetch_callbacks *cb, void *ctx)
 {
-    struct svc_fetch *f = calloc(1, sizeof(*f));
+    struct svc_fetch *f;
     CURL *e;
+    int rc = SVC_ENOMEM;
 
-    if (f == NULL)
-        return NULL;
+    *out = NULL;
+    if (m == NULL || req == NULL || cb == NULL)
+        return SVC_EINVAL;
+    if ((f = calloc(1, sizeof(*f))) == NULL)
+        return SVC_ENOMEM;
     f->m = m;
     f->cb = *cb;
-    f->ud = ud;
+    f->ud = ctx;
     f->stream = req->stream;
     svc_buf_init(&f->resp, req->max_response ? req->max_response : FETCH_DEFAULT_MAX_RESPONSE);
     e = f->easy = curl_easy_init();
@@ -454,8 +464,8 @@ struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fe
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms);
     if (req->idle_timeout_ms > 0) {
         f->idle_ms = (uint64_t)req->idle_timeout_ms;
-        f->idle = svc_timer_create(m->loop, on_idle, f);
-        if (f->idle == NULL || svc_timer_start(f->idle, f->idle_ms) != SVC_OK)
+        if (svc_timer_create(&f->idle, m->loop, on_idle, f) != SVC_OK ||
+            svc_timer_start(f->idle, f->idle_ms) != SVC_OK)
             goto fail;
     }
     curl_easy_setopt(e, CURLOPT_SHARE, m->share);
@@ -509,8 +519,10 @@ struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fe
             f->hq->head = f;
         f->hq->tail = f;
     } else {
-        if (curl_multi_add_handle(m->multi, e) != CURLM_OK)
+        if (curl_multi_add_handle(m->multi, e) != CURLM_OK) {
+            rc = SVC_EINTERNAL;
             goto fail;
+        }
         f->added = 1;
         if (f->hq != NULL)
             f->hq->in_curl++;
@@ -520,7 +532,8 @@ struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fe
     if (m->all != NULL)
         m->all->prev = f;
     m->all = f;
-    return f;
+    *out = f;
+    return SVC_OK;
 fail:
     svc_timer_destroy(&f->idle);
     if (f->easy != NULL)
@@ -529,7 +542,7 @@ fail:
     free(f->body);
     svc_buf_deinit(&f->resp);
     free(f);
-    return NULL;
+    return rc;
 }
 
 void svc_fetch_cancel(struct svc_fetch **fp)
@@ -563,7 +576,7 @@ void svc_fetch_pause(struct svc_fetch *f, int paused)
     curl_easy_pause(f->easy, paused ? CURLPAUSE_RECV : CURLPAUSE_CONT);
 }
 
-void svc_fetch_headers_each(struct svc_fetch *f, svc_fetch_header_fn fn, void *ud)
+void svc_fetch_headers_each(struct svc_fetch *f, svc_fetch_header_cb cb, void *ctx)
 {
     struct curl_header *h = NULL;
 
@@ -572,5 +585,5 @@ void svc_fetch_headers_each(struct svc_fetch *f, svc_fetch_header_fn fn, void *u
     /* CURLH_HEADER: the response's own headers (not trailers, not a CONNECT's); request -1: the
      * last response of the transfer (an interim 100 Continue's headers are not included). */
     while ((h = curl_easy_nextheader(f->easy, CURLH_HEADER, -1, h)) != NULL)
-        fn(ud, h->name, h->value);
+        cb(ctx, h->name, h->value);
 }

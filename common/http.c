@@ -117,12 +117,12 @@ struct svc_req {
     size_t out_off;
     struct svc_io *watch; /* EPOLLRDHUP on the client socket while async */
 
-    svc_req_abort_fn abort_fn;
+    svc_req_abort_cb abort_fn;
     void *abort_data;
-    svc_req_abort_fn drain_fn;
+    svc_req_drain_cb drain_fn;
     void *drain_data;
     size_t drain_low;
-    void (*cleanup_fn)(void *);
+    svc_req_cleanup_cb cleanup_fn;
     void *cleanup_data;
 };
 
@@ -217,23 +217,23 @@ const char *svc_req_body(const struct svc_req *req, size_t *len)
     return req->body.data != NULL ? req->body.data : "";
 }
 
-void svc_req_on_abort(struct svc_req *req, svc_req_abort_fn fn, void *data)
+void svc_req_on_abort(struct svc_req *req, svc_req_abort_cb cb, void *ctx)
 {
-    req->abort_fn = fn;
-    req->abort_data = data;
+    req->abort_fn = cb;
+    req->abort_data = ctx;
 }
 
-void svc_req_on_drain(struct svc_req *req, svc_req_abort_fn fn, void *data, size_t low_watermark)
+void svc_req_on_drain(struct svc_req *req, svc_req_drain_cb cb, void *ctx, size_t low_watermark)
 {
-    req->drain_fn = fn;
-    req->drain_data = data;
+    req->drain_fn = cb;
+    req->drain_data = ctx;
     req->drain_low = low_watermark;
 }
 
-void svc_req_set_cleanup(struct svc_req *req, void (*fn)(void *), void *data)
+void svc_req_set_cleanup(struct svc_req *req, svc_req_cleanup_cb cb, void *ctx)
 {
-    req->cleanup_fn = fn;
-    req->cleanup_data = data;
+    req->cleanup_fn = cb;
+    req->cleanup_data = ctx;
 }
 
 int svc_req_add_header(struct svc_req *req, const char *name, const char *value)
@@ -279,7 +279,7 @@ static void req_fill_identity(struct svc_req *req)
     if (rid != NULL && id_is_sane(rid))
         snprintf(req->id, sizeof(req->id), "%s", rid);
     else
-        svc_random_hex(req->id, 16);
+        svc_util_random_hex(req->id, 16);
 
     snprintf(req->peer, sizeof(req->peer), "?");
     ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -402,7 +402,7 @@ int svc_req_error(struct svc_req *req, int status, const char *message)
 static atomic_size_t stream_queued;
 
 /* Once the queued bytes passed TRIM_QUEUED_BELOW (a crowd of slow clients), the first stream to
- * end with less than that queued gives the freed heap memory back (svc_heap_trim); streams that
+ * end with less than that queued gives the freed heap memory back (svc_util_heap_trim); streams that
  * come and go under it never do. */
 #define TRIM_QUEUED_BELOW (1u << 20)
 static atomic_int trim_due;
@@ -432,7 +432,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         /* The producer may append from here (a resumed upstream delivers at once): buf is
          * already filled, so that is safe. */
         if (req->drain_fn != NULL && avail > req->drain_low && avail - n <= req->drain_low)
-            req->drain_fn(req, req->drain_data);
+            req->drain_fn(req->drain_data, req);
         return (ssize_t)n;
     }
     if (req->stream_ended) {
@@ -512,10 +512,10 @@ static void req_abort(struct svc_req *req)
         return;
     req->aborted = 1;
     if (req->abort_fn != NULL)
-        req->abort_fn(req, req->abort_data);
+        req->abort_fn(req->abort_data, req);
 }
 
-static void on_client_hangup(struct svc_io *io, int fd, uint32_t events, void *data)
+static void on_client_hangup(void *data, struct svc_io *io, int fd, uint32_t events)
 {
     struct svc_req *req = data;
 
@@ -537,7 +537,9 @@ static void watch_start(struct svc_req *req)
     ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (ci == NULL)
         return;
-    req->watch = svc_io_add(req->slot->loop, ci->connect_fd, EPOLLRDHUP, on_client_hangup, req);
+    if (svc_io_add(&req->watch, req->slot->loop, ci->connect_fd, EPOLLRDHUP, on_client_hangup,
+                   req) != SVC_OK)
+        req->watch = NULL; /* not watched: a client that leaves is seen when MHD writes */
 }
 
 /* ---- MHD callbacks ---- */
@@ -655,7 +657,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         svc_req_error(req, 403, "cross-site request refused");
     } else {
         req->in_handler = 1;
-        rc = req->route->fn(req, req->route->ctx);
+        rc = req->route->fn(req->route->ctx, req);
         req->in_handler = 0;
         if (req->pending == NULL && !req->replied) {
             if (rc == SVC_HTTP_ASYNC && slot->loop != NULL) {
@@ -704,7 +706,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     atomic_fetch_sub_explicit(&stream_queued, req->out.len - req->out_off, memory_order_relaxed);
     svc_buf_deinit(&req->out);
     if (req->streaming && svc_http_queued() < TRIM_QUEUED_BELOW &&
-        atomic_load_explicit(&trim_due, memory_order_relaxed) && svc_heap_trim())
+        atomic_load_explicit(&trim_due, memory_order_relaxed) && svc_util_heap_trim())
         atomic_store_explicit(&trim_due, 0, memory_order_relaxed);
     free(req);
     atomic_fetch_sub(&slot->srv->inflight, 1);
@@ -735,7 +737,7 @@ static void slot_run(struct daemon_slot *slot)
     }
 }
 
-static void on_slot_io(struct svc_io *io, int fd, uint32_t events, void *data)
+static void on_slot_io(void *data, struct svc_io *io, int fd, uint32_t events)
 {
     (void)io;
     (void)fd;
@@ -743,7 +745,7 @@ static void on_slot_io(struct svc_io *io, int fd, uint32_t events, void *data)
     slot_run(data);
 }
 
-static void on_slot_timer(struct svc_timer *t, void *data)
+static void on_slot_timer(void *data, struct svc_timer *t)
 {
     (void)t;
     slot_run(data);
@@ -810,8 +812,9 @@ static struct daemon_slot *shard_grow(struct loop_shard *sh)
         start_daemon(slot, MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_NO_LISTEN_SOCKET, 1);
     di = slot->d != NULL ? MHD_get_daemon_info(slot->d, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
     if (di != NULL) {
-        slot->timer = svc_timer_create(slot->loop, on_slot_timer, slot);
-        slot->io = svc_io_add(slot->loop, di->epoll_fd, EPOLLIN, on_slot_io, slot);
+        if (svc_timer_create(&slot->timer, slot->loop, on_slot_timer, slot) == SVC_OK &&
+            svc_io_add(&slot->io, slot->loop, di->epoll_fd, EPOLLIN, on_slot_io, slot) != SVC_OK)
+            slot->io = NULL;
     }
     if (di == NULL || slot->timer == NULL || slot->io == NULL) {
         slot_free(&slot);
@@ -836,22 +839,22 @@ static struct daemon_slot *shard_pick(struct loop_shard *sh)
     return best;
 }
 
-static void on_accept(struct svc_io *io, int fd, uint32_t events, void *data);
+static void on_accept(void *data, struct svc_io *io, int fd, uint32_t events);
 
-static void on_accept_pause(struct svc_timer *t, void *data)
+static void on_accept_pause(void *data, struct svc_timer *t)
 {
     struct loop_shard *sh = data;
 
     (void)t;
     if (sh->stopped || sh->accept_io != NULL)
         return;
-    sh->accept_io = svc_io_add(sh->loop, sh->srv->listen_fd, EPOLLIN | EPOLLEXCLUSIVE, on_accept,
-                               sh);
-    if (sh->accept_io == NULL && svc_timer_start(sh->accept_pause, ACCEPT_PAUSE_MS) != SVC_OK)
+    if (svc_io_add(&sh->accept_io, sh->loop, sh->srv->listen_fd, EPOLLIN | EPOLLEXCLUSIVE,
+                   on_accept, sh) != SVC_OK &&
+        svc_timer_start(sh->accept_pause, ACCEPT_PAUSE_MS) != SVC_OK)
         SVC_LOG_ERR(NULL, "http", "cannot watch the listening socket again");
 }
 
-static void on_accept(struct svc_io *io, int fd, uint32_t events, void *data)
+static void on_accept(void *data, struct svc_io *io, int fd, uint32_t events)
 {
     struct loop_shard *sh = data;
     struct svc_http_server *srv = sh->srv;
@@ -1017,12 +1020,12 @@ int svc_http_server_create(struct svc_http_server **out, const struct svc_http_o
         struct loop_shard *sh = &srv->shards[i];
         sh->srv = srv;
         sh->loop = opts->loops[i];
-        sh->accept_pause = svc_timer_create(sh->loop, on_accept_pause, sh);
         /* Every loop accepts; EPOLLEXCLUSIVE wakes one of them per new connection. The first
          * daemon is started here so that a daemon that cannot start fails the start. */
-        if (sh->accept_pause == NULL || shard_grow(sh) == NULL ||
-            (sh->accept_io = svc_io_add(sh->loop, srv->listen_fd, EPOLLIN | EPOLLEXCLUSIVE,
-                                        on_accept, sh)) == NULL) {
+        if (svc_timer_create(&sh->accept_pause, sh->loop, on_accept_pause, sh) != SVC_OK ||
+            shard_grow(sh) == NULL ||
+            svc_io_add(&sh->accept_io, sh->loop, srv->listen_fd, EPOLLIN | EPOLLEXCLUSIVE,
+                       on_accept, sh) != SVC_OK) {
             snprintf(err, errlen, "cannot start the HTTP daemon on %s", opts->addr);
             rc = SVC_EIO;
             goto fail;
@@ -1046,7 +1049,7 @@ long svc_http_server_inflight(const struct svc_http_server *srv)
 }
 
 /* Stops accepting on one loop (on that loop's thread: the watcher is its). */
-static void quiesce_shard(struct svc_loop *loop, void *data)
+static void quiesce_shard(void *data, struct svc_loop *loop)
 {
     struct loop_shard *sh = data;
 

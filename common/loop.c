@@ -16,7 +16,7 @@ struct svc_io {
     struct svc_loop *loop;
     int fd;
     int dead;
-    svc_io_fn fn;
+    svc_io_cb fn;
     void *data;
     struct svc_io *next_dead;
 };
@@ -26,13 +26,13 @@ struct svc_timer {
     uint64_t due;
     size_t heap_idx; /* SIZE_MAX when not armed */
     int dead;
-    svc_timer_fn fn;
+    svc_timer_cb fn;
     void *data;
     struct svc_timer *next_dead;
 };
 
 struct post_msg {
-    svc_post_fn fn;
+    svc_loop_post_cb fn;
     void *data;
     struct post_msg *next;
 };
@@ -64,7 +64,7 @@ void *svc_loop_data(const struct svc_loop *loop)
     return loop->data;
 }
 
-uint64_t svc_clock_ms(void)
+uint64_t svc_loop_clock_ms(void)
 {
     struct timespec ts;
 
@@ -72,7 +72,7 @@ uint64_t svc_clock_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-uint64_t svc_clock_us(void)
+uint64_t svc_loop_clock_us(void)
 {
     struct timespec ts;
 
@@ -85,13 +85,14 @@ uint64_t svc_loop_now(struct svc_loop *loop)
     return loop->now;
 }
 
-struct svc_loop *svc_loop_create(void)
+int svc_loop_create(struct svc_loop **out)
 {
     struct svc_loop *loop = calloc(1, sizeof(*loop));
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
 
+    *out = NULL;
     if (loop == NULL)
-        return NULL;
+        return SVC_ENOMEM;
     loop->epfd = epoll_create1(EPOLL_CLOEXEC);
     loop->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (loop->epfd < 0 || loop->wakefd < 0 ||
@@ -103,11 +104,12 @@ struct svc_loop *svc_loop_create(void)
             close(loop->wakefd);
         free(loop);
         errno = saved;
-        return NULL;
+        return saved == ENOMEM ? SVC_ENOMEM : SVC_EIO;
     }
     pthread_mutex_init(&loop->post_lock, NULL);
-    loop->now = svc_clock_ms();
-    return loop;
+    loop->now = svc_loop_clock_ms();
+    *out = loop;
+    return SVC_OK;
 }
 
 static void free_dead(struct svc_loop *loop)
@@ -159,14 +161,14 @@ void svc_loop_stop(struct svc_loop *loop)
     wake(loop);
 }
 
-int svc_loop_post(struct svc_loop *loop, svc_post_fn fn, void *data)
+int svc_loop_post(struct svc_loop *loop, svc_loop_post_cb cb, void *ctx)
 {
     struct post_msg *m = malloc(sizeof(*m));
 
     if (m == NULL)
         return SVC_ENOMEM;
-    m->fn = fn;
-    m->data = data;
+    m->fn = cb;
+    m->data = ctx;
     m->next = NULL;
     pthread_mutex_lock(&loop->post_lock);
     if (loop->post_tail != NULL)
@@ -193,7 +195,7 @@ static void run_posted(struct svc_loop *loop)
     pthread_mutex_unlock(&loop->post_lock);
     while (m != NULL) {
         struct post_msg *next = m->next;
-        m->fn(loop, m->data);
+        m->fn(m->data, loop);
         free(m);
         m = next;
     }
@@ -201,26 +203,29 @@ static void run_posted(struct svc_loop *loop)
 
 /* ---- io ---- */
 
-struct svc_io *svc_io_add(struct svc_loop *loop, int fd, uint32_t events, svc_io_fn fn, void *data)
+int svc_io_add(struct svc_io **out, struct svc_loop *loop, int fd, uint32_t events, svc_io_cb cb,
+               void *ctx)
 {
     struct svc_io *io = calloc(1, sizeof(*io));
     struct epoll_event ev;
 
+    *out = NULL;
     if (io == NULL)
-        return NULL;
+        return SVC_ENOMEM;
     io->loop = loop;
     io->fd = fd;
-    io->fn = fn;
-    io->data = data;
+    io->fn = cb;
+    io->data = ctx;
     ev.events = events;
     ev.data.ptr = io;
     if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
         int saved = errno;
         free(io);
         errno = saved;
-        return NULL;
+        return SVC_EIO;
     }
-    return io;
+    *out = io;
+    return SVC_OK;
 }
 
 int svc_io_modify(struct svc_io *io, uint32_t events)
@@ -302,17 +307,19 @@ static void heap_remove(struct svc_loop *loop, struct svc_timer *t)
     t->heap_idx = SIZE_MAX;
 }
 
-struct svc_timer *svc_timer_create(struct svc_loop *loop, svc_timer_fn fn, void *data)
+int svc_timer_create(struct svc_timer **out, struct svc_loop *loop, svc_timer_cb cb, void *ctx)
 {
     struct svc_timer *t = calloc(1, sizeof(*t));
 
+    *out = NULL;
     if (t == NULL)
-        return NULL;
+        return SVC_ENOMEM;
     t->loop = loop;
-    t->fn = fn;
-    t->data = data;
+    t->fn = cb;
+    t->data = ctx;
     t->heap_idx = SIZE_MAX;
-    return t;
+    *out = t;
+    return SVC_OK;
 }
 
 int svc_timer_start(struct svc_timer *t, uint64_t ms)
@@ -329,7 +336,7 @@ int svc_timer_start(struct svc_timer *t, uint64_t ms)
         loop->heap = h;
         loop->capheap = cap;
     }
-    t->due = svc_clock_ms() + ms;
+    t->due = svc_loop_clock_ms() + ms;
     t->heap_idx = loop->nheap;
     loop->heap[loop->nheap++] = t;
     heap_up(loop, t->heap_idx);
@@ -365,7 +372,7 @@ static void run_timers(struct svc_loop *loop)
     while (loop->nheap > 0 && loop->heap[0]->due <= loop->now) {
         struct svc_timer *t = loop->heap[0];
         heap_remove(loop, t);
-        t->fn(t, t->data);
+        t->fn(t->data, t);
     }
 }
 
@@ -388,9 +395,9 @@ int svc_loop_run(struct svc_loop *loop)
     while (!atomic_load(&loop->stop)) {
         int n;
 
-        loop->now = svc_clock_ms();
+        loop->now = svc_loop_clock_ms();
         n = epoll_wait(loop->epfd, events, LOOP_MAX_EVENTS, next_timeout(loop));
-        loop->now = svc_clock_ms();
+        loop->now = svc_loop_clock_ms();
         for (int i = 0; i < n; i++) {
             struct svc_io *io = events[i].data.ptr;
             if (io == NULL) {
@@ -398,7 +405,7 @@ int svc_loop_run(struct svc_loop *loop)
                 continue;
             }
             if (!io->dead)
-                io->fn(io, io->fd, events[i].events, io->data);
+                io->fn(io->data, io, io->fd, events[i].events);
         }
         run_timers(loop);
         free_dead(loop);

@@ -56,15 +56,19 @@ struct svc_metric_vec {
 static struct svc_metric_vec *vecs[METRIC_VECS_MAX];
 static size_t nvecs;
 
-struct svc_metric_vec *svc_metric_vec_create(const char *name, const char *help,
-                                             enum svc_metric_vec_type type,
-                                             const char *const *labels, size_t nlabels)
+int svc_metric_vec_create(struct svc_metric_vec **out, const char *name, const char *help,
+                          enum svc_metric_vec_type type, const char *const *labels,
+                          size_t nlabels)
 {
     struct svc_metric_vec *v;
 
-    if (nvecs >= METRIC_VECS_MAX || nlabels == 0 || nlabels > SVC_METRIC_LABELS_MAX ||
-        (v = calloc(1, sizeof(*v))) == NULL)
-        return NULL;
+    *out = NULL;
+    if (nlabels == 0 || nlabels > SVC_METRIC_LABELS_MAX)
+        return SVC_EINVAL;
+    if (nvecs >= METRIC_VECS_MAX)
+        return SVC_ETOOLARGE;
+    if ((v = calloc(1, sizeof(*v))) == NULL)
+        return SVC_ENOMEM;
     v->name = name;
     v->help = help;
     v->type = type;
@@ -73,14 +77,15 @@ struct svc_metric_vec *svc_metric_vec_create(const char *name, const char *help,
         v->labels[i] = labels[i];
     pthread_mutex_init(&v->mu, NULL);
     vecs[nvecs++] = v;
-    return v;
+    *out = v;
+    return SVC_OK;
 }
 
 /* The label value as kept: at most SVC_METRIC_LABEL_VALUE_MAX - 1 bytes, cut on a character. */
 static void value_copy(char *dst, const char *src)
 {
     snprintf(dst, SVC_METRIC_LABEL_VALUE_MAX, "%s", src != NULL ? src : "");
-    svc_utf8_trim_end(dst);
+    svc_util_utf8_trim_end(dst);
 }
 
 static uint64_t values_hash(char values[][SVC_METRIC_LABEL_VALUE_MAX], size_t n)

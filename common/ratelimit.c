@@ -16,7 +16,7 @@ struct rl_call {
     long long limit;
 };
 
-static void on_incr(int err, const struct svc_redis_reply *reply, void *data)
+static void on_incr(void *data, int err, const struct svc_redis_reply *reply)
 {
     struct rl_call *c = data;
     long long n = 0;
@@ -25,15 +25,15 @@ static void on_incr(int err, const struct svc_redis_reply *reply, void *data)
         err = SVC_EIO;
     if (err == SVC_OK)
         n = svc_redis_reply_int(reply);
-    c->cb(err, err == SVC_OK ? n <= c->limit : 1, n, c->data);
+    c->cb(c->data, err, err == SVC_OK ? n <= c->limit : 1, n);
     free(c);
 }
 
 int svc_ratelimit_hit(struct svc_redis_async *r, const char *scope, long long limit, int window_s,
-                      svc_ratelimit_cb cb, void *data)
+                      svc_ratelimit_cb cb, void *ctx)
 {
     char key[RL_KEY_MAX], ttl[16];
-    long long window = svc_wallclock_ms() / 1000 / (window_s > 0 ? window_s : 1);
+    long long window = svc_util_wallclock_ms() / 1000 / (window_s > 0 ? window_s : 1);
     struct rl_call *c;
     int n, rc;
 
@@ -45,7 +45,7 @@ int svc_ratelimit_hit(struct svc_redis_async *r, const char *scope, long long li
     if (c == NULL)
         return SVC_ENOMEM;
     c->cb = cb;
-    c->data = data;
+    c->data = ctx;
     c->limit = limit;
     {
         const char *argv[] = {"INCR", key};
@@ -121,7 +121,7 @@ static int tokens_argv(const char *script, const char *tag,
                        int window_s, int with_limits, char store[][RL_KEY_MAX],
                        const char *argv[TOKENS_ARGV_MAX], size_t lens[TOKENS_ARGV_MAX])
 {
-    long long window = svc_wallclock_ms() / 1000 / window_s;
+    long long window = svc_util_wallclock_ms() / 1000 / window_s;
     int argc = 0, slot = 0, n;
 
     if (nscopes < 1 || nscopes > SVC_RATELIMIT_SCOPES_MAX || window_s < 1 ||
@@ -157,7 +157,7 @@ static int tokens_argv(const char *script, const char *tag,
     return argc;
 }
 
-static void on_tokens_admit(int err, const struct svc_redis_reply *reply, void *data)
+static void on_tokens_admit(void *data, int err, const struct svc_redis_reply *reply)
 {
     struct tokens_call *c = data;
     int allowed = 1, refused = -1;
@@ -171,14 +171,14 @@ static void on_tokens_admit(int err, const struct svc_redis_reply *reply, void *
         refused = allowed ? -1 : (int)svc_redis_reply_int(svc_redis_reply_elem(reply, 1)) - 1;
         used = svc_redis_reply_int(svc_redis_reply_elem(reply, 2));
     }
-    c->cb(err, allowed, refused, used, c->retry_after_s, c->data);
+    c->cb(c->data, err, allowed, refused, used, c->retry_after_s);
     free(c);
 }
 
 int svc_ratelimit_tokens_admit(struct svc_redis_async *r, const char *tag,
                                const struct svc_ratelimit_scope *scopes, int nscopes,
                                long long tokens, int window_s, svc_ratelimit_tokens_cb cb,
-                               void *data)
+                               void *ctx)
 {
     char store[TOKENS_ARGV_MAX][RL_KEY_MAX];
     const char *argv[TOKENS_ARGV_MAX];
@@ -199,8 +199,8 @@ int svc_ratelimit_tokens_admit(struct svc_redis_async *r, const char *tag,
     if (c == NULL)
         return SVC_ENOMEM;
     c->cb = cb;
-    c->data = data;
-    c->retry_after_s = window_s - (int)(svc_wallclock_ms() / 1000 % window_s);
+    c->data = ctx;
+    c->retry_after_s = window_s - (int)(svc_util_wallclock_ms() / 1000 % window_s);
     rc = svc_redis_async_cmd(r, on_tokens_admit, c, argc, argv, lens);
     if (rc != SVC_OK)
         free(c);

@@ -362,15 +362,20 @@ static void mark_stale(struct svc_redis *r)
     pthread_mutex_unlock(&r->lock);
 }
 
-int svc_redis_create(struct svc_redis **out, const char *url, long timeout_ms)
+int svc_redis_create(struct svc_redis **out, const char *url, long timeout_ms, char *err,
+                     size_t errlen)
 {
     struct svc_redis *r = calloc(1, sizeof(*r));
-    char err[128];
+    char why[128];
 
     *out = NULL;
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
     if (r == NULL)
         return SVC_ENOMEM;
-    if (svc__redis_url_parse(url, &r->url, err, sizeof(err)) != SVC_OK) {
+    if (svc__redis_url_parse(url, &r->url, why, sizeof(why)) != SVC_OK) {
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "%s", why);
         free(r);
         return SVC_EINVAL;
     }
@@ -668,7 +673,7 @@ static void ev_update(struct aconn *c, uint32_t add, uint32_t del)
         SVC_LOG_ERR(NULL, "redis", "cannot change socket events");
 }
 
-static void on_ac_io(struct svc_io *io, int fd, uint32_t events, void *data)
+static void on_ac_io(void *data, struct svc_io *io, int fd, uint32_t events)
 {
     struct aconn *c = data;
 
@@ -952,7 +957,7 @@ static void sentinel_ask(struct svc_redis_async *r)
         r->asking = 1;
 }
 
-static void on_watch(struct svc_timer *t, void *data)
+static void on_watch(void *data, struct svc_timer *t)
 {
     struct svc_redis_async *r = data;
 
@@ -993,8 +998,7 @@ static int aconn_connect(struct aconn *c)
     ac->ev.cleanup = ad_cleanup;
     c->events = 0;
     c->outstanding = 0;
-    c->io = svc_io_add(r->loop, ac->c.fd, 0, on_ac_io, c);
-    if (c->io == NULL) {
+    if (svc_io_add(&c->io, r->loop, ac->c.fd, 0, on_ac_io, c) != SVC_OK) {
         redisAsyncFree(ac);
         c->ac = NULL;
         return SVC_EUNAVAIL;
@@ -1018,7 +1022,7 @@ static int aconn_connect(struct aconn *c)
     return SVC_OK;
 }
 
-static void on_reconnect(struct svc_timer *t, void *data)
+static void on_reconnect(void *data, struct svc_timer *t)
 {
     struct aconn *c = data;
 
@@ -1056,7 +1060,7 @@ static struct aconn *conn_for(struct svc_redis_async *r, const struct svc__redis
     if (free_slot == NULL)
         return NULL;
     if (free_slot->reconnect == NULL &&
-        (free_slot->reconnect = svc_timer_create(r->loop, on_reconnect, free_slot)) == NULL)
+        svc_timer_create(&free_slot->reconnect, r->loop, on_reconnect, free_slot) != SVC_OK)
         return NULL;
     free_slot->in_use = 1;
     free_slot->retired = 0;
@@ -1122,7 +1126,7 @@ static void on_slots_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
 /* Cluster: asks a connected node for the slot map; again every REFRESH_MS while some slot's
  * master is not connected. */
-static void on_refresh(struct svc_timer *t, void *data)
+static void on_refresh(void *data, struct svc_timer *t)
 {
     struct svc_redis_async *r = data;
     const char *slots[] = {"CLUSTER", "SLOTS"};
@@ -1145,7 +1149,7 @@ static void on_refresh(struct svc_timer *t, void *data)
 }
 
 /* A Redis that accepts commands but never answers must not hang requests forever. */
-static void on_watchdog(struct svc_timer *t, void *data)
+static void on_watchdog(void *data, struct svc_timer *t)
 {
     struct svc_redis_async *r = data;
     uint64_t now = svc_loop_now(r->loop);
@@ -1206,7 +1210,7 @@ static int setup_conns(struct svc_redis_async *r)
         c->in_use = 1;
         c->addr = r->url.seeds[0];
         c->backoff = RECONNECT_MIN_MS;
-        if ((c->reconnect = svc_timer_create(r->loop, on_reconnect, c)) == NULL)
+        if (svc_timer_create(&c->reconnect, r->loop, on_reconnect, c) != SVC_OK)
             return SVC_ENOMEM;
         if (aconn_connect(c) != SVC_OK)
             schedule_reconnect(c);
@@ -1216,18 +1220,18 @@ static int setup_conns(struct svc_redis_async *r)
         for (int i = DATA; i <= SENTINEL; i++) {
             r->conns[i].in_use = 1;
             r->conns[i].backoff = RECONNECT_MIN_MS;
-            if ((r->conns[i].reconnect = svc_timer_create(r->loop, on_reconnect, &r->conns[i])) ==
-                NULL)
+            if (svc_timer_create(&r->conns[i].reconnect, r->loop, on_reconnect, &r->conns[i]) !=
+                SVC_OK)
                 return SVC_ENOMEM;
         }
-        if ((r->watch = svc_timer_create(r->loop, on_watch, r)) == NULL)
+        if (svc_timer_create(&r->watch, r->loop, on_watch, r) != SVC_OK)
             return SVC_ENOMEM;
         schedule(r->watch, SENTINEL_WATCH_MS);
         sentinel_next(r, 0);
         return SVC_OK;
     default:
         /* every seed until the first slot map names the masters */
-        if ((r->refresh = svc_timer_create(r->loop, on_refresh, r)) == NULL)
+        if (svc_timer_create(&r->refresh, r->loop, on_refresh, r) != SVC_OK)
             return SVC_ENOMEM;
         for (int i = 0; i < r->url.nseeds; i++)
             if (conn_for(r, &r->url.seeds[i]) == NULL)
@@ -1238,29 +1242,41 @@ static int setup_conns(struct svc_redis_async *r)
     }
 }
 
-struct svc_redis_async *svc_redis_async_create(struct svc_loop *loop, const char *url,
-                                               long timeout_ms)
+int svc_redis_async_create(struct svc_redis_async **out, struct svc_loop *loop, const char *url,
+                           long timeout_ms, char *err, size_t errlen)
 {
     struct svc_redis_async *r = calloc(1, sizeof(*r));
-    char err[128];
+    char why[128];
+    int rc;
 
+    *out = NULL;
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
     if (r == NULL)
-        return NULL;
-    if (svc__redis_url_parse(url, &r->url, err, sizeof(err)) != SVC_OK) {
+        return SVC_ENOMEM;
+    if (svc__redis_url_parse(url, &r->url, why, sizeof(why)) != SVC_OK) {
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "%s", why);
         free(r);
-        return NULL;
+        return SVC_EINVAL;
     }
     r->loop = loop;
     r->timeout_ms = timeout_ms > 0 ? timeout_ms : 1000;
     for (int i = 0; i < ASYNC_CONNS_MAX; i++)
         r->conns[i].r = r;
-    r->watchdog = svc_timer_create(loop, on_watchdog, r);
-    if (r->watchdog == NULL || svc_timer_start(r->watchdog, WATCHDOG_MS) != SVC_OK ||
-        setup_conns(r) != SVC_OK) {
+    rc = svc_timer_create(&r->watchdog, loop, on_watchdog, r);
+    if (rc == SVC_OK)
+        rc = svc_timer_start(r->watchdog, WATCHDOG_MS);
+    if (rc == SVC_OK)
+        rc = setup_conns(r);
+    if (rc != SVC_OK) {
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "cannot set up the connections: %s", svc_strerror(rc));
         svc_redis_async_destroy(&r);
-        return NULL;
+        return rc;
     }
-    return r;
+    *out = r;
+    return SVC_OK;
 }
 
 void svc_redis_async_destroy(struct svc_redis_async **rp)
@@ -1337,9 +1353,9 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *privdata)
     }
     if (pc->cb != NULL) {
         if (reply == NULL || rep == NULL)
-            pc->cb(r->destroying ? SVC_ECANCELED : SVC_EUNAVAIL, NULL, pc->data);
+            pc->cb(pc->data, r->destroying ? SVC_ECANCELED : SVC_EUNAVAIL, NULL);
         else
-            pc->cb(SVC_OK, (const struct svc_redis_reply *)rep, pc->data);
+            pc->cb(pc->data, SVC_OK, (const struct svc_redis_reply *)rep);
     }
     redisFreeCommand(pc->buf);
     free(pc);
@@ -1374,7 +1390,7 @@ static struct aconn *route(struct svc_redis_async *r, int argc, const char *cons
     return c != NULL && c->ac != NULL && c->connected ? c : NULL;
 }
 
-int svc_redis_async_cmd(struct svc_redis_async *r, svc_redis_cb cb, void *data, int argc,
+int svc_redis_async_cmd(struct svc_redis_async *r, svc_redis_cb cb, void *ctx, int argc,
                         const char *const *argv, const size_t *argvlen)
 {
     struct aconn *c = route(r, argc, argv, argvlen);
@@ -1387,7 +1403,7 @@ int svc_redis_async_cmd(struct svc_redis_async *r, svc_redis_cb cb, void *data, 
     if (pc == NULL)
         return SVC_ENOMEM;
     pc->cb = cb;
-    pc->data = data;
+    pc->data = ctx;
     if (r->url.kind == SVC__REDIS_CLUSTER) {
         /* kept until the reply, to send it again where MOVED or ASK points */
         len = redisFormatCommandArgv(&pc->buf, argc, (const char **)argv, argvlen);

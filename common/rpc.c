@@ -217,7 +217,7 @@ static int check_signature(struct svc_req *req)
     return status;
 }
 
-int svc_rpc_dispatch(struct svc_req *req, void *ctx)
+int svc_rpc_dispatch(void *ctx, struct svc_req *req)
 {
     const struct svc_rpc_registry *reg = ctx;
     const struct svc_rpc_method *m = NULL;
@@ -248,7 +248,7 @@ int svc_rpc_dispatch(struct svc_req *req, void *ctx)
         rc = SVC_ENOMEM;
     } else {
         protobuf_c_message_init(m->out_desc, out);
-        rc = m->fn(&call, in, out, m->ctx);
+        rc = m->fn(m->ctx, &call, in, out);
     }
     if (rc == SVC_OK) {
         reply_message(req, 200, out);
@@ -278,17 +278,26 @@ struct svc_rpc_client {
     long timeout_ms;
 };
 
-struct svc_rpc_client *svc_rpc_client_create(const char *base_url, long timeout_ms)
+int svc_rpc_client_create(struct svc_rpc_client **out, const char *base_url, long timeout_ms,
+                          char *err, size_t errlen)
 {
-    struct svc_rpc_client *c = calloc(1, sizeof(*c));
+    struct svc_rpc_client *c;
     size_t n;
 
-    if (c == NULL)
-        return NULL;
+    *out = NULL;
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    if (base_url == NULL || strstr(base_url, "://") == NULL) {
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "not a URL: %s", base_url != NULL ? base_url : "(null)");
+        return SVC_EINVAL;
+    }
+    if ((c = calloc(1, sizeof(*c))) == NULL)
+        return SVC_ENOMEM;
     c->base_url = strdup(base_url);
     if (c->base_url == NULL) {
         free(c);
-        return NULL;
+        return SVC_ENOMEM;
     }
     n = strlen(c->base_url);
     while (n > 0 && c->base_url[n - 1] == '/')
@@ -300,7 +309,8 @@ struct svc_rpc_client *svc_rpc_client_create(const char *base_url, long timeout_
         p = p != NULL ? strchr(p + 3, '/') : NULL;
         c->path_prefix = p != NULL ? p : "";
     }
-    return c;
+    *out = c;
+    return SVC_OK;
 }
 
 /* Fills the signature header lines of a call (empty lines when authentication is off). */
@@ -516,8 +526,8 @@ int svc_rpc_get(const char *url, long timeout_ms, long *status, char *body, size
 
 struct async_call {
     const ProtobufCMessageDescriptor *out_desc;
-    svc_rpc_done_fn done;
-    void (*release)(void *data);
+    svc_rpc_done_cb done;
+    svc_rpc_release_cb release;
     void *data;
 };
 
@@ -530,8 +540,8 @@ static void async_cancelled(void *ud)
     free(ac);
 }
 
-static void async_done(struct svc_fetch *f, int err, long status, const char *body, size_t len,
-                       const char *errmsg, void *ud)
+static void async_done(void *ud, int err, struct svc_fetch *f, long status, const char *body,
+                       size_t len, const char *errmsg)
 {
     struct async_call *ac = ud;
     ProtobufCMessage *out = NULL;
@@ -544,45 +554,50 @@ static void async_done(struct svc_fetch *f, int err, long status, const char *bo
                           sizeof(msg));
     else
         snprintf(msg, sizeof(msg), "%s", errmsg ? errmsg : svc_strerror(err));
-    ac->done(rc, out, rc == SVC_OK ? NULL : msg, ac->data);
+    ac->done(ac->data, rc, out, rc == SVC_OK ? NULL : msg);
     free(ac);
 }
 
-struct svc_fetch *svc_rpc_call_async(struct svc_rpc_client *c, struct svc_fetch_multi *m,
-                                     const char *method, const ProtobufCMessage *in,
-                                     const ProtobufCMessageDescriptor *out_desc,
-                                     const char *request_id, svc_rpc_done_fn done, void *data)
+int svc_rpc_call_async(struct svc_fetch **fetch, struct svc_rpc_client *c,
+                       struct svc_fetch_multi *m, const char *method, const ProtobufCMessage *in,
+                       const ProtobufCMessageDescriptor *out_desc, const char *request_id,
+                       svc_rpc_done_cb done, void *ctx)
 {
-    return svc_rpc_call_async_release(c, m, method, in, out_desc, request_id, done, NULL, data);
+    return svc_rpc_call_async_release(fetch, c, m, method, in, out_desc, request_id, done, NULL,
+                                      ctx);
 }
 
-struct svc_fetch *svc_rpc_call_async_release(struct svc_rpc_client *c, struct svc_fetch_multi *m,
-                                             const char *method, const ProtobufCMessage *in,
-                                             const ProtobufCMessageDescriptor *out_desc,
-                                             const char *request_id, svc_rpc_done_fn done,
-                                             void (*release)(void *data), void *data)
+int svc_rpc_call_async_release(struct svc_fetch **fetch, struct svc_rpc_client *c,
+                               struct svc_fetch_multi *m, const char *method,
+                               const ProtobufCMessage *in,
+                               const ProtobufCMessageDescriptor *out_desc, const char *request_id,
+                               svc_rpc_done_cb done, svc_rpc_release_cb release, void *ctx)
 {
-    static const struct svc_fetch_cb cb = {.on_done = async_done, .on_cancel = async_cancelled};
+    static const struct svc_fetch_callbacks cb = {.on_done = async_done, .on_cancel = async_cancelled};
     char url[512], hid[128], hdl[64], hts[64], hsig[96];
     struct svc_fetch_req fr = {0};
     struct async_call *ac = calloc(1, sizeof(*ac));
-    struct svc_fetch *f = NULL;
     uint8_t *body = NULL;
     size_t len;
+    int rc;
 
+    *fetch = NULL;
     if (ac == NULL)
-        return NULL;
+        return SVC_ENOMEM;
     body = pack(in, &len);
-    if (body == NULL || call_sign(c, method, body, len, hts, sizeof(hts), hsig, sizeof(hsig)) !=
-                            SVC_OK) {
+    if (body == NULL) {
+        free(ac);
+        return SVC_ENOMEM;
+    }
+    if ((rc = call_sign(c, method, body, len, hts, sizeof(hts), hsig, sizeof(hsig))) != SVC_OK) {
         free(body);
         free(ac);
-        return NULL;
+        return rc;
     }
     ac->out_desc = out_desc;
     ac->done = done;
     ac->release = release;
-    ac->data = data;
+    ac->data = ctx;
     snprintf(url, sizeof(url), "%s%s", c->base_url, method);
     snprintf(hid, sizeof(hid), "X-Request-Id: %s", request_id ? request_id : "");
     snprintf(hdl, sizeof(hdl), "X-Deadline-Ms: %ld", c->timeout_ms);
@@ -596,9 +611,9 @@ struct svc_fetch *svc_rpc_call_async_release(struct svc_rpc_client *c, struct sv
     fr.connect_timeout_ms = c->timeout_ms;
     fr.timeout_ms = c->timeout_ms;
     fr.max_response = RPC_MAX_RESPONSE;
-    f = svc_fetch_start(m, &fr, &cb, ac);
+    rc = svc_fetch_start(fetch, m, &fr, &cb, ac);
     free(body);
-    if (f == NULL)
+    if (rc != SVC_OK)
         free(ac);
-    return f;
+    return rc;
 }

@@ -27,7 +27,7 @@ static struct svc_option *options;
 static size_t noptions;
 static int migrate_only; /* --migrate: apply the schema and exit (svc_service_migrate_only) */
 static atomic_int ready;
-static int (*ready_check)(void *);
+static svc_service_ready_cb ready_check;
 static void *ready_check_data;
 static struct svc_http_server *admin;
 
@@ -56,10 +56,10 @@ void svc_service_set_ready(int r)
     atomic_store(&ready, r);
 }
 
-void svc_service_set_ready_check(int (*fn)(void *), void *data)
+void svc_service_set_ready_check(svc_service_ready_cb cb, void *ctx)
 {
-    ready_check = fn;
-    ready_check_data = data;
+    ready_check = cb;
+    ready_check_data = ctx;
 }
 
 unsigned svc_service_workers(void)
@@ -73,14 +73,14 @@ unsigned svc_service_workers(void)
 
 /* ---- admin listener ---- */
 
-static int admin_healthz(struct svc_req *req, void *ctx)
+static int admin_healthz(void *ctx, struct svc_req *req)
 {
     (void)ctx;
     svc_req_reply(req, 200, "text/plain", "ok\n", 3);
     return SVC_HTTP_DONE;
 }
 
-static int admin_readyz(struct svc_req *req, void *ctx)
+static int admin_readyz(void *ctx, struct svc_req *req)
 {
     int ok = atomic_load(&ready) && (ready_check == NULL || ready_check(ready_check_data) == 0);
 
@@ -92,7 +92,7 @@ static int admin_readyz(struct svc_req *req, void *ctx)
     return SVC_HTTP_DONE;
 }
 
-static int admin_metrics(struct svc_req *req, void *ctx)
+static int admin_metrics(void *ctx, struct svc_req *req)
 {
     struct svc_buf b;
 
@@ -237,14 +237,14 @@ int svc_service_wait(void)
 
 long svc_service_drain(struct svc_http_server *srv)
 {
-    uint64_t deadline = svc_clock_ms() + (uint64_t)svc_service_option("DRAIN_TIMEOUT")->i * 1000;
+    uint64_t deadline = svc_loop_clock_ms() + (uint64_t)svc_service_option("DRAIN_TIMEOUT")->i * 1000;
     long left;
 
     svc_service_set_ready(0);
     if (srv == NULL)
         return 0;
     svc_http_server_quiesce(srv);
-    while ((left = svc_http_server_inflight(srv)) > 0 && svc_clock_ms() < deadline)
+    while ((left = svc_http_server_inflight(srv)) > 0 && svc_loop_clock_ms() < deadline)
         usleep(20 * 1000);
     return left;
 }

@@ -18,7 +18,7 @@ void svc_sse_deinit(struct svc_sse *s)
 }
 
 /* Handles one complete line (without its terminator). */
-static int sse_line(struct svc_sse *s, svc_sse_event_fn fn, void *ud)
+static int sse_line(struct svc_sse *s, svc_sse_event_cb fn, void *ud)
 {
     const char *l = s->line.data != NULL ? s->line.data : "";
     size_t n = s->line.len;
@@ -26,7 +26,7 @@ static int sse_line(struct svc_sse *s, svc_sse_event_fn fn, void *ud)
 
     if (n == 0) { /* blank line: dispatch */
         if (s->has_data)
-            rc = fn(s->data.data != NULL ? s->data.data : "", s->data.len, ud);
+            rc = fn(ud, s->data.data != NULL ? s->data.data : "", s->data.len);
         svc_buf_reset(&s->data);
         s->has_data = 0;
         return rc;
@@ -49,7 +49,7 @@ static int sse_line(struct svc_sse *s, svc_sse_event_fn fn, void *ud)
     return 0;
 }
 
-int svc_sse_feed(struct svc_sse *s, const char *bytes, size_t len, svc_sse_event_fn fn, void *ud)
+int svc_sse_feed(struct svc_sse *s, const char *bytes, size_t len, svc_sse_event_cb cb, void *ctx)
 {
     size_t i = 0;
 
@@ -84,7 +84,7 @@ int svc_sse_feed(struct svc_sse *s, const char *bytes, size_t len, svc_sse_event
         s->last_was_cr = 0;
         if (c == '\r' || c == '\n') {
             s->last_was_cr = c == '\r';
-            rc = sse_line(s, fn, ud);
+            rc = sse_line(s, cb, ctx);
             svc_buf_reset(&s->line);
             if (rc != 0)
                 return rc;

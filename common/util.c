@@ -19,7 +19,7 @@ static void fill_random(void *buf, size_t n)
     }
 }
 
-uint32_t svc_random_u32(void)
+uint32_t svc_util_random_u32(void)
 {
     static _Thread_local uint64_t state;
     uint64_t x;
@@ -35,7 +35,7 @@ uint32_t svc_random_u32(void)
     return (uint32_t)((x * 0x2545F4914F6CDD1DULL) >> 32);
 }
 
-void svc_random_hex(char *out, size_t nbytes)
+void svc_util_random_hex(char *out, size_t nbytes)
 {
     static const char hex[] = "0123456789abcdef";
     unsigned char raw[64];
@@ -52,7 +52,7 @@ void svc_random_hex(char *out, size_t nbytes)
     out[2 * nbytes] = '\0';
 }
 
-void svc_uuid4(char out[37])
+void svc_util_uuid4(char out[37])
 {
     static const char hex[] = "0123456789abcdef";
     unsigned char r[16];
@@ -70,7 +70,7 @@ void svc_uuid4(char out[37])
     out[o] = '\0';
 }
 
-/* The key of svc_secure_equal's digests: random per process, made once. */
+/* The key of svc_util_secure_equal's digests: random per process, made once. */
 static unsigned char eq_key[crypto_generichash_KEYBYTES];
 static pthread_once_t eq_once = PTHREAD_ONCE_INIT;
 
@@ -79,7 +79,7 @@ static void eq_key_init(void)
     fill_random(eq_key, sizeof(eq_key));
 }
 
-int svc_secure_equal(const void *a, size_t alen, const void *b, size_t blen)
+int svc_util_secure_equal(const void *a, size_t alen, const void *b, size_t blen)
 {
     static const unsigned char empty[1];
     unsigned char da[crypto_generichash_BYTES], db[crypto_generichash_BYTES];
@@ -116,7 +116,7 @@ static int b64_value(unsigned char c)
     return -1;
 }
 
-long svc_base64_decode(const char *in, size_t inlen, char *out, size_t outlen)
+long svc_util_base64_decode(const char *in, size_t inlen, char *out, size_t outlen)
 {
     size_t o = 0;
     unsigned acc = 0;
@@ -152,7 +152,7 @@ long svc_base64_decode(const char *in, size_t inlen, char *out, size_t outlen)
     return (long)o;
 }
 
-size_t svc_utf8_trim_end(char *s)
+size_t svc_util_utf8_trim_end(char *s)
 {
     size_t len = strlen(s), i = len, need;
     unsigned char lead;
@@ -170,12 +170,12 @@ size_t svc_utf8_trim_end(char *s)
     return i - 1;
 }
 
-void svc_wipe(void *p, size_t n)
+void svc_util_wipe(void *p, size_t n)
 {
     sodium_memzero(p, n);
 }
 
-int svc_utf8_valid(const char *str, size_t len)
+int svc_util_utf8_valid(const char *str, size_t len)
 {
     const unsigned char *s = (const unsigned char *)str;
     size_t i = 0;
@@ -215,7 +215,7 @@ int svc_utf8_valid(const char *str, size_t len)
     return 1;
 }
 
-int64_t svc_wallclock_ms(void)
+int64_t svc_util_wallclock_ms(void)
 {
     struct timespec ts;
 
@@ -223,7 +223,7 @@ int64_t svc_wallclock_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int svc_heap_trim(void)
+int svc_util_heap_trim(void)
 {
     static atomic_ullong last_ms;
     unsigned long long now, last = atomic_load(&last_ms);
@@ -232,7 +232,7 @@ int svc_heap_trim(void)
     /* its own clock: util.c stands alone (the fuzz targets link it without loop.c) */
     clock_gettime(CLOCK_MONOTONIC, &ts);
     now = (unsigned long long)ts.tv_sec * 1000 + (unsigned long long)ts.tv_nsec / 1000000;
-    if (now - last < SVC_HEAP_TRIM_EVERY_MS || !atomic_compare_exchange_strong(&last_ms, &last, now))
+    if (now - last < SVC_UTIL_HEAP_TRIM_EVERY_MS || !atomic_compare_exchange_strong(&last_ms, &last, now))
         return 0;
     malloc_trim(0);
     return 1;

@@ -94,9 +94,9 @@ int main(int argc, char **argv)
     a.cfg.pw_mem = 19456 * 1024;
     a.cfg.pw_min = 6;
     t = calloc(n, sizeof(*t));
-    if (t == NULL || svc_db_open(&a.db, "sqlite:bench.db", dir) != SVC_OK ||
+    if (t == NULL || svc_db_create(&a.db, "sqlite:bench.db", dir, NULL, NULL, 0) != SVC_OK ||
         auth_store_migrate(a.db) != SVC_OK ||
-        svc_redis_create(&a.redis, redis_url, 1000) != SVC_OK ||
+        svc_redis_create(&a.redis, redis_url, 1000, NULL, 0) != SVC_OK ||
         auth_cache_create(&a.cache, a.cfg.cache_slots) != SVC_OK || auth_pw_setup(&a) != SVC_OK ||
         auth_pw_hash(&a, "bench-password", hash) != SVC_OK ||
         auth_user_create(&a, "bench", hash, 0, &id) != SVC_OK) {
@@ -156,11 +156,10 @@ int main(int argc, char **argv)
         /* auth only answers signed RPC: the stack's RPC_SECRET (bench/auth/run.mjs). */
         if (getenv("RPC_SECRET") != NULL && svc_rpc_set_secret(getenv("RPC_SECRET")) != 0)
             return 1;
-        c = svc_rpc_client_create(auth_url, 3000);
         const char *authz = getenv("AUTH_BENCH_AUTHORIZATION");
         Chatweb__Auth__AuthenticateRequest in = CHATWEB__AUTH__AUTHENTICATE_REQUEST__INIT;
 
-        if (c == NULL || authz == NULL)
+        if (svc_rpc_client_create(&c, auth_url, 3000, NULL, 0) != SVC_OK || authz == NULL)
             goto out;
         in.authorization = (char *)authz;
         in.client_ip = "127.0.0.1";

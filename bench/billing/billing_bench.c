@@ -188,7 +188,7 @@ static int measure(const char *name, const char *dialect, enum kind kind, struct
     if (kind == RPC && getenv("RPC_SECRET") != NULL &&
         svc_rpc_set_secret(getenv("RPC_SECRET")) != 0)
         goto nomem;
-    if (kind == RPC && (one.rpc = svc_rpc_client_create(rpc_url, 10000)) == NULL)
+    if (kind == RPC && svc_rpc_client_create(&one.rpc, rpc_url, 10000, NULL, 0) != SVC_OK)
         goto nomem;
     run(&one);
     if (one.failed || one.nlat == 0) {
@@ -259,7 +259,7 @@ int main(int argc, char **argv)
         }
     }
     dbo.pool_size = (unsigned)threads + 2;
-    if (svc_db_open_opts(&db, dsn, data_dir, &dbo, err, sizeof(err)) != SVC_OK) {
+    if (svc_db_create(&db, dsn, data_dir, &dbo, err, sizeof(err)) != SVC_OK) {
         fprintf(stderr, "bench: DB: %s\n", err);
         return 69;
     }
@@ -275,7 +275,7 @@ int main(int argc, char **argv)
                     "CREATE TABLE IF NOT EXISTS bench_bare (id BIGINT PRIMARY KEY, "
                     "n BIGINT NOT NULL)",
                     NULL, 0, NULL, NULL) != SVC_OK) {
-        fprintf(stderr, "bench: %s\n", svc_db_last_error(c));
+        fprintf(stderr, "bench: cannot create bench_bare (the sql line says why)\n");
         goto out;
     }
     for (int64_t u = 0; u <= threads; u++) {

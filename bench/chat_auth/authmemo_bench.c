@@ -43,7 +43,7 @@ int main(int argc, char **argv)
     struct svc_redis *r = NULL;
     double *t = calloc(n ? n : 1, sizeof(*t)), ref = 0;
 
-    if (t == NULL || n == 0 || url == NULL || svc_redis_create(&r, url, 1000) != SVC_OK) {
+    if (t == NULL || n == 0 || url == NULL || svc_redis_create(&r, url, 1000, NULL, 0) != SVC_OK) {
         fprintf(stderr, "usage: REDIS_URL=redis://... %s [iterations]\n", argv[0]);
         return 2;
     }

@@ -283,7 +283,7 @@ int auth_parse_basic(const char *header, char *decoded, size_t len, char **user,
 /* ---- ops.c / web.c: HTTP handlers (ctx = struct auth_ctx *) ---- */
 
 struct svc_req;
-int auth_ops_accounts(struct svc_req *req, void *ctx);       /* POST /accounts */
+int auth_ops_accounts(void *ctx, struct svc_req *req);       /* POST /accounts */
 
 #define AUTH_HEALTH_MAX 64      /* entries of HEALTH_URLS */
 #define AUTH_HEALTH_NAME_MAX 64 /* bytes of an entry's name */
@@ -295,12 +295,12 @@ int auth_ops_accounts(struct svc_req *req, void *ctx);       /* POST /accounts *
  * most AUTH_HEALTH_MAX entries. SVC_EINVAL with a one-line reason in err.
  */
 int auth_health_urls_check(const char *spec, char *err, size_t errlen) SVC_MUST_CHECK;
-int auth_ops_admin_accounts(struct svc_req *req, void *ctx); /* ANY /admin/accounts */
-int auth_api_session(struct svc_req *req, void *ctx);
-int auth_api_verify(struct svc_req *req, void *ctx);
-int auth_api_login(struct svc_req *req, void *ctx);
-int auth_api_logout(struct svc_req *req, void *ctx);
-int auth_api_me(struct svc_req *req, void *ctx);
+int auth_ops_admin_accounts(void *ctx, struct svc_req *req); /* ANY /admin/accounts */
+int auth_api_session(void *ctx, struct svc_req *req);
+int auth_api_verify(void *ctx, struct svc_req *req);
+int auth_api_login(void *ctx, struct svc_req *req);
+int auth_api_logout(void *ctx, struct svc_req *req);
+int auth_api_me(void *ctx, struct svc_req *req);
 
 /* ---- conversation history of the web UI (conv.c, docs/web.md) ---- */
 
@@ -315,7 +315,7 @@ int auth_api_me(struct svc_req *req, void *ctx);
  * accepts). Envelope replies; the Unauthorized envelope without valid credentials, 503 when SQL
  * is down. Thread-safe (borrows a pooled SQL connection).
  */
-int auth_api_conversations(struct svc_req *req, void *ctx);
+int auth_api_conversations(void *ctx, struct svc_req *req);
 
 /* The RPC registry (web.c). */
 struct svc_rpc_registry;

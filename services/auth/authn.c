@@ -512,7 +512,7 @@ int auth_session_create(struct auth_ctx *a, const struct auth_user *u, char *tok
 
     if (a->redis == NULL)
         return SVC_EUNAVAIL;
-    svc_random_hex(hex, 32);
+    svc_util_random_hex(hex, 32);
     snprintf(token_out, AUTH_SESSION_TOKEN_LEN + 1, "cws_%s", hex);
     sodium_memzero(hex, sizeof(hex));
     session_key(token_out, key, sizeof(key));
@@ -664,7 +664,7 @@ int auth_parse_basic(const char *header, char *decoded, size_t len, char **user,
     b64 = header + 6;
     while (*b64 == ' ')
         b64++;
-    n = svc_base64_decode(b64, strlen(b64), decoded, len);
+    n = svc_util_base64_decode(b64, strlen(b64), decoded, len);
     if (n < 0 || memchr(decoded, '\0', (size_t)n) != NULL)
         return SVC_EINVAL;
     colon = strchr(decoded, ':');
@@ -690,7 +690,7 @@ int auth_authenticate(struct auth_ctx *a, const char *authorization, const char 
     struct auth_user u;
     struct auth_key k;
     unsigned char digest[crypto_generichash_BYTES];
-    int64_t now = svc_wallclock_ms(), version;
+    int64_t now = svc_util_wallclock_ms(), version;
     int rc = SVC_OK;
 
     *result = AUTH_R_MISSING;

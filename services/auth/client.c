@@ -86,7 +86,7 @@ int auth_client_memo_get(const char *authorization, struct auth_client_identity 
         return 0;
     i = slot_of(authorization, d);
     pthread_mutex_lock(&memo.locks[i % MEMO_LOCKS]);
-    if (memo.slots[i].expires_ms > svc_clock_ms() &&
+    if (memo.slots[i].expires_ms > svc_loop_clock_ms() &&
         sodium_memcmp(memo.slots[i].digest, d, sizeof(d)) == 0) {
         *out = memo.slots[i].id;
         hit = 1;
@@ -119,7 +119,7 @@ void auth_client_memo_put(const char *authorization, const Chatweb__Auth__Identi
     }
     i = slot_of(authorization, d);
     memcpy(s.digest, d, sizeof(d));
-    s.expires_ms = svc_clock_ms() + (uint64_t)memo.ttl_ms;
+    s.expires_ms = svc_loop_clock_ms() + (uint64_t)memo.ttl_ms;
     pthread_mutex_lock(&memo.locks[i % MEMO_LOCKS]);
     memo.slots[i] = s;
     pthread_mutex_unlock(&memo.locks[i % MEMO_LOCKS]);
@@ -154,7 +154,7 @@ static void auth_call_free(void *data)
     free(ac);
 }
 
-static void on_authenticated(int err, ProtobufCMessage *out_msg, const char *errmsg, void *data)
+static void on_authenticated(void *data, int err, ProtobufCMessage *out_msg, const char *errmsg)
 {
     struct auth_call *ac = data;
     Chatweb__Auth__AuthenticateResponse *out = (void *)out_msg;
@@ -227,10 +227,9 @@ int auth_client_authenticate(struct svc_rpc_client *rpc, struct svc_fetch_multi 
     in.authorization = (char *)(authorization != NULL ? authorization : "");
     in.cookie = (char *)(cookie != NULL ? cookie : "");
     in.client_ip = (char *)(client_ip != NULL ? client_ip : "");
-    *call = svc_rpc_call_async_release(rpc, multi, "/rpc/Auth/Authenticate", &in.base,
-                                       &chatweb__auth__authenticate_response__descriptor, rid,
-                                       on_authenticated, auth_call_free, ac);
-    if (*call == NULL) {
+    if (svc_rpc_call_async_release(call, rpc, multi, "/rpc/Auth/Authenticate", &in.base,
+                                   &chatweb__auth__authenticate_response__descriptor, rid,
+                                   on_authenticated, auth_call_free, ac) != SVC_OK) {
         auth_call_free(ac);
         return SVC_EUNAVAIL;
     }

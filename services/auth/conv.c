@@ -49,7 +49,7 @@ static int conv_list(struct auth_ctx *a, struct svc_req *req, int64_t uid)
                       "ORDER BY updated_ms DESC LIMIT ?",
                       p, 2, &rows);
     if (rc != SVC_OK) {
-        SVC_LOG_ERR(svc_req_id(req), "sql", "list conversations: %s", svc_db_last_error(conn));
+        SVC_LOG_ERR(svc_req_id(req), "sql", "list conversations: %s", svc_strerror(rc));
         goto out;
     }
     if ((list = json_array()) == NULL) {
@@ -91,7 +91,7 @@ static int conv_get(struct auth_ctx *a, struct svc_req *req, int64_t uid, const 
                       "WHERE user_id = ? AND conv_id = ?",
                       p, 2, &rows);
     if (rc != SVC_OK) {
-        SVC_LOG_ERR(svc_req_id(req), "sql", "get conversation: %s", svc_db_last_error(conn));
+        SVC_LOG_ERR(svc_req_id(req), "sql", "get conversation: %s", svc_strerror(rc));
         goto out;
     }
     if (svc_db_rows_count(rows) == 0)
@@ -176,7 +176,7 @@ static int conv_put(struct auth_ctx *a, struct svc_req *req, int64_t uid, const 
     }
 out:
     if (rc != SVC_OK && rc != SVC_ETOOLARGE && conn != NULL)
-        SVC_LOG_ERR(svc_req_id(req), "sql", "put conversation: %s", svc_db_last_error(conn));
+        SVC_LOG_ERR(svc_req_id(req), "sql", "put conversation: %s", svc_strerror(rc));
     svc_db_rows_destroy(&rows);
     svc_db_conn_put(a->db, &conn);
     free(doc);
@@ -203,7 +203,7 @@ static int conv_delete(struct auth_ctx *a, struct svc_req *req, int64_t uid, con
             rc = svc_db_exec(conn, "DELETE FROM auth_conversations WHERE user_id = ?", one, 1, NULL,
                              NULL);
         if (rc != SVC_OK)
-            SVC_LOG_ERR(svc_req_id(req), "sql", "delete conversation: %s", svc_db_last_error(conn));
+            SVC_LOG_ERR(svc_req_id(req), "sql", "delete conversation: %s", svc_strerror(rc));
         svc_db_conn_put(a->db, &conn);
     }
     if (rc != SVC_OK)
@@ -211,7 +211,7 @@ static int conv_delete(struct auth_ctx *a, struct svc_req *req, int64_t uid, con
     return auth_reply(req, 200, "Success", "", NULL, 1);
 }
 
-int auth_api_conversations(struct svc_req *req, void *ctx)
+int auth_api_conversations(void *ctx, struct svc_req *req)
 {
     struct auth_ctx *a = ctx;
     enum auth_result res;

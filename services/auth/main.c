@@ -217,8 +217,7 @@ int main(int argc, char **argv)
         svc_service_die(SVC_EX_CONFIG, "%s", err);
     if (!svc_service_migrate_only())
         svc_service_setup_rpc_auth(); /* a configuration error, before the migrations run */
-    if (svc_db_open_opts(&ctx.db, setting.DB.s, setting.DATA_DIR.s, NULL, err, sizeof(err)) !=
-        SVC_OK)
+    if (svc_db_create(&ctx.db, setting.DB.s, setting.DATA_DIR.s, NULL, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_UNAVAILABLE, "DB: %s", err);
     if (auth_store_migrate(ctx.db) != SVC_OK)
         svc_service_die(SVC_EX_UNAVAILABLE, "DB: the auth migrations failed (see the log)");
@@ -229,13 +228,12 @@ int main(int argc, char **argv)
         return SVC_EX_OK;
     }
     if (setting.REDIS_URL.s[0] != '\0' &&
-        svc_redis_create(&ctx.redis, setting.REDIS_URL.s, 1000) != SVC_OK)
+        svc_redis_create(&ctx.redis, setting.REDIS_URL.s, 1000, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "REDIS_URL: cannot create the client");
-    if (setting.BILLING_URL.s[0] != '\0') {
-        ctx.billing = svc_rpc_client_create(setting.BILLING_URL.s, 3000);
-        if (ctx.billing == NULL)
-            svc_service_die(SVC_EX_CONFIG, "BILLING_URL: cannot create the client");
-    }
+    if (setting.BILLING_URL.s[0] != '\0' &&
+        svc_rpc_client_create(&ctx.billing, setting.BILLING_URL.s, 3000, err, sizeof(err)) !=
+            SVC_OK)
+        svc_service_die(SVC_EX_CONFIG, "BILLING_URL: cannot create the client");
     if (auth_cache_create(&ctx.cache, ctx.cfg.cache_slots) != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "out of memory for the verification cache");
     if (auth_pw_setup(&ctx) != SVC_OK)

@@ -603,7 +603,7 @@ static int key_name_ok(const char *name)
     const unsigned char *p = (const unsigned char *)name;
     size_t n = strlen(name), i;
 
-    if (n > AUTH_KEY_NAME_MAX || !svc_utf8_valid(name, n))
+    if (n > AUTH_KEY_NAME_MAX || !svc_util_utf8_valid(name, n))
         return 0;
     for (i = 0; i < n; i++) {
         if (p[i] < 0x20 || p[i] == 0x7f || p[i] == '<' || p[i] == '>')
@@ -784,7 +784,7 @@ static int act_list(struct op *o)
                               "SELECT COUNT(*) FROM auth_users WHERE username LIKE ? ESCAPE '!'", p,
                               1, &cnt);
         if (rc != SVC_OK)
-            SVC_LOG_ERR(o->rid, "ops", "list: %s", svc_db_last_error(conn));
+            SVC_LOG_ERR(o->rid, "ops", "list: %s", svc_strerror(rc));
         svc_db_conn_put(o->a->db, &conn);
     }
     if (rc != SVC_OK) {
@@ -1160,7 +1160,7 @@ static void health_one(const char *name, const char *url, void *ud)
 {
     struct health_walk *w = ud;
     char target[AUTH_HEALTH_URL_MAX + 16], body[256], err[256];
-    int64_t t0 = svc_wallclock_ms();
+    int64_t t0 = svc_util_wallclock_ms();
     long status = 0;
     int rc, ready;
 
@@ -1172,7 +1172,7 @@ static void health_one(const char *name, const char *url, void *ud)
     w->ready += ready;
     json_array_append_new(
         w->list, json_pack("{s:s,s:s,s:b,s:i,s:I,s:o}", "name", name, "url", url, "ready", ready,
-                           "status", (int)status, "ms", (json_int_t)(svc_wallclock_ms() - t0),
+                           "status", (int)status, "ms", (json_int_t)(svc_util_wallclock_ms() - t0),
                            "error", rc == SVC_OK ? json_null() : json_string(err)));
 }
 
@@ -1308,7 +1308,7 @@ static void ops_throttle_refund(struct auth_ctx *a, struct svc_req *req)
     auth_throttle_refund(a, key);
 }
 
-int auth_ops_accounts(struct svc_req *req, void *ctx)
+int auth_ops_accounts(void *ctx, struct svc_req *req)
 {
     struct auth_ctx *a = ctx;
     const char *k = svc_req_header(req, "Opskey");
@@ -1319,7 +1319,7 @@ int auth_ops_accounts(struct svc_req *req, void *ctx)
         return auth_reply(req, 403, "Fail", OPS_DISABLED, NULL, 1);
     if (ops_throttled(a, req, &reply))
         return reply;
-    if (k == NULL || !svc_secure_equal(k, strlen(k), want, strlen(want))) {
+    if (k == NULL || !svc_util_secure_equal(k, strlen(k), want, strlen(want))) {
         SVC_LOG_WARN(svc_req_id(req), "ops", "refused: %s Opskey from %s",
                      k == NULL ? "no" : "wrong", svc_req_client_ip(req));
         return auth_reply(req, 401, "Fail", "Header Opskey error", NULL, 1);
@@ -1328,7 +1328,7 @@ int auth_ops_accounts(struct svc_req *req, void *ctx)
     return dispatch(a, req, "opskey");
 }
 
-int auth_ops_admin_accounts(struct svc_req *req, void *ctx)
+int auth_ops_admin_accounts(void *ctx, struct svc_req *req)
 {
     struct auth_ctx *a = ctx;
     const char *h = svc_req_header(req, "Authorization");
@@ -1345,8 +1345,8 @@ int auth_ops_admin_accounts(struct svc_req *req, void *ctx)
         return reply;
     if (h != NULL && auth_parse_basic(h, decoded, sizeof(decoded), &user, &pass) == SVC_OK) {
         /* both compares always run: the time does not tell which part was wrong */
-        int u_ok = svc_secure_equal(user, strlen(user), "admin", 5);
-        int p_ok = svc_secure_equal(pass, strlen(pass), want, strlen(want));
+        int u_ok = svc_util_secure_equal(user, strlen(user), "admin", 5);
+        int p_ok = svc_util_secure_equal(pass, strlen(pass), want, strlen(want));
         good = u_ok & p_ok;
     }
     sodium_memzero(decoded, sizeof(decoded));

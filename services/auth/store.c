@@ -81,7 +81,7 @@ int auth_store_migrate(struct svc_db *db)
 
 static int64_t now_s(void)
 {
-    return svc_wallclock_ms() / 1000;
+    return svc_util_wallclock_ms() / 1000;
 }
 
 int auth_username_valid(const char *name)
@@ -134,7 +134,7 @@ int auth_pw_setup(const struct auth_ctx *a)
 {
     char pw[33];
 
-    svc_random_hex(pw, 16);
+    svc_util_random_hex(pw, 16);
     if (crypto_pwhash_str(dummy_hash, pw, strlen(pw), a->cfg.pw_ops, a->cfg.pw_mem) != 0)
         return SVC_ENOMEM;
     sodium_memzero(pw, sizeof(pw));
@@ -179,7 +179,7 @@ static int user_query(struct auth_ctx *a, const char *sql, const struct svc_db_p
         goto out;
     rc = svc_db_query(conn, sql, p, np, &rows);
     if (rc != SVC_OK) {
-        SVC_LOG_ERR(NULL, "sql", "user lookup: %s", svc_db_last_error(conn));
+        SVC_LOG_ERR(NULL, "sql", "user lookup: %s", svc_strerror(rc));
         goto out;
     }
     if (svc_db_rows_count(rows) == 0) {
@@ -248,7 +248,7 @@ int auth_user_create(struct auth_ctx *a, const char *name, const char *pw_hash, 
                      "updated_at) VALUES (?, ?, ?, ?, ?)",
                      p, 5, NULL, id);
     if (rc != SVC_OK && rc != SVC_EEXIST)
-        SVC_LOG_ERR(NULL, "sql", "create user: %s", svc_db_last_error(conn));
+        SVC_LOG_ERR(NULL, "sql", "create user: %s", svc_strerror(rc));
     svc_db_conn_put(a->db, &conn);
     return rc;
 }
@@ -268,7 +268,7 @@ static int user_update(struct auth_ctx *a, int64_t id, const char *sql,
     if (rc == SVC_OK && affected == 0)
         rc = SVC_ENOTFOUND;
     if (rc != SVC_OK && rc != SVC_EEXIST && rc != SVC_ENOTFOUND)
-        SVC_LOG_ERR(NULL, "sql", "update user: %s", svc_db_last_error(conn));
+        SVC_LOG_ERR(NULL, "sql", "update user: %s", svc_strerror(rc));
     svc_db_conn_put(a->db, &conn);
     if (rc == SVC_OK && auth_user_version(a, id, &version) == SVC_OK)
         auth_version_publish(a, id, version);
@@ -352,7 +352,7 @@ int auth_user_delete(struct auth_ctx *a, int64_t id)
     if (rc == SVC_OK)
         rc = svc_db_exec(conn, "DELETE FROM auth_users WHERE id = ?", p, 1, &affected, NULL);
     if (rc != SVC_OK)
-        SVC_LOG_ERR(NULL, "sql", "delete user: %s", svc_db_last_error(conn));
+        SVC_LOG_ERR(NULL, "sql", "delete user: %s", svc_strerror(rc));
     else if (affected == 0)
         rc = SVC_ENOTFOUND;
     svc_db_conn_put(a->db, &conn);
@@ -554,7 +554,7 @@ int auth_key_create(struct auth_ctx *a, int64_t user_id, const char *name, const
     int64_t t = now_s();
     int rc;
 
-    svc_random_hex(hex, 24);
+    svc_util_random_hex(hex, 24);
     snprintf(key_out, AUTH_KEY_LEN + 1, "sk-%s", hex);
     sodium_memzero(hex, sizeof(hex));
     key_digest(key_out, digest);
@@ -578,7 +578,7 @@ int auth_key_create(struct auth_ctx *a, int64_t user_id, const char *name, const
                          "created_at, models, rpm, tpm) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          p, 8, NULL, &k->id);
         if (rc != SVC_OK)
-            SVC_LOG_ERR(NULL, "sql", "create key: %s", svc_db_last_error(conn));
+            SVC_LOG_ERR(NULL, "sql", "create key: %s", svc_strerror(rc));
         svc_db_conn_put(a->db, &conn);
     }
     return rc;
@@ -623,7 +623,7 @@ static int key_update(struct auth_ctx *a, int64_t user_id, const char *sql,
         return rc;
     rc = svc_db_exec(conn, sql, p, np, &affected, NULL);
     if (rc != SVC_OK)
-        SVC_LOG_ERR(NULL, "sql", "update key: %s", svc_db_last_error(conn));
+        SVC_LOG_ERR(NULL, "sql", "update key: %s", svc_strerror(rc));
     svc_db_conn_put(a->db, &conn);
     if (rc == SVC_OK && affected == 0)
         return SVC_ENOTFOUND;
@@ -678,7 +678,7 @@ void auth_audit(struct auth_ctx *a, const char *actor, const char *ip, const cha
     struct svc_db_param p[8];
 
     snprintf(t, sizeof(t), "%s", target ? target : "");
-    p[0] = SVC_DB_I64(svc_wallclock_ms());
+    p[0] = SVC_DB_I64(svc_util_wallclock_ms());
     p[1] = SVC_DB_TEXT(actor ? actor : "");
     p[2] = SVC_DB_TEXTN(ip ? ip : "", ip ? strnlen(ip, 64) : 0);
     p[3] = SVC_DB_TEXTN(rid ? rid : "", rid ? strnlen(rid, 128) : 0);
@@ -694,7 +694,7 @@ void auth_audit(struct auth_ctx *a, const char *actor, const char *ip, const cha
                     "INSERT INTO auth_audit (at_ms, actor, client_ip, request_id, action, target, "
                     "result, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     p, 8, NULL, NULL) != SVC_OK)
-        SVC_LOG_ERR(rid, "audit", "cannot write the audit row: %s", svc_db_last_error(conn));
+        SVC_LOG_ERR(rid, "audit", "cannot write the audit row (the sql line says why)");
     svc_db_conn_put(a->db, &conn);
     SVC_LOG_INFO(rid, "audit", "actor=%s ip=%s action=%s target=%s result=%s", actor, ip, action, t,
                  result);
@@ -715,7 +715,7 @@ int auth_idem_begin(struct auth_ctx *a, const char *key, const char *action, con
         return rc;
     {
         struct svc_db_param p[] = {SVC_DB_TEXT(key), SVC_DB_TEXT(action), SVC_DB_TEXT(hash),
-                                   SVC_DB_I64(svc_wallclock_ms())};
+                                   SVC_DB_I64(svc_util_wallclock_ms())};
         rc = svc_db_exec(conn,
                          "INSERT INTO auth_idempotency (idem_key, action, body_hash, reply, "
                          "created_at_ms) VALUES (?, ?, ?, NULL, ?)",

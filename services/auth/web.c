@@ -84,7 +84,7 @@ static const char *jstr(json_t *o, const char *k)
 
 /* ---- /api/session ---- */
 
-int auth_api_session(struct svc_req *req, void *ctx)
+int auth_api_session(void *ctx, struct svc_req *req)
 {
     struct auth_ctx *a = ctx;
     int on = a->cfg.session_auth >= 0 ? a->cfg.session_auth : a->cfg.ops_key[0] != '\0';
@@ -95,7 +95,7 @@ int auth_api_session(struct svc_req *req, void *ctx)
 
 /* ---- /api/verify {token} ---- */
 
-int auth_api_verify(struct svc_req *req, void *ctx)
+int auth_api_verify(void *ctx, struct svc_req *req)
 {
     struct auth_ctx *a = ctx;
     json_t *in = body_object(req);
@@ -135,7 +135,7 @@ int auth_api_verify(struct svc_req *req, void *ctx)
 
 /* ---- /api/login {username, password} ---- */
 
-int auth_api_login(struct svc_req *req, void *ctx)
+int auth_api_login(void *ctx, struct svc_req *req)
 {
     struct auth_ctx *a = ctx;
     json_t *in = body_object(req);
@@ -187,7 +187,7 @@ int auth_api_login(struct svc_req *req, void *ctx)
 
 /* ---- /api/logout ---- */
 
-int auth_api_logout(struct svc_req *req, void *ctx)
+int auth_api_logout(void *ctx, struct svc_req *req)
 {
     struct auth_ctx *a = ctx;
     char cookie[128];
@@ -234,7 +234,7 @@ static void add_account(struct auth_ctx *a, int64_t uid, const char *rid, json_t
         protobuf_c_message_free_unpacked(&out->base, NULL);
 }
 
-int auth_api_me(struct svc_req *req, void *ctx)
+int auth_api_me(void *ctx, struct svc_req *req)
 {
     struct auth_ctx *a = ctx;
     enum auth_result res;
@@ -308,8 +308,8 @@ static int split_models(struct svc_rpc_call *call, const char *models, char ***o
     return SVC_OK;
 }
 
-static int rpc_authenticate(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                            ProtobufCMessage *out_msg, void *ctx)
+static int rpc_authenticate(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                            ProtobufCMessage *out_msg)
 {
     const Chatweb__Auth__AuthenticateRequest *in = (const void *)in_msg;
     Chatweb__Auth__AuthenticateResponse *out = (void *)out_msg;
@@ -352,8 +352,8 @@ static int rpc_authenticate(struct svc_rpc_call *call, const ProtobufCMessage *i
     return SVC_OK;
 }
 
-static int rpc_change_credentials(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                                  ProtobufCMessage *out_msg, void *ctx)
+static int rpc_change_credentials(void *ctx, struct svc_rpc_call *call,
+                                  const ProtobufCMessage *in_msg, ProtobufCMessage *out_msg)
 {
     const Chatweb__Auth__ChangeCredentialsRequest *in = (const void *)in_msg;
     Chatweb__Auth__ChangeCredentialsResponse *out = (void *)out_msg;
@@ -432,8 +432,8 @@ static int rpc_change_credentials(struct svc_rpc_call *call, const ProtobufCMess
     return SVC_OK;
 }
 
-static int rpc_set_model(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                         ProtobufCMessage *out_msg, void *ctx)
+static int rpc_set_model(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                         ProtobufCMessage *out_msg)
 {
     const Chatweb__Auth__SetModelRequest *in = (const void *)in_msg;
     Chatweb__Auth__SetModelResponse *out = (void *)out_msg;

@@ -78,10 +78,15 @@ int billing_client_reserve_held(int err, const Chatweb__Billing__ReserveResponse
 
 struct svc_fetch *billing_client_reserve(struct billing_client *c,
                                          const Chatweb__Billing__ReserveRequest *in,
-                                         const char *rid, svc_rpc_done_fn done, void *ctx)
+                                         const char *rid, svc_rpc_done_cb done, void *ctx)
 {
-    return svc_rpc_call_async(c->rpc, c->multi, "/rpc/Billing/Reserve", &in->base,
-                              &chatweb__billing__reserve_response__descriptor, rid, done, ctx);
+    struct svc_fetch *f;
+
+    return svc_rpc_call_async(&f, c->rpc, c->multi, "/rpc/Billing/Reserve", &in->base,
+                              &chatweb__billing__reserve_response__descriptor, rid, done,
+                              ctx) == SVC_OK
+               ? f
+               : NULL;
 }
 
 /* ---- settle / release ---- */
@@ -106,10 +111,10 @@ static void finish_free(struct billing_finish *bf)
 
 static void finish_send(struct billing_finish *bf);
 
-static void on_finished(int err, ProtobufCMessage *out_msg, const char *errmsg, void *data)
+static void on_finished(void *data, int err, ProtobufCMessage *out_msg, const char *errmsg)
 {
     struct billing_finish *bf = data;
-    uint64_t waited = svc_clock_ms() - bf->started_ms;
+    uint64_t waited = svc_loop_clock_ms() - bf->started_ms;
 
     bf->call = NULL;
     if (out_msg != NULL)
@@ -145,7 +150,7 @@ static void on_finished(int err, ProtobufCMessage *out_msg, const char *errmsg, 
     finish_free(bf);
 }
 
-static void on_finish_retry(struct svc_timer *timer, void *data)
+static void on_finish_retry(void *data, struct svc_timer *timer)
 {
     (void)timer;
     finish_send(data);
@@ -154,6 +159,7 @@ static void on_finish_retry(struct svc_timer *timer, void *data)
 static void finish_send(struct billing_finish *bf)
 {
     struct billing_client *c = bf->c;
+    int rc;
 
     bf->attempts++;
     if (bf->settle) {
@@ -163,19 +169,19 @@ static void finish_send(struct billing_finish *bf)
         in.completion_tokens = bf->completion;
         in.model = bf->model;
         in.estimated = bf->estimated;
-        bf->call = svc_rpc_call_async(c->rpc, c->multi, "/rpc/Billing/Settle", &in.base,
-                                      &chatweb__billing__settle_response__descriptor, bf->rid,
-                                      on_finished, bf);
+        rc = svc_rpc_call_async(&bf->call, c->rpc, c->multi, "/rpc/Billing/Settle", &in.base,
+                                &chatweb__billing__settle_response__descriptor, bf->rid,
+                                on_finished, bf);
     } else {
         Chatweb__Billing__ReleaseRequest in = CHATWEB__BILLING__RELEASE_REQUEST__INIT;
         in.request_id = bf->request_id;
         in.reason = bf->reason;
-        bf->call = svc_rpc_call_async(c->rpc, c->multi, "/rpc/Billing/Release", &in.base,
-                                      &chatweb__billing__release_response__descriptor, bf->rid,
-                                      on_finished, bf);
+        rc = svc_rpc_call_async(&bf->call, c->rpc, c->multi, "/rpc/Billing/Release", &in.base,
+                                &chatweb__billing__release_response__descriptor, bf->rid,
+                                on_finished, bf);
     }
-    if (bf->call == NULL)
-        on_finished(SVC_EUNAVAIL, NULL, "cannot start the call", bf);
+    if (rc != SVC_OK)
+        on_finished(bf, SVC_EUNAVAIL, NULL, "cannot start the call");
 }
 
 static struct billing_finish *finish_new(struct billing_client *c, const char *rid,
@@ -183,14 +189,14 @@ static struct billing_finish *finish_new(struct billing_client *c, const char *r
 {
     struct billing_finish *bf = calloc(1, sizeof(*bf));
 
-    if (bf == NULL || (bf->timer = svc_timer_create(c->loop, on_finish_retry, bf)) == NULL) {
+    if (bf == NULL || svc_timer_create(&bf->timer, c->loop, on_finish_retry, bf) != SVC_OK) {
         SVC_LOG_ERR(rid, "billing", "out of memory: the hold %s is left to billing's expiry",
                     request_id);
         free(bf);
         return NULL;
     }
     bf->c = c;
-    bf->started_ms = svc_clock_ms();
+    bf->started_ms = svc_loop_clock_ms();
     snprintf(bf->rid, sizeof(bf->rid), "%s", rid != NULL ? rid : "");
     snprintf(bf->request_id, sizeof(bf->request_id), "%s", request_id);
     bf->next = c->finishes;

@@ -50,7 +50,7 @@ size_t billing_client_pending(const struct billing_client *c);
  */
 struct svc_fetch *billing_client_reserve(struct billing_client *c,
                                          const Chatweb__Billing__ReserveRequest *in,
-                                         const char *rid, svc_rpc_done_fn done, void *ctx);
+                                         const char *rid, svc_rpc_done_cb done, void *ctx);
 
 /*
  * 1 when a Reserve answered this way may have left a hold that must be ended: an OK answer, or

@@ -105,8 +105,7 @@ int main(int argc, char **argv)
     if (setting.BILLING_EVENTS_STREAM.s[0] == '\0')
         svc_service_die(SVC_EX_CONFIG, "BILLING_EVENTS_STREAM: must not be empty");
     if (svc_service_migrate_only()) { /* the Helm migration Job: apply the schema and exit */
-        if (svc_db_open_opts(&db, setting.DB.s, setting.DATA_DIR.s, NULL, err, sizeof(err)) !=
-            SVC_OK)
+        if (svc_db_create(&db, setting.DB.s, setting.DATA_DIR.s, NULL, err, sizeof(err)) != SVC_OK)
             svc_service_die(SVC_EX_UNAVAILABLE, "DB: %s", err);
         if ((rc = billing_store_migrate(db)) != SVC_OK)
             svc_service_die(SVC_EX_UNAVAILABLE, "DB: billing migrations failed: %s",
@@ -123,7 +122,7 @@ int main(int argc, char **argv)
                                                   : svc_service_workers() * 2 + 3;
     dbo.io_timeout_ms = 15000;
     dbo.connect_timeout_ms = 3000;
-    if (svc_db_open_opts(&db, setting.DB.s, setting.DATA_DIR.s, &dbo, err, sizeof(err)) != SVC_OK)
+    if (svc_db_create(&db, setting.DB.s, setting.DATA_DIR.s, &dbo, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_UNAVAILABLE, "DB: %s", err);
     if ((rc = billing_store_migrate(db)) != SVC_OK)
         svc_service_die(SVC_EX_UNAVAILABLE, "DB: billing migrations failed: %s", svc_strerror(rc));

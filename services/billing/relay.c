@@ -104,7 +104,7 @@ static void *sweep_main(void *arg)
         if (n > 0)
             billing_relay_kick(r);
         if (r->o.hold_retention_ms > 0 &&
-            billing_purge_closed(r->store, svc_wallclock_ms() - r->o.hold_retention_ms, 1000, &n) ==
+            billing_purge_closed(r->store, svc_util_wallclock_ms() - r->o.hold_retention_ms, 1000, &n) ==
                 SVC_OK &&
             n > 0)
             SVC_LOG_INFO(NULL, "purge", "deleted %d closed hold(s) past retention", n);
@@ -118,7 +118,7 @@ static void *sweep_main(void *arg)
 /* Takes or renews the lease. Returns 1 when this replica holds it. */
 static int lease(struct billing_relay *r, struct svc_db_conn *c)
 {
-    int64_t now = svc_wallclock_ms();
+    int64_t now = svc_util_wallclock_ms();
     struct svc_db_param p[] = {SVC_DB_TEXT(r->owner), SVC_DB_I64(now + r->o.lease_ms),
                                SVC_DB_TEXT(r->owner), SVC_DB_I64(now)};
     uint64_t n = 0;
@@ -139,7 +139,7 @@ static void lease_drop(struct billing_relay *r, struct svc_db_conn *c)
                     "UPDATE billing_relay_lease SET until_ms = 0 WHERE name = 'relay' "
                     "AND owner = ?",
                     p, 1, NULL, NULL) != SVC_OK)
-        SVC_LOG_INFO(NULL, "relay", "could not hand the lease back: %s", svc_db_last_error(c));
+        SVC_LOG_INFO(NULL, "relay", "could not hand the lease back (the sql line says why)");
 }
 
 static char *event_json(const Chatweb__Billing__BillingEvent *e)
@@ -312,9 +312,9 @@ static void *relay_main(void *arg)
                     if (n >= r->o.batch)
                         wait = 0; /* more to send */
                 }
-                if (svc_wallclock_ms() - last_gauge > 1000) {
+                if (svc_util_wallclock_ms() - last_gauge > 1000) {
                     pending_gauge(r, c);
-                    last_gauge = svc_wallclock_ms();
+                    last_gauge = svc_util_wallclock_ms();
                 }
             }
             svc_db_conn_put(r->db, &c);
@@ -354,7 +354,7 @@ int billing_relay_create(struct billing_relay **out, struct svc_db *db, struct b
     gethostname(host, sizeof(host) - 1);
     {
         char rnd[9];
-        svc_random_hex(rnd, 4);
+        svc_util_random_hex(rnd, 4);
         snprintf(r->owner, sizeof(r->owner), "%.40s-%d-%s", host, (int)getpid(), rnd);
     }
     pthread_mutex_init(&r->mu, NULL);
@@ -366,7 +366,7 @@ int billing_relay_create(struct billing_relay **out, struct svc_db *db, struct b
         pthread_condattr_destroy(&ca);
     }
     if (r->o.redis_url && r->o.redis_url[0]) {
-        if ((rc = svc_redis_create(&r->redis, r->o.redis_url, REDIS_TIMEOUT_MS)) != SVC_OK)
+        if ((rc = svc_redis_create(&r->redis, r->o.redis_url, REDIS_TIMEOUT_MS, NULL, 0)) != SVC_OK)
             goto fail;
         if (pthread_create(&r->relay_th, NULL, relay_main, r) != 0) {
             rc = SVC_EINTERNAL;

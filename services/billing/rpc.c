@@ -72,8 +72,8 @@ static Chatweb__Billing__Account *account_msg(struct svc_rpc_call *call,
 
 /* ---- handlers ---- */
 
-static int rpc_create_account(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                              ProtobufCMessage *out_msg, void *ctx)
+static int rpc_create_account(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                              ProtobufCMessage *out_msg)
 {
     const Chatweb__Billing__CreateAccountRequest *in = (const void *)in_msg;
     Chatweb__Billing__CreateAccountResponse *out = (void *)out_msg;
@@ -92,8 +92,8 @@ static int rpc_create_account(struct svc_rpc_call *call, const ProtobufCMessage 
     return out->account ? SVC_OK : SVC_ENOMEM;
 }
 
-static int rpc_get_account(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                           ProtobufCMessage *out_msg, void *ctx)
+static int rpc_get_account(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                           ProtobufCMessage *out_msg)
 {
     const Chatweb__Billing__GetAccountRequest *in = (const void *)in_msg;
     Chatweb__Billing__GetAccountResponse *out = (void *)out_msg;
@@ -107,8 +107,8 @@ static int rpc_get_account(struct svc_rpc_call *call, const ProtobufCMessage *in
     return out->account ? SVC_OK : SVC_ENOMEM;
 }
 
-static int rpc_delete_account(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                              ProtobufCMessage *out_msg, void *ctx)
+static int rpc_delete_account(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                              ProtobufCMessage *out_msg)
 {
     const Chatweb__Billing__DeleteAccountRequest *in = (const void *)in_msg;
     Chatweb__Billing__DeleteAccountResponse *out = (void *)out_msg;
@@ -123,8 +123,8 @@ static int rpc_delete_account(struct svc_rpc_call *call, const ProtobufCMessage 
     return SVC_OK;
 }
 
-static int rpc_reserve(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                       ProtobufCMessage *out_msg, void *ctx)
+static int rpc_reserve(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                       ProtobufCMessage *out_msg)
 {
     const Chatweb__Billing__ReserveRequest *in = (const void *)in_msg;
     Chatweb__Billing__ReserveResponse *out = (void *)out_msg;
@@ -163,8 +163,8 @@ static int rpc_reserve(struct svc_rpc_call *call, const ProtobufCMessage *in_msg
     return SVC_OK;
 }
 
-static int rpc_settle(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                      ProtobufCMessage *out_msg, void *ctx)
+static int rpc_settle(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                      ProtobufCMessage *out_msg)
 {
     const Chatweb__Billing__SettleRequest *in = (const void *)in_msg;
     Chatweb__Billing__SettleResponse *out = (void *)out_msg;
@@ -190,8 +190,8 @@ static int rpc_settle(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
     return SVC_OK;
 }
 
-static int rpc_release(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                       ProtobufCMessage *out_msg, void *ctx)
+static int rpc_release(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                       ProtobufCMessage *out_msg)
 {
     const Chatweb__Billing__ReleaseRequest *in = (const void *)in_msg;
     Chatweb__Billing__ReleaseResponse *out = (void *)out_msg;
@@ -211,8 +211,8 @@ static int rpc_release(struct svc_rpc_call *call, const ProtobufCMessage *in_msg
     return SVC_OK;
 }
 
-static int rpc_recharge(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                        ProtobufCMessage *out_msg, void *ctx)
+static int rpc_recharge(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                        ProtobufCMessage *out_msg)
 {
     const Chatweb__Billing__RechargeRequest *in = (const void *)in_msg;
     Chatweb__Billing__RechargeResponse *out = (void *)out_msg;
@@ -237,8 +237,8 @@ static int rpc_recharge(struct svc_rpc_call *call, const ProtobufCMessage *in_ms
     return out->account ? SVC_OK : SVC_ENOMEM;
 }
 
-static int rpc_adjust(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                      ProtobufCMessage *out_msg, void *ctx)
+static int rpc_adjust(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                      ProtobufCMessage *out_msg)
 {
     const Chatweb__Billing__AdjustRequest *in = (const void *)in_msg;
     Chatweb__Billing__AdjustResponse *out = (void *)out_msg;
@@ -272,8 +272,8 @@ static char *rows_str(struct svc_rpc_call *call, struct svc_db_rows *rows, size_
     return svc_rpc_strdup(call, s ? s : "");
 }
 
-static int rpc_usage(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                     ProtobufCMessage *out_msg, void *ctx)
+static int rpc_usage(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                     ProtobufCMessage *out_msg)
 {
     const Chatweb__Billing__UsageRequest *in = (const void *)in_msg;
     Chatweb__Billing__UsageResponse *out = (void *)out_msg;
@@ -375,8 +375,8 @@ static Chatweb__Billing__ModelPrice *price_msg(struct svc_rpc_call *call, const 
     return m->model ? m : NULL;
 }
 
-static int rpc_list_prices(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                           ProtobufCMessage *out_msg, void *ctx)
+static int rpc_list_prices(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                           ProtobufCMessage *out_msg)
 {
     Chatweb__Billing__ListPricesResponse *out = (void *)out_msg;
     struct billing_price_row env[BILLING_PRICE_ENTRIES_MAX + 1];
@@ -433,8 +433,8 @@ nomem:
     return SVC_ENOMEM;
 }
 
-static int rpc_set_price(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                         ProtobufCMessage *out_msg, void *ctx)
+static int rpc_set_price(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                         ProtobufCMessage *out_msg)
 {
     const Chatweb__Billing__SetPriceRequest *in = (const void *)in_msg;
     Chatweb__Billing__SetPriceResponse *out = (void *)out_msg;
@@ -455,7 +455,7 @@ static int rpc_set_price(struct svc_rpc_call *call, const ProtobufCMessage *in_m
             if (strcmp(env[i].model, in->model) == 0)
                 out->price->overrides_env = 1;
         out->price->updated_by = in->actor;
-        out->price->updated_at_ms = svc_wallclock_ms();
+        out->price->updated_at_ms = svc_util_wallclock_ms();
     }
     SVC_LOG_NOTICE(svc_rpc_request_id(call), "set-price",
                    "model=\"%s\" in_milli=%lld out_milli=%lld actor=\"%s\"", in->model,
@@ -463,8 +463,8 @@ static int rpc_set_price(struct svc_rpc_call *call, const ProtobufCMessage *in_m
     return out->price ? SVC_OK : SVC_ENOMEM;
 }
 
-static int rpc_delete_price(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                            ProtobufCMessage *out_msg, void *ctx)
+static int rpc_delete_price(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                            ProtobufCMessage *out_msg)
 {
     const Chatweb__Billing__DeletePriceRequest *in = (const void *)in_msg;
     Chatweb__Billing__DeletePriceResponse *out = (void *)out_msg;
@@ -481,8 +481,8 @@ static int rpc_delete_price(struct svc_rpc_call *call, const ProtobufCMessage *i
 
 /* ---- the events stream ---- */
 
-static int rpc_events_info(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                           ProtobufCMessage *out_msg, void *ctx)
+static int rpc_events_info(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                           ProtobufCMessage *out_msg)
 {
     Chatweb__Billing__EventsInfoResponse *out = (void *)out_msg;
     struct billing_events_info *info = svc_rpc_alloc(call, sizeof(*info));

@@ -196,7 +196,7 @@ static int check_text(const char *what, const char *s, size_t max, int required)
         return why(SVC_EINVAL, "%s is required", what);
     if (n > max)
         return why(SVC_EINVAL, "%s is longer than %zu bytes", what, max);
-    if (!svc_utf8_valid(nz(s), n))
+    if (!svc_util_utf8_valid(nz(s), n))
         return why(SVC_EINVAL, "%s is not valid UTF-8", what);
     return SVC_OK;
 }
@@ -215,23 +215,21 @@ static int check_user(int64_t uid)
 }
 
 /* A transaction body run by svc_db_tx_group, perhaps on another thread: carries its reason
- * (thread-local why_buf) and the SQL error text back to the caller's thread. */
+ * (thread-local why_buf) back to the caller's thread. The SQL error text is logged by svc_db. */
 struct grouped_tx {
-    svc_db_tx_fn fn;
+    svc_db_tx_cb fn;
     void *arg;
     char why[sizeof(why_buf)];
-    char sql_error[256];
 };
 
-static int grouped_body(struct svc_db_conn *c, void *arg)
+static int grouped_body(void *arg, struct svc_db_conn *c)
 {
     struct grouped_tx *g = arg;
     int rc;
 
     why_buf[0] = '\0';
-    rc = g->fn(c, g->arg);
+    rc = g->fn(g->arg, c);
     memcpy(g->why, why_buf, sizeof(g->why));
-    snprintf(g->sql_error, sizeof(g->sql_error), "%s", rc != SVC_OK ? svc_db_last_error(c) : "");
     return rc;
 }
 
@@ -239,7 +237,7 @@ static int grouped_body(struct svc_db_conn *c, void *arg)
  * Runs fn in a transaction, grouped with the transactions other threads run at the same moment
  * (one COMMIT for all of them: docs/billing.md, "Group commit").
  */
-static int with_tx(struct billing_store *s, svc_db_tx_fn fn, void *arg)
+static int with_tx(struct billing_store *s, svc_db_tx_cb fn, void *arg)
 {
     struct grouped_tx g = {.fn = fn, .arg = arg};
     int rc;
@@ -248,7 +246,7 @@ static int with_tx(struct billing_store *s, svc_db_tx_fn fn, void *arg)
     memcpy(why_buf, g.why, sizeof(why_buf));
     if (rc != SVC_OK && rc != SVC_ENOTFOUND && rc != SVC_EEXIST && rc != SVC_EINVAL &&
         rc != SVC_ECONFLICT && rc != SVC_ETOOLARGE)
-        SVC_LOG_WARN(NULL, "billing-sql", "%s: %s", svc_strerror(rc), g.sql_error);
+        SVC_LOG_WARN(NULL, "billing-sql", "%s", svc_strerror(rc));
     return rc;
 }
 
@@ -387,7 +385,7 @@ static void ledger_note(struct ledger_row *l, const char *fmt, ...)
     va_end(ap);
     /* never cut a UTF-8 sequence in half */
     n = strlen(l->note);
-    while (n > 0 && !svc_utf8_valid(l->note, n))
+    while (n > 0 && !svc_util_utf8_valid(l->note, n))
         l->note[--n] = '\0';
 }
 
@@ -464,13 +462,13 @@ struct reserve_ctx {
     struct billing_reserve_out *out;
 };
 
-static int reserve_tx(struct svc_db_conn *c, void *arg)
+static int reserve_tx(void *arg, struct svc_db_conn *c)
 {
     struct reserve_ctx *x = arg;
     const struct billing_reserve_in *in = x->in;
     struct billing_reserve_out *out = x->out;
     struct billing_ratio r = price_of(x->s, in->model);
-    int64_t now = svc_wallclock_ms();
+    int64_t now = svc_util_wallclock_ms();
     int64_t units_in = billing_units_for(in->prompt_tokens, r.in_milli);
     int64_t worst = units_in + billing_units_for(in->max_completion_tokens, r.out_milli);
     int64_t hold = worst, limit = in->max_completion_tokens;
@@ -638,12 +636,12 @@ struct settle_ctx {
     struct billing_settle_out *out;
 };
 
-static int settle_tx(struct svc_db_conn *c, void *arg)
+static int settle_tx(void *arg, struct svc_db_conn *c)
 {
     struct settle_ctx *x = arg;
     const struct billing_settle_in *in = x->in;
     struct billing_settle_out *out = x->out;
-    int64_t now = svc_wallclock_ms();
+    int64_t now = svc_util_wallclock_ms();
     struct ledger_row l = {0};
     struct billing_ratio r;
     struct hold_row h;
@@ -733,11 +731,11 @@ struct release_ctx {
     struct billing_release_out *out;
 };
 
-static int release_tx(struct svc_db_conn *c, void *arg)
+static int release_tx(void *arg, struct svc_db_conn *c)
 {
     struct release_ctx *x = arg;
     struct billing_release_out *out = x->out;
-    int64_t now = svc_wallclock_ms();
+    int64_t now = svc_util_wallclock_ms();
     struct ledger_row l = {0};
     struct hold_row h;
     struct acct_row a;
@@ -802,10 +800,10 @@ struct expire_ctx {
     int expired;
 };
 
-static int expire_tx(struct svc_db_conn *c, void *arg)
+static int expire_tx(void *arg, struct svc_db_conn *c)
 {
     struct expire_ctx *x = arg;
-    int64_t now = svc_wallclock_ms();
+    int64_t now = svc_util_wallclock_ms();
     struct ledger_row l = {0};
     struct hold_row h;
     struct acct_row a;
@@ -843,7 +841,7 @@ int billing_expire_due(struct billing_store *s, int max, int *expired)
 {
     struct svc_db_conn *c = NULL;
     struct svc_db_rows *rows = NULL;
-    struct svc_db_param p[] = {SVC_DB_I64(svc_wallclock_ms()), SVC_DB_I64(max)};
+    struct svc_db_param p[] = {SVC_DB_I64(svc_util_wallclock_ms()), SVC_DB_I64(max)};
     int rc;
 
     *expired = 0;
@@ -940,11 +938,11 @@ static int credit_in_range(const struct acct_row *r, int64_t units)
     return SVC_OK;
 }
 
-static int credit_tx(struct svc_db_conn *c, void *arg)
+static int credit_tx(void *arg, struct svc_db_conn *c)
 {
     struct credit_ctx *x = arg;
     const struct billing_credit_in *in = x->in;
-    int64_t now = svc_wallclock_ms();
+    int64_t now = svc_util_wallclock_ms();
     struct ledger_row l = {0};
     struct acct_row a;
     int rc;
@@ -1068,10 +1066,10 @@ struct create_ctx {
     int *existed;
 };
 
-static int create_tx(struct svc_db_conn *c, void *arg)
+static int create_tx(void *arg, struct svc_db_conn *c)
 {
     struct create_ctx *x = arg;
-    int64_t now = svc_wallclock_ms();
+    int64_t now = svc_util_wallclock_ms();
     struct ledger_row l = {0};
     struct acct_row a;
     int rc;
@@ -1160,10 +1158,10 @@ struct delete_ctx {
     int *deleted;
 };
 
-static int delete_tx(struct svc_db_conn *c, void *arg)
+static int delete_tx(void *arg, struct svc_db_conn *c)
 {
     struct delete_ctx *x = arg;
-    int64_t now = svc_wallclock_ms();
+    int64_t now = svc_util_wallclock_ms();
     struct svc_db_param p[] = {SVC_DB_I64(now), SVC_DB_I64(x->user_id)};
     uint64_t n = 0;
     int rc;
@@ -1221,7 +1219,7 @@ int billing_usage_daily(struct billing_store *s, int64_t user_id, int days,
                         struct svc_db_rows **rows)
 {
     struct svc_db_conn *c = NULL;
-    int64_t today = svc_wallclock_ms() / MS_PER_DAY;
+    int64_t today = svc_util_wallclock_ms() / MS_PER_DAY;
     struct svc_db_param p[] = {SVC_DB_I64(user_id), SVC_DB_I64(today - days + 1)};
     int rc;
 
@@ -1248,10 +1246,10 @@ struct price_ctx {
     int *changed; /* set: 1 = created; delete: 1 = deleted */
 };
 
-static int price_tx(struct svc_db_conn *c, void *arg)
+static int price_tx(void *arg, struct svc_db_conn *c)
 {
     struct price_ctx *x = arg;
-    int64_t now = svc_wallclock_ms();
+    int64_t now = svc_util_wallclock_ms();
     struct svc_db_rows *rows = NULL;
     uint64_t n = 0;
     int rc;

@@ -99,9 +99,9 @@ extern struct chat_stats chat_stats;
 struct svc_req;
 
 /* POST /api/chat-process (turn.c). Runs on the request's loop; always async. */
-int chat_process(struct svc_req *req, void *ctx);
+int chat_process(void *ctx, struct svc_req *req);
 
 /* POST /api/config (main.c). */
-int chat_config(struct svc_req *req, void *ctx);
+int chat_config(void *ctx, struct svc_req *req);
 
 #endif

@@ -97,7 +97,7 @@ int chat_command_early(struct chat_turn *t)
 
 /* ---- /me ---- */
 
-static void on_account(int err, ProtobufCMessage *out_msg, const char *errmsg, void *data)
+static void on_account(void *data, int err, ProtobufCMessage *out_msg, const char *errmsg)
 {
     struct chat_turn *t = data;
     Chatweb__Billing__GetAccountResponse *out = (void *)out_msg;
@@ -133,10 +133,9 @@ static void run_me(struct chat_turn *t)
     Chatweb__Billing__GetAccountRequest in = CHATWEB__BILLING__GET_ACCOUNT_REQUEST__INIT;
 
     in.user_id = t->user_id;
-    t->billing_call = svc_rpc_call_async(t->w->billing, t->w->rpc, "/rpc/Billing/GetAccount",
-                                         &in.base, &chatweb__billing__get_account_response__descriptor,
-                                         t->rid, on_account, t);
-    if (t->billing_call == NULL) {
+    if (svc_rpc_call_async(&t->billing_call, t->w->billing, t->w->rpc, "/rpc/Billing/GetAccount",
+                           &in.base, &chatweb__billing__get_account_response__descriptor, t->rid,
+                           on_account, t) != SVC_OK) {
         chat_turn_reply(t, 503, "Fail", "计费服务不可用 | Billing service unavailable");
         return;
     }
@@ -185,7 +184,7 @@ static int basic_password(struct chat_turn *t, char *out, size_t outlen)
     const char *colon;
 
     if (h == NULL || strncasecmp(h, "Basic ", 6) != 0 ||
-        svc_base64_decode(h + 6, strlen(h + 6), decoded, sizeof(decoded)) < 0 ||
+        svc_util_base64_decode(h + 6, strlen(h + 6), decoded, sizeof(decoded)) < 0 ||
         (colon = strchr(decoded, ':')) == NULL) {
         memset(decoded, 0, sizeof(decoded));
         return -1;
@@ -195,7 +194,7 @@ static int basic_password(struct chat_turn *t, char *out, size_t outlen)
     return 0;
 }
 
-static void on_changed(int err, ProtobufCMessage *out_msg, const char *errmsg, void *data)
+static void on_changed(void *data, int err, ProtobufCMessage *out_msg, const char *errmsg)
 {
     struct chat_turn *t = data;
     Chatweb__Auth__ChangeCredentialsResponse *out = (void *)out_msg;
@@ -232,6 +231,7 @@ static void run_user(struct chat_turn *t)
 {
     Chatweb__Auth__ChangeCredentialsRequest in = CHATWEB__AUTH__CHANGE_CREDENTIALS_REQUEST__INIT;
     char name[16], pass[16], current[256];
+    int rc;
 
     if (parse_user_arg(t->cmd_arg, name, sizeof(name), pass, sizeof(pass)) != 0) {
         chat_turn_fail(t, msg(t, "账户密码格式不正确\n\n账户格式:大小写字母和数字4-12位,必须字母开头\n"
@@ -250,13 +250,13 @@ static void run_user(struct chat_turn *t)
     in.new_username = name;
     in.new_password = pass;
     in.client_ip = (char *)svc_req_client_ip(t->req);
-    t->billing_call = svc_rpc_call_async(t->w->auth, t->w->rpc, "/rpc/Auth/ChangeCredentials",
-                                         &in.base,
-                                         &chatweb__auth__change_credentials_response__descriptor,
-                                         t->rid, on_changed, t);
+    rc = svc_rpc_call_async(&t->billing_call, t->w->auth, t->w->rpc,
+                            "/rpc/Auth/ChangeCredentials", &in.base,
+                            &chatweb__auth__change_credentials_response__descriptor, t->rid,
+                            on_changed, t);
     memset(current, 0, sizeof(current));
     memset(pass, 0, sizeof(pass));
-    if (t->billing_call == NULL) {
+    if (rc != SVC_OK) {
         chat_turn_reply(t, 503, "Fail", "认证服务不可用 | Authentication service unavailable");
         return;
     }
@@ -265,7 +265,7 @@ static void run_user(struct chat_turn *t)
 
 /* ---- /model ---- */
 
-static void on_model_set(int err, ProtobufCMessage *out_msg, const char *errmsg, void *data)
+static void on_model_set(void *data, int err, ProtobufCMessage *out_msg, const char *errmsg)
 {
     struct chat_turn *t = data;
     Chatweb__Auth__SetModelResponse *out = (void *)out_msg;
@@ -306,10 +306,9 @@ static void run_model(struct chat_turn *t)
     }
     in.user_id = t->user_id;
     in.model = strcmp(value, "-") == 0 ? "" : value;
-    t->billing_call = svc_rpc_call_async(t->w->auth, t->w->rpc, "/rpc/Auth/SetModel", &in.base,
-                                         &chatweb__auth__set_model_response__descriptor, t->rid,
-                                         on_model_set, t);
-    if (t->billing_call == NULL) {
+    if (svc_rpc_call_async(&t->billing_call, t->w->auth, t->w->rpc, "/rpc/Auth/SetModel",
+                           &in.base, &chatweb__auth__set_model_response__descriptor, t->rid,
+                           on_model_set, t) != SVC_OK) {
         chat_turn_reply(t, 503, "Fail", "认证服务不可用 | Authentication service unavailable");
         return;
     }

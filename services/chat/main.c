@@ -72,7 +72,7 @@ static void build_config_reply(void)
     json_decref(o);
 }
 
-int chat_config(struct svc_req *req, void *ctx)
+int chat_config(void *ctx, struct svc_req *req)
 {
     (void)ctx;
     svc_req_reply(req, 200, "application/json; charset=utf-8", config_reply, strlen(config_reply));

@@ -74,7 +74,7 @@ void chat_turn_fail(struct chat_turn *t, const char *message)
 
 /* ---- storing the context ---- */
 
-static void on_saved(int err, const struct svc_redis_reply *reply, void *data);
+static void on_saved(void *data, int err, const struct svc_redis_reply *reply);
 
 /* Queues SET key value EX ttl; returns 1 when a command was sent (a reference is held). */
 static int save_message(struct chat_turn *t, const char *id, const char *role, const char *content,
@@ -131,7 +131,7 @@ static void finish_stream(struct chat_turn *t)
     svc_metric_add(&chat_stats.chat_replies_completed_total, 1);
 }
 
-static void on_saved(int err, const struct svc_redis_reply *reply, void *data)
+static void on_saved(void *data, int err, const struct svc_redis_reply *reply)
 {
     struct chat_turn *t = data;
 
@@ -190,7 +190,7 @@ static int write_object(struct chat_turn *t, const char *delta, size_t delta_len
 }
 
 /* The client took some of what was waiting: the meter produces more. */
-static void on_client_drained(struct svc_req *req, void *data)
+static void on_client_drained(void *data, struct svc_req *req)
 {
     struct chat_turn *t = data;
 
@@ -276,7 +276,7 @@ static void fail_before_stream(struct chat_turn *t, const struct meter_end *end)
                  m != NULL ? m : "the upstream refused the request");
         json_decref(j);
     }
-    svc_utf8_trim_end(msg);
+    svc_util_utf8_trim_end(msg);
     SVC_LOG_WARN(t->rid, "upstream", "failed before the first chunk: status=%ld %s",
                  end->status, end->errmsg != NULL ? end->errmsg : "");
     chat_turn_fail(t, msg);
@@ -433,7 +433,7 @@ static int start_upstream(struct chat_turn *t)
     fr.fresh_connection = svc_fetch_multi_active(t->w->upstream) >= UPSTREAM_REUSE_LIMIT;
     rc = meter_start(t->meter, &fr, 1);
     free(text);
-    svc_wipe(auth, sizeof(auth));
+    svc_util_wipe(auth, sizeof(auth));
     SVC_LOG_INFO(t->rid, "upstream", "user=\"%s\" model=%s history=%zu max_tokens=%ld",
                  t->username, t->params.model, json_array_size(t->history), max_tokens);
     return rc;
@@ -520,7 +520,7 @@ static long fit_tail(struct chat_turn *t, json_t *msg, long room)
     return best_cost;
 }
 
-static void on_history(int err, const struct svc_redis_reply *reply, void *data)
+static void on_history(void *data, int err, const struct svc_redis_reply *reply)
 {
     struct chat_turn *t = data;
     json_t *msg = NULL;
@@ -612,7 +612,7 @@ static void walk_next(struct chat_turn *t)
 
 /* ---- rate limits ---- */
 
-static void on_rate_checked(int err, int allowed, long long count, void *data)
+static void on_rate_checked(void *data, int err, int allowed, long long count)
 {
     struct chat_turn *t = data;
 
@@ -893,7 +893,7 @@ out:
 /* The client left before the end: what it was sent stays the context of its next turn; the
  * meter, detached in the cleanup right after, still reads, counts and charges what the
  * upstream already sent (meter.h). */
-static void on_client_gone(struct svc_req *req, void *data)
+static void on_client_gone(void *data, struct svc_req *req)
 {
     struct chat_turn *t = data;
     size_t n = 0;
@@ -919,7 +919,7 @@ static void on_request_done(void *data)
     chat_turn_unref(t);
 }
 
-int chat_process(struct svc_req *req, void *ctx)
+int chat_process(void *ctx, struct svc_req *req)
 {
     struct chat_turn *t;
     const char *authz = svc_req_header(req, "Authorization");
@@ -942,8 +942,8 @@ int chat_process(struct svc_req *req, void *ctx)
     t->history = json_array();
     snprintf(t->rid, sizeof(t->rid), "%s", svc_req_id(req));
     svc_buf_init(&t->held, REPLY_MAX * 2);
-    svc_uuid4(t->user_msg_id);
-    svc_uuid4(t->reply_id);
+    svc_util_uuid4(t->user_msg_id);
+    svc_util_uuid4(t->reply_id);
     svc_req_set_cleanup(req, on_request_done, t);
     svc_req_on_abort(req, on_client_gone, t);
     if (t->history == NULL) {

@@ -140,7 +140,7 @@ struct meter {
 static void maybe_free(struct meter *m);
 
 /* Meters alive in the process. Once they were METER_CROWD or more, the free that leaves fewer
- * than TRIM_LIVE_BELOW gives the freed heap memory back (svc_heap_trim); a few meters that come
+ * than TRIM_LIVE_BELOW gives the freed heap memory back (svc_util_heap_trim); a few meters that come
  * and go never do. */
 #define METER_CROWD 64
 #define TRIM_LIVE_BELOW 4
@@ -291,7 +291,7 @@ static void admit_answer(struct meter *m, const struct meter_admission *a)
         m->admit_cb(m->ud, a);
 }
 
-static void on_reserved(int err, ProtobufCMessage *out_msg, const char *errmsg, void *data)
+static void on_reserved(void *data, int err, ProtobufCMessage *out_msg, const char *errmsg)
 {
     struct meter *m = data;
     const Chatweb__Billing__ReserveResponse *out = (const void *)out_msg;
@@ -340,8 +340,8 @@ static void reserve(struct meter *m)
     }
 }
 
-static void on_tpm_admitted(int err, int allowed, int refused, long long used, int retry_after_s,
-                            void *data)
+static void on_tpm_admitted(void *data, int err, int allowed, int refused, long long used,
+                            int retry_after_s)
 {
     struct meter *m = data;
     struct meter_admission a = {0};
@@ -448,7 +448,7 @@ static void event_usage(struct meter *m, json_t *j)
     }
 }
 
-static int on_sse_event(const char *data, size_t len, void *ud)
+static int on_sse_event(void *ud, const char *data, size_t len)
 {
     struct meter *m = ud;
     struct meter_event ev = {.data = data, .len = len};
@@ -471,7 +471,7 @@ static int on_sse_event(const char *data, size_t len, void *ud)
         const char *msg = json_string_value(json_object_get(err, "message"));
         snprintf(m->errmsg, sizeof(m->errmsg), "[OpenAI] %s",
                  msg != NULL ? msg : "error inside the stream");
-        svc_utf8_trim_end(m->errmsg); /* a long message is cut; JSON needs whole characters */
+        svc_util_utf8_trim_end(m->errmsg); /* a long message is cut; JSON needs whole characters */
         json_decref(ev.json);
         return SVC_EIO;
     }
@@ -579,7 +579,7 @@ static void drain_end(struct meter *m)
     maybe_free(m);
 }
 
-static void on_drain_timer(struct svc_timer *timer, void *data)
+static void on_drain_timer(void *data, struct svc_timer *timer)
 {
     (void)timer;
     drain_end(data);
@@ -595,7 +595,7 @@ static uint64_t drain_gap(const struct meter_loop *ml)
 /* Bytes that arrived while draining: counted at once. 0, or an error that ends the transfer. */
 static int drain_data(struct meter *m, const char *data, size_t len)
 {
-    uint64_t spent = svc_clock_ms() - m->drain_started_ms;
+    uint64_t spent = svc_loop_clock_ms() - m->drain_started_ms;
     uint64_t cap = (uint64_t)m->ml->drain_ms;
     uint64_t gap = drain_gap(m->ml);
 
@@ -641,7 +641,7 @@ static void take_headers(struct meter *m, struct svc_fetch *f)
     svc_fetch_headers_each(f, keep_header, m);
 }
 
-void meter_upstream_headers(const struct meter *m, svc_fetch_header_fn fn, void *ud)
+void meter_upstream_headers(const struct meter *m, svc_fetch_header_cb fn, void *ud)
 {
     const char *p = m->up_headers.data, *end = p + m->up_headers.len;
 
@@ -652,7 +652,7 @@ void meter_upstream_headers(const struct meter *m, svc_fetch_header_fn fn, void 
     }
 }
 
-static int on_up_data(struct svc_fetch *f, long status, const char *data, size_t len, void *ud)
+static int on_up_data(void *ud, struct svc_fetch *f, long status, const char *data, size_t len)
 {
     struct meter *m = ud;
     int rc;
@@ -750,7 +750,7 @@ static int retarget(struct meter *m)
     while (m->req_headers[i] != NULL && strncasecmp(m->req_headers[i], "Authorization:", 14) != 0)
         i++;
     if (m->req_headers[i] != NULL) { /* the old key goes, wiped */
-        svc_wipe(m->req_headers[i], strlen(m->req_headers[i]));
+        svc_util_wipe(m->req_headers[i], strlen(m->req_headers[i]));
         free(m->req_headers[i]);
         while (m->req_headers[i + 1] != NULL) {
             m->req_headers[i] = m->req_headers[i + 1];
@@ -760,11 +760,11 @@ static int retarget(struct meter *m)
     }
     if (auth[0] != '\0' && i < HEADERS_MAX && (m->req_headers[i] = strdup(auth)) == NULL)
         return SVC_ENOMEM;
-    svc_wipe(auth, sizeof(auth));
+    svc_util_wipe(auth, sizeof(auth));
     return m->req_url != NULL ? SVC_OK : SVC_ENOMEM;
 }
 
-static void on_retry_timer(struct svc_timer *timer, void *data)
+static void on_retry_timer(void *data, struct svc_timer *timer)
 {
     struct meter *m = data;
 
@@ -780,8 +780,8 @@ static int retry_schedule(struct meter *m)
 {
     uint64_t wait = (uint64_t)RETRY_BACKOFF_MS << (m->attempts - 1);
 
-    m->retry_timer = svc_timer_create(m->ml->loop, on_retry_timer, m);
-    if (m->retry_timer == NULL || svc_timer_start(m->retry_timer, wait) != SVC_OK) {
+    if (svc_timer_create(&m->retry_timer, m->ml->loop, on_retry_timer, m) != SVC_OK ||
+        svc_timer_start(m->retry_timer, wait) != SVC_OK) {
         svc_timer_destroy(&m->retry_timer);
         return SVC_ENOMEM;
     }
@@ -790,8 +790,8 @@ static int retry_schedule(struct meter *m)
     return SVC_OK;
 }
 
-static void on_up_done(struct svc_fetch *f, int err, long status, const char *body, size_t len,
-                       const char *errmsg, void *ud)
+static void on_up_done(void *ud, int err, struct svc_fetch *f, long status, const char *body,
+                       size_t len, const char *errmsg)
 {
     struct meter *m = ud;
 
@@ -806,7 +806,7 @@ static void on_up_done(struct svc_fetch *f, int err, long status, const char *bo
     tell_attempt(m, err);
     if (err != SVC_OK && errmsg != NULL) {
         snprintf(m->transport, sizeof(m->transport), "%s", errmsg);
-        svc_utf8_trim_end(m->transport);
+        svc_util_utf8_trim_end(m->transport);
     }
     if (retryable(m, err) && retry_schedule(m) == SVC_OK)
         return;
@@ -828,7 +828,7 @@ static void on_up_done(struct svc_fetch *f, int err, long status, const char *bo
 
 static int send_upstream(struct meter *m)
 {
-    static const struct svc_fetch_cb cb = {.on_data = on_up_data, .on_done = on_up_done};
+    static const struct svc_fetch_callbacks cb = {.on_data = on_up_data, .on_done = on_up_done};
 
     m->attempts++;
     svc_buf_reset(&m->errbody); /* what an earlier attempt answered */
@@ -838,8 +838,8 @@ static int send_upstream(struct meter *m)
     m->status = 0;
     m->up_err = SVC_OK;
     m->transport[0] = '\0';
-    m->up = svc_fetch_start(m->ml->upstream, &m->req, &cb, m);
-    return m->up != NULL ? SVC_OK : SVC_ENOMEM;
+    return svc_fetch_start(&m->up, m->ml->upstream, &m->req, &cb, m) == SVC_OK ? SVC_OK
+                                                                               : SVC_ENOMEM;
 }
 
 static char *dup_or_null(const char *s)
@@ -916,13 +916,13 @@ static void maybe_free(struct meter *m)
     free(m->req_proxy);
     free(m->req_ca);
     for (int i = 0; i < HEADERS_MAX && m->req_headers[i] != NULL; i++) {
-        svc_wipe(m->req_headers[i], strlen(m->req_headers[i])); /* may hold the upstream key */
+        svc_util_wipe(m->req_headers[i], strlen(m->req_headers[i])); /* may hold the upstream key */
         free(m->req_headers[i]);
     }
     free(m);
     /* the last of a crowd (a burst of slow clients that left, drained): give its memory back */
     if (atomic_fetch_sub(&meters_live, 1) <= TRIM_LIVE_BELOW && atomic_load(&meters_crowd) &&
-        svc_heap_trim())
+        svc_util_heap_trim())
         atomic_store(&meters_crowd, 0);
 }
 
@@ -942,9 +942,9 @@ void meter_detach(struct meter **mp)
     } else if (m->up != NULL) {
         /* Take what the upstream already sent before closing it (meter.h). */
         if (m->ml->drain_ms > 0 &&
-            (m->drain_timer = svc_timer_create(m->ml->loop, on_drain_timer, m)) != NULL &&
+            svc_timer_create(&m->drain_timer, m->ml->loop, on_drain_timer, m) == SVC_OK &&
             svc_timer_start(m->drain_timer, drain_gap(m->ml)) == SVC_OK) {
-            m->drain_started_ms = svc_clock_ms();
+            m->drain_started_ms = svc_loop_clock_ms();
             m->drain_next = m->ml->draining;
             if (m->drain_next != NULL)
                 m->drain_next->drain_prev = m;

@@ -91,7 +91,7 @@ struct meter_hooks {
 
 /* Calls fn for each header of the upstream's answer (the last attempt's), as received: from
  * on_head on, in on_body and in on_end (none when no answer arrived). */
-void meter_upstream_headers(const struct meter *m, svc_fetch_header_fn fn, void *ud);
+void meter_upstream_headers(const struct meter *m, svc_fetch_header_cb fn, void *ud);
 
 #define METER_CLIENT_HIGH (256u << 10)
 /* The drain mark callers give svc_req_on_drain() to call meter_resume(): 0, i.e. when the client

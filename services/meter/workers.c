@@ -59,16 +59,18 @@ int meter_upstream_check(const char *key, const char *ca_file, const char *http2
 
 static int worker_setup(struct meter_worker *w, const struct meter_workers_opts *o)
 {
-    if ((w->loop = svc_loop_create()) == NULL)
+    if (svc_loop_create(&w->loop) != SVC_OK)
         return SVC_ENOMEM;
     svc_loop_set_data(w->loop, w);
     w->models = o->models;
     w->upstream_http = o->upstream_http;
-    w->upstream = svc_fetch_multi_create(w->loop, 0);
-    w->rpc = svc_fetch_multi_create(w->loop, RPC_CONNECTIONS_PER_PEER);
-    w->redis = svc_redis_async_create(w->loop, o->redis_url, REDIS_TIMEOUT_MS);
-    w->auth = svc_rpc_client_create(o->auth_url, AUTH_TIMEOUT_MS);
-    w->billing = svc_rpc_client_create(o->billing_url, BILLING_TIMEOUT_MS);
+    if (svc_fetch_multi_create(&w->upstream, w->loop, 0) != SVC_OK ||
+        svc_fetch_multi_create(&w->rpc, w->loop, RPC_CONNECTIONS_PER_PEER) != SVC_OK ||
+        svc_redis_async_create(&w->redis, w->loop, o->redis_url, REDIS_TIMEOUT_MS, NULL, 0) !=
+            SVC_OK ||
+        svc_rpc_client_create(&w->auth, o->auth_url, AUTH_TIMEOUT_MS, NULL, 0) != SVC_OK ||
+        svc_rpc_client_create(&w->billing, o->billing_url, BILLING_TIMEOUT_MS, NULL, 0) != SVC_OK)
+        return SVC_ENOMEM;
     if (w->billing != NULL && w->rpc != NULL)
         w->bill = billing_client_create(w->loop, w->billing, w->rpc, o->settle_retry_s,
                                         o->settles_pending);
@@ -153,7 +155,7 @@ int meter_workers_redis_connected(const struct meter_workers *ws)
     return 1;
 }
 
-static void stop_loop(struct svc_loop *loop, void *data)
+static void stop_loop(void *data, struct svc_loop *loop)
 {
     (void)data;
     svc_loop_stop(loop);

@@ -101,7 +101,7 @@ extern struct proxy_stats proxy_stats;
 struct svc_req;
 
 /* Every /v1 path (v1.c). Runs on the request's loop; always async once authenticated. */
-int proxy_v1(struct svc_req *req, void *ctx);
+int proxy_v1(void *ctx, struct svc_req *req);
 /* Builds the upstream list from OPENAI_BASE_URL, OPENAI_KEY and UPSTREAMS (at start-up). */
 int proxy_upstreams_setup(char *err, size_t errlen);
 size_t proxy_upstreams_count(void);

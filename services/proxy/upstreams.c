@@ -271,7 +271,7 @@ static int breaker_allows(struct proxy_upstream *u, long long now)
 /* Index into cand[] drawn with probability weight / total. */
 static size_t draw(const int *cand, long long total)
 {
-    long long r = (long long)(svc_random_u32() % (uint32_t)total);
+    long long r = (long long)(svc_util_random_u32() % (uint32_t)total);
     size_t k = 0;
 
     while (r >= ups[cand[k]].weight) {
@@ -284,7 +284,7 @@ static size_t draw(const int *cand, long long total)
 int proxy_upstream_pick(const char *model, unsigned tried, int *no_model)
 {
     int cand[PROXY_UPSTREAMS_MAX], swap;
-    long long now = (long long)svc_clock_ms(), total = 0, all_total;
+    long long now = (long long)svc_loop_clock_ms(), total = 0, all_total;
     size_t n = 0, all, k;
     int served = 0;
 
@@ -338,7 +338,7 @@ void proxy_upstream_report(int i, int ok)
     }
     fails = atomic_fetch_add(&u->fails, 1) + 1;
     if (fails >= breaker_failures) {
-        long long until = (long long)svc_clock_ms() + breaker_open_ms;
+        long long until = (long long)svc_loop_clock_ms() + breaker_open_ms;
         if (atomic_exchange(&u->open_until_ms, until) == 0)
             SVC_LOG_WARN(NULL, "upstream", "%s failed %d times in a row: circuit open for %lld ms",
                          u->name, fails, breaker_open_ms);

@@ -94,23 +94,29 @@ void proxy_metrics_setup(void)
     static const char *const by_key[] = {"model", "key", "upstream"};
     static const char *const by_model[] = {"model", "upstream"};
 
-    m_requests = svc_metric_vec_create("proxy_model_requests_total",
-                                       "/v1 requests by model, API key id, upstream and status",
-                                       SVC_METRIC_VEC_COUNTER, by_request, 4);
-    m_tokens_in = svc_metric_vec_create("proxy_model_prompt_tokens_total",
-                                        "prompt tokens billed, by model, API key id and upstream",
-                                        SVC_METRIC_VEC_COUNTER, by_key, 3);
-    m_tokens_out = svc_metric_vec_create(
-        "proxy_model_completion_tokens_total",
-        "completion tokens billed, by model, API key id and upstream", SVC_METRIC_VEC_COUNTER,
-        by_key, 3);
-    m_ttft = svc_metric_vec_create("proxy_time_to_first_token_seconds",
+    /* A family that cannot be made stays NULL and counts nothing (svc_metric_vec_add). */
+    int rc = svc_metric_vec_create(&m_requests, "proxy_model_requests_total",
+                                   "/v1 requests by model, API key id, upstream and status",
+                                   SVC_METRIC_VEC_COUNTER, by_request, 4);
+    if (rc == SVC_OK)
+        rc = svc_metric_vec_create(&m_tokens_in, "proxy_model_prompt_tokens_total",
+                                   "prompt tokens billed, by model, API key id and upstream",
+                                   SVC_METRIC_VEC_COUNTER, by_key, 3);
+    if (rc == SVC_OK)
+        rc = svc_metric_vec_create(&m_tokens_out, "proxy_model_completion_tokens_total",
+                                   "completion tokens billed, by model, API key id and upstream",
+                                   SVC_METRIC_VEC_COUNTER, by_key, 3);
+    if (rc == SVC_OK)
+        rc = svc_metric_vec_create(&m_ttft, "proxy_time_to_first_token_seconds",
                                    "arrival to the answer's first byte to the client (a stream's "
                                    "first event), by model and upstream",
                                    SVC_METRIC_VEC_HISTOGRAM, by_model, 2);
-    m_duration = svc_metric_vec_create("proxy_request_duration_seconds",
-                                       "arrival to the answer's last byte, by model and upstream",
-                                       SVC_METRIC_VEC_HISTOGRAM, by_model, 2);
+    if (rc == SVC_OK)
+        rc = svc_metric_vec_create(&m_duration, "proxy_request_duration_seconds",
+                                   "arrival to the answer's last byte, by model and upstream",
+                                   SVC_METRIC_VEC_HISTOGRAM, by_model, 2);
+    if (rc != SVC_OK)
+        SVC_LOG_ERR(NULL, "startup", "cannot create the per-model metrics: %s", svc_strerror(rc));
 }
 
 /* At the end of a request: one of each, under the model asked for and the key's id ("" before
@@ -120,7 +126,7 @@ static void record_metrics(struct v1_call *c, int status)
     const char *key = c->is_static ? "static" : c->key_id;
     const char *upstream_label = proxy_upstream_name(c->upstream);
     char st[8];
-    uint64_t now = svc_clock_us();
+    uint64_t now = svc_loop_clock_us();
 
     snprintf(st, sizeof(st), "%d", status);
     svc_metric_vec_add(m_requests, (const char *[]){c->model, key, upstream_label, st}, 1);
@@ -171,7 +177,7 @@ static const char *const UPSTREAM_HEADERS_DROPPED[] = {
     "openai-organization", "openai-project", "x-request-id",
 };
 
-/* An upstream header, passed on to the client unless dropped (svc_fetch_header_fn). The
+/* An upstream header, passed on to the client unless dropped (svc_fetch_header_cb). The
  * upstream's X-Request-Id comes as X-Upstream-Request-Id beside ours; its Content-Type is kept in
  * up_ctype for the reply. */
 static void pass_header(void *ud, const char *name, const char *value)
@@ -223,7 +229,7 @@ static void on_request_done(void *data)
         call_free(c);
 }
 
-static void on_client_gone(struct svc_req *req, void *data)
+static void on_client_gone(void *data, struct svc_req *req)
 {
     (void)req;
     (void)data;
@@ -250,7 +256,7 @@ static int upstream_url(const struct v1_call *c, char *url, size_t len)
 
 /* The client took what was waiting: the meter produces more (it stopped when the client fell
  * behind, see meter.h). */
-static void on_client_drained(struct svc_req *req, void *data)
+static void on_client_drained(void *data, struct svc_req *req)
 {
     struct v1_call *c = data;
 
@@ -267,7 +273,7 @@ static int on_head(void *ud)
     if (!c->stream)
         return SVC_OK; /* the JSON answer goes out whole, in on_body */
     meter_upstream_headers(c->meter, pass_header, c);
-    c->first_byte_us = svc_clock_us();
+    c->first_byte_us = svc_loop_clock_us();
     rc = svc_req_stream_start(c->req, 200, "text/event-stream; charset=utf-8");
     if (rc == SVC_OK) {
         c->streaming = 1;
@@ -306,7 +312,7 @@ static int on_body(void *ud, const char *body, size_t len)
     struct v1_call *c = ud;
 
     meter_upstream_headers(c->meter, pass_header, c);
-    c->first_byte_us = svc_clock_us();
+    c->first_byte_us = svc_loop_clock_us();
     return svc_req_reply(c->req, 200, "application/json", body, len);
 }
 
@@ -345,7 +351,7 @@ static void on_end(void *ud, const struct meter_end *end)
     }
     snprintf(msg, sizeof(msg), "the upstream could not be reached: %s",
              end->errmsg != NULL ? end->errmsg : svc_strerror(end->err));
-    svc_utf8_trim_end(msg);
+    svc_util_utf8_trim_end(msg);
     if (end->err == SVC_ETIMEDOUT)
         v1_error(c, 504, "server_error", "upstream_timeout", msg);
     else
@@ -470,7 +476,7 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
     fr.http = c->w->upstream_http;
     rc = meter_start(c->meter, &fr, c->stream);
     free(text);
-    svc_wipe(auth, sizeof(auth));
+    svc_util_wipe(auth, sizeof(auth));
     if (rc != SVC_OK)
         v1_error(c, 500, "server_error", NULL, "cannot start the upstream call");
 }
@@ -556,7 +562,7 @@ static void admit(struct v1_call *c)
 
 static void check_rpm(struct v1_call *c);
 
-static void on_rpm_retry(struct svc_timer *t, void *data)
+static void on_rpm_retry(void *data, struct svc_timer *t)
 {
     (void)t;
     check_rpm(data);
@@ -572,20 +578,21 @@ static int rpm_retry(struct v1_call *c, int err)
     if (c->rpm_tries >= RPM_RETRIES)
         return 0;
     c->rpm_tries++;
-    if (c->rpm_retry == NULL)
-        c->rpm_retry = svc_timer_create(c->w->loop, on_rpm_retry, c);
-    if (c->rpm_retry == NULL || svc_timer_start(c->rpm_retry, RPM_RETRY_MS) != SVC_OK)
+    if (c->rpm_retry == NULL &&
+        svc_timer_create(&c->rpm_retry, c->w->loop, on_rpm_retry, c) != SVC_OK)
+        return 0;
+    if (svc_timer_start(c->rpm_retry, RPM_RETRY_MS) != SVC_OK)
         return 0;
     SVC_LOG_INFO(c->rid, "ratelimit", "cannot count this request (%s): asking again",
                  svc_strerror(err));
     return 1;
 }
 
-static void on_rpm(int err, int allowed, long long count, void *data)
+static void on_rpm(void *data, int err, int allowed, long long count)
 {
     struct v1_call *c = data;
     long long limit = c->rpm > 0 ? c->rpm : proxy_setting.PROXY_RPM_LIMIT.i;
-    int reset = RPM_WINDOW_S - (int)(svc_wallclock_ms() / 1000 % RPM_WINDOW_S);
+    int reset = RPM_WINDOW_S - (int)(svc_util_wallclock_ms() / 1000 % RPM_WINDOW_S);
     char v[32];
 
     c->redis_pending--;
@@ -918,8 +925,8 @@ static void reply_models(struct v1_call *c, const char *body, size_t len)
     svc_req_reply_json(c->req, 200, j);
 }
 
-static void on_relay_done(struct svc_fetch *f, int err, long status, const char *body, size_t len,
-                          const char *errmsg, void *ud)
+static void on_relay_done(void *ud, int err, struct svc_fetch *f, long status, const char *body,
+                          size_t len, const char *errmsg)
 {
     struct v1_call *c = ud;
     char msg[320];
@@ -928,7 +935,7 @@ static void on_relay_done(struct svc_fetch *f, int err, long status, const char 
     if (err != SVC_OK) {
         snprintf(msg, sizeof(msg), "the upstream could not be reached: %s",
                  errmsg != NULL ? errmsg : svc_strerror(err));
-        svc_utf8_trim_end(msg);
+        svc_util_utf8_trim_end(msg);
         v1_error(c, err == SVC_ETIMEDOUT ? 504 : 502, "server_error",
                  err == SVC_ETIMEDOUT ? "upstream_timeout" : "upstream_error", msg);
         return;
@@ -944,11 +951,12 @@ static void on_relay_done(struct svc_fetch *f, int err, long status, const char 
 
 static void relay_start(struct v1_call *c)
 {
-    static const struct svc_fetch_cb cb = {.on_done = on_relay_done};
+    static const struct svc_fetch_callbacks cb = {.on_done = on_relay_done};
     char url[PROXY_URL_MAX], auth[1100], hid[128];
     const char *headers[5];
     struct svc_fetch_req fr = {0};
     size_t nh = 0, blen = 0;
+    int rc;
     const char *body = svc_req_body(c->req, &blen);
 
     if (upstream_url(c, url, sizeof(url)) != SVC_OK) {
@@ -973,9 +981,9 @@ static void relay_start(struct v1_call *c)
     fr.proxy = proxy_setting.SOCKS_PROXY.s;
     fr.ca_file = proxy_setting.OPENAI_CA_FILE.s;
     fr.http = c->w->upstream_http;
-    c->relay = svc_fetch_start(c->w->upstream, &fr, &cb, c);
-    svc_wipe(auth, sizeof(auth));
-    if (c->relay == NULL)
+    rc = svc_fetch_start(&c->relay, c->w->upstream, &fr, &cb, c);
+    svc_util_wipe(auth, sizeof(auth));
+    if (rc != SVC_OK)
         v1_error(c, 500, "server_error", NULL, "cannot start the upstream call");
 }
 
@@ -1035,7 +1043,7 @@ static const char *credentials(struct svc_req *req, char *buf, size_t len)
     return NULL;
 }
 
-int proxy_v1(struct svc_req *req, void *ctx)
+int proxy_v1(void *ctx, struct svc_req *req)
 {
     struct v1_call *c;
     const char *path = svc_req_path(req), *authz, *body;
@@ -1052,14 +1060,14 @@ int proxy_v1(struct svc_req *req, void *ctx)
         return SVC_HTTP_DONE;
     }
     c->req = req;
-    c->t0_us = svc_clock_us();
+    c->t0_us = svc_loop_clock_us();
     c->w = svc_loop_data(svc_req_loop(req));
     snprintf(c->rid, sizeof(c->rid), "%s", svc_req_id(req));
     snprintf(c->path, sizeof(c->path), "%s", path + 3); /* after "/v1" */
     snprintf(c->method, sizeof(c->method), "%s", method);
     {
         char uuid[37];
-        svc_uuid4(uuid);
+        svc_util_uuid4(uuid);
         snprintf(c->hold_id, sizeof(c->hold_id), "px-%s", uuid);
     }
     svc_req_set_cleanup(req, on_request_done, c);
@@ -1116,6 +1124,6 @@ int proxy_v1(struct svc_req *req, void *ctx)
                  "The authentication service is unavailable, please try again later.");
         return SVC_HTTP_DONE;
     }
-    svc_wipe(keybuf, sizeof(keybuf));
+    svc_util_wipe(keybuf, sizeof(keybuf));
     return SVC_HTTP_ASYNC;
 }

@@ -36,8 +36,8 @@ static int64_t request_uid(const ProtobufCMessage *in)
 }
 
 /* Any billing method: fills the response's "account" (when it has one) and leaves the rest 0. */
-static int fake_billing(struct svc_rpc_call *call, const ProtobufCMessage *in,
-                        ProtobufCMessage *out, void *ctx)
+static int fake_billing(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in,
+                        ProtobufCMessage *out)
 {
     const ProtobufCFieldDescriptor *f =
         protobuf_c_message_descriptor_get_field_by_name(out->descriptor, "account");
@@ -52,8 +52,8 @@ static int fake_billing(struct svc_rpc_call *call, const ProtobufCMessage *in,
     return SVC_OK;
 }
 
-static int fake_reserve(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                        ProtobufCMessage *out_msg, void *ctx)
+static int fake_reserve(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                        ProtobufCMessage *out_msg)
 {
     const Chatweb__Billing__ReserveRequest *in = (const void *)in_msg;
     Chatweb__Billing__ReserveResponse *out = (void *)out_msg;
@@ -67,8 +67,8 @@ static int fake_reserve(struct svc_rpc_call *call, const ProtobufCMessage *in_ms
     return SVC_OK;
 }
 
-static int fake_authenticate(struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
-                             ProtobufCMessage *out_msg, void *ctx)
+static int fake_authenticate(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                             ProtobufCMessage *out_msg)
 {
     const Chatweb__Auth__AuthenticateRequest *in = (const void *)in_msg;
     Chatweb__Auth__AuthenticateResponse *out = (void *)out_msg;
@@ -94,8 +94,8 @@ static int fake_authenticate(struct svc_rpc_call *call, const ProtobufCMessage *
     return SVC_OK;
 }
 
-static int fake_change(struct svc_rpc_call *call, const ProtobufCMessage *in,
-                       ProtobufCMessage *out_msg, void *ctx)
+static int fake_change(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in,
+                       ProtobufCMessage *out_msg)
 {
     Chatweb__Auth__ChangeCredentialsResponse *out = (void *)out_msg;
 
@@ -106,8 +106,8 @@ static int fake_change(struct svc_rpc_call *call, const ProtobufCMessage *in,
     return out->message != NULL ? SVC_OK : SVC_ENOMEM;
 }
 
-static int fake_set_model(struct svc_rpc_call *call, const ProtobufCMessage *in,
-                          ProtobufCMessage *out_msg, void *ctx)
+static int fake_set_model(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in,
+                          ProtobufCMessage *out_msg)
 {
     (void)call;
     (void)in;

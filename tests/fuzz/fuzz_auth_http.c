@@ -129,7 +129,7 @@ static void setup(void)
     a.cfg.pw_mem = 64 * 1024;
     a.cfg.pw_min = 6;
     a.cfg.ops_link = "/admin";
-    if (svc_db_open_opts(&a.db, "sqlite:auth.db", dir, NULL, err, sizeof(err)) != SVC_OK ||
+    if (svc_db_create(&a.db, "sqlite:auth.db", dir, NULL, err, sizeof(err)) != SVC_OK ||
         auth_store_migrate(a.db) != SVC_OK || auth_cache_create(&a.cache, 64) != SVC_OK ||
         auth_pw_setup(&a) != SVC_OK || auth_pw_hash(&a, USER_PW, hash) != SVC_OK ||
         auth_user_create(&a, USER, hash, 0, &id) != SVC_OK) {
@@ -141,8 +141,7 @@ static void setup(void)
                   NULL, 0);
     /* billing: the stand-in, on the same server */
     snprintf(base, sizeof(base), "http://127.0.0.1:%d" FZ_FAKE_PREFIX, fz_http_port());
-    a.billing = svc_rpc_client_create(base, 5000);
-    if (a.billing == NULL)
+    if (svc_rpc_client_create(&a.billing, base, 5000, NULL, 0) != SVC_OK)
         abort();
 }
 

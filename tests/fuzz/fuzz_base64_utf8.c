@@ -1,10 +1,10 @@
 /*
- * Fuzz target for svc_base64_decode and svc_utf8_valid (svc/util.h), both differential:
+ * Fuzz target for svc_util_base64_decode and svc_util_utf8_valid (svc/util.h), both differential:
  *  - base64: accept/reject must match a strict RFC 4648 reference predicate; an accepted input
  *    decodes to exactly 3 bytes per quad minus the pads, re-encodes to the same length, and
  *    decodes again to the same bytes; with a short output buffer the result is SVC_ETOOLARGE
  *    exactly when the decoded bytes plus the NUL do not fit, and nothing is written past outlen;
- *  - UTF-8: svc_utf8_valid must agree with a reference built from the Unicode well-formed byte
+ *  - UTF-8: svc_util_utf8_valid must agree with a reference built from the Unicode well-formed byte
  *    sequence table (Unicode 15, table 3-7), for the whole input and for every prefix length
  *    chosen by the first byte.
  */
@@ -124,7 +124,7 @@ static void fuzz_base64(const uint8_t *data, size_t size, size_t small)
 
     if (out == NULL)
         return;
-    n = svc_base64_decode((const char *)data, size, out, full);
+    n = svc_util_base64_decode((const char *)data, size, out, full);
     if (valid != (n >= 0)) {
         fprintf(stderr, "base64: decode = %ld, reference says %s\n", n, valid ? "valid" : "bad");
         abort();
@@ -137,7 +137,7 @@ static void fuzz_base64(const uint8_t *data, size_t size, size_t small)
         out = malloc(small + 1);
         if (out == NULL)
             return;
-        n = svc_base64_decode((const char *)data, size, out, small);
+        n = svc_util_base64_decode((const char *)data, size, out, small);
         if (n != SVC_EINVAL && n != SVC_ETOOLARGE)
             abort();
         free(out);
@@ -153,7 +153,7 @@ static void fuzz_base64(const uint8_t *data, size_t size, size_t small)
         size_t el = ref_b64_encode((const unsigned char *)out, (size_t)n, enc);
         if (el != size)
             abort();
-        m = svc_base64_decode(enc, el, again, full);
+        m = svc_util_base64_decode(enc, el, again, full);
         if (m != n || memcmp(again, out, (size_t)n) != 0)
             abort();
     }
@@ -165,7 +165,7 @@ static void fuzz_base64(const uint8_t *data, size_t size, size_t small)
         char *shortbuf = malloc(small + 8);
         if (shortbuf != NULL) {
             memset(shortbuf, 0x5a, small + 8);
-            m = svc_base64_decode((const char *)data, size, shortbuf, small);
+            m = svc_util_base64_decode((const char *)data, size, shortbuf, small);
             if ((size_t)n + 1 <= small) {
                 if (m != n || memcmp(shortbuf, out, (size_t)n + 1) != 0)
                     abort();
@@ -187,13 +187,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     fuzz_base64(data, size, small);
 
-    if (svc_utf8_valid((const char *)data, size) != ref_utf8_valid(data, size)) {
+    if (svc_util_utf8_valid((const char *)data, size) != ref_utf8_valid(data, size)) {
         fprintf(stderr, "utf8: svc says %d for %zu bytes\n", !ref_utf8_valid(data, size), size);
         abort();
     }
     if (size > 1) {
         size_t cut = data[0] % size;
-        if (svc_utf8_valid((const char *)data + 1, cut) != ref_utf8_valid(data + 1, cut))
+        if (svc_util_utf8_valid((const char *)data + 1, cut) != ref_utf8_valid(data + 1, cut))
             abort();
     }
     return 0;

@@ -106,7 +106,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_key(user, CHAT_KEY_MAX);
         check_key(user, size % CHAT_KEY_MAX);
     }
-    if (memchr(data, '\0', size) == NULL && svc_utf8_valid(str, size)) {
+    if (memchr(data, '\0', size) == NULL && svc_util_utf8_valid(str, size)) {
         char *enc = chat_ctx_encode(size % 2 ? "user" : "assistant", str, size, "");
         json_t *m = NULL;
         if (enc == NULL || chat_ctx_decode(enc, strlen(enc), &m, parent) != SVC_OK ||

@@ -64,7 +64,7 @@ static const char upstream_reply[] =
     "data: [DONE]\n\n";
 
 /* The upstream: every call gets the same short streamed reply. */
-static int fake_upstream(struct svc_req *req, void *ctx)
+static int fake_upstream(void *ctx, struct svc_req *req)
 {
     (void)ctx;
     svc_req_reply(req, 200, "text/event-stream", upstream_reply, sizeof(upstream_reply) - 1);
@@ -108,9 +108,9 @@ static void setup(void)
         fprintf(stderr, "fuzz_chat_http: setup: %s\n", err);
         abort();
     }
-    worker.loop = loops[0] = svc_loop_create();
-    if (worker.loop == NULL)
+    if (svc_loop_create(&worker.loop) != SVC_OK)
         abort();
+    loops[0] = worker.loop;
     svc_loop_set_data(worker.loop, &worker);
     fz_http_start(routes, sizeof(routes) / sizeof(routes[0]), SVC_HTTP_STYLE_ENVELOPE, MAX_BODY,
                   loops, 1);
@@ -122,11 +122,13 @@ static void setup(void)
         chat_setting.OPENAI_BASE_URL.s = up;
     }
     worker.models = models;
-    worker.upstream = svc_fetch_multi_create(worker.loop, 0);
-    worker.rpc = svc_fetch_multi_create(worker.loop, 8);
-    worker.redis = svc_redis_async_create(worker.loop, "redis://127.0.0.1:1/0", 500);
-    worker.auth = svc_rpc_client_create(base, 3000);
-    worker.billing = svc_rpc_client_create(base, 3000);
+    if (svc_fetch_multi_create(&worker.upstream, worker.loop, 0) != SVC_OK ||
+        svc_fetch_multi_create(&worker.rpc, worker.loop, 8) != SVC_OK ||
+        svc_redis_async_create(&worker.redis, worker.loop, "redis://127.0.0.1:1/0", 500, NULL, 0) !=
+            SVC_OK ||
+        svc_rpc_client_create(&worker.auth, base, 3000, NULL, 0) != SVC_OK ||
+        svc_rpc_client_create(&worker.billing, base, 3000, NULL, 0) != SVC_OK)
+        abort();
     if (worker.billing != NULL)
         worker.bill = billing_client_create(worker.loop, worker.billing, worker.rpc, 5,
                                             &chat_stats.chat_settles_pending);

@@ -88,8 +88,8 @@ static void repack_check(const ProtobufCMessage *in)
 
 /* Every method: checks what dispatch decoded; refuses messages of odd packed size, so both
  * reply paths run. */
-static int handler(struct svc_rpc_call *call, const ProtobufCMessage *in, ProtobufCMessage *out,
-                   void *ctx)
+static int handler(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in,
+                   ProtobufCMessage *out)
 {
     (void)ctx;
     if (!protobuf_c_message_check(in)) {

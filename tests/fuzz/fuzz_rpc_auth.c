@@ -33,8 +33,8 @@
 #define MAX_BODY 65536
 #define SECRET "fuzz-rpc-secret-0123456789abcdef-0123456789"
 
-static int handler(struct svc_rpc_call *call, const ProtobufCMessage *in, ProtobufCMessage *out,
-                   void *ctx)
+static int handler(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in,
+                   ProtobufCMessage *out)
 {
     (void)call;
     (void)in;

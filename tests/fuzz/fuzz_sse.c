@@ -25,7 +25,7 @@ struct run {
     int count;
 };
 
-static int on_event(const char *d, size_t len, void *ud)
+static int on_event(void *ud, const char *d, size_t len)
 {
     struct run *r = ud;
     uint64_t l = len;

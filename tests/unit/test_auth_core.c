@@ -221,7 +221,7 @@ int main(void)
     a.cfg.pw_ops = 1;
     a.cfg.pw_mem = 8192 * 1024;
     a.cfg.pw_min = 6;
-    T_EQ_INT(svc_db_open(&a.db, "sqlite:auth.db", dir), SVC_OK);
+    T_EQ_INT(svc_db_create(&a.db, "sqlite:auth.db", dir, NULL, NULL, 0), SVC_OK);
     T_EQ_INT(auth_store_migrate(a.db), SVC_OK);
     T_EQ_INT(auth_store_migrate(a.db), SVC_OK); /* idempotent */
     T_EQ_INT(auth_cache_create(&a.cache, a.cfg.cache_slots), SVC_OK);

@@ -249,7 +249,7 @@ static void purge_rules(struct billing_store *s)
     T_EQ_INT(billing_release(s, closed, "", &ro), SVC_OK);
     in.request_id = open_;
     T_EQ_INT(billing_reserve(s, &in, &out), SVC_OK);
-    T_EQ_INT(billing_purge_closed(s, svc_wallclock_ms() + 1000, 1000, &n), SVC_OK);
+    T_EQ_INT(billing_purge_closed(s, svc_util_wallclock_ms() + 1000, 1000, &n), SVC_OK);
     T_ASSERT(n >= 1);
     T_EQ_INT(billing_release(s, closed, "", &ro), SVC_ENOTFOUND); /* past retention */
     T_EQ_INT(billing_release(s, open_, "", &ro), SVC_OK);         /* open holds are kept */
@@ -325,7 +325,7 @@ static void suite(const char *dsn, const char *dir)
     struct billing_store_opts so = {20, 10};
     char err[256];
 
-    if (svc_db_open_opts(&db, dsn, dir, NULL, err, sizeof(err)) != SVC_OK)
+    if (svc_db_create(&db, dsn, dir, NULL, err, sizeof(err)) != SVC_OK)
         T_FAIL("open %s: %s", dsn ? "mysql" : "sqlite", err);
     T_EQ_INT(billing_store_migrate(db), SVC_OK);
     T_EQ_INT(billing_store_migrate(db), SVC_OK); /* idempotent */

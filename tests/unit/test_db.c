@@ -54,10 +54,10 @@ static struct svc_db *db_open(const struct svc_db_opts *o)
 {
     struct svc_db *db = NULL;
     char err[256];
-    int rc = svc_db_open_opts(&db, cur_dsn, cur_dir, o, err, sizeof(err));
+    int rc = svc_db_create(&db, cur_dsn, cur_dir, o, err, sizeof(err));
 
     if (rc != SVC_OK)
-        T_FAIL("svc_db_open: %s (%s)", err, svc_strerror(rc));
+        T_FAIL("svc_db_create: %s (%s)", err, svc_strerror(rc));
     T_ASSERT(db != NULL);
     return db;
 }
@@ -77,7 +77,7 @@ static void exec_ok(struct svc_db_conn *c, const char *sql)
     int rc = svc_db_exec(c, sql, NULL, 0, NULL, NULL);
 
     if (rc != SVC_OK)
-        T_FAIL("exec %s: %s [%s]", sql, svc_strerror(rc), svc_db_last_error(c));
+        T_FAIL("exec %s: %s [%s]", sql, svc_strerror(rc), svc__db_last_error(c));
 }
 
 static void exec_p(struct svc_db_conn *c, const char *sql, const struct svc_db_param *p, size_t n,
@@ -86,7 +86,7 @@ static void exec_p(struct svc_db_conn *c, const char *sql, const struct svc_db_p
     int rc = svc_db_exec(c, sql, p, n, affected, NULL);
 
     if (rc != SVC_OK)
-        T_FAIL("exec %s: %s [%s]", sql, svc_strerror(rc), svc_db_last_error(c));
+        T_FAIL("exec %s: %s [%s]", sql, svc_strerror(rc), svc__db_last_error(c));
 }
 
 /* First column of the first row as an integer (-999 when there is no row). */
@@ -97,7 +97,7 @@ static int64_t q_i64(struct svc_db_conn *c, const char *sql, const struct svc_db
     int rc = svc_db_query(c, sql, p, n, &rows);
 
     if (rc != SVC_OK)
-        T_FAIL("query %s: %s [%s]", sql, svc_strerror(rc), svc_db_last_error(c));
+        T_FAIL("query %s: %s [%s]", sql, svc_strerror(rc), svc__db_last_error(c));
     if (svc_db_rows_count(rows) > 0)
         v = svc_db_rows_i64(rows, 0, 0);
     svc_db_rows_destroy(&rows);
@@ -288,23 +288,22 @@ static void test_open_errors(void)
     char err[256];
     int rc;
 
-    rc = svc_db_open(&db, "redis://u:hunter2@h/0", NULL);
+    rc = svc_db_create(&db, "redis://u:hunter2@h/0", NULL, NULL, err, sizeof(err));
     T_EQ_INT(rc, SVC_EINVAL);
     T_ASSERT(db == NULL);
-    T_ASSERT(strstr(svc_db_open_error(), "redis") != NULL);
-    T_ASSERT(strstr(svc_db_open_error(), "hunter2") == NULL);
+    T_ASSERT(strstr(err, "redis") != NULL);
+    T_ASSERT(strstr(err, "hunter2") == NULL);
 
     /* port 1 on loopback: connection refused at once */
-    rc = svc_db_open_opts(&db, "mysql://app:hunter2@127.0.0.1:1/appdb", NULL, NULL, err,
-                          sizeof(err));
+    rc = svc_db_create(&db, "mysql://app:hunter2@127.0.0.1:1/appdb", NULL, NULL, err,
+                       sizeof(err));
     T_EQ_INT(rc, SVC_EUNAVAIL);
     T_ASSERT(db == NULL);
     T_ASSERT(strstr(err, "cannot connect to mysql://app:***@127.0.0.1:1/appdb") != NULL);
     T_ASSERT(strstr(err, "hunter2") == NULL);
-    T_EQ_STR(svc_db_open_error(), err);
 
     struct svc_db_opts o = {.pool_size = SVC_DB_POOL_MAX + 1};
-    rc = svc_db_open_opts(&db, "sqlite::memory:", NULL, &o, NULL, 0);
+    rc = svc_db_create(&db, "sqlite::memory:", NULL, &o, NULL, 0);
     T_EQ_INT(rc, SVC_EINVAL);
 
     /* destroy and the rows/conn helpers accept NULL */
@@ -320,7 +319,7 @@ static void test_memory(void)
     struct svc_db_conn *c;
     char buf[256];
 
-    T_EQ_INT(svc_db_open(&db, "sqlite::memory:", NULL), SVC_OK);
+    T_EQ_INT(svc_db_create(&db, "sqlite::memory:", NULL, NULL, NULL, 0), SVC_OK);
     svc_db_describe(db, buf, sizeof(buf));
     T_EQ_STR(buf, "sqlite::memory: (pool 1)");
     c = conn_get(db);
@@ -499,13 +498,14 @@ static char fresh_dir[512];
 static void *fresh_open_thread(void *arg)
 {
     struct svc_db *db = NULL;
-    int rc = svc_db_open(&db, "", fresh_dir);
+    char err[256];
+    int rc = svc_db_create(&db, "", fresh_dir, NULL, err, sizeof(err));
 
     if (rc == SVC_OK)
         rc = svc_db_migrate(db, migs_conc, 3);
     *(int *)arg = rc;
     if (rc != SVC_OK)
-        fprintf(stderr, "   open: %s\n", svc_db_open_error());
+        fprintf(stderr, "   open: %s\n", err);
     svc_db_destroy(&db);
     return NULL;
 }
@@ -632,7 +632,7 @@ static void test_params(void)
     /* argument errors */
     T_EQ_INT(svc_db_exec(c, "INSERT INTO tdb_params (i) VALUES (?)", p6, 0, NULL, NULL),
              SVC_EINVAL);
-    T_ASSERT(strstr(svc_db_last_error(c), "placeholders") != NULL);
+    T_ASSERT(strstr(svc__db_last_error(c), "placeholders") != NULL);
     T_EQ_INT(svc_db_exec(c, "INSERT INTO tdb_params (i) VALUES (?)", NULL, 1, NULL, NULL),
              SVC_EINVAL);
     T_EQ_INT(svc_db_exec(c, "SELECT 1; SELECT 2", NULL, 0, NULL, NULL),
@@ -642,12 +642,12 @@ static void test_params(void)
     struct svc_db_param bad = {.type = 99};
     T_EQ_INT(svc_db_exec(c, "SELECT ?", &bad, 1, NULL, NULL), SVC_EINVAL);
     T_EQ_INT(svc_db_exec(c, "SELEKT 1", NULL, 0, NULL, NULL), SVC_EIO);
-    T_ASSERT(svc_db_last_error(c)[0] != '\0');
+    T_ASSERT(svc__db_last_error(c)[0] != '\0');
     T_EQ_INT(svc_db_query(c, "SELECT 1", NULL, 0, NULL), SVC_EINVAL);
     T_EQ_INT(svc_db_exec(NULL, "SELECT 1", NULL, 0, NULL, NULL), SVC_EINVAL);
     /* a successful call clears the last error */
     exec_ok(c, "SELECT 1");
-    T_EQ_STR(svc_db_last_error(c), "");
+    T_EQ_STR(svc__db_last_error(c), "");
 
     svc_db_conn_put(db, &c);
     svc_db_destroy(&db);
@@ -671,15 +671,15 @@ static void test_unique(void)
     struct svc_db_param r[] = {SVC_DB_TEXT("alpha-secret"), SVC_DB_I64(2)};
     T_EQ_INT(svc_db_exec(c, "UPDATE tdb_names SET name = ? WHERE id = ?", r, 2, &n, NULL),
              SVC_EEXIST);
-    fprintf(stderr, "   unique violation: %s\n", svc_db_last_error(c));
-    T_ASSERT(strstr(svc_db_last_error(c), "alpha-secret") == NULL);
-    T_ASSERT(strstr(svc_db_last_error(c), IS_MY ? "1062" : "2067") != NULL);
+    fprintf(stderr, "   unique violation: %s\n", svc__db_last_error(c));
+    T_ASSERT(strstr(svc__db_last_error(c), "alpha-secret") == NULL);
+    T_ASSERT(strstr(svc__db_last_error(c), IS_MY ? "1062" : "2067") != NULL);
 
     /* duplicate primary key */
     struct svc_db_param d[] = {SVC_DB_I64(1), SVC_DB_TEXT("gamma")};
     T_EQ_INT(svc_db_exec(c, "INSERT INTO tdb_names (id, name) VALUES (?, ?)", d, 2, NULL, NULL),
              SVC_EEXIST);
-    T_ASSERT(strstr(svc_db_last_error(c), IS_MY ? "1062" : "1555") != NULL);
+    T_ASSERT(strstr(svc__db_last_error(c), IS_MY ? "1062" : "1555") != NULL);
 
     /* composite key */
     exec_ok(c,
@@ -751,14 +751,14 @@ static void test_affected_rows(void)
     svc_db_destroy(&db);
 }
 
-static int tx_insert_fail(struct svc_db_conn *c, void *arg)
+static int tx_insert_fail(void *arg, struct svc_db_conn *c)
 {
     (void)arg;
     exec_ok(c, "INSERT INTO tdb_tx (v) VALUES (100)");
     return SVC_ENOTFOUND;
 }
 
-static int tx_insert_ok(struct svc_db_conn *c, void *arg)
+static int tx_insert_ok(void *arg, struct svc_db_conn *c)
 {
     (void)arg;
     exec_ok(c, "INSERT INTO tdb_tx (v) VALUES (200)");
@@ -828,7 +828,7 @@ struct conc_arg {
     int tx; /* read-modify-write in svc_db_tx_run instead of n = n + 1 */
 };
 
-static int tx_rmw(struct svc_db_conn *c, void *arg)
+static int tx_rmw(void *arg, struct svc_db_conn *c)
 {
     struct svc_db_rows *rows = NULL;
     int rc;
@@ -864,7 +864,7 @@ static void *conc_thread(void *argp)
             a->rc = svc_db_exec(c, "UPDATE tdb_counter SET n = n + 1 WHERE id = 1", NULL, 0,
                                 &matched, NULL);
         if (a->rc != SVC_OK)
-            fprintf(stderr, "   thread: %s [%s]\n", svc_strerror(a->rc), svc_db_last_error(c));
+            fprintf(stderr, "   thread: %s [%s]\n", svc_strerror(a->rc), svc__db_last_error(c));
         else if (!a->tx && matched != 1)
             a->rc = SVC_EINTERNAL;
         svc_db_conn_put(a->db, &c);
@@ -923,7 +923,7 @@ struct group_item_arg {
 };
 
 /* One item: a row in tdb_group_log and n + 1, then the refusal it was told to make. */
-static int group_body(struct svc_db_conn *c, void *arg)
+static int group_body(void *arg, struct svc_db_conn *c)
 {
     struct group_item_arg *it = arg;
     struct svc_db_param p[] = {SVC_DB_I64(it->id)};
@@ -1135,7 +1135,7 @@ static void test_conflict(void)
         T_EQ_INT(svc_db_begin(b), SVC_OK);
         T_EQ_INT(svc_db_exec(b, "UPDATE tdb_lock SET v = 2 WHERE id = 1", NULL, 0, NULL, NULL),
                  SVC_ECONFLICT);
-        T_ASSERT(strstr(svc_db_last_error(b), "1205") != NULL);
+        T_ASSERT(strstr(svc__db_last_error(b), "1205") != NULL);
         T_EQ_INT(svc_db_rollback(b), SVC_OK);
     } else {
         /* write lock held by a: b's BEGIN IMMEDIATE waits busy_timeout then conflicts */
@@ -1145,7 +1145,7 @@ static void test_conflict(void)
         T_EQ_INT(svc_db_exec(b, "UPDATE tdb_lock SET v = 2 WHERE id = 1", NULL, 0, NULL, NULL),
                  SVC_ECONFLICT);
     }
-    fprintf(stderr, "   conflict after %" PRIu64 " ms: %s\n", mono_ms() - t0, svc_db_last_error(b));
+    fprintf(stderr, "   conflict after %" PRIu64 " ms: %s\n", mono_ms() - t0, svc__db_last_error(b));
     T_ASSERT(mono_ms() - t0 >= 150);
     /* readers are not blocked */
     T_EQ_INT(q_i64(b, "SELECT v FROM tdb_lock WHERE id = 1", NULL, 0), 0);
@@ -1195,7 +1195,7 @@ static void test_deadlock_mysql(void)
         (void)svc_db_rollback(b); /* let a finish if b was the victim */
     pthread_join(th, NULL);
     fprintf(stderr, "   a: %s, b: %s [%s]\n", svc_strerror(arg.rc), svc_strerror(rc_b),
-            rc_b != SVC_OK ? svc_db_last_error(b) : svc_db_last_error(a));
+            rc_b != SVC_OK ? svc__db_last_error(b) : svc__db_last_error(a));
     T_ASSERT((arg.rc == SVC_ECONFLICT) != (rc_b == SVC_ECONFLICT));
     T_ASSERT(arg.rc == SVC_OK || rc_b == SVC_OK);
     if (svc_db_in_tx(a))
@@ -1220,7 +1220,7 @@ static void kill_conn(struct svc_db_conn *victim)
     sleep_ms(100); /* let the server close the socket */
 }
 
-static int kill_once_body(struct svc_db_conn *c, void *arg)
+static int kill_once_body(void *arg, struct svc_db_conn *c)
 {
     int *calls = arg;
 
@@ -1234,7 +1234,7 @@ static int kill_once_body(struct svc_db_conn *c, void *arg)
 }
 
 /* The connection dies after the body's last statement, before COMMIT is sent: replayed. */
-static int kill_before_commit_body(struct svc_db_conn *c, void *arg)
+static int kill_before_commit_body(void *arg, struct svc_db_conn *c)
 {
     int *calls = arg;
     int rc = svc_db_exec(c, "INSERT INTO tdb_tx (v) VALUES (88)", NULL, 0, NULL, NULL);
@@ -1284,7 +1284,7 @@ static void test_reconnect_mysql(void)
     kill_conn(c);
     T_EQ_INT(svc_db_exec(c, "INSERT INTO tdb_tx (v) VALUES (3)", NULL, 0, NULL, NULL),
              SVC_EUNAVAIL);
-    fprintf(stderr, "   in tx: %s\n", svc_db_last_error(c));
+    fprintf(stderr, "   in tx: %s\n", svc__db_last_error(c));
     T_EQ_INT(svc_db_commit(c), SVC_EUNAVAIL);
     T_EQ_INT(svc_db_in_tx(c), 0);
     T_EQ_INT(q_i64(c, "SELECT COUNT(*) FROM tdb_tx", NULL, 0), 1); /* 2 and 3 were lost */

@@ -26,7 +26,7 @@
 
 /* ---- handlers ------------------------------------------------------------------------------- */
 
-static int h_text(struct svc_req *req, void *ctx)
+static int h_text(void *ctx, struct svc_req *req)
 {
     (void)ctx;
     T_EQ_INT(svc_req_reply(req, 200, "text/plain", "hello", 5), SVC_OK);
@@ -35,7 +35,7 @@ static int h_text(struct svc_req *req, void *ctx)
     return SVC_HTTP_DONE;
 }
 
-static int h_echo(struct svc_req *req, void *ctx)
+static int h_echo(void *ctx, struct svc_req *req)
 {
     size_t len;
     const char *body = svc_req_body(req, &len);
@@ -50,7 +50,7 @@ static int h_echo(struct svc_req *req, void *ctx)
     return SVC_HTTP_DONE;
 }
 
-static int h_info(struct svc_req *req, void *ctx)
+static int h_info(void *ctx, struct svc_req *req)
 {
     const char *q = svc_req_query(req, "q"), *h = svc_req_header(req, "X-Test");
     char out[256];
@@ -66,14 +66,14 @@ static int h_info(struct svc_req *req, void *ctx)
     return SVC_HTTP_DONE;
 }
 
-static int h_error(struct svc_req *req, void *ctx)
+static int h_error(void *ctx, struct svc_req *req)
 {
     (void)ctx;
     T_EQ_INT(svc_req_error(req, 400, "bad \"thing\"\n"), SVC_OK);
     return SVC_HTTP_DONE;
 }
 
-static int h_noreply(struct svc_req *req, void *ctx)
+static int h_noreply(void *ctx, struct svc_req *req)
 {
     (void)req;
     (void)ctx;
@@ -87,7 +87,7 @@ static void on_cleanup(void *data)
     __atomic_add_fetch((int *)data, 1, __ATOMIC_SEQ_CST);
 }
 
-static int h_cleanup(struct svc_req *req, void *ctx)
+static int h_cleanup(void *ctx, struct svc_req *req)
 {
     (void)ctx;
     svc_req_set_cleanup(req, on_cleanup, &cleanup_runs);
@@ -561,8 +561,8 @@ static void test_bad_addr(void)
 static int rpc_calls;
 
 /* Echoes the request's message text back; counts the calls that got through. */
-static int rpc_echo(struct svc_rpc_call *call, const ProtobufCMessage *in, ProtobufCMessage *out,
-                    void *ctx)
+static int rpc_echo(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in,
+                    ProtobufCMessage *out)
 {
     const Chatweb__Rpc__RpcError *q = (const Chatweb__Rpc__RpcError *)in;
     Chatweb__Rpc__RpcError *a = (Chatweb__Rpc__RpcError *)out;
@@ -672,7 +672,7 @@ static void test_rpc_signatures(void)
 
     /* the blocking client signs, the server checks: the call goes through */
     rpc_calls = 0;
-    cl = svc_rpc_client_create(base, 3000);
+    T_EQ_INT(svc_rpc_client_create(&cl, base, 3000, NULL, 0), SVC_OK);
     T_ASSERT(cl != NULL);
     T_EQ_INT(svc_rpc_call(cl, "/rpc/Test/Echo", &q.base, &chatweb__rpc__rpc_error__descriptor,
                           &out, "rid-1", err, sizeof(err)),

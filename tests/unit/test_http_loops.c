@@ -52,7 +52,7 @@ static int nsstreams, round_no;
 static struct svc_timer *round_timer;
 static atomic_int s_completed, s_aborted, s_inflight, s_inflight_max;
 
-static void on_s_abort(struct svc_req *req, void *data)
+static void on_s_abort(void *data, struct svc_req *req)
 {
     struct sstream *s = data;
 
@@ -68,7 +68,7 @@ static void on_s_cleanup(void *data)
 }
 
 /* One round: a piece to every stream still there (each write resumes its connection). */
-static void on_round(struct svc_timer *t, void *data)
+static void on_round(void *data, struct svc_timer *t)
 {
     (void)data;
     for (int i = 0; i < nsstreams; i++) {
@@ -91,7 +91,7 @@ static void on_round(struct svc_timer *t, void *data)
 }
 
 /* GET /stream?i=<client's number>&keep=1 */
-static int h_stream(struct svc_req *req, void *ctx)
+static int h_stream(void *ctx, struct svc_req *req)
 {
     const char *is = svc_req_query(req, "i");
     long i = is != NULL ? strtol(is, NULL, 10) : -1;
@@ -114,7 +114,7 @@ static int h_stream(struct svc_req *req, void *ctx)
     return SVC_HTTP_DONE;
 }
 
-static void on_slow_reply(struct svc_timer *t, void *data)
+static void on_slow_reply(void *data, struct svc_timer *t)
 {
     struct svc_req *req = data;
 
@@ -125,9 +125,10 @@ static void on_slow_reply(struct svc_timer *t, void *data)
 }
 
 /* Answers after 20 ms, counting how many are answered at once. */
-static int h_slow(struct svc_req *req, void *ctx)
+static int h_slow(void *ctx, struct svc_req *req)
 {
-    struct svc_timer *t = svc_timer_create(sloop, on_slow_reply, req);
+    struct svc_timer *t = NULL;
+    T_EQ_INT(svc_timer_create(&t, sloop, on_slow_reply, req), SVC_OK);
     int now = atomic_fetch_add(&s_inflight, 1) + 1, max = atomic_load(&s_inflight_max);
 
     (void)ctx;
@@ -149,7 +150,7 @@ static void *server_main(void *arg)
     return NULL;
 }
 
-static void stop_loop(struct svc_loop *loop, void *data)
+static void stop_loop(void *data, struct svc_loop *loop)
 {
     (void)data;
     svc_loop_stop(loop);
@@ -175,7 +176,7 @@ static void c_finish(void)
         svc_loop_stop(cloop);
 }
 
-static int on_c_data(struct svc_fetch *f, long status, const char *data, size_t len, void *ud)
+static int on_c_data(void *ud, struct svc_fetch *f, long status, const char *data, size_t len)
 {
     struct cstream *c = ud;
 
@@ -192,8 +193,8 @@ static int on_c_data(struct svc_fetch *f, long status, const char *data, size_t 
     return 0;
 }
 
-static void on_c_done(struct svc_fetch *f, int err, long status, const char *body, size_t len,
-                      const char *errmsg, void *ud)
+static void on_c_done(void *ud, int err, struct svc_fetch *f, long status, const char *body,
+                      size_t len, const char *errmsg)
 {
     struct cstream *c = ud;
 
@@ -219,7 +220,7 @@ static void on_c_cancel(void *ud)
     c->f = NULL;
 }
 
-static void on_c_deadline(struct svc_timer *t, void *data)
+static void on_c_deadline(void *data, struct svc_timer *t)
 {
     (void)t;
     (void)data;
@@ -228,7 +229,8 @@ static void on_c_deadline(struct svc_timer *t, void *data)
 
 static void run_client(int target)
 {
-    struct svc_timer *deadline = svc_timer_create(cloop, on_c_deadline, NULL);
+    struct svc_timer *deadline = NULL;
+    T_EQ_INT(svc_timer_create(&deadline, cloop, on_c_deadline, NULL), SVC_OK);
 
     c_finished = 0;
     c_target = target;
@@ -248,8 +250,9 @@ static void wait_for(atomic_int *v, int want)
 
 static void test_many_streams(int port)
 {
-    struct svc_fetch_multi *m = svc_fetch_multi_create(cloop, 0);
-    struct svc_fetch_cb cb = {on_c_data, on_c_done, on_c_cancel};
+    struct svc_fetch_multi *m = NULL;
+    T_EQ_INT(svc_fetch_multi_create(&m, cloop, 0), SVC_OK);
+    struct svc_fetch_callbacks cb = {on_c_data, on_c_done, on_c_cancel};
     char url[96];
     int cancelled = 0;
 
@@ -264,7 +267,7 @@ static void test_many_streams(int port)
         fr.url = url;
         fr.stream = 1;
         fr.fresh_connection = 1; /* one connection per stream, as in production */
-        cstreams[i].f = svc_fetch_start(m, &fr, &cb, &cstreams[i]);
+        T_EQ_INT(svc_fetch_start(&cstreams[i].f, m, &fr, &cb, &cstreams[i]), SVC_OK);
         T_ASSERT(cstreams[i].f != NULL);
     }
     run_client(STREAMS);
@@ -291,8 +294,9 @@ static void test_many_streams(int port)
 
 static void test_host_queue(int port)
 {
-    struct svc_fetch_multi *m = svc_fetch_multi_create(cloop, CAP);
-    struct svc_fetch_cb cb = {NULL, on_c_done, on_c_cancel};
+    struct svc_fetch_multi *m = NULL;
+    T_EQ_INT(svc_fetch_multi_create(&m, cloop, CAP), SVC_OK);
+    struct svc_fetch_callbacks cb = {NULL, on_c_done, on_c_cancel};
     char url[96];
     int live = 0;
 
@@ -306,7 +310,7 @@ static void test_host_queue(int port)
         /* the last one waits longer than its timeout for a connection (57 calls of 20 ms are
          * ahead of it on 3 connections): the timeout starts when curl gets it */
         fr.timeout_ms = i == QUEUED - 1 ? 100 : 30000;
-        cstreams[i].f = svc_fetch_start(m, &fr, &cb, &cstreams[i]);
+        T_EQ_INT(svc_fetch_start(&cstreams[i].f, m, &fr, &cb, &cstreams[i]), SVC_OK);
         T_ASSERT(cstreams[i].f != NULL);
     }
     T_EQ_INT(svc_fetch_multi_active(m), QUEUED);
@@ -389,10 +393,10 @@ int main(void)
     pthread_t th;
     char err[256];
 
-    sloop = svc_loop_create();
-    cloop = svc_loop_create();
+    T_EQ_INT(svc_loop_create(&sloop), SVC_OK);
+    T_EQ_INT(svc_loop_create(&cloop), SVC_OK);
     T_ASSERT(sloop != NULL && cloop != NULL);
-    round_timer = svc_timer_create(sloop, on_round, NULL);
+    T_EQ_INT(svc_timer_create(&round_timer, sloop, on_round, NULL), SVC_OK);
     T_ASSERT(round_timer != NULL);
     o.service = "test";
     o.addr = "127.0.0.1:0";

@@ -47,13 +47,13 @@ static void sleep_ms(unsigned ms)
         ;
 }
 
-static void on_watchdog(struct svc_timer *t, void *data)
+static void on_watchdog(void *data, struct svc_timer *t)
 {
     (void)t;
     T_FAIL("watchdog: the loop did not finish in time (%s)", (const char *)data);
 }
 
-static void on_stop_loop(struct svc_timer *t, void *data)
+static void on_stop_loop(void *data, struct svc_timer *t)
 {
     (void)t;
     svc_loop_stop(data);
@@ -67,9 +67,9 @@ struct fixture {
 
 static void loop_begin(struct fixture *f, const char *what)
 {
-    f->loop = svc_loop_create();
+    T_EQ_INT(svc_loop_create(&f->loop), SVC_OK);
     T_ASSERT(f->loop != NULL);
-    f->watchdog = svc_timer_create(f->loop, on_watchdog, (void *)what);
+    T_EQ_INT(svc_timer_create(&f->watchdog, f->loop, on_watchdog, (void *)what), SVC_OK);
     T_ASSERT(f->watchdog != NULL);
     T_EQ_INT(svc_timer_start(f->watchdog, 5000), SVC_OK);
 }
@@ -86,7 +86,8 @@ static void loop_done(struct fixture *f)
 
 static void test_create_destroy(void)
 {
-    struct svc_loop *loop = svc_loop_create();
+    struct svc_loop *loop = NULL;
+    T_EQ_INT(svc_loop_create(&loop), SVC_OK);
     int x;
 
     T_ASSERT(loop != NULL);
@@ -102,10 +103,10 @@ static void test_create_destroy(void)
 
 static void test_clock(void)
 {
-    uint64_t a = svc_clock_ms(), b;
+    uint64_t a = svc_loop_clock_ms(), b;
 
     sleep_ms(20);
-    b = svc_clock_ms();
+    b = svc_loop_clock_ms();
     T_ASSERT(b >= a + 19);
     T_ASSERT(b < a + 2000);
 }
@@ -125,7 +126,7 @@ struct tctx {
     int id;
 };
 
-static void on_order_timer(struct svc_timer *t, void *data)
+static void on_order_timer(void *data, struct svc_timer *t)
 {
     struct tctx *c = data;
 
@@ -149,11 +150,11 @@ static void test_timers_fire_in_order(void)
     loop_begin(&f, "timers in order");
     o.loop = f.loop;
     o.stop_after = 6;
-    start = svc_clock_ms();
+    start = svc_loop_clock_ms();
     for (int i = 0; i < 6; i++) {
         c[i].o = &o;
         c[i].id = i;
-        t[i] = svc_timer_create(f.loop, on_order_timer, &c[i]);
+        T_EQ_INT(svc_timer_create(&t[i], f.loop, on_order_timer, &c[i]), SVC_OK);
         T_ASSERT(t[i] != NULL);
         T_EQ_INT(svc_timer_start(t[i], delays[i]), SVC_OK);
     }
@@ -181,7 +182,7 @@ static uint64_t heap_start;
 static unsigned heap_skew; /* ms spent arming: due times differ from the delays by up to this */
 static struct svc_loop *heap_loop;
 
-static void on_heap_timer(struct svc_timer *t, void *data)
+static void on_heap_timer(void *data, struct svc_timer *t)
 {
     struct heap_ctx *c = data;
 
@@ -212,10 +213,10 @@ static void test_many_timers_heap(void)
     for (int i = 0; i < N; i++) {
         c[i].id = i;
         c[i].delay = (unsigned)(i % 50);
-        t[i] = svc_timer_create(f.loop, on_heap_timer, &c[i]);
+        T_EQ_INT(svc_timer_create(&t[i], f.loop, on_heap_timer, &c[i]), SVC_OK);
         T_ASSERT(t[i] != NULL);
     }
-    heap_start = svc_clock_ms();
+    heap_start = svc_loop_clock_ms();
     for (int i = 0; i < N; i++) {
         int k = (i * 73) % N;
         T_EQ_INT(svc_timer_start(t[k], 1000 + (uint64_t)k), SVC_OK); /* far away first */
@@ -226,8 +227,8 @@ static void test_many_timers_heap(void)
     }
     for (int i = 0; i < N; i += 3)
         svc_timer_stop(t[i]);
-    heap_skew = (unsigned)(svc_clock_ms() - heap_start) + 1;
-    end = svc_timer_create(f.loop, on_stop_loop, f.loop);
+    heap_skew = (unsigned)(svc_loop_clock_ms() - heap_start) + 1;
+    T_EQ_INT(svc_timer_create(&end, f.loop, on_stop_loop, f.loop), SVC_OK);
     T_EQ_INT(svc_timer_start(end, 100), SVC_OK);
     T_EQ_INT(svc_loop_run(f.loop), 0);
     for (int i = 0; i < N; i++)
@@ -247,13 +248,13 @@ struct count_ctx {
     uint64_t when;
 };
 
-static void on_count(struct svc_timer *t, void *data)
+static void on_count(void *data, struct svc_timer *t)
 {
     struct count_ctx *c = data;
 
     (void)t;
     c->fired++;
-    c->when = svc_clock_ms();
+    c->when = svc_loop_clock_ms();
 }
 
 static void test_timer_stop_and_restart(void)
@@ -264,12 +265,12 @@ static void test_timer_stop_and_restart(void)
     uint64_t start;
 
     loop_begin(&f, "stop and restart");
-    a = svc_timer_create(f.loop, on_count, &stopped);
-    b = svc_timer_create(f.loop, on_count, &moved);
-    end = svc_timer_create(f.loop, on_stop_loop, f.loop);
+    T_EQ_INT(svc_timer_create(&a, f.loop, on_count, &stopped), SVC_OK);
+    T_EQ_INT(svc_timer_create(&b, f.loop, on_count, &moved), SVC_OK);
+    T_EQ_INT(svc_timer_create(&end, f.loop, on_stop_loop, f.loop), SVC_OK);
     T_ASSERT(a != NULL && b != NULL && end != NULL);
 
-    start = svc_clock_ms();
+    start = svc_loop_clock_ms();
     T_EQ_INT(svc_timer_start(a, 10), SVC_OK);
     svc_timer_stop(a);
     svc_timer_stop(a); /* twice is fine */
@@ -304,7 +305,7 @@ struct periodic {
     int n;
 };
 
-static void on_periodic(struct svc_timer *t, void *data)
+static void on_periodic(void *data, struct svc_timer *t)
 {
     struct periodic *p = data;
 
@@ -325,7 +326,7 @@ static void test_timer_restart_and_destroy_in_callback(void)
 
     loop_begin(&f, "periodic");
     p.loop = f.loop;
-    p.self = svc_timer_create(f.loop, on_periodic, &p);
+    T_EQ_INT(svc_timer_create(&p.self, f.loop, on_periodic, &p), SVC_OK);
     T_ASSERT(p.self != NULL);
     T_EQ_INT(svc_timer_start(p.self, 1), SVC_OK);
     T_EQ_INT(svc_loop_run(f.loop), 0);
@@ -338,7 +339,7 @@ struct pair {
     int *fired;
 };
 
-static void on_kill_other(struct svc_timer *t, void *data)
+static void on_kill_other(void *data, struct svc_timer *t)
 {
     struct pair *p = data;
 
@@ -355,9 +356,9 @@ static void test_timer_destroy_other_due_same_batch(void)
     struct pair pa, pb;
 
     loop_begin(&f, "destroy other timer");
-    a = svc_timer_create(f.loop, on_kill_other, &pa);
-    b = svc_timer_create(f.loop, on_kill_other, &pb);
-    end = svc_timer_create(f.loop, on_stop_loop, f.loop);
+    T_EQ_INT(svc_timer_create(&a, f.loop, on_kill_other, &pa), SVC_OK);
+    T_EQ_INT(svc_timer_create(&b, f.loop, on_kill_other, &pb), SVC_OK);
+    T_EQ_INT(svc_timer_create(&end, f.loop, on_stop_loop, f.loop), SVC_OK);
     pa.other = b;
     pa.fired = &fired;
     pb.other = a;
@@ -379,8 +380,10 @@ static void test_timer_destroy_other_due_same_batch(void)
 
 static void test_timer_destroy_without_run(void)
 {
-    struct svc_loop *loop = svc_loop_create();
-    struct svc_timer *t = svc_timer_create(loop, on_count, NULL);
+    struct svc_loop *loop = NULL;
+    T_EQ_INT(svc_loop_create(&loop), SVC_OK);
+    struct svc_timer *t = NULL;
+    T_EQ_INT(svc_timer_create(&t, loop, on_count, NULL), SVC_OK);
 
     T_ASSERT(t != NULL);
     T_EQ_INT(svc_timer_start(t, 1000), SVC_OK);
@@ -399,12 +402,12 @@ static void test_stop_before_run(void)
     svc_loop_stop(f.loop);
     T_EQ_INT(svc_loop_run(f.loop), 0); /* returns at once */
     /* and the flag is cleared: the next run runs until stopped again */
-    end = svc_timer_create(f.loop, on_stop_loop, f.loop);
+    T_EQ_INT(svc_timer_create(&end, f.loop, on_stop_loop, f.loop), SVC_OK);
     T_EQ_INT(svc_timer_start(end, 20), SVC_OK);
     {
-        uint64_t start = svc_clock_ms();
+        uint64_t start = svc_loop_clock_ms();
         T_EQ_INT(svc_loop_run(f.loop), 0);
-        T_ASSERT(svc_clock_ms() >= start + 20);
+        T_ASSERT(svc_loop_clock_ms() >= start + 20);
     }
     svc_timer_destroy(&end);
     loop_done(&f);
@@ -433,10 +436,10 @@ static void test_stop_from_other_thread(void)
     uint64_t start;
 
     loop_begin(&f, "stop from thread");
-    start = svc_clock_ms();
+    start = svc_loop_clock_ms();
     T_EQ_INT(pthread_create(&th, NULL, stop_later, f.loop), 0);
     T_EQ_INT(svc_loop_run(f.loop), 0); /* blocked in epoll_wait until the other thread stops it */
-    T_ASSERT(svc_clock_ms() >= start + 45);
+    T_ASSERT(svc_loop_clock_ms() >= start + 45);
     pthread_join(th, NULL);
     loop_done(&f);
 }
@@ -447,7 +450,7 @@ struct post_msg_ctx {
     int seq;
 };
 
-static void on_posted(struct svc_loop *loop, void *data)
+static void on_posted(void *data, struct svc_loop *loop)
 {
     struct post_msg_ctx *m = data;
     struct poster *p = m->p;
@@ -499,11 +502,11 @@ static void test_post_wakes_blocked_loop(void)
     p.loop_thread = pthread_self();
     p.target = 1;
     p.order_ok = 1;
-    start = svc_clock_ms();
+    start = svc_loop_clock_ms();
     T_EQ_INT(pthread_create(&th, NULL, post_from_thread, &a), 0);
     T_EQ_INT(svc_loop_run(f.loop), 0);
     T_EQ_INT(atomic_load(&p.count), 1);
-    T_ASSERT(svc_clock_ms() >= start + 55); /* it really waited for the post */
+    T_ASSERT(svc_loop_clock_ms() >= start + 55); /* it really waited for the post */
     pthread_join(th, NULL);
     loop_done(&f);
 }
@@ -537,14 +540,14 @@ static void test_post_many_threads(void)
 
 static int posted_runs;
 
-static void on_simple_post(struct svc_loop *loop, void *data)
+static void on_simple_post(void *data, struct svc_loop *loop)
 {
     (void)data;
     posted_runs++;
     svc_loop_stop(loop);
 }
 
-static void on_repost(struct svc_loop *loop, void *data)
+static void on_repost(void *data, struct svc_loop *loop)
 {
     int *depth = data;
 
@@ -587,7 +590,7 @@ static void test_post_enomem(void)
     atomic_store(&malloc_fail_next, 1);
     T_EQ_INT(svc_loop_post(f.loop, on_simple_post, NULL), SVC_ENOMEM);
     T_EQ_INT(atomic_load(&malloc_fail_next), 0);
-    end = svc_timer_create(f.loop, on_stop_loop, f.loop);
+    T_EQ_INT(svc_timer_create(&end, f.loop, on_stop_loop, f.loop), SVC_OK);
     T_EQ_INT(svc_timer_start(end, 30), SVC_OK);
     T_EQ_INT(svc_loop_run(f.loop), 0);
     T_EQ_INT(posted_runs, 0); /* fn is never called */
@@ -608,7 +611,7 @@ struct io_ctx {
     int read_it; /* 0: leave the byte unread (level-triggered: fires again) */
 };
 
-static void on_readable(struct svc_io *io, int fd, uint32_t events, void *data)
+static void on_readable(void *data, struct svc_io *io, int fd, uint32_t events)
 {
     struct io_ctx *c = data;
 
@@ -641,7 +644,7 @@ static void test_io_pipe(void)
     c.loop = f.loop;
     c.fd = p[0];
     c.read_it = 1;
-    c.io = svc_io_add(f.loop, p[0], EPOLLIN, on_readable, &c);
+    T_EQ_INT(svc_io_add(&c.io, f.loop, p[0], EPOLLIN, on_readable, &c), SVC_OK);
     T_ASSERT(c.io != NULL);
     T_EQ_INT(write(p[1], "hi", 2), 2);
     T_EQ_INT(svc_loop_run(f.loop), 0);
@@ -664,7 +667,7 @@ static void test_io_level_triggered(void)
     T_EQ_INT(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
     c.loop = f.loop;
     c.fd = p[0];
-    c.io = svc_io_add(f.loop, p[0], EPOLLIN, on_readable, &c);
+    T_EQ_INT(svc_io_add(&c.io, f.loop, p[0], EPOLLIN, on_readable, &c), SVC_OK);
     T_ASSERT(c.io != NULL);
     T_EQ_INT(write(p[1], "x", 1), 1);
     T_EQ_INT(svc_loop_run(f.loop), 0);
@@ -685,7 +688,7 @@ static void test_io_hangup(void)
     c.loop = f.loop;
     c.fd = sv[0];
     c.read_it = 1;
-    c.io = svc_io_add(f.loop, sv[0], EPOLLRDHUP, on_readable, &c);
+    T_EQ_INT(svc_io_add(&c.io, f.loop, sv[0], EPOLLRDHUP, on_readable, &c), SVC_OK);
     T_ASSERT(c.io != NULL);
     close(sv[1]);
     T_EQ_INT(svc_loop_run(f.loop), 0);
@@ -695,7 +698,7 @@ static void test_io_hangup(void)
     loop_done(&f);
 }
 
-static void on_writable(struct svc_io *io, int fd, uint32_t events, void *data)
+static void on_writable(void *data, struct svc_io *io, int fd, uint32_t events)
 {
     struct io_ctx *c = data;
 
@@ -718,10 +721,10 @@ static void test_io_modify(void)
     T_EQ_INT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
     c.loop = f.loop;
     c.fd = sv[0];
-    c.io = svc_io_add(f.loop, sv[0], EPOLLIN, on_writable, &c);
+    T_EQ_INT(svc_io_add(&c.io, f.loop, sv[0], EPOLLIN, on_writable, &c), SVC_OK);
     T_ASSERT(c.io != NULL);
     /* nothing to read: no call within 30 ms */
-    end = svc_timer_create(f.loop, on_stop_loop, f.loop);
+    T_EQ_INT(svc_timer_create(&end, f.loop, on_stop_loop, f.loop), SVC_OK);
     T_EQ_INT(svc_timer_start(end, 30), SVC_OK);
     T_EQ_INT(svc_loop_run(f.loop), 0);
     T_EQ_INT(c.calls, 0);
@@ -745,7 +748,7 @@ static void test_io_add_bad_fd(void)
 
     loop_begin(&f, "io bad fd");
     errno = 0;
-    io = svc_io_add(f.loop, -1, EPOLLIN, on_readable, &c);
+    T_EQ_INT(svc_io_add(&io, f.loop, -1, EPOLLIN, on_readable, &c), SVC_EIO);
     T_ASSERT(io == NULL);
     T_EQ_INT(errno, EBADF);
     /* epoll refuses a directory (EPERM) */
@@ -753,7 +756,7 @@ static void test_io_add_bad_fd(void)
         int fd = open(".", O_RDONLY | O_DIRECTORY);
         T_ASSERT(fd >= 0);
         errno = 0;
-        io = svc_io_add(f.loop, fd, EPOLLIN, on_readable, &c);
+        T_EQ_INT(svc_io_add(&io, f.loop, fd, EPOLLIN, on_readable, &c), SVC_EIO);
         T_ASSERT(io == NULL);
         T_EQ_INT(errno, EPERM);
         close(fd);
@@ -776,7 +779,7 @@ struct batch_ref {
     int which;
 };
 
-static void on_batch(struct svc_io *io, int fd, uint32_t events, void *data)
+static void on_batch(void *data, struct svc_io *io, int fd, uint32_t events)
 {
     struct batch_ref *r = data;
     struct batch *b = r->b;
@@ -806,8 +809,8 @@ static void test_io_del_in_same_batch(void)
     b.loop = f.loop;
     b.fd[0] = p0[0];
     b.fd[1] = p1[0];
-    b.io[0] = svc_io_add(f.loop, p0[0], EPOLLIN, on_batch, &r0);
-    b.io[1] = svc_io_add(f.loop, p1[0], EPOLLIN, on_batch, &r1);
+    T_EQ_INT(svc_io_add(&b.io[0], f.loop, p0[0], EPOLLIN, on_batch, &r0), SVC_OK);
+    T_EQ_INT(svc_io_add(&b.io[1], f.loop, p1[0], EPOLLIN, on_batch, &r1), SVC_OK);
     T_ASSERT(b.io[0] != NULL && b.io[1] != NULL);
     /* both readable before the loop runs, so one epoll_wait returns both */
     T_EQ_INT(write(p0[1], "a", 1), 1);
@@ -828,7 +831,7 @@ struct io_and_timer {
     int timer_fired;
 };
 
-static void on_io_kills_timer(struct svc_io *io, int fd, uint32_t events, void *data)
+static void on_io_kills_timer(void *data, struct svc_io *io, int fd, uint32_t events)
 {
     struct io_and_timer *x = data;
     char c;
@@ -841,7 +844,7 @@ static void on_io_kills_timer(struct svc_io *io, int fd, uint32_t events, void *
     svc_loop_stop(x->loop);
 }
 
-static void on_io_timer(struct svc_timer *t, void *data)
+static void on_io_timer(void *data, struct svc_timer *t)
 {
     struct io_and_timer *x = data;
 
@@ -858,8 +861,8 @@ static void test_timer_destroyed_by_io_same_iteration(void)
     loop_begin(&f, "io kills timer");
     T_EQ_INT(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
     x.loop = f.loop;
-    x.io = svc_io_add(f.loop, p[0], EPOLLIN, on_io_kills_timer, &x);
-    x.t = svc_timer_create(f.loop, on_io_timer, &x);
+    T_EQ_INT(svc_io_add(&x.io, f.loop, p[0], EPOLLIN, on_io_kills_timer, &x), SVC_OK);
+    T_EQ_INT(svc_timer_create(&x.t, f.loop, on_io_timer, &x), SVC_OK);
     T_ASSERT(x.io != NULL && x.t != NULL);
     T_EQ_INT(svc_timer_start(x.t, 0), SVC_OK);
     T_EQ_INT(write(p[1], "z", 1), 1);

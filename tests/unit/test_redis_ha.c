@@ -65,7 +65,7 @@ static struct svc_redis *node_client(const struct svc__redis_url *u, const struc
     struct svc_redis *r = NULL;
 
     snprintf(url, sizeof(url), "redis://%s:%s@%s:%d/0", u->user, u->password, a->host, a->port);
-    T_EQ_INT(svc_redis_create(&r, url, 2000), SVC_OK);
+    T_EQ_INT(svc_redis_create(&r, url, 2000, NULL, 0), SVC_OK);
     return r;
 }
 
@@ -238,7 +238,7 @@ struct ares {
     char s[128];
 };
 
-static void on_ares(int err, const struct svc_redis_reply *reply, void *data)
+static void on_ares(void *data, int err, const struct svc_redis_reply *reply)
 {
     struct ares *a = data;
 
@@ -259,13 +259,13 @@ struct waiter {
     void (*tick)(void *);
 };
 
-static void on_wait_tick(struct svc_timer *t, void *data)
+static void on_wait_tick(void *data, struct svc_timer *t)
 {
     struct waiter *w = data;
 
     if (w->tick != NULL)
         w->tick(w->arg);
-    if (w->cond(w->arg) || svc_clock_ms() > w->deadline) {
+    if (w->cond(w->arg) || svc_loop_clock_ms() > w->deadline) {
         svc_loop_stop(w->loop);
         return;
     }
@@ -276,8 +276,9 @@ static void on_wait_tick(struct svc_timer *t, void *data)
 static int run_until(struct svc_loop *loop, int (*cond)(void *), void (*tick)(void *), void *arg,
                      long ms)
 {
-    struct waiter w = {loop, cond, arg, svc_clock_ms() + (uint64_t)ms, tick};
-    struct svc_timer *t = svc_timer_create(loop, on_wait_tick, &w);
+    struct waiter w = {loop, cond, arg, svc_loop_clock_ms() + (uint64_t)ms, tick};
+    struct svc_timer *t = NULL;
+    T_EQ_INT(svc_timer_create(&t, loop, on_wait_tick, &w), SVC_OK);
 
     T_ASSERT(t != NULL);
     T_EQ_INT(svc_timer_start(t, 0), SVC_OK);
@@ -312,7 +313,7 @@ struct tokres {
     long long used;
 };
 
-static void on_tokens(int err, int allowed, int refused, long long used, int retry, void *data)
+static void on_tokens(void *data, int err, int allowed, int refused, long long used, int retry)
 {
     struct tokres *t = data;
 
@@ -358,7 +359,8 @@ static void test_cluster(const char *url)
 {
     struct svc__redis_url u;
     struct svc_redis *r = NULL, *nodes[3] = {NULL, NULL, NULL};
-    struct svc_loop *loop = svc_loop_create();
+    struct svc_loop *loop = NULL;
+    T_EQ_INT(svc_loop_create(&loop), SVC_OK);
     struct svc_redis_async *ra;
     struct svc_redis_reply *rep;
     char err[128], key[64], ids[3][64], slottxt[8];
@@ -371,7 +373,7 @@ static void test_cluster(const char *url)
         nodes[i] = node_client(&u, &u.seeds[i]);
         node_id(nodes[i], ids[i], sizeof(ids[i]));
     }
-    T_EQ_INT(svc_redis_create(&r, url, 2000), SVC_OK);
+    T_EQ_INT(svc_redis_create(&r, url, 2000, NULL, 0), SVC_OK);
 
     /* keys everywhere: each SET lands on its slot's master (a wrong one would answer MOVED) */
     for (int i = 0; i < 300; i++) {
@@ -419,7 +421,7 @@ static void test_cluster(const char *url)
 
     /* async: the same routing, and the rate limiter's INCR and multi-key EVAL */
     T_ASSERT(loop != NULL);
-    ra = svc_redis_async_create(loop, url, 2000);
+    T_EQ_INT(svc_redis_async_create(&ra, loop, url, 2000, NULL, 0), SVC_OK);
     T_ASSERT(ra != NULL);
     T_ASSERT(run_until(loop, is_connected, NULL, ra, 5000));
     for (int i = 0; i < 300; i += 7) {
@@ -560,7 +562,7 @@ struct failover_state {
     uint64_t last_old_incr; /* ms after t0 when that number last grew */
 };
 
-static void on_async_incr(int err, const struct svc_redis_reply *reply, void *data)
+static void on_async_incr(void *data, int err, const struct svc_redis_reply *reply)
 {
     struct failover_state *s = data;
 
@@ -594,7 +596,7 @@ static void failover_tick(void *arg)
     if (!s->demoted && svc_redis_cmd(s->old_master, &rep, 1, role, NULL) == SVC_OK &&
         strcmp(svc_redis_reply_str(svc_redis_reply_elem(rep, 0), NULL), "slave") == 0) {
         s->demoted = 1;
-        s->demoted_at = svc_clock_ms() - s->t0;
+        s->demoted_at = svc_loop_clock_ms() - s->t0;
     }
     svc_redis_reply_free(&rep);
     /* when did the async client stop sending its INCRs to the old master? */
@@ -606,7 +608,7 @@ static void failover_tick(void *arg)
             long long n = p != NULL ? strtoll(p + 19, NULL, 10) : 0;
             if (n > s->old_incrs) {
                 s->old_incrs = n;
-                s->last_old_incr = svc_clock_ms() - s->t0;
+                s->last_old_incr = svc_loop_clock_ms() - s->t0;
             }
         }
         svc_redis_reply_free(&rep);
@@ -635,7 +637,8 @@ static int failover_done(void *arg)
 static void test_sentinel(const char *url)
 {
     struct svc__redis_url u;
-    struct svc_loop *loop = svc_loop_create();
+    struct svc_loop *loop = NULL;
+    T_EQ_INT(svc_loop_create(&loop), SVC_OK);
     struct failover_state s = {0};
     struct svc_redis_reply *rep;
     struct svc_redis *sentinel = NULL;
@@ -645,10 +648,10 @@ static void test_sentinel(const char *url)
 
     T_EQ_INT(svc__redis_url_parse(url, &u, err, sizeof(err)), SVC_OK);
     snprintf(surl, sizeof(surl), "redis://%s:%d/0", u.seeds[0].host, u.seeds[0].port);
-    T_EQ_INT(svc_redis_create(&sentinel, surl, 2000), SVC_OK);
-    T_EQ_INT(svc_redis_create(&s.r, url, 1000), SVC_OK);
+    T_EQ_INT(svc_redis_create(&sentinel, surl, 2000, NULL, 0), SVC_OK);
+    T_EQ_INT(svc_redis_create(&s.r, url, 1000, NULL, 0), SVC_OK);
     T_ASSERT(loop != NULL);
-    s.ra = svc_redis_async_create(loop, url, 1000);
+    T_EQ_INT(svc_redis_async_create(&s.ra, loop, url, 1000, NULL, 0), SVC_OK);
     T_ASSERT(s.ra != NULL);
     T_ASSERT(run_until(loop, is_connected, NULL, s.ra, 5000));
     old_port = master_port(sentinel);
@@ -662,7 +665,7 @@ static void test_sentinel(const char *url)
     svc_redis_reply_free(&rep);
 
     /* The sentinels promote the replica; the clients are never told: they must notice. */
-    t0 = svc_clock_ms();
+    t0 = svc_loop_clock_ms();
     s.t0 = t0;
     for (int tries = 0;; tries++) {
         rep = CMD(sentinel, "SENTINEL", "FAILOVER", "mymaster");
@@ -680,7 +683,7 @@ static void test_sentinel(const char *url)
             "failover %d -> %d: both clients writing to the new master %llu ms after SENTINEL "
             "FAILOVER (after the demotion: blocking %d ok, async %d ok; failed meanwhile: "
             "blocking %lld, async %lld)\n",
-            old_port, new_port, (unsigned long long)(svc_clock_ms() - t0), s.block_ok_after,
+            old_port, new_port, (unsigned long long)(svc_loop_clock_ms() - t0), s.block_ok_after,
             s.async_ok_after, s.block_errors, s.async_errors);
     fprintf(stderr, "async client: its last INCR on the old master %llu ms after SENTINEL "
                     "FAILOVER; the old master was demoted after %llu ms\n",

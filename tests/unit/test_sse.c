@@ -30,7 +30,7 @@ static void rec_init(struct rec *r)
     r->stop_rc = 0;
 }
 
-static int on_event(const char *data, size_t len, void *ud)
+static int on_event(void *ud, const char *data, size_t len)
 {
     struct rec *r = ud;
 

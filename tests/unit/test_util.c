@@ -24,7 +24,7 @@
 
 static long b64(const char *in, char *out, size_t outlen)
 {
-    return svc_base64_decode(in, strlen(in), out, outlen);
+    return svc_util_base64_decode(in, strlen(in), out, outlen);
 }
 
 static void test_base64_rfc4648_vectors(void)
@@ -68,7 +68,7 @@ static void test_base64_binary(void)
     T_EQ_INT(n, 10);
     T_EQ_STR(out, "user:pa:ss");
     /* inlen is honoured: bytes past it are not read */
-    n = svc_base64_decode("Zm9v!!!!", 4, out, sizeof(out));
+    n = svc_util_base64_decode("Zm9v!!!!", 4, out, sizeof(out));
     T_EQ_INT(n, 3);
     T_EQ_STR(out, "foo");
 }
@@ -95,7 +95,7 @@ static void test_base64_bad_input(void)
             T_FAIL("decode(\"%s\") = %ld, want SVC_EINVAL", bad[i], n);
     }
     /* an embedded NUL is not base64 either */
-    T_EQ_INT(svc_base64_decode("Zm\0v", 4, out, sizeof(out)), SVC_EINVAL);
+    T_EQ_INT(svc_util_base64_decode("Zm\0v", 4, out, sizeof(out)), SVC_EINVAL);
 }
 
 static void test_base64_small_out(void)
@@ -146,7 +146,7 @@ static void test_base64_every_byte_roundtrip(void)
         enc[o++] = left > 2 ? alpha[v & 63] : '=';
     }
     enc[o] = '\0';
-    n = svc_base64_decode(enc, o, dec, sizeof(dec));
+    n = svc_util_base64_decode(enc, o, dec, sizeof(dec));
     T_EQ_INT(n, 256);
     T_ASSERT(memcmp(dec, raw, 256) == 0);
 }
@@ -155,7 +155,7 @@ static void test_base64_every_byte_roundtrip(void)
 
 static int u8(const char *s)
 {
-    return svc_utf8_valid(s, strlen(s));
+    return svc_util_utf8_valid(s, strlen(s));
 }
 
 /* A string cut by snprintf mid-character is mended to its last whole character. */
@@ -180,9 +180,9 @@ static void test_utf8_trim_end(void)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char buf[32];
         snprintf(buf, sizeof(buf), "%s", cases[i].in);
-        T_EQ_INT(svc_utf8_trim_end(buf), strlen(cases[i].out));
+        T_EQ_INT(svc_util_utf8_trim_end(buf), strlen(cases[i].out));
         T_EQ_STR(buf, cases[i].out);
-        T_ASSERT(svc_utf8_valid(buf, strlen(buf)) || i == 10);
+        T_ASSERT(svc_util_utf8_valid(buf, strlen(buf)) || i == 10);
     }
     /* what the chat service does: snprintf cuts a long message in the middle of a character */
     {
@@ -190,8 +190,8 @@ static void test_utf8_trim_end(void)
         char small[7];
         memcpy(small, full, sizeof(small) - 1); /* what snprintf leaves: 6 bytes and a NUL */
         small[sizeof(small) - 1] = '\0';
-        T_ASSERT(!svc_utf8_valid(small, strlen(small)));
-        svc_utf8_trim_end(small);
+        T_ASSERT(!svc_util_utf8_valid(small, strlen(small)));
+        svc_util_utf8_trim_end(small);
         T_EQ_STR(small, "[x] ");
     }
 }
@@ -199,7 +199,7 @@ static void test_utf8_trim_end(void)
 static void test_wipe(void)
 {
     char secret[16] = "sk-secret-value";
-    svc_wipe(secret, sizeof(secret));
+    svc_util_wipe(secret, sizeof(secret));
     for (size_t i = 0; i < sizeof(secret); i++)
         T_EQ_INT(secret[i], 0);
 }
@@ -228,8 +228,8 @@ static void test_utf8_valid(void)
         if (!u8(good[i]))
             T_FAIL("good[%zu] rejected", i);
     /* NUL is a valid code point when it is inside len */
-    T_EQ_INT(svc_utf8_valid("a\0b", 3), 1);
-    T_EQ_INT(svc_utf8_valid(NULL, 0), 1);
+    T_EQ_INT(svc_util_utf8_valid("a\0b", 3), 1);
+    T_EQ_INT(svc_util_utf8_valid(NULL, 0), 1);
 }
 
 static void test_utf8_invalid(void)
@@ -280,11 +280,11 @@ static void test_utf8_len_cuts_sequence(void)
 {
     const char *s = "ab\xe2\x82\xac"; /* "ab€" */
 
-    T_EQ_INT(svc_utf8_valid(s, 5), 1);
-    T_EQ_INT(svc_utf8_valid(s, 4), 0); /* € cut by len, even though the byte after is there */
-    T_EQ_INT(svc_utf8_valid(s, 3), 0);
-    T_EQ_INT(svc_utf8_valid(s, 2), 1);
-    T_EQ_INT(svc_utf8_valid("\xf0\x9f\x98\x80", 3), 0);
+    T_EQ_INT(svc_util_utf8_valid(s, 5), 1);
+    T_EQ_INT(svc_util_utf8_valid(s, 4), 0); /* € cut by len, even though the byte after is there */
+    T_EQ_INT(svc_util_utf8_valid(s, 3), 0);
+    T_EQ_INT(svc_util_utf8_valid(s, 2), 1);
+    T_EQ_INT(svc_util_utf8_valid("\xf0\x9f\x98\x80", 3), 0);
 }
 
 static void test_utf8_all_two_byte(void)
@@ -294,7 +294,7 @@ static void test_utf8_all_two_byte(void)
         for (int b = 0; b <= 0xff; b++) {
             char s[2] = {(char)a, (char)b};
             int want = a >= 0xc2 && b >= 0x80 && b <= 0xbf;
-            if (svc_utf8_valid(s, 2) != want)
+            if (svc_util_utf8_valid(s, 2) != want)
                 T_FAIL("%02x %02x: got %d, want %d", a, b, !want, want);
         }
 }
@@ -325,7 +325,7 @@ static void test_uuid4_format(void)
 
     for (int i = 0; i < 2000; i++) {
         memset(u, 'X', sizeof(u));
-        svc_uuid4(u);
+        svc_util_uuid4(u);
         check_uuid(u);
         seen_variant[strchr("89ab", u[19]) - "89ab"]++;
     }
@@ -340,7 +340,7 @@ static void test_uuid4_unique(void)
     static char u[N][37];
 
     for (int i = 0; i < N; i++)
-        svc_uuid4(u[i]);
+        svc_util_uuid4(u[i]);
     for (int i = 0; i < N; i++)
         for (int k = i + 1; k < N; k++)
             if (strcmp(u[i], u[k]) == 0)
@@ -351,30 +351,30 @@ static void test_uuid4_unique(void)
 
 static void test_secure_equal(void)
 {
-    T_EQ_INT(svc_secure_equal("secret", 6, "secret", 6), 1);
-    T_EQ_INT(svc_secure_equal("secret", 6, "secreT", 6), 0);
-    T_EQ_INT(svc_secure_equal("secret", 6, "Secret", 6), 0);
-    T_EQ_INT(svc_secure_equal("secret", 6, "secret!", 7), 0); /* prefix is not equal */
-    T_EQ_INT(svc_secure_equal("secret!", 7, "secret", 6), 0);
-    T_EQ_INT(svc_secure_equal("", 0, "", 0), 1);
-    T_EQ_INT(svc_secure_equal(NULL, 0, NULL, 0), 1);
-    T_EQ_INT(svc_secure_equal("", 0, "a", 1), 0);
-    T_EQ_INT(svc_secure_equal("\x80", 1, "\x00", 1), 0); /* high bit counts */
-    T_EQ_INT(svc_secure_equal("a\0b", 3, "a\0c", 3), 0); /* not a C-string compare */
-    T_EQ_INT(svc_secure_equal("a\0b", 3, "a\0b", 3), 1);
+    T_EQ_INT(svc_util_secure_equal("secret", 6, "secret", 6), 1);
+    T_EQ_INT(svc_util_secure_equal("secret", 6, "secreT", 6), 0);
+    T_EQ_INT(svc_util_secure_equal("secret", 6, "Secret", 6), 0);
+    T_EQ_INT(svc_util_secure_equal("secret", 6, "secret!", 7), 0); /* prefix is not equal */
+    T_EQ_INT(svc_util_secure_equal("secret!", 7, "secret", 6), 0);
+    T_EQ_INT(svc_util_secure_equal("", 0, "", 0), 1);
+    T_EQ_INT(svc_util_secure_equal(NULL, 0, NULL, 0), 1);
+    T_EQ_INT(svc_util_secure_equal("", 0, "a", 1), 0);
+    T_EQ_INT(svc_util_secure_equal("\x80", 1, "\x00", 1), 0); /* high bit counts */
+    T_EQ_INT(svc_util_secure_equal("a\0b", 3, "a\0c", 3), 0); /* not a C-string compare */
+    T_EQ_INT(svc_util_secure_equal("a\0b", 3, "a\0b", 3), 1);
     /* a length difference of 256 must not wrap into "equal" */
     {
         char a[300], b[300];
         memset(a, 'k', sizeof(a));
         memset(b, 'k', sizeof(b));
-        T_EQ_INT(svc_secure_equal(a, 44, b, 300), 0);
-        T_EQ_INT(svc_secure_equal(a, 300, b, 44), 0);
-        T_EQ_INT(svc_secure_equal(a, 256, b, 0), 0);
+        T_EQ_INT(svc_util_secure_equal(a, 44, b, 300), 0);
+        T_EQ_INT(svc_util_secure_equal(a, 300, b, 44), 0);
+        T_EQ_INT(svc_util_secure_equal(a, 256, b, 0), 0);
     }
 }
 
 /*
- * svc_secure_equal must not reveal the length of the secret it compares with: a byte loop over
+ * svc_util_secure_equal must not reveal the length of the secret it compares with: a byte loop over
  * min(alen, blen) runs as long as the shorter input, so an attacker who varies the length of
  * his guess sees the time stop growing at the secret's length. The fix compares fixed-size keyed
  * BLAKE2b digests of both inputs (libsodium crypto_generichash), so the work is one hash of each
@@ -416,7 +416,7 @@ static void test_secure_equal_digests(void)
     memset(guess, 'a', sizeof(guess));
     for (size_t len = 1; len < sizeof(guess); len += 37) {
         memset(&gh, 0, sizeof(gh));
-        T_EQ_INT(svc_secure_equal(guess, len, secret, strlen(secret)), 0);
+        T_EQ_INT(svc_util_secure_equal(guess, len, secret, strlen(secret)), 0);
         /* one keyed digest of each input, in full, of the same fixed size, with the same key */
         T_EQ_INT(gh.calls, 2);
         T_EQ_INT(gh.inlen[0], len);
@@ -427,7 +427,7 @@ static void test_secure_equal_digests(void)
         T_EQ_INT(gh.keylen[1], gh.keylen[0]);
         T_ASSERT(memcmp(gh.key[0], gh.key[1], gh.keylen[0]) == 0);
     }
-    T_EQ_INT(svc_secure_equal(secret, strlen(secret), secret, strlen(secret)), 1);
+    T_EQ_INT(svc_util_secure_equal(secret, strlen(secret), secret, strlen(secret)), 1);
 }
 
 /* ---- random_hex ----------------------------------------------------------------------------- */
@@ -445,43 +445,43 @@ static void test_random_hex(void)
     char out[200], other[200];
 
     memset(out, 'X', sizeof(out));
-    svc_random_hex(out, 16);
+    svc_util_random_hex(out, 16);
     check_hex(out, 32);
     T_EQ_INT(out[33], 'X'); /* nothing past the NUL */
 
-    svc_random_hex(out, 0);
+    svc_util_random_hex(out, 0);
     T_EQ_STR(out, "");
 
-    svc_random_hex(out, 1);
+    svc_util_random_hex(out, 1);
     check_hex(out, 2);
 
-    svc_random_hex(out, 64);
+    svc_util_random_hex(out, 64);
     check_hex(out, 128);
 
-    svc_random_hex(out, 16);
-    svc_random_hex(other, 16);
+    svc_util_random_hex(out, 16);
+    svc_util_random_hex(other, 16);
     T_ASSERT(strcmp(out, other) != 0);
 }
 
 /*
- * KNOWN BUG (common/util.c svc_random_hex): the header promises 2*nbytes hex characters, but
+ * KNOWN BUG (common/util.c svc_util_random_hex): the header promises 2*nbytes hex characters, but
  * nbytes is silently clamped to 64, so asking for 100 bytes returns only 128 characters.
  */
 static void test_bug_random_hex_clamped(void)
 {
     char out[256];
 
-    svc_random_hex(out, 100);
+    svc_util_random_hex(out, 100);
     check_hex(out, 200);
 }
 
 static void test_wallclock(void)
 {
-    int64_t ms = svc_wallclock_ms();
+    int64_t ms = svc_util_wallclock_ms();
     int64_t s = (int64_t)time(NULL);
 
     T_ASSERT(ms / 1000 >= s - 2 && ms / 1000 <= s + 2);
-    T_ASSERT(svc_wallclock_ms() >= ms);
+    T_ASSERT(svc_util_wallclock_ms() >= ms);
 }
 
 int main(void)

@@ -171,7 +171,7 @@ int main(int argc, char **argv)
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     signal(SIGPIPE, SIG_IGN);
-    if (svc_redis_create(&r, url, 5000) != SVC_OK) {
+    if (svc_redis_create(&r, url, 5000, NULL, 0) != SVC_OK) {
         fprintf(stderr, "billing-consumer: REDIS_URL: not a redis:// URL\n");
         rc = 64;
         goto out;

@@ -10,8 +10,9 @@
  * Shape of use:
  *
  *     struct svc_db *db = NULL;
- *     if (svc_db_open(&db, dsn, data_dir) != SVC_OK) {
- *         fprintf(stderr, "DB: %s\n", svc_db_open_error());
+ *     char err[256];
+ *     if (svc_db_create(&db, dsn, data_dir, NULL, err, sizeof(err)) != SVC_OK) {
+ *         fprintf(stderr, "DB: %s\n", err);
  *         return EX_CONFIG;
  *     }
  *     if (svc_db_migrate(db, auth_migrations, n) != SVC_OK) ...
@@ -32,7 +33,9 @@
  * thread that used a connection should call svc_db_thread_end() before it exits.
  *
  * Errors are the SVC_E* codes of svc/err.h; see docs/db.md for the mapping from driver errors.
- * svc_db_last_error() gives the driver text (never parameter values) for logs.
+ * A statement that fails logs the driver's text (never parameter values) itself, at debug level
+ * for the outcomes a caller handles (SVC_EEXIST, SVC_ECONFLICT) and at warning level for the
+ * others, so callers only return or map the code (docs/decisions.md 44).
  */
 
 #include <stddef.h>
@@ -65,7 +68,7 @@ enum svc_db_dialect {
 };
 
 /*
- * Options of svc_db_open_opts(). Zero in any field means "the default", so `{0}` is valid.
+ * Options of svc_db_create(). Zero in any field means "the default", so `{0}` is valid.
  * Times are milliseconds; MariaDB takes its timeouts in whole seconds, rounded up.
  */
 struct svc_db_opts {
@@ -80,7 +83,7 @@ struct svc_db_opts {
 };
 
 /*
- * Opens a database handle (a connection pool) for `dsn`:
+ * Creates a database handle (a connection pool) for `dsn`, with options (NULL = all defaults):
  *
  *   NULL or ""                                   SQLite file <data_dir>/chatweb.db
  *   sqlite:///abs/path.db   sqlite:/abs/path.db  SQLite file at an absolute path
@@ -100,27 +103,15 @@ struct svc_db_opts {
  * One connection is opened at once so a bad DSN, password or path fails here.
  *
  * On success *out owns the handle: destroy it with svc_db_destroy(). On failure *out is NULL and
- * the reason, fit to print after "DB: ", is available from svc_db_open_error(). The message never
- * contains the password.
+ * the reason, fit to print after "DB: ", is written to err (when err != NULL and errlen > 0;
+ * "" after a success). The message never contains the password.
  *
  * Returns 0, SVC_EINVAL (malformed DSN), SVC_EUNAVAIL (cannot connect / open the file),
  * SVC_EIO (could not configure it), SVC_ENOMEM or SVC_EINTERNAL (driver initialisation).
  * Thread-safe; does mysql_library_init() once per process (pthread_once).
  */
-SVC_MUST_CHECK int svc_db_open(struct svc_db **out, const char *dsn, const char *data_dir);
-
-/*
- * svc_db_open() with options (NULL = all defaults) and an optional error buffer: when
- * err != NULL and errlen > 0, the same text as svc_db_open_error() is written there.
- */
-SVC_MUST_CHECK int svc_db_open_opts(struct svc_db **out, const char *dsn, const char *data_dir,
-                                    const struct svc_db_opts *opts, char *err, size_t errlen);
-
-/*
- * The reason the last svc_db_open*() call of this thread failed ("" after a success). The text
- * lives in thread-local storage and is valid until the next open in the same thread.
- */
-const char *svc_db_open_error(void);
+SVC_MUST_CHECK int svc_db_create(struct svc_db **out, const char *dsn, const char *data_dir,
+                                 const struct svc_db_opts *opts, char *err, size_t errlen);
 
 /*
  * Closes every pooled connection and frees the handle; sets *db to NULL. Accepts NULL and
@@ -181,15 +172,6 @@ void svc_db_conn_put(struct svc_db *db, struct svc_db_conn **conn);
 
 /* The dialect of the handle the connection belongs to. */
 enum svc_db_dialect svc_db_conn_dialect(const struct svc_db_conn *conn);
-
-/*
- * The driver's text for the last failure on this connection, e.g.
- * "mysql 1062 (23000): Duplicate entry '?' for key 'users_email'" or
- * "sqlite 2067: UNIQUE constraint failed: users.email". Values of parameters are never in it
- * (MariaDB messages that quote a value have it replaced by '?'). "" when there was no error.
- * Borrowed: valid until the next call on the connection.
- */
-const char *svc_db_last_error(const struct svc_db_conn *conn);
 
 /* ---- parameters --------------------------------------------------------------------------- */
 
@@ -273,7 +255,7 @@ static inline struct svc_db_param svc_db_param_blob(const void *ptr, size_t len)
  * timeout, SQLITE_BUSY: retry the transaction), SVC_EUNAVAIL (connection lost; outside a
  * transaction the next call reconnects), SVC_ETOOLARGE (a value too long for its column),
  * SVC_EINVAL (bad arguments, placeholder count mismatch, more than one statement), SVC_ENOMEM,
- * SVC_EIO (anything else: see svc_db_last_error()).
+ * SVC_EIO (anything else: the driver's text is logged).
  * A MariaDB connection that was found broken before the statement was sent is reconnected
  * first (outside transactions only); a statement that failed after it was sent is not retried,
  * because it may have been applied.
@@ -362,8 +344,9 @@ int svc_db_rollback(struct svc_db_conn *conn);
 /* 1 between svc_db_begin() and svc_db_commit()/svc_db_rollback(), else 0. */
 int svc_db_in_tx(const struct svc_db_conn *conn);
 
-/* Body of a transaction: return 0 to commit, an SVC_E* code to roll back (and return it). */
-typedef int (*svc_db_tx_fn)(struct svc_db_conn *conn, void *arg);
+/* Body of a transaction, with the ctx given to svc_db_tx_run / svc_db_tx_group: return 0 to
+ * commit, an SVC_E* code to roll back (and return it). */
+typedef int (*svc_db_tx_cb)(void *ctx, struct svc_db_conn *conn);
 
 /*
  * Runs fn inside a transaction on conn and commits. When fn, BEGIN or COMMIT fails with
@@ -376,7 +359,7 @@ typedef int (*svc_db_tx_fn)(struct svc_db_conn *conn, void *arg);
  * must be idempotent. fn must not call begin/commit/rollback itself.
  * Returns 0 or the last error. The connection is never left inside a transaction.
  */
-SVC_MUST_CHECK int svc_db_tx_run(struct svc_db_conn *conn, svc_db_tx_fn fn, void *arg);
+SVC_MUST_CHECK int svc_db_tx_run(struct svc_db_conn *conn, svc_db_tx_cb fn, void *ctx);
 
 /*
  * Group commit: runs fn in a transaction shared with the calls other threads make at the same
@@ -393,9 +376,9 @@ SVC_MUST_CHECK int svc_db_tx_run(struct svc_db_conn *conn, svc_db_tx_fn fn, void
  * whose outcome is unknown (SVC_EUNAVAIL) is returned to every caller of the group, as
  * svc_db_tx_run() returns it.
  * fn runs on another thread than the caller's: thread-local state it sets (an error text) must
- * be carried back through arg. It may run more than once, as with svc_db_tx_run().
+ * be carried back through ctx. It may run more than once, as with svc_db_tx_run().
  */
-SVC_MUST_CHECK int svc_db_tx_group(struct svc_db *db, svc_db_tx_fn fn, void *arg);
+SVC_MUST_CHECK int svc_db_tx_group(struct svc_db *db, svc_db_tx_cb fn, void *ctx);
 
 /* How many groups svc_db_tx_group has run, and how many transactions they held in all. */
 void svc_db_group_stats(struct svc_db *db, uint64_t *groups, uint64_t *txs);

@@ -29,7 +29,7 @@ typedef enum svc_fetch_http_e {
 } svc_fetch_http_e;
 
 /* Parses "auto", "off" (HTTP/1.1) or "prior-knowledge" into *out. Returns 0 or SVC_EINVAL. */
-int svc_fetch_http_parse(const char *s, svc_fetch_http_e *out) __attribute__((warn_unused_result));
+int svc_fetch_http_parse(const char *s, svc_fetch_http_e *out) SVC_MUST_CHECK;
 
 struct svc_fetch_req {
     const char *method;           /* "GET", "POST", ... */
@@ -54,19 +54,31 @@ struct svc_fetch_req {
 
 #define SVC_FETCH_PAUSE 1
 
-struct svc_fetch_cb {
-    /* Stream mode: a piece of the body. status is the HTTP status. Return 0 to go on (the
-     * bytes are consumed), SVC_FETCH_PAUSE to leave them unconsumed and pause receiving (they
-     * are delivered again after svc_fetch_pause(f, 0)), or a negative error to abort the
-     * transfer (on_done then gets that error). */
-    int (*on_data)(struct svc_fetch *f, long status, const char *data, size_t len, void *ud);
-    /* The end. err is SVC_OK when a complete HTTP response arrived (whatever its status);
-     * body/len hold the buffered body in buffered mode (NULL in stream mode); errmsg says what
-     * failed when err != SVC_OK. All pointers are valid only during the call. */
-    void (*on_done)(struct svc_fetch *f, int err, long status, const char *body, size_t len,
-                    const char *errmsg, void *ud);
-    /* Optional: runs inside svc_fetch_cancel() instead of on_done, to release ud only. */
-    void (*on_cancel)(void *ud);
+/*
+ * The callbacks of a fetch; each gets the ctx given to svc_fetch_start first.
+ *
+ * data: stream mode, a piece of the body. status is the HTTP status. Return 0 to go on (the
+ * bytes are consumed), SVC_FETCH_PAUSE to leave them unconsumed and pause receiving (they are
+ * delivered again after svc_fetch_pause(f, 0)), or a negative error to abort the transfer
+ * (on_done then gets that error).
+ *
+ * done: the end. err is SVC_OK when a complete HTTP response arrived (whatever its status);
+ * otherwise SVC_ETIMEDOUT, SVC_EUNAVAIL (connect), SVC_ETOOLARGE (max_response), SVC_EIO, or the
+ * error on_data returned. body/len hold the buffered body in buffered mode (NULL in stream
+ * mode); errmsg says what failed when err != SVC_OK. All pointers are valid only during the call.
+ *
+ * cancel: optional, runs inside svc_fetch_cancel() instead of on_done, to release ctx only.
+ */
+typedef int (*svc_fetch_data_cb)(void *ctx, struct svc_fetch *f, long status, const char *data,
+                                 size_t len);
+typedef void (*svc_fetch_done_cb)(void *ctx, int err, struct svc_fetch *f, long status,
+                                  const char *body, size_t len, const char *errmsg);
+typedef void (*svc_fetch_cancel_cb)(void *ctx);
+
+struct svc_fetch_callbacks {
+    svc_fetch_data_cb on_data;
+    svc_fetch_done_cb on_done;
+    svc_fetch_cancel_cb on_cancel;
 };
 
 /*
@@ -76,9 +88,11 @@ struct svc_fetch_cb {
  * host and port of the URL) of this module, not in libcurl's pending list (which curl walks
  * whole for every transfer that ends); they are handed to curl as transfers of that host end.
  * As in curl's list, timeout_ms starts when a transfer leaves the queue, not while it waits (an
- * idle_timeout_ms runs all along). Returns NULL on failure.
+ * idle_timeout_ms runs all along). On success *out owns the multi (svc_fetch_multi_destroy); on
+ * failure *out is NULL. Returns SVC_OK, SVC_ENOMEM or SVC_EINTERNAL (libcurl refused).
  */
-struct svc_fetch_multi *svc_fetch_multi_create(struct svc_loop *loop, long max_host_connections);
+SVC_MUST_CHECK int svc_fetch_multi_create(struct svc_fetch_multi **out, struct svc_loop *loop,
+                                          long max_host_connections);
 
 /* Cancels what is still running (no callbacks) and frees. Accepts NULL; sets *m to NULL. */
 void svc_fetch_multi_destroy(struct svc_fetch_multi **m);
@@ -86,9 +100,14 @@ void svc_fetch_multi_destroy(struct svc_fetch_multi **m);
 /* Transfers in flight. */
 long svc_fetch_multi_active(const struct svc_fetch_multi *m);
 
-/* Starts a transfer. Returns NULL on failure (no callback will run). */
-struct svc_fetch *svc_fetch_start(struct svc_fetch_multi *m, const struct svc_fetch_req *req,
-                                  const struct svc_fetch_cb *cb, void *ud);
+/*
+ * Starts a transfer. On success *out is its handle (borrowed: it is freed after on_done, or by
+ * svc_fetch_cancel); on failure *out is NULL and no callback will run. Returns SVC_OK,
+ * SVC_EINVAL, SVC_ENOMEM or SVC_EINTERNAL (libcurl refused the transfer).
+ */
+SVC_MUST_CHECK int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
+                                   const struct svc_fetch_req *req,
+                                   const struct svc_fetch_callbacks *cb, void *ctx);
 
 /* Stops a transfer at once; no callback runs afterwards. Over HTTP/1.1 its connection is closed;
  * over HTTP/2 only its stream is reset (RST_STREAM) and the connection's other streams go on.
@@ -101,10 +120,10 @@ void svc_fetch_cancel(struct svc_fetch **f);
  * it measures the upstream's silence, and starts afresh on resume. */
 void svc_fetch_pause(struct svc_fetch *f, int paused);
 
-typedef void (*svc_fetch_header_fn)(void *ud, const char *name, const char *value);
+typedef void (*svc_fetch_header_cb)(void *ctx, const char *name, const char *value);
 
-/* Calls fn for each header of the response, in the order received (names as sent). Valid inside
- * this fetch's on_data and on_done, once the status is known. */
-void svc_fetch_headers_each(struct svc_fetch *f, svc_fetch_header_fn fn, void *ud);
+/* Calls cb(ctx, ...) for each header of the response, in the order received (names as sent).
+ * Valid inside this fetch's on_data and on_done, once the status is known. */
+void svc_fetch_headers_each(struct svc_fetch *f, svc_fetch_header_cb cb, void *ctx);
 
 #endif

@@ -44,13 +44,18 @@ enum svc_http_result {
     SVC_HTTP_ASYNC = 1, /* the handler answers later, on the request's loop (LOOPS mode only) */
 };
 
-typedef int (*svc_http_handler_fn)(struct svc_req *req, void *ctx);
-typedef void (*svc_req_abort_fn)(struct svc_req *req, void *data);
+/* A route's handler: ctx is the route's ctx. Returns an enum svc_http_result. */
+typedef int (*svc_http_handler_cb)(void *ctx, struct svc_req *req);
+/* Request events (svc_req_on_abort, svc_req_on_drain): ctx is the one given there. */
+typedef void (*svc_req_abort_cb)(void *ctx, struct svc_req *req);
+typedef void (*svc_req_drain_cb)(void *ctx, struct svc_req *req);
+/* The end of a request (svc_req_set_cleanup). */
+typedef void (*svc_req_cleanup_cb)(void *ctx);
 
 struct svc_route {
     const char *method; /* "POST", "GET", ...; NULL = any */
     const char *path;   /* exact path, or a prefix when it ends with '*' */
-    svc_http_handler_fn fn;
+    svc_http_handler_cb fn;
     void *ctx;
     enum svc_http_style style;
     /* 1: refuse (403) a browser request sent from another site: an Origin header whose host
@@ -157,22 +162,22 @@ size_t svc_req_stream_pending(const struct svc_req *req);
 size_t svc_http_queued(void);
 
 /*
- * Backpressure: registers fn(req, data) to run on the request's loop whenever the bytes waiting
+ * Backpressure: registers cb(ctx, req) to run on the request's loop whenever the bytes waiting
  * for the client fall to low_watermark or below after having been above it. A producer that
- * paused itself because svc_req_stream_pending() grew resumes from fn.
+ * paused itself because svc_req_stream_pending() grew resumes from cb.
  */
-void svc_req_on_drain(struct svc_req *req, svc_req_abort_fn fn, void *data, size_t low_watermark);
+void svc_req_on_drain(struct svc_req *req, svc_req_drain_cb cb, void *ctx, size_t low_watermark);
 
 /*
- * Registers fn(req, data) to run once, on the request's loop, when the client goes away before
+ * Registers cb(ctx, req) to run once, on the request's loop, when the client goes away before
  * the reply is complete (LOOPS mode). After it runs, replies are ignored and the request is
  * freed when the handler's cleanup (svc_req_set_cleanup) has run.
  */
-void svc_req_on_abort(struct svc_req *req, svc_req_abort_fn fn, void *data);
+void svc_req_on_abort(struct svc_req *req, svc_req_abort_cb cb, void *ctx);
 
-/* Registers fn(data) to run exactly once when the request is finished, whatever the outcome.
+/* Registers cb(ctx) to run exactly once when the request is finished, whatever the outcome.
  * This is where the handler frees its per-request state. */
-void svc_req_set_cleanup(struct svc_req *req, void (*fn)(void *data), void *data);
+void svc_req_set_cleanup(struct svc_req *req, svc_req_cleanup_cb cb, void *ctx);
 
 /* 1 once the client went away or the reply was completed. */
 int svc_req_is_done(const struct svc_req *req);

@@ -21,13 +21,19 @@ struct svc_loop;
 struct svc_io;
 struct svc_timer;
 
-/* events: EPOLLIN/EPOLLOUT/EPOLLRDHUP/... as returned by epoll_wait. */
-typedef void (*svc_io_fn)(struct svc_io *io, int fd, uint32_t events, void *data);
-typedef void (*svc_timer_fn)(struct svc_timer *t, void *data);
-typedef void (*svc_post_fn)(struct svc_loop *loop, void *data);
+/*
+ * Callbacks get the ctx given when they were registered first (docs/decisions.md 44).
+ * events: EPOLLIN/EPOLLOUT/EPOLLRDHUP/... as returned by epoll_wait.
+ */
+typedef void (*svc_io_cb)(void *ctx, struct svc_io *io, int fd, uint32_t events);
+typedef void (*svc_timer_cb)(void *ctx, struct svc_timer *t);
+typedef void (*svc_loop_post_cb)(void *ctx, struct svc_loop *loop);
 
-/* Creates a loop. Returns NULL on failure (errno set). */
-struct svc_loop *svc_loop_create(void);
+/*
+ * Creates a loop. On success *out owns it (destroy with svc_loop_destroy); on failure *out is
+ * NULL. Returns SVC_OK, SVC_ENOMEM, or SVC_EIO (epoll or eventfd could not be made).
+ */
+SVC_MUST_CHECK int svc_loop_create(struct svc_loop **out);
 
 /* Frees the loop; every io and timer must have been deleted. Accepts NULL; sets *loop to NULL. */
 void svc_loop_destroy(struct svc_loop **loop);
@@ -39,24 +45,26 @@ int svc_loop_run(struct svc_loop *loop);
 void svc_loop_stop(struct svc_loop *loop);
 
 /*
- * Runs fn(loop, data) on the loop thread soon. Thread-safe. Returns SVC_ENOMEM when the
- * message cannot be queued (fn is then never called).
+ * Runs cb(ctx, loop) on the loop thread soon. Thread-safe. Returns SVC_ENOMEM when the
+ * message cannot be queued (cb is then never called).
  */
-int svc_loop_post(struct svc_loop *loop, svc_post_fn fn, void *data) SVC_MUST_CHECK;
+int svc_loop_post(struct svc_loop *loop, svc_loop_post_cb cb, void *ctx) SVC_MUST_CHECK;
 
 /* Milliseconds of CLOCK_MONOTONIC, cached once per loop iteration. */
 uint64_t svc_loop_now(struct svc_loop *loop);
 
 /* Milliseconds of CLOCK_MONOTONIC, read now. */
-uint64_t svc_clock_ms(void);
+uint64_t svc_loop_clock_ms(void);
 /* Microseconds of CLOCK_MONOTONIC, read now. */
-uint64_t svc_clock_us(void);
+uint64_t svc_loop_clock_us(void);
 
 /*
  * Watches fd for `events` (EPOLLIN, EPOLLOUT, EPOLLRDHUP; level-triggered). The loop never closes
- * fd. Returns the handle, or NULL on failure (errno set; fn is never called).
+ * fd. On success *out is the handle (free with svc_io_del); on failure *out is NULL and cb is
+ * never called. Returns SVC_OK, SVC_ENOMEM or SVC_EIO (epoll_ctl failed; errno set).
  */
-struct svc_io *svc_io_add(struct svc_loop *loop, int fd, uint32_t events, svc_io_fn fn, void *data);
+SVC_MUST_CHECK int svc_io_add(struct svc_io **out, struct svc_loop *loop, int fd, uint32_t events,
+                              svc_io_cb cb, void *ctx);
 
 /* Changes the events watched. */
 int svc_io_modify(struct svc_io *io, uint32_t events) SVC_MUST_CHECK;
@@ -65,8 +73,10 @@ int svc_io_modify(struct svc_io *io, uint32_t events) SVC_MUST_CHECK;
  * sets *io to NULL. Call it before closing the fd. */
 void svc_io_del(struct svc_io **io);
 
-/* Creates a stopped timer. Returns NULL on allocation failure. */
-struct svc_timer *svc_timer_create(struct svc_loop *loop, svc_timer_fn fn, void *data);
+/* Creates a stopped timer. On success *out owns it (svc_timer_destroy); on failure *out is NULL.
+ * Returns SVC_OK or SVC_ENOMEM. */
+SVC_MUST_CHECK int svc_timer_create(struct svc_timer **out, struct svc_loop *loop, svc_timer_cb cb,
+                                    void *ctx);
 
 /* (Re)arms the timer to fire once after ms milliseconds. */
 int svc_timer_start(struct svc_timer *t, uint64_t ms) SVC_MUST_CHECK;

@@ -54,7 +54,8 @@ int svc_metrics_render(struct svc_buf *out) SVC_MUST_CHECK;
  * Thread-safe (a mutex per family for the look-up, relaxed atomics for the values).
  *
  *     static const char *const labels[] = {"model", "key"};
- *     v = svc_metric_vec_create("proxy_requests_total", "requests", SVC_METRIC_COUNTER, labels, 2);
+ *     rc = svc_metric_vec_create(&v, "proxy_requests_total", "requests", SVC_METRIC_VEC_COUNTER,
+ *                                labels, 2);
  *     svc_metric_vec_add(v, (const char *[]){"gpt-4o", "17"}, 1);
  */
 #define SVC_METRIC_LABELS_MAX 4
@@ -65,11 +66,13 @@ enum svc_metric_vec_type { SVC_METRIC_VEC_COUNTER, SVC_METRIC_VEC_HISTOGRAM };
 
 struct svc_metric_vec;
 
-/* Creates and registers a family (at start-up, before threads; it lives for the whole process).
- * Histograms use SVC_METRIC_SECONDS_BUCKETS. NULL when out of memory or past 16 families. */
-struct svc_metric_vec *svc_metric_vec_create(const char *name, const char *help,
-                                             enum svc_metric_vec_type type,
-                                             const char *const *labels, size_t nlabels);
+/* Creates and registers a family (at start-up, before threads; it lives for the whole process,
+ * so it has no destructor). Histograms use SVC_METRIC_SECONDS_BUCKETS. On failure *out is NULL.
+ * Returns SVC_OK, SVC_EINVAL (no label, or more than SVC_METRIC_LABELS_MAX), SVC_ENOMEM, or
+ * SVC_ETOOLARGE (past 16 families). */
+SVC_MUST_CHECK int svc_metric_vec_create(struct svc_metric_vec **out, const char *name,
+                                         const char *help, enum svc_metric_vec_type type,
+                                         const char *const *labels, size_t nlabels);
 
 /* Adds by to the counter series of these label values (one per label; NULL counts as ""). */
 void svc_metric_vec_add(struct svc_metric_vec *v, const char *const *values, long long by);

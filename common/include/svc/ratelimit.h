@@ -13,16 +13,18 @@
 
 struct svc_redis_async;
 
-/* allowed: 1 when this request fits. err != SVC_OK when Redis could not answer; the caller
- * decides (chat lets the request through: a limiter must not take the service down). */
-typedef void (*svc_ratelimit_cb)(int err, int allowed, long long count, void *data);
+/* ctx: the one given to svc_ratelimit_hit. err is SVC_OK, or SVC_EUNAVAIL / SVC_ETIMEDOUT /
+ * SVC_ECANCELED / SVC_EIO when Redis could not answer (allowed is then 1; the caller decides:
+ * chat lets the request through, a limiter must not take the service down). allowed: 1 when
+ * this request fits. */
+typedef void (*svc_ratelimit_cb)(void *ctx, int err, int allowed, long long count);
 
 /*
  * Counts one request for scope against limit per window_s seconds. cb runs exactly once on the
  * loop, unless this returns an error (then it never runs).
  */
 int svc_ratelimit_hit(struct svc_redis_async *r, const char *scope, long long limit, int window_s,
-                      svc_ratelimit_cb cb, void *data) SVC_MUST_CHECK;
+                      svc_ratelimit_cb cb, void *ctx) SVC_MUST_CHECK;
 
 /*
  * Token limits (tokens per minute) shared by every replica: one fixed-window counter per scope,
@@ -42,12 +44,13 @@ struct svc_ratelimit_scope {
 };
 
 /*
- * The answer of svc_ratelimit_tokens_admit. err != SVC_OK: Redis could not answer (allowed is 1,
- * the caller decides). Otherwise allowed is 1, or 0 with refused = the index of the first scope
- * without room, used = its count in this window, retry_after_s = seconds until the window ends.
+ * The answer of svc_ratelimit_tokens_admit, with its ctx. err != SVC_OK (SVC_EUNAVAIL,
+ * SVC_ETIMEDOUT, SVC_ECANCELED, SVC_EIO): Redis could not answer (allowed is 1, the caller
+ * decides). Otherwise allowed is 1, or 0 with refused = the index of the first scope without
+ * room, used = its count in this window, retry_after_s = seconds until the window ends.
  */
-typedef void (*svc_ratelimit_tokens_cb)(int err, int allowed, int refused, long long used,
-                                        int retry_after_s, void *data);
+typedef void (*svc_ratelimit_tokens_cb)(void *ctx, int err, int allowed, int refused,
+                                        long long used, int retry_after_s);
 
 /*
  * Admits tokens against nscopes scopes (1..SVC_RATELIMIT_SCOPES_MAX) under one hash tag (e.g.
@@ -57,7 +60,7 @@ typedef void (*svc_ratelimit_tokens_cb)(int err, int allowed, int refused, long 
 int svc_ratelimit_tokens_admit(struct svc_redis_async *r, const char *tag,
                                const struct svc_ratelimit_scope *scopes, int nscopes,
                                long long tokens, int window_s, svc_ratelimit_tokens_cb cb,
-                               void *data) SVC_MUST_CHECK;
+                               void *ctx) SVC_MUST_CHECK;
 
 /* Adds delta tokens (may be negative) to every scope's current window. Fire and forget. */
 int svc_ratelimit_tokens_add(struct svc_redis_async *r, const char *tag,

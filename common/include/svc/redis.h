@@ -46,8 +46,13 @@ int svc_redis_url_check(const char *url, char *err, size_t errlen) SVC_MUST_CHEC
 
 /* ---- blocking ---- */
 
-/* Creates the client; connects lazily. timeout_ms bounds connect and every command. */
-int svc_redis_create(struct svc_redis **out, const char *url, long timeout_ms) SVC_MUST_CHECK;
+/*
+ * Creates the client; connects lazily. timeout_ms bounds connect and every command. On success
+ * *out owns it (svc_redis_destroy); on failure *out is NULL. Returns SVC_OK, SVC_EINVAL (a bad
+ * URL: the reason in err, which may be NULL) or SVC_ENOMEM.
+ */
+SVC_MUST_CHECK int svc_redis_create(struct svc_redis **out, const char *url, long timeout_ms,
+                                    char *err, size_t errlen);
 void svc_redis_destroy(struct svc_redis **r);
 
 /* Runs one command. On SVC_OK *reply is set (it may be an ERROR reply: check the type; see
@@ -71,26 +76,32 @@ int svc_redis_cmd_wait(struct svc_redis *r, struct svc_redis_reply **reply, int 
 /* ---- non-blocking, on a loop ---- */
 
 /*
- * Callback of an async command. err is SVC_OK with a reply (which may be an ERROR reply), or
- * SVC_EUNAVAIL / SVC_ETIMEDOUT with reply NULL. The reply is borrowed for the call only.
+ * Callback of an async command, with the ctx given to svc_redis_async_cmd. err is SVC_OK with a
+ * reply (which may be an ERROR reply), or SVC_EUNAVAIL / SVC_ETIMEDOUT / SVC_ECANCELED (the
+ * client is being destroyed) with reply NULL. The reply is borrowed for the call only.
  */
-typedef void (*svc_redis_cb)(int err, const struct svc_redis_reply *reply, void *data);
+typedef void (*svc_redis_cb)(void *ctx, int err, const struct svc_redis_reply *reply);
 
-/* Creates a client on loop that connects at once and reconnects with backoff whenever the
+/*
+ * Creates a client on loop that connects at once and reconnects with backoff whenever the
  * connection is lost. Commands stuck longer than timeout_ms fail with SVC_ETIMEDOUT. The host is
- * resolved here, once (so no reconnect blocks the loop on a name lookup): call it at start-up. */
-struct svc_redis_async *svc_redis_async_create(struct svc_loop *loop, const char *url,
-                                               long timeout_ms);
+ * resolved here, once (so no reconnect blocks the loop on a name lookup): call it at start-up.
+ * On success *out owns it (svc_redis_async_destroy); on failure *out is NULL. Returns SVC_OK,
+ * SVC_EINVAL (a bad URL: the reason in err, which may be NULL), SVC_ENOMEM or SVC_EUNAVAIL.
+ */
+SVC_MUST_CHECK int svc_redis_async_create(struct svc_redis_async **out, struct svc_loop *loop,
+                                          const char *url, long timeout_ms, char *err,
+                                          size_t errlen);
 void svc_redis_async_destroy(struct svc_redis_async **r);
 
 /* 1 while connected. */
 int svc_redis_async_connected(const struct svc_redis_async *r);
 
 /*
- * Sends a command. cb runs exactly once on the loop (cb may be NULL for fire-and-forget).
- * Returns SVC_EUNAVAIL without calling cb when not connected.
+ * Sends a command. cb(ctx, ...) runs exactly once on the loop (cb may be NULL for
+ * fire-and-forget). Returns SVC_EUNAVAIL without calling cb when not connected.
  */
-int svc_redis_async_cmd(struct svc_redis_async *r, svc_redis_cb cb, void *data, int argc,
+int svc_redis_async_cmd(struct svc_redis_async *r, svc_redis_cb cb, void *ctx, int argc,
                         const char *const *argv, const size_t *argvlen) SVC_MUST_CHECK;
 
 #endif

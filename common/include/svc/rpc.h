@@ -1,7 +1,6 @@
 #ifndef SVC_RPC_H
 #define SVC_RPC_H
 
-#include <protobuf-c/protobuf-c.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,6 +28,11 @@
 struct svc_req;
 struct svc_fetch_multi;
 struct svc_fetch;
+
+/* protobuf-c's message types, declared here so this header does not include protobuf-c.h (the
+ * generated *.pb-c.h headers of proto/ do). Identical typedefs may be repeated in C11. */
+typedef struct ProtobufCMessage ProtobufCMessage;
+typedef struct ProtobufCMessageDescriptor ProtobufCMessageDescriptor;
 
 /* ---- authentication ---- */
 
@@ -60,20 +64,20 @@ int svc_rpc_sign(const char *method, const char *path, const void *body, size_t 
 struct svc_rpc_call;
 
 /*
- * A method handler. `in` is the unpacked request; `out` is a zero-initialised response message
+ * A method handler, with the method's ctx first. `in` is the unpacked request; `out` is a zero-initialised response message
  * of the method's type, owned by the framework: strings and sub-messages put into it must come
  * from svc_rpc_alloc/svc_rpc_strdup (freed after the reply is sent). Returns SVC_OK, or a
  * negative SVC_E* which becomes the RpcError (with svc_rpc_set_error's text when given).
  * Runs on a worker thread (POOL mode); may block.
  */
-typedef int (*svc_rpc_handler_fn)(struct svc_rpc_call *call, const ProtobufCMessage *in,
-                                  ProtobufCMessage *out, void *ctx);
+typedef int (*svc_rpc_handler_cb)(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in,
+                                  ProtobufCMessage *out);
 
 struct svc_rpc_method {
     const char *path; /* "/rpc/Auth/Authenticate" */
     const ProtobufCMessageDescriptor *in_desc;
     const ProtobufCMessageDescriptor *out_desc;
-    svc_rpc_handler_fn fn;
+    svc_rpc_handler_cb fn;
     void *ctx;
 };
 
@@ -83,7 +87,7 @@ struct svc_rpc_registry {
 };
 
 /* The HTTP route handler for the "/rpc/" prefix (POST); ctx is a struct svc_rpc_registry. */
-int svc_rpc_dispatch(struct svc_req *req, void *ctx);
+int svc_rpc_dispatch(void *ctx, struct svc_req *req);
 
 /* Memory that lives until the reply is sent. NULL on allocation failure. */
 void *svc_rpc_alloc(struct svc_rpc_call *call, size_t size);
@@ -100,8 +104,13 @@ void svc_rpc_set_error(struct svc_rpc_call *call, const char *fmt, ...)
 
 struct svc_rpc_client;
 
-/* base_url: "http://auth:8080". timeout_ms: the default deadline of a call. NULL on failure. */
-struct svc_rpc_client *svc_rpc_client_create(const char *base_url, long timeout_ms);
+/*
+ * base_url: "http://auth:8080". timeout_ms: the default deadline of a call. On success *out owns
+ * the client (svc_rpc_client_destroy); on failure *out is NULL. Returns SVC_OK, SVC_EINVAL (a
+ * bad base_url: the reason in err, which may be NULL) or SVC_ENOMEM.
+ */
+SVC_MUST_CHECK int svc_rpc_client_create(struct svc_rpc_client **out, const char *base_url,
+                                         long timeout_ms, char *err, size_t errlen);
 void svc_rpc_client_destroy(struct svc_rpc_client **c);
 
 /*
@@ -124,24 +133,34 @@ int svc_rpc_call(struct svc_rpc_client *c, const char *method, const ProtobufCMe
 int svc_rpc_get(const char *url, long timeout_ms, long *status, char *body, size_t bodylen,
                 char *err, size_t errlen) SVC_MUST_CHECK;
 
-/* Result of an async call: out is owned by the callee (free it as above) and NULL on error. */
-typedef void (*svc_rpc_done_fn)(int err, ProtobufCMessage *out, const char *errmsg, void *data);
+/*
+ * Result of an async call, with its ctx. err is SVC_OK, the remote error code, or SVC_EUNAVAIL /
+ * SVC_ETIMEDOUT for transport problems (errmsg says more). out is owned by the callee (free it
+ * as above) and NULL on error.
+ */
+typedef void (*svc_rpc_done_cb)(void *ctx, int err, ProtobufCMessage *out, const char *errmsg);
+/* Releases a call's ctx when the call is cancelled (svc_rpc_call_async_release). */
+typedef void (*svc_rpc_release_cb)(void *ctx);
 
 /*
  * Non-blocking call on an event loop (chat, proxy). done runs on the loop thread exactly once,
- * unless the returned handle is cancelled with svc_fetch_cancel(). NULL when it cannot start.
+ * unless the handle is cancelled with svc_fetch_cancel(). On success *fetch is the handle
+ * (borrowed, as svc_fetch_start's); on failure *fetch is NULL, done never runs, and the status
+ * is returned (SVC_EINVAL, SVC_ENOMEM, SVC_ETOOLARGE, SVC_EINTERNAL).
  */
-struct svc_fetch *svc_rpc_call_async(struct svc_rpc_client *c, struct svc_fetch_multi *m,
-                                     const char *method, const ProtobufCMessage *in,
-                                     const ProtobufCMessageDescriptor *out_desc,
-                                     const char *request_id, svc_rpc_done_fn done, void *data);
+SVC_MUST_CHECK int svc_rpc_call_async(struct svc_fetch **fetch, struct svc_rpc_client *c,
+                                      struct svc_fetch_multi *m, const char *method,
+                                      const ProtobufCMessage *in,
+                                      const ProtobufCMessageDescriptor *out_desc,
+                                      const char *request_id, svc_rpc_done_cb done, void *ctx);
 
-/* As svc_rpc_call_async, for data that belongs to the call: release (may be NULL) runs with data
- * when the call is cancelled, since done then never runs. */
-struct svc_fetch *svc_rpc_call_async_release(struct svc_rpc_client *c, struct svc_fetch_multi *m,
-                                             const char *method, const ProtobufCMessage *in,
-                                             const ProtobufCMessageDescriptor *out_desc,
-                                             const char *request_id, svc_rpc_done_fn done,
-                                             void (*release)(void *data), void *data);
+/* As svc_rpc_call_async, for a ctx that belongs to the call: release (may be NULL) runs with ctx
+ * when the call is cancelled, since done then never runs. When this fails neither runs. */
+SVC_MUST_CHECK int svc_rpc_call_async_release(struct svc_fetch **fetch, struct svc_rpc_client *c,
+                                              struct svc_fetch_multi *m, const char *method,
+                                              const ProtobufCMessage *in,
+                                              const ProtobufCMessageDescriptor *out_desc,
+                                              const char *request_id, svc_rpc_done_cb done,
+                                              svc_rpc_release_cb release, void *ctx);
 
 #endif

@@ -60,8 +60,10 @@ const struct svc_option *svc_service_option(const char *name);
 /* Readiness as seen by /readyz. Thread-safe. */
 void svc_service_set_ready(int ready);
 
-/* An extra readiness check run by /readyz (for example "Redis answers"); 0 = ready. */
-void svc_service_set_ready_check(int (*fn)(void *), void *data);
+/* An extra readiness check run by /readyz (for example "Redis answers"): cb(ctx) returns SVC_OK
+ * when ready, else a negative SVC_E*. */
+typedef int (*svc_service_ready_cb)(void *ctx);
+void svc_service_set_ready_check(svc_service_ready_cb cb, void *ctx);
 
 /* The number of worker threads or loops to run: WORKERS, or the number of cores. */
 unsigned svc_service_workers(void);

@@ -21,15 +21,15 @@ struct svc_sse {
     int bom_checked; /* a UTF-8 byte-order mark at the very start is skipped */
 };
 
-/* Called once per complete event with its data (NUL-terminated). Return 0 to go on; anything
- * else stops svc_sse_feed, which returns that value. */
-typedef int (*svc_sse_event_fn)(const char *data, size_t len, void *ud);
+/* Called once per complete event with the ctx given to svc_sse_feed and the event's data
+ * (NUL-terminated). Return 0 to go on; anything else stops svc_sse_feed, which returns that value. */
+typedef int (*svc_sse_event_cb)(void *ctx, const char *data, size_t len);
 
 /* max_event bounds one line and one event's data (SVC_ETOOLARGE beyond). */
 void svc_sse_init(struct svc_sse *s, size_t max_event);
 void svc_sse_deinit(struct svc_sse *s);
 
 /* Feeds bytes. Returns 0, a callback's non-zero value, or SVC_ETOOLARGE. */
-int svc_sse_feed(struct svc_sse *s, const char *bytes, size_t len, svc_sse_event_fn fn, void *ud);
+int svc_sse_feed(struct svc_sse *s, const char *bytes, size_t len, svc_sse_event_cb cb, void *ctx);
 
 #endif

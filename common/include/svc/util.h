@@ -9,23 +9,23 @@
 /* Small helpers with no better home. All are thread-safe. */
 
 /* Writes 2*nbytes random hex characters plus a NUL into out (getrandom). */
-void svc_random_hex(char *out, size_t nbytes);
+void svc_util_random_hex(char *out, size_t nbytes);
 
 /* A pseudo-random number (a per-thread xorshift seeded by getrandom): for spreading load, never
  * for secrets. */
-uint32_t svc_random_u32(void);
+uint32_t svc_util_random_u32(void);
 
 /*
  * Gives the heap memory freed since to the kernel (malloc_trim), at most once per
- * SVC_HEAP_TRIM_EVERY_MS in the process: 1 when it did, 0 when it was too soon. For the end of a burst: a crowd of slow clients' stream
+ * SVC_UTIL_HEAP_TRIM_EVERY_MS in the process: 1 when it did, 0 when it was too soon. For the end of a burst: a crowd of slow clients' stream
  * queues and meters are freed in many small pieces on the loop threads' arenas, which glibc keeps
  * otherwise (40 MiB after 500 slow clients left, chat.test "500 slow clients").
  */
-#define SVC_HEAP_TRIM_EVERY_MS 200
-int svc_heap_trim(void);
+#define SVC_UTIL_HEAP_TRIM_EVERY_MS 200
+int svc_util_heap_trim(void);
 
 /* Writes a random UUIDv4 (36 characters plus NUL) into out[37]. */
-void svc_uuid4(char out[37]);
+void svc_util_uuid4(char out[37]);
 
 /*
  * 1 when the two byte strings are equal, else 0. Compares keyed BLAKE2b digests of both (the key
@@ -33,28 +33,28 @@ void svc_uuid4(char out[37]);
  * they differ, nor on how the lengths compare (a secret's length does not leak). NULL is allowed
  * with a length of 0. Thread-safe.
  */
-int svc_secure_equal(const void *a, size_t alen, const void *b, size_t blen);
+int svc_util_secure_equal(const void *a, size_t alen, const void *b, size_t blen);
 
 /*
  * Decodes standard base64 (RFC 4648, with padding) into out[outlen]. Returns the decoded length,
  * or SVC_EINVAL on bad input / SVC_ETOOLARGE when out is too small. out is NUL-terminated.
  */
-long svc_base64_decode(const char *in, size_t inlen, char *out, size_t outlen);
+long svc_util_base64_decode(const char *in, size_t inlen, char *out, size_t outlen);
 
 /* 1 when s[0..len) is valid UTF-8 (no overlongs, no surrogates, max U+10FFFF). */
-int svc_utf8_valid(const char *s, size_t len);
+int svc_util_utf8_valid(const char *s, size_t len);
 
 /*
  * Cuts s (a NUL-terminated string that was valid UTF-8 before a byte-wise truncation, such as
  * snprintf's) back to its last complete character, in place: a text cut in the middle of a
  * character would otherwise be refused by every JSON encoder. Returns the new length.
  */
-size_t svc_utf8_trim_end(char *s);
+size_t svc_util_utf8_trim_end(char *s);
 
 /* Zeroes n bytes of p in a way the compiler may not drop (secrets leaving scope). */
-void svc_wipe(void *p, size_t n);
+void svc_util_wipe(void *p, size_t n);
 
 /* Milliseconds since the Unix epoch (CLOCK_REALTIME). */
-int64_t svc_wallclock_ms(void);
+int64_t svc_util_wallclock_ms(void);
 
 #endif
