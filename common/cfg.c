@@ -66,7 +66,7 @@ int svc_cfg_parse_addr(const char *text, char *host, size_t hostlen, int *port)
     return SVC_OK;
 }
 
-static int parse_one(struct svc_option *o, const char *v, char *err, size_t errlen)
+static int parse_one(struct svc_cfg_option *o, const char *v, char *err, size_t errlen)
 {
     char host[256];
     int port;
@@ -110,10 +110,10 @@ static int parse_one(struct svc_option *o, const char *v, char *err, size_t errl
     return SVC_OK;
 }
 
-int svc_cfg_load_env(struct svc_option *opts, size_t n, char *err, size_t errlen)
+int svc_cfg_load_env(struct svc_cfg_option *opts, size_t n, char *err, size_t errlen)
 {
     for (size_t k = 0; k < n; k++) {
-        struct svc_option *o = &opts[k];
+        struct svc_cfg_option *o = &opts[k];
         const char *v = getenv(o->name);
 
         o->is_set = v != NULL && v[0] != '\0';
@@ -146,12 +146,12 @@ static void mask_url_credentials(const char *v, char *out, size_t outlen)
     snprintf(out, outlen, "%.*s***%s", (int)(scheme + 3 - v), v, at);
 }
 
-void svc_cfg_log_all(const struct svc_option *opts, size_t n)
+void svc_cfg_log_all(const struct svc_cfg_option *opts, size_t n)
 {
     char shown[512];
 
     for (size_t k = 0; k < n; k++) {
-        const struct svc_option *o = &opts[k];
+        const struct svc_cfg_option *o = &opts[k];
 
         if (o->type == SVC_OPT_SECRET)
             snprintf(shown, sizeof(shown), "%s", o->s[0] != '\0' ? "(set)" : "(unset)");
@@ -161,12 +161,12 @@ void svc_cfg_log_all(const struct svc_option *opts, size_t n)
     }
 }
 
-void svc_cfg_describe_all(const struct svc_option *opts, size_t n)
+void svc_cfg_describe_all(const struct svc_cfg_option *opts, size_t n)
 {
     static const char *types[] = {"bool", "int", "string", "secret", "host:port", "url"};
 
     for (size_t k = 0; k < n; k++) {
-        const struct svc_option *o = &opts[k];
+        const struct svc_cfg_option *o = &opts[k];
         printf("%-28s %-9s default=%-16s %s\n", o->name, types[o->type],
                o->def != NULL && o->def[0] != '\0' ? o->def : "(none)", o->desc);
     }

@@ -77,7 +77,7 @@ struct loop_shard {
 
 struct svc_http_server {
     struct svc_http_opts opts;
-    const struct svc_route *routes;
+    const struct svc_http_route *routes;
     size_t nroutes;
     int listen_fd;
     int port;
@@ -97,7 +97,7 @@ struct resp_header {
 struct svc_req {
     struct daemon_slot *slot;
     struct MHD_Connection *conn;
-    const struct svc_route *route;
+    const struct svc_http_route *route;
     const char *method;
     const char *url;
     char id[REQ_ID_MAX + 1];
@@ -546,12 +546,12 @@ static void watch_start(struct svc_req *req)
 
 /* The route for method + url, or NULL. *path_route is the first route whose path matched (its
  * error style answers a 405). */
-static const struct svc_route *route_find(const struct svc_http_server *srv, const char *method,
-                                          const char *url, const struct svc_route **path_route)
+static const struct svc_http_route *route_find(const struct svc_http_server *srv, const char *method,
+                                          const char *url, const struct svc_http_route **path_route)
 {
     *path_route = NULL;
     for (size_t i = 0; i < srv->nroutes; i++) {
-        const struct svc_route *r = &srv->routes[i];
+        const struct svc_http_route *r = &srv->routes[i];
         size_t n = strlen(r->path);
         int match = n > 0 && r->path[n - 1] == '*' ? strncmp(url, r->path, n - 1) == 0
                                                    : strcmp(url, r->path) == 0;
@@ -565,7 +565,7 @@ static const struct svc_route *route_find(const struct svc_http_server *srv, con
     return NULL;
 }
 
-/* 1 when a browser sent this request from another site (see svc_route.same_origin). Requests
+/* 1 when a browser sent this request from another site (see svc_http_route.same_origin). Requests
  * without Origin (curl, SDKs, same-site GETs) are not cross-site. */
 static int cross_origin(const struct svc_req *req)
 {
@@ -603,7 +603,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     struct daemon_slot *slot = cls;
     struct svc_http_server *srv = slot->srv;
     struct svc_req *req = *con_cls;
-    const struct svc_route *path_route;
+    const struct svc_http_route *path_route;
     int rc;
 
     (void)version;
@@ -965,7 +965,7 @@ static struct MHD_Daemon *start_daemon(struct daemon_slot *slot, unsigned flags,
 }
 
 int svc_http_server_create(struct svc_http_server **out, const struct svc_http_opts *opts,
-                           const struct svc_route *routes, size_t nroutes, char *err,
+                           const struct svc_http_route *routes, size_t nroutes, char *err,
                            size_t errlen)
 {
     struct svc_http_server *srv = calloc(1, sizeof(*srv));

@@ -24,7 +24,7 @@
 struct mm_entry {
     const char *prefix;
     size_t prefix_len;
-    struct svc_model_info info;
+    struct svc_modelmap_info info;
     int default_encoding; /* an override with neither encoding nor built-in: the default's */
 };
 
@@ -32,7 +32,7 @@ struct svc_modelmap {
     struct mm_entry *entries; /* built-ins first, then overrides */
     size_t n;
     size_t nbuiltin;
-    struct svc_model_info dflt;
+    struct svc_modelmap_info dflt;
     char *strings; /* the override prefixes, NUL-separated */
 };
 
@@ -43,7 +43,7 @@ struct svc_modelmap {
  * mm_builtin_fixups says otherwise. Windows as OpenAI documents them (prompt + completion). */
 static const struct {
     const char *prefix;
-    enum svc_tok_encoding_e enc;
+    enum svc_tokenizer_encoding_e enc;
     long long window;
     int reasoning;
 } mm_builtin[] = {
@@ -96,7 +96,7 @@ static const struct {
 
 /* The default for names nothing matches: GPT-4's 8192 tokens in cl100k_base, the smallest window
  * of a current chat model, so an unknown model is never given more room than it may have. */
-static const struct svc_model_info mm_default = {
+static const struct svc_modelmap_info mm_default = {
     .encoding = SVC_TOK_CL100K_BASE,
     .context_window = 8192,
     .reasoning = 0,
@@ -184,9 +184,9 @@ static int mm_parse(struct svc_modelmap *m, const char *text, char *err, size_t 
         char num[24], encname[32];
         size_t plen, nlen, elen;
         int64_t window;
-        enum svc_tok_encoding_e enc = SVC_TOK_CL100K_BASE;
+        enum svc_tokenizer_encoding_e enc = SVC_TOK_CL100K_BASE;
         int has_enc = 0;
-        struct svc_model_info info;
+        struct svc_modelmap_info info;
 
         if (end == NULL)
             end = p + strlen(p);
@@ -331,7 +331,7 @@ void svc_modelmap_destroy(struct svc_modelmap **m)
 }
 
 void svc_modelmap_lookup(const struct svc_modelmap *m, const char *model,
-                         struct svc_model_info *out)
+                         struct svc_modelmap_info *out)
 {
     const struct mm_entry *e = NULL;
 
@@ -345,7 +345,7 @@ static long long mm_count(const struct svc_tokenizer *tk, const char *text, size
     return text != NULL ? svc_tokenizer_count(tk, text, len) : 0;
 }
 
-long long svc_modelmap_message_tokens(const struct svc_model_info *mi, const char *role,
+long long svc_modelmap_message_tokens(const struct svc_modelmap_info *mi, const char *role,
                                       const char *content, size_t content_len, const char *name)
 {
     const struct svc_tokenizer *tk = svc_tokenizer_get(mi->encoding);
@@ -367,7 +367,7 @@ long long svc_modelmap_message_tokens(const struct svc_model_info *mi, const cha
     return total;
 }
 
-long long svc_modelmap_reply_priming(const struct svc_model_info *mi)
+long long svc_modelmap_reply_priming(const struct svc_modelmap_info *mi)
 {
     (void)mi; /* the same 3 tokens for every chat model OpenAI documents */
     return 3;

@@ -23,7 +23,7 @@
 #define METRICS_BODY_MAX (16u << 20)
 
 static const char *service_name = "svc";
-static struct svc_option *options;
+static struct svc_cfg_option *options;
 static size_t noptions;
 static int migrate_only; /* --migrate: apply the schema and exit (svc_service_migrate_only) */
 static atomic_int ready;
@@ -43,7 +43,7 @@ void svc_service_die(int code, const char *fmt, ...)
     exit(code);
 }
 
-const struct svc_option *svc_service_option(const char *name)
+const struct svc_cfg_option *svc_service_option(const char *name)
 {
     for (size_t i = 0; i < noptions; i++)
         if (strcmp(options[i].name, name) == 0)
@@ -106,7 +106,7 @@ static int admin_metrics(void *ctx, struct svc_req *req)
     return SVC_HTTP_DONE;
 }
 
-static const struct svc_route admin_routes[] = {
+static const struct svc_http_route admin_routes[] = {
     {"GET", "/healthz", admin_healthz, NULL, SVC_HTTP_STYLE_TEXT},
     {"GET", "/readyz", admin_readyz, NULL, SVC_HTTP_STYLE_TEXT},
     {"GET", "/metrics", admin_metrics, NULL, SVC_HTTP_STYLE_TEXT},
@@ -122,8 +122,8 @@ static const struct svc_route admin_routes[] = {
 void svc_service_setup_rpc_auth(void)
 {
     static int done;
-    const struct svc_option *secret = svc_service_option("RPC_SECRET");
-    const struct svc_option *insecure = svc_service_option("RPC_INSECURE");
+    const struct svc_cfg_option *secret = svc_service_option("RPC_SECRET");
+    const struct svc_cfg_option *insecure = svc_service_option("RPC_INSECURE");
 
     if (done)
         return;
@@ -145,7 +145,7 @@ void svc_service_setup_rpc_auth(void)
                  "process that reaches HTTP_ADDR can call every method");
 }
 
-void svc_service_setup(const char *service, int argc, char **argv, struct svc_option *opts,
+void svc_service_setup(const char *service, int argc, char **argv, struct svc_cfg_option *opts,
                        size_t nopts)
 {
     char err[512];
@@ -255,7 +255,7 @@ void svc_service_teardown(void)
     curl_global_cleanup();
 }
 
-void svc_service_serve_pool(const struct svc_route *routes, size_t nroutes, int default_style)
+void svc_service_serve_pool(const struct svc_http_route *routes, size_t nroutes, int default_style)
 {
     struct svc_http_server *srv = NULL;
     struct svc_http_opts ho = {0};

@@ -60,7 +60,7 @@ static const struct tok_spec {
 };
 
 struct svc_tokenizer {
-    enum svc_tok_encoding_e enc;
+    enum svc_tokenizer_encoding_e enc;
     uint32_t nranks;
     uint32_t maxlen;         /* longest token, in bytes: longer strings are never looked up */
     uint8_t *bytes;          /* every token's bytes, concatenated in rank order */
@@ -336,7 +336,7 @@ static int tok_compile(struct svc_tokenizer *tk, const struct tok_spec *sp)
     return SVC_OK;
 }
 
-static struct svc_tokenizer *tok_build(enum svc_tok_encoding_e enc, int *permanent)
+static struct svc_tokenizer *tok_build(enum svc_tokenizer_encoding_e enc, int *permanent)
 {
     const struct tok_spec *sp = &tok_specs[enc];
     struct svc_tokenizer *tk = calloc(1, sizeof(*tk));
@@ -363,9 +363,9 @@ static void *warm_main(void *arg)
 {
     (void)arg;
     for (int e = 0; e < SVC_TOK_ENCODINGS; e++)
-        if (svc_tokenizer_get((enum svc_tok_encoding_e)e) == NULL)
+        if (svc_tokenizer_get((enum svc_tokenizer_encoding_e)e) == NULL)
             SVC_LOG_ERR(NULL, "tokenizer", "cannot load %s",
-                        svc_tokenizer_encoding_name((enum svc_tok_encoding_e)e));
+                        svc_tokenizer_encoding_name((enum svc_tokenizer_encoding_e)e));
     return NULL;
 }
 
@@ -377,7 +377,7 @@ void svc_tokenizer_warm(void)
         SVC_LOG_WARN(NULL, "tokenizer", "cannot warm up: encodings load on first use");
 }
 
-const struct svc_tokenizer *svc_tokenizer_get(enum svc_tok_encoding_e enc)
+const struct svc_tokenizer *svc_tokenizer_get(enum svc_tokenizer_encoding_e enc)
 {
     struct svc_tokenizer *tk;
     int permanent;
@@ -400,20 +400,20 @@ const struct svc_tokenizer *svc_tokenizer_get(enum svc_tok_encoding_e enc)
     return tk;
 }
 
-int svc_tokenizer_encoding_from_name(const char *name, enum svc_tok_encoding_e *out)
+int svc_tokenizer_encoding_from_name(const char *name, enum svc_tokenizer_encoding_e *out)
 {
     if (name == NULL)
         return SVC_EINVAL;
     for (int e = 0; e < SVC_TOK_ENCODINGS; e++) {
         if (strcmp(name, tok_specs[e].name) == 0) {
-            *out = (enum svc_tok_encoding_e)e;
+            *out = (enum svc_tokenizer_encoding_e)e;
             return SVC_OK;
         }
     }
     return SVC_EINVAL;
 }
 
-const char *svc_tokenizer_encoding_name(enum svc_tok_encoding_e enc)
+const char *svc_tokenizer_encoding_name(enum svc_tokenizer_encoding_e enc)
 {
     return (unsigned)enc < SVC_TOK_ENCODINGS ? tok_specs[enc].name : "unknown";
 }

@@ -64,7 +64,7 @@ int main(int argc, char **argv)
     const char *encname = NULL, *path = NULL;
     long repeat = 5;
     double min_s = 1.0, t0, load_ms, times[BENCH_MAX_RUNS];
-    enum svc_tok_encoding_e enc;
+    enum svc_tokenizer_encoding_e enc;
     const struct svc_tokenizer *tk;
     size_t len = 0, ntok = 0;
     int runs = 0;

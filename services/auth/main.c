@@ -145,7 +145,7 @@ static int ready_check(void *data)
     return svc_db_ping(ctx.db);
 }
 
-static const struct svc_route routes[] = {
+static const struct svc_http_route routes[] = {
     {"POST", "/rpc/*", svc_rpc_dispatch, &auth_rpc_registry, SVC_HTTP_STYLE_TEXT},
     {"POST", "/api/session", auth_api_session, &ctx, SVC_HTTP_STYLE_ENVELOPE},
     {"POST", "/api/verify", auth_api_verify, &ctx, SVC_HTTP_STYLE_ENVELOPE},
@@ -170,7 +170,7 @@ int main(int argc, char **argv)
     const char *sa;
     size_t i;
 
-    svc_service_setup("auth", argc, argv, (struct svc_option *)&setting, SVC_OPTION_COUNT(setting));
+    svc_service_setup("auth", argc, argv, (struct svc_cfg_option *)&setting, SVC_OPTION_COUNT(setting));
     if (sodium_init() < 0)
         svc_service_die(SVC_EX_SOFTWARE, "libsodium: initialisation failed");
 

@@ -72,7 +72,7 @@ static struct billing_prices *prices;
 static struct billing_store *store;
 static struct billing_relay *relay;
 
-static const struct svc_route routes[] = {
+static const struct svc_http_route routes[] = {
     {"POST", "/rpc/*", svc_rpc_dispatch, &billing_rpc_registry, SVC_HTTP_STYLE_TEXT},
 };
 
@@ -94,7 +94,7 @@ int main(int argc, char **argv)
     char err[512], desc[256];
     int rc;
 
-    svc_service_setup("billing", argc, argv, (struct svc_option *)&setting,
+    svc_service_setup("billing", argc, argv, (struct svc_cfg_option *)&setting,
                       SVC_OPTION_COUNT(setting));
     svc_metrics_register((struct svc_metric *)&stats, SVC_METRIC_COUNT(stats));
     if (billing_prices_create(&prices, setting.BILLING_PRICES.s, err, sizeof(err)) != SVC_OK)

@@ -79,7 +79,7 @@ int chat_config(void *ctx, struct svc_req *req)
     return SVC_HTTP_DONE;
 }
 
-static const struct svc_route routes[] = {
+static const struct svc_http_route routes[] = {
     {"POST", "/api/chat-process", chat_process, NULL, SVC_HTTP_STYLE_ENVELOPE, 1},
     {"POST", "/api/config", chat_config, NULL, SVC_HTTP_STYLE_ENVELOPE},
 };
@@ -98,7 +98,7 @@ int main(int argc, char **argv)
     struct meter_workers_opts wo = {0};
     char err[512];
 
-    svc_service_setup("chat", argc, argv, (struct svc_option *)&chat_setting,
+    svc_service_setup("chat", argc, argv, (struct svc_cfg_option *)&chat_setting,
                       SVC_OPTION_COUNT(chat_setting));
     if (chat_setting.AUTH_URL.s[0] == '\0')
         svc_service_die(SVC_EX_CONFIG, "AUTH_URL: required (the auth service's base URL)");

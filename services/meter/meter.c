@@ -83,7 +83,7 @@ struct meter {
     char rid[72];
     char request_id[64];
     char model[128];
-    struct svc_model_info mi;
+    struct svc_modelmap_info mi;
 
     /* admission */
     meter_admit_fn admit_cb;
@@ -183,7 +183,7 @@ void meter_loop_destroy(struct meter_loop **mlp)
 
 struct meter *meter_create(struct meter_loop *ml, const struct meter_hooks *hooks, void *ud,
                            const char *rid, const char *request_id, const char *model,
-                           const struct svc_model_info *mi)
+                           const struct svc_modelmap_info *mi)
 {
     struct meter *m = calloc(1, sizeof(*m));
 

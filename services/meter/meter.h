@@ -128,7 +128,7 @@ void meter_loop_destroy(struct meter_loop **ml);
  */
 struct meter *meter_create(struct meter_loop *ml, const struct meter_hooks *hooks, void *ud,
                            const char *rid, const char *request_id, const char *model,
-                           const struct svc_model_info *mi);
+                           const struct svc_modelmap_info *mi);
 
 /* Token-per-minute scopes to admit the prompt against (none: no token limit). */
 void meter_set_tpm(struct meter *m, const char *tag, const struct svc_ratelimit_scope *scopes,

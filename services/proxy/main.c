@@ -32,7 +32,7 @@ struct proxy_stats proxy_stats = {PROXY_METRICS(SVC_METRIC_INIT)};
 
 static struct meter_workers *workers;
 
-static const struct svc_route routes[] = {
+static const struct svc_http_route routes[] = {
     {NULL, "/v1/*", proxy_v1, NULL, SVC_HTTP_STYLE_OPENAI, 1},
 };
 
@@ -51,7 +51,7 @@ int main(int argc, char **argv)
     struct meter_workers_opts wo = {0};
     char err[512];
 
-    svc_service_setup("proxy", argc, argv, (struct svc_option *)&proxy_setting,
+    svc_service_setup("proxy", argc, argv, (struct svc_cfg_option *)&proxy_setting,
                       SVC_OPTION_COUNT(proxy_setting));
     if (!proxy_setting.OPENAI_PROXY.i) {
         /* Off (the default, as in the seed): every /v1 path is an OpenAI-style 404. */

@@ -56,7 +56,7 @@ struct v1_call {
     int own_ratelimit; /* our x-ratelimit-* headers are on the reply: the upstream's are not */
     char up_ctype[128]; /* the upstream answer's Content-Type (pass_header), "" when none */
     char model[128];
-    struct svc_model_info mi;
+    struct svc_modelmap_info mi;
     long long prompt_tokens, max_completion;
 
     /* who */
@@ -663,7 +663,7 @@ static void check_rpm(struct v1_call *c)
 /* ---- counting the prompt ---- */
 
 /* Text of an OpenAI "content": a string, or an array of parts whose text parts count. */
-static long long content_tokens(const struct svc_model_info *mi, json_t *content, int *bad)
+static long long content_tokens(const struct svc_modelmap_info *mi, json_t *content, int *bad)
 {
     const struct svc_tokenizer *tk = svc_tokenizer_get(mi->encoding);
     long long n = 0;
@@ -691,7 +691,7 @@ static long long content_tokens(const struct svc_model_info *mi, json_t *content
 }
 
 /* Strings, or token arrays (their length), or arrays of either: a prompt or an input. */
-static long long input_tokens(const struct svc_model_info *mi, json_t *v, int depth, int *bad)
+static long long input_tokens(const struct svc_modelmap_info *mi, json_t *v, int depth, int *bad)
 {
     size_t i;
     json_t *e;
@@ -710,7 +710,7 @@ static long long input_tokens(const struct svc_model_info *mi, json_t *v, int de
 }
 
 /* The chat format's count of messages (modelmap.h), with content parts and names. */
-static long long messages_tokens(const struct svc_model_info *mi, json_t *messages, int *bad)
+static long long messages_tokens(const struct svc_modelmap_info *mi, json_t *messages, int *bad)
 {
     long long n = svc_modelmap_reply_priming(mi);
     size_t i;

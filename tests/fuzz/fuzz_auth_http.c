@@ -50,7 +50,7 @@ enum {
 
 static struct auth_ctx a;
 
-static const struct svc_route routes[] = {
+static const struct svc_http_route routes[] = {
     {"POST", "/rpc/*", svc_rpc_dispatch, &auth_rpc_registry, SVC_HTTP_STYLE_TEXT},
     {"POST", "/api/session", auth_api_session, &a, SVC_HTTP_STYLE_ENVELOPE},
     {"POST", "/api/verify", auth_api_verify, &a, SVC_HTTP_STYLE_ENVELOPE},

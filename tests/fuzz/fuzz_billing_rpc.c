@@ -30,7 +30,7 @@
 
 #define MAX_BODY 4096
 
-static const struct svc_route routes[] = {
+static const struct svc_http_route routes[] = {
     {"POST", "/rpc/*", svc_rpc_dispatch, &billing_rpc_registry, SVC_HTTP_STYLE_TEXT},
 };
 

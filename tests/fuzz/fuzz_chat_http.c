@@ -71,7 +71,7 @@ static int fake_upstream(void *ctx, struct svc_req *req)
     return SVC_HTTP_DONE;
 }
 
-static const struct svc_route routes[] = {
+static const struct svc_http_route routes[] = {
     {"POST", "/api/chat-process", chat_process, NULL, SVC_HTTP_STYLE_ENVELOPE, 1},
     FZ_FAKE_ROUTE,
     {"POST", FZ_FAKE_PREFIX "/v1/*", fake_upstream, NULL, SVC_HTTP_STYLE_OPENAI},
@@ -101,7 +101,7 @@ static void setup(void)
     setenv("CHAT_AUTH_CACHE_MS", "0", 1); /* every request asks (the stand-in) auth */
     setenv("CHAT_UPSTREAM_IDLE_TIMEOUT", "5", 1);
     setenv("OPENAI_KEY", "sk-fuzz", 1);
-    if (svc_cfg_load_env((struct svc_option *)&chat_setting, SVC_OPTION_COUNT(chat_setting), err,
+    if (svc_cfg_load_env((struct svc_cfg_option *)&chat_setting, SVC_OPTION_COUNT(chat_setting), err,
                          sizeof(err)) != SVC_OK ||
         svc_modelmap_create(&models, "", err, sizeof(err)) != SVC_OK ||
         auth_client_setup(64, 0) != SVC_OK) {

@@ -53,7 +53,7 @@ static const struct svc_rpc_method methods[] = {
 
 static struct svc_rpc_registry registry = {methods, NMETHODS};
 
-static const struct svc_route routes[] = {
+static const struct svc_http_route routes[] = {
     {"POST", "/rpc/*", svc_rpc_dispatch, &registry, SVC_HTTP_STYLE_TEXT},
 };
 

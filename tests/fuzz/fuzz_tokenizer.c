@@ -112,7 +112,7 @@ static void check(const struct svc_tokenizer *tk, int enc, const uint8_t *data, 
             abort();
         if (got + bl > wantlen || memcmp(want + got, b, bl) != 0) {
             fprintf(stderr, "%s: token %zu (id %u) breaks the round trip at byte %zu\n",
-                    svc_tokenizer_encoding_name((enum svc_tok_encoding_e)enc), i, ids[i], got);
+                    svc_tokenizer_encoding_name((enum svc_tokenizer_encoding_e)enc), i, ids[i], got);
             abort();
         }
         got += bl;
@@ -138,7 +138,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     wantlen = ref_sanitize(data, size, want);
     for (int e = 0; e < SVC_TOK_ENCODINGS; e++) {
-        const struct svc_tokenizer *tk = svc_tokenizer_get((enum svc_tok_encoding_e)e);
+        const struct svc_tokenizer *tk = svc_tokenizer_get((enum svc_tokenizer_encoding_e)e);
         if (tk == NULL)
             abort();
         check(tk, e, data, size, want, wantlen);

@@ -29,7 +29,7 @@ static int port;
 static int fd = -1;
 static int last_timeout; /* the last read_reply failed by timing out */
 
-void fz_http_start(const struct svc_route *routes, size_t nroutes, enum svc_http_style style,
+void fz_http_start(const struct svc_http_route *routes, size_t nroutes, enum svc_http_style style,
                    size_t max_body, struct svc_loop **loops, unsigned nloops)
 {
     struct svc_http_opts o = {0};

@@ -35,7 +35,7 @@ struct fz_resp {
  * when nloops is 0 (2 threads), else LOOPS mode on loops[0..nloops) (which the caller runs).
  * max_body is the 413 limit. Aborts on failure (a fuzz target cannot run without it).
  */
-void fz_http_start(const struct svc_route *routes, size_t nroutes, enum svc_http_style style,
+void fz_http_start(const struct svc_http_route *routes, size_t nroutes, enum svc_http_style style,
                    size_t max_body, struct svc_loop **loops, unsigned nloops);
 
 /* The server's port (after fz_http_start). */

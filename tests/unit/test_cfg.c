@@ -208,7 +208,7 @@ static int load(struct test_setting *s, char *err, size_t errlen)
 
     *s = fresh;
     err[0] = '\0';
-    return svc_cfg_load_env((struct svc_option *)s, SVC_OPTION_COUNT(*s), err, errlen);
+    return svc_cfg_load_env((struct svc_cfg_option *)s, SVC_OPTION_COUNT(*s), err, errlen);
 }
 
 static void test_env_defaults(void)
@@ -338,7 +338,7 @@ static void test_env_first_bad_reported(void)
 
 static void test_env_bad_default_named(void)
 {
-    struct svc_option opts[] = {
+    struct svc_cfg_option opts[] = {
         {"TCFG_BADDEF", SVC_OPT_INT, "many", 0, 10, "broken default"},
     };
     char err[256] = "";
@@ -355,7 +355,7 @@ static void test_env_bad_default_named(void)
 
 static void test_env_reload_resets(void)
 {
-    struct svc_option opts[] = {
+    struct svc_cfg_option opts[] = {
         {"TCFG_R", SVC_OPT_INT, NULL, 0, 10, "no default"},
     };
     char err[64];
@@ -384,7 +384,7 @@ static void test_common_options_defaults_valid(void)
 
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         unsetenv(names[i]);
-    T_EQ_INT(svc_cfg_load_env((struct svc_option *)&s, SVC_OPTION_COUNT(s), err, sizeof(err)),
+    T_EQ_INT(svc_cfg_load_env((struct svc_cfg_option *)&s, SVC_OPTION_COUNT(s), err, sizeof(err)),
              SVC_OK);
     T_EQ_INT(s.HTTP_MAX_BODY.i, 1048576);
     T_EQ_INT(s.WORKERS.i, 0);
@@ -394,7 +394,7 @@ static void test_common_options_defaults_valid(void)
 /* svc_cfg_log_all never prints a secret: SECRET options show "(set)", URL credentials stars. */
 static void test_log_masks_secrets(void)
 {
-    struct svc_option opts[] = {
+    struct svc_cfg_option opts[] = {
         {"TCFG_URL", SVC_OPT_STR, "redis://user:hunter2@db:6379/1", 0, 0, "", 0, 0, NULL},
         {"TCFG_KEY", SVC_OPT_SECRET, "sk-hunter2", 0, 0, "", 0, 0, NULL},
         {"TCFG_PLAIN", SVC_OPT_STR, "http://host/path@x", 0, 0, "", 0, 0, NULL},

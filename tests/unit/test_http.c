@@ -95,7 +95,7 @@ static int h_cleanup(void *ctx, struct svc_req *req)
     return SVC_HTTP_DONE;
 }
 
-static const struct svc_route routes[] = {
+static const struct svc_http_route routes[] = {
     {"GET", "/text", h_text, NULL, SVC_HTTP_STYLE_TEXT},
     {"POST", "/echo", h_echo, NULL, SVC_HTTP_STYLE_ENVELOPE},
     {"POST", "/v1/chat", h_echo, NULL, SVC_HTTP_STYLE_OPENAI},
@@ -579,7 +579,7 @@ static const struct svc_rpc_method rpc_methods[] = {
      rpc_echo, NULL},
 };
 static struct svc_rpc_registry rpc_registry = {rpc_methods, 1};
-static const struct svc_route rpc_routes[] = {
+static const struct svc_http_route rpc_routes[] = {
     {"POST", "/rpc/*", svc_rpc_dispatch, &rpc_registry, SVC_HTTP_STYLE_TEXT},
 };
 

@@ -139,7 +139,7 @@ static int h_slow(void *ctx, struct svc_req *req)
     return SVC_HTTP_ASYNC;
 }
 
-static const struct svc_route routes[] = {
+static const struct svc_http_route routes[] = {
     {"GET", "/stream", h_stream, NULL, SVC_HTTP_STYLE_TEXT, 0},
     {"GET", "/slow/*", h_slow, NULL, SVC_HTTP_STYLE_TEXT, 0},
 };

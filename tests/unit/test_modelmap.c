@@ -27,10 +27,10 @@ static struct svc_modelmap *map(const char *overrides)
     return m;
 }
 
-static void expect(const struct svc_modelmap *m, const char *model, enum svc_tok_encoding_e enc,
+static void expect(const struct svc_modelmap *m, const char *model, enum svc_tokenizer_encoding_e enc,
                    long long window, int reasoning, int known)
 {
-    struct svc_model_info mi;
+    struct svc_modelmap_info mi;
 
     memset(&mi, 0x5a, sizeof(mi));
     svc_modelmap_lookup(m, model, &mi);
@@ -95,7 +95,7 @@ static void test_builtin_table(void)
 static void test_overheads(void)
 {
     struct svc_modelmap *m = map(NULL);
-    struct svc_model_info mi;
+    struct svc_modelmap_info mi;
 
     svc_modelmap_lookup(m, "gpt-3.5-turbo-0301", &mi);
     T_EQ_INT(mi.tokens_per_message, 4);
@@ -246,7 +246,7 @@ static const struct {
 
 static long long cookbook_count(const struct svc_modelmap *m, const char *model)
 {
-    struct svc_model_info mi;
+    struct svc_modelmap_info mi;
     long long total;
 
     svc_modelmap_lookup(m, model, &mi);
@@ -276,7 +276,7 @@ static void test_cookbook_example(void)
 static void test_message_tokens(void)
 {
     struct svc_modelmap *m = map(NULL);
-    struct svc_model_info mi;
+    struct svc_modelmap_info mi;
 
     svc_modelmap_lookup(m, "gpt-4o", &mi);
     /* 3 + "user" (1) + "" (0) */

@@ -287,7 +287,7 @@ static const struct run o200k_runs[] = {
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
-static const struct svc_tokenizer *tok(enum svc_tok_encoding_e e)
+static const struct svc_tokenizer *tok(enum svc_tokenizer_encoding_e e)
 {
     const struct svc_tokenizer *tk = svc_tokenizer_get(e);
     T_ASSERT(tk != NULL);
@@ -404,7 +404,7 @@ static void check_vec(const struct svc_tokenizer *tk, const struct vec *v)
     for (size_t i = 0; i < n && i < v->n; i++)
         if (ids[i] != v->ids[i])
             T_FAIL("%s/%s: id %zu is %u, tiktoken says %u", svc_tokenizer_encoding_name(
-                       (enum svc_tok_encoding_e)(tk == svc_tokenizer_get(SVC_TOK_O200K_BASE))),
+                       (enum svc_tokenizer_encoding_e)(tk == svc_tokenizer_get(SVC_TOK_O200K_BASE))),
                    v->name, i, ids[i], v->ids[i]);
     if (n != v->n)
         T_FAIL("%s: %zu tokens, tiktoken says %zu", v->name, n, v->n);
@@ -488,7 +488,7 @@ static void test_megabyte_runs(void)
     static const char *units[] = {"a", " ", "!", "7", "\xe4\xb8\x80", "Ab", "\n"};
 
     for (int e = 0; e < SVC_TOK_ENCODINGS; e++) {
-        const struct svc_tokenizer *tk = tok((enum svc_tok_encoding_e)e);
+        const struct svc_tokenizer *tk = tok((enum svc_tokenizer_encoding_e)e);
         for (size_t u = 0; u < sizeof(units) / sizeof(units[0]); u++) {
             size_t len, n;
             char *s = repeat(units[u], (1u << 20) / strlen(units[u]), &len);
@@ -533,7 +533,7 @@ static void test_invalid_utf8_rule(void)
         T_ASSERT(memcmp(ref, cases[i].out, rl) == 0); /* the reference agrees with the rule */
         free(ref);
         for (int e = 0; e < SVC_TOK_ENCODINGS; e++) {
-            const struct svc_tokenizer *tk = tok((enum svc_tok_encoding_e)e);
+            const struct svc_tokenizer *tk = tok((enum svc_tokenizer_encoding_e)e);
             uint32_t *a, *b;
             size_t na, nb;
             T_EQ_INT(svc_tokenizer_encode(tk, cases[i].in, strlen(cases[i].in), &a, &na), SVC_OK);
@@ -565,7 +565,7 @@ static void test_random_roundtrip(void)
             buf[i] = (char)alphabet[x % sizeof(alphabet)];
         }
         for (int e = 0; e < SVC_TOK_ENCODINGS; e++) {
-            const struct svc_tokenizer *tk = tok((enum svc_tok_encoding_e)e);
+            const struct svc_tokenizer *tk = tok((enum svc_tokenizer_encoding_e)e);
             uint32_t *ids;
             size_t n;
             T_EQ_INT(svc_tokenizer_encode(tk, buf, len, &ids, &n), SVC_OK);
@@ -578,7 +578,7 @@ static void test_random_roundtrip(void)
 
 static void test_api(void)
 {
-    enum svc_tok_encoding_e e = SVC_TOK_O200K_BASE;
+    enum svc_tokenizer_encoding_e e = SVC_TOK_O200K_BASE;
     const struct svc_tokenizer *cl = tok(SVC_TOK_CL100K_BASE), *o2 = tok(SVC_TOK_O200K_BASE);
     uint32_t *ids = (uint32_t *)1;
     size_t n = 99, bl;
@@ -593,8 +593,8 @@ static void test_api(void)
     T_EQ_INT(svc_tokenizer_encoding_from_name("O200K_BASE", &e), SVC_EINVAL);
     T_EQ_STR(svc_tokenizer_encoding_name(SVC_TOK_CL100K_BASE), "cl100k_base");
     T_EQ_STR(svc_tokenizer_encoding_name(SVC_TOK_O200K_BASE), "o200k_base");
-    T_EQ_STR(svc_tokenizer_encoding_name((enum svc_tok_encoding_e)7), "unknown");
-    T_ASSERT(svc_tokenizer_get((enum svc_tok_encoding_e)2) == NULL);
+    T_EQ_STR(svc_tokenizer_encoding_name((enum svc_tokenizer_encoding_e)7), "unknown");
+    T_ASSERT(svc_tokenizer_get((enum svc_tokenizer_encoding_e)2) == NULL);
     T_ASSERT(svc_tokenizer_get(SVC_TOK_CL100K_BASE) == cl); /* loaded once */
     T_ASSERT(cl != o2);
 
@@ -640,7 +640,7 @@ struct th_arg {
 static void *th_main(void *p)
 {
     struct th_arg *a = p;
-    const struct svc_tokenizer *tk = svc_tokenizer_get((enum svc_tok_encoding_e)a->enc);
+    const struct svc_tokenizer *tk = svc_tokenizer_get((enum svc_tokenizer_encoding_e)a->enc);
     const struct vec *vs = a->enc == SVC_TOK_CL100K_BASE ? cl100k_vectors : o200k_vectors;
     size_t nv = a->enc == SVC_TOK_CL100K_BASE ? sizeof(cl100k_vectors) / sizeof(cl100k_vectors[0])
                                                : sizeof(o200k_vectors) / sizeof(o200k_vectors[0]);

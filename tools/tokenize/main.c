@@ -176,7 +176,7 @@ int main(int argc, char **argv)
 {
     const char *encname = NULL, *model = NULL, *val;
     int count = 0, rc;
-    enum svc_tok_encoding_e enc = SVC_TOK_CL100K_BASE;
+    enum svc_tokenizer_encoding_e enc = SVC_TOK_CL100K_BASE;
     const struct svc_tokenizer *tk;
     static struct out o;
     char *text = NULL;
@@ -211,7 +211,7 @@ int main(int argc, char **argv)
         return usage_error("unknown encoding (cl100k_base or o200k_base)", encname);
     if (model != NULL) {
         struct svc_modelmap *map = NULL;
-        struct svc_model_info mi;
+        struct svc_modelmap_info mi;
         char err[256];
         rc = svc_modelmap_create(&map, getenv("MODEL_WINDOWS"), err, sizeof(err));
         if (rc == SVC_EINVAL) {

@@ -16,13 +16,13 @@
  * Each service declares its options once as an X-macro list
  *     #define CHAT_OPTIONS(ACTION) \
  *         ACTION(CHAT_SESSION_TTL, SVC_OPT_INT, "30", 1, 525600, "context TTL in minutes")
- * and builds a struct of `struct svc_option` from it with SVC_OPTION_DECLARE / SVC_OPTION_INIT.
+ * and builds a struct of `struct svc_cfg_option` from it with SVC_OPTION_DECLARE / SVC_OPTION_INIT.
  * svc_cfg_load_env() then reads every variable once at start-up, parses it by type, checks ranges
  * and reports the first bad one in a one-line message naming it. An empty variable counts as unset
  * (the seed's rule). Handlers read the parsed values, never the environment.
  */
 
-enum svc_opt_type {
+enum svc_cfg_opt_type {
     SVC_OPT_BOOL,   /* Go's strconv.ParseBool: 1 t T TRUE true True / 0 f F FALSE false False */
     SVC_OPT_INT,    /* base-10 int64 within [min, max] */
     SVC_OPT_STR,    /* any text */
@@ -31,9 +31,9 @@ enum svc_opt_type {
     SVC_OPT_URL,    /* http:// or https:// URL of at most SVC_CFG_URL_MAX bytes */
 };
 
-struct svc_option {
+struct svc_cfg_option {
     const char *name; /* the environment variable */
-    enum svc_opt_type type;
+    enum svc_cfg_opt_type type;
     const char *def;  /* default as text; NULL = no default (unset) */
     int64_t min, max; /* range, for SVC_OPT_INT */
     const char *desc;
@@ -43,9 +43,9 @@ struct svc_option {
     const char *s;    /* every type: the text (default or environment); "" when unset */
 };
 
-#define SVC_OPTION_DECLARE(name, type, def, min, max, desc) struct svc_option name;
+#define SVC_OPTION_DECLARE(name, type, def, min, max, desc) struct svc_cfg_option name;
 #define SVC_OPTION_INIT(name, type, def, min, max, desc) .name = {#name, type, def, min, max, desc},
-#define SVC_OPTION_COUNT(setting) (sizeof(setting) / sizeof(struct svc_option))
+#define SVC_OPTION_COUNT(setting) (sizeof(setting) / sizeof(struct svc_cfg_option))
 
 /* Options every service has; include them in the service's own table. */
 #define SVC_COMMON_OPTIONS(ACTION)                                                            \
@@ -73,14 +73,14 @@ struct svc_option {
  * once in main before threads start. The option strings point into the environment or defaults
  * and stay valid for the life of the process.
  */
-int svc_cfg_load_env(struct svc_option *opts, size_t n, char *err, size_t errlen) SVC_MUST_CHECK;
+int svc_cfg_load_env(struct svc_cfg_option *opts, size_t n, char *err, size_t errlen) SVC_MUST_CHECK;
 
 /* Logs the effective configuration, one option per line: secrets as "(set)", credentials inside
  * URLs masked. */
-void svc_cfg_log_all(const struct svc_option *opts, size_t n);
+void svc_cfg_log_all(const struct svc_cfg_option *opts, size_t n);
 
 /* Prints the option table (name, type, default, description) to stdout for --describe-config. */
-void svc_cfg_describe_all(const struct svc_option *opts, size_t n);
+void svc_cfg_describe_all(const struct svc_cfg_option *opts, size_t n);
 
 /* Parses a Go-style boolean; returns 0 or 1, or -1 when the text is not one. */
 int svc_cfg_parse_bool(const char *text);

@@ -52,7 +52,7 @@ typedef void (*svc_req_drain_cb)(void *ctx, struct svc_req *req);
 /* The end of a request (svc_req_set_cleanup). */
 typedef void (*svc_req_cleanup_cb)(void *ctx);
 
-struct svc_route {
+struct svc_http_route {
     const char *method; /* "POST", "GET", ...; NULL = any */
     const char *path;   /* exact path, or a prefix when it ends with '*' */
     svc_http_handler_cb fn;
@@ -86,7 +86,7 @@ struct svc_http_opts {
  * their loops afterwards.
  */
 int svc_http_server_create(struct svc_http_server **out, const struct svc_http_opts *opts,
-                           const struct svc_route *routes, size_t nroutes, char *err,
+                           const struct svc_http_route *routes, size_t nroutes, char *err,
                            size_t errlen) SVC_MUST_CHECK;
 
 /* The bound port (useful with port 0). */

@@ -23,8 +23,8 @@
  * content, name) + tokens_per_name when it has a name; every reply is primed with 3 tokens.
  */
 
-struct svc_model_info {
-    enum svc_tok_encoding_e encoding;
+struct svc_modelmap_info {
+    enum svc_tokenizer_encoding_e encoding;
     long long context_window; /* prompt + completion tokens the model accepts, > 0 */
     int reasoning;          /* o-series and gpt-5: max_completion_tokens, no sampling options */
     int tokens_per_message; /* 3 (4 for gpt-3.5-turbo-0301) */
@@ -46,17 +46,17 @@ void svc_modelmap_destroy(struct svc_modelmap **m);
 
 /* Fills *out for model (NULL or "" gets the default). Never fails. */
 void svc_modelmap_lookup(const struct svc_modelmap *m, const char *model,
-                         struct svc_model_info *out);
+                         struct svc_modelmap_info *out);
 
 /*
  * Tokens one chat message costs in a prompt: tokens_per_message + tokens(role) + tokens(content)
  * (+ tokens(name) + tokens_per_name when name is not NULL). Texts are raw bytes (content may hold
  * NUL). >= 0, or SVC_ENOMEM.
  */
-long long svc_modelmap_message_tokens(const struct svc_model_info *mi, const char *role,
+long long svc_modelmap_message_tokens(const struct svc_modelmap_info *mi, const char *role,
                                       const char *content, size_t content_len, const char *name);
 
 /* Tokens every reply is primed with (<|start|>assistant<|message|>): 3. */
-long long svc_modelmap_reply_priming(const struct svc_model_info *mi);
+long long svc_modelmap_reply_priming(const struct svc_modelmap_info *mi);
 
 #endif

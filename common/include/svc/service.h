@@ -31,7 +31,7 @@ struct svc_http_server;
  * table and exits 0) and --migrate (see svc_service_migrate_only). Call first in main; check
  * service-specific rules next (svc_service_die), then call svc_service_start().
  */
-void svc_service_setup(const char *service, int argc, char **argv, struct svc_option *opts,
+void svc_service_setup(const char *service, int argc, char **argv, struct svc_cfg_option *opts,
                        size_t nopts);
 
 /*
@@ -55,7 +55,7 @@ void svc_service_start(void);
 void svc_service_setup_rpc_auth(void);
 
 /* Finds a parsed option by name (for the common ones). Never NULL for a declared option. */
-const struct svc_option *svc_service_option(const char *name);
+const struct svc_cfg_option *svc_service_option(const char *name);
 
 /* Readiness as seen by /readyz. Thread-safe. */
 void svc_service_set_ready(int ready);
@@ -87,8 +87,8 @@ void svc_service_serve(struct svc_http_server *srv);
  * (2 threads per worker), marks the service ready, waits for SIGTERM/SIGINT, drains and stops.
  * Exits SVC_EX_CONFIG when HTTP_ADDR cannot be bound. Returns when the server is stopped.
  */
-struct svc_route;
-void svc_service_serve_pool(const struct svc_route *routes, size_t nroutes, int default_style);
+struct svc_http_route;
+void svc_service_serve_pool(const struct svc_http_route *routes, size_t nroutes, int default_style);
 
 /* Stops the admin listener and frees what setup allocated. */
 void svc_service_teardown(void);

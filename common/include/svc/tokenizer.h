@@ -18,7 +18,7 @@
  * A tokenizer is immutable after that: every function here is thread-safe. docs/tokens.md.
  */
 
-enum svc_tok_encoding_e {
+enum svc_tokenizer_encoding_e {
     SVC_TOK_CL100K_BASE = 0,
     SVC_TOK_O200K_BASE = 1,
 };
@@ -29,17 +29,17 @@ struct svc_tokenizer;
 /* The tokenizer of enc, built on the first call in this process (later calls return the same
  * pointer at no cost). Borrowed: never freed. NULL when out of memory (logged); the next call
  * tries again. Thread-safe. */
-const struct svc_tokenizer *svc_tokenizer_get(enum svc_tok_encoding_e enc);
+const struct svc_tokenizer *svc_tokenizer_get(enum svc_tokenizer_encoding_e enc);
 
 /* Builds every encoding on a detached thread, so a service's first request does not wait for
  * it (tens of ms). Failures are logged; svc_tokenizer_get() still tries again on use. */
 void svc_tokenizer_warm(void);
 
 /* "cl100k_base" / "o200k_base" -> *out. SVC_EINVAL for any other name. */
-int svc_tokenizer_encoding_from_name(const char *name, enum svc_tok_encoding_e *out) SVC_MUST_CHECK;
+int svc_tokenizer_encoding_from_name(const char *name, enum svc_tokenizer_encoding_e *out) SVC_MUST_CHECK;
 
 /* The encoding's name ("cl100k_base"); "unknown" for a value out of range. */
-const char *svc_tokenizer_encoding_name(enum svc_tok_encoding_e enc);
+const char *svc_tokenizer_encoding_name(enum svc_tokenizer_encoding_e enc);
 
 /*
  * Encodes text[0..len) into a new array of token ids: *ids (caller frees with free()) and *n.
