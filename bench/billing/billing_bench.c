@@ -80,7 +80,7 @@ static int one_store(struct ctx *c, long i, int settle)
     ri.prompt_tokens = 120;
     ri.max_completion_tokens = 500;
     ri.source = "bench";
-    if ((rc = billing_reserve(c->store, &ri, &ro)) != SVC_OK)
+    if ((rc = billing_reserve(c->store, &ri, &ro, NULL, 0)) != SVC_OK)
         return rc;
     if (ro.result != BILLING_RESERVE_OK)
         return SVC_ECONFLICT;
@@ -89,7 +89,7 @@ static int one_store(struct ctx *c, long i, int settle)
     si.request_id = rid;
     si.prompt_tokens = 120;
     si.completion_tokens = 80;
-    return billing_settle(c->store, &si, &so);
+    return billing_settle(c->store, &si, &so, NULL, 0);
 }
 
 static int one_rpc(struct ctx *c, long i)
@@ -289,7 +289,7 @@ int main(int argc, char **argv)
             goto out;
         for (int64_t base = 900000000; base <= 900000200; base += 100)
             if (billing_account_create(store, base + u, "bench", 1000000000000000LL, 0, "bench", &a,
-                                       &existed) != SVC_OK)
+                                       &existed, NULL, 0) != SVC_OK)
                 goto out;
     }
     svc_db_conn_put(db, &c);

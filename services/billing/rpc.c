@@ -36,11 +36,9 @@ static struct {
 static struct billing_store *store;
 static struct billing_relay *relay; /* NULL: no relay to wake (tests, fuzzing) */
 
-/* Maps a store error to the RPC reply (text from the store when it gave one). */
-static int fail(struct svc_rpc_call *call, int rc)
+/* Maps a store error to the RPC reply (the store's reason in why when it gave one). */
+static int fail(struct svc_rpc_call *call, int rc, const char *why)
 {
-    const char *why = billing_store_why();
-
     svc_metric_add(&rpc_stats.billing_rpc_errors_total, 1);
     if (why[0] != '\0')
         svc_rpc_set_error(call, "%s", why);
@@ -75,6 +73,7 @@ static Chatweb__Billing__Account *account_msg(struct svc_rpc_call *call,
 static int rpc_create_account(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
                               ProtobufCMessage *out_msg)
 {
+    char why[BILLING_WHY_MAX] = "";
     const Chatweb__Billing__CreateAccountRequest *in = (const void *)in_msg;
     Chatweb__Billing__CreateAccountResponse *out = (void *)out_msg;
     struct billing_account a;
@@ -82,9 +81,9 @@ static int rpc_create_account(void *ctx, struct svc_rpc_call *call, const Protob
 
     (void)ctx;
     rc = billing_account_create(store, in->user_id, in->username, in->initial_units, in->unlimited,
-                                in->actor, &a, &existed);
+                                in->actor, &a, &existed, why, sizeof(why));
     if (rc != SVC_OK)
-        return fail(call, rc);
+        return fail(call, rc, why);
     if (!existed && in->initial_units > 0)
         billing_relay_kick(relay);
     out->existed = existed;
@@ -95,14 +94,15 @@ static int rpc_create_account(void *ctx, struct svc_rpc_call *call, const Protob
 static int rpc_get_account(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
                            ProtobufCMessage *out_msg)
 {
+    char why[BILLING_WHY_MAX] = "";
     const Chatweb__Billing__GetAccountRequest *in = (const void *)in_msg;
     Chatweb__Billing__GetAccountResponse *out = (void *)out_msg;
     struct billing_account a;
     int rc;
 
     (void)ctx;
-    if ((rc = billing_account_get(store, in->user_id, &a)) != SVC_OK)
-        return fail(call, rc);
+    if ((rc = billing_account_get(store, in->user_id, &a, why, sizeof(why))) != SVC_OK)
+        return fail(call, rc, why);
     out->account = account_msg(call, &a);
     return out->account ? SVC_OK : SVC_ENOMEM;
 }
@@ -110,13 +110,14 @@ static int rpc_get_account(void *ctx, struct svc_rpc_call *call, const ProtobufC
 static int rpc_delete_account(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
                               ProtobufCMessage *out_msg)
 {
+    char why[BILLING_WHY_MAX] = "";
     const Chatweb__Billing__DeleteAccountRequest *in = (const void *)in_msg;
     Chatweb__Billing__DeleteAccountResponse *out = (void *)out_msg;
     int deleted = 0, rc;
 
     (void)ctx;
-    if ((rc = billing_account_delete(store, in->user_id, &deleted)) != SVC_OK)
-        return fail(call, rc);
+    if ((rc = billing_account_delete(store, in->user_id, &deleted, why, sizeof(why))) != SVC_OK)
+        return fail(call, rc, why);
     out->deleted = deleted;
     SVC_LOG_NOTICE(svc_rpc_request_id(call), "delete-account", "user_id=%lld actor=\"%s\" %s",
                    (long long)in->user_id, in->actor, deleted ? "deleted" : "no account");
@@ -126,6 +127,7 @@ static int rpc_delete_account(void *ctx, struct svc_rpc_call *call, const Protob
 static int rpc_reserve(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
                        ProtobufCMessage *out_msg)
 {
+    char why[BILLING_WHY_MAX] = "";
     const Chatweb__Billing__ReserveRequest *in = (const void *)in_msg;
     Chatweb__Billing__ReserveResponse *out = (void *)out_msg;
     struct billing_reserve_in ri = {
@@ -144,8 +146,8 @@ static int rpc_reserve(void *ctx, struct svc_rpc_call *call, const ProtobufCMess
     int rc;
 
     (void)ctx;
-    if ((rc = billing_reserve(store, &ri, &ro)) != SVC_OK)
-        return fail(call, rc);
+    if ((rc = billing_reserve(store, &ri, &ro, why, sizeof(why))) != SVC_OK)
+        return fail(call, rc, why);
     out->result = (Chatweb__Billing__ReserveResult)ro.result;
     out->held_units = ro.held_units;
     out->completion_limit = ro.completion_limit;
@@ -166,6 +168,7 @@ static int rpc_reserve(void *ctx, struct svc_rpc_call *call, const ProtobufCMess
 static int rpc_settle(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
                       ProtobufCMessage *out_msg)
 {
+    char why[BILLING_WHY_MAX] = "";
     const Chatweb__Billing__SettleRequest *in = (const void *)in_msg;
     Chatweb__Billing__SettleResponse *out = (void *)out_msg;
     struct billing_settle_in si = {in->request_id, in->prompt_tokens, in->completion_tokens,
@@ -174,8 +177,8 @@ static int rpc_settle(void *ctx, struct svc_rpc_call *call, const ProtobufCMessa
     int rc;
 
     (void)ctx;
-    if ((rc = billing_settle(store, &si, &so)) != SVC_OK)
-        return fail(call, rc);
+    if ((rc = billing_settle(store, &si, &so, why, sizeof(why))) != SVC_OK)
+        return fail(call, rc, why);
     out->charged_units = so.charged;
     out->refunded_units = so.refunded;
     out->balance = so.balance;
@@ -193,14 +196,15 @@ static int rpc_settle(void *ctx, struct svc_rpc_call *call, const ProtobufCMessa
 static int rpc_release(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
                        ProtobufCMessage *out_msg)
 {
+    char why[BILLING_WHY_MAX] = "";
     const Chatweb__Billing__ReleaseRequest *in = (const void *)in_msg;
     Chatweb__Billing__ReleaseResponse *out = (void *)out_msg;
     struct billing_release_out ro;
     int rc;
 
     (void)ctx;
-    if ((rc = billing_release(store, in->request_id, in->reason, &ro)) != SVC_OK)
-        return fail(call, rc);
+    if ((rc = billing_release(store, in->request_id, in->reason, &ro, why, sizeof(why))) != SVC_OK)
+        return fail(call, rc, why);
     out->refunded_units = ro.refunded;
     out->balance = ro.balance;
     out->already_closed = ro.already_closed;
@@ -214,6 +218,7 @@ static int rpc_release(void *ctx, struct svc_rpc_call *call, const ProtobufCMess
 static int rpc_recharge(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
                         ProtobufCMessage *out_msg)
 {
+    char why[BILLING_WHY_MAX] = "";
     const Chatweb__Billing__RechargeRequest *in = (const void *)in_msg;
     Chatweb__Billing__RechargeResponse *out = (void *)out_msg;
     struct billing_credit_in ci = {in->user_id,         in->units, 0,
@@ -222,8 +227,8 @@ static int rpc_recharge(void *ctx, struct svc_rpc_call *call, const ProtobufCMes
     int rc;
 
     (void)ctx;
-    if ((rc = billing_recharge(store, &ci, &co)) != SVC_OK)
-        return fail(call, rc);
+    if ((rc = billing_recharge(store, &ci, &co, why, sizeof(why))) != SVC_OK)
+        return fail(call, rc, why);
     out->duplicate = co.duplicate;
     out->ledger_id = co.ledger_id;
     out->account = account_msg(call, &co.account);
@@ -240,6 +245,7 @@ static int rpc_recharge(void *ctx, struct svc_rpc_call *call, const ProtobufCMes
 static int rpc_adjust(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
                       ProtobufCMessage *out_msg)
 {
+    char why[BILLING_WHY_MAX] = "";
     const Chatweb__Billing__AdjustRequest *in = (const void *)in_msg;
     Chatweb__Billing__AdjustResponse *out = (void *)out_msg;
     struct billing_credit_in ci = {in->user_id,         in->units, in->force,
@@ -248,8 +254,8 @@ static int rpc_adjust(void *ctx, struct svc_rpc_call *call, const ProtobufCMessa
     int rc;
 
     (void)ctx;
-    if ((rc = billing_adjust(store, &ci, &co)) != SVC_OK)
-        return fail(call, rc);
+    if ((rc = billing_adjust(store, &ci, &co, why, sizeof(why))) != SVC_OK)
+        return fail(call, rc, why);
     out->duplicate = co.duplicate;
     out->ledger_id = co.ledger_id;
     out->account = account_msg(call, &co.account);
@@ -275,6 +281,7 @@ static char *rows_str(struct svc_rpc_call *call, struct svc_db_rows *rows, size_
 static int rpc_usage(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
                      ProtobufCMessage *out_msg)
 {
+    char why[BILLING_WHY_MAX] = "";
     const Chatweb__Billing__UsageRequest *in = (const void *)in_msg;
     Chatweb__Billing__UsageResponse *out = (void *)out_msg;
     struct svc_db_rows *rows = NULL;
@@ -290,10 +297,10 @@ static int rpc_usage(void *ctx, struct svc_rpc_call *call, const ProtobufCMessag
                           USAGE_DAYS_MAX);
         return SVC_EINVAL;
     }
-    if ((rc = billing_account_get(store, in->user_id, &a)) != SVC_OK)
-        return fail(call, rc);
+    if ((rc = billing_account_get(store, in->user_id, &a, why, sizeof(why))) != SVC_OK)
+        return fail(call, rc, why);
     if ((rc = billing_usage_ledger(store, in->user_id, in->before_id, limit + 1, &rows)) != SVC_OK)
-        return fail(call, rc);
+        return fail(call, rc, why);
     n = svc_db_rows_count(rows);
     if (n > (size_t)limit) {
         n = (size_t)limit;
@@ -325,7 +332,7 @@ static int rpc_usage(void *ctx, struct svc_rpc_call *call, const ProtobufCMessag
     svc_db_rows_destroy(&rows);
     if (in->days > 0) {
         if ((rc = billing_usage_daily(store, in->user_id, in->days, &rows)) != SVC_OK)
-            return fail(call, rc);
+            return fail(call, rc, why);
         n = svc_db_rows_count(rows);
         out->daily = svc_rpc_alloc(call, (n ? n : 1) * sizeof(*out->daily));
         if (out->daily == NULL)
@@ -378,6 +385,7 @@ static Chatweb__Billing__ModelPrice *price_msg(struct svc_rpc_call *call, const 
 static int rpc_list_prices(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
                            ProtobufCMessage *out_msg)
 {
+    char why[BILLING_WHY_MAX] = "";
     Chatweb__Billing__ListPricesResponse *out = (void *)out_msg;
     struct billing_price_row env[BILLING_PRICE_ENTRIES_MAX + 1];
     struct svc_db_rows *rows = NULL;
@@ -387,7 +395,7 @@ static int rpc_list_prices(void *ctx, struct svc_rpc_call *call, const ProtobufC
     (void)in_msg;
     (void)ctx;
     if ((rc = billing_price_rows(store, &rows, &out->version)) != SVC_OK)
-        return fail(call, rc);
+        return fail(call, rc, why);
     out->applied_version = billing_store_prices_version(store);
     n_env =
         billing_prices_rows(billing_store_env_prices(store), env, BILLING_PRICE_ENTRIES_MAX + 1);
@@ -436,15 +444,16 @@ nomem:
 static int rpc_set_price(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
                          ProtobufCMessage *out_msg)
 {
+    char why[BILLING_WHY_MAX] = "";
     const Chatweb__Billing__SetPriceRequest *in = (const void *)in_msg;
     Chatweb__Billing__SetPriceResponse *out = (void *)out_msg;
     struct billing_ratio r;
     int created = 0, rc;
 
     (void)ctx;
-    if ((rc = billing_price_set(store, in->model, in->input, in->output, in->actor, &r,
-                                &created)) != SVC_OK)
-        return fail(call, rc);
+    if ((rc = billing_price_set(store, in->model, in->input, in->output, in->actor, &r, &created,
+                                why, sizeof(why))) != SVC_OK)
+        return fail(call, rc, why);
     out->created = created;
     out->price = price_msg(call, in->model, r, "sql");
     if (out->price != NULL) {
@@ -466,13 +475,15 @@ static int rpc_set_price(void *ctx, struct svc_rpc_call *call, const ProtobufCMe
 static int rpc_delete_price(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
                             ProtobufCMessage *out_msg)
 {
+    char why[BILLING_WHY_MAX] = "";
     const Chatweb__Billing__DeletePriceRequest *in = (const void *)in_msg;
     Chatweb__Billing__DeletePriceResponse *out = (void *)out_msg;
     int deleted = 0, rc;
 
     (void)ctx;
-    if ((rc = billing_price_delete(store, in->model, in->actor, &deleted)) != SVC_OK)
-        return fail(call, rc);
+    if ((rc = billing_price_delete(store, in->model, in->actor, &deleted, why, sizeof(why))) !=
+        SVC_OK)
+        return fail(call, rc, why);
     out->deleted = deleted;
     SVC_LOG_NOTICE(svc_rpc_request_id(call), "delete-price", "model=\"%s\" actor=\"%s\" %s",
                    in->model, in->actor, deleted ? "deleted" : "had no SQL price");

@@ -38,22 +38,25 @@ static struct billing_ratio price_of(struct billing_store *s, const char *model)
     return r;
 }
 
-static _Thread_local char why_buf[256];
-
-const char *billing_store_why(void)
-{
-    return why_buf;
-}
-
-static int why(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int why(int rc, const char *fmt, ...)
+/* Writes the reason of a refusal into the caller's err[errlen] (err may be NULL); returns rc. */
+static int why(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int why(char *err, size_t errlen, int rc, const char *fmt, ...)
 {
     va_list ap;
 
+    if (err == NULL || errlen == 0)
+        return rc;
     va_start(ap, fmt);
-    vsnprintf(why_buf, sizeof(why_buf), fmt, ap);
+    vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
     return rc;
+}
+
+static void why_clear(char *err, size_t errlen)
+{
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
 }
 
 /* ---- schema ---- */
@@ -188,38 +191,41 @@ static const char *nz(const char *s)
     return s ? s : "";
 }
 
-static int check_text(const char *what, const char *s, size_t max, int required)
+static int check_text(char *err, size_t errlen, const char *what, const char *s, size_t max,
+                      int required)
 {
     size_t n = s ? strlen(s) : 0;
 
     if (required && n == 0)
-        return why(SVC_EINVAL, "%s is required", what);
+        return why(err, errlen, SVC_EINVAL, "%s is required", what);
     if (n > max)
-        return why(SVC_EINVAL, "%s is longer than %zu bytes", what, max);
+        return why(err, errlen, SVC_EINVAL, "%s is longer than %zu bytes", what, max);
     if (!svc_util_utf8_valid(nz(s), n))
-        return why(SVC_EINVAL, "%s is not valid UTF-8", what);
+        return why(err, errlen, SVC_EINVAL, "%s is not valid UTF-8", what);
     return SVC_OK;
 }
 
-static int check_tokens(const char *what, int64_t v)
+static int check_tokens(char *err, size_t errlen, const char *what, int64_t v)
 {
     if (v < 0 || v > BILLING_TOKENS_MAX)
-        return why(SVC_EINVAL, "%s out of range 0..%lld: %lld", what, BILLING_TOKENS_MAX,
-                   (long long)v);
+        return why(err, errlen, SVC_EINVAL, "%s out of range 0..%lld: %lld", what,
+                   BILLING_TOKENS_MAX, (long long)v);
     return SVC_OK;
 }
 
-static int check_user(int64_t uid)
+static int check_user(char *err, size_t errlen, int64_t uid)
 {
-    return uid > 0 ? SVC_OK : why(SVC_EINVAL, "user_id must be > 0");
+    return uid > 0 ? SVC_OK : why(err, errlen, SVC_EINVAL, "user_id must be > 0");
 }
 
-/* A transaction body run by svc_db_tx_group, perhaps on another thread: carries its reason
- * (thread-local why_buf) back to the caller's thread. The SQL error text is logged by svc_db. */
+/* A transaction body run by svc_db_tx_group, perhaps on another thread, and perhaps more than
+ * once: each run starts with the caller's err cleared (the caller blocks meanwhile). The SQL error
+ * text is logged by svc_db. */
 struct grouped_tx {
     svc_db_tx_cb fn;
     void *arg;
-    char why[sizeof(why_buf)];
+    char *err;
+    size_t errlen;
 };
 
 static int grouped_body(void *arg, struct svc_db_conn *c)
@@ -227,9 +233,8 @@ static int grouped_body(void *arg, struct svc_db_conn *c)
     struct grouped_tx *g = arg;
     int rc;
 
-    why_buf[0] = '\0';
+    why_clear(g->err, g->errlen);
     rc = g->fn(g->arg, c);
-    memcpy(g->why, why_buf, sizeof(g->why));
     return rc;
 }
 
@@ -237,13 +242,12 @@ static int grouped_body(void *arg, struct svc_db_conn *c)
  * Runs fn in a transaction, grouped with the transactions other threads run at the same moment
  * (one COMMIT for all of them: docs/billing.md, "Group commit").
  */
-static int with_tx(struct billing_store *s, svc_db_tx_cb fn, void *arg)
+static int with_tx(struct billing_store *s, svc_db_tx_cb fn, void *arg, char *err, size_t errlen)
 {
-    struct grouped_tx g = {.fn = fn, .arg = arg};
+    struct grouped_tx g = {.fn = fn, .arg = arg, .err = err, .errlen = errlen};
     int rc;
 
     rc = svc_db_tx_group(s->db, grouped_body, &g);
-    memcpy(why_buf, g.why, sizeof(why_buf));
     if (rc != SVC_OK && rc != SVC_ENOTFOUND && rc != SVC_EEXIST && rc != SVC_EINVAL &&
         rc != SVC_ECONFLICT && rc != SVC_ETOOLARGE)
         SVC_LOG_WARN(NULL, "billing-sql", "%s", svc_strerror(rc));
@@ -584,7 +588,7 @@ static int reserve_tx(void *arg, struct svc_db_conn *c)
 }
 
 int billing_reserve(struct billing_store *s, const struct billing_reserve_in *in,
-                    struct billing_reserve_out *out)
+                    struct billing_reserve_out *out, char *err, size_t errlen)
 {
     struct reserve_ctx x = {s, in, out};
     struct svc_db_conn *c = NULL;
@@ -592,17 +596,20 @@ int billing_reserve(struct billing_store *s, const struct billing_reserve_in *in
     struct acct_row a;
     int rc;
 
-    why_buf[0] = '\0';
-    if ((rc = check_text("request_id", in->request_id, BILLING_ID_MAX, 1)) != SVC_OK ||
-        (rc = check_user(in->user_id)) != SVC_OK ||
-        (rc = check_text("model", in->model, BILLING_PRICE_MODEL_MAX, 0)) != SVC_OK ||
-        (rc = check_text("source", in->source, BILLING_SOURCE_MAX, 0)) != SVC_OK ||
-        (rc = check_text("username", in->username, BILLING_NAME_MAX - 1, 0)) != SVC_OK ||
-        (rc = check_tokens("prompt_tokens", in->prompt_tokens)) != SVC_OK ||
-        (rc = check_tokens("max_completion_tokens", in->max_completion_tokens)) != SVC_OK ||
-        (rc = check_tokens("min_completion_tokens", in->min_completion_tokens)) != SVC_OK)
+    why_clear(err, errlen);
+    if ((rc = check_text(err, errlen, "request_id", in->request_id, BILLING_ID_MAX, 1)) != SVC_OK ||
+        (rc = check_user(err, errlen, in->user_id)) != SVC_OK ||
+        (rc = check_text(err, errlen, "model", in->model, BILLING_PRICE_MODEL_MAX, 0)) != SVC_OK ||
+        (rc = check_text(err, errlen, "source", in->source, BILLING_SOURCE_MAX, 0)) != SVC_OK ||
+        (rc = check_text(err, errlen, "username", in->username, BILLING_NAME_MAX - 1, 0)) !=
+            SVC_OK ||
+        (rc = check_tokens(err, errlen, "prompt_tokens", in->prompt_tokens)) != SVC_OK ||
+        (rc = check_tokens(err, errlen, "max_completion_tokens", in->max_completion_tokens)) !=
+            SVC_OK ||
+        (rc = check_tokens(err, errlen, "min_completion_tokens", in->min_completion_tokens)) !=
+            SVC_OK)
         return rc;
-    rc = with_tx(s, reserve_tx, &x);
+    rc = with_tx(s, reserve_tx, &x, err, errlen);
     if (rc != SVC_EEXIST)
         return rc;
     /* A replay of a request id: answer with the hold it already has. */
@@ -614,9 +621,9 @@ int billing_reserve(struct billing_store *s, const struct billing_reserve_in *in
     if (rc != SVC_OK)
         return rc;
     if (!h.found)
-        return why(SVC_ECONFLICT, "request_id collided and vanished; retry");
+        return why(err, errlen, SVC_ECONFLICT, "request_id collided and vanished; retry");
     if (h.user_id != in->user_id)
-        return why(SVC_ECONFLICT, "request_id is in use by another user");
+        return why(err, errlen, SVC_ECONFLICT, "request_id is in use by another user");
     memset(out, 0, sizeof(*out));
     out->result = BILLING_RESERVE_OK;
     out->duplicate = 1;
@@ -634,6 +641,8 @@ struct settle_ctx {
     struct billing_store *s;
     const struct billing_settle_in *in;
     struct billing_settle_out *out;
+    char *err; /* the caller's, for why() */
+    size_t errlen;
 };
 
 static int settle_tx(void *arg, struct svc_db_conn *c)
@@ -654,11 +663,11 @@ static int settle_tx(void *arg, struct svc_db_conn *c)
     if ((rc = hold_read(c, in->request_id, 1, &h)) != SVC_OK)
         return rc;
     if (!h.found)
-        return why(SVC_ENOTFOUND, "no hold for this request_id");
+        return why(x->err, x->errlen, SVC_ENOTFOUND, "no hold for this request_id");
     if ((rc = acct_read(c, h.user_id, 1, &a)) != SVC_OK)
         return rc;
     if (!a.found)
-        return why(SVC_ENOTFOUND, "the account of this hold is gone");
+        return why(x->err, x->errlen, SVC_ENOTFOUND, "the account of this hold is gone");
     if (h.state == BILLING_HOLD_SETTLED || h.state == BILLING_HOLD_SETTLED_LATE) {
         out->already_settled = 1;
         out->charged = h.charged;
@@ -666,7 +675,7 @@ static int settle_tx(void *arg, struct svc_db_conn *c)
         return SVC_OK;
     }
     if (h.state == BILLING_HOLD_RELEASED || h.state == BILLING_HOLD_RELEASED_LATE)
-        return why(SVC_ECONFLICT, "the hold was released; nothing to settle");
+        return why(x->err, x->errlen, SVC_ECONFLICT, "the hold was released; nothing to settle");
     model = in->model && in->model[0] ? in->model : h.model;
     r = price_of(x->s, model);
     cost = billing_units_for(in->prompt_tokens, r.in_milli) +
@@ -710,18 +719,20 @@ static int settle_tx(void *arg, struct svc_db_conn *c)
 }
 
 int billing_settle(struct billing_store *s, const struct billing_settle_in *in,
-                   struct billing_settle_out *out)
+                   struct billing_settle_out *out, char *err, size_t errlen)
 {
     struct settle_ctx x = {s, in, out};
     int rc;
 
-    why_buf[0] = '\0';
-    if ((rc = check_text("request_id", in->request_id, BILLING_ID_MAX, 1)) != SVC_OK ||
-        (rc = check_text("model", in->model, BILLING_PRICE_MODEL_MAX, 0)) != SVC_OK ||
-        (rc = check_tokens("prompt_tokens", in->prompt_tokens)) != SVC_OK ||
-        (rc = check_tokens("completion_tokens", in->completion_tokens)) != SVC_OK)
+    x.err = err;
+    x.errlen = errlen;
+    why_clear(err, errlen);
+    if ((rc = check_text(err, errlen, "request_id", in->request_id, BILLING_ID_MAX, 1)) != SVC_OK ||
+        (rc = check_text(err, errlen, "model", in->model, BILLING_PRICE_MODEL_MAX, 0)) != SVC_OK ||
+        (rc = check_tokens(err, errlen, "prompt_tokens", in->prompt_tokens)) != SVC_OK ||
+        (rc = check_tokens(err, errlen, "completion_tokens", in->completion_tokens)) != SVC_OK)
         return rc;
-    return with_tx(s, settle_tx, &x);
+    return with_tx(s, settle_tx, &x, err, errlen);
 }
 
 /* ---- release ---- */
@@ -729,6 +740,8 @@ int billing_settle(struct billing_store *s, const struct billing_settle_in *in,
 struct release_ctx {
     const char *request_id, *reason;
     struct billing_release_out *out;
+    char *err; /* the caller's, for why() */
+    size_t errlen;
 };
 
 static int release_tx(void *arg, struct svc_db_conn *c)
@@ -745,7 +758,7 @@ static int release_tx(void *arg, struct svc_db_conn *c)
     if ((rc = hold_read(c, x->request_id, 1, &h)) != SVC_OK)
         return rc;
     if (!h.found)
-        return why(SVC_ENOTFOUND, "no hold for this request_id");
+        return why(x->err, x->errlen, SVC_ENOTFOUND, "no hold for this request_id");
     if ((rc = acct_read(c, h.user_id, 1, &a)) != SVC_OK)
         return rc;
     if (h.state != BILLING_HOLD_OPEN && h.state != BILLING_HOLD_EXPIRED) {
@@ -754,7 +767,7 @@ static int release_tx(void *arg, struct svc_db_conn *c)
         return SVC_OK;
     }
     if (!a.found)
-        return why(SVC_ENOTFOUND, "the account of this hold is gone");
+        return why(x->err, x->errlen, SVC_ENOTFOUND, "the account of this hold is gone");
     if (h.state == BILLING_HOLD_OPEN) {
         if ((rc = acct_delta(c, &a, 0, 0, -h.units, 0, now)) != SVC_OK ||
             (rc = hold_close(c, x->request_id, BILLING_HOLD_OPEN, BILLING_HOLD_RELEASED, 0, 0, 0,
@@ -781,16 +794,18 @@ static int release_tx(void *arg, struct svc_db_conn *c)
 }
 
 int billing_release(struct billing_store *s, const char *request_id, const char *reason,
-                    struct billing_release_out *out)
+                    struct billing_release_out *out, char *err, size_t errlen)
 {
     struct release_ctx x = {request_id, reason, out};
     int rc;
 
-    why_buf[0] = '\0';
-    if ((rc = check_text("request_id", request_id, BILLING_ID_MAX, 1)) != SVC_OK ||
-        (rc = check_text("reason", reason, 1024, 0)) != SVC_OK)
+    x.err = err;
+    x.errlen = errlen;
+    why_clear(err, errlen);
+    if ((rc = check_text(err, errlen, "request_id", request_id, BILLING_ID_MAX, 1)) != SVC_OK ||
+        (rc = check_text(err, errlen, "reason", reason, 1024, 0)) != SVC_OK)
         return rc;
-    return with_tx(s, release_tx, &x);
+    return with_tx(s, release_tx, &x, err, errlen);
 }
 
 /* ---- expiry ---- */
@@ -896,6 +911,8 @@ struct credit_ctx {
     const char *kind;
     char idem[BILLING_ID_MAX + 16];
     char idem_hash[2 * crypto_hash_sha256_BYTES + 1];
+    char *err; /* the caller's, for why() */
+    size_t errlen;
 };
 
 /*
@@ -925,12 +942,12 @@ static int64_t abs64(int64_t v)
  * granted - used or the spendable balance of account r outside +-BILLING_SAFE_MAX. Every stored
  * value is within that range and |units| is far below 2^62, so the sums cannot overflow.
  */
-static int credit_in_range(const struct acct_row *r, int64_t units)
+static int credit_in_range(char *err, size_t errlen, const struct acct_row *r, int64_t units)
 {
     if (abs64(r->a.granted + units) > BILLING_SAFE_MAX ||
         abs64(r->a.granted - r->a.used + units) > BILLING_SAFE_MAX ||
         abs64(r->a.balance + units) > BILLING_SAFE_MAX)
-        return why(SVC_ETOOLARGE,
+        return why(err, errlen, SVC_ETOOLARGE,
                    "the balance would leave +-%lld (2^53 - 1, the largest integer JSON clients "
                    "read exactly): balance %lld, granted %lld, change %lld",
                    BILLING_SAFE_MAX, (long long)r->a.balance, (long long)r->a.granted,
@@ -950,7 +967,8 @@ static int credit_tx(void *arg, struct svc_db_conn *c)
     if ((rc = acct_read(c, in->user_id, 1, &a)) != SVC_OK)
         return rc;
     if (!a.found || a.deleted)
-        return why(SVC_ENOTFOUND, "no account for user_id %lld", (long long)in->user_id);
+        return why(x->err, x->errlen, SVC_ENOTFOUND, "no account for user_id %lld",
+                   (long long)in->user_id);
     if (x->idem[0]) {
         /* A key seen before is answered by credit() before any rule runs: an exact replay must
          * not be refused because the balance changed since, another request must hear that. */
@@ -965,11 +983,11 @@ static int credit_tx(void *arg, struct svc_db_conn *c)
         if (n > 0)
             return SVC_EEXIST;
     }
-    if ((rc = credit_in_range(&a, in->units)) != SVC_OK)
+    if ((rc = credit_in_range(x->err, x->errlen, &a, in->units)) != SVC_OK)
         return rc;
     if (strcmp(x->kind, "adjustment") == 0 && in->units < 0 && !in->force &&
         a.a.balance + in->units < 0)
-        return why(SVC_ECONFLICT,
+        return why(x->err, x->errlen, SVC_ECONFLICT,
                    "adjustment would take the balance below zero "
                    "(balance %lld, adjustment %lld); use force",
                    (long long)a.a.balance, (long long)in->units);
@@ -988,7 +1006,7 @@ static int credit_tx(void *arg, struct svc_db_conn *c)
 }
 
 static int credit(struct billing_store *s, const struct billing_credit_in *in,
-                  struct billing_credit_out *out, const char *kind)
+                  struct billing_credit_out *out, const char *kind, char *err, size_t errlen)
 {
     struct credit_ctx x = {in, out, kind, {0}, {0}};
     struct svc_db_conn *c = NULL;
@@ -996,18 +1014,21 @@ static int credit(struct billing_store *s, const struct billing_credit_in *in,
     struct acct_row a;
     int rc;
 
-    why_buf[0] = '\0';
+    x.err = err;
+    x.errlen = errlen;
+    why_clear(err, errlen);
     memset(out, 0, sizeof(*out));
-    if ((rc = check_user(in->user_id)) != SVC_OK ||
-        (rc = check_text("idempotency_key", in->idempotency_key, BILLING_ID_MAX, 0)) != SVC_OK ||
-        (rc = check_text("actor", in->actor, 128, 0)) != SVC_OK ||
-        (rc = check_text("note", in->note, 1024, 0)) != SVC_OK)
+    if ((rc = check_user(err, errlen, in->user_id)) != SVC_OK ||
+        (rc = check_text(err, errlen, "idempotency_key", in->idempotency_key, BILLING_ID_MAX, 0)) !=
+            SVC_OK ||
+        (rc = check_text(err, errlen, "actor", in->actor, 128, 0)) != SVC_OK ||
+        (rc = check_text(err, errlen, "note", in->note, 1024, 0)) != SVC_OK)
         return rc;
     if (in->idempotency_key && in->idempotency_key[0]) {
         snprintf(x.idem, sizeof(x.idem), "%s:%s", kind, in->idempotency_key);
         credit_hash(kind, in, x.idem_hash);
     }
-    rc = with_tx(s, credit_tx, &x);
+    rc = with_tx(s, credit_tx, &x, err, errlen);
     if (rc != SVC_EEXIST)
         return rc;
     /* The idempotency key was used before: the same request is answered with that credit and
@@ -1022,18 +1043,20 @@ static int credit(struct billing_store *s, const struct billing_credit_in *in,
     if (rc == SVC_OK && svc_db_rows_count(rows) == 1) {
         const char *h = svc_db_rows_text(rows, 0, 2);
         if (svc_db_rows_i64(rows, 0, 1) != in->user_id) {
-            rc = why(SVC_ECONFLICT, "idempotency_key was used for another user (a different "
-                                    "request)");
+            rc = why(err, errlen, SVC_ECONFLICT,
+                     "idempotency_key was used for another user (a different "
+                     "request)");
         } else if (h != NULL && h[0] != '\0' && strcmp(h, x.idem_hash) != 0) {
             /* rows written before the digest was stored (NULL) match any request of that user */
-            rc = why(SVC_ECONFLICT, "idempotency_key was used with a different request");
+            rc = why(err, errlen, SVC_ECONFLICT,
+                     "idempotency_key was used with a different request");
         } else if ((rc = acct_read(c, in->user_id, 0, &a)) == SVC_OK) {
             out->ledger_id = svc_db_rows_i64(rows, 0, 0);
             out->account = a.a;
             out->duplicate = 1;
         }
     } else if (rc == SVC_OK) {
-        rc = why(SVC_ECONFLICT, "idempotency_key collided; retry");
+        rc = why(err, errlen, SVC_ECONFLICT, "idempotency_key collided; retry");
     }
     svc_db_rows_destroy(&rows);
     svc_db_conn_put(s->db, &c);
@@ -1041,19 +1064,20 @@ static int credit(struct billing_store *s, const struct billing_credit_in *in,
 }
 
 int billing_recharge(struct billing_store *s, const struct billing_credit_in *in,
-                     struct billing_credit_out *out)
+                     struct billing_credit_out *out, char *err, size_t errlen)
 {
     if (in->units <= 0 || in->units > BILLING_UNITS_OP_MAX)
-        return why(SVC_EINVAL, "units must be 1..%lld", BILLING_UNITS_OP_MAX);
-    return credit(s, in, out, "recharge");
+        return why(err, errlen, SVC_EINVAL, "units must be 1..%lld", BILLING_UNITS_OP_MAX);
+    return credit(s, in, out, "recharge", err, errlen);
 }
 
 int billing_adjust(struct billing_store *s, const struct billing_credit_in *in,
-                   struct billing_credit_out *out)
+                   struct billing_credit_out *out, char *err, size_t errlen)
 {
     if (in->units == 0 || in->units > BILLING_UNITS_OP_MAX || in->units < -BILLING_UNITS_OP_MAX)
-        return why(SVC_EINVAL, "units must be non-zero and within +-%lld", BILLING_UNITS_OP_MAX);
-    return credit(s, in, out, "adjustment");
+        return why(err, errlen, SVC_EINVAL, "units must be non-zero and within +-%lld",
+                   BILLING_UNITS_OP_MAX);
+    return credit(s, in, out, "adjustment", err, errlen);
 }
 
 /* ---- accounts ---- */
@@ -1064,6 +1088,8 @@ struct create_ctx {
     int unlimited;
     struct billing_account *acct;
     int *existed;
+    char *err; /* the caller's, for why() */
+    size_t errlen;
 };
 
 static int create_tx(void *arg, struct svc_db_conn *c)
@@ -1100,7 +1126,7 @@ static int create_tx(void *arg, struct svc_db_conn *c)
         return rc;
     if (x->initial > 0) {
         /* a revived account keeps its history, so its initial credit is bounded too */
-        if ((rc = credit_in_range(&a, x->initial)) != SVC_OK ||
+        if ((rc = credit_in_range(x->err, x->errlen, &a, x->initial)) != SVC_OK ||
             (rc = acct_delta(c, &a, x->initial, 0, 0, 1, now)) != SVC_OK)
             return rc;
         l.kind = "recharge";
@@ -1115,31 +1141,34 @@ static int create_tx(void *arg, struct svc_db_conn *c)
 
 int billing_account_create(struct billing_store *s, int64_t user_id, const char *username,
                            int64_t initial_units, int unlimited, const char *actor,
-                           struct billing_account *acct, int *existed)
+                           struct billing_account *acct, int *existed, char *err, size_t errlen)
 {
     struct create_ctx x = {user_id, initial_units, username, actor, unlimited, acct, existed};
     int rc;
 
-    why_buf[0] = '\0';
+    x.err = err;
+    x.errlen = errlen;
+    why_clear(err, errlen);
     memset(acct, 0, sizeof(*acct));
-    if ((rc = check_user(user_id)) != SVC_OK ||
-        (rc = check_text("username", username, BILLING_NAME_MAX - 1, 0)) != SVC_OK ||
-        (rc = check_text("actor", actor, 128, 0)) != SVC_OK)
+    if ((rc = check_user(err, errlen, user_id)) != SVC_OK ||
+        (rc = check_text(err, errlen, "username", username, BILLING_NAME_MAX - 1, 0)) != SVC_OK ||
+        (rc = check_text(err, errlen, "actor", actor, 128, 0)) != SVC_OK)
         return rc;
     if (initial_units < 0 || initial_units > BILLING_UNITS_OP_MAX)
-        return why(SVC_EINVAL, "initial_units must be 0..%lld", BILLING_UNITS_OP_MAX);
-    return with_tx(s, create_tx, &x);
+        return why(err, errlen, SVC_EINVAL, "initial_units must be 0..%lld", BILLING_UNITS_OP_MAX);
+    return with_tx(s, create_tx, &x, err, errlen);
 }
 
-int billing_account_get(struct billing_store *s, int64_t user_id, struct billing_account *acct)
+int billing_account_get(struct billing_store *s, int64_t user_id, struct billing_account *acct,
+                        char *err, size_t errlen)
 {
     struct svc_db_conn *c = NULL;
     struct acct_row a;
     int rc;
 
-    why_buf[0] = '\0';
+    why_clear(err, errlen);
     memset(acct, 0, sizeof(*acct));
-    if ((rc = check_user(user_id)) != SVC_OK)
+    if ((rc = check_user(err, errlen, user_id)) != SVC_OK)
         return rc;
     if ((rc = svc_db_conn_get(s->db, &c, -1)) != SVC_OK)
         return rc;
@@ -1148,7 +1177,7 @@ int billing_account_get(struct billing_store *s, int64_t user_id, struct billing
     if (rc != SVC_OK)
         return rc;
     if (!a.found || a.deleted)
-        return why(SVC_ENOTFOUND, "no account for user_id %lld", (long long)user_id);
+        return why(err, errlen, SVC_ENOTFOUND, "no account for user_id %lld", (long long)user_id);
     *acct = a.a;
     return SVC_OK;
 }
@@ -1181,16 +1210,17 @@ static int delete_tx(void *arg, struct svc_db_conn *c)
     return rc;
 }
 
-int billing_account_delete(struct billing_store *s, int64_t user_id, int *deleted)
+int billing_account_delete(struct billing_store *s, int64_t user_id, int *deleted, char *err,
+                           size_t errlen)
 {
     struct delete_ctx x = {user_id, deleted};
     int rc;
 
-    why_buf[0] = '\0';
+    why_clear(err, errlen);
     *deleted = 0;
-    if ((rc = check_user(user_id)) != SVC_OK)
+    if ((rc = check_user(err, errlen, user_id)) != SVC_OK)
         return rc;
-    return with_tx(s, delete_tx, &x);
+    return with_tx(s, delete_tx, &x, err, errlen);
 }
 
 /* ---- usage ---- */
@@ -1244,6 +1274,8 @@ struct price_ctx {
     struct billing_ratio r;
     int del;
     int *changed; /* set: 1 = created; delete: 1 = deleted */
+    char *err;    /* the caller's, for why() */
+    size_t errlen;
 };
 
 static int price_tx(void *arg, struct svc_db_conn *c)
@@ -1278,7 +1310,8 @@ static int price_tx(void *arg, struct svc_db_conn *c)
             n = (uint64_t)svc_db_rows_i64(rows, 0, 0);
             svc_db_rows_destroy(&rows);
             if (n >= BILLING_PRICE_ENTRIES_MAX)
-                return why(SVC_ECONFLICT, "at most %d prices can be set", BILLING_PRICE_ENTRIES_MAX);
+                return why(x->err, x->errlen, SVC_ECONFLICT, "at most %d prices can be set",
+                           BILLING_PRICE_ENTRIES_MAX);
             struct svc_db_param q[] = {SVC_DB_TEXT(x->model), SVC_DB_I64(x->r.in_milli),
                                        SVC_DB_I64(x->r.out_milli), SVC_DB_I64(now),
                                        SVC_DB_TEXT(x->actor)};
@@ -1294,33 +1327,36 @@ static int price_tx(void *arg, struct svc_db_conn *c)
                        NULL, 0, NULL, NULL);
 }
 
-static int price_args(const char *model, const char *actor)
+static int price_args(char *err, size_t errlen, const char *model, const char *actor)
 {
     if (!billing_price_model_ok(model))
-        return why(SVC_EINVAL,
+        return why(err, errlen, SVC_EINVAL,
                    "model must be \"*\" or 1-%d bytes of A-Z a-z 0-9 . _ - : / @ +, not starting "
                    "with - or .",
                    BILLING_PRICE_MODEL_MAX - 1);
-    return check_text("actor", actor, 63, 0);
+    return check_text(err, errlen, "actor", actor, 63, 0);
 }
 
 int billing_price_set(struct billing_store *s, const char *model, const char *input,
-                      const char *output, const char *actor, struct billing_ratio *r, int *created)
+                      const char *output, const char *actor, struct billing_ratio *r, int *created,
+                      char *err, size_t errlen)
 {
     struct price_ctx x = {model, nz(actor), {0, 0}, 0, created};
     int rc;
 
-    why_buf[0] = '\0';
+    x.err = err;
+    x.errlen = errlen;
+    why_clear(err, errlen);
     *created = 0;
-    if ((rc = price_args(model, x.actor)) != SVC_OK)
+    if ((rc = price_args(err, errlen, model, x.actor)) != SVC_OK)
         return rc;
     if (billing_price_parse(input, &x.r.in_milli) != SVC_OK ||
         billing_price_parse(output, &x.r.out_milli) != SVC_OK)
-        return why(SVC_EINVAL,
+        return why(err, errlen, SVC_EINVAL,
                    "input and output must be units per token: digits with at most 3 decimals, "
                    "0 to %d (as in BILLING_PRICES)",
                    BILLING_PRICE_MILLI_MAX / 1000);
-    if ((rc = with_tx(s, price_tx, &x)) != SVC_OK)
+    if ((rc = with_tx(s, price_tx, &x, err, errlen)) != SVC_OK)
         return rc;
     *r = x.r;
     /* this replica prices with it at once; the others within their next poll */
@@ -1330,16 +1366,18 @@ int billing_price_set(struct billing_store *s, const char *model, const char *in
 }
 
 int billing_price_delete(struct billing_store *s, const char *model, const char *actor,
-                         int *deleted)
+                         int *deleted, char *err, size_t errlen)
 {
     struct price_ctx x = {model, nz(actor), {0, 0}, 1, deleted};
     int rc;
 
-    why_buf[0] = '\0';
+    x.err = err;
+    x.errlen = errlen;
+    why_clear(err, errlen);
     *deleted = 0;
-    if ((rc = price_args(model, x.actor)) != SVC_OK)
+    if ((rc = price_args(err, errlen, model, x.actor)) != SVC_OK)
         return rc;
-    if ((rc = with_tx(s, price_tx, &x)) != SVC_OK)
+    if ((rc = with_tx(s, price_tx, &x, err, errlen)) != SVC_OK)
         return rc;
     if (billing_store_prices_refresh(s) != SVC_OK)
         SVC_LOG_WARN(NULL, "prices", "reload after delete failed; the poll retries");

@@ -14,8 +14,8 @@
  * Spendable balance = granted - used - held. A ledger row's units are the signed change of
  * granted - used (the money actually moved); holds live in billing_holds and show as `held`.
  *
- * Return codes: 0, SVC_EINVAL (bad argument, reason in billing_store_why()), SVC_ENOTFOUND
- * (no such account / hold), SVC_ECONFLICT (a rule refused it: reason in billing_store_why()),
+ * Return codes: 0, SVC_EINVAL (bad argument, reason in err), SVC_ENOTFOUND (no such account /
+ * hold, reason in err), SVC_ECONFLICT (a rule refused it: reason in err),
  * SVC_ETOOLARGE (a sum would overflow), SVC_EUNAVAIL / SVC_ETIMEDOUT (SQL unreachable or pool
  * exhausted), SVC_EIO (other SQL failure, logged).
  */
@@ -30,6 +30,7 @@ struct svc_db_rows;
 struct billing_store;
 
 #define BILLING_ID_MAX 128                      /* bytes of a request id or idempotency key */
+#define BILLING_WHY_MAX 256                     /* bytes of an err buffer: holds every reason */
 #define BILLING_NAME_MAX 256                    /* bytes of a username */
 #define BILLING_NOTE_MAX 255                    /* bytes of a ledger note (longer notes are cut) */
 #define BILLING_SOURCE_MAX 16                   /* bytes of a source ("chat", "proxy") */
@@ -72,8 +73,13 @@ int billing_store_create(struct billing_store **out, struct svc_db *db,
                          const struct billing_store_opts *opts) SVC_MUST_CHECK;
 void billing_store_destroy(struct billing_store **s);
 
-/* The reason of this thread's last SVC_EINVAL / SVC_ECONFLICT ("" otherwise). Thread-local. */
-const char *billing_store_why(void);
+/*
+ * The calls that refuse for a reason a client must read (reserve, settle, release, recharge,
+ * adjust, account create/get/delete, price set/delete) end with `char *err, size_t errlen`: err
+ * (may be NULL) receives the reason of an SVC_EINVAL, SVC_ENOTFOUND, SVC_ECONFLICT or
+ * SVC_ETOOLARGE the store itself decided, and is "" otherwise (a SQL failure is logged instead).
+ * BILLING_WHY_MAX bytes hold every reason.
+ */
 
 /* ---- reserve / settle / release ---- */
 
@@ -109,7 +115,7 @@ struct billing_reserve_out {
  * for another user is SVC_ECONFLICT).
  */
 int billing_reserve(struct billing_store *s, const struct billing_reserve_in *in,
-                    struct billing_reserve_out *out) SVC_MUST_CHECK;
+                    struct billing_reserve_out *out, char *err, size_t errlen) SVC_MUST_CHECK;
 
 struct billing_settle_in {
     const char *request_id;
@@ -131,7 +137,7 @@ struct billing_settle_out {
  * Unknown request id: SVC_ENOTFOUND.
  */
 int billing_settle(struct billing_store *s, const struct billing_settle_in *in,
-                   struct billing_settle_out *out) SVC_MUST_CHECK;
+                   struct billing_settle_out *out, char *err, size_t errlen) SVC_MUST_CHECK;
 
 struct billing_release_out {
     int64_t refunded, balance;
@@ -141,7 +147,7 @@ struct billing_release_out {
 /* Frees an open hold untouched (no ledger row: granted - used does not change). After expiry,
  * refunds the expiry charge (one row "refund"). Closed holds: already_closed. */
 int billing_release(struct billing_store *s, const char *request_id, const char *reason,
-                    struct billing_release_out *out) SVC_MUST_CHECK;
+                    struct billing_release_out *out, char *err, size_t errlen) SVC_MUST_CHECK;
 
 /* Expires (charges in full, one row "expiry") up to max open holds whose time has passed.
  * *expired receives how many. Safe with several replicas sweeping at once. */
@@ -170,9 +176,9 @@ struct billing_credit_out {
 };
 
 int billing_recharge(struct billing_store *s, const struct billing_credit_in *in,
-                     struct billing_credit_out *out) SVC_MUST_CHECK;
+                     struct billing_credit_out *out, char *err, size_t errlen) SVC_MUST_CHECK;
 int billing_adjust(struct billing_store *s, const struct billing_credit_in *in,
-                   struct billing_credit_out *out) SVC_MUST_CHECK;
+                   struct billing_credit_out *out, char *err, size_t errlen) SVC_MUST_CHECK;
 
 /* ---- accounts ---- */
 
@@ -180,11 +186,13 @@ int billing_adjust(struct billing_store *s, const struct billing_credit_in *in,
  * deleted account is revived with its history. initial_units > 0 is one "recharge" row. */
 int billing_account_create(struct billing_store *s, int64_t user_id, const char *username,
                            int64_t initial_units, int unlimited, const char *actor,
-                           struct billing_account *acct, int *existed) SVC_MUST_CHECK;
-int billing_account_get(struct billing_store *s, int64_t user_id,
-                        struct billing_account *acct) SVC_MUST_CHECK;
+                           struct billing_account *acct, int *existed, char *err,
+                           size_t errlen) SVC_MUST_CHECK;
+int billing_account_get(struct billing_store *s, int64_t user_id, struct billing_account *acct,
+                        char *err, size_t errlen) SVC_MUST_CHECK;
 /* Marks the account deleted and releases its open holds; ledger rows stay. */
-int billing_account_delete(struct billing_store *s, int64_t user_id, int *deleted) SVC_MUST_CHECK;
+int billing_account_delete(struct billing_store *s, int64_t user_id, int *deleted, char *err,
+                           size_t errlen) SVC_MUST_CHECK;
 
 /* ---- usage ---- */
 
@@ -211,15 +219,15 @@ int billing_usage_daily(struct billing_store *s, int64_t user_id, int days,
  * BILLING_PRICES writes it, and bumps billing_price_version in the same transaction; then
  * reloads this replica's table (the others poll: billing_store_prices_refresh). *r receives the
  * ratio, *created 1 when the model had no SQL price. SVC_EINVAL (model or ratio, reason in
- * billing_store_why()), SVC_ECONFLICT (BILLING_PRICE_ENTRIES_MAX prices already), SQL errors.
+ * err), SVC_ECONFLICT (BILLING_PRICE_ENTRIES_MAX prices already), SQL errors.
  */
 int billing_price_set(struct billing_store *s, const char *model, const char *input,
-                      const char *output, const char *actor, struct billing_ratio *r,
-                      int *created) SVC_MUST_CHECK;
+                      const char *output, const char *actor, struct billing_ratio *r, int *created,
+                      char *err, size_t errlen) SVC_MUST_CHECK;
 
 /* Removes the SQL price of model (*deleted 0 when it had none; the version is then unchanged). */
 int billing_price_delete(struct billing_store *s, const char *model, const char *actor,
-                         int *deleted) SVC_MUST_CHECK;
+                         int *deleted, char *err, size_t errlen) SVC_MUST_CHECK;
 
 /*
  * The SQL prices, by model. Columns: 0 model, 1 in_milli, 2 out_milli, 3 updated_at_ms,

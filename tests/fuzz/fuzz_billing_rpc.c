@@ -94,9 +94,12 @@ static void setup(void)
         abort();
     }
     /* accounts the seeds' user ids name: a small balance, a large one, an unlimited one */
-    if (billing_account_create(store, 1, "small", 100, 0, "fuzz", &a, &existed) != SVC_OK ||
-        billing_account_create(store, 2, "large", 1000000000, 0, "fuzz", &a, &existed) != SVC_OK ||
-        billing_account_create(store, 3, "unlimited", 0, 1, "fuzz", &a, &existed) != SVC_OK)
+    if (billing_account_create(store, 1, "small", 100, 0, "fuzz", &a, &existed, NULL, 0) !=
+            SVC_OK ||
+        billing_account_create(store, 2, "large", 1000000000, 0, "fuzz", &a, &existed, NULL, 0) !=
+            SVC_OK ||
+        billing_account_create(store, 3, "unlimited", 0, 1, "fuzz", &a, &existed, NULL, 0) !=
+            SVC_OK)
         abort();
     billing_rpc_setup(store, NULL);
     fz_http_start(routes, sizeof(routes) / sizeof(routes[0]), SVC_HTTP_STYLE_TEXT, MAX_BODY, NULL,

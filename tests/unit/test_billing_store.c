@@ -39,7 +39,7 @@ static void check_consistent(struct svc_db *db, struct billing_store *s, int64_t
 {
     struct billing_account a;
 
-    T_EQ_INT(billing_account_get(s, uid, &a), SVC_OK);
+    T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
     T_EQ_INT(ledger_sum(db, uid, NULL), a.granted - a.used);
     T_EQ_INT(a.balance, a.granted - a.used - a.held);
 }
@@ -50,7 +50,7 @@ static int64_t new_user(struct billing_store *s, int64_t units)
     int existed = -1;
     int64_t uid = 100000 + (int64_t)getpid() * 100 + ++next_user;
 
-    T_EQ_INT(billing_account_create(s, uid, "u", units, 0, "test", &a, &existed), SVC_OK);
+    T_EQ_INT(billing_account_create(s, uid, "u", units, 0, "test", &a, &existed, NULL, 0), SVC_OK);
     T_EQ_INT(existed, 0);
     T_EQ_INT(a.balance, units);
     return uid;
@@ -58,6 +58,7 @@ static int64_t new_user(struct billing_store *s, int64_t units)
 
 static void reserve_rules(struct svc_db *db, struct billing_store *s)
 {
+    char why[BILLING_WHY_MAX];
     int64_t uid = new_user(s, 100);
     struct billing_reserve_in in = {.request_id = NULL,
                                     .user_id = uid,
@@ -72,7 +73,7 @@ static void reserve_rules(struct svc_db *db, struct billing_store *s)
     /* p=2:3 prices: prompt 10 -> 20 units; the rest (80) buys floor(80/3) = 26 tokens */
     snprintf(rid, sizeof(rid), "cap-%lld", (long long)uid);
     in.request_id = rid;
-    T_EQ_INT(billing_reserve(s, &in, &out), SVC_OK);
+    T_EQ_INT(billing_reserve(s, &in, &out, NULL, 0), SVC_OK);
     T_EQ_INT(out.result, BILLING_RESERVE_OK);
     T_EQ_INT(out.completion_limit, 26);
     T_EQ_INT(out.held_units, 20 + 78);
@@ -81,27 +82,27 @@ static void reserve_rules(struct svc_db *db, struct billing_store *s)
     si.request_id = rid;
     si.prompt_tokens = 10;
     si.completion_tokens = 500;
-    T_EQ_INT(billing_settle(s, &si, &so), SVC_OK);
+    T_EQ_INT(billing_settle(s, &si, &so, NULL, 0), SVC_OK);
     T_EQ_INT(so.charged, 100);
     T_EQ_INT(so.balance, 0);
-    T_EQ_INT(billing_settle(s, &si, &so), SVC_OK);
+    T_EQ_INT(billing_settle(s, &si, &so, NULL, 0), SVC_OK);
     T_EQ_INT(so.already_settled, 1);
     T_EQ_INT(so.charged, 100);
     check_consistent(db, s, uid);
     /* nothing left: refused, nothing changes */
     snprintf(rid, sizeof(rid), "none-%lld", (long long)uid);
-    T_EQ_INT(billing_reserve(s, &in, &out), SVC_OK);
+    T_EQ_INT(billing_reserve(s, &in, &out, NULL, 0), SVC_OK);
     T_EQ_INT(out.result, BILLING_RESERVE_INSUFFICIENT);
-    T_EQ_INT(billing_settle(s, &si, &so), SVC_ENOTFOUND);
+    T_EQ_INT(billing_settle(s, &si, &so, NULL, 0), SVC_ENOTFOUND);
     /* overflowing and negative inputs */
     in.prompt_tokens = -1;
-    T_EQ_INT(billing_reserve(s, &in, &out), SVC_EINVAL);
+    T_EQ_INT(billing_reserve(s, &in, &out, NULL, 0), SVC_EINVAL);
     in.prompt_tokens = INT64_MAX;
-    T_EQ_INT(billing_reserve(s, &in, &out), SVC_EINVAL);
-    T_ASSERT(strstr(billing_store_why(), "prompt_tokens") != NULL);
+    T_EQ_INT(billing_reserve(s, &in, &out, why, sizeof(why)), SVC_EINVAL);
+    T_ASSERT(strstr(why, "prompt_tokens") != NULL);
     in.user_id = 0;
     in.prompt_tokens = 1;
-    T_EQ_INT(billing_reserve(s, &in, &out), SVC_EINVAL);
+    T_EQ_INT(billing_reserve(s, &in, &out, NULL, 0), SVC_EINVAL);
 }
 
 static void expiry_rules(struct svc_db *db, struct billing_store *s)
@@ -121,19 +122,19 @@ static void expiry_rules(struct svc_db *db, struct billing_store *s)
     snprintf(r2, sizeof(r2), "exp2-%lld", (long long)uid);
     snprintf(r3, sizeof(r3), "exp3-%lld", (long long)uid);
     in.request_id = r1;
-    T_EQ_INT(billing_reserve(s, &in, &out), SVC_OK);
+    T_EQ_INT(billing_reserve(s, &in, &out, NULL, 0), SVC_OK);
     in.request_id = r2;
-    T_EQ_INT(billing_reserve(s, &in, &out), SVC_OK);
+    T_EQ_INT(billing_reserve(s, &in, &out, NULL, 0), SVC_OK);
     in.request_id = r3;
-    T_EQ_INT(billing_reserve(s, &in, &out), SVC_OK);
-    T_EQ_INT(billing_release(s, r3, "upstream failed", &ro), SVC_OK);
+    T_EQ_INT(billing_reserve(s, &in, &out, NULL, 0), SVC_OK);
+    T_EQ_INT(billing_release(s, r3, "upstream failed", &ro, NULL, 0), SVC_OK);
     T_EQ_INT(ro.refunded, 200);
     usleep(30 * 1000); /* ttl is 20 ms */
     T_EQ_INT(billing_expire_due(s, 100, &n), SVC_OK);
     T_ASSERT(n >= 2);
     T_EQ_INT(billing_expire_due(s, 100, &n), SVC_OK);
     T_EQ_INT(n, 0); /* each hold expires once */
-    T_EQ_INT(billing_account_get(s, uid, &a), SVC_OK);
+    T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
     T_EQ_INT(a.held, 0);
     T_EQ_INT(a.balance, 600);
     check_consistent(db, s, uid);
@@ -141,94 +142,98 @@ static void expiry_rules(struct svc_db *db, struct billing_store *s)
     si.request_id = r1;
     si.prompt_tokens = 100;
     si.completion_tokens = 5;
-    T_EQ_INT(billing_settle(s, &si, &so), SVC_OK);
+    T_EQ_INT(billing_settle(s, &si, &so, NULL, 0), SVC_OK);
     T_EQ_INT(so.charged, 105);
     T_EQ_INT(so.refunded, 95);
-    T_EQ_INT(billing_settle(s, &si, &so), SVC_OK);
+    T_EQ_INT(billing_settle(s, &si, &so, NULL, 0), SVC_OK);
     T_EQ_INT(so.already_settled, 1);
-    T_EQ_INT(billing_release(s, r2, "late", &ro), SVC_OK);
+    T_EQ_INT(billing_release(s, r2, "late", &ro, NULL, 0), SVC_OK);
     T_EQ_INT(ro.refunded, 200);
-    T_EQ_INT(billing_release(s, r2, "late", &ro), SVC_OK);
+    T_EQ_INT(billing_release(s, r2, "late", &ro, NULL, 0), SVC_OK);
     T_EQ_INT(ro.already_closed, 1);
     si.request_id = r3;
-    T_EQ_INT(billing_settle(s, &si, &so), SVC_ECONFLICT); /* released holds are not settled */
-    T_EQ_INT(billing_account_get(s, uid, &a), SVC_OK);
+    T_EQ_INT(billing_settle(s, &si, &so, NULL, 0),
+             SVC_ECONFLICT); /* released holds are not settled */
+    T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
     T_EQ_INT(a.balance, 1000 - 105);
     check_consistent(db, s, uid);
 }
 
 static void credit_rules(struct svc_db *db, struct billing_store *s)
 {
+    char why[BILLING_WHY_MAX];
     int64_t uid = new_user(s, 10);
     struct billing_credit_in ci = {.user_id = uid, .units = 5, .idempotency_key = "evt-1"};
     struct billing_credit_out co;
     struct billing_account a;
     int64_t first;
 
-    T_EQ_INT(billing_recharge(s, &ci, &co), SVC_OK);
+    T_EQ_INT(billing_recharge(s, &ci, &co, NULL, 0), SVC_OK);
     T_EQ_INT(co.duplicate, 0);
     first = co.ledger_id;
-    T_EQ_INT(billing_recharge(s, &ci, &co), SVC_OK);
+    T_EQ_INT(billing_recharge(s, &ci, &co, NULL, 0), SVC_OK);
     T_EQ_INT(co.duplicate, 1);
     T_EQ_INT(co.ledger_id, first);
     T_EQ_INT(co.account.balance, 15);
     /* the same key with another request is refused, never answered as if it were done */
     ci.units = 6;
-    T_EQ_INT(billing_recharge(s, &ci, &co), SVC_ECONFLICT);
-    T_ASSERT(strstr(billing_store_why(), "different request") != NULL);
-    T_EQ_INT(billing_account_get(s, uid, &a), SVC_OK);
+    T_EQ_INT(billing_recharge(s, &ci, &co, why, sizeof(why)), SVC_ECONFLICT);
+    T_ASSERT(strstr(why, "different request") != NULL);
+    T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
     T_EQ_INT(a.balance, 15);
     ci.units = -16;
-    T_EQ_INT(billing_adjust(s, &ci, &co), SVC_ECONFLICT); /* the adjust key space is separate */
+    T_EQ_INT(billing_adjust(s, &ci, &co, NULL, 0),
+             SVC_ECONFLICT); /* the adjust key space is separate */
     ci.force = 1;
-    T_EQ_INT(billing_adjust(s, &ci, &co), SVC_OK);
+    T_EQ_INT(billing_adjust(s, &ci, &co, NULL, 0), SVC_OK);
     T_EQ_INT(co.account.balance, -1);
     ci.force = 0; /* force is part of the request: a replay without it is another request */
-    T_EQ_INT(billing_adjust(s, &ci, &co), SVC_ECONFLICT);
-    T_ASSERT(strstr(billing_store_why(), "different request") != NULL);
+    T_EQ_INT(billing_adjust(s, &ci, &co, why, sizeof(why)), SVC_ECONFLICT);
+    T_ASSERT(strstr(why, "different request") != NULL);
     ci.force = 1;
-    T_EQ_INT(billing_adjust(s, &ci, &co), SVC_OK);
+    T_EQ_INT(billing_adjust(s, &ci, &co, NULL, 0), SVC_OK);
     T_EQ_INT(co.duplicate, 1);
     T_EQ_INT(co.account.balance, -1);
     ci.units = BILLING_UNITS_OP_MAX + 1;
-    T_EQ_INT(billing_recharge(s, &ci, &co), SVC_EINVAL);
+    T_EQ_INT(billing_recharge(s, &ci, &co, NULL, 0), SVC_EINVAL);
     ci.units = 0;
-    T_EQ_INT(billing_adjust(s, &ci, &co), SVC_EINVAL);
+    T_EQ_INT(billing_adjust(s, &ci, &co, NULL, 0), SVC_EINVAL);
     ci.user_id = 999999999999LL;
     ci.units = 1;
-    T_EQ_INT(billing_recharge(s, &ci, &co), SVC_ENOTFOUND);
+    T_EQ_INT(billing_recharge(s, &ci, &co, NULL, 0), SVC_ENOTFOUND);
     check_consistent(db, s, uid);
 }
 
 /* Every account value stays within +-(2^53 - 1), so JavaScript clients read it exactly. */
 static void safe_range_rules(struct svc_db *db, struct billing_store *s)
 {
+    char why[BILLING_WHY_MAX];
     int64_t uid = new_user(s, BILLING_UNITS_OP_MAX), neg = new_user(s, 0);
     struct billing_credit_in ci = {.user_id = uid, .units = BILLING_UNITS_OP_MAX};
     struct billing_credit_out co;
     struct billing_account a;
 
     for (int i = 0; i < 8; i++)
-        T_EQ_INT(billing_recharge(s, &ci, &co), SVC_OK);
+        T_EQ_INT(billing_recharge(s, &ci, &co, NULL, 0), SVC_OK);
     T_EQ_INT(co.account.balance, 9 * BILLING_UNITS_OP_MAX);
-    T_EQ_INT(billing_recharge(s, &ci, &co), SVC_ETOOLARGE);
-    T_ASSERT(strstr(billing_store_why(), "9007199254740991") != NULL);
-    T_EQ_INT(billing_account_get(s, uid, &a), SVC_OK);
+    T_EQ_INT(billing_recharge(s, &ci, &co, why, sizeof(why)), SVC_ETOOLARGE);
+    T_ASSERT(strstr(why, "9007199254740991") != NULL);
+    T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
     T_EQ_INT(a.balance, 9 * BILLING_UNITS_OP_MAX); /* nothing credited */
     ci.units = BILLING_SAFE_MAX - 9 * BILLING_UNITS_OP_MAX;
-    T_EQ_INT(billing_recharge(s, &ci, &co), SVC_OK);
+    T_EQ_INT(billing_recharge(s, &ci, &co, NULL, 0), SVC_OK);
     T_EQ_INT(co.account.balance, BILLING_SAFE_MAX);
     ci.units = 1;
-    T_EQ_INT(billing_adjust(s, &ci, &co), SVC_ETOOLARGE);
+    T_EQ_INT(billing_adjust(s, &ci, &co, NULL, 0), SVC_ETOOLARGE);
     check_consistent(db, s, uid);
 
     ci.user_id = neg;
     ci.units = -BILLING_UNITS_OP_MAX;
     ci.force = 1;
     for (int i = 0; i < 9; i++)
-        T_EQ_INT(billing_adjust(s, &ci, &co), SVC_OK);
-    T_EQ_INT(billing_adjust(s, &ci, &co), SVC_ETOOLARGE);
-    T_EQ_INT(billing_account_get(s, neg, &a), SVC_OK);
+        T_EQ_INT(billing_adjust(s, &ci, &co, NULL, 0), SVC_OK);
+    T_EQ_INT(billing_adjust(s, &ci, &co, NULL, 0), SVC_ETOOLARGE);
+    T_EQ_INT(billing_account_get(s, neg, &a, NULL, 0), SVC_OK);
     T_EQ_INT(a.balance, -9 * BILLING_UNITS_OP_MAX);
     check_consistent(db, s, neg);
 }
@@ -245,14 +250,14 @@ static void purge_rules(struct billing_store *s)
     snprintf(closed, sizeof(closed), "purge-c-%lld", (long long)uid);
     snprintf(open_, sizeof(open_), "purge-o-%lld", (long long)uid);
     in.request_id = closed;
-    T_EQ_INT(billing_reserve(s, &in, &out), SVC_OK);
-    T_EQ_INT(billing_release(s, closed, "", &ro), SVC_OK);
+    T_EQ_INT(billing_reserve(s, &in, &out, NULL, 0), SVC_OK);
+    T_EQ_INT(billing_release(s, closed, "", &ro, NULL, 0), SVC_OK);
     in.request_id = open_;
-    T_EQ_INT(billing_reserve(s, &in, &out), SVC_OK);
+    T_EQ_INT(billing_reserve(s, &in, &out, NULL, 0), SVC_OK);
     T_EQ_INT(billing_purge_closed(s, svc_util_wallclock_ms() + 1000, 1000, &n), SVC_OK);
     T_ASSERT(n >= 1);
-    T_EQ_INT(billing_release(s, closed, "", &ro), SVC_ENOTFOUND); /* past retention */
-    T_EQ_INT(billing_release(s, open_, "", &ro), SVC_OK);         /* open holds are kept */
+    T_EQ_INT(billing_release(s, closed, "", &ro, NULL, 0), SVC_ENOTFOUND); /* past retention */
+    T_EQ_INT(billing_release(s, open_, "", &ro, NULL, 0), SVC_OK);         /* open holds are kept */
     T_EQ_INT(ro.refunded, 2);
 }
 
@@ -268,31 +273,31 @@ static void price_rules(struct billing_store *s)
     int created = -1, deleted = -1, found = 0;
     char rid[64];
 
-    T_EQ_INT(billing_price_delete(s, "p", "t", &deleted), SVC_OK); /* a MariaDB reused */
+    T_EQ_INT(billing_price_delete(s, "p", "t", &deleted, NULL, 0), SVC_OK); /* a MariaDB reused */
     T_EQ_INT(billing_store_prices_refresh(s), SVC_OK);
     v0 = billing_store_prices_version(s);
     T_ASSERT(v0 >= 0);
-    T_EQ_INT(billing_price_set(s, "a b", "1", "1", "t", &r, &created), SVC_EINVAL);
-    T_EQ_INT(billing_price_set(s, "p", "1.2345", "1", "t", &r, &created), SVC_EINVAL);
-    T_EQ_INT(billing_price_set(s, "p", "1", "-1", "t", &r, &created), SVC_EINVAL);
-    T_EQ_INT(billing_price_set(s, "", "1", "1", "t", &r, &created), SVC_EINVAL);
+    T_EQ_INT(billing_price_set(s, "a b", "1", "1", "t", &r, &created, NULL, 0), SVC_EINVAL);
+    T_EQ_INT(billing_price_set(s, "p", "1.2345", "1", "t", &r, &created, NULL, 0), SVC_EINVAL);
+    T_EQ_INT(billing_price_set(s, "p", "1", "-1", "t", &r, &created, NULL, 0), SVC_EINVAL);
+    T_EQ_INT(billing_price_set(s, "", "1", "1", "t", &r, &created, NULL, 0), SVC_EINVAL);
     T_EQ_INT(billing_store_prices_version(s), v0);
 
     /* SQL p=5:7 over the env's p=2:3, applied at once, by prefix too */
-    T_EQ_INT(billing_price_set(s, "p", "5", "7", "t", &r, &created), SVC_OK);
+    T_EQ_INT(billing_price_set(s, "p", "5", "7", "t", &r, &created, NULL, 0), SVC_OK);
     T_EQ_INT(created, 1);
     T_EQ_INT(r.in_milli, 5000);
     T_EQ_INT(billing_store_prices_version(s), v0 + 1);
     snprintf(rid, sizeof(rid), "price-a-%lld", (long long)uid);
     in.request_id = rid;
-    T_EQ_INT(billing_reserve(s, &in, &out), SVC_OK);
+    T_EQ_INT(billing_reserve(s, &in, &out, NULL, 0), SVC_OK);
     T_EQ_INT(out.held_units, 500 + 700);
 
-    T_EQ_INT(billing_price_set(s, "p", "0.5", "0.25", "t", &r, &created), SVC_OK);
+    T_EQ_INT(billing_price_set(s, "p", "0.5", "0.25", "t", &r, &created, NULL, 0), SVC_OK);
     T_EQ_INT(created, 0);
     T_EQ_INT(billing_store_prices_version(s), v0 + 2);
     snprintf(rid, sizeof(rid), "price-b-%lld", (long long)uid);
-    T_EQ_INT(billing_reserve(s, &in, &out), SVC_OK);
+    T_EQ_INT(billing_reserve(s, &in, &out, NULL, 0), SVC_OK);
     T_EQ_INT(out.held_units, 50 + 25);
     T_EQ_INT(billing_price_rows(s, &rows, &v0), SVC_OK);
     for (size_t i = 0; i < svc_db_rows_count(rows); i++)
@@ -306,13 +311,13 @@ static void price_rules(struct billing_store *s)
     T_ASSERT(found);
 
     /* deleted: the env price again; a second delete changes nothing */
-    T_EQ_INT(billing_price_delete(s, "p", "t", &deleted), SVC_OK);
+    T_EQ_INT(billing_price_delete(s, "p", "t", &deleted, NULL, 0), SVC_OK);
     T_EQ_INT(deleted, 1);
     T_EQ_INT(billing_store_prices_version(s), v0 + 1);
     snprintf(rid, sizeof(rid), "price-c-%lld", (long long)uid);
-    T_EQ_INT(billing_reserve(s, &in, &out), SVC_OK);
+    T_EQ_INT(billing_reserve(s, &in, &out, NULL, 0), SVC_OK);
     T_EQ_INT(out.held_units, 200 + 300);
-    T_EQ_INT(billing_price_delete(s, "p", "t", &deleted), SVC_OK);
+    T_EQ_INT(billing_price_delete(s, "p", "t", &deleted, NULL, 0), SVC_OK);
     T_EQ_INT(deleted, 0);
     T_EQ_INT(billing_store_prices_version(s), v0 + 1);
 }
