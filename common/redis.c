@@ -58,7 +58,7 @@ const struct svc_redis_reply *svc_redis_reply_elem(const struct svc_redis_reply 
     return i < svc_redis_reply_count(r) ? (const struct svc_redis_reply *)rr->element[i] : NULL;
 }
 
-void svc_redis_reply_free(struct svc_redis_reply **r)
+void svc_redis_reply_destroy(struct svc_redis_reply **r)
 {
     if (r != NULL && *r != NULL) {
         freeReplyObject(*r);

@@ -113,7 +113,7 @@ int main(int argc, char **argv)
         if (svc_redis_cmd(a.redis, &rep, 2, get_argv, NULL) != SVC_OK)
             goto out;
         t[i] = now_ns() - t0;
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
     }
     qsort(t, n, sizeof(*t), cmp64);
     ref = t[n / 2] / 1000.0;

@@ -56,7 +56,7 @@ int main(int argc, char **argv)
             return 1;
         }
         t[i] = now_us() - t0;
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
     }
     qsort(t, n, sizeof(*t), cmp);
     ref = pct(t, n, 0.5);

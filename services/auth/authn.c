@@ -203,7 +203,7 @@ void auth_version_publish(struct auth_ctx *a, int64_t id, int64_t version)
                      "cannot publish the version of user %lld (replicas notice "
                      "within the recheck interval through SQL)",
                      (long long)id);
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
 }
 
 /*
@@ -223,10 +223,10 @@ static int current_version(struct auth_ctx *a, int64_t id, int64_t *version)
             svc_redis_reply_type(rep) == SVC_REDIS_STRING) {
             const char *s = svc_redis_reply_str(rep, NULL);
             *version = strtoll(s, NULL, 10);
-            svc_redis_reply_free(&rep);
+            svc_redis_reply_destroy(&rep);
             return SVC_OK;
         }
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
     }
     rc = auth_user_version(a, id, version);
     if (rc == SVC_OK)
@@ -301,7 +301,7 @@ int auth_throttle_take(struct auth_ctx *a, const char *key, int64_t free_n, int6
         rc = SVC_EUNAVAIL;
     else
         *retry_after_ms = svc_redis_reply_int(rep);
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
     return rc;
 }
 
@@ -314,7 +314,7 @@ void auth_throttle_refund(struct auth_ctx *a, const char *key)
         return;
     if (svc_redis_cmd(a->redis, &rep, 4, argv, NULL) != SVC_OK)
         SVC_LOG_WARN(NULL, "throttle", "cannot give an attempt back");
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
 }
 
 /*
@@ -379,7 +379,7 @@ static int64_t login_throttle(struct auth_ctx *a, const char *name, const char *
         wait = svc_redis_reply_int(rep);
     else
         SVC_LOG_WARN(rid, "throttle", "cannot read the address's failures (not throttled)");
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
     if (wait > 0)
         return wait;
     ua_key(name, ip, key, sizeof(key));
@@ -404,7 +404,7 @@ static void login_failed(struct auth_ctx *a, const char *name, const char *ip)
     snprintf(win, sizeof(win), "%lld", (long long)a->cfg.throttle_window_s * 1000);
     if (svc_redis_cmd(a->redis, &rep, 6, argv, NULL) != SVC_OK)
         SVC_LOG_WARN(NULL, "throttle", "cannot record a failed login");
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
 }
 
 static void login_succeeded(struct auth_ctx *a, const char *name, const char *ip)
@@ -418,7 +418,7 @@ static void login_succeeded(struct auth_ctx *a, const char *name, const char *ip
     ua_key(name, ip, key, sizeof(key));
     if (svc_redis_cmd(a->redis, &rep, 2, argv, NULL) != SVC_OK)
         SVC_LOG_DEBUG(NULL, "throttle", "cannot reset a counter");
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
 }
 
 /* ---- identities ---- */
@@ -521,7 +521,7 @@ int auth_session_create(struct auth_ctx *a, const struct auth_user *u, char *tok
     if (svc_redis_cmd(a->redis, &rep, 5, argv, NULL) != SVC_OK ||
         svc_redis_reply_type(rep) != SVC_REDIS_STATUS)
         rc = SVC_EUNAVAIL;
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
     if (rc != SVC_OK)
         sodium_memzero(token_out, AUTH_SESSION_TOKEN_LEN + 1);
     return rc;
@@ -591,7 +591,7 @@ void auth_session_delete(struct auth_ctx *a, const char *authorization, const ch
     sodium_memzero(token, sizeof(token));
     if (svc_redis_cmd(a->redis, &rep, 2, argv, NULL) != SVC_OK)
         SVC_LOG_WARN(NULL, "logout", "cannot delete a session");
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
 }
 
 /* 1 when the session key still exists, 0 when not, -1 on a Redis failure. */
@@ -608,7 +608,7 @@ static int session_exists(struct auth_ctx *a, const char *token)
     if (svc_redis_cmd(a->redis, &rep, 2, argv, NULL) == SVC_OK &&
         svc_redis_reply_type(rep) == SVC_REDIS_INTEGER)
         r = svc_redis_reply_int(rep) > 0;
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
     return r;
 }
 
@@ -626,7 +626,7 @@ static int session_verify(struct auth_ctx *a, const char *token, enum auth_resul
         return SVC_EUNAVAIL;
     session_key(token, key, sizeof(key));
     if (svc_redis_cmd(a->redis, &rep, 2, argv, NULL) != SVC_OK) {
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
         return SVC_EUNAVAIL;
     }
     if (svc_redis_reply_type(rep) == SVC_REDIS_STRING) {
@@ -635,7 +635,7 @@ static int session_verify(struct auth_ctx *a, const char *token, enum auth_resul
         if (*end == ':')
             epoch = strtoll(end + 1, NULL, 10);
     }
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
     if (uid <= 0) {
         *result = AUTH_R_REVOKED; /* expired or logged out */
         return SVC_OK;

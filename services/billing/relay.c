@@ -229,7 +229,7 @@ static int send_row(struct billing_relay *r, struct svc_db_rows *rows, size_t i)
             rc = SVC_EUNAVAIL;
         }
     }
-    svc_redis_reply_free(&reply);
+    svc_redis_reply_destroy(&reply);
     free(pb);
     free(json);
     return rc;
@@ -475,14 +475,14 @@ static void events_redis(struct billing_relay *r, struct billing_events_info *in
         if (e == NULL || strstr(e, "no such key") == NULL)
             snprintf(info->redis_error, sizeof(info->redis_error), "redis: %.120s",
                      e ? e : "error");
-        svc_redis_reply_free(&rep); /* no such key: nothing relayed yet */
+        svc_redis_reply_destroy(&rep); /* no such key: nothing relayed yet */
         return;
     }
     info->exists = 1;
     info->length = kv_int(kv_get(rep, "length"), 0);
     kv_str(kv_get(rep, "first-entry"), info->first_id, sizeof(info->first_id));
     kv_str(kv_get(rep, "last-generated-id"), info->last_id, sizeof(info->last_id));
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
 
     argv[1] = "GROUPS";
     argvlen[1] = 6;
@@ -509,7 +509,7 @@ static void events_redis(struct billing_relay *r, struct billing_events_info *in
             info->n_groups++;
         }
     }
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
 }
 
 int billing_relay_events_info(struct billing_relay *r, struct billing_events_info *info)

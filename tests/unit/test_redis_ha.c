@@ -56,7 +56,7 @@ static void expect_status(struct svc_redis *r, const char **argv, const char *wa
     const char *s = svc_redis_reply_str(rep, NULL);
     if (svc_redis_reply_type(rep) == SVC_REDIS_ERROR || strcmp(s, want) != 0)
         T_FAIL("%s %s: got \"%s\", want \"%s\"", argv[0], argv[1], s, want);
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
 }
 
 static struct svc_redis *node_client(const struct svc__redis_url *u, const struct svc__redis_addr *a)
@@ -344,7 +344,7 @@ static int slot_owner(struct svc_redis *any, const struct svc__redis_url *u, uns
                 if (svc_redis_reply_int(svc_redis_reply_elem(m, 1)) == u->seeds[k].port)
                     owner = k;
     }
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
     return owner;
 }
 
@@ -352,7 +352,7 @@ static void node_id(struct svc_redis *node, char *out, size_t len)
 {
     struct svc_redis_reply *rep = CMD(node, "CLUSTER", "MYID");
     snprintf(out, len, "%s", svc_redis_reply_str(rep, NULL));
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
 }
 
 static void test_cluster(const char *url)
@@ -385,24 +385,24 @@ static void test_cluster(const char *url)
         T_ASSERT(owners[k] > 50); /* all three masters were used */
     rep = CMD(r, "GET", "t:{k299}");
     T_EQ_STR(svc_redis_reply_str(rep, NULL), "t:{k299}");
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
 
     /* a multi-key script within one hash tag; keys of two tags would be CROSSSLOT */
     rep = CMD(r, "EVAL", "redis.call('SET', KEYS[1], 1) return redis.call('INCR', KEYS[2])", "2",
               "{tag}a", "{tag}b");
     T_EQ_INT(svc_redis_reply_type(rep), SVC_REDIS_INTEGER);
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
 
     /* the billing events stream, as billing's relay and tools/billing_consumer use it */
     rep = CMD(r, "DEL", "chatweb:billing:events");
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
     rep = CMD(r, "XGROUP", "CREATE", "chatweb:billing:events", "g", "0", "MKSTREAM");
     T_EQ_INT(svc_redis_reply_type(rep), SVC_REDIS_STATUS);
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
     for (int i = 0; i < 5; i++) {
         rep = CMD(r, "XADD", "chatweb:billing:events", "MAXLEN", "~", "1000", "*", "id", "bl-1");
         T_EQ_INT(svc_redis_reply_type(rep), SVC_REDIS_STRING);
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
     }
     rep = CMD(r, "XREADGROUP", "GROUP", "g", "c1", "COUNT", "10", "STREAMS",
               "chatweb:billing:events", ">");
@@ -413,10 +413,10 @@ static void test_cluster(const char *url)
             svc_redis_reply_elem(svc_redis_reply_elem(svc_redis_reply_elem(rep, 0), 1), 0);
         char id[64];
         snprintf(id, sizeof(id), "%s", svc_redis_reply_str(svc_redis_reply_elem(e, 0), NULL));
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
         rep = CMD(r, "XACK", "chatweb:billing:events", "g", id);
         T_EQ_INT(svc_redis_reply_int(rep), 1);
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
     }
 
     /* async: the same routing, and the rate limiter's INCR and multi-key EVAL */
@@ -475,15 +475,15 @@ static void test_cluster(const char *url)
         T_EQ_STR(a.s, "OK");
         rep = CMD(r, "GET", "{mig}old");
         T_EQ_STR(svc_redis_reply_str(rep, NULL), "1");
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
         rep = CMD(nodes[src], "MIGRATE", "127.0.0.1", portbuf, "", "0", "5000", "AUTH2", u.user,
                   u.password, "KEYS", "{mig}old");
         T_EQ_STR(svc_redis_reply_str(rep, NULL), "OK");
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
         /* the moved key itself: the source answers ASK now */
         rep = CMD(r, "GET", "{mig}old");
         T_EQ_STR(svc_redis_reply_str(rep, NULL), "1");
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
         for (int k = 0; k < 3; k++)
             expect_status(nodes[k],
                           (const char *[]){"CLUSTER", "SETSLOT", slottxt, "NODE", ids[dst], NULL},
@@ -491,7 +491,7 @@ static void test_cluster(const char *url)
         /* MOVED: both clients follow and keep the new owner */
         rep = CMD(r, "GET", "{mig}new");
         T_EQ_STR(svc_redis_reply_str(rep, NULL), "2");
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
         a = ACMD(loop, ra, "GET", "{mig}anew");
         T_EQ_INT(a.err, SVC_OK);
         T_EQ_STR(a.s, "3");
@@ -500,12 +500,12 @@ static void test_cluster(const char *url)
         T_EQ_INT(a.i, 1);
         rep = CMD(r, "INCR", "{mig}n");
         T_EQ_INT(svc_redis_reply_int(rep), 2);
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
         T_EQ_INT(slot_owner(nodes[0], &u, slot), dst);
         /* and back, so a second run finds the cluster as it was made */
         expect_status(r, (const char *[]){"SET", "{mig}x", "1", NULL}, "OK");
         rep = CMD(r, "DEL", "{mig}old", "{mig}new", "{mig}anew", "{mig}n", "{mig}x");
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
         /* the way it came (IMPORTING first, so the owner's config epoch goes up and the
          * cluster bus cannot hand the slot back to dst), the new owner first; then until every
          * node agrees, so the clients meet no MOVED back and forth */
@@ -530,9 +530,9 @@ static void test_cluster(const char *url)
         T_EQ_STR(a.s, "OK");
         rep = CMD(r, "GET", "{mig}back");
         T_EQ_STR(svc_redis_reply_str(rep, NULL), "1");
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
         rep = CMD(r, "DEL", "{mig}back");
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
     }
     T_ASSERT(svc_redis_async_connected(ra));
 
@@ -580,7 +580,7 @@ static int master_port(struct svc_redis *sentinel)
 {
     struct svc_redis_reply *rep = CMD(sentinel, "SENTINEL", "get-master-addr-by-name", "mymaster");
     int port = (int)strtol(svc_redis_reply_str(svc_redis_reply_elem(rep, 1), NULL), NULL, 10);
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
     return port;
 }
 
@@ -598,7 +598,7 @@ static void failover_tick(void *arg)
         s->demoted = 1;
         s->demoted_at = svc_loop_clock_ms() - s->t0;
     }
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
     /* when did the async client stop sending its INCRs to the old master? */
     {
         const char *info[] = {"INFO", "commandstats"};
@@ -611,7 +611,7 @@ static void failover_tick(void *arg)
                 s->last_old_incr = svc_loop_clock_ms() - s->t0;
             }
         }
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
     }
     snprintf(v, sizeof(v), "%lld", ++s->seq);
     if (svc_redis_cmd(s->r, &rep, 3, set, NULL) == SVC_OK &&
@@ -622,7 +622,7 @@ static void failover_tick(void *arg)
     } else {
         s->block_errors++;
     }
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
     if (!s->async_inflight && svc_redis_async_connected(s->ra) &&
         svc_redis_async_cmd(s->ra, on_async_incr, s, 2, incr, NULL) == SVC_OK)
         s->async_inflight = 1;
@@ -662,7 +662,7 @@ static void test_sentinel(const char *url)
     expect_status(s.r, (const char *[]){"SET", "ha:x", "before", NULL}, "OK");
     rep = CMD(s.r, "ROLE");
     T_EQ_STR(svc_redis_reply_str(svc_redis_reply_elem(rep, 0), NULL), "master");
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
 
     /* The sentinels promote the replica; the clients are never told: they must notice. */
     t0 = svc_loop_clock_ms();
@@ -672,7 +672,7 @@ static void test_sentinel(const char *url)
         int ok = svc_redis_reply_type(rep) == SVC_REDIS_STATUS;
         if (!ok && tries > 50)
             T_FAIL("SENTINEL FAILOVER: %s", svc_redis_reply_str(rep, NULL));
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
         if (ok)
             break;
         sleep_ms(200); /* -NOGOODSLAVE while the sentinels still learn the replica's state */
@@ -701,13 +701,13 @@ static void test_sentinel(const char *url)
         snprintf(v, sizeof(v), "%lld", s.last_block);
         rep = CMD(direct, "GET", "ha:x");
         T_EQ_STR(svc_redis_reply_str(rep, NULL), v);
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
         rep = CMD(direct, "GET", "ha:n");
         T_EQ_INT(strtoll(svc_redis_reply_str(rep, NULL), NULL, 10), s.last_incr);
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
         rep = CMD(direct, "ROLE");
         T_EQ_STR(svc_redis_reply_str(svc_redis_reply_elem(rep, 0), NULL), "master");
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
         svc_redis_destroy(&direct);
     }
     svc_redis_async_destroy(&s.ra);

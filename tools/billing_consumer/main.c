@@ -122,7 +122,7 @@ static int handle(struct svc_redis *r, const struct svc_redis_reply *rep, const 
             if (cmd(r, &ack, 4, argv) != SVC_OK)
                 fprintf(stderr, "billing-consumer: XACK %s failed (it will be delivered again)\n",
                         sid);
-            svc_redis_reply_free(&ack);
+            svc_redis_reply_destroy(&ack);
         }
     }
     return n;
@@ -183,7 +183,7 @@ int main(int argc, char **argv)
             rc = 69;
             goto out;
         }
-        svc_redis_reply_free(&rep); /* BUSYGROUP (exists already) is fine */
+        svc_redis_reply_destroy(&rep); /* BUSYGROUP (exists already) is fine */
     }
     while (!stop) {
         /* "0": this consumer's unacknowledged entries first; then ">": new ones. */
@@ -213,13 +213,13 @@ int main(int argc, char **argv)
             else
                 idle += 1000; /* one BLOCK without news */
         }
-        svc_redis_reply_free(&rep);
+        svc_redis_reply_destroy(&rep);
         if (idle_exit > 0 && idle >= idle_exit)
             break;
     }
     fprintf(stderr, "billing-consumer: %lld entries, %lld duplicates dropped\n", total, dups);
 out:
-    svc_redis_reply_free(&rep);
+    svc_redis_reply_destroy(&rep);
     svc_redis_destroy(&r);
     if (out != stdout)
         fclose(out);

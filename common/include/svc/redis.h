@@ -39,7 +39,7 @@ const char *svc_redis_reply_str(const struct svc_redis_reply *r, size_t *len); /
 long long svc_redis_reply_int(const struct svc_redis_reply *r);
 size_t svc_redis_reply_count(const struct svc_redis_reply *r);                 /* ARRAY */
 const struct svc_redis_reply *svc_redis_reply_elem(const struct svc_redis_reply *r, size_t i);
-void svc_redis_reply_free(struct svc_redis_reply **r);
+void svc_redis_reply_destroy(struct svc_redis_reply **r);
 
 /* Parses a redis:// URL; SVC_EINVAL with a reason in err. */
 int svc_redis_url_check(const char *url, char *err, size_t errlen) SVC_MUST_CHECK;
