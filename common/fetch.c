@@ -416,7 +416,8 @@ static int h2c_reuse_broken(const struct svc_fetch_multi *m, const struct svc_fe
 }
 
 int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
-                    const struct svc_fetch_req *req, const struct svc_fetch_callbacks *cb, void *ctx)
+                    const struct svc_fetch_req *req, const struct svc_fetch_callbacks *cb,
+                    void *ctx)
 {
     struct svc_fetch *f;
     CURL *e;

@@ -402,8 +402,8 @@ int svc_req_error(struct svc_req *req, int status, const char *message)
 static atomic_size_t stream_queued;
 
 /* Once the queued bytes passed TRIM_QUEUED_BELOW (a crowd of slow clients), the first stream to
- * end with less than that queued gives the freed heap memory back (svc_util_heap_trim); streams that
- * come and go under it never do. */
+ * end with less than that queued gives the freed heap memory back (svc_util_heap_trim); streams
+ * that come and go under it never do. */
 #define TRIM_QUEUED_BELOW (1u << 20)
 static atomic_int trim_due;
 
@@ -546,8 +546,9 @@ static void watch_start(struct svc_req *req)
 
 /* The route for method + url, or NULL. *path_route is the first route whose path matched (its
  * error style answers a 405). */
-static const struct svc_http_route *route_find(const struct svc_http_server *srv, const char *method,
-                                          const char *url, const struct svc_http_route **path_route)
+static const struct svc_http_route *route_find(const struct svc_http_server *srv,
+                                               const char *method, const char *url,
+                                               const struct svc_http_route **path_route)
 {
     *path_route = NULL;
     for (size_t i = 0; i < srv->nroutes; i++) {

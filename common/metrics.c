@@ -57,8 +57,7 @@ static struct svc_metric_vec *vecs[METRIC_VECS_MAX];
 static size_t nvecs;
 
 int svc_metric_vec_create(struct svc_metric_vec **out, const char *name, const char *help,
-                          enum svc_metric_vec_type type, const char *const *labels,
-                          size_t nlabels)
+                          enum svc_metric_vec_type type, const char *const *labels, size_t nlabels)
 {
     struct svc_metric_vec *v;
 

@@ -573,7 +573,8 @@ int svc_rpc_call_async_release(struct svc_fetch **fetch, struct svc_rpc_client *
                                const ProtobufCMessageDescriptor *out_desc, const char *request_id,
                                svc_rpc_done_cb done, svc_rpc_release_cb release, void *ctx)
 {
-    static const struct svc_fetch_callbacks cb = {.on_done = async_done, .on_cancel = async_cancelled};
+    static const struct svc_fetch_callbacks cb = {.on_done = async_done,
+                                                  .on_cancel = async_cancelled};
     char url[512], hid[128], hdl[64], hts[64], hsig[96];
     struct svc_fetch_req fr = {0};
     struct async_call *ac = calloc(1, sizeof(*ac));

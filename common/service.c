@@ -237,7 +237,8 @@ int svc_service_wait(void)
 
 long svc_service_drain(struct svc_http_server *srv)
 {
-    uint64_t deadline = svc_loop_clock_ms() + (uint64_t)svc_service_option("DRAIN_TIMEOUT")->i * 1000;
+    uint64_t deadline =
+        svc_loop_clock_ms() + (uint64_t)svc_service_option("DRAIN_TIMEOUT")->i * 1000;
     long left;
 
     svc_service_set_ready(0);

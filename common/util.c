@@ -232,7 +232,8 @@ int svc_util_heap_trim(void)
     /* its own clock: util.c stands alone (the fuzz targets link it without loop.c) */
     clock_gettime(CLOCK_MONOTONIC, &ts);
     now = (unsigned long long)ts.tv_sec * 1000 + (unsigned long long)ts.tv_nsec / 1000000;
-    if (now - last < SVC_UTIL_HEAP_TRIM_EVERY_MS || !atomic_compare_exchange_strong(&last_ms, &last, now))
+    if (now - last < SVC_UTIL_HEAP_TRIM_EVERY_MS ||
+        !atomic_compare_exchange_strong(&last_ms, &last, now))
         return 0;
     malloc_trim(0);
     return 1;

@@ -283,7 +283,7 @@ int auth_parse_basic(const char *header, char *decoded, size_t len, char **user,
 /* ---- ops.c / web.c: HTTP handlers (ctx = struct auth_ctx *) ---- */
 
 struct svc_req;
-int auth_ops_accounts(void *ctx, struct svc_req *req);       /* POST /accounts */
+int auth_ops_accounts(void *ctx, struct svc_req *req); /* POST /accounts */
 
 #define AUTH_HEALTH_MAX 64      /* entries of HEALTH_URLS */
 #define AUTH_HEALTH_NAME_MAX 64 /* bytes of an entry's name */

@@ -170,7 +170,8 @@ int main(int argc, char **argv)
     const char *sa;
     size_t i;
 
-    svc_service_setup("auth", argc, argv, (struct svc_cfg_option *)&setting, SVC_OPTION_COUNT(setting));
+    svc_service_setup("auth", argc, argv, (struct svc_cfg_option *)&setting,
+                      SVC_OPTION_COUNT(setting));
     if (sodium_init() < 0)
         svc_service_die(SVC_EX_SOFTWARE, "libsodium: initialisation failed");
 

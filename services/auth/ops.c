@@ -1170,10 +1170,10 @@ static void health_one(const char *name, const char *url, void *ud)
     ready = rc == SVC_OK && status == 200;
     w->total++;
     w->ready += ready;
-    json_array_append_new(
-        w->list, json_pack("{s:s,s:s,s:b,s:i,s:I,s:o}", "name", name, "url", url, "ready", ready,
-                           "status", (int)status, "ms", (json_int_t)(svc_util_wallclock_ms() - t0),
-                           "error", rc == SVC_OK ? json_null() : json_string(err)));
+    json_array_append_new(w->list, json_pack("{s:s,s:s,s:b,s:i,s:I,s:o}", "name", name, "url", url,
+                                             "ready", ready, "status", (int)status, "ms",
+                                             (json_int_t)(svc_util_wallclock_ms() - t0), "error",
+                                             rc == SVC_OK ? json_null() : json_string(err)));
 }
 
 static int act_health(struct op *o)

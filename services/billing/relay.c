@@ -104,8 +104,8 @@ static void *sweep_main(void *arg)
         if (n > 0)
             billing_relay_kick(r);
         if (r->o.hold_retention_ms > 0 &&
-            billing_purge_closed(r->store, svc_util_wallclock_ms() - r->o.hold_retention_ms, 1000, &n) ==
-                SVC_OK &&
+            billing_purge_closed(r->store, svc_util_wallclock_ms() - r->o.hold_retention_ms, 1000,
+                                 &n) == SVC_OK &&
             n > 0)
             SVC_LOG_INFO(NULL, "purge", "deleted %d closed hold(s) past retention", n);
     }

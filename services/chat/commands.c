@@ -250,10 +250,9 @@ static void run_user(struct chat_turn *t)
     in.new_username = name;
     in.new_password = pass;
     in.client_ip = (char *)svc_req_client_ip(t->req);
-    rc = svc_rpc_call_async(&t->billing_call, t->w->auth, t->w->rpc,
-                            "/rpc/Auth/ChangeCredentials", &in.base,
-                            &chatweb__auth__change_credentials_response__descriptor, t->rid,
-                            on_changed, t);
+    rc = svc_rpc_call_async(&t->billing_call, t->w->auth, t->w->rpc, "/rpc/Auth/ChangeCredentials",
+                            &in.base, &chatweb__auth__change_credentials_response__descriptor,
+                            t->rid, on_changed, t);
     memset(current, 0, sizeof(current));
     memset(pass, 0, sizeof(pass));
     if (rc != SVC_OK) {
@@ -306,9 +305,9 @@ static void run_model(struct chat_turn *t)
     }
     in.user_id = t->user_id;
     in.model = strcmp(value, "-") == 0 ? "" : value;
-    if (svc_rpc_call_async(&t->billing_call, t->w->auth, t->w->rpc, "/rpc/Auth/SetModel",
-                           &in.base, &chatweb__auth__set_model_response__descriptor, t->rid,
-                           on_model_set, t) != SVC_OK) {
+    if (svc_rpc_call_async(&t->billing_call, t->w->auth, t->w->rpc, "/rpc/Auth/SetModel", &in.base,
+                           &chatweb__auth__set_model_response__descriptor, t->rid, on_model_set,
+                           t) != SVC_OK) {
         chat_turn_reply(t, 503, "Fail", "认证服务不可用 | Authentication service unavailable");
         return;
     }

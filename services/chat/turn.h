@@ -45,7 +45,7 @@ struct chat_turn {
     char username[128];
     char model_setting[128];         /* the user's raw /model setting */
     struct chat_model_params params; /* the model and its parameters for this turn */
-    struct svc_modelmap_info mi;        /* its encoding, window and request shape */
+    struct svc_modelmap_info mi;     /* its encoding, window and request shape */
     enum chat_command cmd;           /* a seed chat command instead of a chat */
     const char *cmd_arg;             /* the text after the command (points into prompt) */
     int lang_en;                     /* Accept-Language asks for English messages */

@@ -140,8 +140,8 @@ struct meter {
 static void maybe_free(struct meter *m);
 
 /* Meters alive in the process. Once they were METER_CROWD or more, the free that leaves fewer
- * than TRIM_LIVE_BELOW gives the freed heap memory back (svc_util_heap_trim); a few meters that come
- * and go never do. */
+ * than TRIM_LIVE_BELOW gives the freed heap memory back (svc_util_heap_trim); a few meters that
+ * come and go never do. */
 #define METER_CROWD 64
 #define TRIM_LIVE_BELOW 4
 static atomic_long meters_live;

@@ -89,7 +89,8 @@ static void setup(void)
     if (billing_prices_create(&prices, "gpt-4o=2.5:10,gpt-4o-mini=0.15:0.6", err, sizeof(err)) !=
             SVC_OK ||
         svc_db_create(&db, "sqlite:billing.db", dir, NULL, err, sizeof(err)) != SVC_OK ||
-        billing_store_migrate(db) != SVC_OK || billing_store_create(&store, db, prices, &so) != SVC_OK) {
+        billing_store_migrate(db) != SVC_OK ||
+        billing_store_create(&store, db, prices, &so) != SVC_OK) {
         fprintf(stderr, "fuzz_billing_rpc: setup failed: %s\n", err);
         abort();
     }

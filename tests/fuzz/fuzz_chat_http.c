@@ -101,8 +101,8 @@ static void setup(void)
     setenv("CHAT_AUTH_CACHE_MS", "0", 1); /* every request asks (the stand-in) auth */
     setenv("CHAT_UPSTREAM_IDLE_TIMEOUT", "5", 1);
     setenv("OPENAI_KEY", "sk-fuzz", 1);
-    if (svc_cfg_load_env((struct svc_cfg_option *)&chat_setting, SVC_OPTION_COUNT(chat_setting), err,
-                         sizeof(err)) != SVC_OK ||
+    if (svc_cfg_load_env((struct svc_cfg_option *)&chat_setting, SVC_OPTION_COUNT(chat_setting),
+                         err, sizeof(err)) != SVC_OK ||
         svc_modelmap_create(&models, "", err, sizeof(err)) != SVC_OK ||
         auth_client_setup(64, 0) != SVC_OK) {
         fprintf(stderr, "fuzz_chat_http: setup: %s\n", err);

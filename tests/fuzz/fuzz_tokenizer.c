@@ -112,7 +112,8 @@ static void check(const struct svc_tokenizer *tk, int enc, const uint8_t *data, 
             abort();
         if (got + bl > wantlen || memcmp(want + got, b, bl) != 0) {
             fprintf(stderr, "%s: token %zu (id %u) breaks the round trip at byte %zu\n",
-                    svc_tokenizer_encoding_name((enum svc_tokenizer_encoding_e)enc), i, ids[i], got);
+                    svc_tokenizer_encoding_name((enum svc_tokenizer_encoding_e)enc), i, ids[i],
+                    got);
             abort();
         }
         got += bl;

@@ -295,8 +295,7 @@ static void test_open_errors(void)
     T_ASSERT(strstr(err, "hunter2") == NULL);
 
     /* port 1 on loopback: connection refused at once */
-    rc = svc_db_create(&db, "mysql://app:hunter2@127.0.0.1:1/appdb", NULL, NULL, err,
-                       sizeof(err));
+    rc = svc_db_create(&db, "mysql://app:hunter2@127.0.0.1:1/appdb", NULL, NULL, err, sizeof(err));
     T_EQ_INT(rc, SVC_EUNAVAIL);
     T_ASSERT(db == NULL);
     T_ASSERT(strstr(err, "cannot connect to mysql://app:***@127.0.0.1:1/appdb") != NULL);
@@ -1145,7 +1144,8 @@ static void test_conflict(void)
         T_EQ_INT(svc_db_exec(b, "UPDATE tdb_lock SET v = 2 WHERE id = 1", NULL, 0, NULL, NULL),
                  SVC_ECONFLICT);
     }
-    fprintf(stderr, "   conflict after %" PRIu64 " ms: %s\n", mono_ms() - t0, svc__db_last_error(b));
+    fprintf(stderr, "   conflict after %" PRIu64 " ms: %s\n", mono_ms() - t0,
+            svc__db_last_error(b));
     T_ASSERT(mono_ms() - t0 >= 150);
     /* readers are not blocked */
     T_EQ_INT(q_i64(b, "SELECT v FROM tdb_lock WHERE id = 1", NULL, 0), 0);

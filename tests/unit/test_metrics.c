@@ -127,14 +127,16 @@ int main(void)
 {
     static const char *const two[] = {"model", "key"}, *const one[] = {"model"};
 
-    T_EQ_INT(svc_metric_vec_create(&counter, "t_req_total", "requests", SVC_METRIC_VEC_COUNTER, two, 2),
-             SVC_OK);
+    T_EQ_INT(
+        svc_metric_vec_create(&counter, "t_req_total", "requests", SVC_METRIC_VEC_COUNTER, two, 2),
+        SVC_OK);
     T_EQ_INT(svc_metric_vec_create(&histo, "t_secs", "seconds", SVC_METRIC_VEC_HISTOGRAM, one, 1),
              SVC_OK);
     T_EQ_INT(svc_metric_vec_create(&crowd, "t_crowd_total", "many", SVC_METRIC_VEC_COUNTER, one, 1),
              SVC_OK);
-    T_EQ_INT(svc_metric_vec_create(&shared, "t_shared_total", "threads", SVC_METRIC_VEC_COUNTER, one, 1),
-             SVC_OK);
+    T_EQ_INT(
+        svc_metric_vec_create(&shared, "t_shared_total", "threads", SVC_METRIC_VEC_COUNTER, one, 1),
+        SVC_OK);
     T_ASSERT(counter != NULL && histo != NULL && crowd != NULL && shared != NULL);
     struct svc_metric_vec *bad = NULL;
     T_EQ_INT(svc_metric_vec_create(&bad, "t_bad", "no labels", SVC_METRIC_VEC_COUNTER, one, 0),

@@ -27,8 +27,8 @@ static struct svc_modelmap *map(const char *overrides)
     return m;
 }
 
-static void expect(const struct svc_modelmap *m, const char *model, enum svc_tokenizer_encoding_e enc,
-                   long long window, int reasoning, int known)
+static void expect(const struct svc_modelmap *m, const char *model,
+                   enum svc_tokenizer_encoding_e enc, long long window, int reasoning, int known)
 {
     struct svc_modelmap_info mi;
 

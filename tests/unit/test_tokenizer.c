@@ -403,8 +403,9 @@ static void check_vec(const struct svc_tokenizer *tk, const struct vec *v)
     T_EQ_INT(svc_tokenizer_encode(tk, v->text, v->len, &ids, &n), SVC_OK);
     for (size_t i = 0; i < n && i < v->n; i++)
         if (ids[i] != v->ids[i])
-            T_FAIL("%s/%s: id %zu is %u, tiktoken says %u", svc_tokenizer_encoding_name(
-                       (enum svc_tokenizer_encoding_e)(tk == svc_tokenizer_get(SVC_TOK_O200K_BASE))),
+            T_FAIL("%s/%s: id %zu is %u, tiktoken says %u",
+                   svc_tokenizer_encoding_name((enum svc_tokenizer_encoding_e)(
+                       tk == svc_tokenizer_get(SVC_TOK_O200K_BASE))),
                    v->name, i, ids[i], v->ids[i]);
     if (n != v->n)
         T_FAIL("%s: %zu tokens, tiktoken says %zu", v->name, n, v->n);

@@ -73,7 +73,8 @@ struct svc_cfg_option {
  * once in main before threads start. The option strings point into the environment or defaults
  * and stay valid for the life of the process.
  */
-int svc_cfg_load_env(struct svc_cfg_option *opts, size_t n, char *err, size_t errlen) SVC_MUST_CHECK;
+int svc_cfg_load_env(struct svc_cfg_option *opts, size_t n, char *err,
+                     size_t errlen) SVC_MUST_CHECK;
 
 /* Logs the effective configuration, one option per line: secrets as "(set)", credentials inside
  * URLs masked. */

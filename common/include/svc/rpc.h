@@ -64,11 +64,11 @@ int svc_rpc_sign(const char *method, const char *path, const void *body, size_t 
 struct svc_rpc_call;
 
 /*
- * A method handler, with the method's ctx first. `in` is the unpacked request; `out` is a zero-initialised response message
- * of the method's type, owned by the framework: strings and sub-messages put into it must come
- * from svc_rpc_alloc/svc_rpc_strdup (freed after the reply is sent). Returns SVC_OK, or a
- * negative SVC_E* which becomes the RpcError (with svc_rpc_set_error's text when given).
- * Runs on a worker thread (POOL mode); may block.
+ * A method handler, with the method's ctx first. `in` is the unpacked request; `out` is a
+ * zero-initialised response message of the method's type, owned by the framework: strings and
+ * sub-messages put into it must come from svc_rpc_alloc/svc_rpc_strdup (freed after the reply is
+ * sent). Returns SVC_OK, or a negative SVC_E* which becomes the RpcError (with svc_rpc_set_error's
+ * text when given). Runs on a worker thread (POOL mode); may block.
  */
 typedef int (*svc_rpc_handler_cb)(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in,
                                   ProtobufCMessage *out);

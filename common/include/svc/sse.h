@@ -22,7 +22,8 @@ struct svc_sse {
 };
 
 /* Called once per complete event with the ctx given to svc_sse_feed and the event's data
- * (NUL-terminated). Return 0 to go on; anything else stops svc_sse_feed, which returns that value. */
+ * (NUL-terminated). Return 0 to go on; anything else stops svc_sse_feed, which returns that value.
+ */
 typedef int (*svc_sse_event_cb)(void *ctx, const char *data, size_t len);
 
 /* max_event bounds one line and one event's data (SVC_ETOOLARGE beyond). */

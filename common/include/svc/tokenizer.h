@@ -36,7 +36,8 @@ const struct svc_tokenizer *svc_tokenizer_get(enum svc_tokenizer_encoding_e enc)
 void svc_tokenizer_warm(void);
 
 /* "cl100k_base" / "o200k_base" -> *out. SVC_EINVAL for any other name. */
-int svc_tokenizer_encoding_from_name(const char *name, enum svc_tokenizer_encoding_e *out) SVC_MUST_CHECK;
+int svc_tokenizer_encoding_from_name(const char *name,
+                                     enum svc_tokenizer_encoding_e *out) SVC_MUST_CHECK;
 
 /* The encoding's name ("cl100k_base"); "unknown" for a value out of range. */
 const char *svc_tokenizer_encoding_name(enum svc_tokenizer_encoding_e enc);

@@ -17,9 +17,10 @@ uint32_t svc_util_random_u32(void);
 
 /*
  * Gives the heap memory freed since to the kernel (malloc_trim), at most once per
- * SVC_UTIL_HEAP_TRIM_EVERY_MS in the process: 1 when it did, 0 when it was too soon. For the end of a burst: a crowd of slow clients' stream
- * queues and meters are freed in many small pieces on the loop threads' arenas, which glibc keeps
- * otherwise (40 MiB after 500 slow clients left, chat.test "500 slow clients").
+ * SVC_UTIL_HEAP_TRIM_EVERY_MS in the process: 1 when it did, 0 when it was too soon. For the end of
+ * a burst: a crowd of slow clients' stream queues and meters are freed in many small pieces on the
+ * loop threads' arenas, which glibc keeps otherwise (40 MiB after 500 slow clients left, chat.test
+ * "500 slow clients").
  */
 #define SVC_UTIL_HEAP_TRIM_EVERY_MS 200
 int svc_util_heap_trim(void);
