@@ -93,6 +93,7 @@ int main(int argc, char **argv)
     a.cfg.pw_ops = 2;
     a.cfg.pw_mem = 19456 * 1024;
     a.cfg.pw_min = 6;
+    a.on_user_changed = auth_version_publish;
     t = calloc(n, sizeof(*t));
     if (t == NULL || svc_db_open(&a.db, "sqlite:bench.db", dir) != SVC_OK ||
         auth_store_migrate(a.db) != SVC_OK ||

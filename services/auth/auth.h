@@ -73,7 +73,10 @@ struct auth_ctx {
     struct svc_redis *redis;        /* NULL when REDIS_URL is unset (local cache only) */
     struct svc_rpc_client *billing; /* NULL when BILLING_URL is unset */
     struct auth_cache *cache;
-    /* static users with a billing account in place (ops.c auth_static_account_ensure) */
+    /* Told after store.c changed user id (its new version): auth_version_publish, set by whoever
+     * builds the context. A pointer so that the store, below the domain logic, never calls up. */
+    void (*on_user_changed)(struct auth_ctx *a, int64_t id, int64_t version);
+    /* static users with a billing account in place (authn.c auth_billing_ensure_static) */
     pthread_mutex_t static_lock;
     int64_t static_ready[AUTH_STATIC_MAX];
     size_t n_static_ready;
@@ -334,7 +337,7 @@ struct json_t;
 int auth_reply(struct svc_req *req, int http, const char *status, const char *message,
                struct json_t *data, int data_null);
 
-/* ---- billing (ops.c) ---- */
+/* ---- billing (authn.c) ---- */
 
 /* Creates the billing account of a static user (unlimited) unless this process already did.
  * Idempotent (billing's CreateAccount is). 0 or an RPC error. Thread-safe. */

@@ -236,6 +236,7 @@ int main(int argc, char **argv)
         if (ctx.billing == NULL)
             svc_service_die(SVC_EX_CONFIG, "BILLING_URL: cannot create the client");
     }
+    ctx.on_user_changed = auth_version_publish;
     if (auth_cache_create(&ctx.cache, ctx.cfg.cache_slots) != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "out of memory for the verification cache");
     if (auth_pw_setup(&ctx) != SVC_OK)

@@ -166,42 +166,6 @@ static int billing_call(struct op *o, const char *method, const ProtobufCMessage
     return rc;
 }
 
-int auth_billing_ensure_static(struct auth_ctx *a, int64_t id, const char *name)
-{
-    Chatweb__Billing__CreateAccountRequest in = CHATWEB__BILLING__CREATE_ACCOUNT_REQUEST__INIT;
-    ProtobufCMessage *out = NULL;
-    char err[256];
-    size_t i;
-    int rc, known = 0;
-
-    if (a->billing == NULL)
-        return SVC_EUNAVAIL;
-    pthread_mutex_lock(&a->static_lock);
-    for (i = 0; i < a->n_static_ready && !known; i++)
-        known = a->static_ready[i] == id;
-    pthread_mutex_unlock(&a->static_lock);
-    if (known)
-        return SVC_OK;
-    in.user_id = id;
-    in.username = (char *)name;
-    in.unlimited = 1;
-    in.actor = "auth:static";
-    rc = svc_rpc_call(a->billing, "/rpc/Billing/CreateAccount", &in.base,
-                      &chatweb__billing__create_account_response__descriptor, &out, NULL, err,
-                      sizeof(err));
-    if (out != NULL)
-        protobuf_c_message_free_unpacked(out, NULL);
-    if (rc != SVC_OK)
-        return rc;
-    pthread_mutex_lock(&a->static_lock);
-    for (i = 0; i < a->n_static_ready && a->static_ready[i] != id; i++)
-        ;
-    if (i == a->n_static_ready && a->n_static_ready < AUTH_STATIC_MAX)
-        a->static_ready[a->n_static_ready++] = id;
-    pthread_mutex_unlock(&a->static_lock);
-    return SVC_OK;
-}
-
 /* The account after a recharge, with the numbers `check` shows: balance and granted are -1 for
  * an unlimited account (static users included), whose billing balance means nothing. */
 static json_t *account_json(const Chatweb__Billing__Account *ac, int is_static)

@@ -143,6 +143,13 @@ int auth_pw_setup(const struct auth_ctx *a)
 
 /* ---- users ---- */
 
+/* Tells the layer above that user id changed (it publishes the version to every replica). */
+static void user_changed(struct auth_ctx *a, int64_t id, int64_t version)
+{
+    if (a->on_user_changed != NULL)
+        a->on_user_changed(a, id, version);
+}
+
 #define USER_COLS                                                                                  \
     "id, username, pw_hash, is_static, blocked, model, version, pw_epoch, created_at, "            \
     "updated_at"
@@ -271,7 +278,7 @@ static int user_update(struct auth_ctx *a, int64_t id, const char *sql,
         SVC_LOG_ERR(NULL, "sql", "update user: %s", svc_db_last_error(conn));
     svc_db_conn_put(a->db, &conn);
     if (rc == SVC_OK && auth_user_version(a, id, &version) == SVC_OK)
-        auth_version_publish(a, id, version);
+        user_changed(a, id, version);
     return rc;
 }
 
@@ -358,7 +365,7 @@ int auth_user_delete(struct auth_ctx *a, int64_t id)
     svc_db_conn_put(a->db, &conn);
     /* A version no row will ever have again: every cached entry of the user mismatches. */
     if (rc == SVC_OK)
-        auth_version_publish(a, id, version + 1000000);
+        user_changed(a, id, version + 1000000);
     return rc;
 }
 
@@ -497,7 +504,7 @@ int auth_static_users_sync(struct auth_ctx *a, const char *users, const char *pa
                 if (rc != SVC_OK)
                     goto dberr;
                 if (auth_user_version(a, u.id, &u.version) == SVC_OK)
-                    auth_version_publish(a, u.id, u.version);
+                    user_changed(a, u.id, u.version);
             }
         } else {
             goto dberr;
