@@ -182,9 +182,9 @@ static int parse_entry(json_t *e, size_t index, char *err, size_t errlen)
     return SVC_OK;
 }
 
-int proxy_upstreams_setup(char *err, size_t errlen)
+int proxy_upstreams_setup(const struct proxy_setting *s, char *err, size_t errlen)
 {
-    const char *spec = proxy_setting.UPSTREAMS.s;
+    const char *spec = s->UPSTREAMS.s;
     json_error_t jerr;
     json_t *list, *e;
     size_t i;
@@ -194,11 +194,11 @@ int proxy_upstreams_setup(char *err, size_t errlen)
     memset(&ups[0], 0, sizeof(ups[0]));
     snprintf(ups[0].name, sizeof(ups[0].name), "default");
     ups[0].weight = 1;
-    if ((rc = set_base(&ups[0], proxy_setting.OPENAI_BASE_URL.s, err, errlen)) != SVC_OK ||
-        (rc = set_key(&ups[0], proxy_setting.OPENAI_KEY.s, err, errlen)) != SVC_OK)
+    if ((rc = set_base(&ups[0], s->OPENAI_BASE_URL.s, err, errlen)) != SVC_OK ||
+        (rc = set_key(&ups[0], s->OPENAI_KEY.s, err, errlen)) != SVC_OK)
         return rc;
-    breaker_failures = (int)proxy_setting.UPSTREAM_BREAKER_FAILURES.i;
-    breaker_open_ms = proxy_setting.UPSTREAM_BREAKER_OPEN_MS.i;
+    breaker_failures = (int)s->UPSTREAM_BREAKER_FAILURES.i;
+    breaker_open_ms = s->UPSTREAM_BREAKER_OPEN_MS.i;
     if (spec[0] == '\0')
         return SVC_OK;
     if ((list = json_loads(spec, JSON_REJECT_DUPLICATES, &jerr)) == NULL) {

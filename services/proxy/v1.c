@@ -88,11 +88,18 @@ struct v1_call {
 
 static struct svc_metric_vec *m_requests, *m_tokens_in, *m_tokens_out, *m_ttft, *m_duration;
 
-void proxy_metrics_setup(void)
+/* The service's settings and counters, owned by main.c (proxy_v1_setup). */
+static const struct proxy_setting *setting;
+static struct proxy_stats *stats;
+
+void proxy_v1_setup(const struct proxy_setting *s, struct proxy_stats *st)
 {
     static const char *const by_request[] = {"model", "key", "upstream", "status"};
     static const char *const by_key[] = {"model", "key", "upstream"};
     static const char *const by_model[] = {"model", "upstream"};
+
+    setting = s;
+    stats = st;
 
     m_requests = svc_metric_vec_create("proxy_model_requests_total",
                                        "/v1 requests by model, API key id, upstream and status",
@@ -217,7 +224,7 @@ static void on_request_done(void *data)
     meter_detach(&c->meter); /* no meter hook runs after this; it ends the hold */
     svc_timer_destroy(&c->rpm_retry);
     if (c->streaming)
-        svc_metric_add(&proxy_stats.proxy_streams_open, -1);
+        svc_metric_add(&stats->proxy_streams_open, -1);
     c->req = NULL;
     if (c->redis_pending == 0) /* else the last rate-limit answer frees it */
         call_free(c);
@@ -227,7 +234,7 @@ static void on_client_gone(struct svc_req *req, void *data)
 {
     (void)req;
     (void)data;
-    svc_metric_add(&proxy_stats.proxy_client_aborts_total, 1);
+    svc_metric_add(&stats->proxy_client_aborts_total, 1);
 }
 
 /*
@@ -271,7 +278,7 @@ static int on_head(void *ud)
     rc = svc_req_stream_start(c->req, 200, "text/event-stream; charset=utf-8");
     if (rc == SVC_OK) {
         c->streaming = 1;
-        svc_metric_add(&proxy_stats.proxy_streams_open, 1);
+        svc_metric_add(&stats->proxy_streams_open, 1);
         svc_req_on_drain(c->req, on_client_drained, c, METER_CLIENT_LOW);
     }
     return rc;
@@ -318,24 +325,24 @@ static void on_end(void *ud, const struct meter_end *end)
     if (end->counted) {
         SVC_LOG_INFO(c->rid, "billing", "no usage from the upstream: charged our count");
     }
-    svc_metric_add(&proxy_stats.proxy_prompt_tokens_total, end->prompt_tokens);
-    svc_metric_add(&proxy_stats.proxy_completion_tokens_total, end->completion_tokens);
+    svc_metric_add(&stats->proxy_prompt_tokens_total, end->prompt_tokens);
+    svc_metric_add(&stats->proxy_completion_tokens_total, end->completion_tokens);
     c->tokens_in = end->prompt_tokens;
     c->tokens_out = end->completion_tokens;
     if (end->started) {
         if (c->streaming) {
             if (end->err != SVC_OK || end->stream_error != NULL)
-                svc_metric_add(&proxy_stats.proxy_upstream_errors_total, 1);
+                svc_metric_add(&stats->proxy_upstream_errors_total, 1);
             svc_req_stream_end(c->req);
         } else if (end->err != SVC_OK || end->stream_error != NULL) {
-            svc_metric_add(&proxy_stats.proxy_upstream_errors_total, 1);
+            svc_metric_add(&stats->proxy_upstream_errors_total, 1);
             v1_error(c, 502, "server_error", "upstream_error",
                      end->stream_error != NULL ? end->stream_error
                                                : "the upstream answer broke off");
         }
         return;
     }
-    svc_metric_add(&proxy_stats.proxy_upstream_errors_total, 1);
+    svc_metric_add(&stats->proxy_upstream_errors_total, 1);
     if (end->status != 0 && end->status != 200) {
         /* The upstream's own error, passed through as it answered. */
         meter_upstream_headers(c->meter, pass_header, c);
@@ -464,9 +471,9 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
     fr.headers = headers;
     fr.body = text != NULL ? text : raw;
     fr.body_len = text != NULL ? strlen(text) : blen;
-    fr.idle_timeout_ms = proxy_setting.PROXY_UPSTREAM_IDLE_TIMEOUT.i * 1000;
-    fr.proxy = proxy_setting.SOCKS_PROXY.s;
-    fr.ca_file = proxy_setting.OPENAI_CA_FILE.s;
+    fr.idle_timeout_ms = setting->PROXY_UPSTREAM_IDLE_TIMEOUT.i * 1000;
+    fr.proxy = setting->SOCKS_PROXY.s;
+    fr.ca_file = setting->OPENAI_CA_FILE.s;
     fr.http = c->w->upstream_http;
     rc = meter_start(c->meter, &fr, c->stream);
     free(text);
@@ -485,7 +492,7 @@ static void on_admitted(void *ud, const struct meter_admission *a)
         start_upstream(c, a->completion_limit);
         return;
     case METER_TPM_REFUSED:
-        svc_metric_add(&proxy_stats.proxy_rate_limited_total, 1);
+        svc_metric_add(&stats->proxy_rate_limited_total, 1);
         snprintf(ra, sizeof(ra), "%d", a->retry_after_s);
         add_header(c, "Retry-After", ra);
         snprintf(msg, sizeof(msg), "%lld", a->tpm_limit);
@@ -532,9 +539,9 @@ static void admit(struct v1_call *c)
         sc[n].name = key_scope;
         sc[n++].limit = c->tpm;
     }
-    if (proxy_setting.PROXY_TPM_LIMIT.i > 0) {
+    if (setting->PROXY_TPM_LIMIT.i > 0) {
         sc[n].name = "user";
-        sc[n++].limit = proxy_setting.PROXY_TPM_LIMIT.i;
+        sc[n++].limit = setting->PROXY_TPM_LIMIT.i;
     }
     {
         char tag[32];
@@ -584,7 +591,7 @@ static int rpm_retry(struct v1_call *c, int err)
 static void on_rpm(int err, int allowed, long long count, void *data)
 {
     struct v1_call *c = data;
-    long long limit = c->rpm > 0 ? c->rpm : proxy_setting.PROXY_RPM_LIMIT.i;
+    long long limit = c->rpm > 0 ? c->rpm : setting->PROXY_RPM_LIMIT.i;
     int reset = RPM_WINDOW_S - (int)(svc_wallclock_ms() / 1000 % RPM_WINDOW_S);
     char v[32];
 
@@ -596,9 +603,9 @@ static void on_rpm(int err, int allowed, long long count, void *data)
     }
     if (svc_req_is_done(c->req))
         return;
-    if (err != SVC_OK && !proxy_setting.PROXY_RATELIMIT_FAIL_OPEN.i && rpm_retry(c, err))
+    if (err != SVC_OK && !setting->PROXY_RATELIMIT_FAIL_OPEN.i && rpm_retry(c, err))
         return;
-    if (err != SVC_OK && !proxy_setting.PROXY_RATELIMIT_FAIL_OPEN.i) {
+    if (err != SVC_OK && !setting->PROXY_RATELIMIT_FAIL_OPEN.i) {
         SVC_LOG_WARN(c->rid, "ratelimit", "cannot count this request: %s", svc_strerror(err));
         v1_error(c, 503, "server_error", "rate_limiter_unavailable",
                  "The rate limiter is unavailable, please try again later.");
@@ -614,7 +621,7 @@ static void on_rpm(int err, int allowed, long long count, void *data)
     }
     if (err == SVC_OK && !allowed) {
         char msg[256];
-        svc_metric_add(&proxy_stats.proxy_rate_limited_total, 1);
+        svc_metric_add(&stats->proxy_rate_limited_total, 1);
         snprintf(v, sizeof(v), "%d", reset);
         add_header(c, "Retry-After", v);
         snprintf(msg, sizeof(msg),
@@ -630,7 +637,7 @@ static void on_rpm(int err, int allowed, long long count, void *data)
 /* Requests per minute, in Redis (the key's rpm, else PROXY_RPM_LIMIT per user); then admit. */
 static void check_rpm(struct v1_call *c)
 {
-    long long limit = c->rpm > 0 ? c->rpm : proxy_setting.PROXY_RPM_LIMIT.i;
+    long long limit = c->rpm > 0 ? c->rpm : setting->PROXY_RPM_LIMIT.i;
     char scope[96];
     int rc = SVC_OK;
 
@@ -643,9 +650,9 @@ static void check_rpm(struct v1_call *c)
         c->redis_pending++;
         return;
     }
-    if (limit > 0 && !proxy_setting.PROXY_RATELIMIT_FAIL_OPEN.i && rpm_retry(c, rc))
+    if (limit > 0 && !setting->PROXY_RATELIMIT_FAIL_OPEN.i && rpm_retry(c, rc))
         return;
-    if (limit > 0 && !proxy_setting.PROXY_RATELIMIT_FAIL_OPEN.i) {
+    if (limit > 0 && !setting->PROXY_RATELIMIT_FAIL_OPEN.i) {
         v1_error(c, 503, "server_error", "rate_limiter_unavailable",
                  "The rate limiter is unavailable, please try again later.");
         return;
@@ -826,7 +833,7 @@ static void on_authenticated(void *ctx, int err, int result, const char *scheme,
     /* PROXY_CLIENT_KEYS=relay: a Bearer auth does not know is the client's own upstream key, sent
      * on as is and not metered (the seed's behaviour, for operators who want it). */
     if (err == SVC_OK && result == CHATWEB__AUTH__AUTH_RESULT__AUTH_UNKNOWN_USER &&
-        strcmp(proxy_setting.PROXY_CLIENT_KEYS.s, "relay") == 0 && c->kind != V1_MODELS &&
+        strcmp(setting->PROXY_CLIENT_KEYS.s, "relay") == 0 && c->kind != V1_MODELS &&
         c->kind != V1_RELAY && svc_req_header(c->req, "Authorization") != NULL &&
         strncasecmp(svc_req_header(c->req, "Authorization"), "Bearer ", 7) == 0) {
         svc_modelmap_lookup(c->w->models, c->model, &c->mi);
@@ -841,7 +848,7 @@ static void on_authenticated(void *ctx, int err, int result, const char *scheme,
     /* Only a chatweb API key opens /v1 (not a password, not a browser session). */
     if (result != CHATWEB__AUTH__AUTH_RESULT__AUTH_OK || id == NULL || id->key_id == NULL ||
         id->key_id[0] == '\0') {
-        svc_metric_add(&proxy_stats.proxy_auth_errors_total, 1);
+        svc_metric_add(&stats->proxy_auth_errors_total, 1);
         v1_error(c, 401, "invalid_request_error", "invalid_api_key",
                  result == CHATWEB__AUTH__AUTH_RESULT__AUTH_THROTTLED
                      ? "Too many failed attempts, please try again later."
@@ -968,10 +975,10 @@ static void relay_start(struct v1_call *c)
     fr.headers = headers;
     fr.body = blen > 0 ? body : NULL;
     fr.body_len = blen;
-    fr.timeout_ms = proxy_setting.PROXY_UPSTREAM_IDLE_TIMEOUT.i * 1000;
+    fr.timeout_ms = setting->PROXY_UPSTREAM_IDLE_TIMEOUT.i * 1000;
     fr.max_response = RELAY_MAX;
-    fr.proxy = proxy_setting.SOCKS_PROXY.s;
-    fr.ca_file = proxy_setting.OPENAI_CA_FILE.s;
+    fr.proxy = setting->SOCKS_PROXY.s;
+    fr.ca_file = setting->OPENAI_CA_FILE.s;
     fr.http = c->w->upstream_http;
     c->relay = svc_fetch_start(c->w->upstream, &fr, &cb, c);
     svc_wipe(auth, sizeof(auth));
@@ -1016,8 +1023,8 @@ static int classify(struct v1_call *c, const char *method)
             return strcmp(method, "POST") == 0 ? (int)metered[i].kind : -2;
     if (strcmp(c->path, "/models") == 0 || strncmp(c->path, "/models/", 8) == 0)
         return strcmp(method, "GET") == 0 ? V1_MODELS : -2;
-    if (listed(c->path, proxy_setting.PROXY_PASSTHROUGH.s) ||
-        listed(svc_req_path(c->req), proxy_setting.PROXY_PASSTHROUGH.s))
+    if (listed(c->path, setting->PROXY_PASSTHROUGH.s) ||
+        listed(svc_req_path(c->req), setting->PROXY_PASSTHROUGH.s))
         return V1_RELAY; /* entries may be written "/files" or "/v1/files" */
     return -1;
 }
@@ -1045,7 +1052,7 @@ int proxy_v1(struct svc_req *req, void *ctx)
     int kind, remembered = 0;
 
     (void)ctx;
-    svc_metric_add(&proxy_stats.proxy_requests_total, 1);
+    svc_metric_add(&stats->proxy_requests_total, 1);
     c = calloc(1, sizeof(*c));
     if (c == NULL) {
         svc_req_error(req, 500, "out of memory");
@@ -1104,7 +1111,7 @@ int proxy_v1(struct svc_req *req, void *ctx)
     }
     authz = credentials(req, keybuf, sizeof(keybuf));
     if (authz == NULL) {
-        svc_metric_add(&proxy_stats.proxy_auth_errors_total, 1);
+        svc_metric_add(&stats->proxy_auth_errors_total, 1);
         v1_error(c, 401, "invalid_request_error", "invalid_api_key",
                  "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.");
         return SVC_HTTP_DONE;
