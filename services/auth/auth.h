@@ -30,7 +30,7 @@ struct auth_cache;
 #define AUTH_NAME_MAX 64       /* bytes of a username */
 #define AUTH_PASSWORD_MAX 128  /* bytes of a password */
 #define AUTH_MODEL_MAX 255     /* bytes of a /model setting */
-#define AUTH_HASH_MAX 128      /* crypto_pwhash_STRBYTES */
+#define AUTH_HASH_MAX 128      /* SVC_CRYPTO_PWHASH_STRBYTES */
 #define AUTH_KEY_PREFIX_LEN 11 /* "sk-" + 8 hex: the visible part of an API key */
 #define AUTH_KEY_LEN 51        /* "sk-" + 48 hex */
 #define AUTH_KEY_NAME_MAX 64

@@ -8,13 +8,13 @@
  * See docs/accounts.md and docs/ops-api.md.
  */
 #include <pthread.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "auth.h"
+#include "svc/crypto.h"
 #include "svc/db.h"
 #include "svc/http.h"
 #include "svc/log.h"
@@ -171,7 +171,7 @@ int main(int argc, char **argv)
     size_t i;
 
     svc_service_setup("auth", argc, argv, (struct svc_option *)&setting, SVC_OPTION_COUNT(setting));
-    if (sodium_init() < 0)
+    if (svc_crypto_setup() != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "libsodium: initialisation failed");
 
     sa = setting.AUTH_SESSION_AUTH.s;
@@ -248,7 +248,7 @@ int main(int argc, char **argv)
         struct auth_user u;
         if (auth_user_by_id(&ctx, statics.ids[i], &u) == SVC_OK)
             snprintf(statics.names[i], sizeof(statics.names[i]), "%s", u.username);
-        sodium_memzero(&u, sizeof(u));
+        svc_wipe(&u, sizeof(u));
     }
     auth_rpc_ctx = &ctx;
 

@@ -6,7 +6,6 @@
  * docs/ops-api.md documents every action.
  */
 #include <jansson.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +13,7 @@
 
 #include "auth.h"
 #include "billing.pb-c.h"
+#include "svc/crypto.h"
 #include "svc/db.h"
 #include "svc/http.h"
 #include "svc/log.h"
@@ -221,7 +221,7 @@ static int act_register(struct op *o)
     if ((rc = auth_pw_hash(o->a, pw, hash)) != SVC_OK)
         return wfail(o, 500, "internal error");
     rc = auth_user_create(o->a, o->username, hash, 0, &id);
-    sodium_memzero(hash, sizeof(hash));
+    svc_wipe(hash, sizeof(hash));
     if (rc == SVC_EEXIST)
         return wfail(o, 200, MSG_EXISTS);
     if (rc != SVC_OK)
@@ -263,15 +263,15 @@ static int idem_key_ok(const char *k)
 
 /* The digest a recharge's Idempotency-Key is bound to: what it asks for (the user by id, so a
  * rename in between does not make a replay "different", and the signed count). */
-static void recharge_hash(int64_t uid, int64_t count, char out[2 * crypto_hash_sha256_BYTES + 1])
+static void recharge_hash(int64_t uid, int64_t count, char out[2 * SVC_CRYPTO_SHA256_BYTES + 1])
 {
-    unsigned char h[crypto_hash_sha256_BYTES];
+    unsigned char h[SVC_CRYPTO_SHA256_BYTES];
     char text[96];
     int n = snprintf(text, sizeof(text), "v1\nrecharge\n%lld\n%lld", (long long)uid,
                      (long long)count);
 
-    crypto_hash_sha256(h, (const unsigned char *)text, (unsigned long long)n);
-    sodium_bin2hex(out, 2 * crypto_hash_sha256_BYTES + 1, h, sizeof(h));
+    svc_crypto_sha256(h, text, (size_t)n);
+    svc_crypto_hex(out, h, sizeof(h));
 }
 
 #define MSG_IDEM_CONFLICT "Idempotency-Key was already used with a different request"
@@ -302,7 +302,7 @@ static int act_recharge(struct op *o)
     ProtobufCMessage *out = NULL;
     const Chatweb__Billing__Account *ac = NULL;
     const char *idem = svc_req_header(o->req, "Idempotency-Key");
-    char err[256], msg[320], detail[256], hash[2 * crypto_hash_sha256_BYTES + 1];
+    char err[256], msg[320], detail[256], hash[2 * SVC_CRYPTO_SHA256_BYTES + 1];
     char stored[IDEM_REPLY_MAX];
     enum auth_idem_state st = AUTH_IDEM_NEW;
     int64_t count;
@@ -536,7 +536,7 @@ static int act_set_password(struct op *o)
     if (auth_pw_hash(o->a, pw, hash) != SVC_OK)
         return wfail(o, 500, "internal error");
     rc = auth_user_set_credentials(o->a, o->u.id, NULL, hash);
-    sodium_memzero(hash, sizeof(hash));
+    svc_wipe(hash, sizeof(hash));
     if (rc != SVC_OK)
         return wfail(o, rc == SVC_ENOTFOUND ? 200 : 503,
                      rc == SVC_ENOTFOUND ? MSG_NOT_FOUND : "database unavailable");
@@ -605,7 +605,7 @@ static int act_create_key(struct op *o)
     audit(o, MSG_SUCCESS, detail);
     rc = ok(o, json_pack("{s:s,s:s,s:s,s:I}", "key", key, "prefix", k.prefix, "name", k.name,
                          "created_at", (json_int_t)k.created_at));
-    sodium_memzero(key, sizeof(key));
+    svc_wipe(key, sizeof(key));
     return rc;
 }
 
@@ -1215,7 +1215,7 @@ static int dispatch(struct auth_ctx *a, struct svc_req *req, const char *actor)
         rc = actions[i].fn(&o);
     }
     json_decref(o.in);
-    sodium_memzero(&o.u, sizeof(o.u));
+    svc_wipe(&o.u, sizeof(o.u));
     return rc;
 }
 
@@ -1313,7 +1313,7 @@ int auth_ops_admin_accounts(struct svc_req *req, void *ctx)
         int p_ok = svc_secure_equal(pass, strlen(pass), want, strlen(want));
         good = u_ok & p_ok;
     }
-    sodium_memzero(decoded, sizeof(decoded));
+    svc_wipe(decoded, sizeof(decoded));
     if (!good) {
         if (h != NULL)
             SVC_LOG_WARN(svc_req_id(req), "ops", "refused admin credentials from %s",

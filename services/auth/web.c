@@ -3,7 +3,6 @@
  * RPC methods (Authenticate, ChangeCredentials, SetModel).
  */
 #include <jansson.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +13,7 @@
 #include "svc/http.h"
 #include "svc/log.h"
 #include "svc/rpc.h"
+#include "svc/util.h"
 
 #define UNAUTHORIZED_MSG "Error: 无访问权限 | No access rights"
 
@@ -123,7 +123,7 @@ int auth_api_verify(struct svc_req *req, void *ctx)
     json_decref(in); /* token points into it */
     rc = auth_authenticate(a, authz, NULL, svc_req_client_ip(req), svc_req_id(req), &res, &scheme,
                            &id);
-    sodium_memzero(authz, sizeof(authz));
+    svc_wipe(authz, sizeof(authz));
     if (rc != SVC_OK)
         return auth_reply(req, 503, "Fail", "认证服务不可用 | Authentication unavailable", NULL, 1);
     if (res == AUTH_R_THROTTLED)
@@ -170,18 +170,18 @@ int auth_api_login(struct svc_req *req, void *ctx)
              a->cfg.cookie_secure ? "; Secure" : "");
     if (svc_req_add_header(req, "Set-Cookie", cookie) != SVC_OK ||
         svc_req_add_header(req, "Cache-Control", "no-store") != SVC_OK) {
-        sodium_memzero(cookie, sizeof(cookie));
-        sodium_memzero(token, sizeof(token));
+        svc_wipe(cookie, sizeof(cookie));
+        svc_wipe(token, sizeof(token));
         return auth_reply(req, 500, "Fail", "internal error", NULL, 1);
     }
-    sodium_memzero(cookie, sizeof(cookie));
+    svc_wipe(cookie, sizeof(cookie));
     SVC_LOG_INFO(svc_req_id(req), "login", "user=%s ip=%s logged in", u.username,
                  svc_req_client_ip(req));
     rc = auth_reply(req, 200, "Success", "",
                     json_pack("{s:s,s:s,s:I}", "token", token, "username", u.username, "expires_in",
                               (json_int_t)a->cfg.session_ttl_s),
                     0);
-    sodium_memzero(token, sizeof(token));
+    svc_wipe(token, sizeof(token));
     return rc;
 }
 
@@ -410,7 +410,7 @@ static int rpc_change_credentials(struct svc_rpc_call *call, const ProtobufCMess
     if ((rc = auth_pw_hash(a, np, hash)) != SVC_OK)
         return rc;
     rc = auth_user_set_credentials(a, u.id, strcmp(nn, u.username) == 0 ? NULL : nn, hash);
-    sodium_memzero(hash, sizeof(hash));
+    svc_wipe(hash, sizeof(hash));
     if (rc == SVC_EEXIST) {
         out->result = CHATWEB__AUTH__CHANGE_RESULT__CHANGE_NAME_TAKEN;
         out->message = "账户名存在";
