@@ -15,7 +15,8 @@
 #define CJ(v) ((const json_t *)(v))
 #define S(v) ((struct svc_json *)(v))
 
-struct svc_json *svc_json_parse(const char *buf, size_t len, int flags, char *err, size_t errlen)
+struct svc_json *svc_json_parse_at(const char *buf, size_t len, int flags, char *err, size_t errlen,
+                                   int *line, int *column)
 {
     size_t jflags = 0;
     json_error_t e;
@@ -26,9 +27,20 @@ struct svc_json *svc_json_parse(const char *buf, size_t len, int flags, char *er
     if (flags & SVC_JSON_ALLOW_NUL)
         jflags |= JSON_ALLOW_NUL;
     j = json_loadb(buf != NULL ? buf : "", buf != NULL ? len : 0, jflags, &e);
-    if (j == NULL && err != NULL && errlen > 0)
-        snprintf(err, errlen, "%s", e.text);
+    if (j == NULL) {
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "%s", e.text);
+        if (line != NULL)
+            *line = e.line;
+        if (column != NULL)
+            *column = e.column;
+    }
     return S(j);
+}
+
+struct svc_json *svc_json_parse(const char *buf, size_t len, int flags, char *err, size_t errlen)
+{
+    return svc_json_parse_at(buf, len, flags, err, errlen, NULL, NULL);
 }
 
 char *svc_json_dump(const struct svc_json *j, int flags)
