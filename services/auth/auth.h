@@ -333,9 +333,9 @@ extern struct auth_ctx *auth_rpc_ctx;
  * omits "status"; data NULL omits "data" unless data_null is set ("data":null). Steals the
  * reference to data. Returns SVC_HTTP_DONE.
  */
-struct json_t;
+struct svc_json;
 int auth_reply(struct svc_req *req, int http, const char *status, const char *message,
-               struct json_t *data, int data_null);
+               struct svc_json *data, int data_null);
 
 /* ---- billing (authn.c) ---- */
 

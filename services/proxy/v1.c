@@ -12,7 +12,6 @@
  * upstream's list filtered to the key's models; paths in PROXY_PASSTHROUGH are relayed unmetered.
  * Everything runs on the request's loop; nothing blocks.
  */
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +24,7 @@
 #include "proxy.h"
 #include "svc/fetch.h"
 #include "svc/http.h"
+#include "svc/json.h"
 #include "svc/log.h"
 #include "svc/loop.h"
 #include "svc/modelmap.h"
@@ -51,7 +51,7 @@ struct v1_call {
     char method[8];
 
     /* the request */
-    json_t *body;
+    struct svc_json *body;
     int stream, hide_usage, has_limit;
     int own_ratelimit; /* our x-ratelimit-* headers are on the reply: the upstream's are not */
     char up_ctype[128]; /* the upstream answer's Content-Type (pass_header), "" when none */
@@ -153,8 +153,8 @@ static void v1_error(struct v1_call *c, int status, const char *type, const char
     if (c->req == NULL)
         return;
     svc_req_reply_json(c->req, status,
-                       json_pack("{s:{s:s, s:s, s:n, s:s?}}", "error", "message", message, "type",
-                                 type, "param", "code", code));
+                       svc_json_pack("{s:{s:s, s:s, s:n, s:s?}}", "error", "message", message,
+                                     "type", type, "param", "code", code));
 }
 
 static void add_header(struct v1_call *c, const char *name, const char *value)
@@ -210,7 +210,7 @@ static const char *reply_ctype(const struct v1_call *c)
 
 static void call_free(struct v1_call *c)
 {
-    json_decref(c->body);
+    svc_json_destroy(&c->body);
     free(c);
 }
 
@@ -410,23 +410,23 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
 
     /* Change the body only where we must (see the top of this file). */
     if (completion_limit >= 0 && c->stream && (c->kind == V1_CHAT || c->kind == V1_COMPLETIONS)) {
-        json_t *so = json_object_get(c->body, "stream_options");
-        if (!json_is_true(json_object_get(so, "include_usage"))) {
-            if (!json_is_object(so)) {
-                so = json_object();
-                json_object_set_new(c->body, "stream_options", so);
+        struct svc_json *so = svc_json_member(c->body, "stream_options");
+        if (!svc_json_is_true(svc_json_member(so, "include_usage"))) {
+            if (!svc_json_is_object(so)) {
+                so = svc_json_object();
+                svc_json_set(c->body, "stream_options", so);
             }
-            json_object_set_new(so, "include_usage", json_true());
+            svc_json_set(so, "include_usage", svc_json_bool(1));
             c->hide_usage = 1;
             changed = 1;
         }
     }
     if (!c->has_limit && c->kind != V1_EMBEDDINGS && completion_limit > 0) {
-        json_object_set_new(c->body,
-                            c->kind == V1_RESPONSES ? "max_output_tokens"
-                            : c->kind == V1_CHAT && c->mi.reasoning ? "max_completion_tokens"
-                                                                    : "max_tokens",
-                            json_integer(completion_limit));
+        svc_json_set(c->body,
+                     c->kind == V1_RESPONSES                 ? "max_output_tokens"
+                     : c->kind == V1_CHAT && c->mi.reasoning ? "max_completion_tokens"
+                                                             : "max_tokens",
+                     svc_json_integer(completion_limit));
         changed = 1;
     }
     if (completion_limit < 0) {
@@ -445,7 +445,7 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
         return;
     }
     c->tried = 1u << c->upstream;
-    if (changed && (text = json_dumps(c->body, JSON_COMPACT)) == NULL) {
+    if (changed && (text = svc_json_dump(c->body, 0)) == NULL) {
         v1_error(c, 500, "server_error", NULL, "out of memory");
         return;
     }
@@ -663,68 +663,71 @@ static void check_rpm(struct v1_call *c)
 /* ---- counting the prompt ---- */
 
 /* Text of an OpenAI "content": a string, or an array of parts whose text parts count. */
-static long long content_tokens(const struct svc_model_info *mi, json_t *content, int *bad)
+static long long content_tokens(const struct svc_model_info *mi, struct svc_json *content, int *bad)
 {
     const struct svc_tokenizer *tk = svc_tokenizer_get(mi->encoding);
     long long n = 0;
     size_t i;
-    json_t *part;
+    struct svc_json *part;
 
     if (tk == NULL) {
         *bad = 1;
         return 0;
     }
-    if (json_is_string(content))
-        return svc_tokenizer_count(tk, json_string_value(content), json_string_length(content));
-    if (json_is_null(content) || content == NULL)
+    if (svc_json_is_string(content))
+        return svc_tokenizer_count(tk, svc_json_str(content), svc_json_strlen(content));
+    if (svc_json_is_null(content) || content == NULL)
         return 0;
-    if (!json_is_array(content)) {
+    if (!svc_json_is_array(content)) {
         *bad = 1;
         return 0;
     }
-    json_array_foreach(content, i, part) {
-        json_t *t = json_object_get(part, "text");
-        if (json_is_string(t))
-            n += svc_tokenizer_count(tk, json_string_value(t), json_string_length(t));
+    SVC_JSON_ARRAY_EACH(content, i, part) {
+        struct svc_json *t = svc_json_member(part, "text");
+        if (svc_json_is_string(t))
+            n += svc_tokenizer_count(tk, svc_json_str(t), svc_json_strlen(t));
     }
     return n;
 }
 
 /* Strings, or token arrays (their length), or arrays of either: a prompt or an input. */
-static long long input_tokens(const struct svc_model_info *mi, json_t *v, int depth, int *bad)
+static long long input_tokens(const struct svc_model_info *mi, struct svc_json *v, int depth,
+                              int *bad)
 {
     size_t i;
-    json_t *e;
+    struct svc_json *e;
     long long n = 0;
 
-    if (json_is_string(v))
+    if (svc_json_is_string(v))
         return content_tokens(mi, v, bad);
-    if (json_is_integer(v) && depth > 0)
+    if (svc_json_is_integer(v) && depth > 0)
         return 1;
-    if (!json_is_array(v) || depth > 1) {
+    if (!svc_json_is_array(v) || depth > 1) {
         *bad = 1;
         return 0;
     }
-    json_array_foreach(v, i, e) n += input_tokens(mi, e, depth + 1, bad);
+    SVC_JSON_ARRAY_EACH(v, i, e)
+        n += input_tokens(mi, e, depth + 1, bad);
     return n;
 }
 
 /* The chat format's count of messages (modelmap.h), with content parts and names. */
-static long long messages_tokens(const struct svc_model_info *mi, json_t *messages, int *bad)
+static long long messages_tokens(const struct svc_model_info *mi, struct svc_json *messages,
+                                 int *bad)
 {
     long long n = svc_modelmap_reply_priming(mi);
     size_t i;
-    json_t *m;
+    struct svc_json *m;
 
-    if (!json_is_array(messages) || json_array_size(messages) == 0) {
+    if (!svc_json_is_array(messages) || svc_json_array_len(messages) == 0) {
         *bad = 1;
         return 0;
     }
-    json_array_foreach(messages, i, m) {
-        const char *role = json_string_value(json_object_get(m, "role"));
-        const char *name = json_string_value(json_object_get(m, "name"));
-        json_t *content = json_object_get(m, "content");
-        if (!json_is_object(m) || role == NULL) {
+    SVC_JSON_ARRAY_EACH(messages, i, m) {
+        const char *role = svc_json_str(svc_json_member(m, "role"));
+        const char *name = svc_json_str(svc_json_member(m, "name"));
+        struct svc_json *content = svc_json_member(m, "content");
+        if (!svc_json_is_object(m) || role == NULL) {
             *bad = 1;
             return 0;
         }
@@ -737,50 +740,50 @@ static long long messages_tokens(const struct svc_model_info *mi, json_t *messag
 /* The exact prompt and the largest reply of the request; 0, or a message for a 400. */
 static const char *count_request(struct v1_call *c)
 {
-    json_t *b = c->body;
-    json_t *limit = NULL;
+    struct svc_json *b = c->body;
+    struct svc_json *limit = NULL;
     int bad = 0;
 
     switch (c->kind) {
     case V1_CHAT:
-        c->prompt_tokens = messages_tokens(&c->mi, json_object_get(b, "messages"), &bad);
+        c->prompt_tokens = messages_tokens(&c->mi, svc_json_member(b, "messages"), &bad);
         if (bad)
             return "'messages' must be a non-empty array of messages with a role";
-        limit = json_object_get(b, "max_completion_tokens");
+        limit = svc_json_member(b, "max_completion_tokens");
         if (limit == NULL)
-            limit = json_object_get(b, "max_tokens");
+            limit = svc_json_member(b, "max_tokens");
         break;
     case V1_COMPLETIONS:
-        c->prompt_tokens = input_tokens(&c->mi, json_object_get(b, "prompt"), 0, &bad);
+        c->prompt_tokens = input_tokens(&c->mi, svc_json_member(b, "prompt"), 0, &bad);
         if (bad)
             return "'prompt' must be a string, an array of strings or of token arrays";
-        limit = json_object_get(b, "max_tokens");
+        limit = svc_json_member(b, "max_tokens");
         break;
     case V1_EMBEDDINGS:
-        c->prompt_tokens = input_tokens(&c->mi, json_object_get(b, "input"), 0, &bad);
+        c->prompt_tokens = input_tokens(&c->mi, svc_json_member(b, "input"), 0, &bad);
         if (bad)
             return "'input' must be a string, an array of strings or of token arrays";
         c->max_completion = 0;
         return NULL;
     case V1_RESPONSES: {
-        json_t *input = json_object_get(b, "input");
-        json_t *instr = json_object_get(b, "instructions");
-        c->prompt_tokens = json_is_array(input) ? messages_tokens(&c->mi, input, &bad)
-                                                : content_tokens(&c->mi, input, &bad);
+        struct svc_json *input = svc_json_member(b, "input");
+        struct svc_json *instr = svc_json_member(b, "instructions");
+        c->prompt_tokens = svc_json_is_array(input) ? messages_tokens(&c->mi, input, &bad)
+                                                    : content_tokens(&c->mi, input, &bad);
         c->prompt_tokens += content_tokens(&c->mi, instr, &bad);
         if (bad)
             return "'input' must be a string or an array of messages";
-        limit = json_object_get(b, "max_output_tokens");
+        limit = svc_json_member(b, "max_output_tokens");
         break;
     }
     default:
         return "unsupported endpoint";
     }
-    if (limit != NULL && !json_is_null(limit)) {
-        if (!json_is_integer(limit) || json_integer_value(limit) < 1)
+    if (limit != NULL && !svc_json_is_null(limit)) {
+        if (!svc_json_is_integer(limit) || svc_json_int(limit) < 1)
             return "the reply limit (max_tokens) must be an integer of at least 1";
         c->has_limit = 1;
-        c->max_completion = json_integer_value(limit);
+        c->max_completion = svc_json_int(limit);
     } else {
         /* No limit asked: the hold covers what the model's window leaves, at least one token. */
         c->max_completion = c->mi.context_window - c->prompt_tokens;
@@ -904,24 +907,24 @@ static void on_authenticated(void *ctx, int err, int result, const char *scheme,
 /* GET /v1/models: the upstream's list, only the key's models when it has a list. */
 static void reply_models(struct v1_call *c, const char *body, size_t len)
 {
-    json_t *j = json_loadb(body, len, 0, NULL);
-    json_t *data = json_object_get(j, "data"), *kept;
+    struct svc_json *j = svc_json_parse(body, len, 0, NULL, 0);
+    struct svc_json *data = svc_json_member(j, "data"), *kept;
     size_t i;
-    json_t *m;
+    struct svc_json *m;
 
-    if (!json_is_array(data)) {
-        json_decref(j);
+    if (!svc_json_is_array(data)) {
+        svc_json_destroy(&j);
         v1_error(c, 502, "server_error", "upstream_error",
                  "the upstream's model list is malformed");
         return;
     }
-    kept = json_array();
-    json_array_foreach(data, i, m) {
-        const char *id = json_string_value(json_object_get(m, "id"));
+    kept = svc_json_array();
+    SVC_JSON_ARRAY_EACH(data, i, m) {
+        const char *id = svc_json_str(svc_json_member(m, "id"));
         if (id != NULL && model_allowed(c, id))
-            json_array_append(kept, m);
+            svc_json_append(kept, svc_json_ref(m));
     }
-    json_object_set_new(j, "data", kept);
+    svc_json_set(j, "data", kept);
     svc_req_reply_json(c->req, 200, j);
 }
 
@@ -1085,29 +1088,29 @@ int proxy_v1(struct svc_req *req, void *ctx)
     }
     c->kind = (enum v1_kind)kind;
     if (c->kind != V1_MODELS && c->kind != V1_RELAY) {
-        json_error_t je;
-        json_t *model, *stream;
+        char jerr[160];
+        struct svc_json *model, *stream;
         body = svc_req_body(req, &len);
-        c->body = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
-        if (c->body == NULL || !json_is_object(c->body)) {
+        c->body = svc_json_parse(body, len, SVC_JSON_STRICT, jerr, sizeof(jerr));
+        if (c->body == NULL || !svc_json_is_object(c->body)) {
             snprintf(msg, sizeof(msg), "We could not parse the JSON body of your request: %s",
-                     c->body == NULL ? je.text : "not an object");
+                     c->body == NULL ? jerr : "not an object");
             v1_error(c, 400, "invalid_request_error", NULL, msg);
             return SVC_HTTP_DONE;
         }
-        model = json_object_get(c->body, "model");
-        if (!json_is_string(model) || json_string_length(model) == 0 ||
-            json_string_length(model) >= sizeof(c->model)) {
+        model = svc_json_member(c->body, "model");
+        if (!svc_json_is_string(model) || svc_json_strlen(model) == 0 ||
+            svc_json_strlen(model) >= sizeof(c->model)) {
             v1_error(c, 400, "invalid_request_error", NULL, "you must provide a model parameter");
             return SVC_HTTP_DONE;
         }
-        snprintf(c->model, sizeof(c->model), "%s", json_string_value(model));
-        stream = json_object_get(c->body, "stream");
-        if (stream != NULL && !json_is_boolean(stream) && !json_is_null(stream)) {
+        snprintf(c->model, sizeof(c->model), "%s", svc_json_str(model));
+        stream = svc_json_member(c->body, "stream");
+        if (stream != NULL && !svc_json_is_bool(stream) && !svc_json_is_null(stream)) {
             v1_error(c, 400, "invalid_request_error", NULL, "'stream' must be a boolean");
             return SVC_HTTP_DONE;
         }
-        c->stream = json_is_true(stream) && c->kind != V1_EMBEDDINGS;
+        c->stream = svc_json_is_true(stream) && c->kind != V1_EMBEDDINGS;
     }
     authz = credentials(req, keybuf, sizeof(keybuf));
     if (authz == NULL) {
