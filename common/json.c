@@ -5,11 +5,13 @@
  */
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include <jansson.h>
 
 #include "svc/err.h"
 #include "svc/json.h"
+#include "svc/util.h"
 
 #define J(v) ((json_t *)(v))
 #define CJ(v) ((const json_t *)(v))
@@ -173,8 +175,11 @@ int svc_json_set(struct svc_json *obj, const char *key, struct svc_json *v)
         json_decref(J(v));
         return SVC_EINVAL;
     }
-    /* json_object_set_new drops v itself when it fails */
-    return json_object_set_new(J(obj), key, J(v)) == 0 ? SVC_OK : SVC_ENOMEM;
+    /* json_object_set_new drops v itself when it fails: for a key that is not UTF-8, or out of
+     * memory (the only cause left when the key is UTF-8) */
+    if (json_object_set_new(J(obj), key, J(v)) == 0)
+        return SVC_OK;
+    return svc_utf8_valid(key, strlen(key)) ? SVC_ENOMEM : SVC_EINVAL;
 }
 
 int svc_json_append(struct svc_json *arr, struct svc_json *v)

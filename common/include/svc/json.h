@@ -44,7 +44,10 @@ struct svc_json *svc_json_parse(const char *buf, size_t len, int flags, char *er
 struct svc_json *svc_json_parse_at(const char *buf, size_t len, int flags, char *err, size_t errlen,
                                    int *line, int *column);
 
-/* The compact text of j, NUL-terminated; caller frees with free(). NULL when out of memory. */
+/*
+ * The compact text of j, NUL-terminated; caller frees with free(). NULL when j is NULL or not an
+ * object or array (jansson dumps only those), or out of memory.
+ */
 char *svc_json_dump(const struct svc_json *j, int flags);
 
 /*
