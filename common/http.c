@@ -9,7 +9,6 @@
 #include "svc/http.h"
 
 #include <errno.h>
-#include <jansson.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -26,6 +25,7 @@
 
 #include "svc/buf.h"
 #include "svc/cfg.h"
+#include "svc/json.h"
 #include "svc/log.h"
 #include "svc/loop.h"
 #include "svc/util.h"
@@ -352,12 +352,12 @@ int svc_req_reply(struct svc_req *req, int status, const char *content_type, con
     return req_set_pending(req, (unsigned)status, resp);
 }
 
-int svc_req_reply_json(struct svc_req *req, int status, json_t *body)
+int svc_req_reply_json(struct svc_req *req, int status, struct svc_json *body)
 {
-    char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+    char *text = body != NULL ? svc_json_dump(body, 0) : NULL;
     int rc;
 
-    json_decref(body);
+    svc_json_destroy(&body);
     if (text == NULL)
         return svc_req_reply(req, 500, "text/plain", "out of memory", 13);
     rc = svc_req_reply(req, status, "application/json; charset=utf-8", text, strlen(text));
@@ -366,11 +366,11 @@ int svc_req_reply_json(struct svc_req *req, int status, json_t *body)
 }
 
 int svc_req_reply_envelope(struct svc_req *req, int http_status, const char *status,
-                           const char *message, json_t *data)
+                           const char *message, struct svc_json *data)
 {
     return svc_req_reply_json(req, http_status,
-                              json_pack("{s:s, s:s, s:o}", "status", status, "message", message,
-                                        "data", data != NULL ? data : json_null()));
+                              svc_json_pack("{s:s, s:s, s:o}", "status", status, "message", message,
+                                            "data", data != NULL ? data : svc_json_null()));
 }
 
 int svc_req_error(struct svc_req *req, int status, const char *message)
@@ -382,14 +382,14 @@ int svc_req_error(struct svc_req *req, int status, const char *message)
     case SVC_HTTP_STYLE_ENVELOPE:
         return svc_req_reply_envelope(req, status, "Fail", message, NULL);
     case SVC_HTTP_STYLE_OPENAI:
-        return svc_req_reply_json(
-            req, status,
-            json_pack("{s:{s:s, s:s, s:n, s:n}}", "error", "message", message, "type",
-                      status == 401   ? "invalid_request_error"
-                      : status == 429 ? "rate_limit_exceeded"
-                      : status >= 500 ? "server_error"
-                                      : "invalid_request_error",
-                      "param", "code"));
+        return svc_req_reply_json(req, status,
+                                  svc_json_pack("{s:{s:s, s:s, s:n, s:n}}", "error", "message",
+                                                message, "type",
+                                                status == 401   ? "invalid_request_error"
+                                                : status == 429 ? "rate_limit_exceeded"
+                                                : status >= 500 ? "server_error"
+                                                                : "invalid_request_error",
+                                                "param", "code"));
     case SVC_HTTP_STYLE_TEXT:
         break;
     }

@@ -5,17 +5,20 @@
  */
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include <jansson.h>
 
 #include "svc/err.h"
 #include "svc/json.h"
+#include "svc/util.h"
 
 #define J(v) ((json_t *)(v))
 #define CJ(v) ((const json_t *)(v))
 #define S(v) ((struct svc_json *)(v))
 
-struct svc_json *svc_json_parse(const char *buf, size_t len, int flags, char *err, size_t errlen)
+struct svc_json *svc_json_parse_at(const char *buf, size_t len, int flags, char *err, size_t errlen,
+                                   int *line, int *column)
 {
     size_t jflags = 0;
     json_error_t e;
@@ -26,9 +29,20 @@ struct svc_json *svc_json_parse(const char *buf, size_t len, int flags, char *er
     if (flags & SVC_JSON_ALLOW_NUL)
         jflags |= JSON_ALLOW_NUL;
     j = json_loadb(buf != NULL ? buf : "", buf != NULL ? len : 0, jflags, &e);
-    if (j == NULL && err != NULL && errlen > 0)
-        snprintf(err, errlen, "%s", e.text);
+    if (j == NULL) {
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "%s", e.text);
+        if (line != NULL)
+            *line = e.line;
+        if (column != NULL)
+            *column = e.column;
+    }
     return S(j);
+}
+
+struct svc_json *svc_json_parse(const char *buf, size_t len, int flags, char *err, size_t errlen)
+{
+    return svc_json_parse_at(buf, len, flags, err, errlen, NULL, NULL);
 }
 
 char *svc_json_dump(const struct svc_json *j, int flags)
@@ -161,8 +175,11 @@ int svc_json_set(struct svc_json *obj, const char *key, struct svc_json *v)
         json_decref(J(v));
         return SVC_EINVAL;
     }
-    /* json_object_set_new drops v itself when it fails */
-    return json_object_set_new(J(obj), key, J(v)) == 0 ? SVC_OK : SVC_ENOMEM;
+    /* json_object_set_new drops v itself when it fails: for a key that is not UTF-8, or out of
+     * memory (the only cause left when the key is UTF-8) */
+    if (json_object_set_new(J(obj), key, J(v)) == 0)
+        return SVC_OK;
+    return svc_util_utf8_valid(key, strlen(key)) ? SVC_ENOMEM : SVC_EINVAL;
 }
 
 int svc_json_append(struct svc_json *arr, struct svc_json *v)

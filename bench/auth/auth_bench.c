@@ -14,7 +14,6 @@
  *   rpc_warm           when AUTH_URL is set: the Authenticate RPC round trip to that service
  *                      (AUTH_BENCH_AUTHORIZATION, the header to send, must be valid there)
  */
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +22,7 @@
 
 #include "auth.h"
 #include "auth.pb-c.h"
+#include "svc/crypto.h"
 #include "svc/db.h"
 #include "svc/log.h"
 #include "svc/redis.h"
@@ -76,7 +76,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: REDIS_URL=redis://host:port %s [iterations >= 100]\n", argv[0]);
         return 2;
     }
-    if (sodium_init() < 0 || mkdtemp(dir) == NULL)
+    if (svc_crypto_setup() != SVC_OK || mkdtemp(dir) == NULL)
         return 1;
     svc_log_setup("auth-bench", SVC_LOG_LVL_WARN);
     memset(&a, 0, sizeof(a));
@@ -93,6 +93,7 @@ int main(int argc, char **argv)
     a.cfg.pw_ops = 2;
     a.cfg.pw_mem = 19456 * 1024;
     a.cfg.pw_min = 6;
+    a.on_user_changed = auth_version_publish;
     t = calloc(n, sizeof(*t));
     if (t == NULL || svc_db_create(&a.db, "sqlite:bench.db", dir, NULL, NULL, 0) != SVC_OK ||
         auth_store_migrate(a.db) != SVC_OK ||

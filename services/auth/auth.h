@@ -30,7 +30,7 @@ struct auth_cache;
 #define AUTH_NAME_MAX 64       /* bytes of a username */
 #define AUTH_PASSWORD_MAX 128  /* bytes of a password */
 #define AUTH_MODEL_MAX 255     /* bytes of a /model setting */
-#define AUTH_HASH_MAX 128      /* crypto_pwhash_STRBYTES */
+#define AUTH_HASH_MAX 128      /* SVC_CRYPTO_PWHASH_STRBYTES */
 #define AUTH_KEY_PREFIX_LEN 11 /* "sk-" + 8 hex: the visible part of an API key */
 #define AUTH_KEY_LEN 51        /* "sk-" + 48 hex */
 #define AUTH_KEY_NAME_MAX 64
@@ -73,7 +73,10 @@ struct auth_ctx {
     struct svc_redis *redis;        /* NULL when REDIS_URL is unset (local cache only) */
     struct svc_rpc_client *billing; /* NULL when BILLING_URL is unset */
     struct auth_cache *cache;
-    /* static users with a billing account in place (ops.c auth_static_account_ensure) */
+    /* Told after store.c changed user id (its new version): auth_version_publish, set by whoever
+     * builds the context. A pointer so that the store, below the domain logic, never calls up. */
+    void (*on_user_changed)(struct auth_ctx *a, int64_t id, int64_t version);
+    /* static users with a billing account in place (authn.c auth_billing_ensure_static) */
     pthread_mutex_t static_lock;
     int64_t static_ready[AUTH_STATIC_MAX];
     size_t n_static_ready;
@@ -330,11 +333,11 @@ extern struct auth_ctx *auth_rpc_ctx;
  * omits "status"; data NULL omits "data" unless data_null is set ("data":null). Steals the
  * reference to data. Returns SVC_HTTP_DONE.
  */
-struct json_t;
+struct svc_json;
 int auth_reply(struct svc_req *req, int http, const char *status, const char *message,
-               struct json_t *data, int data_null);
+               struct svc_json *data, int data_null);
 
-/* ---- billing (ops.c) ---- */
+/* ---- billing (authn.c) ---- */
 
 /* Creates the billing account of a static user (unlimited) unless this process already did.
  * Idempotent (billing's CreateAccount is). 0 or an RPC error. Thread-safe. */

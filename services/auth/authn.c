@@ -14,21 +14,23 @@
  *   - entries older than AUTH_CACHE_TTL are verified again in full.
  */
 #include <pthread.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "auth.h"
+#include "billing.pb-c.h"
+#include "svc/crypto.h"
 #include "svc/log.h"
 #include "svc/redis.h"
+#include "svc/rpc.h"
 #include "svc/util.h"
 
 #define CACHE_LOCKS 64
 
 struct cache_slot {
-    unsigned char digest[crypto_generichash_BYTES];
+    unsigned char digest[SVC_CRYPTO_BLAKE2B_BYTES];
     int used;
     int scheme;
     struct auth_identity id;
@@ -43,7 +45,7 @@ struct auth_cache {
     size_t n;
     struct cache_slot *slots;
     pthread_mutex_t locks[CACHE_LOCKS];
-    unsigned char key[crypto_generichash_KEYBYTES];
+    unsigned char key[SVC_CRYPTO_BLAKE2B_KEYBYTES];
 };
 
 int auth_cache_create(struct auth_cache **out, size_t slots)
@@ -65,7 +67,7 @@ int auth_cache_create(struct auth_cache **out, size_t slots)
     c->n = slots;
     for (i = 0; i < CACHE_LOCKS; i++)
         pthread_mutex_init(&c->locks[i], NULL);
-    crypto_generichash_keygen(c->key);
+    svc_crypto_random(c->key, sizeof(c->key));
     *out = c;
     return SVC_OK;
 }
@@ -79,7 +81,7 @@ void auth_cache_destroy(struct auth_cache **cp)
         return;
     for (i = 0; i < CACHE_LOCKS; i++)
         pthread_mutex_destroy(&c->locks[i]);
-    sodium_memzero(c->key, sizeof(c->key));
+    svc_util_wipe(c->key, sizeof(c->key));
     free(c->slots);
     free(c);
     *cp = NULL;
@@ -102,7 +104,7 @@ static int cache_get(struct auth_cache *c, const unsigned char *d, struct cache_
     int hit = 0;
 
     pthread_mutex_lock(l);
-    if (c->slots[i].used && sodium_memcmp(c->slots[i].digest, d, sizeof(c->slots[i].digest)) == 0) {
+    if (c->slots[i].used && svc_crypto_equal(c->slots[i].digest, d, sizeof(c->slots[i].digest))) {
         if (now - c->slots[i].created_ms < ttl_ms) {
             *out = c->slots[i];
             hit = 1;
@@ -133,7 +135,7 @@ static void cache_touch(struct auth_cache *c, const unsigned char *d, int64_t no
     pthread_mutex_t *l = &c->locks[i % CACHE_LOCKS];
 
     pthread_mutex_lock(l);
-    if (c->slots[i].used && sodium_memcmp(c->slots[i].digest, d, sizeof(c->slots[i].digest)) == 0) {
+    if (c->slots[i].used && svc_crypto_equal(c->slots[i].digest, d, sizeof(c->slots[i].digest))) {
         if (drop) {
             c->slots[i].used = 0;
         } else {
@@ -161,15 +163,15 @@ static void cache_drop_user(struct auth_cache *c, int64_t id, int64_t version)
 
 /* The cache key of a credential: a keyed BLAKE2b of the scheme and the credential text. */
 static void cred_digest(const struct auth_cache *c, int scheme, const char *cred,
-                        unsigned char digest[crypto_generichash_BYTES])
+                        unsigned char digest[SVC_CRYPTO_BLAKE2B_BYTES])
 {
-    crypto_generichash_state st;
+    struct svc_crypto_blake2b_state st;
     unsigned char tag = (unsigned char)scheme;
 
-    crypto_generichash_init(&st, c->key, sizeof(c->key), crypto_generichash_BYTES);
-    crypto_generichash_update(&st, &tag, 1);
-    crypto_generichash_update(&st, (const unsigned char *)cred, strlen(cred));
-    crypto_generichash_final(&st, digest, crypto_generichash_BYTES);
+    svc_crypto_blake2b_init(&st, c->key);
+    svc_crypto_blake2b_update(&st, &tag, 1);
+    svc_crypto_blake2b_update(&st, cred, strlen(cred));
+    svc_crypto_blake2b_final(&st, digest);
 }
 
 /* ---- Redis helpers ---- */
@@ -483,11 +485,11 @@ int auth_check_password(struct auth_ctx *a, const char *name, const char *passwo
 
 static void session_key(const char *token, char *out, size_t len)
 {
-    unsigned char h[crypto_hash_sha256_BYTES];
+    unsigned char h[SVC_CRYPTO_SHA256_BYTES];
     char hex[65];
 
-    crypto_hash_sha256(h, (const unsigned char *)token, strlen(token));
-    sodium_bin2hex(hex, sizeof(hex), h, sizeof(h));
+    svc_crypto_sha256(h, token, strlen(token));
+    svc_crypto_hex(hex, h, sizeof(h));
     snprintf(out, len, AUTH_REDIS_PREFIX "sess:{%s}", hex);
 }
 
@@ -514,7 +516,7 @@ int auth_session_create(struct auth_ctx *a, const struct auth_user *u, char *tok
         return SVC_EUNAVAIL;
     svc_util_random_hex(hex, 32);
     snprintf(token_out, AUTH_SESSION_TOKEN_LEN + 1, "cws_%s", hex);
-    sodium_memzero(hex, sizeof(hex));
+    svc_util_wipe(hex, sizeof(hex));
     session_key(token_out, key, sizeof(key));
     snprintf(val, sizeof(val), "%lld:%lld", (long long)u->id, (long long)u->pw_epoch);
     snprintf(ttl, sizeof(ttl), "%lld", (long long)a->cfg.session_ttl_s);
@@ -523,7 +525,7 @@ int auth_session_create(struct auth_ctx *a, const struct auth_user *u, char *tok
         rc = SVC_EUNAVAIL;
     svc_redis_reply_destroy(&rep);
     if (rc != SVC_OK)
-        sodium_memzero(token_out, AUTH_SESSION_TOKEN_LEN + 1);
+        svc_util_wipe(token_out, AUTH_SESSION_TOKEN_LEN + 1);
     return rc;
 }
 
@@ -573,7 +575,7 @@ static int request_session_token(const char *authorization, const char *cookie, 
 void auth_session_delete(struct auth_ctx *a, const char *authorization, const char *cookie)
 {
     char token[AUTH_SESSION_TOKEN_LEN + 8], key[128];
-    unsigned char digest[crypto_generichash_BYTES];
+    unsigned char digest[SVC_CRYPTO_BLAKE2B_BYTES];
     const char *argv[] = {"DEL", key};
     struct svc_redis_reply *rep = NULL;
 
@@ -584,11 +586,11 @@ void auth_session_delete(struct auth_ctx *a, const char *authorization, const ch
     cred_digest(a->cache, AUTH_SCHEME_SESSION, token, digest);
     cache_touch(a->cache, digest, 0, 1, 0);
     if (a->redis == NULL) {
-        sodium_memzero(token, sizeof(token));
+        svc_util_wipe(token, sizeof(token));
         return;
     }
     session_key(token, key, sizeof(key));
-    sodium_memzero(token, sizeof(token));
+    svc_util_wipe(token, sizeof(token));
     if (svc_redis_cmd(a->redis, &rep, 2, argv, NULL) != SVC_OK)
         SVC_LOG_WARN(NULL, "logout", "cannot delete a session");
     svc_redis_reply_destroy(&rep);
@@ -689,7 +691,7 @@ int auth_authenticate(struct auth_ctx *a, const char *authorization, const char 
     struct cache_slot slot;
     struct auth_user u;
     struct auth_key k;
-    unsigned char digest[crypto_generichash_BYTES];
+    unsigned char digest[SVC_CRYPTO_BLAKE2B_BYTES];
     int64_t now = svc_util_wallclock_ms(), version;
     int rc = SVC_OK;
 
@@ -853,7 +855,45 @@ int auth_authenticate(struct auth_ctx *a, const char *authorization, const char 
     cache_put(a->cache, &slot);
     auth_version_publish(a, u.id, u.version);
 out:
-    sodium_memzero(decoded, sizeof(decoded));
-    sodium_memzero(token, sizeof(token));
+    svc_util_wipe(decoded, sizeof(decoded));
+    svc_util_wipe(token, sizeof(token));
     return rc;
+}
+
+/* ---- billing accounts of static users ---- */
+
+int auth_billing_ensure_static(struct auth_ctx *a, int64_t id, const char *name)
+{
+    Chatweb__Billing__CreateAccountRequest in = CHATWEB__BILLING__CREATE_ACCOUNT_REQUEST__INIT;
+    ProtobufCMessage *out = NULL;
+    char err[256];
+    size_t i;
+    int rc, known = 0;
+
+    if (a->billing == NULL)
+        return SVC_EUNAVAIL;
+    pthread_mutex_lock(&a->static_lock);
+    for (i = 0; i < a->n_static_ready && !known; i++)
+        known = a->static_ready[i] == id;
+    pthread_mutex_unlock(&a->static_lock);
+    if (known)
+        return SVC_OK;
+    in.user_id = id;
+    in.username = (char *)name;
+    in.unlimited = 1;
+    in.actor = "auth:static";
+    rc = svc_rpc_call(a->billing, "/rpc/Billing/CreateAccount", &in.base,
+                      &chatweb__billing__create_account_response__descriptor, &out, NULL, err,
+                      sizeof(err));
+    if (out != NULL)
+        protobuf_c_message_free_unpacked(out, NULL);
+    if (rc != SVC_OK)
+        return rc;
+    pthread_mutex_lock(&a->static_lock);
+    for (i = 0; i < a->n_static_ready && a->static_ready[i] != id; i++)
+        ;
+    if (i == a->n_static_ready && a->n_static_ready < AUTH_STATIC_MAX)
+        a->static_ready[a->n_static_ready++] = id;
+    pthread_mutex_unlock(&a->static_lock);
+    return SVC_OK;
 }

@@ -1,20 +1,21 @@
 #include "client.h"
 
 #include <pthread.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "svc/crypto.h"
 #include "svc/fetch.h"
 #include "svc/loop.h"
 #include "svc/rpc.h"
+#include "svc/util.h"
 
 #define MEMO_LOCKS 32
 
 struct memo_slot {
-    unsigned char digest[crypto_generichash_BYTES];
+    unsigned char digest[SVC_CRYPTO_BLAKE2B_BYTES];
     uint64_t expires_ms; /* 0 = empty */
     struct auth_client_identity id;
 };
@@ -23,7 +24,7 @@ static struct {
     struct memo_slot *slots;
     size_t n;
     long ttl_ms;
-    unsigned char key[crypto_generichash_KEYBYTES];
+    unsigned char key[SVC_CRYPTO_BLAKE2B_KEYBYTES];
     pthread_mutex_t locks[MEMO_LOCKS];
 } memo;
 
@@ -32,13 +33,13 @@ int auth_client_setup(size_t slots, long ttl_ms)
     memo.ttl_ms = ttl_ms;
     if (ttl_ms <= 0 || slots == 0)
         return SVC_OK;
-    if (sodium_init() < 0)
+    if (svc_crypto_setup() != SVC_OK)
         return SVC_EINTERNAL;
     memo.slots = calloc(slots, sizeof(*memo.slots));
     if (memo.slots == NULL)
         return SVC_ENOMEM;
     memo.n = slots;
-    crypto_generichash_keygen(memo.key);
+    svc_crypto_random(memo.key, sizeof(memo.key));
     for (int i = 0; i < MEMO_LOCKS; i++)
         pthread_mutex_init(&memo.locks[i], NULL);
     return SVC_OK;
@@ -50,7 +51,7 @@ void auth_client_teardown(void)
         return;
     for (int i = 0; i < MEMO_LOCKS; i++)
         pthread_mutex_destroy(&memo.locks[i]);
-    sodium_memzero(memo.slots, memo.n * sizeof(*memo.slots));
+    svc_util_wipe(memo.slots, memo.n * sizeof(*memo.slots));
     free(memo.slots);
     memo.slots = NULL;
     memo.n = 0;
@@ -66,19 +67,18 @@ int auth_client_memo_eligible(const char *a)
     return strncasecmp(a, "Bearer ", 7) == 0 && strncmp(a + 7, "cws_", 4) != 0;
 }
 
-static size_t slot_of(const char *authorization, unsigned char d[crypto_generichash_BYTES])
+static size_t slot_of(const char *authorization, unsigned char d[SVC_CRYPTO_BLAKE2B_BYTES])
 {
     uint64_t v;
 
-    crypto_generichash(d, crypto_generichash_BYTES, (const unsigned char *)authorization,
-                       strlen(authorization), memo.key, sizeof(memo.key));
+    svc_crypto_blake2b(d, authorization, strlen(authorization), memo.key);
     memcpy(&v, d, sizeof(v));
     return (size_t)(v % memo.n);
 }
 
 int auth_client_memo_get(const char *authorization, struct auth_client_identity *out)
 {
-    unsigned char d[crypto_generichash_BYTES];
+    unsigned char d[SVC_CRYPTO_BLAKE2B_BYTES];
     size_t i;
     int hit = 0;
 
@@ -87,7 +87,7 @@ int auth_client_memo_get(const char *authorization, struct auth_client_identity 
     i = slot_of(authorization, d);
     pthread_mutex_lock(&memo.locks[i % MEMO_LOCKS]);
     if (memo.slots[i].expires_ms > svc_loop_clock_ms() &&
-        sodium_memcmp(memo.slots[i].digest, d, sizeof(d)) == 0) {
+        svc_crypto_equal(memo.slots[i].digest, d, sizeof(d))) {
         *out = memo.slots[i].id;
         hit = 1;
     }
@@ -97,7 +97,7 @@ int auth_client_memo_get(const char *authorization, struct auth_client_identity 
 
 void auth_client_memo_put(const char *authorization, const Chatweb__Auth__Identity *id)
 {
-    unsigned char d[crypto_generichash_BYTES];
+    unsigned char d[SVC_CRYPTO_BLAKE2B_BYTES];
     struct memo_slot s = {0};
     size_t i, off = 0;
 
@@ -148,7 +148,7 @@ static void auth_call_free(void *data)
     struct auth_call *ac = data;
 
     if (ac->authorization != NULL) {
-        sodium_memzero(ac->authorization, strlen(ac->authorization));
+        svc_util_wipe(ac->authorization, strlen(ac->authorization));
         free(ac->authorization);
     }
     free(ac);

@@ -5,7 +5,6 @@
  * one JSON document the server stores but does not interpret beyond checking its shape and size.
  * The model's context still comes from Redis (chat); this is what a user sees on another device.
  */
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +12,7 @@
 #include "auth.h"
 #include "svc/db.h"
 #include "svc/http.h"
+#include "svc/json.h"
 #include "svc/log.h"
 
 #define UNAUTHORIZED_MSG "Error: 无访问权限 | No access rights"
@@ -38,7 +38,7 @@ static int conv_list(struct auth_ctx *a, struct svc_req *req, int64_t uid)
     struct svc_db_conn *conn = NULL;
     struct svc_db_rows *rows = NULL;
     struct svc_db_param p[] = {SVC_DB_I64(uid), SVC_DB_I64(AUTH_CONV_MAX_PER_USER)};
-    json_t *list = NULL;
+    struct svc_json *list = NULL;
     size_t i;
     int rc;
 
@@ -52,15 +52,16 @@ static int conv_list(struct auth_ctx *a, struct svc_req *req, int64_t uid)
         SVC_LOG_ERR(svc_req_id(req), "sql", "list conversations: %s", svc_strerror(rc));
         goto out;
     }
-    if ((list = json_array()) == NULL) {
+    if ((list = svc_json_array()) == NULL) {
         rc = SVC_ENOMEM;
         goto out;
     }
     for (i = 0; i < svc_db_rows_count(rows); i++) {
-        json_t *o = json_pack("{s:s,s:s,s:I}", "id", svc_db_rows_text(rows, i, 0), "title",
-                              svc_db_rows_text(rows, i, 1) ? svc_db_rows_text(rows, i, 1) : "",
-                              "updated_ms", (json_int_t)svc_db_rows_i64(rows, i, 2));
-        if (o == NULL || json_array_append_new(list, o) != 0) {
+        struct svc_json *o =
+            svc_json_pack("{s:s,s:s,s:I}", "id", svc_db_rows_text(rows, i, 0), "title",
+                          svc_db_rows_text(rows, i, 1) ? svc_db_rows_text(rows, i, 1) : "",
+                          "updated_ms", (long long)svc_db_rows_i64(rows, i, 2));
+        if (o == NULL || svc_json_append(list, o) != 0) {
             rc = SVC_ENOMEM;
             goto out;
         }
@@ -69,7 +70,7 @@ out:
     svc_db_rows_destroy(&rows);
     svc_db_conn_put(a->db, &conn);
     if (rc != SVC_OK) {
-        json_decref(list);
+        svc_json_destroy(&list);
         return auth_reply(req, 503, "Fail", "数据库不可用 | Database unavailable", NULL, 1);
     }
     return auth_reply(req, 200, "Success", "", list, 0);
@@ -80,8 +81,7 @@ static int conv_get(struct auth_ctx *a, struct svc_req *req, int64_t uid, const 
     struct svc_db_conn *conn = NULL;
     struct svc_db_rows *rows = NULL;
     struct svc_db_param p[] = {SVC_DB_I64(uid), SVC_DB_TEXT(id)};
-    json_t *data = NULL, *messages = NULL;
-    json_error_t e;
+    struct svc_json *data = NULL, *messages = NULL;
     int rc, found = 0;
 
     if ((rc = svc_db_conn_get(a->db, &conn, -1)) != SVC_OK)
@@ -97,14 +97,15 @@ static int conv_get(struct auth_ctx *a, struct svc_req *req, int64_t uid, const 
     if (svc_db_rows_count(rows) == 0)
         goto out;
     found = 1;
-    messages = json_loadb(svc_db_rows_text(rows, 0, 2) ? svc_db_rows_text(rows, 0, 2) : "",
-                          svc_db_rows_len(rows, 0, 2), 0, &e);
+    messages = svc_json_parse(svc_db_rows_text(rows, 0, 2) ? svc_db_rows_text(rows, 0, 2) : "",
+                              svc_db_rows_len(rows, 0, 2), 0, NULL, 0);
     if (messages == NULL) /* we only store what parsed: a damaged row reads as empty */
-        messages = json_array();
-    data = json_pack("{s:s,s:s,s:I,s:o}", "id", id, "title",
-                     svc_db_rows_text(rows, 0, 0) ? svc_db_rows_text(rows, 0, 0) : "", "updated_ms",
-                     (json_int_t)svc_db_rows_i64(rows, 0, 1), "messages", messages);
-    messages = NULL; /* json_pack's "o" took it, also on failure */
+        messages = svc_json_array();
+    data =
+        svc_json_pack("{s:s,s:s,s:I,s:o}", "id", id, "title",
+                      svc_db_rows_text(rows, 0, 0) ? svc_db_rows_text(rows, 0, 0) : "",
+                      "updated_ms", (long long)svc_db_rows_i64(rows, 0, 1), "messages", messages);
+    messages = NULL; /* svc_json_pack's "o" took it, also on failure */
     if (data == NULL)
         rc = SVC_ENOMEM;
 out:
@@ -118,37 +119,37 @@ out:
 }
 
 static int conv_put(struct auth_ctx *a, struct svc_req *req, int64_t uid, const char *id,
-                    json_t *body)
+                    struct svc_json *body)
 {
-    json_t *title = json_object_get(body, "title");
-    json_t *updated = json_object_get(body, "updated_ms");
-    json_t *messages = json_object_get(body, "messages");
+    struct svc_json *title = svc_json_member(body, "title");
+    struct svc_json *updated = svc_json_member(body, "updated_ms");
+    struct svc_json *messages = svc_json_member(body, "messages");
     struct svc_db_conn *conn = NULL;
     struct svc_db_rows *rows = NULL;
     char *doc = NULL;
     uint64_t affected = 0;
     int rc = SVC_OK;
 
-    if (title == NULL || !json_is_string(title) || json_string_length(title) > AUTH_CONV_TITLE_MAX)
+    if (title == NULL || !svc_json_is_string(title) || svc_json_strlen(title) > AUTH_CONV_TITLE_MAX)
         return auth_reply(req, 200, "Fail", "title must be a string of at most 200 bytes", NULL, 1);
-    if (updated == NULL || !json_is_integer(updated) || json_integer_value(updated) < 0)
+    if (updated == NULL || !svc_json_is_integer(updated) || svc_json_int(updated) < 0)
         return auth_reply(req, 200, "Fail", "updated_ms must be a non-negative integer", NULL, 1);
-    if (messages == NULL || !json_is_array(messages))
+    if (messages == NULL || !svc_json_is_array(messages))
         return auth_reply(req, 200, "Fail", "messages must be an array", NULL, 1);
-    if ((doc = json_dumps(messages, JSON_COMPACT)) == NULL)
+    if ((doc = svc_json_dump(messages, 0)) == NULL)
         return auth_reply(req, 500, "Fail", "internal error", NULL, 1);
     if (strlen(doc) > AUTH_CONV_BODY_MAX) {
         free(doc);
         return auth_reply(req, 200, "Fail", "conversation is too large (at most 512 KiB)", NULL, 1);
     }
     {
-        struct svc_db_param up[] = {SVC_DB_TEXT(json_string_value(title)),
-                                    SVC_DB_I64(json_integer_value(updated)), SVC_DB_TEXT(doc),
+        struct svc_db_param up[] = {SVC_DB_TEXT(svc_json_str(title)),
+                                    SVC_DB_I64(svc_json_int(updated)), SVC_DB_TEXT(doc),
                                     SVC_DB_I64(uid), SVC_DB_TEXT(id)};
         struct svc_db_param cnt[] = {SVC_DB_I64(uid)};
         struct svc_db_param ins[] = {SVC_DB_I64(uid), SVC_DB_TEXT(id),
-                                     SVC_DB_TEXT(json_string_value(title)),
-                                     SVC_DB_I64(json_integer_value(updated)), SVC_DB_TEXT(doc)};
+                                     SVC_DB_TEXT(svc_json_str(title)),
+                                     SVC_DB_I64(svc_json_int(updated)), SVC_DB_TEXT(doc)};
         const char *update =
             "UPDATE auth_conversations SET title = ?, updated_ms = ?, messages = ? "
             "WHERE user_id = ? AND conv_id = ?";
@@ -217,11 +218,10 @@ int auth_api_conversations(void *ctx, struct svc_req *req)
     enum auth_result res;
     enum auth_scheme scheme;
     struct auth_identity id;
-    json_t *j = NULL;
+    struct svc_json *j = NULL;
     const char *action, *cid;
     size_t len = 0;
     const char *b;
-    json_error_t e;
     int ret;
 
     if (auth_authenticate(a, svc_req_header(req, "Authorization"), svc_req_header(req, "Cookie"),
@@ -232,13 +232,13 @@ int auth_api_conversations(void *ctx, struct svc_req *req)
     if (res != AUTH_R_OK)
         return auth_reply(req, 200, "Unauthorized", UNAUTHORIZED_MSG, NULL, 1);
     b = svc_req_body(req, &len);
-    j = json_loadb(b != NULL ? b : "", len, JSON_REJECT_DUPLICATES, &e);
-    if (j == NULL || !json_is_object(j)) {
-        json_decref(j);
+    j = svc_json_parse(b != NULL ? b : "", len, SVC_JSON_STRICT, NULL, 0);
+    if (j == NULL || !svc_json_is_object(j)) {
+        svc_json_destroy(&j);
         return auth_reply(req, 400, "Fail", "the body must be a JSON object", NULL, 1);
     }
-    action = json_string_value(json_object_get(j, "action"));
-    cid = json_string_value(json_object_get(j, "id"));
+    action = svc_json_str(svc_json_member(j, "action"));
+    cid = svc_json_str(svc_json_member(j, "id"));
     if (action == NULL) {
         ret = auth_reply(req, 200, "Fail", "unknown action", NULL, 1);
     } else if (strcmp(action, "list") == 0) {
@@ -258,6 +258,6 @@ int auth_api_conversations(void *ctx, struct svc_req *req)
     } else {
         ret = conv_delete(a, req, id.user_id, cid);
     }
-    json_decref(j);
+    svc_json_destroy(&j);
     return ret;
 }

@@ -8,13 +8,13 @@
  * See docs/accounts.md and docs/ops-api.md.
  */
 #include <pthread.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "auth.h"
+#include "svc/crypto.h"
 #include "svc/db.h"
 #include "svc/http.h"
 #include "svc/log.h"
@@ -172,7 +172,7 @@ int main(int argc, char **argv)
 
     svc_service_setup("auth", argc, argv, (struct svc_cfg_option *)&setting,
                       SVC_OPTION_COUNT(setting));
-    if (sodium_init() < 0)
+    if (svc_crypto_setup() != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "libsodium: initialisation failed");
 
     sa = setting.AUTH_SESSION_AUTH.s;
@@ -235,6 +235,7 @@ int main(int argc, char **argv)
         svc_rpc_client_create(&ctx.billing, setting.BILLING_URL.s, 3000, err, sizeof(err)) !=
             SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "BILLING_URL: cannot create the client");
+    ctx.on_user_changed = auth_version_publish;
     if (auth_cache_create(&ctx.cache, ctx.cfg.cache_slots) != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "out of memory for the verification cache");
     if (auth_pw_setup(&ctx) != SVC_OK)
@@ -246,7 +247,7 @@ int main(int argc, char **argv)
         struct auth_user u;
         if (auth_user_by_id(&ctx, statics.ids[i], &u) == SVC_OK)
             snprintf(statics.names[i], sizeof(statics.names[i]), "%s", u.username);
-        sodium_memzero(&u, sizeof(u));
+        svc_util_wipe(&u, sizeof(u));
     }
     auth_rpc_ctx = &ctx;
 

@@ -5,8 +5,6 @@
  * "data"). Balance work goes to billing by RPC. Every write leaves an audit row.
  * docs/ops-api.md documents every action.
  */
-#include <jansson.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,8 +12,10 @@
 
 #include "auth.h"
 #include "billing.pb-c.h"
+#include "svc/crypto.h"
 #include "svc/db.h"
 #include "svc/http.h"
+#include "svc/json.h"
 #include "svc/log.h"
 #include "svc/rpc.h"
 #include "svc/util.h"
@@ -29,7 +29,7 @@
 struct op {
     struct auth_ctx *a;
     struct svc_req *req;
-    json_t *in;
+    struct svc_json *in;
     const char *actor; /* "opskey" or "admin" */
     const char *rid;
     const char *ip;
@@ -40,7 +40,7 @@ struct op {
 
 /* ---- replies ---- */
 
-static int ok(struct op *o, json_t *data)
+static int ok(struct op *o, struct svc_json *data)
 {
     return auth_reply(o->req, 200, "Success", MSG_SUCCESS, data, 0);
 }
@@ -67,40 +67,40 @@ static int wfail(struct op *o, int http, const char *msg)
 /* An integer field: absent -> def; not an integer or out of [min, max] -> SVC_EINVAL. */
 static int int_field(struct op *o, const char *k, int64_t def, int64_t min, int64_t max, int64_t *v)
 {
-    json_t *j = json_object_get(o->in, k);
+    struct svc_json *j = svc_json_member(o->in, k);
 
-    if (j == NULL || json_is_null(j)) {
+    if (j == NULL || svc_json_is_null(j)) {
         *v = def;
         return SVC_OK;
     }
-    if (!json_is_integer(j))
+    if (!svc_json_is_integer(j))
         return SVC_EINVAL;
-    *v = json_integer_value(j);
+    *v = svc_json_int(j);
     return *v >= min && *v <= max ? SVC_OK : SVC_EINVAL;
 }
 
 static const char *str_field(struct op *o, const char *k)
 {
-    const char *s = json_string_value(json_object_get(o->in, k));
+    const char *s = svc_json_str(svc_json_member(o->in, k));
     return s != NULL ? s : "";
 }
 
 /* models: an array of strings or a comma-separated string -> "a,b" in out. */
 static int models_field(struct op *o, char *out, size_t outlen)
 {
-    json_t *j = json_object_get(o->in, "models");
+    struct svc_json *j = svc_json_member(o->in, "models");
     size_t i, len = 0;
 
     out[0] = '\0';
-    if (j == NULL || json_is_null(j))
+    if (j == NULL || svc_json_is_null(j))
         return SVC_OK;
-    if (json_is_string(j)) {
-        if (json_string_length(j) >= outlen)
+    if (svc_json_is_string(j)) {
+        if (svc_json_strlen(j) >= outlen)
             return SVC_EINVAL;
-        snprintf(out, outlen, "%s", json_string_value(j));
-    } else if (json_is_array(j)) {
-        for (i = 0; i < json_array_size(j); i++) {
-            const char *m = json_string_value(json_array_get(j, i));
+        snprintf(out, outlen, "%s", svc_json_str(j));
+    } else if (svc_json_is_array(j)) {
+        for (i = 0; i < svc_json_array_len(j); i++) {
+            const char *m = svc_json_str(svc_json_array_at(j, i));
             int n;
             if (m == NULL || m[0] == '\0' || strchr(m, ',') != NULL)
                 return SVC_EINVAL;
@@ -166,55 +166,19 @@ static int billing_call(struct op *o, const char *method, const ProtobufCMessage
     return rc;
 }
 
-int auth_billing_ensure_static(struct auth_ctx *a, int64_t id, const char *name)
-{
-    Chatweb__Billing__CreateAccountRequest in = CHATWEB__BILLING__CREATE_ACCOUNT_REQUEST__INIT;
-    ProtobufCMessage *out = NULL;
-    char err[256];
-    size_t i;
-    int rc, known = 0;
-
-    if (a->billing == NULL)
-        return SVC_EUNAVAIL;
-    pthread_mutex_lock(&a->static_lock);
-    for (i = 0; i < a->n_static_ready && !known; i++)
-        known = a->static_ready[i] == id;
-    pthread_mutex_unlock(&a->static_lock);
-    if (known)
-        return SVC_OK;
-    in.user_id = id;
-    in.username = (char *)name;
-    in.unlimited = 1;
-    in.actor = "auth:static";
-    rc = svc_rpc_call(a->billing, "/rpc/Billing/CreateAccount", &in.base,
-                      &chatweb__billing__create_account_response__descriptor, &out, NULL, err,
-                      sizeof(err));
-    if (out != NULL)
-        protobuf_c_message_free_unpacked(out, NULL);
-    if (rc != SVC_OK)
-        return rc;
-    pthread_mutex_lock(&a->static_lock);
-    for (i = 0; i < a->n_static_ready && a->static_ready[i] != id; i++)
-        ;
-    if (i == a->n_static_ready && a->n_static_ready < AUTH_STATIC_MAX)
-        a->static_ready[a->n_static_ready++] = id;
-    pthread_mutex_unlock(&a->static_lock);
-    return SVC_OK;
-}
-
 /* The account after a recharge, with the numbers `check` shows: balance and granted are -1 for
  * an unlimited account (static users included), whose billing balance means nothing. */
-static json_t *account_json(const Chatweb__Billing__Account *ac, int is_static)
+static struct svc_json *account_json(const Chatweb__Billing__Account *ac, int is_static)
 {
     int unlimited;
 
     if (ac == NULL)
-        return json_null();
+        return svc_json_null();
     unlimited = ac->unlimited || is_static;
-    return json_pack("{s:I,s:I,s:I,s:I,s:b}", "granted",
-                     (json_int_t)(unlimited ? -1 : ac->granted), "used", (json_int_t)ac->used,
-                     "held", (json_int_t)ac->held, "balance",
-                     (json_int_t)(unlimited ? -1 : ac->balance), "unlimited", unlimited);
+    return svc_json_pack("{s:I,s:I,s:I,s:I,s:b}", "granted",
+                         (long long)(unlimited ? -1 : ac->granted), "used", (long long)ac->used,
+                         "held", (long long)ac->held, "balance",
+                         (long long)(unlimited ? -1 : ac->balance), "unlimited", unlimited);
 }
 
 /* GetAccount; *acc NULL when billing has none or cannot be reached (*reachable 0). */
@@ -257,7 +221,7 @@ static int act_register(struct op *o)
     if ((rc = auth_pw_hash(o->a, pw, hash)) != SVC_OK)
         return wfail(o, 500, "internal error");
     rc = auth_user_create(o->a, o->username, hash, 0, &id);
-    sodium_memzero(hash, sizeof(hash));
+    svc_util_wipe(hash, sizeof(hash));
     if (rc == SVC_EEXIST)
         return wfail(o, 200, MSG_EXISTS);
     if (rc != SVC_OK)
@@ -281,7 +245,7 @@ static int act_register(struct op *o)
     }
     snprintf(detail, sizeof(detail), "count=%lld", (long long)count);
     audit(o, MSG_SUCCESS, detail);
-    return ok(o, json_pack("{s:I,s:s}", "id", (json_int_t)id, "username", o->username));
+    return ok(o, svc_json_pack("{s:I,s:s}", "id", (long long)id, "username", o->username));
 }
 
 /* 1 when an Idempotency-Key is 1..AUTH_IDEM_KEY_MAX bytes of visible ASCII. */
@@ -299,27 +263,27 @@ static int idem_key_ok(const char *k)
 
 /* The digest a recharge's Idempotency-Key is bound to: what it asks for (the user by id, so a
  * rename in between does not make a replay "different", and the signed count). */
-static void recharge_hash(int64_t uid, int64_t count, char out[2 * crypto_hash_sha256_BYTES + 1])
+static void recharge_hash(int64_t uid, int64_t count, char out[2 * SVC_CRYPTO_SHA256_BYTES + 1])
 {
-    unsigned char h[crypto_hash_sha256_BYTES];
+    unsigned char h[SVC_CRYPTO_SHA256_BYTES];
     char text[96];
     int n = snprintf(text, sizeof(text), "v1\nrecharge\n%lld\n%lld", (long long)uid,
                      (long long)count);
 
-    crypto_hash_sha256(h, (const unsigned char *)text, (unsigned long long)n);
-    sodium_bin2hex(out, 2 * crypto_hash_sha256_BYTES + 1, h, sizeof(h));
+    svc_crypto_sha256(h, text, (size_t)n);
+    svc_crypto_hex(out, h, sizeof(h));
 }
 
 #define MSG_IDEM_CONFLICT "Idempotency-Key was already used with a different request"
 #define IDEM_REPLY_MAX 1024 /* bytes of a stored recharge reply (an account: ~100) */
 
 /* Answers a replay: the stored (or given) data with "replay": true, and a header saying so. */
-static int replay_reply(struct op *o, json_t *data, const char *detail)
+static int replay_reply(struct op *o, struct svc_json *data, const char *detail)
 {
     audit(o, "replay", detail);
-    if (data == NULL || json_object_set_new(data, "replay", json_true()) != 0 ||
+    if (data == NULL || svc_json_set(data, "replay", svc_json_bool(1)) != 0 ||
         svc_req_add_header(o->req, "Idempotent-Replayed", "true") != SVC_OK) {
-        json_decref(data);
+        svc_json_destroy(&data);
         return fail(o, 500, "internal error");
     }
     return ok(o, data);
@@ -338,12 +302,12 @@ static int act_recharge(struct op *o)
     ProtobufCMessage *out = NULL;
     const Chatweb__Billing__Account *ac = NULL;
     const char *idem = svc_req_header(o->req, "Idempotency-Key");
-    char err[256], msg[320], detail[256], hash[2 * crypto_hash_sha256_BYTES + 1];
+    char err[256], msg[320], detail[256], hash[2 * SVC_CRYPTO_SHA256_BYTES + 1];
     char stored[IDEM_REPLY_MAX];
     enum auth_idem_state st = AUTH_IDEM_NEW;
     int64_t count;
     int done, rc, duplicate = 0;
-    json_t *data;
+    struct svc_json *data;
 
     if (idem != NULL && !idem_key_ok(idem))
         return wfail(o, 200, "Idempotency-Key must be 1-128 printable ASCII characters");
@@ -365,7 +329,7 @@ static int act_recharge(struct op *o)
         if (st == AUTH_IDEM_DONE) {
             snprintf(detail, sizeof(detail), "count=%lld key=%.64s: nothing credited now",
                      (long long)count, idem);
-            return replay_reply(o, json_loads(stored, 0, NULL), detail);
+            return replay_reply(o, svc_json_parse(stored, strlen(stored), 0, NULL, 0), detail);
         }
     }
     if (count > 0) {
@@ -422,7 +386,7 @@ static int act_recharge(struct op *o)
         snprintf(detail, sizeof(detail), "count=%lld key=%.64s: nothing credited now",
                  (long long)count, idem ? idem : "");
         if (idem != NULL) {
-            char *text = json_dumps(data, JSON_COMPACT);
+            char *text = svc_json_dump(data, 0);
             if (text == NULL || auth_idem_finish(o->a, idem, text) != SVC_OK)
                 SVC_LOG_WARN(o->rid, "ops", "recharge: cannot store the reply of key %.64s", idem);
             free(text);
@@ -433,14 +397,14 @@ static int act_recharge(struct op *o)
              idem ? idem : "");
     audit(o, MSG_SUCCESS, detail);
     if (idem != NULL) {
-        char *text = json_dumps(data, JSON_COMPACT);
+        char *text = svc_json_dump(data, 0);
         /* a lost reply only costs the exactness of a later replay's numbers: billing still
          * credits once, and the key stays bound to this request */
         if (text == NULL || auth_idem_finish(o->a, idem, text) != SVC_OK)
             SVC_LOG_WARN(o->rid, "ops", "recharge: cannot store the reply of key %.64s", idem);
         free(text);
         if (data != NULL)
-            json_object_set_new(data, "replay", json_false());
+            svc_json_set(data, "replay", svc_json_bool(0));
     }
     return ok(o, data);
 }
@@ -450,27 +414,26 @@ static int act_recharge(struct op *o)
  * balance, the same number /api/me shows), `granted` every credit ever, `usage` every charge
  * ever; -1 for unlimited accounts, null when billing does not answer.
  */
-static json_t *user_json(struct op *o, const struct auth_user *u)
+static struct svc_json *user_json(struct op *o, const struct auth_user *u)
 {
     Chatweb__Billing__GetAccountResponse *g = get_account(o, u->id);
     const Chatweb__Billing__Account *ac = g != NULL ? g->account : NULL;
     int unlimited = u->is_static || (ac != NULL && ac->unlimited);
-    json_t *j;
+    struct svc_json *j;
 
-    j = json_pack("{s:I,s:s,s:o,s:o,s:o,s:o,s:b,s:b,s:b,s:s,s:I}", "id", (json_int_t)u->id,
-                  "username",
-                  u->username, "balance",
-                  unlimited ? json_integer(-1)
-                  : ac      ? json_integer(ac->balance)
-                            : json_null(),
-                  "granted",
-                  unlimited ? json_integer(-1)
-                  : ac      ? json_integer(ac->granted)
-                            : json_null(),
-                  "usage", ac ? json_integer(ac->used) : json_null(), "held",
-                  ac ? json_integer(ac->held) : json_null(), "unlimited", unlimited,
-                  "blocked", u->blocked, "static", u->is_static, "model", u->model, "created_at",
-                  (json_int_t)u->created_at);
+    j = svc_json_pack("{s:I,s:s,s:o,s:o,s:o,s:o,s:b,s:b,s:b,s:s,s:I}", "id", (long long)u->id,
+                      "username", u->username, "balance",
+                      unlimited ? svc_json_integer(-1)
+                      : ac      ? svc_json_integer(ac->balance)
+                                : svc_json_null(),
+                      "granted",
+                      unlimited ? svc_json_integer(-1)
+                      : ac      ? svc_json_integer(ac->granted)
+                                : svc_json_null(),
+                      "usage", ac ? svc_json_integer(ac->used) : svc_json_null(), "held",
+                      ac ? svc_json_integer(ac->held) : svc_json_null(), "unlimited", unlimited,
+                      "blocked", u->blocked, "static", u->is_static, "model", u->model,
+                      "created_at", (long long)u->created_at);
     if (g != NULL)
         protobuf_c_message_free_unpacked(&g->base, NULL);
     return j;
@@ -502,11 +465,11 @@ static int set_blocked(struct op *o, int blocked)
 
 static int act_grant(struct op *o)
 {
-    json_t *c = json_object_get(o->in, "count");
+    struct svc_json *c = svc_json_member(o->in, "count");
     int64_t count;
 
     /* A missing count is not the seed's "grant 0" (unblock): say so instead of unblocking. */
-    if (c == NULL || json_is_null(c))
+    if (c == NULL || svc_json_is_null(c))
         return wfail(o, 200, "count is required (1 blocks, 0 unblocks)");
     if (int_field(o, "count", 0, -COUNT_MAX, COUNT_MAX, &count) != SVC_OK)
         return wfail(o, 200, "count must be an integer");
@@ -572,7 +535,7 @@ static int act_set_password(struct op *o)
     if (auth_pw_hash(o->a, pw, hash) != SVC_OK)
         return wfail(o, 500, "internal error");
     rc = auth_user_set_credentials(o->a, o->u.id, NULL, hash);
-    sodium_memzero(hash, sizeof(hash));
+    svc_util_wipe(hash, sizeof(hash));
     if (rc != SVC_OK)
         return wfail(o, rc == SVC_ENOTFOUND ? 200 : 503,
                      rc == SVC_ENOTFOUND ? MSG_NOT_FOUND : "database unavailable");
@@ -639,9 +602,9 @@ static int act_create_key(struct op *o)
         return wfail(o, 503, "database unavailable");
     snprintf(detail, sizeof(detail), "prefix=%s", k.prefix);
     audit(o, MSG_SUCCESS, detail);
-    rc = ok(o, json_pack("{s:s,s:s,s:s,s:I}", "key", key, "prefix", k.prefix, "name", k.name,
-                         "created_at", (json_int_t)k.created_at));
-    sodium_memzero(key, sizeof(key));
+    rc = ok(o, svc_json_pack("{s:s,s:s,s:s,s:I}", "key", key, "prefix", k.prefix, "name", k.name,
+                             "created_at", (long long)k.created_at));
+    svc_util_wipe(key, sizeof(key));
     return rc;
 }
 
@@ -689,7 +652,7 @@ static int act_list_keys(struct op *o)
 {
     struct svc_db_conn *conn = NULL;
     struct svc_db_rows *rows = NULL;
-    json_t *arr;
+    struct svc_json *arr;
     size_t r;
     int done, rc;
 
@@ -706,28 +669,28 @@ static int act_list_keys(struct op *o)
     }
     if (rc != SVC_OK)
         return fail(o, 503, "database unavailable");
-    arr = json_array();
+    arr = svc_json_array();
     for (r = 0; r < svc_db_rows_count(rows); r++) {
         const char *m = svc_db_rows_text(rows, r, 5);
-        json_t *models = json_array();
+        struct svc_json *models = svc_json_array();
         const char *p = m ? m : "";
         while (*p) {
             size_t n = strcspn(p, ",");
             if (n > 0)
-                json_array_append_new(models, json_stringn(p, n));
+                svc_json_append(models, svc_json_stringn(p, n));
             p += n;
             if (*p == ',')
                 p++;
         }
-        json_array_append_new(
-            arr, json_pack("{s:s,s:s,s:I,s:I,s:b,s:I,s:o,s:I,s:I}", "prefix",
-                           svc_db_rows_text(rows, r, 0), "name", svc_db_rows_text(rows, r, 1),
-                           "created_at", (json_int_t)svc_db_rows_i64(rows, r, 2), "last_used_at",
-                           (json_int_t)svc_db_rows_i64(rows, r, 3), "revoked",
-                           svc_db_rows_i64(rows, r, 4) != 0, "revoked_at",
-                           (json_int_t)svc_db_rows_i64(rows, r, 4), "models", models, "rpm",
-                           (json_int_t)svc_db_rows_i64(rows, r, 6), "tpm",
-                           (json_int_t)svc_db_rows_i64(rows, r, 7)));
+        svc_json_append(arr, svc_json_pack("{s:s,s:s,s:I,s:I,s:b,s:I,s:o,s:I,s:I}", "prefix",
+                                           svc_db_rows_text(rows, r, 0), "name",
+                                           svc_db_rows_text(rows, r, 1), "created_at",
+                                           (long long)svc_db_rows_i64(rows, r, 2), "last_used_at",
+                                           (long long)svc_db_rows_i64(rows, r, 3), "revoked",
+                                           svc_db_rows_i64(rows, r, 4) != 0, "revoked_at",
+                                           (long long)svc_db_rows_i64(rows, r, 4), "models", models,
+                                           "rpm", (long long)svc_db_rows_i64(rows, r, 6), "tpm",
+                                           (long long)svc_db_rows_i64(rows, r, 7)));
     }
     svc_db_rows_destroy(&rows);
     return ok(o, arr);
@@ -756,7 +719,7 @@ static int act_list(struct op *o)
     const char *search = str_field(o, "search");
     char pat[2 * AUTH_NAME_MAX + 8];
     int64_t page, per_page;
-    json_t *arr, *reply;
+    struct svc_json *arr, *reply;
     char *body;
     size_t r;
     int rc;
@@ -791,10 +754,10 @@ static int act_list(struct op *o)
         svc_db_rows_destroy(&rows);
         return auth_reply(o->req, 503, "Fail", "database unavailable", NULL, 1);
     }
-    arr = json_array();
+    arr = svc_json_array();
     for (r = 0; r < svc_db_rows_count(rows); r++) {
         struct auth_user u;
-        json_t *uj, *item;
+        struct svc_json *uj, *item;
         /* same columns as store.c's USER_COLS */
         memset(&u, 0, sizeof(u));
         u.id = svc_db_rows_i64(rows, r, 0);
@@ -808,21 +771,21 @@ static int act_list(struct op *o)
         /* The seed's Go field names (never a password), then ours. Balance keeps the seed's
          * meaning here (total granted: the admin page's "total tokens" column); Remaining is
          * what can still be spent. */
-        item = json_pack("{s:I,s:s,s:O,s:O,s:s,s:i,s:O,s:b,s:I}", "ID", (json_int_t)u.id,
-                         "Username", u.username, "Balance", json_object_get(uj, "granted"), "Usage",
-                         json_object_get(uj, "usage"), "Model", u.model, "Isblock", u.blocked,
-                         "Remaining", json_object_get(uj, "balance"), "Static", u.is_static,
-                         "CreatedAt", (json_int_t)u.created_at);
-        json_decref(uj);
-        json_array_append_new(arr, item);
+        item = svc_json_pack("{s:I,s:s,s:O,s:O,s:s,s:i,s:O,s:b,s:I}", "ID", (long long)u.id,
+                             "Username", u.username, "Balance", svc_json_member(uj, "granted"),
+                             "Usage", svc_json_member(uj, "usage"), "Model", u.model, "Isblock",
+                             u.blocked, "Remaining", svc_json_member(uj, "balance"), "Static",
+                             u.is_static, "CreatedAt", (long long)u.created_at);
+        svc_json_destroy(&uj);
+        svc_json_append(arr, item);
     }
-    reply = json_pack("{s:o,s:s,s:s,s:I,s:I,s:I}", "data", arr, "message", MSG_SUCCESS, "status",
-                      "Success", "total", (json_int_t)svc_db_rows_i64(cnt, 0, 0), "page",
-                      (json_int_t)page, "per_page", (json_int_t)per_page);
+    reply = svc_json_pack("{s:o,s:s,s:s,s:I,s:I,s:I}", "data", arr, "message", MSG_SUCCESS,
+                          "status", "Success", "total", (long long)svc_db_rows_i64(cnt, 0, 0),
+                          "page", (long long)page, "per_page", (long long)per_page);
     svc_db_rows_destroy(&rows);
     svc_db_rows_destroy(&cnt);
-    body = reply ? json_dumps(reply, JSON_COMPACT) : NULL;
-    json_decref(reply);
+    body = reply ? svc_json_dump(reply, 0) : NULL;
+    svc_json_destroy(&reply);
     if (body == NULL)
         return fail(o, 500, "internal error");
     svc_req_reply(o->req, 200, "application/json; charset=utf-8", body, strlen(body));
@@ -830,14 +793,14 @@ static int act_list(struct op *o)
     return SVC_HTTP_DONE;
 }
 
-static json_t *ledger_json(const Chatweb__Billing__LedgerEntry *e)
+static struct svc_json *ledger_json(const Chatweb__Billing__LedgerEntry *e)
 {
-    return json_pack("{s:I,s:s,s:I,s:I,s:I,s:s,s:s,s:I,s:I,s:s}", "id", (json_int_t)e->id, "kind",
-                     e->kind ? e->kind : "", "units", (json_int_t)e->units, "tokens_in",
-                     (json_int_t)e->tokens_in, "tokens_out", (json_int_t)e->tokens_out, "model",
-                     e->model ? e->model : "", "request_id", e->request_id ? e->request_id : "",
-                     "balance_after", (json_int_t)e->balance_after, "created_at_ms",
-                     (json_int_t)e->created_at_ms, "note", e->note ? e->note : "");
+    return svc_json_pack("{s:I,s:s,s:I,s:I,s:I,s:s,s:s,s:I,s:I,s:s}", "id", (long long)e->id,
+                         "kind", e->kind ? e->kind : "", "units", (long long)e->units, "tokens_in",
+                         (long long)e->tokens_in, "tokens_out", (long long)e->tokens_out, "model",
+                         e->model ? e->model : "", "request_id", e->request_id ? e->request_id : "",
+                         "balance_after", (long long)e->balance_after, "created_at_ms",
+                         (long long)e->created_at_ms, "note", e->note ? e->note : "");
 }
 
 static int act_usage(struct op *o)
@@ -847,7 +810,7 @@ static int act_usage(struct op *o)
     ProtobufCMessage *out = NULL;
     int64_t limit, before, days;
     char err[256], msg[320];
-    json_t *entries, *daily;
+    struct svc_json *entries, *daily;
     size_t i;
     int done, rc;
 
@@ -868,20 +831,20 @@ static int act_usage(struct op *o)
         return fail(o, rc == SVC_EUNAVAIL || rc == SVC_ETIMEDOUT ? 503 : 200, msg);
     }
     u = (Chatweb__Billing__UsageResponse *)out;
-    entries = json_array();
-    daily = json_array();
+    entries = svc_json_array();
+    daily = svc_json_array();
     for (i = 0; i < u->n_entries; i++)
-        json_array_append_new(entries, ledger_json(u->entries[i]));
+        svc_json_append(entries, ledger_json(u->entries[i]));
     for (i = 0; i < u->n_daily; i++) {
         const Chatweb__Billing__DailyUsage *d = u->daily[i];
-        json_array_append_new(daily,
-                              json_pack("{s:s,s:I,s:I,s:I,s:I}", "day", d->day ? d->day : "",
-                                        "requests", (json_int_t)d->requests, "tokens_in",
-                                        (json_int_t)d->tokens_in, "tokens_out",
-                                        (json_int_t)d->tokens_out, "units", (json_int_t)d->units));
+        svc_json_append(daily,
+                        svc_json_pack("{s:s,s:I,s:I,s:I,s:I}", "day", d->day ? d->day : "",
+                                      "requests", (long long)d->requests, "tokens_in",
+                                      (long long)d->tokens_in, "tokens_out",
+                                      (long long)d->tokens_out, "units", (long long)d->units));
     }
-    rc = ok(o, json_pack("{s:o,s:I,s:o}", "entries", entries, "next_before_id",
-                         (json_int_t)u->next_before_id, "daily", daily));
+    rc = ok(o, svc_json_pack("{s:o,s:I,s:o}", "entries", entries, "next_before_id",
+                             (long long)u->next_before_id, "daily", daily));
     protobuf_c_message_free_unpacked(out, NULL);
     return rc;
 }
@@ -910,34 +873,34 @@ static void milli_text(int64_t milli, char *out, size_t outlen)
  * stays "0.15"; anything with more than 3 decimals is then refused by billing. */
 static int ratio_field(struct op *o, const char *k, char *out, size_t outlen)
 {
-    json_t *j = json_object_get(o->in, k);
+    struct svc_json *j = svc_json_member(o->in, k);
     int n;
 
-    if (json_is_string(j))
-        n = snprintf(out, outlen, "%s", json_string_value(j));
-    else if (json_is_integer(j))
-        n = snprintf(out, outlen, "%lld", (long long)json_integer_value(j));
-    else if (json_is_real(j))
-        n = snprintf(out, outlen, "%.15g", json_real_value(j));
+    if (svc_json_is_string(j))
+        n = snprintf(out, outlen, "%s", svc_json_str(j));
+    else if (svc_json_is_integer(j))
+        n = snprintf(out, outlen, "%lld", (long long)svc_json_int(j));
+    else if (svc_json_is_real(j))
+        n = snprintf(out, outlen, "%.15g", svc_json_number(j));
     else
         return SVC_EINVAL;
     return n > 0 && (size_t)n < outlen ? SVC_OK : SVC_EINVAL;
 }
 
-static json_t *price_json(const Chatweb__Billing__ModelPrice *p)
+static struct svc_json *price_json(const Chatweb__Billing__ModelPrice *p)
 {
     char in[RATIO_TEXT_MAX], out[RATIO_TEXT_MAX];
-    json_t *j;
+    struct svc_json *j;
 
     milli_text(p->input_milli, in, sizeof(in));
     milli_text(p->output_milli, out, sizeof(out));
-    j = json_pack("{s:s,s:s,s:s,s:I,s:I,s:s}", "model", p->model ? p->model : "", "input", in,
-                  "output", out, "input_milli", (json_int_t)p->input_milli, "output_milli",
-                  (json_int_t)p->output_milli, "source", p->source ? p->source : "");
+    j = svc_json_pack("{s:s,s:s,s:s,s:I,s:I,s:s}", "model", p->model ? p->model : "", "input", in,
+                      "output", out, "input_milli", (long long)p->input_milli, "output_milli",
+                      (long long)p->output_milli, "source", p->source ? p->source : "");
     if (j != NULL && p->source != NULL && strcmp(p->source, "sql") == 0) {
-        json_object_set_new(j, "updated_at_ms", json_integer(p->updated_at_ms));
-        json_object_set_new(j, "updated_by", json_string(p->updated_by ? p->updated_by : ""));
-        json_object_set_new(j, "overrides_env", json_boolean(p->overrides_env));
+        svc_json_set(j, "updated_at_ms", svc_json_integer(p->updated_at_ms));
+        svc_json_set(j, "updated_by", svc_json_string(p->updated_by ? p->updated_by : ""));
+        svc_json_set(j, "overrides_env", svc_json_bool(p->overrides_env));
     }
     return j;
 }
@@ -958,7 +921,7 @@ static int act_list_prices(struct op *o)
     Chatweb__Billing__ListPricesResponse *r;
     ProtobufCMessage *out = NULL;
     char err[256];
-    json_t *arr;
+    struct svc_json *arr;
     int rc;
 
     rc = billing_call(o, "/rpc/Billing/ListPrices", &in.base,
@@ -966,11 +929,11 @@ static int act_list_prices(struct op *o)
     if (rc != SVC_OK)
         return billing_fail(o, rc, err, 0, "");
     r = (Chatweb__Billing__ListPricesResponse *)out;
-    arr = json_array();
+    arr = svc_json_array();
     for (size_t i = 0; i < r->n_prices; i++)
-        json_array_append_new(arr, price_json(r->prices[i]));
-    rc = ok(o, json_pack("{s:o,s:I,s:I}", "prices", arr, "version", (json_int_t)r->version,
-                         "applied_version", (json_int_t)r->applied_version));
+        svc_json_append(arr, price_json(r->prices[i]));
+    rc = ok(o, svc_json_pack("{s:o,s:I,s:I}", "prices", arr, "version", (long long)r->version,
+                             "applied_version", (long long)r->applied_version));
     protobuf_c_message_free_unpacked(out, NULL);
     return rc;
 }
@@ -991,7 +954,7 @@ static int act_set_price(struct op *o)
     ProtobufCMessage *out = NULL;
     char input[RATIO_TEXT_MAX], output[RATIO_TEXT_MAX], err[256], detail[160];
     const char *model = price_model(o);
-    json_t *data;
+    struct svc_json *data;
     int rc;
 
     if (model[0] == '\0')
@@ -1010,8 +973,8 @@ static int act_set_price(struct op *o)
     if (rc != SVC_OK)
         return billing_fail(o, rc, err, 1, detail);
     r = (Chatweb__Billing__SetPriceResponse *)out;
-    data = r->price ? price_json(r->price) : json_object();
-    json_object_set_new(data, "created", json_boolean(r->created));
+    data = r->price ? price_json(r->price) : svc_json_object();
+    svc_json_set(data, "created", svc_json_bool(r->created));
     protobuf_c_message_free_unpacked(out, NULL);
     audit(o, MSG_SUCCESS, detail);
     return ok(o, data);
@@ -1050,7 +1013,7 @@ static int act_events(struct op *o)
     Chatweb__Billing__EventsInfoResponse *r;
     ProtobufCMessage *out = NULL;
     char err[256];
-    json_t *groups, *data;
+    struct svc_json *groups, *data;
     int rc;
 
     rc = billing_call(o, "/rpc/Billing/EventsInfo", &in.base,
@@ -1058,24 +1021,24 @@ static int act_events(struct op *o)
     if (rc != SVC_OK)
         return billing_fail(o, rc, err, 0, "");
     r = (Chatweb__Billing__EventsInfoResponse *)out;
-    groups = json_array();
+    groups = svc_json_array();
     for (size_t i = 0; i < r->n_groups; i++) {
         const Chatweb__Billing__EventsGroup *g = r->groups[i];
-        json_array_append_new(
-            groups, json_pack("{s:s,s:I,s:I,s:o,s:s}", "name", g->name ? g->name : "",
-                              "consumers", (json_int_t)g->consumers, "pending",
-                              (json_int_t)g->pending, "lag",
-                              g->lag < 0 ? json_null() : json_integer(g->lag),
-                              "last_delivered_id", g->last_delivered_id ? g->last_delivered_id : ""));
+        svc_json_append(
+            groups,
+            svc_json_pack("{s:s,s:I,s:I,s:o,s:s}", "name", g->name ? g->name : "", "consumers",
+                          (long long)g->consumers, "pending", (long long)g->pending, "lag",
+                          g->lag < 0 ? svc_json_null() : svc_json_integer(g->lag),
+                          "last_delivered_id", g->last_delivered_id ? g->last_delivered_id : ""));
     }
-    data = json_pack("{s:s,s:b,s:I,s:s,s:s,s:o,s:I}", "stream", r->stream ? r->stream : "",
-                     "exists", r->exists, "length", (json_int_t)r->length, "first_id",
-                     r->first_id ? r->first_id : "", "last_id", r->last_id ? r->last_id : "",
-                     "groups", groups, "outbox_pending", (json_int_t)r->outbox_pending);
+    data = svc_json_pack("{s:s,s:b,s:I,s:s,s:s,s:o,s:I}", "stream", r->stream ? r->stream : "",
+                         "exists", r->exists, "length", (long long)r->length, "first_id",
+                         r->first_id ? r->first_id : "", "last_id", r->last_id ? r->last_id : "",
+                         "groups", groups, "outbox_pending", (long long)r->outbox_pending);
     if (data != NULL)
-        json_object_set_new(data, "redis_error",
-                            r->redis_error && r->redis_error[0] ? json_string(r->redis_error)
-                                                                : json_null());
+        svc_json_set(data, "redis_error",
+                     r->redis_error && r->redis_error[0] ? svc_json_string(r->redis_error)
+                                                         : svc_json_null());
     protobuf_c_message_free_unpacked(out, NULL);
     return ok(o, data);
 }
@@ -1152,7 +1115,7 @@ int auth_health_urls_check(const char *spec, char *err, size_t errlen)
 
 struct health_walk {
     struct op *o;
-    json_t *list;
+    struct svc_json *list;
     int ready, total;
 };
 
@@ -1170,24 +1133,24 @@ static void health_one(const char *name, const char *url, void *ud)
     ready = rc == SVC_OK && status == 200;
     w->total++;
     w->ready += ready;
-    json_array_append_new(w->list, json_pack("{s:s,s:s,s:b,s:i,s:I,s:o}", "name", name, "url", url,
-                                             "ready", ready, "status", (int)status, "ms",
-                                             (json_int_t)(svc_util_wallclock_ms() - t0), "error",
-                                             rc == SVC_OK ? json_null() : json_string(err)));
+    svc_json_append(w->list, svc_json_pack("{s:s,s:s,s:b,s:i,s:I,s:o}", "name", name, "url", url,
+                                           "ready", ready, "status", (int)status, "ms",
+                                           (long long)(svc_util_wallclock_ms() - t0), "error",
+                                           rc == SVC_OK ? svc_json_null() : svc_json_string(err)));
 }
 
 static int act_health(struct op *o)
 {
-    struct health_walk w = {o, json_array(), 0, 0};
+    struct health_walk w = {o, svc_json_array(), 0, 0};
     const char *urls = o->a->cfg.health_urls ? o->a->cfg.health_urls : "";
     char err[256];
 
     if (health_each(urls, err, sizeof(err), health_one, &w) != SVC_OK) {
-        json_decref(w.list);
+        svc_json_destroy(&w.list);
         return fail(o, 200, err);
     }
-    return ok(o, json_pack("{s:o,s:i,s:i,s:b}", "services", w.list, "ready", w.ready, "total",
-                           w.total, "configured", urls[0] != '\0'));
+    return ok(o, svc_json_pack("{s:o,s:i,s:i,s:b}", "services", w.list, "ready", w.ready, "total",
+                               w.total, "configured", urls[0] != '\0'));
 }
 
 static const struct {
@@ -1220,7 +1183,7 @@ static int dispatch(struct auth_ctx *a, struct svc_req *req, const char *actor)
     struct op o;
     size_t i, len = 0;
     const char *body = svc_req_body(req, &len);
-    json_error_t e;
+    char jerr[160];
     int rc;
 
     memset(&o, 0, sizeof(o));
@@ -1231,11 +1194,12 @@ static int dispatch(struct auth_ctx *a, struct svc_req *req, const char *actor)
     o.ip = svc_req_client_ip(req);
     /* Duplicate keys are refused (as chat does): with "last wins" an operator reading the body
      * sees count 1 where the service credits the 1000 written after it. */
-    o.in = len > 0 ? json_loadb(body, len, JSON_REJECT_DUPLICATES, &e) : json_object();
-    if (o.in == NULL || !json_is_object(o.in)) {
-        rc = auth_reply(req, 400, "Fail", o.in == NULL ? e.text : "the body must be a JSON object",
+    o.in = len > 0 ? svc_json_parse(body, len, SVC_JSON_STRICT, jerr, sizeof(jerr))
+                   : svc_json_object();
+    if (o.in == NULL || !svc_json_is_object(o.in)) {
+        rc = auth_reply(req, 400, "Fail", o.in == NULL ? jerr : "the body must be a JSON object",
                         NULL, 1);
-        json_decref(o.in);
+        svc_json_destroy(&o.in);
         return rc;
     }
     o.action = str_field(&o, "action");
@@ -1250,8 +1214,8 @@ static int dispatch(struct auth_ctx *a, struct svc_req *req, const char *actor)
     } else {
         rc = actions[i].fn(&o);
     }
-    json_decref(o.in);
-    sodium_memzero(&o.u, sizeof(o.u));
+    svc_json_destroy(&o.in);
+    svc_util_wipe(&o.u, sizeof(o.u));
     return rc;
 }
 
@@ -1349,7 +1313,7 @@ int auth_ops_admin_accounts(void *ctx, struct svc_req *req)
         int p_ok = svc_util_secure_equal(pass, strlen(pass), want, strlen(want));
         good = u_ok & p_ok;
     }
-    sodium_memzero(decoded, sizeof(decoded));
+    svc_util_wipe(decoded, sizeof(decoded));
     if (!good) {
         if (h != NULL)
             SVC_LOG_WARN(svc_req_id(req), "ops", "refused admin credentials from %s",

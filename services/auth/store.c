@@ -1,13 +1,14 @@
 /*
  * Users, API keys and the audit log in SQL (SQLite or MariaDB through svc/db.h), and password
- * hashing. Passwords are stored as argon2id strings (libsodium crypto_pwhash_str); API keys as
- * the hex SHA-256 of the key (a key carries 192 random bits, so a fast hash is enough).
+ * hashing (svc/crypto.h). Passwords are stored as argon2id strings (libsodium's
+ * crypto_pwhash_str); API keys as the hex SHA-256 of the key (a key carries 192 random bits, so a
+ * fast hash is enough).
  */
-#include <sodium.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "auth.h"
+#include "svc/crypto.h"
 #include "svc/db.h"
 #include "svc/log.h"
 #include "svc/util.h"
@@ -103,9 +104,9 @@ int auth_username_valid(const char *name)
 
 int auth_pw_hash(const struct auth_ctx *a, const char *password, char *out)
 {
-    char h[crypto_pwhash_STRBYTES];
+    char h[SVC_CRYPTO_PWHASH_STRBYTES];
 
-    if (crypto_pwhash_str(h, password, strlen(password), a->cfg.pw_ops, a->cfg.pw_mem) != 0)
+    if (svc_crypto_pwhash(h, password, strlen(password), a->cfg.pw_ops, a->cfg.pw_mem) != SVC_OK)
         return SVC_ENOMEM;
     snprintf(out, AUTH_HASH_MAX + 1, "%s", h);
     return SVC_OK;
@@ -115,17 +116,17 @@ int auth_pw_verify(const char *hash, const char *password)
 {
     if (hash == NULL || hash[0] == '\0' || password == NULL || password[0] == '\0')
         return 0;
-    return crypto_pwhash_str_verify(hash, password, strlen(password)) == 0;
+    return svc_crypto_pwhash_verify(hash, password, strlen(password));
 }
 
-static char dummy_hash[crypto_pwhash_STRBYTES];
+static char dummy_hash[SVC_CRYPTO_PWHASH_STRBYTES];
 
 void auth_pw_dummy_verify(const char *password)
 {
     volatile int r = 0;
 
     if (dummy_hash[0] != '\0' && password != NULL)
-        r = crypto_pwhash_str_verify(dummy_hash, password, strlen(password));
+        r = svc_crypto_pwhash_verify(dummy_hash, password, strlen(password));
     (void)r;
 }
 
@@ -135,13 +136,20 @@ int auth_pw_setup(const struct auth_ctx *a)
     char pw[33];
 
     svc_util_random_hex(pw, 16);
-    if (crypto_pwhash_str(dummy_hash, pw, strlen(pw), a->cfg.pw_ops, a->cfg.pw_mem) != 0)
+    if (svc_crypto_pwhash(dummy_hash, pw, strlen(pw), a->cfg.pw_ops, a->cfg.pw_mem) != SVC_OK)
         return SVC_ENOMEM;
-    sodium_memzero(pw, sizeof(pw));
+    svc_util_wipe(pw, sizeof(pw));
     return SVC_OK;
 }
 
 /* ---- users ---- */
+
+/* Tells the layer above that user id changed (it publishes the version to every replica). */
+static void user_changed(struct auth_ctx *a, int64_t id, int64_t version)
+{
+    if (a->on_user_changed != NULL)
+        a->on_user_changed(a, id, version);
+}
 
 #define USER_COLS                                                                                  \
     "id, username, pw_hash, is_static, blocked, model, version, pw_epoch, created_at, "            \
@@ -271,7 +279,7 @@ static int user_update(struct auth_ctx *a, int64_t id, const char *sql,
         SVC_LOG_ERR(NULL, "sql", "update user: %s", svc_strerror(rc));
     svc_db_conn_put(a->db, &conn);
     if (rc == SVC_OK && auth_user_version(a, id, &version) == SVC_OK)
-        auth_version_publish(a, id, version);
+        user_changed(a, id, version);
     return rc;
 }
 
@@ -358,7 +366,7 @@ int auth_user_delete(struct auth_ctx *a, int64_t id)
     svc_db_conn_put(a->db, &conn);
     /* A version no row will ever have again: every cached entry of the user mismatches. */
     if (rc == SVC_OK)
-        auth_version_publish(a, id, version + 1000000);
+        user_changed(a, id, version + 1000000);
     return rc;
 }
 
@@ -441,7 +449,7 @@ int auth_static_users_validate(const char *users, const char *passwords, char *e
     }
     rc = SVC_OK;
 out:
-    sodium_memzero(pw, sizeof(pw));
+    svc_util_wipe(pw, sizeof(pw));
     return rc;
 }
 
@@ -497,7 +505,7 @@ int auth_static_users_sync(struct auth_ctx *a, const char *users, const char *pa
                 if (rc != SVC_OK)
                     goto dberr;
                 if (auth_user_version(a, u.id, &u.version) == SVC_OK)
-                    auth_version_publish(a, u.id, u.version);
+                    user_changed(a, u.id, u.version);
             }
         } else {
             goto dberr;
@@ -510,7 +518,7 @@ int auth_static_users_sync(struct auth_ctx *a, const char *users, const char *pa
 dberr:
     snprintf(err, errlen, "DB: cannot store static user %s: %s", name, svc_strerror(rc));
 out:
-    sodium_memzero(pw, sizeof(pw));
+    svc_util_wipe(pw, sizeof(pw));
     return rc;
 }
 
@@ -518,10 +526,10 @@ out:
 
 static void key_digest(const char *key, char hex[65])
 {
-    unsigned char h[crypto_hash_sha256_BYTES];
+    unsigned char h[SVC_CRYPTO_SHA256_BYTES];
 
-    crypto_hash_sha256(h, (const unsigned char *)key, strlen(key));
-    sodium_bin2hex(hex, 65, h, sizeof(h));
+    svc_crypto_sha256(h, key, strlen(key));
+    svc_crypto_hex(hex, h, sizeof(h));
 }
 
 #define KEY_COLS "id, user_id, prefix, name, created_at, last_used_at, revoked_at, models, rpm, tpm"
@@ -556,7 +564,7 @@ int auth_key_create(struct auth_ctx *a, int64_t user_id, const char *name, const
 
     svc_util_random_hex(hex, 24);
     snprintf(key_out, AUTH_KEY_LEN + 1, "sk-%s", hex);
-    sodium_memzero(hex, sizeof(hex));
+    svc_util_wipe(hex, sizeof(hex));
     key_digest(key_out, digest);
     memset(k, 0, sizeof(*k));
     k->user_id = user_id;

@@ -2,8 +2,6 @@
  * The browser-facing routes (/api/session /api/verify /api/login /api/logout /api/me) and the
  * RPC methods (Authenticate, ChangeCredentials, SetModel).
  */
-#include <jansson.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,28 +10,30 @@
 #include "auth.pb-c.h"
 #include "billing.pb-c.h"
 #include "svc/http.h"
+#include "svc/json.h"
 #include "svc/log.h"
 #include "svc/rpc.h"
+#include "svc/util.h"
 
 #define UNAUTHORIZED_MSG "Error: 无访问权限 | No access rights"
 
 int auth_reply(struct svc_req *req, int http, const char *status, const char *message,
-               struct json_t *data, int data_null)
+               struct svc_json *data, int data_null)
 {
-    json_t *o;
+    struct svc_json *o;
 
     if (status != NULL && (data != NULL || data_null)) {
         svc_req_reply_envelope(req, http, status, message ? message : "", data);
         return SVC_HTTP_DONE;
     }
     /* the seed's bare shapes: {"message":...} or {"data":...,"message":...} */
-    o = json_pack("{s:s}", "message", message ? message : "");
+    o = svc_json_pack("{s:s}", "message", message ? message : "");
     if (o != NULL && (data != NULL || data_null))
-        json_object_set_new(o, "data", data != NULL ? data : json_null());
+        svc_json_set(o, "data", data != NULL ? data : svc_json_null());
     else
-        json_decref(data);
+        svc_json_destroy(&data);
     if (o != NULL && status != NULL)
-        json_object_set_new(o, "status", json_string(status));
+        svc_json_set(o, "status", svc_json_string(status));
     svc_req_reply_json(req, http, o);
     return SVC_HTTP_DONE;
 }
@@ -57,28 +57,27 @@ static int throttled_reply(struct svc_req *req, int64_t retry_after_ms)
 }
 
 /* Parses the request body as a JSON object; replies 400 and returns NULL when it is not one. */
-static json_t *body_object(struct svc_req *req)
+static struct svc_json *body_object(struct svc_req *req)
 {
     size_t len = 0;
     const char *b = svc_req_body(req, &len);
-    json_error_t e;
-    json_t *j;
+    char jerr[160];
+    struct svc_json *j;
 
     if (len == 0)
-        return json_object();
-    j = json_loadb(b, len, JSON_REJECT_DUPLICATES, &e);
-    if (j == NULL || !json_is_object(j)) {
-        json_decref(j);
-        auth_reply(req, 400, "Fail", j == NULL ? e.text : "the body must be a JSON object", NULL,
-                   1);
+        return svc_json_object();
+    j = svc_json_parse(b, len, SVC_JSON_STRICT, jerr, sizeof(jerr));
+    if (j == NULL || !svc_json_is_object(j)) {
+        auth_reply(req, 400, "Fail", j == NULL ? jerr : "the body must be a JSON object", NULL, 1);
+        svc_json_destroy(&j);
         return NULL;
     }
     return j;
 }
 
-static const char *jstr(json_t *o, const char *k)
+static const char *jstr(struct svc_json *o, const char *k)
 {
-    const char *s = json_string_value(json_object_get(o, k));
+    const char *s = svc_json_str(svc_json_member(o, k));
     return s != NULL ? s : "";
 }
 
@@ -90,7 +89,7 @@ int auth_api_session(void *ctx, struct svc_req *req)
     int on = a->cfg.session_auth >= 0 ? a->cfg.session_auth : a->cfg.ops_key[0] != '\0';
 
     return auth_reply(req, 200, "Success", "",
-                      json_pack("{s:b,s:s}", "auth", on, "model", "ChatGPTAPI"), 0);
+                      svc_json_pack("{s:b,s:s}", "auth", on, "model", "ChatGPTAPI"), 0);
 }
 
 /* ---- /api/verify {token} ---- */
@@ -98,7 +97,7 @@ int auth_api_session(void *ctx, struct svc_req *req)
 int auth_api_verify(void *ctx, struct svc_req *req)
 {
     struct auth_ctx *a = ctx;
-    json_t *in = body_object(req);
+    struct svc_json *in = body_object(req);
     char authz[AUTH_CREDENTIALS_MAX + 16];
     enum auth_result res;
     enum auth_scheme scheme;
@@ -112,18 +111,18 @@ int auth_api_verify(void *ctx, struct svc_req *req)
     while (*token == ' ')
         token++;
     if (token[0] == '\0') {
-        json_decref(in);
+        svc_json_destroy(&in);
         return auth_reply(req, 200, "Fail", "Secret key is empty", NULL, 1);
     }
     if (strlen(token) > AUTH_CREDENTIALS_MAX) {
-        json_decref(in);
+        svc_json_destroy(&in);
         return auth_reply(req, 200, "Fail", "密钥无效 | Secret key is invalid", NULL, 1);
     }
     snprintf(authz, sizeof(authz), "Bearer %s", token);
-    json_decref(in); /* token points into it */
+    svc_json_destroy(&in); /* token points into it */
     rc = auth_authenticate(a, authz, NULL, svc_req_client_ip(req), svc_req_id(req), &res, &scheme,
                            &id);
-    sodium_memzero(authz, sizeof(authz));
+    svc_util_wipe(authz, sizeof(authz));
     if (rc != SVC_OK)
         return auth_reply(req, 503, "Fail", "认证服务不可用 | Authentication unavailable", NULL, 1);
     if (res == AUTH_R_THROTTLED)
@@ -138,7 +137,7 @@ int auth_api_verify(void *ctx, struct svc_req *req)
 int auth_api_login(void *ctx, struct svc_req *req)
 {
     struct auth_ctx *a = ctx;
-    json_t *in = body_object(req);
+    struct svc_json *in = body_object(req);
     char token[AUTH_SESSION_TOKEN_LEN + 1], cookie[256];
     enum auth_result res;
     struct auth_user u;
@@ -149,7 +148,7 @@ int auth_api_login(void *ctx, struct svc_req *req)
         return SVC_HTTP_DONE;
     rc = auth_check_password(a, jstr(in, "username"), jstr(in, "password"), svc_req_client_ip(req),
                              svc_req_id(req), &res, &u, &wait_ms);
-    json_decref(in);
+    svc_json_destroy(&in);
     if (rc != SVC_OK)
         return auth_reply(req, 503, "Fail", "认证服务不可用 | Authentication unavailable", NULL, 1);
     switch (res) {
@@ -170,18 +169,18 @@ int auth_api_login(void *ctx, struct svc_req *req)
              a->cfg.cookie_secure ? "; Secure" : "");
     if (svc_req_add_header(req, "Set-Cookie", cookie) != SVC_OK ||
         svc_req_add_header(req, "Cache-Control", "no-store") != SVC_OK) {
-        sodium_memzero(cookie, sizeof(cookie));
-        sodium_memzero(token, sizeof(token));
+        svc_util_wipe(cookie, sizeof(cookie));
+        svc_util_wipe(token, sizeof(token));
         return auth_reply(req, 500, "Fail", "internal error", NULL, 1);
     }
-    sodium_memzero(cookie, sizeof(cookie));
+    svc_util_wipe(cookie, sizeof(cookie));
     SVC_LOG_INFO(svc_req_id(req), "login", "user=%s ip=%s logged in", u.username,
                  svc_req_client_ip(req));
     rc = auth_reply(req, 200, "Success", "",
-                    json_pack("{s:s,s:s,s:I}", "token", token, "username", u.username, "expires_in",
-                              (json_int_t)a->cfg.session_ttl_s),
+                    svc_json_pack("{s:s,s:s,s:I}", "token", token, "username", u.username,
+                                  "expires_in", (long long)a->cfg.session_ttl_s),
                     0);
-    sodium_memzero(token, sizeof(token));
+    svc_util_wipe(token, sizeof(token));
     return rc;
 }
 
@@ -203,7 +202,7 @@ int auth_api_logout(void *ctx, struct svc_req *req)
 /* ---- /api/me ---- */
 
 /* Fills balance/usage of data from billing (nulls when billing cannot say). */
-static void add_account(struct auth_ctx *a, int64_t uid, const char *rid, json_t *data,
+static void add_account(struct auth_ctx *a, int64_t uid, const char *rid, struct svc_json *data,
                         int is_static)
 {
     Chatweb__Billing__GetAccountRequest in = CHATWEB__BILLING__GET_ACCOUNT_REQUEST__INIT;
@@ -217,18 +216,18 @@ static void add_account(struct auth_ctx *a, int64_t uid, const char *rid, json_t
                      rid, err, sizeof(err)) == SVC_OK &&
         out->account != NULL) {
         Chatweb__Billing__Account *ac = out->account;
-        json_object_set_new(data, "balance", json_integer(ac->unlimited ? -1 : ac->balance));
-        json_object_set_new(data, "granted", json_integer(ac->unlimited ? -1 : ac->granted));
-        json_object_set_new(data, "usage", json_integer(ac->used));
+        svc_json_set(data, "balance", svc_json_integer(ac->unlimited ? -1 : ac->balance));
+        svc_json_set(data, "granted", svc_json_integer(ac->unlimited ? -1 : ac->granted));
+        svc_json_set(data, "usage", svc_json_integer(ac->used));
         /* what replies still in flight (or just ended, not yet settled) hold back */
-        json_object_set_new(data, "held", json_integer(ac->held));
-        json_object_set_new(data, "unlimited", json_boolean(ac->unlimited || is_static));
+        svc_json_set(data, "held", svc_json_integer(ac->held));
+        svc_json_set(data, "unlimited", svc_json_bool(ac->unlimited || is_static));
     } else {
-        json_object_set_new(data, "balance", is_static ? json_integer(-1) : json_null());
-        json_object_set_new(data, "granted", is_static ? json_integer(-1) : json_null());
-        json_object_set_new(data, "usage", json_null());
-        json_object_set_new(data, "held", json_null());
-        json_object_set_new(data, "unlimited", json_boolean(is_static));
+        svc_json_set(data, "balance", is_static ? svc_json_integer(-1) : svc_json_null());
+        svc_json_set(data, "granted", is_static ? svc_json_integer(-1) : svc_json_null());
+        svc_json_set(data, "usage", svc_json_null());
+        svc_json_set(data, "held", svc_json_null());
+        svc_json_set(data, "unlimited", svc_json_bool(is_static));
     }
     if (out != NULL)
         protobuf_c_message_free_unpacked(&out->base, NULL);
@@ -240,7 +239,7 @@ int auth_api_me(void *ctx, struct svc_req *req)
     enum auth_result res;
     enum auth_scheme scheme;
     struct auth_identity id;
-    json_t *data;
+    struct svc_json *data;
 
     if (auth_authenticate(a, svc_req_header(req, "Authorization"), svc_req_header(req, "Cookie"),
                           svc_req_client_ip(req), svc_req_id(req), &res, &scheme, &id) != SVC_OK)
@@ -249,14 +248,14 @@ int auth_api_me(void *ctx, struct svc_req *req)
         return throttled_reply(req, id.retry_after_ms);
     if (res != AUTH_R_OK && res != AUTH_R_BLOCKED)
         return auth_reply(req, 200, "Unauthorized", UNAUTHORIZED_MSG, NULL, 1);
-    data = json_pack("{s:s,s:s,s:b,s:b}", "name", id.username, "model", id.model, "static",
-                     id.is_static, "blocked", id.blocked);
+    data = svc_json_pack("{s:s,s:s,s:b,s:b}", "name", id.username, "model", id.model, "static",
+                         id.is_static, "blocked", id.blocked);
     if (data == NULL)
         return auth_reply(req, 500, "Fail", "internal error", NULL, 1);
     /* The web UI links to it when the balance is low (docs/web.md). */
-    if (json_object_set_new(data, "ops_link",
-                            json_string(a->cfg.ops_link ? a->cfg.ops_link : "")) != 0) {
-        json_decref(data);
+    if (svc_json_set(data, "ops_link",
+                     svc_json_string(a->cfg.ops_link ? a->cfg.ops_link : "")) != 0) {
+        svc_json_destroy(&data);
         return auth_reply(req, 500, "Fail", "internal error", NULL, 1);
     }
     add_account(a, id.user_id, svc_req_id(req), data, id.is_static);
@@ -410,7 +409,7 @@ static int rpc_change_credentials(void *ctx, struct svc_rpc_call *call,
     if ((rc = auth_pw_hash(a, np, hash)) != SVC_OK)
         return rc;
     rc = auth_user_set_credentials(a, u.id, strcmp(nn, u.username) == 0 ? NULL : nn, hash);
-    sodium_memzero(hash, sizeof(hash));
+    svc_util_wipe(hash, sizeof(hash));
     if (rc == SVC_EEXIST) {
         out->result = CHATWEB__AUTH__CHANGE_RESULT__CHANGE_NAME_TAKEN;
         out->message = "账户名存在";

@@ -1,7 +1,6 @@
 /* Outbox relay and hold-expiry sweeper (see relay.h and docs/billing.md). */
 #include "relay.h"
 
-#include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +11,7 @@
 #include "billing.pb-c.h"
 #include "store.h"
 #include "svc/db.h"
+#include "svc/json.h"
 #include "svc/log.h"
 #include "svc/metrics.h"
 #include "svc/redis.h"
@@ -144,22 +144,22 @@ static void lease_drop(struct billing_relay *r, struct svc_db_conn *c)
 
 static char *event_json(const Chatweb__Billing__BillingEvent *e)
 {
-    json_t *o =
-        json_pack("{s:s, s:i, s:s, s:I, s:I, s:s, s:I, s:I, s:I, s:s, s:s, s:I, s:I, "
-                  "s:s, s:s, s:I}",
-                  "event_id", e->event_id, "schema_version", (int)e->schema_version, "type",
-                  e->type, "ledger_id", (json_int_t)e->ledger_id, "user_id", (json_int_t)e->user_id,
-                  "username", e->username, "units", (json_int_t)e->units, "tokens_in",
-                  (json_int_t)e->tokens_in, "tokens_out", (json_int_t)e->tokens_out, "model",
-                  e->model, "request_id", e->request_id, "balance_after",
-                  (json_int_t)e->balance_after, "occurred_at_ms", (json_int_t)e->occurred_at_ms,
-                  "source", e->source, "note", e->note, "user_seq", (json_int_t)e->user_seq);
+    struct svc_json *o =
+        svc_json_pack("{s:s, s:i, s:s, s:I, s:I, s:s, s:I, s:I, s:I, s:s, s:s, s:I, s:I, "
+                      "s:s, s:s, s:I}",
+                      "event_id", e->event_id, "schema_version", (int)e->schema_version, "type",
+                      e->type, "ledger_id", (long long)e->ledger_id, "user_id",
+                      (long long)e->user_id, "username", e->username, "units", (long long)e->units,
+                      "tokens_in", (long long)e->tokens_in, "tokens_out", (long long)e->tokens_out,
+                      "model", e->model, "request_id", e->request_id, "balance_after",
+                      (long long)e->balance_after, "occurred_at_ms", (long long)e->occurred_at_ms,
+                      "source", e->source, "note", e->note, "user_seq", (long long)e->user_seq);
     char *s;
 
     if (o == NULL)
         return NULL;
-    s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
+    s = svc_json_dump(o, 0);
+    svc_json_destroy(&o);
     return s;
 }
 

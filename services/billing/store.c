@@ -2,12 +2,12 @@
 #include "store.h"
 
 #include <pthread.h>
-#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "svc/crypto.h"
 #include "svc/db.h"
 #include "svc/log.h"
 #include "svc/util.h"
@@ -910,7 +910,7 @@ struct credit_ctx {
     struct billing_credit_out *out;
     const char *kind;
     char idem[BILLING_ID_MAX + 16];
-    char idem_hash[2 * crypto_hash_sha256_BYTES + 1];
+    char idem_hash[2 * SVC_CRYPTO_SHA256_BYTES + 1];
     char *err; /* the caller's, for why() */
     size_t errlen;
 };
@@ -921,15 +921,15 @@ struct credit_ctx {
  * with another note is still the same request.
  */
 static void credit_hash(const char *kind, const struct billing_credit_in *in,
-                        char out[2 * crypto_hash_sha256_BYTES + 1])
+                        char out[2 * SVC_CRYPTO_SHA256_BYTES + 1])
 {
-    unsigned char h[crypto_hash_sha256_BYTES];
+    unsigned char h[SVC_CRYPTO_SHA256_BYTES];
     char text[160];
     int n = snprintf(text, sizeof(text), "v1\n%s\n%lld\n%lld\n%d", kind, (long long)in->user_id,
                      (long long)in->units, in->force ? 1 : 0);
 
-    crypto_hash_sha256(h, (const unsigned char *)text, (unsigned long long)n);
-    sodium_bin2hex(out, 2 * crypto_hash_sha256_BYTES + 1, h, sizeof(h));
+    svc_crypto_sha256(h, text, (size_t)n);
+    svc_crypto_hex(out, h, sizeof(h));
 }
 
 static int64_t abs64(int64_t v)

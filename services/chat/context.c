@@ -31,38 +31,39 @@ int chat_ctx_key(char *key, size_t keylen, long long user_id, const char *id)
 char *chat_ctx_encode(const char *role, const char *content, size_t content_len,
                       const char *parent)
 {
-    json_t *j = json_pack("{s:s, s:s%, s:s}", "role", role, "content", content, content_len,
-                          "parent", parent);
+    struct svc_json *j = svc_json_pack("{s:s, s:s%, s:s}", "role", role, "content", content,
+                                       content_len, "parent", parent);
     char *out;
 
     if (j == NULL)
         return NULL;
-    out = json_dumps(j, JSON_COMPACT);
-    json_decref(j);
+    out = svc_json_dump(j, 0);
+    svc_json_destroy(&j);
     return out;
 }
 
-int chat_ctx_decode(const char *text, size_t len, json_t **msg, char parent[CHAT_ID_MAX + 1])
+int chat_ctx_decode(const char *text, size_t len, struct svc_json **msg,
+                    char parent[CHAT_ID_MAX + 1])
 {
-    json_t *j;
+    struct svc_json *j;
     const char *role = NULL, *content = NULL, *par = NULL;
     size_t clen = 0;
 
     *msg = NULL;
     if (len > CTX_MAX_STORED)
         return SVC_EINVAL;
-    j = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, NULL);
+    j = svc_json_parse(text, len, SVC_JSON_STRICT | SVC_JSON_ALLOW_NUL, NULL, 0);
     if (j == NULL)
         return SVC_EINVAL;
-    if (json_unpack(j, "{s:s, s:s%, s:s}", "role", &role, "content", &content, &clen, "parent",
-                    &par) != 0 ||
+    if (svc_json_unpack(j, "{s:s, s:s%, s:s}", "role", &role, "content", &content, &clen, "parent",
+                        &par) != 0 ||
         (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0) ||
         (par[0] != '\0' && !chat_id_valid(par))) {
-        json_decref(j);
+        svc_json_destroy(&j);
         return SVC_EINVAL;
     }
-    *msg = json_pack("{s:s, s:s%}", "role", role, "content", content, clen);
+    *msg = svc_json_pack("{s:s, s:s%}", "role", role, "content", content, clen);
     snprintf(parent, CHAT_ID_MAX + 1, "%s", par);
-    json_decref(j);
+    svc_json_destroy(&j);
     return *msg != NULL ? SVC_OK : SVC_ENOMEM;
 }

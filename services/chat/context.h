@@ -1,10 +1,10 @@
 #ifndef CHAT_CONTEXT_H
 #define CHAT_CONTEXT_H
 
-#include <jansson.h>
 #include <stddef.h>
 
 #include "svc/err.h"
+#include "svc/json.h"
 
 /*
  * Conversation context in Redis (pure helpers; the async walk lives in turn.c).
@@ -34,10 +34,10 @@ char *chat_ctx_encode(const char *role, const char *content, size_t content_len,
 
 /*
  * Decodes a stored message into *msg (a new {"role","content"} object, caller owns it:
- * json_decref) and parent (the previous message id, "" at the start of the chain).
+ * svc_json_destroy) and parent (the previous message id, "" at the start of the chain).
  * SVC_EINVAL when the stored value is not one of ours.
  */
-int chat_ctx_decode(const char *text, size_t len, json_t **msg, char parent[CHAT_ID_MAX + 1])
-    SVC_MUST_CHECK;
+int chat_ctx_decode(const char *text, size_t len, struct svc_json **msg,
+                    char parent[CHAT_ID_MAX + 1]) SVC_MUST_CHECK;
 
 #endif

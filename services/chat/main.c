@@ -6,7 +6,6 @@
  *   POST /api/chat-process   streamed reply (turn.c)
  *   POST /api/config         the frontend's settings panel
  */
-#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <unistd.h>
@@ -22,6 +21,7 @@
 #include "turn.h"
 #include "svc/fetch.h"
 #include "svc/http.h"
+#include "svc/json.h"
 #include "svc/log.h"
 #include "svc/loop.h"
 #include "svc/modelmap.h"
@@ -46,7 +46,7 @@ static void build_config_reply(void)
 {
     const char *list =
         chat_setting.CHAT_MODELS.s[0] ? chat_setting.CHAT_MODELS.s : chat_setting.OPENAI_MODEL.s;
-    json_t *models = json_array(), *o = NULL;
+    struct svc_json *models = svc_json_array(), *o = NULL;
     const char *p = list;
 
     while (models != NULL && p != NULL && *p != '\0') {
@@ -56,20 +56,20 @@ static void build_config_reply(void)
             p++, len--;
         while (len > 0 && p[len - 1] == ' ')
             len--;
-        if (len > 0 && json_array_append_new(models, json_stringn(p, len)) != 0)
+        if (len > 0 && svc_json_append(models, svc_json_stringn(p, len)) != 0)
             svc_service_die(SVC_EX_SOFTWARE, "out of memory");
         p = comma != NULL ? comma + 1 : NULL;
     }
     if (models != NULL)
-        o = json_pack("{s:s,s:s,s:{s:s,s:s,s:I,s:s,s:s,s:s,s:o,s:s}}", "status", "Success",
-                      "message", "", "data", "apiModel", "ChatGPTAPI", "reverseProxy", "-",
-                      "timeoutMs", (json_int_t)chat_setting.CHAT_UPSTREAM_IDLE_TIMEOUT.i * 1000,
-                      "socksProxy", chat_setting.SOCKS_PROXY.s[0] != '\0' ? "(configured)" : "-",
-                      "httpsProxy", "-", "usage", "-", "models", models, "model",
-                      chat_setting.OPENAI_MODEL.s);
-    if (o == NULL || (config_reply = json_dumps(o, JSON_COMPACT)) == NULL)
+        o = svc_json_pack(
+            "{s:s,s:s,s:{s:s,s:s,s:I,s:s,s:s,s:s,s:o,s:s}}", "status", "Success", "message", "",
+            "data", "apiModel", "ChatGPTAPI", "reverseProxy", "-", "timeoutMs",
+            (long long)chat_setting.CHAT_UPSTREAM_IDLE_TIMEOUT.i * 1000, "socksProxy",
+            chat_setting.SOCKS_PROXY.s[0] != '\0' ? "(configured)" : "-", "httpsProxy", "-",
+            "usage", "-", "models", models, "model", chat_setting.OPENAI_MODEL.s);
+    if (o == NULL || (config_reply = svc_json_dump(o, 0)) == NULL)
         svc_service_die(SVC_EX_SOFTWARE, "out of memory");
-    json_decref(o);
+    svc_json_destroy(&o);
 }
 
 int chat_config(void *ctx, struct svc_req *req)

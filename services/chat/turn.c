@@ -19,7 +19,6 @@
  * every Redis command in flight holds one. RPCs are cancelled and the meter detached in the
  * cleanup, so their callbacks never see a dead turn.
  */
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +30,7 @@
 #include "svc/buf.h"
 #include "svc/fetch.h"
 #include "svc/http.h"
+#include "svc/json.h"
 #include "svc/log.h"
 #include "svc/loop.h"
 #include "svc/modelmap.h"
@@ -52,7 +52,7 @@ void chat_turn_unref(struct chat_turn *t)
     if (--t->refs > 0)
         return;
     svc_buf_deinit(&t->held);
-    json_decref(t->history);
+    svc_json_destroy(&t->history);
     free(t->prompt);
     free(t->system_message);
     free(t);
@@ -149,22 +149,22 @@ static void on_saved(void *data, int err, const struct svc_redis_reply *reply)
 
 /* Builds one cumulative object; appends it (with its leading newline) to out. */
 static int build_object(struct chat_turn *t, const char *delta, size_t delta_len,
-                        json_t *detail, struct svc_buf *out)
+                        struct svc_json *detail, struct svc_buf *out)
 {
     size_t text_len;
     const char *text = meter_text(t->meter, &text_len);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s%, s:s%, s:O}", "role", "assistant", "id",
-                          t->reply_id, "parentMessageId",
-                          t->prompt_len > 0 ? t->user_msg_id : t->parent_id, "text", text,
-                          text_len, "delta", delta != NULL ? delta : "", delta_len, "detail",
-                          detail != NULL ? detail : json_null());
+    struct svc_json *o =
+        svc_json_pack("{s:s, s:s, s:s, s:s%, s:s%, s:O}", "role", "assistant", "id", t->reply_id,
+                      "parentMessageId", t->prompt_len > 0 ? t->user_msg_id : t->parent_id, "text",
+                      text, text_len, "delta", delta != NULL ? delta : "", delta_len, "detail",
+                      detail != NULL ? detail : svc_json_null());
     char *s;
     int rc;
 
     if (o == NULL)
         return SVC_ENOMEM;
-    s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
+    s = svc_json_dump(o, 0);
+    svc_json_destroy(&o);
     if (s == NULL)
         return SVC_ENOMEM;
     rc = t->objects_sent > 0 || out == &t->held ? svc_buf_append(out, "\n", 1) : SVC_OK;
@@ -174,7 +174,8 @@ static int build_object(struct chat_turn *t, const char *delta, size_t delta_len
     return rc;
 }
 
-static int write_object(struct chat_turn *t, const char *delta, size_t delta_len, json_t *detail)
+static int write_object(struct chat_turn *t, const char *delta, size_t delta_len,
+                        struct svc_json *detail)
 {
     struct svc_buf line;
     int rc;
@@ -230,7 +231,7 @@ static int on_meter_event(void *ud, const struct meter_event *ev)
 {
     struct chat_turn *t = ud;
 
-    if (ev->done || json_array_get(json_object_get(ev->json, "choices"), 0) == NULL)
+    if (ev->done || svc_json_array_at(svc_json_member(ev->json, "choices"), 0) == NULL)
         return 0; /* [DONE], the usage-only chunk, or keep-alive noise */
     if (ev->finish != NULL) {
         svc_buf_reset(&t->held);
@@ -269,12 +270,11 @@ static void fail_before_stream(struct chat_turn *t, const struct meter_end *end)
     } else if (known != NULL) {
         snprintf(msg, sizeof(msg), "%s", known);
     } else {
-        json_t *j = json_loadb(end->body != NULL ? end->body : "", end->body_len, 0, NULL);
-        const char *m = json_string_value(json_object_get(json_object_get(j, "error"),
-                                                          "message"));
+        struct svc_json *j = svc_json_parse(end->body, end->body_len, 0, NULL, 0);
+        const char *m = svc_json_str(svc_json_member(svc_json_member(j, "error"), "message"));
         snprintf(msg, sizeof(msg), "[OpenAI] HTTP %ld: %s", end->status,
                  m != NULL ? m : "the upstream refused the request");
-        json_decref(j);
+        svc_json_destroy(&j);
     }
     svc_util_utf8_trim_end(msg);
     SVC_LOG_WARN(t->rid, "upstream", "failed before the first chunk: status=%ld %s",
@@ -298,15 +298,15 @@ static void fail_in_stream(struct chat_turn *t, const char *error)
     svc_buf_init(&shown, REPLY_MAX + 1024);
     if (svc_buf_append(&shown, text, text_len) == SVC_OK &&
         svc_buf_appendf(&shown, "%s[%s]", text_len > 0 ? "\n" : "", error) == SVC_OK) {
-        json_t *o = json_pack("{s:s, s:s, s:s, s:s%, s:n}", "role", "assistant", "id",
-                              t->reply_id, "parentMessageId",
-                              t->prompt_len > 0 ? t->user_msg_id : t->parent_id, "text",
-                              shown.data, shown.len, "detail");
-        char *s = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+        struct svc_json *o =
+            svc_json_pack("{s:s, s:s, s:s, s:s%, s:n}", "role", "assistant", "id", t->reply_id,
+                          "parentMessageId", t->prompt_len > 0 ? t->user_msg_id : t->parent_id,
+                          "text", shown.data, shown.len, "detail");
+        char *s = o != NULL ? svc_json_dump(o, 0) : NULL;
         if (s != NULL && svc_buf_append_str(&t->held, s) != SVC_OK)
             svc_buf_reset(&t->held);
         free(s);
-        json_decref(o);
+        svc_json_destroy(&o);
     }
     svc_buf_deinit(&shown);
 }
@@ -352,7 +352,7 @@ static const struct meter_hooks chat_meter_hooks = {
 static int start_upstream(struct chat_turn *t)
 {
     char url[1024], auth[1100], hid[128];
-    json_t *body, *messages, *msg;
+    struct svc_json *body, *messages, *msg;
     const char *headers[6];
     struct svc_fetch_req fr = {0};
     int rc;
@@ -362,31 +362,31 @@ static int start_upstream(struct chat_turn *t)
     const char *base = chat_setting.OPENAI_BASE_URL.s;
     size_t blen = strlen(base);
 
-    messages = json_array();
+    messages = svc_json_array();
     if (messages == NULL)
         return SVC_ENOMEM;
     if (t->system_message != NULL && t->system_message[0] != '\0')
-        json_array_append_new(messages, json_pack("{s:s, s:s}", "role", "system", "content",
-                                                  t->system_message));
+        svc_json_append(
+            messages, svc_json_pack("{s:s, s:s}", "role", "system", "content", t->system_message));
     /* history was collected newest first */
-    for (i = json_array_size(t->history); i > 0; i--)
-        json_array_append(messages, json_array_get(t->history, i - 1));
+    for (i = svc_json_array_len(t->history); i > 0; i--)
+        svc_json_append(messages, svc_json_ref(svc_json_array_at(t->history, i - 1)));
     if (t->prompt_len > 0) {
-        msg = json_pack("{s:s, s:s%}", "role", "user", "content", t->prompt, t->prompt_len);
-        json_array_append_new(messages, msg);
+        msg = svc_json_pack("{s:s, s:s%}", "role", "user", "content", t->prompt, t->prompt_len);
+        svc_json_append(messages, msg);
     }
     if (t->mi.reasoning) {
         /* o-series and gpt-5 reject max_tokens and every sampling option: they get the reply
          * limit as max_completion_tokens and nothing else. */
-        body = json_pack("{s:s, s:o, s:I, s:b, s:{s:b}}", "model", t->params.model, "messages",
-                         messages, "max_completion_tokens", (json_int_t)max_tokens, "stream", 1,
-                         "stream_options", "include_usage", 1);
+        body = svc_json_pack("{s:s, s:o, s:I, s:b, s:{s:b}}", "model", t->params.model, "messages",
+                             messages, "max_completion_tokens", (long long)max_tokens, "stream", 1,
+                             "stream_options", "include_usage", 1);
     } else {
         /* The frontend's own temperature wins, then the user's /model setting, then the env.
          * Zeros are real values and are sent as such. */
-        body = json_pack(
+        body = svc_json_pack(
             "{s:s, s:o, s:I, s:f, s:f, s:f, s:b, s:{s:b}}", "model", t->params.model, "messages",
-            messages, "max_tokens", (json_int_t)max_tokens, "temperature",
+            messages, "max_tokens", (long long)max_tokens, "temperature",
             t->has_temperature          ? t->temperature
             : t->params.has_temperature ? t->params.temperature
                                         : (double)chat_setting.OPENAI_TEMPERATURE.i / 100.0,
@@ -398,12 +398,12 @@ static int start_upstream(struct chat_turn *t)
                                     : (double)chat_setting.OPENAI_FREQUENCY_PENALTY.i / 100.0,
             "stream", 1, "stream_options", "include_usage", 1);
         if (body != NULL && t->has_top_p)
-            json_object_set_new(body, "top_p", json_real(t->top_p));
+            svc_json_set(body, "top_p", svc_json_real(t->top_p));
     }
     if (body == NULL)
         return SVC_ENOMEM;
-    text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(6));
-    json_decref(body);
+    text = svc_json_dump(body, SVC_JSON_SHORT_REALS);
+    svc_json_destroy(&body);
     if (text == NULL)
         return SVC_ENOMEM;
 
@@ -434,8 +434,8 @@ static int start_upstream(struct chat_turn *t)
     rc = meter_start(t->meter, &fr, 1);
     free(text);
     svc_util_wipe(auth, sizeof(auth));
-    SVC_LOG_INFO(t->rid, "upstream", "user=\"%s\" model=%s history=%zu max_tokens=%ld",
-                 t->username, t->params.model, json_array_size(t->history), max_tokens);
+    SVC_LOG_INFO(t->rid, "upstream", "user=\"%s\" model=%s history=%zu max_tokens=%ld", t->username,
+                 t->params.model, svc_json_array_len(t->history), max_tokens);
     return rc;
 }
 
@@ -482,12 +482,12 @@ static long message_cost(struct chat_turn *t, const char *role, const char *cont
  * what is sent always fits even where the count of a tail is not monotonic in its start.
  * Returns the shortened message's cost (its content replaced), or -1 when no non-empty tail fits.
  */
-static long fit_tail(struct chat_turn *t, json_t *msg, long room)
+static long fit_tail(struct chat_turn *t, struct svc_json *msg, long room)
 {
-    const char *role = json_string_value(json_object_get(msg, "role"));
-    json_t *content = json_object_get(msg, "content");
-    const char *s = json_string_value(content);
-    size_t len = json_string_length(content), lo = 0, hi, best;
+    const char *role = svc_json_str(svc_json_member(msg, "role"));
+    struct svc_json *content = svc_json_member(msg, "content");
+    const char *s = svc_json_str(content);
+    size_t len = svc_json_strlen(content), lo = 0, hi, best;
     long best_cost = -1, c;
 
     if (s == NULL || role == NULL || room <= 0)
@@ -515,7 +515,7 @@ static long fit_tail(struct chat_turn *t, json_t *msg, long room)
     }
     if (best >= len || best_cost < 0)
         return -1;
-    if (json_object_set_new(msg, "content", json_stringn(s + best, len - best)) != 0)
+    if (svc_json_set(msg, "content", svc_json_stringn(s + best, len - best)) != 0)
         return -1;
     return best_cost;
 }
@@ -523,7 +523,7 @@ static long fit_tail(struct chat_turn *t, json_t *msg, long room)
 static void on_history(void *data, int err, const struct svc_redis_reply *reply)
 {
     struct chat_turn *t = data;
-    json_t *msg = NULL;
+    struct svc_json *msg = NULL;
     char parent[CHAT_ID_MAX + 1];
     const char *v;
     size_t vlen;
@@ -547,32 +547,32 @@ static void on_history(void *data, int err, const struct svc_redis_reply *reply)
         goto out;
     }
     {
-        json_t *content = json_object_get(msg, "content");
+        struct svc_json *content = svc_json_member(msg, "content");
         long cost = (long)svc_modelmap_message_tokens(
-            &t->mi, json_string_value(json_object_get(msg, "role")), json_string_value(content),
-            json_string_length(content), NULL);
+            &t->mi, svc_json_str(svc_json_member(msg, "role")), svc_json_str(content),
+            svc_json_strlen(content), NULL);
         long limit = t->budget - (long)chat_setting.CHAT_MIN_RESPONSE_TOKENS.i;
-        if (cost >= 0 && t->budget_used + cost > limit && json_array_size(t->history) == 0 &&
-            strcmp(json_string_value(json_object_get(msg, "role")) ?: "", "assistant") == 0) {
+        if (cost >= 0 && t->budget_used + cost > limit && svc_json_array_len(t->history) == 0 &&
+            strcmp(svc_json_str(svc_json_member(msg, "role")) ?: "", "assistant") == 0) {
             /* the parent reply alone is too long (a continuation): its tail, then stop */
             cost = fit_tail(t, msg, limit - t->budget_used);
             if (cost >= 0) {
                 t->budget_used += cost;
-                json_array_append_new(t->history, msg);
+                svc_json_append(t->history, msg);
                 SVC_LOG_INFO(t->rid, "context", "parent reply cut to its last %zu bytes to fit",
-                             json_string_length(json_object_get(msg, "content")));
+                             svc_json_strlen(svc_json_member(msg, "content")));
                 context_collected(t);
                 goto out;
             }
         }
         if (cost < 0 || t->budget_used + cost > limit) { /* older messages would not fit */
-            json_decref(msg);
+            svc_json_destroy(&msg);
             context_collected(t);
             goto out;
         }
         t->budget_used += cost;
     }
-    json_array_append_new(t->history, msg);
+    svc_json_append(t->history, msg);
     snprintf(t->walk_id, sizeof(t->walk_id), "%s", parent);
     walk_next(t);
 out:
@@ -585,7 +585,7 @@ static void walk_next(struct chat_turn *t)
     int rc;
 
     if (t->walk_id[0] == '\0' ||
-        json_array_size(t->history) >= (size_t)chat_setting.CHAT_MAX_HISTORY.i ||
+        svc_json_array_len(t->history) >= (size_t)chat_setting.CHAT_MAX_HISTORY.i ||
         chat_ctx_key(key, sizeof(key), t->user_id, t->walk_id) != SVC_OK) {
         context_collected(t);
         return;
@@ -803,88 +803,88 @@ static void on_authenticated(void *ctx, int err, int result, const char *scheme,
 
 static int parse_turn(struct chat_turn *t, const char *body, size_t len, char *err, size_t errlen)
 {
-    json_t *j, *prompt, *options, *parent, *sys, *temp, *topp;
-    json_error_t je;
+    struct svc_json *j, *prompt, *options, *parent, *sys, *temp, *topp;
+    char jerr[160];
     int rc = SVC_EINVAL;
 
-    j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    j = svc_json_parse(body, len, SVC_JSON_STRICT, jerr, sizeof(jerr));
     if (j == NULL) {
-        snprintf(err, errlen, "invalid JSON: %s", je.text);
+        snprintf(err, errlen, "invalid JSON: %s", jerr);
         return SVC_EINVAL;
     }
-    if (!json_is_object(j)) {
+    if (!svc_json_is_object(j)) {
         snprintf(err, errlen, "the body must be a JSON object");
         goto out;
     }
-    prompt = json_object_get(j, "prompt");
-    options = json_object_get(j, "options");
-    sys = json_object_get(j, "systemMessage");
-    temp = json_object_get(j, "temperature");
-    topp = json_object_get(j, "top_p");
-    if (prompt != NULL && !json_is_string(prompt)) {
+    prompt = svc_json_member(j, "prompt");
+    options = svc_json_member(j, "options");
+    sys = svc_json_member(j, "systemMessage");
+    temp = svc_json_member(j, "temperature");
+    topp = svc_json_member(j, "top_p");
+    if (prompt != NULL && !svc_json_is_string(prompt)) {
         snprintf(err, errlen, "prompt must be a string");
         goto out;
     }
-    if (prompt != NULL && json_string_length(prompt) > PROMPT_MAX) {
+    if (prompt != NULL && svc_json_strlen(prompt) > PROMPT_MAX) {
         snprintf(err, errlen, "prompt is longer than %u bytes", PROMPT_MAX);
         goto out;
     }
-    if (options != NULL && !json_is_object(options) && !json_is_null(options)) {
+    if (options != NULL && !svc_json_is_object(options) && !svc_json_is_null(options)) {
         snprintf(err, errlen, "options must be an object");
         goto out;
     }
-    parent = json_object_get(options, "parentMessageId");
-    if (parent != NULL && !json_is_string(parent) && !json_is_null(parent)) {
+    parent = svc_json_member(options, "parentMessageId");
+    if (parent != NULL && !svc_json_is_string(parent) && !svc_json_is_null(parent)) {
         snprintf(err, errlen, "options.parentMessageId must be a string");
         goto out;
     }
-    if (sys != NULL && !json_is_null(sys) &&
-        (!json_is_string(sys) || json_string_length(sys) > SYSTEM_MAX)) {
+    if (sys != NULL && !svc_json_is_null(sys) &&
+        (!svc_json_is_string(sys) || svc_json_strlen(sys) > SYSTEM_MAX)) {
         snprintf(err, errlen, "systemMessage must be a string of at most %u bytes", SYSTEM_MAX);
         goto out;
     }
-    if (temp != NULL && !json_is_null(temp) &&
-        (!json_is_number(temp) || json_number_value(temp) < 0 || json_number_value(temp) > 2)) {
+    if (temp != NULL && !svc_json_is_null(temp) &&
+        (!svc_json_is_number(temp) || svc_json_number(temp) < 0 || svc_json_number(temp) > 2)) {
         snprintf(err, errlen, "temperature must be a number from 0 to 2");
         goto out;
     }
-    if (topp != NULL && !json_is_null(topp) &&
-        (!json_is_number(topp) || json_number_value(topp) < 0 || json_number_value(topp) > 1)) {
+    if (topp != NULL && !svc_json_is_null(topp) &&
+        (!svc_json_is_number(topp) || svc_json_number(topp) < 0 || svc_json_number(topp) > 1)) {
         snprintf(err, errlen, "top_p must be a number from 0 to 1");
         goto out;
     }
-    t->prompt_len = prompt != NULL ? json_string_length(prompt) : 0;
+    t->prompt_len = prompt != NULL ? svc_json_strlen(prompt) : 0;
     t->prompt = malloc(t->prompt_len + 1);
     if (t->prompt == NULL) {
         rc = SVC_ENOMEM;
         goto out;
     }
-    memcpy(t->prompt, prompt != NULL ? json_string_value(prompt) : "", t->prompt_len);
+    memcpy(t->prompt, prompt != NULL ? svc_json_str(prompt) : "", t->prompt_len);
     t->prompt[t->prompt_len] = '\0';
-    if (json_is_string(sys) && (t->system_message = strdup(json_string_value(sys))) == NULL) {
+    if (svc_json_is_string(sys) && (t->system_message = strdup(svc_json_str(sys))) == NULL) {
         rc = SVC_ENOMEM;
         goto out;
     }
-    if (json_is_string(parent)) {
+    if (svc_json_is_string(parent)) {
         /* An id we never minted cannot have context: degrade to "no history", not an error. */
-        if (chat_id_valid(json_string_value(parent)))
-            snprintf(t->parent_id, sizeof(t->parent_id), "%s", json_string_value(parent));
+        if (chat_id_valid(svc_json_str(parent)))
+            snprintf(t->parent_id, sizeof(t->parent_id), "%s", svc_json_str(parent));
     }
     if (t->prompt_len == 0 && t->parent_id[0] == '\0') {
         snprintf(err, errlen, "prompt is empty");
         goto out;
     }
-    if (json_is_number(temp)) {
+    if (svc_json_is_number(temp)) {
         t->has_temperature = 1;
-        t->temperature = json_number_value(temp);
+        t->temperature = svc_json_number(temp);
     }
-    if (json_is_number(topp)) {
+    if (svc_json_is_number(topp)) {
         t->has_top_p = 1;
-        t->top_p = json_number_value(topp);
+        t->top_p = svc_json_number(topp);
     }
     rc = SVC_OK;
 out:
-    json_decref(j);
+    svc_json_destroy(&j);
     return rc;
 }
 
@@ -939,7 +939,7 @@ int chat_process(void *ctx, struct svc_req *req)
     t->refs = 1;
     t->req = req;
     t->w = svc_loop_data(svc_req_loop(req));
-    t->history = json_array();
+    t->history = svc_json_array();
     snprintf(t->rid, sizeof(t->rid), "%s", svc_req_id(req));
     svc_buf_init(&t->held, REPLY_MAX * 2);
     svc_util_uuid4(t->user_msg_id);

@@ -8,13 +8,13 @@
  * Everything runs on the request's event loop.
  */
 
-#include <jansson.h>
 #include <stddef.h>
 
 #include "chat.h"
 #include "context.h"
 #include "model.h"
 #include "svc/buf.h"
+#include "svc/json.h"
 #include "svc/modelmap.h"
 
 struct svc_req;
@@ -56,7 +56,7 @@ struct chat_turn {
     long completion_limit;
 
     /* context, newest first while walking */
-    json_t *history;
+    struct svc_json *history;
     char walk_id[CHAT_ID_MAX + 1];
     long budget_used; /* exact prompt tokens in chat format: system + history + prompt */
     long budget;      /* the context budget of this turn: min(window, max tokens) */

@@ -407,44 +407,43 @@ int meter_admit(struct meter *m, Chatweb__Billing__ReserveRequest *in, meter_adm
 /* ---- the upstream ---- */
 
 /* The text an event adds to the reply: chat completions, legacy completions, the Responses API. */
-static const char *event_content(json_t *j, size_t *len)
+static const char *event_content(struct svc_json *j, size_t *len)
 {
-    json_t *choice = json_array_get(json_object_get(j, "choices"), 0);
-    json_t *c = NULL;
-    const char *type = json_string_value(json_object_get(j, "type"));
+    struct svc_json *choice = svc_json_array_at(svc_json_member(j, "choices"), 0);
+    struct svc_json *c = NULL;
+    const char *type = svc_json_str(svc_json_member(j, "type"));
 
     if (choice != NULL) {
-        c = json_object_get(json_object_get(choice, "delta"), "content");
-        if (!json_is_string(c))
-            c = json_object_get(choice, "text");
+        c = svc_json_member(svc_json_member(choice, "delta"), "content");
+        if (!svc_json_is_string(c))
+            c = svc_json_member(choice, "text");
     } else if (type != NULL && strcmp(type, "response.output_text.delta") == 0) {
-        c = json_object_get(j, "delta");
+        c = svc_json_member(j, "delta");
     }
-    if (!json_is_string(c)) {
+    if (!svc_json_is_string(c)) {
         *len = 0;
         return NULL;
     }
-    *len = json_string_length(c);
-    return json_string_value(c);
+    *len = svc_json_strlen(c);
+    return svc_json_str(c);
 }
 
 /* The usage an event reports, if any: chat/completions usage, or the Responses API's. */
-static void event_usage(struct meter *m, json_t *j)
+static void event_usage(struct meter *m, struct svc_json *j)
 {
-    json_t *u = json_object_get(j, "usage");
-    json_t *resp = json_object_get(j, "response");
+    struct svc_json *u = svc_json_member(j, "usage");
+    struct svc_json *resp = svc_json_member(j, "response");
 
-    if (json_is_object(u) && json_object_get(u, "input_tokens") != NULL) { /* Responses API */
-        m->usage_prompt = (long long)json_integer_value(json_object_get(u, "input_tokens"));
-        m->usage_completion = (long long)json_integer_value(json_object_get(u, "output_tokens"));
-    } else if (json_is_object(u)) {
-        m->usage_prompt = (long long)json_integer_value(json_object_get(u, "prompt_tokens"));
-        m->usage_completion =
-            (long long)json_integer_value(json_object_get(u, "completion_tokens"));
-    } else if (json_is_object(resp) && json_is_object(json_object_get(resp, "usage"))) {
-        u = json_object_get(resp, "usage");
-        m->usage_prompt = (long long)json_integer_value(json_object_get(u, "input_tokens"));
-        m->usage_completion = (long long)json_integer_value(json_object_get(u, "output_tokens"));
+    if (svc_json_is_object(u) && svc_json_member(u, "input_tokens") != NULL) { /* Responses API */
+        m->usage_prompt = (long long)svc_json_int(svc_json_member(u, "input_tokens"));
+        m->usage_completion = (long long)svc_json_int(svc_json_member(u, "output_tokens"));
+    } else if (svc_json_is_object(u)) {
+        m->usage_prompt = (long long)svc_json_int(svc_json_member(u, "prompt_tokens"));
+        m->usage_completion = (long long)svc_json_int(svc_json_member(u, "completion_tokens"));
+    } else if (svc_json_is_object(resp) && svc_json_is_object(svc_json_member(resp, "usage"))) {
+        u = svc_json_member(resp, "usage");
+        m->usage_prompt = (long long)svc_json_int(svc_json_member(u, "input_tokens"));
+        m->usage_completion = (long long)svc_json_int(svc_json_member(u, "output_tokens"));
     }
 }
 
@@ -452,7 +451,7 @@ static int on_sse_event(void *ud, const char *data, size_t len)
 {
     struct meter *m = ud;
     struct meter_event ev = {.data = data, .len = len};
-    json_t *err;
+    struct svc_json *err;
     int rc = 0;
 
     if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
@@ -460,39 +459,39 @@ static int on_sse_event(void *ud, const char *data, size_t len)
         ev.done = 1;
         return m->ud != NULL ? m->h->on_event(m->ud, &ev) : 0;
     }
-    ev.json = json_loadb(data, len, 0, NULL);
-    if (ev.json == NULL || !json_is_object(ev.json)) {
+    ev.json = svc_json_parse(data, len, 0, NULL, 0);
+    if (ev.json == NULL || !svc_json_is_object(ev.json)) {
         snprintf(m->errmsg, sizeof(m->errmsg), "malformed upstream event");
-        json_decref(ev.json);
+        svc_json_destroy(&ev.json);
         return SVC_EIO;
     }
-    err = json_object_get(ev.json, "error");
+    err = svc_json_member(ev.json, "error");
     if (err != NULL) {
-        const char *msg = json_string_value(json_object_get(err, "message"));
+        const char *msg = svc_json_str(svc_json_member(err, "message"));
         snprintf(m->errmsg, sizeof(m->errmsg), "[OpenAI] %s",
                  msg != NULL ? msg : "error inside the stream");
         svc_util_utf8_trim_end(m->errmsg); /* a long message is cut; JSON needs whole characters */
-        json_decref(ev.json);
+        svc_json_destroy(&ev.json);
         return SVC_EIO;
     }
     event_usage(m, ev.json);
     ev.content = event_content(ev.json, &ev.content_len);
     {
-        json_t *choices = json_object_get(ev.json, "choices");
-        json_t *choice = json_array_get(choices, 0);
-        ev.finish = json_string_value(json_object_get(choice, "finish_reason"));
-        ev.usage_only = choice == NULL && json_is_object(json_object_get(ev.json, "usage"));
+        struct svc_json *choices = svc_json_member(ev.json, "choices");
+        struct svc_json *choice = svc_json_array_at(choices, 0);
+        ev.finish = svc_json_str(svc_json_member(choice, "finish_reason"));
+        ev.usage_only = choice == NULL && svc_json_is_object(svc_json_member(ev.json, "usage"));
     }
     if (ev.content_len > 0 && svc_buf_append(&m->text, ev.content, ev.content_len) != SVC_OK) {
         snprintf(m->errmsg, sizeof(m->errmsg), "reply longer than %u bytes", REPLY_MAX);
-        json_decref(ev.json);
+        svc_json_destroy(&ev.json);
         return SVC_ETOOLARGE;
     }
     if (ev.finish != NULL)
         m->complete = 1;
     if (m->ud != NULL)
         rc = m->h->on_event(m->ud, &ev);
-    json_decref(ev.json);
+    svc_json_destroy(&ev.json);
     return rc;
 }
 
@@ -705,22 +704,23 @@ static int on_up_data(void *ud, struct svc_fetch *f, long status, const char *da
 /* A complete JSON answer: its usage, and its text for a count when it has no usage. */
 static void json_answer(struct meter *m)
 {
-    json_t *j = json_loadb(m->body.data != NULL ? m->body.data : "", m->body.len, 0, NULL);
-    json_t *choice = json_array_get(json_object_get(j, "choices"), 0);
-    json_t *c = json_object_get(json_object_get(choice, "message"), "content");
+    struct svc_json *j =
+        svc_json_parse(m->body.data != NULL ? m->body.data : "", m->body.len, 0, NULL, 0);
+    struct svc_json *choice = svc_json_array_at(svc_json_member(j, "choices"), 0);
+    struct svc_json *c = svc_json_member(svc_json_member(choice, "message"), "content");
 
     m->complete = 1;
     if (j == NULL)
         return;
     event_usage(m, j);
-    if (!json_is_string(c))
-        c = json_object_get(choice, "text");
-    if (!json_is_string(c))
-        c = json_object_get(j, "output_text");
-    if (json_is_string(c) &&
-        svc_buf_append(&m->text, json_string_value(c), json_string_length(c)) != SVC_OK)
+    if (!svc_json_is_string(c))
+        c = svc_json_member(choice, "text");
+    if (!svc_json_is_string(c))
+        c = svc_json_member(j, "output_text");
+    if (svc_json_is_string(c) &&
+        svc_buf_append(&m->text, svc_json_str(c), svc_json_strlen(c)) != SVC_OK)
         SVC_LOG_WARN(m->rid, "upstream", "answer text too long to keep");
-    json_decref(j);
+    svc_json_destroy(&j);
 }
 
 /* Nothing reached the client and the upstream failed in a way another attempt may not. */

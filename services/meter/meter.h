@@ -1,12 +1,12 @@
 #ifndef METER_METER_H
 #define METER_METER_H
 
-#include <jansson.h>
 #include <stddef.h>
 
 #include "billing.pb-c.h"
 #include "svc/err.h"
 #include "svc/fetch.h"
+#include "svc/json.h"
 #include "svc/modelmap.h"
 #include "svc/ratelimit.h"
 
@@ -45,7 +45,7 @@ struct meter;
 struct meter_event {
     const char *data;    /* the event's data as received */
     size_t len;
-    json_t *json;        /* parsed (NULL for [DONE]) */
+    struct svc_json *json; /* parsed (NULL for [DONE]) */
     const char *content; /* the text this event adds to the reply (may be NULL) */
     size_t content_len;
     const char *finish;  /* choices[0].finish_reason when set */

@@ -25,8 +25,8 @@
 #include "svc/service.h"
 #include "svc/tokenizer.h"
 
-struct proxy_setting proxy_setting = {PROXY_OPTIONS(SVC_OPTION_INIT)};
-struct proxy_stats proxy_stats = {PROXY_METRICS(SVC_METRIC_INIT)};
+static struct proxy_setting setting = {PROXY_OPTIONS(SVC_OPTION_INIT)};
+static struct proxy_stats stats = {PROXY_METRICS(SVC_METRIC_INIT)};
 
 #define AUTH_MEMO_SLOTS 4096
 
@@ -51,60 +51,60 @@ int main(int argc, char **argv)
     struct meter_workers_opts wo = {0};
     char err[512];
 
-    svc_service_setup("proxy", argc, argv, (struct svc_cfg_option *)&proxy_setting,
-                      SVC_OPTION_COUNT(proxy_setting));
-    if (!proxy_setting.OPENAI_PROXY.i) {
+    svc_service_setup("proxy", argc, argv, (struct svc_cfg_option *)&setting,
+                      SVC_OPTION_COUNT(setting));
+    if (!setting.OPENAI_PROXY.i) {
         /* Off (the default, as in the seed): every /v1 path is an OpenAI-style 404. */
         svc_service_start();
         svc_service_serve_pool(NULL, 0, SVC_HTTP_STYLE_OPENAI);
         svc_service_teardown();
         return SVC_EX_OK;
     }
-    if (strcmp(proxy_setting.PROXY_CLIENT_KEYS.s, "off") != 0 &&
-        strcmp(proxy_setting.PROXY_CLIENT_KEYS.s, "relay") != 0)
+    if (strcmp(setting.PROXY_CLIENT_KEYS.s, "off") != 0 &&
+        strcmp(setting.PROXY_CLIENT_KEYS.s, "relay") != 0)
         svc_service_die(SVC_EX_CONFIG, "PROXY_CLIENT_KEYS: must be off or relay, got \"%s\"",
-                        proxy_setting.PROXY_CLIENT_KEYS.s);
-    if (proxy_setting.AUTH_URL.s[0] == '\0')
+                        setting.PROXY_CLIENT_KEYS.s);
+    if (setting.AUTH_URL.s[0] == '\0')
         svc_service_die(SVC_EX_CONFIG, "AUTH_URL: required (the auth service's base URL)");
-    if (proxy_setting.BILLING_URL.s[0] == '\0')
+    if (setting.BILLING_URL.s[0] == '\0')
         svc_service_die(SVC_EX_CONFIG, "BILLING_URL: required (the billing service's base URL)");
-    if (svc_redis_url_check(proxy_setting.REDIS_URL.s, err, sizeof(err)) != SVC_OK)
+    if (svc_redis_url_check(setting.REDIS_URL.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "REDIS_URL: %s", err);
-    if (meter_upstream_check(proxy_setting.OPENAI_KEY.s, proxy_setting.OPENAI_CA_FILE.s,
-                             proxy_setting.OPENAI_HTTP2.s, &wo.upstream_http, err,
+    if (meter_upstream_check(setting.OPENAI_KEY.s, setting.OPENAI_CA_FILE.s,
+                             setting.OPENAI_HTTP2.s, &wo.upstream_http, err,
                              sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "%s", err);
-    if (proxy_upstreams_setup(err, sizeof(err)) != SVC_OK)
+    if (proxy_upstreams_setup(&setting, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "UPSTREAMS: %s", err);
-    meter_set_output_budget((size_t)proxy_setting.STREAM_OUTPUT_BUDGET_MB.i << 20);
-    if (svc_modelmap_create(&models, proxy_setting.MODEL_WINDOWS.s, err, sizeof(err)) != SVC_OK)
+    meter_set_output_budget((size_t)setting.STREAM_OUTPUT_BUDGET_MB.i << 20);
+    if (svc_modelmap_create(&models, setting.MODEL_WINDOWS.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "MODEL_WINDOWS: %s", err);
     svc_service_start();
-    svc_metrics_register((struct svc_metric *)&proxy_stats, SVC_METRIC_COUNT(proxy_stats));
-    proxy_metrics_setup();
-    if (auth_client_setup(AUTH_MEMO_SLOTS, (long)proxy_setting.PROXY_AUTH_CACHE_MS.i) != SVC_OK)
+    svc_metrics_register((struct svc_metric *)&stats, SVC_METRIC_COUNT(stats));
+    proxy_v1_setup(&setting, &stats);
+    if (auth_client_setup(AUTH_MEMO_SLOTS, (long)setting.PROXY_AUTH_CACHE_MS.i) != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "cannot set up the authentication memory");
 
     wo.n = svc_service_workers();
-    wo.redis_url = proxy_setting.REDIS_URL.s;
-    wo.auth_url = proxy_setting.AUTH_URL.s;
-    wo.billing_url = proxy_setting.BILLING_URL.s;
+    wo.redis_url = setting.REDIS_URL.s;
+    wo.auth_url = setting.AUTH_URL.s;
+    wo.billing_url = setting.BILLING_URL.s;
     wo.models = models;
-    wo.settle_retry_s = (long)proxy_setting.PROXY_SETTLE_RETRY_FOR.i;
-    wo.abort_drain_ms = (long)proxy_setting.PROXY_ABORT_DRAIN_MS.i;
-    wo.settles_pending = &proxy_stats.proxy_settles_pending;
+    wo.settle_retry_s = (long)setting.PROXY_SETTLE_RETRY_FOR.i;
+    wo.abort_drain_ms = (long)setting.PROXY_ABORT_DRAIN_MS.i;
+    wo.settles_pending = &stats.proxy_settles_pending;
     if (meter_workers_create(&workers, &wo) != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "cannot set up the event loops");
 
     ho.service = "proxy";
-    ho.addr = proxy_setting.HTTP_ADDR.s;
+    ho.addr = setting.HTTP_ADDR.s;
     ho.mode = SVC_HTTP_LOOPS;
     ho.loops = meter_workers_loops(workers);
     ho.nloops = meter_workers_count(workers);
-    ho.max_body = (size_t)proxy_setting.HTTP_MAX_BODY.i;
-    ho.max_header = (size_t)proxy_setting.HTTP_MAX_HEADER.i;
-    ho.idle_timeout = (unsigned)proxy_setting.HTTP_IDLE_TIMEOUT.i;
-    ho.max_connections = (unsigned)proxy_setting.HTTP_MAX_CONNECTIONS.i;
+    ho.max_body = (size_t)setting.HTTP_MAX_BODY.i;
+    ho.max_header = (size_t)setting.HTTP_MAX_HEADER.i;
+    ho.idle_timeout = (unsigned)setting.HTTP_IDLE_TIMEOUT.i;
+    ho.max_connections = (unsigned)setting.HTTP_MAX_CONNECTIONS.i;
     ho.default_style = SVC_HTTP_STYLE_OPENAI;
     if (svc_http_server_create(&srv, &ho, routes, sizeof(routes) / sizeof(routes[0]), err,
                                sizeof(err)) != SVC_OK)

@@ -93,8 +93,6 @@ struct proxy_stats {
     PROXY_METRICS(SVC_METRIC_DECLARE)
 };
 
-extern struct proxy_setting proxy_setting;
-extern struct proxy_stats proxy_stats;
 
 /* Per-loop state; svc_loop_data(loop) points at it. */
 
@@ -102,8 +100,8 @@ struct svc_req;
 
 /* Every /v1 path (v1.c). Runs on the request's loop; always async once authenticated. */
 int proxy_v1(void *ctx, struct svc_req *req);
-/* Builds the upstream list from OPENAI_BASE_URL, OPENAI_KEY and UPSTREAMS (at start-up). */
-int proxy_upstreams_setup(char *err, size_t errlen);
+/* Builds the upstream list from s's OPENAI_BASE_URL, OPENAI_KEY and UPSTREAMS (at start-up). */
+int proxy_upstreams_setup(const struct proxy_setting *s, char *err, size_t errlen);
 size_t proxy_upstreams_count(void);
 const char *proxy_upstream_name(int i);
 const char *proxy_upstream_base(int i); /* no trailing slash */
@@ -119,7 +117,9 @@ int proxy_upstream_pick(const char *model, unsigned tried, int *no_model);
  * or 5xx). */
 void proxy_upstream_report(int i, int ok);
 
-/* Creates the labelled metrics of /v1 (per model, key, upstream); once, at start-up. */
-void proxy_metrics_setup(void);
+/* Once, at start-up, before the first request: keeps the service's settings and counters (main.c
+ * owns them; borrowed for the life of the process) and creates the labelled metrics of /v1 (per
+ * model, key, upstream). */
+void proxy_v1_setup(const struct proxy_setting *s, struct proxy_stats *st);
 
 #endif

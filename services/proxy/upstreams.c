@@ -13,12 +13,12 @@
 #include "proxy.h"
 
 #include <ctype.h>
-#include <jansson.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "svc/json.h"
 #include "svc/log.h"
 #include "svc/loop.h"
 #include "svc/util.h"
@@ -81,28 +81,28 @@ static int set_key(struct proxy_upstream *u, const char *key, char *err, size_t 
 }
 
 /* weight and models of one UPSTREAMS entry (also allowed on the "default" entry). */
-static int set_routing(struct proxy_upstream *u, json_t *e, char *err, size_t errlen)
+static int set_routing(struct proxy_upstream *u, struct svc_json *e, char *err, size_t errlen)
 {
-    json_t *w = json_object_get(e, "weight"), *models = json_object_get(e, "models"), *m;
+    struct svc_json *w = svc_json_member(e, "weight"), *models = svc_json_member(e, "models"), *m;
     size_t i;
 
     if (w != NULL) {
-        if (!json_is_integer(w) || json_integer_value(w) < 0 || json_integer_value(w) > 1000) {
+        if (!svc_json_is_integer(w) || svc_json_int(w) < 0 || svc_json_int(w) > 1000) {
             snprintf(err, errlen, "upstream %s: weight must be an integer 0..1000", u->name);
             return SVC_EINVAL;
         }
-        u->weight = (int)json_integer_value(w);
+        u->weight = (int)svc_json_int(w);
     }
     if (models == NULL)
         return SVC_OK;
-    if (!json_is_array(models) || json_array_size(models) > PROXY_UPSTREAM_MODELS_MAX) {
+    if (!svc_json_is_array(models) || svc_json_array_len(models) > PROXY_UPSTREAM_MODELS_MAX) {
         snprintf(err, errlen, "upstream %s: models must be an array of at most %d names",
                  u->name, PROXY_UPSTREAM_MODELS_MAX);
         return SVC_EINVAL;
     }
     u->nmodels = 0;
-    json_array_foreach(models, i, m) {
-        const char *s = json_string_value(m);
+    SVC_JSON_ARRAY_EACH(models, i, m) {
+        const char *s = svc_json_str(m);
         if (s == NULL || s[0] == '\0' || strlen(s) >= sizeof(u->models[0])) {
             snprintf(err, errlen, "upstream %s: models[%zu] must be a name of 1..127 bytes",
                      u->name, i);
@@ -113,23 +113,24 @@ static int set_routing(struct proxy_upstream *u, json_t *e, char *err, size_t er
     return SVC_OK;
 }
 
-static int parse_entry(json_t *e, size_t index, char *err, size_t errlen)
+static int parse_entry(struct svc_json *e, size_t index, char *err, size_t errlen)
 {
     static const char *const fields[] = {"name", "base_url", "key", "key_env", "weight", "models"};
-    const char *name = json_string_value(json_object_get(e, "name"));
-    const char *url = json_string_value(json_object_get(e, "base_url"));
-    const char *key = json_string_value(json_object_get(e, "key"));
-    const char *key_env = json_string_value(json_object_get(e, "key_env"));
+    const char *name = svc_json_str(svc_json_member(e, "name"));
+    const char *url = svc_json_str(svc_json_member(e, "base_url"));
+    const char *key = svc_json_str(svc_json_member(e, "key"));
+    const char *key_env = svc_json_str(svc_json_member(e, "key_env"));
     struct proxy_upstream *u;
     const char *field;
-    json_t *v;
+    struct svc_json *v;
+    void *it;
     int rc;
 
-    if (!json_is_object(e)) {
+    if (!svc_json_is_object(e)) {
         snprintf(err, errlen, "entry %zu is not an object", index);
         return SVC_EINVAL;
     }
-    json_object_foreach(e, field, v) {
+    SVC_JSON_OBJECT_EACH(e, it, field, v) {
         size_t k = 0;
         while (k < sizeof(fields) / sizeof(fields[0]) && strcmp(field, fields[k]) != 0)
             k++;
@@ -182,11 +183,12 @@ static int parse_entry(json_t *e, size_t index, char *err, size_t errlen)
     return SVC_OK;
 }
 
-int proxy_upstreams_setup(char *err, size_t errlen)
+int proxy_upstreams_setup(const struct proxy_setting *s, char *err, size_t errlen)
 {
-    const char *spec = proxy_setting.UPSTREAMS.s;
-    json_error_t jerr;
-    json_t *list, *e;
+    const char *spec = s->UPSTREAMS.s;
+    char jerr[160];
+    int line = -1, column = -1;
+    struct svc_json *list, *e;
     size_t i;
     int rc = SVC_OK;
 
@@ -194,27 +196,27 @@ int proxy_upstreams_setup(char *err, size_t errlen)
     memset(&ups[0], 0, sizeof(ups[0]));
     snprintf(ups[0].name, sizeof(ups[0].name), "default");
     ups[0].weight = 1;
-    if ((rc = set_base(&ups[0], proxy_setting.OPENAI_BASE_URL.s, err, errlen)) != SVC_OK ||
-        (rc = set_key(&ups[0], proxy_setting.OPENAI_KEY.s, err, errlen)) != SVC_OK)
+    if ((rc = set_base(&ups[0], s->OPENAI_BASE_URL.s, err, errlen)) != SVC_OK ||
+        (rc = set_key(&ups[0], s->OPENAI_KEY.s, err, errlen)) != SVC_OK)
         return rc;
-    breaker_failures = (int)proxy_setting.UPSTREAM_BREAKER_FAILURES.i;
-    breaker_open_ms = proxy_setting.UPSTREAM_BREAKER_OPEN_MS.i;
+    breaker_failures = (int)s->UPSTREAM_BREAKER_FAILURES.i;
+    breaker_open_ms = s->UPSTREAM_BREAKER_OPEN_MS.i;
     if (spec[0] == '\0')
         return SVC_OK;
-    if ((list = json_loads(spec, JSON_REJECT_DUPLICATES, &jerr)) == NULL) {
-        snprintf(err, errlen, "not JSON: %s (line %d, column %d)", jerr.text, jerr.line,
-                 jerr.column);
+    if ((list = svc_json_parse_at(spec, strlen(spec), SVC_JSON_STRICT, jerr, sizeof(jerr), &line,
+                                  &column)) == NULL) {
+        snprintf(err, errlen, "not JSON: %s (line %d, column %d)", jerr, line, column);
         return SVC_EINVAL;
     }
-    if (!json_is_array(list)) {
+    if (!svc_json_is_array(list)) {
         snprintf(err, errlen, "must be a JSON array of upstream objects");
         rc = SVC_EINVAL;
     }
-    json_array_foreach(list, i, e) {
+    SVC_JSON_ARRAY_EACH(list, i, e) {
         if (rc == SVC_OK)
             rc = parse_entry(e, i, err, errlen);
     }
-    json_decref(list);
+    svc_json_destroy(&list);
     return rc;
 }
 

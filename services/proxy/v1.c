@@ -12,7 +12,6 @@
  * upstream's list filtered to the key's models; paths in PROXY_PASSTHROUGH are relayed unmetered.
  * Everything runs on the request's loop; nothing blocks.
  */
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +24,7 @@
 #include "proxy.h"
 #include "svc/fetch.h"
 #include "svc/http.h"
+#include "svc/json.h"
 #include "svc/log.h"
 #include "svc/loop.h"
 #include "svc/modelmap.h"
@@ -51,7 +51,7 @@ struct v1_call {
     char method[8];
 
     /* the request */
-    json_t *body;
+    struct svc_json *body;
     int stream, hide_usage, has_limit;
     int own_ratelimit; /* our x-ratelimit-* headers are on the reply: the upstream's are not */
     char up_ctype[128]; /* the upstream answer's Content-Type (pass_header), "" when none */
@@ -88,11 +88,18 @@ struct v1_call {
 
 static struct svc_metric_vec *m_requests, *m_tokens_in, *m_tokens_out, *m_ttft, *m_duration;
 
-void proxy_metrics_setup(void)
+/* The service's settings and counters, owned by main.c (proxy_v1_setup). */
+static const struct proxy_setting *setting;
+static struct proxy_stats *stats;
+
+void proxy_v1_setup(const struct proxy_setting *s, struct proxy_stats *st)
 {
     static const char *const by_request[] = {"model", "key", "upstream", "status"};
     static const char *const by_key[] = {"model", "key", "upstream"};
     static const char *const by_model[] = {"model", "upstream"};
+
+    setting = s;
+    stats = st;
 
     /* A family that cannot be made stays NULL and counts nothing (svc_metric_vec_add). */
     int rc = svc_metric_vec_create(&m_requests, "proxy_model_requests_total",
@@ -152,8 +159,8 @@ static void v1_error(struct v1_call *c, int status, const char *type, const char
     if (c->req == NULL)
         return;
     svc_req_reply_json(c->req, status,
-                       json_pack("{s:{s:s, s:s, s:n, s:s?}}", "error", "message", message, "type",
-                                 type, "param", "code", code));
+                       svc_json_pack("{s:{s:s, s:s, s:n, s:s?}}", "error", "message", message,
+                                     "type", type, "param", "code", code));
 }
 
 static void add_header(struct v1_call *c, const char *name, const char *value)
@@ -209,7 +216,7 @@ static const char *reply_ctype(const struct v1_call *c)
 
 static void call_free(struct v1_call *c)
 {
-    json_decref(c->body);
+    svc_json_destroy(&c->body);
     free(c);
 }
 
@@ -223,7 +230,7 @@ static void on_request_done(void *data)
     meter_detach(&c->meter); /* no meter hook runs after this; it ends the hold */
     svc_timer_destroy(&c->rpm_retry);
     if (c->streaming)
-        svc_metric_add(&proxy_stats.proxy_streams_open, -1);
+        svc_metric_add(&stats->proxy_streams_open, -1);
     c->req = NULL;
     if (c->redis_pending == 0) /* else the last rate-limit answer frees it */
         call_free(c);
@@ -233,7 +240,7 @@ static void on_client_gone(void *data, struct svc_req *req)
 {
     (void)req;
     (void)data;
-    svc_metric_add(&proxy_stats.proxy_client_aborts_total, 1);
+    svc_metric_add(&stats->proxy_client_aborts_total, 1);
 }
 
 /*
@@ -277,7 +284,7 @@ static int on_head(void *ud)
     rc = svc_req_stream_start(c->req, 200, "text/event-stream; charset=utf-8");
     if (rc == SVC_OK) {
         c->streaming = 1;
-        svc_metric_add(&proxy_stats.proxy_streams_open, 1);
+        svc_metric_add(&stats->proxy_streams_open, 1);
         svc_req_on_drain(c->req, on_client_drained, c, METER_CLIENT_LOW);
     }
     return rc;
@@ -324,24 +331,24 @@ static void on_end(void *ud, const struct meter_end *end)
     if (end->counted) {
         SVC_LOG_INFO(c->rid, "billing", "no usage from the upstream: charged our count");
     }
-    svc_metric_add(&proxy_stats.proxy_prompt_tokens_total, end->prompt_tokens);
-    svc_metric_add(&proxy_stats.proxy_completion_tokens_total, end->completion_tokens);
+    svc_metric_add(&stats->proxy_prompt_tokens_total, end->prompt_tokens);
+    svc_metric_add(&stats->proxy_completion_tokens_total, end->completion_tokens);
     c->tokens_in = end->prompt_tokens;
     c->tokens_out = end->completion_tokens;
     if (end->started) {
         if (c->streaming) {
             if (end->err != SVC_OK || end->stream_error != NULL)
-                svc_metric_add(&proxy_stats.proxy_upstream_errors_total, 1);
+                svc_metric_add(&stats->proxy_upstream_errors_total, 1);
             svc_req_stream_end(c->req);
         } else if (end->err != SVC_OK || end->stream_error != NULL) {
-            svc_metric_add(&proxy_stats.proxy_upstream_errors_total, 1);
+            svc_metric_add(&stats->proxy_upstream_errors_total, 1);
             v1_error(c, 502, "server_error", "upstream_error",
                      end->stream_error != NULL ? end->stream_error
                                                : "the upstream answer broke off");
         }
         return;
     }
-    svc_metric_add(&proxy_stats.proxy_upstream_errors_total, 1);
+    svc_metric_add(&stats->proxy_upstream_errors_total, 1);
     if (end->status != 0 && end->status != 200) {
         /* The upstream's own error, passed through as it answered. */
         meter_upstream_headers(c->meter, pass_header, c);
@@ -409,23 +416,23 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
 
     /* Change the body only where we must (see the top of this file). */
     if (completion_limit >= 0 && c->stream && (c->kind == V1_CHAT || c->kind == V1_COMPLETIONS)) {
-        json_t *so = json_object_get(c->body, "stream_options");
-        if (!json_is_true(json_object_get(so, "include_usage"))) {
-            if (!json_is_object(so)) {
-                so = json_object();
-                json_object_set_new(c->body, "stream_options", so);
+        struct svc_json *so = svc_json_member(c->body, "stream_options");
+        if (!svc_json_is_true(svc_json_member(so, "include_usage"))) {
+            if (!svc_json_is_object(so)) {
+                so = svc_json_object();
+                svc_json_set(c->body, "stream_options", so);
             }
-            json_object_set_new(so, "include_usage", json_true());
+            svc_json_set(so, "include_usage", svc_json_bool(1));
             c->hide_usage = 1;
             changed = 1;
         }
     }
     if (!c->has_limit && c->kind != V1_EMBEDDINGS && completion_limit > 0) {
-        json_object_set_new(c->body,
-                            c->kind == V1_RESPONSES ? "max_output_tokens"
-                            : c->kind == V1_CHAT && c->mi.reasoning ? "max_completion_tokens"
-                                                                    : "max_tokens",
-                            json_integer(completion_limit));
+        svc_json_set(c->body,
+                     c->kind == V1_RESPONSES                 ? "max_output_tokens"
+                     : c->kind == V1_CHAT && c->mi.reasoning ? "max_completion_tokens"
+                                                             : "max_tokens",
+                     svc_json_integer(completion_limit));
         changed = 1;
     }
     if (completion_limit < 0) {
@@ -444,7 +451,7 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
         return;
     }
     c->tried = 1u << c->upstream;
-    if (changed && (text = json_dumps(c->body, JSON_COMPACT)) == NULL) {
+    if (changed && (text = svc_json_dump(c->body, 0)) == NULL) {
         v1_error(c, 500, "server_error", NULL, "out of memory");
         return;
     }
@@ -470,9 +477,9 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
     fr.headers = headers;
     fr.body = text != NULL ? text : raw;
     fr.body_len = text != NULL ? strlen(text) : blen;
-    fr.idle_timeout_ms = proxy_setting.PROXY_UPSTREAM_IDLE_TIMEOUT.i * 1000;
-    fr.proxy = proxy_setting.SOCKS_PROXY.s;
-    fr.ca_file = proxy_setting.OPENAI_CA_FILE.s;
+    fr.idle_timeout_ms = setting->PROXY_UPSTREAM_IDLE_TIMEOUT.i * 1000;
+    fr.proxy = setting->SOCKS_PROXY.s;
+    fr.ca_file = setting->OPENAI_CA_FILE.s;
     fr.http = c->w->upstream_http;
     rc = meter_start(c->meter, &fr, c->stream);
     free(text);
@@ -491,7 +498,7 @@ static void on_admitted(void *ud, const struct meter_admission *a)
         start_upstream(c, a->completion_limit);
         return;
     case METER_TPM_REFUSED:
-        svc_metric_add(&proxy_stats.proxy_rate_limited_total, 1);
+        svc_metric_add(&stats->proxy_rate_limited_total, 1);
         snprintf(ra, sizeof(ra), "%d", a->retry_after_s);
         add_header(c, "Retry-After", ra);
         snprintf(msg, sizeof(msg), "%lld", a->tpm_limit);
@@ -538,9 +545,9 @@ static void admit(struct v1_call *c)
         sc[n].name = key_scope;
         sc[n++].limit = c->tpm;
     }
-    if (proxy_setting.PROXY_TPM_LIMIT.i > 0) {
+    if (setting->PROXY_TPM_LIMIT.i > 0) {
         sc[n].name = "user";
-        sc[n++].limit = proxy_setting.PROXY_TPM_LIMIT.i;
+        sc[n++].limit = setting->PROXY_TPM_LIMIT.i;
     }
     {
         char tag[32];
@@ -591,7 +598,7 @@ static int rpm_retry(struct v1_call *c, int err)
 static void on_rpm(void *data, int err, int allowed, long long count)
 {
     struct v1_call *c = data;
-    long long limit = c->rpm > 0 ? c->rpm : proxy_setting.PROXY_RPM_LIMIT.i;
+    long long limit = c->rpm > 0 ? c->rpm : setting->PROXY_RPM_LIMIT.i;
     int reset = RPM_WINDOW_S - (int)(svc_util_wallclock_ms() / 1000 % RPM_WINDOW_S);
     char v[32];
 
@@ -603,9 +610,9 @@ static void on_rpm(void *data, int err, int allowed, long long count)
     }
     if (svc_req_is_done(c->req))
         return;
-    if (err != SVC_OK && !proxy_setting.PROXY_RATELIMIT_FAIL_OPEN.i && rpm_retry(c, err))
+    if (err != SVC_OK && !setting->PROXY_RATELIMIT_FAIL_OPEN.i && rpm_retry(c, err))
         return;
-    if (err != SVC_OK && !proxy_setting.PROXY_RATELIMIT_FAIL_OPEN.i) {
+    if (err != SVC_OK && !setting->PROXY_RATELIMIT_FAIL_OPEN.i) {
         SVC_LOG_WARN(c->rid, "ratelimit", "cannot count this request: %s", svc_strerror(err));
         v1_error(c, 503, "server_error", "rate_limiter_unavailable",
                  "The rate limiter is unavailable, please try again later.");
@@ -621,7 +628,7 @@ static void on_rpm(void *data, int err, int allowed, long long count)
     }
     if (err == SVC_OK && !allowed) {
         char msg[256];
-        svc_metric_add(&proxy_stats.proxy_rate_limited_total, 1);
+        svc_metric_add(&stats->proxy_rate_limited_total, 1);
         snprintf(v, sizeof(v), "%d", reset);
         add_header(c, "Retry-After", v);
         snprintf(msg, sizeof(msg),
@@ -637,7 +644,7 @@ static void on_rpm(void *data, int err, int allowed, long long count)
 /* Requests per minute, in Redis (the key's rpm, else PROXY_RPM_LIMIT per user); then admit. */
 static void check_rpm(struct v1_call *c)
 {
-    long long limit = c->rpm > 0 ? c->rpm : proxy_setting.PROXY_RPM_LIMIT.i;
+    long long limit = c->rpm > 0 ? c->rpm : setting->PROXY_RPM_LIMIT.i;
     char scope[96];
     int rc = SVC_OK;
 
@@ -650,9 +657,9 @@ static void check_rpm(struct v1_call *c)
         c->redis_pending++;
         return;
     }
-    if (limit > 0 && !proxy_setting.PROXY_RATELIMIT_FAIL_OPEN.i && rpm_retry(c, rc))
+    if (limit > 0 && !setting->PROXY_RATELIMIT_FAIL_OPEN.i && rpm_retry(c, rc))
         return;
-    if (limit > 0 && !proxy_setting.PROXY_RATELIMIT_FAIL_OPEN.i) {
+    if (limit > 0 && !setting->PROXY_RATELIMIT_FAIL_OPEN.i) {
         v1_error(c, 503, "server_error", "rate_limiter_unavailable",
                  "The rate limiter is unavailable, please try again later.");
         return;
@@ -663,68 +670,72 @@ static void check_rpm(struct v1_call *c)
 /* ---- counting the prompt ---- */
 
 /* Text of an OpenAI "content": a string, or an array of parts whose text parts count. */
-static long long content_tokens(const struct svc_modelmap_info *mi, json_t *content, int *bad)
+static long long content_tokens(const struct svc_modelmap_info *mi, struct svc_json *content,
+                                int *bad)
 {
     const struct svc_tokenizer *tk = svc_tokenizer_get(mi->encoding);
     long long n = 0;
     size_t i;
-    json_t *part;
+    struct svc_json *part;
 
     if (tk == NULL) {
         *bad = 1;
         return 0;
     }
-    if (json_is_string(content))
-        return svc_tokenizer_count(tk, json_string_value(content), json_string_length(content));
-    if (json_is_null(content) || content == NULL)
+    if (svc_json_is_string(content))
+        return svc_tokenizer_count(tk, svc_json_str(content), svc_json_strlen(content));
+    if (svc_json_is_null(content) || content == NULL)
         return 0;
-    if (!json_is_array(content)) {
+    if (!svc_json_is_array(content)) {
         *bad = 1;
         return 0;
     }
-    json_array_foreach(content, i, part) {
-        json_t *t = json_object_get(part, "text");
-        if (json_is_string(t))
-            n += svc_tokenizer_count(tk, json_string_value(t), json_string_length(t));
+    SVC_JSON_ARRAY_EACH(content, i, part) {
+        struct svc_json *t = svc_json_member(part, "text");
+        if (svc_json_is_string(t))
+            n += svc_tokenizer_count(tk, svc_json_str(t), svc_json_strlen(t));
     }
     return n;
 }
 
 /* Strings, or token arrays (their length), or arrays of either: a prompt or an input. */
-static long long input_tokens(const struct svc_modelmap_info *mi, json_t *v, int depth, int *bad)
+static long long input_tokens(const struct svc_modelmap_info *mi, struct svc_json *v, int depth,
+                              int *bad)
 {
     size_t i;
-    json_t *e;
+    struct svc_json *e;
     long long n = 0;
 
-    if (json_is_string(v))
+    if (svc_json_is_string(v))
         return content_tokens(mi, v, bad);
-    if (json_is_integer(v) && depth > 0)
+    if (svc_json_is_integer(v) && depth > 0)
         return 1;
-    if (!json_is_array(v) || depth > 1) {
+    if (!svc_json_is_array(v) || depth > 1) {
         *bad = 1;
         return 0;
     }
-    json_array_foreach(v, i, e) n += input_tokens(mi, e, depth + 1, bad);
+    SVC_JSON_ARRAY_EACH(v, i, e)
+        n += input_tokens(mi, e, depth + 1, bad);
     return n;
 }
 
 /* The chat format's count of messages (modelmap.h), with content parts and names. */
-static long long messages_tokens(const struct svc_modelmap_info *mi, json_t *messages, int *bad)
+static long long messages_tokens(const struct svc_modelmap_info *mi, struct svc_json *messages,
+                                 int *bad)
 {
     long long n = svc_modelmap_reply_priming(mi);
     size_t i;
-    json_t *m;
+    struct svc_json *m;
 
-    if (!json_is_array(messages) || json_array_size(messages) == 0) {
+    if (!svc_json_is_array(messages) || svc_json_array_len(messages) == 0) {
         *bad = 1;
         return 0;
     }
-    json_array_foreach(messages, i, m) {
-        const char *role = json_string_value(json_object_get(m, "role"));
-        const char *name = json_string_value(json_object_get(m, "name"));
-        json_t *content = json_object_get(m, "content");
-        if (!json_is_object(m) || role == NULL) {
+    SVC_JSON_ARRAY_EACH(messages, i, m) {
+        const char *role = svc_json_str(svc_json_member(m, "role"));
+        const char *name = svc_json_str(svc_json_member(m, "name"));
+        struct svc_json *content = svc_json_member(m, "content");
+        if (!svc_json_is_object(m) || role == NULL) {
             *bad = 1;
             return 0;
         }
@@ -737,50 +748,50 @@ static long long messages_tokens(const struct svc_modelmap_info *mi, json_t *mes
 /* The exact prompt and the largest reply of the request; 0, or a message for a 400. */
 static const char *count_request(struct v1_call *c)
 {
-    json_t *b = c->body;
-    json_t *limit = NULL;
+    struct svc_json *b = c->body;
+    struct svc_json *limit = NULL;
     int bad = 0;
 
     switch (c->kind) {
     case V1_CHAT:
-        c->prompt_tokens = messages_tokens(&c->mi, json_object_get(b, "messages"), &bad);
+        c->prompt_tokens = messages_tokens(&c->mi, svc_json_member(b, "messages"), &bad);
         if (bad)
             return "'messages' must be a non-empty array of messages with a role";
-        limit = json_object_get(b, "max_completion_tokens");
+        limit = svc_json_member(b, "max_completion_tokens");
         if (limit == NULL)
-            limit = json_object_get(b, "max_tokens");
+            limit = svc_json_member(b, "max_tokens");
         break;
     case V1_COMPLETIONS:
-        c->prompt_tokens = input_tokens(&c->mi, json_object_get(b, "prompt"), 0, &bad);
+        c->prompt_tokens = input_tokens(&c->mi, svc_json_member(b, "prompt"), 0, &bad);
         if (bad)
             return "'prompt' must be a string, an array of strings or of token arrays";
-        limit = json_object_get(b, "max_tokens");
+        limit = svc_json_member(b, "max_tokens");
         break;
     case V1_EMBEDDINGS:
-        c->prompt_tokens = input_tokens(&c->mi, json_object_get(b, "input"), 0, &bad);
+        c->prompt_tokens = input_tokens(&c->mi, svc_json_member(b, "input"), 0, &bad);
         if (bad)
             return "'input' must be a string, an array of strings or of token arrays";
         c->max_completion = 0;
         return NULL;
     case V1_RESPONSES: {
-        json_t *input = json_object_get(b, "input");
-        json_t *instr = json_object_get(b, "instructions");
-        c->prompt_tokens = json_is_array(input) ? messages_tokens(&c->mi, input, &bad)
-                                                : content_tokens(&c->mi, input, &bad);
+        struct svc_json *input = svc_json_member(b, "input");
+        struct svc_json *instr = svc_json_member(b, "instructions");
+        c->prompt_tokens = svc_json_is_array(input) ? messages_tokens(&c->mi, input, &bad)
+                                                    : content_tokens(&c->mi, input, &bad);
         c->prompt_tokens += content_tokens(&c->mi, instr, &bad);
         if (bad)
             return "'input' must be a string or an array of messages";
-        limit = json_object_get(b, "max_output_tokens");
+        limit = svc_json_member(b, "max_output_tokens");
         break;
     }
     default:
         return "unsupported endpoint";
     }
-    if (limit != NULL && !json_is_null(limit)) {
-        if (!json_is_integer(limit) || json_integer_value(limit) < 1)
+    if (limit != NULL && !svc_json_is_null(limit)) {
+        if (!svc_json_is_integer(limit) || svc_json_int(limit) < 1)
             return "the reply limit (max_tokens) must be an integer of at least 1";
         c->has_limit = 1;
-        c->max_completion = json_integer_value(limit);
+        c->max_completion = svc_json_int(limit);
     } else {
         /* No limit asked: the hold covers what the model's window leaves, at least one token. */
         c->max_completion = c->mi.context_window - c->prompt_tokens;
@@ -833,7 +844,7 @@ static void on_authenticated(void *ctx, int err, int result, const char *scheme,
     /* PROXY_CLIENT_KEYS=relay: a Bearer auth does not know is the client's own upstream key, sent
      * on as is and not metered (the seed's behaviour, for operators who want it). */
     if (err == SVC_OK && result == CHATWEB__AUTH__AUTH_RESULT__AUTH_UNKNOWN_USER &&
-        strcmp(proxy_setting.PROXY_CLIENT_KEYS.s, "relay") == 0 && c->kind != V1_MODELS &&
+        strcmp(setting->PROXY_CLIENT_KEYS.s, "relay") == 0 && c->kind != V1_MODELS &&
         c->kind != V1_RELAY && svc_req_header(c->req, "Authorization") != NULL &&
         strncasecmp(svc_req_header(c->req, "Authorization"), "Bearer ", 7) == 0) {
         svc_modelmap_lookup(c->w->models, c->model, &c->mi);
@@ -848,7 +859,7 @@ static void on_authenticated(void *ctx, int err, int result, const char *scheme,
     /* Only a chatweb API key opens /v1 (not a password, not a browser session). */
     if (result != CHATWEB__AUTH__AUTH_RESULT__AUTH_OK || id == NULL || id->key_id == NULL ||
         id->key_id[0] == '\0') {
-        svc_metric_add(&proxy_stats.proxy_auth_errors_total, 1);
+        svc_metric_add(&stats->proxy_auth_errors_total, 1);
         v1_error(c, 401, "invalid_request_error", "invalid_api_key",
                  result == CHATWEB__AUTH__AUTH_RESULT__AUTH_THROTTLED
                      ? "Too many failed attempts, please try again later."
@@ -904,24 +915,24 @@ static void on_authenticated(void *ctx, int err, int result, const char *scheme,
 /* GET /v1/models: the upstream's list, only the key's models when it has a list. */
 static void reply_models(struct v1_call *c, const char *body, size_t len)
 {
-    json_t *j = json_loadb(body, len, 0, NULL);
-    json_t *data = json_object_get(j, "data"), *kept;
+    struct svc_json *j = svc_json_parse(body, len, 0, NULL, 0);
+    struct svc_json *data = svc_json_member(j, "data"), *kept;
     size_t i;
-    json_t *m;
+    struct svc_json *m;
 
-    if (!json_is_array(data)) {
-        json_decref(j);
+    if (!svc_json_is_array(data)) {
+        svc_json_destroy(&j);
         v1_error(c, 502, "server_error", "upstream_error",
                  "the upstream's model list is malformed");
         return;
     }
-    kept = json_array();
-    json_array_foreach(data, i, m) {
-        const char *id = json_string_value(json_object_get(m, "id"));
+    kept = svc_json_array();
+    SVC_JSON_ARRAY_EACH(data, i, m) {
+        const char *id = svc_json_str(svc_json_member(m, "id"));
         if (id != NULL && model_allowed(c, id))
-            json_array_append(kept, m);
+            svc_json_append(kept, svc_json_ref(m));
     }
-    json_object_set_new(j, "data", kept);
+    svc_json_set(j, "data", kept);
     svc_req_reply_json(c->req, 200, j);
 }
 
@@ -976,10 +987,10 @@ static void relay_start(struct v1_call *c)
     fr.headers = headers;
     fr.body = blen > 0 ? body : NULL;
     fr.body_len = blen;
-    fr.timeout_ms = proxy_setting.PROXY_UPSTREAM_IDLE_TIMEOUT.i * 1000;
+    fr.timeout_ms = setting->PROXY_UPSTREAM_IDLE_TIMEOUT.i * 1000;
     fr.max_response = RELAY_MAX;
-    fr.proxy = proxy_setting.SOCKS_PROXY.s;
-    fr.ca_file = proxy_setting.OPENAI_CA_FILE.s;
+    fr.proxy = setting->SOCKS_PROXY.s;
+    fr.ca_file = setting->OPENAI_CA_FILE.s;
     fr.http = c->w->upstream_http;
     rc = svc_fetch_start(&c->relay, c->w->upstream, &fr, &cb, c);
     svc_util_wipe(auth, sizeof(auth));
@@ -1024,8 +1035,8 @@ static int classify(struct v1_call *c, const char *method)
             return strcmp(method, "POST") == 0 ? (int)metered[i].kind : -2;
     if (strcmp(c->path, "/models") == 0 || strncmp(c->path, "/models/", 8) == 0)
         return strcmp(method, "GET") == 0 ? V1_MODELS : -2;
-    if (listed(c->path, proxy_setting.PROXY_PASSTHROUGH.s) ||
-        listed(svc_req_path(c->req), proxy_setting.PROXY_PASSTHROUGH.s))
+    if (listed(c->path, setting->PROXY_PASSTHROUGH.s) ||
+        listed(svc_req_path(c->req), setting->PROXY_PASSTHROUGH.s))
         return V1_RELAY; /* entries may be written "/files" or "/v1/files" */
     return -1;
 }
@@ -1053,7 +1064,7 @@ int proxy_v1(void *ctx, struct svc_req *req)
     int kind, remembered = 0;
 
     (void)ctx;
-    svc_metric_add(&proxy_stats.proxy_requests_total, 1);
+    svc_metric_add(&stats->proxy_requests_total, 1);
     c = calloc(1, sizeof(*c));
     if (c == NULL) {
         svc_req_error(req, 500, "out of memory");
@@ -1086,33 +1097,33 @@ int proxy_v1(void *ctx, struct svc_req *req)
     }
     c->kind = (enum v1_kind)kind;
     if (c->kind != V1_MODELS && c->kind != V1_RELAY) {
-        json_error_t je;
-        json_t *model, *stream;
+        char jerr[160];
+        struct svc_json *model, *stream;
         body = svc_req_body(req, &len);
-        c->body = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
-        if (c->body == NULL || !json_is_object(c->body)) {
+        c->body = svc_json_parse(body, len, SVC_JSON_STRICT, jerr, sizeof(jerr));
+        if (c->body == NULL || !svc_json_is_object(c->body)) {
             snprintf(msg, sizeof(msg), "We could not parse the JSON body of your request: %s",
-                     c->body == NULL ? je.text : "not an object");
+                     c->body == NULL ? jerr : "not an object");
             v1_error(c, 400, "invalid_request_error", NULL, msg);
             return SVC_HTTP_DONE;
         }
-        model = json_object_get(c->body, "model");
-        if (!json_is_string(model) || json_string_length(model) == 0 ||
-            json_string_length(model) >= sizeof(c->model)) {
+        model = svc_json_member(c->body, "model");
+        if (!svc_json_is_string(model) || svc_json_strlen(model) == 0 ||
+            svc_json_strlen(model) >= sizeof(c->model)) {
             v1_error(c, 400, "invalid_request_error", NULL, "you must provide a model parameter");
             return SVC_HTTP_DONE;
         }
-        snprintf(c->model, sizeof(c->model), "%s", json_string_value(model));
-        stream = json_object_get(c->body, "stream");
-        if (stream != NULL && !json_is_boolean(stream) && !json_is_null(stream)) {
+        snprintf(c->model, sizeof(c->model), "%s", svc_json_str(model));
+        stream = svc_json_member(c->body, "stream");
+        if (stream != NULL && !svc_json_is_bool(stream) && !svc_json_is_null(stream)) {
             v1_error(c, 400, "invalid_request_error", NULL, "'stream' must be a boolean");
             return SVC_HTTP_DONE;
         }
-        c->stream = json_is_true(stream) && c->kind != V1_EMBEDDINGS;
+        c->stream = svc_json_is_true(stream) && c->kind != V1_EMBEDDINGS;
     }
     authz = credentials(req, keybuf, sizeof(keybuf));
     if (authz == NULL) {
-        svc_metric_add(&proxy_stats.proxy_auth_errors_total, 1);
+        svc_metric_add(&stats->proxy_auth_errors_total, 1);
         v1_error(c, 401, "invalid_request_error", "invalid_api_key",
                  "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.");
         return SVC_HTTP_DONE;

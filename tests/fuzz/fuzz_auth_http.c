@@ -129,6 +129,7 @@ static void setup(void)
     a.cfg.pw_mem = 64 * 1024;
     a.cfg.pw_min = 6;
     a.cfg.ops_link = "/admin";
+    a.on_user_changed = auth_version_publish;
     if (svc_db_create(&a.db, "sqlite:auth.db", dir, NULL, err, sizeof(err)) != SVC_OK ||
         auth_store_migrate(a.db) != SVC_OK || auth_cache_create(&a.cache, 64) != SVC_OK ||
         auth_pw_setup(&a) != SVC_OK || auth_pw_hash(&a, USER_PW, hash) != SVC_OK ||

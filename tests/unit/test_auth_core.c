@@ -224,6 +224,7 @@ int main(void)
     T_EQ_INT(svc_db_create(&a.db, "sqlite:auth.db", dir, NULL, NULL, 0), SVC_OK);
     T_EQ_INT(auth_store_migrate(a.db), SVC_OK);
     T_EQ_INT(auth_store_migrate(a.db), SVC_OK); /* idempotent */
+    a.on_user_changed = auth_version_publish;
     T_EQ_INT(auth_cache_create(&a.cache, a.cfg.cache_slots), SVC_OK);
     T_EQ_INT(auth_pw_setup(&a), SVC_OK);
 

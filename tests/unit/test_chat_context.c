@@ -4,7 +4,6 @@
  * rejecting values that are not ours) and the token estimate.
  */
 
-#include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +11,21 @@
 
 #include "context.h"
 #include "svc/err.h"
+#include "svc/json.h"
 #include "test.h"
+
+/* The number of members of an object. */
+static size_t members(const struct svc_json *o)
+{
+    const char *k;
+    struct svc_json *v;
+    void *it;
+    size_t n = 0;
+
+    SVC_JSON_OBJECT_EACH(o, it, k, v)
+        n += k != NULL;
+    return n;
+}
 
 /* ---- chat_id_valid -------------------------------------------------------------------------- */
 
@@ -107,7 +120,7 @@ static void roundtrip(const char *role, const char *content, size_t clen, const 
 {
     char *enc = chat_ctx_encode(role, content, clen, parent);
     char par[CHAT_ID_MAX + 1];
-    json_t *msg = NULL;
+    struct svc_json *msg = NULL;
     const char *r, *c;
     size_t n;
 
@@ -116,15 +129,15 @@ static void roundtrip(const char *role, const char *content, size_t clen, const 
     memset(par, '#', sizeof(par));
     T_EQ_INT(chat_ctx_decode(enc, strlen(enc), &msg, par), SVC_OK);
     T_ASSERT(msg != NULL);
-    T_EQ_INT(json_object_size(msg), 2); /* {"role","content"} only: ready for the upstream */
-    r = json_string_value(json_object_get(msg, "role"));
-    c = json_string_value(json_object_get(msg, "content"));
-    n = json_string_length(json_object_get(msg, "content"));
+    T_EQ_INT(members(msg), 2); /* {"role","content"} only: ready for the upstream */
+    r = svc_json_str(svc_json_member(msg, "role"));
+    c = svc_json_str(svc_json_member(msg, "content"));
+    n = svc_json_strlen(svc_json_member(msg, "content"));
     T_EQ_STR(r, role);
     T_EQ_INT(n, clen);
     T_ASSERT(memcmp(c, content, clen) == 0);
     T_EQ_STR(par, parent);
-    json_decref(msg);
+    svc_json_destroy(&msg);
     free(enc);
 }
 
@@ -170,13 +183,13 @@ static void test_encode_rejects(void)
 static int decode_str(const char *text)
 {
     char par[CHAT_ID_MAX + 1];
-    json_t *msg = (json_t *)1; /* must be reset to NULL on failure */
+    struct svc_json *msg = (struct svc_json *)1; /* must be reset to NULL on failure */
     int rc = chat_ctx_decode(text, strlen(text), &msg, par);
 
     if (rc != SVC_OK) {
         T_ASSERT(msg == NULL);
     } else {
-        json_decref(msg);
+        svc_json_destroy(&msg);
     }
     return rc;
 }
@@ -224,11 +237,11 @@ static void test_decode_len_honoured(void)
     const char *text = "{\"role\":\"user\",\"content\":\"x\",\"parent\":\"p\"}GARBAGE";
     size_t len = strlen(text) - strlen("GARBAGE");
     char par[CHAT_ID_MAX + 1];
-    json_t *msg = NULL;
+    struct svc_json *msg = NULL;
 
     T_EQ_INT(chat_ctx_decode(text, len, &msg, par), SVC_OK);
     T_EQ_STR(par, "p");
-    json_decref(msg);
+    svc_json_destroy(&msg);
     T_EQ_INT(chat_ctx_decode(text, len - 1, &msg, par), SVC_EINVAL);
     T_ASSERT(msg == NULL);
 }
@@ -237,7 +250,7 @@ static void test_decode_parent_max(void)
 {
     char text[200], par[CHAT_ID_MAX + 1];
     char id[CHAT_ID_MAX + 1];
-    json_t *msg = NULL;
+    struct svc_json *msg = NULL;
 
     memset(id, 'q', CHAT_ID_MAX);
     id[CHAT_ID_MAX] = '\0';
@@ -245,7 +258,7 @@ static void test_decode_parent_max(void)
              id);
     T_EQ_INT(chat_ctx_decode(text, strlen(text), &msg, par), SVC_OK);
     T_EQ_STR(par, id);
-    json_decref(msg);
+    svc_json_destroy(&msg);
 }
 
 static void test_decode_too_large(void)

@@ -128,18 +128,18 @@ int svc_req_add_header(struct svc_req *req, const char *name, const char *value)
 int svc_req_reply(struct svc_req *req, int status, const char *content_type, const void *body,
                   size_t len);
 
-struct json_t;
+struct svc_json;
 
 /* Answers with a JSON body (application/json; charset=utf-8). Takes ownership of body (a
- * jansson value, decref'd here; NULL answers 500). */
-int svc_req_reply_json(struct svc_req *req, int status, struct json_t *body);
+ * svc/json.h value, destroyed here; NULL answers 500). */
+int svc_req_reply_json(struct svc_req *req, int status, struct svc_json *body);
 
 /*
  * Answers with the /api envelope {"status", "message", "data"} that the ChatGPT Web frontend and
  * the seed's clients read. Takes ownership of data; NULL data is sent as null.
  */
 int svc_req_reply_envelope(struct svc_req *req, int http_status, const char *status,
-                           const char *message, struct json_t *data);
+                           const char *message, struct svc_json *data);
 
 /* Answers with an error in the route's style. */
 int svc_req_error(struct svc_req *req, int status, const char *message);

@@ -36,7 +36,18 @@ enum {
  */
 struct svc_json *svc_json_parse(const char *buf, size_t len, int flags, char *err, size_t errlen);
 
-/* The compact text of j, NUL-terminated; caller frees with free(). NULL when out of memory. */
+/*
+ * svc_json_parse(), also telling where the error is: on failure *line and *column (either may be
+ * NULL) get its 1-based line and column as jansson counts them (-1 when there is no position);
+ * on success they are left alone. For inputs people write by hand (configuration).
+ */
+struct svc_json *svc_json_parse_at(const char *buf, size_t len, int flags, char *err, size_t errlen,
+                                   int *line, int *column);
+
+/*
+ * The compact text of j, NUL-terminated; caller frees with free(). NULL when j is NULL or not an
+ * object or array (jansson dumps only those), or out of memory.
+ */
 char *svc_json_dump(const struct svc_json *j, int flags);
 
 /*
@@ -99,10 +110,14 @@ struct svc_json *svc_json_iter_value(void *it);
     for ((i) = 0; (i) < svc_json_array_len(arr) && ((v) = svc_json_array_at((arr), (i))) != NULL;  \
          (i)++)
 
-/* for each member key/v (borrowed) of an object (no iterations when obj is not one) */
+/*
+ * for each member key/v (borrowed) of an object (no iterations when obj is not one). v is tested
+ * (never NULL for a member), like jansson's json_object_foreach, so a loop that only needs the
+ * keys does not trip -Wunused-but-set-variable.
+ */
 #define SVC_JSON_OBJECT_EACH(obj, it, key, v)                                                      \
     for ((it) = svc_json_iter(obj);                                                                \
-         (it) != NULL && ((key) = svc_json_iter_key(it), (v) = svc_json_iter_value(it), 1);       \
+         (it) != NULL && ((key) = svc_json_iter_key(it), ((v) = svc_json_iter_value(it)) != NULL); \
          (it) = svc_json_iter_next((obj), (it)))
 
 /* ---- building (new values: the caller owns one reference; NULL when out of memory) ---- */
