@@ -45,10 +45,13 @@ run: build web
 # C unit tests get a private MariaDB (TEST_MYSQL_DSN), Redis (REDIS_URL), and a Redis Cluster and
 # Sentinel set (TEST_REDIS_CLUSTER_URL, TEST_REDIS_SENTINEL_URL: test_redis_ha) from with-servers;
 # the integration tests start their own servers. checksrc (banned calls, third-party headers, the
-# shapes of svc/*.h: docs/decisions.md 44) runs first, after its self-test proves each check fails.
+# shapes of svc/*.h: docs/decisions.md 44) runs first, after its self-test proves each check fails;
+# then checkcalls (no circle of calls between a service's files, read from the object files).
 unit: build
 	scripts/checksrc --self-test >/dev/null || scripts/checksrc --self-test
 	scripts/checksrc
+	scripts/checkcalls --self-test
+	scripts/checkcalls $(BUILD_DIR)
 	scripts/with-servers --redis --redis-ha --mariadb -- ctest --test-dir $(BUILD_DIR) --output-on-failure
 
 NPM_STAMP := $(if $(wildcard tests/package.json),tests/node_modules/.installed)

@@ -25,7 +25,7 @@ static void on_admitted(void *ud, const struct meter_admission *a)
         chat_turn_upstream(t);
         break;
     case METER_TPM_REFUSED:
-        svc_metric_add(&chat_stats.chat_rate_limited_total, 1);
+        svc_metric_add(&t->stats->chat_rate_limited_total, 1);
         snprintf(ra, sizeof(ra), "%d", a->retry_after_s);
         if (svc_req_add_header(t->req, "Retry-After", ra) != SVC_OK)
             SVC_LOG_ERR(t->rid, "ratelimit", "cannot add Retry-After");
@@ -44,7 +44,7 @@ static void on_admitted(void *ud, const struct meter_admission *a)
     case METER_INSUFFICIENT:
         /* The seed's "tokens used up" message, with the self-service link. */
         snprintf(text, sizeof(text), "Token数已用尽,请到[自助中心](%s)补充,您的账号: %s",
-                 chat_setting.OPS_LINK.s, t->username);
+                 t->setting->OPS_LINK.s, t->username);
         chat_turn_fail(t, text);
         break;
     case METER_NO_ACCOUNT:
@@ -71,7 +71,7 @@ void chat_charge_reserve(struct chat_turn *t)
     /* A static user's account is created unlimited on first use, whatever auth did at start. */
     in.create_unlimited = t->is_static;
     /* A small balance still buys a reply this long (the seed's reserved reply size). */
-    in.min_completion_tokens = chat_setting.CHAT_MIN_RESPONSE_TOKENS.i;
+    in.min_completion_tokens = t->setting->CHAT_MIN_RESPONSE_TOKENS.i;
     in.username = t->username;
     if (meter_admit(t->meter, &in, on_admitted) != SVC_OK)
         chat_turn_reply(t, 500, "Fail", "内部错误 | internal error");

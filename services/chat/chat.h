@@ -91,14 +91,19 @@ struct chat_stats {
     CHAT_METRICS(SVC_METRIC_DECLARE)
 };
 
-extern struct chat_setting chat_setting;
-extern struct chat_stats chat_stats;
+/* What the handlers borrow from main.c, as their route's ctx: the settings and the counters
+ * (main.c owns both; they live as long as the process). */
+struct chat_ctx {
+    const struct chat_setting *setting;
+    struct chat_stats *stats;
+};
 
 /* Per-loop state; svc_loop_data(loop) points at it. */
 
 struct svc_req;
 
-/* POST /api/chat-process (turn.c). Runs on the request's loop; always async. */
+/* POST /api/chat-process (web.c; ctx is a struct chat_ctx). Runs on the request's loop; always
+ * async. */
 int chat_process(void *ctx, struct svc_req *req);
 
 /* POST /api/config (main.c). */

@@ -70,7 +70,7 @@ int chat_command_early(struct chat_turn *t)
 
     switch (t->cmd) {
     case CHAT_CMD_HELP:
-        snprintf(text, sizeof(text), t->lang_en ? HELP_EN : HELP_ZH, chat_setting.OPS_LINK.s);
+        snprintf(text, sizeof(text), t->lang_en ? HELP_EN : HELP_ZH, t->setting->OPS_LINK.s);
         chat_turn_fail(t, text);
         return 1;
     case CHAT_CMD_LOGIN:
@@ -295,10 +295,10 @@ static void run_model(struct chat_turn *t)
     n = strlen(value);
     while (n > 0 && value[n - 1] == ' ')
         value[--n] = '\0';
-    if (chat_model_validate(value, chat_setting.CHAT_MODELS.s[0] ? chat_setting.CHAT_MODELS.s
-                                                                  : chat_setting.OPENAI_MODEL.s,
-                            (long)chat_setting.CHAT_MIN_RESPONSE_TOKENS.i + 1,
-                            (long)chat_setting.OPENAI_MAX_TOKENS.i, why, sizeof(why)) != SVC_OK) {
+    if (chat_model_validate(value, t->setting->CHAT_MODELS.s[0] ? t->setting->CHAT_MODELS.s
+                                                                  : t->setting->OPENAI_MODEL.s,
+                            (long)t->setting->CHAT_MIN_RESPONSE_TOKENS.i + 1,
+                            (long)t->setting->OPENAI_MAX_TOKENS.i, why, sizeof(why)) != SVC_OK) {
         snprintf(text, sizeof(text), "%s%s", msg(t, "更新失败:", "Update failed: "), why);
         chat_turn_fail(t, text);
         return;

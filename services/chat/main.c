@@ -30,8 +30,9 @@
 #include "svc/service.h"
 #include "svc/tokenizer.h"
 
-struct chat_setting chat_setting = {CHAT_OPTIONS(SVC_OPTION_INIT)};
-struct chat_stats chat_stats = {CHAT_METRICS(SVC_METRIC_INIT)};
+static struct chat_setting setting = {CHAT_OPTIONS(SVC_OPTION_INIT)};
+static struct chat_stats stats = {CHAT_METRICS(SVC_METRIC_INIT)};
+static struct chat_ctx handler_ctx = {&setting, &stats};
 
 #define AUTH_MEMO_SLOTS 4096
 
@@ -45,7 +46,7 @@ static char *config_reply; /* built once at start, freed at exit */
 static void build_config_reply(void)
 {
     const char *list =
-        chat_setting.CHAT_MODELS.s[0] ? chat_setting.CHAT_MODELS.s : chat_setting.OPENAI_MODEL.s;
+        setting.CHAT_MODELS.s[0] ? setting.CHAT_MODELS.s : setting.OPENAI_MODEL.s;
     struct svc_json *models = svc_json_array(), *o = NULL;
     const char *p = list;
 
@@ -64,9 +65,9 @@ static void build_config_reply(void)
         o = svc_json_pack(
             "{s:s,s:s,s:{s:s,s:s,s:I,s:s,s:s,s:s,s:o,s:s}}", "status", "Success", "message", "",
             "data", "apiModel", "ChatGPTAPI", "reverseProxy", "-", "timeoutMs",
-            (long long)chat_setting.CHAT_UPSTREAM_IDLE_TIMEOUT.i * 1000, "socksProxy",
-            chat_setting.SOCKS_PROXY.s[0] != '\0' ? "(configured)" : "-", "httpsProxy", "-",
-            "usage", "-", "models", models, "model", chat_setting.OPENAI_MODEL.s);
+            (long long)setting.CHAT_UPSTREAM_IDLE_TIMEOUT.i * 1000, "socksProxy",
+            setting.SOCKS_PROXY.s[0] != '\0' ? "(configured)" : "-", "httpsProxy", "-",
+            "usage", "-", "models", models, "model", setting.OPENAI_MODEL.s);
     if (o == NULL || (config_reply = svc_json_dump(o, 0)) == NULL)
         svc_service_die(SVC_EX_SOFTWARE, "out of memory");
     svc_json_destroy(&o);
@@ -80,7 +81,7 @@ int chat_config(void *ctx, struct svc_req *req)
 }
 
 static const struct svc_http_route routes[] = {
-    {"POST", "/api/chat-process", chat_process, NULL, SVC_HTTP_STYLE_ENVELOPE, 1},
+    {"POST", "/api/chat-process", chat_process, &handler_ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
     {"POST", "/api/config", chat_config, NULL, SVC_HTTP_STYLE_ENVELOPE},
 };
 
@@ -98,51 +99,51 @@ int main(int argc, char **argv)
     struct meter_workers_opts wo = {0};
     char err[512];
 
-    svc_service_setup("chat", argc, argv, (struct svc_cfg_option *)&chat_setting,
-                      SVC_OPTION_COUNT(chat_setting));
-    if (chat_setting.AUTH_URL.s[0] == '\0')
+    svc_service_setup("chat", argc, argv, (struct svc_cfg_option *)&setting,
+                      SVC_OPTION_COUNT(setting));
+    if (setting.AUTH_URL.s[0] == '\0')
         svc_service_die(SVC_EX_CONFIG, "AUTH_URL: required (the auth service's base URL)");
-    if (chat_setting.BILLING_URL.s[0] == '\0')
+    if (setting.BILLING_URL.s[0] == '\0')
         svc_service_die(SVC_EX_CONFIG, "BILLING_URL: required (the billing service's base URL)");
-    if (svc_redis_url_check(chat_setting.REDIS_URL.s, err, sizeof(err)) != SVC_OK)
+    if (svc_redis_url_check(setting.REDIS_URL.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "REDIS_URL: %s", err);
-    if (chat_setting.CHAT_MIN_RESPONSE_TOKENS.i >= chat_setting.OPENAI_MAX_TOKENS.i)
+    if (setting.CHAT_MIN_RESPONSE_TOKENS.i >= setting.OPENAI_MAX_TOKENS.i)
         svc_service_die(SVC_EX_CONFIG, "CHAT_MIN_RESPONSE_TOKENS: must be below "
                                        "OPENAI_MAX_TOKENS (%lld)",
-                        (long long)chat_setting.OPENAI_MAX_TOKENS.i);
-    if (meter_upstream_check(chat_setting.OPENAI_KEY.s, chat_setting.OPENAI_CA_FILE.s,
-                             chat_setting.OPENAI_HTTP2.s, &wo.upstream_http, err,
+                        (long long)setting.OPENAI_MAX_TOKENS.i);
+    if (meter_upstream_check(setting.OPENAI_KEY.s, setting.OPENAI_CA_FILE.s,
+                             setting.OPENAI_HTTP2.s, &wo.upstream_http, err,
                              sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "%s", err);
-    meter_set_output_budget((size_t)chat_setting.STREAM_OUTPUT_BUDGET_MB.i << 20);
-    if (svc_modelmap_create(&models, chat_setting.MODEL_WINDOWS.s, err, sizeof(err)) != SVC_OK)
+    meter_set_output_budget((size_t)setting.STREAM_OUTPUT_BUDGET_MB.i << 20);
+    if (svc_modelmap_create(&models, setting.MODEL_WINDOWS.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "MODEL_WINDOWS: %s", err);
     svc_service_start();
-    svc_metrics_register((struct svc_metric *)&chat_stats, SVC_METRIC_COUNT(chat_stats));
-    if (auth_client_setup(AUTH_MEMO_SLOTS, (long)chat_setting.CHAT_AUTH_CACHE_MS.i) != SVC_OK)
+    svc_metrics_register((struct svc_metric *)&stats, SVC_METRIC_COUNT(stats));
+    if (auth_client_setup(AUTH_MEMO_SLOTS, (long)setting.CHAT_AUTH_CACHE_MS.i) != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "cannot set up the authentication memory");
     build_config_reply();
 
     wo.n = svc_service_workers();
-    wo.redis_url = chat_setting.REDIS_URL.s;
-    wo.auth_url = chat_setting.AUTH_URL.s;
-    wo.billing_url = chat_setting.BILLING_URL.s;
+    wo.redis_url = setting.REDIS_URL.s;
+    wo.auth_url = setting.AUTH_URL.s;
+    wo.billing_url = setting.BILLING_URL.s;
     wo.models = models;
-    wo.settle_retry_s = (long)chat_setting.CHAT_SETTLE_RETRY_FOR.i;
-    wo.abort_drain_ms = (long)chat_setting.CHAT_ABORT_DRAIN_MS.i;
-    wo.settles_pending = &chat_stats.chat_settles_pending;
+    wo.settle_retry_s = (long)setting.CHAT_SETTLE_RETRY_FOR.i;
+    wo.abort_drain_ms = (long)setting.CHAT_ABORT_DRAIN_MS.i;
+    wo.settles_pending = &stats.chat_settles_pending;
     if (meter_workers_create(&workers, &wo) != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "cannot set up the event loops");
 
     ho.service = "chat";
-    ho.addr = chat_setting.HTTP_ADDR.s;
+    ho.addr = setting.HTTP_ADDR.s;
     ho.mode = SVC_HTTP_LOOPS;
     ho.loops = meter_workers_loops(workers);
     ho.nloops = meter_workers_count(workers);
-    ho.max_body = (size_t)chat_setting.HTTP_MAX_BODY.i;
-    ho.max_header = (size_t)chat_setting.HTTP_MAX_HEADER.i;
-    ho.idle_timeout = (unsigned)chat_setting.HTTP_IDLE_TIMEOUT.i;
-    ho.max_connections = (unsigned)chat_setting.HTTP_MAX_CONNECTIONS.i;
+    ho.max_body = (size_t)setting.HTTP_MAX_BODY.i;
+    ho.max_header = (size_t)setting.HTTP_MAX_HEADER.i;
+    ho.idle_timeout = (unsigned)setting.HTTP_IDLE_TIMEOUT.i;
+    ho.max_connections = (unsigned)setting.HTTP_MAX_CONNECTIONS.i;
     ho.default_style = SVC_HTTP_STYLE_ENVELOPE;
     if (svc_http_server_create(&srv, &ho, routes, sizeof(routes) / sizeof(routes[0]), err,
                                sizeof(err)) != SVC_OK)

@@ -29,6 +29,8 @@ struct chat_turn {
     struct meter_worker *w;
     struct svc_req *req; /* NULL once the request is over */
     char rid[72];
+    const struct chat_setting *setting; /* main.c's, borrowed (struct chat_ctx) */
+    struct chat_stats *stats;
 
     /* the request */
     char *prompt;
@@ -78,6 +80,17 @@ struct chat_turn {
     int ended;            /* the upstream is over and the turn stored: nothing is left to do
                            * when the client leaves */
 };
+
+/*
+ * A turn for req, with one reference that the request's cleanup drops (registered here, so it is
+ * freed with the request even when this fails). SVC_OK, or SVC_ENOMEM with *out NULL: the caller
+ * answers 500. setting and stats are borrowed for the turn's life.
+ */
+int chat_turn_create(struct chat_turn **out, struct svc_req *req,
+                     const struct chat_setting *setting, struct chat_stats *stats) SVC_MUST_CHECK;
+
+/* Gives the turn its meter (t->meter), whose hooks stream the answer (turn.c). SVC_ENOMEM. */
+int chat_turn_meter_create(struct chat_turn *t) SVC_MUST_CHECK;
 
 /* Drops a reference; the last one frees the turn. */
 void chat_turn_unref(struct chat_turn *t);

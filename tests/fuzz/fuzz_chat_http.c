@@ -1,6 +1,6 @@
 /*
  * Fuzz target: the request fields and the JSON body of POST /api/chat-process, through the chat
- * service's real handler (chat_process in services/chat/turn.c: the body parser is static there)
+ * service's real handler (chat_process in services/chat/web.c: the body parser is static there)
  * on one chat worker (event loop, fetch multis, async Redis, auth and billing clients, meter) set
  * up the way services/chat/main.c does it, behind the real svc_http server in LOOPS mode. Auth
  * and billing are the stand-ins of fake_services.c on the same server, and so is the upstream: a
@@ -36,9 +36,11 @@
 #include "svc/redis.h"
 #include "svc/rpc.h"
 
-/* chat_core's configuration and metrics live in services/chat/main.c, which is not linked */
-struct chat_setting chat_setting = {CHAT_OPTIONS(SVC_OPTION_INIT)};
-struct chat_stats chat_stats = {CHAT_METRICS(SVC_METRIC_INIT)};
+/* chat_core's configuration and metrics, lent to its handler as the route's ctx the way
+ * services/chat/main.c (not linked here) does it */
+static struct chat_setting chat_setting = {CHAT_OPTIONS(SVC_OPTION_INIT)};
+static struct chat_stats chat_stats = {CHAT_METRICS(SVC_METRIC_INIT)};
+static struct chat_ctx chat_ctx = {&chat_setting, &chat_stats};
 
 #define MAX_BODY 4096
 
@@ -72,7 +74,7 @@ static int fake_upstream(void *ctx, struct svc_req *req)
 }
 
 static const struct svc_http_route routes[] = {
-    {"POST", "/api/chat-process", chat_process, NULL, SVC_HTTP_STYLE_ENVELOPE, 1},
+    {"POST", "/api/chat-process", chat_process, &chat_ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
     FZ_FAKE_ROUTE,
     {"POST", FZ_FAKE_PREFIX "/v1/*", fake_upstream, NULL, SVC_HTTP_STYLE_OPENAI},
 };
