@@ -336,6 +336,14 @@ void svc_rpc_client_destroy(struct svc_rpc_client **cp)
     *cp = NULL;
 }
 
+void svc_rpc_message_destroy(ProtobufCMessage **m)
+{
+    if (m == NULL || *m == NULL)
+        return;
+    protobuf_c_message_free_unpacked(*m, NULL);
+    *m = NULL;
+}
+
 /* Turns a finished HTTP exchange into the call's result. */
 static int decode_reply(long status, const uint8_t *body, size_t len,
                         const ProtobufCMessageDescriptor *out_desc, ProtobufCMessage **out,

@@ -343,4 +343,15 @@ int auth_reply(struct svc_req *req, int http, const char *status, const char *me
  * Idempotent (billing's CreateAccount is). 0 or an RPC error. Thread-safe. */
 int auth_billing_ensure_static(struct auth_ctx *a, int64_t id, const char *name) SVC_MUST_CHECK;
 
+/*
+ * Starts one thread that makes sure each of the n static users (ids, from
+ * auth_static_users_sync) has its billing account, retrying with a growing delay (1 s to 30 s)
+ * until billing answers: billing may start after auth. Nothing to do (n == 0, no BILLING_URL):
+ * SVC_OK without a thread. SVC_EINVAL past AUTH_STATIC_MAX, SVC_ENOMEM when the thread cannot
+ * start (then the accounts are made on first use, auth_billing_ensure_static). Once per process.
+ */
+int auth_static_accounts_start(struct auth_ctx *a, const int64_t *ids, size_t n) SVC_MUST_CHECK;
+/* Stops and joins that thread; nothing when none runs. */
+void auth_static_accounts_stop(void);
+
 #endif

@@ -22,6 +22,7 @@
 #include "auth.h"
 #include "billing.pb-c.h"
 #include "svc/crypto.h"
+#include "svc/db.h"
 #include "svc/log.h"
 #include "svc/redis.h"
 #include "svc/rpc.h"
@@ -886,7 +887,7 @@ int auth_billing_ensure_static(struct auth_ctx *a, int64_t id, const char *name)
                       &chatweb__billing__create_account_response__descriptor, &out, NULL, err,
                       sizeof(err));
     if (out != NULL)
-        protobuf_c_message_free_unpacked(out, NULL);
+        svc_rpc_message_destroy(&out);
     if (rc != SVC_OK)
         return rc;
     pthread_mutex_lock(&a->static_lock);
@@ -896,4 +897,101 @@ int auth_billing_ensure_static(struct auth_ctx *a, int64_t id, const char *name)
         a->static_ready[a->n_static_ready++] = id;
     pthread_mutex_unlock(&a->static_lock);
     return SVC_OK;
+}
+
+/* ---- static users' billing accounts: billing may start after us, so retry in background ---- */
+
+static struct {
+    struct auth_ctx *a;
+    pthread_t thread;
+    int running;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int stop;
+    int64_t ids[AUTH_STATIC_MAX];
+    char names[AUTH_STATIC_MAX][AUTH_NAME_MAX + 1];
+    size_t n;
+} statics = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+
+/* Sleeps ms unless asked to stop; 1 when asked to stop. */
+static int statics_wait(long ms)
+{
+    struct timespec ts;
+    int stop;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += (ms % 1000) * 1000000L;
+    ts.tv_sec += ms / 1000 + ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_mutex_lock(&statics.lock);
+    if (!statics.stop)
+        pthread_cond_timedwait(&statics.cond, &statics.lock, &ts);
+    stop = statics.stop;
+    pthread_mutex_unlock(&statics.lock);
+    return stop;
+}
+
+static void *static_accounts_main(void *arg)
+{
+    size_t done = 0;
+    long delay_ms = 1000;
+
+    (void)arg;
+    /* The first try waits: auth starts before billing, and a refused connect through a
+     * balancer (nginx max_fails) can mark billing down for every caller for a while. */
+    if (statics_wait(3000))
+        goto out;
+    for (;;) {
+        while (done < statics.n &&
+               auth_billing_ensure_static(statics.a, statics.ids[done], statics.names[done]) == SVC_OK)
+            done++;
+        if (done == statics.n) {
+            SVC_LOG_INFO(NULL, "startup", "billing accounts of %zu static user(s) are in place",
+                         statics.n);
+            break;
+        }
+        if (statics_wait(delay_ms))
+            break;
+        if (delay_ms < 30000)
+            delay_ms *= 2;
+    }
+out:
+    svc_db_thread_end();
+    return NULL;
+}
+
+int auth_static_accounts_start(struct auth_ctx *a, const int64_t *ids, size_t n)
+{
+    size_t i;
+
+    if (n > AUTH_STATIC_MAX)
+        return SVC_EINVAL;
+    if (n == 0 || a->billing == NULL)
+        return SVC_OK;
+    statics.a = a;
+    statics.n = n;
+    for (i = 0; i < n; i++) {
+        struct auth_user u;
+        statics.ids[i] = ids[i];
+        statics.names[i][0] = '\0';
+        if (auth_user_by_id(a, ids[i], &u) == SVC_OK)
+            snprintf(statics.names[i], sizeof(statics.names[i]), "%s", u.username);
+        svc_util_wipe(&u, sizeof(u));
+    }
+    if (pthread_create(&statics.thread, NULL, static_accounts_main, NULL) != 0)
+        return SVC_ENOMEM;
+    statics.running = 1;
+    return SVC_OK;
+}
+
+void auth_static_accounts_stop(void)
+{
+    if (!statics.running)
+        return;
+    pthread_mutex_lock(&statics.lock);
+    statics.stop = 1;
+    pthread_cond_signal(&statics.cond);
+    pthread_mutex_unlock(&statics.lock);
+    pthread_join(statics.thread, NULL);
+    statics.running = 0;
 }

@@ -168,7 +168,7 @@ static void on_authenticated(void *data, int err, ProtobufCMessage *out_msg, con
                (long long)out->retry_after_ms, NULL);
     }
     if (out_msg != NULL)
-        protobuf_c_message_free_unpacked(out_msg, NULL);
+        svc_rpc_message_destroy(&out_msg);
     auth_call_free(ac);
 }
 

@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "auth.h"
 #include "svc/crypto.h"
@@ -77,67 +76,10 @@ static struct {
 
 static struct auth_ctx ctx = {.static_lock = PTHREAD_MUTEX_INITIALIZER};
 
-/* ---- static users' billing accounts: billing may start after us, so retry in background ---- */
-
+/* the static users (BASIC_AUTH_USER), as auth_static_users_sync left them */
 #define STATIC_MAX 256
-
-static struct {
-    pthread_t thread;
-    int running;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int stop;
-    int64_t ids[STATIC_MAX];
-    char names[STATIC_MAX][AUTH_NAME_MAX + 1];
-    size_t n;
-} statics = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
-
-/* Sleeps ms unless asked to stop; 1 when asked to stop. */
-static int statics_wait(long ms)
-{
-    struct timespec ts;
-    int stop;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += (ms % 1000) * 1000000L;
-    ts.tv_sec += ms / 1000 + ts.tv_nsec / 1000000000L;
-    ts.tv_nsec %= 1000000000L;
-    pthread_mutex_lock(&statics.lock);
-    if (!statics.stop)
-        pthread_cond_timedwait(&statics.cond, &statics.lock, &ts);
-    stop = statics.stop;
-    pthread_mutex_unlock(&statics.lock);
-    return stop;
-}
-
-static void *static_accounts_main(void *arg)
-{
-    size_t done = 0;
-    long delay_ms = 1000;
-
-    (void)arg;
-    /* The first try waits: auth starts before billing, and a refused connect through a
-     * balancer (nginx max_fails) can mark billing down for every caller for a while. */
-    if (statics_wait(3000))
-        goto out;
-    for (;;) {
-        while (done < statics.n &&
-               auth_billing_ensure_static(&ctx, statics.ids[done], statics.names[done]) == SVC_OK)
-            done++;
-        if (done == statics.n) {
-            SVC_LOG_INFO(NULL, "startup", "billing accounts of %zu static user(s) are in place",
-                         statics.n);
-            break;
-        }
-        if (statics_wait(delay_ms))
-            break;
-        if (delay_ms < 30000)
-            delay_ms *= 2;
-    }
-out:
-    svc_db_thread_end();
-    return NULL;
-}
+static int64_t static_ids[STATIC_MAX];
+static size_t n_statics;
 
 static int ready_check(void *data)
 {
@@ -168,7 +110,6 @@ int main(int argc, char **argv)
 {
     char err[512], desc[256];
     const char *sa;
-    size_t i;
 
     svc_service_setup("auth", argc, argv, (struct svc_cfg_option *)&setting,
                       SVC_OPTION_COUNT(setting));
@@ -241,36 +182,24 @@ int main(int argc, char **argv)
     if (auth_pw_setup(&ctx) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "AUTH_PWHASH_MEM_KIB: cannot allocate that much");
     if (auth_static_users_sync(&ctx, setting.BASIC_AUTH_USER.s, setting.BASIC_AUTH_PASSWORD.s,
-                               statics.ids, STATIC_MAX, &statics.n, err, sizeof(err)) != SVC_OK)
+                               static_ids, STATIC_MAX, &n_statics, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "%s", err);
-    for (i = 0; i < statics.n; i++) {
-        struct auth_user u;
-        if (auth_user_by_id(&ctx, statics.ids[i], &u) == SVC_OK)
-            snprintf(statics.names[i], sizeof(statics.names[i]), "%s", u.username);
-        svc_util_wipe(&u, sizeof(u));
-    }
     auth_rpc_ctx = &ctx;
 
     svc_service_start();
     svc_service_set_ready_check(ready_check, NULL);
     svc_db_describe(ctx.db, desc, sizeof(desc));
     SVC_LOG_INFO(NULL, "startup", "db %s; %zu static user(s); redis %s; billing %s; ops API %s",
-                 desc, statics.n, ctx.redis ? "on" : "off (no REDIS_URL)",
+                 desc, n_statics, ctx.redis ? "on" : "off (no REDIS_URL)",
                  ctx.billing ? setting.BILLING_URL.s : "off (no BILLING_URL)",
                  ctx.cfg.ops_key[0] ? "on" : "off (no OPS_KEY)");
-    if (statics.n > 0 && ctx.billing != NULL &&
-        pthread_create(&statics.thread, NULL, static_accounts_main, NULL) == 0)
-        statics.running = 1;
+    if (auth_static_accounts_start(&ctx, static_ids, n_statics) != SVC_OK)
+        SVC_LOG_ERR(NULL, "startup", "cannot start the thread that creates the static users' "
+                                     "billing accounts (they are made on first use)");
 
     svc_service_serve_pool(routes, sizeof(routes) / sizeof(routes[0]), SVC_HTTP_STYLE_ENVELOPE);
 
-    if (statics.running) {
-        pthread_mutex_lock(&statics.lock);
-        statics.stop = 1;
-        pthread_cond_signal(&statics.cond);
-        pthread_mutex_unlock(&statics.lock);
-        pthread_join(statics.thread, NULL);
-    }
+    auth_static_accounts_stop();
     auth_cache_destroy(&ctx.cache);
     svc_rpc_client_destroy(&ctx.billing);
     svc_redis_destroy(&ctx.redis);

@@ -236,7 +236,7 @@ static int act_register(struct op *o)
                       &chatweb__billing__create_account_response__descriptor, &out, err,
                       sizeof(err));
     if (out != NULL)
-        protobuf_c_message_free_unpacked(out, NULL);
+        svc_rpc_message_destroy(&out);
     if (rc != SVC_OK) {
         if (auth_user_delete(o->a, id) != SVC_OK)
             SVC_LOG_ERR(o->rid, "ops", "register: cannot undo user %s", o->username);
@@ -379,7 +379,7 @@ static int act_recharge(struct op *o)
         return fail(o, rc == SVC_EUNAVAIL || rc == SVC_ETIMEDOUT ? 503 : 200, msg);
     }
     data = account_json(ac, o->u.is_static);
-    protobuf_c_message_free_unpacked(out, NULL);
+    svc_rpc_message_destroy(&out);
     if (duplicate) {
         /* billing had credited this request already (the first reply was lost, or two
          * deliveries raced): nothing was credited now; the account as it is now is the answer */
@@ -434,8 +434,10 @@ static struct svc_json *user_json(struct op *o, const struct auth_user *u)
                       ac ? svc_json_integer(ac->held) : svc_json_null(), "unlimited", unlimited,
                       "blocked", u->blocked, "static", u->is_static, "model", u->model,
                       "created_at", (long long)u->created_at);
-    if (g != NULL)
-        protobuf_c_message_free_unpacked(&g->base, NULL);
+    if (g != NULL) {
+        ProtobufCMessage *m = &g->base;
+        svc_rpc_message_destroy(&m);
+    }
     return j;
 }
 
@@ -503,7 +505,7 @@ static int act_delete(struct op *o)
                       &chatweb__billing__delete_account_response__descriptor, &out, err,
                       sizeof(err));
     if (out != NULL)
-        protobuf_c_message_free_unpacked(out, NULL);
+        svc_rpc_message_destroy(&out);
     if (rc != SVC_OK && rc != SVC_ENOTFOUND) {
         snprintf(msg, sizeof(msg), "billing: %s", err);
         return wfail(o, 503, msg);
@@ -845,7 +847,7 @@ static int act_usage(struct op *o)
     }
     rc = ok(o, svc_json_pack("{s:o,s:I,s:o}", "entries", entries, "next_before_id",
                              (long long)u->next_before_id, "daily", daily));
-    protobuf_c_message_free_unpacked(out, NULL);
+    svc_rpc_message_destroy(&out);
     return rc;
 }
 
@@ -934,7 +936,7 @@ static int act_list_prices(struct op *o)
         svc_json_append(arr, price_json(r->prices[i]));
     rc = ok(o, svc_json_pack("{s:o,s:I,s:I}", "prices", arr, "version", (long long)r->version,
                              "applied_version", (long long)r->applied_version));
-    protobuf_c_message_free_unpacked(out, NULL);
+    svc_rpc_message_destroy(&out);
     return rc;
 }
 
@@ -975,7 +977,7 @@ static int act_set_price(struct op *o)
     r = (Chatweb__Billing__SetPriceResponse *)out;
     data = r->price ? price_json(r->price) : svc_json_object();
     svc_json_set(data, "created", svc_json_bool(r->created));
-    protobuf_c_message_free_unpacked(out, NULL);
+    svc_rpc_message_destroy(&out);
     audit(o, MSG_SUCCESS, detail);
     return ok(o, data);
 }
@@ -998,7 +1000,7 @@ static int act_delete_price(struct op *o)
     if (rc != SVC_OK)
         return billing_fail(o, rc, err, 1, "");
     deleted = ((Chatweb__Billing__DeletePriceResponse *)out)->deleted;
-    protobuf_c_message_free_unpacked(out, NULL);
+    svc_rpc_message_destroy(&out);
     if (!deleted)
         return wfail(o, 200, MSG_NOT_FOUND);
     audit(o, MSG_SUCCESS, "");
@@ -1039,7 +1041,7 @@ static int act_events(struct op *o)
         svc_json_set(data, "redis_error",
                      r->redis_error && r->redis_error[0] ? svc_json_string(r->redis_error)
                                                          : svc_json_null());
-    protobuf_c_message_free_unpacked(out, NULL);
+    svc_rpc_message_destroy(&out);
     return ok(o, data);
 }
 

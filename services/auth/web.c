@@ -229,8 +229,10 @@ static void add_account(struct auth_ctx *a, int64_t uid, const char *rid, struct
         svc_json_set(data, "held", svc_json_null());
         svc_json_set(data, "unlimited", svc_json_bool(is_static));
     }
-    if (out != NULL)
-        protobuf_c_message_free_unpacked(&out->base, NULL);
+    if (out != NULL) {
+        ProtobufCMessage *m = &out->base;
+        svc_rpc_message_destroy(&m);
+    }
 }
 
 int auth_api_me(void *ctx, struct svc_req *req)

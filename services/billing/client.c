@@ -118,7 +118,7 @@ static void on_finished(void *data, int err, ProtobufCMessage *out_msg, const ch
 
     bf->call = NULL;
     if (out_msg != NULL)
-        protobuf_c_message_free_unpacked(out_msg, NULL);
+        svc_rpc_message_destroy(&out_msg);
     if (err == SVC_ENOTFOUND && !bf->settle)
         err = SVC_OK; /* a Release after a Reserve that never took effect: nothing to give back */
     if (err == SVC_OK) {

@@ -96,7 +96,13 @@ struct chat_stats {
 struct chat_ctx {
     const struct chat_setting *setting;
     struct chat_stats *stats;
+    char *config_reply; /* POST /api/config's answer, built by chat_web_setup */
 };
+
+/* Builds what the handlers answer from the settings alone (/api/config), once, at start-up;
+ * SVC_ENOMEM. chat_web_teardown frees it (at exit). */
+int chat_web_setup(struct chat_ctx *c) SVC_MUST_CHECK;
+void chat_web_teardown(struct chat_ctx *c);
 
 /* Per-loop state; svc_loop_data(loop) points at it. */
 
@@ -106,7 +112,7 @@ struct svc_req;
  * async. */
 int chat_process(void *ctx, struct svc_req *req);
 
-/* POST /api/config (main.c). */
+/* POST /api/config (web.c; ctx is the struct chat_ctx given to chat_web_setup). */
 int chat_config(void *ctx, struct svc_req *req);
 
 #endif

@@ -124,7 +124,7 @@ static void on_account(void *data, int err, ProtobufCMessage *out_msg, const cha
     chat_turn_fail(t, text);
 out:
     if (out_msg != NULL)
-        protobuf_c_message_free_unpacked(out_msg, NULL);
+        svc_rpc_message_destroy(&out_msg);
     chat_turn_unref(t);
 }
 
@@ -223,7 +223,7 @@ static void on_changed(void *data, int err, ProtobufCMessage *out_msg, const cha
     }
 out:
     if (out_msg != NULL)
-        protobuf_c_message_free_unpacked(out_msg, NULL);
+        svc_rpc_message_destroy(&out_msg);
     chat_turn_unref(t);
 }
 
@@ -278,7 +278,7 @@ static void on_model_set(void *data, int err, ProtobufCMessage *out_msg, const c
         chat_turn_fail(t, msg(t, "更新成功", "Updated"));
     }
     if (out_msg != NULL)
-        protobuf_c_message_free_unpacked(out_msg, NULL);
+        svc_rpc_message_destroy(&out_msg);
     chat_turn_unref(t);
 }
 

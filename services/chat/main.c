@@ -21,7 +21,6 @@
 #include "turn.h"
 #include "svc/fetch.h"
 #include "svc/http.h"
-#include "svc/json.h"
 #include "svc/log.h"
 #include "svc/loop.h"
 #include "svc/modelmap.h"
@@ -38,51 +37,10 @@ static struct chat_ctx handler_ctx = {&setting, &stats};
 
 static struct meter_workers *workers;
 static struct svc_modelmap *models;
-static char *config_reply; /* built once at start, freed at exit */
-
-/* /api/config never shows a secret (the seed's S5): only whether a proxy is in use. `models`
- * (what the /model command accepts: CHAT_MODELS, else OPENAI_MODEL) and `model` (the default)
- * are for the web UI's model picker (docs/web.md). */
-static void build_config_reply(void)
-{
-    const char *list =
-        setting.CHAT_MODELS.s[0] ? setting.CHAT_MODELS.s : setting.OPENAI_MODEL.s;
-    struct svc_json *models = svc_json_array(), *o = NULL;
-    const char *p = list;
-
-    while (models != NULL && p != NULL && *p != '\0') {
-        const char *comma = strchr(p, ',');
-        size_t len = comma != NULL ? (size_t)(comma - p) : strlen(p);
-        while (len > 0 && *p == ' ')
-            p++, len--;
-        while (len > 0 && p[len - 1] == ' ')
-            len--;
-        if (len > 0 && svc_json_append(models, svc_json_stringn(p, len)) != 0)
-            svc_service_die(SVC_EX_SOFTWARE, "out of memory");
-        p = comma != NULL ? comma + 1 : NULL;
-    }
-    if (models != NULL)
-        o = svc_json_pack(
-            "{s:s,s:s,s:{s:s,s:s,s:I,s:s,s:s,s:s,s:o,s:s}}", "status", "Success", "message", "",
-            "data", "apiModel", "ChatGPTAPI", "reverseProxy", "-", "timeoutMs",
-            (long long)setting.CHAT_UPSTREAM_IDLE_TIMEOUT.i * 1000, "socksProxy",
-            setting.SOCKS_PROXY.s[0] != '\0' ? "(configured)" : "-", "httpsProxy", "-",
-            "usage", "-", "models", models, "model", setting.OPENAI_MODEL.s);
-    if (o == NULL || (config_reply = svc_json_dump(o, 0)) == NULL)
-        svc_service_die(SVC_EX_SOFTWARE, "out of memory");
-    svc_json_destroy(&o);
-}
-
-int chat_config(void *ctx, struct svc_req *req)
-{
-    (void)ctx;
-    svc_req_reply(req, 200, "application/json; charset=utf-8", config_reply, strlen(config_reply));
-    return SVC_HTTP_DONE;
-}
 
 static const struct svc_http_route routes[] = {
     {"POST", "/api/chat-process", chat_process, &handler_ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
-    {"POST", "/api/config", chat_config, NULL, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/config", chat_config, &handler_ctx, SVC_HTTP_STYLE_ENVELOPE},
 };
 
 /* Ready when every loop has its Redis connection. Runs on the admin thread. */
@@ -122,7 +80,8 @@ int main(int argc, char **argv)
     svc_metrics_register((struct svc_metric *)&stats, SVC_METRIC_COUNT(stats));
     if (auth_client_setup(AUTH_MEMO_SLOTS, (long)setting.CHAT_AUTH_CACHE_MS.i) != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "cannot set up the authentication memory");
-    build_config_reply();
+    if (chat_web_setup(&handler_ctx) != SVC_OK)
+        svc_service_die(SVC_EX_SOFTWARE, "out of memory");
 
     wo.n = svc_service_workers();
     wo.redis_url = setting.REDIS_URL.s;
@@ -162,8 +121,7 @@ int main(int argc, char **argv)
     svc_http_server_destroy(&srv);
     meter_workers_destroy(&workers);
     auth_client_teardown();
-    free(config_reply);
-    config_reply = NULL;
+    chat_web_teardown(&handler_ctx);
     svc_modelmap_destroy(&models);
     svc_service_teardown();
     return SVC_EX_OK;

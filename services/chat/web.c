@@ -531,3 +531,56 @@ int chat_process(void *ctx, struct svc_req *req)
     }
     return SVC_HTTP_ASYNC;
 }
+
+/* ---- POST /api/config ---- */
+
+/* /api/config never shows a secret (the seed's S5): only whether a proxy is in use. `models`
+ * (what the /model command accepts: CHAT_MODELS, else OPENAI_MODEL) and `model` (the default)
+ * are for the web UI's model picker (docs/web.md). */
+int chat_web_setup(struct chat_ctx *c)
+{
+    const struct chat_setting *setting = c->setting;
+    const char *list =
+        setting->CHAT_MODELS.s[0] ? setting->CHAT_MODELS.s : setting->OPENAI_MODEL.s;
+    struct svc_json *models = svc_json_array(), *o = NULL;
+    const char *p = list;
+
+    while (models != NULL && p != NULL && *p != '\0') {
+        const char *comma = strchr(p, ',');
+        size_t len = comma != NULL ? (size_t)(comma - p) : strlen(p);
+        while (len > 0 && *p == ' ')
+            p++, len--;
+        while (len > 0 && p[len - 1] == ' ')
+            len--;
+        if (len > 0 && svc_json_append(models, svc_json_stringn(p, len)) != 0) {
+            svc_json_destroy(&models);
+            return SVC_ENOMEM;
+        }
+        p = comma != NULL ? comma + 1 : NULL;
+    }
+    if (models != NULL)
+        o = svc_json_pack(
+            "{s:s,s:s,s:{s:s,s:s,s:I,s:s,s:s,s:s,s:o,s:s}}", "status", "Success", "message", "",
+            "data", "apiModel", "ChatGPTAPI", "reverseProxy", "-", "timeoutMs",
+            (long long)setting->CHAT_UPSTREAM_IDLE_TIMEOUT.i * 1000, "socksProxy",
+            setting->SOCKS_PROXY.s[0] != '\0' ? "(configured)" : "-", "httpsProxy", "-",
+            "usage", "-", "models", models, "model", setting->OPENAI_MODEL.s);
+    c->config_reply = o != NULL ? svc_json_dump(o, 0) : NULL;
+    svc_json_destroy(&o);
+    return c->config_reply != NULL ? SVC_OK : SVC_ENOMEM;
+}
+
+void chat_web_teardown(struct chat_ctx *c)
+{
+    free(c->config_reply);
+    c->config_reply = NULL;
+}
+
+int chat_config(void *ctx, struct svc_req *req)
+{
+    const struct chat_ctx *c = ctx;
+
+    svc_req_reply(req, 200, "application/json; charset=utf-8", c->config_reply,
+                  strlen(c->config_reply));
+    return SVC_HTTP_DONE;
+}

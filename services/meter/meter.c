@@ -321,7 +321,7 @@ static void on_reserved(void *data, int err, ProtobufCMessage *out_msg, const ch
     if (a.result != METER_ADMITTED)
         admit_answer(m, &a);
     if (out_msg != NULL)
-        protobuf_c_message_free_unpacked(out_msg, NULL);
+        svc_rpc_message_destroy(&out_msg);
     maybe_free(m);
 }
 

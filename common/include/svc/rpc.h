@@ -113,9 +113,13 @@ SVC_MUST_CHECK int svc_rpc_client_create(struct svc_rpc_client **out, const char
                                          long timeout_ms, char *err, size_t errlen);
 void svc_rpc_client_destroy(struct svc_rpc_client **c);
 
+/* Frees a message a call unpacked (svc_rpc_call's *out, an async call's reply); *m may be NULL;
+ * sets *m to NULL. */
+void svc_rpc_message_destroy(ProtobufCMessage **m);
+
 /*
  * Blocking call, for worker threads. Uses one keep-alive connection per thread. On success
- * *out is the unpacked response (free with protobuf_c_message_free_unpacked(*out, NULL)).
+ * *out is the unpacked response (free with svc_rpc_message_destroy).
  * On failure returns the remote error code (or SVC_EUNAVAIL / SVC_ETIMEDOUT for transport
  * problems) with a text in err. Thread-safe.
  */
