@@ -336,7 +336,7 @@ void svc_rpc_client_destroy(struct svc_rpc_client **cp)
     *cp = NULL;
 }
 
-void svc_rpc_message_destroy(ProtobufCMessage **m)
+void svc_rpc_message_destroy(struct ProtobufCMessage **m)
 {
     if (m == NULL || *m == NULL)
         return;

@@ -115,7 +115,7 @@ void svc_rpc_client_destroy(struct svc_rpc_client **c);
 
 /* Frees a message a call unpacked (svc_rpc_call's *out, an async call's reply); *m may be NULL;
  * sets *m to NULL. */
-void svc_rpc_message_destroy(ProtobufCMessage **m);
+void svc_rpc_message_destroy(struct ProtobufCMessage **m);
 
 /*
  * Blocking call, for worker threads. Uses one keep-alive connection per thread. On success
