@@ -931,12 +931,12 @@ static int statics_wait(long ms)
     return stop;
 }
 
-static void *static_accounts_main(void *arg)
+static void *static_accounts_main(void *ctx)
 {
     size_t done = 0;
     long delay_ms = 1000;
 
-    (void)arg;
+    (void)ctx;
     /* The first try waits: auth starts before billing, and a refused connect through a
      * balancer (nginx max_fails) can mark billing down for every caller for a while. */
     if (statics_wait(3000))

@@ -143,9 +143,9 @@ struct auth_call {
     char *authorization; /* to remember a successful answer by */
 };
 
-static void auth_call_free(void *data)
+static void auth_call_free(void *ctx)
 {
-    struct auth_call *ac = data;
+    struct auth_call *ac = ctx;
 
     if (ac->authorization != NULL) {
         svc_util_wipe(ac->authorization, strlen(ac->authorization));
@@ -154,9 +154,9 @@ static void auth_call_free(void *data)
     free(ac);
 }
 
-static void on_authenticated(void *data, int err, ProtobufCMessage *out_msg, const char *errmsg)
+static void on_authenticated(void *ctx, int err, ProtobufCMessage *out_msg, const char *errmsg)
 {
-    struct auth_call *ac = data;
+    struct auth_call *ac = ctx;
     Chatweb__Auth__AuthenticateResponse *out = (void *)out_msg;
 
     if (err != SVC_OK) {

@@ -74,36 +74,37 @@ static struct {
     AUTH_OPTIONS(SVC_OPTION_DECLARE)
 } setting = {AUTH_OPTIONS(SVC_OPTION_INIT)};
 
-static struct auth_ctx ctx = {.static_lock = PTHREAD_MUTEX_INITIALIZER};
+static struct auth_ctx auth = {.static_lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* the static users (BASIC_AUTH_USER), as auth_static_users_sync left them */
 #define STATIC_MAX 256
 static int64_t static_ids[STATIC_MAX];
 static size_t n_statics;
 
-static int ready_check(void *data)
+static int ready_check(void *ctx)
 {
-    (void)data;
-    return svc_db_ping(ctx.db);
+    const struct auth_ctx *a = ctx;
+
+    return svc_db_ping(a->db);
 }
 
 static const struct svc_http_route routes[] = {
     {"POST", "/rpc/*", svc_rpc_dispatch, &auth_rpc_registry, SVC_HTTP_STYLE_TEXT},
-    {"POST", "/api/session", auth_api_session, &ctx, SVC_HTTP_STYLE_ENVELOPE},
-    {"POST", "/api/verify", auth_api_verify, &ctx, SVC_HTTP_STYLE_ENVELOPE},
-    {"POST", "/api/login", auth_api_login, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
-    {"POST", "/api/logout", auth_api_logout, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
-    {NULL, "/api/me", auth_api_me, &ctx, SVC_HTTP_STYLE_ENVELOPE},
-    {"POST", "/api/conversations", auth_api_conversations, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
-    {"POST", "/accounts", auth_ops_accounts, &ctx, SVC_HTTP_STYLE_ENVELOPE},
-    {NULL, "/admin/accounts", auth_ops_admin_accounts, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
+    {"POST", "/api/session", auth_api_session, &auth, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/verify", auth_api_verify, &auth, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/login", auth_api_login, &auth, SVC_HTTP_STYLE_ENVELOPE, 1},
+    {"POST", "/api/logout", auth_api_logout, &auth, SVC_HTTP_STYLE_ENVELOPE, 1},
+    {NULL, "/api/me", auth_api_me, &auth, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/conversations", auth_api_conversations, &auth, SVC_HTTP_STYLE_ENVELOPE, 1},
+    {"POST", "/accounts", auth_ops_accounts, &auth, SVC_HTTP_STYLE_ENVELOPE},
+    {NULL, "/admin/accounts", auth_ops_admin_accounts, &auth, SVC_HTTP_STYLE_ENVELOPE, 1},
     /* the ingress also routes these with a trailing slash */
-    {"POST", "/api/session/", auth_api_session, &ctx, SVC_HTTP_STYLE_ENVELOPE},
-    {"POST", "/api/verify/", auth_api_verify, &ctx, SVC_HTTP_STYLE_ENVELOPE},
-    {"POST", "/api/login/", auth_api_login, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
-    {"POST", "/api/logout/", auth_api_logout, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
-    {NULL, "/api/me/", auth_api_me, &ctx, SVC_HTTP_STYLE_ENVELOPE},
-    {"POST", "/api/conversations/", auth_api_conversations, &ctx, SVC_HTTP_STYLE_ENVELOPE, 1},
+    {"POST", "/api/session/", auth_api_session, &auth, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/verify/", auth_api_verify, &auth, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/login/", auth_api_login, &auth, SVC_HTTP_STYLE_ENVELOPE, 1},
+    {"POST", "/api/logout/", auth_api_logout, &auth, SVC_HTTP_STYLE_ENVELOPE, 1},
+    {NULL, "/api/me/", auth_api_me, &auth, SVC_HTTP_STYLE_ENVELOPE},
+    {"POST", "/api/conversations/", auth_api_conversations, &auth, SVC_HTTP_STYLE_ENVELOPE, 1},
 };
 
 int main(int argc, char **argv)
@@ -118,38 +119,38 @@ int main(int argc, char **argv)
 
     sa = setting.AUTH_SESSION_AUTH.s;
     if (strcmp(sa, "auto") == 0)
-        ctx.cfg.session_auth = -1;
+        auth.cfg.session_auth = -1;
     else if (svc_cfg_parse_bool(sa) >= 0)
-        ctx.cfg.session_auth = svc_cfg_parse_bool(sa);
+        auth.cfg.session_auth = svc_cfg_parse_bool(sa);
     else
         svc_service_die(SVC_EX_CONFIG, "AUTH_SESSION_AUTH: must be auto, true or false, got \"%s\"",
                         sa);
-    ctx.cfg.ops_key = setting.OPS_KEY.s;
-    ctx.cfg.ops_link = setting.OPS_LINK.s;
-    ctx.cfg.health_urls = setting.HEALTH_URLS.s;
-    ctx.cfg.health_timeout_ms = setting.HEALTH_TIMEOUT_MS.i;
+    auth.cfg.ops_key = setting.OPS_KEY.s;
+    auth.cfg.ops_link = setting.OPS_LINK.s;
+    auth.cfg.health_urls = setting.HEALTH_URLS.s;
+    auth.cfg.health_timeout_ms = setting.HEALTH_TIMEOUT_MS.i;
     if (auth_health_urls_check(setting.HEALTH_URLS.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "HEALTH_URLS: %s", err);
-    ctx.cfg.session_ttl_s = setting.AUTH_SESSION_TTL.i;
-    ctx.cfg.cookie_secure = (int)setting.AUTH_COOKIE_SECURE.i;
-    ctx.cfg.cache_slots = (size_t)setting.AUTH_CACHE_SIZE.i;
-    ctx.cfg.cache_ttl_ms = setting.AUTH_CACHE_TTL.i * 1000;
-    ctx.cfg.cache_recheck_ms = setting.AUTH_CACHE_RECHECK_MS.i;
-    ctx.cfg.throttle_window_s = setting.AUTH_THROTTLE_WINDOW.i;
-    ctx.cfg.throttle_user_max = setting.AUTH_THROTTLE_USER.i;
-    ctx.cfg.throttle_ip_max = setting.AUTH_THROTTLE_IP.i;
-    ctx.cfg.throttle_delay_ms = setting.AUTH_THROTTLE_DELAY_MS.i;
-    ctx.cfg.throttle_max_delay_ms = setting.AUTH_THROTTLE_MAX_DELAY.i * 1000;
-    ctx.cfg.ops_throttle_max = setting.AUTH_OPS_THROTTLE.i;
-    ctx.cfg.ops_throttle_window_s = setting.AUTH_OPS_THROTTLE_WINDOW.i;
-    ctx.cfg.pw_ops = (unsigned long long)setting.AUTH_PWHASH_OPS.i;
-    ctx.cfg.pw_mem = (size_t)setting.AUTH_PWHASH_MEM_KIB.i * 1024;
-    ctx.cfg.pw_min = (size_t)setting.AUTH_PASSWORD_MIN.i;
+    auth.cfg.session_ttl_s = setting.AUTH_SESSION_TTL.i;
+    auth.cfg.cookie_secure = (int)setting.AUTH_COOKIE_SECURE.i;
+    auth.cfg.cache_slots = (size_t)setting.AUTH_CACHE_SIZE.i;
+    auth.cfg.cache_ttl_ms = setting.AUTH_CACHE_TTL.i * 1000;
+    auth.cfg.cache_recheck_ms = setting.AUTH_CACHE_RECHECK_MS.i;
+    auth.cfg.throttle_window_s = setting.AUTH_THROTTLE_WINDOW.i;
+    auth.cfg.throttle_user_max = setting.AUTH_THROTTLE_USER.i;
+    auth.cfg.throttle_ip_max = setting.AUTH_THROTTLE_IP.i;
+    auth.cfg.throttle_delay_ms = setting.AUTH_THROTTLE_DELAY_MS.i;
+    auth.cfg.throttle_max_delay_ms = setting.AUTH_THROTTLE_MAX_DELAY.i * 1000;
+    auth.cfg.ops_throttle_max = setting.AUTH_OPS_THROTTLE.i;
+    auth.cfg.ops_throttle_window_s = setting.AUTH_OPS_THROTTLE_WINDOW.i;
+    auth.cfg.pw_ops = (unsigned long long)setting.AUTH_PWHASH_OPS.i;
+    auth.cfg.pw_mem = (size_t)setting.AUTH_PWHASH_MEM_KIB.i * 1024;
+    auth.cfg.pw_min = (size_t)setting.AUTH_PASSWORD_MIN.i;
     /* The key guards every balance and is guessed over the network: 24 characters of a
      * random string are out of reach even at the throttle's pace. */
-    if (setting.OPS_KEY.is_set && strlen(ctx.cfg.ops_key) < AUTH_OPS_KEY_MIN)
+    if (setting.OPS_KEY.is_set && strlen(auth.cfg.ops_key) < AUTH_OPS_KEY_MIN)
         svc_service_die(SVC_EX_CONFIG, "OPS_KEY: must be at least %d characters, got %zu",
-                        AUTH_OPS_KEY_MIN, strlen(ctx.cfg.ops_key));
+                        AUTH_OPS_KEY_MIN, strlen(auth.cfg.ops_key));
     if (setting.REDIS_URL.s[0] != '\0' &&
         svc_redis_url_check(setting.REDIS_URL.s, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "REDIS_URL: %s", err);
@@ -159,51 +160,51 @@ int main(int argc, char **argv)
         svc_service_die(SVC_EX_CONFIG, "%s", err);
     if (!svc_service_migrate_only())
         svc_service_setup_rpc_auth(); /* a configuration error, before the migrations run */
-    if (svc_db_create(&ctx.db, setting.DB.s, setting.DATA_DIR.s, NULL, err, sizeof(err)) != SVC_OK)
+    if (svc_db_create(&auth.db, setting.DB.s, setting.DATA_DIR.s, NULL, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_UNAVAILABLE, "DB: %s", err);
-    if (auth_store_migrate(ctx.db) != SVC_OK)
+    if (auth_store_migrate(auth.db) != SVC_OK)
         svc_service_die(SVC_EX_UNAVAILABLE, "DB: the auth migrations failed (see the log)");
     if (svc_service_migrate_only()) { /* the Helm migration Job: schema applied, done */
         SVC_LOG_NOTICE(NULL, "migrate", "auth schema is current");
-        svc_db_destroy(&ctx.db);
+        svc_db_destroy(&auth.db);
         svc_db_teardown();
         return SVC_EX_OK;
     }
     if (setting.REDIS_URL.s[0] != '\0' &&
-        svc_redis_create(&ctx.redis, setting.REDIS_URL.s, 1000, err, sizeof(err)) != SVC_OK)
+        svc_redis_create(&auth.redis, setting.REDIS_URL.s, 1000, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "REDIS_URL: cannot create the client");
     if (setting.BILLING_URL.s[0] != '\0' &&
-        svc_rpc_client_create(&ctx.billing, setting.BILLING_URL.s, 3000, err, sizeof(err)) !=
+        svc_rpc_client_create(&auth.billing, setting.BILLING_URL.s, 3000, err, sizeof(err)) !=
             SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "BILLING_URL: cannot create the client");
-    ctx.on_user_changed = auth_version_publish;
-    if (auth_cache_create(&ctx.cache, ctx.cfg.cache_slots) != SVC_OK)
+    auth.on_user_changed = auth_version_publish;
+    if (auth_cache_create(&auth.cache, auth.cfg.cache_slots) != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "out of memory for the verification cache");
-    if (auth_pw_setup(&ctx) != SVC_OK)
+    if (auth_pw_setup(&auth) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "AUTH_PWHASH_MEM_KIB: cannot allocate that much");
-    if (auth_static_users_sync(&ctx, setting.BASIC_AUTH_USER.s, setting.BASIC_AUTH_PASSWORD.s,
+    if (auth_static_users_sync(&auth, setting.BASIC_AUTH_USER.s, setting.BASIC_AUTH_PASSWORD.s,
                                static_ids, STATIC_MAX, &n_statics, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "%s", err);
-    auth_rpc_ctx = &ctx;
+    auth_rpc_ctx = &auth;
 
     svc_service_start();
-    svc_service_set_ready_check(ready_check, NULL);
-    svc_db_describe(ctx.db, desc, sizeof(desc));
+    svc_service_set_ready_check(ready_check, &auth);
+    svc_db_describe(auth.db, desc, sizeof(desc));
     SVC_LOG_INFO(NULL, "startup", "db %s; %zu static user(s); redis %s; billing %s; ops API %s",
-                 desc, n_statics, ctx.redis ? "on" : "off (no REDIS_URL)",
-                 ctx.billing ? setting.BILLING_URL.s : "off (no BILLING_URL)",
-                 ctx.cfg.ops_key[0] ? "on" : "off (no OPS_KEY)");
-    if (auth_static_accounts_start(&ctx, static_ids, n_statics) != SVC_OK)
+                 desc, n_statics, auth.redis ? "on" : "off (no REDIS_URL)",
+                 auth.billing ? setting.BILLING_URL.s : "off (no BILLING_URL)",
+                 auth.cfg.ops_key[0] ? "on" : "off (no OPS_KEY)");
+    if (auth_static_accounts_start(&auth, static_ids, n_statics) != SVC_OK)
         SVC_LOG_ERR(NULL, "startup", "cannot start the thread that creates the static users' "
                                      "billing accounts (they are made on first use)");
 
     svc_service_serve_pool(routes, sizeof(routes) / sizeof(routes[0]), SVC_HTTP_STYLE_ENVELOPE);
 
     auth_static_accounts_stop();
-    auth_cache_destroy(&ctx.cache);
-    svc_rpc_client_destroy(&ctx.billing);
-    svc_redis_destroy(&ctx.redis);
-    svc_db_destroy(&ctx.db);
+    auth_cache_destroy(&auth.cache);
+    svc_rpc_client_destroy(&auth.billing);
+    svc_redis_destroy(&auth.redis);
+    svc_db_destroy(&auth.db);
     svc_db_thread_end();
     svc_db_teardown();
     svc_service_teardown();

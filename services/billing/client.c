@@ -111,9 +111,9 @@ static void finish_free(struct billing_finish *bf)
 
 static void finish_send(struct billing_finish *bf);
 
-static void on_finished(void *data, int err, ProtobufCMessage *out_msg, const char *errmsg)
+static void on_finished(void *ctx, int err, ProtobufCMessage *out_msg, const char *errmsg)
 {
-    struct billing_finish *bf = data;
+    struct billing_finish *bf = ctx;
     uint64_t waited = svc_loop_clock_ms() - bf->started_ms;
 
     bf->call = NULL;
@@ -150,10 +150,10 @@ static void on_finished(void *data, int err, ProtobufCMessage *out_msg, const ch
     finish_free(bf);
 }
 
-static void on_finish_retry(void *data, struct svc_timer *timer)
+static void on_finish_retry(void *ctx, struct svc_timer *timer)
 {
     (void)timer;
-    finish_send(data);
+    finish_send(ctx);
 }
 
 static void finish_send(struct billing_finish *bf)

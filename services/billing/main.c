@@ -76,9 +76,9 @@ static const struct svc_http_route routes[] = {
     {"POST", "/rpc/*", svc_rpc_dispatch, &billing_rpc_registry, SVC_HTTP_STYLE_TEXT},
 };
 
-static int ready_check(void *data)
+static int ready_check(void *ctx)
 {
-    (void)data;
+    (void)ctx;
     return svc_db_ping(db);
 }
 

@@ -72,9 +72,9 @@ void billing_relay_kick(struct billing_relay *r)
 /* ---- sweeper ---- */
 
 /* Polls the price table's version and reloads it when another replica changed it. */
-static void *prices_main(void *arg)
+static void *prices_main(void *ctx)
 {
-    struct billing_relay *r = arg;
+    struct billing_relay *r = ctx;
     int failing = 0;
 
     while (!nap(r, r->o.prices_refresh_ms, 0)) {
@@ -87,9 +87,9 @@ static void *prices_main(void *arg)
     return NULL;
 }
 
-static void *sweep_main(void *arg)
+static void *sweep_main(void *ctx)
 {
-    struct billing_relay *r = arg;
+    struct billing_relay *r = ctx;
 
     while (!nap(r, r->o.sweep_ms, 1)) {
         int n = 0, rc;
@@ -278,9 +278,9 @@ static void pending_gauge(struct billing_relay *r, struct svc_db_conn *c)
     svc_db_rows_destroy(&rows);
 }
 
-static void *relay_main(void *arg)
+static void *relay_main(void *ctx)
 {
-    struct billing_relay *r = arg;
+    struct billing_relay *r = ctx;
     int64_t backoff = 0, last_gauge = 0;
     int leader = 0;
 

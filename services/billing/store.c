@@ -228,9 +228,9 @@ struct grouped_tx {
     size_t errlen;
 };
 
-static int grouped_body(void *arg, struct svc_db_conn *c)
+static int grouped_body(void *ctx, struct svc_db_conn *c)
 {
-    struct grouped_tx *g = arg;
+    struct grouped_tx *g = ctx;
     int rc;
 
     why_clear(g->err, g->errlen);
@@ -466,9 +466,9 @@ struct reserve_ctx {
     struct billing_reserve_out *out;
 };
 
-static int reserve_tx(void *arg, struct svc_db_conn *c)
+static int reserve_tx(void *ctx, struct svc_db_conn *c)
 {
-    struct reserve_ctx *x = arg;
+    struct reserve_ctx *x = ctx;
     const struct billing_reserve_in *in = x->in;
     struct billing_reserve_out *out = x->out;
     struct billing_ratio r = price_of(x->s, in->model);
@@ -645,9 +645,9 @@ struct settle_ctx {
     size_t errlen;
 };
 
-static int settle_tx(void *arg, struct svc_db_conn *c)
+static int settle_tx(void *ctx, struct svc_db_conn *c)
 {
-    struct settle_ctx *x = arg;
+    struct settle_ctx *x = ctx;
     const struct billing_settle_in *in = x->in;
     struct billing_settle_out *out = x->out;
     int64_t now = svc_util_wallclock_ms();
@@ -744,9 +744,9 @@ struct release_ctx {
     size_t errlen;
 };
 
-static int release_tx(void *arg, struct svc_db_conn *c)
+static int release_tx(void *ctx, struct svc_db_conn *c)
 {
-    struct release_ctx *x = arg;
+    struct release_ctx *x = ctx;
     struct billing_release_out *out = x->out;
     int64_t now = svc_util_wallclock_ms();
     struct ledger_row l = {0};
@@ -815,9 +815,9 @@ struct expire_ctx {
     int expired;
 };
 
-static int expire_tx(void *arg, struct svc_db_conn *c)
+static int expire_tx(void *ctx, struct svc_db_conn *c)
 {
-    struct expire_ctx *x = arg;
+    struct expire_ctx *x = ctx;
     int64_t now = svc_util_wallclock_ms();
     struct ledger_row l = {0};
     struct hold_row h;
@@ -955,9 +955,9 @@ static int credit_in_range(char *err, size_t errlen, const struct acct_row *r, i
     return SVC_OK;
 }
 
-static int credit_tx(void *arg, struct svc_db_conn *c)
+static int credit_tx(void *ctx, struct svc_db_conn *c)
 {
-    struct credit_ctx *x = arg;
+    struct credit_ctx *x = ctx;
     const struct billing_credit_in *in = x->in;
     int64_t now = svc_util_wallclock_ms();
     struct ledger_row l = {0};
@@ -1092,9 +1092,9 @@ struct create_ctx {
     size_t errlen;
 };
 
-static int create_tx(void *arg, struct svc_db_conn *c)
+static int create_tx(void *ctx, struct svc_db_conn *c)
 {
-    struct create_ctx *x = arg;
+    struct create_ctx *x = ctx;
     int64_t now = svc_util_wallclock_ms();
     struct ledger_row l = {0};
     struct acct_row a;
@@ -1187,9 +1187,9 @@ struct delete_ctx {
     int *deleted;
 };
 
-static int delete_tx(void *arg, struct svc_db_conn *c)
+static int delete_tx(void *ctx, struct svc_db_conn *c)
 {
-    struct delete_ctx *x = arg;
+    struct delete_ctx *x = ctx;
     int64_t now = svc_util_wallclock_ms();
     struct svc_db_param p[] = {SVC_DB_I64(now), SVC_DB_I64(x->user_id)};
     uint64_t n = 0;
@@ -1278,9 +1278,9 @@ struct price_ctx {
     size_t errlen;
 };
 
-static int price_tx(void *arg, struct svc_db_conn *c)
+static int price_tx(void *ctx, struct svc_db_conn *c)
 {
-    struct price_ctx *x = arg;
+    struct price_ctx *x = ctx;
     int64_t now = svc_util_wallclock_ms();
     struct svc_db_rows *rows = NULL;
     uint64_t n = 0;

@@ -14,9 +14,9 @@
 #include "svc/log.h"
 #include "turn.h"
 
-static void on_admitted(void *ud, const struct meter_admission *a)
+static void on_admitted(void *ctx, const struct meter_admission *a)
 {
-    struct chat_turn *t = ud;
+    struct chat_turn *t = ctx;
     char text[512], ra[16];
 
     switch (a->result) {

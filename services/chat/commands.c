@@ -97,9 +97,9 @@ int chat_command_early(struct chat_turn *t)
 
 /* ---- /me ---- */
 
-static void on_account(void *data, int err, ProtobufCMessage *out_msg, const char *errmsg)
+static void on_account(void *ctx, int err, ProtobufCMessage *out_msg, const char *errmsg)
 {
-    struct chat_turn *t = data;
+    struct chat_turn *t = ctx;
     Chatweb__Billing__GetAccountResponse *out = (void *)out_msg;
     const Chatweb__Billing__Account *a = out != NULL ? out->account : NULL;
     char text[1024], balance[64];
@@ -194,9 +194,9 @@ static int basic_password(struct chat_turn *t, char *out, size_t outlen)
     return 0;
 }
 
-static void on_changed(void *data, int err, ProtobufCMessage *out_msg, const char *errmsg)
+static void on_changed(void *ctx, int err, ProtobufCMessage *out_msg, const char *errmsg)
 {
-    struct chat_turn *t = data;
+    struct chat_turn *t = ctx;
     Chatweb__Auth__ChangeCredentialsResponse *out = (void *)out_msg;
     char text[512];
 
@@ -264,9 +264,9 @@ static void run_user(struct chat_turn *t)
 
 /* ---- /model ---- */
 
-static void on_model_set(void *data, int err, ProtobufCMessage *out_msg, const char *errmsg)
+static void on_model_set(void *ctx, int err, ProtobufCMessage *out_msg, const char *errmsg)
 {
-    struct chat_turn *t = data;
+    struct chat_turn *t = ctx;
     Chatweb__Auth__SetModelResponse *out = (void *)out_msg;
 
     t->billing_call = NULL;

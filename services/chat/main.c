@@ -44,9 +44,9 @@ static const struct svc_http_route routes[] = {
 };
 
 /* Ready when every loop has its Redis connection. Runs on the admin thread. */
-static int redis_ready(void *data)
+static int redis_ready(void *ctx)
 {
-    (void)data;
+    (void)ctx;
     return meter_workers_redis_connected(workers) ? 0 : -1;
 }
 

@@ -73,7 +73,7 @@ void chat_turn_fail(struct chat_turn *t, const char *message)
 
 /* ---- storing the context ---- */
 
-static void on_saved(void *data, int err, const struct svc_redis_reply *reply);
+static void on_saved(void *ctx, int err, const struct svc_redis_reply *reply);
 
 /* Queues SET key value EX ttl; returns 1 when a command was sent (a reference is held). */
 static int save_message(struct chat_turn *t, const char *id, const char *role, const char *content,
@@ -130,9 +130,9 @@ static void finish_stream(struct chat_turn *t)
     svc_metric_add(&t->stats->chat_replies_completed_total, 1);
 }
 
-static void on_saved(void *data, int err, const struct svc_redis_reply *reply)
+static void on_saved(void *ctx, int err, const struct svc_redis_reply *reply)
 {
-    struct chat_turn *t = data;
+    struct chat_turn *t = ctx;
 
     if (err != SVC_OK || svc_redis_reply_type(reply) == SVC_REDIS_ERROR) {
         svc_metric_add(&t->stats->chat_context_errors_total, 1);
@@ -190,9 +190,9 @@ static int write_object(struct chat_turn *t, const char *delta, size_t delta_len
 }
 
 /* The client took some of what was waiting: the meter produces more. */
-static void on_client_drained(void *data, struct svc_req *req)
+static void on_client_drained(void *ctx, struct svc_req *req)
 {
-    struct chat_turn *t = data;
+    struct chat_turn *t = ctx;
 
     (void)req;
     if (t->meter != NULL)
@@ -201,9 +201,9 @@ static void on_client_drained(void *data, struct svc_req *req)
 
 /* ---- the metered stream's hooks (services/meter) ---- */
 
-static int on_meter_head(void *ud)
+static int on_meter_head(void *ctx)
 {
-    struct chat_turn *t = ud;
+    struct chat_turn *t = ctx;
     int rc;
 
     if (t->streaming)
@@ -217,18 +217,18 @@ static int on_meter_head(void *ud)
     return rc;
 }
 
-static size_t on_meter_pending(void *ud)
+static size_t on_meter_pending(void *ctx)
 {
-    struct chat_turn *t = ud;
+    struct chat_turn *t = ctx;
 
     return t->req != NULL ? svc_req_stream_pending(t->req) : 0;
 }
 
 /* One upstream event: one cumulative object, the one with finish_reason held back until the
  * context is stored (see the top of this file). */
-static int on_meter_event(void *ud, const struct meter_event *ev)
+static int on_meter_event(void *ctx, const struct meter_event *ev)
 {
-    struct chat_turn *t = ud;
+    struct chat_turn *t = ctx;
 
     if (ev->done || svc_json_array_at(svc_json_member(ev->json, "choices"), 0) == NULL)
         return 0; /* [DONE], the usage-only chunk, or keep-alive noise */
@@ -312,9 +312,9 @@ static void fail_in_stream(struct chat_turn *t, const char *error)
 
 /* The upstream is over, its events are all objects, and the meter has ended the hold: report a
  * failure, store the context, then send the held final object. */
-static void on_meter_end(void *ud, const struct meter_end *end)
+static void on_meter_end(void *ctx, const struct meter_end *end)
 {
-    struct chat_turn *t = ud;
+    struct chat_turn *t = ctx;
 
     t->ended = 1;
     if (end->counted)
@@ -456,9 +456,9 @@ void chat_turn_upstream(struct chat_turn *t)
 /* The client left before the end: what it was sent stays the context of its next turn; the
  * meter, detached in the cleanup right after, still reads, counts and charges what the
  * upstream already sent (meter.h). */
-static void on_client_gone(void *data, struct svc_req *req)
+static void on_client_gone(void *ctx, struct svc_req *req)
 {
-    struct chat_turn *t = data;
+    struct chat_turn *t = ctx;
     size_t n = 0;
 
     (void)req;
@@ -470,9 +470,9 @@ static void on_client_gone(void *data, struct svc_req *req)
     }
 }
 
-static void on_request_done(void *data)
+static void on_request_done(void *ctx)
 {
-    struct chat_turn *t = data;
+    struct chat_turn *t = ctx;
 
     svc_fetch_cancel(&t->auth_call);
     meter_detach(&t->meter); /* no meter hook runs after this */

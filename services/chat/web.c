@@ -105,9 +105,9 @@ static long fit_tail(struct chat_turn *t, struct svc_json *msg, long room)
     return best_cost;
 }
 
-static void on_history(void *data, int err, const struct svc_redis_reply *reply)
+static void on_history(void *ctx, int err, const struct svc_redis_reply *reply)
 {
-    struct chat_turn *t = data;
+    struct chat_turn *t = ctx;
     struct svc_json *msg = NULL;
     char parent[CHAT_ID_MAX + 1];
     const char *v;
@@ -197,9 +197,9 @@ static void walk_next(struct chat_turn *t)
 
 /* ---- rate limits ---- */
 
-static void on_rate_checked(void *data, int err, int allowed, long long count)
+static void on_rate_checked(void *ctx, int err, int allowed, long long count)
 {
-    struct chat_turn *t = data;
+    struct chat_turn *t = ctx;
 
     (void)count;
     if (t->req == NULL)

@@ -291,9 +291,9 @@ static void admit_answer(struct meter *m, const struct meter_admission *a)
         m->admit_cb(m->ud, a);
 }
 
-static void on_reserved(void *data, int err, ProtobufCMessage *out_msg, const char *errmsg)
+static void on_reserved(void *ctx, int err, ProtobufCMessage *out_msg, const char *errmsg)
 {
-    struct meter *m = data;
+    struct meter *m = ctx;
     const Chatweb__Billing__ReserveResponse *out = (const void *)out_msg;
     struct meter_admission a = {0};
 
@@ -340,10 +340,10 @@ static void reserve(struct meter *m)
     }
 }
 
-static void on_tpm_admitted(void *data, int err, int allowed, int refused, long long used,
+static void on_tpm_admitted(void *ctx, int err, int allowed, int refused, long long used,
                             int retry_after_s)
 {
-    struct meter *m = data;
+    struct meter *m = ctx;
     struct meter_admission a = {0};
 
     m->admitting = 0;
@@ -447,9 +447,9 @@ static void event_usage(struct meter *m, struct svc_json *j)
     }
 }
 
-static int on_sse_event(void *ud, const char *data, size_t len)
+static int on_sse_event(void *ctx, const char *data, size_t len)
 {
-    struct meter *m = ud;
+    struct meter *m = ctx;
     struct meter_event ev = {.data = data, .len = len};
     struct svc_json *err;
     int rc = 0;
@@ -578,10 +578,10 @@ static void drain_end(struct meter *m)
     maybe_free(m);
 }
 
-static void on_drain_timer(void *data, struct svc_timer *timer)
+static void on_drain_timer(void *ctx, struct svc_timer *timer)
 {
     (void)timer;
-    drain_end(data);
+    drain_end(ctx);
 }
 
 static uint64_t drain_gap(const struct meter_loop *ml)
@@ -608,9 +608,9 @@ static int drain_data(struct meter *m, const char *data, size_t len)
 
 /* ---- upstream callbacks ---- */
 
-static void keep_header(void *ud, const char *name, const char *value)
+static void keep_header(void *ctx, const char *name, const char *value)
 {
-    struct meter *m = ud;
+    struct meter *m = ctx;
     size_t nlen = strlen(name) + 1, vlen = strlen(value) + 1, was = m->up_headers.len;
 
     /* past UP_HEADERS_MAX the rest is dropped: a pair is kept whole or not at all */
@@ -651,9 +651,9 @@ void meter_upstream_headers(const struct meter *m, svc_fetch_header_cb fn, void 
     }
 }
 
-static int on_up_data(void *ud, struct svc_fetch *f, long status, const char *data, size_t len)
+static int on_up_data(void *ctx, struct svc_fetch *f, long status, const char *data, size_t len)
 {
-    struct meter *m = ud;
+    struct meter *m = ctx;
     int rc;
 
     m->status = status;
@@ -764,9 +764,9 @@ static int retarget(struct meter *m)
     return m->req_url != NULL ? SVC_OK : SVC_ENOMEM;
 }
 
-static void on_retry_timer(void *data, struct svc_timer *timer)
+static void on_retry_timer(void *ctx, struct svc_timer *timer)
 {
-    struct meter *m = data;
+    struct meter *m = ctx;
 
     (void)timer;
     svc_timer_destroy(&m->retry_timer);
@@ -790,10 +790,10 @@ static int retry_schedule(struct meter *m)
     return SVC_OK;
 }
 
-static void on_up_done(void *ud, int err, struct svc_fetch *f, long status, const char *body,
+static void on_up_done(void *ctx, int err, struct svc_fetch *f, long status, const char *body,
                        size_t len, const char *errmsg)
 {
-    struct meter *m = ud;
+    struct meter *m = ctx;
 
     (void)body;
     (void)len;

@@ -70,23 +70,23 @@ struct meter_end {
 
 struct meter_hooks {
     /* The upstream answered 200: the client's response may start. 0, or an error to stop. */
-    int (*on_head)(void *ud);
+    int (*on_head)(void *ctx);
     /* One event of a 200 stream. 0, or an error to stop the upstream (reported to on_end). */
-    int (*on_event)(void *ud, const struct meter_event *ev);
+    int (*on_event)(void *ctx, const struct meter_event *ev);
     /* Bytes still waiting for the client. Above METER_CLIENT_HIGH no more events are produced
      * (the upstream is paused once its own input piles up); call meter_resume when it drains. */
-    size_t (*client_pending)(void *ud);
+    size_t (*client_pending)(void *ctx);
     /* Not streamed (meter_start with sse = 0): the whole 200 body, once, before on_end. 0, or
      * an error. May be NULL for callers that only stream. */
-    int (*on_body)(void *ud, const char *body, size_t len);
+    int (*on_body)(void *ctx, const char *body, size_t len);
     /* The upstream is over, every event was delivered, and the hold has been ended. */
-    void (*on_end)(void *ud, const struct meter_end *end);
+    void (*on_end)(void *ctx, const struct meter_end *end);
     /* Optional: each attempt at the upstream, once its status is known (ok: not 429 or 5xx) or
      * once it failed without one (ok = 0): for the caller's circuit breaker. */
-    void (*on_attempt)(void *ud, int ok);
+    void (*on_attempt)(void *ctx, int ok);
     /* Optional: before a retry, may send it elsewhere: writes the URL into url and the whole
      * Authorization header line into auth ("" for none) and returns 1; 0 keeps the target. */
-    int (*retarget)(void *ud, char *url, size_t url_len, char *auth, size_t auth_len);
+    int (*retarget)(void *ctx, char *url, size_t url_len, char *auth, size_t auth_len);
 };
 
 /* Calls fn for each header of the upstream's answer (the last attempt's), as received: from
@@ -151,7 +151,7 @@ struct meter_admission {
     const char *errmsg;
 };
 
-typedef void (*meter_admit_fn)(void *ud, const struct meter_admission *a);
+typedef void (*meter_admit_fn)(void *ctx, const struct meter_admission *a);
 
 /*
  * Admits the request: its prompt (in->prompt_tokens, exact) against the token scopes, then the

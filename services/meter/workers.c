@@ -131,9 +131,9 @@ unsigned meter_workers_count(const struct meter_workers *ws)
     return ws->n;
 }
 
-static void *worker_main(void *arg)
+static void *worker_main(void *ctx)
 {
-    struct meter_worker *w = arg;
+    struct meter_worker *w = ctx;
 
     svc_loop_run(w->loop);
     return NULL;
@@ -155,9 +155,9 @@ int meter_workers_redis_connected(const struct meter_workers *ws)
     return 1;
 }
 
-static void stop_loop(void *data, struct svc_loop *loop)
+static void stop_loop(void *ctx, struct svc_loop *loop)
 {
-    (void)data;
+    (void)ctx;
     svc_loop_stop(loop);
 }
 

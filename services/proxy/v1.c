@@ -187,9 +187,9 @@ static const char *const UPSTREAM_HEADERS_DROPPED[] = {
 /* An upstream header, passed on to the client unless dropped (svc_fetch_header_cb). The
  * upstream's X-Request-Id comes as X-Upstream-Request-Id beside ours; its Content-Type is kept in
  * up_ctype for the reply. */
-static void pass_header(void *ud, const char *name, const char *value)
+static void pass_header(void *ctx, const char *name, const char *value)
 {
-    struct v1_call *c = ud;
+    struct v1_call *c = ctx;
 
     if (strcasecmp(name, "content-type") == 0 && c->up_ctype[0] == '\0')
         snprintf(c->up_ctype, sizeof(c->up_ctype), "%s", value);
@@ -220,9 +220,9 @@ static void call_free(struct v1_call *c)
     free(c);
 }
 
-static void on_request_done(void *data)
+static void on_request_done(void *ctx)
 {
-    struct v1_call *c = data;
+    struct v1_call *c = ctx;
 
     record_metrics(c, c->req != NULL ? svc_req_status(c->req) : 0);
     svc_fetch_cancel(&c->auth_call);
@@ -236,10 +236,10 @@ static void on_request_done(void *data)
         call_free(c);
 }
 
-static void on_client_gone(void *data, struct svc_req *req)
+static void on_client_gone(void *ctx, struct svc_req *req)
 {
     (void)req;
-    (void)data;
+    (void)ctx;
     svc_metric_add(&stats->proxy_client_aborts_total, 1);
 }
 
@@ -263,18 +263,18 @@ static int upstream_url(const struct v1_call *c, char *url, size_t len)
 
 /* The client took what was waiting: the meter produces more (it stopped when the client fell
  * behind, see meter.h). */
-static void on_client_drained(void *data, struct svc_req *req)
+static void on_client_drained(void *ctx, struct svc_req *req)
 {
-    struct v1_call *c = data;
+    struct v1_call *c = ctx;
 
     (void)req;
     if (c->meter != NULL)
         meter_resume(c->meter);
 }
 
-static int on_head(void *ud)
+static int on_head(void *ctx)
 {
-    struct v1_call *c = ud;
+    struct v1_call *c = ctx;
     int rc;
 
     if (!c->stream)
@@ -290,18 +290,18 @@ static int on_head(void *ud)
     return rc;
 }
 
-static size_t on_pending(void *ud)
+static size_t on_pending(void *ctx)
 {
-    struct v1_call *c = ud;
+    struct v1_call *c = ctx;
 
     return c->req != NULL ? svc_req_stream_pending(c->req) : 0;
 }
 
 /* One SSE event, passed through as it came (data only), unless it is the usage chunk the client
  * did not ask for. */
-static int on_event(void *ud, const struct meter_event *ev)
+static int on_event(void *ctx, const struct meter_event *ev)
 {
-    struct v1_call *c = ud;
+    struct v1_call *c = ctx;
     int rc;
 
     if (ev->usage_only && c->hide_usage)
@@ -314,18 +314,18 @@ static int on_event(void *ud, const struct meter_event *ev)
     return rc;
 }
 
-static int on_body(void *ud, const char *body, size_t len)
+static int on_body(void *ctx, const char *body, size_t len)
 {
-    struct v1_call *c = ud;
+    struct v1_call *c = ctx;
 
     meter_upstream_headers(c->meter, pass_header, c);
     c->first_byte_us = svc_loop_clock_us();
     return svc_req_reply(c->req, 200, "application/json", body, len);
 }
 
-static void on_end(void *ud, const struct meter_end *end)
+static void on_end(void *ctx, const struct meter_end *end)
 {
-    struct v1_call *c = ud;
+    struct v1_call *c = ctx;
     char msg[512];
 
     if (end->counted) {
@@ -366,17 +366,17 @@ static void on_end(void *ud, const struct meter_end *end)
 }
 
 /* An attempt's outcome, for its upstream's circuit breaker. */
-static void on_attempt(void *ud, int ok)
+static void on_attempt(void *ctx, int ok)
 {
-    struct v1_call *c = ud;
+    struct v1_call *c = ctx;
 
     proxy_upstream_report(c->upstream, ok);
 }
 
 /* A retry goes to another upstream serving the model when there is one. */
-static int retarget(void *ud, char *url, size_t url_len, char *auth, size_t auth_len)
+static int retarget(void *ctx, char *url, size_t url_len, char *auth, size_t auth_len)
 {
-    struct v1_call *c = ud;
+    struct v1_call *c = ctx;
     int no_model, next = proxy_upstream_pick(c->model, c->tried, &no_model);
 
     if (next < 0 || next == c->upstream || c->client_key)
@@ -488,9 +488,9 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
         v1_error(c, 500, "server_error", NULL, "cannot start the upstream call");
 }
 
-static void on_admitted(void *ud, const struct meter_admission *a)
+static void on_admitted(void *ctx, const struct meter_admission *a)
 {
-    struct v1_call *c = ud;
+    struct v1_call *c = ctx;
     char ra[16], msg[256];
 
     switch (a->result) {
@@ -569,10 +569,10 @@ static void admit(struct v1_call *c)
 
 static void check_rpm(struct v1_call *c);
 
-static void on_rpm_retry(void *data, struct svc_timer *t)
+static void on_rpm_retry(void *ctx, struct svc_timer *t)
 {
     (void)t;
-    check_rpm(data);
+    check_rpm(ctx);
 }
 
 /*
@@ -595,9 +595,9 @@ static int rpm_retry(struct v1_call *c, int err)
     return 1;
 }
 
-static void on_rpm(void *data, int err, int allowed, long long count)
+static void on_rpm(void *ctx, int err, int allowed, long long count)
 {
-    struct v1_call *c = data;
+    struct v1_call *c = ctx;
     long long limit = c->rpm > 0 ? c->rpm : setting->PROXY_RPM_LIMIT.i;
     int reset = RPM_WINDOW_S - (int)(svc_util_wallclock_ms() / 1000 % RPM_WINDOW_S);
     char v[32];
@@ -936,10 +936,10 @@ static void reply_models(struct v1_call *c, const char *body, size_t len)
     svc_req_reply_json(c->req, 200, j);
 }
 
-static void on_relay_done(void *ud, int err, struct svc_fetch *f, long status, const char *body,
+static void on_relay_done(void *ctx, int err, struct svc_fetch *f, long status, const char *body,
                           size_t len, const char *errmsg)
 {
-    struct v1_call *c = ud;
+    struct v1_call *c = ctx;
     char msg[320];
 
     c->relay = NULL;
