@@ -45,20 +45,22 @@ struct billing_finish {
     uint64_t started_ms;
 };
 
-struct billing_client *billing_client_create(struct svc_loop *loop, struct svc_rpc_client *rpc,
-                                             struct svc_fetch_multi *multi, long retry_for_s,
-                                             struct svc_metric *pending)
+int billing_client_create(struct billing_client **out, struct svc_loop *loop,
+                          struct svc_rpc_client *rpc, struct svc_fetch_multi *multi,
+                          long retry_for_s, struct svc_metric *pending)
 {
     struct billing_client *c = calloc(1, sizeof(*c));
 
+    *out = NULL;
     if (c == NULL)
-        return NULL;
+        return SVC_ENOMEM;
     c->loop = loop;
     c->rpc = rpc;
     c->multi = multi;
     c->retry_for_s = retry_for_s;
     c->pending_gauge = pending;
-    return c;
+    *out = c;
+    return SVC_OK;
 }
 
 size_t billing_client_pending(const struct billing_client *c)

@@ -30,12 +30,12 @@ struct billing_client;
 
 /*
  * A client sending on rpc (billing's base URL) through multi, both borrowed for its lifetime.
- * pending (may be NULL) is a gauge kept equal to the Settle/Release calls still waiting. NULL on
- * allocation failure.
+ * pending (may be NULL) is a gauge kept equal to the Settle/Release calls still waiting. SVC_OK,
+ * or SVC_ENOMEM with *out NULL.
  */
-struct billing_client *billing_client_create(struct svc_loop *loop, struct svc_rpc_client *rpc,
-                                             struct svc_fetch_multi *multi, long retry_for_s,
-                                             struct svc_metric *pending);
+int billing_client_create(struct billing_client **out, struct svc_loop *loop,
+                          struct svc_rpc_client *rpc, struct svc_fetch_multi *multi,
+                          long retry_for_s, struct svc_metric *pending) SVC_MUST_CHECK;
 
 /* Logs and drops the calls still pending (their holds expire). Accepts NULL; sets *c to NULL. */
 void billing_client_destroy(struct billing_client **c);

@@ -350,9 +350,8 @@ static const struct meter_hooks chat_meter_hooks = {
 
 int chat_turn_meter_create(struct chat_turn *t)
 {
-    t->meter = meter_create(t->w->meters, &chat_meter_hooks, t, t->rid, t->reply_id,
-                            t->params.model, &t->mi);
-    return t->meter != NULL ? SVC_OK : SVC_ENOMEM;
+    return meter_create(&t->meter, t->w->meters, &chat_meter_hooks, t, t->rid, t->reply_id,
+                        t->params.model, &t->mi);
 }
 
 static int start_upstream(struct chat_turn *t)

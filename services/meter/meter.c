@@ -149,20 +149,22 @@ static atomic_int meters_crowd;
 
 /* ---- per loop ---- */
 
-struct meter_loop *meter_loop_create(struct svc_loop *loop, struct svc_fetch_multi *upstream,
-                                     struct svc_redis_async *redis, struct billing_client *bill,
-                                     long drain_ms)
+int meter_loop_create(struct meter_loop **out, struct svc_loop *loop,
+                      struct svc_fetch_multi *upstream, struct svc_redis_async *redis,
+                      struct billing_client *bill, long drain_ms)
 {
     struct meter_loop *ml = calloc(1, sizeof(*ml));
 
+    *out = NULL;
     if (ml == NULL)
-        return NULL;
+        return SVC_ENOMEM;
     ml->loop = loop;
     ml->upstream = upstream;
     ml->redis = redis;
     ml->bill = bill;
     ml->drain_ms = drain_ms;
-    return ml;
+    *out = ml;
+    return SVC_OK;
 }
 
 static void drain_end(struct meter *m);
@@ -181,19 +183,20 @@ void meter_loop_destroy(struct meter_loop **mlp)
 
 /* ---- per request ---- */
 
-struct meter *meter_create(struct meter_loop *ml, const struct meter_hooks *hooks, void *ud,
-                           const char *rid, const char *request_id, const char *model,
-                           const struct svc_modelmap_info *mi)
+int meter_create(struct meter **out, struct meter_loop *ml, const struct meter_hooks *hooks,
+                 void *ctx, const char *rid, const char *request_id, const char *model,
+                 const struct svc_modelmap_info *mi)
 {
     struct meter *m = calloc(1, sizeof(*m));
 
+    *out = NULL;
     if (m == NULL)
-        return NULL;
+        return SVC_ENOMEM;
     if (atomic_fetch_add(&meters_live, 1) + 1 >= METER_CROWD && !atomic_load(&meters_crowd))
         atomic_store(&meters_crowd, 1);
     m->ml = ml;
     m->h = hooks;
-    m->ud = ud;
+    m->ud = ctx;
     snprintf(m->rid, sizeof(m->rid), "%s", rid != NULL ? rid : "");
     snprintf(m->request_id, sizeof(m->request_id), "%s", request_id);
     snprintf(m->model, sizeof(m->model), "%s", model != NULL ? model : "");
@@ -205,7 +208,8 @@ struct meter *meter_create(struct meter_loop *ml, const struct meter_hooks *hook
     svc_buf_init(&m->in, INPUT_MAX);
     svc_buf_init(&m->body, BODY_MAX);
     m->ended = 1; /* nothing to end until a hold may exist */
-    return m;
+    *out = m;
+    return SVC_OK;
 }
 
 void meter_set_tpm(struct meter *m, const char *tag, const struct svc_ratelimit_scope *scopes,

@@ -111,10 +111,10 @@ void meter_set_output_budget(size_t bytes);
 
 /* Borrowed for its lifetime: the loop, the upstream transfers, Redis (token counters), billing.
  * drain_ms: how long a detached meter may read what the upstream already sent (0: cancel at
- * once). NULL on allocation failure. */
-struct meter_loop *meter_loop_create(struct svc_loop *loop, struct svc_fetch_multi *upstream,
-                                     struct svc_redis_async *redis, struct billing_client *bill,
-                                     long drain_ms);
+ * once). SVC_OK, or SVC_ENOMEM with *out NULL. */
+int meter_loop_create(struct meter_loop **out, struct svc_loop *loop,
+                      struct svc_fetch_multi *upstream, struct svc_redis_async *redis,
+                      struct billing_client *bill, long drain_ms) SVC_MUST_CHECK;
 
 /* Ends the detached meters still draining (charged as counted). Accepts NULL. */
 void meter_loop_destroy(struct meter_loop **ml);
@@ -123,12 +123,12 @@ void meter_loop_destroy(struct meter_loop **ml);
 
 /*
  * A meter for one request. request_id is the hold's id (unique per request); model and mi say
- * how to count and what to bill. hooks and ud are the caller's until meter_detach. NULL on
- * allocation failure.
+ * how to count and what to bill. hooks and ctx are the caller's until meter_detach (ctx is
+ * every hook's first argument). SVC_OK, or SVC_ENOMEM with *out NULL.
  */
-struct meter *meter_create(struct meter_loop *ml, const struct meter_hooks *hooks, void *ud,
-                           const char *rid, const char *request_id, const char *model,
-                           const struct svc_modelmap_info *mi);
+int meter_create(struct meter **out, struct meter_loop *ml, const struct meter_hooks *hooks,
+                 void *ctx, const char *rid, const char *request_id, const char *model,
+                 const struct svc_modelmap_info *mi) SVC_MUST_CHECK;
 
 /* Token-per-minute scopes to admit the prompt against (none: no token limit). */
 void meter_set_tpm(struct meter *m, const char *tag, const struct svc_ratelimit_scope *scopes,

@@ -71,13 +71,10 @@ static int worker_setup(struct meter_worker *w, const struct meter_workers_opts 
         svc_rpc_client_create(&w->auth, o->auth_url, AUTH_TIMEOUT_MS, NULL, 0) != SVC_OK ||
         svc_rpc_client_create(&w->billing, o->billing_url, BILLING_TIMEOUT_MS, NULL, 0) != SVC_OK)
         return SVC_ENOMEM;
-    if (w->billing != NULL && w->rpc != NULL)
-        w->bill = billing_client_create(w->loop, w->billing, w->rpc, o->settle_retry_s,
-                                        o->settles_pending);
-    if (w->bill != NULL && w->upstream != NULL && w->redis != NULL)
-        w->meters = meter_loop_create(w->loop, w->upstream, w->redis, w->bill, o->abort_drain_ms);
-    if (w->upstream == NULL || w->rpc == NULL || w->redis == NULL || w->auth == NULL ||
-        w->billing == NULL || w->bill == NULL || w->meters == NULL)
+    if (billing_client_create(&w->bill, w->loop, w->billing, w->rpc, o->settle_retry_s,
+                              o->settles_pending) != SVC_OK ||
+        meter_loop_create(&w->meters, w->loop, w->upstream, w->redis, w->bill,
+                          o->abort_drain_ms) != SVC_OK)
         return SVC_ENOMEM;
     return SVC_OK;
 }

@@ -535,8 +535,8 @@ static void admit(struct v1_call *c)
     char key_scope[96];
     int n = 0;
 
-    c->meter = meter_create(c->w->meters, &v1_hooks, c, c->rid, c->hold_id, c->model, &c->mi);
-    if (c->meter == NULL) {
+    if (meter_create(&c->meter, c->w->meters, &v1_hooks, c, c->rid, c->hold_id, c->model,
+                     &c->mi) != SVC_OK) {
         v1_error(c, 500, "server_error", NULL, "out of memory");
         return;
     }
@@ -848,8 +848,8 @@ static void on_authenticated(void *ctx, int err, int result, const char *scheme,
         c->kind != V1_RELAY && svc_req_header(c->req, "Authorization") != NULL &&
         strncasecmp(svc_req_header(c->req, "Authorization"), "Bearer ", 7) == 0) {
         svc_modelmap_lookup(c->w->models, c->model, &c->mi);
-        c->meter = meter_create(c->w->meters, &v1_hooks, c, c->rid, c->hold_id, c->model, &c->mi);
-        if (c->meter == NULL) {
+        if (meter_create(&c->meter, c->w->meters, &v1_hooks, c, c->rid, c->hold_id, c->model,
+                         &c->mi) != SVC_OK) {
             v1_error(c, 500, "server_error", NULL, "out of memory");
             return;
         }

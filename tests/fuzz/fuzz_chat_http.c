@@ -131,11 +131,11 @@ static void setup(void)
         svc_rpc_client_create(&worker.auth, base, 3000, NULL, 0) != SVC_OK ||
         svc_rpc_client_create(&worker.billing, base, 3000, NULL, 0) != SVC_OK)
         abort();
-    if (worker.billing != NULL)
-        worker.bill = billing_client_create(worker.loop, worker.billing, worker.rpc, 5,
-                                            &chat_stats.chat_settles_pending);
-    if (worker.bill != NULL)
-        worker.meters = meter_loop_create(worker.loop, worker.upstream, worker.redis, worker.bill, 0);
+    if (billing_client_create(&worker.bill, worker.loop, worker.billing, worker.rpc, 5,
+                              &chat_stats.chat_settles_pending) != SVC_OK ||
+        meter_loop_create(&worker.meters, worker.loop, worker.upstream, worker.redis, worker.bill,
+                          0) != SVC_OK)
+        abort();
     if (worker.upstream == NULL || worker.rpc == NULL || worker.redis == NULL || worker.auth == NULL ||
         worker.billing == NULL || worker.bill == NULL || worker.meters == NULL ||
         pthread_create(&t, NULL, run_loop, worker.loop) != 0 || pthread_detach(t) != 0) {
