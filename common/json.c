@@ -127,6 +127,11 @@ double svc_json_number(const struct svc_json *j)
     return j != NULL ? json_number_value(CJ(j)) : 0;
 }
 
+size_t svc_json_object_len(const struct svc_json *obj)
+{
+    return obj != NULL ? json_object_size(CJ(obj)) : 0;
+}
+
 size_t svc_json_array_len(const struct svc_json *arr)
 {
     return arr != NULL ? json_array_size(CJ(arr)) : 0;

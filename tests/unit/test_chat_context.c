@@ -14,19 +14,6 @@
 #include "svc/json.h"
 #include "test.h"
 
-/* The number of members of an object. */
-static size_t members(const struct svc_json *o)
-{
-    const char *k;
-    struct svc_json *v;
-    void *it;
-    size_t n = 0;
-
-    SVC_JSON_OBJECT_EACH(o, it, k, v)
-        n += k != NULL;
-    return n;
-}
-
 /* ---- chat_id_valid -------------------------------------------------------------------------- */
 
 static void test_id_valid(void)
@@ -129,7 +116,7 @@ static void roundtrip(const char *role, const char *content, size_t clen, const 
     memset(par, '#', sizeof(par));
     T_EQ_INT(chat_ctx_decode(enc, strlen(enc), &msg, par), SVC_OK);
     T_ASSERT(msg != NULL);
-    T_EQ_INT(members(msg), 2); /* {"role","content"} only: ready for the upstream */
+    T_EQ_INT(svc_json_object_len(msg), 2); /* {"role","content"} only: ready for the upstream */
     r = svc_json_str(svc_json_member(msg, "role"));
     c = svc_json_str(svc_json_member(msg, "content"));
     n = svc_json_strlen(svc_json_member(msg, "content"));

@@ -272,6 +272,9 @@ static void test_accessors_wrong_types(void)
     T_EQ_INT(svc_json_array_len(j), 0);
     T_EQ_INT(svc_json_array_len(s), 0);
     T_EQ_INT(svc_json_array_len(NULL), 0);
+    T_EQ_INT(svc_json_object_len(j), 7);
+    T_EQ_INT(svc_json_object_len(a), 0); /* an array is not an object */
+    T_EQ_INT(svc_json_object_len(NULL), 0);
     T_ASSERT(svc_json_array_at(j, 0) == NULL);
     T_ASSERT(svc_json_array_at(NULL, 0) == NULL);
     T_ASSERT(svc_json_array_at(a, 1) == NULL); /* past the end */

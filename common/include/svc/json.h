@@ -95,6 +95,9 @@ long long svc_json_int(const struct svc_json *j);
 /* A number's value (integer or real) as a double; 0 for anything else. */
 double svc_json_number(const struct svc_json *j);
 
+/* The number of members of an object (0 for anything else). */
+size_t svc_json_object_len(const struct svc_json *obj);
+
 /* An array's length (0 for anything else) and its element at i (NULL past the end). */
 size_t svc_json_array_len(const struct svc_json *arr);
 struct svc_json *svc_json_array_at(const struct svc_json *arr, size_t i);
