@@ -1103,7 +1103,11 @@ export async function startStack(opts = {}) {
             : !nonEmpty(svcEnv.OPENAI_KEY) && !nonEmpty(svcEnv.OPENAI_BASE_URL);
         for (const s of SERVICES) if (count(s) > 0) binary(s, binDir, `chatweb-${s}`);
         if (wantFake) binary('fake-upstream', binDir, 'chatweb-fake-upstream');
-        if (listenPort) await assertPortFree('nginx', listenHost, listenPort);
+        if (listenPort) {
+            await assertPortFree('nginx', listenHost, listenPort);
+            /* the services' ports come from freePort: never the ingress's, which nginx binds last */
+            handedOut.add(listenPort);
+        }
 
         const extRedis = nonEmpty(redisUrl) ? redisUrl : nonEmpty(svcEnv.REDIS_URL) ? svcEnv.REDIS_URL : null;
         if (extRedis) {
