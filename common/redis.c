@@ -169,6 +169,7 @@ static redisContext *bconnect(const struct svc_redis *r, const struct svc__redis
         redisFree(c);
         return NULL;
     }
+    svc__redis_reader_bound(c->reader);
     redisSetTimeout(c, tv);
     n = hello_cmds(&r->url, kind, argv, lens, argc);
     for (int i = 0; i < n; i++) {
@@ -988,6 +989,7 @@ static int aconn_connect(struct aconn *c)
             redisAsyncFree(ac);
         return SVC_EUNAVAIL;
     }
+    svc__redis_reader_bound(ac->c.reader);
     c->ac = ac;
     ac->data = c;
     ac->ev.data = c;

@@ -1,6 +1,7 @@
 #include "redis_topo.h"
 
 #include <hiredis.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -420,4 +421,36 @@ int svc__redis_role_is_master(const struct redisReply *rep)
            (rep->element[0]->type == REDIS_REPLY_STRING ||
             rep->element[0]->type == REDIS_REPLY_STATUS) &&
            rep->element[0]->len == 6 && memcmp(rep->element[0]->str, "master", 6) == 0;
+}
+
+/* ---- a bound on what one reply may allocate ---- */
+
+static redisReplyObjectFunctions *hiredis_fns; /* the reader's defaults (hiredis's own table) */
+static redisReplyObjectFunctions bounded_fns;
+static pthread_once_t bounded_once = PTHREAD_ONCE_INIT;
+
+static void *bounded_array(const redisReadTask *task, int elements)
+{
+    if (elements > SVC__REDIS_ARRAY_MAX)
+        return NULL; /* the reader reports "Out of memory" and the connection is dropped */
+    return hiredis_fns->createArray(task, elements);
+}
+
+static void bounded_setup(void)
+{
+    redisReader *r = redisReaderCreate();
+
+    if (r == NULL)
+        return;
+    hiredis_fns = r->fn;
+    bounded_fns = *hiredis_fns;
+    bounded_fns.createArray = bounded_array;
+    redisReaderFree(r);
+}
+
+void svc__redis_reader_bound(struct redisReader *r)
+{
+    pthread_once(&bounded_once, bounded_setup);
+    if (r != NULL && hiredis_fns != NULL && r->fn == hiredis_fns)
+        r->fn = &bounded_fns;
 }

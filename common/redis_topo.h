@@ -99,4 +99,15 @@ int svc__redis_sentinel_addr(const struct redisReply *rep, struct svc__redis_add
 /* 1 when a ROLE reply says "master", else 0. */
 int svc__redis_role_is_master(const struct redisReply *rep);
 
+/*
+ * Bounds what one reply can make us allocate. hiredis 0.14 callocs an array's element table as
+ * soon as it reads the header, so "*300000000\r\n" from a broken or hostile server asks for
+ * gigabytes before a single element arrives (found by fuzz_redis_topo). The reader refuses an
+ * array of more than SVC__REDIS_ARRAY_MAX elements with an out-of-memory error instead, which
+ * ends that connection like any protocol error. Call on every reader we create. Thread-safe.
+ */
+#define SVC__REDIS_ARRAY_MAX (1 << 20)
+struct redisReader;
+void svc__redis_reader_bound(struct redisReader *r);
+
 #endif

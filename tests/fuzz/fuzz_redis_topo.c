@@ -79,6 +79,7 @@ static void fuzz_replies(const uint8_t *data, size_t size)
 
     if (rd == NULL || map == NULL)
         goto out;
+    svc__redis_reader_bound(rd); /* as every reader of common/redis.c is */
     if (redisReaderFeed(rd, (const char *)data, size) != REDIS_OK)
         goto out;
     for (int n = 0; n < 16 && redisReaderGetReply(rd, &rep) == REDIS_OK && rep != NULL; n++) {

@@ -179,6 +179,25 @@ static void test_cmd_keys(void)
     T_ASSERT(memcmp(key, "k", 1) == 0);
 }
 
+/* A reply announcing a huge array is refused before its table is allocated; normal ones pass. */
+static void test_reader_bound(void)
+{
+    redisReader *rd = redisReaderCreate();
+    void *rep = NULL;
+
+    T_ASSERT(rd != NULL);
+    svc__redis_reader_bound(rd);
+    T_EQ_INT(redisReaderFeed(rd, "*3\r\n:1\r\n:2\r\n:3\r\n", 16), REDIS_OK);
+    T_EQ_INT(redisReaderGetReply(rd, &rep), REDIS_OK);
+    T_ASSERT(rep != NULL && ((redisReply *)rep)->elements == 3);
+    freeReplyObject(rep);
+    rep = NULL;
+    T_EQ_INT(redisReaderFeed(rd, "*300000000\r\n", 13), REDIS_OK);
+    T_EQ_INT(redisReaderGetReply(rd, &rep), REDIS_ERR);
+    T_ASSERT(rep == NULL);
+    redisReaderFree(rd);
+}
+
 static void test_topology_replies(void)
 {
     struct svc__redis_slotmap *map = malloc(sizeof(*map));
@@ -728,6 +747,7 @@ int main(void)
     T_RUN(test_key_slots);
     T_RUN(test_cmd_keys);
     T_RUN(test_topology_replies);
+    T_RUN(test_reader_bound);
     only = getenv("T_CASE");
     if (only != NULL && strcmp(only, "test_cluster") != 0 && strcmp(only, "test_sentinel") != 0)
         return 0; /* one of the cases above, which need no servers */
