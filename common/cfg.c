@@ -171,3 +171,26 @@ void svc_cfg_describe_all(const struct svc_cfg_option *opts, size_t n)
                o->def != NULL && o->def[0] != '\0' ? o->def : "(none)", o->desc);
     }
 }
+
+int svc_cfg_list_next(const char **list, const char **item, size_t *len)
+{
+    const char *s = *list, *end;
+
+    while (s != NULL && *s != '\0') {
+        end = strchr(s, ',');
+        if (end == NULL)
+            end = s + strlen(s);
+        *list = *end != '\0' ? end + 1 : end;
+        while (s < end && *s == ' ')
+            s++;
+        *len = (size_t)(end - s);
+        while (*len > 0 && s[*len - 1] == ' ')
+            (*len)--;
+        if (*len > 0) {
+            *item = s;
+            return 1;
+        }
+        s = *list;
+    }
+    return 0;
+}

@@ -13,6 +13,7 @@
 #include "auth.h"
 #include "billing.pb-c.h"
 #include "svc/crypto.h"
+#include "svc/cfg.h"
 #include "svc/db.h"
 #include "svc/http.h"
 #include "svc/json.h"
@@ -1062,23 +1063,13 @@ static int health_name_ok(const char *s, size_t n)
 static int health_each(const char *spec, char *err, size_t errlen,
                        void (*fn)(const char *name, const char *url, void *ud), void *ud)
 {
-    const char *s = spec, *end, *eq;
-    size_t count = 0;
+    const char *list = spec, *s, *eq;
+    size_t count = 0, len;
 
-    for (; s != NULL && *s != '\0'; s = *end ? end + 1 : end) {
+    while (svc_cfg_list_next(&list, &s, &len)) {
         char name[AUTH_HEALTH_NAME_MAX], url[AUTH_HEALTH_URL_MAX];
-        size_t len, nlen, ulen;
+        size_t nlen, ulen;
 
-        end = strchr(s, ',');
-        if (end == NULL)
-            end = s + strlen(s);
-        while (s < end && *s == ' ')
-            s++;
-        len = (size_t)(end - s);
-        while (len > 0 && s[len - 1] == ' ')
-            len--;
-        if (len == 0)
-            continue;
         eq = memchr(s, '=', len);
         nlen = eq ? (size_t)(eq - s) : 0;
         ulen = eq ? len - nlen - 1 : 0;

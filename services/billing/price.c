@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "svc/cfg.h"
+
 struct billing_prices {
     size_t n;
     int has_default;
@@ -74,7 +76,8 @@ int billing_prices_create(struct billing_prices **out, const char *spec, char *e
 {
     struct billing_prices *p = NULL;
     size_t cap = 0;
-    const char *s, *end;
+    const char *s;
+    size_t len;
     int rc = SVC_OK;
 
     *out = NULL;
@@ -91,20 +94,9 @@ int billing_prices_create(struct billing_prices **out, const char *spec, char *e
     if (p == NULL)
         return SVC_ENOMEM;
     p->def.in_milli = p->def.out_milli = 1000;
-    for (s = spec; *s; s = *end ? end + 1 : end) {
+    for (const char *list = spec; svc_cfg_list_next(&list, &s, &len);) {
         struct billing_price_row e;
-        size_t len;
 
-        end = strchr(s, ',');
-        if (end == NULL)
-            end = s + strlen(s);
-        while (s < end && *s == ' ')
-            s++;
-        len = (size_t)(end - s);
-        while (len > 0 && s[len - 1] == ' ')
-            len--;
-        if (len == 0)
-            continue;
         if ((rc = parse_entry(s, len, &e, err, errlen)) != SVC_OK)
             goto out;
         if (strcmp(e.model, "*") == 0) {

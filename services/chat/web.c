@@ -543,21 +543,14 @@ int chat_web_setup(struct chat_ctx *c)
     const char *list =
         setting->CHAT_MODELS.s[0] ? setting->CHAT_MODELS.s : setting->OPENAI_MODEL.s;
     struct svc_json *models = svc_json_array(), *o = NULL;
-    const char *p = list;
+    const char *item;
+    size_t len;
 
-    while (models != NULL && p != NULL && *p != '\0') {
-        const char *comma = strchr(p, ',');
-        size_t len = comma != NULL ? (size_t)(comma - p) : strlen(p);
-        while (len > 0 && *p == ' ')
-            p++, len--;
-        while (len > 0 && p[len - 1] == ' ')
-            len--;
-        if (len > 0 && svc_json_append(models, svc_json_stringn(p, len)) != 0) {
+    while (models != NULL && svc_cfg_list_next(&list, &item, &len))
+        if (svc_json_append(models, svc_json_stringn(item, len)) != 0) {
             svc_json_destroy(&models);
             return SVC_ENOMEM;
         }
-        p = comma != NULL ? comma + 1 : NULL;
-    }
     if (models != NULL)
         o = svc_json_pack(
             "{s:s,s:s,s:{s:s,s:s,s:I,s:s,s:s,s:s,s:o,s:s}}", "status", "Success", "message", "",

@@ -424,6 +424,23 @@ static void test_log_masks_secrets(void)
     T_ASSERT(strstr(out, "TCFG_PLAIN=http://host/path@x") != NULL); /* '@' after the path */
 }
 
+/* Comma lists: items trimmed, empty ones skipped, nothing past the end. */
+static void test_list_next(void)
+{
+    const char *list = " a, bb ,,  ,c d,", *item = NULL;
+    size_t len = 0;
+
+    T_ASSERT(svc_cfg_list_next(&list, &item, &len) == 1 && len == 1 && item[0] == 'a');
+    T_ASSERT(svc_cfg_list_next(&list, &item, &len) == 1 && len == 2 && strncmp(item, "bb", 2) == 0);
+    T_ASSERT(svc_cfg_list_next(&list, &item, &len) == 1 && len == 3 && strncmp(item, "c d", 3) == 0);
+    T_EQ_INT(svc_cfg_list_next(&list, &item, &len), 0);
+    T_EQ_INT(svc_cfg_list_next(&list, &item, &len), 0);
+    list = NULL;
+    T_EQ_INT(svc_cfg_list_next(&list, &item, &len), 0);
+    list = " , ";
+    T_EQ_INT(svc_cfg_list_next(&list, &item, &len), 0);
+}
+
 int main(void)
 {
     T_RUN(test_log_masks_secrets);
@@ -446,5 +463,6 @@ int main(void)
     T_RUN(test_env_bad_default_named);
     T_RUN(test_env_reload_resets);
     T_RUN(test_common_options_defaults_valid);
+    T_RUN(test_list_next);
     return 0;
 }

@@ -89,6 +89,14 @@ int svc_cfg_parse_bool(const char *text);
 /* Parses a whole base-10 int64 within [min, max]; SVC_EINVAL otherwise. */
 int svc_cfg_parse_int(const char *text, int64_t min, int64_t max, int64_t *out) SVC_MUST_CHECK;
 
+/*
+ * The next item of a comma-separated setting (CHAT_MODELS, BILLING_PRICES, HEALTH_URLS, ...):
+ * 1 with *item and *len set to it, spaces around it trimmed and not NUL-terminated (it points
+ * into the list), and *list moved past it; 0 at the end. Empty items are skipped. *list may be
+ * NULL (an empty list). Thread-safe.
+ */
+int svc_cfg_list_next(const char **list, const char **item, size_t *len);
+
 /* Splits "host:port" ("[v6]:port" too) into host (copied into host[hostlen]) and port. */
 int svc_cfg_parse_addr(const char *text, char *host, size_t hostlen, int *port) SVC_MUST_CHECK;
 
