@@ -520,7 +520,11 @@ describe('web UI in Chromium', () => {
         // The events stream (the recharge above was relayed) and every service's health.
         const events = (await ops(stack, { action: 'events' })).data;
         await page.getByRole('button', { name: 'Refresh: Billing events stream' }).click();
-        await page.waitForFunction(() => /^[\d,]+$/.test(document.querySelector('#events-length')?.textContent || ''), null, { timeout: STEP_MS });
+        // wait for the refreshed figure, not one shown before the click
+        await page.waitForFunction((min) => {
+            const t = document.querySelector('#events-length')?.textContent || '';
+            return /^[\d,]+$/.test(t) && Number(t.replace(/,/g, '')) >= min;
+        }, events.length, { timeout: STEP_MS });
         assert.ok(Number((await page.locator('#events-length').innerText()).replace(/,/g, '')) >= events.length);
         // every service answers ready (asked again for a while: under a loaded sanitizer build a
         // /readyz can miss HEALTH_TIMEOUT_MS once)
