@@ -56,6 +56,14 @@ struct meter_loop;
            "models /model may choose, comma-separated (default: OPENAI_MODEL only)")          \
     ACTION(CHAT_RATE_LIMIT, SVC_OPT_INT, "0", 0, 1000000,                                     \
            "chat requests per minute per user, all replicas together; 0 = no limit")          \
+    ACTION(CHAT_BILLING_LEASES, SVC_OPT_BOOL, "false", 0, 0,                                   \
+           "admit requests against a per-replica balance lease (no Reserve trip)")             \
+    ACTION(CHAT_LEASE_FLUSH_MS, SVC_OPT_INT, "10", 1, 1000,                                    \
+           "ms a lease's charges wait to be reported to billing together")                     \
+    ACTION(CHAT_LEASE_IDLE_MS, SVC_OPT_INT, "2000", 100, 600000,                               \
+           "ms without a request before a lease's units go back")                              \
+    ACTION(CHAT_LEASE_LEAN_MS, SVC_OPT_INT, "2000", 0, 600000,                                 \
+           "ms of exact-path requests after the balance could not grow a lease")               \
     ACTION(CHAT_SETTLE_RETRY_FOR, SVC_OPT_INT, "600", 0, 86400,                                \
            "seconds a Settle is retried while billing cannot be reached")                     \
     ACTION(CHAT_AUTH_CACHE_MS, SVC_OPT_INT, "100", 0, 1000,                                    \
@@ -81,6 +89,7 @@ struct chat_setting {
     ACTION(chat_auth_memo_hits_total, SVC_METRIC_COUNTER, "requests authenticated from memory") \
     ACTION(chat_context_errors_total, SVC_METRIC_COUNTER, "Redis context failures")           \
     ACTION(chat_rate_limited_total, SVC_METRIC_COUNTER, "requests refused by a rate limit")   \
+    ACTION(chat_leases_open, SVC_METRIC_GAUGE, "balance leases this replica holds")            \
     ACTION(chat_settles_pending, SVC_METRIC_GAUGE, "Settle/Release calls waiting for billing") \
     ACTION(chat_prompt_tokens_total, SVC_METRIC_COUNTER, "prompt tokens reported upstream")   \
     ACTION(chat_completion_tokens_total, SVC_METRIC_COUNTER, "completion tokens reported upstream") \

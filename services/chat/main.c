@@ -91,6 +91,12 @@ int main(int argc, char **argv)
     wo.settle_retry_s = (long)setting.CHAT_SETTLE_RETRY_FOR.i;
     wo.abort_drain_ms = (long)setting.CHAT_ABORT_DRAIN_MS.i;
     wo.settles_pending = &stats.chat_settles_pending;
+    wo.leases = setting.CHAT_BILLING_LEASES.i;
+    wo.source = "chat";
+    wo.lease_flush_ms = (long)setting.CHAT_LEASE_FLUSH_MS.i;
+    wo.lease_idle_ms = (long)setting.CHAT_LEASE_IDLE_MS.i;
+    wo.lease_lean_ms = (long)setting.CHAT_LEASE_LEAN_MS.i;
+    wo.leases_open = &stats.chat_leases_open;
     if (meter_workers_create(&workers, &wo) != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "cannot set up the event loops");
 

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "billing/client.h"
+#include "billing/lease.h"
 #include "svc/buf.h"
 #include "svc/fetch.h"
 #include "svc/http.h"
@@ -72,6 +73,7 @@ struct meter_loop {
     struct svc_fetch_multi *upstream;
     struct svc_redis_async *redis;
     struct billing_client *bill;
+    struct billing_leases *leases; /* NULL: the exact path only */
     long drain_ms;
     struct meter *draining; /* detached meters still reading their upstream */
 };
@@ -90,6 +92,9 @@ struct meter {
     int admitting;           /* a token admission is in flight */
     struct svc_fetch *reserve;
     int held;                /* a hold may exist: it must be settled or released */
+    struct billing_lease_ticket ticket; /* admitted from a lease (or waiting for one) */
+    int lease_waiting;       /* the lease answers the admission later */
+    int lease_held;          /* the ticket holds part of a lease: settle or release it */
     int tpm_n;
     char tpm_tag[32];
     char tpm_names[SVC_RATELIMIT_SCOPES_MAX][96];
@@ -151,7 +156,8 @@ static atomic_int meters_crowd;
 
 int meter_loop_create(struct meter_loop **out, struct svc_loop *loop,
                       struct svc_fetch_multi *upstream, struct svc_redis_async *redis,
-                      struct billing_client *bill, long drain_ms)
+                      struct billing_client *bill, struct billing_leases *leases,
+                      long drain_ms)
 {
     struct meter_loop *ml = calloc(1, sizeof(*ml));
 
@@ -162,6 +168,7 @@ int meter_loop_create(struct meter_loop **out, struct svc_loop *loop,
     ml->upstream = upstream;
     ml->redis = redis;
     ml->bill = bill;
+    ml->leases = leases;
     ml->drain_ms = drain_ms;
     *out = ml;
     return SVC_OK;
@@ -277,6 +284,15 @@ static void end_hold(struct meter *m, int produced)
                                      prompt + completion - m->tpm_admitted, TPM_WINDOW_S) != SVC_OK)
             SVC_LOG_WARN(m->rid, "ratelimit", "cannot correct the token counters");
     }
+    if (m->lease_held) {
+        m->lease_held = 0;
+        if (produced)
+            billing_lease_settle(&m->ticket, m->rid, m->request_id, m->model, prompt, completion,
+                                 counted);
+        else
+            billing_lease_release(&m->ticket);
+        return;
+    }
     if (!m->held)
         return;
     m->held = 0;
@@ -329,11 +345,10 @@ static void on_reserved(void *ctx, int err, ProtobufCMessage *out_msg, const cha
     maybe_free(m);
 }
 
-static void reserve(struct meter *m)
+static void reserve_exact(struct meter *m)
 {
     struct meter_admission a = {0};
 
-    m->ended = 0; /* from here on the hold (or its absence) is ended exactly once */
     m->reserve_in.request_id = m->request_id;
     m->reserve = billing_client_reserve(m->ml->bill, &m->reserve_in, m->rid, on_reserved, m);
     if (m->reserve == NULL) {
@@ -342,6 +357,55 @@ static void reserve(struct meter *m)
         a.errmsg = "cannot start the Reserve call";
         admit_answer(m, &a);
     }
+}
+
+/* The whole worst case is held in the lease: the request may ask for its full completion. */
+static void lease_admitted(struct meter *m)
+{
+    struct meter_admission a = {0};
+
+    m->lease_held = 1;
+    a.result = METER_ADMITTED;
+    a.completion_limit = m->reserve_in.max_completion_tokens;
+    admit_answer(m, &a);
+}
+
+static void on_lease_admitted(void *ctx, int result)
+{
+    struct meter *m = ctx;
+
+    m->lease_waiting = 0;
+    if (m->ud == NULL) { /* the client left while the lease grew: give back what was admitted */
+        m->lease_held = result == BILLING_LEASE_ADMITTED;
+        end_hold(m, 0);
+        maybe_free(m);
+        return;
+    }
+    if (result == BILLING_LEASE_ADMITTED)
+        lease_admitted(m);
+    else
+        reserve_exact(m);
+}
+
+static void reserve(struct meter *m)
+{
+    m->ended = 0; /* from here on the hold (or its absence) is ended exactly once */
+    if (m->ml->leases != NULL) {
+        const Chatweb__Billing__ReserveRequest *in = &m->reserve_in;
+        switch (billing_lease_admit(m->ml->leases, &m->ticket, in->user_id, in->username,
+                                    in->create_unlimited, m->model, in->prompt_tokens,
+                                    in->max_completion_tokens, on_lease_admitted, m)) {
+        case BILLING_LEASE_ADMITTED:
+            lease_admitted(m);
+            return;
+        case BILLING_LEASE_WAIT:
+            m->lease_waiting = 1;
+            return;
+        default:
+            break;
+        }
+    }
+    reserve_exact(m);
 }
 
 static void on_tpm_admitted(void *ctx, int err, int allowed, int refused, long long used,
@@ -905,7 +969,7 @@ void meter_resume(struct meter *m)
 
 static void maybe_free(struct meter *m)
 {
-    if (!m->detached || m->admitting || m->reserve != NULL || m->up != NULL ||
+    if (!m->detached || m->admitting || m->reserve != NULL || m->lease_waiting || m->up != NULL ||
         m->drain_timer != NULL || m->retry_timer != NULL)
         return;
     end_hold(m, 0); /* admitted, but detached before the upstream started: a Release */

@@ -38,6 +38,7 @@ struct svc_fetch_multi;
 struct svc_fetch_req;
 struct svc_redis_async;
 struct billing_client;
+struct billing_leases;
 struct meter_loop;
 struct meter;
 
@@ -109,12 +110,14 @@ void meter_set_output_budget(size_t bytes);
 
 /* ---- per loop ---- */
 
-/* Borrowed for its lifetime: the loop, the upstream transfers, Redis (token counters), billing.
- * drain_ms: how long a detached meter may read what the upstream already sent (0: cancel at
- * once). SVC_OK, or SVC_ENOMEM with *out NULL. */
+/* Borrowed for its lifetime: the loop, the upstream transfers, Redis (token counters), billing,
+ * and the balance leases (NULL: every request takes the exact path, a Reserve RPC). drain_ms:
+ * how long a detached meter may read what the upstream already sent (0: cancel at once).
+ * SVC_OK, or SVC_ENOMEM with *out NULL. */
 int meter_loop_create(struct meter_loop **out, struct svc_loop *loop,
                       struct svc_fetch_multi *upstream, struct svc_redis_async *redis,
-                      struct billing_client *bill, long drain_ms) SVC_MUST_CHECK;
+                      struct billing_client *bill, struct billing_leases *leases,
+                      long drain_ms) SVC_MUST_CHECK;
 
 /* Ends the detached meters still draining (charged as counted). Accepts NULL. */
 void meter_loop_destroy(struct meter_loop **ml);
@@ -154,8 +157,9 @@ struct meter_admission {
 typedef void (*meter_admit_fn)(void *ctx, const struct meter_admission *a);
 
 /*
- * Admits the request: its prompt (in->prompt_tokens, exact) against the token scopes, then the
- * Reserve in (request_id is set by the meter). cb runs once, later, unless the caller detached
+ * Admits the request: its prompt (in->prompt_tokens, exact) against the token scopes, then its
+ * worst case against the user's balance lease when the loop has leases and it fits (no round
+ * trip), else the Reserve in (request_id is set by the meter). cb runs once, later, unless the caller detached
  * first. SVC_EINVAL when called twice.
  */
 int meter_admit(struct meter *m, Chatweb__Billing__ReserveRequest *in, meter_admit_fn cb)

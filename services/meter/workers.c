@@ -12,8 +12,10 @@
 #include <unistd.h>
 
 #include "billing/client.h"
+#include "billing/lease.h"
 #include "meter/meter.h"
 #include "svc/fetch.h"
+#include "svc/log.h"
 #include "svc/loop.h"
 #include "svc/redis.h"
 #include "svc/rpc.h"
@@ -37,6 +39,7 @@ struct meter_workers {
     pthread_t *threads;
     unsigned started;
     struct svc_metric *settles_pending;
+    struct svc_metric *leases_open;
 };
 
 int meter_upstream_check(const char *key, const char *ca_file, const char *http2,
@@ -72,8 +75,21 @@ static int worker_setup(struct meter_worker *w, const struct meter_workers_opts 
         svc_rpc_client_create(&w->billing, o->billing_url, BILLING_TIMEOUT_MS, NULL, 0) != SVC_OK)
         return SVC_ENOMEM;
     if (billing_client_create(&w->bill, w->loop, w->billing, w->rpc, o->settle_retry_s,
-                              o->settles_pending) != SVC_OK ||
-        meter_loop_create(&w->meters, w->loop, w->upstream, w->redis, w->bill,
+                              o->settles_pending) != SVC_OK)
+        return SVC_ENOMEM;
+    if (o->leases) {
+        struct billing_leases_opts lo = {
+            .source = o->source,
+            .flush_ms = o->lease_flush_ms,
+            .idle_ms = o->lease_idle_ms,
+            .lean_ms = o->lease_lean_ms,
+            .retry_for_s = o->settle_retry_s,
+            .open = o->leases_open,
+        };
+        if (billing_leases_create(&w->leases, w->loop, w->billing, w->rpc, &lo) != SVC_OK)
+            return SVC_ENOMEM;
+    }
+    if (meter_loop_create(&w->meters, w->loop, w->upstream, w->redis, w->bill, w->leases,
                           o->abort_drain_ms) != SVC_OK)
         return SVC_ENOMEM;
     return SVC_OK;
@@ -82,6 +98,7 @@ static int worker_setup(struct meter_worker *w, const struct meter_workers_opts 
 static void worker_free(struct meter_worker *w)
 {
     meter_loop_destroy(&w->meters); /* drains still reading end, charged as counted */
+    billing_leases_destroy(&w->leases);
     billing_client_destroy(&w->bill);
     svc_fetch_multi_destroy(&w->upstream);
     svc_fetch_multi_destroy(&w->rpc);
@@ -101,6 +118,7 @@ int meter_workers_create(struct meter_workers **out, const struct meter_workers_
         goto fail;
     ws->n = o->n;
     ws->settles_pending = o->settles_pending;
+    ws->leases_open = o->leases_open;
     ws->w = calloc(o->n, sizeof(*ws->w));
     ws->loops = calloc(o->n, sizeof(*ws->loops));
     ws->threads = calloc(o->n, sizeof(*ws->threads));
@@ -158,10 +176,27 @@ static void stop_loop(void *ctx, struct svc_loop *loop)
     svc_loop_stop(loop);
 }
 
+static void close_leases(void *ctx, struct svc_loop *loop)
+{
+    struct meter_worker *w = svc_loop_data(loop);
+
+    (void)ctx;
+    if (w->leases != NULL)
+        billing_leases_close_all(w->leases);
+}
+
+static int still_pending(struct svc_metric *gauge)
+{
+    return gauge != NULL && atomic_load(&gauge->value) > 0;
+}
+
 void meter_workers_stop(struct meter_workers *ws)
 {
-    for (int i = 0; i < SETTLE_GRACE_MS / 20 && ws->settles_pending != NULL &&
-                    atomic_load(&ws->settles_pending->value) > 0;
+    for (unsigned i = 0; i < ws->started; i++)
+        if (svc_loop_post(ws->w[i].loop, close_leases, NULL) != SVC_OK)
+            SVC_LOG_WARN(NULL, "shutdown", "cannot close the balance leases of loop %u", i);
+    for (int i = 0; i < SETTLE_GRACE_MS / 20 &&
+                    (still_pending(ws->settles_pending) || still_pending(ws->leases_open));
          i++)
         usleep(20 * 1000);
     for (unsigned i = 0; i < ws->started; i++) {

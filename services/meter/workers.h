@@ -25,6 +25,7 @@ struct svc_redis_async;
 struct svc_rpc_client;
 struct svc_modelmap;
 struct billing_client;
+struct billing_leases;
 struct meter_loop;
 
 struct meter_worker {
@@ -35,6 +36,7 @@ struct meter_worker {
     struct svc_rpc_client *auth;
     struct svc_rpc_client *billing;
     struct billing_client *bill;       /* Reserve; Settle/Release retried until billing answers */
+    struct billing_leases *leases;     /* balance leases (NULL when off): admission from memory */
     struct meter_loop *meters;         /* the metered pipeline on this loop */
     const struct svc_modelmap *models; /* shared by all loops, read-only */
     svc_fetch_http_e upstream_http;    /* OPENAI_HTTP2, parsed once (meter_upstream_check) */
@@ -48,6 +50,11 @@ struct meter_workers_opts {
     long abort_drain_ms;                /* after a client left, reading what the upstream sent */
     struct svc_metric *settles_pending; /* gauge of Settles/Releases not yet answered */
     svc_fetch_http_e upstream_http;     /* from meter_upstream_check */
+    /* Balance leases (billing/lease.h): on or off, and their timings. */
+    int leases;
+    const char *source;                 /* "chat" or "proxy" */
+    long lease_flush_ms, lease_idle_ms, lease_lean_ms;
+    struct svc_metric *leases_open;     /* gauge of leases alive (may be NULL) */
 };
 
 /*
@@ -76,8 +83,9 @@ int meter_workers_start(struct meter_workers *ws) SVC_MUST_CHECK;
 /* 1 when every loop has its Redis connection (the readiness probe). */
 int meter_workers_redis_connected(const struct meter_workers *ws);
 
-/* After the requests drained: waits up to 5 s for the Settles/Releases still pending to reach
- * billing, then stops the loops and joins their threads. */
+/* After the requests drained: closes every balance lease (its charges reported, its units given
+ * back), waits up to 5 s for those calls and the Settles/Releases still pending to reach billing,
+ * then stops the loops and joins their threads. */
 void meter_workers_stop(struct meter_workers *ws);
 
 /* Frees everything (after the HTTP server is gone). Accepts NULL; sets *ws to NULL. */

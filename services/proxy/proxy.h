@@ -69,6 +69,14 @@ struct meter_loop;
            "seconds without an upstream byte before a request is abandoned")                  \
     ACTION(PROXY_ABORT_DRAIN_MS, SVC_OPT_INT, "100", 0, 1000,                                  \
            "ms a request whose client left still reads what the upstream already sent")       \
+    ACTION(PROXY_BILLING_LEASES, SVC_OPT_BOOL, "true", 0, 0,                                   \
+           "admit requests against a per-replica balance lease (no Reserve trip)")             \
+    ACTION(PROXY_LEASE_FLUSH_MS, SVC_OPT_INT, "10", 1, 1000,                                   \
+           "ms a lease's charges wait to be reported to billing together")                     \
+    ACTION(PROXY_LEASE_IDLE_MS, SVC_OPT_INT, "2000", 100, 600000,                              \
+           "ms without a request before a lease's units go back")                              \
+    ACTION(PROXY_LEASE_LEAN_MS, SVC_OPT_INT, "2000", 0, 600000,                                \
+           "ms of exact-path requests after the balance could not grow a lease")               \
     ACTION(PROXY_SETTLE_RETRY_FOR, SVC_OPT_INT, "600", 0, 86400,                               \
            "seconds a Settle is retried while billing cannot be reached")                     \
     ACTION(PROXY_AUTH_CACHE_MS, SVC_OPT_INT, "100", 0, 1000,                                   \
@@ -87,6 +95,7 @@ struct proxy_setting {
     ACTION(proxy_client_aborts_total, SVC_METRIC_COUNTER, "clients that left mid-request")    \
     ACTION(proxy_prompt_tokens_total, SVC_METRIC_COUNTER, "prompt tokens charged")            \
     ACTION(proxy_completion_tokens_total, SVC_METRIC_COUNTER, "completion tokens charged")    \
+    ACTION(proxy_leases_open, SVC_METRIC_GAUGE, "balance leases this replica holds")           \
     ACTION(proxy_settles_pending, SVC_METRIC_GAUGE, "Settle/Release calls waiting for billing")
 
 struct proxy_stats {

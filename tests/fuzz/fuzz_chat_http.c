@@ -133,7 +133,7 @@ static void setup(void)
         abort();
     if (billing_client_create(&worker.bill, worker.loop, worker.billing, worker.rpc, 5,
                               &chat_stats.chat_settles_pending) != SVC_OK ||
-        meter_loop_create(&worker.meters, worker.loop, worker.upstream, worker.redis, worker.bill,
+        meter_loop_create(&worker.meters, worker.loop, worker.upstream, worker.redis, worker.bill, NULL,
                           0) != SVC_OK)
         abort();
     if (worker.upstream == NULL || worker.rpc == NULL || worker.redis == NULL || worker.auth == NULL ||
