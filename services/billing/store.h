@@ -7,7 +7,8 @@
  * is thread-safe: the store only holds the pool and immutable configuration.
  *
  * Tables (component "billing"): billing_accounts (one row per user: granted, used, held, seq),
- * billing_holds (one row per Reserve, keyed by request_id), billing_ledger (one row per change of
+ * billing_holds (one row per Reserve, and one per lease of LeaseSync, keyed by request_id /
+ * lease_id), billing_ledger (one row per change of
  * granted - used, never updated or deleted), billing_outbox (one row per ledger row, deleted by
  * the relay once the event is in the Redis Stream), billing_relay_lease (who relays).
  *
