@@ -32,6 +32,9 @@
            "how often each replica checks the SQL prices' version (ops set_price) and reloads")    \
     ACTION(BILLING_HOLD_TTL_MS, SVC_OPT_INT, "600000", 100, 86400000,                              \
            "an unsettled hold is expired (charged in full) this long after Reserve")               \
+    ACTION(BILLING_LEASE_TTL_MS, SVC_OPT_INT, "30000", 1000, 3600000,                              \
+           "an unreported lease is expired (its inflight charged, the rest freed) this long "      \
+           "after its last LeaseSync")                                                             \
     ACTION(BILLING_MIN_REPLY_TOKENS, SVC_OPT_INT, "600", 0, 1000000000,                            \
            "smallest completion a capped Reserve still grants (the seed's reserved reply)")        \
     ACTION(BILLING_SWEEP_INTERVAL_MS, SVC_OPT_INT, "1000", 20, 600000,                             \
@@ -128,6 +131,7 @@ int main(int argc, char **argv)
         svc_service_die(SVC_EX_UNAVAILABLE, "DB: billing migrations failed: %s", svc_strerror(rc));
     so.hold_ttl_ms = setting.BILLING_HOLD_TTL_MS.i;
     so.min_reply_tokens = setting.BILLING_MIN_REPLY_TOKENS.i;
+    so.lease_ttl_ms = setting.BILLING_LEASE_TTL_MS.i;
     if (billing_store_create(&store, db, prices, &so) != SVC_OK)
         svc_service_die(SVC_EX_SOFTWARE, "out of memory");
     ro.redis_url = setting.REDIS_URL.s;

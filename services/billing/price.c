@@ -138,28 +138,42 @@ size_t billing_prices_count(const struct billing_prices *p)
     return p ? p->n + (size_t)p->has_default : 0;
 }
 
-struct billing_ratio billing_prices_lookup(const struct billing_prices *p, const char *model)
+const char *billing_prices_match(const struct billing_prices *p, const char *model,
+                                 struct billing_ratio *r)
 {
-    struct billing_ratio one = {1000, 1000};
     const struct billing_price_row *best = NULL;
     size_t bestlen = 0;
 
+    r->in_milli = r->out_milli = 1000;
     if (p == NULL)
-        return one;
+        return NULL;
     if (model != NULL && model[0] != '\0') {
         for (size_t i = 0; i < p->n; i++) {
             size_t len = strlen(p->e[i].model);
-            if (strcmp(p->e[i].model, model) == 0)
-                return p->e[i].r;
+            if (strcmp(p->e[i].model, model) == 0) {
+                *r = p->e[i].r;
+                return p->e[i].model;
+            }
             if (len > bestlen && strncmp(p->e[i].model, model, len) == 0 && model[len] == '-') {
                 best = &p->e[i];
                 bestlen = len;
             }
         }
-        if (best != NULL)
-            return best->r;
+        if (best != NULL) {
+            *r = best->r;
+            return best->model;
+        }
     }
-    return p->def;
+    *r = p->def;
+    return p->has_default ? "*" : NULL;
+}
+
+struct billing_ratio billing_prices_lookup(const struct billing_prices *p, const char *model)
+{
+    struct billing_ratio r;
+
+    (void)billing_prices_match(p, model, &r);
+    return r;
 }
 
 int64_t billing_units_for(int64_t tokens, int64_t milli)

@@ -53,6 +53,13 @@ size_t billing_prices_count(const struct billing_prices *p);
 /* The ratio for model (NULL or "" gets the default). p may be NULL (everything 1:1). */
 struct billing_ratio billing_prices_lookup(const struct billing_prices *p, const char *model);
 
+/*
+ * The same lookup, saying which entry priced model: its name (borrowed from p, valid while p
+ * lives), "*" for p's default entry, or NULL when nothing matched (*r is then 1:1).
+ */
+const char *billing_prices_match(const struct billing_prices *p, const char *model,
+                                 struct billing_ratio *r);
+
 /* One entry of a table: a model name (or "*", the default) and its ratio. */
 struct billing_price_row {
     char model[BILLING_PRICE_MODEL_MAX];

@@ -25,7 +25,9 @@
     ACTION(billing_settle_total, SVC_METRIC_COUNTER, "Settle calls that charged")                  \
     ACTION(billing_settle_duplicate_total, SVC_METRIC_COUNTER, "Settle calls already settled")     \
     ACTION(billing_release_total, SVC_METRIC_COUNTER, "Release calls that freed a hold")           \
-    ACTION(billing_units_charged_total, SVC_METRIC_COUNTER, "units charged by Settle")             \
+    ACTION(billing_units_charged_total, SVC_METRIC_COUNTER, "units charged (Settle, LeaseSync)")   \
+    ACTION(billing_lease_sync_total, SVC_METRIC_COUNTER, "LeaseSync calls answered")               \
+    ACTION(billing_lease_charges_total, SVC_METRIC_COUNTER, "charges reported by LeaseSync")       \
     ACTION(billing_recharge_total, SVC_METRIC_COUNTER, "recharges credited")                       \
     ACTION(billing_rpc_errors_total, SVC_METRIC_COUNTER, "RPC calls answered with an error")
 
@@ -490,6 +492,76 @@ static int rpc_delete_price(void *ctx, struct svc_rpc_call *call, const Protobuf
     return SVC_OK;
 }
 
+static int rpc_lease_sync(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
+                          ProtobufCMessage *out_msg)
+{
+    char why[BILLING_WHY_MAX] = "";
+    const Chatweb__Billing__LeaseSyncRequest *in = (const void *)in_msg;
+    Chatweb__Billing__LeaseSyncResponse *out = (void *)out_msg;
+    struct billing_lease_in li = {
+        .lease_id = in->lease_id,
+        .user_id = in->user_id,
+        .seq = in->seq,
+        .n_charges = in->n_charges,
+        .inflight_units = in->inflight_units,
+        .want_units = in->want_units,
+        .close = in->close,
+        .models = (const char *const *)in->models,
+        .n_models = in->n_models,
+        .source = in->source,
+        .create_unlimited = in->create_unlimited,
+        .username = in->username,
+    };
+    struct billing_lease_charge *ch = NULL;
+    struct billing_lease_out *lo = svc_rpc_alloc(call, sizeof(*lo));
+    int rc;
+
+    (void)ctx;
+    if (lo == NULL)
+        return SVC_ENOMEM;
+    /* the store refuses more than BILLING_LEASE_CHARGES_MAX; copy no more than that */
+    if (in->n_charges > 0 && in->n_charges <= BILLING_LEASE_CHARGES_MAX) {
+        if ((ch = svc_rpc_alloc(call, in->n_charges * sizeof(*ch))) == NULL)
+            return SVC_ENOMEM;
+        for (size_t i = 0; i < in->n_charges; i++) {
+            ch[i].request_id = in->charges[i]->request_id;
+            ch[i].model = in->charges[i]->model;
+            ch[i].prompt_tokens = in->charges[i]->prompt_tokens;
+            ch[i].completion_tokens = in->charges[i]->completion_tokens;
+            ch[i].estimated = in->charges[i]->estimated;
+        }
+    }
+    li.charges = ch;
+    if ((rc = billing_lease_sync(store, &li, lo, why, sizeof(why))) != SVC_OK)
+        return fail(call, rc, why);
+    out->result = (Chatweb__Billing__ReserveResult)lo->result;
+    out->units = lo->units;
+    out->balance = lo->balance;
+    out->expires_at_ms = lo->expires_at_ms;
+    out->unlimited = lo->unlimited;
+    out->closed = lo->closed;
+    out->duplicate = lo->duplicate;
+    out->charged_units = lo->charged_units;
+    if (lo->result == BILLING_RESERVE_OK && in->n_models > 0) {
+        out->prices = svc_rpc_alloc(call, in->n_models * sizeof(*out->prices));
+        if (out->prices == NULL)
+            return SVC_ENOMEM;
+        for (size_t i = 0; i < in->n_models; i++) {
+            out->prices[i] = price_msg(call, in->models[i], lo->prices[i].r, lo->prices[i].source);
+            if (out->prices[i] == NULL)
+                return SVC_ENOMEM;
+        }
+        out->n_prices = in->n_models;
+    }
+    svc_metric_add(&rpc_stats.billing_lease_sync_total, 1);
+    if (!lo->duplicate && in->n_charges > 0) { /* charge rows (and perhaps a refund) to relay */
+        svc_metric_add(&rpc_stats.billing_lease_charges_total, in->n_charges);
+        svc_metric_add(&rpc_stats.billing_units_charged_total, lo->charged_units);
+        billing_relay_kick(relay);
+    }
+    return SVC_OK;
+}
+
 /* ---- the events stream ---- */
 
 static int rpc_events_info(void *ctx, struct svc_rpc_call *call, const ProtobufCMessage *in_msg,
@@ -546,6 +618,7 @@ static const struct svc_rpc_method rpc_methods[] = {
     METHOD("Reserve", reserve, rpc_reserve),
     METHOD("Settle", settle, rpc_settle),
     METHOD("Release", release, rpc_release),
+    METHOD("LeaseSync", lease_sync, rpc_lease_sync),
     METHOD("Recharge", recharge, rpc_recharge),
     METHOD("Adjust", adjust, rpc_adjust),
     METHOD("Usage", usage, rpc_usage),

@@ -23,7 +23,8 @@ struct billing_store {
      * NULL until the first load (then `prices` alone applies) */
     pthread_rwlock_t prices_lock;
     struct billing_prices *merged;
-    int64_t prices_version; /* of `merged`; -1 before the first load */
+    struct billing_prices *sql;   /* the SQL rows alone (which prices are "sql": price_source) */
+    int64_t prices_version;       /* of `merged`; -1 before the first load */
     pthread_mutex_t refresh_lock; /* one reload at a time */
 };
 
@@ -34,6 +35,25 @@ static struct billing_ratio price_of(struct billing_store *s, const char *model)
 
     pthread_rwlock_rdlock(&s->prices_lock);
     r = billing_prices_lookup(s->merged ? s->merged : s->prices, model);
+    pthread_rwlock_unlock(&s->prices_lock);
+    return r;
+}
+
+/*
+ * The ratio model is priced with now and where it comes from, as ListPrices names it: "sql" (a
+ * billing_prices row), "env" (BILLING_PRICES) or "default" (1:1, no "*" entry). Thread-safe.
+ */
+static struct billing_ratio price_source(struct billing_store *s, const char *model,
+                                         const char **source)
+{
+    struct billing_ratio r, unused;
+    const char *name, *in_sql;
+
+    pthread_rwlock_rdlock(&s->prices_lock);
+    name = billing_prices_match(s->merged ? s->merged : s->prices, model, &r);
+    /* the entry that matched is an SQL row when the SQL table alone matches it by that name */
+    in_sql = name ? billing_prices_match(s->sql, name, &unused) : NULL;
+    *source = name == NULL ? "default" : in_sql && strcmp(in_sql, name) == 0 ? "sql" : "env";
     pthread_rwlock_unlock(&s->prices_lock);
     return r;
 }
@@ -147,6 +167,15 @@ static const struct svc_db_migration migrations[] = {
      " version BIGINT NOT NULL) ENGINE=InnoDB"},
     {"billing", 11, NULL,
      "INSERT IGNORE INTO billing_price_version (id, version) VALUES (1, 0)"},
+    /* Per-replica balance leases (docs/billing.md "Leases"): a lease is a billing_holds row of
+     * kind 1 with the last seq applied and the inflight units its caller last reported. */
+    {"billing", 12,
+     "ALTER TABLE billing_holds ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;\n"
+     "ALTER TABLE billing_holds ADD COLUMN lease_seq INTEGER NOT NULL DEFAULT 0;\n"
+     "ALTER TABLE billing_holds ADD COLUMN inflight INTEGER NOT NULL DEFAULT 0;\n",
+     "ALTER TABLE billing_holds ADD COLUMN IF NOT EXISTS kind TINYINT NOT NULL DEFAULT 0,"
+     " ADD COLUMN IF NOT EXISTS lease_seq BIGINT NOT NULL DEFAULT 0,"
+     " ADD COLUMN IF NOT EXISTS inflight BIGINT NOT NULL DEFAULT 0"},
 };
 
 int billing_store_migrate(struct svc_db *db)
@@ -178,6 +207,7 @@ void billing_store_destroy(struct billing_store **s)
     if (s == NULL || *s == NULL)
         return;
     billing_prices_destroy(&(*s)->merged);
+    billing_prices_destroy(&(*s)->sql);
     pthread_rwlock_destroy(&(*s)->prices_lock);
     pthread_mutex_destroy(&(*s)->refresh_lock);
     free(*s);
@@ -396,6 +426,7 @@ static void ledger_note(struct ledger_row *l, const char *fmt, ...)
 struct hold_row {
     int found;
     int64_t user_id, units, prompt_tokens, completion_limit, state, charged, expires_at_ms;
+    int64_t kind, lease_seq, inflight; /* enum billing_hold_kind; the last two: leases only */
     char model[BILLING_PRICE_MODEL_MAX + 1];
     char source[BILLING_SOURCE_MAX + 1];
 };
@@ -403,11 +434,12 @@ struct hold_row {
 static int hold_read(struct svc_db_conn *c, const char *rid, int lock, struct hold_row *h)
 {
     static const char sql[] = "SELECT user_id, units, prompt_tokens, completion_limit, state, "
-                              "charged, expires_at_ms, model, source FROM billing_holds "
-                              "WHERE request_id = ?";
+                              "charged, expires_at_ms, model, source, kind, lease_seq, inflight "
+                              "FROM billing_holds WHERE request_id = ?";
     static const char sql_lock[] = "SELECT user_id, units, prompt_tokens, completion_limit, "
-                                   "state, charged, expires_at_ms, model, source "
-                                   "FROM billing_holds WHERE request_id = ? FOR UPDATE";
+                                   "state, charged, expires_at_ms, model, source, kind, "
+                                   "lease_seq, inflight FROM billing_holds WHERE request_id = ? "
+                                   "FOR UPDATE";
     struct svc_db_rows *rows = NULL;
     struct svc_db_param p[] = {SVC_DB_TEXT(rid)};
     int mysql = svc_db_conn_dialect(c) == SVC_DB_MYSQL;
@@ -427,6 +459,9 @@ static int hold_read(struct svc_db_conn *c, const char *rid, int lock, struct ho
         h->expires_at_ms = svc_db_rows_i64(rows, 0, 6);
         snprintf(h->model, sizeof(h->model), "%s", nz(svc_db_rows_text(rows, 0, 7)));
         snprintf(h->source, sizeof(h->source), "%s", nz(svc_db_rows_text(rows, 0, 8)));
+        h->kind = svc_db_rows_i64(rows, 0, 9);
+        h->lease_seq = svc_db_rows_i64(rows, 0, 10);
+        h->inflight = svc_db_rows_i64(rows, 0, 11);
     }
     svc_db_rows_destroy(&rows);
     return SVC_OK;
@@ -456,6 +491,75 @@ static int64_t min64(int64_t a, int64_t b)
 static int64_t max64(int64_t a, int64_t b)
 {
     return a > b ? a : b;
+}
+
+/*
+ * The account of a static user (create_unlimited of Reserve and LeaseSync) when it has none, or
+ * a deleted one: revived or created unlimited. a is what acct_read found (not found or deleted).
+ */
+static int acct_create_unlimited(struct svc_db_conn *c, struct acct_row *a, int64_t uid,
+                                 const char *username, int64_t now)
+{
+    struct svc_db_param p[] = {SVC_DB_I64(uid), SVC_DB_TEXT(nz(username)), SVC_DB_I64(now)};
+    int rc;
+
+    rc = svc_db_exec(c,
+                     a->found ? "UPDATE billing_accounts SET deleted = 0, unlimited = 1, "
+                                "username = ?, updated_at_ms = ? WHERE user_id = ?"
+                              : "INSERT INTO billing_accounts (user_id, username, "
+                                "unlimited, updated_at_ms) VALUES (?, ?, 1, ?)",
+                     a->found ? (struct svc_db_param[]){p[1], p[2], p[0]} : p, 3, NULL, NULL);
+    if (rc == SVC_EEXIST)
+        return SVC_ECONFLICT; /* created concurrently: replay */
+    if (rc != SVC_OK)
+        return rc;
+    SVC_LOG_NOTICE(NULL, "reserve", "created unlimited account user_id=%lld", (long long)uid);
+    /* re-read: a revived account keeps its granted and used */
+    return acct_read(c, uid, 1, a);
+}
+
+/*
+ * What usage costs now: ceil rules of price.h with model's ratio (SQL over BILLING_PRICES).
+ * Tokens are within 0..BILLING_TOKENS_MAX, so the sum stays far below 2^63.
+ */
+static int64_t cost_of(struct billing_store *s, const char *model, int64_t tokens_in,
+                       int64_t tokens_out)
+{
+    struct billing_ratio r = price_of(s, model);
+
+    return billing_units_for(tokens_in, r.in_milli) + billing_units_for(tokens_out, r.out_milli);
+}
+
+/* What a request that cost `cost` is charged when `held` units were set aside for it: the
+ * held units, then the spendable balance, never below zero; unlimited accounts pay in full. */
+static int64_t capped_charge(const struct acct_row *a, int64_t cost, int64_t held)
+{
+    return a->a.unlimited ? cost : min64(cost, held + max64(a->a.balance, 0));
+}
+
+/*
+ * Charges one request of account a (locked by the caller): used += charge, held -= freed (what
+ * its hold or lease gives back), and one "charge" ledger row l (the caller fills tokens, model,
+ * request id and source) whose note says when the usage is estimated and what of cost was not
+ * charged. Settle's and LeaseSync's charges are this one row.
+ */
+static int charge_append(struct svc_db_conn *c, struct acct_row *a, struct ledger_row *l,
+                         int64_t cost, int64_t charge, int64_t freed, int estimated, int64_t now)
+{
+    int rc;
+
+    if ((rc = acct_delta(c, a, 0, charge, -freed, 1, now)) != SVC_OK)
+        return rc;
+    l->kind = "charge";
+    l->units = -charge;
+    if (charge < cost)
+        ledger_note(l, "%scapped: %lld units over hold and balance not charged",
+                    estimated ? "estimated usage; " : "", (long long)(cost - charge));
+    else if (estimated)
+        ledger_note(l, "estimated usage");
+    else
+        l->note[0] = '\0';
+    return ledger_append(c, a, l, now, NULL);
 }
 
 /* ---- reserve ---- */
@@ -508,22 +612,8 @@ static int reserve_tx(void *ctx, struct svc_db_conn *c)
                 out->result = BILLING_RESERVE_NO_ACCOUNT;
                 return SVC_OK;
             }
-            struct svc_db_param p[] = {SVC_DB_I64(in->user_id), SVC_DB_TEXT(nz(in->username)),
-                                       SVC_DB_I64(now)};
-            rc =
-                svc_db_exec(c,
-                            a.found ? "UPDATE billing_accounts SET deleted = 0, unlimited = 1, "
-                                      "username = ?, updated_at_ms = ? WHERE user_id = ?"
-                                    : "INSERT INTO billing_accounts (user_id, username, "
-                                      "unlimited, updated_at_ms) VALUES (?, ?, 1, ?)",
-                            a.found ? (struct svc_db_param[]){p[1], p[2], p[0]} : p, 3, NULL, NULL);
-            if (rc == SVC_EEXIST)
-                return SVC_ECONFLICT; /* created concurrently: replay */
-            if (rc != SVC_OK)
+            if ((rc = acct_create_unlimited(c, &a, in->user_id, in->username, now)) != SVC_OK)
                 return rc;
-            SVC_LOG_NOTICE(NULL, "reserve", "created unlimited account user_id=%lld",
-                           (long long)in->user_id);
-            a.found = 1, a.deleted = 0, a.a.unlimited = 1;
         }
         if (a.a.unlimited) {
             hold = 0;
@@ -622,6 +712,8 @@ int billing_reserve(struct billing_store *s, const struct billing_reserve_in *in
         return rc;
     if (!h.found)
         return why(err, errlen, SVC_ECONFLICT, "request_id collided and vanished; retry");
+    if (h.kind == BILLING_KIND_LEASE)
+        return why(err, errlen, SVC_ECONFLICT, "request_id is a lease");
     if (h.user_id != in->user_id)
         return why(err, errlen, SVC_ECONFLICT, "request_id is in use by another user");
     memset(out, 0, sizeof(*out));
@@ -652,7 +744,6 @@ static int settle_tx(void *ctx, struct svc_db_conn *c)
     struct billing_settle_out *out = x->out;
     int64_t now = svc_util_wallclock_ms();
     struct ledger_row l = {0};
-    struct billing_ratio r;
     struct hold_row h;
     struct acct_row a;
     int64_t cost, charge;
@@ -664,6 +755,9 @@ static int settle_tx(void *ctx, struct svc_db_conn *c)
         return rc;
     if (!h.found)
         return why(x->err, x->errlen, SVC_ENOTFOUND, "no hold for this request_id");
+    if (h.kind == BILLING_KIND_LEASE)
+        return why(x->err, x->errlen, SVC_ECONFLICT,
+                   "request_id is a lease; report to it with LeaseSync");
     if ((rc = acct_read(c, h.user_id, 1, &a)) != SVC_OK)
         return rc;
     if (!a.found)
@@ -677,27 +771,18 @@ static int settle_tx(void *ctx, struct svc_db_conn *c)
     if (h.state == BILLING_HOLD_RELEASED || h.state == BILLING_HOLD_RELEASED_LATE)
         return why(x->err, x->errlen, SVC_ECONFLICT, "the hold was released; nothing to settle");
     model = in->model && in->model[0] ? in->model : h.model;
-    r = price_of(x->s, model);
-    cost = billing_units_for(in->prompt_tokens, r.in_milli) +
-           billing_units_for(in->completion_tokens, r.out_milli);
+    cost = cost_of(x->s, model, in->prompt_tokens, in->completion_tokens);
     l.tokens_in = in->prompt_tokens;
     l.tokens_out = in->completion_tokens;
     l.model = model;
     l.request_id = in->request_id;
     l.source = h.source;
     if (h.state == BILLING_HOLD_OPEN) {
-        charge = a.a.unlimited ? cost : min64(cost, h.units + max64(a.a.balance, 0));
-        if ((rc = acct_delta(c, &a, 0, charge, -h.units, 1, now)) != SVC_OK ||
-            (rc = hold_close(c, in->request_id, BILLING_HOLD_OPEN, BILLING_HOLD_SETTLED, charge,
-                             in->prompt_tokens, in->completion_tokens, now)) != SVC_OK)
+        charge = capped_charge(&a, cost, h.units);
+        if ((rc = hold_close(c, in->request_id, BILLING_HOLD_OPEN, BILLING_HOLD_SETTLED, charge,
+                             in->prompt_tokens, in->completion_tokens, now)) != SVC_OK ||
+            (rc = charge_append(c, &a, &l, cost, charge, h.units, in->estimated, now)) != SVC_OK)
             return rc;
-        l.kind = "charge";
-        l.units = -charge;
-        if (charge < cost)
-            ledger_note(&l, "%scapped: %lld units over hold and balance not charged",
-                        in->estimated ? "estimated usage; " : "", (long long)(cost - charge));
-        else if (in->estimated)
-            ledger_note(&l, "estimated usage");
         out->refunded = max64(h.units - charge, 0);
     } else { /* BILLING_HOLD_EXPIRED: correct the expiry charge to the real usage */
         charge = a.a.unlimited ? cost : min64(cost, h.charged);
@@ -710,9 +795,9 @@ static int settle_tx(void *ctx, struct svc_db_conn *c)
         ledger_note(&l, "settled after expiry: expiry charged %lld, real usage %lld%s",
                     (long long)h.charged, (long long)charge, in->estimated ? " (estimated)" : "");
         out->refunded = max64(h.charged - charge, 0);
+        if ((rc = ledger_append(c, &a, &l, now, NULL)) != SVC_OK)
+            return rc;
     }
-    if ((rc = ledger_append(c, &a, &l, now, NULL)) != SVC_OK)
-        return rc;
     out->charged = charge;
     out->balance = a.a.balance;
     return SVC_OK;
@@ -759,6 +844,9 @@ static int release_tx(void *ctx, struct svc_db_conn *c)
         return rc;
     if (!h.found)
         return why(x->err, x->errlen, SVC_ENOTFOUND, "no hold for this request_id");
+    if (h.kind == BILLING_KIND_LEASE)
+        return why(x->err, x->errlen, SVC_ECONFLICT,
+                   "request_id is a lease; close it with LeaseSync");
     if ((rc = acct_read(c, h.user_id, 1, &a)) != SVC_OK)
         return rc;
     if (h.state != BILLING_HOLD_OPEN && h.state != BILLING_HOLD_EXPIRED) {
@@ -813,7 +901,39 @@ int billing_release(struct billing_store *s, const char *request_id, const char 
 struct expire_ctx {
     const char *request_id;
     int expired;
+    int lease; /* it was a lease */
+    int64_t charged;
 };
+
+/*
+ * Expires an open lease (row h, locked, of account a): its caller stopped reporting, so what it
+ * last said was in flight is charged, capped at the lease's units (it could not admit more), and
+ * the rest is freed. One "expiry" row when something is charged; a late LeaseSync refunds it.
+ */
+static int expire_lease(struct svc_db_conn *c, const char *lease_id, const struct hold_row *h,
+                        struct acct_row *a, int64_t now, int64_t *charged)
+{
+    struct ledger_row l = {0};
+    int64_t charge = min64(max64(h->inflight, 0), h->units);
+    int rc;
+
+    *charged = charge;
+    if ((rc = acct_delta(c, a, 0, charge, -h->units, charge > 0, now)) != SVC_OK ||
+        (rc = hold_close(c, lease_id, BILLING_HOLD_OPEN, BILLING_HOLD_EXPIRED, charge, 0, 0,
+                         now)) != SVC_OK)
+        return rc;
+    if (charge == 0)
+        return SVC_OK; /* nothing moved: no ledger row (an idle lease is the common case) */
+    l.kind = "expiry";
+    l.units = -charge;
+    l.request_id = lease_id;
+    l.source = h->source;
+    ledger_note(&l,
+                "lease expired: its last reported inflight %lld charged (of %lld leased); "
+                "a late report refunds it",
+                (long long)charge, (long long)h->units);
+    return ledger_append(c, a, &l, now, NULL);
+}
 
 static int expire_tx(void *ctx, struct svc_db_conn *c)
 {
@@ -833,6 +953,13 @@ static int expire_tx(void *ctx, struct svc_db_conn *c)
         return rc;
     if (!a.found)
         return hold_close(c, x->request_id, BILLING_HOLD_OPEN, BILLING_HOLD_RELEASED, 0, 0, 0, now);
+    x->lease = h.kind == BILLING_KIND_LEASE;
+    if (x->lease) {
+        if ((rc = expire_lease(c, x->request_id, &h, &a, now, &x->charged)) != SVC_OK)
+            return rc;
+        x->expired = 1;
+        return SVC_OK;
+    }
     if ((rc = acct_delta(c, &a, 0, h.units, -h.units, 1, now)) != SVC_OK ||
         (rc = hold_close(c, x->request_id, BILLING_HOLD_OPEN, BILLING_HOLD_EXPIRED, h.units,
                          h.prompt_tokens, h.completion_limit, now)) != SVC_OK)
@@ -867,11 +994,16 @@ int billing_expire_due(struct billing_store *s, int max, int *expired)
                       "expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?",
                       p, 2, &rows);
     for (size_t i = 0; rc == SVC_OK && i < svc_db_rows_count(rows); i++) {
-        struct expire_ctx x = {svc_db_rows_text(rows, i, 0), 0};
+        struct expire_ctx x = {svc_db_rows_text(rows, i, 0), 0, 0, 0};
         rc = svc_db_tx_run(c, expire_tx, &x);
         if (rc == SVC_OK && x.expired) {
             (*expired)++;
-            SVC_LOG_NOTICE(x.request_id, "expire", "hold expired unsettled: charged in full");
+            if (x.lease)
+                SVC_LOG_NOTICE(x.request_id, "expire",
+                               "lease expired unreported: inflight %lld charged, the rest freed",
+                               (long long)x.charged);
+            else
+                SVC_LOG_NOTICE(x.request_id, "expire", "hold expired unsettled: charged in full");
         }
     }
     svc_db_rows_destroy(&rows);
@@ -901,6 +1033,239 @@ int billing_purge_closed(struct billing_store *s, int64_t before_ms, int max, in
     if (rc == SVC_OK)
         *purged = (int)n;
     return rc;
+}
+
+/* ---- leases (docs/billing.md "Leases") ---- */
+
+struct lease_ctx {
+    struct billing_store *s;
+    const struct billing_lease_in *in;
+    struct billing_lease_out *out;
+    char *err; /* the caller's, for why() */
+    size_t errlen;
+};
+
+/* The answer every LeaseSync ends with: the lease h (found = 0: none), account a, the prices. */
+static void lease_answer(struct billing_store *s, const struct billing_lease_in *in,
+                         const struct hold_row *h, const struct acct_row *a,
+                         struct billing_lease_out *out)
+{
+    int open = h->found && h->state == BILLING_HOLD_OPEN;
+
+    out->result = BILLING_RESERVE_OK;
+    out->units = open ? h->units : 0;
+    out->closed = !open;
+    out->expires_at_ms = open ? h->expires_at_ms : 0;
+    out->balance = a->a.balance;
+    out->unlimited = a->a.unlimited;
+    for (size_t i = 0; i < in->n_models; i++)
+        out->prices[i].r = price_source(s, in->models[i], &out->prices[i].source);
+}
+
+static int lease_tx(void *ctx, struct svc_db_conn *c)
+{
+    struct lease_ctx *x = ctx;
+    const struct billing_lease_in *in = x->in;
+    struct billing_lease_out *out = x->out;
+    const char *source = in->source && in->source[0] ? in->source : NULL;
+    int64_t now = svc_util_wallclock_ms();
+    int64_t total = 0, units;
+    struct hold_row h;
+    struct acct_row a;
+    uint64_t n = 0;
+    int was_open, rc;
+
+    memset(out, 0, sizeof(*out));
+    /* Lock order of every transaction: the hold (lease) row, then the account row. A missing
+     * lease is not read FOR UPDATE: on MariaDB that would take a gap lock, and concurrent
+     * creations of other leases would deadlock on it; the account lock serialises them. */
+    if ((rc = hold_read(c, in->lease_id, 0, &h)) != SVC_OK ||
+        (h.found && (rc = hold_read(c, in->lease_id, 1, &h)) != SVC_OK))
+        return rc;
+    if (h.found && h.user_id != in->user_id)
+        return why(x->err, x->errlen, SVC_ECONFLICT, "lease_id is in use by another user");
+    if (h.found && h.kind != BILLING_KIND_LEASE)
+        return why(x->err, x->errlen, SVC_ECONFLICT, "lease_id is the request_id of a hold");
+    if ((rc = acct_read(c, in->user_id, 1, &a)) != SVC_OK)
+        return rc;
+    if (!a.found || a.deleted) {
+        if (!in->create_unlimited) {
+            out->result = BILLING_RESERVE_NO_ACCOUNT;
+            out->closed = 1;
+            return SVC_OK;
+        }
+        if ((rc = acct_create_unlimited(c, &a, in->user_id, in->username, now)) != SVC_OK)
+            return rc;
+    }
+    if (h.found && in->seq <= h.lease_seq) {
+        lease_answer(x->s, in, &h, &a, out);
+        out->duplicate = 1;
+        return SVC_OK;
+    }
+    if (!h.found && in->seq == 1) {
+        struct svc_db_param p[] = {SVC_DB_TEXT(in->lease_id), SVC_DB_I64(in->user_id),
+                                   SVC_DB_TEXT(nz(source)), SVC_DB_I64(now),
+                                   SVC_DB_I64(now + x->s->opts.lease_ttl_ms)};
+        rc = svc_db_exec(c,
+                         "INSERT INTO billing_holds (request_id, user_id, units, model, "
+                         "prompt_tokens, completion_limit, source, state, charged, created_at_ms, "
+                         "expires_at_ms, kind) VALUES (?, ?, 0, '', 0, 0, ?, 0, 0, ?, ?, 1)",
+                         p, 5, NULL, NULL);
+        if (rc == SVC_EEXIST)
+            return SVC_ECONFLICT; /* created concurrently (a retry racing itself): replay */
+        if (rc != SVC_OK)
+            return rc;
+        memset(&h, 0, sizeof(h));
+        h.found = 1;
+        h.user_id = in->user_id;
+        h.kind = BILLING_KIND_LEASE;
+        h.state = BILLING_HOLD_OPEN;
+        snprintf(h.source, sizeof(h.source), "%s", nz(source));
+    }
+    if (source == NULL)
+        source = h.source; /* the lease's (a purged lease has none) */
+    units = h.found && h.state == BILLING_HOLD_OPEN ? h.units : 0;
+    for (size_t i = 0; i < in->n_charges; i++)
+        total += cost_of(x->s, in->charges[i].model, in->charges[i].prompt_tokens,
+                         in->charges[i].completion_tokens);
+    if (h.found && h.state == BILLING_HOLD_EXPIRED && h.charged > 0 && total > 0) {
+        /* A late report after the expiry charge E: the user pays max(E, real), never both. The
+         * refund comes first so that the charges below can take it back even from an empty
+         * balance (refunding after them would leave E - min(E, real) when the balance was 0). */
+        struct ledger_row l = {0};
+        int64_t refund = min64(h.charged, total);
+
+        if ((rc = acct_delta(c, &a, 0, -refund, 0, 1, now)) != SVC_OK)
+            return rc;
+        l.kind = "refund";
+        l.units = refund;
+        l.request_id = in->lease_id;
+        l.source = source;
+        ledger_note(&l, "late lease report after expiry: %lld of the expiry charge %lld refunded",
+                    (long long)refund, (long long)h.charged);
+        if ((rc = ledger_append(c, &a, &l, now, NULL)) != SVC_OK)
+            return rc;
+        h.charged -= refund;
+    }
+    for (size_t i = 0; i < in->n_charges; i++) {
+        const struct billing_lease_charge *ch = &in->charges[i];
+        int64_t cost = cost_of(x->s, ch->model, ch->prompt_tokens, ch->completion_tokens);
+        int64_t charge = capped_charge(&a, cost, units);
+        int64_t from_lease = min64(charge, units);
+        struct ledger_row l = {0};
+
+        l.tokens_in = ch->prompt_tokens;
+        l.tokens_out = ch->completion_tokens;
+        l.model = ch->model;
+        l.request_id = ch->request_id;
+        l.source = source;
+        if ((rc = charge_append(c, &a, &l, cost, charge, from_lease, ch->estimated, now)) != SVC_OK)
+            return rc;
+        units -= from_lease;
+        out->charged_units += charge;
+    }
+    was_open = h.found && h.state == BILLING_HOLD_OPEN;
+    if (was_open) {
+        int64_t target = in->close ? 0 : max64(in->want_units, in->inflight_units);
+        int64_t change = 0;
+
+        if (a.a.unlimited)
+            target = 0; /* nothing is leased: the caller admits everything */
+        if (target > units)
+            change = min64(target - units, max64(a.a.balance, 0));
+        else if (target < units)
+            change = target - units;
+        if (change != 0 && (rc = acct_delta(c, &a, 0, 0, change, 0, now)) != SVC_OK)
+            return rc;
+        h.units = units + change;
+        h.inflight = in->inflight_units;
+        h.state = in->close ? BILLING_HOLD_SETTLED : BILLING_HOLD_OPEN;
+        h.expires_at_ms = in->close ? now : now + x->s->opts.lease_ttl_ms;
+        struct svc_db_param p[] = {SVC_DB_I64(h.units),         SVC_DB_I64(h.inflight),
+                                   SVC_DB_I64(in->seq),         SVC_DB_I64(h.state),
+                                   SVC_DB_I64(h.expires_at_ms), SVC_DB_I64(in->close ? now : 0),
+                                   SVC_DB_TEXT(in->lease_id)};
+        rc = svc_db_exec(c,
+                         "UPDATE billing_holds SET units = ?, inflight = ?, lease_seq = ?, "
+                         "state = ?, expires_at_ms = ?, closed_at_ms = ? "
+                         "WHERE request_id = ? AND state = 0",
+                         p, 7, &n, NULL);
+    } else if (h.found) {
+        /* closed or expired: only the seq (so a replay is a duplicate) and what is left of the
+         * expiry charge to refund */
+        struct svc_db_param p[] = {SVC_DB_I64(in->seq), SVC_DB_I64(h.charged),
+                                   SVC_DB_TEXT(in->lease_id)};
+        rc = svc_db_exec(c,
+                         "UPDATE billing_holds SET lease_seq = ?, charged = ? WHERE request_id = ?",
+                         p, 3, &n, NULL);
+    }
+    if (h.found) {
+        if (rc != SVC_OK)
+            return rc;
+        if (n != 1)
+            return SVC_ECONFLICT; /* changed under us: replay */
+    }
+    lease_answer(x->s, in, &h, &a, out);
+    return SVC_OK;
+}
+
+static int check_units(char *err, size_t errlen, const char *what, int64_t v)
+{
+    if (v < 0 || v > BILLING_SAFE_MAX)
+        return why(err, errlen, SVC_EINVAL, "%s out of range 0..%lld: %lld", what, BILLING_SAFE_MAX,
+                   (long long)v);
+    return SVC_OK;
+}
+
+int billing_lease_sync(struct billing_store *s, const struct billing_lease_in *in,
+                       struct billing_lease_out *out, char *err, size_t errlen)
+{
+    struct lease_ctx x = {s, in, out, err, errlen};
+    int rc;
+
+    why_clear(err, errlen);
+    memset(out, 0, sizeof(*out));
+    if ((rc = check_text(err, errlen, "lease_id", in->lease_id, BILLING_ID_MAX, 1)) != SVC_OK ||
+        (rc = check_user(err, errlen, in->user_id)) != SVC_OK ||
+        (rc = check_units(err, errlen, "inflight_units", in->inflight_units)) != SVC_OK ||
+        (rc = check_units(err, errlen, "want_units", in->want_units)) != SVC_OK ||
+        (rc = check_text(err, errlen, "source", in->source, BILLING_SOURCE_MAX - 1, 0)) != SVC_OK ||
+        (rc = check_text(err, errlen, "username", in->username, BILLING_NAME_MAX - 1, 0)) != SVC_OK)
+        return rc;
+    if (in->seq < 1)
+        return why(err, errlen, SVC_EINVAL, "seq must be >= 1: %lld", (long long)in->seq);
+    if (in->n_charges > BILLING_LEASE_CHARGES_MAX)
+        return why(err, errlen, SVC_EINVAL, "charges: at most %d in one call, got %zu",
+                   BILLING_LEASE_CHARGES_MAX, in->n_charges);
+    if (in->n_models > BILLING_LEASE_MODELS_MAX)
+        return why(err, errlen, SVC_EINVAL, "models: at most %d in one call, got %zu",
+                   BILLING_LEASE_MODELS_MAX, in->n_models);
+    for (size_t i = 0; i < in->n_charges; i++) {
+        const struct billing_lease_charge *ch = &in->charges[i];
+        char what[64];
+
+        snprintf(what, sizeof(what), "charges[%zu].request_id", i);
+        if ((rc = check_text(err, errlen, what, ch->request_id, BILLING_ID_MAX, 1)) != SVC_OK)
+            return rc;
+        snprintf(what, sizeof(what), "charges[%zu].model", i);
+        if ((rc = check_text(err, errlen, what, ch->model, BILLING_PRICE_MODEL_MAX, 0)) != SVC_OK)
+            return rc;
+        snprintf(what, sizeof(what), "charges[%zu].prompt_tokens", i);
+        if ((rc = check_tokens(err, errlen, what, ch->prompt_tokens)) != SVC_OK)
+            return rc;
+        snprintf(what, sizeof(what), "charges[%zu].completion_tokens", i);
+        if ((rc = check_tokens(err, errlen, what, ch->completion_tokens)) != SVC_OK)
+            return rc;
+    }
+    for (size_t i = 0; i < in->n_models; i++) {
+        char what[32];
+
+        snprintf(what, sizeof(what), "models[%zu]", i);
+        if ((rc = check_text(err, errlen, what, in->models[i], BILLING_PRICE_MODEL_MAX - 1, 0)) !=
+            SVC_OK)
+            return rc;
+    }
+    return with_tx(s, lease_tx, &x, err, errlen);
 }
 
 /* ---- recharge / adjust ---- */
@@ -1427,7 +1792,7 @@ int billing_store_prices_refresh(struct billing_store *s)
     struct svc_db_conn *c = NULL;
     struct svc_db_rows *v = NULL, *rows = NULL;
     struct billing_price_row *list = NULL;
-    struct billing_prices *next = NULL, *old = NULL;
+    struct billing_prices *next = NULL, *old = NULL, *sql = NULL, *old_sql = NULL;
     int64_t version;
     size_t n = 0;
     int rc;
@@ -1457,20 +1822,27 @@ int billing_store_prices_refresh(struct billing_store *s)
         list[i].r.in_milli = svc_db_rows_i64(rows, i, 1);
         list[i].r.out_milli = svc_db_rows_i64(rows, i, 2);
     }
-    if ((rc = billing_prices_merge(&next, s->prices, list, n)) != SVC_OK)
+    if ((rc = billing_prices_merge(&next, s->prices, list, n)) != SVC_OK ||
+        (rc = billing_prices_merge(&sql, NULL, list, n)) != SVC_OK)
         goto out;
     pthread_rwlock_wrlock(&s->prices_lock);
     old = s->merged;
+    old_sql = s->sql;
     s->merged = next;
+    s->sql = sql;
     s->prices_version = version;
     pthread_rwlock_unlock(&s->prices_lock);
+    next = sql = NULL;
     billing_prices_destroy(&old);
+    billing_prices_destroy(&old_sql);
     SVC_LOG_NOTICE(NULL, "prices", "loaded %zu price%s from SQL (version %lld)", n,
                    n == 1 ? "" : "s", (long long)version);
 out:
     svc_db_conn_put(s->db, &c);
     svc_db_rows_destroy(&v);
     svc_db_rows_destroy(&rows);
+    billing_prices_destroy(&next);
+    billing_prices_destroy(&sql);
     free(list);
     pthread_mutex_unlock(&s->refresh_lock);
     return rc;

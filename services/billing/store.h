@@ -7,7 +7,8 @@
  * is thread-safe: the store only holds the pool and immutable configuration.
  *
  * Tables (component "billing"): billing_accounts (one row per user: granted, used, held, seq),
- * billing_holds (one row per Reserve, keyed by request_id), billing_ledger (one row per change of
+ * billing_holds (one row per Reserve, and one per lease of LeaseSync, keyed by request_id /
+ * lease_id), billing_ledger (one row per change of
  * granted - used, never updated or deleted), billing_outbox (one row per ledger row, deleted by
  * the relay once the event is in the Redis Stream), billing_relay_lease (who relays).
  *
@@ -50,10 +51,18 @@ enum billing_hold_state {
     BILLING_HOLD_RELEASED_LATE = 5 /* released after expiry: the expiry charge was refunded */
 };
 
+/* What a billing_holds row is (billing_holds.kind). A lease uses the states OPEN, SETTLED
+ * (closed by its caller) and EXPIRED (RELEASED when its account was deleted). */
+enum billing_hold_kind {
+    BILLING_KIND_HOLD = 0,  /* one request: Reserve, then Settle or Release */
+    BILLING_KIND_LEASE = 1, /* a caller replica's slice of a balance: LeaseSync */
+};
+
 struct billing_store_opts {
     int64_t hold_ttl_ms;       /* an open hold is expired this long after Reserve */
     int64_t min_reply_tokens;  /* default smallest reply a capped Reserve still accepts */
     int64_t hold_retention_ms; /* closed holds are deleted this long after closing (sweeper) */
+    int64_t lease_ttl_ms;      /* an open lease is expired this long after its last LeaseSync */
 };
 
 struct billing_account {
@@ -149,8 +158,66 @@ struct billing_release_out {
 int billing_release(struct billing_store *s, const char *request_id, const char *reason,
                     struct billing_release_out *out, char *err, size_t errlen) SVC_MUST_CHECK;
 
-/* Expires (charges in full, one row "expiry") up to max open holds whose time has passed.
- * *expired receives how many. Safe with several replicas sweeping at once. */
+/* ---- leases (docs/billing.md "Leases", proto LeaseSyncRequest) ---- */
+
+#define BILLING_LEASE_CHARGES_MAX 4096 /* charges in one LeaseSync */
+#define BILLING_LEASE_MODELS_MAX 16    /* models whose prices one LeaseSync answers */
+
+struct billing_lease_charge {
+    const char *request_id;                   /* 1..BILLING_ID_MAX bytes */
+    const char *model;                        /* may be NULL or "" (the default price) */
+    int64_t prompt_tokens, completion_tokens; /* 0..BILLING_TOKENS_MAX */
+    int estimated;
+};
+
+struct billing_lease_in {
+    const char *lease_id; /* 1..BILLING_ID_MAX bytes, shares billing_holds' key space */
+    int64_t user_id;      /* > 0 */
+    int64_t seq;          /* >= 1; seq 1 creates the lease */
+    const struct billing_lease_charge *charges; /* n_charges <= BILLING_LEASE_CHARGES_MAX */
+    size_t n_charges;
+    int64_t inflight_units, want_units; /* 0..BILLING_SAFE_MAX */
+    int close;
+    const char *const *models; /* n_models <= BILLING_LEASE_MODELS_MAX, each a price name */
+    size_t n_models;
+    const char *source; /* < BILLING_SOURCE_MAX bytes */
+    int create_unlimited;
+    const char *username;
+};
+
+struct billing_lease_price {
+    struct billing_ratio r;
+    const char *source; /* "sql", "env" or "default" (static strings) */
+};
+
+struct billing_lease_out {
+    int result;            /* BILLING_RESERVE_OK or BILLING_RESERVE_NO_ACCOUNT */
+    int64_t units;         /* held by the lease now (0 once closed) */
+    int64_t balance;       /* spendable outside every hold and lease */
+    int64_t expires_at_ms; /* 0 when there is no open lease */
+    int64_t charged_units; /* what this call's charges cost in all (0 for a duplicate) */
+    int unlimited, closed, duplicate;
+    struct billing_lease_price prices[BILLING_LEASE_MODELS_MAX]; /* one per in->models[i] */
+};
+
+/*
+ * Creates, reports to, resizes or closes the lease in->lease_id, in one transaction (grouped):
+ * records each charge (one "charge" row each, from the lease's units, then the balance, never
+ * below zero), refunds an expiry charge the charges show was too much, sets inflight, grows the
+ * lease towards max(want, inflight) as far as the balance goes or shrinks it, or closes it.
+ * Idempotent by (lease_id, seq): seq <= the last applied one answers the lease as it is now with
+ * duplicate = 1 and changes nothing. A lease_id of another user or of a hold: SVC_ECONFLICT. A
+ * missing lease with seq > 1 (purged): the charges are taken from the balance, closed = 1. No
+ * account (and not create_unlimited): result NO_ACCOUNT, closed = 1, nothing changes.
+ * out->prices[i] is the ratio in->models[i] is priced with now. in's pointers are borrowed.
+ * Errors as the other calls (SVC_EINVAL names the field). Thread-safe.
+ */
+int billing_lease_sync(struct billing_store *s, const struct billing_lease_in *in,
+                       struct billing_lease_out *out, char *err, size_t errlen) SVC_MUST_CHECK;
+
+/* Expires (charges in full, one row "expiry") up to max open holds whose time has passed, and
+ * open leases whose caller stopped reporting (their inflight is charged, the rest freed).
+ * *expired receives how many (holds and leases). Safe with several replicas sweeping at once. */
 int billing_expire_due(struct billing_store *s, int max, int *expired) SVC_MUST_CHECK;
 
 /*

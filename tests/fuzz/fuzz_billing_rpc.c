@@ -52,6 +52,7 @@ static const struct target targets[] = {
     /* added later: after NoSuchMethod, so the older seeds keep their methods */
     T("ListPrices", list_prices),       T("SetPrice", set_price),
     T("DeletePrice", delete_price),     T("EventsInfo", events_info),
+    T("LeaseSync", lease_sync),
 };
 #undef T
 #define NTARGETS (sizeof(targets) / sizeof(targets[0]))
@@ -76,8 +77,10 @@ static void cleanup(void)
 
 static void setup(void)
 {
-    struct billing_store_opts so = {.hold_ttl_ms = 600000, .min_reply_tokens = 10,
-                                    .hold_retention_ms = 3600000};
+    struct billing_store_opts so = {.hold_ttl_ms = 600000,
+                                    .min_reply_tokens = 10,
+                                    .hold_retention_ms = 3600000,
+                                    .lease_ttl_ms = 30000};
     struct billing_account a;
     char err[256];
     int existed;

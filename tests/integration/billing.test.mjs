@@ -179,6 +179,109 @@ for (const backend of ['sqlite', 'mariadb']) {
             process.stderr.write(`# ${backend}: race 200 cycles, ${N} ok, ${ms} ms\n`);
         });
 
+        describe('LeaseSync', () => {
+            it('a replay of the same (lease_id, seq) with charges charges once, on either replica', async () => {
+                const [a, b] = clients;
+                const user = nextUser();
+                await a.ok('CreateAccount', { user_id: user, initial_units: 1000 });
+                const id = `lease-${backend}-${user}`;
+                const s1 = await a.ok('LeaseSync', {
+                    lease_id: id, user_id: user, seq: 1, want_units: 300, models: ['priced-2024', 'm'], source: 'proxy',
+                });
+                assert.equal(s1.result, 'RESERVE_OK');
+                assert.equal(s1.units, 300);
+                assert.equal(s1.balance, 700);
+                assert.equal(s1.closed, false);
+                assert.ok(s1.expires_at_ms > Date.now());
+                assert.deepEqual(s1.prices.map((p) => [p.model, p.input_milli, p.output_milli, p.source]),
+                    [['priced-2024', 2500, 10000, 'env'], ['m', 1000, 1000, 'default']]);
+                // priced=2.5:10: 4 prompt -> 10, 2 completion -> 20
+                const req = {
+                    lease_id: id, user_id: user, seq: 2, inflight_units: 10, want_units: 300, source: 'proxy',
+                    charges: [{ request_id: `${id}-r1`, model: 'priced', prompt_tokens: 4, completion_tokens: 2 }],
+                };
+                const [x, y] = await Promise.all([a.ok('LeaseSync', req), b.ok('LeaseSync', req)]);
+                assert.deepEqual([x.duplicate, y.duplicate].sort(), [false, true]);
+                assert.equal(x.charged_units + y.charged_units, 30, 'charged once');
+                const z = await a.ok('LeaseSync', req);
+                assert.equal(z.duplicate, true);
+                assert.equal(z.charged_units, 0);
+                assert.equal(z.units, 300);
+                let acct = (await b.ok('GetAccount', { user_id: user })).account;
+                assert.equal(acct.used, 30);
+                assert.equal(acct.held, 300);
+                assert.equal(acct.balance, 670);
+                // a lease is not a hold, and a hold id is not a lease
+                const st = await a.call('Settle', { request_id: id, prompt_tokens: 1, completion_tokens: 1 });
+                assert.equal(st.status, 409);
+                assert.match(st.error.message, /lease/);
+                await a.ok('Reserve', { request_id: `hold-${id}`, user_id: user, prompt_tokens: 1, max_completion_tokens: 1 });
+                const hl = await a.call('LeaseSync', { lease_id: `hold-${id}`, user_id: user, seq: 1 });
+                assert.equal(hl.status, 409);
+                await a.ok('Release', { request_id: `hold-${id}` });
+                for (const bad of [{ seq: 0 }, { want_units: -1 }, { lease_id: '' }]) {
+                    const r = await a.call('LeaseSync', { ...req, seq: 9, ...bad });
+                    assert.equal(r.status, 400, JSON.stringify(bad));
+                    assert.equal(r.error.code, -1);
+                }
+                const c = await b.ok('LeaseSync', { lease_id: id, user_id: user, seq: 3, close: true });
+                assert.equal(c.closed, true);
+                assert.equal(c.units, 0);
+                assert.equal(c.balance, 970);
+                acct = (await a.ok('GetAccount', { user_id: user })).account;
+                assert.equal(acct.held, 0);
+                const rows = await assertConsistent(a, user);
+                assert.deepEqual(rows.map((r) => [r.kind, r.units, r.request_id]),
+                    [['recharge', 1000, ''], ['charge', -30, `${id}-r1`]]);
+                await assertEvents(env.REDIS_URL, STREAM, user, rows);
+            });
+
+            it('200 concurrent leases with charges on a small balance never take it below zero', async () => {
+                const user = nextUser();
+                const balance = 500;
+                await clients[0].ok('CreateAccount', { user_id: user, initial_units: balance });
+                let minSeen = Infinity;
+                let polling = true;
+                const poller = (async () => {
+                    while (polling) {
+                        const acct = (await clients[1].ok('GetAccount', { user_id: user })).account;
+                        minSeen = Math.min(minSeen, acct.balance, acct.granted - acct.used - acct.held);
+                        await sleep(2);
+                    }
+                })();
+                const t0 = Date.now();
+                const charged = await Promise.all(Array.from({ length: 200 }, async (_, i) => {
+                    const c = clients[i % 2];
+                    const id = `lrace-${backend}-${user}-${i}`;
+                    const s1 = await c.ok('LeaseSync', { lease_id: id, user_id: user, seq: 1, want_units: 20, source: 'proxy' });
+                    assert.equal(s1.result, 'RESERVE_OK');
+                    assert.ok(s1.units >= 0 && s1.units <= 20);
+                    assert.ok(s1.balance >= 0);
+                    // two requests of 5 + 2 = 7 units each, reported by the other replica, and the lease closed
+                    const s2 = await clients[(i + 1) % 2].ok('LeaseSync', {
+                        lease_id: id, user_id: user, seq: 2, close: true, source: 'proxy',
+                        charges: [0, 1].map((k) => ({ request_id: `${id}-${k}`, model: 'm', prompt_tokens: 5, completion_tokens: 2 })),
+                    });
+                    assert.equal(s2.closed, true);
+                    assert.ok(s2.charged_units <= 14);
+                    return s2.charged_units;
+                }));
+                const ms = Date.now() - t0;
+                polling = false;
+                await poller;
+                const total = charged.reduce((x, y) => x + y, 0);
+                assert.ok(minSeen >= 0, `balance never below zero (min seen ${minSeen})`);
+                const rows = await assertConsistent(clients[0], user);
+                const acct = (await clients[0].ok('GetAccount', { user_id: user })).account;
+                assert.equal(acct.used, total, 'charged_units of the answers == used');
+                assert.equal(acct.balance, balance - total, 'ledger sum == balance change');
+                assert.ok(acct.balance >= 0 && total > 0, `${total} charged, ${acct.balance} left`);
+                assert.equal(rows.length, 1 + 400, 'one charge row per reported request');
+                await assertEvents(env.REDIS_URL, STREAM, user, rows);
+                process.stderr.write(`# ${backend}: 200 leases, ${total} of ${balance} charged, ${ms} ms\n`);
+            });
+        });
+
         it('Settle twice charges once; Recharge replayed with its key credits once; Reserve replay returns its hold', async () => {
             const user = nextUser();
             const [a, b] = clients;

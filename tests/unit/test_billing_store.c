@@ -292,6 +292,22 @@ static void price_rules(struct billing_store *s)
     in.request_id = rid;
     T_EQ_INT(billing_reserve(s, &in, &out, NULL, 0), SVC_OK);
     T_EQ_INT(out.held_units, 500 + 700);
+    {
+        /* LeaseSync answers the ratio and where it comes from, as ListPrices would */
+        const char *models[] = {"p-2024", "q"};
+        struct billing_lease_in li = {
+            .lease_id = rid, .user_id = uid, .seq = 1, .models = models, .n_models = 2};
+        struct billing_lease_out lo;
+        char lid[80];
+
+        snprintf(lid, sizeof(lid), "price-lease-%lld", (long long)uid);
+        li.lease_id = lid;
+        T_EQ_INT(billing_lease_sync(s, &li, &lo, NULL, 0), SVC_OK);
+        T_EQ_INT(lo.prices[0].r.in_milli, 5000);
+        T_EQ_INT(lo.prices[0].r.out_milli, 7000);
+        T_EQ_STR(lo.prices[0].source, "sql");
+        T_EQ_STR(lo.prices[1].source, "default");
+    }
 
     T_EQ_INT(billing_price_set(s, "p", "0.5", "0.25", "t", &r, &created, NULL, 0), SVC_OK);
     T_EQ_INT(created, 0);
@@ -322,12 +338,485 @@ static void price_rules(struct billing_store *s)
     T_EQ_INT(billing_store_prices_version(s), v0 + 1);
 }
 
+/* ---- leases (LeaseSync) ---- */
+
+/* Model "x" is priced 1:1 (no entry), "p" 2:3 (BILLING_PRICES of the suite). */
+static struct billing_lease_charge charge_of(const char *rid, const char *model, int64_t in,
+                                             int64_t out)
+{
+    struct billing_lease_charge c = {rid, model, in, out, 0};
+    return c;
+}
+
+static int lease(struct billing_store *s, const char *id, int64_t uid, int64_t seq,
+                 const struct billing_lease_charge *ch, size_t n, int64_t inflight, int64_t want,
+                 int close, struct billing_lease_out *out)
+{
+    struct billing_lease_in in = {.lease_id = id,
+                                  .user_id = uid,
+                                  .seq = seq,
+                                  .charges = ch,
+                                  .n_charges = n,
+                                  .inflight_units = inflight,
+                                  .want_units = want,
+                                  .close = close,
+                                  .source = "proxy"};
+    return billing_lease_sync(s, &in, out, NULL, 0);
+}
+
+static int64_t ledger_rows(struct svc_db *db, int64_t uid)
+{
+    int64_t n = 0;
+    (void)ledger_sum(db, uid, &n);
+    return n;
+}
+
+/* The note of the user's newest ledger row of that kind ("" when none). */
+static void last_note(struct svc_db *db, int64_t uid, const char *kind, char *note, size_t len)
+{
+    struct svc_db_conn *c = NULL;
+    struct svc_db_rows *rows = NULL;
+    struct svc_db_param p[] = {SVC_DB_I64(uid), SVC_DB_TEXT(kind)};
+
+    note[0] = '\0';
+    T_EQ_INT(svc_db_conn_get(db, &c, -1), SVC_OK);
+    T_EQ_INT(svc_db_query(c,
+                          "SELECT note FROM billing_ledger WHERE user_id = ? AND kind = ? "
+                          "ORDER BY id DESC LIMIT 1",
+                          p, 2, &rows),
+             SVC_OK);
+    if (svc_db_rows_count(rows) == 1)
+        snprintf(note, len, "%s", svc_db_rows_text(rows, 0, 0));
+    svc_db_rows_destroy(&rows);
+    svc_db_conn_put(db, &c);
+}
+
+static void lease_grow_and_charge(struct svc_db *db, struct billing_store *s)
+{
+    char why[BILLING_WHY_MAX], id[64], note[BILLING_NOTE_MAX + 1];
+    int64_t uid = new_user(s, 1000);
+    struct billing_lease_charge ch[2];
+    struct billing_lease_out out;
+    struct billing_account a;
+    const char *models[] = {"p-1", "x"};
+    struct billing_lease_in in = {.user_id = uid, .seq = 1, .models = models, .n_models = 2};
+
+    snprintf(id, sizeof(id), "lease-g-%lld", (long long)uid);
+    in.lease_id = id;
+    /* created and grown to what it asks for */
+    T_EQ_INT(billing_lease_sync(s, &in, &out, NULL, 0), SVC_OK);
+    T_EQ_INT(out.result, BILLING_RESERVE_OK);
+    T_EQ_INT(out.units, 0); /* want 0 */
+    T_EQ_INT(out.closed, 0);
+    T_ASSERT(out.expires_at_ms > svc_util_wallclock_ms());
+    T_EQ_INT(out.prices[0].r.in_milli, 2000); /* p-1 by the prefix rule, from BILLING_PRICES */
+    T_EQ_INT(out.prices[0].r.out_milli, 3000);
+    T_EQ_STR(out.prices[0].source, "env");
+    T_EQ_INT(out.prices[1].r.in_milli, 1000);
+    T_EQ_STR(out.prices[1].source, "default");
+    T_EQ_INT(lease(s, id, uid, 2, NULL, 0, 0, 300, 0, &out), SVC_OK);
+    T_EQ_INT(out.units, 300);
+    T_EQ_INT(out.balance, 700);
+    /* a charge is taken from the lease, which then grows back to max(want, inflight) */
+    ch[0] = charge_of("g-r1", "x", 60, 40);
+    T_EQ_INT(lease(s, id, uid, 3, ch, 1, 350, 300, 0, &out), SVC_OK);
+    T_EQ_INT(out.charged_units, 100);
+    T_EQ_INT(out.units, 350);
+    T_EQ_INT(out.balance, 1000 - 100 - 350);
+    /* growth is capped to the spendable balance */
+    T_EQ_INT(lease(s, id, uid, 4, NULL, 0, 0, 5000, 0, &out), SVC_OK);
+    T_EQ_INT(out.units, 900);
+    T_EQ_INT(out.balance, 0);
+    /* charges: the lease first, then the balance (none), never below zero; p prices 2:3 */
+    ch[0] = charge_of("g-r2", "x", 500, 0);
+    ch[1] = charge_of("g-r3", "p", 100, 100); /* 200 + 300 */
+    T_EQ_INT(lease(s, id, uid, 5, ch, 2, 0, 5000, 0, &out), SVC_OK);
+    T_EQ_INT(out.charged_units, 500 + 400);
+    T_EQ_INT(out.units, 0);
+    T_EQ_INT(out.balance, 0);
+    last_note(db, uid, "charge", note, sizeof(note));
+    T_ASSERT(strstr(note, "capped: 100 units") != NULL);
+    T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
+    T_EQ_INT(a.used, 1000);
+    T_EQ_INT(a.held, 0);
+    T_EQ_INT(ledger_rows(db, uid), 1 + 3); /* initial credit + one row per charge */
+    check_consistent(db, s, uid);
+    /* a recharge: the lease grows again, and shrinks to what is asked */
+    {
+        struct billing_credit_in ci = {.user_id = uid, .units = 100};
+        struct billing_credit_out co;
+        T_EQ_INT(billing_recharge(s, &ci, &co, NULL, 0), SVC_OK);
+    }
+    T_EQ_INT(lease(s, id, uid, 6, NULL, 0, 20, 5000, 0, &out), SVC_OK);
+    T_EQ_INT(out.units, 100);
+    T_EQ_INT(lease(s, id, uid, 7, NULL, 0, 20, 10, 0, &out), SVC_OK);
+    T_EQ_INT(out.units, 20); /* never below inflight */
+    T_EQ_INT(out.balance, 80);
+    check_consistent(db, s, uid);
+
+    /* bad arguments name their field */
+    in.seq = 0;
+    T_EQ_INT(billing_lease_sync(s, &in, &out, why, sizeof(why)), SVC_EINVAL);
+    T_ASSERT(strstr(why, "seq") != NULL);
+    in.seq = 8;
+    in.want_units = -1;
+    T_EQ_INT(billing_lease_sync(s, &in, &out, why, sizeof(why)), SVC_EINVAL);
+    T_ASSERT(strstr(why, "want_units") != NULL);
+    in.want_units = 0;
+    in.inflight_units = BILLING_SAFE_MAX + 1;
+    T_EQ_INT(billing_lease_sync(s, &in, &out, why, sizeof(why)), SVC_EINVAL);
+    T_ASSERT(strstr(why, "inflight_units") != NULL);
+    in.inflight_units = 0;
+    in.n_models = BILLING_LEASE_MODELS_MAX + 1;
+    T_EQ_INT(billing_lease_sync(s, &in, &out, why, sizeof(why)), SVC_EINVAL);
+    T_ASSERT(strstr(why, "models") != NULL);
+    in.n_models = 0;
+    in.n_charges = BILLING_LEASE_CHARGES_MAX + 1;
+    T_EQ_INT(billing_lease_sync(s, &in, &out, why, sizeof(why)), SVC_EINVAL);
+    T_ASSERT(strstr(why, "charges") != NULL);
+    ch[0] = charge_of("", "x", 1, 1);
+    in.charges = ch;
+    in.n_charges = 1;
+    T_EQ_INT(billing_lease_sync(s, &in, &out, why, sizeof(why)), SVC_EINVAL);
+    T_ASSERT(strstr(why, "charges[0].request_id") != NULL);
+    ch[0] = charge_of("g-r4", "x", BILLING_TOKENS_MAX + 1, 1);
+    T_EQ_INT(billing_lease_sync(s, &in, &out, why, sizeof(why)), SVC_EINVAL);
+    T_ASSERT(strstr(why, "charges[0].prompt_tokens") != NULL);
+    in.n_charges = 0;
+    in.source = "a-source-of-16by";
+    T_EQ_INT(billing_lease_sync(s, &in, &out, why, sizeof(why)), SVC_EINVAL);
+    T_ASSERT(strstr(why, "source") != NULL);
+    in.source = NULL;
+    in.lease_id = "";
+    T_EQ_INT(billing_lease_sync(s, &in, &out, why, sizeof(why)), SVC_EINVAL);
+    T_ASSERT(strstr(why, "lease_id") != NULL);
+    T_EQ_INT(ledger_rows(db, uid), 1 + 3 + 1); /* nothing changed by a refusal */
+}
+
+static void lease_duplicate_and_purged(struct svc_db *db, struct billing_store *s)
+{
+    int64_t uid = new_user(s, 1000), rows;
+    struct billing_lease_charge ch[1] = {charge_of("d-r1", "x", 10, 20)};
+    struct billing_lease_out out;
+    struct billing_account a;
+    char id[64], gone[64];
+
+    snprintf(id, sizeof(id), "lease-d-%lld", (long long)uid);
+    T_EQ_INT(lease(s, id, uid, 1, NULL, 0, 0, 100, 0, &out), SVC_OK);
+    T_EQ_INT(lease(s, id, uid, 2, ch, 1, 40, 100, 0, &out), SVC_OK);
+    T_EQ_INT(out.charged_units, 30);
+    T_EQ_INT(out.duplicate, 0);
+    rows = ledger_rows(db, uid);
+    T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
+    /* the same seq again (its answer was lost): the lease as it is, nothing charged again */
+    for (int64_t seq = 2; seq >= 1; seq--) {
+        struct billing_account b;
+        T_EQ_INT(lease(s, id, uid, seq, ch, 1, 999, 999, 1, &out), SVC_OK);
+        T_EQ_INT(out.duplicate, 1);
+        T_EQ_INT(out.charged_units, 0);
+        T_EQ_INT(out.units, 100);
+        T_EQ_INT(out.closed, 0);
+        T_EQ_INT(ledger_rows(db, uid), rows);
+        T_EQ_INT(billing_account_get(s, uid, &b, NULL, 0), SVC_OK);
+        T_EQ_INT(b.balance, a.balance);
+        T_EQ_INT(b.held, a.held);
+    }
+    /* seq > 1 of a lease that is gone (purged): the charges come from the balance */
+    snprintf(gone, sizeof(gone), "lease-gone-%lld", (long long)uid);
+    T_EQ_INT(lease(s, gone, uid, 7, ch, 1, 40, 100, 0, &out), SVC_OK);
+    T_EQ_INT(out.result, BILLING_RESERVE_OK);
+    T_EQ_INT(out.closed, 1);
+    T_EQ_INT(out.units, 0);
+    T_EQ_INT(out.charged_units, 30);
+    T_EQ_INT(out.balance, a.balance - 30);
+    T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
+    T_EQ_INT(a.held, 100); /* only the first lease */
+    check_consistent(db, s, uid);
+}
+
+static void lease_close(struct svc_db *db, struct billing_store *s)
+{
+    int64_t uid = new_user(s, 1000);
+    struct billing_lease_charge ch[1] = {charge_of("c-r1", "x", 20, 10)};
+    struct billing_lease_out out;
+    struct billing_account a;
+    char id[64];
+    int n = 0;
+
+    snprintf(id, sizeof(id), "lease-c-%lld", (long long)uid);
+    T_EQ_INT(lease(s, id, uid, 1, NULL, 0, 0, 200, 0, &out), SVC_OK);
+    T_EQ_INT(out.units, 200);
+    T_EQ_INT(lease(s, id, uid, 2, ch, 1, 50, 200, 1, &out), SVC_OK);
+    T_EQ_INT(out.closed, 1);
+    T_EQ_INT(out.units, 0);
+    T_EQ_INT(out.charged_units, 30);
+    T_EQ_INT(out.balance, 970);
+    T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
+    T_EQ_INT(a.held, 0);
+    /* a report after the close: charged from the balance; it stays closed and is never expired */
+    ch[0] = charge_of("c-r2", "x", 5, 5);
+    T_EQ_INT(lease(s, id, uid, 3, ch, 1, 50, 200, 0, &out), SVC_OK);
+    T_EQ_INT(out.closed, 1);
+    T_EQ_INT(out.units, 0);
+    T_EQ_INT(out.charged_units, 10);
+    T_EQ_INT(out.balance, 960);
+    T_EQ_INT(lease(s, id, uid, 3, ch, 1, 50, 200, 0, &out), SVC_OK);
+    T_EQ_INT(out.duplicate, 1);
+    usleep(30 * 1000);
+    T_EQ_INT(billing_expire_due(s, 1000, &n), SVC_OK);
+    T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
+    T_EQ_INT(a.balance, 960);
+    check_consistent(db, s, uid);
+    /* closed leases are purged like closed holds; a later report then takes the balance */
+    T_EQ_INT(billing_purge_closed(s, svc_util_wallclock_ms() + 1000, 100000, &n), SVC_OK);
+    T_ASSERT(n >= 1);
+    ch[0] = charge_of("c-r3", "x", 1, 1);
+    T_EQ_INT(lease(s, id, uid, 4, ch, 1, 0, 200, 0, &out), SVC_OK);
+    T_EQ_INT(out.closed, 1);
+    T_EQ_INT(out.balance, 958);
+    check_consistent(db, s, uid);
+}
+
+static void lease_expiry(struct svc_db *db, struct billing_store *s)
+{
+    int64_t uid = new_user(s, 1000), broke = new_user(s, 100);
+    struct billing_lease_charge ch[2];
+    struct billing_lease_out out;
+    struct billing_account a;
+    char id[64], id2[64], note[BILLING_NOTE_MAX + 1];
+    int n = 0;
+
+    snprintf(id, sizeof(id), "lease-e-%lld", (long long)uid);
+    T_EQ_INT(lease(s, id, uid, 1, NULL, 0, 120, 300, 0, &out), SVC_OK);
+    T_EQ_INT(out.units, 300);
+    usleep(30 * 1000); /* lease ttl is 20 ms */
+    T_EQ_INT(billing_expire_due(s, 1000, &n), SVC_OK);
+    T_ASSERT(n >= 1);
+    T_EQ_INT(billing_expire_due(s, 1000, &n), SVC_OK);
+    T_EQ_INT(n, 0); /* once */
+    /* the last reported inflight is charged, the rest freed */
+    T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
+    T_EQ_INT(a.held, 0);
+    T_EQ_INT(a.balance, 880);
+    last_note(db, uid, "expiry", note, sizeof(note));
+    T_ASSERT(strncmp(note, "lease expired", 13) == 0);
+    check_consistent(db, s, uid);
+    /* late reports: the expiry charge E = 120 is refunded up to what they cost, so the user
+     * pays max(E, real) */
+    ch[0] = charge_of("e-r1", "x", 30, 20);
+    T_EQ_INT(lease(s, id, uid, 2, ch, 1, 0, 300, 0, &out), SVC_OK);
+    T_EQ_INT(out.closed, 1);
+    T_EQ_INT(out.units, 0);
+    T_EQ_INT(out.charged_units, 50);
+    T_EQ_INT(out.balance, 880); /* 120 paid, real 50 */
+    ch[0] = charge_of("e-r2", "x", 50, 50);
+    T_EQ_INT(lease(s, id, uid, 3, ch, 1, 0, 300, 0, &out), SVC_OK);
+    T_EQ_INT(out.balance, 850); /* refund 70 (what was left of E), charge 100: real 150 paid */
+    T_EQ_INT(lease(s, id, uid, 3, ch, 1, 0, 300, 0, &out), SVC_OK);
+    T_EQ_INT(out.duplicate, 1);
+    T_EQ_INT(out.balance, 850);
+    ch[0] = charge_of("e-r3", "x", 10, 0);
+    T_EQ_INT(lease(s, id, uid, 4, ch, 1, 0, 300, 0, &out), SVC_OK);
+    T_EQ_INT(out.balance, 840); /* nothing left to refund */
+    check_consistent(db, s, uid);
+
+    /* with nothing left to spend the late report still nets the expiry charge, not less */
+    snprintf(id2, sizeof(id2), "lease-e2-%lld", (long long)broke);
+    T_EQ_INT(lease(s, id2, broke, 1, NULL, 0, 80, 100, 0, &out), SVC_OK);
+    T_EQ_INT(out.units, 100);
+    usleep(30 * 1000);
+    T_EQ_INT(billing_expire_due(s, 1000, &n), SVC_OK);
+    {
+        struct billing_credit_in ci = {.user_id = broke, .units = -20, .force = 0};
+        struct billing_credit_out co;
+        T_EQ_INT(billing_adjust(s, &ci, &co, NULL, 0), SVC_OK);
+        T_EQ_INT(co.account.balance, 0);
+    }
+    ch[0] = charge_of("e2-r1", "x", 30, 0);
+    ch[1] = charge_of("e2-r2", "x", 30, 0);
+    T_EQ_INT(lease(s, id2, broke, 2, ch, 2, 0, 100, 0, &out), SVC_OK);
+    T_EQ_INT(out.charged_units, 60);
+    T_EQ_INT(out.balance, 0);
+    T_EQ_INT(billing_account_get(s, broke, &a, NULL, 0), SVC_OK);
+    T_EQ_INT(a.used, 80); /* E = 80 >= real 60 */
+    check_consistent(db, s, broke);
+}
+
+static void lease_unlimited(struct svc_db *db, struct billing_store *s)
+{
+    int64_t uid = 900000000 + (int64_t)getpid() * 100 + ++next_user;
+    struct billing_lease_charge ch[1] = {charge_of("u-r1", "p", 100, 100)};
+    struct billing_lease_in in = {.user_id = uid, .seq = 1, .want_units = 100};
+    struct billing_lease_out out;
+    char id[64];
+
+    snprintf(id, sizeof(id), "lease-u-%lld", (long long)uid);
+    in.lease_id = id;
+    T_EQ_INT(billing_lease_sync(s, &in, &out, NULL, 0), SVC_OK);
+    T_EQ_INT(out.result, BILLING_RESERVE_NO_ACCOUNT);
+    T_EQ_INT(out.closed, 1);
+    in.create_unlimited = 1;
+    in.username = "static";
+    T_EQ_INT(billing_lease_sync(s, &in, &out, NULL, 0), SVC_OK);
+    T_EQ_INT(out.result, BILLING_RESERVE_OK);
+    T_EQ_INT(out.unlimited, 1);
+    T_EQ_INT(out.units, 0); /* nothing is leased */
+    T_EQ_INT(out.closed, 0);
+    T_EQ_INT(lease(s, id, uid, 2, ch, 1, 1000, 1000, 0, &out), SVC_OK);
+    T_EQ_INT(out.charged_units, 500); /* in full */
+    T_EQ_INT(out.units, 0);
+    T_EQ_INT(out.balance, -500);
+    check_consistent(db, s, uid);
+}
+
+static void lease_conflicts(struct svc_db *db, struct billing_store *s)
+{
+    char why[BILLING_WHY_MAX], id[64], hold[64];
+    int64_t uid = new_user(s, 1000), other = new_user(s, 1000);
+    struct billing_reserve_in ri = {.user_id = uid, .prompt_tokens = 1, .max_completion_tokens = 1};
+    struct billing_reserve_out ro;
+    struct billing_settle_in si = {0};
+    struct billing_settle_out so;
+    struct billing_release_out rl;
+    struct billing_lease_out out;
+    struct billing_account a;
+    int deleted = 0, existed = 0;
+
+    snprintf(id, sizeof(id), "lease-x-%lld", (long long)uid);
+    snprintf(hold, sizeof(hold), "hold-x-%lld", (long long)uid);
+    ri.request_id = hold;
+    T_EQ_INT(billing_reserve(s, &ri, &ro, NULL, 0), SVC_OK);
+    T_EQ_INT(billing_lease_sync(
+                 s, &(struct billing_lease_in){.lease_id = hold, .user_id = uid, .seq = 1}, &out,
+                 why, sizeof(why)),
+             SVC_ECONFLICT);
+    T_ASSERT(strstr(why, "hold") != NULL);
+    T_EQ_INT(lease(s, id, uid, 1, NULL, 0, 0, 300, 0, &out), SVC_OK);
+    T_EQ_INT(lease(s, id, other, 2, NULL, 0, 0, 300, 0, &out), SVC_ECONFLICT);
+    si.request_id = id;
+    T_EQ_INT(billing_settle(s, &si, &so, why, sizeof(why)), SVC_ECONFLICT);
+    T_ASSERT(strstr(why, "is a lease") != NULL);
+    T_EQ_INT(billing_release(s, id, "", &rl, why, sizeof(why)), SVC_ECONFLICT);
+    T_ASSERT(strstr(why, "is a lease") != NULL);
+    ri.request_id = id;
+    T_EQ_INT(billing_reserve(s, &ri, &ro, why, sizeof(why)), SVC_ECONFLICT);
+    T_ASSERT(strstr(why, "is a lease") != NULL);
+    T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
+    T_EQ_INT(a.held, 300 + 2);
+    /* deleting the account gives the lease's units back (no ledger row), and ends it */
+    T_EQ_INT(billing_account_delete(s, uid, &deleted, NULL, 0), SVC_OK);
+    T_EQ_INT(deleted, 1);
+    T_EQ_INT(lease(s, id, uid, 2, NULL, 0, 0, 300, 0, &out), SVC_OK);
+    T_EQ_INT(out.result, BILLING_RESERVE_NO_ACCOUNT);
+    T_EQ_INT(billing_account_create(s, uid, "u", 0, 0, "test", &a, &existed, NULL, 0), SVC_OK);
+    T_EQ_INT(a.held, 0);
+    T_EQ_INT(a.balance, 1000);
+    T_EQ_INT(lease(s, id, uid, 2, NULL, 0, 0, 300, 0, &out), SVC_OK);
+    T_EQ_INT(out.closed, 1);
+    T_EQ_INT(out.units, 0);
+    T_EQ_INT(out.balance, 1000);
+    check_consistent(db, s, uid);
+    check_consistent(db, s, other);
+}
+
+#define RACE_THREADS 8
+#define RACE_ROUNDS 12
+
+struct race_arg {
+    struct billing_store *s;
+    struct svc_db *db;
+    int64_t uid, balance;
+    int idx;
+    int64_t charged;
+    volatile int *stop;
+    int failed;
+};
+
+/* One caller replica: its own lease of the shared user, wanting more than its share. */
+static void *race_replica(void *p)
+{
+    struct race_arg *r = p;
+    char id[64], rid[RACE_ROUNDS][96];
+    struct billing_lease_out out;
+
+    snprintf(id, sizeof(id), "lease-race-%lld-%d", (long long)r->uid, r->idx);
+    for (int seq = 1; seq <= RACE_ROUNDS + 1; seq++) {
+        struct billing_lease_charge ch[1];
+        size_t n = 0;
+        int rc;
+
+        if (seq > 1) {
+            snprintf(rid[seq - 2], sizeof(rid[0]), "%s-r%d", id, seq);
+            ch[0] = charge_of(rid[seq - 2], "x", 17, 13);
+            n = 1;
+        }
+        rc = lease(r->s, id, r->uid, seq, ch, n, 30, r->balance / RACE_THREADS * 2,
+                   seq == RACE_ROUNDS + 1, &out);
+        if (rc != SVC_OK) {
+            fprintf(stderr, "race: lease_sync %s seq %d: %s\n", id, seq, svc_strerror(rc));
+            r->failed = 1;
+            return NULL;
+        }
+        r->charged += out.charged_units;
+    }
+    return NULL;
+}
+
+/* Reads the account while the replicas run: nothing is ever leased beyond granted - used. */
+static void *race_poller(void *p)
+{
+    struct race_arg *r = p;
+
+    while (!*r->stop) {
+        struct billing_account a;
+        if (billing_account_get(r->s, r->uid, &a, NULL, 0) != SVC_OK || a.balance < 0 ||
+            a.held > a.granted - a.used) {
+            fprintf(stderr, "race: overdraft or read failure\n");
+            r->failed = 1;
+        }
+        usleep(500);
+    }
+    return NULL;
+}
+
+static void lease_race(struct svc_db *db, struct billing_store *s)
+{
+    int64_t balance = 1000, uid = new_user(s, balance), charged = 0;
+    struct race_arg args[RACE_THREADS + 1];
+    pthread_t th[RACE_THREADS + 1];
+    volatile int stop = 0;
+    struct billing_account a;
+
+    for (int i = 0; i <= RACE_THREADS; i++) {
+        args[i] = (struct race_arg){s, db, uid, balance, i, 0, &stop, 0};
+        T_EQ_INT(
+            pthread_create(&th[i], NULL, i == RACE_THREADS ? race_poller : race_replica, &args[i]),
+            0);
+    }
+    for (int i = 0; i < RACE_THREADS; i++)
+        T_EQ_INT(pthread_join(th[i], NULL), 0);
+    stop = 1;
+    T_EQ_INT(pthread_join(th[RACE_THREADS], NULL), 0);
+    for (int i = 0; i <= RACE_THREADS; i++) {
+        T_EQ_INT(args[i].failed, 0);
+        charged += args[i].charged;
+    }
+    /* 8 x 12 charges of 30 = 2880 asked for a balance of 1000: never more than there was */
+    T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
+    T_EQ_INT(a.held, 0);
+    T_EQ_INT(a.used, charged);
+    T_EQ_INT(a.balance, balance - charged);
+    T_ASSERT(a.balance >= 0 && a.balance < 30 * RACE_THREADS);
+    T_EQ_INT(ledger_rows(db, uid), 1 + RACE_THREADS * RACE_ROUNDS);
+    check_consistent(db, s, uid);
+}
+
 static void suite(const char *dsn, const char *dir)
 {
     struct svc_db *db = NULL;
     struct billing_prices *prices = NULL;
     struct billing_store *s = NULL;
-    struct billing_store_opts so = {20, 10};
+    struct billing_store_opts so = {20, 10, 0, 20};
     char err[256];
 
     if (svc_db_create(&db, dsn, dir, NULL, err, sizeof(err)) != SVC_OK)
@@ -341,6 +830,13 @@ static void suite(const char *dsn, const char *dir)
     credit_rules(db, s);
     safe_range_rules(db, s);
     purge_rules(s);
+    lease_grow_and_charge(db, s);
+    lease_duplicate_and_purged(db, s);
+    lease_close(db, s);
+    lease_expiry(db, s);
+    lease_unlimited(db, s);
+    lease_conflicts(db, s);
+    lease_race(db, s);
     price_rules(s);
     billing_store_destroy(&s);
     billing_prices_destroy(&prices);

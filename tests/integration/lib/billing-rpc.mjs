@@ -20,8 +20,8 @@ export const types = {
     RpcError: root.lookupType('chatweb.rpc.RpcError'),
     BillingEvent: root.lookupType('chatweb.billing.BillingEvent'),
 };
-const METHODS = ['CreateAccount', 'GetAccount', 'DeleteAccount', 'Reserve', 'Settle', 'Release', 'Recharge',
-    'Adjust', 'Usage', 'ListPrices', 'SetPrice', 'DeletePrice', 'EventsInfo'];
+const METHODS = ['CreateAccount', 'GetAccount', 'DeleteAccount', 'Reserve', 'Settle', 'Release', 'LeaseSync',
+    'Recharge', 'Adjust', 'Usage', 'ListPrices', 'SetPrice', 'DeletePrice', 'EventsInfo'];
 for (const m of METHODS) {
     types[`${m}Request`] = root.lookupType(`chatweb.billing.${m}Request`);
     types[`${m}Response`] = root.lookupType(`chatweb.billing.${m}Response`);
