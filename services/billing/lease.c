@@ -22,8 +22,8 @@
 #define SYNC_CHARGES_MAX 4096 /* charges in one LeaseSync (billing's bound) */
 #define RETRY_MS 100          /* x4 each attempt ... */
 #define RETRY_MAX_MS 30000    /* ... up to one try every 30 s */
-#define WANT_REQUESTS 16      /* a lease covers at least this many of its largest request */
-#define LEAN_FACTOR 8 /* leases only while the free balance is 8x the size one asks for */
+#define WANT_REQUESTS 4 /* a lease covers at least this many of its largest request */
+#define LEAN_FACTOR 4 /* leases only while the free balance is 4x the size one asks for */
 #define REQUEST_ID_MAX 128
 
 struct lease_charge {
@@ -66,6 +66,7 @@ struct billing_lease {
     uint64_t renew_at_ms;    /* a quarter of the TTL after the last answer: renew it */
     uint64_t lean_until_ms;  /* the balance could not grow it: exact path until then */
     uint64_t last_use_ms;
+    uint64_t flush_at_ms;      /* charges or new requests to report: the call goes then (0: none) */
     struct lease_ratio ratios[BILLING_LEASE_MODELS];
     int nratios;
     struct charge_list queue; /* ended requests not yet sent */
@@ -267,18 +268,23 @@ static int lease_take(struct billing_lease *l, struct billing_lease_ticket *t)
  * of its largest request. 0 while lean (shrink to what is in flight). */
 static long long lease_want(const struct billing_lease *l)
 {
-    long long waiting = 0, want;
+    long long waiting = 0, want, largest = l->largest;
 
     if (l->closing || svc_loop_clock_ms() < l->lean_until_ms)
         return 0;
     for (const struct billing_lease_ticket *t = l->waiters; t != NULL; t = t->wnext) {
         const struct lease_ratio *r = ratio_of(l, t->model);
-        if (r != NULL)
-            waiting += cost_of(r, t->prompt, t->max_completion);
+        const struct lease_ratio one = {.in_milli = 1000, .out_milli = 1000};
+        /* A model not priced yet is guessed at 1:1; the answer brings its ratio, and the
+         * request waits for another call if the guess was short (lease_send). */
+        long long w = cost_of(r != NULL ? r : &one, t->prompt, t->max_completion);
+        waiting += w;
+        if (w > largest)
+            largest = w;
     }
     want = 2 * (l->reserved + l->unacked + waiting);
-    if (want < WANT_REQUESTS * l->largest)
-        want = WANT_REQUESTS * l->largest;
+    if (want < WANT_REQUESTS * largest)
+        want = WANT_REQUESTS * largest;
     return want;
 }
 
@@ -441,17 +447,19 @@ static void lease_schedule(struct billing_lease *l)
         return; /* its answer (or its retry timer) schedules again */
     if (lease_maybe_free(l))
         return;
+    if ((l->queue.n > 0 || l->reserved > l->told_inflight) && l->flush_at_ms == 0)
+        l->flush_at_ms = now + (uint64_t)ls->o.flush_ms; /* the first waits the longest */
     if (l->retired) { /* closed: only its charges are still reported */
         if (l->queue.n > 0)
-            due = now + (uint64_t)ls->o.flush_ms;
+            due = l->flush_at_ms;
     } else if (l->waiters != NULL || l->closing || !l->known || now >= l->renew_at_ms) {
         due = now;
     } else {
         long long want = lease_want(l), left = l->units - l->reserved - l->unacked;
         if (!l->unlimited && (left < want / 2 || l->units > 4 * want + 1))
             due = now; /* refill, or give back what the traffic no longer needs */
-        else if (l->queue.n > 0 || l->reserved > l->told_inflight)
-            due = now + (uint64_t)ls->o.flush_ms; /* charges, or requests billing must know of */
+        else if (l->flush_at_ms > 0)
+            due = l->flush_at_ms; /* charges, or requests billing must know of */
         if (l->tickets == 0 && l->queue.n == 0) {
             if (now >= l->last_use_ms + (uint64_t)ls->o.idle_ms) {
                 l->closing = 1; /* idle: give the units back */
@@ -591,6 +599,7 @@ static void lease_send(struct billing_lease *l)
         }
         l->seq++;
         l->has_batch = 1;
+        l->flush_at_ms = 0; /* what is queued from now on starts its own wait */
         l->attempts = 0;
         l->first_try_ms = svc_loop_clock_ms();
         l->sent_close = l->closing || l->retired;
@@ -618,6 +627,11 @@ static void lease_send(struct billing_lease *l)
     }
     for (int i = 0; i < l->nratios; i++)
         models[nmodels++] = l->ratios[i].model;
+    /* A waiter whose model this call prices for the first time was sized on a guess: only the
+     * call after it can say the balance is short for it. */
+    for (struct billing_lease_ticket *t = l->waiters; t != NULL; t = t->wnext)
+        if (ratio_of(l, t->model) == NULL && t->asked_seq <= l->seq)
+            t->asked_seq = l->seq + 1;
     for (struct billing_lease_ticket *t = l->waiters; t != NULL && nmodels < BILLING_LEASE_MODELS;
          t = t->wnext) {
         int seen = 0;

@@ -1171,8 +1171,15 @@ static int lease_tx(void *ctx, struct svc_db_conn *c)
 
         if (a.a.unlimited)
             target = 0; /* nothing is leased: the caller admits everything */
-        if (target > units)
-            change = min64(target - units, max64(a.a.balance, 0));
+        if (target > units) {
+            /* A lease takes at most a quarter of the free balance (but always what its
+             * requests in flight need, while there is some): near the end of a balance the
+             * leases stay small and the rest is left to other replicas and the exact path. */
+            int64_t room = max64(a.a.balance, 0), cap = room / BILLING_LEASE_SHARE;
+            if (in->inflight_units - units > cap)
+                cap = in->inflight_units - units;
+            change = min64(target - units, min64(cap, room));
+        }
         else if (target < units)
             change = target - units;
         if (change != 0 && (rc = acct_delta(c, &a, 0, 0, change, 0, now)) != SVC_OK)

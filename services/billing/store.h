@@ -40,6 +40,8 @@ struct billing_store;
  * or initial credit may take an account's granted, granted - used or balance outside
  * [-BILLING_SAFE_MAX, BILLING_SAFE_MAX] (SVC_ETOOLARGE). */
 #define BILLING_SAFE_MAX 9007199254740991LL
+/* A LeaseSync grows a lease by at most 1/BILLING_LEASE_SHARE of the free balance. */
+#define BILLING_LEASE_SHARE 4
 
 /* Hold states in billing_holds.state. */
 enum billing_hold_state {
