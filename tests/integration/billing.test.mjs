@@ -189,8 +189,8 @@ for (const backend of ['sqlite', 'mariadb']) {
                     lease_id: id, user_id: user, seq: 1, want_units: 300, models: ['priced-2024', 'm'], source: 'proxy',
                 });
                 assert.equal(s1.result, 'RESERVE_OK');
-                assert.equal(s1.units, 300);
-                assert.equal(s1.balance, 700);
+                assert.equal(s1.units, 250, 'a lease grows by a quarter of the free balance at most');
+                assert.equal(s1.balance, 750);
                 assert.equal(s1.closed, false);
                 assert.ok(s1.expires_at_ms > Date.now());
                 assert.deepEqual(s1.prices.map((p) => [p.model, p.input_milli, p.output_milli, p.source]),

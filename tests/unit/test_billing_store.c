@@ -414,20 +414,22 @@ static void lease_grow_and_charge(struct svc_db *db, struct billing_store *s)
     T_EQ_STR(out.prices[0].source, "env");
     T_EQ_INT(out.prices[1].r.in_milli, 1000);
     T_EQ_STR(out.prices[1].source, "default");
+    /* growth is capped to a quarter of the free balance (BILLING_LEASE_SHARE) */
     T_EQ_INT(lease(s, id, uid, 2, NULL, 0, 0, 300, 0, &out), SVC_OK);
-    T_EQ_INT(out.units, 300);
-    T_EQ_INT(out.balance, 700);
-    /* a charge is taken from the lease, which then grows back to max(want, inflight) */
+    T_EQ_INT(out.units, 250);
+    T_EQ_INT(out.balance, 750);
+    /* a charge is taken from the lease, which then grows back to max(want, inflight): past the
+     * quarter (187) when its requests in flight need it (200) */
     ch[0] = charge_of("g-r1", "x", 60, 40);
     T_EQ_INT(lease(s, id, uid, 3, ch, 1, 350, 300, 0, &out), SVC_OK);
     T_EQ_INT(out.charged_units, 100);
     T_EQ_INT(out.units, 350);
     T_EQ_INT(out.balance, 1000 - 100 - 350);
-    /* growth is capped to the spendable balance */
+    /* asking for more than there is: a quarter of the free 550 */
     T_EQ_INT(lease(s, id, uid, 4, NULL, 0, 0, 5000, 0, &out), SVC_OK);
-    T_EQ_INT(out.units, 900);
-    T_EQ_INT(out.balance, 0);
-    /* charges: the lease first, then the balance (none), never below zero; p prices 2:3 */
+    T_EQ_INT(out.units, 350 + 137);
+    T_EQ_INT(out.balance, 413);
+    /* charges: the lease first (487), then the balance (413), never below zero; p prices 2:3 */
     ch[0] = charge_of("g-r2", "x", 500, 0);
     ch[1] = charge_of("g-r3", "p", 100, 100); /* 200 + 300 */
     T_EQ_INT(lease(s, id, uid, 5, ch, 2, 0, 5000, 0, &out), SVC_OK);
@@ -448,7 +450,7 @@ static void lease_grow_and_charge(struct svc_db *db, struct billing_store *s)
         T_EQ_INT(billing_recharge(s, &ci, &co, NULL, 0), SVC_OK);
     }
     T_EQ_INT(lease(s, id, uid, 6, NULL, 0, 20, 5000, 0, &out), SVC_OK);
-    T_EQ_INT(out.units, 100);
+    T_EQ_INT(out.units, 25); /* a quarter of 100 (above the 20 in flight) */
     T_EQ_INT(lease(s, id, uid, 7, NULL, 0, 20, 10, 0, &out), SVC_OK);
     T_EQ_INT(out.units, 20); /* never below inflight */
     T_EQ_INT(out.balance, 80);
@@ -588,7 +590,7 @@ static void lease_expiry(struct svc_db *db, struct billing_store *s)
 
     snprintf(id, sizeof(id), "lease-e-%lld", (long long)uid);
     T_EQ_INT(lease(s, id, uid, 1, NULL, 0, 120, 300, 0, &out), SVC_OK);
-    T_EQ_INT(out.units, 300);
+    T_EQ_INT(out.units, 250); /* a quarter of the free balance */
     usleep(30 * 1000); /* lease ttl is 20 ms */
     T_EQ_INT(billing_expire_due(s, 1000, &n), SVC_OK);
     T_ASSERT(n >= 1);
@@ -623,7 +625,7 @@ static void lease_expiry(struct svc_db *db, struct billing_store *s)
     /* with nothing left to spend the late report still nets the expiry charge, not less */
     snprintf(id2, sizeof(id2), "lease-e2-%lld", (long long)broke);
     T_EQ_INT(lease(s, id2, broke, 1, NULL, 0, 80, 100, 0, &out), SVC_OK);
-    T_EQ_INT(out.units, 100);
+    T_EQ_INT(out.units, 80); /* what is in flight, above a quarter of 100 */
     usleep(30 * 1000);
     T_EQ_INT(billing_expire_due(s, 1000, &n), SVC_OK);
     {
@@ -702,7 +704,7 @@ static void lease_conflicts(struct svc_db *db, struct billing_store *s)
     T_EQ_INT(billing_reserve(s, &ri, &ro, why, sizeof(why)), SVC_ECONFLICT);
     T_ASSERT(strstr(why, "is a lease") != NULL);
     T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
-    T_EQ_INT(a.held, 300 + 2);
+    T_EQ_INT(a.held, 249 + 2); /* the hold, and the lease: a quarter of the free 998 */
     /* deleting the account gives the lease's units back (no ledger row), and ends it */
     T_EQ_INT(billing_account_delete(s, uid, &deleted, NULL, 0), SVC_OK);
     T_EQ_INT(deleted, 1);
