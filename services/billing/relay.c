@@ -252,16 +252,30 @@ static int relay_pass(struct billing_relay *r, struct svc_db_conn *c)
                       p, 1, &rows);
     if (rc != SVC_OK)
         return rc;
+    /* Stop at the first failure: a later event of the same user must not overtake it. */
     for (size_t i = 0; i < svc_db_rows_count(rows); i++) {
-        struct svc_db_param d[] = {SVC_DB_I64(svc_db_rows_i64(rows, i, 0))};
-
-        /* Stop at the first failure: a later event of the same user must not overtake it. */
         if ((rc = send_row(r, rows, i)) != SVC_OK)
             break;
-        if ((rc = svc_db_exec(c, "DELETE FROM billing_outbox WHERE id = ?", d, 1, NULL, NULL)) !=
-            SVC_OK)
-            break; /* sent but not deleted: sent again later (at-least-once) */
         sent++;
+    }
+    /* The rows sent leave the outbox in one transaction (one commit, not one per row). Rows sent
+     * but not deleted are sent again later (at-least-once; consumers de-duplicate by id). */
+    if (sent > 0) {
+        int drc = svc_db_begin(c);
+
+        for (int i = 0; drc == SVC_OK && i < sent; i++) {
+            struct svc_db_param d[] = {SVC_DB_I64(svc_db_rows_i64(rows, (size_t)i, 0))};
+            drc = svc_db_exec(c, "DELETE FROM billing_outbox WHERE id = ?", d, 1, NULL, NULL);
+        }
+        if (drc == SVC_OK)
+            drc = svc_db_commit(c);
+        else if (svc_db_in_tx(c))
+            (void)svc_db_rollback(c);
+        if (drc != SVC_OK) {
+            sent = 0;
+            if (rc == SVC_OK)
+                rc = drc;
+        }
     }
     svc_db_rows_destroy(&rows);
     if (sent > 0)

@@ -1,7 +1,8 @@
 // Per-replica balance leases on the /v1 proxy (decision 46, docs/billing.md "Leases"): requests are
 // admitted from a lease without a Reserve round trip, their charges reach billing in batches,
 // exactly once; a balance that cannot pay is refused exactly where it runs out; a drained replica
-// gives its leases back before it exits, a killed one leaves them to billing's expiry.
+// gives its leases back before it exits, a killed one leaves them to billing's expiry. On SQLite
+// and on MariaDB.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { postJSON, request, withStack } from './lib/harness.mjs';
@@ -49,9 +50,10 @@ function chat(base, key, content, extra = {}) {
         { headers: { authorization: `Bearer ${key}` } });
 }
 
-describe('balance leases on the /v1 proxy', () => {
+for (const backend of ['sqlite', 'mariadb']) describe(`balance leases on the /v1 proxy (${backend})`, () => {
     const stack = withStack({
         replicas: { proxy: 2 },
+        mysql: backend === 'mariadb',
         env: {
             OPS_KEY, OPENAI_PROXY: 'true', PROXY_RPM_LIMIT: '0', PROXY_TPM_LIMIT: '0',
             PROXY_LEASE_IDLE_MS: '300', BILLING_LEASE_TTL_MS: '3000', BILLING_SWEEP_INTERVAL_MS: '200',
