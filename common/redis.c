@@ -598,6 +598,60 @@ int svc_redis_cmd_wait(struct svc_redis *r, struct svc_redis_reply **reply, int 
     return cmd_run(r, reply, argc, argv, argvlen, replicas > 0 ? replicas : 0, wait_ms, acked);
 }
 
+int svc_redis_cmd_pipeline(struct svc_redis *r, int n, const int *argc,
+                           const char *const *const *argv, const size_t *const *argvlen,
+                           struct svc_redis_reply **replies, int *answered, int replicas,
+                           long wait_ms, int *acked)
+{
+    struct svc__redis_addr to;
+    unsigned long seen = 0;
+    redisContext *c;
+    int rc;
+
+    *answered = 0;
+    if (acked != NULL)
+        *acked = 0;
+    if (n <= 0)
+        return SVC_OK;
+    if ((rc = pick_node(r, argc[0], argv[0], argvlen[0], &to, &seen)) != SVC_OK)
+        return rc;
+    if ((c = pool_get(r, &to)) == NULL) {
+        mark_stale(r);
+        return SVC_EUNAVAIL;
+    }
+    for (int i = 0; i < n; i++)
+        if (redisAppendCommandArgv(c, argc[i], (const char **)argv[i], argvlen[i]) != REDIS_OK) {
+            rc = transport_rc(c);
+            pool_put(r, c, &to);
+            mark_stale(r);
+            return rc;
+        }
+    for (int i = 0; i < n; i++) {
+        redisReply *rep = NULL;
+
+        if (redisGetReply(c, (void **)&rep) != REDIS_OK || rep == NULL) {
+            rc = transport_rc(c); /* the rest may have run: the caller sends it again */
+            pool_put(r, c, &to);
+            mark_stale(r);
+            return rc;
+        }
+        if (is_error(rep, "MOVED") || is_error(rep, "ASK") || is_error(rep, "READONLY") ||
+            is_error(rep, "TRYAGAIN") || is_error(rep, "CLUSTERDOWN"))
+            mark_stale(r); /* the map or the master changed: ask again before the next call */
+        replies[i] = (struct svc_redis_reply *)rep;
+        (*answered)++;
+    }
+    if (replicas > 0) {
+        int got = wait_replicas(r, c, replicas, wait_ms);
+        if (acked != NULL)
+            *acked = got;
+        if (got < replicas && r->url.kind == SVC__REDIS_SENTINEL)
+            mark_stale(r); /* as in cmd_run: the master may have been replaced */
+    }
+    pool_put(r, c, &to);
+    return SVC_OK;
+}
+
 /* ---- async client on a loop ---- */
 
 /*

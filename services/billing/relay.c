@@ -169,20 +169,25 @@ static const char *cell(struct svc_db_rows *rows, size_t i, size_t c)
     return s ? s : "";
 }
 
-/* XADDs row i. Returns 0 when Redis took it. */
-static int send_row(struct billing_relay *r, struct svc_db_rows *rows, size_t i)
+/* The XADD of one outbox row: its arguments, and the buffers they point into (with the row's
+ * cells, which must outlive it). */
+struct event_cmd {
+    const char *argv[16];
+    size_t argvlen[16];
+    char id[32], maxlen[32];
+    uint8_t *pb;
+    char *json;
+};
+
+static int event_cmd_make(struct billing_relay *r, struct svc_db_rows *rows, size_t i,
+                          struct event_cmd *ec)
 {
     Chatweb__Billing__BillingEvent e = CHATWEB__BILLING__BILLING_EVENT__INIT;
-    struct svc_redis_reply *reply = NULL;
-    char id[32], maxlen[32];
-    uint8_t *pb = NULL;
-    char *json = NULL;
     size_t pblen;
-    int rc = SVC_ENOMEM;
 
-    snprintf(id, sizeof(id), "bl-%lld", (long long)svc_db_rows_i64(rows, i, 1));
-    snprintf(maxlen, sizeof(maxlen), "%lld", (long long)r->o.maxlen);
-    e.event_id = id;
+    snprintf(ec->id, sizeof(ec->id), "bl-%lld", (long long)svc_db_rows_i64(rows, i, 1));
+    snprintf(ec->maxlen, sizeof(ec->maxlen), "%lld", (long long)r->o.maxlen);
+    e.event_id = ec->id;
     e.schema_version = 1;
     e.type = (char *)cell(rows, i, 4);
     e.ledger_id = svc_db_rows_i64(rows, i, 1);
@@ -199,24 +204,44 @@ static int send_row(struct billing_relay *r, struct svc_db_rows *rows, size_t i)
     e.note = (char *)cell(rows, i, 13);
     e.user_seq = (uint64_t)svc_db_rows_i64(rows, i, 14);
     pblen = chatweb__billing__billing_event__get_packed_size(&e);
-    pb = malloc(pblen ? pblen : 1);
-    json = event_json(&e);
-    if (pb != NULL && json != NULL) {
-        const char *argv[] = {"XADD", r->o.stream, "MAXLEN", "~", maxlen, "*",  "id",
-                              id,     "type",      e.type,   "v", "1",    "pb", (const char *)pb,
-                              "json", json};
-        size_t argvlen[16];
+    ec->pb = malloc(pblen ? pblen : 1);
+    ec->json = event_json(&e);
+    if (ec->pb == NULL || ec->json == NULL)
+        return SVC_ENOMEM;
+    chatweb__billing__billing_event__pack(&e, ec->pb);
+    {
+        const char *argv[] = {"XADD", r->o.stream, "MAXLEN",          "~",  ec->maxlen, "*",
+                              "id",   ec->id,      "type",            e.type, "v",        "1",
+                              "pb",   (const char *)ec->pb, "json", ec->json};
+        for (size_t k = 0; k < 16; k++) {
+            ec->argv[k] = argv[k];
+            ec->argvlen[k] = k == 13 ? pblen : strlen(argv[k]); /* pb is binary */
+        }
+    }
+    return SVC_OK;
+}
 
-        chatweb__billing__billing_event__pack(&e, pb);
-        for (size_t k = 0; k < 16; k++)
-            argvlen[k] = k == 13 ? pblen : strlen(argv[k]); /* pb is binary */
-        int acked = 0;
+static void event_cmd_free(struct event_cmd *ec)
+{
+    free(ec->pb);
+    free(ec->json);
+    ec->pb = NULL;
+    ec->json = NULL;
+}
 
+/* XADDs row i alone (following redirections). Returns 0 when Redis took it. */
+static int send_row(struct billing_relay *r, struct svc_db_rows *rows, size_t i)
+{
+    struct svc_redis_reply *reply = NULL;
+    struct event_cmd ec = {0};
+    int rc = event_cmd_make(r, rows, i, &ec), acked = 0;
+
+    if (rc == SVC_OK) {
         if (r->o.min_replicas > 0)
-            rc = svc_redis_cmd_wait(r->redis, &reply, 16, argv, argvlen, r->o.min_replicas,
+            rc = svc_redis_cmd_wait(r->redis, &reply, 16, ec.argv, ec.argvlen, r->o.min_replicas,
                                     REDIS_TIMEOUT_MS / 2, &acked);
         else
-            rc = svc_redis_cmd(r->redis, &reply, 16, argv, argvlen);
+            rc = svc_redis_cmd(r->redis, &reply, 16, ec.argv, ec.argvlen);
         if (rc == SVC_OK && svc_redis_reply_type(reply) != SVC_REDIS_STRING) {
             const char *msg = svc_redis_reply_str(reply, NULL);
             SVC_LOG_WARN(NULL, "relay", "XADD refused: %s", msg ? msg : "(no text)");
@@ -225,13 +250,67 @@ static int send_row(struct billing_relay *r, struct svc_db_rows *rows, size_t i)
             /* Only the master has it: a failover now would lose it. The row stays in the
              * outbox and is sent again (consumers de-duplicate by id). */
             SVC_LOG_WARN(NULL, "relay", "event %s reached %d of %d replicas: sent again later",
-                         id, acked, r->o.min_replicas);
+                         ec.id, acked, r->o.min_replicas);
             rc = SVC_EUNAVAIL;
         }
     }
     svc_redis_reply_destroy(&reply);
-    free(pb);
-    free(json);
+    event_cmd_free(&ec);
+    return rc;
+}
+
+/*
+ * XADDs rows [0, n) in one pipeline (one round trip, one WAIT). *ok receives how many leading
+ * rows Redis took (and, with BILLING_EVENTS_REPLICAS, enough replicas confirmed). SVC_OK when
+ * the rest (a refusal or a redirection, which send_row follows) may be sent one by one; an error
+ * when the pass must stop (Redis unreachable, too few replicas).
+ */
+static int send_rows(struct billing_relay *r, struct svc_db_rows *rows, int n, int *ok)
+{
+    struct event_cmd *ec;
+    struct svc_redis_reply **replies;
+    const char *const **argv;
+    const size_t **argvlen;
+    int *argc;
+    int answered = 0, acked = 0, made = 0, rc = SVC_ENOMEM;
+
+    *ok = 0;
+    if (n <= 0)
+        return SVC_OK;
+    ec = calloc((size_t)n, sizeof(*ec));
+    replies = calloc((size_t)n, sizeof(*replies));
+    argv = calloc((size_t)n, sizeof(*argv));
+    argvlen = calloc((size_t)n, sizeof(*argvlen));
+    argc = calloc((size_t)n, sizeof(*argc));
+    if (ec == NULL || replies == NULL || argv == NULL || argvlen == NULL || argc == NULL)
+        goto out;
+    for (; made < n; made++) {
+        if (event_cmd_make(r, rows, (size_t)made, &ec[made]) != SVC_OK)
+            break;
+        argc[made] = 16;
+        argv[made] = ec[made].argv;
+        argvlen[made] = ec[made].argvlen;
+    }
+    rc = svc_redis_cmd_pipeline(r->redis, made, argc, argv, argvlen, replies, &answered,
+                                r->o.min_replicas, REDIS_TIMEOUT_MS / 2, &acked);
+    while (*ok < answered && svc_redis_reply_type(replies[*ok]) == SVC_REDIS_STRING)
+        (*ok)++;
+    if (rc == SVC_OK && *ok > 0 && r->o.min_replicas > 0 && acked < r->o.min_replicas) {
+        SVC_LOG_WARN(NULL, "relay", "%d event(s) reached %d of %d replicas: sent again later",
+                     *ok, acked, r->o.min_replicas);
+        *ok = 0;
+        rc = SVC_EUNAVAIL;
+    }
+out:
+    for (int i = 0; replies != NULL && i < answered; i++)
+        svc_redis_reply_destroy(&replies[i]);
+    for (int i = 0; ec != NULL && i < n; i++)
+        event_cmd_free(&ec[i]);
+    free(ec);
+    free(replies);
+    free(argv);
+    free(argvlen);
+    free(argc);
     return rc;
 }
 
@@ -252,8 +331,11 @@ static int relay_pass(struct billing_relay *r, struct svc_db_conn *c)
                       p, 1, &rows);
     if (rc != SVC_OK)
         return rc;
-    /* Stop at the first failure: a later event of the same user must not overtake it. */
-    for (size_t i = 0; i < svc_db_rows_count(rows); i++) {
+    /* Stop at the first failure: a later event of the same user must not overtake it. The
+     * batch goes in one pipeline; what it could not place (a refusal, a redirection) is sent
+     * row by row, where redirections are followed. */
+    rc = send_rows(r, rows, (int)svc_db_rows_count(rows), &sent);
+    for (size_t i = (size_t)sent; rc == SVC_OK && i < svc_db_rows_count(rows); i++) {
         if ((rc = send_row(r, rows, i)) != SVC_OK)
             break;
         sent++;

@@ -59,6 +59,31 @@ static void expect_status(struct svc_redis *r, const char **argv, const char *wa
     svc_redis_reply_destroy(&rep);
 }
 
+/* A pipeline of n SETs of keys[i] to "v<i>": the replies, answered count and status. */
+static int pipeline_sets(struct svc_redis *r, int n, const char **keys, struct svc_redis_reply **reps,
+                         int *answered, int replicas, int *acked)
+{
+    const char *argv[8][3];
+    char vals[8][16];
+    const char *const *av[8];
+    int ac[8];
+    size_t lens[8][3];
+    const size_t *lv[8];
+
+    for (int i = 0; i < n; i++) {
+        snprintf(vals[i], sizeof(vals[i]), "v%d", i);
+        argv[i][0] = "SET";
+        argv[i][1] = keys[i];
+        argv[i][2] = vals[i];
+        for (int k = 0; k < 3; k++)
+            lens[i][k] = strlen(argv[i][k]);
+        av[i] = argv[i];
+        lv[i] = lens[i];
+        ac[i] = 3;
+    }
+    return svc_redis_cmd_pipeline(r, n, ac, av, lv, reps, answered, replicas, 1000, acked);
+}
+
 static struct svc_redis *node_client(const struct svc__redis_url *u, const struct svc__redis_addr *a)
 {
     char url[700];
@@ -406,6 +431,41 @@ static void test_cluster(const char *url)
     T_EQ_STR(svc_redis_reply_str(rep, NULL), "t:{k299}");
     svc_redis_reply_destroy(&rep);
 
+    /* a pipeline goes to the node of its first key: the same slot's keys are taken, a key of
+     * another master's slot answers MOVED (returned, not followed) */
+    {
+        const char *same[] = {"{pipe}a", "{pipe}b", "{pipe}c"};
+        struct svc_redis_reply *reps[3] = {NULL, NULL, NULL};
+        int answered = 0, home = slot_owner(nodes[0], &u, svc__redis_key_slot("{pipe}", 6));
+        char other[32];
+
+        T_EQ_INT(pipeline_sets(r, 3, same, reps, &answered, 0, NULL), SVC_OK);
+        T_EQ_INT(answered, 3);
+        for (int i = 0; i < 3; i++) {
+            T_EQ_STR(svc_redis_reply_str(reps[i], NULL), "OK");
+            svc_redis_reply_destroy(&reps[i]);
+        }
+        rep = CMD(r, "GET", "{pipe}c");
+        T_EQ_STR(svc_redis_reply_str(rep, NULL), "v2");
+        svc_redis_reply_destroy(&rep);
+        for (int i = 0;; i++) { /* a key whose slot another master serves */
+            snprintf(other, sizeof(other), "{away%d}", i);
+            if (slot_owner(nodes[0], &u, svc__redis_key_slot(other, strlen(other))) != home)
+                break;
+        }
+        {
+            const char *mixed[] = {"{pipe}d", other, "{pipe}e"};
+            T_EQ_INT(pipeline_sets(r, 3, mixed, reps, &answered, 0, NULL), SVC_OK);
+            T_EQ_INT(answered, 3);
+            T_EQ_STR(svc_redis_reply_str(reps[0], NULL), "OK");
+            T_EQ_INT(svc_redis_reply_type(reps[1]), SVC_REDIS_ERROR);
+            T_ASSERT(strncmp(svc_redis_reply_str(reps[1], NULL), "MOVED", 5) == 0);
+            T_EQ_STR(svc_redis_reply_str(reps[2], NULL), "OK");
+            for (int i = 0; i < 3; i++)
+                svc_redis_reply_destroy(&reps[i]);
+        }
+    }
+
     /* a multi-key script within one hash tag; keys of two tags would be CROSSSLOT */
     rep = CMD(r, "EVAL", "redis.call('SET', KEYS[1], 1) return redis.call('INCR', KEYS[2])", "2",
               "{tag}a", "{tag}b");
@@ -679,6 +739,19 @@ static void test_sentinel(const char *url)
         s.old_master = node_client(&u, &m);
     }
     expect_status(s.r, (const char *[]){"SET", "ha:x", "before", NULL}, "OK");
+    {
+        /* a pipeline with one WAIT for all of it: the replica confirms both writes */
+        const char *keys[] = {"ha:p1", "ha:p2"};
+        struct svc_redis_reply *reps[2] = {NULL, NULL};
+        int answered = 0, acked = 0;
+        T_EQ_INT(pipeline_sets(s.r, 2, keys, reps, &answered, 1, &acked), SVC_OK);
+        T_EQ_INT(answered, 2);
+        T_ASSERT(acked >= 1);
+        for (int i = 0; i < 2; i++) {
+            T_EQ_STR(svc_redis_reply_str(reps[i], NULL), "OK");
+            svc_redis_reply_destroy(&reps[i]);
+        }
+    }
     rep = CMD(s.r, "ROLE");
     T_EQ_STR(svc_redis_reply_str(svc_redis_reply_elem(rep, 0), NULL), "master");
     svc_redis_reply_destroy(&rep);

@@ -73,6 +73,23 @@ int svc_redis_cmd_wait(struct svc_redis *r, struct svc_redis_reply **reply, int 
                        const char *const *argv, const size_t *argvlen, int replicas, long wait_ms,
                        int *acked) SVC_MUST_CHECK;
 
+/*
+ * Runs n commands in one round trip on one connection (a pipeline), for commands bound to one
+ * node: on a Cluster, the node of the first command's key (give commands of one slot). replies
+ * [i] is set for each of the first *answered commands (each may be an ERROR reply; a MOVED,
+ * ASK, READONLY, TRYAGAIN or CLUSTERDOWN is returned as it is, not followed: send that command
+ * and the ones after it again, e.g. with svc_redis_cmd, which follows them; the next call asks
+ * for the topology first). With replicas > 0, one WAIT after the last command: *acked is how
+ * many replicas confirmed all of them within wait_ms (0 when WAIT failed; acked may be NULL
+ * otherwise). SVC_OK when every reply arrived; SVC_EUNAVAIL / SVC_ETIMEDOUT when the connection
+ * failed (*answered tells how far it got; the commands after it may or may not have run).
+ * The caller frees each reply. Thread-safe.
+ */
+int svc_redis_cmd_pipeline(struct svc_redis *r, int n, const int *argc,
+                           const char *const *const *argv, const size_t *const *argvlen,
+                           struct svc_redis_reply **replies, int *answered, int replicas,
+                           long wait_ms, int *acked) SVC_MUST_CHECK;
+
 /* ---- non-blocking, on a loop ---- */
 
 /*
