@@ -18,6 +18,11 @@
 #include "svc/util.h"
 
 #define RELAY_BATCH_MAX 1000
+/* Outbox rows deleted by one statement (one text, so one prepared statement for every size). */
+#define DELETE_IDS 32
+#define DELETE_SQL                                                                                 \
+    "DELETE FROM billing_outbox WHERE id IN (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?," \
+    "?,?,?,?,?)"
 #define RELAY_BACKOFF_MAX_MS 2000
 #define REDIS_TIMEOUT_MS 2000
 
@@ -345,9 +350,13 @@ static int relay_pass(struct billing_relay *r, struct svc_db_conn *c)
     if (sent > 0) {
         int drc = svc_db_begin(c);
 
-        for (int i = 0; drc == SVC_OK && i < sent; i++) {
-            struct svc_db_param d[] = {SVC_DB_I64(svc_db_rows_i64(rows, (size_t)i, 0))};
-            drc = svc_db_exec(c, "DELETE FROM billing_outbox WHERE id = ?", d, 1, NULL, NULL);
+        /* DELETE_IDS rows per statement; the unused places are 0, which no row has */
+        for (int i = 0; drc == SVC_OK && i < sent; i += DELETE_IDS) {
+            struct svc_db_param d[DELETE_IDS];
+            for (int k = 0; k < DELETE_IDS; k++)
+                d[k] = svc_db_param_i64(i + k < sent ? svc_db_rows_i64(rows, (size_t)(i + k), 0)
+                                                     : 0);
+            drc = svc_db_exec(c, DELETE_SQL, d, DELETE_IDS, NULL, NULL);
         }
         if (drc == SVC_OK)
             drc = svc_db_commit(c);

@@ -289,6 +289,10 @@ struct acct_row {
     int64_t seq;
     int deleted;
     int found;
+    /* deferred: acct_delta only adds to pend_* (the row is locked, and nothing in the
+     * transaction reads it back from SQL); acct_flush writes them in one UPDATE */
+    int deferred;
+    int64_t pend_g, pend_u, pend_h, pend_seq;
 };
 
 static const char SQL_ACCT[] =
@@ -334,14 +338,23 @@ static int acct_delta(struct svc_db_conn *c, struct acct_row *r, int64_t dg, int
     struct svc_db_param p[] = {SVC_DB_I64(dg),   SVC_DB_I64(du),  SVC_DB_I64(dh),
                                SVC_DB_I64(dseq), SVC_DB_I64(now), SVC_DB_I64(r->a.user_id)};
     uint64_t n = 0;
-    int rc = svc_db_exec(c,
+    int rc;
+
+    if (r->deferred) {
+        r->pend_g += dg;
+        r->pend_u += du;
+        r->pend_h += dh;
+        r->pend_seq += dseq;
+    } else {
+        rc = svc_db_exec(c,
                          "UPDATE billing_accounts SET granted = granted + ?, used = used + ?, "
                          "held = held + ?, seq = seq + ?, updated_at_ms = ? WHERE user_id = ?",
                          p, 6, &n, NULL);
-    if (rc != SVC_OK)
-        return rc;
-    if (n != 1)
-        return SVC_ECONFLICT;
+        if (rc != SVC_OK)
+            return rc;
+        if (n != 1)
+            return SVC_ECONFLICT;
+    }
     r->a.granted += dg;
     r->a.used += du;
     r->a.held += dh;
@@ -349,6 +362,24 @@ static int acct_delta(struct svc_db_conn *c, struct acct_row *r, int64_t dg, int
     r->a.updated_at_ms = now;
     r->a.balance = r->a.granted - r->a.used - r->a.held;
     return SVC_OK;
+}
+
+/* Writes what a deferred row gathered (one UPDATE for a LeaseSync's many charges) and stops
+ * deferring. */
+static int acct_flush(struct svc_db_conn *c, struct acct_row *r, int64_t now)
+{
+    int64_t dg = r->pend_g, du = r->pend_u, dh = r->pend_h, dseq = r->pend_seq;
+
+    r->deferred = 0;
+    r->pend_g = r->pend_u = r->pend_h = r->pend_seq = 0;
+    if (dg == 0 && du == 0 && dh == 0 && dseq == 0)
+        return SVC_OK;
+    /* acct_delta adds to the local copy as well: take the deltas back out first */
+    r->a.granted -= dg;
+    r->a.used -= du;
+    r->a.held -= dh;
+    r->seq -= dseq;
+    return acct_delta(c, r, dg, du, dh, dseq, now);
 }
 
 struct ledger_row {
@@ -1102,6 +1133,8 @@ static int lease_tx(void *ctx, struct svc_db_conn *c)
         out->duplicate = 1;
         return SVC_OK;
     }
+    /* Every change of the account below (charges, refund, resize) is one UPDATE at the end. */
+    a.deferred = 1;
     if (!h.found && in->seq == 1) {
         struct svc_db_param p[] = {SVC_DB_TEXT(in->lease_id), SVC_DB_I64(in->user_id),
                                    SVC_DB_TEXT(nz(source)), SVC_DB_I64(now),
@@ -1212,6 +1245,8 @@ static int lease_tx(void *ctx, struct svc_db_conn *c)
         if (n != 1)
             return SVC_ECONFLICT; /* changed under us: replay */
     }
+    if ((rc = acct_flush(c, &a, now)) != SVC_OK)
+        return rc;
     lease_answer(x->s, in, &h, &a, out);
     return SVC_OK;
 }
