@@ -115,6 +115,7 @@ struct meter {
     /* the upstream */
     struct svc_fetch *up;
     int is_sse;              /* 1: an SSE stream; 0: a JSON answer kept in body */
+    int events_raw;          /* meter_set_events_raw: events read in a scratch tree */
     struct svc_buf body;
     long status;
     struct svc_sse sse;
@@ -515,52 +516,80 @@ static void event_usage(struct meter *m, struct svc_json *j)
     }
 }
 
+/*
+ * Reads one event into ev and the meter (usage, the reply's text, completeness): 0, or an error
+ * that stops the stream (a malformed event, an error event, a reply over REPLY_MAX), with
+ * m->errmsg set. ev->json is the parsed event (the caller destroys it).
+ */
+static int event_read(struct meter *m, struct meter_event *ev)
+{
+    struct svc_json *err;
+
+    ev->json = svc_json_parse(ev->data, ev->len, 0, NULL, 0);
+    if (ev->json == NULL || !svc_json_is_object(ev->json)) {
+        snprintf(m->errmsg, sizeof(m->errmsg), "malformed upstream event");
+        return SVC_EIO;
+    }
+    err = svc_json_member(ev->json, "error");
+    if (err != NULL) {
+        const char *msg = svc_json_str(svc_json_member(err, "message"));
+        snprintf(m->errmsg, sizeof(m->errmsg), "[OpenAI] %s",
+                 msg != NULL ? msg : "error inside the stream");
+        svc_util_utf8_trim_end(m->errmsg); /* a long message is cut; JSON needs whole characters */
+        return SVC_EIO;
+    }
+    event_usage(m, ev->json);
+    ev->content = event_content(ev->json, &ev->content_len);
+    {
+        struct svc_json *choices = svc_json_member(ev->json, "choices");
+        struct svc_json *choice = svc_json_array_at(choices, 0);
+        ev->finish = svc_json_str(svc_json_member(choice, "finish_reason"));
+        ev->usage_only = choice == NULL && svc_json_is_object(svc_json_member(ev->json, "usage"));
+    }
+    if (ev->content_len > 0 && svc_buf_append(&m->text, ev->content, ev->content_len) != SVC_OK) {
+        snprintf(m->errmsg, sizeof(m->errmsg), "reply longer than %u bytes", REPLY_MAX);
+        return SVC_ETOOLARGE;
+    }
+    if (ev->finish != NULL)
+        m->complete = 1;
+    return 0;
+}
+
 static int on_sse_event(void *ctx, const char *data, size_t len)
 {
     struct meter *m = ctx;
     struct meter_event ev = {.data = data, .len = len};
-    struct svc_json *err;
-    int rc = 0;
+    int rc;
 
     if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
         m->complete = 1;
         ev.done = 1;
         return m->ud != NULL ? m->h->on_event(m->ud, &ev) : 0;
     }
-    ev.json = svc_json_parse(data, len, 0, NULL, 0);
-    if (ev.json == NULL || !svc_json_is_object(ev.json)) {
-        snprintf(m->errmsg, sizeof(m->errmsg), "malformed upstream event");
+    if (m->events_raw) {
+        /* The tree lives only while the event is read: one arena, not a malloc per node. The
+         * caller is given the event as it came (meter_set_events_raw). */
+        svc_json_scratch_begin();
+        rc = event_read(m, &ev);
         svc_json_destroy(&ev.json);
-        return SVC_EIO;
+        svc_json_scratch_end();
+        ev.content = NULL;
+        ev.content_len = 0;
+        ev.finish = NULL;
+        if (rc == 0 && m->ud != NULL)
+            rc = m->h->on_event(m->ud, &ev);
+        return rc;
     }
-    err = svc_json_member(ev.json, "error");
-    if (err != NULL) {
-        const char *msg = svc_json_str(svc_json_member(err, "message"));
-        snprintf(m->errmsg, sizeof(m->errmsg), "[OpenAI] %s",
-                 msg != NULL ? msg : "error inside the stream");
-        svc_util_utf8_trim_end(m->errmsg); /* a long message is cut; JSON needs whole characters */
-        svc_json_destroy(&ev.json);
-        return SVC_EIO;
-    }
-    event_usage(m, ev.json);
-    ev.content = event_content(ev.json, &ev.content_len);
-    {
-        struct svc_json *choices = svc_json_member(ev.json, "choices");
-        struct svc_json *choice = svc_json_array_at(choices, 0);
-        ev.finish = svc_json_str(svc_json_member(choice, "finish_reason"));
-        ev.usage_only = choice == NULL && svc_json_is_object(svc_json_member(ev.json, "usage"));
-    }
-    if (ev.content_len > 0 && svc_buf_append(&m->text, ev.content, ev.content_len) != SVC_OK) {
-        snprintf(m->errmsg, sizeof(m->errmsg), "reply longer than %u bytes", REPLY_MAX);
-        svc_json_destroy(&ev.json);
-        return SVC_ETOOLARGE;
-    }
-    if (ev.finish != NULL)
-        m->complete = 1;
-    if (m->ud != NULL)
+    rc = event_read(m, &ev);
+    if (rc == 0 && m->ud != NULL)
         rc = m->h->on_event(m->ud, &ev);
     svc_json_destroy(&ev.json);
     return rc;
+}
+
+void meter_set_events_raw(struct meter *m)
+{
+    m->events_raw = 1;
 }
 
 static size_t input_waiting(const struct meter *m)

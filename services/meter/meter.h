@@ -165,6 +165,13 @@ typedef void (*meter_admit_fn)(void *ctx, const struct meter_admission *a);
 int meter_admit(struct meter *m, Chatweb__Billing__ReserveRequest *in, meter_admit_fn cb)
     SVC_MUST_CHECK;
 
+/*
+ * The caller's on_event reads only data, len, usage_only and done (the proxy passes events on as
+ * they came): each event is then read in a scratch tree (svc_json_scratch_begin, one arena
+ * instead of a malloc per node), and json, content and finish are NULL in the events it is given.
+ */
+void meter_set_events_raw(struct meter *m);
+
 /* Starts the upstream request (the meter sets the callbacks). sse = 1: the answer is an SSE
  * stream turned into events; 0: a JSON answer, buffered (bounded) and given to on_body, its usage
  * read from it. SVC_ENOMEM when it cannot start: the hold is released and on_end is not called. */
