@@ -16,6 +16,7 @@
 
 #include "billing/client.h"
 #include "billing/lease.h"
+#include "meter/event.h"
 #include "svc/buf.h"
 #include "svc/fetch.h"
 #include "svc/http.h"
@@ -115,7 +116,7 @@ struct meter {
     /* the upstream */
     struct svc_fetch *up;
     int is_sse;              /* 1: an SSE stream; 0: a JSON answer kept in body */
-    int events_raw;          /* meter_set_events_raw: events read in a scratch tree */
+    int events_raw;          /* meter_set_events_raw: events read by meter_event_scan */
     struct svc_buf body;
     long status;
     struct svc_sse sse;
@@ -555,6 +556,39 @@ static int event_read(struct meter *m, struct meter_event *ev)
     return 0;
 }
 
+/*
+ * event_read() without a tree, for raw events (meter_event_scan gives the same results as the
+ * jansson reading above): the meter's side only; ev->json, content and finish stay unset.
+ */
+static int event_scan(struct meter *m, struct meter_event *ev)
+{
+    struct meter_event_fields f;
+    int rc = meter_event_scan(ev->data, ev->len, &f, &m->text);
+
+    if (rc == SVC_EINVAL) {
+        snprintf(m->errmsg, sizeof(m->errmsg), "malformed upstream event");
+        return SVC_EIO;
+    }
+    if (f.has_error) {
+        snprintf(m->errmsg, sizeof(m->errmsg), "[OpenAI] %s",
+                 f.error_msg != NULL ? f.error_msg : "error inside the stream");
+        svc_util_utf8_trim_end(m->errmsg); /* a long message is cut; JSON needs whole characters */
+        return SVC_EIO;
+    }
+    if (f.has_usage) {
+        m->usage_prompt = f.usage_prompt;
+        m->usage_completion = f.usage_completion;
+    }
+    ev->usage_only = f.usage_only;
+    if (rc != 0) {
+        snprintf(m->errmsg, sizeof(m->errmsg), "reply longer than %u bytes", REPLY_MAX);
+        return SVC_ETOOLARGE;
+    }
+    if (f.has_finish)
+        m->complete = 1;
+    return 0;
+}
+
 static int on_sse_event(void *ctx, const char *data, size_t len)
 {
     struct meter *m = ctx;
@@ -567,15 +601,9 @@ static int on_sse_event(void *ctx, const char *data, size_t len)
         return m->ud != NULL ? m->h->on_event(m->ud, &ev) : 0;
     }
     if (m->events_raw) {
-        /* The tree lives only while the event is read: one arena, not a malloc per node. The
-         * caller is given the event as it came (meter_set_events_raw). */
-        svc_json_scratch_begin();
-        rc = event_read(m, &ev);
-        svc_json_destroy(&ev.json);
-        svc_json_scratch_end();
-        ev.content = NULL;
-        ev.content_len = 0;
-        ev.finish = NULL;
+        /* The caller is given the event as it came (meter_set_events_raw): read what the meter
+         * needs in one pass, without building a tree. */
+        rc = event_scan(m, &ev);
         if (rc == 0 && m->ud != NULL)
             rc = m->h->on_event(m->ud, &ev);
         return rc;

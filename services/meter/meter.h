@@ -167,8 +167,8 @@ int meter_admit(struct meter *m, Chatweb__Billing__ReserveRequest *in, meter_adm
 
 /*
  * The caller's on_event reads only data, len, usage_only and done (the proxy passes events on as
- * they came): each event is then read in a scratch tree (svc_json_scratch_begin, one arena
- * instead of a malloc per node), and json, content and finish are NULL in the events it is given.
+ * they came): each event is then read in one pass that builds no tree (meter/event.h), and json,
+ * content and finish are NULL in the events it is given.
  */
 void meter_set_events_raw(struct meter *m);
 
