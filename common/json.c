@@ -3,10 +3,8 @@
  * json_t under another name: the casts below are the whole translation, so the services never
  * see a jansson type and jansson's semantics (reference counts, UTF-8 checks) hold unchanged.
  */
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -14,78 +12,6 @@
 #include "svc/err.h"
 #include "svc/json.h"
 #include "svc/util.h"
-
-/* ---- scratch trees (svc_json_scratch_begin) ---- */
-
-#define SCRATCH_BYTES (64u << 10)
-#define SCRATCH_ALIGN 16u
-
-static _Thread_local struct {
-    char *base;
-    size_t used;
-    int on;
-} scratch;
-
-/* jansson's allocator: the thread's arena while a scratch tree is being made, else malloc. */
-static void *scratch_malloc(size_t n)
-{
-    if (scratch.on && scratch.base != NULL) {
-        size_t need = (n + SCRATCH_ALIGN - 1) & ~(size_t)(SCRATCH_ALIGN - 1);
-        if (need >= n && need <= SCRATCH_BYTES - scratch.used) {
-            void *p = scratch.base + scratch.used;
-            scratch.used += need;
-            return p;
-        }
-    }
-    return malloc(n);
-}
-
-/* Frees what malloc gave; a block of an arena (this thread's: a scratch tree never leaves its
- * thread) is forgotten with the arena instead. */
-static void scratch_free(void *p)
-{
-    if (p == NULL)
-        return;
-    if (scratch.base != NULL && (char *)p >= scratch.base &&
-        (char *)p < scratch.base + SCRATCH_BYTES)
-        return;
-    free(p);
-}
-
-/* Before main and any thread: jansson reads its allocator without a lock. */
-__attribute__((constructor)) static void scratch_install(void)
-{
-    json_set_alloc_funcs(scratch_malloc, scratch_free);
-}
-
-static pthread_key_t scratch_key;
-static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-
-static void scratch_key_make(void)
-{
-    (void)pthread_key_create(&scratch_key, free); /* the arena goes with its thread */
-}
-
-void svc_json_scratch_begin(void)
-{
-    if (scratch.base == NULL) {
-        /* kept for the thread's life (freed at its exit); NULL: plain malloc */
-        (void)pthread_once(&scratch_once, scratch_key_make);
-        scratch.base = malloc(SCRATCH_BYTES);
-        if (scratch.base != NULL && pthread_setspecific(scratch_key, scratch.base) != 0) {
-            free(scratch.base);
-            scratch.base = NULL;
-        }
-    }
-    scratch.used = 0;
-    scratch.on = 1;
-}
-
-void svc_json_scratch_end(void)
-{
-    scratch.on = 0;
-    scratch.used = 0;
-}
 
 #define J(v) ((json_t *)(v))
 #define CJ(v) ((const json_t *)(v))

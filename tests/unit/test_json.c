@@ -416,44 +416,6 @@ static void test_iterate_non_containers(void)
     svc_json_destroy(&j);
 }
 
-/* Scratch trees read like any other, a tree made before keeps working through and after, and
- * an event far larger than the arena (64 KiB) spills to malloc and still reads whole. */
-static void test_scratch(void)
-{
-    const char *kept = "{\"kept\":[1,2,3]}";
-    struct svc_json *outside = svc_json_parse(kept, strlen(kept), 0, NULL, 0);
-    char big[200000];
-    size_t n = 0;
-
-    T_ASSERT(outside != NULL);
-    for (int round = 0; round < 1000; round++) {
-        const char *ev = "{\"choices\":[{\"delta\":{\"content\":\"h\\u00e9\"}}],\"n\":7}";
-        svc_json_scratch_begin();
-        struct svc_json *j = svc_json_parse(ev, strlen(ev), 0, NULL, 0);
-        struct svc_json *c = svc_json_member(
-            svc_json_member(svc_json_array_at(svc_json_member(j, "choices"), 0), "delta"), "content");
-        T_EQ_STR(svc_json_str(c), "h\xc3\xa9");
-        T_EQ_INT(svc_json_int(svc_json_member(j, "n")), 7);
-        svc_json_destroy(&j);
-        svc_json_scratch_end();
-    }
-    n += (size_t)snprintf(big + n, sizeof(big) - n, "{\"a\":[");
-    for (int i = 0; i < 20000; i++)
-        n += (size_t)snprintf(big + n, sizeof(big) - n, "%s%d", i ? "," : "", i);
-    n += (size_t)snprintf(big + n, sizeof(big) - n, "]}");
-    svc_json_scratch_begin();
-    {
-        struct svc_json *j = svc_json_parse(big, n, 0, NULL, 0);
-        T_ASSERT(j != NULL);
-        T_EQ_INT(svc_json_array_len(svc_json_member(j, "a")), 20000);
-        T_EQ_INT(svc_json_int(svc_json_array_at(svc_json_member(j, "a"), 19999)), 19999);
-        svc_json_destroy(&j);
-    }
-    svc_json_scratch_end();
-    T_EQ_INT(svc_json_int(svc_json_array_at(svc_json_member(outside, "kept"), 2)), 3);
-    svc_json_destroy(&outside);
-}
-
 int main(void)
 {
     T_RUN(test_parse_object);
@@ -469,6 +431,5 @@ int main(void)
     T_RUN(test_set_takes_reference);
     T_RUN(test_append_takes_reference);
     T_RUN(test_iterate_non_containers);
-    T_RUN(test_scratch);
     return 0;
 }

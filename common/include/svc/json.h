@@ -31,16 +31,6 @@ enum {
 };
 
 /*
- * Scratch trees. Between svc_json_scratch_begin() and svc_json_scratch_end() on one thread, the
- * values made on that thread are carved from a per-thread arena (64 KiB; beyond it, malloc)
- * instead of one malloc per node: for a tree read once and dropped, such as one event of a
- * stream. Every value made inside must be destroyed before the end and none may be kept past
- * it; the end forgets the whole arena at once. Not nested.
- */
-void svc_json_scratch_begin(void);
-void svc_json_scratch_end(void);
-
-/*
  * Parses buf[0..len) (need not be NUL-terminated). Returns the value, or NULL with the reason
  * ("'[' or '{' expected near 'x'") in err[errlen] when err is not NULL.
  */
