@@ -18,6 +18,11 @@
 /* Connection cache sizes (CURLMOPT_MAXCONNECTS), see svc_fetch_multi_create. */
 #define FETCH_CAPPED_CACHE 1024L
 #define FETCH_UNCAPPED_CACHE (1L << 20)
+/* Easy handles kept per multi for the next transfers. curl_easy_init and curl_easy_cleanup cost
+ * a few KiB of allocations and curl's receive buffer per transfer; a reset handle keeps them
+ * (measured on the proxy's relay path, docs/http.md). Bounded so that a burst's handles are
+ * given back after it. */
+#define FETCH_EASY_POOL 32
 
 /*
  * Transfers past a multi's per-host connection cap wait in our own FIFO per host, not in curl's
@@ -48,6 +53,8 @@ struct svc_fetch_multi {
     struct svc_fetch *all; /* every transfer not yet freed, for destroy */
     int in_action; /* inside curl_multi_socket_action: transfers must not be freed */
     int h2c_reuse_broken; /* see h2c_reuse_broken() */
+    CURL *easy_pool[FETCH_EASY_POOL]; /* reset handles for the next transfers */
+    int neasy;
 };
 
 struct svc_fetch {
@@ -71,6 +78,26 @@ struct svc_fetch {
     char errbuf[CURL_ERROR_SIZE];
 };
 
+/* A handle for a new transfer: a kept one (reset: no option of its last transfer remains) or a
+ * new one. */
+static CURL *easy_get(struct svc_fetch_multi *m)
+{
+    return m->neasy > 0 ? m->easy_pool[--m->neasy] : curl_easy_init();
+}
+
+/* Gives back a handle that is in no multi. */
+static void easy_put(struct svc_fetch_multi *m, CURL *e)
+{
+    if (e == NULL)
+        return;
+    if (m->neasy < FETCH_EASY_POOL) {
+        curl_easy_reset(e);
+        m->easy_pool[m->neasy++] = e;
+    } else {
+        curl_easy_cleanup(e);
+    }
+}
+
 static void fetch_free(struct svc_fetch *f)
 {
     svc_timer_destroy(&f->idle);
@@ -89,7 +116,7 @@ static void fetch_free(struct svc_fetch *f)
             svc_timer_start(f->m->pump, 0) != SVC_OK)
             SVC_LOG_ERR(NULL, "fetch", "cannot schedule the transfers waiting for a connection");
     }
-    curl_easy_cleanup(f->easy);
+    easy_put(f->m, f->easy);
     curl_slist_free_all(f->headers);
     free(f->body);
     svc_buf_deinit(&f->resp);
@@ -313,6 +340,8 @@ void svc_fetch_multi_destroy(struct svc_fetch_multi **mp)
             f->cb.on_cancel(f->ud);
         fetch_free(f);
     }
+    while (m->neasy > 0)
+        curl_easy_cleanup(m->easy_pool[--m->neasy]);
     if (m->multi != NULL)
         curl_multi_cleanup(m->multi);
     if (m->share != NULL) /* after every easy handle that used it is gone */
@@ -433,7 +462,7 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
     f->ud = ctx;
     f->stream = req->stream;
     svc_buf_init(&f->resp, req->max_response ? req->max_response : FETCH_DEFAULT_MAX_RESPONSE);
-    e = f->easy = curl_easy_init();
+    e = f->easy = easy_get(m);
     if (e == NULL)
         goto fail;
     for (const char *const *h = req->headers; h != NULL && *h != NULL; h++) {
@@ -537,8 +566,7 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
     return SVC_OK;
 fail:
     svc_timer_destroy(&f->idle);
-    if (f->easy != NULL)
-        curl_easy_cleanup(f->easy);
+    easy_put(m, f->easy);
     curl_slist_free_all(f->headers);
     free(f->body);
     svc_buf_deinit(&f->resp);

@@ -51,6 +51,11 @@
 /* Out of descriptors, a loop stops watching the listening socket this long: it stays readable,
  * and retrying at once would spin (and log) until a descriptor frees. */
 #define ACCEPT_PAUSE_MS 100
+/* A request that waits (async or streaming) has its client socket watched for a hang-up only
+ * once it has waited this long: most requests are answered sooner, and watching costs two
+ * epoll_ctl calls on the request's path (docs/http.md "Client gone"). A client that leaves is
+ * then noticed at most this much later. */
+#define WATCH_DELAY_MS 20
 
 struct loop_shard;
 
@@ -73,6 +78,8 @@ struct loop_shard {
     int stopped;                    /* quiesced: accepting never resumes */
     struct daemon_slot **slots;
     unsigned nslots, capslots;
+    struct svc_req *watch_head, *watch_tail; /* waiting for their watch, oldest first */
+    struct svc_timer *watch_timer;           /* fires when the oldest is due */
 };
 
 struct svc_http_server {
@@ -116,6 +123,9 @@ struct svc_req {
     struct svc_buf out; /* stream bytes not yet taken by MHD */
     size_t out_off;
     struct svc_io *watch; /* EPOLLRDHUP on the client socket while async */
+    struct svc_req *wprev, *wnext; /* in the shard's watch queue (WATCH_DELAY_MS) */
+    uint64_t watch_due_ms;
+    unsigned watch_queued : 1;
 
     svc_req_abort_cb abort_fn;
     void *abort_data;
@@ -279,7 +289,7 @@ static void req_fill_identity(struct svc_req *req)
     if (rid != NULL && id_is_sane(rid))
         snprintf(req->id, sizeof(req->id), "%s", rid);
     else
-        svc_util_random_hex(req->id, 16);
+        svc_util_id_hex(req->id, 16);
 
     snprintf(req->peer, sizeof(req->peer), "?");
     ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -309,8 +319,27 @@ static void add_headers(struct svc_req *req, struct MHD_Response *resp, const ch
         MHD_add_response_header(resp, h->name, h->value);
 }
 
+static void watch_unqueue(struct svc_req *req)
+{
+    struct loop_shard *sh = req->slot->shard;
+
+    if (!req->watch_queued)
+        return;
+    req->watch_queued = 0;
+    if (req->wprev != NULL)
+        req->wprev->wnext = req->wnext;
+    else
+        sh->watch_head = req->wnext;
+    if (req->wnext != NULL)
+        req->wnext->wprev = req->wprev;
+    else
+        sh->watch_tail = req->wprev;
+    req->wprev = req->wnext = NULL;
+}
+
 static void watch_stop(struct svc_req *req)
 {
+    watch_unqueue(req);
     svc_io_del(&req->watch);
 }
 
@@ -528,11 +557,12 @@ static void on_client_hangup(void *data, struct svc_io *io, int fd, uint32_t eve
     req_resume(req); /* let MHD see the closed socket and finish the request */
 }
 
-static void watch_start(struct svc_req *req)
+/* Watches the client socket now. */
+static void watch_arm(struct svc_req *req)
 {
     const union MHD_ConnectionInfo *ci;
 
-    if (req->watch != NULL || req->slot->loop == NULL)
+    if (req->watch != NULL)
         return;
     ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (ci == NULL)
@@ -540,6 +570,47 @@ static void watch_start(struct svc_req *req)
     if (svc_io_add(&req->watch, req->slot->loop, ci->connect_fd, EPOLLRDHUP, on_client_hangup,
                    req) != SVC_OK)
         req->watch = NULL; /* not watched: a client that leaves is seen when MHD writes */
+}
+
+/* Arms the watch of every queued request that has waited WATCH_DELAY_MS, then the timer for the
+ * next. The queue is in due order, so this looks only at the requests it arms. */
+static void on_watch_due(void *data, struct svc_timer *t)
+{
+    struct loop_shard *sh = data;
+    uint64_t now = svc_loop_now(sh->loop);
+
+    (void)t;
+    while (sh->watch_head != NULL && sh->watch_head->watch_due_ms <= now) {
+        struct svc_req *req = sh->watch_head;
+        watch_unqueue(req);
+        watch_arm(req);
+    }
+    if (sh->watch_head != NULL &&
+        svc_timer_start(sh->watch_timer, sh->watch_head->watch_due_ms - now) != SVC_OK)
+        SVC_LOG_ERR(NULL, "http", "cannot schedule the client watches");
+}
+
+/* The request waits: its client socket is watched from WATCH_DELAY_MS on (LOOPS mode only). */
+static void watch_start(struct svc_req *req)
+{
+    struct loop_shard *sh = req->slot->shard;
+
+    if (req->watch != NULL || req->watch_queued || sh == NULL)
+        return;
+    req->watch_due_ms = svc_loop_now(sh->loop) + WATCH_DELAY_MS;
+    req->watch_queued = 1;
+    req->wnext = NULL;
+    req->wprev = sh->watch_tail;
+    if (sh->watch_tail != NULL)
+        sh->watch_tail->wnext = req;
+    else
+        sh->watch_head = req;
+    sh->watch_tail = req;
+    /* A non-empty queue has its timer armed for its head already. */
+    if (sh->watch_head == req && svc_timer_start(sh->watch_timer, WATCH_DELAY_MS) != SVC_OK) {
+        watch_unqueue(req);
+        watch_arm(req);
+    }
 }
 
 /* ---- MHD callbacks ---- */
@@ -1024,6 +1095,7 @@ int svc_http_server_create(struct svc_http_server **out, const struct svc_http_o
         /* Every loop accepts; EPOLLEXCLUSIVE wakes one of them per new connection. The first
          * daemon is started here so that a daemon that cannot start fails the start. */
         if (svc_timer_create(&sh->accept_pause, sh->loop, on_accept_pause, sh) != SVC_OK ||
+            svc_timer_create(&sh->watch_timer, sh->loop, on_watch_due, sh) != SVC_OK ||
             shard_grow(sh) == NULL ||
             svc_io_add(&sh->accept_io, sh->loop, srv->listen_fd, EPOLLIN | EPOLLEXCLUSIVE,
                        on_accept, sh) != SVC_OK) {
@@ -1082,6 +1154,7 @@ void svc_http_server_destroy(struct svc_http_server **srvp)
         struct loop_shard *sh = &srv->shards[i];
         svc_io_del(&sh->accept_io);
         svc_timer_destroy(&sh->accept_pause);
+        svc_timer_destroy(&sh->watch_timer);
         for (unsigned j = 0; j < sh->nslots; j++)
             slot_free(&sh->slots[j]);
         free(sh->slots);

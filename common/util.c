@@ -19,6 +19,38 @@ static void fill_random(void *buf, size_t n)
     }
 }
 
+/* Random bytes for identifiers (request ids, UUIDs), from a per-thread buffer refilled by
+ * getrandom: one system call per ID_POOL bytes instead of one per id, on every request's path.
+ * Still the kernel's CSPRNG output, but kept in memory until used: never for secrets. */
+#define ID_POOL 512
+static void fill_id_random(void *buf, size_t n)
+{
+    static _Thread_local unsigned char pool[ID_POOL];
+    static _Thread_local size_t left;
+
+    if (n > ID_POOL) {
+        fill_random(buf, n);
+        return;
+    }
+    if (left < n) {
+        fill_random(pool, sizeof(pool));
+        left = sizeof(pool);
+    }
+    memcpy(buf, pool + sizeof(pool) - left, n);
+    memset(pool + sizeof(pool) - left, 0, n); /* each byte is handed out once */
+    left -= n;
+}
+
+static void to_hex(char *out, const unsigned char *raw, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+}
+
 uint32_t svc_util_random_u32(void)
 {
     static _Thread_local uint64_t state;
@@ -37,16 +69,26 @@ uint32_t svc_util_random_u32(void)
 
 void svc_util_random_hex(char *out, size_t nbytes)
 {
-    static const char hex[] = "0123456789abcdef";
     unsigned char raw[64];
 
     for (size_t done = 0; done < nbytes;) {
         size_t n = nbytes - done < sizeof(raw) ? nbytes - done : sizeof(raw);
         fill_random(raw, n);
-        for (size_t i = 0; i < n; i++) {
-            out[2 * (done + i)] = hex[raw[i] >> 4];
-            out[2 * (done + i) + 1] = hex[raw[i] & 15];
-        }
+        to_hex(out + 2 * done, raw, n);
+        done += n;
+    }
+    svc_util_wipe(raw, sizeof(raw));
+    out[2 * nbytes] = '\0';
+}
+
+void svc_util_id_hex(char *out, size_t nbytes)
+{
+    unsigned char raw[64];
+
+    for (size_t done = 0; done < nbytes;) {
+        size_t n = nbytes - done < sizeof(raw) ? nbytes - done : sizeof(raw);
+        fill_id_random(raw, n);
+        to_hex(out + 2 * done, raw, n);
         done += n;
     }
     out[2 * nbytes] = '\0';
@@ -58,7 +100,7 @@ void svc_util_uuid4(char out[37])
     unsigned char r[16];
     size_t o = 0;
 
-    fill_random(r, sizeof(r));
+    fill_id_random(r, sizeof(r));
     r[6] = (unsigned char)((r[6] & 0x0f) | 0x40);
     r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
     for (int i = 0; i < 16; i++) {

@@ -8,8 +8,12 @@
 
 /* Small helpers with no better home. All are thread-safe. */
 
-/* Writes 2*nbytes random hex characters plus a NUL into out (getrandom). */
+/* Writes 2*nbytes random hex characters plus a NUL into out (getrandom). For secrets. */
 void svc_util_random_hex(char *out, size_t nbytes);
+
+/* The same for identifiers that are not secrets (request ids): the bytes come from a per-thread
+ * buffer of getrandom output, one system call per 512 bytes. */
+void svc_util_id_hex(char *out, size_t nbytes);
 
 /* A pseudo-random number (a per-thread xorshift seeded by getrandom): for spreading load, never
  * for secrets. */
@@ -25,7 +29,8 @@ uint32_t svc_util_random_u32(void);
 #define SVC_UTIL_HEAP_TRIM_EVERY_MS 200
 int svc_util_heap_trim(void);
 
-/* Writes a random UUIDv4 (36 characters plus NUL) into out[37]. */
+/* Writes a random UUIDv4 (36 characters plus NUL) into out[37]; an identifier, not a secret
+ * (the bytes of svc_util_id_hex). */
 void svc_util_uuid4(char out[37]);
 
 /*
