@@ -43,6 +43,7 @@ enum role {
     R_CHOICES,    /* choices */
     R_CHOICE0,    /* choices[0] */
     R_DELTA,      /* choices[0].delta */
+    R_MESSAGE,    /* choices[0].message (a JSON answer) */
 };
 
 struct scan {
@@ -51,7 +52,8 @@ struct scan {
     struct jval usage, u_in, u_out, u_prompt, u_compl;
     struct jval resp, ru, ru_in, ru_out;
     struct jval choices, choice0, delta, delta_content, text, finish;
-    struct jval type, tdelta;
+    struct jval message, message_content; /* a JSON answer's choices[0].message.content */
+    struct jval type, tdelta, output_text;
 };
 
 static int parse_value(struct scan *s, int depth, enum role role, struct jval *out);
@@ -392,6 +394,7 @@ static enum role member(struct scan *s, enum role role, const struct jval *key, 
         }
         if (str_is(key, "choices")) {
             s->choice0 = s->delta = s->delta_content = s->text = s->finish = none;
+            s->message = s->message_content = none;
             *slot = &s->choices;
             return R_CHOICES;
         }
@@ -399,6 +402,8 @@ static enum role member(struct scan *s, enum role role, const struct jval *key, 
             *slot = &s->type;
         else if (str_is(key, "delta"))
             *slot = &s->tdelta;
+        else if (str_is(key, "output_text"))
+            *slot = &s->output_text;
         return R_SKIP;
     case R_ERROR:
         if (str_is(key, "message"))
@@ -433,6 +438,11 @@ static enum role member(struct scan *s, enum role role, const struct jval *key, 
             *slot = &s->delta;
             return R_DELTA;
         }
+        if (str_is(key, "message")) {
+            s->message_content = none;
+            *slot = &s->message;
+            return R_MESSAGE;
+        }
         if (str_is(key, "text"))
             *slot = &s->text;
         else if (str_is(key, "finish_reason"))
@@ -441,6 +451,10 @@ static enum role member(struct scan *s, enum role role, const struct jval *key, 
     case R_DELTA:
         if (str_is(key, "content"))
             *slot = &s->delta_content;
+        return R_SKIP;
+    case R_MESSAGE:
+        if (str_is(key, "content"))
+            *slot = &s->message_content;
         return R_SKIP;
     default:
         return R_SKIP;
@@ -588,21 +602,50 @@ static int append_string(struct svc_buf *b, const struct jval *v)
     return rc;
 }
 
+/* Reads the whole document into s: 0, or -1 when it is not a valid JSON object. */
+static int scan_document(struct scan *s, const char *data, size_t len)
+{
+    struct jval root = {0};
+
+    memset(s, 0, sizeof(*s));
+    s->p = data;
+    s->end = data + len;
+    skip_ws(s);
+    /* jansson wants an object or an array at the top; the meter, an object */
+    if (s->p >= s->end || *s->p != '{' || parse_value(s, 1, R_ROOT, &root) != 0)
+        return -1;
+    skip_ws(s);
+    return s->p == s->end ? 0 : -1;
+}
+
+/* meter.c's event_usage(): usage (Responses' names first), else response.usage. */
+static void usage_of(const struct scan *s, int *has, long long *prompt, long long *completion)
+{
+    *has = 1;
+    if (s->usage.type == JV_OBJECT && s->u_in.type != JV_NONE) {
+        *prompt = int_of(&s->u_in);
+        *completion = int_of(&s->u_out);
+    } else if (s->usage.type == JV_OBJECT) {
+        *prompt = int_of(&s->u_prompt);
+        *completion = int_of(&s->u_compl);
+    } else if (s->resp.type == JV_OBJECT && s->ru.type == JV_OBJECT) {
+        *prompt = int_of(&s->ru_in);
+        *completion = int_of(&s->ru_out);
+    } else {
+        *has = 0;
+        *prompt = *completion = 0;
+    }
+}
+
 int meter_event_scan(const char *data, size_t len, struct meter_event_fields *f,
                      struct svc_buf *content)
 {
-    struct scan s = {.p = data, .end = data + len};
-    struct jval root = {0};
+    struct scan s;
     const struct jval *c = NULL;
     int has_choice;
 
     memset(f, 0, offsetof(struct meter_event_fields, msg_buf));
-    skip_ws(&s);
-    /* jansson wants an object or an array at the top; the meter, an object */
-    if (s.p >= s.end || *s.p != '{' || parse_value(&s, 1, R_ROOT, &root) != 0)
-        return SVC_EINVAL;
-    skip_ws(&s);
-    if (s.p != s.end)
+    if (scan_document(&s, data, len) != 0)
         return SVC_EINVAL;
 
     if (s.error.type != JV_NONE) {
@@ -616,20 +659,7 @@ int meter_event_scan(const char *data, size_t len, struct meter_event_fields *f,
         }
         return 0;
     }
-    /* event_usage() */
-    if (s.usage.type == JV_OBJECT && s.u_in.type != JV_NONE) {
-        f->has_usage = 1;
-        f->usage_prompt = int_of(&s.u_in);
-        f->usage_completion = int_of(&s.u_out);
-    } else if (s.usage.type == JV_OBJECT) {
-        f->has_usage = 1;
-        f->usage_prompt = int_of(&s.u_prompt);
-        f->usage_completion = int_of(&s.u_compl);
-    } else if (s.resp.type == JV_OBJECT && s.ru.type == JV_OBJECT) {
-        f->has_usage = 1;
-        f->usage_prompt = int_of(&s.ru_in);
-        f->usage_completion = int_of(&s.ru_out);
-    }
+    usage_of(&s, &f->has_usage, &f->usage_prompt, &f->usage_completion);
     /* choices[0] exists, whatever its type (a null element too) */
     has_choice = s.choices.type == JV_ARRAY && s.choice0.type != JV_NONE;
     if (has_choice && s.choice0.type == JV_OBJECT) {
@@ -645,5 +675,28 @@ int meter_event_scan(const char *data, size_t len, struct meter_event_fields *f,
     f->usage_only = !has_choice && s.usage.type == JV_OBJECT;
     if (c != NULL && c->slen > 0)
         return append_string(content, c);
+    return 0;
+}
+
+int meter_answer_scan(const char *data, size_t len, struct meter_answer_fields *f,
+                      struct svc_buf *text)
+{
+    struct scan s;
+    const struct jval *c = NULL;
+
+    memset(f, 0, sizeof(*f));
+    if (scan_document(&s, data, len) != 0)
+        return SVC_EINVAL;
+    usage_of(&s, &f->has_usage, &f->usage_prompt, &f->usage_completion);
+    if (s.choices.type == JV_ARRAY && s.choice0.type == JV_OBJECT) {
+        if (s.message.type == JV_OBJECT && s.message_content.type == JV_STRING)
+            c = &s.message_content;
+        else if (s.text.type == JV_STRING)
+            c = &s.text;
+    }
+    if (c == NULL && s.output_text.type == JV_STRING)
+        c = &s.output_text;
+    if (c != NULL && c->slen > 0)
+        return append_string(text, c);
     return 0;
 }

@@ -41,4 +41,21 @@ struct meter_event_fields {
 int meter_event_scan(const char *data, size_t len, struct meter_event_fields *f,
                      struct svc_buf *content) __attribute__((warn_unused_result));
 
+/* What the meter reads from a complete JSON answer (a reply that was not streamed). */
+struct meter_answer_fields {
+    int has_usage;                            /* usage or response.usage, as in an event */
+    long long usage_prompt, usage_completion; /* integers, 0 for any other type */
+};
+
+/*
+ * Reads the JSON answer data[0..len) into *f (all of it written) with the same single pass as
+ * meter_event_scan, and appends its text to text: choices[0].message.content, else
+ * choices[0].text, else the top-level output_text, when it is a non-empty string. The reference
+ * is meter.c's former jansson reading of an answer (tests/fuzz/fuzz_meter_event.c keeps it).
+ * Returns 0; SVC_EINVAL when the data is not a valid JSON object (*f zeroed, nothing appended);
+ * or svc_buf_append's error when the text did not fit (*f filled, text unchanged).
+ */
+int meter_answer_scan(const char *data, size_t len, struct meter_answer_fields *f,
+                      struct svc_buf *text) __attribute__((warn_unused_result));
+
 #endif

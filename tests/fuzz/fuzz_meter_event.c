@@ -1,6 +1,6 @@
 /*
- * Differential fuzz target for meter/event.h (meter_event_scan, the proxy's tree-less reading of
- * an upstream event).
+ * Differential fuzz target for meter/event.h: meter_event_scan (the proxy's tree-less reading of
+ * an upstream event) and meter_answer_scan (the meter's reading of a JSON answer).
  *
  * Input: the event's data. The reference is meter.c's jansson reading (event_read, event_content,
  * event_usage), copied here on svc/json.h; the two must agree on whether the event is valid, on
@@ -99,6 +99,66 @@ static void ref_read(struct ref *r, struct svc_json *j)
     r->usage_only = choice == NULL && svc_json_is_object(svc_json_member(j, "usage"));
 }
 
+/* meter.c's json_answer() as it was on jansson: the usage and the text it appends */
+static void ref_answer(struct ref *r, struct svc_json *j)
+{
+    struct svc_json *choice = svc_json_array_at(svc_json_member(j, "choices"), 0);
+    struct svc_json *c = svc_json_member(svc_json_member(choice, "message"), "content");
+
+    memset(r, 0, sizeof(*r));
+    if (j == NULL)
+        return;
+    ref_usage(r, j);
+    if (!svc_json_is_string(c))
+        c = svc_json_member(choice, "text");
+    if (!svc_json_is_string(c))
+        c = svc_json_member(j, "output_text");
+    if (svc_json_is_string(c)) {
+        r->content = svc_json_str(c);
+        r->content_len = svc_json_strlen(c);
+    }
+}
+
+/* the answer's side: the same usage and the same bytes appended (an append that does not fit
+ * leaves the buffer as it was, then and now) */
+static void check_answer(const char *d, size_t size, struct svc_json *j)
+{
+    struct meter_answer_fields f;
+    struct svc_buf want, got;
+    struct ref r;
+    char pre[PREFILL];
+    int rc, want_rc = 0;
+
+    ref_answer(&r, j);
+    memset(pre, 'q', sizeof(pre));
+    svc_buf_init(&want, CONTENT_MAX);
+    svc_buf_init(&got, CONTENT_MAX);
+    if (svc_buf_append(&want, pre, sizeof(pre)) != SVC_OK ||
+        svc_buf_append(&got, pre, sizeof(pre)) != SVC_OK)
+        abort();
+    if (r.content_len > 0)
+        want_rc = svc_buf_append(&want, r.content, r.content_len);
+    memset(&f, 0xA5, sizeof(f));
+    rc = meter_answer_scan(d, size, &f, &got);
+    if (rc == SVC_EINVAL) {
+        /* not an object: jansson found nothing in it either (an array, or invalid) */
+        if (r.has_usage || r.content_len > 0 || f.has_usage != 0)
+            abort();
+        if (j != NULL && svc_json_is_object(j))
+            abort();
+    } else {
+        if (j == NULL || !svc_json_is_object(j) || rc != want_rc || f.has_usage != r.has_usage)
+            abort();
+        if (r.has_usage && (f.usage_prompt != r.prompt || f.usage_completion != r.completion))
+            abort();
+    }
+    if (want.len != got.len || memcmp(want.data, got.data, want.len) != 0 ||
+        got.data[got.len] != '\0')
+        abort();
+    svc_buf_deinit(&want);
+    svc_buf_deinit(&got);
+}
+
 /* the meter's error text, as event_read formats it */
 static void errmsg(char *out, size_t n, const char *msg)
 {
@@ -167,6 +227,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     svc_buf_deinit(&want);
     svc_buf_deinit(&got);
+    check_answer(d, size, j);
     svc_json_destroy(&j);
     return 0;
 }

@@ -1,5 +1,6 @@
 /*
- * Unit tests of meter/event.h (meter_event_scan): the fields meter.c reads from chat chunks,
+ * Unit tests of meter/event.h (meter_event_scan, and meter_answer_scan for JSON answers): the
+ * fields meter.c reads from chat chunks,
  * usage chunks, Responses API events and error events, and jansson's exact acceptance (flags 0):
  * duplicate keys (the last wins), escapes and surrogates, invalid UTF-8, "\u0000", the depth
  * limit, integer overflow, trailing bytes, a non-object at the top. The differential fuzz target
@@ -356,6 +357,76 @@ static void test_content_too_large(void)
     svc_buf_deinit(&c);
 }
 
+/* meter_answer_scan: a whole JSON answer of each API */
+static int answer(const char *data, struct meter_answer_fields *f, struct svc_buf *t)
+{
+    svc_buf_reset(t);
+    return meter_answer_scan(data, strlen(data), f, t);
+}
+
+static void test_answers(void)
+{
+    struct meter_answer_fields f;
+    struct svc_buf t;
+
+    svc_buf_init(&t, 1 << 20);
+    /* chat completion: message.content and the usage */
+    T_EQ_INT(answer("{\"id\":\"c\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+                    "\"content\":\"Hi \\u00e9\"},\"finish_reason\":\"stop\"}],"
+                    "\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":12}}",
+                    &f, &t),
+             SVC_OK);
+    T_EQ_INT(f.has_usage, 1);
+    T_EQ_INT(f.usage_prompt, 9);
+    T_EQ_INT(f.usage_completion, 12);
+    T_EQ_STR(content(&t), "Hi \xc3\xa9");
+    /* legacy completion: choices[0].text; no usage */
+    T_EQ_INT(answer("{\"choices\":[{\"text\":\"abc\"}]}", &f, &t), SVC_OK);
+    T_EQ_INT(f.has_usage, 0);
+    T_EQ_INT(f.usage_prompt, 0);
+    T_EQ_STR(content(&t), "abc");
+    /* message.content that is not a string falls back to text */
+    T_EQ_INT(answer("{\"choices\":[{\"message\":{\"content\":null},\"text\":\"t\"}]}", &f, &t),
+             SVC_OK);
+    T_EQ_STR(content(&t), "t");
+    /* Responses API: output_text and input/output_tokens */
+    T_EQ_INT(answer("{\"object\":\"response\",\"output_text\":\"o\",\"usage\":{\"input_tokens\":7,"
+                    "\"output_tokens\":4,\"prompt_tokens\":99}}",
+                    &f, &t),
+             SVC_OK);
+    T_EQ_INT(f.usage_prompt, 7);
+    T_EQ_INT(f.usage_completion, 4);
+    T_EQ_STR(content(&t), "o");
+    /* a choice that is not an object: output_text is the text */
+    T_EQ_INT(answer("{\"choices\":[null],\"output_text\":\"x\"}", &f, &t), SVC_OK);
+    T_EQ_STR(content(&t), "x");
+    /* the last "message" wins, as in jansson */
+    T_EQ_INT(answer("{\"choices\":[{\"message\":{\"content\":\"first\"},\"message\":{}}],"
+                    "\"output_text\":\"y\"}",
+                    &f, &t),
+             SVC_OK);
+    T_EQ_STR(content(&t), "y");
+    /* an "error" member changes nothing for an answer */
+    T_EQ_INT(answer("{\"error\":{\"message\":\"m\"},\"usage\":{\"prompt_tokens\":1}}", &f, &t),
+             SVC_OK);
+    T_EQ_INT(f.has_usage, 1);
+    T_EQ_INT(f.usage_prompt, 1);
+    /* not an object, or not JSON: nothing */
+    T_EQ_INT(answer("[{\"usage\":{\"prompt_tokens\":1}}]", &f, &t), SVC_EINVAL);
+    T_EQ_INT(f.has_usage, 0);
+    T_EQ_INT(answer("{\"choices\":[{\"text\":\"abc\"}]", &f, &t), SVC_EINVAL);
+    T_EQ_INT((int)t.len, 0);
+    svc_buf_deinit(&t);
+    /* a text that does not fit: the usage is read, the buffer is unchanged */
+    svc_buf_init(&t, 4);
+    T_EQ_INT(answer("{\"choices\":[{\"text\":\"too long\"}],\"usage\":{\"completion_tokens\":2}}",
+                    &f, &t),
+             SVC_ETOOLARGE);
+    T_EQ_INT(f.usage_completion, 2);
+    T_EQ_INT((int)t.len, 0);
+    svc_buf_deinit(&t);
+}
+
 int main(void)
 {
     T_RUN(test_chat_chunk);
@@ -370,5 +441,6 @@ int main(void)
     T_RUN(test_integers);
     T_RUN(test_trailing_and_top_level);
     T_RUN(test_content_too_large);
+    T_RUN(test_answers);
     return 0;
 }
