@@ -26,6 +26,8 @@ struct billing_store {
     struct billing_prices *sql;   /* the SQL rows alone (which prices are "sql": price_source) */
     int64_t prices_version;       /* of `merged`; -1 before the first load */
     pthread_mutex_t refresh_lock; /* one reload at a time */
+    /* ledger_batch_write's statements, one per size 2^i (i < LEDGER_BATCH_SIZES) */
+    char *ledger_multi_sql[5];
 };
 
 /* The ratio a model is priced with now (SQL over BILLING_PRICES). Thread-safe. */
@@ -183,6 +185,8 @@ int billing_store_migrate(struct svc_db *db)
     return svc_db_migrate(db, migrations, sizeof(migrations) / sizeof(migrations[0]));
 }
 
+static int ledger_multi_sql_make(struct billing_store *s);
+
 int billing_store_create(struct billing_store **out, struct svc_db *db,
                          const struct billing_prices *prices, const struct billing_store_opts *opts)
 {
@@ -198,6 +202,10 @@ int billing_store_create(struct billing_store **out, struct svc_db *db,
     pthread_rwlock_init(&s->prices_lock, NULL);
     pthread_mutex_init(&s->refresh_lock, NULL);
     s->mysql = svc_db_dialect(db) == SVC_DB_MYSQL;
+    if (ledger_multi_sql_make(s) != SVC_OK) {
+        billing_store_destroy(&s);
+        return SVC_ENOMEM;
+    }
     *out = s;
     return SVC_OK;
 }
@@ -210,6 +218,8 @@ void billing_store_destroy(struct billing_store **s)
     billing_prices_destroy(&(*s)->sql);
     pthread_rwlock_destroy(&(*s)->prices_lock);
     pthread_mutex_destroy(&(*s)->refresh_lock);
+    for (size_t i = 0; i < sizeof((*s)->ledger_multi_sql) / sizeof((*s)->ledger_multi_sql[0]); i++)
+        free((*s)->ledger_multi_sql[i]);
     free(*s);
     *s = NULL;
 }
@@ -390,6 +400,36 @@ struct ledger_row {
     char note[BILLING_NOTE_MAX + 1];
 };
 
+#define LEDGER_COLS                                                                                \
+    "INSERT INTO billing_ledger (user_id, kind, units, tokens_in, tokens_out, model, request_id, " \
+    "balance_after, created_at_ms, day, note, source, user_seq, idem_key, idem_hash) VALUES "
+#define LEDGER_NCOLS 15
+#define LEDGER_VALUES "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+/* The LEDGER_NCOLS parameters of one ledger row into p. */
+static void ledger_params(struct svc_db_param *p, int64_t user_id, const struct ledger_row *l,
+                          int64_t balance_after, int64_t user_seq, int64_t now)
+{
+    const struct svc_db_param v[LEDGER_NCOLS] = {
+        SVC_DB_I64(user_id),
+        SVC_DB_TEXT(l->kind),
+        SVC_DB_I64(l->units),
+        SVC_DB_I64(l->tokens_in),
+        SVC_DB_I64(l->tokens_out),
+        SVC_DB_TEXT(nz(l->model)),
+        SVC_DB_TEXT(nz(l->request_id)),
+        SVC_DB_I64(balance_after),
+        SVC_DB_I64(now),
+        SVC_DB_I64(now / MS_PER_DAY),
+        SVC_DB_TEXT(l->note),
+        SVC_DB_TEXT(nz(l->source)),
+        SVC_DB_I64(user_seq),
+        l->idem_key && l->idem_key[0] ? SVC_DB_TEXT(l->idem_key) : SVC_DB_NULL,
+        l->idem_hash && l->idem_hash[0] ? SVC_DB_TEXT(l->idem_hash) : SVC_DB_NULL};
+
+    memcpy(p, v, sizeof(v));
+}
+
 /*
  * Appends a ledger row and its outbox row for account r, whose balance and seq the caller has
  * already updated (r holds the values after the change). balance_after is granted - used: the
@@ -398,32 +438,12 @@ struct ledger_row {
 static int ledger_append(struct svc_db_conn *c, const struct acct_row *r,
                          const struct ledger_row *l, int64_t now, int64_t *id)
 {
-    struct svc_db_param p[] = {SVC_DB_I64(r->a.user_id),
-                               SVC_DB_TEXT(l->kind),
-                               SVC_DB_I64(l->units),
-                               SVC_DB_I64(l->tokens_in),
-                               SVC_DB_I64(l->tokens_out),
-                               SVC_DB_TEXT(nz(l->model)),
-                               SVC_DB_TEXT(nz(l->request_id)),
-                               SVC_DB_I64(r->a.granted - r->a.used),
-                               SVC_DB_I64(now),
-                               SVC_DB_I64(now / MS_PER_DAY),
-                               SVC_DB_TEXT(l->note),
-                               SVC_DB_TEXT(nz(l->source)),
-                               SVC_DB_I64(r->seq),
-                               l->idem_key && l->idem_key[0] ? SVC_DB_TEXT(l->idem_key)
-                                                             : SVC_DB_NULL,
-                               l->idem_hash && l->idem_hash[0] ? SVC_DB_TEXT(l->idem_hash)
-                                                               : SVC_DB_NULL};
+    struct svc_db_param p[LEDGER_NCOLS];
     int64_t lid = 0;
     int rc;
 
-    rc = svc_db_exec(c,
-                     "INSERT INTO billing_ledger (user_id, kind, units, tokens_in, tokens_out, "
-                     "model, request_id, balance_after, created_at_ms, day, note, source, "
-                     "user_seq, idem_key, idem_hash) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     p, 15, NULL, &lid);
+    ledger_params(p, r->a.user_id, l, r->a.granted - r->a.used, r->seq, now);
+    rc = svc_db_exec(c, LEDGER_COLS LEDGER_VALUES, p, LEDGER_NCOLS, NULL, &lid);
     if (rc != SVC_OK)
         return rc;
     {
@@ -436,6 +456,118 @@ static int ledger_append(struct svc_db_conn *c, const struct acct_row *r,
     if (rc == SVC_OK && id != NULL)
         *id = lid;
     return rc;
+}
+
+/*
+ * The ledger rows of one LeaseSync (one account, one transaction), written a few statements at
+ * a time rather than two per row: a sync carries up to hundreds of charges, and on MariaDB each
+ * statement cost more than the row it wrote (docs/billing.md "Leases"). Rows are added in order;
+ * ledger_batch_flush writes them with one multi-row INSERT per size 2^i (16, 8, 4, 2, 1: a few
+ * cached statements whatever the count), each followed by one INSERT ... SELECT that gives those
+ * rows their outbox rows, in ledger order. The account row is locked by the caller, so the only
+ * ledger rows of this user from the statement's first id on are these; the SELECT is bounded by
+ * id and user_seq, and must find exactly them.
+ */
+#define LEDGER_BATCH_SIZES 5
+#define LEDGER_BATCH (1 << (LEDGER_BATCH_SIZES - 1))
+
+struct ledger_batch {
+    struct billing_store *s;
+    struct svc_db_conn *c;
+    int64_t user_id, now;
+    size_t n;
+    struct {
+        struct ledger_row l; /* its strings live as long as the transaction */
+        int64_t balance_after, user_seq;
+    } rows[LEDGER_BATCH];
+};
+
+static int ledger_multi_sql_make(struct billing_store *s)
+{
+    for (int i = 0; i < LEDGER_BATCH_SIZES; i++) {
+        size_t k = (size_t)1 << i, cap = sizeof(LEDGER_COLS) + k * (sizeof(LEDGER_VALUES) + 2);
+        char *sql = malloc(cap);
+        size_t off;
+
+        if (sql == NULL)
+            return SVC_ENOMEM;
+        off = (size_t)snprintf(sql, cap, "%s", LEDGER_COLS);
+        for (size_t j = 0; j < k; j++)
+            off += (size_t)snprintf(sql + off, cap - off, "%s%s", j ? ", " : "", LEDGER_VALUES);
+        s->ledger_multi_sql[i] = sql;
+    }
+    return SVC_OK;
+}
+
+/* Writes rows [from, from + 2^size_i) of b with their outbox rows. */
+static int ledger_batch_write(struct ledger_batch *b, size_t from, int size_i)
+{
+    size_t k = (size_t)1 << size_i;
+    struct svc_db_param p[LEDGER_BATCH * LEDGER_NCOLS];
+    int64_t lid = 0, first;
+    uint64_t n = 0;
+    int rc;
+
+    for (size_t j = 0; j < k; j++)
+        ledger_params(p + j * LEDGER_NCOLS, b->user_id, &b->rows[from + j].l,
+                      b->rows[from + j].balance_after, b->rows[from + j].user_seq, b->now);
+    rc = svc_db_exec(b->c, b->s->ledger_multi_sql[size_i], p, k * LEDGER_NCOLS, NULL, &lid);
+    if (rc != SVC_OK)
+        return rc;
+    /* the id of the statement's first row: MariaDB reports the first, SQLite the last (one
+     * writer: a statement's rows are consecutive there) */
+    first = b->s->mysql ? lid : lid - (int64_t)(k - 1);
+    {
+        struct svc_db_param q[] = {SVC_DB_I64(b->now), SVC_DB_I64(b->user_id), SVC_DB_I64(first),
+                                   SVC_DB_I64(b->rows[from].user_seq),
+                                   SVC_DB_I64(b->rows[from + k - 1].user_seq)};
+        rc = svc_db_exec(b->c,
+                         "INSERT INTO billing_outbox (ledger_id, user_id, created_at_ms) "
+                         "SELECT id, user_id, ? FROM billing_ledger WHERE user_id = ? AND id >= ? "
+                         "AND user_seq BETWEEN ? AND ? ORDER BY id",
+                         q, 5, &n, NULL);
+    }
+    if (rc != SVC_OK)
+        return rc;
+    if (n != k) {
+        SVC_LOG_ERR(NULL, "billing", "ledger batch: %llu outbox rows for %zu ledger rows",
+                    (unsigned long long)n, k);
+        return SVC_EINTERNAL; /* the transaction is rolled back: no row without its event */
+    }
+    return SVC_OK;
+}
+
+/* Writes every row added so far. */
+static int ledger_batch_flush(struct ledger_batch *b)
+{
+    size_t from = 0, n = b->n;
+    int rc;
+
+    for (int i = LEDGER_BATCH_SIZES - 1; i >= 0; i--) {
+        if (n & ((size_t)1 << i)) {
+            if ((rc = ledger_batch_write(b, from, i)) != SVC_OK)
+                return rc;
+            from += (size_t)1 << i;
+        }
+    }
+    b->n = 0;
+    return SVC_OK;
+}
+
+/* ledger_append() for a batch: the row goes out with the next flush (at once when full). */
+static int ledger_batch_add(struct ledger_batch *b, const struct acct_row *r,
+                            const struct ledger_row *l)
+{
+    if (b->n == LEDGER_BATCH) {
+        int rc = ledger_batch_flush(b);
+        if (rc != SVC_OK)
+            return rc;
+    }
+    b->rows[b->n].l = *l;
+    b->rows[b->n].balance_after = r->a.granted - r->a.used;
+    b->rows[b->n].user_seq = r->seq;
+    b->n++;
+    return SVC_OK;
 }
 
 static void ledger_note(struct ledger_row *l, const char *fmt, ...)
@@ -574,8 +706,9 @@ static int64_t capped_charge(const struct acct_row *a, int64_t cost, int64_t hel
  * request id and source) whose note says when the usage is estimated and what of cost was not
  * charged. Settle's and LeaseSync's charges are this one row.
  */
-static int charge_append(struct svc_db_conn *c, struct acct_row *a, struct ledger_row *l,
-                         int64_t cost, int64_t charge, int64_t freed, int estimated, int64_t now)
+static int charge_append(struct svc_db_conn *c, struct ledger_batch *b, struct acct_row *a,
+                         struct ledger_row *l, int64_t cost, int64_t charge, int64_t freed,
+                         int estimated, int64_t now)
 {
     int rc;
 
@@ -590,7 +723,7 @@ static int charge_append(struct svc_db_conn *c, struct acct_row *a, struct ledge
         ledger_note(l, "estimated usage");
     else
         l->note[0] = '\0';
-    return ledger_append(c, a, l, now, NULL);
+    return b != NULL ? ledger_batch_add(b, a, l) : ledger_append(c, a, l, now, NULL);
 }
 
 /* ---- reserve ---- */
@@ -812,7 +945,8 @@ static int settle_tx(void *ctx, struct svc_db_conn *c)
         charge = capped_charge(&a, cost, h.units);
         if ((rc = hold_close(c, in->request_id, BILLING_HOLD_OPEN, BILLING_HOLD_SETTLED, charge,
                              in->prompt_tokens, in->completion_tokens, now)) != SVC_OK ||
-            (rc = charge_append(c, &a, &l, cost, charge, h.units, in->estimated, now)) != SVC_OK)
+            (rc = charge_append(c, NULL, &a, &l, cost, charge, h.units, in->estimated, now)) !=
+                SVC_OK)
             return rc;
         out->refunded = max64(h.units - charge, 0);
     } else { /* BILLING_HOLD_EXPIRED: correct the expiry charge to the real usage */
@@ -1103,10 +1237,16 @@ static int lease_tx(void *ctx, struct svc_db_conn *c)
     int64_t total = 0, units;
     struct hold_row h;
     struct acct_row a;
+    struct ledger_batch batch;
     uint64_t n = 0;
     int was_open, rc;
 
     memset(out, 0, sizeof(*out));
+    batch.s = x->s;
+    batch.c = c;
+    batch.user_id = in->user_id;
+    batch.now = now;
+    batch.n = 0;
     /* Lock order of every transaction: the hold (lease) row, then the account row. A missing
      * lease is not read FOR UPDATE: on MariaDB that would take a gap lock, and concurrent
      * creations of other leases would deadlock on it; the account lock serialises them. */
@@ -1176,7 +1316,7 @@ static int lease_tx(void *ctx, struct svc_db_conn *c)
         l.source = source;
         ledger_note(&l, "late lease report after expiry: %lld of the expiry charge %lld refunded",
                     (long long)refund, (long long)h.charged);
-        if ((rc = ledger_append(c, &a, &l, now, NULL)) != SVC_OK)
+        if ((rc = ledger_batch_add(&batch, &a, &l)) != SVC_OK)
             return rc;
         h.charged -= refund;
     }
@@ -1192,7 +1332,8 @@ static int lease_tx(void *ctx, struct svc_db_conn *c)
         l.model = ch->model;
         l.request_id = ch->request_id;
         l.source = source;
-        if ((rc = charge_append(c, &a, &l, cost, charge, from_lease, ch->estimated, now)) != SVC_OK)
+        if ((rc = charge_append(c, &batch, &a, &l, cost, charge, from_lease, ch->estimated,
+                                now)) != SVC_OK)
             return rc;
         units -= from_lease;
         out->charged_units += charge;
@@ -1245,7 +1386,7 @@ static int lease_tx(void *ctx, struct svc_db_conn *c)
         if (n != 1)
             return SVC_ECONFLICT; /* changed under us: replay */
     }
-    if ((rc = acct_flush(c, &a, now)) != SVC_OK)
+    if ((rc = ledger_batch_flush(&batch)) != SVC_OK || (rc = acct_flush(c, &a, now)) != SVC_OK)
         return rc;
     lease_answer(x->s, in, &h, &a, out);
     return SVC_OK;

@@ -813,6 +813,64 @@ static void lease_race(struct svc_db *db, struct billing_store *s)
     check_consistent(db, s, uid);
 }
 
+/*
+ * A LeaseSync with many charges writes its ledger rows a few statements at a time (store.c
+ * "ledger_batch"): 37 charges are 16 + 16 + 4 + 1 rows. Another user's rows land between two
+ * syncs. Every charge must have exactly one ledger row, in order, with consecutive user_seq and a
+ * running balance_after, and exactly one outbox row pointing at it, the outbox in ledger order.
+ */
+static void lease_many_charges(struct svc_db *db, struct billing_store *s)
+{
+    enum { N = 37 };
+    int64_t uid = new_user(s, 100000), other = new_user(s, 50);
+    struct billing_lease_charge ch[N];
+    char rids[N][32], id[64];
+    struct billing_lease_out out;
+    struct svc_db_conn *c = NULL;
+    struct svc_db_rows *rows = NULL;
+    struct svc_db_param p[] = {SVC_DB_I64(uid)};
+    int64_t balance = 100000;
+
+    snprintf(id, sizeof(id), "lease-m-%lld", (long long)uid);
+    T_EQ_INT(lease(s, id, uid, 1, NULL, 0, 0, 1000, 0, &out), SVC_OK);
+    for (int i = 0; i < N; i++) {
+        snprintf(rids[i], sizeof(rids[i]), "m-%d", i);
+        ch[i] = charge_of(rids[i], "x", i + 1, 1); /* i + 2 units each */
+    }
+    T_EQ_INT(lease(s, id, uid, 2, ch, 20, 100, 1000, 0, &out), SVC_OK);
+    {
+        struct billing_credit_in ci = {.user_id = other, .units = 5};
+        struct billing_credit_out co;
+        T_EQ_INT(billing_recharge(s, &ci, &co, NULL, 0), SVC_OK);
+    }
+    T_EQ_INT(lease(s, id, uid, 3, ch + 20, N - 20, 0, 0, 1, &out), SVC_OK);
+    T_EQ_INT(out.closed, 1);
+    check_consistent(db, s, uid);
+    check_consistent(db, s, other);
+    T_EQ_INT(ledger_rows(db, uid), 1 + N);
+
+    T_EQ_INT(svc_db_conn_get(db, &c, -1), SVC_OK);
+    T_EQ_INT(svc_db_query(c,
+                          "SELECT l.id, l.request_id, l.units, l.balance_after, l.user_seq, o.id "
+                          "FROM billing_ledger l JOIN billing_outbox o ON o.ledger_id = l.id "
+                          "WHERE l.user_id = ? ORDER BY l.id",
+                          p, 1, &rows),
+             SVC_OK);
+    T_EQ_INT((int)svc_db_rows_count(rows), 1 + N); /* one outbox row each, no ledger row without */
+    for (int i = 0; i <= N; i++) {
+        balance += i == 0 ? 0 : svc_db_rows_i64(rows, (size_t)i, 2);
+        T_EQ_INT(svc_db_rows_i64(rows, (size_t)i, 3), balance);
+        if (i == 0)
+            continue;
+        T_EQ_STR(svc_db_rows_text(rows, (size_t)i, 1), rids[i - 1]);
+        T_EQ_INT(svc_db_rows_i64(rows, (size_t)i, 2), -(int64_t)(i + 1));
+        T_EQ_INT(svc_db_rows_i64(rows, (size_t)i, 4), svc_db_rows_i64(rows, (size_t)i - 1, 4) + 1);
+        T_ASSERT(svc_db_rows_i64(rows, (size_t)i, 5) > svc_db_rows_i64(rows, (size_t)i - 1, 5));
+    }
+    svc_db_rows_destroy(&rows);
+    svc_db_conn_put(db, &c);
+}
+
 static void suite(const char *dsn, const char *dir)
 {
     struct svc_db *db = NULL;
@@ -833,6 +891,7 @@ static void suite(const char *dsn, const char *dir)
     safe_range_rules(db, s);
     purge_rules(s);
     lease_grow_and_charge(db, s);
+    lease_many_charges(db, s);
     lease_duplicate_and_purged(db, s);
     lease_close(db, s);
     lease_expiry(db, s);
