@@ -24,6 +24,11 @@
     "DELETE FROM billing_outbox WHERE id IN (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?," \
     "?,?,?,?,?)"
 #define RELAY_BACKOFF_MAX_MS 2000
+/* After a pass that moved events, the relay lets this long pass before the next one, kicked or
+ * not: under load every LeaseSync kicks it, and a pass per kick moved a handful of rows at the
+ * cost of a whole pass (the lease renewal, the read, the deletes, the commit). An event waits at
+ * most this much longer (docs/billing.md "Relay"). */
+#define RELAY_GATHER_MS 5
 #define REDIS_TIMEOUT_MS 2000
 
 struct billing_relay {
@@ -424,6 +429,8 @@ static void *relay_main(void *ctx)
             }
             svc_db_conn_put(r->db, &c);
         }
+        if (wait > 0 && n > 0 && nap(r, RELAY_GATHER_MS, 0))
+            break; /* a kick meanwhile stays pending: the nap below returns at once */
         if (wait > 0 ? nap(r, wait, 1) : r->stop)
             break;
     }
