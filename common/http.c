@@ -655,9 +655,43 @@ static int cross_origin(const struct svc_req *req)
     return strcasecmp(p + 3, host) != 0;
 }
 
+static enum MHD_Result copy_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+    (void)kind;
+    return MHD_add_response_header(cls, key, value);
+}
+
+/*
+ * A stream that ended before its head went out (the upstream answered everything at once) is
+ * sent as one response of known length: libmicrohttpd sends a callback response's head, each
+ * chunk and the last chunk in three system calls, a buffer response in one. The client sees the
+ * same bytes, without the chunked framing. Returns the response to queue (resp when it stays).
+ */
+static struct MHD_Response *stream_whole(struct svc_req *req, struct MHD_Response *resp)
+{
+    size_t n = req->out.len - req->out_off;
+    struct MHD_Response *whole;
+
+    if (!req->streaming || !req->stream_ended || req->aborted)
+        return resp;
+    whole = MHD_create_response_from_buffer(n, req->out.data != NULL ? req->out.data + req->out_off
+                                                                      : (char *)"",
+                                            MHD_RESPMEM_MUST_COPY);
+    if (whole == NULL)
+        return resp; /* sent as a stream, as it was going to be */
+    MHD_get_response_headers(resp, copy_header, whole);
+    MHD_destroy_response(resp);
+    atomic_fetch_sub_explicit(&stream_queued, n, memory_order_relaxed);
+    svc_buf_reset(&req->out);
+    req->out_off = 0;
+    req->finished = 1;
+    return whole;
+}
+
 static enum MHD_Result queue_pending(struct svc_req *req)
 {
-    struct MHD_Response *resp = req->pending;
+    struct MHD_Response *resp = stream_whole(req, req->pending);
     enum MHD_Result r;
 
     req->pending = NULL;

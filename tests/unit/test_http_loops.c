@@ -9,6 +9,7 @@
  *    exactly its pieces in order, and the server must see every cancelled one end.
  *  - out of descriptors: a connection that arrives while accept4 fails with EMFILE is served once
  *    descriptors free up (the loop pauses accepting instead of spinning on a readable socket).
+ *  - a stream ended before its head goes out is sent whole (Content-Length, not chunked).
  *  - the per-host cap: QUEUED buffered calls through a multi capped at CAP connections per host
  *    all complete, the server never has more than CAP requests at once, calls cancelled while
  *    waiting never call back, and the wait for a connection does not count against timeout_ms.
@@ -139,8 +140,20 @@ static int h_slow(void *ctx, struct svc_req *req)
     return SVC_HTTP_ASYNC;
 }
 
+/* A stream written and ended before its head goes out: sent whole, with a Content-Length. */
+static int h_whole(void *ctx, struct svc_req *req)
+{
+    (void)ctx;
+    T_EQ_INT(svc_req_stream_start(req, 200, "text/event-stream"), SVC_OK);
+    T_EQ_INT(svc_req_stream_write(req, "data: one\n\n", 11), SVC_OK);
+    T_EQ_INT(svc_req_stream_write(req, "data: two\n\n", 11), SVC_OK);
+    T_EQ_INT(svc_req_stream_end(req), SVC_OK);
+    return SVC_HTTP_DONE;
+}
+
 static const struct svc_http_route routes[] = {
     {"GET", "/stream", h_stream, NULL, SVC_HTTP_STYLE_TEXT, 0},
+    {"GET", "/whole", h_whole, NULL, SVC_HTTP_STYLE_TEXT, 0},
     {"GET", "/slow/*", h_slow, NULL, SVC_HTTP_STYLE_TEXT, 0},
 };
 
@@ -386,6 +399,43 @@ static void test_emfile_recovers(int port)
     close(c);
 }
 
+/* One raw request; the whole answer (the server closes: Connection: close) into buf. */
+static size_t raw_get(int port, const char *path, char *buf, size_t cap)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    char req[256];
+    size_t got = 0;
+    ssize_t n;
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+
+    T_ASSERT(c >= 0);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    T_EQ_INT(connect(c, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
+    T_EQ_INT((int)send(c, req, strlen(req), 0), (int)strlen(req));
+    while (got < cap - 1 && (n = recv(c, buf + got, cap - 1 - got, 0)) > 0)
+        got += (size_t)n;
+    buf[got] = '\0';
+    close(c);
+    return got;
+}
+
+/* A stream that ended before its head was sent goes out in one piece, not chunked; a stream
+ * still open when its head goes out stays chunked (test_many_streams reads those). */
+static void test_stream_sent_whole(int port)
+{
+    char buf[2048];
+
+    T_ASSERT(raw_get(port, "/whole", buf, sizeof(buf)) > 0);
+    T_ASSERT(strncmp(buf, "HTTP/1.1 200", 12) == 0);
+    T_ASSERT(strcasestr(buf, "Content-Length: 22\r\n") != NULL);
+    T_ASSERT(strcasestr(buf, "Transfer-Encoding") == NULL);
+    T_ASSERT(strcasestr(buf, "Content-Type: text/event-stream\r\n") != NULL);
+    T_ASSERT(strcasestr(buf, "Cache-Control: no-cache\r\n") != NULL);
+    T_ASSERT(strstr(buf, "\r\n\r\ndata: one\n\ndata: two\n\n") != NULL);
+    T_EQ_INT((int)svc_http_queued(), 0);
+}
+
 int main(void)
 {
     struct svc_http_server *srv = NULL;
@@ -412,6 +462,7 @@ int main(void)
     T_RUN_ARG(test_many_streams, svc_http_server_port(srv));
     T_RUN_ARG(test_host_queue, svc_http_server_port(srv));
     T_RUN_ARG(test_emfile_recovers, svc_http_server_port(srv));
+    T_RUN_ARG(test_stream_sent_whole, svc_http_server_port(srv));
 
     T_EQ_INT(svc_loop_post(sloop, stop_loop, NULL), SVC_OK);
     T_EQ_INT(pthread_join(th, NULL), 0);
