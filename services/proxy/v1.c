@@ -402,6 +402,41 @@ static const struct meter_hooks v1_hooks = {
 
 /* ---- going upstream ---- */
 
+/*
+ * The client's body with members inserted at the start of its top-level object (members: one or
+ * more `"key":value` joined by commas), every other byte as it came. For members the body does
+ * not have at all: an existing one (even null) is changed through the tree instead, since a key
+ * given twice means the last to most parsers. NULL when out of memory.
+ */
+static char *splice_members(const char *raw, size_t len, const char *members, size_t *out_len)
+{
+    size_t at = 0, mlen = strlen(members), rest;
+    char *out;
+    int empty;
+
+    while (at < len && raw[at] != '{') /* whitespace before it: the body parsed as an object */
+        at++;
+    if (at == len)
+        return NULL;
+    at++;
+    rest = at;
+    while (rest < len && (raw[rest] == ' ' || raw[rest] == '\t' || raw[rest] == '\n' ||
+                          raw[rest] == '\r'))
+        rest++;
+    empty = rest < len && raw[rest] == '}';
+    if ((out = malloc(len + mlen + 2)) == NULL)
+        return NULL;
+    memcpy(out, raw, at);
+    memcpy(out + at, members, mlen);
+    *out_len = at + mlen;
+    if (!empty)
+        out[(*out_len)++] = ',';
+    memcpy(out + *out_len, raw + at, len - at);
+    *out_len += len - at;
+    out[*out_len] = '\0';
+    return out;
+}
+
 /* Sends the request upstream through the meter. completion_limit < 0: a client's own upstream
  * key (PROXY_CLIENT_KEYS=relay): its Authorization goes upstream, the body is not touched. */
 static void start_upstream(struct v1_call *c, long long completion_limit)
@@ -411,13 +446,21 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
     struct svc_fetch_req fr = {0};
     size_t nh = 0, blen;
     const char *raw = svc_req_body(c->req, &blen);
-    char *text = NULL;
-    int changed = 0, rc, no_model;
+    char *text = NULL, added[160];
+    size_t text_len = 0, nadded = 0;
+    int changed = 0, rebuild = 0, rc, no_model;
 
-    /* Change the body only where we must (see the top of this file). */
+    /* Change the body only where we must (see the top of this file): members it lacks are
+     * inserted into its bytes (splice_members), one it has is changed through the tree. */
+    added[0] = '\0';
     if (completion_limit >= 0 && c->stream && (c->kind == V1_CHAT || c->kind == V1_COMPLETIONS)) {
         struct svc_json *so = svc_json_member(c->body, "stream_options");
         if (!svc_json_is_true(svc_json_member(so, "include_usage"))) {
+            if (so == NULL)
+                nadded += (size_t)snprintf(added + nadded, sizeof(added) - nadded,
+                                           "\"stream_options\":{\"include_usage\":true}");
+            else
+                rebuild = 1;
             if (!svc_json_is_object(so)) {
                 so = svc_json_object();
                 svc_json_set(c->body, "stream_options", so);
@@ -428,11 +471,14 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
         }
     }
     if (!c->has_limit && c->kind != V1_EMBEDDINGS && completion_limit > 0) {
-        svc_json_set(c->body,
-                     c->kind == V1_RESPONSES                 ? "max_output_tokens"
-                     : c->kind == V1_CHAT && c->mi.reasoning ? "max_completion_tokens"
-                                                             : "max_tokens",
-                     svc_json_integer(completion_limit));
+        const char *key = c->kind == V1_RESPONSES                 ? "max_output_tokens"
+                          : c->kind == V1_CHAT && c->mi.reasoning ? "max_completion_tokens"
+                                                                  : "max_tokens";
+        if (svc_json_member(c->body, key) != NULL) /* present as null */
+            rebuild = 1;
+        svc_json_set(c->body, key, svc_json_integer(completion_limit));
+        nadded += (size_t)snprintf(added + nadded, sizeof(added) - nadded, "%s\"%s\":%lld",
+                                   nadded > 0 ? "," : "", key, completion_limit);
         changed = 1;
     }
     if (completion_limit < 0) {
@@ -451,9 +497,15 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
         return;
     }
     c->tried = 1u << c->upstream;
-    if (changed && (text = svc_json_dump(c->body, 0)) == NULL) {
-        v1_error(c, 500, "server_error", NULL, "out of memory");
-        return;
+    if (changed) {
+        if (rebuild && (text = svc_json_dump(c->body, 0)) != NULL)
+            text_len = strlen(text);
+        else if (!rebuild)
+            text = splice_members(raw, blen, added, &text_len);
+        if (text == NULL) {
+            v1_error(c, 500, "server_error", NULL, "out of memory");
+            return;
+        }
     }
     if (upstream_url(c, url, sizeof(url)) != SVC_OK) {
         free(text);
@@ -476,7 +528,7 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
     fr.url = url;
     fr.headers = headers;
     fr.body = text != NULL ? text : raw;
-    fr.body_len = text != NULL ? strlen(text) : blen;
+    fr.body_len = text != NULL ? text_len : blen;
     fr.idle_timeout_ms = setting->PROXY_UPSTREAM_IDLE_TIMEOUT.i * 1000;
     fr.proxy = setting->SOCKS_PROXY.s;
     fr.ca_file = setting->OPENAI_CA_FILE.s;

@@ -322,6 +322,29 @@ describe('the /v1 proxy through the ingress, with the openai SDK', () => {
         assert.deepEqual(minusAddedLimit(up[0].body, { model: 'gpt-4o', messages }), { model: 'gpt-4o', messages });
     });
 
+    it('a body the proxy must change keeps every other byte: the members it adds go in front', async () => {
+        const u = await userWithKey(stack, 'pbytes');
+        // spacing, key order, an escape and a duplicate-free object that a re-serialisation would all change
+        const text = '{ "model" : "gpt-4o",\n  "messages":[{"role":"user","content":"caf\\u00e9 [[fake tokens=2]]"}] ,"stream":true, "temperature":1.0}';
+        let seq = await lastSeq(stack);
+        let r = await request(`${stack.url}/v1/chat/completions`, { method: 'POST', headers: bearer(u.key), body: text });
+        assert.equal(r.status, 200, r.body.slice(0, 200));
+        let up = await upstreamSince(stack, seq);
+        const m = /^\{"stream_options":\{"include_usage":true\},"max_tokens":(\d+),/.exec(up[0].raw);
+        assert.ok(m, up[0].raw);
+        assert.equal(up[0].raw, `{"stream_options":{"include_usage":true},"max_tokens":${m[1]},${text.slice(1)}`);
+        // a member that is there (stream_options without include_usage) is changed in place, the
+        // JSON re-written; an empty object gets its member without a comma
+        seq = await lastSeq(stack);
+        r = await request(`${stack.url}/v1/chat/completions`, { method: 'POST', headers: bearer(u.key),
+            body: '{"model":"gpt-4o","messages":[{"role":"user","content":"x [[fake tokens=1]]"}],"stream":true,"stream_options":{"include_usage":false},"max_tokens":5}' });
+        assert.equal(r.status, 200, r.body.slice(0, 200));
+        up = await upstreamSince(stack, seq);
+        assert.deepEqual(up[0].body.stream_options, { include_usage: true });
+        assert.equal(up[0].body.max_tokens, 5);
+        assert.equal((up[0].raw.match(/stream_options/g) || []).length, 1, up[0].raw);
+    });
+
     it("models: the upstream's list, filtered to the key's allowed models", async () => {
         const all = (await sdk(stack.fakeUpstream.url, OPERATOR_KEY).models.list()).data.map((m) => m.id).sort();
         const open = await userWithKey(stack, 'pmodels');

@@ -186,8 +186,10 @@ uint64_t fu_record_request(const struct fu_req *req, const struct json_t *body)
     if (jbody == NULL)
         goto insert;
     /* "seq" is written in front under the lock below, so that ring order is seq order. */
-    o = json_pack("{s:f,s:s%,s:s%,s:O,s:O}", "t_ms", t_ms, "method", req->method, req->method_len,
-                  "path", req->target, req->target_len, "headers", headers, "body", jbody);
+    o = json_pack("{s:f,s:s%,s:s%,s:O,s:O,s:o}", "t_ms", t_ms, "method", req->method,
+                  req->method_len, "path", req->target, req->target_len, "headers", headers, "body",
+                  jbody, "raw",
+                  req->body_len > 0 ? lossy_string(req->body, req->body_len) : json_null());
     if (o == NULL)
         goto insert;
     text = json_dumps(o, JSON_COMPACT);
