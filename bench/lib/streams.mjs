@@ -2,16 +2,19 @@
 // through bench/streams, which sets the descriptor limit first. See bench/README.md.
 //
 // What it does, in one run on this machine:
-//   1. starts redis, the fake upstream (paced: --tps tokens/s, --tokens per reply), auth and ONE
-//      chat replica (WORKERS=--workers), all through deploy/local/stack.mjs;
-//   2. chat run: a warm-up of 20 fast streams, then chatweb-loadgen --hold opens N streams at once
-//      (POST /api/chat-process, Basic auth) and holds them until they end. Meanwhile chat's VmRSS
-//      and chat_streams_open are sampled; VmHWM (reset through /proc/<pid>/clear_refs before the
-//      hold) gives the exact peak, utime+stime the CPU;
-//   3. stops chat and auth, starts nginx (worker_processes --nginx-workers, proxy_buffering off)
-//      in front of the SAME fake upstream and does the same with OpenAI-shaped requests to
-//      /v1/chat/completions with stream:true. nginx's figures are those of its workers;
-//   4. prints figure | chatweb chat | nginx reference | target, and the fake upstream's own cost.
+//   1. starts redis, the fake upstream (paced: --tps tokens/s, --tokens per reply), auth, billing
+//      and ONE replica of the measured service (--service chat or proxy, WORKERS=--workers), all
+//      through deploy/local/stack.mjs;
+//   2. service run: a warm-up of 20 fast streams, then chatweb-loadgen --hold opens N streams at
+//      once (chat: POST /api/chat-process, Basic auth; proxy: POST /v1/chat/completions with
+//      stream:true and an API key) and holds them until they end. Meanwhile the service's VmRSS
+//      and its streams-open gauge are sampled; VmHWM (reset through /proc/<pid>/clear_refs before
+//      the hold) gives the exact peak, utime+stime the CPU;
+//   3. stops the service, billing and auth, starts nginx (worker_processes --nginx-workers,
+//      proxy_buffering off) in front of the SAME fake upstream and does the same with OpenAI-shaped
+//      requests to /v1/chat/completions with stream:true. nginx's figures are those of its workers;
+//   4. prints figure | chatweb chat (or proxy) | nginx reference | target, and the fake upstream's
+//      own cost.
 
 import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -30,28 +33,32 @@ import {
 
 const HELP = `usage: bench/streams [options]
 
+  --service S         the chatweb service measured (default chat):
+                        chat    POST /api/chat-process on chat, Basic auth
+                        proxy   POST /v1/chat/completions (stream:true) on the /v1 proxy
+                                (OPENAI_PROXY=true), a Bearer API key, billing leases
   --streams N         streams held at once (default 1000; the target is 10000)
   --tps R             fake upstream pace, tokens per second (default 2)
   --tokens K          tokens per reply (default 20: a stream lasts (K-1)/R s, 9.5 s)
-  --workers W         chat event loops, WORKERS (default 2)
+  --workers W         the service's event loops, WORKERS (default 2)
   --nginx-workers W   nginx worker_processes of the reference (default 2)
   --rate R            loadgen: open at most R connections per second (default: all at once)
   --loadgen-threads T loadgen event-loop threads (default 1)
-  --upstream U        how chat and nginx reach the fake upstream (default plain):
+  --upstream U        how the service and nginx reach the fake upstream (default plain):
                         plain   HTTP/1.1, cleartext (the fake's own port)
-                        tls     TLS with a private CA, the fake offering h2 (ALPN): chat
+                        tls     TLS with a private CA, the fake offering h2 (ALPN): the service
                                 multiplexes; nginx speaks HTTP/1.1 + TLS (keepalive, session reuse)
-                        tls-h1  TLS, the fake offering HTTP/1.1 only (chat's fallback)
-                        h2c     cleartext HTTP/2 with prior knowledge for chat
+                        tls-h1  TLS, the fake offering HTTP/1.1 only (the service's fallback)
+                        h2c     cleartext HTTP/2 with prior knowledge for the service
                                 (OPENAI_HTTP2=prior-knowledge); nginx HTTP/1.1 to the same port
   --h2-max-streams S  the fake's SETTINGS_MAX_CONCURRENT_STREAMS (default 1000)
   --scale             the scaling check of issue 9: runs this benchmark twice, N = 1,000 (all at
                       once) and N = 10,000 opened over one second (--rate 10000), each with nginx
-                      beside chat, then prints CPU per stream and TTFB at both sizes with the
+                      beside the service, then prints CPU per stream and TTFB at both sizes with the
                       targets (10k/1k CPU ratio <= 1.5, TTFB p99 <= 1 s, CPU <= 1.5x nginx,
                       descriptors per stream). --streams and --rate are ignored with it
   --no-nginx          skip the nginx reference
-  --no-chat           skip chat (only the nginx reference)
+  --no-chat           skip the chatweb service (only the nginx reference)
   --json FILE         also write every figure as JSON to FILE
   --keep              keep the scratch directory (logs, nginx.conf)
   -h, --help
@@ -60,6 +67,7 @@ Environment: BUILD_DIR (default build).`;
 
 const { values: opt } = parseArgs({
     options: {
+        service: { type: 'string', default: 'chat' },
         streams: { type: 'string', default: '1000' },
         tps: { type: 'string', default: '2' },
         tokens: { type: 'string', default: '20' },
@@ -103,6 +111,11 @@ if (!['plain', 'tls', 'tls-h1', 'h2c'].includes(UPSTREAM)) {
     console.error(`bench/streams: --upstream must be plain, tls, tls-h1 or h2c, got ${UPSTREAM}`);
     process.exit(64);
 }
+const SERVICE = opt.service;
+if (!['chat', 'proxy'].includes(SERVICE)) {
+    console.error(`bench/streams: --service must be chat or proxy, got ${SERVICE}`);
+    process.exit(64);
+}
 const RATE = Number(opt.rate);
 if (!(TPS > 0 && TPS <= 1000) || !(RATE >= 0)) {
     console.error('bench/streams: --tps must be in (0, 1000] and --rate >= 0');
@@ -112,6 +125,47 @@ const STREAM_S = (TOKENS - 1) / TPS;
 const WARMUP = 20;
 const TIMEOUT_S = Math.ceil(STREAM_S * 2 + 60 + N / 500);
 const SAMPLE_MS = 200;
+const USER = 'bench';
+const PASS = crypto.randomBytes(12).toString('hex');
+const OPS_KEY = 'ops-key-for-the-streams-benchmark-0123';
+
+/** What differs between the services --service measures; everything else is shared. */
+const SERVICES = {
+    chat: {
+        gauge: 'chat_streams_open',
+        path: '/api/chat-process',
+        body: (content) => JSON.stringify({ prompt: content, options: {} }),
+        expect: '"finish_reason":"stop"',
+        env: {},
+        authEnv: () => ({ BASIC_AUTH_USER: USER, BASIC_AUTH_PASSWORD: PASS }),
+        // billing only when this chat build has a BILLING_URL option (reserve/settle)
+        billing: () => chatOptions().includes('BILLING_URL'),
+        credentials: async () => ['--basic', `${USER}:${PASS}`],
+    },
+    proxy: {
+        gauge: 'proxy_streams_open',
+        path: '/v1/chat/completions',
+        body: (content) => JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content }] }),
+        expect: 'data: [DONE]',
+        env: { OPENAI_PROXY: 'true' },
+        // auth's ops API creates the account's balance in billing
+        authEnv: (billingUrl) => ({ OPS_KEY, BILLING_URL: billingUrl }),
+        billing: () => true,
+        // a user whose balance no run exhausts, and an API key without limits
+        credentials: async (auth) => {
+            const ops = async (body) => {
+                const r = await fetch(`${auth.url}/accounts`, { method: 'POST', headers: { opskey: OPS_KEY }, body: JSON.stringify(body) });
+                const j = await r.json();
+                if (j.status !== 'Success') throw new Error(`ops ${body.action}: ${JSON.stringify(j)}`);
+                return j;
+            };
+            await ops({ action: 'register', i_username: USER, i_password: PASS, count: 1e12 });
+            const key = (await ops({ action: 'create_key', i_username: USER, name: 'bench' })).data.key;
+            return ['-H', `Authorization: Bearer ${key}`];
+        },
+    },
+};
+const SVC = SERVICES[SERVICE];
 
 const log = (s) => process.stderr.write(`[streams] ${s}\n`);
 
@@ -362,19 +416,19 @@ async function main() {
     loadgenPath(); // fails early, with the path, when the build lacks chatweb-loadgen
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chatweb-bench-streams-'));
     const limits = nofileLimits();
-    const needChat = 2 * N + 200;
+    const needSvc = 2 * N + 200;
     log(`scratch directory ${dir}`);
     console.log(`bench/streams: ${N} concurrent streams, upstream ${UPSTREAM}, fake upstream at ${TPS} tokens/s x ${TOKENS} tokens ` +
-        `(${STREAM_S.toFixed(1)} s per stream); chat WORKERS=${WORKERS}; nginx worker_processes ${NGINX_WORKERS}`);
+        `(${STREAM_S.toFixed(1)} s per stream); ${SERVICE} WORKERS=${WORKERS}; nginx worker_processes ${NGINX_WORKERS}`);
     console.log(`machine: ${os.cpus().length} CPU(s), ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, ` +
         `RLIMIT_NOFILE ${limits.soft}/${limits.hard}, load average ${loadAverage()}`);
-    if (!opt['no-chat'] && limits.soft < needChat) {
-        console.log(`WARNING: chat needs about ${needChat} descriptors for ${N} streams (a client and an upstream socket ` +
+    if (!opt['no-chat'] && limits.soft < needSvc) {
+        console.log(`WARNING: ${SERVICE} needs about ${needSvc} descriptors for ${N} streams (a client and an upstream socket ` +
             `each), but RLIMIT_NOFILE is ${limits.soft} (hard ${limits.hard}). Expect failures above about ` +
-            `${Math.floor((limits.soft - 200) / 2)} streams; they measure this machine's limit, not chat.`);
+            `${Math.floor((limits.soft - 200) / 2)} streams; they measure this machine's limit, not ${SERVICE}.`);
     }
 
-    const results = { config: { n: N, tps: TPS, tokens: TOKENS, workers: WORKERS, nginxWorkers: NGINX_WORKERS, nofile: limits } };
+    const results = { config: { service: SERVICE, n: N, tps: TPS, tokens: TOKENS, workers: WORKERS, nginxWorkers: NGINX_WORKERS, nofile: limits } };
     const redis = await startRedis({ dir: path.join(dir, 'redis') });
     const fakeEnv = { FAKE_TOKENS_PER_SEC: String(TPS), FAKE_REPLY_TOKENS: String(TOKENS) };
     const certs = UPSTREAM.startsWith('tls') ? makeCerts(dir) : null;
@@ -385,7 +439,7 @@ async function main() {
     }
     const fake = await startFakeUpstream({ dir, env: fakeEnv });
     const fakeStats = `${fake.url}/_fake/stats`;
-    // where chat and nginx send their requests: the plain port, or the TLS/h2c front
+    // where the service and nginx send their requests: the plain port, or the TLS/h2c front
     const upBase = UPSTREAM === 'plain' ? fake.url : fake.frontUrl;
     const upAddr = new URL(upBase).host;
     results.config.upstream = UPSTREAM;
@@ -393,49 +447,48 @@ async function main() {
 
     const common = ['--timeout', String(TIMEOUT_S), '--threads', String(LG_THREADS), ...(RATE > 0 ? ['--rate', String(RATE)] : [])];
 
-    // ---- chat ----
+    // ---- chat or proxy ----
     if (!opt['no-chat']) {
-        const user = 'bench';
-        const pass = crypto.randomBytes(12).toString('hex');
-        const auth = await startService('auth', {
-            dir, env: { REDIS_URL: redis.url, BASIC_AUTH_USER: user, BASIC_AUTH_PASSWORD: pass, LOG_LEVEL: 'warn' },
-        });
-        // Billing is started only when this chat build has a BILLING_URL option (reserve/settle).
+        const billingUrl = SVC.billing() ? `http://127.0.0.1:${await freePort()}` : null;
+        const auth = await startService('auth', { dir, env: { REDIS_URL: redis.url, LOG_LEVEL: 'warn', ...SVC.authEnv(billingUrl) } });
         let billing = null;
-        const chatEnv = {
+        const env = {
             REDIS_URL: redis.url, AUTH_URL: auth.url, OPENAI_BASE_URL: `${upBase}/v1`, OPENAI_KEY: 'sk-bench',
-            WORKERS: String(WORKERS),
+            WORKERS: String(WORKERS), ...SVC.env,
         };
-        if (certs) chatEnv.OPENAI_CA_FILE = certs.ca;
-        if (UPSTREAM === 'h2c') chatEnv.OPENAI_HTTP2 = 'prior-knowledge';
-        if (chatOptions().includes('BILLING_URL')) {
-            billing = await startService('billing', { dir, env: { REDIS_URL: redis.url, AUTH_URL: auth.url, LOG_LEVEL: 'warn' } });
-            chatEnv.BILLING_URL = billing.url;
+        if (certs) env.OPENAI_CA_FILE = certs.ca;
+        if (UPSTREAM === 'h2c') env.OPENAI_HTTP2 = 'prior-knowledge';
+        if (billingUrl) {
+            billing = await startService('billing', {
+                dir, httpAddr: new URL(billingUrl).host, env: { REDIS_URL: redis.url, AUTH_URL: auth.url, LOG_LEVEL: 'warn' },
+            });
+            env.BILLING_URL = billingUrl;
             log(`billing ${billing.url}`);
         }
-        const chat = await startService('chat', { dir, env: chatEnv });
-        log(`auth ${auth.url}, chat ${chat.url} (pid ${chat.pid}, admin ${chat.adminUrl})`);
-        const coldKiB = procStatus(chat.pid).rssKiB;
-        const chatUrl = `${chat.url}/api/chat-process`;
-        const chatBody = (prompt) => JSON.stringify({ prompt, options: {} });
+        const svc = await startService(SERVICE, { dir, env });
+        log(`auth ${auth.url}, ${SERVICE} ${svc.url} (pid ${svc.pid}, admin ${svc.adminUrl})`);
+        const coldKiB = procStatus(svc.pid).rssKiB;
+        const creds = await SVC.credentials(auth);
+        const url = `${svc.url}${SVC.path}`;
         const f0 = await frontStats(fakeStats);
-        results.chat = await measure({
-            label: 'chat',
-            pids: () => [chat.pid],
+        const r = await measure({
+            label: SERVICE,
+            pids: () => [svc.pid],
             auxPids: [auth.pid, redis.pid, ...(billing ? [billing.pid] : [])],
             fakePid: fake.pid,
             fakeStatsUrl: fakeStats,
-            gauge: () => metric(`${chat.adminUrl}/metrics`, 'chat_streams_open'),
-            warmArgs: ['-c', String(WARMUP), '--hold', '--basic', `${user}:${pass}`, '-d', chatBody('bench warm-up [[fake tps=0]]'),
-                '--expect', '"finish_reason":"stop"', chatUrl],
-            holdArgs: ['-c', String(N), '--hold', '--basic', `${user}:${pass}`, '-d', chatBody('bench stream'),
-                '--expect', '"finish_reason":"stop"', ...common, chatUrl],
+            gauge: () => metric(`${svc.adminUrl}/metrics`, SVC.gauge),
+            warmArgs: ['-c', String(WARMUP), '--hold', ...creds, '-d', SVC.body('bench warm-up [[fake tps=0]]'),
+                '--expect', SVC.expect, url],
+            holdArgs: ['-c', String(N), '--hold', ...creds, '-d', SVC.body('bench stream'),
+                '--expect', SVC.expect, ...common, url],
         });
-        results.chat.front = frontDelta(f0, await frontStats(fakeStats));
-        results.chat.coldKiB = coldKiB;
-        results.chat.threads = procStatus(chat.pid).threads;
-        results.chat.logBytes = fs.statSync(chat.logFile).size;
-        await chat.stop();
+        r.front = frontDelta(f0, await frontStats(fakeStats));
+        r.coldKiB = coldKiB;
+        r.threads = procStatus(svc.pid).threads;
+        r.logBytes = fs.statSync(svc.logFile).size;
+        results[SERVICE] = r;
+        await svc.stop();
         if (billing) await billing.stop();
         await auth.stop();
     }
@@ -468,17 +521,17 @@ async function main() {
     await stopAll();
 
     // ---- report ----
-    const c = results.chat;
+    const c = results[SERVICE];
     const x = results.nginx;
     const both = (f, g = f) => [c ? f(c) : 'skipped', x ? g(x) : 'skipped'];
     const vsNginx = (v) => (c && x ? ratio(v(c), v(x)) : '');
     const rows = [
-        ['figure', 'chatweb chat', `nginx reference (${NGINX_WORKERS} workers)`, 'target'],
+        ['figure', `chatweb ${SERVICE}`, `nginx reference (${NGINX_WORKERS} workers)`, 'target'],
         ['streams completed correctly', ...both((r) => `${r.report.completed} / ${N}`), `${N} / ${N}`],
         ['failures', ...both(failures), '0'],
         ['peak streams open at once (loadgen)', ...both((r) => `${r.report.peak_streaming}`), `${N}`],
         ['peak upstream streams open (fake)', ...both((r) => `${r.fakeOpenMax}`), `${N}`],
-        ['peak chat_streams_open', ...both((r) => `${r.gaugeMax}`, () => '-'), `${N}`],
+        [`peak ${SVC.gauge}`, ...both((r) => `${r.gaugeMax}`, () => '-'), `${N}`],
         ['RSS idle (after warm-up)', ...both((r) => kib(r.idleKiB)), '<= 64 MiB'],
         ['RSS peak (VmHWM)', ...both((r) => kib(r.peakKiB)), '-'],
         ['RSS per open stream', ...both((r) => `${kib(r.perStreamKiB)}${vsNginx((q) => q.perStreamKiB)}`, (r) => kib(r.perStreamKiB)),
@@ -504,7 +557,7 @@ async function main() {
     console.log('');
     console.log(table(rows));
     console.log('');
-    if (c) console.log(`chat: RSS ${kib(c.coldKiB)} right after start, ${c.threads} threads; idle is measured 1 s after a warm-up of ${WARMUP} streams.`);
+    if (c) console.log(`${SERVICE}: RSS ${kib(c.coldKiB)} right after start, ${c.threads} threads; idle is measured 1 s after a warm-up of ${WARMUP} streams.`);
     console.log(`fake upstream (context; the same process serves both runs, RSS ${kib(runs[0].fake.idleKiB)} idle): ` +
         runs.map((r) => `${r.label} run ${kib(r.fake.perStreamKiB)} and ${r.fake.cpuPerStreamMs.toFixed(3)} ms CPU per stream`).join('; ') + '.');
     console.log(`CPU is the time on CPU of the live threads (/proc/<pid>/task/*/schedstat); the tick count of ` +
@@ -518,7 +571,7 @@ async function main() {
         const cpus = os.cpus().length;
         console.log(`machine during the ${r.label} hold (${r.wallSeconds.toFixed(1)} s, load average ${m.loadAverageBefore} before): ` +
             `${((100 * m.busySeconds) / m.capacitySeconds).toFixed(0)}% of ${cpus} CPUs busy = ${m.serverSeconds.toFixed(2)} s ${r.label}` +
-            ` + ${m.fakeSeconds.toFixed(2)} s fake + ${m.auxSeconds.toFixed(2)} s ${r.label === 'chat' ? 'auth/redis' : 'nginx master/redis'}` +
+            ` + ${m.fakeSeconds.toFixed(2)} s fake + ${m.auxSeconds.toFixed(2)} s ${r.label === 'nginx' ? 'nginx master/redis' : 'auth/billing/redis'}` +
             ` + ${m.loadgenSeconds.toFixed(2)} s loadgen + ${m.benchSeconds.toFixed(2)} s this script` +
             ` + ${Math.max(0, m.otherSeconds).toFixed(2)} s other work` +
             ` (seen: ${m.others.top.map((o) => `${o.comm} ${o.seconds.toFixed(2)} s`).join(', ') || 'none'}` +
@@ -534,7 +587,7 @@ async function main() {
             ['RSS idle <= 64 MiB', c.idleKiB <= 64 * 1024],
             ['RSS per open stream <= 16 KiB', c.perStreamKiB <= 16],
         ];
-        console.log(`chat vs targets: ${verdict.map(([k, ok]) => `${k}: ${ok ? 'yes' : 'NO'}`).join('; ')}`);
+        console.log(`${SERVICE} vs targets: ${verdict.map(([k, ok]) => `${k}: ${ok ? 'yes' : 'NO'}`).join('; ')}`);
     }
     if (opt.json) fs.writeFileSync(opt.json, JSON.stringify(results, null, 2) + '\n');
     if (!opt.keep) fs.rmSync(dir, { recursive: true, force: true });
@@ -555,30 +608,30 @@ async function scaleMain() {
         fs.rmSync(json, { force: true });
     }
     const { k1, k10 } = runs;
-    const who = ['chat', 'nginx'].filter((w) => k1[w] && k10[w]);
+    const who = [SERVICE, 'nginx'].filter((w) => k1[w] && k10[w]);
     const cpu = (r) => r.cpuPerStreamMs;
     const p99 = (r) => r.report.latency_ms.ttfb.p99;
     const yes = (ok) => (ok ? 'met' : 'NOT met');
-    const rows = [['figure', ...who.map((w) => (w === 'chat' ? 'chatweb chat' : 'nginx reference')), 'target']];
+    const rows = [['figure', ...who.map((w) => (w === 'nginx' ? 'nginx reference' : `chatweb ${w}`)), 'target']];
     rows.push(['completed, 1,000 / 10,000', ...who.map((w) => `${k1[w].report.completed} / ${k10[w].report.completed}`), '1000 / 10000']);
     rows.push(['CPU per stream at 1,000', ...who.map((w) => `${cpu(k1[w]).toFixed(3)} ms`), '-']);
     rows.push(['CPU per stream at 10,000', ...who.map((w) => `${cpu(k10[w]).toFixed(3)} ms`), '-']);
     rows.push(['CPU per stream, 10,000 / 1,000', ...who.map((w) => `${(cpu(k10[w]) / cpu(k1[w])).toFixed(2)}`), '<= 1.5']);
     rows.push(['TTFB p50 / p99 at 1,000 (all at once)', ...who.map((w) => fmtLat(k1[w], 'ttfb').split(' / ').slice(0, 2).join(' / ')), '-']);
     rows.push(['TTFB p50 / p99 at 10,000 (over 1 s)', ...who.map((w) => fmtLat(k10[w], 'ttfb').split(' / ').slice(0, 2).join(' / ')), 'p99 <= 1000 ms']);
-    // streams that fit under 20,000 descriptors at the measured cost per stream (chat: one
+    // streams that fit under 20,000 descriptors at the measured cost per stream (chatweb: one
     // process; nginx: the sum over its workers, each of which has its own limit)
     const fit = (r) => Math.floor((20000 - r.idleFds) / Math.max(0.01, r.fdsPerStream));
     rows.push(['descriptors per open stream at 10,000', ...who.map((w) => `${k10[w].fdsPerStream.toFixed(2)} (peak ${k10[w].fdMax}; ` +
         `${fit(k10[w])} fit in 20,000)`), '10,000 fit in 20,000']);
-    if (k10.chat && k10.nginx) rows.push(['chat CPU per stream / nginx, 1,000 and 10,000',
-        `${(cpu(k1.chat) / cpu(k1.nginx)).toFixed(2)}x and ${(cpu(k10.chat) / cpu(k10.nginx)).toFixed(2)}x`, '-', '<= 1.5x']);
+    if (k10[SERVICE] && k10.nginx) rows.push([`${SERVICE} CPU per stream / nginx, 1,000 and 10,000`,
+        `${(cpu(k1[SERVICE]) / cpu(k1.nginx)).toFixed(2)}x and ${(cpu(k10[SERVICE]) / cpu(k10.nginx)).toFixed(2)}x`, '-', '<= 1.5x']);
     console.log('');
     console.log('scaling (issue 9): one replica, the same machine and fake upstream for every run');
     console.log(table(rows));
-    if (k1.chat && k10.chat) {
-        const c1 = k1.chat, c10 = k10.chat;
-        console.log(`chat vs scaling targets: CPU ratio 10k/1k <= 1.5: ${yes(cpu(c10) / cpu(c1) <= 1.5)}; ` +
+    if (k1[SERVICE] && k10[SERVICE]) {
+        const c1 = k1[SERVICE], c10 = k10[SERVICE];
+        console.log(`${SERVICE} vs scaling targets: CPU ratio 10k/1k <= 1.5: ${yes(cpu(c10) / cpu(c1) <= 1.5)}; ` +
             `TTFB p99 <= 1 s at 10,000 over 1 s: ${yes(p99(c10) <= 1000)}; all 10,000 completed: ${yes(c10.report.completed === 10000)}` +
             `${k10.nginx ? `; CPU per stream <= 1.5x nginx at 10,000: ${yes(cpu(c10) <= 1.5 * cpu(k10.nginx))}` : ''}`);
     }
