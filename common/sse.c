@@ -18,10 +18,9 @@ void svc_sse_deinit(struct svc_sse *s)
 }
 
 /* Handles one complete line (without its terminator). */
-static int sse_line(struct svc_sse *s, svc_sse_event_cb fn, void *ud)
+/* One complete line l[0..n), without its end. */
+static int sse_line(struct svc_sse *s, const char *l, size_t n, svc_sse_event_cb fn, void *ud)
 {
-    const char *l = s->line.data != NULL ? s->line.data : "";
-    size_t n = s->line.len;
     int rc = 0;
 
     if (n == 0) { /* blank line: dispatch */
@@ -84,7 +83,7 @@ int svc_sse_feed(struct svc_sse *s, const char *bytes, size_t len, svc_sse_event
         s->last_was_cr = 0;
         if (c == '\r' || c == '\n') {
             s->last_was_cr = c == '\r';
-            rc = sse_line(s, cb, ctx);
+            rc = sse_line(s, s->line.data != NULL ? s->line.data : "", s->line.len, cb, ctx);
             svc_buf_reset(&s->line);
             if (rc != 0)
                 return rc;
@@ -92,10 +91,22 @@ int svc_sse_feed(struct svc_sse *s, const char *bytes, size_t len, svc_sse_event
             continue;
         }
         {
-            /* copy the run of ordinary bytes at once */
             size_t j = i;
             while (j < len && bytes[j] != '\r' && bytes[j] != '\n')
                 j++;
+            if (j < len && s->line.len == 0) {
+                /* The whole line is in this piece: read it in place rather than copy it first.
+                 * It is bounded as if it had been copied, so that how the stream is cut into
+                 * pieces changes nothing (tests/fuzz/fuzz_sse.c). */
+                if (j - i > s->line.max)
+                    return SVC_ETOOLARGE;
+                s->last_was_cr = bytes[j] == '\r';
+                if ((rc = sse_line(s, bytes + i, j - i, cb, ctx)) != 0)
+                    return rc;
+                i = j + 1;
+                continue;
+            }
+            /* the line goes on in the next piece: keep the run of ordinary bytes */
             rc = svc_buf_append(&s->line, bytes + i, j - i);
             if (rc != 0)
                 return rc;
