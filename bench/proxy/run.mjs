@@ -11,6 +11,7 @@
 //       relay    GET /v1/models     (authenticated, unmetered)
 //       metered  POST /v1/chat/completions, JSON, 5 tokens (auth, limits, Reserve, Settle)
 //   - throughput at 64 connections: metered JSON and SSE, relay, beside nginx.
+// Every figure is the median of --rounds (3) rounds in which the targets take turns.
 // Targets (design brief §4): relay p50 <= 0.1 ms added, metered <= 0.3 ms; throughput >= 0.7x
 // nginx as a relay, >= 0.3x metered. A figure that misses its target is reported, not an error.
 import fs from 'node:fs';
@@ -23,11 +24,18 @@ import { loadAverage, runLoadgen, table } from '../lib/measure.mjs';
 const { values } = parseArgs({
     options: {
         requests: { type: 'string', default: '3000' },
+        rounds: { type: 'string', default: '3' },
         backend: { type: 'string', default: 'sqlite' },
         keep: { type: 'boolean', default: false },
     },
 });
 const N = Number(values.requests);
+// Each figure is measured ROUNDS times, the targets interleaved (direct, nginx, proxy, direct,
+// ...), and the median is printed with the range: on a shared 2-core machine one short run of
+// either side moved by 25 % between runs, and interleaving gives both the same neighbours.
+const ROUNDS = Math.max(1, Number(values.rounds));
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
+const range = (xs, f) => (xs.length > 1 ? ` (${f(Math.min(...xs))}-${f(Math.max(...xs))})` : '');
 const OPS_KEY = 'ops-key-for-the-proxy-benchmark-0123';
 const CHAT = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi [[fake tokens=5]]' }] });
 const CHAT_SSE = JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'hi [[fake tokens=5]]' }] });
@@ -68,19 +76,27 @@ try {
     const rows = [['figure', 'direct', 'nginx', 'chatweb proxy', 'proxy - direct', 'target']];
     const ms = (v) => `${v.toFixed(3)} ms`;
     for (const what of ['relay', 'json']) {
-        const d = await run('direct', what, 1, N);
-        const g = await run('nginx', what, 1, N);
-        const p = await run('proxy', what, 1, N);
-        const added = p.latency_ms.total.p50 - d.latency_ms.total.p50;
+        const d = [], g = [], p = [], added = [];
+        for (let r = 0; r < ROUNDS; r++) {
+            d.push((await run('direct', what, 1, N)).latency_ms.total.p50);
+            g.push((await run('nginx', what, 1, N)).latency_ms.total.p50);
+            p.push((await run('proxy', what, 1, N)).latency_ms.total.p50);
+            added.push(p[r] - d[r]);
+        }
         rows.push([`p50 at 1 connection, ${what === 'relay' ? 'relay (GET /v1/models)' : 'metered chat JSON'}`,
-            ms(d.latency_ms.total.p50), ms(g.latency_ms.total.p50), ms(p.latency_ms.total.p50), ms(added),
+            ms(median(d)), ms(median(g)), ms(median(p)), ms(median(added)) + range(added, (v) => v.toFixed(3)),
             what === 'relay' ? '<= 0.1 ms added' : '<= 0.3 ms added']);
     }
     for (const what of ['relay', 'json', 'sse']) {
-        const g = await run('nginx', what, 64, N * 2);
-        const p = await run('proxy', what, 64, N * 2);
+        const g = [], p = [], ratio = [];
+        for (let r = 0; r < ROUNDS; r++) {
+            g.push((await run('nginx', what, 64, N * 2)).rps);
+            p.push((await run('proxy', what, 64, N * 2)).rps);
+            ratio.push(p[r] / g[r]);
+        }
         rows.push([`req/s at 64 connections, ${what === 'relay' ? 'relay' : `metered chat ${what.toUpperCase()}`}`,
-            '-', g.rps.toFixed(0), p.rps.toFixed(0), `${(p.rps / g.rps).toFixed(2)}x nginx`,
+            '-', median(g).toFixed(0), median(p).toFixed(0),
+            `${median(ratio).toFixed(2)}x nginx${range(ratio, (v) => v.toFixed(2))}`,
             what === 'relay' ? '>= 0.7x nginx' : '>= 0.3x nginx']);
     }
     // The proxy's balance leases go back PROXY_LEASE_IDLE_MS (2 s) after their last request.
@@ -90,7 +106,8 @@ try {
         if (check.held === 0) break;
         await new Promise((r) => setTimeout(r, 100));
     }
-    console.log(`bench/proxy (${values.backend}, ${N} requests per latency run; load average ${loadAverage()})`);
+    console.log(`bench/proxy (${values.backend}, ${N} requests per latency run, ${N * 2} per throughput run, ` +
+        `median of ${ROUNDS} interleaved rounds, range in brackets; load average ${loadAverage()})`);
     console.log(table(rows));
     console.log(`the benchmark's account afterwards: usage ${check.usage}, held ${check.held} ${check.held === 0 ? '(every metered call settled, every lease closed)' : '(units still held 10 s after the last request)'}`);
 } finally {
