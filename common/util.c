@@ -67,13 +67,14 @@ uint32_t svc_util_random_u32(void)
     return (uint32_t)((x * 0x2545F4914F6CDD1DULL) >> 32);
 }
 
-void svc_util_random_hex(char *out, size_t nbytes)
+/* 2*nbytes hex characters plus a NUL of the bytes fill gives; raw is wiped after use. */
+static void hex_of(char *out, size_t nbytes, void (*fill)(void *, size_t))
 {
     unsigned char raw[64];
 
     for (size_t done = 0; done < nbytes;) {
         size_t n = nbytes - done < sizeof(raw) ? nbytes - done : sizeof(raw);
-        fill_random(raw, n);
+        fill(raw, n);
         to_hex(out + 2 * done, raw, n);
         done += n;
     }
@@ -81,17 +82,14 @@ void svc_util_random_hex(char *out, size_t nbytes)
     out[2 * nbytes] = '\0';
 }
 
+void svc_util_random_hex(char *out, size_t nbytes)
+{
+    hex_of(out, nbytes, fill_random);
+}
+
 void svc_util_id_hex(char *out, size_t nbytes)
 {
-    unsigned char raw[64];
-
-    for (size_t done = 0; done < nbytes;) {
-        size_t n = nbytes - done < sizeof(raw) ? nbytes - done : sizeof(raw);
-        fill_id_random(raw, n);
-        to_hex(out + 2 * done, raw, n);
-        done += n;
-    }
-    out[2 * nbytes] = '\0';
+    hex_of(out, nbytes, fill_id_random);
 }
 
 void svc_util_uuid4(char out[37])

@@ -99,6 +99,32 @@ static void ref_read(struct ref *r, struct svc_json *j)
     r->usage_only = choice == NULL && svc_json_is_object(svc_json_member(j, "usage"));
 }
 
+/* want and got, bounded content buffers that start with the same PREFILL bytes of c; then the
+ * reference's content, when it appends one, into want: what that append returned */
+static int buffers_start(struct svc_buf *want, struct svc_buf *got, char c, const struct ref *r,
+                         int appends)
+{
+    char pre[PREFILL];
+
+    memset(pre, c, sizeof(pre));
+    svc_buf_init(want, CONTENT_MAX);
+    svc_buf_init(got, CONTENT_MAX);
+    if (svc_buf_append(want, pre, sizeof(pre)) != SVC_OK ||
+        svc_buf_append(got, pre, sizeof(pre)) != SVC_OK)
+        abort();
+    return appends && r->content_len > 0 ? svc_buf_append(want, r->content, r->content_len) : 0;
+}
+
+/* the same bytes in both, NUL-terminated; frees them */
+static void buffers_same(struct svc_buf *want, struct svc_buf *got)
+{
+    if (want->len != got->len || memcmp(want->data, got->data, want->len) != 0 ||
+        got->data[got->len] != '\0')
+        abort();
+    svc_buf_deinit(want);
+    svc_buf_deinit(got);
+}
+
 /* meter.c's json_answer() as it was on jansson: the usage and the text it appends */
 static void ref_answer(struct ref *r, struct svc_json *j)
 {
@@ -126,18 +152,10 @@ static void check_answer(const char *d, size_t size, struct svc_json *j)
     struct meter_answer_fields f;
     struct svc_buf want, got;
     struct ref r;
-    char pre[PREFILL];
-    int rc, want_rc = 0;
+    int rc, want_rc;
 
     ref_answer(&r, j);
-    memset(pre, 'q', sizeof(pre));
-    svc_buf_init(&want, CONTENT_MAX);
-    svc_buf_init(&got, CONTENT_MAX);
-    if (svc_buf_append(&want, pre, sizeof(pre)) != SVC_OK ||
-        svc_buf_append(&got, pre, sizeof(pre)) != SVC_OK)
-        abort();
-    if (r.content_len > 0)
-        want_rc = svc_buf_append(&want, r.content, r.content_len);
+    want_rc = buffers_start(&want, &got, 'q', &r, 1);
     memset(&f, 0xA5, sizeof(f));
     rc = meter_answer_scan(d, size, &f, &got);
     if (rc == SVC_EINVAL) {
@@ -152,11 +170,7 @@ static void check_answer(const char *d, size_t size, struct svc_json *j)
         if (r.has_usage && (f.usage_prompt != r.prompt || f.usage_completion != r.completion))
             abort();
     }
-    if (want.len != got.len || memcmp(want.data, got.data, want.len) != 0 ||
-        got.data[got.len] != '\0')
-        abort();
-    svc_buf_deinit(&want);
-    svc_buf_deinit(&got);
+    buffers_same(&want, &got);
 }
 
 /* the meter's error text, as event_read formats it */
@@ -173,18 +187,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct meter_event_fields f;
     struct svc_buf want, got;
     struct ref r;
-    char pre[PREFILL];
-    int rc, want_rc = 0;
+    int rc, want_rc;
 
     ref_read(&r, j);
-    memset(pre, 'p', sizeof(pre));
-    svc_buf_init(&want, CONTENT_MAX);
-    svc_buf_init(&got, CONTENT_MAX);
-    if (svc_buf_append(&want, pre, sizeof(pre)) != SVC_OK ||
-        svc_buf_append(&got, pre, sizeof(pre)) != SVC_OK)
-        abort();
-    if (r.valid && !r.has_error && r.content_len > 0)
-        want_rc = svc_buf_append(&want, r.content, r.content_len);
+    want_rc = buffers_start(&want, &got, 'p', &r, r.valid && !r.has_error);
 
     memset(&f, 0xA5, sizeof(f)); /* the scanner must write every field */
     rc = meter_event_scan(d, size, &f, &got);
@@ -222,11 +228,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 abort();
         }
     }
-    if (want.len != got.len || memcmp(want.data, got.data, want.len) != 0 ||
-        got.data[got.len] != '\0')
-        abort();
-    svc_buf_deinit(&want);
-    svc_buf_deinit(&got);
+    buffers_same(&want, &got);
     check_answer(d, size, j);
     svc_json_destroy(&j);
     return 0;
