@@ -12,9 +12,12 @@
 
 #define FETCH_DEFAULT_CONNECT_MS 10000
 #define FETCH_DEFAULT_MAX_RESPONSE (8u << 20)
-/* Streams per HTTP/2 connection we open at most (curl's default is 100); the server's
- * SETTINGS_MAX_CONCURRENT_STREAMS lowers it, and past it curl opens another connection. */
-#define FETCH_H2_MAX_STREAMS 1000L
+/* Streams per HTTP/2 connection we open at most (curl's default too); the server's
+ * SETTINGS_MAX_CONCURRENT_STREAMS lowers it, and past it curl opens another connection. Not
+ * more: libcurl 7.88 runs the transfers of a multiplexed connection when it turns readable, so
+ * the cost of an event grows with the streams on it (1,000 per connection: TTFB p99 2.6-3.9 s
+ * for 9,000-10,000 streams opened in a second; 100: 0.77-1.04 s, decision 28). */
+#define FETCH_H2_MAX_STREAMS 100L
 /* Connection cache sizes (CURLMOPT_MAXCONNECTS), see svc_fetch_multi_create. */
 #define FETCH_CAPPED_CACHE 1024L
 #define FETCH_UNCAPPED_CACHE (1L << 20)
