@@ -17,8 +17,7 @@ void svc_sse_deinit(struct svc_sse *s)
     svc_buf_deinit(&s->data);
 }
 
-/* Handles one complete line (without its terminator). */
-/* One complete line l[0..n), without its end. */
+/* Handles one complete line l[0..n), without its terminator. */
 static int sse_line(struct svc_sse *s, const char *l, size_t n, svc_sse_event_cb fn, void *ud)
 {
     int rc = 0;

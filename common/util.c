@@ -37,8 +37,7 @@ static void fill_id_random(void *buf, size_t n)
         left = sizeof(pool);
     }
     memcpy(buf, pool + sizeof(pool) - left, n);
-    memset(pool + sizeof(pool) - left, 0, n); /* each byte is handed out once */
-    left -= n;
+    left -= n; /* each byte is handed out once */
 }
 
 static void to_hex(char *out, const unsigned char *raw, size_t n)

@@ -14,6 +14,9 @@
 
 #define MS_PER_DAY 86400000LL
 
+/* A LeaseSync's ledger rows go out in multi-row statements of 2^i rows, i < this (ledger_batch) */
+#define LEDGER_BATCH_SIZES 5
+
 struct billing_store {
     struct svc_db *db;
     const struct billing_prices *prices; /* BILLING_PRICES (borrowed) */
@@ -26,8 +29,8 @@ struct billing_store {
     struct billing_prices *sql;   /* the SQL rows alone (which prices are "sql": price_source) */
     int64_t prices_version;       /* of `merged`; -1 before the first load */
     pthread_mutex_t refresh_lock; /* one reload at a time */
-    /* ledger_batch_write's statements, one per size 2^i (i < LEDGER_BATCH_SIZES) */
-    char *ledger_multi_sql[5];
+    /* ledger_batch_write's statements, one per size 2^i */
+    char *ledger_multi_sql[LEDGER_BATCH_SIZES];
 };
 
 /* The ratio a model is priced with now (SQL over BILLING_PRICES). Thread-safe. */
@@ -218,7 +221,7 @@ void billing_store_destroy(struct billing_store **s)
     billing_prices_destroy(&(*s)->sql);
     pthread_rwlock_destroy(&(*s)->prices_lock);
     pthread_mutex_destroy(&(*s)->refresh_lock);
-    for (size_t i = 0; i < sizeof((*s)->ledger_multi_sql) / sizeof((*s)->ledger_multi_sql[0]); i++)
+    for (int i = 0; i < LEDGER_BATCH_SIZES; i++)
         free((*s)->ledger_multi_sql[i]);
     free(*s);
     *s = NULL;
@@ -468,7 +471,6 @@ static int ledger_append(struct svc_db_conn *c, const struct acct_row *r,
  * ledger rows of this user from the statement's first id on are these; the SELECT is bounded by
  * id and user_seq, and must find exactly them.
  */
-#define LEDGER_BATCH_SIZES 5
 #define LEDGER_BATCH (1 << (LEDGER_BATCH_SIZES - 1))
 
 struct ledger_batch {

@@ -461,9 +461,29 @@ static enum role member(struct scan *s, enum role role, const struct jval *key, 
     }
 }
 
+/* After a member or an element of a container that ends with close: 0 when that was the last
+ * (s->p past close), 1 when another follows (s->p on it), -1 when neither follows. */
+static int next_item(struct scan *s, char close)
+{
+    skip_ws(s);
+    if (s->p >= s->end)
+        return -1;
+    if (*s->p == close) {
+        s->p++;
+        return 0;
+    }
+    if (*s->p != ',')
+        return -1;
+    s->p++;
+    skip_ws(s);
+    return 1;
+}
+
 /* s->p is past the '{' */
 static int parse_object(struct scan *s, int depth, enum role role)
 {
+    int rc;
+
     skip_ws(s);
     if (s->p < s->end && *s->p == '}') {
         s->p++;
@@ -485,23 +505,16 @@ static int parse_object(struct scan *s, int depth, enum role role)
             slot = NULL;
         if (parse_value(s, depth + 1, child, slot != NULL ? slot : &scratch) != 0)
             return -1;
-        skip_ws(s);
-        if (s->p >= s->end)
-            return -1;
-        if (*s->p == '}') {
-            s->p++;
-            return 0;
-        }
-        if (*s->p != ',')
-            return -1;
-        s->p++;
-        skip_ws(s);
+        if ((rc = next_item(s, '}')) <= 0)
+            return rc;
     }
 }
 
 /* s->p is past the '[' */
 static int parse_array(struct scan *s, int depth, enum role role)
 {
+    int rc;
+
     skip_ws(s);
     if (s->p < s->end && *s->p == ']') {
         s->p++;
@@ -514,17 +527,8 @@ static int parse_array(struct scan *s, int depth, enum role role)
         if (parse_value(s, depth + 1, first ? R_CHOICE0 : R_SKIP, first ? &s->choice0 : &scratch) !=
             0)
             return -1;
-        skip_ws(s);
-        if (s->p >= s->end)
-            return -1;
-        if (*s->p == ']') {
-            s->p++;
-            return 0;
-        }
-        if (*s->p != ',')
-            return -1;
-        s->p++;
-        skip_ws(s);
+        if ((rc = next_item(s, ']')) <= 0)
+            return rc;
     }
 }
 

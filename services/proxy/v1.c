@@ -437,6 +437,58 @@ static char *splice_members(const char *raw, size_t len, const char *members, si
     return out;
 }
 
+/*
+ * The body to send upstream when it must change (see the top of this file), in *text (NULL: send
+ * the client's bytes as they are): a streamed chat or completion without include_usage asks for
+ * the usage (and the usage chunk is then hidden, c->hide_usage), a request without a reply limit
+ * gets completion_limit. Members the body lacks are inserted into its bytes (splice_members); one
+ * it has (a stream_options without include_usage, a limit given as null) is changed through the
+ * tree, which is then written out whole. SVC_OK, or SVC_ENOMEM.
+ */
+static int upstream_body(struct v1_call *c, long long completion_limit, const char *raw,
+                         size_t blen, char **text, size_t *text_len)
+{
+    struct svc_json *so = svc_json_member(c->body, "stream_options");
+    int add_usage = completion_limit >= 0 && c->stream &&
+                    (c->kind == V1_CHAT || c->kind == V1_COMPLETIONS) &&
+                    !svc_json_is_true(svc_json_member(so, "include_usage"));
+    const char *limit_key = NULL;
+    char added[160];
+    size_t n;
+
+    *text = NULL;
+    if (!c->has_limit && c->kind != V1_EMBEDDINGS && completion_limit > 0)
+        limit_key = c->kind == V1_RESPONSES                 ? "max_output_tokens"
+                    : c->kind == V1_CHAT && c->mi.reasoning ? "max_completion_tokens"
+                                                            : "max_tokens";
+    if (!add_usage && limit_key == NULL)
+        return SVC_OK;
+    c->hide_usage = add_usage;
+    if ((add_usage && so != NULL) || (limit_key != NULL && svc_json_member(c->body, limit_key))) {
+        if (add_usage) {
+            if (!svc_json_is_object(so)) {
+                so = svc_json_object();
+                svc_json_set(c->body, "stream_options", so);
+            }
+            svc_json_set(so, "include_usage", svc_json_bool(1));
+        }
+        if (limit_key != NULL)
+            svc_json_set(c->body, limit_key, svc_json_integer(completion_limit));
+        if ((*text = svc_json_dump(c->body, 0)) == NULL)
+            return SVC_ENOMEM;
+        *text_len = strlen(*text);
+        return SVC_OK;
+    }
+    n = add_usage ? (size_t)snprintf(added, sizeof(added),
+                                     "\"stream_options\":{\"include_usage\":true}")
+                  : 0;
+    if (limit_key != NULL)
+        snprintf(added + n, sizeof(added) - n, "%s\"%s\":%lld", n > 0 ? "," : "", limit_key,
+                 completion_limit);
+    *text = splice_members(raw, blen, added, text_len);
+    return *text != NULL ? SVC_OK : SVC_ENOMEM;
+}
+
 /* Sends the request upstream through the meter. completion_limit < 0: a client's own upstream
  * key (PROXY_CLIENT_KEYS=relay): its Authorization goes upstream, the body is not touched. */
 static void start_upstream(struct v1_call *c, long long completion_limit)
@@ -446,41 +498,10 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
     struct svc_fetch_req fr = {0};
     size_t nh = 0, blen;
     const char *raw = svc_req_body(c->req, &blen);
-    char *text = NULL, added[160];
-    size_t text_len = 0, nadded = 0;
-    int changed = 0, rebuild = 0, rc, no_model;
+    char *text = NULL;
+    size_t text_len = 0;
+    int rc, no_model;
 
-    /* Change the body only where we must (see the top of this file): members it lacks are
-     * inserted into its bytes (splice_members), one it has is changed through the tree. */
-    added[0] = '\0';
-    if (completion_limit >= 0 && c->stream && (c->kind == V1_CHAT || c->kind == V1_COMPLETIONS)) {
-        struct svc_json *so = svc_json_member(c->body, "stream_options");
-        if (!svc_json_is_true(svc_json_member(so, "include_usage"))) {
-            if (so == NULL)
-                nadded += (size_t)snprintf(added + nadded, sizeof(added) - nadded,
-                                           "\"stream_options\":{\"include_usage\":true}");
-            else
-                rebuild = 1;
-            if (!svc_json_is_object(so)) {
-                so = svc_json_object();
-                svc_json_set(c->body, "stream_options", so);
-            }
-            svc_json_set(so, "include_usage", svc_json_bool(1));
-            c->hide_usage = 1;
-            changed = 1;
-        }
-    }
-    if (!c->has_limit && c->kind != V1_EMBEDDINGS && completion_limit > 0) {
-        const char *key = c->kind == V1_RESPONSES                 ? "max_output_tokens"
-                          : c->kind == V1_CHAT && c->mi.reasoning ? "max_completion_tokens"
-                                                                  : "max_tokens";
-        if (svc_json_member(c->body, key) != NULL) /* present as null */
-            rebuild = 1;
-        svc_json_set(c->body, key, svc_json_integer(completion_limit));
-        nadded += (size_t)snprintf(added + nadded, sizeof(added) - nadded, "%s\"%s\":%lld",
-                                   nadded > 0 ? "," : "", key, completion_limit);
-        changed = 1;
-    }
     if (completion_limit < 0) {
         c->client_key = 1; /* the client's key is for the default upstream */
     } else if ((c->upstream = proxy_upstream_pick(c->model, 0, &no_model)) < 0) {
@@ -497,15 +518,9 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
         return;
     }
     c->tried = 1u << c->upstream;
-    if (changed) {
-        if (rebuild && (text = svc_json_dump(c->body, 0)) != NULL)
-            text_len = strlen(text);
-        else if (!rebuild)
-            text = splice_members(raw, blen, added, &text_len);
-        if (text == NULL) {
-            v1_error(c, 500, "server_error", NULL, "out of memory");
-            return;
-        }
+    if (upstream_body(c, completion_limit, raw, blen, &text, &text_len) != SVC_OK) {
+        v1_error(c, 500, "server_error", NULL, "out of memory");
+        return;
     }
     if (upstream_url(c, url, sizeof(url)) != SVC_OK) {
         free(text);
