@@ -78,7 +78,9 @@ export async function startRedisCluster({ dir, masters = 3, replicas = 0, passwo
         const d = path.join(dir, `node${i}`);
         nodes.push(await startNode({
             dir: d, label, password,
-            conf: dataConf(password) + `cluster-enabled yes\ncluster-config-file ${path.join(d, 'nodes.conf')}\n` +
+            // The bus port is chosen too: the default (port + 10000) may be another program's.
+            conf: dataConf(password) + `cluster-enabled yes\ncluster-port ${await stack.freePort()}\n` +
+                `cluster-config-file ${path.join(d, 'nodes.conf')}\n` +
                 'cluster-node-timeout 1000\ncluster-replica-validity-factor 0\n',
         }));
     }
