@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 
+#include "svc/buf.h"
 #include "svc/err.h"
 #include "svc/json.h"
 #include "svc/util.h"
@@ -196,4 +197,53 @@ int svc_json_append(struct svc_json *arr, struct svc_json *v)
         return SVC_EINVAL;
     }
     return json_array_append_new(J(arr), J(v)) == 0 ? SVC_OK : SVC_ENOMEM;
+}
+
+/* The escape of byte c inside a JSON string, as jansson writes it (\n, or \u001F in u). */
+static const char *json_escape(unsigned char c, char u[7])
+{
+    static const char hex[] = "0123456789ABCDEF";
+
+    switch (c) {
+    case '"': return "\\\"";
+    case '\\': return "\\\\";
+    case '\b': return "\\b";
+    case '\f': return "\\f";
+    case '\n': return "\\n";
+    case '\r': return "\\r";
+    case '\t': return "\\t";
+    default:
+        memcpy(u, "\\u00", 4);
+        u[4] = hex[c >> 4];
+        u[5] = hex[c & 15];
+        u[6] = '\0';
+        return u;
+    }
+}
+
+int svc_json_buf_string(struct svc_buf *b, const char *s, size_t len)
+{
+    size_t before = b->len, run = 0; /* s[run..i) is copied as it is */
+    int rc;
+
+    if (!svc_util_utf8_valid(s, len))
+        return SVC_EINVAL;
+    rc = svc_buf_append(b, "\"", 1);
+    for (size_t i = 0; rc == SVC_OK && i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char u[7];
+
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        if ((rc = svc_buf_append(b, s + run, i - run)) == SVC_OK)
+            rc = svc_buf_append_str(b, json_escape(c, u));
+        run = i + 1;
+    }
+    if (rc == SVC_OK && (rc = svc_buf_append(b, s + run, len - run)) == SVC_OK)
+        rc = svc_buf_append(b, "\"", 1);
+    if (rc != SVC_OK && b->data != NULL) {
+        b->len = before; /* as it was */
+        b->data[before] = '\0';
+    }
+    return rc;
 }

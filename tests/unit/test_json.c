@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "svc/err.h"
+#include "svc/buf.h"
 #include "svc/json.h"
 #include "test.h"
 
@@ -416,6 +417,47 @@ static void test_iterate_non_containers(void)
     svc_json_destroy(&j);
 }
 
+/* svc_json_buf_string writes what svc_json_dump writes for the same string, byte for byte. */
+static void test_buf_string_as_dump(void)
+{
+    static const char *const cases[] = {
+        "", "plain", "quote \" and backslash \\", "\b\f\n\r\t", "\x01\x1f\x7f /slash",
+        "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", "\\u0041 stays as text", "\"\"",
+    };
+    struct svc_buf b;
+
+    svc_buf_init(&b, 1024);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct svc_json *arr = svc_json_pack("[s]", cases[i]);
+        char *dump = svc_json_dump(arr, 0);
+
+        T_ASSERT(dump != NULL);
+        svc_buf_reset(&b);
+        T_EQ_INT(svc_buf_append(&b, "[", 1), SVC_OK);
+        T_EQ_INT(svc_json_buf_string(&b, cases[i], strlen(cases[i])), SVC_OK);
+        T_EQ_INT(svc_buf_append(&b, "]", 1), SVC_OK);
+        T_EQ_STR(b.data, dump);
+        free(dump);
+        svc_json_destroy(&arr);
+    }
+    /* a NUL inside: escaped, not an end */
+    svc_buf_reset(&b);
+    T_EQ_INT(svc_json_buf_string(&b, "a\0b", 3), SVC_OK);
+    T_EQ_STR(b.data, "\"a\\u0000b\"");
+    /* invalid UTF-8, or no room: an error and the buffer as it was */
+    svc_buf_reset(&b);
+    T_EQ_INT(svc_buf_append(&b, "x", 1), SVC_OK);
+    T_EQ_INT(svc_json_buf_string(&b, "bad \xc3(", 6), SVC_EINVAL);
+    T_EQ_STR(b.data, "x");
+    svc_buf_deinit(&b);
+    svc_buf_init(&b, 8);
+    T_EQ_INT(svc_buf_append(&b, "x", 1), SVC_OK);
+    T_EQ_INT(svc_json_buf_string(&b, "\n\n\n\n", 4), SVC_ETOOLARGE);
+    T_EQ_INT((int)b.len, 1);
+    T_EQ_STR(b.data, "x");
+    svc_buf_deinit(&b);
+}
+
 int main(void)
 {
     T_RUN(test_parse_object);
@@ -431,5 +473,6 @@ int main(void)
     T_RUN(test_set_takes_reference);
     T_RUN(test_append_takes_reference);
     T_RUN(test_iterate_non_containers);
+    T_RUN(test_buf_string_as_dump);
     return 0;
 }

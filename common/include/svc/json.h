@@ -141,4 +141,15 @@ struct svc_json *svc_json_null(void);
 int svc_json_set(struct svc_json *obj, const char *key, struct svc_json *v);
 int svc_json_append(struct svc_json *arr, struct svc_json *v);
 
+/* ---- writing without a tree ---- */
+struct svc_buf;
+
+/*
+ * Appends s[0..len) to b as a JSON string literal, quoted and escaped byte for byte as
+ * svc_json_dump() writes it (", \ and control characters escaped, everything else as it is), for
+ * a writer that makes many small documents of a known shape. Returns 0; SVC_EINVAL unless s is
+ * valid UTF-8, or the buffer's error; b is unchanged on failure.
+ */
+int svc_json_buf_string(struct svc_buf *b, const char *s, size_t len);
+
 #endif
