@@ -10,6 +10,7 @@
 
 #include "billing.pb-c.h"
 #include "store.h"
+#include "svc/buf.h"
 #include "svc/db.h"
 #include "svc/json.h"
 #include "svc/log.h"
@@ -18,7 +19,9 @@
 #include "svc/util.h"
 
 #define RELAY_BATCH_MAX 1000
-/* Outbox rows deleted by one statement (one text, so one prepared statement for every size). */
+/* The most an event's JSON may take: its texts are ledger columns of a few hundred bytes. */
+#define EVENT_JSON_MAX 16384
+/* Outbox rows deleted by one statement (one text, so one prepared statement for every count). */
 #define DELETE_IDS 32
 #define DELETE_SQL                                                                                 \
     "DELETE FROM billing_outbox WHERE id IN (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?," \
@@ -134,7 +137,8 @@ static int lease(struct billing_relay *r, struct svc_db_conn *c)
     uint64_t n = 0;
 
     if (svc_db_exec(c,
-                    "UPDATE billing_relay_lease SET owner = ?, until_ms = ? WHERE name = 'relay' "
+                    "UPDATE billing_relay_lease SET owner = ?, until_ms = ? "
+                    "WHERE name = 'relay-runs' "
                     "AND (owner = ? OR until_ms < ?)",
                     p, 4, &n, NULL) != SVC_OK)
         return 0;
@@ -146,31 +150,58 @@ static void lease_drop(struct billing_relay *r, struct svc_db_conn *c)
     struct svc_db_param p[] = {SVC_DB_TEXT(r->owner)};
 
     if (svc_db_exec(c,
-                    "UPDATE billing_relay_lease SET until_ms = 0 WHERE name = 'relay' "
+                    "UPDATE billing_relay_lease SET until_ms = 0 WHERE name = 'relay-runs' "
                     "AND owner = ?",
                     p, 1, NULL, NULL) != SVC_OK)
         SVC_LOG_INFO(NULL, "relay", "could not hand the lease back (the sql line says why)");
 }
 
+/*
+ * The event as JSON (the stream entry's "json" field): BillingEvent's fields in its order, written
+ * straight into a buffer (one document per ledger row: a tree and its dump cost the relay a
+ * quarter of its time). NULL when out of memory or a text is not UTF-8 (SQL holds only UTF-8).
+ */
 static char *event_json(const Chatweb__Billing__BillingEvent *e)
 {
-    struct svc_json *o =
-        svc_json_pack("{s:s, s:i, s:s, s:I, s:I, s:s, s:I, s:I, s:I, s:s, s:s, s:I, s:I, "
-                      "s:s, s:s, s:I}",
-                      "event_id", e->event_id, "schema_version", (int)e->schema_version, "type",
-                      e->type, "ledger_id", (long long)e->ledger_id, "user_id",
-                      (long long)e->user_id, "username", e->username, "units", (long long)e->units,
-                      "tokens_in", (long long)e->tokens_in, "tokens_out", (long long)e->tokens_out,
-                      "model", e->model, "request_id", e->request_id, "balance_after",
-                      (long long)e->balance_after, "occurred_at_ms", (long long)e->occurred_at_ms,
-                      "source", e->source, "note", e->note, "user_seq", (long long)e->user_seq);
-    char *s;
+    const struct {
+        const char *name;
+        const char *text; /* NULL: the number */
+        long long number;
+    } m[] = {
+        {"event_id", e->event_id, 0},
+        {"schema_version", NULL, e->schema_version},
+        {"type", e->type, 0},
+        {"ledger_id", NULL, e->ledger_id},
+        {"user_id", NULL, e->user_id},
+        {"username", e->username, 0},
+        {"units", NULL, e->units},
+        {"tokens_in", NULL, e->tokens_in},
+        {"tokens_out", NULL, e->tokens_out},
+        {"model", e->model, 0},
+        {"request_id", e->request_id, 0},
+        {"balance_after", NULL, e->balance_after},
+        {"occurred_at_ms", NULL, e->occurred_at_ms},
+        {"source", e->source, 0},
+        {"note", e->note, 0},
+        {"user_seq", NULL, (long long)e->user_seq},
+    };
+    struct svc_buf b;
+    int rc = SVC_OK;
 
-    if (o == NULL)
+    svc_buf_init(&b, EVENT_JSON_MAX);
+    for (size_t i = 0; rc == SVC_OK && i < sizeof(m) / sizeof(m[0]); i++) {
+        rc = svc_buf_appendf(&b, "%c\"%s\":", i ? ',' : '{', m[i].name);
+        if (rc == SVC_OK)
+            rc = m[i].text ? svc_json_buf_string(&b, m[i].text, strlen(m[i].text))
+                           : svc_buf_appendf(&b, "%lld", m[i].number);
+    }
+    if (rc == SVC_OK)
+        rc = svc_buf_append(&b, "}", 1);
+    if (rc != SVC_OK) {
+        svc_buf_deinit(&b);
         return NULL;
-    s = svc_json_dump(o, 0);
-    svc_json_destroy(&o);
-    return s;
+    }
+    return svc_buf_take(&b);
 }
 
 static const char *cell(struct svc_db_rows *rows, size_t i, size_t c)
@@ -324,21 +355,69 @@ out:
     return rc;
 }
 
-/* One pass: relays up to batch rows. Returns rows sent, or a negative error. */
+static int delete_ids(struct svc_db_conn *c, struct svc_db_param d[DELETE_IDS], size_t *nd)
+{
+    if (*nd == 0)
+        return SVC_OK;
+    while (*nd < DELETE_IDS)
+        d[(*nd)++] = svc_db_param_i64(0); /* the unused places: no row has id 0 */
+    *nd = 0;
+    return svc_db_exec(c, DELETE_SQL, d, DELETE_IDS, NULL, NULL);
+}
+
+/*
+ * Takes what Redis took out of the outbox: rows [0, sent) of a pass, ordered by outbox row and
+ * ledger id. An outbox row (column 0) stands for ledger rows ledger_id .. ledger_id + n - 1
+ * (columns 15, 16): it is deleted when its last ledger row was sent, and otherwise (the pass's
+ * LIMIT or a refusal cut it) shrunk to the ledger rows not sent yet. Runs in the caller's
+ * transaction.
+ */
+static int outbox_forget(struct svc_db_conn *c, struct svc_db_rows *rows, size_t sent)
+{
+    struct svc_db_param d[DELETE_IDS];
+    size_t nd = 0;
+    int rc = SVC_OK;
+
+    for (size_t i = 0; rc == SVC_OK && i < sent; i++) {
+        int64_t oid = svc_db_rows_i64(rows, i, 0);
+        int64_t last = svc_db_rows_i64(rows, i, 15) + svc_db_rows_i64(rows, i, 16) - 1;
+        int64_t upto;
+
+        while (i + 1 < sent && svc_db_rows_i64(rows, i + 1, 0) == oid)
+            i++;
+        upto = svc_db_rows_i64(rows, i, 1); /* the last ledger row of oid that was sent */
+        if (upto < last) {
+            struct svc_db_param p[] = {SVC_DB_I64(upto + 1), SVC_DB_I64(last - upto),
+                                       SVC_DB_I64(oid)};
+            rc = svc_db_exec(c, "UPDATE billing_outbox SET ledger_id = ?, n = ? WHERE id = ?", p,
+                             3, NULL, NULL);
+        } else {
+            d[nd++] = svc_db_param_i64(oid);
+            if (nd == DELETE_IDS)
+                rc = delete_ids(c, d, &nd);
+        }
+    }
+    return rc == SVC_OK ? delete_ids(c, d, &nd) : rc;
+}
+
+/* One pass: relays up to batch events. Returns events sent, or a negative error. */
 static int relay_pass(struct billing_relay *r, struct svc_db_conn *c)
 {
     struct svc_db_rows *rows = NULL;
-    struct svc_db_param p[] = {SVC_DB_I64(r->o.batch)};
+    struct svc_db_param p[] = {SVC_DB_I64(r->o.batch), SVC_DB_I64(r->o.batch)};
     int sent = 0, rc;
 
+    /* The oldest outbox rows first (at most batch of them, each one or more ledger rows), then
+     * their ledger rows in order, at most batch in all. */
     rc = svc_db_query(c,
                       "SELECT o.id, l.id, l.user_id, COALESCE(a.username, ''), l.kind, l.units, "
                       "l.tokens_in, l.tokens_out, l.model, l.request_id, l.balance_after, "
-                      "l.created_at_ms, l.source, l.note, l.user_seq FROM billing_outbox o "
-                      "JOIN billing_ledger l ON l.id = o.ledger_id "
+                      "l.created_at_ms, l.source, l.note, l.user_seq, o.ledger_id, o.n "
+                      "FROM (SELECT id, ledger_id, n FROM billing_outbox ORDER BY id LIMIT ?) o "
+                      "JOIN billing_ledger l ON l.id BETWEEN o.ledger_id AND o.ledger_id + o.n - 1 "
                       "LEFT JOIN billing_accounts a ON a.user_id = l.user_id "
-                      "ORDER BY o.id LIMIT ?",
-                      p, 1, &rows);
+                      "ORDER BY o.id, l.id LIMIT ?",
+                      p, 2, &rows);
     if (rc != SVC_OK)
         return rc;
     /* Stop at the first failure: a later event of the same user must not overtake it. The
@@ -350,19 +429,14 @@ static int relay_pass(struct billing_relay *r, struct svc_db_conn *c)
             break;
         sent++;
     }
-    /* The rows sent leave the outbox in one transaction (one commit, not one per row). Rows sent
-     * but not deleted are sent again later (at-least-once; consumers de-duplicate by id). */
+    /* What was sent leaves the outbox in one transaction (one commit, not one per row). Events
+     * sent but not taken out are sent again later (at-least-once; consumers de-duplicate by
+     * id). */
     if (sent > 0) {
         int drc = svc_db_begin(c);
 
-        /* DELETE_IDS rows per statement; the unused places are 0, which no row has */
-        for (int i = 0; drc == SVC_OK && i < sent; i += DELETE_IDS) {
-            struct svc_db_param d[DELETE_IDS];
-            for (int k = 0; k < DELETE_IDS; k++)
-                d[k] = svc_db_param_i64(i + k < sent ? svc_db_rows_i64(rows, (size_t)(i + k), 0)
-                                                     : 0);
-            drc = svc_db_exec(c, DELETE_SQL, d, DELETE_IDS, NULL, NULL);
-        }
+        if (drc == SVC_OK)
+            drc = outbox_forget(c, rows, (size_t)sent);
         if (drc == SVC_OK)
             drc = svc_db_commit(c);
         else if (svc_db_in_tx(c))
@@ -383,7 +457,7 @@ static void pending_gauge(struct billing_relay *r, struct svc_db_conn *c)
 {
     struct svc_db_rows *rows = NULL;
 
-    if (svc_db_query(c, "SELECT COUNT(*) FROM billing_outbox", NULL, 0, &rows) == SVC_OK)
+    if (svc_db_query(c, "SELECT COALESCE(SUM(n), 0) FROM billing_outbox", NULL, 0, &rows) == SVC_OK)
         svc_metric_set(r->st.outbox_pending, svc_db_rows_i64(rows, 0, 0));
     svc_db_rows_destroy(&rows);
 }
@@ -636,7 +710,7 @@ int billing_relay_events_info(struct billing_relay *r, struct billing_events_inf
     events_redis(r, info);
     if ((rc = svc_db_conn_get(r->db, &c, -1)) != SVC_OK)
         return rc;
-    rc = svc_db_query(c, "SELECT COUNT(*) FROM billing_outbox", NULL, 0, &rows);
+    rc = svc_db_query(c, "SELECT COALESCE(SUM(n), 0) FROM billing_outbox", NULL, 0, &rows);
     if (rc == SVC_OK)
         info->outbox_pending = svc_db_rows_i64(rows, 0, 0);
     svc_db_rows_destroy(&rows);

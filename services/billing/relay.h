@@ -4,9 +4,10 @@
 /*
  * Background work of a billing replica, one thread each:
  *
- *   relay    moves billing_outbox rows to the Redis Stream (XADD MAXLEN ~), oldest first, and
- *            deletes each row once Redis acknowledged its entry. Only the holder of the SQL lease
- *            row billing_relay_lease('relay') relays, so events of one user leave in user_seq
+ *   relay    moves the ledger rows of billing_outbox rows to the Redis Stream (XADD MAXLEN ~),
+ *            oldest first, and deletes (or shrinks) each outbox row once Redis acknowledged its
+ *            entries. Only the holder of the SQL lease row billing_relay_lease('relay-runs')
+ *            relays, so events of one user leave in user_seq
  *            order even with many replicas; a dead holder's lease runs out after lease_ms and
  *            another replica takes over. Delivery is at-least-once: a holder that dies between
  *            XADD and DELETE makes its successor send that entry again (same id).

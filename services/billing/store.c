@@ -15,7 +15,7 @@
 #define MS_PER_DAY 86400000LL
 
 /* A LeaseSync's ledger rows go out in multi-row statements of 2^i rows, i < this (ledger_batch) */
-#define LEDGER_BATCH_SIZES 5
+#define LEDGER_BATCH 32 /* ledger rows in one INSERT (one cached statement per count) */
 
 struct billing_store {
     struct svc_db *db;
@@ -29,8 +29,7 @@ struct billing_store {
     struct billing_prices *sql;   /* the SQL rows alone (which prices are "sql": price_source) */
     int64_t prices_version;       /* of `merged`; -1 before the first load */
     pthread_mutex_t refresh_lock; /* one reload at a time */
-    /* ledger_batch_write's statements, one per size 2^i */
-    char *ledger_multi_sql[LEDGER_BATCH_SIZES];
+    char *ledger_multi_sql[LEDGER_BATCH]; /* [k - 1]: the INSERT of k ledger rows */
 };
 
 /* The ratio a model is priced with now (SQL over BILLING_PRICES). Thread-safe. */
@@ -181,6 +180,16 @@ static const struct svc_db_migration migrations[] = {
      "ALTER TABLE billing_holds ADD COLUMN IF NOT EXISTS kind TINYINT NOT NULL DEFAULT 0,"
      " ADD COLUMN IF NOT EXISTS lease_seq BIGINT NOT NULL DEFAULT 0,"
      " ADD COLUMN IF NOT EXISTS inflight BIGINT NOT NULL DEFAULT 0"},
+    /* An outbox row stands for the n ledger rows ledger_id .. ledger_id + n - 1 (consecutive
+     * ids, one user, one statement): one row per multi-row INSERT instead of one per charge.
+     * Rows written before (and by an older replica during a rolling upgrade) are n = 1. */
+    {"billing", 13, "ALTER TABLE billing_outbox ADD COLUMN n INTEGER NOT NULL DEFAULT 1",
+     "ALTER TABLE billing_outbox ADD COLUMN IF NOT EXISTS n INT NOT NULL DEFAULT 1"},
+    /* A relay of an older release sends only an outbox row's first ledger row: renaming the
+     * lease row it renews stops it at once (events wait for a relay of this release; the rolling
+     * update starts one next), so no row with n > 1 ever reaches it. */
+    {"billing", 14, "UPDATE billing_relay_lease SET name = 'relay-runs' WHERE name = 'relay'",
+     "UPDATE billing_relay_lease SET name = 'relay-runs' WHERE name = 'relay'"},
 };
 
 int billing_store_migrate(struct svc_db *db)
@@ -221,7 +230,7 @@ void billing_store_destroy(struct billing_store **s)
     billing_prices_destroy(&(*s)->sql);
     pthread_rwlock_destroy(&(*s)->prices_lock);
     pthread_mutex_destroy(&(*s)->refresh_lock);
-    for (int i = 0; i < LEDGER_BATCH_SIZES; i++)
+    for (int i = 0; i < LEDGER_BATCH; i++)
         free((*s)->ledger_multi_sql[i]);
     free(*s);
     *s = NULL;
@@ -465,13 +474,12 @@ static int ledger_append(struct svc_db_conn *c, const struct acct_row *r,
  * The ledger rows of one LeaseSync (one account, one transaction), written a few statements at
  * a time rather than two per row: a sync carries up to hundreds of charges, and on MariaDB each
  * statement cost more than the row it wrote (docs/billing.md "Leases"). Rows are added in order;
- * ledger_batch_flush writes them with one multi-row INSERT per size 2^i (16, 8, 4, 2, 1: a few
- * cached statements whatever the count), each followed by one INSERT ... SELECT that gives those
- * rows their outbox rows, in ledger order. The account row is locked by the caller, so the only
+ * ledger_batch_flush writes up to LEDGER_BATCH of them with one multi-row INSERT (a cached
+ * statement per count), followed by one INSERT ... SELECT that gives those rows their outbox row
+ * (outbox_write). The account row is locked by the caller, so the only
  * ledger rows of this user from the statement's first id on are these; the SELECT is bounded by
  * id and user_seq, and must find exactly them.
  */
-#define LEDGER_BATCH (1 << (LEDGER_BATCH_SIZES - 1))
 
 struct ledger_batch {
     struct billing_store *s;
@@ -486,43 +494,51 @@ struct ledger_batch {
 
 static int ledger_multi_sql_make(struct billing_store *s)
 {
-    for (int i = 0; i < LEDGER_BATCH_SIZES; i++) {
-        size_t k = (size_t)1 << i, cap = sizeof(LEDGER_COLS) + k * (sizeof(LEDGER_VALUES) + 2);
+    for (size_t k = 1; k <= LEDGER_BATCH; k++) {
+        size_t cap = sizeof(LEDGER_COLS) + k * (sizeof(LEDGER_VALUES) + 2), off;
         char *sql = malloc(cap);
-        size_t off;
 
         if (sql == NULL)
             return SVC_ENOMEM;
         off = (size_t)snprintf(sql, cap, "%s", LEDGER_COLS);
         for (size_t j = 0; j < k; j++)
             off += (size_t)snprintf(sql + off, cap - off, "%s%s", j ? ", " : "", LEDGER_VALUES);
-        s->ledger_multi_sql[i] = sql;
+        s->ledger_multi_sql[k - 1] = sql;
     }
     return SVC_OK;
 }
 
-/* Writes rows [from, from + 2^size_i) of b with their outbox rows. */
-static int ledger_batch_write(struct ledger_batch *b, size_t from, int size_i)
+/*
+ * The outbox rows of the k ledger rows of b just inserted by one statement, whose first
+ * row got id first. Normally one row standing for all k (billing_outbox.n = k): the INSERT ... SELECT
+ * writes it only when exactly k rows of this user from first on carry those user_seq values and
+ * their ids are consecutive (one multi-row INSERT under innodb_autoinc_lock_mode 0 or 1, and
+ * always on SQLite). Otherwise (interleaved ids, mode 2) one outbox row per ledger row. Either
+ * way the count is checked: no ledger row without its event.
+ */
+static int outbox_write(struct ledger_batch *b, size_t k, int64_t first)
 {
-    size_t k = (size_t)1 << size_i;
-    struct svc_db_param p[LEDGER_BATCH * LEDGER_NCOLS];
-    int64_t lid = 0, first;
+    int64_t seq_lo = b->rows[0].user_seq, seq_hi = b->rows[k - 1].user_seq;
     uint64_t n = 0;
     int rc;
 
-    for (size_t j = 0; j < k; j++)
-        ledger_params(p + j * LEDGER_NCOLS, b->user_id, &b->rows[from + j].l,
-                      b->rows[from + j].balance_after, b->rows[from + j].user_seq, b->now);
-    rc = svc_db_exec(b->c, b->s->ledger_multi_sql[size_i], p, k * LEDGER_NCOLS, NULL, &lid);
-    if (rc != SVC_OK)
+    {
+        struct svc_db_param q[] = {SVC_DB_I64(b->user_id), SVC_DB_I64(b->now),
+                                   SVC_DB_I64(b->user_id), SVC_DB_I64(first),
+                                   SVC_DB_I64(seq_lo),      SVC_DB_I64(seq_hi),
+                                   SVC_DB_I64((int64_t)k),  SVC_DB_I64((int64_t)k - 1)};
+        rc = svc_db_exec(b->c,
+                         "INSERT INTO billing_outbox (ledger_id, user_id, created_at_ms, n) "
+                         "SELECT lo, ?, ?, cnt FROM (SELECT MIN(id) AS lo, MAX(id) AS hi, "
+                         "COUNT(*) AS cnt FROM billing_ledger WHERE user_id = ? AND id >= ? "
+                         "AND user_seq BETWEEN ? AND ?) r WHERE cnt = ? AND hi - lo = ?",
+                         q, 8, &n, NULL);
+    }
+    if (rc != SVC_OK || n == 1)
         return rc;
-    /* the id of the statement's first row: MariaDB reports the first, SQLite the last (one
-     * writer: a statement's rows are consecutive there) */
-    first = b->s->mysql ? lid : lid - (int64_t)(k - 1);
     {
         struct svc_db_param q[] = {SVC_DB_I64(b->now), SVC_DB_I64(b->user_id), SVC_DB_I64(first),
-                                   SVC_DB_I64(b->rows[from].user_seq),
-                                   SVC_DB_I64(b->rows[from + k - 1].user_seq)};
+                                   SVC_DB_I64(seq_lo), SVC_DB_I64(seq_hi)};
         rc = svc_db_exec(b->c,
                          "INSERT INTO billing_outbox (ledger_id, user_id, created_at_ms) "
                          "SELECT id, user_id, ? FROM billing_ledger WHERE user_id = ? AND id >= ? "
@@ -539,21 +555,26 @@ static int ledger_batch_write(struct ledger_batch *b, size_t from, int size_i)
     return SVC_OK;
 }
 
-/* Writes every row added so far. */
+/* Writes the rows added so far (at most LEDGER_BATCH) with one INSERT, and their outbox row(s). */
 static int ledger_batch_flush(struct ledger_batch *b)
 {
-    size_t from = 0, n = b->n;
+    size_t k = b->n;
+    struct svc_db_param p[LEDGER_BATCH * LEDGER_NCOLS];
+    int64_t lid = 0;
     int rc;
 
-    for (int i = LEDGER_BATCH_SIZES - 1; i >= 0; i--) {
-        if (n & ((size_t)1 << i)) {
-            if ((rc = ledger_batch_write(b, from, i)) != SVC_OK)
-                return rc;
-            from += (size_t)1 << i;
-        }
-    }
+    if (k == 0)
+        return SVC_OK;
+    for (size_t j = 0; j < k; j++)
+        ledger_params(p + j * LEDGER_NCOLS, b->user_id, &b->rows[j].l, b->rows[j].balance_after,
+                      b->rows[j].user_seq, b->now);
+    rc = svc_db_exec(b->c, b->s->ledger_multi_sql[k - 1], p, k * LEDGER_NCOLS, NULL, &lid);
+    if (rc != SVC_OK)
+        return rc;
     b->n = 0;
-    return SVC_OK;
+    /* the id of the statement's first row: MariaDB reports the first, SQLite the last (one
+     * writer: a statement's rows are consecutive there) */
+    return outbox_write(b, k, b->s->mysql ? lid : lid - (int64_t)(k - 1));
 }
 
 /* ledger_append() for a batch: the row goes out with the next flush (at once when full). */

@@ -141,7 +141,8 @@ static void check_money(void)
          "WHERE h.user_id = a.user_id AND h.state = 0)"},
         {"held below zero", "SELECT COUNT(*) FROM billing_accounts WHERE held < 0"},
         {"a ledger row without its event",
-         "SELECT (SELECT COUNT(*) FROM billing_ledger) - (SELECT COUNT(*) FROM billing_outbox)"},
+         "SELECT (SELECT COUNT(*) FROM billing_ledger) - "
+         "(SELECT COALESCE(SUM(n), 0) FROM billing_outbox)"},
     };
 
     for (size_t i = 0; i < sizeof(rules) / sizeof(rules[0]); i++) {

@@ -236,6 +236,26 @@ for (const backend of ['sqlite', 'mariadb']) {
                 await assertEvents(env.REDIS_URL, STREAM, user, rows);
             });
 
+            it('112 charges in one LeaseSync: one event each, in order, none twice, across passes that cut a range', async () => {
+                // The 112 ledger rows go out as 7 outbox rows of 16 (one per multi-row INSERT); a
+                // relay pass takes at most 100 events, so the second pass starts inside the 7th
+                // range: what the first sent must leave the outbox, and only that.
+                const [a] = clients;
+                const user = nextUser();
+                await a.ok('CreateAccount', { user_id: user, initial_units: 1000000 });
+                await assertEvents(env.REDIS_URL, STREAM, user, await ledger(a, user));
+                const id = `lease-big-${backend}-${user}`;
+                await a.ok('LeaseSync', { lease_id: id, user_id: user, seq: 1, want_units: 1000, source: 'proxy' });
+                const charges = Array.from({ length: 112 }, (_, i) =>
+                    ({ request_id: `${id}-r${i}`, model: 'm', prompt_tokens: 1 + i, completion_tokens: 2 }));
+                await a.ok('LeaseSync', { lease_id: id, user_id: user, seq: 2, charges, close: true, source: 'proxy' });
+                const rows = await assertConsistent(a, user);
+                assert.equal(rows.length, 113);
+                const { events, firsts } = await assertEvents(env.REDIS_URL, STREAM, user, rows);
+                assert.equal(events.length, rows.length, 'no event sent twice');
+                assert.deepEqual(firsts.map((e) => e.json.request_id), ['', ...charges.map((c) => c.request_id)]);
+            });
+
             it('200 concurrent leases with charges on a small balance never take it below zero', async () => {
                 const user = nextUser();
                 const balance = 500;

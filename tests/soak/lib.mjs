@@ -282,7 +282,7 @@ export async function consistency(stack, mariadb) {
     }
     if (openHolds > 0) problems.push(`${openHolds} hold(s) still open after traffic stopped`);
     const ledgerIds = new Set(sql(mariadb, 'SELECT id FROM billing_ledger').map(([id]) => `bl-${id}`));
-    const outbox = Number(sql(mariadb, 'SELECT COUNT(*) FROM billing_outbox')[0][0]);
+    const outbox = Number(sql(mariadb, 'SELECT COALESCE(SUM(n), 0) FROM billing_outbox')[0][0]);
     // The stream in pages (a long soak leaves hundreds of thousands of events), ids only.
     const streamIds = new Map();
     let entries = 0;

@@ -56,7 +56,7 @@ struct svc_db_rows;
 #define SVC_DB_RESULT_BYTES_MAX (64 * 1024 * 1024) /* bytes of one buffered result */
 #define SVC_DB_COLS_MAX 256                        /* columns in one result */
 #define SVC_DB_POOL_MAX 256                        /* connections in one pool */
-#define SVC_DB_STMT_CACHE_MAX 64                   /* cached prepared statements per connection */
+#define SVC_DB_STMT_CACHE_MAX 128                  /* cached prepared statements per connection */
 #define SVC_DB_TX_ATTEMPTS 5                       /* attempts of svc_db_tx_run() */
 #define SVC_DB_COMPONENT_MAX 64                    /* bytes of a migration component name */
 
