@@ -41,6 +41,7 @@ struct billing_relay {
     struct billing_relay_stats st;
     struct svc_redis *redis;
     char owner[64];
+    int64_t renewed_ms; /* when the relay thread last renewed its lease (0: not the holder) */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int stop;
@@ -130,7 +131,12 @@ static void *sweep_main(void *ctx)
 
 /* ---- relay ---- */
 
-/* Takes or renews the lease. Returns 1 when this replica holds it. */
+/*
+ * Takes or renews the lease. Returns 1 when this replica holds it. A holder renews it once half
+ * of lease_ms has passed, not on every pass (under load a pass runs every few milliseconds, and
+ * each renewal is a commit): it stays the only relay, since another replica takes the lease only
+ * after until_ms, lease_ms after the last renewal, and this one renews or stops by half of that.
+ */
 static int lease(struct billing_relay *r, struct svc_db_conn *c)
 {
     int64_t now = svc_util_wallclock_ms();
@@ -138,13 +144,17 @@ static int lease(struct billing_relay *r, struct svc_db_conn *c)
                                SVC_DB_TEXT(r->owner), SVC_DB_I64(now)};
     uint64_t n = 0;
 
+    if (r->renewed_ms > 0 && now >= r->renewed_ms && now - r->renewed_ms < r->o.lease_ms / 2)
+        return 1;
+    r->renewed_ms = 0;
     if (svc_db_exec(c,
                     "UPDATE billing_relay_lease SET owner = ?, until_ms = ? "
                     "WHERE name = 'relay-runs' "
                     "AND (owner = ? OR until_ms < ?)",
-                    p, 4, &n, NULL) != SVC_OK)
+                    p, 4, &n, NULL) != SVC_OK || n != 1)
         return 0;
-    return n == 1;
+    r->renewed_ms = now;
+    return 1;
 }
 
 static void lease_drop(struct billing_relay *r, struct svc_db_conn *c)

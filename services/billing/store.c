@@ -1270,11 +1270,17 @@ static int lease_tx(void *ctx, struct svc_db_conn *c)
     batch.user_id = in->user_id;
     batch.now = now;
     batch.n = 0;
-    /* Lock order of every transaction: the hold (lease) row, then the account row. A missing
-     * lease is not read FOR UPDATE: on MariaDB that would take a gap lock, and concurrent
-     * creations of other leases would deadlock on it; the account lock serialises them. */
-    if ((rc = hold_read(c, in->lease_id, 0, &h)) != SVC_OK ||
-        (h.found && (rc = hold_read(c, in->lease_id, 1, &h)) != SVC_OK))
+    /* Lock order of every transaction: the hold (lease) row, then the account row. A lease
+     * that may not exist yet (seq 1) is not read FOR UPDATE at first: on MariaDB a locking read
+     * of a missing key takes a gap lock, and concurrent creations of other leases would
+     * deadlock on it; the account lock serialises them. A later seq has its row (one locking
+     * read); when it does not (the lease was purged), a deadlock on that gap lock is retried
+     * like any other. */
+    if (in->seq > 1)
+        rc = hold_read(c, in->lease_id, 1, &h);
+    else if ((rc = hold_read(c, in->lease_id, 0, &h)) == SVC_OK && h.found)
+        rc = hold_read(c, in->lease_id, 1, &h);
+    if (rc != SVC_OK)
         return rc;
     if (h.found && h.user_id != in->user_id)
         return why(x->err, x->errlen, SVC_ECONFLICT, "lease_id is in use by another user");
