@@ -529,9 +529,9 @@ static int outbox_write(struct ledger_batch *b, size_t k, int64_t first)
                                    SVC_DB_I64((int64_t)k),  SVC_DB_I64((int64_t)k - 1)};
         rc = svc_db_exec(b->c,
                          "INSERT INTO billing_outbox (ledger_id, user_id, created_at_ms, n) "
-                         "SELECT lo, ?, ?, cnt FROM (SELECT MIN(id) AS lo, MAX(id) AS hi, "
-                         "COUNT(*) AS cnt FROM billing_ledger WHERE user_id = ? AND id >= ? "
-                         "AND user_seq BETWEEN ? AND ?) r WHERE cnt = ? AND hi - lo = ?",
+                         "SELECT MIN(id), ?, ?, COUNT(*) FROM billing_ledger WHERE user_id = ? "
+                         "AND id >= ? AND user_seq BETWEEN ? AND ? "
+                         "HAVING COUNT(*) = ? AND MAX(id) - MIN(id) = ?",
                          q, 8, &n, NULL);
     }
     if (rc != SVC_OK || n == 1)
