@@ -367,30 +367,25 @@ out:
     return rc;
 }
 
-static int delete_ids(struct svc_db_conn *c, struct svc_db_param d[DELETE_IDS], size_t *nd)
-{
-    if (*nd == 0)
-        return SVC_OK;
-    while (*nd < DELETE_IDS)
-        d[(*nd)++] = svc_db_param_i64(0); /* the unused places: no row has id 0 */
-    *nd = 0;
-    return svc_db_exec(c, DELETE_SQL, d, DELETE_IDS, NULL, NULL);
-}
+/*
+ * What a pass takes out of the outbox: the outbox rows whose events were all sent, and the one
+ * it cut (its LIMIT, or a refusal from Redis), if any, which keeps the events not sent yet.
+ */
+struct outbox_done {
+    int64_t ids[RELAY_BATCH_MAX];
+    size_t n;
+    int64_t cut_id, cut_from, cut_n; /* cut_id 0: none */
+};
 
 /*
- * Takes what Redis took out of the outbox: rows [0, sent) of a pass, ordered by outbox row and
- * ledger id. An outbox row (column 0) stands for ledger rows ledger_id .. ledger_id + n - 1
- * (columns 15, 16): it is deleted when its last ledger row was sent, and otherwise (the pass's
- * LIMIT or a refusal cut it) shrunk to the ledger rows not sent yet. Runs in the caller's
- * transaction.
+ * Rows [0, sent) of a pass, ordered by outbox row and ledger id: an outbox row (column 0) stands
+ * for ledger rows ledger_id .. ledger_id + n - 1 (columns 15, 16).
  */
-static int outbox_forget(struct svc_db_conn *c, struct svc_db_rows *rows, size_t sent)
+static void outbox_done_of(struct svc_db_rows *rows, size_t sent, struct outbox_done *d)
 {
-    struct svc_db_param d[DELETE_IDS];
-    size_t nd = 0;
-    int rc = SVC_OK;
-
-    for (size_t i = 0; rc == SVC_OK && i < sent; i++) {
+    d->n = 0;
+    d->cut_id = 0;
+    for (size_t i = 0; i < sent; i++) {
         int64_t oid = svc_db_rows_i64(rows, i, 0);
         int64_t last = svc_db_rows_i64(rows, i, 15) + svc_db_rows_i64(rows, i, 16) - 1;
         int64_t upto;
@@ -399,17 +394,34 @@ static int outbox_forget(struct svc_db_conn *c, struct svc_db_rows *rows, size_t
             i++;
         upto = svc_db_rows_i64(rows, i, 1); /* the last ledger row of oid that was sent */
         if (upto < last) {
-            struct svc_db_param p[] = {SVC_DB_I64(upto + 1), SVC_DB_I64(last - upto),
-                                       SVC_DB_I64(oid)};
-            rc = svc_db_exec(c, "UPDATE billing_outbox SET ledger_id = ?, n = ? WHERE id = ?", p,
-                             3, NULL, NULL);
+            d->cut_id = oid; /* only the last one can be cut */
+            d->cut_from = upto + 1;
+            d->cut_n = last - upto;
         } else {
-            d[nd++] = svc_db_param_i64(oid);
-            if (nd == DELETE_IDS)
-                rc = delete_ids(c, d, &nd);
+            d->ids[d->n++] = oid;
         }
     }
-    return rc == SVC_OK ? delete_ids(c, d, &nd) : rc;
+}
+
+/* The statements that apply d: DELETE_IDS ids per DELETE (the unused places are 0, which no row
+ * has), and the UPDATE of the cut row. */
+static int outbox_forget(struct svc_db_conn *c, const struct outbox_done *d)
+{
+    int rc = SVC_OK;
+
+    for (size_t i = 0; rc == SVC_OK && i < d->n; i += DELETE_IDS) {
+        struct svc_db_param p[DELETE_IDS];
+        for (size_t k = 0; k < DELETE_IDS; k++)
+            p[k] = svc_db_param_i64(i + k < d->n ? d->ids[i + k] : 0);
+        rc = svc_db_exec(c, DELETE_SQL, p, DELETE_IDS, NULL, NULL);
+    }
+    if (rc == SVC_OK && d->cut_id != 0) {
+        struct svc_db_param p[] = {SVC_DB_I64(d->cut_from), SVC_DB_I64(d->cut_n),
+                                   SVC_DB_I64(d->cut_id)};
+        rc = svc_db_exec(c, "UPDATE billing_outbox SET ledger_id = ?, n = ? WHERE id = ?", p, 3,
+                         NULL, NULL);
+    }
+    return rc;
 }
 
 /* One pass: relays up to batch events. Returns events sent, or a negative error. */
@@ -441,18 +453,26 @@ static int relay_pass(struct billing_relay *r, struct svc_db_conn *c)
             break;
         sent++;
     }
-    /* What was sent leaves the outbox in one transaction (one commit, not one per row). Events
-     * sent but not taken out are sent again later (at-least-once; consumers de-duplicate by
-     * id). */
+    /* What was sent leaves the outbox at once, in one transaction (one commit, not one per row).
+     * Events sent but not taken out are sent again later (at-least-once; consumers de-duplicate
+     * by id). */
     if (sent > 0) {
-        int drc = svc_db_begin(c);
+        struct outbox_done *d = malloc(sizeof(*d));
+        int drc = d != NULL ? SVC_OK : SVC_ENOMEM, one;
 
+        if (d != NULL)
+            outbox_done_of(rows, (size_t)sent, d);
+        /* one statement needs no transaction of its own (two round trips less per pass) */
+        one = d != NULL && (d->n + DELETE_IDS - 1) / DELETE_IDS + (d->cut_id != 0) == 1;
+        if (drc == SVC_OK && !one)
+            drc = svc_db_begin(c);
         if (drc == SVC_OK)
-            drc = outbox_forget(c, rows, (size_t)sent);
-        if (drc == SVC_OK)
+            drc = outbox_forget(c, d);
+        if (drc == SVC_OK && !one)
             drc = svc_db_commit(c);
-        else if (svc_db_in_tx(c))
+        else if (drc != SVC_OK && svc_db_in_tx(c))
             (void)svc_db_rollback(c);
+        free(d);
         if (drc != SVC_OK) {
             sent = 0;
             if (rc == SVC_OK)
