@@ -14,8 +14,9 @@
 
 #define MS_PER_DAY 86400000LL
 
-/* A LeaseSync's ledger rows go out in multi-row statements of 2^i rows, i < this (ledger_batch) */
-#define LEDGER_BATCH 32 /* ledger rows in one INSERT (one cached statement per count) */
+/* A LeaseSync's ledger rows go out in multi-row INSERTs of at most this many (ledger_batch), with
+ * a cached statement for each count: a sync of up to 64 charges is one INSERT and one outbox row. */
+#define LEDGER_BATCH 64
 
 struct billing_store {
     struct svc_db *db;
