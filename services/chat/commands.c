@@ -186,11 +186,11 @@ static int basic_password(struct chat_turn *t, char *out, size_t outlen)
     if (h == NULL || strncasecmp(h, "Basic ", 6) != 0 ||
         svc_util_base64_decode(h + 6, strlen(h + 6), decoded, sizeof(decoded)) < 0 ||
         (colon = strchr(decoded, ':')) == NULL) {
-        memset(decoded, 0, sizeof(decoded));
+        svc_util_wipe(decoded, sizeof(decoded));
         return -1;
     }
     snprintf(out, outlen, "%s", colon + 1);
-    memset(decoded, 0, sizeof(decoded));
+    svc_util_wipe(decoded, sizeof(decoded));
     return 0;
 }
 
@@ -253,8 +253,8 @@ static void run_user(struct chat_turn *t)
     rc = svc_rpc_call_async(&t->billing_call, t->w->auth, t->w->rpc, "/rpc/Auth/ChangeCredentials",
                             &in.base, &chatweb__auth__change_credentials_response__descriptor,
                             t->rid, on_changed, t);
-    memset(current, 0, sizeof(current));
-    memset(pass, 0, sizeof(pass));
+    svc_util_wipe(current, sizeof(current));
+    svc_util_wipe(pass, sizeof(pass));
     if (rc != SVC_OK) {
         chat_turn_reply(t, 503, "Fail", "认证服务不可用 | Authentication service unavailable");
         return;
