@@ -287,7 +287,7 @@ static void req_fill_identity(struct svc_req *req)
     const union MHD_ConnectionInfo *ci;
 
     if (rid != NULL && id_is_sane(rid))
-        snprintf(req->id, sizeof(req->id), "%s", rid);
+        svc_util_str_copy(req->id, sizeof(req->id), rid);
     else
         svc_util_id_hex(req->id, 16);
 
@@ -303,9 +303,9 @@ static void req_fill_identity(struct svc_req *req)
                       sizeof(req->peer));
     }
     if (real_ip != NULL && strlen(real_ip) < sizeof(req->ip))
-        snprintf(req->ip, sizeof(req->ip), "%s", real_ip);
+        svc_util_str_copy(req->ip, sizeof(req->ip), real_ip);
     else
-        snprintf(req->ip, sizeof(req->ip), "%s", req->peer[0] != '?' ? req->peer : "");
+        svc_util_str_copy(req->ip, sizeof(req->ip), req->peer[0] != '?' ? req->peer : "");
 }
 
 /* ---- replies ---- */
