@@ -97,8 +97,9 @@ struct svc_http_server {
 };
 
 struct resp_header {
-    char *name, *value;
     struct resp_header *next;
+    char *value; /* in name[], after the name's NUL */
+    char name[]; /* one allocation for the node and both strings */
 };
 
 struct svc_req {
@@ -248,18 +249,13 @@ void svc_req_set_cleanup(struct svc_req *req, svc_req_cleanup_cb cb, void *ctx)
 
 int svc_req_add_header(struct svc_req *req, const char *name, const char *value)
 {
-    struct resp_header *h = calloc(1, sizeof(*h));
+    size_t nlen = strlen(name) + 1, vlen = strlen(value) + 1;
+    struct resp_header *h = malloc(sizeof(*h) + nlen + vlen);
 
     if (h == NULL)
         return SVC_ENOMEM;
-    h->name = strdup(name);
-    h->value = strdup(value);
-    if (h->name == NULL || h->value == NULL) {
-        free(h->name);
-        free(h->value);
-        free(h);
-        return SVC_ENOMEM;
-    }
+    memcpy(h->name, name, nlen);
+    h->value = memcpy(h->name + nlen, value, vlen);
     h->next = req->headers;
     req->headers = h;
     return SVC_OK;
@@ -803,8 +799,6 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     while (req->headers != NULL) {
         struct resp_header *h = req->headers;
         req->headers = h->next;
-        free(h->name);
-        free(h->value);
         free(h);
     }
     svc_buf_deinit(&req->body);
