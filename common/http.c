@@ -97,8 +97,9 @@ struct svc_http_server {
 };
 
 struct resp_header {
-    char *name, *value;
     struct resp_header *next;
+    char *value; /* in name[], after the name's NUL */
+    char name[]; /* one allocation for the node and both strings */
 };
 
 struct svc_req {
@@ -248,18 +249,13 @@ void svc_req_set_cleanup(struct svc_req *req, svc_req_cleanup_cb cb, void *ctx)
 
 int svc_req_add_header(struct svc_req *req, const char *name, const char *value)
 {
-    struct resp_header *h = calloc(1, sizeof(*h));
+    size_t nlen = strlen(name) + 1, vlen = strlen(value) + 1;
+    struct resp_header *h = malloc(sizeof(*h) + nlen + vlen);
 
     if (h == NULL)
         return SVC_ENOMEM;
-    h->name = strdup(name);
-    h->value = strdup(value);
-    if (h->name == NULL || h->value == NULL) {
-        free(h->name);
-        free(h->value);
-        free(h);
-        return SVC_ENOMEM;
-    }
+    memcpy(h->name, name, nlen);
+    h->value = memcpy(h->name + nlen, value, vlen);
     h->next = req->headers;
     req->headers = h;
     return SVC_OK;
@@ -280,6 +276,26 @@ static int id_is_sane(const char *s)
     return n > 0;
 }
 
+/* inet_ntop(AF_INET) without its sprintf (1,700 instructions per request under callgrind):
+ * dotted decimal into out (16 bytes or more). */
+static void ipv4_text(const struct in_addr *a, char *out)
+{
+    const unsigned char *b = (const unsigned char *)&a->s_addr;
+
+    for (int i = 0; i < 4; i++) {
+        unsigned v = b[i];
+
+        if (i > 0)
+            *out++ = '.';
+        if (v >= 100)
+            *out++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *out++ = (char)('0' + v / 10 % 10);
+        *out++ = (char)('0' + v % 10);
+    }
+    *out = '\0';
+}
+
 static void req_fill_identity(struct svc_req *req)
 {
     const char *rid = svc_req_header(req, "X-Request-Id");
@@ -287,7 +303,7 @@ static void req_fill_identity(struct svc_req *req)
     const union MHD_ConnectionInfo *ci;
 
     if (rid != NULL && id_is_sane(rid))
-        snprintf(req->id, sizeof(req->id), "%s", rid);
+        svc_util_str_copy(req->id, sizeof(req->id), rid);
     else
         svc_util_id_hex(req->id, 16);
 
@@ -296,16 +312,15 @@ static void req_fill_identity(struct svc_req *req)
     if (ci != NULL && ci->client_addr != NULL) {
         const struct sockaddr *sa = ci->client_addr;
         if (sa->sa_family == AF_INET)
-            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, req->peer,
-                      sizeof(req->peer));
+            ipv4_text(&((const struct sockaddr_in *)sa)->sin_addr, req->peer);
         else if (sa->sa_family == AF_INET6)
             inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, req->peer,
                       sizeof(req->peer));
     }
     if (real_ip != NULL && strlen(real_ip) < sizeof(req->ip))
-        snprintf(req->ip, sizeof(req->ip), "%s", real_ip);
+        svc_util_str_copy(req->ip, sizeof(req->ip), real_ip);
     else
-        snprintf(req->ip, sizeof(req->ip), "%s", req->peer[0] != '?' ? req->peer : "");
+        svc_util_str_copy(req->ip, sizeof(req->ip), req->peer[0] != '?' ? req->peer : "");
 }
 
 /* ---- replies ---- */
@@ -803,8 +818,6 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     while (req->headers != NULL) {
         struct resp_header *h = req->headers;
         req->headers = h->next;
-        free(h->name);
-        free(h->value);
         free(h);
     }
     svc_buf_deinit(&req->body);

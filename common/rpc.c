@@ -25,8 +25,10 @@
 
 /* ---- authentication ---- */
 
-/* Set once at start-up (svc_rpc_set_secret) and only read afterwards, by every thread. */
-static unsigned char rpc_secret[RPC_SECRET_MAX];
+/* Set once at start-up (svc_rpc_set_secret) and only read afterwards, by every thread: the
+ * HMAC state after the key and RPC_SIG_CONTEXT. Every signature starts from a copy, which spares
+ * it the key's two SHA-256 blocks (a third of a signature's work). */
+static crypto_auth_hmacsha256_state rpc_key_state;
 static size_t rpc_secret_len;
 
 int svc_rpc_set_secret(const char *secret)
@@ -34,7 +36,7 @@ int svc_rpc_set_secret(const char *secret)
     size_t n = secret != NULL ? strlen(secret) : 0;
 
     if (n == 0) {
-        sodium_memzero(rpc_secret, sizeof(rpc_secret));
+        sodium_memzero(&rpc_key_state, sizeof(rpc_key_state));
         rpc_secret_len = 0;
         return SVC_OK;
     }
@@ -42,8 +44,10 @@ int svc_rpc_set_secret(const char *secret)
         return SVC_EINVAL;
     if (sodium_init() < 0)
         return SVC_EINTERNAL;
-    memcpy(rpc_secret, secret, n);
+    crypto_auth_hmacsha256_init(&rpc_key_state, (const unsigned char *)secret, n);
     rpc_secret_len = n;
+    crypto_auth_hmacsha256_update(&rpc_key_state, (const unsigned char *)RPC_SIG_CONTEXT,
+                                  sizeof(RPC_SIG_CONTEXT) - 1);
     return SVC_OK;
 }
 
@@ -66,9 +70,7 @@ int svc_rpc_sign(const char *method, const char *path, const void *body, size_t 
     crypto_hash_sha256(digest, body != NULL ? body : (const void *)"", len);
     sodium_bin2hex(digest_hex, sizeof(digest_hex), digest, sizeof(digest));
     snprintf(ts, sizeof(ts), "%lld", timestamp);
-    crypto_auth_hmacsha256_init(&st, rpc_secret, rpc_secret_len);
-    crypto_auth_hmacsha256_update(&st, (const unsigned char *)RPC_SIG_CONTEXT,
-                                  sizeof(RPC_SIG_CONTEXT) - 1);
+    st = rpc_key_state;
     crypto_auth_hmacsha256_update(&st, (const unsigned char *)method, strlen(method));
     crypto_auth_hmacsha256_update(&st, (const unsigned char *)"\n", 1);
     crypto_auth_hmacsha256_update(&st, (const unsigned char *)path, strlen(path));

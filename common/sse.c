@@ -47,6 +47,17 @@ static int sse_line(struct svc_sse *s, const char *l, size_t n, svc_sse_event_cb
     return 0;
 }
 
+/* The index of the first CR or LF in bytes[i..len), or len: two memchr, not a test per byte (an
+ * event is a few hundred bytes, read on every upstream chunk). */
+static size_t line_end(const char *bytes, size_t i, size_t len)
+{
+    const char *lf = memchr(bytes + i, '\n', len - i);
+    size_t j = lf != NULL ? (size_t)(lf - bytes) : len;
+    const char *cr = memchr(bytes + i, '\r', j - i);
+
+    return cr != NULL ? (size_t)(cr - bytes) : j;
+}
+
 int svc_sse_feed(struct svc_sse *s, const char *bytes, size_t len, svc_sse_event_cb cb, void *ctx)
 {
     size_t i = 0;
@@ -90,9 +101,7 @@ int svc_sse_feed(struct svc_sse *s, const char *bytes, size_t len, svc_sse_event
             continue;
         }
         {
-            size_t j = i;
-            while (j < len && bytes[j] != '\r' && bytes[j] != '\n')
-                j++;
+            size_t j = line_end(bytes, i, len);
             if (j < len && s->line.len == 0) {
                 /* The whole line is in this piece: read it in place rather than copy it first.
                  * It is bounded as if it had been copied, so that how the stream is cut into

@@ -209,6 +209,15 @@ size_t svc_util_utf8_trim_end(char *s)
     return i - 1;
 }
 
+size_t svc_util_str_copy(char *dst, size_t size, const char *src)
+{
+    size_t n = strnlen(src, size - 1);
+
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    return n;
+}
+
 void svc_util_wipe(void *p, size_t n)
 {
     sodium_memzero(p, n);

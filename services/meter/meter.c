@@ -206,9 +206,9 @@ int meter_create(struct meter **out, struct meter_loop *ml, const struct meter_h
     m->ml = ml;
     m->h = hooks;
     m->ud = ctx;
-    snprintf(m->rid, sizeof(m->rid), "%s", rid != NULL ? rid : "");
-    snprintf(m->request_id, sizeof(m->request_id), "%s", request_id);
-    snprintf(m->model, sizeof(m->model), "%s", model != NULL ? model : "");
+    svc_util_str_copy(m->rid, sizeof(m->rid), rid != NULL ? rid : "");
+    svc_util_str_copy(m->request_id, sizeof(m->request_id), request_id);
+    svc_util_str_copy(m->model, sizeof(m->model), model != NULL ? model : "");
     m->mi = *mi;
     svc_sse_init(&m->sse, SSE_EVENT_MAX);
     svc_buf_init(&m->text, REPLY_MAX);
@@ -225,11 +225,11 @@ void meter_set_tpm(struct meter *m, const char *tag, const struct svc_ratelimit_
                    int nscopes)
 {
     m->tpm_n = 0;
-    snprintf(m->tpm_tag, sizeof(m->tpm_tag), "%s", tag);
+    svc_util_str_copy(m->tpm_tag, sizeof(m->tpm_tag), tag);
     for (int i = 0; i < nscopes && i < SVC_RATELIMIT_SCOPES_MAX; i++) {
         if (scopes[i].limit <= 0)
             continue;
-        snprintf(m->tpm_names[m->tpm_n], sizeof(m->tpm_names[0]), "%s", scopes[i].name);
+        svc_util_str_copy(m->tpm_names[m->tpm_n], sizeof(m->tpm_names[0]), scopes[i].name);
         m->tpm_limits[m->tpm_n++] = scopes[i].limit;
     }
 }
@@ -453,10 +453,10 @@ int meter_admit(struct meter *m, Chatweb__Billing__ReserveRequest *in, meter_adm
     m->admit_cb = cb;
     m->reserve_in = *in;
     /* The strings of in are the caller's; keep what billing needs until it is asked. */
-    snprintf(m->reserve_username, sizeof(m->reserve_username), "%s",
-             in->username != NULL ? in->username : "");
-    snprintf(m->reserve_source, sizeof(m->reserve_source), "%s",
-             in->source != NULL ? in->source : "");
+    svc_util_str_copy(m->reserve_username, sizeof(m->reserve_username),
+                      in->username != NULL ? in->username : "");
+    svc_util_str_copy(m->reserve_source, sizeof(m->reserve_source),
+                      in->source != NULL ? in->source : "");
     m->reserve_in.username = m->reserve_username;
     m->reserve_in.source = m->reserve_source;
     m->reserve_in.model = m->model;
@@ -927,7 +927,7 @@ static void on_up_done(void *ctx, int err, struct svc_fetch *f, long status, con
     m->up_err = err;
     tell_attempt(m, err);
     if (err != SVC_OK && errmsg != NULL) {
-        snprintf(m->transport, sizeof(m->transport), "%s", errmsg);
+        svc_util_str_copy(m->transport, sizeof(m->transport), errmsg);
         svc_util_utf8_trim_end(m->transport);
     }
     if (retryable(m, err) && retry_schedule(m) == SVC_OK)

@@ -12,6 +12,7 @@
  * upstream's list filtered to the key's models; paths in PROXY_PASSTHROUGH are relayed unmetered.
  * Everything runs on the request's loop; nothing blocks.
  */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,7 +175,8 @@ static void add_header(struct v1_call *c, const char *name, const char *value)
 /*
  * Headers of the upstream's answer that are not passed on: hop-by-hop ones (RFC 9110 7.6.1),
  * the framing we set ourselves, cookies and browser policies meant for the upstream's own origin,
- * and the operator's organisation and project.
+ * and the operator's organisation and project. Lower case: a header's first letter picks the few
+ * names worth a strcasecmp (70 of them per request otherwise).
  */
 static const char *const UPSTREAM_HEADERS_DROPPED[] = {
     "connection",      "keep-alive",       "proxy-connection", "proxy-authenticate",
@@ -192,14 +194,15 @@ static void pass_header(void *ctx, const char *name, const char *value)
     struct v1_call *c = ctx;
 
     if (strcasecmp(name, "content-type") == 0 && c->up_ctype[0] == '\0')
-        snprintf(c->up_ctype, sizeof(c->up_ctype), "%s", value);
+        svc_util_str_copy(c->up_ctype, sizeof(c->up_ctype), value);
     if (strcasecmp(name, "x-request-id") == 0) {
         add_header(c, "X-Upstream-Request-Id", value);
         return;
     }
     for (size_t i = 0; i < sizeof(UPSTREAM_HEADERS_DROPPED) / sizeof(UPSTREAM_HEADERS_DROPPED[0]);
          i++)
-        if (strcasecmp(name, UPSTREAM_HEADERS_DROPPED[i]) == 0)
+        if (tolower((unsigned char)name[0]) == UPSTREAM_HEADERS_DROPPED[i][0] &&
+            strcasecmp(name, UPSTREAM_HEADERS_DROPPED[i]) == 0)
             return;
     if (strncasecmp(name, "access-control-", 15) == 0 ||
         (c->own_ratelimit && strncasecmp(name, "x-ratelimit-", 12) == 0))
@@ -385,7 +388,7 @@ static int retarget(void *ctx, char *url, size_t url_len, char *auth, size_t aut
     c->tried |= 1u << next;
     if (upstream_url(c, url, url_len) != SVC_OK)
         return 0;
-    snprintf(auth, auth_len, "%s", proxy_upstream_auth(next));
+    svc_util_str_copy(auth, auth_len, proxy_upstream_auth(next));
     SVC_LOG_INFO(c->rid, "upstream", "retrying at %s", proxy_upstream_name(next));
     return 1;
 }
@@ -535,7 +538,7 @@ static void start_upstream(struct v1_call *c, long long completion_limit)
         snprintf(auth, sizeof(auth), "Authorization: %s", svc_req_header(c->req, "Authorization"));
         headers[nh++] = auth;
     } else if (proxy_upstream_auth(c->upstream)[0] != '\0') {
-        snprintf(auth, sizeof(auth), "%s", proxy_upstream_auth(c->upstream));
+        svc_util_str_copy(auth, sizeof(auth), proxy_upstream_auth(c->upstream));
         headers[nh++] = auth;
     }
     headers[nh] = NULL;
@@ -939,8 +942,8 @@ static void on_authenticated(void *ctx, int err, int result, const char *scheme,
     c->is_static = id->is_static;
     c->rpm = id->rpm_limit;
     c->tpm = id->tpm_limit;
-    snprintf(c->username, sizeof(c->username), "%s", id->username ? id->username : "");
-    snprintf(c->key_id, sizeof(c->key_id), "%s", id->key_id);
+    svc_util_str_copy(c->username, sizeof(c->username), id->username ? id->username : "");
+    svc_util_str_copy(c->key_id, sizeof(c->key_id), id->key_id);
     for (size_t i = 0; i < id->n_allowed_models && c->nallowed < MODELS_MAX; i++) {
         size_t len = strlen(id->allowed_models[i]);
         if (off + len + 1 > sizeof(c->allowed_buf))
@@ -1047,7 +1050,7 @@ static void relay_start(struct v1_call *c)
     snprintf(hid, sizeof(hid), "X-Request-Id: %s", c->rid);
     headers[nh++] = hid;
     if (proxy_upstream_auth(0)[0] != '\0') { /* relayed paths go to the default upstream */
-        snprintf(auth, sizeof(auth), "%s", proxy_upstream_auth(0));
+        svc_util_str_copy(auth, sizeof(auth), proxy_upstream_auth(0));
         headers[nh++] = auth;
     }
     headers[nh] = NULL;
@@ -1142,9 +1145,9 @@ int proxy_v1(void *ctx, struct svc_req *req)
     c->req = req;
     c->t0_us = svc_loop_clock_us();
     c->w = svc_loop_data(svc_req_loop(req));
-    snprintf(c->rid, sizeof(c->rid), "%s", svc_req_id(req));
-    snprintf(c->path, sizeof(c->path), "%s", path + 3); /* after "/v1" */
-    snprintf(c->method, sizeof(c->method), "%s", method);
+    svc_util_str_copy(c->rid, sizeof(c->rid), svc_req_id(req));
+    svc_util_str_copy(c->path, sizeof(c->path), path + 3); /* after "/v1" */
+    svc_util_str_copy(c->method, sizeof(c->method), method);
     {
         char uuid[37];
         svc_util_uuid4(uuid);
@@ -1182,7 +1185,7 @@ int proxy_v1(void *ctx, struct svc_req *req)
             v1_error(c, 400, "invalid_request_error", NULL, "you must provide a model parameter");
             return SVC_HTTP_DONE;
         }
-        snprintf(c->model, sizeof(c->model), "%s", svc_json_str(model));
+        svc_util_str_copy(c->model, sizeof(c->model), svc_json_str(model));
         stream = svc_json_member(c->body, "stream");
         if (stream != NULL && !svc_json_is_bool(stream) && !svc_json_is_null(stream)) {
             v1_error(c, 400, "invalid_request_error", NULL, "'stream' must be a boolean");

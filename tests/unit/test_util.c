@@ -196,6 +196,22 @@ static void test_utf8_trim_end(void)
     }
 }
 
+/* the same bytes as snprintf(dst, size, "%s", src): cut to size - 1, always terminated */
+static void test_str_copy(void)
+{
+    char small[4], big[16];
+
+    T_EQ_INT(svc_util_str_copy(big, sizeof(big), "gpt-4o"), 6);
+    T_EQ_STR(big, "gpt-4o");
+    memset(small, 'x', sizeof(small));
+    T_EQ_INT(svc_util_str_copy(small, sizeof(small), "abcdef"), 3);
+    T_EQ_STR(small, "abc");
+    T_EQ_INT(svc_util_str_copy(small, sizeof(small), ""), 0);
+    T_EQ_STR(small, "");
+    T_EQ_INT(svc_util_str_copy(small, 1, "abc"), 0);
+    T_EQ_STR(small, "");
+}
+
 static void test_wipe(void)
 {
     char secret[16] = "sk-secret-value";
@@ -504,5 +520,6 @@ int main(void)
     T_RUN(test_wallclock);
     T_RUN(test_utf8_trim_end);
     T_RUN(test_wipe);
+    T_RUN(test_str_copy);
     return 0;
 }

@@ -57,6 +57,13 @@ int svc_util_utf8_valid(const char *s, size_t len);
  */
 size_t svc_util_utf8_trim_end(char *s);
 
+/*
+ * Copies the string src into dst[size] (size > 0), cut to size - 1 bytes, always NUL-terminated:
+ * snprintf(dst, size, "%s", src) without the formatting, which cost about 500 instructions per
+ * copy on the proxy's request path. Returns the length written. src must not be NULL.
+ */
+size_t svc_util_str_copy(char *dst, size_t size, const char *src);
+
 /* Zeroes n bytes of p in a way the compiler may not drop (secrets leaving scope). */
 void svc_util_wipe(void *p, size_t n);
 
