@@ -257,6 +257,53 @@ describe('bad input and abuse through the ingress', () => {
         }
     });
 
+    const SHAPED = [['/api/session', {}], ['/api/chat-process', { authorization: ALICE }],
+        ['/accounts', { opskey: OPS_KEY }], ['/v1/chat/completions', {}]];
+    const shapeProblem = (p, r) => (p.startsWith('/v1/') ? openaiProblem(r) : envelopeProblem(r));
+
+    // A header block over a service's HTTP_MAX_HEADER (16 KiB, less ~64 bytes a line) in lines
+    // nginx passes one by one (a ~20 KiB block, or 300 short lines) reaches the service, whose
+    // libmicrohttpd answers its own HTML 431. nginx's own limit stays 4 x 8 KiB: a lower one would
+    // refuse browsers' large cookie jars, of which the ingress passes on only two cookies.
+    it('a header block over the services\' limit is answered in the route\'s shape', {
+        todo: 'libmicrohttpd 0.9.75 answers its own HTML 431 before any route runs',
+    }, async () => {
+        const headers = {};
+        for (let i = 0; i < 300; i++) headers[`x-l${i}`] = 'v';
+        const r = await post({ path: '/api/session' }, '{}', { headers });
+        assert.equal(envelopeProblem(r), '', `${r.status} ${r.body.slice(0, 80)}`);
+    });
+
+    it('requests nginx refuses itself (Host, Content-Length, chunked body, URI) get the route\'s shape', async () => {
+        const { host, port } = stack.nginx;
+        const cases = (p) => [
+            ['no Host', 400, `POST ${p} HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}`],
+            ['two Hosts', 400, `POST ${p} HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 2\r\n\r\n{}`],
+            ['bad Host', 400, `POST ${p} HTTP/1.1\r\nHost: a/../b\r\nContent-Length: 2\r\n\r\n{}`],
+            ['conflicting Content-Length', 400, `POST ${p} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}`],
+            ['Content-Length and chunked', 400, `POST ${p} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`],
+            ['bad chunked body', 400, `POST ${p} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n`],
+            ['bad header name', 400, `POST ${p} HTTP/1.1\r\nHost: x\r\nBad Name: y\r\nContent-Length: 2\r\n\r\n{}`],
+            // nginx stops reading the request line at its buffer: it knows no URI, so the envelope
+            ['URI over 8 KiB', 414, `GET ${p}?q=${'a'.repeat(9000)} HTTP/1.1\r\nHost: x\r\n\r\n`, 'envelope'],
+        ];
+        const bad = [];
+        for (const [p, hs] of SHAPED) {
+            for (const [name, status, bytes, shape] of cases(p)) {
+                const withAuth = bytes.replace('\r\n', `\r\nConnection: close\r\n${Object.entries(hs).map(([k, v]) => `${k}: ${v}\r\n`).join('')}`);
+                const r = await raw(host, port, withAuth, { waitMs: 15000, halfClose: false });
+                const head = r.data.slice(0, Math.max(0, r.data.indexOf('\r\n\r\n')));
+                const st = Number(r.data.slice(9, 12));
+                const res = { status: st, headers: { 'content-type': /content-type: *([^\r]*)/i.exec(head)?.[1] }, body: rawBody(r.data) };
+                const problem = shape === 'envelope' ? envelopeProblem(res) : shapeProblem(p, res);
+                const missing = ['application/json', 'X-Content-Type-Options: nosniff', 'X-Frame-Options: DENY', 'X-Request-Id: ']
+                    .filter((h) => !head.includes(h));
+                if (st !== status || problem || missing.length) bad.push(`${p} ${name}: ${st} ${problem} ${missing.join(',')} ${res.body.slice(0, 50)}`);
+            }
+        }
+        assert.deepEqual(bad, [], bad.join('\n'));
+    });
+
     // libmicrohttpd 0.9.75 answers Cookie: a=" with its HTML 431 before any route runs
     // (tests/fuzz/known_bugs/auth_http): the ingress passes on only a well-formed session cookie.
     it('a Cookie libmicrohttpd cannot parse gets the envelope', async () => {
@@ -283,8 +330,6 @@ describe('bad input and abuse through the ingress', () => {
             for (const [name, value] of odd) {
                 const headers = { 'content-type': 'application/json', ...(ep.headers || {}), [name]: value };
                 const r = await rawRequest(host, port, 'POST', ep.path, headers, JSON.stringify(ep.fields));
-                // a request the ingress itself refuses (a bad Host) is nginx's 400, not a route's answer
-                if (name === 'host' && r.status === 400) continue;
                 const p = envelopeProblem(r);
                 if (p) bad.push(`${ep.path} ${name}=${JSON.stringify(value).slice(0, 24)}: ${r.status} ${p}`);
             }
