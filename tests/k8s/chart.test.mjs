@@ -224,6 +224,16 @@ describe('what the chart promises', () => {
         }
     });
 
+    it('the production example makes billing wait for a Redis replica per event (BILLING_EVENTS_REPLICAS)', () => {
+        // docs/deploy.md §8: without it a Sentinel or Cluster failover loses the events only the
+        // old master had.
+        const cm = named(prod, 'ConfigMap', 'cw-chatweb-config');
+        assert.ok(Number(cm.data.BILLING_EVENTS_REPLICAS) >= 1, `BILLING_EVENTS_REPLICAS=${cm.data.BILLING_EVENTS_REPLICAS}`);
+        const c = named(prod, 'Deployment', 'cw-chatweb-billing').spec.template.spec.containers[0];
+        assert.deepEqual(c.envFrom, [{ configMapRef: { name: 'cw-chatweb-config' } }]);
+        assert.ok(!c.env.some((e) => e.name === 'BILLING_EVENTS_REPLICAS'), 'billing env does not override it');
+    });
+
     it('proxy.enabled=false removes the proxy and its /v1 route', () => {
         const d = render([], [...REQUIRED, 'services.proxy.enabled=false']);
         assert.equal(named(d, 'Deployment', 'cw-chatweb-proxy'), undefined);
