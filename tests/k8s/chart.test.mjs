@@ -224,6 +224,41 @@ describe('what the chart promises', () => {
         }
     });
 
+    it('the production example makes billing wait for a Redis replica per event (BILLING_EVENTS_REPLICAS)', () => {
+        // docs/deploy.md §8: without it a Sentinel or Cluster failover loses the events only the
+        // old master had.
+        const cm = named(prod, 'ConfigMap', 'cw-chatweb-config');
+        assert.ok(Number(cm.data.BILLING_EVENTS_REPLICAS) >= 1, `BILLING_EVENTS_REPLICAS=${cm.data.BILLING_EVENTS_REPLICAS}`);
+        const c = named(prod, 'Deployment', 'cw-chatweb-billing').spec.template.spec.containers[0];
+        assert.deepEqual(c.envFrom, [{ configMapRef: { name: 'cw-chatweb-config' } }]);
+        assert.ok(!c.env.some((e) => e.name === 'BILLING_EVENTS_REPLICAS'), 'billing env does not override it');
+    });
+
+    it('resources are those of docs/deploy.md §6, in the default render and the production example', () => {
+        // The table's last two columns: "CPU, memory / CPU, memory" (requests / limits).
+        const doc = fs.readFileSync(path.join(ROOT, 'docs/deploy.md'), 'utf8');
+        const sizing = doc.slice(doc.indexOf('## 6. Sizing'), doc.indexOf('## 7.'));
+        const rows = {};
+        for (const line of sizing.split('\n')) {
+            const cells = line.split('|').map((x) => x.trim());
+            if (![...SERVICES, 'web'].includes(cells[1]) || cells.length < 8) continue;
+            const parse = (cell) => {
+                const m = /^(\S+), (\S+) \/ (\S+), (\S+)$/.exec(cell);
+                assert.ok(m, `${cells[1]}: "${cell}"`);
+                return { requests: { cpu: m[1], memory: m[2] }, limits: { cpu: m[3], memory: m[4] } };
+            };
+            rows[cells[1]] = { docs: parse(cells[5]), prod: parse(cells[6]) };
+        }
+        assert.deepEqual(Object.keys(rows).sort(), [...SERVICES, 'web'].sort());
+        for (const [name, want] of Object.entries(rows)) {
+            for (const [set, which] of [[docs, 'docs'], [prod, 'prod']]) {
+                const r = named(set, 'Deployment', `cw-chatweb-${name}`).spec.template.spec.containers[0].resources;
+                const got = { requests: { cpu: String(r.requests.cpu), memory: r.requests.memory }, limits: { cpu: String(r.limits.cpu), memory: r.limits.memory } };
+                assert.deepEqual(got, want[which], `${name} (${which === 'docs' ? 'default' : 'production example'})`);
+            }
+        }
+    });
+
     it('proxy.enabled=false removes the proxy and its /v1 route', () => {
         const d = render([], [...REQUIRED, 'services.proxy.enabled=false']);
         assert.equal(named(d, 'Deployment', 'cw-chatweb-proxy'), undefined);
