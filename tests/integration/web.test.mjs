@@ -14,6 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import zlib from 'node:zlib';
+import http from 'node:http';
 import { chromium } from 'playwright-core';
 import { ROOT, getJSON, postJSON, withStack } from './lib/harness.mjs';
 
@@ -87,6 +88,25 @@ async function importChat(page, title, messages) {
     await page.locator('#chat-list .chat-open', { hasText: title }).click();
 }
 
+/** GET with the given headers; resolves {status, headers, body (Buffer: the bytes as sent, not decoded)}. */
+function getRaw(url, headers = {}) {
+    return new Promise((resolve, reject) => {
+        const req = http.get(url, { headers, agent: false }, (res) => {
+            const chunks = [];
+            res.on('data', (c) => chunks.push(c));
+            res.on('error', reject);
+            res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }));
+        });
+        req.setTimeout(10000, () => req.destroy(new Error(`GET ${url}: no answer`)));
+        req.on('error', reject);
+    });
+}
+
+/** The scripts an index.html loads (entry and modulepreload), in order. */
+function pageScripts(html) {
+    return [...html.matchAll(/<(?:script[^>]*\ssrc|link[^>]*rel="modulepreload"[^>]*\shref)="([^"]+)"/g)].map((m) => m[1]);
+}
+
 async function waitIdle(page) {
     await page.locator('#messages .msg.loading').waitFor({ state: 'detached', timeout: STEP_MS });
 }
@@ -94,7 +114,7 @@ async function waitIdle(page) {
 describe('web UI build (web/dist)', () => {
     it('the chat page loads under 300 KB of compressed JavaScript, all from the origin', (t) => {
         const html = fs.readFileSync(path.join(WEB_DIST, 'index.html'), 'utf8');
-        const scripts = [...html.matchAll(/<(?:script[^>]*\ssrc|link[^>]*rel="modulepreload"[^>]*\shref)="([^"]+)"/g)].map((m) => m[1]);
+        const scripts = pageScripts(html);
         assert.ok(scripts.length >= 1, html);
         let total = 0;
         for (const src of scripts) {
@@ -153,6 +173,48 @@ describe('web UI in Chromium', () => {
         ctx.on('page', (p) => p.on('pageerror', (err) => consoleErrors.push(`page error: ${err.message}`)));
         return ctx;
     }
+
+    it('the ingress sends the page gzipped (under 300 KB of JavaScript on the wire), hashed assets cached for good', async (t) => {
+        const gz = { 'Accept-Encoding': 'gzip, deflate, br' };
+        const index = await getRaw(`${stack.url}/`, gz);
+        assert.equal(index.status, 200);
+        assert.equal(index.headers['content-encoding'], 'gzip', 'index.html');
+        assert.equal(index.headers['cache-control'], 'no-cache', 'index.html is asked for again every time');
+        assert.equal(index.headers['x-frame-options'], 'DENY', 'the security headers stay');
+        const scripts = pageScripts(zlib.gunzipSync(index.body).toString('utf8'));
+        assert.ok(scripts.length >= 1);
+        let wire = 0;
+        let raw = 0;
+        for (const src of scripts) {
+            const r = await getRaw(stack.url + src, gz);
+            assert.equal(r.status, 200, src);
+            assert.equal(r.headers['content-encoding'], 'gzip', src);
+            assert.match(r.headers.vary || '', /Accept-Encoding/i, src);
+            assert.equal(r.headers['cache-control'], 'public, max-age=31536000, immutable', src);
+            assert.ok(r.headers['content-security-policy'], src);
+            const plain = zlib.gunzipSync(r.body);
+            assert.deepEqual(plain, fs.readFileSync(path.join(WEB_DIST, src)), `${src}: the same file`);
+            wire += r.body.length;
+            raw += plain.length;
+        }
+        t.diagnostic(`chat page JavaScript through the ingress: ${(wire / 1024).toFixed(1)} KB sent for ${(raw / 1024).toFixed(1)} KB`);
+        assert.ok(wire < 300 * 1024, `${wire} bytes on the wire`);
+        // A client that does not accept gzip gets the file as it is.
+        const plain = await getRaw(stack.url + scripts[0]);
+        assert.equal(plain.headers['content-encoding'], undefined);
+        assert.deepEqual(plain.body, fs.readFileSync(path.join(WEB_DIST, scripts[0])));
+        // CSS and the admin page too; API answers are left alone (a stream must not wait in gzip's buffer).
+        const css = [...zlib.gunzipSync(index.body).toString('utf8').matchAll(/href="(\/assets\/[^"]+\.css)"/g)].map((m) => m[1]);
+        assert.ok(css.length >= 1);
+        assert.equal((await getRaw(stack.url + css[0], gz)).headers['content-encoding'], 'gzip', css[0]);
+        const admin = await getRaw(`${stack.url}/admin/`, gz);
+        assert.equal(admin.headers['content-encoding'], 'gzip', '/admin/');
+        assert.equal(admin.headers['cache-control'], 'no-cache');
+        const api = await postJSON(`${stack.url}/api/config`, {}, { headers: gz });
+        assert.equal(api.status, 200);
+        assert.equal(api.headers['content-encoding'], undefined, '/api/config');
+        assert.equal(api.headers['cache-control'], undefined, '/api/config');
+    });
 
     it('signs in, streams a reply with a cursor, bills it exactly and keeps it over a reload', { timeout: 60000 }, async () => {
         const ctx = await context({ colorScheme: 'light' });
