@@ -107,6 +107,27 @@ function pageScripts(html) {
     return [...html.matchAll(/<(?:script[^>]*\ssrc|link[^>]*rel="modulepreload"[^>]*\shref)="([^"]+)"/g)].map((m) => m[1]);
 }
 
+/** WCAG contrast of the composer's placeholder against the background it is drawn on. */
+function placeholderContrast(page) {
+    return page.evaluate(() => {
+        const rgba = (s) => s.match(/[\d.]+/g).map(Number);
+        const el = document.querySelector('#composer-input');
+        const ph = getComputedStyle(el, '::placeholder');
+        let bg = [255, 255, 255];
+        for (let e = el; e; e = e.parentElement) {
+            const c = rgba(getComputedStyle(e).backgroundColor);
+            if (c.length < 4 || c[3] > 0) { bg = c; break; }
+        }
+        const p = rgba(ph.color);
+        const a = (p.length > 3 ? p[3] : 1) * Number(ph.opacity || 1);
+        const fg = [0, 1, 2].map((i) => p[i] * a + bg[i] * (1 - a));
+        const lum = (c) => c.map((v) => v / 255).map((v) => (v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4))
+            .reduce((s, v, i) => s + v * [0.2126, 0.7152, 0.0722][i], 0);
+        const [hi, lo] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+        return (hi + 0.05) / (lo + 0.05);
+    });
+}
+
 async function waitIdle(page) {
     await page.locator('#messages .msg.loading').waitFor({ state: 'detached', timeout: STEP_MS });
 }
@@ -223,6 +244,8 @@ describe('web UI in Chromium', () => {
         const before = await settled(stack, 'wendy');
         await page.locator('#balance-value').waitFor();
         assert.equal(Number(await page.locator('#balance-value').getAttribute('data-units')), before.balance);
+        const lightContrast = await placeholderContrast(page);
+        assert.ok(lightContrast >= 4.5, `placeholder contrast on light ${lightContrast.toFixed(2)}:1 (WCAG AA: 4.5)`);
 
         await sendMessage(page, 'Hello there streaming world [[fake tps=25 tokens=40]]');
         // While it streams: the bubble is busy, has some text but not all of it, the Stop button shows.
@@ -381,6 +404,8 @@ describe('web UI in Chromium', () => {
         const page = await dark.newPage();
         await signIn(page, stack.url, 'wendy', 'wendy-password');
         assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), 'dark');
+        const darkContrast = await placeholderContrast(page);
+        assert.ok(darkContrast >= 4.5, `placeholder contrast on dark ${darkContrast.toFixed(2)}:1 (WCAG AA: 4.5)`);
         await importChat(page, 'Imported markdown', [{ role: 'user', text: 'Show me code, a table and some math.' },
             { role: 'assistant', text: MARKDOWN }]);
         await page.screenshot({ path: path.join(SHOTS, 'chat-dark.png') });
