@@ -428,9 +428,28 @@ describe('web UI in Chromium', () => {
         assert.equal(await p.locator('#chat-list').isVisible(), true);   // in the DOM, off screen
         const box0 = await p.locator('#sidebar').boundingBox();
         assert.ok(box0.x + box0.width <= 0, `sidebar off screen (x=${box0.x})`);
+        // The balance is in the phone's header, on screen without opening the drawer, and follows
+        // each reply; so is what the conversation has cost, not cut off.
+        const onScreen = async (sel) => {
+            const b = await p.locator(sel).boundingBox();
+            assert.ok(b && b.width > 0 && b.x >= 0 && b.y >= 0 && b.x + b.width <= 390 && b.y + b.height <= 844, `${sel} on screen: ${JSON.stringify(b)}`);
+            assert.ok(await p.locator(sel).evaluate((el) => el.scrollWidth <= el.clientWidth), `${sel} not cut off`);
+        };
+        const headUnits = () => p.locator('#head-balance').getAttribute('data-units');
+        const phone0 = await settled(stack, 'wendy');
+        await p.waitForFunction((v) => document.querySelector('#head-balance')?.dataset.units === String(v), phone0.balance);
+        await onScreen('#head-balance');
+        assert.match(await p.locator('#head-balance').innerText(), new RegExp(phone0.balance.toLocaleString('en-US')));
         await sendMessage(p, 'from my phone [[fake tokens=12]]');
         await waitIdle(p);
         assert.match(await lastReply(p).locator('.content').innerText(), /from my phone/);
+        const phone1 = await settled(stack, 'wendy');
+        assert.ok(phone1.balance < phone0.balance);
+        await p.waitForFunction((v) => document.querySelector('#head-balance')?.dataset.units === String(v), phone1.balance);
+        assert.equal(await headUnits(), String(phone1.balance));
+        await onScreen('#head-balance');
+        assert.match(await p.locator('#chat-spent').innerText(), new RegExp(`${phone0.balance - phone1.balance} tokens`));
+        await onScreen('#chat-spent');
         const composer = await p.locator('#composer').boundingBox();
         assert.ok(composer.y + composer.height <= 844 && composer.width <= 390, 'the composer fits the screen');
         await p.screenshot({ path: path.join(SHOTS, 'phone.png') });
