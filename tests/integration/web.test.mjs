@@ -366,6 +366,26 @@ describe('web UI in Chromium', () => {
         await ctx.close();
     });
 
+    it('shows no image from another origin in a reply (a link instead) and no data: image', { timeout: 60000 }, async () => {
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await signIn(page, stack.url, 'wendy', 'wendy-password');
+        await page.locator('#new-chat').click();
+        await sendMessage(page, 'look ![leak](https://example.com/x.png?q=secret) ![proto](//example.com/y.png) '
+            + '![dot](data:image/png;base64,iVBORw0KGgo=) ![ours](/assets/no-such.png)');
+        await waitIdle(page);
+        const reply = lastReply(page).locator('.content');
+        assert.deepEqual(await reply.locator('img').evaluateAll((els) => els.map((e) => e.getAttribute('src'))), ['/assets/no-such.png'],
+            'only the same-origin image is an image');
+        const leak = reply.locator('a', { hasText: 'leak' });
+        assert.equal(await leak.getAttribute('href'), 'https://example.com/x.png?q=secret');
+        assert.equal(await leak.getAttribute('rel'), 'noopener noreferrer');
+        assert.match(await reply.locator('a', { hasText: 'proto' }).getAttribute('href'), /^https?:\/\/example\.com\/y\.png$/);
+        assert.match(await reply.innerText(), /\bdot\b/);
+        assert.equal(await page.locator('#messages [src^="data:"], #messages a[href^="data:"]').count(), 0);
+        await ctx.close();
+    });
+
     it('renders Markdown: highlighted code with a copy button, tables, KaTeX math (JSON import); exports Markdown and JSON', { timeout: 60000 }, async () => {
         const ctx = await context();
         const page = await ctx.newPage();
