@@ -25,9 +25,10 @@ build: bootstrap
 
 # The web UI (web/, docs/web.md): npm ci from the lock file, then Vite builds web/dist, which
 # `make run` serves at / and /admin/ (and scripts/image-steps copies into the image when it is
-# there). Rebuilt only when a source file changed. Not part of `build`: the image's build stage
-# runs `make build` with no node.
-WEB_SOURCES := $(wildcard web/src/* web/index.html web/admin/index.html) web/vite.config.js
+# there), with a .gz copy of each text file for nginx's gzip_static (web/precompress.mjs). Rebuilt
+# only when a source file changed. Not part of `build`: the image's build stage runs `make build`
+# with no node.
+WEB_SOURCES := $(wildcard web/src/* web/index.html web/admin/index.html) web/vite.config.js web/precompress.mjs
 
 web: web/dist/.built
 
@@ -36,7 +37,7 @@ web/node_modules/.installed: web/package.json web/package-lock.json | bootstrap
 	touch $@
 
 web/dist/.built: web/node_modules/.installed $(WEB_SOURCES)
-	cd web && node_modules/.bin/vite build --logLevel warn
+	cd web && node_modules/.bin/vite build --logLevel warn && node precompress.mjs
 	touch $@
 
 run: build web

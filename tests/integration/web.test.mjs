@@ -3,8 +3,8 @@
 // sign-in, streaming, reload, a phone-sized window, stop, regenerate, exact balance, running out
 // of balance, an HTML/script payload rendered inert, Markdown (code, tables, math) through the
 // JSON import, and the admin console creating, recharging and blocking a user, setting and
-// deleting a model price, and showing the events stream and service health. Writes the
-// screenshots the README shows (docs/screenshots/).
+// deleting a model price, and showing the events stream and service health. Draws the
+// screenshots the README shows (into docs/screenshots/ only with UPDATE_SCREENSHOTS=1).
 //
 // Chromium missing is a failure, not a skip: scripts/bootstrap installs it (CHROMIUM_PATH
 // overrides /usr/bin/chromium).
@@ -14,13 +14,17 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import zlib from 'node:zlib';
+import http from 'node:http';
 import { chromium } from 'playwright-core';
 import { ROOT, getJSON, postJSON, withStack } from './lib/harness.mjs';
 
 const OPS_KEY = 'web-test-ops-key-0123456789abcdef';
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const WEB_DIST = path.join(ROOT, 'web', 'dist');
-const SHOTS = path.join(ROOT, 'docs', 'screenshots');
+// The screenshots go to $BUILD_DIR/screenshots (or SCREENSHOT_DIR); UPDATE_SCREENSHOTS=1 writes
+// the ones the README shows, in docs/screenshots, instead (docs/web.md).
+const SHOTS = process.env.UPDATE_SCREENSHOTS === '1' ? path.join(ROOT, 'docs', 'screenshots')
+    : path.resolve(ROOT, process.env.SCREENSHOT_DIR || path.join(process.env.BUILD_DIR || 'build', 'screenshots'));
 const STEP_MS = 15000;      // any single wait in the browser
 
 async function ops(stack, body) {
@@ -87,6 +91,46 @@ async function importChat(page, title, messages) {
     await page.locator('#chat-list .chat-open', { hasText: title }).click();
 }
 
+/** GET with the given headers; resolves {status, headers, body (Buffer: the bytes as sent, not decoded)}. */
+function getRaw(url, headers = {}) {
+    return new Promise((resolve, reject) => {
+        const req = http.get(url, { headers, agent: false }, (res) => {
+            const chunks = [];
+            res.on('data', (c) => chunks.push(c));
+            res.on('error', reject);
+            res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }));
+        });
+        req.setTimeout(10000, () => req.destroy(new Error(`GET ${url}: no answer`)));
+        req.on('error', reject);
+    });
+}
+
+/** The scripts an index.html loads (entry and modulepreload), in order. */
+function pageScripts(html) {
+    return [...html.matchAll(/<(?:script[^>]*\ssrc|link[^>]*rel="modulepreload"[^>]*\shref)="([^"]+)"/g)].map((m) => m[1]);
+}
+
+/** WCAG contrast of the composer's placeholder against the background it is drawn on. */
+function placeholderContrast(page) {
+    return page.evaluate(() => {
+        const rgba = (s) => s.match(/[\d.]+/g).map(Number);
+        const el = document.querySelector('#composer-input');
+        const ph = getComputedStyle(el, '::placeholder');
+        let bg = [255, 255, 255];
+        for (let e = el; e; e = e.parentElement) {
+            const c = rgba(getComputedStyle(e).backgroundColor);
+            if (c.length < 4 || c[3] > 0) { bg = c; break; }
+        }
+        const p = rgba(ph.color);
+        const a = (p.length > 3 ? p[3] : 1) * Number(ph.opacity || 1);
+        const fg = [0, 1, 2].map((i) => p[i] * a + bg[i] * (1 - a));
+        const lum = (c) => c.map((v) => v / 255).map((v) => (v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4))
+            .reduce((s, v, i) => s + v * [0.2126, 0.7152, 0.0722][i], 0);
+        const [hi, lo] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+        return (hi + 0.05) / (lo + 0.05);
+    });
+}
+
 async function waitIdle(page) {
     await page.locator('#messages .msg.loading').waitFor({ state: 'detached', timeout: STEP_MS });
 }
@@ -94,7 +138,7 @@ async function waitIdle(page) {
 describe('web UI build (web/dist)', () => {
     it('the chat page loads under 300 KB of compressed JavaScript, all from the origin', (t) => {
         const html = fs.readFileSync(path.join(WEB_DIST, 'index.html'), 'utf8');
-        const scripts = [...html.matchAll(/<(?:script[^>]*\ssrc|link[^>]*rel="modulepreload"[^>]*\shref)="([^"]+)"/g)].map((m) => m[1]);
+        const scripts = pageScripts(html);
         assert.ok(scripts.length >= 1, html);
         let total = 0;
         for (const src of scripts) {
@@ -154,6 +198,48 @@ describe('web UI in Chromium', () => {
         return ctx;
     }
 
+    it('the ingress sends the page gzipped (under 300 KB of JavaScript on the wire), hashed assets cached for good', async (t) => {
+        const gz = { 'Accept-Encoding': 'gzip, deflate, br' };
+        const index = await getRaw(`${stack.url}/`, gz);
+        assert.equal(index.status, 200);
+        assert.equal(index.headers['content-encoding'], 'gzip', 'index.html');
+        assert.equal(index.headers['cache-control'], 'no-cache', 'index.html is asked for again every time');
+        assert.equal(index.headers['x-frame-options'], 'DENY', 'the security headers stay');
+        const scripts = pageScripts(zlib.gunzipSync(index.body).toString('utf8'));
+        assert.ok(scripts.length >= 1);
+        let wire = 0;
+        let raw = 0;
+        for (const src of scripts) {
+            const r = await getRaw(stack.url + src, gz);
+            assert.equal(r.status, 200, src);
+            assert.equal(r.headers['content-encoding'], 'gzip', src);
+            assert.match(r.headers.vary || '', /Accept-Encoding/i, src);
+            assert.equal(r.headers['cache-control'], 'public, max-age=31536000, immutable', src);
+            assert.ok(r.headers['content-security-policy'], src);
+            const plain = zlib.gunzipSync(r.body);
+            assert.deepEqual(plain, fs.readFileSync(path.join(WEB_DIST, src)), `${src}: the same file`);
+            wire += r.body.length;
+            raw += plain.length;
+        }
+        t.diagnostic(`chat page JavaScript through the ingress: ${(wire / 1024).toFixed(1)} KB sent for ${(raw / 1024).toFixed(1)} KB`);
+        assert.ok(wire < 300 * 1024, `${wire} bytes on the wire`);
+        // A client that does not accept gzip gets the file as it is.
+        const plain = await getRaw(stack.url + scripts[0]);
+        assert.equal(plain.headers['content-encoding'], undefined);
+        assert.deepEqual(plain.body, fs.readFileSync(path.join(WEB_DIST, scripts[0])));
+        // CSS and the admin page too; API answers are left alone (a stream must not wait in gzip's buffer).
+        const css = [...zlib.gunzipSync(index.body).toString('utf8').matchAll(/href="(\/assets\/[^"]+\.css)"/g)].map((m) => m[1]);
+        assert.ok(css.length >= 1);
+        assert.equal((await getRaw(stack.url + css[0], gz)).headers['content-encoding'], 'gzip', css[0]);
+        const admin = await getRaw(`${stack.url}/admin/`, gz);
+        assert.equal(admin.headers['content-encoding'], 'gzip', '/admin/');
+        assert.equal(admin.headers['cache-control'], 'no-cache');
+        const api = await postJSON(`${stack.url}/api/config`, {}, { headers: gz });
+        assert.equal(api.status, 200);
+        assert.equal(api.headers['content-encoding'], undefined, '/api/config');
+        assert.equal(api.headers['cache-control'], undefined, '/api/config');
+    });
+
     it('signs in, streams a reply with a cursor, bills it exactly and keeps it over a reload', { timeout: 60000 }, async () => {
         const ctx = await context({ colorScheme: 'light' });
         const page = await ctx.newPage();
@@ -161,6 +247,8 @@ describe('web UI in Chromium', () => {
         const before = await settled(stack, 'wendy');
         await page.locator('#balance-value').waitFor();
         assert.equal(Number(await page.locator('#balance-value').getAttribute('data-units')), before.balance);
+        const lightContrast = await placeholderContrast(page);
+        assert.ok(lightContrast >= 4.5, `placeholder contrast on light ${lightContrast.toFixed(2)}:1 (WCAG AA: 4.5)`);
 
         await sendMessage(page, 'Hello there streaming world [[fake tps=25 tokens=40]]');
         // While it streams: the bubble is busy, has some text but not all of it, the Stop button shows.
@@ -281,6 +369,26 @@ describe('web UI in Chromium', () => {
         await ctx.close();
     });
 
+    it('shows no image from another origin in a reply (a link instead) and no data: image', { timeout: 60000 }, async () => {
+        await register(stack, 'ivy', 'ivy-password', 100000);   // not in the screenshots' sidebars
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await signIn(page, stack.url, 'ivy', 'ivy-password');
+        await sendMessage(page, 'look ![leak](https://example.com/x.png?q=secret) ![proto](//example.com/y.png) '
+            + '![dot](data:image/png;base64,iVBORw0KGgo=) ![ours](/assets/no-such.png)');
+        await waitIdle(page);
+        const reply = lastReply(page).locator('.content');
+        assert.deepEqual(await reply.locator('img').evaluateAll((els) => els.map((e) => e.getAttribute('src'))), ['/assets/no-such.png'],
+            'only the same-origin image is an image');
+        const leak = reply.locator('a', { hasText: 'leak' });
+        assert.equal(await leak.getAttribute('href'), 'https://example.com/x.png?q=secret');
+        assert.equal(await leak.getAttribute('rel'), 'noopener noreferrer');
+        assert.match(await reply.locator('a', { hasText: 'proto' }).getAttribute('href'), /^https?:\/\/example\.com\/y\.png$/);
+        assert.match(await reply.innerText(), /\bdot\b/);
+        assert.equal(await page.locator('#messages [src^="data:"], #messages a[href^="data:"]').count(), 0);
+        await ctx.close();
+    });
+
     it('renders Markdown: highlighted code with a copy button, tables, KaTeX math (JSON import); exports Markdown and JSON', { timeout: 60000 }, async () => {
         const ctx = await context();
         const page = await ctx.newPage();
@@ -319,6 +427,8 @@ describe('web UI in Chromium', () => {
         const page = await dark.newPage();
         await signIn(page, stack.url, 'wendy', 'wendy-password');
         assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), 'dark');
+        const darkContrast = await placeholderContrast(page);
+        assert.ok(darkContrast >= 4.5, `placeholder contrast on dark ${darkContrast.toFixed(2)}:1 (WCAG AA: 4.5)`);
         await importChat(page, 'Imported markdown', [{ role: 'user', text: 'Show me code, a table and some math.' },
             { role: 'assistant', text: MARKDOWN }]);
         await page.screenshot({ path: path.join(SHOTS, 'chat-dark.png') });
@@ -341,9 +451,28 @@ describe('web UI in Chromium', () => {
         assert.equal(await p.locator('#chat-list').isVisible(), true);   // in the DOM, off screen
         const box0 = await p.locator('#sidebar').boundingBox();
         assert.ok(box0.x + box0.width <= 0, `sidebar off screen (x=${box0.x})`);
+        // The balance is in the phone's header, on screen without opening the drawer, and follows
+        // each reply; so is what the conversation has cost, not cut off.
+        const onScreen = async (sel) => {
+            const b = await p.locator(sel).boundingBox();
+            assert.ok(b && b.width > 0 && b.x >= 0 && b.y >= 0 && b.x + b.width <= 390 && b.y + b.height <= 844, `${sel} on screen: ${JSON.stringify(b)}`);
+            assert.ok(await p.locator(sel).evaluate((el) => el.scrollWidth <= el.clientWidth), `${sel} not cut off`);
+        };
+        const headUnits = () => p.locator('#head-balance').getAttribute('data-units');
+        const phone0 = await settled(stack, 'wendy');
+        await p.waitForFunction((v) => document.querySelector('#head-balance')?.dataset.units === String(v), phone0.balance);
+        await onScreen('#head-balance');
+        assert.match(await p.locator('#head-balance').innerText(), new RegExp(phone0.balance.toLocaleString('en-US')));
         await sendMessage(p, 'from my phone [[fake tokens=12]]');
         await waitIdle(p);
         assert.match(await lastReply(p).locator('.content').innerText(), /from my phone/);
+        const phone1 = await settled(stack, 'wendy');
+        assert.ok(phone1.balance < phone0.balance);
+        await p.waitForFunction((v) => document.querySelector('#head-balance')?.dataset.units === String(v), phone1.balance);
+        assert.equal(await headUnits(), String(phone1.balance));
+        await onScreen('#head-balance');
+        assert.match(await p.locator('#chat-spent').innerText(), new RegExp(`${phone0.balance - phone1.balance} tokens`));
+        await onScreen('#chat-spent');
         const composer = await p.locator('#composer').boundingBox();
         assert.ok(composer.y + composer.height <= 844 && composer.width <= 390, 'the composer fits the screen');
         await p.screenshot({ path: path.join(SHOTS, 'phone.png') });

@@ -109,6 +109,19 @@ describe('the staged tree', () => {
             assert.equal((await get('/rpc/Auth/Authenticate')).status, 404);
             assert.equal((await get('/no-such-file')).status, 404);
             assert.equal((await get('/')).headers.get('x-frame-options'), 'DENY');
+            // gzip (fetch asks for it) and caching like the local ingress's static root: the built
+            // UI's .gz copies when it is staged, else the placeholder compressed on the fly.
+            const index = await get('/');
+            assert.equal(index.headers.get('content-encoding'), 'gzip');
+            assert.equal(index.headers.get('cache-control'), 'no-cache');
+            assert.equal((await get('/healthz')).headers.get('cache-control'), null);
+            const html = await index.text();
+            for (const [, src] of html.matchAll(/(?:src|href)="(\/assets\/[^"]+\.(?:js|css))"/g)) {
+                const r = await get(src);
+                assert.equal(r.headers.get('content-encoding'), 'gzip', src);
+                assert.equal(r.headers.get('cache-control'), 'public, max-age=31536000, immutable', src);
+                assert.equal(Buffer.compare(Buffer.from(await r.arrayBuffer()), fs.readFileSync(path.join(dest, 'usr/share/chatweb/www', src))), 0, src);
+            }
         } finally {
             ng.kill('SIGTERM');
             await new Promise((r) => ng.once('exit', r));

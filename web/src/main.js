@@ -219,6 +219,11 @@ function buildShell() {
         h('header', { class: 'chat-head' },
             h('button', { type: 'button', class: 'icon-btn only-phone', id: 'open-menu', 'aria-label': t('menu'), onclick: () => toggleMenu(true) }, icon('menu')),
             h('h2', { id: 'chat-title' }),
+            // What this conversation cost, and (on a phone, where the sidebar is a drawer) the
+            // balance: a second line of the header there, always on screen.
+            h('div', { class: 'head-sub' },
+                h('span', { id: 'chat-spent', class: 'chat-spent', hidden: true }),
+                h('span', { id: 'head-balance', class: 'head-balance only-phone' })),
             h('div', { class: 'head-buttons' },
                 h('select', { id: 'model-picker', 'aria-label': t('model'), title: t('model'), hidden: true }),
                 h('button', { type: 'button', class: 'icon-btn', id: 'export-md', 'aria-label': t('exportMd'), title: t('exportMd'), onclick: exportMarkdown }, icon('download')))),
@@ -381,7 +386,8 @@ function renderMessages() {
     box.replaceChildren(...(c ? c.messages.map(messageView) : []));
     const spent = c ? c.messages.reduce((s, m) => s + (m.spent || 0), 0) : 0;
     $('#chat-title').textContent = chatTitle(c || { title: '' });
-    if (spent > 0) $('#chat-title').append(h('small', { class: 'chat-spent' }, ` · ${t('usedThisChat', { n: spent })}`));
+    $('#chat-spent').textContent = spent > 0 ? t('usedThisChat', { n: spent.toLocaleString(language()) }) : '';
+    $('#chat-spent').hidden = !(spent > 0);
     state.stick = true;
     scrollToEnd();
     updateComposer();
@@ -653,6 +659,7 @@ function renderBalance() {
     const el = $('#balance');
     if (!el || !state.me) return;
     const me = state.me;
+    renderHeadBalance(me);
     el.replaceChildren();
     el.className = 'balance';
     if (me.blocked) {
@@ -675,6 +682,27 @@ function renderBalance() {
         const safe = /^(https?:\/\/|\/)/i.test(link) ? link : '/admin';
         el.append(h('div', { class: 'balance-warn' }, me.balance <= 0 ? t('noBalance') : t('lowBalance'), ' ',
             h('a', { href: safe, target: '_blank', rel: 'noopener noreferrer', id: 'recharge-link' }, t('recharge'))));
+    }
+}
+
+/** The phone header's short copy of the balance (the sidebar's, with its link, is in the drawer). */
+function renderHeadBalance(me) {
+    const el = $('#head-balance');
+    if (!el) return;
+    el.className = 'head-balance only-phone';
+    delete el.dataset.units;
+    if (me.blocked) {
+        el.classList.add('bad');
+        el.textContent = t('blocked');
+    } else if (me.unlimited || me.balance === -1) {
+        el.dataset.units = '-1';
+        el.textContent = `${t('balance')}: ${t('unlimited')}`;
+    } else if (typeof me.balance !== 'number') {
+        el.textContent = t('balanceUnknown');
+    } else {
+        el.dataset.units = String(me.balance);
+        el.textContent = `${t('balance')}: ${me.balance.toLocaleString(language())}`;
+        if (me.balance < LOW_BALANCE) el.classList.add(me.balance <= 0 ? 'bad' : 'low');
     }
 }
 

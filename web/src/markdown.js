@@ -76,6 +76,36 @@ md.renderer.rules.link_open = (tokens, idx, options, env, self) => {
     return defaultLinkOpen(tokens, idx, options, env, self);
 };
 
+// Images only from this origin. A reply that names an image elsewhere would have the browser
+// fetch it as soon as the reply shows, sending whatever the model put in the URL (a prompt
+// injection can make it the conversation) to that server; the CSP's img-src is only the second
+// wall. Such an image becomes a link (following it is the reader's choice) and a data: image its
+// alt text (no request, but no pictures from the model either).
+function sameOrigin(src) {
+    try {
+        const u = new URL(src, window.location.href);
+        return (u.protocol === 'http:' || u.protocol === 'https:') && u.origin === window.location.origin;
+    } catch {
+        return false;
+    }
+}
+
+const defaultImage = md.renderer.rules.image;
+md.renderer.rules.image = (tokens, idx, options, env, self) => {
+    const src = tokens[idx].attrGet('src') || '';
+    if (sameOrigin(src)) return defaultImage(tokens, idx, options, env, self);
+    const alt = self.renderInlineAsText(tokens[idx].children || [], options, env);
+    let url = null;
+    try {
+        url = new URL(src, window.location.href);
+    } catch {
+        url = null;
+    }
+    if (url && (url.protocol === 'http:' || url.protocol === 'https:'))
+        return `<a href="${escapeHtml(url.href)}" class="image-link">${escapeHtml(alt || url.href)}</a>`;
+    return escapeHtml(alt);
+};
+
 // ChatGPT-style \[…\] and \(…\) delimiters become $$…$$ and $…$ outside code.
 function normaliseMath(text) {
     const parts = text.split(/(```[\s\S]*?(?:```|$)|`[^`\n]*`)/g);
@@ -85,6 +115,8 @@ function normaliseMath(text) {
 }
 
 DOMPurify.addHook('afterSanitizeAttributes', (node) => {
+    // The renderer above makes no other image; this catches any that reaches here another way.
+    if (node.tagName === 'IMG' && !sameOrigin(node.getAttribute('src') || '')) node.removeAttribute('src');
     if (node.tagName === 'A') {
         const href = node.getAttribute('href') || '';
         if (!/^(https?:|mailto:|#|\/)/i.test(href)) node.removeAttribute('href');
