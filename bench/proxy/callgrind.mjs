@@ -24,8 +24,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { defaultBinDir, freePort, httpGet, startStack } from '../../deploy/local/stack.mjs';
+import { defaultBinDir, freePort, httpGet } from '../../deploy/local/stack.mjs';
 import { runLoadgen, sleep } from '../lib/measure.mjs';
+import { chatBody, startProxyStack } from './stack.mjs';
 
 const { values } = parseArgs({
     options: {
@@ -39,31 +40,18 @@ const { values } = parseArgs({
 const N = Number(values.requests);
 const WHAT = values.what.split(',');
 const OUT = path.resolve(values.out || fs.mkdtempSync(path.join(os.tmpdir(), 'chatweb-callgrind-')));
-const OPS_KEY = 'ops-key-for-the-proxy-callgrind-0123';
-const chat = (stream) => JSON.stringify({
-    model: 'gpt-4o-mini', ...(stream ? { stream: true } : {}),
-    messages: [{ role: 'user', content: 'hi [[fake tokens=5]]' }],
-});
 
 if (spawnSync('valgrind', ['--version']).status !== 0) {
     console.error('valgrind not found (apt-get install valgrind)');
     process.exit(70);
 }
 fs.mkdirSync(OUT, { recursive: true });
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chatweb-callgrind-stack-'));
-fs.chmodSync(dir, 0o755);
+let dir;
 let stack;
 let vg;
 try {
-    stack = await startStack({ dir, env: { OPS_KEY, OPENAI_PROXY: 'true', LOG_LEVEL: 'warn' } });
-    const ops = async (body) => {
-        const r = await fetch(`${stack.url}/accounts`, { method: 'POST', headers: { opskey: OPS_KEY }, body: JSON.stringify(body) });
-        const j = await r.json();
-        if (j.status !== 'Success') throw new Error(`ops ${body.action}: ${JSON.stringify(j)}`);
-        return j;
-    };
-    await ops({ action: 'register', i_username: 'bench', i_password: 'bench-password', count: 1e12 });
-    const key = (await ops({ action: 'create_key', i_username: 'bench', name: 'bench' })).data.key;
+    let key;
+    ({ dir, stack, key } = await startProxyStack({ prefix: 'chatweb-callgrind-stack-' }));
 
     // the stack proxy's environment, on ports of its own
     const env = {};
@@ -88,7 +76,7 @@ try {
     const auth = ['-H', `Authorization: Bearer ${key}`];
     const args = (what, n) => (what === 'relay'
         ? ['-X', 'GET', ...auth, '-c', '8', '-n', String(n), `${base}/v1/models`]
-        : ['-X', 'POST', ...auth, '-d', chat(what === 'sse'), '-c', '8', '-n', String(n),
+        : ['-X', 'POST', ...auth, '-d', chatBody(what === 'sse'), '-c', '8', '-n', String(n),
             '--expect', what === 'sse' ? '[DONE]' : 'chat.completion', `${base}/v1/chat/completions`]);
     const control = (...a) => {
         if (spawnSync('callgrind_control', [...a, String(vg.pid)], { stdio: 'ignore' }).status !== 0)
@@ -123,5 +111,5 @@ try {
         await new Promise((r) => vg.once('exit', r));
     }
     if (stack) await stack.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
 }

@@ -15,11 +15,11 @@
 // Targets (design brief §4): relay p50 <= 0.1 ms added, metered <= 0.3 ms; throughput >= 0.7x
 // nginx as a relay, >= 0.3x metered. A figure that misses its target is reported, not an error.
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { startNginx, startStack } from '../../deploy/local/stack.mjs';
+import { startNginx } from '../../deploy/local/stack.mjs';
 import { loadAverage, runLoadgen, table } from '../lib/measure.mjs';
+import { chatBody, startProxyStack } from './stack.mjs';
 
 const { values } = parseArgs({
     options: {
@@ -36,27 +36,15 @@ const N = Number(values.requests);
 const ROUNDS = Math.max(1, Number(values.rounds));
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
 const range = (xs, f) => (xs.length > 1 ? ` (${f(Math.min(...xs))}-${f(Math.max(...xs))})` : '');
-const OPS_KEY = 'ops-key-for-the-proxy-benchmark-0123';
-const CHAT = JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi [[fake tokens=5]]' }] });
-const CHAT_SSE = JSON.stringify({ model: 'gpt-4o-mini', stream: true, messages: [{ role: 'user', content: 'hi [[fake tokens=5]]' }] });
+const CHAT = chatBody(false);
+const CHAT_SSE = chatBody(true);
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chatweb-proxy-bench-'));
-fs.chmodSync(dir, 0o755);
+let dir;
 let stack;
 let ref;
 try {
-    stack = await startStack({
-        dir, mysql: values.backend === 'mariadb', fastMysql: true,
-        env: { OPS_KEY, OPENAI_PROXY: 'true', LOG_LEVEL: 'warn' },
-    });
-    const ops = async (body) => {
-        const r = await fetch(`${stack.url}/accounts`, { method: 'POST', headers: { opskey: OPS_KEY }, body: JSON.stringify(body) });
-        const j = await r.json();
-        if (j.status !== 'Success') throw new Error(`ops ${body.action}: ${JSON.stringify(j)}`);
-        return j;
-    };
-    await ops({ action: 'register', i_username: 'bench', i_password: 'bench-password', count: 1e12 });
-    const key = (await ops({ action: 'create_key', i_username: 'bench', name: 'bench' })).data.key;
+    let key, ops;
+    ({ dir, stack, key, ops } = await startProxyStack({ mysql: values.backend === 'mariadb' }));
     const fakeAddr = new URL(stack.fakeUpstream.url).host;
     ref = await startNginx({ dir: path.join(dir, 'nginx-ref'), upstreams: { proxy: [fakeAddr] }, label: 'nginx-ref' });
     const proxyUrl = stack.services.proxy[0].url;
@@ -113,5 +101,5 @@ try {
 } finally {
     if (ref) await ref.stop();
     if (stack) await stack.stop();
-    if (!values.keep) fs.rmSync(dir, { recursive: true, force: true });
+    if (dir && !values.keep) fs.rmSync(dir, { recursive: true, force: true });
 }
