@@ -83,13 +83,9 @@ int svc_metric_vec_create(struct svc_metric_vec **out, const char *name, const c
 /* The label value as kept: at most SVC_METRIC_LABEL_VALUE_MAX - 1 bytes, cut on a character. */
 static void value_copy(char *dst, const char *src)
 {
-    size_t n = src != NULL ? strnlen(src, SVC_METRIC_LABEL_VALUE_MAX - 1) : 0;
-
     /* not snprintf: five label sets per proxy request, and its formatting cost more than the
      * rest of the look-up */
-    if (n > 0)
-        memcpy(dst, src, n);
-    dst[n] = '\0';
+    svc_util_str_copy(dst, SVC_METRIC_LABEL_VALUE_MAX, src != NULL ? src : "");
     svc_util_utf8_trim_end(dst);
 }
 

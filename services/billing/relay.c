@@ -457,22 +457,19 @@ static int relay_pass(struct billing_relay *r, struct svc_db_conn *c)
      * Events sent but not taken out are sent again later (at-least-once; consumers de-duplicate
      * by id). */
     if (sent > 0) {
-        struct outbox_done *d = malloc(sizeof(*d));
-        int drc = d != NULL ? SVC_OK : SVC_ENOMEM, one;
+        struct outbox_done d;
+        int drc, tx;
 
-        if (d != NULL)
-            outbox_done_of(rows, (size_t)sent, d);
+        outbox_done_of(rows, (size_t)sent, &d);
         /* one statement needs no transaction of its own (two round trips less per pass) */
-        one = d != NULL && (d->n + DELETE_IDS - 1) / DELETE_IDS + (d->cut_id != 0) == 1;
-        if (drc == SVC_OK && !one)
-            drc = svc_db_begin(c);
+        tx = (d.n + DELETE_IDS - 1) / DELETE_IDS + (d.cut_id != 0) > 1;
+        drc = tx ? svc_db_begin(c) : SVC_OK;
         if (drc == SVC_OK)
-            drc = outbox_forget(c, d);
-        if (drc == SVC_OK && !one)
+            drc = outbox_forget(c, &d);
+        if (drc == SVC_OK && tx)
             drc = svc_db_commit(c);
         else if (drc != SVC_OK && svc_db_in_tx(c))
             (void)svc_db_rollback(c);
-        free(d);
         if (drc != SVC_OK) {
             sent = 0;
             if (rc == SVC_OK)

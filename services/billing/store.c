@@ -477,9 +477,9 @@ static int ledger_append(struct svc_db_conn *c, const struct acct_row *r,
  * statement cost more than the row it wrote (docs/billing.md "Leases"). Rows are added in order;
  * ledger_batch_flush writes up to LEDGER_BATCH of them with one multi-row INSERT (a cached
  * statement per count), followed by one INSERT ... SELECT that gives those rows their outbox row
- * (outbox_write). The account row is locked by the caller, so the only
- * ledger rows of this user from the statement's first id on are these; the SELECT is bounded by
- * id and user_seq, and must find exactly them.
+ * (outbox_write). The account row is locked by the caller, so the only ledger rows of this user
+ * from the statement's first id on are these; the SELECT is bounded by id and user_seq, and must
+ * find exactly them.
  */
 
 struct ledger_batch {
@@ -510,8 +510,8 @@ static int ledger_multi_sql_make(struct billing_store *s)
 }
 
 /*
- * The outbox rows of the k ledger rows of b just inserted by one statement, whose first
- * row got id first. Normally one row standing for all k (billing_outbox.n = k): the INSERT ... SELECT
+ * The outbox rows of the k ledger rows of b just inserted by one statement, whose first row got
+ * id first. Normally one row standing for all k (billing_outbox.n = k): the INSERT ... SELECT
  * writes it only when exactly k rows of this user from first on carry those user_seq values and
  * their ids are consecutive (one multi-row INSERT under innodb_autoinc_lock_mode 0 or 1, and
  * always on SQLite). Otherwise (interleaved ids, mode 2) one outbox row per ledger row. Either

@@ -655,55 +655,51 @@ async function refreshBalance() {
     renderBalance();
 }
 
+/**
+ * What the balance shows, for the sidebar and the phone header: a label alone (blocked, unknown),
+ * or a value with its units (data-units; -1 unlimited); level 'bad', 'low' or ''.
+ */
+function balanceView(me) {
+    if (me.blocked) return { label: t('blocked'), level: 'bad' };
+    if (me.unlimited || me.balance === -1) return { value: t('unlimited'), units: '-1', level: '' };
+    if (typeof me.balance !== 'number') return { label: t('balanceUnknown'), level: '' };
+    const level = me.balance >= LOW_BALANCE ? '' : me.balance <= 0 ? 'bad' : 'low';
+    return { value: me.balance.toLocaleString(language()), units: String(me.balance), level };
+}
+
 function renderBalance() {
     const el = $('#balance');
     if (!el || !state.me) return;
     const me = state.me;
-    renderHeadBalance(me);
+    const v = balanceView(me);
+    renderHeadBalance(v);
     el.replaceChildren();
     el.className = 'balance';
-    if (me.blocked) {
-        el.classList.add('bad');
-        el.append(t('blocked'));
+    if (v.level) el.classList.add(v.level);
+    if (v.label) {
+        el.append(v.label);
         return;
     }
-    if (me.unlimited || me.balance === -1) {
-        el.append(`${t('balance')}: `, h('strong', { id: 'balance-value', 'data-units': '-1' }, t('unlimited')));
-        return;
-    }
-    if (typeof me.balance !== 'number') {
-        el.append(t('balanceUnknown'));
-        return;
-    }
-    el.append(`${t('balance')}: `, h('strong', { id: 'balance-value', 'data-units': String(me.balance) }, me.balance.toLocaleString(language())), ` ${t('tokens')}`);
-    if (me.balance < LOW_BALANCE) {
-        el.classList.add(me.balance <= 0 ? 'bad' : 'low');
+    el.append(`${t('balance')}: `, h('strong', { id: 'balance-value', 'data-units': v.units }, v.value));
+    if (v.units === '-1') return;
+    el.append(` ${t('tokens')}`);
+    if (v.level) {
         const link = me.ops_link || '/admin';
         const safe = /^(https?:\/\/|\/)/i.test(link) ? link : '/admin';
-        el.append(h('div', { class: 'balance-warn' }, me.balance <= 0 ? t('noBalance') : t('lowBalance'), ' ',
+        el.append(h('div', { class: 'balance-warn' }, v.level === 'bad' ? t('noBalance') : t('lowBalance'), ' ',
             h('a', { href: safe, target: '_blank', rel: 'noopener noreferrer', id: 'recharge-link' }, t('recharge'))));
     }
 }
 
-/** The phone header's short copy of the balance (the sidebar's, with its link, is in the drawer). */
-function renderHeadBalance(me) {
+/** The phone header's short copy of the balance view v (the sidebar's, with its link, is in the drawer). */
+function renderHeadBalance(v) {
     const el = $('#head-balance');
     if (!el) return;
     el.className = 'head-balance only-phone';
-    delete el.dataset.units;
-    if (me.blocked) {
-        el.classList.add('bad');
-        el.textContent = t('blocked');
-    } else if (me.unlimited || me.balance === -1) {
-        el.dataset.units = '-1';
-        el.textContent = `${t('balance')}: ${t('unlimited')}`;
-    } else if (typeof me.balance !== 'number') {
-        el.textContent = t('balanceUnknown');
-    } else {
-        el.dataset.units = String(me.balance);
-        el.textContent = `${t('balance')}: ${me.balance.toLocaleString(language())}`;
-        if (me.balance < LOW_BALANCE) el.classList.add(me.balance <= 0 ? 'bad' : 'low');
-    }
+    if (v.level) el.classList.add(v.level);
+    if (v.units !== undefined) el.dataset.units = v.units;
+    else delete el.dataset.units;
+    el.textContent = v.label || `${t('balance')}: ${v.value}`;
 }
 
 // ---------------------------------------------------------------------------------------------

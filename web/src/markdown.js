@@ -81,28 +81,22 @@ md.renderer.rules.link_open = (tokens, idx, options, env, self) => {
 // injection can make it the conversation) to that server; the CSP's img-src is only the second
 // wall. Such an image becomes a link (following it is the reader's choice) and a data: image its
 // alt text (no request, but no pictures from the model either).
-function sameOrigin(src) {
+function webUrl(src) {
     try {
         const u = new URL(src, window.location.href);
-        return (u.protocol === 'http:' || u.protocol === 'https:') && u.origin === window.location.origin;
+        return u.protocol === 'http:' || u.protocol === 'https:' ? u : null;
     } catch {
-        return false;
+        return null;
     }
 }
+const sameOrigin = (src) => webUrl(src)?.origin === window.location.origin;
 
 const defaultImage = md.renderer.rules.image;
 md.renderer.rules.image = (tokens, idx, options, env, self) => {
-    const src = tokens[idx].attrGet('src') || '';
-    if (sameOrigin(src)) return defaultImage(tokens, idx, options, env, self);
+    const url = webUrl(tokens[idx].attrGet('src') || '');
+    if (url?.origin === window.location.origin) return defaultImage(tokens, idx, options, env, self);
     const alt = self.renderInlineAsText(tokens[idx].children || [], options, env);
-    let url = null;
-    try {
-        url = new URL(src, window.location.href);
-    } catch {
-        url = null;
-    }
-    if (url && (url.protocol === 'http:' || url.protocol === 'https:'))
-        return `<a href="${escapeHtml(url.href)}" class="image-link">${escapeHtml(alt || url.href)}</a>`;
+    if (url) return `<a href="${escapeHtml(url.href)}" class="image-link">${escapeHtml(alt || url.href)}</a>`;
     return escapeHtml(alt);
 };
 
