@@ -93,7 +93,9 @@ struct svc_http_server {
     unsigned nshards;
     atomic_long conns; /* LOOPS: open client connections, every loop */
     atomic_long inflight;
+    atomic_ulong started; /* requests begun since start: a drain watches it stand still */
     atomic_int quiesced;
+    atomic_int listener_shut; /* quiesced, the backlog taken, the socket shut down */
 };
 
 struct resp_header {
@@ -710,6 +712,11 @@ static enum MHD_Result queue_pending(struct svc_req *req)
     enum MHD_Result r;
 
     req->pending = NULL;
+    /* Draining: the client (the ingress) must not send another request on this connection. A
+     * keep-alive connection left open would take one that nobody answers once we exit. */
+    if (atomic_load_explicit(&req->slot->srv->quiesced, memory_order_relaxed) &&
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close") != MHD_YES)
+        SVC_LOG_WARN(req->id, "http", "cannot mark the reply Connection: close");
     r = MHD_queue_response(req->conn, req->pending_status, resp);
     MHD_destroy_response(resp);
     if (!req->streaming)
@@ -748,6 +755,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             req->body_too_big = 1;
         *con_cls = req;
         atomic_fetch_add(&srv->inflight, 1);
+        atomic_fetch_add_explicit(&srv->started, 1, memory_order_relaxed);
         return MHD_YES;
     }
     if (*upload_size > 0) {
@@ -973,18 +981,17 @@ static void on_accept_pause(void *data, struct svc_timer *t)
         SVC_LOG_ERR(NULL, "http", "cannot watch the listening socket again");
 }
 
-static void on_accept(void *data, struct svc_io *io, int fd, uint32_t events)
+/* Accepts up to ACCEPT_BATCH connections into this loop's daemons. Returns 1 when the batch was
+ * full (more may be waiting), 0 when the backlog is empty or accepting failed. */
+static int accept_batch(struct loop_shard *sh)
 {
-    struct loop_shard *sh = data;
     struct svc_http_server *srv = sh->srv;
 
-    (void)io;
-    (void)events;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
         struct daemon_slot *slot;
-        int cfd = accept4(fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int cfd = accept4(srv->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
         if (cfd < 0) {
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
@@ -994,7 +1001,7 @@ static void on_accept(void *data, struct svc_io *io, int fd, uint32_t events)
                 if (svc_timer_start(sh->accept_pause, ACCEPT_PAUSE_MS) != SVC_OK)
                     SVC_LOG_ERR(NULL, "http", "cannot schedule accepting again");
             }
-            return; /* EAGAIN: another loop took it */
+            return 0; /* EAGAIN: another loop took it */
         }
         if (atomic_load(&srv->conns) >= (long)srv->opts.max_connections ||
             (slot = shard_pick(sh)) == NULL) {
@@ -1009,6 +1016,15 @@ static void on_accept(void *data, struct svc_io *io, int fd, uint32_t events)
         else if (svc_timer_start(slot->timer, 0) != SVC_OK)
             SVC_LOG_ERR(NULL, "http", "cannot schedule the daemon for a new connection");
     }
+    return 1;
+}
+
+static void on_accept(void *data, struct svc_io *io, int fd, uint32_t events)
+{
+    (void)io;
+    (void)fd;
+    (void)events;
+    accept_batch(data);
 }
 
 /* ---- listening socket ---- */
@@ -1168,7 +1184,36 @@ long svc_http_server_inflight(const struct svc_http_server *srv)
     return atomic_load(&srv->inflight);
 }
 
-/* Stops accepting on one loop (on that loop's thread: the watcher is its). */
+unsigned long svc_http_server_started(const struct svc_http_server *srv)
+{
+    return atomic_load_explicit(&srv->started, memory_order_relaxed);
+}
+
+long svc_http_server_connections(const struct svc_http_server *srv)
+{
+    const union MHD_DaemonInfo *di;
+
+    if (srv->pool_slot == NULL)
+        return atomic_load(&srv->conns);
+    di = MHD_get_daemon_info(srv->pool_slot->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    return di != NULL ? (long)di->num_connections : -1;
+}
+
+/*
+ * Stopping to listen. A connection the kernel has completed but nobody accepted is reset when
+ * the socket closes, after the client (the ingress) sent its request on it, and a request cut
+ * that way cannot be retried elsewhere (it may have had effects). A refused connect can: so the
+ * backlog is taken first (those requests are answered), then the socket is shut down at once,
+ * which refuses every later connect (Linux: shutdown(SHUT_RD) of a listening socket stops it).
+ */
+static void shut_listener(struct svc_http_server *srv)
+{
+    if (shutdown(srv->listen_fd, SHUT_RD) != 0)
+        SVC_LOG_WARN(NULL, "http", "cannot shut the listening socket down: %s", strerror(errno));
+}
+
+/* Stops accepting on one loop (on that loop's thread: the watcher is its); the first loop to
+ * get here takes the backlog and shuts the listener. */
 static void quiesce_shard(void *data, struct svc_loop *loop)
 {
     struct loop_shard *sh = data;
@@ -1177,6 +1222,33 @@ static void quiesce_shard(void *data, struct svc_loop *loop)
     sh->stopped = 1;
     svc_timer_stop(sh->accept_pause);
     svc_io_del(&sh->accept_io);
+    if (!atomic_exchange(&sh->srv->listener_shut, 1)) {
+        while (accept_batch(sh))
+            ;
+        shut_listener(sh->srv);
+    }
+}
+
+/* POOL mode: MHD no longer accepts (quiesced); the backlog goes to it by hand. */
+static void quiesce_pool(struct svc_http_server *srv)
+{
+    struct MHD_Daemon *d = srv->pool_slot->d;
+
+    MHD_quiesce_daemon(d);
+    for (;;) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        int cfd = accept4(srv->listen_fd, (struct sockaddr *)&ss, &sl,
+                          SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (cfd < 0)
+            break;
+        if (MHD_add_connection(d, cfd, (struct sockaddr *)&ss, sl) != MHD_YES)
+            SVC_LOG_WARN(NULL, "http", "the HTTP daemon refused a connection: %s",
+                         strerror(errno));
+    }
+    atomic_store(&srv->listener_shut, 1);
+    shut_listener(srv);
 }
 
 void svc_http_server_quiesce(struct svc_http_server *srv)
@@ -1184,7 +1256,7 @@ void svc_http_server_quiesce(struct svc_http_server *srv)
     if (atomic_exchange(&srv->quiesced, 1))
         return;
     if (srv->pool_slot != NULL && srv->pool_slot->d != NULL)
-        MHD_quiesce_daemon(srv->pool_slot->d);
+        quiesce_pool(srv);
     for (unsigned i = 0; i < srv->nshards; i++)
         if (svc_loop_post(srv->shards[i].loop, quiesce_shard, &srv->shards[i]) != SVC_OK)
             SVC_LOG_ERR(NULL, "http", "cannot stop accepting on loop %u", i);

@@ -235,18 +235,45 @@ int svc_service_wait(void)
     return sig;
 }
 
+/* A drain ends when no request is in flight and either no client connection is left or none
+ * has brought a request for this long. An ingress keeps sending on the keep-alive connections
+ * it holds after we stop accepting: each such request is answered (with Connection: close, so
+ * the connection ends), and exiting while requests still come would cut the next one. Once the
+ * ingress has used up its connections to us and found the port closed, requests stop. */
+#define DRAIN_QUIET_MS 250
+
 long svc_service_drain(struct svc_http_server *srv)
 {
-    uint64_t deadline =
-        svc_loop_clock_ms() + (uint64_t)svc_service_option("DRAIN_TIMEOUT")->i * 1000;
+    uint64_t now = svc_loop_clock_ms();
+    uint64_t deadline = now + (uint64_t)svc_service_option("DRAIN_TIMEOUT")->i * 1000;
+    uint64_t quiet_since = now;
+    unsigned long started, started0;
     long left;
 
     svc_service_set_ready(0);
     if (srv == NULL)
         return 0;
     svc_http_server_quiesce(srv);
-    while ((left = svc_http_server_inflight(srv)) > 0 && svc_loop_clock_ms() < deadline)
+    started = started0 = svc_http_server_started(srv);
+    for (;;) {
+        left = svc_http_server_inflight(srv);
+        now = svc_loop_clock_ms();
+        if (now >= deadline)
+            break;
+        if (svc_http_server_started(srv) != started) {
+            started = svc_http_server_started(srv);
+            quiet_since = now;
+        }
+        if (left == 0 && (svc_http_server_connections(srv) == 0 ||
+                          now - quiet_since >= DRAIN_QUIET_MS))
+            break;
         usleep(20 * 1000);
+    }
+    SVC_LOG_NOTICE(NULL, "shutdown",
+                   "drained in %llu ms: %lu request(s) begun meanwhile, %ld connection(s) left",
+                   (unsigned long long)(now - (deadline - (uint64_t)svc_service_option(
+                                                             "DRAIN_TIMEOUT")->i * 1000)),
+                   started - started0, svc_http_server_connections(srv));
     return left;
 }
 

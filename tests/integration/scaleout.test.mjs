@@ -1,14 +1,14 @@
-// Scale-out on one machine (issue 11 item 5): two replicas of every service (three of billing)
-// behind the local nginx ingress, one MariaDB, one Redis Sentinel set (1 master, 1 replica, 3
-// sentinels). Under metered /v1 traffic from several users, chat conversations that go on turn
-// after turn and operator traffic (recharges, checks), one replica of every service is SIGKILLed,
-// another billing replica is drained (SIGTERM), and the Redis master fails over (SENTINEL
-// FAILOVER). Then: every conversation went on with its whole history on the survivors, every
-// balance change has exactly one event after de-dup (none lost, although the old master kept
-// taking writes until the sentinels demoted it: BILLING_EVENTS_REPLICAS=1 makes the relay resend
-// what the replica did not confirm), no request is charged twice, no hold stays open. Printed, not
-// asserted (the machine is shared and slow): per fault, the time until the requests the test makes
-// are back to normal, in 100 ms windows (see recoveryReport).
+// Scale-out on one machine (issue 11 item 5): three replicas of every service behind the local
+// nginx ingress, one MariaDB, one Redis Sentinel set (1 master, 1 replica, 3 sentinels). Under
+// metered /v1 traffic from several users, chat conversations that go on turn after turn and
+// operator traffic (recharges, checks), one replica of every service is SIGKILLed, then another of
+// every service is drained (SIGTERM: it exits 0 and no request fails meanwhile), and the Redis
+// master fails over (SENTINEL FAILOVER). Then: every conversation went on with its whole history
+// on the survivors, every balance change has exactly one event after de-dup (none lost, although
+// the old master kept taking writes until the sentinels demoted it: BILLING_EVENTS_REPLICAS=1
+// makes the relay resend what the replica did not confirm), no request is charged twice, no hold
+// stays open. Printed, not asserted (the machine is shared and slow): per fault, the time until
+// the requests the test makes are back to normal, in 100 ms windows (see recoveryReport).
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -21,6 +21,8 @@ const OPS_KEY = 'ops-key-for-scaleout-tests-0123456789';
 const OPERATOR_KEY = 'sk-operator-key-for-scaleout-tests-42';
 const STREAM = 'chatweb:billing:events';
 const USERS = 4;
+// each is SIGKILLed (replica 0), then drained (replica 1), in this order; replica 2 stays
+const SERVICES = ['proxy', 'auth', 'chat', 'billing'];
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // Recovery, from the requests the test makes anyway ({kind, t0, t, ok}: start, end, success).
@@ -98,11 +100,11 @@ async function masterPort(set) {
     throw new Error('no sentinel answered');
 }
 
-describe('two replicas of every service, a replica killed, one drained, a Redis failover', () => {
+describe('three replicas of every service, one killed, one drained, a Redis failover', () => {
     let set = null;
     const dir = tempDir('chatweb-scaleout-');
     const opts = {
-        replicas: { auth: 2, billing: 3, chat: 2, proxy: 2 },
+        replicas: { auth: 3, billing: 3, chat: 3, proxy: 3 },
         mysql: true, fastMysql: true,
         fakeUpstream: true,
         fakeUpstreamEnv: { FAKE_API_KEY: OPERATOR_KEY },
@@ -216,14 +218,21 @@ describe('two replicas of every service, a replica killed, one drained, a Redis 
         const faults = [];
         await sleep(2000);
         const tBase = Date.now();
-        for (const name of ['proxy', 'auth', 'chat', 'billing']) {
+        const drains = [];
+        for (const name of SERVICES) {
             faults.push({ name: `SIGKILL ${name}`, t: Date.now() });
             await stack.services[name][0].stop('SIGKILL');
             await sleep(1500);
         }
-        faults.push({ name: 'SIGTERM billing (drain)', t: Date.now() });
-        await stack.services.billing[1].stop('SIGTERM');
-        await sleep(1500);
+        // A drained replica stops accepting, finishes what it holds and exits 0; the ingress
+        // sends everything else to the last replica, so no request fails while it drains.
+        for (const name of SERVICES) {
+            const fault = { name: `SIGTERM ${name} (drain)`, t: Date.now() };
+            faults.push(fault);
+            const exit = await stack.services[name][1].stop('SIGTERM');
+            drains.push({ name, exit, ms: Date.now() - fault.t, fault });
+            await sleep(1500);
+        }
         const oldMaster = await masterPort(set);
         const tFail = Date.now();
         faults.push({ name: 'SENTINEL FAILOVER', t: tFail });
@@ -257,6 +266,12 @@ describe('two replicas of every service, a replica killed, one drained, a Redis 
         // conversation goes on without its history; counted and printed, not hidden.
         assert.deepEqual(chats.broken.filter((b) => b.t < tFail).map((b) => b.what), [],
             'every conversation went on with its history across the kills and the drain');
+        for (const d of drains) {
+            assert.deepEqual(d.exit, { code: 0, signal: null }, `${d.name}: the drained replica exits 0`);
+            const next = faults[faults.indexOf(d.fault) + 1].t;
+            const failedInDrain = log.filter((e) => !e.ok && e.t >= d.fault.t && e.t < next);
+            assert.deepEqual(failedInDrain, [], `${d.name}: no request failed while a replica drained`);
+        }
         const lostAtFailover = chats.broken.filter((b) => b.t >= tFail).length;
         assert.ok(chats.turns >= 10, `${chats.turns} chat turns`);
         assert.ok(opsLog.recharges >= 5, `${opsLog.recharges} recharges`);
@@ -311,7 +326,8 @@ describe('two replicas of every service, a replica killed, one drained, a Redis 
             `${events.length} stream entries, ${dupes} re-sent duplicates ` +
             `(written before SENTINEL FAILOVER ${resent.before}, between it and the demotion ${resent.during}, after ${resent.after}); ` +
             `${chats.turns} chat turns (${chats.failed} retried; ${lostAtFailover} went on without history after the failover), ` +
-            `${opsLog.recharges} recharges (${opsLog.failed} failed)\n` +
+            `${opsLog.recharges} recharges (${opsLog.failed} failed); drained in ` +
+            `${drains.map((d) => `${d.name} ${d.ms} ms`).join(', ')}\n` +
             `# recovery, ${WINDOW_MS} ms windows (normal: no failed request, p50 within 2x of the baseline: ` +
             `/v1 ${base.v1} ms, chat ${base.chat} ms; back: after the last window that was not normal):\n` +
             recoveryReport(log, base, faults, tEnd).map((l) => `#   ${l}\n`).join(''));

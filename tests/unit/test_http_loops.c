@@ -10,6 +10,8 @@
  *  - out of descriptors: a connection that arrives while accept4 fails with EMFILE is served once
  *    descriptors free up (the loop pauses accepting instead of spinning on a readable socket).
  *  - a stream ended before its head goes out is sent whole (Content-Length, not chunked).
+ *  - a drain: new connects refused, one more request on a keep-alive connection answered with
+ *    Connection: close, a connection made before the drain served.
  *  - the per-host cap: QUEUED buffered calls through a multi capped at CAP connections per host
  *    all complete, the server never has more than CAP requests at once, calls cancelled while
  *    waiting never call back, and the wait for a connection does not count against timeout_ms.
@@ -436,6 +438,80 @@ static void test_stream_sent_whole(int port)
     T_EQ_INT((int)svc_http_queued(), 0);
 }
 
+static struct svc_http_server *drained_srv;
+
+static int raw_connect(int port)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+
+    T_ASSERT(c >= 0);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(c, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(c);
+        return -1;
+    }
+    return c;
+}
+
+/* Sends GET /whole on c (keep-alive) and reads the reply: its head and its 22-byte body. */
+static void whole_on(int c, char *buf, size_t cap)
+{
+    static const char req[] = "GET /whole HTTP/1.1\r\nHost: x\r\n\r\n";
+    size_t got = 0;
+    ssize_t n;
+    char *end = NULL;
+
+    T_EQ_INT((int)send(c, req, sizeof(req) - 1, MSG_NOSIGNAL), (int)sizeof(req) - 1);
+    while (got < cap - 1 && (end == NULL || (size_t)(buf + got - (end + 4)) < 22)) {
+        n = recv(c, buf + got, cap - 1 - got, 0);
+        T_ASSERT(n > 0);
+        got += (size_t)n;
+        buf[got] = '\0';
+        end = strstr(buf, "\r\n\r\n");
+    }
+    T_ASSERT(strncmp(buf, "HTTP/1.1 200", 12) == 0);
+}
+
+/* A drain loses no request: after svc_http_server_quiesce a new connect is refused at once (an
+ * ingress then tries another replica), a keep-alive connection that brings one more request is
+ * answered with Connection: close and ends, and a connection made before the drain is served.
+ * Last: it leaves the server quiesced. */
+static void test_drain(int port)
+{
+    char buf[2048];
+    unsigned long started0;
+    int a, b, c, i;
+
+    a = raw_connect(port);
+    T_ASSERT(a >= 0);
+    whole_on(a, buf, sizeof(buf));
+    T_ASSERT(strcasestr(buf, "Connection: close") == NULL);
+    b = raw_connect(port); /* connected, no request yet */
+    T_ASSERT(b >= 0);
+    started0 = svc_http_server_started(drained_srv);
+    svc_http_server_quiesce(drained_srv);
+    /* the loop shuts the listener when it runs the quiesce it was posted */
+    for (i = 0; i < 500 && (c = raw_connect(port)) >= 0; i++) {
+        close(c);
+        usleep(10 * 1000);
+    }
+    T_ASSERT(i < 500);
+    T_EQ_INT(errno, ECONNREFUSED);
+    whole_on(a, buf, sizeof(buf));
+    T_ASSERT(strcasestr(buf, "Connection: close\r\n") != NULL);
+    T_EQ_INT((int)recv(a, buf, sizeof(buf), 0), 0); /* and the server ended the connection */
+    whole_on(b, buf, sizeof(buf));
+    T_ASSERT(strcasestr(buf, "Connection: close\r\n") != NULL);
+    T_EQ_INT((int)(svc_http_server_started(drained_srv) - started0), 2);
+    close(a);
+    close(b);
+    for (i = 0; i < 500 && svc_http_server_connections(drained_srv) > 0; i++)
+        usleep(10 * 1000);
+    T_EQ_INT((int)svc_http_server_connections(drained_srv), 0);
+    T_EQ_INT((int)svc_http_server_inflight(drained_srv), 0);
+}
+
 int main(void)
 {
     struct svc_http_server *srv = NULL;
@@ -463,6 +539,8 @@ int main(void)
     T_RUN_ARG(test_host_queue, svc_http_server_port(srv));
     T_RUN_ARG(test_emfile_recovers, svc_http_server_port(srv));
     T_RUN_ARG(test_stream_sent_whole, svc_http_server_port(srv));
+    drained_srv = srv;
+    T_RUN_ARG(test_drain, svc_http_server_port(srv));
 
     T_EQ_INT(svc_loop_post(sloop, stop_loop, NULL), SVC_OK);
     T_EQ_INT(pthread_join(th, NULL), 0);

@@ -92,11 +92,19 @@ int svc_http_server_create(struct svc_http_server **out, const struct svc_http_o
 /* The bound port (useful with port 0). */
 int svc_http_server_port(const struct svc_http_server *srv);
 
-/* Stops accepting new connections; requests in flight continue. Thread-safe, idempotent. */
+/* Stops accepting new connections; requests in flight continue, and every reply from now on
+ * says `Connection: close`, so that keep-alive connections end after their next request.
+ * Thread-safe, idempotent. */
 void svc_http_server_quiesce(struct svc_http_server *srv);
 
 /* Requests currently in flight (all threads). */
 long svc_http_server_inflight(const struct svc_http_server *srv);
+
+/* Requests begun since the server started (all threads). */
+unsigned long svc_http_server_started(const struct svc_http_server *srv);
+
+/* Client connections open now (all threads); -1 when libmicrohttpd cannot tell. */
+long svc_http_server_connections(const struct svc_http_server *srv);
 
 /* Stops the server. In LOOPS mode the loops must no longer be running. Accepts NULL. */
 void svc_http_server_destroy(struct svc_http_server **srv);
