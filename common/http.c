@@ -67,6 +67,7 @@ struct daemon_slot {
     struct svc_io *io;     /* MHD's epoll fd inside our loop */
     struct svc_timer *timer;
     unsigned conns; /* LOOPS: connections this daemon holds (its loop's thread only) */
+    struct svc_req *live; /* LOOPS: its requests not yet completed (its loop's thread only) */
 };
 
 /* The daemons of one loop (LOOPS mode). Touched only by that loop's thread once it runs. */
@@ -129,6 +130,7 @@ struct svc_req {
     struct svc_req *wprev, *wnext; /* in the shard's watch queue (WATCH_DELAY_MS) */
     uint64_t watch_due_ms;
     unsigned watch_queued : 1;
+    struct svc_req *lprev, *lnext; /* in its daemon's live list (LOOPS mode) */
 
     svc_req_abort_cb abort_fn;
     void *abort_data;
@@ -754,6 +756,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                            (uint64_t)clen > srv->opts.max_body))
             req->body_too_big = 1;
         *con_cls = req;
+        if (slot->loop != NULL) { /* one thread per daemon: no lock */
+            req->lnext = slot->live;
+            if (slot->live != NULL)
+                slot->live->lprev = req;
+            slot->live = req;
+        }
         atomic_fetch_add(&srv->inflight, 1);
         atomic_fetch_add_explicit(&srv->started, 1, memory_order_relaxed);
         return MHD_YES;
@@ -814,6 +822,14 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (req == NULL)
         return;
     *con_cls = NULL;
+    if (slot->loop != NULL) {
+        if (req->lprev != NULL)
+            req->lprev->lnext = req->lnext;
+        else
+            slot->live = req->lnext;
+        if (req->lnext != NULL)
+            req->lnext->lprev = req->lprev;
+    }
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         req_abort(req);
     else
@@ -907,6 +923,15 @@ static void slot_free(struct daemon_slot **slotp)
         /* A daemon with the listening socket gives it back first: it is closed once, by us. */
         if (slot->shard == NULL)
             MHD_quiesce_daemon(slot->d);
+        /* libmicrohttpd 0.9.75 aborts the process when stopped with a suspended connection
+         * (requests still in flight at the drain deadline, streams between two chunks): resumed,
+         * they are closed like the others and their requests complete as aborted. The loop no
+         * longer runs, so nothing else touches them. */
+        for (struct svc_req *req = slot->live; req != NULL; req = req->lnext)
+            if (req->suspended) {
+                req->suspended = 0;
+                MHD_resume_connection(req->conn);
+            }
         MHD_stop_daemon(slot->d);
     }
     svc_io_del(&slot->io);
@@ -1249,6 +1274,27 @@ static void quiesce_pool(struct svc_http_server *srv)
     }
     atomic_store(&srv->listener_shut, 1);
     shut_listener(srv);
+}
+
+/* Ends every request of one loop as if its client had left (on that loop's thread). */
+static void abort_shard(void *data, struct svc_loop *loop)
+{
+    struct loop_shard *sh = data;
+
+    (void)loop;
+    for (unsigned i = 0; i < sh->nslots; i++)
+        for (struct svc_req *req = sh->slots[i]->live; req != NULL; req = req->lnext) {
+            watch_stop(req);
+            req_abort(req);
+            req_resume(req); /* MHD ends it: the stream reader and on_request see it aborted */
+        }
+}
+
+void svc_http_server_abort_all(struct svc_http_server *srv)
+{
+    for (unsigned i = 0; i < srv->nshards; i++)
+        if (svc_loop_post(srv->shards[i].loop, abort_shard, &srv->shards[i]) != SVC_OK)
+            SVC_LOG_ERR(NULL, "http", "cannot end the requests of loop %u", i);
 }
 
 void svc_http_server_quiesce(struct svc_http_server *srv)

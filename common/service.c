@@ -241,6 +241,8 @@ int svc_service_wait(void)
  * the connection ends), and exiting while requests still come would cut the next one. Once the
  * ingress has used up its connections to us and found the port closed, requests stop. */
 #define DRAIN_QUIET_MS 250
+/* After the deadline, how long the requests ended then get to complete. */
+#define ABORT_WAIT_MS 1000
 
 long svc_service_drain(struct svc_http_server *srv)
 {
@@ -268,6 +270,18 @@ long svc_service_drain(struct svc_http_server *srv)
                           now - quiet_since >= DRAIN_QUIET_MS))
             break;
         usleep(20 * 1000);
+    }
+    if (left > 0) {
+        /* The deadline: what is still in flight ends as if its client had left, while the
+         * loops still run, so that each request's own exit path (a metered stream settles what
+         * it counted) runs instead of the process stopping under it. */
+        SVC_LOG_WARN(NULL, "shutdown",
+                     "%ld request(s) still in flight at the drain deadline: ended as if their "
+                     "clients had left",
+                     left);
+        svc_http_server_abort_all(srv);
+        for (int i = 0; i < ABORT_WAIT_MS / 20 && (left = svc_http_server_inflight(srv)) > 0; i++)
+            usleep(20 * 1000);
     }
     SVC_LOG_NOTICE(NULL, "shutdown",
                    "drained in %llu ms: %lu request(s) begun meanwhile, %ld connection(s) left",
@@ -315,6 +329,6 @@ void svc_service_serve(struct svc_http_server *srv)
     SVC_LOG_NOTICE(NULL, "shutdown", "signal %d: draining", sig);
     left = svc_service_drain(srv);
     if (left > 0)
-        SVC_LOG_WARN(NULL, "shutdown", "%ld request(s) still in flight at the drain deadline",
+        SVC_LOG_WARN(NULL, "shutdown", "%ld request(s) did not end when told to; closed at exit",
                      left);
 }

@@ -117,3 +117,29 @@ describe('every exit of a metered chat ends its hold once', () => {
         assert.ok(ev.some((e) => e.type === 'client_closed' && e.chunks_sent === 0));
     });
 });
+
+describe('a stream still running at the drain deadline ends its hold once', () => {
+    const stack = withStack({
+        env: { OPS_KEY, OPENAI_MODEL: 'gpt-4o', OPENAI_MAX_TOKENS: '1000', CHAT_MIN_RESPONSE_TOKENS: '100', DRAIN_TIMEOUT: '1' },
+    });
+
+    it('SIGTERM with DRAIN_TIMEOUT 1: the stream is ended as if its client left, settled as counted, and chat exits 0', async () => {
+        const { auth, before } = await user(stack, 'exf');
+        const prompt = 'outlive the drain [[fake tps=5 tokens=100]]';   // 20 s of reply
+        const c = stack.services.chat[0];
+        const pending = chat(stack, auth, prompt).catch((e) => ({ error: e }));
+        await sleep(1200);
+        process.kill(c.pid, 'SIGTERM');
+        const info = await c.exited;
+        assert.deepEqual(info, { code: 0, signal: null }, 'exits 0, not killed by libmicrohttpd');
+        const r = await pending;
+        const body = r.body || '';
+        assert.ok(r.error || !body.includes('"finish_reason":"stop"'), 'the stream was cut, not finished');
+        // Settled by what chat counted (the prompt and at least what the client received), not
+        // left to expire (a hold's expiry charges the whole reservation, ten minutes later).
+        const got = body.trim() ? lastObject(body).text : '';
+        const usage = await charged(stack, 'exf', before);
+        assert.ok(usage >= promptTokens(prompt) + (got ? tokens(got) : 0), `charged ${usage}`);
+        assert.ok(usage < promptTokens(prompt) + 100, `charged ${usage}: less than the whole reply`);
+    });
+});

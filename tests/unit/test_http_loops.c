@@ -11,7 +11,8 @@
  *    descriptors free up (the loop pauses accepting instead of spinning on a readable socket).
  *  - a stream ended before its head goes out is sent whole (Content-Length, not chunked).
  *  - a drain: new connects refused, one more request on a keep-alive connection answered with
- *    Connection: close, a connection made before the drain served.
+ *    Connection: close, a connection made before the drain served; a request still suspended
+ *    when the server is destroyed is aborted, not a crash.
  *  - the per-host cap: QUEUED buffered calls through a multi capped at CAP connections per host
  *    all complete, the server never has more than CAP requests at once, calls cancelled while
  *    waiting never call back, and the wait for a connection does not count against timeout_ms.
@@ -153,7 +154,25 @@ static int h_whole(void *ctx, struct svc_req *req)
     return SVC_HTTP_DONE;
 }
 
+/* Never answered: in flight when the server is destroyed (after the drain deadline). */
+static int hang_aborted;
+
+static void on_hang_abort(void *data, struct svc_req *req)
+{
+    (void)data;
+    (void)req;
+    hang_aborted++;
+}
+
+static int h_hang(void *ctx, struct svc_req *req)
+{
+    (void)ctx;
+    svc_req_on_abort(req, on_hang_abort, NULL);
+    return SVC_HTTP_ASYNC;
+}
+
 static const struct svc_http_route routes[] = {
+    {"GET", "/hang", h_hang, NULL, SVC_HTTP_STYLE_TEXT, 0},
     {"GET", "/stream", h_stream, NULL, SVC_HTTP_STYLE_TEXT, 0},
     {"GET", "/whole", h_whole, NULL, SVC_HTTP_STYLE_TEXT, 0},
     {"GET", "/slow/*", h_slow, NULL, SVC_HTTP_STYLE_TEXT, 0},
@@ -439,6 +458,7 @@ static void test_stream_sent_whole(int port)
 }
 
 static struct svc_http_server *drained_srv;
+static int hung_client = -1; /* test_hang_at_exit's connection */
 
 static int raw_connect(int port)
 {
@@ -489,6 +509,8 @@ static void test_drain(int port)
     T_ASSERT(strcasestr(buf, "Connection: close") == NULL);
     b = raw_connect(port); /* connected, no request yet */
     T_ASSERT(b >= 0);
+    hung_client = raw_connect(port); /* for test_hang_at_exit */
+    T_ASSERT(hung_client >= 0);
     started0 = svc_http_server_started(drained_srv);
     svc_http_server_quiesce(drained_srv);
     /* the loop shuts the listener when it runs the quiesce it was posted */
@@ -506,10 +528,26 @@ static void test_drain(int port)
     T_EQ_INT((int)(svc_http_server_started(drained_srv) - started0), 2);
     close(a);
     close(b);
-    for (i = 0; i < 500 && svc_http_server_connections(drained_srv) > 0; i++)
+    for (i = 0; i < 500 && svc_http_server_connections(drained_srv) > 1; i++)
         usleep(10 * 1000);
-    T_EQ_INT((int)svc_http_server_connections(drained_srv), 0);
+    T_EQ_INT((int)svc_http_server_connections(drained_srv), 1); /* hung_client's */
     T_EQ_INT((int)svc_http_server_inflight(drained_srv), 0);
+}
+
+/* A request still in flight when the drain gives up (made before the drain: a connection made
+ * now is refused) is held suspended; main() destroys the server with it (libmicrohttpd aborts the
+ * process on a suspended connection unless it is resumed first) and checks it was aborted. */
+static void test_hang_at_exit(int port)
+{
+    static const char req[] = "GET /hang HTTP/1.1\r\nHost: x\r\n\r\n";
+    int i;
+
+    (void)port;
+    T_ASSERT(hung_client >= 0);
+    T_EQ_INT((int)send(hung_client, req, sizeof(req) - 1, MSG_NOSIGNAL), (int)sizeof(req) - 1);
+    for (i = 0; i < 500 && svc_http_server_inflight(drained_srv) == 0; i++)
+        usleep(10 * 1000);
+    T_EQ_INT((int)svc_http_server_inflight(drained_srv), 1);
 }
 
 int main(void)
@@ -541,11 +579,14 @@ int main(void)
     T_RUN_ARG(test_stream_sent_whole, svc_http_server_port(srv));
     drained_srv = srv;
     T_RUN_ARG(test_drain, svc_http_server_port(srv));
+    T_RUN_ARG(test_hang_at_exit, svc_http_server_port(srv));
 
     T_EQ_INT(svc_loop_post(sloop, stop_loop, NULL), SVC_OK);
     T_EQ_INT(pthread_join(th, NULL), 0);
     svc_http_server_destroy(&srv);
     T_ASSERT(srv == NULL);
+    T_EQ_INT(hang_aborted, 1);
+    close(hung_client);
     svc_timer_destroy(&round_timer);
     svc_loop_destroy(&sloop);
     svc_loop_destroy(&cloop);

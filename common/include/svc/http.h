@@ -97,6 +97,11 @@ int svc_http_server_port(const struct svc_http_server *srv);
  * Thread-safe, idempotent. */
 void svc_http_server_quiesce(struct svc_http_server *srv);
 
+/* LOOPS mode: ends every request in flight as if its client had left (their abort callbacks
+ * run on their loops, so a metered stream settles what it counted). For the drain deadline.
+ * Thread-safe. POOL mode has no request that outlives its handler: nothing to do. */
+void svc_http_server_abort_all(struct svc_http_server *srv);
+
 /* Requests currently in flight (all threads). */
 long svc_http_server_inflight(const struct svc_http_server *srv);
 

@@ -11,7 +11,8 @@
  *                          variable), logging, signal mask, libcurl global init, admin listener
  *   svc_service_set_ready(1) when the service can take traffic (/readyz answers 200)
  *   svc_service_wait()    blocks the main thread until SIGTERM or SIGINT
- *   svc_service_drain()   not ready, stop accepting, wait for requests in flight (bounded)
+ *   svc_service_drain()   not ready, stop accepting, wait for requests in flight (bounded,
+ *                          then ended as if their clients had left)
  *
  * SIGTERM and SIGINT are blocked in every thread and taken with sigwait() by the main thread, so
  * no code runs in signal context at all. SIGPIPE is ignored.
@@ -72,7 +73,9 @@ unsigned svc_service_workers(void);
 int svc_service_wait(void);
 
 /* Marks the service not ready, quiesces srv and waits up to DRAIN_TIMEOUT seconds for its
- * requests in flight to finish. Returns the number still in flight at the end. */
+ * requests in flight to finish and for its clients to stop sending (decision 49); at the deadline
+ * ends what is left as if its clients had left and gives that a second. Returns the number still
+ * in flight at the end. */
 long svc_service_drain(struct svc_http_server *srv);
 
 /*
