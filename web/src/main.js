@@ -308,7 +308,12 @@ function selectChat(id) {
 
 function startRename(c, item) {
     const input = h('input', { class: 'rename-input', value: chatTitle(c), 'aria-label': t('rename') });
+    let finished = false;
     const done = (ok) => {
+        // Once only: the redraw below removes the focused input, and Chromium then fires blur,
+        // which would save the text that Escape just gave up.
+        if (finished) return;
+        finished = true;
         if (ok && input.value.trim() && input.value.trim() !== c.title) {
             c.title = input.value.trim().slice(0, 200);
             touch(c);
