@@ -2,9 +2,12 @@
 // against a whole stack (nginx serving web/dist, the four services, the fake upstream). Covers
 // sign-in, streaming, reload, a phone-sized window, stop, regenerate, exact balance, running out
 // of balance, an HTML/script payload rendered inert, Markdown (code, tables, math) through the
-// JSON import, and the admin console creating, recharging and blocking a user, setting and
-// deleting a model price, and showing the events stream and service health. Draws the
-// screenshots the README shows (into docs/screenshots/ only with UPDATE_SCREENSHOTS=1).
+// JSON import, the sidebar (rename, search, delete all), the / prompt library, the settings as
+// the upstream receives them, zh-CN from the browser, keyboard shortcuts, and the admin console
+// (users: create, recharge, block, page, API keys, password reset, delete; model prices; the
+// events stream; service health); axe-core audits the main screens (WCAG 2 A/AA, serious and
+// critical). The list, one line each: docs/web.md, "Tests". Draws the screenshots the README
+// shows (into docs/screenshots/ only with UPDATE_SCREENSHOTS=1).
 //
 // Chromium missing is a failure, not a skip: scripts/bootstrap installs it (CHROMIUM_PATH
 // overrides /usr/bin/chromium).
@@ -856,6 +859,7 @@ describe('web UI in Chromium', () => {
         assert.equal(await dlg.locator('output[for="set-temp"]').innerText(), '0.3', 'the value is shown next to the slider');
         await dlg.getByLabel('Send the conversation as context').uncheck();
         await dlg.getByRole('button', { name: 'Save' }).click();
+        await dlg.waitFor({ state: 'detached' });   // the settings apply on the dialog's close event
         await sendMessage(page, 'pirate [[fake tokens=3]]');
         await waitIdle(page);
         body = await lastUpstream();
@@ -874,6 +878,7 @@ describe('web UI in Chromium', () => {
         await dlg.getByLabel('System prompt').fill('');
         await dlg.getByLabel('Send the conversation as context').check();
         await dlg.getByRole('button', { name: 'Save' }).click();
+        await dlg.waitFor({ state: 'detached' });
         await sendMessage(page, 'again [[fake tokens=3]]');
         await waitIdle(page);
         body = await lastUpstream();
