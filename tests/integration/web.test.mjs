@@ -468,7 +468,7 @@ describe('web UI in Chromium', () => {
         await p.locator('#new-chat').click();
         await p.waitForTimeout(300);   // and out
         // The sidebar is a drawer: hidden until the menu button opens it.
-        assert.equal(await p.locator('#chat-list').isVisible(), true);   // in the DOM, off screen
+        assert.equal(await p.locator('#chat-list').isVisible(), false);   // hidden off screen, out of the tab order
         const box0 = await p.locator('#sidebar').boundingBox();
         assert.ok(box0.x + box0.width <= 0, `sidebar off screen (x=${box0.x})`);
         // The balance is in the phone's header, on screen without opening the drawer, and follows
@@ -954,6 +954,43 @@ describe('web UI in Chromium', () => {
         await page.keyboard.press('Escape');
         await page.locator('dialog').waitFor({ state: 'detached' });
         await ctx.close();
+    });
+
+    it('phone: the closed drawer is out of the tab order, the open one holds the focus, Esc closes it', { timeout: 60000 }, async () => {
+        const phone = await context({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+        const p = await phone.newPage();
+        await signIn(p, stack.url, 'kay', 'kay-password');
+        // Where the focus is: 'sidebar', 'main' or the id of something else.
+        const where = () => p.evaluate(() => {
+            const a = document.activeElement;
+            if (!a || a === document.body) return 'body';
+            return a.closest('#sidebar') ? 'sidebar' : a.closest('#main') ? 'main' : a.id || a.tagName;
+        });
+        const tabs = async (n) => {
+            const out = [];
+            for (let i = 0; i < n; i++) {
+                await p.keyboard.press('Tab');
+                out.push(await where());
+            }
+            return out;
+        };
+        // Closed (off screen): Tab goes round the chat and never into the drawer.
+        await p.locator('#open-menu').focus();
+        const closed = await tabs(20);
+        assert.ok(!closed.includes('sidebar'), `Tab reached the closed drawer: ${closed}`);
+        assert.ok(closed.includes('main'));
+        // Open: the search has the focus and Tab stays in the drawer.
+        await p.locator('#open-menu').click();
+        assert.equal(await p.evaluate(() => document.activeElement.id), 'chat-search');
+        const open = await tabs(20);
+        assert.ok(!open.includes('main'), `Tab left the open drawer for the chat behind it: ${open}`);
+        assert.ok(open.includes('sidebar'));
+        // Esc closes it and gives the focus back to the menu button.
+        await p.keyboard.press('Escape');
+        await p.locator('#sidebar').waitFor({ state: 'hidden' });
+        assert.equal(await p.evaluate(() => document.activeElement.id), 'open-menu');
+        assert.ok(!(await tabs(20)).includes('sidebar'));
+        await phone.close();
     });
 
     /** Signs in to /admin/ with the ops key and waits for the users table. */

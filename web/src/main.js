@@ -232,9 +232,21 @@ function buildShell() {
     root.append(h('div', { id: 'app' }, sidebar, overlay, main));
 }
 
+// The phone layout (style.css's max-width: 760px), where the sidebar is a drawer.
+const PHONE = window.matchMedia('(max-width: 760px)');
+
+/**
+ * Open or close the drawer. On a phone the open drawer is modal: the chat behind it is inert
+ * (out of the tab order) until it closes, and closing it gives the focus back to the menu button.
+ * (The closed drawer is visibility: hidden in style.css, so Tab never reaches it off screen.)
+ */
 function toggleMenu(open) {
+    const wasOpen = document.body.classList.contains('menu-open');
     document.body.classList.toggle('menu-open', open);
+    const main = $('#main');
+    if (main) main.inert = open && PHONE.matches;
     if (open) $('#chat-search').focus();
+    else if (wasOpen && PHONE.matches) $('#open-menu').focus();
 }
 
 function activeChat() {
@@ -862,7 +874,10 @@ function exportMarkdown() {
 
 document.addEventListener('keydown', (e) => {
     if (!state.me || document.querySelector('dialog[open]')) return;
-    if (e.key === 'Escape' && state.busy) {
+    if (e.key === 'Escape' && PHONE.matches && document.body.classList.contains('menu-open')) {
+        e.preventDefault();
+        toggleMenu(false);
+    } else if (e.key === 'Escape' && state.busy) {
         e.preventDefault();
         stopReply();
     } else if ((e.ctrlKey || e.metaKey) && e.shiftKey && (e.key === 'O' || e.key === 'o')) {
@@ -876,6 +891,10 @@ document.addEventListener('keydown', (e) => {
 });
 
 window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => applyTheme(state.settings.theme));
+// A window grown past the phone width has no drawer: nothing may stay inert.
+PHONE.addEventListener('change', () => {
+    if (state.me) toggleMenu(false);
+});
 // Coming back to the tab picks up what another device changed meanwhile.
 document.addEventListener('visibilitychange', () => {
     if (document.visibilityState === 'visible' && state.me && !state.busy) syncNow();
