@@ -202,7 +202,7 @@ function buildShell() {
                 h('button', { type: 'button', class: 'icon-btn', id: 'open-prompts', 'aria-label': t('prompts'), title: t('prompts'), onclick: openPrompts }, icon('book')),
                 h('button', { type: 'button', class: 'icon-btn', id: 'clear-all', 'aria-label': t('clearAll'), title: t('clearAll'), onclick: clearAll }, icon('trash')),
                 h('button', { type: 'button', class: 'text-btn', id: 'sign-out', onclick: signOut }, t('signOut')))));
-    const input = h('textarea', { id: 'composer-input', rows: 1, placeholder: t('placeholder'), 'aria-label': t('placeholder') });
+    const input = h('textarea', { id: 'composer-input', rows: 1, placeholder: t('placeholder'), 'aria-label': t('placeholder'), 'aria-controls': 'prompt-suggest' });
     input.oninput = () => { autoGrow(input); updatePromptSuggest(); };
     input.onkeydown = onComposerKey;
     const sendBtn = h('button', { type: 'submit', id: 'send', class: 'primary icon-btn', 'aria-label': t('send'), title: t('send') }, icon('send'));
@@ -498,6 +498,8 @@ function onComposerKey(e) {
             e.preventDefault();
             cur = e.key === 'ArrowDown' ? Math.min(cur + 1, items.length - 1) : Math.max(cur - 1, 0);
             items.forEach((x, i) => x.setAttribute('aria-selected', String(i === cur)));
+            // The focus stays in the message box; this tells a screen reader which one is chosen.
+            e.target.setAttribute('aria-activedescendant', items[cur].id);
             return;
         }
         if ((e.key === 'Enter' || e.key === 'Tab') && cur >= 0) {
@@ -507,7 +509,7 @@ function onComposerKey(e) {
         }
         if (e.key === 'Escape') {
             e.preventDefault();
-            sug.hidden = true;
+            hideSuggest();
             return;
         }
     }
@@ -517,19 +519,22 @@ function onComposerKey(e) {
     }
 }
 
+function hideSuggest() {
+    $('#prompt-suggest').hidden = true;
+    $('#composer-input').removeAttribute('aria-activedescendant');
+}
+
 function updatePromptSuggest() {
     const input = $('#composer-input');
     const sug = $('#prompt-suggest');
     const v = input.value;
-    if (!v.startsWith('/') || /\s/.test(v) || !state.prompts.length) {
-        sug.hidden = true;
-        return;
-    }
+    hideSuggest();   // the list is drawn again below, with nothing chosen yet
+    if (!v.startsWith('/') || /\s/.test(v) || !state.prompts.length) return;
     const q = v.slice(1).toLowerCase();
     const hits = state.prompts.filter((p) => p.title.toLowerCase().includes(q)).slice(0, 8);
-    sug.replaceChildren(...hits.map((p) => h('div', { role: 'option', 'aria-selected': 'false', class: 'suggest-item',
+    sug.replaceChildren(...hits.map((p, i) => h('div', { role: 'option', id: `prompt-option-${i}`, 'aria-selected': 'false', class: 'suggest-item',
         onmousedown: (e) => e.preventDefault(),
-        onclick: () => { input.value = p.text; sug.hidden = true; autoGrow(input); input.focus(); } },
+        onclick: () => { input.value = p.text; hideSuggest(); autoGrow(input); input.focus(); } },
     h('strong', {}, p.title), h('span', {}, p.text.slice(0, 80)))));
     sug.hidden = hits.length === 0;
 }
@@ -540,7 +545,7 @@ function sendFromComposer() {
     if (!text || state.busy) return;
     input.value = '';
     autoGrow(input);
-    $('#prompt-suggest').hidden = true;
+    hideSuggest();
     send(text);
 }
 
