@@ -814,8 +814,14 @@ describe('web UI in Chromium', () => {
         await page.keyboard.type('fr');
         assert.deepEqual(await suggest.locator('[role=option] strong').allInnerTexts(), ['French']);
         await page.keyboard.press('ArrowDown');
+        // The chosen option is announced from the message box, which keeps the focus.
+        const chosen = suggest.locator('[role=option][aria-selected="true"]');
+        assert.equal(await chosen.locator('strong').innerText(), 'French');
+        assert.equal(await input.getAttribute('aria-activedescendant'), await chosen.getAttribute('id'));
+        assert.equal(await page.evaluate(() => document.activeElement.id), 'composer-input');
         await page.keyboard.press('Enter');
         assert.equal(await input.inputValue(), 'Translate into French: good morning');
+        assert.equal(await input.getAttribute('aria-activedescendant'), null);
         assert.equal(await suggest.isVisible(), false);
         assert.equal(await page.locator('#messages .msg').count(), 0, 'Enter took the prompt, it did not send');
         await page.keyboard.type(' [[fake tokens=3]]');
@@ -953,6 +959,7 @@ describe('web UI in Chromium', () => {
         await page.locator('dialog[open]').waitFor();
         await page.keyboard.press('Escape');
         await page.locator('dialog').waitFor({ state: 'detached' });
+        assert.equal(await focused(), 'open-settings', 'the focus goes back to the button that opened the dialog');
         await ctx.close();
     });
 
@@ -1100,6 +1107,20 @@ describe('web UI in Chromium', () => {
                 await waitIdle(page);
                 await lastReply(page).locator('.spent').waitFor();   // what the reply cost, beside its buttons
                 await audit(page, 'chat with a streamed reply (light)');
+                // The prompt library, then its list under the message box with one chosen.
+                await page.locator('#open-prompts').click();
+                await page.locator('dialog').getByLabel('Title').fill('Audit');
+                await page.locator('dialog').getByLabel('Prompt', { exact: true }).fill('Check this page.');
+                await page.locator('dialog').getByRole('button', { name: 'Add prompt' }).click();
+                await audit(page, 'prompt library (light)');
+                await page.locator('dialog').getByRole('button', { name: 'Close' }).click();
+                await page.locator('dialog').waitFor({ state: 'detached' });
+                await page.locator('#composer-input').click();
+                await page.keyboard.type('/au');
+                await page.keyboard.press('ArrowDown');
+                await page.locator('#prompt-suggest [aria-selected="true"]').waitFor();
+                await audit(page, 'prompt suggestions (light)');
+                await page.locator('#composer-input').fill('');
             }
             await importChat(page, `Audit markdown ${scheme}`, [{ role: 'user', text: 'Show me code, a table and some math.' },
                 { role: 'assistant', text: MARKDOWN }]);
