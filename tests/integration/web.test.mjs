@@ -1157,6 +1157,13 @@ describe('web UI in Chromium', () => {
             await admin.locator('#users tr[data-user="ally"]').getByRole('button', { name: 'Usage' }).click();
             await admin.locator('#ledger tbody tr').first().waitFor();
             await audit(admin, `admin usage (${scheme})`);
+            await admin.locator('dialog').getByRole('button', { name: 'Close' }).click();
+            await admin.locator('dialog').waitFor({ state: 'detached' });
+            await admin.locator('#users tr[data-user="ally"]').getByRole('button', { name: 'Keys' }).click();
+            await admin.locator('dialog').getByRole('button', { name: 'Create key' }).click();
+            await admin.locator('dialog #new-key').waitFor();
+            await admin.locator('dialog tbody tr').first().waitFor();
+            await audit(admin, `admin API keys, a new key shown (${scheme})`);
             await ctx.close();
         }
         assert.deepEqual(found, [], found.join('\n\n'));
