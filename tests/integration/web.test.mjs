@@ -2,9 +2,12 @@
 // against a whole stack (nginx serving web/dist, the four services, the fake upstream). Covers
 // sign-in, streaming, reload, a phone-sized window, stop, regenerate, exact balance, running out
 // of balance, an HTML/script payload rendered inert, Markdown (code, tables, math) through the
-// JSON import, and the admin console creating, recharging and blocking a user, setting and
-// deleting a model price, and showing the events stream and service health. Draws the
-// screenshots the README shows (into docs/screenshots/ only with UPDATE_SCREENSHOTS=1).
+// JSON import, the sidebar (rename, search, delete all), the / prompt library, the settings as
+// the upstream receives them, zh-CN from the browser, keyboard shortcuts, and the admin console
+// (users: create, recharge, block, page, API keys, password reset, delete; model prices; the
+// events stream; service health); axe-core audits the main screens (WCAG 2 A/AA, serious and
+// critical). The list, one line each: docs/web.md, "Tests". Draws the screenshots the README
+// shows (into docs/screenshots/ only with UPDATE_SCREENSHOTS=1).
 //
 // Chromium missing is a failure, not a skip: scripts/bootstrap installs it (CHROMIUM_PATH
 // overrides /usr/bin/chromium).
@@ -129,6 +132,23 @@ function placeholderContrast(page) {
         const [hi, lo] = [lum(fg), lum(bg)].sort((x, y) => y - x);
         return (hi + 0.05) / (lo + 0.05);
     });
+}
+
+const AXE = path.join(ROOT, 'tests', 'node_modules', 'axe-core', 'axe.min.js');
+const AXE_TAGS = ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'];
+
+/**
+ * axe-core's audit of the page as it is now: the serious and critical violations of the WCAG 2.0
+ * and 2.1 A/AA rules, one readable line per rule with the first few elements it flagged.
+ */
+async function axeViolations(page) {
+    if (!(await page.evaluate(() => !!window.axe))) await page.addScriptTag({ path: AXE });
+    const res = await page.evaluate((tags) => window.axe.run(document, {
+        runOnly: { type: 'tag', values: tags }, resultTypes: ['violations'] }), AXE_TAGS);
+    // (An audit that ran no contrast check would prove nothing.)
+    assert.ok([...res.passes, ...res.violations, ...res.incomplete].some((r) => r.id === 'color-contrast'), 'axe checked colour contrast');
+    return res.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical').map((v) =>
+        `${v.id} (${v.impact}): ${v.help}\n${v.nodes.slice(0, 5).map((n) => `    ${n.target.join(' ')}: ${n.failureSummary.replace(/\s+/g, ' ')}`).join('\n')}`);
 }
 
 async function waitIdle(page) {
@@ -448,7 +468,7 @@ describe('web UI in Chromium', () => {
         await p.locator('#new-chat').click();
         await p.waitForTimeout(300);   // and out
         // The sidebar is a drawer: hidden until the menu button opens it.
-        assert.equal(await p.locator('#chat-list').isVisible(), true);   // in the DOM, off screen
+        assert.equal(await p.locator('#chat-list').isVisible(), false);   // hidden off screen, out of the tab order
         const box0 = await p.locator('#sidebar').boundingBox();
         assert.ok(box0.x + box0.width <= 0, `sidebar off screen (x=${box0.x})`);
         // The balance is in the phone's header, on screen without opening the drawer, and follows
@@ -674,6 +694,479 @@ describe('web UI in Chromium', () => {
         await page.reload();
         await page.getByLabel('Operator key').waitFor();
         await ctx.close();
+    });
+
+    /** The last request the fake upstream got (the chat service's body to /v1/chat/completions). */
+    async function lastUpstream() {
+        const reqs = (await getJSON(`${stack.fakeUpstream.url}/_fake/requests`)).requests;
+        assert.ok(reqs.length > 0, 'the fake upstream got a request');
+        return reqs[reqs.length - 1].body;
+    }
+
+    /** The titles of the user's conversations on the server (auth's history), with the page's token. */
+    async function serverTitles(page) {
+        const token = await page.evaluate(() => localStorage.getItem('chatweb.token'));
+        const r = await postJSON(`${stack.url}/api/conversations`, { action: 'list' }, { headers: { Authorization: `Bearer ${token}` } });
+        return r.json().data.map((c) => c.title);
+    }
+
+    /** Polls fn() until pred(value) holds (the page saves to the server a moment after a change). */
+    async function eventually(fn, pred, what) {
+        let v;
+        for (const end = Date.now() + STEP_MS; ;) {
+            v = await fn();
+            if (pred(v) || Date.now() > end) break;
+            await new Promise((r) => setTimeout(r, 50));
+        }
+        assert.ok(pred(v), `${what}: ${JSON.stringify(v)}`);
+        return v;
+    }
+
+    it('sidebar: renames a conversation (kept on the server), searches titles and messages, clears everything', { timeout: 60000 }, async () => {
+        await register(stack, 'rita', 'rita-password', 100000);
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await signIn(page, stack.url, 'rita', 'rita-password');
+        await sendMessage(page, 'apples are red [[fake tokens=3]]');
+        await waitIdle(page);
+        await page.locator('#new-chat').click();
+        await sendMessage(page, 'bananas are yellow [[fake tokens=3]]');
+        await waitIdle(page);
+        const items = page.locator('#chat-list .chat-item');
+        assert.equal(await items.count(), 2);
+
+        // Rename (the pencil shows on hover): Enter keeps the new title, here and on the server.
+        const apples = items.filter({ hasText: 'apples are red' });
+        await apples.hover();
+        await apples.getByRole('button', { name: /^Rename/ }).click();
+        await page.locator('#chat-list .rename-input').fill('Fruit salad');
+        await page.locator('#chat-list .rename-input').press('Enter');
+        await items.filter({ hasText: 'Fruit salad' }).waitFor();
+        assert.equal(await items.filter({ hasText: 'apples are red' }).count(), 0);
+        await eventually(() => serverTitles(page), (t) => t.includes('Fruit salad') && !t.some((x) => x.startsWith('apples')), 'renamed on the server');
+        // Escape gives up a rename.
+        const bananas = items.filter({ hasText: 'bananas are yellow' });
+        await bananas.getByRole('button', { name: /^Rename/ }).click();   // the active conversation shows its buttons
+        await page.locator('#chat-list .rename-input').fill('Not this');
+        await page.locator('#chat-list .rename-input').press('Escape');
+        await bananas.waitFor();
+        assert.equal(await items.filter({ hasText: 'Not this' }).count(), 0);
+        await page.reload();
+        await items.filter({ hasText: 'Fruit salad' }).waitFor();
+
+        // Search matches titles and the text of messages, case-insensitively.
+        const search = page.getByLabel('Search conversations');
+        const shown = async () => (await page.locator('#chat-list .chat-open').allInnerTexts()).sort();
+        await search.fill('FRUIT');
+        assert.deepEqual(await shown(), ['Fruit salad']);
+        await search.fill('yellow');
+        assert.deepEqual(await shown(), ['bananas are yellow [[fake tokens=3]]']);
+        await search.fill('Echo(');   // both replies
+        assert.equal((await shown()).length, 2);
+        await search.fill('no such words');
+        assert.deepEqual(await shown(), []);
+        await search.fill('');
+        assert.equal((await shown()).length, 2);
+
+        // Delete all: one empty conversation is left, here, on the server and after a reload;
+        // a rename made just before (its upload still waiting in sync.js) does not bring one back.
+        await bananas.getByRole('button', { name: /^Rename/ }).click();
+        await page.locator('#chat-list .rename-input').fill('Last words');
+        await page.locator('#chat-list .rename-input').press('Enter');
+        await page.locator('#clear-all').click();
+        await page.locator('dialog').getByRole('button', { name: 'Delete' }).click();
+        await page.locator('dialog').waitFor({ state: 'detached' });   // closing it is a task of its own
+        await items.filter({ hasText: 'Fruit salad' }).waitFor({ state: 'detached' });
+        assert.deepEqual(await shown(), ['New chat']);
+        assert.equal(await page.locator('#messages .msg').count(), 0);
+        await eventually(() => serverTitles(page), (t) => t.length === 0, 'nothing left on the server');
+        await page.waitForTimeout(600);   // past sync.js's 300 ms upload delay
+        assert.deepEqual(await serverTitles(page), [], 'still nothing on the server');
+        await page.reload();
+        await page.locator('#composer-input').waitFor();
+        await page.waitForTimeout(300);   // the history sync after sign-in
+        assert.deepEqual(await shown(), ['New chat']);
+        await ctx.close();
+    });
+
+    it('prompt library: prompts added in the library come up with / in the message box and are sent', { timeout: 60000 }, async () => {
+        await register(stack, 'pam', 'pam-password', 100000);
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await signIn(page, stack.url, 'pam', 'pam-password');
+        await page.locator('#open-prompts').click();
+        const dlg = page.locator('dialog');
+        for (const [title, text] of [['French', 'Translate into French: good morning'], ['Summary', 'Summarise this text:']]) {
+            await dlg.getByLabel('Title').fill(title);
+            await dlg.getByLabel('Prompt', { exact: true }).fill(text);
+            await dlg.getByRole('button', { name: 'Add prompt' }).click();
+        }
+        assert.deepEqual(await dlg.locator('.prompt-list strong').allInnerTexts(), ['French', 'Summary']);
+        await dlg.getByRole('button', { name: 'Close' }).click();
+        await page.reload();   // the library is kept in the browser
+
+        const input = page.locator('#composer-input');
+        const suggest = page.locator('#prompt-suggest');
+        await input.click();
+        await page.keyboard.type('/');
+        await suggest.waitFor();
+        assert.deepEqual(await suggest.locator('[role=option] strong').allInnerTexts(), ['French', 'Summary']);
+        await page.keyboard.type('fr');
+        assert.deepEqual(await suggest.locator('[role=option] strong').allInnerTexts(), ['French']);
+        await page.keyboard.press('ArrowDown');
+        // The chosen option is announced from the message box, which keeps the focus.
+        const chosen = suggest.locator('[role=option][aria-selected="true"]');
+        assert.equal(await chosen.locator('strong').innerText(), 'French');
+        assert.equal(await input.getAttribute('aria-activedescendant'), await chosen.getAttribute('id'));
+        assert.equal(await page.evaluate(() => document.activeElement.id), 'composer-input');
+        await page.keyboard.press('Enter');
+        assert.equal(await input.inputValue(), 'Translate into French: good morning');
+        assert.equal(await input.getAttribute('aria-activedescendant'), null);
+        assert.equal(await suggest.isVisible(), false);
+        assert.equal(await page.locator('#messages .msg').count(), 0, 'Enter took the prompt, it did not send');
+        await page.keyboard.type(' [[fake tokens=3]]');
+        await page.keyboard.press('Enter');
+        await waitIdle(page);
+        const body = await lastUpstream();
+        assert.deepEqual(body.messages[body.messages.length - 1], { role: 'user', content: 'Translate into French: good morning [[fake tokens=3]]' });
+        // A click picks one too; no match, or a space (a /command's argument), shows nothing.
+        await input.fill('');
+        await page.keyboard.type('/sum');
+        await suggest.locator('[role=option]', { hasText: 'Summary' }).click();
+        assert.equal(await input.inputValue(), 'Summarise this text:');
+        await input.fill('');
+        await page.keyboard.type('/zzz');
+        assert.equal(await suggest.isVisible(), false);
+        await input.fill('');
+        await page.keyboard.type('/model gpt');
+        assert.equal(await suggest.isVisible(), false);
+        await ctx.close();
+    });
+
+    it('settings: the system prompt, temperature and top_p reach the upstream request, and are kept', { timeout: 60000 }, async () => {
+        await register(stack, 'sam', 'sam-password', 100000);
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await signIn(page, stack.url, 'sam', 'sam-password');
+        // The defaults first (store.js): the default system prompt, temperature 0.8, top_p 1.
+        await sendMessage(page, 'defaults [[fake tokens=3]]');
+        await waitIdle(page);
+        let body = await lastUpstream();
+        assert.equal(body.messages[0].role, 'system');
+        assert.match(body.messages[0].content, /^You are a helpful assistant/);
+        assert.equal(body.temperature, 0.8);
+        assert.equal(body.top_p, 1);
+
+        await page.locator('#open-settings').click();
+        const dlg = page.locator('dialog');
+        await dlg.getByLabel('System prompt').fill('You are a terse pirate.');
+        await dlg.getByLabel(/^Temperature/).fill('0.3');
+        await dlg.getByLabel(/^Top P/).fill('0.55');
+        assert.equal(await dlg.locator('output[for="set-temp"]').innerText(), '0.3', 'the value is shown next to the slider');
+        await dlg.getByLabel('Send the conversation as context').uncheck();
+        await dlg.getByRole('button', { name: 'Save' }).click();
+        await dlg.waitFor({ state: 'detached' });   // the settings apply on the dialog's close event
+        await sendMessage(page, 'pirate [[fake tokens=3]]');
+        await waitIdle(page);
+        body = await lastUpstream();
+        // No context: the system prompt and this message only.
+        assert.deepEqual(body.messages, [{ role: 'system', content: 'You are a terse pirate.' },
+            { role: 'user', content: 'pirate [[fake tokens=3]]' }]);
+        assert.equal(body.temperature, 0.3);
+        assert.equal(body.top_p, 0.55);
+
+        // Kept over a reload; an empty system prompt sends none; context back on sends the history.
+        await page.reload();
+        await page.locator('#open-settings').click();
+        assert.equal(await dlg.getByLabel('System prompt').inputValue(), 'You are a terse pirate.');
+        assert.equal(await dlg.getByLabel(/^Temperature/).inputValue(), '0.3');
+        assert.equal(await dlg.getByLabel(/^Top P/).inputValue(), '0.55');
+        await dlg.getByLabel('System prompt').fill('');
+        await dlg.getByLabel('Send the conversation as context').check();
+        await dlg.getByRole('button', { name: 'Save' }).click();
+        await dlg.waitFor({ state: 'detached' });
+        await sendMessage(page, 'again [[fake tokens=3]]');
+        await waitIdle(page);
+        body = await lastUpstream();
+        assert.deepEqual(body.messages.map((m) => m.role), ['user', 'assistant', 'user']);
+        assert.equal(body.messages[0].content, 'pirate [[fake tokens=3]]');
+        assert.equal(body.temperature, 0.3);
+        await ctx.close();
+    });
+
+    it('speaks Chinese to a zh-CN browser (chat and admin), English when chosen in the settings', { timeout: 60000 }, async () => {
+        await register(stack, 'zhou', 'zhou-password', 100000);
+        const ctx = await context({ locale: 'zh-CN' });
+        const page = await ctx.newPage();
+        await page.goto(stack.url);
+        assert.equal(await page.evaluate(() => document.documentElement.lang), 'zh-CN');
+        await page.getByLabel('用户名').fill('zhou');
+        await page.getByLabel('密码').fill('zhou-password');
+        await page.getByRole('button', { name: '登录' }).click();
+        await page.locator('#composer-input').waitFor();
+        assert.equal(await page.locator('#new-chat').innerText(), '新建对话');
+        assert.match(await page.locator('#composer-input').getAttribute('placeholder'), /^输入消息/);
+        assert.match(await page.locator('#balance').innerText(), /^余额: 100,000 tokens/);
+        assert.equal(await page.locator('#sign-out').innerText(), '退出登录');
+        await page.locator('#open-settings').click();
+        await page.getByRole('heading', { name: '设置' }).waitFor();
+        await page.getByLabel('语言').selectOption('en');
+        await page.getByRole('button', { name: '保存' }).click();
+        await page.locator('#new-chat', { hasText: 'New chat' }).waitFor();
+        assert.equal(await page.evaluate(() => document.documentElement.lang), 'en');
+        await page.reload();
+        await page.locator('#new-chat', { hasText: 'New chat' }).waitFor();
+
+        const admin = await ctx.newPage();
+        await admin.goto(`${stack.url}/admin/`);
+        await admin.getByRole('heading', { name: 'chatweb 管理' }).waitFor();
+        await admin.getByLabel('运维密钥 (OPS_KEY)').fill(OPS_KEY);
+        await admin.getByRole('button', { name: '登录' }).click();
+        await admin.getByRole('heading', { name: '用户', exact: true }).waitFor();
+        assert.equal(await admin.locator('#users tr[data-user="zhou"]').getByRole('button', { name: '充值' }).count(), 1);
+        await ctx.close();
+    });
+
+    it('keyboard: Shift+Enter for a new line, Enter sends, Ctrl+Shift+O a new chat, Ctrl+K search, Esc closes a dialog', { timeout: 60000 }, async () => {
+        await register(stack, 'kay', 'kay-password', 100000);
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await signIn(page, stack.url, 'kay', 'kay-password');
+        const focused = () => page.evaluate(() => document.activeElement && document.activeElement.id);
+        assert.equal(await focused(), 'composer-input', 'the message box has the focus after sign-in');
+        await page.keyboard.type('line one [[fake tokens=3]]');
+        await page.keyboard.press('Shift+Enter');
+        await page.keyboard.type('line two');
+        assert.equal(await page.locator('#composer-input').inputValue(), 'line one [[fake tokens=3]]\nline two');
+        assert.equal(await page.locator('#messages .msg').count(), 0);
+        await page.keyboard.press('Enter');
+        await waitIdle(page);
+        assert.equal(await page.locator('#messages .msg.user .content').innerText(), 'line one [[fake tokens=3]]\nline two');
+        assert.equal(await page.locator('#composer-input').inputValue(), '');
+
+        await page.keyboard.press('Control+Shift+O');
+        await page.locator('#chat-list .chat-item.active', { hasText: 'New chat' }).waitFor();
+        assert.equal(await page.locator('#messages .msg').count(), 0);
+        assert.equal(await page.locator('#chat-list .chat-item').count(), 2);
+        assert.equal(await focused(), 'composer-input');
+
+        await page.keyboard.press('Control+K');
+        assert.equal(await focused(), 'chat-search');
+        await page.keyboard.type('line two');
+        assert.deepEqual(await page.locator('#chat-list .chat-open').allInnerTexts(), ['line one [[fake tokens=3]] line two']);
+
+        await page.locator('#open-settings').click();
+        await page.locator('dialog[open]').waitFor();
+        await page.keyboard.press('Escape');
+        await page.locator('dialog').waitFor({ state: 'detached' });
+        assert.equal(await focused(), 'open-settings', 'the focus goes back to the button that opened the dialog');
+        await ctx.close();
+    });
+
+    it('phone: the closed drawer is out of the tab order, the open one holds the focus, Esc closes it', { timeout: 60000 }, async () => {
+        const phone = await context({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+        const p = await phone.newPage();
+        await signIn(p, stack.url, 'kay', 'kay-password');
+        // Where the focus is: 'sidebar', 'main' or the id of something else.
+        const where = () => p.evaluate(() => {
+            const a = document.activeElement;
+            if (!a || a === document.body) return 'body';
+            return a.closest('#sidebar') ? 'sidebar' : a.closest('#main') ? 'main' : a.id || a.tagName;
+        });
+        const tabs = async (n) => {
+            const out = [];
+            for (let i = 0; i < n; i++) {
+                await p.keyboard.press('Tab');
+                out.push(await where());
+            }
+            return out;
+        };
+        // Closed (off screen): Tab goes round the chat and never into the drawer.
+        await p.locator('#open-menu').focus();
+        const closed = await tabs(20);
+        assert.ok(!closed.includes('sidebar'), `Tab reached the closed drawer: ${closed}`);
+        assert.ok(closed.includes('main'));
+        // Open: the search has the focus and Tab stays in the drawer.
+        await p.locator('#open-menu').click();
+        assert.equal(await p.evaluate(() => document.activeElement.id), 'chat-search');
+        const open = await tabs(20);
+        assert.ok(!open.includes('main'), `Tab left the open drawer for the chat behind it: ${open}`);
+        assert.ok(open.includes('sidebar'));
+        // Esc closes it and gives the focus back to the menu button.
+        await p.keyboard.press('Escape');
+        await p.locator('#sidebar').waitFor({ state: 'hidden' });
+        assert.equal(await p.evaluate(() => document.activeElement.id), 'open-menu');
+        assert.ok(!(await tabs(20)).includes('sidebar'));
+        await phone.close();
+    });
+
+    /** Signs in to /admin/ with the ops key and waits for the users table. */
+    async function adminSignIn(page) {
+        await page.goto(`${stack.url}/admin/`);
+        await page.getByLabel('Operator key').fill(OPS_KEY);
+        await page.getByRole('button', { name: 'Sign in' }).click();
+        await page.locator('#users tbody tr').first().waitFor();
+    }
+
+    it('admin console: pages through users, API keys (shown once, revoked), password reset, user delete', { timeout: 90000 }, async () => {
+        // 25 users that one search finds: two pages of 20 (PER_PAGE in admin.js).
+        const names = Array.from({ length: 25 }, (_, i) => `pager${String(i + 1).padStart(2, '0')}`);
+        for (const n of names) await register(stack, n, `${n}-password`, 1000);
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await adminSignIn(page);
+        await page.getByLabel('Search users').fill('pager');
+        await page.locator('#page-info', { hasText: 'Page 1 of 2 (25 users)' }).waitFor();
+        const rowNames = () => page.locator('#users tbody tr').evaluateAll((rs) => rs.map((r) => r.dataset.user));
+        const first = await rowNames();
+        assert.equal(first.length, 20);
+        assert.equal(await page.getByRole('button', { name: 'Previous' }).isDisabled(), true);
+        await page.getByRole('button', { name: 'Next' }).click();
+        await page.locator('#page-info', { hasText: 'Page 2 of 2 (25 users)' }).waitFor();
+        const second = await rowNames();
+        assert.equal(second.length, 5);
+        assert.deepEqual([...first, ...second].sort(), names, 'every user once, on one page or the other');
+        assert.equal(await page.getByRole('button', { name: 'Next' }).isDisabled(), true);
+        await page.getByRole('button', { name: 'Previous' }).click();
+        await page.locator('#page-info', { hasText: 'Page 1 of 2' }).waitFor();
+        assert.deepEqual(await rowNames(), first);
+
+        // API keys: the new key is shown once, works, is listed by prefix only, and stops on revoke.
+        await page.getByLabel('Search users').fill('pager01');
+        await page.locator('#page-info', { hasText: '(1 users)' }).waitFor();
+        const row = page.locator('#users tr[data-user="pager01"]');
+        await row.getByRole('button', { name: 'Keys' }).click();
+        let dlg = page.locator('dialog');
+        await dlg.getByText('No keys.').waitFor();
+        await dlg.getByLabel('Key name').fill('ci-key');
+        await dlg.getByLabel(/^Requests per minute/).fill('30');
+        await dlg.getByRole('button', { name: 'Create key' }).click();
+        const key = (await dlg.locator('#new-key').innerText()).trim();
+        assert.match(key, /^sk-/);
+        assert.equal((await postJSON(`${stack.url}/api/verify`, { token: key })).json().status, 'Success', 'the key signs in');
+        const listed = (await ops(stack, { action: 'list_keys', i_username: 'pager01' })).data;
+        assert.equal(listed.length, 1);
+        assert.equal(listed[0].name, 'ci-key');
+        assert.equal(listed[0].rpm, 30);
+        assert.ok(key.startsWith(listed[0].prefix));
+        const keyRow = dlg.locator('tbody tr', { hasText: 'ci-key' });
+        await keyRow.waitFor();
+        assert.match(await keyRow.innerText(), new RegExp(`${listed[0].prefix}\\s+ci-key\\s+30\\s+0\\s+`));
+        await dlg.getByRole('button', { name: 'Close' }).click();
+        await row.getByRole('button', { name: 'Keys' }).click();
+        dlg = page.locator('dialog');
+        await dlg.locator('tbody tr', { hasText: 'ci-key' }).waitFor();
+        assert.equal(await dlg.locator('#new-key').count(), 0, 'not shown a second time');
+        assert.ok(!(await dlg.innerText()).includes(key));
+        await dlg.locator('tbody tr', { hasText: 'ci-key' }).getByRole('button', { name: 'Revoke' }).click();
+        await dlg.locator('tbody tr', { hasText: 'ci-key' }).getByText('revoked').waitFor();
+        assert.equal((await ops(stack, { action: 'list_keys', i_username: 'pager01' })).data[0].revoked, true);
+        await eventually(async () => (await postJSON(`${stack.url}/api/verify`, { token: key })).json().status,
+            (s) => s !== 'Success', 'a revoked key is refused');
+        await dlg.getByRole('button', { name: 'Close' }).click();
+
+        // Password reset: the new password signs in, the old one no longer does.
+        const login = async (password) => (await postJSON(`${stack.url}/api/login`, { username: 'pager01', password })).json().status;
+        assert.equal(await login('pager01-password'), 'Success');
+        await row.getByRole('button', { name: 'Password' }).click();
+        await page.getByLabel('New password').fill('a-brand-new-password');
+        await page.locator('#dlg-ok').click();
+        await page.locator('#toast', { hasText: 'Done: pager01' }).waitFor();
+        assert.equal(await login('a-brand-new-password'), 'Success');
+        assert.notEqual(await login('pager01-password'), 'Success');
+
+        // Delete: asked first, then gone from the list and from auth.
+        await row.getByRole('button', { name: 'Delete' }).click();
+        await page.locator('dialog').getByRole('button', { name: 'Delete' }).click();
+        await row.waitFor({ state: 'detached' });
+        const gone = await ops(stack, { action: 'check', i_username: 'pager01' });
+        assert.notEqual(gone.status, 'Success', JSON.stringify(gone));
+        assert.notEqual(await login('a-brand-new-password'), 'Success');
+        await page.getByLabel('Search users').fill('pager');
+        await page.locator('#page-info', { hasText: 'Page 1 of 2 (24 users)' }).waitFor();
+        await ctx.close();
+    });
+
+    it('accessibility: axe-core finds no serious or critical WCAG 2 A/AA violation (sign-in, chat light and dark, phone, settings, admin)', { timeout: 120000 }, async () => {
+        await register(stack, 'ally', 'ally-password', 100000);
+        const found = [];
+        const audit = async (page, screen) => {
+            const v = await axeViolations(page);
+            if (v.length) found.push(`${screen}:\n${v.join('\n')}`);
+        };
+        // bypassCSP: axe is injected as an inline script, which the page's policy rightly refuses.
+        for (const scheme of ['light', 'dark']) {
+            const ctx = await context({ colorScheme: scheme, bypassCSP: true });
+            const page = await ctx.newPage();
+            await page.goto(stack.url);
+            await page.getByLabel('Username').waitFor();
+            await audit(page, `sign-in (${scheme})`);
+            await signIn(page, stack.url, 'ally', 'ally-password');
+            if (scheme === 'light') {   // a streamed reply (with its Regenerate button), once
+                await sendMessage(page, 'audit me [[fake tokens=8]]');
+                await waitIdle(page);
+                await lastReply(page).locator('.spent').waitFor();   // what the reply cost, beside its buttons
+                await audit(page, 'chat with a streamed reply (light)');
+                // The prompt library, then its list under the message box with one chosen.
+                await page.locator('#open-prompts').click();
+                await page.locator('dialog').getByLabel('Title').fill('Audit');
+                await page.locator('dialog').getByLabel('Prompt', { exact: true }).fill('Check this page.');
+                await page.locator('dialog').getByRole('button', { name: 'Add prompt' }).click();
+                await audit(page, 'prompt library (light)');
+                await page.locator('dialog').getByRole('button', { name: 'Close' }).click();
+                await page.locator('dialog').waitFor({ state: 'detached' });
+                await page.locator('#composer-input').click();
+                await page.keyboard.type('/au');
+                await page.keyboard.press('ArrowDown');
+                await page.locator('#prompt-suggest [aria-selected="true"]').waitFor();
+                await audit(page, 'prompt suggestions (light)');
+                await page.locator('#composer-input').fill('');
+            }
+            await importChat(page, `Audit markdown ${scheme}`, [{ role: 'user', text: 'Show me code, a table and some math.' },
+                { role: 'assistant', text: MARKDOWN }]);
+            await audit(page, `chat (${scheme})`);
+            await page.locator('#open-settings').click();
+            await page.locator('dialog[open]').waitFor();
+            await audit(page, `settings (${scheme})`);
+            await ctx.close();
+        }
+        const phone = await context({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, bypassCSP: true });
+        const p = await phone.newPage();
+        await signIn(p, stack.url, 'ally', 'ally-password');
+        await p.locator('#chat-list .chat-open', { hasText: 'audit me' }).dispatchEvent('click');
+        await audit(p, 'phone chat');
+        await p.locator('#open-menu').click();
+        await p.waitForTimeout(300);   // the drawer slides in
+        await audit(p, 'phone chat, conversations open');
+        await phone.close();
+        // The admin console in both schemes, with a blocked user's red pill among the rows.
+        await register(stack, 'ally-blocked', 'ally-password', 0);
+        assert.equal((await ops(stack, { action: 'block', i_username: 'ally-blocked' })).status, 'Success');
+        for (const scheme of ['light', 'dark']) {
+            const ctx = await context({ colorScheme: scheme, bypassCSP: true });
+            const admin = await ctx.newPage();
+            await admin.goto(`${stack.url}/admin/`);
+            await admin.getByLabel('Operator key').waitFor();
+            await audit(admin, `admin sign-in (${scheme})`);
+            await adminSignIn(admin);
+            await admin.getByLabel('Search users').fill('ally');
+            await admin.locator('#page-info', { hasText: '(2 users)' }).waitFor();
+            await admin.locator('#users .pill.bad').waitFor();
+            await admin.locator('#health-table').waitFor();
+            await audit(admin, `admin users (${scheme})`);
+            await admin.locator('#users tr[data-user="ally"]').getByRole('button', { name: 'Usage' }).click();
+            await admin.locator('#ledger tbody tr').first().waitFor();
+            await audit(admin, `admin usage (${scheme})`);
+            await admin.locator('dialog').getByRole('button', { name: 'Close' }).click();
+            await admin.locator('dialog').waitFor({ state: 'detached' });
+            await admin.locator('#users tr[data-user="ally"]').getByRole('button', { name: 'Keys' }).click();
+            await admin.locator('dialog').getByRole('button', { name: 'Create key' }).click();
+            await admin.locator('dialog #new-key').waitFor();
+            await admin.locator('dialog tbody tr').first().waitFor();
+            await audit(admin, `admin API keys, a new key shown (${scheme})`);
+            await ctx.close();
+        }
+        assert.deepEqual(found, [], found.join('\n\n'));
     });
 
     it('no request left the origin and no page threw', () => {

@@ -28,7 +28,7 @@ const en = {
     noPrompts: 'No prompts yet. Add one below; type / in the message box to use it.',
     shortcuts: 'Keyboard shortcuts',
     shortcutList: [
-        ['Enter', 'send'], ['Shift+Enter', 'new line'], ['Esc', 'stop the reply / close a dialog'],
+        ['Enter', 'send'], ['Shift+Enter', 'new line'], ['Esc', 'stop the reply / close a dialog or the conversation list'],
         ['Ctrl+Shift+O', 'new chat'], ['Ctrl+K', 'search conversations'], ['/', 'prompt library (in an empty message box)'],
     ],
     model: 'Model', modelSet: 'Model: {m}', you_are: 'Signed in as {name}', blocked: 'Your account is blocked.',
@@ -63,7 +63,7 @@ const zh = {
     noPrompts: '还没有提示词。在下面添加；在输入框中输入 / 使用。',
     shortcuts: '快捷键',
     shortcutList: [
-        ['Enter', '发送'], ['Shift+Enter', '换行'], ['Esc', '停止回复 / 关闭对话框'],
+        ['Enter', '发送'], ['Shift+Enter', '换行'], ['Esc', '停止回复 / 关闭对话框或对话列表'],
         ['Ctrl+Shift+O', '新建对话'], ['Ctrl+K', '搜索对话'], ['/', '提示词库（输入框为空时）'],
     ],
     model: '模型', modelSet: '模型：{m}', you_are: '当前用户：{name}', blocked: '你的账号已被禁用。',

@@ -202,7 +202,7 @@ function buildShell() {
                 h('button', { type: 'button', class: 'icon-btn', id: 'open-prompts', 'aria-label': t('prompts'), title: t('prompts'), onclick: openPrompts }, icon('book')),
                 h('button', { type: 'button', class: 'icon-btn', id: 'clear-all', 'aria-label': t('clearAll'), title: t('clearAll'), onclick: clearAll }, icon('trash')),
                 h('button', { type: 'button', class: 'text-btn', id: 'sign-out', onclick: signOut }, t('signOut')))));
-    const input = h('textarea', { id: 'composer-input', rows: 1, placeholder: t('placeholder'), 'aria-label': t('placeholder') });
+    const input = h('textarea', { id: 'composer-input', rows: 1, placeholder: t('placeholder'), 'aria-label': t('placeholder'), 'aria-controls': 'prompt-suggest' });
     input.oninput = () => { autoGrow(input); updatePromptSuggest(); };
     input.onkeydown = onComposerKey;
     const sendBtn = h('button', { type: 'submit', id: 'send', class: 'primary icon-btn', 'aria-label': t('send'), title: t('send') }, icon('send'));
@@ -232,9 +232,21 @@ function buildShell() {
     root.append(h('div', { id: 'app' }, sidebar, overlay, main));
 }
 
+// The phone layout (style.css's max-width: 760px), where the sidebar is a drawer.
+const PHONE = window.matchMedia('(max-width: 760px)');
+
+/**
+ * Open or close the drawer. On a phone the open drawer is modal: the chat behind it is inert
+ * (out of the tab order) until it closes, and closing it gives the focus back to the menu button.
+ * (The closed drawer is visibility: hidden in style.css, so Tab never reaches it off screen.)
+ */
 function toggleMenu(open) {
+    const wasOpen = document.body.classList.contains('menu-open');
     document.body.classList.toggle('menu-open', open);
+    const main = $('#main');
+    if (main) main.inert = open && PHONE.matches;
     if (open) $('#chat-search').focus();
+    else if (wasOpen && PHONE.matches) $('#open-menu').focus();
 }
 
 function activeChat() {
@@ -308,7 +320,12 @@ function selectChat(id) {
 
 function startRename(c, item) {
     const input = h('input', { class: 'rename-input', value: chatTitle(c), 'aria-label': t('rename') });
+    let finished = false;
     const done = (ok) => {
+        // Once only: the redraw below removes the focused input, and Chromium then fires blur,
+        // which would save the text that Escape just gave up.
+        if (finished) return;
+        finished = true;
         if (ok && input.value.trim() && input.value.trim() !== c.title) {
             c.title = input.value.trim().slice(0, 200);
             touch(c);
@@ -481,6 +498,8 @@ function onComposerKey(e) {
             e.preventDefault();
             cur = e.key === 'ArrowDown' ? Math.min(cur + 1, items.length - 1) : Math.max(cur - 1, 0);
             items.forEach((x, i) => x.setAttribute('aria-selected', String(i === cur)));
+            // The focus stays in the message box; this tells a screen reader which one is chosen.
+            e.target.setAttribute('aria-activedescendant', items[cur].id);
             return;
         }
         if ((e.key === 'Enter' || e.key === 'Tab') && cur >= 0) {
@@ -490,7 +509,7 @@ function onComposerKey(e) {
         }
         if (e.key === 'Escape') {
             e.preventDefault();
-            sug.hidden = true;
+            hideSuggest();
             return;
         }
     }
@@ -500,19 +519,22 @@ function onComposerKey(e) {
     }
 }
 
+function hideSuggest() {
+    $('#prompt-suggest').hidden = true;
+    $('#composer-input').removeAttribute('aria-activedescendant');
+}
+
 function updatePromptSuggest() {
     const input = $('#composer-input');
     const sug = $('#prompt-suggest');
     const v = input.value;
-    if (!v.startsWith('/') || /\s/.test(v) || !state.prompts.length) {
-        sug.hidden = true;
-        return;
-    }
+    hideSuggest();   // the list is drawn again below, with nothing chosen yet
+    if (!v.startsWith('/') || /\s/.test(v) || !state.prompts.length) return;
     const q = v.slice(1).toLowerCase();
     const hits = state.prompts.filter((p) => p.title.toLowerCase().includes(q)).slice(0, 8);
-    sug.replaceChildren(...hits.map((p) => h('div', { role: 'option', 'aria-selected': 'false', class: 'suggest-item',
+    sug.replaceChildren(...hits.map((p, i) => h('div', { role: 'option', id: `prompt-option-${i}`, 'aria-selected': 'false', class: 'suggest-item',
         onmousedown: (e) => e.preventDefault(),
-        onclick: () => { input.value = p.text; sug.hidden = true; autoGrow(input); input.focus(); } },
+        onclick: () => { input.value = p.text; hideSuggest(); autoGrow(input); input.focus(); } },
     h('strong', {}, p.title), h('span', {}, p.text.slice(0, 80)))));
     sug.hidden = hits.length === 0;
 }
@@ -523,7 +545,7 @@ function sendFromComposer() {
     if (!text || state.busy) return;
     input.value = '';
     autoGrow(input);
-    $('#prompt-suggest').hidden = true;
+    hideSuggest();
     send(text);
 }
 
@@ -857,7 +879,10 @@ function exportMarkdown() {
 
 document.addEventListener('keydown', (e) => {
     if (!state.me || document.querySelector('dialog[open]')) return;
-    if (e.key === 'Escape' && state.busy) {
+    if (e.key === 'Escape' && PHONE.matches && document.body.classList.contains('menu-open')) {
+        e.preventDefault();
+        toggleMenu(false);
+    } else if (e.key === 'Escape' && state.busy) {
         e.preventDefault();
         stopReply();
     } else if ((e.ctrlKey || e.metaKey) && e.shiftKey && (e.key === 'O' || e.key === 'o')) {
@@ -871,6 +896,10 @@ document.addEventListener('keydown', (e) => {
 });
 
 window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => applyTheme(state.settings.theme));
+// A window grown past the phone width has no drawer: nothing may stay inert.
+PHONE.addEventListener('change', () => {
+    if (state.me) toggleMenu(false);
+});
 // Coming back to the tab picks up what another device changed meanwhile.
 document.addEventListener('visibilitychange', () => {
     if (document.visibilityState === 'visible' && state.me && !state.busy) syncNow();

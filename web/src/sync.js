@@ -52,6 +52,9 @@ export async function remove(id) {
 }
 
 export async function clear() {
+    // An upload still waiting (a rename, an import) would put its conversation back afterwards.
+    for (const timer of pending.values()) clearTimeout(timer);
+    pending.clear();
     try {
         await conversations({ action: 'clear' });
     } catch (err) {
