@@ -706,6 +706,7 @@ struct svc_redis_async {
     int moving;               /* conns[DATA] closes because the sentinel named moving_to */
     struct svc__redis_addr moving_to;
     struct svc_timer *watch;  /* asks again every SENTINEL_WATCH_MS */
+    unsigned long master_epoch; /* conns[DATA] was pointed at another master this many times */
     /* cluster */
     struct svc__redis_slotmap *map;
     short node_conn[SVC__REDIS_NODES_MAX]; /* map node -> conns index */
@@ -989,6 +990,7 @@ static void on_sentinel_reply(redisAsyncContext *ac, void *reply, void *privdata
         update_connected(r);
         r->moving = 1;
         r->moving_to = m;
+        r->master_epoch++;
         aconn_close(data); /* -> conn_lost -> connects to m */
     }
 }
@@ -1426,24 +1428,70 @@ static int send_pending(struct aconn *c, struct pending_cmd *pc)
     return SVC_OK;
 }
 
+/* The connection commands on key go to (key NULL: a command without one), or NULL when it is
+ * not connected. */
+static struct aconn *route_key(struct svc_redis_async *r, const char *key, size_t keylen)
+{
+    struct aconn *c = NULL;
+
+    if (r->url.kind != SVC__REDIS_CLUSTER) {
+        c = &r->conns[DATA];
+    } else if (r->map != NULL) {
+        int n = key != NULL ? r->map->slot_node[svc__redis_key_slot(key, keylen)] : 0;
+        if (n >= 0)
+            c = &r->conns[r->node_conn[n]];
+    }
+    return c != NULL && c->ac != NULL && c->connected ? c : NULL;
+}
+
 /* The connection a command goes to, or NULL when it is not connected. */
 static struct aconn *route(struct svc_redis_async *r, int argc, const char *const *argv,
                            const size_t *argvlen)
 {
     const char *key;
     size_t keylen;
-    struct aconn *c = NULL;
 
-    if (r->url.kind != SVC__REDIS_CLUSTER) {
-        c = &r->conns[DATA];
-    } else if (r->map != NULL) {
-        int n = 0;
-        if (svc__redis_cmd_key(argc, argv, argvlen, &key, &keylen))
-            n = r->map->slot_node[svc__redis_key_slot(key, keylen)];
-        if (n >= 0)
-            c = &r->conns[r->node_conn[n]];
+    if (!svc__redis_cmd_key(argc, argv, argvlen, &key, &keylen))
+        key = NULL, keylen = 0;
+    return route_key(r, key, keylen);
+}
+
+int svc_redis_async_wait(struct svc_redis_async *r, const char *key, int replicas, long wait_ms,
+                         svc_redis_cb cb, void *ctx)
+{
+    struct aconn *c = route_key(r, key, strlen(key));
+    char n[16], ms[24];
+    const char *argv[] = {"WAIT", n, ms};
+    struct pending_cmd *pc;
+
+    if (c == NULL)
+        return SVC_EUNAVAIL;
+    pc = calloc(1, sizeof(*pc));
+    if (pc == NULL)
+        return SVC_ENOMEM;
+    pc->cb = cb;
+    pc->data = ctx;
+    snprintf(n, sizeof(n), "%d", replicas);
+    snprintf(ms, sizeof(ms), "%ld", wait_ms > 0 ? wait_ms : 1);
+    /* On the connection the key's writes went to, after them: hiredis keeps the order. */
+    if (redisAsyncCommandArgv(c->ac, on_cmd_reply, pc, 3, argv, NULL) != REDIS_OK) {
+        free(pc);
+        return SVC_EUNAVAIL;
     }
-    return c != NULL && c->ac != NULL && c->connected ? c : NULL;
+    if (c->outstanding++ == 0)
+        c->last_progress = svc_loop_now(r->loop);
+    return SVC_OK;
+}
+
+unsigned long svc_redis_async_master_epoch(const struct svc_redis_async *r)
+{
+    return r->master_epoch;
+}
+
+void svc_redis_async_recheck(struct svc_redis_async *r)
+{
+    if (r->url.kind == SVC__REDIS_SENTINEL)
+        sentinel_ask(r);
 }
 
 int svc_redis_async_cmd(struct svc_redis_async *r, svc_redis_cb cb, void *ctx, int argc,

@@ -39,6 +39,9 @@ struct meter_loop;
     ACTION(OPENAI_PRESENCE_PENALTY, SVC_OPT_INT, "100", -200, 200, "presence penalty x 100")  \
     ACTION(OPENAI_FREQUENCY_PENALTY, SVC_OPT_INT, "0", -200, 200, "frequency penalty x 100")  \
     ACTION(CHAT_SESSION_TTL, SVC_OPT_INT, "30", 1, 525600, "conversation context TTL, minutes") \
+    ACTION(CHAT_CONTEXT_REPLICAS, SVC_OPT_INT, "0", 0, 16,                                      \
+           "replicas that must confirm a turn's context (WAIT) before its final object; "      \
+           "fewer: stored again once the sentinels name a new master")                         \
     ACTION(CHAT_MIN_RESPONSE_TOKENS, SVC_OPT_INT, "600", 1, 1000000,                           \
            "tokens always left for the reply")                                                 \
     ACTION(CHAT_MAX_HISTORY, SVC_OPT_INT, "64", 0, 1000, "most earlier messages sent upstream") \

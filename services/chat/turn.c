@@ -50,6 +50,7 @@ void chat_turn_unref(struct chat_turn *t)
 {
     if (--t->refs > 0)
         return;
+    svc_timer_destroy(&t->save_timer);
     svc_buf_deinit(&t->held);
     svc_json_destroy(&t->history);
     free(t->prompt);
@@ -130,6 +131,91 @@ static void finish_stream(struct chat_turn *t)
     svc_metric_add(&t->stats->chat_replies_completed_total, 1);
 }
 
+/*
+ * Confirming the context (CHAT_CONTEXT_REPLICAS > 0). Redis replicates asynchronously: a turn
+ * stored on a master that is being replaced (a failover; a forced one leaves the old master
+ * writable for seconds) is lost, and the conversation's next turn goes on without its history.
+ * So after its SETs the turn WAITs for that many replicas. When fewer confirm (or a SET failed)
+ * the sentinels are asked at once; if they name a new master within CONTEXT_RECHECK_MS the turn
+ * is stored again there (the SETs are idempotent), else it waits once more. The final object
+ * goes out when the context is confirmed, stored again, or after CONTEXT_ROUNDS rounds (logged).
+ */
+#define CONTEXT_WAIT_MS 100
+#define CONTEXT_RECHECK_MS 300
+#define CONTEXT_ROUNDS 4
+
+static void context_confirm(struct chat_turn *t);
+static void context_recheck(struct chat_turn *t);
+
+static void on_recheck(void *data, struct svc_timer *timer)
+{
+    struct chat_turn *t = data;
+
+    (void)timer;
+    if (++t->save_rounds >= CONTEXT_ROUNDS) {
+        svc_metric_add(&t->stats->chat_context_errors_total, 1);
+        SVC_LOG_WARN(t->rid, "context", "no replica confirmed the turn's context after %d rounds",
+                     t->save_rounds);
+        finish_stream(t);
+    } else if (svc_redis_async_master_epoch(t->w->redis) != t->save_epoch) {
+        SVC_LOG_NOTICE(t->rid, "context", "the Redis master changed: storing the turn again");
+        t->save_epoch = svc_redis_async_master_epoch(t->w->redis);
+        t->saves_failed = 0;
+        t->saves_pending = save_turn(t, 1);
+        if (t->saves_pending == 0) /* not connected to it yet */
+            context_recheck(t);
+    } else {
+        context_confirm(t); /* the same master: it may be a slow replica */
+    }
+    chat_turn_unref(t);
+}
+
+static void context_recheck(struct chat_turn *t)
+{
+    svc_redis_async_recheck(t->w->redis);
+    if ((t->save_timer != NULL ||
+         svc_timer_create(&t->save_timer, t->w->loop, on_recheck, t) == SVC_OK) &&
+        svc_timer_start(t->save_timer, CONTEXT_RECHECK_MS) == SVC_OK) {
+        t->refs++;
+        return;
+    }
+    finish_stream(t);
+}
+
+static void on_waited(void *ctx, int err, const struct svc_redis_reply *reply)
+{
+    struct chat_turn *t = ctx;
+
+    if (err == SVC_OK && svc_redis_reply_type(reply) == SVC_REDIS_INTEGER &&
+        svc_redis_reply_int(reply) >= t->setting->CHAT_CONTEXT_REPLICAS.i)
+        finish_stream(t);
+    else
+        context_recheck(t);
+    chat_turn_unref(t);
+}
+
+/* The round's SETs have answered: confirm them, or finish. */
+static void context_confirm(struct chat_turn *t)
+{
+    char key[CHAT_KEY_MAX];
+
+    if (t->setting->CHAT_CONTEXT_REPLICAS.i == 0 || t->req == NULL) {
+        finish_stream(t);
+        return;
+    }
+    if (t->saves_failed) {
+        context_recheck(t);
+        return;
+    }
+    if (chat_ctx_key(key, sizeof(key), t->user_id, t->reply_id) != SVC_OK ||
+        svc_redis_async_wait(t->w->redis, key, (int)t->setting->CHAT_CONTEXT_REPLICAS.i,
+                             CONTEXT_WAIT_MS, on_waited, t) != SVC_OK) {
+        context_recheck(t);
+        return;
+    }
+    t->refs++;
+}
+
 static void on_saved(void *ctx, int err, const struct svc_redis_reply *reply)
 {
     struct chat_turn *t = ctx;
@@ -138,9 +224,10 @@ static void on_saved(void *ctx, int err, const struct svc_redis_reply *reply)
         svc_metric_add(&t->stats->chat_context_errors_total, 1);
         SVC_LOG_WARN(t->rid, "context", "storing the turn failed: %s",
                      err != SVC_OK ? svc_strerror(err) : svc_redis_reply_str(reply, NULL));
+        t->saves_failed = 1;
     }
     if (--t->saves_pending == 0)
-        finish_stream(t);
+        context_confirm(t);
     chat_turn_unref(t);
 }
 
@@ -336,6 +423,7 @@ static void on_meter_end(void *ctx, const struct meter_end *end)
         fail_in_stream(t, end->err == SVC_ETIMEDOUT ? "[OpenAI] 上游超时 | upstream timed out"
                                                     : "[OpenAI] 上游连接中断 | the upstream "
                                                       "stream broke off");
+    t->save_epoch = svc_redis_async_master_epoch(t->w->redis);
     t->saves_pending = save_turn(t, 1);
     if (t->saves_pending == 0)
         finish_stream(t);

@@ -77,6 +77,10 @@ struct chat_turn {
     int streaming;        /* the response to the client has started */
     int objects_sent;
     int saves_pending;
+    int saves_failed;            /* a SET of this round got an error or no answer */
+    int save_rounds;             /* rounds of storing/confirming (CHAT_CONTEXT_REPLICAS) */
+    unsigned long save_epoch;    /* the Redis client's master epoch when the round was sent */
+    struct svc_timer *save_timer; /* waits for the sentinels to name a new master */
     int ended;            /* the upstream is over and the turn stored: nothing is left to do
                            * when the client leaves */
 };

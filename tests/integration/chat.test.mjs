@@ -478,3 +478,24 @@ describe('chat when a dependency or a replica fails', () => {
         assert.match(JSON.parse(r.text).message, /Authentication service unavailable/);
     });
 });
+
+describe('CHAT_CONTEXT_REPLICAS with a Redis that has no replica', () => {
+    const stack = withStack({ env: { ...USERS, CHAT_CONTEXT_REPLICAS: '1' } });
+
+    it('the turn completes after its rounds, its context is stored, and the miss is counted', async () => {
+        const c = stack.services.chat[0];
+        const errors = async () => Number(/^chat_context_errors_total (\d+)$/m.exec((await request(`http://${c.adminAddr}/metrics`)).body)[1]);
+        const before = await errors();
+        const t0 = Date.now();
+        const r = await chat(stack.url, ALICE, { prompt: 'remember 42' });
+        const waited = Date.now() - t0;
+        assert.equal(r.status, 200);
+        const last = objects(r.text).pop();
+        assert.equal(last.detail.choices[0].finish_reason, 'stop');
+        assert.ok(waited >= 900, `the final object waited for the rounds (${waited} ms)`);
+        assert.equal(await errors(), before + 1, 'one unconfirmed turn counted');
+        // stored all the same: the next turn has the history
+        const next = await chat(stack.url, ALICE, { prompt: 'and now?', options: { parentMessageId: last.id } });
+        assert.match(objects(next.text).pop().text, /^Echo\(3 msgs\)/, "the question, its answer and the new prompt");
+    });
+});

@@ -234,6 +234,15 @@ describe('what the chart promises', () => {
         assert.ok(!c.env.some((e) => e.name === 'BILLING_EVENTS_REPLICAS'), 'billing env does not override it');
     });
 
+    it('the production example makes chat wait for a Redis replica per turn (CHAT_CONTEXT_REPLICAS)', () => {
+        // docs/redis.md: without it a conversation written to the old master in a failover
+        // goes on without its history.
+        const cm = named(prod, 'ConfigMap', 'cw-chatweb-config');
+        assert.ok(Number(cm.data.CHAT_CONTEXT_REPLICAS) >= 1, `CHAT_CONTEXT_REPLICAS=${cm.data.CHAT_CONTEXT_REPLICAS}`);
+        const c = named(prod, 'Deployment', 'cw-chatweb-chat').spec.template.spec.containers[0];
+        assert.ok(!c.env.some((e) => e.name === 'CHAT_CONTEXT_REPLICAS'), 'chat env does not override it');
+    });
+
     it('resources are those of docs/deploy.md §6, in the default render and the production example', () => {
         // The table's last two columns: "CPU, memory / CPU, memory" (requests / limits).
         const doc = fs.readFileSync(path.join(ROOT, 'docs/deploy.md'), 'utf8');

@@ -121,4 +121,19 @@ int svc_redis_async_connected(const struct svc_redis_async *r);
 int svc_redis_async_cmd(struct svc_redis_async *r, svc_redis_cb cb, void *ctx, int argc,
                         const char *const *argv, const size_t *argvlen) SVC_MUST_CHECK;
 
+/*
+ * WAIT replicas wait_ms on the connection that commands on key go to, after the commands sent
+ * there before it: cb's integer reply is the number of replicas that acknowledged them. As
+ * svc_redis_async_cmd otherwise. (Cluster: the node that owns key's slot in the client's map.)
+ */
+int svc_redis_async_wait(struct svc_redis_async *r, const char *key, int replicas, long wait_ms,
+                         svc_redis_cb cb, void *ctx) SVC_MUST_CHECK;
+
+/* Sentinel: how many times the client has been pointed at another master (0 otherwise). */
+unsigned long svc_redis_async_master_epoch(const struct svc_redis_async *r);
+
+/* Sentinel: asks the sentinels now where the master is (a new answer moves the client, which
+ * bumps the epoch); otherwise nothing. */
+void svc_redis_async_recheck(struct svc_redis_async *r);
+
 #endif
