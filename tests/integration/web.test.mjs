@@ -789,6 +789,61 @@ describe('web UI in Chromium', () => {
         await ctx.close();
     });
 
+    it('a deletion that never reached the server is carried out after a reload, not undone', { timeout: 60000 }, async () => {
+        await register(stack, 'dora', 'dora-password', 100000);
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await signIn(page, stack.url, 'dora', 'dora-password');
+        await sendMessage(page, 'keep me [[fake tokens=3]]');
+        await waitIdle(page);
+        await page.locator('#new-chat').click();
+        await sendMessage(page, 'drop me [[fake tokens=3]]');
+        await waitIdle(page);
+        await page.locator('#new-chat').click();
+        await sendMessage(page, 'and me [[fake tokens=3]]');
+        await waitIdle(page);
+        await eventually(() => serverTitles(page), (t) => t.length === 3, 'three on the server');
+        // The network loses the deletions: the server keeps its copies.
+        const lost = [];
+        await page.route('**/api/conversations', async (route) => {
+            const body = route.request().postDataJSON();
+            if (body.action === 'delete' || body.action === 'clear') {
+                lost.push(body.action);
+                return route.abort();
+            }
+            return route.continue();
+        });
+        const items = page.locator('#chat-list .chat-item');
+        const drop = items.filter({ hasText: 'drop me' });
+        await drop.hover();
+        await drop.getByRole('button', { name: /^Delete/ }).click();
+        await page.locator('dialog').getByRole('button', { name: 'Delete' }).click();
+        await drop.waitFor({ state: 'detached' });
+        assert.deepEqual(lost, ['delete']);
+        await page.reload();
+        await page.locator('#composer-input').waitFor();
+        // The sync after sign-in meets the server's copy of "drop me" and deletes it (lost again).
+        await eventually(() => Promise.resolve(lost.length), (n) => n >= 2, 'the deletion was sent again');
+        await page.unroute('**/api/conversations');
+        await page.reload();
+        await page.locator('#composer-input').waitFor();
+        await eventually(() => serverTitles(page), (t) => t.length === 2 && !t.some((x) => x.startsWith('drop me')), 'deleted on the server');
+        assert.equal(await items.filter({ hasText: 'drop me' }).count(), 0, 'not restored here');
+        // The same for "delete all".
+        await page.route('**/api/conversations', async (route) =>
+            (route.request().postDataJSON().action === 'clear' ? route.abort() : route.continue()));
+        await page.locator('#clear-all').click();
+        await page.locator('dialog').getByRole('button', { name: 'Delete' }).click();
+        await page.locator('dialog').waitFor({ state: 'detached' });
+        await page.unroute('**/api/conversations');
+        assert.equal((await serverTitles(page)).length, 2, 'the clear was lost');
+        await page.reload();
+        await page.locator('#composer-input').waitFor();
+        await eventually(() => serverTitles(page), (t) => t.length === 0, 'cleared on the server after the reload');
+        assert.deepEqual(await page.locator('#chat-list .chat-open').allInnerTexts(), ['New chat']);
+        await ctx.close();
+    });
+
     it('prompt library: prompts added in the library come up with / in the message box and are sent', { timeout: 60000 }, async () => {
         await register(stack, 'pam', 'pam-password', 100000);
         const ctx = await context();

@@ -346,7 +346,7 @@ async function deleteChat(c) {
     if (!(await confirmDialog(t('confirmDelete'), t('delete'), t('close')))) return;
     if (state.busy && activeChat() === c) stopReply();
     state.chats.chats = state.chats.chats.filter((x) => x !== c);
-    sync.remove(c.id);
+    sync.remove(c.id, state.chats.gone);
     if (!state.chats.chats.length) newChat(false);
     if (!state.chats.chats.some((x) => x.id === state.chats.active)) state.chats.active = state.chats.chats[0].id;
     save();
@@ -358,7 +358,7 @@ async function clearAll() {
     if (!(await confirmDialog(t('confirmClearAll'), t('delete'), t('close')))) return;
     stopReply();
     state.chats.chats = [];
-    sync.clear();
+    sync.clear(state.chats.gone);
     newChat(false);
     save();
     renderSidebar();

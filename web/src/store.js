@@ -1,6 +1,6 @@
 // What the chat page keeps in the browser (localStorage): the conversations of each user (keyed
 // by user name, so two accounts on one browser never see each other's chats), the settings and
-// the prompt library. Server-side history is not built yet (docs/web.md).
+// the prompt library. The conversations are a cache of the server's history (sync.js, docs/web.md).
 const SETTINGS_KEY = 'chatweb.settings';
 const PROMPTS_KEY = 'chatweb.prompts';
 export const DEFAULT_SYSTEM = 'You are a helpful assistant. Follow the user\'s instructions carefully. Respond using Markdown.';
@@ -46,20 +46,28 @@ export function newId() {
     return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
 }
 
-/** A user's conversations: {active, chats: [{id, title, updated, messages: [...]}]}, newest first. */
+/**
+ * A user's conversations: {active, chats: [{id, title, updated, messages: [...]}], gone}, newest
+ * first. gone: what was deleted here ({cleared: ms of the last "delete all", ids: {id: ms}}), so
+ * that a copy the server still has (its deletion did not reach it yet) is deleted, not restored.
+ */
 export function loadChats(user) {
     const v = read(`chatweb.chats.${user}`, null);
-    const out = { active: null, chats: [] };
+    const out = { active: null, chats: [], gone: { cleared: 0, ids: {} } };
     if (v && Array.isArray(v.chats)) {
         out.chats = v.chats.filter(validChat);
         out.active = v.active;
+    }
+    if (v && v.gone && typeof v.gone === 'object') {
+        if (Number.isFinite(v.gone.cleared)) out.gone.cleared = v.gone.cleared;
+        for (const [id, ms] of Object.entries(v.gone.ids || {})) if (Number.isFinite(ms)) out.gone.ids[id] = ms;
     }
     for (const c of out.chats) for (const m of c.messages) m.loading = false;   // a reload ends streams
     return out;
 }
 
 export function saveChats(user, state) {
-    write(`chatweb.chats.${user}`, { active: state.active, chats: state.chats });
+    write(`chatweb.chats.${user}`, { active: state.active, chats: state.chats, gone: state.gone });
 }
 
 export function validChat(c) {

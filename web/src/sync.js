@@ -41,9 +41,12 @@ export function schedule(chat, onSaved, ms = 300) {
     pending.set(chat.id, setTimeout(() => push(chat, onSaved), ms));
 }
 
-export async function remove(id) {
+/** Delete one conversation on the server; gone (loadChats) remembers it until the server has
+ * no copy left (a reload before this request arrives must not bring it back). */
+export async function remove(id, gone) {
     clearTimeout(pending.get(id));
     pending.delete(id);
+    if (gone) gone.ids[id] = Date.now();
     try {
         await conversations({ action: 'delete', id });
     } catch (err) {
@@ -51,10 +54,16 @@ export async function remove(id) {
     }
 }
 
-export async function clear() {
+export async function clear(gone) {
     // An upload still waiting (a rename, an import) would put its conversation back afterwards.
     for (const timer of pending.values()) clearTimeout(timer);
     pending.clear();
+    // One already in flight, or this request lost (a reload, the network), would too: every
+    // server copy last changed before now is deleted when pull() meets it.
+    if (gone) {
+        gone.cleared = Date.now();
+        gone.ids = {};
+    }
     try {
         await conversations({ action: 'clear' });
     } catch (err) {
@@ -79,8 +88,17 @@ export async function pull(state, busyId) {
     let changed = false;
     const byId = new Map(state.chats.map((c) => [c.id, c]));
     const remote = new Set();
+    const gone = state.gone || { cleared: 0, ids: {} };
     for (const r of list) {
         remote.add(r.id);
+        // Deleted here, and not changed since (on another device, say): delete it there too.
+        // (Times are the browsers' clocks, as for "last write wins".)
+        if (r.updated_ms <= gone.cleared || (gone.ids[r.id] !== undefined && r.updated_ms <= gone.ids[r.id])) {
+            if (!byId.has(r.id)) {
+                await remove(r.id, null);
+                continue;
+            }
+        }
         const local = byId.get(r.id);
         if (r.id === busyId || (local && (local.updated || 0) === r.updated_ms)) continue;
         if (local && (local.updated || 0) > r.updated_ms) {
@@ -98,6 +116,8 @@ export async function pull(state, busyId) {
             console.warn(`chatweb: reading a conversation failed: ${err.message}`);
         }
     }
+    // a deletion the server has carried out is forgotten
+    for (const id of Object.keys(gone.ids)) if (!remote.has(id)) delete gone.ids[id];
     for (const c of [...state.chats]) {
         if (remote.has(c.id) || c.id === busyId) continue;
         if (c.synced) {
