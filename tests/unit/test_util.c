@@ -526,7 +526,8 @@ static void test_cidrs_parse_and_match(void)
     char err[128] = "";
 
     T_EQ_INT(svc_util_cidrs_parse(&set, " 127.0.0.0/8, ::1 ,10.2.0.0/15,fd00::/8,192.0.2.7", err,
-                                  sizeof(err)), SVC_OK);
+                                  sizeof(err)),
+             SVC_OK);
     T_EQ_INT(set.n, 5);
     T_EQ_INT(in_set(&set, "127.0.0.1"), 1);
     T_EQ_INT(in_set(&set, "127.255.255.255"), 1);
@@ -563,9 +564,10 @@ static void test_cidrs_parse_and_match(void)
 
 static void test_cidrs_parse_refuses(void)
 {
-    const char *bad[] = {"10.0.0/8", "10.0.0.0/33", "::/129", "10.0.0.0/", "10.0.0.0/-1",
-                         "10.0.0.0/8x", "localhost", "10.1.2.3/8", "fd00::1/8", "127.0.0.1 /8",
-                         "1.2.3.4/08a", "127.0.0.0/8,nope", "[::1]"};
+    const char *bad[] = {"10.0.0/8",    "10.0.0.0/33",  "::/129",      "10.0.0.0/",
+                         "10.0.0.0/-1", "10.0.0.0/8x",  "localhost",   "10.1.2.3/8",
+                         "fd00::1/8",   "127.0.0.1 /8", "1.2.3.4/08a", "127.0.0.0/8,nope",
+                         "[::1]"};
     struct svc_util_cidrs set;
     char err[128], many[64 * 16] = "";
 

@@ -73,9 +73,9 @@ int64_t svc_util_wallclock_ms(void);
 /* A set of IPv4 and IPv6 networks, such as TRUSTED_PROXIES: at most SVC_UTIL_CIDRS_MAX. */
 #define SVC_UTIL_CIDRS_MAX 32
 struct svc_util_cidr {
-    int family;              /* AF_INET or AF_INET6 */
-    unsigned bits;           /* prefix length: 0..32 or 0..128 */
-    unsigned char addr[16];  /* network byte order; the first 4 bytes for AF_INET */
+    int family;             /* AF_INET or AF_INET6 */
+    unsigned bits;          /* prefix length: 0..32 or 0..128 */
+    unsigned char addr[16]; /* network byte order; the first 4 bytes for AF_INET */
 };
 struct svc_util_cidrs {
     size_t n;
