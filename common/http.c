@@ -321,7 +321,10 @@ static void req_fill_identity(struct svc_req *req)
             inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, req->peer,
                       sizeof(req->peer));
     }
-    if (real_ip != NULL && strlen(real_ip) < sizeof(req->ip))
+    /* X-Real-IP only from the ingress: any other peer could name any address, and so
+     * escape the per-client throttles (login, ops keys) keyed on it. */
+    if (real_ip != NULL && strlen(real_ip) < sizeof(req->ip) && ci != NULL &&
+        svc_util_cidrs_match(req->slot->srv->opts.trusted_proxies, ci->client_addr))
         svc_util_str_copy(req->ip, sizeof(req->ip), real_ip);
     else
         svc_util_str_copy(req->ip, sizeof(req->ip), req->peer[0] != '?' ? req->peer : "");

@@ -17,6 +17,7 @@
 #include "svc/loop.h"
 #include "svc/metrics.h"
 #include "svc/rpc.h"
+#include "svc/util.h"
 
 #define ADMIN_BODY_MAX (1u << 20)
 /* /metrics: labelled families hold up to SVC_METRIC_SERIES_MAX series each */
@@ -30,6 +31,7 @@ static atomic_int ready;
 static svc_service_ready_cb ready_check;
 static void *ready_check_data;
 static struct svc_http_server *admin;
+static struct svc_util_cidrs trusted_proxies; /* TRUSTED_PROXIES, parsed once in setup */
 
 void svc_service_die(int code, const char *fmt, ...)
 {
@@ -176,7 +178,15 @@ void svc_service_setup(const char *service, int argc, char **argv, struct svc_cf
     if (level < 0)
         svc_service_die(SVC_EX_CONFIG, "LOG_LEVEL: not one of error|warn|notice|info|debug: "
                                        "\"%s\"", svc_service_option("LOG_LEVEL")->s);
+    if (svc_util_cidrs_parse(&trusted_proxies, svc_service_option("TRUSTED_PROXIES")->s, err,
+                             sizeof(err)) != SVC_OK)
+        svc_service_die(SVC_EX_CONFIG, "TRUSTED_PROXIES: %s", err);
     svc_log_setup(service, level);
+}
+
+const struct svc_util_cidrs *svc_service_trusted_proxies(void)
+{
+    return &trusted_proxies;
 }
 
 int svc_service_migrate_only(void)
@@ -311,6 +321,7 @@ void svc_service_serve_pool(const struct svc_http_route *routes, size_t nroutes,
     ho.max_header = (size_t)svc_service_option("HTTP_MAX_HEADER")->i;
     ho.idle_timeout = (unsigned)svc_service_option("HTTP_IDLE_TIMEOUT")->i;
     ho.max_connections = (unsigned)svc_service_option("HTTP_MAX_CONNECTIONS")->i;
+    ho.trusted_proxies = svc_service_trusted_proxies();
     ho.default_style = (enum svc_http_style)default_style;
     if (svc_http_server_create(&srv, &ho, routes, nroutes, err, sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "HTTP_ADDR: %s", err);

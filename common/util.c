@@ -1,12 +1,18 @@
 #include "svc/util.h"
 
+#include <arpa/inet.h>
 #include <malloc.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sodium.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/random.h>
 #include <time.h>
+
+#include "svc/cfg.h"
 
 static void fill_random(void *buf, size_t n)
 {
@@ -285,4 +291,111 @@ int svc_util_heap_trim(void)
         return 0;
     malloc_trim(0);
     return 1;
+}
+
+/* ---- networks (TRUSTED_PROXIES) ---- */
+
+/* One item, "addr" or "addr/bits", of len bytes (not NUL-terminated). */
+static int cidr_parse_one(struct svc_util_cidr *c, const char *item, size_t len, char *err,
+                          size_t errlen)
+{
+    char text[INET6_ADDRSTRLEN + 8];
+    char *slash;
+    unsigned max;
+    int64_t bits;
+
+    if (len >= sizeof(text)) {
+        snprintf(err, errlen, "not an IP address or network: \"%.*s\"", (int)len, item);
+        return SVC_EINVAL;
+    }
+    memcpy(text, item, len);
+    text[len] = '\0';
+    slash = strchr(text, '/');
+    if (slash != NULL)
+        *slash = '\0';
+    memset(c, 0, sizeof(*c));
+    if (inet_pton(AF_INET, text, c->addr) == 1) {
+        c->family = AF_INET;
+        max = 32;
+    } else if (inet_pton(AF_INET6, text, c->addr) == 1) {
+        c->family = AF_INET6;
+        max = 128;
+    } else {
+        snprintf(err, errlen, "not an IP address or network: \"%.*s\"", (int)len, item);
+        return SVC_EINVAL;
+    }
+    bits = max;
+    if (slash != NULL && svc_cfg_parse_int(slash + 1, 0, max, &bits) != SVC_OK) {
+        snprintf(err, errlen, "prefix length of \"%.*s\" not in 0..%u", (int)len, item, max);
+        return SVC_EINVAL;
+    }
+    c->bits = (unsigned)bits;
+    /* 10.1.2.3/8 names a host and a network at once: refused rather than guessed, since this
+     * decides whom the services believe. */
+    for (unsigned i = c->bits; i < max; i++) {
+        if (c->addr[i / 8] & (0x80u >> (i % 8))) {
+            snprintf(err, errlen, "\"%.*s\" has bits set after the prefix length", (int)len, item);
+            return SVC_EINVAL;
+        }
+    }
+    return SVC_OK;
+}
+
+int svc_util_cidrs_parse(struct svc_util_cidrs *out, const char *list, char *err, size_t errlen)
+{
+    const char *item;
+    size_t len;
+
+    out->n = 0;
+    while (svc_cfg_list_next(&list, &item, &len)) {
+        if (out->n == SVC_UTIL_CIDRS_MAX) {
+            snprintf(err, errlen, "more than %d networks", SVC_UTIL_CIDRS_MAX);
+            out->n = 0;
+            return SVC_EINVAL;
+        }
+        if (cidr_parse_one(&out->net[out->n], item, len, err, errlen) != SVC_OK) {
+            out->n = 0;
+            return SVC_EINVAL;
+        }
+        out->n++;
+    }
+    return SVC_OK;
+}
+
+static int cidr_contains(const struct svc_util_cidr *c, int family, const unsigned char *a)
+{
+    unsigned full = c->bits / 8, rest = c->bits % 8;
+
+    if (c->family != family || memcmp(c->addr, a, full) != 0)
+        return 0;
+    return rest == 0 || ((c->addr[full] ^ a[full]) & (0xffu << (8 - rest)) & 0xffu) == 0;
+}
+
+int svc_util_cidrs_match(const struct svc_util_cidrs *set, const struct sockaddr *sa)
+{
+    static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    const unsigned char *a;
+    int family;
+
+    if (set == NULL || sa == NULL)
+        return 0;
+    if (sa->sa_family == AF_INET) {
+        family = AF_INET;
+        a = (const unsigned char *)&((const struct sockaddr_in *)(const void *)sa)->sin_addr;
+    } else if (sa->sa_family == AF_INET6) {
+        family = AF_INET6;
+        a = ((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr.s6_addr;
+        /* A dual-stack listener ([::]:8080) sees IPv4 peers as ::ffff:a.b.c.d: the IPv4 entries
+         * must match them too. */
+        if (memcmp(a, v4mapped, sizeof(v4mapped)) == 0) {
+            family = AF_INET;
+            a += sizeof(v4mapped);
+        }
+    } else {
+        return 0;
+    }
+    for (size_t i = 0; i < set->n; i++)
+        if (cidr_contains(&set->net[i], family, a))
+            return 1;
+    return 0;
 }

@@ -751,7 +751,9 @@ function upstreamServers(component, service, addrs, passive = true) {
         return `        # no ${service} address given: requests routed here get 502\n        server 127.0.0.1:9 down;`;
     return addrs.map((a) => {
         if (!/^[\w.\-[\]:]+:\d+$/.test(a)) throw new StackError(component, `bad ${service} upstream address ${JSON.stringify(a)}`);
-        return `        server ${a} ${passive ? 'max_fails=1 fail_timeout=5s' : 'max_fails=0'};`;
+        // One replica is never marked down (nginx ignores max_fails for a lone server, but not
+        // beside the ingress's backup, the fallback): it is tried by every request.
+        return `        server ${a} ${passive && addrs.length > 1 ? 'max_fails=1 fail_timeout=5s' : 'max_fails=0'};`;
     }).join('\n');
 }
 
@@ -784,7 +786,12 @@ function hardNofile() {
  * listenPort already chosen. Returns {conf, readyToken, errorLog, accessLog}.
  */
 export function renderNginxConf({ dir, logDir, listenHost = '127.0.0.1', listenPort, upstreams = {},
-    staticRoot = DEFAULT_STATIC_ROOT, workerProcesses = 2, workerConnections = 16384, label = 'nginx' }) {
+    staticRoot = DEFAULT_STATIC_ROOT, workerProcesses = 2, workerConnections = 16384, label = 'nginx',
+    readTimeout = '1h' }) {
+    if (!/^[1-9][0-9]*(ms|s|m|h)?$/.test(String(readTimeout))) throw new StackError(label, `bad read timeout ${JSON.stringify(readTimeout)}`);
+    // The fallback server's socket (nginx.conf.tmpl): a Unix socket path holds at most 107 bytes.
+    const fallback = path.join(path.resolve(dir), 'fallback.sock');
+    if (Buffer.byteLength(fallback) > 107) throw new StackError(label, `${fallback}: too long for a Unix socket (107 bytes); use a shorter DATA_DIR`);
     const readyToken = crypto.randomBytes(12).toString('hex');
     // A proxied request holds two descriptors; stay within the hard limit, which a process
     // without CAP_SYS_RESOURCE cannot raise (nginx would log a setrlimit alert).
@@ -799,6 +806,7 @@ export function renderNginxConf({ dir, logDir, listenHost = '127.0.0.1', listenP
         auth_servers: upstreamServers(label, 'auth', upstreams.auth),
         chat_servers: upstreamServers(label, 'chat', upstreams.chat),
         proxy_servers: upstreamServers(label, 'proxy', upstreams.proxy),
+        proxy_read_timeout: String(readTimeout),
     };
     const conf = renderTemplate(fs.readFileSync(NGINX_TEMPLATE, 'utf8'), vars);
     return { conf, readyToken, errorLog: vars.error_log, accessLog: vars.access_log };
@@ -834,13 +842,15 @@ async function launchNginx({ label, dir, logDir, confText, errorLog, host, port,
  * opts: dir (prefix: nginx.conf, nginx.pid, tmp/; required), logDir (default dir/logs),
  *       listenHost ('127.0.0.1'), listenPort (default: a free port),
  *       upstreams {auth:[addr], chat:[addr], proxy:[addr], billing: ignored (no public route)},
- *       staticRoot (web root for / and /admin/; default deploy/local/www), workerProcesses (2), tee.
+ *       staticRoot (web root for / and /admin/; default deploy/local/www), workerProcesses (2), tee,
+ *       readTimeout (proxy_read_timeout, default 1h).
  * A taken listen port fails with StackError "nginx: HOST:PORT is already in use".
  * Returns {kind:'nginx', label, pid, host, port, url, confPath, errorLog, accessLog, dir, exited,
  *          stop(), kill()}.
  */
 export async function startNginx({ dir, logDir, listenHost = '127.0.0.1', listenPort, upstreams = {},
-    staticRoot = DEFAULT_STATIC_ROOT, workerProcesses = 2, tee = false, readyTimeoutMs = 10000, label = 'nginx' } = {}) {
+    staticRoot = DEFAULT_STATIC_ROOT, workerProcesses = 2, tee = false, readyTimeoutMs = 10000, label = 'nginx',
+    readTimeout = '1h' } = {}) {
     if (!dir) throw new StackError(label, 'startNginx needs a dir');
     requireCommand(label, 'nginx');
     dir = path.resolve(dir);
@@ -850,7 +860,9 @@ export async function startNginx({ dir, logDir, listenHost = '127.0.0.1', listen
     return retryOnPortClash(!listenPort, async () => {
         const port = listenPort || await freePort(listenHost);
         await assertPortFree(label, listenHost, port);
-        const r = renderNginxConf({ dir, logDir, listenHost, listenPort: port, upstreams, staticRoot, workerProcesses, label });
+        const r = renderNginxConf({ dir, logDir, listenHost, listenPort: port, upstreams, staticRoot, workerProcesses, label, readTimeout });
+        // A fallback socket left by an nginx that was killed would make this one fail to bind.
+        fs.rmSync(path.join(dir, 'fallback.sock'), { force: true });
         const h = await launchNginx({ label, dir, logDir, confText: r.conf, errorLog: r.errorLog, host: listenHost, port,
             readyToken: r.readyToken, tee, readyTimeoutMs });
         return Object.assign(h, { kind: 'nginx', host: listenHost, port, accessLog: r.accessLog, dir });
@@ -1058,6 +1070,7 @@ function nonEmpty(v) {
  *   fakeUpstreamEnv  FAKE_* knobs for the fake upstream
  *   staticRoot     web root served by nginx at / and /admin/ (default deploy/local/www)
  *   persist        Redis with an append-only file (default false); fastMysql relaxes fsync
+ *   nginxReadTimeout  the ingress's proxy_read_timeout (default '1h'; tests of its 504 use less)
  *   binDir, inheritEnv, tee, logLevel, log (progress callback), lock (default true)
  * Returns {dir, logDir, url, host, port, redisUrl, db, mariadb, redis, fakeUpstream, authUrl, rpcSecret,
  *          billingUrl, services: {name: [handles]}, nginx, rpc, handles, stop()}.
@@ -1068,7 +1081,7 @@ export async function startStack(opts = {}) {
         dir, listenHost = '127.0.0.1', listenPort = 0, replicas = {}, services = SERVICES, mysql = false,
         redisUrl, db, env = {}, serviceEnv = {}, fakeUpstream, fakeUpstreamEnv = {}, staticRoot = DEFAULT_STATIC_ROOT,
         persist = false, fastMysql = false, binDir, inheritEnv = false, tee = false, logLevel, log = () => {},
-        lock = true,
+        lock = true, nginxReadTimeout = '1h',
     } = opts;
     if (!dir) throw new StackError('stack', 'startStack needs a dir (DATA_DIR)');
     const root = path.resolve(dir);
@@ -1203,6 +1216,7 @@ export async function startStack(opts = {}) {
         result.nginx = started(await startNginx({
             dir: path.join(root, 'nginx'), logDir, listenHost, listenPort,
             upstreams: { auth: addrs('auth'), chat: addrs('chat'), proxy: addrs('proxy') }, staticRoot, tee,
+            readTimeout: nginxReadTimeout,
         }));
         result.url = result.nginx.url;
         result.host = listenHost;

@@ -111,6 +111,7 @@ int main(int argc, char **argv)
     ho.max_header = (size_t)setting.HTTP_MAX_HEADER.i;
     ho.idle_timeout = (unsigned)setting.HTTP_IDLE_TIMEOUT.i;
     ho.max_connections = (unsigned)setting.HTTP_MAX_CONNECTIONS.i;
+    ho.trusted_proxies = svc_service_trusted_proxies();
     ho.default_style = SVC_HTTP_STYLE_OPENAI;
     if (svc_http_server_create(&srv, &ho, routes, sizeof(routes) / sizeof(routes[0]), err,
                                sizeof(err)) != SVC_OK)

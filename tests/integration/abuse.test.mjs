@@ -26,6 +26,35 @@ describe('OPS_KEY', () => {
     });
 });
 
+// The services believe X-Real-IP only from TRUSTED_PROXIES (the ingress). Here only 127.0.0.1,
+// the address nginx connects from, is trusted; the attacker below reaches auth directly from
+// 127.0.0.2 (every 127/8 address is on loopback) and names another source in every request.
+describe('X-Real-IP is believed only from TRUSTED_PROXIES', () => {
+    const stack = withStack({ env: { ...ENV, TRUSTED_PROXIES: '127.0.0.1/32' } });
+    const opsFrom = (localAddress, ip, key) => postJSON(`${authUrl(stack)}/accounts`, { action: 'list' },
+        { localAddress, headers: { 'X-Real-IP': ip, Opskey: key } });
+
+    it('a forged X-Real-IP from another peer is throttled under that peer\'s own address', async () => {
+        const rs = [];
+        for (let i = 0; i < 25; i++) rs.push(await opsFrom('127.0.0.2', `10.77.0.${i}`, `wrong-key-${i}`));
+        assert.equal(rs.filter((r) => r.status === 401).length, 20, rs.map((r) => r.status).join(','));
+        assert.ok(rs.slice(20).every((r) => r.status === 429), rs.map((r) => r.status).join(','));
+        // whatever address it names next, and even with the right key
+        assert.equal((await opsFrom('127.0.0.2', '10.77.9.9', OPS_KEY)).status, 429);
+        assert.match(logsText(stack), /wrong Opskey from 127\.0\.0\.2/);
+        assert.doesNotMatch(logsText(stack), /wrong Opskey from 10\.77\./);
+    });
+
+    it('the trusted peer (the ingress) still names its clients', async () => {
+        // from 127.0.0.1 the header is believed: 10.77.0.1 is not the throttled 127.0.0.2
+        const direct = await opsFrom('127.0.0.1', '10.77.0.1', OPS_KEY);
+        assert.equal(direct.status, 200, direct.body);
+        // through nginx (on 127.0.0.1) the client is the ingress's $remote_addr, here 127.0.0.1
+        const viaIngress = await ops(stack, { action: 'list' });
+        assert.equal(viaIngress.status, 200, viaIngress.body);
+    });
+});
+
 describe('operator secrets are throttled per source address', () => {
     const stack = withStack({ replicas: { auth: 2 }, env: ENV });
     const opsFrom = (i, ip, key) => postJSON(`${authUrl(stack, i)}/accounts`, { action: 'list' },

@@ -69,6 +69,23 @@ function envelopeProblem(r) {
     return '';
 }
 
+/** Is r a JSON error in the route's shape, whatever its status (nginx's own 5xx too)? '' when it is. */
+function errorShapeProblem(p, r) {
+    let j;
+    try {
+        j = JSON.parse(r.body);
+    } catch {
+        return `not JSON (${r.headers['content-type']}): ${r.body.slice(0, 80)}`;
+    }
+    if (!/^application\/json/.test(r.headers['content-type'] || '')) return `content-type ${r.headers['content-type']}`;
+    if (p.startsWith('/v1/')) {
+        const e = j?.error;
+        return typeof e?.message === 'string' && typeof e.type === 'string' && 'param' in e && typeof e.code === 'string'
+            ? '' : `not an OpenAI error object: ${r.body.slice(0, 80)}`;
+    }
+    return j?.status === 'Fail' && typeof j.message === 'string' && j.data === null ? '' : `not the envelope: ${r.body.slice(0, 80)}`;
+}
+
 /** Is r an OpenAI error object ({error: {message, type, param, code}})? '' when it is. */
 function openaiProblem(r) {
     if (r.status >= 500) return `server error ${r.status}`;
@@ -265,13 +282,60 @@ describe('bad input and abuse through the ingress', () => {
     // nginx passes one by one (a ~20 KiB block, or 300 short lines) reaches the service, whose
     // libmicrohttpd answers its own HTML 431. nginx's own limit stays 4 x 8 KiB: a lower one would
     // refuse browsers' large cookie jars, of which the ingress passes on only two cookies.
-    it('a header block over the services\' limit is answered in the route\'s shape', {
-        todo: 'libmicrohttpd 0.9.75 answers its own HTML 431 before any route runs',
-    }, async () => {
+    // libmicrohttpd answers those with its own HTML 431 before any route runs; the ingress
+    // replaces that answer, and only that one (deploy/local/nginx.conf.tmpl, "Answers nginx
+    // replaces"): the services' own JSON errors pass as they were sent (the next case).
+    it('a header block over the services\' limit is answered in the route\'s shape', async () => {
         const headers = {};
         for (let i = 0; i < 300; i++) headers[`x-l${i}`] = 'v';
-        const r = await post({ path: '/api/session' }, '{}', { headers });
-        assert.equal(envelopeProblem(r), '', `${r.status} ${r.body.slice(0, 80)}`);
+        const bad = [];
+        for (const [p, hs] of SHAPED) {
+            for (const body of ['{}', '']) {
+                const r = await post({ path: p, headers: hs }, body, { headers });
+                const problem = errorShapeProblem(p, r);
+                const missing = ['x-request-id', 'x-content-type-options', 'x-frame-options'].filter((h) => !r.headers[h]);
+                if (r.status !== 431 || problem || missing.length) bad.push(`${p} (${body ? 'body' : 'none'}): ${r.status} ${problem} ${missing}`);
+            }
+        }
+        // the service behind is fine: the next request of the same client is served
+        assert.equal((await post({ path: '/api/session' }, '{}')).status, 200);
+        assert.deepEqual(bad, [], bad.join('\n'));
+    });
+
+    it('the services\' own JSON errors (400, 413, 429) pass the ingress unchanged', async () => {
+        const direct = (svc, p) => `http://${stack.services[svc][0].httpAddr}${p}`;
+        const viaBoth = async (svc, p, opts) => {
+            sent += 2;
+            const a = await request(`${stack.url}${p}`, opts);
+            const b = await request(direct(svc, p), opts);
+            return [a, b];
+        };
+        const json = { 'content-type': 'application/json' };
+        const cases = [
+            ['proxy 400', 'proxy', '/v1/chat/completions', { method: 'POST', headers: { ...json, authorization: `Bearer ${apiKey}` }, body: '{"model":' }, 400],
+            ['auth 400', 'auth', '/api/login', { method: 'POST', headers: json, body: '{"username":' }, 400],
+            ['chat 413', 'chat', '/api/chat-process', { method: 'POST', headers: { ...json, authorization: ALICE }, body: JSON.stringify({ prompt: 'x'.repeat(MAX_BODY + 10) }) }, 413],
+            ['proxy 413', 'proxy', '/v1/chat/completions', { method: 'POST', headers: { ...json, authorization: `Bearer ${apiKey}` }, body: JSON.stringify({ model: 'x', messages: [{ role: 'user', content: 'x'.repeat(MAX_BODY + 10) }] }) }, 413],
+        ];
+        for (const [name, svc, p, opts, status] of cases) {
+            const [a, b] = await viaBoth(svc, p, opts);
+            assert.equal(b.status, status, `${name} direct: ${b.status} ${b.body.slice(0, 100)}`);
+            assert.equal(a.status, b.status, `${name}: ${a.body.slice(0, 100)}`);
+            assert.equal(a.body, b.body, name);
+            assert.equal(a.headers['content-type'], b.headers['content-type'], name);
+        }
+        // 429: a throttled login (AUTH_THROTTLE_USER, 10 free misses per account and address)
+        const user = `nobody-${Date.now()}`;
+        let a;
+        for (let i = 0; i < 12; i++) {
+            sent++;
+            a = await request(`${stack.url}/api/login`, { method: 'POST', headers: json, body: JSON.stringify({ username: user, password: `guess-${i}` }) });
+        }
+        assert.equal(a.status, 429, a.body);
+        assert.match(a.headers['retry-after'], /^[1-9][0-9]*$/);
+        const j = JSON.parse(a.body);
+        assert.equal(j.status, 'Fail');
+        assert.match(j.message, new RegExp(`${a.headers['retry-after']} ?s`), 'the service\'s own message, not one of the ingress');
     });
 
     it('requests nginx refuses itself (Host, Content-Length, chunked body, URI) get the route\'s shape', async () => {
@@ -286,6 +350,9 @@ describe('bad input and abuse through the ingress', () => {
             ['bad header name', 400, `POST ${p} HTTP/1.1\r\nHost: x\r\nBad Name: y\r\nContent-Length: 2\r\n\r\n{}`],
             // nginx stops reading the request line at its buffer: it knows no URI, so the envelope
             ['URI over 8 KiB', 414, `GET ${p}?q=${'a'.repeat(9000)} HTTP/1.1\r\nHost: x\r\n\r\n`, 'envelope'],
+            ['Transfer-Encoding gzip', 501, `POST ${p} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n`],
+            // a version nginx refuses leaves the request line unparsed, so the envelope again
+            ['HTTP/9.9', 505, `POST ${p} HTTP/9.9\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}`, 'envelope'],
         ];
         const bad = [];
         for (const [p, hs] of SHAPED) {
@@ -295,7 +362,8 @@ describe('bad input and abuse through the ingress', () => {
                 const head = r.data.slice(0, Math.max(0, r.data.indexOf('\r\n\r\n')));
                 const st = Number(r.data.slice(9, 12));
                 const res = { status: st, headers: { 'content-type': /content-type: *([^\r]*)/i.exec(head)?.[1] }, body: rawBody(r.data) };
-                const problem = shape === 'envelope' ? envelopeProblem(res) : shapeProblem(p, res);
+                const problem = status >= 500 ? errorShapeProblem(shape === 'envelope' ? '/' : p, res)
+                    : shape === 'envelope' ? envelopeProblem(res) : shapeProblem(p, res);
                 const missing = ['application/json', 'X-Content-Type-Options: nosniff', 'X-Frame-Options: DENY', 'X-Request-Id: ']
                     .filter((h) => !head.includes(h));
                 if (st !== status || problem || missing.length) bad.push(`${p} ${name}: ${st} ${problem} ${missing.join(',')} ${res.body.slice(0, 50)}`);
@@ -408,7 +476,8 @@ describe('bad input and abuse through the ingress', () => {
                 assert.match(r.data, /^HTTP\/1\.[01] ([2-4]\d\d|505) /, `${JSON.stringify(junk)}: ${r.data.slice(0, 60)}`);
                 const st = Number(r.data.slice(9, 12));
                 if (st < 400 || r.data.includes('application/json')) {
-                    assert.equal(envelopeProblem({ status: st, headers: {}, body: rawBody(r.data) }), '', JSON.stringify(junk));
+                    const res = { status: st, headers: { 'content-type': 'application/json' }, body: rawBody(r.data) };
+                    assert.equal(st >= 500 ? errorShapeProblem('/', res) : envelopeProblem(res), '', JSON.stringify(junk));
                 }
             }
         }
@@ -455,5 +524,54 @@ describe('bad input and abuse through the ingress', () => {
         // carol's only change was the register's 1000: every chat above was alice's (static)
         assert.equal(check.json().data.balance, 1000, check.body);
         assert.ok((await getJSON(`${stack.fakeUpstream.url}/_fake/stats`)) !== null);
+    });
+});
+
+// nginx's own 502 and 504 (a service stopped, none configured, too slow) in the route's shape,
+// with the status kept. A stack of its own: services are stopped here, and its ingress waits
+// 2 s (proxy_read_timeout) for an answer while the fake upstream takes 6 s to its first token.
+describe('the ingress\'s 502 and 504 in the route\'s shape', () => {
+    const stack = withStack({
+        env: { ...ENV, OPENAI_PROXY: 'true' }, services: ['auth', 'billing', 'chat'],
+        nginxReadTimeout: '2s', fakeUpstreamEnv: { FAKE_TTFT_MS: '6000' },
+    });
+    const json = { 'content-type': 'application/json' };
+    const check = (name, p, r, status) => {
+        assert.equal(r.status, status, `${name}: ${r.body.slice(0, 100)}`);
+        assert.equal(errorShapeProblem(p, r), '', name);
+        for (const h of ['x-request-id', 'x-content-type-options']) assert.ok(r.headers[h], `${name}: no ${h}`);
+    };
+
+    it('504 when a service does not answer within proxy_read_timeout', async () => {
+        const r = await request(`${stack.url}/api/chat-process`, {
+            method: 'POST', headers: { ...json, authorization: ALICE }, body: JSON.stringify({ prompt: 'slow' }),
+        });
+        check('chat-process', '/api/chat-process', r, 504);
+        assert.match(r.body, /gateway timeout/);
+    });
+
+    it('502 for a route whose service has no replica (proxy not started)', async () => {
+        for (const [method, p] of [['GET', '/v1/models'], ['POST', '/v1/chat/completions']]) {
+            const r = await request(`${stack.url}${p}`, { method, headers: { ...json, authorization: 'Bearer sk-x' }, body: method === 'POST' ? '{}' : undefined });
+            check(p, p, r, 502);
+            assert.equal(JSON.parse(r.body).error.code, 'bad_gateway');
+        }
+    });
+
+    it('502 for routes whose service was stopped, chunked uploads too', async () => {
+        await stack.services.chat[0].stop();
+        await stack.services.auth[0].stop();
+        const cases = [['/api/config', 'POST', '{}'], ['/api/chat-process', 'POST', '{"prompt":"x"}'],
+            ['/api/session', 'POST', '{}'], ['/accounts', 'POST', '{"action":"list"}'], ['/api/me', 'GET', undefined]];
+        for (const [p, method, body] of cases) {
+            const r = await request(`${stack.url}${p}`, { method, headers: { ...json, opskey: OPS_KEY }, body });
+            check(p, p, r, 502);
+        }
+        const { host, port } = stack.nginx;
+        const c = await raw(host, port, 'POST /api/config HTTP/1.1\r\nHost: x\r\nConnection: close\r\n' +
+            'Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n', { waitMs: 15000, halfClose: false });
+        const r = { status: Number(c.data.slice(9, 12)), headers: { 'content-type': /content-type: *([^\r]*)/i.exec(c.data)?.[1] }, body: rawBody(c.data) };
+        assert.equal(r.status, 502, c.data.slice(0, 200));
+        assert.equal(errorShapeProblem('/api/config', r), '');
     });
 });

@@ -45,6 +45,8 @@ describe('bad configuration stops a service with one line naming the variable', 
         ['auth', 'RPC_SECRET', 'shorter-than-32-characters'],
         ['chat', 'RPC_SECRET', 'x'.repeat(31)],
         ['billing', 'RPC_INSECURE', 'maybe'],
+        ['auth', 'TRUSTED_PROXIES', '127.0.0.0/8,10.0.0/8'],
+        ['proxy', 'TRUSTED_PROXIES', '10.1.2.3/8'],
     ];
     for (const [svc, name, value] of cases) {
         it(`${svc}: ${name}=${value}`, async () => {

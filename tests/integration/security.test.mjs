@@ -143,7 +143,11 @@ describe('security: internal ports and data at rest', () => {
             assert.ok(names.includes(want), `${want} exists (have ${names.join(', ')})`);
         assert.ok(names.some((n) => /\.(db|sqlite3?)$/.test(n)), `a SQLite database (have ${names.join(', ')})`);
         assert.ok(names.some((n) => /^redis\/.*(aof|rdb)/.test(n)), `a Redis dump (have ${names.join(', ')})`);
-        const open = all.filter((p) => (mode(p) & 0o077) !== 0 && !fs.lstatSync(p).isSymbolicLink())
+        // nginx makes its listening Unix sockets 0666 whatever the umask (the ingress's fallback,
+        // nginx/fallback.sock): the 0700 directories above it are what keep others out.
+        const sockets = all.filter((p) => fs.lstatSync(p).isSocket());
+        for (const p of sockets) assert.equal(mode(path.dirname(p)) & 0o077, 0, `${path.relative(stack.dir, p)}'s directory`);
+        const open = all.filter((p) => (mode(p) & 0o077) !== 0 && !fs.lstatSync(p).isSymbolicLink() && !sockets.includes(p))
             .map((p) => `${path.relative(stack.dir, p)} ${mode(p).toString(8)}`);
         assert.deepEqual(open, [], 'nothing under DATA_DIR is readable by group or others');
         // and nginx still serves bodies larger than its in-memory buffer (temp files in the private dir)

@@ -128,6 +128,8 @@ describe('what the chart promises', () => {
                 assert.deepEqual(c.ports.map((p) => [p.name, p.containerPort]), [['http', 8080], ['admin', 9090]]);
                 const env = Object.fromEntries(c.env.filter((e) => 'value' in e).map((e) => [e.name, e.value]));
                 assert.equal(env.ADMIN_ADDR, '0.0.0.0:9090');
+                // X-Real-IP is believed from the pod network (the ingress controller), not from loopback only
+                assert.equal(env.TRUSTED_PROXIES, '10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7');
                 assert.ok(dep.spec.template.spec.terminationGracePeriodSeconds > Number(env.DRAIN_TIMEOUT) + 5,
                     `${name}: grace ${dep.spec.template.spec.terminationGracePeriodSeconds} vs DRAIN_TIMEOUT ${env.DRAIN_TIMEOUT}`);
                 assert.ok(c.resources.requests.cpu && c.resources.requests.memory && c.resources.limits.memory);

@@ -16,13 +16,22 @@ const NONE = 'web-or-404';
 /** The locations of the server block: [{modifier: '=', '^~', '~', '' , path, target}]. */
 export function parseNginx(text) {
     const out = [];
-    const re = /location\s+(=|\^~|~\*|~)?\s*(\S+)\s*\{([^{}]*)\}/g;
+    // a location's body may hold one level of blocks (if (...) { ... })
+    const re = /location\s+(=|\^~|~\*|~)?\s*(\S+)\s*\{((?:[^{}]|\{[^{}]*\})*)\}/g;
+    const named = {};
+    const target = (body) => /proxy_pass\s+http:\/\/chatweb_(\w+)\s*;/.exec(body)?.[1] || NONE;
     for (const m of text.matchAll(re)) {
-        const body = m[3];
-        const pp = /proxy_pass\s+http:\/\/chatweb_(\w+)\s*;/.exec(body);
-        out.push({ modifier: m[1] || '', path: m[2], target: pp ? pp[1] : NONE });
+        // a named location (@x) is no route: a public location hands requests to it
+        if (m[2].startsWith('@')) named[m[2]] = target(m[3]);
+        else out.push({ modifier: m[1] || '', path: m[2], body: m[3] });
     }
-    return out;
+    // A public location that hands (some) requests to a named one must reach the same service
+    // both ways, or its route depends on the request.
+    return out.map(({ modifier, path: p, body }) => {
+        const own = target(body);
+        const to = /error_page\s+418\s*=\s*(@\w+)\s*;/.exec(body)?.[1];
+        return { modifier, path: p, target: to && named[to] !== own ? `${own} or ${named[to]}` : own };
+    });
 }
 
 /** nginx: exact '=' first; else the longest prefix; '^~' stops there; else the first regex; else that prefix. */

@@ -20,6 +20,7 @@
 #include "svc/err.h"
 #include "svc/http.h"
 #include "svc/rpc.h"
+#include "svc/util.h"
 #include "test.h"
 
 #define MAX_BODY 1024
@@ -109,7 +110,11 @@ static const struct svc_http_route routes[] = {
 };
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))
 
-static struct svc_http_server *start(enum svc_http_style style, const char *addr)
+/* srv_text believes X-Real-IP from loopback (the local ingress), srv_env from no peer it has */
+static struct svc_util_cidrs trust_loopback, trust_elsewhere;
+
+static struct svc_http_server *start(enum svc_http_style style, const char *addr,
+                                     const struct svc_util_cidrs *trusted)
 {
     struct svc_http_opts o = {0};
     struct svc_http_server *srv = NULL;
@@ -123,6 +128,7 @@ static struct svc_http_server *start(enum svc_http_style style, const char *addr
     o.max_body = MAX_BODY;
     o.idle_timeout = 5;
     o.default_style = style;
+    o.trusted_proxies = trusted;
     rc = svc_http_server_create(&srv, &o, routes, NROUTES, err, sizeof(err));
     if (rc != SVC_OK)
         T_FAIL("svc_http_server_create(%s): %d %s", addr, rc, err);
@@ -490,9 +496,19 @@ static void test_accessors_and_headers(void)
     T_EQ_STR(r.extra, "yes");
     resp_done(&r);
 
-    /* X-Real-IP from the ingress wins over the socket peer */
+    /* X-Real-IP from the ingress (a trusted peer) wins over the socket peer */
     request(srv_text, NULL, "/info", NULL, 0, 0, "X-Real-IP: 203.0.113.7", &r);
     T_EQ_STR(body_of(&r), "q=(none);h=(none);ip=203.0.113.7;path=/info");
+    resp_done(&r);
+}
+
+static void test_real_ip_only_from_trusted_peers(void)
+{
+    struct resp r;
+
+    /* 127.0.0.1 is not in srv_env's TRUSTED_PROXIES: its X-Real-IP is a forgery */
+    request(srv_env, NULL, "/info", NULL, 0, 0, "X-Real-IP: 203.0.113.7", &r);
+    T_EQ_STR(body_of(&r), "q=(none);h=(none);ip=127.0.0.1;path=/info");
     resp_done(&r);
 }
 
@@ -721,7 +737,7 @@ static void test_rpc_signatures(void)
 
 static void test_quiesce(void)
 {
-    struct svc_http_server *srv = start(SVC_HTTP_STYLE_TEXT, "127.0.0.1:0");
+    struct svc_http_server *srv = start(SVC_HTTP_STYLE_TEXT, "127.0.0.1:0", NULL);
     struct resp r;
 
     get(srv, "/text", &r);
@@ -755,9 +771,11 @@ static void test_quiesce(void)
 int main(void)
 {
     T_EQ_INT(curl_global_init(CURL_GLOBAL_DEFAULT), CURLE_OK);
-    srv_text = start(SVC_HTTP_STYLE_TEXT, "127.0.0.1:0");
-    srv_env = start(SVC_HTTP_STYLE_ENVELOPE, "127.0.0.1:0");
-    srv_openai = start(SVC_HTTP_STYLE_OPENAI, "127.0.0.1:0");
+    T_EQ_INT(svc_util_cidrs_parse(&trust_loopback, "127.0.0.0/8,::1", NULL, 0), SVC_OK);
+    T_EQ_INT(svc_util_cidrs_parse(&trust_elsewhere, "10.0.0.0/8", NULL, 0), SVC_OK);
+    srv_text = start(SVC_HTTP_STYLE_TEXT, "127.0.0.1:0", &trust_loopback);
+    srv_env = start(SVC_HTTP_STYLE_ENVELOPE, "127.0.0.1:0", &trust_elsewhere);
+    srv_openai = start(SVC_HTTP_STYLE_OPENAI, "127.0.0.1:0", NULL);
 
     T_RUN(test_ok_and_fresh_request_id);
     T_RUN(test_404_shapes);
@@ -769,6 +787,7 @@ int main(void)
     T_RUN(test_body_limits);
     T_RUN(test_request_id);
     T_RUN(test_accessors_and_headers);
+    T_RUN(test_real_ip_only_from_trusted_peers);
     T_RUN(test_cleanup_runs_once);
     T_RUN(test_port_taken);
     T_RUN(test_bad_addr);

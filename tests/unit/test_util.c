@@ -7,13 +7,16 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* RTLD_NEXT */
 #endif
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <dlfcn.h>
+#include <netinet/in.h>
 #include <sodium.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "svc/err.h"
@@ -500,6 +503,98 @@ static void test_wallclock(void)
     T_ASSERT(svc_util_wallclock_ms() >= ms);
 }
 
+/* ---- networks (TRUSTED_PROXIES) ---- */
+
+/* 1 when the address text (IPv4 or IPv6) is inside set */
+static int in_set(const struct svc_util_cidrs *set, const char *text)
+{
+    struct sockaddr_in a4 = {0};
+    struct sockaddr_in6 a6 = {0};
+
+    if (inet_pton(AF_INET, text, &a4.sin_addr) == 1) {
+        a4.sin_family = AF_INET;
+        return svc_util_cidrs_match(set, (struct sockaddr *)&a4);
+    }
+    T_EQ_INT(inet_pton(AF_INET6, text, &a6.sin6_addr), 1);
+    a6.sin6_family = AF_INET6;
+    return svc_util_cidrs_match(set, (struct sockaddr *)&a6);
+}
+
+static void test_cidrs_parse_and_match(void)
+{
+    struct svc_util_cidrs set;
+    char err[128] = "";
+
+    T_EQ_INT(svc_util_cidrs_parse(&set, " 127.0.0.0/8, ::1 ,10.2.0.0/15,fd00::/8,192.0.2.7", err,
+                                  sizeof(err)),
+             SVC_OK);
+    T_EQ_INT(set.n, 5);
+    T_EQ_INT(in_set(&set, "127.0.0.1"), 1);
+    T_EQ_INT(in_set(&set, "127.255.255.255"), 1);
+    T_EQ_INT(in_set(&set, "128.0.0.1"), 0);
+    T_EQ_INT(in_set(&set, "::1"), 1);
+    T_EQ_INT(in_set(&set, "::2"), 0);
+    /* /15: 10.2.x and 10.3.x, not 10.1.x nor 10.4.x (a prefix that ends inside a byte) */
+    T_EQ_INT(in_set(&set, "10.2.0.1"), 1);
+    T_EQ_INT(in_set(&set, "10.3.255.254"), 1);
+    T_EQ_INT(in_set(&set, "10.1.255.255"), 0);
+    T_EQ_INT(in_set(&set, "10.4.0.0"), 0);
+    T_EQ_INT(in_set(&set, "fd12:3456::1"), 1);
+    T_EQ_INT(in_set(&set, "fe80::1"), 0);
+    /* an address without /bits is one host */
+    T_EQ_INT(in_set(&set, "192.0.2.7"), 1);
+    T_EQ_INT(in_set(&set, "192.0.2.8"), 0);
+    /* a dual-stack listener sees IPv4 peers as IPv4-mapped IPv6 addresses */
+    T_EQ_INT(in_set(&set, "::ffff:127.0.0.1"), 1);
+    T_EQ_INT(in_set(&set, "::ffff:8.8.8.8"), 0);
+    /* the families never mix otherwise: 7f00::/8 is not 127.0.0.0/8 */
+    T_EQ_INT(in_set(&set, "7f00::1"), 0);
+    T_EQ_INT(svc_util_cidrs_match(NULL, NULL), 0);
+
+    /* /0 is everyone of its family; an empty list is nobody */
+    T_EQ_INT(svc_util_cidrs_parse(&set, "0.0.0.0/0", err, sizeof(err)), SVC_OK);
+    T_EQ_INT(in_set(&set, "203.0.113.9"), 1);
+    T_EQ_INT(in_set(&set, "2001:db8::1"), 0);
+    T_EQ_INT(svc_util_cidrs_parse(&set, "", err, sizeof(err)), SVC_OK);
+    T_EQ_INT(set.n, 0);
+    T_EQ_INT(in_set(&set, "127.0.0.1"), 0);
+    T_EQ_INT(svc_util_cidrs_parse(&set, " , ", err, sizeof(err)), SVC_OK);
+    T_EQ_INT(set.n, 0);
+}
+
+static void test_cidrs_parse_refuses(void)
+{
+    const char *bad[] = {"10.0.0/8",    "10.0.0.0/33",  "::/129",      "10.0.0.0/",
+                         "10.0.0.0/-1", "10.0.0.0/8x",  "localhost",   "10.1.2.3/8",
+                         "fd00::1/8",   "127.0.0.1 /8", "1.2.3.4/08a", "127.0.0.0/8,nope",
+                         "[::1]"};
+    struct svc_util_cidrs set;
+    char err[128], many[64 * 16] = "";
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        set.n = 99;
+        if (svc_util_cidrs_parse(&set, bad[i], err, sizeof(err)) != SVC_EINVAL)
+            T_FAIL("\"%s\" was accepted", bad[i]);
+        T_EQ_INT(set.n, 0);
+        T_ASSERT(err[0] != '\0');
+    }
+    /* the message names the item */
+    T_EQ_INT(svc_util_cidrs_parse(&set, "127.0.0.0/8,10.0.0/8", err, sizeof(err)), SVC_EINVAL);
+    T_ASSERT(strstr(err, "\"10.0.0/8\"") != NULL);
+    T_EQ_INT(svc_util_cidrs_parse(&set, "10.1.2.3/8", err, sizeof(err)), SVC_EINVAL);
+    T_ASSERT(strstr(err, "after the prefix") != NULL);
+
+    /* bounded: SVC_UTIL_CIDRS_MAX entries, not one more */
+    for (int i = 0; i < SVC_UTIL_CIDRS_MAX; i++)
+        snprintf(many + strlen(many), sizeof(many) - strlen(many), "10.0.%d.0/24,", i);
+    T_EQ_INT(svc_util_cidrs_parse(&set, many, err, sizeof(err)), SVC_OK);
+    T_EQ_INT(set.n, SVC_UTIL_CIDRS_MAX);
+    snprintf(many + strlen(many), sizeof(many) - strlen(many), "10.1.0.0/24");
+    T_EQ_INT(svc_util_cidrs_parse(&set, many, err, sizeof(err)), SVC_EINVAL);
+    T_EQ_INT(set.n, 0);
+}
+
 int main(void)
 {
     T_RUN(test_base64_rfc4648_vectors);
@@ -521,5 +616,7 @@ int main(void)
     T_RUN(test_utf8_trim_end);
     T_RUN(test_wipe);
     T_RUN(test_str_copy);
+    T_RUN(test_cidrs_parse_and_match);
+    T_RUN(test_cidrs_parse_refuses);
     return 0;
 }

@@ -59,7 +59,8 @@ struct svc_cfg_option {
     ACTION(HTTP_MAX_HEADER, SVC_OPT_INT, "16384", 4096, 1048576, "largest request line + headers in bytes (431 beyond); also memory held per connection") \
     ACTION(HTTP_IDLE_TIMEOUT, SVC_OPT_INT, "60", 1, 3600, "seconds before an idle client connection is closed") \
     ACTION(HTTP_MAX_CONNECTIONS, SVC_OPT_INT, "20000", 16, 1000000, "client connections per service") \
-    ACTION(DRAIN_TIMEOUT, SVC_OPT_INT, "25", 0, 3600, "seconds to finish in-flight requests on SIGTERM")
+    ACTION(DRAIN_TIMEOUT, SVC_OPT_INT, "25", 0, 3600, "seconds to finish in-flight requests on SIGTERM") \
+    ACTION(TRUSTED_PROXIES, SVC_OPT_STR, "127.0.0.0/8,::1", 0, 0, "comma-separated networks (CIDR, IPv4 or IPv6) of the proxies whose X-Real-IP names the client; a request from any other peer is from that peer's address")
 
 /* The SQL options of the services that own SQL data (auth, billing). */
 #define SVC_DB_OPTIONS(ACTION)                                                                \

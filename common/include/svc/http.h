@@ -28,6 +28,7 @@
 struct svc_loop;
 struct svc_http_server;
 struct svc_req;
+struct svc_util_cidrs;
 
 enum svc_http_mode { SVC_HTTP_POOL, SVC_HTTP_LOOPS };
 
@@ -76,6 +77,9 @@ struct svc_http_opts {
     unsigned idle_timeout;     /* seconds */
     unsigned max_connections;
     enum svc_http_style default_style; /* for paths that match no route */
+    /* The peers (the ingress) whose X-Real-IP header is believed as the client's address;
+     * borrowed, must outlive the server. NULL or empty: every client is its socket peer. */
+    const struct svc_util_cidrs *trusted_proxies;
 };
 
 /*
@@ -119,7 +123,8 @@ void svc_http_server_destroy(struct svc_http_server **srv);
 const char *svc_req_method(const struct svc_req *req);
 const char *svc_req_path(const struct svc_req *req);
 const char *svc_req_id(const struct svc_req *req);
-/* Client IP: X-Real-IP set by the ingress when present, else the socket peer. */
+/* Client IP: X-Real-IP set by the ingress, when present and the socket peer is one of
+ * opts.trusted_proxies; else the socket peer. What per-client throttles are keyed on. */
 const char *svc_req_client_ip(const struct svc_req *req);
 /* The socket peer's address ("?" when unknown), never taken from a header: for security logs. */
 const char *svc_req_peer_ip(const struct svc_req *req);

@@ -55,6 +55,12 @@ void svc_service_start(void);
  */
 void svc_service_setup_rpc_auth(void);
 
+/* TRUSTED_PROXIES as parsed by svc_service_setup (which exits SVC_EX_CONFIG on a bad entry): the
+ * peers whose X-Real-IP the data-plane listener believes (svc_http_opts.trusted_proxies). Valid
+ * for the life of the process. */
+struct svc_util_cidrs;
+const struct svc_util_cidrs *svc_service_trusted_proxies(void);
+
 /* Finds a parsed option by name (for the common ones). Never NULL for a declared option. */
 const struct svc_cfg_option *svc_service_option(const char *name);
 

@@ -70,4 +70,32 @@ void svc_util_wipe(void *p, size_t n);
 /* Milliseconds since the Unix epoch (CLOCK_REALTIME). */
 int64_t svc_util_wallclock_ms(void);
 
+/* A set of IPv4 and IPv6 networks, such as TRUSTED_PROXIES: at most SVC_UTIL_CIDRS_MAX. */
+#define SVC_UTIL_CIDRS_MAX 32
+struct svc_util_cidr {
+    int family;             /* AF_INET or AF_INET6 */
+    unsigned bits;          /* prefix length: 0..32 or 0..128 */
+    unsigned char addr[16]; /* network byte order; the first 4 bytes for AF_INET */
+};
+struct svc_util_cidrs {
+    size_t n;
+    struct svc_util_cidr net[SVC_UTIL_CIDRS_MAX];
+};
+
+/*
+ * Parses a comma-separated list of networks ("127.0.0.0/8, ::1, 10.1.0.0/16"; an address without
+ * "/bits" is one host) into *out, replacing what it held. An empty list is an empty set. On a bad
+ * item (not an address, bits out of range, bits set beyond the prefix, more than
+ * SVC_UTIL_CIDRS_MAX items) writes one line naming it into err and returns SVC_EINVAL; *out is
+ * then empty. Thread-safe.
+ */
+int svc_util_cidrs_parse(struct svc_util_cidrs *out, const char *list, char *err,
+                         size_t errlen) SVC_MUST_CHECK;
+
+struct sockaddr;
+
+/* 1 when the address sa (AF_INET or AF_INET6; an IPv4-mapped IPv6 address counts as its IPv4
+ * address) is inside one of the networks of set, else 0 (also for NULL or another family). */
+int svc_util_cidrs_match(const struct svc_util_cidrs *set, const struct sockaddr *sa);
+
 #endif

@@ -6,7 +6,7 @@ export function basicAuth(user, password) {
     return `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
 }
 
-function send(url, { method = 'GET', headers = {}, body, json, timeoutMs = 10000 } = {}, onResponse) {
+function send(url, { method = 'GET', headers = {}, body, json, timeoutMs = 10000, localAddress } = {}, onResponse) {
     return new Promise((resolve, reject) => {
         const h = { ...headers };
         let payload = body;
@@ -15,7 +15,7 @@ function send(url, { method = 'GET', headers = {}, body, json, timeoutMs = 10000
             if (!Object.keys(h).some((k) => k.toLowerCase() === 'content-type')) h['content-type'] = 'application/json';
         }
         if (payload !== undefined) h['content-length'] = Buffer.byteLength(payload);
-        const req = http.request(url, { method, headers: h, agent: false }, (res) => onResponse(res, resolve, reject));
+        const req = http.request(url, { method, headers: h, agent: false, localAddress }, (res) => onResponse(res, resolve, reject));
         req.setTimeout(timeoutMs, () => req.destroy(new Error(`${method} ${url}: no answer within ${timeoutMs} ms`)));
         req.on('error', reject);
         req.end(payload);
@@ -24,7 +24,8 @@ function send(url, { method = 'GET', headers = {}, body, json, timeoutMs = 10000
 
 /**
  * One request; resolves {status, headers, body (string), json()} once the whole body arrived.
- * opts: method, headers, body (string/Buffer) or json (serialized, content-type set), timeoutMs.
+ * opts: method, headers, body (string/Buffer) or json (serialized, content-type set), timeoutMs,
+ * localAddress (the source address to connect from, e.g. 127.0.0.2: another peer on loopback).
  */
 export function request(url, opts = {}) {
     return send(url, opts, (res, resolve, reject) => {
