@@ -481,7 +481,7 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
 {
     struct svc_fetch *f;
     CURL *e;
-    int rc = SVC_ENOMEM;
+    int rc = SVC_ENOMEM, h1_only = 0;
 
     *out = NULL;
     if (m == NULL || req == NULL || cb == NULL)
@@ -530,6 +530,7 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
                                                       ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE
                                                       : (long)CURL_HTTP_VERSION_2TLS);
     } else {
+        h1_only = 1;
         curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
         if (req->fresh_connection) {
             curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
@@ -541,10 +542,13 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
     if (req->ca_file != NULL && req->ca_file[0] != '\0')
         curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    /* A streamed body arrives in small events; curl's 16 KiB default receive buffer would be
-     * resident for every open stream. */
+    /* A streamed body arrives in small events (150-250 bytes of SSE each); curl's 16 KiB
+     * default receive buffer would be resident for every open stream. Over HTTP/1.1 1 KiB,
+     * curl's minimum, is enough (docs/benchmarks.md, "Where a stream's memory goes"); libcurl
+     * 7.88's HTTP/2 corrupts its heap with it when a GOAWAY refuses streams (upstream_h2.test),
+     * so a transfer that may be HTTP/2 keeps 4 KiB. */
     if (req->stream)
-        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
+        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, h1_only ? 1024L : 4096L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     if (req->body != NULL) {
         f->body = malloc(req->body_len ? req->body_len : 1);
