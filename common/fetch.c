@@ -614,13 +614,22 @@ void svc_fetch_cancel(struct svc_fetch **fp)
 
 void svc_fetch_pause(struct svc_fetch *f, int paused)
 {
+    struct svc_fetch_multi *m = f->m;
+
     /* The idle timeout measures the upstream's silence, not ours: it stops while we hold the
      * transfer and starts afresh when we take bytes again. */
     if (paused)
         svc_timer_stop(f->idle);
     else if (f->idle != NULL && !f->cancelled && svc_timer_start(f->idle, f->idle_ms) != SVC_OK)
         svc_timer_stop(f->idle);
+    /* Resuming delivers the held bytes to on_data inside curl_easy_pause, and on_data may cancel
+     * the fetch there: that is inside curl's callbacks too, so svc_fetch_cancel must leave the
+     * handle alone, and the fetch is freed here once curl has returned (test_fetch). */
+    m->in_action++;
     curl_easy_pause(f->easy, paused ? CURLPAUSE_RECV : CURLPAUSE_CONT);
+    m->in_action--;
+    if (f->cancelled && m->in_action == 0)
+        fetch_free(f);
 }
 
 void svc_fetch_headers_each(struct svc_fetch *f, svc_fetch_header_cb cb, void *ctx)
