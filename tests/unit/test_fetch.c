@@ -206,8 +206,8 @@ static void on_done(void *ud, int err, struct svc_fetch *f, long status, const c
     struct client *c = ud;
 
     (void)f, (void)status, (void)body, (void)len;
-    fprintf(stderr, "on_done after cancel: err=%d (%s) data_calls=%d\n", err,
-            errmsg ? errmsg : "", c->data_calls);
+    fprintf(stderr, "on_done after cancel: err=%d (%s) data_calls=%d\n", err, errmsg ? errmsg : "",
+            c->data_calls);
     n_done++;
 }
 

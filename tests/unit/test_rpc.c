@@ -87,8 +87,8 @@ static void test_call_header_list_enomem(void)
         n_allocs = 0;
         fail_at = k;
         fail_armed = 1;
-        rc = svc_rpc_call(cl, "/rpc/Test/Echo", &q.base, &chatweb__rpc__rpc_error__descriptor,
-                          &out, "rid", err, sizeof(err));
+        rc = svc_rpc_call(cl, "/rpc/Test/Echo", &q.base, &chatweb__rpc__rpc_error__descriptor, &out,
+                          "rid", err, sizeof(err));
         fail_armed = 0;
         T_ASSERT(out == NULL);
         T_ASSERT(n_allocs >= k); /* the k-th allocation was libcurl's and failed */
@@ -104,9 +104,9 @@ static void test_call_header_list_enomem(void)
 
 int main(void)
 {
-    T_EQ_INT(curl_global_init_mem(CURL_GLOBAL_DEFAULT, t_malloc, t_free, t_realloc, t_strdup,
-                                  t_calloc),
-             CURLE_OK);
+    T_EQ_INT(
+        curl_global_init_mem(CURL_GLOBAL_DEFAULT, t_malloc, t_free, t_realloc, t_strdup, t_calloc),
+        CURLE_OK);
     T_RUN(test_call_header_list_enomem);
     curl_global_cleanup();
     return 0;
