@@ -603,11 +603,15 @@ void svc_fetch_cancel(struct svc_fetch **fp)
     if (f->cb.on_cancel != NULL)
         f->cb.on_cancel(f->ud);
     /* Inside curl's own callbacks the handle cannot be removed; on_write returns 0 instead and
-     * check_done frees it when curl reports the transfer finished. */
+     * check_done frees it when curl reports the transfer finished. A silent upstream would keep
+     * curl from ever reporting it (and the connection open): the idle timer, fired at once,
+     * frees it as soon as the loop is out of curl's callbacks (on_idle runs no callback for a
+     * cancelled fetch). */
     if (f->m->in_action == 0 || f->queued) { /* a queued one is not curl's yet */
         fetch_free(f);
     } else {
-        svc_timer_stop(f->idle); /* its on_done must not run for a cancelled fetch */
+        if (f->idle != NULL && svc_timer_start(f->idle, 0) != SVC_OK)
+            svc_timer_stop(f->idle); /* then curl's own end or timeout frees it */
         svc_fetch_pause(f, 0);
     }
 }

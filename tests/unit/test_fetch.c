@@ -281,9 +281,9 @@ static void test_cancel_self_in_data(void)
 }
 
 /*
- * A fetch cancelled inside another fetch's on_data (inside curl's callbacks) stays curl's until
- * curl reports its end, and a silent upstream never makes curl do so: its idle timer must not
- * fire on_done for it afterwards (its ctx is freed already).
+ * A fetch cancelled inside another fetch's on_data (inside curl's callbacks) cannot be taken from
+ * curl there, and a silent upstream never makes curl report its end: its idle timer must not
+ * fire on_done for it afterwards (its ctx is freed already), and it must still be freed.
  */
 static void test_cancel_other_in_data(void)
 {
@@ -301,6 +301,8 @@ static void test_cancel_other_in_data(void)
     T_EQ_INT(n_cancel, 2);
     run_for(IDLE_MS * 4);
     T_EQ_INT(n_done, 0);
+    /* and the victim is freed although its upstream stays silent, not left to the end */
+    T_EQ_INT(svc_fetch_multi_active(multi), 0);
     teardown();
     T_EQ_INT(n_done, 0);
     T_EQ_INT(n_cancel, 2);
