@@ -90,10 +90,16 @@ static void up_fail(const char *what, const char *path, const char *body, size_t
     abort();
 }
 
-static int is_limit_key(const char *k)
+/* 1 when k is one of the reply limits of this kind of request (the OpenAI API's names). */
+static int is_limit_key(const char *kind, const char *k)
 {
-    return strcmp(k, "max_tokens") == 0 || strcmp(k, "max_completion_tokens") == 0 ||
-           strcmp(k, "max_output_tokens") == 0;
+    if (strcmp(kind, "chat") == 0)
+        return strcmp(k, "max_tokens") == 0 || strcmp(k, "max_completion_tokens") == 0;
+    if (strcmp(kind, "completions") == 0)
+        return strcmp(k, "max_tokens") == 0;
+    if (strcmp(kind, "responses") == 0)
+        return strcmp(k, "max_output_tokens") == 0;
+    return 0;
 }
 
 /* The checks on a metered request's body (see the top). */
@@ -113,30 +119,38 @@ static void check_metered_body(const char *kind, const char *path, const char *b
     model = json_string_value(json_object_get(up, "model"));
     if (model == NULL || strncmp(model, prefix, strlen(prefix)) != 0)
         up_fail("a model this upstream does not serve", path, body, len);
+    stream = json_is_true(json_object_get(up, "stream"));
+    so = json_object_get(up, "stream_options");
+    if (stream && chat_like) {
+        /* include_usage may be added or set; the rest of a client's stream_options stays */
+        json_t *cso = json_object_get(expect.body, "stream_options");
+        json_object_foreach(cso, k, v) {
+            if (strcmp(k, "include_usage") != 0 && !json_equal(v, json_object_get(so, k)))
+                up_fail("a member of the client's stream_options changed", k, body, len);
+        }
+        if (!json_is_true(json_object_get(so, "include_usage")))
+            up_fail("a streamed request without stream_options.include_usage", path, body, len);
+    }
     json_object_foreach(expect.body, k, v) {
-        if (strcmp(k, "stream_options") == 0 || is_limit_key(k))
+        if ((stream && chat_like && strcmp(k, "stream_options") == 0) || is_limit_key(kind, k))
             continue;
         if (!json_equal(v, json_object_get(up, k)))
             up_fail("a member of the client's body changed", k, body, len);
     }
     json_object_foreach(up, k, v) {
-        if (json_object_get(expect.body, k) == NULL && strcmp(k, "stream_options") != 0 &&
-            !is_limit_key(k))
+        if (json_object_get(expect.body, k) == NULL &&
+            !(stream && chat_like && strcmp(k, "stream_options") == 0) && !is_limit_key(kind, k))
             up_fail("a member the client did not send", k, body, len);
-        if (is_limit_key(k) && !json_is_null(v)) {
+        if (is_limit_key(kind, k) && !json_is_null(v)) {
             if (!json_is_integer(v) || json_integer_value(v) < 1)
                 up_fail("a reply limit below 1", k, body, len);
             limit = 1;
         }
-        if (is_limit_key(k) && json_object_get(expect.body, k) != NULL &&
+        if (is_limit_key(kind, k) && json_object_get(expect.body, k) != NULL &&
             !json_is_null(json_object_get(expect.body, k)) &&
             !json_equal(v, json_object_get(expect.body, k)))
             up_fail("the client's reply limit changed", k, body, len);
     }
-    stream = json_is_true(json_object_get(up, "stream"));
-    so = json_object_get(up, "stream_options");
-    if (stream && chat_like && !json_is_true(json_object_get(so, "include_usage")))
-        up_fail("a streamed request without stream_options.include_usage", path, body, len);
     if (strcmp(kind, "embeddings") != 0 && !limit)
         up_fail("no reply limit", path, body, len);
     json_decref(up);
@@ -295,6 +309,24 @@ static void setup(void)
 
 /* ---- the replies ---- */
 
+/*
+ * KNOWN BUG (common/http.c, not fixed yet): libmicrohttpd 0.9.75 keeps every query argument in
+ * the connection's memory pool, which is HTTP_MAX_HEADER bytes (here the harness's 8 KiB). A
+ * query of many short arguments (about 120 '&' here; about 240 with the default 16 KiB) fills it,
+ * and the request is then closed without a reply, or hangs, or (on the stand-in upstream's
+ * connection, on this same server) gets libmicrohttpd's own HTML 431, which the proxy passes on.
+ * With a 64 KiB pool the same inputs are answered. Unless CHATWEB_KNOWN_BUGS the fuzzed query
+ * stays below it (QUERY_ARGS_MAX arguments, QUERY_MAX bytes); reproducers in
+ * known_bugs/proxy_http/.
+ */
+#ifdef CHATWEB_KNOWN_BUGS
+#define QUERY_ARGS_MAX 100000
+#define QUERY_MAX 2300
+#else
+#define QUERY_ARGS_MAX 32
+#define QUERY_MAX 1024
+#endif
+
 /* 1 when the body is OpenAI's error object. */
 static int openai_error(const struct fz_resp *r)
 {
@@ -360,11 +392,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     method = (flags & F_GET) ? "GET" : "POST";
     snprintf(path, sizeof(path), "%s", paths[data[0] % NPATHS]);
     if (flags & F_QUERY) {
-        /* a query string of URL-safe bytes (the harness sends the path as it is) */
-        size_t n = strlen(path);
+        /* a query string of URL-safe bytes (the harness sends the path as it is), kept below
+         * the open bug above */
+        size_t n = strlen(path), start = n + 1;
+        int args = 1;
         path[n++] = '?';
-        for (size_t i = 0; i < fl[1] && n + 1 < sizeof(path); i++)
-            path[n++] = f[1][i] > 0x20 && f[1][i] < 0x7f && f[1][i] != '#' ? (char)f[1][i] : '_';
+        for (size_t i = 0; i < fl[1] && n + 1 < sizeof(path) && n - start < QUERY_MAX; i++) {
+            char ch = f[1][i] > 0x20 && f[1][i] < 0x7f && f[1][i] != '#' ? (char)f[1][i] : '_';
+            if (ch == '&' && ++args > QUERY_ARGS_MAX)
+                ch = '_';
+            path[n++] = ch;
+        }
         path[n] = '\0';
     }
     hdrs[0] = '\0';
@@ -384,8 +422,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 #undef ADD
     expect.body = json_loadb((const char *)f[2], fl[2], JSON_REJECT_DUPLICATES, NULL);
     {
+        /* the proxy asks for the usage (and hides its chunk) only on a chat or a completion */
         json_t *so = json_object_get(expect.body, "stream_options");
-        hide_usage = !json_is_true(json_object_get(so, "include_usage"));
+        hide_usage = (strncmp(path, "/v1/chat/completions", 20) == 0 ||
+                      strncmp(path, "/v1/completions", 15) == 0) &&
+                     !json_is_true(json_object_get(so, "include_usage"));
     }
     calls = atomic_load(&upstream_calls);
     fz_http_do(method, path, hdrs, f[2], fl[2], &r);
