@@ -7,7 +7,7 @@ BUILD_DIR ?= build
 SANITIZE ?= OFF
 BUILD_TYPE ?= RelWithDebInfo
 
-.PHONY: all bootstrap build web run test unit integration k8s bench clean fuzz-smoke soak tsan faults attack-replay
+.PHONY: all bootstrap build web run test unit integration k8s bench clean fuzz-smoke soak tsan tsan-unit faults attack-replay
 
 all: build web
 
@@ -106,14 +106,26 @@ faults: build $(NPM_STAMP)
 attack-replay: $(NPM_STAMP)
 	node tests/attack/replay.mjs $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-# A ThreadSanitizer build of the service binaries (CHATWEB_TSAN; cannot be combined with ASan).
+# A ThreadSanitizer build (CHATWEB_TSAN; cannot be combined with ASan) of everything: the service
+# binaries (CI soaks them) and the C unit tests and fuzz replays, which `make tsan-unit` runs.
 TSAN_BUILD_DIR ?= build-tsan
 
 tsan: bootstrap
 	@cmake -S . -B $(TSAN_BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCHATWEB_TSAN=ON \
 		> $(TSAN_BUILD_DIR).cmake.log 2>&1 || { cat $(TSAN_BUILD_DIR).cmake.log; exit 1; }
-	@cmake --build $(TSAN_BUILD_DIR) --target chatweb-auth chatweb-billing chatweb-chat \
-		chatweb-proxy chatweb-fake-upstream
+	@cmake --build $(TSAN_BUILD_DIR)
+
+# The ctest tests of `make unit` on the ThreadSanitizer build, with the same servers; any report
+# fails its test (halt_on_error; TSan's exit code 66). Left out, and only these:
+#  - test_tokenizer.test_megabyte_runs: 14 MiB of single-threaded BPE, 9 s in the plain build and
+#    past its 120 s timeout under TSan; one thread, nothing for TSan to see (the tokenizer's shared
+#    tables are read by the file's other cases, which run).
+TSAN_UNIT_EXCLUDE := ^test_tokenizer[.]test_megabyte_runs$$
+
+tsan-unit: tsan
+	TSAN_OPTIONS="$${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}" \
+		scripts/with-servers --redis --redis-ha --mariadb -- \
+		ctest --test-dir $(TSAN_BUILD_DIR) --output-on-failure -E '$(TSAN_UNIT_EXCLUDE)'
 
 bench: build
 	BUILD_DIR=$(BUILD_DIR) bench/run-all

@@ -607,24 +607,37 @@ void svc_fetch_cancel(struct svc_fetch **fp)
     if (f->cb.on_cancel != NULL)
         f->cb.on_cancel(f->ud);
     /* Inside curl's own callbacks the handle cannot be removed; on_write returns 0 instead and
-     * check_done frees it when curl reports the transfer finished. */
+     * check_done frees it when curl reports the transfer finished. A silent upstream would keep
+     * curl from ever reporting it (and the connection open): the idle timer, fired at once,
+     * frees it as soon as the loop is out of curl's callbacks (on_idle runs no callback for a
+     * cancelled fetch). */
     if (f->m->in_action == 0 || f->queued) { /* a queued one is not curl's yet */
         fetch_free(f);
     } else {
-        svc_timer_stop(f->idle); /* its on_done must not run for a cancelled fetch */
+        if (f->idle != NULL && svc_timer_start(f->idle, 0) != SVC_OK)
+            svc_timer_stop(f->idle); /* then curl's own end or timeout frees it */
         svc_fetch_pause(f, 0);
     }
 }
 
 void svc_fetch_pause(struct svc_fetch *f, int paused)
 {
+    struct svc_fetch_multi *m = f->m;
+
     /* The idle timeout measures the upstream's silence, not ours: it stops while we hold the
      * transfer and starts afresh when we take bytes again. */
     if (paused)
         svc_timer_stop(f->idle);
     else if (f->idle != NULL && !f->cancelled && svc_timer_start(f->idle, f->idle_ms) != SVC_OK)
         svc_timer_stop(f->idle);
+    /* Resuming delivers the held bytes to on_data inside curl_easy_pause, and on_data may cancel
+     * the fetch there: that is inside curl's callbacks too, so svc_fetch_cancel must leave the
+     * handle alone, and the fetch is freed here once curl has returned (test_fetch). */
+    m->in_action++;
     curl_easy_pause(f->easy, paused ? CURLPAUSE_RECV : CURLPAUSE_CONT);
+    m->in_action--;
+    if (f->cancelled && m->in_action == 0)
+        fetch_free(f);
 }
 
 void svc_fetch_headers_each(struct svc_fetch *f, svc_fetch_header_cb cb, void *ctx)

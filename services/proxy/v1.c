@@ -828,8 +828,10 @@ static const char *count_request(struct v1_call *c)
         c->prompt_tokens = messages_tokens(&c->mi, svc_json_member(b, "messages"), &bad);
         if (bad)
             return "'messages' must be a non-empty array of messages with a role";
+        /* a null max_completion_tokens is no limit (as OpenAI reads it): max_tokens still is one,
+         * and must not be overwritten (upstream_body) with the hold's limit */
         limit = svc_json_member(b, "max_completion_tokens");
-        if (limit == NULL)
+        if (limit == NULL || svc_json_is_null(limit))
             limit = svc_json_member(b, "max_tokens");
         break;
     case V1_COMPLETIONS:

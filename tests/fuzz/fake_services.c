@@ -89,6 +89,19 @@ static int fake_authenticate(void *ctx, struct svc_rpc_call *call, const Protobu
     out->scheme = svc_rpc_strdup(call, "basic");
     if (id->username == NULL || out->scheme == NULL)
         return SVC_ENOMEM;
+    /* a chatweb API key, which the /v1 proxy wants (FZ_FAKE_KEY*) */
+    if (in->authorization != NULL &&
+        strncmp(in->authorization, "Bearer " FZ_FAKE_KEY, 7 + strlen(FZ_FAKE_KEY)) == 0) {
+        static char *limited[] = {"gpt-4o-mini", "alt-one"};
+        id->key_id = svc_rpc_strdup(call, "k1");
+        out->scheme = svc_rpc_strdup(call, "key");
+        if (id->key_id == NULL || out->scheme == NULL)
+            return SVC_ENOMEM;
+        if (strcmp(in->authorization, "Bearer " FZ_FAKE_KEY_LIMITED) == 0) {
+            id->n_allowed_models = sizeof(limited) / sizeof(limited[0]);
+            id->allowed_models = limited;
+        }
+    }
     out->result = CHATWEB__AUTH__AUTH_RESULT__AUTH_OK;
     out->identity = id;
     return SVC_OK;

@@ -18,6 +18,10 @@
 #define FZ_FAKE_PREFIX "/fake"
 #define FZ_FAKE_USER_ID 42
 #define FZ_FAKE_BALANCE 1000000
+/* Authorization "Bearer <FZ_FAKE_KEY...>" is a chatweb API key (key_id "k1"); the _LIMITED one
+ * may use only the models gpt-4o-mini and alt-one. */
+#define FZ_FAKE_KEY "fuzz-key"
+#define FZ_FAKE_KEY_LIMITED "fuzz-key-limited"
 
 extern struct svc_rpc_registry fz_fake_registry;
 

@@ -226,6 +226,10 @@ static int read_reply(struct fz_resp *resp, int *keep, const char **what)
         }
         if (line[0] == '\0')
             break;
+        if (svc_buf_appendf(&resp->head, "%s\n", line) != SVC_OK) {
+            *what = "out of memory";
+            return -1;
+        }
         if (strncasecmp(line, "Content-Length:", 15) == 0) {
             clen = strtoll(line + 15, &end, 10);
             if (clen < 0 || clen > (long long)FZ_HTTP_REPLY_MAX) {
@@ -305,6 +309,7 @@ void fz_http_do(const char *method, const char *path, const char *headers, const
 
     memset(resp, 0, sizeof(*resp));
     svc_buf_init(&resp->body, FZ_HTTP_REPLY_MAX);
+    svc_buf_init(&resp->head, HDR_MAX + 1);
     svc_buf_init(&req, FZ_HTTP_REPLY_MAX);
     if (svc_buf_appendf(&req,
                         "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: %zu\r\n%s\r\n",
@@ -331,6 +336,7 @@ void fz_http_do(const char *method, const char *path, const char *headers, const
         last_timeout = rdbuf.timeout;
         disconnect();
         svc_buf_reset(&resp->body);
+        svc_buf_reset(&resp->head);
         if (!fresh && !last_timeout)
             continue;
         if (last_timeout) {
@@ -352,6 +358,30 @@ void fz_http_do(const char *method, const char *path, const char *headers, const
 void fz_resp_deinit(struct fz_resp *r)
 {
     svc_buf_deinit(&r->body);
+    svc_buf_deinit(&r->head);
+}
+
+const char *fz_header(const struct fz_resp *r, const char *name, char *out, size_t outlen)
+{
+    const char *p = r->head.data, *end = p != NULL ? p + r->head.len : NULL;
+    size_t n = strlen(name);
+
+    while (p != NULL && p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t len = nl != NULL ? (size_t)(nl - p) : (size_t)(end - p);
+        if (len > n && p[n] == ':' && strncasecmp(p, name, n) == 0) {
+            size_t o = 0;
+            const char *v = p + n + 1;
+            while (v < p + len && (*v == ' ' || *v == '\t'))
+                v++;
+            while (v < p + len && o + 1 < outlen)
+                out[o++] = *v++;
+            out[o] = '\0';
+            return out;
+        }
+        p += len + 1;
+    }
+    return NULL;
 }
 
 size_t fz_split(const uint8_t *data, size_t size, uint8_t sep, const uint8_t **f, size_t *fl,

@@ -28,6 +28,7 @@ struct fz_resp {
     int www_authenticate; /* the reply carried WWW-Authenticate */
     int reset;            /* no reply: the server closed or reset a fresh connection (status 0) */
     struct svc_buf body;  /* NUL-terminated */
+    struct svc_buf head;  /* the header lines as received, each ending in "\n"; NUL-terminated */
 };
 
 /*
@@ -49,6 +50,10 @@ int fz_http_port(void);
 void fz_http_do(const char *method, const char *path, const char *headers, const void *body,
                 size_t len, struct fz_resp *r);
 void fz_resp_deinit(struct fz_resp *r);
+
+/* The value of the reply's first header called name (any case), blanks before it skipped, cut
+ * to fit out[outlen]; NULL when the reply has no such header. */
+const char *fz_header(const struct fz_resp *r, const char *name, char *out, size_t outlen);
 
 /* Splits data at every sep byte into at most nf fields (the last takes the rest). Returns the
  * number of fields (>= 1). Fields point into data. */

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
-import { describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import {
     basicAuth, getJSON, postJSON, request, streamBody, withStack,
 } from './lib/harness.mjs';
@@ -497,5 +497,46 @@ describe('CHAT_CONTEXT_REPLICAS with a Redis that has no replica', () => {
         // stored all the same: the next turn has the history
         const next = await chat(stack.url, ALICE, { prompt: 'and now?', options: { parentMessageId: last.id } });
         assert.match(objects(next.text).pop().text, /^Echo\(3 msgs\)/, "the question, its answer and the new prompt");
+    });
+});
+
+// services/chat/turn.c fail_before_stream: an upstream error's message is copied into a 768-byte
+// buffer after "[OpenAI] HTTP 400: " (19 bytes), so 748 bytes of it are kept. A message whose cut
+// falls inside a multi-byte character must lose the partial character (svc_util_utf8_trim_end)
+// and still give the client its Fail envelope, as valid JSON in valid UTF-8. The fake upstream's
+// error bodies are fixed texts, so a small upstream of this test answers instead.
+describe('chat with an upstream error cut inside a UTF-8 character', () => {
+    const KEPT = 748; // bytes of the upstream's message that fit
+    let ascii = 0; // ASCII bytes before the 3-byte characters, set per request
+    const upstream = http.createServer((req, res) => {
+        req.resume();
+        req.on('end', () => {
+            const message = 'a'.repeat(ascii) + '\u4e2d\u6587'.repeat(200); // 中文, 3 bytes each
+            res.writeHead(400, { 'content-type': 'application/json' });
+            res.end(JSON.stringify({ error: { message, type: 'invalid_request_error', param: null, code: null } }));
+        });
+    });
+    const stackEnv = { ...USERS, OPENAI_KEY: 'sk-test' };
+    before(async () => {
+        await new Promise((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+        stackEnv.OPENAI_BASE_URL = `http://127.0.0.1:${upstream.address().port}/v1`;
+    });
+    after(() => new Promise((resolve) => upstream.close(resolve)));
+    // withStack's before() runs after ours, so OPENAI_BASE_URL is set by then.
+    const stack = withStack({ fakeUpstream: false, env: stackEnv });
+
+    it('cut after 1 or 2 bytes of a 3-byte character, or on its boundary: the Fail envelope', async () => {
+        for (const [n, partial] of [[KEPT - 1, 1], [KEPT - 2, 2], [KEPT - 3, 0]]) {
+            ascii = n;
+            const r = await chat(stack.url, ALICE, { prompt: `cut ${n}` });
+            assert.equal(r.status, 200, `ascii=${n}`);
+            assert.ok(!r.text.includes('\ufffd'), `ascii=${n}: invalid UTF-8 reached the client`);
+            const j = JSON.parse(r.text);
+            assert.equal(j.status, 'Fail');
+            // the whole characters that fit, and nothing of the one cut
+            const whole = Math.floor((KEPT - n) / 3);
+            assert.equal((KEPT - n) % 3, partial);
+            assert.equal(j.message, `[OpenAI] HTTP 400: ${'a'.repeat(n)}${'\u4e2d\u6587'.repeat(200).slice(0, whole)}`);
+        }
     });
 });

@@ -6,6 +6,7 @@
 #include "../../services/billing/price.c"
 #include "../../services/billing/store.c"
 
+#include <stdatomic.h>
 #include <unistd.h>
 
 #include "test.h"
@@ -730,7 +731,7 @@ struct race_arg {
     int64_t uid, balance;
     int idx;
     int64_t charged;
-    volatile int *stop;
+    atomic_int *stop; /* set by the main thread, read by the poller */
     int failed;
 };
 
@@ -769,7 +770,7 @@ static void *race_poller(void *p)
 {
     struct race_arg *r = p;
 
-    while (!*r->stop) {
+    while (!atomic_load(r->stop)) {
         struct billing_account a;
         if (billing_account_get(r->s, r->uid, &a, NULL, 0) != SVC_OK || a.balance < 0 ||
             a.held > a.granted - a.used) {
@@ -786,7 +787,7 @@ static void lease_race(struct svc_db *db, struct billing_store *s)
     int64_t balance = 1000, uid = new_user(s, balance), charged = 0;
     struct race_arg args[RACE_THREADS + 1];
     pthread_t th[RACE_THREADS + 1];
-    volatile int stop = 0;
+    atomic_int stop = 0;
     struct billing_account a;
 
     for (int i = 0; i <= RACE_THREADS; i++) {
@@ -797,7 +798,7 @@ static void lease_race(struct svc_db *db, struct billing_store *s)
     }
     for (int i = 0; i < RACE_THREADS; i++)
         T_EQ_INT(pthread_join(th[i], NULL), 0);
-    stop = 1;
+    atomic_store(&stop, 1);
     T_EQ_INT(pthread_join(th[RACE_THREADS], NULL), 0);
     for (int i = 0; i <= RACE_THREADS; i++) {
         T_EQ_INT(args[i].failed, 0);

@@ -116,7 +116,8 @@ void svc_fetch_cancel(struct svc_fetch **f);
 
 /* Pauses (1) or resumes (0) receiving, for backpressure from a slow client. Call it outside this
  * fetch's callbacks (inside on_data, return SVC_FETCH_PAUSE instead). Resuming may deliver the
- * held bytes to on_data before it returns. While paused (either way) idle_timeout_ms does not run:
+ * held bytes to on_data before it returns; if on_data cancels the fetch there, f is freed before
+ * this returns (the caller's copy of the pointer must not be used after). While paused (either way) idle_timeout_ms does not run:
  * it measures the upstream's silence, and starts afresh on resume. */
 void svc_fetch_pause(struct svc_fetch *f, int paused);
 
