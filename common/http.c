@@ -117,6 +117,7 @@ struct svc_req {
     char peer[INET6_ADDRSTRLEN]; /* the socket's peer, whatever X-Real-IP says */
     struct svc_buf body;
     int body_too_big;
+    int query_too_big; /* more than QUERY_ARGS_MAX query arguments (on_uri) */
     struct resp_header *headers;
 
     struct MHD_Response *pending; /* reply produced but not yet queued */
@@ -730,6 +731,39 @@ static enum MHD_Result queue_pending(struct svc_req *req)
     return r;
 }
 
+/*
+ * libmicrohttpd 0.9.75 keeps every query argument in the connection's memory pool
+ * (HTTP_MAX_HEADER bytes), and a query of a few hundred short arguments (`?&&&...`) exhausts it:
+ * the request is then never answered (the connection hangs, or closes without a reply). This runs
+ * with the request's URI before MHD splits its query (MHD_OPTION_URI_LOG_CALLBACK): a query of
+ * more than query_args_max() arguments (one per 256 bytes of pool: an argument costs MHD about 60)
+ * is blanked in MHD's own copy of the request line, so MHD parses none of it, and the request is
+ * marked to be answered 414. test_http checks both halves.
+ */
+static char query_too_big_mark; /* its address is the mark */
+
+static unsigned query_args_max(const struct svc_http_server *srv)
+{
+    return srv->opts.max_header / 256 > 16 ? (unsigned)(srv->opts.max_header / 256) : 16;
+}
+
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    const unsigned max = query_args_max(cls);
+    char *q = strchr(uri, '?');
+    unsigned n = 1;
+
+    (void)conn;
+    if (q == NULL)
+        return NULL;
+    for (const char *p = q; *p != '\0' && n <= max; p++)
+        n += *p == '&';
+    if (n <= max)
+        return NULL;
+    memset(q, '\0', strlen(q));
+    return &query_too_big_mark;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_size, void **con_cls)
@@ -741,13 +775,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     int rc;
 
     (void)version;
-    if (req == NULL) {
+    if (req == NULL || req == (void *)&query_too_big_mark) {
         const char *cl;
         int64_t clen;
+        int query_too_big = req != NULL;
 
         req = calloc(1, sizeof(*req));
         if (req == NULL)
             return MHD_NO;
+        req->query_too_big = query_too_big;
         req->slot = slot;
         req->conn = conn;
         req->method = method;
@@ -783,7 +819,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
     req->handled = 1;
     req->route = route_find(srv, method, url, &path_route);
-    if (req->body_too_big) {
+    if (req->query_too_big) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "the query has more than %u arguments", query_args_max(srv));
+        svc_req_error(req, 414, msg);
+    } else if (req->body_too_big) {
         char msg[96];
         snprintf(msg, sizeof(msg), "request body larger than %zu bytes", srv->opts.max_body);
         svc_req_error(req, 413, msg);
@@ -823,7 +863,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     struct svc_req *req = *con_cls;
 
     (void)conn;
-    if (req == NULL)
+    if (req == NULL || req == (void *)&query_too_big_mark) /* never reached on_request */
         return;
     *con_cls = NULL;
     if (slot->loop != NULL) {
@@ -1115,6 +1155,7 @@ static struct MHD_Daemon *start_daemon(struct daemon_slot *slot, unsigned flags,
         {slot->shard != NULL ? MHD_OPTION_NOTIFY_CONNECTION : MHD_OPTION_LISTEN_SOCKET,
          slot->shard != NULL ? (intptr_t)on_connection : srv->listen_fd,
          slot->shard != NULL ? slot : NULL},
+        {MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, srv},
         {MHD_OPTION_CONNECTION_TIMEOUT, o->idle_timeout, NULL},
         {MHD_OPTION_CONNECTION_LIMIT, o->max_connections, NULL},
         {MHD_OPTION_CONNECTION_MEMORY_LIMIT, o->max_header, NULL},

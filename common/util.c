@@ -293,6 +293,11 @@ int svc_util_heap_trim(void)
     return 1;
 }
 
+void svc_util_heap_trim_now(void)
+{
+    malloc_trim(0);
+}
+
 /* ---- networks (TRUSTED_PROXIES) ---- */
 
 /* One item, "addr" or "addr/bits", of len bytes (not NUL-terminated). */

@@ -1042,10 +1042,11 @@ static void maybe_free(struct meter *m)
         free(m->req_headers[i]);
     }
     free(m);
-    /* the last of a crowd (a burst of slow clients that left, drained): give its memory back */
-    if (atomic_fetch_sub(&meters_live, 1) <= TRIM_LIVE_BELOW && atomic_load(&meters_crowd) &&
-        svc_util_heap_trim())
-        atomic_store(&meters_crowd, 0);
+    /* the last of a crowd (a burst of slow clients that left, drained): give its memory back,
+     * whether or not a trim ran a moment ago (once per crowd) */
+    if (atomic_fetch_sub(&meters_live, 1) <= TRIM_LIVE_BELOW &&
+        atomic_exchange(&meters_crowd, 0))
+        svc_util_heap_trim_now();
 }
 
 void meter_detach(struct meter **mp)

@@ -310,22 +310,13 @@ static void setup(void)
 /* ---- the replies ---- */
 
 /*
- * KNOWN BUG (common/http.c, not fixed yet): libmicrohttpd 0.9.75 keeps every query argument in
- * the connection's memory pool, which is HTTP_MAX_HEADER bytes (here the harness's 8 KiB). A
- * query of many short arguments (about 120 '&' here; about 240 with the default 16 KiB) fills it,
- * and the request is then closed without a reply, or hangs, or (on the stand-in upstream's
- * connection, on this same server) gets libmicrohttpd's own HTML 431, which the proxy passes on.
- * With a 64 KiB pool the same inputs are answered. Unless CHATWEB_KNOWN_BUGS the fuzzed query
- * stays below it (QUERY_ARGS_MAX arguments, QUERY_MAX bytes); reproducers in
- * known_bugs/proxy_http/.
+ * The fuzzed query: up to QUERY_MAX bytes, any number of arguments. libmicrohttpd 0.9.75 keeps
+ * every query argument in the connection's memory pool, and a few hundred short ones (`?&&&...`)
+ * left a request unanswered; common/http.c now answers a query of more arguments than the pool
+ * can take 414 before MHD splits it (the former reproducers are seeds: corpus/proxy_http/query_*).
  */
-#ifdef CHATWEB_KNOWN_BUGS
 #define QUERY_ARGS_MAX 100000
 #define QUERY_MAX 2300
-#else
-#define QUERY_ARGS_MAX 32
-#define QUERY_MAX 1024
-#endif
 
 /* 1 when the body is OpenAI's error object. */
 static int openai_error(const struct fz_resp *r)
