@@ -1060,7 +1060,8 @@ static int accept_batch(struct loop_shard *sh)
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
         struct daemon_slot *slot;
-        int cfd = accept4(srv->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int cfd =
+            accept4(srv->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
         if (cfd < 0) {
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
@@ -1308,14 +1309,13 @@ static void quiesce_pool(struct svc_http_server *srv)
     for (;;) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
-        int cfd = accept4(srv->listen_fd, (struct sockaddr *)&ss, &sl,
-                          SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int cfd =
+            accept4(srv->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
         if (cfd < 0)
             break;
         if (MHD_add_connection(d, cfd, (struct sockaddr *)&ss, sl) != MHD_YES)
-            SVC_LOG_WARN(NULL, "http", "the HTTP daemon refused a connection: %s",
-                         strerror(errno));
+            SVC_LOG_WARN(NULL, "http", "the HTTP daemon refused a connection: %s", strerror(errno));
     }
     atomic_store(&srv->listener_shut, 1);
     shut_listener(srv);

@@ -1456,33 +1456,6 @@ static struct aconn *route(struct svc_redis_async *r, int argc, const char *cons
     return route_key(r, key, keylen);
 }
 
-int svc_redis_async_wait(struct svc_redis_async *r, const char *key, int replicas, long wait_ms,
-                         svc_redis_cb cb, void *ctx)
-{
-    struct aconn *c = route_key(r, key, strlen(key));
-    char n[16], ms[24];
-    const char *argv[] = {"WAIT", n, ms};
-    struct pending_cmd *pc;
-
-    if (c == NULL)
-        return SVC_EUNAVAIL;
-    pc = calloc(1, sizeof(*pc));
-    if (pc == NULL)
-        return SVC_ENOMEM;
-    pc->cb = cb;
-    pc->data = ctx;
-    snprintf(n, sizeof(n), "%d", replicas);
-    snprintf(ms, sizeof(ms), "%ld", wait_ms > 0 ? wait_ms : 1);
-    /* On the connection the key's writes went to, after them: hiredis keeps the order. */
-    if (redisAsyncCommandArgv(c->ac, on_cmd_reply, pc, 3, argv, NULL) != REDIS_OK) {
-        free(pc);
-        return SVC_EUNAVAIL;
-    }
-    if (c->outstanding++ == 0)
-        c->last_progress = svc_loop_now(r->loop);
-    return SVC_OK;
-}
-
 unsigned long svc_redis_async_master_epoch(const struct svc_redis_async *r)
 {
     return r->master_epoch;
@@ -1494,10 +1467,10 @@ void svc_redis_async_recheck(struct svc_redis_async *r)
         sentinel_ask(r);
 }
 
-int svc_redis_async_cmd(struct svc_redis_async *r, svc_redis_cb cb, void *ctx, int argc,
-                        const char *const *argv, const size_t *argvlen)
+/* Sends a command on c (NULL: not connected). */
+static int send_cmd(struct svc_redis_async *r, struct aconn *c, svc_redis_cb cb, void *ctx,
+                    int argc, const char *const *argv, const size_t *argvlen)
 {
-    struct aconn *c = route(r, argc, argv, argvlen);
     struct pending_cmd *pc;
     int len;
 
@@ -1531,4 +1504,22 @@ int svc_redis_async_cmd(struct svc_redis_async *r, svc_redis_cb cb, void *ctx, i
     if (c->outstanding++ == 0)
         c->last_progress = svc_loop_now(r->loop);
     return SVC_OK;
+}
+
+int svc_redis_async_cmd(struct svc_redis_async *r, svc_redis_cb cb, void *ctx, int argc,
+                        const char *const *argv, const size_t *argvlen)
+{
+    return send_cmd(r, route(r, argc, argv, argvlen), cb, ctx, argc, argv, argvlen);
+}
+
+int svc_redis_async_wait(struct svc_redis_async *r, const char *key, int replicas, long wait_ms,
+                         svc_redis_cb cb, void *ctx)
+{
+    char n[16], ms[24];
+    const char *argv[] = {"WAIT", n, ms};
+
+    snprintf(n, sizeof(n), "%d", replicas);
+    snprintf(ms, sizeof(ms), "%ld", wait_ms > 0 ? wait_ms : 1);
+    /* On the connection the key's writes went to, after them: the connection keeps the order. */
+    return send_cmd(r, route_key(r, key, strlen(key)), cb, ctx, 3, argv, NULL);
 }

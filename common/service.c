@@ -256,9 +256,9 @@ int svc_service_wait(void)
 
 long svc_service_drain(struct svc_http_server *srv)
 {
-    uint64_t now = svc_loop_clock_ms();
-    uint64_t deadline = now + (uint64_t)svc_service_option("DRAIN_TIMEOUT")->i * 1000;
-    uint64_t quiet_since = now;
+    uint64_t t0 = svc_loop_clock_ms(), now = t0;
+    uint64_t deadline = t0 + (uint64_t)svc_service_option("DRAIN_TIMEOUT")->i * 1000;
+    uint64_t quiet_since = t0;
     unsigned long started, started0;
     long left;
 
@@ -276,8 +276,8 @@ long svc_service_drain(struct svc_http_server *srv)
             started = svc_http_server_started(srv);
             quiet_since = now;
         }
-        if (left == 0 && (svc_http_server_connections(srv) == 0 ||
-                          now - quiet_since >= DRAIN_QUIET_MS))
+        if (left == 0 &&
+            (svc_http_server_connections(srv) == 0 || now - quiet_since >= DRAIN_QUIET_MS))
             break;
         usleep(20 * 1000);
     }
@@ -295,9 +295,8 @@ long svc_service_drain(struct svc_http_server *srv)
     }
     SVC_LOG_NOTICE(NULL, "shutdown",
                    "drained in %llu ms: %lu request(s) begun meanwhile, %ld connection(s) left",
-                   (unsigned long long)(now - (deadline - (uint64_t)svc_service_option(
-                                                             "DRAIN_TIMEOUT")->i * 1000)),
-                   started - started0, svc_http_server_connections(srv));
+                   (unsigned long long)(svc_loop_clock_ms() - t0), started - started0,
+                   svc_http_server_connections(srv));
     return left;
 }
 

@@ -1044,8 +1044,7 @@ static void maybe_free(struct meter *m)
     free(m);
     /* the last of a crowd (a burst of slow clients that left, drained): give its memory back,
      * whether or not a trim ran a moment ago (once per crowd) */
-    if (atomic_fetch_sub(&meters_live, 1) <= TRIM_LIVE_BELOW &&
-        atomic_exchange(&meters_crowd, 0))
+    if (atomic_fetch_sub(&meters_live, 1) <= TRIM_LIVE_BELOW && atomic_exchange(&meters_crowd, 0))
         svc_util_heap_trim_now();
 }
 

@@ -513,7 +513,8 @@ static void test_query_args(void)
     memset(path + 12, '&', 300);
     get(srv_openai, path, &r);
     T_EQ_INT(r.status, 414);
-    T_ASSERT(strstr(body_of(&r), "\"error\":{\"message\":\"the query has more than 64 arguments\"") != NULL);
+    T_ASSERT(strstr(body_of(&r),
+                    "\"error\":{\"message\":\"the query has more than 64 arguments\"") != NULL);
     resp_done(&r);
 }
 
