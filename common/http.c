@@ -117,7 +117,7 @@ struct svc_req {
     char peer[INET6_ADDRSTRLEN]; /* the socket's peer, whatever X-Real-IP says */
     struct svc_buf body;
     int body_too_big;
-    int query_too_big; /* more than QUERY_ARGS_MAX query arguments (on_uri) */
+    int query_too_big; /* more than query_args_max() query arguments (on_uri) */
     struct resp_header *headers;
 
     struct MHD_Response *pending; /* reply produced but not yet queued */
