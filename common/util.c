@@ -289,7 +289,7 @@ int svc_util_heap_trim(void)
     if (now - last < SVC_UTIL_HEAP_TRIM_EVERY_MS ||
         !atomic_compare_exchange_strong(&last_ms, &last, now))
         return 0;
-    malloc_trim(0);
+    svc_util_heap_trim_now();
     return 1;
 }
 
