@@ -687,6 +687,8 @@ struct pending_cmd {
     char *buf; /* cluster: the command as sent, for a MOVED/ASK re-send */
     size_t len;
     int redirects;
+    int wait;                 /* a WAIT: its answer updates replicated_ms */
+    unsigned long epoch;      /* master_epoch when it was sent */
 };
 
 struct svc_redis_async {
@@ -707,6 +709,7 @@ struct svc_redis_async {
     struct svc__redis_addr moving_to;
     struct svc_timer *watch;  /* asks again every SENTINEL_WATCH_MS */
     unsigned long master_epoch; /* conns[DATA] was pointed at another master this many times */
+    uint64_t replicated_ms;     /* a WAIT on this master last counted a replica (0: none yet) */
     /* cluster */
     struct svc__redis_slotmap *map;
     short node_conn[SVC__REDIS_NODES_MAX]; /* map node -> conns index */
@@ -991,6 +994,7 @@ static void on_sentinel_reply(redisAsyncContext *ac, void *reply, void *privdata
         r->moving = 1;
         r->moving_to = m;
         r->master_epoch++;
+        r->replicated_ms = 0;
         aconn_close(data); /* -> conn_lost -> connects to m */
     }
 }
@@ -1409,6 +1413,9 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *privdata)
         update_connected(r);
         redisAsyncDisconnect(c->ac);
     }
+    if (pc->wait && rep != NULL && rep->type == REDIS_REPLY_INTEGER && rep->integer > 0 &&
+        pc->epoch == r->master_epoch)
+        r->replicated_ms = svc_loop_now(r->loop);
     if (pc->cb != NULL) {
         if (reply == NULL || rep == NULL)
             pc->cb(pc->data, r->destroying ? SVC_ECANCELED : SVC_EUNAVAIL, NULL);
@@ -1461,6 +1468,11 @@ unsigned long svc_redis_async_master_epoch(const struct svc_redis_async *r)
     return r->master_epoch;
 }
 
+uint64_t svc_redis_async_replicated_ms(const struct svc_redis_async *r)
+{
+    return r->replicated_ms;
+}
+
 void svc_redis_async_recheck(struct svc_redis_async *r)
 {
     if (r->url.kind == SVC__REDIS_SENTINEL)
@@ -1469,7 +1481,7 @@ void svc_redis_async_recheck(struct svc_redis_async *r)
 
 /* Sends a command on c (NULL: not connected). */
 static int send_cmd(struct svc_redis_async *r, struct aconn *c, svc_redis_cb cb, void *ctx,
-                    int argc, const char *const *argv, const size_t *argvlen)
+                    int wait, int argc, const char *const *argv, const size_t *argvlen)
 {
     struct pending_cmd *pc;
     int len;
@@ -1481,6 +1493,8 @@ static int send_cmd(struct svc_redis_async *r, struct aconn *c, svc_redis_cb cb,
         return SVC_ENOMEM;
     pc->cb = cb;
     pc->data = ctx;
+    pc->wait = wait;
+    pc->epoch = r->master_epoch;
     if (r->url.kind == SVC__REDIS_CLUSTER) {
         /* kept until the reply, to send it again where MOVED or ASK points */
         len = redisFormatCommandArgv(&pc->buf, argc, (const char **)argv, argvlen);
@@ -1509,7 +1523,7 @@ static int send_cmd(struct svc_redis_async *r, struct aconn *c, svc_redis_cb cb,
 int svc_redis_async_cmd(struct svc_redis_async *r, svc_redis_cb cb, void *ctx, int argc,
                         const char *const *argv, const size_t *argvlen)
 {
-    return send_cmd(r, route(r, argc, argv, argvlen), cb, ctx, argc, argv, argvlen);
+    return send_cmd(r, route(r, argc, argv, argvlen), cb, ctx, 0, argc, argv, argvlen);
 }
 
 int svc_redis_async_wait(struct svc_redis_async *r, const char *key, int replicas, long wait_ms,
@@ -1521,5 +1535,5 @@ int svc_redis_async_wait(struct svc_redis_async *r, const char *key, int replica
     snprintf(n, sizeof(n), "%d", replicas);
     snprintf(ms, sizeof(ms), "%ld", wait_ms > 0 ? wait_ms : 1);
     /* On the connection the key's writes went to, after them: the connection keeps the order. */
-    return send_cmd(r, route_key(r, key, strlen(key)), cb, ctx, 3, argv, NULL);
+    return send_cmd(r, route_key(r, key, strlen(key)), cb, ctx, 1, 3, argv, NULL);
 }

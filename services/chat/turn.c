@@ -139,10 +139,15 @@ static void finish_stream(struct chat_turn *t)
  * the sentinels are asked at once; if they name a new master within CONTEXT_RECHECK_MS the turn
  * is stored again there (the SETs are idempotent), else it waits once more. The final object
  * goes out when the context is confirmed, stored again, or after CONTEXT_ROUNDS rounds (logged).
+ * A master that had a replica less than CONTEXT_FAILOVER_MS ago may be one the sentinels are
+ * replacing: between the replica's promotion and the sentinels naming it (a second or more) the
+ * old master takes writes that are lost when it is demoted, so the turn keeps asking until then.
+ * A replica that is just gone costs the turns of those few seconds the wait, no more.
  */
 #define CONTEXT_WAIT_MS 100
 #define CONTEXT_RECHECK_MS 300
 #define CONTEXT_ROUNDS 4
+#define CONTEXT_FAILOVER_MS 5000
 
 static void context_confirm(struct chat_turn *t);
 static void context_recheck(struct chat_turn *t);
@@ -150,20 +155,24 @@ static void context_recheck(struct chat_turn *t);
 static void on_recheck(void *data, struct svc_timer *timer)
 {
     struct chat_turn *t = data;
+    uint64_t replicated = svc_redis_async_replicated_ms(t->w->redis);
 
     (void)timer;
-    if (++t->save_rounds >= CONTEXT_ROUNDS) {
-        svc_metric_add(&t->stats->chat_context_errors_total, 1);
-        SVC_LOG_WARN(t->rid, "context", "no replica confirmed the turn's context after %d rounds",
-                     t->save_rounds);
-        finish_stream(t);
-    } else if (svc_redis_async_master_epoch(t->w->redis) != t->save_epoch) {
+    t->save_rounds++;
+    if (svc_redis_async_master_epoch(t->w->redis) != t->save_epoch) {
+        /* first, even after the last round: the turn is on a master that is gone */
         SVC_LOG_NOTICE(t->rid, "context", "the Redis master changed: storing the turn again");
         t->save_epoch = svc_redis_async_master_epoch(t->w->redis);
         t->saves_failed = 0;
         t->saves_pending = save_turn(t, 1);
         if (t->saves_pending == 0) /* not connected to it yet */
             context_recheck(t);
+    } else if (t->save_rounds >= CONTEXT_ROUNDS &&
+               (replicated == 0 || svc_loop_now(t->w->loop) >= replicated + CONTEXT_FAILOVER_MS)) {
+        svc_metric_add(&t->stats->chat_context_errors_total, 1);
+        SVC_LOG_WARN(t->rid, "context", "no replica confirmed the turn's context after %d rounds",
+                     t->save_rounds);
+        finish_stream(t);
     } else {
         context_confirm(t); /* the same master: it may be a slow replica */
     }

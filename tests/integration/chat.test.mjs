@@ -5,10 +5,12 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
-    basicAuth, getJSON, postJSON, request, streamBody, withStack,
+    basicAuth, getJSON, postJSON, request, streamBody, tempDir, withStack,
 } from './lib/harness.mjs';
+import { redisCli, startRedisSentinelSet } from '../../deploy/local/redis-topo.mjs';
 
 const USERS = { BASIC_AUTH_USER: 'alice,bob', BASIC_AUTH_PASSWORD: 'pw-alice,pw-bob' };
 const ALICE = basicAuth('alice', 'pw-alice');
@@ -497,6 +499,62 @@ describe('CHAT_CONTEXT_REPLICAS with a Redis that has no replica', () => {
         // stored all the same: the next turn has the history
         const next = await chat(stack.url, ALICE, { prompt: 'and now?', options: { parentMessageId: last.id } });
         assert.match(objects(next.text).pop().text, /^Echo\(3 msgs\)/, "the question, its answer and the new prompt");
+    });
+});
+
+// A forced failover promotes the replica, and the sentinels name it only a second or more later
+// (on a loaded machine, more than the CONTEXT_ROUNDS rounds): a turn stored on the old master in
+// between is lost when the old master is demoted. Here the window is made long on purpose: the
+// replica is promoted behind the sentinels' back and they are pointed at it 2.5 s later. The turn
+// stored meanwhile waits (its master had a replica a moment ago), is stored again on the new
+// master, and the old master, demoted as the sentinels would, loses nothing of the conversation.
+describe('CHAT_CONTEXT_REPLICAS across a promotion the sentinels name late', () => {
+    let set = null;
+    const dir = tempDir('chatweb-chat-promotion-');
+    const opts = { env: { ...USERS, CHAT_CONTEXT_REPLICAS: '1' } };
+    before(async () => {
+        set = await startRedisSentinelSet({ dir: path.join(dir, 'sentinel') });
+        opts.redisUrl = set.url;
+    }, { timeout: 60000 });
+    const stack = withStack(opts);
+    after(async () => {
+        for (const h of [...(set?.sentinels || []), set?.replica, set?.master]) if (h) await h.handle.stop().catch(() => {});
+        if (!process.env.KEEP_TEST_DIRS) fs.rmSync(dir, { recursive: true, force: true });
+    });
+
+    it('the turn stored on the old master is stored again on the new one', { timeout: 60000 }, async () => {
+        const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+        const first = objects((await chat(stack.url, ALICE, { prompt: 'remember 42' })).text).pop();
+        assert.match(first.text, /^Echo\(1 msgs\)/);
+
+        await redisCli(set.replica.port, set.password, 'REPLICAOF', 'NO', 'ONE');
+        const t0 = Date.now();
+        let tDone = 0;
+        const pending = chat(stack.url, ALICE, { prompt: 'and 43', options: { parentMessageId: first.id } })
+            .finally(() => { tDone = Date.now(); });
+        await sleep(2500);
+        for (const s of set.sentinels) {
+            await redisCli(s.port, null, 'SENTINEL', 'REMOVE', set.name);
+            await redisCli(s.port, null, 'SENTINEL', 'MONITOR', set.name, '127.0.0.1', String(set.replica.port), '2');
+            await redisCli(s.port, null, 'SENTINEL', 'SET', set.name, 'auth-pass', set.password);
+        }
+        const second = await pending;
+        const waited = tDone - t0;
+        assert.equal(second.status, 200);
+        const last = objects(second.text).pop();
+        assert.match(last.text, /^Echo\(3 msgs\)/);
+        assert.ok(waited >= 2500, `the final object waited for the new master (${waited} ms)`);
+
+        // the old master becomes a replica of the new one and takes its data, as after a failover
+        await redisCli(set.master.port, set.password, 'REPLICAOF', '127.0.0.1', String(set.replica.port));
+        for (const end = Date.now() + 20000; ; await sleep(100)) {
+            const info = await redisCli(set.master.port, set.password, 'INFO', 'replication');
+            if (/master_link_status:up/.test(info)) break;
+            assert.ok(Date.now() < end, 'the old master synced from the new one');
+        }
+        const next = await chat(stack.url, ALICE, { prompt: 'and now?', options: { parentMessageId: last.id } });
+        assert.equal(next.status, 200);
+        assert.match(objects(next.text).pop().text, /^Echo\(5 msgs\)/, 'both turns and the new prompt');
     });
 });
 

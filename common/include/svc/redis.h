@@ -2,6 +2,7 @@
 #define SVC_REDIS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "svc/err.h"
 
@@ -131,6 +132,10 @@ int svc_redis_async_wait(struct svc_redis_async *r, const char *key, int replica
 
 /* Sentinel: how many times the client has been pointed at another master (0 otherwise). */
 unsigned long svc_redis_async_master_epoch(const struct svc_redis_async *r);
+
+/* When (svc_loop_now) a WAIT on the current master last counted at least one replica; 0 when
+ * none has since the client was pointed at it. */
+uint64_t svc_redis_async_replicated_ms(const struct svc_redis_async *r);
 
 /* Sentinel: asks the sentinels now where the master is (a new answer moves the client, which
  * bumps the epoch); otherwise nothing. */
