@@ -42,6 +42,12 @@ struct billing_relay {
     struct svc_redis *redis;
     char owner[64];
     int64_t renewed_ms; /* when the relay thread last renewed its lease (0: not the holder) */
+    /* Rows at the head of the outbox that may be in the stream already: a pass XADDed them and
+     * could not take them out (too few replicas confirmed, a lost connection), or another
+     * replica held the lease before. The next pass looks for them in the stream's tail before
+     * it sends anything (relay_pass). 0: none. */
+    int unsure;
+    char confirm_key[300]; /* a key in the stream's slot, written when nothing else is */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int stop;
@@ -312,52 +318,166 @@ static int send_row(struct billing_relay *r, struct svc_db_rows *rows, size_t i)
     return rc;
 }
 
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The ledger id of a stream entry ([entry id, [field, value, ...]]) from its "id" field
+ * ("bl-<ledger id>"); 0 when it has none. */
+static int64_t entry_ledger_id(const struct svc_redis_reply *entry)
+{
+    const struct svc_redis_reply *f = svc_redis_reply_elem(entry, 1);
+
+    for (size_t k = 0; f != NULL && k + 1 < svc_redis_reply_count(f); k += 2) {
+        size_t len;
+        const char *name = svc_redis_reply_str(svc_redis_reply_elem(f, k), &len);
+        const char *v = svc_redis_reply_str(svc_redis_reply_elem(f, k + 1), NULL);
+        if (name != NULL && len == 2 && memcmp(name, "id", 2) == 0 && v != NULL &&
+            strncmp(v, "bl-", 3) == 0)
+            return strtoll(v + 3, NULL, 10);
+    }
+    return 0;
+}
+
+/* How many of rows [0, n) are, in order, among the entries of tail (an XREVRANGE reply);
+ * -1 when tail is not one or memory is short. */
+static int rows_in_tail(struct svc_db_rows *rows, int n, const struct svc_redis_reply *tail)
+{
+    size_t found = 0, count;
+    int64_t *ids;
+    int have = 0;
+
+    if (tail == NULL || svc_redis_reply_type(tail) != SVC_REDIS_ARRAY)
+        return -1;
+    count = svc_redis_reply_count(tail);
+    if ((ids = calloc(count + 1, sizeof(*ids))) == NULL)
+        return -1;
+    for (size_t k = 0; k < count; k++) {
+        int64_t id = entry_ledger_id(svc_redis_reply_elem(tail, k));
+        if (id > 0)
+            ids[found++] = id;
+    }
+    qsort(ids, found, sizeof(*ids), cmp_i64);
+    while (have < n) {
+        int64_t id = svc_db_rows_i64(rows, (size_t)have, 1);
+        if (bsearch(&id, ids, found, sizeof(*ids), cmp_i64) == NULL)
+            break;
+        have++;
+    }
+    free(ids);
+    return have;
+}
+
 /*
- * XADDs rows [0, n) in one pipeline (one round trip, one WAIT). *ok receives how many leading
- * rows Redis took (and, with BILLING_EVENTS_REPLICAS, enough replicas confirmed). SVC_OK when
- * the rest (a refusal or a redirection, which send_row follows) may be sent one by one; an error
+ * How many leading rows are in the stream already (*have): the last r->unsure entries of the
+ * stream, matched by event id. Only the relay's lease holder writes the stream, so what an
+ * unconfirmed pass (or the holder before) added is in that tail, and a failover keeps a prefix
+ * of it (replication is in order): the rows found are a prefix of the outbox's head, and the
+ * first one missing and all after it are sent (again). Not sending a row that is there is what
+ * keeps the stream free of duplicates across failovers and lease changes.
+ */
+static int stream_has(struct billing_relay *r, struct svc_db_rows *rows, int n, int *have)
+{
+    char count[24];
+    const char *argv[] = {"XREVRANGE", r->o.stream, "+", "-", "COUNT", count};
+    struct svc_redis_reply *reply = NULL;
+    int rc;
+
+    snprintf(count, sizeof(count), "%d", r->unsure);
+    rc = svc_redis_cmd(r->redis, &reply, 6, argv, NULL);
+    *have = rc == SVC_OK ? rows_in_tail(rows, n, reply) : 0;
+    if (rc == SVC_OK && *have < 0)
+        rc = SVC_EIO, *have = 0;
+    if (*have > 0)
+        SVC_LOG_INFO(NULL, "relay", "%d event(s) found in the stream already: not sent again",
+                     *have);
+    svc_redis_reply_destroy(&reply);
+    return rc;
+}
+
+/*
+ * XADDs rows [from, n) in one pipeline (one round trip, one WAIT). Rows [0, from) were found in
+ * the stream (stream_has): the pipeline reads the stream's tail again after its writes, and they
+ * count only if they are still there (the connection may be on a master the sentinels promoted
+ * since, which lacks them); with nothing to add, a write of confirm_key gives WAIT something to
+ * confirm. *ok receives how many leading rows are done: Redis took them and, with
+ * BILLING_EVENTS_REPLICAS, enough replicas confirmed them (all or none then). SVC_OK when the
+ * rest (a refusal or a redirection, which send_row follows) may be sent one by one; an error
  * when the pass must stop (Redis unreachable, too few replicas).
  */
-static int send_rows(struct billing_relay *r, struct svc_db_rows *rows, int n, int *ok)
+static int send_rows(struct billing_relay *r, struct svc_db_rows *rows, int from, int n, int *ok)
 {
     struct event_cmd *ec;
     struct svc_redis_reply **replies;
     const char *const **argv;
     const size_t **argvlen;
     int *argc;
-    int answered = 0, acked = 0, made = 0, rc = SVC_ENOMEM;
+    int answered = 0, acked = 0, made = 0, writes, cmds, rc = SVC_ENOMEM;
+    char count[24];
+    const char *confirm[] = {"SET", r->confirm_key, r->owner, "PX", "86400000"};
+    const char *tail[] = {"XREVRANGE", r->o.stream, "+", "-", "COUNT", count};
 
     *ok = 0;
-    if (n <= 0)
+    if (from >= n && (from == 0 || r->o.min_replicas == 0)) {
+        *ok = from;
         return SVC_OK;
-    ec = calloc((size_t)n, sizeof(*ec));
-    replies = calloc((size_t)n, sizeof(*replies));
-    argv = calloc((size_t)n, sizeof(*argv));
-    argvlen = calloc((size_t)n, sizeof(*argvlen));
-    argc = calloc((size_t)n, sizeof(*argc));
+    }
+    writes = from < n ? n - from : 1;
+    cmds = writes + (from > 0);
+    ec = calloc((size_t)cmds, sizeof(*ec));
+    replies = calloc((size_t)cmds, sizeof(*replies));
+    argv = calloc((size_t)cmds, sizeof(*argv));
+    argvlen = calloc((size_t)cmds, sizeof(*argvlen));
+    argc = calloc((size_t)cmds, sizeof(*argc));
     if (ec == NULL || replies == NULL || argv == NULL || argvlen == NULL || argc == NULL)
         goto out;
-    for (; made < n; made++) {
-        if (event_cmd_make(r, rows, (size_t)made, &ec[made]) != SVC_OK)
+    if (from >= n) {
+        argc[0] = 5;
+        argv[0] = confirm;
+        made = 1;
+    }
+    for (; from + made < n; made++) {
+        if (event_cmd_make(r, rows, (size_t)(from + made), &ec[made]) != SVC_OK)
             break;
         argc[made] = 16;
         argv[made] = ec[made].argv;
         argvlen[made] = ec[made].argvlen;
     }
+    writes = made;
+    if (from > 0) {
+        snprintf(count, sizeof(count), "%d", r->unsure + made);
+        argc[made] = 6;
+        argv[made++] = tail;
+    }
     rc = svc_redis_cmd_pipeline(r->redis, made, argc, argv, argvlen, replies, &answered,
                                 r->o.min_replicas, REDIS_TIMEOUT_MS / 2, &acked);
-    while (*ok < answered && svc_redis_reply_type(replies[*ok]) == SVC_REDIS_STRING)
-        (*ok)++;
-    if (rc == SVC_OK && *ok > 0 && r->o.min_replicas > 0 && acked < r->o.min_replicas) {
-        SVC_LOG_WARN(NULL, "relay", "%d event(s) reached %d of %d replicas: sent again later",
-                     *ok, acked, r->o.min_replicas);
+    if (from >= n)
+        *ok = answered > 0 && svc_redis_reply_type(replies[0]) == SVC_REDIS_STATUS ? n : 0;
+    else
+        for (*ok = from; *ok - from < writes && *ok - from < answered &&
+                         svc_redis_reply_type(replies[*ok - from]) == SVC_REDIS_STRING;)
+            (*ok)++;
+    if (*ok > 0 && from > 0 &&
+        (answered < made || rows_in_tail(rows, from, replies[made - 1]) != from)) {
+        SVC_LOG_WARN(NULL, "relay", "events found in the stream are not on this master: "
+                                    "looked for again");
         *ok = 0;
-        rc = SVC_EUNAVAIL;
+        if (rc == SVC_OK)
+            rc = SVC_EUNAVAIL;
+    }
+    if (*ok > 0 && r->o.min_replicas > 0 && (rc != SVC_OK || acked < r->o.min_replicas)) {
+        SVC_LOG_WARN(NULL, "relay", "%d event(s) reached %d of %d replicas: confirmed later",
+                     *ok, rc == SVC_OK ? acked : 0, r->o.min_replicas);
+        *ok = 0;
+        if (rc == SVC_OK)
+            rc = SVC_EUNAVAIL;
     }
 out:
     for (int i = 0; replies != NULL && i < answered; i++)
         svc_redis_reply_destroy(&replies[i]);
-    for (int i = 0; ec != NULL && i < n; i++)
+    for (int i = 0; ec != NULL && i < cmds; i++)
         event_cmd_free(&ec[i]);
     free(ec);
     free(replies);
@@ -384,7 +504,7 @@ struct outbox_done {
 static void outbox_done_of(struct svc_db_rows *rows, size_t sent, struct outbox_done *d)
 {
     d->n = 0;
-    d->cut_id = 0;
+    d->cut_id = d->cut_from = d->cut_n = 0;
     for (size_t i = 0; i < sent; i++) {
         int64_t oid = svc_db_rows_i64(rows, i, 0);
         int64_t last = svc_db_rows_i64(rows, i, 15) + svc_db_rows_i64(rows, i, 16) - 1;
@@ -429,7 +549,8 @@ static int relay_pass(struct billing_relay *r, struct svc_db_conn *c)
 {
     struct svc_db_rows *rows = NULL;
     struct svc_db_param p[] = {SVC_DB_I64(r->o.batch), SVC_DB_I64(r->o.batch)};
-    int sent = 0, rc;
+    size_t count;
+    int sent = 0, have = 0, rc;
 
     /* The oldest outbox rows first (at most batch of them, each one or more ledger rows), then
      * their ledger rows in order, at most batch in all. */
@@ -447,8 +568,13 @@ static int relay_pass(struct billing_relay *r, struct svc_db_conn *c)
     /* Stop at the first failure: a later event of the same user must not overtake it. The
      * batch goes in one pipeline; what it could not place (a refusal, a redirection) is sent
      * row by row, where redirections are followed. */
-    rc = send_rows(r, rows, (int)svc_db_rows_count(rows), &sent);
-    for (size_t i = (size_t)sent; rc == SVC_OK && i < svc_db_rows_count(rows); i++) {
+    count = svc_db_rows_count(rows);
+    if (r->unsure > 0 && count > 0 && (rc = stream_has(r, rows, (int)count, &have)) != SVC_OK) {
+        svc_db_rows_destroy(&rows);
+        return rc;
+    }
+    rc = send_rows(r, rows, have, (int)count, &sent);
+    for (size_t i = (size_t)sent; rc == SVC_OK && i < count; i++) {
         if ((rc = send_row(r, rows, i)) != SVC_OK)
             break;
         sent++;
@@ -476,6 +602,8 @@ static int relay_pass(struct billing_relay *r, struct svc_db_conn *c)
                 rc = drc;
         }
     }
+    /* every row that may have reached the stream is out of the outbox, or looked for first */
+    r->unsure = rc == SVC_OK ? 0 : (int)count;
     svc_db_rows_destroy(&rows);
     if (sent > 0)
         svc_metric_add(r->st.relayed, sent);
@@ -507,6 +635,8 @@ static void *relay_main(void *ctx)
             if (now_leader != leader)
                 SVC_LOG_NOTICE(NULL, "relay", "%s the relay lease as %s",
                                now_leader ? "took" : "lost", r->owner);
+            if (now_leader && !leader)
+                r->unsure = (int)r->o.batch; /* what the last holder sent may still be here */
             leader = now_leader;
             svc_metric_set(r->st.leader, leader);
             if (leader) {
@@ -579,6 +709,14 @@ int billing_relay_create(struct billing_relay **out, struct svc_db *db, struct b
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
         pthread_cond_init(&r->cv, &ca);
         pthread_condattr_destroy(&ca);
+    }
+    {
+        /* the stream's hash tag, or the stream's name as one: the same Cluster slot */
+        const char *open = strchr(r->o.stream, '{');
+        int tagged = open != NULL && strchr(open + 1, '}') != NULL && open[1] != '}';
+        snprintf(r->confirm_key, sizeof(r->confirm_key), tagged ? "%s:relay-confirm"
+                                                                 : "{%s}:relay-confirm",
+                 r->o.stream);
     }
     if (r->o.redis_url && r->o.redis_url[0]) {
         if ((rc = svc_redis_create(&r->redis, r->o.redis_url, REDIS_TIMEOUT_MS, NULL, 0)) != SVC_OK)

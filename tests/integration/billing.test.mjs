@@ -12,6 +12,7 @@ import fs from 'node:fs';
 import { defaultBinDir, startMariadb, startRedis, startService, tempDir } from './lib/harness.mjs';
 import { httpGet } from '../../deploy/local/stack.mjs';
 import { billingClient, postRaw, readStream } from './lib/billing-rpc.mjs';
+import { redisCli, startRedisSentinelSet } from '../../deploy/local/redis-topo.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -596,3 +597,53 @@ for (const backend of ['sqlite', 'mariadb']) {
         }
     });
 }
+
+// BILLING_EVENTS_REPLICAS=1 while the master has lost its replica: every relay pass finds the
+// WAIT short and keeps the rows in the outbox. The events must reach the stream once, not once
+// per pass (relay.c stream_has looks for them in the stream's tail first), and flow out of the
+// outbox as soon as a replica confirms them.
+describe('billing events unconfirmed by a replica are not sent twice', () => {
+    const STREAM = 'test:unconfirmed:billing:events';
+    let dir, set, billing, client;
+    let redisUrl;
+    const pending = async () => Number(/^billing_outbox_pending (\d+)/m.exec((await httpGet(`${billing.adminUrl}/metrics`)).body)[1]);
+
+    before(async () => {
+        dir = tempDir('chatweb-billing-unconfirmed-');
+        set = await startRedisSentinelSet({ dir: path.join(dir, 'redis') });
+        for (const s of set.sentinels) await s.handle.stop(); // this test moves the replica itself
+        redisUrl = `redis://default:${set.password}@127.0.0.1:${set.master.port}/0`;
+        billing = await startService('billing', {
+            dir, readyTimeoutMs: 20000,
+            env: { LOG_LEVEL: 'notice', REDIS_URL: redisUrl, BILLING_EVENTS_STREAM: STREAM, BILLING_EVENTS_REPLICAS: '1', BILLING_RELAY_POLL_MS: '20' },
+        });
+        client = billingClient(billing.url);
+    }, { timeout: 120000 });
+
+    after(async () => {
+        client?.close();
+        await billing?.stop().catch(() => {});
+        for (const h of [set?.replica, set?.master]) if (h) await h.handle.stop().catch(() => {});
+        if (process.env.KEEP_TEST_DIRS !== '1') fs.rmSync(dir, { recursive: true, force: true });
+    }, { timeout: 60000 });
+
+    it('the stream gets each event once while it waits, and the outbox drains when a replica is back', { timeout: 60000 }, async () => {
+        const user = 7001;
+        await client.ok('CreateAccount', { user_id: user, initial_units: 10 });
+        await waitFor('the first event, confirmed', async () => (await readStream(redisUrl, STREAM)).length === 1 && (await pending()) === 0, 15000, 100);
+
+        await redisCli(set.replica.port, set.password, 'REPLICAOF', 'NO', 'ONE');
+        for (let i = 0; i < 5; i++)
+            await client.ok('Recharge', { user_id: user, units: 1, idempotency_key: `unconfirmed-${i}` });
+        await sleep(3500); // three or more passes, each with a WAIT that times out after 1 s
+        assert.ok(await pending() >= 5, 'the unconfirmed events wait in the outbox');
+        let events = await readStream(redisUrl, STREAM);
+        assert.deepEqual(events.map((e) => e.json.balance_after), [10, 11, 12, 13, 14, 15], 'each event once, in order');
+
+        await redisCli(set.replica.port, set.password, 'REPLICAOF', '127.0.0.1', String(set.master.port));
+        await waitFor('the outbox to drain', async () => (await pending()) === 0, 20000, 200);
+        events = await readStream(redisUrl, STREAM);
+        assert.deepEqual(events.map((e) => e.json.balance_after), [10, 11, 12, 13, 14, 15], 'still each event once');
+        assert.equal(new Set(events.map((e) => e.id)).size, 6);
+    });
+});
