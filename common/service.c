@@ -254,30 +254,39 @@ int svc_service_wait(void)
 /* After the deadline, how long the requests ended then get to complete. */
 #define ABORT_WAIT_MS 1000
 
-long svc_service_drain(struct svc_http_server *srv)
+/* Drains the n listeners of one service together: one deadline, their counts summed. */
+static long drain_all(struct svc_http_server *const *srv, size_t n)
 {
     uint64_t t0 = svc_loop_clock_ms(), now = t0;
     uint64_t deadline = t0 + (uint64_t)svc_service_option("DRAIN_TIMEOUT")->i * 1000;
     uint64_t quiet_since = t0;
-    unsigned long started, started0;
-    long left;
+    unsigned long started = 0, started0 = 0;
+    long left = 0, conns = 0;
 
     svc_service_set_ready(0);
-    if (srv == NULL)
+    if (n == 0 || srv[0] == NULL)
         return 0;
-    svc_http_server_quiesce(srv);
-    started = started0 = svc_http_server_started(srv);
+    for (size_t i = 0; i < n; i++) {
+        svc_http_server_quiesce(srv[i]);
+        started0 += svc_http_server_started(srv[i]);
+    }
+    started = started0;
     for (;;) {
-        left = svc_http_server_inflight(srv);
+        unsigned long now_started = 0;
+        left = conns = 0;
+        for (size_t i = 0; i < n; i++) {
+            left += svc_http_server_inflight(srv[i]);
+            conns += svc_http_server_connections(srv[i]);
+            now_started += svc_http_server_started(srv[i]);
+        }
         now = svc_loop_clock_ms();
         if (now >= deadline)
             break;
-        if (svc_http_server_started(srv) != started) {
-            started = svc_http_server_started(srv);
+        if (now_started != started) {
+            started = now_started;
             quiet_since = now;
         }
-        if (left == 0 &&
-            (svc_http_server_connections(srv) == 0 || now - quiet_since >= DRAIN_QUIET_MS))
+        if (left == 0 && (conns == 0 || now - quiet_since >= DRAIN_QUIET_MS))
             break;
         usleep(20 * 1000);
     }
@@ -289,15 +298,27 @@ long svc_service_drain(struct svc_http_server *srv)
                      "%ld request(s) still in flight at the drain deadline: ended as if their "
                      "clients had left",
                      left);
-        svc_http_server_abort_all(srv);
-        for (int i = 0; i < ABORT_WAIT_MS / 20 && (left = svc_http_server_inflight(srv)) > 0; i++)
+        for (size_t i = 0; i < n; i++)
+            svc_http_server_abort_all(srv[i]);
+        for (int k = 0; k < ABORT_WAIT_MS / 20 && left > 0; k++) {
             usleep(20 * 1000);
+            left = 0;
+            for (size_t i = 0; i < n; i++)
+                left += svc_http_server_inflight(srv[i]);
+        }
     }
+    conns = 0;
+    for (size_t i = 0; i < n; i++)
+        conns += svc_http_server_connections(srv[i]);
     SVC_LOG_NOTICE(NULL, "shutdown",
                    "drained in %llu ms: %lu request(s) begun meanwhile, %ld connection(s) left",
-                   (unsigned long long)(svc_loop_clock_ms() - t0), started - started0,
-                   svc_http_server_connections(srv));
+                   (unsigned long long)(svc_loop_clock_ms() - t0), started - started0, conns);
     return left;
+}
+
+long svc_service_drain(struct svc_http_server *srv)
+{
+    return drain_all(&srv, 1);
 }
 
 void svc_service_teardown(void)
@@ -306,30 +327,8 @@ void svc_service_teardown(void)
     curl_global_cleanup();
 }
 
-void svc_service_serve_pool(const struct svc_http_route *routes, size_t nroutes, int default_style)
-{
-    struct svc_http_server *srv = NULL;
-    struct svc_http_opts ho = {0};
-    char err[512];
-
-    ho.service = service_name;
-    ho.addr = svc_service_option("HTTP_ADDR")->s;
-    ho.mode = SVC_HTTP_POOL;
-    ho.threads = svc_service_workers() * 2;
-    ho.max_body = (size_t)svc_service_option("HTTP_MAX_BODY")->i;
-    ho.max_header = (size_t)svc_service_option("HTTP_MAX_HEADER")->i;
-    ho.idle_timeout = (unsigned)svc_service_option("HTTP_IDLE_TIMEOUT")->i;
-    ho.max_connections = (unsigned)svc_service_option("HTTP_MAX_CONNECTIONS")->i;
-    ho.trusted_proxies = svc_service_trusted_proxies();
-    ho.default_style = (enum svc_http_style)default_style;
-    if (svc_http_server_create(&srv, &ho, routes, nroutes, err, sizeof(err)) != SVC_OK)
-        svc_service_die(SVC_EX_CONFIG, "HTTP_ADDR: %s", err);
-    SVC_LOG_NOTICE(NULL, "startup", "serving on port %d", svc_http_server_port(srv));
-    svc_service_serve(srv);
-    svc_http_server_destroy(&srv);
-}
-
-void svc_service_serve(struct svc_http_server *srv)
+/* Marks the service ready, waits for SIGTERM/SIGINT and drains the n listeners. */
+static void serve_all(struct svc_http_server *const *srv, size_t n)
 {
     long left;
     int sig;
@@ -337,8 +336,52 @@ void svc_service_serve(struct svc_http_server *srv)
     svc_service_set_ready(1);
     sig = svc_service_wait();
     SVC_LOG_NOTICE(NULL, "shutdown", "signal %d: draining", sig);
-    left = svc_service_drain(srv);
+    left = drain_all(srv, n);
     if (left > 0)
         SVC_LOG_WARN(NULL, "shutdown", "%ld request(s) did not end when told to; closed at exit",
                      left);
+}
+
+void svc_service_serve(struct svc_http_server *srv)
+{
+    serve_all(&srv, 1);
+}
+
+void svc_service_serve_pools(const struct svc_service_listener *ls, size_t n)
+{
+    struct svc_http_server *srv[SVC_SERVICE_LISTENERS_MAX] = {0};
+    char err[512];
+
+    if (n == 0 || n > SVC_SERVICE_LISTENERS_MAX)
+        svc_service_die(SVC_EX_SOFTWARE, "svc_service_serve_pools: %zu listeners", n);
+    for (size_t i = 0; i < n; i++) {
+        struct svc_http_opts ho = {0};
+        ho.service = service_name;
+        ho.addr = ls[i].addr != NULL ? ls[i].addr : svc_service_option("HTTP_ADDR")->s;
+        ho.mode = SVC_HTTP_POOL;
+        ho.threads = svc_service_workers() * 2;
+        ho.max_body = (size_t)svc_service_option("HTTP_MAX_BODY")->i;
+        ho.max_header = (size_t)svc_service_option("HTTP_MAX_HEADER")->i;
+        ho.idle_timeout = (unsigned)svc_service_option("HTTP_IDLE_TIMEOUT")->i;
+        ho.max_connections = (unsigned)svc_service_option("HTTP_MAX_CONNECTIONS")->i;
+        ho.trusted_proxies = svc_service_trusted_proxies();
+        ho.default_style = (enum svc_http_style)ls[i].default_style;
+        if (svc_http_server_create(&srv[i], &ho, ls[i].routes, ls[i].nroutes, err, sizeof(err)) !=
+            SVC_OK)
+            svc_service_die(SVC_EX_CONFIG, "%s: %s", ls[i].addr_name ? ls[i].addr_name : "HTTP_ADDR",
+                            err);
+        SVC_LOG_NOTICE(NULL, "startup", "serving %s on port %d",
+                       ls[i].addr_name ? ls[i].addr_name : "HTTP_ADDR",
+                       svc_http_server_port(srv[i]));
+    }
+    serve_all(srv, n);
+    for (size_t i = 0; i < n; i++)
+        svc_http_server_destroy(&srv[i]);
+}
+
+void svc_service_serve_pool(const struct svc_http_route *routes, size_t nroutes, int default_style)
+{
+    const struct svc_service_listener l = {NULL, NULL, routes, nroutes, default_style};
+
+    svc_service_serve_pools(&l, 1);
 }

@@ -1071,6 +1071,8 @@ function nonEmpty(v) {
  *   staticRoot     web root served by nginx at / and /admin/ (default deploy/local/www)
  *   persist        Redis with an append-only file (default false); fastMysql relaxes fsync
  *   nginxReadTimeout  the ingress's proxy_read_timeout (default '1h'; tests of its 504 use less)
+ *   authRpcPort    auth serves its RPC on a port of its own (RPC_ADDR), as the Helm chart does;
+ *                  AUTH_URL then names that port, and auth's HTTP_ADDR has no /rpc/
  *   binDir, inheritEnv, tee, logLevel, log (progress callback), lock (default true)
  * Returns {dir, logDir, url, host, port, redisUrl, db, mariadb, redis, fakeUpstream, authUrl, rpcSecret,
  *          billingUrl, services: {name: [handles]}, nginx, rpc, handles, stop()}.
@@ -1081,7 +1083,7 @@ export async function startStack(opts = {}) {
         dir, listenHost = '127.0.0.1', listenPort = 0, replicas = {}, services = SERVICES, mysql = false,
         redisUrl, db, env = {}, serviceEnv = {}, fakeUpstream, fakeUpstreamEnv = {}, staticRoot = DEFAULT_STATIC_ROOT,
         persist = false, fastMysql = false, binDir, inheritEnv = false, tee = false, logLevel, log = () => {},
-        lock = true, nginxReadTimeout = '1h',
+        lock = true, nginxReadTimeout = '1h', authRpcPort = false,
     } = opts;
     if (!dir) throw new StackError('stack', 'startStack needs a dir (DATA_DIR)');
     const root = path.resolve(dir);
@@ -1168,6 +1170,10 @@ export async function startStack(opts = {}) {
             rpcAddrs[s] = [];
             for (let i = 0; i < count(s); i++) rpcAddrs[s].push(`127.0.0.1:${await freePort('127.0.0.1')}`);
         }
+        // auth's public routes then stay on its HTTP_ADDR, its RPC moves to RPC_ADDR
+        const authHttpAddrs = [];
+        if (authRpcPort)
+            for (let i = 0; i < count('auth'); i++) authHttpAddrs.push(`127.0.0.1:${await freePort('127.0.0.1')}`);
         const lb = {};
         for (const s of ['auth', 'billing']) if (rpcAddrs[s].length > 1) lb[s] = rpcAddrs[s];
         if (Object.keys(lb).length) {
@@ -1199,10 +1205,16 @@ export async function startStack(opts = {}) {
             for (let i = 1; i <= n; i++) {
                 const env1 = { ...svcEnv, ...(serviceEnv[name] || {}) };
                 if (name === 'auth' && env1.HEALTH_URLS === undefined) env1.HEALTH_URLS = healthUrls.join(',');
+                let httpAddr = rpcAddrs[name] && rpcAddrs[name][i - 1];
+                if (name === 'auth' && authRpcPort) {
+                    env1.RPC_ADDR = httpAddr;
+                    httpAddr = authHttpAddrs[i - 1];
+                }
                 const h = started(await startService(name, {
                     env: env1, dir: root, logDir, replica: n > 1 ? i : undefined,
-                    httpAddr: rpcAddrs[name] && rpcAddrs[name][i - 1], adminAddr: adminAddrs[name][i - 1], binDir, tee,
+                    httpAddr, adminAddr: adminAddrs[name][i - 1], binDir, tee,
                 }));
+                if (env1.RPC_ADDR) h.rpcAddr = env1.RPC_ADDR;
                 result.services[name].push(h);
                 log(`${h.label}: http ${h.httpAddr}, admin ${h.adminAddr} (pid ${h.pid})`);
             }

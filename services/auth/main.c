@@ -2,7 +2,8 @@
  * chatweb-auth: owns identities and answers "who is this?" for the other services.
  *
  * Routes on HTTP_ADDR (worker-thread pool; handlers may block):
- *   POST /rpc/Auth/{Authenticate,ChangeCredentials,SetModel}   protobuf, internal only
+ *   POST /rpc/Auth/{Authenticate,ChangeCredentials,SetModel}   protobuf, internal only; on
+ *                                                              RPC_ADDR instead when it is set
  *   POST /api/session /api/verify /api/login /api/logout, GET|POST /api/me   the browser
  *   POST /accounts (Opskey), ANY /admin/accounts (Basic admin:OPS_KEY)          operators
  * See docs/accounts.md and docs/ops-api.md.
@@ -13,6 +14,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "svc/cfg.h"
 #include "svc/crypto.h"
 #include "svc/db.h"
 #include "svc/http.h"
@@ -35,6 +37,8 @@
            "redis://... for sessions, throttles and cache invalidation")                           \
     ACTION(BILLING_URL, SVC_OPT_STR, "", 0, 0, "billing service base URL (http://host:port)")      \
     ACTION(AUTH_URL, SVC_OPT_STR, "", 0, 0, "unused by auth itself (set for every service)")       \
+    ACTION(RPC_ADDR, SVC_OPT_STR, "", 0, 0,                                                        \
+           "host:port of a listener for /rpc/ alone (then not on HTTP_ADDR); unset: on HTTP_ADDR")  \
     ACTION(HEALTH_URLS, SVC_OPT_STR, "", 0, 0,                                                     \
            "name=http://host:adminport,... whose /readyz the ops action `health` reports")         \
     ACTION(HEALTH_TIMEOUT_MS, SVC_OPT_INT, "1000", 50, 30000,                                      \
@@ -88,6 +92,8 @@ static int ready_check(void *ctx)
     return svc_db_ping(a->db);
 }
 
+/* routes[0] is the RPC; with RPC_ADDR it is served there alone, and the rest on HTTP_ADDR, so
+ * that a network policy can let the ingress reach the public routes and not the RPC. */
 static const struct svc_http_route routes[] = {
     {"POST", "/rpc/*", svc_rpc_dispatch, &auth_rpc_registry, SVC_HTTP_STYLE_TEXT},
     {"POST", "/api/session", auth_api_session, &auth, SVC_HTTP_STYLE_ENVELOPE},
@@ -158,6 +164,12 @@ int main(int argc, char **argv)
     if (auth_static_users_validate(setting.BASIC_AUTH_USER.s, setting.BASIC_AUTH_PASSWORD.s, err,
                                    sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "%s", err);
+    if (setting.RPC_ADDR.s[0] != '\0') {
+        char host[256];
+        int port;
+        if (svc_cfg_parse_addr(setting.RPC_ADDR.s, host, sizeof(host), &port) != SVC_OK)
+            svc_service_die(SVC_EX_CONFIG, "RPC_ADDR: not host:port: \"%s\"", setting.RPC_ADDR.s);
+    }
     if (!svc_service_migrate_only())
         svc_service_setup_rpc_auth(); /* a configuration error, before the migrations run */
     if (svc_db_create(&auth.db, setting.DB.s, setting.DATA_DIR.s, NULL, err, sizeof(err)) != SVC_OK)
@@ -198,7 +210,17 @@ int main(int argc, char **argv)
         SVC_LOG_ERR(NULL, "startup", "cannot start the thread that creates the static users' "
                                      "billing accounts (they are made on first use)");
 
-    svc_service_serve_pool(routes, sizeof(routes) / sizeof(routes[0]), SVC_HTTP_STYLE_ENVELOPE);
+    if (setting.RPC_ADDR.s[0] != '\0') {
+        const struct svc_service_listener ls[] = {
+            {"HTTP_ADDR", NULL, routes + 1, sizeof(routes) / sizeof(routes[0]) - 1,
+             SVC_HTTP_STYLE_ENVELOPE},
+            {"RPC_ADDR", setting.RPC_ADDR.s, routes, 1, SVC_HTTP_STYLE_TEXT},
+        };
+        svc_service_serve_pools(ls, sizeof(ls) / sizeof(ls[0]));
+    } else {
+        svc_service_serve_pool(routes, sizeof(routes) / sizeof(routes[0]),
+                               SVC_HTTP_STYLE_ENVELOPE);
+    }
 
     auth_static_accounts_stop();
     auth_cache_destroy(&auth.cache);

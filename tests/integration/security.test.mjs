@@ -188,6 +188,40 @@ describe('security: the ingress (deploy/local/nginx.conf.tmpl)', () => {
     });
 });
 
+// The Helm chart gives auth's RPC a port of its own (RPC_ADDR), so that its NetworkPolicy lets
+// the ingress controller reach the public routes and only chat and proxy reach the RPC.
+describe('security: auth\'s RPC on its own port (RPC_ADDR)', () => {
+    const stack = withStack({ authRpcPort: true, env: { BASIC_AUTH_USER: USER, BASIC_AUTH_PASSWORD: PASSWORD } });
+
+    it('the RPC is only on RPC_ADDR, the public routes only on HTTP_ADDR; chat signs in through it', async () => {
+        const auth = stack.services.auth[0];
+        assert.ok(auth.rpcAddr && auth.rpcAddr !== auth.httpAddr, 'a port of its own');
+        assert.equal(stack.authUrl, `http://${auth.rpcAddr}`, 'the callers\' AUTH_URL names it');
+        // the RPC: refused unsigned on its port (it is there), unknown on the public port
+        assert.equal((await post(`http://${auth.rpcAddr}/rpc/Auth/Authenticate`, Buffer.alloc(0), {})).status, 401);
+        const onPublic = await post(`http://${auth.httpAddr}/rpc/Auth/Authenticate`, Buffer.alloc(0), {});
+        assert.equal(onPublic.status, 404);
+        // the public routes: on HTTP_ADDR (and through the ingress), not on the RPC port
+        assert.equal((await request(`http://${auth.httpAddr}/api/session`, { method: 'POST', body: '{}' })).status, 200);
+        assert.equal((await request(`http://${auth.rpcAddr}/api/session`, { method: 'POST', body: '{}' })).status, 404);
+        assert.equal((await request(`${stack.url}/api/session`, { method: 'POST', body: '{}' })).status, 200);
+        // chat -> auth (Authenticate) over the RPC port
+        const me = await postJSON(`${stack.url}/api/chat-process`, { prompt: '/me' },
+            { headers: { authorization: basicAuth(USER, PASSWORD) } });
+        assert.equal(me.status, 200, me.body);
+        assert.ok(!/Unauthorized|unavailable/i.test(me.body), me.body);
+    });
+
+    it('SIGTERM drains both listeners and exits 0', async () => {
+        const auth = stack.services.auth[0];
+        const exit = await auth.stop('SIGTERM');
+        assert.equal(exit.code, 0, JSON.stringify(exit));
+        const log = fs.readFileSync(auth.logFile, 'utf8');
+        assert.match(log, /serving RPC_ADDR on port \d+/);
+        assert.match(log, /drained in \d+ ms/);
+    });
+});
+
 describe('security: listen addresses', () => {
     for (const svc of ['auth', 'billing', 'chat', 'proxy']) {
         it(`${svc} listens on loopback unless HTTP_ADDR / ADMIN_ADDR say otherwise`, () => {

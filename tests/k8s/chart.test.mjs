@@ -125,8 +125,14 @@ describe('what the chart promises', () => {
                 assert.deepEqual(c.command, [`/usr/local/bin/chatweb-${s}`]);
                 assert.deepEqual(c.livenessProbe.httpGet, { path: '/healthz', port: 'admin' });
                 assert.deepEqual(c.readinessProbe.httpGet, { path: '/readyz', port: 'admin' });
-                assert.deepEqual(c.ports.map((p) => [p.name, p.containerPort]), [['http', 8080], ['admin', 9090]]);
+                assert.deepEqual(c.ports.map((p) => [p.name, p.containerPort]),
+                    [['http', 8080], ['admin', 9090], ...(s === 'auth' ? [['rpc', 8081]] : [])]);
                 const env = Object.fromEntries(c.env.filter((e) => 'value' in e).map((e) => [e.name, e.value]));
+                // auth's RPC has a port of its own, and every caller names it
+                assert.equal(env.AUTH_URL, 'http://cw-chatweb-auth:8081');
+                assert.equal(env.RPC_ADDR, s === 'auth' ? '0.0.0.0:8081' : undefined);
+                assert.deepEqual(named(set, 'Service', name).spec.ports.map((p) => [p.name, p.port, p.targetPort]),
+                    [['http', 8080, 'http'], ['admin', 9090, 'admin'], ...(s === 'auth' ? [['rpc', 8081, 'rpc']] : [])]);
                 assert.equal(env.ADMIN_ADDR, '0.0.0.0:9090');
                 // X-Real-IP is believed from the pod network (the ingress controller), not from loopback only
                 assert.equal(env.TRUSTED_PROXIES, '10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7');
@@ -209,15 +215,17 @@ describe('what the chart promises', () => {
         }
     });
 
-    it('NetworkPolicies: billing only from auth, chat and proxy; auth from the ingress, chat and proxy', () => {
+    it('NetworkPolicies: billing only from auth, chat and proxy; auth\'s public port from the ingress, its RPC port from chat and proxy', () => {
         for (const set of [docs, prod]) {
-            const from = (name) => {
+            const from = (name, port = 'http') => {
                 const np = named(set, 'NetworkPolicy', `cw-chatweb-${name}`);
-                const http = np.spec.ingress.find((r) => r.ports[0].port === 'http');
-                return http.from.map((f) => f.podSelector?.matchLabels?.['app.kubernetes.io/component'] ?? 'ingress-controller').sort();
+                const rule = np.spec.ingress.find((r) => r.ports[0].port === port);
+                return rule ? rule.from.map((f) => f.podSelector?.matchLabels?.['app.kubernetes.io/component'] ?? 'ingress-controller').sort() : null;
             };
             assert.deepEqual(from('billing'), ['auth', 'chat', 'proxy']);
-            assert.deepEqual(from('auth'), ['chat', 'ingress-controller', 'proxy']);
+            assert.deepEqual(from('auth'), ['ingress-controller']);
+            assert.deepEqual(from('auth', 'rpc'), ['chat', 'proxy']);
+            assert.equal(from('chat', 'rpc'), null);
             assert.deepEqual(from('chat'), ['ingress-controller']);
             assert.deepEqual(from('proxy'), ['ingress-controller']);
             // The ingress controller's rule names its namespace (not "any pod in this namespace").

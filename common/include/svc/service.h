@@ -99,6 +99,21 @@ void svc_service_serve(struct svc_http_server *srv);
 struct svc_http_route;
 void svc_service_serve_pool(const struct svc_http_route *routes, size_t nroutes, int default_style);
 
+/* One listener of svc_service_serve_pools: its address (NULL: HTTP_ADDR) and the option that
+ * names it (for messages; NULL: "HTTP_ADDR"), its routes and their default error style. */
+struct svc_service_listener {
+    const char *addr_name;
+    const char *addr;
+    const struct svc_http_route *routes;
+    size_t nroutes;
+    int default_style;
+};
+#define SVC_SERVICE_LISTENERS_MAX 4
+
+/* svc_service_serve_pool on several listeners (auth's RPC_ADDR): each with its own worker pool,
+ * all drained together at the signal, under one DRAIN_TIMEOUT. */
+void svc_service_serve_pools(const struct svc_service_listener *ls, size_t n);
+
 /* Stops the admin listener and frees what setup allocated. */
 void svc_service_teardown(void);
 
