@@ -299,6 +299,59 @@ static void test_timer_stop_and_restart(void)
     loop_done(&f);
 }
 
+/* An idle timer restarted by another timer every 5 ms: it must not fire while restarted, and
+ * must fire once, 30 ms after the last restart (svc_timer_start notes a later deadline without
+ * moving the heap entry; run_timers puts it back in place). */
+struct toucher {
+    struct svc_timer *self, *idle;
+    int left;
+};
+
+static void on_touch(void *data, struct svc_timer *t)
+{
+    struct toucher *k = data;
+
+    (void)t;
+    T_EQ_INT(svc_timer_start(k->idle, 30), SVC_OK);
+    if (--k->left > 0)
+        T_EQ_INT(svc_timer_start(k->self, 5), SVC_OK);
+}
+
+static void test_timer_restarted_later_and_earlier(void)
+{
+    struct fixture f;
+    struct count_ctx idle = {0}, early = {0};
+    struct toucher k = {0};
+    struct svc_timer *e, *end;
+    uint64_t start;
+
+    loop_begin(&f, "restarted later and earlier");
+    T_EQ_INT(svc_timer_create(&k.idle, f.loop, on_count, &idle), SVC_OK);
+    T_EQ_INT(svc_timer_create(&k.self, f.loop, on_touch, &k), SVC_OK);
+    T_EQ_INT(svc_timer_create(&e, f.loop, on_count, &early), SVC_OK);
+    T_EQ_INT(svc_timer_create(&end, f.loop, on_stop_loop, f.loop), SVC_OK);
+
+    start = svc_loop_clock_ms();
+    k.left = 20; /* restarts over about 100 ms, each 30 ms ahead */
+    T_EQ_INT(svc_timer_start(k.idle, 30), SVC_OK);
+    T_EQ_INT(svc_timer_start(k.self, 5), SVC_OK);
+    T_EQ_INT(svc_timer_start(e, 500), SVC_OK);
+    T_EQ_INT(svc_timer_start(e, 20), SVC_OK); /* earlier: fires at the new time */
+    T_EQ_INT(svc_timer_start(end, 300), SVC_OK);
+    T_EQ_INT(svc_loop_run(f.loop), 0);
+    T_EQ_INT(k.left, 0);
+    T_EQ_INT(idle.fired, 1);
+    T_ASSERT(idle.when >= start + 100 + 30); /* after the last of 20 restarts 5 ms apart */
+    T_EQ_INT(early.fired, 1);
+    T_ASSERT(early.when >= start + 20 && early.when < start + 300);
+
+    svc_timer_destroy(&k.idle);
+    svc_timer_destroy(&k.self);
+    svc_timer_destroy(&e);
+    svc_timer_destroy(&end);
+    loop_done(&f);
+}
+
 struct periodic {
     struct svc_loop *loop;
     struct svc_timer *self;
@@ -881,6 +934,7 @@ int main(void)
     T_RUN(test_timers_fire_in_order);
     T_RUN(test_many_timers_heap);
     T_RUN(test_timer_stop_and_restart);
+    T_RUN(test_timer_restarted_later_and_earlier);
     T_RUN(test_timer_restart_and_destroy_in_callback);
     T_RUN(test_timer_destroy_other_due_same_batch);
     T_RUN(test_timer_destroy_without_run);
