@@ -5,12 +5,11 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
-    basicAuth, getJSON, postJSON, request, streamBody, tempDir, withStack,
+    basicAuth, getJSON, postJSON, request, streamBody, withSentinelStack, withStack,
 } from './lib/harness.mjs';
-import { redisCli, startRedisSentinelSet } from '../../deploy/local/redis-topo.mjs';
+import { redisCli } from '../../deploy/local/redis-topo.mjs';
 
 const USERS = { BASIC_AUTH_USER: 'alice,bob', BASIC_AUTH_PASSWORD: 'pw-alice,pw-bob' };
 const ALICE = basicAuth('alice', 'pw-alice');
@@ -509,21 +508,12 @@ describe('CHAT_CONTEXT_REPLICAS with a Redis that has no replica', () => {
 // stored meanwhile waits (its master had a replica a moment ago), is stored again on the new
 // master, and the old master, demoted as the sentinels would, loses nothing of the conversation.
 describe('CHAT_CONTEXT_REPLICAS across a promotion the sentinels name late', () => {
-    let set = null;
-    const dir = tempDir('chatweb-chat-promotion-');
-    const opts = { env: { ...USERS, CHAT_CONTEXT_REPLICAS: '1' } };
-    before(async () => {
-        set = await startRedisSentinelSet({ dir: path.join(dir, 'sentinel') });
-        opts.redisUrl = set.url;
-    }, { timeout: 60000 });
-    const stack = withStack(opts);
-    after(async () => {
-        for (const h of [...(set?.sentinels || []), set?.replica, set?.master]) if (h) await h.handle.stop().catch(() => {});
-        if (!process.env.KEEP_TEST_DIRS) fs.rmSync(dir, { recursive: true, force: true });
-    });
+    const ha = withSentinelStack({ env: { ...USERS, CHAT_CONTEXT_REPLICAS: '1' } });
+    const { stack } = ha;
 
     it('the turn stored on the old master is stored again on the new one', { timeout: 60000 }, async () => {
         const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+        const { set } = ha;
         const first = objects((await chat(stack.url, ALICE, { prompt: 'remember 42' })).text).pop();
         assert.match(first.text, /^Echo\(1 msgs\)/);
 

@@ -12,12 +12,10 @@
 // stays open. Printed, not asserted (the machine is shared and slow): per fault, the time until
 // the requests the test makes are back to normal, in 100 ms windows (see recoveryReport).
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import { postJSON, request, tempDir, withStack } from './lib/harness.mjs';
+import { describe, it } from 'node:test';
+import { postJSON, request, withSentinelStack } from './lib/harness.mjs';
 import { readStream } from './lib/billing-rpc.mjs';
-import { redisCli, startRedisSentinelSet } from '../../deploy/local/redis-topo.mjs';
+import { redisCli } from '../../deploy/local/redis-topo.mjs';
 
 const OPS_KEY = 'ops-key-for-scaleout-tests-0123456789';
 const OPERATOR_KEY = 'sk-operator-key-for-scaleout-tests-42';
@@ -103,9 +101,7 @@ async function masterPort(set) {
 }
 
 describe('three replicas of every service, one killed, one drained, a Redis failover', () => {
-    let set = null;
-    const dir = tempDir('chatweb-scaleout-');
-    const opts = {
+    const ha = withSentinelStack({
         replicas: { auth: 3, billing: 3, chat: 3, proxy: 3 },
         mysql: true, fastMysql: true,
         fakeUpstream: true,
@@ -118,18 +114,11 @@ describe('three replicas of every service, one killed, one drained, a Redis fail
             // a hold left by the killed proxy is charged (expired) within seconds, not 10 minutes
             BILLING_HOLD_TTL_MS: '3000', BILLING_SWEEP_INTERVAL_MS: '200',
         },
-    };
-    before(async () => {
-        set = await startRedisSentinelSet({ dir: path.join(dir, 'sentinel') });
-        opts.redisUrl = set.url;
-    }, { timeout: 60000 });
-    const stack = withStack(opts);
-    after(async () => {
-        for (const h of [...(set?.sentinels || []), set?.replica, set?.master]) if (h) await h.handle.stop().catch(() => {});
-        if (!process.env.KEEP_TEST_DIRS) fs.rmSync(dir, { recursive: true, force: true });
     });
+    const { stack } = ha;
 
     it('loses no event, bills no request twice, and recovers from each fault', { timeout: 120000 }, async () => {
+        const { set } = ha;
         const users = [];
         for (let i = 0; i < USERS; i++) {
             const name = `so${i}`;

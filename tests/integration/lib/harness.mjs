@@ -16,6 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before } from 'node:test';
 import * as stackLib from '../../../deploy/local/stack.mjs';
+import { startRedisSentinelSet } from '../../../deploy/local/redis-topo.mjs';
 
 export * from './http.mjs';
 export {
@@ -62,6 +63,27 @@ export function withStack(opts = {}) {
         if (dir && !opts.dir) dropDir(dir, 'withStack');
     }, { timeout: START_TIMEOUT_MS });
     return stack;
+}
+
+/**
+ * withStack on a Redis Sentinel set of its own (1 master, 1 replica, 3 sentinels quorum 2:
+ * deploy/local/redis-topo.mjs), started before the stack and stopped after it. Returns
+ * {stack, set}: set ({url, password, name, master, replica, sentinels}) is filled in before().
+ */
+export function withSentinelStack(opts = {}) {
+    const out = { stack: null, set: null };
+    const dir = tempDir('chatweb-sentinel-');
+    before(async () => {
+        out.set = await startRedisSentinelSet({ dir: path.join(dir, 'sentinel') });
+        opts.redisUrl = out.set.url;
+    }, { timeout: START_TIMEOUT_MS });
+    out.stack = withStack(opts);
+    after(async () => {
+        const s = out.set;
+        for (const h of [...(s?.sentinels || []), s?.replica, s?.master]) if (h) await h.handle.stop().catch(() => {});
+        dropDir(dir, 'withSentinelStack');
+    }, { timeout: START_TIMEOUT_MS });
+    return out;
 }
 
 /**
