@@ -107,6 +107,10 @@ int main(int argc, char **argv)
         svc_service_die(SVC_EX_CONFIG, "REDIS_URL: %s", err);
     if (setting.BILLING_EVENTS_STREAM.s[0] == '\0')
         svc_service_die(SVC_EX_CONFIG, "BILLING_EVENTS_STREAM: must not be empty");
+    if (!billing_relay_stream_name_ok(setting.BILLING_EVENTS_STREAM.s))
+        svc_service_die(SVC_EX_CONFIG,
+                        "BILLING_EVENTS_STREAM: a { or } must make a Redis hash tag with a name "
+                        "in it, as in {events}:billing");
     if (svc_service_migrate_only()) { /* the Helm migration Job: apply the schema and exit */
         if (svc_db_create(&db, setting.DB.s, setting.DATA_DIR.s, NULL, err, sizeof(err)) != SVC_OK)
             svc_service_die(SVC_EX_UNAVAILABLE, "DB: %s", err);

@@ -678,6 +678,18 @@ static void *relay_main(void *ctx)
     return NULL;
 }
 
+int billing_relay_stream_name_ok(const char *name)
+{
+    const char *open = strchr(name, '{');
+    const char *close = open != NULL ? strchr(open + 1, '}') : NULL;
+
+    /* Redis hashes what lies between the first { and the first } after it, when not empty;
+     * confirm_key keeps that tag, or makes the whole name one (which a } inside would cut) */
+    if (open != NULL)
+        return close != NULL && close > open + 1;
+    return strchr(name, '}') == NULL;
+}
+
 int billing_relay_create(struct billing_relay **out, struct svc_db *db, struct billing_store *store,
                          const struct billing_relay_opts *opts,
                          const struct billing_relay_stats *stats)
@@ -710,14 +722,10 @@ int billing_relay_create(struct billing_relay **out, struct svc_db *db, struct b
         pthread_cond_init(&r->cv, &ca);
         pthread_condattr_destroy(&ca);
     }
-    {
-        /* the stream's hash tag, or the stream's name as one: the same Cluster slot */
-        const char *open = strchr(r->o.stream, '{');
-        int tagged = open != NULL && strchr(open + 1, '}') != NULL && open[1] != '}';
-        snprintf(r->confirm_key, sizeof(r->confirm_key), tagged ? "%s:relay-confirm"
-                                                                 : "{%s}:relay-confirm",
-                 r->o.stream);
-    }
+    /* the stream's hash tag, or the stream's name as one: the same Cluster slot */
+    snprintf(r->confirm_key, sizeof(r->confirm_key),
+             strchr(r->o.stream, '{') != NULL ? "%s:relay-confirm" : "{%s}:relay-confirm",
+             r->o.stream);
     if (r->o.redis_url && r->o.redis_url[0]) {
         if ((rc = svc_redis_create(&r->redis, r->o.redis_url, REDIS_TIMEOUT_MS, NULL, 0)) != SVC_OK)
             goto fail;

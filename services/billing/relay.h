@@ -85,6 +85,10 @@ int billing_relay_create(struct billing_relay **out, struct svc_db *db, struct b
 /* BILLING_EVENTS_STREAM ("" for NULL). Borrowed from the options. */
 const char *billing_relay_stream(const struct billing_relay *r);
 
+/* Whether name can be the events stream: without { or }, or with a non-empty hash tag (the
+ * relay writes a key in the stream's Cluster slot, which other braces would move). */
+int billing_relay_stream_name_ok(const char *name);
+
 /* Wakes the relay at once (after a commit that wrote outbox rows). Thread-safe; r may be NULL. */
 void billing_relay_kick(struct billing_relay *r);
 

@@ -47,6 +47,9 @@ describe('bad configuration stops a service with one line naming the variable', 
         ['billing', 'RPC_INSECURE', 'maybe'],
         ['auth', 'TRUSTED_PROXIES', '127.0.0.0/8,10.0.0/8'],
         ['proxy', 'TRUSTED_PROXIES', '10.1.2.3/8'],
+        ['auth', 'RPC_ADDR', 'nonsense'],
+        ['billing', 'BILLING_EVENTS_STREAM', 'events{}:billing'],
+        ['billing', 'BILLING_EVENTS_STREAM', 'events}billing'],
     ];
     for (const [svc, name, value] of cases) {
         it(`${svc}: ${name}=${value}`, async () => {
