@@ -676,6 +676,7 @@ int meter_event_scan(const char *data, size_t len, struct meter_event_fields *f,
     usage_of(&s, &f->has_usage, &f->usage_prompt, &f->usage_completion);
     /* choices[0] exists, whatever its type (a null element too) */
     has_choice = s.choices.type == JV_ARRAY && s.choice0.type != JV_NONE;
+    f->has_choice = has_choice;
     if (has_choice && s.choice0.type == JV_OBJECT) {
         if (s.delta.type == JV_OBJECT && s.delta_content.type == JV_STRING)
             c = &s.delta_content;

@@ -25,6 +25,7 @@ struct meter_event_fields {
     size_t error_msg_len;  /* bytes at error_msg */
     int has_usage;         /* usage or response.usage (meter's rules): the two counts below */
     long long usage_prompt, usage_completion; /* integers, 0 for any other type */
+    int has_choice;                           /* choices[0] exists, of any type */
     int has_finish;                           /* choices[0].finish_reason is a string */
     int usage_only;                           /* no choices[0] and a top-level "usage" object */
     char msg_buf[METER_EVENT_MSG_MAX];

@@ -545,6 +545,8 @@ static int event_read(struct meter *m, struct meter_event *ev)
         struct svc_json *choices = svc_json_member(ev->json, "choices");
         struct svc_json *choice = svc_json_array_at(choices, 0);
         ev->finish = svc_json_str(svc_json_member(choice, "finish_reason"));
+        ev->has_choice = choice != NULL;
+        ev->has_finish = ev->finish != NULL;
         ev->usage_only = choice == NULL && svc_json_is_object(svc_json_member(ev->json, "usage"));
     }
     if (ev->content_len > 0 && svc_buf_append(&m->text, ev->content, ev->content_len) != SVC_OK) {
@@ -558,11 +560,13 @@ static int event_read(struct meter *m, struct meter_event *ev)
 
 /*
  * event_read() without a tree, for raw events (meter_event_scan gives the same results as the
- * jansson reading above): the meter's side only; ev->json, content and finish stay unset.
+ * jansson reading above): ev->json and ev->finish stay unset; ev->content is what the event
+ * added to the reply's text.
  */
 static int event_scan(struct meter *m, struct meter_event *ev)
 {
     struct meter_event_fields f;
+    size_t before = m->text.len;
     int rc = meter_event_scan(ev->data, ev->len, &f, &m->text);
 
     if (rc == SVC_EINVAL) {
@@ -580,6 +584,12 @@ static int event_scan(struct meter *m, struct meter_event *ev)
         m->usage_completion = f.usage_completion;
     }
     ev->usage_only = f.usage_only;
+    ev->has_choice = f.has_choice;
+    ev->has_finish = f.has_finish;
+    if (rc == 0 && m->text.len > before) {
+        ev->content = m->text.data + before;
+        ev->content_len = m->text.len - before;
+    }
     if (rc != 0) {
         snprintf(m->errmsg, sizeof(m->errmsg), "reply longer than %u bytes", REPLY_MAX);
         return SVC_ETOOLARGE;

@@ -49,7 +49,9 @@ struct meter_event {
     struct svc_json *json; /* parsed (NULL for [DONE]) */
     const char *content; /* the text this event adds to the reply (may be NULL) */
     size_t content_len;
-    const char *finish;  /* choices[0].finish_reason when set */
+    const char *finish;  /* choices[0].finish_reason when set (NULL in raw mode) */
+    int has_choice;      /* choices[0] exists */
+    int has_finish;      /* choices[0].finish_reason is a string */
     int usage_only;      /* a usage chunk with no choices */
     int done;            /* data: [DONE] */
 };
@@ -166,9 +168,10 @@ int meter_admit(struct meter *m, Chatweb__Billing__ReserveRequest *in, meter_adm
     SVC_MUST_CHECK;
 
 /*
- * The caller's on_event reads only data, len, usage_only and done (the proxy passes events on as
- * they came): each event is then read in one pass that builds no tree (meter/event.h), and json,
- * content and finish are NULL in the events it is given.
+ * The caller's on_event needs no tree of the event (the proxy passes events on as they came;
+ * chat copies them into its objects): each event is then read in one pass that builds none
+ * (meter/event.h), and json and finish are NULL in the events it is given (has_finish, content
+ * and the rest are set).
  */
 void meter_set_events_raw(struct meter *m);
 

@@ -26,7 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define PREFILL 37
 
 struct ref {
-    int valid, has_error, has_usage, has_finish, usage_only;
+    int valid, has_error, has_usage, has_choice, has_finish, usage_only;
     const char *msg;
     long long prompt, completion;
     const char *content;
@@ -95,6 +95,7 @@ static void ref_read(struct ref *r, struct svc_json *j)
     ref_usage(r, j);
     r->content = ref_content(j, &r->content_len);
     choice = svc_json_array_at(svc_json_member(j, "choices"), 0);
+    r->has_choice = choice != NULL;
     r->has_finish = svc_json_str(svc_json_member(choice, "finish_reason")) != NULL;
     r->usage_only = choice == NULL && svc_json_is_object(svc_json_member(j, "usage"));
 }
@@ -222,6 +223,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 abort();
         } else {
             if (f.has_usage != r.has_usage || f.has_finish != r.has_finish ||
+                f.has_choice != r.has_choice ||
                 f.usage_only != r.usage_only)
                 abort();
             if (r.has_usage && (f.usage_prompt != r.prompt || f.usage_completion != r.completion))

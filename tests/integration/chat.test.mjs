@@ -548,6 +548,46 @@ describe('CHAT_CONTEXT_REPLICAS across a promotion the sentinels name late', () 
     });
 });
 
+// chat copies each upstream event into its object's "detail" as it came (decision 55), but an
+// event spread over several data: lines is joined with newlines, which would cut the object's
+// line: that one is re-serialised. The fake upstream always sends one line, so a small upstream
+// of this test sends the first chunk over three lines.
+describe('chat with an upstream event spread over several data: lines', () => {
+    const chunk = (delta, finish = null) => ({
+        id: 'chatcmpl-x', object: 'chat.completion.chunk', created: 1, model: 'gpt-4o-mini',
+        choices: [{ index: 0, delta, finish_reason: finish }],
+    });
+    const upstream = http.createServer((req, res) => {
+        req.resume();
+        req.on('end', () => {
+            res.writeHead(200, { 'content-type': 'text/event-stream' });
+            const first = JSON.stringify(chunk({ role: 'assistant', content: 'Hello' }), null, 1).split('\n');
+            res.write(first.map((l) => `data: ${l}\n`).join('') + '\n');
+            res.write(`data: ${JSON.stringify(chunk({ content: ' world' }))}\n\n`);
+            res.write(`data: ${JSON.stringify(chunk({}, 'stop'))}\n\n`);
+            res.end('data: [DONE]\n\n');
+        });
+    });
+    const stackEnv = { ...USERS, OPENAI_KEY: 'sk-test' };
+    before(async () => {
+        await new Promise((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+        stackEnv.OPENAI_BASE_URL = `http://127.0.0.1:${upstream.address().port}/v1`;
+    });
+    after(() => new Promise((resolve) => upstream.close(resolve)));
+    const stack = withStack({ fakeUpstream: false, env: stackEnv });
+
+    it('one object per line, each detail the chunk it came from', async () => {
+        const r = await chat(stack.url, ALICE, { prompt: 'hi' });
+        assert.equal(r.status, 200, r.text);
+        const objs = objects(r.text); // throws on a line that is not one JSON object
+        assert.deepEqual(objs.map((o) => o.text), ['Hello', 'Hello world', 'Hello world']);
+        assert.deepEqual(objs.map((o) => o.delta), ['Hello', ' world', '']);
+        assert.deepEqual(objs[0].detail, chunk({ role: 'assistant', content: 'Hello' }));
+        assert.deepEqual(objs[1].detail, chunk({ content: ' world' }));
+        assert.equal(objs[2].detail.choices[0].finish_reason, 'stop');
+    });
+});
+
 // services/chat/turn.c fail_before_stream: an upstream error's message is copied into a 768-byte
 // buffer after "[OpenAI] HTTP 400: " (19 bytes), so 748 bytes of it are kept. A message whose cut
 // falls inside a multi-byte character must lose the partial character (svc_util_utf8_trim_end)
