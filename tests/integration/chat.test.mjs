@@ -38,6 +38,18 @@ async function lastFakeSeq(stack) {
 }
 
 const direct = (h) => `http://${h.httpAddr}`;
+
+/** withStack with chat's upstream a small node:http server of the test (the fake upstream's
+ * answers are fixed), listening before the stack starts (withStack's before() runs after ours). */
+function withStackOn(upstream) {
+    const env = { ...USERS, OPENAI_KEY: 'sk-test' };
+    before(async () => {
+        await new Promise((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+        env.OPENAI_BASE_URL = `http://127.0.0.1:${upstream.address().port}/v1`;
+    });
+    after(() => new Promise((resolve) => upstream.close(resolve)));
+    return withStack({ fakeUpstream: false, env });
+}
 const SLOW_BUDGET_MB = 8;
 
 describe('chat through the ingress', () => {
@@ -568,13 +580,7 @@ describe('chat with an upstream event spread over several data: lines', () => {
             res.end('data: [DONE]\n\n');
         });
     });
-    const stackEnv = { ...USERS, OPENAI_KEY: 'sk-test' };
-    before(async () => {
-        await new Promise((resolve) => upstream.listen(0, '127.0.0.1', resolve));
-        stackEnv.OPENAI_BASE_URL = `http://127.0.0.1:${upstream.address().port}/v1`;
-    });
-    after(() => new Promise((resolve) => upstream.close(resolve)));
-    const stack = withStack({ fakeUpstream: false, env: stackEnv });
+    const stack = withStackOn(upstream);
 
     it('one object per line, each detail the chunk it came from', async () => {
         const r = await chat(stack.url, ALICE, { prompt: 'hi' });
@@ -604,14 +610,7 @@ describe('chat with an upstream error cut inside a UTF-8 character', () => {
             res.end(JSON.stringify({ error: { message, type: 'invalid_request_error', param: null, code: null } }));
         });
     });
-    const stackEnv = { ...USERS, OPENAI_KEY: 'sk-test' };
-    before(async () => {
-        await new Promise((resolve) => upstream.listen(0, '127.0.0.1', resolve));
-        stackEnv.OPENAI_BASE_URL = `http://127.0.0.1:${upstream.address().port}/v1`;
-    });
-    after(() => new Promise((resolve) => upstream.close(resolve)));
-    // withStack's before() runs after ours, so OPENAI_BASE_URL is set by then.
-    const stack = withStack({ fakeUpstream: false, env: stackEnv });
+    const stack = withStackOn(upstream);
 
     it('cut after 1 or 2 bytes of a 3-byte character, or on its boundary: the Fail envelope', async () => {
         for (const [n, partial] of [[KEPT - 1, 1], [KEPT - 2, 2], [KEPT - 3, 0]]) {
