@@ -254,6 +254,19 @@ int svc_service_wait(void)
 /* After the deadline, how long the requests ended then get to complete. */
 #define ABORT_WAIT_MS 1000
 
+/* The requests in flight, connections and requests begun so far of n listeners, summed. */
+static void totals(struct svc_http_server *const *srv, size_t n, long *inflight, long *conns,
+                   unsigned long *started)
+{
+    *inflight = *conns = 0;
+    *started = 0;
+    for (size_t i = 0; i < n; i++) {
+        *inflight += svc_http_server_inflight(srv[i]);
+        *conns += svc_http_server_connections(srv[i]);
+        *started += svc_http_server_started(srv[i]);
+    }
+}
+
 /* Drains the n listeners of one service together: one deadline, their counts summed. */
 static long drain_all(struct svc_http_server *const *srv, size_t n)
 {
@@ -266,19 +279,13 @@ static long drain_all(struct svc_http_server *const *srv, size_t n)
     svc_service_set_ready(0);
     if (n == 0 || srv[0] == NULL)
         return 0;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++)
         svc_http_server_quiesce(srv[i]);
-        started0 += svc_http_server_started(srv[i]);
-    }
+    totals(srv, n, &left, &conns, &started0);
     started = started0;
     for (;;) {
-        unsigned long now_started = 0;
-        left = conns = 0;
-        for (size_t i = 0; i < n; i++) {
-            left += svc_http_server_inflight(srv[i]);
-            conns += svc_http_server_connections(srv[i]);
-            now_started += svc_http_server_started(srv[i]);
-        }
+        unsigned long now_started;
+        totals(srv, n, &left, &conns, &now_started);
         now = svc_loop_clock_ms();
         if (now >= deadline)
             break;
@@ -302,14 +309,10 @@ static long drain_all(struct svc_http_server *const *srv, size_t n)
             svc_http_server_abort_all(srv[i]);
         for (int k = 0; k < ABORT_WAIT_MS / 20 && left > 0; k++) {
             usleep(20 * 1000);
-            left = 0;
-            for (size_t i = 0; i < n; i++)
-                left += svc_http_server_inflight(srv[i]);
+            totals(srv, n, &left, &conns, &started);
         }
     }
-    conns = 0;
-    for (size_t i = 0; i < n; i++)
-        conns += svc_http_server_connections(srv[i]);
+    totals(srv, n, &left, &conns, &started);
     SVC_LOG_NOTICE(NULL, "shutdown",
                    "drained in %llu ms: %lu request(s) begun meanwhile, %ld connection(s) left",
                    (unsigned long long)(svc_loop_clock_ms() - t0), started - started0, conns);
@@ -357,7 +360,7 @@ void svc_service_serve_pools(const struct svc_service_listener *ls, size_t n)
     for (size_t i = 0; i < n; i++) {
         struct svc_http_opts ho = {0};
         ho.service = service_name;
-        ho.addr = ls[i].addr != NULL ? ls[i].addr : svc_service_option("HTTP_ADDR")->s;
+        ho.addr = svc_service_option(ls[i].addr_option)->s;
         ho.mode = SVC_HTTP_POOL;
         ho.threads = svc_service_workers() * 2;
         ho.max_body = (size_t)svc_service_option("HTTP_MAX_BODY")->i;
@@ -368,10 +371,8 @@ void svc_service_serve_pools(const struct svc_service_listener *ls, size_t n)
         ho.default_style = (enum svc_http_style)ls[i].default_style;
         if (svc_http_server_create(&srv[i], &ho, ls[i].routes, ls[i].nroutes, err, sizeof(err)) !=
             SVC_OK)
-            svc_service_die(SVC_EX_CONFIG, "%s: %s", ls[i].addr_name ? ls[i].addr_name : "HTTP_ADDR",
-                            err);
-        SVC_LOG_NOTICE(NULL, "startup", "serving %s on port %d",
-                       ls[i].addr_name ? ls[i].addr_name : "HTTP_ADDR",
+            svc_service_die(SVC_EX_CONFIG, "%s: %s", ls[i].addr_option, err);
+        SVC_LOG_NOTICE(NULL, "startup", "serving %s on port %d", ls[i].addr_option,
                        svc_http_server_port(srv[i]));
     }
     serve_all(srv, n);
@@ -381,7 +382,7 @@ void svc_service_serve_pools(const struct svc_service_listener *ls, size_t n)
 
 void svc_service_serve_pool(const struct svc_http_route *routes, size_t nroutes, int default_style)
 {
-    const struct svc_service_listener l = {NULL, NULL, routes, nroutes, default_style};
+    const struct svc_service_listener l = {"HTTP_ADDR", routes, nroutes, default_style};
 
     svc_service_serve_pools(&l, 1);
 }

@@ -212,9 +212,9 @@ int main(int argc, char **argv)
 
     if (setting.RPC_ADDR.s[0] != '\0') {
         const struct svc_service_listener ls[] = {
-            {"HTTP_ADDR", NULL, routes + 1, sizeof(routes) / sizeof(routes[0]) - 1,
+            {"HTTP_ADDR", routes + 1, sizeof(routes) / sizeof(routes[0]) - 1,
              SVC_HTTP_STYLE_ENVELOPE},
-            {"RPC_ADDR", setting.RPC_ADDR.s, routes, 1, SVC_HTTP_STYLE_TEXT},
+            {"RPC_ADDR", routes, 1, SVC_HTTP_STYLE_TEXT},
         };
         svc_service_serve_pools(ls, sizeof(ls) / sizeof(ls[0]));
     } else {

@@ -370,6 +370,16 @@ static int rows_in_tail(struct svc_db_rows *rows, int n, const struct svc_redis_
     return have;
 }
 
+/* XREVRANGE <stream> + - COUNT <count>: the stream's last count entries, newest first. */
+#define TAIL_ARGC 6
+static void tail_cmd(const struct billing_relay *r, int count, char buf[24],
+                     const char *argv[TAIL_ARGC])
+{
+    snprintf(buf, 24, "%d", count);
+    argv[0] = "XREVRANGE", argv[1] = r->o.stream, argv[2] = "+", argv[3] = "-";
+    argv[4] = "COUNT", argv[5] = buf;
+}
+
 /*
  * How many leading rows are in the stream already (*have): the last r->unsure entries of the
  * stream, matched by event id. Only the relay's lease holder writes the stream, so what an
@@ -381,12 +391,12 @@ static int rows_in_tail(struct svc_db_rows *rows, int n, const struct svc_redis_
 static int stream_has(struct billing_relay *r, struct svc_db_rows *rows, int n, int *have)
 {
     char count[24];
-    const char *argv[] = {"XREVRANGE", r->o.stream, "+", "-", "COUNT", count};
+    const char *argv[TAIL_ARGC];
     struct svc_redis_reply *reply = NULL;
     int rc;
 
-    snprintf(count, sizeof(count), "%d", r->unsure);
-    rc = svc_redis_cmd(r->redis, &reply, 6, argv, NULL);
+    tail_cmd(r, r->unsure, count, argv);
+    rc = svc_redis_cmd(r->redis, &reply, TAIL_ARGC, argv, NULL);
     *have = rc == SVC_OK ? rows_in_tail(rows, n, reply) : 0;
     if (rc == SVC_OK && *have < 0)
         rc = SVC_EIO, *have = 0;
@@ -417,7 +427,7 @@ static int send_rows(struct billing_relay *r, struct svc_db_rows *rows, int from
     int answered = 0, acked = 0, made = 0, writes, cmds, rc = SVC_ENOMEM;
     char count[24];
     const char *confirm[] = {"SET", r->confirm_key, r->owner, "PX", "86400000"};
-    const char *tail[] = {"XREVRANGE", r->o.stream, "+", "-", "COUNT", count};
+    const char *tail[TAIL_ARGC];
 
     *ok = 0;
     if (from >= n && (from == 0 || r->o.min_replicas == 0)) {
@@ -447,8 +457,8 @@ static int send_rows(struct billing_relay *r, struct svc_db_rows *rows, int from
     }
     writes = made;
     if (from > 0) {
-        snprintf(count, sizeof(count), "%d", r->unsure + made);
-        argc[made] = 6;
+        tail_cmd(r, r->unsure + made, count, tail);
+        argc[made] = TAIL_ARGC;
         argv[made++] = tail;
     }
     rc = svc_redis_cmd_pipeline(r->redis, made, argc, argv, argvlen, replies, &answered,

@@ -7,9 +7,9 @@
 
 /*
  * The fields the meter reads from one upstream SSE event, in a single pass over its JSON that
- * builds no tree (the proxy's raw-events mode, where a jansson tree would be thrown away at
- * once). The results are exactly those of meter.c's jansson reading (event_read, event_content,
- * event_usage): the same documents are accepted (jansson's json_loadb with flags 0: UTF-8 checked,
+ * builds no tree (the proxy passes events on as they came, chat copies them into its objects).
+ * The results are exactly those of the jansson reading the meter had before (kept as the
+ * reference in tests/fuzz/fuzz_meter_event.c): the same documents are accepted (jansson's json_loadb with flags 0: UTF-8 checked,
  * no "\u0000", integers within long long, reals that do not overflow, depth at most 2048), a key
  * given twice keeps its last value, keys are compared after unescaping.
  */

@@ -116,7 +116,6 @@ struct meter {
     /* the upstream */
     struct svc_fetch *up;
     int is_sse;              /* 1: an SSE stream; 0: a JSON answer kept in body */
-    int events_raw;          /* meter_set_events_raw: events read by meter_event_scan */
     struct svc_buf body;
     long status;
     struct svc_sse sse;
@@ -476,92 +475,11 @@ int meter_admit(struct meter *m, Chatweb__Billing__ReserveRequest *in, meter_adm
 
 /* ---- the upstream ---- */
 
-/* The text an event adds to the reply: chat completions, legacy completions, the Responses API. */
-static const char *event_content(struct svc_json *j, size_t *len)
-{
-    struct svc_json *choice = svc_json_array_at(svc_json_member(j, "choices"), 0);
-    struct svc_json *c = NULL;
-    const char *type = svc_json_str(svc_json_member(j, "type"));
-
-    if (choice != NULL) {
-        c = svc_json_member(svc_json_member(choice, "delta"), "content");
-        if (!svc_json_is_string(c))
-            c = svc_json_member(choice, "text");
-    } else if (type != NULL && strcmp(type, "response.output_text.delta") == 0) {
-        c = svc_json_member(j, "delta");
-    }
-    if (!svc_json_is_string(c)) {
-        *len = 0;
-        return NULL;
-    }
-    *len = svc_json_strlen(c);
-    return svc_json_str(c);
-}
-
-/* The usage an event reports, if any: chat/completions usage, or the Responses API's. */
-static void event_usage(struct meter *m, struct svc_json *j)
-{
-    struct svc_json *u = svc_json_member(j, "usage");
-    struct svc_json *resp = svc_json_member(j, "response");
-
-    if (svc_json_is_object(u) && svc_json_member(u, "input_tokens") != NULL) { /* Responses API */
-        m->usage_prompt = (long long)svc_json_int(svc_json_member(u, "input_tokens"));
-        m->usage_completion = (long long)svc_json_int(svc_json_member(u, "output_tokens"));
-    } else if (svc_json_is_object(u)) {
-        m->usage_prompt = (long long)svc_json_int(svc_json_member(u, "prompt_tokens"));
-        m->usage_completion = (long long)svc_json_int(svc_json_member(u, "completion_tokens"));
-    } else if (svc_json_is_object(resp) && svc_json_is_object(svc_json_member(resp, "usage"))) {
-        u = svc_json_member(resp, "usage");
-        m->usage_prompt = (long long)svc_json_int(svc_json_member(u, "input_tokens"));
-        m->usage_completion = (long long)svc_json_int(svc_json_member(u, "output_tokens"));
-    }
-}
-
 /*
- * Reads one event into ev and the meter (usage, the reply's text, completeness): 0, or an error
- * that stops the stream (a malformed event, an error event, a reply over REPLY_MAX), with
- * m->errmsg set. ev->json is the parsed event (the caller destroys it).
- */
-static int event_read(struct meter *m, struct meter_event *ev)
-{
-    struct svc_json *err;
-
-    ev->json = svc_json_parse(ev->data, ev->len, 0, NULL, 0);
-    if (ev->json == NULL || !svc_json_is_object(ev->json)) {
-        snprintf(m->errmsg, sizeof(m->errmsg), "malformed upstream event");
-        return SVC_EIO;
-    }
-    err = svc_json_member(ev->json, "error");
-    if (err != NULL) {
-        const char *msg = svc_json_str(svc_json_member(err, "message"));
-        snprintf(m->errmsg, sizeof(m->errmsg), "[OpenAI] %s",
-                 msg != NULL ? msg : "error inside the stream");
-        svc_util_utf8_trim_end(m->errmsg); /* a long message is cut; JSON needs whole characters */
-        return SVC_EIO;
-    }
-    event_usage(m, ev->json);
-    ev->content = event_content(ev->json, &ev->content_len);
-    {
-        struct svc_json *choices = svc_json_member(ev->json, "choices");
-        struct svc_json *choice = svc_json_array_at(choices, 0);
-        ev->finish = svc_json_str(svc_json_member(choice, "finish_reason"));
-        ev->has_choice = choice != NULL;
-        ev->has_finish = ev->finish != NULL;
-        ev->usage_only = choice == NULL && svc_json_is_object(svc_json_member(ev->json, "usage"));
-    }
-    if (ev->content_len > 0 && svc_buf_append(&m->text, ev->content, ev->content_len) != SVC_OK) {
-        snprintf(m->errmsg, sizeof(m->errmsg), "reply longer than %u bytes", REPLY_MAX);
-        return SVC_ETOOLARGE;
-    }
-    if (ev->finish != NULL)
-        m->complete = 1;
-    return 0;
-}
-
-/*
- * event_read() without a tree, for raw events (meter_event_scan gives the same results as the
- * jansson reading above): ev->json and ev->finish stay unset; ev->content is what the event
- * added to the reply's text.
+ * Reads one event into ev and the meter (usage, the reply's text, completeness) in one pass,
+ * without a tree (meter/event.h): 0, or an error that stops the stream (a malformed event, an
+ * error event, a reply over REPLY_MAX), with m->errmsg set. ev->content is what the event added
+ * to the reply's text.
  */
 static int event_scan(struct meter *m, struct meter_event *ev)
 {
@@ -610,24 +528,10 @@ static int on_sse_event(void *ctx, const char *data, size_t len)
         ev.done = 1;
         return m->ud != NULL ? m->h->on_event(m->ud, &ev) : 0;
     }
-    if (m->events_raw) {
-        /* The caller is given the event as it came (meter_set_events_raw): read what the meter
-         * needs in one pass, without building a tree. */
-        rc = event_scan(m, &ev);
-        if (rc == 0 && m->ud != NULL)
-            rc = m->h->on_event(m->ud, &ev);
-        return rc;
-    }
-    rc = event_read(m, &ev);
+    rc = event_scan(m, &ev);
     if (rc == 0 && m->ud != NULL)
         rc = m->h->on_event(m->ud, &ev);
-    svc_json_destroy(&ev.json);
     return rc;
-}
-
-void meter_set_events_raw(struct meter *m)
-{
-    m->events_raw = 1;
 }
 
 static size_t input_waiting(const struct meter *m)

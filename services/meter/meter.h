@@ -6,7 +6,6 @@
 #include "billing.pb-c.h"
 #include "svc/err.h"
 #include "svc/fetch.h"
-#include "svc/json.h"
 #include "svc/modelmap.h"
 #include "svc/ratelimit.h"
 
@@ -46,10 +45,8 @@ struct meter;
 struct meter_event {
     const char *data;    /* the event's data as received */
     size_t len;
-    struct svc_json *json; /* parsed (NULL for [DONE]) */
     const char *content; /* the text this event adds to the reply (may be NULL) */
     size_t content_len;
-    const char *finish;  /* choices[0].finish_reason when set (NULL in raw mode) */
     int has_choice;      /* choices[0] exists */
     int has_finish;      /* choices[0].finish_reason is a string */
     int usage_only;      /* a usage chunk with no choices */
@@ -167,13 +164,6 @@ typedef void (*meter_admit_fn)(void *ctx, const struct meter_admission *a);
 int meter_admit(struct meter *m, Chatweb__Billing__ReserveRequest *in, meter_admit_fn cb)
     SVC_MUST_CHECK;
 
-/*
- * The caller's on_event needs no tree of the event (the proxy passes events on as they came;
- * chat copies them into its objects): each event is then read in one pass that builds none
- * (meter/event.h), and json and finish are NULL in the events it is given (has_finish, content
- * and the rest are set).
- */
-void meter_set_events_raw(struct meter *m);
 
 /* Starts the upstream request (the meter sets the callbacks). sse = 1: the answer is an SSE
  * stream turned into events; 0: a JSON answer, buffered (bounded) and given to on_body, its usage

@@ -610,7 +610,6 @@ static void admit(struct v1_call *c)
         v1_error(c, 500, "server_error", NULL, "out of memory");
         return;
     }
-    meter_set_events_raw(c->meter); /* on_event passes the bytes on as they came */
     if (c->tpm > 0 && c->key_id[0] != '\0') {
         snprintf(key_scope, sizeof(key_scope), "key:%s", c->key_id);
         sc[n].name = key_scope;
@@ -926,7 +925,6 @@ static void on_authenticated(void *ctx, int err, int result, const char *scheme,
             v1_error(c, 500, "server_error", NULL, "out of memory");
             return;
         }
-        meter_set_events_raw(c->meter);
         start_upstream(c, -1); /* never admitted: no hold, no token counters */
         return;
     }

@@ -1,9 +1,9 @@
 /*
- * Differential fuzz target for meter/event.h: meter_event_scan (the proxy's tree-less reading of
+ * Differential fuzz target for meter/event.h: meter_event_scan (the meter's tree-less reading of
  * an upstream event) and meter_answer_scan (the meter's reading of a JSON answer).
  *
- * Input: the event's data. The reference is meter.c's jansson reading (event_read, event_content,
- * event_usage), copied here on svc/json.h; the two must agree on whether the event is valid, on
+ * Input: the event's data. The reference is the jansson reading meter.c had before the scanner
+ * replaced it (event_read, event_content, event_usage), kept here on svc/json.h; the two must agree on whether the event is valid, on
  * every field, on the formatted error message and on the content bytes appended (to a bounded
  * buffer, so that SVC_ETOOLARGE is compared too). Any difference aborts.
  */

@@ -562,8 +562,8 @@ describe('CHAT_CONTEXT_REPLICAS across a promotion the sentinels name late', () 
 
 // chat copies each upstream event into its object's "detail" as it came (decision 55), but an
 // event spread over several data: lines is joined with newlines, which would cut the object's
-// line: that one is re-serialised. The fake upstream always sends one line, so a small upstream
-// of this test sends the first chunk over three lines.
+// line: they are copied as spaces (JSON whitespace). The fake upstream always sends one line,
+// so a small upstream of this test sends the first chunk over three lines.
 describe('chat with an upstream event spread over several data: lines', () => {
     const chunk = (delta, finish = null) => ({
         id: 'chatcmpl-x', object: 'chat.completion.chunk', created: 1, model: 'gpt-4o-mini',

@@ -99,11 +99,10 @@ void svc_service_serve(struct svc_http_server *srv);
 struct svc_http_route;
 void svc_service_serve_pool(const struct svc_http_route *routes, size_t nroutes, int default_style);
 
-/* One listener of svc_service_serve_pools: its address (NULL: HTTP_ADDR) and the option that
- * names it (for messages; NULL: "HTTP_ADDR"), its routes and their default error style. */
+/* One listener of svc_service_serve_pools: the option that holds its host:port ("HTTP_ADDR",
+ * "RPC_ADDR"), its routes and their default error style. */
 struct svc_service_listener {
-    const char *addr_name;
-    const char *addr;
+    const char *addr_option;
     const struct svc_http_route *routes;
     size_t nroutes;
     int default_style;
