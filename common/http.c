@@ -1,18 +1,28 @@
 /*
- * The HTTP server on libmicrohttpd. See svc/http.h for the model; the MHD call sequence is:
- *   first access-handler call   -> create the request (headers are complete)
- *   calls with upload data      -> append to the body (bounded)
- *   final call (no upload data) -> run the route handler; queue its reply, or suspend
- *   resume + another final call -> queue the reply the handler produced later
- *   completed notification      -> abort callback if unfinished, handler cleanup, free
+ * The HTTP/1.1 server, on our event loop (svc/loop.h). See svc/http.h for the model and
+ * docs/http.md for the why. One connection, from accept to close:
+ *
+ *   C_HEAD  reading the request head (at most max_header bytes), parsed by http_parse.c
+ *   C_BODY  reading its body (Content-Length or chunked, at most max_body bytes kept)
+ *   C_BUSY  the handler runs or answers later; the reply's bytes are written as they come
+ *   C_LINGER the last reply sent, the socket shut for writing: the client's unread bytes are
+ *           read and dropped for a moment, so that closing does not reset the reply away
+ *
+ * Every connection lives on one loop and is touched only by that loop's thread. The calls a
+ * handler or a producer makes (svc_req_reply, svc_req_stream_*) only write or queue bytes; the
+ * callbacks a request has (abort, drain, cleanup) run from the loop itself (an I/O event or the
+ * connection's timer), never from inside those calls, so a producer is not re-entered.
+ *
+ * POOL mode is the same server on threads of its own, one loop each, whose handlers may block.
  */
 #include "svc/http.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
-#include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <arpa/inet.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,9 +30,11 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
-#include <fcntl.h>
 
+#include "http_parse.h"
 #include "svc/buf.h"
 #include "svc/cfg.h"
 #include "svc/json.h"
@@ -31,57 +43,40 @@
 #include "svc/util.h"
 
 #define REQ_ID_MAX 64
-/* MHD's per-stream send block. Small on purpose: it is resident for every open stream, and
- * libmicrohttpd 0.9.75 writes a chunked reply into the connection's pool instead; only an
- * HTTP/1.0 client's stream goes through it (docs/benchmarks.md). */
-#define STREAM_BLOCK 512
-
-/*
- * LOOPS mode shards each loop's connections over several MHD daemons (docs/http.md "Shards").
- * libmicrohttpd 0.9.75 walks every suspended connection of a daemon in each MHD_run that follows
- * a resume (resume_suspended_connections), and a stream is suspended between its chunks: one
- * daemon per loop made every chunk cost O(open streams). A new connection goes to the loop's
- * daemon with the fewest; another daemon is started once all hold SHARD_CONNS, so a walk is at
- * most about SHARD_CONNS long whatever the number open. Each daemon costs two descriptors (its
- * epoll fd and its eventfd) and about 2 KiB.
- */
-#define SHARD_CONNS 128
-#define SHARD_MAX_DAEMONS 512 /* per loop; past it connections go to the least loaded */
+/* The read buffer starts this small and doubles up to max_header (a head) or IN_BODY_MAX (a
+ * body, moved into the request's own buffer as it comes). It is freed whenever it is empty:
+ * an open stream keeps no read buffer at all. */
+#define IN_MIN 1024
+#define IN_BODY_MAX (16 * 1024)
+/* Bytes of a reply queued beyond the stream's own limit: its head and chunk framing. */
+#define OUT_SLACK (64 * 1024)
+/* After the last reply of a connection that closes, unread client bytes are dropped this long. */
+#define LINGER_MS 2000
+#define LINGER_MAX_BYTES (1u << 20)
 /* Connections accepted per wake-up of a loop, so that one loop does not take a whole burst. */
 #define ACCEPT_BATCH 64
 /* Out of descriptors, a loop stops watching the listening socket this long: it stays readable,
  * and retrying at once would spin (and log) until a descriptor frees. */
 #define ACCEPT_PAUSE_MS 100
-/* A request that waits (async or streaming) has its client socket watched for a hang-up only
- * once it has waited this long: most requests are answered sooner, and watching costs two
- * epoll_ctl calls on the request's path (docs/http.md "Client gone"). A client that leaves is
- * then noticed at most this much later. */
-#define WATCH_DELAY_MS 20
+/* svc_http_server_quiesce waits this long at most for the loops to stop accepting. */
+#define QUIESCE_WAIT_MS 2000
 
-struct loop_shard;
+enum conn_state { C_HEAD, C_BODY, C_BUSY, C_LINGER };
 
-struct daemon_slot {
-    struct svc_http_server *srv;
-    struct loop_shard *shard; /* NULL in POOL mode */
-    struct MHD_Daemon *d;
-    struct svc_loop *loop; /* NULL in POOL mode */
-    struct svc_io *io;     /* MHD's epoll fd inside our loop */
-    struct svc_timer *timer;
-    unsigned conns; /* LOOPS: connections this daemon holds (its loop's thread only) */
-    struct svc_req *live; /* LOOPS: its requests not yet completed (its loop's thread only) */
-};
+struct conn;
 
-/* The daemons of one loop (LOOPS mode). Touched only by that loop's thread once it runs. */
-struct loop_shard {
+/* One loop's part of a server: its accept watcher and its connections. */
+struct srv_loop {
     struct svc_http_server *srv;
     struct svc_loop *loop;
+    pthread_t thread; /* POOL mode: the thread running loop */
+    int thread_started;
     struct svc_io *accept_io;       /* the shared listening socket, EPOLLEXCLUSIVE */
     struct svc_timer *accept_pause; /* out of descriptors: accepting resumes when it fires */
     int stopped;                    /* quiesced: accepting never resumes */
-    struct daemon_slot **slots;
-    unsigned nslots, capslots;
-    struct svc_req *watch_head, *watch_tail; /* waiting for their watch, oldest first */
-    struct svc_timer *watch_timer;           /* fires when the oldest is due */
+    struct conn *conns;             /* every open connection of this loop */
+    time_t date_sec;                /* the second date[] was written for */
+    char date[40];                  /* "Date: ...\r\n" */
 };
 
 struct svc_http_server {
@@ -90,14 +85,37 @@ struct svc_http_server {
     size_t nroutes;
     int listen_fd;
     int port;
-    struct daemon_slot *pool_slot; /* POOL mode: MHD accepts and runs its own threads */
-    struct loop_shard *shards;     /* LOOPS mode: one per loop */
-    unsigned nshards;
-    atomic_long conns; /* LOOPS: open client connections, every loop */
+    int pool; /* POOL mode: the loops are ours, one thread each */
+    struct srv_loop *loops;
+    unsigned nloops;
+    atomic_long conns; /* open client connections, every loop */
     atomic_long inflight;
     atomic_ulong started; /* requests begun since start: a drain watches it stand still */
     atomic_int quiesced;
     atomic_int listener_shut; /* quiesced, the backlog taken, the socket shut down */
+    atomic_uint loops_quiesced; /* loops that stopped accepting */
+};
+
+struct conn {
+    struct srv_loop *sl;
+    struct conn *prev, *next; /* in sl->conns */
+    int fd;
+    struct svc_io *io;
+    uint32_t events; /* watched now */
+    struct svc_timer *timer; /* idle timeout, linger, and "run soon" (kick) */
+    enum conn_state state;
+    char *in; /* bytes read and not yet used */
+    size_t in_len, in_cap;
+    struct svc_req *req; /* the request being read or answered */
+    struct svc_buf out; /* reply bytes the socket has not taken */
+    size_t out_off;
+    size_t queued; /* of out, counted in stream_queued */
+    uint64_t body_left; /* Content-Length body: bytes still to come */
+    struct svc__http_chunked chunk;
+    size_t lingered; /* bytes dropped while lingering */
+    unsigned chunked : 1, keepalive : 1, kick : 1, dead : 1, trusted : 1, http10 : 1,
+        drain_due : 1; /* the reply's waiting bytes fell to the drain watermark */
+    char peer[INET6_ADDRSTRLEN];
 };
 
 struct resp_header {
@@ -107,32 +125,24 @@ struct resp_header {
 };
 
 struct svc_req {
-    struct daemon_slot *slot;
-    struct MHD_Connection *conn;
+    struct conn *c;
     const struct svc_http_route *route;
     const char *method;
     const char *url;
     char id[REQ_ID_MAX + 1];
     char ip[INET6_ADDRSTRLEN];
-    char peer[INET6_ADDRSTRLEN]; /* the socket's peer, whatever X-Real-IP says */
+    struct svc__http_field *hdrs; /* in the allocation, after this struct */
+    unsigned nhdrs;
+    struct svc__http_field *args;
+    unsigned nargs;
     struct svc_buf body;
-    int body_too_big;
-    int query_too_big; /* more than query_args_max() query arguments (on_uri) */
     struct resp_header *headers;
+    char *stream_ctype; /* a stream's Content-Type until its head is written */
+    unsigned status;
 
-    struct MHD_Response *pending; /* reply produced but not yet queued */
-    unsigned pending_status;
-
-    unsigned in_handler : 1, handled : 1, suspended : 1, replied : 1, aborted : 1, finished : 1,
-        streaming : 1, stream_ended : 1;
-
-    struct svc_buf out; /* stream bytes not yet taken by MHD */
-    size_t out_off;
-    struct svc_io *watch; /* EPOLLRDHUP on the client socket while async */
-    struct svc_req *wprev, *wnext; /* in the shard's watch queue (WATCH_DELAY_MS) */
-    uint64_t watch_due_ms;
-    unsigned watch_queued : 1;
-    struct svc_req *lprev, *lnext; /* in its daemon's live list (LOOPS mode) */
+    unsigned body_too_big : 1, query_too_big : 1, in_handler : 1, handled : 1, replied : 1,
+        aborted : 1, finished : 1, streaming : 1, stream_ended : 1, head_pending : 1,
+        head_only : 1;
 
     svc_req_abort_cb abort_fn;
     void *abort_data;
@@ -141,7 +151,11 @@ struct svc_req {
     size_t drain_low;
     svc_req_cleanup_cb cleanup_fn;
     void *cleanup_data;
+    /* the head's bytes and the arrays hdrs and args point into follow */
 };
+
+static void conn_process(struct conn *c);
+static void conn_kick(struct conn *c);
 
 /* ---- small accessors ---- */
 
@@ -149,19 +163,32 @@ const char *svc_req_method(const struct svc_req *req) { return req->method; }
 const char *svc_req_path(const struct svc_req *req) { return req->url; }
 const char *svc_req_id(const struct svc_req *req) { return req->id; }
 const char *svc_req_client_ip(const struct svc_req *req) { return req->ip; }
-const char *svc_req_peer_ip(const struct svc_req *req) { return req->peer; }
-struct svc_loop *svc_req_loop(const struct svc_req *req) { return req->slot->loop; }
+const char *svc_req_peer_ip(const struct svc_req *req) { return req->c->peer; }
 int svc_req_is_done(const struct svc_req *req) { return req->aborted || req->finished; }
-int svc_req_status(const struct svc_req *req) { return req->replied ? (int)req->pending_status : 0; }
+int svc_req_status(const struct svc_req *req) { return req->replied ? (int)req->status : 0; }
+
+struct svc_loop *svc_req_loop(const struct svc_req *req)
+{
+    return req->c->sl->srv->pool ? NULL : req->c->sl->loop;
+}
+
+static const char *field_find(const struct svc__http_field *f, unsigned n, const char *name,
+                              int nocase)
+{
+    for (unsigned i = 0; i < n; i++)
+        if ((nocase ? strcasecmp(f[i].name, name) : strcmp(f[i].name, name)) == 0)
+            return f[i].value != NULL ? f[i].value : "";
+    return NULL;
+}
 
 const char *svc_req_header(const struct svc_req *req, const char *name)
 {
-    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+    return field_find(req->hdrs, req->nhdrs, name, 1);
 }
 
 const char *svc_req_query(const struct svc_req *req, const char *name)
 {
-    return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+    return field_find(req->args, req->nargs, name, 0);
 }
 
 struct query_out {
@@ -201,28 +228,20 @@ static void query_sep(struct query_out *q, char sep)
         q->buf[q->used++] = sep;
 }
 
-static enum MHD_Result query_arg(void *cls, enum MHD_ValueKind kind, const char *key,
-                                 const char *value)
-{
-    struct query_out *q = cls;
-
-    (void)kind;
-    query_sep(q, q->used == 0 ? '?' : '&');
-    query_put(q, key);
-    if (value != NULL) {
-        query_sep(q, '=');
-        query_put(q, value);
-    }
-    return q->full ? MHD_NO : MHD_YES;
-}
-
 int svc_req_query_string(const struct svc_req *req, char *buf, size_t len)
 {
     struct query_out q = {buf, len, 0, 0};
 
     if (len == 0)
         return SVC_ETOOLARGE;
-    MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, query_arg, &q);
+    for (unsigned i = 0; i < req->nargs && !q.full; i++) {
+        query_sep(&q, q.used == 0 ? '?' : '&');
+        query_put(&q, req->args[i].name);
+        if (req->args[i].value != NULL) {
+            query_sep(&q, '=');
+            query_put(&q, req->args[i].value);
+        }
+    }
     buf[q.used] = '\0';
     return q.full ? SVC_ETOOLARGE : SVC_OK;
 }
@@ -302,107 +321,265 @@ static void ipv4_text(const struct in_addr *a, char *out)
     *out = '\0';
 }
 
+/* The connection's peer, as text, and whether it is one of the trusted proxies (at accept). */
+static void conn_set_peer(struct conn *c, const struct sockaddr *sa)
+{
+    snprintf(c->peer, sizeof(c->peer), "?");
+    if (sa->sa_family == AF_INET)
+        ipv4_text(&((const struct sockaddr_in *)(const void *)sa)->sin_addr, c->peer);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, c->peer,
+                  sizeof(c->peer));
+    c->trusted = svc_util_cidrs_match(c->sl->srv->opts.trusted_proxies, sa) ? 1 : 0;
+}
+
 static void req_fill_identity(struct svc_req *req)
 {
     const char *rid = svc_req_header(req, "X-Request-Id");
     const char *real_ip = svc_req_header(req, "X-Real-IP");
-    const union MHD_ConnectionInfo *ci;
 
     if (rid != NULL && id_is_sane(rid))
         svc_util_str_copy(req->id, sizeof(req->id), rid);
     else
         svc_util_id_hex(req->id, 16);
-
-    snprintf(req->peer, sizeof(req->peer), "?");
-    ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    if (ci != NULL && ci->client_addr != NULL) {
-        const struct sockaddr *sa = ci->client_addr;
-        if (sa->sa_family == AF_INET)
-            ipv4_text(&((const struct sockaddr_in *)sa)->sin_addr, req->peer);
-        else if (sa->sa_family == AF_INET6)
-            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, req->peer,
-                      sizeof(req->peer));
-    }
     /* X-Real-IP only from the ingress: any other peer could name any address, and so
      * escape the per-client throttles (login, ops keys) keyed on it. */
-    if (real_ip != NULL && strlen(real_ip) < sizeof(req->ip) && ci != NULL &&
-        svc_util_cidrs_match(req->slot->srv->opts.trusted_proxies, ci->client_addr))
+    if (real_ip != NULL && strlen(real_ip) < sizeof(req->ip) && req->c->trusted)
         svc_util_str_copy(req->ip, sizeof(req->ip), real_ip);
     else
-        svc_util_str_copy(req->ip, sizeof(req->ip), req->peer[0] != '?' ? req->peer : "");
+        svc_util_str_copy(req->ip, sizeof(req->ip), req->c->peer[0] != '?' ? req->c->peer : "");
 }
 
-/* ---- replies ---- */
+/* ---- output ---- */
 
-static void add_headers(struct svc_req *req, struct MHD_Response *resp, const char *ctype)
+/* Bytes queued for slow clients by every streaming request of the process (svc_http_queued). */
+static atomic_size_t stream_queued;
+
+/* Once the queued bytes passed TRIM_QUEUED_BELOW (a crowd of slow clients), the first stream to
+ * end with less than that queued gives the freed heap memory back (svc_util_heap_trim); streams
+ * that come and go under it never do. */
+#define TRIM_QUEUED_BELOW (1u << 20)
+static atomic_int trim_due;
+
+size_t svc_http_queued(void)
 {
-    if (ctype != NULL)
-        MHD_add_response_header(resp, "Content-Type", ctype);
-    MHD_add_response_header(resp, "X-Request-Id", req->id);
-    for (struct resp_header *h = req->headers; h != NULL; h = h->next)
-        MHD_add_response_header(resp, h->name, h->value);
+    return atomic_load_explicit(&stream_queued, memory_order_relaxed);
 }
 
-static void watch_unqueue(struct svc_req *req)
+static size_t out_pending(const struct conn *c)
 {
-    struct loop_shard *sh = req->slot->shard;
-
-    if (!req->watch_queued)
-        return;
-    req->watch_queued = 0;
-    if (req->wprev != NULL)
-        req->wprev->wnext = req->wnext;
-    else
-        sh->watch_head = req->wnext;
-    if (req->wnext != NULL)
-        req->wnext->wprev = req->wprev;
-    else
-        sh->watch_tail = req->wprev;
-    req->wprev = req->wnext = NULL;
+    return c->out.len - c->out_off;
 }
 
-static void watch_stop(struct svc_req *req)
+size_t svc_req_stream_pending(const struct svc_req *req)
 {
-    watch_unqueue(req);
-    svc_io_del(&req->watch);
+    return out_pending(req->c);
 }
 
-/* Resumes a suspended connection so MHD calls us again (to queue a reply, feed the stream or
- * notice an abort). Only ever called on the request's loop. */
-static void req_resume(struct svc_req *req)
+/* Keeps stream_queued equal to the sum of the streaming requests' waiting bytes. */
+static void queued_sync(struct conn *c)
 {
-    if (req->suspended) {
-        req->suspended = 0;
-        MHD_resume_connection(req->conn);
-        /* In external-epoll mode MHD does not wake itself up for a resume: run it on the next
-         * loop iteration. */
-        if (req->slot->timer != NULL && svc_timer_start(req->slot->timer, 0) != SVC_OK)
-            SVC_LOG_ERR(req->id, "http", "cannot schedule the daemon after a resume");
+    size_t now = c->req != NULL && c->req->streaming ? out_pending(c) : 0;
+
+    if (now > c->queued) {
+        if (atomic_fetch_add_explicit(&stream_queued, now - c->queued, memory_order_relaxed) +
+                    (now - c->queued) >=
+                TRIM_QUEUED_BELOW &&
+            !atomic_load_explicit(&trim_due, memory_order_relaxed))
+            atomic_store_explicit(&trim_due, 1, memory_order_relaxed);
+    } else if (now < c->queued) {
+        atomic_fetch_sub_explicit(&stream_queued, c->queued - now, memory_order_relaxed);
+    }
+    c->queued = now;
+}
+
+static void conn_want(struct conn *c, uint32_t events)
+{
+    if (events != c->events && c->io != NULL && svc_io_modify(c->io, events) == SVC_OK)
+        c->events = events;
+}
+
+static int out_put(struct conn *c, const void *data, size_t len)
+{
+    return svc_buf_append(&c->out, data, len);
+}
+
+static int out_str(struct conn *c, const char *s)
+{
+    return svc_buf_append(&c->out, s, strlen(s));
+}
+
+/*
+ * Writes what out holds. Returns SVC_OK (all, or as much as the socket took: EPOLLOUT is then
+ * watched), or SVC_EIO when the connection broke (c->dead: the loop closes it). The buffer is
+ * freed once empty, so a stream between two chunks holds none.
+ */
+static int conn_flush(struct conn *c)
+{
+    size_t before = out_pending(c);
+    struct svc_req *req = c->req;
+
+    while (out_pending(c) > 0 && !c->dead) {
+        ssize_t n = send(c->fd, c->out.data + c->out_off, out_pending(c), MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            break;
+        } else {
+            c->dead = 1;
+        }
+    }
+    if (c->dead) {
+        queued_sync(c);
+        return SVC_EIO;
+    }
+    if (out_pending(c) == 0) {
+        svc_buf_deinit(&c->out);
+        c->out_off = 0;
+        conn_want(c, c->events & ~(uint32_t)EPOLLOUT);
+    } else {
+        if (c->out_off * 2 >= c->out.len) {
+            svc_buf_consume(&c->out, c->out_off);
+            c->out_off = 0;
+        }
+        conn_want(c, c->events | EPOLLOUT);
+    }
+    /* The producer that paused for this client hears of it from the loop (conn_process). */
+    if (req != NULL && req->drain_fn != NULL && before > req->drain_low &&
+        out_pending(c) <= req->drain_low)
+        c->drain_due = 1;
+    queued_sync(c);
+    return SVC_OK;
+}
+
+static const char *reason(unsigned status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 402: return "Payment Required";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "";
     }
 }
 
-static int req_set_pending(struct svc_req *req, unsigned status, struct MHD_Response *resp)
+static const char *date_line(struct srv_loop *sl)
 {
-    req->pending = resp;
-    req->pending_status = status;
-    req->replied = 1;
-    if (!req->in_handler)
-        req_resume(req);
-    return SVC_OK;
+    time_t now = time(NULL);
+    struct tm tm;
+
+    if (now != sl->date_sec && gmtime_r(&now, &tm) != NULL) {
+        strftime(sl->date, sizeof(sl->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        sl->date_sec = now;
+    }
+    return sl->date;
+}
+
+/*
+ * Appends a reply's head to out. len: the body's length, or -1 for a stream (chunked, or for an
+ * HTTP/1.0 client ended by closing the connection). Decides whether the connection stays open.
+ */
+static int head_put(struct conn *c, struct svc_req *req, unsigned status, const char *ctype,
+                    long long len)
+{
+    char line[96];
+    int rc;
+
+    if (atomic_load_explicit(&c->sl->srv->quiesced, memory_order_relaxed) ||
+        (len < 0 && c->http10))
+        c->keepalive = 0; /* draining: the ingress must not send another request here */
+    snprintf(line, sizeof(line), "HTTP/1.1 %u %s\r\n", status, reason(status));
+    rc = out_str(c, line);
+    rc = rc != SVC_OK ? rc : out_str(c, date_line(c->sl));
+    if (ctype != NULL) {
+        rc = rc != SVC_OK ? rc : out_str(c, "Content-Type: ");
+        rc = rc != SVC_OK ? rc : out_str(c, ctype);
+        rc = rc != SVC_OK ? rc : out_str(c, "\r\n");
+    }
+    rc = rc != SVC_OK ? rc : out_str(c, "X-Request-Id: ");
+    rc = rc != SVC_OK ? rc : out_str(c, req->id);
+    rc = rc != SVC_OK ? rc : out_str(c, "\r\n");
+    for (struct resp_header *h = req->headers; h != NULL && rc == SVC_OK; h = h->next) {
+        rc = out_str(c, h->name);
+        rc = rc != SVC_OK ? rc : out_str(c, ": ");
+        rc = rc != SVC_OK ? rc : out_str(c, h->value);
+        rc = rc != SVC_OK ? rc : out_str(c, "\r\n");
+    }
+    if (req->streaming)
+        rc = rc != SVC_OK ? rc : out_str(c, "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
+    if (len >= 0) {
+        snprintf(line, sizeof(line), "Content-Length: %lld\r\n", len);
+        rc = rc != SVC_OK ? rc : out_str(c, line);
+    } else if (!c->http10) {
+        rc = rc != SVC_OK ? rc : out_str(c, "Transfer-Encoding: chunked\r\n");
+    }
+    if (!c->keepalive)
+        rc = rc != SVC_OK ? rc : out_str(c, "Connection: close\r\n");
+    else if (c->http10)
+        rc = rc != SVC_OK ? rc : out_str(c, "Connection: keep-alive\r\n");
+    return rc != SVC_OK ? rc : out_str(c, "\r\n");
+}
+
+/* After a reply call made outside the handler: writes what can go now, and has the loop finish
+ * the request (cleanup) or close a broken connection. */
+static void reply_written(struct svc_req *req)
+{
+    struct conn *c = req->c;
+
+    if (req->in_handler)
+        return; /* dispatch() goes on from here */
+    if (!req->head_pending)
+        conn_flush(c);
+    if (c->dead || req->finished || req->head_pending || c->drain_due)
+        conn_kick(c);
 }
 
 int svc_req_reply(struct svc_req *req, int status, const char *content_type, const void *body,
                   size_t len)
 {
-    struct MHD_Response *resp;
+    struct conn *c = req->c;
+    int rc;
 
     if (req->replied || req->aborted)
         return SVC_ECANCELED;
-    resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
-    if (resp == NULL)
-        return SVC_ENOMEM;
-    add_headers(req, resp, content_type);
-    return req_set_pending(req, (unsigned)status, resp);
+    req->replied = 1;
+    req->finished = 1;
+    req->status = (unsigned)status;
+    rc = head_put(c, req, req->status, content_type, (long long)len);
+    if (rc == SVC_OK && !req->head_only)
+        rc = out_put(c, body, len);
+    if (rc != SVC_OK)
+        c->dead = 1; /* a reply cut short: the client sees the connection close */
+    reply_written(req);
+    return rc;
 }
 
 int svc_req_reply_json(struct svc_req *req, int status, struct svc_json *body)
@@ -426,12 +603,14 @@ int svc_req_reply_envelope(struct svc_req *req, int http_status, const char *sta
                                             "data", data != NULL ? data : svc_json_null()));
 }
 
+static enum svc_http_style req_style(const struct svc_req *req)
+{
+    return req->route != NULL ? req->route->style : req->c->sl->srv->opts.default_style;
+}
+
 int svc_req_error(struct svc_req *req, int status, const char *message)
 {
-    enum svc_http_style style = req->route != NULL ? req->route->style
-                                                   : req->slot->srv->opts.default_style;
-
-    switch (style) {
+    switch (req_style(req)) {
     case SVC_HTTP_STYLE_ENVELOPE:
         return svc_req_reply_envelope(req, status, "Fail", message, NULL);
     case SVC_HTTP_STYLE_OPENAI:
@@ -451,193 +630,153 @@ int svc_req_error(struct svc_req *req, int status, const char *message)
 
 /* ---- streaming ---- */
 
-/* Bytes queued for slow clients by every streaming request of the process (svc_http_queued). */
-static atomic_size_t stream_queued;
-
-/* Once the queued bytes passed TRIM_QUEUED_BELOW (a crowd of slow clients), the first stream to
- * end with less than that queued gives the freed heap memory back (svc_util_heap_trim); streams
- * that come and go under it never do. */
-#define TRIM_QUEUED_BELOW (1u << 20)
-static atomic_int trim_due;
-
-size_t svc_http_queued(void)
+/*
+ * A stream's head is written when the loop next runs (or when its handler returns), not by
+ * svc_req_stream_start: the bytes written in between go out with it, and a stream that has
+ * already ended by then (the upstream answered everything at once) goes out as one reply of
+ * known length, without the chunked framing (test_http_loops test_stream_sent_whole).
+ * Until then out holds the stream's bytes unframed.
+ */
+static int stream_head_write(struct conn *c, struct svc_req *req)
 {
-    return atomic_load_explicit(&stream_queued, memory_order_relaxed);
-}
+    struct svc_buf early = c->out;
+    char size[24];
+    int rc;
 
-static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
-{
-    struct svc_req *req = cls;
-    size_t avail = req->out.len - req->out_off;
-
-    (void)pos;
-    if (req->aborted)
-        return MHD_CONTENT_READER_END_WITH_ERROR;
-    if (avail > 0) {
-        size_t n = avail < max ? avail : max;
-        memcpy(buf, req->out.data + req->out_off, n);
-        req->out_off += n;
-        atomic_fetch_sub_explicit(&stream_queued, n, memory_order_relaxed);
-        if (req->out_off == req->out.len) {
-            svc_buf_reset(&req->out);
-            req->out_off = 0;
+    svc_buf_init(&c->out, c->out.max);
+    c->out_off = 0;
+    req->head_pending = 0;
+    rc = head_put(c, req, req->status, req->stream_ctype,
+                  req->stream_ended ? (long long)early.len : -1);
+    if (rc == SVC_OK && early.len > 0 && !req->head_only) {
+        if (!req->stream_ended && !c->http10) {
+            snprintf(size, sizeof(size), "%zx\r\n", early.len);
+            rc = out_str(c, size);
         }
-        /* The producer may append from here (a resumed upstream delivers at once): buf is
-         * already filled, so that is safe. */
-        if (req->drain_fn != NULL && avail > req->drain_low && avail - n <= req->drain_low)
-            req->drain_fn(req->drain_data, req);
-        return (ssize_t)n;
+        rc = rc != SVC_OK ? rc : out_put(c, early.data, early.len);
+        if (!req->stream_ended && !c->http10)
+            rc = rc != SVC_OK ? rc : out_str(c, "\r\n");
     }
-    if (req->stream_ended) {
-        req->finished = 1;
-        return MHD_CONTENT_READER_END_OF_STREAM;
-    }
-    /* Nothing to send yet: park the connection until the producer writes (no busy loop). */
-    MHD_suspend_connection(req->conn);
-    req->suspended = 1;
-    return 0;
+    svc_buf_deinit(&early);
+    free(req->stream_ctype);
+    req->stream_ctype = NULL;
+    if (rc != SVC_OK)
+        c->dead = 1;
+    queued_sync(c);
+    return rc;
 }
 
 int svc_req_stream_start(struct svc_req *req, int status, const char *content_type)
 {
-    struct MHD_Response *resp;
-
     if (req->replied || req->aborted)
         return SVC_ECANCELED;
-    if (req->slot->loop == NULL)
+    if (req->c->sl->srv->pool)
         return SVC_EINVAL;
-    resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_reader, req,
-                                             NULL);
-    if (resp == NULL)
+    if (content_type != NULL && (req->stream_ctype = strdup(content_type)) == NULL)
         return SVC_ENOMEM;
-    add_headers(req, resp, content_type);
-    MHD_add_response_header(resp, "Cache-Control", "no-cache");
-    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    req->replied = 1;
     req->streaming = 1;
-    return req_set_pending(req, (unsigned)status, resp);
+    req->head_pending = 1;
+    req->status = (unsigned)status;
+    reply_written(req);
+    return SVC_OK;
+}
+
+/* Writes one chunk straight to the socket when nothing waits before it (the common case: one
+ * send per chunk, nothing copied); what the socket does not take is queued. */
+static int chunk_write(struct conn *c, const void *data, size_t len)
+{
+    char size[24];
+    struct iovec iov[3];
+    int n = 0;
+    size_t total = 0, sent = 0;
+    ssize_t w;
+
+    if (!c->http10) {
+        iov[n].iov_base = size;
+        iov[n++].iov_len = (size_t)snprintf(size, sizeof(size), "%zx\r\n", len);
+    }
+    iov[n].iov_base = (void *)data;
+    iov[n++].iov_len = len;
+    if (!c->http10) {
+        iov[n].iov_base = (void *)"\r\n";
+        iov[n++].iov_len = 2;
+    }
+    for (int i = 0; i < n; i++)
+        total += iov[i].iov_len;
+    if (out_pending(c) == 0) {
+        do
+            w = writev(c->fd, iov, n);
+        while (w < 0 && errno == EINTR);
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            c->dead = 1;
+            return SVC_OK; /* the loop closes the connection and aborts the request */
+        }
+        sent = w > 0 ? (size_t)w : 0;
+        if (sent == total)
+            return SVC_OK;
+    }
+    /* queue the rest, in order */
+    for (int i = 0; i < n; i++) {
+        size_t l = iov[i].iov_len, skip = sent < l ? sent : l;
+        sent -= skip;
+        if (skip < l && out_put(c, (const char *)iov[i].iov_base + skip, l - skip) != SVC_OK) {
+            c->dead = 1;
+            return SVC_ENOMEM;
+        }
+    }
+    conn_want(c, c->events | EPOLLOUT);
+    return SVC_OK;
 }
 
 int svc_req_stream_write(struct svc_req *req, const void *data, size_t len)
 {
+    struct conn *c = req->c;
     int rc;
 
     if (req->aborted || req->stream_ended || !req->streaming)
         return SVC_ECANCELED;
-    /* Drop what the client already took once it is half the buffer (or in the way), so the
-     * limit applies to bytes still waiting, at an amortised O(1) copy per byte. */
-    if (req->out_off > 0 &&
-        (req->out_off * 2 >= req->out.len || req->out.len + len > req->out.max)) {
-        svc_buf_consume(&req->out, req->out_off);
-        req->out_off = 0;
+    if (c->dead || req->head_only || len == 0)
+        return SVC_OK; /* a broken connection: the loop aborts the request soon */
+    if (out_pending(c) + len > SVC_HTTP_STREAM_MAX_PENDING)
+        return SVC_ETOOLARGE;
+    if (req->head_pending || req->in_handler || out_pending(c) > 0) {
+        char size[24];
+        int framed = !req->head_pending && !c->http10;
+        rc = SVC_OK;
+        if (framed) {
+            snprintf(size, sizeof(size), "%zx\r\n", len);
+            rc = out_str(c, size);
+        }
+        rc = rc != SVC_OK ? rc : out_put(c, data, len);
+        if (framed)
+            rc = rc != SVC_OK ? rc : out_str(c, "\r\n");
+        if (rc != SVC_OK)
+            return rc;
+    } else {
+        rc = chunk_write(c, data, len);
     }
-    rc = svc_buf_append(&req->out, data, len);
-    if (rc != SVC_OK)
-        return rc;
-    if (atomic_fetch_add_explicit(&stream_queued, len, memory_order_relaxed) + len >=
-            TRIM_QUEUED_BELOW &&
-        !atomic_load_explicit(&trim_due, memory_order_relaxed))
-        atomic_store_explicit(&trim_due, 1, memory_order_relaxed);
-    if (req->pending == NULL)
-        req_resume(req);
-    return SVC_OK;
+    queued_sync(c);
+    if (c->dead)
+        conn_kick(c);
+    return rc;
 }
 
 int svc_req_stream_end(struct svc_req *req)
 {
+    struct conn *c = req->c;
+
     if (req->aborted || req->stream_ended || !req->streaming)
         return SVC_ECANCELED;
     req->stream_ended = 1;
-    if (req->pending == NULL)
-        req_resume(req);
+    req->finished = 1;
+    if (!req->head_pending && !c->http10 && !req->head_only && out_str(c, "0\r\n\r\n") != SVC_OK)
+        c->dead = 1;
+    reply_written(req);
     return SVC_OK;
 }
 
-size_t svc_req_stream_pending(const struct svc_req *req)
-{
-    return req->out.len - req->out_off;
-}
-
-/* ---- client-gone detection while a request is async ---- */
-
-static void req_abort(struct svc_req *req)
-{
-    if (req->aborted || req->finished)
-        return;
-    req->aborted = 1;
-    if (req->abort_fn != NULL)
-        req->abort_fn(req->abort_data, req);
-}
-
-static void on_client_hangup(void *data, struct svc_io *io, int fd, uint32_t events)
-{
-    struct svc_req *req = data;
-
-    (void)io;
-    (void)fd;
-    (void)events;
-    watch_stop(req);
-    SVC_LOG_DEBUG(req->id, "http", "client closed the connection while the reply was pending");
-    req_abort(req);
-    req_resume(req); /* let MHD see the closed socket and finish the request */
-}
-
-/* Watches the client socket now. */
-static void watch_arm(struct svc_req *req)
-{
-    const union MHD_ConnectionInfo *ci;
-
-    if (req->watch != NULL)
-        return;
-    ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (ci == NULL)
-        return;
-    if (svc_io_add(&req->watch, req->slot->loop, ci->connect_fd, EPOLLRDHUP, on_client_hangup,
-                   req) != SVC_OK)
-        req->watch = NULL; /* not watched: a client that leaves is seen when MHD writes */
-}
-
-/* Arms the watch of every queued request that has waited WATCH_DELAY_MS, then the timer for the
- * next. The queue is in due order, so this looks only at the requests it arms. */
-static void on_watch_due(void *data, struct svc_timer *t)
-{
-    struct loop_shard *sh = data;
-    uint64_t now = svc_loop_now(sh->loop);
-
-    (void)t;
-    while (sh->watch_head != NULL && sh->watch_head->watch_due_ms <= now) {
-        struct svc_req *req = sh->watch_head;
-        watch_unqueue(req);
-        watch_arm(req);
-    }
-    if (sh->watch_head != NULL &&
-        svc_timer_start(sh->watch_timer, sh->watch_head->watch_due_ms - now) != SVC_OK)
-        SVC_LOG_ERR(NULL, "http", "cannot schedule the client watches");
-}
-
-/* The request waits: its client socket is watched from WATCH_DELAY_MS on (LOOPS mode only). */
-static void watch_start(struct svc_req *req)
-{
-    struct loop_shard *sh = req->slot->shard;
-
-    if (req->watch != NULL || req->watch_queued || sh == NULL)
-        return;
-    req->watch_due_ms = svc_loop_now(sh->loop) + WATCH_DELAY_MS;
-    req->watch_queued = 1;
-    req->wnext = NULL;
-    req->wprev = sh->watch_tail;
-    if (sh->watch_tail != NULL)
-        sh->watch_tail->wnext = req;
-    else
-        sh->watch_head = req;
-    sh->watch_tail = req;
-    /* A non-empty queue has its timer armed for its head already. */
-    if (sh->watch_head == req && svc_timer_start(sh->watch_timer, WATCH_DELAY_MS) != SVC_OK) {
-        watch_unqueue(req);
-        watch_arm(req);
-    }
-}
-
-/* ---- MHD callbacks ---- */
+/* ---- requests ---- */
 
 /* The route for method + url, or NULL. *path_route is the first route whose path matched (its
  * error style answers a 405). */
@@ -679,153 +818,270 @@ static int cross_origin(const struct svc_req *req)
     return strcasecmp(p + 3, host) != 0;
 }
 
-static enum MHD_Result copy_header(void *cls, enum MHD_ValueKind kind, const char *key,
-                                   const char *value)
+/* 1 when the comma-separated list value holds token (without case). */
+static int has_token(const char *value, const char *token)
 {
-    (void)kind;
-    return MHD_add_response_header(cls, key, value);
+    size_t n = strlen(token);
+
+    for (const char *p = value; p != NULL && *p != '\0';) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        if (strncasecmp(p, token, n) == 0) {
+            const char *e = p + n;
+            while (*e == ' ' || *e == '\t')
+                e++;
+            if (*e == ',' || *e == '\0')
+                return 1;
+        }
+        p = strchr(p, ',');
+    }
+    return 0;
 }
 
-/*
- * A stream that ended before its head went out (the upstream answered everything at once) is
- * sent as one response of known length: libmicrohttpd sends a callback response's head, each
- * chunk and the last chunk in three system calls, a buffer response in one. The client sees the
- * same bytes, without the chunked framing. Returns the response to queue (resp when it stays).
- */
-static struct MHD_Response *stream_whole(struct svc_req *req, struct MHD_Response *resp)
+/* A request without a usable head (too large, malformed): answered with status in the style of
+ * the route its request line names, when it names one, and the connection closed after it. */
+static struct svc_req *req_new(struct conn *c, size_t extra)
 {
-    size_t n = req->out.len - req->out_off;
-    struct MHD_Response *whole;
+    struct svc_req *req = calloc(1, sizeof(*req) + extra);
 
-    if (!req->streaming || !req->stream_ended || req->aborted)
-        return resp;
-    whole = MHD_create_response_from_buffer(n, req->out.data != NULL ? req->out.data + req->out_off
-                                                                      : (char *)"",
-                                            MHD_RESPMEM_MUST_COPY);
-    if (whole == NULL)
-        return resp; /* sent as a stream, as it was going to be */
-    MHD_get_response_headers(resp, copy_header, whole);
-    MHD_destroy_response(resp);
-    atomic_fetch_sub_explicit(&stream_queued, n, memory_order_relaxed);
-    svc_buf_reset(&req->out);
-    req->out_off = 0;
-    req->finished = 1;
-    return whole;
+    if (req == NULL)
+        return NULL;
+    req->c = c;
+    req->method = "";
+    req->url = "";
+    svc_buf_init(&req->body, c->sl->srv->opts.max_body);
+    atomic_fetch_add(&c->sl->srv->inflight, 1);
+    atomic_fetch_add_explicit(&c->sl->srv->started, 1, memory_order_relaxed);
+    return req;
 }
 
-static enum MHD_Result queue_pending(struct svc_req *req)
+/* The route whose error style answers a request whose head could not be used: the one its
+ * request line names, read loosely (method, a space, the path up to '?' or a space). */
+static const struct svc_http_route *route_of_line(const struct svc_http_server *srv,
+                                                  const char *in, size_t len)
 {
-    struct MHD_Response *resp = stream_whole(req, req->pending);
-    enum MHD_Result r;
+    char method[16], path[256];
+    const char *sp = memchr(in, ' ', len < 16 ? len : 16), *p, *e;
+    const struct svc_http_route *route, *path_route;
 
-    req->pending = NULL;
-    /* Draining: the client (the ingress) must not send another request on this connection. A
-     * keep-alive connection left open would take one that nobody answers once we exit. */
-    if (atomic_load_explicit(&req->slot->srv->quiesced, memory_order_relaxed) &&
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close") != MHD_YES)
-        SVC_LOG_WARN(req->id, "http", "cannot mark the reply Connection: close");
-    r = MHD_queue_response(req->conn, req->pending_status, resp);
-    MHD_destroy_response(resp);
-    if (!req->streaming)
-        req->finished = 1;
-    return r;
+    if (sp == NULL)
+        return NULL;
+    memcpy(method, in, (size_t)(sp - in));
+    method[sp - in] = '\0';
+    p = sp + 1;
+    for (e = p; e < in + len && (size_t)(e - p) < sizeof(path) - 1 && *e != ' ' && *e != '?' &&
+                *e != '\r' && *e != '\n';
+         e++)
+        ;
+    memcpy(path, p, (size_t)(e - p));
+    path[e - p] = '\0';
+    route = route_find(srv, method, path, &path_route);
+    return route != NULL ? route : path_route;
 }
 
-/*
- * libmicrohttpd 0.9.75 keeps every query argument in the connection's memory pool
- * (HTTP_MAX_HEADER bytes), and a query of a few hundred short arguments (`?&&&...`) exhausts it:
- * the request is then never answered (the connection hangs, or closes without a reply). This runs
- * with the request's URI before MHD splits its query (MHD_OPTION_URI_LOG_CALLBACK): a query of
- * more than query_args_max() arguments (one per 256 bytes of pool: an argument costs MHD about 60)
- * is blanked in MHD's own copy of the request line, so MHD parses none of it, and the request is
- * marked to be answered 414. test_http checks both halves.
- */
-static char query_too_big_mark; /* its address is the mark */
+static void reject(struct conn *c, unsigned status, const char *message)
+{
+    struct svc_req *req = c->req != NULL ? c->req : req_new(c, 0);
+
+    if (req == NULL) {
+        c->dead = 1;
+        return;
+    }
+    c->req = req;
+    if (req->method[0] != '\0') { /* a parsed head */
+        const struct svc_http_route *path_route;
+        req->route = route_find(c->sl->srv, req->method, req->url, &path_route);
+        req->route = req->route != NULL ? req->route : path_route;
+    } else {
+        req->route = c->in != NULL ? route_of_line(c->sl->srv, c->in, c->in_len) : NULL;
+    }
+    if (req->id[0] == '\0')
+        svc_util_id_hex(req->id, 16);
+    if (req->ip[0] == '\0')
+        svc_util_str_copy(req->ip, sizeof(req->ip), c->peer);
+    SVC_LOG_INFO(req->id, "http", "request from %s refused: %u %s", c->peer, status, message);
+    c->keepalive = 0;
+    c->state = C_BUSY;
+    req->handled = 1;
+    req->in_handler = 1; /* conn_process writes it */
+    svc_req_error(req, (int)status, message);
+    req->in_handler = 0;
+}
 
 static unsigned query_args_max(const struct svc_http_server *srv)
 {
     return srv->opts.max_header / 256 > 16 ? (unsigned)(srv->opts.max_header / 256) : 16;
 }
 
-static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+/* Takes the head of len bytes at the start of c->in: the request is created and its body's
+ * framing set up, or the request refused. */
+static void head_take(struct conn *c, size_t len)
 {
-    const unsigned max = query_args_max(cls);
-    char *q = strchr(uri, '?');
-    unsigned n = 1;
+    struct svc_http_server *srv = c->sl->srv;
+    unsigned nlines = svc__http_count_lines(c->in, len);
+    unsigned nargs = svc__http_count_args(c->in, len), max_args = query_args_max(srv);
+    size_t arrays = ((size_t)nlines + (nargs < max_args ? nargs : max_args)) *
+                    sizeof(struct svc__http_field);
+    struct svc__http_head h;
+    struct svc_req *req = req_new(c, arrays + len + 1);
+    const char *cl = NULL, *te = NULL, *conn_hdr, *expect;
+    char *copy;
+    int rc, hosts = 0;
 
-    (void)conn;
-    if (q == NULL)
-        return NULL;
-    for (const char *p = q; *p != '\0' && n <= max; p++)
-        n += *p == '&';
-    if (n <= max)
-        return NULL;
-    memset(q, '\0', strlen(q));
-    return &query_too_big_mark;
+    if (req == NULL) {
+        c->dead = 1;
+        return;
+    }
+    c->req = req;
+    req->hdrs = (struct svc__http_field *)(void *)(req + 1);
+    req->args = req->hdrs + nlines;
+    copy = (char *)(req->args + (nargs < max_args ? nargs : max_args));
+    memcpy(copy, c->in, len);
+    copy[len] = '\0';
+    rc = svc__http_parse_head(copy, len, &h, req->hdrs, nlines, req->args,
+                              nargs < max_args ? nargs : max_args);
+    if (rc == 414 || nargs > max_args) {
+        req->query_too_big = 1; /* answered in the route's style; the rest of the head is read */
+        rc = 0;
+    }
+    if (rc != 0) {
+        reject(c, (unsigned)rc,
+               rc == 505 ? "HTTP version not supported" : "malformed request head");
+        return;
+    }
+    req->method = h.method;
+    req->url = h.path;
+    req->nhdrs = h.nheaders;
+    req->nargs = h.nargs;
+    req->head_only = strcmp(h.method, "HEAD") == 0;
+    c->http10 = h.minor == 0;
+    req_fill_identity(req);
+    req->route = NULL;
+    for (unsigned i = 0; i < h.nheaders; i++) {
+        const char *n = h.headers[i].name, *v = h.headers[i].value;
+        if (strcasecmp(n, "Content-Length") == 0) {
+            if (cl != NULL && strcmp(cl, v) != 0) {
+                reject(c, 400, "conflicting Content-Length headers");
+                return;
+            }
+            cl = v;
+        } else if (strcasecmp(n, "Transfer-Encoding") == 0) {
+            if (te != NULL) {
+                reject(c, 501, "unsupported Transfer-Encoding");
+                return;
+            }
+            te = v;
+        } else if (strcasecmp(n, "Host") == 0) {
+            hosts++;
+        }
+    }
+    if (hosts > 1 || (hosts == 0 && !c->http10)) {
+        reject(c, 400, hosts ? "more than one Host header" : "missing Host header");
+        return;
+    }
+    conn_hdr = svc_req_header(req, "Connection");
+    c->keepalive = c->http10 ? conn_hdr != NULL && has_token(conn_hdr, "keep-alive")
+                             : conn_hdr == NULL || !has_token(conn_hdr, "close");
+    c->chunked = 0;
+    c->body_left = 0;
+    if (te != NULL) {
+        if (cl != NULL || c->http10) {
+            reject(c, 400, "Transfer-Encoding with Content-Length or HTTP/1.0");
+            return;
+        }
+        if (strcasecmp(te, "chunked") != 0) {
+            reject(c, 501, "unsupported Transfer-Encoding");
+            return;
+        }
+        c->chunked = 1;
+        memset(&c->chunk, 0, sizeof(c->chunk));
+    } else if (cl != NULL) {
+        int64_t n;
+        if (svc_cfg_parse_int(cl, 0, INT64_MAX, &n) != SVC_OK || cl[0] < '0' || cl[0] > '9') {
+            reject(c, 400, "invalid Content-Length");
+            return;
+        }
+        c->body_left = (uint64_t)n;
+        if (c->body_left > srv->opts.max_body)
+            req->body_too_big = 1; /* read and dropped, then answered 413 */
+    }
+    /* The client waits for our word before sending a body (curl does, past 1 KiB). */
+    expect = svc_req_header(req, "Expect");
+    if (expect != NULL && strcasecmp(expect, "100-continue") == 0 && !c->http10 &&
+        (c->chunked || c->body_left > 0) && c->in_len == len) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        if (out_put(c, cont, sizeof(cont) - 1) != SVC_OK || conn_flush(c) != SVC_OK)
+            c->dead = 1;
+    }
+    c->state = C_BODY;
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_size, void **con_cls)
+/* Drops the first n bytes of c->in; an empty buffer is freed. */
+static void in_consume(struct conn *c, size_t n)
 {
-    struct daemon_slot *slot = cls;
-    struct svc_http_server *srv = slot->srv;
-    struct svc_req *req = *con_cls;
+    if (n >= c->in_len) {
+        free(c->in);
+        c->in = NULL;
+        c->in_len = c->in_cap = 0;
+        return;
+    }
+    memmove(c->in, c->in + n, c->in_len - n);
+    c->in_len -= n;
+}
+
+static void body_append(struct svc_req *req, const char *data, size_t len)
+{
+    if (!req->body_too_big && svc_buf_append(&req->body, data, len) != SVC_OK)
+        req->body_too_big = 1; /* the rest is read and dropped, then answered 413 */
+}
+
+/* Moves body bytes from c->in into the request. Returns 1 once the body is complete. */
+static int body_take(struct conn *c)
+{
+    struct svc_req *req = c->req;
+
+    if (c->chunked) {
+        size_t used;
+        int done;
+        long n = svc__http_chunked_decode(&c->chunk, c->in, c->in_len, &used, &done);
+        if (n < 0) {
+            reject(c, 400, "malformed chunked body");
+            return 0;
+        }
+        body_append(req, c->in, (size_t)n);
+        in_consume(c, used);
+        return done;
+    }
+    if (c->body_left > 0 && c->in_len > 0) {
+        size_t n = c->in_len < c->body_left ? c->in_len : (size_t)c->body_left;
+        body_append(req, c->in, n);
+        in_consume(c, n);
+        c->body_left -= n;
+    }
+    return c->body_left == 0;
+}
+
+/* Runs the route's handler for a complete request (or answers it without one). */
+static void dispatch(struct conn *c)
+{
+    struct svc_req *req = c->req;
+    struct svc_http_server *srv = c->sl->srv;
     const struct svc_http_route *path_route;
     int rc;
 
-    (void)version;
-    if (req == NULL || req == (void *)&query_too_big_mark) {
-        const char *cl;
-        int64_t clen;
-        int query_too_big = req != NULL;
-
-        req = calloc(1, sizeof(*req));
-        if (req == NULL)
-            return MHD_NO;
-        req->query_too_big = query_too_big;
-        req->slot = slot;
-        req->conn = conn;
-        req->method = method;
-        req->url = url;
-        svc_buf_init(&req->body, srv->opts.max_body);
-        svc_buf_init(&req->out, SVC_HTTP_STREAM_MAX_PENDING);
-        req_fill_identity(req);
-        cl = svc_req_header(req, "Content-Length");
-        if (cl != NULL && (svc_cfg_parse_int(cl, 0, INT64_MAX, &clen) != SVC_OK ||
-                           (uint64_t)clen > srv->opts.max_body))
-            req->body_too_big = 1;
-        *con_cls = req;
-        if (slot->loop != NULL) { /* one thread per daemon: no lock */
-            req->lnext = slot->live;
-            if (slot->live != NULL)
-                slot->live->lprev = req;
-            slot->live = req;
-        }
-        atomic_fetch_add(&srv->inflight, 1);
-        atomic_fetch_add_explicit(&srv->started, 1, memory_order_relaxed);
-        return MHD_YES;
-    }
-    if (*upload_size > 0) {
-        if (!req->body_too_big && svc_buf_append(&req->body, upload_data, *upload_size) != SVC_OK)
-            req->body_too_big = 1;
-        *upload_size = 0;
-        return MHD_YES;
-    }
-    if (req->pending != NULL)
-        return queue_pending(req);
-    if (req->handled) /* resumed to notice an abort, with nothing to send */
-        return req->aborted ? MHD_NO : MHD_YES;
-
+    c->state = C_BUSY;
     req->handled = 1;
-    req->route = route_find(srv, method, url, &path_route);
+    req->route = route_find(srv, req->method, req->url, &path_route);
+    req->in_handler = 1;
     if (req->query_too_big) {
         char msg[96];
         snprintf(msg, sizeof(msg), "the query has more than %u arguments", query_args_max(srv));
+        req->route = req->route != NULL ? req->route : path_route;
         svc_req_error(req, 414, msg);
     } else if (req->body_too_big) {
         char msg[96];
         snprintf(msg, sizeof(msg), "request body larger than %zu bytes", srv->opts.max_body);
+        req->route = req->route != NULL ? req->route : path_route;
         svc_req_error(req, 413, msg);
     } else if (req->route == NULL) {
         req->route = path_route; /* for its error style only; never run */
@@ -833,258 +1089,370 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                       path_route != NULL ? "method not allowed" : "404 page not found");
         req->route = NULL;
     } else if (req->route->same_origin && cross_origin(req)) {
-        SVC_LOG_NOTICE(req->id, "http", "cross-site %s %s refused (Origin %s)", method, url,
-                       svc_req_header(req, "Origin"));
+        SVC_LOG_NOTICE(req->id, "http", "cross-site %s %s refused (Origin %s)", req->method,
+                       req->url, svc_req_header(req, "Origin"));
         svc_req_error(req, 403, "cross-site request refused");
     } else {
-        req->in_handler = 1;
         rc = req->route->fn(req->route->ctx, req);
-        req->in_handler = 0;
-        if (req->pending == NULL && !req->replied) {
-            if (rc == SVC_HTTP_ASYNC && slot->loop != NULL) {
-                MHD_suspend_connection(conn);
-                req->suspended = 1;
-                watch_start(req);
-                return MHD_YES;
-            }
-            SVC_LOG_ERR(req->id, "http", "handler for %s %s gave no reply", method, url);
+        if (!req->replied && (rc != SVC_HTTP_ASYNC || srv->pool)) {
+            SVC_LOG_ERR(req->id, "http", "handler for %s %s gave no reply", req->method,
+                        req->url);
             svc_req_error(req, 500, "internal error");
         }
     }
-    if (req->streaming)
-        watch_start(req);
-    return queue_pending(req);
+    req->in_handler = 0;
 }
 
-static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
-                         enum MHD_RequestTerminationCode toe)
+static void req_abort(struct svc_req *req)
 {
-    struct daemon_slot *slot = cls;
-    struct svc_req *req = *con_cls;
-
-    (void)conn;
-    if (req == NULL || req == (void *)&query_too_big_mark) /* never reached on_request */
+    if (req->aborted || req->finished)
         return;
-    *con_cls = NULL;
-    if (slot->loop != NULL) {
-        if (req->lprev != NULL)
-            req->lprev->lnext = req->lnext;
-        else
-            slot->live = req->lnext;
-        if (req->lnext != NULL)
-            req->lnext->lprev = req->lprev;
-    }
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+    req->aborted = 1;
+    if (req->abort_fn != NULL)
+        req->abort_fn(req->abort_data, req);
+}
+
+/* The request is over (answered, or its client gone): its owner's cleanup, then it is freed. */
+static void req_end(struct conn *c)
+{
+    struct svc_req *req = c->req;
+    int streamed;
+
+    if (req == NULL)
+        return;
+    if (!req->finished && req->handled)
         req_abort(req);
-    else
-        req->finished = 1;
-    watch_stop(req);
     if (req->cleanup_fn != NULL)
         req->cleanup_fn(req->cleanup_data);
-    if (req->pending != NULL)
-        MHD_destroy_response(req->pending);
+    streamed = req->streaming;
     while (req->headers != NULL) {
         struct resp_header *h = req->headers;
         req->headers = h->next;
         free(h);
     }
     svc_buf_deinit(&req->body);
-    /* what a client never took is no longer queued */
-    atomic_fetch_sub_explicit(&stream_queued, req->out.len - req->out_off, memory_order_relaxed);
-    svc_buf_deinit(&req->out);
-    if (req->streaming && svc_http_queued() < TRIM_QUEUED_BELOW &&
+    free(req->stream_ctype);
+    c->req = NULL;
+    c->drain_due = 0;
+    queued_sync(c); /* what a client never took is no longer queued */
+    if (streamed && svc_http_queued() < TRIM_QUEUED_BELOW &&
         atomic_load_explicit(&trim_due, memory_order_relaxed) && svc_util_heap_trim())
         atomic_store_explicit(&trim_due, 0, memory_order_relaxed);
+    atomic_fetch_sub(&c->sl->srv->inflight, 1);
     free(req);
-    atomic_fetch_sub(&slot->srv->inflight, 1);
 }
 
-static void on_mhd_log(void *cls, const char *fmt, va_list ap)
-{
-    char msg[512];
+/* ---- connections ---- */
 
-    (void)cls;
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    msg[strcspn(msg, "\n")] = '\0';
-    SVC_LOG_DEBUG(NULL, "http", "libmicrohttpd: %s", msg);
+static void conn_close(struct conn *c)
+{
+    struct srv_loop *sl = c->sl;
+
+    req_end(c);
+    svc_io_del(&c->io);
+    svc_timer_destroy(&c->timer);
+    close(c->fd);
+    free(c->in);
+    svc_buf_deinit(&c->out);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        sl->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    atomic_fetch_sub(&sl->srv->conns, 1);
+    free(c);
 }
 
-/* ---- driving an MHD daemon from our loop (LOOPS mode) ---- */
-
-static void slot_run(struct daemon_slot *slot)
+/* Has the loop run conn_process soon (this iteration's timers): from the calls a handler or a
+ * producer makes, which must not end the request under their feet. */
+static void conn_kick(struct conn *c)
 {
-    MHD_UNSIGNED_LONG_LONG ms;
+    if (c->kick)
+        return;
+    c->kick = 1;
+    if (svc_timer_start(c->timer, 0) != SVC_OK)
+        SVC_LOG_ERR(NULL, "http", "cannot schedule a connection");
+}
 
-    MHD_run(slot->d);
-    if (MHD_get_timeout(slot->d, &ms) == MHD_YES) {
-        if (svc_timer_start(slot->timer, ms) != SVC_OK)
-            SVC_LOG_ERR(NULL, "http", "cannot arm the connection timer");
+/* The events to watch and the timer for the connection's state. A connection waiting for its
+ * client (a head, a body, the client to read) has the idle timeout; one waiting for its handler
+ * or producer has none. */
+static void conn_arm(struct conn *c)
+{
+    const struct svc_http_opts *o = &c->sl->srv->opts;
+    uint32_t ev = EPOLLRDHUP;
+    size_t limit = c->state == C_BODY ? IN_BODY_MAX : o->max_header;
+
+    if (c->in_len < limit || c->state == C_LINGER)
+        ev |= EPOLLIN;
+    if (out_pending(c) > 0)
+        ev |= EPOLLOUT;
+    conn_want(c, ev);
+    if (c->kick || c->state == C_LINGER)
+        return; /* a lingering connection has its timer from conn_linger */
+    if (c->state != C_BUSY || out_pending(c) > 0) {
+        if (svc_timer_start(c->timer, (uint64_t)o->idle_timeout * 1000) != SVC_OK)
+            SVC_LOG_ERR(NULL, "http", "cannot arm a connection's timeout");
     } else {
-        svc_timer_stop(slot->timer);
+        svc_timer_stop(c->timer);
     }
 }
 
-static void on_slot_io(void *data, struct svc_io *io, int fd, uint32_t events)
+/* The last reply is out: no more requests on this connection. */
+static void conn_linger(struct conn *c)
 {
+    c->state = C_LINGER;
+    free(c->in);
+    c->in = NULL;
+    c->in_len = c->in_cap = 0;
+    c->kick = 0;
+    if (shutdown(c->fd, SHUT_WR) != 0 || svc_timer_start(c->timer, LINGER_MS) != SVC_OK)
+        c->dead = 1;
+}
+
+/*
+ * Moves the connection on as far as it can go: writes a stream's head and whatever is queued,
+ * ends a request whose reply is out, reads the next request from the bytes already read and
+ * dispatches it. Runs from the loop only (I/O events, the timer); may free c.
+ */
+static void conn_process(struct conn *c)
+{
+    const struct svc_http_opts *o = &c->sl->srv->opts;
+
+    for (;;) {
+        struct svc_req *req = c->req;
+
+        if (c->dead) {
+            conn_close(c);
+            return;
+        }
+        if (c->state == C_LINGER)
+            break;
+        if (req != NULL && c->state == C_BUSY) {
+            if (req->head_pending)
+                stream_head_write(c, req);
+            if (out_pending(c) > 0 && conn_flush(c) != SVC_OK)
+                continue; /* dead */
+            if (c->drain_due) {
+                c->drain_due = 0;
+                if (req->drain_fn != NULL && !req->aborted)
+                    req->drain_fn(req->drain_data, req); /* may write more, or end the stream */
+                continue;
+            }
+            if (!req->finished || out_pending(c) > 0)
+                break; /* the producer or the client has the next move */
+            req_end(c);
+            if (!c->keepalive) {
+                conn_linger(c);
+                continue;
+            }
+            c->state = C_HEAD;
+            continue;
+        }
+        if (c->state == C_HEAD) {
+            size_t len = svc__http_head_len(c->in, c->in_len);
+            if (len == 0) {
+                if (c->in_len >= o->max_header) {
+                    char msg[96];
+                    snprintf(msg, sizeof(msg), "request head larger than %zu bytes",
+                             o->max_header);
+                    reject(c, 431, msg);
+                    continue;
+                }
+                break; /* more to read */
+            }
+            head_take(c, len);
+            if (c->state != C_BODY)
+                continue; /* refused, or dead */
+            in_consume(c, len);
+        }
+        if (c->state == C_BODY) {
+            if (!body_take(c))
+                break;
+            if (c->state == C_BUSY)
+                continue; /* refused (a malformed chunk) */
+            dispatch(c);
+        }
+    }
+    conn_arm(c);
+}
+
+enum read_result { READ_OK, READ_FULL, READ_EOF };
+
+/* Reads what the socket holds into c->in, up to limit bytes buffered. */
+static enum read_result conn_read(struct conn *c, size_t limit)
+{
+    for (;;) {
+        ssize_t n;
+
+        if (c->in_len >= limit)
+            return READ_FULL;
+        if (c->in_len == c->in_cap) {
+            size_t cap = c->in_cap ? c->in_cap * 2 : IN_MIN;
+            char *p;
+            if (cap > limit)
+                cap = limit;
+            p = realloc(c->in, cap);
+            if (p == NULL)
+                return READ_EOF;
+            c->in = p;
+            c->in_cap = cap;
+        }
+        n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        if (n > 0) {
+            c->in_len += (size_t)n;
+            if (c->in_len < c->in_cap)
+                return READ_OK; /* the socket had less than the room: it is empty */
+        } else if (n == 0) {
+            return READ_EOF;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            return READ_OK;
+        } else if (errno != EINTR) {
+            return READ_EOF;
+        }
+    }
+}
+
+/* A lingering connection: the client's bytes are dropped until it closes, or enough came. */
+static void linger_read(struct conn *c)
+{
+    char sink[4096];
+    ssize_t n;
+
+    while ((n = recv(c->fd, sink, sizeof(sink), 0)) > 0)
+        if ((c->lingered += (size_t)n) > LINGER_MAX_BYTES)
+            break;
+    if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+        c->dead = 1;
+}
+
+static void on_conn_io(void *data, struct svc_io *io, int fd, uint32_t events)
+{
+    struct conn *c = data;
+    const struct svc_http_opts *o = &c->sl->srv->opts;
+
     (void)io;
     (void)fd;
-    (void)events;
-    slot_run(data);
-}
-
-static void on_slot_timer(void *data, struct svc_timer *t)
-{
-    (void)t;
-    slot_run(data);
-}
-
-/* MHD_OPTION_NOTIFY_CONNECTION (LOOPS mode): counts the connections of each daemon. */
-static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
-                          enum MHD_ConnectionNotificationCode code)
-{
-    struct daemon_slot *slot = cls;
-
-    (void)conn;
-    (void)socket_context;
-    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
-        slot->conns++;
-        atomic_fetch_add(&slot->srv->conns, 1);
-    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
-        slot->conns--;
-        atomic_fetch_sub(&slot->srv->conns, 1);
-    }
-}
-
-static struct MHD_Daemon *start_daemon(struct daemon_slot *slot, unsigned flags, unsigned threads);
-
-static void slot_free(struct daemon_slot **slotp)
-{
-    struct daemon_slot *slot = *slotp;
-
-    if (slot == NULL)
-        return;
-    if (slot->d != NULL) {
-        /* A daemon with the listening socket gives it back first: it is closed once, by us. */
-        if (slot->shard == NULL)
-            MHD_quiesce_daemon(slot->d);
-        /* libmicrohttpd 0.9.75 aborts the process when stopped with a suspended connection
-         * (requests still in flight at the drain deadline, streams between two chunks): resumed,
-         * they are closed like the others and their requests complete as aborted. The loop no
-         * longer runs, so nothing else touches them. */
-        for (struct svc_req *req = slot->live; req != NULL; req = req->lnext)
-            if (req->suspended) {
-                req->suspended = 0;
-                MHD_resume_connection(req->conn);
+    if (c->state == C_LINGER) {
+        linger_read(c);
+    } else {
+        if (events & EPOLLOUT)
+            conn_flush(c); /* conn_process tells a paused producer */
+        if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+            enum read_result r =
+                conn_read(c, c->state == C_BODY ? IN_BODY_MAX : o->max_header);
+            /* A request in flight whose client is gone (or stays silent past its buffer while
+             * its socket reports a hang-up) is aborted: the producer stops at once. */
+            if (r == READ_EOF ||
+                (r == READ_FULL && (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)))) {
+                if (c->req != NULL && c->state == C_BUSY && !c->req->finished)
+                    SVC_LOG_DEBUG(c->req->id, "http",
+                                  "client closed the connection while the reply was pending");
+                c->dead = 1;
             }
-        MHD_stop_daemon(slot->d);
+        }
     }
-    svc_io_del(&slot->io);
-    svc_timer_destroy(&slot->timer);
-    free(slot);
-    *slotp = NULL;
+    conn_process(c);
 }
 
-/* Starts one more daemon in a loop; NULL when it cannot (the caller uses the others). */
-static struct daemon_slot *shard_grow(struct loop_shard *sh)
+static void on_conn_timer(void *data, struct svc_timer *t)
 {
-    struct daemon_slot *slot;
-    const union MHD_DaemonInfo *di;
+    struct conn *c = data;
 
-    if (sh->nslots == sh->capslots) {
-        unsigned cap = sh->capslots ? sh->capslots * 2 : 8;
-        struct daemon_slot **v = realloc(sh->slots, cap * sizeof(*v));
-        if (v == NULL)
-            return NULL;
-        sh->slots = v;
-        sh->capslots = cap;
+    (void)t;
+    if (c->state == C_LINGER) {
+        c->dead = 1; /* lingered long enough */
+    } else if (c->kick) {
+        c->kick = 0;
+    } else {
+        SVC_LOG_DEBUG(c->req != NULL ? c->req->id : NULL, "http",
+                      "connection from %s idle for %u s: closed", c->peer,
+                      c->sl->srv->opts.idle_timeout);
+        c->dead = 1;
     }
-    slot = calloc(1, sizeof(*slot));
-    if (slot == NULL)
-        return NULL;
-    slot->srv = sh->srv;
-    slot->shard = sh;
-    slot->loop = sh->loop;
-    slot->d =
-        start_daemon(slot, MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_NO_LISTEN_SOCKET, 1);
-    di = slot->d != NULL ? MHD_get_daemon_info(slot->d, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
-    if (di != NULL) {
-        if (svc_timer_create(&slot->timer, slot->loop, on_slot_timer, slot) == SVC_OK &&
-            svc_io_add(&slot->io, slot->loop, di->epoll_fd, EPOLLIN, on_slot_io, slot) != SVC_OK)
-            slot->io = NULL;
-    }
-    if (di == NULL || slot->timer == NULL || slot->io == NULL) {
-        slot_free(&slot);
-        return NULL;
-    }
-    sh->slots[sh->nslots++] = slot;
-    return slot;
+    conn_process(c);
 }
 
-/* The daemon a new connection goes to: the least loaded, or a new one when all are full. The
- * scan is over daemons (one per SHARD_CONNS connections), not connections. */
-static struct daemon_slot *shard_pick(struct loop_shard *sh)
+/* A new client connection on this loop. Closes fd when it cannot be taken. */
+static void conn_new(struct srv_loop *sl, int fd, const struct sockaddr *sa)
 {
-    struct daemon_slot *best = NULL, *grown;
+    struct conn *c = calloc(1, sizeof(*c));
+    int one = 1;
 
-    for (unsigned i = 0; i < sh->nslots; i++)
-        if (best == NULL || sh->slots[i]->conns < best->conns)
-            best = sh->slots[i];
-    if ((best == NULL || best->conns >= SHARD_CONNS) && sh->nslots < SHARD_MAX_DAEMONS &&
-        (grown = shard_grow(sh)) != NULL)
-        return grown;
-    return best;
+    if (c == NULL) {
+        close(fd);
+        return;
+    }
+    c->sl = sl;
+    c->fd = fd;
+    c->keepalive = 1;
+    svc_buf_init(&c->out, SVC_HTTP_STREAM_MAX_PENDING + OUT_SLACK);
+    conn_set_peer(c, sa);
+    /* replies and chunks go out as they are written, not held for Nagle's algorithm */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (svc_timer_create(&c->timer, sl->loop, on_conn_timer, c) != SVC_OK ||
+        svc_io_add(&c->io, sl->loop, fd, EPOLLIN | EPOLLRDHUP, on_conn_io, c) != SVC_OK) {
+        svc_timer_destroy(&c->timer);
+        close(fd);
+        free(c);
+        return;
+    }
+    c->events = EPOLLIN | EPOLLRDHUP;
+    c->next = sl->conns;
+    if (sl->conns != NULL)
+        sl->conns->prev = c;
+    sl->conns = c;
+    atomic_fetch_add(&sl->srv->conns, 1);
+    conn_arm(c);
 }
+
+/* ---- accepting ---- */
 
 static void on_accept(void *data, struct svc_io *io, int fd, uint32_t events);
 
 static void on_accept_pause(void *data, struct svc_timer *t)
 {
-    struct loop_shard *sh = data;
+    struct srv_loop *sl = data;
 
     (void)t;
-    if (sh->stopped || sh->accept_io != NULL)
+    if (sl->stopped || sl->accept_io != NULL)
         return;
-    if (svc_io_add(&sh->accept_io, sh->loop, sh->srv->listen_fd, EPOLLIN | EPOLLEXCLUSIVE,
-                   on_accept, sh) != SVC_OK &&
-        svc_timer_start(sh->accept_pause, ACCEPT_PAUSE_MS) != SVC_OK)
+    if (svc_io_add(&sl->accept_io, sl->loop, sl->srv->listen_fd, EPOLLIN | EPOLLEXCLUSIVE,
+                   on_accept, sl) != SVC_OK &&
+        svc_timer_start(sl->accept_pause, ACCEPT_PAUSE_MS) != SVC_OK)
         SVC_LOG_ERR(NULL, "http", "cannot watch the listening socket again");
 }
 
-/* Accepts up to ACCEPT_BATCH connections into this loop's daemons. Returns 1 when the batch was
- * full (more may be waiting), 0 when the backlog is empty or accepting failed. */
-static int accept_batch(struct loop_shard *sh)
+/* Accepts up to ACCEPT_BATCH connections into this loop. Returns 1 when the batch was full (more
+ * may be waiting), 0 when the backlog is empty or accepting failed. */
+static int accept_batch(struct srv_loop *sl)
 {
-    struct svc_http_server *srv = sh->srv;
+    struct svc_http_server *srv = sl->srv;
 
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         struct sockaddr_storage ss;
-        socklen_t sl = sizeof(ss);
-        struct daemon_slot *slot;
+        socklen_t slen = sizeof(ss);
         int cfd =
-            accept4(srv->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            accept4(srv->listen_fd, (struct sockaddr *)&ss, &slen, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
         if (cfd < 0) {
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 SVC_LOG_WARN(NULL, "http", "cannot accept a connection (%s): pausing for %d ms",
                              strerror(errno), ACCEPT_PAUSE_MS);
-                svc_io_del(&sh->accept_io);
-                if (svc_timer_start(sh->accept_pause, ACCEPT_PAUSE_MS) != SVC_OK)
+                svc_io_del(&sl->accept_io);
+                if (svc_timer_start(sl->accept_pause, ACCEPT_PAUSE_MS) != SVC_OK)
                     SVC_LOG_ERR(NULL, "http", "cannot schedule accepting again");
             }
             return 0; /* EAGAIN: another loop took it */
         }
-        if (atomic_load(&srv->conns) >= (long)srv->opts.max_connections ||
-            (slot = shard_pick(sh)) == NULL) {
+        if (atomic_load(&srv->conns) >= (long)srv->opts.max_connections) {
             SVC_LOG_WARN(NULL, "http", "connection refused: %ld open (HTTP_MAX_CONNECTIONS %u)",
                          atomic_load(&srv->conns), srv->opts.max_connections);
             close(cfd);
             continue;
         }
-        /* MHD closes the socket itself when it cannot take it. */
-        if (MHD_add_connection(slot->d, cfd, (struct sockaddr *)&ss, sl) != MHD_YES)
-            SVC_LOG_WARN(NULL, "http", "the HTTP daemon refused a connection: %s", strerror(errno));
-        else if (svc_timer_start(slot->timer, 0) != SVC_OK)
-            SVC_LOG_ERR(NULL, "http", "cannot schedule the daemon for a new connection");
+        conn_new(sl, cfd, (const struct sockaddr *)&ss);
     }
     return 1;
 }
@@ -1147,27 +1515,12 @@ static int listen_on(const char *addr, int *fd_out, int *port_out, char *err, si
 
 /* ---- server lifecycle ---- */
 
-static struct MHD_Daemon *start_daemon(struct daemon_slot *slot, unsigned flags, unsigned threads)
+static void *pool_thread(void *arg)
 {
-    struct svc_http_server *srv = slot->srv;
-    const struct svc_http_opts *o = &srv->opts;
-    struct MHD_OptionItem ops[] = {
-        {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, slot},
-        {slot->shard != NULL ? MHD_OPTION_NOTIFY_CONNECTION : MHD_OPTION_LISTEN_SOCKET,
-         slot->shard != NULL ? (intptr_t)on_connection : srv->listen_fd,
-         slot->shard != NULL ? slot : NULL},
-        {MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, srv},
-        {MHD_OPTION_CONNECTION_TIMEOUT, o->idle_timeout, NULL},
-        {MHD_OPTION_CONNECTION_LIMIT, o->max_connections, NULL},
-        {MHD_OPTION_CONNECTION_MEMORY_LIMIT, o->max_header, NULL},
-        {threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, threads, NULL},
-        {MHD_OPTION_END, 0, NULL},
-    };
+    struct srv_loop *sl = arg;
 
-    /* The logger must be the very first option, or MHD logs a complaint with its own logger. */
-    return MHD_start_daemon(flags | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_request, slot,
-                            MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, MHD_OPTION_ARRAY, ops,
-                            MHD_OPTION_END);
+    svc_loop_run(sl->loop);
+    return NULL;
 }
 
 int svc_http_server_create(struct svc_http_server **out, const struct svc_http_opts *opts,
@@ -1182,7 +1535,7 @@ int svc_http_server_create(struct svc_http_server **out, const struct svc_http_o
         return SVC_ENOMEM;
     srv->opts = *opts;
     if (srv->opts.max_header == 0)
-        srv->opts.max_header = 16 * 1024; /* also MHD's per-connection pool: resident per stream */
+        srv->opts.max_header = 16 * 1024;
     if (srv->opts.idle_timeout == 0)
         srv->opts.idle_timeout = 60;
     if (srv->opts.max_connections == 0)
@@ -1190,56 +1543,38 @@ int svc_http_server_create(struct svc_http_server **out, const struct svc_http_o
     srv->routes = routes;
     srv->nroutes = nroutes;
     srv->listen_fd = -1;
+    srv->pool = opts->mode == SVC_HTTP_POOL;
     rc = listen_on(opts->addr, &srv->listen_fd, &srv->port, err, errlen);
     if (rc != SVC_OK)
         goto fail;
-
-    if (opts->mode == SVC_HTTP_POOL) {
-        srv->pool_slot = calloc(1, sizeof(*srv->pool_slot));
-        if (srv->pool_slot == NULL) {
-            rc = SVC_ENOMEM;
-            goto fail;
-        }
-        srv->pool_slot->srv = srv;
-        /* poll(), not epoll: MHD 0.9.75's MHD_quiesce_daemon() races its own epoll workers for
-         * the listening socket (both remove it from the epoll set; the loser aborts the process
-         * with "Failed to remove listen FD from epoll set"). With poll() quiescing goes through
-         * the ITC and there is no set to race for. These daemons serve few, long-lived
-         * connections (admin, auth, billing), where poll() costs nothing measurable. */
-        srv->pool_slot->d = start_daemon(srv->pool_slot, MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ITC,
-                                         opts->threads ? opts->threads : 2);
-        if (srv->pool_slot->d == NULL) {
-            snprintf(err, errlen, "cannot start the HTTP daemon on %s", opts->addr);
-            rc = SVC_EIO;
-            goto fail;
-        }
-        *out = srv;
-        return SVC_OK;
-    }
-    srv->shards = calloc(opts->nloops, sizeof(*srv->shards));
-    if (srv->shards == NULL) {
+    srv->nloops = srv->pool ? (opts->threads ? opts->threads : 2) : opts->nloops;
+    srv->loops = calloc(srv->nloops, sizeof(*srv->loops));
+    if (srv->loops == NULL) {
         rc = SVC_ENOMEM;
         goto fail;
     }
-    srv->nshards = opts->nloops;
-    for (unsigned i = 0; i < srv->nshards; i++) {
-        struct loop_shard *sh = &srv->shards[i];
-        sh->srv = srv;
-        sh->loop = opts->loops[i];
-        /* Every loop accepts; EPOLLEXCLUSIVE wakes one of them per new connection. The first
-         * daemon is started here so that a daemon that cannot start fails the start. */
-        if (svc_timer_create(&sh->accept_pause, sh->loop, on_accept_pause, sh) != SVC_OK ||
-            svc_timer_create(&sh->watch_timer, sh->loop, on_watch_due, sh) != SVC_OK ||
-            shard_grow(sh) == NULL ||
-            svc_io_add(&sh->accept_io, sh->loop, srv->listen_fd, EPOLLIN | EPOLLEXCLUSIVE,
-                       on_accept, sh) != SVC_OK) {
-            snprintf(err, errlen, "cannot start the HTTP daemon on %s", opts->addr);
-            rc = SVC_EIO;
-            goto fail;
-        }
+    for (unsigned i = 0; i < srv->nloops; i++) {
+        struct srv_loop *sl = &srv->loops[i];
+        sl->srv = srv;
+        if (srv->pool ? svc_loop_create(&sl->loop) != SVC_OK : (sl->loop = opts->loops[i]) == NULL)
+            goto fail_loop;
+        /* Every loop accepts; EPOLLEXCLUSIVE wakes one of them per new connection. */
+        if (svc_timer_create(&sl->accept_pause, sl->loop, on_accept_pause, sl) != SVC_OK ||
+            svc_io_add(&sl->accept_io, sl->loop, srv->listen_fd, EPOLLIN | EPOLLEXCLUSIVE,
+                       on_accept, sl) != SVC_OK)
+            goto fail_loop;
+    }
+    for (unsigned i = 0; srv->pool && i < srv->nloops; i++) {
+        struct srv_loop *sl = &srv->loops[i];
+        if (pthread_create(&sl->thread, NULL, pool_thread, sl) != 0)
+            goto fail_loop;
+        sl->thread_started = 1;
     }
     *out = srv;
     return SVC_OK;
+fail_loop:
+    snprintf(err, errlen, "cannot start serving HTTP on %s", opts->addr);
+    rc = SVC_EIO;
 fail:
     svc_http_server_destroy(&srv);
     return rc;
@@ -1262,12 +1597,7 @@ unsigned long svc_http_server_started(const struct svc_http_server *srv)
 
 long svc_http_server_connections(const struct svc_http_server *srv)
 {
-    const union MHD_DaemonInfo *di;
-
-    if (srv->pool_slot == NULL)
-        return atomic_load(&srv->conns);
-    di = MHD_get_daemon_info(srv->pool_slot->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
-    return di != NULL ? (long)di->num_connections : -1;
+    return atomic_load(&srv->conns);
 }
 
 /*
@@ -1285,72 +1615,60 @@ static void shut_listener(struct svc_http_server *srv)
 
 /* Stops accepting on one loop (on that loop's thread: the watcher is its); the first loop to
  * get here takes the backlog and shuts the listener. */
-static void quiesce_shard(void *data, struct svc_loop *loop)
+static void quiesce_loop(void *data, struct svc_loop *loop)
 {
-    struct loop_shard *sh = data;
+    struct srv_loop *sl = data;
 
     (void)loop;
-    sh->stopped = 1;
-    svc_timer_stop(sh->accept_pause);
-    svc_io_del(&sh->accept_io);
-    if (!atomic_exchange(&sh->srv->listener_shut, 1)) {
-        while (accept_batch(sh))
+    sl->stopped = 1;
+    svc_timer_stop(sl->accept_pause);
+    svc_io_del(&sl->accept_io);
+    if (!atomic_exchange(&sl->srv->listener_shut, 1)) {
+        while (accept_batch(sl))
             ;
-        shut_listener(sh->srv);
+        shut_listener(sl->srv);
     }
-}
-
-/* POOL mode: MHD no longer accepts (quiesced); the backlog goes to it by hand. */
-static void quiesce_pool(struct svc_http_server *srv)
-{
-    struct MHD_Daemon *d = srv->pool_slot->d;
-
-    MHD_quiesce_daemon(d);
-    for (;;) {
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof(ss);
-        int cfd =
-            accept4(srv->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-
-        if (cfd < 0)
-            break;
-        if (MHD_add_connection(d, cfd, (struct sockaddr *)&ss, sl) != MHD_YES)
-            SVC_LOG_WARN(NULL, "http", "the HTTP daemon refused a connection: %s", strerror(errno));
-    }
-    atomic_store(&srv->listener_shut, 1);
-    shut_listener(srv);
+    atomic_fetch_add(&sl->srv->loops_quiesced, 1);
 }
 
 /* Ends every request of one loop as if its client had left (on that loop's thread). */
-static void abort_shard(void *data, struct svc_loop *loop)
+static void abort_loop(void *data, struct svc_loop *loop)
 {
-    struct loop_shard *sh = data;
+    struct srv_loop *sl = data;
+    struct conn *c = sl->conns, *next;
 
     (void)loop;
-    for (unsigned i = 0; i < sh->nslots; i++)
-        for (struct svc_req *req = sh->slots[i]->live; req != NULL; req = req->lnext) {
-            watch_stop(req);
-            req_abort(req);
-            req_resume(req); /* MHD ends it: the stream reader and on_request see it aborted */
-        }
+    for (; c != NULL; c = next) {
+        next = c->next;
+        if (c->req != NULL && c->state == C_BUSY && !c->req->finished)
+            conn_close(c);
+    }
 }
 
 void svc_http_server_abort_all(struct svc_http_server *srv)
 {
-    for (unsigned i = 0; i < srv->nshards; i++)
-        if (svc_loop_post(srv->shards[i].loop, abort_shard, &srv->shards[i]) != SVC_OK)
+    for (unsigned i = 0; !srv->pool && i < srv->nloops; i++)
+        if (svc_loop_post(srv->loops[i].loop, abort_loop, &srv->loops[i]) != SVC_OK)
             SVC_LOG_ERR(NULL, "http", "cannot end the requests of loop %u", i);
 }
 
 void svc_http_server_quiesce(struct svc_http_server *srv)
 {
+    unsigned posted = 0;
+
     if (atomic_exchange(&srv->quiesced, 1))
         return;
-    if (srv->pool_slot != NULL && srv->pool_slot->d != NULL)
-        quiesce_pool(srv);
-    for (unsigned i = 0; i < srv->nshards; i++)
-        if (svc_loop_post(srv->shards[i].loop, quiesce_shard, &srv->shards[i]) != SVC_OK)
+    for (unsigned i = 0; i < srv->nloops; i++) {
+        if (svc_loop_post(srv->loops[i].loop, quiesce_loop, &srv->loops[i]) != SVC_OK)
             SVC_LOG_ERR(NULL, "http", "cannot stop accepting on loop %u", i);
+        else
+            posted++;
+    }
+    /* The caller (the drain) counts on no connection being accepted from here on: wait for the
+     * loops to take it, for at most QUIESCE_WAIT_MS (a loop busy in a slow handler). */
+    for (unsigned ms = 0; ms < QUIESCE_WAIT_MS && atomic_load(&srv->loops_quiesced) < posted;
+         ms++)
+        usleep(1000);
 }
 
 void svc_http_server_destroy(struct svc_http_server **srvp)
@@ -1359,17 +1677,24 @@ void svc_http_server_destroy(struct svc_http_server **srvp)
 
     if (srv == NULL)
         return;
-    slot_free(&srv->pool_slot);
-    for (unsigned i = 0; srv->shards != NULL && i < srv->nshards; i++) {
-        struct loop_shard *sh = &srv->shards[i];
-        svc_io_del(&sh->accept_io);
-        svc_timer_destroy(&sh->accept_pause);
-        svc_timer_destroy(&sh->watch_timer);
-        for (unsigned j = 0; j < sh->nslots; j++)
-            slot_free(&sh->slots[j]);
-        free(sh->slots);
+    for (unsigned i = 0; srv->loops != NULL && i < srv->nloops; i++)
+        if (srv->loops[i].thread_started)
+            svc_loop_stop(srv->loops[i].loop);
+    for (unsigned i = 0; srv->loops != NULL && i < srv->nloops; i++)
+        if (srv->loops[i].thread_started)
+            pthread_join(srv->loops[i].thread, NULL);
+    /* The loops no longer run: what is still open is closed here, its requests ended as if
+     * their clients had left. */
+    for (unsigned i = 0; srv->loops != NULL && i < srv->nloops; i++) {
+        struct srv_loop *sl = &srv->loops[i];
+        while (sl->conns != NULL)
+            conn_close(sl->conns);
+        svc_io_del(&sl->accept_io);
+        svc_timer_destroy(&sl->accept_pause);
+        if (srv->pool)
+            svc_loop_destroy(&sl->loop);
     }
-    free(srv->shards);
+    free(srv->loops);
     if (srv->listen_fd >= 0)
         close(srv->listen_fd);
     free(srv);

@@ -66,7 +66,7 @@ int svc_rpc_sign(const char *method, const char *path, const void *body, size_t 
     if (rpc_secret_len == 0)
         return SVC_EINVAL;
     /* The body enters as its hash, so the MAC input is small and its fields unambiguous: none of
-     * them can hold a newline (method and path are checked by MHD, the rest is hex or digits). */
+     * them can hold a newline (method and path are checked by the HTTP parser, the rest is hex or digits). */
     crypto_hash_sha256(digest, body != NULL ? body : (const void *)"", len);
     sodium_bin2hex(digest_hex, sizeof(digest_hex), digest, sizeof(digest));
     snprintf(ts, sizeof(ts), "%lld", timestamp);

@@ -1,6 +1,6 @@
 /*
- * chatweb-chat: the ChatGPT Web API. One event loop per core (WORKERS), each with its own MHD
- * daemon on the shared listening socket, libcurl multi and Redis connection; see chat.h.
+ * chatweb-chat: the ChatGPT Web API. One event loop per core (WORKERS), each accepting on the
+ * shared listening socket, with its own libcurl multi and Redis connection; see chat.h.
  *
  * Routes on HTTP_ADDR:
  *   POST /api/chat-process   streamed reply (turn.c)

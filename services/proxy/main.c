@@ -1,6 +1,6 @@
 /*
  * chatweb-proxy: the metered OpenAI-compatible API under /v1 (v1.c, docs/proxy.md). One event
- * loop per core (WORKERS), each with its own MHD daemon on the shared listening socket, libcurl
+ * loop per core (WORKERS), each accepting on the shared listening socket, with its own libcurl
  * multis, Redis connection and meter loop; see proxy.h.
  */
 #include <pthread.h>

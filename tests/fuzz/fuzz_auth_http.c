@@ -156,22 +156,6 @@ static void basic(const char *user, const char *pw, char *out, size_t outlen)
                       sodium_base64_VARIANT_ORIGINAL);
 }
 
-/*
- * KNOWN BUG (common/http.c, not fixed yet): libmicrohttpd 0.9.75 refuses a Cookie it cannot
- * parse (`Cookie: a="`) before any route runs, with its own HTML 431 page, and may close the
- * connection before the client read it (the client then sees a reset). Tolerated unless
- * CHATWEB_KNOWN_BUGS; reproducers in known_bugs/.
- */
-static int cookie_known_bug(int had_cookie)
-{
-#ifdef CHATWEB_KNOWN_BUGS
-    (void)had_cookie;
-    return 0;
-#else
-    return had_cookie;
-#endif
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static int ready;
@@ -217,7 +201,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ADD("Origin: %s\r\n", fz_header_value(f[2], fl[2], v, sizeof(v)));
 #undef ADD
     fz_http_do(method, t->path, hdrs, f[3], fl[3], &r);
-    if (r.reset && fl[3] <= MAX_BODY && !cookie_known_bug(flags & F_COOKIE))
+    if (r.reset && fl[3] <= MAX_BODY)
         fz_fail("connection closed without a reply", method, t->path, &r);
     if (r.status != 0) {
         if (t->rpc_out != NULL) {
@@ -225,10 +209,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else {
             if (r.status >= 500 && r.status != 503)
                 fz_fail("server error", method, t->path, &r);
-            if (r.status == 431 && cookie_known_bug(flags & F_COOKIE)) {
-                fz_resp_deinit(&r);
-                return 0;
-            }
             if (!fz_is_envelope(&r))
                 fz_fail("not the {status, message} envelope", method, t->path, &r);
         }

@@ -144,23 +144,6 @@ static void setup(void)
     }
 }
 
-/*
- * KNOWN BUG (common/http.c, not fixed yet): libmicrohttpd 0.9.75 refuses a Cookie it cannot
- * parse (`Cookie: a="`, or many commas) before any route runs, with its own HTML 431 page; in
- * LOOPS mode it often closes the connection before the client read that page, so the client
- * sees a reset and no reply at all. Tolerated unless CHATWEB_KNOWN_BUGS; reproducers in
- * known_bugs/chat_http/.
- */
-static int cookie_known_bug(int had_cookie)
-{
-#ifdef CHATWEB_KNOWN_BUGS
-    (void)had_cookie;
-    return 0;
-#else
-    return had_cookie;
-#endif
-}
-
 /* 1 when the body is a chat stream: lines of JSON objects with a string "text" and "id". */
 static int chat_stream(const struct fz_resp *r)
 {
@@ -221,7 +204,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ADD("Content-Type: application/json\r\n");
 #undef ADD
     fz_http_do(method, path, hdrs, f[3], fl[3], &r);
-    if (r.reset && fl[3] <= MAX_BODY && !cookie_known_bug(flags & F_COOKIE))
+    if (r.reset && fl[3] <= MAX_BODY)
         fz_fail("connection closed without a reply", method, path, &r);
     if (r.status != 0) {
         if (r.status >= 500 && r.status != 503)
@@ -232,8 +215,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else if (strncmp(r.content_type, "application/octet-stream", 24) == 0) {
             if (r.status != 200 || !chat_stream(&r))
                 fz_fail("not a chat stream", method, path, &r);
-        } else if (r.status == 431 && cookie_known_bug(flags & F_COOKIE)) {
-            /* tolerated, see cookie_known_bug */
         } else if (!fz_is_envelope(&r)) {
             fz_fail("not the {status, message} envelope", method, path, &r);
         }

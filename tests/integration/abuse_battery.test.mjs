@@ -278,16 +278,13 @@ describe('bad input and abuse through the ingress', () => {
         ['/accounts', { opskey: OPS_KEY }], ['/v1/chat/completions', {}]];
     const shapeProblem = (p, r) => (p.startsWith('/v1/') ? openaiProblem(r) : envelopeProblem(r));
 
-    // A header block over a service's HTTP_MAX_HEADER (16 KiB, less ~64 bytes a line) in lines
-    // nginx passes one by one (a ~20 KiB block, or 300 short lines) reaches the service, whose
-    // libmicrohttpd answers its own HTML 431. nginx's own limit stays 4 x 8 KiB: a lower one would
-    // refuse browsers' large cookie jars, of which the ingress passes on only two cookies.
-    // libmicrohttpd answers those with its own HTML 431 before any route runs; the ingress
-    // replaces that answer, and only that one (deploy/local/nginx.conf.tmpl, "Answers nginx
-    // replaces"): the services' own JSON errors pass as they were sent (the next case).
+    // A header block over a service's HTTP_MAX_HEADER (16 KiB) in lines nginx passes one by one
+    // (300 lines of ~70 bytes, about 21 KiB) reaches the service, which answers 431 in the
+    // route's shape (common/http.c). nginx's own limit stays 4 x 8 KiB: a lower one would refuse
+    // browsers' large cookie jars, of which the ingress passes on only two cookies.
     it('a header block over the services\' limit is answered in the route\'s shape', async () => {
         const headers = {};
-        for (let i = 0; i < 300; i++) headers[`x-l${i}`] = 'v';
+        for (let i = 0; i < 300; i++) headers[`x-l${i}`] = 'v'.repeat(60);
         const bad = [];
         for (const [p, hs] of SHAPED) {
             for (const body of ['{}', '']) {

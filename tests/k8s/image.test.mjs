@@ -75,7 +75,7 @@ describe('the staged tree', () => {
         for (const s of ['auth', 'billing', 'chat', 'proxy'])
             assert.ok(fs.statSync(path.join(dest, `usr/local/bin/chatweb-${s}`)).mode & 0o111);
         const pkgs = fs.readFileSync(path.join(dest, 'usr/share/chatweb/runtime-packages'), 'utf8').trim().split('\n');
-        for (const p of ['libhiredis0.14', 'libmicrohttpd12', 'libcurl4', 'libmariadb3', 'libsodium23'])
+        for (const p of ['libhiredis0.14', 'libcurl4', 'libmariadb3', 'libsodium23'])
             assert.ok(pkgs.includes(p), `${p} in ${pkgs.join(' ')}`);
         assert.ok(!pkgs.includes('libc6'));
         const web = fs.existsSync(path.join(ROOT, 'web/dist/index.html')) ? 'web/dist' : 'deploy/local/www';

@@ -2,16 +2,16 @@
  * Unit tests of svc/http.h in LOOPS mode and of svc/fetch.h's per-host queue, with real sockets:
  * a server loop in its own thread, the client (svc_fetch) on a loop in the main thread.
  *
- *  - many streams at once: STREAMS requests are all open and suspended together (more than one
- *    daemon's worth: common/http.c shards a loop's connections over daemons of at most
- *    SHARD_CONNS), then every stream is written and resumed ROUNDS times and ended; a tenth of
- *    them are cancelled by the client after their first piece. Every other stream must receive
+ *  - many streams at once: STREAMS requests are all open and waiting together, then every
+ *    stream is written ROUNDS times and ended; a tenth of them are cancelled by the client after
+ *    their first piece. Every other stream must receive
  *    exactly its pieces in order, and the server must see every cancelled one end.
  *  - out of descriptors: a connection that arrives while accept4 fails with EMFILE is served once
  *    descriptors free up (the loop pauses accepting instead of spinning on a readable socket).
- *  - a stream ended before its head goes out is sent whole (Content-Length, not chunked).
+ *  - a stream ended before its head goes out is sent whole (Content-Length, not chunked); a
+ *    stream's chunks are framed for HTTP/1.1 and sent bare to an HTTP/1.0 client.
  *  - a drain: new connects refused, one more request on a keep-alive connection answered with
- *    Connection: close, a connection made before the drain served; a request still suspended
+ *    Connection: close, a connection made before the drain served; a request still waiting
  *    when the server is destroyed is aborted, not a crash.
  *  - the per-host cap: QUEUED buffered calls through a multi capped at CAP connections per host
  *    all complete, the server never has more than CAP requests at once, calls cancelled while
@@ -110,7 +110,7 @@ static int h_stream(void *ctx, struct svc_req *req)
     svc_req_on_abort(req, on_s_abort, s);
     svc_req_set_cleanup(req, on_s_cleanup, s);
     T_EQ_INT(svc_req_stream_start(req, 200, "text/plain"), SVC_OK);
-    /* every stream is open, with nothing to send (suspended), before the first piece */
+    /* every stream is open, with nothing to send (waiting), before the first piece */
     if (nsstreams == STREAMS) {
         nsstreams = STREAMS;
         T_EQ_INT(svc_timer_start(round_timer, 50), SVC_OK);
@@ -154,6 +154,41 @@ static int h_whole(void *ctx, struct svc_req *req)
     return SVC_HTTP_DONE;
 }
 
+/* GET /tick: a stream whose head goes out first, then "a" and "b" 10 ms apart, then its end. */
+struct tick {
+    struct svc_req *req;
+    int n;
+};
+
+static void on_tick(void *data, struct svc_timer *t)
+{
+    struct tick *k = data;
+
+    if (k->n < 2) {
+        T_EQ_INT(svc_req_stream_write(k->req, k->n == 0 ? "a" : "b", 1), SVC_OK);
+        k->n++;
+        T_EQ_INT(svc_timer_start(t, 10), SVC_OK);
+        return;
+    }
+    T_EQ_INT(svc_req_stream_end(k->req), SVC_OK);
+    svc_timer_destroy(&t);
+    free(k);
+}
+
+static int h_tick(void *ctx, struct svc_req *req)
+{
+    struct tick *k = calloc(1, sizeof(*k));
+    struct svc_timer *t = NULL;
+
+    (void)ctx;
+    T_ASSERT(k != NULL);
+    k->req = req;
+    T_EQ_INT(svc_timer_create(&t, sloop, on_tick, k), SVC_OK);
+    T_EQ_INT(svc_req_stream_start(req, 200, "text/plain"), SVC_OK);
+    T_EQ_INT(svc_timer_start(t, 10), SVC_OK);
+    return SVC_HTTP_DONE;
+}
+
 /* Never answered: in flight when the server is destroyed (after the drain deadline). */
 static int hang_aborted, hang_sent;
 
@@ -175,6 +210,7 @@ static const struct svc_http_route routes[] = {
     {"GET", "/hang", h_hang, NULL, SVC_HTTP_STYLE_TEXT, 0},
     {"GET", "/stream", h_stream, NULL, SVC_HTTP_STYLE_TEXT, 0},
     {"GET", "/whole", h_whole, NULL, SVC_HTTP_STYLE_TEXT, 0},
+    {"GET", "/tick", h_tick, NULL, SVC_HTTP_STYLE_TEXT, 0},
     {"GET", "/slow/*", h_slow, NULL, SVC_HTTP_STYLE_TEXT, 0},
 };
 
@@ -457,6 +493,48 @@ static void test_stream_sent_whole(int port)
     T_EQ_INT((int)svc_http_queued(), 0);
 }
 
+static int raw_connect(int port);
+
+/* Reads c until the server closes it. */
+static size_t read_all(int c, char *buf, size_t cap)
+{
+    size_t got = 0;
+    ssize_t n;
+
+    while (got < cap - 1 && (n = recv(c, buf + got, cap - 1 - got, 0)) > 0)
+        got += (size_t)n;
+    buf[got] = '\0';
+    return got;
+}
+
+/* A stream's chunks go out as they are written, framed for HTTP/1.1; an HTTP/1.0 client gets
+ * the bytes as they are, and the connection's end ends the reply. */
+static void test_stream_framing(int port)
+{
+    static const char req11[] = "GET /tick HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    static const char req10[] = "GET /tick HTTP/1.0\r\n\r\n";
+    char buf[2048];
+    int c = raw_connect(port);
+
+    T_ASSERT(c >= 0);
+    T_EQ_INT((int)send(c, req11, sizeof(req11) - 1, MSG_NOSIGNAL), (int)sizeof(req11) - 1);
+    read_all(c, buf, sizeof(buf));
+    close(c);
+    T_ASSERT(strncmp(buf, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    T_ASSERT(strcasestr(buf, "Transfer-Encoding: chunked\r\n") != NULL);
+    T_ASSERT(strstr(buf, "\r\n\r\n1\r\na\r\n1\r\nb\r\n0\r\n\r\n") != NULL);
+
+    c = raw_connect(port);
+    T_ASSERT(c >= 0);
+    T_EQ_INT((int)send(c, req10, sizeof(req10) - 1, MSG_NOSIGNAL), (int)sizeof(req10) - 1);
+    read_all(c, buf, sizeof(buf));
+    close(c);
+    T_ASSERT(strncmp(buf, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    T_ASSERT(strcasestr(buf, "Transfer-Encoding") == NULL && strcasestr(buf, "Content-Length") == NULL);
+    T_ASSERT(strcasestr(buf, "Connection: close\r\n") != NULL);
+    T_ASSERT(strlen(buf) > 4 && strcmp(buf + strlen(buf) - 6, "\r\n\r\nab") == 0);
+}
+
 static struct svc_http_server *drained_srv;
 static int hung_client = -1; /* test_hang_at_exit's connection */
 
@@ -537,8 +615,8 @@ static void test_drain(int port)
 }
 
 /* A request still in flight when the drain gives up (made before the drain: a connection made
- * now is refused) is held suspended; main() destroys the server with it (libmicrohttpd aborts the
- * process on a suspended connection unless it is resumed first) and checks it was aborted. */
+ * now is refused) is left waiting; main() destroys the server with it and checks that its abort
+ * callback ran (the request ended as if its client had left, not freed under its owner). */
 static void test_hang_at_exit(int port)
 {
     static const char req[] = "GET /hang HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -581,6 +659,7 @@ int main(void)
     T_RUN_ARG(test_host_queue, svc_http_server_port(srv));
     T_RUN_ARG(test_emfile_recovers, svc_http_server_port(srv));
     T_RUN_ARG(test_stream_sent_whole, svc_http_server_port(srv));
+    T_RUN_ARG(test_stream_framing, svc_http_server_port(srv));
     drained_srv = srv;
     T_RUN_ARG(test_drain, svc_http_server_port(srv));
     T_RUN_ARG(test_hang_at_exit, svc_http_server_port(srv));

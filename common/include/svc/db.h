@@ -140,7 +140,7 @@ SVC_MUST_CHECK int svc_db_ping(struct svc_db *db);
 
 /*
  * Per-thread cleanup for the MariaDB client library (mysql_thread_end). Call it in every thread
- * that used a connection, just before the thread exits (for MHD's pool: in a thread-exit hook).
+ * that used a connection, just before the thread exits (for the HTTP server's pool threads: in a thread-exit hook).
  * Harmless to call from any thread, also when only SQLite is used.
  */
 void svc_db_thread_end(void);

@@ -6,23 +6,22 @@
 #include "svc/err.h"
 
 /*
- * The HTTP server, on libmicrohttpd (MHD stays hidden behind this header).
- *
- * Two modes:
+ * The HTTP/1.1 server, on our own event loop (common/http.c; the request parser is
+ * common/http_parse.c). Two modes, one code:
  *  - SVC_HTTP_LOOPS, for the streaming services (chat, proxy): every event loop accepts on one
- *    shared listening socket and spreads its connections over MHD daemons of its own (at most
- *    about 128 connections each, started as needed; MHD's external epoll mode), so the cost of a
- *    request does not grow with the number of open connections. Handlers run
- *    on the loop thread, must never block, and may answer later (SVC_HTTP_ASYNC): the connection is
- *    suspended meanwhile and costs no thread. While a request is suspended its socket is watched
- *    for EPOLLRDHUP so a client that goes away is seen at once (MHD itself does not look at
- *    suspended connections), and the handler's abort callback runs.
- *  - SVC_HTTP_POOL, for request/response services (auth, billing): MHD's own thread pool; handlers
- *    may block (SQL, password hashing) and must answer before returning.
+ *    shared listening socket and serves the connections it accepted. Handlers run on the loop
+ *    thread, must never block, and may answer later (SVC_HTTP_ASYNC): the connection then costs
+ *    no thread and no CPU, and its socket stays watched, so a client that goes away is seen at
+ *    once and the handler's abort callback runs. A stream's chunks are written to the socket as
+ *    they come; nothing walks the open connections.
+ *  - SVC_HTTP_POOL, for request/response services (auth, billing): the same server on threads of
+ *    its own (one loop each); handlers may block (SQL, password hashing) and must answer before
+ *    returning.
  *
- * Limits: request body (413), header block (431, MHD's memory limit), idle connection timeout,
- * connection count. Every request gets an id (X-Request-Id from the ingress when it is sane,
- * otherwise a fresh one), echoed in the response.
+ * Limits: request body (413), request head (431), idle connection timeout, connection count.
+ * Malformed or ambiguous heads are refused (400, 501, 505) and the connection closed. Every
+ * request gets an id (X-Request-Id from the ingress when it is sane, otherwise a fresh one),
+ * echoed in the response.
  */
 
 struct svc_loop;
@@ -112,7 +111,7 @@ long svc_http_server_inflight(const struct svc_http_server *srv);
 /* Requests begun since the server started (all threads). */
 unsigned long svc_http_server_started(const struct svc_http_server *srv);
 
-/* Client connections open now (all threads); -1 when libmicrohttpd cannot tell. */
+/* Client connections open now (all threads). */
 long svc_http_server_connections(const struct svc_http_server *srv);
 
 /* Stops the server. In LOOPS mode the loops must no longer be running. Accepts NULL. */
@@ -131,8 +130,8 @@ const char *svc_req_peer_ip(const struct svc_req *req);
 const char *svc_req_header(const struct svc_req *req, const char *name); /* NULL when absent */
 const char *svc_req_query(const struct svc_req *req, const char *name);  /* NULL when absent */
 /* The query arguments again as a query string ("?a=1&b=x%20y", or "" without any), in their
- * order, percent-encoding all but RFC 3986's unreserved characters (libmicrohttpd keeps only
- * the decoded arguments, so the client's own encoding is not kept byte for byte). Returns
+ * order, percent-encoding all but RFC 3986's unreserved characters (the server keeps only the
+ * decoded arguments, so the client's own encoding is not kept byte for byte). Returns
  * SVC_OK or SVC_ETOOLARGE when it does not fit in len bytes with its NUL. */
 int svc_req_query_string(const struct svc_req *req, char *buf, size_t len) SVC_MUST_CHECK;
 const char *svc_req_body(const struct svc_req *req, size_t *len);        /* NUL-terminated */

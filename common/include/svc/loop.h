@@ -9,7 +9,7 @@
  * The event loop: one epoll instance and one thread (libuv's loop, much smaller).
  *
  * The streaming services run one loop per core. Everything a stream touches lives on its loop:
- * the HTTP connections of that loop's libmicrohttpd daemon, the libcurl multi handle for upstream
+ * the HTTP connections that loop accepted, the libcurl multi handle for upstream
  * and RPC calls, the async Redis connection. So the streaming path needs no locks; only
  * svc_loop_post() and svc_loop_stop() may be called from other threads.
  *

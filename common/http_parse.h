@@ -1,0 +1,75 @@
+#ifndef SVC_HTTP_PARSE_H
+#define SVC_HTTP_PARSE_H
+
+/*
+ * The HTTP/1.x request parser of the server (common/http.c): the request head and the chunked
+ * body coding. Pure functions on buffers, no I/O, so they can be fuzzed on their own
+ * (tests/fuzz/fuzz_http_request.c). Internal to common/; not a public header.
+ *
+ * Strict where a lax reading could let two parsers disagree about where a request ends (RFC 9112
+ * section 11.2): folded header lines, a space before a header's colon, control bytes, a bad
+ * Content-Length or two of them, Transfer-Encoding other than "chunked" are refused. Lenient
+ * where nothing can be smuggled: a bare LF ends a line, as in nginx.
+ */
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct svc__http_field {
+    const char *name; /* header name as sent (compare without case), or query key (decoded) */
+    const char *value; /* value with surrounding spaces removed; NULL for a query key alone */
+};
+
+struct svc__http_head {
+    const char *method;
+    const char *path;  /* percent-decoded, without the query */
+    int minor;         /* HTTP/1.<minor>: 0 or 1 */
+    struct svc__http_field *headers; /* in the caller's array, in the order sent */
+    unsigned nheaders;
+    struct svc__http_field *args; /* the query's arguments, decoded ('+' is a space) */
+    unsigned nargs;
+};
+
+/*
+ * The length of the request head at the start of buf (up to and including its blank line), or 0
+ * when the blank line has not arrived yet. Empty lines before the request line (RFC 9112 2.2)
+ * belong to the head.
+ */
+size_t svc__http_head_len(const char *buf, size_t len);
+
+/*
+ * Parses the head in buf[0..len) (len from svc__http_head_len), in place: NULs and decoded bytes
+ * are written into buf, and h's strings point into it. headers has room for max_headers entries,
+ * args for max_args. Returns 0, or the HTTP status to answer: 400 (malformed), 414 (more than
+ * max_args query arguments), 431 (more than max_headers header lines), 505 (not HTTP/1.x).
+ */
+int svc__http_parse_head(char *buf, size_t len, struct svc__http_head *h,
+                         struct svc__http_field *headers, unsigned max_headers,
+                         struct svc__http_field *args, unsigned max_args);
+
+/* The number of query arguments the request line at the start of buf names: 1 + its '&'s, 0
+ * without a query. For sizing the args array before parsing. */
+unsigned svc__http_count_args(const char *buf, size_t len);
+
+/* The number of lines in buf[0..len): enough header entries for svc__http_parse_head. */
+unsigned svc__http_count_lines(const char *buf, size_t len);
+
+/* A chunked body being decoded (RFC 9112 section 7.1). Zero-initialise to start. */
+struct svc__http_chunked {
+    int state;
+    uint64_t left;    /* bytes of the current chunk (or of a line's budget) still to come */
+    unsigned digits;  /* hex digits of the size line so far */
+    unsigned linelen; /* bytes of the current extension or trailer line */
+    size_t trailers;  /* bytes of trailer fields so far */
+};
+
+/*
+ * Decodes buf[0..len) in place: the chunk data found is moved to the start of buf. Returns the
+ * number of data bytes placed there (>= 0) and sets *used to the input bytes consumed and *done
+ * to 1 once the last chunk and the trailers ended (the bytes after them are not consumed); -1 on
+ * a malformed coding (the request is answered 400).
+ */
+long svc__http_chunked_decode(struct svc__http_chunked *c, char *buf, size_t len, size_t *used,
+                              int *done);
+
+#endif
