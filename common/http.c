@@ -630,6 +630,24 @@ int svc_req_error(struct svc_req *req, int status, const char *message)
 
 /* ---- streaming ---- */
 
+/* Writes a chunk's size line ("1a2\r\n") into out (20 bytes or more); returns its length. Once
+ * per chunk, so not snprintf. */
+static size_t chunk_size_line(char *out, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    char tmp[16];
+    size_t n = 0, i = 0;
+
+    do
+        tmp[n++] = hex[len & 15];
+    while ((len >>= 4) != 0);
+    while (n > 0)
+        out[i++] = tmp[--n];
+    out[i++] = '\r';
+    out[i++] = '\n';
+    return i;
+}
+
 /*
  * A stream's head is written when the loop next runs (or when its handler returns), not by
  * svc_req_stream_start: the bytes written in between go out with it, and a stream that has
@@ -650,8 +668,7 @@ static int stream_head_write(struct conn *c, struct svc_req *req)
                   req->stream_ended ? (long long)early.len : -1);
     if (rc == SVC_OK && early.len > 0 && !req->head_only) {
         if (!req->stream_ended && !c->http10) {
-            snprintf(size, sizeof(size), "%zx\r\n", early.len);
-            rc = out_str(c, size);
+            rc = out_put(c, size, chunk_size_line(size, early.len));
         }
         rc = rc != SVC_OK ? rc : out_put(c, early.data, early.len);
         if (!req->stream_ended && !c->http10)
@@ -682,29 +699,32 @@ int svc_req_stream_start(struct svc_req *req, int status, const char *content_ty
     return SVC_OK;
 }
 
-/* Writes one chunk straight to the socket when nothing waits before it (the common case: one
- * send per chunk, nothing copied); what the socket does not take is queued. */
-static int chunk_write(struct conn *c, const void *data, size_t len)
+/* Writes one chunk (the pieces given, as one) straight to the socket when nothing waits before
+ * it (the common case: one writev per chunk, nothing copied); what the socket does not take is
+ * queued, and so is the whole chunk when bytes wait before it. */
+static int chunk_write(struct conn *c, const struct iovec *parts, int nparts, size_t len,
+                       int direct)
 {
     char size[24];
-    struct iovec iov[3];
+    struct iovec iov[SVC_HTTP_STREAM_PIECES_MAX + 2];
     int n = 0;
-    size_t total = 0, sent = 0;
+    size_t sent = 0;
     ssize_t w;
 
     if (!c->http10) {
         iov[n].iov_base = size;
-        iov[n++].iov_len = (size_t)snprintf(size, sizeof(size), "%zx\r\n", len);
+        iov[n++].iov_len = chunk_size_line(size, len);
     }
-    iov[n].iov_base = (void *)data;
-    iov[n++].iov_len = len;
+    for (int i = 0; i < nparts; i++)
+        iov[n++] = parts[i];
     if (!c->http10) {
         iov[n].iov_base = (void *)"\r\n";
         iov[n++].iov_len = 2;
     }
-    for (int i = 0; i < n; i++)
-        total += iov[i].iov_len;
-    if (out_pending(c) == 0) {
+    if (direct && out_pending(c) == 0) {
+        size_t total = 0;
+        for (int i = 0; i < n; i++)
+            total += iov[i].iov_len;
         do
             w = writev(c->fd, iov, n);
         while (w < 0 && errno == EINTR);
@@ -725,41 +745,47 @@ static int chunk_write(struct conn *c, const void *data, size_t len)
             return SVC_ENOMEM;
         }
     }
-    conn_want(c, c->events | EPOLLOUT);
+    if (direct)
+        conn_want(c, c->events | EPOLLOUT);
     return SVC_OK;
 }
 
-int svc_req_stream_write(struct svc_req *req, const void *data, size_t len)
+int svc_req_stream_writev(struct svc_req *req, const struct iovec *parts, int nparts)
 {
     struct conn *c = req->c;
+    size_t len = 0;
     int rc;
 
     if (req->aborted || req->stream_ended || !req->streaming)
         return SVC_ECANCELED;
+    if (nparts < 0 || nparts > SVC_HTTP_STREAM_PIECES_MAX)
+        return SVC_EINVAL;
+    for (int i = 0; i < nparts; i++)
+        len += parts[i].iov_len;
     if (c->dead || req->head_only || len == 0)
         return SVC_OK; /* a broken connection: the loop aborts the request soon */
     if (out_pending(c) + len > SVC_HTTP_STREAM_MAX_PENDING)
         return SVC_ETOOLARGE;
-    if (req->head_pending || req->in_handler || out_pending(c) > 0) {
-        char size[24];
-        int framed = !req->head_pending && !c->http10;
+    if (req->head_pending) { /* unframed until the head is written (stream_head_write) */
         rc = SVC_OK;
-        if (framed) {
-            snprintf(size, sizeof(size), "%zx\r\n", len);
-            rc = out_str(c, size);
-        }
-        rc = rc != SVC_OK ? rc : out_put(c, data, len);
-        if (framed)
-            rc = rc != SVC_OK ? rc : out_str(c, "\r\n");
+        for (int i = 0; i < nparts && rc == SVC_OK; i++)
+            rc = out_put(c, parts[i].iov_base, parts[i].iov_len);
         if (rc != SVC_OK)
             return rc;
     } else {
-        rc = chunk_write(c, data, len);
+        rc = chunk_write(c, parts, nparts, len, !req->in_handler);
     }
     queued_sync(c);
     if (c->dead)
         conn_kick(c);
     return rc;
+}
+
+int svc_req_stream_write(struct svc_req *req, const void *data, size_t len)
+{
+    struct iovec one = {(void *)data, len};
+
+    return svc_req_stream_writev(req, &one, 1);
 }
 
 int svc_req_stream_end(struct svc_req *req)

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/uio.h>
 
 #include "auth.pb-c.h"
 #include "auth/client.h"
@@ -305,16 +306,12 @@ static size_t on_pending(void *ctx)
 static int on_event(void *ctx, const struct meter_event *ev)
 {
     struct v1_call *c = ctx;
-    int rc;
+    struct iovec parts[3] = {
+        {(void *)"data: ", 6}, {(void *)ev->data, ev->len}, {(void *)"\n\n", 2}};
 
     if (ev->usage_only && c->hide_usage)
         return 0;
-    rc = svc_req_stream_write(c->req, "data: ", 6);
-    if (rc == SVC_OK)
-        rc = svc_req_stream_write(c->req, ev->data, ev->len);
-    if (rc == SVC_OK)
-        rc = svc_req_stream_write(c->req, "\n\n", 2);
-    return rc;
+    return svc_req_stream_writev(c->req, parts, 3); /* one chunk, one system call */
 }
 
 static int on_body(void *ctx, const char *body, size_t len)

@@ -173,6 +173,13 @@ int svc_req_stream_write(struct svc_req *req, const void *data, size_t len);
 int svc_req_stream_end(struct svc_req *req);
 size_t svc_req_stream_pending(const struct svc_req *req);
 
+/* svc_req_stream_write of several pieces as one chunk, in one system call when the client keeps
+ * up (an SSE event's "data: ", its JSON and its blank line without copying them together). At
+ * most SVC_HTTP_STREAM_PIECES_MAX pieces (SVC_EINVAL beyond). */
+#define SVC_HTTP_STREAM_PIECES_MAX 8
+struct iovec;
+int svc_req_stream_writev(struct svc_req *req, const struct iovec *parts, int nparts);
+
 /* Bytes queued by svc_req_stream_write() and not yet taken by their clients, summed over every
  * streaming request of the process (all loops and servers). For a global memory budget over
  * slow clients (services/meter). Thread-safe (a relaxed atomic: a snapshot, not a fence). */
