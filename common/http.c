@@ -114,7 +114,8 @@ struct conn {
     struct svc__http_chunked chunk;
     size_t lingered; /* bytes dropped while lingering */
     unsigned chunked : 1, keepalive : 1, kick : 1, dead : 1, trusted : 1, http10 : 1,
-        drain_due : 1; /* the reply's waiting bytes fell to the drain watermark */
+        drain_due : 1, /* the reply's waiting bytes fell to the drain watermark */
+        head_timed : 1; /* the timer runs for the head being read (not restarted by its bytes) */
     char peer[INET6_ADDRSTRLEN];
 };
 
@@ -1197,6 +1198,7 @@ static void conn_kick(struct conn *c)
     if (c->kick)
         return;
     c->kick = 1;
+    c->head_timed = 0; /* the kick takes the timer: conn_arm starts the head's again */
     if (svc_timer_start(c->timer, 0) != SVC_OK)
         SVC_LOG_ERR(NULL, "http", "cannot schedule a connection");
 }
@@ -1217,6 +1219,15 @@ static void conn_arm(struct conn *c)
     conn_want(c, ev);
     if (c->kick || c->state == C_LINGER)
         return; /* a lingering connection has its timer from conn_linger */
+    if (c->state == C_HEAD && c->in_len > 0) {
+        /* A head that has begun must end within the timeout however slowly its bytes trickle
+         * in (slowloris): they do not restart the timer. */
+        if (!c->head_timed && svc_timer_start(c->timer, (uint64_t)o->idle_timeout * 1000) ==
+                                  SVC_OK)
+            c->head_timed = 1;
+        return;
+    }
+    c->head_timed = 0;
     if (c->state != C_BUSY || out_pending(c) > 0) {
         if (svc_timer_start(c->timer, (uint64_t)o->idle_timeout * 1000) != SVC_OK)
             SVC_LOG_ERR(NULL, "http", "cannot arm a connection's timeout");

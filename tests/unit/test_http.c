@@ -935,6 +935,43 @@ static void test_wire_refusals(void)
     T_ASSERT(strstr(buf, "HTTP/1.1 200 OK\r\n") == buf);
 }
 
+/* A head that trickles in (a byte every 200 ms, "slowloris") is cut off when the idle timeout
+ * (here 1 s) has passed since its first byte, though each byte came well within it; a body may
+ * be slow as long as it keeps coming. */
+static void test_wire_slow_head(void)
+{
+    struct svc_http_opts o = {0};
+    struct svc_http_server *srv = NULL;
+    static const char head[] = "GET /text HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa";
+    char err[256] = "", buf[256];
+    struct timespec t0, t1;
+    int c, closed = 0;
+    double secs;
+
+    o.service = "test";
+    o.addr = "127.0.0.1:0";
+    o.mode = SVC_HTTP_POOL;
+    o.threads = 1;
+    o.max_body = MAX_BODY;
+    o.idle_timeout = 1;
+    T_EQ_INT(svc_http_server_create(&srv, &o, routes, NROUTES, err, sizeof(err)), SVC_OK);
+    c = wire_connect(srv);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (size_t i = 0; i < sizeof(head) - 1 && !closed; i++) {
+        struct pollfd p = {.fd = c, .events = POLLIN};
+        if (send(c, head + i, 1, MSG_NOSIGNAL) != 1 || (poll(&p, 1, 200) == 1 &&
+                                                         recv(c, buf, sizeof(buf), 0) <= 0))
+            closed = 1;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    T_ASSERT(closed);
+    if (secs < 0.9 || secs > 3.0)
+        T_FAIL("the slow head was cut after %.2f s, want about 1 s", secs);
+    close(c);
+    svc_http_server_destroy(&srv);
+}
+
 static void test_quiesce(void)
 {
     struct svc_http_server *srv = start(SVC_HTTP_STYLE_TEXT, "127.0.0.1:0", NULL);
@@ -994,6 +1031,7 @@ int main(void)
     T_RUN(test_query_args);
     T_RUN(test_wire_requests);
     T_RUN(test_wire_refusals);
+    T_RUN(test_wire_slow_head);
     T_RUN(test_quiesce);
     T_RUN(test_rpc_signatures);
 
