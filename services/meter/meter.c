@@ -10,6 +10,7 @@
 
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +80,13 @@ struct meter_loop {
     struct meter *draining; /* detached meters still reading their upstream */
 };
 
+/* A meter's error texts, allocated at its first error: most streams have none, and every byte of
+ * struct meter is resident for each open stream. */
+struct meter_msgs {
+    char stream[512];    /* an error in the stream (meter_end.stream_error) */
+    char transport[256]; /* what failed in the transfer (meter_end.errmsg) */
+};
+
 struct meter {
     struct meter_loop *ml;
     const struct meter_hooks *h;
@@ -129,8 +137,7 @@ struct meter {
     int paused;
     int up_done;             /* the transfer ended; events may still wait for the client */
     int up_err;
-    char errmsg[512];        /* an error in the stream (meter_end.stream_error) */
-    char transport[256];     /* what failed in the transfer (meter_end.errmsg) */
+    struct meter_msgs *msgs; /* the error texts, from the first error on (NULL: none) */
     int started, complete;
     long long usage_prompt, usage_completion;
 
@@ -475,11 +482,34 @@ int meter_admit(struct meter *m, Chatweb__Billing__ReserveRequest *in, meter_adm
 
 /* ---- the upstream ---- */
 
+static struct meter_msgs *msgs(struct meter *m)
+{
+    if (m->msgs == NULL)
+        m->msgs = calloc(1, sizeof(*m->msgs));
+    return m->msgs; /* NULL out of memory: the error itself still stops the stream */
+}
+
+/* Notes the error that stops the stream (meter_end.stream_error), cut to whole characters. */
+static void stream_error(struct meter *m, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void stream_error(struct meter *m, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (msgs(m) == NULL)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(m->msgs->stream, sizeof(m->msgs->stream), fmt, ap);
+    va_end(ap);
+    svc_util_utf8_trim_end(m->msgs->stream); /* JSON needs whole characters */
+}
+
 /*
  * Reads one event into ev and the meter (usage, the reply's text, completeness) in one pass,
  * without a tree (meter/event.h): 0, or an error that stops the stream (a malformed event, an
- * error event, a reply over REPLY_MAX), with m->errmsg set. ev->content is what the event added
- * to the reply's text.
+ * error event, a reply over REPLY_MAX), with its text noted (stream_error). ev->content is what
+ * the event added to the reply's text.
  */
 static int event_scan(struct meter *m, struct meter_event *ev)
 {
@@ -488,13 +518,11 @@ static int event_scan(struct meter *m, struct meter_event *ev)
     int rc = meter_event_scan(ev->data, ev->len, &f, &m->text);
 
     if (rc == SVC_EINVAL) {
-        snprintf(m->errmsg, sizeof(m->errmsg), "malformed upstream event");
+        stream_error(m, "malformed upstream event");
         return SVC_EIO;
     }
     if (f.has_error) {
-        snprintf(m->errmsg, sizeof(m->errmsg), "[OpenAI] %s",
-                 f.error_msg != NULL ? f.error_msg : "error inside the stream");
-        svc_util_utf8_trim_end(m->errmsg); /* a long message is cut; JSON needs whole characters */
+        stream_error(m, "[OpenAI] %s", f.error_msg != NULL ? f.error_msg : "error inside the stream");
         return SVC_EIO;
     }
     if (f.has_usage) {
@@ -509,7 +537,7 @@ static int event_scan(struct meter *m, struct meter_event *ev)
         ev->content_len = m->text.len - before;
     }
     if (rc != 0) {
-        snprintf(m->errmsg, sizeof(m->errmsg), "reply longer than %u bytes", REPLY_MAX);
+        stream_error(m, "reply longer than %u bytes", REPLY_MAX);
         return SVC_ETOOLARGE;
     }
     if (f.has_finish)
@@ -583,8 +611,8 @@ static void finish(struct meter *m)
     end_hold(m, produced);
     m->end.err = m->up_err;
     m->end.status = m->status;
-    m->end.errmsg = m->transport[0] != '\0' ? m->transport : NULL;
-    m->end.stream_error = m->errmsg[0] != '\0' ? m->errmsg : NULL;
+    m->end.errmsg = m->msgs != NULL && m->msgs->transport[0] != '\0' ? m->msgs->transport : NULL;
+    m->end.stream_error = m->msgs != NULL && m->msgs->stream[0] != '\0' ? m->msgs->stream : NULL;
     m->end.body = m->status != 200 ? m->errbody.data : NULL;
     m->end.body_len = m->status != 200 ? m->errbody.len : 0;
     m->end.complete = m->complete;
@@ -708,7 +736,7 @@ static int on_up_data(void *ctx, struct svc_fetch *f, long status, const char *d
         }
         m->started = 1;
         if (svc_buf_append(&m->body, data, len) != SVC_OK) {
-            snprintf(m->errmsg, sizeof(m->errmsg), "answer longer than %u bytes", BODY_MAX);
+            stream_error(m, "answer longer than %u bytes", BODY_MAX);
             return SVC_ETOOLARGE;
         }
         return 0;
@@ -734,7 +762,7 @@ static int on_up_data(void *ctx, struct svc_fetch *f, long status, const char *d
         m->in_off = 0;
     }
     if (svc_buf_append(&m->in, data, len) != SVC_OK) {
-        snprintf(m->errmsg, sizeof(m->errmsg), "client too slow");
+        stream_error(m, "client too slow");
         return SVC_ETOOLARGE;
     }
     return pump(m);
@@ -840,9 +868,9 @@ static void on_up_done(void *ctx, int err, struct svc_fetch *f, long status, con
     m->up = NULL;
     m->up_err = err;
     tell_attempt(m, err);
-    if (err != SVC_OK && errmsg != NULL) {
-        svc_util_str_copy(m->transport, sizeof(m->transport), errmsg);
-        svc_util_utf8_trim_end(m->transport);
+    if (err != SVC_OK && errmsg != NULL && msgs(m) != NULL) {
+        svc_util_str_copy(m->msgs->transport, sizeof(m->msgs->transport), errmsg);
+        svc_util_utf8_trim_end(m->msgs->transport);
     }
     if (retryable(m, err) && retry_schedule(m) == SVC_OK)
         return;
@@ -873,7 +901,8 @@ static int send_upstream(struct meter *m)
     m->attempt_told = 0;
     m->status = 0;
     m->up_err = SVC_OK;
-    m->transport[0] = '\0';
+    if (m->msgs != NULL)
+        m->msgs->transport[0] = '\0';
     return svc_fetch_start(&m->up, m->ml->upstream, &m->req, &cb, m) == SVC_OK ? SVC_OK
                                                                                : SVC_ENOMEM;
 }
@@ -951,6 +980,7 @@ static void maybe_free(struct meter *m)
     free(m->req_body);
     free(m->req_proxy);
     free(m->req_ca);
+    free(m->msgs);
     for (int i = 0; i < HEADERS_MAX && m->req_headers[i] != NULL; i++) {
         svc_util_wipe(m->req_headers[i], strlen(m->req_headers[i])); /* may hold the upstream key */
         free(m->req_headers[i]);

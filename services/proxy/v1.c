@@ -34,6 +34,7 @@
 #include "svc/util.h"
 
 #define MODELS_MAX 16
+#define ALLOWED_BYTES 1024 /* of their names */
 #define RELAY_MAX (16u << 20) /* bytes of an unmetered answer */
 #define RPM_WINDOW_S 60
 /* A request-limit check Redis could not answer is asked again this many times, this long apart,
@@ -67,9 +68,8 @@ struct v1_call {
     char username[128];
     char key_id[64];
     int is_static;
-    char *allowed[MODELS_MAX];
+    char **allowed; /* the key's models (NULL: any): one block, the pointers then the names */
     size_t nallowed;
-    char allowed_buf[1024];
     long long rpm, tpm;
 
     /* the answer */
@@ -221,6 +221,7 @@ static const char *reply_ctype(const struct v1_call *c)
 static void call_free(struct v1_call *c)
 {
     svc_json_destroy(&c->body);
+    free(c->allowed);
     free(c);
 }
 
@@ -941,12 +942,20 @@ static void on_authenticated(void *ctx, int err, int result, const char *scheme,
     c->tpm = id->tpm_limit;
     svc_util_str_copy(c->username, sizeof(c->username), id->username ? id->username : "");
     svc_util_str_copy(c->key_id, sizeof(c->key_id), id->key_id);
+    /* Held apart, and only for a key limited to some models: most calls need none of it, and
+     * every byte of struct v1_call is resident for each open stream. */
+    if (id->n_allowed_models > 0 &&
+        (c->allowed = malloc(MODELS_MAX * sizeof(char *) + ALLOWED_BYTES)) == NULL) {
+        v1_error(c, 500, "server_error", NULL, "out of memory");
+        return;
+    }
     for (size_t i = 0; i < id->n_allowed_models && c->nallowed < MODELS_MAX; i++) {
+        char *names = (char *)(c->allowed + MODELS_MAX);
         size_t len = strlen(id->allowed_models[i]);
-        if (off + len + 1 > sizeof(c->allowed_buf))
+        if (off + len + 1 > ALLOWED_BYTES)
             break;
-        memcpy(c->allowed_buf + off, id->allowed_models[i], len + 1);
-        c->allowed[c->nallowed++] = c->allowed_buf + off;
+        memcpy(names + off, id->allowed_models[i], len + 1);
+        c->allowed[c->nallowed++] = names + off;
         off += len + 1;
     }
     if (c->kind == V1_MODELS && strncmp(c->path, "/models/", 8) == 0 &&
