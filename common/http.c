@@ -48,8 +48,6 @@
  * an open stream keeps no read buffer at all. */
 #define IN_MIN 1024
 #define IN_BODY_MAX (16 * 1024)
-/* Bytes of a reply queued beyond the stream's own limit: its head and chunk framing. */
-#define OUT_SLACK (64 * 1024)
 /* After the last reply of a connection that closes, unread client bytes are dropped this long. */
 #define LINGER_MS 2000
 #define LINGER_MAX_BYTES (1u << 20)
@@ -75,6 +73,7 @@ struct srv_loop {
     struct svc_timer *accept_pause; /* out of descriptors: accepting resumes when it fires */
     int stopped;                    /* quiesced: accepting never resumes */
     struct conn *conns;             /* every open connection of this loop */
+    atomic_long nconns;             /* their number (read by the other loops' acceptors) */
     time_t date_sec;                /* the second date[] was written for */
     char date[40];                  /* "Date: ...\r\n" */
 };
@@ -110,10 +109,12 @@ struct conn {
     struct svc_buf out; /* reply bytes the socket has not taken */
     size_t out_off;
     size_t queued; /* of out, counted in stream_queued */
+    struct svc__http_scan scan; /* how far the head being read was searched for its end */
     uint64_t body_left; /* Content-Length body: bytes still to come */
     struct svc__http_chunked chunk;
     size_t lingered; /* bytes dropped while lingering */
     unsigned chunked : 1, keepalive : 1, kick : 1, dead : 1, trusted : 1, http10 : 1,
+        eof : 1, /* the client closed its side: what it sent is served, then the connection ends */
         drain_due : 1, /* the reply's waiting bytes fell to the drain watermark */
         head_timed : 1; /* the timer runs for the head being read (not restarted by its bytes) */
     char peer[INET6_ADDRSTRLEN];
@@ -139,6 +140,7 @@ struct svc_req {
     struct svc_buf body;
     struct resp_header *headers;
     char *stream_ctype; /* a stream's Content-Type until its head is written */
+    struct svc_buf early; /* a stream's bytes written before its head (unframed) */
     unsigned status;
 
     unsigned body_too_big : 1, query_too_big : 1, in_handler : 1, handled : 1, replied : 1,
@@ -276,8 +278,13 @@ void svc_req_set_cleanup(struct svc_req *req, svc_req_cleanup_cb cb, void *ctx)
 int svc_req_add_header(struct svc_req *req, const char *name, const char *value)
 {
     size_t nlen = strlen(name) + 1, vlen = strlen(value) + 1;
-    struct resp_header *h = malloc(sizeof(*h) + nlen + vlen);
+    struct resp_header *h;
 
+    /* written as they are into the reply's head: a CR or LF would split it (a header value the
+     * proxy passes on from an upstream, say) */
+    if (nlen == 1 || strpbrk(name, "\r\n:; \t") != NULL || strpbrk(value, "\r\n") != NULL)
+        return SVC_EINVAL;
+    h = malloc(sizeof(*h) + nlen + vlen);
     if (h == NULL)
         return SVC_ENOMEM;
     memcpy(h->name, name, nlen);
@@ -374,13 +381,13 @@ static size_t out_pending(const struct conn *c)
 
 size_t svc_req_stream_pending(const struct svc_req *req)
 {
-    return out_pending(req->c);
+    return out_pending(req->c) + req->early.len;
 }
 
 /* Keeps stream_queued equal to the sum of the streaming requests' waiting bytes. */
 static void queued_sync(struct conn *c)
 {
-    size_t now = c->req != NULL && c->req->streaming ? out_pending(c) : 0;
+    size_t now = c->req != NULL && c->req->streaming ? svc_req_stream_pending(c->req) : 0;
 
     if (now > c->queued) {
         if (atomic_fetch_add_explicit(&stream_queued, now - c->queued, memory_order_relaxed) +
@@ -654,16 +661,16 @@ static size_t chunk_size_line(char *out, size_t len)
  * svc_req_stream_start: the bytes written in between go out with it, and a stream that has
  * already ended by then (the upstream answered everything at once) goes out as one reply of
  * known length, without the chunked framing (test_http_loops test_stream_sent_whole).
- * Until then out holds the stream's bytes unframed.
+ * Until then the stream's bytes wait unframed in req->early; out may still hold the end of
+ * what went before (a 100 Continue), which the head follows.
  */
 static int stream_head_write(struct conn *c, struct svc_req *req)
 {
-    struct svc_buf early = c->out;
+    struct svc_buf early = req->early;
     char size[24];
     int rc;
 
-    svc_buf_init(&c->out, c->out.max);
-    c->out_off = 0;
+    svc_buf_init(&req->early, SVC_HTTP_STREAM_MAX_PENDING);
     req->head_pending = 0;
     rc = head_put(c, req, req->status, req->stream_ctype,
                   req->stream_ended ? (long long)early.len : -1);
@@ -765,16 +772,22 @@ int svc_req_stream_writev(struct svc_req *req, const struct iovec *parts, int np
         len += parts[i].iov_len;
     if (c->dead || req->head_only || len == 0)
         return SVC_OK; /* a broken connection: the loop aborts the request soon */
-    if (out_pending(c) + len > SVC_HTTP_STREAM_MAX_PENDING)
+    if (svc_req_stream_pending(req) + len > SVC_HTTP_STREAM_MAX_PENDING)
         return SVC_ETOOLARGE;
     if (req->head_pending) { /* unframed until the head is written (stream_head_write) */
         rc = SVC_OK;
         for (int i = 0; i < nparts && rc == SVC_OK; i++)
-            rc = out_put(c, parts[i].iov_base, parts[i].iov_len);
+            rc = svc_buf_append(&req->early, parts[i].iov_base, parts[i].iov_len);
         if (rc != SVC_OK)
             return rc;
     } else {
+        int was_waiting = out_pending(c) > 0;
         rc = chunk_write(c, parts, nparts, len, !req->in_handler);
+        /* A client that stopped reading: the idle timeout runs from the first byte it left
+         * (conn_process restarts it as it reads). */
+        if (!was_waiting && out_pending(c) > 0 && !req->in_handler && !c->kick &&
+            svc_timer_start(c->timer, (uint64_t)c->sl->srv->opts.idle_timeout * 1000) != SVC_OK)
+            SVC_LOG_ERR(req->id, "http", "cannot arm a connection's timeout");
     }
     queued_sync(c);
     if (c->dead)
@@ -877,6 +890,7 @@ static struct svc_req *req_new(struct conn *c, size_t extra)
     req->method = "";
     req->url = "";
     svc_buf_init(&req->body, c->sl->srv->opts.max_body);
+    svc_buf_init(&req->early, SVC_HTTP_STREAM_MAX_PENDING);
     atomic_fetch_add(&c->sl->srv->inflight, 1);
     atomic_fetch_add_explicit(&c->sl->srv->started, 1, memory_order_relaxed);
     return req;
@@ -967,7 +981,7 @@ static void head_take(struct conn *c, size_t len)
     copy[len] = '\0';
     rc = svc__http_parse_head(copy, len, &h, req->hdrs, nlines, req->args,
                               nargs < max_args ? nargs : max_args);
-    if (rc == 414 || nargs > max_args) {
+    if (rc == 414) {
         req->query_too_big = 1; /* answered in the route's style; the rest of the head is read */
         rc = 0;
     }
@@ -1158,6 +1172,7 @@ static void req_end(struct conn *c)
         free(h);
     }
     svc_buf_deinit(&req->body);
+    svc_buf_deinit(&req->early);
     free(req->stream_ctype);
     c->req = NULL;
     c->drain_due = 0;
@@ -1188,6 +1203,7 @@ static void conn_close(struct conn *c)
     if (c->next != NULL)
         c->next->prev = c->prev;
     atomic_fetch_sub(&sl->srv->conns, 1);
+    atomic_fetch_sub(&sl->nconns, 1);
     free(c);
 }
 
@@ -1214,6 +1230,8 @@ static void conn_arm(struct conn *c)
 
     if (c->in_len < limit || c->state == C_LINGER)
         ev |= EPOLLIN;
+    if (c->eof)
+        ev = 0; /* the client's side is closed: reading would report it again and again */
     if (out_pending(c) > 0)
         ev |= EPOLLOUT;
     conn_want(c, ev);
@@ -1288,7 +1306,7 @@ static void conn_process(struct conn *c)
             continue;
         }
         if (c->state == C_HEAD) {
-            size_t len = svc__http_head_len(c->in, c->in_len);
+            size_t len = svc__http_head_len(c->in, c->in_len, &c->scan);
             if (len == 0) {
                 if (c->in_len >= o->max_header) {
                     char msg[96];
@@ -1299,6 +1317,7 @@ static void conn_process(struct conn *c)
                 }
                 break; /* more to read */
             }
+            memset(&c->scan, 0, sizeof(c->scan)); /* for the next head */
             head_take(c, len);
             if (c->state != C_BODY)
                 continue; /* refused, or dead */
@@ -1311,6 +1330,16 @@ static void conn_process(struct conn *c)
                 continue; /* refused (a malformed chunk) */
             dispatch(c);
         }
+    }
+    if (c->eof && !(c->req != NULL && c->req->finished && out_pending(c) > 0)) {
+        /* Nothing more will come: what could be answered was (a finished reply is written out
+         * first, only EPOLLOUT watched meanwhile). A request still waiting for its producer is
+         * aborted: its client is gone. */
+        if (c->req != NULL && !c->req->finished)
+            SVC_LOG_DEBUG(c->req->id, "http",
+                          "client closed the connection while the reply was pending");
+        conn_close(c);
+        return;
     }
     conn_arm(c);
 }
@@ -1371,7 +1400,9 @@ static void on_conn_io(void *data, struct svc_io *io, int fd, uint32_t events)
 
     (void)io;
     (void)fd;
-    if (c->state == C_LINGER) {
+    if (events & (EPOLLHUP | EPOLLERR)) {
+        c->dead = 1; /* both directions closed, or reset: nothing can be written any more */
+    } else if (c->state == C_LINGER) {
         linger_read(c);
     } else {
         if (events & EPOLLOUT)
@@ -1379,15 +1410,13 @@ static void on_conn_io(void *data, struct svc_io *io, int fd, uint32_t events)
         if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
             enum read_result r =
                 conn_read(c, c->state == C_BODY ? IN_BODY_MAX : o->max_header);
-            /* A request in flight whose client is gone (or stays silent past its buffer while
-             * its socket reports a hang-up) is aborted: the producer stops at once. */
+            /* The client closed its side (or stays silent past its buffer while its socket
+             * reports a hang-up): what it sent before is still parsed and answered, then the
+             * connection ends, and a request still in flight is aborted: its producer stops at
+             * once. */
             if (r == READ_EOF ||
-                (r == READ_FULL && (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)))) {
-                if (c->req != NULL && c->state == C_BUSY && !c->req->finished)
-                    SVC_LOG_DEBUG(c->req->id, "http",
-                                  "client closed the connection while the reply was pending");
-                c->dead = 1;
-            }
+                (r == READ_FULL && (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))))
+                c->eof = 1;
         }
     }
     conn_process(c);
@@ -1424,13 +1453,17 @@ static void conn_new(struct srv_loop *sl, int fd, const struct sockaddr *sa)
     c->sl = sl;
     c->fd = fd;
     c->keepalive = 1;
-    svc_buf_init(&c->out, SVC_HTTP_STREAM_MAX_PENDING + OUT_SLACK);
+    /* a reply of any size is written from here; a stream's waiting bytes are bounded in
+     * svc_req_stream_writev */
+    svc_buf_init(&c->out, SIZE_MAX);
     conn_set_peer(c, sa);
+    atomic_fetch_add(&sl->nconns, 1);
     /* replies and chunks go out as they are written, not held for Nagle's algorithm */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (svc_timer_create(&c->timer, sl->loop, on_conn_timer, c) != SVC_OK ||
         svc_io_add(&c->io, sl->loop, fd, EPOLLIN | EPOLLRDHUP, on_conn_io, c) != SVC_OK) {
         svc_timer_destroy(&c->timer);
+        atomic_fetch_sub(&sl->nconns, 1);
         close(fd);
         free(c);
         return;
@@ -1445,6 +1478,52 @@ static void conn_new(struct srv_loop *sl, int fd, const struct sockaddr *sa)
 }
 
 /* ---- accepting ---- */
+
+/*
+ * POOL mode: a connection goes to the loop (thread) with the fewest. The loop that accepted it
+ * may be any (EPOLLEXCLUSIVE wakes one, often the same), and its handlers block: had it kept
+ * what it accepted, the keep-alive connections of a caller's burst (chat's 32 to billing) would
+ * all wait on one thread, and billing's group commit would see one transaction at a time.
+ */
+struct handoff {
+    struct srv_loop *to;
+    int fd;
+    struct sockaddr_storage ss;
+};
+
+static void on_handoff(void *data, struct svc_loop *loop)
+{
+    struct handoff *h = data;
+
+    (void)loop;
+    atomic_fetch_sub(&h->to->nconns, 1); /* conn_new counts it again */
+    conn_new(h->to, h->fd, (const struct sockaddr *)&h->ss);
+    free(h);
+}
+
+static void conn_place(struct srv_loop *sl, int fd, const struct sockaddr_storage *ss)
+{
+    struct svc_http_server *srv = sl->srv;
+    struct srv_loop *to = sl;
+    struct handoff *h;
+
+    for (unsigned i = 0; srv->pool && i < srv->nloops; i++)
+        if (atomic_load(&srv->loops[i].nconns) < atomic_load(&to->nconns))
+            to = &srv->loops[i];
+    if (to == sl || (h = malloc(sizeof(*h))) == NULL) {
+        conn_new(sl, fd, (const struct sockaddr *)ss);
+        return;
+    }
+    h->to = to;
+    h->fd = fd;
+    h->ss = *ss;
+    atomic_fetch_add(&to->nconns, 1); /* counted now, so that a burst spreads */
+    if (svc_loop_post(to->loop, on_handoff, h) != SVC_OK) {
+        atomic_fetch_sub(&to->nconns, 1);
+        free(h);
+        conn_new(sl, fd, (const struct sockaddr *)ss);
+    }
+}
 
 static void on_accept(void *data, struct svc_io *io, int fd, uint32_t events);
 
@@ -1489,7 +1568,7 @@ static int accept_batch(struct srv_loop *sl)
             close(cfd);
             continue;
         }
-        conn_new(sl, cfd, (const struct sockaddr *)&ss);
+        conn_place(sl, cfd, &ss);
     }
     return 1;
 }

@@ -35,25 +35,30 @@ static int hexval(unsigned char c)
     return -1;
 }
 
-size_t svc__http_head_len(const char *buf, size_t len)
+size_t svc__http_head_len(const char *buf, size_t len, struct svc__http_scan *scan)
 {
-    size_t i = 0;
-
-    /* empty lines before the request line */
-    while (i < len && (buf[i] == '\r' || buf[i] == '\n'))
-        i++;
-    for (; i < len; i++) {
-        const char *nl = memchr(buf + i, '\n', len - i);
-        if (nl == NULL)
+    if (!scan->started) { /* empty lines before the request line */
+        while (scan->line < len && (buf[scan->line] == '\r' || buf[scan->line] == '\n'))
+            scan->line++;
+        if (scan->line == len)
             return 0;
-        i = (size_t)(nl - buf) + 1;
-        if (i < len && buf[i] == '\n')
-            return i + 1;
-        if (i + 1 < len && buf[i] == '\r' && buf[i + 1] == '\n')
-            return i + 2;
-        i--; /* the loop's i++ lands on the byte after the newline */
+        scan->started = 1;
     }
-    return 0;
+    for (;;) {
+        const char *nl = memchr(buf + scan->line, '\n', len - scan->line);
+        size_t next;
+
+        if (nl == NULL)
+            return 0; /* the line is not complete: resumed from its start */
+        next = (size_t)(nl - buf) + 1;
+        if (next < len && buf[next] == '\n')
+            return next + 1;
+        if (next + 1 < len && buf[next] == '\r' && buf[next + 1] == '\n')
+            return next + 2;
+        if (next == len || (next + 1 == len && buf[next] == '\r'))
+            return 0; /* whether the next line is the blank one is not known yet */
+        scan->line = next;
+    }
 }
 
 unsigned svc__http_count_lines(const char *buf, size_t len)
@@ -68,7 +73,13 @@ unsigned svc__http_count_lines(const char *buf, size_t len)
 
 unsigned svc__http_count_args(const char *buf, size_t len)
 {
-    const char *nl = memchr(buf, '\n', len);
+    const char *nl;
+
+    while (len > 0 && (*buf == '\r' || *buf == '\n')) { /* empty lines before the request */
+        buf++;
+        len--;
+    }
+    nl = memchr(buf, '\n', len);
     const char *end = nl != NULL ? nl : buf + len;
     const char *q = memchr(buf, '?', (size_t)(end - buf));
     unsigned n = 1;
@@ -106,15 +117,19 @@ static int decode(char *s, int plus)
 static int parse_query(char *q, struct svc__http_head *h, struct svc__http_field *args,
                        unsigned max_args)
 {
+    unsigned segments = 0;
+
     while (*q != '\0') {
         char *amp = strchr(q, '&');
         char *eq;
 
         if (amp != NULL)
             *amp = '\0';
-        if (*q != '\0') { /* "a&&b": the empty argument is skipped */
-            if (h->nargs == max_args)
-                return 414;
+        /* every segment counts against the limit, an empty one too ("a&&b"), as
+         * svc__http_count_args counts them */
+        if (++segments > max_args)
+            return 414;
+        if (*q != '\0') { /* the empty argument is skipped */
             eq = strchr(q, '=');
             if (eq != NULL)
                 *eq = '\0';

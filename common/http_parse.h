@@ -30,25 +30,33 @@ struct svc__http_head {
     unsigned nargs;
 };
 
+/* Where the search for a head's end resumes as its bytes arrive. Zero-initialise per head. */
+struct svc__http_scan {
+    size_t line; /* the start of the first line not known to be complete */
+    int started; /* the empty lines before the request line are behind */
+};
+
 /*
  * The length of the request head at the start of buf (up to and including its blank line), or 0
  * when the blank line has not arrived yet. Empty lines before the request line (RFC 9112 2.2)
- * belong to the head.
+ * belong to the head. Called again as more bytes arrive (buf growing, its start unchanged), it
+ * resumes from the last incomplete line in scan, so a head that trickles in costs linear time.
  */
-size_t svc__http_head_len(const char *buf, size_t len);
+size_t svc__http_head_len(const char *buf, size_t len, struct svc__http_scan *scan);
 
 /*
  * Parses the head in buf[0..len) (len from svc__http_head_len), in place: NULs and decoded bytes
  * are written into buf, and h's strings point into it. headers has room for max_headers entries,
  * args for max_args. Returns 0, or the HTTP status to answer: 400 (malformed), 414 (more than
- * max_args query arguments), 431 (more than max_headers header lines), 505 (not HTTP/1.x).
+ * max_args query arguments, empty ones counted; returned only once the rest of the head was
+ * parsed), 431 (more than max_headers header lines), 505 (not HTTP/1.x).
  */
 int svc__http_parse_head(char *buf, size_t len, struct svc__http_head *h,
                          struct svc__http_field *headers, unsigned max_headers,
                          struct svc__http_field *args, unsigned max_args);
 
-/* The number of query arguments the request line at the start of buf names: 1 + its '&'s, 0
- * without a query. For sizing the args array before parsing. */
+/* The number of query arguments the request line at the start of buf names (after empty lines):
+ * 1 + its '&'s, 0 without a query. For sizing the args array before parsing. */
 unsigned svc__http_count_args(const char *buf, size_t len);
 
 /* The number of lines in buf[0..len): enough header entries for svc__http_parse_head. */

@@ -5,7 +5,8 @@
  * Input: byte 0 seeds the piece sizes; the rest is what a client sends. Checked:
  *  - svc__http_head_len is 0 for every prefix shorter than the head and the head's length for
  *    every longer one (a head found early or late would split requests differently as the
- *    bytes arrive in other pieces);
+ *    bytes arrive in other pieces), whether each prefix is scanned afresh or the scan resumes
+ *    from where the shorter prefix left it;
  *  - svc__http_parse_head answers 0 or one of 400, 414, 431, 505; on 0 the method is a token,
  *    the path starts with '/', every header name is a non-empty token, no value has a NUL or a
  *    line end or leading or trailing blanks, and every string lies inside the buffer;
@@ -149,13 +150,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     in = (const char *)data + 1;
     len = size - 1;
 
-    head = svc__http_head_len(in, len);
-    if (head > len)
-        abort();
-    for (size_t k = 0; k <= len; k++) {
-        size_t h = svc__http_head_len(in, k);
-        if (head == 0 ? h != 0 : (k < head ? h != 0 : h != head))
+    {
+        struct svc__http_scan fresh = {0}, grown = {0};
+        head = svc__http_head_len(in, len, &fresh);
+        if (head > len)
             abort();
+        /* each prefix scanned afresh, and the same prefixes one after the other with the scan
+         * resumed as the server does when bytes arrive (stopping at the first head found) */
+        for (size_t k = 0; k <= len; k++) {
+            struct svc__http_scan once = {0};
+            size_t h = svc__http_head_len(in, k, &once);
+            size_t g = svc__http_head_len(in, k, &grown);
+            if (head == 0 ? h != 0 : (k < head ? h != 0 : h != head))
+                abort();
+            if (g != h)
+                abort();
+            if (g != 0)
+                break;
+        }
     }
     check_head(in, head > 0 ? head : len);
 

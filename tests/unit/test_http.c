@@ -64,6 +64,9 @@ static int h_info(void *ctx, struct svc_req *req)
     n = snprintf(out, sizeof(out), "q=%s;h=%s;ip=%s;path=%s", q ? q : "(none)", h ? h : "(none)",
                  svc_req_client_ip(req), svc_req_path(req));
     T_EQ_INT(svc_req_add_header(req, "X-Extra", "yes"), SVC_OK);
+    /* a value that would split the reply's head is refused, and so is a name that is no token */
+    T_EQ_INT(svc_req_add_header(req, "X-Bad", "a\r\nX-Injected: 1"), SVC_EINVAL);
+    T_EQ_INT(svc_req_add_header(req, "X Bad", "a"), SVC_EINVAL);
     T_EQ_INT(svc_req_reply(req, 201, "text/plain", out, (size_t)n), SVC_OK);
     return SVC_HTTP_DONE;
 }
@@ -80,6 +83,21 @@ static int h_noreply(void *ctx, struct svc_req *req)
     (void)req;
     (void)ctx;
     return SVC_HTTP_DONE; /* forgot to answer: the server must answer 500 itself */
+}
+
+/* GET /big: a reply larger than SVC_HTTP_STREAM_MAX_PENDING */
+#define BIG_REPLY (5 << 20)
+
+static int h_big(void *ctx, struct svc_req *req)
+{
+    char *body = malloc(BIG_REPLY);
+
+    (void)ctx;
+    T_ASSERT(body != NULL);
+    memset(body, 'z', BIG_REPLY);
+    T_EQ_INT(svc_req_reply(req, 200, "text/plain", body, BIG_REPLY), SVC_OK);
+    free(body);
+    return SVC_HTTP_DONE;
 }
 
 static int cleanup_runs;
@@ -108,6 +126,7 @@ static const struct svc_http_route routes[] = {
     {"GET", "/err/text", h_error, NULL, SVC_HTTP_STYLE_TEXT},
     {"GET", "/noreply", h_noreply, NULL, SVC_HTTP_STYLE_OPENAI},
     {"GET", "/cleanup", h_cleanup, NULL, SVC_HTTP_STYLE_TEXT},
+    {"GET", "/big", h_big, NULL, SVC_HTTP_STYLE_TEXT},
 };
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))
 
@@ -198,7 +217,7 @@ static void request(struct svc_http_server *srv, const char *method, const char 
 
     T_ASSERT(c != NULL);
     memset(r, 0, sizeof(*r));
-    svc_buf_init(&r->body, 1 << 20);
+    svc_buf_init(&r->body, 8 << 20);
     snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", svc_http_server_port(srv), path);
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -862,6 +881,27 @@ static void test_wire_requests(void)
     wire_once(srv_text, "\r\nGET /text HTTP/1.1\nHost: x\nConnection: close\n\n", buf,
               sizeof(buf));
     T_ASSERT(strstr(buf, "HTTP/1.1 200 OK\r\n") == buf && strstr(buf, "hello") != NULL);
+    /* an empty line before a request with a query (a client's stray CRLF after a body) */
+    wire_once(srv_text, "\r\nGET /info?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+              buf, sizeof(buf));
+    T_ASSERT(strstr(buf, "HTTP/1.1 201 ") == buf && strstr(buf, "q=1;") != NULL);
+
+    /* a client that closes its side after its request still gets the answer */
+    c = wire_connect(srv_text);
+    wire_send(c, "GET /text HTTP/1.1\r\nHost: x\r\n\r\n", 31);
+    T_EQ_INT(shutdown(c, SHUT_WR), 0);
+    wire_read(c, buf, sizeof(buf), NULL);
+    T_ASSERT(strstr(buf, "HTTP/1.1 200 OK\r\n") == buf && strstr(buf, "hello") != NULL);
+    close(c);
+
+    /* a reply larger than a stream may queue (4 MiB) is written whole */
+    {
+        struct resp r;
+        get(srv_text, "/big", &r);
+        T_EQ_INT(r.status, 200);
+        T_EQ_INT((int)r.body.len, BIG_REPLY);
+        resp_done(&r);
+    }
 
     c = wire_connect(srv_text);
     wire_send(c, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n"
@@ -912,6 +952,12 @@ static void test_wire_refusals(void)
         {"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "400"},
         {"GET /text HTTP/2.0\r\nHost: x\r\n\r\n", "505"},
         {"GET /text HTTP/1.1 extra\r\nHost: x\r\n\r\n", "400"},
+        /* more query arguments than allowed (64) do not hide what else is wrong with the head
+         * (a NULL method once crashed the server here; a bad line hid a Content-Length) */
+        {"GET /?&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&& HTTP/1.2\r\nHost: x\r\n\r\n", "505"},
+        {"GET /a%00?&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&& HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
+        {"POST /echo?&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&& HTTP/1.1\r\nHost: x\r\nFoo : bar\r\nContent-Length: 5\r\n"
+         "\r\nGET /text HTTP/1.1\r\n\r\n", "400"},
     };
     static char buf[65536], req[20000];
 

@@ -189,6 +189,50 @@ static int h_tick(void *ctx, struct svc_req *req)
     return SVC_HTTP_DONE;
 }
 
+/* GET /flood on the server with a 1 s idle timeout: 32 KiB every 5 ms until the stream's
+ * limit refuses more, to a client that reads nothing. */
+struct flood {
+    struct svc_req *req;
+    struct svc_timer *t;
+};
+static atomic_int flood_aborted, flood_refused;
+
+static void on_flood(void *data, struct svc_timer *t)
+{
+    static char piece[32 * 1024];
+    struct flood *f = data;
+
+    if (svc_req_stream_write(f->req, piece, sizeof(piece)) == SVC_ETOOLARGE) {
+        atomic_store(&flood_refused, 1);
+        return; /* the queue is full: wait for the client (or its timeout) */
+    }
+    T_EQ_INT(svc_timer_start(t, 5), SVC_OK);
+}
+
+static void on_flood_abort(void *data, struct svc_req *req)
+{
+    struct flood *f = data;
+
+    (void)req;
+    svc_timer_destroy(&f->t);
+    atomic_fetch_add(&flood_aborted, 1);
+}
+
+static int h_flood(void *ctx, struct svc_req *req)
+{
+    struct flood *f = calloc(1, sizeof(*f));
+
+    (void)ctx;
+    T_ASSERT(f != NULL);
+    f->req = req;
+    T_EQ_INT(svc_timer_create(&f->t, sloop, on_flood, f), SVC_OK);
+    svc_req_on_abort(req, on_flood_abort, f);
+    svc_req_set_cleanup(req, free, f);
+    T_EQ_INT(svc_req_stream_start(req, 200, "application/octet-stream"), SVC_OK);
+    T_EQ_INT(svc_timer_start(f->t, 5), SVC_OK);
+    return SVC_HTTP_DONE;
+}
+
 /* Never answered: in flight when the server is destroyed (after the drain deadline). */
 static int hang_aborted, hang_sent;
 
@@ -211,6 +255,7 @@ static const struct svc_http_route routes[] = {
     {"GET", "/stream", h_stream, NULL, SVC_HTTP_STYLE_TEXT, 0},
     {"GET", "/whole", h_whole, NULL, SVC_HTTP_STYLE_TEXT, 0},
     {"GET", "/tick", h_tick, NULL, SVC_HTTP_STYLE_TEXT, 0},
+    {"GET", "/flood", h_flood, NULL, SVC_HTTP_STYLE_TEXT, 0},
     {"GET", "/slow/*", h_slow, NULL, SVC_HTTP_STYLE_TEXT, 0},
 };
 
@@ -535,6 +580,30 @@ static void test_stream_framing(int port)
     T_ASSERT(strlen(buf) > 4 && strcmp(buf + strlen(buf) - 6, "\r\n\r\nab") == 0);
 }
 
+/* A client that stops reading a stream is cut off after the idle timeout (1 s on this server),
+ * though the producer is the one waiting: the stream is aborted, its memory freed. */
+static void test_stream_reader_gone_quiet(int port)
+{
+    static const char req[] = "GET /flood HTTP/1.1\r\nHost: x\r\n\r\n";
+    int c = raw_connect(port), small = 4096;
+    struct timespec t0, t1;
+    double secs;
+
+    T_ASSERT(c >= 0);
+    setsockopt(c, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    T_EQ_INT((int)send(c, req, sizeof(req) - 1, MSG_NOSIGNAL), (int)sizeof(req) - 1);
+    for (int i = 0; i < 1000 && atomic_load(&flood_aborted) == 0; i++)
+        usleep(10 * 1000);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    T_EQ_INT(atomic_load(&flood_aborted), 1);
+    T_EQ_INT(atomic_load(&flood_refused), 1); /* the queue did fill: it was the client's pace */
+    if (secs < 1.0)
+        T_FAIL("cut off after %.2f s, before the 1 s idle timeout", secs);
+    close(c);
+}
+
 static struct svc_http_server *drained_srv;
 static int hung_client = -1; /* test_hang_at_exit's connection */
 
@@ -634,7 +703,7 @@ static void test_hang_at_exit(int port)
 
 int main(void)
 {
-    struct svc_http_server *srv = NULL;
+    struct svc_http_server *srv = NULL, *srv_idle = NULL;
     struct svc_http_opts o = {0};
     pthread_t th;
     char err[256];
@@ -653,6 +722,10 @@ int main(void)
     T_EQ_INT(svc_http_server_create(&srv, &o, routes, sizeof(routes) / sizeof(routes[0]), err,
                                     sizeof(err)),
              SVC_OK);
+    o.idle_timeout = 1;
+    T_EQ_INT(svc_http_server_create(&srv_idle, &o, routes, sizeof(routes) / sizeof(routes[0]),
+                                    err, sizeof(err)),
+             SVC_OK);
     T_EQ_INT(pthread_create(&th, NULL, server_main, sloop), 0);
 
     T_RUN_ARG(test_many_streams, svc_http_server_port(srv));
@@ -660,6 +733,7 @@ int main(void)
     T_RUN_ARG(test_emfile_recovers, svc_http_server_port(srv));
     T_RUN_ARG(test_stream_sent_whole, svc_http_server_port(srv));
     T_RUN_ARG(test_stream_framing, svc_http_server_port(srv));
+    T_RUN_ARG(test_stream_reader_gone_quiet, svc_http_server_port(srv_idle));
     drained_srv = srv;
     T_RUN_ARG(test_drain, svc_http_server_port(srv));
     T_RUN_ARG(test_hang_at_exit, svc_http_server_port(srv));
@@ -667,6 +741,7 @@ int main(void)
     T_EQ_INT(svc_loop_post(sloop, stop_loop, NULL), SVC_OK);
     T_EQ_INT(pthread_join(th, NULL), 0);
     svc_http_server_destroy(&srv);
+    svc_http_server_destroy(&srv_idle);
     T_ASSERT(srv == NULL);
     T_EQ_INT(hang_aborted, hang_sent);
     if (hung_client >= 0)
