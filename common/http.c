@@ -109,6 +109,7 @@ struct conn {
     struct svc_buf out; /* reply bytes the socket has not taken */
     size_t out_off;
     size_t queued; /* of out, counted in stream_queued */
+    uint64_t wrote_pass; /* the loop pass (svc_loop_iteration) of the last chunk written at once */
     struct svc__http_scan scan; /* how far the head being read was searched for its end */
     uint64_t body_left; /* Content-Length body: bytes still to come */
     struct svc__http_chunked chunk;
@@ -718,6 +719,7 @@ static int chunk_write(struct conn *c, const struct iovec *parts, int nparts, si
     int n = 0;
     size_t sent = 0;
     ssize_t w;
+    int tried = 0; /* written at once, as much as the socket took */
 
     if (!c->http10) {
         iov[n].iov_base = size;
@@ -729,8 +731,13 @@ static int chunk_write(struct conn *c, const struct iovec *parts, int nparts, si
         iov[n].iov_base = (void *)"\r\n";
         iov[n++].iov_len = 2;
     }
-    if (direct && out_pending(c) == 0) {
+    /* The first chunk of a loop pass goes at once; the ones a producer writes after it in the
+     * same pass (chat turns one upstream read into many objects) are gathered and written
+     * together when the pass ends (conn_kick): one system call, not one per object. */
+    if (direct && out_pending(c) == 0 && c->wrote_pass != svc_loop_iteration(c->sl->loop)) {
         size_t total = 0;
+        c->wrote_pass = svc_loop_iteration(c->sl->loop);
+        tried = 1;
         for (int i = 0; i < n; i++)
             total += iov[i].iov_len;
         do
@@ -753,8 +760,10 @@ static int chunk_write(struct conn *c, const struct iovec *parts, int nparts, si
             return SVC_ENOMEM;
         }
     }
-    if (direct)
-        conn_want(c, c->events | EPOLLOUT);
+    if (tried)
+        conn_want(c, c->events | EPOLLOUT); /* the socket is full: written when it drains */
+    else if (direct)
+        conn_kick(c); /* gathered: written when the pass ends */
     return SVC_OK;
 }
 

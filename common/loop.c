@@ -42,6 +42,7 @@ struct svc_loop {
     int epfd;
     int wakefd;          /* eventfd: svc_loop_post and svc_loop_stop write it */
     uint64_t now;
+    uint64_t iteration; /* svc_loop_iteration */
     atomic_int stop; /* written by svc_loop_stop from any thread */
 
     struct svc_timer **heap; /* min-heap on due */
@@ -54,6 +55,11 @@ struct svc_loop {
     struct svc_timer *dead_timers;
     void *data;
 };
+
+uint64_t svc_loop_iteration(const struct svc_loop *loop)
+{
+    return loop->iteration;
+}
 
 void svc_loop_set_data(struct svc_loop *loop, void *data)
 {
@@ -414,6 +420,7 @@ int svc_loop_run(struct svc_loop *loop)
         loop->now = svc_loop_clock_ms();
         n = epoll_wait(loop->epfd, events, LOOP_MAX_EVENTS, next_timeout(loop));
         loop->now = svc_loop_clock_ms();
+        loop->iteration++;
         for (int i = 0; i < n; i++) {
             struct svc_io *io = events[i].data.ptr;
             if (io == NULL) {

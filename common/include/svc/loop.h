@@ -53,6 +53,10 @@ int svc_loop_post(struct svc_loop *loop, svc_loop_post_cb cb, void *ctx) SVC_MUS
 /* Milliseconds of CLOCK_MONOTONIC, cached once per loop iteration. */
 uint64_t svc_loop_now(struct svc_loop *loop);
 
+/* A number that changes with every pass of the loop (one epoll_wait, its events, the timers
+ * due). The HTTP server writes a connection's first chunk of a pass at once and gathers the
+ * rest into one write at the end of the pass. Loop thread only. */
+uint64_t svc_loop_iteration(const struct svc_loop *loop);
 /* Milliseconds of CLOCK_MONOTONIC, read now. */
 uint64_t svc_loop_clock_ms(void);
 /* Microseconds of CLOCK_MONOTONIC, read now. */
