@@ -78,6 +78,7 @@ struct svc_fetch {
     struct host_q *hq;               /* NULL without a per-host cap */
     struct svc_fetch *qprev, *qnext; /* in hq's queue while queued */
     unsigned queued : 1, added : 1;  /* waiting in hq / handed to curl */
+    unsigned h1_only : 1;            /* HTTP/1.1 only: its handle may be kept for another */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -119,7 +120,14 @@ static void fetch_free(struct svc_fetch *f)
             svc_timer_start(f->m->pump, 0) != SVC_OK)
             SVC_LOG_ERR(NULL, "fetch", "cannot schedule the transfers waiting for a connection");
     }
-    easy_put(f->m, f->easy);
+    /* A handle that may have carried an HTTP/2 stream is not reused: libcurl 7.88.1 crashed
+     * ("double free or corruption" in curl_multi_remove_handle) in 5 of 11 bursts of streams
+     * over TLS/HTTP/2 while such handles were reset and reused, in none of 12 without
+     * (docs/http.md, "Easy handles are kept"). */
+    if (f->h1_only)
+        easy_put(f->m, f->easy);
+    else
+        curl_easy_cleanup(f->easy);
     free(f->headers); /* header_list */
     free(f->body);
     svc_buf_deinit(&f->resp);
@@ -531,6 +539,7 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
                                                       : (long)CURL_HTTP_VERSION_2TLS);
     } else {
         h1_only = 1;
+        f->h1_only = 1;
         curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
         if (req->fresh_connection) {
             curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
