@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "svc/log.h"
+#include "svc/util.h"
 
 #define DB_DEFAULT_FILE "chatweb.db"
 #define DB_DEFAULT_POOL_MYSQL 8
@@ -64,16 +65,6 @@ static int copy_str(char *dst, size_t cap, const char *src, size_t n)
     return SVC_OK;
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 /*
  * %-decodes n bytes of src into dst[cap]. plus_space turns '+' into ' ' (query values, like Go's
@@ -88,8 +79,8 @@ static int pct_decode(char *dst, size_t cap, const char *src, size_t n, int plus
         if (c == '%') {
             if (i + 2 >= n)
                 return SVC_EINVAL;
-            int hi = hexval(src[i + 1]);
-            int lo = hexval(src[i + 2]);
+            int hi = svc_util_hex_value(src[i + 1]);
+            int lo = svc_util_hex_value(src[i + 2]);
             if (hi < 0 || lo < 0)
                 return SVC_EINVAL;
             c = hi * 16 + lo;

@@ -5,6 +5,8 @@
  */
 #include "http_parse.h"
 
+#include "svc/util.h"
+
 #include <string.h>
 
 /* RFC 9110 5.6.2 tchar. */
@@ -24,16 +26,6 @@ static int is_vchar(unsigned char c)
     return c != '\0';
 }
 
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 size_t svc__http_head_len(const char *buf, size_t len, struct svc__http_scan *scan)
 {
@@ -99,8 +91,8 @@ static int decode(char *s, int plus)
 
     for (char *r = s; *r != '\0'; r++) {
         int hi, lo;
-        if (*r == '%' && (hi = hexval((unsigned char)r[1])) >= 0 &&
-            (lo = hexval((unsigned char)r[2])) >= 0) {
+        if (*r == '%' && (hi = svc_util_hex_value((unsigned char)r[1])) >= 0 &&
+            (lo = svc_util_hex_value((unsigned char)r[2])) >= 0) {
             if (hi == 0 && lo == 0)
                 return -1;
             *w++ = (char)(hi * 16 + lo);
@@ -275,7 +267,7 @@ long svc__http_chunked_decode(struct svc__http_chunked *c, char *buf, size_t len
 
         switch (c->state) {
         case CH_SIZE: {
-            int v = hexval(ch);
+            int v = svc_util_hex_value(ch);
             if (v >= 0) {
                 if (++c->digits > CH_SIZE_DIGITS)
                     return -1;
