@@ -10,7 +10,8 @@
  *   ops.c     the operator API (/accounts, /admin/accounts)
  *   web.c     /api/session /api/verify /api/login /api/logout /api/me and the RPC methods
  *
- * Nothing here is thread-unsafe unless said: every function may be called from any HTTP pool thread.
+ * Nothing here is thread-unsafe unless said: every function may be called from any HTTP pool
+ * thread.
  * Secrets (passwords, API keys, session tokens) are never logged, never stored in clear, and
  * wiped from stack buffers after use.
  */

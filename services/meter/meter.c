@@ -522,7 +522,8 @@ static int event_scan(struct meter *m, struct meter_event *ev)
         return SVC_EIO;
     }
     if (f.has_error) {
-        stream_error(m, "[OpenAI] %s", f.error_msg != NULL ? f.error_msg : "error inside the stream");
+        stream_error(m, "[OpenAI] %s",
+                     f.error_msg != NULL ? f.error_msg : "error inside the stream");
         return SVC_EIO;
     }
     if (f.has_usage) {
