@@ -93,6 +93,8 @@ struct svc_http_server {
     atomic_int quiesced;
     atomic_int listener_shut; /* quiesced, the backlog taken, the socket shut down */
     atomic_uint loops_quiesced; /* loops that stopped accepting */
+    pthread_mutex_t handoff_lock; /* POOL mode: connections on their way to another loop */
+    struct handoff *handoffs;
 };
 
 struct conn {
@@ -1498,13 +1500,28 @@ struct handoff {
     struct srv_loop *to;
     int fd;
     struct sockaddr_storage ss;
+    struct handoff *prev, *next; /* in srv->handoffs until taken: a server destroyed first
+                                  * closes what its stopped loops never took */
 };
+
+static void handoff_unlink(struct svc_http_server *srv, struct handoff *h)
+{
+    pthread_mutex_lock(&srv->handoff_lock);
+    if (h->prev != NULL)
+        h->prev->next = h->next;
+    else
+        srv->handoffs = h->next;
+    if (h->next != NULL)
+        h->next->prev = h->prev;
+    pthread_mutex_unlock(&srv->handoff_lock);
+}
 
 static void on_handoff(void *data, struct svc_loop *loop)
 {
     struct handoff *h = data;
 
     (void)loop;
+    handoff_unlink(h->to->srv, h);
     atomic_fetch_sub(&h->to->nconns, 1); /* conn_new counts it again */
     conn_new(h->to, h->fd, (const struct sockaddr *)&h->ss);
     free(h);
@@ -1526,8 +1543,16 @@ static void conn_place(struct srv_loop *sl, int fd, const struct sockaddr_storag
     h->to = to;
     h->fd = fd;
     h->ss = *ss;
+    h->prev = NULL;
+    pthread_mutex_lock(&srv->handoff_lock);
+    h->next = srv->handoffs;
+    if (srv->handoffs != NULL)
+        srv->handoffs->prev = h;
+    srv->handoffs = h;
+    pthread_mutex_unlock(&srv->handoff_lock);
     atomic_fetch_add(&to->nconns, 1); /* counted now, so that a burst spreads */
     if (svc_loop_post(to->loop, on_handoff, h) != SVC_OK) {
+        handoff_unlink(srv, h);
         atomic_fetch_sub(&to->nconns, 1);
         free(h);
         conn_new(sl, fd, (const struct sockaddr *)ss);
@@ -1669,6 +1694,7 @@ int svc_http_server_create(struct svc_http_server **out, const struct svc_http_o
     srv->nroutes = nroutes;
     srv->listen_fd = -1;
     srv->pool = opts->mode == SVC_HTTP_POOL;
+    pthread_mutex_init(&srv->handoff_lock, NULL);
     rc = listen_on(opts->addr, &srv->listen_fd, &srv->port, err, errlen);
     if (rc != SVC_OK)
         goto fail;
@@ -1820,6 +1846,13 @@ void svc_http_server_destroy(struct svc_http_server **srvp)
             svc_loop_destroy(&sl->loop);
     }
     free(srv->loops);
+    while (srv->handoffs != NULL) { /* accepted, never taken by the stopped loop */
+        struct handoff *h = srv->handoffs;
+        srv->handoffs = h->next;
+        close(h->fd);
+        free(h);
+    }
+    pthread_mutex_destroy(&srv->handoff_lock);
     if (srv->listen_fd >= 0)
         close(srv->listen_fd);
     free(srv);
