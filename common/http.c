@@ -384,13 +384,18 @@ static size_t out_pending(const struct conn *c)
 
 size_t svc_req_stream_pending(const struct svc_req *req)
 {
+    /* A connection found broken is closed, and its request aborted, when the loop pass ends;
+     * until then its producer is told that the client is full, so that it stops making what
+     * nobody will read (chat would turn all the upstream's buffered bytes into objects). */
+    if (req->c->dead)
+        return SVC_HTTP_STREAM_MAX_PENDING;
     return out_pending(req->c) + req->early.len;
 }
 
 /* Keeps stream_queued equal to the sum of the streaming requests' waiting bytes. */
 static void queued_sync(struct conn *c)
 {
-    size_t now = c->req != NULL && c->req->streaming ? svc_req_stream_pending(c->req) : 0;
+    size_t now = c->req != NULL && c->req->streaming ? out_pending(c) + c->req->early.len : 0;
 
     if (now > c->queued) {
         if (atomic_fetch_add_explicit(&stream_queued, now - c->queued, memory_order_relaxed) +
@@ -783,7 +788,7 @@ int svc_req_stream_writev(struct svc_req *req, const struct iovec *parts, int np
         len += parts[i].iov_len;
     if (c->dead || req->head_only || len == 0)
         return SVC_OK; /* a broken connection: the loop aborts the request soon */
-    if (svc_req_stream_pending(req) + len > SVC_HTTP_STREAM_MAX_PENDING)
+    if (out_pending(c) + req->early.len + len > SVC_HTTP_STREAM_MAX_PENDING)
         return SVC_ETOOLARGE;
     if (req->head_pending) { /* unframed until the head is written (stream_head_write) */
         rc = SVC_OK;
