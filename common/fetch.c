@@ -489,7 +489,7 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
 {
     struct svc_fetch *f;
     CURL *e;
-    int rc = SVC_ENOMEM, h1_only = 0;
+    int rc = SVC_ENOMEM;
 
     *out = NULL;
     if (m == NULL || req == NULL || cb == NULL)
@@ -538,7 +538,6 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
                                                       ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE
                                                       : (long)CURL_HTTP_VERSION_2TLS);
     } else {
-        h1_only = 1;
         f->h1_only = 1;
         curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
         if (req->fresh_connection) {
@@ -557,7 +556,7 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
      * 7.88's HTTP/2 corrupts its heap with it when a GOAWAY refuses streams (upstream_h2.test),
      * so a transfer that may be HTTP/2 keeps 4 KiB. */
     if (req->stream)
-        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, h1_only ? 1024L : 4096L);
+        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, f->h1_only ? 1024L : 4096L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     if (req->body != NULL) {
         f->body = malloc(req->body_len ? req->body_len : 1);

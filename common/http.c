@@ -87,7 +87,6 @@ struct svc_http_server {
     int pool; /* POOL mode: the loops are ours, one thread each */
     struct srv_loop *loops;
     unsigned nloops;
-    atomic_long conns; /* open client connections, every loop */
     atomic_long inflight;
     atomic_ulong started; /* requests begun since start: a drain watches it stand still */
     atomic_int quiesced;
@@ -1013,7 +1012,6 @@ static void head_take(struct conn *c, size_t len)
     req->head_only = strcmp(h.method, "HEAD") == 0;
     c->http10 = h.minor == 0;
     req_fill_identity(req);
-    req->route = NULL;
     for (unsigned i = 0; i < h.nheaders; i++) {
         const char *n = h.headers[i].name, *v = h.headers[i].value;
         if (strcasecmp(n, "Content-Length") == 0) {
@@ -1218,7 +1216,6 @@ static void conn_close(struct conn *c)
         sl->conns = c->next;
     if (c->next != NULL)
         c->next->prev = c->prev;
-    atomic_fetch_sub(&sl->srv->conns, 1);
     atomic_fetch_sub(&sl->nconns, 1);
     free(c);
 }
@@ -1489,7 +1486,6 @@ static void conn_new(struct srv_loop *sl, int fd, const struct sockaddr *sa)
     if (sl->conns != NULL)
         sl->conns->prev = c;
     sl->conns = c;
-    atomic_fetch_add(&sl->srv->conns, 1);
     conn_arm(c);
 }
 
@@ -1601,9 +1597,10 @@ static int accept_batch(struct srv_loop *sl)
             }
             return 0; /* EAGAIN: another loop took it */
         }
-        if (atomic_load(&srv->conns) >= (long)srv->opts.max_connections) {
+        long open = svc_http_server_connections(srv);
+        if (open >= (long)srv->opts.max_connections) {
             SVC_LOG_WARN(NULL, "http", "connection refused: %ld open (HTTP_MAX_CONNECTIONS %u)",
-                         atomic_load(&srv->conns), srv->opts.max_connections);
+                         open, srv->opts.max_connections);
             close(cfd);
             continue;
         }
@@ -1753,7 +1750,11 @@ unsigned long svc_http_server_started(const struct svc_http_server *srv)
 
 long svc_http_server_connections(const struct svc_http_server *srv)
 {
-    return atomic_load(&srv->conns);
+    long n = 0;
+
+    for (unsigned i = 0; i < srv->nloops; i++)
+        n += atomic_load(&srv->loops[i].nconns);
+    return n;
 }
 
 /*

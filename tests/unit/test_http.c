@@ -806,8 +806,10 @@ static int wire_connect(struct svc_http_server *srv)
     return c;
 }
 
-static void wire_send(int c, const char *data, size_t len)
+static void wire_send(int c, const char *data)
 {
+    size_t len = strlen(data);
+
     T_EQ_INT((int)send(c, data, len, MSG_NOSIGNAL), (int)len);
 }
 
@@ -839,7 +841,7 @@ static void wire_once(struct svc_http_server *srv, const char *req, char *buf, s
 {
     int c = wire_connect(srv);
 
-    wire_send(c, req, strlen(req));
+    wire_send(c, req);
     wire_read(c, buf, cap, NULL);
     close(c);
 }
@@ -889,7 +891,7 @@ static void test_wire_requests(void)
 
     /* a client that closes its side after its request still gets the answer */
     c = wire_connect(srv_text);
-    wire_send(c, "GET /text HTTP/1.1\r\nHost: x\r\n\r\n", 31);
+    wire_send(c, "GET /text HTTP/1.1\r\nHost: x\r\n\r\n");
     T_EQ_INT(shutdown(c, SHUT_WR), 0);
     wire_read(c, buf, sizeof(buf), NULL);
     T_ASSERT(strstr(buf, "HTTP/1.1 200 OK\r\n") == buf && strstr(buf, "hello") != NULL);
@@ -906,11 +908,10 @@ static void test_wire_requests(void)
 
     c = wire_connect(srv_text);
     wire_send(c, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n"
-                 "Connection: close\r\n\r\n",
-              92);
+                 "Connection: close\r\n\r\n");
     wire_read(c, buf, sizeof(buf), "\r\n\r\n");
     T_EQ_STR(buf, "HTTP/1.1 100 Continue\r\n\r\n");
-    wire_send(c, "12345", 5);
+    wire_send(c, "12345");
     wire_read(c, buf, sizeof(buf), NULL);
     T_ASSERT(strstr(buf, "HTTP/1.1 200 OK\r\n") == buf && strstr(buf, "\"len\":5,") != NULL);
     close(c);
@@ -918,10 +919,10 @@ static void test_wire_requests(void)
     wire_once(srv_text, "GET /text HTTP/1.0\r\n\r\n", buf, sizeof(buf)); /* closed after it */
     T_ASSERT(strstr(buf, "HTTP/1.1 200 OK\r\n") == buf && strstr(buf, "hello") != NULL);
     c = wire_connect(srv_text);
-    wire_send(c, "GET /text HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", 46);
+    wire_send(c, "GET /text HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
     wire_read(c, buf, sizeof(buf), "hello");
     T_ASSERT(strstr(buf, "Connection: keep-alive\r\n") != NULL);
-    wire_send(c, "HEAD /any/x HTTP/1.0\r\n\r\n", 24);
+    wire_send(c, "HEAD /any/x HTTP/1.0\r\n\r\n");
     wire_read(c, buf, sizeof(buf), NULL);
     T_ASSERT(strstr(buf, "HTTP/1.1 200 OK\r\n") == buf);
     T_ASSERT(strstr(buf, "Content-Length: 5\r\n") != NULL && strstr(buf, "hello") == NULL);
