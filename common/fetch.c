@@ -40,9 +40,27 @@
 struct host_q {
     struct host_q *next;
     long in_curl;                  /* transfers of this host inside curl */
+    long connecting;               /* gated ones among them still without a connection */
     struct svc_fetch *head, *tail; /* waiting, oldest first */
+    unsigned h1 : 1;               /* gate: the origin answered over HTTP/1.x, no gate */
+    unsigned open : 1;             /* gate: a transfer failed to connect, none held for now */
     char origin[];                 /* scheme://host:port of the URL */
 };
+
+/*
+ * The HTTP/2 gate (multis without a per-host cap: upstream streams). CURLOPT_PIPEWAIT makes a
+ * transfer wait for a connection that curl is setting up only while curl does not know yet
+ * whether the host multiplexes; once it does, every transfer that finds the connections full
+ * opens one more, and so does the next while that one is in its TLS handshake. A proxy burst
+ * of 1,000 streams opened 399-495 HTTP/2 connections that way (docs/benchmarks.md). So here a
+ * transfer that may use HTTP/2 goes to curl only while no other of its origin is still
+ * getting its connection (CURLOPT_PREREQFUNCTION says when it has one, new or shared): the
+ * next then finds room on that connection, or opens the next one alone. Transfers that share a
+ * connection get theirs in the same curl pass, so the queue moves one transfer per loop pass;
+ * an origin that answers over HTTP/1.1 needs a connection per transfer and is not gated, and
+ * after a transfer fails to connect the waiting ones go at once (an upstream that is down
+ * fails them all in one connect timeout, not one after another).
+ */
 
 struct svc_fetch_multi {
     struct svc_loop *loop;
@@ -75,10 +93,13 @@ struct svc_fetch {
     uint64_t idle_ms;
     int data_err;
     long status;
-    struct host_q *hq;               /* NULL without a per-host cap */
+    struct host_q *hq;               /* NULL without a per-host cap or the HTTP/2 gate */
     struct svc_fetch *qprev, *qnext; /* in hq's queue while queued */
     unsigned queued : 1, added : 1;  /* waiting in hq / handed to curl */
     unsigned h1_only : 1;            /* HTTP/1.1 only: its handle may be kept for another */
+    unsigned gated : 1;              /* under the HTTP/2 gate (see struct host_q) */
+    unsigned connecting : 1;         /* gated, in curl, no connection yet */
+    unsigned version_seen : 1;       /* gated: the HTTP version of its answer was noted */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -102,6 +123,13 @@ static void easy_put(struct svc_fetch_multi *m, CURL *e)
     }
 }
 
+/* on_pump hands waiting transfers to curl once the current loop pass is over. */
+static void pump_soon(struct svc_fetch_multi *m)
+{
+    if (svc_timer_start(m->pump, 0) != SVC_OK)
+        SVC_LOG_ERR(NULL, "fetch", "cannot schedule the transfers waiting for a connection");
+}
+
 static void fetch_free(struct svc_fetch *f)
 {
     svc_timer_destroy(&f->idle);
@@ -116,9 +144,16 @@ static void fetch_free(struct svc_fetch *f)
             f->hq->tail = f->qprev;
     } else if (f->added) {
         curl_multi_remove_handle(f->m->multi, f->easy);
-        if (f->hq != NULL && --f->hq->in_curl < f->m->max_host && f->hq->head != NULL &&
-            svc_timer_start(f->m->pump, 0) != SVC_OK)
-            SVC_LOG_ERR(NULL, "fetch", "cannot schedule the transfers waiting for a connection");
+        if (f->hq != NULL)
+            f->hq->in_curl--;
+        if (f->connecting) {
+            f->hq->connecting--;
+            if (!f->cancelled)
+                f->hq->open = 1; /* it ended without a connection: the upstream may be down */
+        }
+        if (f->hq != NULL && f->hq->head != NULL &&
+            (f->gated || f->hq->in_curl < f->m->max_host))
+            pump_soon(f->m);
     }
     /* A handle that may have carried an HTTP/2 stream is not reused: libcurl 7.88.1 crashed
      * ("double free or corruption" in curl_multi_remove_handle) in 5 of 11 bursts of streams
@@ -244,6 +279,70 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
     return svc_timer_start(m->timer, (uint64_t)timeout_ms) == SVC_OK ? 0 : -1;
 }
 
+/* Whether a new transfer for hq waits in its queue instead of going to curl now. */
+static int must_wait(const struct svc_fetch_multi *m, const struct host_q *hq, int gated)
+{
+    if (hq == NULL)
+        return 0;
+    if (gated)
+        return !hq->h1 && !hq->open && (hq->connecting > 0 || hq->head != NULL);
+    return hq->in_curl >= m->max_host || hq->head != NULL;
+}
+
+/* CURLOPT_PREREQFUNCTION: the transfer has its connection (new or shared) and its request is
+ * about to go; the next gated transfer of its origin may go to curl. */
+static int on_prereq(void *clientp, char *conn_primary_ip, char *conn_local_ip,
+                     int conn_primary_port, int conn_local_port)
+{
+    struct svc_fetch *f = clientp;
+
+    (void)conn_primary_ip;
+    (void)conn_local_ip;
+    (void)conn_primary_port;
+    (void)conn_local_port;
+    if (f->connecting) {
+        f->connecting = 0;
+        f->hq->connecting--;
+        f->hq->open = 0;
+        if (f->hq->head != NULL)
+            pump_soon(f->m);
+    }
+    return CURL_PREREQFUNC_OK;
+}
+
+/* A gated transfer's first bytes: HTTP/1.x answers lift the gate of its origin for good (each
+ * of its transfers needs a connection of its own), HTTP/2 ones keep it. */
+static void note_version(struct svc_fetch *f)
+{
+    long v = 0;
+
+    f->version_seen = 1;
+    curl_easy_getinfo(f->easy, CURLINFO_HTTP_VERSION, &v);
+    if (v == CURL_HTTP_VERSION_1_0 || v == CURL_HTTP_VERSION_1_1) {
+        f->hq->h1 = 1;
+        if (f->hq->head != NULL)
+            pump_soon(f->m);
+    } else if (v != 0) {
+        f->hq->h1 = 0;
+    }
+}
+
+/* Hands f, taken from its queue or new, to curl. */
+static int hand_to_curl(struct svc_fetch *f)
+{
+    if (curl_multi_add_handle(f->m->multi, f->easy) != CURLM_OK)
+        return SVC_EINTERNAL;
+    f->added = 1;
+    if (f->hq == NULL)
+        return SVC_OK;
+    f->hq->in_curl++;
+    if (f->gated && !f->hq->h1) {
+        f->connecting = 1;
+        f->hq->connecting++;
+    }
+    return SVC_OK;
+}
+
 /* The waiting queue of the URL's origin, made on first use. NULL when out of memory. */
 static struct host_q *host_get(struct svc_fetch_multi *m, const char *url)
 {
@@ -269,7 +368,8 @@ static void on_pump(void *data, struct svc_timer *t)
 
     (void)t;
     for (struct host_q *hq = m->hosts; hq != NULL; hq = hq->next) {
-        while (hq->head != NULL && hq->in_curl < m->max_host) {
+        while (hq->head != NULL && (hq->head->gated ? hq->h1 || hq->open || hq->connecting == 0
+                                                    : hq->in_curl < m->max_host)) {
             struct svc_fetch *f = hq->head;
 
             hq->head = f->qnext;
@@ -279,11 +379,8 @@ static void on_pump(void *data, struct svc_timer *t)
                 hq->tail = NULL;
             f->queued = 0;
             f->qnext = NULL;
-            if (curl_multi_add_handle(m->multi, f->easy) == CURLM_OK) {
-                f->added = 1;
-                hq->in_curl++;
+            if (hand_to_curl(f) == SVC_OK)
                 continue;
-            }
             if (f->cb.on_done != NULL)
                 f->cb.on_done(f->ud, SVC_ENOMEM, f, 0, f->stream ? NULL : "", 0,
                               "cannot start the transfer");
@@ -382,6 +479,8 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userp)
         return 0; /* makes curl fail the transfer; check_done then frees it quietly */
     if (f->idle != NULL && svc_timer_start(f->idle, f->idle_ms) != SVC_OK)
         return 0;
+    if (f->gated && !f->version_seen)
+        note_version(f);
     if (f->stream) {
         int rc;
         if (f->status == 0)
@@ -532,8 +631,13 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
     } else if (may_h2(req)) {
         /* While a connection to the host is being set up (any burst), wait to learn whether it
          * multiplexes instead of opening one more: without this a burst of 10,000 streams
-         * opened 2,225 connections (docs/decisions.md). */
+         * opened 2,225 connections (docs/decisions.md). Past that, the gate (struct host_q). */
         curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+        if (m->max_host == 0) {
+            f->gated = 1;
+            curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+            curl_easy_setopt(e, CURLOPT_PREREQDATA, f);
+        }
         curl_easy_setopt(e, CURLOPT_HTTP_VERSION, req->http == SVC_FETCH_HTTP_2_PRIOR
                                                       ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE
                                                       : (long)CURL_HTTP_VERSION_2TLS);
@@ -568,9 +672,9 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
     }
     if (req->method != NULL && strcmp(req->method, req->body != NULL ? "POST" : "GET") != 0)
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
-    if (m->max_host > 0 && (f->hq = host_get(m, req->url)) == NULL)
+    if ((m->max_host > 0 || f->gated) && (f->hq = host_get(m, req->url)) == NULL)
         goto fail;
-    if (f->hq != NULL && (f->hq->in_curl >= m->max_host || f->hq->head != NULL)) {
+    if (must_wait(m, f->hq, f->gated)) {
         f->queued = 1; /* on_pump hands it to curl when a connection is free */
         f->qprev = f->hq->tail;
         if (f->hq->tail != NULL)
@@ -578,14 +682,8 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
         else
             f->hq->head = f;
         f->hq->tail = f;
-    } else {
-        if (curl_multi_add_handle(m->multi, e) != CURLM_OK) {
-            rc = SVC_EINTERNAL;
-            goto fail;
-        }
-        f->added = 1;
-        if (f->hq != NULL)
-            f->hq->in_curl++;
+    } else if ((rc = hand_to_curl(f)) != SVC_OK) {
+        goto fail;
     }
     m->active++;
     f->next = m->all;

@@ -1,6 +1,7 @@
 // Shared upstream connections (issue 9 item 2, docs/decisions.md): chat speaks HTTP/2 to a TLS
 // upstream with a private CA (the fake upstream's TLS/HTTP/2 front, docs/fake-upstream.md) and
-// multiplexes concurrent streams over one connection; a cancelled stream resets only itself; a
+// multiplexes concurrent streams over one connection, and a burst past one connection's streams
+// over as few as it needs; a cancelled stream resets only itself; a
 // GOAWAY that refuses the streams that had not started loses none of them, nor does a connection
 // lost before their first byte (the meter's retry); without the CA the
 // upstream is refused; an upstream that offers only HTTP/1.1 is used with keep-alive; h2c with
@@ -254,5 +255,23 @@ describe('chat to a TLS + HTTP/2 upstream', () => {
         assert.equal(d.connections, conns);
         assert.equal(d.h2_connections, conns);
         assert.equal(d.h2_streams, 10);
+    });
+
+    it('a burst past one connection\'s 100 streams opens only the connections it needs (the HTTP/2 gate)', { timeout: 120000 }, async (t) => {
+        // A replica of its own: no connection to the fake yet, so the burst starts from none.
+        // Last in this file: its idle connections would count in the GOAWAY test's figures.
+        // Without the gate (common/fetch.c, struct host_q) every transfer that found the
+        // connections full opened one more while the newest was still in its TLS handshake.
+        const url = await extraChat('chat-burst', { OPENAI_BASE_URL: `${fakes.h2.frontUrl}/v1`, OPENAI_CA_FILE: certs.ca });
+        const s0 = await stats(fakes.h2);
+        const N = 250;
+        const res = await Promise.all(Array.from({ length: N }, (_, i) => chat(url, `b${i} [[fake tps=5 tokens=10]]`)));
+        res.forEach((r, i) => assertComplete(r, 10, `stream ${i}`));
+        const d = delta(s0, await stats(fakes.h2));
+        t.diagnostic(`${N} streams at once, at most 100 per connection: ${d.connections} connection(s), ` +
+            `${d.h2_streams} HTTP/2 streams`);
+        assert.equal(d.h2_streams, N);
+        assert.ok(d.connections >= 3, `100 streams per connection at most: ${d.connections} connection(s)`);
+        assert.ok(d.connections <= 4, `${N} streams need 3 connections, got ${d.connections}`);
     });
 });
