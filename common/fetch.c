@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <unistd.h>
 
 #include "svc/buf.h"
 #include "svc/log.h"
@@ -12,12 +13,14 @@
 
 #define FETCH_DEFAULT_CONNECT_MS 10000
 #define FETCH_DEFAULT_MAX_RESPONSE (8u << 20)
-/* Streams per HTTP/2 connection we open at most (curl's default too); the server's
- * SETTINGS_MAX_CONCURRENT_STREAMS lowers it, and past it curl opens another connection. Not
- * more: libcurl 7.88 runs the transfers of a multiplexed connection when it turns readable, so
- * the cost of an event grows with the streams on it (1,000 per connection: TTFB p99 2.6-3.9 s
- * for 9,000-10,000 streams opened in a second; 100: 0.77-1.04 s, decision 28). */
-#define FETCH_H2_MAX_STREAMS 100L
+/* Streams per HTTP/2 connection we open at most; the server's SETTINGS_MAX_CONCURRENT_STREAMS
+ * lowers it, and past it curl opens another connection. Not more: libcurl 7.88 runs every
+ * transfer of a multiplexed connection when it turns readable, so the cost of an event grows
+ * with the streams on it. With the gate below filling connections to the brim, 10,000 proxy
+ * streams opened in a second over TLS had TTFB p99 6.1 s and 1.55 ms of CPU per stream at 100
+ * per connection, 2.6 s and 1.39 ms at 50, 1.9 s and 1.22 ms at 32; 1,000 streams cost 32.0,
+ * 33.1 and 34.5 KiB each (decisions 28 and 57). */
+#define FETCH_H2_MAX_STREAMS 32L
 /* Connection cache sizes (CURLMOPT_MAXCONNECTS), see svc_fetch_multi_create. */
 #define FETCH_CAPPED_CACHE 1024L
 #define FETCH_UNCAPPED_CACHE (1L << 20)
@@ -42,6 +45,9 @@ struct host_q {
     long in_curl;                  /* transfers of this host inside curl */
     long connecting;               /* gated ones among them still without a connection */
     struct svc_fetch *head, *tail; /* waiting, oldest first */
+    long nqueued;                  /* how many wait */
+    curl_socket_t *ready;          /* gate: sockets of its connections that carry requests */
+    int nready, ready_cap;
     unsigned h1 : 1;               /* gate: the origin answered over HTTP/1.x, no gate */
     unsigned open : 1;             /* gate: a transfer failed to connect, none held for now */
     char origin[];                 /* scheme://host:port of the URL */
@@ -53,13 +59,17 @@ struct host_q {
  * whether the host multiplexes; once it does, every transfer that finds the connections full
  * opens one more, and so does the next while that one is in its TLS handshake. A proxy burst
  * of 1,000 streams opened 399-495 HTTP/2 connections that way (docs/benchmarks.md). So here a
- * transfer that may use HTTP/2 goes to curl only while no other of its origin is still
- * getting its connection (CURLOPT_PREREQFUNCTION says when it has one, new or shared): the
- * next then finds room on that connection, or opens the next one alone. Transfers that share a
- * connection get theirs in the same curl pass, so the queue moves one transfer per loop pass;
- * an origin that answers over HTTP/1.1 needs a connection per transfer and is not gated, and
- * after a transfer fails to connect the waiting ones go at once (an upstream that is down
- * fails them all in one connect timeout, not one after another).
+ * transfer that may use HTTP/2 goes to curl only
+ *  - while the connections of its origin that carry requests have room by count
+ *    (FETCH_H2_MAX_STREAMS each, against the transfers in curl), or
+ *  - while fewer of its transfers are still getting a connection (CURLOPT_PREREQFUNCTION says
+ *    when one has it, new or shared) than the connections the waiting ones need: one, or one
+ *    per FETCH_H2_MAX_STREAMS waiting.
+ * So a burst fills the ready connections at once and opens as many new ones as it needs, each
+ * by one transfer, the rest waiting until those are ready. An origin that answers over
+ * HTTP/1.1 needs a connection per transfer and is not gated, and after a transfer fails to
+ * connect the waiting ones go at once (an upstream that is down fails them all in one connect
+ * timeout, not one after another).
  */
 
 struct svc_fetch_multi {
@@ -134,6 +144,7 @@ static void fetch_free(struct svc_fetch *f)
 {
     svc_timer_destroy(&f->idle);
     if (f->queued) {
+        f->hq->nqueued--;
         if (f->qprev != NULL)
             f->qprev->qnext = f->qnext;
         else
@@ -279,14 +290,55 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
     return svc_timer_start(m->timer, (uint64_t)timeout_ms) == SVC_OK ? 0 : -1;
 }
 
+/* Whether the gate lets one more transfer of hq go to curl now (see struct host_q): when the
+ * ready connections have room, or when fewer transfers are getting a connection than the
+ * connections the waiting ones need (one, or one per FETCH_H2_MAX_STREAMS of them). */
+static int gate_open(const struct host_q *hq)
+{
+    long openers = (hq->nqueued + FETCH_H2_MAX_STREAMS - 1) / FETCH_H2_MAX_STREAMS;
+
+    return hq->h1 || hq->open || hq->connecting < (openers > 1 ? openers : 1) ||
+           hq->in_curl < (long)hq->nready * FETCH_H2_MAX_STREAMS;
+}
+
 /* Whether a new transfer for hq waits in its queue instead of going to curl now. */
 static int must_wait(const struct svc_fetch_multi *m, const struct host_q *hq, int gated)
 {
     if (hq == NULL)
         return 0;
-    if (gated)
-        return !hq->h1 && !hq->open && (hq->connecting > 0 || hq->head != NULL);
-    return hq->in_curl >= m->max_host || hq->head != NULL;
+    if (hq->head != NULL)
+        return 1;
+    return gated ? !gate_open(hq) : hq->in_curl >= m->max_host;
+}
+
+/* A connection of hq now carries requests: its socket joins hq->ready (a fresh connection is
+ * counted once, by the transfer that opened it). */
+static void ready_add(struct host_q *hq, curl_socket_t fd)
+{
+    if (hq->nready == hq->ready_cap) {
+        int cap = hq->ready_cap > 0 ? hq->ready_cap * 2 : 8;
+        curl_socket_t *r = realloc(hq->ready, (size_t)cap * sizeof(*r));
+        if (r == NULL)
+            return; /* uncounted: the gate only lets fewer transfers through at once */
+        hq->ready = r;
+        hq->ready_cap = cap;
+    }
+    hq->ready[hq->nready++] = fd;
+}
+
+/* CURLOPT_CLOSESOCKETFUNCTION of gated transfers; curl calls the one of the transfer that
+ * opened the connection, with its origin's queue. */
+static int on_close_socket(void *clientp, curl_socket_t fd)
+{
+    struct host_q *hq = clientp;
+
+    for (int i = 0; i < hq->nready; i++) {
+        if (hq->ready[i] == fd) {
+            hq->ready[i] = hq->ready[--hq->nready];
+            break;
+        }
+    }
+    return close(fd);
 }
 
 /* CURLOPT_PREREQFUNCTION: the transfer has its connection (new or shared) and its request is
@@ -295,18 +347,24 @@ static int on_prereq(void *clientp, char *conn_primary_ip, char *conn_local_ip,
                      int conn_primary_port, int conn_local_port)
 {
     struct svc_fetch *f = clientp;
+    long fresh = 0;
+    curl_socket_t fd = CURL_SOCKET_BAD;
 
     (void)conn_primary_ip;
     (void)conn_local_ip;
     (void)conn_primary_port;
     (void)conn_local_port;
+    if (curl_easy_getinfo(f->easy, CURLINFO_NUM_CONNECTS, &fresh) == CURLE_OK && fresh > 0 &&
+        curl_easy_getinfo(f->easy, CURLINFO_ACTIVESOCKET, &fd) == CURLE_OK &&
+        fd != CURL_SOCKET_BAD)
+        ready_add(f->hq, fd);
     if (f->connecting) {
         f->connecting = 0;
         f->hq->connecting--;
         f->hq->open = 0;
-        if (f->hq->head != NULL)
-            pump_soon(f->m);
     }
+    if (f->hq->head != NULL)
+        pump_soon(f->m);
     return CURL_PREREQFUNC_OK;
 }
 
@@ -368,8 +426,8 @@ static void on_pump(void *data, struct svc_timer *t)
 
     (void)t;
     for (struct host_q *hq = m->hosts; hq != NULL; hq = hq->next) {
-        while (hq->head != NULL && (hq->head->gated ? hq->h1 || hq->open || hq->connecting == 0
-                                                    : hq->in_curl < m->max_host)) {
+        while (hq->head != NULL &&
+               (hq->head->gated ? gate_open(hq) : hq->in_curl < m->max_host)) {
             struct svc_fetch *f = hq->head;
 
             hq->head = f->qnext;
@@ -379,6 +437,7 @@ static void on_pump(void *data, struct svc_timer *t)
                 hq->tail = NULL;
             f->queued = 0;
             f->qnext = NULL;
+            hq->nqueued--;
             if (hand_to_curl(f) == SVC_OK)
                 continue;
             if (f->cb.on_done != NULL)
@@ -459,6 +518,7 @@ void svc_fetch_multi_destroy(struct svc_fetch_multi **mp)
     while (m->hosts != NULL) {
         struct host_q *hq = m->hosts;
         m->hosts = hq->next;
+        free(hq->ready);
         free(hq);
     }
     free(m);
@@ -674,8 +734,13 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
     if ((m->max_host > 0 || f->gated) && (f->hq = host_get(m, req->url)) == NULL)
         goto fail;
+    if (f->gated) {
+        curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+        curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, f->hq);
+    }
     if (must_wait(m, f->hq, f->gated)) {
         f->queued = 1; /* on_pump hands it to curl when a connection is free */
+        f->hq->nqueued++;
         f->qprev = f->hq->tail;
         if (f->hq->tail != NULL)
             f->hq->tail->qnext = f;

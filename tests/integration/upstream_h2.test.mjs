@@ -126,9 +126,9 @@ describe('chat to a TLS + HTTP/2 upstream', () => {
 
     const chatUrl = () => stack.services.chat[0].url;
 
-    it('multiplexes 40 concurrent streams over one TLS connection (ALPN h2, private CA)', async (t) => {
+    it('multiplexes 30 concurrent streams over one TLS connection (ALPN h2, private CA)', async (t) => {
         const s0 = await stats(fakes.h2);
-        const N = 40;
+        const N = 30; // chat puts at most 32 on one connection (common/fetch.c)
         const res = await Promise.all(Array.from({ length: N }, (_, i) => chat(chatUrl(), `s${i} [[fake tps=20 tokens=10]]`)));
         res.forEach((r, i) => assertComplete(r, 10, `stream ${i}`));
         const d = delta(s0, await stats(fakes.h2));
@@ -257,7 +257,7 @@ describe('chat to a TLS + HTTP/2 upstream', () => {
         assert.equal(d.h2_streams, 10);
     });
 
-    it('a burst past one connection\'s 100 streams opens only the connections it needs (the HTTP/2 gate)', { timeout: 120000 }, async (t) => {
+    it('a burst past one connection\'s streams opens only the connections it needs (the HTTP/2 gate)', { timeout: 120000 }, async (t) => {
         // A replica of its own: no connection to the fake yet, so the burst starts from none.
         // Last in this file: its idle connections would count in the GOAWAY test's figures.
         // Without the gate (common/fetch.c, struct host_q) every transfer that found the
@@ -268,10 +268,12 @@ describe('chat to a TLS + HTTP/2 upstream', () => {
         const res = await Promise.all(Array.from({ length: N }, (_, i) => chat(url, `b${i} [[fake tps=5 tokens=10]]`)));
         res.forEach((r, i) => assertComplete(r, 10, `stream ${i}`));
         const d = delta(s0, await stats(fakes.h2));
-        t.diagnostic(`${N} streams at once, at most 100 per connection: ${d.connections} connection(s), ` +
-            `${d.h2_streams} HTTP/2 streams`);
+        const s1 = await stats(fakes.h2);
+        t.diagnostic(`${N} streams at once, at most 32 per connection (chat's cap, the fake allows 100): ` +
+            `${d.connections} connection(s), ${d.h2_streams} HTTP/2 streams, at most ` +
+            `${s1.h2_max_streams_per_connection} on one`);
         assert.equal(d.h2_streams, N);
-        assert.ok(d.connections >= 3, `100 streams per connection at most: ${d.connections} connection(s)`);
-        assert.ok(d.connections <= 4, `${N} streams need 3 connections, got ${d.connections}`);
+        assert.ok(d.connections >= Math.ceil(N / 32), `at most 32 streams per connection: ${d.connections} connection(s)`);
+        assert.ok(d.connections <= Math.ceil(N / 32) + 1, `${N} streams need ${Math.ceil(N / 32)} connections, got ${d.connections}`);
     });
 });
