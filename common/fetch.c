@@ -311,10 +311,13 @@ static int must_wait(const struct svc_fetch_multi *m, const struct host_q *hq, i
     return gated ? !gate_open(hq) : hq->in_curl >= m->max_host;
 }
 
-/* A connection of hq now carries requests: its socket joins hq->ready (a fresh connection is
- * counted once, by the transfer that opened it). */
+/* A connection of hq now carries requests: its socket joins hq->ready (counted by the transfer
+ * that opened it; once, should curl report a transfer sent again on it as its opener too). */
 static void ready_add(struct host_q *hq, curl_socket_t fd)
 {
+    for (int i = 0; i < hq->nready; i++)
+        if (hq->ready[i] == fd)
+            return;
     if (hq->nready == hq->ready_cap) {
         int cap = hq->ready_cap > 0 ? hq->ready_cap * 2 : 8;
         curl_socket_t *r = realloc(hq->ready, (size_t)cap * sizeof(*r));
