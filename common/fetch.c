@@ -696,11 +696,7 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
          * multiplexes instead of opening one more: without this a burst of 10,000 streams
          * opened 2,225 connections (docs/decisions.md). Past that, the gate (struct host_q). */
         curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-        if (m->max_host == 0) {
-            f->gated = 1;
-            curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
-            curl_easy_setopt(e, CURLOPT_PREREQDATA, f);
-        }
+        f->gated = m->max_host == 0;
         curl_easy_setopt(e, CURLOPT_HTTP_VERSION, req->http == SVC_FETCH_HTTP_2_PRIOR
                                                       ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE
                                                       : (long)CURL_HTTP_VERSION_2TLS);
@@ -737,7 +733,9 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
     if ((m->max_host > 0 || f->gated) && (f->hq = host_get(m, req->url)) == NULL)
         goto fail;
-    if (f->gated) {
+    if (f->gated) { /* how the gate learns of a connection had and of one closed */
+        curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+        curl_easy_setopt(e, CURLOPT_PREREQDATA, f);
         curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
         curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, f->hq);
     }

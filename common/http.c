@@ -381,6 +381,12 @@ static size_t out_pending(const struct conn *c)
     return c->out.len - c->out_off;
 }
 
+/* A stream's bytes not yet sent: the connection's output and what waits for its head. */
+static size_t stream_waiting(const struct svc_req *req)
+{
+    return out_pending(req->c) + req->early.len;
+}
+
 size_t svc_req_stream_pending(const struct svc_req *req)
 {
     /* A connection found broken is closed, and its request aborted, when the loop pass ends;
@@ -388,13 +394,13 @@ size_t svc_req_stream_pending(const struct svc_req *req)
      * nobody will read (chat would turn all the upstream's buffered bytes into objects). */
     if (req->c->dead)
         return SVC_HTTP_STREAM_MAX_PENDING;
-    return out_pending(req->c) + req->early.len;
+    return stream_waiting(req);
 }
 
 /* Keeps stream_queued equal to the sum of the streaming requests' waiting bytes. */
 static void queued_sync(struct conn *c)
 {
-    size_t now = c->req != NULL && c->req->streaming ? out_pending(c) + c->req->early.len : 0;
+    size_t now = c->req != NULL && c->req->streaming ? stream_waiting(c->req) : 0;
 
     if (now > c->queued) {
         if (atomic_fetch_add_explicit(&stream_queued, now - c->queued, memory_order_relaxed) +
@@ -787,7 +793,7 @@ int svc_req_stream_writev(struct svc_req *req, const struct iovec *parts, int np
         len += parts[i].iov_len;
     if (c->dead || req->head_only || len == 0)
         return SVC_OK; /* a broken connection: the loop aborts the request soon */
-    if (out_pending(c) + req->early.len + len > SVC_HTTP_STREAM_MAX_PENDING)
+    if (stream_waiting(req) + len > SVC_HTTP_STREAM_MAX_PENDING)
         return SVC_ETOOLARGE;
     if (req->head_pending) { /* unframed until the head is written (stream_head_write) */
         rc = SVC_OK;
