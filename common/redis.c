@@ -1473,6 +1473,22 @@ uint64_t svc_redis_async_replicated_ms(const struct svc_redis_async *r)
     return r->replicated_ms;
 }
 
+void svc_redis_async_flush(struct svc_redis_async *r)
+{
+    for (int i = 0; i < ASYNC_CONNS_MAX; i++) {
+        struct aconn *c = &r->conns[i];
+        int done = 0;
+
+        if (!c->in_use || c->ac == NULL || !(c->ac->c.flags & REDIS_CONNECTED))
+            continue;
+        /* redisBufferWrite, not redisAsyncHandleWrite: that frees the context on an error, which
+         * must not happen inside one of its callbacks. A failed write only marks the context;
+         * the write event, still armed, then disconnects it outside any callback. */
+        if (redisBufferWrite(&c->ac->c, &done) == REDIS_OK && done)
+            ev_update(c, 0, EPOLLOUT);
+    }
+}
+
 void svc_redis_async_recheck(struct svc_redis_async *r)
 {
     if (r->url.kind == SVC__REDIS_SENTINEL)

@@ -23,6 +23,7 @@
 #include "svc/http.h"
 #include "svc/log.h"
 #include "svc/loop.h"
+#include "svc/redis.h"
 #include "svc/rpc.h"
 #include "svc/sse.h"
 #include "svc/tokenizer.h"
@@ -291,6 +292,9 @@ static void end_hold(struct meter *m, int produced)
         if (svc_ratelimit_tokens_add(m->ml->redis, m->tpm_tag, sc, m->tpm_n,
                                      prompt + completion - m->tpm_admitted, TPM_WINDOW_S) != SVC_OK)
             SVC_LOG_WARN(m->rid, "ratelimit", "cannot correct the token counters");
+        /* on its way before the client has its answer: its next request, on any replica, must
+         * be admitted against the corrected count */
+        svc_redis_async_flush(m->ml->redis);
     }
     if (m->lease_held) {
         m->lease_held = 0;

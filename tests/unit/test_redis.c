@@ -3,12 +3,14 @@
  * resolves a host name synchronously, so svc_redis_async_create resolves a redis:// host once and
  * every (re)connect uses the address. getaddrinfo is interposed by this executable (it is looked
  * up in the executable before libc, for hiredis too) so that one name resolves slowly and every
- * lookup is counted. Needs no server: the client reconnects to a closed port.
+ * lookup is counted. Needs no server: the client reconnects to a closed port, or talks to a
+ * listening socket the test reads itself (svc_redis_async_flush).
  */
 #include <arpa/inet.h>
 #include <dlfcn.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include "svc/err.h"
@@ -115,8 +117,131 @@ static void test_reconnect_does_not_resolve_on_loop(void)
     svc_loop_destroy(&loop);
 }
 
+/* ---- svc_redis_async_flush ---- */
+
+/* A loopback socket listening on a free port: the client's connect completes in its backlog
+ * before the test accepts it, and the test then reads what the client sent. */
+static int listen_loopback(int *port)
+{
+    struct sockaddr_in sa = {0};
+    socklen_t sl = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    T_ASSERT(fd >= 0);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    T_EQ_INT(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    T_EQ_INT(listen(fd, 4), 0);
+    T_EQ_INT(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
+    *port = ntohs(sa.sin_port);
+    return fd;
+}
+
+/* Reads what arrived on fd within wait_ms (0: only what is there now) into buf; the length. */
+static size_t read_arrived(int fd, char *buf, size_t cap, int wait_ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    ssize_t n;
+
+    if (poll(&p, 1, wait_ms) != 1)
+        return 0;
+    n = recv(fd, buf, cap - 1, MSG_DONTWAIT);
+    T_ASSERT(n >= 0);
+    buf[n] = '\0';
+    return (size_t)n;
+}
+
+struct flush_case {
+    struct svc_loop *loop;
+    struct svc_redis_async *r;
+    int server; /* the accepted connection, as the Redis server would see it */
+    int in_callback_read;
+};
+
+static void on_connected_poll(void *data, struct svc_timer *t)
+{
+    struct flush_case *fc = data;
+
+    if (svc_redis_async_connected(fc->r))
+        svc_loop_stop(fc->loop);
+    else
+        T_EQ_INT(svc_timer_start(t, 5), SVC_OK);
+}
+
+static const char *const incr_argv[] = {"INCRBY", "tpm", "-7"};
+
+/* A reply's callback queues a command and flushes it: it is on the wire before the callback
+ * returns, as when the meter corrects the token counters from a billing or Redis answer. */
+static void on_get_reply(void *ctx, int err, const struct svc_redis_reply *rep)
+{
+    struct flush_case *fc = ctx;
+    char buf[256];
+
+    (void)rep;
+    T_EQ_INT(err, SVC_OK);
+    T_EQ_INT(svc_redis_async_cmd(fc->r, NULL, NULL, 3, incr_argv, NULL), SVC_OK);
+    svc_redis_async_flush(fc->r);
+    fc->in_callback_read = read_arrived(fc->server, buf, sizeof(buf), 1000) > 0 &&
+                           strstr(buf, "INCRBY") != NULL;
+    svc_loop_stop(fc->loop);
+}
+
+/*
+ * A command is written when the loop next reports the socket writable, which may be after the
+ * caller has answered its client; svc_redis_async_flush writes it at once, outside the loop
+ * and inside a reply's callback alike.
+ */
+static void test_flush_writes_now(void)
+{
+    struct flush_case fc = {0};
+    struct svc_timer *poll_t = NULL, *stop = NULL;
+    const char *const get_argv[] = {"GET", "tpm"};
+    char url[128], buf[256];
+    int port, lfd = listen_loopback(&port);
+
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", port);
+    T_EQ_INT(svc_loop_create(&fc.loop), SVC_OK);
+    T_EQ_INT(svc_redis_async_create(&fc.r, fc.loop, url, 30000, NULL, 0), SVC_OK);
+    T_EQ_INT(svc_timer_create(&poll_t, fc.loop, on_connected_poll, &fc), SVC_OK);
+    T_EQ_INT(svc_timer_create(&stop, fc.loop, on_stop, fc.loop), SVC_OK);
+    T_EQ_INT(svc_timer_start(poll_t, 5), SVC_OK);
+    T_EQ_INT(svc_timer_start(stop, 5000), SVC_OK);
+    T_EQ_INT(svc_loop_run(fc.loop), SVC_OK);
+    T_ASSERT(svc_redis_async_connected(fc.r));
+    fc.server = accept(lfd, NULL, NULL);
+    T_ASSERT(fc.server >= 0);
+
+    /* queued only: nothing reaches the server until the loop runs, or a flush */
+    T_EQ_INT(svc_redis_async_cmd(fc.r, NULL, NULL, 3, incr_argv, NULL), SVC_OK);
+    T_EQ_INT((int)read_arrived(fc.server, buf, sizeof(buf), 100), 0);
+    svc_redis_async_flush(fc.r);
+    T_ASSERT(read_arrived(fc.server, buf, sizeof(buf), 1000) > 0);
+    T_ASSERT(strstr(buf, "INCRBY") != NULL);
+    T_EQ_INT((int)send(fc.server, ":3\r\n", 4, 0), 4); /* its reply, read with the next one */
+    svc_redis_async_flush(fc.r); /* nothing queued: writes nothing */
+    T_EQ_INT((int)read_arrived(fc.server, buf, sizeof(buf), 50), 0);
+
+    /* from inside a reply's callback */
+    T_EQ_INT(svc_redis_async_cmd(fc.r, on_get_reply, &fc, 2, get_argv, NULL), SVC_OK);
+    svc_redis_async_flush(fc.r);
+    T_ASSERT(read_arrived(fc.server, buf, sizeof(buf), 1000) > 0);
+    T_ASSERT(strstr(buf, "GET") != NULL);
+    T_EQ_INT((int)send(fc.server, "$2\r\n10\r\n", 8, 0), 8);
+    T_EQ_INT(svc_timer_start(stop, 5000), SVC_OK);
+    T_EQ_INT(svc_loop_run(fc.loop), SVC_OK);
+    T_EQ_INT(fc.in_callback_read, 1);
+
+    svc_timer_destroy(&poll_t);
+    svc_timer_destroy(&stop);
+    svc_redis_async_destroy(&fc.r);
+    svc_loop_destroy(&fc.loop);
+    close(fc.server);
+    close(lfd);
+}
+
 int main(void)
 {
     T_RUN(test_reconnect_does_not_resolve_on_loop);
+    T_RUN(test_flush_writes_now);
     return 0;
 }

@@ -130,6 +130,14 @@ int svc_redis_async_cmd(struct svc_redis_async *r, svc_redis_cb cb, void *ctx, i
 int svc_redis_async_wait(struct svc_redis_async *r, const char *key, int replicas, long wait_ms,
                          svc_redis_cb cb, void *ctx) SVC_MUST_CHECK;
 
+/*
+ * Writes the commands queued on the connections now, instead of at the loop's next write event:
+ * for a command that another replica must find done once this one has answered its client (the
+ * meter's token correction). Safe inside a command's callback. What the socket does not take
+ * now goes at the next write event, as without it.
+ */
+void svc_redis_async_flush(struct svc_redis_async *r);
+
 /* Sentinel: how many times the client has been pointed at another master (0 otherwise). */
 unsigned long svc_redis_async_master_epoch(const struct svc_redis_async *r);
 
