@@ -10,11 +10,13 @@
 #include <string.h>
 
 #include "billing.pb-c.h"
+#include "journal.h"
 #include "svc/crypto.h"
 #include "svc/fetch.h"
 #include "svc/log.h"
 #include "svc/loop.h"
 #include "svc/metrics.h"
+#include "svc/redis.h"
 #include "svc/rpc.h"
 #include "svc/util.h"
 
@@ -32,6 +34,7 @@ struct lease_charge {
     long long prompt, completion;
     long long cost; /* our estimate, at the ratio the lease knows */
     int estimated;
+    uint64_t jid; /* its entry in the lease's journal */
 };
 
 struct lease_ratio {
@@ -81,6 +84,9 @@ struct billing_lease {
     uint64_t first_try_ms;
     struct svc_timer *timer;
     struct billing_lease_ticket *waiters, **waiters_tail;
+    char jkey[BILLING_JOURNAL_KEY_MAX]; /* its journal's key ("": none) */
+    int journal_lost;                   /* Redis refused an entry: the journal says "lost" */
+    int journal_ttl;                    /* the journal's expiry was set */
 };
 
 struct billing_leases {
@@ -91,6 +97,7 @@ struct billing_leases {
     char source[16];
     char prefix[40]; /* "lease:<random>:" unique to this loop */
     uint64_t made;
+    uint64_t jids; /* journal entries made on this loop */
     size_t count;
     int closing_all;
     struct billing_lease *buckets[BUCKETS];
@@ -232,12 +239,170 @@ static struct billing_lease *lease_get(struct billing_leases *ls, int64_t user_i
     snprintf(l->username, sizeof(l->username), "%s", username != NULL ? username : "");
     l->create_unlimited = create_unlimited;
     snprintf(l->id, sizeof(l->id), "%s%" PRId64 ":%" PRIu64, ls->prefix, user_id, ++ls->made);
+    if (ls->o.journal == NULL || billing_journal_key(l->jkey, sizeof(l->jkey), l->id) != SVC_OK)
+        l->jkey[0] = '\0';
     l->waiters_tail = &l->waiters;
     l->last_use_ms = svc_loop_clock_ms();
     l->next = *b;
     *b = l;
     gauge(ls, 1);
     return l;
+}
+
+/* ---- the charge journal (journal.h) ---- */
+
+/* Hands a command on the lease's journal to Redis. One Redis cannot take leaves the journal
+ * incomplete: it is marked "lost" with the next entry, and billing will not trust it. */
+static void journal_cmd(struct billing_lease *l, int argc, const char **argv, const size_t *lens)
+{
+    if (svc_redis_async_cmd(l->ls->o.journal, NULL, NULL, argc, argv, lens) != SVC_OK &&
+        !l->journal_lost) {
+        l->journal_lost = 1;
+        SVC_LOG_WARN(NULL, "billing",
+                     "lease %s: Redis refused a journal entry; should this "
+                     "replica die, its unreported charges are not billed",
+                     l->id);
+    }
+}
+
+static int journal_on(const struct billing_lease *l)
+{
+    return l->jkey[0] != '\0' && !l->retired;
+}
+
+static int journal_field(char *buf, size_t cap, uint64_t jid)
+{
+    return snprintf(buf, cap, "t%" PRIu64, jid);
+}
+
+/* Sets (renews) the journal's expiry: one nobody reads does not stay in Redis. */
+static void journal_expire(struct billing_lease *l)
+{
+    char ttl[24];
+    const char *argv[] = {"PEXPIRE", l->jkey, ttl};
+
+    snprintf(ttl, sizeof(ttl), "%d", BILLING_JOURNAL_TTL_MS);
+    journal_cmd(l, 3, argv, NULL);
+    l->journal_ttl = 1;
+}
+
+/* Writes one entry (the mark with it). */
+static void journal_put(struct billing_lease *l, uint64_t jid,
+                        const struct billing_journal_entry *e)
+{
+    char field[24], value[BILLING_JOURNAL_VALUE_MAX];
+    int vlen = billing_journal_format(value, sizeof(value), e);
+    const char *argv[] = {"HSET", l->jkey, BILLING_JOURNAL_MARK, "ok", field, value};
+    size_t lens[6];
+
+    if (!journal_on(l))
+        return;
+    if (vlen < 0)
+        l->journal_lost = 1; /* a model name the journal cannot hold */
+    if (l->journal_lost)
+        argv[3] = "lost";
+    for (int i = 0; i < 4; i++)
+        lens[i] = strlen(argv[i]);
+    lens[4] = (size_t)journal_field(field, sizeof(field), jid);
+    lens[5] = vlen < 0 ? 0 : (size_t)vlen;
+    journal_cmd(l, vlen < 0 ? 4 : 6, argv, lens);
+    if (!l->journal_ttl)
+        journal_expire(l);
+}
+
+/* Deletes the entries of the n charges (a released request: n = 1, a NULL list and jid). */
+static void journal_forget(struct billing_lease *l, const struct lease_charge *v, size_t n,
+                           uint64_t jid)
+{
+    const char **argv;
+    size_t *lens;
+    char(*fields)[24];
+
+    if (!journal_on(l) || n == 0)
+        return;
+    argv = calloc(n + 2, sizeof(*argv));
+    lens = calloc(n + 2, sizeof(*lens));
+    fields = calloc(n, sizeof(*fields));
+    if (argv != NULL && lens != NULL && fields != NULL) {
+        argv[0] = "HDEL";
+        argv[1] = l->jkey;
+        lens[0] = 4;
+        lens[1] = strlen(l->jkey);
+        for (size_t i = 0; i < n; i++) {
+            lens[i + 2] =
+                (size_t)journal_field(fields[i], sizeof(fields[i]), v != NULL ? v[i].jid : jid);
+            argv[i + 2] = fields[i];
+        }
+        journal_cmd(l, (int)n + 2, argv, lens);
+    } /* out of memory: the entries stay; a LeaseSync's seq tells billing they were applied */
+    free(argv);
+    free(lens);
+    free(fields);
+}
+
+/* The batch a new LeaseSync carries: its entries name the call's seq, so that billing can tell
+ * which ended requests it has applied should this replica die before the answer. The journal's
+ * expiry is renewed with it. */
+static void journal_mark_batch(struct billing_lease *l)
+{
+    size_t n = l->batch.n;
+    const char **argv;
+    size_t *lens;
+    char(*fields)[24], (*values)[BILLING_JOURNAL_VALUE_MAX];
+
+    if (!journal_on(l) || n == 0)
+        return;
+    argv = calloc(2 * n + 4, sizeof(*argv));
+    lens = calloc(2 * n + 4, sizeof(*lens));
+    fields = calloc(n, sizeof(*fields));
+    values = calloc(n, sizeof(*values));
+    if (argv == NULL || lens == NULL || fields == NULL || values == NULL) {
+        l->journal_lost = 1;
+    } else {
+        int argc = 4;
+        for (size_t i = 0; i < n; i++) {
+            const struct lease_charge *c = &l->batch.v[i];
+            struct billing_journal_entry e = {.ended = 1,
+                                              .seq = l->seq,
+                                              .prompt = c->prompt,
+                                              .completion = c->completion,
+                                              .estimated = c->estimated};
+            int vlen;
+
+            svc_util_str_copy(e.model, sizeof(e.model), c->model);
+            svc_util_str_copy(e.request_id, sizeof(e.request_id), c->request_id);
+            if ((vlen = billing_journal_format(values[i], sizeof(values[i]), &e)) < 0) {
+                l->journal_lost = 1;
+                continue;
+            }
+            lens[argc] = (size_t)journal_field(fields[i], sizeof(fields[i]), c->jid);
+            argv[argc++] = fields[i];
+            lens[argc] = (size_t)vlen;
+            argv[argc++] = values[i];
+        }
+        argv[0] = "HSET";
+        argv[1] = l->jkey;
+        argv[2] = BILLING_JOURNAL_MARK;
+        argv[3] = l->journal_lost ? "lost" : "ok";
+        for (int i = 0; i < 4; i++)
+            lens[i] = strlen(argv[i]);
+        journal_cmd(l, argc, argv, lens);
+        journal_expire(l);
+    }
+    free(argv);
+    free(lens);
+    free(fields);
+    free(values);
+}
+
+/* The lease is closed: billing will never expire it, its journal is done with. */
+static void journal_drop(struct billing_lease *l)
+{
+    const char *argv[] = {"DEL", l->jkey};
+
+    if (l->jkey[0] != '\0')
+        journal_cmd(l, 2, argv, NULL);
+    l->jkey[0] = '\0';
 }
 
 /* ---- admission ---- */
@@ -260,7 +425,13 @@ static int lease_take(struct billing_lease *l, struct billing_lease_ticket *t)
     l->tickets++;
     t->lease = l;
     t->units = w;
+    t->jid = ++l->ls->jids;
     l->last_use_ms = now;
+    {
+        struct billing_journal_entry e = {.prompt = t->prompt, .completion = t->max_completion};
+        svc_util_str_copy(e.model, sizeof(e.model), t->model);
+        journal_put(l, t->jid, &e);
+    }
     return 1;
 }
 
@@ -406,6 +577,18 @@ void billing_lease_settle(struct billing_lease_ticket *t, const char *rid, const
     c.prompt = prompt_tokens;
     c.completion = completion_tokens;
     c.estimated = estimated;
+    c.jid = t->jid;
+    {
+        struct billing_journal_entry e = {.ended = 1,
+                                          .prompt = prompt_tokens,
+                                          .completion = completion_tokens,
+                                          .estimated = estimated};
+        svc_util_str_copy(e.model, sizeof(e.model), c.model);
+        svc_util_str_copy(e.request_id, sizeof(e.request_id), c.request_id);
+        journal_put(l, c.jid, &e);
+        if (journal_on(l)) /* in Redis before the caller answers its client */
+            svc_redis_async_flush(l->ls->o.journal);
+    }
     r = ratio_of(l, c.model);
     c.cost = r != NULL ? cost_of(r, prompt_tokens, completion_tokens) : t->units;
     if (list_push(&l->queue, &c) != SVC_OK) {
@@ -427,6 +610,7 @@ void billing_lease_release(struct billing_lease_ticket *t)
     t->lease = NULL;
     l->reserved -= t->units;
     l->tickets--;
+    journal_forget(l, NULL, 1, t->jid);
     if (!lease_maybe_free(l))
         lease_schedule(l);
 }
@@ -491,6 +675,7 @@ static void lease_answered(struct billing_lease *l, const Chatweb__Billing__Leas
     for (size_t i = 0; i < l->batch.n; i++)
         acked += l->batch.v[i].cost;
     l->unacked -= acked;
+    journal_forget(l, l->batch.v, l->batch.n, 0); /* billing has them */
     l->batch.n = 0;
     l->has_batch = 0;
     l->attempts = 0;
@@ -513,6 +698,7 @@ static void lease_answered(struct billing_lease *l, const Chatweb__Billing__Leas
         l->sent_close) {
         l->retired = 1;
         l->units = 0;
+        journal_drop(l);
     } else {
         int64_t ttl = out->expires_at_ms - svc_util_wallclock_ms();
         /* A balance that is small beside the lease it would feed is served exactly: the lease
@@ -605,6 +791,7 @@ static void lease_send(struct billing_lease *l)
         l->sent_close = l->closing || l->retired;
         l->sent_want = l->sent_close ? 0 : lease_want(l);
         l->sent_inflight = l->reserved;
+        journal_mark_batch(l);
     }
     if (l->batch.n > 0) {
         cv = calloc(l->batch.n, sizeof(*cv));

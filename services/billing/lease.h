@@ -18,10 +18,13 @@
  *
  * Money: every admitted request ends with exactly one billing_lease_settle or
  * billing_lease_release. A LeaseSync is repeated unchanged (same seq) until billing answers it, so
- * a charge is applied once. A replica that dies leaves its leases to billing's expiry, which
- * charges the worst case of the requests it had reported in flight and frees the rest; requests
- * admitted and finished since its last LeaseSync (at most BILLING_LEASE_FLUSH_MS of them) are not
- * charged.
+ * a charge is applied once. With a journal (opts.journal, journal.h), every admission and every
+ * ended request's usage is also written to Redis as it happens (the usage before the caller
+ * answers its client), so a replica that dies is charged exactly by billing's expiry: the worst
+ * case of its requests in flight and the usage of those that ended unreported. Without one (or
+ * once Redis refused a journal write), the expiry charges the worst case of the requests it had
+ * reported in flight; requests admitted and finished since its last LeaseSync (at most
+ * BILLING_LEASE_FLUSH_MS of them) are then not charged.
  *
  * One per event loop, like the billing client; not thread-safe.
  */
@@ -35,6 +38,7 @@ struct svc_loop;
 struct svc_fetch_multi;
 struct svc_rpc_client;
 struct svc_metric;
+struct svc_redis_async;
 struct billing_lease;
 struct billing_leases;
 
@@ -45,6 +49,7 @@ struct billing_leases_opts {
     long lean_ms;            /* after the balance could not grow a lease: exact path this long */
     long retry_for_s;        /* a LeaseSync is retried this long while billing cannot be reached */
     struct svc_metric *open; /* gauge of leases alive on this loop (may be NULL) */
+    struct svc_redis_async *journal; /* charge journal (journal.h), same loop (may be NULL) */
 };
 
 #define BILLING_LEASE_MODEL_MAX 128
@@ -69,6 +74,7 @@ struct billing_lease_ticket {
     char model[BILLING_LEASE_MODEL_MAX];
     long long prompt, max_completion;
     int64_t asked_seq; /* the first LeaseSync sent that knew of this request */
+    uint64_t jid;      /* its entry in the lease's journal */
 };
 
 /* rpc and multi are borrowed, as by billing_client_create. SVC_OK or SVC_ENOMEM (*out NULL). */
@@ -91,7 +97,7 @@ int billing_lease_admit(struct billing_leases *ls, struct billing_lease_ticket *
 void billing_lease_cancel(struct billing_lease_ticket *t);
 
 /* Ends an admitted request with its usage (estimated: our own count): queued for the next
- * LeaseSync. */
+ * LeaseSync, and written to the journal at once (svc_redis_async_flush). */
 void billing_lease_settle(struct billing_lease_ticket *t, const char *rid, const char *request_id,
                           const char *model, long long prompt_tokens, long long completion_tokens,
                           int estimated);

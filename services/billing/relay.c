@@ -107,9 +107,78 @@ static void *prices_main(void *ctx)
     return NULL;
 }
 
+/* ---- lease journals (journal.h) ---- */
+
+/* The lease's journal as Redis has it: usable when its mark is "ok" and every entry parses. */
+static void journal_read(void *ctx, const char *lease_id, struct billing_journal *j)
+{
+    struct billing_relay *r = ctx;
+    struct svc_redis_reply *rep = NULL;
+    char key[BILLING_JOURNAL_KEY_MAX];
+    const char *argv[] = {"HGETALL", key};
+    const char *why = NULL;
+    size_t pairs = 0;
+    int marked = 0, rc;
+
+    memset(j, 0, sizeof(*j));
+    if (billing_journal_key(key, sizeof(key), lease_id) != SVC_OK)
+        return;
+    if ((rc = svc_redis_cmd(r->redis, &rep, 2, argv, NULL)) != SVC_OK) {
+        SVC_LOG_WARN(lease_id, "expire",
+                     "cannot read the lease's journal: %s; its last reported "
+                     "inflight is charged",
+                     svc_strerror(rc));
+        return;
+    }
+    if (svc_redis_reply_type(rep) == SVC_REDIS_ARRAY)
+        pairs = svc_redis_reply_count(rep) / 2;
+    else
+        why = "not a hash";
+    if (pairs > 0 && (j->v = calloc(pairs, sizeof(*j->v))) == NULL)
+        why = "out of memory";
+    for (size_t i = 0; why == NULL && i < pairs; i++) {
+        size_t flen = 0, vlen = 0;
+        const char *f = svc_redis_reply_str(svc_redis_reply_elem(rep, 2 * i), &flen);
+        const char *v = svc_redis_reply_str(svc_redis_reply_elem(rep, 2 * i + 1), &vlen);
+
+        if (f == NULL || v == NULL)
+            why = "an entry is not a string";
+        else if (flen == 1 && f[0] == BILLING_JOURNAL_MARK[0])
+            marked = vlen == 2 && memcmp(v, "ok", 2) == 0;
+        else if (billing_journal_parse(v, vlen, &j->v[j->n++]) != SVC_OK)
+            why = "an entry does not parse";
+    }
+    if (why == NULL && pairs > 0 && !marked)
+        why = "its caller could not write every entry";
+    if (why != NULL)
+        SVC_LOG_WARN(lease_id, "expire",
+                     "the lease's journal is not usable (%s); its last "
+                     "reported inflight is charged",
+                     why);
+    j->usable = why == NULL && marked;
+    if (!j->usable)
+        billing_journal_clear(j);
+    svc_redis_reply_destroy(&rep);
+}
+
+static void journal_drop(void *ctx, const char *lease_id)
+{
+    struct billing_relay *r = ctx;
+    struct svc_redis_reply *rep = NULL;
+    char key[BILLING_JOURNAL_KEY_MAX];
+    const char *argv[] = {"DEL", key};
+
+    /* best effort: a journal left behind expires (BILLING_JOURNAL_TTL_MS) and is never read
+     * again, the lease being closed */
+    if (billing_journal_key(key, sizeof(key), lease_id) == SVC_OK &&
+        svc_redis_cmd(r->redis, &rep, 2, argv, NULL) == SVC_OK)
+        svc_redis_reply_destroy(&rep);
+}
+
 static void *sweep_main(void *ctx)
 {
     struct billing_relay *r = ctx;
+    const struct billing_journal_io io = {journal_read, journal_drop, r};
 
     /* Not woken by kicks: they are the relay's (a commit makes no hold due), and a sweeper that
      * took them ran two statements per commit and left the relay waiting for its poll. */
@@ -117,7 +186,7 @@ static void *sweep_main(void *ctx)
         int n = 0, rc;
 
         do {
-            rc = billing_expire_due(r->store, 100, &n);
+            rc = billing_expire_due(r->store, 100, r->redis != NULL ? &io : NULL, &n);
             if (rc != SVC_OK)
                 SVC_LOG_WARN(NULL, "expire", "sweep failed: %s", svc_strerror(rc));
             else if (n > 0)

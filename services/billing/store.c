@@ -727,26 +727,30 @@ static int64_t capped_charge(const struct acct_row *a, int64_t cost, int64_t hel
 /*
  * Charges one request of account a (locked by the caller): used += charge, held -= freed (what
  * its hold or lease gives back), and one "charge" ledger row l (the caller fills tokens, model,
- * request id and source) whose note says when the usage is estimated and what of cost was not
- * charged. Settle's and LeaseSync's charges are this one row.
+ * request id, source, and may start the note) whose note says when the usage is estimated and
+ * what of cost was not charged. Settle's and LeaseSync's charges are this one row.
  */
 static int charge_append(struct svc_db_conn *c, struct ledger_batch *b, struct acct_row *a,
                          struct ledger_row *l, int64_t cost, int64_t charge, int64_t freed,
                          int estimated, int64_t now)
 {
+    char said[BILLING_NOTE_MAX + 1]; /* the caller's start of the note */
+    const char *sep;
     int rc;
 
     if ((rc = acct_delta(c, a, 0, charge, -freed, 1, now)) != SVC_OK)
         return rc;
     l->kind = "charge";
     l->units = -charge;
+    svc_util_str_copy(said, sizeof(said), l->note);
+    sep = said[0] != '\0' ? "; " : "";
     if (charge < cost)
-        ledger_note(l, "%scapped: %lld units over hold and balance not charged",
+        ledger_note(l, "%s%s%scapped: %lld units over hold and balance not charged", said, sep,
                     estimated ? "estimated usage; " : "", (long long)(cost - charge));
     else if (estimated)
-        ledger_note(l, "estimated usage");
+        ledger_note(l, "%s%sestimated usage", said, sep);
     else
-        l->note[0] = '\0';
+        ledger_note(l, "%s", said);
     return b != NULL ? ledger_batch_add(b, a, l) : ledger_append(c, a, l, now, NULL);
 }
 
@@ -1088,39 +1092,113 @@ int billing_release(struct billing_store *s, const char *request_id, const char 
 /* ---- expiry ---- */
 
 struct expire_ctx {
+    struct billing_store *s;
     const char *request_id;
+    const struct billing_journal *journal; /* a lease's, read before the transaction */
     int expired;
     int lease; /* it was a lease */
     int64_t charged;
+    int from_journal; /* the charge is the journal's */
 };
 
 /*
- * Expires an open lease (row h, locked, of account a): its caller stopped reporting, so what it
- * last said was in flight is charged, capped at the lease's units (it could not admit more), and
- * the rest is freed. One "expiry" row when something is charged; a late LeaseSync refunds it.
+ * The requests a usable journal says ended unreported (no applied LeaseSync carried them: seq 0,
+ * or above the lease's): each is charged its usage with its own "charge" row, from the lease
+ * first, as its LeaseSync would have done. *units is what is left of the lease; *charged and
+ * *ended grow by what was charged and how many.
  */
-static int expire_lease(struct svc_db_conn *c, const char *lease_id, const struct hold_row *h,
-                        struct acct_row *a, int64_t now, int64_t *charged)
+static int journal_charges(struct svc_db_conn *c, struct expire_ctx *x, const struct hold_row *h,
+                           struct acct_row *a, int64_t now, int64_t *units, int64_t *charged,
+                           int *ended)
 {
-    struct ledger_row l = {0};
-    int64_t charge = min64(max64(h->inflight, 0), h->units);
-    int rc;
+    for (size_t i = 0; i < x->journal->n; i++) {
+        const struct billing_journal_entry *e = &x->journal->v[i];
+        struct ledger_row l = {0};
+        int64_t cost, charge, from_lease;
+        int rc;
 
-    *charged = charge;
-    if ((rc = acct_delta(c, a, 0, charge, -h->units, charge > 0, now)) != SVC_OK ||
-        (rc = hold_close(c, lease_id, BILLING_HOLD_OPEN, BILLING_HOLD_EXPIRED, charge, 0, 0,
+        if (!e->ended || (e->seq > 0 && e->seq <= h->lease_seq))
+            continue;
+        cost = cost_of(x->s, e->model, e->prompt, e->completion);
+        charge = capped_charge(a, cost, *units);
+        from_lease = min64(charge, *units);
+        l.tokens_in = e->prompt;
+        l.tokens_out = e->completion;
+        l.model = e->model;
+        l.request_id = e->request_id;
+        l.source = h->source;
+        ledger_note(&l, "from the charge journal of its expired lease");
+        if ((rc = charge_append(c, NULL, a, &l, cost, charge, from_lease, e->estimated, now)) !=
+            SVC_OK)
+            return rc;
+        *units -= from_lease;
+        *charged += charge;
+        (*ended)++;
+    }
+    return SVC_OK;
+}
+
+/* The worst case of the requests a usable journal says were in flight; *n how many. */
+static int64_t journal_in_flight(struct expire_ctx *x, int *n)
+{
+    int64_t worst = 0;
+
+    *n = 0;
+    for (size_t i = 0; i < x->journal->n; i++) {
+        const struct billing_journal_entry *e = &x->journal->v[i];
+        if (!e->ended) {
+            worst += cost_of(x->s, e->model, e->prompt, e->completion);
+            (*n)++;
+        }
+    }
+    return worst;
+}
+
+/*
+ * Expires an open lease (row h, locked, of account a): its caller stopped reporting. With a
+ * usable journal, the requests it says ended unreported are charged their usage (journal_charges)
+ * and those in flight their worst case; without one, what the caller last said was in flight.
+ * What is in flight is capped at what is left of the lease (it could not admit more), one
+ * "expiry" row; the rest is freed. A late LeaseSync refunds up to what the expiry charged.
+ */
+static int expire_lease(struct svc_db_conn *c, struct expire_ctx *x, const struct hold_row *h,
+                        struct acct_row *a, int64_t now)
+{
+    const char *lease_id = x->request_id;
+    struct ledger_row l = {0};
+    int64_t units = h->units, ended_charged = 0, charge;
+    int in_flight = 0, ended = 0, rc;
+
+    x->from_journal = x->journal != NULL && x->journal->usable;
+    if (x->from_journal) {
+        if ((rc = journal_charges(c, x, h, a, now, &units, &ended_charged, &ended)) != SVC_OK)
+            return rc;
+        charge = min64(journal_in_flight(x, &in_flight), units);
+    } else {
+        charge = min64(max64(h->inflight, 0), units);
+    }
+    x->charged = ended_charged + charge;
+    if ((rc = acct_delta(c, a, 0, charge, -units, charge > 0, now)) != SVC_OK ||
+        (rc = hold_close(c, lease_id, BILLING_HOLD_OPEN, BILLING_HOLD_EXPIRED, x->charged, 0, 0,
                          now)) != SVC_OK)
         return rc;
     if (charge == 0)
-        return SVC_OK; /* nothing moved: no ledger row (an idle lease is the common case) */
+        return SVC_OK; /* nothing in flight: no expiry row (an idle lease is the common case) */
     l.kind = "expiry";
     l.units = -charge;
     l.request_id = lease_id;
     l.source = h->source;
-    ledger_note(&l,
-                "lease expired: its last reported inflight %lld charged (of %lld leased); "
-                "a late report refunds it",
-                (long long)charge, (long long)h->units);
+    if (x->from_journal)
+        ledger_note(&l,
+                    "lease expired: %d request(s) in flight at their worst case, %lld (of %lld "
+                    "leased), from its journal; %d ended unreported charged apart; a late report "
+                    "refunds it",
+                    in_flight, (long long)charge, (long long)h->units, ended);
+    else
+        ledger_note(&l,
+                    "lease expired: its last reported inflight %lld charged (of %lld leased); "
+                    "a late report refunds it",
+                    (long long)charge, (long long)h->units);
     return ledger_append(c, a, &l, now, NULL);
 }
 
@@ -1144,7 +1222,7 @@ static int expire_tx(void *ctx, struct svc_db_conn *c)
         return hold_close(c, x->request_id, BILLING_HOLD_OPEN, BILLING_HOLD_RELEASED, 0, 0, 0, now);
     x->lease = h.kind == BILLING_KIND_LEASE;
     if (x->lease) {
-        if ((rc = expire_lease(c, x->request_id, &h, &a, now, &x->charged)) != SVC_OK)
+        if ((rc = expire_lease(c, x, &h, &a, now)) != SVC_OK)
             return rc;
         x->expired = 1;
         return SVC_OK;
@@ -1168,7 +1246,8 @@ static int expire_tx(void *ctx, struct svc_db_conn *c)
     return SVC_OK;
 }
 
-int billing_expire_due(struct billing_store *s, int max, int *expired)
+int billing_expire_due(struct billing_store *s, int max, const struct billing_journal_io *io,
+                       int *expired)
 {
     struct svc_db_conn *c = NULL;
     struct svc_db_rows *rows = NULL;
@@ -1179,18 +1258,30 @@ int billing_expire_due(struct billing_store *s, int max, int *expired)
     if ((rc = svc_db_conn_get(s->db, &c, -1)) != SVC_OK)
         return rc;
     rc = svc_db_query(c,
-                      "SELECT request_id FROM billing_holds WHERE state = 0 AND "
+                      "SELECT request_id, kind FROM billing_holds WHERE state = 0 AND "
                       "expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?",
                       p, 2, &rows);
     for (size_t i = 0; rc == SVC_OK && i < svc_db_rows_count(rows); i++) {
-        struct expire_ctx x = {svc_db_rows_text(rows, i, 0), 0, 0, 0};
+        struct billing_journal j = {0};
+        struct expire_ctx x = {0};
+
+        x.s = s;
+        x.request_id = svc_db_rows_text(rows, i, 0);
+        if (svc_db_rows_i64(rows, i, 1) == BILLING_KIND_LEASE && io != NULL) {
+            io->read(io->ctx, x.request_id, &j);
+            x.journal = &j;
+        }
         rc = svc_db_tx_run(c, expire_tx, &x);
+        billing_journal_clear(&j);
+        if (rc == SVC_OK && x.expired && x.lease && io != NULL)
+            io->drop(io->ctx, x.request_id);
         if (rc == SVC_OK && x.expired) {
             (*expired)++;
             if (x.lease)
                 SVC_LOG_NOTICE(x.request_id, "expire",
-                               "lease expired unreported: inflight %lld charged, the rest freed",
-                               (long long)x.charged);
+                               "lease expired unreported: %lld charged (%s), the rest freed",
+                               (long long)x.charged,
+                               x.from_journal ? "its journal" : "its last reported inflight");
             else
                 SVC_LOG_NOTICE(x.request_id, "expire", "hold expired unsettled: charged in full");
         }

@@ -23,6 +23,7 @@
 
 #include <stdint.h>
 
+#include "journal.h"
 #include "price.h"
 #include "svc/err.h"
 
@@ -217,10 +218,25 @@ struct billing_lease_out {
 int billing_lease_sync(struct billing_store *s, const struct billing_lease_in *in,
                        struct billing_lease_out *out, char *err, size_t errlen) SVC_MUST_CHECK;
 
-/* Expires (charges in full, one row "expiry") up to max open holds whose time has passed, and
- * open leases whose caller stopped reporting (their inflight is charged, the rest freed).
- * *expired receives how many (holds and leases). Safe with several replicas sweeping at once. */
-int billing_expire_due(struct billing_store *s, int max, int *expired) SVC_MUST_CHECK;
+/* How the sweeper reaches the charge journals of leases (journal.h); NULL: it cannot. */
+struct billing_journal_io {
+    /* Fills *j (zeroed) with lease_id's journal; j->usable = 0 when there is none or it cannot be
+     * read. Called outside any transaction. */
+    void (*read)(void *ctx, const char *lease_id, struct billing_journal *j);
+    /* lease_id has expired: its journal is no longer needed. */
+    void (*drop)(void *ctx, const char *lease_id);
+    void *ctx;
+};
+
+/*
+ * Expires (charges in full, one row "expiry") up to max open holds whose time has passed, and
+ * open leases whose caller stopped reporting: with a usable journal (io), the worst case of its
+ * requests in flight and the usage of those that ended unreported are charged; without one, the
+ * inflight it last reported; capped at the lease's units either way, the rest freed. *expired
+ * receives how many (holds and leases). Safe with several replicas sweeping at once.
+ */
+int billing_expire_due(struct billing_store *s, int max, const struct billing_journal_io *io,
+                       int *expired) SVC_MUST_CHECK;
 
 /*
  * Deletes up to max holds closed before before_ms (their request ids can then no longer be

@@ -255,6 +255,29 @@ static void tpm_scopes(const struct meter *m, struct svc_ratelimit_scope *sc)
     }
 }
 
+/* The hold's one Settle or Release, from the lease or billing's exact path. */
+static void end_billing(struct meter *m, int produced, long long prompt, long long completion,
+                        int counted)
+{
+    if (m->lease_held) {
+        m->lease_held = 0;
+        if (produced)
+            billing_lease_settle(&m->ticket, m->rid, m->request_id, m->model, prompt, completion,
+                                 counted);
+        else
+            billing_lease_release(&m->ticket);
+        return;
+    }
+    if (!m->held)
+        return;
+    m->held = 0;
+    if (produced)
+        billing_client_settle(m->ml->bill, m->rid, m->request_id, m->model, prompt, completion,
+                              counted);
+    else
+        billing_client_release(m->ml->bill, m->rid, m->request_id, "no output");
+}
+
 /*
  * Ends the hold, once: the upstream's usage when it sent one, else the exact count of the prompt
  * and of the text received (produced = 0: nothing was produced, a Release). The token counters
@@ -292,27 +315,11 @@ static void end_hold(struct meter *m, int produced)
         if (svc_ratelimit_tokens_add(m->ml->redis, m->tpm_tag, sc, m->tpm_n,
                                      prompt + completion - m->tpm_admitted, TPM_WINDOW_S) != SVC_OK)
             SVC_LOG_WARN(m->rid, "ratelimit", "cannot correct the token counters");
-        /* on its way before the client has its answer: its next request, on any replica, must
-         * be admitted against the corrected count */
-        svc_redis_async_flush(m->ml->redis);
     }
-    if (m->lease_held) {
-        m->lease_held = 0;
-        if (produced)
-            billing_lease_settle(&m->ticket, m->rid, m->request_id, m->model, prompt, completion,
-                                 counted);
-        else
-            billing_lease_release(&m->ticket);
-        return;
-    }
-    if (!m->held)
-        return;
-    m->held = 0;
-    if (produced)
-        billing_client_settle(m->ml->bill, m->rid, m->request_id, m->model, prompt, completion,
-                              counted);
-    else
-        billing_client_release(m->ml->bill, m->rid, m->request_id, "no output");
+    end_billing(m, produced, prompt, completion, counted);
+    /* The correction (and the lease journal's entry) on its way before the client has its
+     * answer: its next request, on any replica, must be admitted against the corrected count. */
+    svc_redis_async_flush(m->ml->redis);
 }
 
 /* ---- admission ---- */

@@ -85,6 +85,7 @@ static int worker_setup(struct meter_worker *w, const struct meter_workers_opts 
             .lean_ms = o->lease_lean_ms,
             .retry_for_s = o->settle_retry_s,
             .open = o->leases_open,
+            .journal = w->redis,
         };
         if (billing_leases_create(&w->leases, w->loop, w->billing, w->rpc, &lo) != SVC_OK)
             return SVC_ENOMEM;

@@ -5,6 +5,7 @@
 // and on MariaDB.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { redisCall } from './lib/billing-rpc.mjs';
 import { postJSON, request, withStack } from './lib/harness.mjs';
 
 const OPS_KEY = 'ops-key-for-lease-tests-0123456789';
@@ -144,5 +145,61 @@ for (const backend of ['sqlite', 'mariadb']) describe(`balance leases on the /v1
         assert.ok(now.usage - before.usage <= during.held, 'no more than the lease held');
         assert.equal(before.balance - now.balance, now.usage - before.usage, 'balance and usage moved together');
         assert.ok(now.balance >= 0);
+    });
+});
+
+// The charge journal (decision 58, docs/billing.md "The charge journal"): a replica writes what it
+// admits and what each request cost to Redis as it happens, so one killed before its next LeaseSync
+// is charged exactly by the lease's expiry, instead of only what it had reported in flight.
+describe('the charge journal: a replica killed before it reported its charges', () => {
+    const stack = withStack({
+        env: {
+            OPS_KEY, OPENAI_PROXY: 'true', PROXY_RPM_LIMIT: '0', PROXY_TPM_LIMIT: '0',
+            // charges wait up to 1 s for their LeaseSync, the renewal comes 1 s after an answer:
+            // the requests below end well inside that window
+            PROXY_LEASE_FLUSH_MS: '1000', BILLING_LEASE_TTL_MS: '4000', BILLING_SWEEP_INTERVAL_MS: '200',
+            WORKERS: '1', // one loop, so one lease: its size is known
+        },
+    });
+    const journals = async () => (await redisCall(stack.redisUrl, ['KEYS', 'cw:lj:*'])).map(String);
+
+    it('every request it answered is charged its usage; the journal is gone after the expiry', async () => {
+        const u = await userWithKey(stack, 'journal1', 10000000);
+        const before = await check(stack, u.name);
+        const victim = stack.services.proxy[0];
+        // the first request sizes the lease (4 of its worst case); the 19 small ones after it fit
+        // in it, so no LeaseSync is due before the flush or the renewal
+        const first = await chat(victim.url, u.key, 'journal first [[fake tokens=11]]', { max_tokens: 4096 });
+        assert.equal(first.status, 200);
+        let used = (await first.json()).usage.total_tokens;
+        const answers = await Promise.all(Array.from({ length: 19 }, (_, i) =>
+            chat(victim.url, u.key, `journal ${i} [[fake tokens=${3 + i}]]`, { max_tokens: 32 })));
+        for (const r of answers) {
+            assert.equal(r.status, 200);
+            used += (await r.json()).usage.total_tokens;
+        }
+        const keys = await journals();
+        assert.equal(keys.length, 1, `one lease, one journal: ${keys}`);
+        const entries = [];
+        for (const k of keys) {
+            const fields = (await redisCall(stack.redisUrl, ['HGETALL', k])).map(String);
+            assert.equal(fields[fields.indexOf('_') + 1], 'ok', k);
+            entries.push(...fields.filter((_, i) => i % 2 === 1 && fields[i - 1] !== '_'));
+        }
+        assert.equal(entries.length, 20, `no charge reported yet, each in the journal: ${entries.join('|')}`);
+        assert.ok(entries.every((v) => /^e 0 \d+ \d+ 0 px-\S+ gpt-4o-mini$/.test(v)), entries.join('|'));
+        await victim.kill();
+        const now = await settled(stack, u.name, 20000);
+        assert.equal(now.usage - before.usage, used, 'usage moved by exactly what the killed replica answered');
+        assert.equal(before.balance - now.balance, used, 'and the balance by the same');
+        assert.deepEqual(await journals(), [], 'the sweeper dropped the journal');
+        // each request its own charge row, as its LeaseSync would have written
+        const rows = (await ops(stack, { action: 'usage', i_username: u.name, limit: 100 })).data.entries;
+        const charges = rows.filter((r) => r.kind === 'charge');
+        assert.equal(charges.length, 20);
+        assert.equal(new Set(charges.map((r) => r.request_id)).size, 20);
+        assert.ok(charges.every((r) => r.request_id.startsWith('px-') && r.model === 'gpt-4o-mini' &&
+            r.note === 'from the charge journal of its expired lease'), JSON.stringify(charges[0]));
+        assert.equal(rows.filter((r) => r.kind === 'expiry').length, 0, 'nothing was in flight');
     });
 });

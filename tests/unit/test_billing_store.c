@@ -3,6 +3,7 @@
  * Runs on SQLite in a temporary directory, and on MariaDB too when TEST_MYSQL_DSN is set
  * (like test_db). The modules are compiled into this test directly.
  */
+#include "../../services/billing/journal.c"
 #include "../../services/billing/price.c"
 #include "../../services/billing/store.c"
 
@@ -131,9 +132,9 @@ static void expiry_rules(struct svc_db *db, struct billing_store *s)
     T_EQ_INT(billing_release(s, r3, "upstream failed", &ro, NULL, 0), SVC_OK);
     T_EQ_INT(ro.refunded, 200);
     usleep(30 * 1000); /* ttl is 20 ms */
-    T_EQ_INT(billing_expire_due(s, 100, &n), SVC_OK);
+    T_EQ_INT(billing_expire_due(s, 100, NULL, &n), SVC_OK);
     T_ASSERT(n >= 2);
-    T_EQ_INT(billing_expire_due(s, 100, &n), SVC_OK);
+    T_EQ_INT(billing_expire_due(s, 100, NULL, &n), SVC_OK);
     T_EQ_INT(n, 0); /* each hold expires once */
     T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
     T_EQ_INT(a.held, 0);
@@ -566,7 +567,7 @@ static void lease_close(struct svc_db *db, struct billing_store *s)
     T_EQ_INT(lease(s, id, uid, 3, ch, 1, 50, 200, 0, &out), SVC_OK);
     T_EQ_INT(out.duplicate, 1);
     usleep(30 * 1000);
-    T_EQ_INT(billing_expire_due(s, 1000, &n), SVC_OK);
+    T_EQ_INT(billing_expire_due(s, 1000, NULL, &n), SVC_OK);
     T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
     T_EQ_INT(a.balance, 960);
     check_consistent(db, s, uid);
@@ -593,9 +594,9 @@ static void lease_expiry(struct svc_db *db, struct billing_store *s)
     T_EQ_INT(lease(s, id, uid, 1, NULL, 0, 120, 300, 0, &out), SVC_OK);
     T_EQ_INT(out.units, 250); /* a quarter of the free balance */
     usleep(30 * 1000); /* lease ttl is 20 ms */
-    T_EQ_INT(billing_expire_due(s, 1000, &n), SVC_OK);
+    T_EQ_INT(billing_expire_due(s, 1000, NULL, &n), SVC_OK);
     T_ASSERT(n >= 1);
-    T_EQ_INT(billing_expire_due(s, 1000, &n), SVC_OK);
+    T_EQ_INT(billing_expire_due(s, 1000, NULL, &n), SVC_OK);
     T_EQ_INT(n, 0); /* once */
     /* the last reported inflight is charged, the rest freed */
     T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
@@ -628,7 +629,7 @@ static void lease_expiry(struct svc_db *db, struct billing_store *s)
     T_EQ_INT(lease(s, id2, broke, 1, NULL, 0, 80, 100, 0, &out), SVC_OK);
     T_EQ_INT(out.units, 80); /* what is in flight, above a quarter of 100 */
     usleep(30 * 1000);
-    T_EQ_INT(billing_expire_due(s, 1000, &n), SVC_OK);
+    T_EQ_INT(billing_expire_due(s, 1000, NULL, &n), SVC_OK);
     {
         struct billing_credit_in ci = {.user_id = broke, .units = -20, .force = 0};
         struct billing_credit_out co;
@@ -643,6 +644,122 @@ static void lease_expiry(struct svc_db *db, struct billing_store *s)
     T_EQ_INT(billing_account_get(s, broke, &a, NULL, 0), SVC_OK);
     T_EQ_INT(a.used, 80); /* E = 80 >= real 60 */
     check_consistent(db, s, broke);
+}
+
+/* A journal the test hands the sweeper (journal.h), and what the sweeper did with it. */
+struct test_journal {
+    const char *lease_id;
+    const struct billing_journal_entry *v;
+    size_t n;
+    int usable, reads, drops;
+};
+
+static void tj_read(void *ctx, const char *lease_id, struct billing_journal *j)
+{
+    struct test_journal *tj = ctx;
+
+    memset(j, 0, sizeof(*j));
+    if (strcmp(lease_id, tj->lease_id) != 0)
+        return; /* another case's lease: no journal */
+    tj->reads++;
+    j->usable = tj->usable;
+    j->v = calloc(tj->n, sizeof(*j->v));
+    T_ASSERT(j->v != NULL);
+    memcpy(j->v, tj->v, tj->n * sizeof(*j->v));
+    j->n = tj->n;
+}
+
+static void tj_drop(void *ctx, const char *lease_id)
+{
+    struct test_journal *tj = ctx;
+
+    if (strcmp(lease_id, tj->lease_id) == 0)
+        tj->drops++;
+}
+
+/*
+ * A lease whose caller died is charged from its journal: the worst case of what was in flight and
+ * the usage of what ended unreported (not yet carried, or carried by a LeaseSync that was never
+ * applied), never what an applied LeaseSync carried; capped at the lease. Without a usable
+ * journal, the inflight it last reported.
+ */
+static void lease_expiry_journal(struct svc_db *db, struct billing_store *s)
+{
+    struct billing_journal_entry v[] = {
+        {.ended = 1, .seq = 2, .prompt = 20, .completion = 10, .request_id = "j-r1", .model = "x"},
+        {.ended = 1, .seq = 3, .prompt = 5, .completion = 5, .request_id = "j-r2", .model = "x"},
+        {.ended = 1,
+         .prompt = 7,
+         .completion = 3,
+         .estimated = 1,
+         .request_id = "j-r3",
+         .model = "x"},
+        {.ended = 0, .prompt = 40, .completion = 60, .model = "x"},
+        {.ended = 1, .prompt = 1, .completion = 1, .request_id = "j-r4", .model = "p"}, /* 2 + 3 */
+    }; /* r1 applied (seq 2); r2 sent in a LeaseSync never applied; r3, r4 never sent */
+    struct billing_lease_charge ch[1] = {charge_of("j-r1", "x", 20, 10)};
+    struct billing_lease_out out;
+    struct billing_account a;
+    char id[64], note[BILLING_NOTE_MAX + 1];
+    int64_t uid = new_user(s, 1000), rows0 = 0, rows1 = 0;
+    struct test_journal tj = {id, v, 5, 1, 0, 0};
+    const struct billing_journal_io io = {tj_read, tj_drop, &tj};
+    int n = 0;
+
+    snprintf(id, sizeof(id), "lease-j-%lld", (long long)uid);
+    T_EQ_INT(lease(s, id, uid, 1, NULL, 0, 0, 300, 0, &out), SVC_OK);
+    T_EQ_INT(out.units, 250);
+    T_EQ_INT(lease(s, id, uid, 2, ch, 1, 100, 300, 0, &out), SVC_OK);
+    T_EQ_INT(out.units, 300); /* 30 charged from it, then grown to what was asked */
+    T_EQ_INT(out.balance, 1000 - 30 - 300);
+    usleep(30 * 1000);
+    (void)ledger_sum(db, uid, &rows0);
+    T_EQ_INT(billing_expire_due(s, 1000, &io, &n), SVC_OK);
+    T_EQ_INT(tj.reads, 1);
+    T_EQ_INT(tj.drops, 1);
+    /* r2 10 + r3 10 + r4 5, a "charge" row each, and 100 in flight (one "expiry" row): not the
+     * reported inflight of 100 alone, nor r1's 30 again */
+    T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
+    T_EQ_INT(a.held, 0);
+    T_EQ_INT(a.balance, 1000 - 30 - 125);
+    (void)ledger_sum(db, uid, &rows1);
+    T_EQ_INT(rows1 - rows0, 4);
+    last_note(db, uid, "expiry", note, sizeof(note));
+    T_ASSERT(strstr(note, "1 request(s) in flight at their worst case, 100 (of 300") != NULL);
+    T_ASSERT(strstr(note, "3 ended unreported") != NULL);
+    last_note(db, uid, "charge", note, sizeof(note));
+    T_EQ_STR(note, "from the charge journal of its expired lease"); /* r4: the upstream's usage */
+    check_consistent(db, s, uid);
+
+    /* owed beyond the lease: capped at its units */
+    uid = new_user(s, 1000);
+    snprintf(id, sizeof(id), "lease-j2-%lld", (long long)uid);
+    v[3].completion = 600;
+    T_EQ_INT(lease(s, id, uid, 1, NULL, 0, 0, 300, 0, &out), SVC_OK);
+    T_EQ_INT(out.units, 250);
+    usleep(30 * 1000);
+    tj.reads = tj.drops = 0;
+    T_EQ_INT(billing_expire_due(s, 1000, &io, &n), SVC_OK);
+    T_EQ_INT(tj.reads, 1);
+    T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
+    T_EQ_INT(a.balance, 1000 - 250);
+    check_consistent(db, s, uid);
+
+    /* a journal that is not usable ("lost", unreadable): the reported inflight, as without one */
+    uid = new_user(s, 1000);
+    snprintf(id, sizeof(id), "lease-j3-%lld", (long long)uid);
+    tj.usable = 0;
+    T_EQ_INT(lease(s, id, uid, 1, NULL, 0, 70, 300, 0, &out), SVC_OK);
+    usleep(30 * 1000);
+    tj.reads = tj.drops = 0;
+    T_EQ_INT(billing_expire_due(s, 1000, &io, &n), SVC_OK);
+    T_EQ_INT(tj.reads, 1);
+    T_EQ_INT(tj.drops, 1);
+    T_EQ_INT(billing_account_get(s, uid, &a, NULL, 0), SVC_OK);
+    T_EQ_INT(a.balance, 1000 - 70);
+    last_note(db, uid, "expiry", note, sizeof(note));
+    T_ASSERT(strstr(note, "last reported inflight 70") != NULL);
+    check_consistent(db, s, uid);
 }
 
 static void lease_unlimited(struct svc_db *db, struct billing_store *s)
@@ -902,6 +1019,7 @@ static void suite(const char *dsn, const char *dir)
     lease_duplicate_and_purged(db, s);
     lease_close(db, s);
     lease_expiry(db, s);
+    lease_expiry_journal(db, s);
     lease_unlimited(db, s);
     lease_conflicts(db, s);
     lease_race(db, s);
