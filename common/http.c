@@ -343,6 +343,18 @@ static void conn_set_peer(struct conn *c, const struct sockaddr *sa)
     c->trusted = svc_util_cidrs_match(c->sl->srv->opts.trusted_proxies, sa) ? 1 : 0;
 }
 
+/* The request carries the ingress's token (svc_http_opts.ingress_token), or none is required. */
+static int from_ingress(struct svc_req *req)
+{
+    const char *want = req->c->sl->srv->opts.ingress_token;
+    const char *got;
+
+    if (want == NULL || want[0] == '\0')
+        return 1;
+    got = svc_req_header(req, "X-Ingress-Token");
+    return got != NULL && svc_util_secure_equal(got, strlen(got), want, strlen(want));
+}
+
 static void req_fill_identity(struct svc_req *req)
 {
     const char *rid = svc_req_header(req, "X-Request-Id");
@@ -354,7 +366,8 @@ static void req_fill_identity(struct svc_req *req)
         svc_util_id_hex(req->id, 16);
     /* X-Real-IP only from the ingress: any other peer could name any address, and so
      * escape the per-client throttles (login, ops keys) keyed on it. */
-    if (real_ip != NULL && strlen(real_ip) < sizeof(req->ip) && req->c->trusted)
+    if (real_ip != NULL && strlen(real_ip) < sizeof(req->ip) && req->c->trusted &&
+        from_ingress(req))
         svc_util_str_copy(req->ip, sizeof(req->ip), real_ip);
     else
         svc_util_str_copy(req->ip, sizeof(req->ip), req->c->peer[0] != '?' ? req->c->peer : "");

@@ -181,6 +181,13 @@ void svc_service_setup(const char *service, int argc, char **argv, struct svc_cf
     if (svc_util_cidrs_parse(&trusted_proxies, svc_service_option("TRUSTED_PROXIES")->s, err,
                              sizeof(err)) != SVC_OK)
         svc_service_die(SVC_EX_CONFIG, "TRUSTED_PROXIES: %s", err);
+    if (svc_service_option("INGRESS_TOKEN")->s != NULL &&
+        svc_service_option("INGRESS_TOKEN")->s[0] != '\0' &&
+        strlen(svc_service_option("INGRESS_TOKEN")->s) < SVC_RPC_SECRET_MIN)
+        svc_service_die(SVC_EX_CONFIG,
+                        "INGRESS_TOKEN: shorter than %d characters (use e.g. "
+                        "openssl rand -hex 32)",
+                        SVC_RPC_SECRET_MIN);
     svc_log_setup(service, level);
 }
 
@@ -368,6 +375,7 @@ void svc_service_serve_pools(const struct svc_service_listener *ls, size_t n)
         ho.idle_timeout = (unsigned)svc_service_option("HTTP_IDLE_TIMEOUT")->i;
         ho.max_connections = (unsigned)svc_service_option("HTTP_MAX_CONNECTIONS")->i;
         ho.trusted_proxies = svc_service_trusted_proxies();
+        ho.ingress_token = svc_service_option("INGRESS_TOKEN")->s;
         ho.default_style = (enum svc_http_style)ls[i].default_style;
         if (svc_http_server_create(&srv[i], &ho, ls[i].routes, ls[i].nroutes, err, sizeof(err)) !=
             SVC_OK)

@@ -239,10 +239,25 @@ export function defaultRpcSecret() {
     return processRpcSecret;
 }
 
-/** The environment with RPC_SECRET filled in from defaultRpcSecret() unless it is configured. */
-function withRpcSecret(env) {
-    if (nonEmpty(env.RPC_SECRET) || nonEmpty(env.RPC_INSECURE)) return env;
-    return { ...env, RPC_SECRET: defaultRpcSecret() };
+let processIngressToken = null;
+
+/**
+ * The INGRESS_TOKEN of the stacks this process starts (the same way): the ingress sends it as
+ * X-Ingress-Token, and the services believe its X-Real-IP only with it, so that another process
+ * on this machine, which TRUSTED_PROXIES (loopback) lets reach them, cannot name its address.
+ */
+export function defaultIngressToken() {
+    if (!processIngressToken) processIngressToken = crypto.randomBytes(32).toString('hex');
+    return processIngressToken;
+}
+
+/** The environment with RPC_SECRET filled in from defaultRpcSecret() unless it is configured, and
+ * INGRESS_TOKEN from defaultIngressToken() unless env names it (an empty one: none required). */
+function withSecrets(env) {
+    const out = { ...env };
+    if (!nonEmpty(env.RPC_SECRET) && !nonEmpty(env.RPC_INSECURE)) out.RPC_SECRET = defaultRpcSecret();
+    if (env.INGRESS_TOKEN === undefined) out.INGRESS_TOKEN = defaultIngressToken();
+    return out;
 }
 
 /** GET a URL; resolves {status, body}, rejects on connection errors or after timeoutMs. */
@@ -787,8 +802,10 @@ function hardNofile() {
  */
 export function renderNginxConf({ dir, logDir, listenHost = '127.0.0.1', listenPort, upstreams = {},
     staticRoot = DEFAULT_STATIC_ROOT, workerProcesses = 2, workerConnections = 16384, label = 'nginx',
-    readTimeout = '1h' }) {
+    readTimeout = '1h', ingressToken = null }) {
     if (!/^[1-9][0-9]*(ms|s|m|h)?$/.test(String(readTimeout))) throw new StackError(label, `bad read timeout ${JSON.stringify(readTimeout)}`);
+    if (ingressToken && !/^[A-Za-z0-9._~+/=-]+$/.test(ingressToken))
+        throw new StackError(label, 'INGRESS_TOKEN: only letters, digits and ._~+/=- fit the nginx config');
     // The fallback server's socket (nginx.conf.tmpl): a Unix socket path holds at most 107 bytes.
     const fallback = path.join(path.resolve(dir), 'fallback.sock');
     if (Buffer.byteLength(fallback) > 107) throw new StackError(label, `${fallback}: too long for a Unix socket (107 bytes); use a shorter DATA_DIR`);
@@ -807,6 +824,7 @@ export function renderNginxConf({ dir, logDir, listenHost = '127.0.0.1', listenP
         chat_servers: upstreamServers(label, 'chat', upstreams.chat),
         proxy_servers: upstreamServers(label, 'proxy', upstreams.proxy),
         proxy_read_timeout: String(readTimeout),
+        ingress_token: ingressToken ? `proxy_set_header X-Ingress-Token "${ingressToken}";` : '# no INGRESS_TOKEN',
     };
     const conf = renderTemplate(fs.readFileSync(NGINX_TEMPLATE, 'utf8'), vars);
     return { conf, readyToken, errorLog: vars.error_log, accessLog: vars.access_log };
@@ -843,14 +861,15 @@ async function launchNginx({ label, dir, logDir, confText, errorLog, host, port,
  *       listenHost ('127.0.0.1'), listenPort (default: a free port),
  *       upstreams {auth:[addr], chat:[addr], proxy:[addr], billing: ignored (no public route)},
  *       staticRoot (web root for / and /admin/; default deploy/local/www), workerProcesses (2), tee,
- *       readTimeout (proxy_read_timeout, default 1h).
+ *       readTimeout (proxy_read_timeout, default 1h), ingressToken (sent as X-Ingress-Token, the
+ *       services' INGRESS_TOKEN; null: none).
  * A taken listen port fails with StackError "nginx: HOST:PORT is already in use".
  * Returns {kind:'nginx', label, pid, host, port, url, confPath, errorLog, accessLog, dir, exited,
  *          stop(), kill()}.
  */
 export async function startNginx({ dir, logDir, listenHost = '127.0.0.1', listenPort, upstreams = {},
     staticRoot = DEFAULT_STATIC_ROOT, workerProcesses = 2, tee = false, readyTimeoutMs = 10000, label = 'nginx',
-    readTimeout = '1h' } = {}) {
+    readTimeout = '1h', ingressToken = null } = {}) {
     if (!dir) throw new StackError(label, 'startNginx needs a dir');
     requireCommand(label, 'nginx');
     dir = path.resolve(dir);
@@ -860,7 +879,7 @@ export async function startNginx({ dir, logDir, listenHost = '127.0.0.1', listen
     return retryOnPortClash(!listenPort, async () => {
         const port = listenPort || await freePort(listenHost);
         await assertPortFree(label, listenHost, port);
-        const r = renderNginxConf({ dir, logDir, listenHost, listenPort: port, upstreams, staticRoot, workerProcesses, label, readTimeout });
+        const r = renderNginxConf({ dir, logDir, listenHost, listenPort: port, upstreams, staticRoot, workerProcesses, label, readTimeout, ingressToken });
         // A fallback socket left by an nginx that was killed would make this one fail to bind.
         fs.rmSync(path.join(dir, 'fallback.sock'), { force: true });
         const h = await launchNginx({ label, dir, logDir, confText: r.conf, errorLog: r.errorLog, host: listenHost, port,
@@ -947,7 +966,7 @@ export async function startService(name, { env = {}, dir, logDir, replica, label
     return retryOnPortClash(!httpAddr || !adminAddr, async () => {
         const h1 = httpAddr || `${host}:${await freePort(host)}`;
         const a1 = adminAddr || `${host}:${await freePort(host)}`;
-        const fullEnv = withRpcSecret({ ...baseEnv(inheritEnv), DATA_DIR: dir, LOG_LEVEL: 'info', ...env, HTTP_ADDR: h1, ADMIN_ADDR: a1 });
+        const fullEnv = withSecrets({ ...baseEnv(inheritEnv), DATA_DIR: dir, LOG_LEVEL: 'info', ...env, HTTP_ADDR: h1, ADMIN_ADDR: a1 });
         const h = spawnServer({ label, cmd: bin, env: fullEnv, logFile, tee, graceMs });
         const adminUrl = `http://${connectHost(splitAddr(a1).host)}:${splitAddr(a1).port}`;
         await waitReady(h, `GET ${adminUrl}/readyz`, async () => {
@@ -1111,8 +1130,9 @@ export async function startStack(opts = {}) {
             if (!Number.isInteger(n) || n < 0 || n > 64) throw new StackError('stack', `replicas.${s} must be an integer 0..64, got ${n}`);
             return services.includes(s) ? n : 0;
         };
-        const svcEnv = withRpcSecret({ ...baseEnv(inheritEnv), ...env, DATA_DIR: root });
+        const svcEnv = withSecrets({ ...baseEnv(inheritEnv), ...env, DATA_DIR: root });
         result.rpcSecret = svcEnv.RPC_SECRET || null;
+        result.ingressToken = svcEnv.INGRESS_TOKEN || null;
         if (logLevel) svcEnv.LOG_LEVEL = logLevel;
         const wantFake = fakeUpstream !== undefined ? fakeUpstream
             : !nonEmpty(svcEnv.OPENAI_KEY) && !nonEmpty(svcEnv.OPENAI_BASE_URL);
@@ -1228,7 +1248,7 @@ export async function startStack(opts = {}) {
         result.nginx = started(await startNginx({
             dir: path.join(root, 'nginx'), logDir, listenHost, listenPort,
             upstreams: { auth: addrs('auth'), chat: addrs('chat'), proxy: addrs('proxy') }, staticRoot, tee,
-            readTimeout: nginxReadTimeout,
+            readTimeout: nginxReadTimeout, ingressToken: svcEnv.INGRESS_TOKEN || null,
         }));
         result.url = result.nginx.url;
         result.host = listenHost;

@@ -1,7 +1,8 @@
 // Abuse of the credentials the auth service checks (issue 10): guessing the operator's secret
 // (Opskey, Basic admin:<OPS_KEY>) and other people's passwords. Guesses are sent to the auth
-// replicas directly with X-Real-IP (what the ingress sets), so each case has its own source
-// address and the throttles of one case do not touch the others. No assertion depends on timing.
+// replicas directly with X-Real-IP and the stack's INGRESS_TOKEN (what the ingress sets), so each
+// case has its own source address and the throttles of one case do not touch the others. No
+// assertion depends on timing.
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -9,6 +10,9 @@ import { describe, it } from 'node:test';
 import { basicAuth, defaultBinDir, freePort, tempDir, withStack } from './lib/harness.mjs';
 import { authenticate, rpc } from './lib/auth-rpc.mjs';
 import { ENV, OPS_KEY, authUrl, logsText, ops, postJSON, request } from './lib/auth-helpers.mjs';
+
+/** The headers the ingress sets for a client at ip: X-Real-IP and the stack's INGRESS_TOKEN. */
+const asIngress = (stack, ip) => ({ 'X-Real-IP': ip, 'X-Ingress-Token': stack.ingressToken });
 
 describe('OPS_KEY', () => {
     it('must have at least 24 characters: a shorter one stops auth with one line naming it (exit 78)', async () => {
@@ -32,7 +36,7 @@ describe('OPS_KEY', () => {
 describe('X-Real-IP is believed only from TRUSTED_PROXIES', () => {
     const stack = withStack({ env: { ...ENV, TRUSTED_PROXIES: '127.0.0.1/32' } });
     const opsFrom = (localAddress, ip, key) => postJSON(`${authUrl(stack)}/accounts`, { action: 'list' },
-        { localAddress, headers: { 'X-Real-IP': ip, Opskey: key } });
+        { localAddress, headers: { 'X-Real-IP': ip, 'X-Ingress-Token': stack.ingressToken, Opskey: key } });
 
     it('a forged X-Real-IP from another peer is throttled under that peer\'s own address', async () => {
         const rs = [];
@@ -55,12 +59,44 @@ describe('X-Real-IP is believed only from TRUSTED_PROXIES', () => {
     });
 });
 
+// With INGRESS_TOKEN (make run sets one), even a peer TRUSTED_PROXIES allows (loopback: any
+// process on the machine) has its X-Real-IP believed only with the token the ingress sends.
+describe('X-Real-IP needs the ingress token (INGRESS_TOKEN)', () => {
+    const stack = withStack({ env: ENV });
+    const opsAs = (headers, key) => postJSON(`${authUrl(stack)}/accounts`, { action: 'list' },
+        { headers: { ...headers, Opskey: key } });
+
+    it('a local process naming a new address in every guess is throttled as itself', async () => {
+        assert.ok(stack.ingressToken && stack.ingressToken.length >= 32, 'the stack sets a token, as make run does');
+        const rs = [];
+        for (let i = 0; i < 25; i++) rs.push(await opsAs({ 'X-Real-IP': `10.55.0.${i}`, 'X-Ingress-Token': `forged-${i}` }, `wrong-key-${i}`));
+        assert.equal(rs.filter((r) => r.status === 401).length, 20, rs.map((r) => r.status).join(','));
+        assert.ok(rs.slice(20).every((r) => r.status === 429), rs.map((r) => r.status).join(','));
+        assert.equal((await opsAs({ 'X-Real-IP': '10.55.9.9' }, OPS_KEY)).status, 429, 'no token: the peer itself, still throttled');
+        assert.doesNotMatch(logsText(stack), /wrong Opskey from 10\.55\./);
+        // the ingress (the token) still names its clients: 10.55.1.1 is not the throttled peer
+        const ok = await opsAs(asIngress(stack, '10.55.1.1'), OPS_KEY);
+        assert.equal(ok.status, 200, ok.body);
+    });
+
+    it('a token shorter than 32 characters stops a service at start (exit 78)', async () => {
+        const env = {
+            PATH: process.env.PATH, HTTP_ADDR: `127.0.0.1:${await freePort()}`, ADMIN_ADDR: `127.0.0.1:${await freePort()}`,
+            DATA_DIR: tempDir('chatweb-ingress-token-'), OPS_KEY, INGRESS_TOKEN: 'short-token',
+        };
+        const r = spawnSync(path.join(defaultBinDir(), 'chatweb-auth'), [], { env, encoding: 'utf8', timeout: 10000 });
+        assert.equal(r.status, 78, `exit code (stderr: ${r.stderr})`);
+        assert.match(r.stderr, /INGRESS_TOKEN: shorter than 32/);
+        assert.ok(!r.stderr.includes('short-token'), 'the token itself is not printed');
+    });
+});
+
 describe('operator secrets are throttled per source address', () => {
     const stack = withStack({ replicas: { auth: 2 }, env: ENV });
     const opsFrom = (i, ip, key) => postJSON(`${authUrl(stack, i)}/accounts`, { action: 'list' },
-        { headers: { 'X-Real-IP': ip, ...(key === undefined ? {} : { Opskey: key }) } });
+        { headers: { ...asIngress(stack, ip), ...(key === undefined ? {} : { Opskey: key }) } });
     const adminFrom = (i, ip, user, pw) => postJSON(`${authUrl(stack, i)}/admin/accounts`, { action: 'list' },
-        { headers: { 'X-Real-IP': ip, authorization: basicAuth(user, pw) } });
+        { headers: { ...asIngress(stack, ip), authorization: basicAuth(user, pw) } });
 
     it('100 wrong Opskey values at once: at most AUTH_OPS_THROTTLE (20) are checked, on both replicas together', async () => {
         const ip = '10.66.0.1';
@@ -111,7 +147,7 @@ describe('operator secrets are throttled per source address', () => {
 describe('password guessing is throttled per account and source, never locking the owner out', () => {
     // AUTH_THROTTLE_IP is lowered so the distinct-accounts rule is reachable in a test.
     const stack = withStack({ replicas: { auth: 2 }, env: { ...ENV, AUTH_THROTTLE_IP: '20' } });
-    const fromIp = (ip, extra = {}) => ({ headers: { 'X-Real-IP': ip, ...extra } });
+    const fromIp = (ip, extra = {}) => ({ headers: { ...asIngress(stack, ip), ...extra } });
     let token;
 
     it('60 concurrent wrong logins on two replicas get exactly AUTH_THROTTLE_USER (10) checks', async () => {
@@ -152,7 +188,7 @@ describe('password guessing is throttled per account and source, never locking t
 
     it('the owner keeps working: her session everywhere, her password from another source', async () => {
         for (const i of [0, 1]) {
-            const me = await request(`${authUrl(stack, i)}/api/me`, { headers: { 'X-Real-IP': '10.88.0.1', authorization: `Bearer ${token}` } });
+            const me = await request(`${authUrl(stack, i)}/api/me`, { headers: { ...asIngress(stack, '10.88.0.1'), authorization: `Bearer ${token}` } });
             assert.equal(me.json().status, 'Success', me.body);
             assert.equal(me.json().data.name, 'nina');
         }

@@ -48,19 +48,35 @@ struct svc_cfg_option {
 #define SVC_OPTION_COUNT(setting) (sizeof(setting) / sizeof(struct svc_cfg_option))
 
 /* Options every service has; include them in the service's own table. */
-#define SVC_COMMON_OPTIONS(ACTION)                                                            \
-    ACTION(HTTP_ADDR, SVC_OPT_ADDR, "127.0.0.1:8080", 0, 0, "data-plane listener host:port (0.0.0.0:8080 to serve other hosts)") \
-    ACTION(ADMIN_ADDR, SVC_OPT_ADDR, "127.0.0.1:9090", 0, 0, "admin listener (/healthz /readyz /metrics)") \
-    ACTION(RPC_SECRET, SVC_OPT_SECRET, NULL, 0, 0, "shared secret signing internal RPC (HMAC-SHA256), the same on every service; at least 32 characters, e.g. openssl rand -hex 32") \
-    ACTION(RPC_INSECURE, SVC_OPT_BOOL, "false", 0, 0, "true: run without RPC_SECRET, internal RPC unauthenticated (trusted networks only)") \
-    ACTION(LOG_LEVEL, SVC_OPT_STR, "info", 0, 0, "error|warn|notice|info|debug")              \
-    ACTION(WORKERS, SVC_OPT_INT, "0", 0, 64, "worker threads or event loops; 0 = one per core") \
+#define SVC_COMMON_OPTIONS(ACTION)                                                                 \
+    ACTION(HTTP_ADDR, SVC_OPT_ADDR, "127.0.0.1:8080", 0, 0,                                        \
+           "data-plane listener host:port (0.0.0.0:8080 to serve other hosts)")                    \
+    ACTION(ADMIN_ADDR, SVC_OPT_ADDR, "127.0.0.1:9090", 0, 0,                                       \
+           "admin listener (/healthz /readyz /metrics)")                                           \
+    ACTION(RPC_SECRET, SVC_OPT_SECRET, NULL, 0, 0,                                                 \
+           "shared secret signing internal RPC (HMAC-SHA256), the same on every service; at "      \
+           "least 32 characters, e.g. openssl rand -hex 32")                                       \
+    ACTION(RPC_INSECURE, SVC_OPT_BOOL, "false", 0, 0,                                              \
+           "true: run without RPC_SECRET, internal RPC unauthenticated (trusted networks only)")   \
+    ACTION(LOG_LEVEL, SVC_OPT_STR, "info", 0, 0, "error|warn|notice|info|debug")                   \
+    ACTION(WORKERS, SVC_OPT_INT, "0", 0, 64, "worker threads or event loops; 0 = one per core")    \
     ACTION(HTTP_MAX_BODY, SVC_OPT_INT, "1048576", 1024, 67108864, "largest request body in bytes") \
-    ACTION(HTTP_MAX_HEADER, SVC_OPT_INT, "16384", 4096, 1048576, "largest request line + headers in bytes (431 beyond); also memory held per connection") \
-    ACTION(HTTP_IDLE_TIMEOUT, SVC_OPT_INT, "60", 1, 3600, "seconds before an idle client connection is closed") \
-    ACTION(HTTP_MAX_CONNECTIONS, SVC_OPT_INT, "20000", 16, 1000000, "client connections per service") \
-    ACTION(DRAIN_TIMEOUT, SVC_OPT_INT, "25", 0, 3600, "seconds to finish in-flight requests on SIGTERM") \
-    ACTION(TRUSTED_PROXIES, SVC_OPT_STR, "127.0.0.0/8,::1", 0, 0, "comma-separated networks (CIDR, IPv4 or IPv6) of the proxies whose X-Real-IP names the client; a request from any other peer is from that peer's address")
+    ACTION(                                                                                        \
+        HTTP_MAX_HEADER, SVC_OPT_INT, "16384", 4096, 1048576,                                      \
+        "largest request line + headers in bytes (431 beyond); also memory held per connection")   \
+    ACTION(HTTP_IDLE_TIMEOUT, SVC_OPT_INT, "60", 1, 3600,                                          \
+           "seconds before an idle client connection is closed")                                   \
+    ACTION(HTTP_MAX_CONNECTIONS, SVC_OPT_INT, "20000", 16, 1000000,                                \
+           "client connections per service")                                                       \
+    ACTION(DRAIN_TIMEOUT, SVC_OPT_INT, "25", 0, 3600,                                              \
+           "seconds to finish in-flight requests on SIGTERM")                                      \
+    ACTION(TRUSTED_PROXIES, SVC_OPT_STR, "127.0.0.0/8,::1", 0, 0,                                  \
+           "comma-separated networks (CIDR, IPv4 or IPv6) of the proxies whose X-Real-IP names "   \
+           "the client; a request from any other peer is from that peer's address")                \
+    ACTION(INGRESS_TOKEN, SVC_OPT_SECRET, NULL, 0, 0,                                              \
+           "when set (at least 32 characters), X-Real-IP is believed only from a TRUSTED_PROXIES " \
+           "peer that also sends this secret as X-Ingress-Token: another process on the "          \
+           "ingress's host cannot name its address (make run sets it)")
 
 /* The SQL options of the services that own SQL data (auth, billing). */
 #define SVC_DB_OPTIONS(ACTION)                                                                \

@@ -79,6 +79,9 @@ struct svc_http_opts {
     /* The peers (the ingress) whose X-Real-IP header is believed as the client's address;
      * borrowed, must outlive the server. NULL or empty: every client is its socket peer. */
     const struct svc_util_cidrs *trusted_proxies;
+    /* When not NULL or "": such a peer's X-Real-IP is believed only with X-Ingress-Token equal to
+     * it (INGRESS_TOKEN), so that another process on the ingress's host cannot name an address. */
+    const char *ingress_token;
 };
 
 /*
