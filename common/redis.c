@@ -15,6 +15,7 @@
 #include "svc/cfg.h"
 #include "svc/log.h"
 #include "svc/loop.h"
+#include "svc/util.h"
 
 #include "redis_topo.h"
 
@@ -672,6 +673,8 @@ struct aconn {
     int connected; /* usable for commands (sentinel: after ROLE said master) */
     int retired;   /* cluster: left the map; closes once its replies are in */
     int answered;  /* sentinel conn: the master's address came back */
+    struct lookup *lookup;      /* a name being looked up off the loop for this connection */
+    struct svc_timer *lookup_t; /* polls it */
 };
 
 #define ASYNC_CONNS_MAX (SVC__REDIS_NODES_MAX + 2)
@@ -720,6 +723,7 @@ struct svc_redis_async {
 
 static void conn_lost(struct aconn *c);
 static int aconn_connect(struct aconn *c);
+static void on_lookup_timer(void *data, struct svc_timer *t);
 
 static void ev_update(struct aconn *c, uint32_t add, uint32_t del)
 {
@@ -1026,7 +1030,101 @@ static void on_watch(void *data, struct svc_timer *t)
     schedule(t, SENTINEL_WATCH_MS);
 }
 
-/* Opens c's connection and queues its hello (AUTH, SELECT; ROLE or the sentinel question). */
+/* ---- name lookups off the loop ----
+ * hiredis resolves a name synchronously in redisAsyncConnect, which would stall every stream of
+ * the loop for as long as DNS takes, at every reconnect. A name (a Sentinel or Cluster seed, an
+ * announced host name, a redis:// host not resolved at start) is looked up on a thread of its
+ * own; the connection polls for the answer with a timer and then connects to the address. The
+ * thread touches only its lookup, which it and the connection each hold a reference to, so a
+ * client destroyed meanwhile just drops its reference. */
+
+struct lookup {
+    atomic_int refs;
+    atomic_int done;
+    int rc; /* getaddrinfo's, once done */
+    char host[SVC__REDIS_HOST_MAX];
+    char addr[INET6_ADDRSTRLEN];
+};
+
+#define LOOKUP_POLL_MS 5
+#define LOOKUP_PENDING 1 /* lookup_poll: the thread has not answered yet */
+
+static int resolve_host(const char *host, char *out, size_t outlen);
+
+static void lookup_unref(struct lookup **lkp)
+{
+    struct lookup *lk = *lkp;
+
+    *lkp = NULL;
+    if (lk != NULL && atomic_fetch_sub(&lk->refs, 1) == 1)
+        free(lk);
+}
+
+static void *lookup_main(void *arg)
+{
+    struct lookup *lk = arg;
+
+    lk->rc = resolve_host(lk->host, lk->addr, sizeof(lk->addr));
+    atomic_store(&lk->done, 1);
+    lookup_unref(&lk);
+    return NULL;
+}
+
+static int is_numeric(const char *host)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+
+    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
+/*
+ * The address of host for c: SVC_OK with it in out once looked up, LOOKUP_PENDING while the lookup
+ * runs (c->lookup_t polls it and connects again), SVC_EUNAVAIL when it failed.
+ */
+static int lookup_poll(struct aconn *c, const char *host, char *out, size_t outlen)
+{
+    struct lookup *lk = c->lookup;
+    pthread_attr_t attr;
+    pthread_t th;
+    int rc;
+
+    if (lk != NULL && strcmp(lk->host, host) != 0)
+        lookup_unref(&c->lookup); /* the connection was pointed elsewhere meanwhile */
+    if ((lk = c->lookup) == NULL) {
+        if (c->lookup_t == NULL &&
+            svc_timer_create(&c->lookup_t, c->r->loop, on_lookup_timer, c) != SVC_OK)
+            return SVC_EUNAVAIL;
+        if ((lk = calloc(1, sizeof(*lk))) == NULL)
+            return SVC_EUNAVAIL;
+        svc_util_str_copy(lk->host, sizeof(lk->host), host);
+        atomic_init(&lk->refs, 2);
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        rc = pthread_create(&th, &attr, lookup_main, lk);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) {
+            free(lk);
+            SVC_LOG_WARN(NULL, "redis", "cannot start a lookup of %s", host);
+            return SVC_EUNAVAIL;
+        }
+        c->lookup = lk;
+    }
+    if (!atomic_load(&lk->done)) {
+        schedule(c->lookup_t, LOOKUP_POLL_MS);
+        return LOOKUP_PENDING;
+    }
+    rc = lk->rc;
+    svc_util_str_copy(out, outlen, lk->addr);
+    lookup_unref(&c->lookup);
+    if (rc != 0) {
+        SVC_LOG_WARN(NULL, "redis", "cannot resolve %s: %s", host, gai_strerror(rc));
+        return SVC_EUNAVAIL;
+    }
+    return SVC_OK;
+}
+
+/* Opens c's connection and queues its hello (AUTH, SELECT; ROLE or the sentinel question).
+ * SVC_OK also while its host's name is still being looked up (the lookup connects it). */
 static int aconn_connect(struct aconn *c)
 {
     struct svc_redis_async *r = c->r;
@@ -1038,8 +1136,18 @@ static int aconn_connect(struct aconn *c)
      * made; sentinels and cluster nodes announce addresses. */
     const char *host =
         r->url.kind == SVC__REDIS_STANDALONE && r->addr[0] != '\0' ? r->addr : c->addr.host;
-    redisAsyncContext *ac = redisAsyncConnect(host, c->addr.port);
+    char numeric[INET6_ADDRSTRLEN];
+    redisAsyncContext *ac;
+    int rc;
 
+    if (!is_numeric(host)) {
+        if ((rc = lookup_poll(c, host, numeric, sizeof(numeric))) == LOOKUP_PENDING)
+            return SVC_OK;
+        if (rc != SVC_OK)
+            return rc;
+        host = numeric;
+    }
+    ac = redisAsyncConnect(host, c->addr.port);
     c->answered = 0;
     c->connected = 0;
     if (ac == NULL || ac->err) {
@@ -1097,6 +1205,22 @@ static void on_reconnect(void *data, struct svc_timer *t)
         sentinel_ask(c->r); /* its answer connects this one */
         return;
     }
+    if (aconn_connect(c) != SVC_OK) {
+        if (is_sentinel_conn(c))
+            sentinel_next(c->r, 1);
+        else
+            conn_lost(c);
+    }
+}
+
+/* A lookup of c's host may have finished: connect (or fail as a refused connect would). */
+static void on_lookup_timer(void *data, struct svc_timer *t)
+{
+    struct aconn *c = data;
+
+    (void)t;
+    if (c->ac != NULL || c->r->destroying || c->lookup == NULL)
+        return;
     if (aconn_connect(c) != SVC_OK) {
         if (is_sentinel_conn(c))
             sentinel_next(c->r, 1);
@@ -1230,37 +1354,51 @@ static void on_watchdog(void *data, struct svc_timer *t)
 }
 
 /*
- * Resolves the host once, when the client is made (at start-up, before the loop serves
- * anything), preferring IPv4 as hiredis tries only the first address. The price: a Redis whose
- * address changes needs a restart of the service (a Kubernetes Service keeps its address). When
- * the name cannot be resolved now, the client falls back to hiredis's own lookup at each connect
- * (logged).
+ * Looks host up (getaddrinfo, blocking) into out as a numeric address, preferring IPv4 as hiredis
+ * tries only the first one. getaddrinfo's result (0 when done).
  */
-static void resolve_once(struct svc_redis_async *r)
+static int resolve_host(const char *host, char *out, size_t outlen)
 {
     struct addrinfo hints = {0}, *res = NULL, *ai, *pick = NULL;
-    const char *host = r->url.seeds[0].host;
     int rc;
 
     hints.ai_socktype = SOCK_STREAM;
-    rc = getaddrinfo(host, NULL, &hints, &res);
-    if (rc != 0) {
-        SVC_LOG_WARN(NULL, "redis", "cannot resolve %s now (%s): it will be looked up at each "
-                     "connect", host, gai_strerror(rc));
-        return;
-    }
+    if ((rc = getaddrinfo(host, NULL, &hints, &res)) != 0)
+        return rc;
     for (ai = res; ai != NULL && pick == NULL; ai = ai->ai_next)
         if (ai->ai_family == AF_INET)
             pick = ai;
     if (pick == NULL)
         pick = res;
     if (pick->ai_family == AF_INET)
-        inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)pick->ai_addr)->sin_addr, r->addr,
-                  sizeof(r->addr));
+        inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)pick->ai_addr)->sin_addr, out, outlen);
     else if (pick->ai_family == AF_INET6)
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)(void *)pick->ai_addr)->sin6_addr, r->addr,
-                  sizeof(r->addr));
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)(void *)pick->ai_addr)->sin6_addr, out,
+                  outlen);
+    else
+        rc = EAI_FAMILY;
     freeaddrinfo(res);
+    return rc;
+}
+
+/*
+ * Resolves the host once, when the client is made (at start-up, before the loop serves
+ * anything). The price: a Redis whose address changes needs a restart of the service (a
+ * Kubernetes Service keeps its address). When the name cannot be resolved now, each connect
+ * looks it up off the loop (lookup_poll), as for Sentinel and Cluster names.
+ */
+static void resolve_once(struct svc_redis_async *r)
+{
+    const char *host = r->url.seeds[0].host;
+    int rc = resolve_host(host, r->addr, sizeof(r->addr));
+
+    if (rc != 0) {
+        r->addr[0] = '\0';
+        SVC_LOG_WARN(NULL, "redis",
+                     "cannot resolve %s now (%s): it will be looked up at each "
+                     "connect",
+                     host, gai_strerror(rc));
+    }
 }
 
 static int setup_conns(struct svc_redis_async *r)
@@ -1353,6 +1491,8 @@ void svc_redis_async_destroy(struct svc_redis_async **rp)
         if (c->ac != NULL)
             redisAsyncFree(c->ac); /* runs pending callbacks with NULL replies */
         svc_timer_destroy(&c->reconnect);
+        svc_timer_destroy(&c->lookup_t);
+        lookup_unref(&c->lookup); /* a thread still looking it up frees it when done */
         svc_io_del(&c->io);
     }
     svc_timer_destroy(&r->watchdog);

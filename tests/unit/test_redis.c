@@ -11,6 +11,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <sys/socket.h>
 
 #include "svc/err.h"
@@ -23,7 +24,8 @@
 #define RUN_MS 1600
 #define TICK_MS 10
 
-static int slow_lookups, other_lookups; /* main thread only: the loop runs there */
+/* counted on the loop's thread and on the lookup threads of common/redis.c */
+static atomic_int slow_lookups, other_lookups;
 
 typedef int (*getaddrinfo_fn)(const char *, const char *, const struct addrinfo *,
                               struct addrinfo **);
@@ -97,8 +99,8 @@ static void test_reconnect_does_not_resolve_on_loop(void)
     snprintf(url, sizeof(url), "redis://" SLOW_NAME ":%d/0", closed_port());
     T_EQ_INT(svc_loop_create(&loop), SVC_OK);
     T_EQ_INT(svc_redis_async_create(&r, loop, url, 1000, NULL, 0), SVC_OK);
-    T_EQ_INT(slow_lookups, 1); /* at creation, before the loop serves anything */
-    other_lookups = 0;
+    T_EQ_INT(atomic_load(&slow_lookups), 1); /* at creation, before the loop serves anything */
+    atomic_store(&other_lookups, 0);
     T_EQ_INT(svc_timer_create(&tick, loop, on_tick, NULL), SVC_OK);
     T_EQ_INT(svc_timer_create(&stop, loop, on_stop, loop), SVC_OK);
     T_EQ_INT(svc_timer_start(tick, TICK_MS), SVC_OK);
@@ -106,15 +108,61 @@ static void test_reconnect_does_not_resolve_on_loop(void)
     T_EQ_INT(svc_loop_run(loop), SVC_OK);
     T_EQ_INT(svc_redis_async_connected(r), 0);
     fprintf(stderr, "lookups of the name %d, of the address %d; ticks %d, longest gap %llu ms\n",
-            slow_lookups, other_lookups, ticks, (unsigned long long)max_gap);
+            atomic_load(&slow_lookups), atomic_load(&other_lookups), ticks,
+            (unsigned long long)max_gap);
     /* it did reconnect: hiredis looks the numeric address up at each connect */
-    T_ASSERT(other_lookups >= 3);
-    T_EQ_INT(slow_lookups, 1);
+    T_ASSERT(atomic_load(&other_lookups) >= 3);
+    T_EQ_INT(atomic_load(&slow_lookups), 1);
     T_ASSERT(max_gap < SLOW_MS / 2);
     svc_timer_destroy(&tick);
     svc_timer_destroy(&stop);
     svc_redis_async_destroy(&r);
     svc_loop_destroy(&loop);
+}
+
+/*
+ * Sentinel and Cluster seeds (and hosts they announce) are names looked up at every connect: on
+ * a thread of their own, so a timer on the loop keeps firing on time while each slow lookup of
+ * the sentinels' name (and the reconnects after it fails to connect) goes on.
+ */
+static void names_off_loop(const char *scheme, const char *path)
+{
+    struct svc_loop *loop = NULL;
+    struct svc_redis_async *r = NULL;
+    struct svc_timer *tick = NULL, *stop = NULL;
+    char url[160];
+
+    snprintf(url, sizeof(url), "%s://" SLOW_NAME ":%d," SLOW_NAME ":%d%s", scheme, closed_port(),
+             closed_port(), path);
+    atomic_store(&slow_lookups, 0);
+    last_tick = max_gap = 0;
+    ticks = 0;
+    T_EQ_INT(svc_loop_create(&loop), SVC_OK);
+    T_EQ_INT(svc_redis_async_create(&r, loop, url, 1000, NULL, 0), SVC_OK);
+    T_EQ_INT(svc_timer_create(&tick, loop, on_tick, NULL), SVC_OK);
+    T_EQ_INT(svc_timer_create(&stop, loop, on_stop, loop), SVC_OK);
+    T_EQ_INT(svc_timer_start(tick, TICK_MS), SVC_OK);
+    T_EQ_INT(svc_timer_start(stop, RUN_MS), SVC_OK);
+    T_EQ_INT(svc_loop_run(loop), SVC_OK);
+    T_EQ_INT(svc_redis_async_connected(r), 0);
+    fprintf(stderr, "%s: lookups of the name %d; ticks %d, longest gap %llu ms\n", scheme,
+            atomic_load(&slow_lookups), ticks, (unsigned long long)max_gap);
+    T_ASSERT(atomic_load(&slow_lookups) >= 2); /* looked up again for the reconnects */
+    T_ASSERT(max_gap < SLOW_MS / 2);
+    svc_timer_destroy(&tick);
+    svc_timer_destroy(&stop);
+    svc_redis_async_destroy(&r); /* with a lookup still running, maybe: it frees itself */
+    svc_loop_destroy(&loop);
+}
+
+static void test_sentinel_names_off_loop(void)
+{
+    names_off_loop("redis-sentinel", "/mymaster");
+}
+
+static void test_cluster_names_off_loop(void)
+{
+    names_off_loop("redis-cluster", "");
 }
 
 /* ---- svc_redis_async_flush ---- */
@@ -243,5 +291,7 @@ int main(void)
 {
     T_RUN(test_reconnect_does_not_resolve_on_loop);
     T_RUN(test_flush_writes_now);
+    T_RUN(test_sentinel_names_off_loop);
+    T_RUN(test_cluster_names_off_loop);
     return 0;
 }
