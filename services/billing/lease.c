@@ -793,6 +793,10 @@ static void lease_send(struct billing_lease *l)
         l->sent_inflight = l->reserved;
         journal_mark_batch(l);
     }
+    /* The batch's seq in Redis before billing can apply it: a replica that dies once billing has
+     * applied it must not leave entries that still say no LeaseSync carried them. */
+    if (journal_on(l) && l->batch.n > 0)
+        svc_redis_async_flush(ls->o.journal);
     if (l->batch.n > 0) {
         cv = calloc(l->batch.n, sizeof(*cv));
         cp = calloc(l->batch.n, sizeof(*cp));
