@@ -1595,10 +1595,12 @@ static struct aconn *route_key(struct svc_redis_async *r, const char *key, size_
 static struct aconn *route(struct svc_redis_async *r, int argc, const char *const *argv,
                            const size_t *argvlen)
 {
-    const char *key;
-    size_t keylen;
+    const char *key = NULL;
+    size_t keylen = 0;
 
-    if (!svc__redis_cmd_key(argc, argv, argvlen, &key, &keylen))
+    /* only a Cluster routes by key */
+    if (r->url.kind == SVC__REDIS_CLUSTER &&
+        !svc__redis_cmd_key(argc, argv, argvlen, &key, &keylen))
         key = NULL, keylen = 0;
     return route_key(r, key, keylen);
 }
@@ -1635,6 +1637,55 @@ void svc_redis_async_recheck(struct svc_redis_async *r)
         sentinel_ask(r);
 }
 
+/* Writes v in decimal at p: its length. */
+static size_t put_dec(char *p, size_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++)
+        p[i] = tmp[n - 1 - i];
+    return n;
+}
+
+/*
+ * The command as RESP ("*<argc>\r\n" then "$<len>\r\n<arg>\r\n" per argument) in one malloc'd
+ * buffer (free() it; what redisFreeCommand does), *len its length; NULL when out of memory.
+ * hiredis 0.14's redisFormatCommandArgv builds it with sdscatfmt, several thousand instructions
+ * for a six-argument command that the proxy sends twice per request (the lease journal).
+ */
+static char *format_resp(int argc, const char *const *argv, const size_t *argvlen, size_t *len)
+{
+    size_t total = 1 + 20 + 2, n = 0;
+    char *buf;
+
+    for (int i = 0; i < argc; i++)
+        total += 1 + 20 + 2 + (argvlen != NULL ? argvlen[i] : strlen(argv[i])) + 2;
+    if ((buf = malloc(total)) == NULL)
+        return NULL;
+    buf[n++] = '*';
+    n += put_dec(buf + n, (size_t)argc);
+    buf[n++] = '\r';
+    buf[n++] = '\n';
+    for (int i = 0; i < argc; i++) {
+        size_t al = argvlen != NULL ? argvlen[i] : strlen(argv[i]);
+        buf[n++] = '$';
+        n += put_dec(buf + n, al);
+        buf[n++] = '\r';
+        buf[n++] = '\n';
+        memcpy(buf + n, argv[i], al);
+        n += al;
+        buf[n++] = '\r';
+        buf[n++] = '\n';
+    }
+    *len = n;
+    return buf;
+}
+
 /* Sends a command on c (NULL: not connected). */
 static int send_cmd(struct svc_redis_async *r, struct aconn *c, svc_redis_cb cb, void *ctx,
                     int wait, int argc, const char *const *argv, const size_t *argvlen)
@@ -1651,14 +1702,12 @@ static int send_cmd(struct svc_redis_async *r, struct aconn *c, svc_redis_cb cb,
     pc->data = ctx;
     pc->wait = wait;
     pc->epoch = r->master_epoch;
+    if ((pc->buf = format_resp(argc, argv, argvlen, &pc->len)) == NULL) {
+        free(pc);
+        return SVC_ENOMEM;
+    }
     if (r->url.kind == SVC__REDIS_CLUSTER) {
         /* kept until the reply, to send it again where MOVED or ASK points */
-        len = redisFormatCommandArgv(&pc->buf, argc, (const char **)argv, argvlen);
-        if (len < 0) {
-            free(pc);
-            return SVC_ENOMEM;
-        }
-        pc->len = (size_t)len;
         if (send_pending(c, pc) != SVC_OK) {
             redisFreeCommand(pc->buf);
             free(pc);
@@ -1666,8 +1715,10 @@ static int send_cmd(struct svc_redis_async *r, struct aconn *c, svc_redis_cb cb,
         }
         return SVC_OK;
     }
-    if (redisAsyncCommandArgv(c->ac, on_cmd_reply, pc, argc, (const char **)argv, argvlen) !=
-        REDIS_OK) {
+    len = redisAsyncFormattedCommand(c->ac, on_cmd_reply, pc, pc->buf, pc->len);
+    free(pc->buf); /* copied into the connection's output */
+    pc->buf = NULL;
+    if (len != REDIS_OK) {
         free(pc);
         return SVC_EUNAVAIL;
     }

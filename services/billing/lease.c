@@ -35,6 +35,7 @@ struct lease_charge {
     long long cost; /* our estimate, at the ratio the lease knows */
     int estimated;
     uint64_t jid; /* its entry in the lease's journal */
+    int64_t end;  /* its place among the lease's ended requests (journal.h) */
 };
 
 struct lease_ratio {
@@ -87,6 +88,7 @@ struct billing_lease {
     char jkey[BILLING_JOURNAL_KEY_MAX]; /* its journal's key ("": none) */
     int journal_lost;                   /* Redis refused an entry: the journal says "lost" */
     int journal_ttl;                    /* the journal's expiry was set */
+    int64_t ends;                       /* requests ended on it, numbered from 1 */
 };
 
 struct billing_leases {
@@ -270,11 +272,6 @@ static int journal_on(const struct billing_lease *l)
     return l->jkey[0] != '\0' && !l->retired;
 }
 
-static int journal_field(char *buf, size_t cap, uint64_t jid)
-{
-    return snprintf(buf, cap, "t%" PRIu64, jid);
-}
-
 /* Sets (renews) the journal's expiry: one nobody reads does not stay in Redis. */
 static void journal_expire(struct billing_lease *l)
 {
@@ -303,7 +300,7 @@ static void journal_put(struct billing_lease *l, uint64_t jid,
         argv[3] = "lost";
     for (int i = 0; i < 4; i++)
         lens[i] = strlen(argv[i]);
-    lens[4] = (size_t)journal_field(field, sizeof(field), jid);
+    lens[4] = (size_t)billing_journal_field(field, jid);
     lens[5] = vlen < 0 ? 0 : (size_t)vlen;
     journal_cmd(l, vlen < 0 ? 4 : 6, argv, lens);
     if (!l->journal_ttl)
@@ -329,8 +326,7 @@ static void journal_forget(struct billing_lease *l, const struct lease_charge *v
         lens[0] = 4;
         lens[1] = strlen(l->jkey);
         for (size_t i = 0; i < n; i++) {
-            lens[i + 2] =
-                (size_t)journal_field(fields[i], sizeof(fields[i]), v != NULL ? v[i].jid : jid);
+            lens[i + 2] = (size_t)billing_journal_field(fields[i], v != NULL ? v[i].jid : jid);
             argv[i + 2] = fields[i];
         }
         journal_cmd(l, (int)n + 2, argv, lens);
@@ -340,59 +336,27 @@ static void journal_forget(struct billing_lease *l, const struct lease_charge *v
     free(fields);
 }
 
-/* The batch a new LeaseSync carries: its entries name the call's seq, so that billing can tell
- * which ended requests it has applied should this replica die before the answer. The journal's
- * expiry is renewed with it. */
+/* The batch a new LeaseSync carries, a prefix of the queue: "_b" says this seq carries the ended
+ * requests up to the batch's last, so that billing can tell which it has applied should this
+ * replica die before the answer (journal.h). The journal's expiry is renewed with it. */
 static void journal_mark_batch(struct billing_lease *l)
 {
-    size_t n = l->batch.n;
-    const char **argv;
-    size_t *lens;
-    char(*fields)[24], (*values)[BILLING_JOURNAL_VALUE_MAX];
+    char value[48];
+    const char *argv[] = {"HSET",
+                          l->jkey,
+                          BILLING_JOURNAL_MARK,
+                          l->journal_lost ? "lost" : "ok",
+                          BILLING_JOURNAL_BATCH,
+                          value};
+    size_t lens[6];
 
-    if (!journal_on(l) || n == 0)
+    if (!journal_on(l) || l->batch.n == 0)
         return;
-    argv = calloc(2 * n + 4, sizeof(*argv));
-    lens = calloc(2 * n + 4, sizeof(*lens));
-    fields = calloc(n, sizeof(*fields));
-    values = calloc(n, sizeof(*values));
-    if (argv == NULL || lens == NULL || fields == NULL || values == NULL) {
-        l->journal_lost = 1;
-    } else {
-        int argc = 4;
-        for (size_t i = 0; i < n; i++) {
-            const struct lease_charge *c = &l->batch.v[i];
-            struct billing_journal_entry e = {.ended = 1,
-                                              .seq = l->seq,
-                                              .prompt = c->prompt,
-                                              .completion = c->completion,
-                                              .estimated = c->estimated};
-            int vlen;
-
-            svc_util_str_copy(e.model, sizeof(e.model), c->model);
-            svc_util_str_copy(e.request_id, sizeof(e.request_id), c->request_id);
-            if ((vlen = billing_journal_format(values[i], sizeof(values[i]), &e)) < 0) {
-                l->journal_lost = 1;
-                continue;
-            }
-            lens[argc] = (size_t)journal_field(fields[i], sizeof(fields[i]), c->jid);
-            argv[argc++] = fields[i];
-            lens[argc] = (size_t)vlen;
-            argv[argc++] = values[i];
-        }
-        argv[0] = "HSET";
-        argv[1] = l->jkey;
-        argv[2] = BILLING_JOURNAL_MARK;
-        argv[3] = l->journal_lost ? "lost" : "ok";
-        for (int i = 0; i < 4; i++)
-            lens[i] = strlen(argv[i]);
-        journal_cmd(l, argc, argv, lens);
-        journal_expire(l);
-    }
-    free(argv);
-    free(lens);
-    free(fields);
-    free(values);
+    for (int i = 0; i < 5; i++)
+        lens[i] = strlen(argv[i]);
+    lens[5] = (size_t)billing_journal_format_batch(value, l->seq, l->batch.v[l->batch.n - 1].end);
+    journal_cmd(l, 6, argv, lens);
+    journal_expire(l);
 }
 
 /* The lease is closed: billing will never expire it, its journal is done with. */
@@ -578,8 +542,10 @@ void billing_lease_settle(struct billing_lease_ticket *t, const char *rid, const
     c.completion = completion_tokens;
     c.estimated = estimated;
     c.jid = t->jid;
+    c.end = ++l->ends;
     {
         struct billing_journal_entry e = {.ended = 1,
+                                          .end = c.end,
                                           .prompt = prompt_tokens,
                                           .completion = completion_tokens,
                                           .estimated = estimated};

@@ -145,7 +145,10 @@ static void journal_read(void *ctx, const char *lease_id, struct billing_journal
             why = "an entry is not a string";
         else if (flen == 1 && f[0] == BILLING_JOURNAL_MARK[0])
             marked = vlen == 2 && memcmp(v, "ok", 2) == 0;
-        else if (billing_journal_parse(v, vlen, &j->v[j->n++]) != SVC_OK)
+        else if (flen == 2 && memcmp(f, BILLING_JOURNAL_BATCH, 2) == 0) {
+            if (billing_journal_parse_batch(v, vlen, &j->batch_seq, &j->batch_end) != SVC_OK)
+                why = "its \"_b\" does not parse";
+        } else if (billing_journal_parse(v, vlen, &j->v[j->n++]) != SVC_OK)
             why = "an entry does not parse";
     }
     if (why == NULL && pairs > 0 && !marked)

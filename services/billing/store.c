@@ -1102,8 +1102,8 @@ struct expire_ctx {
 };
 
 /*
- * The requests a usable journal says ended unreported (no applied LeaseSync carried them: seq 0,
- * or above the lease's): each is charged its usage with its own "charge" row, from the lease
+ * The requests a usable journal says ended unreported (no applied LeaseSync carried them, by
+ * its "_b"): each is charged its usage with its own "charge" row, from the lease
  * first, as its LeaseSync would have done. *units is what is left of the lease; *charged and
  * *ended grow by what was charged and how many.
  */
@@ -1117,7 +1117,7 @@ static int journal_charges(struct svc_db_conn *c, struct expire_ctx *x, const st
         int64_t cost, charge, from_lease;
         int rc;
 
-        if (!e->ended || (e->seq > 0 && e->seq <= h->lease_seq))
+        if (!e->ended || billing_journal_applied(x->journal, e, h->lease_seq))
             continue;
         cost = cost_of(x->s, e->model, e->prompt, e->completion);
         charge = capped_charge(a, cost, *units);

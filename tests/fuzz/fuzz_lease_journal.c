@@ -6,7 +6,10 @@
  *    or control byte, a model of 1 to 127 bytes with no control byte), checked against a
  *    reference reading of the same bytes;
  *  - an accepted entry formats (billing_journal_format) and parses back to the same entry, and the
- *    formatted text is the input itself when the input's numbers have no leading zero.
+ *    formatted text is the input itself when the input's numbers have no leading zero;
+ *  - an input starting with 'b' is the rest as a "_b" value: billing_journal_parse_batch accepts
+ *    exactly "<1-18 digits> <1-18 digits>", and the numbers format back to the same text when
+ *    they have no leading zero.
  */
 
 #include <stdint.h>
@@ -44,7 +47,7 @@ static int ref_parse(const uint8_t *d, size_t n, struct billing_journal_entry *e
     if (n < 2 || (d[0] != 'a' && d[0] != 'e') || d[1] != ' ')
         return 0;
     e->ended = d[0] == 'e';
-    if (e->ended && (p = ref_number(p, end, &e->seq, lead0)) == NULL)
+    if (e->ended && (p = ref_number(p, end, &e->end, lead0)) == NULL)
         return 0;
     if ((p = ref_number(p, end, &e->prompt, lead0)) == NULL ||
         (p = ref_number(p, end, &e->completion, lead0)) == NULL)
@@ -73,9 +76,46 @@ static int ref_parse(const uint8_t *d, size_t n, struct billing_journal_entry *e
 
 static int same(const struct billing_journal_entry *a, const struct billing_journal_entry *b)
 {
-    return a->ended == b->ended && a->seq == b->seq && a->prompt == b->prompt &&
+    return a->ended == b->ended && a->end == b->end && a->prompt == b->prompt &&
            a->completion == b->completion && a->estimated == b->estimated &&
            strcmp(a->request_id, b->request_id) == 0 && strcmp(a->model, b->model) == 0;
+}
+
+static int ref_batch(const uint8_t *d, size_t n, int64_t *seq, int64_t *end, int *lead0)
+{
+    const uint8_t *p = ref_number(d, d + n, seq, lead0), *s;
+
+    if (p == NULL)
+        return 0;
+    *end = 0;
+    for (s = p; p < d + n && *p >= '0' && *p <= '9'; p++) {
+        if (p - s == 18)
+            return 0;
+        *end = *end * 10 + (*p - '0');
+    }
+    if (p == s || p != d + n)
+        return 0;
+    if (*s == '0' && p - s > 1)
+        *lead0 = 1;
+    return 1;
+}
+
+static void batch(const uint8_t *d, size_t n)
+{
+    int64_t seq = 0, end = 0, rseq = 0, rend = 0;
+    int lead0 = 0, ok = billing_journal_parse_batch((const char *)d, n, &seq, &end) == SVC_OK;
+    char buf[48];
+    int len;
+
+    if (ok != ref_batch(d, n, &rseq, &rend, &lead0))
+        abort();
+    if (!ok)
+        return;
+    if (seq != rseq || end != rend)
+        abort();
+    len = billing_journal_format_batch(buf, seq, end);
+    if (!lead0 && ((size_t)len != n || memcmp(buf, d, n) != 0))
+        abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -85,6 +125,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int lead0 = 0, ok = billing_journal_parse((const char *)data, size, &e) == SVC_OK;
     int n;
 
+    if (size > 0 && data[0] == 'b') {
+        batch(data + 1, size - 1);
+        return 0;
+    }
     if (ok != ref_parse(data, size, &ref, &lead0))
         abort();
     if (!ok)

@@ -652,6 +652,7 @@ struct test_journal {
     const struct billing_journal_entry *v;
     size_t n;
     int usable, reads, drops;
+    int64_t batch_seq, batch_end;
 };
 
 static void tj_read(void *ctx, const char *lease_id, struct billing_journal *j)
@@ -663,6 +664,8 @@ static void tj_read(void *ctx, const char *lease_id, struct billing_journal *j)
         return; /* another case's lease: no journal */
     tj->reads++;
     j->usable = tj->usable;
+    j->batch_seq = tj->batch_seq;
+    j->batch_end = tj->batch_end;
     j->v = calloc(tj->n, sizeof(*j->v));
     T_ASSERT(j->v != NULL);
     memcpy(j->v, tj->v, tj->n * sizeof(*j->v));
@@ -685,24 +688,21 @@ static void tj_drop(void *ctx, const char *lease_id)
  */
 static void lease_expiry_journal(struct svc_db *db, struct billing_store *s)
 {
+    /* "_b" = "2 1": seq 2 (applied) carried r1, whose deletion had not landed; r2-r4 were never
+     * carried by an applied LeaseSync; r4 costs 2 + 3 */
     struct billing_journal_entry v[] = {
-        {.ended = 1, .seq = 2, .prompt = 20, .completion = 10, .request_id = "j-r1", .model = "x"},
-        {.ended = 1, .seq = 3, .prompt = 5, .completion = 5, .request_id = "j-r2", .model = "x"},
-        {.ended = 1,
-         .prompt = 7,
-         .completion = 3,
-         .estimated = 1,
-         .request_id = "j-r3",
-         .model = "x"},
+        {.ended = 1, .end = 1, .prompt = 20, .completion = 10, .request_id = "j-r1", .model = "x"},
+        {.ended = 1, .end = 2, .prompt = 5, .completion = 5, .request_id = "j-r2", .model = "x"},
+        {.ended = 1, .end = 3, .prompt = 7, .completion = 3, .request_id = "j-r3", .model = "x"},
         {.ended = 0, .prompt = 40, .completion = 60, .model = "x"},
-        {.ended = 1, .prompt = 1, .completion = 1, .request_id = "j-r4", .model = "p"}, /* 2 + 3 */
-    }; /* r1 applied (seq 2); r2 sent in a LeaseSync never applied; r3, r4 never sent */
+        {.ended = 1, .end = 4, .prompt = 1, .completion = 1, .request_id = "j-r4", .model = "p"},
+    };
     struct billing_lease_charge ch[1] = {charge_of("j-r1", "x", 20, 10)};
     struct billing_lease_out out;
     struct billing_account a;
     char id[64], note[BILLING_NOTE_MAX + 1];
     int64_t uid = new_user(s, 1000), rows0 = 0, rows1 = 0;
-    struct test_journal tj = {id, v, 5, 1, 0, 0};
+    struct test_journal tj = {id, v, 5, 1, 0, 0, 2, 1};
     const struct billing_journal_io io = {tj_read, tj_drop, &tj};
     int n = 0;
 
