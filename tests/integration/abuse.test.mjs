@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { describe, it } from 'node:test';
 import { basicAuth, defaultBinDir, freePort, tempDir, withStack } from './lib/harness.mjs';
 import { authenticate, rpc } from './lib/auth-rpc.mjs';
-import { ENV, OPS_KEY, authUrl, logsText, ops, postJSON, request } from './lib/auth-helpers.mjs';
+import { ENV, OPS_KEY, authUrl, logsText, ops, postJSON, request, sleep } from './lib/auth-helpers.mjs';
 
 /** The headers the ingress sets for a client at ip: X-Real-IP and the stack's INGRESS_TOKEN. */
 const asIngress = (stack, ip) => ({ 'X-Real-IP': ip, 'X-Ingress-Token': stack.ingressToken });
@@ -217,5 +217,87 @@ describe('password guessing is throttled per account and source, never locking t
         assert.equal(next.result, 'AUTH_THROTTLED');
         assert.ok(next.retryAfterMs > 0);
         assert.equal((await authenticate(authUrl(stack), basicAuth('office3', 'office3-pw'), { clientIp: '10.88.2.2' })).result, 'AUTH_OK');
+    });
+});
+
+// The rule's two other halves (docs/accounts.md, "Failed-login throttling"): past the free
+// attempts the delays grow (AUTH_THROTTLE_DELAY_MS, doubled per further attempt, at most
+// AUTH_THROTTLE_MAX_DELAY), and static users (BASIC_AUTH_USER, here alice and bob of ENV) are
+// throttled the same way as registered ones. AUTH_THROTTLE_USER and AUTH_THROTTLE_MAX_DELAY are
+// lowered so that the whole ladder (1 s, 2 s, 4 s, then 4 s again) takes 7 s.
+describe('login throttling: the delays grow, and static users are throttled too', () => {
+    const FREE = 3;
+    const stack = withStack({
+        replicas: { auth: 2 },
+        env: { ...ENV, AUTH_THROTTLE_USER: String(FREE), AUTH_THROTTLE_DELAY_MS: '1000', AUTH_THROTTLE_MAX_DELAY: '4' },
+    });
+    const login = (i, ip, username, password) => postJSON(`${authUrl(stack, i)}/api/login`, { username, password },
+        { headers: asIngress(stack, ip) });
+
+    it('each attempt past AUTH_THROTTLE_USER doubles the wait (1 s, 2 s, 4 s), up to AUTH_THROTTLE_MAX_DELAY (4 s)', async () => {
+        assert.equal((await ops(stack, { action: 'register', i_username: 'gina', i_password: 'gina-pw-123', count: 10 })).json().message, 'success');
+        const ip = '10.89.0.1';
+        let n = 0;
+        const guess = (i) => authenticate(authUrl(stack, i), `Bearer gina:wrong-${n++}`, { clientIp: ip });
+        // the free attempts but the last: nothing to wait for after them
+        for (let k = 0; k < FREE - 1; k++) assert.equal((await guess(k % 2)).result, 'AUTH_WRONG_PASSWORD');
+        // The last free attempt sets the first delay, each attempt let through after waiting it
+        // out sets the next. Right after it (elapsed ms later, Redis's clock) an attempt must
+        // wait d - elapsed <= retry <= d: with a constant delay the second step would be 1 s,
+        // without the bound the fourth 8 s.
+        const seen = [];
+        for (const [k, d] of [1000, 2000, 4000, 4000].entries()) {
+            const t0 = Date.now();
+            const counted = await guess(k % 2);
+            assert.equal(counted.result, 'AUTH_WRONG_PASSWORD', `step ${k}: checked after waiting (${seen})`);
+            const held = await guess((k + 1) % 2);
+            const web = await login(k % 2, ip, 'gina', `wrong-web-${k}`);
+            const elapsed = Date.now() - t0;
+            seen.push(held.retryAfterMs);
+            assert.equal(held.result, 'AUTH_THROTTLED', `step ${k}`);
+            assert.ok(held.retryAfterMs <= d && held.retryAfterMs >= d - elapsed,
+                `step ${k}: retry_after_ms ${held.retryAfterMs}, expected ${d} less at most the ${elapsed} ms gone (seen ${seen})`);
+            // the same wait on /api/login, in whole seconds rounded up
+            assert.equal(web.status, 429, web.body);
+            const ra = Number(web.headers['retry-after']);
+            assert.ok(ra <= d / 1000 && ra >= Math.ceil((d - elapsed) / 1000), `step ${k}: Retry-After ${ra}, expected ${d / 1000}`);
+            assert.match(web.json().message, new RegExp(`retry after ${ra} s`));
+            if (k < 3) await sleep(held.retryAfterMs + 50);
+        }
+        // the owner, from elsewhere, was never delayed
+        assert.equal((await authenticate(authUrl(stack), 'Bearer gina:gina-pw-123', { clientIp: '10.89.0.2' })).result, 'AUTH_OK');
+    });
+
+    it('a static user\'s wrong passwords are throttled like a registered user\'s; the right one still works from elsewhere', async () => {
+        assert.equal((await ops(stack, { action: 'register', i_username: 'hugo', i_password: 'hugo-pw-123', count: 10 })).json().message, 'success');
+        const ip = '10.89.1.1';
+        // the same burst of 20 concurrent wrong passwords (Basic, as the browser's dialog sends)
+        // on both replicas, at a registered user and at the static user alice
+        const burst = async (user) => (await Promise.all(Array.from({ length: 20 }, (_, i) =>
+            authenticate(authUrl(stack, i % 2), basicAuth(user, `wrong-${i}`), { clientIp: ip })))).map((x) => x.result);
+        const counts = (rs) => `${rs.filter((x) => x === 'AUTH_WRONG_PASSWORD').length} checked, ${rs.filter((x) => x === 'AUTH_THROTTLED').length} throttled`;
+        const registered = await burst('hugo');
+        const stat = await burst('alice');
+        assert.equal(counts(registered), `${FREE} checked, ${20 - FREE} throttled`, registered.join(','));
+        assert.equal(counts(stat), counts(registered), stat.join(','));
+        // from that address even her right password waits, with every scheme
+        const right = await authenticate(authUrl(stack, 0), basicAuth('alice', 'alice-static-pw'), { clientIp: ip });
+        assert.equal(right.result, 'AUTH_THROTTLED');
+        assert.ok(right.retryAfterMs > 0);
+        const web = await login(1, ip, 'alice', 'alice-static-pw');
+        assert.equal(web.status, 429, web.body);
+        assert.match(web.headers['retry-after'], /^[1-9][0-9]*$/);
+        const me = await request(`${authUrl(stack, 0)}/api/me`, { headers: { ...asIngress(stack, ip), authorization: basicAuth('alice', 'alice-static-pw') } });
+        assert.equal(me.status, 429, me.body);
+        // from another address she gets in at once, and she is the static user
+        for (const i of [0, 1]) {
+            const ok = await authenticate(authUrl(stack, i), basicAuth('alice', 'alice-static-pw'), { clientIp: `10.89.1.${2 + i}` });
+            assert.equal(ok.result, 'AUTH_OK');
+        }
+        const other = await login(1, '10.89.1.4', 'alice', 'alice-static-pw');
+        assert.equal(other.json().status, 'Success', other.body);
+        const who = await request(`${authUrl(stack, 0)}/api/me`, { headers: { ...asIngress(stack, '10.89.1.5'), authorization: basicAuth('alice', 'alice-static-pw') } });
+        assert.equal(who.json().data.name, 'alice', who.body);
+        assert.equal(who.json().data.static, true, who.body);
     });
 });

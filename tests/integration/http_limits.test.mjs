@@ -90,6 +90,68 @@ describe('HTTP limits on every service', () => {
     });
 });
 
+/** Splits a raw HTTP/1.1 answer into {status, headers (lower-case names), body}. */
+function parseAnswer(data) {
+    const i = data.indexOf('\r\n\r\n');
+    const head = i < 0 ? data : data.slice(0, i);
+    const headers = {};
+    for (const line of head.split('\r\n').slice(1)) {
+        const c = line.indexOf(':');
+        if (c > 0) headers[line.slice(0, c).trim().toLowerCase()] = line.slice(c + 1).trim();
+    }
+    return { status: Number(/^HTTP\/1\.[01] (\d{3})/.exec(head)?.[1]) || 0, headers, body: i < 0 ? '' : data.slice(i + 4) };
+}
+
+/** '' when r is the error a route's clients read: the {status, message, data} envelope on /api
+ * and /accounts, an OpenAI error object on /v1 (abuse_battery.test.mjs's shapes); else what is wrong. */
+function routeShapeProblem(path, r) {
+    if (!/^application\/json/.test(r.headers['content-type'] || '')) return `content-type ${r.headers['content-type']}`;
+    let j;
+    try {
+        j = JSON.parse(r.body);
+    } catch {
+        return `not JSON: ${r.body.slice(0, 80)}`;
+    }
+    if (path.startsWith('/v1/')) {
+        const e = j?.error;
+        return typeof e?.message === 'string' && e.message !== '' && typeof e.type === 'string' && 'param' in e && 'code' in e
+            && Object.keys(j).length === 1 ? '' : `not an OpenAI error object: ${r.body.slice(0, 80)}`;
+    }
+    return j?.status === 'Fail' && typeof j.message === 'string' && j.message !== '' && j.data === null
+        && Object.keys(j).length === 3 ? '' : `not the envelope: ${r.body.slice(0, 80)}`;
+}
+
+// The ingress replaces any 431 a service sends with its own (deploy/local/nginx.conf.tmpl,
+// "Answers nginx replaces"), so the tests through it never see the services' own: here each
+// service is asked directly, on its HTTP port, the proxy with OPENAI_PROXY=true.
+describe('a header block over HTTP_MAX_HEADER is a 431 in the route\'s shape, on each service', () => {
+    const stack = withStack({ env: { OPENAI_PROXY: 'true', HTTP_MAX_HEADER: '16384' } });
+    const ROUTES = [['auth', '/api/session'], ['auth', '/api/login'], ['auth', '/accounts'],
+        ['chat', '/api/chat-process'], ['chat', '/api/config'],
+        ['proxy', '/v1/chat/completions'], ['proxy', '/v1/models']];
+    // one 20 KiB line, and 300 lines of 70 bytes (21 KiB) as nginx passes a large block on
+    const BLOCKS = [['one line', `X-Big: ${'a'.repeat(20 * 1024)}\r\n`],
+        ['many lines', Array.from({ length: 300 }, (_, i) => `X-L${i}: ${'v'.repeat(60)}\r\n`).join('')]];
+
+    it('auth, chat and proxy answer 431 with the envelope on /api, an OpenAI error on /v1', async () => {
+        const bad = [];
+        for (const [svc, p] of ROUTES) {
+            const addr = stack.services[svc][0].httpAddr;
+            for (const [name, block] of BLOCKS) {
+                const r = await raw(addr, `POST ${p} HTTP/1.1\r\nHost: x\r\n${block}Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}`,
+                    { waitMs: 5000 });
+                const a = parseAnswer(r.data);
+                const problem = a.status === 431 ? routeShapeProblem(p, a) : `status ${a.status} (${r.how}): ${r.data.slice(0, 60)}`;
+                if (problem) bad.push(`${svc} ${p} (${name}): ${problem}`);
+            }
+            // and the service goes on serving
+            const next = await request(`http://${addr}${p}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+            if (next.status === 431 || next.status >= 500) bad.push(`${svc} ${p}: then ${next.status}`);
+        }
+        assert.deepEqual(bad, [], bad.join('\n'));
+    });
+});
+
 describe('/api/config never shows a proxy secret (the seed\'s S5)', () => {
     const stack = withStack({
         services: ['auth', 'billing', 'chat'],

@@ -4,13 +4,15 @@
  * every (re)connect uses the address. getaddrinfo is interposed by this executable (it is looked
  * up in the executable before libc, for hiredis too) so that one name resolves slowly and every
  * lookup is counted. Needs no server: the client reconnects to a closed port, or talks to a
- * listening socket the test reads itself (svc_redis_async_flush).
+ * listening socket the test reads itself (svc_redis_async_flush, and clients of different URLs
+ * made on several threads at once).
  */
 #include <arpa/inet.h>
 #include <dlfcn.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
 
@@ -229,8 +231,8 @@ static void on_get_reply(void *ctx, int err, const struct svc_redis_reply *rep)
     T_EQ_INT(err, SVC_OK);
     T_EQ_INT(svc_redis_async_cmd(fc->r, NULL, NULL, 3, incr_argv, NULL), SVC_OK);
     svc_redis_async_flush(fc->r);
-    fc->in_callback_read = read_arrived(fc->server, buf, sizeof(buf), 1000) > 0 &&
-                           strstr(buf, "INCRBY") != NULL;
+    fc->in_callback_read =
+        read_arrived(fc->server, buf, sizeof(buf), 1000) > 0 && strstr(buf, "INCRBY") != NULL;
     svc_loop_stop(fc->loop);
 }
 
@@ -266,7 +268,7 @@ static void test_flush_writes_now(void)
     T_ASSERT(read_arrived(fc.server, buf, sizeof(buf), 1000) > 0);
     T_ASSERT(strstr(buf, "INCRBY") != NULL);
     T_EQ_INT((int)send(fc.server, ":3\r\n", 4, 0), 4); /* its reply, read with the next one */
-    svc_redis_async_flush(fc.r); /* nothing queued: writes nothing */
+    svc_redis_async_flush(fc.r);                       /* nothing queued: writes nothing */
     T_EQ_INT((int)read_arrived(fc.server, buf, sizeof(buf), 50), 0);
 
     /* from inside a reply's callback */
@@ -287,11 +289,139 @@ static void test_flush_writes_now(void)
     close(lfd);
 }
 
+/* ---- clients made on several threads at once ---- */
+
+#define HELLO_THREADS 8
+
+struct hello_thread {
+    pthread_t tid;
+    pthread_barrier_t *go;
+    int db;
+    char password[16];
+};
+
+/* Reads fd until what arrived starts with want, or 2 s passed. 1 when it does. */
+static int arrived_as(int fd, const char *want)
+{
+    char buf[512];
+    size_t len = 0, n = strlen(want);
+    uint64_t until = svc_loop_clock_ms() + 2000;
+
+    while (len < n && svc_loop_clock_ms() < until) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        ssize_t k;
+
+        if (poll(&p, 1, 100) != 1)
+            continue;
+        k = recv(fd, buf + len, sizeof(buf) - 1 - len, MSG_DONTWAIT);
+        if (k <= 0)
+            break;
+        len += (size_t)k;
+    }
+    buf[len] = '\0';
+    if (len >= n && memcmp(buf, want, n) == 0)
+        return 1;
+    fprintf(stderr, "expected \"%s\", the server read \"%s\"\n", want, buf);
+    return 0;
+}
+
+/* The next connection on the listening socket lfd; fails the test when none comes within 5 s. */
+static int accept_within(int lfd)
+{
+    struct pollfd p = {.fd = lfd, .events = POLLIN};
+    int fd;
+
+    T_EQ_INT(poll(&p, 1, 5000), 1);
+    fd = accept(lfd, NULL, NULL);
+    T_ASSERT(fd >= 0);
+    return fd;
+}
+
+/*
+ * One thread's clients, each on a listening socket of the thread's own that never answers: the
+ * event-loop client (AUTH and SELECT formatted in svc_redis_async_create, written once it is
+ * connected), then the blocking one (SELECT alone, without a password: it waits for each answer;
+ * formatted and sent by svc_redis_cmd, which times out waiting). The server must read this
+ * thread's password and database, nobody else's.
+ */
+static void *hello_thread_main(void *arg)
+{
+    struct hello_thread *h = arg;
+    struct flush_case fc = {0};
+    struct svc_timer *poll_t = NULL, *stop = NULL;
+    struct svc_redis *b = NULL;
+    struct svc_redis_reply *rep = NULL;
+    const char *const get_argv[] = {"GET", "k"};
+    char url[128], want[160], burl[128], bwant[64];
+    int port, lfd = listen_loopback(&port), server;
+
+    snprintf(url, sizeof(url), "redis://:%s@127.0.0.1:%d/%d", h->password, port, h->db);
+    snprintf(burl, sizeof(burl), "redis://127.0.0.1:%d/%d", port, h->db);
+    snprintf(bwant, sizeof(bwant), "*2\r\n$6\r\nSELECT\r\n$%d\r\n%d\r\n", h->db < 10 ? 1 : 2,
+             h->db);
+    snprintf(want, sizeof(want),
+             "*2\r\n$4\r\nAUTH\r\n$%zu\r\n%s\r\n*2\r\n$6\r\nSELECT\r\n$%d\r\n%d\r\n",
+             strlen(h->password), h->password, h->db < 10 ? 1 : 2, h->db);
+    T_EQ_INT(svc_loop_create(&fc.loop), SVC_OK);
+    T_EQ_INT(svc_timer_create(&poll_t, fc.loop, on_connected_poll, &fc), SVC_OK);
+    T_EQ_INT(svc_timer_create(&stop, fc.loop, on_stop, fc.loop), SVC_OK);
+
+    pthread_barrier_wait(h->go);
+    T_EQ_INT(svc_redis_async_create(&fc.r, fc.loop, url, 30000, NULL, 0), SVC_OK);
+    T_EQ_INT(svc_timer_start(poll_t, 5), SVC_OK);
+    T_EQ_INT(svc_timer_start(stop, 5000), SVC_OK);
+    T_EQ_INT(svc_loop_run(fc.loop), SVC_OK);
+    T_ASSERT(svc_redis_async_connected(fc.r));
+    server = accept_within(lfd);
+    T_ASSERT(arrived_as(server, want));
+    close(server);
+
+    pthread_barrier_wait(h->go);
+    T_EQ_INT(svc_redis_create(&b, burl, 200, NULL, 0), SVC_OK);
+    T_ASSERT(svc_redis_cmd(b, &rep, 2, get_argv, NULL) != SVC_OK);
+    server = accept_within(lfd);
+    T_ASSERT(arrived_as(server, bwant));
+    close(server);
+
+    svc_redis_reply_destroy(&rep);
+    svc_redis_destroy(&b);
+    svc_timer_destroy(&poll_t);
+    svc_timer_destroy(&stop);
+    svc_redis_async_destroy(&fc.r);
+    svc_loop_destroy(&fc.loop);
+    close(lfd);
+    return NULL;
+}
+
+/*
+ * Clients of different URLs made and connecting on several threads at the same time, as each
+ * service's event loops and workers do at start. The SELECT text once lived in a static buffer
+ * every thread wrote (e1f9a38): ThreadSanitizer (make tsan-unit) reports that race at every run,
+ * and a server may read another thread's database (seldom seen without TSan's slowdown).
+ */
+static void test_clients_on_many_threads(void)
+{
+    struct hello_thread th[HELLO_THREADS];
+    pthread_barrier_t go;
+
+    T_EQ_INT(pthread_barrier_init(&go, NULL, HELLO_THREADS), 0);
+    for (int i = 0; i < HELLO_THREADS; i++) {
+        th[i].go = &go;
+        th[i].db = 2 * i + 1; /* 1 .. 15: one digit and two */
+        snprintf(th[i].password, sizeof(th[i].password), "pw-%d", i);
+        T_EQ_INT(pthread_create(&th[i].tid, NULL, hello_thread_main, &th[i]), 0);
+    }
+    for (int i = 0; i < HELLO_THREADS; i++)
+        T_EQ_INT(pthread_join(th[i].tid, NULL), 0);
+    pthread_barrier_destroy(&go);
+}
+
 int main(void)
 {
     T_RUN(test_reconnect_does_not_resolve_on_loop);
     T_RUN(test_flush_writes_now);
     T_RUN(test_sentinel_names_off_loop);
     T_RUN(test_cluster_names_off_loop);
+    T_RUN(test_clients_on_many_threads);
     return 0;
 }
