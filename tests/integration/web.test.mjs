@@ -319,6 +319,36 @@ describe('web UI in Chromium', () => {
         await ctx.close();
     });
 
+    it('an unlimited account (like the first-run admin) sees what each reply used and the conversation\'s total', { timeout: 60000 }, async () => {
+        await register(stack, 'una', 'una-password', -1);   // negative: unlimited
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await signIn(page, stack.url, 'una', 'una-password');
+        await page.locator('#balance-value').waitFor();
+        assert.equal(await page.locator('#balance-value').innerText(), 'unlimited');
+        const before = await settled(stack, 'una');
+        assert.equal(before.unlimited, true);
+        const total = async (n) => {
+            await page.waitForFunction((want) => document.querySelector('#chat-spent')?.textContent === want,
+                `This conversation: ${n.toLocaleString('en-US')} tokens`, { timeout: STEP_MS });
+        };
+        await sendMessage(page, 'how much did this use [[fake tokens=30]]');
+        await waitIdle(page);
+        const after1 = await settled(stack, 'una');
+        const used1 = after1.usage - before.usage;
+        assert.ok(used1 > 0, `billing counted ${used1}`);
+        await total(used1);
+        assert.equal(await lastReply(page).locator('.spent').innerText(), `${used1.toLocaleString('en-US')} tokens used`);
+        await sendMessage(page, 'and this one [[fake tokens=10]]');
+        await waitIdle(page);
+        const after2 = await settled(stack, 'una');
+        const used2 = after2.usage - after1.usage;
+        await total(used1 + used2);
+        assert.equal(await lastReply(page).locator('.spent').innerText(), `${used2.toLocaleString('en-US')} tokens used`);
+        assert.equal(await page.locator('#balance-value').innerText(), 'unlimited');
+        await ctx.close();
+    });
+
     it('stops a reply mid-stream and regenerates one', { timeout: 60000 }, async () => {
         const ctx = await context();
         const page = await ctx.newPage();
