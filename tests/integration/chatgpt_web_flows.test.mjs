@@ -125,6 +125,7 @@ describe('the ChatGPT Web frontend\'s flows in Chromium (contract §1)', () => {
         const data = await page.evaluate(() => window.cw.config);
         assert.equal(data.apiModel, 'ChatGPTAPI');
         for (const k of ['reverseProxy', 'timeoutMs', 'socksProxy', 'httpsProxy', 'usage']) assert.ok(k in data, `/api/config has ${k}`);
+        assert.equal(data.testUpstream, true, 'our added field (the fake upstream answers here) is harmless to the frontend');
         // Every envelope so far: HTTP 200, JSON.
         for (const r of apiResponses) {
             assert.equal(r.status, 200, r.route);

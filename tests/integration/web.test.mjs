@@ -349,6 +349,33 @@ describe('web UI in Chromium', () => {
         await ctx.close();
     });
 
+    it('says when the replies come from the built-in test upstream (and not otherwise)', { timeout: 60000 }, async () => {
+        // This stack answers with the fake upstream: chat's /api/config says testUpstream: true.
+        assert.equal((await postJSON(`${stack.url}/api/config`, {})).json().data.testUpstream, true);
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await signIn(page, stack.url, 'wendy', 'wendy-password');
+        const notice = page.getByRole('note');
+        await notice.waitFor();
+        assert.equal(await notice.innerText(), 'Test mode: replies come from the built-in test upstream, not from a real model.');
+        const box = await notice.boundingBox();
+        assert.ok(box && box.y >= 0 && box.y + box.height <= 800, 'on screen');
+        await ctx.close();
+        // A real upstream (the same answer with testUpstream false): no notice.
+        const real = await context();
+        await real.route('**/api/config', async (route) => {
+            const res = await route.fetch();
+            const body = await res.json();
+            body.data.testUpstream = false;
+            await route.fulfill({ response: res, json: body });
+        });
+        const p = await real.newPage();
+        await signIn(p, stack.url, 'wendy', 'wendy-password');
+        await p.waitForFunction(() => document.querySelector('#model-picker') && !document.querySelector('#model-picker').hidden);
+        assert.equal(await p.locator('#test-upstream').isVisible(), false);
+        await real.close();
+    });
+
     it('stops a reply mid-stream and regenerates one', { timeout: 60000 }, async () => {
         const ctx = await context();
         const page = await ctx.newPage();
@@ -993,6 +1020,7 @@ describe('web UI in Chromium', () => {
         assert.match(await page.locator('#composer-input').getAttribute('placeholder'), /^输入消息/);
         assert.match(await page.locator('#balance').innerText(), /^余额: 100,000 tokens/);
         assert.equal(await page.locator('#sign-out').innerText(), '退出登录');
+        await page.locator('#test-upstream', { hasText: '测试模式：回复来自内置的测试上游' }).waitFor();
         await page.locator('#open-settings').click();
         await page.getByRole('heading', { name: '设置' }).waitFor();
         await page.getByLabel('语言').selectOption('en');

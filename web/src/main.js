@@ -118,21 +118,29 @@ function startApp(me) {
     renderBalance();
     $('#composer-input').focus();
     syncNow();
-    setupModelPicker();
+    applyConfig();
 }
 
-/**
- * The model picker: the models /api/config lists (what the /model command accepts), shown when
- * there is a choice. An API key cannot change its account's settings, so key users see none.
- */
-async function setupModelPicker() {
-    const sel = $('#model-picker');
+/** What chat's /api/config tells the page: the test-upstream notice and the model picker. */
+async function applyConfig() {
     let cfg;
     try {
         cfg = await api.config();
     } catch {
         return;
     }
+    // make run without OPENAI_KEY/OPENAI_BASE_URL answers with its fake upstream: say so.
+    const notice = $('#test-upstream');
+    if (notice) notice.hidden = cfg.testUpstream !== true;
+    setupModelPicker(cfg);
+}
+
+/**
+ * The model picker: the models /api/config lists (what the /model command accepts), shown when
+ * there is a choice. An API key cannot change its account's settings, so key users see none.
+ */
+function setupModelPicker(cfg) {
+    const sel = $('#model-picker');
     const models = Array.isArray(cfg.models) ? cfg.models : [];
     if (!sel || models.length < 2 || api.token().startsWith('sk-')) return;
     const current = (state.me.model || '').split(',')[0] || cfg.model;
@@ -227,6 +235,7 @@ function buildShell() {
             h('div', { class: 'head-buttons' },
                 h('select', { id: 'model-picker', 'aria-label': t('model'), title: t('model'), hidden: true }),
                 h('button', { type: 'button', class: 'icon-btn', id: 'export-md', 'aria-label': t('exportMd'), title: t('exportMd'), onclick: exportMarkdown }, icon('download')))),
+        h('p', { id: 'test-upstream', class: 'test-upstream', role: 'note', hidden: true }, t('testUpstream')),
         messages, form);
     const overlay = h('div', { id: 'overlay', onclick: () => toggleMenu(false) });
     root.append(h('div', { id: 'app' }, sidebar, overlay, main));
