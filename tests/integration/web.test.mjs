@@ -156,17 +156,12 @@ async function waitIdle(page) {
 }
 
 describe('web UI build (web/dist)', () => {
-    it('the chat page loads under 300 KB of compressed JavaScript, all from the origin', (t) => {
+    // The 300 KB budget is measured in the browser ("the chat page's first load ..." below).
+    it('the chat page\'s scripts are ours, and nothing in the build names another origin', () => {
         const html = fs.readFileSync(path.join(WEB_DIST, 'index.html'), 'utf8');
         const scripts = pageScripts(html);
         assert.ok(scripts.length >= 1, html);
-        let total = 0;
-        for (const src of scripts) {
-            assert.match(src, /^\/assets\//, 'served by us, no CDN');
-            total += zlib.gzipSync(fs.readFileSync(path.join(WEB_DIST, src))).length;
-        }
-        t.diagnostic(`chat page JavaScript: ${scripts.length} files, ${(total / 1024).toFixed(1)} KB gzipped`);
-        assert.ok(total < 300 * 1024, `${total} bytes`);
+        for (const src of scripts) assert.match(src, /^\/assets\//, 'served by us, no CDN');
         // Nothing in the build names another origin to load from.
         for (const f of fs.readdirSync(path.join(WEB_DIST, 'assets')).filter((x) => /\.(js|css)$/.test(x))) {
             const text = fs.readFileSync(path.join(WEB_DIST, 'assets', f), 'utf8');
@@ -217,6 +212,44 @@ describe('web UI in Chromium', () => {
         ctx.on('page', (p) => p.on('pageerror', (err) => consoleErrors.push(`page error: ${err.message}`)));
         return ctx;
     }
+
+    it('the chat page\'s first load takes under 300 KB of compressed JavaScript, measured in the browser', { timeout: 60000 }, async (t) => {
+        // Every script response of a first load (empty cache) through sign-in and a reply with
+        // math, whoever asked for it: index.html's scripts, module preloads and any chunk
+        // loaded later (import()). Sizes as Chromium received them (the encoded body, gzip).
+        const ctx = await context();
+        const page = await ctx.newPage();
+        const scripts = [];
+        page.on('requestfinished', (req) => {
+            if (req.resourceType() === 'script' || /\.m?js$/.test(new URL(req.url()).pathname)) scripts.push(req);
+        });
+        await signIn(page, stack.url, 'pete', 'pete-password');
+        await sendMessage(page, 'budget: $e^{i\\pi}$ [[fake tokens=40]]');
+        await waitIdle(page);
+        await lastReply(page).locator('.katex').first().waitFor();
+        let total = 0;
+        const seen = [];
+        for (const req of scripts) {
+            const res = await req.response();
+            const u = new URL(req.url());
+            assert.equal(u.origin, new URL(stack.url).origin, 'no script from another origin');
+            assert.equal(res.headers()['content-encoding'], 'gzip', `${u.pathname} sent gzipped`);
+            const { responseBodySize } = await req.sizes();
+            assert.ok(responseBodySize > 0, u.pathname);
+            total += responseBodySize;
+            seen.push(u.pathname);
+        }
+        // The Performance API agrees (what a page itself can measure: encodedBodySize).
+        const perf = await page.evaluate(() => performance.getEntriesByType('resource')
+            .filter((e) => /\.m?js$/.test(new URL(e.name).pathname)).reduce((n, e) => n + e.encodedBodySize, 0));
+        assert.equal(perf, total, 'Performance API encodedBodySize sum');
+        // Nothing index.html names is missed, and anything loaded besides it counts.
+        const listed = pageScripts(fs.readFileSync(path.join(WEB_DIST, 'index.html'), 'utf8'));
+        for (const src of listed) assert.ok(seen.includes(src), `${src} loaded and counted`);
+        t.diagnostic(`chat page first load: ${seen.length} scripts (${seen.length - listed.length} not named by index.html), ${(total / 1024).toFixed(1)} KB compressed`);
+        assert.ok(total < 300 * 1024, `${total} bytes of compressed JavaScript`);
+        await ctx.close();
+    });
 
     it('the ingress sends the page gzipped (under 300 KB of JavaScript on the wire), hashed assets cached for good', async (t) => {
         const gz = { 'Accept-Encoding': 'gzip, deflate, br' };
