@@ -1233,6 +1233,66 @@ describe('web UI in Chromium', () => {
         await ctx.close();
     });
 
+    it('admin console: number headers sit over their values; on a phone each user is a card with its actions on screen', { timeout: 60000 }, async () => {
+        await register(stack, 'phoebe', 'phoebe-password', 3000);
+        const ctx = await context();
+        const page = await ctx.newPage();
+        await adminSignIn(page);
+        await page.locator('#prices tbody tr').first().waitFor();
+        await page.locator('#health-table tbody tr').first().waitFor();
+        // Each header is aligned as its column's values (numbers to the right), and every cell of
+        // a row ends on the row's bottom border (the Actions cell too).
+        for (const sel of ['#users', '#prices', '#health-table']) {
+            const cols = await page.evaluate((sel) => {
+                const table = document.querySelector(sel);
+                const row = table.querySelector('tbody tr');
+                return [...table.querySelectorAll('thead th')].map((th, i) => ({
+                    name: th.textContent, head: getComputedStyle(th).textAlign, value: getComputedStyle(row.children[i]).textAlign,
+                    bottom: row.children[i].getBoundingClientRect().bottom - row.getBoundingClientRect().bottom,
+                }));
+            }, sel);
+            for (const c of cols) {
+                assert.equal(c.head, c.value, `${sel} "${c.name}": header ${c.head}, values ${c.value}`);
+                assert.ok(Math.abs(c.bottom) < 1, `${sel} "${c.name}": the cell ends ${c.bottom.toFixed(1)} px from its row's bottom`);
+            }
+        }
+        assert.equal(await page.locator('#users thead th', { hasText: 'Remaining' }).evaluate((el) => getComputedStyle(el).textAlign), 'right');
+        await ctx.close();
+
+        // A phone: no sideways scrolling, the first user's actions on the first screen.
+        const phone = await context({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2, bypassCSP: true });
+        const p = await phone.newPage();
+        await adminSignIn(p);
+        const noSideways = () => p.evaluate(() => [document.scrollingElement.scrollWidth,
+            ...[...document.querySelectorAll('#users, .table-wrap')].map((e) => e.scrollWidth - e.clientWidth + 390)]);
+        for (const w of await noSideways()) assert.ok(w <= 390, `content ${w} px wide in a 390 px screen`);
+        const first = p.locator('#users tbody tr').first();
+        const inView = async (loc, what) => {
+            const b = await loc.boundingBox();
+            assert.ok(b && b.x >= 0 && b.x + b.width <= 390 && b.y >= 0 && b.y + b.height <= 844, `${what} on screen: ${JSON.stringify(b)}`);
+        };
+        for (const name of ['Recharge', 'Block', 'Keys', 'Usage']) await inView(first.getByRole('button', { name }), `the first user's ${name}`);
+        await inView(first.locator('[data-col="state"]'), 'the first user\'s state');
+        // Each value is labelled with its column on the card.
+        assert.equal(await first.locator('[data-col="remaining"]').evaluate((el) => getComputedStyle(el, '::before').content), '"Remaining"');
+        // And the button works there: recharge phoebe.
+        await p.getByLabel('Search users').fill('phoebe');
+        await p.waitForFunction(() => document.querySelectorAll('#users tbody tr').length === 1);
+        const row = p.locator('#users tr[data-user="phoebe"]');
+        await inView(row.getByRole('button', { name: 'Recharge' }), 'phoebe\'s Recharge');
+        await row.getByRole('button', { name: 'Recharge' }).tap();
+        await p.locator('#dlg-f0').fill('500');
+        await p.locator('#dlg-ok').tap();
+        await p.waitForFunction(() => document.querySelector('#users tr[data-user="phoebe"] [data-col="remaining"]')?.textContent.endsWith('3,500'));
+        assert.equal((await check(stack, 'phoebe')).balance, 3500);
+        await p.getByLabel('Search users').fill('');
+        await p.waitForFunction(() => document.querySelectorAll('#users tbody tr').length > 1);
+        await p.locator('#toast').waitFor({ state: 'hidden' });
+        await p.screenshot({ path: path.join(SHOTS, 'admin-phone.png') });
+        assert.deepEqual(await axeViolations(p), [], 'axe on the phone-sized admin console');
+        await phone.close();
+    });
+
     it('accessibility: axe-core finds no serious or critical WCAG 2 A/AA violation (sign-in, chat light and dark, phone, settings, admin)', { timeout: 120000 }, async () => {
         await register(stack, 'ally', 'ally-password', 100000);
         const found = [];
