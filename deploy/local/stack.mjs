@@ -1179,6 +1179,7 @@ export async function startStack(opts = {}) {
             result.fakeUpstream = started(await startFakeUpstream({ dir: root, logDir, env: fakeUpstreamEnv, binDir, tee }));
             svcEnv.OPENAI_BASE_URL = result.fakeUpstream.baseUrl;
             if (!nonEmpty(svcEnv.OPENAI_KEY)) svcEnv.OPENAI_KEY = 'sk-fake-upstream-not-a-real-key';
+            svcEnv.CHAT_TEST_UPSTREAM = 'true';   // /api/config says so: the web UI's notice
             log(`fake-upstream: ${result.fakeUpstream.url} (pid ${result.fakeUpstream.pid})`);
         }
 

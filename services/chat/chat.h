@@ -57,6 +57,8 @@ struct meter_loop;
     ACTION(OPS_LINK, SVC_OPT_STR, "/admin", 0, 0, "self-service link shown to users")         \
     ACTION(CHAT_MODELS, SVC_OPT_STR, "", 0, 0,                                                 \
            "models /model may choose, comma-separated (default: OPENAI_MODEL only)")          \
+    ACTION(CHAT_TEST_UPSTREAM, SVC_OPT_BOOL, "false", 0, 0,                                    \
+           "true: the upstream is a test one (make run's fake); /api/config says testUpstream") \
     ACTION(CHAT_RATE_LIMIT, SVC_OPT_INT, "0", 0, 1000000,                                     \
            "chat requests per minute per user, all replicas together; 0 = no limit")          \
     ACTION(CHAT_BILLING_LEASES, SVC_OPT_BOOL, "false", 0, 0,                                   \

@@ -536,7 +536,9 @@ int chat_process(void *ctx, struct svc_req *req)
 
 /* /api/config never shows a secret (the seed's S5): only whether a proxy is in use. `models`
  * (what the /model command accepts: CHAT_MODELS, else OPENAI_MODEL) and `model` (the default)
- * are for the web UI's model picker (docs/web.md). */
+ * are for the web UI's model picker, `testUpstream` (CHAT_TEST_UPSTREAM, which the local stack
+ * sets when it starts the fake upstream) for its notice that replies are not a model's
+ * (docs/web.md). Fields added to the ChatGPT Web contract's; none of its fields changed. */
 int chat_web_setup(struct chat_ctx *c)
 {
     const struct chat_setting *setting = c->setting;
@@ -553,11 +555,12 @@ int chat_web_setup(struct chat_ctx *c)
         }
     if (models != NULL)
         o = svc_json_pack(
-            "{s:s,s:s,s:{s:s,s:s,s:I,s:s,s:s,s:s,s:o,s:s}}", "status", "Success", "message", "",
+            "{s:s,s:s,s:{s:s,s:s,s:I,s:s,s:s,s:s,s:o,s:s,s:b}}", "status", "Success", "message", "",
             "data", "apiModel", "ChatGPTAPI", "reverseProxy", "-", "timeoutMs",
             (long long)setting->CHAT_UPSTREAM_IDLE_TIMEOUT.i * 1000, "socksProxy",
             setting->SOCKS_PROXY.s[0] != '\0' ? "(configured)" : "-", "httpsProxy", "-",
-            "usage", "-", "models", models, "model", setting->OPENAI_MODEL.s);
+            "usage", "-", "models", models, "model", setting->OPENAI_MODEL.s, "testUpstream",
+            setting->CHAT_TEST_UPSTREAM.i != 0);
     c->config_reply = o != NULL ? svc_json_dump(o, 0) : NULL;
     svc_json_destroy(&o);
     return c->config_reply != NULL ? SVC_OK : SVC_ENOMEM;

@@ -71,6 +71,8 @@ describe('chat through the ingress', () => {
         assert.equal(cj.status, 'Success');
         assert.equal(cj.data.apiModel, 'ChatGPTAPI');
         assert.equal(cj.data.socksProxy, '-');
+        // The stack started the fake upstream and says so (CHAT_TEST_UPSTREAM): the web UI's notice.
+        assert.equal(cj.data.testUpstream, true);
     });
 
     it('streams cumulative objects with a stable server-minted id', async () => {
@@ -585,6 +587,12 @@ describe('chat with an upstream event spread over several data: lines', () => {
         });
     });
     const stack = withStackOn(upstream);
+
+    it('/api/config does not call a real upstream a test one', async () => {
+        const c = (await postJSON(`${stack.url}/api/config`, {})).json();
+        assert.equal(c.status, 'Success');
+        assert.equal(c.data.testUpstream, false);
+    });
 
     it('one object per line, each detail the chunk it came from', async () => {
         const r = await chat(stack.url, ALICE, { prompt: 'hi' });

@@ -118,6 +118,40 @@ function toast(msg, bad = false) {
     toast.timer = setTimeout(() => { el.hidden = true; }, 4000);
 }
 
+// Columns whose values are numbers: their headers are right-aligned like the values (th.num).
+const NUM_COLS = new Set(['remaining', 'granted', 'used', 'priceIn', 'priceOut', 'consumers', 'pending', 'lag', 'status', 'ms', 'rpm', 'tpm', 'units', 'tokensIO', 'balanceAfter']);
+
+/** A header row for the column keys (labels t(key), or label(key)); number columns get class num. */
+function headRow(keys, label = (k) => t(k)) {
+    return h('tr', {}, ...keys.map((k) => h('th', { scope: 'col', class: NUM_COLS.has(k) ? 'num' : null }, label(k))));
+}
+
+/**
+ * Gives every body cell of table its column's name (data-label), which the phone layout
+ * (admin.css, below 760 px: each row a card) shows beside the value. The table's roles are set
+ * explicitly too: cells laid out as blocks and flex boxes would otherwise lose them in some
+ * browsers' accessibility trees.
+ */
+function labelCells(table) {
+    if (!table) return;
+    const heads = [...table.querySelectorAll('thead th')].map((th) => th.textContent);
+    table.setAttribute('role', 'table');
+    for (const g of table.querySelectorAll('thead, tbody')) g.setAttribute('role', 'rowgroup');
+    for (const tr of table.querySelectorAll('tr')) {
+        tr.setAttribute('role', 'row');
+        [...tr.children].forEach((cell, i) => {
+            if (cell.tagName === 'TH') cell.setAttribute('role', cell.getAttribute('scope') === 'row' ? 'rowheader' : 'columnheader');
+            else cell.setAttribute('role', 'cell');
+            if (tr.parentElement.tagName === 'TBODY' && !cell.hasAttribute('colspan')) cell.dataset.label = heads[i] || '';
+        });
+    }
+}
+
+/** A cell of buttons: the td stays a table cell (its border lines up), the buttons wrap inside. */
+function actionsCell(...buttons) {
+    return h('td', { class: 'actions' }, h('div', { class: 'btns' }, ...buttons));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sign in
 
@@ -220,7 +254,7 @@ async function loadUsers() {
     $('#page-info').textContent = t('pageOf', { p: view.page, n: pages, t: view.total });
     $('#prev').disabled = view.page <= 1;
     $('#next').disabled = view.page >= pages;
-    const head = h('tr', {}, ...['id', 'username', 'remaining', 'granted', 'used', 'state', 'created', 'actions'].map((k) => h('th', { scope: 'col' }, t(k))));
+    const head = headRow(['id', 'username', 'remaining', 'granted', 'used', 'state', 'created', 'actions']);
     const rows = (r.data || []).map((row) => {
         const blocked = !!row.Isblock;
         const act = (label, fn, cls = '') => h('button', { type: 'button', class: `small-btn ${cls}`, 'data-act': label, onclick: () => fn(row) }, t(label));
@@ -233,7 +267,7 @@ async function loadUsers() {
             h('td', { 'data-col': 'state' }, h('span', { class: `pill ${blocked ? 'bad' : 'ok'}` }, blocked ? t('blocked') : t('active')),
                 row.Static ? h('span', { class: 'pill' }, t('static')) : null),
             h('td', {}, fmtTime(row.CreatedAt)),
-            h('td', { class: 'actions' },
+            actionsCell(
                 act('recharge', recharge),
                 blocked ? act('unblock', (x) => setBlocked(x, false)) : act('block', (x) => setBlocked(x, true)),
                 row.Static ? null : act('resetPw', resetPassword),
@@ -242,6 +276,7 @@ async function loadUsers() {
                 row.Static ? null : act('delete', deleteUser, 'danger-text')));
     });
     $('#users').replaceChildren(h('thead', {}, head), h('tbody', {}, ...rows));
+    labelCells($('#users'));
 }
 
 /** A small modal form; resolves the values of its inputs, or null when cancelled. */
@@ -355,17 +390,18 @@ async function loadPrices() {
         toast(ex.message, true);
         return;
     }
-    const head = h('tr', {}, ...['model', 'priceIn', 'priceOut', 'source', 'updated', 'actions'].map((k) => h('th', { scope: 'col' }, t(k))));
+    const head = headRow(['model', 'priceIn', 'priceOut', 'source', 'updated', 'actions']);
     const rows = (r.data.prices || []).map((p) => h('tr', { 'data-model': p.model },
         h('th', { scope: 'row' }, p.model),
         h('td', { class: 'num' }, p.input),
         h('td', { class: 'num' }, p.output),
         h('td', {}, h('span', { class: `pill ${p.source === 'sql' ? 'ok' : ''}` }, p.source)),
         h('td', {}, p.updated_at_ms ? `${fmtTime(p.updated_at_ms / 1000)} (${p.updated_by})` : ''),
-        h('td', { class: 'actions' }, p.source === 'sql'
+        actionsCell(p.source === 'sql'
             ? h('button', { type: 'button', class: 'small-btn danger-text', 'data-act': 'delete-price', onclick: () => deletePrice(p.model) }, t('delete'))
             : null)));
     $('#prices').replaceChildren(h('thead', {}, head), h('tbody', {}, ...rows));
+    labelCells($('#prices'));
 }
 
 async function deletePrice(model) {
@@ -401,13 +437,14 @@ async function loadEvents() {
     const err = d.redis_error ? h('p', { class: 'login-error', role: 'alert' }, d.redis_error) : null;
     const groups = d.groups.length
         ? h('div', { class: 'table-wrap' }, h('table', { id: 'event-groups' },
-            h('thead', {}, h('tr', {}, ...['group', 'consumers', 'pending', 'lag', 'lastId'].map((k) => h('th', { scope: 'col' }, t(k))))),
+            h('thead', {}, headRow(['group', 'consumers', 'pending', 'lag', 'lastId'])),
             h('tbody', {}, ...d.groups.map((g) => h('tr', { 'data-group': g.name },
                 h('th', { scope: 'row' }, g.name), h('td', { class: 'num' }, fmtNum(g.consumers)),
                 h('td', { class: 'num' }, fmtNum(g.pending)), h('td', { class: 'num' }, g.lag === null ? '?' : fmtNum(g.lag)),
                 h('td', {}, g.last_delivered_id))))))
         : h('p', { class: 'note' }, t('noGroups'));
     $('#events').replaceChildren(facts, err || '', groups);
+    labelCells($('#event-groups'));
 }
 
 function healthSection() {
@@ -429,13 +466,14 @@ async function loadHealth() {
         return;
     }
     $('#health').replaceChildren(h('div', { class: 'table-wrap' }, h('table', { id: 'health-table' },
-        h('thead', {}, h('tr', {}, ...['service', 'state', 'status', 'ms', 'error'].map((k) => h('th', { scope: 'col' }, t(k))))),
+        h('thead', {}, headRow(['service', 'state', 'status', 'ms', 'error'])),
         h('tbody', {}, ...d.services.map((s) => h('tr', { 'data-service': s.name },
             h('th', { scope: 'row', title: s.url }, s.name),
             h('td', {}, h('span', { class: `pill ${s.ready ? 'ok' : 'bad'}` }, s.ready ? t('ready') : t('notReady'))),
             h('td', { class: 'num' }, s.status ? String(s.status) : '–'),
             h('td', { class: 'num' }, String(s.ms)),
             h('td', {}, s.error || '')))))));
+    labelCells($('#health-table'));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -484,14 +522,14 @@ async function showKeys(row) {
             return;
         }
         box.replaceChildren(h('div', { class: 'table-wrap' }, h('table', {},
-            h('thead', {}, h('tr', {}, ...['prefix', 'keyName', 'models', 'rpm', 'tpm', 'lastUsed', 'state', 'actions'].map((k) => h('th', { scope: 'col' }, t(k).split(' (')[0])))),
+            h('thead', {}, headRow(['prefix', 'keyName', 'models', 'rpm', 'tpm', 'lastUsed', 'state', 'actions'], (k) => t(k).split(' (')[0])),
             h('tbody', {}, ...keys.map((k) => h('tr', {},
                 h('td', {}, h('code', {}, k.prefix)), h('td', {}, k.name),
                 h('td', {}, Array.isArray(k.models) ? k.models.join(', ') : (k.models || '')),
                 h('td', { class: 'num' }, String(k.rpm || 0)), h('td', { class: 'num' }, String(k.tpm || 0)),
                 h('td', {}, k.last_used_at ? fmtTime(k.last_used_at) : t('never')),
                 h('td', {}, k.revoked ? h('span', { class: 'pill bad' }, t('revoked')) : h('span', { class: 'pill ok' }, t('active'))),
-                h('td', { class: 'actions' }, k.revoked ? null : [
+                actionsCell(k.revoked ? null : [
                     h('button', { type: 'button', class: 'small-btn', onclick: () => setLimits(row, k, draw) }, t('limits')),
                     h('button', { type: 'button', class: 'small-btn danger-text', onclick: async () => {
                         try {
@@ -501,6 +539,7 @@ async function showKeys(row) {
                             toast(ex.message, true);
                         }
                     } }, t('revoke'))])))))));
+        labelCells(box.querySelector('table'));
     }
     panel(`${t('keys')}: ${row.Username}`, h('div', {}, box,
         h('h3', {}, t('createKey')),
@@ -588,6 +627,7 @@ async function showUsage(row) {
                 h('td', {}, e.model || ''), h('td', { class: 'num' }, fmtNum(e.balance_after)), h('td', {}, e.note || '')));
         }
         if (first && !(d.entries || []).length) body.append(h('tr', {}, h('td', { colspan: '7', class: 'note' }, t('noEntries'))));
+        labelCells(body.closest('table'));
         before = d.next_before_id || 0;
         more.hidden = !before;
     }
@@ -596,7 +636,7 @@ async function showUsage(row) {
         h('h3', {}, t('daily')), chartBox,
         h('h3', {}, t('ledger')),
         h('div', { class: 'table-wrap' }, h('table', { id: 'ledger' },
-            h('thead', {}, h('tr', {}, ...['when', 'kind', 'units', 'tokensIO', 'model', 'balanceAfter', 'note'].map((k) => h('th', { scope: 'col' }, t(k))))),
+            h('thead', {}, headRow(['when', 'kind', 'units', 'tokensIO', 'model', 'balanceAfter', 'note'])),
             body)),
         more));
     page(true);

@@ -118,21 +118,29 @@ function startApp(me) {
     renderBalance();
     $('#composer-input').focus();
     syncNow();
-    setupModelPicker();
+    applyConfig();
 }
 
-/**
- * The model picker: the models /api/config lists (what the /model command accepts), shown when
- * there is a choice. An API key cannot change its account's settings, so key users see none.
- */
-async function setupModelPicker() {
-    const sel = $('#model-picker');
+/** What chat's /api/config tells the page: the test-upstream notice and the model picker. */
+async function applyConfig() {
     let cfg;
     try {
         cfg = await api.config();
     } catch {
         return;
     }
+    // make run without OPENAI_KEY/OPENAI_BASE_URL answers with its fake upstream: say so.
+    const notice = $('#test-upstream');
+    if (notice) notice.hidden = cfg.testUpstream !== true;
+    setupModelPicker(cfg);
+}
+
+/**
+ * The model picker: the models /api/config lists (what the /model command accepts), shown when
+ * there is a choice. An API key cannot change its account's settings, so key users see none.
+ */
+function setupModelPicker(cfg) {
+    const sel = $('#model-picker');
     const models = Array.isArray(cfg.models) ? cfg.models : [];
     if (!sel || models.length < 2 || api.token().startsWith('sk-')) return;
     const current = (state.me.model || '').split(',')[0] || cfg.model;
@@ -227,6 +235,7 @@ function buildShell() {
             h('div', { class: 'head-buttons' },
                 h('select', { id: 'model-picker', 'aria-label': t('model'), title: t('model'), hidden: true }),
                 h('button', { type: 'button', class: 'icon-btn', id: 'export-md', 'aria-label': t('exportMd'), title: t('exportMd'), onclick: exportMarkdown }, icon('download')))),
+        h('p', { id: 'test-upstream', class: 'test-upstream', role: 'note', hidden: true }, t('testUpstream')),
         messages, form);
     const overlay = h('div', { id: 'overlay', onclick: () => toggleMenu(false) });
     root.append(h('div', { id: 'app' }, sidebar, overlay, main));
@@ -377,7 +386,8 @@ function messageView(m, idx) {
         isUser || !m.request ? null : h('button', { type: 'button', class: 'icon-btn small', 'data-act': 'regen', 'aria-label': t('regenerate'), title: t('regenerate') }, icon('refresh')),
         isUser ? null : h('button', { type: 'button', class: 'icon-btn small', 'data-act': 'raw', 'aria-label': m.raw ? t('preview') : t('raw'), title: m.raw ? t('preview') : t('raw') }, icon('code')),
         h('button', { type: 'button', class: 'icon-btn small', 'data-act': 'delete', 'aria-label': t('deleteMsg'), title: t('deleteMsg') }, icon('trash')),
-        m.spent > 0 ? h('span', { class: 'spent' }, `−${m.spent} ${t('tokens')}`) : null);
+        m.spent > 0 ? h('span', { class: 'spent' }, unmetered() ? t('usedReply', { n: m.spent.toLocaleString(language()) })
+            : `−${m.spent} ${t('tokens')}`) : null);
     return h('article', {
         class: `msg ${isUser ? 'user' : 'assistant'}${m.loading ? ' loading' : ''}${m.error ? ' error' : ''}`,
         'data-idx': String(idx), 'aria-label': isUser ? t('you') : t('assistant'), 'aria-busy': m.loading ? 'true' : 'false',
@@ -597,7 +607,10 @@ async function run(c, m) {
     const controller = new AbortController();
     state.busy = { controller, msg: m, chat: c };
     updateComposer();
+    // What the reply cost: the balance before minus after; for an unlimited account, whose
+    // balance does not move, what billing counted as used (the same units, charged in full).
     const before = state.me && !state.me.unlimited && typeof state.me.balance === 'number' ? state.me.balance : null;
+    const usedBefore = unmetered() && typeof state.me.usage === 'number' ? state.me.usage : null;
     let prefix = '';
     let prompt = m.request.prompt;
     let parent = m.request.parent;
@@ -656,6 +669,9 @@ async function run(c, m) {
     if (before !== null && state.me && typeof state.me.balance === 'number' && !state.me.unlimited && before > state.me.balance) {
         m.spent = before - state.me.balance;
         if (activeChat() === c) renderMessages();
+    } else if (usedBefore !== null && unmetered() && typeof state.me.usage === 'number' && state.me.usage > usedBefore) {
+        m.spent = state.me.usage - usedBefore;
+        if (activeChat() === c) renderMessages();
     }
     // (Not for a conversation deleted while its reply streamed.)
     if (state.me && state.chats.chats.includes(c)) touch(c, true);
@@ -675,6 +691,11 @@ async function refreshBalance() {
         }
     }
     renderBalance();
+}
+
+/** True for an account whose balance does not go down (unlimited): its replies show usage, not cost. */
+function unmetered() {
+    return !!(state.me && (state.me.unlimited || state.me.balance === -1));
 }
 
 /**
