@@ -1192,6 +1192,18 @@ static int aconn_connect(struct aconn *c)
     return SVC_OK;
 }
 
+/* Connects c; when that fails at once, a sentinel conn asks the next sentinel, any other is lost
+ * (and reconnects after its backoff). */
+static void connect_or_move_on(struct aconn *c)
+{
+    if (aconn_connect(c) != SVC_OK) {
+        if (is_sentinel_conn(c))
+            sentinel_next(c->r, 1);
+        else
+            conn_lost(c);
+    }
+}
+
 static void on_reconnect(void *data, struct svc_timer *t)
 {
     struct aconn *c = data;
@@ -1205,12 +1217,7 @@ static void on_reconnect(void *data, struct svc_timer *t)
         sentinel_ask(c->r); /* its answer connects this one */
         return;
     }
-    if (aconn_connect(c) != SVC_OK) {
-        if (is_sentinel_conn(c))
-            sentinel_next(c->r, 1);
-        else
-            conn_lost(c);
-    }
+    connect_or_move_on(c);
 }
 
 /* A lookup of c's host may have finished: connect (or fail as a refused connect would). */
@@ -1221,12 +1228,7 @@ static void on_lookup_timer(void *data, struct svc_timer *t)
     (void)t;
     if (c->ac != NULL || c->r->destroying || c->lookup == NULL)
         return;
-    if (aconn_connect(c) != SVC_OK) {
-        if (is_sentinel_conn(c))
-            sentinel_next(c->r, 1);
-        else
-            conn_lost(c);
-    }
+    connect_or_move_on(c);
 }
 
 /* Takes a free slot of conns for addr (cluster), or finds the one already there. */
@@ -1637,21 +1639,6 @@ void svc_redis_async_recheck(struct svc_redis_async *r)
         sentinel_ask(r);
 }
 
-/* Writes v in decimal at p: its length. */
-static size_t put_dec(char *p, size_t v)
-{
-    char tmp[20];
-    size_t n = 0;
-
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    for (size_t i = 0; i < n; i++)
-        p[i] = tmp[n - 1 - i];
-    return n;
-}
-
 /*
  * The command as RESP ("*<argc>\r\n" then "$<len>\r\n<arg>\r\n" per argument) in one malloc'd
  * buffer (free() it; what redisFreeCommand does), *len its length; NULL when out of memory.
@@ -1668,13 +1655,13 @@ static char *format_resp(int argc, const char *const *argv, const size_t *argvle
     if ((buf = malloc(total)) == NULL)
         return NULL;
     buf[n++] = '*';
-    n += put_dec(buf + n, (size_t)argc);
+    n += svc_util_put_u64(buf + n, (uint64_t)argc);
     buf[n++] = '\r';
     buf[n++] = '\n';
     for (int i = 0; i < argc; i++) {
         size_t al = argvlen != NULL ? argvlen[i] : strlen(argv[i]);
         buf[n++] = '$';
-        n += put_dec(buf + n, al);
+        n += svc_util_put_u64(buf + n, al);
         buf[n++] = '\r';
         buf[n++] = '\n';
         memcpy(buf + n, argv[i], al);

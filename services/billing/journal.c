@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "svc/err.h"
+#include "svc/util.h"
 
 #define NUMBER_DIGITS_MAX 18 /* below 2^63: no overflow to check */
 
@@ -38,21 +39,8 @@ static int id_ok(const char *id, size_t len)
     return 1;
 }
 
-/* Writes v in decimal at p: its length (at most 20). The journal is written twice per request
- * on the proxy's path, where snprintf cost several thousand instructions an entry. */
-static size_t put_u64(char *p, uint64_t v)
-{
-    char tmp[20];
-    size_t n = 0;
-
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    for (size_t i = 0; i < n; i++)
-        p[i] = tmp[n - 1 - i];
-    return n;
-}
+/* Numbers are written with svc_util_put_u64: the journal is written twice per request on the
+ * proxy's path, where snprintf cost several thousand instructions an entry. */
 
 static size_t put_str(char *p, const char *s, size_t len)
 {
@@ -72,12 +60,12 @@ int billing_journal_format(char *buf, size_t cap, const struct billing_journal_e
     buf[n++] = e->ended ? 'e' : 'a';
     buf[n++] = ' ';
     if (e->ended) {
-        n += put_u64(buf + n, (uint64_t)e->end);
+        n += svc_util_put_u64(buf + n, (uint64_t)e->end);
         buf[n++] = ' ';
     }
-    n += put_u64(buf + n, (uint64_t)e->prompt);
+    n += svc_util_put_u64(buf + n, (uint64_t)e->prompt);
     buf[n++] = ' ';
-    n += put_u64(buf + n, (uint64_t)e->completion);
+    n += svc_util_put_u64(buf + n, (uint64_t)e->completion);
     buf[n++] = ' ';
     if (e->ended) {
         buf[n++] = e->estimated ? '1' : '0';
@@ -92,10 +80,10 @@ int billing_journal_format(char *buf, size_t cap, const struct billing_journal_e
 
 int billing_journal_format_batch(char *buf, int64_t seq, int64_t end)
 {
-    size_t n = put_u64(buf, (uint64_t)(seq > 0 ? seq : 0));
+    size_t n = svc_util_put_u64(buf, (uint64_t)(seq > 0 ? seq : 0));
 
     buf[n++] = ' ';
-    n += put_u64(buf + n, (uint64_t)(end > 0 ? end : 0));
+    n += svc_util_put_u64(buf + n, (uint64_t)(end > 0 ? end : 0));
     buf[n] = '\0';
     return (int)n;
 }
@@ -105,7 +93,7 @@ int billing_journal_field(char *buf, uint64_t jid)
     size_t n = 1;
 
     buf[0] = 't';
-    n += put_u64(buf + 1, jid);
+    n += svc_util_put_u64(buf + 1, jid);
     buf[n] = '\0';
     return (int)n;
 }
