@@ -493,7 +493,7 @@ static int parse_mysql_go(struct svc__db_dsn *d, const char *s, char *err, size_
     if (netlen == 0 || (netlen == 3 && strncmp(net, "tcp", 3) == 0)) {
         if ((rc = parse_hostport(d, "127.0.0.1", 9, err, errlen)) != SVC_OK)
             return rc;
-    } else if (netlen > 5 && strncmp(net, "tcp(", 4) == 0 && net[netlen - 1] == ')') {
+    } else if (netlen >= 5 && strncmp(net, "tcp(", 4) == 0 && net[netlen - 1] == ')') {
         if (netlen == 5) {
             if ((rc = parse_hostport(d, "127.0.0.1", 9, err, errlen)) != SVC_OK)
                 return rc;
@@ -533,13 +533,15 @@ static int parse_sqlite(struct svc__db_dsn *d, const char *s, const char *data_d
                         size_t errlen)
 {
     d->dialect = SVC_DB_SQLITE;
+    if (strncmp(s, "//", 2) == 0)
+        s += 2; /* sqlite:///abs -> /abs; sqlite://rel -> rel */
+    /* after the "//": SQLite opens a path of ":memory:" in memory, so sqlite://:memory: must
+     * be known as such too (a pool of separate databases, refused WAL, a stray file otherwise) */
     if (strcmp(s, ":memory:") == 0) {
         d->memory = 1;
         snprintf(d->path, sizeof(d->path), ":memory:");
         return SVC_OK;
     }
-    if (strncmp(s, "//", 2) == 0)
-        s += 2; /* sqlite:///abs -> /abs; sqlite://rel -> rel */
     if (*s == '\0') {
         errf(err, errlen, "sqlite DSN has no file name");
         return SVC_EINVAL;

@@ -241,9 +241,10 @@ static int mm_parse(struct svc_modelmap *m, const char *text, char *err, size_t 
         }
 
         if (plen == 1 && a[0] == '*') {
+            /* a later "*" wins whole: without an encoding it is cl100k_base again, not the
+             * encoding an earlier "*" named */
             m->dflt.context_window = window;
-            if (has_enc)
-                m->dflt.encoding = enc;
+            m->dflt.encoding = has_enc ? enc : mm_default.encoding;
         } else {
             const struct mm_entry *shadow;
             struct mm_entry *e = &m->entries[m->n];

@@ -37,6 +37,7 @@ struct proxy_upstream {
 
 static struct proxy_upstream ups[PROXY_UPSTREAMS_MAX];
 static size_t nups;
+static int default_routed; /* UPSTREAMS had its "default" entry */
 static int breaker_failures;
 static long long breaker_open_ms;
 
@@ -54,11 +55,18 @@ static int name_ok(const char *s)
 
 static int set_base(struct proxy_upstream *u, const char *url, char *err, size_t errlen)
 {
-    size_t n = strlen(url);
+    size_t n = strlen(url), host = strncmp(url, "https://", 8) == 0 ? 8 : 7;
+    int ok = (strncmp(url, "http://", 7) == 0 || host == 8) && n <= SVC_CFG_URL_MAX &&
+             url[host] != '\0' && strchr("/?#", url[host]) == NULL;
 
-    if ((strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) ||
-        n > SVC_CFG_URL_MAX) {
-        snprintf(err, errlen, "upstream %s: base_url must be an http(s) URL of at most %d bytes",
+    /* a host after the scheme ("http://" alone lost its "//" below and was kept as "http:"),
+     * and no blank or control byte (libcurl refuses them, request by request) */
+    for (const char *p = url; ok && *p != '\0'; p++)
+        ok = (unsigned char)*p > ' ' && *p != 0x7f;
+    if (!ok) {
+        snprintf(err, errlen,
+                 "upstream %s: base_url must be an http(s) URL with a host, without blanks, of "
+                 "at most %d bytes",
                  u->name, SVC_CFG_URL_MAX);
         return SVC_EINVAL;
     }
@@ -138,6 +146,12 @@ static int parse_entry(struct svc_json *e, size_t index, char *err, size_t errle
             snprintf(err, errlen, "entry %zu: unknown field \"%.40s\"", index, field);
             return SVC_EINVAL;
         }
+        /* the first four are texts: another type (a number, null) was read as absent, so a
+         * "key": 123 left the upstream without its key */
+        if (k < 4 && !svc_json_is_string(v)) {
+            snprintf(err, errlen, "entry %zu: %s must be a string", index, field);
+            return SVC_EINVAL;
+        }
     }
     if (name == NULL || !name_ok(name)) {
         snprintf(err, errlen, "entry %zu: name must be 1..%d of [A-Za-z0-9._-]", index,
@@ -146,13 +160,14 @@ static int parse_entry(struct svc_json *e, size_t index, char *err, size_t errle
     }
     for (size_t i = 0; i < nups; i++)
         if (strcmp(ups[i].name, name) == 0) {
-            if (i != 0 || url != NULL || key != NULL || key_env != NULL) {
+            if (i != 0 || url != NULL || key != NULL || key_env != NULL || default_routed) {
                 snprintf(err, errlen,
                          "entry %zu: upstream %s given twice (\"default\" takes only weight and "
                          "models: its URL and key are OPENAI_BASE_URL and OPENAI_KEY)",
                          index, name);
                 return SVC_EINVAL;
             }
+            default_routed = 1;
             return set_routing(&ups[0], e, err, errlen);
         }
     if (nups == PROXY_UPSTREAMS_MAX) {
@@ -193,6 +208,7 @@ int proxy_upstreams_setup(const struct proxy_setting *s, char *err, size_t errle
     int rc = SVC_OK;
 
     nups = 1;
+    default_routed = 0;
     memset(&ups[0], 0, sizeof(ups[0]));
     snprintf(ups[0].name, sizeof(ups[0].name), "default");
     ups[0].weight = 1;

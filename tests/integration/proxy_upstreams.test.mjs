@@ -140,6 +140,11 @@ describe('UPSTREAMS: a bad value stops the proxy with one line naming it', () =>
         ['key_env unset', '[{"name":"x","base_url":"http://h/v1","key_env":"NO_SUCH_VAR_1234"}]', /key_env NO_SUCH_VAR_1234 is not set/],
         ['bad weight', '[{"name":"x","base_url":"http://h/v1","weight":-1}]', /weight must be/],
         ['bad models', '[{"name":"x","base_url":"http://h/v1","models":"gpt-4o"}]', /models must be/],
+        // found by fuzz_config: each was accepted before
+        ['key not a string', '[{"name":"x","base_url":"http://h/v1","key":123}]', /key must be a string/],
+        ['default twice', '[{"name":"default","weight":2},{"name":"default","models":["x"]}]', /given twice/],
+        ['base_url without a host', '[{"name":"x","base_url":"http://"}]', /with a host/],
+        ['base_url with a blank', '[{"name":"x","base_url":"http://h/v 1"}]', /without blanks/],
     ];
     for (const [what, value, message] of cases) {
         it(what, async () => {

@@ -228,6 +228,9 @@ static void test_dsn_go(void)
     dsn_ok("app:pw@/appdb", NULL, &d); /* go default: tcp 127.0.0.1:3306 */
     T_EQ_STR(d.host, "127.0.0.1");
     T_EQ_INT(d.port, 3306);
+    dsn_ok("app:pw@tcp()/appdb", NULL, &d); /* so is an empty tcp() (fuzz_config) */
+    T_EQ_STR(d.host, "127.0.0.1");
+    T_EQ_INT(d.port, 3306);
 
     dsn_ok("app:pw@tcp(h)/appdb?loc=America%2FNew_York&timeout=5s", NULL, &d);
     T_EQ_INT(d.port, 3306);
@@ -255,6 +258,12 @@ static void test_dsn_sqlite(void)
     T_EQ_STR(d.path, "rel.db");
     dsn_ok("sqlite::memory:", NULL, &d);
     T_EQ_INT(d.memory, 1);
+    /* SQLite opens a path of ":memory:" in memory, also when it was written sqlite://:memory:
+     * (fuzz_config) */
+    dsn_ok("sqlite://:memory:", "/data", &d);
+    T_EQ_INT(d.memory, 1);
+    T_EQ_STR(d.path, ":memory:");
+    T_EQ_INT(d.use_data_dir, 0);
 }
 
 static void test_dsn_bad(void)

@@ -162,6 +162,14 @@ static void test_overrides(void)
     m = map("*=1000,*=2000");
     expect(m, "whatever", CL, 2000, 0, 0);
     svc_modelmap_destroy(&m);
+    /* whole: without an encoding it is cl100k_base again, not an earlier "*"'s (fuzz_config) */
+    m = map("*=1000:o200k_base,*=2000");
+    expect(m, "whatever", CL, 2000, 0, 0);
+    expect(m, "local-x", CL, 2000, 0, 0);
+    svc_modelmap_destroy(&m);
+    m = map("*=1000:o200k_base,local-=5,*=2000");
+    expect(m, "local-x", CL, 5, 0, 1); /* the default's encoding, where "*" stands last */
+    svc_modelmap_destroy(&m);
 
     /* the window may be large */
     m = map("gpt-4.1=1000000000");
