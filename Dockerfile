@@ -1,9 +1,12 @@
-# syntax=docker/dockerfile:1
 # chatweb image: every service binary (chatweb-auth, -billing, -chat, -proxy) and the web root,
 # on Debian 12 slim, run as the non-root user chatweb (10001) with a read-only root file system
 # (the Helm chart mounts an emptyDir on /tmp). One image; the chart picks the binary per Deployment.
 #
 #   docker build -t chatweb:dev .
+#
+# No `# syntax=` line and nothing BuildKit-only (RUN --mount, heredocs, COPY --link): the classic
+# builder (DOCKER_BUILDKIT=0) builds it too, and neither builder fetches a frontend image from
+# Docker Hub. scripts/image-check (make image-check) builds it that way and runs it.
 #
 # Every RUN below is one step of scripts/image-steps, in the order `scripts/image-steps --list`
 # prints; CI runs the same steps on the host (scripts/image-steps all), and

@@ -56,6 +56,18 @@ describe('Dockerfile and scripts/image-steps', () => {
         assert.match(ci, /^\s*IMAGE_BUILD_DIR=build scripts\/image-steps all \S+/m);
     });
 
+    it('needs no BuildKit frontend: no syntax line, nothing the classic builder lacks', () => {
+        // A `# syntax=` line makes BuildKit pull its frontend from Docker Hub (scripts/image-check
+        // builds offline with DOCKER_BUILDKIT=0); these forms exist only in BuildKit.
+        const text = fs.readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8');
+        assert.doesNotMatch(text, /^#\s*syntax\s*=/im);
+        for (const s of df.stages)
+            for (const i of s.instructions) {
+                assert.doesNotMatch(i.args, /^--(mount|network|security|link|chmod|parents|exclude)\b/, `${i.op} ${i.args}`);
+                assert.doesNotMatch(i.args, /<<-?["']?\w+/, `a heredoc: ${i.op} ${i.args}`);
+            }
+    });
+
     it('.dockerignore keeps build trees and node_modules out of the context', () => {
         const ign = fs.readFileSync(path.join(ROOT, '.dockerignore'), 'utf8').split('\n');
         for (const p of ['build', 'build-*', '**/node_modules', 'var', '.git']) assert.ok(ign.includes(p), p);
