@@ -1224,9 +1224,11 @@ static void conn_close(struct conn *c)
     struct srv_loop *sl = c->sl;
 
     req_end(c);
-    svc_io_del(&c->io);
+    if (c->io != NULL)
+        svc_io_close(&c->io); /* accepted here, never shared: the close leaves the epoll set */
+    else
+        close(c->fd);
     svc_timer_destroy(&c->timer);
-    close(c->fd);
     free(c->in);
     svc_buf_deinit(&c->out);
     if (c->prev != NULL)

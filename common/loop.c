@@ -242,6 +242,18 @@ int svc_io_modify(struct svc_io *io, uint32_t events)
     return epoll_ctl(io->loop->epfd, EPOLL_CTL_MOD, io->fd, &ev) == 0 ? SVC_OK : SVC_EIO;
 }
 
+/* The handle is freed when the iteration ends: an event already returned for it this iteration
+ * must still find it (marked dead) rather than freed memory. */
+static void io_forget(struct svc_io **iop)
+{
+    struct svc_io *io = *iop;
+
+    io->dead = 1;
+    io->next_dead = io->loop->dead_ios;
+    io->loop->dead_ios = io;
+    *iop = NULL;
+}
+
 void svc_io_del(struct svc_io **iop)
 {
     struct svc_io *io = iop != NULL ? *iop : NULL;
@@ -250,10 +262,17 @@ void svc_io_del(struct svc_io **iop)
         return;
     /* ENOENT/EBADF: the fd was closed already, which removed it from the set. */
     epoll_ctl(io->loop->epfd, EPOLL_CTL_DEL, io->fd, NULL);
-    io->dead = 1;
-    io->next_dead = io->loop->dead_ios;
-    io->loop->dead_ios = io;
-    *iop = NULL;
+    io_forget(iop);
+}
+
+void svc_io_close(struct svc_io **iop)
+{
+    struct svc_io *io = iop != NULL ? *iop : NULL;
+
+    if (io == NULL)
+        return;
+    close(io->fd);
+    io_forget(iop);
 }
 
 struct svc_loop *svc_io_loop(const struct svc_io *io)

@@ -877,6 +877,58 @@ static void test_io_del_in_same_batch(void)
     loop_done(&f);
 }
 
+static void on_batch_close(void *data, struct svc_io *io, int fd, uint32_t events)
+{
+    struct batch_ref *r = data;
+    struct batch *b = r->b;
+
+    (void)io;
+    (void)fd;
+    (void)events;
+    b->calls[r->which]++;
+    /* as above, but svc_io_close: no EPOLL_CTL_DEL, the close takes both fds out of the set */
+    svc_io_close(&b->io[0]);
+    svc_io_close(&b->io[1]);
+    T_ASSERT(b->io[0] == NULL && b->io[1] == NULL);
+}
+
+static void on_stop_later(void *data, struct svc_timer *t)
+{
+    (void)t;
+    svc_loop_stop(data);
+}
+
+/* svc_io_close closes the fd, and an event fetched for it in the same batch is dropped; the
+ * closed fds raise nothing afterwards although their pipes' write ends stay open and written. */
+static void test_io_close_in_same_batch(void)
+{
+    struct fixture f;
+    struct batch b = {0};
+    struct batch_ref r0 = {&b, 0}, r1 = {&b, 1};
+    struct svc_timer *stop = NULL;
+    int p0[2], p1[2];
+
+    loop_begin(&f, "io close in batch");
+    T_EQ_INT(pipe2(p0, O_NONBLOCK | O_CLOEXEC), 0);
+    T_EQ_INT(pipe2(p1, O_NONBLOCK | O_CLOEXEC), 0);
+    b.loop = f.loop;
+    T_EQ_INT(svc_io_add(&b.io[0], f.loop, p0[0], EPOLLIN, on_batch_close, &r0), SVC_OK);
+    T_EQ_INT(svc_io_add(&b.io[1], f.loop, p1[0], EPOLLIN, on_batch_close, &r1), SVC_OK);
+    T_EQ_INT(write(p0[1], "a", 1), 1);
+    T_EQ_INT(write(p1[1], "b", 1), 1);
+    T_EQ_INT(svc_timer_create(&stop, f.loop, on_stop_later, f.loop), SVC_OK);
+    T_EQ_INT(svc_timer_start(stop, 50), SVC_OK);
+    T_EQ_INT(svc_loop_run(f.loop), 0);
+    T_EQ_INT(b.calls[0] + b.calls[1], 1);
+    T_ASSERT(fcntl(p0[0], F_GETFD) == -1 && errno == EBADF);
+    T_ASSERT(fcntl(p1[0], F_GETFD) == -1 && errno == EBADF);
+    svc_io_close(NULL);
+    svc_timer_destroy(&stop);
+    close(p0[1]);
+    close(p1[1]);
+    loop_done(&f);
+}
+
 struct io_and_timer {
     struct svc_loop *loop;
     struct svc_io *io;
@@ -950,6 +1002,7 @@ int main(void)
     T_RUN(test_io_modify);
     T_RUN(test_io_add_bad_fd);
     T_RUN(test_io_del_in_same_batch);
+    T_RUN(test_io_close_in_same_batch);
     T_RUN(test_timer_destroyed_by_io_same_iteration);
     return 0;
 }

@@ -77,6 +77,11 @@ int svc_io_modify(struct svc_io *io, uint32_t events) SVC_MUST_CHECK;
  * sets *io to NULL. Call it before closing the fd. */
 void svc_io_del(struct svc_io **io);
 
+/* svc_io_del, then close(fd), in one system call instead of two: closing removes the fd from the
+ * epoll set. Only for a descriptor no other process or dup() shares (the set watches the open
+ * file, which would outlive the close). Accepts NULL (then closes nothing); sets *io to NULL. */
+void svc_io_close(struct svc_io **io);
+
 /* Creates a stopped timer. On success *out owns it (svc_timer_destroy); on failure *out is NULL.
  * Returns SVC_OK or SVC_ENOMEM. */
 SVC_MUST_CHECK int svc_timer_create(struct svc_timer **out, struct svc_loop *loop, svc_timer_cb cb,
