@@ -675,6 +675,7 @@ struct aconn {
     int answered;  /* sentinel conn: the master's address came back */
     struct lookup *lookup;      /* a name being looked up off the loop for this connection */
     struct svc_timer *lookup_t; /* polls it */
+    int write_due;              /* commands queued: written by flush_due when the pass ends */
 };
 
 #define ASYNC_CONNS_MAX (SVC__REDIS_NODES_MAX + 2)
@@ -719,6 +720,8 @@ struct svc_redis_async {
     struct svc_timer *refresh;
     int refreshing;
     int dirty; /* the map may be out of date: refresh until every owner is connected */
+    struct svc_timer *flush; /* zero-delay: writes the commands of this loop pass (flush_due) */
+    int flush_armed;
 };
 
 static void conn_lost(struct aconn *c);
@@ -752,8 +755,60 @@ static void on_ac_io(void *data, struct svc_io *io, int fd, uint32_t events)
 
 static void ad_add_read(void *p) { ev_update(p, EPOLLIN, 0); }
 static void ad_del_read(void *p) { ev_update(p, 0, EPOLLIN); }
-static void ad_add_write(void *p) { ev_update(p, EPOLLOUT, 0); }
 static void ad_del_write(void *p) { ev_update(p, 0, EPOLLOUT); }
+
+/*
+ * hiredis asks for the write event after every command it queues. Arming EPOLLOUT for it costs
+ * two epoll_ctl calls per command (on, then off once written) and a loop pass before the bytes
+ * leave. On a connected socket the commands are instead written when this loop pass ends
+ * (flush_due, a zero-delay timer): every command queued in the pass goes out in one write, and
+ * EPOLLOUT is armed only when the socket does not take it all. While connecting, the write event
+ * is how hiredis learns the connection is up, so it is armed as asked.
+ */
+static void ad_add_write(void *p)
+{
+    struct aconn *c = p;
+    struct svc_redis_async *r = c->r;
+
+    if (c->events & EPOLLOUT)
+        return; /* already waiting for the socket to drain */
+    if (c->ac == NULL || !(c->ac->c.flags & REDIS_CONNECTED) || r->flush == NULL) {
+        ev_update(c, EPOLLOUT, 0);
+        return;
+    }
+    c->write_due = 1;
+    if (!r->flush_armed) {
+        if (svc_timer_start(r->flush, 0) != SVC_OK) {
+            ev_update(c, EPOLLOUT, 0);
+            return;
+        }
+        r->flush_armed = 1;
+    }
+}
+
+/* The timer of ad_add_write: writes what each connection queued. redisBufferWrite, not
+ * redisAsyncHandleWrite, as in svc_redis_async_flush; a failed or partial write arms the write
+ * event, whose handler finishes the write or disconnects. */
+static void flush_due(void *data, struct svc_timer *t)
+{
+    struct svc_redis_async *r = data;
+
+    (void)t;
+    r->flush_armed = 0;
+    for (int i = 0; i < ASYNC_CONNS_MAX; i++) {
+        struct aconn *c = &r->conns[i];
+        int done = 0;
+
+        if (!c->write_due)
+            continue;
+        c->write_due = 0;
+        if (c->ac == NULL || (c->events & EPOLLOUT))
+            continue;
+        if (!(c->ac->c.flags & REDIS_CONNECTED) || redisBufferWrite(&c->ac->c, &done) != REDIS_OK ||
+            !done)
+            ev_update(c, EPOLLOUT, 0);
+    }
+}
 
 static void ad_cleanup(void *p)
 {
@@ -761,6 +816,7 @@ static void ad_cleanup(void *p)
 
     svc_io_del(&c->io);
     c->events = 0;
+    c->write_due = 0;
 }
 
 static int is_sentinel_conn(const struct aconn *c)
@@ -1466,7 +1522,9 @@ int svc_redis_async_create(struct svc_redis_async **out, struct svc_loop *loop, 
     r->timeout_ms = timeout_ms > 0 ? timeout_ms : 1000;
     for (int i = 0; i < ASYNC_CONNS_MAX; i++)
         r->conns[i].r = r;
-    rc = svc_timer_create(&r->watchdog, loop, on_watchdog, r);
+    rc = svc_timer_create(&r->flush, loop, flush_due, r);
+    if (rc == SVC_OK)
+        rc = svc_timer_create(&r->watchdog, loop, on_watchdog, r);
     if (rc == SVC_OK)
         rc = svc_timer_start(r->watchdog, WATCHDOG_MS);
     if (rc == SVC_OK)
@@ -1498,6 +1556,7 @@ void svc_redis_async_destroy(struct svc_redis_async **rp)
         svc_io_del(&c->io);
     }
     svc_timer_destroy(&r->watchdog);
+    svc_timer_destroy(&r->flush);
     svc_timer_destroy(&r->refresh);
     svc_timer_destroy(&r->watch);
     free(r->map);

@@ -713,6 +713,11 @@ static int failover_done(void *arg)
     return s->block_ok_after >= 10 && s->async_ok_after >= 10;
 }
 
+static int async_answered(void *arg)
+{
+    return !((struct failover_state *)arg)->async_inflight;
+}
+
 /* url with every 127.0.0.1 written as localhost: its seeds become names to look up. */
 static void by_name(const char *url, char *out, size_t cap)
 {
@@ -835,6 +840,8 @@ static void test_sentinel(const char *url)
     /* it followed the sentinels' answer, not the demotion */
     T_ASSERT(s.last_old_incr + 2000 < s.demoted_at);
     T_ASSERT(failover_done(&s));
+    /* the INCR of the last tick left with it (written when the loop pass ends): its answer */
+    T_ASSERT(run_until(loop, async_answered, NULL, &s, 5000));
     /* the last writes of both clients are on the new master */
     {
         struct svc__redis_addr m = {"127.0.0.1", new_port};
