@@ -730,6 +730,34 @@ void meter_upstream_headers(const struct meter *m, svc_fetch_header_cb fn, void 
     }
 }
 
+/* The copy of the upstream request meter_start keeps for a retry, freed (the Authorization line
+ * wiped: it holds the upstream's key). */
+static void request_copy_free(struct meter *m)
+{
+    free(m->req_url);
+    free(m->req_body);
+    free(m->req_proxy);
+    free(m->req_ca);
+    m->req_url = m->req_body = m->req_proxy = m->req_ca = NULL;
+    for (int i = 0; i < HEADERS_MAX && m->req_headers[i] != NULL; i++) {
+        svc_util_wipe(m->req_headers[i], strlen(m->req_headers[i]));
+        free(m->req_headers[i]);
+        m->req_headers[i] = NULL;
+    }
+    memset(&m->req, 0, sizeof(m->req));
+}
+
+/* The answer's first byte is here: nothing is retried from now on (retryable), so the request's
+ * copy goes at once rather than when the stream ends. It holds the whole conversation sent to
+ * the upstream: with a long context, tens of KB per open stream. */
+static void mark_started(struct meter *m)
+{
+    if (m->started)
+        return;
+    m->started = 1;
+    request_copy_free(m);
+}
+
 static int on_up_data(void *ctx, struct svc_fetch *f, long status, const char *data, size_t len)
 {
     struct meter *m = ctx;
@@ -742,11 +770,11 @@ static int on_up_data(void *ctx, struct svc_fetch *f, long status, const char *d
         return svc_buf_append(&m->errbody, data, len) == SVC_OK ? 0 : SVC_ETOOLARGE;
     if (!m->is_sse) { /* a JSON answer: kept whole, read at the end */
         if (!m->started && !m->detached) {
-            m->started = 1;
+            mark_started(m);
             if ((rc = m->h->on_head(m->ud)) != SVC_OK)
                 return rc;
         }
-        m->started = 1;
+        mark_started(m);
         if (svc_buf_append(&m->body, data, len) != SVC_OK) {
             stream_error(m, "answer longer than %u bytes", BODY_MAX);
             return SVC_ETOOLARGE;
@@ -756,7 +784,7 @@ static int on_up_data(void *ctx, struct svc_fetch *f, long status, const char *d
     if (m->detached)
         return drain_data(m, data, len);
     if (!m->started) {
-        m->started = 1;
+        mark_started(m);
         if ((rc = m->h->on_head(m->ud)) != SVC_OK)
             return rc;
     }
@@ -988,15 +1016,8 @@ static void maybe_free(struct meter *m)
     svc_buf_deinit(&m->up_headers);
     svc_buf_deinit(&m->in);
     svc_buf_deinit(&m->body);
-    free(m->req_url);
-    free(m->req_body);
-    free(m->req_proxy);
-    free(m->req_ca);
+    request_copy_free(m);
     free(m->msgs);
-    for (int i = 0; i < HEADERS_MAX && m->req_headers[i] != NULL; i++) {
-        svc_util_wipe(m->req_headers[i], strlen(m->req_headers[i])); /* may hold the upstream key */
-        free(m->req_headers[i]);
-    }
     free(m);
     /* the last of a crowd (a burst of slow clients that left, drained): give its memory back,
      * whether or not a trim ran a moment ago (once per crowd) */
