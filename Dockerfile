@@ -13,11 +13,17 @@
 # tests/k8s/image.test.mjs fails when this file and that script disagree. The web root is
 # web/dist when a built web UI is in the build context, else deploy/local/www (decided in the
 # stage step, since COPY cannot be conditional).
+#
+# The deps step (the Debian package install, minutes) gets only the files it reads: with the
+# whole tree copied first, any commit would invalidate its layer and every rebuild would
+# reinstall the packages. tests/k8s/image.test.mjs runs the deps step with only these files and
+# fails if it then reads something else, so add any new input of scripts/bootstrap here.
 
 FROM debian:12-slim AS build
 WORKDIR /src
-COPY . .
+COPY scripts/bootstrap scripts/image-steps scripts/
 RUN scripts/image-steps deps
+COPY . .
 RUN scripts/image-steps build
 RUN scripts/image-steps stage /out
 RUN scripts/image-steps check /out

@@ -19,6 +19,70 @@ function steps() {
     return r.stdout.trim().split('\n');
 }
 
+const WORKDIR = '/src';
+
+// The files the build stage copies before its deps step: [{src, dest}], dest relative to WORKDIR.
+function depsInputs() {
+    const df = parseDockerfile(fs.readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8'));
+    const ins = df.stages[0].instructions;
+    const depsAt = ins.findIndex((i) => i.op === 'RUN' && i.args === 'scripts/image-steps deps');
+    assert.deepEqual(ins.find((i) => i.op === 'WORKDIR'), { op: 'WORKDIR', args: WORKDIR });
+    const out = [];
+    for (const i of ins.slice(0, depsAt).filter((x) => x.op === 'COPY')) {
+        const words = i.args.split(' ');
+        assert.ok(!words.some((w) => w.startsWith('--')), `COPY ${i.args}: no flags before deps`);
+        const dest = words.pop();
+        assert.ok(words.length === 1 || dest.endsWith('/'), `COPY ${i.args}: several sources need a directory`);
+        for (const src of words) {
+            const d = dest.endsWith('/') ? dest + path.basename(src) : dest;
+            out.push({ src, dest: path.posix.isAbsolute(d) ? path.posix.relative(WORKDIR, d) : path.posix.normalize(d) });
+        }
+    }
+    return out;
+}
+
+// A directory holding only depsInputs(), where the build stage's WORKDIR would be at the deps step.
+function depsSandbox() {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chatweb-deps-'));
+    process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+    for (const { src, dest } of depsInputs()) {
+        fs.mkdirSync(path.dirname(path.join(dir, dest)), { recursive: true });
+        fs.copyFileSync(path.join(ROOT, src), path.join(dir, dest));
+        fs.chmodSync(path.join(dir, dest), fs.statSync(path.join(ROOT, src)).mode & 0o7777);
+    }
+    return dir;
+}
+
+// Runs DIR/scripts/image-steps deps with stand-ins for the package tools: dpkg-query says a
+// package is installed once the stand-in apt-get has "installed" it, and apt-get logs its calls.
+function runDeps(dir) {
+    const fake = fs.mkdtempSync(path.join(os.tmpdir(), 'chatweb-deps-bin-'));
+    try {
+        const stub = (name, body) => fs.writeFileSync(path.join(fake, name), `#!/bin/sh\n${body}\n`, { mode: 0o755 });
+        stub('apt-get', [
+            'echo "apt-get $*" >> "$FAKE/apt.log"',
+            '[ "$1" = install ] || exit 0',
+            'for a; do case $a in install | -*) ;; *) echo "$a" >> "$FAKE/installed" ;; esac; done',
+        ].join('\n'));
+        stub('dpkg-query', [
+            'for a; do pkg=$a; done',
+            'grep -qx -- "$pkg" "$FAKE/installed" 2>/dev/null || exit 1',
+            'printf "install ok installed"',
+        ].join('\n'));
+        stub('sudo', 'exec "$@"');
+        const r = spawnSync(path.join(dir, 'scripts/image-steps'), ['deps'], {
+            encoding: 'utf8',
+            cwd: os.tmpdir(),
+            env: { ...process.env, PATH: `${fake}:${process.env.PATH}`, FAKE: fake },
+        });
+        if (r.error) throw r.error;
+        const apt = fs.existsSync(path.join(fake, 'apt.log')) ? fs.readFileSync(path.join(fake, 'apt.log'), 'utf8') : '';
+        return { status: r.status, stdout: r.stdout, stderr: r.stderr, apt };
+    } finally {
+        fs.rmSync(fake, { recursive: true, force: true });
+    }
+}
+
 describe('Dockerfile and scripts/image-steps', () => {
     const df = parseDockerfile(fs.readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8'));
 
@@ -36,6 +100,33 @@ describe('Dockerfile and scripts/image-steps', () => {
             return m[1];
         });
         assert.deepEqual(called, steps());
+    });
+
+    // The deps step (minutes of apt-get) gets its own layer: only the files it reads are copied
+    // before it, so a commit that changes none of them reuses the installed packages.
+    const build = df.stages[0].instructions;
+    const depsAt = build.findIndex((i) => i.op === 'RUN' && i.args === 'scripts/image-steps deps');
+
+    it('copies only single files before the deps step, and the whole tree right after it', () => {
+        assert.ok(depsAt > 0, 'no RUN scripts/image-steps deps');
+        assert.deepEqual(build.slice(0, depsAt).map((i) => i.op).filter((op) => op !== 'COPY'), ['WORKDIR']);
+        assert.ok(depsInputs().length > 0, 'nothing copied before the deps step');
+        // A directory (`COPY . .`, `COPY scripts/ scripts/`) would bring files the step does not
+        // read, and their every change would rerun the package install.
+        for (const { src } of depsInputs())
+            assert.ok(fs.statSync(path.join(ROOT, src)).isFile(), `${src} (copied before deps) is not a single file`);
+        assert.deepEqual(build[depsAt + 1], { op: 'COPY', args: '. .' });
+    });
+
+    it('the deps step reads no file but those copied before it', () => {
+        // It runs twice with stand-ins for apt-get, dpkg-query and sudo (every package missing
+        // until apt-get "installs" it; nothing is installed for real): in a directory holding only
+        // the files the Dockerfile copies before it, and in the whole tree. A file it reads that is
+        // not copied makes the first run fail or act differently (another package list).
+        const runs = [depsSandbox(), ROOT].map((dir) => runDeps(dir));
+        assert.equal(runs[0].status, 0, `deps with only the copied files: ${runs[0].stderr}`);
+        assert.match(runs[0].apt, /^apt-get install -y -qq cmake /m, 'the stand-ins were not used');
+        assert.deepEqual(runs[0], runs[1]);
     });
 
     it('the runtime stage installs the staged package list, copies the tree and runs as chatweb (10001)', () => {
