@@ -811,20 +811,26 @@ static int on_up_data(void *ctx, struct svc_fetch *f, long status, const char *d
 /* A complete JSON answer: its usage, and its text for a count when it has no usage. Read in one
  * pass without a tree (meter_answer_scan): the tree was thrown away at once, and building it was
  * the largest part of the proxy's CPU on a JSON request (docs/benchmarks.md). */
-static void json_answer(struct meter *m)
+/* Reads a whole JSON answer (usage, text). SVC_EINVAL when the body is not JSON at all: a 200
+ * that is not what it claims (an HTML page from a misconfigured gateway, a cut body) becomes a
+ * stream error, so the caller answers with an error rather than passing it on as a success. */
+static int json_answer(struct meter *m)
 {
     struct meter_answer_fields f;
     int rc = meter_answer_scan(m->body.data != NULL ? m->body.data : "", m->body.len, &f, &m->text);
 
     m->complete = 1;
-    if (rc == SVC_EINVAL)
-        return;
+    if (rc == SVC_EINVAL) {
+        stream_error(m, "the upstream answered %ld with a body that is not JSON", m->status);
+        return SVC_EINVAL;
+    }
     if (f.has_usage) {
         m->usage_prompt = f.usage_prompt;
         m->usage_completion = f.usage_completion;
     }
     if (rc != SVC_OK)
         SVC_LOG_WARN(m->rid, "upstream", "answer text too long to keep");
+    return SVC_OK;
 }
 
 /* Nothing reached the client and the upstream failed in a way another attempt may not. */
@@ -898,6 +904,7 @@ static void on_up_done(void *ctx, int err, struct svc_fetch *f, long status, con
                        size_t len, const char *errmsg)
 {
     struct meter *m = ctx;
+    int body_ok = 1; /* a JSON answer's body is JSON (json_answer) */
 
     (void)body;
     (void)len;
@@ -915,12 +922,12 @@ static void on_up_done(void *ctx, int err, struct svc_fetch *f, long status, con
     if (retryable(m, err) && retry_schedule(m) == SVC_OK)
         return;
     if (!m->is_sse && m->status == 200 && err == SVC_OK)
-        json_answer(m);
+        body_ok = json_answer(m) == SVC_OK;
     if (m->detached) {
         drain_end(m);
         return;
     }
-    if (!m->is_sse && m->status == 200 && err == SVC_OK && m->h->on_body != NULL &&
+    if (!m->is_sse && m->status == 200 && err == SVC_OK && body_ok && m->h->on_body != NULL &&
         m->h->on_body(m->ud, m->body.data != NULL ? m->body.data : "", m->body.len) != SVC_OK)
         m->up_err = SVC_EIO;
     if (err == SVC_OK && input_waiting(m) > 0) {

@@ -324,6 +324,25 @@ static int on_body(void *ctx, const char *body, size_t len)
     return svc_req_reply(c->req, 200, "application/json", body, len);
 }
 
+/*
+ * A stream that broke off after it started ends with an error event, as OpenAI's own API ends
+ * one: `data: {"error":{...}}`. The OpenAI SDKs raise an APIError on it; without it a stream that
+ * stops short (no [DONE]) ends their iteration as if the reply were complete.
+ */
+static void stream_error_event(struct v1_call *c, const char *message)
+{
+    struct svc_json *obj = svc_json_pack("{s:{s:s, s:s, s:n, s:s}}", "error", "message", message,
+                                         "type", "server_error", "param", "code", "upstream_error");
+    char *text = obj != NULL ? svc_json_dump(obj, 0) : NULL;
+
+    svc_json_destroy(&obj);
+    if (text != NULL) {
+        struct iovec parts[3] = {{(void *)"data: ", 6}, {text, strlen(text)}, {(void *)"\n\n", 2}};
+        (void)svc_req_stream_writev(c->req, parts, 3); /* a client gone or full: nothing to do */
+    }
+    free(text);
+}
+
 static void on_end(void *ctx, const struct meter_end *end)
 {
     struct v1_call *c = ctx;
@@ -338,8 +357,11 @@ static void on_end(void *ctx, const struct meter_end *end)
     c->tokens_out = end->completion_tokens;
     if (end->started) {
         if (c->streaming) {
-            if (end->err != SVC_OK || end->stream_error != NULL)
+            if (end->err != SVC_OK || end->stream_error != NULL) {
                 svc_metric_add(&stats->proxy_upstream_errors_total, 1);
+                stream_error_event(c, end->stream_error != NULL ? end->stream_error
+                                                                : "the upstream answer broke off");
+            }
             svc_req_stream_end(c->req);
         } else if (end->err != SVC_OK || end->stream_error != NULL) {
             svc_metric_add(&stats->proxy_upstream_errors_total, 1);

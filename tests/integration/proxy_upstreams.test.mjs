@@ -29,8 +29,28 @@ async function chat(stack, key, model) {
 
 const count = async (fake) => (await getJSON(`${fake.url}/_fake/requests`)).requests.length;
 
+/** "liar": answers 200 but not what it claims: an HTML page as JSON, a stream whose second event
+ * is broken JSON (as a misconfigured gateway or a cut connection in between would). */
+function liarServer() {
+    return http.createServer((req, res) => {
+        let body = '';
+        req.on('data', (d) => { body += d; });
+        req.on('end', () => {
+            if (JSON.parse(body).stream) {
+                res.writeHead(200, { 'content-type': 'text/event-stream' });
+                res.end('data: {"id":"l1","object":"chat.completion.chunk","created":1,"model":"liar-model",' +
+                    '"choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"},"finish_reason":null}]}\n\n' +
+                    'data: {"id":"l1","choices":[{"delta":{"content":\n\n');
+                return;
+            }
+            res.writeHead(200, { 'content-type': 'application/json' });
+            res.end('<html><body>502 Bad Gateway</body></html>');
+        });
+    });
+}
+
 describe('UPSTREAMS: routing, weights, keys, failover and the circuit breaker', () => {
-    let dir, b, flaky, flakyHits = 0, stack, key, user;
+    let dir, b, flaky, flakyHits = 0, liar, stack, key, user;
 
     before(async () => {
         dir = tempDir('chatweb-upstreams-');
@@ -42,10 +62,13 @@ describe('UPSTREAMS: routing, weights, keys, failover and the circuit breaker', 
             res.end('{"error":{"message":"flaky is down","type":"server_error","param":null,"code":null}}');
         });
         await new Promise((r) => flaky.listen(0, '127.0.0.1', r));
+        liar = liarServer();
+        await new Promise((r) => liar.listen(0, '127.0.0.1', r));
         const upstreams = [
             { name: 'default', weight: 1, models: ['gpt-4o', 'gpt-4o-mini', 'flaky-model'] },
             { name: 'b', base_url: b.baseUrl, key_env: 'B_KEY', weight: 3, models: ['gpt-4o-mini', 'b-*'] },
             { name: 'flaky', base_url: `http://127.0.0.1:${flaky.address().port}/v1`, weight: 1000, models: ['flaky-model'] },
+            { name: 'liar', base_url: `http://127.0.0.1:${liar.address().port}/v1`, weight: 1, models: ['liar-model'] },
         ];
         stack = await startStack({
             dir: path.join(dir, 'stack'), fakeUpstream: true,
@@ -62,6 +85,7 @@ describe('UPSTREAMS: routing, weights, keys, failover and the circuit breaker', 
         await stack?.stop();
         await b?.kill();
         flaky?.close();
+        liar?.close();
     });
 
     it('a model goes only to the upstreams that serve it; one served by none is 404 and goes nowhere', async () => {
@@ -107,6 +131,37 @@ describe('UPSTREAMS: routing, weights, keys, failover and the circuit breaker', 
         }
         assert.equal(now.held, 0, 'one hold per request, each ended once');
         assert.ok(now.usage > before.usage);
+    });
+
+    it('a 200 that is not what it claims: JSON that is HTML is a 502; a stream that breaks ends with an error event', async () => {
+        const held = async () => {
+            let now;
+            for (let t = 0; t < 50; t++) {
+                now = (await ops(stack, { action: 'check', i_username: user })).data;
+                if (now.held === 0) break;
+                await new Promise((r) => setTimeout(r, 100));
+            }
+            return now;
+        };
+        const before = await held();
+        const r = await chat(stack, key, 'liar-model');
+        assert.equal(r.status, 502, r.body);
+        assert.equal(r.json().error.code, 'upstream_error');
+        assert.match(r.json().error.message, /the upstream answered 200 with a body that is not JSON/);
+        const s = await postJSON(`${stack.url}/v1/chat/completions`,
+            { model: 'liar-model', stream: true, messages: [{ role: 'user', content: 'hi' }] },
+            { headers: { authorization: `Bearer ${key}` } });
+        assert.equal(s.status, 200, s.body);
+        const events = s.body.split('\n\n').filter((e) => e.startsWith('data: ')).map((e) => e.slice(6));
+        assert.equal(events.length, 2, s.body);
+        assert.equal(JSON.parse(events[0]).choices[0].delta.content, 'Hel', 'the good event passed on');
+        const err = JSON.parse(events[1]).error; // what the OpenAI SDKs raise an APIError on
+        assert.deepEqual([err.type, err.code, err.message], ['server_error', 'upstream_error', 'malformed upstream event']);
+        assert.ok(!s.body.includes('[DONE]'), 'no [DONE]: the stream did not end well');
+        // the upstream was sent the prompt and answered: both charged (our count), no hold left
+        const now = await held();
+        assert.equal(now.held, 0, 'each hold ended once');
+        assert.ok(now.usage > before.usage, 'charged');
     });
 
     it('/metrics counts by upstream name', async () => {
