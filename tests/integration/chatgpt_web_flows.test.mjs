@@ -6,10 +6,13 @@
 // /api/session, the 403 modal and /api/verify, /api/config with the Bearer token and axios's
 // headers, /api/chat-process with the frontend's exact body read through XMLHttpRequest progress
 // events (§1.4's parsing rule), a second turn with options.parentMessageId whose history reaches
-// the fake upstream, Stop (xhr.abort) noticed by the server, and a revoked token's Unauthorized
-// envelope (HTTP 200) turned into a sign-out (§1.7). docs/web.md, "The ChatGPT Web frontend".
+// the fake upstream, Stop (xhr.abort) noticed by the server, a reply cut in the middle of its lines
+// on the way to the browser (by a TCP relay in this file) read by §1.4's partial-line rule, and a
+// revoked token's Unauthorized envelope (HTTP 200) turned into a sign-out (§1.7). docs/web.md,
+// "The ChatGPT Web frontend".
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { chromium } from 'playwright-core';
@@ -21,6 +24,89 @@ const FIXTURE = path.join(ROOT, 'tests', 'integration', 'fixtures', 'chatgpt-web
 const STEP_MS = 15000;
 const SYSTEM_MESSAGE = "You are ChatGPT, a large language model trained by OpenAI. Follow the user's instructions carefully. Respond using markdown.";
 const AXIOS_ACCEPT = 'application/json, text/plain, */*';
+
+const PIECE_MS = 60;   // > Chromium's 50 ms between two XHR progress events: one event per piece
+
+/**
+ * Where a paced relay cuts what it read from nginx: before every bare "\n" (the one §1.3 writes
+ * before each object; the chunked framing's are "\r\n", and JSON has no raw newline in it), so
+ * each piece ends where an object of the body ends, and every such part again in its middle,
+ * inside the object. Parts too short to hold an object's bytes (the chunk-size line before a "\n",
+ * the last chunk) stay with their neighbour.
+ */
+function cutPoints(buf) {
+    const ends = [];
+    for (let i = 1; i < buf.length; i++) if (buf[i] === 0x0a && buf[i - 1] !== 0x0d) ends.push(i);
+    ends.push(buf.length);
+    const cuts = [];
+    let from = 0;
+    for (const end of ends) {
+        if (end - from < 32) continue;
+        cuts.push(from + ((end - from) >> 1), end);
+        from = end;
+    }
+    if (cuts.at(-1) !== buf.length) cuts.push(buf.length);
+    return cuts;
+}
+
+/**
+ * A TCP relay in front of the stack's nginx (`target`: its URL). While `paced` is set, what it
+ * reads from nginx goes to the browser in pieces (cutPoints), PIECE_MS apart, so the browser's
+ * responseText ends in the middle of a /api/chat-process line, then at that line's end, for every
+ * line, however nginx's writes were coalesced on the way. Not paced, bytes pass as they come;
+ * requests always do.
+ */
+async function startRelay(target) {
+    const { hostname, port } = new URL(target);
+    const sockets = new Set();
+    const relay = { paced: false, pieces: 0, url: '' };
+    const server = net.createServer((client) => {
+        const nginx = net.connect(Number(port), hostname);
+        for (const s of [client, nginx]) {
+            sockets.add(s);
+            s.on('close', () => sockets.delete(s));
+            s.on('error', () => { client.destroy(); nginx.destroy(); });
+        }
+        client.pipe(nginx);
+        let queue = Promise.resolve();   // nginx's bytes, in order
+        nginx.on('data', (buf) => {
+            const paced = relay.paced;
+            queue = queue.then(async () => {
+                if (!paced) { client.write(buf); return; }
+                let from = 0;
+                for (const cut of cutPoints(buf)) {
+                    if (client.destroyed) return;
+                    client.write(buf.subarray(from, cut));
+                    from = cut;
+                    relay.pieces++;
+                    await new Promise((r) => setTimeout(r, PIECE_MS));
+                }
+            });
+        });
+        nginx.on('end', () => { queue = queue.then(() => client.end()); });
+    });
+    await new Promise((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', resolve));
+    relay.url = `http://127.0.0.1:${server.address().port}`;
+    relay.close = () => {
+        for (const s of sockets) s.destroy();
+        return new Promise((r) => server.close(r));
+    };
+    return relay;
+}
+
+/**
+ * The objects of a /api/chat-process body (§1.3: JSON objects, each after a "\n" but the first),
+ * each with the offsets [start, end) of its text in the body.
+ */
+function chatLines(body) {
+    const lines = [];
+    let start = 0;
+    for (const line of body.split('\n')) {
+        lines.push({ start, end: start + line.length, data: JSON.parse(line) });
+        start += line.length + 1;
+    }
+    return lines;
+}
 
 async function ops(stack, body) {
     const j = (await postJSON(`${stack.url}/accounts`, body, { headers: { Opskey: OPS_KEY } })).json();
@@ -220,6 +306,83 @@ describe('the ChatGPT Web frontend\'s flows in Chromium (contract §1)', () => {
         assert.equal((await lastBubble()).text, stopped.text, 'nothing arrives after Stop');
         // The stopped reply still has its id: the next turn's parent (as in the frontend).
         assert.ok(stopped.conversationOptions.parentMessageId);
+    });
+
+    it('a reply cut in the middle of its lines on the way to the browser: §1.4 skips the partial line, the text never goes back', { timeout: 60000 }, async (t) => {
+        // The page on the relay's origin (same-origin requests, as ever), signed in with the key.
+        const relay = await startRelay(stack.url);
+        const ctx2 = await browser.newContext({ locale: 'en-US' });
+        try {
+            ctx2.setDefaultTimeout(STEP_MS);
+            await ctx2.addInitScript((token) => localStorage.setItem('SECRET_TOKEN', JSON.stringify({ data: token, expire: null })), key);
+            ctx2.on('request', (req) => {
+                if (new URL(req.url()).origin !== relay.url) problems.push(`request left the relay's origin: ${req.url()}`);
+            });
+            const page2 = await ctx2.newPage();
+            page2.on('pageerror', (err) => problems.push(`page error (relay): ${err.message}`));
+            await page2.goto(`${relay.url}/`);
+            await page2.locator('#chat').waitFor();
+            await page2.waitForFunction(() => window.cw.ready);
+
+            // 6 words and the 2 of "Echo(2 msgs):": the reply is exactly them (no filler).
+            const words = 'split mid-line one two three four';
+            const expected = `Echo(2 msgs): ${words}`;
+            relay.paced = true;
+            const response = page2.waitForResponse((r) => new URL(r.url()).pathname === '/api/chat-process');
+            await page2.getByLabel('Message').fill(`${words} [[fake tps=100 tokens=8]]`);
+            await page2.getByRole('button', { name: 'Send' }).click();
+            const res = await response;
+            assert.equal(res.status(), 200);
+            await page2.waitForFunction(() => window.cw.messages.length === 2 && !window.cw.messages[1].loading);
+            const body = (await res.body()).toString('utf8');
+            const { progress, bubble, screen } = await page2.evaluate(() => ({
+                progress: window.cw.progress, bubble: window.cw.messages[1],
+                screen: document.querySelector('#messages .msg.assistant').textContent,
+            }));
+
+            // The end: the whole reply, exactly, in the store and on screen, no error.
+            assert.equal(bubble.text, expected);
+            assert.equal(screen, expected);
+            assert.equal(bubble.error, false);
+            assert.ok(bubble.conversationOptions.parentMessageId);
+
+            // Every progress event against the body the browser received (ASCII: responseText's
+            // length is its byte count). An event whose text ends inside a line must be skipped and
+            // leave the screen as it was; one that ends at a line's end (or its newline) shows that
+            // line's text. So the screen only ever shows a complete line's text, never less than before.
+            assert.match(body, /^[\x20-\x7e\n]*$/, 'an ASCII body');
+            const lines = chatLines(body);
+            assert.equal(lines.at(-1).data.text, expected, 'the last line is the whole reply');
+            let want = '';
+            let midLine = 0;
+            let atEnd = 0;
+            const seen = [];
+            for (const [i, p] of progress.entries()) {
+                assert.ok(p.received <= body.length, `event ${i}: ${p.received} of ${body.length}`);
+                const done = lines.findLast((l) => l.end === p.received || l.end + 1 === p.received);
+                if (done) {
+                    atEnd++;
+                    assert.equal(p.parsed, true, `event ${i} ends after line ${lines.indexOf(done)} (${p.received}): parsed`);
+                    want = done.data.text;
+                } else {
+                    const inside = lines.findIndex((l) => l.start < p.received && p.received < l.end);
+                    assert.ok(inside >= 0 || p.received === 0, `event ${i} at ${p.received}: neither in nor after a line`);
+                    if (inside >= 0) midLine++;
+                    assert.equal(p.parsed, false, `event ${i} ends inside line ${inside} (${p.received}): skipped`);
+                }
+                assert.equal(p.shown, want, `event ${i} at ${p.received}: the screen`);
+                assert.ok(expected.startsWith(p.shown), `event ${i}: a prefix of the reply, no garbage`);
+                if (seen.at(-1) !== p.shown) seen.push(p.shown);
+            }
+            assert.equal(progress.at(-1).received, body.length, 'the last event saw the whole body');
+            t.diagnostic(`relay: ${relay.pieces} pieces; ${lines.length} lines, ${body.length} bytes; ${progress.length} progress events: ${midLine} ended inside a line, ${atEnd} at a line's end; the screen showed ${seen.length} texts`);
+            assert.ok(midLine >= 3, `progress events that saw a partial last line: ${midLine}`);
+            assert.ok(seen.length >= 4, `the reply was seen growing: ${JSON.stringify(seen)}`);
+            for (let i = 1; i < seen.length; i++) assert.ok(seen[i].startsWith(seen[i - 1]) && seen[i].length > seen[i - 1].length, `never back: ${JSON.stringify(seen)}`);
+        } finally {
+            await ctx2.close();
+            await relay.close();
+        }
     });
 
     it('a revoked token: the Unauthorized envelope with HTTP 200 signs the frontend out (token dropped, reload, 403 modal)', { timeout: 60000 }, async () => {
