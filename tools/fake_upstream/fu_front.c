@@ -1,4 +1,4 @@
-/* fu_front: TLS and HTTP/2 in front of the fake's plain port. See fu_front.h. */
+/* fu_front: TLS and HTTP/2 for the fake upstream. See fu_front.h. */
 #include "fu_front.h"
 
 #include <errno.h>
@@ -19,10 +19,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "fu_api.h"
 #include "fu_buf.h"
 #include "fu_h1resp.h"
 #include "fu_http.h"
+#include "fu_job.h"
 #include "fu_record.h"
+#include "fu_timer.h"
 
 #define FRONT_READ_CHUNK (16u * 1024u)
 #define FRONT_OUT_HIGH (256u * 1024u)       /* stop producing while this much is unsent */
@@ -31,7 +34,7 @@
 #define FRONT_EVENTS 256
 #define FRONT_LINGER_NS (2ull * 1000000000ull) /* at most this long half-closed, reading */
 
-enum fio_kind { FIO_LISTEN, FIO_WAKE, FIO_CLIENT, FIO_PIPE, FIO_STREAM };
+enum fio_kind { FIO_LISTEN, FIO_WAKE, FIO_CLIENT, FIO_PIPE };
 
 /* What an epoll event points at: the first member of every watched object. */
 struct fio {
@@ -67,26 +70,33 @@ struct fconn {
     struct fconn *grave;
 };
 
+/* An HTTP/2 stream. Its request is answered in this thread by fu_api_handle(), through `base`,
+ * exactly as the plain port answers: the HTTP/1.1 response fu_api and its job write (`h1`) is
+ * parsed by fu_h1resp into HEADERS and the decoded body (`out`) that nghttp2 takes as DATA. */
 struct fstream {
-    struct fio io; /* the relay connection (kind FIO_STREAM); fd -1 until started */
+    struct fu_conn base;   /* first: fu_api answers through it */
+    struct fu_timer timer; /* the job's next step, in the front's heap */
     struct fconn *c;
     struct fstream *prev, *next;
     int32_t id;
-    struct fu_buf req;  /* the HTTP/1.1 request head being built, then head + body */
+    struct fu_buf req;  /* the HTTP/1.1 request head being built from HEADERS */
     struct fu_buf body; /* request body until END_STREAM */
     struct fu_buf path; /* :path */
-    size_t req_off;     /* bytes of req already written to the relay */
     char method[16];
-    int connected;
+    struct fu_job *job; /* a paced or held-back answer, stepped from `timer` */
+    int job_waits_output; /* the job paused until `out` drains */
+    int aborted;        /* fu_api gave up on the answer (fu_conn_abort) */
+    int cut;            /* the job cut the answer: reset the stream at the next step */
+    struct fu_buf h1;   /* response bytes from fu_api and the job, not yet parsed */
     int head_sent;      /* HEADERS submitted */
     int eof;            /* the answer is complete */
-    int broken;         /* the relay failed after HEADERS: reset when `out` is drained */
+    int broken;         /* the answer broke off after HEADERS: reset when `out` is drained */
     int deferred;
     int eof_sent;       /* the last DATA frame (END_STREAM) was handed to nghttp2 */
     int refused;        /* reset by a refusing GOAWAY */
     struct fu_buf out;  /* decoded body not yet taken by nghttp2 */
     size_t out_off;
-    struct fu_h1resp *resp;
+    struct fu_h1resp *resp; /* allocated when the request is complete */
     struct fstream *grave;
 };
 
@@ -106,6 +116,8 @@ struct fu_front {
     struct fconn *dead_conns;
     long lingering; /* connections lingering: the loop then wakes up for their deadlines */
     struct fstream *dead_streams;
+    struct fu_timer_heap timers; /* streams' jobs */
+    int stopping;                /* fu_front_destroy: jobs end without an event */
 };
 
 static _Atomic(struct fu_front *) the_front; /* set before the thread starts; for fu_front_goaway */
@@ -175,20 +187,19 @@ static ssize_t client_write(struct fconn *c, const char *buf, size_t n)
 
 /* ---- lifetime ---- */
 
-static void stream_close_relay(struct fstream *s)
+/* The stream's answer will not be sent any further: its job, if any, ends as `how` (the plain
+ * port's client_closed when the client reset the stream or the connection went). */
+static void stream_drop_job(struct fstream *s, enum fu_job_end how)
 {
-    if (s->io.fd >= 0) {
-        close(s->io.fd); /* also leaves the epoll set */
-        s->io.fd = -1;
-        s->io.registered = 0;
-    }
+    fu_timer_clear(&s->c->f->timers, &s->timer);
+    fu_job_end(&s->job, s->c->f->stopping ? FU_JOB_END_SHUTDOWN : how);
 }
 
 static void stream_kill(struct fstream *s)
 {
     struct fconn *c = s->c;
 
-    stream_close_relay(s);
+    stream_drop_job(s, FU_JOB_END_CLIENT_CLOSED);
     if (s->prev != NULL)
         s->prev->next = s->next;
     else
@@ -197,7 +208,6 @@ static void stream_kill(struct fstream *s)
         s->next->prev = s->prev;
     c->open_streams--;
     atomic_fetch_sub(&fu_stats.h2_open_streams, 1);
-    s->io.dead = 1;
     s->grave = c->f->dead_streams;
     c->f->dead_streams = s;
 }
@@ -207,6 +217,7 @@ static void stream_free(struct fstream *s)
     fu_buf_deinit(&s->req);
     fu_buf_deinit(&s->body);
     fu_buf_deinit(&s->path);
+    fu_buf_deinit(&s->h1);
     fu_buf_deinit(&s->out);
     free(s->resp);
     free(s);
@@ -374,8 +385,10 @@ static int conn_pump(struct fconn *c)
     return 0;
 }
 
-/* ---- HTTP/2 streams relayed to the plain port ---- */
+/* ---- HTTP/2 streams, answered in this thread ---- */
 
+/* Decoded body for nghttp2's DATA frames; defers the stream while the answer has nothing more
+ * yet, resets it (INTERNAL_ERROR) once a broken answer's bytes are all sent. */
 static ssize_t data_read(nghttp2_session *ses, int32_t id, uint8_t *buf, size_t length,
                          uint32_t *flags, nghttp2_data_source *src, void *ud)
 {
@@ -392,7 +405,12 @@ static ssize_t data_read(nghttp2_session *ses, int32_t id, uint8_t *buf, size_t 
         if (s->out_off == s->out.len) {
             fu_buf_clear(&s->out);
             s->out_off = 0;
-            if (s->io.fd >= 0 && !s->eof && watch(s->c->f, &s->io, EPOLLIN | EPOLLRDHUP) != 0)
+        }
+        if (s->job_waits_output && s->out.len - s->out_off < FRONT_OUT_HIGH) {
+            /* room again: the job goes on at the loop's next timer pass (not from inside
+             * nghttp2's callback) */
+            s->job_waits_output = 0;
+            if (fu_timer_set(&s->c->f->timers, &s->timer, fu_now_ns() + 1) != FU_OK)
                 s->broken = 1;
         }
         return (ssize_t)n;
@@ -451,125 +469,172 @@ static int stream_submit_head(struct fstream *s)
     return nghttp2_submit_response(s->c->h2, s->id, nva, n, &prd) == 0 ? 0 : -1;
 }
 
-/* The relay failed or ended early: what the client gets depends on how far the answer got. */
-static void stream_relay_failed(struct fstream *s)
+/* The answer broke off (cut on purpose, a job out of memory, fu_api gave up): what the client
+ * gets depends on how far it got, as when the plain port closes a connection early. */
+static void stream_answer_failed(struct fstream *s)
 {
-    stream_close_relay(s);
+    stream_drop_job(s, FU_JOB_END_CLIENT_CLOSED);
+    if (s->broken || s->eof)
+        return;
+    s->broken = 1;
+    fu_buf_clear(&s->h1);
     if (!s->head_sent) {
         nghttp2_submit_rst_stream(s->c->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
         return;
     }
-    s->broken = 1;
     stream_wake(s);
 }
 
-static void stream_on_relay(struct fstream *s, uint32_t events)
+/* Parse what fu_api and the job wrote: HEADERS once the head is complete, the body into `out`
+ * for DATA frames, the end of the stream once the response is complete. */
+static void stream_take_h1(struct fstream *s)
 {
-    struct fconn *c = s->c;
-
-    if (!s->connected) {
-        int err = 0;
-        socklen_t el = sizeof(err);
-        if (getsockopt(s->io.fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0 || err != 0) {
-            stream_relay_failed(s);
-            return;
-        }
-        s->connected = 1;
-    }
-    while (s->req_off < s->req.len) {
-        ssize_t w = send(s->io.fd, s->req.data + s->req_off, s->req.len - s->req_off,
-                         MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno == EAGAIN)
-                return;
-            stream_relay_failed(s);
-            return;
-        }
-        s->req_off += (size_t)w;
-    }
-    if (s->req.data != NULL) {
-        fu_buf_deinit(&s->req); /* sent: the memory goes back */
-        s->req_off = 0;
-    }
-    if (s->out.len - s->out_off >= FRONT_OUT_HIGH) { /* the client is behind */
-        if ((events & (EPOLLERR | EPOLLHUP)) || watch(c->f, &s->io, 0) != 0)
-            stream_relay_failed(s);
+    if (s->h1.len == 0 || s->broken || s->eof)
+        return;
+    int rc = fu_h1resp_feed(s->resp, s->h1.data, s->h1.len, on_resp_body, s);
+    fu_buf_clear(&s->h1);
+    if (rc != 0 || (s->resp->head_done && !s->head_sent && stream_submit_head(s) != 0)) {
+        stream_answer_failed(s);
         return;
     }
-    for (;;) {
-        char buf[FRONT_READ_CHUNK];
-        ssize_t r = recv(s->io.fd, buf, sizeof(buf), 0);
-        if (r < 0 && (errno == EAGAIN || errno == EINTR))
-            break;
-        if (r <= 0) {
-            if (r == 0 && fu_h1resp_eof(s->resp) == 0) {
-                stream_close_relay(s);
-                if (!s->head_sent && stream_submit_head(s) != 0) {
-                    nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id,
-                                              NGHTTP2_INTERNAL_ERROR);
-                    return;
-                }
-                s->eof = 1;
-                stream_wake(s);
-            } else {
-                stream_relay_failed(s);
-            }
-            return;
-        }
-        if (fu_h1resp_feed(s->resp, buf, (size_t)r, on_resp_body, s) != 0) {
-            stream_relay_failed(s);
-            return;
-        }
-        if (s->resp->head_done && !s->head_sent && stream_submit_head(s) != 0) {
-            stream_relay_failed(s);
-            return;
-        }
-        if (s->resp->state == FU_H1R_DONE) {
-            stream_close_relay(s);
-            s->eof = 1;
-            stream_wake(s);
-            return;
-        }
-        if (s->out.len - s->out_off > 0)
-            stream_wake(s);
-        if (s->out.len - s->out_off >= FRONT_OUT_HIGH) {
-            if (watch(c->f, &s->io, 0) != 0)
-                stream_relay_failed(s);
-            return;
-        }
-    }
-    if (watch(c->f, &s->io, EPOLLIN | EPOLLRDHUP) != 0)
-        stream_relay_failed(s);
+    if (s->resp->state == FU_H1R_DONE)
+        s->eof = 1;
+    if (s->eof || s->out.len > s->out_off)
+        stream_wake(s);
 }
 
-/* The request is complete: the relay gets it as one HTTP/1.1 request. */
-static int stream_start(struct fstream *s)
+/* Step the stream's job as the plain port steps a connection's (conn_run in fu_http.c): what
+ * is due now goes out, then the job waits for its next due time or for `out` to drain. */
+static void stream_step(struct fstream *s)
 {
     struct fu_front *f = s->c->f;
+
+    fu_timer_clear(&f->timers, &s->timer);
+    if (s->cut) {
+        stream_answer_failed(s);
+        return;
+    }
+    while (s->job != NULL) {
+        if (s->out.len - s->out_off >= FRONT_OUT_HIGH) {
+            s->job_waits_output = 1; /* data_read re-arms the timer */
+            return;
+        }
+        if (s->out_off > 0) { /* what nghttp2 took goes, so `out` stays near FRONT_OUT_HIGH */
+            fu_buf_consume(&s->out, s->out_off);
+            s->out_off = 0;
+        }
+        uint64_t next = 0;
+        enum fu_job_status st = fu_job_step(s->job, fu_now_ns(), &s->h1, &next);
+        stream_take_h1(s);
+        if (s->job == NULL)
+            return; /* the answer failed, and its job ended with it */
+        switch (st) {
+        case FU_JOB_MORE:
+            if (next == 0)
+                continue; /* paused on its output, which is in `out` now */
+            if (fu_timer_set(&f->timers, &s->timer, next) != FU_OK)
+                stream_answer_failed(s);
+            return;
+        case FU_JOB_DONE: fu_job_end(&s->job, FU_JOB_END_DONE); return;
+        case FU_JOB_CUT:
+            /* The stream is reset on the loop's next pass, once this pass has written what the
+             * job sent, as when the plain port's close came over loopback: a client that reads
+             * DATA and RST_STREAM at once may drop the DATA (curl 7.88 does). */
+            fu_job_end(&s->job, FU_JOB_END_CUT);
+            s->cut = 1;
+            if (fu_timer_set(&f->timers, &s->timer, fu_now_ns() + 1) != FU_OK)
+                stream_answer_failed(s);
+            return;
+        case FU_JOB_STALL: return; /* nothing more until the client goes */
+        case FU_JOB_ERROR: stream_answer_failed(s); return;
+        }
+    }
+}
+
+static int stream_send(struct fu_conn *base, const char *data, size_t len)
+{
+    struct fstream *s = (struct fstream *)base;
+    int rc = fu_buf_append(&s->h1, data, len);
+    if (rc != FU_OK)
+        s->aborted = 1;
+    return rc;
+}
+
+static void stream_abort(struct fu_conn *base)
+{
+    ((struct fstream *)base)->aborted = 1;
+}
+
+static void stream_start_job(struct fu_conn *base, struct fu_job *job)
+{
+    ((struct fstream *)base)->job = job;
+}
+
+static const struct fu_conn_ops stream_conn_ops = {
+    .send = stream_send,
+    .abort = stream_abort,
+    .start_job = stream_start_job,
+};
+
+/*
+ * The request is complete: answer it. Its head is written as the HTTP/1.1 request the plain port
+ * would get for it (host from :authority, content-length, connection: close) and parsed by the
+ * plain port's parser, so both ports accept, refuse and record the same requests; the answer is
+ * then fu_api's, through `base`. Returns -1 (the stream is reset) only when out of memory.
+ */
+static int stream_start(struct fstream *s)
+{
     struct fu_buf all;
+    struct fu_req req;
+    size_t head_len;
+    int st;
 
     fu_buf_init(&all, FRONT_REQ_MAX);
     if (fu_buf_appendf(&all, "%s %s HTTP/1.1\r\n", s->method[0] ? s->method : "GET",
                        s->path.data != NULL ? s->path.data : "/") != FU_OK ||
         (s->req.len > 0 && fu_buf_append(&all, s->req.data, s->req.len) != FU_OK) ||
         fu_buf_appendf(&all, "content-length: %zu\r\nconnection: close\r\n\r\n", s->body.len) !=
-            FU_OK ||
-        (s->body.len > 0 && fu_buf_append(&all, s->body.data, s->body.len) != FU_OK)) {
+            FU_OK) {
+        fu_buf_deinit(&all);
+        return -1;
+    }
+    head_len = all.len;
+    if (s->body.len > 0 && fu_buf_append(&all, s->body.data, s->body.len) != FU_OK) {
         fu_buf_deinit(&all);
         return -1;
     }
     fu_buf_deinit(&s->req);
     fu_buf_deinit(&s->body);
     fu_buf_deinit(&s->path);
-    s->req = all;
     s->resp = malloc(sizeof(*s->resp));
-    if (s->resp == NULL)
+    if (s->resp == NULL) {
+        fu_buf_deinit(&all);
         return -1;
+    }
     fu_h1resp_init(s->resp, strcmp(s->method, "HEAD") == 0);
-    s->io.fd = relay_socket(f);
-    if (s->io.fd < 0)
-        return -1;
-    return watch(f, &s->io, EPOLLOUT | EPOLLIN | EPOLLRDHUP);
+    /* as the relay's connection to the plain port was: HTTP/1.1, "connection: close" */
+    s->base.http11 = true;
+    s->base.keep_alive = false;
+    st = head_len > FU_MAX_HEAD_BYTES ? 431 : fu_http_parse_head(all.data, head_len, &req);
+    if (st == 0 && all.len - head_len > FU_MAX_BODY_BYTES)
+        st = 413;
+    if (st != 0) {
+        if (fu_http_append_reject(&s->h1, st) != FU_OK)
+            s->aborted = 1;
+    } else {
+        req.body = all.len > head_len ? all.data + head_len : NULL;
+        req.body_len = all.len - head_len;
+        fu_api_handle(&s->base, &req, fu_now_ns());
+    }
+    fu_buf_deinit(&all);
+    if (s->aborted) {
+        stream_answer_failed(s); /* the plain port closes without an answer */
+        return 0;
+    }
+    stream_take_h1(s);
+    if (s->job != NULL)
+        stream_step(s);
+    return 0;
 }
 
 static int on_begin_headers(nghttp2_session *ses, const nghttp2_frame *frame, void *ud)
@@ -582,13 +647,14 @@ static int on_begin_headers(nghttp2_session *ses, const nghttp2_frame *frame, vo
     s = calloc(1, sizeof(*s));
     if (s == NULL)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
-    s->io.kind = FIO_STREAM;
-    s->io.fd = -1;
+    s->base.ops = &stream_conn_ops;
+    fu_timer_init(&s->timer);
     s->c = c;
     s->id = frame->hd.stream_id;
     fu_buf_init(&s->req, FU_MAX_HEAD_BYTES + 1024u);
     fu_buf_init(&s->body, FU_MAX_BODY_BYTES + 1u);
     fu_buf_init(&s->path, FU_MAX_HEAD_BYTES);
+    fu_buf_init(&s->h1, FRONT_BUF_MAX);
     fu_buf_init(&s->out, FRONT_BUF_MAX);
     s->next = c->streams;
     if (c->streams != NULL)
@@ -596,8 +662,7 @@ static int on_begin_headers(nghttp2_session *ses, const nghttp2_frame *frame, vo
     c->streams = s;
     c->open_streams++;
     atomic_fetch_add(&fu_stats.h2_streams, 1);
-    long open = atomic_fetch_add(&fu_stats.h2_open_streams, 1) + 1;
-    (void)open;
+    atomic_fetch_add(&fu_stats.h2_open_streams, 1);
     long mx = atomic_load(&fu_stats.h2_max_streams_per_connection);
     while (c->open_streams > mx &&
            !atomic_compare_exchange_weak(&fu_stats.h2_max_streams_per_connection, &mx,
@@ -675,7 +740,7 @@ static int on_frame_recv(nghttp2_session *ses, const nghttp2_frame *frame, void 
         !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
         return 0;
     s = nghttp2_session_get_stream_user_data(ses, frame->hd.stream_id);
-    if (s == NULL || s->resp != NULL)
+    if (s == NULL || s->resp != NULL || s->refused)
         return 0;
     if (stream_start(s) != 0)
         nghttp2_submit_rst_stream(ses, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
@@ -688,11 +753,11 @@ static int on_stream_close(nghttp2_session *ses, int32_t id, uint32_t error_code
 
     (void)ud;
     if (s != NULL) {
-        /* reset before its answer was complete, by the client (or by us, on a broken relay) */
+        /* reset before its answer was complete, by the client (or by us, on a broken answer) */
         if (error_code != NGHTTP2_NO_ERROR && !s->eof_sent && !s->refused)
             atomic_fetch_add(&fu_stats.h2_streams_reset, 1);
         nghttp2_session_set_stream_user_data(ses, id, NULL);
-        stream_kill(s); /* closing its relay tells the plain port the client went away */
+        stream_kill(s); /* a job still running ends as client_closed, as on the plain port */
     }
     return 0;
 }
@@ -947,7 +1012,7 @@ static void goaway_all(struct fu_front *f, int mode)
             for (struct fstream *s = c->streams; s != NULL; s = s->next) {
                 if (s->id <= last)
                     continue;
-                stream_close_relay(s);
+                stream_drop_job(s, FU_JOB_END_CLIENT_CLOSED);
                 s->refused = 1;
                 nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id,
                                           NGHTTP2_REFUSED_STREAM);
@@ -976,20 +1041,37 @@ bool fu_front_goaway(enum fu_goaway_mode mode)
 
 /* ---- thread ---- */
 
-/* The epoll_wait timeout: 1 s, or until the first lingering connection's deadline. */
-static int linger_timeout(const struct fu_front *f)
+/* The epoll_wait timeout: 1 s, or until the first lingering connection's deadline or the first
+ * stream's job step. */
+static int loop_timeout(const struct fu_front *f)
 {
-    uint64_t now, first = UINT64_MAX;
+    uint64_t now = fu_now_ns(), first = UINT64_MAX;
+    int timers = fu_timer_wait_ms(&f->timers, now, 1000);
 
     if (f->lingering == 0)
-        return 1000;
-    now = fu_now_ns();
+        return timers;
     for (const struct fconn *c = f->conns; c != NULL; c = c->next)
         if (c->lingering && c->linger_until < first)
             first = c->linger_until;
     if (first <= now)
         return 0;
-    return first - now >= 1000000000ull ? 1000 : (int)((first - now + 999999u) / 1000000u);
+    int ms = first - now >= 1000000000ull ? 1000 : (int)((first - now + 999999u) / 1000000u);
+    return ms < timers ? ms : timers;
+}
+
+/* Steps the streams whose jobs are due (each stream has at most one deadline). A step re-armed
+ * for "now" (data_read) waits for the next pass, so a fast reader cannot hold the loop. */
+static void run_timers(struct fu_front *f)
+{
+    uint64_t now = fu_now_ns();
+    struct fu_timer *t;
+
+    while ((t = fu_timer_first(&f->timers)) != NULL && t->deadline <= now) {
+        struct fstream *s = (struct fstream *)((char *)t - offsetof(struct fstream, timer));
+        fu_timer_clear(&f->timers, t);
+        stream_step(s);
+        conn_pump(s->c);
+    }
 }
 
 /* Closes the lingering connections whose client did not close in time. */
@@ -1013,7 +1095,7 @@ static void *front_main(void *arg)
     struct epoll_event evs[FRONT_EVENTS];
 
     while (!atomic_load(&f->stop)) {
-        int n = epoll_wait(f->epfd, evs, FRONT_EVENTS, linger_timeout(f));
+        int n = epoll_wait(f->epfd, evs, FRONT_EVENTS, loop_timeout(f));
         for (int i = 0; i < n; i++) {
             struct fio *io = evs[i].data.ptr;
             uint32_t e = evs[i].events;
@@ -1038,16 +1120,9 @@ static void *front_main(void *arg)
                     pipe_on_relay(c);
                 break;
             }
-            case FIO_STREAM: {
-                struct fstream *s = (struct fstream *)io;
-                struct fconn *c = s->c;
-                if (s->io.fd >= 0)
-                    stream_on_relay(s, e);
-                conn_pump(c);
-                break;
-            }
             }
         }
+        run_timers(f);
         linger_expire(f);
         bury(f);
     }
@@ -1106,6 +1181,7 @@ struct fu_front *fu_front_create(const struct fu_front_opts *o, char *bound, siz
     if (f == NULL)
         return NULL;
     f->epfd = -1;
+    fu_timer_heap_init(&f->timers);
     f->listen.fd = -1;
     f->wake.fd = -1;
     f->h2 = o->h2;
@@ -1174,9 +1250,11 @@ void fu_front_destroy(struct fu_front **fp)
         pthread_join(f->thread, NULL);
     }
     the_front = NULL;
+    f->stopping = 1; /* the fake is stopping: streams' jobs end without an event */
     while (f->conns != NULL)
         conn_kill(f->conns);
     bury(f);
+    fu_timer_heap_deinit(&f->timers);
     if (f->listen.fd >= 0)
         close(f->listen.fd);
     if (f->wake.fd >= 0)

@@ -5,11 +5,15 @@
  * One thread with its own epoll loop serves a second listening port (FAKE_FRONT_LISTEN):
  *   - with FAKE_TLS_CERT/FAKE_TLS_KEY: TLS, ALPN "h2" (unless FAKE_H2=0) or "http/1.1";
  *   - without: cleartext, HTTP/2 with prior knowledge (the client preface) or HTTP/1.1.
- * Every HTTP/2 stream is relayed as one HTTP/1.1 request to the fake's own plain port and its
- * answer (fu_h1resp) is sent back as HEADERS and DATA, so every knob, record and event of the
- * plain port works unchanged; a stream reset by the client closes its relay connection, which the
- * plain port records as client_closed. HTTP/1.1 connections are piped byte for byte to one relay
- * connection each (keep-alive preserved). Connections and streams are counted in fu_stats.
+ * Every HTTP/2 stream is answered in the front's thread by fu_api_handle(), the plain port's
+ * handler: its request is written as the HTTP/1.1 head the plain port would get and parsed by
+ * the plain port's parser (fu_http_parse_head), and the HTTP/1.1 answer fu_api and its job write
+ * is parsed (fu_h1resp) into HEADERS and DATA. So every knob, record and event works as on the
+ * plain port, with no connection or descriptor per stream; jobs are paced from the front's own
+ * timer heap (fu_timer), and a stream the client resets ends its job as client_closed.
+ * HTTP/1.1 connections are still piped byte for byte to one connection each to the plain port
+ * (keep-alive, pipelining and the HTTP/1.1 parser's framing are the plain port's).
+ * Connections and streams are counted in fu_stats.
  */
 #ifndef FU_FRONT_H
 #define FU_FRONT_H
@@ -21,7 +25,7 @@ struct fu_front;
 
 struct fu_front_opts {
     const char *listen;    /* HOST:PORT of the front */
-    const char *backend;   /* HOST:PORT of the fake's plain HTTP/1.1 port */
+    const char *backend;   /* HOST:PORT of the fake's plain HTTP/1.1 port (HTTP/1.1 is piped there) */
     const char *cert_file; /* PEM; NULL or "" = cleartext */
     const char *key_file;
     bool h2;               /* offer HTTP/2 (ALPN h2 / accept the h2c preface) */

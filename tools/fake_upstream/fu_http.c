@@ -20,6 +20,7 @@
 #include "fu_api.h"
 #include "fu_job.h"
 #include "fu_record.h"
+#include "fu_timer.h"
 
 /* Input holds one request (head + body, chunked framing squeezed out as it is decoded) plus
  * whatever the client pipelined behind it, up to one read's worth more. */
@@ -62,15 +63,15 @@ enum close_reason {
 
 struct fu_worker;
 
-struct fu_conn {
+struct http_conn {
+    struct fu_conn base; /* first: fu_api answers through it (keep_alive, http11 of the request) */
     int fd;
     struct fu_worker *w;
-    struct fu_conn *prev, *next; /* worker's list, for shutdown */
+    struct http_conn *prev, *next; /* worker's list, for shutdown */
     struct fu_buf in;
     struct fu_buf out;
     size_t out_off;  /* bytes of out already sent */
-    size_t heap_idx; /* position in the worker's timer heap, SIZE_MAX when not armed */
-    uint64_t deadline;
+    struct fu_timer timer; /* the connection's one deadline, in the worker's heap */
     enum conn_phase phase;
     /* framing of the request being received (PH_BODY) */
     size_t scan_pos; /* how far "\r\n\r\n" was searched for */
@@ -83,8 +84,6 @@ struct fu_conn {
     size_t dec_end; /* end of the decoded chunked body in `in` */
     size_t raw_pos; /* first undecoded byte of the chunked body in `in` */
     /* response state */
-    bool keep_alive; /* for the current request */
-    bool http11;
     bool close_after_flush;  /* close once `out` is sent */
     bool linger_after_flush; /* ... by way of PH_LINGER */
     bool peer_eof;           /* the client closed its side */
@@ -100,9 +99,8 @@ struct fu_worker {
     pthread_t thread;
     bool started;
     int ep;
-    struct fu_conn **heap; /* min-heap on deadline */
-    size_t heap_n, heap_cap;
-    struct fu_conn *conns;
+    struct fu_timer_heap timers; /* one deadline per connection */
+    struct http_conn *conns;
     bool accept_paused;
     uint64_t accept_resume_ns;
     struct fu_req req; /* scratch: a request is parsed and handled within one call */
@@ -232,102 +230,37 @@ int fu_http_frame_chunk(struct fu_buf *out, size_t start, bool chunked)
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* timer heap (per worker; one deadline per connection) */
+/* timers (one per connection, in its worker's heap) */
 
-static void heap_swap(struct fu_worker *w, size_t a, size_t b)
+static struct http_conn *timer_conn(struct fu_timer *t)
 {
-    struct fu_conn *t = w->heap[a];
-    w->heap[a] = w->heap[b];
-    w->heap[b] = t;
-    w->heap[a]->heap_idx = a;
-    w->heap[b]->heap_idx = b;
+    return (struct http_conn *)((char *)t - offsetof(struct http_conn, timer));
 }
 
-static void heap_up(struct fu_worker *w, size_t i)
+static void timer_clear(struct http_conn *c)
 {
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (w->heap[p]->deadline <= w->heap[i]->deadline)
-            break;
-        heap_swap(w, p, i);
-        i = p;
-    }
-}
-
-static void heap_down(struct fu_worker *w, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < w->heap_n && w->heap[l]->deadline < w->heap[m]->deadline)
-            m = l;
-        if (r < w->heap_n && w->heap[r]->deadline < w->heap[m]->deadline)
-            m = r;
-        if (m == i)
-            break;
-        heap_swap(w, i, m);
-        i = m;
-    }
-}
-
-static void timer_clear(struct fu_conn *c)
-{
-    struct fu_worker *w = c->w;
-    size_t i = c->heap_idx;
-    if (i == SIZE_MAX)
-        return;
-    c->heap_idx = SIZE_MAX;
-    w->heap_n--;
-    if (i == w->heap_n)
-        return;
-    w->heap[i] = w->heap[w->heap_n];
-    w->heap[i]->heap_idx = i;
-    heap_up(w, i);
-    heap_down(w, w->heap[i]->heap_idx);
+    fu_timer_clear(&c->w->timers, &c->timer);
 }
 
 /* Arm the connection's single timer. Returns 0 or FU_ENOMEM. */
-static int timer_set(struct fu_conn *c, uint64_t deadline)
+static int timer_set(struct http_conn *c, uint64_t deadline)
 {
-    struct fu_worker *w = c->w;
-    if (c->heap_idx != SIZE_MAX) {
-        uint64_t old = c->deadline;
-        c->deadline = deadline;
-        if (deadline < old)
-            heap_up(w, c->heap_idx);
-        else
-            heap_down(w, c->heap_idx);
-        return FU_OK;
-    }
-    if (w->heap_n == w->heap_cap) {
-        size_t cap = w->heap_cap ? w->heap_cap * 2 : 1024;
-        struct fu_conn **h = realloc(w->heap, cap * sizeof(*h));
-        if (h == NULL)
-            return FU_ENOMEM;
-        w->heap = h;
-        w->heap_cap = cap;
-    }
-    c->deadline = deadline;
-    c->heap_idx = w->heap_n;
-    w->heap[w->heap_n++] = c;
-    heap_up(w, c->heap_idx);
-    return FU_OK;
+    return fu_timer_set(&c->w->timers, &c->timer, deadline);
 }
 
 /* ------------------------------------------------------------------------------------------ */
 /* connections */
 
-static void conn_destroy(struct fu_conn *c, enum close_reason why)
+static void conn_destroy(struct http_conn *c, enum close_reason why)
 {
     struct fu_worker *w = c->w;
     if (c->job) {
-        if (why != CLOSE_SHUTDOWN) {
-            enum fu_event_type t =
-                c->cut && why == CLOSE_NORMAL ? FU_EV_STREAM_CUT : FU_EV_CLIENT_CLOSED;
-            fu_record_event(t, fu_job_request_seq(c->job), fu_job_chunks_sent(c->job));
-        }
-        if (fu_job_is_stream(c->job))
-            atomic_fetch_sub(&fu_stats.open_streams, 1);
-        fu_job_destroy(&c->job);
+        enum fu_job_end how = FU_JOB_END_CLIENT_CLOSED;
+        if (why == CLOSE_SHUTDOWN)
+            how = FU_JOB_END_SHUTDOWN;
+        else if (c->cut && why == CLOSE_NORMAL)
+            how = FU_JOB_END_CUT; /* closed once the cut's output was flushed */
+        fu_job_end(&c->job, how);
     }
     timer_clear(c);
     if (c->prev)
@@ -360,36 +293,80 @@ bool fu_conn_http11(const struct fu_conn *c)
 
 int fu_conn_send(struct fu_conn *c, const char *data, size_t len)
 {
+    return c->ops->send(c, data, len);
+}
+
+void fu_conn_abort(struct fu_conn *c)
+{
+    c->ops->abort(c);
+}
+
+void fu_conn_start_job(struct fu_conn *c, struct fu_job *job)
+{
+    fu_job_begin(job);
+    c->ops->start_job(c, job);
+}
+
+/* struct fu_conn_ops of a plain-port connection */
+
+static int http_send(struct fu_conn *base, const char *data, size_t len)
+{
+    struct http_conn *c = (struct http_conn *)base;
     int rc = fu_buf_append(&c->out, data, len);
     if (rc != FU_OK) {
         c->broken = true;
         return rc;
     }
-    if (!c->keep_alive)
+    if (!c->base.keep_alive)
         c->close_after_flush = true;
     return FU_OK;
 }
 
-void fu_conn_abort(struct fu_conn *c)
+static void http_abort(struct fu_conn *base)
 {
-    c->broken = true;
+    ((struct http_conn *)base)->broken = true;
 }
 
-void fu_conn_start_job(struct fu_conn *c, struct fu_job *job)
+static void http_start_job(struct fu_conn *base, struct fu_job *job)
 {
+    struct http_conn *c = (struct http_conn *)base;
     c->job = job;
     c->phase = PH_JOB;
     c->job_waits_output = false;
-    if (fu_job_is_stream(job)) {
-        atomic_fetch_add(&fu_stats.open_streams, 1);
-        atomic_fetch_add(&fu_stats.total_streams, 1);
-    }
 }
 
-/* Queue an error response produced by the HTTP layer itself (bad framing, too large) in the
- * OpenAI error shape, then close with lingering so the client can read it. */
-static void conn_reject(struct fu_conn *c, int status, const char *message, const char *code)
+static const struct fu_conn_ops http_conn_ops = {
+    .send = http_send,
+    .abort = http_abort,
+    .start_job = http_start_job,
+};
+
+int fu_http_append_reject(struct fu_buf *out, int status)
 {
+    const char *message, *code;
+    switch (status) {
+    case 413:
+        message = "Request body too large: the fake upstream accepts at most 4194304 bytes.";
+        code = "request_too_large";
+        break;
+    case 431:
+        message = "Request header fields too large: at most 32768 bytes and 100 headers.";
+        code = "headers_too_large";
+        break;
+    case 501:
+        message = "Unsupported Transfer-Encoding.";
+        code = "unsupported_transfer_encoding";
+        break;
+    case 505:
+        message = "HTTP version not supported.";
+        code = "http_version_not_supported";
+        break;
+    default:
+        status = 400;
+        message = "Malformed HTTP request.";
+        code = "bad_http_request";
+        break;
+    }
     struct fu_buf body;
     fu_buf_init(&body, 4096);
     int rc = fu_buf_appends(&body, "{\"error\":{\"message\":");
@@ -400,14 +377,21 @@ static void conn_reject(struct fu_conn *c, int status, const char *message, cons
                             ",\"type\":\"invalid_request_error\",\"param\":null,"
                             "\"code\":\"%s\"}}\n",
                             code);
-    c->keep_alive = false;
     if (rc == FU_OK)
-        rc = fu_http_append_head(&c->out, status, "application/json", (long long)body.len, false,
+        rc = fu_http_append_head(out, status, "application/json", (long long)body.len, false,
                                  false, NULL);
     if (rc == FU_OK)
-        rc = fu_buf_append(&c->out, body.data, body.len);
+        rc = fu_buf_append(out, body.data, body.len);
     fu_buf_deinit(&body);
-    if (rc != FU_OK)
+    return rc;
+}
+
+/* Queue an error response produced by the HTTP layer itself (bad framing, too large), then close
+ * with lingering so the client can read it. */
+static void conn_reject(struct http_conn *c, int status)
+{
+    c->base.keep_alive = false;
+    if (fu_http_append_reject(&c->out, status) != FU_OK)
         c->broken = true;
     c->close_after_flush = true;
     c->linger_after_flush = true;
@@ -415,7 +399,7 @@ static void conn_reject(struct fu_conn *c, int status, const char *message, cons
 
 /* Read what the socket has into `in` (or discard it while lingering). Sets peer_eof on EOF.
  * Returns 0, or -1 when the connection failed (reset). */
-static int conn_read(struct fu_conn *c)
+static int conn_read(struct http_conn *c)
 {
     if (c->phase == PH_LINGER) {
         char sink[16384];
@@ -472,7 +456,7 @@ static int conn_read(struct fu_conn *c)
 }
 
 /* Send as much of `out` as the socket takes. Returns 0 or -1 on a connection error. */
-static int conn_flush(struct fu_conn *c)
+static int conn_flush(struct http_conn *c)
 {
     while (c->out_off < c->out.len) {
         ssize_t n = send(c->fd, c->out.data + c->out_off, c->out.len - c->out_off, MSG_NOSIGNAL);
@@ -497,14 +481,12 @@ static int conn_flush(struct fu_conn *c)
     return 0;
 }
 
-static size_t out_pending(const struct fu_conn *c)
+static size_t out_pending(const struct http_conn *c)
 {
     return c->out.len - c->out_off;
 }
 
-/* Parse the request line and headers in buf[0..len) (len includes the final blank line).
- * Returns 0 or the HTTP status to reject with. */
-static int parse_head(const char *buf, size_t len, struct fu_req *r)
+int fu_http_parse_head(const char *buf, size_t len, struct fu_req *r)
 {
     const char *end = buf + len - 2; /* drop the final CRLF: every line below ends in CRLF */
     const char *p = buf;
@@ -602,7 +584,7 @@ static int parse_content_length(const char *v, size_t n, size_t *out)
 }
 
 /* Decide the framing of a parsed head. Returns 0 or the status to reject with. */
-static int setup_framing(struct fu_conn *c, const struct fu_req *r)
+static int setup_framing(struct http_conn *c, const struct fu_req *r)
 {
     c->content_length = 0;
     c->chunked_body = false;
@@ -628,18 +610,18 @@ static int setup_framing(struct fu_conn *c, const struct fu_req *r)
         return 400; /* ambiguous framing: a smuggling pattern, refuse it */
     if (c->chunked_body && r->minor_version == 0)
         return 400;
-    c->http11 = r->minor_version == 1;
+    c->base.http11 = r->minor_version == 1;
     const struct fu_header *conn = fu_req_header(r, "connection");
-    if (c->http11)
-        c->keep_alive = !(conn && value_has_token(conn->value, conn->value_len, "close"));
+    if (c->base.http11)
+        c->base.keep_alive = !(conn && value_has_token(conn->value, conn->value_len, "close"));
     else
-        c->keep_alive = conn && value_has_token(conn->value, conn->value_len, "keep-alive");
+        c->base.keep_alive = conn && value_has_token(conn->value, conn->value_len, "keep-alive");
     return 0;
 }
 
 /* Continue decoding a chunked body in place. Returns 1 when complete, 0 when more input is
  * needed, or the HTTP status to reject with. */
-static int dechunk(struct fu_conn *c)
+static int dechunk(struct http_conn *c)
 {
     char *d = c->in.data;
     int result = 0;
@@ -725,36 +707,11 @@ static int dechunk(struct fu_conn *c)
     return result;
 }
 
-static void reject_status(struct fu_conn *c, int st)
-{
-    switch (st) {
-    case 413:
-        conn_reject(c, 413,
-                    "Request body too large: the fake upstream accepts at most 4194304 "
-                    "bytes.",
-                    "request_too_large");
-        break;
-    case 431:
-        conn_reject(c, 431,
-                    "Request header fields too large: at most 32768 bytes and 100 "
-                    "headers.",
-                    "headers_too_large");
-        break;
-    case 501:
-        conn_reject(c, 501, "Unsupported Transfer-Encoding.", "unsupported_transfer_encoding");
-        break;
-    case 505:
-        conn_reject(c, 505, "HTTP version not supported.", "http_version_not_supported");
-        break;
-    default: conn_reject(c, 400, "Malformed HTTP request.", "bad_http_request"); break;
-    }
-}
-
 /*
  * Handle at most one complete request from `in`. Returns 1 if a request was handled (call again
  * for pipelined ones), 0 if more input is needed or the connection is closing.
  */
-static int conn_parse(struct fu_conn *c)
+static int conn_parse(struct http_conn *c)
 {
     struct fu_req *r = &c->w->req;
     if (c->phase == PH_HEAD) {
@@ -765,19 +722,19 @@ static int conn_parse(struct fu_conn *c)
         if (p == NULL) {
             c->scan_pos = c->in.len;
             if (c->in.len > FU_MAX_HEAD_BYTES)
-                reject_status(c, 431);
+                conn_reject(c, 431);
             return 0;
         }
         c->head_len = (size_t)(p - c->in.data) + 4;
         if (c->head_len > FU_MAX_HEAD_BYTES) {
-            reject_status(c, 431);
+            conn_reject(c, 431);
             return 0;
         }
-        int st = parse_head(c->in.data, c->head_len, r);
+        int st = fu_http_parse_head(c->in.data, c->head_len, r);
         if (st == 0)
             st = setup_framing(c, r);
         if (st) {
-            reject_status(c, st);
+            conn_reject(c, st);
             return 0;
         }
         c->phase = PH_BODY;
@@ -785,7 +742,7 @@ static int conn_parse(struct fu_conn *c)
         c->ch_state = CH_SIZE;
         c->dec_end = c->raw_pos = c->head_len;
         const struct fu_header *exp = fu_req_header(r, "expect");
-        if (exp && c->http11 && str_ieq(exp->value, exp->value_len, "100-continue")) {
+        if (exp && c->base.http11 && str_ieq(exp->value, exp->value_len, "100-continue")) {
             bool have_all = !c->chunked_body && c->in.len >= c->head_len + c->content_length;
             if (!have_all && (c->chunked_body || c->content_length > 0)) {
                 if (fu_buf_appends(&c->out, "HTTP/1.1 100 Continue\r\n\r\n") != FU_OK)
@@ -802,7 +759,7 @@ static int conn_parse(struct fu_conn *c)
         if (st == 0)
             return 0;
         if (st != 1) {
-            reject_status(c, st);
+            conn_reject(c, st);
             return 0;
         }
         total = c->raw_pos;
@@ -812,8 +769,8 @@ static int conn_parse(struct fu_conn *c)
         total = c->head_len + c->content_length;
     }
     /* Parse the head again: `in` may have moved since the first parse. It was valid then. */
-    if (parse_head(c->in.data, c->head_len, r) != 0) {
-        reject_status(c, 400);
+    if (fu_http_parse_head(c->in.data, c->head_len, r) != 0) {
+        conn_reject(c, 400);
         return 0;
     }
     size_t body_len = c->chunked_body ? c->dec_end - c->head_len : c->content_length;
@@ -821,7 +778,7 @@ static int conn_parse(struct fu_conn *c)
     r->body_len = body_len;
     c->phase = PH_HEAD;
     timer_clear(c);
-    fu_api_handle(c, r, fu_now_ns());
+    fu_api_handle(&c->base, r, fu_now_ns());
     fu_buf_consume(&c->in, total);
     c->scan_pos = 0;
     /* Give back the room a large body needed; the next request starts small again. */
@@ -836,7 +793,7 @@ static int conn_parse(struct fu_conn *c)
 
 /* Drive the connection after any event or timer: parse requests, step the job, write, close.
  * May destroy `c`. */
-static void conn_run(struct fu_conn *c)
+static void conn_run(struct http_conn *c)
 {
     for (unsigned round = 0;; round++) {
         if (round == FU_RUN_ROUNDS) {
@@ -877,15 +834,10 @@ static void conn_run(struct fu_conn *c)
                 }
                 break;
             case FU_JOB_DONE:
-                if (fu_job_is_stream(c->job)) {
-                    fu_record_event(FU_EV_STREAM_DONE, fu_job_request_seq(c->job),
-                                    fu_job_chunks_sent(c->job));
-                    atomic_fetch_sub(&fu_stats.open_streams, 1);
-                }
-                fu_job_destroy(&c->job);
+                fu_job_end(&c->job, FU_JOB_END_DONE);
                 c->phase = PH_HEAD;
                 timer_clear(c);
-                if (!c->keep_alive)
+                if (!c->base.keep_alive)
                     c->close_after_flush = true;
                 progress = true;
                 break;
@@ -934,14 +886,14 @@ static void conn_run(struct fu_conn *c)
         return;
     }
     /* Idle keep-alive connections (and half-received requests) get a timeout. */
-    if ((c->phase == PH_HEAD || c->phase == PH_BODY) && c->heap_idx == SIZE_MAX &&
+    if ((c->phase == PH_HEAD || c->phase == PH_BODY) && !fu_timer_armed(&c->timer) &&
         !c->close_after_flush) {
         if (timer_set(c, fu_now_ns() + FU_IDLE_TIMEOUT_NS) != FU_OK)
             conn_destroy(c, CLOSE_NORMAL);
     }
 }
 
-static void conn_event(struct fu_conn *c, uint32_t ev)
+static void conn_event(struct http_conn *c, uint32_t ev)
 {
     if (ev & EPOLLERR) {
         conn_destroy(c, CLOSE_PEER);
@@ -962,13 +914,13 @@ static void conn_event(struct fu_conn *c, uint32_t ev)
     } else if (c->phase == PH_LINGER) {
         return;
         /* Bytes arrived on an idle connection: restart its idle clock. */
-        if ((c->phase == PH_HEAD || c->phase == PH_BODY) && c->heap_idx != SIZE_MAX)
+        if ((c->phase == PH_HEAD || c->phase == PH_BODY) && fu_timer_armed(&c->timer))
             timer_clear(c);
     }
     conn_run(c);
 }
 
-static void conn_timer(struct fu_conn *c)
+static void conn_timer(struct http_conn *c)
 {
     if (c->phase == PH_JOB) {
         conn_run(c);
@@ -997,17 +949,18 @@ static void worker_accept(struct fu_worker *w)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        struct fu_conn *c = calloc(1, sizeof(*c));
+        struct http_conn *c = calloc(1, sizeof(*c));
         if (c == NULL) {
             close(fd);
             continue;
         }
         c->fd = fd;
         c->w = w;
-        c->heap_idx = SIZE_MAX;
+        c->base.ops = &http_conn_ops;
+        fu_timer_init(&c->timer);
         c->phase = PH_HEAD;
-        c->keep_alive = true;
-        c->http11 = true;
+        c->base.keep_alive = true;
+        c->base.http11 = true;
         fu_buf_init(&c->in, FU_IN_MAX);
         fu_buf_init(&c->out, FU_OUT_MAX);
         struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
@@ -1041,13 +994,8 @@ static void *worker_main(void *arg)
     struct epoll_event evs[FU_EPOLL_BATCH];
     bool stop = false;
     while (!stop) {
-        int timeout = -1;
         uint64_t now = fu_now_ns();
-        if (w->heap_n > 0) {
-            uint64_t d = w->heap[0]->deadline;
-            /* Round up: waking early would only loop back here. */
-            timeout = d <= now ? 0 : (int)((d - now + 999999) / 1000000);
-        }
+        int timeout = fu_timer_wait_ms(&w->timers, now, -1);
         if (w->accept_paused) {
             uint64_t d = w->accept_resume_ns;
             int t = d <= now ? 0 : (int)((d - now + 999999) / 1000000);
@@ -1071,8 +1019,9 @@ static void *worker_main(void *arg)
                 conn_event(tag, evs[i].events);
         }
         now = fu_now_ns();
-        while (w->heap_n > 0 && w->heap[0]->deadline <= now) {
-            struct fu_conn *c = w->heap[0];
+        struct fu_timer *t;
+        while ((t = fu_timer_first(&w->timers)) != NULL && t->deadline <= now) {
+            struct http_conn *c = timer_conn(t);
             timer_clear(c);
             conn_timer(c);
         }
@@ -1271,7 +1220,7 @@ void fu_server_destroy(struct fu_server **sp)
         struct fu_worker *w = &s->workers[i];
         if (w->ep >= 0)
             close(w->ep);
-        free(w->heap);
+        fu_timer_heap_deinit(&w->timers);
     }
     free(s->workers);
     close(s->listen_fd);

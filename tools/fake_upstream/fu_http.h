@@ -80,7 +80,45 @@ __attribute__((warn_unused_result)) int fu_http_frame_chunk(struct fu_buf *out, 
 /* Reason phrase for a status code ("OK", "Too Many Requests", ...). */
 const char *fu_http_reason(int status);
 
-/* --- what a request handler may do with its connection (worker thread only) --- */
+/*
+ * Parse a request head: request line and headers in buf[0..len), len including the final blank
+ * line; len must be at most FU_MAX_HEAD_BYTES (the caller answers 431 otherwise). Fills `r`,
+ * whose pointers borrow `buf`; body and body_len are left empty. Returns 0 or the HTTP status to
+ * reject the request with (fu_http_append_reject). Used by the plain port and by the front for
+ * the HTTP/1.1 head it writes for each HTTP/2 stream, so both accept and refuse the same
+ * requests. Thread-safe.
+ */
+__attribute__((warn_unused_result)) int fu_http_parse_head(const char *buf, size_t len,
+                                                           struct fu_req *r);
+
+/* Append the complete answer (head with "Connection: close", OpenAI error body) the HTTP layer
+ * gives a request it refuses with `status` (400, 413, 431, 501 or 505; anything else is 400).
+ * Returns 0 or a negative fu_err. */
+__attribute__((warn_unused_result)) int fu_http_append_reject(struct fu_buf *out, int status);
+
+/*
+ * --- where a request's answer goes ---
+ *
+ * fu_api_handle() answers through a `struct fu_conn`: a plain-port connection (fu_http.c) or an
+ * HTTP/2 stream of the front (fu_front.c), each embedding it as its first member and filling
+ * `ops`. Both take the same bytes, an HTTP/1.1 response (head, then a body framed as the head
+ * says); the front turns them into HEADERS and DATA. Used by the thread that owns the
+ * connection or stream only.
+ */
+struct fu_conn_ops {
+    /* see fu_conn_send / fu_conn_abort / fu_conn_start_job below */
+    int (*send)(struct fu_conn *c, const char *data, size_t len);
+    void (*abort)(struct fu_conn *c);
+    void (*start_job)(struct fu_conn *c, struct fu_job *job);
+};
+
+struct fu_conn {
+    const struct fu_conn_ops *ops;
+    bool keep_alive; /* the answer to the current request may keep the connection */
+    bool http11;     /* the client speaks HTTP/1.1: chunked answers are allowed */
+};
+
+/* --- what a request handler may do with its connection --- */
 
 /* Whether the response to the current request may keep the connection open. */
 bool fu_conn_keep_alive(const struct fu_conn *c);
@@ -101,9 +139,10 @@ __attribute__((warn_unused_result)) int fu_conn_send(struct fu_conn *c, const ch
  * it is closed without an answer once the handler returns. */
 void fu_conn_abort(struct fu_conn *c);
 
-/* Hand a slow or streaming response to the connection, which owns it from now on and steps it
- * from the worker's timers until it is done, cut, or the client goes away. If the response must
- * not keep the connection (see fu_conn_keep_alive), it is closed after the job is done. */
+/* Hand a slow or streaming response to the connection, which owns it from now on (counted by
+ * fu_job_begin) and steps it from its loop's timers until it is done, cut, or the client goes
+ * away (fu_job_end). If the response must not keep the connection (see fu_conn_keep_alive), it
+ * is closed after the job is done. */
 void fu_conn_start_job(struct fu_conn *c, struct fu_job *job);
 
 /* --- server --- */

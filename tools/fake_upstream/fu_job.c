@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "fu_http.h"
+#include "fu_record.h"
 
 struct fu_job {
     bool stream;
@@ -123,19 +124,36 @@ void fu_job_destroy(struct fu_job **jp)
     *jp = NULL;
 }
 
-bool fu_job_is_stream(const struct fu_job *j)
+void fu_job_begin(const struct fu_job *j)
 {
-    return j->stream;
+    if (j->stream) {
+        atomic_fetch_add(&fu_stats.open_streams, 1);
+        atomic_fetch_add(&fu_stats.total_streams, 1);
+    }
 }
 
-uint64_t fu_job_request_seq(const struct fu_job *j)
+void fu_job_end(struct fu_job **jp, enum fu_job_end how)
 {
-    return j->request_seq;
-}
-
-uint64_t fu_job_chunks_sent(const struct fu_job *j)
-{
-    return j->chunks_sent;
+    struct fu_job *j = *jp;
+    if (j == NULL)
+        return;
+    switch (how) {
+    case FU_JOB_END_DONE:
+        if (j->stream)
+            fu_record_event(FU_EV_STREAM_DONE, j->request_seq, j->chunks_sent);
+        break;
+    case FU_JOB_END_CUT:
+        fu_record_event(FU_EV_STREAM_CUT, j->request_seq, j->chunks_sent);
+        break;
+    case FU_JOB_END_CLIENT_CLOSED:
+        fu_record_event(FU_EV_CLIENT_CLOSED, j->request_seq, j->chunks_sent);
+        break;
+    case FU_JOB_END_SHUTDOWN:
+        break;
+    }
+    if (j->stream)
+        atomic_fetch_sub(&fu_stats.open_streams, 1);
+    fu_job_destroy(jp);
 }
 
 /* When content token k is due. */

@@ -57,9 +57,6 @@ struct fu_job *fu_job_create_oneshot(uint64_t request_seq, uint64_t due_ns, stru
 enum fu_job_status fu_job_step(struct fu_job *j, uint64_t now_ns, struct fu_buf *out,
                                uint64_t *next_ns);
 
-bool fu_job_is_stream(const struct fu_job *j);
-uint64_t fu_job_request_seq(const struct fu_job *j);
-uint64_t fu_job_chunks_sent(const struct fu_job *j); /* content chunks (tokens) sent so far */
 
 /* Append an OpenAI usage object {"prompt_tokens","completion_tokens","total_tokens"}, plus the
  * zeroed *_tokens_details objects of chat completions when `details`. Returns 0 or a fu_buf
@@ -69,5 +66,22 @@ __attribute__((warn_unused_result)) int fu_render_usage(struct fu_buf *out, uint
 
 /* Free a job; NULL-safe; sets *j to NULL. */
 void fu_job_destroy(struct fu_job **j);
+
+/* How the answer of a job handed to a connection or stream ended. */
+enum fu_job_end {
+    FU_JOB_END_DONE,          /* complete (fu_job_step said FU_JOB_DONE) */
+    FU_JOB_END_CUT,           /* closed on purpose: FU_JOB_CUT, once its output was flushed */
+    FU_JOB_END_CLIENT_CLOSED, /* the client went away first (or the answer broke off) */
+    FU_JOB_END_SHUTDOWN,      /* the fake is stopping: nothing is recorded */
+};
+
+/* A job was handed to a connection or stream (fu_conn_start_job): a stream counts in
+ * fu_stats.open_streams and total_streams until fu_job_end. */
+void fu_job_begin(const struct fu_job *j);
+
+/* The job's answer is over: record the event tests read (stream_done for a completed stream,
+ * stream_cut or client_closed for any job; fu_record), uncount it and free it (*j = NULL).
+ * NULL-safe. The plain port and the front both end their jobs here, so both report the same. */
+void fu_job_end(struct fu_job **j, enum fu_job_end how);
 
 #endif /* FU_JOB_H */

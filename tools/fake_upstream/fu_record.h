@@ -27,7 +27,8 @@ struct fu_stats {
     atomic_ullong total_requests; /* recorded API requests */
     atomic_ullong total_connections;
     atomic_ullong total_streams;
-    /* the TLS/HTTP/2 front (fu_front.c); its relays to the plain port count above as well */
+    /* the TLS/HTTP/2 front (fu_front.c). Its HTTP/2 streams count in the streams and requests
+     * above, its HTTP/1.1 connections' relays to the plain port in the connections above. */
     atomic_ullong front_connections;    /* accepted by the front */
     atomic_long front_open_connections;
     atomic_ullong front_h1_connections; /* of those, speaking HTTP/1.1 (piped) */
