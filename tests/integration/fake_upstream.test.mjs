@@ -504,15 +504,17 @@ describe('knobs', () => {
       { 'x-fake-ttft-ms': '200', 'x-fake-tps': '20', 'x-fake-tokens': '6' });
     const c = contentChunks(s.events);
     assert.equal(c.length, 6);
-    assert.ok(c[0].t >= 195 && c[0].t < 400, `first token at ${c[0].t.toFixed(1)} ms`);
-    const span = c.at(-1).t - c[0].t; // 5 gaps of 50 ms
-    assert.ok(span >= 240 && span < 450, `tokens spread over ${span.toFixed(1)} ms`);
+    // Token k is due 200 + k * 50 ms after the request, and never arrives before it. The upper
+    // bounds are loose: a loaded machine delays tokens, and a late one does not move the next
+    // one's due time (the schedule is absolute), so only "not early" is exact.
+    c.forEach((x, k) => assert.ok(x.t >= 195 + k * 50, `token ${k} at ${x.t.toFixed(1)} ms, due at ${200 + k * 50}`));
+    assert.ok(c.at(-1).t < 3000, `last token at ${c.at(-1).t.toFixed(1)} ms`);
     // Non-streamed: the answer leaves with the last token (200 + 5 * 50 ms).
     const t0 = performance.now();
     const j = await post('/v1/chat/completions', chatBody('pace'), { 'x-fake-ttft-ms': '200', 'x-fake-tps': '20', 'x-fake-tokens': '6' });
     const ms = performance.now() - t0;
     assert.equal(j.status, 200);
-    assert.ok(ms >= 440 && ms < 800, `JSON answer after ${ms.toFixed(0)} ms`);
+    assert.ok(ms >= 440 && ms < 3000, `JSON answer after ${ms.toFixed(0)} ms`);
   });
 
   test('[[fake ...]] in the last user message drives the stream and is not echoed', async () => {
