@@ -489,6 +489,15 @@ function panel(title, body) {
     return dlg;
 }
 
+/**
+ * The models field as the ops API takes it: a list of names. The operator may type them as the
+ * key list shows them ("gpt-4o, gpt-4o-mini"); sent as that text, the blank after the comma made
+ * the ops API refuse the whole field (a model name has no blank).
+ */
+function modelList(text) {
+    return text.split(',').map((m) => m.trim()).filter(Boolean);
+}
+
 async function showKeys(row) {
     const box = h('div', {});
     const name = h('input', { id: 'key-name', value: 'web' });
@@ -499,7 +508,7 @@ async function showKeys(row) {
     const create = h('button', { type: 'button', class: 'primary', id: 'key-create', onclick: async () => {
         try {
             const r = await ops({ action: 'create_key', i_username: row.Username, name: name.value.trim() || 'key',
-                models: models.value.trim(), rpm: Number(rpm.value) || 0, tpm: Number(tpm.value) || 0 });
+                models: modelList(models.value), rpm: Number(rpm.value) || 0, tpm: Number(tpm.value) || 0 });
             const code = h('code', { id: 'new-key' }, r.data.key);
             shown.replaceChildren(t('keyShown'), ' ', code, ' ',
                 h('button', { type: 'button', class: 'small-btn', onclick: () => copyText(r.data.key) }, t('copy')));
@@ -559,7 +568,7 @@ async function setLimits(row, k, redraw) {
         { label: t('tpm'), type: 'number', value: String(k.tpm || 0) }]);
     if (!v) return;
     try {
-        await ops({ action: 'set_limits', i_username: row.Username, prefix: k.prefix, models: v[0].trim(), rpm: Number(v[1]) || 0, tpm: Number(v[2]) || 0 });
+        await ops({ action: 'set_limits', i_username: row.Username, prefix: k.prefix, models: modelList(v[0]), rpm: Number(v[1]) || 0, tpm: Number(v[2]) || 0 });
         redraw();
     } catch (ex) {
         toast(ex.message, true);
