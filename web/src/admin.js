@@ -655,7 +655,15 @@ async function showUsage(row) {
         before = d.next_before_id || 0;
         more.hidden = !before;
     }
-    more.onclick = () => page(false);
+    more.onclick = async () => {
+        // One page at a time: a double click asked twice for the same page and listed it twice.
+        more.disabled = true;
+        try {
+            await page(false);
+        } finally {
+            more.disabled = false;
+        }
+    };
     panel(`${t('usage')}: ${row.Username}`, h('div', {},
         h('h3', {}, t('daily')), chartBox,
         h('h3', {}, t('ledger')),
