@@ -4,8 +4,9 @@
 // of balance, an HTML/script payload rendered inert, Markdown (code, tables, math) through the
 // JSON import, the sidebar (rename, search, delete all), the / prompt library, the settings as
 // the upstream receives them, zh-CN from the browser, keyboard shortcuts, and the admin console
-// (users: create, recharge, block, page, API keys, password reset, delete; model prices; the
-// events stream; service health); axe-core audits the main screens (WCAG 2 A/AA, serious and
+// (users: create, recharge, block, unblock, page, API keys and their limits, password reset,
+// delete; the usage chart and the ledger's pages; model prices; the events stream; service
+// health); axe-core audits the main screens (WCAG 2 A/AA, serious and
 // critical). The list, one line each: docs/web.md, "Tests". Draws the screenshots the README
 // shows (into docs/screenshots/ only with UPDATE_SCREENSHOTS=1).
 //
@@ -15,11 +16,12 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, before, beforeEach, describe, it } from 'node:test';
 import zlib from 'node:zlib';
 import http from 'node:http';
 import { chromium } from 'playwright-core';
-import { ROOT, getJSON, postJSON, withStack } from './lib/harness.mjs';
+import { spawnSync } from 'node:child_process';
+import { ROOT, basicAuth, getJSON, postJSON, streamBody, withStack } from './lib/harness.mjs';
 
 const OPS_KEY = 'web-test-ops-key-0123456789abcdef';
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
@@ -1231,6 +1233,186 @@ describe('web UI in Chromium', () => {
         await page.getByLabel('Search users').fill('pager');
         await page.locator('#page-info', { hasText: 'Page 1 of 2 (24 users)' }).waitFor();
         await ctx.close();
+    });
+
+    /** Runs SQL on the stack's SQLite database (this stack has no MariaDB); the rows as arrays of strings. */
+    function sqlite(sql) {
+        const r = spawnSync('sqlite3', ['-cmd', '.timeout 5000', '-separator', '\t', path.join(stack.dir, 'chatweb.db'), sql], { encoding: 'utf8' });
+        assert.ifError(r.error);   // scripts/bootstrap installs sqlite3: missing is a failure
+        assert.equal(r.status, 0, r.stderr);
+        return r.stdout.split('\n').filter(Boolean).map((l) => l.split('\t'));
+    }
+
+    /** Types name into the users search and returns the row once it is the only one listed. */
+    async function adminFindUser(page, name) {
+        await page.getByLabel('Search users').fill(name);
+        await page.waitForFunction((n) => {
+            const rows = document.querySelectorAll('#users tbody tr');
+            return rows.length === 1 && rows[0].dataset.user === n;
+        }, name);
+        return page.locator(`#users tr[data-user="${name}"]`);
+    }
+
+    // Four more of the console's features on one signed-in page (each sign-in costs about a
+    // second of the file's time): an API key's limits, unblocking, the usage chart, the ledger's
+    // pages.
+    describe('admin console, signed in once', () => {
+        let ctx, page;
+        before(async () => {
+            // An operator far east of UTC: the usage chart's days are billing's (UTC) all the same.
+            ctx = await context({ timezoneId: 'Pacific/Kiritimati' });
+            page = await ctx.newPage();
+            await adminSignIn(page);
+        });
+        after(async () => {
+            if (ctx) await ctx.close();
+        });
+        // A test that failed with a dialog open leaves the next one the console itself.
+        beforeEach(() => page.evaluate(() => document.querySelectorAll('dialog[open]').forEach((d) => d.close())));
+
+        it('admin console: edits an API key\'s limits (models, rpm, tpm) and clears them', { timeout: 30000 }, async () => {
+            await register(stack, 'limitkeeper', 'limitkeeper-password', 1000);
+            const keys = async () => (await ops(stack, { action: 'list_keys', i_username: 'limitkeeper' })).data;
+            const row = await adminFindUser(page, 'limitkeeper');
+            await row.getByRole('button', { name: 'Keys' }).click();
+            const panel = page.getByRole('dialog', { name: 'Keys: limitkeeper' });
+            // Models typed as the list shows them ("a, b"), which the ops API refused as one string.
+            await panel.getByLabel('Key name').fill('ci');
+            await panel.getByLabel(/^Allowed models/).fill('gpt-4o-mini, gpt-4o');
+            await panel.getByLabel(/^Requests per minute/).fill('10');
+            await panel.getByRole('button', { name: 'Create key' }).click();
+            await panel.locator('#new-key').waitFor();
+            let k = (await keys())[0];
+            assert.deepEqual([k.name, k.models, k.rpm, k.tpm], ['ci', ['gpt-4o-mini', 'gpt-4o'], 10, 0]);
+            const keyRow = panel.locator('tbody tr', { hasText: k.prefix });
+            await keyRow.waitFor();
+            assert.match(await keyRow.innerText(), new RegExp(`${k.prefix}\\s+ci\\s+gpt-4o-mini, gpt-4o\\s+10\\s+0\\s`));
+            // Limits opens with the key's limits; new ones replace them.
+            await keyRow.getByRole('button', { name: 'Limits' }).click();
+            let form = page.getByRole('dialog', { name: `Limits: ${k.prefix}` });
+            assert.deepEqual([await form.getByLabel(/^Allowed models/).inputValue(), await form.getByLabel(/^Requests per minute/).inputValue(),
+                await form.getByLabel(/^Tokens per minute/).inputValue()], ['gpt-4o-mini,gpt-4o', '10', '0']);
+            await form.getByLabel(/^Allowed models/).fill('gpt-4o , gpt-4.1,');
+            await form.getByLabel(/^Requests per minute/).fill('5');
+            await form.getByLabel(/^Tokens per minute/).fill('2000');
+            await form.getByRole('button', { name: 'OK' }).click();
+            await panel.locator('tbody tr', { hasText: k.prefix }).filter({ hasText: '2000' }).waitFor();
+            assert.match(await keyRow.innerText(), new RegExp(`${k.prefix}\\s+ci\\s+gpt-4o, gpt-4\\.1\\s+5\\s+2000\\s`));
+            k = (await keys())[0];
+            assert.deepEqual([k.models, k.rpm, k.tpm], [['gpt-4o', 'gpt-4.1'], 5, 2000]);
+            // Cleared: any model, no rate limit.
+            await keyRow.getByRole('button', { name: 'Limits' }).click();
+            form = page.getByRole('dialog', { name: `Limits: ${k.prefix}` });
+            await form.getByLabel(/^Allowed models/).fill('');
+            await form.getByLabel(/^Requests per minute/).fill('0');
+            await form.getByLabel(/^Tokens per minute/).fill('0');
+            await form.getByRole('button', { name: 'OK' }).click();
+            await panel.locator('tbody tr', { hasText: k.prefix }).filter({ hasNotText: '2000' }).waitFor();
+            assert.match(await keyRow.innerText(), new RegExp(`${k.prefix}\\s+ci\\s+0\\s+0\\s`));
+            k = (await keys())[0];
+            assert.deepEqual([k.models, k.rpm, k.tpm], [[], 0, 0]);
+            await panel.getByRole('button', { name: 'Close' }).click();
+        });
+
+        it('admin console: unblocks a blocked user, who can sign in again', { timeout: 30000 }, async () => {
+            await register(stack, 'unblockee', 'unblockee-password', 1000);
+            assert.equal((await ops(stack, { action: 'block', i_username: 'unblockee' })).status, 'Success');
+            const login = async () => (await postJSON(`${stack.url}/api/login`, { username: 'unblockee', password: 'unblockee-password' })).json();
+            assert.notEqual((await login()).status, 'Success', 'blocked: refused');
+            const row = await adminFindUser(page, 'unblockee');
+            assert.equal(await row.locator('[data-col="state"]').innerText(), 'blocked');
+            assert.equal(await row.getByRole('button', { name: 'Block', exact: true }).count(), 0);
+            await row.getByRole('button', { name: 'Unblock' }).click();
+            await row.locator('[data-col="state"]', { hasText: 'active' }).waitFor();
+            await row.getByRole('button', { name: 'Block', exact: true }).waitFor();
+            assert.equal(await row.getByRole('button', { name: 'Unblock' }).count(), 0);
+            assert.equal((await check(stack, 'unblockee')).blocked, false);
+            assert.equal((await login()).status, 'Success', 'unblocked: signs in');
+        });
+
+        it('admin console: the usage chart draws each of the last 30 days\' charges over its date', { timeout: 30000 }, async () => {
+            await register(stack, 'chartist', 'chartist-password', 100000);
+            // Four real charges, three of them then moved back in the database (billing has no way
+            // to date a charge in the past): today, 3, 12 and 40 days ago.
+            for (const tokens of [40, 10, 25, 30]) {
+                const r = await streamBody(`${stack.url}/api/chat-process`, { method: 'POST', timeoutMs: STEP_MS,
+                    headers: { authorization: basicAuth('chartist', 'chartist-password'), 'content-type': 'application/json' },
+                    body: JSON.stringify({ prompt: `chart [[fake tps=0 tokens=${tokens}]]` }) });
+                assert.equal(r.status, 200);
+                await settled(stack, 'chartist');
+            }
+            const { id } = await check(stack, 'chartist');
+            const charges = sqlite(`SELECT id, day, -units FROM billing_ledger WHERE user_id = ${id} AND kind = 'charge' ORDER BY id`).map((r) => r.map(Number));
+            assert.equal(charges.length, 4);
+            const DAY = 86400000;
+            const AGO = [0, 3, 12, 40];
+            charges.forEach(([lid], i) => sqlite(`UPDATE billing_ledger SET day = day - ${AGO[i]}, created_at_ms = created_at_ms - ${AGO[i] * DAY} WHERE id = ${lid}`));
+            assert.deepEqual(sqlite(`SELECT day FROM billing_ledger WHERE id IN (${charges.map(([lid]) => lid)}) ORDER BY id`).map(Number),
+                charges.map(([, day], i) => day - AGO[i]), 'moved in the database');
+            const iso = (day) => new Date(day * DAY).toISOString().slice(0, 10);
+            // What billing reports: the three days within 30, oldest first here.
+            const want = charges.slice(0, 3).map(([, day, units], i) => ({ day: iso(day - AGO[i]), units, ago: AGO[i] })).reverse();
+            const daily = (await ops(stack, { action: 'usage', i_username: 'chartist', days: 30, limit: 1 })).data.daily;
+            assert.deepEqual(daily.map((d) => [d.day, d.units]).sort(), want.map((w) => [w.day, w.units]));
+
+            const row = await adminFindUser(page, 'chartist');
+            await row.getByRole('button', { name: 'Usage' }).click();
+            const dlg = page.getByRole('dialog', { name: 'Usage: chartist' });
+            const chart = dlg.getByRole('img', { name: 'Daily usage (last 30 days)' });
+            await chart.waitFor();
+            // The bars as drawn on screen, left to right: each one's tooltip, centre and height.
+            const { box, bars, labels } = await chart.evaluate((svg) => {
+                const b = svg.getBoundingClientRect();
+                return { box: { left: b.left, right: b.right },
+                    bars: [...svg.querySelectorAll('rect')].map((r) => {
+                        const rb = r.getBoundingClientRect();
+                        return { title: r.querySelector('title').textContent, mid: (rb.left + rb.right) / 2, height: rb.height };
+                    }).sort((a, b) => a.mid - b.mid),
+                    labels: [...svg.querySelectorAll('text')].map((t) => t.textContent) };
+            });
+            assert.deepEqual(bars.map((b) => b.title.split(' (')[0]), want.map((w) => `${w.day}: ${w.units}`), 'one bar per day with charges, the 40-day-old one left out');
+            // 30 slots ending today: a bar stands over its own day, gaps where nothing was charged.
+            const slot = (box.right - box.left) / 30;
+            bars.forEach((b, i) => assert.ok(Math.abs(b.mid - (box.right - (want[i].ago + 0.5) * slot)) < 1,
+                `${want[i].day}: centred at ${b.mid.toFixed(1)}, its slot's centre is ${(box.right - (want[i].ago + 0.5) * slot).toFixed(1)}`));
+            // Heights in proportion to the units, the largest the full height.
+            const tallest = Math.max(...bars.map((b) => b.height));
+            const most = Math.max(...want.map((w) => w.units));
+            bars.forEach((b, i) => assert.ok(Math.abs(b.height - (tallest * want[i].units) / most) < 1, `${want[i].day}: ${b.height.toFixed(1)} px high`));
+            assert.ok(labels.includes(want[2].day.slice(5)), `today's date under the chart: ${labels}`);
+            await dlg.getByRole('button', { name: 'Close' }).click();
+        });
+
+        it('admin console: the ledger pages back 50 entries at a time, each shown once', { timeout: 30000 }, async () => {
+            // 60 ledger entries (the initial credit and 59 recharges of 1 to 59 tokens): a page of 50
+            // and one of 10.
+            await register(stack, 'ledgerly', 'ledgerly-password', 1000);
+            for (let i = 1; i <= 59; i++) assert.equal((await ops(stack, { action: 'recharge', i_username: 'ledgerly', count: i })).status, 'Success');
+            const { id } = await check(stack, 'ledgerly');
+            const stored = sqlite(`SELECT units, balance_after FROM billing_ledger WHERE user_id = ${id} ORDER BY id DESC`).map((r) => r.map(Number));
+            assert.equal(stored.length, 60);
+            const row = await adminFindUser(page, 'ledgerly');
+            const asked = [];   // the page's usage requests
+            const onRequest = (req) => req.url().endsWith('/accounts') && JSON.parse(req.postData()).action === 'usage' && asked.push(req);
+            page.on('request', onRequest);
+            await row.getByRole('button', { name: 'Usage' }).click();
+            const dlg = page.getByRole('dialog', { name: 'Usage: ledgerly' });
+            const entries = dlg.locator('#ledger tbody tr');
+            const shown = () => entries.evaluateAll((rs) => rs.map((r) => [r.children[2].textContent, r.children[5].textContent]
+                .map((v) => Number(v.replace(/,/g, '')))));
+            await entries.nth(49).waitFor();
+            assert.deepEqual(await shown(), stored.slice(0, 50), 'the newest 50, newest first (units, balance after)');
+            await dlg.getByText('No usage in the last 30 days.').waitFor();   // recharges are not usage
+            // An impatient double click on "Older entries" brings the last 10, once.
+            await dlg.getByRole('button', { name: 'Older entries' }).dblclick();
+            await entries.nth(59).waitFor();
+            await dlg.getByRole('button', { name: 'Older entries' }).waitFor({ state: 'hidden' });
+            page.off('request', onRequest);
+            await Promise.all(asked.map((req) => req.response()));
+            assert.equal(asked.length, 2, 'the first page, then the older one once');
+            assert.deepEqual(await shown(), stored, 'all 60, each once, in order');
+            await dlg.getByRole('button', { name: 'Close' }).click();
+        });
     });
 
     it('admin console: number headers sit over their values; on a phone each user is a card with its actions on screen', { timeout: 60000 }, async () => {

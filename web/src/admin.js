@@ -29,7 +29,7 @@ const L = {
         keyShown: 'The new key, shown only now. Copy it:', copy: 'Copy', prefix: 'Prefix', lastUsed: 'Last used',
         revoked: 'revoked', never: 'never', ledger: 'Ledger', daily: 'Daily usage (last 30 days)', kind: 'Kind',
         units: 'Units', tokensIO: 'Tokens in/out', model: 'Model', balanceAfter: 'Balance after', when: 'When',
-        note: 'Note', more: 'Older entries', noKeys: 'No keys.', noEntries: 'No ledger entries.', close: 'Close',
+        note: 'Note', more: 'Older entries', noKeys: 'No keys.', noEntries: 'No ledger entries.', noUsage: 'No usage in the last 30 days.', close: 'Close',
         missing: 'Not in the ops API yet: the audit log, the models a user may pick (see docs/web.md).',
         prices: 'Model prices', priceModel: 'Model (* = default)', priceIn: 'Input (units per token)',
         priceOut: 'Output (units per token)', setPrice: 'Set price', source: 'Source', updated: 'Updated',
@@ -56,7 +56,7 @@ const L = {
         keyShown: '新密钥只显示这一次，请复制：', copy: '复制', prefix: '前缀', lastUsed: '最近使用',
         revoked: '已吊销', never: '从未', ledger: '账本', daily: '每日用量（最近 30 天）', kind: '类型',
         units: '数量', tokensIO: '输入/输出 tokens', model: '模型', balanceAfter: '之后余额', when: '时间',
-        note: '备注', more: '更早的记录', noKeys: '没有密钥。', noEntries: '没有账本记录。', close: '关闭',
+        note: '备注', more: '更早的记录', noKeys: '没有密钥。', noEntries: '没有账本记录。', noUsage: '最近 30 天没有用量。', close: '关闭',
         missing: '运维 API 尚未提供：审计日志、用户可选的模型列表（见 docs/web.md）。',
         prices: '模型价格', priceModel: '模型（* = 默认）', priceIn: '输入（每 token 单位）',
         priceOut: '输出（每 token 单位）', setPrice: '设置价格', source: '来源', updated: '更新时间',
@@ -489,6 +489,15 @@ function panel(title, body) {
     return dlg;
 }
 
+/**
+ * The models field as the ops API takes it: a list of names. The operator may type them as the
+ * key list shows them ("gpt-4o, gpt-4o-mini"); sent as that text, the blank after the comma made
+ * the ops API refuse the whole field (a model name has no blank).
+ */
+function modelList(text) {
+    return text.split(',').map((m) => m.trim()).filter(Boolean);
+}
+
 async function showKeys(row) {
     const box = h('div', {});
     const name = h('input', { id: 'key-name', value: 'web' });
@@ -499,7 +508,7 @@ async function showKeys(row) {
     const create = h('button', { type: 'button', class: 'primary', id: 'key-create', onclick: async () => {
         try {
             const r = await ops({ action: 'create_key', i_username: row.Username, name: name.value.trim() || 'key',
-                models: models.value.trim(), rpm: Number(rpm.value) || 0, tpm: Number(tpm.value) || 0 });
+                models: modelList(models.value), rpm: Number(rpm.value) || 0, tpm: Number(tpm.value) || 0 });
             const code = h('code', { id: 'new-key' }, r.data.key);
             shown.replaceChildren(t('keyShown'), ' ', code, ' ',
                 h('button', { type: 'button', class: 'small-btn', onclick: () => copyText(r.data.key) }, t('copy')));
@@ -559,7 +568,7 @@ async function setLimits(row, k, redraw) {
         { label: t('tpm'), type: 'number', value: String(k.tpm || 0) }]);
     if (!v) return;
     try {
-        await ops({ action: 'set_limits', i_username: row.Username, prefix: k.prefix, models: v[0].trim(), rpm: Number(v[1]) || 0, tpm: Number(v[2]) || 0 });
+        await ops({ action: 'set_limits', i_username: row.Username, prefix: k.prefix, models: modelList(v[0]), rpm: Number(v[1]) || 0, tpm: Number(v[2]) || 0 });
         redraw();
     } catch (ex) {
         toast(ex.message, true);
@@ -569,19 +578,32 @@ async function setLimits(row, k, redraw) {
 // ---------------------------------------------------------------------------------------------
 // Ledger and daily usage
 
+const DAY_MS = 86400000;
+const CHART_DAYS = 30;
+
+/**
+ * The daily usage as a bar chart (our own SVG, no chart library): one slot per day of the last
+ * 30, in UTC like billing's days, so a day without charges is a gap and each bar stands over its
+ * date. (Drawing only the days that had usage put 3 days that were weeks apart side by side.)
+ */
 function chart(daily) {
-    // One bar per day with units used; an SVG we draw ourselves (no chart library).
-    const days = [...daily].sort((a, b) => String(a.day).localeCompare(String(b.day)));
-    if (!days.length) return h('p', { class: 'note' }, t('noEntries'));
+    const dayNum = (d) => Math.floor(Date.parse(`${d.day}T00:00:00Z`) / DAY_MS);
+    const days = daily.filter((d) => Number.isFinite(dayNum(d)));
+    if (!days.length) return h('p', { class: 'note' }, t('noUsage'));
+    // Ends today, or at billing's latest day should this browser's clock be behind its server's.
+    const end = Math.max(Math.floor(Date.now() / DAY_MS), ...days.map(dayNum));
+    const start = Math.min(end - CHART_DAYS + 1, ...days.map(dayNum));
+    const n = end - start + 1;
     const max = Math.max(1, ...days.map((d) => Number(d.units) || 0));
-    const W = 600, H = 160, bw = W / days.length;
+    const W = 600, H = 160, bw = W / n;
     const ns = 'http://www.w3.org/2000/svg';
     const svg = document.createElementNS(ns, 'svg');
     svg.setAttribute('viewBox', `0 0 ${W} ${H + 20}`);
     svg.setAttribute('class', 'chart');
     svg.setAttribute('role', 'img');
     svg.setAttribute('aria-label', t('daily'));
-    days.forEach((d, i) => {
+    for (const d of days) {
+        const i = dayNum(d) - start;
         const v = Number(d.units) || 0;
         const bh = Math.max(1, (v / max) * H);
         const r = document.createElementNS(ns, 'rect');
@@ -593,15 +615,17 @@ function chart(daily) {
         title.textContent = `${d.day}: ${v} (${d.requests} req, ${d.tokens_in}/${d.tokens_out} tokens)`;
         r.append(title);
         svg.append(r);
-        if (days.length <= 10 || i % Math.ceil(days.length / 10) === 0) {
-            const tx = document.createElementNS(ns, 'text');
-            tx.setAttribute('x', String(i * bw + bw / 2));
-            tx.setAttribute('y', String(H + 15));
-            tx.setAttribute('text-anchor', 'middle');
-            tx.textContent = String(d.day).slice(5);
-            svg.append(tx);
-        }
-    });
+    }
+    // A date under every third day, counted back from the last (today).
+    const step = Math.ceil(n / 10);
+    for (let i = n - 1; i >= 0; i -= step) {
+        const tx = document.createElementNS(ns, 'text');
+        tx.setAttribute('x', String(i * bw + bw / 2));
+        tx.setAttribute('y', String(H + 15));
+        tx.setAttribute('text-anchor', 'middle');
+        tx.textContent = new Date((start + i) * DAY_MS).toISOString().slice(5, 10);
+        svg.append(tx);
+    }
     return svg;
 }
 
@@ -631,7 +655,15 @@ async function showUsage(row) {
         before = d.next_before_id || 0;
         more.hidden = !before;
     }
-    more.onclick = () => page(false);
+    more.onclick = async () => {
+        // One page at a time: a double click asked twice for the same page and listed it twice.
+        more.disabled = true;
+        try {
+            await page(false);
+        } finally {
+            more.disabled = false;
+        }
+    };
     panel(`${t('usage')}: ${row.Username}`, h('div', {},
         h('h3', {}, t('daily')), chartBox,
         h('h3', {}, t('ledger')),
