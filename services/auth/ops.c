@@ -546,17 +546,26 @@ static int act_set_password(struct op *o)
     return ok(o, NULL);
 }
 
-static int limits(struct op *o, char *models, size_t mlen, int64_t *rpm, int64_t *tpm)
+/*
+ * A key's limits from the request: 0 when models, rpm and tpm are all valid. Otherwise the
+ * failure is answered, *done is what the action returns, and the result is -1, as need_user: the
+ * reply's own return value (SVC_HTTP_DONE) is 0, so it cannot double as "stop here" (it once
+ * did, and a refused key was created anyway, with limits never read).
+ */
+static int limits(struct op *o, char *models, size_t mlen, int64_t *rpm, int64_t *tpm, int *done)
 {
+    const char *why = NULL;
+
     if (models_field(o, models, mlen) != SVC_OK)
-        return wfail(o, 200,
-                     "models must be an array of model names (or a comma-separated "
-                     "string)");
-    if (int_field(o, "rpm", 0, 0, 1000000, rpm) != SVC_OK)
-        return wfail(o, 200, "rpm must be an integer in [0, 1000000]");
-    if (int_field(o, "tpm", 0, 0, COUNT_MAX, tpm) != SVC_OK)
-        return wfail(o, 200, "tpm must be an integer in [0, 10^12]");
-    return 0;
+        why = "models must be an array of model names (or a comma-separated string)";
+    else if (int_field(o, "rpm", 0, 0, 1000000, rpm) != SVC_OK)
+        why = "rpm must be an integer in [0, 1000000]";
+    else if (int_field(o, "tpm", 0, 0, COUNT_MAX, tpm) != SVC_OK)
+        why = "tpm must be an integer in [0, 10^12]";
+    if (why == NULL)
+        return 0;
+    *done = wfail(o, 200, why);
+    return -1;
 }
 
 /*
@@ -598,7 +607,7 @@ static int act_create_key(struct op *o)
         return wfail(o, 200,
                      "name must be at most 64 bytes of printable UTF-8 without < > or control "
                      "characters");
-    if ((done = limits(o, models, sizeof(models), &rpm, &tpm)) != 0)
+    if (limits(o, models, sizeof(models), &rpm, &tpm, &done) != 0)
         return done;
     rc = auth_key_create(o->a, o->u.id, name, models, rpm, tpm, key, &k);
     if (rc != SVC_OK)
@@ -638,7 +647,7 @@ static int act_set_limits(struct op *o)
 
     if (need_user(o, &done) != 0)
         return done;
-    if ((done = limits(o, models, sizeof(models), &rpm, &tpm)) != 0)
+    if (limits(o, models, sizeof(models), &rpm, &tpm, &done) != 0)
         return done;
     rc = auth_key_set_limits(o->a, o->u.id, prefix, models, rpm, tpm);
     if (rc == SVC_ENOTFOUND)

@@ -156,6 +156,8 @@ for (const backend of ['sqlite', 'mariadb']) {
                 assert.match(r.json().message, re, JSON.stringify(body));
             }
             assert.equal((await ops(stack, { action: 'check', i_username: 'shorty' })).json().message, 'record not found');
+            // a refused key is not created (each refusal above once created one anyway)
+            assert.deepEqual((await ops(stack, { action: 'list_keys', i_username: 'oscar' })).json().data, []);
             const r = await request(`${stack.url}/accounts`, { method: 'POST', headers: { Opskey: OPS_KEY }, body: '{"action":' });
             assert.equal(r.status, 400);
             assert.equal(r.json().status, 'Fail');
@@ -191,6 +193,13 @@ for (const backend of ['sqlite', 'mariadb']) {
 
             r = await ops(stack, { action: 'set_limits', i_username: 'kate', prefix, models: 'gpt-4o,gpt-4o-mini', rpm: 5, tpm: 0 });
             assert.equal(r.json().message, 'success');
+            // refused limits change nothing
+            for (const bad of [{ rpm: -5 }, { tpm: 1e13 }, { models: ['gpt 4o'] }, { rpm: 'ten' }]) {
+                r = await ops(stack, { action: 'set_limits', i_username: 'kate', prefix, models: 'gpt-4o', rpm: 7, tpm: 7, ...bad });
+                assert.equal(r.json().status, 'Fail', JSON.stringify(bad));
+            }
+            j = (await ops(stack, { action: 'list_keys', i_username: 'kate' })).json();
+            assert.deepEqual([j.data[0].models, j.data[0].rpm, j.data[0].tpm], [['gpt-4o', 'gpt-4o-mini'], 5, 0]);
             await within(1000, async () => (await authenticate(authUrl(stack), `Bearer ${key}`)).identity.rpmLimit === 5);
             a = await authenticate(authUrl(stack), `Bearer ${key}`);
             assert.deepEqual(a.identity.allowedModels, ['gpt-4o', 'gpt-4o-mini']);
