@@ -740,7 +740,7 @@ describe('web UI in Chromium', () => {
         await page.screenshot({ path: path.join(SHOTS, 'admin.png') });
         await page.locator('#users tr[data-user="newbie"]').getByRole('button', { name: 'Usage' }).click();
         await page.locator('#ledger tbody tr').first().waitFor({ timeout: STEP_MS });
-        assert.ok((await page.locator('#ledger tbody').innerText()).includes('2500'));
+        assert.match(await page.locator('#ledger tbody').innerText(), /\b2,500\b/); // units grouped like balances
         await page.getByRole('button', { name: 'Close' }).click();
 
         // Model prices: set one (stored in SQL by billing), see it listed, delete it.
@@ -1276,6 +1276,19 @@ describe('web UI in Chromium', () => {
             const row = await adminFindUser(page, 'limitkeeper');
             await row.getByRole('button', { name: 'Keys' }).click();
             const panel = page.getByRole('dialog', { name: 'Keys: limitkeeper' });
+            // An error from inside the dialog is shown in it, not dimmed (and inert) behind its
+            // backdrop; a click dismisses it.
+            await panel.getByLabel(/^Allowed models/).fill('gpt 4o');
+            await panel.getByRole('button', { name: 'Create key' }).click();
+            const toast = page.locator('#toast');
+            await toast.waitFor({ state: 'visible' });
+            assert.match(await toast.innerText(), /model/i);
+            assert.ok(await toast.evaluate((el) => {
+                const r = el.getBoundingClientRect();
+                return el.contains(document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2));
+            }), 'the message is on top of the dialog');
+            await toast.click();
+            await toast.waitFor({ state: 'hidden' });
             // Models typed as the list shows them ("a, b"), which the ops API refused as one string.
             await panel.getByLabel('Key name').fill('ci');
             await panel.getByLabel(/^Allowed models/).fill('gpt-4o-mini, gpt-4o');

@@ -109,13 +109,31 @@ function fmtNum(n) {
     return Number(n).toLocaleString(lang);
 }
 
+/**
+ * A short message at the bottom of the screen. Put inside the open dialog when there is one: a
+ * modal dialog dims and makes inert everything outside it, so an error from an action in the
+ * dialog would otherwise sit unseen (and unclickable) behind its backdrop. A click dismisses it.
+ */
 function toast(msg, bad = false) {
-    const el = $('#toast');
+    let el = document.getElementById('toast');
+    const host = [...document.querySelectorAll('dialog[open]')].pop() || document.body;
+
+    if (!el) // it went with the dialog it was shown in
+        el = h('div', { id: 'toast', class: 'toast', role: 'status', hidden: true, onclick: toastHide });
+    if (el.parentNode !== host)
+        host.append(el);
     el.textContent = msg;
     el.className = bad ? 'toast bad' : 'toast';
     el.hidden = false;
     clearTimeout(toast.timer);
-    toast.timer = setTimeout(() => { el.hidden = true; }, 4000);
+    toast.timer = setTimeout(toastHide, 4000);
+}
+
+function toastHide() {
+    const el = document.getElementById('toast');
+
+    clearTimeout(toast.timer);
+    if (el) el.hidden = true;
 }
 
 // Columns whose values are numbers: their headers are right-aligned like the values (th.num).
@@ -229,7 +247,7 @@ function showConsole() {
             eventsSection(),
             healthSection(),
             h('p', { class: 'note' }, t('missing'))),
-        h('div', { id: 'toast', class: 'toast', role: 'status', hidden: true })));
+        h('div', { id: 'toast', class: 'toast', role: 'status', hidden: true, onclick: toastHide })));
     loadUsers();
     loadPrices();
     loadEvents();
@@ -647,7 +665,7 @@ async function showUsage(row) {
         for (const e of d.entries || []) {
             body.append(h('tr', {},
                 h('td', {}, new Date(e.created_at_ms).toLocaleString(lang)), h('td', {}, e.kind),
-                h('td', { class: 'num' }, String(e.units)), h('td', { class: 'num' }, `${e.tokens_in}/${e.tokens_out}`),
+                h('td', { class: 'num' }, fmtNum(e.units)), h('td', { class: 'num' }, `${e.tokens_in}/${e.tokens_out}`),
                 h('td', {}, e.model || ''), h('td', { class: 'num' }, fmtNum(e.balance_after)), h('td', {}, e.note || '')));
         }
         if (first && !(d.entries || []).length) body.append(h('tr', {}, h('td', { colspan: '7', class: 'note' }, t('noEntries'))));
