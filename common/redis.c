@@ -786,9 +786,28 @@ static void ad_add_write(void *p)
     }
 }
 
-/* The timer of ad_add_write: writes what each connection queued. redisBufferWrite, not
- * redisAsyncHandleWrite, as in svc_redis_async_flush; a failed or partial write arms the write
- * event, whose handler finishes the write or disconnects. */
+/*
+ * Writes what c has queued, now. redisBufferWrite, not redisAsyncHandleWrite: that frees the
+ * context on an error, which must not happen inside one of its callbacks (svc_redis_async_flush
+ * runs in them). Bytes left over, a failed write or a connection still connecting arm the write
+ * event, whose handler finishes the write or disconnects outside any callback.
+ */
+static void write_now(struct aconn *c)
+{
+    int done = 0;
+
+    c->write_due = 0;
+    if (c->ac == NULL)
+        return;
+    if ((c->ac->c.flags & REDIS_CONNECTED) && redisBufferWrite(&c->ac->c, &done) == REDIS_OK &&
+        done)
+        ev_update(c, 0, EPOLLOUT);
+    else
+        ev_update(c, EPOLLOUT, 0);
+}
+
+/* The timer of ad_add_write: writes what each connection queued in the pass (one armed for the
+ * write event is written by its handler). */
 static void flush_due(void *data, struct svc_timer *t)
 {
     struct svc_redis_async *r = data;
@@ -797,16 +816,10 @@ static void flush_due(void *data, struct svc_timer *t)
     r->flush_armed = 0;
     for (int i = 0; i < ASYNC_CONNS_MAX; i++) {
         struct aconn *c = &r->conns[i];
-        int done = 0;
 
-        if (!c->write_due)
-            continue;
+        if (c->write_due && !(c->events & EPOLLOUT))
+            write_now(c);
         c->write_due = 0;
-        if (c->ac == NULL || (c->events & EPOLLOUT))
-            continue;
-        if (!(c->ac->c.flags & REDIS_CONNECTED) || redisBufferWrite(&c->ac->c, &done) != REDIS_OK ||
-            !done)
-            ev_update(c, EPOLLOUT, 0);
     }
 }
 
@@ -1680,15 +1693,9 @@ void svc_redis_async_flush(struct svc_redis_async *r)
 {
     for (int i = 0; i < ASYNC_CONNS_MAX; i++) {
         struct aconn *c = &r->conns[i];
-        int done = 0;
 
-        if (!c->in_use || c->ac == NULL || !(c->ac->c.flags & REDIS_CONNECTED))
-            continue;
-        /* redisBufferWrite, not redisAsyncHandleWrite: that frees the context on an error, which
-         * must not happen inside one of its callbacks. A failed write only marks the context;
-         * the write event, still armed, then disconnects it outside any callback. */
-        if (redisBufferWrite(&c->ac->c, &done) == REDIS_OK && done)
-            ev_update(c, 0, EPOLLOUT);
+        if (c->in_use && c->ac != NULL && (c->ac->c.flags & REDIS_CONNECTED))
+            write_now(c);
     }
 }
 

@@ -810,10 +810,9 @@ static int on_up_data(void *ctx, struct svc_fetch *f, long status, const char *d
 
 /* A complete JSON answer: its usage, and its text for a count when it has no usage. Read in one
  * pass without a tree (meter_answer_scan): the tree was thrown away at once, and building it was
- * the largest part of the proxy's CPU on a JSON request (docs/benchmarks.md). */
-/* Reads a whole JSON answer (usage, text). SVC_EINVAL when the body is not JSON at all: a 200
- * that is not what it claims (an HTML page from a misconfigured gateway, a cut body) becomes a
- * stream error, so the caller answers with an error rather than passing it on as a success. */
+ * the largest part of the proxy's CPU on a JSON request (docs/benchmarks.md). SVC_EINVAL when the
+ * body is not JSON at all: a 200 that is not what it claims (an HTML page from a misconfigured
+ * gateway) becomes a stream error, so the caller answers with an error, not a success. */
 static int json_answer(struct meter *m)
 {
     struct meter_answer_fields f;

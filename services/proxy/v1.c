@@ -155,14 +155,19 @@ static void record_metrics(struct v1_call *c, int status)
 /* ---- replies ---- */
 
 /* OpenAI's error object: {"error":{"message","type","param","code"}}. */
+/* OpenAI's error object: {"error":{"message","type","param":null,"code"}} (code may be NULL). */
+static struct svc_json *error_object(const char *type, const char *code, const char *message)
+{
+    return svc_json_pack("{s:{s:s, s:s, s:n, s:s?}}", "error", "message", message, "type", type,
+                         "param", "code", code);
+}
+
 static void v1_error(struct v1_call *c, int status, const char *type, const char *code,
                      const char *message)
 {
     if (c->req == NULL)
         return;
-    svc_req_reply_json(c->req, status,
-                       svc_json_pack("{s:{s:s, s:s, s:n, s:s?}}", "error", "message", message,
-                                     "type", type, "param", "code", code));
+    svc_req_reply_json(c->req, status, error_object(type, code, message));
 }
 
 static void add_header(struct v1_call *c, const char *name, const char *value)
@@ -331,8 +336,7 @@ static int on_body(void *ctx, const char *body, size_t len)
  */
 static void stream_error_event(struct v1_call *c, const char *message)
 {
-    struct svc_json *obj = svc_json_pack("{s:{s:s, s:s, s:n, s:s}}", "error", "message", message,
-                                         "type", "server_error", "param", "code", "upstream_error");
+    struct svc_json *obj = error_object("server_error", "upstream_error", message);
     char *text = obj != NULL ? svc_json_dump(obj, 0) : NULL;
 
     svc_json_destroy(&obj);

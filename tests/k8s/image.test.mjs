@@ -58,18 +58,18 @@ function depsSandbox() {
 function runDeps(dir) {
     const fake = fs.mkdtempSync(path.join(os.tmpdir(), 'chatweb-deps-bin-'));
     try {
-        const stub = (name, body) => fs.writeFileSync(path.join(fake, name), `#!/bin/sh\n${body}\n`, { mode: 0o755 });
-        stub('apt-get', [
+        const standIn = (name, body) => fs.writeFileSync(path.join(fake, name), `#!/bin/sh\n${body}\n`, { mode: 0o755 });
+        standIn('apt-get', [
             'echo "apt-get $*" >> "$FAKE/apt.log"',
             '[ "$1" = install ] || exit 0',
             'for a; do case $a in install | -*) ;; *) echo "$a" >> "$FAKE/installed" ;; esac; done',
         ].join('\n'));
-        stub('dpkg-query', [
+        standIn('dpkg-query', [
             'for a; do pkg=$a; done',
             'grep -qx -- "$pkg" "$FAKE/installed" 2>/dev/null || exit 1',
             'printf "install ok installed"',
         ].join('\n'));
-        stub('sudo', 'exec "$@"');
+        standIn('sudo', 'exec "$@"');
         const r = spawnSync(path.join(dir, 'scripts/image-steps'), ['deps'], {
             encoding: 'utf8',
             cwd: os.tmpdir(),
