@@ -11,6 +11,8 @@
 #include "svc/log.h"
 #include "svc/loop.h"
 
+#include "fetch_h1.h"
+
 #define FETCH_DEFAULT_CONNECT_MS 10000
 #define FETCH_DEFAULT_MAX_RESPONSE (8u << 20)
 /* Streams per HTTP/2 connection we open at most; the server's SETTINGS_MAX_CONCURRENT_STREAMS
@@ -44,7 +46,7 @@ struct host_q {
     struct host_q *next;
     long in_curl;                  /* transfers of this host inside curl */
     long connecting;               /* gated ones among them still without a connection */
-    struct svc_fetch *head, *tail; /* waiting, oldest first */
+    struct curl_fetch *head, *tail; /* waiting, oldest first */
     long nqueued;                  /* how many wait */
     curl_socket_t *ready;          /* gate: sockets of its connections that carry requests */
     int nready, ready_cap;
@@ -81,16 +83,19 @@ struct svc_fetch_multi {
     CURLSH *share; /* TLS sessions and DNS, for every transfer of this multi (one thread) */
     struct svc_timer *timer;
     long active;
-    struct svc_fetch *all; /* every transfer not yet freed, for destroy */
+    struct curl_fetch *all; /* every transfer not yet freed, for destroy */
     int in_action; /* inside curl_multi_socket_action: transfers must not be freed */
     int h2c_reuse_broken; /* see h2c_reuse_broken() */
     CURL *easy_pool[FETCH_EASY_POOL]; /* reset handles for the next transfers */
     int neasy;
+    struct svc__h1 *h1; /* cleartext HTTP/1.1 transfers: our own client (fetch_h1.c) */
+    int h1_off;         /* CHATWEB_HTTP1_CLIENT=libcurl: libcurl takes those too */
 };
 
-struct svc_fetch {
+struct curl_fetch {
+    struct svc_fetch base; /* first: the public handle (own = 0) */
     struct svc_fetch_multi *m;
-    struct svc_fetch *prev, *next;
+    struct curl_fetch *prev, *next;
     CURL *easy;
     struct curl_slist *headers;
     char *body;
@@ -104,7 +109,7 @@ struct svc_fetch {
     int data_err;
     long status;
     struct host_q *hq;               /* NULL without a per-host cap or the HTTP/2 gate */
-    struct svc_fetch *qprev, *qnext; /* in hq's queue while queued */
+    struct curl_fetch *qprev, *qnext; /* in hq's queue while queued */
     unsigned queued : 1, added : 1;  /* waiting in hq / handed to curl */
     unsigned h1_only : 1;            /* HTTP/1.1 only: its handle may be kept for another */
     unsigned gated : 1;              /* under the HTTP/2 gate (see struct host_q) */
@@ -140,7 +145,7 @@ static void pump_soon(struct svc_fetch_multi *m)
         SVC_LOG_ERR(NULL, "fetch", "cannot schedule the transfers waiting for a connection");
 }
 
-static void fetch_free(struct svc_fetch *f)
+static void fetch_free(struct curl_fetch *f)
 {
     svc_timer_destroy(&f->idle);
     if (f->queued) {
@@ -193,7 +198,7 @@ static void check_done(struct svc_fetch_multi *m)
     int left;
 
     while ((msg = curl_multi_info_read(m->multi, &left)) != NULL) {
-        struct svc_fetch *f;
+        struct curl_fetch *f;
         int err = SVC_OK;
 
         if (msg->msg != CURLMSG_DONE)
@@ -211,7 +216,7 @@ static void check_done(struct svc_fetch_multi *m)
                 err = SVC_ETOOLARGE;
             else if (cc != CURLE_OK)
                 err = SVC_EUNAVAIL;
-            f->cb.on_done(f->ud, err, f, f->status,
+            f->cb.on_done(f->ud, err, &f->base, f->status,
                           f->stream ? NULL : (f->resp.data ? f->resp.data : ""),
                           f->stream ? 0 : f->resp.len, err == SVC_OK ? NULL : why);
         }
@@ -349,7 +354,7 @@ static int on_close_socket(void *clientp, curl_socket_t fd)
 static int on_prereq(void *clientp, char *conn_primary_ip, char *conn_local_ip,
                      int conn_primary_port, int conn_local_port)
 {
-    struct svc_fetch *f = clientp;
+    struct curl_fetch *f = clientp;
     long fresh = 0;
     curl_socket_t fd = CURL_SOCKET_BAD;
 
@@ -373,7 +378,7 @@ static int on_prereq(void *clientp, char *conn_primary_ip, char *conn_local_ip,
 
 /* A gated transfer's first bytes: HTTP/1.x answers lift the gate of its origin for good (each
  * of its transfers needs a connection of its own), HTTP/2 ones keep it. */
-static void note_version(struct svc_fetch *f)
+static void note_version(struct curl_fetch *f)
 {
     long v = 0;
 
@@ -389,7 +394,7 @@ static void note_version(struct svc_fetch *f)
 }
 
 /* Hands f, taken from its queue or new, to curl. */
-static int hand_to_curl(struct svc_fetch *f)
+static int hand_to_curl(struct curl_fetch *f)
 {
     if (curl_multi_add_handle(f->m->multi, f->easy) != CURLM_OK)
         return SVC_EINTERNAL;
@@ -431,7 +436,7 @@ static void on_pump(void *data, struct svc_timer *t)
     for (struct host_q *hq = m->hosts; hq != NULL; hq = hq->next) {
         while (hq->head != NULL &&
                (hq->head->gated ? gate_open(hq) : hq->in_curl < m->max_host)) {
-            struct svc_fetch *f = hq->head;
+            struct curl_fetch *f = hq->head;
 
             hq->head = f->qnext;
             if (hq->head != NULL)
@@ -444,7 +449,7 @@ static void on_pump(void *data, struct svc_timer *t)
             if (hand_to_curl(f) == SVC_OK)
                 continue;
             if (f->cb.on_done != NULL)
-                f->cb.on_done(f->ud, SVC_ENOMEM, f, 0, f->stream ? NULL : "", 0,
+                f->cb.on_done(f->ud, SVC_ENOMEM, &f->base, 0, f->stream ? NULL : "", 0,
                               "cannot start the transfer");
             fetch_free(f);
         }
@@ -460,13 +465,16 @@ int svc_fetch_multi_create(struct svc_fetch_multi **out, struct svc_loop *loop,
     if (m == NULL)
         return SVC_ENOMEM;
     m->loop = loop;
+    const char *client = getenv("CHATWEB_HTTP1_CLIENT");
+    m->h1_off = client != NULL && strcmp(client, "libcurl") == 0;
     m->h2c_reuse_broken = curl_version_info(CURLVERSION_NOW)->version_num < 0x075900;
     m->multi = curl_multi_init();
     m->share = curl_share_init();
     m->max_host = max_host_connections > 0 ? max_host_connections : 0;
     if (m->multi == NULL || m->share == NULL ||
         svc_timer_create(&m->timer, loop, on_timer, m) != SVC_OK ||
-        svc_timer_create(&m->pump, loop, on_pump, m) != SVC_OK) {
+        svc_timer_create(&m->pump, loop, on_pump, m) != SVC_OK ||
+        svc__h1_create(&m->h1, loop, m->max_host) != SVC_OK) {
         svc_fetch_multi_destroy(&m);
         return SVC_ENOMEM;
     }
@@ -504,8 +512,9 @@ void svc_fetch_multi_destroy(struct svc_fetch_multi **mp)
 
     if (m == NULL)
         return;
+    svc__h1_destroy(&m->h1);
     while (m->all != NULL) {
-        struct svc_fetch *f = m->all;
+        struct curl_fetch *f = m->all;
         if (!f->cancelled && f->cb.on_cancel != NULL)
             f->cb.on_cancel(f->ud);
         fetch_free(f);
@@ -530,12 +539,12 @@ void svc_fetch_multi_destroy(struct svc_fetch_multi **mp)
 
 long svc_fetch_multi_active(const struct svc_fetch_multi *m)
 {
-    return m->active;
+    return m->active + svc__h1_active(m->h1);
 }
 
 static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userp)
 {
-    struct svc_fetch *f = userp;
+    struct curl_fetch *f = userp;
     size_t len = size * nmemb;
 
     if (f->cancelled)
@@ -548,7 +557,7 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userp)
         int rc;
         if (f->status == 0)
             curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &f->status);
-        rc = f->cb.on_data != NULL ? f->cb.on_data(f->ud, f, f->status, ptr, len) : 0;
+        rc = f->cb.on_data != NULL ? f->cb.on_data(f->ud, &f->base, f->status, ptr, len) : 0;
         if (rc == SVC_FETCH_PAUSE) {
             /* Paused by us (a slow client): silence from the upstream is not its fault. */
             svc_timer_stop(f->idle);
@@ -570,7 +579,7 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userp)
 /* curl's own low-speed check only runs when curl is woken; a loop timer is exact. */
 static void on_idle(void *data, struct svc_timer *t)
 {
-    struct svc_fetch *f = data;
+    struct curl_fetch *f = data;
     char msg[96];
 
     (void)t;
@@ -583,7 +592,7 @@ static void on_idle(void *data, struct svc_timer *t)
     curl_easy_getinfo(f->easy, CURLINFO_RESPONSE_CODE, &f->status);
     snprintf(msg, sizeof(msg), "no data for %llu ms", (unsigned long long)f->idle_ms);
     if (f->cb.on_done != NULL)
-        f->cb.on_done(f->ud, SVC_ETIMEDOUT, f, f->status, f->stream ? NULL : "", 0, msg);
+        f->cb.on_done(f->ud, SVC_ETIMEDOUT, &f->base, f->status, f->stream ? NULL : "", 0, msg);
     fetch_free(f);
 }
 
@@ -649,13 +658,15 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
                     const struct svc_fetch_req *req, const struct svc_fetch_callbacks *cb,
                     void *ctx)
 {
-    struct svc_fetch *f;
+    struct curl_fetch *f;
     CURL *e;
     int rc = SVC_ENOMEM;
 
     *out = NULL;
     if (m == NULL || req == NULL || cb == NULL)
         return SVC_EINVAL;
+    if (!m->h1_off && svc__h1_takes(req))
+        return svc__h1_start(out, m->h1, req, cb, ctx);
     if ((f = calloc(1, sizeof(*f))) == NULL)
         return SVC_ENOMEM;
     f->m = m;
@@ -756,7 +767,7 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
     if (m->all != NULL)
         m->all->prev = f;
     m->all = f;
-    *out = f;
+    *out = &f->base;
     return SVC_OK;
 fail:
     svc_timer_destroy(&f->idle);
@@ -768,13 +779,20 @@ fail:
     return rc;
 }
 
+static void curl_pause(struct curl_fetch *f, int paused);
+
 void svc_fetch_cancel(struct svc_fetch **fp)
 {
-    struct svc_fetch *f = fp != NULL ? *fp : NULL;
+    struct svc_fetch *base = fp != NULL ? *fp : NULL;
+    struct curl_fetch *f = (struct curl_fetch *)base;
 
-    if (f == NULL)
+    if (base == NULL)
         return;
     *fp = NULL;
+    if (base->own) {
+        svc__h1_cancel(base);
+        return;
+    }
     f->cancelled = 1;
     if (f->cb.on_cancel != NULL)
         f->cb.on_cancel(f->ud);
@@ -788,11 +806,11 @@ void svc_fetch_cancel(struct svc_fetch **fp)
     } else {
         if (f->idle != NULL && svc_timer_start(f->idle, 0) != SVC_OK)
             svc_timer_stop(f->idle); /* then curl's own end or timeout frees it */
-        svc_fetch_pause(f, 0);
+        curl_pause(f, 0);
     }
 }
 
-void svc_fetch_pause(struct svc_fetch *f, int paused)
+static void curl_pause(struct curl_fetch *f, int paused)
 {
     struct svc_fetch_multi *m = f->m;
 
@@ -812,11 +830,26 @@ void svc_fetch_pause(struct svc_fetch *f, int paused)
         fetch_free(f);
 }
 
-void svc_fetch_headers_each(struct svc_fetch *f, svc_fetch_header_cb cb, void *ctx)
+void svc_fetch_pause(struct svc_fetch *base, int paused)
 {
+    if (base->own)
+        svc__h1_pause(base, paused);
+    else
+        curl_pause((struct curl_fetch *)base, paused);
+}
+
+void svc_fetch_headers_each(struct svc_fetch *base, svc_fetch_header_cb cb, void *ctx)
+{
+    struct curl_fetch *f = (struct curl_fetch *)base;
     struct curl_header *h = NULL;
 
-    if (f == NULL || f->easy == NULL)
+    if (base == NULL)
+        return;
+    if (base->own) {
+        svc__h1_headers_each(base, cb, ctx);
+        return;
+    }
+    if (f->easy == NULL)
         return;
     /* CURLH_HEADER: the response's own headers (not trailers, not a CONNECT's); request -1: the
      * last response of the transfer (an interim 100 Continue's headers are not included). */

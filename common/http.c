@@ -892,26 +892,6 @@ static int cross_origin(const struct svc_req *req)
     return strcasecmp(p + 3, host) != 0;
 }
 
-/* 1 when the comma-separated list value holds token (without case). */
-static int has_token(const char *value, const char *token)
-{
-    size_t n = strlen(token);
-
-    for (const char *p = value; p != NULL && *p != '\0';) {
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        if (strncasecmp(p, token, n) == 0) {
-            const char *e = p + n;
-            while (*e == ' ' || *e == '\t')
-                e++;
-            if (*e == ',' || *e == '\0')
-                return 1;
-        }
-        p = strchr(p, ',');
-    }
-    return 0;
-}
-
 /* A request without a usable head (too large, malformed): answered with status in the style of
  * the route its request line names, when it names one, and the connection closed after it. */
 static struct svc_req *req_new(struct conn *c, size_t extra)
@@ -1054,8 +1034,8 @@ static void head_take(struct conn *c, size_t len)
         return;
     }
     conn_hdr = svc_req_header(req, "Connection");
-    c->keepalive = c->http10 ? conn_hdr != NULL && has_token(conn_hdr, "keep-alive")
-                             : conn_hdr == NULL || !has_token(conn_hdr, "close");
+    c->keepalive = c->http10 ? conn_hdr != NULL && svc__http_has_token(conn_hdr, "keep-alive")
+                             : conn_hdr == NULL || !svc__http_has_token(conn_hdr, "close");
     c->chunked = 0;
     c->body_left = 0;
     if (te != NULL) {

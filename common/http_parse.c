@@ -8,6 +8,7 @@
 #include "svc/util.h"
 
 #include <string.h>
+#include <strings.h>
 
 /* RFC 9110 5.6.2 tchar. */
 static int is_tchar(unsigned char c)
@@ -186,25 +187,14 @@ static int parse_request_line(char *p, char *e, struct svc__http_head *h, char *
     return 0;
 }
 
-int svc__http_parse_head(char *buf, size_t len, struct svc__http_head *h,
-                         struct svc__http_field *headers, unsigned max_headers,
-                         struct svc__http_field *args, unsigned max_args)
+/* Parses the header lines from p up to the blank line (or end) into headers[], max_headers of
+ * them at most. Returns 0, 400 (malformed) or 431 (too many). */
+static int parse_fields(char *p, char *end, struct svc__http_field *headers, unsigned max_headers,
+                        unsigned *nheaders)
 {
-    char *p = buf, *end = buf + len, *next, *e, *query = NULL;
-    int rc;
+    char *next, *e;
 
-    memset(h, 0, sizeof(*h));
-    h->headers = headers;
-    h->args = args;
-    while (p < end && (*p == '\r' || *p == '\n'))
-        p++;
-    e = line_end(p, end, &next);
-    if (e == NULL)
-        return 400;
-    rc = parse_request_line(p, e, h, &query);
-    if (rc != 0)
-        return rc;
-    for (p = next; p < end; p = next) {
+    for (; p < end; p = next) {
         char *colon, *v, *ve;
 
         e = line_end(p, end, &next);
@@ -227,15 +217,91 @@ int svc__http_parse_head(char *buf, size_t len, struct svc__http_head *h,
         for (char *c = v; c < ve; c++)
             if (!is_vchar((unsigned char)*c))
                 return 400;
-        if (h->nheaders == max_headers)
+        if (*nheaders == max_headers)
             return 431;
         *colon = '\0';
         *ve = '\0';
-        headers[h->nheaders].name = p;
-        headers[h->nheaders].value = v;
-        h->nheaders++;
+        headers[*nheaders].name = p;
+        headers[*nheaders].value = v;
+        (*nheaders)++;
     }
+    return 0;
+}
+
+int svc__http_parse_head(char *buf, size_t len, struct svc__http_head *h,
+                         struct svc__http_field *headers, unsigned max_headers,
+                         struct svc__http_field *args, unsigned max_args)
+{
+    char *p = buf, *end = buf + len, *next, *e, *query = NULL;
+    int rc;
+
+    memset(h, 0, sizeof(*h));
+    h->headers = headers;
+    h->args = args;
+    while (p < end && (*p == '\r' || *p == '\n'))
+        p++;
+    e = line_end(p, end, &next);
+    if (e == NULL)
+        return 400;
+    rc = parse_request_line(p, e, h, &query);
+    if (rc == 0)
+        rc = parse_fields(next, end, headers, max_headers, &h->nheaders);
+    if (rc != 0)
+        return rc;
     return query != NULL ? parse_query(query, h, args, max_args) : 0;
+}
+
+/* "HTTP/1.x SP 3DIGIT [SP reason]" (RFC 9112 4; the reason may be empty, and its space too, as
+ * curl and nginx accept). */
+static int parse_status_line(const char *p, const char *e, struct svc__http_response *r)
+{
+    if (e - p < 12 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1') || p[8] != ' ')
+        return 400;
+    for (int i = 9; i < 12; i++)
+        if (p[i] < '0' || p[i] > '9')
+            return 400;
+    if (e - p > 12 && p[12] != ' ')
+        return 400;
+    r->minor = p[7] - '0';
+    r->status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+    return r->status >= 100 ? 0 : 400;
+}
+
+int svc__http_parse_response_head(char *buf, size_t len, struct svc__http_response *r,
+                                  struct svc__http_field *headers, unsigned max_headers)
+{
+    char *p = buf, *end = buf + len, *next, *e;
+    int rc;
+
+    memset(r, 0, sizeof(*r));
+    r->headers = headers;
+    while (p < end && (*p == '\r' || *p == '\n'))
+        p++;
+    e = line_end(p, end, &next);
+    if (e == NULL)
+        return 400;
+    rc = parse_status_line(p, e, r);
+    return rc != 0 ? rc : parse_fields(next, end, headers, max_headers, &r->nheaders);
+}
+
+/* Whether the comma-separated list value (a Connection header) names token, in any case. */
+int svc__http_has_token(const char *value, const char *token)
+{
+    size_t n = strlen(token);
+
+    for (const char *p = value; p != NULL && *p != '\0';) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        if (strncasecmp(p, token, n) == 0) {
+            const char *e = p + n;
+            while (*e == ' ' || *e == '\t')
+                e++;
+            if (*e == ',' || *e == '\0')
+                return 1;
+        }
+        p = strchr(p, ',');
+    }
+    return 0;
 }
 
 /* ---- chunked bodies ---- */

@@ -2,9 +2,10 @@
 #define SVC_HTTP_PARSE_H
 
 /*
- * The HTTP/1.x request parser of the server (common/http.c): the request head and the chunked
- * body coding. Pure functions on buffers, no I/O, so they can be fuzzed on their own
- * (tests/fuzz/fuzz_http_request.c). Internal to common/; not a public header.
+ * The HTTP/1.x parser of the server (common/http.c): the request head and the chunked body
+ * coding; and the response head, for the client (common/fetch_h1.c). Pure functions on
+ * buffers, no I/O, so they can be fuzzed on their own (tests/fuzz/fuzz_http_request.c,
+ * fuzz_http_response.c). Internal to common/; not a public header.
  *
  * Strict where a lax reading could let two parsers disagree about where a request ends (RFC 9112
  * section 11.2): folded header lines, a space before a header's colon, control bytes, a bad
@@ -55,12 +56,31 @@ int svc__http_parse_head(char *buf, size_t len, struct svc__http_head *h,
                          struct svc__http_field *headers, unsigned max_headers,
                          struct svc__http_field *args, unsigned max_args);
 
+/* A response head (the client of common/fetch_h1.c). */
+struct svc__http_response {
+    int status;                      /* 100-999 */
+    int minor;                       /* HTTP/1.<minor>: 0 or 1 */
+    struct svc__http_field *headers; /* in the caller's array, in the order received */
+    unsigned nheaders;
+};
+
+/*
+ * Parses the response head in buf[0..len) (len from svc__http_head_len, which finds a
+ * response's end as it finds a request's), in place as svc__http_parse_head does. Returns 0,
+ * 400 (malformed: a bad status line or header line) or 431 (more than max_headers).
+ */
+int svc__http_parse_response_head(char *buf, size_t len, struct svc__http_response *r,
+                                  struct svc__http_field *headers, unsigned max_headers);
+
 /* The number of query arguments the request line at the start of buf names (after empty lines):
  * 1 + its '&'s, 0 without a query. For sizing the args array before parsing. */
 unsigned svc__http_count_args(const char *buf, size_t len);
 
 /* The number of lines in buf[0..len): enough header entries for svc__http_parse_head. */
 unsigned svc__http_count_lines(const char *buf, size_t len);
+
+/* Whether the comma-separated list value (a Connection header) names token, in any case. */
+int svc__http_has_token(const char *value, const char *token);
 
 /* A chunked body being decoded (RFC 9112 section 7.1). Zero-initialise to start. */
 struct svc__http_chunked {

@@ -1,0 +1,1201 @@
+/*
+ * The HTTP/1.1 client of svc_fetch for cleartext origins (fetch_h1.h, docs/decisions.md 58):
+ * the chat and proxy upstream over http:// and every RPC between services.
+ *
+ * On the loop like the server of common/http.c, and shaped like nginx's upstream module: one
+ * transfer per connection, kept-alive connections per origin, a response read straight into a
+ * small buffer of the connection and decoded in place (common/http_parse.c, the server's own
+ * head scanner and chunked decoder). What libcurl did around each transfer and this does not:
+ * no poll() to ask whether a kept connection is still alive before reusing it (an idle
+ * connection is watched for its close instead, and a reused one that fails before answering is
+ * retried once on a new connection, as curl and nginx do), no poll() after each read, no
+ * getsockname/getpeername, and a few hundred bytes of state instead of ~11 KB
+ * (docs/benchmarks.md, "System calls per stream").
+ *
+ * Lifetimes: a transfer (struct h1_fetch) waits in its origin's queue, then owns a connection
+ * (struct h1_conn) until it ends, when the connection goes back to the origin's idle list or is
+ * closed. Callbacks run from I/O and timer events of the loop, never inside svc__h1_start. A
+ * transfer cancelled inside its own on_data is freed when on_data returns (in_cb).
+ *
+ * Names are resolved on a short-lived thread per origin (getaddrinfo blocks), which writes the
+ * answer into a socket pair watched by the loop, and kept for H1_DNS_TTL_MS; numeric addresses
+ * need none. IPv4 answers are preferred (the services and upstreams of a cluster listen there).
+ */
+#include "fetch_h1.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "http_parse.h"
+#include "svc/buf.h"
+#include "svc/loop.h"
+#include "svc/util.h"
+
+#define H1_CONNECT_DEFAULT_MS 10000
+#define H1_MAX_RESPONSE (8u << 20) /* buffered mode, unless the request says otherwise */
+/* A connection's read buffer: a stream's events are 150-250 bytes and a response head a few
+ * hundred, so 1 KiB holds either; it grows (doubling) only for a longer head. */
+#define H1_BUF_MIN 1024u
+#define H1_HEAD_MAX (64u * 1024u)
+#define H1_MAX_HEADERS 128
+#define H1_IDLE_PER_ORIGIN 1024 /* kept-alive connections per origin; more are closed */
+#define H1_DNS_TTL_MS 60000     /* as libcurl's DNS cache */
+#define H1_DNS_STALE_MS 5000    /* a failed re-resolution keeps the old address this long */
+
+enum h1_state {
+    ST_QUEUED, /* waiting for a connection (per-host cap, name resolution, the pump) */
+    ST_SEND,   /* connecting or writing the request */
+    ST_HEAD,   /* reading the response head */
+    ST_BODY,   /* reading the body */
+};
+
+enum h1_body {
+    B_NONE,    /* no body (HEAD, 204, 304, Content-Length: 0) */
+    B_LENGTH,  /* Content-Length bytes, `left` of them to come */
+    B_CHUNKED, /* Transfer-Encoding: chunked */
+    B_CLOSE,   /* until the server closes */
+};
+
+struct h1_origin;
+struct h1_fetch;
+
+struct h1_conn {
+    struct h1_conn *prev, *next; /* in its origin's idle list, while idle */
+    struct h1_origin *o;
+    struct h1_fetch *f; /* the transfer on it; NULL while idle */
+    struct svc_io *io;  /* NULL once it is no longer watched (broken while paused) */
+    int fd;
+    uint32_t events;         /* what io watches */
+    unsigned connecting : 1; /* connect() has not finished */
+    unsigned reused : 1;     /* it carried a response before the current one */
+    unsigned broken : 1;     /* reset while its transfer was paused: never reused */
+    char *buf;               /* bytes read; [start, end) not parsed yet */
+    size_t cap, start, end;
+};
+
+struct h1_origin {
+    struct h1_origin *next;
+    struct svc__h1 *h;
+    struct h1_conn *idle; /* kept-alive connections, most recent first */
+    long nidle;
+    long busy;                    /* connections that carry (or connect for) a transfer */
+    struct h1_fetch *head, *tail; /* waiting for a connection, oldest first */
+    struct sockaddr_storage addr;
+    socklen_t addrlen;     /* 0: not resolved yet */
+    uint64_t addr_until;   /* loop ms when the name is resolved again */
+    struct svc_io *dns_io; /* a resolution in progress: its answer arrives here */
+    const char *host;      /* the name or address, without brackets or port */
+    char port[8];
+    char authority[]; /* "host[:port]" as in the URL (the Host header), then host */
+};
+
+struct h1_fetch {
+    struct svc_fetch base; /* first: the public handle */
+    struct svc__h1 *h;
+    struct h1_origin *o;
+    struct h1_conn *c;              /* from ST_SEND on */
+    struct h1_fetch *prev, *next;   /* every transfer, for svc__h1_destroy */
+    struct h1_fetch *qprev, *qnext; /* in o's queue while ST_QUEUED */
+    struct svc_fetch_callbacks cb;
+    void *ud;
+    char *req; /* the request, head and body; wiped and freed at the first byte of the answer */
+    size_t req_len, req_sent;
+    struct svc_timer *timer; /* the deadlines below, and kick */
+    uint64_t connect_ms, total_ms, idle_ms;
+    uint64_t connect_due, total_due, idle_due; /* loop ms; 0 = not running */
+    struct svc_buf resp;                       /* buffered mode: the body */
+    struct svc__http_scan scan;                /* ST_HEAD */
+    struct svc__http_chunked chunk;            /* B_CHUNKED */
+    uint64_t left;                             /* B_LENGTH */
+    struct svc__http_field *fields; /* the response's headers, one block with their text */
+    unsigned nfields;
+    size_t hold_off, hold_len; /* decoded body bytes in c->buf not yet delivered */
+    long status;
+    unsigned char state, body;
+    unsigned queued : 1, stream : 1, head_req : 1, keepalive : 1, fresh : 1, retried : 1,
+        paused : 1, cancelled : 1, in_cb : 1, kick : 1, got_bytes : 1, complete : 1;
+};
+
+struct svc__h1 {
+    struct svc_loop *loop;
+    long max_host;
+    long active;
+    struct h1_origin *origins; /* a handful: the upstream and the peer services */
+    struct h1_fetch *all;
+    struct svc_timer *pump; /* hands waiting transfers connections, outside any callback */
+};
+
+static int process(struct h1_fetch *f);
+static void read_response(struct h1_fetch *f);
+static void origin_pump(struct h1_origin *o);
+
+/* ---- connections ---- */
+
+static void pump_soon(struct svc__h1 *h)
+{
+    if (svc_timer_start(h->pump, 0) != SVC_OK)
+        svc_timer_stop(h->pump); /* a transfer's own timeout ends its wait */
+}
+
+static void idle_unlink(struct h1_conn *c)
+{
+    struct h1_origin *o = c->o;
+
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        o->idle = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    o->nidle--;
+}
+
+static void conn_close(struct h1_conn *c)
+{
+    if (c->io != NULL)
+        svc_io_close(&c->io);
+    else
+        close(c->fd);
+    free(c->buf);
+    free(c);
+}
+
+static int conn_watch(struct h1_conn *c, uint32_t events)
+{
+    if (c->io == NULL || c->events == events)
+        return SVC_OK;
+    if (svc_io_modify(c->io, events) != SVC_OK)
+        return SVC_EIO;
+    c->events = events;
+    return SVC_OK;
+}
+
+/* Takes f's connection from it. keep: the connection ended a response cleanly and may carry
+ * another; it goes to the idle list (watched for the server's close), else it is closed. */
+static void conn_release(struct h1_fetch *f, int keep)
+{
+    struct h1_conn *c = f->c;
+    struct h1_origin *o = f->o;
+
+    if (c == NULL)
+        return;
+    f->c = NULL;
+    c->f = NULL;
+    o->busy--;
+    if (o->head != NULL)
+        pump_soon(o->h);
+    if (!keep || c->broken || c->start != c->end || o->nidle >= H1_IDLE_PER_ORIGIN ||
+        conn_watch(c, EPOLLIN) != SVC_OK) {
+        conn_close(c);
+        return;
+    }
+    c->reused = 1;
+    c->start = c->end = 0;
+    c->next = o->idle;
+    if (o->idle != NULL)
+        o->idle->prev = c;
+    o->idle = c;
+    o->nidle++;
+}
+
+static void on_conn_io(void *ctx, struct svc_io *io, int fd, uint32_t events);
+
+/* A new connection to o's address; connect() may still be in progress. NULL with errno set. */
+static struct h1_conn *conn_open(struct h1_origin *o)
+{
+    struct h1_conn *c = calloc(1, sizeof(*c));
+    int one = 1, err;
+
+    if (c == NULL)
+        return NULL;
+    c->o = o;
+    c->cap = H1_BUF_MIN;
+    if ((c->buf = malloc(c->cap)) == NULL) {
+        free(c);
+        errno = ENOMEM;
+        return NULL;
+    }
+    c->fd = socket(o->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) {
+        err = errno;
+        free(c->buf);
+        free(c);
+        errno = err;
+        return NULL;
+    }
+    (void)setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(c->fd, (struct sockaddr *)&o->addr, o->addrlen) != 0) {
+        if (errno != EINPROGRESS)
+            goto fail;
+        c->connecting = 1;
+    }
+    /* Connected (loopback usually is at once): the request is written now and the answer
+     * awaited; connecting: writable says when it is up. */
+    c->events = c->connecting ? EPOLLOUT : EPOLLIN;
+    if (svc_io_add(&c->io, o->h->loop, c->fd, c->events, on_conn_io, c) != SVC_OK)
+        goto fail;
+    return c;
+fail:
+    err = errno;
+    close(c->fd);
+    free(c->buf);
+    free(c);
+    errno = err;
+    return NULL;
+}
+
+/* ---- transfers: ends ---- */
+
+static void queue_remove(struct h1_fetch *f)
+{
+    struct h1_origin *o = f->o;
+
+    if (f->qprev != NULL)
+        f->qprev->qnext = f->qnext;
+    else
+        o->head = f->qnext;
+    if (f->qnext != NULL)
+        f->qnext->qprev = f->qprev;
+    else
+        o->tail = f->qprev;
+    f->qprev = f->qnext = NULL;
+    f->queued = 0;
+}
+
+static void req_free(struct h1_fetch *f)
+{
+    if (f->req == NULL)
+        return;
+    svc_util_wipe(f->req, f->req_len); /* it holds the API key or the RPC signature */
+    free(f->req);
+    f->req = NULL;
+}
+
+static void fetch_free(struct h1_fetch *f)
+{
+    struct svc__h1 *h = f->h;
+
+    svc_timer_destroy(&f->timer);
+    if (f->queued)
+        queue_remove(f);
+    conn_release(f, 0);
+    req_free(f);
+    free(f->fields);
+    svc_buf_deinit(&f->resp);
+    if (f->prev != NULL)
+        f->prev->next = f->next;
+    else
+        h->all = f->next;
+    if (f->next != NULL)
+        f->next->prev = f->prev;
+    h->active--;
+    free(f);
+}
+
+/* Ends f with err (not SVC_OK) and frees it. Returns 0, for process()'s callers. */
+static int fail(struct h1_fetch *f, int err, const char *msg)
+{
+    if (f->queued)
+        queue_remove(f);
+    conn_release(f, 0);
+    if (!f->cancelled && f->cb.on_done != NULL) {
+        f->in_cb = 1;
+        f->cb.on_done(f->ud, err, &f->base, f->status, f->stream ? NULL : "", 0, msg);
+    }
+    fetch_free(f);
+    return 0;
+}
+
+/* The whole response arrived: the connection goes back, on_done runs, f is freed. */
+static void finish(struct h1_fetch *f)
+{
+    conn_release(f, f->keepalive && !f->fresh);
+    if (!f->cancelled && f->cb.on_done != NULL) {
+        f->in_cb = 1;
+        f->cb.on_done(f->ud, SVC_OK, &f->base, f->status,
+                      f->stream ? NULL : (f->resp.data != NULL ? f->resp.data : ""),
+                      f->stream ? 0 : f->resp.len, NULL);
+    }
+    fetch_free(f);
+}
+
+/* A kept-alive connection the server had closed (or reset) before this request reached it
+ * fails without a byte of answer; the request goes again, once, on a new connection. */
+static int may_retry(const struct h1_fetch *f)
+{
+    return f->c->reused && !f->got_bytes && !f->retried && f->req != NULL;
+}
+
+static int retry(struct h1_fetch *f)
+{
+    struct h1_origin *o = f->o;
+
+    conn_release(f, 0);
+    f->retried = 1;
+    f->req_sent = 0;
+    f->state = ST_QUEUED;
+    f->queued = 1;
+    memset(&f->scan, 0, sizeof(f->scan));
+    f->qprev = NULL; /* first in line: it was served already */
+    f->qnext = o->head;
+    if (o->head != NULL)
+        o->head->qprev = f;
+    else
+        o->tail = f;
+    o->head = f;
+    pump_soon(f->h);
+    return 0;
+}
+
+/* A send or receive failed with errno err (0: the server closed the connection). */
+static int transport_error(struct h1_fetch *f, int err)
+{
+    char msg[192];
+
+    if (may_retry(f))
+        return retry(f);
+    if (f->state == ST_SEND && f->req_sent == 0 && !f->c->reused)
+        snprintf(msg, sizeof(msg), "cannot connect to %s: %s", f->o->authority,
+                 err ? strerror(err) : "connection closed");
+    else if (err == 0)
+        snprintf(msg, sizeof(msg), "%s closed the connection before the response ended",
+                 f->o->authority);
+    else
+        snprintf(msg, sizeof(msg), "connection to %s: %s", f->o->authority, strerror(err));
+    return fail(f, SVC_EUNAVAIL, msg);
+}
+
+/* ---- deadlines ---- */
+
+static void timer_arm(struct h1_fetch *f)
+{
+    uint64_t now = svc_loop_now(f->h->loop), next = 0;
+    const uint64_t dues[] = {f->connect_due, f->total_due, f->idle_due};
+
+    for (size_t i = 0; i < sizeof(dues) / sizeof(dues[0]); i++)
+        if (dues[i] != 0 && (next == 0 || dues[i] < next))
+            next = dues[i];
+    if (f->kick)
+        next = now;
+    if (next == 0)
+        svc_timer_stop(f->timer);
+    else if (svc_timer_start(f->timer, next > now ? next - now : 0) != SVC_OK)
+        svc_timer_stop(f->timer); /* cannot happen: an armed timer needs no memory */
+}
+
+static void on_fetch_timer(void *ctx, struct svc_timer *t)
+{
+    struct h1_fetch *f = ctx;
+    uint64_t now = svc_loop_now(f->h->loop);
+    char msg[160];
+
+    (void)t;
+    if (f->kick) { /* resumed: deliver what was held and read on */
+        f->kick = 0;
+        if (f->c != NULL && f->state != ST_SEND && !f->paused) {
+            if (conn_watch(f->c, EPOLLIN) != SVC_OK) {
+                fail(f, SVC_EIO, "cannot watch the upstream connection");
+                return;
+            }
+            if (!process(f))
+                return;
+            if (f->c->io == NULL) { /* reset while paused: no event will come, read its end */
+                read_response(f);
+                return;
+            }
+        }
+    }
+    if (f->connect_due != 0 && now >= f->connect_due) {
+        snprintf(msg, sizeof(msg), "connecting to %s took longer than %llu ms", f->o->authority,
+                 (unsigned long long)f->connect_ms);
+    } else if (f->total_due != 0 && now >= f->total_due) {
+        snprintf(msg, sizeof(msg), "the transfer took longer than %llu ms",
+                 (unsigned long long)f->total_ms);
+    } else if (f->idle_due != 0 && now >= f->idle_due) {
+        snprintf(msg, sizeof(msg), "no data for %llu ms", (unsigned long long)f->idle_ms);
+    } else {
+        timer_arm(f);
+        return;
+    }
+    fail(f, SVC_ETIMEDOUT, msg);
+}
+
+/* ---- the request ---- */
+
+static void send_request(struct h1_fetch *f)
+{
+    struct h1_conn *c = f->c;
+
+    if (c->connecting) {
+        c->connecting = 0;
+        f->connect_due = 0;
+    }
+    while (f->req_sent < f->req_len) {
+        ssize_t n = send(c->fd, f->req + f->req_sent, f->req_len - f->req_sent, MSG_NOSIGNAL);
+
+        if (n > 0) {
+            f->req_sent += (size_t)n;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (conn_watch(c, EPOLLOUT) != SVC_OK)
+                fail(f, SVC_EIO, "cannot watch the upstream connection");
+            else
+                timer_arm(f);
+            return;
+        } else if (errno != EINTR) {
+            transport_error(f, errno);
+            return;
+        }
+    }
+    f->state = ST_HEAD;
+    if (conn_watch(c, f->paused ? 0 : EPOLLIN) != SVC_OK) {
+        fail(f, SVC_EIO, "cannot watch the upstream connection");
+        return;
+    }
+    timer_arm(f);
+}
+
+/* ---- the response ---- */
+
+/* Interprets the head in p[0..len). Returns 1 for a final response (f->body and friends set),
+ * 0 for an interim one (1xx: skipped), -1 when f failed. */
+static int take_head(struct h1_fetch *f, char *p, size_t len)
+{
+    struct svc__http_field fields[H1_MAX_HEADERS];
+    struct svc__http_response r;
+    const char *cl = NULL, *te = NULL, *conn = NULL;
+    size_t bytes = 0;
+    char *text;
+    int rc = svc__http_parse_response_head(p, len, &r, fields, H1_MAX_HEADERS);
+
+    if (rc != 0)
+        return fail(f, SVC_EUNAVAIL,
+                    rc == 431 ? "the response has more than 128 header lines"
+                              : "the response head is malformed") -
+               1;
+    if (r.status < 200) /* 100 Continue, 103 Early Hints: the answer follows */
+        return r.status == 101 ? fail(f, SVC_EUNAVAIL, "unexpected 101 Switching Protocols") - 1
+                               : 0;
+    f->status = r.status;
+    for (unsigned i = 0; i < r.nheaders; i++) {
+        const char *n = fields[i].name, *v = fields[i].value;
+
+        if (strcasecmp(n, "Content-Length") == 0) {
+            if (cl != NULL && strcmp(cl, v) != 0)
+                return fail(f, SVC_EUNAVAIL, "conflicting Content-Length headers") - 1;
+            cl = v;
+        } else if (strcasecmp(n, "Transfer-Encoding") == 0) {
+            te = v;
+        } else if (strcasecmp(n, "Connection") == 0) {
+            conn = v;
+        }
+        bytes += strlen(n) + strlen(v) + 2;
+    }
+    f->keepalive = r.minor == 1 ? conn == NULL || !svc__http_has_token(conn, "close")
+                                : conn != NULL && svc__http_has_token(conn, "keep-alive");
+    if (f->head_req || f->status == 204 || f->status == 304) {
+        f->body = B_NONE;
+    } else if (te != NULL) {
+        /* chunked must be the last coding; anything before it we cannot undo */
+        if (strcasecmp(te, "chunked") != 0)
+            return fail(f, SVC_EUNAVAIL, "unsupported Transfer-Encoding") - 1;
+        f->body = B_CHUNKED;
+        memset(&f->chunk, 0, sizeof(f->chunk));
+        if (cl != NULL) /* RFC 9112 6.3: chunked wins, and the connection is not reused */
+            f->keepalive = 0;
+    } else if (cl != NULL) {
+        char *end;
+
+        errno = 0;
+        f->left = strtoull(cl, &end, 10);
+        if (cl[0] < '0' || cl[0] > '9' || *end != '\0' || errno != 0)
+            return fail(f, SVC_EUNAVAIL, "invalid Content-Length") - 1;
+        f->body = f->left > 0 ? B_LENGTH : B_NONE;
+    } else {
+        f->body = B_CLOSE;
+        f->keepalive = 0;
+    }
+    f->complete = f->body == B_NONE;
+    /* The headers outlive the buffer they were read into: svc_fetch_headers_each may ask during
+     * every on_data and on_done. One block: the array, then the text. */
+    free(f->fields);
+    f->nfields = 0;
+    f->fields = malloc(r.nheaders * sizeof(*f->fields) + bytes + 1);
+    if (f->fields == NULL)
+        return fail(f, SVC_ENOMEM, "out of memory for the response headers") - 1;
+    text = (char *)(f->fields + r.nheaders);
+    for (unsigned i = 0; i < r.nheaders; i++) {
+        size_t nl = strlen(fields[i].name) + 1, vl = strlen(fields[i].value) + 1;
+
+        f->fields[i].name = memcpy(text, fields[i].name, nl);
+        f->fields[i].value = memcpy(text + nl, fields[i].value, vl);
+        text += nl + vl;
+    }
+    f->nfields = r.nheaders;
+    return 1;
+}
+
+/* Hands the held bytes to the reader. Returns 1 when they were taken, 0 when f is paused or
+ * gone. */
+static int deliver(struct h1_fetch *f)
+{
+    const char *data = f->c->buf + f->hold_off;
+    int rc;
+
+    if (!f->stream) {
+        if (svc_buf_append(&f->resp, data, f->hold_len) != SVC_OK) {
+            char msg[96];
+            snprintf(msg, sizeof(msg), "the response is larger than %zu bytes", f->resp.max);
+            return fail(f, SVC_ETOOLARGE, msg);
+        }
+        f->hold_len = 0;
+        return 1;
+    }
+    f->in_cb = 1;
+    rc = f->cb.on_data != NULL ? f->cb.on_data(f->ud, &f->base, f->status, data, f->hold_len) : 0;
+    f->in_cb = 0;
+    if (f->cancelled) {
+        fetch_free(f);
+        return 0;
+    }
+    if (rc == SVC_FETCH_PAUSE) {
+        svc__h1_pause(&f->base, 1);
+        return 0;
+    }
+    if (rc != 0)
+        return fail(f, rc, "the reader refused the response");
+    f->hold_len = 0;
+    return 1;
+}
+
+/*
+ * Parses and delivers what the connection's buffer holds. Returns 1 when f waits for more
+ * bytes, 0 when it is paused or gone (ended, failed, cancelled).
+ */
+static int process(struct h1_fetch *f)
+{
+    struct h1_conn *c = f->c;
+
+    for (;;) {
+        char *raw = c->buf + c->start;
+        size_t n = c->end - c->start;
+
+        if (f->state == ST_HEAD) {
+            size_t hl = svc__http_head_len(raw, n, &f->scan);
+            int rc;
+
+            if (hl == 0) {
+                if (n >= H1_HEAD_MAX)
+                    return fail(f, SVC_EUNAVAIL, "the response head is larger than 64 KiB");
+                return 1;
+            }
+            rc = take_head(f, raw, hl);
+            if (rc < 0)
+                return 0;
+            c->start += hl;
+            memset(&f->scan, 0, sizeof(f->scan));
+            if (rc == 1)
+                f->state = ST_BODY;
+            continue;
+        }
+        if (f->hold_len > 0 && !deliver(f))
+            return 0;
+        if (f->complete) {
+            finish(f);
+            return 0;
+        }
+        if (n == 0) {
+            c->start = c->end = 0;
+            return 1;
+        }
+        f->hold_off = c->start; /* decoded data goes here; the loop's top delivers it */
+        if (f->body == B_LENGTH) {
+            size_t take = n < f->left ? n : (size_t)f->left;
+            f->hold_len = take;
+            c->start += take;
+            f->left -= take;
+            f->complete = f->left == 0;
+        } else if (f->body == B_CHUNKED) {
+            size_t used = 0;
+            int done = 0;
+            long got = svc__http_chunked_decode(&f->chunk, raw, n, &used, &done);
+
+            if (got < 0)
+                return fail(f, SVC_EUNAVAIL, "the response's chunked coding is malformed");
+            f->hold_len = (size_t)got;
+            c->start += used;
+            f->complete = done;
+        } else { /* B_CLOSE */
+            f->hold_len = n;
+            c->start = c->end;
+        }
+    }
+}
+
+/* Room in the buffer for the next read: parsed bytes dropped, or (a long head) more space. */
+static int make_room(struct h1_conn *c)
+{
+    char *p;
+
+    if (c->start > 0) {
+        memmove(c->buf, c->buf + c->start, c->end - c->start);
+        c->end -= c->start;
+        c->start = 0;
+        return SVC_OK;
+    }
+    if (c->cap >= H1_HEAD_MAX + H1_BUF_MIN || (p = realloc(c->buf, c->cap * 2)) == NULL)
+        return SVC_ENOMEM;
+    c->buf = p;
+    c->cap *= 2;
+    return SVC_OK;
+}
+
+static void read_response(struct h1_fetch *f)
+{
+    struct h1_conn *c = f->c;
+
+    while (!f->paused) {
+        ssize_t n;
+
+        if (c->end == c->cap && make_room(c) != SVC_OK) {
+            fail(f, SVC_EUNAVAIL, "the response head is larger than 64 KiB");
+            return;
+        }
+        n = recv(c->fd, c->buf + c->end, c->cap - c->end, 0);
+        if (n > 0) {
+            int full = c->end + (size_t)n == c->cap;
+
+            c->end += (size_t)n;
+            if (!f->got_bytes) {
+                f->got_bytes = 1;
+                req_free(f); /* nothing is retried after the first byte */
+            }
+            if (f->idle_ms > 0) {
+                f->idle_due = svc_loop_now(f->h->loop) + f->idle_ms;
+                timer_arm(f);
+            }
+            if (!process(f) || !full)
+                return; /* gone or paused, or the socket is drained (level-triggered) */
+        } else if (n == 0) {
+            if (f->state == ST_BODY && f->body == B_CLOSE) {
+                f->complete = 1;
+                process(f);
+            } else {
+                transport_error(f, 0);
+            }
+            return;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            return;
+        } else if (errno != EINTR) {
+            transport_error(f, errno);
+            return;
+        }
+    }
+}
+
+static void on_conn_io(void *ctx, struct svc_io *io, int fd, uint32_t events)
+{
+    struct h1_conn *c = ctx;
+    struct h1_fetch *f = c->f;
+
+    (void)io;
+    (void)fd;
+    if (f == NULL) { /* idle: readable means closed by the server (or garbage) */
+        idle_unlink(c);
+        conn_close(c);
+        return;
+    }
+    if (f->state == ST_SEND) {
+        send_request(f);
+    } else if (!f->paused) {
+        read_response(f);
+    } else if (events & (EPOLLERR | EPOLLHUP)) {
+        /* Paused, so not reading: an error or hang-up would be reported on every pass. What
+         * was read already is still delivered; past it the transfer fails. */
+        c->broken = 1;
+        svc_io_del(&c->io);
+        if (!f->complete && f->body != B_CLOSE)
+            transport_error(f, ECONNRESET);
+    }
+}
+
+/* ---- origins and names ---- */
+
+struct dns_answer {
+    int rc; /* getaddrinfo's */
+    socklen_t len;
+    struct sockaddr_storage addr;
+};
+
+struct dns_job {
+    int fd; /* the thread's end of the socket pair; it closes it */
+    char port[8];
+    char host[];
+};
+
+/* The resolving thread: owns the job, shares nothing with the loop but the socket. */
+static void *dns_main(void *arg)
+{
+    struct dns_job *j = arg;
+    struct addrinfo hints, *res = NULL, *pick = NULL;
+    struct dns_answer a;
+
+    memset(&hints, 0, sizeof(hints));
+    memset(&a, 0, sizeof(a));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    a.rc = getaddrinfo(j->host, j->port, &hints, &res);
+    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next)
+        if (pick == NULL || (ai->ai_family == AF_INET && pick->ai_family != AF_INET))
+            pick = ai;
+    if (a.rc == 0 && pick != NULL && pick->ai_addrlen <= sizeof(a.addr)) {
+        memcpy(&a.addr, pick->ai_addr, pick->ai_addrlen);
+        a.len = pick->ai_addrlen;
+    } else if (a.rc == 0) {
+        a.rc = EAI_FAIL;
+    }
+    if (res != NULL)
+        freeaddrinfo(res);
+    if (send(j->fd, &a, sizeof(a), MSG_NOSIGNAL) < 0) {
+        /* the loop gave up on the answer (its multi is gone): nothing to tell */
+    }
+    close(j->fd);
+    free(j);
+    return NULL;
+}
+
+static void fail_queue(struct h1_origin *o, const char *msg)
+{
+    while (o->head != NULL)
+        fail(o->head, SVC_EUNAVAIL, msg);
+}
+
+static void on_dns(void *ctx, struct svc_io *io, int fd, uint32_t events)
+{
+    struct h1_origin *o = ctx;
+    struct dns_answer a;
+    ssize_t n = recv(fd, &a, sizeof(a), 0);
+    uint64_t now = svc_loop_now(o->h->loop);
+    char msg[192];
+
+    (void)io;
+    (void)events;
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    svc_io_close(&o->dns_io);
+    if (n == (ssize_t)sizeof(a) && a.rc == 0) {
+        memcpy(&o->addr, &a.addr, sizeof(o->addr));
+        o->addrlen = a.len;
+        o->addr_until = now + H1_DNS_TTL_MS;
+    } else if (o->addrlen > 0) { /* a DNS hiccup: the last address serves a little longer */
+        o->addr_until = now + H1_DNS_STALE_MS;
+    } else {
+        snprintf(msg, sizeof(msg), "cannot resolve %s: %s", o->host,
+                 n == (ssize_t)sizeof(a) ? gai_strerror(a.rc) : "the resolver failed");
+        fail_queue(o, msg);
+        return;
+    }
+    origin_pump(o);
+}
+
+/* Starts resolving o's name unless that is under way. Returns SVC_OK, or an error after
+ * failing o's queue. */
+static void resolve(struct h1_origin *o)
+{
+    size_t hl = strlen(o->host);
+    struct dns_job *j;
+    pthread_attr_t attr;
+    pthread_t tid;
+    int sv[2], rc;
+
+    if (o->dns_io != NULL)
+        return;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0) {
+        fail_queue(o, "cannot resolve the host: no socket pair");
+        return;
+    }
+    if ((j = malloc(sizeof(*j) + hl + 1)) == NULL) {
+        close(sv[0]);
+        close(sv[1]);
+        fail_queue(o, "cannot resolve the host: out of memory");
+        return;
+    }
+    j->fd = sv[1];
+    memcpy(j->port, o->port, sizeof(j->port));
+    memcpy(j->host, o->host, hl + 1);
+    if (svc_io_add(&o->dns_io, o->h->loop, sv[0], EPOLLIN, on_dns, o) != SVC_OK) {
+        close(sv[0]);
+        close(sv[1]);
+        free(j);
+        fail_queue(o, "cannot resolve the host: cannot watch the answer");
+        return;
+    }
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    rc = pthread_create(&tid, &attr, dns_main, j);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        svc_io_close(&o->dns_io);
+        close(sv[1]);
+        free(j);
+        fail_queue(o, "cannot resolve the host: cannot start a thread");
+    }
+}
+
+/* Gives waiting transfers of o connections: idle ones first, new ones up to the cap. */
+static void origin_pump(struct h1_origin *o)
+{
+    struct svc__h1 *h = o->h;
+    char msg[192];
+
+    while (o->head != NULL && (h->max_host == 0 || o->busy < h->max_host)) {
+        struct h1_fetch *f = o->head;
+        uint64_t now = svc_loop_now(h->loop);
+        struct h1_conn *c;
+
+        if (!f->fresh && !f->retried && o->idle != NULL) {
+            c = o->idle;
+            idle_unlink(c);
+        } else if (o->addrlen == 0 || now >= o->addr_until) {
+            resolve(o); /* on_dns pumps again */
+            return;
+        } else if ((c = conn_open(o)) == NULL) {
+            snprintf(msg, sizeof(msg), "cannot connect to %s: %s", o->authority, strerror(errno));
+            fail(f, SVC_EUNAVAIL, msg);
+            continue;
+        }
+        queue_remove(f);
+        f->state = ST_SEND;
+        f->c = c;
+        c->f = f;
+        o->busy++;
+        if (f->total_ms > 0 && f->total_due == 0) /* from leaving the queue, as curl's */
+            f->total_due = now + f->total_ms;
+        if (c->connecting) {
+            f->connect_due = now + f->connect_ms;
+            timer_arm(f);
+        } else {
+            send_request(f);
+        }
+    }
+}
+
+static void on_pump(void *ctx, struct svc_timer *t)
+{
+    struct svc__h1 *h = ctx;
+
+    (void)t;
+    for (struct h1_origin *o = h->origins; o != NULL; o = o->next)
+        if (o->head != NULL)
+            origin_pump(o);
+}
+
+/* The origin of authority[0..len) ("host[:port]"), made on first use. NULL: out of memory or
+ * not a valid authority. */
+static struct h1_origin *origin_get(struct svc__h1 *h, const char *authority, size_t len)
+{
+    struct h1_origin *o;
+    const char *host = authority, *port = NULL, *e = authority + len;
+    size_t hl;
+
+    for (o = h->origins; o != NULL; o = o->next)
+        if (strncasecmp(o->authority, authority, len) == 0 && o->authority[len] == '\0')
+            return o;
+    if (len > 0 && authority[0] == '[') { /* [IPv6]:port */
+        const char *rb = memchr(authority, ']', len);
+        if (rb == NULL)
+            return NULL;
+        host = authority + 1;
+        hl = (size_t)(rb - host);
+        if (rb + 1 < e) {
+            if (rb[1] != ':')
+                return NULL;
+            port = rb + 2;
+        }
+    } else {
+        const char *colon = memchr(authority, ':', len);
+        hl = colon != NULL ? (size_t)(colon - authority) : len;
+        if (colon != NULL)
+            port = colon + 1;
+    }
+    if (hl == 0 || (port != NULL && (e - port < 1 || e - port > 5)))
+        return NULL;
+    for (const char *p = port; p != NULL && p < e; p++)
+        if (*p < '0' || *p > '9')
+            return NULL;
+    if ((o = calloc(1, sizeof(*o) + len + 1 + hl + 1)) == NULL)
+        return NULL;
+    o->h = h;
+    memcpy(o->authority, authority, len);
+    memcpy(o->authority + len + 1, host, hl);
+    o->host = o->authority + len + 1;
+    if (port != NULL)
+        memcpy(o->port, port, (size_t)(e - port));
+    else
+        strcpy(o->port, "80");
+    if (atoi(o->port) < 1 || atoi(o->port) > 65535) {
+        free(o);
+        return NULL;
+    }
+    /* A numeric address needs no resolving, ever. */
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&o->addr;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&o->addr;
+    if (inet_pton(AF_INET, o->host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)atoi(o->port));
+        o->addrlen = sizeof(*v4);
+        o->addr_until = UINT64_MAX;
+    } else if (inet_pton(AF_INET6, o->host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)atoi(o->port));
+        o->addrlen = sizeof(*v6);
+        o->addr_until = UINT64_MAX;
+    }
+    o->next = h->origins;
+    h->origins = o;
+    return o;
+}
+
+/* ---- the public side (fetch_h1.h) ---- */
+
+int svc__h1_takes(const struct svc_fetch_req *req)
+{
+    const char *a;
+
+    if (req->url == NULL || strncasecmp(req->url, "http://", 7) != 0)
+        return 0;
+    if (req->http == SVC_FETCH_HTTP_2_PRIOR || (req->proxy != NULL && req->proxy[0] != '\0'))
+        return 0;
+    a = req->url + 7;
+    return a[0] != '\0' && memchr(a, '@', strcspn(a, "/?#")) == NULL;
+}
+
+/* Whether the header line s is one the caller may send: no line break (it would split the
+ * head), and not one this client writes itself. An empty value drops the line, as in curl. */
+static int header_wanted(const char *s, int *bad)
+{
+    const char *colon = strchr(s, ':'), *v;
+
+    if (strpbrk(s, "\r\n") != NULL || colon == NULL || colon == s) {
+        *bad = 1;
+        return 0;
+    }
+    for (v = colon + 1; *v == ' ' || *v == '\t'; v++)
+        ;
+    if (*v == '\0')
+        return 0;
+    return strncasecmp(s, "Content-Length:", 15) != 0 &&
+           strncasecmp(s, "Transfer-Encoding:", 18) != 0 && strncasecmp(s, "Host:", 5) != 0;
+}
+
+/* The request's bytes: request line, Host, the caller's headers, Content-Length, body. */
+static int build_request(struct h1_fetch *f, const struct svc_fetch_req *req, const char *target,
+                         size_t target_len)
+{
+    const char *method = req->method != NULL ? req->method : req->body != NULL ? "POST" : "GET";
+    char cl[48] = "";
+    size_t n;
+    int bad = 0;
+    char *p;
+
+    if (strpbrk(method, " \r\n") != NULL || method[0] == '\0')
+        return SVC_EINVAL;
+    for (size_t i = 0; i < target_len; i++)
+        if ((unsigned char)target[i] <= 0x20 || target[i] == 0x7f)
+            return SVC_EINVAL;
+    if (req->body != NULL)
+        snprintf(cl, sizeof(cl), "Content-Length: %zu\r\n", req->body_len);
+    n = strlen(method) + 1 + target_len + 11 + 6 + strlen(f->o->authority) + 2 + strlen(cl) + 2 +
+        (req->body != NULL ? req->body_len : 0);
+    for (const char *const *h = req->headers; h != NULL && *h != NULL; h++)
+        if (header_wanted(*h, &bad))
+            n += strlen(*h) + 2;
+    if (bad)
+        return SVC_EINVAL;
+    if ((p = f->req = malloc(n + 1)) == NULL)
+        return SVC_ENOMEM;
+    p += sprintf(p, "%s %.*s HTTP/1.1\r\nHost: %s\r\n", method, (int)target_len, target,
+                 f->o->authority);
+    for (const char *const *h = req->headers; h != NULL && *h != NULL; h++)
+        if (header_wanted(*h, &bad))
+            p += sprintf(p, "%s\r\n", *h);
+    p += sprintf(p, "%s\r\n", cl);
+    if (req->body != NULL && req->body_len > 0)
+        memcpy(p, req->body, req->body_len);
+    f->req_len = n;
+    f->head_req = strcmp(method, "HEAD") == 0;
+    return SVC_OK;
+}
+
+int svc__h1_start(struct svc_fetch **out, struct svc__h1 *h, const struct svc_fetch_req *req,
+                  const struct svc_fetch_callbacks *cb, void *ctx)
+{
+    const char *auth = req->url + 7;
+    size_t alen = strcspn(auth, "/?#");
+    const char *target = auth + alen;
+    size_t tlen = strcspn(target, "#");
+    struct h1_fetch *f;
+    uint64_t now = svc_loop_now(h->loop);
+    int rc;
+
+    *out = NULL;
+    if ((f = calloc(1, sizeof(*f))) == NULL)
+        return SVC_ENOMEM;
+    f->base.own = 1;
+    f->h = h;
+    f->cb = *cb;
+    f->ud = ctx;
+    f->stream = req->stream != 0;
+    f->fresh = req->fresh_connection != 0;
+    f->connect_ms =
+        (uint64_t)(req->connect_timeout_ms > 0 ? req->connect_timeout_ms : H1_CONNECT_DEFAULT_MS);
+    f->total_ms = req->timeout_ms > 0 ? (uint64_t)req->timeout_ms : 0;
+    f->idle_ms = req->idle_timeout_ms > 0 ? (uint64_t)req->idle_timeout_ms : 0;
+    svc_buf_init(&f->resp, req->max_response ? req->max_response : H1_MAX_RESPONSE);
+    if ((f->o = origin_get(h, auth, alen)) == NULL) {
+        free(f);
+        return SVC_EINVAL;
+    }
+    if (tlen == 0 || target[0] != '/') { /* "http://host" or "http://host?q" */
+        static const char slash[] = "/";
+        if (tlen > 0) {
+            free(f);
+            return SVC_EINVAL; /* a query without a path: not worth a copy to fix */
+        }
+        target = slash;
+        tlen = 1;
+    }
+    if ((rc = build_request(f, req, target, tlen)) != SVC_OK ||
+        (rc = svc_timer_create(&f->timer, h->loop, on_fetch_timer, f)) != SVC_OK) {
+        req_free(f);
+        free(f);
+        return rc;
+    }
+    if (f->idle_ms > 0) { /* it runs all along, queued too (svc/fetch.h) */
+        f->idle_due = now + f->idle_ms;
+        timer_arm(f);
+    }
+    f->state = ST_QUEUED;
+    f->queued = 1;
+    f->qprev = f->o->tail;
+    if (f->o->tail != NULL)
+        f->o->tail->qnext = f;
+    else
+        f->o->head = f;
+    f->o->tail = f;
+    pump_soon(h);
+    h->active++;
+    f->next = h->all;
+    if (h->all != NULL)
+        h->all->prev = f;
+    h->all = f;
+    *out = &f->base;
+    return SVC_OK;
+}
+
+void svc__h1_cancel(struct svc_fetch *base)
+{
+    struct h1_fetch *f = (struct h1_fetch *)base;
+
+    f->cancelled = 1;
+    if (f->cb.on_cancel != NULL)
+        f->cb.on_cancel(f->ud);
+    if (!f->in_cb) /* else freed when its callback returns */
+        fetch_free(f);
+}
+
+void svc__h1_pause(struct svc_fetch *base, int paused)
+{
+    struct h1_fetch *f = (struct h1_fetch *)base;
+
+    if (paused) {
+        if (f->paused)
+            return;
+        f->paused = 1;
+        f->idle_due = 0; /* our silence, not the upstream's */
+        if (f->c != NULL && f->state != ST_SEND && conn_watch(f->c, 0) != SVC_OK) {
+            /* still watched for reading: read_response does not read while paused */
+        }
+    } else {
+        if (!f->paused)
+            return;
+        f->paused = 0;
+        if (f->idle_ms > 0)
+            f->idle_due = svc_loop_now(f->h->loop) + f->idle_ms;
+        /* The held bytes and any read behind them are delivered from the timer, outside the
+         * caller's stack (svc/fetch.h allows either). */
+        f->kick = f->c != NULL && f->state != ST_SEND;
+    }
+    timer_arm(f);
+}
+
+void svc__h1_headers_each(struct svc_fetch *base, svc_fetch_header_cb cb, void *ctx)
+{
+    struct h1_fetch *f = (struct h1_fetch *)base;
+
+    for (unsigned i = 0; i < f->nfields; i++)
+        cb(ctx, f->fields[i].name, f->fields[i].value);
+}
+
+long svc__h1_active(const struct svc__h1 *h)
+{
+    return h != NULL ? h->active : 0;
+}
+
+int svc__h1_create(struct svc__h1 **out, struct svc_loop *loop, long max_host)
+{
+    struct svc__h1 *h = calloc(1, sizeof(*h));
+
+    *out = NULL;
+    if (h == NULL)
+        return SVC_ENOMEM;
+    h->loop = loop;
+    h->max_host = max_host > 0 ? max_host : 0;
+    if (svc_timer_create(&h->pump, loop, on_pump, h) != SVC_OK) {
+        free(h);
+        return SVC_ENOMEM;
+    }
+    *out = h;
+    return SVC_OK;
+}
+
+void svc__h1_destroy(struct svc__h1 **hp)
+{
+    struct svc__h1 *h = hp != NULL ? *hp : NULL;
+
+    if (h == NULL)
+        return;
+    while (h->all != NULL) {
+        struct h1_fetch *f = h->all;
+        if (!f->cancelled && f->cb.on_cancel != NULL)
+            f->cb.on_cancel(f->ud);
+        fetch_free(f);
+    }
+    while (h->origins != NULL) {
+        struct h1_origin *o = h->origins;
+
+        h->origins = o->next;
+        while (o->idle != NULL) {
+            struct h1_conn *c = o->idle;
+            idle_unlink(c);
+            conn_close(c);
+        }
+        svc_io_close(&o->dns_io); /* a resolving thread's answer then goes nowhere */
+        free(o);
+    }
+    svc_timer_destroy(&h->pump);
+    free(h);
+    *hp = NULL;
+}

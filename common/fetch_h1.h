@@ -1,0 +1,44 @@
+#ifndef SVC_FETCH_H1_H
+#define SVC_FETCH_H1_H
+
+/*
+ * The HTTP/1.1 client of svc_fetch for cleartext origins (common/fetch_h1.c), beside libcurl
+ * (common/fetch.c), which keeps TLS, HTTP/2 and proxies. Internal to common/: fetch.c sends a
+ * transfer here when svc__h1_takes() says so, and every public svc_fetch_* call on it comes
+ * here. Why it exists: docs/decisions.md 58.
+ */
+
+#include "svc/fetch.h"
+
+struct svc_loop;
+
+/* The head of every transfer, of either client: the public handle. */
+struct svc_fetch {
+    unsigned own : 1; /* 1: a transfer of this client (struct h1_fetch); 0: libcurl's */
+};
+
+struct svc__h1; /* the client's connections and transfers of one svc_fetch_multi */
+
+/* max_host: as svc_fetch_multi_create's max_host_connections (0 = no cap). Returns SVC_OK or
+ * SVC_ENOMEM; *out is NULL on failure. */
+int svc__h1_create(struct svc__h1 **out, struct svc_loop *loop, long max_host) SVC_MUST_CHECK;
+
+/* Cancels every transfer (their on_cancel runs), closes every connection, frees. Accepts NULL;
+ * sets *h to NULL. */
+void svc__h1_destroy(struct svc__h1 **h);
+
+/* Transfers started and not yet ended (queued ones included). */
+long svc__h1_active(const struct svc__h1 *h);
+
+/* Whether this client serves req: an http:// URL without user info, no proxy, not HTTP/2. */
+int svc__h1_takes(const struct svc_fetch_req *req);
+
+/* svc_fetch_start, svc_fetch_cancel, svc_fetch_pause and svc_fetch_headers_each for transfers
+ * of this client; the same contracts (svc/fetch.h). */
+int svc__h1_start(struct svc_fetch **out, struct svc__h1 *h, const struct svc_fetch_req *req,
+                  const struct svc_fetch_callbacks *cb, void *ctx) SVC_MUST_CHECK;
+void svc__h1_cancel(struct svc_fetch *f);
+void svc__h1_pause(struct svc_fetch *f, int paused);
+void svc__h1_headers_each(struct svc_fetch *f, svc_fetch_header_cb cb, void *ctx);
+
+#endif
