@@ -908,6 +908,9 @@ static struct h1_origin *origin_get(struct svc__h1 *h, const char *authority, si
 {
     struct h1_origin *o;
     const char *host = authority, *port = NULL, *e = authority + len;
+    struct sockaddr_in *v4;
+    struct sockaddr_in6 *v6;
+    unsigned portnum = 0;
     size_t hl;
 
     for (o = h->origins; o != NULL; o = o->next)
@@ -932,34 +935,33 @@ static struct h1_origin *origin_get(struct svc__h1 *h, const char *authority, si
     }
     if (hl == 0 || (port != NULL && (e - port < 1 || e - port > 5)))
         return NULL;
-    for (const char *p = port; p != NULL && p < e; p++)
+    for (const char *p = port; p != NULL && p < e; p++) {
         if (*p < '0' || *p > '9')
             return NULL;
+        portnum = portnum * 10 + (unsigned)(*p - '0');
+    }
+    if (port == NULL)
+        portnum = 80;
+    if (portnum < 1 || portnum > 65535)
+        return NULL;
     if ((o = calloc(1, sizeof(*o) + len + 1 + hl + 1)) == NULL)
         return NULL;
     o->h = h;
     memcpy(o->authority, authority, len);
     memcpy(o->authority + len + 1, host, hl);
     o->host = o->authority + len + 1;
-    if (port != NULL)
-        memcpy(o->port, port, (size_t)(e - port));
-    else
-        strcpy(o->port, "80");
-    if (atoi(o->port) < 1 || atoi(o->port) > 65535) {
-        free(o);
-        return NULL;
-    }
+    snprintf(o->port, sizeof(o->port), "%u", portnum);
     /* A numeric address needs no resolving, ever. */
-    struct sockaddr_in *v4 = (struct sockaddr_in *)&o->addr;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&o->addr;
+    v4 = (struct sockaddr_in *)&o->addr;
+    v6 = (struct sockaddr_in6 *)&o->addr;
     if (inet_pton(AF_INET, o->host, &v4->sin_addr) == 1) {
         v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)atoi(o->port));
+        v4->sin_port = htons((uint16_t)portnum);
         o->addrlen = sizeof(*v4);
         o->addr_until = UINT64_MAX;
     } else if (inet_pton(AF_INET6, o->host, &v6->sin6_addr) == 1) {
         v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons((uint16_t)atoi(o->port));
+        v6->sin6_port = htons((uint16_t)portnum);
         o->addrlen = sizeof(*v6);
         o->addr_until = UINT64_MAX;
     }
@@ -1000,11 +1002,19 @@ static int header_wanted(const char *s, int *bad)
            strncasecmp(s, "Transfer-Encoding:", 18) != 0 && strncasecmp(s, "Host:", 5) != 0;
 }
 
+/* Appends the n bytes of s at *p. */
+static void put(char **p, const char *s, size_t n)
+{
+    memcpy(*p, s, n);
+    *p += n;
+}
+
 /* The request's bytes: request line, Host, the caller's headers, Content-Length, body. */
 static int build_request(struct h1_fetch *f, const struct svc_fetch_req *req, const char *target,
                          size_t target_len)
 {
     const char *method = req->method != NULL ? req->method : req->body != NULL ? "POST" : "GET";
+    const char *auth = f->o->authority;
     char cl[48] = "";
     size_t n;
     int bad = 0;
@@ -1017,23 +1027,32 @@ static int build_request(struct h1_fetch *f, const struct svc_fetch_req *req, co
             return SVC_EINVAL;
     if (req->body != NULL)
         snprintf(cl, sizeof(cl), "Content-Length: %zu\r\n", req->body_len);
-    n = strlen(method) + 1 + target_len + 11 + 6 + strlen(f->o->authority) + 2 + strlen(cl) + 2 +
+    /* "M T HTTP/1.1\r\n" "Host: A\r\n" headers cl "\r\n" body */
+    n = strlen(method) + 1 + target_len + 11 + 6 + strlen(auth) + 2 + strlen(cl) + 2 +
         (req->body != NULL ? req->body_len : 0);
     for (const char *const *h = req->headers; h != NULL && *h != NULL; h++)
         if (header_wanted(*h, &bad))
             n += strlen(*h) + 2;
     if (bad)
         return SVC_EINVAL;
-    if ((p = f->req = malloc(n + 1)) == NULL)
+    if ((p = f->req = malloc(n)) == NULL)
         return SVC_ENOMEM;
-    p += sprintf(p, "%s %.*s HTTP/1.1\r\nHost: %s\r\n", method, (int)target_len, target,
-                 f->o->authority);
-    for (const char *const *h = req->headers; h != NULL && *h != NULL; h++)
-        if (header_wanted(*h, &bad))
-            p += sprintf(p, "%s\r\n", *h);
-    p += sprintf(p, "%s\r\n", cl);
-    if (req->body != NULL && req->body_len > 0)
-        memcpy(p, req->body, req->body_len);
+    put(&p, method, strlen(method));
+    put(&p, " ", 1);
+    put(&p, target, target_len);
+    put(&p, " HTTP/1.1\r\nHost: ", 17);
+    put(&p, auth, strlen(auth));
+    put(&p, "\r\n", 2);
+    for (const char *const *h = req->headers; h != NULL && *h != NULL; h++) {
+        if (header_wanted(*h, &bad)) {
+            put(&p, *h, strlen(*h));
+            put(&p, "\r\n", 2);
+        }
+    }
+    put(&p, cl, strlen(cl));
+    put(&p, "\r\n", 2);
+    if (req->body != NULL)
+        put(&p, req->body, req->body_len);
     f->req_len = n;
     f->head_req = strcmp(method, "HEAD") == 0;
     return SVC_OK;
