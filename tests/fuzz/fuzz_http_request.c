@@ -1,6 +1,6 @@
 /*
- * Fuzz target for the HTTP/1.x request parser of the server (common/http_parse.c: the head and
- * the chunked body coding).
+ * Fuzz target for the HTTP/1.x parser of common/http_parse.c: the request head (the server), the
+ * response head (the client of common/fetch_h1.c), and the chunked body coding (both).
  *
  * Input: byte 0 seeds the piece sizes; the rest is what a client sends. Checked:
  *  - svc__http_head_len is 0 for every prefix shorter than the head and the head's length for
@@ -10,6 +10,8 @@
  *  - svc__http_parse_head answers 0 or one of 400, 414, 431, 505; on 0 the method is a token,
  *    the path starts with '/', every header name is a non-empty token, no value has a NUL or a
  *    line end or leading or trailing blanks, and every string lies inside the buffer;
+ *  - svc__http_parse_response_head on the same head answers 0, 400 or 431; on 0 the status is
+ *    100-999, the minor version 0 or 1, and the headers are as above;
  *  - the bytes after the head, decoded as a chunked body at once, byte by byte and in
  *    pseudo-random pieces, give the same data, the same end and the same error (the decoder
  *    keeps its state between pieces as the server feeds it).
@@ -44,6 +46,22 @@ static void check_inside(const char *s, const char *buf, size_t len)
         abort();
 }
 
+/* The header fields h[0..n) of a parse of buf[0..len): names tokens, values without NUL, line
+ * end or surrounding blanks, every string inside the buffer. */
+static void check_fields(const struct svc__http_field *h, unsigned n, const char *buf, size_t len)
+{
+    for (unsigned i = 0; i < n; i++) {
+        const char *v = h[i].value;
+        size_t vl;
+        check_inside(h[i].name, buf, len);
+        check_inside(v, buf, len);
+        vl = strlen(v);
+        if (!is_token(h[i].name) || strpbrk(v, "\r\n") != NULL ||
+            (vl > 0 && (v[0] == ' ' || v[0] == '\t' || v[vl - 1] == ' ' || v[vl - 1] == '\t')))
+            abort();
+    }
+}
+
 static void check_head(const char *in, size_t len)
 {
     char *copy = malloc(len + 1);
@@ -66,17 +84,7 @@ static void check_head(const char *in, size_t len)
         if (!is_token(h.method) || h.path[0] != '/' || (h.minor != 0 && h.minor != 1) ||
             h.nheaders > nlines || h.nargs > nargs)
             abort();
-        for (unsigned i = 0; i < h.nheaders; i++) {
-            const char *v = h.headers[i].value;
-            size_t vl;
-            check_inside(h.headers[i].name, copy, len);
-            check_inside(v, copy, len);
-            vl = strlen(v);
-            if (!is_token(h.headers[i].name) || strpbrk(v, "\r\n") != NULL ||
-                (vl > 0 && (v[0] == ' ' || v[0] == '\t' || v[vl - 1] == ' ' ||
-                            v[vl - 1] == '\t')))
-                abort();
-        }
+        check_fields(h.headers, h.nheaders, copy, len);
         for (unsigned i = 0; i < h.nargs; i++) {
             check_inside(h.args[i].name, copy, len);
             if (h.args[i].name[0] == '\0' && h.args[i].value == NULL)
@@ -88,6 +96,31 @@ static void check_head(const char *in, size_t len)
     free(copy);
     free(hdrs);
     free(args);
+}
+
+static void check_response_head(const char *in, size_t len)
+{
+    char *copy = malloc(len + 1);
+    unsigned nlines = svc__http_count_lines(in, len);
+    struct svc__http_field *hdrs = malloc((nlines + 1) * sizeof(*hdrs));
+    struct svc__http_response r;
+    int rc;
+
+    if (copy == NULL || hdrs == NULL)
+        abort();
+    memcpy(copy, in, len);
+    copy[len] = '\0';
+    rc = svc__http_parse_response_head(copy, len, &r, hdrs, nlines);
+    if (rc != 0 && rc != 400 && rc != 431)
+        abort();
+    if (rc == 0) {
+        if (r.status < 100 || r.status > 999 || (r.minor != 0 && r.minor != 1) ||
+            r.nheaders > nlines)
+            abort();
+        check_fields(r.headers, r.nheaders, copy, len);
+    }
+    free(copy);
+    free(hdrs);
 }
 
 struct decoded {
@@ -170,6 +203,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
     check_head(in, head > 0 ? head : len);
+    check_response_head(in, head > 0 ? head : len);
 
     decode(in + head, len - head, 0, seed, &a);
     decode(in + head, len - head, 1, seed, &b);
