@@ -1,5 +1,5 @@
 /*
- * The HTTP/1.1 client of svc_fetch for cleartext origins (fetch_h1.h, docs/decisions.md 58):
+ * The HTTP/1.1 client of svc_fetch for cleartext origins (fetch_h1.h, docs/decisions.md 60):
  * the chat and proxy upstream over http:// and every RPC between services.
  *
  * On the loop like the server of common/http.c, and shaped like nginx's upstream module: one

@@ -5,7 +5,7 @@
  * The HTTP/1.1 client of svc_fetch for cleartext origins (common/fetch_h1.c), beside libcurl
  * (common/fetch.c), which keeps TLS, HTTP/2 and proxies. Internal to common/: fetch.c sends a
  * transfer here when svc__h1_takes() says so, and every public svc_fetch_* call on it comes
- * here. Why it exists: docs/decisions.md 58.
+ * here. Why it exists: docs/decisions.md 60.
  */
 
 #include "svc/fetch.h"

@@ -6,12 +6,15 @@
 #include "svc/err.h"
 
 /*
- * Outbound HTTP on an event loop: libcurl's multi-socket API driven by svc_loop, so thousands of
- * upstream streams and RPC calls share one thread with no busy polling. Connections are kept
- * alive and reused per loop; over HTTP/2 (see svc_fetch_http_e) many transfers share one
- * connection as streams, a new transfer waits for a connection being set up rather than opening
- * its own (CURLOPT_PIPEWAIT), and TLS sessions and DNS answers are shared by every transfer of
- * the multi. libcurl stays hidden behind this header.
+ * Outbound HTTP on an event loop, by two clients behind one API. Cleartext HTTP/1.1 (an http://
+ * URL, no proxy, not HTTP/2 prior knowledge: every RPC, a cleartext upstream) goes through our
+ * own client (common/fetch_h1.c): keep-alive connections per origin, one transfer each, the
+ * response parsed in place. Everything else goes through libcurl's multi-socket API driven by
+ * svc_loop: TLS, HTTP/2 (see svc_fetch_http_e: many transfers share one connection as streams,
+ * a new transfer waits for a connection being set up rather than opening its own), proxies; TLS
+ * sessions and DNS answers are shared by every transfer of the multi. Environment
+ * CHATWEB_HTTP1_CLIENT=libcurl, read when a multi is created, gives libcurl the cleartext
+ * transfers too. Neither client shows through this header.
  *
  * Every callback runs on the loop thread. on_done runs exactly once per started fetch unless the
  * fetch was cancelled; the fetch is freed right after on_done returns.
