@@ -686,8 +686,11 @@ static void read_response(struct h1_fetch *f)
                 f->idle_due = svc_loop_now(f->h->loop) + f->idle_ms;
                 timer_arm(f);
             }
-            if (!process(f) || !full)
-                return; /* gone or paused, or the socket is drained (level-triggered) */
+            /* Watched (level-triggered), a read that did not fill the buffer drained the socket
+             * and the next event says when there is more. Unwatched (reset while paused), no
+             * event will come: read on until the end or the error. */
+            if (!process(f) || (!full && c->io != NULL))
+                return; /* gone or paused, or the socket is drained */
         } else if (n == 0) {
             if (f->state == ST_BODY && f->body == B_CLOSE) {
                 f->complete = 1;
@@ -854,6 +857,22 @@ static void resolve(struct h1_origin *o)
     }
 }
 
+/* The cap counts idle connections too (svc/fetch.h): a transfer that must have a new connection
+ * (fresh_connection, a retry) when the cap is reached closes the least recently used idle one.
+ * Returns 0 when there is none. */
+static int close_oldest_idle(struct h1_origin *o)
+{
+    struct h1_conn *c = o->idle;
+
+    if (c == NULL)
+        return 0;
+    while (c->next != NULL) /* a capped origin keeps at most max_host idle connections */
+        c = c->next;
+    idle_unlink(c);
+    conn_close(c);
+    return 1;
+}
+
 /* Gives waiting transfers of o connections: idle ones first, new ones up to the cap. */
 static void origin_pump(struct h1_origin *o)
 {
@@ -871,6 +890,8 @@ static void origin_pump(struct h1_origin *o)
         } else if (o->addrlen == 0 || now >= o->addr_until) {
             resolve(o); /* on_dns pumps again */
             return;
+        } else if (h->max_host > 0 && o->busy + o->nidle >= h->max_host && !close_oldest_idle(o)) {
+            return; /* cannot happen: busy < max_host, so an idle one is there to close */
         } else if ((c = conn_open(o)) == NULL) {
             snprintf(msg, sizeof(msg), "cannot connect to %s: %s", o->authority, strerror(errno));
             fail(f, SVC_EUNAVAIL, msg);
@@ -985,7 +1006,8 @@ int svc__h1_takes(const struct svc_fetch_req *req)
 }
 
 /* Whether the header line s is one the caller may send: no line break (it would split the
- * head), and not one this client writes itself. An empty value drops the line, as in curl. */
+ * head), and not a framing header (this client writes Content-Length itself). An empty value
+ * drops the line, as in curl. */
 static int header_wanted(const char *s, int *bad)
 {
     const char *colon = strchr(s, ':'), *v;
@@ -999,7 +1021,7 @@ static int header_wanted(const char *s, int *bad)
     if (*v == '\0')
         return 0;
     return strncasecmp(s, "Content-Length:", 15) != 0 &&
-           strncasecmp(s, "Transfer-Encoding:", 18) != 0 && strncasecmp(s, "Host:", 5) != 0;
+           strncasecmp(s, "Transfer-Encoding:", 18) != 0;
 }
 
 /* Appends the n bytes of s at *p. */
@@ -1009,7 +1031,8 @@ static void put(char **p, const char *s, size_t n)
     *p += n;
 }
 
-/* The request's bytes: request line, Host, the caller's headers, Content-Length, body. */
+/* The request's bytes: request line, Host (unless the caller gives one, as in curl), the
+ * caller's headers, Content-Length, body. */
 static int build_request(struct h1_fetch *f, const struct svc_fetch_req *req, const char *target,
                          size_t target_len)
 {
@@ -1017,7 +1040,7 @@ static int build_request(struct h1_fetch *f, const struct svc_fetch_req *req, co
     const char *auth = f->o->authority;
     char cl[48] = "";
     size_t n;
-    int bad = 0;
+    int bad = 0, own_host = 1;
     char *p;
 
     if (strpbrk(method, " \r\n") != NULL || method[0] == '\0')
@@ -1027,9 +1050,12 @@ static int build_request(struct h1_fetch *f, const struct svc_fetch_req *req, co
             return SVC_EINVAL;
     if (req->body != NULL)
         snprintf(cl, sizeof(cl), "Content-Length: %zu\r\n", req->body_len);
-    /* "M T HTTP/1.1\r\n" "Host: A\r\n" headers cl "\r\n" body */
-    n = strlen(method) + 1 + target_len + 11 + 6 + strlen(auth) + 2 + strlen(cl) + 2 +
-        (req->body != NULL ? req->body_len : 0);
+    for (const char *const *h = req->headers; h != NULL && *h != NULL; h++)
+        if (strncasecmp(*h, "Host:", 5) == 0 && header_wanted(*h, &bad))
+            own_host = 0;
+    /* "M T HTTP/1.1\r\n" ["Host: A\r\n"] headers cl "\r\n" body */
+    n = strlen(method) + 1 + target_len + 11 + (own_host ? 6 + strlen(auth) + 2 : 0) + strlen(cl) +
+        2 + (req->body != NULL ? req->body_len : 0);
     for (const char *const *h = req->headers; h != NULL && *h != NULL; h++)
         if (header_wanted(*h, &bad))
             n += strlen(*h) + 2;
@@ -1040,9 +1066,12 @@ static int build_request(struct h1_fetch *f, const struct svc_fetch_req *req, co
     put(&p, method, strlen(method));
     put(&p, " ", 1);
     put(&p, target, target_len);
-    put(&p, " HTTP/1.1\r\nHost: ", 17);
-    put(&p, auth, strlen(auth));
-    put(&p, "\r\n", 2);
+    put(&p, " HTTP/1.1\r\n", 11);
+    if (own_host) {
+        put(&p, "Host: ", 6);
+        put(&p, auth, strlen(auth));
+        put(&p, "\r\n", 2);
+    }
     for (const char *const *h = req->headers; h != NULL && *h != NULL; h++) {
         if (header_wanted(*h, &bad)) {
             put(&p, *h, strlen(*h));

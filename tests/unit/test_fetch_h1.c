@@ -14,8 +14,10 @@
  * connection the server had closed, and no retry where it would repeat the request; 7. the
  * errors (refused, connect timeout, malformed head, head over 64 KiB, cut body, max_response,
  * timeout_ms, idle_timeout_ms); 8. max_host_connections; 9. fresh_connection; 10. name
- * resolution; 11. cancel and multi_destroy in flight; 12. CHATWEB_HTTP1_CLIENT=libcurl. Two open
- * bugs have cases of their own, checked with -DCHATWEB_KNOWN_BUGS=ON ("open bugs" below).
+ * resolution; 11. cancel and multi_destroy in flight; 12. CHATWEB_HTTP1_CLIENT=libcurl. Two bugs
+ * these cases found have cases of their own, each beside the same check through libcurl: a
+ * fresh_connection transfer went over max_host_connections, and a paused close-delimited stream
+ * reset by its server never ended.
  *
  * Each case waits for events with a hang guard (WAIT_MS), never for a fixed time that a slow
  * machine could miss: no case asserts an upper bound on time. No check hangs on a wait of fixed
@@ -829,8 +831,8 @@ static void test_keepalive_reuse(void)
 
 /* 2. The bytes of a request: method, target with its query (the fragment dropped), Host with the
  * port, the caller's headers in order (an empty value drops the line, as curl does; a
- * Content-Length or Host of the caller's gives way to the client's own), Content-Length for a
- * body. */
+ * Content-Length of the caller's gives way to the client's own; a Host of the caller's replaces
+ * the client's, as in curl), Content-Length for a body. */
 static void test_request_bytes(void)
 {
     static const char *const headers[] = {"X-First: 1",          "X-Empty:",
@@ -853,9 +855,8 @@ static void test_request_bytes(void)
     r = srv_request(0);
     r.raw[r.len] = '\0';
     snprintf(want, sizeof(want),
-             "POST /path/x?q=1&r=two HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-First: 1\r\n"
-             "Authorization: Bearer k\r\nX-Last: last value\r\nContent-Length: 5\r\n\r\nhello",
-             srv->port);
+             "POST /path/x?q=1&r=two HTTP/1.1\r\nX-First: 1\r\nHost: elsewhere\r\n"
+             "Authorization: Bearer k\r\nX-Last: last value\r\nContent-Length: 5\r\n\r\nhello");
     T_EQ_STR(r.raw, want);
 
     /* no path: "/"; no body: no Content-Length */
@@ -1594,19 +1595,7 @@ static void test_destroy_in_flight(void)
     svc_loop_destroy(&loop);
 }
 
-/* --- open bugs ---------------------------------------------------------------------------- */
-
-/*
- * Cases that fail until a bug of common/fetch_h1.c is fixed: their checks are compiled only with
- * -DCHATWEB_KNOWN_BUGS=ON (tests/CMakeLists.txt); without it they say so and exit 77, which
- * ctest reports as skipped. The same check through libcurl runs always, as the reference.
- */
-static __attribute__((unused)) void known_bug(const char *what)
-{
-    fprintf(stderr, "open bug, checked only with -DCHATWEB_KNOWN_BUGS=ON: %s\n", what);
-    if (getenv("T_CASE") != NULL)
-        exit(77);
-}
+/* --- found by these tests (fixed), each beside the same check through libcurl ---------------- */
 
 static void use_libcurl(void)
 {
@@ -1644,13 +1633,9 @@ static void cap_with_fresh_connection(void)
     teardown();
 }
 
-static void test_bug_cap_with_fresh_connection(void)
+static void test_cap_with_fresh_connection(void)
 {
-#ifdef CHATWEB_KNOWN_BUGS
     cap_with_fresh_connection();
-#else
-    known_bug("a fresh_connection transfer exceeds max_host_connections");
-#endif
 }
 
 static void test_libcurl_cap_with_fresh_connection(void)
@@ -1689,13 +1674,9 @@ static void pause_reset_close_delimited(void)
     teardown();
 }
 
-static void test_bug_pause_reset_close_delimited(void)
+static void test_pause_reset_close_delimited(void)
 {
-#ifdef CHATWEB_KNOWN_BUGS
     pause_reset_close_delimited();
-#else
-    known_bug("a paused close-delimited stream reset by its server never ends");
-#endif
 }
 
 static void test_libcurl_pause_reset_close_delimited(void)
@@ -1768,7 +1749,7 @@ int main(void)
     T_RUN(test_libcurl_keepalive_reuse);
     T_RUN(test_libcurl_cap_with_fresh_connection);
     T_RUN(test_libcurl_pause_reset_close_delimited);
-    T_RUN(test_bug_cap_with_fresh_connection);
-    T_RUN(test_bug_pause_reset_close_delimited);
+    T_RUN(test_cap_with_fresh_connection);
+    T_RUN(test_pause_reset_close_delimited);
     return 0;
 }
