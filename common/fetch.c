@@ -726,11 +726,13 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
     /* A streamed body arrives in small events (150-250 bytes of SSE each); curl's 16 KiB
      * default receive buffer would be resident for every open stream. Over HTTP/1.1 1 KiB,
-     * curl's minimum, is enough (docs/benchmarks.md, "Where a stream's memory goes"); libcurl
-     * 7.88's HTTP/2 corrupts its heap with it when a GOAWAY refuses streams (upstream_h2.test),
-     * so a transfer that may be HTTP/2 keeps 4 KiB. */
-    if (req->stream)
-        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, f->h1_only ? 1024L : 4096L);
+     * curl's minimum, is enough (docs/benchmarks.md, "Where a stream's memory goes"). A transfer
+     * that may be HTTP/2 keeps curl's default: libcurl 7.88's HTTP/2 corrupted its heap with 1
+     * KiB when a GOAWAY refused streams, and with 4 KiB a reply that came faster than the buffer
+     * took it was left in curl's buffers, its stream hanging until the connection's next byte
+     * (upstream_h2.test, "larger than a receive buffer"). */
+    if (req->stream && f->h1_only)
+        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 1024L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     if (req->body != NULL) {
         f->body = malloc(req->body_len ? req->body_len : 1);
