@@ -1173,9 +1173,11 @@ void svc__h1_pause(struct svc_fetch *base, int paused)
             return;
         f->paused = 1;
         f->idle_due = 0; /* our silence, not the upstream's */
-        if (f->c != NULL && f->state != ST_SEND && conn_watch(f->c, 0) != SVC_OK) {
-            /* still watched for reading: read_response does not read while paused */
-        }
+        /* Not watched while paused. EPOLL_CTL_MOD on a registered descriptor fails only for
+         * want of kernel memory; then the readable events go on and on_conn_io, which does not
+         * read while paused, ignores them until the resume. */
+        if (f->c != NULL && f->state != ST_SEND)
+            (void)conn_watch(f->c, 0);
     } else {
         if (!f->paused)
             return;
