@@ -1304,34 +1304,32 @@ static void test_err_connect_timeout(void)
     teardown();
 }
 
+/* A GET of path that must end with err and a message holding msg. */
+static void get_fails(const char *path, int err, const char *msg)
+{
+    setup(0);
+    get(&xf[0], path);
+    wait_done(&xf[0]);
+    expect_err(&xf[0], err, msg);
+    teardown();
+}
+
 /* 7. A status line that is not one. */
 static void test_err_bad_status(void)
 {
-    setup(0);
-    get(&xf[0], "/bad-status");
-    wait_done(&xf[0]);
-    expect_err(&xf[0], SVC_EUNAVAIL, "malformed");
-    teardown();
+    get_fails("/bad-status", SVC_EUNAVAIL, "malformed");
 }
 
 /* 7. A response head over 64 KiB. */
 static void test_err_head_too_large(void)
 {
-    setup(0);
-    get(&xf[0], "/huge-head");
-    wait_done(&xf[0]);
-    expect_err(&xf[0], SVC_EUNAVAIL, "64 KiB");
-    teardown();
+    get_fails("/huge-head", SVC_EUNAVAIL, "64 KiB");
 }
 
 /* 7. The server closes before Content-Length bytes came. */
 static void test_err_cut_mid_body(void)
 {
-    setup(0);
-    get(&xf[0], "/cut");
-    wait_done(&xf[0]);
-    expect_err(&xf[0], SVC_EUNAVAIL, "closed the connection");
-    teardown();
+    get_fails("/cut", SVC_EUNAVAIL, "closed the connection");
 }
 
 /* 7. A buffered body over max_response. */
