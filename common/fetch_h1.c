@@ -923,9 +923,9 @@ static void on_pump(void *ctx, struct svc_timer *t)
             origin_pump(o);
 }
 
-/* The origin of authority[0..len) ("host[:port]"), made on first use. NULL: out of memory or
- * not a valid authority. */
-static struct h1_origin *origin_get(struct svc__h1 *h, const char *authority, size_t len)
+/* Sets *out to the origin of authority[0..len) ("host[:port]"), made on first use. Returns
+ * SVC_OK, SVC_EINVAL (not a valid authority) or SVC_ENOMEM. */
+static int origin_get(struct svc__h1 *h, const char *authority, size_t len, struct h1_origin **out)
 {
     struct h1_origin *o;
     const char *host = authority, *port = NULL, *e = authority + len;
@@ -935,17 +935,19 @@ static struct h1_origin *origin_get(struct svc__h1 *h, const char *authority, si
     size_t hl;
 
     for (o = h->origins; o != NULL; o = o->next)
-        if (strncasecmp(o->authority, authority, len) == 0 && o->authority[len] == '\0')
-            return o;
+        if (strncasecmp(o->authority, authority, len) == 0 && o->authority[len] == '\0') {
+            *out = o;
+            return SVC_OK;
+        }
     if (len > 0 && authority[0] == '[') { /* [IPv6]:port */
         const char *rb = memchr(authority, ']', len);
         if (rb == NULL)
-            return NULL;
+            return SVC_EINVAL;
         host = authority + 1;
         hl = (size_t)(rb - host);
         if (rb + 1 < e) {
             if (rb[1] != ':')
-                return NULL;
+                return SVC_EINVAL;
             port = rb + 2;
         }
     } else {
@@ -955,18 +957,18 @@ static struct h1_origin *origin_get(struct svc__h1 *h, const char *authority, si
             port = colon + 1;
     }
     if (hl == 0 || (port != NULL && (e - port < 1 || e - port > 5)))
-        return NULL;
+        return SVC_EINVAL;
     for (const char *p = port; p != NULL && p < e; p++) {
         if (*p < '0' || *p > '9')
-            return NULL;
+            return SVC_EINVAL;
         portnum = portnum * 10 + (unsigned)(*p - '0');
     }
     if (port == NULL)
         portnum = 80;
     if (portnum < 1 || portnum > 65535)
-        return NULL;
+        return SVC_EINVAL;
     if ((o = calloc(1, sizeof(*o) + len + 1 + hl + 1)) == NULL)
-        return NULL;
+        return SVC_ENOMEM;
     o->h = h;
     memcpy(o->authority, authority, len);
     memcpy(o->authority + len + 1, host, hl);
@@ -988,7 +990,8 @@ static struct h1_origin *origin_get(struct svc__h1 *h, const char *authority, si
     }
     o->next = h->origins;
     h->origins = o;
-    return o;
+    *out = o;
+    return SVC_OK;
 }
 
 /* ---- the public side (fetch_h1.h) ---- */
@@ -1112,9 +1115,9 @@ int svc__h1_start(struct svc_fetch **out, struct svc__h1 *h, const struct svc_fe
     f->total_ms = req->timeout_ms > 0 ? (uint64_t)req->timeout_ms : 0;
     f->idle_ms = req->idle_timeout_ms > 0 ? (uint64_t)req->idle_timeout_ms : 0;
     svc_buf_init(&f->resp, req->max_response ? req->max_response : H1_MAX_RESPONSE);
-    if ((f->o = origin_get(h, auth, alen)) == NULL) {
+    if ((rc = origin_get(h, auth, alen, &f->o)) != SVC_OK) {
         free(f);
-        return SVC_EINVAL;
+        return rc;
     }
     if (tlen == 0 || target[0] != '/') { /* "http://host" or "http://host?q" */
         static const char slash[] = "/";
