@@ -13,8 +13,6 @@
 
 #include "fetch_h1.h"
 
-#define FETCH_DEFAULT_CONNECT_MS 10000
-#define FETCH_DEFAULT_MAX_RESPONSE (8u << 20)
 /* Streams per HTTP/2 connection we open at most; the server's SETTINGS_MAX_CONCURRENT_STREAMS
  * lowers it, and past it curl opens another connection. Not more: libcurl 7.88 runs every
  * transfer of a multiplexed connection when it turns readable, so the cost of an event grows
@@ -460,12 +458,12 @@ int svc_fetch_multi_create(struct svc_fetch_multi **out, struct svc_loop *loop,
                            long max_host_connections)
 {
     struct svc_fetch_multi *m = calloc(1, sizeof(*m));
+    const char *client = getenv("CHATWEB_HTTP1_CLIENT"); /* svc/fetch.h */
 
     *out = NULL;
     if (m == NULL)
         return SVC_ENOMEM;
     m->loop = loop;
-    const char *client = getenv("CHATWEB_HTTP1_CLIENT");
     m->h1_off = client != NULL && strcmp(client, "libcurl") == 0;
     m->h2c_reuse_broken = curl_version_info(CURLVERSION_NOW)->version_num < 0x075900;
     m->multi = curl_multi_init();
@@ -673,7 +671,7 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
     f->cb = *cb;
     f->ud = ctx;
     f->stream = req->stream;
-    svc_buf_init(&f->resp, req->max_response ? req->max_response : FETCH_DEFAULT_MAX_RESPONSE);
+    svc_buf_init(&f->resp, req->max_response ? req->max_response : SVC__FETCH_DEFAULT_MAX_RESPONSE);
     e = f->easy = easy_get(m);
     if (e == NULL)
         goto fail;
@@ -688,7 +686,7 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, f->errbuf);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                      req->connect_timeout_ms > 0 ? req->connect_timeout_ms
-                                                 : (long)FETCH_DEFAULT_CONNECT_MS);
+                                                 : (long)SVC__FETCH_DEFAULT_CONNECT_MS);
     if (req->timeout_ms > 0)
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms);
     if (req->idle_timeout_ms > 0) {

@@ -43,8 +43,6 @@
 #include "svc/loop.h"
 #include "svc/util.h"
 
-#define H1_CONNECT_DEFAULT_MS 10000
-#define H1_MAX_RESPONSE (8u << 20) /* buffered mode, unless the request says otherwise */
 /* A connection's read buffer: a stream's events are 150-250 bytes and a response head a few
  * hundred, so 1 KiB holds either; it grows (doubling) only for a longer head. */
 #define H1_BUF_MIN 1024u
@@ -1110,11 +1108,11 @@ int svc__h1_start(struct svc_fetch **out, struct svc__h1 *h, const struct svc_fe
     f->ud = ctx;
     f->stream = req->stream != 0;
     f->fresh = req->fresh_connection != 0;
-    f->connect_ms =
-        (uint64_t)(req->connect_timeout_ms > 0 ? req->connect_timeout_ms : H1_CONNECT_DEFAULT_MS);
+    f->connect_ms = (uint64_t)(req->connect_timeout_ms > 0 ? req->connect_timeout_ms
+                                                           : SVC__FETCH_DEFAULT_CONNECT_MS);
     f->total_ms = req->timeout_ms > 0 ? (uint64_t)req->timeout_ms : 0;
     f->idle_ms = req->idle_timeout_ms > 0 ? (uint64_t)req->idle_timeout_ms : 0;
-    svc_buf_init(&f->resp, req->max_response ? req->max_response : H1_MAX_RESPONSE);
+    svc_buf_init(&f->resp, req->max_response ? req->max_response : SVC__FETCH_DEFAULT_MAX_RESPONSE);
     if ((rc = origin_get(h, auth, alen, &f->o)) != SVC_OK) {
         free(f);
         return rc;

@@ -12,6 +12,10 @@
 
 struct svc_loop;
 
+/* The defaults of svc_fetch_req (svc/fetch.h), for both clients. */
+#define SVC__FETCH_DEFAULT_CONNECT_MS 10000
+#define SVC__FETCH_DEFAULT_MAX_RESPONSE (8u << 20) /* buffered mode */
+
 /* The head of every transfer, of either client: the public handle. */
 struct svc_fetch {
     unsigned own : 1; /* 1: a transfer of this client (struct h1_fetch); 0: libcurl's */
