@@ -12,6 +12,7 @@
 #include "svc/loop.h"
 
 #include "fetch_h1.h"
+#include "fetch_h2.h"
 
 /* Streams per HTTP/2 connection we open at most; the server's SETTINGS_MAX_CONCURRENT_STREAMS
  * lowers it, and past it curl opens another connection. Not more: libcurl 7.88 runs every
@@ -88,10 +89,12 @@ struct svc_fetch_multi {
     int neasy;
     struct svc__h1 *h1; /* cleartext HTTP/1.1 transfers: our own client (fetch_h1.c) */
     int h1_off;         /* CHATWEB_HTTP1_CLIENT=libcurl: libcurl takes those too */
+    struct svc__h2 *h2; /* HTTP/2 upstreams: our own client (fetch_h2.c) */
+    int h2_off;         /* CHATWEB_HTTP2_CLIENT=libcurl: libcurl takes those too */
 };
 
 struct curl_fetch {
-    struct svc_fetch base; /* first: the public handle (own = 0) */
+    struct svc_fetch base; /* first: the public handle (kind SVC__FETCH_CURL) */
     struct svc_fetch_multi *m;
     struct curl_fetch *prev, *next;
     CURL *easy;
@@ -454,17 +457,25 @@ static void on_pump(void *data, struct svc_timer *t)
     }
 }
 
+static int fallback_start(void *arg, struct svc_fetch **out, const struct svc_fetch_req *req,
+                          const struct svc_fetch_callbacks *cb, void *ctx);
+
 int svc_fetch_multi_create(struct svc_fetch_multi **out, struct svc_loop *loop,
                            long max_host_connections)
 {
     struct svc_fetch_multi *m = calloc(1, sizeof(*m));
     const char *client = getenv("CHATWEB_HTTP1_CLIENT"); /* svc/fetch.h */
+    const char *client2 = getenv("CHATWEB_HTTP2_CLIENT");
+    struct svc__h2_fallback fb = {fallback_start, svc_fetch_cancel, svc_fetch_pause,
+                                  svc_fetch_headers_each, NULL};
 
     *out = NULL;
     if (m == NULL)
         return SVC_ENOMEM;
     m->loop = loop;
     m->h1_off = client != NULL && strcmp(client, "libcurl") == 0;
+    m->h2_off = client2 != NULL && strcmp(client2, "libcurl") == 0;
+    fb.arg = m;
     m->h2c_reuse_broken = curl_version_info(CURLVERSION_NOW)->version_num < 0x075900;
     m->multi = curl_multi_init();
     m->share = curl_share_init();
@@ -472,7 +483,8 @@ int svc_fetch_multi_create(struct svc_fetch_multi **out, struct svc_loop *loop,
     if (m->multi == NULL || m->share == NULL ||
         svc_timer_create(&m->timer, loop, on_timer, m) != SVC_OK ||
         svc_timer_create(&m->pump, loop, on_pump, m) != SVC_OK ||
-        svc__h1_create(&m->h1, loop, m->max_host) != SVC_OK) {
+        svc__h1_create(&m->h1, loop, m->max_host) != SVC_OK ||
+        svc__h2_create(&m->h2, loop, &fb) != SVC_OK) {
         svc_fetch_multi_destroy(&m);
         return SVC_ENOMEM;
     }
@@ -510,6 +522,7 @@ void svc_fetch_multi_destroy(struct svc_fetch_multi **mp)
 
     if (m == NULL)
         return;
+    svc__h2_destroy(&m->h2); /* first: it may hold libcurl transfers (struct svc__h2_fallback) */
     svc__h1_destroy(&m->h1);
     while (m->all != NULL) {
         struct curl_fetch *f = m->all;
@@ -537,7 +550,7 @@ void svc_fetch_multi_destroy(struct svc_fetch_multi **mp)
 
 long svc_fetch_multi_active(const struct svc_fetch_multi *m)
 {
-    return m->active + svc__h1_active(m->h1);
+    return m->active + svc__h1_active(m->h1) + svc__h2_active(m->h2);
 }
 
 static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userp)
@@ -652,19 +665,39 @@ static struct curl_slist *header_list(const char *const *headers)
     return list;
 }
 
+static int curl_start(struct svc_fetch_multi *m, struct svc_fetch **out,
+                      const struct svc_fetch_req *req, const struct svc_fetch_callbacks *cb,
+                      void *ctx);
+
 int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
                     const struct svc_fetch_req *req, const struct svc_fetch_callbacks *cb,
                     void *ctx)
+{
+    *out = NULL;
+    if (m == NULL || req == NULL || cb == NULL || req->url == NULL)
+        return SVC_EINVAL;
+    if (!m->h1_off && svc__h1_takes(req))
+        return svc__h1_start(out, m->h1, req, cb, ctx);
+    if (!m->h2_off && svc__h2_takes(m->h2, req))
+        return svc__h2_start(out, m->h2, req, cb, ctx);
+    return curl_start(m, out, req, cb, ctx);
+}
+
+/* How fetch_h2.c hands libcurl an origin that answered HTTP/1.1 (struct svc__h2_fallback). */
+static int fallback_start(void *arg, struct svc_fetch **out, const struct svc_fetch_req *req,
+                          const struct svc_fetch_callbacks *cb, void *ctx)
+{
+    return curl_start(arg, out, req, cb, ctx);
+}
+
+static int curl_start(struct svc_fetch_multi *m, struct svc_fetch **out,
+                      const struct svc_fetch_req *req, const struct svc_fetch_callbacks *cb,
+                      void *ctx)
 {
     struct curl_fetch *f;
     CURL *e;
     int rc = SVC_ENOMEM;
 
-    *out = NULL;
-    if (m == NULL || req == NULL || cb == NULL)
-        return SVC_EINVAL;
-    if (!m->h1_off && svc__h1_takes(req))
-        return svc__h1_start(out, m->h1, req, cb, ctx);
     if ((f = calloc(1, sizeof(*f))) == NULL)
         return SVC_ENOMEM;
     f->m = m;
@@ -789,8 +822,12 @@ void svc_fetch_cancel(struct svc_fetch **fp)
     if (base == NULL)
         return;
     *fp = NULL;
-    if (base->own) {
+    if (base->kind == SVC__FETCH_H1) {
         svc__h1_cancel(base);
+        return;
+    }
+    if (base->kind == SVC__FETCH_H2) {
+        svc__h2_cancel(base);
         return;
     }
     f->cancelled = 1;
@@ -832,8 +869,10 @@ static void curl_pause(struct curl_fetch *f, int paused)
 
 void svc_fetch_pause(struct svc_fetch *base, int paused)
 {
-    if (base->own)
+    if (base->kind == SVC__FETCH_H1)
         svc__h1_pause(base, paused);
+    else if (base->kind == SVC__FETCH_H2)
+        svc__h2_pause(base, paused);
     else
         curl_pause((struct curl_fetch *)base, paused);
 }
@@ -845,8 +884,12 @@ void svc_fetch_headers_each(struct svc_fetch *base, svc_fetch_header_cb cb, void
 
     if (base == NULL)
         return;
-    if (base->own) {
+    if (base->kind == SVC__FETCH_H1) {
         svc__h1_headers_each(base, cb, ctx);
+        return;
+    }
+    if (base->kind == SVC__FETCH_H2) {
+        svc__h2_headers_each(base, cb, ctx);
         return;
     }
     if (f->easy == NULL)

@@ -17,18 +17,13 @@
  * closed. Callbacks run from I/O and timer events of the loop, never inside svc__h1_start. A
  * transfer cancelled inside its own on_data is freed when on_data returns (in_cb).
  *
- * Names are resolved on a short-lived thread per origin (getaddrinfo blocks), which writes the
- * answer into a socket pair watched by the loop, and kept for H1_DNS_TTL_MS; numeric addresses
- * need none. IPv4 answers are preferred (the services and upstreams of a cluster listen there).
+ * Names are resolved off the loop and cached (fetch_addr.h).
  */
 #include "fetch_h1.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +33,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "fetch_addr.h"
 #include "http_parse.h"
 #include "svc/buf.h"
 #include "svc/loop.h"
@@ -49,8 +45,6 @@
 #define H1_HEAD_MAX (64u * 1024u)
 #define H1_MAX_HEADERS 128
 #define H1_IDLE_PER_ORIGIN 1024 /* kept-alive connections per origin; more are closed */
-#define H1_DNS_TTL_MS 60000     /* as libcurl's DNS cache */
-#define H1_DNS_STALE_MS 5000    /* a failed re-resolution keeps the old address this long */
 
 enum h1_state {
     ST_QUEUED, /* waiting for a connection (per-host cap, name resolution, the pump) */
@@ -90,13 +84,8 @@ struct h1_origin {
     long nidle;
     long busy;                    /* connections that carry (or connect for) a transfer */
     struct h1_fetch *head, *tail; /* waiting for a connection, oldest first */
-    struct sockaddr_storage addr;
-    socklen_t addrlen;     /* 0: not resolved yet */
-    uint64_t addr_until;   /* loop ms when the name is resolved again */
-    struct svc_io *dns_io; /* a resolution in progress: its answer arrives here */
-    const char *host;      /* the name or address, without brackets or port */
-    char port[8];
-    char authority[]; /* "host[:port]" as in the URL (the Host header), then host */
+    struct svc__addr addr;
+    char authority[]; /* "host[:port]" as in the URL (the Host header) */
 };
 
 struct h1_fetch {
@@ -226,7 +215,7 @@ static struct h1_conn *conn_open(struct h1_origin *o)
         errno = ENOMEM;
         return NULL;
     }
-    c->fd = socket(o->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    c->fd = socket(o->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd < 0) {
         err = errno;
         free(c->buf);
@@ -235,7 +224,7 @@ static struct h1_conn *conn_open(struct h1_origin *o)
         return NULL;
     }
     (void)setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (connect(c->fd, (struct sockaddr *)&o->addr, o->addrlen) != 0) {
+    if (connect(c->fd, (struct sockaddr *)&o->addr.ss, o->addr.len) != 0) {
         if (errno != EINPROGRESS)
             goto fail;
         c->connecting = 1;
@@ -734,125 +723,21 @@ static void on_conn_io(void *ctx, struct svc_io *io, int fd, uint32_t events)
 
 /* ---- origins and names ---- */
 
-struct dns_answer {
-    int rc; /* getaddrinfo's */
-    socklen_t len;
-    struct sockaddr_storage addr;
-};
-
-struct dns_job {
-    int fd; /* the thread's end of the socket pair; it closes it */
-    char port[8];
-    char host[];
-};
-
-/* The resolving thread: owns the job, shares nothing with the loop but the socket. */
-static void *dns_main(void *arg)
-{
-    struct dns_job *j = arg;
-    struct addrinfo hints, *res = NULL, *pick = NULL;
-    struct dns_answer a;
-
-    memset(&hints, 0, sizeof(hints));
-    memset(&a, 0, sizeof(a));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    a.rc = getaddrinfo(j->host, j->port, &hints, &res);
-    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next)
-        if (pick == NULL || (ai->ai_family == AF_INET && pick->ai_family != AF_INET))
-            pick = ai;
-    if (a.rc == 0 && pick != NULL && pick->ai_addrlen <= sizeof(a.addr)) {
-        memcpy(&a.addr, pick->ai_addr, pick->ai_addrlen);
-        a.len = pick->ai_addrlen;
-    } else if (a.rc == 0) {
-        a.rc = EAI_FAIL;
-    }
-    if (res != NULL)
-        freeaddrinfo(res);
-    if (send(j->fd, &a, sizeof(a), MSG_NOSIGNAL) < 0) {
-        /* the loop gave up on the answer (its multi is gone): nothing to tell */
-    }
-    close(j->fd);
-    free(j);
-    return NULL;
-}
-
 static void fail_queue(struct h1_origin *o, const char *msg)
 {
     while (o->head != NULL)
         fail(o->head, SVC_EUNAVAIL, msg);
 }
 
-static void on_dns(void *ctx, struct svc_io *io, int fd, uint32_t events)
+/* The end of a resolution of o's name (fetch_addr.h). */
+static void on_addr(void *ctx, const char *errmsg)
 {
     struct h1_origin *o = ctx;
-    struct dns_answer a;
-    ssize_t n = recv(fd, &a, sizeof(a), 0);
-    uint64_t now = svc_loop_now(o->h->loop);
-    char msg[192];
 
-    (void)io;
-    (void)events;
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return;
-    svc_io_close(&o->dns_io);
-    if (n == (ssize_t)sizeof(a) && a.rc == 0) {
-        memcpy(&o->addr, &a.addr, sizeof(o->addr));
-        o->addrlen = a.len;
-        o->addr_until = now + H1_DNS_TTL_MS;
-    } else if (o->addrlen > 0) { /* a DNS hiccup: the last address serves a little longer */
-        o->addr_until = now + H1_DNS_STALE_MS;
-    } else {
-        snprintf(msg, sizeof(msg), "cannot resolve %s: %s", o->host,
-                 n == (ssize_t)sizeof(a) ? gai_strerror(a.rc) : "the resolver failed");
-        fail_queue(o, msg);
-        return;
-    }
-    origin_pump(o);
-}
-
-/* Starts resolving o's name unless that is under way. Returns SVC_OK, or an error after
- * failing o's queue. */
-static void resolve(struct h1_origin *o)
-{
-    size_t hl = strlen(o->host);
-    struct dns_job *j;
-    pthread_attr_t attr;
-    pthread_t tid;
-    int sv[2], rc;
-
-    if (o->dns_io != NULL)
-        return;
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0) {
-        fail_queue(o, "cannot resolve the host: no socket pair");
-        return;
-    }
-    if ((j = malloc(sizeof(*j) + hl + 1)) == NULL) {
-        close(sv[0]);
-        close(sv[1]);
-        fail_queue(o, "cannot resolve the host: out of memory");
-        return;
-    }
-    j->fd = sv[1];
-    memcpy(j->port, o->port, sizeof(j->port));
-    memcpy(j->host, o->host, hl + 1);
-    if (svc_io_add(&o->dns_io, o->h->loop, sv[0], EPOLLIN, on_dns, o) != SVC_OK) {
-        close(sv[0]);
-        close(sv[1]);
-        free(j);
-        fail_queue(o, "cannot resolve the host: cannot watch the answer");
-        return;
-    }
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    rc = pthread_create(&tid, &attr, dns_main, j);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) {
-        svc_io_close(&o->dns_io);
-        close(sv[1]);
-        free(j);
-        fail_queue(o, "cannot resolve the host: cannot start a thread");
-    }
+    if (errmsg != NULL)
+        fail_queue(o, errmsg);
+    else
+        origin_pump(o);
 }
 
 /* The cap counts idle connections too (svc/fetch.h): a transfer that must have a new connection
@@ -885,9 +770,8 @@ static void origin_pump(struct h1_origin *o)
         if (!f->fresh && !f->retried && o->idle != NULL) {
             c = o->idle;
             idle_unlink(c);
-        } else if (o->addrlen == 0 || now >= o->addr_until) {
-            resolve(o); /* on_dns pumps again */
-            return;
+        } else if (!svc__addr_ready(&o->addr)) {
+            return; /* on_addr pumps again */
         } else if (h->max_host > 0 && o->busy + o->nidle >= h->max_host && !close_oldest_idle(o)) {
             return; /* cannot happen: busy < max_host, so an idle one is there to close */
         } else if ((c = conn_open(o)) == NULL) {
@@ -926,65 +810,19 @@ static void on_pump(void *ctx, struct svc_timer *t)
 static int origin_get(struct svc__h1 *h, const char *authority, size_t len, struct h1_origin **out)
 {
     struct h1_origin *o;
-    const char *host = authority, *port = NULL, *e = authority + len;
-    struct sockaddr_in *v4;
-    struct sockaddr_in6 *v6;
-    unsigned portnum = 0;
-    size_t hl;
 
     for (o = h->origins; o != NULL; o = o->next)
         if (strncasecmp(o->authority, authority, len) == 0 && o->authority[len] == '\0') {
             *out = o;
             return SVC_OK;
         }
-    if (len > 0 && authority[0] == '[') { /* [IPv6]:port */
-        const char *rb = memchr(authority, ']', len);
-        if (rb == NULL)
-            return SVC_EINVAL;
-        host = authority + 1;
-        hl = (size_t)(rb - host);
-        if (rb + 1 < e) {
-            if (rb[1] != ':')
-                return SVC_EINVAL;
-            port = rb + 2;
-        }
-    } else {
-        const char *colon = memchr(authority, ':', len);
-        hl = colon != NULL ? (size_t)(colon - authority) : len;
-        if (colon != NULL)
-            port = colon + 1;
-    }
-    if (hl == 0 || (port != NULL && (e - port < 1 || e - port > 5)))
-        return SVC_EINVAL;
-    for (const char *p = port; p != NULL && p < e; p++) {
-        if (*p < '0' || *p > '9')
-            return SVC_EINVAL;
-        portnum = portnum * 10 + (unsigned)(*p - '0');
-    }
-    if (port == NULL)
-        portnum = 80;
-    if (portnum < 1 || portnum > 65535)
-        return SVC_EINVAL;
-    if ((o = calloc(1, sizeof(*o) + len + 1 + hl + 1)) == NULL)
+    if ((o = calloc(1, sizeof(*o) + len + 1)) == NULL)
         return SVC_ENOMEM;
     o->h = h;
     memcpy(o->authority, authority, len);
-    memcpy(o->authority + len + 1, host, hl);
-    o->host = o->authority + len + 1;
-    snprintf(o->port, sizeof(o->port), "%u", portnum);
-    /* A numeric address needs no resolving, ever. */
-    v4 = (struct sockaddr_in *)&o->addr;
-    v6 = (struct sockaddr_in6 *)&o->addr;
-    if (inet_pton(AF_INET, o->host, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)portnum);
-        o->addrlen = sizeof(*v4);
-        o->addr_until = UINT64_MAX;
-    } else if (inet_pton(AF_INET6, o->host, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons((uint16_t)portnum);
-        o->addrlen = sizeof(*v6);
-        o->addr_until = UINT64_MAX;
+    if (svc__addr_init(&o->addr, h->loop, authority, len, 80, on_addr, o) != SVC_OK) {
+        free(o);
+        return SVC_EINVAL;
     }
     o->next = h->origins;
     h->origins = o;
@@ -1102,7 +940,7 @@ int svc__h1_start(struct svc_fetch **out, struct svc__h1 *h, const struct svc_fe
     *out = NULL;
     if ((f = calloc(1, sizeof(*f))) == NULL)
         return SVC_ENOMEM;
-    f->base.own = 1;
+    f->base.kind = SVC__FETCH_H1;
     f->h = h;
     f->cb = *cb;
     f->ud = ctx;
@@ -1243,7 +1081,7 @@ void svc__h1_destroy(struct svc__h1 **hp)
             idle_unlink(c);
             conn_close(c);
         }
-        svc_io_close(&o->dns_io); /* a resolving thread's answer then goes nowhere */
+        svc__addr_deinit(&o->addr); /* a resolving thread's answer then goes nowhere */
         free(o);
     }
     svc_timer_destroy(&h->pump);

@@ -16,9 +16,16 @@ struct svc_loop;
 #define SVC__FETCH_DEFAULT_CONNECT_MS 10000
 #define SVC__FETCH_DEFAULT_MAX_RESPONSE (8u << 20) /* buffered mode */
 
-/* The head of every transfer, of either client: the public handle. */
+/* Which client a transfer belongs to. */
+enum svc__fetch_kind {
+    SVC__FETCH_CURL = 0, /* libcurl's (struct curl_fetch, fetch.c) */
+    SVC__FETCH_H1,       /* this client's (struct h1_fetch) */
+    SVC__FETCH_H2,       /* the HTTP/2 client's (struct h2_fetch, fetch_h2.c) */
+};
+
+/* The head of every transfer, of any client: the public handle. */
 struct svc_fetch {
-    unsigned own : 1; /* 1: a transfer of this client (struct h1_fetch); 0: libcurl's */
+    unsigned char kind; /* enum svc__fetch_kind */
 };
 
 struct svc__h1; /* the client's connections and transfers of one svc_fetch_multi */

@@ -927,7 +927,7 @@ export async function startRpcBalancer({ dir, logDir, backends, tee = false, rea
 // chatweb services and the fake upstream
 
 const PASS_ENV = ['PATH', 'HOME', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR', 'ASAN_OPTIONS', 'UBSAN_OPTIONS', 'LSAN_OPTIONS',
-    'TSAN_OPTIONS', 'MSAN_OPTIONS', 'CHATWEB_HTTP1_CLIENT'];
+    'TSAN_OPTIONS', 'MSAN_OPTIONS', 'CHATWEB_HTTP1_CLIENT', 'CHATWEB_HTTP2_CLIENT'];
 
 /** The environment a server starts from: all of ours (inheritEnv) or only PATH, HOME, locale, sanitizers. */
 export function baseEnv(inheritEnv = false) {

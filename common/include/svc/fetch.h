@@ -6,15 +6,17 @@
 #include "svc/err.h"
 
 /*
- * Outbound HTTP on an event loop, by two clients behind one API. Cleartext HTTP/1.1 (an http://
+ * Outbound HTTP on an event loop, by three clients behind one API. Cleartext HTTP/1.1 (an http://
  * URL, no proxy, not HTTP/2 prior knowledge: every RPC, a cleartext upstream) goes through our
  * own client (common/fetch_h1.c): keep-alive connections per origin, one transfer each, the
- * response parsed in place. Everything else goes through libcurl's multi-socket API driven by
- * svc_loop: TLS, HTTP/2 (see svc_fetch_http_e: many transfers share one connection as streams,
- * a new transfer waits for a connection being set up rather than opening its own), proxies; TLS
- * sessions and DNS answers are shared by every transfer of the multi. Environment
- * CHATWEB_HTTP1_CLIENT=libcurl, read when a multi is created, gives libcurl the cleartext
- * transfers too. Neither client shows through this header.
+ * response parsed in place. HTTP/2 (an https:// URL without a proxy, where ALPN picks h2, and an
+ * http:// one with SVC_FETCH_HTTP_2_PRIOR) goes through our own HTTP/2 client
+ * (common/fetch_h2.c, nghttp2 and OpenSSL on the loop): many transfers share a connection as
+ * streams, up to 100 or the server's limit, and a new connection opens only for what those being
+ * set up cannot take. Everything else goes through libcurl's multi-socket API driven by svc_loop:
+ * HTTP/1.1 over TLS (an https:// origin that answered ALPN with HTTP/1.1 is handed to it),
+ * proxies. Environment CHATWEB_HTTP1_CLIENT=libcurl and CHATWEB_HTTP2_CLIENT=libcurl, read when a
+ * multi is created, give libcurl those transfers too. No client shows through this header.
  *
  * Every callback runs on the loop thread. on_done runs exactly once per started fetch unless the
  * fetch was cancelled; the fetch is freed right after on_done returns.
