@@ -1,11 +1,13 @@
-// Shared upstream connections (issue 9 item 2, docs/decisions.md): chat speaks HTTP/2 to a TLS
-// upstream with a private CA (the fake upstream's TLS/HTTP/2 front, docs/fake-upstream.md) and
-// multiplexes concurrent streams over one connection, and a burst past one connection's streams
-// over as few as it needs; a cancelled stream resets only itself; a
-// GOAWAY that refuses the streams that had not started loses none of them, nor does a connection
-// lost before their first byte (the meter's retry); without the CA the
-// upstream is refused; an upstream that offers only HTTP/1.1 is used with keep-alive; h2c with
-// prior knowledge (OPENAI_HTTP2=prior-knowledge) on a cleartext upstream.
+// Shared upstream connections (issue 9 item 2, docs/decisions.md 61): chat speaks HTTP/2 to a
+// TLS upstream with a private CA (the fake upstream's TLS/HTTP/2 front, docs/fake-upstream.md)
+// through our own client (common/fetch_h2.c) and multiplexes concurrent streams over one
+// connection, and a burst past one connection's streams over as few as it needs, by name as by
+// address, within the server's SETTINGS_MAX_CONCURRENT_STREAMS; a cancelled stream resets only
+// itself; a GOAWAY that refuses the streams that had not started loses none of them, nor does a
+// connection lost before their first byte (the meter's retry); without the CA, or by a name the
+// certificate does not hold, the upstream is refused; an upstream that offers only HTTP/1.1 is
+// used with keep-alive (libcurl's); h2c with prior knowledge (OPENAI_HTTP2=prior-knowledge) on a
+// cleartext upstream.
 // The fake's /_fake/stats counts connections and streams: every figure below comes from it.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -86,6 +88,7 @@ describe('chat to a TLS + HTTP/2 upstream', () => {
         fakes.h2 = await startFakeUpstream({ dir: path.join(dir, 'fake-h2'), env: { ...tlsEnv, FAKE_H2_MAX_STREAMS: '100' } });
         fakes.h1 = await startFakeUpstream({ dir: path.join(dir, 'fake-h1'), env: { ...tlsEnv, FAKE_H2: '0' } });
         fakes.h2c = await startFakeUpstream({ dir: path.join(dir, 'fake-h2c'), env: { FAKE_FRONT_LISTEN: '127.0.0.1:0' } });
+        fakes.h2any = await startFakeUpstream({ dir: path.join(dir, 'fake-h2any'), env: { ...tlsEnv, FAKE_FRONT_LISTEN: '0.0.0.0:0' } });
         fakes.h2small = await startFakeUpstream({ dir: path.join(dir, 'fake-h2small'), env: { ...tlsEnv, FAKE_H2_MAX_STREAMS: '10' } });
         stackEnv.OPENAI_BASE_URL = `${fakes.h2.frontUrl}/v1`;
     }, { timeout: 30000 });
@@ -232,6 +235,20 @@ describe('chat to a TLS + HTTP/2 upstream', () => {
         assert.equal(d.h2_streams, 0, 'no request reached it');
     });
 
+    it('refuses a certificate that does not name the host (127.0.0.2 is not in it)', async () => {
+        const port = new URL(fakes.h2any.frontUrl).port;
+        const s0 = await stats(fakes.h2any);
+        const url = await extraChat('chat-wrong-name', { OPENAI_BASE_URL: `https://127.0.0.2:${port}/v1`, OPENAI_CA_FILE: certs.ca });
+        const r = await chat(url, 'hi');
+        assert.equal(r.last.status, 'Fail', r.text);
+        const d = delta(s0, await stats(fakes.h2any));
+        assert.ok(d.tls_failed_handshakes >= 1, 'the handshake failed at the fake');
+        assert.equal(d.h2_streams, 0, 'no request reached it');
+        // the same fake by an address the certificate names answers
+        const ok = await extraChat('chat-right-name', { OPENAI_BASE_URL: `https://127.0.0.1:${port}/v1`, OPENAI_CA_FILE: certs.ca });
+        assertComplete(await chat(ok, 'named [[fake tokens=3]]'), 3, 'by 127.0.0.1');
+    });
+
     it('falls back to HTTP/1.1 with keep-alive when the upstream offers no h2', async (t) => {
         const url = await extraChat('chat-h1', { OPENAI_BASE_URL: `${fakes.h1.frontUrl}/v1`, OPENAI_CA_FILE: certs.ca });
         const s0 = await stats(fakes.h1);
@@ -269,7 +286,10 @@ describe('chat to a TLS + HTTP/2 upstream', () => {
         // A replica of its own: no connection to the fake yet, so the burst starts from none.
         // Last in this file: its idle connections would count in the GOAWAY test's figures.
         // common/fetch_h2.c opens a connection only for what those being set up cannot take.
-        const url = await extraChat('chat-burst', { OPENAI_BASE_URL: `${fakes.h2.frontUrl}/v1`, OPENAI_CA_FILE: certs.ca });
+        // By name (localhost, in the certificate too): resolved off the loop, sent as SNI and
+        // checked against the certificate's DNS name rather than its IP address.
+        const byName = fakes.h2.frontUrl.replace('127.0.0.1', 'localhost');
+        const url = await extraChat('chat-burst', { OPENAI_BASE_URL: `${byName}/v1`, OPENAI_CA_FILE: certs.ca });
         const s0 = await stats(fakes.h2);
         const N = 250;
         const res = await Promise.all(Array.from({ length: N }, (_, i) => chat(url, `b${i} [[fake tps=5 tokens=10]]`)));
