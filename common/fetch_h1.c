@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "fetch_addr.h"
+#include "fetch_deadline.h"
 #include "http_parse.h"
 #include "svc/buf.h"
 #include "svc/loop.h"
@@ -99,13 +100,12 @@ struct h1_fetch {
     void *ud;
     char *req; /* the request, head and body; wiped and freed at the first byte of the answer */
     size_t req_len, req_sent;
-    struct svc_timer *timer; /* the deadlines below, and kick */
-    uint64_t connect_ms, total_ms, idle_ms;
-    uint64_t connect_due, total_due, idle_due; /* loop ms; 0 = not running */
-    struct svc_buf resp;                       /* buffered mode: the body */
-    struct svc__http_scan scan;                /* ST_HEAD */
-    struct svc__http_chunked chunk;            /* B_CHUNKED */
-    uint64_t left;                             /* B_LENGTH */
+    struct svc_timer *timer;        /* the deadlines, and kick */
+    struct svc__deadlines dl;       /* connect, whole transfer, idle */
+    struct svc_buf resp;            /* buffered mode: the body */
+    struct svc__http_scan scan;     /* ST_HEAD */
+    struct svc__http_chunked chunk; /* B_CHUNKED */
+    uint64_t left;                  /* B_LENGTH */
     struct svc__http_field *fields; /* the response's headers, one block with their text */
     unsigned nfields;
     size_t hold_off, hold_len; /* decoded body bytes in c->buf not yet delivered */
@@ -369,18 +369,7 @@ static int transport_error(struct h1_fetch *f, int err)
 
 static void timer_arm(struct h1_fetch *f)
 {
-    uint64_t now = svc_loop_now(f->h->loop), next = 0;
-    const uint64_t dues[] = {f->connect_due, f->total_due, f->idle_due};
-
-    for (size_t i = 0; i < sizeof(dues) / sizeof(dues[0]); i++)
-        if (dues[i] != 0 && (next == 0 || dues[i] < next))
-            next = dues[i];
-    if (f->kick)
-        next = now;
-    if (next == 0)
-        svc_timer_stop(f->timer);
-    else if (svc_timer_start(f->timer, next > now ? next - now : 0) != SVC_OK)
-        svc_timer_stop(f->timer); /* cannot happen: an armed timer needs no memory */
+    svc__deadlines_arm(&f->dl, f->timer, svc_loop_now(f->h->loop), f->kick);
 }
 
 static void on_fetch_timer(void *ctx, struct svc_timer *t)
@@ -405,15 +394,7 @@ static void on_fetch_timer(void *ctx, struct svc_timer *t)
             }
         }
     }
-    if (f->connect_due != 0 && now >= f->connect_due) {
-        snprintf(msg, sizeof(msg), "connecting to %s took longer than %llu ms", f->o->authority,
-                 (unsigned long long)f->connect_ms);
-    } else if (f->total_due != 0 && now >= f->total_due) {
-        snprintf(msg, sizeof(msg), "the transfer took longer than %llu ms",
-                 (unsigned long long)f->total_ms);
-    } else if (f->idle_due != 0 && now >= f->idle_due) {
-        snprintf(msg, sizeof(msg), "no data for %llu ms", (unsigned long long)f->idle_ms);
-    } else {
+    if (svc__deadlines_passed(&f->dl, now, f->o->authority, msg, sizeof(msg)) == SVC_OK) {
         timer_arm(f);
         return;
     }
@@ -428,7 +409,7 @@ static void send_request(struct h1_fetch *f)
 
     if (c->connecting) {
         c->connecting = 0;
-        f->connect_due = 0;
+        f->dl.connect_due = 0;
     }
     while (f->req_sent < f->req_len) {
         ssize_t n = send(c->fd, f->req + f->req_sent, f->req_len - f->req_sent, MSG_NOSIGNAL);
@@ -669,8 +650,8 @@ static void read_response(struct h1_fetch *f)
                 f->got_bytes = 1;
                 req_free(f); /* nothing is retried after the first byte */
             }
-            if (f->idle_ms > 0) {
-                f->idle_due = svc_loop_now(f->h->loop) + f->idle_ms;
+            if (f->dl.idle_ms > 0) {
+                f->dl.idle_due = svc_loop_now(f->h->loop) + f->dl.idle_ms;
                 timer_arm(f);
             }
             /* Watched (level-triggered), a read that did not fill the buffer drained the socket
@@ -784,10 +765,10 @@ static void origin_pump(struct h1_origin *o)
         f->c = c;
         c->f = f;
         o->busy++;
-        if (f->total_ms > 0 && f->total_due == 0) /* from leaving the queue, as curl's */
-            f->total_due = now + f->total_ms;
+        if (f->dl.total_ms > 0 && f->dl.total_due == 0) /* from leaving the queue, as curl's */
+            f->dl.total_due = now + f->dl.total_ms;
         if (c->connecting) {
-            f->connect_due = now + f->connect_ms;
+            f->dl.connect_due = now + f->dl.connect_ms;
             timer_arm(f);
         } else {
             send_request(f);
@@ -946,10 +927,7 @@ int svc__h1_start(struct svc_fetch **out, struct svc__h1 *h, const struct svc_fe
     f->ud = ctx;
     f->stream = req->stream != 0;
     f->fresh = req->fresh_connection != 0;
-    f->connect_ms = (uint64_t)(req->connect_timeout_ms > 0 ? req->connect_timeout_ms
-                                                           : SVC__FETCH_DEFAULT_CONNECT_MS);
-    f->total_ms = req->timeout_ms > 0 ? (uint64_t)req->timeout_ms : 0;
-    f->idle_ms = req->idle_timeout_ms > 0 ? (uint64_t)req->idle_timeout_ms : 0;
+    svc__deadlines_init(&f->dl, req);
     svc_buf_init(&f->resp, req->max_response ? req->max_response : SVC__FETCH_DEFAULT_MAX_RESPONSE);
     if ((rc = origin_get(h, auth, alen, &f->o)) != SVC_OK) {
         free(f);
@@ -970,8 +948,8 @@ int svc__h1_start(struct svc_fetch **out, struct svc__h1 *h, const struct svc_fe
         free(f);
         return rc;
     }
-    if (f->idle_ms > 0) { /* it runs all along, queued too (svc/fetch.h) */
-        f->idle_due = now + f->idle_ms;
+    if (f->dl.idle_ms > 0) { /* it runs all along, queued too (svc/fetch.h) */
+        f->dl.idle_due = now + f->dl.idle_ms;
         timer_arm(f);
     }
     f->state = ST_QUEUED;
@@ -1011,7 +989,7 @@ void svc__h1_pause(struct svc_fetch *base, int paused)
         if (f->paused)
             return;
         f->paused = 1;
-        f->idle_due = 0; /* our silence, not the upstream's */
+        f->dl.idle_due = 0; /* our silence, not the upstream's */
         /* Not watched while paused. EPOLL_CTL_MOD on a registered descriptor fails only for
          * want of kernel memory; then the readable events go on and on_conn_io, which does not
          * read while paused, ignores them until the resume. */
@@ -1021,8 +999,8 @@ void svc__h1_pause(struct svc_fetch *base, int paused)
         if (!f->paused)
             return;
         f->paused = 0;
-        if (f->idle_ms > 0)
-            f->idle_due = svc_loop_now(f->h->loop) + f->idle_ms;
+        if (f->dl.idle_ms > 0)
+            f->dl.idle_due = svc_loop_now(f->h->loop) + f->dl.idle_ms;
         /* The held bytes and any read behind them are delivered from the timer, outside the
          * caller's stack (svc/fetch.h allows either). */
         f->kick = f->c != NULL && f->state != ST_SEND;

@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include "fetch_addr.h"
+#include "fetch_deadline.h"
 #include "svc/buf.h"
 #include "svc/loop.h"
 #include "svc/util.h"
@@ -125,12 +126,11 @@ struct h2_fetch {
     int has_body;
     long connect_timeout_ms, timeout_ms, idle_timeout_ms;
     size_t max_response;
-    struct svc_timer *timer; /* the deadlines below, and kick */
-    uint64_t connect_ms, total_ms, idle_ms;
-    uint64_t connect_due, total_due, idle_due; /* loop ms; 0 = not running */
-    struct svc_buf resp;                       /* buffered mode: the body */
-    struct svc_buf hold;   /* stream mode: bytes the reader has not taken (paused) */
-    struct svc_buf fields; /* the response's headers: name NUL value NUL ... */
+    struct svc_timer *timer;  /* the deadlines, and kick */
+    struct svc__deadlines dl; /* connect (until the stream opens), whole transfer, idle */
+    struct svc_buf resp;      /* buffered mode: the body */
+    struct svc_buf hold;      /* stream mode: bytes the reader has not taken (paused) */
+    struct svc_buf fields;    /* the response's headers: name NUL value NUL ... */
     long status;
     int retries;
     unsigned queued : 1, stream : 1, head_req : 1, got_head : 1, paused : 1, cancelled : 1,
@@ -320,18 +320,7 @@ static int retry(struct h2_fetch *f)
 
 static void timer_arm(struct h2_fetch *f)
 {
-    uint64_t now = svc_loop_now(f->h->loop), next = 0;
-    const uint64_t dues[] = {f->connect_due, f->total_due, f->idle_due};
-
-    for (size_t i = 0; i < sizeof(dues) / sizeof(dues[0]); i++)
-        if (dues[i] != 0 && (next == 0 || dues[i] < next))
-            next = dues[i];
-    if (f->kick)
-        next = now;
-    if (next == 0)
-        svc_timer_stop(f->timer);
-    else if (svc_timer_start(f->timer, next > now ? next - now : 0) != SVC_OK)
-        svc_timer_stop(f->timer); /* cannot happen: an armed timer needs no memory */
+    svc__deadlines_arm(&f->dl, f->timer, svc_loop_now(f->h->loop), f->kick);
 }
 
 static int deliver_held(struct h2_fetch *f);
@@ -348,23 +337,16 @@ static void on_fetch_timer(void *ctx, struct svc_timer *t)
         if (!f->paused && !deliver_held(f))
             return;
     }
-    if (f->connect_due != 0 && now >= f->connect_due) {
-        snprintf(msg, sizeof(msg), "connecting to %s took longer than %llu ms", f->o->authority,
-                 (unsigned long long)f->connect_ms);
-        /* the connections being set up as long are given up too: waiting ones would wait on */
-        for (struct h2_conn *c = f->o->conns; c != NULL; c = c->next)
-            if ((c->state == C_CONNECTING || c->state == C_TLS) &&
-                now - c->started >= f->connect_ms)
-                conn_dead(c, msg);
-    } else if (f->total_due != 0 && now >= f->total_due) {
-        snprintf(msg, sizeof(msg), "the transfer took longer than %llu ms",
-                 (unsigned long long)f->total_ms);
-    } else if (f->idle_due != 0 && now >= f->idle_due) {
-        snprintf(msg, sizeof(msg), "no data for %llu ms", (unsigned long long)f->idle_ms);
-    } else {
+    if (svc__deadlines_passed(&f->dl, now, f->o->authority, msg, sizeof(msg)) == SVC_OK) {
         timer_arm(f);
         return;
     }
+    if (f->dl.connect_due != 0 && now >= f->dl.connect_due)
+        /* the connections being set up as long are given up too: waiting ones would wait on */
+        for (struct h2_conn *c = f->o->conns; c != NULL; c = c->next)
+            if ((c->state == C_CONNECTING || c->state == C_TLS) &&
+                now - c->started >= f->dl.connect_ms)
+                conn_dead(c, msg);
     fail(f, SVC_ETIMEDOUT, msg);
 }
 
@@ -507,8 +489,8 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
     if (f->status >= 200) {
         f->got_head = 1;
         req_free(f); /* nothing is sent again after the answer's first byte */
-        if (f->idle_ms > 0 && !f->paused) {
-            f->idle_due = svc_loop_now(f->h->loop) + f->idle_ms;
+        if (f->dl.idle_ms > 0 && !f->paused) {
+            f->dl.idle_due = svc_loop_now(f->h->loop) + f->dl.idle_ms;
             timer_arm(f);
         }
     }
@@ -525,8 +507,8 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     (void)nghttp2_session_consume_connection(ng, len); /* the others' window stays open */
     if (f == NULL)
         return 0; /* cancelled: its reset is on the way */
-    if (f->idle_ms > 0 && !f->paused) {
-        f->idle_due = svc_loop_now(f->h->loop) + f->idle_ms;
+    if (f->dl.idle_ms > 0 && !f->paused) {
+        f->dl.idle_due = svc_loop_now(f->h->loop) + f->dl.idle_ms;
         timer_arm(f);
     }
     if (deliver(f, data, len))
@@ -1017,7 +999,7 @@ static int stream_open(struct h2_fetch *f, struct h2_conn *c)
         c->streams->sprev = f;
     c->streams = f;
     c->nstreams++;
-    f->connect_due = 0;
+    f->dl.connect_due = 0;
     timer_arm(f);
     return 1;
 }
@@ -1378,10 +1360,7 @@ int svc__h2_start(struct svc_fetch **out, struct svc__h2 *h, const struct svc_fe
     f->timeout_ms = req->timeout_ms;
     f->idle_timeout_ms = req->idle_timeout_ms;
     f->max_response = req->max_response;
-    f->connect_ms = (uint64_t)(req->connect_timeout_ms > 0 ? req->connect_timeout_ms
-                                                           : SVC__FETCH_DEFAULT_CONNECT_MS);
-    f->total_ms = req->timeout_ms > 0 ? (uint64_t)req->timeout_ms : 0;
-    f->idle_ms = req->idle_timeout_ms > 0 ? (uint64_t)req->idle_timeout_ms : 0;
+    svc__deadlines_init(&f->dl, req);
     svc_buf_init(&f->resp, req->max_response ? req->max_response : SVC__FETCH_DEFAULT_MAX_RESPONSE);
     svc_buf_init(&f->hold, 4u << 20);
     svc_buf_init(&f->fields, H2_MAX_HEADER_BYTES);
@@ -1408,11 +1387,11 @@ int svc__h2_start(struct svc_fetch **out, struct svc__h2 *h, const struct svc_fe
     }
     if ((rc = svc_timer_create(&f->timer, h->loop, on_fetch_timer, f)) != SVC_OK)
         goto fail;
-    f->connect_due = now + f->connect_ms; /* until its stream opens */
-    if (f->total_ms > 0)
-        f->total_due = now + f->total_ms;
-    if (f->idle_ms > 0)
-        f->idle_due = now + f->idle_ms;
+    f->dl.connect_due = now + f->dl.connect_ms; /* until its stream opens */
+    if (f->dl.total_ms > 0)
+        f->dl.total_due = now + f->dl.total_ms;
+    if (f->dl.idle_ms > 0)
+        f->dl.idle_due = now + f->dl.idle_ms;
     timer_arm(f);
     h->active++;
     f->next = h->all;
@@ -1455,13 +1434,13 @@ void svc__h2_pause(struct svc_fetch *base, int paused)
         if (f->paused)
             return;
         f->paused = 1;
-        f->idle_due = 0; /* our silence, not the upstream's */
+        f->dl.idle_due = 0; /* our silence, not the upstream's */
     } else {
         if (!f->paused)
             return;
         f->paused = 0;
-        if (f->idle_ms > 0)
-            f->idle_due = svc_loop_now(f->h->loop) + f->idle_ms;
+        if (f->dl.idle_ms > 0)
+            f->dl.idle_due = svc_loop_now(f->h->loop) + f->dl.idle_ms;
         /* the held bytes are delivered from the timer, outside the caller's stack */
         f->kick = f->hold.len > 0 || f->complete;
     }

@@ -48,8 +48,8 @@ enum { T_BUFFERED, T_PAUSE, T_CANCEL };
 struct tr {
     struct svc_fetch *f;
     int kind;
-    int ended;     /* on_done or on_cancel ran */
-    int err;       /* on_done's; 1 for on_cancel */
+    int ended; /* on_done or on_cancel ran */
+    int err;   /* on_done's; 1 for on_cancel */
     long status;
     int paused;    /* T_PAUSE: paused, waiting for the driver's resume */
     int resume_in; /* passes of the check timer until the resume */
@@ -65,9 +65,9 @@ struct conn {
     size_t frame;   /* offset in the stream where the current frame header starts */
     uint8_t hdr[9]; /* the current frame header, as far as read */
     size_t hdr_len;
-    size_t skip;     /* payload bytes of the current frame still to skip */
-    int nheaders;    /* HEADERS frames the client sent */
-    int sent;        /* the input went out */
+    size_t skip;  /* payload bytes of the current frame still to skip */
+    int nheaders; /* HEADERS frames the client sent */
+    int sent;     /* the input went out */
     struct conn *next;
 };
 
