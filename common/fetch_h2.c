@@ -500,10 +500,10 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
 static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data,
                          size_t len, void *user_data)
 {
-    struct h2_conn *c = user_data;
     struct h2_fetch *f = stream_fetch(ng, id);
 
     (void)flags;
+    (void)user_data;
     (void)nghttp2_session_consume_connection(ng, len); /* the others' window stays open */
     if (f == NULL)
         return 0; /* cancelled: its reset is on the way */
@@ -513,7 +513,6 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     }
     if (deliver(f, data, len))
         (void)nghttp2_session_consume_stream(ng, id, len);
-    (void)c;
     return 0;
 }
 
@@ -533,7 +532,10 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
         /* else held bytes (paused): the end follows them at the resume */
         return 0;
     }
-    if ((code == NGHTTP2_REFUSED_STREAM || (c->goaway && code != NGHTTP2_NO_ERROR)) && retry(f))
+    /* Not processed by the server (RFC 9113 8.7: REFUSED_STREAM, which nghttp2 also gives the
+     * streams past a GOAWAY's last id): safe to send again. Any other reset may come after the
+     * server acted on the request, so the caller decides. */
+    if (code == NGHTTP2_REFUSED_STREAM && retry(f))
         return 0;
     snprintf(msg, sizeof(msg), "%s reset the stream (%s)", c->o->authority,
              nghttp2_http2_strerror(code));
@@ -544,13 +546,12 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
 static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
                          uint32_t *data_flags, nghttp2_data_source *source, void *user_data)
 {
-    struct h2_fetch *f = source->ptr;
+    struct h2_fetch *f = stream_fetch(ng, id); /* NULL once cancelled (detach) */
     size_t n;
 
-    (void)ng;
-    (void)id;
+    (void)source;
     (void)user_data;
-    if (f == NULL || f->body == NULL) { /* cannot happen: the body lives until the answer */
+    if (f == NULL || f->body == NULL) { /* gone, or answered before its body was sent */
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
         return 0;
     }
@@ -982,7 +983,7 @@ static int stream_open(struct h2_fetch *f, struct h2_conn *c)
         NV("content-length", 14, cl, strlen(cl));
     }
 #undef NV
-    prd.source.ptr = f;
+    prd.source.ptr = NULL; /* read_body finds f by the stream */
     prd.read_callback = read_body;
     id = nghttp2_submit_request(c->ng, NULL, nv, n, f->has_body ? &prd : NULL, f);
     free(nv);
