@@ -6,7 +6,8 @@
  * ALPN, and a cleartext one with prior knowledge (h2c). Many transfers share a connection as
  * streams; libcurl keeps proxies, and an https:// origin that answers ALPN with HTTP/1.1 (its
  * waiting transfers are handed to libcurl through struct svc__h2_fallback). Internal to common/;
- * why it exists: docs/decisions.md 61.
+ * why it exists: docs/decisions.md 61. OpenSSL writes with write(2), so the process must ignore
+ * SIGPIPE, as svc_service does (a server that goes away would kill it otherwise).
  */
 
 #include "fetch_h1.h"
