@@ -471,8 +471,7 @@ static int take_head(struct h1_fetch *f, char *p, size_t len)
         }
         bytes += strlen(n) + strlen(v) + 2;
     }
-    f->keepalive = r.minor == 1 ? conn == NULL || !svc__http_has_token(conn, "close")
-                                : conn != NULL && svc__http_has_token(conn, "keep-alive");
+    f->keepalive = svc__http_keeps_alive(r.minor, conn);
     if (f->head_req || f->status == 204 || f->status == 304) {
         f->body = B_NONE;
     } else if (te != NULL) {

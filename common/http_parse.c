@@ -304,6 +304,13 @@ int svc__http_has_token(const char *value, const char *token)
     return 0;
 }
 
+int svc__http_keeps_alive(int minor, const char *connection)
+{
+    if (minor >= 1)
+        return connection == NULL || !svc__http_has_token(connection, "close");
+    return connection != NULL && svc__http_has_token(connection, "keep-alive");
+}
+
 /* ---- chunked bodies ---- */
 
 enum {

@@ -82,6 +82,10 @@ unsigned svc__http_count_lines(const char *buf, size_t len);
 /* Whether the comma-separated list value (a Connection header) names token, in any case. */
 int svc__http_has_token(const char *value, const char *token);
 
+/* Whether a message of HTTP/1.<minor> with this Connection header (NULL: none) leaves its
+ * connection open (RFC 9112 9.3): 1.1 unless "close", 1.0 only with "keep-alive". */
+int svc__http_keeps_alive(int minor, const char *connection);
+
 /* A chunked body being decoded (RFC 9112 section 7.1). Zero-initialise to start. */
 struct svc__http_chunked {
     int state;
