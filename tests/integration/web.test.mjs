@@ -1071,7 +1071,10 @@ describe('web UI in Chromium', () => {
         await admin.getByLabel('运维密钥 (OPS_KEY)').fill(OPS_KEY);
         await admin.getByRole('button', { name: '登录' }).click();
         await admin.getByRole('heading', { name: '用户', exact: true }).waitFor();
-        assert.equal(await admin.locator('#users tr[data-user="zhou"]').getByRole('button', { name: '充值' }).count(), 1);
+        // the heading shows before the users' list has loaded: wait for the row (CI once counted 0)
+        const zhouRow = admin.locator('#users tr[data-user="zhou"]');
+        await zhouRow.waitFor();
+        assert.equal(await zhouRow.getByRole('button', { name: '充值' }).count(), 1);
         await ctx.close();
     });
 
