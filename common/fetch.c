@@ -14,6 +14,13 @@
 #include "fetch_h1.h"
 #include "fetch_h2.h"
 
+/*
+ * The libcurl side of svc_fetch, and the dispatch between the three clients (svc/fetch.h):
+ * cleartext HTTP/1.1 goes to fetch_h1.c, HTTP/2 to fetch_h2.c, the rest (HTTP/1.1 over TLS,
+ * proxies) stays here. What follows about HTTP/2 (the gate, streams per connection) applies only
+ * with CHATWEB_HTTP2_CLIENT=libcurl, or to the libcurl transfers fetch_h2.c hands over.
+ */
+
 /* Streams per HTTP/2 connection we open at most; the server's SETTINGS_MAX_CONCURRENT_STREAMS
  * lowers it, and past it curl opens another connection. Not more: libcurl 7.88 runs every
  * transfer of a multiplexed connection when it turns readable, so the cost of an event grows
@@ -43,15 +50,15 @@
  */
 struct host_q {
     struct host_q *next;
-    long in_curl;                  /* transfers of this host inside curl */
-    long connecting;               /* gated ones among them still without a connection */
+    long in_curl;                   /* transfers of this host inside curl */
+    long connecting;                /* gated ones among them still without a connection */
     struct curl_fetch *head, *tail; /* waiting, oldest first */
-    long nqueued;                  /* how many wait */
-    curl_socket_t *ready;          /* gate: sockets of its connections that carry requests */
+    long nqueued;                   /* how many wait */
+    curl_socket_t *ready;           /* gate: sockets of its connections that carry requests */
     int nready, ready_cap;
-    unsigned h1 : 1;               /* gate: the origin answered over HTTP/1.x, no gate */
-    unsigned open : 1;             /* gate: a transfer failed to connect, none held for now */
-    char origin[];                 /* scheme://host:port of the URL */
+    unsigned h1 : 1;   /* gate: the origin answered over HTTP/1.x, no gate */
+    unsigned open : 1; /* gate: a transfer failed to connect, none held for now */
+    char origin[];     /* scheme://host:port of the URL */
 };
 
 /*
@@ -83,8 +90,8 @@ struct svc_fetch_multi {
     struct svc_timer *timer;
     long active;
     struct curl_fetch *all; /* every transfer not yet freed, for destroy */
-    int in_action; /* inside curl_multi_socket_action: transfers must not be freed */
-    int h2c_reuse_broken; /* see h2c_reuse_broken() */
+    int in_action;          /* inside curl_multi_socket_action: transfers must not be freed */
+    int h2c_reuse_broken;   /* see h2c_reuse_broken() */
     CURL *easy_pool[FETCH_EASY_POOL]; /* reset handles for the next transfers */
     int neasy;
     struct svc__h1 *h1; /* cleartext HTTP/1.1 transfers: our own client (fetch_h1.c) */
@@ -105,17 +112,17 @@ struct curl_fetch {
     void *ud;
     int stream;
     int cancelled;
-    struct svc_timer *idle;  /* no byte for idle_ms: the transfer is abandoned */
+    struct svc_timer *idle; /* no byte for idle_ms: the transfer is abandoned */
     uint64_t idle_ms;
     int data_err;
     long status;
-    struct host_q *hq;               /* NULL without a per-host cap or the HTTP/2 gate */
+    struct host_q *hq;                /* NULL without a per-host cap or the HTTP/2 gate */
     struct curl_fetch *qprev, *qnext; /* in hq's queue while queued */
-    unsigned queued : 1, added : 1;  /* waiting in hq / handed to curl */
-    unsigned h1_only : 1;            /* HTTP/1.1 only: its handle may be kept for another */
-    unsigned gated : 1;              /* under the HTTP/2 gate (see struct host_q) */
-    unsigned connecting : 1;         /* gated, in curl, no connection yet */
-    unsigned version_seen : 1;       /* gated: the HTTP version of its answer was noted */
+    unsigned queued : 1, added : 1;   /* waiting in hq / handed to curl */
+    unsigned h1_only : 1;             /* HTTP/1.1 only: its handle may be kept for another */
+    unsigned gated : 1;               /* under the HTTP/2 gate (see struct host_q) */
+    unsigned connecting : 1;          /* gated, in curl, no connection yet */
+    unsigned version_seen : 1;        /* gated: the HTTP version of its answer was noted */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -168,8 +175,7 @@ static void fetch_free(struct curl_fetch *f)
             if (!f->cancelled)
                 f->hq->open = 1; /* it ended without a connection: the upstream may be down */
         }
-        if (f->hq != NULL && f->hq->head != NULL &&
-            (f->gated || f->hq->in_curl < f->m->max_host))
+        if (f->hq != NULL && f->hq->head != NULL && (f->gated || f->hq->in_curl < f->m->max_host))
             pump_soon(f->m);
     }
     /* A handle that may have carried an HTTP/2 stream is not reused: libcurl 7.88.1 crashed
@@ -364,8 +370,7 @@ static int on_prereq(void *clientp, char *conn_primary_ip, char *conn_local_ip,
     (void)conn_primary_port;
     (void)conn_local_port;
     if (curl_easy_getinfo(f->easy, CURLINFO_NUM_CONNECTS, &fresh) == CURLE_OK && fresh > 0 &&
-        curl_easy_getinfo(f->easy, CURLINFO_ACTIVESOCKET, &fd) == CURLE_OK &&
-        fd != CURL_SOCKET_BAD)
+        curl_easy_getinfo(f->easy, CURLINFO_ACTIVESOCKET, &fd) == CURLE_OK && fd != CURL_SOCKET_BAD)
         ready_add(f->hq, fd);
     if (f->connecting) {
         f->connecting = 0;
@@ -435,8 +440,7 @@ static void on_pump(void *data, struct svc_timer *t)
 
     (void)t;
     for (struct host_q *hq = m->hosts; hq != NULL; hq = hq->next) {
-        while (hq->head != NULL &&
-               (hq->head->gated ? gate_open(hq) : hq->in_curl < m->max_host)) {
+        while (hq->head != NULL && (hq->head->gated ? gate_open(hq) : hq->in_curl < m->max_host)) {
             struct curl_fetch *f = hq->head;
 
             hq->head = f->qnext;
@@ -739,9 +743,10 @@ static int curl_start(struct svc_fetch_multi *m, struct svc_fetch **out,
          * opened 2,225 connections (docs/decisions.md). Past that, the gate (struct host_q). */
         curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
         f->gated = m->max_host == 0;
-        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, req->http == SVC_FETCH_HTTP_2_PRIOR
-                                                      ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE
-                                                      : (long)CURL_HTTP_VERSION_2TLS);
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
+                         req->http == SVC_FETCH_HTTP_2_PRIOR
+                             ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE
+                             : (long)CURL_HTTP_VERSION_2TLS);
     } else {
         f->h1_only = 1;
         curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);

@@ -888,9 +888,12 @@ static struct h2_conn *conn_open(struct h2_origin *o, char *msg, size_t msglen)
     c->state = C_CONNECTING;
     c->started = svc_loop_now(o->h->loop);
     c->fd = socket(o->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (c->fd < 0 || (setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)), 0) ||
-        (connect(c->fd, (struct sockaddr *)&o->addr.ss, o->addr.len) != 0 &&
-         errno != EINPROGRESS)) {
+    if (c->fd < 0) {
+        snprintf(msg, msglen, "cannot connect to %s: %s", o->authority, strerror(errno));
+        goto fail;
+    }
+    (void)setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(c->fd, (struct sockaddr *)&o->addr.ss, o->addr.len) != 0 && errno != EINPROGRESS) {
         snprintf(msg, msglen, "cannot connect to %s: %s", o->authority, strerror(errno));
         goto fail;
     }
