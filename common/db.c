@@ -65,7 +65,6 @@ static int copy_str(char *dst, size_t cap, const char *src, size_t n)
     return SVC_OK;
 }
 
-
 /*
  * %-decodes n bytes of src into dst[cap]. plus_space turns '+' into ' ' (query values, like Go's
  * url.QueryUnescape). Decoded NULs are refused: nothing here may contain one.
@@ -1318,11 +1317,29 @@ void svc_db_conn_put(struct svc_db *db, struct svc_db_conn **connp)
         SVC_LOG_ERR(NULL, "db put", "connection put back twice: ignored");
         return;
     }
-    if (conn->in_tx) {
+    /* The back end's own word counts too: a transaction our bookkeeping does not know of (begun
+     * as plain SQL, or left by a COMMIT and ROLLBACK that both failed) would, pooled, hide every
+     * later write of this connection from the others and show it an old snapshot. */
+    if (!conn->in_tx && db->vt->in_tx != NULL && db->vt->in_tx(conn)) {
+        SVC_LOG_ERR(NULL, "db put",
+                    "connection put back inside a transaction it did not begin "
+                    "with svc_db_begin: rolled back");
+        conn->in_tx = 1;
+    } else if (conn->in_tx) {
         SVC_LOG_ERR(NULL, "db put", "connection put back inside a transaction: rolled back");
-        (void)svc_db_rollback(conn);
     }
+    if (conn->in_tx)
+        (void)svc_db_rollback(conn);
     conn->borrowed = 0;
+    if (db->vt->in_tx != NULL && db->vt->in_tx(conn)) { /* the rollback failed: not pooled */
+        SVC_LOG_ERR(NULL, "db put", "connection still inside a transaction after ROLLBACK: closed");
+        db->vt->conn_destroy(conn);
+        pthread_mutex_lock(&db->mu);
+        db->nopen--;
+        pthread_cond_signal(&db->cv);
+        pthread_mutex_unlock(&db->mu);
+        return;
+    }
     pthread_mutex_lock(&db->mu);
     db->idle[db->nidle++] = conn;
     pthread_cond_signal(&db->cv);

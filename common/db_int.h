@@ -108,6 +108,8 @@ struct svc__db_vtable {
     int (*begin)(struct svc_db_conn *conn);
     int (*commit)(struct svc_db_conn *conn);
     int (*rollback)(struct svc_db_conn *conn);
+    /* Whether the back end itself is inside a transaction; NULL when it cannot be asked. */
+    int (*in_tx)(struct svc_db_conn *conn);
 };
 
 extern const struct svc__db_vtable svc__db_sqlite_vtable;

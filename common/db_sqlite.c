@@ -392,6 +392,11 @@ static int commit(struct svc_db_conn *conn)
     return rc;
 }
 
+static int in_tx(struct svc_db_conn *conn)
+{
+    return !sqlite3_get_autocommit(sq(conn)->h);
+}
+
 const struct svc__db_vtable svc__db_sqlite_vtable = {
     .name = "sqlite",
     .conn_create = conn_create,
@@ -401,4 +406,5 @@ const struct svc__db_vtable svc__db_sqlite_vtable = {
     .begin = begin,
     .commit = commit,
     .rollback = rollback,
+    .in_tx = in_tx,
 };
