@@ -27,6 +27,7 @@
 #include "fetch_h2.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
@@ -124,7 +125,6 @@ struct h2_fetch {
     char *body;
     size_t body_len, body_off;
     int has_body;
-    long connect_timeout_ms, timeout_ms, idle_timeout_ms;
     size_t max_response;
     struct svc_timer *timer;  /* the deadlines, and kick */
     struct svc__deadlines dl; /* connect (until the stream opens), whole transfer, idle */
@@ -151,7 +151,8 @@ struct svc__h2 {
 
 static void origin_pump(struct h2_origin *o);
 static void conn_flush(struct h2_conn *c);
-static void conn_dead(struct h2_conn *c, const char *why);
+static void conn_dead(struct h2_conn *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void on_conn_io(void *ctx, struct svc_io *io, int fd, uint32_t events);
 
 /* Whether c is still being set up: connecting, in the TLS handshake, or waiting for the
@@ -346,7 +347,7 @@ static void on_fetch_timer(void *ctx, struct svc_timer *t)
         for (struct h2_conn *c = f->o->conns; c != NULL; c = c->next)
             if ((c->state == C_CONNECTING || c->state == C_TLS) &&
                 now - c->started >= f->dl.connect_ms)
-                conn_dead(c, msg);
+                conn_dead(c, "%s", msg);
     fail(f, SVC_ETIMEDOUT, msg);
 }
 
@@ -577,15 +578,20 @@ static int conn_watch(struct h2_conn *c, uint32_t events)
     return SVC_OK;
 }
 
-/* Marks c failed (why says how); reap() closes it and fails its transfers. */
-static void conn_dead(struct h2_conn *c, const char *why)
+/* Marks c failed (the printf-style message says why); reap() closes it and fails its
+ * transfers. */
+static void conn_dead(struct h2_conn *c, const char *fmt, ...)
 {
+    va_list ap;
+
     if (c->state == C_DEAD)
         return;
     if (conn_pending(c))
         c->o->nconnecting--;
     c->state = C_DEAD;
-    snprintf(c->why, sizeof(c->why), "%s", why);
+    va_start(ap, fmt);
+    vsnprintf(c->why, sizeof(c->why), fmt, ap);
+    va_end(ap);
     (void)conn_watch(c, 0); /* level-triggered events would come until reap() closes it */
     pump_soon(c->o->h);
 }
@@ -616,7 +622,7 @@ static void conn_free(struct h2_conn *c)
 /* Why OpenSSL failed, for a person. */
 static void tls_error(struct h2_conn *c, const char *what)
 {
-    char buf[160], msg[256];
+    char buf[160];
     unsigned long e = ERR_get_error();
     long v = c->ssl != NULL ? SSL_get_verify_result(c->ssl) : X509_V_OK;
 
@@ -628,15 +634,13 @@ static void tls_error(struct h2_conn *c, const char *what)
     else
         snprintf(buf, sizeof(buf), "%s", errno != 0 ? strerror(errno) : "connection closed");
     ERR_clear_error();
-    snprintf(msg, sizeof(msg), "%s %s: %s", what, c->o->authority, buf);
-    conn_dead(c, msg);
+    conn_dead(c, "%s %s: %s", what, c->o->authority, buf);
 }
 
 /* Reads what the socket has into nghttp2. Sets c dead on an error or the server's close. */
 static void conn_read(struct h2_conn *c)
 {
     uint8_t buf[H2_READ_CHUNK];
-    char msg[200];
 
     c->tls_write = 0;
     while (c->state == C_READY) {
@@ -654,8 +658,7 @@ static void conn_read(struct h2_conn *c)
                     return;
                 }
                 if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && errno == 0)) {
-                    snprintf(msg, sizeof(msg), "%s closed the connection", c->o->authority);
-                    conn_dead(c, msg);
+                    conn_dead(c, "%s closed the connection", c->o->authority);
                 } else {
                     tls_error(c, "connection to");
                 }
@@ -664,8 +667,7 @@ static void conn_read(struct h2_conn *c)
         } else {
             n = recv(c->fd, buf, sizeof(buf), 0);
             if (n == 0) {
-                snprintf(msg, sizeof(msg), "%s closed the connection", c->o->authority);
-                conn_dead(c, msg);
+                conn_dead(c, "%s closed the connection", c->o->authority);
                 return;
             }
             if (n < 0) {
@@ -673,9 +675,7 @@ static void conn_read(struct h2_conn *c)
                     return;
                 if (errno == EINTR)
                     continue;
-                snprintf(msg, sizeof(msg), "connection to %s: %s", c->o->authority,
-                         strerror(errno));
-                conn_dead(c, msg);
+                conn_dead(c, "connection to %s: %s", c->o->authority, strerror(errno));
                 return;
             }
         }
@@ -683,9 +683,7 @@ static void conn_read(struct h2_conn *c)
         used = nghttp2_session_mem_recv(c->ng, buf, (size_t)n);
         c->in_recv = 0;
         if (used < 0) {
-            snprintf(msg, sizeof(msg), "HTTP/2 with %s: %s", c->o->authority,
-                     nghttp2_strerror((int)used));
-            conn_dead(c, msg);
+            conn_dead(c, "HTTP/2 with %s: %s", c->o->authority, nghttp2_strerror((int)used));
             return;
         }
     }
@@ -694,7 +692,6 @@ static void conn_read(struct h2_conn *c)
 /* Writes what nghttp2 has to send. Inside nghttp2's callbacks it only notes that (reap). */
 static void conn_flush(struct h2_conn *c)
 {
-    char msg[200];
 
     if (c->state != C_READY || c->in_recv) {
         if (c->in_recv)
@@ -707,9 +704,7 @@ static void conn_flush(struct h2_conn *c)
         if (c->out_len == 0) {
             n = nghttp2_session_mem_send(c->ng, &c->out);
             if (n < 0) {
-                snprintf(msg, sizeof(msg), "HTTP/2 with %s: %s", c->o->authority,
-                         nghttp2_strerror((int)n));
-                conn_dead(c, msg);
+                conn_dead(c, "HTTP/2 with %s: %s", c->o->authority, nghttp2_strerror((int)n));
                 return;
             }
             if (n == 0)
@@ -733,9 +728,7 @@ static void conn_flush(struct h2_conn *c)
                     break;
                 if (errno == EINTR)
                     continue;
-                snprintf(msg, sizeof(msg), "connection to %s: %s", c->o->authority,
-                         strerror(errno));
-                conn_dead(c, msg);
+                conn_dead(c, "connection to %s: %s", c->o->authority, strerror(errno));
                 return;
             }
         }
@@ -780,7 +773,6 @@ static void conn_handshake(struct h2_conn *c)
     const unsigned char *alpn = NULL;
     unsigned alpn_len = 0;
     int rc, e;
-    char msg[200];
 
     ERR_clear_error();
     errno = 0;
@@ -801,8 +793,7 @@ static void conn_handshake(struct h2_conn *c)
         return;
     }
     if (c->o->http == SVC_FETCH_HTTP_2_PRIOR) {
-        snprintf(msg, sizeof(msg), "%s does not offer HTTP/2 (ALPN)", c->o->authority);
-        conn_dead(c, msg);
+        conn_dead(c, "%s does not offer HTTP/2 (ALPN)", c->o->authority);
         return;
     }
     /* HTTP/1.1 it is: libcurl serves this origin (keep-alive, TLS) for a while */
@@ -814,7 +805,6 @@ static void conn_handshake(struct h2_conn *c)
 static void on_conn_io(void *ctx, struct svc_io *io, int fd, uint32_t events)
 {
     struct h2_conn *c = ctx;
-    char msg[200];
     int err = 0;
     socklen_t el = sizeof(err);
 
@@ -825,8 +815,7 @@ static void on_conn_io(void *ctx, struct svc_io *io, int fd, uint32_t events)
         if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
             err = errno;
         if (err != 0) {
-            snprintf(msg, sizeof(msg), "cannot connect to %s: %s", c->o->authority, strerror(err));
-            conn_dead(c, msg);
+            conn_dead(c, "cannot connect to %s: %s", c->o->authority, strerror(err));
             break;
         }
         if (c->ssl == NULL) {
@@ -1143,9 +1132,9 @@ static void fall_back(struct h2_fetch *f)
     req.headers = f->lines;
     req.body = f->has_body ? f->body : NULL;
     req.body_len = f->body_len;
-    req.connect_timeout_ms = f->connect_timeout_ms;
-    req.timeout_ms = f->timeout_ms;
-    req.idle_timeout_ms = f->idle_timeout_ms;
+    req.connect_timeout_ms = (long)f->dl.connect_ms; /* the request's, or the default */
+    req.timeout_ms = (long)f->dl.total_ms;
+    req.idle_timeout_ms = (long)f->dl.idle_ms;
     req.max_response = f->max_response;
     req.stream = f->stream;
     req.http = SVC_FETCH_HTTP_AUTO;
@@ -1360,9 +1349,6 @@ int svc__h2_start(struct svc_fetch **out, struct svc__h2 *h, const struct svc_fe
     f->ud = ctx;
     f->stream = req->stream != 0;
     f->head_req = strcmp(method, "HEAD") == 0;
-    f->connect_timeout_ms = req->connect_timeout_ms;
-    f->timeout_ms = req->timeout_ms;
-    f->idle_timeout_ms = req->idle_timeout_ms;
     f->max_response = req->max_response;
     svc__deadlines_init(&f->dl, req);
     svc_buf_init(&f->resp, req->max_response ? req->max_response : SVC__FETCH_DEFAULT_MAX_RESPONSE);
