@@ -151,9 +151,14 @@ static int conn_create(struct svc_db *db, struct svc_db_conn **out, char *err, s
     }
     c->base.db = db;
     /* Created 0600 before SQLite sees it (SQLite would use 0644 less the umask): the file holds
-     * password and key hashes. SQLite gives its -wal and -shm files the main file's mode. */
+     * password and key hashes. SQLite gives its -wal and -shm files the main file's mode.
+     * O_EXCL: only a file that did not exist is opened (and closed) here. Closing a descriptor
+     * of a file drops every POSIX lock this process holds on it, those of the pool's open
+     * connections too; without their shared lock another process (a replica, the sqlite3
+     * shell) took its closing EXCLUSIVE lock, deleted the WAL this process was still writing,
+     * and the two went on seeing different files (test_db's test_sqlite_other_process). */
     if (!db->dsn.memory) {
-        int fd = open(db->dsn.path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        int fd = open(db->dsn.path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd >= 0)
             close(fd);
     }

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -529,6 +530,79 @@ static void test_sqlite_fresh_concurrent(void)
         pthread_join(th[i], NULL);
         T_EQ_INT(rcs[i], SVC_OK);
     }
+}
+
+/*
+ * Another process on the same SQLite file while this one holds pooled connections: the sqlite3
+ * shell an operator runs, or a second replica. POSIX locks belong to the process, and closing
+ * any descriptor of the file drops all of them; with its locks gone, the other process took the
+ * EXCLUSIVE lock when it closed, believed itself the file's last user, checkpointed and deleted
+ * the WAL, and from then on this process wrote to the deleted WAL and the other read without it
+ * (web.test's admin chart and ledger saw one file, the sqlite3 shell another). The child is this
+ * binary again (main's --other-process), so it shares no SQLite state with the parent.
+ */
+static int other_process(const char *sql)
+{
+    char self[512];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    pid_t pid;
+    int status = 0;
+
+    T_ASSERT(n > 0);
+    self[n] = '\0';
+    pid = fork();
+    T_ASSERT(pid >= 0);
+    if (pid == 0) {
+        execl(self, self, "--other-process", cur_dir, sql, (char *)NULL);
+        _exit(127);
+    }
+    T_ASSERT(waitpid(pid, &status, 0) == pid);
+    T_ASSERT(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+/* The child: opens its own pool on dir, runs sql and exits with the first column (0-200). */
+static int other_process_main(const char *dir, const char *sql)
+{
+    struct svc_db *db = NULL;
+    struct svc_db_conn *c = NULL;
+    struct svc_db_rows *rows = NULL;
+    char err[256];
+    int64_t v = 0;
+
+    if (svc_db_create(&db, "", dir, NULL, err, sizeof(err)) != SVC_OK ||
+        svc_db_conn_get(db, &c, 5000) != SVC_OK || svc_db_query(c, sql, NULL, 0, &rows) != SVC_OK)
+        return 255;
+    if (svc_db_rows_count(rows) > 0)
+        v = svc_db_rows_i64(rows, 0, 0);
+    svc_db_rows_destroy(&rows);
+    svc_db_conn_put(db, &c);
+    svc_db_destroy(&db); /* its last connection closes: the moment it would delete the WAL */
+    svc_db_teardown();
+    return v >= 0 && v <= 200 ? (int)v : 254;
+}
+
+static void test_sqlite_other_process(void)
+{
+    struct svc_db *db = db_open(NULL);
+    struct svc_db_conn *a = conn_get(db), *b;
+    char wal[600];
+    struct stat st;
+
+    exec_ok(a, "CREATE TABLE tdb_xproc (v INTEGER)");
+    exec_ok(a, "INSERT INTO tdb_xproc (v) VALUES (1)");
+    b = conn_get(db); /* a second connection opens while a holds its locks */
+    svc_db_conn_put(db, &b);
+    T_EQ_INT(other_process("SELECT count(*) FROM tdb_xproc"), 1);
+    snprintf(wal, sizeof(wal), "%s/chatweb.db-wal", cur_dir);
+    T_ASSERT(stat(wal, &st) == 0); /* still ours: the child did not think itself the last */
+    exec_ok(a, "INSERT INTO tdb_xproc (v) VALUES (2)");
+    T_EQ_INT(other_process("SELECT count(*) FROM tdb_xproc"), 2);
+    T_EQ_INT(other_process("INSERT INTO tdb_xproc (v) VALUES (3) RETURNING 3"), 3);
+    T_EQ_INT(q_i64(a, "SELECT count(*) FROM tdb_xproc", NULL, 0), 3);
+    exec_ok(a, "DROP TABLE tdb_xproc");
+    svc_db_conn_put(db, &a);
+    svc_db_destroy(&db);
 }
 
 static void test_params(void)
@@ -1376,8 +1450,10 @@ static void run_suite(const char *name)
     T_RUN(test_pool_exhaustion);
     T_RUN(test_result_limits);
     T_RUN(test_conflict);
-    if (!IS_MY)
+    if (!IS_MY) {
         T_RUN(test_sqlite_fresh_concurrent);
+        T_RUN(test_sqlite_other_process);
+    }
     if (IS_MY) {
         T_RUN(test_deadlock_mysql);
         T_RUN(test_reconnect_mysql);
@@ -1408,10 +1484,13 @@ static void cleanup_tmp(void)
     tmp_root[0] = '\0';
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     const char *mysql_dsn = getenv("TEST_MYSQL_DSN");
     char data_dir[400];
+
+    if (argc == 4 && strcmp(argv[1], "--other-process") == 0)
+        return other_process_main(argv[2], argv[3]);
 
     setvbuf(stderr, NULL, _IONBF, 0);
     T_RUN(test_dsn_url);
