@@ -16,9 +16,10 @@
 
 /*
  * The libcurl side of svc_fetch, and the dispatch between the three clients (svc/fetch.h):
- * cleartext HTTP/1.1 goes to fetch_h1.c, HTTP/2 to fetch_h2.c, the rest (HTTP/1.1 over TLS,
- * proxies) stays here. What follows about HTTP/2 (the gate, streams per connection) applies only
- * with CHATWEB_HTTP2_CLIENT=libcurl, or to the libcurl transfers fetch_h2.c hands over.
+ * HTTP/1.1 goes to fetch_h1.c (cleartext, and TLS to an origin that speaks nothing else),
+ * HTTP/2 to fetch_h2.c, the rest (proxies) stays here. CHATWEB_HTTP1_CLIENT=libcurl and
+ * CHATWEB_HTTP2_CLIENT=libcurl give either part back to libcurl; what follows about HTTP/2 (the
+ * gate, streams per connection) applies only then.
  */
 
 /* Streams per HTTP/2 connection we open at most; the server's SETTINGS_MAX_CONCURRENT_STREAMS
@@ -682,16 +683,25 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
         return SVC_EINVAL;
     if (!m->h1_off && svc__h1_takes(req))
         return svc__h1_start(out, m->h1, req, cb, ctx);
-    if (!m->h2_off && svc__h2_takes(m->h2, req))
+    switch (m->h2_off ? SVC__H2_NOT_MINE : svc__h2_takes(m->h2, req)) {
+    case SVC__H2_MINE:
         return svc__h2_start(out, m->h2, req, cb, ctx);
-    return curl_start(m, out, req, cb, ctx);
+    case SVC__H2_HTTP1: /* ALPN said HTTP/1.1 lately */
+        return m->h1_off ? curl_start(m, out, req, cb, ctx)
+                         : svc__h1_start(out, m->h1, req, cb, ctx);
+    default:
+        return curl_start(m, out, req, cb, ctx);
+    }
 }
 
-/* How fetch_h2.c hands libcurl an origin that answered HTTP/1.1 (struct svc__h2_fallback). */
+/* How fetch_h2.c hands over the transfers of an origin that answered HTTP/1.1 (struct
+ * svc__h2_fallback): to our HTTP/1.1 client, or libcurl with CHATWEB_HTTP1_CLIENT=libcurl. */
 static int fallback_start(void *arg, struct svc_fetch **out, const struct svc_fetch_req *req,
                           const struct svc_fetch_callbacks *cb, void *ctx)
 {
-    return curl_start(arg, out, req, cb, ctx);
+    struct svc_fetch_multi *m = arg;
+
+    return m->h1_off ? curl_start(m, out, req, cb, ctx) : svc__h1_start(out, m->h1, req, cb, ctx);
 }
 
 static int curl_start(struct svc_fetch_multi *m, struct svc_fetch **out,

@@ -190,3 +190,8 @@ void svc__addr_deinit(struct svc__addr *a)
 {
     svc_io_close(&a->dns_io);
 }
+
+int svc__addr_numeric(const struct svc__addr *a)
+{
+    return a->until == UINT64_MAX; /* resolved once, for good */
+}

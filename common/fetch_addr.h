@@ -52,6 +52,9 @@ int svc__addr_init(struct svc__addr *a, struct svc_loop *loop, const char *autho
  * end, possibly failing at once, before this returns). */
 int svc__addr_ready(struct svc__addr *a);
 
+/* 1 when the host is an address (no name to send as SNI, or to check a certificate by). */
+int svc__addr_numeric(const struct svc__addr *a);
+
 /* Stops watching a resolution in progress (its thread's answer then goes nowhere). */
 void svc__addr_deinit(struct svc__addr *a);
 

@@ -1,6 +1,7 @@
 /*
- * The HTTP/1.1 client of svc_fetch for cleartext origins (fetch_h1.h, docs/decisions.md 60):
- * the chat and proxy upstream over http:// and every RPC between services.
+ * The HTTP/1.1 client of svc_fetch (fetch_h1.h, docs/decisions.md 60 and 62): the chat and
+ * proxy upstream over http://, every RPC between services, and an https:// upstream that speaks
+ * HTTP/1.1 only (ALPN, or OPENAI_HTTP2=off), over TLS (fetch_tls.h).
  *
  * On the loop like the server of common/http.c, and shaped like nginx's upstream module: one
  * transfer per connection, kept-alive connections per origin, a response read straight into a
@@ -35,6 +36,7 @@
 
 #include "fetch_addr.h"
 #include "fetch_deadline.h"
+#include "fetch_tls.h"
 #include "http_parse.h"
 #include "svc/buf.h"
 #include "svc/loop.h"
@@ -70,8 +72,10 @@ struct h1_conn {
     struct h1_fetch *f; /* the transfer on it; NULL while idle */
     struct svc_io *io;  /* NULL once it is no longer watched (broken while paused) */
     int fd;
+    SSL *ssl;                /* https:// only */
     uint32_t events;         /* what io watches */
     unsigned connecting : 1; /* connect() has not finished */
+    unsigned handshake : 1;  /* the TLS handshake has not finished */
     unsigned reused : 1;     /* it carried a response before the current one */
     unsigned broken : 1;     /* reset while its transfer was paused: never reused */
     char *buf;               /* bytes read; [start, end) not parsed yet */
@@ -86,7 +90,10 @@ struct h1_origin {
     long busy;                    /* connections that carry (or connect for) a transfer */
     struct h1_fetch *head, *tail; /* waiting for a connection, oldest first */
     struct svc__addr addr;
-    char authority[]; /* "host[:port]" as in the URL (the Host header) */
+    unsigned tls : 1;        /* https:// */
+    struct svc__tls tls_ctx; /* https:// only */
+    char *ca_file;           /* NULL: the system's CAs */
+    char authority[];        /* "host[:port]" as in the URL (the Host header) */
 };
 
 struct h1_fetch {
@@ -152,12 +159,20 @@ static void idle_unlink(struct h1_conn *c)
 
 static void conn_close(struct h1_conn *c)
 {
+    if (c->ssl != NULL)
+        SSL_free(c->ssl); /* no close_notify: the server learns the end from the socket */
     if (c->io != NULL)
         svc_io_close(&c->io);
     else
         close(c->fd);
     free(c->buf);
     free(c);
+}
+
+/* Whether TLS holds bytes of c that the socket no longer signals. */
+static int conn_has_pending(struct h1_conn *c)
+{
+    return c->ssl != NULL && svc__tls_pending(c->ssl);
 }
 
 static int conn_watch(struct h1_conn *c, uint32_t events)
@@ -229,6 +244,14 @@ static struct h1_conn *conn_open(struct h1_origin *o)
             goto fail;
         c->connecting = 1;
     }
+    if (o->tls) {
+        c->ssl = svc__tls_conn(&o->tls_ctx, c->fd, o->addr.host, svc__addr_numeric(&o->addr));
+        if (c->ssl == NULL) {
+            errno = ENOMEM;
+            goto fail;
+        }
+        c->handshake = 1;
+    }
     /* Connected (loopback usually is at once): the request is written now and the answer
      * awaited; connecting: writable says when it is up. */
     c->events = c->connecting ? EPOLLOUT : EPOLLIN;
@@ -237,6 +260,8 @@ static struct h1_conn *conn_open(struct h1_origin *o)
     return c;
 fail:
     err = errno;
+    if (c->ssl != NULL)
+        SSL_free(c->ssl);
     close(c->fd);
     free(c->buf);
     free(c);
@@ -347,21 +372,25 @@ static int retry(struct h1_fetch *f)
     return 0;
 }
 
-/* A send or receive failed with errno err (0: the server closed the connection). */
+/* A send or receive failed with errno err (0: the server closed the connection; EPROTO over
+ * TLS: svc__tls_why says why). */
 static int transport_error(struct h1_fetch *f, int err)
 {
-    char msg[192];
+    char msg[256], why[160];
 
+    if (err == EPROTO && f->c->ssl != NULL)
+        svc__tls_why(f->c->ssl, why, sizeof(why));
+    else
+        snprintf(why, sizeof(why), "%s", err ? strerror(err) : "connection closed");
     if (may_retry(f))
         return retry(f);
     if (f->state == ST_SEND && f->req_sent == 0 && !f->c->reused)
-        snprintf(msg, sizeof(msg), "cannot connect to %s: %s", f->o->authority,
-                 err ? strerror(err) : "connection closed");
+        snprintf(msg, sizeof(msg), "cannot connect to %s: %s", f->o->authority, why);
     else if (err == 0)
         snprintf(msg, sizeof(msg), "%s closed the connection before the response ended",
                  f->o->authority);
     else
-        snprintf(msg, sizeof(msg), "connection to %s: %s", f->o->authority, strerror(err));
+        snprintf(msg, sizeof(msg), "connection to %s: %s", f->o->authority, why);
     return fail(f, SVC_EUNAVAIL, msg);
 }
 
@@ -388,7 +417,8 @@ static void on_fetch_timer(void *ctx, struct svc_timer *t)
             }
             if (!process(f))
                 return;
-            if (f->c->io == NULL) { /* reset while paused: no event will come, read its end */
+            /* reset while paused, or TLS holds a record's rest: no event will come */
+            if (f->c->io == NULL || conn_has_pending(f->c)) {
                 read_response(f);
                 return;
             }
@@ -403,21 +433,63 @@ static void on_fetch_timer(void *ctx, struct svc_timer *t)
 
 /* ---- the request ---- */
 
+/* One step of c's TLS handshake. Returns 1 when it is done, 0 when it waits or f failed. */
+static int handshake(struct h1_fetch *f)
+{
+    struct h1_conn *c = f->c;
+    uint32_t events = 0;
+    char why[160], msg[256];
+    int rc = svc__tls_handshake(c->ssl, &events);
+
+    if (rc == 0) {
+        if (conn_watch(c, events) != SVC_OK)
+            fail(f, SVC_EIO, "cannot watch the upstream connection");
+        else
+            timer_arm(f);
+        return 0;
+    }
+    if (rc < 0) {
+        svc__tls_why(c->ssl, why, sizeof(why));
+        snprintf(msg, sizeof(msg), "TLS handshake with %s: %s", f->o->authority, why);
+        fail(f, SVC_EUNAVAIL, msg);
+        return 0;
+    }
+    c->handshake = 0;
+    return 1;
+}
+
 static void send_request(struct h1_fetch *f)
 {
     struct h1_conn *c = f->c;
 
     if (c->connecting) {
         c->connecting = 0;
-        f->dl.connect_due = 0;
+        if (c->ssl != NULL) { /* TLS would report a refused connection as its own failure */
+            int err = 0;
+            socklen_t len = sizeof(err);
+
+            if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+                err = errno;
+            if (err != 0) {
+                transport_error(f, err);
+                return;
+            }
+        }
     }
+    if (c->handshake && !handshake(f))
+        return;
+    f->dl.connect_due = 0; /* connected, and the handshake done: the connect deadline is met */
     while (f->req_sent < f->req_len) {
-        ssize_t n = send(c->fd, f->req + f->req_sent, f->req_len - f->req_sent, MSG_NOSIGNAL);
+        int other = 0;
+        ssize_t n =
+            c->ssl != NULL
+                ? svc__tls_send(c->ssl, f->req + f->req_sent, f->req_len - f->req_sent, &other)
+                : send(c->fd, f->req + f->req_sent, f->req_len - f->req_sent, MSG_NOSIGNAL);
 
         if (n > 0) {
             f->req_sent += (size_t)n;
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            if (conn_watch(c, EPOLLOUT) != SVC_OK)
+            if (conn_watch(c, other ? EPOLLIN : EPOLLOUT) != SVC_OK)
                 fail(f, SVC_EIO, "cannot watch the upstream connection");
             else
                 timer_arm(f);
@@ -629,18 +701,34 @@ static int make_room(struct h1_conn *c)
     return SVC_OK;
 }
 
+/* An idle TLS connection got readable: a message after the handshake (TLS 1.3 session tickets)
+ * leaves it usable; anything else (the server's close, data) ends it. */
+static int idle_tls_quiet(struct h1_conn *c)
+{
+    char b[256];
+    int other = 0;
+    ssize_t n;
+
+    do
+        n = svc__tls_recv(c->ssl, b, sizeof(b), &other);
+    while (n < 0 && errno == EINTR);
+    return n < 0 && errno == EAGAIN && !other;
+}
+
 static void read_response(struct h1_fetch *f)
 {
     struct h1_conn *c = f->c;
 
     while (!f->paused) {
         ssize_t n;
+        int other = 0;
 
         if (c->end == c->cap && make_room(c) != SVC_OK) {
             fail(f, SVC_EUNAVAIL, "the response head is larger than 64 KiB");
             return;
         }
-        n = recv(c->fd, c->buf + c->end, c->cap - c->end, 0);
+        n = c->ssl != NULL ? svc__tls_recv(c->ssl, c->buf + c->end, c->cap - c->end, &other)
+                           : recv(c->fd, c->buf + c->end, c->cap - c->end, 0);
         if (n > 0) {
             int full = c->end + (size_t)n == c->cap;
 
@@ -654,9 +742,10 @@ static void read_response(struct h1_fetch *f)
                 timer_arm(f);
             }
             /* Watched (level-triggered), a read that did not fill the buffer drained the socket
-             * and the next event says when there is more. Unwatched (reset while paused), no
-             * event will come: read on until the end or the error. */
-            if (!process(f) || (!full && c->io != NULL))
+             * and the next event says when there is more; TLS may still hold bytes of a record
+             * it read. Unwatched (reset while paused), no event will come: read on until the
+             * end or the error. */
+            if (!process(f) || (!full && c->io != NULL && !conn_has_pending(c)))
                 return; /* gone or paused, or the socket is drained */
         } else if (n == 0) {
             if (f->state == ST_BODY && f->body == B_CLOSE) {
@@ -667,6 +756,9 @@ static void read_response(struct h1_fetch *f)
             }
             return;
         } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            /* TLS that must send a record before it reads on waits for writable too */
+            if (conn_watch(c, other ? EPOLLIN | EPOLLOUT : EPOLLIN) != SVC_OK)
+                fail(f, SVC_EIO, "cannot watch the upstream connection");
             return;
         } else if (errno != EINTR) {
             transport_error(f, errno);
@@ -683,6 +775,8 @@ static void on_conn_io(void *ctx, struct svc_io *io, int fd, uint32_t events)
     (void)io;
     (void)fd;
     if (f == NULL) { /* idle: readable means closed by the server (or garbage) */
+        if (c->ssl != NULL && idle_tls_quiet(c))
+            return;
         idle_unlink(c);
         conn_close(c);
         return;
@@ -766,12 +860,12 @@ static void origin_pump(struct h1_origin *o)
         o->busy++;
         if (f->dl.total_ms > 0 && f->dl.total_due == 0) /* from leaving the queue, as curl's */
             f->dl.total_due = now + f->dl.total_ms;
-        if (c->connecting) {
-            f->dl.connect_due = now + f->dl.connect_ms;
+        if (c->connecting || c->handshake)
+            f->dl.connect_due = now + f->dl.connect_ms; /* to connected and the handshake done */
+        if (c->connecting)
             timer_arm(f);
-        } else {
+        else
             send_request(f);
-        }
     }
 }
 
@@ -785,24 +879,51 @@ static void on_pump(void *ctx, struct svc_timer *t)
             origin_pump(o);
 }
 
-/* Sets *out to the origin of authority[0..len) ("host[:port]"), made on first use. Returns
- * SVC_OK, SVC_EINVAL (not a valid authority) or SVC_ENOMEM. */
-static int origin_get(struct svc__h1 *h, const char *authority, size_t len, struct h1_origin **out)
+static void origin_free(struct h1_origin *o)
 {
-    struct h1_origin *o;
+    while (o->idle != NULL) {
+        struct h1_conn *c = o->idle;
+        idle_unlink(c);
+        conn_close(c);
+    }
+    svc__addr_deinit(&o->addr); /* a resolving thread's answer then goes nowhere */
+    svc__tls_deinit(&o->tls_ctx);
+    free(o->ca_file);
+    free(o);
+}
 
+/* Sets *out to the origin of authority[0..len) ("host[:port]") over TLS or not, with the CA
+ * file ca (NULL: the system's), made on first use. Returns SVC_OK, SVC_EINVAL (not a valid
+ * authority, or a CA file that cannot be loaded) or SVC_ENOMEM. */
+static int origin_get(struct svc__h1 *h, int tls, const char *authority, size_t len, const char *ca,
+                      struct h1_origin **out)
+{
+    static const unsigned char alpn[] = "\x08http/1.1";
+    struct h1_origin *o;
+    int rc = SVC_ENOMEM;
+
+    if (!tls)
+        ca = NULL; /* no certificate to check */
     for (o = h->origins; o != NULL; o = o->next)
-        if (strncasecmp(o->authority, authority, len) == 0 && o->authority[len] == '\0') {
+        if (o->tls == (unsigned)tls && strncasecmp(o->authority, authority, len) == 0 &&
+            o->authority[len] == '\0' &&
+            (o->ca_file == NULL ? ca == NULL : ca != NULL && strcmp(o->ca_file, ca) == 0)) {
             *out = o;
             return SVC_OK;
         }
     if ((o = calloc(1, sizeof(*o) + len + 1)) == NULL)
         return SVC_ENOMEM;
     o->h = h;
+    o->tls = tls != 0;
     memcpy(o->authority, authority, len);
-    if (svc__addr_init(&o->addr, h->loop, authority, len, 80, on_addr, o) != SVC_OK) {
+    if (svc__addr_init(&o->addr, h->loop, authority, len, tls ? 443 : 80, on_addr, o) != SVC_OK) {
         free(o);
         return SVC_EINVAL;
+    }
+    if ((ca != NULL && (o->ca_file = strdup(ca)) == NULL) ||
+        (tls && (rc = svc__tls_init(&o->tls_ctx, ca, alpn, sizeof(alpn) - 1)) != SVC_OK)) {
+        origin_free(o);
+        return rc;
     }
     o->next = h->origins;
     h->origins = o;
@@ -812,15 +933,29 @@ static int origin_get(struct svc__h1 *h, const char *authority, size_t len, stru
 
 /* ---- the public side (fetch_h1.h) ---- */
 
+/* The length of url's scheme and "://" when this client can serve it (http:// or https://),
+ * else 0. */
+static size_t scheme_len(const char *url)
+{
+    if (strncasecmp(url, "http://", 7) == 0)
+        return 7;
+    if (strncasecmp(url, "https://", 8) == 0)
+        return 8;
+    return 0;
+}
+
 int svc__h1_takes(const struct svc_fetch_req *req)
 {
+    size_t sl = req->url != NULL ? scheme_len(req->url) : 0;
     const char *a;
 
-    if (req->url == NULL || strncasecmp(req->url, "http://", 7) != 0)
+    if (sl == 0 || (req->proxy != NULL && req->proxy[0] != '\0'))
         return 0;
-    if (req->http == SVC_FETCH_HTTP_2_PRIOR || (req->proxy != NULL && req->proxy[0] != '\0'))
+    /* http:// unless HTTP/2 is asked for; https:// when HTTP/2 is refused (else fetch_h2.c
+     * learns from ALPN whether the origin speaks it, and sends it here if not) */
+    if (sl == 7 ? req->http == SVC_FETCH_HTTP_2_PRIOR : req->http != SVC_FETCH_HTTP_1)
         return 0;
-    a = req->url + 7;
+    a = req->url + sl;
     return a[0] != '\0' && memchr(a, '@', strcspn(a, "/?#")) == NULL;
 }
 
@@ -909,7 +1044,8 @@ static int build_request(struct h1_fetch *f, const struct svc_fetch_req *req, co
 int svc__h1_start(struct svc_fetch **out, struct svc__h1 *h, const struct svc_fetch_req *req,
                   const struct svc_fetch_callbacks *cb, void *ctx)
 {
-    const char *auth = req->url + 7;
+    size_t sl = scheme_len(req->url);
+    const char *auth = req->url + sl;
     size_t alen = strcspn(auth, "/?#");
     const char *target = auth + alen;
     size_t tlen = strcspn(target, "#");
@@ -918,6 +1054,8 @@ int svc__h1_start(struct svc_fetch **out, struct svc__h1 *h, const struct svc_fe
     int rc;
 
     *out = NULL;
+    if (sl == 0 || alen == 0 || memchr(auth, '@', alen) != NULL)
+        return SVC_EINVAL;
     if ((f = calloc(1, sizeof(*f))) == NULL)
         return SVC_ENOMEM;
     f->base.kind = SVC__FETCH_H1;
@@ -928,7 +1066,9 @@ int svc__h1_start(struct svc_fetch **out, struct svc__h1 *h, const struct svc_fe
     f->fresh = req->fresh_connection != 0;
     svc__deadlines_init(&f->dl, req);
     svc_buf_init(&f->resp, req->max_response ? req->max_response : SVC__FETCH_DEFAULT_MAX_RESPONSE);
-    if ((rc = origin_get(h, auth, alen, &f->o)) != SVC_OK) {
+    if ((rc = origin_get(h, sl == 8, auth, alen,
+                         req->ca_file != NULL && req->ca_file[0] != '\0' ? req->ca_file : NULL,
+                         &f->o)) != SVC_OK) {
         free(f);
         return rc;
     }
@@ -1053,13 +1193,7 @@ void svc__h1_destroy(struct svc__h1 **hp)
         struct h1_origin *o = h->origins;
 
         h->origins = o->next;
-        while (o->idle != NULL) {
-            struct h1_conn *c = o->idle;
-            idle_unlink(c);
-            conn_close(c);
-        }
-        svc__addr_deinit(&o->addr); /* a resolving thread's answer then goes nowhere */
-        free(o);
+        origin_free(o);
     }
     svc_timer_destroy(&h->pump);
     free(h);

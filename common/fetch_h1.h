@@ -2,10 +2,12 @@
 #define SVC_FETCH_H1_H
 
 /*
- * The HTTP/1.1 client of svc_fetch for cleartext origins (common/fetch_h1.c), beside libcurl
- * (common/fetch.c), which keeps TLS, HTTP/2 and proxies. Internal to common/: fetch.c sends a
- * transfer here when svc__h1_takes() says so, and every public svc_fetch_* call on it comes
- * here. Why it exists: docs/decisions.md 60.
+ * The HTTP/1.1 client of svc_fetch (common/fetch_h1.c): cleartext origins, and TLS ones that
+ * speak HTTP/1.1 only; beside our HTTP/2 client (fetch_h2.c) and libcurl (common/fetch.c),
+ * which keeps proxies. Internal to common/: fetch.c sends a transfer here when svc__h1_takes()
+ * says so or when fetch_h2.c learnt that the origin speaks HTTP/1.1 only, and every public
+ * svc_fetch_* call on it comes here. Why it exists: docs/decisions.md 60 and 62. TLS writes
+ * with write(2), so the process must ignore SIGPIPE, as svc_service does.
  */
 
 #include "svc/fetch.h"
@@ -41,7 +43,9 @@ void svc__h1_destroy(struct svc__h1 **h);
 /* Transfers started and not yet ended (queued ones included). */
 long svc__h1_active(const struct svc__h1 *h);
 
-/* Whether this client serves req: an http:// URL without user info, no proxy, not HTTP/2. */
+/* Whether this client serves req at once: no user info in the URL, no proxy, and an http://
+ * URL without prior-knowledge HTTP/2 or an https:// one with HTTP/2 refused
+ * (SVC_FETCH_HTTP_1). svc__h1_start also takes any other https:// request. */
 int svc__h1_takes(const struct svc_fetch_req *req);
 
 /* svc_fetch_start, svc_fetch_cancel, svc_fetch_pause and svc_fetch_headers_each for transfers

@@ -31,9 +31,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +42,7 @@
 
 #include "fetch_addr.h"
 #include "fetch_deadline.h"
+#include "fetch_tls.h"
 #include "svc/buf.h"
 #include "svc/loop.h"
 #include "svc/util.h"
@@ -94,9 +92,8 @@ struct h2_origin {
     long nconnecting;             /* connections being set up (conn_pending) */
     struct h2_fetch *head, *tail; /* waiting for a stream, oldest first */
     long nqueued;
-    SSL_CTX *ctx;         /* TLS only */
-    SSL_SESSION *session; /* the last session the server gave, to resume */
-    uint64_t h1_until;    /* loop ms: ALPN chose HTTP/1.1, libcurl serves the origin until then */
+    struct svc__tls tls_ctx; /* TLS only */
+    uint64_t h1_until; /* loop ms: ALPN chose HTTP/1.1, the HTTP/1.1 client has it until then */
     struct svc__addr addr;
     unsigned tls : 1;
     unsigned char http; /* svc_fetch_http_e */
@@ -619,22 +616,16 @@ static void conn_free(struct h2_conn *c)
     free(c);
 }
 
-/* Why OpenSSL failed, for a person. */
-static void tls_error(struct h2_conn *c, const char *what)
+/* Marks c failed by a read or write error err (errno; EPROTO: TLS, svc__tls_why says why). */
+static void io_error(struct h2_conn *c, int err)
 {
     char buf[160];
-    unsigned long e = ERR_get_error();
-    long v = c->ssl != NULL ? SSL_get_verify_result(c->ssl) : X509_V_OK;
 
-    if (v != X509_V_OK)
-        snprintf(buf, sizeof(buf), "certificate verify failed: %s",
-                 X509_verify_cert_error_string(v));
-    else if (e != 0)
-        ERR_error_string_n(e, buf, sizeof(buf));
+    if (err == EPROTO && c->ssl != NULL)
+        svc__tls_why(c->ssl, buf, sizeof(buf));
     else
-        snprintf(buf, sizeof(buf), "%s", errno != 0 ? strerror(errno) : "connection closed");
-    ERR_clear_error();
-    conn_dead(c, "%s %s: %s", what, c->o->authority, buf);
+        snprintf(buf, sizeof(buf), "%s", strerror(err));
+    conn_dead(c, "connection to %s: %s", c->o->authority, buf);
 }
 
 /* Reads what the socket has into nghttp2. Sets c dead on an error or the server's close. */
@@ -645,39 +636,24 @@ static void conn_read(struct h2_conn *c)
     c->tls_write = 0;
     while (c->state == C_READY) {
         ssize_t n, used;
+        int want_write = 0;
 
-        if (c->ssl != NULL) {
-            ERR_clear_error();
-            n = SSL_read(c->ssl, buf, sizeof(buf));
-            if (n <= 0) {
-                int e = SSL_get_error(c->ssl, (int)n);
-                if (e == SSL_ERROR_WANT_READ)
-                    return;
-                if (e == SSL_ERROR_WANT_WRITE) {
-                    c->tls_write = 1;
-                    return;
-                }
-                if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && errno == 0)) {
-                    conn_dead(c, "%s closed the connection", c->o->authority);
-                } else {
-                    tls_error(c, "connection to");
-                }
+        n = c->ssl != NULL ? svc__tls_recv(c->ssl, buf, sizeof(buf), &want_write)
+                           : recv(c->fd, buf, sizeof(buf), 0);
+        if (n == 0) {
+            conn_dead(c, "%s closed the connection", c->o->authority);
+            return;
+        }
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                c->tls_write = want_write != 0;
                 return;
             }
-        } else {
-            n = recv(c->fd, buf, sizeof(buf), 0);
-            if (n == 0) {
-                conn_dead(c, "%s closed the connection", c->o->authority);
+            if (errno != EINTR)
+                io_error(c, errno);
+            if (c->state == C_DEAD)
                 return;
-            }
-            if (n < 0) {
-                if (errno == EAGAIN || errno == EWOULDBLOCK)
-                    return;
-                if (errno == EINTR)
-                    continue;
-                conn_dead(c, "connection to %s: %s", c->o->authority, strerror(errno));
-                return;
-            }
+            continue;
         }
         c->in_recv = 1;
         used = nghttp2_session_mem_recv(c->ng, buf, (size_t)n);
@@ -692,6 +668,7 @@ static void conn_read(struct h2_conn *c)
 /* Writes what nghttp2 has to send. Inside nghttp2's callbacks it only notes that (reap). */
 static void conn_flush(struct h2_conn *c)
 {
+    int want_read = 0; /* TLS must read a record before it writes: readable, not writable */
 
     if (c->state != C_READY || c->in_recv) {
         if (c->in_recv)
@@ -711,31 +688,21 @@ static void conn_flush(struct h2_conn *c)
                 break;
             c->out_len = (size_t)n;
         }
-        if (c->ssl != NULL) {
-            ERR_clear_error();
-            n = SSL_write(c->ssl, c->out, (int)c->out_len);
-            if (n <= 0) {
-                int e = SSL_get_error(c->ssl, (int)n);
-                if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
-                    break;
-                tls_error(c, "connection to");
-                return;
-            }
-        } else {
-            n = send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
-            if (n < 0) {
-                if (errno == EAGAIN || errno == EWOULDBLOCK)
-                    break;
-                if (errno == EINTR)
-                    continue;
-                conn_dead(c, "connection to %s: %s", c->o->authority, strerror(errno));
-                return;
-            }
+        n = c->ssl != NULL ? svc__tls_send(c->ssl, c->out, c->out_len, &want_read)
+                           : send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            if (errno == EINTR)
+                continue;
+            io_error(c, errno);
+            return;
         }
         c->out += n;
         c->out_len -= (size_t)n;
     }
-    if (conn_watch(c, EPOLLIN | (c->out_len > 0 || c->tls_write ? EPOLLOUT : 0)) != SVC_OK)
+    if (conn_watch(c, EPOLLIN | ((c->out_len > 0 && !want_read) || c->tls_write ? EPOLLOUT : 0)) !=
+        SVC_OK)
         conn_dead(c, "cannot watch the upstream connection");
     else if (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng) &&
              c->out_len == 0)
@@ -772,19 +739,18 @@ static void conn_handshake(struct h2_conn *c)
 {
     const unsigned char *alpn = NULL;
     unsigned alpn_len = 0;
-    int rc, e;
+    uint32_t events = 0;
+    char why[160];
+    int rc = svc__tls_handshake(c->ssl, &events);
 
-    ERR_clear_error();
-    errno = 0;
-    rc = SSL_connect(c->ssl);
-    if (rc != 1) {
-        e = SSL_get_error(c->ssl, rc);
-        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-            if (conn_watch(c, e == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLOUT) != SVC_OK)
-                conn_dead(c, "cannot watch the upstream connection");
-            return;
-        }
-        tls_error(c, "TLS handshake with");
+    if (rc == 0) {
+        if (conn_watch(c, events) != SVC_OK)
+            conn_dead(c, "cannot watch the upstream connection");
+        return;
+    }
+    if (rc < 0) {
+        svc__tls_why(c->ssl, why, sizeof(why));
+        conn_dead(c, "TLS handshake with %s: %s", c->o->authority, why);
         return;
     }
     SSL_get0_alpn_selected(c->ssl, &alpn, &alpn_len);
@@ -796,7 +762,7 @@ static void conn_handshake(struct h2_conn *c)
         conn_dead(c, "%s does not offer HTTP/2 (ALPN)", c->o->authority);
         return;
     }
-    /* HTTP/1.1 it is: libcurl serves this origin (keep-alive, TLS) for a while */
+    /* HTTP/1.1 it is: the HTTP/1.1 client serves this origin (keep-alive, TLS) for a while */
     c->o->h1_until = svc_loop_now(c->o->h->loop) + H2_H1_ORIGIN_MS;
     conn_dead(c, "the server chose HTTP/1.1");
     fall_back_queue(c->o);
@@ -840,29 +806,6 @@ static void on_conn_io(void *ctx, struct svc_io *io, int fd, uint32_t events)
         pump_soon(c->o->h);
 }
 
-/* TLS for a new connection: the origin's context, SNI and the name (or address) checked
- * against the certificate, ALPN, and the last session to resume. */
-static int conn_tls(struct h2_conn *c)
-{
-    struct h2_origin *o = c->o;
-    const char *host = o->addr.host;
-    int numeric = o->addr.until == UINT64_MAX; /* an address: no SNI, checked as an IP */
-
-    if ((c->ssl = SSL_new(o->ctx)) == NULL || SSL_set_fd(c->ssl, c->fd) != 1)
-        return SVC_ENOMEM;
-    SSL_set_app_data(c->ssl, c);
-    if (numeric) {
-        if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), host) != 1)
-            return SVC_EINVAL;
-    } else if (SSL_set_tlsext_host_name(c->ssl, host) != 1 || SSL_set1_host(c->ssl, host) != 1) {
-        return SVC_EINVAL;
-    }
-    if (o->session != NULL)
-        (void)SSL_set_session(c->ssl, o->session);
-    SSL_set_connect_state(c->ssl);
-    return SVC_OK;
-}
-
 /* A new connection to o; NULL with msg set when it cannot even start. */
 static struct h2_conn *conn_open(struct h2_origin *o, char *msg, size_t msglen)
 {
@@ -886,7 +829,8 @@ static struct h2_conn *conn_open(struct h2_origin *o, char *msg, size_t msglen)
         snprintf(msg, msglen, "cannot connect to %s: %s", o->authority, strerror(errno));
         goto fail;
     }
-    if (o->tls && conn_tls(c) != SVC_OK) {
+    if (o->tls && (c->ssl = svc__tls_conn(&o->tls_ctx, c->fd, o->addr.host,
+                                          svc__addr_numeric(&o->addr))) == NULL) {
         snprintf(msg, msglen, "cannot set up TLS for %s", o->authority);
         goto fail;
     }
@@ -1157,42 +1101,14 @@ static void fall_back_queue(struct h2_origin *o)
 
 /* ---- origins ---- */
 
-/* SSL_CTX's new-session callback: keeps the server's latest session for the next connection. */
-static int on_new_session(SSL *ssl, SSL_SESSION *sess)
-{
-    struct h2_conn *c = SSL_get_app_data(ssl);
-
-    if (c == NULL)
-        return 0;
-    if (c->o->session != NULL)
-        SSL_SESSION_free(c->o->session);
-    c->o->session = sess;
-    return 1; /* we hold the reference */
-}
-
+/* TLS for o: ALPN h2, and HTTP/1.1 unless HTTP/2 is required. */
 static int origin_tls(struct h2_origin *o)
 {
     static const unsigned char alpn_auto[] = "\x02h2\x08http/1.1", alpn_h2[] = "\x02h2";
 
-    if ((o->ctx = SSL_CTX_new(TLS_client_method())) == NULL)
-        return SVC_ENOMEM;
-    SSL_CTX_set_min_proto_version(o->ctx, TLS1_2_VERSION);
-    SSL_CTX_set_verify(o->ctx, SSL_VERIFY_PEER, NULL);
-    SSL_CTX_set_mode(o->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-                                 SSL_MODE_RELEASE_BUFFERS);
-    SSL_CTX_set_session_cache_mode(o->ctx,
-                                   SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
-    SSL_CTX_sess_set_new_cb(o->ctx, on_new_session);
-    if ((o->ca_file != NULL ? SSL_CTX_load_verify_locations(o->ctx, o->ca_file, NULL)
-                            : SSL_CTX_set_default_verify_paths(o->ctx)) != 1) {
-        ERR_clear_error();
-        return SVC_EINVAL;
-    }
-    if (o->http == SVC_FETCH_HTTP_2_PRIOR
-            ? SSL_CTX_set_alpn_protos(o->ctx, alpn_h2, sizeof(alpn_h2) - 1) != 0
-            : SSL_CTX_set_alpn_protos(o->ctx, alpn_auto, sizeof(alpn_auto) - 1) != 0)
-        return SVC_ENOMEM;
-    return SVC_OK;
+    return o->http == SVC_FETCH_HTTP_2_PRIOR
+               ? svc__tls_init(&o->tls_ctx, o->ca_file, alpn_h2, sizeof(alpn_h2) - 1)
+               : svc__tls_init(&o->tls_ctx, o->ca_file, alpn_auto, sizeof(alpn_auto) - 1);
 }
 
 static void origin_free(struct h2_origin *o)
@@ -1200,10 +1116,7 @@ static void origin_free(struct h2_origin *o)
     while (o->conns != NULL)
         conn_free(o->conns);
     svc__addr_deinit(&o->addr);
-    if (o->session != NULL)
-        SSL_SESSION_free(o->session);
-    if (o->ctx != NULL)
-        SSL_CTX_free(o->ctx);
+    svc__tls_deinit(&o->tls_ctx);
     free(o->ca_file);
     free(o);
 }
@@ -1264,15 +1177,16 @@ int svc__h2_takes(const struct svc__h2 *h, const struct svc_fetch_req *req)
 
     if (h == NULL || req->url == NULL || req->http == SVC_FETCH_HTTP_1 ||
         (req->proxy != NULL && req->proxy[0] != '\0'))
-        return 0;
+        return SVC__H2_NOT_MINE;
     tls = strncasecmp(req->url, "https://", 8) == 0;
     if (!tls && (req->http != SVC_FETCH_HTTP_2_PRIOR || strncasecmp(req->url, "http://", 7) != 0))
-        return 0;
+        return SVC__H2_NOT_MINE;
     a = req->url + (tls ? 8 : 7);
     if (a[0] == '\0' || memchr(a, '@', strcspn(a, "/?#")) != NULL)
-        return 0;
+        return SVC__H2_NOT_MINE;
     o = origin_find((struct svc__h2 *)h, req, 0, &rc);
-    return o == NULL || o->h1_until == 0 || svc_loop_now(h->loop) >= o->h1_until;
+    return o == NULL || o->h1_until == 0 || svc_loop_now(h->loop) >= o->h1_until ? SVC__H2_MINE
+                                                                                 : SVC__H2_HTTP1;
 }
 
 /* Copies the caller's header lines: no line break, a name, not a framing or connection header

@@ -4,8 +4,9 @@
 /*
  * The HTTP/2 client of svc_fetch (common/fetch_h2.c): an https:// upstream that offers h2 by
  * ALPN, and a cleartext one with prior knowledge (h2c). Many transfers share a connection as
- * streams; libcurl keeps proxies, and an https:// origin that answers ALPN with HTTP/1.1 (its
- * waiting transfers are handed to libcurl through struct svc__h2_fallback). Internal to common/;
+ * streams. An https:// origin that answers ALPN with HTTP/1.1 goes to the HTTP/1.1 client
+ * (fetch_h1.c; libcurl's with CHATWEB_HTTP1_CLIENT=libcurl), its waiting transfers handed over
+ * through struct svc__h2_fallback; libcurl keeps proxies. Internal to common/;
  * why it exists: docs/decisions.md 61. OpenSSL writes with write(2), so the process must ignore
  * SIGPIPE, as svc_service does (a server that goes away would kill it otherwise).
  */
@@ -16,7 +17,8 @@ struct svc_loop;
 
 #define SVC__H2_STREAMS_PER_CONN 100 /* at most, and at most what the server allows */
 
-/* How this client hands a transfer to libcurl (fetch.c), and drives it there. */
+/* How this client hands a transfer to the HTTP/1.1 client (fetch.c says which), and drives
+ * it there. */
 struct svc__h2_fallback {
     int (*start)(void *arg, struct svc_fetch **out, const struct svc_fetch_req *req,
                  const struct svc_fetch_callbacks *cb, void *ctx);
@@ -39,8 +41,14 @@ void svc__h2_destroy(struct svc__h2 **h);
 /* Transfers started and not yet ended (queued and handed-over ones included). */
 long svc__h2_active(const struct svc__h2 *h);
 
-/* Whether this client serves req: https:// (HTTP/2 allowed) or http:// with prior knowledge,
- * without user info or a proxy, to an origin not known to answer HTTP/1.1 only. */
+/* What svc__h2_takes says of a request. */
+enum svc__h2_takes {
+    SVC__H2_NOT_MINE = 0, /* not https:// nor h2c, or with user info or a proxy */
+    SVC__H2_MINE,         /* https:// (HTTP/2 allowed) or http:// with prior knowledge */
+    SVC__H2_HTTP1,        /* https:// to an origin that answered ALPN with HTTP/1.1 lately */
+};
+
+/* Who serves req (enum svc__h2_takes). */
 int svc__h2_takes(const struct svc__h2 *h, const struct svc_fetch_req *req);
 
 /* svc_fetch_start, svc_fetch_cancel, svc_fetch_pause and svc_fetch_headers_each for transfers

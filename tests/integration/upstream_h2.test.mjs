@@ -6,7 +6,9 @@
 // itself; a GOAWAY that refuses the streams that had not started loses none of them, nor does a
 // connection lost before their first byte (the meter's retry); without the CA, or by a name the
 // certificate does not hold, the upstream is refused; an upstream that offers only HTTP/1.1 is
-// used with keep-alive (libcurl's); h2c with prior knowledge (OPENAI_HTTP2=prior-knowledge) on a
+// used with keep-alive and TLS session resumption by our HTTP/1.1 client (common/fetch_h1.c,
+// decision 62), after one ALPN probe or, with OPENAI_HTTP2=off, from the first connection, and
+// refused there too without the CA; h2c with prior knowledge (OPENAI_HTTP2=prior-knowledge) on a
 // cleartext upstream.
 // The fake's /_fake/stats counts connections and streams: every figure below comes from it.
 import assert from 'node:assert/strict';
@@ -258,13 +260,32 @@ describe('chat to a TLS + HTTP/2 upstream', () => {
         conc.forEach((r, i) => assertComplete(r, 6, `concurrent ${i}`));
         const all = delta(s0, await stats(fakes.h1));
         t.diagnostic(`HTTP/1.1: 5 sequential requests used ${seq.connections} connection(s); 4 concurrent ones ` +
-            `${all.connections - seq.connections} more`);
+            `${all.connections - seq.connections} more, ${all.tls_resumed - seq.tls_resumed} of them resuming a TLS session`);
         assert.equal(all.h2_connections, 0);
         // our HTTP/2 client's first connection learns from ALPN that the origin speaks HTTP/1.1
-        // and closes; libcurl then serves the origin over one keep-alive connection
+        // and closes; our HTTP/1.1 client then serves the origin over one keep-alive connection
         assert.equal(seq.connections, 2, 'the ALPN probe, then one keep-alive connection for the sequential requests');
         assert.equal(seq.h1_connections, 2, 'both chose HTTP/1.1 (ALPN)');
         assert.ok(all.connections - seq.connections >= 3, 'concurrent HTTP/1.1 requests need their own connections');
+        assert.ok(all.tls_resumed - seq.tls_resumed >= 1, 'a new connection resumes the origin\'s TLS session');
+    });
+
+    it('OPENAI_HTTP2=off: HTTP/1.1 over TLS from the first connection, refused without the CA', async (t) => {
+        const url = await extraChat('chat-h1-off', { OPENAI_BASE_URL: `${fakes.h1.frontUrl}/v1`, OPENAI_CA_FILE: certs.ca, OPENAI_HTTP2: 'off' });
+        const s0 = await stats(fakes.h1);
+        for (let i = 0; i < 3; i++) assertComplete(await chat(url, `off${i} [[fake tokens=4]]`), 4, `sequential ${i}`);
+        const d = delta(s0, await stats(fakes.h1));
+        t.diagnostic(`OPENAI_HTTP2=off: 3 sequential requests over ${d.connections} connection(s)`);
+        assert.equal(d.connections, 1, 'no ALPN probe: one keep-alive connection');
+        assert.equal(d.h1_connections, 1);
+        // without the private CA: the handshake fails and no request reaches the fake
+        const bad = await extraChat('chat-h1-no-ca', { OPENAI_BASE_URL: `${fakes.h1.frontUrl}/v1`, OPENAI_HTTP2: 'off' });
+        const since = await lastSeq(fakes.h1);
+        const s1 = await stats(fakes.h1);
+        const r = await chat(bad, 'hi');
+        assert.equal(r.last.status, 'Fail', r.text);
+        assert.ok((await stats(fakes.h1)).tls_failed_handshakes - s1.tls_failed_handshakes >= 1, 'the handshake failed at the fake');
+        assert.equal((await getJSON(`${fakes.h1.url}/_fake/requests?since=${since}`)).requests.length, 0, 'no request reached it');
     });
 
     it('speaks h2c with OPENAI_HTTP2=prior-knowledge to a cleartext upstream', async (t) => {

@@ -37,27 +37,17 @@
 #include "svc/fetch.h"
 #include "svc/loop.h"
 #include "test.h"
+#include "loop_wait.h"
+#include "srv_request.h"
 
 /* How long a case waits for what it expects before it fails: a guard against hangs only. */
 #define WAIT_MS 5000
 
 /* --- the server ---------------------------------------------------------------------------- */
 
-#define SRV_CONNS 32  /* connections one case may open */
-#define SRV_REQS 32   /* requests one case may send */
-#define SRV_KEEP 2048 /* bytes of each request kept for the checks (head and body start) */
-#define SRV_MAX 64    /* servers one process may start (all cases in one process: no T_CASE) */
-
-struct srv_req {
-    int conn;        /* the accepted connection (0-based, in accept order) that carried it */
-    char path[128];  /* the target up to '?' */
-    char query[128]; /* after '?' */
-    size_t len;      /* bytes in raw */
-    size_t head_len; /* of them, the head's */
-    char raw[SRV_KEEP + 1];
-    uint64_t body_len; /* the whole body, though raw keeps only its start */
-    uint64_t body_sum; /* the sum of its bytes */
-};
+#define SRV_CONNS 32 /* connections one case may open */
+#define SRV_REQS 32  /* requests one case may send */
+#define SRV_MAX 64   /* servers one process may start (all cases in one process: no T_CASE) */
 
 /* One server per case. Everything in it is shared with the server's threads: read and written
  * under mu only (the ThreadSanitizer build runs these tests too). */
@@ -82,11 +72,10 @@ static struct server *srv; /* the current case's */
 
 /* The server thread's own state for one connection. */
 struct srv_conn {
+    struct srv_in in; /* first: fill finds the connection from it */
     struct server *s;
     int id, fd;
     int drop_next; /* 0, or what to do with the next request instead of answering it */
-    size_t have;   /* bytes in buf not consumed yet */
-    char buf[16384];
 };
 
 enum { KEEP, CLOSE, RESET }; /* what the connection does after an answer */
@@ -117,77 +106,28 @@ static void send_str(int fd, const char *s)
     send_all(fd, s, strlen(s));
 }
 
-/* The value of the request's Content-Length, or 0. */
-static uint64_t content_length(const char *head, size_t len)
+/* More bytes into c's buffer (struct srv_in). */
+static int fill(struct srv_in *in)
 {
-    static const char name[] = "\ncontent-length:";
-    size_t nl = sizeof(name) - 1;
+    struct srv_conn *c = (struct srv_conn *)in;
+    ssize_t n;
 
-    for (size_t i = 0; i + nl <= len; i++)
-        if (strncasecmp(head + i, name, nl) == 0)
-            return strtoull(head + i + nl, NULL, 10);
+    if (in->have == sizeof(in->buf))
+        return -1;
+    n = recv(c->fd, in->buf + in->have, sizeof(in->buf) - in->have, 0);
+    if (n <= 0)
+        return -1;
+    in->have += (size_t)n;
     return 0;
-}
-
-/* Drops the first n bytes of c's buffer. */
-static void consume(struct srv_conn *c, size_t n)
-{
-    memmove(c->buf, c->buf + n, c->have - n);
-    c->have -= n;
 }
 
 /* Reads one request (head and Content-Length body) into r. Returns 0, or -1 when the client
  * closed the connection (or reset it) first. */
 static int read_request(struct srv_conn *c, struct srv_req *r)
 {
-    const char *blank;
-    size_t head, i, k;
     uint64_t left;
 
-    memset(r, 0, sizeof(*r));
-    while ((blank = memmem(c->buf, c->have, "\r\n\r\n", 4)) == NULL) {
-        ssize_t n;
-        if (c->have == sizeof(c->buf))
-            return -1;
-        n = recv(c->fd, c->buf + c->have, sizeof(c->buf) - c->have, 0);
-        if (n <= 0)
-            return -1;
-        c->have += (size_t)n;
-    }
-    head = (size_t)(blank + 4 - c->buf);
-    left = content_length(c->buf, head);
-    r->len = r->head_len = head < SRV_KEEP ? head : SRV_KEEP;
-    memcpy(r->raw, c->buf, r->len);
-    /* "METHOD /path?query HTTP/1.1" */
-    for (i = 0; i < head && c->buf[i] != ' '; i++)
-        ;
-    for (i++, k = 0; i < head && c->buf[i] != ' ' && c->buf[i] != '?'; i++)
-        if (k + 1 < sizeof(r->path))
-            r->path[k++] = c->buf[i];
-    if (i < head && c->buf[i] == '?')
-        for (i++, k = 0; i < head && c->buf[i] != ' '; i++)
-            if (k + 1 < sizeof(r->query))
-                r->query[k++] = c->buf[i];
-    consume(c, head);
-    while (left > 0) {
-        size_t take;
-        if (c->have == 0) {
-            ssize_t n = recv(c->fd, c->buf, sizeof(c->buf), 0);
-            if (n <= 0)
-                return -1;
-            c->have = (size_t)n;
-        }
-        take = c->have < left ? c->have : (size_t)left;
-        for (i = 0; i < take; i++) {
-            r->body_sum += (unsigned char)c->buf[i];
-            if (r->len < SRV_KEEP)
-                r->raw[r->len++] = c->buf[i];
-        }
-        r->body_len += take;
-        left -= take;
-        consume(c, take);
-    }
-    return 0;
+    return srv_read_head(&c->in, r, &left) != 0 ? -1 : srv_read_body(&c->in, r, left);
 }
 
 /* The number after "i=" in the query, or -1. */
@@ -391,6 +331,7 @@ static void *conn_main(void *arg)
     c->id = (int)((intptr_t)arg % SRV_CONNS);
     pthread_mutex_lock(&s->mu);
     c->fd = s->fd[c->id];
+    c->in.fill = fill;
     pthread_mutex_unlock(&s->mu);
     while (end == KEEP) {
         if (read_request(c, r) != 0) {
@@ -579,7 +520,6 @@ struct xfer {
 #define NXF 16
 static struct xfer xf[NXF];
 static int done_order[NXF], n_done; /* the ids of the ended transfers, in order */
-static struct svc_loop *loop;
 static struct svc_fetch_multi *multi;
 
 static void add_header(void *ctx, const char *name, const char *value)
@@ -681,48 +621,6 @@ static void start_then(struct xfer *x)
     req.method = "GET";
     req.url = x->url;
     start(x, &req);
-}
-
-/* --- the loop ------------------------------------------------------------------------------ */
-
-static int (*until_cond)(void *);
-static void *until_arg;
-static uint64_t until_deadline;
-
-/* Checks the condition every 2 ms, on a timer of the loop: the loop thread never sleeps. */
-static void on_check(void *ctx, struct svc_timer *t)
-{
-    (void)ctx;
-    if (until_cond(until_arg) || svc_loop_clock_ms() >= until_deadline ||
-        svc_timer_start(t, 2) != SVC_OK)
-        svc_loop_stop(loop);
-}
-
-/* Runs the loop until cond(arg) holds or max_ms passed. Returns cond(arg). */
-static int run_until(int (*cond)(void *), void *arg, uint64_t max_ms)
-{
-    struct svc_timer *t = NULL;
-
-    until_cond = cond;
-    until_arg = arg;
-    until_deadline = svc_loop_clock_ms() + max_ms;
-    T_EQ_INT(svc_timer_create(&t, loop, on_check, NULL), SVC_OK);
-    T_EQ_INT(svc_timer_start(t, 0), SVC_OK);
-    T_EQ_INT(svc_loop_run(loop), SVC_OK);
-    svc_timer_destroy(&t);
-    return cond(arg);
-}
-
-static int never(void *arg)
-{
-    (void)arg;
-    return 0;
-}
-
-/* Runs the loop for ms milliseconds (to see that nothing more happens). */
-static void run_for(uint64_t ms)
-{
-    run_until(never, NULL, ms);
 }
 
 static int all_done(void *arg)

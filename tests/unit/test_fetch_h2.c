@@ -39,6 +39,7 @@
 #include "svc/json.h"
 #include "svc/loop.h"
 #include "test.h"
+#include "loop_wait.h"
 
 #ifndef FAKE_UPSTREAM_BIN
 #error "FAKE_UPSTREAM_BIN: the path of chatweb-fake-upstream (tests/CMakeLists.txt)"
@@ -49,51 +50,8 @@
 
 extern char **environ;
 
-static struct svc_loop *loop;
 static struct svc_fetch_multi *multi;     /* the cases' transfers (HTTP/2) */
 static struct svc_fetch_multi *ctl_multi; /* the fake's /_fake/ endpoints (HTTP/1.1) */
-
-/* --- the loop ------------------------------------------------------------------------------ */
-
-static int (*until_cond)(void *);
-static void *until_arg;
-static uint64_t until_deadline;
-
-/* Checks the condition every 2 ms, on a timer of the loop: the loop thread never sleeps. */
-static void on_check(void *ctx, struct svc_timer *t)
-{
-    (void)ctx;
-    if (until_cond(until_arg) || svc_loop_clock_ms() >= until_deadline ||
-        svc_timer_start(t, 2) != SVC_OK)
-        svc_loop_stop(loop);
-}
-
-/* Runs the loop until cond(arg) holds or max_ms passed. Returns cond(arg). */
-static int run_until(int (*cond)(void *), void *arg, uint64_t max_ms)
-{
-    struct svc_timer *t = NULL;
-
-    until_cond = cond;
-    until_arg = arg;
-    until_deadline = svc_loop_clock_ms() + max_ms;
-    T_EQ_INT(svc_timer_create(&t, loop, on_check, NULL), SVC_OK);
-    T_EQ_INT(svc_timer_start(t, 0), SVC_OK);
-    T_EQ_INT(svc_loop_run(loop), SVC_OK);
-    svc_timer_destroy(&t);
-    return cond(arg);
-}
-
-static int never(void *arg)
-{
-    (void)arg;
-    return 0;
-}
-
-/* Runs the loop for ms milliseconds (to see that nothing more happens). */
-static void run_for(uint64_t ms)
-{
-    run_until(never, NULL, ms);
-}
 
 /* --- the fake upstream, in a process of its own ---------------------------------------------- */
 
