@@ -159,8 +159,7 @@ static void idle_unlink(struct h1_conn *c)
 
 static void conn_close(struct h1_conn *c)
 {
-    if (c->ssl != NULL)
-        SSL_free(c->ssl); /* no close_notify: the server learns the end from the socket */
+    svc__tls_free(c->ssl);
     if (c->io != NULL)
         svc_io_close(&c->io);
     else
@@ -260,8 +259,7 @@ static struct h1_conn *conn_open(struct h1_origin *o)
     return c;
 fail:
     err = errno;
-    if (c->ssl != NULL)
-        SSL_free(c->ssl);
+    svc__tls_free(c->ssl);
     close(c->fd);
     free(c->buf);
     free(c);

@@ -607,8 +607,7 @@ static void conn_free(struct h2_conn *c)
         o->nconnecting--;
     if (c->ng != NULL)
         nghttp2_session_del(c->ng);
-    if (c->ssl != NULL)
-        SSL_free(c->ssl);
+    svc__tls_free(c->ssl);
     if (c->io != NULL)
         svc_io_close(&c->io);
     else if (c->fd >= 0)
@@ -846,8 +845,7 @@ static struct h2_conn *conn_open(struct h2_origin *o, char *msg, size_t msglen)
     o->nconnecting++;
     return c;
 fail:
-    if (c->ssl != NULL)
-        SSL_free(c->ssl);
+    svc__tls_free(c->ssl);
     if (c->fd >= 0)
         close(c->fd);
     free(c);

@@ -86,6 +86,15 @@ fail:
     return NULL;
 }
 
+void svc__tls_free(SSL *ssl)
+{
+    if (ssl == NULL)
+        return;
+    SSL_set_quiet_shutdown(ssl, 1);
+    SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+    SSL_free(ssl);
+}
+
 int svc__tls_handshake(SSL *ssl, uint32_t *events)
 {
     int rc, e;

@@ -39,6 +39,12 @@ void svc__tls_deinit(struct svc__tls *t);
  * t's last session. NULL when OpenSSL cannot make one. */
 SSL *svc__tls_conn(struct svc__tls *t, int fd, const char *host, int numeric);
 
+/* Frees a connection's TLS state, without close_notify (the socket's close tells the server).
+ * Marked as shut down first: OpenSSL takes a connection freed otherwise for a failed one and
+ * marks its session not resumable, and that session is the origin's, which its next connections
+ * offer (nginx frees its upstream connections so too). Accepts NULL. */
+void svc__tls_free(SSL *ssl);
+
 /* One step of the handshake, as far as the socket allows. Returns 1 when it is done, 0 when it
  * waits for the socket (*events: EPOLLIN or EPOLLOUT), -1 when it failed (svc__tls_why says
  * why). */

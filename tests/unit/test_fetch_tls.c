@@ -805,6 +805,40 @@ static void test_session_resumption(void)
     T_EQ_INT(srv_conn_info(1).resumed, 1);
     T_EQ_INT(srv_count("/ok", 1), 1);
     wait_conn_ended(1); /* fresh: not kept */
+    /* A connection closed by the client (without close_notify) leaves the session resumable:
+     * OpenSSL marks the session of a connection freed without a shutdown not resumable, and
+     * that was the origin's, which the next connection offers. */
+    req = get_req(&xf[2], "/ok?i=2");
+    req.fresh_connection = 1;
+    start(&xf[2], &req);
+    wait_done(&xf[2]);
+    expect_ok(&xf[2], "ok 2");
+    T_EQ_INT(srv_int(&srv->accepts), 3);
+    T_EQ_INT(srv_conn_info(2).resumed, 1);
+    teardown();
+}
+
+/* 2. The same with a burst: after one request, seven at once on new connections all resume
+ * the origin's session (the connections share it; none does a full handshake). */
+static void test_session_resumption_burst(void)
+{
+    struct svc_fetch_req req;
+    char path[32];
+
+    setup(SRV_CERT_OK);
+    get_ok(&xf[0], "/ok", "hello");
+    for (int i = 1; i < NXF; i++) {
+        snprintf(path, sizeof(path), "/ok?i=%d", i);
+        req = get_req(&xf[i], path);
+        req.fresh_connection = 1;
+        start(&xf[i], &req);
+    }
+    for (int i = 1; i < NXF; i++)
+        wait_done(&xf[i]);
+    T_EQ_INT(srv_int(&srv->accepts), NXF);
+    for (int i = 1; i < NXF; i++)
+        if (!srv_conn_info(i).resumed)
+            T_FAIL("connection %d of the burst did not resume the session", i);
     teardown();
 }
 
@@ -1091,6 +1125,7 @@ int main(void)
     certs_make();
     T_RUN(test_keepalive_reuse);
     T_RUN(test_session_resumption);
+    T_RUN(test_session_resumption_burst);
     T_RUN(test_ticket_while_idle);
     T_RUN(test_stream_large_records_paused);
     T_RUN(test_verify_wrong_ca);
