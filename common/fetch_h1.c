@@ -919,7 +919,8 @@ static int origin_get(struct svc__h1 *h, int tls, const char *authority, size_t 
         return SVC_EINVAL;
     }
     if ((ca != NULL && (o->ca_file = strdup(ca)) == NULL) ||
-        (tls && (rc = svc__tls_init(&o->tls_ctx, ca, alpn, sizeof(alpn) - 1)) != SVC_OK)) {
+        (tls &&
+         (rc = svc__tls_init(&o->tls_ctx, o->authority, ca, alpn, sizeof(alpn) - 1)) != SVC_OK)) {
         origin_free(o);
         return rc;
     }

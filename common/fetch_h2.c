@@ -1105,8 +1105,9 @@ static int origin_tls(struct h2_origin *o)
     static const unsigned char alpn_auto[] = "\x02h2\x08http/1.1", alpn_h2[] = "\x02h2";
 
     return o->http == SVC_FETCH_HTTP_2_PRIOR
-               ? svc__tls_init(&o->tls_ctx, o->ca_file, alpn_h2, sizeof(alpn_h2) - 1)
-               : svc__tls_init(&o->tls_ctx, o->ca_file, alpn_auto, sizeof(alpn_auto) - 1);
+               ? svc__tls_init(&o->tls_ctx, o->authority, o->ca_file, alpn_h2, sizeof(alpn_h2) - 1)
+               : svc__tls_init(&o->tls_ctx, o->authority, o->ca_file, alpn_auto,
+                               sizeof(alpn_auto) - 1);
 }
 
 static void origin_free(struct h2_origin *o)

@@ -5,14 +5,74 @@
 #include "fetch_tls.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
 
+/*
+ * The process's sessions, one per origin (authority and CA file), shared by the clients of
+ * every loop. A few origins (the upstreams), so a small table: past TLS_SHARED origins, a new
+ * one takes the slot of the least recently stored. OpenSSL sessions may be used by many
+ * connections and threads at once; the table's own reference is taken under shared_mu.
+ */
+#define TLS_SHARED 32
+
+static struct {
+    char key[sizeof(((struct svc__tls *)0)->key)];
+    SSL_SESSION *session;
+    uint64_t stored; /* the order of the last store, for the eviction */
+} shared[TLS_SHARED];
+static uint64_t shared_stores;
+static pthread_mutex_t shared_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Keeps sess as the origin's session of the process. */
+static void shared_put(const char *key, SSL_SESSION *sess)
+{
+    int slot = 0;
+
+    if (key[0] == '\0')
+        return;
+    pthread_mutex_lock(&shared_mu);
+    for (int i = 0; i < TLS_SHARED; i++) {
+        if (strcmp(shared[i].key, key) == 0) {
+            slot = i;
+            break;
+        }
+        if (shared[i].stored < shared[slot].stored)
+            slot = i; /* free slots have 0: taken first */
+    }
+    if (shared[slot].session != NULL)
+        SSL_SESSION_free(shared[slot].session);
+    SSL_SESSION_up_ref(sess);
+    shared[slot].session = sess;
+    shared[slot].stored = ++shared_stores;
+    memcpy(shared[slot].key, key, sizeof(shared[slot].key));
+    pthread_mutex_unlock(&shared_mu);
+}
+
+/* The origin's session of the process, with a reference for the caller; NULL if none. */
+static SSL_SESSION *shared_get(const char *key)
+{
+    SSL_SESSION *sess = NULL;
+
+    if (key[0] == '\0')
+        return NULL;
+    pthread_mutex_lock(&shared_mu);
+    for (int i = 0; i < TLS_SHARED; i++)
+        if (shared[i].session != NULL && strcmp(shared[i].key, key) == 0) {
+            sess = shared[i].session;
+            SSL_SESSION_up_ref(sess);
+            break;
+        }
+    pthread_mutex_unlock(&shared_mu);
+    return sess;
+}
+
 /* The context's new-session callback: keeps the server's latest session for the next
- * connection of the origin (struct svc__tls, found through the context). */
+ * connection of the origin (struct svc__tls, found through the context), and shares it. */
 static int on_new_session(SSL *ssl, SSL_SESSION *sess)
 {
     struct svc__tls *t = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
@@ -22,13 +82,19 @@ static int on_new_session(SSL *ssl, SSL_SESSION *sess)
     if (t->session != NULL)
         SSL_SESSION_free(t->session);
     t->session = sess;
+    shared_put(t->key, sess);
     return 1; /* we hold the reference */
 }
 
-int svc__tls_init(struct svc__tls *t, const char *ca_file, const unsigned char *alpn,
-                  size_t alpn_len)
+int svc__tls_init(struct svc__tls *t, const char *authority, const char *ca_file,
+                  const unsigned char *alpn, size_t alpn_len)
 {
+    size_t n;
+
     memset(t, 0, sizeof(*t));
+    n = (size_t)snprintf(t->key, sizeof(t->key), "%s %s", authority, ca_file ? ca_file : "");
+    if (n >= sizeof(t->key))
+        t->key[0] = '\0'; /* not shared: a cut key could name another origin */
     if ((t->ctx = SSL_CTX_new(TLS_client_method())) == NULL)
         return SVC_ENOMEM;
     SSL_CTX_set_app_data(t->ctx, t);
@@ -76,8 +142,21 @@ SSL *svc__tls_conn(struct svc__tls *t, int fd, const char *host, int numeric)
     } else if (SSL_set_tlsext_host_name(ssl, host) != 1 || SSL_set1_host(ssl, host) != 1) {
         goto fail;
     }
-    if (t->session != NULL)
-        (void)SSL_set_session(ssl, t->session);
+    if (t->session == NULL)
+        t->session = shared_get(t->key); /* this loop's first connection to the origin */
+    if (t->session != NULL) {
+        /* A copy for each connection: OpenSSL's client takes a TLS 1.3 ticket for one use and
+         * marks the session it resumed not resumable once the handshake is done, so the
+         * connections a burst opens after the first resumption did full handshakes until the
+         * server's next ticket came. Servers take a ticket more than once (without early
+         * data, which we do not send), as nginx's upstream connections rely on. */
+        SSL_SESSION *copy = SSL_SESSION_dup(t->session);
+
+        if (copy != NULL) {
+            (void)SSL_set_session(ssl, copy);
+            SSL_SESSION_free(copy); /* ssl holds its own reference */
+        }
+    }
     SSL_set_connect_state(ssl);
     return ssl;
 fail:

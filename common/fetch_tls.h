@@ -23,14 +23,18 @@
 struct svc__tls {
     SSL_CTX *ctx;
     SSL_SESSION *session; /* the server's latest, to resume; NULL before the first */
+    char key[320];        /* the origin in the process's table of sessions; "" if too long */
 };
 
-/* Sets up t for an origin. ca_file: a PEM bundle, or NULL for the system's CAs; alpn: the
- * protocols in wire format ("\x02h2\x08http/1.1"). Returns SVC_OK, SVC_EINVAL (the CA file
- * cannot be loaded) or SVC_ENOMEM; t is then empty (svc__tls_deinit is still safe). t must not
- * move while it is in use: its sessions come back to it through the context. */
-int svc__tls_init(struct svc__tls *t, const char *ca_file, const unsigned char *alpn,
-                  size_t alpn_len) SVC_MUST_CHECK;
+/* Sets up t for an origin (authority: "host:port"). ca_file: a PEM bundle, or NULL for the
+ * system's CAs; alpn: the protocols in wire format ("\x02h2\x08http/1.1"). Returns SVC_OK,
+ * SVC_EINVAL (the CA file cannot be loaded) or SVC_ENOMEM; t is then empty (svc__tls_deinit is
+ * still safe). t must not move while it is in use: its sessions come back to it through the
+ * context. Every client of the process (each loop has its own, and HTTP/1.1 and HTTP/2 theirs)
+ * shares the origin's latest session: a loop that meets the origin for the first time resumes
+ * the one another got, instead of a full handshake for each connection of its first burst. */
+int svc__tls_init(struct svc__tls *t, const char *authority, const char *ca_file,
+                  const unsigned char *alpn, size_t alpn_len) SVC_MUST_CHECK;
 
 /* Frees t's context and session. Connections made from it must be gone. */
 void svc__tls_deinit(struct svc__tls *t);
