@@ -462,8 +462,8 @@ static void on_pump(void *data, struct svc_timer *t)
     }
 }
 
-static int fallback_start(void *arg, struct svc_fetch **out, const struct svc_fetch_req *req,
-                          const struct svc_fetch_callbacks *cb, void *ctx);
+static int http1_start(void *arg, struct svc_fetch **out, const struct svc_fetch_req *req,
+                       const struct svc_fetch_callbacks *cb, void *ctx);
 
 int svc_fetch_multi_create(struct svc_fetch_multi **out, struct svc_loop *loop,
                            long max_host_connections)
@@ -471,7 +471,7 @@ int svc_fetch_multi_create(struct svc_fetch_multi **out, struct svc_loop *loop,
     struct svc_fetch_multi *m = calloc(1, sizeof(*m));
     const char *client = getenv("CHATWEB_HTTP1_CLIENT"); /* svc/fetch.h */
     const char *client2 = getenv("CHATWEB_HTTP2_CLIENT");
-    struct svc__h2_fallback fb = {fallback_start, svc_fetch_cancel, svc_fetch_pause,
+    struct svc__h2_fallback fb = {http1_start, svc_fetch_cancel, svc_fetch_pause,
                                   svc_fetch_headers_each, NULL};
 
     *out = NULL;
@@ -687,17 +687,17 @@ int svc_fetch_start(struct svc_fetch **out, struct svc_fetch_multi *m,
     case SVC__H2_MINE:
         return svc__h2_start(out, m->h2, req, cb, ctx);
     case SVC__H2_HTTP1: /* ALPN said HTTP/1.1 lately */
-        return m->h1_off ? curl_start(m, out, req, cb, ctx)
-                         : svc__h1_start(out, m->h1, req, cb, ctx);
+        return http1_start(m, out, req, cb, ctx);
     default:
         return curl_start(m, out, req, cb, ctx);
     }
 }
 
-/* How fetch_h2.c hands over the transfers of an origin that answered HTTP/1.1 (struct
- * svc__h2_fallback): to our HTTP/1.1 client, or libcurl with CHATWEB_HTTP1_CLIENT=libcurl. */
-static int fallback_start(void *arg, struct svc_fetch **out, const struct svc_fetch_req *req,
-                          const struct svc_fetch_callbacks *cb, void *ctx)
+/* Where a transfer to an https:// origin that answered ALPN with HTTP/1.1 goes, new ones and
+ * those fetch_h2.c hands over (struct svc__h2_fallback): our HTTP/1.1 client, or libcurl with
+ * CHATWEB_HTTP1_CLIENT=libcurl. */
+static int http1_start(void *arg, struct svc_fetch **out, const struct svc_fetch_req *req,
+                       const struct svc_fetch_callbacks *cb, void *ctx)
 {
     struct svc_fetch_multi *m = arg;
 

@@ -195,3 +195,10 @@ int svc__addr_numeric(const struct svc__addr *a)
 {
     return a->until == UINT64_MAX; /* resolved once, for good */
 }
+
+size_t svc__addr_authority_len(const char *url_rest)
+{
+    size_t len = strcspn(url_rest, "/?#");
+
+    return len > 0 && memchr(url_rest, '@', len) == NULL ? len : 0;
+}

@@ -13,6 +13,7 @@
  */
 
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -51,6 +52,11 @@ int svc__addr_init(struct svc__addr *a, struct svc_loop *loop, const char *autho
 /* 1 when a->ss holds a current address; else 0, and a resolution is under way (cb tells its
  * end, possibly failing at once, before this returns). */
 int svc__addr_ready(struct svc__addr *a);
+
+/* The length of the authority ("host[:port]") that url_rest (a URL after its "scheme://")
+ * starts with, or 0 when it is empty or has user info ("user:pass@host"), which our clients
+ * leave to libcurl. */
+size_t svc__addr_authority_len(const char *url_rest);
 
 /* 1 when the host is an address (no name to send as SNI, or to check a certificate by). */
 int svc__addr_numeric(const struct svc__addr *a);

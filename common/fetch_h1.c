@@ -946,7 +946,6 @@ static size_t scheme_len(const char *url)
 int svc__h1_takes(const struct svc_fetch_req *req)
 {
     size_t sl = req->url != NULL ? scheme_len(req->url) : 0;
-    const char *a;
 
     if (sl == 0 || (req->proxy != NULL && req->proxy[0] != '\0'))
         return 0;
@@ -954,8 +953,7 @@ int svc__h1_takes(const struct svc_fetch_req *req)
      * learns from ALPN whether the origin speaks it, and sends it here if not) */
     if (sl == 7 ? req->http == SVC_FETCH_HTTP_2_PRIOR : req->http != SVC_FETCH_HTTP_1)
         return 0;
-    a = req->url + sl;
-    return a[0] != '\0' && memchr(a, '@', strcspn(a, "/?#")) == NULL;
+    return svc__addr_authority_len(req->url + sl) > 0;
 }
 
 /* Whether the header line s is one the caller may send: no line break (it would split the
@@ -1045,7 +1043,7 @@ int svc__h1_start(struct svc_fetch **out, struct svc__h1 *h, const struct svc_fe
 {
     size_t sl = scheme_len(req->url);
     const char *auth = req->url + sl;
-    size_t alen = strcspn(auth, "/?#");
+    size_t alen = sl > 0 ? svc__addr_authority_len(auth) : 0;
     const char *target = auth + alen;
     size_t tlen = strcspn(target, "#");
     struct h1_fetch *f;
@@ -1053,7 +1051,7 @@ int svc__h1_start(struct svc_fetch **out, struct svc__h1 *h, const struct svc_fe
     int rc;
 
     *out = NULL;
-    if (sl == 0 || alen == 0 || memchr(auth, '@', alen) != NULL)
+    if (alen == 0)
         return SVC_EINVAL;
     if ((f = calloc(1, sizeof(*f))) == NULL)
         return SVC_ENOMEM;

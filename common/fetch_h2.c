@@ -51,7 +51,7 @@
 #define H2_CONN_WINDOW (16u << 20)      /* the connection's receive window */
 #define H2_MAX_RETRIES 3                /* sends of a refused stream, after the first */
 #define H2_IDLE_CONNS 4                 /* connections without a stream kept per origin */
-#define H2_H1_ORIGIN_MS (10 * 60000)    /* an origin that chose HTTP/1.1 is libcurl's this long */
+#define H2_H1_ORIGIN_MS (10 * 60000)    /* an origin that chose HTTP/1.1 is left this long */
 #define H2_MAX_HEADER_BYTES (64u << 10) /* the response's headers, as the HTTP/1.1 client */
 
 enum h2_conn_state {
@@ -112,7 +112,7 @@ struct h2_fetch {
     int32_t id;
     struct svc_fetch_callbacks cb;
     void *ud;
-    struct svc_fetch *inner; /* handed to libcurl (the origin answered HTTP/1.1) */
+    struct svc_fetch *inner; /* handed to the HTTP/1.1 client (the origin answered HTTP/1.1) */
     /* The request, kept until the first byte of the answer (a refused stream goes again). */
     char *url; /* also the :path, from path_off */
     size_t path_off;
@@ -648,11 +648,10 @@ static void conn_read(struct h2_conn *c)
                 c->tls_write = want_write != 0;
                 return;
             }
-            if (errno != EINTR)
-                io_error(c, errno);
-            if (c->state == C_DEAD)
-                return;
-            continue;
+            if (errno == EINTR)
+                continue;
+            io_error(c, errno);
+            return;
         }
         c->in_recv = 1;
         used = nghttp2_session_mem_recv(c->ng, buf, (size_t)n);
@@ -1038,7 +1037,7 @@ static void on_pump(void *ctx, struct svc_timer *t)
         origin_reap(o);
 }
 
-/* ---- handing over to libcurl ---- */
+/* ---- handing over to the HTTP/1.1 client ---- */
 
 static int fb_data(void *ctx, struct svc_fetch *inner, long status, const char *data, size_t len)
 {
@@ -1054,13 +1053,13 @@ static void fb_done(void *ctx, int err, struct svc_fetch *inner, long status, co
     struct h2_fetch *f = ctx;
 
     (void)inner;
-    f->inner = NULL; /* libcurl frees it after this */
+    f->inner = NULL; /* its client frees it after this */
     if (f->cb.on_done != NULL)
         f->cb.on_done(f->ud, err, &f->base, status, body, len, errmsg);
     fetch_free(f);
 }
 
-/* Hands f to libcurl with the request it was given. */
+/* Hands f to the HTTP/1.1 client (struct svc__h2_fallback) with the request it was given. */
 static void fall_back(struct h2_fetch *f)
 {
     static const struct svc_fetch_callbacks cb = {fb_data, fb_done, NULL};
@@ -1082,11 +1081,11 @@ static void fall_back(struct h2_fetch *f)
     req.http = SVC_FETCH_HTTP_AUTO;
     req.ca_file = f->o->ca_file != NULL ? f->o->ca_file : ca;
     queue_remove(f);
-    svc_timer_destroy(&f->timer); /* libcurl keeps the deadlines now */
+    svc_timer_destroy(&f->timer); /* the other client keeps the deadlines now */
     rc = f->h->fb.start(f->h->fb.arg, &f->inner, &req, &cb, f);
     req_free(f);
     if (rc != SVC_OK)
-        fail(f, rc, "cannot hand the transfer to libcurl");
+        fail(f, rc, "cannot hand the transfer to the HTTP/1.1 client");
     else if (f->paused)
         f->h->fb.pause(f->inner, 1);
 }
@@ -1170,7 +1169,6 @@ static struct h2_origin *origin_find(struct svc__h2 *h, const struct svc_fetch_r
 
 int svc__h2_takes(const struct svc__h2 *h, const struct svc_fetch_req *req)
 {
-    const char *a;
     struct h2_origin *o;
     int tls, rc;
 
@@ -1180,8 +1178,7 @@ int svc__h2_takes(const struct svc__h2 *h, const struct svc_fetch_req *req)
     tls = strncasecmp(req->url, "https://", 8) == 0;
     if (!tls && (req->http != SVC_FETCH_HTTP_2_PRIOR || strncasecmp(req->url, "http://", 7) != 0))
         return SVC__H2_NOT_MINE;
-    a = req->url + (tls ? 8 : 7);
-    if (a[0] == '\0' || memchr(a, '@', strcspn(a, "/?#")) != NULL)
+    if (svc__addr_authority_len(req->url + (tls ? 8 : 7)) == 0)
         return SVC__H2_NOT_MINE;
     o = origin_find((struct svc__h2 *)h, req, 0, &rc);
     return o == NULL || o->h1_until == 0 || svc_loop_now(h->loop) >= o->h1_until ? SVC__H2_MINE

@@ -208,6 +208,8 @@ static ssize_t io_result(SSL *ssl, int rc, int other_way, int *other)
     case SSL_ERROR_SYSCALL:
         if (ERR_peek_error() == 0 && errno == 0)
             return 0; /* the peer closed without close_notify (OpenSSL < 3) */
+        if (ERR_peek_error() == 0)
+            return -1; /* errno says it: ECONNRESET, EPIPE, ... */
         break;
     case SSL_ERROR_SSL:
         /* OpenSSL 3 reports an end without close_notify this way. Many servers end so; the
@@ -218,35 +220,31 @@ static ssize_t io_result(SSL *ssl, int rc, int other_way, int *other)
         }
         break;
     }
-    if (e == SSL_ERROR_SYSCALL && errno != 0 && ERR_peek_error() == 0)
-        return -1; /* errno says it: ECONNRESET, EPIPE, ... */
     errno = EPROTO;
     return -1;
 }
 
-ssize_t svc__tls_recv(SSL *ssl, void *buf, size_t len, int *other)
+/* Readies a read or write of len bytes: clears what an earlier call left (OpenSSL's error
+ * queue, errno, *other) and returns len as OpenSSL's int. */
+static int io_begin(size_t len, int *other)
 {
-    int rc;
-
     *other = 0;
-    if (len > INT32_MAX)
-        len = INT32_MAX;
     ERR_clear_error();
     errno = 0;
-    rc = SSL_read(ssl, buf, (int)len);
+    return len > INT32_MAX ? INT32_MAX : (int)len;
+}
+
+ssize_t svc__tls_recv(SSL *ssl, void *buf, size_t len, int *other)
+{
+    int rc = SSL_read(ssl, buf, io_begin(len, other));
+
     return rc > 0 ? rc : io_result(ssl, rc, SSL_ERROR_WANT_WRITE, other);
 }
 
 ssize_t svc__tls_send(SSL *ssl, const void *buf, size_t len, int *other)
 {
-    int rc;
+    int rc = SSL_write(ssl, buf, io_begin(len, other));
 
-    *other = 0;
-    if (len > INT32_MAX)
-        len = INT32_MAX;
-    ERR_clear_error();
-    errno = 0;
-    rc = SSL_write(ssl, buf, (int)len);
     return rc > 0 ? rc : io_result(ssl, rc, SSL_ERROR_WANT_READ, other);
 }
 

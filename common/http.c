@@ -1034,7 +1034,7 @@ static void head_take(struct conn *c, size_t len)
         return;
     }
     conn_hdr = svc_req_header(req, "Connection");
-    c->keepalive = svc__http_keeps_alive(c->http10 ? 0 : 1, conn_hdr);
+    c->keepalive = svc__http_keeps_alive(!c->http10, conn_hdr);
     c->chunked = 0;
     c->body_left = 0;
     if (te != NULL) {
